@@ -1,0 +1,18 @@
+"""flowkit: optical flow and motion features from video folders, stored in HDF5, for action recognition.
+
+Public API::
+
+    import flowkit
+    engine = flowkit.create_engine("tvl1", device="cpu")
+    flow = engine(frames0, frames1)                 # (B, C, H, W) x2 -> (B, 2, H, W) pixels
+    store = flowkit.FlowStore("ucf101.flowkit")     # HDF5 feature store (a directory)
+"""
+__version__ = "0.1.0"
+
+from .errors import EngineError, FlowkitError, StoreError, VideoError
+from .flow import FlowEngine, create_engine, list_engines
+
+__all__ = [
+    "__version__", "FlowkitError", "VideoError", "StoreError", "EngineError",
+    "FlowEngine", "create_engine", "list_engines",
+]

@@ -1,0 +1,61 @@
+"""The contract every motion engine keeps (DESIGN.md, fixed).
+
+An engine is created by name with keyword parameters (:func:`flowkit.create_engine`) and called on a
+batch of frame pairs::
+
+    engine = flowkit.create_engine("tvl1", device="cpu", warps=5)
+    flow = engine(frames0, frames1)          # (B, C, H, W) twice -> (B, 2, H, W)
+
+Frames are intensities in [0, 255] (uint8 or float, RGB or gray). Flow is float32 in pixels, channel
+0 horizontal, channel 1 vertical, mapping frame t to frame t+1. ``engine.params`` (JSON-serialisable)
+and ``engine.version`` go into the store with every dataset the engine writes.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import EngineError
+from .ops import check_shape
+
+
+class FlowEngine:
+    """Base class of motion engines: input checking, device placement and self-description."""
+
+    #: Registry name, e.g. ``"tvl1"``.
+    name: ClassVar[str] = ""
+    #: Bumped whenever the engine's output for the same parameters changes.
+    version: ClassVar[str] = "1"
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineError(f"engine {self.name!r}: device {device!r} requested but CUDA is not "
+                              "available (torch.cuda.is_available() is False); use --device cpu")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The engine's parameters, JSON-serialisable; recorded in the store."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version and parameters: what a store records about how a dataset was made."""
+        return {"engine": self.name, "version": self.version, "params": self.params}
+
+    def __call__(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
+        check_shape(frames0, "BCHW", "frames0")
+        check_shape(frames1, "BCHW", "frames1")
+        if frames0.shape != frames1.shape:
+            raise EngineError(f"frame pairs differ in shape: {tuple(frames0.shape)} vs "
+                              f"{tuple(frames1.shape)}")
+        with torch.no_grad():
+            return self.forward(frames0.to(self.device), frames1.to(self.device))
+
+    def forward(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
+        """Flow ``(B, 2, H, W)`` for frames already on ``self.device``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args}, device={str(self.device)!r})"

@@ -1,0 +1,248 @@
+"""TV-L1 optical flow (Zach, Pock & Bischof 2007), the dual scheme of OpenCV's ``DualTVL1``.
+
+Batched over frame pairs, on any torch device. Parameters, defaults, pyramid, warping, stopping rule
+and median filtering reproduce ``cv2.optflow.DualTVL1OpticalFlow`` (see DESIGN.md):
+
+- an image pyramid built by repeated bilinear ``resize`` by ``scale_step``, stopping before a level
+  under 16 pixels; flow starts at zero on the coarsest level, is upsampled bilinearly and divided by
+  ``scale_step`` on the way down;
+- at every level the dual variable p restarts at zero; each of ``warps`` warps resamples I1 and its
+  central-difference gradient at x + u (bicubic, zero outside) and linearises the data term;
+- up to ``outer_iterations`` x ``inner_iterations`` iterations of thresholding / primal / dual
+  updates, a ``median_filtering`` median of u before each outer iteration, and the epsilon rule:
+  a pair stops iterating in the current warp once sum((u_new - u)^2) <= epsilon^2 * H * W.
+
+Each pair stops on its own, as if run alone: finished pairs leave the batch, so they cost nothing.
+:func:`tvl1_step` is the whole iteration in one function; TVNet unrolls the same function.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..errors import EngineError
+from . import ops
+from .base import FlowEngine
+from .registry import register_engine
+
+# Guards the division by |grad I1|^2 where the image is flat (TVNet's eps; OpenCV branches instead).
+_EPS_DIV = 1e-12
+
+
+@dataclass(frozen=True)
+class TVL1Params:
+    """OpenCV ``DualTVL1OpticalFlow`` parameters with OpenCV's defaults.
+
+    ``epsilon`` stopping applies only when ``early_stop`` is true; ``early_stop=False`` runs the full
+    fixed schedule (every warp does ``outer_iterations * inner_iterations`` iterations), which is
+    what an unrolled network (TVNet) computes.
+    """
+    tau: float = 0.25
+    lambda_: float = 0.15
+    theta: float = 0.3
+    nscales: int = 5
+    warps: int = 5
+    epsilon: float = 0.01
+    inner_iterations: int = 30
+    outer_iterations: int = 10
+    scale_step: float = 0.8
+    median_filtering: int = 5
+    early_stop: bool = True
+
+    def __post_init__(self):
+        positive = {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta,
+                    "nscales": self.nscales, "warps": self.warps,
+                    "inner_iterations": self.inner_iterations,
+                    "outer_iterations": self.outer_iterations}
+        for key, value in positive.items():
+            if not value > 0:
+                raise EngineError(f"tvl1: {key} must be positive, got {value}")
+        if not 0 < self.scale_step < 1:
+            raise EngineError(f"tvl1: scale_step must be in (0, 1), got {self.scale_step}")
+        if self.epsilon < 0:
+            raise EngineError(f"tvl1: epsilon must be >= 0, got {self.epsilon}")
+        if self.median_filtering > 1 and self.median_filtering % 2 == 0:
+            raise EngineError(f"tvl1: median_filtering must be odd (or 0/1 for none), got "
+                              f"{self.median_filtering}")
+
+
+def tvl1_step(u: torch.Tensor, p: torch.Tensor, grad_i1w: torch.Tensor, grad_sq: torch.Tensor,
+              rho_c: torch.Tensor, *, lambda_theta: float, theta: float, tau_theta: float,
+              kernels: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One TV-L1 iteration: thresholding (v), primal update (u), dual update (p).
+
+    Args:
+        u: flow ``(B, 2, H, W)``.
+        p: dual variable ``(B, 2, 2, H, W)``: ``p[:, c, 0]`` / ``p[:, c, 1]`` are the x / y
+            components for flow channel c.
+        grad_i1w: gradient of the warped second image ``(B, 2, H, W)``.
+        grad_sq: ``|grad_i1w|^2``, ``(B, 1, H, W)``.
+        rho_c: constant part of the linearised residual, ``I1w - grad_i1w . u0 - I0``, ``(B, 1, H, W)``.
+        lambda_theta, theta, tau_theta: lambda*theta, theta, tau/theta.
+        kernels: optional ``{"forward": (2,), "divergence": (2,)}`` finite-difference kernels
+            (TVNet's trainable relaxation); the defaults are [-1, 1].
+
+    Returns:
+        ``(u, p)`` after the iteration, new tensors.
+    """
+    kernels = kernels or {}
+    # Thresholding: v = u + clamp(-rho / |grad|^2, -lt, lt) * grad  (the three cases of TH).
+    rho = rho_c + (grad_i1w * u).sum(1, keepdim=True)
+    step = (-rho / grad_sq.clamp_min(_EPS_DIV)).clamp(-lambda_theta, lambda_theta)
+    v = u + step * grad_i1w
+    u = v + theta * ops.divergence(p[:, :, 0], p[:, :, 1], kernels.get("divergence"))
+    ux, uy = ops.forward_gradient(u, kernels.get("forward"))
+    norm = 1.0 + tau_theta * torch.sqrt(ux * ux + uy * uy)
+    p = (p + tau_theta * torch.stack((ux, uy), dim=2)) / norm.unsqueeze(2)
+    return u, p
+
+
+def _iteration(u, p, grad_i1w, grad_sq, rho_c, lambda_theta: float, theta: float, tau_theta: float):
+    """:func:`tvl1_step` plus the squared update norm per pair (the epsilon rule's error)."""
+    u_new, p_new = tvl1_step(u, p, grad_i1w, grad_sq, rho_c, lambda_theta=lambda_theta, theta=theta,
+                             tau_theta=tau_theta)
+    return u_new, p_new, (u_new - u).square().sum(dim=(1, 2, 3))
+
+
+_compiled_iteration = None
+
+
+def _get_iteration(compile: bool):
+    """The eager iteration, or one compiled by torch.compile (fuses ~30 elementwise passes into a
+    few loops; falls back to eager with a warning where no compiler is available)."""
+    global _compiled_iteration
+    if not compile:
+        return _iteration
+    if _compiled_iteration is None:
+        compiled = torch.compile(_iteration, dynamic=True)
+
+        def guarded(*args, **kwargs):
+            global _compiled_iteration
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as exc:  # no C++ compiler, unsupported platform, ...
+                warnings.warn(f"tvl1: torch.compile failed ({type(exc).__name__}: {exc}); "
+                              "running eagerly", RuntimeWarning, stacklevel=2)
+                _compiled_iteration = _iteration
+                return _iteration(*args, **kwargs)
+
+        _compiled_iteration = guarded
+    return _compiled_iteration
+
+
+def linearize(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Warp I1 and its gradient to x + u and linearise the data term around u.
+
+    Args:
+        i0: ``(B, 1, H, W)``.
+        i1_stack: ``(B, 3, H, W)``: I1 and its x / y central-difference gradient.
+        u: ``(B, 2, H, W)``.
+
+    Returns:
+        ``grad_i1w (B, 2, H, W)``, ``grad_sq (B, 1, H, W)``, ``rho_c (B, 1, H, W)``.
+    """
+    warped = ops.warp(i1_stack, u, mode="bicubic", padding_mode="zeros")
+    i1w, grad_i1w = warped[:, :1], warped[:, 1:]
+    grad_sq = (grad_i1w * grad_i1w).sum(1, keepdim=True)
+    rho_c = i1w - (grad_i1w * u).sum(1, keepdim=True) - i0
+    return grad_i1w, grad_sq, rho_c
+
+
+def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Params,
+                 iteration=_iteration) -> torch.Tensor:
+    """Run all warps of one pyramid level; each pair stops on its own epsilon rule."""
+    batch, _, h, w = i0.shape
+    gx, gy = ops.centered_gradient(i1)
+    i1_stack = torch.cat((i1, gx, gy), dim=1)
+    p = u.new_zeros(batch, 2, 2, h, w)
+    coeffs = dict(lambda_theta=prm.lambda_ * prm.theta, theta=prm.theta, tau_theta=prm.tau / prm.theta)
+    scaled_eps = prm.epsilon * prm.epsilon * h * w
+    for _ in range(prm.warps):
+        grad_i1w, grad_sq, rho_c = linearize(i0, i1_stack, u)
+        # The running pairs' state; finished pairs are written back into (u, p) and dropped.
+        idx = torch.arange(batch, device=u.device)
+        state = [u, p, grad_i1w, grad_sq, rho_c]
+        u, p = u.clone(), p.clone()
+        for _ in range(prm.outer_iterations):
+            if prm.median_filtering > 1:
+                state[0] = ops.median_filter(state[0], prm.median_filtering)
+            for _ in range(prm.inner_iterations):
+                u_new, p_new, error = iteration(*state, **coeffs)
+                state[0], state[1] = u_new, p_new
+                if prm.early_stop:
+                    done = error <= scaled_eps
+                    if bool(done.any()):
+                        u[idx[done]], p[idx[done]] = u_new[done], p_new[done]
+                        keep = ~done
+                        idx = idx[keep]
+                        state = [t[keep] for t in state]
+                        if idx.numel() == 0:
+                            break
+            if idx.numel() == 0:
+                break
+        if idx.numel():
+            u[idx], p[idx] = state[0], state[1]
+    return u
+
+
+def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None,
+              compile: bool = False) -> torch.Tensor:
+    """TV-L1 flow from ``i0`` to ``i1``.
+
+    Args:
+        i0, i1: gray images ``(B, 1, H, W)``, float, intensities in [0, 255].
+        params: :class:`TVL1Params` (OpenCV defaults when omitted).
+        compile: fuse the iteration with ``torch.compile`` (same result to float rounding; the
+            first call compiles for ~20 s, later processes reuse inductor's on-disk cache).
+
+    Returns:
+        Flow ``(B, 2, H, W)`` float32, pixels.
+    """
+    prm = params or TVL1Params()
+    ops.check_shape(i0, "BCHW", "i0")
+    h, w = i0.shape[-2:]
+    if h < 3 or w < 3:
+        raise EngineError(f"tvl1 needs frames of at least 3x3 pixels, got {h}x{w}")
+    sizes = ops.pyramid_sizes(h, w, prm.nscales, prm.scale_step)
+    pyr0 = ops.image_pyramid(i0.float(), sizes, prm.scale_step)
+    pyr1 = ops.image_pyramid(i1.float(), sizes, prm.scale_step)
+    u = i0.new_zeros(i0.shape[0], 2, *sizes[-1], dtype=torch.float32)
+    for level in range(len(sizes) - 1, -1, -1):
+        u = _solve_level(pyr0[level], pyr1[level], u, prm, _get_iteration(compile))
+        if level:
+            u = ops.resize_bilinear(u, sizes[level - 1]) / prm.scale_step
+    return u
+
+
+@register_engine
+class TVL1(FlowEngine):
+    """TV-L1 optical flow engine (``create_engine("tvl1", **TVL1Params fields)``).
+
+    RGB frames are converted to luma first (OpenCV's RGB2GRAY weights), as extraction pipelines
+    feeding OpenCV do. ``compile=True`` fuses the iteration with torch.compile; it is an execution
+    option, not a parameter of the result, so it is not part of ``params``.
+    """
+
+    name = "tvl1"
+    version = "1"
+
+    def __init__(self, device="cpu", tau: float = 0.25, lambda_: float = 0.15, theta: float = 0.3,
+                 nscales: int = 5, warps: int = 5, epsilon: float = 0.01, inner_iterations: int = 30,
+                 outer_iterations: int = 10, scale_step: float = 0.8, median_filtering: int = 5,
+                 early_stop: bool = True, compile: bool = False):
+        super().__init__(device)
+        self.compile = compile
+        self.config = TVL1Params(tau=tau, lambda_=lambda_, theta=theta, nscales=nscales, warps=warps,
+                                 epsilon=epsilon, inner_iterations=inner_iterations,
+                                 outer_iterations=outer_iterations, scale_step=scale_step,
+                                 median_filtering=median_filtering, early_stop=early_stop)
+
+    @property
+    def params(self) -> dict:
+        return asdict(self.config)
+
+    def forward(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
+        return tvl1_flow(ops.to_gray(frames0), ops.to_gray(frames1), self.config, self.compile)

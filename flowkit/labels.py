@@ -1,0 +1,174 @@
+"""Which videos to process and their labels: a class-per-folder tree, or UCF101-style split lists.
+
+A video's *key* is its path relative to the dataset root, without extension, with ``/`` separators
+(``"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01"``); the store files it under that key. Its class is the
+first directory of that path. Label ids are 0-based indices into the sorted (or ``classInd.txt``)
+class list; a video with no class folder has label -1 and name ``""``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+from .errors import FlowkitError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
+                    ".wmv")
+CLASS_INDEX = "classInd.txt"
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One video to process: where it is, its store key, and its label (-1 / "" if unknown)."""
+
+    path: Path
+    key: str
+    label: int
+    label_name: str
+
+
+def _key(relative: PurePosixPath) -> str:
+    return relative.with_suffix("").as_posix()
+
+
+def _class_of(relative: PurePosixPath) -> str:
+    return relative.parts[0] if len(relative.parts) > 1 else ""
+
+
+def _check_unique(keys: Iterable[tuple[str, str]]) -> None:
+    """Fail on two sources with one key (``a.mp4`` and ``a.avi``): they would overwrite each other."""
+    seen: dict[str, str] = {}
+    for key, where in keys:
+        if key in seen:
+            raise FlowkitError(f"two videos map to the store key {key!r}: {seen[key]} and {where}; "
+                               "rename one of them")
+        seen[key] = where
+
+
+def _walk_videos(root: Path, extensions: tuple[str, ...]) -> Iterable[PurePosixPath]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(extensions):
+                yield PurePosixPath(Path(dirpath, name).relative_to(root).as_posix())
+
+
+def scan_videos(root: str | os.PathLike,
+                extensions: Sequence[str] | None = None) -> tuple[list[VideoItem], list[str]]:
+    """Find the videos under ``root`` laid out as ``root/<class>/.../<video>``.
+
+    Returns the items sorted by key and the sorted class names (label ids index into them). Videos
+    directly under ``root`` are unlabelled (-1, ""). Hidden files and folders are skipped;
+    ``extensions`` (default :data:`VIDEO_EXTENSIONS`) match case-insensitively.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FlowkitError(f"video folder {root} does not exist or is not a directory")
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower()
+                 for e in (extensions or VIDEO_EXTENSIONS))
+    relatives = sorted(_walk_videos(root, exts), key=_key)
+    _check_unique((_key(r), str(root / r)) for r in relatives)
+    classes = sorted({_class_of(r) for r in relatives} - {""})
+    index = {name: i for i, name in enumerate(classes)}
+    items = [VideoItem(root / r, _key(r), index.get(_class_of(r), -1), _class_of(r))
+             for r in relatives]
+    return items, classes
+
+
+def read_class_index(path: str | os.PathLike) -> list[str]:
+    """Class names from a UCF101 ``classInd.txt`` (``"1 ApplyEyeMakeup"`` lines, ids 1..N)."""
+    path = Path(path)
+    by_id: dict[int, str] = {}
+    for lineno, fields in _lines(path):
+        if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
+            raise FlowkitError(f"{path}:{lineno}: expected '<id> <ClassName>' with a 1-based id, "
+                               f"got {' '.join(fields)!r}")
+        if int(fields[0]) in by_id:
+            raise FlowkitError(f"{path}:{lineno}: class id {fields[0]} appears twice")
+        by_id[int(fields[0])] = fields[1]
+    if sorted(by_id) != list(range(1, len(by_id) + 1)):
+        raise FlowkitError(f"{path}: class ids must run 1..{len(by_id)} without gaps")
+    if len(set(by_id.values())) != len(by_id):
+        raise FlowkitError(f"{path}: a class name appears twice")
+    return [by_id[i] for i in range(1, len(by_id) + 1)]
+
+
+def _lines(path: Path) -> Iterable[tuple[int, list[str]]]:
+    """(line number, whitespace-split fields) of the non-blank, non-comment lines of ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlowkitError(f"cannot read {path}: {e}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            yield lineno, fields
+
+
+def _default_classes(root: Path, relatives: Iterable[PurePosixPath]) -> list[str]:
+    if root.is_dir():
+        folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        if folders:
+            return sorted(folders)
+    return sorted({_class_of(r) for r in relatives} - {""})
+
+
+def _parse_split_line(list_file: Path, lineno: int,
+                      fields: list[str]) -> tuple[PurePosixPath, int | None]:
+    where = f"{list_file}:{lineno}"
+    if len(fields) > 2:
+        raise FlowkitError(f"{where}: expected '<class>/<video> [label]', got {' '.join(fields)!r} "
+                           "(paths with spaces are not supported)")
+    relative = PurePosixPath(fields[0].replace("\\", "/"))
+    if relative.is_absolute() or ".." in relative.parts or not relative.suffix:
+        raise FlowkitError(f"{where}: {fields[0]!r} is not a relative video path with extension")
+    if len(fields) == 1:
+        return relative, None
+    if not fields[1].isdigit() or int(fields[1]) < 1:
+        raise FlowkitError(f"{where}: label {fields[1]!r} is not a 1-based class id")
+    return relative, int(fields[1])
+
+
+def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
+                    class_index: str | os.PathLike | None = None) -> tuple[list[VideoItem], list[str]]:
+    """Videos of a UCF101-style split list, in list order, and the class names.
+
+    Lines are ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` (1-based label, as in
+    ``trainlist01.txt``) or the path alone (``testlist01.txt``; the label comes from the class
+    folder). Classes come from ``class_index`` or a ``classInd.txt`` next to ``list_file``, else
+    from the sorted folder names under ``root``. Returned label ids are 0-based. A malformed line,
+    a label that contradicts its folder, or a repeated video raises :class:`FlowkitError` naming the
+    file and line; listed videos missing on disk are returned anyway (extraction reports them).
+    """
+    list_file, root = Path(list_file), Path(root)
+    if not list_file.is_file():
+        raise FlowkitError(f"split list {list_file} does not exist")
+    parsed = [(lineno, *_parse_split_line(list_file, lineno, fields))
+              for lineno, fields in _lines(list_file)]
+    if class_index is None and (list_file.parent / CLASS_INDEX).is_file():
+        class_index = list_file.parent / CLASS_INDEX
+    classes = (read_class_index(class_index) if class_index is not None
+               else _default_classes(root, (r for _, r, _ in parsed)))
+    index = {name: i for i, name in enumerate(classes)}
+    _check_unique((_key(r), f"{list_file}:{n}") for n, r, _ in parsed)
+    return [_split_item(list_file, n, r, label, root, classes, index)
+            for n, r, label in parsed], classes
+
+
+def _split_item(list_file: Path, lineno: int, relative: PurePosixPath, label: int | None,
+                root: Path, classes: list[str], index: dict[str, int]) -> VideoItem:
+    name = _class_of(relative)
+    where = f"{list_file}:{lineno}"
+    if name and name not in index:
+        raise FlowkitError(f"{where}: class folder {name!r} is not among the {len(classes)} known "
+                           "classes (check classInd.txt or the dataset root)")
+    if label is not None:
+        if label > len(classes):
+            raise FlowkitError(f"{where}: label {label} is out of range 1..{len(classes)}")
+        if name and classes[label - 1] != name:
+            raise FlowkitError(f"{where}: label {label} is class {classes[label - 1]!r} but the "
+                               f"video is in folder {name!r}; pass the matching classInd.txt")
+        name = classes[label - 1]
+    return VideoItem(root / relative, _key(relative), index.get(name, -1), name)

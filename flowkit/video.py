@@ -1,0 +1,426 @@
+"""Video decoding and encoding with PyAV.
+
+Frames are numpy arrays in the layout OpenCV and PyAV use: RGB ``(H, W, 3)`` uint8, or grayscale
+``(H, W)`` uint8; a clip is ``(T, H, W, 3)`` / ``(T, H, W)``. Converting to flowkit's torch layout
+``(T, C, H, W)`` is the caller's job (one ``permute``), so this module needs no torch.
+
+Every failure a user can cause (missing, empty, non-video, truncated or corrupt file) raises
+:class:`flowkit.errors.VideoError` whose message starts with the path and says the cause. Nothing
+here ever returns an empty result: a video that decodes to zero frames is an error too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import cv2
+import numpy as np
+
+from flowkit.errors import VideoError
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "VideoInfo",
+    "probe",
+    "output_size",
+    "iter_frames",
+    "load_frames",
+    "write_video",
+]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+
+# A decoded count this far below the count the container declares means the file was cut short.
+# Headers are often off by a frame or two (mp4 edit lists drop leading frames, avi indexes count
+# dropped frames), so only a clear shortfall is an error; a truncated file loses far more.
+_SHORTFALL_FRAMES = 2
+_SHORTFALL_FRACTION = 0.05
+
+# ffmpeg's "tty" demuxer renders any text file as a video of ANSI art; a text file is not a video.
+_NON_VIDEO_FORMATS = {"tty"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video's first video stream, without decoding it.
+
+    Attributes:
+        path: the file, as given.
+        width, height: frame size in pixels.
+        fps: average frame rate in frames per second (0.0 when the container does not say).
+        frame_count: the container's frame count; for mkv/webm, which record only a duration,
+            duration x fps; ``None`` when neither is known. An estimate: the decoded count can
+            differ by a frame or two (edit lists, variable frame rate).
+        duration: stream duration in seconds, or ``None`` when unknown.
+        codec: decoder name, e.g. ``"h264"``.
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    frame_count: int | None
+    duration: float | None
+    codec: str
+
+
+def _fail(path: str | os.PathLike, cause: str) -> VideoError:
+    return VideoError(f"{os.fspath(path)}: {cause}")
+
+
+def _ffmpeg_reason(err: Exception) -> str:
+    """The useful part of a PyAV/ffmpeg error: its strerror, without the errno and file echo."""
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
+
+
+def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open ``path`` and return (container, first video stream); VideoError on any failure.
+
+    The size checks come first because ffmpeg reports a missing, empty or truncated-header file
+    with the same "Invalid data" message; users need to know which it is.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise _fail(path, "file not found") from None
+    except OSError as err:
+        raise _fail(path, f"cannot read ({err.strerror})") from None
+    if os.path.isdir(path):
+        raise _fail(path, "is a directory, not a video file")
+    if size == 0:
+        raise _fail(path, "empty file (0 bytes)")
+    try:
+        container = av.open(os.fspath(path), mode="r")
+    except av.error.InvalidDataError:
+        raise _fail(path, "not a video, or its header is truncated/corrupt "
+                          "(ffmpeg: invalid data found when processing input)") from None
+    except (av.error.FFmpegError, OSError) as err:
+        raise _fail(path, f"cannot open ({_ffmpeg_reason(err)})") from None
+    if container.format.name in _NON_VIDEO_FORMATS or not container.streams.video:
+        container.close()
+        raise _fail(path, "not a video (no video stream)")
+    return container, container.streams.video[0]
+
+
+def _parse_duration_tag(text: str) -> float | None:
+    """Seconds from a Matroska track's "DURATION" tag, ``"HH:MM:SS.nnnnnnnnn"``."""
+    match = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", text.strip())
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _video_duration(stream: av.video.stream.VideoStream) -> float | None:
+    """The video stream's own duration in seconds (never the container's, which includes audio)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    return _parse_duration_tag(tag) if tag else None
+
+
+def _declared_frames(stream: av.video.stream.VideoStream) -> int | None:
+    """Frame count the container records (mp4 sample table, avi header), else duration x fps
+    (mkv/webm record only a duration), else None."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    duration, rate = _video_duration(stream), stream.average_rate
+    if duration and rate:
+        return int(round(duration * float(rate)))
+    return None
+
+
+def _stream_duration(container, stream) -> float | None:
+    """Duration in seconds: the video stream's own if recorded, else the container's."""
+    duration = _video_duration(stream)
+    if duration is None and container.duration is not None:
+        duration = container.duration / av.time_base
+    return duration
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read a video's size, frame rate, frame count and codec from its header (no decoding).
+
+    Raises:
+        VideoError: the file is missing, empty, not a video, or its header cannot be parsed.
+    """
+    container, stream = _open(path)
+    try:
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(
+            path=os.fspath(path),
+            width=int(stream.codec_context.width),
+            height=int(stream.codec_context.height),
+            fps=float(rate) if rate else 0.0,
+            frame_count=_declared_frames(stream),
+            duration=_stream_duration(container, stream),
+            codec=stream.codec_context.name,
+        )
+    finally:
+        container.close()
+
+
+def output_size(height: int, width: int, size: int | tuple[int, int] | None) -> tuple[int, int]:
+    """The ``(H, W)`` frames of a ``height x width`` video get when resized to ``size``.
+
+    Args:
+        height, width: source frame size in pixels.
+        size: ``None`` keeps the source size; an ``int`` is the short side in pixels, the long side
+            follows the aspect ratio rounded to the nearest pixel; ``(H, W)`` is exact.
+
+    >>> output_size(240, 320, 120)
+    (120, 160)
+    >>> output_size(240, 320, (64, 64))
+    (64, 64)
+    """
+    if size is None:
+        return int(height), int(width)
+    if isinstance(size, (int, np.integer)):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        if height <= width:
+            return int(size), max(1, int(round(width * size / height)))
+        return max(1, int(round(height * size / width))), int(size)
+    h, w = (int(v) for v in size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    return h, w
+
+
+def _resize(frame: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an ``(H, W[, 3])`` uint8 frame to ``out_hw``.
+
+    cv2 rather than PyAV's ``reformat``: INTER_AREA is exact pixel-area averaging when shrinking (no
+    aliasing, which flow engines would read as motion), it is what denseflow-style pipelines use
+    (``cv::resize``), so frames match theirs, and resizing after colour conversion lets the gray
+    path resize a single channel. When enlarging INTER_AREA behaves like nearest neighbour, so
+    INTER_LINEAR is used there. A frame that keeps its size is returned untouched.
+    """
+    h, w = frame.shape[:2]
+    if (h, w) == out_hw:
+        return frame
+    shrinking = out_hw[0] <= h and out_hw[1] <= w
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(frame, (out_hw[1], out_hw[0]), interpolation=interp)
+
+
+def _check_args(step: int, max_frames: int | None) -> None:
+    if int(step) != step or step < 1:
+        raise ValueError(f"step must be a positive integer, got {step}")
+    if max_frames is not None and (int(max_frames) != max_frames or max_frames < 1):
+        raise ValueError(f"max_frames must be a positive integer or None, got {max_frames}")
+
+
+def _check_complete(path, decoded: int, declared: int | None) -> None:
+    """Raise when the whole file decoded cleanly but clearly fewer frames than the header says.
+
+    Truncated avi/mkv files end without any decoder error (the demuxer just meets end of file),
+    so this comparison is the only way to tell a cut file from a short one.
+    """
+    if declared is None:
+        return
+    allowed = max(_SHORTFALL_FRAMES, int(_SHORTFALL_FRACTION * declared))
+    if declared - decoded > allowed:
+        raise _fail(path, f"truncated: decoded {decoded} of the {declared} frames the container "
+                          "declares (file cut short or corrupt)")
+
+
+def iter_frames(
+    path: str | os.PathLike,
+    *,
+    size: int | tuple[int, int] | None = None,
+    step: int = 1,
+    max_frames: int | None = None,
+    gray: bool = False,
+    strict: bool = True,
+    threads: int = 0,
+) -> Iterator[np.ndarray]:
+    """Stream a video's frames one at a time; memory stays bounded whatever the video's length.
+
+    Args:
+        path: video file.
+        size: output size, see :func:`output_size` (``None``: keep; ``int``: short side; ``(H, W)``).
+        step: keep every ``step``-th decoded frame (frames 0, step, 2*step, ...).
+        max_frames: stop after yielding this many frames (``None``: all).
+        gray: yield luma ``(H, W)`` instead of RGB ``(H, W, 3)``. Luma is the decoder's own Y plane
+            converted to full range, which skips chroma upsampling and colour conversion.
+        strict: when the whole video was decoded, compare the count with the one the container
+            declares and raise on a clear shortfall (a truncated file). Turn off only for files
+            whose headers are known to be wrong.
+        threads: decoder threads; 0 lets ffmpeg choose (one per core). Set 1 when many decoding
+            processes already share the machine, to avoid oversubscription.
+
+    Yields:
+        uint8 frames, ``(H, W, 3)`` RGB or ``(H, W)`` gray, each a fresh array the caller may keep.
+
+    Raises:
+        VideoError: file missing/empty/not a video; decoding failed (the message names the last
+            good frame); zero frames decoded; or (``strict``) the file is truncated.
+
+    The container is closed when the generator finishes, raises, or is closed/garbage collected.
+    """
+    _check_args(step, max_frames)
+    container, stream = _open(path)
+    with container:
+        # Frame + slice threading: several times faster on multi-core machines for h264/hevc; the
+        # added latency of frame threading is irrelevant when streaming a whole file. Frame threads
+        # swallow some decoder errors (a truncated mp4 just ends early), which is one reason for the
+        # frame-count check at the end.
+        stream.thread_type = "AUTO"
+        stream.thread_count = int(threads)
+        declared = _declared_frames(stream)
+        fmt = "gray" if gray else "rgb24"
+        decoded = yielded = 0
+        out_hw = None
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except (av.error.FFmpegError, OSError) as err:
+                where = f"after frame {decoded - 1}" if decoded else "at the first frame"
+                raise _fail(path, f"decoding failed {where} ({decoded} frames decoded): "
+                                  f"{_ffmpeg_reason(err)}") from None
+            index = decoded
+            decoded += 1
+            if index % step:
+                continue
+            if out_hw is None:
+                out_hw = output_size(frame.height, frame.width, size)
+            image = frame.to_ndarray(format=fmt)
+            resized = _resize(image, out_hw)
+            # to_ndarray returns a view into the AVFrame's buffer; copy so callers own their data
+            # and the decoder's frame is released now.
+            yield resized.copy() if resized is image else resized
+            yielded += 1
+            if max_frames is not None and yielded >= max_frames:
+                return
+        if decoded == 0:
+            raise _fail(path, "no frames could be decoded (empty or corrupt video stream)")
+        if strict:
+            _check_complete(path, decoded, declared)
+
+
+def load_frames(path: str | os.PathLike, **kwargs) -> np.ndarray:
+    """Decode a whole video into one array: ``(T, H, W, 3)`` uint8, or ``(T, H, W)`` if ``gray``.
+
+    Takes the keyword arguments of :func:`iter_frames`. Holds every frame in memory; use
+    :func:`iter_frames` for long videos.
+    """
+    return np.stack(list(iter_frames(path, **kwargs)))
+
+
+def _default_codec(path: Path) -> list[str]:
+    """Encoders to try, best first, for the container the file extension names."""
+    if path.suffix.lower() == ".webm":
+        return ["libvpx-vp9", "libvpx"]
+    # libx264 gives far better quality per byte; mpeg4 (ffmpeg's native encoder) is always built.
+    return ["libx264", "mpeg4"]
+
+
+def _pixel_format(codec: str, height: int, width: int) -> str:
+    """yuv420p for compatibility; libx264 rejects odd sizes in 4:2:0, so odd sizes get yuv444p.
+
+    4:4:4 keeps the exact frame size (padding would change it, and the tests and the store rely on
+    sizes surviving a round trip); ffmpeg/PyAV decode it, some hardware players do not.
+    ffmpeg's mpeg4 encoder accepts odd sizes in yuv420p.
+    """
+    if codec == "libx264" and (height % 2 or width % 2):
+        return "yuv444p"
+    return "yuv420p"
+
+
+def _add_stream(container, codec: str, fps: float, height: int, width: int, quality: int | None):
+    rate = Fraction(fps).limit_denominator(1001)
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = _pixel_format(codec, height, width)
+    if codec == "libx264":
+        # crf 15, a little better than the usual "visually lossless" 18: small, textured frames (the
+        # samples, flow visualisations) lose visibly more at 18, and these files are small anyway.
+        # "fast" keeps test/demo encoding quick at little size cost.
+        stream.options = {"crf": str(15 if quality is None else quality), "preset": "fast"}
+    elif codec.startswith("libvpx"):
+        stream.options = {"crf": str(24 if quality is None else quality), "b": "0", "deadline": "realtime",
+                          "cpu-used": "8"}
+    else:
+        # Constant quantiser (ffmpeg -q:v): 2 is near the best mpeg4 can do.
+        stream.codec_context.qscale = True
+        stream.codec_context.global_quality = (3 if quality is None else quality) * 118  # FF_QP2LAMBDA
+    return stream
+
+
+def _as_rgb(frame, shape: tuple[int, int] | None, path) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be uint8, got {frame.dtype}")
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{path}: frames must be (H, W, 3) RGB or (H, W) gray, got {frame.shape}")
+    if shape is not None and frame.shape[:2] != shape:
+        raise ValueError(f"{path}: frame size {frame.shape[:2]} differs from the first frame's {shape}")
+    return np.ascontiguousarray(frame)
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    codec: str | None = None,
+    quality: int | None = None,
+) -> Path:
+    """Encode frames into a video file; the container follows the extension (.mp4, .avi, .mkv ...).
+
+    Args:
+        path: output file; parent folders are created.
+        frames: iterable of ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` gray) frames, all one size.
+            Consumed lazily, so a generator of any length is fine.
+        fps: frame rate in frames per second.
+        codec: encoder name; ``None`` tries libx264 then mpeg4 (vp9 for .webm).
+        quality: encoder quality, lower is better: crf for libx264/vp9 (default 15/24), the
+            constant quantiser for mpeg4 (default 3).
+
+    Returns:
+        The path written.
+
+    Odd frame sizes are kept exactly (libx264 switches to 4:4:4, see ``_pixel_format``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    first = _as_rgb(first, None, path)
+    height, width = first.shape[:2]
+    candidates = [codec] if codec else _default_codec(path)
+    for i, name in enumerate(candidates):
+        container = av.open(os.fspath(path), mode="w")
+        try:
+            stream = _add_stream(container, name, fps, height, width, quality)
+            packets = stream.encode(av.VideoFrame.from_ndarray(first, format="rgb24"))
+        except (av.error.FFmpegError, ValueError, av.codec.codec.UnknownCodecError):
+            # The encoder exists in this PyAV build's list but would not open (e.g. a wheel
+            # without GPL x264): try the next one.
+            container.close()
+            if i == len(candidates) - 1:
+                raise
+            continue
+        break
+    try:
+        container.mux(packets)
+        for frame in frames:
+            image = _as_rgb(frame, (height, width), path)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    finally:
+        container.close()
+    return path

@@ -1,0 +1,211 @@
+"""Flow colour coding (Middlebury) and small composite images for ``flowkit show``.
+
+The colour code is the one of Baker et al., "A Database and Evaluation Methodology for Optical Flow"
+(IJCV 2011): a 55-colour wheel running red -> yellow -> green -> cyan -> blue -> magenta -> red in
+segments of 15, 6, 4, 11, 13 and 6 colours (more colours where the eye separates hues better). For a
+flow vector (u, v):
+
+- hue: the flow direction. +x (right) is red, +y (down) orange-yellow, -x cyan, -y (up) blue-violet;
+  the angle runs clockwise on screen and is mapped linearly onto the 55 wheel intervals, interpolating
+  between neighbouring colours. (Middlebury's reference code spreads the angle over 54 intervals, so
+  its last colour and its first both sit at +x; flowkit closes the wheel, a hue difference below
+  1/55 of a turn, so that the coding is continuous in every direction.)
+- saturation: ``r = |(u, v)| / max_flow``; ``r = 0`` is white, ``r = 1`` the full wheel colour, and
+  vectors beyond ``max_flow`` (``r > 1``) are drawn at 75 % brightness to flag them.
+- unknown flow (NaN, inf, or above 1e9 in magnitude, Middlebury's marker) is black.
+
+Images are RGB uint8 ``(H, W, 3)``; flow is ``(2, H, W)`` in pixels, numpy or torch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from .errors import FlowkitError
+
+# Colours per wheel segment: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red.
+_SEGMENTS = (15, 6, 4, 11, 13, 6)
+_UNKNOWN_FLOW = 1e9
+# Floor of the normalising radius: an all-zero field divides 0 by this and comes out white, not NaN.
+_MIN_RADIUS = 1e-6
+_OUT_OF_RANGE_BRIGHTNESS = 0.75
+
+
+def make_colorwheel() -> np.ndarray:
+    """The 55 Middlebury wheel colours, ``(55, 3)`` uint8 RGB, starting at red (255, 0, 0).
+
+    Each segment ramps one channel linearly (``floor(255 * i / n)``) from one primary/secondary colour
+    to the next while the other two channels hold.
+    """
+    ry, yg, gc, cb, bm, mr = _SEGMENTS
+
+    def up(n):
+        return np.floor(255 * np.arange(n) / n)
+
+    def ramp(n, rising, channel_values):
+        seg = np.zeros((n, 3))
+        for channel, value in channel_values.items():
+            seg[:, channel] = value
+        seg[:, rising[0]] = up(n) if rising[1] else 255 - up(n)
+        return seg
+
+    wheel = np.concatenate([
+        ramp(ry, (1, True), {0: 255}),    # red -> yellow: G rises
+        ramp(yg, (0, False), {1: 255}),   # yellow -> green: R falls
+        ramp(gc, (2, True), {1: 255}),    # green -> cyan: B rises
+        ramp(cb, (1, False), {2: 255}),   # cyan -> blue: G falls
+        ramp(bm, (0, True), {2: 255}),    # blue -> magenta: R rises
+        ramp(mr, (2, False), {0: 255}),   # magenta -> red: B falls
+    ])
+    return wheel.astype(np.uint8)
+
+
+def flow_to_color(flow, max_flow: float | None = None) -> np.ndarray:
+    """Middlebury colour coding of one flow field.
+
+    Args:
+        flow: ``(2, H, W)`` numpy array or torch tensor, pixels.
+        max_flow: magnitude drawn at full saturation. ``None``: the largest known magnitude in
+            ``flow`` (so the fastest pixel is fully saturated). Fix it to compare several images.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB; unknown flow is black.
+    """
+    u, v, known = _split(flow)
+    magnitude = np.hypot(u, v)
+    if max_flow is None:
+        max_flow = float(magnitude[known].max()) if known.any() else 0.0
+    elif not max_flow > 0:
+        raise FlowkitError(f"max_flow must be positive, got {max_flow}")
+    radius = magnitude / max(float(max_flow), _MIN_RADIUS)
+
+    wheel = make_colorwheel().astype(np.float64) / 255.0
+    n = len(wheel)
+    # arctan2(v, u) is the clockwise screen angle from +x (y points down); map one turn onto n colours.
+    position = (np.arctan2(v, u) / (2 * np.pi)) % 1.0 * n
+    k0 = np.floor(position).astype(np.int64) % n
+    k1 = (k0 + 1) % n
+    frac = (position - np.floor(position))[..., None]
+    colour = (1 - frac) * wheel[k0] + frac * wheel[k1]
+
+    r = radius[..., None]
+    colour = np.where(r <= 1, 1 - r * (1 - colour), colour * _OUT_OF_RANGE_BRIGHTNESS)
+    colour = np.where(known[..., None], colour, 0.0)
+    return np.round(colour * 255).astype(np.uint8)
+
+
+def save_flow_png(path: str | os.PathLike, flow, max_flow: float | None = None) -> None:
+    """Write the colour coding of ``flow`` (see :func:`flow_to_color`) as an image file (PNG, JPEG...)."""
+    _write_rgb(path, flow_to_color(flow, max_flow))
+
+
+def colorwheel_legend(size: int = 128) -> np.ndarray:
+    """The colour key: a disc whose pixel at offset d from the centre shows the colour of flow d,
+    with the disc's radius as ``max_flow``; white outside the disc.
+
+    Returns:
+        ``(size, size, 3)`` uint8 RGB.
+    """
+    if size < 2:
+        raise FlowkitError(f"legend size must be at least 2, got {size}")
+    centre = (size - 1) / 2.0
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    flow = np.stack((xs - centre, ys - centre))
+    image = flow_to_color(flow, max_flow=centre)
+    image[np.hypot(*flow) > centre] = 255
+    return image
+
+
+def flow_grid(frames: Sequence, flows: Sequence, max_flow: float | None = None, gap: int = 2,
+              legend: bool = False) -> np.ndarray:
+    """Rows of ``[frame | flow colour]`` side by side, one row per flow, all with one colour scale.
+
+    Args:
+        frames: sequence (or ``(T, H, W, 3)`` array, or ``(T, 3, H, W)`` tensor) of RGB uint8 frames.
+            ``T`` may equal the number of flows or exceed it by one (flow t is drawn next to frame t).
+        flows: sequence (or ``(T, 2, H, W)`` array/tensor) of ``(2, H, W)`` flow fields.
+        max_flow: shared saturation magnitude; ``None``: the largest known magnitude over all flows.
+        gap: white pixels between tiles.
+        legend: append a colour-key column (:func:`colorwheel_legend`, tile height) to the first row.
+
+    Returns:
+        ``(rows * H + (rows - 1) * gap, 2 * W + gap [+ H + gap], 3)`` uint8 RGB.
+    """
+    frames = [_frame_rgb(f) for f in frames]
+    flows = [np.asarray(_to_numpy(f), np.float32) for f in flows]
+    if not flows:
+        raise FlowkitError("flow_grid needs at least one flow")
+    if len(frames) not in (len(flows), len(flows) + 1):
+        raise FlowkitError(f"flow_grid: {len(frames)} frames do not go with {len(flows)} flows")
+    if max_flow is None:
+        peaks = [0.0]
+        for flow in flows:
+            u, v, known = _split(flow)
+            if known.any():
+                peaks.append(float(np.hypot(u, v)[known].max()))
+        max_flow = max(peaks) or _MIN_RADIUS
+    height, width = frames[0].shape[:2]
+    rows = []
+    for frame, flow in zip(frames, flows):
+        if frame.shape[:2] != (height, width) or flow.shape[-2:] != (height, width):
+            raise FlowkitError(f"flow_grid: every frame and flow must be {height}x{width}, got frame "
+                               f"{frame.shape[:2]} and flow {flow.shape[-2:]}")
+        tiles = [frame, flow_to_color(flow, max_flow)]
+        if legend:
+            tiles.append(colorwheel_legend(height) if not rows else np.full((height, height, 3), 255,
+                                                                            np.uint8))
+        rows.append(_join(tiles, gap, axis=1))
+    return _join(rows, gap, axis=0)
+
+
+def _split(flow) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """u, v (float64, zero where unknown) and the known-flow mask of a ``(2, H, W)`` field."""
+    arr = np.asarray(_to_numpy(flow), np.float64)
+    if arr.ndim != 3 or arr.shape[0] != 2:
+        raise FlowkitError(f"flow must have shape (2, H, W), got {tuple(arr.shape)}")
+    known = np.isfinite(arr).all(0) & (np.abs(arr) < _UNKNOWN_FLOW).all(0)
+    u = np.where(known, arr[0], 0.0)
+    v = np.where(known, arr[1], 0.0)
+    return u, v, known
+
+
+def _to_numpy(x):
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def _frame_rgb(frame) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB frame from HWC numpy, CHW torch, or grey ``(H, W)``."""
+    is_tensor = hasattr(frame, "detach")
+    arr = np.asarray(_to_numpy(frame))
+    if is_tensor and arr.ndim == 3 and arr.shape[0] in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3):
+        raise FlowkitError(f"frame must be (H, W, 3) RGB, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def _join(tiles: list[np.ndarray], gap: int, axis: int) -> np.ndarray:
+    parts = []
+    for i, tile in enumerate(tiles):
+        if i and gap:
+            shape = list(tile.shape)
+            shape[axis] = gap
+            parts.append(np.full(shape, 255, np.uint8))
+        parts.append(tile)
+    return np.concatenate(parts, axis=axis)
+
+
+def _write_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
+    import cv2
+
+    # cv2.imwrite takes BGR; its False return (no exception) covers bad folders and extensions.
+    if not cv2.imwrite(os.fspath(path), np.ascontiguousarray(image[..., ::-1])):
+        raise FlowkitError(f"{path}: cannot write image (missing folder or unknown extension?)")

@@ -1,0 +1,148 @@
+"""Fixtures shared by flowkit's tests: sample video folders (good and broken) and the `gpu` skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import av
+import numpy as np
+import pytest
+
+from flowkit.samples import make_sample_videos, render_sample, sample_specs
+from flowkit.video import write_video
+
+# The tiny sample configuration: enough for every code path, fast to decode and to run flow on.
+SAMPLE_CLASSES = ("pan_left", "zoom_in")
+SAMPLE_VIDEOS_PER_CLASS = 2
+SAMPLE_FRAMES = 8
+SAMPLE_SIZE = (64, 80)  # (H, W)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` when torch sees no CUDA device (torch is imported only if needed)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_videos(tmp_path_factory) -> Path:
+    """Root of a tiny sample folder: ``root/<class>/<class>_<i>.mp4``.
+
+    2 classes (``pan_left``, ``zoom_in``) x 2 videos, 8 frames each, 64x80 (H x W), 25 fps, made
+    from real photographs with known motion (``flowkit.samples.sample_specs`` with the arguments
+    in ``SAMPLE_*`` above gives the true flow). Session-scoped: do not modify it; copy it first.
+    """
+    root = tmp_path_factory.mktemp("sample_videos")
+    make_sample_videos(root, classes=SAMPLE_CLASSES, videos_per_class=SAMPLE_VIDEOS_PER_CLASS,
+                       frames=SAMPLE_FRAMES, size=SAMPLE_SIZE)
+    return root
+
+
+class BadVideoSet(NamedTuple):
+    """A class-folder tree mixing good and broken videos; ``root, paths = bad_videos`` works."""
+
+    root: Path
+    paths: dict[str, Path]
+
+
+def _photo_frames(frames: int, size: tuple[int, int], index: int = 0) -> np.ndarray:
+    """Real-photo frames with motion: ``(T, H, W, 3)`` uint8 (encoders compress them like video)."""
+    spec = sample_specs(classes=("pan_right",), videos_per_class=index + 1, frames=frames, size=size)[index]
+    return render_sample(spec)
+
+
+def _truncate(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def _encode_h264(path: Path, frames: np.ndarray, container_options: dict | None = None) -> Path:
+    """Encode with libx264, a keyframe every 6 frames; ``container_options`` go to the muxer."""
+    with av.open(str(path), mode="w", options=container_options or {}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"g": "6", "crf": "18"}
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _audio_only(path: Path) -> Path:
+    """A valid mp4 holding only an AAC audio track (0.1 s of silence)."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="session")
+def bad_videos(tmp_path_factory) -> BadVideoSet:
+    """Good and broken videos in two class folders; returns ``BadVideoSet(root, paths)``.
+
+    What each name exercises, and what PyAV 18 does with it (checked in tests/test_video.py):
+
+    - ``good_0``, ``good_1``: valid 24-frame 64x80 h264 mp4s (``classA``, ``classB``).
+    - ``empty``: 0-byte ``.mp4``; PyAV raises InvalidDataError on open, flowkit says "empty file".
+    - ``text``: a text file named ``.mp4``; InvalidDataError on open ("not a video ...").
+      (Named ``.txt``, ffmpeg's tty demuxer would open it as a video; flowkit rejects that too.)
+    - ``audio_only``: a valid mp4 with no video stream -> "no video stream".
+    - ``truncated``: a 48-frame mp4 cut to half its bytes. PyAV writes the moov atom (the index) at the
+      end, so the cut file fails to open at all: InvalidDataError -> "header is truncated/corrupt".
+    - ``truncated_faststart``: mp4 with the moov atom first (movflags=faststart), cut in half. It
+      opens and decodes ~10 of 48 frames, then the demuxer meets EOF; with frame threading ffmpeg ends the
+      stream quietly (single-threaded it raises InvalidDataError from avcodec_send_packet), so
+      flowkit catches it by comparing with the frame count the moov declares -> "truncated".
+    - ``truncated_mkv``: a 48-frame mkv cut in half; decodes ~12 frames and ends without any
+      error; mkv has no frame count, flowkit compares with DURATION x fps -> "truncated".
+    - ``one_frame``: a valid 1-frame video (gives no flow pair; must not crash anything).
+    - ``odd_size``: a valid 12-frame video of 45x61 (odd sizes, differs from the rest).
+    - ``not_video_ext``: ``notes.txt`` next to the videos; folder scans must ignore it by extension.
+
+    Session-scoped: do not modify; copy the files you need to change.
+    """
+    root = tmp_path_factory.mktemp("bad_videos")
+    a, b = root / "classA", root / "classB"
+    a.mkdir()
+    b.mkdir()
+    frames = _photo_frames(24, (64, 80))
+    paths = {
+        "good_0": write_video(a / "good_0.mp4", frames),
+        "good_1": write_video(b / "good_1.mp4", _photo_frames(24, (64, 80), index=1)),
+        "one_frame": write_video(b / "one_frame.mp4", frames[:1]),
+        "odd_size": write_video(b / "odd_size.mp4", _photo_frames(12, (45, 61))),
+        "audio_only": _audio_only(a / "audio_only.mp4"),
+    }
+    paths["empty"] = a / "empty.mp4"
+    paths["empty"].write_bytes(b"")
+    paths["text"] = a / "text.mp4"
+    paths["text"].write_text("this is not a video\n" * 20)
+    paths["not_video_ext"] = b / "notes.txt"
+    paths["not_video_ext"].write_text("annotations, not a video\n")
+
+    # Sources of the truncated cases, encoded outside the tree (only the cut copies go in it).
+    # 48 frames with a keyframe every 6 spread the bytes over the stream, so cutting at half the
+    # bytes lands mid-stream and some frames still decode (with the default GOP the first
+    # keyframe is most of a short file and the cut would leave nothing decodable).
+    sources = tmp_path_factory.mktemp("bad_video_sources")
+    long_frames = _photo_frames(48, (64, 80), index=2)
+    full_mp4 = _encode_h264(sources / "full.mp4", long_frames)
+    full_mkv = _encode_h264(sources / "full.mkv", long_frames)
+    full_faststart = _encode_h264(sources / "faststart.mp4", long_frames, {"movflags": "+faststart"})
+    paths["truncated"] = _truncate(full_mp4, a / "truncated.mp4")
+    paths["truncated_mkv"] = _truncate(full_mkv, b / "truncated_mkv.mkv")
+    paths["truncated_faststart"] = _truncate(full_faststart, b / "truncated_faststart.mp4")
+    return BadVideoSet(root, paths)

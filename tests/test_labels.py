@@ -1,0 +1,119 @@
+"""Video discovery and labels: class-per-folder trees and UCF101 split lists."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowkit.errors import FlowkitError
+from flowkit.labels import VideoItem, read_class_index, read_split_list, scan_videos
+
+
+def touch(root: Path, *relatives: str) -> None:
+    for rel in relatives:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+
+
+def test_scan_folder_layout(tmp_path):
+    touch(tmp_path, "zoom/z1.mp4", "pan_left/p0.AVI", "pan_left/sub/p1.mkv", "loose.webm",
+          "pan_left/notes.txt", "pan_left/.hidden.mp4", ".cache/x.mp4", "empty_class/readme.md")
+    items, classes = scan_videos(tmp_path)
+    assert classes == ["pan_left", "zoom"]
+    assert items == [
+        VideoItem(tmp_path / "loose.webm", "loose", -1, ""),
+        VideoItem(tmp_path / "pan_left/p0.AVI", "pan_left/p0", 0, "pan_left"),
+        VideoItem(tmp_path / "pan_left/sub/p1.mkv", "pan_left/sub/p1", 0, "pan_left"),
+        VideoItem(tmp_path / "zoom/z1.mp4", "zoom/z1", 1, "zoom"),
+    ]
+
+
+def test_scan_custom_extensions_and_errors(tmp_path):
+    touch(tmp_path, "a/x.mp4", "a/y.gif")
+    items, _ = scan_videos(tmp_path, extensions=["GIF"])
+    assert [i.key for i in items] == ["a/y"]
+    assert scan_videos(tmp_path / "a", extensions=[".mov"]) == ([], [])
+    with pytest.raises(FlowkitError, match="does not exist"):
+        scan_videos(tmp_path / "missing")
+    touch(tmp_path, "a/x.avi")
+    with pytest.raises(FlowkitError, match="two videos map to the store key 'a/x'"):
+        scan_videos(tmp_path)
+
+
+@pytest.fixture
+def ucf(tmp_path):
+    root = tmp_path / "UCF-101"
+    touch(root, "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "Archery/v_Archery_g01_c01.avi",
+          "ApplyLipstick/v_ApplyLipstick_g01_c01.avi")
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\r\n2 ApplyLipstick\r\n3 Archery\r\n")
+    (lists / "trainlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\n\n"
+        "Archery/v_Archery_g01_c01.avi 3\n"
+        "Archery/v_Archery_g99_c09.avi 3\n")  # listed, but not on disk
+    (lists / "testlist01.txt").write_text("ApplyLipstick/v_ApplyLipstick_g01_c01.avi\n"
+                                          "Archery/v_Archery_g01_c01.avi\n")
+    return root, lists
+
+
+def test_ucf101_train_list_with_class_index(ucf):
+    root, lists = ucf
+    items, classes = read_split_list(lists / "trainlist01.txt", root)
+    assert classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+    assert [(i.key, i.label, i.label_name) for i in items] == [
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", 0, "ApplyEyeMakeup"),
+        ("Archery/v_Archery_g01_c01", 2, "Archery"),
+        ("Archery/v_Archery_g99_c09", 2, "Archery"),
+    ]
+    assert items[0].path == root / "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"
+    assert not items[2].path.exists()  # missing videos are returned; extraction reports them
+
+
+def test_ucf101_test_list_takes_labels_from_folders(ucf):
+    root, lists = ucf
+    items, classes = read_split_list(lists / "testlist01.txt", root,
+                                     class_index=lists / "classInd.txt")
+    assert [(i.key, i.label, i.label_name) for i in items] == [
+        ("ApplyLipstick/v_ApplyLipstick_g01_c01", 1, "ApplyLipstick"),
+        ("Archery/v_Archery_g01_c01", 2, "Archery"),
+    ]
+
+
+def test_split_list_without_class_index_uses_sorted_folders(ucf):
+    root, lists = ucf
+    (lists / "classInd.txt").unlink()
+    (root / "Basketball").mkdir()
+    items, classes = read_split_list(lists / "testlist01.txt", root)
+    assert classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery", "Basketball"]
+    assert [i.label for i in items] == [1, 2]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("ApplyEyeMakeup/v_a.avi 1 extra", r"trainlist01.txt:2: expected '<class>/<video> \[label\]'"),
+    ("ApplyEyeMakeup/v_a.avi one", r"trainlist01.txt:2: label 'one' is not a 1-based class id"),
+    ("ApplyEyeMakeup/v_a.avi 0", r"trainlist01.txt:2: label '0' is not a 1-based class id"),
+    ("ApplyEyeMakeup/v_a.avi 4", r"trainlist01.txt:2: label 4 is out of range 1..3"),
+    ("ApplyEyeMakeup/v_a.avi 3", r"trainlist01.txt:2: label 3 is class 'Archery' but the video is "
+                                 r"in folder 'ApplyEyeMakeup'"),
+    ("Juggling/v_a.avi", r"trainlist01.txt:2: class folder 'Juggling' is not among the 3"),
+    ("ApplyEyeMakeup/v_a", r"trainlist01.txt:2: 'ApplyEyeMakeup/v_a' is not a relative video path"),
+    ("Archery/v_Archery_g01_c01.avi 3", r"two videos map to the store key"),
+])
+def test_malformed_split_line(ucf, line, message):
+    root, lists = ucf
+    (lists / "trainlist01.txt").write_text(f"Archery/v_Archery_g01_c01.avi 3\n{line}\n")
+    with pytest.raises(FlowkitError, match=message):
+        read_split_list(lists / "trainlist01.txt", root)
+
+
+def test_class_index_errors(tmp_path):
+    bad = tmp_path / "classInd.txt"
+    bad.write_text("1 A\n3 C\n")
+    with pytest.raises(FlowkitError, match="without gaps"):
+        read_class_index(bad)
+    bad.write_text("1 A\nB\n")
+    with pytest.raises(FlowkitError, match=r"classInd.txt:2: expected '<id> <ClassName>'"):
+        read_class_index(bad)
+    with pytest.raises(FlowkitError, match="does not exist"):
+        read_split_list(tmp_path / "nolist.txt", tmp_path)

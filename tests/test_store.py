@@ -1,0 +1,504 @@
+"""FlowStore: round trips, lazy reads, metadata, crash safety, multi-process reading, errors."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from flowkit.errors import StoreError
+from flowkit.store import FORMAT, VERSION, FlowStore, dequantize, quantize
+
+ENGINE = {"engine": "tvl1", "version": "1", "params": {"tau": 0.25, "warps": 5}}
+
+
+def make_video(seed: int, frames: int = 6, height: int = 12, width: int = 16, scale: float = 6.0):
+    """Deterministic rgb (T, H, W, 3) uint8 and flow (T-1, 2, H, W) float32 (float16-exact)."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+    flow = (rng.normal(0, scale, (frames - 1, 2, height, width))).astype(np.float16)
+    return rgb, flow.astype(np.float32)
+
+
+def write_video(store, key, rgb=None, flows=None, engine=ENGINE, batch=2, **kw):
+    kw.setdefault("source", f"/data/{key}.mp4")
+    kw.setdefault("fps", 25.0)
+    with store.writer(key, **kw) as w:
+        if rgb is not None:
+            for i in range(0, len(rgb), batch):
+                w.append_rgb(rgb[i:i + batch])
+        for name, flow in (flows or {}).items():
+            for i in range(0, len(flow), batch):
+                w.append_flow(name, flow[i:i + batch], engine if i == 0 else None)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return FlowStore(tmp_path / "s.flowkit", mode="a", classes=["pan_left", "zoom"])
+
+
+# ----------------------------------------------------------------------------- round trips
+
+def test_round_trip_rgb_and_float16_flow(store):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (7, 12, 16, 3), dtype=np.uint8)
+    flow = rng.normal(0, 8, (6, 2, 12, 16)).astype(np.float32)
+    write_video(store, "pan_left/v0", rgb, {"tvl1": torch.from_numpy(flow)}, label=0,
+                label_name="pan_left")
+
+    back = FlowStore(store.path)
+    assert back.keys() == ["pan_left/v0"]
+    np.testing.assert_array_equal(back.read_rgb("pan_left/v0"), rgb)
+    out = back.read_flow("pan_left/v0")
+    assert out.dtype == np.float32 and out.shape == (6, 2, 12, 16)
+    assert np.all(np.abs(out - flow) <= 1e-3 * np.abs(flow) + 1e-6)
+    assert back.read_flow("pan_left/v0", dequantize=False).dtype == np.float16
+
+
+def test_round_trip_uint8_quantised_flow(store):
+    bound = 20.0
+    rng = np.random.default_rng(2)
+    flow = rng.uniform(-30, 30, (4, 2, 10, 12)).astype(np.float32)
+    write_video(store, "q", flows={"tvl1": flow}, flow_dtype="uint8", flow_bound=bound)
+
+    out = store.read_flow("q")
+    inside = np.abs(flow) <= bound
+    assert np.abs(out - flow)[inside].max() <= bound / 255 + 1e-5
+    np.testing.assert_allclose(out[flow > bound + 1], bound, atol=1e-5)
+    np.testing.assert_allclose(out[flow < -bound - 1], -bound, atol=1e-5)
+    raw = store.read_flow("q", dequantize=False)
+    assert raw.dtype == np.uint8
+    np.testing.assert_array_equal(raw, quantize(flow, bound))
+    np.testing.assert_allclose(dequantize(raw, bound), out, atol=1e-6)
+    attrs = store.meta("q")["flows"]["tvl1"]
+    assert attrs["quantization"] == "uint8" and attrs["bound"] == bound
+    assert attrs["scale"] == pytest.approx(2 * bound / 255) and attrs["offset"] == -bound
+
+
+def test_lazy_partial_reads(store):
+    rgb, flow = make_video(3, frames=8)
+    write_video(store, "zoom/v1", rgb, {"tvl1": flow})
+    read = store.read_flow
+    np.testing.assert_array_equal(read("zoom/v1", index=3), flow[3])
+    np.testing.assert_array_equal(read("zoom/v1", index=-1), flow[-1])
+    np.testing.assert_array_equal(read("zoom/v1", index=slice(2, 5)), flow[2:5])
+    np.testing.assert_array_equal(read("zoom/v1", index=slice(None, None, 3)), flow[::3])
+    np.testing.assert_array_equal(read("zoom/v1", index=slice(None, None, -2)), flow[::-2])
+    np.testing.assert_array_equal(read("zoom/v1", index=[0, 2, 6]), flow[[0, 2, 6]])
+    np.testing.assert_array_equal(read("zoom/v1", index=[5, 1, 1]), flow[[5, 1, 1]])
+    np.testing.assert_array_equal(read("zoom/v1", index=np.array([4])), flow[[4]])
+    assert read("zoom/v1", index=[]).shape == (0, 2, 12, 16)
+    np.testing.assert_array_equal(store.read_rgb("zoom/v1", index=[1, 7]), rgb[[1, 7]])
+    np.testing.assert_array_equal(store.read_rgb("zoom/v1", index=0), rgb[0])
+    with pytest.raises(IndexError, match="out of range"):
+        read("zoom/v1", index=7)
+    with pytest.raises(IndexError, match="out of range"):
+        read("zoom/v1", index=[0, 9])
+
+
+def test_metadata(store):
+    rgb, flow = make_video(4, frames=5, height=8, width=10)
+    write_video(store, "zoom/v2", rgb, {"tvl1": flow}, source="/videos/zoom/v2.avi", fps=29.97,
+                label=1, label_name="zoom", source_size=(240, 320), step=2)
+    meta = store.meta("zoom/v2")
+    json.dumps(meta)
+    expected = {"format": "flowkit-video", "version": 1, "key": "zoom/v2", "complete": True,
+                "source": "/videos/zoom/v2.avi", "fps": 29.97, "frame_count": 5, "height": 8,
+                "width": 10, "source_height": 240, "source_width": 320, "step": 2, "label": 1,
+                "label_name": "zoom", "has_rgb": True, "num_frames": 5}
+    assert {k: meta[k] for k in expected} == expected
+    assert meta["created"].startswith("20")
+    tvl1 = meta["flows"]["tvl1"]
+    assert tvl1["engine"] == "tvl1" and tvl1["engine_version"] == "1"
+    assert tvl1["params"] == ENGINE["params"] and tvl1["quantization"] == "float16"
+    assert tvl1["shape"] == [4, 2, 8, 10] and tvl1["dtype"] == "float16"
+    store.close()  # HDF5 refuses a second open of one file with other locking flags
+    with h5py.File(store.path / "videos/zoom/v2.h5", "r") as f:  # the on-disk contract
+        ds = f["flow/tvl1"]
+        assert ds.chunks == (1, 2, 8, 10) and ds.maxshape == (None, 2, 8, 10)
+        assert ds.compression == "gzip" and ds.shuffle
+        assert json.loads(ds.attrs["params"]) == ENGINE["params"]
+        assert f["rgb"].chunks == (1, 8, 10, 3)
+
+
+def test_several_flow_names_side_by_side(store):
+    rgb, flow = make_video(5)
+    other = {"engine": "costvolume", "version": "3", "params": {"radius": 4}}
+    with store.writer("zoom/both", source="x", fps=25) as w:
+        w.append_rgb(rgb)
+        w.append_flow("tvl1", flow, ENGINE)
+        w.append_flow("other", -flow, other)
+    assert store.flow_names("zoom/both") == ["other", "tvl1"]
+    np.testing.assert_array_equal(store.read_flow("zoom/both", "tvl1"), flow)
+    np.testing.assert_array_equal(store.read_flow("zoom/both", "other"), -flow)
+    assert store.meta("zoom/both")["flows"]["other"]["params"] == {"radius": 4}
+    summary = store.summary()
+    assert summary["flow_pairs"] == {"other": 5, "tvl1": 5}
+    assert summary["engines"]["other"] == {"engine": "costvolume", "version": "3",
+                                           "params": {"radius": 4}}
+    with pytest.raises(StoreError, match="has no flow 'missing'; it has: other, tvl1"):
+        store.read_flow("zoom/both", "missing")
+
+
+def test_flow_only_video_counts_frames(store):
+    _, flow = make_video(6, frames=4)
+    write_video(store, "flowonly", flows={"tvl1": flow})
+    meta = store.meta("flowonly")
+    assert meta["frame_count"] == 4 and not meta["has_rgb"]
+    with pytest.raises(StoreError, match="no rgb"):
+        store.read_rgb("flowonly")
+
+
+def test_summary_and_validate(store):
+    for i, key in enumerate(["pan_left/a", "zoom/b", "zoom/c"]):
+        rgb, flow = make_video(10 + i, frames=4 + i)
+        write_video(store, key, rgb, {"tvl1": flow})
+    s = store.summary()
+    json.dumps(s)
+    assert s["format"] == FORMAT and s["version"] == VERSION
+    assert s["videos"] == 3 and s["frames"] == 4 + 5 + 6 and s["rgb_frames"] == 15
+    assert s["flow_pairs"] == {"tvl1": 12}
+    assert s["classes"] == {"count": 2, "names": ["pan_left", "zoom"]}
+    assert s["bytes"] == sum(p.stat().st_size for p in (store.path / "videos").rglob("*.h5"))
+    assert s["engines"]["tvl1"] == ENGINE and s["quantization"] == {"tvl1": ["float16"]}
+    assert s["sizes"] == {"12x16": 3} and s["partials"] == 0 and s["warnings"] == []
+    assert store.validate() == [] and store.validate(deep=True) == []
+    assert len(store) == 3 and "zoom/b" in store and "zoom/x" not in store
+
+
+# ----------------------------------------------------------------------------- writer failures
+
+def test_exception_inside_writer_leaves_no_file(store):
+    rgb, flow = make_video(7)
+    write_video(store, "zoom/redo", rgb, {"tvl1": flow})
+    with pytest.raises(RuntimeError, match="decoder died"):
+        with store.writer("zoom/redo", source="x", fps=25) as w:
+            w.append_rgb(rgb[:3] // 2)
+            raise RuntimeError("decoder died")
+    with pytest.raises(KeyboardInterrupt):
+        with store.writer("zoom/new", source="x", fps=25) as w:
+            w.append_rgb(rgb)
+            raise KeyboardInterrupt
+    assert store.keys() == ["zoom/redo"] and store.partials() == []
+    np.testing.assert_array_equal(store.read_rgb("zoom/redo"), rgb)  # the old video survives
+
+
+@pytest.mark.parametrize("case", ["lengths", "size", "empty", "nan", "no_engine", "changed_engine",
+                                  "bad_rgb", "bad_flow"])
+def test_writer_rejects_inconsistent_input(store, case):
+    rgb, flow = make_video(8, frames=5)
+    bad = flow.copy()
+    bad[0, 0, 0, 0] = np.nan
+    steps = {
+        "lengths": lambda w: (w.append_rgb(rgb), w.append_flow("tvl1", flow[:3], ENGINE)),
+        "size": lambda w: (w.append_rgb(rgb), w.append_flow("tvl1", flow[:, :, :6], ENGINE)),
+        "empty": lambda w: None,
+        "nan": lambda w: w.append_flow("tvl1", bad, ENGINE),
+        "no_engine": lambda w: w.append_flow("tvl1", flow),
+        "changed_engine": lambda w: (w.append_flow("tvl1", flow[:2], ENGINE),
+                                     w.append_flow("tvl1", flow[2:], {**ENGINE, "version": "2"})),
+        "bad_rgb": lambda w: w.append_rgb(rgb.astype(np.float32)),
+        "bad_flow": lambda w: w.append_flow("tvl1", flow[:, :1], ENGINE),
+    }
+    with pytest.raises(StoreError, match="video 'v'"):
+        with store.writer("v", source="x", fps=25) as w:
+            steps[case](w)
+    assert store.keys() == [] and store.partials() == []
+
+
+def test_writer_argument_errors(store, tmp_path):
+    with pytest.raises(StoreError, match="flow_dtype"):
+        store.writer("v", source="x", fps=25, flow_dtype="float32")
+    with pytest.raises(StoreError, match="invalid video key"):
+        store.writer("../escape", source="x", fps=25)
+    with pytest.raises(StoreError, match="context manager"):
+        store.writer("v", source="x", fps=25).append_rgb(np.zeros((1, 2, 2, 3), np.uint8))
+    with pytest.raises(StoreError, match="read-only"):
+        FlowStore(store.path).writer("v", source="x", fps=25)
+
+
+# ----------------------------------------------------------------------------- partials
+
+def test_leftover_partial_is_ignored_and_removed(store):
+    rgb, flow = make_video(9)
+    write_video(store, "zoom/done", rgb, {"tvl1": flow})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    w = store.writer("zoom/dead", source="x", fps=25)
+    dead_partial = w.partial.with_name(w.partial.name.replace(f".{os.getpid()}.", f".{dead}."))
+    dead_partial.parent.mkdir(parents=True, exist_ok=True)
+    dead_partial.write_bytes(b"\x89HDF\r\n\x1a\n truncated garbage")
+    live_partial = w.partial  # this (live) process's name: must survive remove_partials
+    live_partial.write_bytes(b"in progress")
+
+    assert store.keys() == ["zoom/done"] and "zoom/dead" not in store
+    assert store.validate() == []
+    summary = store.summary()
+    assert summary["videos"] == 1 and summary["partials"] == 2
+    assert store.remove_partials() == [dead_partial]
+    assert store.partials() == [live_partial]
+    live_partial.unlink()
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_missing_store(tmp_path):
+    with pytest.raises(StoreError, match=r"does not exist; create it with `flowkit extract"):
+        FlowStore(tmp_path / "nope")
+
+
+def test_foreign_directory(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(StoreError, match="not a flowkit store"):
+        FlowStore(tmp_path / "photos")
+    with pytest.raises(StoreError, match="not a flowkit store"):
+        FlowStore(tmp_path / "photos", mode="a")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "store.json").write_text('{"format": "something-else", "version": 1}')
+    with pytest.raises(StoreError, match="not a flowkit store"):
+        FlowStore(tmp_path / "other")
+
+
+def test_newer_store_version(store):
+    manifest = json.loads((store.path / "store.json").read_text())
+    (store.path / "store.json").write_text(json.dumps({**manifest, "version": VERSION + 1}))
+    with pytest.raises(StoreError, match=r"newer flowkit \(format version 2 > 1\); upgrade flowkit"):
+        FlowStore(store.path)
+
+
+def test_plain_hdf5_file_instead_of_store(tmp_path):
+    with h5py.File(tmp_path / "flow.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(StoreError, match="plain HDF5 file, not a flowkit store"):
+        FlowStore(tmp_path / "flow.h5")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(StoreError, match="is a file"):
+        FlowStore(tmp_path / "notes.txt", mode="a")
+
+
+def test_missing_video_and_newer_video_file(store):
+    with pytest.raises(StoreError, match="not in store"):
+        store.read_flow("zoom/none")
+    rgb, flow = make_video(11)
+    write_video(store, "zoom/v", rgb, {"tvl1": flow})
+    with h5py.File(store.path / "videos/zoom/v.h5", "r+") as f:
+        f.attrs["version"] = 7
+    with pytest.raises(StoreError, match="newer flowkit"):
+        FlowStore(store.path).read_flow("zoom/v")
+
+
+def test_classes_in_store_json(tmp_path):
+    path = tmp_path / "s"
+    FlowStore(path, mode="a")
+    assert FlowStore(path, mode="a", classes=["a", "b"]).classes == ["a", "b"]  # adopted
+    assert FlowStore(path).classes == ["a", "b"]
+    assert FlowStore(path, mode="a").classes == ["a", "b"]  # no request keeps them
+    assert FlowStore(path, mode="a", classes=["a", "b"]).classes == ["a", "b"]
+    with pytest.raises(StoreError, match="label ids would not match"):
+        FlowStore(path, mode="a", classes=["a", "b", "c"])
+    with pytest.raises(StoreError, match="other order"):
+        FlowStore(path, mode="a", classes=["b", "a"])
+    manifest = json.loads((path / "store.json").read_text())
+    assert manifest["format"] == FORMAT and manifest["version"] == VERSION
+    assert "created" in manifest and "flowkit_version" in manifest
+
+
+# ----------------------------------------------------------------------------- validation
+
+def test_validate_detects_tampered_files(store):
+    for key in ("zoom/a", "zoom/b", "zoom/c"):
+        rgb, flow = make_video(12)
+        write_video(store, key, rgb, {"tvl1": flow})
+    videos = store.path / "videos"
+    data = (videos / "zoom/a.h5").read_bytes()
+    (videos / "truncated.h5").write_bytes(data[: len(data) // 2])
+    with h5py.File(videos / "zoom/b.h5", "r+") as f:
+        f.attrs["version"] = 99
+    with h5py.File(videos / "zoom/c.h5", "r+") as f:
+        f.attrs["frame_count"] = 9
+    problems = store.validate()
+    assert len(problems) == 4, problems
+    text = "\n".join(problems)
+    assert "truncated.h5: cannot be opened as HDF5" in text
+    assert "zoom/b.h5: version attribute is 99" in text
+    assert "zoom/c.h5: /rgb has shape (6, 12, 16, 3), expected (9, 12, 16, 3)" in text
+    assert "zoom/c.h5: /flow/tvl1 has shape (5, 2, 12, 16), expected (8, 2, 12, 16)" in text
+    assert store.summary()["unreadable"] == 1
+    with pytest.raises(StoreError, match="cannot be read as HDF5"):
+        store.read_flow("truncated")
+
+
+# ----------------------------------------------------------------------------- many processes
+
+class _FlowFrames(torch.utils.data.Dataset):
+    def __init__(self, store, keys, per_video):
+        self.store, self.items = store, [(k, i) for k in keys for i in range(per_video)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, n):
+        key, i = self.items[n]
+        return n, torch.from_numpy(self.store.read_flow(key, index=i)), os.getpid()
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_dataloader_workers_read_correct_data(store):
+    expected = {}
+    for v in range(3):
+        rgb, flow = make_video(20 + v, frames=5)
+        write_video(store, f"zoom/w{v}", rgb, {"tvl1": flow})
+        expected[f"zoom/w{v}"] = flow
+    reader = FlowStore(store.path)
+    reader.read_flow("zoom/w0", index=0)  # a handle opened before the fork must not be shared
+    dataset = _FlowFrames(reader, sorted(expected), per_video=4)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=4,
+                                         multiprocessing_context="fork")
+    pids = set()
+    for n, flow, pid in loader:
+        key, i = dataset.items[int(n)]
+        np.testing.assert_array_equal(flow[0].numpy(), expected[key][i])
+        pids.add(int(pid))
+    assert len(pids) == 4 and os.getpid() not in pids
+    np.testing.assert_array_equal(reader.read_flow("zoom/w0", index=0), expected["zoom/w0"][0])
+
+
+def test_store_pickles_without_handles(store):
+    """Spawned workers get a pickled store: it must travel without h5py handles and reopen."""
+    rgb, flow = make_video(30)
+    write_video(store, "zoom/p", rgb, {"tvl1": flow})
+    reader = FlowStore(store.path, max_open_files=1)
+    reader.read_flow("zoom/p", index=0)
+    copy = pickle.loads(pickle.dumps(reader))
+    np.testing.assert_array_equal(copy.read_flow("zoom/p"), flow)
+    np.testing.assert_array_equal(reader.read_rgb("zoom/p"), rgb)
+
+
+def _write_keys(path, keys):
+    store = FlowStore(path, mode="a")
+    for key in keys:
+        rgb, flow = make_video(int(key[1:]))
+        write_video(store, key, rgb, {"tvl1": flow})
+
+
+def test_concurrent_writers_share_one_store(tmp_path):
+    path = tmp_path / "shared"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_keys, args=(path, [f"k{r}{i}" for i in range(3)]))
+             for r in range(1, 4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    store = FlowStore(path)
+    assert len(store) == 9 and store.validate() == [] and store.partials() == []
+    np.testing.assert_array_equal(store.read_rgb("k21"), make_video(21)[0])
+
+
+# ----------------------------------------------------------------------------- a real crash
+
+CRASH_WRITER = textwrap.dedent('''
+    import sys, time
+    import numpy as np
+
+    def make(i):
+        rng = np.random.default_rng(100 + i)
+        rgb = rng.integers(0, 256, (6, 24, 32, 3), dtype=np.uint8)
+        flow = rng.normal(0, 6, (5, 2, 24, 32)).astype(np.float16).astype(np.float32)
+        return rgb, flow
+
+    ENGINE = {"engine": "tvl1", "version": "1", "params": {}}
+
+    if __name__ == "__main__":
+        from flowkit.store import FlowStore
+        store = FlowStore(sys.argv[1], mode="a")
+        for i in range(100):
+            rgb, flow = make(i)
+            with store.writer(f"cls/v{i}", source=f"v{i}.mp4", fps=25,
+                              flow_dtype="uint8" if i % 2 else "float16") as w:
+                w.append_rgb(rgb)
+                w.append_flow("tvl1", flow, ENGINE)
+                if i == 2:
+                    print("WRITING", i, flush=True)
+                    while True:  # keep streaming into the third video until killed
+                        w.append_rgb(rgb)
+                        time.sleep(0.001)
+            print("DONE", i, flush=True)
+''')
+
+
+def test_sigkill_while_writing_loses_only_the_video_in_progress(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(CRASH_WRITER)
+    path = tmp_path / "crash"
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        lines = []
+        while not lines or lines[-1] != "WRITING 2":
+            line = proc.stdout.readline()
+            assert line, f"writer exited early: {lines}"
+            lines.append(line.strip())
+        time.sleep(0.05)  # let it stream more frames into the partial
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and lines == ["DONE 0", "DONE 1", "WRITING 2"]
+
+    namespace = {}
+    exec(CRASH_WRITER, namespace)
+    store = FlowStore(path, mode="a")
+    assert store.keys() == ["cls/v0", "cls/v1"] and not store.is_complete("cls/v2")
+    assert store.validate(deep=True) == []
+    assert len(store.partials()) == 1 and store.summary()["partials"] == 1
+    for i, key in enumerate(store.keys()):
+        rgb, flow = namespace["make"](i)
+        np.testing.assert_array_equal(store.read_rgb(key), rgb)
+        expected = flow if i % 2 == 0 else dequantize(quantize(flow, 20.0), 20.0)
+        np.testing.assert_array_equal(store.read_flow(key), expected)
+    assert len(store.remove_partials()) == 1 and store.partials() == []
+    rgb, flow = namespace["make"](2)  # rerunning redoes the lost video
+    write_video(store, "cls/v2", rgb, {"tvl1": flow})
+    assert store.keys() == ["cls/v0", "cls/v1", "cls/v2"] and store.validate() == []
+
+
+def test_open_file_limit_evicts_least_recently_used(store):
+    videos = {f"zoom/l{i}": make_video(40 + i)[1] for i in range(3)}
+    for key, flow in videos.items():
+        write_video(store, key, flows={"tvl1": flow})
+    reader = FlowStore(store.path, max_open_files=2)
+    for key in ["zoom/l0", "zoom/l1", "zoom/l2", "zoom/l0", "zoom/l2"]:
+        np.testing.assert_array_equal(reader.read_flow(key), videos[key])
+        assert len(reader._handles) <= 2
+    reader.close()
+    assert not reader._handles
+
+
+def test_summary_cache_follows_replaced_videos(store):
+    for i in range(2):
+        write_video(store, f"zoom/c{i}", *make_video(50 + i, frames=4)[:1], flows={})
+    assert store.summary()["frames"] == 8
+    assert (store.path / "index.json").is_file()
+    rgb, flow = make_video(52, frames=7)
+    write_video(store, "zoom/c1", rgb, {"tvl1": flow})  # redone: a new file under the same key
+    fresh = store.summary()
+    assert fresh["frames"] == 11 and fresh["flow_pairs"] == {"tvl1": 6}
+    (store.path / "index.json").write_text("{not json")  # a broken cache is rebuilt
+    assert store.summary() == fresh
+    (store.path / "videos/zoom/c0.h5").unlink()
+    assert store.summary()["videos"] == 1
+    assert sorted(p.name for p in store.path.iterdir()) == ["index.json", "store.json", "videos"]

@@ -1,0 +1,380 @@
+"""flowkit.video: probing, streaming, resizing, encoding, and one clear error per broken file."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tracemalloc
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+from flowkit.errors import FlowkitError, VideoError
+from flowkit.samples import render_sample, sample_motion, sample_specs
+from flowkit.video import (
+    VIDEO_EXTENSIONS,
+    VideoInfo,
+    iter_frames,
+    load_frames,
+    output_size,
+    probe,
+    write_video,
+)
+
+# What the ``sample_videos`` fixture (conftest.py) makes; conftest is not imported, since pytest's
+# importlib mode would not allow it.
+SAMPLE_FRAMES, SAMPLE_SIZE = 8, (64, 80)
+
+
+@pytest.fixture(scope="module")
+def clip(sample_videos):
+    """One sample video: ``pan_left_0.mp4``, 8 frames of 64x80."""
+    return sample_videos / "pan_left" / "pan_left_0.mp4"
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+# --- probe / decode ------------------------------------------------------------------------------
+
+def test_probe(clip):
+    info = probe(clip)
+    assert isinstance(info, VideoInfo)
+    assert (info.height, info.width) == SAMPLE_SIZE
+    assert info.fps == pytest.approx(25.0)
+    assert info.frame_count == SAMPLE_FRAMES
+    assert info.duration == pytest.approx(SAMPLE_FRAMES / 25.0, abs=0.05)
+    assert info.codec in {"h264", "mpeg4"}
+    assert info.path == str(clip)
+
+
+def test_load_frames_shape_and_dtype(clip):
+    frames = load_frames(clip)
+    assert frames.shape == (SAMPLE_FRAMES, *SAMPLE_SIZE, 3)
+    assert frames.dtype == np.uint8
+    assert frames.std() > 10  # a real picture, not a blank decode
+
+
+def test_iter_frames_yields_owned_arrays(clip):
+    frames = list(iter_frames(clip))
+    assert len(frames) == SAMPLE_FRAMES
+    assert all(f.flags["C_CONTIGUOUS"] and f.flags["OWNDATA"] for f in frames)
+    np.testing.assert_array_equal(np.stack(frames), load_frames(clip))
+
+
+def test_sample_video_matches_rendered_frames(clip):
+    """Decoding gives back what was encoded, up to lossy compression and 4:2:0 chroma."""
+    spec = sample_specs(classes=("pan_left", "zoom_in"), videos_per_class=2, frames=SAMPLE_FRAMES,
+                        size=SAMPLE_SIZE)[0]
+    error = np.abs(load_frames(clip).astype(np.float32) - render_sample(spec)).mean()
+    assert error < 5.0
+
+
+@pytest.mark.parametrize(
+    "height, width, size, expected",
+    [
+        (240, 320, None, (240, 320)),
+        (240, 320, 120, (120, 160)),
+        (320, 240, 120, (160, 120)),  # portrait: the short side is the width
+        (240, 320, 100, (100, 133)),  # 133.33 rounds to nearest
+        (90, 160, 64, (64, 114)),  # 113.78 rounds up
+        (240, 320, 480, (480, 640)),  # enlarging
+        (240, 320, (30, 50), (30, 50)),  # exact, aspect ignored
+    ],
+)
+def test_output_size(height, width, size, expected):
+    assert output_size(height, width, size) == expected
+
+
+@pytest.mark.parametrize("size", [0, -3, (0, 10)])
+def test_output_size_rejects_non_positive(size):
+    with pytest.raises(ValueError):
+        output_size(10, 10, size)
+
+
+def test_resize_short_side(clip):
+    frames = load_frames(clip, size=32)
+    assert frames.shape == (SAMPLE_FRAMES, 32, 40, 3)
+    # Area-averaged shrink of the full-size decode, not a different picture.
+    reference = np.stack([cv2.resize(f, (40, 32), interpolation=cv2.INTER_AREA) for f in load_frames(clip)])
+    np.testing.assert_array_equal(frames, reference)
+
+
+@pytest.mark.parametrize("size", [(30, 50), (128, 100)])
+def test_resize_exact(clip, size):
+    frames = load_frames(clip, size=size)
+    assert frames.shape == (SAMPLE_FRAMES, *size, 3)
+    assert abs(float(frames.mean()) - float(load_frames(clip).mean())) < 2.0
+
+
+def test_step_and_max_frames(clip):
+    full = load_frames(clip)
+    np.testing.assert_array_equal(load_frames(clip, step=3), full[::3])  # frames 0, 3, 6
+    np.testing.assert_array_equal(load_frames(clip, max_frames=5), full[:5])
+    np.testing.assert_array_equal(load_frames(clip, step=2, max_frames=2), full[[0, 2]])
+    assert len(load_frames(clip, max_frames=100)) == SAMPLE_FRAMES
+
+
+@pytest.mark.parametrize("kwargs", [{"step": 0}, {"step": 1.5}, {"max_frames": 0}])
+def test_bad_arguments(clip, kwargs):
+    with pytest.raises(ValueError):
+        load_frames(clip, **kwargs)
+
+
+def test_gray(clip):
+    gray = load_frames(clip, gray=True)
+    assert gray.shape == (SAMPLE_FRAMES, *SAMPLE_SIZE)
+    assert gray.dtype == np.uint8
+    # The decoder's luma and the BT.601 luma of the decoded RGB agree up to rounding/chroma loss.
+    reference = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in load_frames(clip)])
+    assert np.abs(gray.astype(np.float32) - reference).mean() < 3.0
+    assert load_frames(clip, gray=True, size=32).shape == (SAMPLE_FRAMES, 32, 40)
+
+
+def test_video_extensions():
+    assert {".mp4", ".avi", ".mkv", ".mov", ".webm"} <= set(VIDEO_EXTENSIONS)
+    assert all(ext.startswith(".") and ext == ext.lower() for ext in VIDEO_EXTENSIONS)
+
+
+# --- write_video round trips ---------------------------------------------------------------------
+
+def _moving_photo(frames: int, size: tuple[int, int]) -> np.ndarray:
+    spec = sample_specs(classes=("rotate_cw",), videos_per_class=1, frames=frames, size=size)[0]
+    return render_sample(spec)
+
+
+@pytest.mark.parametrize(
+    "name, size, codec",
+    [
+        ("even.mp4", (48, 64), None),  # libx264, yuv420p
+        ("odd.mp4", (45, 61), None),  # libx264 switches to yuv444p to keep the odd size
+        ("mpeg4.avi", (48, 64), "mpeg4"),  # the always-available fallback encoder
+        ("odd_mpeg4.mkv", (45, 61), "mpeg4"),
+    ],
+)
+def test_write_video_round_trip(tmp_path, name, size, codec):
+    frames = _moving_photo(10, size)
+    path = write_video(tmp_path / "sub" / name, iter(frames), fps=12.5, codec=codec)
+    assert path == tmp_path / "sub" / name
+    decoded = load_frames(path)
+    assert decoded.shape == frames.shape
+    # Small, highly textured frames are the hard case for lossy codecs; 4:2:0 chroma alone costs
+    # ~2.5 grey levels of RGB error here. Luma, what flow engines see, is kept closer.
+    assert np.abs(decoded.astype(np.float32) - frames).mean() < 6.0
+    luma = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]).astype(np.float32)
+    assert np.abs(load_frames(path, gray=True) - luma).mean() < 4.0
+    info = probe(path)
+    assert info.fps == pytest.approx(12.5)
+    assert (info.height, info.width) == size
+
+
+def test_write_video_accepts_gray(tmp_path):
+    frames = _moving_photo(4, (32, 32))[..., 0]
+    assert load_frames(write_video(tmp_path / "g.mp4", frames)).shape == (4, 32, 32, 3)
+
+
+def test_write_video_rejects_bad_frames(tmp_path):
+    with pytest.raises(ValueError, match="no frames"):
+        write_video(tmp_path / "none.mp4", [])
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "float.mp4", [np.zeros((8, 8, 3), np.float32)])
+    with pytest.raises(ValueError, match="differs"):
+        write_video(tmp_path / "sizes.mp4", [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 10, 3), np.uint8)])
+
+
+# --- broken input: one VideoError naming the file and the cause ---------------------------------
+
+BROKEN = {
+    "empty": "empty file (0 bytes)",
+    "text": "not a video",
+    "audio_only": "no video stream",
+    "truncated": "header is truncated",
+    "truncated_faststart": "truncated",
+    "truncated_mkv": "truncated",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_video_raises_video_error(bad_videos, case):
+    path = bad_videos.paths[case]
+    with pytest.raises(VideoError) as info:
+        load_frames(path)
+    message = str(info.value)
+    assert path.name in message
+    assert BROKEN[case] in message
+    assert isinstance(info.value, FlowkitError)
+
+
+@pytest.mark.parametrize("case", ["empty", "text", "audio_only", "truncated"])
+def test_probe_rejects_unopenable(bad_videos, case):
+    with pytest.raises(VideoError, match=bad_videos.paths[case].name):
+        probe(bad_videos.paths[case])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VideoError, match=r"nope\.mp4: file not found"):
+        load_frames(tmp_path / "nope.mp4")
+    with pytest.raises(VideoError, match="file not found"):
+        probe(tmp_path / "nope.mp4")
+
+
+def test_directory_is_not_a_video(tmp_path):
+    with pytest.raises(VideoError, match="directory"):
+        load_frames(tmp_path)
+
+
+def test_text_named_txt_is_not_a_video(tmp_path):
+    """ffmpeg's tty demuxer would render a .txt file as a video; flowkit refuses it."""
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n" * 100)
+    with pytest.raises(VideoError, match="notes.txt: not a video"):
+        load_frames(path)
+
+
+def test_truncated_file_reports_decoded_count(bad_videos):
+    with pytest.raises(VideoError, match=r"decoded \d+ of the 48 frames"):
+        load_frames(bad_videos.paths["truncated_mkv"])
+
+
+def test_truncated_file_decodes_partially_when_not_strict(bad_videos):
+    """The good head of a cut file is still readable, on request (and within max_frames)."""
+    for case in ("truncated_mkv", "truncated_faststart"):
+        frames = load_frames(bad_videos.paths[case], strict=False)
+        assert 0 < len(frames) < 48
+        assert len(load_frames(bad_videos.paths[case], max_frames=2)) == 2
+
+
+def test_valid_edge_cases(bad_videos):
+    assert load_frames(bad_videos.paths["one_frame"]).shape == (1, 64, 80, 3)
+    assert load_frames(bad_videos.paths["odd_size"]).shape == (12, 45, 61, 3)
+    for case in ("good_0", "good_1"):
+        assert load_frames(bad_videos.paths[case]).shape == (24, 64, 80, 3)
+
+
+def test_bad_videos_layout(bad_videos):
+    assert {p.parent.name for p in bad_videos.paths.values()} == {"classA", "classB"}
+    assert all(p.is_relative_to(bad_videos.root) for p in bad_videos.paths.values())
+    assert bad_videos.paths["empty"].stat().st_size == 0
+
+
+# --- streaming: bounded memory, no leaked handles ------------------------------------------------
+
+LONG_FRAMES, LONG_SIZE = 2000, (64, 64)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """2000 frames of 64x64: 24.6 MB decoded. Frames come from a generator, so writing is bounded too."""
+    ys, xs = np.mgrid[0 : LONG_SIZE[0], 0 : LONG_SIZE[1]]
+
+    def frames():
+        for t in range(LONG_FRAMES):
+            pattern = (128 + 100 * np.sin((xs + 2 * t) / 6.0) * np.cos(ys / 5.0)).astype(np.uint8)
+            yield np.stack([pattern, pattern[::-1], pattern[:, ::-1]], axis=-1)
+
+    return write_video(tmp_path_factory.mktemp("long") / "long.mp4", frames())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_long_video_streams_with_bounded_memory(long_video):
+    full_size = LONG_FRAMES * LONG_SIZE[0] * LONG_SIZE[1] * 3
+    gc.collect()
+    rss_warm, rss_peak = None, 0
+    tracemalloc.start()
+    count = 0
+    try:
+        for frame in iter_frames(long_video):
+            count += 1
+            if count == 100:
+                # The decoder's threads and buffer pools are set up by now; measure growth from here,
+                # which stays flat when streaming and grows with every frame if anything leaks.
+                rss_warm = _rss_bytes()
+            elif count % 100 == 0:
+                rss_peak = max(rss_peak, _rss_bytes())
+        _, python_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == LONG_FRAMES
+    assert frame.shape == (*LONG_SIZE, 3)
+    # numpy reports its buffers to tracemalloc: only a frame or two may be alive at once.
+    assert python_peak < full_size / 50
+    # Decoder-side memory (ffmpeg frames, thread buffers) is invisible to tracemalloc: bound RSS.
+    # Keeping every frame would grow it by ~full_size.
+    assert rss_peak - rss_warm < full_size / 8
+
+
+def test_generator_close_closes_container(clip):
+    gc.collect()
+    before = _open_fds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        frames = iter_frames(clip)
+        next(frames)
+        assert _open_fds() > before  # the container holds the file open while streaming
+        frames.close()
+        assert _open_fds() == before
+
+        for _ in iter_frames(clip):
+            break  # abandoned generator: refcount drop closes it
+        gc.collect()
+        assert _open_fds() == before
+
+        with pytest.raises(VideoError):
+            next(iter_frames(clip.with_name("missing.mp4")))
+        assert _open_fds() == before
+
+
+def test_error_mid_stream_closes_container(bad_videos):
+    gc.collect()
+    before = _open_fds()
+    with pytest.raises(VideoError):
+        for _ in iter_frames(bad_videos.paths["truncated_mkv"]):
+            pass
+    gc.collect()
+    assert _open_fds() == before
+
+
+# --- sample videos the other tests rely on --------------------------------------------------------
+
+def test_sample_folder_layout(sample_videos):
+    found = sorted(p.relative_to(sample_videos).as_posix() for p in sample_videos.rglob("*.mp4"))
+    assert found == ["pan_left/pan_left_0.mp4", "pan_left/pan_left_1.mp4",
+                     "zoom_in/zoom_in_0.mp4", "zoom_in/zoom_in_1.mp4"]
+
+
+@pytest.mark.parametrize("class_name", ["pan_left", "pan_right", "zoom_in", "rotate_cw"])
+def test_sample_motion_is_the_true_flow(class_name):
+    """Warping frame t+1 by the stated flow gives back frame t; without it, it does not."""
+    spec = sample_specs(classes=(class_name,), videos_per_class=1, frames=4, size=(64, 80))[0]
+    frames = render_sample(spec).astype(np.float32)
+    flow = sample_motion(class_name, spec.speed, spec.size)
+    assert flow.shape == (2, 64, 80) and flow.dtype == np.float32
+    assert 1.0 <= spec.speed <= 3.0
+    ys, xs = np.mgrid[0:64, 0:80].astype(np.float32)
+    warped = cv2.remap(frames[1], xs + flow[0], ys + flow[1], cv2.INTER_LINEAR)
+    inner = (slice(4, -4), slice(4, -4))
+    warped_error = np.abs(warped - frames[0])[inner].mean()
+    still_error = np.abs(frames[1] - frames[0])[inner].mean()
+    assert warped_error < 0.5 * still_error
+    if class_name == "pan_left":
+        assert np.allclose(flow[0], -spec.speed) and np.allclose(flow[1], 0)
+
+
+def test_samples_are_deterministic():
+    args = dict(classes=("zoom_in",), videos_per_class=2, frames=3, size=(32, 40), seed=7)
+    first, again = sample_specs(**args), sample_specs(**args)
+    assert first == again
+    assert first[0].photo != first[1].photo
+    np.testing.assert_array_equal(render_sample(first[0]), render_sample(again[0]))

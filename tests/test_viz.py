@@ -1,0 +1,110 @@
+"""Middlebury colour coding: wheel, saturation, hue by direction, unknown flow, files and grids."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flowkit.errors import FlowkitError
+from flowkit.viz import colorwheel_legend, flow_grid, flow_to_color, make_colorwheel, save_flow_png
+
+
+def constant(u, v, h=4, w=5):
+    flow = np.zeros((2, h, w), np.float32)
+    flow[0], flow[1] = u, v
+    return flow
+
+
+def test_colorwheel_segments():
+    wheel = make_colorwheel()
+    assert wheel.shape == (55, 3)
+    # Segment starts: red, yellow, green, cyan, blue, magenta (RY=15, YG=6, GC=4, CB=11, BM=13, MR=6).
+    starts = {0: (255, 0, 0), 15: (255, 255, 0), 21: (0, 255, 0), 25: (0, 255, 255),
+              36: (0, 0, 255), 49: (255, 0, 255)}
+    for index, colour in starts.items():
+        assert tuple(wheel[index]) == colour
+    assert tuple(wheel[1]) == (255, 17, 0)      # floor(255 * 1 / 15)
+    assert tuple(wheel[54]) == (255, 0, 43)     # 255 - floor(255 * 5 / 6)
+
+
+def test_zero_flow_is_white():
+    image = flow_to_color(np.zeros((2, 6, 7), np.float32))
+    assert image.shape == (6, 7, 3) and image.dtype == np.uint8
+    assert (image == 255).all()
+
+
+def test_plus_x_is_first_wheel_colour_at_full_saturation():
+    assert tuple(make_colorwheel()[0]) == (255, 0, 0)
+    image = flow_to_color(constant(2.5, 0.0))
+    assert (image == (255, 0, 0)).all()
+    # Half the maximum magnitude: halfway to white.
+    assert tuple(flow_to_color(constant(1.0, 0.0), max_flow=2.0)[0, 0]) == (255, 128, 128)
+
+
+def test_plus_y_is_the_wheel_colour_a_quarter_turn_on():
+    wheel = make_colorwheel().astype(np.float64)
+    position = 55 / 4                            # +y is 90 degrees clockwise on screen from +x
+    k, frac = int(position), position - int(position)
+    expected = np.round((1 - frac) * wheel[k] + frac * wheel[k + 1]).astype(np.uint8)
+    assert tuple(flow_to_color(constant(0.0, 3.0))[0, 0]) == tuple(expected)
+
+
+def test_direction_changes_hue_not_magnitude():
+    colours = {tuple(flow_to_color(constant(np.cos(a), np.sin(a)))[0, 0])
+               for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)}
+    assert len(colours) == 12
+    for colour in colours:                      # full saturation: some channel is 0, some is 255
+        assert min(colour) <= 1 and max(colour) == 255
+
+
+def test_over_max_flow_is_darkened():
+    image = flow_to_color(constant(4.0, 0.0), max_flow=2.0)
+    assert tuple(image[0, 0]) == (191, 0, 0)
+
+
+def test_unknown_flow_is_black_and_does_not_set_the_scale():
+    flow = constant(1.0, 0.0)
+    flow[0, 0, 0] = np.nan
+    flow[1, 0, 1] = np.inf
+    flow[0, 0, 2] = 1e10                         # Middlebury's unknown marker
+    image = flow_to_color(flow)
+    assert (image[0, :3] == 0).all()
+    assert (image[1:] == (255, 0, 0)).all()
+    assert (flow_to_color(np.full((2, 3, 3), np.nan)) == 0).all()
+
+
+def test_torch_input_and_bad_shape():
+    assert np.array_equal(flow_to_color(torch.from_numpy(constant(0.3, -0.7))),
+                          flow_to_color(constant(0.3, -0.7)))
+    with pytest.raises(FlowkitError, match=r"\(2, H, W\)"):
+        flow_to_color(np.zeros((4, 5, 2)))
+    with pytest.raises(FlowkitError, match="max_flow"):
+        flow_to_color(constant(1, 0), max_flow=0)
+
+
+def test_save_flow_png_writes_rgb_as_bgr(tmp_path):
+    path = tmp_path / "flow.png"
+    save_flow_png(path, constant(1.0, 0.0))
+    bgr = cv2.imread(str(path))
+    assert tuple(bgr[0, 0]) == (0, 0, 255)
+    with pytest.raises(FlowkitError, match="cannot write"):
+        save_flow_png(tmp_path / "missing" / "flow.png", constant(1.0, 0.0))
+
+
+def test_legend_and_grid():
+    legend = colorwheel_legend(33)
+    assert legend.shape == (33, 33, 3)
+    assert (legend[16, 16] == 255).all() and (legend[0, 0] == 255).all()
+    assert tuple(legend[16, 32]) == (255, 0, 0)  # right edge of the disc: +x at full saturation
+
+    frames = [np.full((4, 5, 3), i * 50, np.uint8) for i in range(3)]
+    flows = [constant(1.0, 0.0), constant(0.0, 2.0)]
+    grid = flow_grid(frames, flows, gap=1)
+    assert grid.shape == (2 * 4 + 1, 2 * 5 + 1, 3)
+    assert (grid[:4, :5] == 0).all() and (grid[5:, :5] == 50).all()
+    assert tuple(grid[0, 6]) == (255, 128, 128)  # shared scale: max magnitude over both flows is 2
+    assert flow_grid(frames, flows, legend=True).shape == (10, 5 + 2 + 5 + 2 + 4, 3)
+    tgrid = flow_grid(torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in frames]),
+                      torch.from_numpy(np.stack(flows)), gap=1)
+    assert np.array_equal(tgrid, grid)
+    with pytest.raises(FlowkitError, match="frames"):
+        flow_grid(frames[:1], flows)
