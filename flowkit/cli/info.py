@@ -1,0 +1,68 @@
+"""``flowkit info STORE``: what a store holds and how it was made."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..store import FlowStore
+from . import EXIT_OK, EXIT_PARTIAL, handle_errors
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _table(s: dict) -> Table:
+    table = Table(title=f"flowkit store {s['path']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("format", f"{s['format']} v{s['version']}")
+    table.add_row("videos", str(s["videos"]))
+    classes = s["classes"]["names"]
+    table.add_row("classes", f"{len(classes)}" + (f" ({', '.join(classes[:8])}"
+                                                  f"{', ...' if len(classes) > 8 else ''})" if classes else ""))
+    table.add_row("frames", f"{s['frames']} ({s['rgb_frames']} RGB stored)")
+    for name, pairs in s["flow_pairs"].items():
+        eng = s["engines"].get(name, {})
+        quant = ", ".join(s["quantization"].get(name, []))
+        params = ", ".join(f"{k}={v}" for k, v in eng.get("params", {}).items())
+        table.add_row(f"flow/{name}", f"{pairs} pairs, {quant}; {eng.get('engine')} "
+                                      f"v{eng.get('version')} ({params})")
+    table.add_row("sizes", ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()))
+    table.add_row("on disk", _human_bytes(s["bytes"]))
+    if s.get("partials"):
+        table.add_row("in progress", f"{s['partials']} partial files (redone on the next run)")
+    for w in s["warnings"]:
+        table.add_row("warning", w)
+    return table
+
+
+@click.command("info")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--validate", is_flag=True, help="Also open and check every video file; exit 1 on problems.")
+@handle_errors
+def command(store, as_json, validate):
+    """Summarise STORE: videos, classes, frames, bytes, and the engines and parameters used."""
+    with FlowStore(store) as fs:
+        summary = fs.summary()
+        problems = fs.validate() if validate else []
+    if validate:
+        summary["problems"] = problems
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        console = Console()
+        console.print(_table(summary))
+        if validate:
+            console.print("valid" if not problems else "\n".join(f"problem: {p}" for p in problems),
+                          highlight=False)
+    sys.exit(EXIT_PARTIAL if problems else EXIT_OK)

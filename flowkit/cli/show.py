@@ -1,0 +1,87 @@
+"""``flowkit show STORE VIDEO -o out.png|out.mp4``: look at stored flow."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import FlowkitError
+from ..store import FlowStore
+from ..video import write_video
+from ..viz import flow_grid, flow_to_color
+from . import handle_errors
+
+_VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
+
+
+def _pick_flow(store: FlowStore, key: str, name: str | None) -> str:
+    names = store.flow_names(key)
+    if not names:
+        raise FlowkitError(f"video {key!r} holds no flow; extract it with `flowkit extract`")
+    if name is None:
+        return names[0]
+    if name not in names:
+        raise FlowkitError(f"video {key!r} has no flow {name!r}; it has: {', '.join(names)}")
+    return name
+
+
+def _write_png(out: Path, store: FlowStore, key: str, name: str, frames: list[int],
+               max_flow: float | None) -> None:
+    flows = store.read_flow(key, name, index=frames)
+    rgb = store.read_rgb(key, index=frames) if store.meta(key)["has_rgb"] else None
+    if rgb is None:
+        image = np.concatenate([flow_to_color(f, max_flow) for f in flows], axis=0)
+    else:
+        image = flow_grid(rgb, flows, max_flow=max_flow, legend=True)
+    import cv2
+    if not cv2.imwrite(str(out), image[..., ::-1]):
+        raise FlowkitError(f"{out}: could not write the image (unsupported extension or folder)")
+
+
+def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: float | None,
+                 fps: float) -> None:
+    n = store.meta(key)["num_frames"] - 1
+    has_rgb = store.meta(key)["has_rgb"]
+    # One colour scale for the whole clip: flicker-free, and comparable from frame to frame.
+    if max_flow is None:
+        max_flow = max(float(np.percentile(np.hypot(*store.read_flow(key, name, index=t)), 99))
+                       for t in range(0, n, max(1, n // 16)))
+        max_flow = max(max_flow, 1e-3)
+
+    def frames():
+        for t in range(n):
+            colour = flow_to_color(store.read_flow(key, name, index=t), max_flow)
+            yield np.concatenate([store.read_rgb(key, index=t), colour], axis=1) if has_rgb else colour
+
+    write_video(out, frames(), fps=fps)
+
+
+@click.command("show")
+@click.argument("store")
+@click.argument("video")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="out.png (frames and flow colour side by side) or out.mp4 (the whole video).")
+@click.option("--flow", "name", default=None, help="Flow dataset name (default: the first, e.g. tvl1).")
+@click.option("--frame", "frames", multiple=True, type=int,
+              help="Frame pair index for a PNG, repeatable (default: first, middle, last).")
+@click.option("--max-flow", type=float, default=None, help="Colour saturation radius, pixels.")
+@handle_errors
+def command(store, video, output, name, frames, max_flow):
+    """Colour-code the flow of VIDEO (its key, e.g. class/video_name) from STORE."""
+    with FlowStore(store) as fs:
+        if video not in fs:
+            close = [k for k in fs.keys() if video in k][:5]
+            hint = f"; did you mean: {', '.join(close)}" if close else "; `flowkit info` lists the store"
+            raise FlowkitError(f"no video {video!r} in {store}{hint}")
+        name = _pick_flow(fs, video, name)
+        n = fs.meta(video)["num_frames"] - 1
+        if output.suffix.lower() in _VIDEO_SUFFIXES:
+            _write_video(output, fs, video, name, max_flow, float(fs.meta(video)["fps"]) or 25.0)
+        else:
+            picked = sorted(set(frames)) if frames else sorted({0, n // 2, n - 1})
+            bad = [t for t in picked if not 0 <= t < n]
+            if bad:
+                raise FlowkitError(f"frame {bad[0]} out of range: {video!r} has {n} flow frames")
+            _write_png(output, fs, video, name, picked, max_flow)
+    click.echo(f"wrote {output}")

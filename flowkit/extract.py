@@ -1,0 +1,275 @@
+"""Video folder -> motion engine -> store: the extraction pipeline behind ``flowkit extract``.
+
+Per video: frames are streamed from the decoder in chunks of ``batch`` frames; each chunk (with the
+last frame of the previous chunk) forms ``batch`` consecutive pairs, one engine call; RGB frames and
+flow are appended to the video's partial file, which the store renames only once the whole video is
+written. So memory is bounded by one chunk whatever the video's length, a crash loses at most the
+videos in progress, and rerunning the same command skips every finished video (resume).
+
+One bad video never stops a run: its error becomes one line in the summary. Sharding (``RANK`` /
+``WORLD_SIZE`` as set by torchrun, or ``shard=(i, n)``) splits the video list; all shards write into
+the same store directory, so there is nothing to merge.
+"""
+from __future__ import annotations
+
+import inspect
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import FlowkitError, VideoError
+from .flow import create_engine, engine_class
+from .flow.base import FlowEngine
+from .labels import VideoItem
+from .store import FlowStore
+from .video import iter_frames, probe
+
+
+@dataclass
+class ExtractConfig:
+    """What to compute and how to store it; every field maps to a ``flowkit extract`` option."""
+    method: str = "tvl1"
+    engine_params: dict = field(default_factory=dict)
+    device: str = "cpu"
+    compile: bool = False
+    size: int | tuple[int, int] | None = None
+    step: int = 1
+    max_frames: int | None = None
+    flow_dtype: str = "float16"
+    flow_bound: float = 20.0
+    rgb: bool = True
+    batch: int = 8
+    workers: int = 1
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise FlowkitError(f"batch must be >= 1, got {self.batch}")
+        if self.step < 1:
+            raise FlowkitError(f"step must be >= 1, got {self.step}")
+        if self.workers < 1:
+            raise FlowkitError(f"workers must be >= 1, got {self.workers}")
+
+
+@dataclass
+class VideoResult:
+    """Outcome of one video: ``status`` is "done", "skipped" (already in the store) or "failed"."""
+    key: str
+    source: str
+    status: str
+    reason: str = ""
+    frames: int = 0
+    pairs: int = 0
+    size: tuple[int, int] | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    method: str
+    results: list[VideoResult]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def pairs(self) -> int:
+        return sum(r.pairs for r in self.results if r.status == "done")
+
+    def to_dict(self) -> dict:
+        return {"store": self.store, "method": self.method, "seconds": round(self.seconds, 3),
+                "done": self.count("done"), "skipped": self.count("skipped"),
+                "failed": self.count("failed"), "pairs": self.pairs,
+                "pairs_per_s": round(self.pairs / self.seconds, 3) if self.seconds > 0 else None,
+                "notes": self.notes,
+                "videos": [asdict(r) for r in self.results]}
+
+
+def shard_from_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's environment, ``(0, 1)`` when not set."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError as exc:
+        raise FlowkitError(f"RANK/WORLD_SIZE must be integers: {exc}") from None
+
+
+def select_shard(items: Sequence[VideoItem], shard: tuple[int, int]) -> list[VideoItem]:
+    """Every ``n``-th item starting at ``i``: shards are disjoint and together cover ``items``."""
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise FlowkitError(f"invalid shard {i}/{n}: need 0 <= index < count")
+    return list(items[i::n])
+
+
+def _device_for_rank(device: str) -> str:
+    """With several GPUs and torchrun, each local rank takes its own device."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def build_engine(config: ExtractConfig) -> FlowEngine:
+    params = dict(config.engine_params)
+    # compile is an execution option of engines that have one (tvl1); others ignore it.
+    if config.compile and "compile" in inspect.signature(engine_class(config.method)).parameters:
+        params["compile"] = True
+    return create_engine(config.method, device=_device_for_rank(config.device), **params)
+
+
+def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Stack an iterator of frames into arrays of up to ``size`` frames."""
+    chunk: list[np.ndarray] = []
+    for frame in frames:
+        chunk.append(frame)
+        if len(chunk) == size:
+            yield np.stack(chunk)
+            chunk = []
+    if chunk:
+        yield np.stack(chunk)
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 -> ``(N, 3, H, W)`` uint8 tensor (no copy until the engine moves it)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+def extract_video(item: VideoItem, store: FlowStore, engine: FlowEngine, config: ExtractConfig,
+                  on_pairs: Callable[[int], None] | None = None) -> VideoResult:
+    """Decode one video, compute its flow, and commit it to the store. Raises VideoError and
+    friends; the caller turns them into a failed result."""
+    start = time.perf_counter()
+    info = probe(item.path)
+    frames = iter_frames(item.path, size=config.size, step=config.step,
+                         max_frames=config.max_frames, threads=1 if config.workers > 1 else 0)
+    n_frames = n_pairs = 0
+    size = None
+    with store.writer(item.key, source=item.path, fps=info.fps / config.step, label=item.label,
+                      label_name=item.label_name, source_size=(info.height, info.width),
+                      step=config.step, flow_dtype=config.flow_dtype,
+                      flow_bound=config.flow_bound) as writer:
+        previous = None
+        for chunk in _chunks(frames, config.batch):
+            size = chunk.shape[1:3]
+            if config.rgb:
+                writer.append_rgb(chunk)
+            sequence = chunk if previous is None else np.concatenate([previous[None], chunk])
+            if len(sequence) >= 2:
+                batch = _to_tensor(sequence)
+                flow = engine(batch[:-1], batch[1:])
+                writer.append_flow(config.method, flow.float().cpu().numpy(), engine.describe())
+                n_pairs += len(sequence) - 1
+                if on_pairs:
+                    on_pairs(len(sequence) - 1)
+            previous = chunk[-1]
+            n_frames += len(chunk)
+        if n_frames < 2:
+            raise VideoError(f"{item.path}: only {n_frames} frame(s) decoded; flow needs at least 2")
+    return VideoResult(item.key, str(item.path), "done", frames=n_frames, pairs=n_pairs,
+                       size=tuple(int(s) for s in size), seconds=time.perf_counter() - start)
+
+
+def _safe_extract(item, store, engine, config, on_pairs=None) -> VideoResult:
+    """:func:`extract_video` with one bad video turned into a failed result, never an abort."""
+    try:
+        return extract_video(item, store, engine, config, on_pairs)
+    except (FlowkitError, OSError, RuntimeError, ValueError) as exc:
+        reason = str(exc)
+        if not isinstance(exc, FlowkitError) or str(item.path) not in reason:
+            reason = f"{item.path}: {type(exc).__name__}: {exc}"
+        return VideoResult(item.key, str(item.path), "failed", reason=reason)
+
+
+# Worker-process state for workers > 1 (one engine per process, built once).
+_worker: dict = {}
+
+
+def _worker_init(store_path: str, config: ExtractConfig, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _worker["store"] = FlowStore(store_path, "a")
+    _worker["engine"] = build_engine(config)
+    _worker["config"] = config
+
+
+def _worker_run(item: VideoItem) -> VideoResult:
+    return _safe_extract(item, _worker["store"], _worker["engine"], _worker["config"])
+
+
+def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: ExtractConfig, *,
+            classes: Sequence[str] | None = None, shard: tuple[int, int] | None = None,
+            progress=None) -> ExtractSummary:
+    """Extract ``items`` into the store at ``store_path`` (created if missing), resuming.
+
+    Args:
+        items: videos to process (e.g. from :func:`flowkit.labels.scan_videos`).
+        store_path: store directory.
+        config: :class:`ExtractConfig`.
+        classes: class names recorded in the store (label ids index into them).
+        shard: ``(index, count)``; defaults to torchrun's ``RANK`` / ``WORLD_SIZE``.
+        progress: optional object with ``start(n_videos)``, ``video_done(result)``, ``pairs(n)``
+            (the CLI passes a rich progress bar); ``None`` runs silently.
+
+    Returns:
+        :class:`ExtractSummary` with one :class:`VideoResult` per item of this shard.
+    """
+    started = time.perf_counter()
+    items = select_shard(items, shard or shard_from_env())
+    store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
+    store.remove_partials()
+    engine = build_engine(config) if config.workers == 1 else None  # fail fast on bad params
+    todo, results = [], []
+    for item in items:
+        if store.is_complete(item.key):
+            results.append(VideoResult(item.key, str(item.path), "skipped",
+                                       reason="already in the store"))
+        else:
+            todo.append(item)
+    if progress:
+        progress.start(len(items))
+        for r in results:
+            progress.video_done(r)
+    for result in _run(todo, store, engine, config, progress):
+        results.append(result)
+        if progress:
+            progress.video_done(result)
+    order = {item.key: i for i, item in enumerate(items)}
+    results.sort(key=lambda r: order[r.key])
+    summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started)
+    summary.notes = _size_notes(results, config)
+    return summary
+
+
+def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,
+         progress) -> Iterable[VideoResult]:
+    on_pairs = progress.pairs if progress else None
+    if config.workers == 1:
+        for item in todo:
+            yield _safe_extract(item, store, engine, config, on_pairs)
+        return
+    threads = max(1, torch.get_num_threads() // config.workers)
+    # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(config.workers, initializer=_worker_init,
+                  initargs=(str(store.path), config, threads)) as pool:
+        for result in pool.imap_unordered(_worker_run, todo):
+            if on_pairs and result.pairs:
+                on_pairs(result.pairs)
+            yield result
+
+
+def _size_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
+    """One line per video stored at a size different from the majority (only without ``size``)."""
+    sizes = [r.size for r in results if r.status == "done" and r.size]
+    if config.size is not None or not sizes:
+        return []
+    common = max(set(sizes), key=sizes.count)
+    return [f"{r.source}: stored at {r.size[0]}x{r.size[1]}, unlike most videos "
+            f"({common[0]}x{common[1]}); pass --size to store all videos at one size"
+            for r in results if r.status == "done" and r.size and r.size != common]
