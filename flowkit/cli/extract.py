@@ -84,6 +84,8 @@ def _print_summary(console: Console, summary) -> None:
               help="Motion engine.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Engine parameter, repeatable (e.g. --param warps=3).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Checkpoint of a trained engine (tvnet, motionnet, learned cost-volume features).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--compile/--no-compile", default=True, show_default=True,
               help="Fuse the TV-L1 iteration with torch.compile (~20 s once, ~3x faster on CPU).")
@@ -104,7 +106,7 @@ def _print_summary(console: Console, summary) -> None:
               help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
-def command(video_dir, store, method, params, device, compile, size, step, max_frames, flow_dtype,
+def command(video_dir, store, method, params, weights, device, compile, size, step, max_frames, flow_dtype,
             bound, rgb, batch, workers, split_list, class_index, shard, as_json):
     """Compute motion features for every video under VIDEO_DIR into the store STORE.
 
@@ -119,7 +121,10 @@ def command(video_dir, store, method, params, device, compile, size, step, max_f
             shard_tuple = (i, n)
         except ValueError:
             raise click.BadParameter(f"expected I/N, got {shard!r}", param_hint="--shard") from None
-    config = ExtractConfig(method=method, engine_params=parse_params(params), device=device,
+    engine_params = parse_params(params)
+    if weights:
+        engine_params["weights"] = weights
+    config = ExtractConfig(method=method, engine_params=engine_params, device=device,
                            compile=compile, size=parse_size(size), step=step,
                            max_frames=max_frames, flow_dtype=flow_dtype, flow_bound=bound, rgb=rgb,
                            batch=batch, workers=workers)

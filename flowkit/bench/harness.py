@@ -1,0 +1,589 @@
+"""The benchmark measurement: speed (pairs/s), memory and accuracy of flow methods on ground truth.
+
+    from flowkit.bench import harness
+    pairs, info = harness.load_dataset("synthetic", size=(128, 160), pairs=8)
+    results = harness.run_benchmark(["tvl1", "opencv-tvl1"], pairs, batch=8, repeats=3,
+                                    dataset=info)
+
+Methods (:func:`available_methods`): ``tvl1``; ``tvl1+compile`` (``tvl1`` with ``compile=True``);
+every other registered engine by its name; the OpenCV peers ``opencv-tvl1``, ``opencv-dis``,
+``opencv-farneback`` (:mod:`flowkit.bench.peers`); ``all`` names every one of them.
+
+What is measured, per method:
+
+- **warm-up** (``warmup_s``, excluded from the speed): one call on the first batch, and on the last
+  batch too when it has another shape. It contains one-off costs: torch.compile's compilation for
+  ``tvl1+compile`` (~20 s on CPU the first time; inductor's on-disk cache makes later processes
+  faster), allocator and thread-pool start-up.
+- **passes**: ``repeats`` timed passes over the whole dataset in batches of ``batch`` pairs (OpenCV
+  peers run one pair per call, recorded as ``batch`` 1). A pass times, for every batch, the method's
+  call on uint8 ``(B, 3, H, W)`` CPU tensors (an engine copies them to its device) and the copy of
+  the flow back to host memory as numpy, which also synchronises CUDA. Building the batches from the
+  dataset is not timed. ``pairs_per_s = pairs / median pass time``; min / max pass times are kept.
+- **peak memory** (``peak_mem_mb``, MiB) over the timed passes. On CUDA: ``torch.cuda.
+  max_memory_allocated`` minus the memory allocated before the passes (tensors only, not the caching
+  allocator's reserve). On CPU: the peak of the process's resident set size sampled every 5 ms from
+  ``/proc/self/statm`` by a background thread, minus the RSS just before the passes; that is the
+  memory a pass needs beyond what the process already holds, including the flow copies it returns.
+  Spikes shorter than 5 ms can be missed; where ``/proc`` is missing, the growth of
+  ``getrusage``'s lifetime maximum RSS is used, a lower bound (0 once an earlier method went higher).
+  ``peak_mem_kind`` names which one.
+- **accuracy** from the flows of the last pass, per pair with
+  :func:`flowkit.bench.metrics.flow_metrics`, then the mean over pairs (each pair counts once,
+  whatever its size; a pair without any valid pixel is left out of that metric): ``epe`` (valid
+  pixels), ``epe_noc`` (valid, not occluded), ``outliers`` (fraction of valid pixels with EPE > 3 px),
+  ``angular`` (degrees).
+
+Each result is a JSON-serialisable dict (non-finite numbers become None); a method that cannot be
+created (OpenCV function missing, engine unavailable) gives ``status: "missing"`` with ``reason``,
+never a silently shorter list.
+"""
+from __future__ import annotations
+
+import gc
+import inspect
+import os
+import platform
+import resource
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import FlowkitError
+from .flo import BenchError
+from .metrics import flow_metrics
+from .peers import PEERS, PeerMissing, create_peer, peer_defaults
+from .synthetic import FlowPair, load_flow_folder, stereo_pairs, synthetic_pairs
+
+COMPILE_SUFFIX = "+compile"
+DATASETS = ("synthetic", "stereo", "middlebury", "sintel")
+# Accuracy keys of a result, in table order.
+METRICS = ("epe", "epe_noc", "outliers", "angular")
+_RSS_INTERVAL_S = 0.005
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+@dataclass
+class Method:
+    """A flow method as the harness runs it.
+
+    Attributes:
+        name: what the result calls it (``"tvl1+compile"``, ``"opencv-dis"``, ...).
+        fn: ``fn(frames0, frames1) -> flow``: uint8 ``(B, 3, H, W)`` CPU tensors twice -> ``(B, 2, H, W)``
+            numpy or torch (any device).
+        device: where it computes (``"cpu"``, ``"cuda:0"``).
+        params: its parameters, recorded in the result.
+        batch: pairs per call; None takes the run's ``batch`` (OpenCV peers use 1).
+        extra: more fields for the result (e.g. ``opencv_threads``).
+    """
+
+    name: str
+    fn: Callable
+    device: str = "cpu"
+    params: dict[str, Any] = field(default_factory=dict)
+    batch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def available_methods() -> list[str]:
+    """Every method name the harness knows: flowkit engines (``tvl1`` and ``tvl1+compile`` first), then
+    the OpenCV peers."""
+    from ..flow import list_engines
+
+    engines = list_engines()
+    names = [n for n in ("tvl1", "tvl1" + COMPILE_SUFFIX) if "tvl1" in engines]
+    names += [n for n in engines if n != "tvl1"]
+    return names + list(PEERS)
+
+
+def resolve_methods(spec: str | Iterable[str]) -> list[str]:
+    """Method names from ``"tvl1,opencv-dis"`` or a list; ``all`` expands to :func:`available_methods`.
+
+    Raises:
+        BenchError: an unknown name; the message lists the valid ones.
+    """
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    valid = available_methods()
+    names: list[str] = []
+    for item in (s.strip() for s in items):
+        if not item:
+            continue
+        expanded = valid if item == "all" else [item]
+        unknown = [n for n in expanded if n not in valid]
+        if unknown:
+            raise BenchError(f"unknown method {unknown[0]!r}; valid methods: {', '.join(valid)}, all")
+        names += [n for n in expanded if n not in names]
+    if not names:
+        raise BenchError(f"no method given; valid methods: {', '.join(valid)}, all")
+    return names
+
+
+def accepted_params(method: str) -> list[str]:
+    """Parameter names ``method`` accepts (for engines: their constructor's keywords)."""
+    if method in PEERS:
+        return list(peer_defaults(method))
+    from ..flow import engine_class
+
+    signature = inspect.signature(engine_class(_engine_name(method)).__init__)
+    return [p for p in signature.parameters if p not in ("self", "device", "compile")]
+
+
+def split_params(params: Mapping[str, Any] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Distribute parameters over methods.
+
+    ``"key"`` goes to every method in ``methods`` that accepts it (so ``nscales=2`` sets both
+    ``tvl1`` and ``opencv-tvl1``); ``"method:key"`` goes to that method only.
+
+    Raises:
+        BenchError: a key no selected method accepts, or a prefix naming a method not selected.
+    """
+    per: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for key, value in (params or {}).items():
+        target, sep, name = key.rpartition(":")
+        if sep:
+            if target not in per:
+                raise BenchError(f"parameter {key!r} names method {target!r}, which is not among the "
+                                 f"methods run ({', '.join(methods)})")
+            if name not in accepted_params(target):
+                raise BenchError(f"{target} has no parameter {name!r}; accepted: "
+                                 f"{', '.join(accepted_params(target))}")
+            per[target][name] = value
+            continue
+        takers = [m for m in methods if name in accepted_params(m)]
+        if not takers:
+            raise BenchError(f"no selected method ({', '.join(methods)}) has a parameter {name!r}")
+        for m in takers:
+            per[m][name] = value
+    return per
+
+
+def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | None = None) -> Method:
+    """The :class:`Method` for a name of :func:`available_methods`.
+
+    Raises:
+        PeerMissing: an OpenCV peer's function is not available.
+        FlowkitError: the engine cannot be created (bad parameter, CUDA missing, ...).
+    """
+    params = dict(params or {})
+    if name in PEERS:
+        peer = create_peer(name, **params)
+        return Method(name, peer, "cpu", peer.params, batch=1,
+                      extra={"opencv_threads": peer.threads})
+    from ..flow import create_engine
+
+    compile_ = name.endswith(COMPILE_SUFFIX)
+    engine = create_engine(_engine_name(name), device=device, **params,
+                           **({"compile": True} if compile_ else {}))
+    record = dict(engine.describe()["params"])
+    if compile_:
+        record["compile"] = True
+    return Method(name, engine, str(engine.device), record)
+
+
+def _engine_name(method: str) -> str:
+    return method[: -len(COMPILE_SUFFIX)] if method.endswith(COMPILE_SUFFIX) else method
+
+
+# ----------------------------------------------------------------------------------------- datasets
+
+def parse_size(text: str | None) -> tuple[int, int] | float | None:
+    """``"256x340"`` -> ``(256, 340)`` (H, W); ``"0.5"`` -> ``0.5`` (a scale); None -> None."""
+    if text is None or text == "":
+        return None
+    h, sep, w = str(text).lower().partition("x")
+    try:
+        if sep:
+            size = (int(h), int(w))
+            if min(size) < 1:
+                raise ValueError
+            return size
+        scale = float(text)
+        if not 0 < scale <= 4:
+            raise ValueError
+        return scale
+    except ValueError:
+        raise BenchError(f"size {text!r} is not HxW (e.g. 128x160) or a scale (e.g. 0.5)") from None
+
+
+def load_dataset(dataset: str = "synthetic", path: str | os.PathLike | None = None,
+                 size: tuple[int, int] | float | None = None, pairs: int | None = None,
+                 seed: int = 0) -> tuple[list[FlowPair], dict[str, Any]]:
+    """Ground-truth pairs for a benchmark, and a description of them for the results.
+
+    Args:
+        dataset: ``"synthetic"`` (generated at ``size``, default 128x160, ``pairs`` of them, default
+            16, from ``seed``), ``"stereo"`` (the Motorcycle pair at one scale: ``size`` a scale in
+            (0, 1] or HxW whose height picks the scale = H / 500; default 0.25; ``pairs`` must be
+            None or 1), ``"middlebury"`` or ``"sintel"`` (folder ``path``; the first ``pairs`` pairs
+            in name order, default all; ``size`` HxW or a scale resizes frames and scales the flow).
+        path: dataset folder, for ``middlebury`` and ``sintel`` only.
+
+    Returns:
+        ``(pairs, info)``; ``info`` has ``dataset``, ``path``, ``seed``, ``size`` (``"HxW"`` or
+        ``"mixed"``) and ``scale`` (stereo).
+    """
+    if dataset not in DATASETS:
+        raise BenchError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    folder = dataset in ("middlebury", "sintel")
+    if folder and path is None:
+        raise BenchError(f"dataset {dataset} needs the dataset folder: --dataset {dataset} PATH")
+    if not folder and path is not None:
+        raise BenchError(f"dataset {dataset} is built in and takes no PATH (got {path})")
+    if pairs is not None and pairs < 1:
+        raise BenchError(f"pairs must be at least 1, got {pairs}")
+    info: dict[str, Any] = {"dataset": dataset, "path": None if path is None else str(path)}
+    if dataset == "synthetic":
+        if isinstance(size, float):
+            raise BenchError("synthetic pairs need --size HxW (e.g. 128x160), not a scale")
+        items = synthetic_pairs(16 if pairs is None else pairs, size or (128, 160), seed=seed)
+        info["seed"] = seed
+    elif dataset == "stereo":
+        if pairs not in (None, 1):
+            raise BenchError("the stereo dataset is one pair per scale; leave --pairs out")
+        scale = 0.25 if size is None else size if isinstance(size, float) else size[0] / 500
+        if not 0 < scale <= 1:
+            raise BenchError(f"stereo scale must be in (0, 1] (height up to 500), got {scale:g}")
+        items = stereo_pairs([scale])
+        info["scale"] = scale
+    else:
+        items = _load_folder(Path(path), dataset, pairs)
+        if size is not None:
+            items = [_resize_pair(p, size) for p in items]
+    shapes = {p.frame0.shape[:2] for p in items}
+    info["size"] = "x".join(map(str, shapes.pop())) if len(shapes) == 1 else "mixed"
+    return items, info
+
+
+def _load_folder(root: Path, layout: str, pairs: int | None) -> list[FlowPair]:
+    if pairs is None:
+        return load_flow_folder(root, layout)
+    # Only the first ``pairs`` are read: a whole Sintel pass is several GB.
+    from . import synthetic
+
+    if not root.is_dir():
+        raise BenchError(f"{root}: no such folder")
+    jobs = synthetic._middlebury_jobs(root) if layout == "middlebury" else \
+        synthetic._sintel_jobs(root, "clean")
+    return [synthetic._load_pair(*job) for job in jobs[:pairs]]
+
+
+def _resize_pair(pair: FlowPair, size: tuple[int, int] | float) -> FlowPair:
+    """Frames resized (INTER_AREA down, INTER_LINEAR up), flow resized over valid pixels only and
+    scaled per axis; valid where every contributing pixel was valid, occluded where any was."""
+    import cv2
+
+    h, w = pair.frame0.shape[:2]
+    nh, nw = size if isinstance(size, tuple) else (max(1, round(h * size)), max(1, round(w * size)))
+    interp = cv2.INTER_AREA if nh * nw < h * w else cv2.INTER_LINEAR
+    rs = lambda a: cv2.resize(a, (nw, nh), interpolation=interp)
+    valid = pair.valid.astype(np.float32)
+    fraction = rs(valid)
+    ok = fraction > 1 - 1e-4
+    flow = np.stack([np.where(ok, rs(pair.flow[c] * valid) / np.maximum(fraction, 1e-6), 0.0)
+                     for c in range(2)]).astype(np.float32)
+    flow[0] *= nw / w
+    flow[1] *= nh / h
+    occluded = rs(pair.occluded.astype(np.float32)) > 1e-4
+    return FlowPair(pair.name, rs(pair.frame0), rs(pair.frame1), flow, ok, occluded | ~ok)
+
+
+# ------------------------------------------------------------------------------------ machine state
+
+def versions() -> dict[str, str | None]:
+    """flowkit, torch, OpenCV, numpy versions (None where not installed)."""
+    import torch
+
+    from .. import __version__
+    try:
+        import cv2
+        opencv = cv2.__version__
+    except ImportError:
+        opencv = None
+    return {"flowkit": __version__, "torch": torch.__version__, "opencv": opencv,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, thread counts, GPU name and the load average when called."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(), "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(), "opencv_threads": None,
+        "platform": platform.platform(), "gpu": None,
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import cv2
+        info["opencv_threads"] = cv2.getNumThreads()
+    except ImportError:
+        pass
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _PeakMemory:
+    """Peak memory growth of the enclosed block (see the module docstring)."""
+
+    def __init__(self, device: str):
+        self.cuda = str(device).startswith("cuda")
+        self.kind = "cuda-allocated"
+        self.peak_mb: float | None = None
+
+    def __enter__(self):
+        gc.collect()
+        if self.cuda:
+            import torch
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        self._base = _rss_bytes()
+        if self._base is None:
+            self.kind = "rss-lifetime-max-growth"
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return self
+        self.kind = "rss-sampled"
+        self._peak = self._base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(_RSS_INTERVAL_S):
+            rss = _rss_bytes()
+            if rss is not None and rss > self._peak:
+                self._peak = rss
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            import torch
+            grown = torch.cuda.max_memory_allocated() - self._base
+        elif self.kind == "rss-sampled":
+            self._stop.set()
+            self._thread.join()
+            grown = max(self._peak, _rss_bytes() or 0) - self._base
+        else:
+            # ru_maxrss is KiB on Linux, bytes on macOS.
+            unit = 1 if platform.system() == "Darwin" else 1024
+            grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._base) * unit
+        self.peak_mb = max(0, grown) / 2**20
+        return False
+
+
+# --------------------------------------------------------------------------------------- measuring
+
+def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *, device: str = "cpu",
+                  batch: int = 8, repeats: int = 3, params: Mapping[str, Any] | None = None,
+                  dataset: Mapping[str, Any] | None = None, progress: bool | Any = False
+                  ) -> list[dict[str, Any]]:
+    """Measure every method on ``pairs`` (see the module docstring for what is measured).
+
+    Args:
+        methods: names (:func:`available_methods`) or ready :class:`Method` objects, run in order.
+        pairs: ground truth, e.g. from :func:`load_dataset`.
+        device: ``"cpu"`` or ``"cuda"`` for flowkit engines (OpenCV peers always run on the CPU).
+        batch: pairs per engine call.
+        repeats: timed passes over the dataset.
+        params: parameters, as :func:`split_params` distributes them.
+        dataset: description recorded in each result (``info`` of :func:`load_dataset`).
+        progress: show a rich progress bar (True, or a ``rich.console.Console`` to draw on).
+
+    Returns:
+        one dict per method, in order (keys: see :func:`result_keys`).
+    """
+    if not pairs:
+        raise BenchError("the dataset has no pairs")
+    if batch < 1 or repeats < 1:
+        raise BenchError(f"batch and repeats must be at least 1, got batch={batch}, repeats={repeats}")
+    names = [m for m in methods if isinstance(m, str)]
+    per_params = split_params(params, resolve_methods(names) if names else [])
+    dataset = dict(dataset or {})
+    shapes = {p.frame0.shape[:2] for p in pairs}
+    dataset.setdefault("size", "x".join(map(str, next(iter(shapes)))) if len(shapes) == 1 else "mixed")
+    common = {"dataset": dataset.get("dataset", "custom"), "size": dataset["size"],
+              "pairs": len(pairs), "repeats": repeats, "versions": versions(),
+              "machine": machine_info(device), "dataset_info": dataset}
+    results = []
+    with _progress_bar(progress, len(methods) * (1 + repeats)) as advance:
+        for method in methods:
+            label = method if isinstance(method, str) else method.name
+            try:
+                m = method if isinstance(method, Method) else build_method(
+                    method, device, per_params.get(method))
+            except (PeerMissing, FlowkitError) as exc:
+                results.append(_missing(label, device, batch, common, str(exc)))
+                advance(label, 1 + repeats)
+                continue
+            results.append(_measure(m, pairs, batch, repeats, common,
+                                    lambda phase, n: advance(f"{label} {phase}", n)))
+    return results
+
+
+def result_keys() -> list[str]:
+    """The keys of every result dict."""
+    return ["method", "status", "reason", "device", "dataset", "size", "batch", "pairs", "repeats",
+            "pairs_per_s", "median_pass_s", "min_pass_s", "max_pass_s", "warmup_s", "peak_mem_mb",
+            "peak_mem_kind", *METRICS, "params", "opencv_threads", "versions", "machine",
+            "dataset_info"]
+
+
+def _measure(m: Method, pairs: Sequence[FlowPair], batch: int, repeats: int, common: dict,
+             advance: Callable) -> dict[str, Any]:
+    size = m.batch or batch
+    batches = _batches(pairs, size)
+    warm = [batches[0]] + ([batches[-1]] if batches[-1][0].shape != batches[0][0].shape else [])
+    advance("warm-up", 0)
+    start = time.perf_counter()
+    for f0, f1 in warm:
+        _host(m.fn(f0, f1))
+    warmup_s = time.perf_counter() - start
+
+    times: list[float] = []
+    flows: list[np.ndarray] = []
+    with _PeakMemory(m.device) as memory:
+        for r in range(repeats):
+            advance(f"pass {r + 1}/{repeats}", 1)
+            flows = []
+            start = time.perf_counter()
+            for f0, f1 in batches:
+                flows.append(_host(m.fn(f0, f1)))
+            times.append(time.perf_counter() - start)
+    advance("done", 1)
+    estimates = [f for chunk in flows for f in chunk]
+    _check_flows(m.name, estimates, pairs)
+    median = statistics.median(times)
+    result = {
+        "method": m.name, "status": "ok", "reason": None, "device": m.device, **common,
+        "batch": size, "pairs_per_s": len(pairs) / median if median > 0 else None,
+        "median_pass_s": median, "min_pass_s": min(times), "max_pass_s": max(times),
+        "warmup_s": warmup_s, "peak_mem_mb": memory.peak_mb, "peak_mem_kind": memory.kind,
+        **accuracy(estimates, pairs), "params": m.params, "opencv_threads": None, **m.extra,
+    }
+    return _clean({k: result.get(k) for k in result_keys()})
+
+
+def accuracy(flows: Sequence, pairs: Sequence[FlowPair]) -> dict[str, float | None]:
+    """Mean over pairs of :func:`flow_metrics` (a pair with no pixel under a metric's mask is left
+    out of that metric); None where no pair counts."""
+    sums = {k: [] for k in METRICS}
+    for flow, pair in zip(flows, pairs):
+        metrics = flow_metrics(flow, pair.flow, pair.valid, pair.occluded)
+        has_valid = bool(pair.valid.any())
+        has_noc = bool((pair.valid & ~pair.occluded).any())
+        for key, value in metrics.items():
+            if has_noc if key == "epe_noc" else has_valid:
+                sums[key].append(value)
+    return {k: float(np.mean(v)) if v else None for k, v in sums.items()}
+
+
+def _missing(name: str, device: str, batch: int, common: dict, reason: str) -> dict[str, Any]:
+    result = {"method": name, "status": "missing", "reason": reason,
+              "device": "cpu" if name in PEERS else device, **common,
+              "batch": 1 if name in PEERS else batch}
+    return _clean({k: result.get(k) for k in result_keys()})
+
+
+def _batches(pairs: Sequence[FlowPair], size: int) -> list[tuple[Any, Any]]:
+    """Consecutive pairs, ``size`` at a time, as uint8 ``(B, 3, H, W)`` CPU tensors; a batch also
+    ends where the frame size changes."""
+    import torch
+
+    groups: list[list[FlowPair]] = []
+    for p in pairs:
+        if groups and len(groups[-1]) < size and groups[-1][0].frame0.shape == p.frame0.shape:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    as_t = lambda frames: torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+    return [(as_t([p.frame0 for p in g]), as_t([p.frame1 for p in g])) for g in groups]
+
+
+def _host(flow) -> np.ndarray:
+    if hasattr(flow, "detach"):
+        return flow.detach().cpu().numpy()
+    return np.asarray(flow)
+
+
+def _check_flows(name: str, flows: Sequence[np.ndarray], pairs: Sequence[FlowPair]) -> None:
+    if len(flows) != len(pairs):
+        raise BenchError(f"{name} returned {len(flows)} flows for {len(pairs)} pairs")
+    for flow, pair in zip(flows, pairs):
+        if flow.shape != pair.flow.shape:
+            raise BenchError(f"{name} returned flow of shape {flow.shape} for pair {pair.name}, "
+                             f"expected {pair.flow.shape}")
+
+
+def _clean(value):
+    """JSON-safe: non-finite floats -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+class _progress_bar:
+    """Context manager yielding ``advance(description, steps)`` (describe what runs now, count
+    ``steps`` finished); a no-op when ``enabled`` is False."""
+
+    def __init__(self, enabled, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda description, steps: None
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        console = self.enabled if not isinstance(self.enabled, bool) else Console(stderr=True)
+        self._progress = Progress(TextColumn("{task.description:<28}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                  transient=True)
+        self._progress.start()
+        task = self._progress.add_task("benchmark", total=self.total)
+
+        def advance(description: str, steps: int):
+            self._progress.update(task, description=description, advance=steps)
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._progress.stop()
+        return False

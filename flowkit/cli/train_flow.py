@@ -1,0 +1,19 @@
+"""``flowkit train-flow ENGINE ...``: train the motion engines that learn (one subcommand each)."""
+from __future__ import annotations
+
+import click
+
+
+@click.group("train-flow")
+def command():
+    """Train a learnable motion engine; `flowkit extract --method NAME --weights CKPT` uses the result."""
+
+
+def _register_subcommands() -> None:
+    # One module per trainable engine, each defining a click command named `command`.
+    import importlib
+    for name in ():  # e.g. ("train_tvnet", "train_motionnet"): add yours here
+        command.add_command(importlib.import_module(f"{__package__}.{name}").command)
+
+
+_register_subcommands()
