@@ -1,0 +1,184 @@
+"""CuPy backend: hand-written CUDA kernels for the hot numeric ops, each the twin of a torch op.
+
+The kernels live next to this file as ``.cu`` sources (package data) and are compiled at first use
+with NVRTC through CuPy, once per device and source variant. Everything here imports cleanly on a
+machine without CuPy or CUDA: CuPy is imported inside functions only, and asking for the backend
+without it raises one :class:`~flowkit.errors.EngineError` that says how to install it.
+
+Conventions shared by every wrapper in this package:
+
+- inputs are torch CUDA tensors, float32, contiguous ``NCHW`` (wrappers cast and make contiguous);
+- outputs are torch tensors allocated by torch's caching allocator; CuPy only sees zero-copy views
+  (:func:`as_cupy`);
+- every launch goes on ``torch.cuda.current_stream()`` of the tensors' device (:func:`launch`), so
+  kernels order correctly with surrounding torch work and CUDA-graph capture sees them;
+- sizes (batch, channels, height, width, radii) are kernel arguments, never formatted into the
+  source, so a new resolution never recompiles.
+
+Compiler options: ``-std=c++17`` always. ``--use_fast_math`` only for sources whose twins tolerate
+approximate ``exp``/``rsqrt``/division and flushed denormals: the cost volume (softmax over cosine
+similarities is smooth and bounded, errors ~1e-6 relative). Never for TV-L1 (hundreds of iterations
+amplify rounding differences, and the thresholding divides by ``|grad I1|^2`` that can be tiny or
+denormal) and never for warping (its gradients are checked against autograd).
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Sequence
+
+from ..errors import EngineError
+
+INSTALL_HINT = "backend='cupy' needs CuPy and a CUDA device: pip install -e .[cuda]"
+BACKENDS = ("auto", "torch", "cupy")
+
+# CUDA threads per block for the 2-D (x over width, y over height) pixel kernels.
+BLOCK_2D = (32, 8, 1)
+
+
+def _import_cupy():
+    """``cupy`` or None. Not cached, so tests can hide CuPy with ``sys.modules['cupy'] = None``."""
+    try:
+        import cupy
+    except Exception:  # ImportError, or a broken install failing at import (missing CUDA libs)
+        return None
+    return cupy
+
+
+def is_available() -> bool:
+    """True when CuPy imports and torch sees a CUDA device (both are needed to run the kernels)."""
+    if _import_cupy() is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def require():
+    """Return the ``cupy`` module, or raise :class:`EngineError` with the install hint."""
+    cupy = _import_cupy()
+    if cupy is None:
+        raise EngineError(f"{INSTALL_HINT} (CuPy is not installed or fails to import)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise EngineError(f"{INSTALL_HINT} (torch sees no CUDA device)")
+    return cupy
+
+
+def resolve_backend(backend: str, device) -> str:
+    """``"torch"`` or ``"cupy"`` for an engine's ``backend`` option on ``device``.
+
+    ``"auto"`` picks CuPy on a CUDA device when :func:`is_available`, torch otherwise; ``"cupy"``
+    raises :class:`EngineError` unless CuPy and a CUDA device are there; ``"torch"`` is always torch.
+    """
+    import torch
+
+    if backend not in BACKENDS:
+        raise EngineError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    on_cuda = torch.device(device).type == "cuda"
+    if backend == "auto":
+        return "cupy" if on_cuda and is_available() else "torch"
+    require()
+    if not on_cuda:
+        raise EngineError(f"backend='cupy' runs on CUDA devices only, got device={str(device)!r}")
+    return "cupy"
+
+
+def read_source(source_file: str) -> str:
+    """Text of a ``.cu`` file shipped in this package."""
+    return resources.files(__package__).joinpath(source_file).read_text(encoding="utf-8")
+
+
+def kernel_source(source_file: str, defines: Sequence[str] = ()) -> str:
+    """The exact text handed to the compiler: ``#define`` lines, then ``#line 1 "<file>"`` so that
+    compiler errors and ``printf``-debugging name the ``.cu`` file and its own line numbers."""
+    head = "".join(f"#define {d.replace('=', ' ', 1)}\n" for d in defines)
+    return f'{head}#line 1 "{source_file}"\n{read_source(source_file)}'
+
+
+@functools.lru_cache(maxsize=None)
+def _module(device_id: int, source_file: str, defines: tuple[str, ...], fast_math: bool):
+    cupy = require()
+    options = ("-std=c++17",) + (("--use_fast_math",) if fast_math else ())
+    with cupy.cuda.Device(device_id):
+        module = cupy.RawModule(code=kernel_source(source_file, defines), options=options)
+        module.compile()  # compile now, on this device, so errors surface at load time
+    return module
+
+
+def load_kernel(name: str, source_file: str, defines: Sequence[str] = (), fast_math: bool = False,
+                device_id: int | None = None):
+    """The ``extern "C"`` kernel ``name`` of ``source_file``, compiled for ``device_id``.
+
+    Memoized per (device, file, defines, fast_math): the module is compiled once per device and
+    process (CuPy also keeps an on-disk cache of compiled binaries across processes). ``defines``
+    are ``"NAME"`` or ``"NAME=value"`` strings for compile-time variants (e.g. a filter size);
+    never put shapes in them.
+    """
+    cupy = require()
+    if device_id is None:
+        device_id = cupy.cuda.Device().id
+    return _module(int(device_id), source_file, tuple(defines), bool(fast_math)).get_function(name)
+
+
+def as_cupy(tensor):
+    """Zero-copy CuPy view of a torch CUDA tensor (shares memory; no synchronisation implied)."""
+    cupy = require()
+    if tensor.device.type != "cuda":
+        raise EngineError(f"backend='cupy' needs CUDA tensors, got a tensor on {tensor.device}")
+    return cupy.asarray(tensor.detach())
+
+
+def grid_2d(height: int, width: int, planes: int, block=BLOCK_2D) -> tuple[int, int, int]:
+    """Launch grid covering ``width x height`` pixels of ``planes`` planes (one per grid z-slice:
+    a pair, or a (pair, channel) / (pair, candidate) plane, as each kernel documents)."""
+    if planes > 65535:
+        raise EngineError(f"backend='cupy': {planes} planes exceed CUDA's 65535 grid-z limit; "
+                          "split the batch")
+    return ((width + block[0] - 1) // block[0], (height + block[1] - 1) // block[1], planes)
+
+
+def launch(kernel, grid, block, args, device, shared_mem: int = 0) -> None:
+    """Launch ``kernel`` on torch's current stream of ``device``.
+
+    ``args`` may hold torch CUDA tensors (passed as zero-copy CuPy views), and numpy scalars (use
+    ``numpy.int32`` / ``numpy.float32`` to match the kernel's parameter types exactly; a Python
+    ``int`` would be passed as 64 bits).
+    """
+    cupy = require()
+    import torch
+
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    converted = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if a.device != device:
+                raise EngineError(f"backend='cupy': tensor on {a.device}, launch on {device}")
+            a = cupy.asarray(a.detach())
+        converted.append(a)
+    stream = torch.cuda.current_stream(device)
+    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
+        kernel(tuple(int(g) for g in grid), tuple(int(b) for b in block), tuple(converted),
+               shared_mem=shared_mem)
+
+
+def check_cuda_float(name: str, *tensors):
+    """Raise :class:`EngineError` unless every tensor is on one CUDA device; return them as
+    contiguous float32 (a copy only where needed)."""
+    import torch
+
+    require()
+    devices = {t.device for t in tensors}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        raise EngineError(f"{name}: backend='cupy' needs all inputs on one CUDA device, got "
+                          f"{sorted(str(d) for d in devices)}")
+    return tuple(t.to(torch.float32).contiguous() for t in tensors)
+
+
+__all__ = ["INSTALL_HINT", "BACKENDS", "is_available", "require", "resolve_backend", "read_source",
+           "kernel_source", "load_kernel", "as_cupy", "grid_2d", "launch", "check_cuda_float"]
