@@ -94,7 +94,9 @@ def tvl1_step(u: torch.Tensor, p: torch.Tensor, grad_i1w: torch.Tensor, grad_sq:
     v = u + step * grad_i1w
     u = v + theta * ops.divergence(p[:, :, 0], p[:, :, 1], kernels.get("divergence"))
     ux, uy = ops.forward_gradient(u, kernels.get("forward"))
-    norm = 1.0 + tau_theta * torch.sqrt(ux * ux + uy * uy)
+    # The clamp leaves the value unchanged (1 + tau_theta * 1e-19 rounds to 1) but keeps the
+    # gradient finite where grad u = 0, so that TVNet can backpropagate through this iteration.
+    norm = 1.0 + tau_theta * torch.sqrt((ux * ux + uy * uy).clamp_min(torch.finfo(ux.dtype).tiny))
     p = (p + tau_theta * torch.stack((ux, uy), dim=2)) / norm.unsqueeze(2)
     return u, p
 
@@ -206,14 +208,35 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = No
     h, w = i0.shape[-2:]
     if h < 3 or w < 3:
         raise EngineError(f"tvl1 needs frames of at least 3x3 pixels, got {h}x{w}")
-    sizes = ops.pyramid_sizes(h, w, prm.nscales, prm.scale_step)
-    pyr0 = ops.image_pyramid(i0.float(), sizes, prm.scale_step)
-    pyr1 = ops.image_pyramid(i1.float(), sizes, prm.scale_step)
-    u = i0.new_zeros(i0.shape[0], 2, *sizes[-1], dtype=torch.float32)
+    iteration = _get_iteration(compile)
+    return coarse_to_fine(i0.float(), i1.float(), prm.nscales, prm.scale_step,
+                          lambda level, a, b, u: _solve_level(a, b, u, prm, iteration))
+
+
+def coarse_to_fine(i0: torch.Tensor, i1: torch.Tensor, nscales: int, scale_step: float,
+                   solve_level, u_init: torch.Tensor | None = None) -> torch.Tensor:
+    """The pyramid loop shared by TV-L1 and TVNet.
+
+    Builds the OpenCV-style pyramid (:func:`ops.pyramid_sizes`, :func:`ops.image_pyramid`), starts
+    from zero flow (plus ``u_init``) on the coarsest level and calls
+    ``solve_level(level, i0_level, i1_level, u) -> u`` from coarse (``len(sizes) - 1``) to fine
+    (0), upsampling the flow bilinearly and dividing it by ``scale_step`` in between.
+
+    Args:
+        i0, i1: ``(B, 1, H, W)`` float; the flow has their dtype.
+        u_init: optional initial flow broadcastable to ``(B, 2, h, w)`` at the coarsest level.
+    """
+    h, w = i0.shape[-2:]
+    sizes = ops.pyramid_sizes(h, w, nscales, scale_step)
+    pyr0 = ops.image_pyramid(i0, sizes, scale_step)
+    pyr1 = ops.image_pyramid(i1, sizes, scale_step)
+    u = i0.new_zeros(i0.shape[0], 2, *sizes[-1])
+    if u_init is not None:
+        u = u + u_init
     for level in range(len(sizes) - 1, -1, -1):
-        u = _solve_level(pyr0[level], pyr1[level], u, prm, _get_iteration(compile))
+        u = solve_level(level, pyr0[level], pyr1[level], u)
         if level:
-            u = ops.resize_bilinear(u, sizes[level - 1]) / prm.scale_step
+            u = ops.resize_bilinear(u, sizes[level - 1]) / scale_step
     return u
 
 
