@@ -122,6 +122,10 @@ def _get_iteration(compile: bool):
 
         def guarded(*args, **kwargs):
             global _compiled_iteration
+            if args[0].shape[0] == 1:
+                # torch.compile specialises size-1 dimensions: a batch shrunk to one running pair
+                # would compile a second graph; one pair is as fast eagerly.
+                return _iteration(*args, **kwargs)
             try:
                 return compiled(*args, **kwargs)
             except Exception as exc:  # no C++ compiler, unsupported platform, ...

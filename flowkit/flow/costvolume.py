@@ -1,0 +1,716 @@
+"""Cost-volume displacement maps and warped differences (DDN, Zhao, Xiong & Lin, "Recognize Actions
+by Disentangling Components of Dynamics", CVPR 2018).
+
+The pieces, each a function first with a thin ``nn.Module`` wrapper (STYLE.md)::
+
+    f0, f1 = patch_features(frames0), patch_features(frames1)        # or FeatureExtractor(ckpt)
+    cost = cost_volume(f0, f1, max_displacement=4)                     # (B, 81, H, W) cosines
+    disp = soft_argmax_displacement(cost, 4, tau=0.05)                 # (B, 2, H, W) pixels
+    disp = displacement_map(f0, f1, max_displacement=4, tau=0.05)      # the two composed
+    diff = warped_difference(x0, x1, flow)                             # motion-compensated difference
+
+and the engine ``create_engine("costvolume", ...)`` (:class:`CostVolumeEngine`).
+
+Window and channel order
+------------------------
+``max_displacement`` is ``(dH, dW)`` (an int means both). Candidate k of the window is the offset
+``d = dilation * (iy - dH, ix - dW)`` (rows, columns) with ``k = iy * (2dW + 1) + ix``: rows of the
+window vary slowest, as in FlowNet's correlation layer. ``cost[:, k, i, j]`` compares frame t at
+``p = (stride*i, stride*j)`` with frame t+1 at ``p + d``.
+
+Border handling: out-of-image candidates score 0
+-----------------------------------------------
+Where ``p + d`` leaves the image the candidate's similarity is 0 (frame t+1's features are padded
+with zero vectors, whose cosine with anything is defined as 0). We chose 0 over masking the candidate
+out of the softmax because (a) 0 is what an *unrelated* in-image candidate scores on average with
+mean-subtracted features, so an out-of-image candidate is treated as "no evidence", neither pulling
+the estimate out of the image (as +1 would) nor creating a fake repulsion (as -1 would); (b) the
+volume stays finite, a plain tensor with a gradient everywhere (``-inf`` entries break gradcheck and
+give NaN rows if every candidate were masked); (c) :func:`soft_argmax_displacement` then needs no
+side channel with the image size. The price is a small pull of the soft estimate towards the window
+centre's side at the border, where the true match is often out of the image anyway.
+
+Units of a displacement map
+---------------------------
+:func:`soft_argmax_displacement` returns offsets in pixels *of the feature map the cost volume was
+computed on*: the window index times ``dilation``. ``stride`` only chooses at which positions the
+map is evaluated (``(ceil(H/stride), ceil(W/stride))`` of them, position ``(i, j)`` is feature pixel
+``(stride*i, stride*j)``); it does not change the unit of the offsets, so it is not a factor. When the
+features are themselves at a reduced resolution (the engine's ``scale``, or a strided CNN), converting
+to input pixels multiplies by the feature-to-input size ratio per axis; :class:`CostVolumeEngine`
+does this and upsamples the map to the input grid. Channel 0 is u (+x right), channel 1 is v
+(+y down), mapping frame t to frame t+1: flowkit's flow convention (DESIGN.md).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import EngineError
+from . import ops
+from .base import FlowEngine
+from .registry import register_engine
+
+# Per-vector L2 normalisation floor: a zero vector (zero padding, a flat patch) has cosine 0.
+_NORM_EPS = 1e-6
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------- window arguments
+
+def _window(max_displacement: int | Sequence[int]) -> tuple[int, int]:
+    """``(dH, dW)`` from an int or a pair; negative values are refused."""
+    if isinstance(max_displacement, (int,)) and not isinstance(max_displacement, bool):
+        pair = (max_displacement, max_displacement)
+    elif isinstance(max_displacement, (tuple, list)) and len(max_displacement) == 2:
+        pair = tuple(max_displacement)
+    else:
+        raise EngineError(f"max_displacement must be an int or a pair (dH, dW), got {max_displacement!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
+        raise EngineError(f"max_displacement must be non-negative integers, got {max_displacement!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise EngineError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def window_offsets(max_displacement: int | Sequence[int], dilation: int = 1, device=None,
+                   dtype=torch.float32) -> torch.Tensor:
+    """Offsets of the window's candidates in cost-volume channel order.
+
+    Returns:
+        ``(K, 2)`` with ``K = (2dH+1)(2dW+1)``; column 0 is the x offset (columns), column 1 the y
+        offset (rows), both in feature pixels (multiplied by ``dilation``).
+    """
+    dh, dw = _window(max_displacement)
+    dilation = _positive_int(dilation, "dilation")
+    ys = torch.arange(-dh, dh + 1, device=device, dtype=dtype) * dilation
+    xs = torch.arange(-dw, dw + 1, device=device, dtype=dtype) * dilation
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx.reshape(-1), gy.reshape(-1)), dim=1)
+
+
+# ----------------------------------------------------------------------------------- cost volume
+
+def cost_volume(f0: torch.Tensor, f1: torch.Tensor, max_displacement: int | Sequence[int] = 4,
+                stride: int = 1, dilation: int = 1) -> torch.Tensor:
+    """Cosine similarity between features of frame t at p and of frame t+1 at p + d, for every d of
+    the window (DDN Eq. 1's matching cost).
+
+    The loop runs over the window's offsets, so memory is the output plus one product of the inputs'
+    size (an unfold would hold K copies of ``f1``); it runs on any device and is differentiable.
+
+    Args:
+        f0, f1: features ``(B, C, H, W)`` of frames t and t+1, any float dtype (not necessarily
+            normalised: each feature vector is L2-normalised here).
+        max_displacement: window half-size ``(dH, dW)`` or an int for both, in window steps.
+        stride: evaluate every ``stride``-th position in both directions.
+        dilation: distance in feature pixels between neighbouring candidates.
+
+    Returns:
+        ``(B, (2dH+1)(2dW+1), ceil(H/stride), ceil(W/stride))`` similarities in [-1, 1]; candidates
+        outside frame t+1 score 0 (see the module docstring for the order and the border).
+
+    Shape:
+        Input ``(B, C, H, W)`` twice; output ``(B, K, H', W')``.
+
+    Example:
+        >>> f = torch.randn(1, 8, 6, 7)
+        >>> cost_volume(f, f, max_displacement=(1, 2)).shape
+        torch.Size([1, 15, 6, 7])
+    """
+    ops.check_shape(f0, "BCHW", "f0")
+    ops.check_shape(f1, "BCHW", "f1")
+    if f0.shape != f1.shape:
+        raise EngineError(f"f0 {tuple(f0.shape)} and f1 {tuple(f1.shape)} differ in shape")
+    if not f0.is_floating_point():
+        raise EngineError(f"features must be floating point, got {f0.dtype}")
+    dh, dw = _window(max_displacement)
+    stride = _positive_int(stride, "stride")
+    dilation = _positive_int(dilation, "dilation")
+    h, w = f0.shape[-2:]
+    a = F.normalize(f0, dim=1, eps=_NORM_EPS)[:, :, ::stride, ::stride]
+    b = F.normalize(f1, dim=1, eps=_NORM_EPS)
+    ph, pw = dh * dilation, dw * dilation
+    b = F.pad(b, (pw, pw, ph, ph))
+    costs = []
+    for iy in range(2 * dh + 1):
+        y0 = iy * dilation
+        for ix in range(2 * dw + 1):
+            x0 = ix * dilation
+            shifted = b[:, :, y0:y0 + h:stride, x0:x0 + w:stride]
+            costs.append((a * shifted).sum(1))
+    return torch.stack(costs, dim=1)
+
+
+def soft_argmax_displacement(cost: torch.Tensor, max_displacement: int | Sequence[int] = 4,
+                             tau: float = 0.1, dilation: int = 1) -> torch.Tensor:
+    """Expected offset under ``softmax(cost / tau)`` over the window, marginalised per axis (DDN
+    Eq. 1-2); ``tau = 0`` is winner-take-all.
+
+    With ``P = softmax(cost / tau)`` over the K candidates, reshaped to the ``(2dH+1, 2dW+1)`` window,
+    ``u = sum_ix (sum_iy P[iy, ix]) * dx(ix)`` and ``v = sum_iy (sum_ix P[iy, ix]) * dy(iy)``. Small
+    ``tau`` sharpens the distribution towards the best match; the expectation interpolates between
+    candidates, so sub-pixel motion gives sub-pixel output.
+
+    ``tau = 0`` (the limit tau -> 0) returns the offset of the best candidate (argmax; ties go to
+    the candidate nearest to zero offset, so a flat region gives 0 rather than a window corner). It
+    is piecewise constant: its gradient is zero almost everywhere, and it is returned detached.
+
+    Args:
+        cost: ``(B, K, H', W')`` from :func:`cost_volume` with the same window.
+        max_displacement: the window ``(dH, dW)`` or int the volume was made with.
+        tau: softmax temperature (> 0), or 0 for winner-take-all.
+        dilation: the cost volume's dilation; offsets are multiplied by it.
+
+    Returns:
+        ``(B, 2, H', W')``: u (+x right), v (+y down) in feature pixels (see "Units" in the module
+        docstring: ``stride`` is not a factor).
+
+    Example:
+        >>> cost = torch.zeros(1, 9, 2, 2); cost[:, 5] = 1.0   # candidate (iy=1, ix=2): d = (+1, 0)
+        >>> soft_argmax_displacement(cost, 1, tau=0)[0, :, 0, 0]
+        tensor([1., 0.])
+    """
+    ops.check_shape(cost, "BCHW", "cost")
+    dh, dw = _window(max_displacement)
+    ky, kx = 2 * dh + 1, 2 * dw + 1
+    if cost.shape[1] != ky * kx:
+        raise EngineError(f"cost has {cost.shape[1]} channels but a window of {max_displacement!r} "
+                          f"has {ky * kx} candidates")
+    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not tau >= 0 or math.isinf(tau):
+        raise EngineError(f"tau must be a finite number >= 0, got {tau!r}")
+    offsets = window_offsets((dh, dw), dilation, cost.device, cost.dtype)
+    b, _, h, w = cost.shape
+    if tau == 0:
+        return _winner_take_all(cost.detach(), offsets)
+    prob = torch.softmax(cost / tau, dim=1).view(b, ky, kx, h, w)
+    px = prob.sum(1)                        # (B, kx, H', W'): marginal over rows
+    py = prob.sum(2)                        # (B, ky, H', W'): marginal over columns
+    dx = offsets[:kx, 0].view(1, kx, 1, 1)
+    dy = offsets[::kx, 1].view(1, ky, 1, 1)
+    return torch.stack(((px * dx).sum(1), (py * dy).sum(1)), dim=1)
+
+
+def _winner_take_all(cost: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    best = cost.amax(dim=1, keepdim=True)
+    # Among the tied best candidates take the one nearest to zero offset.
+    nearness = -(offsets * offsets).sum(1).view(1, -1, 1, 1)
+    score = torch.where(cost >= best, nearness.expand_as(cost), torch.full_like(cost, -math.inf))
+    index = score.argmax(dim=1)                                   # (B, H', W')
+    return offsets[index].permute(0, 3, 1, 2).contiguous()
+
+
+def displacement_map(f0: torch.Tensor, f1: torch.Tensor, max_displacement: int | Sequence[int] = 4,
+                     stride: int = 1, dilation: int = 1, tau: float = 0.1) -> torch.Tensor:
+    """:func:`soft_argmax_displacement` of :func:`cost_volume`: DDN's displacement map.
+
+    Shape: ``(B, C, H, W)`` twice -> ``(B, 2, ceil(H/stride), ceil(W/stride))`` in feature pixels.
+    """
+    cost = cost_volume(f0, f1, max_displacement, stride, dilation)
+    return soft_argmax_displacement(cost, max_displacement, tau, dilation)
+
+
+class CostVolume(nn.Module):
+    """Module form of :func:`cost_volume` (stores the arguments)."""
+
+    def __init__(self, max_displacement: int | Sequence[int] = 4, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.max_displacement = _window(max_displacement)
+        self.stride = _positive_int(stride, "stride")
+        self.dilation = _positive_int(dilation, "dilation")
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+        return cost_volume(f0, f1, self.max_displacement, self.stride, self.dilation)
+
+    def extra_repr(self) -> str:
+        return f"max_displacement={self.max_displacement}, stride={self.stride}, dilation={self.dilation}"
+
+
+class SoftArgmaxDisplacement(nn.Module):
+    """Module form of :func:`soft_argmax_displacement` (stores the arguments)."""
+
+    def __init__(self, max_displacement: int | Sequence[int] = 4, tau: float = 0.1, dilation: int = 1):
+        super().__init__()
+        self.max_displacement = _window(max_displacement)
+        self.tau = tau
+        self.dilation = _positive_int(dilation, "dilation")
+
+    def forward(self, cost: torch.Tensor) -> torch.Tensor:
+        return soft_argmax_displacement(cost, self.max_displacement, self.tau, self.dilation)
+
+
+class DisplacementMap(nn.Module):
+    """Module form of :func:`displacement_map` (stores the arguments)."""
+
+    def __init__(self, max_displacement: int | Sequence[int] = 4, stride: int = 1, dilation: int = 1,
+                 tau: float = 0.1):
+        super().__init__()
+        self.max_displacement = _window(max_displacement)
+        self.stride = _positive_int(stride, "stride")
+        self.dilation = _positive_int(dilation, "dilation")
+        self.tau = tau
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+        return displacement_map(f0, f1, self.max_displacement, self.stride, self.dilation, self.tau)
+
+    def extra_repr(self) -> str:
+        return (f"max_displacement={self.max_displacement}, stride={self.stride}, "
+                f"dilation={self.dilation}, tau={self.tau}")
+
+
+# ---------------------------------------------------------------------------- warped difference
+
+def warped_difference(x0: torch.Tensor, x1: torch.Tensor, flow: torch.Tensor,
+                      return_valid: bool = False):
+    """Motion-compensated temporal difference ``x1(p + flow(p)) - x0(p)``, zero where ``p + flow(p)``
+    leaves the image.
+
+    DDN writes it ``F_{t+1} - W(F_t, V_t)``: frame t moved along the motion, subtracted from frame
+    t+1, so that whatever the displacement explains cancels and what remains is change *not* due to
+    motion (appearance change, occlusion, motion-estimation error). Forward-warping frame t needs
+    splatting (holes and collisions); with flowkit's convention (``flow`` maps frame t to t+1) the
+    same comparison is exact as a backward warp: ``ops.warp(x1, flow)`` samples frame t+1 at
+    ``p + flow(p)``, the point where frame t's pixel p went, bringing frame t+1 onto frame t's grid.
+    The difference lives on frame t's grid, has the paper's sign (later minus earlier) and is 0
+    wherever frame t+1 equals frame t moved by the flow.
+
+    Where ``p + flow(p)`` is outside ``[0, W-1] x [0, H-1]`` (the pixel left the image) there is
+    nothing to compare with; the difference is set to 0 there (rather than ``-x0``, which a plain
+    zero-padded warp would give).
+
+    Works on RGB frames or feature maps alike (any number of channels).
+
+    Args:
+        x0, x1: ``(B, C, H, W)`` frames (or features) t and t+1, float.
+        flow: ``(B, 2, H, W)`` pixels, frame t -> t+1 (e.g. an engine's output, or a
+            displacement map upsampled to the features' grid).
+        return_valid: also return the ``(B, 1, H, W)`` bool mask of pixels whose source is inside.
+
+    Returns:
+        ``(B, C, H, W)`` difference (and the mask when asked), differentiable in all inputs.
+
+    Storing it: it is not flow (it has C channels and no pixel units), so it is not an engine. An
+    extraction can store it next to the flow as its own dataset, e.g. ``warpdiff`` ``(T-1, C, H, W)``
+    computed per pair from the RGB frames and the engine's flow (``warped_difference(rgb[:-1],
+    rgb[1:], flow)``), float16 or uint8 with a recorded offset of 255 / 2 and bound 255.
+    """
+    ops.check_shape(x0, "BCHW", "x0")
+    ops.check_shape(x1, "BCHW", "x1")
+    ops.check_shape(flow, "BCHW", "flow")
+    if x0.shape != x1.shape:
+        raise EngineError(f"x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} differ in shape")
+    if flow.shape[1] != 2 or flow.shape[0] != x0.shape[0] or flow.shape[-2:] != x0.shape[-2:]:
+        raise EngineError(f"flow {tuple(flow.shape)} does not match frames {tuple(x0.shape)}")
+    x0f = x0 if x0.is_floating_point() else x0.float()
+    x1f = x1.to(x0f.dtype)
+    h, w = x0.shape[-2:]
+    target = ops.pixel_grid(h, w, flow.device, flow.dtype) + flow
+    valid = ((target[:, :1] >= 0) & (target[:, :1] <= w - 1)
+             & (target[:, 1:] >= 0) & (target[:, 1:] <= h - 1))
+    diff = (ops.warp(x1f, flow.to(x0f.dtype), padding_mode="zeros") - x0f) * valid.to(x0f.dtype)
+    return (diff, valid) if return_valid else diff
+
+
+# -------------------------------------------------------------------------------------- features
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur, radius ``ceil(3 sigma)``, replicated border. ``sigma <= 0``: identity.
+
+    Shape: ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+    """
+    if sigma <= 0:
+        return image
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, device=image.device, dtype=image.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = image.shape[1]
+    out = F.conv2d(F.pad(image, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1),
+                   groups=c)
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
+                    groups=c)
+
+
+def patch_features(frames: torch.Tensor, radius: int = 3, gray: bool = True,
+                   sigma: float = 0.0) -> torch.Tensor:
+    """Hand-made matching features: the ``(2r+1) x (2r+1)`` patch around each pixel, mean-subtracted
+    (per channel) and L2-normalised, so the cosine of two of them is their normalised
+    cross-correlation (NCC). Needs no training.
+
+    Args:
+        frames: ``(B, C, H, W)``, uint8 or float (any range: NCC is invariant to gain and offset).
+        radius: patch radius r >= 1 (one pixel minus its own mean would be 0).
+        gray: convert RGB to luma first (C = 1 or 3); ``False`` keeps all channels.
+        sigma: Gaussian pre-smoothing in pixels (0 = none); smoothing widens the similarity peak,
+            which helps soft-argmax interpolate sub-pixel motion.
+
+    Returns:
+        ``(B, C' (2r+1)^2, H, W)`` in the input's float dtype (float32 for integer input), unit
+        norm except on flat patches (zero vector). Patches at the border replicate the edge pixels.
+    """
+    ops.check_shape(frames, "BCHW", "frames")
+    if not isinstance(radius, int) or isinstance(radius, bool) or radius < 1:
+        raise EngineError(f"patch radius must be a positive integer, got {radius!r}")
+    x = frames if frames.is_floating_point() else frames.float()
+    if gray and x.shape[1] != 1:
+        x = _luma(x)
+    x = gaussian_blur(x, sigma)
+    b, c, h, w = x.shape
+    k = 2 * radius + 1
+    patches = F.unfold(F.pad(x, (radius,) * 4, mode="replicate"), k).view(b, c, k * k, h, w)
+    patches = patches - patches.mean(dim=2, keepdim=True)
+    return F.normalize(patches.reshape(b, c * k * k, h, w), dim=1, eps=_NORM_EPS)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """:func:`ops.to_gray` in the input's float dtype (float64 stays float64 for gradcheck)."""
+    if x.shape[1] != 3:
+        raise EngineError(f"frames must have 1 or 3 channels for gray features, got {x.shape[1]}")
+    w = torch.tensor(ops._LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+_RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, state: dict, prefix: str, stride: int):
+        super().__init__()
+        w1, w2 = state[prefix + "conv1.weight"], state[prefix + "conv2.weight"]
+        self.conv1 = nn.Conv2d(w1.shape[1], w1.shape[0], 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1.shape[0])
+        self.conv2 = nn.Conv2d(w2.shape[1], w2.shape[0], 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w2.shape[0])
+        self.downsample = _downsample(state, prefix, stride)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class _Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride is on the 3x3 conv."""
+
+    def __init__(self, state: dict, prefix: str, stride: int):
+        super().__init__()
+        w1, w2, w3 = (state[prefix + f"conv{i}.weight"] for i in (1, 2, 3))
+        self.conv1 = nn.Conv2d(w1.shape[1], w1.shape[0], 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1.shape[0])
+        self.conv2 = nn.Conv2d(w2.shape[1], w2.shape[0], 3, stride, 1, bias=False, groups=1)
+        self.bn2 = nn.BatchNorm2d(w2.shape[0])
+        self.conv3 = nn.Conv2d(w3.shape[1], w3.shape[0], 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(w3.shape[0])
+        self.downsample = _downsample(state, prefix, stride)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+def _downsample(state: dict, prefix: str, stride: int) -> nn.Module | None:
+    key = prefix + "downsample.0.weight"
+    if key not in state:
+        return None
+    w = state[key]
+    return nn.Sequential(nn.Conv2d(w.shape[1], w.shape[0], 1, stride, bias=False),
+                         nn.BatchNorm2d(w.shape[0]))
+
+
+def _load_state_dict(weights) -> dict[str, torch.Tensor]:
+    """A state dict from a path or a dict; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``
+    checkpoints and DataParallel's ``module.`` prefix."""
+    if isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+        if not path.is_file():
+            raise EngineError(f"costvolume: weights file {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, truncated files, foreign formats
+            raise EngineError(f"costvolume: cannot read weights {path}: {type(exc).__name__}: {exc}"
+                              ) from None
+        source = str(path)
+    else:
+        state, source = weights, "state dict"
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EngineError(f"costvolume: {source} is not a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if "conv1.weight" not in state:
+        raise EngineError(f"costvolume: {source} has no 'conv1.weight'; expected a torchvision-style "
+                          "ResNet state dict (conv1, bn1, layer1, ...)")
+    return state
+
+
+class FeatureExtractor(nn.Module):
+    """Low-level features from the first stages of a torchvision-style ResNet checkpoint.
+
+    Builds ``conv1 -> bn1 -> relu -> maxpool -> layer1 -> ...`` up to and including ``layer`` from the
+    shapes in the state dict (BasicBlock or Bottleneck per the presence of ``conv3``; torchvision's
+    strides: 2 in conv1 and maxpool, 2 in the first block of layer2-4) and loads the weights. Always in
+    eval mode (BatchNorm uses its running statistics). Frames in [0, 255] are scaled to [0, 1] and
+    normalised with ``mean``/``std`` (ImageNet's by default); gray frames are repeated to three
+    channels when conv1 wants three.
+
+    Geometry: feature pixel j sits on input pixel ``self.stride * j`` (torchvision's paddings keep
+    the grids corner-aligned); ``self.stride`` is 2 after conv1/bn1/relu, 4 after maxpool/layer1,
+    8 after layer2, ...
+
+    Args:
+        weights: path of a checkpoint (``torch.save(model.state_dict(), path)``) or a state dict.
+        layer: last stage kept, one of ``conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4``.
+
+    Raises:
+        EngineError: missing/unreadable file, not a ResNet-style state dict, missing or misshapen
+            tensors for the requested stages.
+    """
+
+    def __init__(self, weights, layer: str = "layer1", mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        if layer not in _RESNET_STAGES:
+            raise EngineError(f"costvolume: unknown feature layer {layer!r}; choose from "
+                              f"{', '.join(_RESNET_STAGES)}")
+        state = _load_state_dict(weights)
+        source = str(weights) if isinstance(weights, (str, os.PathLike)) else "state dict"
+        stages = _RESNET_STAGES[:_RESNET_STAGES.index(layer) + 1]
+        try:
+            self.body, self.stride = self._build(state, stages)
+        except KeyError as exc:
+            raise EngineError(f"costvolume: {source} lacks {exc.args[0]!r} needed for layer "
+                              f"{layer!r}") from None
+        except (IndexError, ValueError, RuntimeError) as exc:  # tensors of the wrong rank
+            raise EngineError(f"costvolume: {source} does not fit a ResNet up to {layer!r}: "
+                              f"{exc}") from None
+        wanted = {k: v for k, v in state.items() if k.split(".")[0] in stages}
+        try:
+            missing, unexpected = self.body.load_state_dict(wanted, strict=False)
+        except RuntimeError as exc:  # size mismatches
+            raise EngineError(f"costvolume: {source} does not fit a ResNet up to {layer!r}: "
+                              f"{str(exc).strip().splitlines()[-1].strip()}") from None
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise EngineError(f"costvolume: {source} does not fit a ResNet up to {layer!r}: missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}")
+        in_ch = state["conv1.weight"].shape[1]
+        if in_ch not in (1, 3):
+            raise EngineError(f"costvolume: {source} conv1 takes {in_ch} channels; need 1 or 3")
+        self.in_channels = in_ch
+        self.layer = layer
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)[:, :in_ch])
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)[:, :in_ch])
+        self.eval()
+
+    @staticmethod
+    def _build(state: dict, stages: Sequence[str]) -> tuple[nn.Sequential, int]:
+        modules, stride = OrderedDict(), 1
+        for name in stages:
+            if name == "conv1":
+                w = state["conv1.weight"]
+                if w.dim() != 4:
+                    raise EngineError(f"costvolume: conv1.weight has shape {tuple(w.shape)}, not 4-D")
+                modules[name] = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], 2, w.shape[2] // 2,
+                                          bias="conv1.bias" in state)
+                stride *= 2
+            elif name == "bn1":
+                modules[name] = nn.BatchNorm2d(state["bn1.weight"].shape[0])
+            elif name == "relu":
+                modules[name] = nn.ReLU()
+            elif name == "maxpool":
+                modules[name] = nn.MaxPool2d(3, 2, 1)
+                stride *= 2
+            else:
+                blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith(name + ".")})
+                if not blocks:
+                    raise KeyError(f"{name}.0.conv1.weight")
+                first_stride = 1 if name == "layer1" else 2
+                seq = []
+                for i in blocks:
+                    prefix = f"{name}.{i}."
+                    block = _Bottleneck if prefix + "conv3.weight" in state else _BasicBlock
+                    seq.append(block(state, prefix, first_stride if i == blocks[0] else 1))
+                modules[name] = nn.Sequential(*seq)
+                stride *= first_stride
+        return nn.Sequential(modules), stride
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen feature extractor: running BN statistics only
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` in [0, 255] -> ``(B, C', ceil(H/stride), ceil(W/stride))``."""
+        ops.check_shape(frames, "BCHW", "frames")
+        x = frames.float()
+        if x.shape[1] != self.in_channels:
+            if x.shape[1] == 1 and self.in_channels == 3:
+                x = x.expand(-1, 3, -1, -1)
+            elif x.shape[1] == 3 and self.in_channels == 1:
+                x = ops.to_gray(x)
+            else:
+                raise EngineError(f"frames have {x.shape[1]} channels; the feature extractor "
+                                  f"takes {self.in_channels}")
+        return self.body((x / 255.0 - self.mean) / self.std)
+
+
+# ----------------------------------------------------------------------------------------- engine
+
+def _resize_area(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear reduction with half-pixel centres (the convention of
+    :func:`ops.resize_bilinear`, so that offsets scale by the size ratio)."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    return F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _axis_taps(n_out: int, n_in: int, n_pos: int, step: float, device):
+    """Indices and weights to read a map sampled at positions ``step * i`` of a grid of ``n_in``
+    pixels (half-pixel-aligned with the output grid of ``n_out`` pixels) at every output pixel."""
+    x = (torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = (x / step).clamp(0, n_pos - 1)
+    i0 = src.floor().long().clamp(max=n_pos - 1)
+    i1 = (i0 + 1).clamp(max=n_pos - 1)
+    return i0, i1, (src - i0).float()
+
+
+def _to_input_grid(disp: torch.Tensor, out_size: tuple[int, int], grid_size: tuple[int, int],
+                   step: int) -> torch.Tensor:
+    """Displacements at positions ``step * (i, j)`` of a ``grid_size`` grid (units: grid pixels)
+    -> a map on the ``out_size`` input grid in input pixels (half-pixel-aligned resampling)."""
+    (oh, ow), (gh, gw) = out_size, grid_size
+    y0, y1, fy = _axis_taps(oh, gh, disp.shape[-2], step, disp.device)
+    x0, x1, fx = _axis_taps(ow, gw, disp.shape[-1], step, disp.device)
+    rows = torch.lerp(disp.index_select(-2, y0), disp.index_select(-2, y1), fy.to(disp.dtype).view(-1, 1))
+    up = torch.lerp(rows.index_select(-1, x0), rows.index_select(-1, x1), fx.to(disp.dtype))
+    ratio = torch.tensor((ow / gw, oh / gh), dtype=disp.dtype, device=disp.device).view(1, 2, 1, 1)
+    return up * ratio
+
+
+@register_engine
+class CostVolumeEngine(FlowEngine):
+    """DDN-style displacement maps as a flowkit engine (``create_engine("costvolume", ...)``).
+
+    Pipeline: frames are reduced to ``scale`` of their size (antialiased), described by features
+    (``"patch"``: :func:`patch_features`, NCC of luma patches, no training; ``"learned"``: the first
+    stages of a ResNet checkpoint passed as ``weights``, see :class:`FeatureExtractor`), matched by
+    :func:`cost_volume` over the window and turned into a displacement by
+    :func:`soft_argmax_displacement`; the map is resampled onto the input grid and converted to input
+    pixels (multiplied by the input-to-feature size ratio per axis).
+
+    The window is in feature pixels: it reaches ``max_displacement * dilation * r`` input pixels with
+    ``r = 1/scale`` for patch features and ``stride_features/scale`` for learned ones (4/scale after
+    layer1). Motion beyond the window saturates at its edge.
+
+    Memory: the whole batch's volume is held at once, ``B * K * H' * W'`` floats with
+    ``K = (2dH+1)(2dW+1)`` (81 for the default window: ~230 MB for 8 pairs at 256x340); lower the
+    extraction batch, raise ``stride`` or lower ``scale`` for large frames.
+
+    Args:
+        max_displacement: window half-size (int or ``[dH, dW]``), feature pixels.
+        stride: evaluate the cost volume at every ``stride``-th feature pixel (then interpolate).
+        dilation: spacing of the window's candidates, feature pixels.
+        tau: softmax temperature; 0 is winner-take-all (integer feature-pixel offsets). The default
+            0.02 is measured (12 synthetic pairs, window 4, scale 1: mean EPE 0.48 px vs 0.46 at
+            0.01, 0.53 for WTA, 0.61 at 0.05; larger windows want smaller tau, coarser scales larger,
+            see ``benchmarks/results/ddn_table3.md``).
+        features: ``"patch"`` or ``"learned"``; default ``"learned"`` when ``weights`` is given
+            (so ``flowkit extract --method costvolume --weights CKPT`` needs nothing else), else
+            ``"patch"``.
+        radius: patch radius of ``"patch"`` features.
+        sigma: Gaussian pre-smoothing (pixels of the reduced image) of ``"patch"`` features.
+        scale: resolution of the computation relative to the input, in (0, 1].
+        weights: checkpoint path for ``"learned"`` features (``flowkit extract --weights CKPT``).
+        layer: last ResNet stage used by ``"learned"`` features.
+    """
+
+    name = "costvolume"
+    version = "1"
+
+    def __init__(self, device="cpu", max_displacement: int | Sequence[int] = 4, stride: int = 1,
+                 dilation: int = 1, tau: float = 0.02, features: str | None = None, radius: int = 3,
+                 sigma: float = 0.0, scale: float = 1.0, weights: str | None = None,
+                 layer: str = "layer1"):
+        super().__init__(device)
+        self.window = _window(max_displacement)
+        self.stride = _positive_int(stride, "stride")
+        self.dilation = _positive_int(dilation, "dilation")
+        if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not 0 <= tau < math.inf:
+            raise EngineError(f"costvolume: tau must be a finite number >= 0, got {tau!r}")
+        if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+            raise EngineError(f"costvolume: scale must be in (0, 1], got {scale!r}")
+        if not isinstance(radius, int) or radius < 1:
+            raise EngineError(f"costvolume: radius must be a positive integer, got {radius!r}")
+        if not sigma >= 0:
+            raise EngineError(f"costvolume: sigma must be >= 0, got {sigma!r}")
+        self.tau, self.scale, self.radius, self.sigma = float(tau), float(scale), radius, float(sigma)
+        if features is None:
+            features = "patch" if weights is None else "learned"
+        self.features, self.layer = features, layer
+        self.weights = None if weights is None else os.fspath(weights)
+        if features == "patch":
+            if weights is not None:
+                raise EngineError("costvolume: weights are only used with features='learned'")
+            self.extractor = None
+        elif features == "learned":
+            if weights is None:
+                raise EngineError("costvolume: features='learned' needs a checkpoint: pass "
+                                  "weights=PATH (flowkit extract --weights CKPT), a torchvision-style "
+                                  "ResNet state dict, e.g. torch.save(resnet18(weights='DEFAULT')"
+                                  ".state_dict(), PATH); or use features='patch', which needs none")
+            self.extractor = FeatureExtractor(self.weights, layer).to(self.device)
+        else:
+            raise EngineError(f"costvolume: features must be 'patch' or 'learned', got {features!r}")
+
+    @property
+    def params(self) -> dict:
+        return {"max_displacement": list(self.window), "stride": self.stride,
+                "dilation": self.dilation, "tau": self.tau, "features": self.features,
+                "radius": self.radius, "sigma": self.sigma, "scale": self.scale,
+                "weights": self.weights, "layer": self.layer}
+
+    def _describe_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.extractor is None:
+            return patch_features(frames, self.radius, gray=True, sigma=self.sigma)
+        return self.extractor(frames)
+
+    def matching_cost(self, frames0: torch.Tensor, frames1: torch.Tensor
+                      ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The cost volume of float frames on ``self.device`` and the reduced image size it was
+        computed at: the first half of :meth:`forward` (a benchmark reuses it for several ``tau``)."""
+        h, w = frames0.shape[-2:]
+        size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        both = _resize_area(torch.cat((frames0, frames1)).float(), size)
+        feats = self._describe_frames(both)
+        f0, f1 = feats.split(frames0.shape[0])
+        return cost_volume(f0, f1, self.window, self.stride, self.dilation), size
+
+    def flow_from_cost(self, cost: torch.Tensor, input_size: tuple[int, int],
+                       reduced_size: tuple[int, int], tau: float | None = None) -> torch.Tensor:
+        """Soft-argmax (``tau``, default the engine's) of :meth:`matching_cost`'s volume, resampled
+        onto the ``input_size`` grid, in input pixels: the second half of :meth:`forward`."""
+        tau = self.tau if tau is None else tau
+        feat_stride = 1 if self.extractor is None else self.extractor.stride
+        disp = soft_argmax_displacement(cost, self.window, tau, self.dilation)
+        # Feature pixel j of the reduced image sits at reduced pixel feat_stride*j, and position i
+        # of the cost volume at feature pixel stride*i; offsets are in feature pixels.
+        return _to_input_grid(disp * feat_stride, input_size, reduced_size,
+                              feat_stride * self.stride).float()
+
+    def forward(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
+        cost, size = self.matching_cost(frames0, frames1)
+        return self.flow_from_cost(cost, tuple(frames0.shape[-2:]), size)
