@@ -151,14 +151,17 @@ def extract_video(item: VideoItem, store: FlowStore, engine: FlowEngine, config:
                          max_frames=config.max_frames, threads=1 if config.workers > 1 else 0)
     n_frames = n_pairs = 0
     size = None
+    # A video finished by another engine keeps its frames and flows; this engine's flow is added.
+    extend = store.is_complete(item.key)
+    store_rgb = config.rgb and not (extend and store.meta(item.key)["has_rgb"])
     with store.writer(item.key, source=item.path, fps=info.fps / config.step, label=item.label,
                       label_name=item.label_name, source_size=(info.height, info.width),
                       step=config.step, flow_dtype=config.flow_dtype,
-                      flow_bound=config.flow_bound) as writer:
+                      flow_bound=config.flow_bound, extend=extend) as writer:
         previous = None
         for chunk in _chunks(frames, config.batch):
             size = chunk.shape[1:3]
-            if config.rgb:
+            if store_rgb:
                 writer.append_rgb(chunk)
             sequence = chunk if previous is None else np.concatenate([previous[None], chunk])
             if len(sequence) >= 2:
@@ -226,9 +229,9 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     engine = build_engine(config) if config.workers == 1 else None  # fail fast on bad params
     todo, results = [], []
     for item in items:
-        if store.is_complete(item.key):
+        if store.is_complete(item.key) and config.method in store.flow_names(item.key):
             results.append(VideoResult(item.key, str(item.path), "skipped",
-                                       reason="already in the store"))
+                                       reason=f"already in the store with flow/{config.method}"))
         else:
             todo.append(item)
     if progress:

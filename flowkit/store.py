@@ -311,8 +311,10 @@ class VideoWriter:
     :meth:`FlowStore.writer`.
     """
 
-    def __init__(self, final: Path, attrs: dict[str, Any], flow_dtype: str, flow_bound: float):
+    def __init__(self, final: Path, attrs: dict[str, Any], flow_dtype: str, flow_bound: float,
+                 extend: bool = False):
         self.final = final
+        self._extend = extend
         self.partial = final.with_name(f"{final.name}.{_host()}.{os.getpid()}{PARTIAL}")
         self._attrs = attrs
         self._flow_dtype = flow_dtype
@@ -329,8 +331,21 @@ class VideoWriter:
         # libver v110: compact chunk indexes for streamed datasets, readable by HDF5 >= 1.10.
         self._file = h5py.File(self.partial, "w", libver=("v110", "v110"))
         self._file.attrs.update(self._attrs)
+        if self._extend and self.final.exists():
+            self._copy_existing()
         self._file.attrs["complete"] = False
         return self
+
+    def _copy_existing(self) -> None:
+        """Start from the finished file's datasets and attributes (copy-on-write): a second engine
+        adds ``flow/<other>`` without ever modifying the finished file in place. HDF5 copies the
+        compressed chunks as they are."""
+        with _open_read(self.final) as src:
+            for name in src:
+                src.copy(src[name], self._file, name=name)
+            kept = {k: v for k, v in src.attrs.items() if k not in ("created", "complete")}
+            self._file.attrs.update(kept)
+            self._size = (int(src.attrs["height"]), int(src.attrs["width"]))
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
@@ -549,12 +564,15 @@ class FlowStore:
 
     def writer(self, key: str, *, source: str | os.PathLike, fps: float, label: int = -1,
                label_name: str = "", source_size: tuple[int, int] | None = None, step: int = 1,
-               flow_dtype: str = "float16", flow_bound: float = DEFAULT_BOUND) -> VideoWriter:
+               flow_dtype: str = "float16", flow_bound: float = DEFAULT_BOUND,
+               extend: bool = False) -> VideoWriter:
         """A :class:`VideoWriter` for ``key``: use as ``with store.writer(key, ...) as w``.
 
         ``source_size`` is the decoded video's (height, width) before any resize (-1 if unknown);
         ``flow_dtype`` is ``"float16"`` or ``"uint8"`` (quantised in ``[-flow_bound, flow_bound]``
-        pixels). Committing replaces an existing finished video of the same key.
+        pixels). Committing replaces an existing finished video of the same key; with ``extend``
+        the new file first takes over that video's datasets and attributes, so another engine's
+        flow is added beside them (e.g. ``flow/tvnet`` next to ``flow/tvl1``).
         """
         if self._mode != "a":
             raise StoreError(f"store {self._root} is open read-only; open it with mode='a' to write")
@@ -568,7 +586,7 @@ class FlowStore:
                  "source_width": int(sw), "step": int(step), "label": int(label),
                  "label_name": str(label_name), "created": _now(),
                  "flowkit_version": _flowkit_version()}
-        return VideoWriter(self._video_path(key), attrs, flow_dtype, flow_bound)
+        return VideoWriter(self._video_path(key), attrs, flow_dtype, flow_bound, extend)
 
     def remove_partials(self, stale_after: float = STALE_PARTIAL_SECONDS) -> list[Path]:
         """Delete leftover ``.partial`` files of dead writers; return the deleted paths.

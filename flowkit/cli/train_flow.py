@@ -12,7 +12,7 @@ def command():
 def _register_subcommands() -> None:
     # One module per trainable engine, each defining a click command named `command`.
     import importlib
-    for name in ():  # e.g. ("train_tvnet", "train_motionnet"): add yours here
+    for name in ("train_tvnet", "train_motionnet"):  # e.g. ("train_tvnet", "train_motionnet"): add yours here
         command.add_command(importlib.import_module(f"{__package__}.{name}").command)
 
 

@@ -2,5 +2,8 @@
 from .base import FlowEngine
 from .registry import create_engine, engine_class, list_engines, register_engine
 from . import tvl1  # noqa: F401  (registers "tvl1")
+from . import motionnet  # noqa: F401
+from . import costvolume  # noqa: F401
+from . import tvnet  # noqa: F401
 
 __all__ = ["FlowEngine", "create_engine", "engine_class", "list_engines", "register_engine"]

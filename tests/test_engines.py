@@ -1,0 +1,72 @@
+"""Every registered engine keeps the engine contract (one parametrised walk over the registry, as
+timm's tests do for models), and several engines write side by side into one store."""
+import numpy as np
+import pytest
+import torch
+
+import flowkit
+from flowkit.extract import ExtractConfig, extract
+from flowkit.labels import scan_videos
+from flowkit.store import FlowStore
+
+CHEAP = {"tvl1": dict(nscales=2, warps=1, outer_iterations=1, inner_iterations=5),
+         "tvnet": dict(scales=1, warps=1, iterations=5),
+         "costvolume": dict(max_displacement=2)}
+NEEDS_WEIGHTS = {"motionnet"}
+
+
+def test_registry_names_the_four_engines():
+    assert {"tvl1", "tvnet", "motionnet", "costvolume"} <= set(flowkit.list_engines())
+
+
+@pytest.mark.parametrize("name", sorted(set(flowkit.list_engines()) - NEEDS_WEIGHTS))
+def test_engine_contract(name):
+    engine = flowkit.create_engine(name, **CHEAP.get(name, {}))
+    g = torch.Generator().manual_seed(0)
+    frames = (torch.rand(3, 3, 40, 48, generator=g) * 255).to(torch.uint8)
+    flow = engine(frames[:2], frames[1:])
+    assert flow.shape == (2, 2, 40, 48) and flow.dtype == torch.float32
+    assert torch.isfinite(flow).all()
+    described = engine.describe()
+    assert described["engine"] == name and described["version"]
+    import json
+    json.dumps(described)  # recorded in the store: must be JSON-serialisable
+    with pytest.raises(flowkit.EngineError):
+        engine(frames[:2], frames[1:, :, :20])
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_WEIGHTS))
+def test_engines_needing_weights_refuse_without(name):
+    with pytest.raises(flowkit.EngineError, match="weights"):
+        engine = flowkit.create_engine(name)
+        engine(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+
+
+def test_engines_write_side_by_side(sample_videos, tmp_path):
+    items, classes = scan_videos(sample_videos)
+    store_path = tmp_path / "store"
+    first = extract(items, store_path, ExtractConfig(method="tvl1", engine_params=CHEAP["tvl1"]),
+                    classes=classes)
+    assert first.count("done") == len(items)
+    store = FlowStore(store_path)
+    key = store.keys()[0]
+    tvl1_before, rgb_before = store.read_flow(key, "tvl1"), store.read_rgb(key)
+    store.close()
+
+    second = extract(items, store_path, ExtractConfig(method="costvolume", rgb=True,
+                                                      engine_params=CHEAP["costvolume"]),
+                     classes=classes)
+    assert second.count("done") == len(items)  # not skipped: this engine's flow was missing
+    store = FlowStore(store_path)
+    assert store.flow_names(key) == ["costvolume", "tvl1"]
+    np.testing.assert_array_equal(store.read_flow(key, "tvl1"), tvl1_before)
+    np.testing.assert_array_equal(store.read_rgb(key), rgb_before)
+    assert store.read_flow(key, "costvolume").shape == tvl1_before.shape
+    assert store.meta(key)["flows"]["costvolume"]["engine"] == "costvolume"
+    assert store.validate() == []
+    store.close()
+
+    again = extract(items, store_path, ExtractConfig(method="costvolume",
+                                                     engine_params=CHEAP["costvolume"]),
+                    classes=classes)
+    assert again.count("skipped") == len(items)
