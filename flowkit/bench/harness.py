@@ -14,32 +14,37 @@ What is measured, per method:
 - **warm-up** (``warmup_s``, excluded from the speed): one call on the first batch, and on the last
   batch too when it has another shape. It contains one-off costs: torch.compile's compilation for
   ``tvl1+compile`` (~20 s on CPU the first time; inductor's on-disk cache makes later processes
-  faster), allocator and thread-pool start-up.
+  faster; the compile cache is reset before every compiled method, so this is always in), allocator
+  and thread-pool start-up.
 - **passes**: ``repeats`` timed passes over the whole dataset in batches of ``batch`` pairs (OpenCV
   peers run one pair per call, recorded as ``batch`` 1). A pass times, for every batch, the method's
   call on uint8 ``(B, 3, H, W)`` CPU tensors (an engine copies them to its device) and the copy of
   the flow back to host memory as numpy, which also synchronises CUDA. Building the batches from the
   dataset is not timed. ``pairs_per_s = pairs / median pass time``; min / max pass times are kept.
-- **peak memory** (``peak_mem_mb``, MiB) over the timed passes. On CUDA: ``torch.cuda.
-  max_memory_allocated`` minus the memory allocated before the passes (tensors only, not the caching
-  allocator's reserve). On CPU: the peak of the process's resident set size sampled every 5 ms from
-  ``/proc/self/statm`` by a background thread, minus the RSS just before the passes; that is the
-  memory a pass needs beyond what the process already holds, including the flow copies it returns.
-  Spikes shorter than 5 ms can be missed; where ``/proc`` is missing, the growth of
-  ``getrusage``'s lifetime maximum RSS is used, a lower bound (0 once an earlier method went higher).
-  ``peak_mem_kind`` names which one.
+- **peak memory** (``peak_mem_mb``, MiB): the peak during the timed passes minus the level just
+  before the method was created, so it counts what the method keeps from its warm-up (OpenCV's
+  solver buffers) and what a pass allocates, including the flow copies it returns. On CUDA, from
+  ``torch.cuda.max_memory_allocated`` / ``memory_allocated`` (tensors, not the caching allocator's
+  reserve). On CPU, the process's resident set size sampled every 5 ms from ``/proc/self/statm`` by a
+  background thread (spikes shorter than that can be missed); where ``/proc`` is missing, the growth
+  of ``getrusage``'s lifetime maximum RSS, a lower bound. ``peak_mem_kind`` names which. Methods share
+  one process, so the figure is indicative: memory an earlier method freed but the allocator kept
+  is reused without growth, and ``tvl1+compile`` also counts the compiler loaded in its warm-up
+  when it is the first compiled method.
 - **accuracy** from the flows of the last pass, per pair with
   :func:`flowkit.bench.metrics.flow_metrics`, then the mean over pairs (each pair counts once,
   whatever its size; a pair without any valid pixel is left out of that metric): ``epe`` (valid
   pixels), ``epe_noc`` (valid, not occluded), ``outliers`` (fraction of valid pixels with EPE > 3 px),
   ``angular`` (degrees).
 
-Each result is a JSON-serialisable dict (non-finite numbers become None); a method that cannot be
-created (OpenCV function missing, engine unavailable) gives ``status: "missing"`` with ``reason``,
-never a silently shorter list.
+Each result is a JSON-serialisable dict (non-finite numbers become None). A method that cannot be
+created (OpenCV function missing, engine unavailable) gives ``status: "missing"`` with ``reason``; one
+that raises a :class:`~flowkit.errors.FlowkitError` while running (e.g. an engine without trained
+weights) gives ``status: "failed"`` with ``reason``; the list never silently gets shorter.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import os
@@ -57,7 +62,7 @@ import numpy as np
 from ..errors import FlowkitError
 from .flo import BenchError
 from .metrics import flow_metrics
-from .peers import PEERS, PeerMissing, create_peer, peer_defaults
+from .peers import PEERS, create_peer, peer_defaults
 from .synthetic import FlowPair, load_flow_folder, stereo_pairs, synthetic_pairs
 
 COMPILE_SUFFIX = "+compile"
@@ -310,7 +315,8 @@ def versions() -> dict[str, str | None]:
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """CPU model, cores, thread counts, GPU name and the load average when called."""
+    """CPU model, cores, thread counts, GPU name and the 1-minute load average when called
+    (:func:`run_benchmark` adds ``loadavg_1m_end``, the load when it finished)."""
     import torch
 
     info: dict[str, Any] = {
@@ -351,53 +357,57 @@ def _rss_bytes() -> int | None:
 
 
 class _PeakMemory:
-    """Peak memory growth of the enclosed block (see the module docstring)."""
+    """Peak memory of one method above a baseline (see the module docstring).
+
+    Created before the method is built (that is the baseline); :meth:`sampling` wraps the timed
+    passes; ``peak_mb`` is then the peak during the passes minus the baseline.
+    """
 
     def __init__(self, device: str):
-        self.cuda = str(device).startswith("cuda")
-        self.kind = "cuda-allocated"
-        self.peak_mb: float | None = None
-
-    def __enter__(self):
         gc.collect()
+        self.cuda = str(device).startswith("cuda")
+        self.peak_mb: float | None = None
         if self.cuda:
             import torch
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-            return self
-        self._base = _rss_bytes()
-        if self._base is None:
-            self.kind = "rss-lifetime-max-growth"
-            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return self
-        self.kind = "rss-sampled"
-        self._peak = self._base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
+            self.kind, self._base = "cuda-allocated", torch.cuda.memory_allocated()
+        elif _rss_bytes() is not None:
+            self.kind, self._base = "rss-sampled", _rss_bytes()
+        else:
+            self.kind, self._base = "rss-lifetime-max-growth", _max_rss_bytes()
 
-    def _sample(self):
-        while not self._stop.wait(_RSS_INTERVAL_S):
-            rss = _rss_bytes()
-            if rss is not None and rss > self._peak:
-                self._peak = rss
-
-    def __exit__(self, *exc):
+    @contextlib.contextmanager
+    def sampling(self):
         if self.cuda:
             import torch
-            grown = torch.cuda.max_memory_allocated() - self._base
+            torch.cuda.reset_peak_memory_stats()
+            yield self
+            peak = torch.cuda.max_memory_allocated()
         elif self.kind == "rss-sampled":
-            self._stop.set()
-            self._thread.join()
-            grown = max(self._peak, _rss_bytes() or 0) - self._base
+            box = [_rss_bytes() or 0]
+            stop = threading.Event()
+
+            def sample():
+                while not stop.wait(_RSS_INTERVAL_S):
+                    box[0] = max(box[0], _rss_bytes() or 0)
+            thread = threading.Thread(target=sample, daemon=True)
+            thread.start()
+            try:
+                yield self
+            finally:
+                stop.set()
+                thread.join()
+            peak = max(box[0], _rss_bytes() or 0)
         else:
-            # ru_maxrss is KiB on Linux, bytes on macOS.
-            unit = 1 if platform.system() == "Darwin" else 1024
-            grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._base) * unit
-        self.peak_mb = max(0, grown) / 2**20
-        return False
+            yield self
+            peak = _max_rss_bytes()
+        self.peak_mb = max(0, peak - self._base) / 2**20
+
+
+def _max_rss_bytes() -> int:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    unit = 1 if platform.system() == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -437,15 +447,29 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
     with _progress_bar(progress, len(methods) * (1 + repeats)) as advance:
         for method in methods:
             label = method if isinstance(method, str) else method.name
+            memory = _PeakMemory(method.device if isinstance(method, Method) else
+                                 "cpu" if method in PEERS else device)
             try:
                 m = method if isinstance(method, Method) else build_method(
                     method, device, per_params.get(method))
-            except (PeerMissing, FlowkitError) as exc:
+            except FlowkitError as exc:  # PeerMissing, an engine without CUDA, ...
                 results.append(_missing(label, device, batch, common, str(exc)))
                 advance(label, 1 + repeats)
                 continue
-            results.append(_measure(m, pairs, batch, repeats, common,
-                                    lambda phase, n: advance(f"{label} {phase}", n)))
+            steps = [0]
+
+            def step(phase: str, n: int, label=label):
+                steps[0] += n
+                advance(f"{label} {phase}", n)
+            try:
+                results.append(_measure(m, pairs, batch, repeats, common, memory, step))
+            except FlowkitError as exc:  # e.g. an engine that refuses to run without weights
+                results.append(_missing(label, m.device, m.batch or batch, common, str(exc), "failed"))
+                advance(label, 1 + repeats - steps[0])
+    # The load at the end too: a busy machine during the run makes every timing low.
+    end_load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    for r in results:
+        r["machine"]["loadavg_1m_end"] = end_load
     return results
 
 
@@ -458,10 +482,17 @@ def result_keys() -> list[str]:
 
 
 def _measure(m: Method, pairs: Sequence[FlowPair], batch: int, repeats: int, common: dict,
-             advance: Callable) -> dict[str, Any]:
+             memory: _PeakMemory, advance: Callable) -> dict[str, Any]:
     size = m.batch or batch
     batches = _batches(pairs, size)
     warm = [batches[0]] + ([batches[-1]] if batches[-1][0].shape != batches[0][0].shape else [])
+    if m.params.get("compile"):
+        import torch
+
+        # Start from an empty compile cache: warm-up then always includes the compilation, and
+        # shapes compiled for earlier runs in this process do not use up dynamo's recompile limit
+        # (past it, dynamo silently runs the function eagerly).
+        torch._dynamo.reset()
     advance("warm-up", 0)
     start = time.perf_counter()
     for f0, f1 in warm:
@@ -470,7 +501,7 @@ def _measure(m: Method, pairs: Sequence[FlowPair], batch: int, repeats: int, com
 
     times: list[float] = []
     flows: list[np.ndarray] = []
-    with _PeakMemory(m.device) as memory:
+    with memory.sampling():
         for r in range(repeats):
             advance(f"pass {r + 1}/{repeats}", 1)
             flows = []
@@ -506,8 +537,9 @@ def accuracy(flows: Sequence, pairs: Sequence[FlowPair]) -> dict[str, float | No
     return {k: float(np.mean(v)) if v else None for k, v in sums.items()}
 
 
-def _missing(name: str, device: str, batch: int, common: dict, reason: str) -> dict[str, Any]:
-    result = {"method": name, "status": "missing", "reason": reason,
+def _missing(name: str, device: str, batch: int, common: dict, reason: str,
+             status: str = "missing") -> dict[str, Any]:
+    result = {"method": name, "status": status, "reason": reason,
               "device": "cpu" if name in PEERS else device, **common,
               "batch": 1 if name in PEERS else batch}
     return _clean({k: result.get(k) for k in result_keys()})

@@ -41,8 +41,8 @@ def main():
 
 
 def _register_commands() -> None:
-    from . import extract, info, samples, show, train_flow  # TODO(lead): add benchmark when it lands
-    for module in (extract, info, show, samples, train_flow):
+    from . import benchmark, extract, info, samples, show, train_flow
+    for module in (extract, info, show, benchmark, samples, train_flow):
         main.add_command(module.command)
 
 

@@ -1,0 +1,207 @@
+"""``flowkit benchmark``: speed and accuracy of flow engines and their OpenCV peers on ground truth.
+
+Which engine, on which device, at what cost in accuracy: every method runs on the same pairs, warm-up
+excluded (reported as ``warm-up``), then ``--repeats`` timed passes; see :mod:`flowkit.bench.harness`
+for exactly what is measured.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..bench import harness
+from ..bench.flo import BenchError
+from . import EXIT_OK, EXIT_PARTIAL, handle_errors
+from .options import parse_params
+
+DEFAULT_METHODS = "tvl1,opencv-tvl1,opencv-dis,opencv-farneback"
+# Small enough that the default run takes well under a minute on 2 CPU cores (about 20 s when idle).
+DEFAULT_SYNTHETIC_PAIRS = 8
+
+
+def collect(methods: str = DEFAULT_METHODS, device: str = "cpu", size: str | None = None,
+            batch: int = 8, dataset: str = "synthetic", path: str | None = None,
+            pairs: int | None = None, repeats: int = 3, seed: int = 0, params: Sequence[str] = (),
+            threads: int | None = None, progress: bool | Any = False) -> list[dict[str, Any]]:
+    """Everything ``flowkit benchmark`` does except the output: the options as the CLI takes them
+    (strings where the CLI has strings) -> the harness's result list."""
+    names = harness.resolve_methods(methods)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BenchError(f"--device {device}: CUDA is not available (torch.cuda.is_available() "
+                             "is False); use --device cpu")
+    elif device != "cpu":
+        raise BenchError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if pairs is None and dataset == "synthetic":
+        pairs = DEFAULT_SYNTHETIC_PAIRS
+    items, info = harness.load_dataset(dataset, path, harness.parse_size(size), pairs, seed)
+    param_dict = parse_params(tuple(params))
+    import cv2
+    import torch
+
+    saved = torch.get_num_threads(), cv2.getNumThreads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    try:
+        return harness.run_benchmark(names, items, device=device, batch=batch, repeats=repeats,
+                                     params=param_dict, dataset=info, progress=progress)
+    finally:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
+
+
+def results_table(results: list[dict[str, Any]]) -> Table:
+    """The rich table: one row per method."""
+    first = results[0]
+    m = first["machine"]
+    title = (f"{first['dataset']} {first['size']}, {first['pairs']} pairs, {first['repeats']} "
+             f"repeats")
+    caption = (f"{m['cpu']}, {m['cores']} cores, torch {first['versions']['torch']} "
+               f"({m['torch_threads']} threads), OpenCV {first['versions']['opencv']} "
+               f"({m['opencv_threads']} threads)" + (f", {m['gpu']}" if m.get("gpu") else "")
+               + f"; load {m['loadavg_1m']}")
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for name, justify in [("method", "left"), ("device", "left"), ("batch", "right"),
+                          ("pairs/s", "right"), ("EPE", "right"), ("EPE-noc", "right"),
+                          ("outliers", "right"), ("AE °", "right"), ("warm-up s", "right"),
+                          ("peak mem MB", "right")]:
+        table.add_column(name, justify=justify, no_wrap=True)
+    for r in results:
+        if r["status"] != "ok":
+            table.add_row(r["method"], r["device"], str(r["batch"]), f"[red]{r['status']}[/red]",
+                          *["-"] * 6)
+            continue
+        table.add_row(r["method"], r["device"], str(r["batch"]), _num(r["pairs_per_s"], 3),
+                      _num(r["epe"], 3), _num(r["epe_noc"], 3),
+                      "-" if r["outliers"] is None else f"{100 * r['outliers']:.1f}%",
+                      _num(r["angular"], 3), f"{r['warmup_s']:.2f}",
+                      "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}")
+    return table
+
+
+def _num(value: float | None, digits: int) -> str:
+    """``digits`` significant digits, no exponent for ordinary magnitudes."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
+def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
+    """EPE against pairs/s (log x), one labelled point per method that ran; a PNG at ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ok = [r for r in results if r["status"] == "ok" and r["pairs_per_s"] and r["epe"] is not None]
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # Labels alternate above and below in speed order, so that neighbours do not overprint.
+    for i, r in enumerate(sorted(ok, key=lambda r: r["pairs_per_s"])):
+        ax.scatter(r["pairs_per_s"], r["epe"], s=36)
+        ax.annotate(f"{r['method']} ({r['device']})", (r["pairs_per_s"], r["epe"]),
+                    textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -12), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.margins(x=0.15)
+    ax.set_xlabel("pairs / s (log scale)")
+    ax.set_ylabel("mean end-point error (px)")
+    if results:
+        r = results[0]
+        ax.set_title(f"{r['dataset']} {r['size']}, {r['pairs']} pairs; {r['machine']['cpu']}",
+                     fontsize=9)
+    missing = [r["method"] for r in results if r["status"] != "ok"]
+    if missing:
+        fig.text(0.01, 0.01, f"not run: {', '.join(missing)}", fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
+@click.command("benchmark")
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--methods", default=DEFAULT_METHODS, show_default=True,
+              help="Comma-separated methods: flowkit engines (tvl1, tvl1+compile, ...), OpenCV peers "
+                   "(opencv-tvl1, opencv-dis, opencv-farneback), or 'all'.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device of the flowkit engines: cpu or cuda[:N] (OpenCV peers run on the CPU).")
+@click.option("--size", default=None,
+              help="HxW. synthetic: frame size (default 128x160); stereo: the height picks the scale "
+                   "(or give a scale, e.g. 0.5; default 0.25); folders: resize frames and scale the "
+                   "flow (default: as stored).")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Pairs per engine call (OpenCV peers always take one).")
+@click.option("--dataset", default="synthetic", show_default=True,
+              type=click.Choice(harness.DATASETS),
+              help="Ground truth: built-in synthetic pairs or stereo pair, or a folder given as PATH "
+                   "after it (--dataset middlebury PATH, --dataset sintel PATH).")
+@click.option("--pairs", default=None, type=click.IntRange(min=1),
+              help=f"Number of pairs (synthetic: default {DEFAULT_SYNTHETIC_PAIRS}; folders: the first "
+                   "N by name, default all).")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Timed passes over the dataset; pairs/s uses the median.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic pairs.")
+@click.option("--param", "params", multiple=True, metavar="[METHOD:]KEY=VALUE",
+              help="Method parameter, repeatable. KEY=VALUE sets every selected method that has it "
+                   "(nscales=2 sets tvl1 and opencv-tvl1 alike); METHOD:KEY=VALUE sets one "
+                   "(opencv-dis:preset=fast).")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="CPU threads for torch and OpenCV alike (default: their own defaults, recorded "
+                   "in the results).")
+@click.option("--json", "json_out", default=None, metavar="OUT",
+              help="Write the results as JSON to OUT ('-' prints them to stdout, the table then "
+                   "goes to stderr).")
+@click.option("--plot", "plot_out", default=None, metavar="OUT.png",
+              help="Write an EPE vs pairs/s scatter plot (PNG).")
+@handle_errors
+def command(path, methods, device, size, batch, dataset, pairs, repeats, seed, params, threads,
+            json_out, plot_out):
+    """FPS and end-point error of flow engines and OpenCV peers on ground truth.
+
+    \b
+    Examples:
+      flowkit benchmark
+      flowkit benchmark --methods tvl1,tvl1+compile,opencv-tvl1 --size 256x340 --pairs 16
+      flowkit benchmark --dataset stereo --size 0.5 --methods all --plot stereo.png
+      flowkit benchmark --dataset sintel /data/Sintel --pairs 20 --size 0.5 --json sintel.json
+
+    Exits 1 when a method could not run (e.g. opencv-tvl1 without opencv-contrib); its row says
+    missing and the reason is printed below the table.
+    """
+    console = Console(stderr=json_out == "-")
+    if not console.is_terminal:
+        console.width = max(console.width, 140)  # keep rows whole in logs and pipes
+    results = collect(methods, device, size, batch, dataset, path, pairs, repeats, seed, params,
+                      threads, progress=Console(stderr=True))
+    console.print(results_table(results))
+    for r in results:
+        if r["status"] != "ok":
+            console.print(f"{r['method']} {r['status']}: {r['reason']}", highlight=False)
+    m = results[0]["machine"]
+    load = max((v for v in (m["loadavg_1m"], m["loadavg_1m_end"]) if v is not None), default=None)
+    if load is not None and m["cores"] and load > 0.5 * m["cores"]:
+        console.print(f"note: load average up to {load} on {m['cores']} cores during the run: other "
+                      "processes compete for the CPU, the timings are low (multi-threaded torch "
+                      "suffers most; try --threads 1 for a like-for-like comparison)",
+                      highlight=False)
+    if json_out == "-":
+        click.echo(json.dumps(results, indent=2, allow_nan=False))
+    elif json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+        console.print(f"results written to {json_out}", highlight=False)
+    if plot_out:
+        console.print(f"plot written to {plot_results(results, plot_out)}", highlight=False)
+    raise SystemExit(EXIT_PARTIAL if any(r["status"] != "ok" for r in results) else EXIT_OK)

@@ -1,0 +1,156 @@
+"""Benchmark harness and OpenCV peers: result keys and sane values, known-flow accuracy, missing peers,
+method and parameter resolution, dataset loading and resizing."""
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from flowkit.bench import FlowPair, harness, peers, write_flo
+from flowkit.bench.flo import BenchError
+from flowkit.errors import EngineError
+
+# Small enough that tvl1 takes a fraction of a second per pass.
+TINY = {"nscales": 2, "warps": 1, "outer_iterations": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs():
+    pairs, info = harness.load_dataset("synthetic", size=(40, 48), pairs=2)
+    return pairs, info
+
+
+def _finite(value):
+    return value is not None and math.isfinite(value)
+
+
+def test_tvl1_and_farneback_results_are_sane(tiny_pairs):
+    pairs, info = tiny_pairs
+    results = harness.run_benchmark(["tvl1", "opencv-farneback"], pairs, batch=2, repeats=2,
+                                    params=TINY, dataset=info)
+    assert [r["method"] for r in results] == ["tvl1", "opencv-farneback"]
+    json.dumps(results, allow_nan=False)
+    for r in results:
+        assert list(r) == harness.result_keys()
+        assert r["status"] == "ok" and r["reason"] is None
+        assert r["device"] == "cpu" and r["pairs"] == 2 and r["size"] == "40x48"
+        for key in ("pairs_per_s", "median_pass_s", "min_pass_s", "max_pass_s", "warmup_s",
+                    "peak_mem_mb", *harness.METRICS):
+            assert _finite(r[key]), key
+        assert r["min_pass_s"] <= r["median_pass_s"] <= r["max_pass_s"]
+        assert r["pairs_per_s"] == pytest.approx(2 / r["median_pass_s"])
+        assert 0 <= r["epe"] < 3 and 0 <= r["outliers"] <= 1 and r["angular"] >= 0
+        assert set(r["versions"]) >= {"flowkit", "torch", "opencv"}
+        assert set(r["machine"]) >= {"cpu", "cores", "torch_threads", "opencv_threads", "gpu"}
+    tvl1, farneback = results
+    assert tvl1["batch"] == 2 and tvl1["params"]["nscales"] == 2
+    assert farneback["batch"] == 1 and farneback["opencv_threads"] == cv2.getNumThreads()
+    assert farneback["params"]["winsize"] == 15
+
+
+def _oracle(pairs, offset=(0.0, 0.0)):
+    """A method that returns each pair's ground truth plus ``offset`` (found by frame content)."""
+    truth = {p.frame0.tobytes(): p.flow for p in pairs}
+    shift = np.array(offset, np.float32)[:, None, None]
+
+    def fn(frames0, frames1):
+        images = frames0.permute(0, 2, 3, 1).numpy()
+        return np.stack([truth[np.ascontiguousarray(im).tobytes()] + shift for im in images])
+    return fn
+
+
+def test_known_flow_gives_known_errors(tiny_pairs):
+    pairs, _ = tiny_pairs
+    methods = [harness.Method("truth", _oracle(pairs)), harness.Method("off", _oracle(pairs, (3, 4)))]
+    truth, off = harness.run_benchmark(methods, pairs, batch=2, repeats=1)
+    assert truth["epe"] == 0 and truth["epe_noc"] == 0 and truth["outliers"] == 0
+    assert truth["angular"] == pytest.approx(0, abs=1e-4)
+    assert off["epe"] == pytest.approx(5) and off["epe_noc"] == pytest.approx(5)
+    assert off["outliers"] == 1
+
+
+def test_missing_peer_is_reported_not_dropped(tiny_pairs, monkeypatch):
+    monkeypatch.delattr(cv2.optflow, "DualTVL1OpticalFlow_create")
+    with pytest.raises(peers.PeerMissing, match="contrib"):
+        peers.create_peer("opencv-tvl1")
+    assert "DualTVL1OpticalFlow_create" in peers.peer_available("opencv-tvl1")
+    pairs, info = tiny_pairs
+    missing, dis = harness.run_benchmark(["opencv-tvl1", "opencv-dis"], pairs, repeats=1,
+                                         dataset=info)
+    assert missing["method"] == "opencv-tvl1" and missing["status"] == "missing"
+    assert "DualTVL1OpticalFlow_create" in missing["reason"]
+    assert missing["pairs_per_s"] is None and missing["epe"] is None
+    assert dis["status"] == "ok"
+
+
+def test_opencv_tvl1_peer_uses_the_given_parameters(tiny_pairs):
+    pair = tiny_pairs[0][0]
+    params = dict(tau=0.2, lambda_=0.1, theta=0.4, nscales=2, warps=2, epsilon=0.02,
+                  inner_iterations=7, outer_iterations=3, scale_step=0.6, median_filtering=3)
+    peer = peers.create_peer("opencv-tvl1", **params)
+    chw = lambda im: im.transpose(2, 0, 1)[None]
+    flow = peer(chw(pair.frame0), chw(pair.frame1))
+    direct = cv2.optflow.DualTVL1OpticalFlow_create(
+        tau=0.2, lambda_=0.1, theta=0.4, nscales=2, warps=2, epsilon=0.02, innnerIterations=7,
+        outerIterations=3, scaleStep=0.6, medianFiltering=3)
+    gray = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
+    expected = direct.calc(gray(pair.frame0), gray(pair.frame1), None).transpose(2, 0, 1)
+    assert flow.shape == (1, 2, 40, 48) and flow.dtype == np.float32
+    np.testing.assert_array_equal(flow[0], expected)
+
+
+def test_methods_and_params_resolve():
+    names = harness.available_methods()
+    assert names[:2] == ["tvl1", "tvl1+compile"] and names[-3:] == list(peers.PEERS)
+    assert harness.resolve_methods("tvl1, opencv-dis,tvl1") == ["tvl1", "opencv-dis"]
+    assert harness.resolve_methods("all") == names
+    with pytest.raises(BenchError, match="unknown method 'raft'.*opencv-farneback"):
+        harness.resolve_methods("tvl1,raft")
+    per = harness.split_params({"nscales": 2, "opencv-dis:preset": "fast"},
+                               ["tvl1", "tvl1+compile", "opencv-tvl1", "opencv-dis"])
+    assert per == {"tvl1": {"nscales": 2}, "tvl1+compile": {"nscales": 2},
+                   "opencv-tvl1": {"nscales": 2}, "opencv-dis": {"preset": "fast"}}
+    with pytest.raises(BenchError, match="has a parameter 'winsize'"):
+        harness.split_params({"winsize": 9}, ["tvl1"])
+    with pytest.raises(BenchError, match="not among the methods"):
+        harness.split_params({"opencv-dis:preset": "fast"}, ["tvl1"])
+
+
+def test_sizes_and_stereo_scale():
+    assert harness.parse_size("256x340") == (256, 340) and harness.parse_size("0.5") == 0.5
+    with pytest.raises(BenchError, match="HxW"):
+        harness.parse_size("big")
+    pairs, info = harness.load_dataset("stereo", size=(125, 185))
+    assert len(pairs) == 1 and info["scale"] == 0.25 and info["size"] == "125x185"
+    with pytest.raises(BenchError, match="needs the dataset folder"):
+        harness.load_dataset("middlebury")
+
+
+def test_folder_dataset_resize_scales_flow(tmp_path):
+    h, w = 40, 60
+    rng = np.random.default_rng(0)
+    seq = tmp_path / "Seq"
+    seq.mkdir()
+    for name in ("frame10.png", "frame11.png"):
+        cv2.imwrite(str(seq / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    flow = np.stack([np.full((h, w), 2.0), np.full((h, w), -1.0)]).astype(np.float32)
+    flow[:, :4, :4] = 2e9  # unknown
+    write_flo(seq / "flow10.flo", flow)
+    (pair,), info = harness.load_dataset("middlebury", tmp_path, size=(20, 15))
+    assert isinstance(pair, FlowPair) and info["size"] == "20x15"
+    assert pair.frame0.shape == (20, 15, 3) and pair.flow.shape == (2, 20, 15)
+    np.testing.assert_allclose(pair.flow[0][pair.valid], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(pair.flow[1][pair.valid], -0.5, rtol=1e-6)
+    assert not pair.valid[:2, :1].any() and pair.valid.sum() > 250
+
+
+def test_method_that_fails_is_reported(tiny_pairs):
+    def broken(frames0, frames1):
+        raise EngineError("needs trained weights: pass weights=PATH")
+
+    pairs, _ = tiny_pairs
+    failed, ok = harness.run_benchmark([harness.Method("broken", broken), "opencv-farneback"], pairs,
+                                       repeats=1)
+    assert failed["status"] == "failed" and "trained weights" in failed["reason"]
+    assert ok["status"] == "ok"

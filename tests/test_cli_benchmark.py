@@ -1,0 +1,64 @@
+"""``flowkit benchmark``: table, --json, --plot, unknown methods, missing peers (via click's CliRunner)."""
+import json
+
+import cv2
+import pytest
+from click.testing import CliRunner
+
+from flowkit.cli.benchmark import command
+
+# Two tiny pairs and a cut-down tvl1: the whole command runs in about a second on an idle machine
+# (one thread: multi-threaded torch slows down badly on a CPU shared with other test processes).
+TINY = ["--size", "40x48", "--pairs", "2", "--batch", "2", "--repeats", "1", "--threads", "1",
+        "--param", "nscales=2", "--param", "warps=1", "--param", "outer_iterations=2"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_table_json_and_plot(runner, tmp_path):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = runner.invoke(command, ["--methods", "tvl1,opencv-farneback,opencv-dis", *TINY,
+                                     "--json", str(out_json), "--plot", str(out_png)])
+    assert result.exit_code == 0, result.output
+    for name in ("tvl1", "opencv-farneback", "opencv-dis", "pairs/s", "EPE-noc"):
+        assert name in result.output
+    results = json.loads(out_json.read_text())
+    assert [r["method"] for r in results] == ["tvl1", "opencv-farneback", "opencv-dis"]
+    assert all(r["status"] == "ok" and r["epe"] >= 0 for r in results)
+    assert results[0]["params"]["nscales"] == 2 and results[0]["params"]["warps"] == 1
+    assert results[0]["machine"]["torch_threads"] == 1 and results[1]["opencv_threads"] == 1
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_to_stdout_is_parseable(runner):
+    result = runner.invoke(command, ["--methods", "opencv-dis", "--param", "preset=fast",
+                                     "--size", "32x32", "--pairs", "2", "--repeats", "1",
+                                     "--json", "-"])
+    assert result.exit_code == 0, result.output
+    (r,) = json.loads(result.stdout)
+    assert r["method"] == "opencv-dis" and r["params"] == {"preset": "fast"}
+
+
+def test_unknown_method_exits_2_listing_valid_names(runner):
+    result = runner.invoke(command, ["--methods", "tvl1,flownet"])
+    assert result.exit_code == 2
+    assert "unknown method 'flownet'" in result.output
+    assert "opencv-tvl1" in result.output and "tvl1+compile" in result.output
+
+
+def test_bad_usage_exits_2(runner):
+    result = runner.invoke(command, ["--methods", "opencv-dis", "--param", "winsize=3"])
+    assert result.exit_code == 2 and "winsize" in result.output
+    result = runner.invoke(command, ["--dataset", "sintel"])
+    assert result.exit_code == 2 and "PATH" in result.output
+
+
+def test_missing_peer_exits_1_with_reason(runner, monkeypatch):
+    monkeypatch.delattr(cv2.optflow, "DualTVL1OpticalFlow_create")
+    result = runner.invoke(command, ["--methods", "opencv-tvl1,opencv-dis", "--size", "32x32",
+                                     "--pairs", "2", "--repeats", "1"])
+    assert result.exit_code == 1, result.output
+    assert "missing" in result.output and "DualTVL1OpticalFlow_create" in result.output
