@@ -151,7 +151,9 @@ def linearize(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor
         ``grad_i1w (B, 2, H, W)``, ``grad_sq (B, 1, H, W)``, ``rho_c (B, 1, H, W)``.
     """
     warped = ops.warp(i1_stack, u, mode="bicubic", padding_mode="zeros")
-    i1w, grad_i1w = warped[:, :1], warped[:, 1:]
+    # Contiguous: compiled iterations guard on strides, and a view of the 3-channel stack would not
+    # match the compacted batches, recompiling the iteration again and again.
+    i1w, grad_i1w = warped[:, :1], warped[:, 1:].contiguous()
     grad_sq = (grad_i1w * grad_i1w).sum(1, keepdim=True)
     rho_c = i1w - (grad_i1w * u).sum(1, keepdim=True) - i0
     return grad_i1w, grad_sq, rho_c
