@@ -15,6 +15,8 @@ from __future__ import annotations
 import inspect
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,8 +29,8 @@ from .errors import FlowkitError, VideoError
 from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
-from .store import FlowStore
-from .video import iter_frames, probe
+from .store import FLOW_DTYPES, FlowStore, StoreError
+from .video import iter_frames, output_size, probe
 
 
 @dataclass
@@ -48,6 +50,15 @@ class ExtractConfig:
     workers: int = 1
 
     def __post_init__(self):
+        if self.flow_dtype not in FLOW_DTYPES:
+            raise FlowkitError(f"flow_dtype must be one of {', '.join(FLOW_DTYPES)}, got "
+                               f"{self.flow_dtype!r}")
+        if not (np.isfinite(self.flow_bound) and self.flow_bound > 0):
+            raise FlowkitError(f"flow bound must be a positive number of pixels, got {self.flow_bound}")
+        try:
+            output_size(64, 64, self.size)
+        except (TypeError, ValueError, FlowkitError) as exc:
+            raise FlowkitError(f"invalid size {self.size!r}: {exc}") from None
         if self.batch < 1:
             raise FlowkitError(f"batch must be >= 1, got {self.batch}")
         if self.step < 1:
@@ -152,14 +163,16 @@ def extract_video(item: VideoItem, store: FlowStore, engine: FlowEngine, config:
     n_frames = n_pairs = 0
     size = None
     # A video finished by another engine keeps its frames and flows; this engine's flow is added.
-    extend = store.is_complete(item.key)
-    store_rgb = config.rgb and not (extend and store.meta(item.key)["has_rgb"])
+    existing = _finished_meta(store, item.key)
+    extend = existing is not None
+    store_rgb = config.rgb and not (extend and existing["has_rgb"])
     with store.writer(item.key, source=item.path, fps=info.fps / config.step, label=item.label,
                       label_name=item.label_name, source_size=(info.height, info.width),
                       step=config.step, flow_dtype=config.flow_dtype,
                       flow_bound=config.flow_bound, extend=extend) as writer:
         previous = None
         for chunk in _chunks(frames, config.batch):
+            _check_stop()
             size = chunk.shape[1:3]
             if store_rgb:
                 writer.append_rgb(chunk)
@@ -179,6 +192,17 @@ def extract_video(item: VideoItem, store: FlowStore, engine: FlowEngine, config:
                        size=tuple(int(s) for s in size), seconds=time.perf_counter() - start)
 
 
+def _finished_meta(store: FlowStore, key: str) -> dict | None:
+    """The finished video's metadata, or None when there is none or it is unreadable (then the
+    video is simply redone and the damaged file replaced)."""
+    if not store.is_complete(key):
+        return None
+    try:
+        return store.meta(key)
+    except (StoreError, OSError):
+        return None
+
+
 def _safe_extract(item, store, engine, config, on_pairs=None) -> VideoResult:
     """:func:`extract_video` with one bad video turned into a failed result, never an abort."""
     try:
@@ -190,11 +214,27 @@ def _safe_extract(item, store, engine, config, on_pairs=None) -> VideoResult:
         return VideoResult(item.key, str(item.path), "failed", reason=reason)
 
 
+# Set by the CLI's SIGINT handler: stop at the next chunk boundary, through the normal clean-up.
+_stop_requested = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask a running :func:`extract` to stop soon; the video in progress is discarded cleanly."""
+    _stop_requested.set()
+
+
+def _check_stop() -> None:
+    if _stop_requested.is_set():
+        raise KeyboardInterrupt
+
+
 # Worker-process state for workers > 1 (one engine per process, built once).
 _worker: dict = {}
 
 
 def _worker_init(store_path: str, config: ExtractConfig, threads: int) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides and terminates the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _worker["store"] = FlowStore(store_path, "a")
     _worker["engine"] = build_engine(config)
@@ -223,13 +263,19 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         :class:`ExtractSummary` with one :class:`VideoResult` per item of this shard.
     """
     started = time.perf_counter()
+    _stop_requested.clear()
     items = select_shard(items, shard or shard_from_env())
+    # Built before the store exists, so bad parameters fail once and leave nothing behind; worker
+    # processes build their own.
+    engine = build_engine(config)
+    if config.workers > 1:
+        engine = None
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
-    engine = build_engine(config) if config.workers == 1 else None  # fail fast on bad params
     todo, results = [], []
     for item in items:
-        if store.is_complete(item.key) and config.method in store.flow_names(item.key):
+        meta = _finished_meta(store, item.key)
+        if meta is not None and config.method in meta["flows"]:
             results.append(VideoResult(item.key, str(item.path), "skipped",
                                        reason=f"already in the store with flow/{config.method}"))
         else:
@@ -254,6 +300,7 @@ def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, con
     on_pairs = progress.pairs if progress else None
     if config.workers == 1:
         for item in todo:
+            _check_stop()
             yield _safe_extract(item, store, engine, config, on_pairs)
         return
     threads = max(1, torch.get_num_threads() // config.workers)
@@ -262,6 +309,7 @@ def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, con
     with ctx.Pool(config.workers, initializer=_worker_init,
                   initargs=(str(store.path), config, threads)) as pool:
         for result in pool.imap_unordered(_worker_run, todo):
+            _check_stop()
             if on_pairs and result.pairs:
                 on_pairs(result.pairs)
             yield result

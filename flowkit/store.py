@@ -329,11 +329,15 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         self.final.parent.mkdir(parents=True, exist_ok=True)
         # libver v110: compact chunk indexes for streamed datasets, readable by HDF5 >= 1.10.
-        self._file = h5py.File(self.partial, "w", libver=("v110", "v110"))
-        self._file.attrs.update(self._attrs)
-        if self._extend and self.final.exists():
-            self._copy_existing()
-        self._file.attrs["complete"] = False
+        try:
+            self._file = h5py.File(self.partial, "w", libver=("v110", "v110"))
+            self._file.attrs.update(self._attrs)
+            if self._extend and self.final.exists():
+                self._copy_existing()
+            self._file.attrs["complete"] = False
+        except BaseException:  # also Ctrl-C: __exit__ will not run, so clean up here
+            self._abort()
+            raise
         return self
 
     def _copy_existing(self) -> None:

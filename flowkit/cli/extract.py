@@ -1,7 +1,9 @@
 """``flowkit extract VIDEO_DIR -o STORE``: motion features for a folder of videos."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -11,7 +13,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from ..errors import FlowkitError
-from ..extract import ExtractConfig, extract
+from .. import extract as extract_module
+from ..extract import ExtractConfig, extract, request_stop
 from ..flow import list_engines
 from ..labels import read_split_list, scan_videos
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors
@@ -49,6 +52,23 @@ class RichExtractProgress:
         task = self.bar.tasks[self.pairs_task]
         if task.speed:
             self.bar.update(self.pairs_task, rate=f"{task.speed:.1f} pairs/s")
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(console: Console):
+    """First Ctrl-C: stop at the next chunk boundary through the normal clean-up (Python's own
+    handler can raise inside a library callback, where the interrupt gets lost). Second: at once."""
+    def handler(signum, frame):
+        if extract_module._stop_requested.is_set():
+            raise KeyboardInterrupt
+        console.print("stopping after the current step (Ctrl-C again to stop now)", highlight=False)
+        request_stop()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _items(video_dir: Path, split_list: Path | None, class_index: Path | None):
@@ -130,7 +150,7 @@ def command(video_dir, store, method, params, weights, device, compile, size, st
                            batch=batch, workers=workers)
     items, classes = _items(video_dir, split_list, class_index)
     console = Console(stderr=True)
-    with RichExtractProgress(console) as progress:
+    with RichExtractProgress(console) as progress, _graceful_interrupt(console):
         summary = extract(items, store, config, classes=classes, shard=shard_tuple, progress=progress)
     _print_summary(console, summary)
     if as_json:

@@ -1,0 +1,265 @@
+"""The `flowkit` command line in real subprocesses: samples, extract (--json, exit codes), info
+(--json, --validate), show (PNG and video), usage errors, --help and --version."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+import flowkit
+from flowkit.store import FlowStore
+from flowkit.video import load_frames
+
+CHEAP = ["--param", "nscales=2", "--param", "warps=1", "--param", "outer_iterations=2",
+         "--param", "inner_iterations=10", "--no-compile"]
+T, H, W = 8, 64, 80  # tests/conftest.py's sample_videos
+KEY = "pan_left/pan_left_0"
+# Wide, plain output: rich tables and messages are not wrapped or truncated at 80 columns. One torch
+# thread: on a loaded 2-core machine two OpenMP threads make tiny TV-L1 batches up to ~60x slower.
+ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb",
+       "OMP_NUM_THREADS": "1"}
+
+
+def flowkit_cli(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowkit", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def store(sample_videos, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "store"
+    r = flowkit_cli("extract", sample_videos, "-o", path, *CHEAP)
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+# ----------------------------------------------------------------------------- samples
+
+def test_samples_writes_a_class_folder(tmp_path):
+    out = tmp_path / "videos"
+    r = flowkit_cli("samples", out, "--classes", "pan_left,zoom_in", "--videos-per-class", "1",
+                    "--frames", "5", "--size", "32x48")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 2 videos" in r.stdout
+    paths = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4"))
+    assert paths == ["pan_left/pan_left_0.mp4", "zoom_in/zoom_in_0.mp4"]
+    assert load_frames(out / paths[0]).shape == (5, 32, 48, 3)
+
+
+def test_samples_rejects_unknown_class(tmp_path):
+    r = flowkit_cli("samples", tmp_path / "v", "--classes", "pan_left,moonwalk")
+    assert r.returncode == 2 and "moonwalk" in r.stderr
+    assert not list(tmp_path.rglob("*.mp4"))
+
+
+# ----------------------------------------------------------------------------- extract
+
+def test_extract_json_then_resume(sample_videos, tmp_path):
+    path = tmp_path / "s"
+    r = flowkit_cli("extract", sample_videos, "-o", path, "--json", *CHEAP)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)  # stdout is the JSON only; progress and summary go to stderr
+    assert (d["done"], d["skipped"], d["failed"], d["pairs"]) == (4, 0, 0, 4 * (T - 1))
+    assert d["method"] == "tvl1" and len(d["videos"]) == 4
+    assert {v["key"] for v in d["videos"]} == set(FlowStore(path).keys())
+    assert "4 done" in r.stderr and "0 failed" in r.stderr
+
+    again = flowkit_cli("extract", sample_videos, "-o", path, "--json", *CHEAP)
+    assert again.returncode == 0, again.stderr
+    d = json.loads(again.stdout)
+    assert (d["done"], d["skipped"], d["failed"], d["pairs"]) == (0, 4, 0, 0)
+
+
+def test_extract_exit_1_on_a_bad_video_with_one_line_reason(bad_videos, tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "classA").mkdir(parents=True)
+    shutil.copy(bad_videos.paths["good_0"], videos / "classA" / "good_0.mp4")
+    shutil.copy(bad_videos.paths["text"], videos / "classA" / "text.mp4")
+    r = flowkit_cli("extract", videos, "-o", tmp_path / "s", "--json", *CHEAP)
+    assert r.returncode == 1, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["done"], d["failed"]) == (1, 1)
+    bad = str(videos / "classA" / "text.mp4")
+    lines = [line for line in r.stderr.splitlines() if "failed:" in line]
+    assert len(lines) == 1, r.stderr
+    assert bad in lines[0] and "not a video" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert FlowStore(tmp_path / "s").keys() == ["classA/good_0"]
+
+
+def test_extract_missing_video_dir_is_a_usage_error(tmp_path):
+    r = flowkit_cli("extract", tmp_path / "nope", "-o", tmp_path / "s", *CHEAP)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and str(tmp_path / "nope") in r.stderr
+    assert "not a directory" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()  # no store is created for a failed start
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "12x"], "--size"),
+    (["--size", "0"], "--size"),
+    (["--param", "warps"], "KEY=VALUE"),
+    (["--param", "bogus=1"], "bogus"),
+    (["--shard", "3/2"], "invalid shard"),
+    (["--shard", "one"], "--shard"),
+    (["--step", "0"], "step must be >= 1"),
+    (["--method", "nope"], "--method"),
+], ids=["size-12x", "size-0", "param-format", "param-unknown", "shard-range", "shard-format",
+        "step-0", "method"])
+def test_extract_usage_errors_exit_2(sample_videos, tmp_path, args, message):
+    r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, *args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_extract_bad_bound_is_a_usage_error(sample_videos, tmp_path):
+    r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, "--flow-dtype", "uint8",
+                    "--bound", "0")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "bound" in r.stderr and "failed:" not in r.stderr
+
+
+def test_extract_bad_param_with_workers_fails_fast(sample_videos, tmp_path):
+    """Same usage error as with one worker: exit 2 and one line, not an endless respawn loop."""
+    err = tmp_path / "stderr"
+    with open(err, "w+") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "flowkit", "extract", sample_videos, "-o",
+                                 tmp_path / "s", "--workers", "2", "--param", "bogus=1",
+                                 "--no-compile"], stdout=subprocess.DEVNULL, stderr=f, env=ENV,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                # A third pool worker means the pool replaced a worker that died: the hang.
+                if "SpawnPoolWorker-3" in err.read_text():
+                    break
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                pytest.fail("extract --workers 2 with a bad --param did not exit (workers are "
+                            f"respawned forever); stderr tail:\n{err.read_text()[-1500:]}")
+    assert proc.returncode == 2, err.read_text()[-1500:]
+    assert "bogus" in err.read_text()
+
+
+# ----------------------------------------------------------------------------- info
+
+def test_info_shows_videos_classes_engine(store):
+    r = flowkit_cli("info", store)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for text in ("videos", "classes", "pan_left", "zoom_in", "tvl1", "nscales=2", "float16",
+                 f"{4 * T} ({4 * T} RGB stored)", f"{H}x{W} (4)"):
+        assert text in out, (text, out)
+
+
+def test_info_json(store):
+    r = flowkit_cli("info", store, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["videos"] == 4 and d["frames"] == 4 * T and d["bytes"] > 0
+    assert d["flow_pairs"] == {"tvl1": 4 * (T - 1)}
+    engine = d["engines"]["tvl1"]
+    assert engine["engine"] == "tvl1" and engine["params"]["nscales"] == 2
+    assert d["classes"]["names"] == ["pan_left", "zoom_in"]
+    assert d["warnings"] == [] and d["partials"] == 0
+
+
+def test_info_validate_good_and_tampered(store, tmp_path):
+    r = flowkit_cli("info", store, "--validate")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "valid" in r.stdout and "problem" not in r.stdout
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(store, bad)
+    victim = bad / "videos" / "zoom_in" / "zoom_in_1.h5"
+    victim.write_bytes(os.urandom(4096))
+    r = flowkit_cli("info", bad, "--validate")
+    assert r.returncode == 1, r.stdout + r.stderr
+    problems = [line for line in r.stdout.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1 and "zoom_in/zoom_in_1.h5" in problems[0], r.stdout
+    r = flowkit_cli("info", bad, "--validate", "--json")
+    assert r.returncode == 1
+    d = json.loads(r.stdout)
+    assert len(d["problems"]) == 1 and d["unreadable"] == 1 and d["warnings"]
+
+
+def test_info_missing_store_exit_2(tmp_path):
+    r = flowkit_cli("info", tmp_path / "nope")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "nope").exists()  # info never creates a store
+
+
+def test_info_on_a_folder_that_is_not_a_store_exit_2(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello")
+    r = flowkit_cli("info", folder)
+    assert r.returncode == 2 and "not a flowkit store" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # left alone
+
+
+# ----------------------------------------------------------------------------- show
+
+def test_show_png(store, tmp_path):
+    out = tmp_path / "x.png"
+    r = flowkit_cli("show", store, KEY, "-o", out)
+    assert r.returncode == 0, r.stderr
+    image = cv2.imread(str(out))
+    assert image is not None
+    gap = 2
+    # Default frames 0, n//2, n-1: three rows of [frame | flow colour], plus a legend column.
+    assert image.shape == (3 * H + 2 * gap, 2 * W + gap + H + gap, 3)
+
+
+def test_show_png_selected_frames_and_out_of_range(store, tmp_path):
+    out = tmp_path / "one.png"
+    r = flowkit_cli("show", store, KEY, "-o", out, "--frame", "2")
+    assert r.returncode == 0, r.stderr
+    assert cv2.imread(str(out)).shape[0] == H
+    r = flowkit_cli("show", store, KEY, "-o", tmp_path / "bad.png", "--frame", str(T - 1))
+    assert r.returncode == 2 and "out of range" in r.stderr
+
+
+def test_show_mp4(store, tmp_path):
+    out = tmp_path / "x.mp4"
+    r = flowkit_cli("show", store, KEY, "-o", out)
+    assert r.returncode == 0, r.stderr
+    frames = load_frames(out)
+    assert frames.shape == (T - 1, H, 2 * W, 3)  # one frame per flow pair: rgb | colour
+
+
+def test_show_unknown_key_exit_2(store, tmp_path):
+    r = flowkit_cli("show", store, "pan_left/nope_9", "-o", tmp_path / "x.png")
+    assert r.returncode == 2
+    assert "pan_left/nope_9" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+# ----------------------------------------------------------------------------- help, version
+
+@pytest.mark.parametrize("command", [[], ["extract"], ["info"], ["show"], ["samples"]],
+                         ids=["flowkit", "extract", "info", "show", "samples"])
+def test_help(command):
+    r = flowkit_cli(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Usage: ") and " ".join(["flowkit", *command]) in r.stdout
+
+
+def test_version():
+    r = flowkit_cli("--version")
+    assert r.returncode == 0 and flowkit.__version__ in r.stdout and "flowkit" in r.stdout
