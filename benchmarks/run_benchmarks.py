@@ -125,13 +125,19 @@ def machine_lines(r: dict) -> list[str]:
 
 
 def section(run_id: str, title: str, about: str, args: list[str], results: list[dict],
-            seconds: float, when: str) -> list[str]:
+            seconds: float, when: str, first: bool = True) -> list[str]:
     m = results[0]["machine"]
     cmd = shlex.join(["flowkit", "benchmark", *args])
-    loads = [v for v in (m["loadavg_1m"], m["loadavg_1m_end"]) if v is not None]
-    busy = bool(loads) and bool(m["cores"]) and max(loads) > 0.5 * m["cores"]
-    verdict = ("**busy machine**: other processes were competing for the CPU, timings are low"
-               if busy else "quiet machine")
+    # The load at the end includes the benchmark's own threads; only the start says whether other
+    # processes were competing.
+    start_load = m["loadavg_1m"]
+    busy = start_load is not None and bool(m["cores"]) and start_load > 0.5 * m["cores"]
+    if not first:
+        verdict = ("the start load includes this script's previous section; check the first "
+                   "section's verdict for other processes")
+    else:
+        verdict = ("**busy machine**: other processes were competing for the CPU, timings are low"
+                   if busy else "quiet machine")
     lines = [f"## {title}", "", about, "", "```", cmd, "```", "",
              f"- Run `{run_id}` at {when}, {seconds:.0f} s; 1-minute load average "
              f"{m['loadavg_1m']} at the start, {m['loadavg_1m_end']} at the end on "
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{run_id}] {shlex.join(['flowkit', 'benchmark', *args])}", file=sys.stderr)
         when = now()
         results, seconds = run(args)
-        doc += section(run_id, title, about, args, results, seconds, when)
+        doc += section(run_id, title, about, args, results, seconds, when, first=i == 0)
         for r in results:
             print(f"  {r['method']:<18} {r['status']:<8} pairs/s {_sig(r['pairs_per_s'])}"
                   f"  EPE {_f(r['epe'], '.3f')}", file=sys.stderr)
@@ -202,12 +208,26 @@ def main(argv: list[str] | None = None) -> int:
             # Finished runs survive an interrupted regeneration; the marker says it is unfinished.
             pending = ", ".join(r[0] for r in todo[i + 1:])
             _write(out, doc + [f"**INCOMPLETE**: still to run: {pending}."])
+    doc += engine_results()
     if out == "-":
         sys.stdout.write(_text(doc))
     else:
         _write(out, doc)
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def engine_results() -> list[str]:
+    """Links to the paper-trend reproductions, which have their own scripts (training takes minutes)."""
+    files = sorted((HERE / "results").glob("*.md"))
+    if not files:
+        return []
+    lines = ["## Paper trends of the learned and cost-volume engines", "",
+             "Each file below is written by the script named at its top, with its command and machine:", ""]
+    for f in files:
+        title = f.read_text().splitlines()[0].lstrip("# ").strip()
+        lines.append(f"- [{title}](results/{f.name})")
+    return lines + [""]
 
 
 def _text(lines: list[str]) -> str:
