@@ -11,8 +11,9 @@ __version__ = "0.1.0"
 
 from .errors import EngineError, FlowkitError, StoreError, VideoError
 from .flow import FlowEngine, create_engine, list_engines
+from .store import FlowStore
 
 __all__ = [
     "__version__", "FlowkitError", "VideoError", "StoreError", "EngineError",
-    "FlowEngine", "create_engine", "list_engines",
+    "FlowEngine", "create_engine", "list_engines", "FlowStore",
 ]
