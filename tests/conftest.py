@@ -146,3 +146,55 @@ def bad_videos(tmp_path_factory) -> BadVideoSet:
     paths["truncated_mkv"] = _truncate(full_mkv, b / "truncated_mkv.mkv")
     paths["truncated_faststart"] = _truncate(full_faststart, b / "truncated_faststart.mp4")
     return BadVideoSet(root, paths)
+
+
+# A tiny store written directly (no decoding, no flow engine): for the data, model and training tests.
+TINY_CLASSES = ("right", "down", "left")
+TINY_VIDEOS_PER_CLASS = 4
+TINY_FRAMES = 10
+TINY_SIZE = (24, 32)  # (H, W)
+TINY_SPEED = 2  # pixels per frame
+_TINY_DIRECTIONS = {"right": (1, 0), "down": (0, 1), "left": (-1, 0)}
+
+
+def tiny_video(class_name: str, index: int, frames: int = TINY_FRAMES,
+               size: tuple[int, int] = TINY_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgb (T, H, W, 3) uint8, flow (T-1, 2, H, W) float32)``: a random periodic texture moving
+    by ``TINY_SPEED`` pixels per frame in the class's direction; the flow is exact (integer shifts
+    of a periodic image)."""
+    rng = np.random.default_rng(1000 * TINY_CLASSES.index(class_name) + index)
+    h, w = size
+    texture = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    dx, dy = (TINY_SPEED * d for d in _TINY_DIRECTIONS[class_name])
+    # Frame t shows texture shifted by t*(dx, dy): content at p moves to p + (dx, dy).
+    rgb = np.stack([np.roll(texture, (t * dy, t * dx), axis=(0, 1)) for t in range(frames)])
+    flow = np.zeros((frames - 1, 2, h, w), np.float32)
+    flow[:, 0], flow[:, 1] = dx, dy
+    return rgb, flow
+
+
+def write_tiny_store(path: Path, flow_dtype: str = "float16", rgb: bool = True,
+                     flow_name: str | None = "tvl1") -> Path:
+    """Write the tiny store (``TINY_CLASSES`` x ``TINY_VIDEOS_PER_CLASS`` videos) at ``path``."""
+    from flowkit.store import FlowStore
+
+    with FlowStore(path, mode="a", classes=list(TINY_CLASSES)) as store:
+        for label, name in enumerate(TINY_CLASSES):
+            for i in range(TINY_VIDEOS_PER_CLASS):
+                frames, flow = tiny_video(name, i)
+                with store.writer(f"{name}/{name}_{i}", source=f"{name}/{name}_{i}.mp4", fps=25.0,
+                                  label=label, label_name=name, source_size=TINY_SIZE,
+                                  flow_dtype=flow_dtype) as w:
+                    if rgb:
+                        w.append_rgb(frames)
+                    if flow_name:
+                        w.append_flow(flow_name, flow, engine={
+                            "engine": "exact", "version": "1", "params": {"speed": TINY_SPEED}})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """Path of a tiny store: 3 classes (right, down, left) x 4 videos, 10 frames of 24x32, rgb and
+    exact ``tvl1`` flow (float16). Session-scoped: read it, never write to it."""
+    return write_tiny_store(tmp_path_factory.mktemp("tiny") / "store")

@@ -41,8 +41,8 @@ def main():
 
 
 def _register_commands() -> None:
-    from . import benchmark, extract, info, samples, show, train_flow
-    for module in (extract, info, show, benchmark, samples, train_flow):
+    from . import benchmark, evaluate, extract, info, samples, show, toy, train, train_flow
+    for module in (extract, info, show, benchmark, samples, toy, train, evaluate, train_flow):
         main.add_command(module.command)
 
 

@@ -1,0 +1,70 @@
+"""``flowkit evaluate RUN_DIR [STORE]``: multi-clip, multi-crop testing of a trained run.
+
+A thin wrapper over :func:`flowkit.train.evaluate_run`: rebuilds the model from the checkpoint,
+averages softmax scores over clips x crops views per video, prints top-1 / top-5 / mean class
+accuracy and writes ``eval.json``, ``confusion.json`` and ``confusion.png`` to ``RUN_DIR/eval``
+(or ``--out``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import handle_errors
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store", required=False, type=click.Path(path_type=Path))
+@click.option("--checkpoint", default="best", show_default=True,
+              help="best, last, or a checkpoint file.")
+@click.option("--clips", type=int, default=10, show_default=True,
+              help="Evenly spaced clips per video (TSN runs: segment offsets).")
+@click.option("--crops", type=click.Choice(["1", "3", "10"]), default="3", show_default=True,
+              help="Crops per clip (centre; left/centre/right; corners+centre and their flips).")
+@click.option("--split", type=click.Choice(["auto", "val", "all"]), default="auto",
+              show_default=True, help="auto: the run's validation videos when STORE is its "
+              "training store, else all videos.")
+@click.option("--split-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Evaluate the videos of a UCF101 list (testlist01.txt) instead.")
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help="Videos per batch (each of clips x crops views).")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Folder for eval.json and the confusion matrix [RUN_DIR/eval].")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
+@handle_errors
+def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_size, workers, device,
+            out_dir, as_json):
+    """Evaluate the classifier trained in RUN_DIR on STORE (default: its training store)."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from ..train import evaluate_run
+
+    console = Console(stderr=True, soft_wrap=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("batches", total=None)
+        result = evaluate_run(run_dir, store, checkpoint=checkpoint, clips=clips, crops=int(crops),
+                              split=split_list if split_list else split, batch_size=batch_size,
+                              workers=workers, device=device, out_dir=out_dir,
+                              on_progress=lambda done, total: bar.update(task, completed=done,
+                                                                         total=total))
+    r = result.report
+    console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold], top-5 {100 * r['top5']:.2f}%, "
+                  f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "
+                  f"{r['num_videos']} videos ({r['split']}), {r['views']} views each "
+                  f"({r['clips']} clips x {r['crops']} crops), {r['videos_per_s']:.1f} videos/s "
+                  f"-> {result.out_dir}", highlight=False, soft_wrap=True)
+    if as_json:
+        summary = {k: v for k, v in r.items() if k != "predictions"}
+        if result.out_dir is not None:
+            summary["files"] = {name: str(result.out_dir / name)
+                                for name in ("eval.json", "confusion.json", "confusion.png")}
+        click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,269 @@
+"""Torch datasets of clips from a flowkit store: RGB frames, flow stacks, or both, aligned per frame.
+
+Reproducible randomness without ``worker_init_fn``. Every random choice for item ``index`` (clip
+position, crop, flip) comes from a generator built from ``(seed, epoch, index)``
+(:meth:`ClipDataset.rng`), never from global or per-worker state. So a sample depends only on those
+three numbers: the same whatever the number of DataLoader workers or which worker reads it, and a
+run resumed at epoch ``e`` after ``dataset.set_epoch(e)`` sees exactly the samples it would have
+seen. Call ``set_epoch`` before iterating a DataLoader each epoch; with ``persistent_workers=True``
+the workers keep the dataset copy they were started with, so leave that option off.
+
+HDF5 files are opened lazily in the process that reads (FlowStore keeps per-process handles and
+drops inherited ones after a fork); the constructor closes the handles it used to read metadata, so
+nothing is open when DataLoader workers fork. The dataset pickles (spawned workers reopen files).
+
+The default ``torch.utils.data.default_collate`` batches items; no custom collate is needed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import FlowkitError
+from ..store import FlowStore
+from .samplers import flow_indices
+from .splits import MAX_LISTED, as_store, missing_keys_error
+from .transforms import MODALITIES, Normalize, Transform
+
+FLOAT_FLOW_BOUND = 20.0  # pixels: flow_bound of float16 flow (uint8 flow has its own)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the dataset needs to know about one video, read once at construction."""
+
+    key: str
+    num_frames: int
+    label: int
+    flow_bound: float  # pixels
+
+
+class ClipDataset(Dataset):
+    """Clips of the videos ``keys`` of ``store`` for a classifier.
+
+    Args:
+        store: a :class:`~flowkit.store.FlowStore` or its path.
+        keys: store keys (default: all videos of the store, sorted); repeats are allowed.
+        inputs: modalities to load, ``("rgb",)``, ``("flow",)`` or ``("rgb", "flow")``
+            (a model's ``model.inputs``).
+        sampler: clip sampler (:mod:`flowkit.data.samplers`), called as
+            ``sampler(num_frames, rng) -> list of (T,) frame-index arrays``.
+        transform: called as ``transform(sample, rng) -> sample`` on ``rgb (3, T, H, W)`` 0..255 and
+            ``flow (2L, T, H, W)`` pixels (:mod:`flowkit.data.transforms`); it must normalise
+            (:func:`~flowkit.data.transforms.train_transform` and ``test_transform`` do). Default:
+            :class:`~flowkit.data.transforms.Normalize` only.
+        flow_name: flow dataset to read (the extraction ``--method``).
+        flow_stack: L, consecutive flows stacked per clip position (a model's ``model.flow_stack``).
+        seed: base of every random choice (non-negative).
+        views: whether items carry a leading views dim. ``None``: exactly when
+            ``sampler.clips * transform.crops > 1``; ``True``: always (evaluation with 1 view);
+            ``False``: never (an error for multi-view samplers or transforms).
+
+    ``dataset[i]`` is a dict (``V = num_views = clips * crops``, clip-major: view ``c * crops + k``
+    is crop ``k`` of clip ``c``):
+
+    - ``rgb``  float32 ``(3, T, h, w)`` or ``(V, 3, T, h, w)``, ImageNet-normalised;
+    - ``flow`` float32 ``(2L, T, h, w)`` or ``(V, 2L, T, h, w)``: at clip position ``t`` (frame
+      ``i_t``) flows ``i_t .. i_t + L - 1`` (clamped to the last flow) as ``(u_0, v_0, u_1, ...)``,
+      divided by ``flow_bound``;
+    - ``flow_bound`` float32 scalar (pixels; the store's bound for uint8 flow, else 20);
+    - ``label`` int64 scalar (0-based, -1 if unlabelled); ``index`` int64 scalar (``i``).
+
+    Only the requested modalities (and ``flow_bound`` with flow) are present.
+    """
+
+    def __init__(self, store: FlowStore | str | os.PathLike, keys: Sequence[str] | None = None, *,
+                 inputs: Sequence[str] = ("rgb",), sampler, transform: Transform | None = None,
+                 flow_name: str = "tvl1", flow_stack: int = 1, seed: int = 0,
+                 views: bool | None = None):
+        if not callable(sampler) or not (transform is None or callable(transform)):
+            raise FlowkitError("sampler must be a clip sampler (e.g. RandomClipSampler(frames=8)) "
+                               "and transform a callable (sample, rng) -> sample or None")
+        self.store = as_store(store)
+        self.inputs = _check_inputs(inputs)
+        self.sampler = sampler
+        self.transform = transform if transform is not None else Normalize()
+        self.flow_name = str(flow_name)
+        self.flow_stack = _non_negative("flow_stack", flow_stack, minimum=1)
+        self.seed = _non_negative("seed", seed)
+        self.epoch = 0
+        self.keys = _check_keys(self.store, keys)
+        self.clips = int(getattr(sampler, "clips", 1))
+        self.crops = int(getattr(self.transform, "crops", 1))
+        self.num_views = self.clips * self.crops
+        self.views = self._check_views(views)
+        try:
+            info = read_video_info(self.store, sorted(set(self.keys)), self.inputs, self.flow_name)
+        finally:
+            self.store.close()  # nothing stays open when DataLoader workers fork
+        self.videos = [info[key] for key in self.keys]
+
+    def _check_views(self, views: bool | None) -> bool:
+        if views is None:
+            return self.num_views > 1
+        if not views and self.num_views > 1:
+            raise FlowkitError(f"views=False but the sampler makes {self.clips} clips and the "
+                               f"transform {self.crops} crops per video; use views=True "
+                               "(evaluation) or a single-view sampler and transform (training)")
+        return bool(views)
+
+    # -- sampling
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def labels(self) -> list[int]:
+        """Label of every item, ``(len(self),)``."""
+        return [v.label for v in self.videos]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random clips, crops and flips ``__getitem__`` returns."""
+        self.epoch = _non_negative("epoch", epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """Generator of item ``index`` in the current epoch: a function of (seed, epoch, index)."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def clip_indices(self, index: int) -> list[np.ndarray]:
+        """Frame indices of item ``index``'s clips this epoch (those ``__getitem__`` reads)."""
+        return self.sampler(self.videos[index].num_frames, self.rng(index))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} videos")
+        video, rng = self.videos[index], self.rng(index)
+        clips = self.sampler(video.num_frames, rng)
+        frames = np.concatenate(clips)  # all clips in time: one transform call, same crop for all
+        sample: dict = {}
+        if "rgb" in self.inputs:
+            sample["rgb"] = self._read_rgb(video, frames)
+        if "flow" in self.inputs:
+            sample["flow"] = self._read_flow(video, frames)
+            sample["flow_bound"] = video.flow_bound
+        sample = self.transform(sample, rng)
+        item = {name: self._to_views(sample[name], len(clips)) for name in self.inputs}
+        if "flow" in self.inputs:
+            item["flow_bound"] = torch.tensor(video.flow_bound, dtype=torch.float32)
+        item["label"] = torch.tensor(video.label, dtype=torch.int64)
+        item["index"] = torch.tensor(index, dtype=torch.int64)
+        return item
+
+    # -- reading
+
+    def _read_rgb(self, video: VideoInfo, frames: np.ndarray) -> torch.Tensor:
+        """float32 ``(3, N, H, W)`` in 0..255 for frame indices ``(N,)``."""
+        data = torch.from_numpy(self.store.read_rgb(video.key, frames))  # each frame read once
+        return data.permute(3, 0, 1, 2).float()
+
+    def _read_flow(self, video: VideoInfo, frames: np.ndarray) -> torch.Tensor:
+        """float32 ``(2L, N, H, W)`` pixels: the flow stacks at frame indices ``(N,)``."""
+        index = flow_indices(frames, video.num_frames, self.flow_stack)  # (N, L)
+        stacks = torch.from_numpy(
+            self.store.read_flow(video.key, self.flow_name, index.reshape(-1)))  # (N * L, 2, H, W)
+        n, (h, w) = len(frames), stacks.shape[-2:]
+        return stacks.reshape(n, 2 * self.flow_stack, h, w).permute(1, 0, 2, 3)
+
+    def _to_views(self, x: torch.Tensor, clips: int) -> torch.Tensor:
+        """``(C, clips*T, h, w)`` or ``(K, C, clips*T, h, w)`` -> ``(clips*K, C, T, h, w)``
+        (clip-major), or ``(C, T, h, w)`` when the dataset has no views dim."""
+        if x.dim() == 4:
+            x = x[None]
+        crops, channels, total, h, w = x.shape
+        if crops != self.crops:
+            raise FlowkitError(f"the transform made {crops} views per clip but its `crops` "
+                               f"attribute says {self.crops}; give the transform a correct "
+                               "`crops` attribute")
+        x = x.reshape(crops, channels, clips, total // clips, h, w).permute(2, 0, 1, 3, 4, 5)
+        x = x.reshape(clips * crops, channels, total // clips, h, w)
+        return x if self.views else x[0]
+
+    def __repr__(self) -> str:
+        return (f"ClipDataset({self.store.path}, {len(self)} videos, inputs={self.inputs}, "
+                f"sampler={self.sampler!r}, transform={self.transform!r}, "
+                f"flow_name={self.flow_name!r}, flow_stack={self.flow_stack}, seed={self.seed}, "
+                f"views={self.views} ({self.num_views}))")
+
+
+# ----------------------------------------------------------------------------- construction checks
+
+def _non_negative(name: str, value: int, minimum: int = 0) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise FlowkitError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_inputs(inputs: Sequence[str] | str) -> tuple[str, ...]:
+    inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+    unknown = [m for m in inputs if m not in MODALITIES]
+    if not inputs or unknown or len(set(inputs)) != len(inputs):
+        raise FlowkitError(f"inputs must be distinct names among {MODALITIES}, got {inputs!r}")
+    return inputs
+
+
+def _check_keys(store: FlowStore, keys: Sequence[str] | None) -> list[str]:
+    known = store.keys()
+    if keys is None:
+        if not known:
+            raise FlowkitError(f"store {store.path} has no videos; extract some with "
+                               f"`flowkit extract VIDEOS -o {store.path}`")
+        return known
+    if isinstance(keys, str):
+        raise FlowkitError(f"keys must be a list of store keys, got the string {keys!r}")
+    keys = list(keys)
+    if not keys:
+        raise FlowkitError(f"the key list for store {store.path} is empty; pass keys=None for "
+                           "all videos, or check the split that produced it")
+    known = set(known)
+    missing = list(dict.fromkeys(k for k in keys if k not in known))
+    if missing:
+        raise missing_keys_error(store, missing, "the dataset keys")
+    return keys
+
+
+def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str],
+                    flow_name: str) -> dict[str, VideoInfo]:
+    """:class:`VideoInfo` of each key; raises :class:`FlowkitError` if a video lacks an input."""
+    info, no_rgb, no_flow, no_pairs, have = {}, [], [], [], set()
+    for key in keys:
+        meta = store.meta(key)
+        flow = meta["flows"].get(flow_name)
+        have.update(meta["flows"])
+        if "rgb" in inputs and not meta["has_rgb"]:
+            no_rgb.append(key)
+        if "flow" in inputs and flow is None:
+            no_flow.append(key)
+        elif "flow" in inputs and meta["num_frames"] < 2:
+            no_pairs.append(key)
+        bound = float(flow["bound"]) if flow and "bound" in flow else FLOAT_FLOW_BOUND
+        info[key] = VideoInfo(key, meta["num_frames"], int(meta.get("label", -1)), bound)
+    if no_flow:
+        raise _missing_error(store, no_flow, len(keys), f"flow {flow_name!r}",
+                             f"they have: {', '.join(sorted(have)) or 'no flow'}; add it with "
+                             f"`flowkit extract VIDEOS -o {store.path} --method {flow_name}` "
+                             "(VIDEOS: the folder the store was extracted from) or choose a "
+                             "flow_name the store has")
+    if no_rgb:
+        raise _missing_error(store, no_rgb, len(keys), "rgb frames",
+                             "the store was extracted with --no-rgb; extract into a new store "
+                             "with frames: `flowkit extract VIDEOS -o NEW_STORE --rgb --method "
+                             f"{flow_name}` (extract skips videos already in {store.path}), "
+                             "or use a flow-only model")
+    if no_pairs:
+        raise _missing_error(store, no_pairs, len(keys), "flow (fewer than 2 frames)",
+                             "leave these videos out of the keys")
+    return info
+
+
+def _missing_error(store: FlowStore, keys: list[str], total: int, what: str,
+                   fix: str) -> FlowkitError:
+    shown = ", ".join(repr(k) for k in keys[:MAX_LISTED])
+    more = ", ..." if len(keys) > MAX_LISTED else ""
+    return FlowkitError(f"store {store.path}: {len(keys)} of {total} videos have no {what} "
+                        f"(e.g. {shown}{more}); {fix}")

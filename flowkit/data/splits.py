@@ -1,0 +1,131 @@
+"""Train / validation / test key lists over a store, and its labels.
+
+Keys are store keys: video paths relative to the dataset root without extension
+(``"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01"``). Label ids are 0-based indices into
+``store.classes``.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import FlowkitError
+from ..labels import _class_of, _key, _lines, _parse_split_line
+from ..store import FlowStore
+
+MAX_LISTED = 5  # error messages name at most this many keys
+
+
+def as_store(store: FlowStore | str | os.PathLike) -> FlowStore:
+    """``store`` itself, or the store at that path opened read-only."""
+    return store if isinstance(store, FlowStore) else FlowStore(store)
+
+
+def missing_keys_error(store: FlowStore, missing: Sequence[str], where: str) -> FlowkitError:
+    """An error naming up to :data:`MAX_LISTED` of ``missing`` keys and how many there are."""
+    shown = ", ".join(repr(k) for k in missing[:MAX_LISTED])
+    more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+    return FlowkitError(f"{len(missing)} video(s) of {where} are not in store {store.path}: "
+                        f"{shown}{more}; extract them (`flowkit extract VIDEOS -o {store.path}`) "
+                        "or check that the keys are paths relative to the video root without "
+                        "extension")
+
+
+def num_classes(store: FlowStore | str | os.PathLike) -> int:
+    """Number of classes of the store (``len(store.classes)``); raises if it has none."""
+    store = as_store(store)
+    if not store.classes:
+        raise FlowkitError(f"store {store.path} has no classes (its videos were not in class "
+                           "folders and no split list was given); extract with class folders or "
+                           "`--split-list` to train a classifier")
+    return len(store.classes)
+
+
+def labels(store: FlowStore | str | os.PathLike, keys: Sequence[str]) -> list[int]:
+    """0-based label of each key (``-1`` for an unlabelled video), read from the video files."""
+    store = as_store(store)
+    try:
+        return [int(store.meta(key).get("label", -1)) for key in keys]
+    finally:
+        store.close()  # no HDF5 handle stays open in a process that may fork DataLoader workers
+
+
+def split_from_list(store: FlowStore | str | os.PathLike,
+                    list_file: str | os.PathLike) -> list[str]:
+    """Store keys of a UCF101-style split list, in list order.
+
+    Lines are ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` (``trainlist01.txt``, 1-based label)
+    or the path alone (``testlist01.txt``); the key is the path without extension. A label is
+    checked against the store's class of that number and the video's class folder. Raises
+    :class:`FlowkitError` on a malformed line, a repeated video, a contradicting label, or videos
+    that are not in the store (naming up to five of them).
+    """
+    store, list_file = as_store(store), Path(list_file)
+    if not list_file.is_file():
+        raise FlowkitError(f"split list {list_file} does not exist")
+    keys, where = [], {}
+    for lineno, fields in _lines(list_file):
+        relative, label = _parse_split_line(list_file, lineno, fields)
+        key = _key(relative)
+        if key in where:
+            raise FlowkitError(f"{list_file}:{lineno}: video {key!r} is listed twice (first "
+                               f"at line {where[key]})")
+        if label is not None:
+            _check_list_label(store, f"{list_file}:{lineno}", _class_of(relative), label)
+        where[key] = lineno
+        keys.append(key)
+    if not keys:
+        raise FlowkitError(f"split list {list_file} lists no videos")
+    known = set(store.keys())
+    missing = [k for k in keys if k not in known]
+    if missing:
+        raise missing_keys_error(store, missing, f"split list {list_file}")
+    return keys
+
+
+def _check_list_label(store: FlowStore, where: str, folder: str, label: int) -> None:
+    classes = store.classes
+    if label > len(classes):
+        raise FlowkitError(f"{where}: label {label} is out of range; store {store.path} has "
+                           f"{len(classes)} classes")
+    if folder and classes[label - 1] != folder:
+        raise FlowkitError(f"{where}: label {label} is class {classes[label - 1]!r} in store "
+                           f"{store.path} but the video is in folder {folder!r}; the store was "
+                           "extracted with another class list (classInd.txt)")
+
+
+def stratified_split(store: FlowStore | str | os.PathLike, val_fraction: float, seed: int = 0,
+                     keys: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """Split ``keys`` (default: all of the store's) into train and validation keys per class.
+
+    Each class (unlabelled videos form one group) puts ``round(n * val_fraction)`` of its ``n``
+    videos into validation, but always keeps at least one for training. Which ones depends only on
+    ``seed``, the class and its keys, so the split is reproducible. Both lists come back sorted.
+    """
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise FlowkitError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if int(seed) < 0:
+        raise FlowkitError(f"seed must be a non-negative integer, got {seed!r}")
+    store = as_store(store)
+    known = store.keys()
+    keys = sorted(set(known if keys is None else keys))
+    if not keys:
+        raise FlowkitError(f"store {store.path} has no videos to split")
+    missing = sorted(set(keys) - set(known))
+    if missing:
+        raise missing_keys_error(store, missing, "the keys to split")
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for key, label in zip(keys, labels(store, keys)):
+        by_class[label].append(key)
+    train, val = [], []
+    for label, members in sorted(by_class.items()):
+        rng = np.random.default_rng([int(seed), label + 1])
+        order = rng.permutation(len(members))
+        n_val = min(int(round(len(members) * val_fraction)), len(members) - 1)
+        val += [members[i] for i in order[:n_val]]
+        train += [members[i] for i in order[n_val:]]
+    return sorted(train), sorted(val)

@@ -1,0 +1,11 @@
+"""Video classifiers over flowkit stores: backbones, TrajectoryNet, CIDC, ST-MulNet.
+
+``create_model(name, **kw)`` builds one by name; ``list_models()`` names them.
+"""
+from .base import MODALITIES, VideoClassifier, classification_loss
+from .registry import create_model, list_models, model_class, model_parameters, register_model
+
+__all__ = ["MODALITIES", "VideoClassifier", "classification_loss", "create_model", "list_models",
+           "model_class", "model_parameters", "register_model"]
+from . import resnet, resnet3d, stmulnet  # noqa: F401
+from . import trajectorynet, cidc  # noqa: F401

@@ -1,0 +1,59 @@
+"""What every classifier is: inputs it needs, the output dict, and the training loss.
+
+Input conventions (batches as the data module produces them):
+    ``rgb``        float ``(B, 3, T, H, W)``, normalised with ImageNet mean/std
+    ``flow``       float ``(B, 2L, T, H, W)``: channels ``(u, v)`` of flows ``t .. t+L-1`` at clip
+                   position ``t``, divided by the store's bound (so about [-1, 1]); pixels at the
+                   clip's resolution are ``flow * flow_bound``
+    ``flow_bound`` float ``(B,)``: the bound the flow was divided by, in pixels
+    ``label``      int64 ``(B,)``
+
+``forward(inputs)`` returns a dict: ``logits`` ``(B, K)`` (the fused prediction used for evaluation),
+optionally ``stream_logits`` (a list of ``(B, K)``, each trained with its own cross-entropy, e.g. the
+two streams of ST-MulNet) and ``aux_loss`` (a scalar added to the loss, e.g. TrajectoryNet's
+unsupervised MotionNet loss, already weighted).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FlowkitError
+
+MODALITIES = ("rgb", "flow")
+
+
+class VideoClassifier(nn.Module):
+    """Base class of the registered classifiers.
+
+    Subclasses set ``self.inputs`` (a tuple of ``"rgb"`` / ``"flow"``) and ``self.flow_stack`` (L,
+    the number of consecutive flows stacked per clip position; 1 unless the model needs more) in
+    ``__init__`` and implement ``forward(inputs) -> dict``.
+    """
+    model_name: str = ""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        if int(num_classes) < 1:
+            raise FlowkitError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.inputs: tuple[str, ...] = ("rgb",)
+        self.flow_stack: int = 1
+        self.model_kwargs: dict = {}
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Raise a FlowkitError naming each input this model needs and the batch lacks."""
+        missing = [m for m in self.inputs if m not in inputs]
+        if missing:
+            raise FlowkitError(f"model {self.model_name!r} needs {' and '.join(missing)} input, "
+                               f"the batch has {', '.join(sorted(inputs)) or 'nothing'}")
+
+
+def classification_loss(output: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each stream's logits (or of ``logits``) summed, plus ``aux_loss``."""
+    streams = output.get("stream_logits") or [output["logits"]]
+    loss = sum(F.cross_entropy(logits.float(), labels) for logits in streams)
+    if output.get("aux_loss") is not None:
+        loss = loss + output["aux_loss"]
+    return loss

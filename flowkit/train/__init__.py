@@ -1,0 +1,29 @@
+"""Training and evaluation of the registered video classifiers on flowkit stores.
+
+Library layer (no click): ``flowkit train`` / ``flowkit evaluate`` are thin wrappers over it::
+
+    from flowkit.train import TrainConfig, Trainer, evaluate_run
+    result = Trainer(TrainConfig(store="ucf101.flowkit", model="resnet2d",
+                                 model_kwargs={"modality": "flow"}), "runs/flow").fit()
+    Trainer.resume("runs/flow", epochs=20).fit()          # continue exactly where it stopped
+    report = evaluate_run("runs/flow", clips=10, crops=3)  # writes runs/flow/eval/
+"""
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RESUMABLE_CHANGES, TrainConfig, merge_for_resume, read_run_config
+from .evaluate import (EvalResult, SegmentClipsSampler, evaluate_run, flatten_views,
+                       load_run_model, predict, save_confusion_png)
+from .loop import (EpochBatchSampler, EpochRecord, TrainCallbacks, Trainer, TrainResult,
+                   build_optimizer, build_scheduler, derive_seed, lr_factor, parameter_groups)
+from .metrics import (confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy,
+                      topk_correct)
+
+__all__ = [
+    "TrainConfig", "RESUMABLE_CHANGES", "merge_for_resume", "read_run_config",
+    "Trainer", "TrainResult", "TrainCallbacks", "EpochRecord", "EpochBatchSampler",
+    "build_optimizer", "build_scheduler", "lr_factor", "parameter_groups", "derive_seed",
+    "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
+    "evaluate_run", "EvalResult", "load_run_model", "predict", "flatten_views",
+    "SegmentClipsSampler", "save_confusion_png",
+    "topk_accuracy", "topk_correct", "confusion_matrix", "mean_class_accuracy",
+    "per_class_accuracy",
+]

@@ -1,0 +1,176 @@
+"""What determines a training run: :class:`TrainConfig`, its checks, and resuming with changes.
+
+The run directory's ``config.json`` holds ``{"config": TrainConfig as a dict, "model": {"name",
+"kwargs"}, "classes", "split", "clip_length", "inputs", "flow_stack", "flowkit_version", ...}``
+(written by :mod:`flowkit.train.loop`); checkpoints carry the same dict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FlowkitError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+# Options a resumed run may change: they do not alter what the finished steps computed. Changing
+# ``epochs`` changes a cosine/step schedule's length, so the resumed run no longer matches one
+# trained with the new value from the start (it is still allowed: extending a run is common).
+RESUMABLE_CHANGES = frozenset({"epochs", "workers", "device", "amp", "checkpoint_every", "store"})
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``flowkit train`` (see ``flowkit train --help`` for each one's meaning).
+
+    ``frames`` is the clip length T for random-clip sampling, or the frames per segment with
+    ``segments`` (TSN); ``None`` means 8 for clips and 1 per segment. ``size`` is the square crop
+    side in pixels; ``scales`` the multi-scale crop fractions of the short side. ``warmup_epochs``
+    and ``milestones`` are in epochs (fractions allowed for warmup); the learning rate follows the
+    schedule per optimiser step. ``val_fraction`` makes a stratified split of the store unless
+    ``split_list`` (UCF101 ``trainlist``) is given, with ``val_list`` (``testlist``) as validation.
+    """
+    store: str
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    frames: int | None = None
+    step: int = 1
+    segments: int | None = None
+    size: int = 112
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    flip: bool = True
+    batch_size: int = 8
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    clip_grad: float | None = None
+    amp: bool = True
+    seed: int = 0
+    workers: int = 4
+    device: str = "auto"
+    flow_name: str = "tvl1"
+    val_fraction: float = 0.1
+    split_list: str | None = None
+    val_list: str | None = None
+    init: str | None = None
+    checkpoint_every: int = 0
+
+    def __post_init__(self):
+        self.scales = tuple(float(s) for s in self.scales)
+        self.milestones = tuple(int(m) for m in self.milestones)
+        self.model_kwargs = dict(self.model_kwargs)
+
+    @property
+    def frames_per_clip(self) -> int:
+        """Frames the sampler draws per clip position: ``frames`` or its default (8, or 1 per
+        segment)."""
+        if self.frames is not None:
+            return int(self.frames)
+        return 1 if self.segments else 8
+
+    @property
+    def clip_length(self) -> int:
+        """T, the frames a training clip has: ``segments * frames_per_clip`` or ``frames``."""
+        return (self.segments or 1) * self.frames_per_clip
+
+    def validate(self) -> "TrainConfig":
+        """Raise FlowkitError for values no run can use; return self.
+
+        Files (split lists, ``init``) are checked where they are read, at the start of a new run:
+        a resumed run does not need them any more.
+        """
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise FlowkitError(msg)
+
+        need(bool(self.model), "no model given; pass --model NAME (see `flowkit train --help`)")
+        for name in ("step", "size", "batch_size", "epochs"):
+            need(int(getattr(self, name)) >= 1, f"{name.replace('_', '-')} must be >= 1, got "
+                                                f"{getattr(self, name)}")
+        need(self.frames is None or self.frames >= 1, f"frames must be >= 1, got {self.frames}")
+        need(self.segments is None or self.segments >= 1, f"segments must be >= 1, got {self.segments}")
+        need(len(self.scales) > 0 and all(0 < s <= 1 for s in self.scales),
+             f"scales must be fractions in (0, 1], got {list(self.scales)}")
+        need(self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.schedule in SCHEDULES,
+             f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.momentum >= 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0,
+             "momentum, weight-decay and warmup-epochs must be >= 0")
+        need(all(m >= 1 for m in self.milestones), f"milestones are epochs >= 1, got "
+                                                    f"{list(self.milestones)}")
+        need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        need(self.clip_grad is None or self.clip_grad > 0, f"clip-grad must be > 0, got {self.clip_grad}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(self.workers >= 0 and self.checkpoint_every >= 0,
+             "workers and checkpoint-every must be >= 0")
+        need(0 <= self.val_fraction < 1, f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        need(self.val_list is None or self.split_list is not None,
+             "--val-list needs --split-list (the training list)")
+        if "num_classes" in self.model_kwargs:
+            raise FlowkitError("num_classes comes from the store; leave it out of --model-arg")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scales"], d["milestones"] = list(self.scales), list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from :meth:`to_dict` output; unknown keys (from a newer flowkit) are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise FlowkitError(f"unknown training options {', '.join(unknown)} (written by a newer "
+                               "flowkit?)")
+        return cls(**d)
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run directory; FlowkitError when missing or unreadable."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FlowkitError(f"{run_dir} is not a training run (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FlowkitError(f"cannot read {path} ({exc})") from None
+
+
+def merge_for_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """The config a resumed run uses: ``saved`` with the explicitly ``given`` options applied.
+
+    Options in :data:`RESUMABLE_CHANGES` may change; any other given option must equal the saved
+    value, else FlowkitError names it (resuming with another learning rate or model is a new run).
+    """
+    values = saved.to_dict()
+    conflicts = []
+    for key, value in given.items():
+        if key not in values:
+            raise FlowkitError(f"unknown training option {key!r}")
+        new = TrainConfig(**{**values, key: value}).to_dict()[key]  # normalise tuples etc.
+        if new == values[key]:
+            continue
+        if key in RESUMABLE_CHANGES:
+            values[key] = new
+        else:
+            conflicts.append(f"{key}={values[key]!r} (given {new!r})")
+    if conflicts:
+        raise FlowkitError("--resume: the run was trained with " + ", ".join(conflicts) +
+                           "; leave these options out (they come from config.json) or start a new "
+                           f"run; only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
+    return TrainConfig.from_dict(values)

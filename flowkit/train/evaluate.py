@@ -1,0 +1,314 @@
+"""Evaluate a trained run: multi-clip, multi-crop testing with softmax averaging per video.
+
+``evaluate_run(run_dir, store)`` rebuilds the classifier from a checkpoint's config
+(``create_model(name, **kwargs)``), samples ``clips`` evenly spaced clips and ``crops`` crops of
+every video (V = clips x crops views), averages the softmax scores of the views, and reports top-1,
+top-5, mean class accuracy and the confusion matrix. Results go to ``RUN_DIR/eval/``:
+``eval.json`` (metrics, options, per-video predictions), ``confusion.json`` and ``confusion.png``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import FlowkitError
+from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
+from .config import TrainConfig
+from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy
+
+VIEW_INPUTS = ("rgb", "flow")
+
+
+class SegmentClipsSampler:
+    """TSN testing with several views: ``clips`` clips of ``segments`` snippets of ``frames`` frames.
+
+    The possible snippet starts are cut into ``segments`` equal parts (as in
+    :class:`~flowkit.data.samplers.SegmentSampler`); clip ``k`` takes each snippet at offset
+    ``(k + 0.5) / clips`` of its part, so one clip is ``SegmentSampler(random=False)``'s centres.
+    Deterministic: ``sampler(num_frames, rng)`` -> ``clips`` int64 arrays ``(segments * frames,)``.
+    """
+
+    def __init__(self, clips: int, segments: int, frames: int = 1, step: int = 1):
+        for name, value in (("clips", clips), ("segments", segments), ("frames", frames),
+                            ("step", step)):
+            if int(value) != value or value < 1:
+                raise FlowkitError(f"{name} must be a positive integer, got {value!r}")
+        self.clips, self.segments = int(clips), int(segments)
+        self.frames, self.step = int(frames), int(step)
+
+    @property
+    def clip_length(self) -> int:
+        return self.segments * self.frames
+
+    def __call__(self, num_frames: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        from ..data.samplers import clip_at, clip_span
+
+        if int(num_frames) < 1:
+            raise FlowkitError(f"cannot sample a clip from a video of {num_frames} frames")
+        starts = max(num_frames - clip_span(self.frames, self.step) + 1, 1)
+        edges = np.linspace(0.0, starts, self.segments + 1)
+        width = np.diff(edges)
+        clips = []
+        for k in range(self.clips):
+            first = np.minimum(np.floor(edges[:-1] + (k + 0.5) / self.clips * width), starts - 1)
+            clips.append(np.concatenate([clip_at(int(s), self.frames, self.step, num_frames)
+                                         for s in first]))
+        return clips
+
+    def __repr__(self) -> str:
+        return (f"SegmentClipsSampler(clips={self.clips}, segments={self.segments}, "
+                f"frames={self.frames}, step={self.step})")
+
+
+def flatten_views(batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Fold the views dim of an evaluation batch into the batch dim for the model.
+
+    ``rgb`` ``(B, V, 3, T, H, W)`` -> ``(B*V, 3, T, H, W)``, ``flow`` ``(B, V, 2L, T, H, W)`` ->
+    ``(B*V, 2L, T, H, W)``, ``flow_bound`` ``(B,)`` -> ``(B*V,)``. A batch without a views dim
+    (5-D inputs) is returned as it is with V = 1. Returns ``(inputs, V)``.
+    """
+    views = None
+    for name in VIEW_INPUTS:
+        if name in batch and batch[name].ndim == 6:
+            v = batch[name].shape[1]
+            if views is not None and v != views:
+                raise FlowkitError(f"inputs disagree on the number of views ({views} vs {v})")
+            views = v
+    if views is None:
+        return dict(batch), 1
+    size = next(batch[n].shape[0] for n in VIEW_INPUTS if n in batch)
+    out = {}
+    for name, value in batch.items():
+        if name in VIEW_INPUTS:
+            out[name] = value.reshape(value.shape[0] * views, *value.shape[2:])
+        elif torch.is_tensor(value) and value.ndim >= 1 and value.shape[0] == size:
+            out[name] = value.repeat_interleave(views, dim=0)  # flow_bound, label, index
+        else:
+            out[name] = value
+    return out, views
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool = False,
+            on_progress: Callable[[int, int], None] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax scores averaged over each video's views.
+
+    Returns ``(scores (N, K) float32 CPU, labels (N,) int64, index (N,) int64)`` in loader order.
+    The model is put in eval mode and restored to its previous mode afterwards.
+    """
+    from .loop import to_device
+
+    was_training = model.training
+    model.eval()
+    scores, labels, indices = [], [], []
+    total = len(loader)
+    try:
+        for i, batch in enumerate(loader):
+            b = batch["label"].shape[0]
+            inputs, views = flatten_views(batch)
+            inputs = to_device(inputs, device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(inputs)["logits"]
+            prob = torch.softmax(logits.float(), dim=1).reshape(b, views, -1).mean(1)
+            scores.append(prob.cpu())
+            labels.append(batch["label"].cpu())
+            indices.append(batch["index"].cpu() if "index" in batch
+                           else torch.arange(sum(map(len, labels[:-1])), sum(map(len, labels))))
+            if on_progress:
+                on_progress(i + 1, total)
+    finally:
+        model.train(was_training)
+    if not scores:
+        raise FlowkitError("nothing to evaluate: the evaluation set is empty")
+    return torch.cat(scores), torch.cat(labels).long(), torch.cat(indices).long()
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation (accuracies are fractions) and where the files went."""
+    top1: float
+    top5: float
+    mean_class_accuracy: float
+    num_videos: int
+    views: int
+    confusion: np.ndarray
+    out_dir: Path | None
+    report: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report
+
+
+def load_run_model(run_dir: str | Path, checkpoint: str = "best",
+                   device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
+    """``(model, run_config, checkpoint)``: the classifier rebuilt with ``create_model`` from the
+    checkpoint's config and loaded with its weights, in eval mode.
+
+    ``checkpoint`` is ``best``, ``last`` or a path to a checkpoint file.
+    """
+    from ..models import create_model
+
+    path = Path(checkpoint)
+    if checkpoint in ("best", "last"):
+        path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+        if not path.is_file():
+            raise FlowkitError(f"{path} does not exist; train the run first (`flowkit train ... "
+                               f"--out {run_dir}`)")
+    ckpt = load_checkpoint(path)
+    run_config = ckpt["config"]
+    model = create_model(run_config["model"]["name"], **run_config["model"]["kwargs"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, run_config, ckpt
+
+
+def _same_store(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def select_keys(store, run_config: dict, split: str | Path = "auto") -> tuple[list[str], str]:
+    """Videos to evaluate and a description.
+
+    ``auto``: the run's validation keys when ``store`` is the training store and the run had a
+    validation split, else every video; ``val``: the run's validation keys (which must be in the
+    store); ``all``: every video; a path: a UCF101-style list (``testlist01.txt``).
+    """
+    from ..data import split_from_list
+
+    val_keys = list(run_config.get("split", {}).get("val_keys", []))
+    same = _same_store(store.path, run_config["config"]["store"])
+    if split == "auto":
+        split = "val" if same and val_keys else "all"
+    if split == "all":
+        return store.keys(), "all videos"
+    if split == "val":
+        if not val_keys:
+            raise FlowkitError("the run has no validation split (trained with --val-fraction 0 "
+                               "and no --val-list); use --split all or --split-list FILE")
+        missing = [k for k in val_keys if k not in store]
+        if missing:
+            raise FlowkitError(f"{len(missing)} of the run's validation videos are not in store "
+                               f"{store.path} (e.g. {missing[0]}); use --split all or a list file")
+        return val_keys, "the run's validation split"
+    path = Path(split)
+    if not path.is_file():
+        raise FlowkitError(f"split list {path}: no such file")
+    return list(split_from_list(store, path)), f"list {path}"
+
+
+def save_confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path,
+                       title: str = "") -> None:
+    """Row-normalised confusion matrix as a PNG: true classes on the y axis, predicted on x, class
+    names on both axes (smaller font for many classes). Matplotlib's Agg canvas, no GUI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(classes)
+    rows = confusion.sum(axis=1, keepdims=True)
+    norm = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
+    side = min(4 + 0.25 * k, 30)
+    fig = Figure(figsize=(side + 1.5, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    fontsize = max(3, min(9, 400 // max(k, 1)))
+    ax.set_xticks(range(k), labels=list(classes), rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(k), labels=list(classes), fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if confusion[i, j]:
+                    ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center",
+                            fontsize=fontsize, color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.tight_layout()
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
+                 checkpoint: str = "best", clips: int = 10, crops: int = 3,
+                 split: str | Path = "auto", batch_size: int = 8, workers: int = 0,
+                 device: str = "auto", out_dir: str | Path | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Evaluate a run's checkpoint on ``store`` (default: the training store).
+
+    ``batch_size`` counts videos (each of V = clips x crops views). ``out_dir`` (default
+    ``RUN_DIR/eval``) receives ``eval.json``, ``confusion.json`` and ``confusion.png``; pass
+    ``out_dir=False`` to write nothing.
+    """
+    from ..store import FlowStore
+    from .loop import derive_seed, make_dataset, make_loader, resolve_device
+
+    if crops not in (1, 3, 10):
+        raise FlowkitError(f"crops must be 1, 3 or 10, got {crops}")
+    if clips < 1 or batch_size < 1:
+        raise FlowkitError("clips and batch size must be >= 1")
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    model, run_config, ckpt = load_run_model(run_dir, checkpoint, dev)
+    config = TrainConfig.from_dict(run_config["config"])
+    store_path = Path(store) if store is not None else Path(config.store)
+    flow_store = FlowStore(store_path)
+    classes = run_config["classes"]
+    if flow_store.classes[:len(classes)] != classes:
+        raise FlowkitError(f"store {store_path} has classes {flow_store.classes[:5]}..., the run "
+                           f"was trained on {classes[:5]}...; labels would not match")
+    keys, split_desc = select_keys(flow_store, run_config, split)
+    if not keys:
+        raise FlowkitError(f"no videos to evaluate in {store_path} ({split_desc})")
+    dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips, crops=crops,
+                           views=True)
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=dev,
+                         seed=derive_seed(config.seed, "evaluate"))
+    started = time.perf_counter()
+    use_amp = bool(config.amp) and dev.type == "cuda"
+    scores, labels, index = predict(model, loader, dev, amp=use_amp, on_progress=on_progress)
+    seconds = time.perf_counter() - started
+
+    k = len(classes)
+    acc = topk_accuracy(scores, labels, (1, 5))
+    pred = scores.argmax(1)
+    confusion = confusion_matrix(pred, labels, k)
+    per_class = per_class_accuracy(confusion)
+    ordered_keys = [keys[int(i)] for i in index]
+    top5 = torch.topk(scores, min(5, k), dim=1).indices
+    report = {
+        "run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": int(ckpt["epoch"]),
+        "store": str(store_path), "split": split_desc, "num_videos": len(keys),
+        "clips": clips, "crops": crops, "views": clips * crops,
+        "top1": acc[1], "top5": acc[5], "mean_class_accuracy": mean_class_accuracy(confusion),
+        "per_class_accuracy": {c: (None if np.isnan(a) else float(a))
+                               for c, a in zip(classes, per_class)},
+        "classes": classes, "seconds": seconds,
+        "videos_per_s": len(keys) / max(seconds, 1e-9),
+        "predictions": [{"key": key, "label": int(y), "pred": int(p),
+                         "score": float(scores[i, p]), "top5": top5[i].tolist()}
+                        for i, (key, y, p) in enumerate(zip(ordered_keys, labels, pred))],
+    }
+    out = None
+    if out_dir is not False:
+        out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "confusion.json", json.dumps(
+            {"classes": classes, "rows": "true", "columns": "predicted",
+             "matrix": confusion.tolist()}, indent=1) + "\n")
+        save_confusion_png(confusion, classes, out / "confusion.png",
+                           title=f"{run_config['model']['name']}: top-1 {100 * acc[1]:.1f}%")
+        atomic_write_text(out / "eval.json", json.dumps(report, indent=2) + "\n")
+    return EvalResult(top1=acc[1], top5=acc[5], mean_class_accuracy=report["mean_class_accuracy"],
+                      num_videos=len(keys), views=clips * crops, confusion=confusion, out_dir=out,
+                      report=report)

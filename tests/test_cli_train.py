@@ -1,0 +1,150 @@
+"""`flowkit train` / `flowkit evaluate`: CliRunner on the command objects, and a real process that is
+killed (SIGKILL), interrupted (SIGINT) and resumed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flowkit.cli.evaluate import command as evaluate_command
+from flowkit.cli.train import command as train_command
+
+TINY = ["--model", "resnet2d", "--model-arg", "width=4", "--model-arg", "layers=[1,1,1,1]",
+        "--model-arg", "modality=flow", "--frames", "2", "--size", "16", "--batch-size", "3",
+        "--no-flip", "--val-fraction", "0.25", "--workers", "0", "--device", "cpu"]
+# One thread: a loaded 2-core machine runs tiny convolutions far slower with more.
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread in this process too (the CliRunner tests train in-process). Restored
+    afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(*args):
+    return CliRunner().invoke(train_command, [str(a) for a in args], catch_exceptions=False)
+
+
+def epochs_in(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_train_resume_and_evaluate(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_store, "--out", run, *TINY, "--epochs", "2", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["epochs_done"] == 2 and len(summary["history"]) == 2
+    assert summary["model"]["kwargs"]["num_classes"] == 3
+    assert summary["config"]["store"] == str(Path(tiny_store).resolve())
+    assert "epoch 2/2" in result.stderr and "done" in result.stderr
+    for name in ("config.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+
+    again = train(tiny_store, "--out", run, *TINY, "--epochs", "2")
+    assert again.exit_code == 2 and "already holds a training run" in again.stderr
+    assert "--resume" in again.stderr
+
+    conflict = train(tiny_store, "--out", run, "--resume", "--lr", "0.5")
+    assert conflict.exit_code == 2 and "lr=0.01 (given 0.5)" in conflict.stderr
+
+    longer = train(tiny_store, "--out", run, "--resume", "--epochs", "3", "--json")
+    assert longer.exit_code == 0, longer.output
+    assert json.loads(longer.stdout)["start_epoch"] == 2 and epochs_in(run) == [1, 2, 3]
+
+    done = train(tiny_store, "--out", run, "--resume", "--epochs", "3")
+    assert done.exit_code == 0 and "already finished" in done.stderr and epochs_in(run) == [1, 2, 3]
+
+    ev = CliRunner().invoke(evaluate_command, [str(run), "--clips", "2", "--crops", "3", "--json"],
+                            catch_exceptions=False)
+    assert ev.exit_code == 0, ev.output
+    report = json.loads(ev.stdout)
+    assert report["views"] == 6 and report["num_videos"] == 3 and "top-1" in ev.stderr
+    assert {"top1", "top5", "mean_class_accuracy", "per_class_accuracy"} <= set(report)
+    for name in ("eval.json", "confusion.json", "confusion.png"):
+        assert Path(report["files"][name]).is_file() and Path(report["files"][name]).parent == run / "eval"
+
+
+@pytest.mark.parametrize("variant, model_arg, missing", [
+    ({"flow_name": None}, "modality=flow", "no flow 'tvl1'"),
+    ({"rgb": False}, "modality=rgb", "no rgb frames"),
+])
+def test_store_without_the_model_input_exits_2(tmp_path, variant, model_arg, missing):
+    from conftest import write_tiny_store
+
+    store = write_tiny_store(tmp_path / "s", **variant)
+    run = tmp_path / "run"
+    result = train(store, "--out", run, *TINY, "--model-arg", model_arg)
+    assert result.exit_code == 2, result.output
+    assert missing in result.stderr and "flowkit extract" in result.stderr
+    assert not run.exists()  # refused before anything was written
+
+
+def test_amp_on_cpu_is_ignored_with_a_note(tiny_store, tmp_path):
+    result = train(tiny_store, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--amp",
+                   "--val-fraction", "0")
+    assert result.exit_code == 0, result.output
+    assert "--amp is ignored on CPU" in result.stderr
+
+
+def _start(store: Path, run: Path, epochs: int, *extra: str) -> subprocess.Popen:
+    code = "from flowkit.cli.train import command; command()"
+    return subprocess.Popen([sys.executable, "-c", code, str(store), "--out", str(run), *TINY,
+                             "--epochs", str(epochs), "--checkpoint-every", "2", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def _wait_for_epochs(proc: subprocess.Popen, run: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(epochs_in(run)) < n:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training ended (exit {proc.returncode}) before epoch {n} was written; "
+                        f"give it more epochs\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no epoch {n} after {timeout} s")
+        time.sleep(0.02)
+
+
+def test_killed_and_interrupted_training_resumes_without_duplicates(tiny_store, tmp_path):
+    """SIGKILL after epoch 1 was saved, resume; Ctrl-C (SIGINT) later, exit 130, resume again:
+    metrics.jsonl ends with epochs 1..N once each and last.pt at epoch N."""
+    run, epochs = tmp_path / "run", 40
+    first = _start(tiny_store, run, epochs)
+    _wait_for_epochs(first, run, 1)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    killed_at = epochs_in(run)
+    assert first.returncode == -signal.SIGKILL and 1 <= len(killed_at) < epochs
+
+    second = _start(tiny_store, run, epochs, "--resume")
+    _wait_for_epochs(second, run, len(killed_at) + 1)
+    second.send_signal(signal.SIGINT)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 130, err[-3000:]
+    assert "stopping after the current step" in err and "--resume" in err
+
+    third = _start(tiny_store, run, epochs, "--resume", "--json")
+    out, err = third.communicate(timeout=300)
+    assert third.returncode == 0, err[-3000:]
+    assert json.loads(out)["epochs_done"] == epochs
+    assert epochs_in(run) == list(range(1, epochs + 1))
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["epoch"] == epochs and ck["step_in_epoch"] == 0 and ck["global_step"] == 3 * epochs

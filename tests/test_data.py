@@ -1,0 +1,412 @@
+"""flowkit.data: clip samplers, flow alignment, transforms, datasets with DataLoader workers and
+splits."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import TINY_SPEED, write_tiny_store
+from flowkit.data import (IMAGENET_MEAN, IMAGENET_STD, ClipDataset, MultiScaleCrop,
+                          RandomClipSampler, SegmentSampler, UniformClipSampler, flow_indices,
+                          hflip, labels, num_classes, resized_crop, split_from_list,
+                          stratified_split, test_transform, train_transform)
+from flowkit.errors import FlowkitError
+from flowkit.store import FlowStore
+
+CODED_SIZE = (8, 12)  # (H, W)
+
+
+def identity(sample, rng):
+    """A transform that leaves rgb at 0..255 and flow in pixels, to check raw values."""
+    return sample
+
+
+def write_coded_store(path, lengths=None, flow_dtype="float16", bound=20.0):
+    """Videos whose frame t is filled with the value t and whose flow t is (u, v) = (t, -t)."""
+    lengths = lengths or {"a/long": 12, "b/short": 3}
+    classes = sorted({key.split("/")[0] for key in lengths})
+    h, w = CODED_SIZE
+    with FlowStore(path, mode="a", classes=classes) as store:
+        for key, frames in lengths.items():
+            name = key.split("/")[0]
+            t = np.arange(frames, dtype=np.float32)[:, None, None]
+            rgb = np.broadcast_to(t[..., None], (frames, h, w, 3)).astype(np.uint8)
+            flow = np.stack([np.broadcast_to(t[:-1], (frames - 1, h, w)),
+                             np.broadcast_to(-t[:-1], (frames - 1, h, w))], axis=1)
+            with store.writer(key, source=f"{key}.mp4", fps=25.0, label=classes.index(name),
+                              label_name=name, flow_dtype=flow_dtype, flow_bound=bound) as writer:
+                writer.append_rgb(rgb)
+                writer.append_flow("tvl1", flow, engine={"engine": "coded", "version": "1",
+                                                         "params": {}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def coded_store(tmp_path_factory):
+    return write_coded_store(tmp_path_factory.mktemp("coded") / "store")
+
+
+def raw_sample(store, key, frames=4, step=2, inputs=("rgb", "flow")):
+    """One un-normalised sample ``{"rgb" (3, T, H, W), "flow" (2, T, H, W), ...}`` of ``key``."""
+    ds = ClipDataset(store, [key], inputs=inputs, sampler=UniformClipSampler(1, frames, step),
+                     transform=identity)
+    item = ds[0]
+    return {"rgb": item["rgb"], "flow": item["flow"], "flow_bound": float(item["flow_bound"])}, ds
+
+
+def rgb_from_store(store, key, frames):
+    """Store frames as the dataset lays them out: float ``(3, T, H, W)``."""
+    return torch.from_numpy(FlowStore(store).read_rgb(key, frames)).permute(3, 0, 1, 2).float()
+
+
+# ----------------------------------------------------------------------------- samplers
+
+def test_random_clip_sampler_range_step_and_determinism():
+    sampler = RandomClipSampler(frames=4, step=2)
+    starts = set()
+    for seed in range(400):
+        (clip,) = sampler(20, np.random.default_rng(seed))
+        assert clip.dtype == np.int64 and clip.shape == (4,)
+        assert (np.diff(clip) == 2).all() and clip.min() >= 0 and clip.max() <= 19
+        starts.add(int(clip[0]))
+    assert starts == set(range(14))  # span 7: every start 0..13 occurs
+    a = sampler(20, np.random.default_rng(7))[0]
+    assert np.array_equal(a, sampler(20, np.random.default_rng(7))[0])
+
+
+def test_samplers_clamp_short_videos():
+    assert RandomClipSampler(5, step=2)(4, np.random.default_rng(0))[0].tolist() == [0, 2, 3, 3, 3]
+    assert [c.tolist() for c in UniformClipSampler(2, frames=4)(2)] == [[0, 1, 1, 1]] * 2
+    (clip,) = SegmentSampler(4)(2, np.random.default_rng(0))
+    assert len(clip) == 4 and clip.min() >= 0 and clip.max() <= 1 and (np.diff(clip) >= 0).all()
+    assert RandomClipSampler(3)(1, np.random.default_rng(0))[0].tolist() == [0, 0, 0]
+
+
+def test_segment_sampler_tsn():
+    sampler = SegmentSampler(segments=4)
+    for seed in range(50):
+        (clip,) = sampler(20, np.random.default_rng(seed))
+        assert clip.shape == (4,)
+        assert all(5 * k <= i <= 5 * k + 4 for k, i in enumerate(clip))  # one per segment
+    assert SegmentSampler(4, random=False)(20, None)[0].tolist() == [2, 7, 12, 17]
+    (clip,) = SegmentSampler(3, frames=2, step=2)(30, np.random.default_rng(0))
+    assert clip.shape == (6,) and (clip[1::2] - clip[::2] == 2).all()
+    assert sampler.clips == 1 and SegmentSampler(3, frames=2).clip_length == 6
+
+
+def test_uniform_clip_sampler_evenly_spaced_and_deterministic():
+    sampler = UniformClipSampler(clips=3, frames=4)
+    clips = sampler(16, np.random.default_rng(0))
+    assert [c[0] for c in clips] == [2, 6, 10] and all(len(c) == 4 for c in clips)
+    again = sampler(16, np.random.default_rng(1))
+    assert [c.tolist() for c in again] == [c.tolist() for c in clips]
+    assert UniformClipSampler(1, frames=4)(16)[0].tolist() == [6, 7, 8, 9]  # the centre clip
+    with pytest.raises(FlowkitError, match="clips must be a positive integer"):
+        UniformClipSampler(0, frames=4)
+    with pytest.raises(FlowkitError, match="frames must be a positive integer"):
+        RandomClipSampler(frames=0)
+
+
+def test_flow_indices_clamp_to_last_flow():
+    assert flow_indices(np.array([0, 5, 8, 9]), 10, 3).tolist() == [
+        [0, 1, 2], [5, 6, 7], [8, 8, 8], [8, 8, 8]]
+    with pytest.raises(FlowkitError, match="no flow"):
+        flow_indices(np.array([0]), 1, 1)
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def test_flow_stack_aligned_with_frames(coded_store):
+    ds = ClipDataset(coded_store, ["a/long"], inputs=("rgb", "flow"), flow_stack=3,
+                     sampler=UniformClipSampler(clips=3, frames=4, step=2), transform=identity)
+    item, clips = ds[0], ds.clip_indices(0)
+    assert item["rgb"].shape == (3, 3, 4, *CODED_SIZE)
+    assert item["flow"].shape == (3, 6, 4, *CODED_SIZE)
+    assert clips[-1].tolist() == [5, 7, 9, 11]  # the last clip reaches the last frame
+    for view, frames in enumerate(clips):
+        for t, i in enumerate(frames):
+            assert (item["rgb"][view, :, t] == i).all()
+            for k in range(3):
+                j = min(i + k, 12 - 2)  # flow i+k, clamped to the last of the 11 flows
+                assert (item["flow"][view, 2 * k, t] == j).all()
+                assert (item["flow"][view, 2 * k + 1, t] == -j).all()
+
+
+def test_short_video_clamps_frames_and_flow(coded_store):
+    ds = ClipDataset(coded_store, ["b/short"], inputs=("rgb", "flow"), flow_stack=2,
+                     sampler=RandomClipSampler(frames=5), transform=identity)
+    item = ds[0]
+    assert item["rgb"][0, :, 0, 0].tolist() == [0, 1, 2, 2, 2]
+    assert item["flow"][0, :, 0, 0].tolist() == [0, 1, 1, 1, 1]  # u of flows i, clamped to 1
+    assert item["flow"][2, :, 0, 0].tolist() == [1, 1, 1, 1, 1]  # u of flows i+1
+
+
+def test_tiny_store_flow_matches_store(tiny_store):
+    ds = ClipDataset(tiny_store, ["right/right_1", "down/down_2"], inputs=("rgb", "flow"),
+                     sampler=RandomClipSampler(frames=4, step=2))
+    store = FlowStore(tiny_store)
+    for index, (u, v) in enumerate([(TINY_SPEED, 0), (0, TINY_SPEED)]):
+        item = ds[index]
+        frames = ds.clip_indices(index)[0]
+        assert item["flow_bound"] == 20.0 and item["label"] == [0, 1][index]
+        pixels = item["flow"] * item["flow_bound"]
+        flows = flow_indices(frames, 10, 1)[:, 0]
+        expected = torch.from_numpy(store.read_flow(ds.keys[index], "tvl1", flows))
+        assert torch.allclose(pixels, expected.permute(1, 0, 2, 3), atol=1e-6)
+        assert torch.allclose(pixels[0], torch.tensor(float(u))) and torch.allclose(
+            pixels[1], torch.tensor(float(v)))
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def test_flip_mirrors_images_and_negates_u(tiny_store):
+    for key, (u, v) in [("right/right_0", (TINY_SPEED, 0)), ("down/down_0", (0, TINY_SPEED))]:
+        sample, ds = raw_sample(tiny_store, key)
+        frames = ds.clip_indices(0)[0]
+        flipped = hflip(sample)
+        stored = FlowStore(tiny_store).read_rgb(key, frames)  # (T, H, W, 3)
+        mirrored = torch.from_numpy(np.flip(stored, axis=2).copy()).permute(3, 0, 1, 2).float()
+        assert torch.equal(flipped["rgb"], mirrored)
+        assert (flipped["flow"][0] == -u).all() and (flipped["flow"][1] == v).all()
+    # Physically: mirrored 'right' content moves left by 2 px per frame, as the negated u says.
+    sample, _ = raw_sample(tiny_store, "right/right_0", frames=2, step=1)
+    flipped = hflip(sample)["rgb"]
+    assert torch.equal(flipped[:, 1], torch.roll(flipped[:, 0], -TINY_SPEED, dims=-1))
+
+
+def test_crop_resize_scales_flow_per_axis():
+    sample = {"rgb": torch.rand(3, 2, 24, 32) * 255, "flow": torch.ones(4, 2, 24, 32),
+              "flow_bound": 20.0}
+    out = resized_crop(sample, (2, 3, 12, 16), (24, 24))  # height x2, width x1.5
+    assert out["rgb"].shape == (3, 2, 24, 24) and out["flow"].shape == (4, 2, 24, 24)
+    assert torch.allclose(out["flow"][0::2], torch.tensor(1.5))  # u of both stacked flows
+    assert torch.allclose(out["flow"][1::2], torch.tensor(2.0))  # v
+
+
+def test_multiscale_crop_half_scale_doubles_flow(tiny_store):
+    sample, _ = raw_sample(tiny_store, "right/right_2", frames=2, step=1)
+    out = MultiScaleCrop(24, scales=(0.5,))(sample, np.random.default_rng(3))
+    assert out["rgb"].shape == (3, 2, 24, 24)
+    assert torch.allclose(out["flow"][0], torch.tensor(2.0 * TINY_SPEED))
+    assert torch.allclose(out["flow"][1], torch.tensor(0.0))
+    # The upscaled content indeed moves 4 px per frame (away from the interpolation borders).
+    rgb = out["rgb"]
+    assert torch.allclose(rgb[:, 1, :, 6:18], rgb[:, 0, :, 2:14], atol=1e-3)
+
+
+def test_multiscale_crop_without_resize_is_a_window(tiny_store):
+    sample, _ = raw_sample(tiny_store, "left/left_1", frames=2, step=1)
+    lefts = set()
+    for seed in range(20):
+        out = MultiScaleCrop(24, scales=(1.0,))(sample, np.random.default_rng(seed))
+        left = next(x for x in range(9) if torch.equal(out["rgb"], sample["rgb"][..., x:x + 24]))
+        lefts.add(left)
+        assert torch.equal(out["flow"], sample["flow"][..., left:left + 24])
+    assert len(lefts) > 1  # the position is random
+
+
+def test_normalisation_float16_store(tiny_store):
+    sample, _ = raw_sample(tiny_store, "right/right_3")
+    ds = ClipDataset(tiny_store, ["right/right_3"], inputs=("rgb", "flow"),
+                     sampler=UniformClipSampler(1, 4, 2))
+    item = ds[0]
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None, None]
+    assert item["rgb"].dtype == torch.float32
+    assert torch.allclose(item["rgb"], (sample["rgb"] / 255 - mean) / std, atol=1e-6)
+    assert item["flow_bound"] == 20.0
+    assert torch.allclose(item["flow"][0], torch.tensor(TINY_SPEED / 20.0))
+
+
+def test_normalisation_uint8_store_uses_its_bound(tmp_path):
+    store = write_tiny_store(tmp_path / "u8", flow_dtype="uint8")
+    ds = ClipDataset(store, ["right/right_0"], inputs=("flow",), sampler=UniformClipSampler(1, 3))
+    item = ds[0]
+    flows = flow_indices(ds.clip_indices(0)[0], 10, 1)[:, 0]
+    dequantised = torch.from_numpy(FlowStore(store).read_flow("right/right_0", "tvl1", flows))
+    assert item["flow_bound"] == 20.0
+    assert torch.allclose(item["flow"] * 20.0, dequantised.permute(1, 0, 2, 3), atol=1e-5)
+    assert torch.allclose(item["flow"][0] * 20.0, torch.tensor(2.0), atol=20 / 255)
+
+    coded = write_coded_store(tmp_path / "coded_u8", flow_dtype="uint8", bound=16.0)
+    ds = ClipDataset(coded, ["a/long"], inputs=("flow",), sampler=UniformClipSampler(1, 4))
+    item = ds[0]
+    assert item["flow_bound"] == 16.0
+    expected = torch.tensor(ds.clip_indices(0)[0], dtype=torch.float32) / 16.0
+    assert torch.allclose(item["flow"][0, :, 0, 0], expected, atol=1 / 255)
+
+
+def test_multi_crop_shapes_and_ten_crop_flips(tiny_store):
+    sample, _ = raw_sample(tiny_store, "right/right_0", frames=3, step=1)
+    three = test_transform(16, crops=3)(sample, None)
+    assert three["rgb"].shape == (3, 3, 3, 16, 16) and three["flow"].shape == (3, 2, 3, 16, 16)
+    ten = test_transform(16, crops=10)(sample, None)
+    assert ten["rgb"].shape == (10, 3, 3, 16, 16) and ten["flow"].shape == (10, 2, 3, 16, 16)
+    assert torch.allclose(ten["rgb"][5:], ten["rgb"][:5].flip(-1))
+    assert torch.allclose(ten["flow"][5:, 0], -ten["flow"][:5, 0].flip(-1))
+    single = test_transform(16)(sample, None)
+    assert single["rgb"].shape == (3, 3, 16, 16)
+    assert test_transform(16, crops=10).crops == 10 and train_transform(16).crops == 1
+    with pytest.raises(FlowkitError, match="1, 3 or 10"):
+        test_transform(16, crops=5)
+
+
+def test_multi_clip_multi_crop_dataset_is_clip_major(coded_store):
+    ds = ClipDataset(coded_store, ["a/long", "b/short"], inputs=("rgb", "flow"),
+                     sampler=UniformClipSampler(clips=2, frames=3), transform=test_transform(8, 3))
+    assert ds.views and ds.num_views == 6
+    item = ds[0]
+    assert item["rgb"].shape == (6, 3, 3, 8, 8) and item["flow"].shape == (6, 2, 3, 8, 8)
+    red = item["rgb"][:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # (V, T, h, w), 0..1
+    clips = ds.clip_indices(0)
+    for view in range(6):
+        expected = torch.tensor(clips[view // 3], dtype=torch.float32) / 255
+        assert torch.allclose(red[view, :, 0, 0], expected, atol=1e-5)
+        assert torch.allclose(item["flow"][view, 0, :, 0, 0] * 20,
+                              torch.tensor(clips[view // 3], dtype=torch.float32))
+
+
+def test_views_flag(coded_store):
+    one = ClipDataset(coded_store, inputs=("rgb",), sampler=UniformClipSampler(1, 2),
+                      transform=test_transform(8), views=True)
+    assert one.num_views == 1 and one[1]["rgb"].shape == (1, 3, 2, 8, 8)
+    train = ClipDataset(coded_store, sampler=RandomClipSampler(2), transform=train_transform(8))
+    assert not train.views and train[0]["rgb"].shape == (3, 2, 8, 8)
+    with pytest.raises(FlowkitError, match="views=False"):
+        ClipDataset(coded_store, sampler=UniformClipSampler(2, 2), views=False)
+
+
+# ----------------------------------------------------------------------------- DataLoader
+
+def batches(ds, workers):
+    loader = DataLoader(ds, batch_size=4, shuffle=False, num_workers=workers)
+    return list(loader)
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for name in x:
+            assert torch.equal(x[name], y[name]), name
+
+
+def test_dataloader_workers_do_not_change_samples(tiny_store):
+    ds = ClipDataset(tiny_store, inputs=("rgb", "flow"), sampler=RandomClipSampler(4, step=2),
+                     transform=train_transform(16, scales=(1, 0.75, 0.5)), seed=5)
+    ds.set_epoch(1)
+    serial, parallel = batches(ds, 0), batches(ds, 2)
+    assert_same_batches(serial, parallel)
+    first = serial[0]
+    assert first["rgb"].shape == (4, 3, 4, 16, 16) and first["rgb"].dtype == torch.float32
+    assert first["flow"].shape == (4, 2, 4, 16, 16) and first["flow_bound"].shape == (4,)
+    assert first["flow_bound"].dtype == torch.float32
+    assert first["label"].dtype == torch.int64 and first["index"].tolist() == [0, 1, 2, 3]
+
+    # Resuming: a new dataset at epoch 1 reproduces it; another epoch gives other clips and crops.
+    resumed = ClipDataset(tiny_store, inputs=("rgb", "flow"), sampler=RandomClipSampler(4, step=2),
+                          transform=train_transform(16, scales=(1, 0.75, 0.5)), seed=5)
+    resumed.set_epoch(1)
+    assert_same_batches(serial, batches(resumed, 0))
+    resumed.set_epoch(2)
+    other = batches(resumed, 0)
+    assert not all(torch.equal(x["rgb"], y["rgb"]) for x, y in zip(serial, other))
+
+
+def test_dataset_pickles_for_spawned_workers(tiny_store):
+    ds = ClipDataset(tiny_store, inputs=("flow",), sampler=SegmentSampler(3),
+                     transform=train_transform(16))
+    ds.set_epoch(3)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.epoch == 3
+    assert torch.equal(copy[5]["flow"], ds[5]["flow"])
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_missing_flow_errors(tmp_path, tiny_store):
+    store = write_tiny_store(tmp_path / "noflow", flow_name=None)
+    with pytest.raises(FlowkitError) as err:
+        ClipDataset(store, inputs=("flow",), sampler=RandomClipSampler(2))
+    message = str(err.value)
+    assert str(store) in message and "no flow 'tvl1'" in message
+    assert f"flowkit extract VIDEOS -o {store} --method tvl1" in message
+    ClipDataset(store, inputs=("rgb",), sampler=RandomClipSampler(2))  # rgb alone is fine
+    with pytest.raises(FlowkitError, match=r"no flow 'tvnet'.*they have: tvl1.*--method tvnet"):
+        ClipDataset(tiny_store, inputs=("rgb", "flow"), flow_name="tvnet",
+                    sampler=RandomClipSampler(2))
+
+
+def test_missing_rgb_errors(tmp_path):
+    store = write_tiny_store(tmp_path / "norgb", rgb=False)
+    with pytest.raises(FlowkitError, match=r"12 of 12 videos have no rgb frames.*--rgb") as err:
+        ClipDataset(store, inputs=("rgb", "flow"), sampler=RandomClipSampler(2))
+    assert str(store) in str(err.value)
+    flow_only = ClipDataset(store, inputs=("flow",), sampler=RandomClipSampler(2))
+    assert flow_only[0]["flow"].shape == (2, 2, 24, 32)
+
+
+def test_key_and_argument_errors(tiny_store):
+    sampler = RandomClipSampler(2)
+    with pytest.raises(FlowkitError, match="key list .* is empty"):
+        ClipDataset(tiny_store, [], sampler=sampler)
+    with pytest.raises(FlowkitError, match=r"1 video\(s\) .* not in store .*'up/up_0'"):
+        ClipDataset(tiny_store, ["right/right_0", "up/up_0"], sampler=sampler)
+    with pytest.raises(FlowkitError, match="inputs must be"):
+        ClipDataset(tiny_store, inputs=("depth",), sampler=sampler)
+    with pytest.raises(FlowkitError, match="flow_stack"):
+        ClipDataset(tiny_store, inputs=("flow",), flow_stack=0, sampler=sampler)
+    ds = ClipDataset(tiny_store, ["left/left_0"], sampler=sampler)
+    with pytest.raises(IndexError):
+        ds[1]
+
+
+# ----------------------------------------------------------------------------- splits
+
+def test_num_classes_and_labels(tiny_store):
+    assert num_classes(tiny_store) == 3
+    assert labels(tiny_store, ["right/right_0", "down/down_1", "left/left_3"]) == [0, 1, 2]
+    ds = ClipDataset(tiny_store, ["left/left_0", "right/right_2"], sampler=RandomClipSampler(2))
+    assert ds.labels == [2, 0]
+
+
+def test_stratified_split(tiny_store):
+    keys = FlowStore(tiny_store).keys()
+    train, val = stratified_split(tiny_store, 0.25, seed=0)
+    assert len(val) == 3 and len(train) == 9 and sorted(train + val) == keys
+    assert sorted(labels(tiny_store, val)) == [0, 1, 2]  # one per class
+    assert stratified_split(tiny_store, 0.25, seed=0) == (train, val)
+    assert len({tuple(stratified_split(tiny_store, 0.25, seed=s)[1]) for s in range(8)}) > 1
+    train, val = stratified_split(tiny_store, 0.9)
+    assert sorted(labels(tiny_store, train)) == [0, 1, 2]  # every class keeps a training video
+    assert stratified_split(tiny_store, 0.0) == (keys, [])
+    with pytest.raises(FlowkitError, match="val_fraction"):
+        stratified_split(tiny_store, 1.0)
+
+
+def test_split_from_list(tiny_store, tmp_path):
+    with_labels = tmp_path / "trainlist01.txt"
+    with_labels.write_text("right/right_0.avi 1\ndown/down_2.avi 2\n\nleft/left_1.avi 3\n")
+    assert split_from_list(tiny_store, with_labels) == ["right/right_0", "down/down_2",
+                                                        "left/left_1"]
+    without = tmp_path / "testlist01.txt"
+    without.write_text("# test videos\nleft/left_3.avi\r\nright/right_1.mp4\n")
+    assert split_from_list(tiny_store, without) == ["left/left_3", "right/right_1"]
+
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("right/right_0.avi\n" + "".join(f"up/up_{i}.avi\n" for i in range(7)))
+    with pytest.raises(FlowkitError, match="7 video") as err:
+        split_from_list(tiny_store, unknown)
+    assert "'up/up_4'" in str(err.value) and "'up/up_5'" not in str(err.value)
+    assert "and 2 more" in str(err.value)
+
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("right/right_0.avi 2\n")
+    with pytest.raises(FlowkitError, match=r"wrong.txt:1: label 2 is class 'down'.*folder 'right'"):
+        split_from_list(tiny_store, wrong)
+    with pytest.raises(FlowkitError, match="does not exist"):
+        split_from_list(tiny_store, tmp_path / "missing.txt")

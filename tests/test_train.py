@@ -1,0 +1,346 @@
+"""flowkit.train: metrics, schedules, checkpoints, exact resume, learning, evaluation."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowkit.errors import FlowkitError
+from flowkit.train import (EpochBatchSampler, TrainCallbacks, TrainConfig, Trainer,
+                           confusion_matrix, evaluate_run, flatten_views, load_checkpoint,
+                           lr_factor, mean_class_accuracy, merge_for_resume, parameter_groups,
+                           per_class_accuracy, predict, rng_state, save_checkpoint, set_rng_state,
+                           topk_accuracy, topk_correct)
+from flowkit.train.evaluate import SegmentClipsSampler
+
+TINY_MODEL = {"width": 4, "layers": [1, 1, 1, 1], "modality": "flow"}
+TIMING_KEYS = ("clips_per_s", "seconds")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread while these tests run: on a loaded 2-core machine OpenMP's spinning threads
+    make these tiny models many times slower with 2 threads (measured ~60 s vs 5 s for this file).
+    Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(store, **kw) -> TrainConfig:
+    """resnet2d on the flow of the tiny store: 2-frame 16 px clips, 3 steps per epoch."""
+    base = dict(store=str(store), model="resnet2d", model_kwargs=TINY_MODEL, frames=2, size=16,
+                batch_size=3, epochs=2, lr=0.05, flip=False, val_fraction=0.25, workers=0)
+    return TrainConfig(**{**base, **kw})
+
+
+class StepCounter(TrainCallbacks):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step(self, *args) -> None:
+        self.steps += 1
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def metrics_lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+def test_topk_accuracy_hand_computed():
+    scores = np.array([[0.1, 0.7, 0.2, 0.0],    # label 1: top-1
+                       [0.5, 0.2, 0.3, 0.0],    # label 2: 2nd
+                       [0.1, 0.2, 0.3, 0.4],    # label 0: 4th
+                       [0.3, 0.3, 0.2, 0.2]])   # label 1: tie with 0 -> 2nd (stable order)
+    labels = np.array([1, 2, 0, 1])
+    assert topk_correct(scores, labels, (1, 2, 3, 4)) == {1: 1, 2: 3, 3: 3, 4: 4}
+    acc = topk_accuracy(torch.tensor(scores), torch.tensor(labels), (1, 2, 5))
+    assert acc == {1: 0.25, 2: 0.75, 5: 1.0}  # k > K counts as K
+    assert math.isnan(topk_accuracy(np.zeros((0, 3)), np.zeros(0, int))[1])
+    with pytest.raises(FlowkitError):
+        topk_accuracy(scores, labels[:3])
+
+
+def test_confusion_matrix_and_mean_class_accuracy():
+    labels = [0, 0, 0, 1, 1, 3]
+    preds = [0, 1, 0, 1, 1, 0]
+    cm = confusion_matrix(torch.tensor(preds), labels, 4)
+    expected = np.array([[2, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.dtype == np.int64
+    per_class = per_class_accuracy(cm)
+    np.testing.assert_allclose(per_class[[0, 1, 3]], [2 / 3, 1.0, 0.0])
+    assert np.isnan(per_class[2])  # class 2 has no video: left out of the mean
+    assert mean_class_accuracy(cm) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    with pytest.raises(FlowkitError, match="labels must be in"):
+        confusion_matrix([0], [4], 4)
+
+
+# ----------------------------------------------------------------------------------------- schedule
+
+def test_lr_factor_warmup_cosine_step_constant():
+    kw = dict(total_steps=10, warmup_steps=2)
+    assert [lr_factor(s, schedule="cosine", **kw) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_factor(2, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert lr_factor(6, schedule="cosine", **kw) == pytest.approx(0.5)   # halfway through decay
+    assert lr_factor(10, schedule="cosine", **kw) == pytest.approx(0.0)
+    step = [lr_factor(s, schedule="step", milestones=(4, 8), gamma=0.1, **kw) for s in (3, 4, 8)]
+    assert step == pytest.approx([1.0, 0.1, 0.01])
+    assert lr_factor(9, schedule="constant", **kw) == 1.0
+
+
+def test_parameter_groups_skip_decay_on_bias_and_norm():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Linear(4, 3))
+    decay, no_decay = parameter_groups(model, 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(no_decay["params"]) == 4  # conv bias, bn weight+bias, linear bias
+
+
+def test_epoch_batch_sampler_is_a_function_of_seed_and_epoch():
+    s = EpochBatchSampler(10, 3, seed=5)
+    assert s.num_batches == 3 and len(s) == 3  # the last incomplete batch is dropped
+    s.set_epoch(0)
+    e0 = list(s)
+    flat = [i for b in e0 for i in b]
+    assert len(set(flat)) == 9 and set(flat) <= set(range(10)) and flat != list(range(9))
+    s.set_epoch(1)
+    assert list(s) != e0
+    s.set_epoch(0, skip=2)
+    assert list(s) == e0[2:] and len(s) == 1
+    assert EpochBatchSampler(10, 3, seed=5).batches() == e0  # fresh object, same epoch: same order
+    assert EpochBatchSampler(2, 3).num_batches == 1  # smaller than a batch: kept
+
+
+def test_segment_clips_sampler_matches_centre_segments():
+    from flowkit.data import SegmentSampler
+
+    one = SegmentClipsSampler(1, segments=3, frames=2)
+    centre = SegmentSampler(3, frames=2, random=False)(20, np.random.default_rng(0))
+    np.testing.assert_array_equal(one(20)[0], centre[0])
+    two = SegmentClipsSampler(2, segments=3, frames=2)(20)
+    assert len(two) == 2 and all(c.shape == (6,) for c in two)
+    assert np.all(two[0] <= two[1]) and not np.array_equal(two[0], two[1])
+
+
+# ----------------------------------------------------------------------------------------- config
+
+def test_merge_for_resume_allows_only_resumable_changes(tmp_path):
+    saved = tiny_config(tmp_path)
+    assert merge_for_resume(saved, {"epochs": 5, "lr": 0.05}).epochs == 5
+    with pytest.raises(FlowkitError, match=r"lr=0\.05 \(given 0\.1\)"):
+        merge_for_resume(saved, {"lr": 0.1})
+    with pytest.raises(FlowkitError, match="num_classes comes from the store"):
+        tiny_config(tmp_path, model_kwargs={"num_classes": 3}).validate()
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    path = tmp_path / "ck" / "last.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+                           "rng": rng_state(), "history": [{"epoch": 1, "val_top1": None}]})
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
+    ck = load_checkpoint(path)
+    assert ck["epoch"] == 3 and ck["history"] == [{"epoch": 1, "val_top1": None}]
+    for k, v in model.state_dict().items():
+        assert torch.equal(ck["model"][k], v), k
+    model2 = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.5)
+    model2.load_state_dict(ck["model"])
+    opt2.load_state_dict(ck["optimizer"])
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s1["param_groups"] == s2["param_groups"]
+    for i in s1["state"]:
+        assert torch.equal(s1["state"][i]["momentum_buffer"], s2["state"][i]["momentum_buffer"])
+    # RNG states restore the same random stream
+    set_rng_state(ck["rng"])
+    a = (torch.rand(3), np.random.rand(3))
+    set_rng_state(ck["rng"])
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FlowkitError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+# ----------------------------------------------------------------------------------------- training
+
+def assert_same_run(a, b):
+    sa = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
+    sb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)
+    assert sa["global_step"] == sb["global_step"] and sa["epoch"] == sb["epoch"]
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), f"parameter {k} differs"
+    for i, st in sa["optimizer"]["state"].items():
+        for name, t in st.items():
+            assert torch.equal(t, sb["optimizer"]["state"][i][name])
+    assert without_timing(metrics_lines(a)) == without_timing(metrics_lines(b))
+
+
+@pytest.mark.parametrize("stop_after", [3, 4], ids=["epoch_end", "mid_epoch"])
+def test_resume_is_exact(tiny_store, tmp_path, stop_after):
+    """2 epochs straight == stopped (after epoch 1, or after step 1 of epoch 2) + resumed; with
+    dropout (global RNG) and a resumed run using DataLoader workers."""
+    kw = dict(model_kwargs={**TINY_MODEL, "dropout": 0.5}, epochs=2)
+    straight = tmp_path / "straight"
+    Trainer(tiny_config(tiny_store, **kw), straight).fit()
+
+    stopped = tmp_path / "stopped"
+    counter = StepCounter()
+    first = Trainer(tiny_config(tiny_store, **kw), stopped).fit(
+        counter, should_stop=lambda: counter.steps >= stop_after)
+    assert first.interrupted and first.global_step == stop_after
+    ck = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == ((1, 0) if stop_after == 3 else (1, 1))
+    assert len(metrics_lines(stopped)) == 1
+
+    resumed = Trainer.resume(stopped, workers=2).fit()
+    assert not resumed.interrupted and resumed.epochs_done == 2
+    assert [r["epoch"] for r in metrics_lines(stopped)] == [1, 2]
+    assert_same_run(straight, stopped)
+    assert (stopped / "checkpoints" / "best.pt").is_file()
+
+
+def test_training_learns_the_tiny_motion_task(tiny_store, tmp_path):
+    """Classes differ only in motion direction: a flow model fits them within a few epochs."""
+    config = tiny_config(tiny_store, model_kwargs={**TINY_MODEL}, batch_size=6, epochs=8,
+                         optimizer="adamw", lr=0.01, val_fraction=0.0)
+    trainer = Trainer(config, tmp_path / "run")
+    epochs_sampled = []
+    set_epoch = trainer.train_set.set_epoch
+    trainer.train_set.set_epoch = lambda e: (epochs_sampled.append(e), set_epoch(e))
+    result = trainer.fit()
+    assert epochs_sampled == list(range(8))  # new random clips and crops every epoch
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert max(r["train_acc"] for r in result.history[-3:]) >= 0.9, result.history
+    lines = metrics_lines(tmp_path / "run")
+    assert [r["epoch"] for r in lines] == list(range(1, 9))
+    assert set(lines[0]) == {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_top1",
+                             "val_top5", "lr", "clips_per_s", "seconds"}
+    config_json = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config_json["model"] == {"name": "resnet2d", "kwargs": {"num_classes": 3, **TINY_MODEL}}
+    assert config_json["split"]["train_count"] == 12 and config_json["config"]["seed"] == 0
+    assert config_json["flowkit_version"]
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert ck["best_epoch"] == result.best_epoch and ck["config"] == config_json
+
+
+def test_missing_flow_fails_before_writing(tmp_path):
+    from conftest import write_tiny_store
+
+    store = write_tiny_store(tmp_path / "s", flow_name=None)
+    run = tmp_path / "run"
+    with pytest.raises(FlowkitError, match=r"no flow 'tvl1'.*flowkit extract"):
+        Trainer(tiny_config(store), run)
+    assert not run.exists()
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    with pytest.raises(FlowkitError, match="already holds a training run.*--resume.*--overwrite"):
+        Trainer(tiny_config(tiny_store, epochs=1), run)
+    (run / "checkpoints" / "best.pt").unlink()
+    Trainer(tiny_config(tiny_store, epochs=1, seed=1), run, overwrite=True).fit()
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 1
+    assert [r["epoch"] for r in metrics_lines(run)] == [1]
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+class MeanFlowModel(torch.nn.Module):
+    """Logits = (mean u, mean v, 0) of each view: views differ, so averaging is visible."""
+    inputs, flow_stack = ("flow",), 1
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, inputs):
+        flow = inputs["flow"]
+        self.batches.append(flow.shape)
+        m = flow.mean(dim=(2, 3, 4))
+        return {"logits": torch.cat([m, torch.zeros_like(m[:, :1])], 1) * 10}
+
+
+def test_predict_averages_softmax_over_views():
+    b, v = 2, 6
+    flow = torch.randn(b, v, 2, 3, 4, 4)
+    batch = {"flow": flow, "flow_bound": torch.tensor([20.0, 5.0]), "label": torch.tensor([0, 2]),
+             "index": torch.tensor([0, 1])}
+    flat, views = flatten_views(batch)
+    assert views == v and flat["flow"].shape == (b * v, 2, 3, 4, 4)
+    assert flat["flow_bound"].tolist() == [20.0] * v + [5.0] * v
+    model = MeanFlowModel()
+    scores, labels, index = predict(model, [batch], torch.device("cpu"))
+    assert model.batches == [(b * v, 2, 3, 4, 4)]
+    m = flow.mean(dim=(3, 4, 5))
+    logits = torch.cat([m, torch.zeros(b, v, 1)], 2) * 10
+    expected = torch.softmax(logits, dim=2).mean(1)  # softmax per view, then mean
+    torch.testing.assert_close(scores, expected)
+    assert labels.tolist() == [0, 2] and index.tolist() == [0, 1]
+
+
+def test_evaluate_writes_results(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    result = evaluate_run(run, clips=2, crops=3, checkpoint="last")
+    assert result.views == 6 and result.num_videos == 3  # the run's validation split
+    report = json.loads((run / "eval" / "eval.json").read_text())
+    assert report["views"] == 6 and report["split"] == "the run's validation split"
+    assert len(report["predictions"]) == 3 and 0 <= report["top1"] <= report["top5"] <= 1
+    confusion = json.loads((run / "eval" / "confusion.json").read_text())
+    assert np.array(confusion["matrix"]).shape == (3, 3) and np.sum(confusion["matrix"]) == 3
+    assert confusion["classes"] == ["right", "down", "left"]
+    png = (run / "eval" / "confusion.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    everything = evaluate_run(run, clips=1, crops=1, split="all", out_dir=tmp_path / "all")
+    assert everything.num_videos == 12 and everything.confusion.sum() == 12
+    assert (tmp_path / "all" / "eval.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------- options
+
+def test_split_lists_segments_and_init(tiny_store, tmp_path):
+    """UCF101 split lists, TSN segments (training and multi-view testing), --init weights."""
+    from flowkit.data import SegmentSampler
+    from flowkit.models.resnet import ResNet2d
+
+    keys = [f"{c}/{c}_{i}" for c in ("right", "down", "left") for i in range(4)]
+    (tmp_path / "trainlist.txt").write_text(
+        "".join(f"{k}.avi {1 + ('right', 'down', 'left').index(k.split('/')[0])}\n"
+                for k in keys if not k.endswith("_0")))
+    (tmp_path / "testlist.txt").write_text("".join(f"{k}.avi\n" for k in keys if k.endswith("_0")))
+    rgb = ResNet2d(18, in_channels=3, width=4, layers=(1, 1, 1, 1))
+    torch.save(rgb.state_dict(), tmp_path / "resnet.pt")
+    config = tiny_config(tiny_store, split_list=str(tmp_path / "trainlist.txt"),
+                         val_list=str(tmp_path / "testlist.txt"), segments=2, frames=None,
+                         init=str(tmp_path / "resnet.pt"), epochs=1)
+    trainer = Trainer(config, tmp_path / "run")
+    assert len(trainer.train_keys) == 9 and sorted(trainer.val_keys) == sorted(
+        k for k in keys if k.endswith("_0"))
+    assert isinstance(trainer.train_set.sampler, SegmentSampler) and config.clip_length == 2
+    assert trainer.train_set[0]["flow"].shape == (2, 2, 16, 16)  # (2L, T = 2 segments x 1, h, w)
+    assert "backbone.conv1.weight" in trainer.init_report["cross_modality"]
+    torch.testing.assert_close(trainer.model.backbone.layer1[0].conv1.weight,
+                               rgb.layer1[0].conv1.weight)
+    trainer.fit()
+    result = evaluate_run(tmp_path / "run", clips=2, crops=1, out_dir=False)
+    assert result.views == 2 and result.num_videos == 3 and result.out_dir is None
+    assert not (tmp_path / "run" / "eval").exists()
