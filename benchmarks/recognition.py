@@ -1,0 +1,238 @@
+"""Do the classifiers use motion? Toy videos whose classes differ only in motion, trained from the CLI.
+
+Two toy sets (``flowkit toy``): ``default`` difficulty, where the motion models should saturate and
+the appearance-only baseline (a single-frame 2D ResNet) should stay near chance, and ``hard`` (more
+noise, smaller motion, more distractors, lower contrast), where the papers' comparisons are made:
+trajectory convolution vs its S3D baseline, CIDC bi- vs uni- vs non-directional, ST-MulNet
+multiplicative vs additive gating. Every run is ``flowkit train`` on the toy set's
+``trainlist01.txt`` (no validation split, so nothing is selected on the held-out videos), then
+``flowkit evaluate --checkpoint last`` on ``testlist01.txt``; mean and spread over seeds.
+
+    .venv/bin/python benchmarks/recognition.py             # writes benchmarks/results/recognition.md
+    .venv/bin/python benchmarks/recognition.py --quick     # smoke run, Markdown to stdout
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FLOWKIT = [sys.executable, "-m", "flowkit"]
+
+# One recipe for every run, so rows differ only in the model: tiny ResNet-18 layout (one block per
+# stage, stem width 8), whole 16-frame videos, 48 px crops, no flips (left/right are classes).
+COMMON = ["--model-arg", "width=8", "--model-arg", "layers=[1,1,1,1]", "--frames", "16",
+          "--size", "48", "--no-flip", "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.003",
+          "--weight-decay", "0.01", "--warmup-epochs", "1", "--val-fraction", "0", "--workers", "0"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row of a table: a model and its arguments (``--model-arg`` pairs and other options)."""
+    label: str
+    model: str
+    args: tuple[str, ...] = ()
+
+    def train_args(self) -> list[str]:
+        out = ["--model", self.model]
+        for a in self.args:
+            out += (["--model-arg", a] if "=" in a and not a.startswith("--") else [a])
+        return out
+
+
+DEFAULT_ROWS = (
+    Config("appearance only: 2D ResNet, 1 RGB frame", "resnet2d", ("--frames", "1")),
+    Config("TrajectoryNet (RGB, TV-L1 trajectories, offsets)", "trajectorynet", ("offsets=true",)),
+    Config("CIDC (TV-L1 flow, bidirectional)", "cidc", ("modality=flow",)),
+    Config("ST-MulNet (RGB + 5-flow stacks, multiplicative)", "stmulnet", ("flow_stack=5",)),
+)
+COMPARISONS = {
+    "Trajectory convolution vs S3D (RGB input)": (
+        Config("S3D (plain temporal conv)", "s3d"),
+        Config("TrajectoryNet, trajectory conv only", "trajectorynet"),
+        Config("TrajectoryNet, trajectory conv + offsets", "trajectorynet", ("offsets=true",)),
+    ),
+    "CIDC direction (TV-L1 flow input)": (
+        Config("CIDC bidirectional", "cidc", ("modality=flow", "direction=bi")),
+        Config("CIDC unidirectional", "cidc", ("modality=flow", "direction=uni")),
+        Config("CIDC non-directional", "cidc", ("modality=flow", "direction=none")),
+    ),
+    "ST-MulNet gating (RGB + 5-flow stacks)": (
+        Config("multiplicative gating", "stmulnet", ("flow_stack=5", "gating=multiplicative")),
+        Config("additive gating", "stmulnet", ("flow_stack=5", "gating=additive")),
+        Config("no gating (two independent streams)", "stmulnet", ("flow_stack=5", "gating=none")),
+    ),
+}
+ORDER_CLASSES = ("left_then_right", "right_then_left")
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def _flowkit(args: list[str], log: Path, threads: int = 1) -> str:
+    """Run ``flowkit ARGS`` with ``threads`` torch/OpenMP threads; return stdout, raise on failure."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(FLOWKIT + args, capture_output=True, text=True, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh:
+        fh.write(f"$ flowkit {shlex.join(args)}\n{proc.stdout}{proc.stderr}\n")
+    if proc.returncode != 0:
+        raise RuntimeError(f"flowkit {shlex.join(args)} failed ({proc.returncode}); see {log}")
+    return proc.stdout
+
+
+def make_store(work: Path, difficulty: str, videos_per_class: int, log: Path) -> tuple[Path, Path, dict]:
+    """Toy videos + TV-L1 store for ``difficulty``; reused when already there. -> (videos, store, toy.json)."""
+    videos, store = work / f"toy_{difficulty}", work / f"store_{difficulty}"
+    if not (videos / "toy.json").is_file():
+        _flowkit(["toy", str(videos), "--difficulty", difficulty,
+                  "--videos-per-class", str(videos_per_class)], log)
+    t0 = time.perf_counter()
+    _flowkit(["extract", str(videos), "-o", str(store), "--method", "tvl1"], log, threads=2)
+    print(f"[{difficulty}] store ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return videos, store, json.loads((videos / "toy.json").read_text())
+
+
+@dataclass
+class Result:
+    top1: float
+    mean_class: float
+    order_pair: float  # accuracy on the two temporal-order classes alone
+    seconds: float
+
+
+def train_and_evaluate(config: Config, seed: int, epochs: int, videos: Path, store: Path,
+                       run_dir: Path, log: Path) -> Result:
+    t0 = time.perf_counter()
+    _flowkit(["train", str(store), *config.train_args(), *COMMON, "--epochs", str(epochs),
+              "--seed", str(seed), "--split-list", str(videos / "trainlist01.txt"),
+              "-o", str(run_dir), "--overwrite"], log)
+    seconds = time.perf_counter() - t0
+    _flowkit(["evaluate", str(run_dir), str(store), "--checkpoint", "last",
+              "--split-list", str(videos / "testlist01.txt"), "--clips", "1", "--crops", "1"], log)
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    order = [p for p in ev["predictions"] if ev["classes"][p["label"]] in ORDER_CLASSES]
+    order_acc = sum(p["pred"] == p["label"] for p in order) / len(order) if order else float("nan")
+    return Result(ev["top1"], ev["mean_class_accuracy"], order_acc, seconds)
+
+
+def _slug(config: Config) -> str:
+    return "_".join([config.model, *(a.strip("-").replace("=", "-") for a in config.args)])
+
+
+def run_table(rows, seeds, epochs, videos, store, work: Path, log: Path, jobs: int) -> dict:
+    """{config: [Result per seed]}; ``jobs`` single-threaded runs at a time."""
+    tasks = {(c, s): work / "runs" / store.name / f"{_slug(c)}_seed{s}" for c in rows for s in seeds}
+    results: dict = {c: [None] * len(seeds) for c in rows}
+    with cf.ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(train_and_evaluate, c, s, epochs, videos, store, d, log): (c, s)
+                   for (c, s), d in tasks.items()}
+        for fut in cf.as_completed(futures):
+            c, s = futures[fut]
+            r = fut.result()
+            results[c][seeds.index(s)] = r
+            print(f"[{store.name}] {c.label} seed {s}: top-1 {r.top1:.3f} ({r.seconds:.0f} s)",
+                  file=sys.stderr)
+    return results
+
+
+def _pct(values) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(results: dict, seeds) -> list[str]:
+    lines = ["| model | top-1 % (mean ± sd) | per seed | mean class acc % | order-pair acc % | train s/run |",
+             "|---|---|---|---|---|---|"]
+    for c, rs in results.items():
+        lines.append(f"| {c.label} (`{c.model}` {' '.join(c.args)}) | {_pct([r.top1 for r in rs])} | "
+                     f"{' / '.join(f'{100 * r.top1:.1f}' for r in rs)} | "
+                     f"{_pct([r.mean_class for r in rs])} | {_pct([r.order_pair for r in rs])} | "
+                     f"{statistics.mean(r.seconds for r in rs):.0f} |")
+    return lines
+
+
+def _toy_facts(toy: dict, videos: Path) -> str:
+    params = {k: toy[k] for k in ("noise", "motion", "distractors", "contrast", "frames", "size")
+              if k in toy}
+    test = sum(1 for line in (videos / "testlist01.txt").read_text().splitlines() if line.strip())
+    train = sum(1 for line in (videos / "trainlist01.txt").read_text().splitlines() if line.strip())
+    classes = toy.get("classes", [])
+    return (f"{len(classes)} classes ({', '.join(classes)}), {train} training / {test} held-out "
+            f"videos, parameters {json.dumps(params)}; chance = {100 / max(len(classes), 1):.1f}%")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/flowkit-recognition", help="toy data, stores and runs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=(0, 1, 2))
+    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--videos-per-class", type=int, default=16)
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 4 videos/class; stdout")
+    ap.add_argument("--out", default=str(HERE / "results" / "recognition.md"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.videos_per_class, args.out = (0,), 2, 4, None
+    seeds = list(args.seeds)
+    work = Path(args.work)
+    log = work / "log.txt"
+    t_start = time.perf_counter()
+    doc = ["# Recognition on toy motion classes: do the models use motion?", "",
+           f"Command: `{shlex.join([Path(sys.executable).name, 'benchmarks/recognition.py', *(argv if argv is not None else sys.argv[1:])])}`  ",
+           f"Machine: {_machine()}, no GPU; {args.jobs} runs at a time with 1 thread each.  ",
+           f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+           "Every run: `flowkit train STORE --model M ... " + shlex.join(COMMON) +
+           f" --epochs {args.epochs} --seed S --split-list trainlist01.txt`, then "
+           "`flowkit evaluate RUN STORE --checkpoint last --split-list testlist01.txt --clips 1 "
+           "--crops 1`. Stores: `flowkit extract TOY -o STORE --method tvl1` (OpenCV-default "
+           "TV-L1). *order-pair acc* is the accuracy on the two classes that differ only in "
+           "temporal order (left_then_right, right_then_left).", ""]
+
+    videos, store, toy = make_store(work, "default", args.videos_per_class, log)
+    doc += ["## Default difficulty: the motion models should saturate, appearance should not", "",
+            f"Toy set: `flowkit toy TOY --difficulty default --videos-per-class {args.videos_per_class}`: "
+            + _toy_facts(toy, videos) + ".", ""]
+    doc += table(run_table(DEFAULT_ROWS, seeds, args.epochs, videos, store, work, log, args.jobs), seeds)
+    doc.append("")
+
+    videos, store, toy = make_store(work, "hard", args.videos_per_class, log)
+    doc += ["## Hard difficulty: the papers' comparisons", "",
+            f"Toy set: `flowkit toy TOY --difficulty hard --videos-per-class {args.videos_per_class}`: "
+            + _toy_facts(toy, videos) + ".", ""]
+    for title, rows in COMPARISONS.items():
+        doc += [f"### {title}", ""]
+        doc += table(run_table(rows, seeds, args.epochs, videos, store, work, log, args.jobs), seeds)
+        doc.append("")
+    doc.append(f"Total time {time.perf_counter() - t_start:.0f} s. Logs of every command: `{log}`.")
+    text = "\n".join(doc) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
