@@ -2,7 +2,6 @@
 flow, resume, sharding, worker processes, bad input, and bounded memory on a long video."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import FlowkitError, VideoError
+from ..train.checkpoint import atomic_write_bytes
 from . import handle_errors
 from .options import parse_size
 
@@ -190,20 +190,8 @@ def evaluate_epe(model, data: EvalSet) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: a
-    crash leaves either the previous checkpoint or the new one, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` atomically: a crash leaves either the previous checkpoint or the new one."""
+    atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
 
 
 def _check_resumable(ckpt: dict, config: TrainConfig, path: Path) -> None:

@@ -30,6 +30,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from ..errors import FlowkitError
 from ..flow import ops
+from ..train.checkpoint import atomic_write_bytes
 from ..flow.tvnet import CHECKPOINT_FORMAT, TVNet, TVNetConfig, epe_loss, flow_loss, load_checkpoint
 from . import handle_errors
 from .options import parse_size
@@ -196,16 +197,8 @@ def evaluate(net: TVNet, samples: list[Sample], indices: list[int], batch: int,
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
-    """Write ``checkpoint`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``checkpoint`` atomically: a temporary file in the same folder, fsync, then rename."""
+    atomic_write_bytes(Path(path), lambda f: torch.save(checkpoint, f))
 
 
 def _fmt(value) -> str:

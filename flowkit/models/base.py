@@ -42,6 +42,14 @@ class VideoClassifier(nn.Module):
         self.flow_stack: int = 1
         self.model_kwargs: dict = {}
 
+    def backbones(self) -> list[nn.Module]:
+        """The ResNet backbones ``--init FILE`` initialises (default: ``self.backbone``)."""
+        return [self.backbone] if isinstance(getattr(self, "backbone", None), nn.Module) else []
+
+    def heads(self) -> list[nn.Linear]:
+        """The classifier layer on each of :meth:`backbones`, same order (default: ``self.fc``)."""
+        return [self.fc] if isinstance(getattr(self, "fc", None), nn.Linear) else []
+
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise a FlowkitError naming each input this model needs and the batch lacks."""
         missing = [m for m in self.inputs if m not in inputs]

@@ -244,14 +244,6 @@ class CIDCNet(VideoClassifier):
         self.fc = nn.Linear(stage_channels[-1], self.num_classes)
         self.cidc_fc = nn.Linear(self.cidc_channels * len(self.units) * self.t_out, self.num_classes)
 
-    def backbones(self) -> list[nn.Module]:
-        """Backbones a torchvision ResNet checkpoint initialises (``--init FILE``)."""
-        return [self.backbone]
-
-    def heads(self) -> list[nn.Linear]:
-        """The ``fc`` on top of the backbone."""
-        return [self.fc]
-
     def cidc_features(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
         """The last three stage outputs -> fused CIDC features ``(B, D, 3 T')`` (before the fc)."""
         z = [unit(s) for unit, s in zip(self.units, stages[-3:])]

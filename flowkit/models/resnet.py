@@ -266,14 +266,6 @@ class ResNet2dClassifier(VideoClassifier):
         self.dropout = nn.Dropout(float(dropout))
         self.fc = nn.Linear(self.backbone.stage_channels[-1], self.num_classes)
 
-    def backbones(self) -> list[nn.Module]:
-        """Backbones a torchvision ResNet checkpoint initialises (``--init FILE``)."""
-        return [self.backbone]
-
-    def heads(self) -> list[nn.Linear]:
-        """The ``fc`` on top of each backbone (same order as :meth:`backbones`)."""
-        return [self.fc]
-
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = clip_input(self, inputs, self.modality, self.channels)
         features = self.backbone(x).mean(dim=(3, 4))            # (B, C, T)
