@@ -17,7 +17,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -77,14 +76,11 @@ ORDER_CLASSES = ("left_then_right", "right_then_left")
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, Python {platform.python_version()}"
+    from flowkit.bench.harness import machine_info
+    m = machine_info()
+    return (f"{m['cpu']}, {m['cores']} logical CPUs, torch {torch.__version__}, {m['platform']}, "
+            f"load average {m['loadavg_1m']} at start")
 
 
 def _flowkit(args: list[str], log: Path, threads: int = 1) -> str:
