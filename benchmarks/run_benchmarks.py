@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             # Finished runs survive an interrupted regeneration; the marker says it is unfinished.
             pending = ", ".join(r[0] for r in todo[i + 1:])
             _write(out, doc + [f"**INCOMPLETE**: still to run: {pending}."])
-    doc += engine_results()
+    doc += script_results()
     if out == "-":
         sys.stdout.write(_text(doc))
     else:
@@ -217,16 +217,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def engine_results() -> list[str]:
-    """Links to the paper-trend reproductions, which have their own scripts (training takes minutes)."""
+def script_results() -> list[str]:
+    """The results of the scripts that train (paper trends of the engines, recognition evidence).
+
+    Each ``results/*.md`` is written by the script named at its top, with its command and machine;
+    it is copied here whole, two heading levels down, so RESULTS.md holds every measured number.
+    """
     files = sorted((HERE / "results").glob("*.md"))
     if not files:
         return []
-    lines = ["## Paper trends of the learned and cost-volume engines", "",
-             "Each file below is written by the script named at its top, with its command and machine:", ""]
+    lines = ["## Results of the training scripts: engine paper trends and recognition", "",
+             "Copied from the files below as they are on disk now (rerun their scripts to refresh "
+             "them; each gives its own command, machine and date):", ""]
+    lines += [f"- [{f.read_text().splitlines()[0].lstrip('# ').strip()}](results/{f.name})"
+              for f in files]
     for f in files:
-        title = f.read_text().splitlines()[0].lstrip("# ").strip()
-        lines.append(f"- [{title}](results/{f.name})")
+        lines.append("")
+        lines += [("##" + line) if line.startswith("#") else line
+                  for line in f.read_text().rstrip().splitlines()]
     return lines + [""]
 
 

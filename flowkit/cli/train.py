@@ -230,7 +230,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
     from rich.console import Console
 
     from ..train import Trainer
-    from ..train.loop import resolve_device
+    from ..train.loading import resolve_device
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")

@@ -12,8 +12,9 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import RESUMABLE_CHANGES, TrainConfig, merge_for_resume, read_run_config
 from .evaluate import (EvalResult, SegmentClipsSampler, evaluate_run, flatten_views,
                        load_run_model, predict, save_confusion_png)
-from .loop import (EpochBatchSampler, EpochRecord, TrainCallbacks, Trainer, TrainResult,
-                   build_optimizer, build_scheduler, derive_seed, lr_factor, parameter_groups)
+from .loading import EpochBatchSampler, derive_seed
+from .loop import EpochRecord, TrainCallbacks, Trainer, TrainResult
+from .optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
 from .metrics import (confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy,
                       topk_correct)
 

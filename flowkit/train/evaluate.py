@@ -103,7 +103,7 @@ def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool =
     Returns ``(scores (N, K) float32 CPU, labels (N,) int64, index (N,) int64)`` in loader order.
     The model is put in eval mode and restored to its previous mode afterwards.
     """
-    from .loop import to_device
+    from .loading import to_device
 
     was_training = model.training
     model.eval()
@@ -251,7 +251,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     ``out_dir=False`` to write nothing.
     """
     from ..store import FlowStore
-    from .loop import derive_seed, make_dataset, make_loader, resolve_device
+    from .loading import derive_seed, make_dataset, make_loader, resolve_device
 
     if crops not in (1, 3, 10):
         raise FlowkitError(f"crops must be 1, 3 or 10, got {crops}")

@@ -15,25 +15,20 @@ the RNG states and the running sums of the epoch, and a resumed run skips the ba
 (the shuffle is recomputed, not replayed), so on a deterministic device training N epochs straight
 and stopping/resuming anywhere in between give identical weights and metrics.
 
-The learning rate is set per optimiser step: linear warmup over ``warmup_epochs``, then cosine decay
-to 0, step decay by ``gamma`` at ``milestones`` (epochs), or constant. Weight decay is not applied to
-biases and normalisation parameters (1-D tensors). AMP (``torch.autocast`` float16 + GradScaler) is
+Optimiser and learning-rate schedule: :mod:`flowkit.train.optim`; seeds, splits, datasets and
+loaders: :mod:`flowkit.train.loading`. AMP (``torch.autocast`` float16 + GradScaler) is
 used on CUDA only; gradients are unscaled before ``clip_grad_norm_``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +36,9 @@ from ..errors import FlowkitError
 from .checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import TrainConfig, merge_for_resume, read_run_config
+from .loading import (EpochBatchSampler, derive_seed, keys_digest, make_dataset, make_loader,
+                      make_split, resolve_device, seed_everything, to_device)
+from .optim import build_optimizer, build_scheduler
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -48,220 +46,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 # What --overwrite deletes (only what a run writes; other files in RUN_DIR are left alone).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, "eval")
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed that is a function of ``parts`` (ints/strings), independent across parts:
-    ``derive_seed(seed, epoch, "shuffle")``. Unlike ``seed + epoch`` it never makes seed 0 epoch 1
-    repeat seed 1 epoch 0."""
-    text = "/".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; FlowkitError for an unavailable CUDA device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FlowkitError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FlowkitError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
-# ----------------------------------------------------------------------------------------- batches
-
-class EpochBatchSampler:
-    """Batches of dataset indices for one epoch, shuffled by a generator seeded from (seed, epoch).
-
-    ``set_epoch(epoch, skip=n)`` makes the next iteration yield the epoch's batches from batch ``n``
-    on: the order is recomputed, so a resumed run sees exactly the batches it had not seen. With
-    ``drop_last`` the final incomplete batch is dropped (batch-norm statistics of a 1-clip batch are
-    poor), except when the dataset is smaller than one batch.
-    """
-
-    def __init__(self, size: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True):
-        self.size, self.batch_size = int(size), int(batch_size)
-        self.seed, self.shuffle = int(seed), bool(shuffle)
-        self.drop_last = bool(drop_last) and self.size >= self.batch_size
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = int(epoch), int(skip)
-
-    @property
-    def num_batches(self) -> int:
-        """Batches in a whole epoch (ignoring ``skip``)."""
-        full, rest = divmod(self.size, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
-
-    def batches(self) -> list[list[int]]:
-        """All of the current epoch's batches."""
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, "shuffle"))
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
-        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.num_batches)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches()[self.skip:])
-
-    def __len__(self) -> int:
-        return max(self.num_batches - self.skip, 0)
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a batch dict to ``device`` (non-blocking from pinned memory)."""
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-# ----------------------------------------------------------------------------------------- optimiser
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with ``weight_decay``, biases and normalisation parameters (any 1-D
-    tensor) without it; frozen parameters are left out."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with (non-Nesterov) momentum or AdamW over :func:`parameter_groups`."""
-    groups = parameter_groups(model, config.weight_decay)
-    if not groups:
-        raise FlowkitError(f"model {config.model!r} has no trainable parameters")
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str,
-              milestones: Sequence[int] = (), gamma: float = 0.1) -> float:
-    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
-
-    Warmup rises linearly to 1 over ``warmup_steps`` (``(step + 1) / warmup_steps``); then
-    ``cosine`` decays as ``0.5 (1 + cos(pi * progress))`` with progress from 0 to 1 over the
-    remaining steps, ``step`` multiplies by ``gamma`` at each milestone step passed, ``constant``
-    stays 1.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "cosine":
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    if schedule == "step":
-        return gamma ** sum(step >= m for m in milestones)
-    return 1.0
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per optimiser step, following :func:`lr_factor`.
-
-    Step milestones default to 1/2 and 3/4 of the epochs. The factor is a plain function (not
-    stored in the scheduler's state), so a resumed run with more ``epochs`` follows the new length.
-    """
-    total = config.epochs * steps_per_epoch
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    milestones = config.milestones or (max(config.epochs // 2, 1), max(3 * config.epochs // 4, 1))
-    milestone_steps = [m * steps_per_epoch for m in milestones]
-
-    def factor(step: int) -> float:
-        return lr_factor(step, total_steps=total, warmup_steps=warmup, schedule=config.schedule,
-                         milestones=milestone_steps, gamma=config.gamma)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# ----------------------------------------------------------------------------------------- data
-
-def make_split(store, config: TrainConfig) -> tuple[list[str], list[str], str]:
-    """``(train_keys, val_keys, description)`` from ``split_list``/``val_list`` or ``val_fraction``."""
-    from ..data import split_from_list, stratified_split
-
-    if config.split_list:
-        train = split_from_list(store, config.split_list)
-        val = split_from_list(store, config.val_list) if config.val_list else []
-        source = f"lists {config.split_list}" + (f" / {config.val_list}" if config.val_list else "")
-    elif config.val_fraction > 0:
-        train, val = stratified_split(store, config.val_fraction, seed=config.seed)
-        source = f"stratified val_fraction={config.val_fraction} seed={config.seed}"
-    else:
-        train, val, source = store.keys(), [], "all videos, no validation"
-    train, val = list(train), list(val)
-    overlap = set(train) & set(val)
-    if overlap:
-        raise FlowkitError(f"{len(overlap)} videos are in both the training and validation split "
-                           f"(e.g. {sorted(overlap)[0]}); check --split-list/--val-list")
-    if not train:
-        raise FlowkitError(f"no training videos in store {config.store} ({source})")
-    return train, val, source
-
-
-def keys_digest(keys: Sequence[str]) -> str:
-    """sha1 of the sorted keys, one per line: identifies a split in a few characters."""
-    return hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
-
-
-def train_sampler(config: TrainConfig):
-    from ..data import RandomClipSampler, SegmentSampler
-
-    if config.segments:
-        return SegmentSampler(config.segments, frames=config.frames_per_clip, step=config.step,
-                              random=True)
-    return RandomClipSampler(config.frames_per_clip, step=config.step)
-
-
-def test_sampler(config: TrainConfig, clips: int = 1):
-    """Deterministic sampler of ``clips`` views for validation/evaluation, same clip length as
-    training: evenly spaced clips, or TSN segments at ``clips`` evenly spaced offsets."""
-    from ..data import UniformClipSampler
-
-    if config.segments:
-        from .evaluate import SegmentClipsSampler
-        return SegmentClipsSampler(clips, config.segments, frames=config.frames_per_clip,
-                                   step=config.step)
-    return UniformClipSampler(clips, config.frames_per_clip, step=config.step)
-
-
-def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips: int = 1,
-                 crops: int = 1, views: bool = False):
-    """A ClipDataset of ``keys`` with the inputs (and flow stack) ``model`` needs.
-
-    Raises FlowkitError at once when the store lacks a modality the model needs.
-    """
-    from ..data import ClipDataset, test_transform, train_transform
-
-    if train:
-        sampler = train_sampler(config)
-        transform = train_transform(config.size, scales=config.scales, flip=config.flip)
-    else:
-        sampler = test_sampler(config, clips)
-        transform = test_transform(config.size, crops=crops)
-    kw = {"views": True} if views else {}
-    return ClipDataset(store, keys, inputs=tuple(model.inputs), sampler=sampler,
-                       transform=transform, flow_name=config.flow_name,
-                       flow_stack=int(model.flow_stack), seed=config.seed, **kw)
-
-
-def make_loader(dataset, *, batch_sampler=None, batch_size: int = 1, workers: int = 0,
-                device: torch.device, seed: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader whose own seed comes from ``seed`` (so creating it never draws from the global
-    RNG, which dropout uses) and whose workers are not persistent (each epoch's workers copy the
-    dataset after ``set_epoch``)."""
-    g = torch.Generator().manual_seed(seed)
-    kw: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda", generator=g)
-    if batch_sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kw)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -647,20 +431,8 @@ class Trainer:
         self._save(LAST, state, optimizer, scheduler, scaler, steps_per_epoch)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed the global torch (all devices), numpy and Python RNGs."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def initialise_from_file(model: nn.Module, path: str) -> dict:
-    """Load torchvision-format ResNet weights into ``model`` with the backbone module's loader
-    (inflation to 3D, cross-modality first conv); returns its report."""
-    try:
-        from ..models import init as model_init
-    except ImportError:
-        raise FlowkitError("--init needs flowkit.models.init, which this flowkit lacks") from None
-    loader = getattr(model_init, "init_from_file", None) or getattr(model_init,
-                                                                    "load_torchvision_resnet")
-    return loader(model, path)
+    """Load torchvision-format ResNet weights into ``model`` (inflation to 3D, cross-modality first
+    conv; see :func:`flowkit.models.init.init_from_file`); returns its report."""
+    from ..models.init import init_from_file
+    return init_from_file(model, path)

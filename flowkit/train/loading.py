@@ -1,0 +1,171 @@
+"""What feeds :class:`flowkit.train.Trainer`: seeds, device, splits, datasets, batches, loaders.
+
+Every random choice is a function of (seed, epoch, ...) through :func:`derive_seed`, so batches do
+not depend on the worker count and a resumed run sees exactly the batches it had not seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import FlowkitError
+from .config import TrainConfig
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed that is a function of ``parts`` (ints/strings), independent across parts:
+    ``derive_seed(seed, epoch, "shuffle")``. Unlike ``seed + epoch`` it never makes seed 0 epoch 1
+    repeat seed 1 epoch 0."""
+    text = "/".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; FlowkitError for an unavailable CUDA device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FlowkitError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FlowkitError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global torch (all devices), numpy and Python RNGs."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class EpochBatchSampler:
+    """Batches of dataset indices for one epoch, shuffled by a generator seeded from (seed, epoch).
+
+    ``set_epoch(epoch, skip=n)`` makes the next iteration yield the epoch's batches from batch ``n``
+    on: the order is recomputed, so a resumed run sees exactly the batches it had not seen. With
+    ``drop_last`` the final incomplete batch is dropped (batch-norm statistics of a 1-clip batch are
+    poor), except when the dataset is smaller than one batch.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True):
+        self.size, self.batch_size = int(size), int(batch_size)
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.drop_last = bool(drop_last) and self.size >= self.batch_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(skip)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches in a whole epoch (ignoring ``skip``)."""
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def batches(self) -> list[list[int]]:
+        """All of the current epoch's batches."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, "shuffle"))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.num_batches)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches()[self.skip:])
+
+    def __len__(self) -> int:
+        return max(self.num_batches - self.skip, 0)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a batch dict to ``device`` (non-blocking from pinned memory)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def make_split(store, config: TrainConfig) -> tuple[list[str], list[str], str]:
+    """``(train_keys, val_keys, description)`` from ``split_list``/``val_list`` or ``val_fraction``."""
+    from ..data import split_from_list, stratified_split
+
+    if config.split_list:
+        train = split_from_list(store, config.split_list)
+        val = split_from_list(store, config.val_list) if config.val_list else []
+        source = f"lists {config.split_list}" + (f" / {config.val_list}" if config.val_list else "")
+    elif config.val_fraction > 0:
+        train, val = stratified_split(store, config.val_fraction, seed=config.seed)
+        source = f"stratified val_fraction={config.val_fraction} seed={config.seed}"
+    else:
+        train, val, source = store.keys(), [], "all videos, no validation"
+    train, val = list(train), list(val)
+    overlap = set(train) & set(val)
+    if overlap:
+        raise FlowkitError(f"{len(overlap)} videos are in both the training and validation split "
+                           f"(e.g. {sorted(overlap)[0]}); check --split-list/--val-list")
+    if not train:
+        raise FlowkitError(f"no training videos in store {config.store} ({source})")
+    return train, val, source
+
+
+def keys_digest(keys: Sequence[str]) -> str:
+    """sha1 of the sorted keys, one per line: identifies a split in a few characters."""
+    return hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
+
+
+def train_sampler(config: TrainConfig):
+    from ..data import RandomClipSampler, SegmentSampler
+
+    if config.segments:
+        return SegmentSampler(config.segments, frames=config.frames_per_clip, step=config.step,
+                              random=True)
+    return RandomClipSampler(config.frames_per_clip, step=config.step)
+
+
+def test_sampler(config: TrainConfig, clips: int = 1):
+    """Deterministic sampler of ``clips`` views for validation/evaluation, same clip length as
+    training: evenly spaced clips, or TSN segments at ``clips`` evenly spaced offsets."""
+    from ..data import UniformClipSampler
+
+    if config.segments:
+        from .evaluate import SegmentClipsSampler
+        return SegmentClipsSampler(clips, config.segments, frames=config.frames_per_clip,
+                                   step=config.step)
+    return UniformClipSampler(clips, config.frames_per_clip, step=config.step)
+
+
+def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips: int = 1,
+                 crops: int = 1, views: bool = False):
+    """A ClipDataset of ``keys`` with the inputs (and flow stack) ``model`` needs.
+
+    Raises FlowkitError at once when the store lacks a modality the model needs.
+    """
+    from ..data import ClipDataset, test_transform, train_transform
+
+    if train:
+        sampler = train_sampler(config)
+        transform = train_transform(config.size, scales=config.scales, flip=config.flip)
+    else:
+        sampler = test_sampler(config, clips)
+        transform = test_transform(config.size, crops=crops)
+    kw = {"views": True} if views else {}
+    return ClipDataset(store, keys, inputs=tuple(model.inputs), sampler=sampler,
+                       transform=transform, flow_name=config.flow_name,
+                       flow_stack=int(model.flow_stack), seed=config.seed, **kw)
+
+
+def make_loader(dataset, *, batch_sampler=None, batch_size: int = 1, workers: int = 0,
+                device: torch.device, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader whose own seed comes from ``seed`` (so creating it never draws from the global
+    RNG, which dropout uses) and whose workers are not persistent (each epoch's workers copy the
+    dataset after ``set_epoch``)."""
+    g = torch.Generator().manual_seed(seed)
+    kw: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda", generator=g)
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kw)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
