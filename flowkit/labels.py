@@ -29,6 +29,25 @@ class VideoItem:
     label_name: str
 
 
+@dataclass(frozen=True)
+class SplitEntry:
+    """One line of a UCF101-style split list: ``relative`` path, 1-based ``label`` or None."""
+
+    lineno: int
+    relative: PurePosixPath
+    label: int | None
+
+    @property
+    def key(self) -> str:
+        """The video's store key (path without extension)."""
+        return _key(self.relative)
+
+    @property
+    def class_folder(self) -> str:
+        """The first directory of the path ("" for a video at the root)."""
+        return _class_of(self.relative)
+
+
 def _key(relative: PurePosixPath) -> str:
     return relative.with_suffix("").as_posix()
 
@@ -131,6 +150,19 @@ def _parse_split_line(list_file: Path, lineno: int,
     return relative, int(fields[1])
 
 
+def parse_split_list(list_file: str | os.PathLike) -> list[SplitEntry]:
+    """The entries of a UCF101-style split list, in order, as written (no class list needed).
+
+    Lines are ``<class>/<video>.<ext> [label]``; blank lines and ``#`` comments are skipped. Raises
+    :class:`FlowkitError` naming the file and line for a missing file or a malformed line.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FlowkitError(f"split list {list_file} does not exist")
+    return [SplitEntry(lineno, *_parse_split_line(list_file, lineno, fields))
+            for lineno, fields in _lines(list_file)]
+
+
 def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
                     class_index: str | os.PathLike | None = None) -> tuple[list[VideoItem], list[str]]:
     """Videos of a UCF101-style split list, in list order, and the class names.
@@ -143,10 +175,7 @@ def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
     file and line; listed videos missing on disk are returned anyway (extraction reports them).
     """
     list_file, root = Path(list_file), Path(root)
-    if not list_file.is_file():
-        raise FlowkitError(f"split list {list_file} does not exist")
-    parsed = [(lineno, *_parse_split_line(list_file, lineno, fields))
-              for lineno, fields in _lines(list_file)]
+    parsed = [(e.lineno, e.relative, e.label) for e in parse_split_list(list_file)]
     if class_index is None and (list_file.parent / CLASS_INDEX).is_file():
         class_index = list_file.parent / CLASS_INDEX
     classes = (read_class_index(class_index) if class_index is not None

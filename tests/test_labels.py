@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from flowkit.errors import FlowkitError
-from flowkit.labels import VideoItem, read_class_index, read_split_list, scan_videos
+from flowkit.labels import (VideoItem, parse_split_list, read_class_index, read_split_list,
+                            scan_videos)
 
 
 def touch(root: Path, *relatives: str) -> None:
@@ -117,3 +118,17 @@ def test_class_index_errors(tmp_path):
         read_class_index(bad)
     with pytest.raises(FlowkitError, match="does not exist"):
         read_split_list(tmp_path / "nolist.txt", tmp_path)
+
+
+def test_parse_split_list_entries(tmp_path):
+    lst = tmp_path / "trainlist01.txt"
+    lst.write_text("\ufeff# header\nPan/v_Pan_g01_c01.avi 2\n\nZoom\\v_Zoom_g02_c01.mp4\nloose.mp4 1\n")
+    entries = parse_split_list(lst)
+    assert [(e.lineno, e.key, e.class_folder, e.label) for e in entries] == [
+        (2, "Pan/v_Pan_g01_c01", "Pan", 2), (4, "Zoom/v_Zoom_g02_c01", "Zoom", None),
+        (5, "loose", "", 1)]
+    lst.write_text("Pan/a.avi 1\nPan/b.avi zero\n")
+    with pytest.raises(FlowkitError, match=r"trainlist01.txt:2: label 'zero'"):
+        parse_split_list(lst)
+    with pytest.raises(FlowkitError, match="does not exist"):
+        parse_split_list(tmp_path / "missing.txt")

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FlowkitError
-from ..labels import _class_of, _key, _lines, _parse_split_line
+from ..labels import parse_split_list
 from ..store import FlowStore
 
 MAX_LISTED = 5  # error messages name at most this many keys
@@ -65,17 +65,14 @@ def split_from_list(store: FlowStore | str | os.PathLike,
     that are not in the store (naming up to five of them).
     """
     store, list_file = as_store(store), Path(list_file)
-    if not list_file.is_file():
-        raise FlowkitError(f"split list {list_file} does not exist")
     keys, where = [], {}
-    for lineno, fields in _lines(list_file):
-        relative, label = _parse_split_line(list_file, lineno, fields)
-        key = _key(relative)
+    for entry in parse_split_list(list_file):
+        key, lineno = entry.key, entry.lineno
         if key in where:
             raise FlowkitError(f"{list_file}:{lineno}: video {key!r} is listed twice (first "
                                f"at line {where[key]})")
-        if label is not None:
-            _check_list_label(store, f"{list_file}:{lineno}", _class_of(relative), label)
+        if entry.label is not None:
+            _check_list_label(store, f"{list_file}:{lineno}", entry.class_folder, entry.label)
         where[key] = lineno
         keys.append(key)
     if not keys:
