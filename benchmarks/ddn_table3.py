@@ -13,7 +13,6 @@ The cost volume is computed once per scale and batch; every tau reuses it (the e
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shlex
 import sys
@@ -25,21 +24,16 @@ import torch
 
 import flowkit
 from flowkit.bench import epe_map, synthetic_pairs
+from flowkit.bench.harness import machine_info
 
 KINDS = ("small", "translation", "smooth")
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical CPUs visible, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}, "
-            f"load average {load:.1f} at start")
+    m = machine_info()
+    return (f"{m['cpu']}, {m['cores']} logical CPUs visible, torch {torch.__version__} with "
+            f"{m['torch_threads']} threads, Python {platform.python_version()}, "
+            f"load average {m['loadavg_1m']} at start")
 
 
 def _stack(pairs, attr):
