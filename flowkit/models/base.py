@@ -24,6 +24,15 @@ from ..errors import FlowkitError
 MODALITIES = ("rgb", "flow")
 
 
+def modality_channels(modality: str, flow_stack: int) -> int:
+    """Input channels of a stream: 3 for ``rgb``, ``2 * flow_stack`` for ``flow``."""
+    if modality not in MODALITIES:
+        raise FlowkitError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    if int(flow_stack) < 1:
+        raise FlowkitError(f"flow_stack must be >= 1, got {flow_stack}")
+    return 3 if modality == "rgb" else 2 * int(flow_stack)
+
+
 class VideoClassifier(nn.Module):
     """Base class of the registered classifiers.
 
@@ -41,6 +50,14 @@ class VideoClassifier(nn.Module):
         self.inputs: tuple[str, ...] = ("rgb",)
         self.flow_stack: int = 1
         self.model_kwargs: dict = {}
+
+    def set_stream(self, modality: str, flow_stack: int = 1) -> None:
+        """Make this a one-stream model on ``modality``: sets ``modality``, ``inputs``,
+        ``flow_stack`` and ``channels`` (3 for rgb, 2L for L stacked flows)."""
+        self.channels = modality_channels(modality, flow_stack)
+        self.modality = modality
+        self.inputs = (modality,)
+        self.flow_stack = int(flow_stack)
 
     def backbones(self) -> list[nn.Module]:
         """The ResNet backbones ``--init FILE`` initialises (default: ``self.backbone``)."""

@@ -62,7 +62,7 @@ from torch import nn
 from ..errors import FlowkitError
 from .base import VideoClassifier
 from .registry import register_model
-from .resnet import ResNet2d, clip_input, modality_channels
+from .resnet import ResNet2d, clip_input
 from .resnet3d import ResNet3d
 
 DIRECTIONS = ("bi", "uni", "none")
@@ -226,10 +226,7 @@ class CIDCNet(VideoClassifier):
                  layers: Optional[Sequence[int]] = None, cidc_channels: Optional[int] = None,
                  dropout: float = 0.0):
         super().__init__(num_classes)
-        self.modality = modality
-        self.channels = modality_channels(modality, flow_stack)
-        self.inputs = (modality,)
-        self.flow_stack = int(flow_stack)
+        self.set_stream(modality, flow_stack)
         self.frames = int(frames)
         if self.frames < 1:
             raise FlowkitError(f"cidc: frames must be >= 1, got {frames}")

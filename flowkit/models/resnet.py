@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import FlowkitError
-from .base import MODALITIES, VideoClassifier
+from .base import VideoClassifier
 from .registry import register_model
 
 # depth -> (block kind, blocks per stage), as in torchvision.
@@ -61,15 +61,6 @@ def resnet_layout(depth: int, layers: Sequence[int] | None = None,
 def stage_channels_of(kind: str, width: int) -> tuple[int, int, int, int]:
     """Output channels of the 4 stages: ``width * 2**i * expansion``."""
     return tuple(width * 2 ** i * EXPANSION[kind] for i in range(4))  # type: ignore[return-value]
-
-
-def modality_channels(modality: str, flow_stack: int) -> int:
-    """Input channels of a stream: 3 for ``rgb``, ``2 * flow_stack`` for ``flow``."""
-    if modality not in MODALITIES:
-        raise FlowkitError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-    if int(flow_stack) < 1:
-        raise FlowkitError(f"flow_stack must be >= 1, got {flow_stack}")
-    return 3 if modality == "rgb" else 2 * int(flow_stack)
 
 
 def clip_input(model: VideoClassifier, inputs: dict[str, torch.Tensor], modality: str,
@@ -258,10 +249,7 @@ class ResNet2dClassifier(VideoClassifier):
                  layers: Sequence[int] | None = None, modality: str = "rgb", flow_stack: int = 1,
                  dropout: float = 0.0):
         super().__init__(num_classes)
-        self.modality = modality
-        self.channels = modality_channels(modality, flow_stack)
-        self.inputs = (modality,)
-        self.flow_stack = int(flow_stack)
+        self.set_stream(modality, flow_stack)
         self.backbone = ResNet2d(depth, self.channels, width, layers)
         self.dropout = nn.Dropout(float(dropout))
         self.fc = nn.Linear(self.backbone.stage_channels[-1], self.num_classes)

@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import FlowkitError
 from .base import VideoClassifier
 from .registry import register_model
-from .resnet import clip_input, init_resnet_weights, modality_channels, resnet_layout, stage_channels_of
+from .resnet import clip_input, init_resnet_weights, resnet_layout, stage_channels_of
 
 KINDS = ("separable", "inflated")
 TEMPORAL_INITS = ("default", "identity")
@@ -276,10 +276,7 @@ class ResNet3dClassifier(VideoClassifier):
                  dropout: float = 0.0, kind: str = "separable", temporal_init: str = "default",
                  **backbone_kw):
         super().__init__(num_classes)
-        self.modality = modality
-        self.channels = modality_channels(modality, flow_stack)
-        self.inputs = (modality,)
-        self.flow_stack = int(flow_stack)
+        self.set_stream(modality, flow_stack)
         self.backbone = ResNet3d(depth, self.channels, width, layers, kind=kind,
                                  temporal_init=temporal_init, **backbone_kw)
         self.dropout = nn.Dropout(float(dropout))

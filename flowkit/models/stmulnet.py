@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FlowkitError
-from .base import VideoClassifier
+from .base import VideoClassifier, modality_channels
 from .registry import register_model
-from .resnet import clip_input, modality_channels
+from .resnet import clip_input
 from .resnet3d import ResNet3d
 
 GATINGS = ("multiplicative", "additive", "none")
