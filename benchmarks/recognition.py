@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import json
 import os
 import shlex
@@ -111,6 +112,7 @@ def _flowkit(args: list[str], log: Path, threads: int = 1) -> str:
     return proc.stdout
 
 
+@functools.cache
 def make_store(work: Path, name: str, videos_per_class: int, log: Path) -> tuple[Path, Path, dict]:
     """Toy videos + TV-L1 store for toy set ``name``; reused when already there. -> (videos, store, toy.json)."""
     videos, store = work / f"toy_{name}", work / f"store_{name}"

@@ -11,6 +11,11 @@ from . import handle_errors
 from .options import parse_size
 
 
+def _presets(param: str) -> str:
+    """``"easy 0, default 3, hard 10"``: ``param`` in each difficulty preset, for --help."""
+    return ", ".join(f"{name} {values[param]:g}" for name, values in DIFFICULTIES.items())
+
+
 @click.command("toy")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--classes", default=",".join(DEFAULT_CLASSES), show_default=True,
@@ -23,17 +28,13 @@ from .options import parse_size
               show_default=True,
               help="Preset for noise, motion, distractors and contrast; the options below override it.")
 @click.option("--noise", type=float, default=None,
-              help="Per-pixel Gaussian noise std, 0-255 units [preset: "
-                   + ", ".join(f"{k} {v['noise']:g}" for k, v in DIFFICULTIES.items()) + "].")
+              help="Per-pixel Gaussian noise std, 0-255 units [preset: " + _presets("noise") + "].")
 @click.option("--motion", type=float, default=None,
-              help="Base speed in pixels/frame [preset: "
-                   + ", ".join(f"{k} {v['motion']:g}" for k, v in DIFFICULTIES.items()) + "].")
+              help="Base speed in pixels/frame [preset: " + _presets("motion") + "].")
 @click.option("--distractors", type=int, default=None,
-              help="Randomly moving objects per video [preset: "
-                   + ", ".join(f"{k} {v['distractors']}" for k, v in DIFFICULTIES.items()) + "].")
+              help="Randomly moving objects per video [preset: " + _presets("distractors") + "].")
 @click.option("--contrast", type=float, default=None,
-              help="Texture contrast in (0, 1] [preset: "
-                   + ", ".join(f"{k} {v['contrast']:g}" for k, v in DIFFICULTIES.items()) + "].")
+              help="Texture contrast in (0, 1] [preset: " + _presets("contrast") + "].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--test-fraction", default=0.25, show_default=True,
               help="Held-out videos per class for trainlist01.txt/testlist01.txt; 0 writes no lists.")
