@@ -11,7 +11,7 @@ DEMO_TRAIN = --model-arg modality=flow --model-arg width=8 --model-arg 'layers=[
 	--frames 16 --size 48 --no-flip --optimizer adamw --lr 0.003 --weight-decay 0.01 \
 	--warmup-epochs 1 --epochs 24 --workers 0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run_benchmarks.py
+
+# On a GPU machine (no install needed, PyAV optional): OUT=dir make gpu-check
+gpu-check:
+	OUT=$${OUT:-gpu_check_out} benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache

@@ -1,10 +1,11 @@
 """Video folder -> motion engine -> store: the extraction pipeline behind ``flowkit extract``.
 
-Per video: frames are streamed from the decoder in chunks of ``batch`` frames; each chunk (with the
-last frame of the previous chunk) forms ``batch`` consecutive pairs, one engine call; RGB frames and
-flow are appended to the video's partial file, which the store renames only once the whole video is
-written. So memory is bounded by one chunk whatever the video's length, a crash loses at most the
-videos in progress, and rerunning the same command skips every finished video (resume).
+Frames are streamed from the decoders in chunks; consecutive-frame pairs, from as many videos as it
+takes, fill batches of ``batch`` pairs, one engine call each (:mod:`flowkit.feed`: decoding runs
+ahead in threads, a thread writes the store behind). RGB frames and flow are appended to each
+video's partial file, which the store renames only once the whole video is written. So memory is
+bounded by a few chunks whatever the videos' lengths, a crash loses at most the videos in progress,
+and rerunning the same command skips every finished video (resume).
 
 One bad video never stops a run: its error becomes one line in the summary. Sharding (``RANK`` /
 ``WORLD_SIZE`` as set by torchrun, or ``shard=(i, n)``) splits the video list; all shards write into
@@ -19,17 +20,23 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import FlowkitError, VideoError
+from . import feed
+from .errors import FlowkitError
+from .feed import VideoResult
 from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
 from .store import FLOW_DTYPES, FlowStore, StoreError
-from .video import iter_frames, output_size, probe
+from .video import output_size
+
+# Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
+# (and TV-L1 drops finished pairs), a GPU needs many pairs per launch to be busy.
+DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
 
 
 @dataclass
@@ -38,6 +45,7 @@ class ExtractConfig:
     method: str = "tvl1"
     engine_params: dict = field(default_factory=dict)
     device: str = "cpu"
+    backend: str = "auto"
     compile: bool = False
     size: int | tuple[int, int] | None = None
     step: int = 1
@@ -45,8 +53,9 @@ class ExtractConfig:
     flow_dtype: str = "float16"
     flow_bound: float = 20.0
     rgb: bool = True
-    batch: int = 8
+    batch: int | None = None
     workers: int = 1
+    prefetch: int = 2
 
     def __post_init__(self):
         if self.flow_dtype not in FLOW_DTYPES:
@@ -58,25 +67,16 @@ class ExtractConfig:
             output_size(64, 64, self.size)
         except (TypeError, ValueError, FlowkitError) as exc:
             raise FlowkitError(f"invalid size {self.size!r}: {exc}") from None
+        if self.batch is None:
+            self.batch = DEFAULT_BATCH["cuda" if str(self.device).startswith("cuda") else "cpu"]
         if self.batch < 1:
             raise FlowkitError(f"batch must be >= 1, got {self.batch}")
+        if self.prefetch < 0:
+            raise FlowkitError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.step < 1:
             raise FlowkitError(f"step must be >= 1, got {self.step}")
         if self.workers < 1:
             raise FlowkitError(f"workers must be >= 1, got {self.workers}")
-
-
-@dataclass
-class VideoResult:
-    """Outcome of one video: ``status`` is "done", "skipped" (already in the store) or "failed"."""
-    key: str
-    source: str
-    status: str
-    reason: str = ""
-    frames: int = 0
-    pairs: int = 0
-    size: tuple[int, int] | None = None
-    seconds: float = 0.0
 
 
 @dataclass
@@ -86,6 +86,7 @@ class ExtractSummary:
     results: list[VideoResult]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    backend: str = "torch"
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -95,7 +96,8 @@ class ExtractSummary:
         return sum(r.pairs for r in self.results if r.status == "done")
 
     def to_dict(self) -> dict:
-        return {"store": self.store, "method": self.method, "seconds": round(self.seconds, 3),
+        return {"store": self.store, "method": self.method, "backend": self.backend,
+                "seconds": round(self.seconds, 3),
                 "done": self.count("done"), "skipped": self.count("skipped"),
                 "failed": self.count("failed"), "pairs": self.pairs,
                 "pairs_per_s": round(self.pairs / self.seconds, 3) if self.seconds > 0 else None,
@@ -128,67 +130,23 @@ def _device_for_rank(device: str) -> str:
 
 def build_engine(config: ExtractConfig) -> FlowEngine:
     params = dict(config.engine_params)
+    accepted = inspect.signature(engine_class(config.method)).parameters
     # compile is an execution option of engines that have one (tvl1); others ignore it.
-    if config.compile and "compile" in inspect.signature(engine_class(config.method)).parameters:
+    if config.compile and "compile" in accepted:
         params["compile"] = True
+    if "backend" in accepted:
+        params["backend"] = config.backend
+    elif config.backend not in ("auto", "torch"):
+        raise FlowkitError(f"engine {config.method!r} has no CuPy kernels; use --backend torch "
+                           "(or auto)")
     return create_engine(config.method, device=_device_for_rank(config.device), **params)
 
 
-def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Stack an iterator of frames into arrays of up to ``size`` frames."""
-    chunk: list[np.ndarray] = []
-    for frame in frames:
-        chunk.append(frame)
-        if len(chunk) == size:
-            yield np.stack(chunk)
-            chunk = []
-    if chunk:
-        yield np.stack(chunk)
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, 3)`` uint8 -> ``(N, 3, H, W)`` uint8 tensor (no copy until the engine moves it)."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2)
-
-
-def extract_video(item: VideoItem, store: FlowStore, engine: FlowEngine, config: ExtractConfig,
-                  on_pairs: Callable[[int], None] | None = None) -> VideoResult:
-    """Decode one video, compute its flow, and commit it to the store. Raises VideoError and
-    friends; the caller turns them into a failed result."""
-    start = time.perf_counter()
-    info = probe(item.path)
-    frames = iter_frames(item.path, size=config.size, step=config.step,
-                         max_frames=config.max_frames, threads=1 if config.workers > 1 else 0)
-    n_frames = n_pairs = 0
-    size = None
-    # A video finished by another engine keeps its frames and flows; this engine's flow is added.
-    existing = _finished_meta(store, item.key)
-    extend = existing is not None
-    store_rgb = config.rgb and not (extend and existing["has_rgb"])
-    with store.writer(item.key, source=item.path, fps=info.fps / config.step, label=item.label,
-                      label_name=item.label_name, source_size=(info.height, info.width),
-                      step=config.step, flow_dtype=config.flow_dtype,
-                      flow_bound=config.flow_bound, extend=extend) as writer:
-        previous = None
-        for chunk in _chunks(frames, config.batch):
-            _check_stop()
-            size = chunk.shape[1:3]
-            if store_rgb:
-                writer.append_rgb(chunk)
-            sequence = chunk if previous is None else np.concatenate([previous[None], chunk])
-            if len(sequence) >= 2:
-                batch = _to_tensor(sequence)
-                flow = engine(batch[:-1], batch[1:])
-                writer.append_flow(config.method, flow.float().cpu().numpy(), engine.describe())
-                n_pairs += len(sequence) - 1
-                if on_pairs:
-                    on_pairs(len(sequence) - 1)
-            previous = chunk[-1]
-            n_frames += len(chunk)
-        if n_frames < 2:
-            raise VideoError(f"{item.path}: only {n_frames} frame(s) decoded; flow needs at least 2")
-    return VideoResult(item.key, str(item.path), "done", frames=n_frames, pairs=n_pairs,
-                       size=tuple(int(s) for s in size), seconds=time.perf_counter() - start)
+def feed_options(config: ExtractConfig, workers: int = 1) -> feed.FeedOptions:
+    return feed.FeedOptions(method=config.method, size=config.size, step=config.step,
+                            max_frames=config.max_frames, flow_dtype=config.flow_dtype,
+                            flow_bound=config.flow_bound, rgb=config.rgb, batch=config.batch,
+                            prefetch=config.prefetch, decode_threads=1 if workers > 1 else 0)
 
 
 def _finished_meta(store: FlowStore, key: str) -> dict | None:
@@ -202,15 +160,16 @@ def _finished_meta(store: FlowStore, key: str) -> dict | None:
         return None
 
 
-def _safe_extract(item, store, engine, config, on_pairs=None) -> VideoResult:
-    """:func:`extract_video` with one bad video turned into a failed result, never an abort."""
-    try:
-        return extract_video(item, store, engine, config, on_pairs)
-    except (FlowkitError, OSError, RuntimeError, ValueError) as exc:
-        reason = str(exc)
-        if not isinstance(exc, FlowkitError) or str(item.path) not in reason:
-            reason = f"{item.path}: {type(exc).__name__}: {exc}"
-        return VideoResult(item.key, str(item.path), "failed", reason=reason)
+def extract_items(items: Sequence[VideoItem], store: FlowStore, engine: FlowEngine,
+                  config: ExtractConfig, on_pairs=None, workers: int = 1,
+                  metas: dict[str, dict | None] | None = None) -> Iterable[VideoResult]:
+    """One :class:`VideoResult` per item (completion order): the feed of :mod:`flowkit.feed` with
+    this run's options and stop flag. ``metas``: the items' finished metadata when already read."""
+    def finished_meta(key: str) -> dict | None:
+        return metas[key] if metas is not None and key in metas else _finished_meta(store, key)
+
+    return feed.run(items, store, engine, feed_options(config, workers),
+                    finished_meta=finished_meta, should_stop=_check_stop, on_pairs=on_pairs)
 
 
 # Set by the CLI's SIGINT handler: stop at the next chunk boundary, through the normal clean-up.
@@ -241,7 +200,9 @@ def _worker_init(store_path: str, config: ExtractConfig, threads: int) -> None:
 
 
 def _worker_run(item: VideoItem) -> VideoResult:
-    return _safe_extract(item, _worker["store"], _worker["engine"], _worker["config"])
+    (result,) = extract_items([item], _worker["store"], _worker["engine"], _worker["config"],
+                              workers=2)
+    return result
 
 
 def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: ExtractConfig, *,
@@ -267,13 +228,14 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     # Built before the store exists, so bad parameters fail once and leave nothing behind; worker
     # processes build their own.
     engine = build_engine(config)
+    backend = engine.backend
     if config.workers > 1:
         engine = None
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
-    todo, results = [], []
+    todo, results, metas = [], [], {}
     for item in items:
-        meta = _finished_meta(store, item.key)
+        meta = metas[item.key] = _finished_meta(store, item.key)
         if meta is not None and config.method in meta["flows"]:
             results.append(VideoResult(item.key, str(item.path), "skipped",
                                        reason=f"already in the store with flow/{config.method}"))
@@ -283,24 +245,23 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         progress.start(len(items))
         for r in results:
             progress.video_done(r)
-    for result in _run(todo, store, engine, config, progress):
+    for result in _run(todo, store, engine, config, progress, metas):
         results.append(result)
         if progress:
             progress.video_done(result)
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
-    summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started)
+    summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started,
+                             backend=backend)
     summary.notes = _size_notes(results, config)
     return summary
 
 
 def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,
-         progress) -> Iterable[VideoResult]:
+         progress, metas: dict) -> Iterable[VideoResult]:
     on_pairs = progress.pairs if progress else None
     if config.workers == 1:
-        for item in todo:
-            _check_stop()
-            yield _safe_extract(item, store, engine, config, on_pairs)
+        yield from extract_items(todo, store, engine, config, on_pairs, metas=metas)
         return
     threads = max(1, torch.get_num_threads() // config.workers)
     # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.

@@ -177,7 +177,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def _engine_record(engine: Any, name: str) -> dict[str, Any]:
-    """Validate an engine description ``{"engine", "version", "params"}``; params as JSON text."""
+    """Validate an engine description ``{"engine", "version", "params"}`` (and the optional
+    ``"backend"`` it computed with); params as JSON text."""
     if not isinstance(engine, dict) or not {"engine", "version", "params"} <= set(engine):
         raise StoreError(f"flow {name!r}: engine must be a dict with keys 'engine', 'version' and "
                          f"'params' (FlowEngine.describe() returns one), got {engine!r}")
@@ -185,8 +186,11 @@ def _engine_record(engine: Any, name: str) -> dict[str, Any]:
         params = json.dumps(engine["params"], sort_keys=True, default=_json_default)
     except TypeError as e:
         raise StoreError(f"flow {name!r}: engine params are not JSON-serialisable: {e}") from None
-    return {"engine": str(engine["engine"]), "engine_version": str(engine["version"]),
-            "params": params}
+    record = {"engine": str(engine["engine"]), "engine_version": str(engine["version"]),
+              "params": params}
+    if engine.get("backend") is not None:
+        record["backend"] = str(engine["backend"])
+    return record
 
 
 def _as_numpy(array: Any) -> np.ndarray:
@@ -403,7 +407,7 @@ class VideoWriter:
             return {}
         record = _engine_record(engine, name)
         if exists:
-            stored = {k: _py(self._file[f"flow/{name}"].attrs[k]) for k in record}
+            stored = {k: _py(self._file[f"flow/{name}"].attrs.get(k)) for k in record}
             if stored != record:
                 raise StoreError(f"video {self.key!r}: flow {name!r} was started with engine "
                                  f"{stored} and continued with {record}")
@@ -810,6 +814,7 @@ def _video_facts(path: Path) -> dict[str, Any] | None:
                     quant = f"uint8 (bound {float(d['bound']):g})"
                 flows[name] = {"pairs": ds.shape[0], "engine": _py(d["engine"]),
                                "version": _py(d["engine_version"]), "params": _py(d["params"]),
+                               "backend": _py(d.get("backend", "torch")),
                                "quantization": quant}
             return {"frames": int(a["frame_count"]), "size": f"{int(a['height'])}x{int(a['width'])}",
                     "rgb_frames": f["rgb"].shape[0] if "rgb" in f else 0, "flows": flows}
@@ -843,6 +848,7 @@ class _SummaryStats:
         self.pairs: Counter = Counter()
         self.engines: dict[str, Counter] = {}
         self.quant: dict[str, set] = {}
+        self.backends: dict[str, set] = {}
         self.sizes: Counter = Counter()
 
     def add(self, path: Path, nbytes: int, facts: dict[str, Any] | None) -> None:
@@ -859,6 +865,7 @@ class _SummaryStats:
             config = (flow["engine"], flow["version"], flow["params"])
             self.engines.setdefault(name, Counter())[config] += 1
             self.quant.setdefault(name, set()).add(flow["quantization"])
+            self.backends.setdefault(name, set()).add(flow.get("backend", "torch"))
 
     def result(self) -> dict[str, Any]:
         engines, warnings = {}, []
@@ -877,6 +884,7 @@ class _SummaryStats:
                 "flow_pairs": dict(sorted(self.pairs.items())), "bytes": self.bytes,
                 "engines": engines,
                 "quantization": {n: sorted(q) for n, q in sorted(self.quant.items())},
+                "backends": {n: sorted(b) for n, b in sorted(self.backends.items())},
                 "sizes": dict(self.sizes.most_common()), "unreadable": len(self.unreadable),
                 "warnings": warnings}
 

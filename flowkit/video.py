@@ -18,7 +18,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import av
 import cv2
 import numpy as np
 
@@ -74,6 +73,17 @@ def _fail(path: str | os.PathLike, cause: str) -> VideoError:
     return VideoError(f"{os.fspath(path)}: {cause}")
 
 
+def _av():
+    """PyAV, imported on first use: ``import flowkit`` and everything that decodes no video (the
+    engines, the store, ``flowkit benchmark``, the GPU check) work without it."""
+    try:
+        import av
+    except ImportError:
+        raise VideoError("decoding and encoding video needs PyAV, which is not installed: "
+                         "pip install av") from None
+    return av
+
+
 def _ffmpeg_reason(err: Exception) -> str:
     """The useful part of a PyAV/ffmpeg error: its strerror, without the errno and file echo."""
     return getattr(err, "strerror", None) or str(err) or type(err).__name__
@@ -95,6 +105,7 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.vide
         raise _fail(path, "is a directory, not a video file")
     if size == 0:
         raise _fail(path, "empty file (0 bytes)")
+    av = _av()
     try:
         container = av.open(os.fspath(path), mode="r")
     except av.error.InvalidDataError:
@@ -140,7 +151,7 @@ def _stream_duration(container, stream) -> float | None:
     """Duration in seconds: the video stream's own if recorded, else the container's."""
     duration = _video_duration(stream)
     if duration is None and container.duration is not None:
-        duration = container.duration / av.time_base
+        duration = container.duration / _av().time_base
     return duration
 
 
@@ -267,6 +278,7 @@ def iter_frames(
     """
     _check_args(step, max_frames)
     container, stream = _open(path)
+    av = _av()
     with container:
         # Frame + slice threading: several times faster on multi-core machines for h264/hevc; the
         # added latency of frame threading is irrelevant when streaming a whole file. Frame threads
@@ -402,6 +414,7 @@ def write_video(
     first = _as_rgb(first, None, path)
     height, width = first.shape[:2]
     candidates = [codec] if codec else _default_codec(path)
+    av = _av()
     for i, name in enumerate(candidates):
         container = av.open(os.fspath(path), mode="w")
         try:

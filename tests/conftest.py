@@ -1,11 +1,14 @@
-"""Fixtures shared by flowkit's tests: sample video folders (good and broken) and the `gpu` skip."""
+"""Fixtures shared by flowkit's tests: sample video folders (good and broken) and the `gpu` skip.
+
+Nothing here imports PyAV at import time (only the fixtures that encode video do), so the suite's
+``gpu`` tests run on a machine without it (``benchmarks/gpu_check.sh``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import NamedTuple
 
-import av
 import numpy as np
 import pytest
 
@@ -68,6 +71,8 @@ def _truncate(src: Path, dst: Path, fraction: float = 0.5) -> Path:
 
 def _encode_h264(path: Path, frames: np.ndarray, container_options: dict | None = None) -> Path:
     """Encode with libx264, a keyframe every 6 frames; ``container_options`` go to the muxer."""
+    import av  # here, not at the top: the GPU machine runs the suite's gpu tests without PyAV
+
     with av.open(str(path), mode="w", options=container_options or {}) as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
@@ -80,6 +85,8 @@ def _encode_h264(path: Path, frames: np.ndarray, container_options: dict | None 
 
 def _audio_only(path: Path) -> Path:
     """A valid mp4 holding only an AAC audio track (0.1 s of silence)."""
+    import av
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("aac", rate=16000)
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp", layout="mono")

@@ -4,11 +4,12 @@ Three tiers, so that most of this runs without a GPU:
 
 1. nvcc compiles every ``.cu`` file (as the loader feeds it, ``#line`` prefix included) for sm_90,
    ptxas included, and reports the expected entry points without register spills (needs ``nvcc``).
-2. Host emulation: the same ``.cu`` sources compiled as C++ with g++ (thread/block indices set from
-   Python, one thread at a time) and driven through the *Python wrappers* with ``launch`` /
-   ``load_kernel`` swapped for the emulator, compared with the torch twins on CPU. This checks the
-   kernels' arithmetic and indexing and the wrappers' argument lists (count and C types, parsed
-   from the kernel signatures) without a device; not warp shuffles, atomics races, streams or CuPy.
+2. Host emulation (``tests/cuda_emulation.py``): the same ``.cu`` sources compiled as C++ with g++
+   and driven through the *Python wrappers* with ``launch`` / ``load_kernel`` swapped for the
+   emulator, compared with the torch twins on CPU. This checks the kernels' arithmetic and indexing
+   and the wrappers' argument lists (count and C types, parsed from the kernel signatures) without a
+   device; not warp shuffles, atomics races, streams or CuPy. Whole engines run this way in
+   ``tests/test_numerics.py``.
 3. ``@pytest.mark.gpu``: the real kernels through CuPy against the torch twins on CUDA, random and
    real (skimage) inputs, backward passes against torch autograd, TV-L1 flow end to end.
 
@@ -16,7 +17,6 @@ Plus the CuPy-less path: asking for ``backend='cupy'`` without it raises one cle
 """
 from __future__ import annotations
 
-import ctypes
 import re
 import shutil
 import subprocess
@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 import torch
 
+import cuda_emulation
+import flowkit
 import flowkit.cuda as fcuda
 from flowkit.errors import EngineError
 from flowkit.flow import costvolume as cv_twin
@@ -40,8 +42,8 @@ FAST_MATH_FILES = {"costvolume.cu"}
 
 # Entry points the Python wrappers launch, per source file.
 KERNELS = {
-    "tvl1.cu": {"tvl1_primal", "tvl1_dual", "tvl1_linearize", "median_filter_3", "median_filter_5",
-                "resize_bilinear"},
+    "tvl1.cu": {"tvl1_primal", "tvl1_dual", "tvl1_stop_rule", "tvl1_linearize", "median_filter_3",
+                "median_filter_5", "resize_bilinear"},
     "warp.cu": {"warp_bilinear_forward", "warp_bilinear_backward"},
     "costvolume.cu": {"correlation_forward", "correlation_backward", "soft_argmax_forward",
                       "soft_argmax_backward"},
@@ -116,91 +118,11 @@ def test_kernel_source_has_line_directive_after_defines():
 
 # ------------------------------------------------------------------------- 2. host emulation
 
-_EMULATION_HEADER = r"""
-#include <math.h>
-#include <algorithm>
-using std::max;
-using std::min;
-struct fk_uint3 { unsigned x, y, z; };
-static fk_uint3 threadIdx, blockIdx, blockDim, gridDim;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
-static inline float atomicAdd(float* p, float v) { float old = *p; *p = old + v; return old; }
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-extern "C" void fk_set_index(unsigned tx, unsigned ty, unsigned bx, unsigned by, unsigned bz,
-                             unsigned dx, unsigned dy, unsigned gx, unsigned gy, unsigned gz)
-{
-    threadIdx = {tx, ty, 0}; blockIdx = {bx, by, bz}; blockDim = {dx, dy, 1}; gridDim = {gx, gy, gz};
-}
-"""
-
-_C_TYPES = {"ptr": ctypes.c_void_p, "int": ctypes.c_int, "float": ctypes.c_float,
-            "double": ctypes.c_double}
-
-
-def _param_kind(decl: str) -> str:
-    if "*" in decl:
-        return "ptr"
-    for kind in ("double", "float", "int"):
-        if re.match(rf"(const\s+)?{kind}\b", decl.strip()):
-            return kind
-    raise AssertionError(f"unexpected kernel parameter {decl!r}")
-
-
-def _arg_kind(arg) -> str:
-    if isinstance(arg, torch.Tensor):
-        return "ptr"
-    return {np.int32: "int", np.float32: "float", np.float64: "double"}[type(arg)]
-
-
-class HostKernels:
-    """One ``.cu`` file compiled for the CPU; ``launch`` runs a kernel over its whole grid."""
-
-    def __init__(self, source: Path, workdir: Path):
-        header = workdir / "fk_emulation.h"
-        header.write_text(_EMULATION_HEADER)
-        lib = workdir / f"{source.stem}.so"
-        cmd = ["g++", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-DFK_HOST_EMULATION",
-               "-include", str(header), "-x", "c++", str(source), "-o", str(lib)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-        self.lib = ctypes.CDLL(str(lib))
-        self.signatures = {
-            name: [_param_kind(d) for d in params.split(",")]
-            for name, params in re.findall(r'extern "C" __global__ void (\w+)\((.*?)\)\s*\{',
-                                           source.read_text(), re.S)}
-
-    def launch(self, name, grid, block, args):
-        kinds = self.signatures[name]
-        got = [_arg_kind(a) for a in args]
-        assert got == kinds, f"{name}: wrapper passes {got}, kernel takes {kinds}"
-        fn = getattr(self.lib, name)
-        fn.restype = None
-        fn.argtypes = [_C_TYPES[k] for k in kinds]
-        cargs = [a.data_ptr() if isinstance(a, torch.Tensor) else a.item() for a in args]
-        set_index = self.lib.fk_set_index
-        for bz in range(grid[2]):
-            for by in range(grid[1]):
-                for bx in range(grid[0]):
-                    for ty in range(block[1]):
-                        for tx in range(block[0]):
-                            set_index(tx, ty, bx, by, bz, block[0], block[1], *grid)
-                            fn(*cargs)
-
-
-def _cpu_float(name, *tensors):
-    return tuple(t.to(torch.float32).contiguous() for t in tensors)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def host_kernels(tmp_path_factory):
-    if shutil.which("g++") is None:
+    if not cuda_emulation.available():
         pytest.skip("g++ not found: host emulation of the kernels needs a C++ compiler")
-    workdir = tmp_path_factory.mktemp("host_kernels")
-    return {p.name: HostKernels(p, workdir) for p in CU_FILES}
+    return cuda_emulation.compile_all(CUDA_DIR, tmp_path_factory.mktemp("host_kernels"))
 
 
 @pytest.fixture
@@ -208,12 +130,7 @@ def emulated(host_kernels, monkeypatch):
     """The wrapper modules with load_kernel / launch / check_cuda_float routed to the emulator."""
     from flowkit.cuda import costvolume, tvl1, warp
 
-    for module in (tvl1, warp, costvolume):
-        source = module.SOURCE
-        monkeypatch.setattr(module, "load_kernel", lambda name, *a, _s=source, **k: (_s, name))
-        monkeypatch.setattr(module, "launch", lambda kernel, grid, block, args, device, **k:
-                            host_kernels[kernel[0]].launch(kernel[1], grid, block, args))
-        monkeypatch.setattr(module, "check_cuda_float", _cpu_float)
+    cuda_emulation.route_to_host(monkeypatch, host_kernels)
     return tvl1, warp, costvolume
 
 
@@ -234,7 +151,7 @@ COEFFS = dict(lambda_theta=0.15 * 0.3, theta=0.3, tau_theta=0.25 / 0.3)
 def test_host_tvl1_iteration_matches_torch(emulated):
     tvl1, _, _ = emulated
     state = _tvl1_state(2, 13, 37)
-    want = tvl1_twin._iteration(*state, **COEFFS)
+    want = tvl1_twin.iteration(*state, **COEFFS)
     got = tvl1.tvl1_iteration(*state, **COEFFS)
     # u: the same IEEE operations in the same order, so the same bits. p: torch's CPU float32
     # sqrt is not correctly rounded (1 ulp off at times; CUDA's sqrtf is), hence a 1-ulp tolerance.
@@ -334,7 +251,7 @@ def photo_pair():
 
 
 gpu = pytest.mark.gpu
-needs_cupy = pytest.mark.skipif(not fcuda.is_available(), reason="needs CuPy: pip install -e .[cuda]")
+needs_cupy = pytest.mark.skipif(not fcuda.is_available(), reason="needs CuPy: pip install -e .[cuda13] (or .[cuda12])")
 
 
 @pytest.fixture
@@ -359,7 +276,7 @@ def test_gpu_tvl1_iteration_matches_torch(cuda_modules, photo_pair):
     real_state = (u, torch.zeros(2, 2, 2, *i0.shape[-2:], device="cuda"),
                   *tvl1_twin.linearize(i0, torch.cat((i1, gx, gy), 1), u))
     for state in (random_state, real_state):
-        want = tvl1_twin._iteration(*state, **COEFFS)
+        want = tvl1_twin.iteration(*state, **COEFFS)
         got = tvl1.tvl1_iteration(*state, **COEFFS)
         torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-5)
         torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
@@ -367,7 +284,7 @@ def test_gpu_tvl1_iteration_matches_torch(cuda_modules, photo_pair):
         # 50 chained iterations stay together (no drift from a subtle rounding difference).
         a, b = state[:2], state[:2]
         for _ in range(50):
-            a = tvl1_twin._iteration(*a, *state[2:], **COEFFS)[:2]
+            a = tvl1_twin.iteration(*a, *state[2:], **COEFFS)[:2]
             b = tvl1.tvl1_iteration(*b, *state[2:], **COEFFS)[:2]
         assert (a[0] - b[0]).abs().max() < 1e-3
 
@@ -448,30 +365,43 @@ def test_gpu_kernels_compile_once_per_device(cuda_modules):
     assert after.misses == before.misses and after.hits > before.hits
 
 
-def _tvl1_flow_with(i0, i1, iteration, prm):
-    """tvl1_flow with the iteration swapped (pyramid as in flowkit.flow.tvl1)."""
-    sizes = ops.pyramid_sizes(*i0.shape[-2:], prm.nscales, prm.scale_step)
-    pyr0 = ops.image_pyramid(i0, sizes, prm.scale_step)
-    pyr1 = ops.image_pyramid(i1, sizes, prm.scale_step)
-    u = i0.new_zeros(i0.shape[0], 2, *sizes[-1])
-    for level in range(len(sizes) - 1, -1, -1):
-        u = tvl1_twin._solve_level(pyr0[level], pyr1[level], u, prm, iteration)
-        if level:
-            u = ops.resize_bilinear(u, sizes[level - 1]) / prm.scale_step
-    return u
+@gpu
+@needs_cupy
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_gpu_tvl1_engine_backends_agree(photo_pair, early_stop):
+    """The whole engine: CuPy kernels (CUDA graphs), torch on CUDA, torch on the CPU, real frames."""
+    i0, i1 = photo_pair
+    params = dict(early_stop=early_stop, outer_iterations=4)
+    cpu = flowkit.create_engine("tvl1", backend="torch", **params)(i0, i1)
+    torch_cuda = flowkit.create_engine("tvl1", device="cuda", backend="torch", **params)(i0, i1).cpu()
+    engine = flowkit.create_engine("tvl1", device="cuda", backend="cupy", **params)
+    assert engine.backend == "cupy"
+    cupy = engine(i0, i1).cpu()
+    # Without early stopping all three follow the same path to rounding; with it, a pair may stop
+    # one iteration apart where its error is within rounding of epsilon.
+    for other in (torch_cuda, cpu):
+        diff = (cupy - other).abs()
+        assert diff.mean() < (1e-3 if not early_stop else 1e-2), float(diff.mean())
+        assert diff.max() < 0.25, float(diff.max())
+    assert torch.equal(engine(i0, i1).cpu(), cupy)  # replayed graphs: the same result again
 
 
 @gpu
 @needs_cupy
-@pytest.mark.parametrize("early_stop", [False, True])
-def test_gpu_tvl1_flow_cupy_iteration_matches_torch(cuda_modules, photo_pair, early_stop):
-    tvl1, _, _ = cuda_modules
-    i0, i1 = _cuda(*photo_pair)
-    prm = tvl1_twin.TVL1Params(early_stop=early_stop, outer_iterations=4)
-    want = _tvl1_flow_with(i0, i1, tvl1_twin._iteration, prm)
-    got = _tvl1_flow_with(i0, i1, tvl1.tvl1_iteration, prm)
-    diff = (got - want).abs()
-    # Without early stopping the two follow the same path to rounding; with it, a pair may stop
-    # one iteration apart where its error is within rounding of epsilon.
-    assert diff.mean() < (1e-3 if not early_stop else 1e-2), float(diff.mean())
-    assert diff.max() < 0.25, float(diff.max())
+def test_gpu_tvl1_graphs_equal_eager_launches(photo_pair):
+    i0, i1 = photo_pair
+    graphed = flowkit.create_engine("tvl1", device="cuda", backend="cupy", outer_iterations=4)
+    eager = flowkit.create_engine("tvl1", device="cuda", backend="cupy", outer_iterations=4)
+    eager.numerics.warp_iterations.use_graphs = False
+    assert torch.equal(graphed(i0, i1), eager(i0, i1))
+
+
+@gpu
+@needs_cupy
+def test_gpu_tvnet_and_costvolume_engines_agree(photo_pair):
+    frames = tuple(t.expand(-1, 3, -1, -1).contiguous() for t in photo_pair)
+    for name, kw, tol in (("tvnet", dict(scales=1, warps=1, iterations=50), 1e-3),
+                          ("costvolume", dict(), 1e-3)):
+        want = flowkit.create_engine(name, device="cuda", backend="torch", **kw)(*frames)
+        got = flowkit.create_engine(name, device="cuda", backend="cupy", **kw)(*frames)
+        assert (got - want).abs().mean() < tol, (name, float((got - want).abs().mean()))

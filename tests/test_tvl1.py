@@ -118,7 +118,8 @@ def test_registry_and_params():
     assert engine.params["warps"] == 3 and engine.params["tau"] == 0.25
     assert engine.params["inner_iterations"] == 30 and engine.params["outer_iterations"] == 10
     assert engine.params["scale_step"] == 0.8 and engine.params["median_filtering"] == 5
-    assert engine.describe() == {"engine": "tvl1", "version": engine.version, "params": engine.params}
+    assert engine.describe() == {"engine": "tvl1", "version": engine.version, "params": engine.params,
+                                 "backend": "torch"}
     with pytest.raises(EngineError, match="unknown engine 'nope'"):
         flowkit.create_engine("nope")
     with pytest.raises(EngineError, match="no parameter warpz.*accepted"):

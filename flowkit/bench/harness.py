@@ -136,7 +136,7 @@ def accepted_params(method: str) -> list[str]:
     from ..flow import engine_class
 
     signature = inspect.signature(engine_class(_engine_name(method)).__init__)
-    return [p for p in signature.parameters if p not in ("self", "device", "compile")]
+    return [p for p in signature.parameters if p not in ("self", "device", "compile", "backend")]
 
 
 def split_params(params: Mapping[str, Any] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -168,8 +168,10 @@ def split_params(params: Mapping[str, Any] | None, methods: Sequence[str]) -> di
     return per
 
 
-def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | None = None) -> Method:
-    """The :class:`Method` for a name of :func:`available_methods`.
+def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | None = None,
+                 backend: str = "auto") -> Method:
+    """The :class:`Method` for a name of :func:`available_methods`; flowkit engines that have CuPy
+    kernels compute with ``backend`` (``"auto"``, ``"torch"`` or ``"cupy"``).
 
     Raises:
         PeerMissing: an OpenCV peer's function is not available.
@@ -179,16 +181,18 @@ def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | Non
     if name in PEERS:
         peer = create_peer(name, **params)
         return Method(name, peer, "cpu", peer.params, batch=1,
-                      extra={"opencv_threads": peer.threads})
-    from ..flow import create_engine
+                      extra={"opencv_threads": peer.threads, "backend": "opencv"})
+    from ..flow import create_engine, engine_class
 
     compile_ = name.endswith(COMPILE_SUFFIX)
-    engine = create_engine(_engine_name(name), device=device, **params,
-                           **({"compile": True} if compile_ else {}))
+    options = {"compile": True} if compile_ else {}
+    if "backend" in inspect.signature(engine_class(_engine_name(name)).__init__).parameters:
+        options["backend"] = backend
+    engine = create_engine(_engine_name(name), device=device, **params, **options)
     record = dict(engine.describe()["params"])
     if compile_:
         record["compile"] = True
-    return Method(name, engine, str(engine.device), record)
+    return Method(name, engine, str(engine.device), record, extra={"backend": engine.backend})
 
 
 def _engine_name(method: str) -> str:
@@ -414,8 +418,8 @@ def _max_rss_bytes() -> int:
 
 def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *, device: str = "cpu",
                   batch: int = 8, repeats: int = 3, params: Mapping[str, Any] | None = None,
-                  dataset: Mapping[str, Any] | None = None, progress: bool | Any = False
-                  ) -> list[dict[str, Any]]:
+                  dataset: Mapping[str, Any] | None = None, progress: bool | Any = False,
+                  backend: str = "auto") -> list[dict[str, Any]]:
     """Measure every method on ``pairs`` (see the module docstring for what is measured).
 
     Args:
@@ -427,6 +431,7 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
         params: parameters, as :func:`split_params` distributes them.
         dataset: description recorded in each result (``info`` of :func:`load_dataset`).
         progress: show a rich progress bar (True, or a ``rich.console.Console`` to draw on).
+        backend: numerics of the engines that have CuPy kernels (recorded per result).
 
     Returns:
         one dict per method, in order (keys: see :func:`result_keys`).
@@ -451,7 +456,7 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
                                  "cpu" if method in PEERS else device)
             try:
                 m = method if isinstance(method, Method) else build_method(
-                    method, device, per_params.get(method))
+                    method, device, per_params.get(method), backend)
             except FlowkitError as exc:  # PeerMissing, an engine without CUDA, ...
                 results.append(_missing(label, device, batch, common, str(exc)))
                 advance(label, 1 + repeats)
@@ -475,7 +480,8 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
 
 def result_keys() -> list[str]:
     """The keys of every result dict."""
-    return ["method", "status", "reason", "device", "dataset", "size", "batch", "pairs", "repeats",
+    return ["method", "status", "reason", "device", "backend", "dataset", "size", "batch", "pairs",
+            "repeats",
             "pairs_per_s", "median_pass_s", "min_pass_s", "max_pass_s", "warmup_s", "peak_mem_mb",
             "peak_mem_kind", *METRICS, "params", "opencv_threads", "versions", "machine",
             "dataset_info"]

@@ -28,7 +28,8 @@ DEFAULT_SYNTHETIC_PAIRS = 8
 def collect(methods: str = DEFAULT_METHODS, device: str = "cpu", size: str | None = None,
             batch: int = 8, dataset: str = "synthetic", path: str | None = None,
             pairs: int | None = None, repeats: int = 3, seed: int = 0, params: Sequence[str] = (),
-            threads: int | None = None, progress: bool | Any = False) -> list[dict[str, Any]]:
+            threads: int | None = None, progress: bool | Any = False,
+            backend: str = "auto") -> list[dict[str, Any]]:
     """Everything ``flowkit benchmark`` does except the output: the options as the CLI takes them
     (strings where the CLI has strings) -> the harness's result list."""
     names = harness.resolve_methods(methods)
@@ -53,7 +54,8 @@ def collect(methods: str = DEFAULT_METHODS, device: str = "cpu", size: str | Non
         cv2.setNumThreads(threads)
     try:
         return harness.run_benchmark(names, items, device=device, batch=batch, repeats=repeats,
-                                     params=param_dict, dataset=info, progress=progress)
+                                     params=param_dict, dataset=info, progress=progress,
+                                     backend=backend)
     finally:
         torch.set_num_threads(saved[0])
         cv2.setNumThreads(saved[1])
@@ -70,17 +72,19 @@ def results_table(results: list[dict[str, Any]]) -> Table:
                f"({m['opencv_threads']} threads)" + (f", {m['gpu']}" if m.get("gpu") else "")
                + f"; load {m['loadavg_1m']}")
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
-    for name, justify in [("method", "left"), ("device", "left"), ("batch", "right"),
+    for name, justify in [("method", "left"), ("device", "left"), ("backend", "left"),
+                          ("batch", "right"),
                           ("pairs/s", "right"), ("EPE", "right"), ("EPE-noc", "right"),
                           ("outliers", "right"), ("AE °", "right"), ("warm-up s", "right"),
                           ("peak mem MB", "right")]:
         table.add_column(name, justify=justify, no_wrap=True)
     for r in results:
         if r["status"] != "ok":
-            table.add_row(r["method"], r["device"], str(r["batch"]), f"[red]{r['status']}[/red]",
-                          *["-"] * 6)
+            table.add_row(r["method"], r["device"], r.get("backend") or "-", str(r["batch"]),
+                          f"[red]{r['status']}[/red]", *["-"] * 6)
             continue
-        table.add_row(r["method"], r["device"], str(r["batch"]), _num(r["pairs_per_s"], 3),
+        table.add_row(r["method"], r["device"], r.get("backend") or "-", str(r["batch"]),
+                      _num(r["pairs_per_s"], 3),
                       _num(r["epe"], 3), _num(r["epe_noc"], 3),
                       "-" if r["outliers"] is None else f"{100 * r['outliers']:.1f}%",
                       _num(r["angular"], 3), f"{r['warmup_s']:.2f}",
@@ -144,6 +148,10 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
                    "flow (default: as stored).")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="Pairs per engine call (OpenCV peers always take one).")
+@click.option("--backend", type=click.Choice(["auto", "torch", "cupy"]), default="auto",
+              show_default=True,
+              help="Numerics of the engines with CuPy kernels (tvl1, tvnet, costvolume); the "
+                   "table's backend column says what each ran on.")
 @click.option("--dataset", default="synthetic", show_default=True,
               type=click.Choice(harness.DATASETS),
               help="Ground truth: built-in synthetic pairs or stereo pair, or a folder given as PATH "
@@ -167,8 +175,8 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
 @click.option("--plot", "plot_out", default=None, metavar="OUT.png",
               help="Write an EPE vs pairs/s scatter plot (PNG).")
 @handle_errors
-def command(path, methods, device, size, batch, dataset, pairs, repeats, seed, params, threads,
-            json_out, plot_out):
+def command(path, methods, device, size, batch, backend, dataset, pairs, repeats, seed, params,
+            threads, json_out, plot_out):
     """FPS and end-point error of flow engines and OpenCV peers on ground truth.
 
     \b
@@ -177,6 +185,7 @@ def command(path, methods, device, size, batch, dataset, pairs, repeats, seed, p
       flowkit benchmark --methods tvl1,tvl1+compile,opencv-tvl1 --size 256x340 --pairs 16
       flowkit benchmark --dataset stereo --size 0.5 --methods all --plot stereo.png
       flowkit benchmark --dataset sintel /data/Sintel --pairs 20 --size 0.5 --json sintel.json
+      flowkit benchmark --device cuda --backend cupy --batch 64 --size 256x340 --pairs 64
 
     Exits 1 when a method could not run (e.g. opencv-tvl1 without opencv-contrib); its row says
     missing and the reason is printed below the table.
@@ -185,7 +194,7 @@ def command(path, methods, device, size, batch, dataset, pairs, repeats, seed, p
     if not console.is_terminal:
         console.width = max(console.width, 140)  # keep rows whole in logs and pipes
     results = collect(methods, device, size, batch, dataset, path, pairs, repeats, seed, params,
-                      threads, progress=Console(stderr=True))
+                      threads, progress=Console(stderr=True), backend=backend)
     console.print(results_table(results))
     for r in results:
         if r["status"] != "ok":

@@ -87,8 +87,8 @@ def _print_summary(console: Console, summary) -> None:
     rate = f", {d['pairs_per_s']:.2f} pairs/s" if d["pairs_per_s"] else ""
     console.print(f"[bold]{d['done']} done[/bold], {d['skipped']} skipped (already in the store), "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
-                  f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} -> {d['store']}",
-                  highlight=False)
+                  f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} with {d['method']} "
+                  f"({d['backend']} backend) -> {d['store']}", highlight=False)
     for r in summary.results:
         if r.status == "failed":
             console.print(f"  failed: {r.reason}", highlight=False, soft_wrap=True)
@@ -107,6 +107,10 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Checkpoint of a trained engine (tvnet, motionnet, learned cost-volume features).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "cupy"]), default="auto",
+              show_default=True,
+              help="Numerics of tvl1/tvnet/costvolume: the CuPy kernels (CUDA, pip install "
+                   ".[cuda13]) or torch; auto takes CuPy on CUDA when it imports.")
 @click.option("--compile/--no-compile", default=True, show_default=True,
               help="Fuse the TV-L1 iteration with torch.compile (~20 s once, ~3x faster on CPU).")
 @click.option("--size", default=None, help="Resize: SHORT_SIDE (e.g. 256) or HxW (e.g. 256x340).")
@@ -116,7 +120,9 @@ def _print_summary(console: Console, summary) -> None:
               show_default=True, help="Stored flow precision (uint8 quantises in [-bound, bound]).")
 @click.option("--bound", default=20.0, show_default=True, help="uint8 quantisation bound, pixels.")
 @click.option("--rgb/--no-rgb", default=True, show_default=True, help="Also store the RGB frames.")
-@click.option("--batch", default=8, show_default=True, help="Frame pairs per engine call.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Frame pairs per engine call, filled across videos [default: 8 on CPU, 64 on "
+                   "CUDA].")
 @click.option("--workers", default=1, show_default=True, help="Parallel extraction processes.")
 @click.option("--split-list", type=click.Path(exists=True, path_type=Path), default=None,
               help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a scan.")
@@ -126,8 +132,9 @@ def _print_summary(console: Console, summary) -> None:
               help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
-def command(video_dir, store, method, params, weights, device, compile, size, step, max_frames, flow_dtype,
-            bound, rgb, batch, workers, split_list, class_index, shard, as_json):
+def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
+            max_frames, flow_dtype, bound, rgb, batch, workers, split_list, class_index, shard,
+            as_json):
     """Compute motion features for every video under VIDEO_DIR into the store STORE.
 
     Labels come from the folder layout VIDEO_DIR/<class>/<video> or from --split-list. Finished
@@ -145,7 +152,7 @@ def command(video_dir, store, method, params, weights, device, compile, size, st
     if weights:
         engine_params["weights"] = weights
     config = ExtractConfig(method=method, engine_params=engine_params, device=device,
-                           compile=compile, size=parse_size(size), step=step,
+                           backend=backend, compile=compile, size=parse_size(size), step=step,
                            max_frames=max_frames, flow_dtype=flow_dtype, flow_bound=bound, rgb=rgb,
                            batch=batch, workers=workers)
     items, classes = _items(video_dir, split_list, class_index)

@@ -34,8 +34,10 @@ def _table(s: dict) -> Table:
         eng = s["engines"].get(name, {})
         quant = ", ".join(s["quantization"].get(name, []))
         params = ", ".join(f"{k}={v}" for k, v in eng.get("params", {}).items())
+        backends = "/".join(s.get("backends", {}).get(name, []))
         table.add_row(f"flow/{name}", f"{pairs} pairs, {quant}; {eng.get('engine')} "
-                                      f"v{eng.get('version')} ({params})")
+                                      f"v{eng.get('version')} ({params})"
+                                      + (f"; computed with {backends}" if backends else ""))
     table.add_row("sizes", ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()))
     table.add_row("on disk", _human_bytes(s["bytes"]))
     if s.get("partials"):

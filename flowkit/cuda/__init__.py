@@ -8,12 +8,14 @@ without it raises one :class:`~flowkit.errors.EngineError` that says how to inst
 Conventions shared by every wrapper in this package:
 
 - inputs are torch CUDA tensors, float32, contiguous ``NCHW`` (wrappers cast and make contiguous);
-- outputs are torch tensors allocated by torch's caching allocator; CuPy only sees zero-copy views
-  (:func:`as_cupy`);
+- outputs are torch tensors allocated by torch's caching allocator; kernels receive raw device
+  pointers (:func:`launch`), CuPy allocates nothing;
 - every launch goes on ``torch.cuda.current_stream()`` of the tensors' device (:func:`launch`), so
   kernels order correctly with surrounding torch work and CUDA-graph capture sees them;
 - sizes (batch, channels, height, width, radii) are kernel arguments, never formatted into the
-  source, so a new resolution never recompiles.
+  source, so a new resolution never recompiles;
+- one launch covers the batch (grid z = pair or plane); beyond CUDA's grid-z limit the launch is
+  split in slices (:func:`grid_chunks`, :func:`launch_planes`), each kernel taking ``plane0``.
 
 Compiler options: ``-std=c++17`` always. ``--use_fast_math`` only for sources whose twins tolerate
 approximate ``exp``/``rsqrt``/division and flushed denormals: the cost volume (softmax over cosine
@@ -29,11 +31,18 @@ from typing import Sequence
 
 from ..errors import EngineError
 
-INSTALL_HINT = "backend='cupy' needs CuPy and a CUDA device: pip install -e .[cuda]"
+INSTALL_HINT = ("backend='cupy' needs CuPy and a CUDA device: pip install -e .[cuda13] "
+                "(CUDA 13 drivers) or .[cuda12] (CUDA 12)")
 BACKENDS = ("auto", "torch", "cupy")
 
 # CUDA threads per block for the 2-D (x over width, y over height) pixel kernels.
 BLOCK_2D = (32, 8, 1)
+# Threads per block of the one-thread-per-pair kernels (tvl1_stop_rule).
+BLOCK_1D = (256, 1, 1)
+# CUDA's hardware limits on gridDim.y and gridDim.z; launches with more planes (z) are split
+# (grid_chunks).
+MAX_GRID_Y = 65535
+MAX_GRID_Z = 65535
 
 
 def _import_cupy():
@@ -124,31 +133,45 @@ def load_kernel(name: str, source_file: str, defines: Sequence[str] = (), fast_m
     return _module(int(device_id), source_file, tuple(defines), bool(fast_math)).get_function(name)
 
 
-def as_cupy(tensor):
-    """Zero-copy CuPy view of a torch CUDA tensor (shares memory; no synchronisation implied)."""
-    cupy = require()
-    if tensor.device.type != "cuda":
-        raise EngineError(f"backend='cupy' needs CUDA tensors, got a tensor on {tensor.device}")
-    return cupy.asarray(tensor.detach())
+def grid_chunks(height: int, width: int, planes: int, block=BLOCK_2D
+                ) -> list[tuple[tuple[int, int, int], int]]:
+    """Launch grids covering ``width x height`` pixels of ``planes`` planes (one plane per grid
+    z-slice: a pair, or a (pair, channel) / (pair, candidate) plane, as each kernel documents).
+
+    Returns ``[(grid, plane0), ...]``: one launch per slice of at most :data:`MAX_GRID_Z` planes,
+    ``plane0`` being the plane of the slice's z = 0 (every kernel takes it as its last argument), so
+    a cost volume of ``B * K`` planes larger than CUDA's grid-z limit runs in a few launches instead
+    of failing.
+    """
+    gx = (width + block[0] - 1) // block[0]
+    gy = (height + block[1] - 1) // block[1]
+    if gy > MAX_GRID_Y:
+        raise EngineError(f"backend='cupy': {height} rows exceed CUDA's grid limit "
+                          f"({MAX_GRID_Y * block[1]} rows); resize the frames")
+    return [((gx, gy, min(MAX_GRID_Z, planes - start)), start)
+            for start in range(0, planes, MAX_GRID_Z)]
 
 
-def grid_2d(height: int, width: int, planes: int, block=BLOCK_2D) -> tuple[int, int, int]:
-    """Launch grid covering ``width x height`` pixels of ``planes`` planes (one per grid z-slice:
-    a pair, or a (pair, channel) / (pair, candidate) plane, as each kernel documents)."""
-    if planes > 65535:
-        raise EngineError(f"backend='cupy': {planes} planes exceed CUDA's 65535 grid-z limit; "
-                          "split the batch")
-    return ((width + block[0] - 1) // block[0], (height + block[1] - 1) // block[1], planes)
+def launch_planes(kernel, height: int, width: int, planes: int, args: Sequence, device,
+                  block=BLOCK_2D) -> None:
+    """:func:`launch` ``kernel`` over ``planes`` planes of ``height x width`` pixels, in as many
+    slices as :func:`grid_chunks` needs; ``numpy.int32(plane0)`` is appended to ``args``."""
+    import numpy as np
+
+    for grid, plane0 in grid_chunks(height, width, planes, block):
+        launch(kernel, grid, block, (*args, np.int32(plane0)), device)
 
 
 def launch(kernel, grid, block, args, device, shared_mem: int = 0) -> None:
     """Launch ``kernel`` on torch's current stream of ``device``.
 
-    ``args`` may hold torch CUDA tensors (passed as zero-copy CuPy views), and numpy scalars (use
-    ``numpy.int32`` / ``numpy.float32`` to match the kernel's parameter types exactly; a Python
-    ``int`` would be passed as 64 bits).
+    ``args`` may hold torch CUDA tensors (passed as raw device pointers: no CuPy array is built, so
+    a launch costs a few microseconds of Python and nothing that would break CUDA-graph capture),
+    None (a null pointer), and numpy scalars (use ``numpy.int32`` / ``numpy.float32`` to match the
+    kernel's parameter types exactly; a Python ``int`` would be passed as 64 bits).
     """
     cupy = require()
+    import numpy as np
     import torch
 
     device = torch.device(device)
@@ -159,7 +182,9 @@ def launch(kernel, grid, block, args, device, shared_mem: int = 0) -> None:
         if isinstance(a, torch.Tensor):
             if a.device != device:
                 raise EngineError(f"backend='cupy': tensor on {a.device}, launch on {device}")
-            a = cupy.asarray(a.detach())
+            a = np.uint64(a.data_ptr())
+        elif a is None:
+            a = np.uint64(0)
         converted.append(a)
     stream = torch.cuda.current_stream(device)
     with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
@@ -180,5 +205,6 @@ def check_cuda_float(name: str, *tensors):
     return tuple(t.to(torch.float32).contiguous() for t in tensors)
 
 
-__all__ = ["INSTALL_HINT", "BACKENDS", "is_available", "require", "resolve_backend", "read_source",
-           "kernel_source", "load_kernel", "as_cupy", "grid_2d", "launch", "check_cuda_float"]
+__all__ = ["INSTALL_HINT", "BACKENDS", "MAX_GRID_Y", "MAX_GRID_Z", "is_available", "require", "resolve_backend",
+           "read_source", "kernel_source", "load_kernel", "grid_chunks", "launch",
+           "launch_planes", "check_cuda_float"]

@@ -14,7 +14,8 @@
 //
 // (the per-axis marginalisation of the twin gives exactly these expectations). tau = 0 (argmax)
 // stays in torch. Layout float32 contiguous; one thread per output element; no atomics (both
-// correlation gradients are gathers). Compiled with --use_fast_math (see flowkit/cuda/__init__.py):
+// correlation gradients are gathers). `plane0` is the grid z-slice offset of a launch split in slices
+// (grid-z limit 65535: B*K planes of a large window). Compiled with --use_fast_math (see flowkit/cuda/__init__.py):
 // expf / division approximations are ~1e-6 relative here. Self-contained: no #include.
 
 #define FK_RESTRICT __restrict__
@@ -22,13 +23,15 @@
 // grid: (ceil(OW/bx), ceil(OH/by), B*K); cost (B, K, OH, OW).
 extern "C" __global__ void correlation_forward(const float* FK_RESTRICT a, const float* FK_RESTRICT f,
                                                float* FK_RESTRICT cost, int C, int H, int W, int OH,
-                                               int OW, int dH, int dW, int stride, int dilation)
+                                               int OW, int dH, int dW, int stride, int dilation,
+                                               int plane0)
 {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     const int i = blockIdx.y * blockDim.y + threadIdx.y;
     const int K = (2 * dH + 1) * (2 * dW + 1);
-    const int b = blockIdx.z / K;
-    const int k = blockIdx.z % K;
+    const int plane = blockIdx.z + plane0;
+    const int b = plane / K;
+    const int k = plane % K;
     if (j >= OW || i >= OH)
         return;
     const int dy = (k / (2 * dW + 1) - dH) * dilation;
@@ -52,12 +55,14 @@ extern "C" __global__ void correlation_forward(const float* FK_RESTRICT a, const
 extern "C" __global__ void correlation_backward(const float* FK_RESTRICT grad_cost, const float* FK_RESTRICT a,
                                                 const float* FK_RESTRICT f, float* FK_RESTRICT grad_a,
                                                 float* FK_RESTRICT grad_f, int C, int H, int W, int OH,
-                                                int OW, int dH, int dW, int stride, int dilation)
+                                                int OW, int dH, int dW, int stride, int dilation,
+                                                int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z / C;
-    const int c = blockIdx.z % C;
+    const int plane = blockIdx.z + plane0;
+    const int b = plane / C;
+    const int c = plane % C;
     if (x >= W || y >= H)
         return;
     const int KX = 2 * dW + 1, K = (2 * dH + 1) * KX;
@@ -99,11 +104,12 @@ __device__ __forceinline__ void softmax_stats(const float* col, long long step, 
 
 // grid: (ceil(OW/bx), ceil(OH/by), B). cost (B, K, OH, OW) -> disp (B, 2, OH, OW).
 extern "C" __global__ void soft_argmax_forward(const float* FK_RESTRICT cost, float* FK_RESTRICT disp,
-                                               int OH, int OW, int dH, int dW, int dilation, float inv_tau)
+                                               int OH, int OW, int dH, int dW, int dilation, float inv_tau,
+                                               int plane0)
 {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     const int i = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z;
+    const int b = blockIdx.z + plane0;
     if (j >= OW || i >= OH)
         return;
     const int KX = 2 * dW + 1, K = (2 * dH + 1) * KX;
@@ -125,11 +131,12 @@ extern "C" __global__ void soft_argmax_forward(const float* FK_RESTRICT cost, fl
 // grad_cost[k] = P_k * (gu * (dx_k - u) + gv * (dy_k - v)) / tau, with (u, v) the forward output.
 extern "C" __global__ void soft_argmax_backward(const float* FK_RESTRICT grad_disp, const float* FK_RESTRICT cost,
                                                 const float* FK_RESTRICT disp, float* FK_RESTRICT grad_cost,
-                                                int OH, int OW, int dH, int dW, int dilation, float inv_tau)
+                                                int OH, int OW, int dH, int dW, int dilation, float inv_tau,
+                                               int plane0)
 {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     const int i = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z;
+    const int b = blockIdx.z + plane0;
     if (j >= OW || i >= OH)
         return;
     const int KX = 2 * dW + 1, K = (2 * dH + 1) * KX;

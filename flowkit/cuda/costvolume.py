@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from ..errors import EngineError
 from ..flow import costvolume as twin
-from . import BLOCK_2D, check_cuda_float, grid_2d, launch, load_kernel
+from . import check_cuda_float, launch_planes, load_kernel
 
 SOURCE = "costvolume.cu"
 # Softmax of bounded cosines tolerates approximate exp/division (see flowkit/cuda/__init__.py).
@@ -52,8 +52,9 @@ class Correlation(torch.autograd.Function):
         k = (2 * dh + 1) * (2 * dw + 1)
         cost = a.new_empty(b, k, oh, ow)
         if cost.numel():
-            launch(_kernel("correlation_forward", a), grid_2d(oh, ow, b * k), BLOCK_2D,
-                   (a, f, cost, *map(np.int32, (c, h, w, oh, ow, dh, dw, stride, dilation))), a.device)
+            launch_planes(_kernel("correlation_forward", a), oh, ow, b * k,
+                          (a, f, cost, *map(np.int32, (c, h, w, oh, ow, dh, dw, stride, dilation))),
+                          a.device)
         ctx.save_for_backward(a, f)
         ctx.window = (dh, dw, stride, dilation)
         return cost
@@ -68,9 +69,9 @@ class Correlation(torch.autograd.Function):
         oh, ow = _out_size(h, w, stride)
         grad_a, grad_f = torch.empty_like(a), torch.empty_like(f)
         if a.numel():
-            launch(_kernel("correlation_backward", a), grid_2d(h, w, b * c), BLOCK_2D,
-                   (grad_cost, a, f, grad_a, grad_f,
-                    *map(np.int32, (c, h, w, oh, ow, dh, dw, stride, dilation))), a.device)
+            launch_planes(_kernel("correlation_backward", a), h, w, b * c,
+                          (grad_cost, a, f, grad_a, grad_f,
+                           *map(np.int32, (c, h, w, oh, ow, dh, dw, stride, dilation))), a.device)
         return grad_a, grad_f, None, None, None, None
 
 
@@ -85,8 +86,8 @@ class SoftArgmax(torch.autograd.Function):
         args = (np.int32(oh), np.int32(ow), np.int32(dh), np.int32(dw), np.int32(dilation),
                 np.float32(1.0 / tau))
         if disp.numel():
-            launch(_kernel("soft_argmax_forward", cost), grid_2d(oh, ow, b), BLOCK_2D,
-                   (cost, disp, *args), cost.device)
+            launch_planes(_kernel("soft_argmax_forward", cost), oh, ow, b, (cost, disp, *args),
+                          cost.device)
         ctx.save_for_backward(cost, disp)
         ctx.args = args
         return disp
@@ -99,8 +100,8 @@ class SoftArgmax(torch.autograd.Function):
         b, _, oh, ow = cost.shape
         grad_cost = torch.empty_like(cost)
         if cost.numel():
-            launch(_kernel("soft_argmax_backward", cost), grid_2d(oh, ow, b), BLOCK_2D,
-                   (grad_disp, cost, disp, grad_cost, *ctx.args), cost.device)
+            launch_planes(_kernel("soft_argmax_backward", cost), oh, ow, b,
+                          (grad_disp, cost, disp, grad_cost, *ctx.args), cost.device)
         return grad_cost, None, None, None, None
 
 

@@ -5,6 +5,19 @@
 // Layout: float32, contiguous NCHW, one pair per grid z-slice (gridDim.z = batch, or batch*channels
 // for the per-plane kernels), 2-D blocks over (x = column, y = row). Sizes are arguments; nothing
 // about shapes is compiled in. Self-contained: no #include (NVRTC has no host headers).
+// Every kernel takes `plane0`, the index of the pair/plane of grid z-slice 0: a batch with more planes
+// than CUDA's grid-z limit (65535) is launched in slices (flowkit/cuda/__init__.py, grid_chunks).
+//
+// The per-pair stopping rule runs on the device (no host round trip per iteration): `active` (B,)
+// int32 says which pairs still iterate in the current warp. The iteration kernels and the median leave
+// frozen pairs untouched (whole blocks return at once: a block never straddles two pairs), and
+// tvl1_stop_rule, launched after each iteration, freezes a pair whose update was <= epsilon (OpenCV:
+// the iteration that meets the rule is applied, then the pair stops) and re-zeroes the error sums.
+// So a whole warp's iterations are a fixed launch sequence that can be captured in a CUDA graph.
+//
+// Finite-difference kernels: OpenCV's are [-1, 1] (forward gradient and divergence); TVNet makes them
+// trainable per iteration, so they are arguments (fk0, fk1) and (dk0, dk1), applied as the torch
+// twin applies them (k0 * u(x) + k1 * u(x+1); k1 * p(x) + k0 * p(x-1)).
 //
 //   u        (B, 2, H, W)     flow; channel c in {0: x, 1: y}
 //   p        (B, 2, 2, H, W)  dual variable: p[b, c, d] is the d-component (0: x, 1: y) for channel c
@@ -66,16 +79,20 @@ __device__ __forceinline__ void block_sum_atomic_add(float value, float* target)
 }
 
 // Pass A: thresholding + divergence of old p + primal update; error[b] += sum (u' - u)^2.
-// u_out may alias u (in-place). error must be zeroed by the caller.
+// u_out may alias u (in-place). error must be zeroed by the caller (tvl1_stop_rule does it). A frozen
+// pair (active[b] == 0) is left untouched, u_out included, so run in place for masked iterations.
 extern "C" __global__ void tvl1_primal(const float* u, const float* FK_RESTRICT p,
                                        const float* FK_RESTRICT grad, const float* FK_RESTRICT grad_sq,
                                        const float* FK_RESTRICT rho_c, float* u_out,
-                                       float* FK_RESTRICT error, int H, int W,
-                                       float lambda_theta, float theta)
+                                       float* FK_RESTRICT error, const int* FK_RESTRICT active,
+                                       int H, int W, float lambda_theta, float theta, float dk0,
+                                       float dk1, int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z;
+    const int b = blockIdx.z + plane0;
+    if (!active[b])
+        return;  // uniform over the block: no thread reaches the reduction's barrier
     float sq = 0.0f;
     if (x < W && y < H) {
         const long long hw = (long long)H * W;
@@ -97,8 +114,8 @@ extern "C" __global__ void tvl1_primal(const float* u, const float* FK_RESTRICT 
         for (int c = 0; c < 2; ++c) {
             const float* px = pb + (2 * c) * hw;      // p[b, c, 0]
             const float* py = pb + (2 * c + 1) * hw;  // p[b, c, 1]
-            const float dx = __fadd_rn(px[pix], x > 0 ? -px[pix - 1] : -0.0f);
-            const float dy = __fadd_rn(py[pix], y > 0 ? -py[pix - W] : -0.0f);
+            const float dx = __fadd_rn(__fmul_rn(dk1, px[pix]), __fmul_rn(dk0, x > 0 ? px[pix - 1] : 0.0f));
+            const float dy = __fadd_rn(__fmul_rn(dk1, py[pix]), __fmul_rn(dk0, y > 0 ? py[pix - W] : 0.0f));
             const float v = __fadd_rn(uc[c], __fmul_rn(step, gc[c]));
             u_new[c] = __fadd_rn(v, __fmul_rn(theta, __fadd_rn(dx, dy)));
         }
@@ -111,14 +128,16 @@ extern "C" __global__ void tvl1_primal(const float* u, const float* FK_RESTRICT 
     block_sum_atomic_add(sq, error + b);
 }
 
-// Pass B: forward gradient of the new u and the dual update. p_out may alias p (in-place).
+// Pass B: forward gradient of the new u and the dual update. p_out may alias p (in-place); frozen
+// pairs are left untouched.
 extern "C" __global__ void tvl1_dual(const float* FK_RESTRICT u, const float* p, float* p_out,
-                                     int H, int W, float tau_theta)
+                                     const int* FK_RESTRICT active, int H, int W, float tau_theta,
+                                     float fk0, float fk1, int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z;
-    if (x >= W || y >= H)
+    const int b = blockIdx.z + plane0;
+    if (x >= W || y >= H || !active[b])
         return;
     const long long hw = (long long)H * W;
     const long long pix = (long long)y * W + x;
@@ -129,8 +148,8 @@ extern "C" __global__ void tvl1_dual(const float* FK_RESTRICT u, const float* p,
     for (int c = 0; c < 2; ++c) {
         const float* uc = ub + c * hw;
         const float here = uc[pix];
-        const float ux = x + 1 < W ? uc[pix + 1] - here : 0.0f;
-        const float uy = y + 1 < H ? uc[pix + W] - here : 0.0f;
+        const float ux = x + 1 < W ? __fadd_rn(__fmul_rn(fk0, here), __fmul_rn(fk1, uc[pix + 1])) : 0.0f;
+        const float uy = y + 1 < H ? __fadd_rn(__fmul_rn(fk0, here), __fmul_rn(fk1, uc[pix + W])) : 0.0f;
         const float mag = sqrtf(__fadd_rn(__fmul_rn(ux, ux), __fmul_rn(uy, uy)));
         const float norm = __fadd_rn(1.0f, __fmul_rn(tau_theta, mag));
         const long long ix = (2 * c) * hw + pix, iy = (2 * c + 1) * hw + pix;
@@ -139,6 +158,21 @@ extern "C" __global__ void tvl1_dual(const float* FK_RESTRICT u, const float* p,
         ob[ix] = px / norm;
         ob[iy] = py / norm;
     }
+}
+
+// The epsilon rule of OpenCV's DualTVL1, per pair and on the device: a pair whose update of this
+// iteration was <= scaled_eps (epsilon^2 * H * W) stops iterating in this warp. Then the error sums
+// are zeroed for the next iteration. scaled_eps < 0 never stops a pair (a fixed schedule). One
+// thread per pair: grid (ceil(B / blockDim.x), 1, 1).
+extern "C" __global__ void tvl1_stop_rule(float* FK_RESTRICT error, int* FK_RESTRICT active, int B,
+                                          float scaled_eps)
+{
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B)
+        return;
+    if (active[b] && error[b] <= scaled_eps)
+        active[b] = 0;
+    error[b] = 0.0f;
 }
 
 // Keys cubic convolution weights (a = -0.75, OpenCV INTER_CUBIC), written as ATen's
@@ -162,11 +196,11 @@ __device__ __forceinline__ void cubic_weights(float t, float w[4])
 extern "C" __global__ void tvl1_linearize(const float* FK_RESTRICT i0, const float* FK_RESTRICT i1_stack,
                                           const float* FK_RESTRICT u, float* FK_RESTRICT grad_out,
                                           float* FK_RESTRICT grad_sq, float* FK_RESTRICT rho_c,
-                                          int H, int W)
+                                          int H, int W, int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z;
+    const int b = blockIdx.z + plane0;
     if (x >= W || y >= H)
         return;
     const long long hw = (long long)H * W;
@@ -213,16 +247,24 @@ extern "C" __global__ void tvl1_linearize(const float* FK_RESTRICT i0, const flo
 }
 
 // Median over a K x K window with a replicated border (OpenCV medianBlur, ops.median_filter_torch).
-// N = number of planes (batch * channels), one plane per grid z-slice. A partial bubble sort: after
+// One plane (pair b = plane / C, channel plane % C) per grid z-slice. A partial bubble sort: after
 // K*K/2 + 1 passes the upper half holds the largest values in order, so the middle one is the median.
+// Planes of frozen pairs (active[b] == 0) are copied unchanged; `active` may be null (all active).
 template <int K>
-__device__ __forceinline__ void median_impl(const float* FK_RESTRICT in, float* FK_RESTRICT out, int H, int W)
+__device__ __forceinline__ void median_impl(const float* FK_RESTRICT in, float* FK_RESTRICT out,
+                                            const int* FK_RESTRICT active, int C, int H, int W,
+                                            int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= W || y >= H)
         return;
-    const long long base = (long long)blockIdx.z * H * W;
+    const int plane = blockIdx.z + plane0;
+    const long long base = (long long)plane * H * W;
+    if (active != nullptr && !active[plane / C]) {
+        out[base + (long long)y * W + x] = in[base + (long long)y * W + x];
+        return;
+    }
     constexpr int R = K / 2, N = K * K, MID = N / 2;
     float v[N];
 #pragma unroll
@@ -247,14 +289,16 @@ __device__ __forceinline__ void median_impl(const float* FK_RESTRICT in, float* 
     out[base + (long long)y * W + x] = v[MID];
 }
 
-extern "C" __global__ void median_filter_3(const float* FK_RESTRICT in, float* FK_RESTRICT out, int H, int W)
+extern "C" __global__ void median_filter_3(const float* FK_RESTRICT in, float* FK_RESTRICT out,
+                                            const int* FK_RESTRICT active, int C, int H, int W, int plane0)
 {
-    median_impl<3>(in, out, H, W);
+    median_impl<3>(in, out, active, C, H, W, plane0);
 }
 
-extern "C" __global__ void median_filter_5(const float* FK_RESTRICT in, float* FK_RESTRICT out, int H, int W)
+extern "C" __global__ void median_filter_5(const float* FK_RESTRICT in, float* FK_RESTRICT out,
+                                            const int* FK_RESTRICT active, int C, int H, int W, int plane0)
 {
-    median_impl<5>(in, out, H, W);
+    median_impl<5>(in, out, active, C, H, W, plane0);
 }
 
 // torch.lerp's formula (ATen Lerp.h): exact at both ends.
@@ -283,7 +327,7 @@ __device__ __forceinline__ void linear_tap(int i, int n_in, double scale, int* i
 // ops.resize_bilinear: (N, H, W) -> (N, OH, OW) with source pixels per output pixel (sy, sx),
 // rows interpolated first, then columns, as the torch twin does.
 extern "C" __global__ void resize_bilinear(const float* FK_RESTRICT in, float* FK_RESTRICT out,
-                                           int H, int W, int OH, int OW, double sy, double sx)
+                                           int H, int W, int OH, int OW, double sy, double sx, int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
@@ -293,8 +337,9 @@ extern "C" __global__ void resize_bilinear(const float* FK_RESTRICT in, float* F
     float fy, fx;
     linear_tap(y, H, sy, &y0, &y1, &fy);
     linear_tap(x, W, sx, &x0, &x1, &fx);
-    const float* src = in + (long long)blockIdx.z * H * W;
+    const long long plane = (long long)blockIdx.z + plane0;
+    const float* src = in + plane * H * W;
     const float left = lerp_aten(src[(long long)y0 * W + x0], src[(long long)y1 * W + x0], fy);
     const float right = lerp_aten(src[(long long)y0 * W + x1], src[(long long)y1 * W + x1], fy);
-    out[(long long)blockIdx.z * OH * OW + (long long)y * OW + x] = lerp_aten(left, right, fx);
+    out[plane * OH * OW + (long long)y * OW + x] = lerp_aten(left, right, fx);
 }

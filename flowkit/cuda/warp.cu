@@ -11,6 +11,7 @@
 // Layout: image / out / grad_image (B, C, H, W), flow / grad_flow (B, 2, H, W), float32 contiguous.
 // One thread per output pixel loops over the C channels, so the flow gradient (a sum over channels)
 // needs no atomics; the image gradient scatters to 4 taps with atomicAdd (grad_image must be zeroed).
+// `plane0`: the pair of grid z-slice 0 (a batch beyond the grid-z limit is launched in slices).
 // Self-contained: no #include (NVRTC has no host headers).
 
 #define FK_RESTRICT __restrict__
@@ -59,11 +60,12 @@ __device__ __forceinline__ BilinearTaps bilinear_taps(float xs, float ys, int H,
 }
 
 extern "C" __global__ void warp_bilinear_forward(const float* FK_RESTRICT image, const float* FK_RESTRICT flow,
-                                                 float* FK_RESTRICT out, int C, int H, int W, int border)
+                                                 float* FK_RESTRICT out, int C, int H, int W, int border,
+                                                 int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z;
+    const int b = blockIdx.z + plane0;
     if (x >= W || y >= H)
         return;
     const long long hw = (long long)H * W;
@@ -91,11 +93,11 @@ extern "C" __global__ void warp_bilinear_forward(const float* FK_RESTRICT image,
 extern "C" __global__ void warp_bilinear_backward(const float* FK_RESTRICT grad_out, const float* FK_RESTRICT image,
                                                   const float* FK_RESTRICT flow, float* grad_image,
                                                   float* FK_RESTRICT grad_flow, int C, int H, int W,
-                                                  int border, int want_image, int want_flow)
+                                                  int border, int want_image, int want_flow, int plane0)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    const int b = blockIdx.z;
+    const int b = blockIdx.z + plane0;
     if (x >= W || y >= H)
         return;
     const long long hw = (long long)H * W;

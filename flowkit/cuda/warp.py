@@ -12,7 +12,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import EngineError
-from . import BLOCK_2D, check_cuda_float, grid_2d, launch, load_kernel
+from . import check_cuda_float, launch_planes, load_kernel
 
 SOURCE = "warp.cu"
 PADDING_MODES = ("zeros", "border")
@@ -28,10 +28,10 @@ class WarpBilinear(torch.autograd.Function):
         b, c, h, w = image.shape
         out = torch.empty_like(image)
         if out.numel():
-            launch(load_kernel("warp_bilinear_forward", SOURCE, device_id=image.device.index),
-                   grid_2d(h, w, b), BLOCK_2D,
-                   (image, flow, out, np.int32(c), np.int32(h), np.int32(w), np.int32(border)),
-                   image.device)
+            launch_planes(load_kernel("warp_bilinear_forward", SOURCE, device_id=image.device.index),
+                          h, w, b,
+                          (image, flow, out, np.int32(c), np.int32(h), np.int32(w), np.int32(border)),
+                          image.device)
         ctx.save_for_backward(image, flow)
         ctx.border = bool(border)
         ctx.dtypes = dtypes
@@ -50,10 +50,11 @@ class WarpBilinear(torch.autograd.Function):
         unused = image.new_empty(1)
         grad_image = torch.zeros_like(image) if want_image else unused
         grad_flow = torch.empty_like(flow) if want_flow else unused
-        launch(load_kernel("warp_bilinear_backward", SOURCE, device_id=image.device.index),
-               grid_2d(h, w, b), BLOCK_2D,
-               (grad_out, image, flow, grad_image, grad_flow, np.int32(c), np.int32(h), np.int32(w),
-                np.int32(ctx.border), np.int32(want_image), np.int32(want_flow)), image.device)
+        launch_planes(load_kernel("warp_bilinear_backward", SOURCE, device_id=image.device.index),
+                      h, w, b,
+                      (grad_out, image, flow, grad_image, grad_flow, np.int32(c), np.int32(h),
+                       np.int32(w), np.int32(ctx.border), np.int32(want_image), np.int32(want_flow)),
+                      image.device)
         return (grad_image.to(ctx.dtypes[0]) if want_image else None,
                 grad_flow.to(ctx.dtypes[1]) if want_flow else None, None)
 

@@ -27,6 +27,9 @@ class FlowEngine:
     name: ClassVar[str] = ""
     #: Bumped whenever the engine's output for the same parameters changes.
     version: ClassVar[str] = "1"
+    #: The numerics it computes with, ``"torch"`` or ``"cupy"`` (:mod:`flowkit.flow.numerics`);
+    #: engines with a ``backend`` option set it from what ``"auto"`` resolved to.
+    backend: str = "torch"
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -40,8 +43,10 @@ class FlowEngine:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        """Name, version and parameters: what a store records about how a dataset was made."""
-        return {"engine": self.name, "version": self.version, "params": self.params}
+        """Name, version, parameters and backend: what a store records about how a dataset was
+        made. The backend is not a parameter: both compute the same flow to float rounding."""
+        return {"engine": self.name, "version": self.version, "params": self.params,
+                "backend": self.backend}
 
     def __call__(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
         check_shape(frames0, "BCHW", "frames0")

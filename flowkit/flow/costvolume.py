@@ -636,6 +636,9 @@ class CostVolumeEngine(FlowEngine):
         scale: resolution of the computation relative to the input, in (0, 1].
         weights: checkpoint path for ``"learned"`` features (``flowkit extract --weights CKPT``).
         layer: last ResNet stage used by ``"learned"`` features.
+        backend: ``"auto"`` (the CuPy correlation and soft-argmax kernels on CUDA when CuPy
+            imports, torch otherwise), ``"torch"`` or ``"cupy"``; an execution option, not in
+            ``params`` (:mod:`flowkit.flow.numerics`).
     """
 
     name = "costvolume"
@@ -644,8 +647,12 @@ class CostVolumeEngine(FlowEngine):
     def __init__(self, device="cpu", max_displacement: int | Sequence[int] = 4, stride: int = 1,
                  dilation: int = 1, tau: float = 0.02, features: str | None = None, radius: int = 3,
                  sigma: float = 0.0, scale: float = 1.0, weights: str | None = None,
-                 layer: str = "layer1"):
+                 layer: str = "layer1", backend: str = "auto"):
+        from . import numerics
+
         super().__init__(device)
+        self.numerics = numerics.create(backend, self.device)
+        self.backend = self.numerics.backend
         self.window = _window(max_displacement)
         self.stride = _positive_int(stride, "stride")
         self.dilation = _positive_int(dilation, "dilation")
@@ -697,7 +704,7 @@ class CostVolumeEngine(FlowEngine):
         both = _resize_area(torch.cat((frames0, frames1)).float(), size)
         feats = self._describe_frames(both)
         f0, f1 = feats.split(frames0.shape[0])
-        return cost_volume(f0, f1, self.window, self.stride, self.dilation), size
+        return self.numerics.cost_volume(f0, f1, self.window, self.stride, self.dilation), size
 
     def flow_from_cost(self, cost: torch.Tensor, input_size: tuple[int, int],
                        reduced_size: tuple[int, int], tau: float | None = None) -> torch.Tensor:
@@ -705,7 +712,7 @@ class CostVolumeEngine(FlowEngine):
         onto the ``input_size`` grid, in input pixels: the second half of :meth:`forward`."""
         tau = self.tau if tau is None else tau
         feat_stride = 1 if self.extractor is None else self.extractor.stride
-        disp = soft_argmax_displacement(cost, self.window, tau, self.dilation)
+        disp = self.numerics.soft_argmax_displacement(cost, self.window, tau, self.dilation)
         # Feature pixel j of the reduced image sits at reduced pixel feat_stride*j, and position i
         # of the cost volume at feature pixel stride*i; offsets are in feature pixels.
         return _to_input_grid(disp * feat_stride, input_size, reduced_size,

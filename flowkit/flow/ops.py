@@ -209,13 +209,15 @@ def pyramid_sizes(height: int, width: int, nscales: int, scale_step: float,
     return sizes
 
 
-def image_pyramid(image: torch.Tensor, sizes: Sequence[tuple[int, int]], scale_step: float
-                  ) -> list[torch.Tensor]:
-    """Images at the given sizes, each level resized from the previous one (as OpenCV does)."""
+def image_pyramid(image: torch.Tensor, sizes: Sequence[tuple[int, int]], scale_step: float,
+                  resize=None) -> list[torch.Tensor]:
+    """Images at the given sizes, each level resized from the previous one (as OpenCV does) with
+    ``resize`` (default :func:`resize_bilinear`; the cupy backend passes its kernel)."""
+    resize = resize or resize_bilinear
     levels = [image]
     for size in sizes[1:]:
         inv = 1.0 / scale_step
-        levels.append(resize_bilinear(levels[-1], size, scale=(inv, inv)))
+        levels.append(resize(levels[-1], size, scale=(inv, inv)))
     return levels
 
 

@@ -12,8 +12,12 @@ and median filtering reproduce ``cv2.optflow.DualTVL1OpticalFlow`` (see DESIGN.m
   updates, a ``median_filtering`` median of u before each outer iteration, and the epsilon rule:
   a pair stops iterating in the current warp once sum((u_new - u)^2) <= epsilon^2 * H * W.
 
-Each pair stops on its own, as if run alone: finished pairs leave the batch, so they cost nothing.
-:func:`tvl1_step` is the whole iteration in one function; TVNet unrolls the same function.
+Each pair stops on its own, as if run alone. The rule is evaluated on the device: finished pairs
+are frozen by a per-pair mask and leave the batch every ``sync_every`` iterations (every iteration on
+the CPU, where reading the mask is free; once per outer iteration on CUDA, where each read is a host
+round trip). :func:`tvl1_step` is the whole iteration in one function; TVNet unrolls the same
+function. The hot loops run on the numerics of the engine's backend (:mod:`flowkit.flow.numerics`):
+these torch functions, or their CuPy kernels (:mod:`flowkit.cuda.tvl1`).
 """
 from __future__ import annotations
 
@@ -101,7 +105,7 @@ def tvl1_step(u: torch.Tensor, p: torch.Tensor, grad_i1w: torch.Tensor, grad_sq:
     return u, p
 
 
-def _iteration(u, p, grad_i1w, grad_sq, rho_c, lambda_theta: float, theta: float, tau_theta: float):
+def iteration(u, p, grad_i1w, grad_sq, rho_c, lambda_theta: float, theta: float, tau_theta: float):
     """:func:`tvl1_step` plus the squared update norm per pair (the epsilon rule's error)."""
     u_new, p_new = tvl1_step(u, p, grad_i1w, grad_sq, rho_c, lambda_theta=lambda_theta, theta=theta,
                              tau_theta=tau_theta)
@@ -111,31 +115,135 @@ def _iteration(u, p, grad_i1w, grad_sq, rho_c, lambda_theta: float, theta: float
 _compiled_iteration = None
 
 
-def _get_iteration(compile: bool):
+def get_iteration(compile: bool):
     """The eager iteration, or one compiled by torch.compile (fuses ~30 elementwise passes into a
     few loops; falls back to eager with a warning where no compiler is available)."""
     global _compiled_iteration
     if not compile:
-        return _iteration
+        return iteration
     if _compiled_iteration is None:
-        compiled = torch.compile(_iteration, dynamic=True)
+        compiled = torch.compile(iteration, dynamic=True)
 
         def guarded(*args, **kwargs):
             global _compiled_iteration
             if args[0].shape[0] == 1:
                 # torch.compile specialises size-1 dimensions: a batch shrunk to one running pair
                 # would compile a second graph; one pair is as fast eagerly.
-                return _iteration(*args, **kwargs)
+                return iteration(*args, **kwargs)
             try:
                 return compiled(*args, **kwargs)
             except Exception as exc:  # no C++ compiler, unsupported platform, ...
                 warnings.warn(f"tvl1: torch.compile failed ({type(exc).__name__}: {exc}); "
                               "running eagerly", RuntimeWarning, stacklevel=2)
-                _compiled_iteration = _iteration
-                return _iteration(*args, **kwargs)
+                _compiled_iteration = iteration
+                return iteration(*args, **kwargs)
 
         _compiled_iteration = guarded
     return _compiled_iteration
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The iterations of one warp: ``outer`` x (median of u, then ``inner`` iterations).
+
+    Attributes:
+        outer, inner: OpenCV's outer and inner iteration counts.
+        median: median filter size applied to u before each outer iteration (0 or 1: none).
+        lambda_theta, theta, tau_theta: lambda*theta, theta, tau/theta.
+        scaled_eps: the epsilon rule's threshold ``epsilon^2 * H * W`` on ``sum((u' - u)^2)``, or
+            None for a fixed schedule (every iteration runs, as in TVNet).
+        kernels: None (OpenCV's [-1, 1] finite differences), or one entry per iteration of the warp
+            (``outer * inner``): ``{"forward": (2,), "divergence": (2,)}`` tensors on the torch
+            backend (trainable, TVNet), ``(fk0, fk1, dk0, dk1)`` floats on the cupy backend.
+    """
+    outer: int
+    inner: int
+    median: int
+    lambda_theta: float
+    theta: float
+    tau_theta: float
+    scaled_eps: float | None = None
+    kernels: tuple | None = None
+
+
+def warp_iterations(u: torch.Tensor, p: torch.Tensor, lin: tuple[torch.Tensor, ...],
+                    schedule: Schedule, *, step=iteration, sync_every: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All iterations of one warp from ``(u, p)`` with the linearisation ``lin`` (:func:`linearize`).
+
+    With an epsilon rule, each pair stops at the first iteration whose update is <= epsilon (that
+    iteration applied), exactly as OpenCV's ``DualTVL1`` run on the pair alone. Between host reads,
+    a stopped pair is frozen by a mask (``torch.where``); every ``sync_every`` iterations the mask
+    is read, stopped pairs are written back and leave the batch. ``sync_every=1`` reads every
+    iteration (free on the CPU, and no wasted work); larger values save host round trips on CUDA.
+    The flows do not depend on ``sync_every``.
+
+    Args:
+        u: ``(B, 2, H, W)``; p: ``(B, 2, 2, H, W)``; lin: ``(grad_i1w, grad_sq, rho_c)``.
+        schedule: :class:`Schedule`.
+        step: the iteration, :func:`iteration` or :func:`get_iteration`'s compiled one (used where
+            ``schedule.kernels`` is None).
+        sync_every: iterations between reads of the stopping mask.
+
+    Returns:
+        New ``(u, p)``. Differentiable with a fixed schedule (TVNet), not with the epsilon rule.
+    """
+    coeffs = dict(lambda_theta=schedule.lambda_theta, theta=schedule.theta,
+                  tau_theta=schedule.tau_theta)
+    if schedule.scaled_eps is None:
+        n = 0
+        for _ in range(schedule.outer):
+            if schedule.median > 1:
+                u = ops.median_filter(u, schedule.median)
+            for _ in range(schedule.inner):
+                if schedule.kernels is None:
+                    u, p, _ = step(u, p, *lin, **coeffs)
+                else:
+                    u, p = tvl1_step(u, p, *lin, kernels=schedule.kernels[n], **coeffs)
+                n += 1
+        return u, p
+    if schedule.kernels is not None:
+        raise EngineError("tvl1: per-iteration kernels need a fixed schedule (scaled_eps=None)")
+    return _until_converged(u, p, lin, schedule, step, coeffs, max(1, int(sync_every)))
+
+
+def _until_converged(u, p, lin, schedule: Schedule, step, coeffs, sync_every: int):
+    """:func:`warp_iterations` with the epsilon rule."""
+    idx = torch.arange(u.shape[0], device=u.device)
+    out_u, out_p = u.clone(), p.clone()
+    state = [u, p, *lin]
+    active = None  # None: every pair in `state` still iterates
+    n = 0
+    for _ in range(schedule.outer):
+        if schedule.median > 1:
+            filtered = ops.median_filter(state[0], schedule.median)
+            state[0] = filtered if active is None else torch.where(_bcast(active, 4), filtered, state[0])
+        for _ in range(schedule.inner):
+            u_new, p_new, error = step(*state, **coeffs)
+            running = error > schedule.scaled_eps
+            if active is None:
+                state[0], state[1], active = u_new, p_new, running
+            else:
+                state[0] = torch.where(_bcast(active, 4), u_new, state[0])
+                state[1] = torch.where(_bcast(active, 5), p_new, state[1])
+                active = active & running
+            n += 1
+            if n % sync_every == 0:
+                done = ~active
+                if bool(done.any()):
+                    out_u[idx[done]], out_p[idx[done]] = state[0][done], state[1][done]
+                    idx = idx[active]
+                    state = [t[active] for t in state]
+                active = None
+                if idx.numel() == 0:
+                    return out_u, out_p
+    if idx.numel():
+        out_u[idx], out_p[idx] = state[0], state[1]
+    return out_u, out_p
+
+
+def _bcast(mask: torch.Tensor, dims: int) -> torch.Tensor:
+    return mask.view(-1, *([1] * (dims - 1)))
 
 
 def linearize(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor
@@ -159,68 +267,57 @@ def linearize(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor
     return grad_i1w, grad_sq, rho_c
 
 
-def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Params,
-                 iteration=_iteration) -> torch.Tensor:
-    """Run all warps of one pyramid level; each pair stops on its own epsilon rule."""
-    batch, _, h, w = i0.shape
+def solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Params,
+                numerics) -> torch.Tensor:
+    """Run all warps of one pyramid level on ``numerics`` (:mod:`flowkit.flow.numerics`); each pair
+    stops on its own epsilon rule."""
+    _, _, h, w = i0.shape
     gx, gy = ops.centered_gradient(i1)
     i1_stack = torch.cat((i1, gx, gy), dim=1)
-    p = u.new_zeros(batch, 2, 2, h, w)
-    coeffs = dict(lambda_theta=prm.lambda_ * prm.theta, theta=prm.theta, tau_theta=prm.tau / prm.theta)
-    scaled_eps = prm.epsilon * prm.epsilon * h * w
+    p = u.new_zeros(u.shape[0], 2, 2, h, w)
+    schedule = Schedule(outer=prm.outer_iterations, inner=prm.inner_iterations,
+                        median=prm.median_filtering, lambda_theta=prm.lambda_ * prm.theta,
+                        theta=prm.theta, tau_theta=prm.tau / prm.theta,
+                        scaled_eps=prm.epsilon * prm.epsilon * h * w if prm.early_stop else None)
     for _ in range(prm.warps):
-        grad_i1w, grad_sq, rho_c = linearize(i0, i1_stack, u)
-        # The running pairs' state; finished pairs are written back into (u, p) and dropped.
-        idx = torch.arange(batch, device=u.device)
-        state = [u, p, grad_i1w, grad_sq, rho_c]
-        u, p = u.clone(), p.clone()
-        for _ in range(prm.outer_iterations):
-            if prm.median_filtering > 1:
-                state[0] = ops.median_filter(state[0], prm.median_filtering)
-            for _ in range(prm.inner_iterations):
-                u_new, p_new, error = iteration(*state, **coeffs)
-                state[0], state[1] = u_new, p_new
-                if prm.early_stop:
-                    done = error <= scaled_eps
-                    if bool(done.any()):
-                        u[idx[done]], p[idx[done]] = u_new[done], p_new[done]
-                        keep = ~done
-                        idx = idx[keep]
-                        state = [t[keep] for t in state]
-                        if idx.numel() == 0:
-                            break
-            if idx.numel() == 0:
-                break
-        if idx.numel():
-            u[idx], p[idx] = state[0], state[1]
+        lin = numerics.linearize(i0, i1_stack, u)
+        u, p = numerics.warp_iterations(u, p, lin, schedule)
     return u
 
 
 def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None,
-              compile: bool = False) -> torch.Tensor:
+              compile: bool = False, numerics=None) -> torch.Tensor:
     """TV-L1 flow from ``i0`` to ``i1``.
 
     Args:
         i0, i1: gray images ``(B, 1, H, W)``, float, intensities in [0, 255].
         params: :class:`TVL1Params` (OpenCV defaults when omitted).
         compile: fuse the iteration with ``torch.compile`` (same result to float rounding; the
-            first call compiles for ~20 s, later processes reuse inductor's on-disk cache).
+            first call compiles for ~20 s, later processes reuse inductor's on-disk cache). Torch
+            numerics only.
+        numerics: the backend's numerics (:func:`flowkit.flow.numerics.create`); by default torch's
+            for the device of ``i0``.
 
     Returns:
         Flow ``(B, 2, H, W)`` float32, pixels.
     """
+    from .numerics import create as create_numerics
+
     prm = params or TVL1Params()
     ops.check_shape(i0, "BCHW", "i0")
     h, w = i0.shape[-2:]
     if h < 3 or w < 3:
         raise EngineError(f"tvl1 needs frames of at least 3x3 pixels, got {h}x{w}")
-    iteration = _get_iteration(compile)
+    if numerics is None:
+        numerics = create_numerics("torch", i0.device, compile=compile)
     return coarse_to_fine(i0.float(), i1.float(), prm.nscales, prm.scale_step,
-                          lambda level, a, b, u: _solve_level(a, b, u, prm, iteration))
+                          lambda level, a, b, u: solve_level(a, b, u, prm, numerics),
+                          resize=numerics.resize_bilinear)
 
 
 def coarse_to_fine(i0: torch.Tensor, i1: torch.Tensor, nscales: int, scale_step: float,
-                   solve_level, u_init: torch.Tensor | None = None) -> torch.Tensor:
+                   solve_level, u_init: torch.Tensor | None = None,
+                   resize=ops.resize_bilinear) -> torch.Tensor:
     """The pyramid loop shared by TV-L1 and TVNet.
 
     Builds the OpenCV-style pyramid (:func:`ops.pyramid_sizes`, :func:`ops.image_pyramid`), starts
@@ -231,18 +328,19 @@ def coarse_to_fine(i0: torch.Tensor, i1: torch.Tensor, nscales: int, scale_step:
     Args:
         i0, i1: ``(B, 1, H, W)`` float; the flow has their dtype.
         u_init: optional initial flow broadcastable to ``(B, 2, h, w)`` at the coarsest level.
+        resize: the OpenCV-semantics bilinear resize of the backend (:func:`ops.resize_bilinear`).
     """
     h, w = i0.shape[-2:]
     sizes = ops.pyramid_sizes(h, w, nscales, scale_step)
-    pyr0 = ops.image_pyramid(i0, sizes, scale_step)
-    pyr1 = ops.image_pyramid(i1, sizes, scale_step)
+    pyr0 = ops.image_pyramid(i0, sizes, scale_step, resize)
+    pyr1 = ops.image_pyramid(i1, sizes, scale_step, resize)
     u = i0.new_zeros(i0.shape[0], 2, *sizes[-1])
     if u_init is not None:
         u = u + u_init
     for level in range(len(sizes) - 1, -1, -1):
         u = solve_level(level, pyr0[level], pyr1[level], u)
         if level:
-            u = ops.resize_bilinear(u, sizes[level - 1]) / scale_step
+            u = resize(u, sizes[level - 1]) / scale_step
     return u
 
 
@@ -251,8 +349,10 @@ class TVL1(FlowEngine):
     """TV-L1 optical flow engine (``create_engine("tvl1", **TVL1Params fields)``).
 
     RGB frames are converted to luma first (OpenCV's RGB2GRAY weights), as extraction pipelines
-    feeding OpenCV do. ``compile=True`` fuses the iteration with torch.compile; it is an execution
-    option, not a parameter of the result, so it is not part of ``params``.
+    feeding OpenCV do. Execution options, not parameters of the result (so not in ``params``):
+    ``backend`` (``"auto"``: the CuPy kernels on CUDA when CuPy imports, else torch; see
+    :mod:`flowkit.flow.numerics`) and ``compile=True`` (torch backend: fuse the iteration with
+    torch.compile).
     """
 
     name = "tvl1"
@@ -261,17 +361,23 @@ class TVL1(FlowEngine):
     def __init__(self, device="cpu", tau: float = 0.25, lambda_: float = 0.15, theta: float = 0.3,
                  nscales: int = 5, warps: int = 5, epsilon: float = 0.01, inner_iterations: int = 30,
                  outer_iterations: int = 10, scale_step: float = 0.8, median_filtering: int = 5,
-                 early_stop: bool = True, compile: bool = False):
+                 early_stop: bool = True, compile: bool = False, backend: str = "auto"):
+        from . import numerics
+
         super().__init__(device)
         self.compile = compile
         self.config = TVL1Params(tau=tau, lambda_=lambda_, theta=theta, nscales=nscales, warps=warps,
                                  epsilon=epsilon, inner_iterations=inner_iterations,
                                  outer_iterations=outer_iterations, scale_step=scale_step,
                                  median_filtering=median_filtering, early_stop=early_stop)
+        self.numerics = numerics.check_median(
+            numerics.create(backend, self.device, compile=compile), median_filtering, backend)
+        self.backend = self.numerics.backend
 
     @property
     def params(self) -> dict:
         return asdict(self.config)
 
     def forward(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
-        return tvl1_flow(ops.to_gray(frames0), ops.to_gray(frames1), self.config, self.compile)
+        return tvl1_flow(ops.to_gray(frames0), ops.to_gray(frames1), self.config,
+                         numerics=self.numerics)

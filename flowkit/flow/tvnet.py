@@ -32,6 +32,7 @@ One kernel serves both the x and the y direction (as :mod:`flowkit.flow.ops` app
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import asdict, dataclass, fields
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import EngineError
-from . import ops, tvl1
+from . import numerics, ops, tvl1
 from .base import FlowEngine
 from .registry import register_engine
 
@@ -104,6 +105,24 @@ class TVNet(nn.Module):
         self.grad_kernels = nn.Parameter(grad.repeat(scales, warps, 1))
         self.forward_kernels = nn.Parameter(diff.repeat(scales, warps, iterations, 1))
         self.divergence_kernels = nn.Parameter(diff.repeat(scales, warps, iterations, 1))
+        self.numerics = None  # torch's, for the inputs' device (set_numerics for another backend)
+        self._kernel_table = None
+
+    def set_numerics(self, numerics) -> "TVNet":
+        """Compute with ``numerics`` (:func:`flowkit.flow.numerics.create`) from now on.
+
+        With the cupy backend (inference only) the finite-difference kernels are read once, here,
+        into the launch arguments: set the numerics again after changing the weights.
+        """
+        self.numerics = numerics
+        self._kernel_table = None
+        if numerics is not None and numerics.backend == "cupy":
+            fwd = self.forward_kernels.detach().cpu().tolist()
+            div = self.divergence_kernels.detach().cpu().tolist()
+            self._kernel_table = [[tuple((*f, *d) for f, d in zip(fwd[s][w], div[s][w]))
+                                   for w in range(self.config.warps)]
+                                  for s in range(self.config.scales)]
+        return self
 
     def forward(self, i0: torch.Tensor, i1: torch.Tensor) -> torch.Tensor:
         ops.check_shape(i0, "BCHW", "i0")
@@ -116,40 +135,54 @@ class TVNet(nn.Module):
             raise EngineError(f"tvnet needs frames of at least 3x3 pixels, got {h}x{w}")
         dtype = i0.dtype if i0.is_floating_point() else torch.float32
         cfg = self.config
+        nx = self.numerics or numerics.create("torch", i0.device)
         return tvl1.coarse_to_fine(i0.to(dtype), i1.to(dtype), cfg.scales, cfg.zfactor,
-                                   self._solve_level, u_init=self.u0.to(dtype).view(1, 2, 1, 1))
+                                   functools.partial(self._solve_level, nx),
+                                   u_init=self.u0.to(dtype).view(1, 2, 1, 1),
+                                   resize=nx.resize_bilinear)
 
-    def _solve_level(self, level: int, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor
+    def _solve_level(self, nx, level: int, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor
                      ) -> torch.Tensor:
         """All warps and iterations of pyramid level ``level`` (0 = finest), no early stopping."""
         cfg = self.config
-        coeffs = dict(lambda_theta=cfg.lambda_ * cfg.theta, theta=cfg.theta,
-                      tau_theta=cfg.tau / cfg.theta)
         p = u.new_zeros(u.shape[0], 2, 2, *u.shape[-2:])
         for warp in range(cfg.warps):
             gx, gy = ops.centered_gradient(i1, self.grad_kernels[level, warp])
-            grad_i1w, grad_sq, rho_c = tvl1.linearize(i0, torch.cat((i1, gx, gy), dim=1), u)
-            for it in range(cfg.iterations):
-                kernels = {"forward": self.forward_kernels[level, warp, it],
-                           "divergence": self.divergence_kernels[level, warp, it]}
-                u, p = tvl1.tvl1_step(u, p, grad_i1w, grad_sq, rho_c, kernels=kernels, **coeffs)
+            lin = nx.linearize(i0, torch.cat((i1, gx, gy), dim=1), u)
+            u, p = nx.warp_iterations(u, p, lin, self._schedule(nx, level, warp))
         return u
+
+    def _schedule(self, nx, level: int, warp: int) -> tvl1.Schedule:
+        cfg = self.config
+        if nx.backend == "cupy":
+            if self._kernel_table is None:
+                raise EngineError("tvnet: call set_numerics() with the cupy numerics first")
+            kernels = self._kernel_table[level][warp]
+        else:
+            kernels = tuple({"forward": self.forward_kernels[level, warp, it],
+                             "divergence": self.divergence_kernels[level, warp, it]}
+                            for it in range(cfg.iterations))
+        return tvl1.Schedule(outer=1, inner=cfg.iterations, median=0,
+                             lambda_theta=cfg.lambda_ * cfg.theta, theta=cfg.theta,
+                             tau_theta=cfg.tau / cfg.theta, kernels=kernels)
 
 
 def flow_loss(i0: torch.Tensor, i1: torch.Tensor, flow: torch.Tensor, lambda_: float = 0.15,
               eps: float = _EPS_NORM) -> torch.Tensor:
     """TVNet's unsupervised flow loss ``L_f = lambda * mean|I1(x + u) - I0| + mean(|grad u1| + |grad u2|)``.
 
-    I1 is warped exactly (``ops.warp``, bilinear, edge pixels replicated outside the frame); the
-    gradient is the forward difference of :func:`ops.forward_gradient`; ``|a| = sqrt(a^2 + eps)`` so
-    the loss is differentiable everywhere. With intensities in [0, 255] the data term is in grey
-    levels, the smoothness term in pixels per pixel.
+    I1 is warped exactly (bilinear, edge pixels replicated outside the frame; on CUDA with CuPy the
+    warp kernel's ``autograd.Function``, else ``ops.warp``); the gradient is the forward difference
+    of :func:`ops.forward_gradient`; ``|a| = sqrt(a^2 + eps)`` so the loss is differentiable
+    everywhere. With intensities in [0, 255] the data term is in grey levels, the smoothness term in
+    pixels per pixel.
 
     Shape:
         ``i0``, ``i1`` ``(B, C, H, W)``; ``flow`` ``(B, 2, H, W)``. Returns a scalar (mean over the batch).
     """
     ops.check_shape(flow, "BCHW", "flow")
-    residual = ops.warp(i1, flow, mode="bilinear", padding_mode="border") - i0
+    warp = numerics.warp_function(str(flow.device))
+    residual = warp(i1, flow, mode="bilinear", padding_mode="border") - i0
     data = torch.sqrt(residual * residual + eps).mean()
     ux, uy = ops.forward_gradient(flow)
     smooth = torch.sqrt(ux * ux + uy * uy + eps).sum(1).mean()
@@ -232,6 +265,8 @@ class TVNetEngine(FlowEngine):
     5 warps, 50 iterations, zfactor 0.5; ``params["trained"]`` is false). With ``weights`` it loads a
     checkpoint of ``flowkit train-flow tvnet`` together with its architecture; architecture
     parameters given as well must match it. RGB frames are converted to luma as in the TV-L1 engine.
+    ``backend`` (an execution option, not in ``params``): ``"auto"`` runs the CuPy kernels on CUDA
+    when CuPy imports, torch otherwise (:mod:`flowkit.flow.numerics`).
     """
 
     name = "tvnet"
@@ -240,7 +275,8 @@ class TVNetEngine(FlowEngine):
     def __init__(self, device="cpu", scales: int | None = None, warps: int | None = None,
                  iterations: int | None = None, tau: float | None = None,
                  lambda_: float | None = None, theta: float | None = None,
-                 zfactor: float | None = None, weights: str | os.PathLike | None = None):
+                 zfactor: float | None = None, weights: str | os.PathLike | None = None,
+                 backend: str = "auto"):
         super().__init__(device)
         requested = dict(scales=scales, warps=warps, iterations=iterations, tau=tau,
                          lambda_=lambda_, theta=theta, zfactor=zfactor)
@@ -254,6 +290,8 @@ class TVNetEngine(FlowEngine):
             self.digest = file_digest(self.weights)
             self.epoch = ckpt.get("epoch")
         self.net.to(self.device).eval().requires_grad_(False)
+        self.net.set_numerics(numerics.create(backend, self.device))
+        self.backend = self.net.numerics.backend
 
     @property
     def params(self) -> dict:

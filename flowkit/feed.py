@@ -1,0 +1,460 @@
+"""Feeding an engine at the speed of the device: decode ahead, batch pairs across videos, write behind.
+
+::
+
+    decode threads (``prefetch`` videos ahead)      main thread                        write thread
+    probe + iter_frames -> bounded chunk queues -> pairs of many videos -> engine -> store (in order)
+                                                    └── RGB chunks ────────────────────────┘
+
+- **Decode ahead.** Each video is probed and decoded in its own thread into a small bounded queue of
+  chunks, ``prefetch`` videos ahead of the one being batched (PyAV and OpenCV release the GIL), so
+  the engine never waits for a decoder at a video boundary.
+- **Batches across video boundaries.** A batch holds ``batch`` consecutive-frame pairs from as many
+  videos as it takes: the last pairs of one video and the first of the next share one engine call,
+  so the device sees full batches (e.g. 64-256 pairs of 256x340 on a GPU) whatever the video
+  lengths. Pairs of different frame sizes never share a batch. Each pair is computed exactly as in a
+  batch of its own video: the engines treat pairs independently.
+- **Pinned, asynchronous copies on CUDA.** The frames of a batch are assembled once in pinned host
+  memory (pairs share their frames: ``B + videos`` frames, not ``2B``) and copied with
+  ``non_blocking=True``; the pairs are gathered on the device. Flows come back into pinned memory
+  asynchronously; the write thread waits for the copy, so the main thread already prepares and
+  launches the next batch.
+- **Write behind.** One thread owns the store's writers: RGB chunks and flows are appended in order,
+  a video is committed (its partial file renamed) once its last flow is written, so HDF5
+  compression overlaps the next engine call and a crash still loses only the videos in flight.
+- **Failures stay per video.** A decode error fails that video (its pairs still waiting in the
+  batch are dropped), an engine error fails the videos of that batch, a store error the video
+  being written; every other video goes on. Each video gets exactly one :class:`VideoResult`.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import FlowkitError, VideoError
+from .labels import VideoItem
+from .store import FlowStore, StoreError
+from .video import VideoInfo, iter_frames, probe
+
+# Decoded chunks buffered per video: enough to hide a decoder hiccup, bounded memory.
+_QUEUE_CHUNKS = 2
+_POLL_S = 0.05
+# Errors that fail one video (or the videos of one batch) and never the run.
+VIDEO_ERRORS = (FlowkitError, OSError, RuntimeError, ValueError)
+
+
+@dataclass
+class VideoResult:
+    """Outcome of one video: ``status`` is "done", "skipped" (already in the store) or "failed"."""
+    key: str
+    source: str
+    status: str
+    reason: str = ""
+    frames: int = 0
+    pairs: int = 0
+    size: tuple[int, int] | None = None
+    seconds: float = 0.0
+
+
+def failure_reason(item: VideoItem, exc: BaseException) -> str:
+    """One line naming the video and the cause."""
+    reason = str(exc)
+    if not isinstance(exc, FlowkitError) or str(item.path) not in reason:
+        reason = f"{item.path}: {type(exc).__name__}: {exc}"
+    return reason
+
+
+@dataclass
+class FeedOptions:
+    """How videos are decoded and stored (the relevant part of ``ExtractConfig``)."""
+    method: str
+    size: int | tuple[int, int] | None = None
+    step: int = 1
+    max_frames: int | None = None
+    flow_dtype: str = "float16"
+    flow_bound: float = 20.0
+    rgb: bool = True
+    batch: int = 8
+    prefetch: int = 2
+    decode_threads: int = 0
+
+
+@dataclass(eq=False)
+class _Job:
+    """One video on its way through the feed."""
+    item: VideoItem
+    extend: bool
+    store_rgb: bool
+    info: VideoInfo | None = None
+    frames: int = 0
+    pairs: int = 0
+    size: tuple[int, int] | None = None
+    started: float = field(default_factory=time.perf_counter)
+    failed: str | None = None  # set by whichever stage failed it first
+    chunks: queue.Queue = field(default_factory=lambda: queue.Queue(_QUEUE_CHUNKS))
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+_END = object()
+
+
+def decode_video(item: VideoItem, opts: FeedOptions) -> tuple[VideoInfo, Iterable[np.ndarray]]:
+    """The default decoder: the file's header facts and its frames, ``(H, W, 3)`` uint8 RGB, resized
+    and subsampled as ``opts`` asks (PyAV, :mod:`flowkit.video`)."""
+    return probe(item.path), iter_frames(item.path, size=opts.size, step=opts.step,
+                                         max_frames=opts.max_frames, threads=opts.decode_threads)
+
+
+def _decode(job: _Job, opts: FeedOptions, decode) -> None:
+    """Decode thread: ``decode(item, opts)``, then chunks of up to ``batch`` frames into
+    ``job.chunks``; ends with ``_END`` or the exception that stopped it."""
+    def put(obj) -> bool:
+        while not job.cancelled.is_set():
+            try:
+                job.chunks.put(obj, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        job.info, frames = decode(job.item, opts)
+        chunk: list[np.ndarray] = []
+        for frame in frames:
+            chunk.append(frame)
+            if len(chunk) == opts.batch:
+                if not put(np.stack(chunk)):
+                    return
+                chunk = []
+        if chunk and not put(np.stack(chunk)):
+            return
+        put(_END)
+    except BaseException as exc:  # delivered to the main thread, which fails this video
+        put(exc)
+
+
+def _chunks(job: _Job, should_stop: Callable[[], None]) -> Iterator[np.ndarray]:
+    while True:
+        should_stop()
+        try:
+            obj = job.chunks.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+        if obj is _END:
+            return
+        if isinstance(obj, BaseException):
+            raise obj
+        yield obj
+
+
+class _Writer(threading.Thread):
+    """The write thread: owns every open :class:`~flowkit.store.VideoWriter`, emits the results."""
+
+    def __init__(self, store: FlowStore, opts: FeedOptions, engine_record: dict):
+        super().__init__(name="flowkit-store-writer", daemon=True)
+        self.store, self.opts, self.record = store, opts, engine_record
+        self.inbox: queue.Queue = queue.Queue(maxsize=8)
+        self.results: queue.Queue = queue.Queue()
+        self.crashed: BaseException | None = None
+        self._open: dict[_Job, object] = {}
+        self._reported: set[_Job] = set()
+
+    # -- called from the main thread
+    def send(self, *message) -> None:
+        while True:
+            if self.crashed is not None:
+                raise RuntimeError(f"the store writer thread died: {self.crashed!r}") from self.crashed
+            try:
+                self.inbox.put(message, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        if self.is_alive():
+            self.send("stop")
+        self.join()
+        if self.crashed is not None:
+            raise RuntimeError(f"the store writer thread died: {self.crashed!r}") from self.crashed
+
+    # -- the thread
+    def run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug, not a bad video: stop the run, never hang it
+            self.crashed = exc
+            for job in list(self._open):
+                self._open.pop(job).__exit__(type(exc), exc, None)
+
+    def _serve(self) -> None:
+        while True:
+            kind, *args = self.inbox.get()
+            if kind == "stop":
+                return
+            if kind == "abort_all":
+                for job in list(self._open):
+                    self._close(job, KeyboardInterrupt())
+                continue
+            job = args[0]
+            if job.failed and job not in self._open and kind != "fail":
+                continue
+            try:
+                if kind == "rgb":
+                    self._writer(job).append_rgb(args[1])
+                elif kind == "flow":
+                    flow, ready = args[1], args[2]
+                    if ready is not None:
+                        ready.synchronize()
+                    self._writer(job).append_flow(self.opts.method, flow.numpy(), self.record)
+                elif kind == "end":
+                    self._close(job, None)
+                elif kind == "fail":
+                    self._close(job, VideoError(args[1]))
+            except VIDEO_ERRORS as exc:
+                self._close(job, exc)
+
+    def _writer(self, job: _Job):
+        w = self._open.get(job)
+        if w is None:
+            info, opts, item = job.info, self.opts, job.item
+            w = self.store.writer(item.key, source=item.path, fps=info.fps / opts.step,
+                                  label=item.label, label_name=item.label_name,
+                                  source_size=(info.height, info.width), step=opts.step,
+                                  flow_dtype=opts.flow_dtype, flow_bound=opts.flow_bound,
+                                  extend=job.extend)
+            w.__enter__()
+            self._open[job] = w
+        return w
+
+    def _close(self, job: _Job, exc: BaseException | None) -> None:
+        """Commit (``exc`` None) or abort the job's file, and emit its one result."""
+        if job in self._reported:
+            return
+        w = self._open.pop(job, None)
+        if exc is None:
+            try:
+                if w is None:  # nothing was ever written (cannot happen for >= 2 frames)
+                    raise VideoError(f"{job.item.path}: nothing to write")
+                w.__exit__(None, None, None)
+            except VIDEO_ERRORS as commit_error:
+                exc = commit_error
+        elif w is not None:
+            w.__exit__(type(exc), exc, None)
+        if exc is None:
+            result = VideoResult(job.item.key, str(job.item.path), "done", frames=job.frames,
+                                 pairs=job.pairs, size=job.size,
+                                 seconds=time.perf_counter() - job.started)
+        else:
+            if job.failed is None:
+                job.failed = (str(exc) if isinstance(exc, VideoError) and str(exc)
+                              else failure_reason(job.item, exc))
+            result = VideoResult(job.item.key, str(job.item.path), "failed", reason=job.failed)
+        if not isinstance(exc, KeyboardInterrupt):
+            self._reported.add(job)
+            self.results.put(result)
+
+
+class _Batch:
+    """Pairs waiting for the next engine call: runs of consecutive frames, each from one video."""
+
+    def __init__(self):
+        self.runs: list[tuple[_Job, np.ndarray]] = []  # (job, frames): len(frames) - 1 pairs
+        self.ends: list[_Job] = []                      # videos whose last pairs are in here
+        self.pairs = 0
+
+    def frame_size(self) -> tuple[int, int] | None:
+        return self.runs[0][1].shape[1:3] if self.runs else None
+
+    def drop(self, job: _Job) -> None:
+        self.runs = [r for r in self.runs if r[0] is not job]
+        self.ends = [j for j in self.ends if j is not job]
+        self.pairs = sum(len(f) - 1 for _, f in self.runs)
+
+
+def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions, *,
+        finished_meta: Callable[[str], dict | None] = lambda key: None,
+        should_stop: Callable[[], None] = lambda: None,
+        on_pairs: Callable[[int], None] | None = None,
+        decode: Callable = decode_video) -> Iterator[VideoResult]:
+    """Extract ``items`` with ``engine`` into ``store``; yields one :class:`VideoResult` per item,
+    in completion order.
+
+    ``finished_meta(key)`` gives a finished video's metadata (to add this engine's flow beside
+    another's) or None; ``should_stop()`` raises KeyboardInterrupt when the run must stop, in
+    which case the videos in flight are discarded cleanly and the interrupt propagates.
+    ``decode(item, opts) -> (VideoInfo, frames)`` replaces PyAV (:func:`decode_video`), e.g. to
+    feed frames made in memory.
+    """
+    jobs = []
+    for item in items:
+        existing = finished_meta(item.key)
+        extend = existing is not None
+        jobs.append(_Job(item, extend=extend,
+                         store_rgb=opts.rgb and not (extend and existing["has_rgb"])))
+    writer = _Writer(store, opts, engine.describe())
+    writer.start()
+    feeder = _Feeder(jobs, engine, opts, writer, on_pairs)
+    try:
+        for i, job in enumerate(jobs):
+            for ahead in jobs[i:i + 1 + opts.prefetch]:
+                _start(ahead, opts, decode)
+            feeder.add_video(job, should_stop)
+            yield from _drain(writer)
+        feeder.flush()
+        writer.finish()
+        yield from _drain(writer)
+    except BaseException:
+        for job in jobs:
+            job.cancelled.set()
+        try:
+            if writer.is_alive():
+                writer.send("abort_all")
+                writer.finish()
+        except RuntimeError:  # the writer died: the original error says more
+            pass
+        raise
+    finally:
+        for job in jobs:
+            job.cancelled.set()
+
+
+def _start(job: _Job, opts: FeedOptions, decode) -> None:
+    if job.thread is None:
+        job.thread = threading.Thread(target=_decode, args=(job, opts, decode), daemon=True,
+                                      name=f"flowkit-decode-{job.item.key}")
+        job.thread.start()
+
+
+def _drain(writer: _Writer) -> Iterator[VideoResult]:
+    while True:
+        try:
+            yield writer.results.get_nowait()
+        except queue.Empty:
+            return
+
+
+class _Feeder:
+    """The main thread's part: turns chunks into batches, runs the engine, hands flows on."""
+
+    def __init__(self, jobs, engine, opts: FeedOptions, writer: _Writer, on_pairs):
+        self.engine, self.opts, self.writer, self.on_pairs = engine, opts, writer, on_pairs
+        self.device = torch.device(engine.device)
+        self.pin = self.device.type == "cuda"
+        self.batch = _Batch()
+
+    def add_video(self, job: _Job, should_stop) -> None:
+        previous = None
+        try:
+            for chunk in _chunks(job, should_stop):
+                if job.failed:
+                    break
+                job.size = tuple(int(s) for s in chunk.shape[1:3])
+                if job.store_rgb:
+                    self.writer.send("rgb", job, chunk)
+                run = chunk if previous is None else np.concatenate([previous[None], chunk])
+                previous = chunk[-1]
+                job.frames += len(chunk)
+                self._add_run(job, run)
+            else:
+                if job.frames < 2:
+                    raise VideoError(f"{job.item.path}: only {job.frames} frame(s) decoded; flow "
+                                     "needs at least 2")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            self._fail([job], failure_reason(job.item, exc))
+        job.cancelled.set()
+        if job.failed:
+            self.batch.drop(job)
+        elif not self.batch.runs:
+            self.writer.send("end", job)
+        else:
+            self.batch.ends.append(job)
+
+    def _add_run(self, job: _Job, run: np.ndarray) -> None:
+        """Queue the pairs of ``run`` (consecutive frames), running the engine on full batches."""
+        while len(run) >= 2:
+            if self.batch.runs and self.batch.frame_size() != run.shape[1:3]:
+                self.flush()
+            take = min(self.opts.batch - self.batch.pairs, len(run) - 1)
+            self.batch.runs.append((job, run[:take + 1]))
+            self.batch.pairs += take
+            run = run[take:]
+            if self.batch.pairs == self.opts.batch:
+                self.flush()
+
+    def flush(self) -> None:
+        """Run the engine on the pending pairs, hand their flows and finished videos to the writer."""
+        batch, self.batch = self.batch, _Batch()
+        if batch.runs:
+            try:
+                flow, ready = self._compute(batch.runs)
+            except VIDEO_ERRORS as exc:
+                jobs = list(dict.fromkeys(job for job, _ in batch.runs))
+                self._fail(jobs, f"engine failed on a batch of {batch.pairs} pairs "
+                                 f"({type(exc).__name__}: {exc})")
+                batch.ends = [j for j in batch.ends if j not in jobs]
+            else:
+                start = 0
+                for job, frames in batch.runs:
+                    n = len(frames) - 1
+                    if not job.failed:
+                        self.writer.send("flow", job, flow[start:start + n], ready)
+                        job.pairs += n
+                    start += n
+                if self.on_pairs:
+                    self.on_pairs(batch.pairs)
+        for job in batch.ends:
+            self.writer.send("end", job)
+
+    def _compute(self, runs) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """The engine on the runs' pairs; returns the flows in host memory and, on CUDA, the event
+        that marks the end of their asynchronous copy."""
+        total = sum(len(f) for _, f in runs)
+        first = 0
+        idx0, idx1 = [], []
+        for _, frames in runs:
+            n = len(frames)
+            idx0.extend(range(first, first + n - 1))
+            idx1.extend(range(first + 1, first + n))
+            first += n
+        if self.pin:
+            host = torch.empty((total, *runs[0][1].shape[1:]), dtype=torch.uint8, pin_memory=True)
+            np.concatenate([f for _, f in runs], out=host.numpy())
+            frames = host.to(self.device, non_blocking=True)
+        elif len(runs) == 1:
+            frames = torch.from_numpy(runs[0][1])
+        else:
+            frames = torch.from_numpy(np.concatenate([f for _, f in runs]))
+        frames = frames.permute(0, 3, 1, 2)
+        if len(runs) == 1:  # one run: the pairs are views, no gather
+            frames0, frames1 = frames[:-1], frames[1:]
+        else:
+            i0 = torch.tensor(idx0, device=frames.device)
+            i1 = torch.tensor(idx1, device=frames.device)
+            frames0, frames1 = frames.index_select(0, i0), frames.index_select(0, i1)
+        flow = self.engine(frames0, frames1).float()
+        if flow.device.type != "cuda":
+            return flow.cpu(), None
+        out = torch.empty(flow.shape, dtype=torch.float32, pin_memory=True)
+        out.copy_(flow, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return out, ready
+
+    def _fail(self, jobs: list[_Job], reason: str) -> None:
+        for job in jobs:
+            if not job.failed:
+                job.failed = reason
+            job.cancelled.set()
+            self.writer.send("fail", job, job.failed)
+
+
+__all__ = ["VideoResult", "FeedOptions", "run", "decode_video", "failure_reason", "VIDEO_ERRORS"]

@@ -1,0 +1,188 @@
+"""The feed (flowkit/feed.py): batches filled across video boundaries, decoding ahead, write-behind,
+and failures that stay per video. Videos are made in memory (real photographs under known motion)
+and handed to the feed through its ``decode`` hook, so every case is exact and fast."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import flowkit
+from flowkit.errors import VideoError
+from flowkit.feed import FeedOptions, run
+from flowkit.labels import VideoItem
+from flowkit.samples import render_sample, sample_specs
+from flowkit.store import FlowStore
+from flowkit.video import VideoInfo
+
+CHEAP = {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 10}
+H, W = 32, 40
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _frames(n: int, index: int, size=(H, W)) -> np.ndarray:
+    spec = sample_specs(classes=("pan_right",), videos_per_class=index + 1, frames=n, size=size)[index]
+    return render_sample(spec)
+
+
+class MemoryVideos:
+    """``decode`` hook: frames from memory; ``fail_at[key] = k`` raises after k frames."""
+
+    def __init__(self, videos: dict[str, np.ndarray], fail_at: dict[str, int] | None = None):
+        self.videos, self.fail_at = videos, fail_at or {}
+        self.started: list[str] = []
+        self.lock = threading.Lock()
+
+    def items(self) -> list[VideoItem]:
+        return [VideoItem(path=Path(f"/mem/{k}.mp4"), key=k, label=0, label_name="c")
+                for k in self.videos]
+
+    def __call__(self, item: VideoItem, opts: FeedOptions):
+        with self.lock:
+            self.started.append(item.key)
+        frames = self.videos[item.key]
+        info = VideoInfo(path=item.path, width=frames.shape[2], height=frames.shape[1],
+                         fps=25.0, frame_count=len(frames), duration=len(frames) / 25, codec="mem")
+
+        def gen():
+            for i, frame in enumerate(frames):
+                if self.fail_at.get(item.key) == i:
+                    raise VideoError(f"{item.path}: decoding failed after frame {i - 1}")
+                yield frame
+        return info, gen()
+
+
+class RecordingEngine:
+    """A real TV-L1 engine that logs every call's batch size (and can fail chosen calls)."""
+
+    def __init__(self, fail_calls=()):
+        self.engine = flowkit.create_engine("tvl1", **CHEAP)
+        self.device = self.engine.device
+        self.calls: list[int] = []
+        self.fail_calls = set(fail_calls)
+
+    def describe(self):
+        return self.engine.describe()
+
+    def __call__(self, f0, f1):
+        self.calls.append(f0.shape[0])
+        if len(self.calls) - 1 in self.fail_calls:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.engine(f0, f1)
+
+
+def _run(tmp_path, videos: MemoryVideos, engine=None, **opts):
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    engine = engine or RecordingEngine()
+    options = FeedOptions(method="tvl1", **{"batch": 8, **opts})
+    results = {r.key: r for r in run(videos.items(), store, engine, options, decode=videos)}
+    return store, engine, results
+
+
+def _direct(frames: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    return flowkit.create_engine("tvl1", **CHEAP)(t[:-1], t[1:]).numpy()
+
+
+def test_batches_are_filled_across_video_boundaries(tmp_path):
+    lengths = {"a": 5, "b": 3, "c": 9, "d": 2, "e": 7}
+    videos = MemoryVideos({k: _frames(n, i) for i, (k, n) in enumerate(lengths.items())})
+    store, engine, results = _run(tmp_path, videos, batch=8)
+    pairs = sum(n - 1 for n in lengths.values())  # 21
+    assert engine.calls == [8, 8, 5] and sum(engine.calls) == pairs
+    assert all(r.status == "done" for r in results.values()) and len(results) == 5
+    for k, n in lengths.items():
+        meta = store.meta(k)
+        assert meta["frame_count"] == n and results[k].pairs == n - 1
+        np.testing.assert_array_equal(store.read_rgb(k), videos.videos[k])
+        # float16 storage; the pairs computed in mixed batches equal each video's own run.
+        np.testing.assert_allclose(store.read_flow(k, "tvl1"), _direct(videos.videos[k]),
+                                   atol=2e-3, rtol=1e-3)
+    assert store.validate() == [] and not store.partials()
+
+
+def test_frame_sizes_never_share_a_batch(tmp_path):
+    videos = MemoryVideos({"a": _frames(4, 0), "b": _frames(4, 1, (24, 30)), "c": _frames(4, 2)})
+    store, engine, results = _run(tmp_path, videos, batch=8)
+    assert engine.calls == [3, 3, 3]
+    assert [store.meta(k)["height"] for k in "abc"] == [H, 24, H]
+    assert all(r.status == "done" for r in results.values())
+
+
+def test_decoding_runs_ahead(tmp_path):
+    videos = MemoryVideos({k: _frames(3, i) for i, k in enumerate("abcde")})
+    seen = []
+
+    class Watching(RecordingEngine):
+        def __call__(self, f0, f1):
+            seen.append(len(videos.started))
+            return super().__call__(f0, f1)
+
+    _run(tmp_path, videos, engine=Watching(), batch=2, prefetch=2)
+    assert seen[0] >= 3  # the first batch ran with the next two videos already decoding
+
+
+def test_a_decode_error_fails_only_its_video(tmp_path):
+    videos = MemoryVideos({k: _frames(6, i) for i, k in enumerate("abc")}, fail_at={"b": 4})
+    store, engine, results = _run(tmp_path, videos, batch=4)
+    assert results["b"].status == "failed" and "decoding failed after frame 3" in results["b"].reason
+    assert results["a"].status == results["c"].status == "done"
+    assert sorted(store.keys()) == ["a", "c"] and not store.partials()
+    np.testing.assert_allclose(store.read_flow("c", "tvl1"), _direct(videos.videos["c"]), atol=2e-3,
+                               rtol=1e-3)
+
+
+def test_an_engine_error_fails_the_videos_of_that_batch(tmp_path):
+    videos = MemoryVideos({k: _frames(4, i) for i, k in enumerate("abcd")})
+    # batch 4: call 0 = a(3) + b(1), call 1 = b(2) + c(2), call 2 = c(1) + d(3)
+    store, engine, results = _run(tmp_path, videos, engine=RecordingEngine(fail_calls={1}), batch=4)
+    assert {k: r.status for k, r in results.items()} == {"a": "done", "b": "failed",
+                                                         "c": "failed", "d": "done"}
+    assert "engine failed on a batch of 4 pairs" in results["b"].reason
+    assert "out of memory" in results["c"].reason
+    assert sorted(store.keys()) == ["a", "d"] and not store.partials()
+
+
+def test_too_short_and_store_errors_stay_per_video(tmp_path):
+    nan_frames = _frames(4, 2)
+    videos = MemoryVideos({"one": _frames(1, 0), "ok": _frames(4, 1), "nan": nan_frames})
+
+    class NaNForNan(RecordingEngine):
+        def __call__(self, f0, f1):
+            flow = super().__call__(f0, f1)
+            if f0.shape[0] == 3 and torch.equal(f0[0], torch.from_numpy(nan_frames[0]).permute(2, 0, 1)):
+                flow[:] = float("nan")  # the store refuses non-finite flow: a writer-side error
+            return flow
+
+    store, engine, results = _run(tmp_path, videos, engine=NaNForNan(), batch=3)
+    assert "only 1 frame(s) decoded" in results["one"].reason
+    assert results["nan"].status == "failed" and "NaN" in results["nan"].reason
+    assert results["ok"].status == "done" and store.keys() == ["ok"] and not store.partials()
+
+
+def test_stop_discards_videos_in_flight_and_keeps_finished_ones(tmp_path):
+    videos = MemoryVideos({k: _frames(5, i) for i, k in enumerate("abcd")})
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    engine = RecordingEngine()
+
+    def should_stop():
+        if len(engine.calls) >= 3:
+            raise KeyboardInterrupt
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        for r in run(videos.items(), store, engine, FeedOptions(method="tvl1", batch=4),
+                     should_stop=should_stop, decode=videos):
+            done.append(r.key)
+    assert store.keys() and set(store.keys()) <= {"a", "b", "c"}
+    assert not store.partials() and store.validate() == []
