@@ -13,7 +13,9 @@
   videos as it takes: the last pairs of one video and the first of the next share one engine call,
   so the device sees full batches (e.g. 64-256 pairs of 256x340 on a GPU) whatever the video
   lengths. Pairs of different frame sizes never share a batch. Each pair is computed exactly as in a
-  batch of its own video: the engines treat pairs independently.
+  batch of its own video where the engine treats pairs independently
+  (``engine.independent_pairs``); a multi-frame engine (MotionNet reads a batch as one clip) gets
+  batches of one video each.
 - **Pinned, asynchronous copies on CUDA.** The frames of a batch are assembled once in pinned host
   memory (pairs share their frames: ``B + videos`` frames, not ``2B``) and copied with
   ``non_blocking=True``; the pairs are gathered on the device. Flows come back into pinned memory
@@ -347,6 +349,7 @@ class _Feeder:
         self.engine, self.opts, self.writer, self.on_pairs = engine, opts, writer, on_pairs
         self.device = torch.device(engine.device)
         self.pin = self.device.type == "cuda"
+        self.independent = getattr(engine, "independent_pairs", True)
         self.batch = _Batch()
 
     def add_video(self, job: _Job, should_stop) -> None:
@@ -381,7 +384,8 @@ class _Feeder:
     def _add_run(self, job: _Job, run: np.ndarray) -> None:
         """Queue the pairs of ``run`` (consecutive frames), running the engine on full batches."""
         while len(run) >= 2:
-            if self.batch.runs and self.batch.frame_size() != run.shape[1:3]:
+            if self.batch.runs and (self.batch.frame_size() != run.shape[1:3] or (
+                    not self.independent and self.batch.runs[-1][0] is not job)):
                 self.flush()
             take = min(self.opts.batch - self.batch.pairs, len(run) - 1)
             self.batch.runs.append((job, run[:take + 1]))

@@ -111,6 +111,17 @@ def test_batches_are_filled_across_video_boundaries(tmp_path):
     assert store.validate() == [] and not store.partials()
 
 
+def test_multi_frame_engines_get_one_video_per_batch(tmp_path):
+    """MotionNet reads a batch of consecutive pairs as one clip: pairs of two videos must not mix."""
+    lengths = {"a": 5, "b": 3, "c": 9}
+    videos = MemoryVideos({k: _frames(n, i) for i, (k, n) in enumerate(lengths.items())})
+    engine = RecordingEngine()
+    engine.independent_pairs = False
+    store, engine, results = _run(tmp_path, videos, engine=engine, batch=3)
+    assert engine.calls == [3, 1, 2, 3, 3, 2]
+    assert all(r.status == "done" for r in results.values())
+
+
 def test_frame_sizes_never_share_a_batch(tmp_path):
     videos = MemoryVideos({"a": _frames(4, 0), "b": _frames(4, 1, (24, 30)), "c": _frames(4, 2)})
     store, engine, results = _run(tmp_path, videos, batch=8)

@@ -118,19 +118,24 @@ def _module(device_id: int, source_file: str, defines: tuple[str, ...], fast_mat
     return module
 
 
+@functools.lru_cache(maxsize=None)
+def _function(device_id: int, source_file: str, defines: tuple[str, ...], fast_math: bool, name: str):
+    return _module(device_id, source_file, defines, fast_math).get_function(name)
+
+
 def load_kernel(name: str, source_file: str, defines: Sequence[str] = (), fast_math: bool = False,
                 device_id: int | None = None):
     """The ``extern "C"`` kernel ``name`` of ``source_file``, compiled for ``device_id``.
 
     Memoized per (device, file, defines, fast_math): the module is compiled once per device and
-    process (CuPy also keeps an on-disk cache of compiled binaries across processes). ``defines``
-    are ``"NAME"`` or ``"NAME=value"`` strings for compile-time variants (e.g. a filter size);
-    never put shapes in them.
+    process (CuPy also keeps an on-disk cache of compiled binaries across processes), and each
+    kernel's function handle is looked up once. ``defines`` are ``"NAME"`` or ``"NAME=value"``
+    strings for compile-time variants (e.g. a filter size); never put shapes in them.
     """
     cupy = require()
     if device_id is None:
         device_id = cupy.cuda.Device().id
-    return _module(int(device_id), source_file, tuple(defines), bool(fast_math)).get_function(name)
+    return _function(int(device_id), source_file, tuple(defines), bool(fast_math), name)
 
 
 def grid_chunks(height: int, width: int, planes: int, block=BLOCK_2D

@@ -30,6 +30,10 @@ class FlowEngine:
     #: The numerics it computes with, ``"torch"`` or ``"cupy"`` (:mod:`flowkit.flow.numerics`);
     #: engines with a ``backend`` option set it from what ``"auto"`` resolved to.
     backend: str = "torch"
+    #: True when each pair's flow depends on that pair alone, so a batch may mix pairs of several
+    #: videos (extraction fills batches across video boundaries). Multi-frame engines that read a
+    #: batch of consecutive pairs as one clip (MotionNet) set it False.
+    independent_pairs: ClassVar[bool] = True
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)

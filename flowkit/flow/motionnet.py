@@ -475,6 +475,7 @@ class MotionNetEngine(FlowEngine):
 
     name = "motionnet"
     version = "1"
+    independent_pairs = False  # consecutive pairs of one video are one clip
 
     def __init__(self, device="cpu", num_frames: int | None = None, width: float | None = None,
                  weights: str | None = None, window_batch: int = 8):
