@@ -10,10 +10,26 @@ Public API::
 """
 __version__ = "0.1.0"
 
+import importlib
+
 from .errors import EngineError, FlowkitError, StoreError, VideoError
-from .flow import FlowEngine, create_engine, list_engines
-from .models import create_model, list_models
-from .store import FlowStore
+
+# Imported on first use (PEP 562), so that `import flowkit` and `flowkit --help` stay fast: the
+# engines and models pull in torch.
+_LAZY = {"FlowEngine": "flow", "create_engine": "flow", "list_engines": "flow",
+         "FlowStore": "store", "create_model": "models", "list_models": "models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flowkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 __all__ = [
     "__version__", "FlowkitError", "VideoError", "StoreError", "EngineError",

@@ -9,6 +9,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 
 import click
@@ -17,6 +18,26 @@ from .. import __version__
 from ..errors import FlowkitError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Every command: its module (imported only when the command runs, so `flowkit --help` imports
+# neither torch nor PyAV) and the one-line summary `flowkit --help` lists. The commands take their
+# short help from here too (:func:`summary`), so the two never disagree.
+COMMANDS = {
+    "extract": ("extract", "Compute optical flow / motion features of a video folder into a store."),
+    "info": ("info", "Summarise a store: videos, classes, sizes, engines; --validate checks it."),
+    "show": ("show", "Picture or video of a stored flow, colour-coded."),
+    "benchmark": ("benchmark", "Speed (pairs/s) and accuracy (EPE) of engines and OpenCV peers."),
+    "samples": ("samples", "Write a small video folder with known motion (photographs)."),
+    "toy": ("toy", "Write a toy action dataset whose classes differ only in motion."),
+    "train": ("train", "Train a video classifier on a store."),
+    "evaluate": ("evaluate", "Evaluate a trained classifier (clips x crops, top-1/top-5)."),
+    "train-flow": ("train_flow", "Train a learnable motion engine (tvnet, motionnet)."),
+}
+
+
+def summary(name: str) -> str:
+    """The one-line help of command ``name`` (see :data:`COMMANDS`)."""
+    return COMMANDS[name][1]
 
 
 def handle_errors(func):
@@ -34,16 +55,24 @@ def handle_errors(func):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A click group whose commands are imported when used, not when listed."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(f"{__name__}.{COMMANDS[name][0]}").command
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowkit")
 def main():
     """flowkit: optical flow and motion features from video folders, in crash-safe HDF5 stores."""
-
-
-def _register_commands() -> None:
-    from . import benchmark, evaluate, extract, info, samples, show, toy, train, train_flow
-    for module in (extract, info, show, benchmark, samples, toy, train, evaluate, train_flow):
-        main.add_command(module.command)
-
-
-_register_commands()

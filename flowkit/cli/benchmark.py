@@ -17,7 +17,7 @@ from rich.table import Table
 
 from ..bench import harness
 from ..bench.flo import BenchError
-from . import EXIT_OK, EXIT_PARTIAL, handle_errors
+from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params
 
 DEFAULT_METHODS = "tvl1,opencv-tvl1,opencv-dis,opencv-farneback"
@@ -135,7 +135,7 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-@click.command("benchmark")
+@click.command("benchmark", short_help=summary("benchmark"))
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
               help="Comma-separated methods: flowkit engines (tvl1, tvl1+compile, ...), OpenCV peers "

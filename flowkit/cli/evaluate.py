@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from . import handle_errors
+from . import handle_errors, summary
 
 
-@click.command("evaluate")
+@click.command("evaluate", short_help=summary("evaluate"))
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("store", required=False, type=click.Path(path_type=Path))
 @click.option("--checkpoint", default="best", show_default=True,

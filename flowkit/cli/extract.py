@@ -17,7 +17,7 @@ from .. import extract as extract_module
 from ..extract import ExtractConfig, extract, request_stop
 from ..flow import list_engines
 from ..labels import read_split_list, scan_videos
-from . import EXIT_OK, EXIT_PARTIAL, handle_errors
+from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params, parse_size
 
 
@@ -96,7 +96,7 @@ def _print_summary(console: Console, summary) -> None:
         console.print(f"  note: {note}", highlight=False, soft_wrap=True)
 
 
-@click.command("extract")
+@click.command("extract", short_help=summary("extract"))
 @click.argument("video_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "store", required=True, type=click.Path(path_type=Path),
               help="Store directory (created if missing; rerunning resumes).")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..store import FlowStore
-from . import EXIT_OK, EXIT_PARTIAL, handle_errors
+from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 
 
 def _human_bytes(n: int) -> str:
@@ -47,7 +47,7 @@ def _table(s: dict) -> Table:
     return table
 
 
-@click.command("info")
+@click.command("info", short_help=summary("info"))
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--validate", is_flag=True, help="Also open and check every video file; exit 1 on problems.")

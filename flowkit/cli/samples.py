@@ -6,11 +6,11 @@ from pathlib import Path
 import click
 
 from ..samples import MOTIONS, make_sample_videos
-from . import handle_errors
+from . import handle_errors, summary
 from .options import parse_size
 
 
-@click.command("samples")
+@click.command("samples", short_help=summary("samples"))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--classes", default="pan_left,pan_right,zoom_in,rotate_cw", show_default=True,
               help=f"Comma-separated motion classes from: {', '.join(MOTIONS)}.")

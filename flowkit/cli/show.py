@@ -10,7 +10,7 @@ from ..errors import FlowkitError
 from ..store import FlowStore
 from ..video import write_video
 from ..viz import flow_grid, flow_to_color
-from . import handle_errors
+from . import handle_errors, summary
 
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 
@@ -57,7 +57,7 @@ def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: flo
     write_video(out, frames(), fps=fps)
 
 
-@click.command("show")
+@click.command("show", short_help=summary("show"))
 @click.argument("store")
 @click.argument("video")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..toy import DEFAULT_CLASSES, DIFFICULTIES, make_toy_videos
-from . import handle_errors
+from . import handle_errors, summary
 from .options import parse_size
 
 
@@ -16,7 +16,7 @@ def _presets(param: str) -> str:
     return ", ".join(f"{name} {values[param]:g}" for name, values in DIFFICULTIES.items())
 
 
-@click.command("toy")
+@click.command("toy", short_help=summary("toy"))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--classes", default=",".join(DEFAULT_CLASSES), show_default=True,
               help="Comma-separated classes: right, left, up, down, cw, ccw, still, each optionally "

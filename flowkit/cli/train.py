@@ -21,7 +21,7 @@ import click
 from click.core import ParameterSource
 
 from ..train.config import OPTIMIZERS, SCHEDULES, TrainConfig
-from . import EXIT_INTERRUPTED, handle_errors
+from . import EXIT_INTERRUPTED, handle_errors, summary
 from .options import parse_params
 
 _D = TrainConfig(store="", model="")  # the defaults, shown in --help
@@ -158,7 +158,7 @@ def _epoch_line(r, epochs: int) -> str:
             f"lr {r.lr:.3g} | {r.clips_per_s:.1f} clips/s | {r.seconds:.1f} s")
 
 
-@click.command("train")
+@click.command("train", short_help=summary("train"))
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--model", default=None, help="Registered classifier (resnet2d, i3d, s3d, "
               "trajectorynet, cidc, stmulnet, ...). Required unless resuming.")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from . import summary
 
-@click.group("train-flow")
+
+@click.group("train-flow", short_help=summary("train-flow"))
 def command():
     """Train a learnable motion engine; `flowkit extract --method NAME --weights CKPT` uses the result."""
 
