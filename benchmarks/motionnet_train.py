@@ -29,7 +29,9 @@ import torch
 import flowkit
 from flowkit.bench import end_point_error
 from flowkit.bench.harness import machine_info, versions
-from flowkit.cli.train_motionnet import ClipSource, TrainConfig, save_checkpoint, train
+from flowkit.progress import LineProgress
+from flowkit.train.motionnet import ClipSource, save_checkpoint, train
+from flowkit.train.motionnet import MotionNetTrainConfig as TrainConfig
 from flowkit.flow.motionnet import MotionNet, count_parameters, unsupervised_loss
 from flowkit.samples import make_sample_videos, render_sample, sample_specs
 
@@ -108,9 +110,7 @@ def main(argv=None) -> int:
                                            "state_dict": initial.state_dict()})
         t0 = time.perf_counter()
         net, history = train(source, config, tmp / "motionnet.pt",
-                             on_epoch=lambda r: print(f"epoch {r.epoch}: step {r.step} loss "
-                                                      f"{r.loss:.3f} ({r.seconds:.1f} s)",
-                                                      file=sys.stderr, flush=True))
+                             progress=LineProgress(every=60))
         train_s = time.perf_counter() - t0
         before = flowkit.create_engine("motionnet", weights=str(tmp / "step0.pt"))
         after = flowkit.create_engine("motionnet", weights=str(tmp / "motionnet.pt"))

@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from flowkit.cli.benchmark import collect, command
+from flowkit.bench.harness import collect
+from flowkit.cli.benchmark import command
+from flowkit.cli.options import parse_params
+from flowkit.progress import LineProgress
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,7 +32,7 @@ RUNS = [
      "flowkit's `tvl1` (eager and with `compile=True`, 8 pairs per call) and OpenCV's "
      "`DualTVL1OpticalFlow` with the same (default) parameters, measured in the same run on 16 "
      "synthetic pairs of 256x340 real-photo frames, the frame size of two-stream extraction.",
-     ["--methods", "tvl1,tvl1+compile,opencv-tvl1", "--size", "256x340", "--pairs", "16",
+     ["--methods", "tvl1,opencv-tvl1", "--compile", "both", "--size", "256x340", "--pairs", "16",
       "--batch", "8", "--repeats", "3"]),
     ("all-synthetic", "Every method on the synthetic set, 128x160",
      "All registered engines and the OpenCV peers on 16 synthetic pairs (six motion kinds, "
@@ -47,7 +50,8 @@ RUNS = [
 # --quick: the same runs, tiny and single-threaded (robust on a busy machine), to prove the script
 # works end to end; its numbers mean nothing.
 QUICK = {
-    "tvl1-cpu": ["--methods", "tvl1,tvl1+compile,opencv-tvl1", "--size", "64x85", "--pairs", "2",
+    "tvl1-cpu": ["--methods", "tvl1,opencv-tvl1", "--compile", "both", "--size", "64x85",
+                 "--pairs", "2",
                  "--batch", "2", "--repeats", "1", "--threads", "1"],
     "all-synthetic": ["--methods", "all", "--size", "48x64", "--pairs", "2", "--batch", "2",
                       "--repeats", "1", "--threads", "1"],
@@ -68,7 +72,9 @@ def run(args: list[str]) -> tuple[list[dict], float]:
     start = time.perf_counter()
     results = collect(methods=p["methods"], device=p["device"], size=p["size"], batch=p["batch"],
                       dataset=p["dataset"], path=p["path"], pairs=p["pairs"], repeats=p["repeats"],
-                      seed=p["seed"], params=p["params"], threads=p["threads"], progress=True)
+                      seed=p["seed"], params=parse_params(p["params"]), threads=p["threads"],
+                      progress=LineProgress(every=30), compile=p["compile_"],
+                      backend=p["backend"])
     return results, time.perf_counter() - start
 
 
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         doc += ["**QUICK SMOKE RUN**: tiny frames, 1 repeat; the numbers only show that the "
                 "script works.", ""]
     doc += ["What is measured (details in `flowkit/bench/harness.py`): warm-up (first batch; "
-            "includes torch.compile for `+compile`) is excluded and reported; pairs/s = pairs / "
+            "includes torch.compile for the compiled runs) is excluded and reported; pairs/s = pairs / "
             "median of the timed passes over the dataset, each pass including the copy of the flow "
             "to host memory; OpenCV computes one pair per call with its own threads; peak memory "
             "is the peak resident set (CPU) or `torch.cuda.max_memory_allocated` (CUDA) during the "

@@ -36,7 +36,7 @@ import torch
 import flowkit
 from flowkit.bench import synthetic_pairs
 from flowkit.bench.harness import machine_info, versions
-from flowkit.cli.train_tvnet import evaluate, samples_from_pairs, train_epoch
+from flowkit.train.tvnet import evaluate, samples_from_pairs, train_epoch
 from flowkit.flow.tvnet import TVNet
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tvnet_table1.md"

@@ -8,11 +8,10 @@ Public API::
     store = flowkit.FlowStore("ucf101.flowkit")     # HDF5 feature store (a directory)
     model = flowkit.create_model("cidc", num_classes=101)   # classifiers: flowkit.list_models()
 """
-__version__ = "0.1.0"
-
 import importlib
 
 from .errors import EngineError, FlowkitError, StoreError, VideoError
+from .version import __version__
 
 # Imported on first use (PEP 562), so that `import flowkit` and `flowkit --help` stay fast: the
 # engines and models pull in torch.

@@ -13,11 +13,11 @@ the same store directory, so there is nothing to merge.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -31,6 +31,7 @@ from .feed import VideoResult
 from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
+from .progress import Progress, StopFlag
 from .store import FLOW_DTYPES, FlowStore, StoreError
 from .video import output_size
 
@@ -40,22 +41,18 @@ DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
 
 
 @dataclass
-class ExtractConfig:
-    """What to compute and how to store it; every field maps to a ``flowkit extract`` option."""
-    method: str = "tvl1"
+class ExtractConfig(feed.FeedOptions):
+    """What to compute and how to store it; every field maps to a ``flowkit extract`` option.
+
+    Decoding, batching and storing are the fields of :class:`flowkit.feed.FeedOptions`; these add
+    the engine (parameters, device, backend, compile) and the worker processes. ``batch`` None is
+    8 pairs on the CPU, 64 on CUDA."""
     engine_params: dict = field(default_factory=dict)
     device: str = "cpu"
     backend: str = "auto"
     compile: bool = False
-    size: int | tuple[int, int] | None = None
-    step: int = 1
-    max_frames: int | None = None
-    flow_dtype: str = "float16"
-    flow_bound: float = 20.0
-    rgb: bool = True
     batch: int | None = None
     workers: int = 1
-    prefetch: int = 2
 
     def __post_init__(self):
         if self.flow_dtype not in FLOW_DTYPES:
@@ -142,13 +139,6 @@ def build_engine(config: ExtractConfig) -> FlowEngine:
     return create_engine(config.method, device=_device_for_rank(config.device), **params)
 
 
-def feed_options(config: ExtractConfig, workers: int = 1) -> feed.FeedOptions:
-    return feed.FeedOptions(method=config.method, size=config.size, step=config.step,
-                            max_frames=config.max_frames, flow_dtype=config.flow_dtype,
-                            flow_bound=config.flow_bound, rgb=config.rgb, batch=config.batch,
-                            prefetch=config.prefetch, decode_threads=1 if workers > 1 else 0)
-
-
 def _finished_meta(store: FlowStore, key: str) -> dict | None:
     """The finished video's metadata, or None when there is none or it is unreadable (then the
     video is simply redone and the damaged file replaced)."""
@@ -162,28 +152,18 @@ def _finished_meta(store: FlowStore, key: str) -> dict | None:
 
 def extract_items(items: Sequence[VideoItem], store: FlowStore, engine: FlowEngine,
                   config: ExtractConfig, on_pairs=None, workers: int = 1,
-                  metas: dict[str, dict | None] | None = None) -> Iterable[VideoResult]:
+                  metas: dict[str, dict | None] | None = None,
+                  stop: StopFlag | None = None) -> Iterable[VideoResult]:
     """One :class:`VideoResult` per item (completion order): the feed of :mod:`flowkit.feed` with
     this run's options and stop flag. ``metas``: the items' finished metadata when already read."""
     def finished_meta(key: str) -> dict | None:
         return metas[key] if metas is not None and key in metas else _finished_meta(store, key)
 
-    return feed.run(items, store, engine, feed_options(config, workers),
-                    finished_meta=finished_meta, should_stop=_check_stop, on_pairs=on_pairs)
-
-
-# Set by the CLI's SIGINT handler: stop at the next chunk boundary, through the normal clean-up.
-_stop_requested = threading.Event()
-
-
-def request_stop() -> None:
-    """Ask a running :func:`extract` to stop soon; the video in progress is discarded cleanly."""
-    _stop_requested.set()
-
-
-def _check_stop() -> None:
-    if _stop_requested.is_set():
-        raise KeyboardInterrupt
+    # One decoder thread per video when several processes share the cores, ffmpeg's choice else.
+    options = dataclasses.replace(config, decode_threads=1 if workers > 1 else 0)
+    return feed.run(items, store, engine, options,
+                    finished_meta=finished_meta, should_stop=(stop or StopFlag()).check,
+                    on_pairs=on_pairs)
 
 
 # Worker-process state for workers > 1 (one engine per process, built once).
@@ -207,7 +187,7 @@ def _worker_run(item: VideoItem) -> VideoResult:
 
 def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: ExtractConfig, *,
             classes: Sequence[str] | None = None, shard: tuple[int, int] | None = None,
-            progress=None) -> ExtractSummary:
+            progress: Progress | None = None, stop: StopFlag | None = None) -> ExtractSummary:
     """Extract ``items`` into the store at ``store_path`` (created if missing), resuming.
 
     Args:
@@ -216,14 +196,17 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         config: :class:`ExtractConfig`.
         classes: class names recorded in the store (label ids index into them).
         shard: ``(index, count)``; defaults to torchrun's ``RANK`` / ``WORLD_SIZE``.
-        progress: optional object with ``start(n_videos)``, ``video_done(result)``, ``pairs(n)``
-            (the CLI passes a rich progress bar); ``None`` runs silently.
+        progress: :class:`~flowkit.progress.Progress` (tasks "videos" and "frame pairs", a line
+            per failed video); silent by default.
+        stop: a :class:`~flowkit.progress.StopFlag`; once set, the run stops at the next chunk,
+            discards the videos in flight cleanly and raises :class:`~flowkit.progress.Stopped`.
 
     Returns:
         :class:`ExtractSummary` with one :class:`VideoResult` per item of this shard.
     """
     started = time.perf_counter()
-    _stop_requested.clear()
+    progress = progress or Progress()
+    stop = stop or StopFlag()
     items = select_shard(items, shard or shard_from_env())
     # Built before the store exists, so bad parameters fail once and leave nothing behind; worker
     # processes build their own.
@@ -241,14 +224,15 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
                                        reason=f"already in the store with flow/{config.method}"))
         else:
             todo.append(item)
-    if progress:
-        progress.start(len(items))
-        for r in results:
-            progress.video_done(r)
-    for result in _run(todo, store, engine, config, progress, metas):
+    videos = progress.start("videos", total=len(items), completed=len(results))
+    pairs = progress.start("frame pairs")
+    for result in _run(todo, store, engine, config, pairs.advance, metas, stop):
         results.append(result)
-        if progress:
-            progress.video_done(result)
+        videos.advance()
+        if result.status == "failed":
+            progress.log(f"failed {result.reason}")
+    videos.close()
+    pairs.close()
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
     summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started,
@@ -258,10 +242,9 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
 
 
 def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,
-         progress, metas: dict) -> Iterable[VideoResult]:
-    on_pairs = progress.pairs if progress else None
+         on_pairs, metas: dict, stop: StopFlag) -> Iterable[VideoResult]:
     if config.workers == 1:
-        yield from extract_items(todo, store, engine, config, on_pairs, metas=metas)
+        yield from extract_items(todo, store, engine, config, on_pairs, metas=metas, stop=stop)
         return
     threads = max(1, torch.get_num_threads() // config.workers)
     # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.
@@ -269,8 +252,8 @@ def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, con
     with ctx.Pool(config.workers, initializer=_worker_init,
                   initargs=(str(store.path), config, threads)) as pool:
         for result in pool.imap_unordered(_worker_run, todo):
-            _check_stop()
-            if on_pairs and result.pairs:
+            stop.check()
+            if result.pairs:
                 on_pairs(result.pairs)
             yield result
 

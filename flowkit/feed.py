@@ -41,7 +41,7 @@ import torch
 
 from .errors import FlowkitError, VideoError
 from .labels import VideoItem
-from .store import FlowStore, StoreError
+from .store import FlowStore
 from .video import VideoInfo, iter_frames, probe
 
 # Decoded chunks buffered per video: enough to hide a decoder hiccup, bounded memory.
@@ -74,8 +74,9 @@ def failure_reason(item: VideoItem, exc: BaseException) -> str:
 
 @dataclass
 class FeedOptions:
-    """How videos are decoded and stored (the relevant part of ``ExtractConfig``)."""
-    method: str
+    """How videos are decoded, batched and stored (``ExtractConfig`` extends it with the engine
+    and the processes). ``method`` names the flow dataset (``flow/<method>``)."""
+    method: str = "tvl1"
     size: int | tuple[int, int] | None = None
     step: int = 1
     max_frames: int | None = None

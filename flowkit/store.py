@@ -56,6 +56,7 @@ import h5py
 import numpy as np
 
 from .errors import StoreError
+from .files import atomic_write_json, fsync_dir, fsync_file
 
 FORMAT = "flowkit-store"
 VERSION = 1
@@ -100,37 +101,13 @@ def _now() -> str:
 
 
 def _flowkit_version() -> str:
-    from . import __version__
+    from .version import __version__
     return __version__
 
 
 def _host() -> str:
     """This machine's name, reduced to characters that cannot be confused with the name's dots."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "localhost"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{_host()}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -276,7 +253,7 @@ def _create_store(root: Path, classes: list[str]) -> dict:
         raise StoreError(f"{root} is not a flowkit store (no {MANIFEST}) and is not empty; "
                          "choose a new or empty directory for the store")
     if MANIFEST not in others:
-        _atomic_write_json(root / MANIFEST, {
+        atomic_write_json(root / MANIFEST, {
             "format": FORMAT, "version": VERSION, "classes": list(classes),
             "created": _now(), "flowkit_version": _flowkit_version()})
     (root / VIDEOS).mkdir(exist_ok=True)
@@ -301,7 +278,7 @@ def _merge_classes(root: Path, manifest: dict, classes: Sequence[str] | None) ->
         raise StoreError(f"{root} was created with {len(old)} classes and this run has {len(new)} "
                          f"({diff}); label ids would not match: use a new store or the same classes")
     manifest = dict(manifest, classes=new)
-    _atomic_write_json(root / MANIFEST, manifest)
+    atomic_write_json(root / MANIFEST, manifest)
     return manifest
 
 
@@ -464,9 +441,9 @@ class VideoWriter:
         f.flush()
         f.close()
         self._file = None
-        _fsync_file(self.partial)
+        fsync_file(self.partial)
         os.replace(self.partial, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
 
     def _abort(self) -> None:
         if self._file is not None:
@@ -834,7 +811,7 @@ def _load_index(root: Path) -> dict[str, Any]:
 
 def _save_index(root: Path, videos: dict[str, Any]) -> None:
     try:
-        _atomic_write_json(root / INDEX, {"format": INDEX_FORMAT, "version": 1, "videos": videos})
+        atomic_write_json(root / INDEX, {"format": INDEX_FORMAT, "version": 1, "videos": videos})
     except OSError:  # a read-only store still summarises, just without the cache
         pass
 

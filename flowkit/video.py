@@ -16,18 +16,22 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import cv2
 import numpy as np
 
-from flowkit.errors import VideoError
+from flowkit.errors import FlowkitError, VideoError
+
+if TYPE_CHECKING:  # PyAV is imported where video is decoded (_av), not here
+    import av
 
 __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoInfo",
     "probe",
     "output_size",
+    "parse_size",
     "iter_frames",
     "load_frames",
     "write_video",
@@ -175,6 +179,34 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         )
     finally:
         container.close()
+
+
+def parse_size(text: str | None, *, scale: bool = False) -> int | tuple[int, int] | float | None:
+    """A frame size as the command line writes it.
+
+    ``None`` or ``""`` -> None (keep the size); ``"256x340"`` -> ``(256, 340)`` (height, width);
+    ``"256"`` -> ``256``, the short side (see :func:`output_size`); with ``scale=True`` a number
+    means a scale factor in (0, 4] instead (``"0.5"`` -> ``0.5``). FlowkitError otherwise.
+    """
+    if text is None or str(text).strip() == "":
+        return None
+    h, sep, w = str(text).strip().lower().partition("x")
+    try:
+        if sep:
+            size = (int(h), int(w))
+            if min(size) >= 1:
+                return size
+        elif scale:
+            value = float(text)
+            if 0 < value <= 4:
+                return value
+        elif int(text) >= 1:
+            return int(text)
+    except ValueError:
+        pass
+    want = "HxW (e.g. 128x160) or a scale (e.g. 0.5)" if scale else \
+        "SHORT_SIDE or HxW (e.g. 256 or 256x340)"
+    raise FlowkitError(f"size {text!r} is not {want}")
 
 
 def output_size(height: int, width: int, size: int | tuple[int, int] | None) -> tuple[int, int]:

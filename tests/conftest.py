@@ -205,3 +205,24 @@ def tiny_store(tmp_path_factory) -> Path:
     """Path of a tiny store: 3 classes (right, down, left) x 4 videos, 10 frames of 24x32, rgb and
     exact ``tvl1`` flow (float16). Session-scoped: read it, never write to it."""
     return write_tiny_store(tmp_path_factory.mktemp("tiny") / "store")
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    """Every ``flowkit/cuda/*.cu`` compiled for the CPU (``tests/cuda_emulation.py``)."""
+    import cuda_emulation
+    import flowkit.cuda
+
+    if not cuda_emulation.available():
+        pytest.skip("g++ not found: host emulation of the kernels needs a C++ compiler")
+    return cuda_emulation.compile_all(Path(flowkit.cuda.__file__).parent,
+                                      tmp_path_factory.mktemp("host_kernels"))
+
+
+@pytest.fixture
+def emu(host_kernels, monkeypatch):
+    """``flowkit.cuda`` routed to the host kernels for one test: ``backend="cupy"`` runs on the
+    CPU; returns the :class:`cuda_emulation.Emulator` (its launch log, its graph captures)."""
+    import cuda_emulation
+
+    return cuda_emulation.route_to_host(monkeypatch, host_kernels)

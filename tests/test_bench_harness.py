@@ -102,14 +102,16 @@ def test_opencv_tvl1_peer_uses_the_given_parameters(tiny_pairs):
 
 def test_methods_and_params_resolve():
     names = harness.available_methods()
-    assert names[:2] == ["tvl1", "tvl1+compile"] and names[-3:] == list(peers.PEERS)
+    assert names[0] == "tvl1" and names[-3:] == list(peers.PEERS) and len(names) == len(set(names))
+    assert harness.compile_variants("tvl1", "both") == [False, True]
+    assert harness.compile_variants("opencv-tvl1", "both") == [False]
     assert harness.resolve_methods("tvl1, opencv-dis,tvl1") == ["tvl1", "opencv-dis"]
     assert harness.resolve_methods("all") == names
     with pytest.raises(BenchError, match="unknown method 'raft'.*opencv-farneback"):
         harness.resolve_methods("tvl1,raft")
     per = harness.split_params({"nscales": 2, "opencv-dis:preset": "fast"},
-                               ["tvl1", "tvl1+compile", "opencv-tvl1", "opencv-dis"])
-    assert per == {"tvl1": {"nscales": 2}, "tvl1+compile": {"nscales": 2},
+                               ["tvl1", "tvnet", "opencv-tvl1", "opencv-dis"])
+    assert per == {"tvl1": {"nscales": 2}, "tvnet": {},
                    "opencv-tvl1": {"nscales": 2}, "opencv-dis": {"preset": "fast"}}
     with pytest.raises(BenchError, match="has a parameter 'winsize'"):
         harness.split_params({"winsize": 9}, ["tvl1"])

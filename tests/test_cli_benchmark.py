@@ -46,7 +46,7 @@ def test_unknown_method_exits_2_listing_valid_names(runner):
     result = runner.invoke(command, ["--methods", "tvl1,flownet"])
     assert result.exit_code == 2
     assert "unknown method 'flownet'" in result.output
-    assert "opencv-tvl1" in result.output and "tvl1+compile" in result.output
+    assert "opencv-tvl1" in result.output and "costvolume" in result.output
 
 
 def test_bad_usage_exits_2(runner):

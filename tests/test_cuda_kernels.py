@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 import torch
 
-import cuda_emulation
 import flowkit
 import flowkit.cuda as fcuda
 from flowkit.errors import EngineError
 from flowkit.flow import costvolume as cv_twin
+from flowkit.flow import numerics
 from flowkit.flow import ops
 from flowkit.flow import tvl1 as tvl1_twin
 
@@ -118,19 +118,11 @@ def test_kernel_source_has_line_directive_after_defines():
 
 # ------------------------------------------------------------------------- 2. host emulation
 
-@pytest.fixture(scope="session")
-def host_kernels(tmp_path_factory):
-    if not cuda_emulation.available():
-        pytest.skip("g++ not found: host emulation of the kernels needs a C++ compiler")
-    return cuda_emulation.compile_all(CUDA_DIR, tmp_path_factory.mktemp("host_kernels"))
-
-
 @pytest.fixture
-def emulated(host_kernels, monkeypatch):
-    """The wrapper modules with load_kernel / launch / check_cuda_float routed to the emulator."""
+def emulated(emu):
+    """The wrapper modules, with load_kernel / launch / check_cuda_float routed to the emulator."""
     from flowkit.cuda import costvolume, tvl1, warp
 
-    cuda_emulation.route_to_host(monkeypatch, host_kernels)
     return tvl1, warp, costvolume
 
 
@@ -350,8 +342,11 @@ def test_gpu_cost_volume_matches_torch_autograd(cuda_modules, window, stride, di
         results.append((cost.detach(), disp.detach(), a.grad, b.grad))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
-    wta = costvolume.soft_argmax_displacement(results[1][0], window, tau=0, dilation=dilation)
+    nx = numerics.create("cupy", "cuda")   # winner-take-all (tau=0) is routed to the twin
+    wta = nx.soft_argmax_displacement(results[1][0], window, tau=0, dilation=dilation)
     torch.testing.assert_close(wta, cv_twin.soft_argmax_displacement(results[1][0], window, 0, dilation))
+    with pytest.raises(EngineError, match="tau must be a positive number"):
+        costvolume.soft_argmax_displacement(results[1][0], window, tau=0, dilation=dilation)
 
 
 @gpu

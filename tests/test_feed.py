@@ -131,16 +131,24 @@ def test_frame_sizes_never_share_a_batch(tmp_path):
 
 
 def test_decoding_runs_ahead(tmp_path):
+    """With prefetch=2, videos b and c are decoding while a is: a's decoder waits for c's to start
+    (it would time out if decoding were not ahead and concurrent)."""
     videos = MemoryVideos({k: _frames(3, i) for i, k in enumerate("abcde")})
-    seen = []
+    c_started = threading.Event()
+    decode = videos.__call__
 
-    class Watching(RecordingEngine):
-        def __call__(self, f0, f1):
-            seen.append(len(videos.started))
-            return super().__call__(f0, f1)
+    def waiting_decode(item, opts):
+        if item.key == "c":
+            c_started.set()
+        info, frames = decode(item, opts)
+        if item.key == "a":
+            assert c_started.wait(timeout=30), "video c did not start decoding while a decoded"
+        return info, frames
 
-    _run(tmp_path, videos, engine=Watching(), batch=2, prefetch=2)
-    assert seen[0] >= 3  # the first batch ran with the next two videos already decoding
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    results = list(run(videos.items(), store, RecordingEngine(),
+                       FeedOptions(method="tvl1", batch=2, prefetch=2), decode=waiting_decode))
+    assert c_started.is_set() and all(r.status == "done" for r in results)
 
 
 def test_a_decode_error_fails_only_its_video(tmp_path):

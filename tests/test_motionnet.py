@@ -8,8 +8,9 @@ from click.testing import CliRunner
 import flowkit
 from flowkit.bench import synthetic_pairs
 from flowkit.cli import main
-from flowkit.cli.train_motionnet import (ClipSource, TrainConfig, evaluate_epe, sample_eval_set,
-                                         save_checkpoint, train)
+from flowkit.train.motionnet import ClipSource
+from flowkit.train.motionnet import MotionNetTrainConfig as TrainConfig
+from flowkit.train.motionnet import evaluate_epe, sample_eval_set, save_checkpoint, train
 from flowkit.errors import EngineError
 from flowkit.flow import ops
 from flowkit.flow.motionnet import (MotionNet, downsample, photometric_loss, smoothness_loss,

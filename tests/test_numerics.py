@@ -14,34 +14,19 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from skimage import color, data
+from skimage import data
 
-import cuda_emulation
 import flowkit
 import flowkit.cuda as fcuda
 from flowkit.errors import EngineError
 from flowkit.flow import numerics, tvl1
 
-CUDA_DIR = Path(fcuda.__file__).parent
 SMALL_TVL1 = dict(nscales=3, warps=2, outer_iterations=3, inner_iterations=10)
-
-
-@pytest.fixture(scope="session")
-def host_kernels(tmp_path_factory):
-    if not cuda_emulation.available():
-        pytest.skip("g++ not found: host emulation of the kernels needs a C++ compiler")
-    return cuda_emulation.compile_all(CUDA_DIR, tmp_path_factory.mktemp("host_kernels"))
-
-
-@pytest.fixture
-def emu(host_kernels, monkeypatch):
-    return cuda_emulation.route_to_host(monkeypatch, host_kernels)
 
 
 @pytest.fixture(scope="module")

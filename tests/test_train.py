@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from flowkit.errors import FlowkitError
-from flowkit.train import (EpochBatchSampler, TrainCallbacks, TrainConfig, Trainer,
+from flowkit.progress import Progress
+from flowkit.train import (EpochBatchSampler, TrainConfig, Trainer,
                            confusion_matrix, evaluate_run, flatten_views, load_checkpoint,
                            lr_factor, mean_class_accuracy, merge_for_resume, parameter_groups,
                            per_class_accuracy, predict, rng_state, save_checkpoint, set_rng_state,
                            topk_accuracy, topk_correct)
-from flowkit.train.evaluate import SegmentClipsSampler
+from flowkit.data import SegmentClipsSampler
 
 TINY_MODEL = {"width": 4, "layers": [1, 1, 1, 1], "modality": "flow"}
 TIMING_KEYS = ("clips_per_s", "seconds")
@@ -38,12 +39,15 @@ def tiny_config(store, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-class StepCounter(TrainCallbacks):
+class StepCounter(Progress):
+    """Counts optimiser steps (advances of the epoch tasks)."""
+
     def __init__(self):
         self.steps = 0
 
-    def on_step(self, *args) -> None:
-        self.steps += 1
+    def _changed(self, task) -> None:
+        if task.description.startswith("epoch"):
+            self.steps += 1
 
 
 def without_timing(records):
@@ -203,7 +207,7 @@ def test_resume_is_exact(tiny_store, tmp_path, stop_after):
     stopped = tmp_path / "stopped"
     counter = StepCounter()
     first = Trainer(tiny_config(tiny_store, **kw), stopped).fit(
-        counter, should_stop=lambda: counter.steps >= stop_after)
+        counter, stop=lambda: counter.steps >= stop_after)
     assert first.interrupted and first.global_step == stop_after
     ck = load_checkpoint(stopped / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"]) == ((1, 0) if stop_after == 3 else (1, 1))

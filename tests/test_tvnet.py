@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import flowkit
 from flowkit.bench import synthetic_pairs
 from flowkit.cli import main
-from flowkit.cli.train_tvnet import samples_from_pairs, train_epoch, evaluate
+from flowkit.train.tvnet import evaluate, samples_from_pairs, train_epoch
 from flowkit.errors import EngineError
 from flowkit.flow import ops, tvl1
 from flowkit.flow.tvnet import TVNet, flow_loss

@@ -5,15 +5,17 @@
     results = harness.run_benchmark(["tvl1", "opencv-tvl1"], pairs, batch=8, repeats=3,
                                     dataset=info)
 
-Methods (:func:`available_methods`): ``tvl1``; ``tvl1+compile`` (``tvl1`` with ``compile=True``);
-every other registered engine by its name; the OpenCV peers ``opencv-tvl1``, ``opencv-dis``,
-``opencv-farneback`` (:mod:`flowkit.bench.peers`); ``all`` names every one of them.
+Methods (:func:`available_methods`): every registered engine (``tvl1`` first) and every registered
+OpenCV peer (``opencv-tvl1``, ``opencv-dis``, ``opencv-farneback``, :mod:`flowkit.bench.peers`) by
+its name; ``all`` names every one of them. ``compile="on"`` runs the engines that have a
+``compile`` option compiled, ``"both"`` runs them eagerly and compiled (results labelled
+``"tvl1 (compiled)"``, with ``compile: true``).
 
 What is measured, per method:
 
 - **warm-up** (``warmup_s``, excluded from the speed): one call on the first batch, and on the last
   batch too when it has another shape. It contains one-off costs: torch.compile's compilation for
-  ``tvl1+compile`` (~20 s on CPU the first time; inductor's on-disk cache makes later processes
+  a compiled method (~20 s on CPU the first time; inductor's on-disk cache makes later processes
   faster; the compile cache is reset before every compiled method, so this is always in), allocator
   and thread-pool start-up.
 - **passes**: ``repeats`` timed passes over the whole dataset in batches of ``batch`` pairs (OpenCV
@@ -29,8 +31,8 @@ What is measured, per method:
   background thread (spikes shorter than that can be missed); where ``/proc`` is missing, the growth
   of ``getrusage``'s lifetime maximum RSS, a lower bound. ``peak_mem_kind`` names which. Methods share
   one process, so the figure is indicative: memory an earlier method freed but the allocator kept
-  is reused without growth, and ``tvl1+compile`` also counts the compiler loaded in its warm-up
-  when it is the first compiled method.
+  is reused without growth, and a compiled method also counts the compiler loaded in its warm-up
+  when it is the first one.
 - **accuracy** from the flows of the last pass, per pair with
   :func:`flowkit.bench.metrics.flow_metrics`, then the mean over pairs (each pair counts once,
   whatever its size; a pair without any valid pixel is left out of that metric): ``epe`` (valid
@@ -46,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import inspect
 import os
 import platform
 import resource
@@ -60,12 +61,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import FlowkitError
+from ..progress import Progress
 from .flo import BenchError
 from .metrics import flow_metrics
-from .peers import PEERS, create_peer, peer_defaults
+from .peers import PEERS, create_peer
 from .synthetic import FlowPair, load_flow_folder, stereo_pairs, synthetic_pairs
 
-COMPILE_SUFFIX = "+compile"
+COMPILE_MODES = ("off", "on", "both")
+DEFAULT_METHODS = "tvl1,opencv-tvl1,opencv-dis,opencv-farneback"
+# Small enough that the default run takes well under a minute on 2 CPU cores (about 20 s when idle).
+DEFAULT_SYNTHETIC_PAIRS = 8
 DATASETS = ("synthetic", "stereo", "middlebury", "sintel")
 # Accuracy keys of a result, in table order.
 METRICS = ("epe", "epe_noc", "outliers", "angular")
@@ -79,7 +84,7 @@ class Method:
     """A flow method as the harness runs it.
 
     Attributes:
-        name: what the result calls it (``"tvl1+compile"``, ``"opencv-dis"``, ...).
+        name: what the result calls it (``"tvl1"``, ``"tvl1 (compiled)"``, ``"opencv-dis"``, ...).
         fn: ``fn(frames0, frames1) -> flow``: uint8 ``(B, 3, H, W)`` CPU tensors twice -> ``(B, 2, H, W)``
             numpy or torch (any device).
         device: where it computes (``"cpu"``, ``"cuda:0"``).
@@ -94,17 +99,16 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)
     batch: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False
 
 
 def available_methods() -> list[str]:
-    """Every method name the harness knows: flowkit engines (``tvl1`` and ``tvl1+compile`` first), then
-    the OpenCV peers."""
+    """Every method name the harness knows: flowkit engines (``tvl1`` first), then the OpenCV
+    peers."""
     from ..flow import list_engines
 
     engines = list_engines()
-    names = [n for n in ("tvl1", "tvl1" + COMPILE_SUFFIX) if "tvl1" in engines]
-    names += [n for n in engines if n != "tvl1"]
-    return names + list(PEERS)
+    return [n for n in engines if n == "tvl1"] + [n for n in engines if n != "tvl1"] + list(PEERS)
 
 
 def resolve_methods(spec: str | Iterable[str]) -> list[str]:
@@ -130,13 +134,27 @@ def resolve_methods(spec: str | Iterable[str]) -> list[str]:
 
 
 def accepted_params(method: str) -> list[str]:
-    """Parameter names ``method`` accepts (for engines: their constructor's keywords)."""
+    """Parameter names ``method`` accepts (for engines: their parameters, not the execution options
+    ``compile`` and ``backend``, which the harness sets)."""
     if method in PEERS:
-        return list(peer_defaults(method))
-    from ..flow import engine_class
+        return PEERS.parameters(method)
+    from ..flow import engine_parameters
 
-    signature = inspect.signature(engine_class(_engine_name(method)).__init__)
-    return [p for p in signature.parameters if p not in ("self", "device", "compile", "backend")]
+    return [p for p in engine_parameters(method) if p not in ("compile", "backend")]
+
+
+def compile_variants(name: str, mode: str) -> list[bool]:
+    """The ``compile`` values ``name`` runs with under ``mode`` (``off`` / ``on`` / ``both``):
+    only engines with a ``compile`` option are compiled."""
+    if mode not in COMPILE_MODES:
+        raise BenchError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if name in PEERS or mode == "off":
+        return [False]
+    from ..flow import engine_parameters
+
+    if "compile" not in engine_parameters(name):
+        return [False]
+    return [True] if mode == "on" else [False, True]
 
 
 def split_params(params: Mapping[str, Any] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -169,9 +187,10 @@ def split_params(params: Mapping[str, Any] | None, methods: Sequence[str]) -> di
 
 
 def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | None = None,
-                 backend: str = "auto") -> Method:
+                 backend: str = "auto", compile: bool = False) -> Method:
     """The :class:`Method` for a name of :func:`available_methods`; flowkit engines that have CuPy
-    kernels compute with ``backend`` (``"auto"``, ``"torch"`` or ``"cupy"``).
+    kernels compute with ``backend`` (``"auto"``, ``"torch"`` or ``"cupy"``), those with a
+    ``compile`` option are compiled when ``compile``.
 
     Raises:
         PeerMissing: an OpenCV peer's function is not available.
@@ -182,42 +201,32 @@ def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | Non
         peer = create_peer(name, **params)
         return Method(name, peer, "cpu", peer.params, batch=1,
                       extra={"opencv_threads": peer.threads, "backend": "opencv"})
-    from ..flow import create_engine, engine_class
+    from ..flow import create_engine, engine_parameters
 
-    compile_ = name.endswith(COMPILE_SUFFIX)
-    options = {"compile": True} if compile_ else {}
-    if "backend" in inspect.signature(engine_class(_engine_name(name)).__init__).parameters:
+    accepted = engine_parameters(name)
+    options = {"compile": True} if compile and "compile" in accepted else {}
+    if "backend" in accepted:
         options["backend"] = backend
-    engine = create_engine(_engine_name(name), device=device, **params, **options)
+    engine = create_engine(name, device=device, **params, **options)
     record = dict(engine.describe()["params"])
-    if compile_:
+    label = f"{name} (compiled)" if options.get("compile") else name
+    if options.get("compile"):
         record["compile"] = True
-    return Method(name, engine, str(engine.device), record, extra={"backend": engine.backend})
-
-
-def _engine_name(method: str) -> str:
-    return method[: -len(COMPILE_SUFFIX)] if method.endswith(COMPILE_SUFFIX) else method
+    return Method(label, engine, str(engine.device), record, extra={"backend": engine.backend},
+                  compile=bool(options.get("compile")))
 
 
 # ----------------------------------------------------------------------------------------- datasets
 
 def parse_size(text: str | None) -> tuple[int, int] | float | None:
-    """``"256x340"`` -> ``(256, 340)`` (H, W); ``"0.5"`` -> ``0.5`` (a scale); None -> None."""
-    if text is None or text == "":
-        return None
-    h, sep, w = str(text).lower().partition("x")
+    """``--size`` of a benchmark: ``"256x340"`` -> ``(256, 340)`` (H, W); ``"0.5"`` -> ``0.5`` (a
+    scale); None -> None (:func:`flowkit.video.parse_size` with ``scale=True``)."""
+    from ..video import parse_size as parse
+
     try:
-        if sep:
-            size = (int(h), int(w))
-            if min(size) < 1:
-                raise ValueError
-            return size
-        scale = float(text)
-        if not 0 < scale <= 4:
-            raise ValueError
-        return scale
-    except ValueError:
-        raise BenchError(f"size {text!r} is not HxW (e.g. 128x160) or a scale (e.g. 0.5)") from None
+        return parse(text, scale=True)
+    except FlowkitError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def load_dataset(dataset: str = "synthetic", path: str | os.PathLike | None = None,
@@ -308,7 +317,7 @@ def versions() -> dict[str, str | None]:
     """flowkit, torch, OpenCV, numpy versions (None where not installed)."""
     import torch
 
-    from .. import __version__
+    from ..version import __version__
     try:
         import cv2
         opencv = cv2.__version__
@@ -418,8 +427,8 @@ def _max_rss_bytes() -> int:
 
 def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *, device: str = "cpu",
                   batch: int = 8, repeats: int = 3, params: Mapping[str, Any] | None = None,
-                  dataset: Mapping[str, Any] | None = None, progress: bool | Any = False,
-                  backend: str = "auto") -> list[dict[str, Any]]:
+                  dataset: Mapping[str, Any] | None = None, progress: Progress | None = None,
+                  backend: str = "auto", compile: str = "off") -> list[dict[str, Any]]:
     """Measure every method on ``pairs`` (see the module docstring for what is measured).
 
     Args:
@@ -430,8 +439,9 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
         repeats: timed passes over the dataset.
         params: parameters, as :func:`split_params` distributes them.
         dataset: description recorded in each result (``info`` of :func:`load_dataset`).
-        progress: show a rich progress bar (True, or a ``rich.console.Console`` to draw on).
+        progress: a :class:`~flowkit.progress.Progress` (one task: the method and phase running).
         backend: numerics of the engines that have CuPy kernels (recorded per result).
+        compile: ``"off"``, ``"on"`` or ``"both"`` (:func:`compile_variants`).
 
     Returns:
         one dict per method, in order (keys: see :func:`result_keys`).
@@ -442,6 +452,8 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
         raise BenchError(f"batch and repeats must be at least 1, got batch={batch}, repeats={repeats}")
     names = [m for m in methods if isinstance(m, str)]
     per_params = split_params(params, resolve_methods(names) if names else [])
+    runs = [(m, c) for m in methods
+            for c in (compile_variants(m, compile) if isinstance(m, str) else [m.compile])]
     dataset = dict(dataset or {})
     shapes = {p.frame0.shape[:2] for p in pairs}
     dataset.setdefault("size", "x".join(map(str, next(iter(shapes)))) if len(shapes) == 1 else "mixed")
@@ -449,14 +461,19 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
               "pairs": len(pairs), "repeats": repeats, "versions": versions(),
               "machine": machine_info(device), "dataset_info": dataset}
     results = []
-    with _progress_bar(progress, len(methods) * (1 + repeats)) as advance:
-        for method in methods:
-            label = method if isinstance(method, str) else method.name
+    bar = (progress or Progress()).start("benchmark", total=len(runs) * (1 + repeats))
+
+    def advance(description: str, steps: int) -> None:
+        bar.update(completed=bar.completed + steps, description=description)
+    try:
+        for method, compiled in runs:
+            label = (method if not compiled else f"{method} (compiled)") if isinstance(
+                method, str) else method.name
             memory = _PeakMemory(method.device if isinstance(method, Method) else
                                  "cpu" if method in PEERS else device)
             try:
                 m = method if isinstance(method, Method) else build_method(
-                    method, device, per_params.get(method), backend)
+                    method, device, per_params.get(method), backend, compiled)
             except FlowkitError as exc:  # PeerMissing, an engine without CUDA, ...
                 results.append(_missing(label, device, batch, common, str(exc)))
                 advance(label, 1 + repeats)
@@ -471,6 +488,8 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
             except FlowkitError as exc:  # e.g. an engine that refuses to run without weights
                 results.append(_missing(label, m.device, m.batch or batch, common, str(exc), "failed"))
                 advance(label, 1 + repeats - steps[0])
+    finally:
+        bar.close()
     # The load at the end too: a busy machine during the run makes every timing low.
     end_load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     for r in results:
@@ -478,10 +497,47 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
     return results
 
 
+def collect(methods: str = DEFAULT_METHODS, device: str = "cpu", size: str | None = None,
+            batch: int = 8, dataset: str = "synthetic", path: str | None = None,
+            pairs: int | None = None, repeats: int = 3, seed: int = 0,
+            params: Mapping[str, Any] | None = None, threads: int | None = None,
+            progress: Progress | None = None, backend: str = "auto",
+            compile: str = "off") -> list[dict[str, Any]]:
+    """Everything ``flowkit benchmark`` does except the output, from its options (strings where the
+    command line has strings: ``methods="tvl1,opencv-tvl1"``, ``size="256x340"``) to the result
+    list of :func:`run_benchmark`; ``threads`` sets torch's and OpenCV's threads for the run."""
+    names = resolve_methods(methods)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BenchError(f"--device {device}: CUDA is not available (torch.cuda.is_available() "
+                             "is False); use --device cpu")
+    elif device != "cpu":
+        raise BenchError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if pairs is None and dataset == "synthetic":
+        pairs = DEFAULT_SYNTHETIC_PAIRS
+    items, info = load_dataset(dataset, path, parse_size(size), pairs, seed)
+    import cv2
+    import torch
+
+    saved = torch.get_num_threads(), cv2.getNumThreads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    try:
+        return run_benchmark(names, items, device=device, batch=batch, repeats=repeats,
+                             params=params, dataset=info, progress=progress, backend=backend,
+                             compile=compile)
+    finally:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
+
+
 def result_keys() -> list[str]:
     """The keys of every result dict."""
-    return ["method", "status", "reason", "device", "backend", "dataset", "size", "batch", "pairs",
-            "repeats",
+    return ["method", "status", "reason", "device", "backend", "compile", "dataset", "size", "batch",
+            "pairs", "repeats",
             "pairs_per_s", "median_pass_s", "min_pass_s", "max_pass_s", "warmup_s", "peak_mem_mb",
             "peak_mem_kind", *METRICS, "params", "opencv_threads", "versions", "machine",
             "dataset_info"]
@@ -492,7 +548,7 @@ def _measure(m: Method, pairs: Sequence[FlowPair], batch: int, repeats: int, com
     size = m.batch or batch
     batches = _batches(pairs, size)
     warm = [batches[0]] + ([batches[-1]] if batches[-1][0].shape != batches[0][0].shape else [])
-    if m.params.get("compile"):
+    if m.compile:
         import torch
 
         # Start from an empty compile cache: warm-up then always includes the compilation, and
@@ -524,7 +580,8 @@ def _measure(m: Method, pairs: Sequence[FlowPair], batch: int, repeats: int, com
         "batch": size, "pairs_per_s": len(pairs) / median if median > 0 else None,
         "median_pass_s": median, "min_pass_s": min(times), "max_pass_s": max(times),
         "warmup_s": warmup_s, "peak_mem_mb": memory.peak_mb, "peak_mem_kind": memory.kind,
-        **accuracy(estimates, pairs), "params": m.params, "opencv_threads": None, **m.extra,
+        **accuracy(estimates, pairs), "params": m.params, "opencv_threads": None,
+        "compile": m.compile, **m.extra,
     }
     return _clean({k: result.get(k) for k in result_keys()})
 
@@ -594,34 +651,3 @@ def _clean(value):
     if isinstance(value, np.bool_):
         return bool(value)
     return value
-
-
-class _progress_bar:
-    """Context manager yielding ``advance(description, steps)`` (describe what runs now, count
-    ``steps`` finished); a no-op when ``enabled`` is False."""
-
-    def __init__(self, enabled, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda description, steps: None
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn)
-
-        console = self.enabled if not isinstance(self.enabled, bool) else Console(stderr=True)
-        self._progress = Progress(TextColumn("{task.description:<28}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                                  transient=True)
-        self._progress.start()
-        task = self._progress.add_task("benchmark", total=self.total)
-
-        def advance(description: str, steps: int):
-            self._progress.update(task, description=description, advance=steps)
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._progress.stop()
-        return False

@@ -28,13 +28,12 @@ harness reports the method as missing with that reason.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from ..registry import Registry
 from .flo import BenchError
-
-PEERS = ("opencv-tvl1", "opencv-dis", "opencv-farneback")
 
 # flowkit tvl1 parameter -> cv2.optflow.DualTVL1OpticalFlow_create keyword (OpenCV spells
 # "innnerIterations" with three n's in its Python binding).
@@ -59,36 +58,35 @@ class PeerMissing(BenchError):
     """The OpenCV function behind a peer is not available; the message says why and what to install."""
 
 
-def peer_defaults(name: str) -> dict[str, Any]:
-    """The parameters a peer accepts, with their defaults."""
-    if name == "opencv-tvl1":
-        return dict(TVL1_DEFAULTS)
-    if name == "opencv-dis":
-        return {"preset": "medium"}
-    if name == "opencv-farneback":
-        return dict(FARNEBACK_DEFAULTS)
-    raise BenchError(f"unknown peer {name!r}; available: {', '.join(PEERS)}")
-
-
 class Peer:
-    """An OpenCV method with the engine call shape (see the module docstring).
+    """An OpenCV method with the engine call shape (see the module docstring); one subclass per
+    peer, registered in :data:`PEERS`.
 
     Attributes:
         name: ``"opencv-tvl1"``, ``"opencv-dis"`` or ``"opencv-farneback"``.
+        defaults: the parameters it accepts, in flowkit's names, with their defaults.
         params: the parameters in flowkit's names, JSON-serialisable.
         threads: ``cv2.getNumThreads()`` when the peer was created.
         version: ``cv2.__version__``.
     """
 
-    def __init__(self, name: str, params: dict[str, Any], flow_fn: Callable[[np.ndarray, np.ndarray],
-                                                                             np.ndarray]):
-        import cv2
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
 
-        self.name = name
-        self.params = params
-        self._flow = flow_fn
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return list(cls.defaults)
+
+    def __init__(self, **params):
+        cv2 = _import_cv2(self.name)
+        self.params = {**self.defaults, **params}
+        self._flow = self._solver(cv2, self.params)
         self.threads = int(cv2.getNumThreads())
         self.version = cv2.__version__
+
+    def _solver(self, cv2, prm: dict[str, Any]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``(gray0, gray1) -> (H, W, 2)`` flow; PeerMissing when OpenCV lacks the function."""
+        raise NotImplementedError
 
     def __call__(self, frames0, frames1) -> np.ndarray:
         g0, g1 = _gray_batch(frames0, "frames0"), _gray_batch(frames1, "frames1")
@@ -107,6 +105,14 @@ class Peer:
         return f"Peer({self.name!r}, {args})"
 
 
+PEERS: Registry[Peer] = Registry("peer", error=BenchError, name_attr="name")
+
+
+def peer_defaults(name: str) -> dict[str, Any]:
+    """The parameters a peer accepts, with their defaults."""
+    return dict(PEERS.get(name).defaults)
+
+
 def create_peer(name: str, **params) -> Peer:
     """Build peer ``name`` with keyword ``params`` (flowkit's names; see :func:`peer_defaults`).
 
@@ -114,18 +120,7 @@ def create_peer(name: str, **params) -> Peer:
         PeerMissing: the OpenCV function is not available (the message says why).
         BenchError: unknown peer or parameter, or a bad parameter value.
     """
-    accepted = peer_defaults(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise BenchError(f"{name} has no parameter {', '.join(unknown)}; accepted: "
-                         f"{', '.join(accepted)}")
-    merged = {**accepted, **params}
-    cv2 = _import_cv2(name)
-    if name == "opencv-tvl1":
-        return _tvl1(cv2, merged)
-    if name == "opencv-dis":
-        return _dis(cv2, merged)
-    return _farneback(cv2, merged)
+    return PEERS.create(name, **params)
 
 
 def peer_available(name: str) -> str | None:
@@ -154,35 +149,52 @@ def _require(cv2, dotted: str, name: str, hint: str):
     return obj
 
 
-def _tvl1(cv2, prm: dict[str, Any]) -> Peer:
-    create = _require(cv2, "optflow.DualTVL1OpticalFlow_create", "opencv-tvl1",
-                      f"it is in the contrib modules: {_CONTRIB_HINT}")
-    kwargs = {TVL1_TO_OPENCV[k]: v for k, v in prm.items() if k in TVL1_TO_OPENCV}
-    if not prm["early_stop"]:
-        kwargs["epsilon"] = 0.0
-    for key in ("nscales", "warps", "innnerIterations", "outerIterations", "medianFiltering"):
-        kwargs[key] = int(kwargs[key])
-    for key in ("tau", "lambda_", "theta", "epsilon", "scaleStep"):
-        kwargs[key] = float(kwargs[key])
-    solver = create(**kwargs)
-    return Peer("opencv-tvl1", prm, lambda a, b: solver.calc(a, b, None))
+@PEERS.register()
+class OpenCVTVL1(Peer):
+    name = "opencv-tvl1"
+    defaults = TVL1_DEFAULTS
+
+    def _solver(self, cv2, prm):
+        create = _require(cv2, "optflow.DualTVL1OpticalFlow_create", self.name,
+                          f"it is in the contrib modules: {_CONTRIB_HINT}")
+        kwargs = {TVL1_TO_OPENCV[k]: v for k, v in prm.items() if k in TVL1_TO_OPENCV}
+        if not prm["early_stop"]:
+            kwargs["epsilon"] = 0.0
+        for key in ("nscales", "warps", "innnerIterations", "outerIterations", "medianFiltering"):
+            kwargs[key] = int(kwargs[key])
+        for key in ("tau", "lambda_", "theta", "epsilon", "scaleStep"):
+            kwargs[key] = float(kwargs[key])
+        solver = create(**kwargs)
+        return lambda a, b: solver.calc(a, b, None)
 
 
-def _dis(cv2, prm: dict[str, Any]) -> Peer:
-    create = _require(cv2, "DISOpticalFlow_create", "opencv-dis", "it needs OpenCV >= 3.4")
-    preset = str(prm["preset"]).lower()
-    if preset not in DIS_PRESETS:
-        raise BenchError(f"opencv-dis: preset must be one of {', '.join(DIS_PRESETS)}, got {preset!r}")
-    code = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}")
-    solver = create(code)
-    return Peer("opencv-dis", {"preset": preset}, lambda a, b: solver.calc(a, b, None))
+@PEERS.register()
+class OpenCVDIS(Peer):
+    name = "opencv-dis"
+    defaults = {"preset": "medium"}
+
+    def _solver(self, cv2, prm):
+        create = _require(cv2, "DISOpticalFlow_create", self.name, "it needs OpenCV >= 3.4")
+        preset = str(prm["preset"]).lower()
+        if preset not in DIS_PRESETS:
+            raise BenchError(f"opencv-dis: preset must be one of {', '.join(DIS_PRESETS)}, got "
+                             f"{preset!r}")
+        prm["preset"] = preset
+        solver = create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}"))
+        return lambda a, b: solver.calc(a, b, None)
 
 
-def _farneback(cv2, prm: dict[str, Any]) -> Peer:
-    calc = _require(cv2, "calcOpticalFlowFarneback", "opencv-farneback", _CONTRIB_HINT)
-    args = (float(prm["pyr_scale"]), int(prm["levels"]), int(prm["winsize"]), int(prm["iterations"]),
-            int(prm["poly_n"]), float(prm["poly_sigma"]), int(prm["flags"]))
-    return Peer("opencv-farneback", prm, lambda a, b: calc(a, b, None, *args))
+@PEERS.register()
+class OpenCVFarneback(Peer):
+    name = "opencv-farneback"
+    defaults = FARNEBACK_DEFAULTS
+
+    def _solver(self, cv2, prm):
+        calc = _require(cv2, "calcOpticalFlowFarneback", self.name, _CONTRIB_HINT)
+        args = (float(prm["pyr_scale"]), int(prm["levels"]), int(prm["winsize"]),
+                int(prm["iterations"]), int(prm["poly_n"]), float(prm["poly_sigma"]),
+                int(prm["flags"]))
+        return lambda a, b: calc(a, b, None, *args)
 
 
 def _gray_batch(frames, what: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import FlowkitError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

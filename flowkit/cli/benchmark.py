@@ -9,56 +9,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from ..bench import harness
-from ..bench.flo import BenchError
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params
+from .progress import RichProgress
 
-DEFAULT_METHODS = "tvl1,opencv-tvl1,opencv-dis,opencv-farneback"
-# Small enough that the default run takes well under a minute on 2 CPU cores (about 20 s when idle).
-DEFAULT_SYNTHETIC_PAIRS = 8
-
-
-def collect(methods: str = DEFAULT_METHODS, device: str = "cpu", size: str | None = None,
-            batch: int = 8, dataset: str = "synthetic", path: str | None = None,
-            pairs: int | None = None, repeats: int = 3, seed: int = 0, params: Sequence[str] = (),
-            threads: int | None = None, progress: bool | Any = False,
-            backend: str = "auto") -> list[dict[str, Any]]:
-    """Everything ``flowkit benchmark`` does except the output: the options as the CLI takes them
-    (strings where the CLI has strings) -> the harness's result list."""
-    names = harness.resolve_methods(methods)
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BenchError(f"--device {device}: CUDA is not available (torch.cuda.is_available() "
-                             "is False); use --device cpu")
-    elif device != "cpu":
-        raise BenchError(f"--device must be cpu or cuda[:N], got {device!r}")
-    if pairs is None and dataset == "synthetic":
-        pairs = DEFAULT_SYNTHETIC_PAIRS
-    items, info = harness.load_dataset(dataset, path, harness.parse_size(size), pairs, seed)
-    param_dict = parse_params(tuple(params))
-    import cv2
-    import torch
-
-    saved = torch.get_num_threads(), cv2.getNumThreads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
-    try:
-        return harness.run_benchmark(names, items, device=device, batch=batch, repeats=repeats,
-                                     params=param_dict, dataset=info, progress=progress,
-                                     backend=backend)
-    finally:
-        torch.set_num_threads(saved[0])
-        cv2.setNumThreads(saved[1])
+DEFAULT_METHODS = harness.DEFAULT_METHODS
 
 
 def results_table(results: list[dict[str, Any]]) -> Table:
@@ -138,7 +100,7 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
 @click.command("benchmark", short_help=summary("benchmark"))
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
-              help="Comma-separated methods: flowkit engines (tvl1, tvl1+compile, ...), OpenCV peers "
+              help="Comma-separated methods: flowkit engines (tvl1, tvnet, ...), OpenCV peers "
                    "(opencv-tvl1, opencv-dis, opencv-farneback), or 'all'.")
 @click.option("--device", default="cpu", show_default=True,
               help="Device of the flowkit engines: cpu or cuda[:N] (OpenCV peers run on the CPU).")
@@ -152,12 +114,16 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
               show_default=True,
               help="Numerics of the engines with CuPy kernels (tvl1, tvnet, costvolume); the "
                    "table's backend column says what each ran on.")
+@click.option("--compile", "compile_", type=click.Choice(["off", "on", "both"]), default="off",
+              show_default=True,
+              help="torch.compile the engines that can be (tvl1); both: run them eager and "
+                   "compiled, side by side.")
 @click.option("--dataset", default="synthetic", show_default=True,
               type=click.Choice(harness.DATASETS),
               help="Ground truth: built-in synthetic pairs or stereo pair, or a folder given as PATH "
                    "after it (--dataset middlebury PATH, --dataset sintel PATH).")
 @click.option("--pairs", default=None, type=click.IntRange(min=1),
-              help=f"Number of pairs (synthetic: default {DEFAULT_SYNTHETIC_PAIRS}; folders: the first "
+              help=f"Number of pairs (synthetic: default {harness.DEFAULT_SYNTHETIC_PAIRS}; folders: the first "
                    "N by name, default all).")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
               help="Timed passes over the dataset; pairs/s uses the median.")
@@ -175,14 +141,14 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
 @click.option("--plot", "plot_out", default=None, metavar="OUT.png",
               help="Write an EPE vs pairs/s scatter plot (PNG).")
 @handle_errors
-def command(path, methods, device, size, batch, backend, dataset, pairs, repeats, seed, params,
-            threads, json_out, plot_out):
+def command(path, methods, device, size, batch, backend, compile_, dataset, pairs, repeats, seed,
+            params, threads, json_out, plot_out):
     """FPS and end-point error of flow engines and OpenCV peers on ground truth.
 
     \b
     Examples:
       flowkit benchmark
-      flowkit benchmark --methods tvl1,tvl1+compile,opencv-tvl1 --size 256x340 --pairs 16
+      flowkit benchmark --methods tvl1,opencv-tvl1 --compile both --size 256x340 --pairs 16
       flowkit benchmark --dataset stereo --size 0.5 --methods all --plot stereo.png
       flowkit benchmark --dataset sintel /data/Sintel --pairs 20 --size 0.5 --json sintel.json
       flowkit benchmark --device cuda --backend cupy --batch 64 --size 256x340 --pairs 64
@@ -193,8 +159,10 @@ def command(path, methods, device, size, batch, backend, dataset, pairs, repeats
     console = Console(stderr=json_out == "-")
     if not console.is_terminal:
         console.width = max(console.width, 140)  # keep rows whole in logs and pipes
-    results = collect(methods, device, size, batch, dataset, path, pairs, repeats, seed, params,
-                      threads, progress=Console(stderr=True), backend=backend)
+    with RichProgress(Console(stderr=True), transient=True) as progress:
+        results = harness.collect(methods, device, size, batch, dataset, path, pairs, repeats,
+                                  seed, parse_params(params), threads, progress=progress,
+                                  backend=backend, compile=compile_)
     console.print(results_table(results))
     for r in results:
         if r["status"] != "ok":

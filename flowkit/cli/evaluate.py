@@ -41,21 +41,15 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
             out_dir, as_json):
     """Evaluate the classifier trained in RUN_DIR on STORE (default: its training store)."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
 
     from ..train import evaluate_run
+    from .progress import RichProgress
 
     console = Console(stderr=True, soft_wrap=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task("batches", total=None)
+    with RichProgress(console, transient=True) as progress:
         result = evaluate_run(run_dir, store, checkpoint=checkpoint, clips=clips, crops=int(crops),
                               split=split_list if split_list else split, batch_size=batch_size,
-                              workers=workers, device=device, out_dir=out_dir,
-                              on_progress=lambda done, total: bar.update(task, completed=done,
-                                                                         total=total))
+                              workers=workers, device=device, out_dir=out_dir, progress=progress)
     r = result.report
     console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold], top-5 {100 * r['top5']:.2f}%, "
                   f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "

@@ -1,74 +1,21 @@
 """``flowkit extract VIDEO_DIR -o STORE``: motion features for a folder of videos."""
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 
 from ..errors import FlowkitError
-from .. import extract as extract_module
-from ..extract import ExtractConfig, extract, request_stop
+from ..extract import ExtractConfig, extract
 from ..flow import list_engines
 from ..labels import read_split_list, scan_videos
+from ..progress import StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params, parse_size
-
-
-class RichExtractProgress:
-    """Progress bar of ``flowkit extract``: videos (with ETA) and frame pairs (with rate)."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=console, transient=False)
-        self.videos = self.pairs_task = None
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
-
-    def start(self, n_videos: int) -> None:
-        self.videos = self.bar.add_task("videos", total=n_videos, rate="")
-        self.pairs_task = self.bar.add_task("frame pairs", total=None, rate="")
-
-    def video_done(self, result) -> None:
-        self.bar.advance(self.videos)
-        if result.status == "failed":
-            self.console.print(f"[red]failed[/red] {result.reason}", highlight=False)
-
-    def pairs(self, n: int) -> None:
-        self.bar.advance(self.pairs_task, n)
-        task = self.bar.tasks[self.pairs_task]
-        if task.speed:
-            self.bar.update(self.pairs_task, rate=f"{task.speed:.1f} pairs/s")
-
-
-@contextlib.contextmanager
-def _graceful_interrupt(console: Console):
-    """First Ctrl-C: stop at the next chunk boundary through the normal clean-up (Python's own
-    handler can raise inside a library callback, where the interrupt gets lost). Second: at once."""
-    def handler(signum, frame):
-        if extract_module._stop_requested.is_set():
-            raise KeyboardInterrupt
-        console.print("stopping after the current step (Ctrl-C again to stop now)", highlight=False)
-        request_stop()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+from .progress import RichProgress, stop_on_signals
 
 
 def _items(video_dir: Path, split_list: Path | None, class_index: Path | None):
@@ -157,9 +104,11 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
                            batch=batch, workers=workers)
     items, classes = _items(video_dir, split_list, class_index)
     console = Console(stderr=True)
-    with RichExtractProgress(console) as progress, _graceful_interrupt(console):
-        summary = extract(items, store, config, classes=classes, shard=shard_tuple, progress=progress)
-    _print_summary(console, summary)
+    stop = StopFlag()
+    with RichProgress(console) as progress, stop_on_signals(stop, console, "the current chunk"):
+        result = extract(items, store, config, classes=classes, shard=shard_tuple,
+                         progress=progress, stop=stop)
+    _print_summary(console, result)
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2))
-    sys.exit(EXIT_PARTIAL if summary.count("failed") else EXIT_OK)
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    sys.exit(EXIT_PARTIAL if result.count("failed") else EXIT_OK)

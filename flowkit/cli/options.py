@@ -24,17 +24,11 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 
 
 def parse_size(text: str | None) -> int | tuple[int, int] | None:
-    """``None`` keeps the size, ``"256"`` is the short side, ``"256x340"`` is (height, width)."""
-    if text is None:
-        return None
+    """``--size``: :func:`flowkit.video.parse_size` (None, SHORT_SIDE or HxW) as a click error."""
+    from ..errors import FlowkitError
+    from ..video import parse_size as parse
+
     try:
-        if "x" in text.lower():
-            h, w = (int(v) for v in text.lower().split("x"))
-            if h > 0 and w > 0:
-                return h, w
-        elif int(text) > 0:
-            return int(text)
-    except ValueError:
-        pass
-    raise click.BadParameter(f"expected SHORT_SIDE or HxW (e.g. 256 or 256x340), got {text!r}",
-                             param_hint="--size")
+        return parse(text)
+    except FlowkitError as exc:
+        raise click.BadParameter(str(exc), param_hint="--size") from None

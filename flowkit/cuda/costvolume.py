@@ -9,7 +9,10 @@ function here                      torch twin (``flowkit.flow.costvolume``)
 =================================  ==============================================================
 
 Same window order (``k = iy * (2dW+1) + ix``, rows slowest), border rule (out-of-image candidates
-score 0), ``stride`` and ``dilation`` as the twin; argument checking is the twin's own. The
+score 0), ``stride`` and ``dilation`` as the twin. Arguments are checked by the twin's API in
+:mod:`flowkit.flow.correlation`, which :mod:`flowkit.flow.numerics` puts in front of these kernels;
+here they are only normalised (an int window means both half-sizes). The soft-argmax kernel needs
+``tau > 0``: winner-take-all (``tau = 0``) is the twin's (numerics routes it there). The
 correlation and the soft-argmax are ``torch.autograd.Function`` s with CUDA backward kernels (both
 gathers, no atomics); one launch covers the batch.
 """
@@ -23,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..conventions import COSINE_EPS
 from ..errors import EngineError
-from ..flow import costvolume as twin
 from . import check_cuda_float, launch_planes, load_kernel
 
 SOURCE = "costvolume.cu"
@@ -34,6 +37,14 @@ FAST_MATH = True
 
 def _kernel(name: str, like: torch.Tensor):
     return load_kernel(name, SOURCE, fast_math=FAST_MATH, device_id=like.device.index)
+
+
+def _pair(max_displacement) -> tuple[int, int]:
+    """``(dH, dW)`` of a window given as an int (both) or a pair, already checked by the twin."""
+    if isinstance(max_displacement, int):
+        return max_displacement, max_displacement
+    dh, dw = max_displacement
+    return int(dh), int(dw)
 
 
 def _out_size(h: int, w: int, stride: int) -> tuple[int, int]:
@@ -116,11 +127,9 @@ def cost_volume(f0: torch.Tensor, f1: torch.Tensor, max_displacement: int | Sequ
         raise EngineError(f"f0 {tuple(f0.shape)} and f1 {tuple(f1.shape)} must be equal (B, C, H, W)")
     if not f0.is_floating_point():
         raise EngineError(f"features must be floating point, got {f0.dtype}")
-    dh, dw = twin._window(max_displacement)
-    stride = twin._positive_int(stride, "stride")
-    dilation = twin._positive_int(dilation, "dilation")
-    a = F.normalize(f0.float(), dim=1, eps=twin._NORM_EPS)
-    f = F.normalize(f1.float(), dim=1, eps=twin._NORM_EPS)
+    dh, dw = _pair(max_displacement)
+    a = F.normalize(f0.float(), dim=1, eps=COSINE_EPS)
+    f = F.normalize(f1.float(), dim=1, eps=COSINE_EPS)
     return Correlation.apply(a, f, dh, dw, stride, dilation).to(f0.dtype)
 
 
@@ -133,13 +142,13 @@ def soft_argmax_displacement(cost: torch.Tensor, max_displacement: int | Sequenc
     """
     if cost.dim() != 4:
         raise EngineError(f"cost must have shape (B, K, H, W), got {tuple(cost.shape)}")
-    dh, dw = twin._window(max_displacement)
-    dilation = twin._positive_int(dilation, "dilation")
+    dh, dw = _pair(max_displacement)
     if cost.shape[1] != (2 * dh + 1) * (2 * dw + 1):
         raise EngineError(f"cost has {cost.shape[1]} channels but a window of {max_displacement!r} "
                           f"has {(2 * dh + 1) * (2 * dw + 1)} candidates")
     if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and 0 < tau < math.inf):
-        return twin.soft_argmax_displacement(cost, (dh, dw), tau, dilation)  # tau = 0, or its error
+        raise EngineError(f"soft_argmax_displacement (cupy): tau must be a positive number, got "
+                          f"{tau!r}; winner-take-all (tau=0) is flowkit.flow.correlation's")
     return SoftArgmax.apply(cost, dh, dw, dilation, float(tau)).to(cost.dtype)
 
 

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from ..errors import EngineError
-from ..flow.tvl1 import Schedule
 from . import BLOCK_1D, check_cuda_float, graphs, launch, launch_planes, load_kernel
 
 SOURCE = "tvl1.cu"
@@ -275,8 +274,9 @@ class WarpSolver:
         return linearize(i0, i1_stack, u, out=(bufs.grad, bufs.grad_sq, bufs.rho_c))
 
     def __call__(self, u: torch.Tensor, p: torch.Tensor, lin: Sequence[torch.Tensor],
-                 schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the warp's iterations from ``(u, p)`` with the linearisation ``lin``.
+                 schedule) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the warp's iterations from ``(u, p)`` with the linearisation ``lin`` and ``schedule``
+        (a :class:`flowkit.flow.primal_dual.Schedule`).
 
         Returns new ``(u, p)`` tensors (copies: the buffers are reused by the next call).
         """
@@ -305,7 +305,7 @@ class WarpSolver:
                 break
         return bufs.u.clone(), bufs.p.clone()
 
-    def _outer_step(self, bufs: _Buffers, schedule: Schedule, kernels):
+    def _outer_step(self, bufs: _Buffers, schedule, kernels):
         """The replay of one outer iteration whose inner iterations use ``kernels`` (a tuple of
         ``(fk0, fk1, dk0, dk1)``, or None for OpenCV's)."""
         key = (schedule.inner, schedule.median, schedule.lambda_theta, schedule.theta,
@@ -323,7 +323,7 @@ class WarpSolver:
         return step
 
 
-def _record_outer_iteration(bufs: _Buffers, schedule: Schedule, kernels) -> None:
+def _record_outer_iteration(bufs: _Buffers, schedule, kernels) -> None:
     """Issue the launches of one outer iteration on the static buffers (see :class:`WarpSolver`)."""
     u_in = bufs.u
     if schedule.median > 1:

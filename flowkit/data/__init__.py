@@ -14,8 +14,8 @@ Typical use::
         for batch in DataLoader(train, batch_size=32, shuffle=True, num_workers=8): ...
 """
 from .datasets import FLOAT_FLOW_BOUND, ClipDataset, VideoInfo
-from .samplers import (RandomClipSampler, SegmentSampler, UniformClipSampler, clip_at, clip_span,
-                       flow_indices)
+from .samplers import (RandomClipSampler, SegmentClipsSampler, SegmentSampler, UniformClipSampler,
+                       clip_at, clip_span, flow_indices)
 from .splits import labels, num_classes, split_from_list, stratified_split
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, TSN_SCALES, CenterCrop, Compose,
                          MultiScaleCrop, Normalize, RandomHorizontalFlip, TenCrop, ThreeCrop,
@@ -24,7 +24,8 @@ from .transforms import (IMAGENET_MEAN, IMAGENET_STD, TSN_SCALES, CenterCrop, Co
 
 __all__ = [
     "ClipDataset", "VideoInfo", "FLOAT_FLOW_BOUND",
-    "RandomClipSampler", "SegmentSampler", "UniformClipSampler", "clip_at", "clip_span",
+    "RandomClipSampler", "SegmentSampler", "SegmentClipsSampler", "UniformClipSampler", "clip_at",
+    "clip_span",
     "flow_indices",
     "labels", "num_classes", "split_from_list", "stratified_split",
     "IMAGENET_MEAN", "IMAGENET_STD", "TSN_SCALES", "Compose", "MultiScaleCrop",

@@ -165,3 +165,42 @@ class UniformClipSampler:
 
     def __repr__(self) -> str:
         return f"UniformClipSampler(clips={self.clips}, frames={self.frames}, step={self.step})"
+
+
+class SegmentClipsSampler:
+    """TSN testing with several views: ``clips`` clips of ``segments`` snippets of ``frames`` frames.
+
+    The possible snippet starts are cut into ``segments`` equal parts (as in
+    :class:`~flowkit.data.samplers.SegmentSampler`); clip ``k`` takes each snippet at offset
+    ``(k + 0.5) / clips`` of its part, so one clip is ``SegmentSampler(random=False)``'s centres.
+    Deterministic: ``sampler(num_frames, rng)`` -> ``clips`` int64 arrays ``(segments * frames,)``.
+    """
+
+    def __init__(self, clips: int, segments: int, frames: int = 1, step: int = 1):
+        for name, value in (("clips", clips), ("segments", segments), ("frames", frames),
+                            ("step", step)):
+            if int(value) != value or value < 1:
+                raise FlowkitError(f"{name} must be a positive integer, got {value!r}")
+        self.clips, self.segments = int(clips), int(segments)
+        self.frames, self.step = int(frames), int(step)
+
+    @property
+    def clip_length(self) -> int:
+        return self.segments * self.frames
+
+    def __call__(self, num_frames: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        if int(num_frames) < 1:
+            raise FlowkitError(f"cannot sample a clip from a video of {num_frames} frames")
+        starts = max(num_frames - clip_span(self.frames, self.step) + 1, 1)
+        edges = np.linspace(0.0, starts, self.segments + 1)
+        width = np.diff(edges)
+        clips = []
+        for k in range(self.clips):
+            first = np.minimum(np.floor(edges[:-1] + (k + 0.5) / self.clips * width), starts - 1)
+            clips.append(np.concatenate([clip_at(int(s), self.frames, self.step, num_frames)
+                                         for s in first]))
+        return clips
+
+    def __repr__(self) -> str:
+        return (f"SegmentClipsSampler(clips={self.clips}, segments={self.segments}, "
+                f"frames={self.frames}, step={self.step})")

@@ -28,15 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..conventions import IMAGENET_MEAN, IMAGENET_STD, MODALITIES
 from ..errors import FlowkitError
 
 Sample = dict
 Transform = Callable[[Sample, np.random.Generator], Sample]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
-MODALITIES = ("rgb", "flow")
 
 
 # ----------------------------------------------------------------------------- functions

@@ -1,4 +1,4 @@
-"""The contract every motion engine keeps (DESIGN.md, fixed).
+"""The contract every motion engine keeps (docs/architecture.md, "Conventions").
 
 An engine is created by name with keyword parameters (:func:`flowkit.create_engine`) and called on a
 batch of frame pairs::
@@ -6,12 +6,18 @@ batch of frame pairs::
     engine = flowkit.create_engine("tvl1", device="cpu", warps=5)
     flow = engine(frames0, frames1)          # (B, C, H, W) twice -> (B, 2, H, W)
 
+Its parameters are one frozen dataclass (``Engine.Params``, e.g. :class:`~flowkit.flow.tvl1.TVL1Params`):
+the constructor takes ``params=Params(...)`` or the same fields as keywords, plus keyword-only
+execution options (``backend``, ``compile``) that do not change the result.
+
 Frames are intensities in [0, 255] (uint8 or float, RGB or gray). Flow is float32 in pixels, channel
 0 horizontal, channel 1 vertical, mapping frame t to frame t+1. ``engine.params`` (JSON-serialisable)
 and ``engine.version`` go into the store with every dataset the engine writes.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +40,33 @@ class FlowEngine:
     #: videos (extraction fills batches across video boundaries). Multi-frame engines that read a
     #: batch of consecutive pairs as one clip (MotionNet) set it False.
     independent_pairs: ClassVar[bool] = True
+    #: The frozen dataclass of the engine's parameters.
+    Params: ClassVar[type | None] = None
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        """What ``create_engine(name, ...)`` accepts: the fields of :attr:`Params` and the
+        constructor's keyword-only execution options."""
+        fields = [f.name for f in dataclasses.fields(cls.Params)] if cls.Params else []
+        options = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                   if p.kind is p.KEYWORD_ONLY]
+        return fields + [o for o in options if o not in fields]
+
+    @classmethod
+    def make_params(cls, params, fields: dict[str, Any]):
+        """``params`` (a :attr:`Params`) or ``Params(**fields)``; not both."""
+        if params is not None:
+            if fields:
+                raise EngineError(f"engine {cls.name!r}: pass params=... or keyword parameters "
+                                  f"({', '.join(fields)}), not both")
+            if not isinstance(params, cls.Params):
+                raise EngineError(f"engine {cls.name!r}: params must be a {cls.Params.__name__}, "
+                                  f"got {type(params).__name__}")
+            return params
+        try:
+            return cls.Params(**fields)
+        except TypeError as exc:  # unknown field (create_engine checks first; direct use here)
+            raise EngineError(f"engine {cls.name!r}: {exc}") from None
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)

@@ -1,7 +1,7 @@
 """Cost-volume displacement maps and warped differences (DDN, Zhao, Xiong & Lin, "Recognize Actions
 by Disentangling Components of Dynamics", CVPR 2018).
 
-The pieces, each a function first with a thin ``nn.Module`` wrapper (STYLE.md)::
+The pieces, each a function first with a thin ``nn.Module`` wrapper::
 
     f0, f1 = patch_features(frames0), patch_features(frames1)        # or FeatureExtractor(ckpt)
     cost = cost_volume(f0, f1, max_displacement=4)                     # (B, 81, H, W) cosines
@@ -39,236 +39,31 @@ map is evaluated (``(ceil(H/stride), ceil(W/stride))`` of them, position ``(i, j
 features are themselves at a reduced resolution (the engine's ``scale``, or a strided CNN), converting
 to input pixels multiplies by the feature-to-input size ratio per axis; :class:`CostVolumeEngine`
 does this and upsamples the map to the input grid. Channel 0 is u (+x right), channel 1 is v
-(+y down), mapping frame t to frame t+1: flowkit's flow convention (DESIGN.md).
+(+y down), mapping frame t to frame t+1: flowkit's flow convention (docs/architecture.md, "Conventions").
 """
 from __future__ import annotations
 
 import math
 import os
 from collections import OrderedDict
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checkpoints
+from ..conventions import IMAGENET_MEAN, IMAGENET_STD, LUMA_RGB
 from ..errors import EngineError
+from ..layers import BasicBlock, Bottleneck
 from . import ops
 from .base import FlowEngine
+from .correlation import (_NORM_EPS, CostVolume, DisplacementMap, SoftArgmaxDisplacement,
+                          _positive_int, _window, cost_volume, displacement_map,
+                          soft_argmax_displacement, window_offsets)
+from .numerics import create as create_numerics
 from .registry import register_engine
-
-# Per-vector L2 normalisation floor: a zero vector (zero padding, a flat patch) has cosine 0.
-_NORM_EPS = 1e-6
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# ----------------------------------------------------------------------------- window arguments
-
-def _window(max_displacement: int | Sequence[int]) -> tuple[int, int]:
-    """``(dH, dW)`` from an int or a pair; negative values are refused."""
-    if isinstance(max_displacement, (int,)) and not isinstance(max_displacement, bool):
-        pair = (max_displacement, max_displacement)
-    elif isinstance(max_displacement, (tuple, list)) and len(max_displacement) == 2:
-        pair = tuple(max_displacement)
-    else:
-        raise EngineError(f"max_displacement must be an int or a pair (dH, dW), got {max_displacement!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
-        raise EngineError(f"max_displacement must be non-negative integers, got {max_displacement!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _positive_int(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise EngineError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def window_offsets(max_displacement: int | Sequence[int], dilation: int = 1, device=None,
-                   dtype=torch.float32) -> torch.Tensor:
-    """Offsets of the window's candidates in cost-volume channel order.
-
-    Returns:
-        ``(K, 2)`` with ``K = (2dH+1)(2dW+1)``; column 0 is the x offset (columns), column 1 the y
-        offset (rows), both in feature pixels (multiplied by ``dilation``).
-    """
-    dh, dw = _window(max_displacement)
-    dilation = _positive_int(dilation, "dilation")
-    ys = torch.arange(-dh, dh + 1, device=device, dtype=dtype) * dilation
-    xs = torch.arange(-dw, dw + 1, device=device, dtype=dtype) * dilation
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack((gx.reshape(-1), gy.reshape(-1)), dim=1)
-
-
-# ----------------------------------------------------------------------------------- cost volume
-
-def cost_volume(f0: torch.Tensor, f1: torch.Tensor, max_displacement: int | Sequence[int] = 4,
-                stride: int = 1, dilation: int = 1) -> torch.Tensor:
-    """Cosine similarity between features of frame t at p and of frame t+1 at p + d, for every d of
-    the window (DDN Eq. 1's matching cost).
-
-    The loop runs over the window's offsets, so memory is the output plus one product of the inputs'
-    size (an unfold would hold K copies of ``f1``); it runs on any device and is differentiable.
-
-    Args:
-        f0, f1: features ``(B, C, H, W)`` of frames t and t+1, any float dtype (not necessarily
-            normalised: each feature vector is L2-normalised here).
-        max_displacement: window half-size ``(dH, dW)`` or an int for both, in window steps.
-        stride: evaluate every ``stride``-th position in both directions.
-        dilation: distance in feature pixels between neighbouring candidates.
-
-    Returns:
-        ``(B, (2dH+1)(2dW+1), ceil(H/stride), ceil(W/stride))`` similarities in [-1, 1]; candidates
-        outside frame t+1 score 0 (see the module docstring for the order and the border).
-
-    Shape:
-        Input ``(B, C, H, W)`` twice; output ``(B, K, H', W')``.
-
-    Example:
-        >>> f = torch.randn(1, 8, 6, 7)
-        >>> cost_volume(f, f, max_displacement=(1, 2)).shape
-        torch.Size([1, 15, 6, 7])
-    """
-    ops.check_shape(f0, "BCHW", "f0")
-    ops.check_shape(f1, "BCHW", "f1")
-    if f0.shape != f1.shape:
-        raise EngineError(f"f0 {tuple(f0.shape)} and f1 {tuple(f1.shape)} differ in shape")
-    if not f0.is_floating_point():
-        raise EngineError(f"features must be floating point, got {f0.dtype}")
-    dh, dw = _window(max_displacement)
-    stride = _positive_int(stride, "stride")
-    dilation = _positive_int(dilation, "dilation")
-    h, w = f0.shape[-2:]
-    a = F.normalize(f0, dim=1, eps=_NORM_EPS)[:, :, ::stride, ::stride]
-    b = F.normalize(f1, dim=1, eps=_NORM_EPS)
-    ph, pw = dh * dilation, dw * dilation
-    b = F.pad(b, (pw, pw, ph, ph))
-    costs = []
-    for iy in range(2 * dh + 1):
-        y0 = iy * dilation
-        for ix in range(2 * dw + 1):
-            x0 = ix * dilation
-            shifted = b[:, :, y0:y0 + h:stride, x0:x0 + w:stride]
-            costs.append((a * shifted).sum(1))
-    return torch.stack(costs, dim=1)
-
-
-def soft_argmax_displacement(cost: torch.Tensor, max_displacement: int | Sequence[int] = 4,
-                             tau: float = 0.1, dilation: int = 1) -> torch.Tensor:
-    """Expected offset under ``softmax(cost / tau)`` over the window, marginalised per axis (DDN
-    Eq. 1-2); ``tau = 0`` is winner-take-all.
-
-    With ``P = softmax(cost / tau)`` over the K candidates, reshaped to the ``(2dH+1, 2dW+1)`` window,
-    ``u = sum_ix (sum_iy P[iy, ix]) * dx(ix)`` and ``v = sum_iy (sum_ix P[iy, ix]) * dy(iy)``. Small
-    ``tau`` sharpens the distribution towards the best match; the expectation interpolates between
-    candidates, so sub-pixel motion gives sub-pixel output.
-
-    ``tau = 0`` (the limit tau -> 0) returns the offset of the best candidate (argmax; ties go to
-    the candidate nearest to zero offset, so a flat region gives 0 rather than a window corner). It
-    is piecewise constant: its gradient is zero almost everywhere, and it is returned detached.
-
-    Args:
-        cost: ``(B, K, H', W')`` from :func:`cost_volume` with the same window.
-        max_displacement: the window ``(dH, dW)`` or int the volume was made with.
-        tau: softmax temperature (> 0), or 0 for winner-take-all.
-        dilation: the cost volume's dilation; offsets are multiplied by it.
-
-    Returns:
-        ``(B, 2, H', W')``: u (+x right), v (+y down) in feature pixels (see "Units" in the module
-        docstring: ``stride`` is not a factor).
-
-    Example:
-        >>> cost = torch.zeros(1, 9, 2, 2); cost[:, 5] = 1.0   # candidate (iy=1, ix=2): d = (+1, 0)
-        >>> soft_argmax_displacement(cost, 1, tau=0)[0, :, 0, 0]
-        tensor([1., 0.])
-    """
-    ops.check_shape(cost, "BCHW", "cost")
-    dh, dw = _window(max_displacement)
-    ky, kx = 2 * dh + 1, 2 * dw + 1
-    if cost.shape[1] != ky * kx:
-        raise EngineError(f"cost has {cost.shape[1]} channels but a window of {max_displacement!r} "
-                          f"has {ky * kx} candidates")
-    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not tau >= 0 or math.isinf(tau):
-        raise EngineError(f"tau must be a finite number >= 0, got {tau!r}")
-    offsets = window_offsets((dh, dw), dilation, cost.device, cost.dtype)
-    b, _, h, w = cost.shape
-    if tau == 0:
-        return _winner_take_all(cost.detach(), offsets)
-    prob = torch.softmax(cost / tau, dim=1).view(b, ky, kx, h, w)
-    px = prob.sum(1)                        # (B, kx, H', W'): marginal over rows
-    py = prob.sum(2)                        # (B, ky, H', W'): marginal over columns
-    dx = offsets[:kx, 0].view(1, kx, 1, 1)
-    dy = offsets[::kx, 1].view(1, ky, 1, 1)
-    return torch.stack(((px * dx).sum(1), (py * dy).sum(1)), dim=1)
-
-
-def _winner_take_all(cost: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    best = cost.amax(dim=1, keepdim=True)
-    # Among the tied best candidates take the one nearest to zero offset.
-    nearness = -(offsets * offsets).sum(1).view(1, -1, 1, 1)
-    score = torch.where(cost >= best, nearness.expand_as(cost), torch.full_like(cost, -math.inf))
-    index = score.argmax(dim=1)                                   # (B, H', W')
-    return offsets[index].permute(0, 3, 1, 2).contiguous()
-
-
-def displacement_map(f0: torch.Tensor, f1: torch.Tensor, max_displacement: int | Sequence[int] = 4,
-                     stride: int = 1, dilation: int = 1, tau: float = 0.1) -> torch.Tensor:
-    """:func:`soft_argmax_displacement` of :func:`cost_volume`: DDN's displacement map.
-
-    Shape: ``(B, C, H, W)`` twice -> ``(B, 2, ceil(H/stride), ceil(W/stride))`` in feature pixels.
-    """
-    cost = cost_volume(f0, f1, max_displacement, stride, dilation)
-    return soft_argmax_displacement(cost, max_displacement, tau, dilation)
-
-
-class CostVolume(nn.Module):
-    """Module form of :func:`cost_volume` (stores the arguments)."""
-
-    def __init__(self, max_displacement: int | Sequence[int] = 4, stride: int = 1, dilation: int = 1):
-        super().__init__()
-        self.max_displacement = _window(max_displacement)
-        self.stride = _positive_int(stride, "stride")
-        self.dilation = _positive_int(dilation, "dilation")
-
-    def forward(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
-        return cost_volume(f0, f1, self.max_displacement, self.stride, self.dilation)
-
-    def extra_repr(self) -> str:
-        return f"max_displacement={self.max_displacement}, stride={self.stride}, dilation={self.dilation}"
-
-
-class SoftArgmaxDisplacement(nn.Module):
-    """Module form of :func:`soft_argmax_displacement` (stores the arguments)."""
-
-    def __init__(self, max_displacement: int | Sequence[int] = 4, tau: float = 0.1, dilation: int = 1):
-        super().__init__()
-        self.max_displacement = _window(max_displacement)
-        self.tau = tau
-        self.dilation = _positive_int(dilation, "dilation")
-
-    def forward(self, cost: torch.Tensor) -> torch.Tensor:
-        return soft_argmax_displacement(cost, self.max_displacement, self.tau, self.dilation)
-
-
-class DisplacementMap(nn.Module):
-    """Module form of :func:`displacement_map` (stores the arguments)."""
-
-    def __init__(self, max_displacement: int | Sequence[int] = 4, stride: int = 1, dilation: int = 1,
-                 tau: float = 0.1):
-        super().__init__()
-        self.max_displacement = _window(max_displacement)
-        self.stride = _positive_int(stride, "stride")
-        self.dilation = _positive_int(dilation, "dilation")
-        self.tau = tau
-
-    def forward(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
-        return displacement_map(f0, f1, self.max_displacement, self.stride, self.dilation, self.tau)
-
-    def extra_repr(self) -> str:
-        return (f"max_displacement={self.max_displacement}, stride={self.stride}, "
-                f"dilation={self.dilation}, tau={self.tau}")
-
 
 # ---------------------------------------------------------------------------- warped difference
 
@@ -378,83 +173,33 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
     """:func:`ops.to_gray` in the input's float dtype (float64 stays float64 for gradcheck)."""
     if x.shape[1] != 3:
         raise EngineError(f"frames must have 1 or 3 channels for gray features, got {x.shape[1]}")
-    w = torch.tensor(ops._LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = torch.tensor(LUMA_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
 _RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
-class _BasicBlock(nn.Module):
-    def __init__(self, state: dict, prefix: str, stride: int):
-        super().__init__()
-        w1, w2 = state[prefix + "conv1.weight"], state[prefix + "conv2.weight"]
-        self.conv1 = nn.Conv2d(w1.shape[1], w1.shape[0], 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w1.shape[0])
-        self.conv2 = nn.Conv2d(w2.shape[1], w2.shape[0], 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(w2.shape[0])
-        self.downsample = _downsample(state, prefix, stride)
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class _Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck: the stride is on the 3x3 conv."""
-
-    def __init__(self, state: dict, prefix: str, stride: int):
-        super().__init__()
-        w1, w2, w3 = (state[prefix + f"conv{i}.weight"] for i in (1, 2, 3))
-        self.conv1 = nn.Conv2d(w1.shape[1], w1.shape[0], 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w1.shape[0])
-        self.conv2 = nn.Conv2d(w2.shape[1], w2.shape[0], 3, stride, 1, bias=False, groups=1)
-        self.bn2 = nn.BatchNorm2d(w2.shape[0])
-        self.conv3 = nn.Conv2d(w3.shape[1], w3.shape[0], 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(w3.shape[0])
-        self.downsample = _downsample(state, prefix, stride)
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-def _downsample(state: dict, prefix: str, stride: int) -> nn.Module | None:
-    key = prefix + "downsample.0.weight"
-    if key not in state:
-        return None
-    w = state[key]
-    return nn.Sequential(nn.Conv2d(w.shape[1], w.shape[0], 1, stride, bias=False),
-                         nn.BatchNorm2d(w.shape[0]))
+def _block(state: dict, prefix: str, stride: int) -> nn.Module:
+    """The torchvision block whose weights are at ``prefix`` (a Bottleneck when it has ``conv3``),
+    sized from them."""
+    w1 = state[prefix + "conv1.weight"]
+    if prefix + "conv3.weight" in state:
+        return Bottleneck(w1.shape[1], w1.shape[0], stride)
+    return BasicBlock(w1.shape[1], w1.shape[0], stride)
 
 
 def _load_state_dict(weights) -> dict[str, torch.Tensor]:
-    """A state dict from a path or a dict; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``
-    checkpoints and DataParallel's ``module.`` prefix."""
+    """A torchvision-style ResNet state dict from a path or a dict (checkpoint wrappers and
+    DataParallel's ``module.`` prefix removed, :func:`flowkit.checkpoints.state_dict_of`)."""
     if isinstance(weights, (str, os.PathLike)):
-        path = Path(weights)
-        if not path.is_file():
-            raise EngineError(f"costvolume: weights file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors, truncated files, foreign formats
-            raise EngineError(f"costvolume: cannot read weights {path}: {type(exc).__name__}: {exc}"
-                              ) from None
-        source = str(path)
+        obj = checkpoints.read_torch_file(weights, what="costvolume weights file", error=EngineError)
+        source = f"costvolume: {os.fspath(weights)}"
     else:
-        state, source = weights, "state dict"
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EngineError(f"costvolume: {source} is not a state dict of tensors")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        obj, source = weights, "costvolume: state dict"
+    state = checkpoints.state_dict_of(obj, source, error=EngineError)
     if "conv1.weight" not in state:
-        raise EngineError(f"costvolume: {source} has no 'conv1.weight'; expected a torchvision-style "
+        raise EngineError(f"{source} has no 'conv1.weight'; expected a torchvision-style "
                           "ResNet state dict (conv1, bn1, layer1, ...)")
     return state
 
@@ -543,9 +288,7 @@ class FeatureExtractor(nn.Module):
                 first_stride = 1 if name == "layer1" else 2
                 seq = []
                 for i in blocks:
-                    prefix = f"{name}.{i}."
-                    block = _Bottleneck if prefix + "conv3.weight" in state else _BasicBlock
-                    seq.append(block(state, prefix, first_stride if i == blocks[0] else 1))
+                    seq.append(_block(state, f"{name}.{i}.", first_stride if i == blocks[0] else 1))
                 modules[name] = nn.Sequential(*seq)
                 stride *= first_stride
         return nn.Sequential(modules), stride
@@ -601,6 +344,52 @@ def _to_input_grid(disp: torch.Tensor, out_size: tuple[int, int], grid_size: tup
     return up * ratio
 
 
+@dataclass(frozen=True)
+class CostVolumeParams:
+    """Parameters of the ``costvolume`` engine (see :class:`CostVolumeEngine` for each one)."""
+    max_displacement: int | Sequence[int] = 4
+    stride: int = 1
+    dilation: int = 1
+    tau: float = 0.02
+    features: str | None = None
+    radius: int = 3
+    sigma: float = 0.0
+    scale: float = 1.0
+    weights: str | None = None
+    layer: str = "layer1"
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen: normalise once, here
+        set_("max_displacement", list(_window(self.max_displacement)))
+        _positive_int(self.stride, "stride")
+        _positive_int(self.dilation, "dilation")
+        tau = self.tau
+        if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not 0 <= tau < math.inf:
+            raise EngineError(f"costvolume: tau must be a finite number >= 0, got {tau!r}")
+        if not isinstance(self.scale, (int, float)) or not 0 < self.scale <= 1:
+            raise EngineError(f"costvolume: scale must be in (0, 1], got {self.scale!r}")
+        if not isinstance(self.radius, int) or self.radius < 1:
+            raise EngineError(f"costvolume: radius must be a positive integer, got {self.radius!r}")
+        if not self.sigma >= 0:
+            raise EngineError(f"costvolume: sigma must be >= 0, got {self.sigma!r}")
+        set_("tau", float(tau))
+        set_("scale", float(self.scale))
+        set_("sigma", float(self.sigma))
+        if self.weights is not None:
+            set_("weights", os.fspath(self.weights))
+        features = self.features or ("patch" if self.weights is None else "learned")
+        set_("features", features)
+        if features == "patch" and self.weights is not None:
+            raise EngineError("costvolume: weights are only used with features='learned'")
+        if features == "learned" and self.weights is None:
+            raise EngineError("costvolume: features='learned' needs a checkpoint: pass "
+                              "weights=PATH (flowkit extract --weights CKPT), a torchvision-style "
+                              "ResNet state dict, e.g. torch.save(resnet18(weights='DEFAULT')"
+                              ".state_dict(), PATH); or use features='patch', which needs none")
+        if features not in ("patch", "learned"):
+            raise EngineError(f"costvolume: features must be 'patch' or 'learned', got {features!r}")
+
+
 @register_engine
 class CostVolumeEngine(FlowEngine):
     """DDN-style displacement maps as a flowkit engine (``create_engine("costvolume", ...)``).
@@ -643,52 +432,24 @@ class CostVolumeEngine(FlowEngine):
 
     name = "costvolume"
     version = "1"
+    Params = CostVolumeParams
 
-    def __init__(self, device="cpu", max_displacement: int | Sequence[int] = 4, stride: int = 1,
-                 dilation: int = 1, tau: float = 0.02, features: str | None = None, radius: int = 3,
-                 sigma: float = 0.0, scale: float = 1.0, weights: str | None = None,
-                 layer: str = "layer1", backend: str = "auto"):
-        from . import numerics
-
+    def __init__(self, device="cpu", params: CostVolumeParams | None = None, *,
+                 backend: str = "auto", **fields):
         super().__init__(device)
-        self.numerics = numerics.create(backend, self.device)
+        self.config = p = self.make_params(params, fields)
+        self.numerics = create_numerics(backend, self.device)
         self.backend = self.numerics.backend
-        self.window = _window(max_displacement)
-        self.stride = _positive_int(stride, "stride")
-        self.dilation = _positive_int(dilation, "dilation")
-        if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not 0 <= tau < math.inf:
-            raise EngineError(f"costvolume: tau must be a finite number >= 0, got {tau!r}")
-        if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
-            raise EngineError(f"costvolume: scale must be in (0, 1], got {scale!r}")
-        if not isinstance(radius, int) or radius < 1:
-            raise EngineError(f"costvolume: radius must be a positive integer, got {radius!r}")
-        if not sigma >= 0:
-            raise EngineError(f"costvolume: sigma must be >= 0, got {sigma!r}")
-        self.tau, self.scale, self.radius, self.sigma = float(tau), float(scale), radius, float(sigma)
-        if features is None:
-            features = "patch" if weights is None else "learned"
-        self.features, self.layer = features, layer
-        self.weights = None if weights is None else os.fspath(weights)
-        if features == "patch":
-            if weights is not None:
-                raise EngineError("costvolume: weights are only used with features='learned'")
-            self.extractor = None
-        elif features == "learned":
-            if weights is None:
-                raise EngineError("costvolume: features='learned' needs a checkpoint: pass "
-                                  "weights=PATH (flowkit extract --weights CKPT), a torchvision-style "
-                                  "ResNet state dict, e.g. torch.save(resnet18(weights='DEFAULT')"
-                                  ".state_dict(), PATH); or use features='patch', which needs none")
-            self.extractor = FeatureExtractor(self.weights, layer).to(self.device)
-        else:
-            raise EngineError(f"costvolume: features must be 'patch' or 'learned', got {features!r}")
+        self.window = tuple(p.max_displacement)
+        self.stride, self.dilation, self.tau = p.stride, p.dilation, p.tau
+        self.scale, self.radius, self.sigma = p.scale, p.radius, p.sigma
+        self.features, self.layer, self.weights = p.features, p.layer, p.weights
+        self.extractor = (FeatureExtractor(self.weights, p.layer).to(self.device)
+                          if p.features == "learned" else None)
 
     @property
     def params(self) -> dict:
-        return {"max_displacement": list(self.window), "stride": self.stride,
-                "dilation": self.dilation, "tau": self.tau, "features": self.features,
-                "radius": self.radius, "sigma": self.sigma, "scale": self.scale,
-                "weights": self.weights, "layer": self.layer}
+        return asdict(self.config)
 
     def _describe_frames(self, frames: torch.Tensor) -> torch.Tensor:
         if self.extractor is None:
@@ -721,3 +482,10 @@ class CostVolumeEngine(FlowEngine):
     def forward(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
         cost, size = self.matching_cost(frames0, frames1)
         return self.flow_from_cost(cost, tuple(frames0.shape[-2:]), size)
+
+
+# The matching core lives in flowkit.flow.correlation; its names are re-exported here.
+__all__ = ["CostVolumeParams", "CostVolumeEngine", "FeatureExtractor", "patch_features",
+           "warped_difference", "gaussian_blur", "window_offsets", "cost_volume",
+           "soft_argmax_displacement", "displacement_map", "CostVolume",
+           "SoftArgmaxDisplacement", "DisplacementMap"]

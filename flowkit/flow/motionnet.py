@@ -52,8 +52,8 @@ Engine (``create_engine("motionnet", weights=CKPT)``): see :class:`MotionNetEngi
 """
 from __future__ import annotations
 
-import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,12 +61,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checkpoints
 from ..errors import EngineError
+from ..files import file_sha256
 from . import ops
 from .base import FlowEngine
 from .registry import register_engine
 
-#: Encoder widths conv1, conv1_1, ..., conv6, conv6_1 (DESIGN.md, the paper's Table).
+#: Encoder widths conv1, conv1_1, ..., conv6, conv6_1 (docs/architecture.md, "Reference facts").
 ENCODER_CHANNELS = (64, 64, 128, 128, 256, 256, 512, 512, 512, 512, 1024, 1024)
 #: Decoder widths at levels 5, 4, 3, 2 (deconv and xconv).
 DECODER_CHANNELS = (512, 256, 128, 64)
@@ -417,17 +419,9 @@ def unsupervised_loss(frames: torch.Tensor, flows_per_scale: Sequence[torch.Tens
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a ``flowkit train-flow motionnet`` checkpoint; EngineError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise EngineError(f"motionnet weights {path}: file not found; {CHECKPOINT_HINT}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign files
-        raise EngineError(f"motionnet weights {path}: not a readable torch checkpoint ({exc})") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
-        raise EngineError(f"motionnet weights {path}: not a MotionNet checkpoint (no 'config'/"
-                          f"'state_dict'); {CHECKPOINT_HINT}")
-    return ckpt
+    return checkpoints.load_checkpoint(path, "motionnet", what="motionnet weights",
+                                       error=EngineError, hint=CHECKPOINT_HINT,
+                                       map_location=map_location)
 
 
 def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") -> MotionNet:
@@ -442,15 +436,16 @@ def model_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") ->
     return net
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ------------------------------------------------------------------------------------ the engine
+
+@dataclass(frozen=True)
+class MotionNetParams:
+    """What ``create_engine("motionnet", ...)`` takes: the checkpoint, and optionally the
+    architecture it must have (None: the checkpoint's)."""
+    weights: str | None = None
+    num_frames: int | None = None
+    width: float | None = None
+
 
 @register_engine
 class MotionNetEngine(FlowEngine):
@@ -477,9 +472,13 @@ class MotionNetEngine(FlowEngine):
     version = "1"
     independent_pairs = False  # consecutive pairs of one video are one clip
 
-    def __init__(self, device="cpu", num_frames: int | None = None, width: float | None = None,
-                 weights: str | None = None, window_batch: int = 8):
+    Params = MotionNetParams
+
+    def __init__(self, device="cpu", params: MotionNetParams | None = None, *,
+                 window_batch: int = 8, **fields):
         super().__init__(device)
+        p = self.make_params(params, fields)
+        weights, num_frames, width = p.weights, p.num_frames, p.width
         if not weights:
             raise EngineError(f"motionnet needs trained weights: random weights never produce flow; "
                               f"{CHECKPOINT_HINT}")
@@ -493,7 +492,7 @@ class MotionNetEngine(FlowEngine):
                                   f"checkpoint's")
         self.net = model_from_checkpoint(ckpt, self.weights).to(self.device).eval()
         self.window_batch = max(1, int(window_batch))
-        self._sha256 = _sha256(self.weights)
+        self._sha256 = file_sha256(self.weights)
         self.trained = {k: ckpt.get(k) for k in ("epoch", "step", "loss")}
 
     @property

@@ -33,9 +33,9 @@ from typing import Callable
 import torch
 
 from ..errors import EngineError
+from . import correlation as cv_torch
 from . import ops
-from . import costvolume as cv_torch
-from . import tvl1 as tvl1_torch
+from . import primal_dual as tvl1_torch
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,26 @@ def _cupy_numerics(device: torch.device, cuda_graphs: bool) -> Numerics:
     return Numerics(backend="cupy", device=device, resize_bilinear=tvl1_cupy.resize_bilinear,
                     median_filter=_median_cupy, linearize=solver.linearize,
                     warp_iterations=solver, warp=functools.partial(_warp_cupy, warp_cupy),
-                    cost_volume=cv_cupy.cost_volume,
-                    soft_argmax_displacement=cv_cupy.soft_argmax_displacement)
+                    cost_volume=functools.partial(_cost_volume_cupy, cv_cupy),
+                    soft_argmax_displacement=functools.partial(_soft_argmax_cupy, cv_cupy))
+
+
+def _cost_volume_cupy(module, f0, f1, max_displacement=4, stride=1, dilation=1):
+    """The twin's argument checks, then the correlation kernel."""
+    window = cv_torch._window(max_displacement)
+    stride = cv_torch._positive_int(stride, "stride")
+    dilation = cv_torch._positive_int(dilation, "dilation")
+    return module.cost_volume(f0, f1, window, stride, dilation)
+
+
+def _soft_argmax_cupy(module, cost, max_displacement=4, tau=0.1, dilation=1):
+    """The soft-argmax kernel for ``tau > 0``; winner-take-all (``tau = 0``) and bad values are
+    the twin's (it raises for the latter)."""
+    window = cv_torch._window(max_displacement)
+    dilation = cv_torch._positive_int(dilation, "dilation")
+    if isinstance(tau, (int, float)) and not isinstance(tau, bool) and 0 < tau < float("inf"):
+        return module.soft_argmax_displacement(cost, window, float(tau), dilation)
+    return cv_torch.soft_argmax_displacement(cost, window, tau, dilation)
 
 
 def _median_cupy(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:

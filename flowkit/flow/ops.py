@@ -3,7 +3,7 @@
 All functions are plain torch, run on CPU and CUDA, are batched, and are differentiable where the
 maths is (warping, gradients, divergence, resampling). Images are ``(B, C, H, W)`` float tensors;
 flow is ``(B, 2, H, W)`` in pixels, channel 0 horizontal (+x right), channel 1 vertical (+y down),
-mapping pixel p of the first frame to p + flow(p) in the second (DESIGN.md, fixed).
+mapping pixel p of the first frame to p + flow(p) in the second (docs/architecture.md, "Conventions").
 
 Finite differences follow OpenCV's DualTVL1 exactly (``centered_gradient``, ``forward_gradient``,
 ``divergence``) so that the TV-L1 engine reproduces it; each takes an optional 1-D kernel so that
@@ -18,10 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..conventions import LUMA_RGB
 from ..errors import EngineError
-
-# BT.601 luma, the weights of OpenCV's RGB2GRAY.
-_LUMA = (0.299, 0.587, 0.114)
 
 
 def check_shape(x: torch.Tensor, dims: str, name: str = "input") -> None:
@@ -45,7 +43,7 @@ def to_gray(frames: torch.Tensor) -> torch.Tensor:
         return x
     if x.shape[1] != 3:
         raise EngineError(f"frames must have 1 or 3 channels, got {x.shape[1]}")
-    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = torch.tensor(LUMA_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 

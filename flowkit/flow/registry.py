@@ -1,34 +1,33 @@
-"""One registry of motion engines: ``create_engine(name, **params)`` and ``list_engines()``."""
+"""The registry of motion engines: ``create_engine(name, **params)`` and ``list_engines()``
+(a :class:`flowkit.registry.Registry`)."""
 from __future__ import annotations
 
-import inspect
-
 from ..errors import EngineError
+from ..registry import Registry
 from .base import FlowEngine
 
-_ENGINES: dict[str, type[FlowEngine]] = {}
+ENGINES: Registry[FlowEngine] = Registry("engine", error=EngineError, name_attr="name",
+                                         skip=("device", "params"))
 
 
 def register_engine(cls: type[FlowEngine]) -> type[FlowEngine]:
     """Class decorator: make ``cls`` creatable as ``create_engine(cls.name)``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no engine name")
-    if cls.name in _ENGINES and _ENGINES[cls.name] is not cls:
-        raise ValueError(f"engine name {cls.name!r} is already registered")
-    _ENGINES[cls.name] = cls
-    return cls
+    return ENGINES.register()(cls)
 
 
 def list_engines() -> list[str]:
     """Names of the registered engines, sorted."""
-    return sorted(_ENGINES)
+    return ENGINES.names()
 
 
 def engine_class(name: str) -> type[FlowEngine]:
-    try:
-        return _ENGINES[name]
-    except KeyError:
-        raise EngineError(f"unknown engine {name!r}; available: {', '.join(list_engines())}") from None
+    return ENGINES.get(name)
+
+
+def engine_parameters(name: str) -> list[str]:
+    """The keywords ``create_engine(name, ...)`` accepts: the engine's parameters and its
+    execution options (``backend``, ``compile``, ...)."""
+    return ENGINES.parameters(name)
 
 
 def create_engine(name: str, device: str = "cpu", **params) -> FlowEngine:
@@ -36,10 +35,4 @@ def create_engine(name: str, device: str = "cpu", **params) -> FlowEngine:
 
     Unknown parameter names raise :class:`~flowkit.errors.EngineError` listing the accepted ones.
     """
-    cls = engine_class(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "device")]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise EngineError(f"engine {name!r} has no parameter {', '.join(unknown)}; "
-                          f"accepted: {', '.join(accepted)}")
-    return cls(device=device, **params)
+    return ENGINES.create(name, device=device, **params)

@@ -33,19 +33,20 @@ One kernel serves both the x and the y direction (as :mod:`flowkit.flow.ops` app
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
+from .. import checkpoints
 from ..errors import EngineError
-from . import numerics, ops, tvl1
+from ..files import file_sha256
+from . import numerics, ops, primal_dual, tvl1
 from .base import FlowEngine
 from .registry import register_engine
 
-CHECKPOINT_FORMAT = "flowkit-tvnet"
+TRAIN_HINT = "train them with `flowkit train-flow tvnet --out CKPT`"
 # Guards |.| in the flow loss (TVNet's eps inside sqrt).
 _EPS_NORM = 1e-12
 
@@ -136,7 +137,7 @@ class TVNet(nn.Module):
         dtype = i0.dtype if i0.is_floating_point() else torch.float32
         cfg = self.config
         nx = self.numerics or numerics.create("torch", i0.device)
-        return tvl1.coarse_to_fine(i0.to(dtype), i1.to(dtype), cfg.scales, cfg.zfactor,
+        return primal_dual.coarse_to_fine(i0.to(dtype), i1.to(dtype), cfg.scales, cfg.zfactor,
                                    functools.partial(self._solve_level, nx),
                                    u_init=self.u0.to(dtype).view(1, 2, 1, 1),
                                    resize=nx.resize_bilinear)
@@ -152,7 +153,7 @@ class TVNet(nn.Module):
             u, p = nx.warp_iterations(u, p, lin, self._schedule(nx, level, warp))
         return u
 
-    def _schedule(self, nx, level: int, warp: int) -> tvl1.Schedule:
+    def _schedule(self, nx, level: int, warp: int) -> primal_dual.Schedule:
         cfg = self.config
         if nx.backend == "cupy":
             if self._kernel_table is None:
@@ -162,7 +163,7 @@ class TVNet(nn.Module):
             kernels = tuple({"forward": self.forward_kernels[level, warp, it],
                              "divergence": self.divergence_kernels[level, warp, it]}
                             for it in range(cfg.iterations))
-        return tvl1.Schedule(outer=1, inner=cfg.iterations, median=0,
+        return primal_dual.Schedule(outer=1, inner=cfg.iterations, median=0,
                              lambda_theta=cfg.lambda_ * cfg.theta, theta=cfg.theta,
                              tau_theta=cfg.tau / cfg.theta, kernels=kernels)
 
@@ -202,27 +203,11 @@ def epe_loss(flow: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = 
     return (epe * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def file_digest(path: str | os.PathLike, length: int = 12) -> str:
-    """First ``length`` hex digits of the SHA-256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
-
-
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a TVNet checkpoint (``flowkit train-flow tvnet --out``); EngineError if it is not one."""
-    if not os.path.isfile(path):
-        raise EngineError(f"tvnet: weights {os.fspath(path)!r} not found; train them with "
-                          "`flowkit train-flow tvnet --out CKPT`")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise EngineError(f"tvnet: cannot read checkpoint {os.fspath(path)!r} "
-                          f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= set(ckpt) or (
-            ckpt.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT):
+    ckpt = checkpoints.load_checkpoint(path, "tvnet", what="tvnet weights", error=EngineError,
+                                       hint=TRAIN_HINT, map_location=map_location)
+    if not {"config", "state_dict"} <= set(ckpt):
         raise EngineError(f"tvnet: {os.fspath(path)!r} is not a TVNet checkpoint (expected the "
                           "output of `flowkit train-flow tvnet`, with 'config' and 'state_dict')")
     return ckpt
@@ -257,6 +242,25 @@ def tvnet_from_checkpoint(path: str | os.PathLike, **requested) -> tuple[TVNet, 
     return net, ckpt
 
 
+@dataclass(frozen=True)
+class TVNetParams:
+    """What ``create_engine("tvnet", ...)`` takes: architecture values (None: the checkpoint's
+    when ``weights`` is given, else :class:`TVNetConfig`'s default) and the trained ``weights``."""
+    scales: int | None = None
+    warps: int | None = None
+    iterations: int | None = None
+    tau: float | None = None
+    lambda_: float | None = None
+    theta: float | None = None
+    zfactor: float | None = None
+    weights: str | None = None
+
+    def requested(self) -> dict:
+        """The architecture values given (not None)."""
+        return {f.name: getattr(self, f.name) for f in fields(TVNetConfig)
+                if getattr(self, f.name) is not None}
+
+
 @register_engine
 class TVNetEngine(FlowEngine):
     """TVNet engine: ``create_engine("tvnet", scales=..., warps=..., iterations=..., weights=CKPT)``.
@@ -271,23 +275,22 @@ class TVNetEngine(FlowEngine):
 
     name = "tvnet"
     version = "1"
+    Params = TVNetParams
 
-    def __init__(self, device="cpu", scales: int | None = None, warps: int | None = None,
-                 iterations: int | None = None, tau: float | None = None,
-                 lambda_: float | None = None, theta: float | None = None,
-                 zfactor: float | None = None, weights: str | os.PathLike | None = None,
-                 backend: str = "auto"):
+    def __init__(self, device="cpu", params: TVNetParams | None = None, *, backend: str = "auto",
+                 **fields):
         super().__init__(device)
-        requested = dict(scales=scales, warps=warps, iterations=iterations, tau=tau,
-                         lambda_=lambda_, theta=theta, zfactor=zfactor)
+        request = self.make_params(params, fields)
+        requested = request.requested()
+        weights = request.weights
         self.weights = None if weights is None else os.path.abspath(os.fspath(weights))
         self.epoch = None
         if self.weights is None:
-            self.net = TVNet(**{k: v for k, v in requested.items() if v is not None})
+            self.net = TVNet(**requested)
             self.digest = None
         else:
             self.net, ckpt = tvnet_from_checkpoint(self.weights, **requested)
-            self.digest = file_digest(self.weights)
+            self.digest = file_sha256(self.weights, 12)
             self.epoch = ckpt.get("epoch")
         self.net.to(self.device).eval().requires_grad_(False)
         self.net.set_numerics(numerics.create(backend, self.device))

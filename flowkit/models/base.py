@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..conventions import MODALITIES
 from ..errors import FlowkitError
-
-MODALITIES = ("rgb", "flow")
 
 
 def modality_channels(modality: str, flow_stack: int) -> int:

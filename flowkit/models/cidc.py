@@ -17,7 +17,7 @@ sub-clip of inputs ending at ``e(t') = ceil((t'+1) T / T') - 1`` and sees inputs
 Normalisation of the weights, our reading: the paper's unit takes a softmax over the (masked)
 learnable parameters of each output row. What we could read of the paper through the search tool
 (its abstract and a secondary summary of its formulation: ``w[t', t] = 0`` for ``t > t'`` and
-``sum_t w[t', t] = 1``, "softmax-normalised") and DESIGN.md's reference facts agree on that; the
+``sum_t w[t', t] = 1``, "softmax-normalised") and the reference facts of docs/architecture.md agree on that; the
 full text, with its exact wording on the weights' range ("normalised to [-1, 1]"), was not
 available to us. So :func:`cidc_weights` is exactly a row softmax over the unmasked entries: every
 weight lies in [0, 1] (a subset of [-1, 1]), masked weights are exactly 0, each row sums to 1.

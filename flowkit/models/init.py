@@ -26,35 +26,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import checkpoints
 from ..errors import FlowkitError
 from .resnet import ResNet2d
 from .resnet3d import ResNet3d
-
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "model_state")
-
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a local ``torch.save`` file (``weights_only=True``), unwrapped and de-``module.``-ed.
 
     A dict holding the state dict under ``state_dict`` / ``model`` / ``model_state_dict`` /
-    ``model_state`` (training checkpoints) is unwrapped; DataParallel's ``module.`` prefix is removed.
+    ``model_state`` (training checkpoints) is unwrapped; DataParallel's ``module.`` prefix is removed
+    (:func:`flowkit.checkpoints.state_dict_of`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FlowkitError(f"{path}: no such weights file (give a local torchvision ResNet state "
-                           f"dict, e.g. written by torch.save(resnet18(weights=...).state_dict(), FILE))")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or unsafe files
-        raise FlowkitError(f"{path}: cannot read a torch state dict ({type(exc).__name__}: {exc})") from None
-    while isinstance(obj, dict):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FlowkitError(f"{path}: not a state dict (expected a dict of tensors, got {type(obj).__name__})")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    obj = checkpoints.read_torch_file(path, what="weights file", hint=(
+        "give a local torchvision ResNet state dict, e.g. written by "
+        "torch.save(resnet18(weights=...).state_dict(), FILE)"))
+    return checkpoints.state_dict_of(obj, str(path))
 
 
 def _is_temporal_only(key: str) -> bool:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import FlowkitError
+from ..layers import BasicBlock, Bottleneck, init_resnet_weights
 from .base import VideoClassifier
 from .registry import register_model
 
@@ -72,82 +73,6 @@ def clip_input(model: VideoClassifier, inputs: dict[str, torch.Tensor], modality
         raise FlowkitError(f"model {model.model_name!r} expects {modality} of shape "
                            f"(B, {channels}, T, H, W), got {tuple(x.shape)}")
     return x
-
-
-def init_resnet_weights(module: nn.Module) -> None:
-    """torchvision's initialisation: Kaiming-normal (fan_out) convs, BN weight 1 / bias 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def _downsample(inplanes: int, outplanes: int, stride: int) -> nn.Sequential | None:
-    if stride == 1 and inplanes == outplanes:
-        return None
-    return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False),
-                         nn.BatchNorm2d(outplanes))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with a shortcut: ``relu(shortcut(x) + F(r))``, ``r = residual_input or x``.
-
-    Shape: ``(N, inplanes, H, W) -> (N, planes, H / stride, W / stride)``.
-    """
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = _downsample(inplanes, planes, stride)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual branch F (no final ReLU)."""
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(out))
-
-    def forward(self, x: torch.Tensor, residual_input: torch.Tensor | None = None) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        branch = self.residual(x if residual_input is None else residual_input)
-        return torch.relu(shortcut + branch)
-
-
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride here, torchvision's "ResNet v1.5") -> 1x1 with a shortcut.
-
-    Shape: ``(N, inplanes, H, W) -> (N, 4 * planes, H / stride, W / stride)``.
-    """
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = _downsample(inplanes, planes * 4, stride)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual branch F (no final ReLU)."""
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
-
-    def forward(self, x: torch.Tensor, residual_input: torch.Tensor | None = None) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        branch = self.residual(x if residual_input is None else residual_input)
-        return torch.relu(shortcut + branch)
 
 
 class ResNet2d(nn.Module):

@@ -40,7 +40,8 @@ from torch import nn
 from ..errors import FlowkitError
 from .base import VideoClassifier
 from .registry import register_model
-from .resnet import clip_input, init_resnet_weights, resnet_layout, stage_channels_of
+from ..layers import ResidualBlock, init_resnet_weights
+from .resnet import clip_input, resnet_layout, stage_channels_of
 
 KINDS = ("separable", "inflated")
 TEMPORAL_INITS = ("default", "identity")
@@ -95,13 +96,7 @@ def _downsample3d(inplanes: int, outplanes: int, stride: int) -> nn.Sequential |
     return nn.Sequential(ClipConv3d(inplanes, outplanes, (1, 1, 1), stride), nn.BatchNorm3d(outplanes))
 
 
-class _Block3d(nn.Module):
-    def forward(self, x: torch.Tensor, residual_input: torch.Tensor | None = None) -> torch.Tensor:
-        """``relu(shortcut(x) + F(residual_input if given else x))``."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        branch = self.residual(x if residual_input is None else residual_input)
-        return torch.relu(shortcut + branch)
-
+class _Block3d(ResidualBlock):
     def _temporal(self, out: torch.Tensor, conv: nn.Module | None, bn: nn.Module | None,
                   relu: bool) -> torch.Tensor:
         if conv is None:

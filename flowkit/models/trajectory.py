@@ -20,7 +20,7 @@ trajectory reached the edge (flowkit's ``ResNet3d`` temporal convs replicate edg
 ends the clip stands still). With zero flow the operation is exactly the ``(kt, 1, 1)`` conv with
 that padding.
 
-Conventions (DESIGN.md, fixed): features ``(B, C, T, H, W)``; flows ``(B, 2, T, H, W)`` in pixels at
+Conventions (docs/architecture.md): features ``(B, C, T, H, W)``; flows ``(B, 2, T, H, W)`` in pixels at
 the features' resolution, channel 0 = u (+x right), 1 = v (+y down). ``forward_flow[:, :, t]`` maps
 frame t to t+1 (the last one is never used); ``backward_flow[:, :, t]`` maps frame t to t-1 (the first
 one is never used).

@@ -40,6 +40,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..conventions import IMAGENET_MEAN, IMAGENET_STD  # the data pipeline's, undone for MotionNet
 from ..errors import FlowkitError
 from ..flow import motionnet as motionnet_module
 from ..flow.motionnet import MotionNet, unsupervised_loss
@@ -50,9 +51,6 @@ from .trajectory import TrajectoryConv, resize_flow_to
 
 FLOW_SOURCES = ("store", "motionnet")
 FLOW_POOLS = ("avg", "max")
-#: The RGB normalisation of the data pipeline (``flowkit.data.transforms``), undone for MotionNet.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: MotionNet-(11), the paper's default, when no checkpoint fixes M.
 DEFAULT_MOTIONNET_FRAMES = 10
 DEFAULT_FLOW_BOUND = 20.0

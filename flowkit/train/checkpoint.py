@@ -1,8 +1,9 @@
-"""Training checkpoints: atomic writes, loading with a clear error, and the RNG states they carry.
+"""Classifier checkpoints (kind ``"classifier"`` of :mod:`flowkit.checkpoints`) and the RNG
+states they carry.
 
 A checkpoint is a dict saved with ``torch.save`` and loadable with ``weights_only=True``::
 
-    format, version      "flowkit-train-checkpoint", 1
+    format, version, kind   "flowkit-checkpoint", 1, "classifier"
     config               the run's config.json content (model name + kwargs, options, split)
     model                state_dict of the classifier
     optimizer, scheduler, scaler   their state_dicts (scaler: AMP GradScaler, empty when unused)
@@ -14,80 +15,31 @@ A checkpoint is a dict saved with ``torch.save`` and loadable with ``weights_onl
     history              the metrics.jsonl records of the finished epochs
     rng                  torch (CPU and CUDA), numpy and Python RNG states
 
-Files are written to a temporary name in the same folder, fsynced and renamed over the target, so
-a crash leaves the old checkpoint or the new one, never half a file.
+Written atomically (:mod:`flowkit.files`): a crash leaves the old checkpoint or the new one.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import FlowkitError
+from .. import checkpoints
 
-CHECKPOINT_FORMAT = "flowkit-train-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, rename it over
-    ``path`` (atomic on POSIX), then fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+KIND = "classifier"
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """``torch.save(payload)`` to ``path`` atomically (see the module docstring)."""
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
+    """Write a classifier checkpoint atomically (:func:`flowkit.checkpoints.save_checkpoint`)."""
+    checkpoints.save_checkpoint(path, KIND, payload)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint`; FlowkitError if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FlowkitError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated, foreign pickle, ...
-        raise FlowkitError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise FlowkitError(f"{path} is not a flowkit training checkpoint")
-    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
-        raise FlowkitError(f"{path} was written by a newer flowkit (checkpoint version "
-                           f"{ckpt['version']}); upgrade flowkit to read it")
-    return ckpt
+    """Read a classifier checkpoint; FlowkitError naming the file if it is not one."""
+    return checkpoints.load_checkpoint(path, KIND, what="checkpoint", map_location=map_location)
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.transforms import TSN_SCALES as DEFAULT_SCALES
 from ..errors import FlowkitError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 # Options a resumed run may change: they do not alter what the finished steps computed. Changing
 # ``epochs`` changes a cosine/step schedule's length, so the resumed run no longer matches one
@@ -27,7 +27,8 @@ RESUMABLE_CHANGES = frozenset({"epochs", "workers", "device", "amp", "checkpoint
 
 @dataclass
 class TrainConfig:
-    """Options of ``flowkit train`` (see ``flowkit train --help`` for each one's meaning).
+    """Options of ``flowkit train``: each field's ``metadata["help"]`` is its ``--help`` text, and
+    ``flowkit train`` builds its options from these fields (``flowkit/cli/train.py``).
 
     ``frames`` is the clip length T for random-clip sampling, or the frames per segment with
     ``segments`` (TSN); ``None`` means 8 for clips and 1 per segment. ``size`` is the square crop
@@ -37,35 +38,59 @@ class TrainConfig:
     ``split_list`` (UCF101 ``trainlist``) is given, with ``val_list`` (``testlist``) as validation.
     """
     store: str
-    model: str
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    frames: int | None = None
-    step: int = 1
-    segments: int | None = None
-    size: int = 112
-    scales: tuple[float, ...] = DEFAULT_SCALES
-    flip: bool = True
-    batch_size: int = 8
-    epochs: int = 10
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    clip_grad: float | None = None
-    amp: bool = True
-    seed: int = 0
-    workers: int = 4
-    device: str = "auto"
-    flow_name: str = "tvl1"
-    val_fraction: float = 0.1
-    split_list: str | None = None
-    val_list: str | None = None
-    init: str | None = None
-    checkpoint_every: int = 0
+    model: str = field(metadata={"help": "Registered classifier (resnet2d, i3d, s3d, trajectorynet, "
+                                         "cidc, stmulnet, ...). Required unless resuming."})
+    model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "option": "--model-arg", "kind": "params", "metavar": "KEY=VALUE",
+        "help": "Model keyword, repeatable, JSON values (e.g. --model-arg modality=flow "
+                "--model-arg layers=[2,2,2,2]). num_classes comes from the store."})
+    frames: int | None = field(default=None, metadata={
+        "help": "Frames per clip T [default: 8]; with --segments, frames per segment [1]."})
+    step: int = field(default=1, metadata={"help": "Temporal stride."})
+    segments: int | None = field(default=None, metadata={
+        "help": "TSN sampling: this many segments, a snippet from each (instead of one clip)."})
+    size: int = field(default=112, metadata={"help": "Crop side, pixels."})
+    scales: tuple[float, ...] = field(default=DEFAULT_SCALES, metadata={
+        "kind": "floats", "help": "Multi-scale crop sides as fractions of the short side."})
+    flip: bool = field(default=True, metadata={
+        "help": "Random horizontal flips (negating u); off for direction-sensitive classes."})
+    batch_size: int = field(default=8, metadata={"help": "Clips per step."})
+    epochs: int = field(default=10, metadata={
+        "help": "Total epochs (with --resume: train up to this many)."})
+    optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS, "help": "Optimiser."})
+    lr: float = field(default=0.01, metadata={"help": "Peak learning rate."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    weight_decay: float = field(default=1e-4, metadata={
+        "help": "Not applied to biases and normalisation parameters."})
+    schedule: str = field(default="cosine", metadata={
+        "choices": SCHEDULES, "help": "Learning-rate schedule, stepped per iteration after the warmup."})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "Linear warmup length (fractions allowed)."})
+    milestones: tuple[int, ...] = field(default=(), metadata={
+        "kind": "ints", "help": "Epochs where --schedule step multiplies the lr by --gamma (e.g. "
+                                "30,40) [default: 1/2 and 3/4 of --epochs]."})
+    gamma: float = field(default=0.1, metadata={"help": "Step decay factor."})
+    clip_grad: float | None = field(default=None, metadata={
+        "help": "Clip the gradient norm to this value."})
+    amp: bool = field(default=True, metadata={
+        "help": "Mixed precision (CUDA only; ignored on CPU)."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of initialisation, split, sampling and shuffling."})
+    workers: int = field(default=4, metadata={"help": "DataLoader worker processes."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
+    flow_name: str = field(default="tvl1", metadata={
+        "help": "Flow dataset of the store (the extraction --method)."})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "Stratified validation split (0: none). Ignored with --split-list."})
+    split_list: str | None = field(default=None, metadata={
+        "kind": "file", "help": "Training videos from a UCF101 list (trainlist01.txt)."})
+    val_list: str | None = field(default=None, metadata={
+        "kind": "file", "help": "Validation videos from a UCF101 list (testlist01.txt)."})
+    init: str | None = field(default=None, metadata={
+        "kind": "file",
+        "help": "torchvision-format ResNet weights (inflated to 3D, cross-modality for flow)."})
+    checkpoint_every: int = field(default=0, metadata={
+        "help": "Also save last.pt every N steps (0: at epoch ends only)."})
 
     def __post_init__(self):
         self.scales = tuple(float(s) for s in self.scales)

@@ -12,58 +12,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import FlowkitError
-from .checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
+from ..files import atomic_write, atomic_write_text
+from ..progress import Progress
+from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy
 
 VIEW_INPUTS = ("rgb", "flow")
-
-
-class SegmentClipsSampler:
-    """TSN testing with several views: ``clips`` clips of ``segments`` snippets of ``frames`` frames.
-
-    The possible snippet starts are cut into ``segments`` equal parts (as in
-    :class:`~flowkit.data.samplers.SegmentSampler`); clip ``k`` takes each snippet at offset
-    ``(k + 0.5) / clips`` of its part, so one clip is ``SegmentSampler(random=False)``'s centres.
-    Deterministic: ``sampler(num_frames, rng)`` -> ``clips`` int64 arrays ``(segments * frames,)``.
-    """
-
-    def __init__(self, clips: int, segments: int, frames: int = 1, step: int = 1):
-        for name, value in (("clips", clips), ("segments", segments), ("frames", frames),
-                            ("step", step)):
-            if int(value) != value or value < 1:
-                raise FlowkitError(f"{name} must be a positive integer, got {value!r}")
-        self.clips, self.segments = int(clips), int(segments)
-        self.frames, self.step = int(frames), int(step)
-
-    @property
-    def clip_length(self) -> int:
-        return self.segments * self.frames
-
-    def __call__(self, num_frames: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
-        from ..data.samplers import clip_at, clip_span
-
-        if int(num_frames) < 1:
-            raise FlowkitError(f"cannot sample a clip from a video of {num_frames} frames")
-        starts = max(num_frames - clip_span(self.frames, self.step) + 1, 1)
-        edges = np.linspace(0.0, starts, self.segments + 1)
-        width = np.diff(edges)
-        clips = []
-        for k in range(self.clips):
-            first = np.minimum(np.floor(edges[:-1] + (k + 0.5) / self.clips * width), starts - 1)
-            clips.append(np.concatenate([clip_at(int(s), self.frames, self.step, num_frames)
-                                         for s in first]))
-        return clips
-
-    def __repr__(self) -> str:
-        return (f"SegmentClipsSampler(clips={self.clips}, segments={self.segments}, "
-                f"frames={self.frames}, step={self.step})")
 
 
 def flatten_views(batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -96,9 +57,10 @@ def flatten_views(batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool = False,
-            on_progress: Callable[[int, int], None] | None = None
+            progress: Progress | None = None, name: str = "batches"
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax scores averaged over each video's views.
+    """Softmax scores averaged over each video's views (``progress``: a task ``name`` counting
+    batches).
 
     Returns ``(scores (N, K) float32 CPU, labels (N,) int64, index (N,) int64)`` in loader order.
     The model is put in eval mode and restored to its previous mode afterwards.
@@ -108,9 +70,9 @@ def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool =
     was_training = model.training
     model.eval()
     scores, labels, indices = [], [], []
-    total = len(loader)
+    bar = (progress or Progress()).start(name, total=len(loader))
     try:
-        for i, batch in enumerate(loader):
+        for batch in loader:
             b = batch["label"].shape[0]
             inputs, views = flatten_views(batch)
             inputs = to_device(inputs, device)
@@ -121,9 +83,9 @@ def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool =
             labels.append(batch["label"].cpu())
             indices.append(batch["index"].cpu() if "index" in batch
                            else torch.arange(sum(map(len, labels[:-1])), sum(map(len, labels))))
-            if on_progress:
-                on_progress(i + 1, total)
+            bar.advance()
     finally:
+        bar.close()
         model.train(was_training)
     if not scores:
         raise FlowkitError("nothing to evaluate: the evaluation set is empty")
@@ -236,14 +198,14 @@ def save_confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path
                             fontsize=fontsize, color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                  checkpoint: str = "best", clips: int = 10, crops: int = 3,
                  split: str | Path = "auto", batch_size: int = 8, workers: int = 0,
                  device: str = "auto", out_dir: str | Path | None = None,
-                 on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+                 progress: Progress | None = None) -> EvalResult:
     """Evaluate a run's checkpoint on ``store`` (default: the training store).
 
     ``batch_size`` counts videos (each of V = clips x crops views). ``out_dir`` (default
@@ -276,7 +238,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                          seed=derive_seed(config.seed, "evaluate"))
     started = time.perf_counter()
     use_amp = bool(config.amp) and dev.type == "cuda"
-    scores, labels, index = predict(model, loader, dev, amp=use_amp, on_progress=on_progress)
+    scores, labels, index = predict(model, loader, dev, amp=use_amp, progress=progress)
     seconds = time.perf_counter() - started
 
     k = len(classes)

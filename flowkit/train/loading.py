@@ -130,10 +130,9 @@ def train_sampler(config: TrainConfig):
 def test_sampler(config: TrainConfig, clips: int = 1):
     """Deterministic sampler of ``clips`` views for validation/evaluation, same clip length as
     training: evenly spaced clips, or TSN segments at ``clips`` evenly spaced offsets."""
-    from ..data import UniformClipSampler
+    from ..data import SegmentClipsSampler, UniformClipSampler
 
     if config.segments:
-        from .evaluate import SegmentClipsSampler
         return SegmentClipsSampler(clips, config.segments, frames=config.frames_per_clip,
                                    step=config.step)
     return UniformClipSampler(clips, config.frames_per_clip, step=config.step)

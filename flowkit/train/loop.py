@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -33,8 +33,9 @@ import torch
 from torch import nn
 
 from ..errors import FlowkitError
-from .checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+from ..files import atomic_write_text
+from ..progress import Progress
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, merge_for_resume, read_run_config
 from .loading import (EpochBatchSampler, derive_seed, keys_digest, make_dataset, make_loader,
                       make_split, resolve_device, seed_everything, to_device)
@@ -96,19 +97,12 @@ class TrainResult:
                 "seconds": self.seconds, "history": self.history, "notes": self.notes}
 
 
-class TrainCallbacks:
-    """Hooks for progress display; every method is optional (these defaults do nothing)."""
-
-    def on_start(self, trainer: "Trainer", start_epoch: int, skip_steps: int) -> None: ...
-
-    def on_epoch_start(self, epoch: int, steps: int, skip_steps: int) -> None: ...
-
-    def on_step(self, epoch: int, step_in_epoch: int, loss: float, acc: float, clips_per_s: float,
-                lr: float) -> None: ...
-
-    def on_validate(self, done: int, total: int) -> None: ...
-
-    def on_epoch(self, record: EpochRecord, is_best: bool) -> None: ...
+def epoch_line(r: EpochRecord, epochs: int) -> str:
+    """One finished epoch as the line ``flowkit train`` prints."""
+    val = (f" | val loss {r.val_loss:.3f} top-1 {100 * r.val_top1:.1f}% top-5 "
+           f"{100 * r.val_top5:.1f}%" if r.val_top1 is not None else "")
+    return (f"epoch {r.epoch}/{epochs}: loss {r.train_loss:.3f} acc {100 * r.train_acc:.1f}%{val} | "
+            f"lr {r.lr:.3g} | {r.clips_per_s:.1f} clips/s | {r.seconds:.1f} s")
 
 
 # ----------------------------------------------------------------------------------------- trainer
@@ -196,7 +190,7 @@ class Trainer:
         return self.resuming and (self.checkpoint_dir / LAST).is_file()
 
     def _describe(self) -> dict[str, Any]:
-        from .. import __version__
+        from ..version import __version__
 
         return {
             "flowkit_version": __version__,
@@ -245,118 +239,116 @@ class Trainer:
 
     # -- training
 
-    def fit(self, callbacks: TrainCallbacks | None = None,
-            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    def fit(self, progress: Progress | None = None,
+            stop: Callable[[], bool] | None = None) -> TrainResult:
         """Train up to ``config.epochs``; returns a :class:`TrainResult`.
 
-        ``should_stop()`` is polled after every optimiser step: when true, the state after that step
-        is saved to ``last.pt`` and ``fit`` returns with ``interrupted=True`` (the CLI wires Ctrl-C
-        to it). Resuming then continues at the next step exactly.
+        ``progress`` (:mod:`flowkit.progress`) gets a task per epoch (one step per optimiser step,
+        with loss, accuracy and clips/s), one for each validation, and a line per finished epoch.
+        ``stop()`` (a :class:`~flowkit.progress.StopFlag`) is polled after every optimiser step:
+        when true, the state after that step is saved to ``last.pt`` and ``fit`` returns with
+        ``interrupted=True`` (the CLI wires Ctrl-C to it). Resuming then continues at the next step
+        exactly.
         """
-        cb = callbacks or TrainCallbacks()
-        should_stop = should_stop or (lambda: False)
-        cfg = self.config
+        progress = progress or Progress()
+        should_stop = stop or (lambda: False)
         started = time.perf_counter()
-        batches = EpochBatchSampler(len(self.train_set), cfg.batch_size, seed=cfg.seed)
-        steps_per_epoch = batches.num_batches
-        optimizer = build_optimizer(self.model, cfg)
-        scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-
+        batches = EpochBatchSampler(len(self.train_set), self.config.batch_size,
+                                    seed=self.config.seed)
+        opt = _Optimisation.build(self.model, self.config, batches.num_batches, self.use_amp)
         ckpt = self._prepare_run_dir()
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None,
-                 "best_epoch": None, "history": [], "partial": None}
-        if ckpt is not None:
-            self.model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if self.use_amp and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            if int(ckpt.get("steps_per_epoch", steps_per_epoch)) != steps_per_epoch:
-                raise FlowkitError(f"cannot resume: the run had {ckpt['steps_per_epoch']} steps per "
-                                   f"epoch, now {steps_per_epoch} (another batch size or split?)")
-            for key in state:
-                state[key] = ckpt.get(key, state[key])
-            state["history"] = list(state["history"])
-            where = (f"step {state['step_in_epoch']} of epoch {state['epoch'] + 1}"
-                     if state["step_in_epoch"] else f"epoch {state['epoch']}")
-            self._note(f"resuming {self.run_dir} after {where} (global step {state['global_step']})")
-        skip = int(state["step_in_epoch"])
-        start_epoch = int(state["epoch"])
-        cb.on_start(self, int(state["epoch"]), skip)
-
-        interrupted = False
-        for epoch in range(int(state["epoch"]), cfg.epochs):
-            if skip and ckpt is not None:
-                set_rng_state(ckpt["rng"])
-            else:
-                seed_everything(derive_seed(cfg.seed, epoch, "global"))
-            partial = state["partial"] if skip else None
-            sums = dict(partial) if partial else {"loss_sum": 0.0, "correct": 0, "seen": 0,
-                                                  "seconds": 0.0}
-            self.train_set.set_epoch(epoch)
-            batches.set_epoch(epoch, skip=skip)
-            loader = make_loader(self.train_set, batch_sampler=batches, workers=cfg.workers,
-                                 device=self.device, seed=derive_seed(cfg.seed, epoch, "loader"))
-            cb.on_epoch_start(epoch + 1, steps_per_epoch, skip)
-            self.model.train()
-            step_in_epoch = skip
-            train_started = time.perf_counter() - sums["seconds"]
-            iterator = iter(loader)
-            while step_in_epoch < steps_per_epoch:
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    break
-                except Exception:
-                    if should_stop():  # a Ctrl-C also reached the loader's workers
-                        interrupted = True
-                        break
-                    raise
-                loss, correct, n, lr = self._train_step(batch, optimizer, scheduler, scaler)
-                step_in_epoch += 1
-                state["global_step"] += 1
-                sums["loss_sum"] += loss * n
-                sums["correct"] += correct
-                sums["seen"] += n
-                sums["seconds"] = time.perf_counter() - train_started
-                sums["lr"] = lr
-                cb.on_step(epoch + 1, step_in_epoch, loss, sums["correct"] / sums["seen"],
-                           sums["seen"] / max(sums["seconds"], 1e-9), lr)
-                if step_in_epoch == steps_per_epoch:
-                    break
-                if should_stop():
-                    interrupted = True
-                    break
-                if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                    self._save_mid_epoch(state, epoch, step_in_epoch, sums, optimizer, scheduler,
-                                         scaler, steps_per_epoch)
-            del iterator
+        state = self._restore(ckpt, opt)
+        start_epoch, interrupted = state.epoch, False
+        for epoch in range(state.epoch, self.config.epochs):
+            interrupted, sums = self._train_epoch(epoch, state, opt, batches, ckpt, progress,
+                                                  should_stop)
             if interrupted:
-                if step_in_epoch > skip:
-                    self._save_mid_epoch(state, epoch, step_in_epoch, sums, optimizer, scheduler,
-                                         scaler, steps_per_epoch)
                 break
-            skip = 0
-            record, is_best = self._finish_epoch(epoch, state, sums, cb)
-            self._save(LAST, state, optimizer, scheduler, scaler, steps_per_epoch)
+            record, is_best = self._finish_epoch(epoch, state, sums, progress)
+            self._save(LAST, state, opt)
             if is_best:
-                self._save(BEST, state, optimizer, scheduler, scaler, steps_per_epoch)
+                self._save(BEST, state, opt)
             with open(self.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record.to_dict()) + "\n")
-            cb.on_epoch(record, is_best)
+            progress.log(epoch_line(record, self.config.epochs) + (" best" if is_best else ""))
             if should_stop():
-                interrupted = epoch + 1 < cfg.epochs
+                interrupted = epoch + 1 < self.config.epochs
                 break
-        return TrainResult(self.run_dir, state["history"], int(state["epoch"]),
-                           int(state["global_step"]), state["best_metric"], state["best_epoch"],
-                           interrupted=interrupted, seconds=time.perf_counter() - started,
-                           notes=list(self.notes), start_epoch=start_epoch)
+        return TrainResult(self.run_dir, state.history, state.epoch, state.global_step,
+                           state.best_metric, state.best_epoch, interrupted=interrupted,
+                           seconds=time.perf_counter() - started, notes=list(self.notes),
+                           start_epoch=start_epoch)
 
-    def _train_step(self, batch, optimizer, scheduler, scaler) -> tuple[float, int, int, float]:
+    def _restore(self, ckpt: dict | None, opt: "_Optimisation") -> "RunState":
+        """The run's state: fresh, or the checkpoint's (model and optimisation loaded from it)."""
+        if ckpt is None:
+            return RunState()
+        self.model.load_state_dict(ckpt["model"])
+        opt.load(ckpt, self.use_amp)
+        state = RunState.from_checkpoint(ckpt)
+        where = (f"step {state.step_in_epoch} of epoch {state.epoch + 1}" if state.step_in_epoch
+                 else f"epoch {state.epoch}")
+        self._note(f"resuming {self.run_dir} after {where} (global step {state.global_step})")
+        return state
+
+    def _train_epoch(self, epoch: int, state: "RunState", opt: "_Optimisation",
+                     batches: EpochBatchSampler, ckpt: dict | None, progress: Progress,
+                     should_stop: Callable[[], bool]) -> tuple[bool, dict]:
+        """The optimiser steps of ``epoch`` (from ``state.step_in_epoch`` when resuming it, with the
+        RNG states and running sums of the checkpoint). Returns ``(interrupted, sums)``: whether a
+        stop ended it early (its state is then saved) and the epoch's running sums."""
+        cfg, skip = self.config, state.step_in_epoch
+        if skip and ckpt is not None:
+            set_rng_state(ckpt["rng"])
+        else:
+            seed_everything(derive_seed(cfg.seed, epoch, "global"))
+        sums = dict(state.partial) if skip and state.partial else {
+            "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self.train_set.set_epoch(epoch)
+        batches.set_epoch(epoch, skip=skip)
+        loader = make_loader(self.train_set, batch_sampler=batches, workers=cfg.workers,
+                             device=self.device, seed=derive_seed(cfg.seed, epoch, "loader"))
+        bar = progress.start(f"epoch {epoch + 1}/{cfg.epochs}", total=opt.steps_per_epoch,
+                             completed=skip)
+        self.model.train()
+        step_in_epoch, interrupted = skip, False
+        train_started = time.perf_counter() - sums["seconds"]
+        iterator = iter(loader)
+        while step_in_epoch < opt.steps_per_epoch:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            except Exception:
+                if should_stop():  # a Ctrl-C also reached the loader's workers
+                    interrupted = True
+                    break
+                raise
+            loss, correct, n, lr = self._train_step(batch, opt)
+            step_in_epoch += 1
+            state.global_step += 1
+            sums.update(loss_sum=sums["loss_sum"] + loss * n, correct=sums["correct"] + correct,
+                        seen=sums["seen"] + n, seconds=time.perf_counter() - train_started, lr=lr)
+            bar.advance(1, loss=loss, acc=sums["correct"] / sums["seen"],
+                        clips_per_s=sums["seen"] / max(sums["seconds"], 1e-9))
+            if step_in_epoch == opt.steps_per_epoch:
+                break
+            if should_stop():
+                interrupted = True
+                break
+            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+                self._save_mid_epoch(state, epoch, step_in_epoch, sums, opt)
+        del iterator
+        bar.close()
+        if interrupted and step_in_epoch > skip:
+            self._save_mid_epoch(state, epoch, step_in_epoch, sums, opt)
+        return interrupted, sums
+
+    def _train_step(self, batch, opt: "_Optimisation") -> tuple[float, int, int, float]:
         """One optimiser step; returns (loss, correct top-1 count, clips, learning rate used)."""
         from ..models import classification_loss
 
+        optimizer, scheduler, scaler = opt.optimizer, opt.scheduler, opt.scaler
         batch = to_device(batch, self.device)
         labels = batch["label"]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -377,26 +369,26 @@ class Trainer:
         correct = int((output["logits"].detach().argmax(1) == labels).sum())
         return float(loss.detach()), correct, int(labels.shape[0]), lr
 
-    def _finish_epoch(self, epoch, state, sums, cb):
+    def _finish_epoch(self, epoch: int, state: "RunState", sums: dict, progress: Progress):
         seen = max(sums["seen"], 1)
         val_started = time.perf_counter()
-        val = self.validate(cb.on_validate) if self.val_set is not None else None
+        val = self.validate(progress) if self.val_set is not None else None
         record = EpochRecord(
-            epoch=epoch + 1, step=int(state["global_step"]),
+            epoch=epoch + 1, step=state.global_step,
             train_loss=sums["loss_sum"] / seen, train_acc=sums["correct"] / seen,
             val_loss=val["loss"] if val else None, val_top1=val["top1"] if val else None,
             val_top5=val["top5"] if val else None, lr=float(sums.get("lr", 0.0)),
             clips_per_s=sums["seen"] / max(sums["seconds"], 1e-9),
             seconds=sums["seconds"] + time.perf_counter() - val_started)
         metric = record.val_top1 if val else record.train_acc
-        is_best = state["best_metric"] is None or metric > state["best_metric"]
+        is_best = state.best_metric is None or metric > state.best_metric
         if is_best:
-            state["best_metric"], state["best_epoch"] = float(metric), epoch + 1
-        state.update(epoch=epoch + 1, step_in_epoch=0, partial=None)
-        state["history"] = state["history"] + [record.to_dict()]
+            state.best_metric, state.best_epoch = float(metric), epoch + 1
+        state.epoch, state.step_in_epoch, state.partial = epoch + 1, 0, None
+        state.history = state.history + [record.to_dict()]
         return record, is_best
 
-    def validate(self, on_progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    def validate(self, progress: Progress | None = None) -> dict[str, float]:
         """Loss, top-1 and top-5 of the current model on the validation set (one centre clip and
         crop per video)."""
         from .evaluate import predict
@@ -406,29 +398,81 @@ class Trainer:
                              workers=self.config.workers, device=self.device,
                              seed=derive_seed(self.config.seed, "val"))
         scores, labels, _ = predict(self.model, loader, self.device, amp=self.use_amp,
-                                    on_progress=on_progress)
+                                    progress=progress, name="validation")
         acc = topk_accuracy(scores, labels, (1, 5))
         true_prob = scores[torch.arange(len(labels)), labels].clamp_min(1e-12)
         return {"loss": float(-true_prob.log().mean()), "top1": acc[1], "top5": acc[5]}
 
     # -- checkpoints
 
-    def _payload(self, state, optimizer, scheduler, scaler, steps_per_epoch) -> dict[str, Any]:
-        return {"config": self.run_config, "model": self.model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "steps_per_epoch": steps_per_epoch,
-                **{k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best_metric",
-                                         "best_epoch", "history", "partial")},
-                "rng": rng_state()}
-
-    def _save(self, name, state, optimizer, scheduler, scaler, steps_per_epoch) -> None:
+    def _save(self, name: str, state: "RunState", opt: "_Optimisation") -> None:
         save_checkpoint(self.checkpoint_dir / name,
-                        self._payload(state, optimizer, scheduler, scaler, steps_per_epoch))
+                        {"config": self.run_config, "model": self.model.state_dict(),
+                         **opt.state_dicts(), **state.to_dict(), "rng": rng_state()})
 
-    def _save_mid_epoch(self, state, epoch, step_in_epoch, sums, optimizer, scheduler, scaler,
-                        steps_per_epoch) -> None:
-        state.update(epoch=epoch, step_in_epoch=step_in_epoch, partial=dict(sums))
-        self._save(LAST, state, optimizer, scheduler, scaler, steps_per_epoch)
+    def _save_mid_epoch(self, state: "RunState", epoch: int, step_in_epoch: int, sums: dict,
+                        opt: "_Optimisation") -> None:
+        state.epoch, state.step_in_epoch, state.partial = epoch, step_in_epoch, dict(sums)
+        self._save(LAST, state, opt)
+
+
+@dataclass
+class RunState:
+    """Where a run is: what a checkpoint stores besides the model and the optimisation.
+
+    ``epoch`` finished epochs; ``step_in_epoch`` optimiser steps already done in epoch
+    ``epoch + 1`` (0 at an epoch end); ``partial`` the running sums of that unfinished epoch
+    (``loss_sum``, ``correct``, ``seen``, ``seconds``, ``lr``); ``best_metric`` / ``best_epoch`` the
+    best validation top-1 (train accuracy without validation); ``history`` the metrics.jsonl records.
+    """
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+    partial: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> "RunState":
+        names = {f.name for f in fields(cls)}
+        state = cls(**{k: v for k, v in ckpt.items() if k in names})
+        state.epoch, state.step_in_epoch = int(state.epoch), int(state.step_in_epoch)
+        state.global_step, state.history = int(state.global_step), list(state.history)
+        return state
+
+
+@dataclass
+class _Optimisation:
+    """Optimiser, LR schedule and AMP scaler of a run, and the epoch length they assume."""
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+
+    @classmethod
+    def build(cls, model: nn.Module, config: TrainConfig, steps_per_epoch: int,
+              use_amp: bool) -> "_Optimisation":
+        optimizer = build_optimizer(model, config)
+        return cls(optimizer, build_scheduler(optimizer, config, steps_per_epoch),
+                   torch.amp.GradScaler("cuda", enabled=use_amp), steps_per_epoch)
+
+    def load(self, ckpt: dict[str, Any], use_amp: bool) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if use_amp and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        saved = int(ckpt.get("steps_per_epoch", self.steps_per_epoch))
+        if saved != self.steps_per_epoch:
+            raise FlowkitError(f"cannot resume: the run had {saved} steps per epoch, now "
+                               f"{self.steps_per_epoch} (another batch size or split?)")
+
+    def state_dicts(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "steps_per_epoch": self.steps_per_epoch}
 
 
 def initialise_from_file(model: nn.Module, path: str) -> dict:

@@ -1,0 +1,147 @@
+"""How long work reports progress and is asked to stop: one protocol for every command.
+
+Library code (extraction, training, evaluation, flow-model training, benchmarks) never draws
+anything. It takes a :class:`Progress` and a :class:`StopFlag`::
+
+    bar = progress.start("frame pairs", total=None)     # a counter; total=N makes it a bar
+    bar.advance(8, loss=0.31)                           # n done, and fields shown beside it
+    bar.update(completed=40, total=64, description="epoch 2/10")
+    bar.close()
+    progress.log("epoch 2/10: loss 0.310")              # a line above the bars
+    stop.check()                                        # raises Stopped once stop.set() was called
+
+:class:`Progress` itself shows nothing (the default everywhere); :class:`LineProgress` prints plain
+periodic lines (logs, scripts, a pipe); the CLI's rich bars are ``flowkit.cli.progress.RichProgress``.
+A :class:`StopFlag` is set by the CLI's Ctrl-C / SIGTERM handler; work polls it at safe points
+(between videos' chunks, after an optimiser step), saves what it must, and ends cleanly.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised by :meth:`StopFlag.check` once a stop was requested (a KeyboardInterrupt, so code
+    that lets Ctrl-C through lets it through too)."""
+
+
+class StopFlag:
+    """A request to stop, set from a signal handler or another thread and polled by the work.
+
+    ``flag()`` (call it) is True once set; :meth:`check` raises :class:`Stopped` then.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str = "interrupted") -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    __call__ = is_set
+
+    def clear(self) -> None:
+        self._event.clear()
+        self.reason = ""
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Stopped(self.reason)
+
+
+class Task:
+    """One line of progress (a bar with a total, a counter without); made by :meth:`Progress.start`."""
+
+    def __init__(self, progress: "Progress", name: str, total: int | None, completed: int):
+        self.progress, self.description = progress, name
+        self.total, self.completed = total, completed
+        self.info: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def advance(self, n: int = 1, **info) -> None:
+        """``n`` more done; ``info`` fields (e.g. ``loss=0.3``) replace those shown so far."""
+        self.update(completed=self.completed + n, **info)
+
+    def update(self, *, completed: int | None = None, total: int | None = None,
+               description: str | None = None, **info) -> None:
+        if completed is not None:
+            self.completed = completed
+        if total is not None:
+            self.total = total
+        if description is not None:
+            self.description = description
+        self.info.update(info)
+        self.progress._changed(self)
+
+    def rate(self) -> float | None:
+        """Items per second since the task started."""
+        elapsed = time.perf_counter() - self.started
+        return self.completed / elapsed if elapsed > 0 and self.completed else None
+
+    def close(self) -> None:
+        self.progress._closed(self)
+
+    def text(self) -> str:
+        """``description done/total k v ...`` as one plain line."""
+        count = f"{self.completed}/{self.total}" if self.total is not None else str(self.completed)
+        return " ".join([self.description, count] + [f"{k} {_fmt(v)}" for k, v in self.info.items()])
+
+
+class Progress:
+    """The protocol, doing nothing: what library code gets when nobody watches."""
+
+    def start(self, name: str, total: int | None = None, completed: int = 0) -> Task:
+        task = Task(self, name, total, completed)
+        self._started(task)
+        return task
+
+    def log(self, message: str) -> None:
+        """A line of text for the user (a finished epoch, a failed video)."""
+
+    # -- what subclasses show
+    def _started(self, task: Task) -> None: ...
+
+    def _changed(self, task: Task) -> None: ...
+
+    def _closed(self, task: Task) -> None: ...
+
+
+class LineProgress(Progress):
+    """Plain lines: each log message, and each task's state at most every ``every`` seconds (and
+    when it closes). For log files, pipes and scripts."""
+
+    def __init__(self, stream: TextIO | None = None, every: float = 10.0):
+        self.stream, self.every = stream or sys.stderr, float(every)
+        self._last: dict[int, float] = {}
+
+    def log(self, message: str) -> None:
+        print(message, file=self.stream, flush=True)
+
+    def _changed(self, task: Task) -> None:
+        now = time.perf_counter()
+        if now - self._last.get(id(task), task.started) >= self.every:
+            self._last[id(task)] = now
+            self._line(task)
+
+    def _closed(self, task: Task) -> None:
+        self._last.pop(id(task), None)
+        self._line(task)
+
+    def _line(self, task: Task) -> None:
+        rate = task.rate()
+        tail = f" ({rate:.2f}/s)" if rate else ""
+        self.log(task.text() + tail)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+__all__ = ["Progress", "LineProgress", "Task", "StopFlag", "Stopped"]

@@ -1,0 +1,284 @@
+"""Train TVNet's relaxed TV-L1 kernels (``flowkit train-flow tvnet`` is a thin wrapper).
+
+Supervised on ground-truth pairs (EPE loss): ``data="synthetic"`` (:func:`flowkit.bench.synthetic_pairs`)
+or a folder with ``layout="middlebury"|"sintel"`` (:func:`flowkit.bench.load_flow_folder`); or
+unsupervised (TVNet's flow loss L_f, :func:`flowkit.flow.tvnet.flow_loss`), on consecutive frames of
+the videos under a folder (or on any of the sources above, ignoring their ground truth for the loss
+but still reporting EPE)::
+
+    samples = load_samples("synthetic", None, unsupervised=False, pairs=64, size=(64, 80), seed=0)
+    history = fit(TVNetTrainConfig(epochs=10), samples, "tvnet.pt")   # resumable: resume=True
+
+The checkpoint (kind ``"tvnet"`` of :mod:`flowkit.checkpoints`) holds ``config`` (the architecture,
+:class:`~flowkit.flow.tvnet.TVNetConfig`), ``state_dict``, ``epoch``, ``optimizer``, ``val_epe``,
+``val_loss``, ``history`` and ``args`` (the training options), rewritten atomically after every
+epoch. ``flowkit extract --method tvnet --weights CKPT`` uses it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import checkpoints
+from ..errors import FlowkitError
+from ..flow import ops
+from ..flow.tvnet import TVNet, TVNetConfig, epe_loss, flow_loss, load_checkpoint
+from ..progress import Progress, StopFlag, Task
+
+
+@dataclass
+class Sample:
+    """One training pair: gray frames ``(1, H, W)`` in [0, 255]; flow ``(2, H, W)`` and valid
+    ``(H, W)`` bool when ground truth is known, else None."""
+
+    i0: torch.Tensor
+    i1: torch.Tensor
+    flow: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+
+
+def _gray(rgb: np.ndarray) -> torch.Tensor:
+    return ops.to_gray(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None])[0]
+
+
+def samples_from_pairs(pairs) -> list[Sample]:
+    """:class:`flowkit.bench.FlowPair` list -> samples (RGB converted to luma like the engines)."""
+    return [Sample(_gray(p.frame0), _gray(p.frame1), torch.from_numpy(p.flow).float(),
+                   torch.from_numpy(p.valid)) for p in pairs]
+
+
+def samples_from_videos(root: Path, size, max_pairs: int) -> list[Sample]:
+    """Consecutive frame pairs of the videos under ``root`` (sorted), at most ``max_pairs``."""
+    from ..labels import scan_videos
+    from ..video import iter_frames
+
+    items, _ = scan_videos(root)
+    if not items:
+        raise FlowkitError(f"{root}: no video files found (looked for .mp4, .avi, .mkv, ...)")
+    samples: list[Sample] = []
+    for item in items:
+        previous = None
+        for frame in iter_frames(item.path, size=size, max_frames=max_pairs - len(samples) + 1,
+                                 threads=1):
+            current = _gray(frame)
+            if previous is not None:
+                samples.append(Sample(previous, current))
+            previous = current
+        if len(samples) >= max_pairs:
+            break
+    if not samples:
+        raise FlowkitError(f"{root}: the videos hold no pair of consecutive frames")
+    return samples
+
+
+def load_samples(data: str, layout: str | None, unsupervised: bool, pairs: int,
+                 size: tuple[int, int] | int | None, seed: int) -> list[Sample]:
+    """The training pairs a command line asks for (see the module docstring)."""
+    from ..bench import load_flow_folder, synthetic_pairs
+
+    if data == "synthetic":
+        if size is None:
+            size = (64, 80)
+        if not isinstance(size, tuple):
+            raise FlowkitError("--size for synthetic data must be HxW (e.g. 64x80)")
+        return samples_from_pairs(synthetic_pairs(pairs, size=size, seed=seed))
+    root = Path(data)
+    if not root.is_dir():
+        raise FlowkitError(f"--data {data}: not 'synthetic' and not a folder")
+    if layout:
+        return samples_from_pairs(load_flow_folder(root, layout)[:pairs])
+    if not unsupervised:
+        raise FlowkitError(f"--data {data}: pass --layout middlebury|sintel for a ground-truth "
+                           "folder, or --unsupervised to train on the videos in it")
+    return samples_from_videos(root, size, pairs)
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic (train, validation) index split; validation gets ``round(n * fraction)``
+    items (at least one when the fraction is positive and n > 1)."""
+    order = np.random.default_rng([seed, 7919]).permutation(n).tolist()
+    n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def batches(samples: list[Sample], indices: list[int], batch: int, rng: np.random.Generator | None
+            ) -> list[list[int]]:
+    """Batches of indices with one frame size each (shuffled when ``rng`` is given)."""
+    groups: dict[tuple, list[int]] = {}
+    for i in indices:
+        groups.setdefault(tuple(samples[i].i0.shape), []).append(i)
+    out = []
+    for members in groups.values():
+        if rng is not None:
+            members = [members[j] for j in rng.permutation(len(members))]
+        out += [members[k:k + batch] for k in range(0, len(members), batch)]
+    if rng is not None:
+        out = [out[j] for j in rng.permutation(len(out))]
+    return out
+
+
+def _stack(samples: list[Sample], idx: list[int], device) -> tuple:
+    i0 = torch.stack([samples[i].i0 for i in idx]).to(device)
+    i1 = torch.stack([samples[i].i1 for i in idx]).to(device)
+    if samples[idx[0]].flow is None:
+        return i0, i1, None, None
+    gt = torch.stack([samples[i].flow for i in idx]).to(device)
+    valid = torch.stack([samples[i].valid for i in idx]).to(device)
+    return i0, i1, gt, valid
+
+
+def _loss(net: TVNet, flow, i0, i1, gt, valid, unsupervised: bool) -> torch.Tensor:
+    if unsupervised:
+        return flow_loss(i0, i1, flow, net.config.lambda_)
+    return epe_loss(flow, gt, valid)
+
+
+def _epe_sums(flow, gt, valid) -> tuple[float, int]:
+    epe = torch.linalg.vector_norm(flow.detach() - gt, dim=1)
+    return float(epe[valid].sum()), int(valid.sum())
+
+
+def train_epoch(net: TVNet, optimizer, samples: list[Sample], indices: list[int], batch: int,
+                rng: np.random.Generator, unsupervised: bool = False, device="cpu",
+                clip: float | None = 1.0, task: Task | None = None) -> dict:
+    """One pass over ``indices``; returns ``{"loss": mean batch loss, "epe": pixel mean or None}``.
+
+    ``task`` (a :class:`~flowkit.progress.Task`) advances after every optimiser step, with the loss
+    and the running EPE.
+    """
+    net.train()
+    losses, epe_sum, epe_n = [], 0.0, 0
+    for idx in batches(samples, indices, batch, rng):
+        i0, i1, gt, valid = _stack(samples, idx, device)
+        if gt is None and not unsupervised:
+            raise FlowkitError("supervised training needs ground-truth flow; use --unsupervised")
+        flow = net(i0, i1)
+        loss = _loss(net, flow, i0, i1, gt, valid, unsupervised)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if gt is not None:
+            s, n = _epe_sums(flow, gt, valid)
+            epe_sum, epe_n = epe_sum + s, epe_n + n
+        if task is not None:
+            task.advance(1, loss=losses[-1], epe=epe_sum / epe_n if epe_n else "-")
+    return {"loss": float(np.mean(losses)) if losses else float("nan"),
+            "epe": epe_sum / epe_n if epe_n else None}
+
+
+@torch.no_grad()
+def evaluate(net: TVNet, samples: list[Sample], indices: list[int], batch: int,
+             unsupervised: bool = False, device="cpu") -> dict:
+    """Mean loss and pixel-weighted EPE (None without ground truth) over ``indices``."""
+    net.eval()
+    loss_sum, count, epe_sum, epe_n = 0.0, 0, 0.0, 0
+    for idx in batches(samples, indices, batch, None):
+        i0, i1, gt, valid = _stack(samples, idx, device)
+        flow = net(i0, i1)
+        if unsupervised or gt is not None:
+            loss_sum += float(_loss(net, flow, i0, i1, gt, valid, unsupervised)) * len(idx)
+            count += len(idx)
+        if gt is not None:
+            s, n = _epe_sums(flow, gt, valid)
+            epe_sum, epe_n = epe_sum + s, epe_n + n
+    return {"loss": loss_sum / count if count else None, "epe": epe_sum / epe_n if epe_n else None}
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
+    """Write a TVNet checkpoint atomically (:func:`flowkit.checkpoints.save_checkpoint`)."""
+    checkpoints.save_checkpoint(path, "tvnet", checkpoint)
+
+
+@dataclass
+class TVNetTrainConfig:
+    """A TVNet training run: the ``architecture`` (default: the paper's TVNet-50, 1 scale, 1 warp,
+    50 iterations) and the optimisation."""
+    architecture: TVNetConfig = field(
+        default_factory=lambda: TVNetConfig(scales=1, warps=1, iterations=50))
+    epochs: int = 10
+    batch: int = 4
+    lr: float = 5e-3
+    clip: float = 1.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    unsupervised: bool = False
+
+
+def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike, *,
+        resume: bool = False, device="cpu", args: dict | None = None,
+        progress: Progress | None = None, stop: StopFlag | None = None) -> list[dict]:
+    """Train (or, with ``resume`` and a checkpoint at ``out``, continue training) a TVNet up to
+    ``config.epochs``; returns the per-epoch history (``epoch``, ``train_loss``, ``train_epe``,
+    ``val_loss``, ``val_epe``), resumed epochs included.
+
+    ``progress`` gets one task of optimiser steps and a line per epoch; ``stop`` is polled after
+    each epoch (the checkpoint of the last finished epoch is kept). ``args`` (the data options) are
+    recorded in the checkpoint.
+    """
+    progress = progress or Progress()
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    arch = config.architecture
+    net = TVNet(**asdict(arch)).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    start, history = 0, []
+    if resume and out.is_file():
+        ckpt = load_checkpoint(out, map_location=device)
+        if ckpt["config"] != asdict(arch):
+            raise FlowkitError(f"--resume: {out} was trained with {ckpt['config']}, not "
+                               f"{asdict(arch)}; pass the same --scales/--warps/--iterations "
+                               "or a new --out")
+        net.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
+        progress.log(f"resuming {out} from epoch {start}")
+    elif resume:
+        progress.log(f"no checkpoint at {out} yet; starting from scratch")
+    train_idx, val_idx = split(len(samples), config.val_fraction, config.seed)
+    has_gt = samples[0].flow is not None
+    progress.log(f"TVNet-{arch.scales}-{arch.warps}-{arch.iterations}: {len(train_idx)} "
+                 f"training / {len(val_idx)} validation pairs, "
+                 f"{'L_f' if config.unsupervised else 'EPE'} loss")
+    steps = len(batches(samples, train_idx, config.batch, None))
+    task = progress.start("training", total=steps * max(config.epochs - start, 0))
+    for epoch in range(start + 1, config.epochs + 1):
+        task.update(description=f"epoch {epoch}/{config.epochs}")
+        train = train_epoch(net, optimizer, samples, train_idx, config.batch,
+                            np.random.default_rng([config.seed, epoch]), config.unsupervised,
+                            device, config.clip, task=task)
+        val = (evaluate(net, samples, val_idx, config.batch, config.unsupervised, device)
+               if val_idx else {"loss": None, "epe": None})
+        history.append({"epoch": epoch, "train_loss": train["loss"], "train_epe": train["epe"],
+                        "val_loss": val["loss"], "val_epe": val["epe"]})
+        save_checkpoint(out, {
+            "config": asdict(arch), "state_dict": net.state_dict(), "epoch": epoch,
+            "optimizer": optimizer.state_dict(), "val_epe": val["epe"], "val_loss": val["loss"],
+            "history": history,
+            "args": {**(args or {}), **{k: v for k, v in asdict(config).items()
+                                        if k != "architecture"}}})
+        progress.log(f"epoch {epoch}/{config.epochs}: train loss {_fmt(train['loss'])}, train EPE "
+                     f"{_fmt(train['epe'])}, val loss {_fmt(val['loss'])}, val EPE "
+                     f"{_fmt(val['epe'] if has_gt else None)} -> {out}")
+        if stop is not None and stop.is_set() and epoch < config.epochs:
+            progress.log(f"stopped after epoch {epoch}; continue with --resume")
+            break
+    task.close()
+    if start >= config.epochs:
+        progress.log(f"{out} is already trained for {start} epochs (--epochs {config.epochs}); "
+                     "nothing to do")
+    return history
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+__all__ = ["Sample", "samples_from_pairs", "samples_from_videos", "load_samples", "split",
+           "batches", "train_epoch", "evaluate", "save_checkpoint", "TVNetTrainConfig", "fit"]
