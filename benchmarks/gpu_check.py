@@ -332,9 +332,10 @@ def feed_section(check: Check) -> dict:
     store_dir = check.out / "feed_store"
     shutil.rmtree(store_dir, ignore_errors=True)
     store = FlowStore(store_dir, "a", classes=["mem"])
+    codecs = _store_codecs()
     start = time.perf_counter()
-    results = list(run(items, store, Counting(), FeedOptions(method="tvl1", batch=batch),
-                       decode=decode))
+    results = list(run(items, store, Counting(),
+                       FeedOptions(method="tvl1", batch=batch, **codecs), decode=decode))
     seconds = time.perf_counter() - start
     done = [r for r in results if r.status == "done"]
     key = items[1].key
@@ -346,10 +347,49 @@ def feed_section(check: Check) -> dict:
               "pairs": total_pairs, "batch": batch, "engine_calls": calls,
               "seconds": round(seconds, 2), "pairs_per_s": round(total_pairs / seconds, 1),
               "done": len(done), "failed": [r.reason for r in results if r.status != "done"],
-              "stored_vs_direct_max_px": float(np.abs(stored - direct).max()),
-              "store_bytes": sum(f.stat().st_size for f in store_dir.rglob("*.h5"))}
+              "stored_vs_direct_max_px": float(np.abs(stored - direct).max()), **codecs,
+              "store_bytes": sum(f.stat().st_size for f in store_dir.rglob("*.h5")),
+              "store_write": _store_write(check, direct, videos[key])}
     shutil.rmtree(store_dir, ignore_errors=True)
     return result
+
+
+def _store_codecs() -> dict:
+    """The store's default codecs; float16 flow where imagecodecs (JPEG-LS) is not installed
+    (carry its wheel in .whl/, see gpu_check.sh)."""
+    import importlib.util
+
+    if importlib.util.find_spec("imagecodecs") is not None:
+        return {"flow_codec": "jpegls", "rgb_codec": "jpeg"}
+    return {"flow_codec": "float16", "rgb_codec": "jpeg"}
+
+
+def _store_write(check: Check, flow: np.ndarray, rgb: np.ndarray) -> dict:
+    """Store write pairs/s (encode + HDF5) of one video's real flow and frames, with one encoding
+    thread and with every core: can the store keep up with the engine on this host?"""
+    import shutil
+
+    from flowkit.store import FlowStore
+
+    codecs = _store_codecs()
+    engine = {"engine": "tvl1", "version": "1", "params": {}}
+    rows = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        root = check.out / f"store_write_{threads}"
+        shutil.rmtree(root, ignore_errors=True)
+        store = FlowStore(root, "a", encode_threads=threads)
+        repeats = 1 if check.dry else 4
+        start = time.perf_counter()
+        for r in range(repeats):
+            with store.writer(f"v{r}", source="memory", fps=25.0, **codecs) as w:
+                w.append_rgb(rgb)
+                w.append_flow("tvl1", flow, engine)
+        seconds = time.perf_counter() - start
+        pairs = repeats * len(flow)
+        rows[threads] = {"pairs_per_s": round(pairs / seconds, 1),
+                         "pairs_per_s_per_thread": round(pairs / seconds / threads, 1)}
+        shutil.rmtree(root, ignore_errors=True)
+    return {"size": "x".join(map(str, flow.shape[-2:])), **codecs, "threads": rows}
 
 
 def opencv_section(check: Check) -> dict:
@@ -419,7 +459,13 @@ def report(check: Check) -> str:
                   "", f"{fd['videos']} videos, {fd['pairs']} pairs, batch {fd['batch']} on "
                       f"{fd['device']} ({fd['backend']}): {fd['pairs_per_s']} pairs/s into a store; "
                       f"engine calls {fd['engine_calls'][:12]}{'...' if len(fd['engine_calls']) > 12 else ''}; "
-                      f"stored vs direct max {fd['stored_vs_direct_max_px']:.3g} px (float16)."]
+                      f"stored vs direct max {fd['stored_vs_direct_max_px']:.3g} px "
+                      f"({fd['flow_codec']} flow, {fd['rgb_codec']} RGB)."]
+        sw = fd["store_write"]
+        lines += ["", f"Store write alone ({sw['size']}, {sw['flow_codec']} flow + {sw['rgb_codec']} "
+                      "RGB, encode + HDF5): " + ", ".join(
+                          f"{t} threads {v['pairs_per_s']} pairs/s ({v['pairs_per_s_per_thread']} "
+                          "per thread)" for t, v in sw["threads"].items()) + "."]
     cv = r.get("opencv", {})
     if cv.get("status") == "ok":
         lines += ["", "## OpenCV CPU TV-L1 on this host", "",

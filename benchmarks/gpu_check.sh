@@ -6,6 +6,8 @@
 #   PYTHON=/opt/torch/.venv/bin/python3 OUT=... benchmarks/gpu_check.sh
 #   benchmarks/gpu_check.sh --dry                         # anywhere: GPU parts skipped (CI runs this)
 #
+# Carry the imagecodecs wheel in .whl/ (pip download imagecodecs --no-deps --only-binary=:all:
+# --python-version 3.12 -d .whl) so the feed writes the default JPEG-LS store.
 # Writes into $OUT: nvidia-smi.txt, pytest_gpu.txt + pytest_gpu.xml (the gpu-marked tests, pass/skip
 # counts), one JSON per measurement, gpu_check.json + gpu_check.md (the report), memcheck.txt
 # (compute-sanitizer on the kernel tests). Every step has its own time limit, so a hang in one
@@ -23,6 +25,13 @@ if [ -z "${PYTHON:-}" ]; then
     done
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Wheels the device lacks (imagecodecs, for the store's JPEG-LS flow) travel in .whl/: installed
+# into a scratch directory, never into the machine's environment.
+if compgen -G ".whl/*.whl" >/dev/null; then
+    WHEELS=$(mktemp -d)
+    "$PYTHON" -m pip install -q --no-deps --no-index --target "$WHEELS" .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:$WHEELS"
+fi
 export PYTHONDONTWRITEBYTECODE=1
 step() { echo "[gpu_check.sh] $(date -u +%H:%M:%S) $*"; }
 

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def script_results() -> list[str]:
-    """The results of the scripts that train (paper trends of the engines, recognition evidence).
+    """The results of the other scripts (paper trends of the engines, recognition evidence, store
+    codecs).
 
     Each ``results/*.md`` is written by the script named at its top, with its command and machine;
     it is copied here whole, two heading levels down, so RESULTS.md holds every measured number.
@@ -232,7 +233,7 @@ def script_results() -> list[str]:
     files = sorted((HERE / "results").glob("*.md"))
     if not files:
         return []
-    lines = ["## Results of the training scripts: engine paper trends and recognition", "",
+    lines = ["## Results of the other scripts: engine paper trends, recognition, store codecs", "",
              "Copied from the files below as they are on disk now (rerun their scripts to refresh "
              "them; each gives its own command, machine and date):", ""]
     lines += [f"- [{f.read_text().splitlines()[0].lstrip('# ').strip()}](results/{f.name})"

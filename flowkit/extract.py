@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 
 from . import feed
@@ -32,7 +31,7 @@ from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
 from .progress import Progress, StopFlag
-from .store import FLOW_DTYPES, FlowStore, StoreError
+from .store import FlowStore, StoreError, flow_codec, rgb_codec
 from .video import output_size
 
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
@@ -55,11 +54,8 @@ class ExtractConfig(feed.FeedOptions):
     workers: int = 1
 
     def __post_init__(self):
-        if self.flow_dtype not in FLOW_DTYPES:
-            raise FlowkitError(f"flow_dtype must be one of {', '.join(FLOW_DTYPES)}, got "
-                               f"{self.flow_dtype!r}")
-        if not (np.isfinite(self.flow_bound) and self.flow_bound > 0):
-            raise FlowkitError(f"flow bound must be a positive number of pixels, got {self.flow_bound}")
+        flow_codec(self.flow_codec)  # StoreError (a FlowkitError) for an unknown codec or value
+        rgb_codec(self.rgb_codec)
         try:
             output_size(64, 64, self.size)
         except (TypeError, ValueError, FlowkitError) as exc:

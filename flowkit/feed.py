@@ -41,7 +41,7 @@ import torch
 
 from .errors import FlowkitError, VideoError
 from .labels import VideoItem
-from .store import FlowStore
+from .store import FlowStore, flow_codec, rgb_codec
 from .video import VideoInfo, iter_frames, probe
 
 # Decoded chunks buffered per video: enough to hide a decoder hiccup, bounded memory.
@@ -75,13 +75,15 @@ def failure_reason(item: VideoItem, exc: BaseException) -> str:
 @dataclass
 class FeedOptions:
     """How videos are decoded, batched and stored (``ExtractConfig`` extends it with the engine
-    and the processes). ``method`` names the flow dataset (``flow/<method>``)."""
+    and the processes). ``method`` names the flow dataset (``flow/<method>``); ``flow_codec`` and
+    ``rgb_codec`` are codec specs (:func:`flowkit.store.flow_codec`: ``"jpegls:0.1"``,
+    ``"float16"``, ``"uint8:20"``; ``"jpeg:95"``, ``"raw"``)."""
     method: str = "tvl1"
     size: int | tuple[int, int] | None = None
     step: int = 1
     max_frames: int | None = None
-    flow_dtype: str = "float16"
-    flow_bound: float = 20.0
+    flow_codec: str = "jpegls"
+    rgb_codec: str = "jpeg"
     rgb: bool = True
     batch: int = 8
     prefetch: int = 2
@@ -163,6 +165,8 @@ class _Writer(threading.Thread):
     def __init__(self, store: FlowStore, opts: FeedOptions, engine_record: dict):
         super().__init__(name="flowkit-store-writer", daemon=True)
         self.store, self.opts, self.record = store, opts, engine_record
+        self.flow_codec = flow_codec(opts.flow_codec)
+        self.rgb_codec = rgb_codec(opts.rgb_codec)
         self.inbox: queue.Queue = queue.Queue(maxsize=8)
         self.results: queue.Queue = queue.Queue()
         self.crashed: BaseException | None = None
@@ -230,7 +234,7 @@ class _Writer(threading.Thread):
             w = self.store.writer(item.key, source=item.path, fps=info.fps / opts.step,
                                   label=item.label, label_name=item.label_name,
                                   source_size=(info.height, info.width), step=opts.step,
-                                  flow_dtype=opts.flow_dtype, flow_bound=opts.flow_bound,
+                                  flow_codec=self.flow_codec, rgb_codec=self.rgb_codec,
                                   extend=job.extend)
             w.__enter__()
             self._open[job] = w

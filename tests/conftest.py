@@ -180,7 +180,7 @@ def tiny_video(class_name: str, index: int, frames: int = TINY_FRAMES,
     return rgb, flow
 
 
-def write_tiny_store(path: Path, flow_dtype: str = "float16", rgb: bool = True,
+def write_tiny_store(path: Path, flow_codec: str = "float16", rgb: bool = True,
                      flow_name: str | None = "tvl1") -> Path:
     """Write the tiny store (``TINY_CLASSES`` x ``TINY_VIDEOS_PER_CLASS`` videos) at ``path``."""
     from flowkit.store import FlowStore
@@ -191,7 +191,7 @@ def write_tiny_store(path: Path, flow_dtype: str = "float16", rgb: bool = True,
                 frames, flow = tiny_video(name, i)
                 with store.writer(f"{name}/{name}_{i}", source=f"{name}/{name}_{i}.mp4", fps=25.0,
                                   label=label, label_name=name, source_size=TINY_SIZE,
-                                  flow_dtype=flow_dtype) as w:
+                                  flow_codec=flow_codec, rgb_codec="raw") as w:
                     if rgb:
                         w.append_rgb(frames)
                     if flow_name:

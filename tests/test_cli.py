@@ -112,8 +112,10 @@ def test_extract_missing_video_dir_is_a_usage_error(tmp_path):
     (["--shard", "one"], "--shard"),
     (["--step", "0"], "step must be >= 1"),
     (["--method", "nope"], "--method"),
+    (["--lossless", "--flow-codec", "uint8:20"], "--lossless chooses both codecs"),
+    (["--flow-codec", "zip"], "unknown flow codec 'zip'"),
 ], ids=["size-12x", "size-0", "param-format", "param-unknown", "shard-range", "shard-format",
-        "step-0", "method"])
+        "step-0", "method", "lossless-and-codec", "codec"])
 def test_extract_usage_errors_exit_2(sample_videos, tmp_path, args, message):
     r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, *args)
     assert r.returncode == 2, (r.returncode, r.stderr)
@@ -122,8 +124,8 @@ def test_extract_usage_errors_exit_2(sample_videos, tmp_path, args, message):
 
 
 def test_extract_bad_bound_is_a_usage_error(sample_videos, tmp_path):
-    r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, "--flow-dtype", "uint8",
-                    "--bound", "0")
+    r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, "--flow-codec",
+                    "uint8:0")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "bound" in r.stderr and "failed:" not in r.stderr
 
@@ -159,9 +161,10 @@ def test_info_shows_videos_classes_engine(store):
     r = flowkit_cli("info", store)
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for text in ("videos", "classes", "pan_left", "zoom_in", "tvl1", "nscales=2", "float16",
-                 f"{4 * T} ({4 * T} RGB stored)", f"{H}x{W} (4)"):
-        assert text in out, (text, out)
+    for text in ("videos", "classes", "pan_left", "zoom_in", "tvl1", "nscales=2",
+                 "jpegls (max error 0.1 px)", "jpeg (quality 95)", "KiB per frame", "KiB per pair",
+                 "largest coding error", f"{4 * T} ({4 * T} RGB stored)", f"{H}x{W} (4)"):
+        assert text in " ".join(out.split()), (text, out)
 
 
 def test_info_json(store):

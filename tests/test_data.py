@@ -25,7 +25,7 @@ def identity(sample, rng):
     return sample
 
 
-def write_coded_store(path, lengths=None, flow_dtype="float16", bound=20.0):
+def write_coded_store(path, lengths=None, flow_codec="float16"):
     """Videos whose frame t is filled with the value t and whose flow t is (u, v) = (t, -t)."""
     lengths = lengths or {"a/long": 12, "b/short": 3}
     classes = sorted({key.split("/")[0] for key in lengths})
@@ -38,7 +38,7 @@ def write_coded_store(path, lengths=None, flow_dtype="float16", bound=20.0):
             flow = np.stack([np.broadcast_to(t[:-1], (frames - 1, h, w)),
                              np.broadcast_to(-t[:-1], (frames - 1, h, w))], axis=1)
             with store.writer(key, source=f"{key}.mp4", fps=25.0, label=classes.index(name),
-                              label_name=name, flow_dtype=flow_dtype, flow_bound=bound) as writer:
+                              label_name=name, flow_codec=flow_codec, rgb_codec="raw") as writer:
                 writer.append_rgb(rgb)
                 writer.append_flow("tvl1", flow, engine={"engine": "coded", "version": "1",
                                                          "params": {}})
@@ -223,7 +223,7 @@ def test_normalisation_float16_store(tiny_store):
 
 
 def test_normalisation_uint8_store_uses_its_bound(tmp_path):
-    store = write_tiny_store(tmp_path / "u8", flow_dtype="uint8")
+    store = write_tiny_store(tmp_path / "u8", flow_codec="uint8")
     ds = ClipDataset(store, ["right/right_0"], inputs=("flow",), sampler=UniformClipSampler(1, 3))
     item = ds[0]
     flows = flow_indices(ds.clip_indices(0)[0], 10, 1)[:, 0]
@@ -232,7 +232,7 @@ def test_normalisation_uint8_store_uses_its_bound(tmp_path):
     assert torch.allclose(item["flow"] * 20.0, dequantised.permute(1, 0, 2, 3), atol=1e-5)
     assert torch.allclose(item["flow"][0] * 20.0, torch.tensor(2.0), atol=20 / 255)
 
-    coded = write_coded_store(tmp_path / "coded_u8", flow_dtype="uint8", bound=16.0)
+    coded = write_coded_store(tmp_path / "coded_u8", flow_codec="uint8:16")
     ds = ClipDataset(coded, ["a/long"], inputs=("flow",), sampler=UniformClipSampler(1, 4))
     item = ds[0]
     assert item["flow_bound"] == 16.0

@@ -43,7 +43,11 @@ def one_torch_thread():
 
 
 def _config(**kw) -> ExtractConfig:
+    """Cheap TV-L1 into lossless codecs (these tests check extraction, not compression; the
+    compact default codecs have their own test below and in tests/test_store_codecs.py)."""
     kw.setdefault("engine_params", dict(CHEAP))
+    kw.setdefault("flow_codec", "float16")
+    kw.setdefault("rgb_codec", "raw")
     return ExtractConfig(**kw)
 
 
@@ -168,7 +172,7 @@ def test_no_rgb(items, tmp_path):
 def test_uint8_flow_round_trips_within_bound_over_255(items, base_store, tmp_path):
     videos, classes = items
     bound = 2.5  # below the samples' 1-3 px/frame speeds, so clipping is exercised too
-    extract(videos, tmp_path / "s", _config(batch=3, flow_dtype="uint8", flow_bound=bound),
+    extract(videos, tmp_path / "s", _config(batch=3, flow_codec=f"uint8:{bound}"),
             classes=classes)
     store, base = FlowStore(tmp_path / "s"), FlowStore(base_store[0])
     assert store.validate() == []
@@ -191,7 +195,7 @@ def test_uint8_flow_round_trips_within_bound_over_255(items, base_store, tmp_pat
     assert store.summary()["quantization"] == {"tvl1": [f"uint8 (bound {bound:g})"]}
 
 
-@pytest.mark.parametrize("bad", [{"flow_dtype": "float32"}, {"flow_bound": 0.0}, {"size": 0},
+@pytest.mark.parametrize("bad", [{"flow_codec": "float32"}, {"flow_codec": "uint8:0"}, {"size": 0},
                                  {"size": (0, 40)}], ids=["dtype", "bound", "size", "hw"])
 def test_bad_config_fails_fast(bad):
     with pytest.raises(FlowkitError):
@@ -436,3 +440,45 @@ def test_long_video_memory_is_bounded(long_and_short_videos, tmp_path):
     last = store.read_flow("clip/long", index=LONG_FRAMES - 2)
     assert np.isfinite(last).all() and last.shape == (2, h, w)
     assert store.read_rgb("clip/long", index=-1).shape == (h, w, 3)
+
+
+def _rawframes_bytes(store: FlowStore, bound: float = 20.0, quality: int = 95) -> tuple[float, float]:
+    """Bytes per RGB frame and per flow pair of mmaction2/denseflow rawframes of a store's videos:
+    img_*.jpg at ``quality``, flow_x/flow_y_*.jpg of flow clipped to +-bound in 8 bits."""
+    rgb_bytes, flow_bytes, frames, pairs = 0, 0, 0, 0
+    jpeg = lambda image: len(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1])
+    for key in store.keys():
+        for frame in store.read_rgb(key):
+            rgb_bytes += jpeg(np.ascontiguousarray(frame[..., ::-1]))
+            frames += 1
+        for flow in store.read_flow(key, "tvl1"):
+            q = np.rint((np.clip(flow, -bound, bound) + bound) * 255 / (2 * bound)).astype(np.uint8)
+            flow_bytes += jpeg(q[0]) + jpeg(q[1])
+            pairs += 1
+    return rgb_bytes / frames, flow_bytes / pairs
+
+
+def test_default_store_is_no_larger_than_rawframes_and_its_flow_error_is_bounded(items, tmp_path):
+    """The default codecs (jpegls flow at 0.1 px, JPEG q95 RGB) against mmaction2 rawframes of the
+    same frames and flow (TV-L1 at OpenCV's defaults: converged flow, as users store it; the cheap
+    schedule's unconverged noise codes larger), per frame of coded data. Whole files, HDF5 overhead
+    included, on longer videos: benchmarks/results/store_codecs.md."""
+    videos, classes = items
+    stores = {}
+    for name, codecs in (("compact", {}), ("lossless", {"flow_codec": "float16", "rgb_codec": "raw"})):
+        extract(videos, tmp_path / name, ExtractConfig(compile=False, batch=3, **codecs),
+                classes=classes)
+        stores[name] = FlowStore(tmp_path / name)
+    compact, lossless = stores["compact"], stores["lossless"]
+    summary = compact.summary()
+    assert summary["quantization"] == {"tvl1": ["jpegls (max error 0.1 px)"]}
+    assert summary["rgb_codec"] == ["jpeg (quality 95)"]
+    ours = summary["bytes_per_rgb_frame"] + summary["bytes_per_flow_pair"]["tvl1"]
+    rawframes = sum(_rawframes_bytes(lossless))
+    print(f"bytes per frame: flowkit default {ours:.0f}, rawframes {rawframes:.0f}")
+    assert ours <= rawframes  # measured 3594 vs 4021 on these videos
+    for key in compact.keys():
+        exact = lossless.read_flow(key, "tvl1")  # float16 of the same flow: within 4e-3 px here
+        assert np.abs(compact.read_flow(key, "tvl1") - exact).max() <= 0.1 + 4e-3
+    assert 0 < summary["max_error_seen"]["tvl1"] <= 0.1
+    assert compact.validate(deep=True) == []

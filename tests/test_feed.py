@@ -84,7 +84,8 @@ class RecordingEngine:
 def _run(tmp_path, videos: MemoryVideos, engine=None, **opts):
     store = FlowStore(tmp_path / "store", "a", classes=["c"])
     engine = engine or RecordingEngine()
-    options = FeedOptions(method="tvl1", **{"batch": 8, **opts})
+    options = FeedOptions(method="tvl1", **{"batch": 8, "flow_codec": "float16", "rgb_codec": "raw",
+                                            **opts})
     results = {r.key: r for r in run(videos.items(), store, engine, options, decode=videos)}
     return store, engine, results
 

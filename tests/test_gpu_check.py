@@ -39,7 +39,11 @@ def test_dry_run_writes_every_result(tmp_path, without_pyav):
     assert summary["bandwidth"]["status"] == "skipped"            # needs a GPU
     assert summary["env"]["pyav"] is None                         # ran without PyAV
     assert summary["feed"]["engine_calls"] == [4, 4, 3]           # batches across videos
-    assert summary["feed"]["done"] == 3 and summary["feed"]["stored_vs_direct_max_px"] < 0.01
+    feed = summary["feed"]
+    assert feed["done"] == 3 and feed["flow_codec"] == "jpegls"  # the default store
+    assert feed["stored_vs_direct_max_px"] <= 0.1
+    write = feed["store_write"]
+    assert write["flow_codec"] == "jpegls" and write["threads"]["1"]["pairs_per_s"] > 0
     assert [r["batch"] for r in summary["tvl1"]["rows"]] == [1, 4]
     assert all(r["status"] == "ok" and r["epe"] < 1 for r in summary["tvl1"]["rows"])
     report = (out / "gpu_check.md").read_text()

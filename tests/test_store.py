@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from flowkit.errors import StoreError
-from flowkit.store import FORMAT, VERSION, FlowStore, dequantize, quantize
+from flowkit.store import FORMAT, VERSION, VIDEO_VERSION, FlowStore, dequantize, quantize
 
 ENGINE = {"engine": "tvl1", "version": "1", "params": {"tau": 0.25, "warps": 5}}
 
@@ -31,8 +31,11 @@ def make_video(seed: int, frames: int = 6, height: int = 12, width: int = 16, sc
 
 
 def write_video(store, key, rgb=None, flows=None, engine=ENGINE, batch=2, **kw):
+    """Lossless codecs unless the test names others: these tests check exact round trips."""
     kw.setdefault("source", f"/data/{key}.mp4")
     kw.setdefault("fps", 25.0)
+    kw.setdefault("flow_codec", "float16")
+    kw.setdefault("rgb_codec", "raw")
     with store.writer(key, **kw) as w:
         if rgb is not None:
             for i in range(0, len(rgb), batch):
@@ -69,7 +72,7 @@ def test_round_trip_uint8_quantised_flow(store):
     bound = 20.0
     rng = np.random.default_rng(2)
     flow = rng.uniform(-30, 30, (4, 2, 10, 12)).astype(np.float32)
-    write_video(store, "q", flows={"tvl1": flow}, flow_dtype="uint8", flow_bound=bound)
+    write_video(store, "q", flows={"tvl1": flow}, flow_codec=f"uint8:{bound}")
 
     out = store.read_flow("q")
     inside = np.abs(flow) <= bound
@@ -112,7 +115,7 @@ def test_metadata(store):
                 label=1, label_name="zoom", source_size=(240, 320), step=2)
     meta = store.meta("zoom/v2")
     json.dumps(meta)
-    expected = {"format": "flowkit-video", "version": 1, "key": "zoom/v2", "complete": True,
+    expected = {"format": "flowkit-video", "version": VIDEO_VERSION, "key": "zoom/v2", "complete": True,
                 "source": "/videos/zoom/v2.avi", "fps": 29.97, "frame_count": 5, "height": 8,
                 "width": 10, "source_height": 240, "source_width": 320, "step": 2, "label": 1,
                 "label_name": "zoom", "has_rgb": True, "num_frames": 5}
@@ -134,7 +137,7 @@ def test_metadata(store):
 def test_several_flow_names_side_by_side(store):
     rgb, flow = make_video(5)
     other = {"engine": "costvolume", "version": "3", "params": {"radius": 4}}
-    with store.writer("zoom/both", source="x", fps=25) as w:
+    with store.writer("zoom/both", source="x", fps=25, flow_codec="float16") as w:
         w.append_rgb(rgb)
         w.append_flow("tvl1", flow, ENGINE)
         w.append_flow("other", -flow, other)
@@ -217,8 +220,10 @@ def test_writer_rejects_inconsistent_input(store, case):
 
 
 def test_writer_argument_errors(store, tmp_path):
-    with pytest.raises(StoreError, match="flow_dtype"):
-        store.writer("v", source="x", fps=25, flow_dtype="float32")
+    with pytest.raises(StoreError, match="unknown flow codec 'float32'"):
+        store.writer("v", source="x", fps=25, flow_codec="float32")
+    with pytest.raises(StoreError, match="max_error"):
+        store.writer("v", source="x", fps=25, flow_codec="jpegls:0")
     with pytest.raises(StoreError, match="invalid video key"):
         store.writer("../escape", source="x", fps=25)
     with pytest.raises(StoreError, match="context manager"):
@@ -427,7 +432,7 @@ CRASH_WRITER = textwrap.dedent('''
         for i in range(100):
             rgb, flow = make(i)
             with store.writer(f"cls/v{i}", source=f"v{i}.mp4", fps=25,
-                              flow_dtype="uint8" if i % 2 else "float16") as w:
+                              flow_codec="uint8" if i % 2 else "float16", rgb_codec="raw") as w:
                 w.append_rgb(rgb)
                 w.append_flow("tvl1", flow, ENGINE)
                 if i == 2:

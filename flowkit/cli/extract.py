@@ -63,9 +63,14 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--size", default=None, help="Resize: SHORT_SIDE (e.g. 256) or HxW (e.g. 256x340).")
 @click.option("--step", default=1, show_default=True, help="Keep every STEP-th frame.")
 @click.option("--max-frames", type=int, default=None, help="At most this many frames per video.")
-@click.option("--flow-dtype", type=click.Choice(["float16", "uint8"]), default="float16",
-              show_default=True, help="Stored flow precision (uint8 quantises in [-bound, bound]).")
-@click.option("--bound", default=20.0, show_default=True, help="uint8 quantisation bound, pixels.")
+@click.option("--flow-codec", default="jpegls:0.1", show_default=True, metavar="SPEC",
+              help="How flow is stored: jpegls:MAX_ERROR (error at most MAX_ERROR px, compact), "
+                   "float16 (lossless for training), uint8:BOUND (clipped to +-BOUND px).")
+@click.option("--rgb-codec", default="jpeg:95", show_default=True, metavar="SPEC",
+              help="How RGB frames are stored: jpeg:QUALITY (as mmaction2 rawframes) or raw "
+                   "(lossless).")
+@click.option("--lossless", is_flag=True,
+              help="Keep everything: float16 flow and raw RGB (about 10x the default's size).")
 @click.option("--rgb/--no-rgb", default=True, show_default=True, help="Also store the RGB frames.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call, filled across videos [default: 8 on CPU, 64 on "
@@ -80,7 +85,8 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
 def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
-            max_frames, flow_dtype, bound, rgb, batch, workers, split_list, class_index, shard,
+            max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, split_list,
+            class_index, shard,
             as_json):
     """Compute motion features for every video under VIDEO_DIR into the store STORE.
 
@@ -95,12 +101,20 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
             shard_tuple = (i, n)
         except ValueError:
             raise click.BadParameter(f"expected I/N, got {shard!r}", param_hint="--shard") from None
+    if lossless:
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("flow_codec", "rgb_codec")
+                 if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--lossless chooses both codecs (float16 flow, raw RGB); "
+                                   f"drop {' and '.join(given)} or --lossless")
+        flow_codec, rgb_codec = "float16", "raw"
     engine_params = parse_params(params)
     if weights:
         engine_params["weights"] = weights
     config = ExtractConfig(method=method, engine_params=engine_params, device=device,
                            backend=backend, compile=compile, size=parse_size(size), step=step,
-                           max_frames=max_frames, flow_dtype=flow_dtype, flow_bound=bound, rgb=rgb,
+                           max_frames=max_frames, flow_codec=flow_codec, rgb_codec=rgb_codec, rgb=rgb,
                            batch=batch, workers=workers)
     items, classes = _items(video_dir, split_list, class_index)
     console = Console(stderr=True)

@@ -13,8 +13,8 @@ from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 
 
 def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
@@ -30,14 +30,21 @@ def _table(s: dict) -> Table:
     table.add_row("classes", f"{len(classes)}" + (f" ({', '.join(classes[:8])}"
                                                   f"{', ...' if len(classes) > 8 else ''})" if classes else ""))
     table.add_row("frames", f"{s['frames']} ({s['rgb_frames']} RGB stored)")
+    if s.get("rgb_codec"):
+        table.add_row("rgb", f"{', '.join(s['rgb_codec'])}; "
+                             f"{_human_bytes(s['bytes_per_rgb_frame'])} per frame")
     for name, pairs in s["flow_pairs"].items():
         eng = s["engines"].get(name, {})
         quant = ", ".join(s["quantization"].get(name, []))
         params = ", ".join(f"{k}={v}" for k, v in eng.get("params", {}).items())
         backends = "/".join(s.get("backends", {}).get(name, []))
-        table.add_row(f"flow/{name}", f"{pairs} pairs, {quant}; {eng.get('engine')} "
-                                      f"v{eng.get('version')} ({params})"
-                                      + (f"; computed with {backends}" if backends else ""))
+        per_pair = s.get("bytes_per_flow_pair", {}).get(name)
+        seen = s.get("max_error_seen", {}).get(name)
+        table.add_row(f"flow/{name}", f"{pairs} pairs, {quant}"
+                      + (f", {_human_bytes(per_pair)} per pair" if per_pair else "")
+                      + (f", largest coding error {seen:.3g} px" if seen else "")
+                      + f"; {eng.get('engine')} v{eng.get('version')} ({params})"
+                      + (f"; computed with {backends}" if backends else ""))
     table.add_row("sizes", ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()))
     table.add_row("on disk", _human_bytes(s["bytes"]))
     if s.get("partials"):
@@ -51,12 +58,18 @@ def _table(s: dict) -> Table:
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--validate", is_flag=True, help="Also open and check every video file; exit 1 on problems.")
+@click.option("--deep", is_flag=True,
+              help="With --validate: decode every frame and check the stated flow error bounds "
+                   "(reads the whole store).")
 @handle_errors
-def command(store, as_json, validate):
-    """Summarise STORE: videos, classes, frames, bytes, and the engines and parameters used."""
+def command(store, as_json, validate, deep):
+    """Summarise STORE: videos, classes, frames, codecs and bytes per frame, and the engines and
+    parameters used."""
+    if deep and not validate:
+        raise click.UsageError("--deep goes with --validate")
     with FlowStore(store) as fs:
         summary = fs.summary()
-        problems = fs.validate() if validate else []
+        problems = fs.validate(deep=deep) if validate else []
     if validate:
         summary["problems"] = problems
     if as_json:

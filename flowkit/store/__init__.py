@@ -1,0 +1,67 @@
+"""The flowkit feature store: a directory of per-video HDF5 files, compact, crash-safe, lock-free.
+
+Layout::
+
+    STORE/
+      store.json                 {"format": "flowkit-store", "version": 1, "classes": [...], ...}
+      videos/<key>.h5            one finished video, e.g. videos/pan_left/pan_left_0.h5
+      videos/<key>.h5.<host>.<pid>.partial
+                                 a video being written by process <pid> on <host>; never read
+      index.json                 optional cache of per-video facts for summary(); safe to delete
+
+A video's ``<key>`` is its path relative to the source root without extension. Each ``.h5`` file
+holds root attributes (``format="flowkit-video"``, ``version``, ``key``, ``source``, ``fps``,
+``frame_count``, ``height``, ``width``, ``source_height``, ``source_width``, ``step``, ``label``,
+``label_name``, ``created``, ``complete``) and the datasets
+
+- ``rgb``: uint8 ``(T, H, W, 3)``, optional;
+- ``flow/<name>``: ``T-1`` flow pairs ``(2, H, W)``, channel 0 horizontal, 1 vertical, in pixels at
+  the stored resolution, with the engine's ``engine``, ``engine_version``, ``params`` and
+  ``backend``.
+
+Each dataset records its codec (:mod:`flowkit.store.codecs`): by default flow is ``jpegls`` (error
+at most 0.1 px, guaranteed) and RGB is ``jpeg`` (quality 95), about the size of mmaction2 rawframes
+in all; ``float16`` / ``raw`` keep everything. Every frame is compressed on its own, so any frame
+range reads lazily, and :meth:`FlowStore.read_flow` / :meth:`FlowStore.read_rgb` decode whatever
+codec a dataset has (stores written before codecs existed included). Version-2 files add the codec
+attributes; version-1 files still read.
+
+Crash safety. HDF5 is not journaled: a process killed while writing can leave its file unreadable.
+So a video is written to its own ``.partial`` file, which is flushed, closed and fsync'ed, then
+atomically renamed (``os.replace``) to ``<key>.h5`` and the directory fsync'ed. A ``.h5`` file
+therefore only ever exists complete, and the directory listing of ``videos/**/*.h5`` is the store's
+list of finished videos (``index.json`` only caches facts about them, keyed by each file's
+inode, size and mtime, and is rebuilt from the listing). A killed writer loses only the video it was
+writing, whose ``.partial`` file readers ignore and :meth:`FlowStore.remove_partials` deletes.
+
+Concurrency. Finished files are never modified in place (a redone video replaces the file through
+a new inode), so readers open them with HDF5 file locking off and never block on, or are blocked by,
+a writer; a reader that holds an old handle keeps reading the old, complete file. Any number of
+processes (sharded extraction, torchrun ranks) may write different keys into the same store with no
+lock beyond the atomic renames. Partial names carry host and pid so that a cleanup in one process
+never deletes a file another live process is writing.
+
+Readers open HDF5 files lazily and per process: :class:`FlowStore` caches handles (a bounded LRU),
+drops the cache when it finds itself in a forked child and never pickles handles, so one store object
+can be handed to a torch ``DataLoader`` with any number of workers.
+
+Modules: :mod:`~flowkit.store.layout` (names, manifest, partial files), :mod:`~flowkit.store.codecs`,
+:mod:`~flowkit.store.writer` (:class:`VideoWriter`), :mod:`~flowkit.store.flowstore`
+(:class:`FlowStore`), :mod:`~flowkit.store.summary`, :mod:`~flowkit.store.validate`.
+"""
+from __future__ import annotations
+
+from ..errors import StoreError
+from .codecs import (DEFAULT_BOUND, DEFAULT_JPEG_QUALITY, DEFAULT_MAX_ERROR, FLOW_CODECS,
+                     RGB_CODECS, Codec, codec_of, dequantize, flow_codec, quantize, rgb_codec)
+from .flowstore import FlowStore, read_frames
+from .layout import (FORMAT, MANIFEST, PARTIAL, SUFFIX, VERSION, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS,
+                     check_key)
+from .summary import INDEX
+from .writer import VideoWriter
+
+__all__ = ["FlowStore", "VideoWriter", "StoreError", "Codec", "FLOW_CODECS", "RGB_CODECS",
+           "flow_codec", "rgb_codec", "codec_of", "quantize", "dequantize", "read_frames",
+           "DEFAULT_BOUND", "DEFAULT_MAX_ERROR", "DEFAULT_JPEG_QUALITY", "FORMAT", "VERSION",
+           "VIDEO_FORMAT", "VIDEO_VERSION", "MANIFEST", "VIDEOS", "SUFFIX", "PARTIAL", "INDEX",
+           "check_key"]

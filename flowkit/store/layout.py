@@ -1,0 +1,218 @@
+"""The store's layout on disk: names, the manifest, partial files, and small shared helpers.
+
+The format itself is described in :mod:`flowkit.store` and docs/architecture.md, "The store".
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+from ..files import atomic_write_json
+
+FORMAT = "flowkit-store"
+VERSION = 1
+VIDEO_FORMAT = "flowkit-video"
+# Version 2: datasets record their codec (flowkit/store/codecs.py); version-1 files still read.
+VIDEO_VERSION = 2
+
+MANIFEST = "store.json"
+VIDEOS = "videos"
+SUFFIX = ".h5"
+PARTIAL = ".partial"
+
+# Readers keep at most this many files open per process: a store of 300k videos must not exhaust
+# the file-descriptor limit of each DataLoader worker.
+MAX_OPEN_FILES = 64
+
+# Partials from another host cannot be checked for a live writer; one untouched this long is stale.
+STALE_PARTIAL_SECONDS = 24 * 3600.0
+
+PARTIAL_RE = re.compile(r"(?P<stem>.+)\.h5\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.partial")
+
+EXTRACT_HINT = "create it with `flowkit extract VIDEO_DIR -o STORE`"
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def flowkit_version() -> str:
+    from ..version import __version__
+    return __version__
+
+
+def host_name() -> str:
+    """This machine's name, reduced to characters that cannot be confused with the name's dots."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "localhost"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host still runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it names a video inside the store (relative POSIX path), else raise."""
+    parts = key.split("/") if isinstance(key, str) else []
+    if not parts or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+        raise StoreError(f"invalid video key {key!r}: expected a relative path such as "
+                         "'class/video' (no empty, '.' or '..' parts)")
+    return key
+
+
+def py_value(value: Any) -> Any:
+    """An HDF5 attribute value as a plain, JSON-serialisable Python value."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return [py_value(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, (Path, set, frozenset)):
+        return str(obj) if isinstance(obj, Path) else sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def engine_record(engine: Any, name: str) -> dict[str, Any]:
+    """Validate an engine description ``{"engine", "version", "params"}`` (and the optional
+    ``"backend"`` it computed with); params as JSON text."""
+    if not isinstance(engine, dict) or not {"engine", "version", "params"} <= set(engine):
+        raise StoreError(f"flow {name!r}: engine must be a dict with keys 'engine', 'version' and "
+                         f"'params' (FlowEngine.describe() returns one), got {engine!r}")
+    try:
+        params = json.dumps(engine["params"], sort_keys=True, default=json_default)
+    except TypeError as e:
+        raise StoreError(f"flow {name!r}: engine params are not JSON-serialisable: {e}") from None
+    record = {"engine": str(engine["engine"]), "engine_version": str(engine["version"]),
+              "params": params}
+    if engine.get("backend") is not None:
+        record["backend"] = str(engine["backend"])
+    return record
+
+
+def as_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch.Tensor, without importing torch here
+        array = array.detach().cpu()
+        if str(array.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            array = array.float()
+        array = array.numpy()
+    return np.asarray(array)
+
+
+def open_read(path: Path) -> h5py.File:
+    """Open a finished video read-only, without HDF5 file locking (finished files are immutable)."""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except (TypeError, ValueError):  # HDF5 < 1.12.1 has no locking switch
+        return h5py.File(path, "r")
+    except OSError:
+        # HDF5 refuses a second open with other locking flags in one process (the caller has the
+        # file open with default flags); a corrupt file fails this attempt too.
+        return h5py.File(path, "r")
+
+
+def check_video_header(f: h5py.File, path: Path) -> None:
+    fmt, version = py_value(f.attrs.get("format")), py_value(f.attrs.get("version"))
+    if fmt != VIDEO_FORMAT:
+        raise StoreError(f"{path}: not a flowkit video file (format attribute {fmt!r})")
+    if not isinstance(version, int) or version > VIDEO_VERSION:
+        raise StoreError(f"{path}: written by a newer flowkit (format version {version} > "
+                         f"{VIDEO_VERSION}); upgrade flowkit")
+
+
+# ----------------------------------------------------------------------------- store.json
+
+def read_manifest(root: Path) -> dict:
+    manifest = root / MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{manifest}: unreadable store manifest ({e}); if the directory is a "
+                         "flowkit store, rewrite store.json or extract again") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StoreError(f"{root} is not a flowkit store ({MANIFEST} has format "
+                         f"{data.get('format') if isinstance(data, dict) else None!r}, "
+                         f"expected {FORMAT!r})")
+    version = data.get("version")
+    if not isinstance(version, int):
+        raise StoreError(f"{manifest}: corrupt manifest (version {version!r} is not an integer)")
+    if version > VERSION:
+        raise StoreError(f"{root} was written by a newer flowkit (format version {version} > "
+                         f"{VERSION}); upgrade flowkit")
+    classes = data.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise StoreError(f"{manifest}: corrupt manifest ('classes' must be a list of names)")
+    return data
+
+
+def check_not_file(root: Path) -> None:
+    if root.is_file():
+        if h5py.is_hdf5(root):
+            raise StoreError(f"{root} is a plain HDF5 file, not a flowkit store; flowkit stores are "
+                             f"directories ({MANIFEST} + {VIDEOS}/); {EXTRACT_HINT}")
+        raise StoreError(f"{root} is a file, not a flowkit store (a store is a directory)")
+
+
+def create_store(root: Path, classes: list[str]) -> dict:
+    """Make ``root`` a store. Safe against other processes creating the same store concurrently."""
+    root.mkdir(parents=True, exist_ok=True)
+    # Other ranks' manifest temporaries may be here already; anything else means a foreign directory.
+    others = [p.name for p in root.iterdir() if not p.name.startswith(MANIFEST + ".")]
+    if MANIFEST not in others and others:
+        raise StoreError(f"{root} is not a flowkit store (no {MANIFEST}) and is not empty; "
+                         "choose a new or empty directory for the store")
+    if MANIFEST not in others:
+        atomic_write_json(root / MANIFEST, {
+            "format": FORMAT, "version": VERSION, "classes": list(classes),
+            "created": now(), "flowkit_version": flowkit_version()})
+    (root / VIDEOS).mkdir(exist_ok=True)
+    return read_manifest(root)
+
+
+def merge_classes(root: Path, manifest: dict, classes: Sequence[str] | None) -> dict:
+    """Reconcile requested ``classes`` with the store's.
+
+    Compatible means equal, or one side empty: a store without classes adopts the new list (its
+    videos are all unlabelled, so no label id changes), and an empty request keeps the store's.
+    Anything else would silently renumber labels, so it is an error.
+    """
+    old = manifest.get("classes", [])
+    new = list(classes or [])
+    if not new or new == old:
+        return manifest
+    if old:
+        added, missing = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+        diff = (f"new {added[:5]}, missing {missing[:5]}" if added or missing
+                else "same names, other order")
+        raise StoreError(f"{root} was created with {len(old)} classes and this run has {len(new)} "
+                         f"({diff}); label ids would not match: use a new store or the same classes")
+    manifest = dict(manifest, classes=new)
+    atomic_write_json(root / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,151 @@
+"""What a whole store holds (:meth:`FlowStore.summary`): per-video facts, cached in ``index.json``.
+
+Facts per video: frames, size, RGB frames and bytes, and per flow its pairs, engine, backend, codec
+(with its error bound), bytes, the largest coding error seen and the values clipped. The cache is
+keyed by each file's (inode, size, mtime), so a summary of 300k videos opens only the files added or
+replaced since the last one; it is rebuilt when missing, stale or of another version.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ..files import atomic_write_json
+from .codecs import codec_of
+from .layout import open_read, py_value
+
+INDEX = "index.json"
+INDEX_FORMAT = "flowkit-store-index"
+INDEX_VERSION = 2
+
+
+def dataset_bytes(ds: h5py.Dataset) -> int:
+    """Bytes a dataset's frames take on disk (encoded frames: their byte strings)."""
+    if "encoded_bytes" in ds.attrs and ds.dtype == object:
+        return int(ds.attrs["encoded_bytes"])
+    return int(ds.id.get_storage_size())
+
+
+def video_facts(path: Path) -> dict[str, Any] | None:
+    """What :meth:`FlowStore.summary` needs from one video file (JSON); None if unreadable."""
+    try:
+        with open_read(path) as f:
+            a = f.attrs
+            flows = {}
+            for name, ds in f.get("flow", {}).items():
+                d = {k: py_value(v) for k, v in ds.attrs.items()}
+                codec = codec_of(d)
+                flows[name] = {"pairs": ds.shape[0], "engine": d["engine"],
+                               "version": d["engine_version"], "params": d["params"],
+                               "backend": d.get("backend", "torch"),
+                               "quantization": codec.describe(), "bytes": dataset_bytes(ds),
+                               "max_error": getattr(codec, "max_error", None),
+                               "max_error_seen": d.get("max_error_seen"),
+                               "clipped": int(d.get("clipped_values", 0))}
+            rgb = f.get("rgb")
+            return {"frames": int(a["frame_count"]), "size": f"{int(a['height'])}x{int(a['width'])}",
+                    "rgb_frames": rgb.shape[0] if rgb is not None else 0,
+                    "rgb_bytes": dataset_bytes(rgb) if rgb is not None else 0,
+                    "rgb_codec": codec_of(dict(rgb.attrs), rgb=True).describe()
+                    if rgb is not None else None,
+                    "flows": flows}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def load_index(root: Path) -> dict[str, Any]:
+    """The summary cache ``index.json``: {key: {"stamp", "facts"}}; empty when absent or unusable."""
+    try:
+        data = json.loads((root / INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    ok = (isinstance(data, dict) and data.get("format") == INDEX_FORMAT
+          and data.get("version") == INDEX_VERSION)
+    return data.get("videos", {}) if ok and isinstance(data.get("videos"), dict) else {}
+
+
+def save_index(root: Path, videos: dict[str, Any]) -> None:
+    try:
+        atomic_write_json(root / INDEX, {"format": INDEX_FORMAT, "version": INDEX_VERSION,
+                                         "videos": videos})
+    except OSError:  # a read-only store still summarises, just without the cache
+        pass
+
+
+class SummaryStats:
+    """Accumulates per-video facts for :meth:`FlowStore.summary`."""
+
+    def __init__(self):
+        self.videos = self.frames = self.rgb_frames = self.bytes = self.rgb_bytes = 0
+        self.unreadable: list[str] = []
+        self.pairs: Counter = Counter()
+        self.flow_bytes: Counter = Counter()
+        self.engines: dict[str, Counter] = {}
+        self.quant: dict[str, set] = {}
+        self.backends: dict[str, set] = {}
+        self.rgb_codecs: set = set()
+        self.max_error_seen: dict[str, float] = {}
+        self.clipped: dict[str, dict[str, int]] = {}
+        self.sizes: Counter = Counter()
+
+    def add(self, key: str, path: Path, nbytes: int, facts: dict[str, Any] | None) -> None:
+        self.videos += 1
+        self.bytes += nbytes
+        if facts is None:
+            self.unreadable.append(str(path))
+            return
+        self.frames += facts["frames"]
+        self.rgb_frames += facts["rgb_frames"]
+        self.rgb_bytes += facts.get("rgb_bytes", 0)
+        if facts.get("rgb_codec"):
+            self.rgb_codecs.add(facts["rgb_codec"])
+        self.sizes[facts["size"]] += 1
+        for name, flow in facts["flows"].items():
+            self.pairs[name] += flow["pairs"]
+            self.flow_bytes[name] += flow.get("bytes", 0)
+            config = (flow["engine"], flow["version"], flow["params"])
+            self.engines.setdefault(name, Counter())[config] += 1
+            self.quant.setdefault(name, set()).add(flow["quantization"])
+            self.backends.setdefault(name, set()).add(flow.get("backend", "torch"))
+            if flow.get("max_error_seen") is not None:
+                self.max_error_seen[name] = max(self.max_error_seen.get(name, 0.0),
+                                                float(flow["max_error_seen"]))
+            if flow.get("clipped"):
+                self.clipped.setdefault(name, {})[key] = int(flow["clipped"])
+
+    def result(self) -> dict[str, Any]:
+        engines, warnings = {}, []
+        for name, configs in sorted(self.engines.items()):
+            (engine, version, params), _ = configs.most_common(1)[0]
+            engines[name] = {"engine": engine, "version": version, "params": json.loads(params)}
+            if len(configs) > 1:
+                warnings.append(f"flow {name!r} was made with {len(configs)} different engine "
+                                "configurations; the most common is listed")
+        for name, quants in sorted(self.quant.items()):
+            if len(quants) > 1:
+                warnings.append(f"flow {name!r} is stored with mixed quantisation {sorted(quants)}")
+        for name, videos in sorted(self.clipped.items()):
+            warnings.append(f"flow {name!r}: {sum(videos.values())} values beyond the codec's range "
+                            f"were clipped in {len(videos)} videos (e.g. {sorted(videos)[0]})")
+        if self.unreadable:
+            warnings.append(f"{len(self.unreadable)} video files cannot be read; run validate()")
+        per_pair = {n: self.flow_bytes[n] / self.pairs[n] for n in self.pairs if self.pairs[n]}
+        return {"videos": self.videos, "frames": self.frames, "rgb_frames": self.rgb_frames,
+                "flow_pairs": dict(sorted(self.pairs.items())), "bytes": self.bytes,
+                "engines": engines,
+                "quantization": {n: sorted(q) for n, q in sorted(self.quant.items())},
+                "backends": {n: sorted(b) for n, b in sorted(self.backends.items())},
+                "rgb_codec": sorted(self.rgb_codecs),
+                "bytes_per_rgb_frame": self.rgb_bytes / self.rgb_frames if self.rgb_frames else None,
+                "bytes_per_flow_pair": dict(sorted(per_pair.items())),
+                "max_error_seen": dict(sorted(self.max_error_seen.items())),
+                "clipped": {n: sum(v.values()) for n, v in sorted(self.clipped.items())},
+                "sizes": dict(self.sizes.most_common()), "unreadable": len(self.unreadable),
+                "warnings": warnings}
+
+
+__all__ = ["INDEX", "video_facts", "load_index", "save_index", "SummaryStats", "dataset_bytes"]

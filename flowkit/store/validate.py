@@ -1,0 +1,118 @@
+"""Checking finished video files (:meth:`FlowStore.validate`): attributes, shapes, codecs, and
+(``deep``) every frame decoded, with the stated flow error bound checked."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+from .codecs import Codec, codec_of
+from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read, py_value
+
+_ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source_height",
+               "source_width", "step", "label", "label_name", "created")
+_FLOW_ATTRS = ("engine", "engine_version", "params", "quantization")
+
+
+def video_problems(path: Path, key: str, deep: bool) -> list[str]:
+    try:
+        f = open_read(path)
+    except OSError as e:
+        return [f"cannot be opened as HDF5 (truncated or corrupt?): {e}"]
+    try:
+        with f:
+            return _file_problems(f, key, deep)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        return [f"unreadable: {type(e).__name__}: {e}"]
+
+
+def _file_problems(f: h5py.File, key: str, deep: bool) -> list[str]:
+    a = {k: py_value(v) for k, v in f.attrs.items()}
+    if a.get("format") != VIDEO_FORMAT:
+        return [f"format attribute is {a.get('format')!r}, expected {VIDEO_FORMAT!r}"]
+    if not isinstance(a.get("version"), int) or a["version"] > VIDEO_VERSION:
+        return [f"version attribute is {a.get('version')!r}; this flowkit reads version "
+                f"<= {VIDEO_VERSION}"]
+    problems = [f"missing attribute {k!r}" for k in _ROOT_ATTRS if k not in a]
+    if a.get("complete") is not True:
+        problems.append("not marked complete")
+    if "key" in a and a["key"] != key:
+        problems.append(f"key attribute {a['key']!r} does not match its path (key {key!r})")
+    if problems:
+        return problems
+    t, h, w = a["frame_count"], a["height"], a["width"]
+    expected = {"rgb": (t, (h, w, 3))}
+    expected.update({f"flow/{n}": (t - 1, (2, h, w)) for n in f.get("flow", {})})
+    if len(expected) == 1 and "rgb" not in f:
+        problems.append("holds neither rgb nor flow")
+    for name, (frames, frame_shape) in expected.items():
+        if name in f:
+            problems += _dataset_problems(f[name], frames, frame_shape, deep)
+    return problems
+
+
+def _dataset_problems(ds: h5py.Dataset, frames: int, frame_shape: tuple, deep: bool) -> list[str]:
+    attrs = {k: py_value(v) for k, v in ds.attrs.items()}
+    is_flow = ds.name.startswith("/flow/")
+    try:
+        codec = codec_of(attrs, rgb=not is_flow)
+    except (StoreError, KeyError, ValueError) as e:
+        return [f"{ds.name}: unknown or incomplete codec ({e})"]
+    problems = [f"{ds.name} misses attribute {k!r}" for k in (_FLOW_ATTRS if is_flow else ())
+                if k not in attrs]
+    if codec.storage == "encoded":
+        if tuple(ds.shape) != (frames,) or ds.dtype != object:
+            problems.append(f"{ds.name} has shape {tuple(ds.shape)} ({ds.dtype}), expected "
+                            f"({frames},) byte strings")
+        if tuple(attrs.get("frame_shape", ())) != frame_shape:
+            problems.append(f"{ds.name} frames are {attrs.get('frame_shape')}, expected "
+                            f"{list(frame_shape)}")
+    else:
+        if tuple(ds.shape) != (frames, *frame_shape):
+            problems.append(f"{ds.name} has shape {tuple(ds.shape)}, expected "
+                            f"{(frames, *frame_shape)}")
+        if ds.dtype != np.dtype(codec.stored_dtype):
+            problems.append(f"{ds.name} has dtype {ds.dtype}, expected {codec.stored_dtype.__name__}"
+                            f" ({codec.name})")
+    problems += _bound_problems(ds.name, codec, attrs)
+    if deep and not problems:
+        problems += _decode_all(ds, codec, frame_shape)
+    return problems
+
+
+def _bound_problems(name: str, codec: Codec, attrs: dict[str, Any]) -> list[str]:
+    """The error bound a dataset states: its codec's parameters imply it, and the writer measured
+    no larger error."""
+    limit = getattr(codec, "max_error", None)
+    if limit is None:
+        return []
+    problems = []
+    if codec.step * (codec.near + 0.5) > limit * (1 + 1e-9):
+        problems.append(f"{name}: step {codec.step} and near {codec.near} allow errors above "
+                        f"the stated max_error {limit} px")
+    seen = attrs.get("max_error_seen")
+    if seen is None or float(seen) > limit:
+        problems.append(f"{name}: coding error {seen} px recorded, above the bound {limit} px")
+    return problems
+
+
+def _decode_all(ds: h5py.Dataset, codec: Codec, frame_shape: tuple) -> list[str]:
+    """Read and decode every frame (finds damaged chunks and undecodable frames)."""
+    for i in range(ds.shape[0]):
+        try:
+            stored = ds[i]
+            frame = codec.decode(stored) if codec.storage == "encoded" else \
+                codec.from_stored(stored)
+        except Exception as e:  # HDF5's OSError, or the codec's own error on damaged bytes
+            return [f"{ds.name}[{i}] cannot be read or decoded: {type(e).__name__}: {e}"]
+        if tuple(frame.shape) != frame_shape:
+            return [f"{ds.name}[{i}] decodes to shape {tuple(frame.shape)}, expected {frame_shape}"]
+        if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+            return [f"{ds.name}[{i}] decodes to non-finite values"]
+    return []
+
+
+__all__ = ["video_problems"]

@@ -1,0 +1,236 @@
+"""Writing one video: :class:`VideoWriter`, a context manager that commits the video atomically.
+
+Frames are encoded by the dataset's codec (:mod:`flowkit.store.codecs`) in a thread pool, one frame
+per task, and written in order: encoded frames as vlen byte strings, array codecs as pre-compressed
+chunks (``write_direct_chunk``), so HDF5 only copies bytes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+from ..files import fsync_dir, fsync_file
+from .codecs import GZIP_LEVEL, Codec, encode_frames
+from .layout import PARTIAL, as_numpy, engine_record, host_name, open_read, py_value
+
+# vlen datasets: frames per chunk of the pointer array (16 bytes a frame); the bytes live in the heap.
+VLEN_CHUNK = 64
+# Attributes stay in the object header up to this many (HDF5's default of 8 would move a flow
+# dataset's ~13 and a file's ~16 attributes into dense storage: two heaps and a B-tree, ~4 KiB each).
+COMPACT_ATTRIBUTES = 64
+
+
+class VideoWriter:
+    """Streams one video's frames and flow into ``<key>.h5.<host>.<pid>.partial``; a context manager.
+
+    On a clean exit the file is checked, marked complete, flushed, fsync'ed and renamed to
+    ``<key>.h5``; on an exception it is deleted and the exception propagates. Obtain one from
+    :meth:`FlowStore.writer`.
+    """
+
+    def __init__(self, final: Path, attrs: dict[str, Any], flow_codec: Codec, rgb_codec: Codec,
+                 extend: bool = False, threads: int | None = None):
+        self.final = final
+        self._extend = extend
+        self.partial = final.with_name(f"{final.name}.{host_name()}.{os.getpid()}{PARTIAL}")
+        self._attrs = attrs
+        self.flow_codec, self.rgb_codec = flow_codec, rgb_codec
+        self._threads = threads
+        self._file: h5py.File | None = None
+        self._size: tuple[int, int] | None = None
+
+    @property
+    def key(self) -> str:
+        return self._attrs["key"]
+
+    def __enter__(self) -> "VideoWriter":
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._file = _create_file(self.partial)
+            self._file.attrs.update(self._attrs)
+            if self._extend and self.final.exists():
+                self._copy_existing()
+            self._file.attrs["complete"] = False
+        except BaseException:  # also Ctrl-C: __exit__ will not run, so clean up here
+            self._abort()
+            raise
+        return self
+
+    def _copy_existing(self) -> None:
+        """Start from the finished file's datasets and attributes (copy-on-write): a second engine
+        adds ``flow/<other>`` without ever modifying the finished file in place. HDF5 copies the
+        compressed chunks as they are."""
+        with open_read(self.final) as src:
+            for name in src:
+                src.copy(src[name], self._file, name=name)
+            kept = {k: v for k, v in src.attrs.items()
+                    if k not in ("created", "complete", "version")}
+            self._file.attrs.update(kept)
+            self._size = (int(src.attrs["height"]), int(src.attrs["width"]))
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self._abort()
+            return False
+        try:
+            self._commit()
+        except BaseException:
+            self._abort()
+            raise
+        return False
+
+    # -- appending
+
+    def append_rgb(self, frames: np.ndarray) -> None:
+        """Append RGB frames ``(N, H, W, 3)`` uint8."""
+        frames = as_numpy(frames)
+        if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+            raise StoreError(f"video {self.key!r}: rgb frames must be uint8 (N, H, W, 3), got "
+                             f"{frames.dtype} {frames.shape}")
+        self._append("rgb", self.rgb_codec, frames, frames.shape[1:3], attrs={})
+
+    def append_flow(self, name: str, flow: Any, engine: dict | None = None) -> None:
+        """Append flow ``(N, 2, H, W)`` (numpy or torch, float, pixels) to ``flow/<name>``.
+
+        ``engine`` (``{"engine", "version", "params"}``, e.g. ``FlowEngine.describe()``) is required
+        on the first call for a name and recorded; a later call may omit it but must not change it.
+        """
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise StoreError(f"flow name {name!r} must be a non-empty word such as 'tvl1' "
+                             "(letters, digits, _ . + -)")
+        flow = as_numpy(flow)
+        if flow.ndim != 4 or flow.shape[1] != 2 or not np.issubdtype(flow.dtype, np.floating):
+            raise StoreError(f"video {self.key!r}: flow {name!r} must be float (N, 2, H, W), got "
+                             f"{flow.dtype} {flow.shape}")
+        if not np.isfinite(flow).all():
+            raise StoreError(f"video {self.key!r}: flow {name!r} contains NaN or inf values")
+        path = f"flow/{name}"
+        attrs = self._flow_attrs(name, engine, exists=path in self._require_file())
+        self._append(path, self.flow_codec, flow, flow.shape[2:4], attrs)
+
+    def _flow_attrs(self, name: str, engine: dict | None, exists: bool) -> dict[str, Any]:
+        if engine is None:
+            if not exists:
+                raise StoreError(f"video {self.key!r}: the first append_flow({name!r}, ...) needs "
+                                 "engine={'engine', 'version', 'params'} (FlowEngine.describe())")
+            return {}
+        record = engine_record(engine, name)
+        if exists:
+            stored = {k: py_value(self._file[f"flow/{name}"].attrs.get(k)) for k in record}
+            if stored != record:
+                raise StoreError(f"video {self.key!r}: flow {name!r} was started with engine "
+                                 f"{stored} and continued with {record}")
+            return {}
+        return record
+
+    def _require_file(self) -> h5py.File:
+        if self._file is None:
+            raise StoreError(f"video {self.key!r}: use the writer as a context manager "
+                             "(`with store.writer(key, ...) as w:`) and append inside the block")
+        return self._file
+
+    def _append(self, path: str, codec: Codec, frames: np.ndarray, size: tuple[int, int],
+                attrs: dict[str, Any]) -> None:
+        f = self._require_file()
+        size = (int(size[0]), int(size[1]))
+        if self._size is None:
+            self._size = size
+        elif size != self._size:
+            raise StoreError(f"video {self.key!r}: {path} batch is {size[0]}x{size[1]} but this "
+                             f"video is stored at {self._size[0]}x{self._size[1]}")
+        try:
+            encoded = encode_frames(codec, list(frames), self._threads)
+        except StoreError as exc:
+            raise StoreError(f"video {self.key!r}: {path}: {exc}") from None
+        if path not in f:
+            ds = _create(f, path, codec, frames.shape[1:])
+            ds.attrs.update({**attrs, **codec.attrs(), "frame_shape": list(frames.shape[1:]),
+                             "encoded_bytes": 0, "max_error_seen": 0.0, "clipped_values": 0})
+        ds = f[path]
+        ds.attrs.update(attrs)
+        n = ds.shape[0]
+        ds.resize(n + len(encoded), axis=0)
+        if codec.storage == "encoded":
+            # One write per batch (HDF5 gives each write's byte strings a global-heap collection),
+            # through write_direct: h5py's ds[...] = would stack equal-length frames into 2-D.
+            blobs = np.empty(len(encoded), dtype=ds.dtype)
+            for i, (blob, _) in enumerate(encoded):
+                blobs[i] = np.frombuffer(blob, np.uint8)
+            ds.write_direct(blobs, np.s_[:], np.s_[n:n + len(blobs)])
+        else:
+            corner = (0,) * (ds.ndim - 1)
+            for i, (blob, _) in enumerate(encoded):
+                ds.id.write_direct_chunk((n + i, *corner), blob)
+        seen = max([float(ds.attrs["max_error_seen"])] + [s["error"] for _, s in encoded])
+        limit = getattr(codec, "max_error", None)
+        if limit is not None and seen > limit:
+            raise StoreError(f"video {self.key!r}: {path} was coded with an error of {seen} px, "
+                             f"above its bound {limit} px (a flowkit bug; please report it)")
+        ds.attrs.update(encoded_bytes=int(ds.attrs["encoded_bytes"]) + sum(len(b) for b, _ in encoded),
+                        max_error_seen=seen,
+                        clipped_values=int(ds.attrs["clipped_values"])
+                        + sum(int(s["clipped"]) for _, s in encoded))
+
+    # -- finishing
+
+    def _commit(self) -> None:
+        f = self._require_file()
+        lengths = {name: f[f"flow/{name}"].shape[0] for name in f.get("flow", {})}
+        if "rgb" not in f and not lengths:
+            raise StoreError(f"video {self.key!r}: nothing was written (no rgb, no flow); "
+                             "refusing to store an empty video")
+        frame_count = f["rgb"].shape[0] if "rgb" in f else next(iter(lengths.values())) + 1
+        wrong = {n: k for n, k in lengths.items() if k != frame_count - 1}
+        if wrong:
+            raise StoreError(f"video {self.key!r}: flow lengths {wrong} do not match "
+                             f"{frame_count} frames (flow must have frame_count - 1 = "
+                             f"{frame_count - 1} pairs)")
+        f.attrs.update({"frame_count": frame_count, "height": self._size[0],
+                        "width": self._size[1], "complete": True})
+        f.flush()
+        f.close()
+        self._file = None
+        fsync_file(self.partial)
+        os.replace(self.partial, self.final)
+        fsync_dir(self.final.parent)
+
+    def _abort(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # the file is being deleted; its close error hides nothing useful
+                pass
+            self._file = None
+        self.partial.unlink(missing_ok=True)
+
+
+def _create_file(path: Path) -> h5py.File:
+    """A new HDF5 file, format v110 (compact chunk indexes for streamed datasets; HDF5 >= 1.10
+    reads it), whose root keeps its attributes compact."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_attr_phase_change(COMPACT_ATTRIBUTES, 0)
+    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
+
+
+def _create(f: h5py.File, path: str, codec: Codec, frame_shape: tuple[int, ...]) -> h5py.Dataset:
+    """The empty, growable dataset of ``codec`` for frames of ``frame_shape``."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_attr_phase_change(COMPACT_ATTRIBUTES, 0)
+    if codec.storage == "encoded":
+        return f.create_dataset(path, shape=(0,), maxshape=(None,), dcpl=dcpl,
+                                dtype=h5py.vlen_dtype(np.uint8), chunks=(VLEN_CHUNK,))
+    dtype = np.dtype(codec.stored_dtype)
+    return f.create_dataset(path, shape=(0, *frame_shape), maxshape=(None, *frame_shape),
+                            dtype=dtype, chunks=(1, *frame_shape), compression="gzip",
+                            compression_opts=GZIP_LEVEL, shuffle=dtype.itemsize > 1, dcpl=dcpl)
+
+
+__all__ = ["VideoWriter"]
