@@ -1,4 +1,4 @@
-"""The CLI's side of :mod:`flowkit.progress`: rich bars, and Ctrl-C / SIGTERM as a stop request."""
+"""The CLI's side of :mod:`flowkit.progress`: rich bars, and Ctrl-C (SIGINT) as a stop request."""
 from __future__ import annotations
 
 import contextlib
