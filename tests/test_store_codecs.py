@@ -199,3 +199,15 @@ def test_codec_specs_and_errors():
         rgb_codec("raw:3")
     with pytest.raises(StoreError, match="quality"):
         rgb_codec("jpeg:101")
+
+
+def test_a_replaced_video_is_read_with_its_new_codec(store):
+    """Codecs are cached per open file: reopening a replaced video rebuilds them."""
+    flow = _flow()
+    _write(store, "v", flow)  # jpegls
+    reader = FlowStore(store.path)
+    assert np.abs(reader.read_flow("v") - flow).max() > 1e-2
+    _write(FlowStore(store.path, mode="a"), "v", flow, flow_codec="float16")
+    reader.close()
+    np.testing.assert_allclose(reader.read_flow("v"), flow, atol=0.02)
+    assert reader.meta("v")["flows"]["tvl1"]["codec"] == "float16"

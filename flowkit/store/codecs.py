@@ -86,6 +86,10 @@ class Codec:
         """Stored array values (``"array"`` storage) -> the frames."""
         return data
 
+    def frame(self, stored: np.ndarray) -> np.ndarray:
+        """One stored item (a byte string, or an array frame as HDF5 returns it) -> the frame."""
+        return self.decode(stored) if self.storage == "encoded" else self.from_stored(stored)
+
     def attrs(self) -> dict[str, Any]:
         """What the dataset records so that a reader rebuilds this codec."""
         return {"codec": self.name}

@@ -103,9 +103,7 @@ def _decode_all(ds: h5py.Dataset, codec: Codec, frame_shape: tuple) -> list[str]
     """Read and decode every frame (finds damaged chunks and undecodable frames)."""
     for i in range(ds.shape[0]):
         try:
-            stored = ds[i]
-            frame = codec.decode(stored) if codec.storage == "encoded" else \
-                codec.from_stored(stored)
+            frame = codec.frame(ds[i])
         except Exception as e:  # HDF5's OSError, or the codec's own error on damaged bytes
             return [f"{ds.name}[{i}] cannot be read or decoded: {type(e).__name__}: {e}"]
         if tuple(frame.shape) != frame_shape:
