@@ -17,5 +17,22 @@ class StoreError(FlowkitError):
     """A feature store is missing, foreign, newer than this flowkit, or inconsistent."""
 
 
-class EngineError(FlowkitError):
-    """A motion engine was asked for something it cannot do (unknown name, bad parameter, bad input)."""
+class StoreWriteError(StoreError):
+    """The store's file system refuses data: no space left, quota exceeded, read-only, permission.
+
+    Every later write would fail the same way, so work that writes (extraction) stops at the first
+    one instead of failing each remaining item. ``errno`` is the operating system's error number."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class DamagedDataError(StoreError):
+    """A stored file cannot be decoded (bit rot, a truncated copy). The message names the file, the
+    dataset and the frames, and how to re-extract the video."""
+
+
+class EngineError(FlowkitError, ValueError):
+    """A motion engine was asked for something it cannot do (unknown name, bad parameter, bad
+    input). Also a :class:`ValueError`, so generic callers catching bad arguments catch it."""

@@ -18,6 +18,7 @@ import inspect
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -25,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 
 from . import feed
-from .errors import FlowkitError
+from .errors import FlowkitError, StoreWriteError
 from .feed import VideoResult
 from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
@@ -37,6 +38,26 @@ from .video import output_size
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
 # (and TV-L1 drops finished pairs), a GPU needs many pairs per launch to be busy.
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
+# Memory for the engine's batches, all worker processes together, unless --max-memory says
+# otherwise: 1080p TV-L1 then runs 7 pairs per call in one process (0.55 GB per pair).
+DEFAULT_MAX_MEMORY = 4 << 30
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a Slurm or container limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str, videos: int) -> int:
+    """Worker processes when ``workers`` is None: one per usable core on the CPU (each with one
+    torch thread; measured: a 2-thread process on a shared 2-core machine collapses to a tenth of
+    its speed, single-threaded workers do not), at most one per video; one on CUDA."""
+    if str(device).startswith("cuda"):
+        return 1
+    return max(1, min(usable_cores(), videos))
 
 
 @dataclass
@@ -45,13 +66,17 @@ class ExtractConfig(feed.FeedOptions):
 
     Decoding, batching and storing are the fields of :class:`flowkit.feed.FeedOptions`; these add
     the engine (parameters, device, backend, compile) and the worker processes. ``batch`` None is
-    8 pairs on the CPU, 64 on CUDA."""
+    8 pairs on the CPU, 64 on CUDA; fewer for large frames, so that the engine's batches of all
+    workers together stay under ``max_memory`` bytes (None: no bound). ``workers`` None: one
+    process per usable core (:func:`default_workers`)."""
     engine_params: dict = field(default_factory=dict)
     device: str = "cpu"
     backend: str = "auto"
     compile: bool = False
     batch: int | None = None
-    workers: int = 1
+    workers: int | None = 1
+    redo: tuple[str, ...] = ()
+    max_memory: int | None = DEFAULT_MAX_MEMORY
 
     def __post_init__(self):
         flow_codec(self.flow_codec)  # StoreError (a FlowkitError) for an unknown codec or value
@@ -68,8 +93,10 @@ class ExtractConfig(feed.FeedOptions):
             raise FlowkitError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.step < 1:
             raise FlowkitError(f"step must be >= 1, got {self.step}")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise FlowkitError(f"workers must be >= 1, got {self.workers}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise FlowkitError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
 
 
 @dataclass
@@ -80,6 +107,8 @@ class ExtractSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     backend: str = "torch"
+    stopped: str = ""       # why the run ended early (the store refused data), "" when it did not
+    not_started: int = 0    # videos of this shard never started because of that
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -94,7 +123,7 @@ class ExtractSummary:
                 "done": self.count("done"), "skipped": self.count("skipped"),
                 "failed": self.count("failed"), "pairs": self.pairs,
                 "pairs_per_s": round(self.pairs / self.seconds, 3) if self.seconds > 0 else None,
-                "notes": self.notes,
+                "notes": self.notes, "stopped": self.stopped, "not_started": self.not_started,
                 "videos": [asdict(r) for r in self.results]}
 
 
@@ -159,7 +188,7 @@ def extract_items(items: Sequence[VideoItem], store: FlowStore, engine: FlowEngi
     options = dataclasses.replace(config, decode_threads=1 if workers > 1 else 0)
     return feed.run(items, store, engine, options,
                     finished_meta=finished_meta, should_stop=(stop or StopFlag()).check,
-                    on_pairs=on_pairs)
+                    on_pairs=on_pairs, redo=frozenset(config.redo))
 
 
 # Worker-process state for workers > 1 (one engine per process, built once).
@@ -169,16 +198,44 @@ _worker: dict = {}
 def _worker_init(store_path: str, config: ExtractConfig, threads: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     torch.set_num_threads(threads)
     _worker["store"] = FlowStore(store_path, "a")
     _worker["engine"] = build_engine(config)
     _worker["config"] = config
 
 
-def _worker_run(item: VideoItem) -> VideoResult:
-    (result,) = extract_items([item], _worker["store"], _worker["engine"], _worker["config"],
-                              workers=2)
-    return result
+def _worker_run(item: VideoItem) -> tuple[list[VideoResult], StoreWriteError | None]:
+    """The item's result, and the store's refusal (disk full) that ended it, if any."""
+    results = []
+    try:
+        for result in extract_items([item], _worker["store"], _worker["engine"], _worker["config"],
+                                    workers=2):
+            results.append(result)
+    except StoreWriteError as exc:
+        return results, StoreWriteError(str(exc), exc.errno)
+    return results, None
+
+
+def die_with_parent() -> None:
+    """Make this worker process end when its parent does (never write into a store after the run
+    that started it is gone): Linux's parent-death signal, and a watchdog thread elsewhere."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() == parent:
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="flowkit-parent-watchdog", daemon=True).start()
 
 
 def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: ExtractConfig, *,
@@ -208,13 +265,20 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     # processes build their own.
     engine = build_engine(config)
     backend = engine.backend
+    workers = config.workers or default_workers(config.device, len(items))
+    config = dataclasses.replace(config, workers=workers, max_memory=(
+        None if config.max_memory is None else config.max_memory // workers))
     if config.workers > 1:
         engine = None
+    unknown = sorted(set(config.redo) - {item.key for item in items})
+    if unknown and shard is None and shard_from_env()[1] == 1:
+        raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
+                           f"CLASS/VIDEO, as `flowkit info` lists them)")
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
     todo, results, metas = [], [], {}
     for item in items:
-        meta = metas[item.key] = _finished_meta(store, item.key)
+        meta = metas[item.key] = None if item.key in config.redo else _finished_meta(store, item.key)
         if meta is not None and config.method in meta["flows"]:
             results.append(VideoResult(item.key, str(item.path), "skipped",
                                        reason=f"already in the store with flow/{config.method}"))
@@ -222,18 +286,26 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
             todo.append(item)
     videos = progress.start("videos", total=len(items), completed=len(results))
     pairs = progress.start("frame pairs")
-    for result in _run(todo, store, engine, config, pairs.advance, metas, stop):
-        results.append(result)
-        videos.advance()
-        if result.status == "failed":
-            progress.log(f"failed {result.reason}")
+    stopped = ""
+    try:
+        for result in _run(todo, store, engine, config, pairs.advance, metas, stop):
+            results.append(result)
+            videos.advance()
+            if result.status == "failed":
+                progress.log(f"failed {result.reason}")
+            elif result.status == "skipped":
+                progress.log(f"skipped {result.key}: {result.reason}")
+    except StoreWriteError as exc:
+        stopped = str(exc)
+        progress.log(f"stopping: {stopped}")
     videos.close()
     pairs.close()
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
     summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started,
-                             backend=backend)
-    summary.notes = _size_notes(results, config)
+                             backend=backend, stopped=stopped,
+                             not_started=len(items) - len(results) if stopped else 0)
+    summary.notes = _size_notes(results, config) + _memory_notes(results, config)
     return summary
 
 
@@ -247,11 +319,34 @@ def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, con
     ctx = mp.get_context("spawn")
     with ctx.Pool(config.workers, initializer=_worker_init,
                   initargs=(str(store.path), config, threads)) as pool:
-        for result in pool.imap_unordered(_worker_run, todo):
-            stop.check()
-            if result.pairs:
-                on_pairs(result.pairs)
-            yield result
+        outcomes = pool.imap_unordered(_worker_run, todo)
+        for _ in todo:
+            while True:  # poll, so that a stop request is seen even while no video finishes
+                stop.check()
+                try:
+                    results, fatal = outcomes.next(timeout=0.2)
+                    break
+                except mp.TimeoutError:
+                    continue
+            for result in results:
+                if result.pairs:
+                    on_pairs(result.pairs)
+                yield result
+            if fatal is not None:
+                raise fatal
+
+
+def _memory_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
+    """One line per frame size whose batches were cut to stay under ``max_memory``."""
+    cls = engine_class(config.method)
+    notes = []
+    for h, w in sorted({r.size for r in results if r.status == "done" and r.size}):
+        limit = feed.batch_limit(cls, config, (h, w))
+        if limit < config.batch:
+            notes.append(f"{h}x{w} frames: {limit} pairs per engine call instead of {config.batch} "
+                         f"(about {cls.memory_per_pair(h, w) / 2**30:.2f} GB per pair; "
+                         f"--max-memory allows {config.max_memory / 2**30:.2f} GB per process)")
+    return notes
 
 
 def _size_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:

@@ -27,6 +27,11 @@
 - **Failures stay per video.** A decode error fails that video (its pairs still waiting in the
   batch are dropped), an engine error fails the videos of that batch, a store error the video
   being written; every other video goes on. Each video gets exactly one :class:`VideoResult`.
+  A full (or read-only) store is not a video's failure: the run ends at once with
+  :class:`~flowkit.errors.StoreWriteError` instead of failing every remaining video.
+- **Claims.** A video is claimed in the store (:mod:`flowkit.store.claims`) before it is decoded;
+  one claimed by another live process, or finished by one meanwhile, is skipped, so concurrent runs
+  share the work instead of doubling it.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import FlowkitError, VideoError
+from .errors import FlowkitError, StoreWriteError, VideoError
 from .labels import VideoItem
 from .store import FlowStore, flow_codec, rgb_codec
 from .video import VideoInfo, iter_frames, probe
@@ -53,7 +58,8 @@ VIDEO_ERRORS = (FlowkitError, OSError, RuntimeError, ValueError)
 
 @dataclass
 class VideoResult:
-    """Outcome of one video: ``status`` is "done", "skipped" (already in the store) or "failed"."""
+    """Outcome of one video: ``status`` is "done", "skipped" (already in the store, or being
+    extracted by another process) or "failed"."""
     key: str
     source: str
     status: str
@@ -67,9 +73,9 @@ class VideoResult:
 def failure_reason(item: VideoItem, exc: BaseException) -> str:
     """One line naming the video and the cause."""
     reason = str(exc)
-    if not isinstance(exc, FlowkitError) or str(item.path) not in reason:
-        reason = f"{item.path}: {type(exc).__name__}: {exc}"
-    return reason
+    if isinstance(exc, FlowkitError):  # its message is written for the user: no type name
+        return reason if str(item.path) in reason else f"{item.path}: {reason}"
+    return f"{item.path}: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -88,20 +94,24 @@ class FeedOptions:
     batch: int = 8
     prefetch: int = 2
     decode_threads: int = 0
+    max_memory: int | None = None  # bytes for the engine's batches; None: ``batch`` pairs whatever their size
 
 
 @dataclass(eq=False)
 class _Job:
     """One video on its way through the feed."""
     item: VideoItem
-    extend: bool
     store_rgb: bool
+    redo: bool = False
+    claimed: bool = False   # this process holds the video's claim
+    skipped: bool = False   # another process holds it, or finished it meanwhile
     info: VideoInfo | None = None
     frames: int = 0
     pairs: int = 0
     size: tuple[int, int] | None = None
     started: float = field(default_factory=time.perf_counter)
     failed: str | None = None  # set by whichever stage failed it first
+    facts: dict = field(default_factory=dict)  # what decoding found out (rotation, intervals)
     chunks: queue.Queue = field(default_factory=lambda: queue.Queue(_QUEUE_CHUNKS))
     cancelled: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -110,11 +120,45 @@ class _Job:
 _END = object()
 
 
+class _Frames:
+    """A video's decoded frames (an iterable) and ``facts``, what decoding found out on the way
+    (rotation applied, frame intervals; :func:`flowkit.video.iter_frames`)."""
+
+    def __init__(self, item: VideoItem, opts: FeedOptions):
+        self.item, self.opts, self.facts = item, opts, {}
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        o = self.opts
+        return iter_frames(self.item.path, size=o.size, step=o.step, max_frames=o.max_frames,
+                           threads=o.decode_threads, facts=self.facts)
+
+
 def decode_video(item: VideoItem, opts: FeedOptions) -> tuple[VideoInfo, Iterable[np.ndarray]]:
-    """The default decoder: the file's header facts and its frames, ``(H, W, 3)`` uint8 RGB, resized
-    and subsampled as ``opts`` asks (PyAV, :mod:`flowkit.video`)."""
-    return probe(item.path), iter_frames(item.path, size=opts.size, step=opts.step,
-                                         max_frames=opts.max_frames, threads=opts.decode_threads)
+    """The default decoder: the file's header facts and its frames, ``(H, W, 3)`` uint8 RGB, upright,
+    resized and subsampled as ``opts`` asks (PyAV, :mod:`flowkit.video`). The frames' ``facts``
+    (rotation, frame intervals) become video attributes and notes."""
+    return probe(item.path), _Frames(item, opts)
+
+
+# A video whose longest frame interval exceeds its shortest by this factor has a variable frame rate.
+VFR_RATIO = 1.5
+
+
+def video_notes(facts: dict, fps: float) -> tuple[dict, list[str]]:
+    """Attributes to store and notes to print from what decoding found out (``facts``)."""
+    attrs, notes = {}, []
+    rotation = int(facts.get("rotation", 0))
+    if rotation:
+        attrs["rotation"] = rotation
+        notes.append(f"rotated {rotation} degrees counterclockwise to upright, as its display "
+                     "matrix asks")
+    lo, hi = facts.get("frame_interval", (0.0, 0.0))
+    if lo > 0 and hi > VFR_RATIO * lo:
+        attrs.update(variable_frame_rate=True, frame_interval_min=float(lo),
+                     frame_interval_max=float(hi))
+        notes.append(f"variable frame rate (frames {1000 * lo:.0f}-{1000 * hi:.0f} ms apart); "
+                     f"stored with its average rate {fps:.3g} fps and no timestamps")
+    return attrs, notes
 
 
 def _decode(job: _Job, opts: FeedOptions, decode) -> None:
@@ -131,6 +175,7 @@ def _decode(job: _Job, opts: FeedOptions, decode) -> None:
 
     try:
         job.info, frames = decode(job.item, opts)
+        job.facts = getattr(frames, "facts", job.facts)
         chunk: list[np.ndarray] = []
         for frame in frames:
             chunk.append(frame)
@@ -170,6 +215,7 @@ class _Writer(threading.Thread):
         self.inbox: queue.Queue = queue.Queue(maxsize=8)
         self.results: queue.Queue = queue.Queue()
         self.crashed: BaseException | None = None
+        self.fatal: StoreWriteError | None = None  # the store refuses data: the run must end
         self._open: dict[_Job, object] = {}
         self._reported: set[_Job] = set()
 
@@ -235,7 +281,7 @@ class _Writer(threading.Thread):
                                   label=item.label, label_name=item.label_name,
                                   source_size=(info.height, info.width), step=opts.step,
                                   flow_codec=self.flow_codec, rgb_codec=self.rgb_codec,
-                                  extend=job.extend)
+                                  redo=job.redo)
             w.__enter__()
             self._open[job] = w
         return w
@@ -245,19 +291,31 @@ class _Writer(threading.Thread):
         if job in self._reported:
             return
         w = self._open.pop(job, None)
+        notes = []
         if exc is None:
             try:
                 if w is None:  # nothing was ever written (cannot happen for >= 2 frames)
                     raise VideoError(f"{job.item.path}: nothing to write")
+                attrs, notes = video_notes(job.facts, job.info.fps / self.opts.step)
+                w.update_attrs(attrs)
                 w.__exit__(None, None, None)
             except VIDEO_ERRORS as commit_error:
                 exc = commit_error
         elif w is not None:
             w.__exit__(type(exc), exc, None)
+        if isinstance(exc, StoreWriteError) and self.fatal is None:
+            self.fatal = exc
+        if job.claimed:
+            self.store.release(job.item.key, self.opts.method)
+            job.claimed = False
         if exc is None:
             result = VideoResult(job.item.key, str(job.item.path), "done", frames=job.frames,
                                  pairs=job.pairs, size=job.size,
                                  seconds=time.perf_counter() - job.started)
+            if w is not None and w.dropped:
+                notes.append("replaced; damaged and dropped from the old file: "
+                             + ", ".join(w.dropped))
+            result.reason = "; ".join(notes)
         else:
             if job.failed is None:
                 job.failed = (str(exc) if isinstance(exc, VideoError) and str(exc)
@@ -289,34 +347,43 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
         finished_meta: Callable[[str], dict | None] = lambda key: None,
         should_stop: Callable[[], None] = lambda: None,
         on_pairs: Callable[[int], None] | None = None,
-        decode: Callable = decode_video) -> Iterator[VideoResult]:
+        decode: Callable = decode_video,
+        redo: frozenset[str] = frozenset()) -> Iterator[VideoResult]:
     """Extract ``items`` with ``engine`` into ``store``; yields one :class:`VideoResult` per item,
     in completion order.
 
-    ``finished_meta(key)`` gives a finished video's metadata (to add this engine's flow beside
-    another's) or None; ``should_stop()`` raises KeyboardInterrupt when the run must stop, in
-    which case the videos in flight are discarded cleanly and the interrupt propagates.
+    ``finished_meta(key)`` gives a finished video's metadata (its RGB frames are then not written
+    again) or None; ``should_stop()`` raises KeyboardInterrupt when the run must stop, in which
+    case the videos in flight are discarded cleanly and the interrupt propagates.
     ``decode(item, opts) -> (VideoInfo, frames)`` replaces PyAV (:func:`decode_video`), e.g. to
-    feed frames made in memory.
+    feed frames made in memory. ``redo``: keys whose finished file is replaced whole (RGB
+    included), e.g. because it is damaged. Raises :class:`~flowkit.errors.StoreWriteError` when
+    the store refuses data (full, read-only), after yielding the result of the video that met it.
     """
     jobs = []
     for item in items:
-        existing = finished_meta(item.key)
-        extend = existing is not None
-        jobs.append(_Job(item, extend=extend,
-                         store_rgb=opts.rgb and not (extend and existing["has_rgb"])))
+        existing = None if item.key in redo else finished_meta(item.key)
+        jobs.append(_Job(item, store_rgb=opts.rgb and not (existing and existing["has_rgb"]),
+                         redo=item.key in redo))
     writer = _Writer(store, opts, engine.describe())
     writer.start()
     feeder = _Feeder(jobs, engine, opts, writer, on_pairs)
     try:
         for i, job in enumerate(jobs):
             for ahead in jobs[i:i + 1 + opts.prefetch]:
-                _start(ahead, opts, decode)
+                _start(ahead, store, opts, decode, writer.results)
+            if job.skipped:  # claimed by another process, or finished meanwhile
+                yield from _drain(writer)
+                continue
             feeder.add_video(job, should_stop)
             yield from _drain(writer)
+            if writer.fatal is not None:
+                raise writer.fatal
         feeder.flush()
         writer.finish()
         yield from _drain(writer)
+        if writer.fatal is not None:
+            raise writer.fatal
     except BaseException:
         for job in jobs:
             job.cancelled.set()
@@ -330,13 +397,31 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     finally:
         for job in jobs:
             job.cancelled.set()
+            if job.claimed:  # interrupted or stopped before its result
+                store.release(job.item.key, opts.method)
+                job.claimed = False
 
 
-def _start(job: _Job, opts: FeedOptions, decode) -> None:
-    if job.thread is None:
-        job.thread = threading.Thread(target=_decode, args=(job, opts, decode), daemon=True,
-                                      name=f"flowkit-decode-{job.item.key}")
-        job.thread.start()
+def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue) -> None:
+    """Claim the video and start decoding it; a video another process holds (or finished since
+    the run began) gets its "skipped" result instead."""
+    if job.thread is not None or job.skipped:
+        return
+    holder = store.claim(job.item.key, opts.method)
+    if holder is None:
+        job.claimed = True
+        if job.redo or opts.method not in store.flows_on_disk(job.item.key):
+            job.thread = threading.Thread(target=_decode, args=(job, opts, decode), daemon=True,
+                                          name=f"flowkit-decode-{job.item.key}")
+            job.thread.start()
+            return
+        store.release(job.item.key, opts.method)
+        job.claimed = False
+        reason = f"already in the store with flow/{opts.method} (finished by another process)"
+    else:
+        reason = f"being extracted by {holder}; rerun later to pick it up if that run fails"
+    job.skipped = True
+    results.put(VideoResult(job.item.key, str(job.item.path), "skipped", reason=reason))
 
 
 def _drain(writer: _Writer) -> Iterator[VideoResult]:
@@ -345,6 +430,15 @@ def _drain(writer: _Writer) -> Iterator[VideoResult]:
             yield writer.results.get_nowait()
         except queue.Empty:
             return
+
+
+def batch_limit(engine, opts: FeedOptions, size: tuple[int, int]) -> int:
+    """Pairs per engine call for frames of ``size``: ``opts.batch``, fewer when that many pairs
+    would need more than ``opts.max_memory`` (the engine's :meth:`memory_per_pair`), at least 1."""
+    if opts.max_memory is None:
+        return opts.batch
+    per_pair = engine.memory_per_pair(int(size[0]), int(size[1]))
+    return max(1, min(opts.batch, int(opts.max_memory // max(per_pair, 1))))
 
 
 class _Feeder:
@@ -392,11 +486,12 @@ class _Feeder:
             if self.batch.runs and (self.batch.frame_size() != run.shape[1:3] or (
                     not self.independent and self.batch.runs[-1][0] is not job)):
                 self.flush()
-            take = min(self.opts.batch - self.batch.pairs, len(run) - 1)
+            limit = batch_limit(self.engine, self.opts, run.shape[1:3])
+            take = min(limit - self.batch.pairs, len(run) - 1)
             self.batch.runs.append((job, run[:take + 1]))
             self.batch.pairs += take
             run = run[take:]
-            if self.batch.pairs == self.opts.batch:
+            if self.batch.pairs >= limit:
                 self.flush()
 
     def flush(self) -> None:

@@ -10,18 +10,44 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 TMP_SUFFIX = ".tmp"
+# <target>.<host>.<pid>.<random>.tmp: whose temporary it is, so a later run can tell a dead
+# writer's leftover (removed by remove_stale_temporaries) from a live writer's file.
+_TMP_RE = re.compile(r".+\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[^.]+" + re.escape(TMP_SUFFIX))
+
+
+def host_name() -> str:
+    """This machine's name, reduced to characters that cannot be confused with a file name's dots."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "localhost"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host still runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{host_name()}.{os.getpid()}.",
+                               suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -64,6 +90,34 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries :func:`atomic_write` left in ``folder`` when its process died (a
+    crash, a full disk); a live process's temporary, or one from another host, is left alone."""
+    removed, host = [], host_name()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TMP_RE.fullmatch(name)
+        if m and m["host"] == host and not pid_alive(int(m["pid"])):
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(Path(folder, name))
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+def escape_name(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (Python keeps them as lone
+    surrogates) written ``%XX``, so it can be stored (HDF5 attributes, JSON); the video is still
+    read from its real path."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+        return text
+    return "".join(f"%{ord(ch) - 0xDC00:02X}" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
+
+
 def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
     """Hex SHA-256 of a file's content (its first ``length`` digits when given)."""
     h = hashlib.sha256()
@@ -75,4 +129,4 @@ def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
 
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "fsync_dir", "fsync_file",
-           "file_sha256"]
+           "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "escape_name"]

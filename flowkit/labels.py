@@ -8,11 +8,13 @@ class list; a video with no class folder has label -1 and name ``""``.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from .errors import FlowkitError
+from .files import escape_name
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv")
@@ -66,33 +68,97 @@ def _check_unique(keys: Iterable[tuple[str, str]]) -> None:
         seen[key] = where
 
 
-def _walk_videos(root: Path, extensions: tuple[str, ...]) -> Iterable[PurePosixPath]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(extensions):
-                yield PurePosixPath(Path(dirpath, name).relative_to(root).as_posix())
+def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> list[PurePosixPath]:
+    """Relative paths of the video files under ``root``, in sorted walk order.
+
+    Links are followed, but each real directory is entered once (a link back up the tree is a loop,
+    not more videos) and each real file is listed once (two links to one video would be computed and
+    stored twice). FIFOs, devices and directories whose names end like videos are skipped; every
+    skipped entry gets a line in ``notes``."""
+    found: list[PurePosixPath] = []
+    seen_dirs: dict[tuple[int, int], Path] = {}
+    seen_files: dict[tuple[int, int], PurePosixPath] = {}
+
+    def identity(st: os.stat_result) -> tuple[int, int]:
+        return st.st_dev, st.st_ino
+
+    def relative(path: Path) -> PurePosixPath:
+        return PurePosixPath(path.relative_to(root).as_posix())
+
+    seen_dirs[identity(root.stat())] = root
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: notes.append(
+            f"{e.filename}: cannot be listed ({e.strerror})")):
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            path = Path(dirpath, d)
+            try:
+                ident = identity(path.stat())
+            except OSError as exc:
+                notes.append(f"{path}: skipped ({exc.strerror or exc}; a broken link?)")
+                continue
+            if ident in seen_dirs:
+                notes.append(f"{path}: skipped, the same directory as {seen_dirs[ident]} (a link "
+                             "loop or a second link to it)")
+                continue
+            seen_dirs[ident] = path
+            if d.lower().endswith(extensions):
+                notes.append(f"{path}: a directory, not a video file (looked for videos inside)")
+            kept.append(d)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            if name.startswith(".") or not name.lower().endswith(extensions):
+                continue
+            path = Path(dirpath, name)
+            try:
+                st = path.stat()
+            except OSError as exc:
+                notes.append(f"{path}: skipped ({exc.strerror or exc}; a broken link?)")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                        "a socket" if stat.S_ISSOCK(st.st_mode) else
+                        "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                        else "not a regular file")
+                notes.append(f"{path}: skipped, {kind}, not a video file")
+                continue
+            if identity(st) in seen_files:
+                notes.append(f"{path}: skipped, the same file as {root / seen_files[identity(st)]}")
+                continue
+            seen_files[identity(st)] = rel = relative(path)
+            found.append(rel)
+    return found
 
 
-def scan_videos(root: str | os.PathLike,
-                extensions: Sequence[str] | None = None) -> tuple[list[VideoItem], list[str]]:
+def safe_key(relative: PurePosixPath) -> str:
+    """The store key of a video path: its path without extension, :func:`escape_name`-d."""
+    return escape_name(_key(relative))
+
+
+def scan_videos(root: str | os.PathLike, extensions: Sequence[str] | None = None,
+                notes: list[str] | None = None) -> tuple[list[VideoItem], list[str]]:
     """Find the videos under ``root`` laid out as ``root/<class>/.../<video>``.
 
     Returns the items sorted by key and the sorted class names (label ids index into them). Videos
     directly under ``root`` are unlabelled (-1, ""). Hidden files and folders are skipped;
-    ``extensions`` (default :data:`VIDEO_EXTENSIONS`) match case-insensitively.
+    ``extensions`` (default :data:`VIDEO_EXTENSIONS`) match case-insensitively. Skipped entries
+    (link loops, a file reached twice, FIFOs, directories named like videos) are described in
+    ``notes`` when given. Non-UTF-8 file names get escaped keys (:func:`safe_key`).
     """
     root = Path(root)
     if not root.is_dir():
         raise FlowkitError(f"video folder {root} does not exist or is not a directory")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower()
                  for e in (extensions or VIDEO_EXTENSIONS))
-    relatives = sorted(_walk_videos(root, exts), key=_key)
-    _check_unique((_key(r), str(root / r)) for r in relatives)
-    classes = sorted({_class_of(r) for r in relatives} - {""})
+    relatives = sorted(_walk_videos(root, exts, notes if notes is not None else []), key=safe_key)
+    _check_unique((safe_key(r), str(root / r)) for r in relatives)
+    classes = sorted({escape_name(_class_of(r)) for r in relatives} - {""})
     index = {name: i for i, name in enumerate(classes)}
-    items = [VideoItem(root / r, _key(r), index.get(_class_of(r), -1), _class_of(r))
-             for r in relatives]
+    items = []
+    for r in relatives:
+        label_name = escape_name(_class_of(r))
+        items.append(VideoItem(root / r, safe_key(r), index.get(label_name, -1), label_name))
     return items, classes
 
 

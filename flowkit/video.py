@@ -253,6 +253,16 @@ def _resize(frame: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(frame, (out_hw[1], out_hw[0]), interpolation=interp)
 
 
+def _quarter_turns(frame) -> int:
+    """Counterclockwise quarter turns that make ``frame`` upright (its display matrix's rotation,
+    e.g. a phone video recorded in portrait); 0 when there is none or PyAV cannot tell."""
+    try:
+        rotation = float(getattr(frame, "rotation", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+    return int(round(rotation / 90.0)) % 4
+
+
 def _check_args(step: int, max_frames: int | None) -> None:
     if int(step) != step or step < 1:
         raise ValueError(f"step must be a positive integer, got {step}")
@@ -283,6 +293,7 @@ def iter_frames(
     gray: bool = False,
     strict: bool = True,
     threads: int = 0,
+    facts: dict | None = None,
 ) -> Iterator[np.ndarray]:
     """Stream a video's frames one at a time; memory stays bounded whatever the video's length.
 
@@ -298,6 +309,10 @@ def iter_frames(
             whose headers are known to be wrong.
         threads: decoder threads; 0 lets ffmpeg choose (one per core). Set 1 when many decoding
             processes already share the machine, to avoid oversubscription.
+        facts: a dict that receives what only decoding tells: ``rotation`` (degrees
+            counterclockwise that the container's display matrix asks for; the frames are yielded
+            already turned upright, as players show them) and ``frame_interval`` (``[min, max]``
+            seconds between consecutive decoded frames; far apart for a variable frame rate).
 
     Yields:
         uint8 frames, ``(H, W, 3)`` RGB or ``(H, W)`` gray, each a fresh array the caller may keep.
@@ -322,6 +337,9 @@ def iter_frames(
         fmt = "gray" if gray else "rgb24"
         decoded = yielded = 0
         out_hw = None
+        turns = 0
+        facts = facts if facts is not None else {}
+        previous_time, interval = None, [float("inf"), 0.0]
         frames = container.decode(stream)
         while True:
             try:
@@ -334,11 +352,22 @@ def iter_frames(
                                   f"{_ffmpeg_reason(err)}") from None
             index = decoded
             decoded += 1
+            if frame.time is not None:
+                if previous_time is not None and frame.time > previous_time:
+                    dt = frame.time - previous_time
+                    interval[0], interval[1] = min(interval[0], dt), max(interval[1], dt)
+                    facts["frame_interval"] = list(interval)
+                previous_time = frame.time
             if index % step:
                 continue
             if out_hw is None:
-                out_hw = output_size(frame.height, frame.width, size)
+                turns = _quarter_turns(frame)
+                facts["rotation"] = 90 * turns
+                h, w = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)
+                out_hw = output_size(h, w, size)
             image = frame.to_ndarray(format=fmt)
+            if turns:
+                image = np.ascontiguousarray(np.rot90(image, turns))
             resized = _resize(image, out_hw)
             # to_ndarray returns a view into the AVFrame's buffer; copy so callers own their data
             # and the decoder's frame is released now.

@@ -1,5 +1,5 @@
 """`flowkit train` / `flowkit evaluate`: CliRunner on the command objects, and a real process that is
-killed (SIGKILL), interrupted (SIGINT) and resumed."""
+killed (SIGKILL), interrupted (SIGINT), terminated (SIGTERM) and resumed."""
 from __future__ import annotations
 
 import json
@@ -148,3 +148,51 @@ def test_killed_and_interrupted_training_resumes_without_duplicates(tiny_store, 
     assert epochs_in(run) == list(range(1, epochs + 1))
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["epoch"] == epochs and ck["step_in_epoch"] == 0 and ck["global_step"] == 3 * epochs
+
+
+def test_sigterm_saves_exits_143_and_resumes(tiny_store, tmp_path):
+    """SIGTERM (Slurm's, Kubernetes') during training: the step finishes, last.pt is saved, exit 143
+    with the resume command; --resume completes every epoch once (before: the epoch in progress
+    was lost with no message)."""
+    run, epochs = tmp_path / "run", 30
+    first = _start(tiny_store, run, epochs)
+    _wait_for_epochs(first, run, 1)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 143, err[-3000:]
+    assert "SIGTERM: stopping after the current step" in err and "--resume" in err
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["global_step"] >= 3
+    second = _start(tiny_store, run, epochs, "--resume", "--json")
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-3000:]
+    assert epochs_in(run) == list(range(1, epochs + 1))
+
+
+def test_evaluate_and_train_flow_stop_on_sigterm(tiny_store, tmp_path):
+    """evaluate and train-flow handle SIGTERM like Ctrl-C: exit 143 with a message."""
+    run = tmp_path / "run"
+    assert train(tiny_store, "--out", run, *TINY, "--epochs", "1").exit_code == 0
+    # SIGTERM 2 s after the command installed its handler (the work is running by then).
+    code = ("import contextlib, os, signal, sys, threading\n"
+            "import flowkit.cli.progress as p\n"
+            "original = p.stop_on_signals\n"
+            "@contextlib.contextmanager\n"
+            "def armed(*a, **k):\n"
+            "    with original(*a, **k) as stop:\n"
+            "        threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+            "        yield stop\n"
+            "p.stop_on_signals = armed\n"
+            "from flowkit.cli import main\n"
+            "sys.argv = ['flowkit'] + sys.argv[1:]; main()")
+    evaluate = subprocess.run([sys.executable, "-c", code, "evaluate", str(run), "--clips",
+                               "2000", "--crops", "3", "--batch-size", "1", "--device", "cpu"],
+                              capture_output=True, text=True, env=ENV, timeout=300)
+    assert evaluate.returncode == 143, evaluate.stderr[-3000:]
+    assert "terminated (SIGTERM)" in evaluate.stderr
+    flow = subprocess.run([sys.executable, "-c", code, "train-flow", "tvnet", "--data",
+                           "synthetic", "--out", str(tmp_path / "tvnet.pt"), "--epochs", "200",
+                           "--pairs", "8", "--size", "32x32"],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert flow.returncode == 143, flow.stderr[-3000:]
+    assert "terminated: " in flow.stderr and "--resume" in flow.stderr

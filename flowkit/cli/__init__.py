@@ -5,6 +5,7 @@ Exit codes (documented in the README):
     1  the command ran but some items failed (e.g. videos that could not be decoded)
     2  bad usage or input the user can fix (a FlowkitError: missing store, bad option, ...)
     130 interrupted (Ctrl-C); finished work is kept
+    143 terminated (SIGTERM, as sent by Slurm, Kubernetes, `timeout`); finished work is kept
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import click
 from ..version import __version__
 from ..errors import FlowkitError
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 # Every command: its module (imported only when the command runs, so `flowkit --help` imports
 # neither torch nor PyAV) and the one-line summary `flowkit --help` lists. The commands take their
@@ -41,18 +42,39 @@ def summary(name: str) -> str:
 
 
 def handle_errors(func):
-    """Turn FlowkitError into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
+    """Turn FlowkitError into one line on stderr and exit code 2; Ctrl-C into exit code 130 and
+    SIGTERM (a stop with reason "terminated", see :mod:`flowkit.cli.progress`) into 143."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except FlowkitError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(EXIT_USAGE)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if str(exc) == "terminated":
+                click.echo("terminated (SIGTERM); finished work is kept, rerun the same command "
+                           "to resume", err=True)
+                sys.exit(EXIT_TERMINATED)
             click.echo("interrupted; finished work is kept, rerun the same command to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
     return wrapper
+
+
+def stop_exit_code(stop) -> int:
+    """130 for a run stopped by Ctrl-C, 143 for one stopped by SIGTERM (a :class:`StopFlag`)."""
+    return EXIT_TERMINATED if stop.reason == "terminated" else EXIT_INTERRUPTED
+
+
+def one_line(exc: BaseException) -> str:
+    """The user's message of ``exc``: a DataLoader worker's error arrives as "Caught X in
+    DataLoader worker process N" + the worker's traceback; its last line holds the message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        name, _, message = last.partition(": ")
+        return message if message and "." in name else last
+    return text
 
 
 class LazyGroup(click.Group):

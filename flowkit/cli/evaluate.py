@@ -43,13 +43,17 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
     from rich.console import Console
 
     from ..train import evaluate_run
-    from .progress import RichProgress
+    from ..progress import StopFlag
+    from .progress import RichProgress, stop_on_signals
 
     console = Console(stderr=True, soft_wrap=True)
-    with RichProgress(console, transient=True) as progress:
+    stop = StopFlag()
+    with RichProgress(console, transient=True) as progress, \
+            stop_on_signals(stop, console, "the current batch"):
         result = evaluate_run(run_dir, store, checkpoint=checkpoint, clips=clips, crops=int(crops),
                               split=split_list if split_list else split, batch_size=batch_size,
-                              workers=workers, device=device, out_dir=out_dir, progress=progress)
+                              workers=workers, device=device, out_dir=out_dir, progress=progress,
+                              stop=stop)
     r = result.report
     console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold], top-5 {100 * r['top5']:.2f}%, "
                   f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,15 +19,40 @@ from .options import parse_params, parse_size
 from .progress import RichProgress, stop_on_signals
 
 
-def _items(video_dir: Path, split_list: Path | None, class_index: Path | None):
+def _items(video_dir: Path, split_list: Path | None, class_index: Path | None,
+           notes: list[str]):
     if not video_dir.is_dir():
         raise FlowkitError(f"{video_dir}: not a directory of videos")
     if split_list:
         return read_split_list(split_list, video_dir, class_index)
-    items, classes = scan_videos(video_dir)
+    items, classes = scan_videos(video_dir, notes=notes)
     if not items:
         raise FlowkitError(f"{video_dir}: no video files found (looked for .mp4, .avi, .mkv, ...)")
     return items, classes
+
+
+def _workers(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise click.BadParameter(f"expected a number >= 1 or auto, got {text!r}",
+                                 param_hint="--workers")
+    return value
+
+
+def _bytes(text: str) -> int | None:
+    """``4G``, ``512M``, ``1.5GB``, ``2GiB``, ``100000`` (bytes) or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"expected a size such as 4G, 512M or none, got {text!r}",
+                                 param_hint="--max-memory")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
 def _print_summary(console: Console, summary) -> None:
@@ -39,6 +65,11 @@ def _print_summary(console: Console, summary) -> None:
     for r in summary.results:
         if r.status == "failed":
             console.print(f"  failed: {r.reason}", highlight=False, soft_wrap=True)
+        elif r.status == "done" and r.reason:
+            console.print(f"  {r.key}: {r.reason}", highlight=False, soft_wrap=True)
+    if summary.stopped:
+        console.print(f"[red]stopped early[/red]: {summary.stopped} ({summary.not_started} videos "
+                      "not started)", highlight=False, soft_wrap=True)
     for note in summary.notes:
         console.print(f"  note: {note}", highlight=False, soft_wrap=True)
 
@@ -75,18 +106,26 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Frame pairs per engine call, filled across videos [default: 8 on CPU, 64 on "
                    "CUDA].")
-@click.option("--workers", default=1, show_default=True, help="Parallel extraction processes.")
+@click.option("--workers", default="auto", show_default=True, metavar="N|auto",
+              help="Extraction processes, one torch thread each; auto: one per usable core on "
+                   "the CPU (at most one per video), one on CUDA.")
+@click.option("--max-memory", default="4G", show_default=True, metavar="SIZE",
+              help="Memory for the engine's batches, all workers together (e.g. 2G, 512M, none): "
+                   "large frames get fewer pairs per call. TV-L1 needs ~0.55 GB per 1080p pair.")
 @click.option("--split-list", type=click.Path(exists=True, path_type=Path), default=None,
               help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a scan.")
 @click.option("--class-index", type=click.Path(exists=True, path_type=Path), default=None,
               help="classInd.txt for --split-list (found next to the list by default).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE).")
+@click.option("--redo", multiple=True, metavar="KEY",
+              help="Recompute this video even if it is finished (e.g. a damaged one that `flowkit "
+                   "info --validate --deep` or `flowkit train` named), repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
 def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
-            max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, split_list,
-            class_index, shard,
+            max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, max_memory, split_list,
+            class_index, shard, redo,
             as_json):
     """Compute motion features for every video under VIDEO_DIR into the store STORE.
 
@@ -115,9 +154,13 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
     config = ExtractConfig(method=method, engine_params=engine_params, device=device,
                            backend=backend, compile=compile, size=parse_size(size), step=step,
                            max_frames=max_frames, flow_codec=flow_codec, rgb_codec=rgb_codec, rgb=rgb,
-                           batch=batch, workers=workers)
-    items, classes = _items(video_dir, split_list, class_index)
+                           batch=batch, workers=_workers(workers), redo=tuple(redo),
+                           max_memory=_bytes(max_memory))
+    scan_notes: list[str] = []
+    items, classes = _items(video_dir, split_list, class_index, scan_notes)
     console = Console(stderr=True)
+    for note in scan_notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     stop = StopFlag()
     with RichProgress(console) as progress, stop_on_signals(stop, console, "the current chunk"):
         result = extract(items, store, config, classes=classes, shard=shard_tuple,
@@ -125,4 +168,4 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
     _print_summary(console, result)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
-    sys.exit(EXIT_PARTIAL if result.count("failed") else EXIT_OK)
+    sys.exit(EXIT_PARTIAL if result.count("failed") or result.stopped else EXIT_OK)

@@ -1,4 +1,4 @@
-"""The CLI's side of :mod:`flowkit.progress`: rich bars, and Ctrl-C (SIGINT) as a stop request."""
+"""The CLI's side of :mod:`flowkit.progress`: rich bars, and Ctrl-C (SIGINT) or SIGTERM as a stop request."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as _RichBars, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from ..progress import Progress, StopFlag, Task, _fmt
+from ..progress import Progress, StopFlag, Stopped, Task, _fmt
 
 
 class RichProgress(Progress):
@@ -53,26 +53,31 @@ class RichProgress(Progress):
 
 @contextlib.contextmanager
 def stop_on_signals(stop: StopFlag, console: Console, what: str = "the current step"):
-    """While inside: the first Ctrl-C (SIGINT) sets ``stop`` (the work ends cleanly at its next safe
-    point), a second one raises KeyboardInterrupt at once. A no-op outside the main thread."""
+    """While inside: the first Ctrl-C (SIGINT) or SIGTERM (Slurm, Kubernetes, ``timeout``) sets
+    ``stop`` (the work ends cleanly at its next safe point; the reason is "interrupted" or
+    "terminated", which the CLI turns into exit code 130 or 143); a second one raises at once. A
+    no-op outside the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     pid = os.getpid()
+    reasons = {signal.SIGINT: ("interrupted", "Ctrl-C"), signal.SIGTERM: ("terminated", "SIGTERM")}
 
     def handler(signum, frame):
         if os.getpid() != pid:  # a forked worker (DataLoader): the main process decides
             return
+        reason, name = reasons[signum]
         if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set("interrupted")
-        console.print(f"stopping after {what} (Ctrl-C again to stop now)", highlight=False)
+            raise Stopped(stop.reason)
+        stop.set(reason)
+        console.print(f"{name}: stopping after {what} ({name} again to stop now)", highlight=False)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in reasons}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 __all__ = ["RichProgress", "stop_on_signals"]

@@ -19,7 +19,7 @@ from click.core import ParameterSource
 
 from ..progress import StopFlag
 from ..train.config import TrainConfig
-from . import EXIT_INTERRUPTED, handle_errors, summary
+from . import handle_errors, stop_exit_code, summary
 from .options import parse_params
 from .progress import RichProgress, stop_on_signals
 
@@ -171,15 +171,16 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                 RichProgress(console, transient=True) as progress:
             result = trainer.fit(progress, stop=stop)
     except KeyboardInterrupt:
-        console.print(f"interrupted; {out / 'checkpoints' / 'last.pt'} holds the last saved state; "
-                      "continue with the same command plus --resume", highlight=False)
-        sys.exit(EXIT_INTERRUPTED)
+        console.print(f"{stop.reason or 'interrupted'}; {out / 'checkpoints' / 'last.pt'} holds the "
+                      "last saved state; continue with the same command plus --resume",
+                      highlight=False)
+        sys.exit(stop_exit_code(stop))
     _summary(console, result, cfg, out)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "config": rc["config"],
                                "model": rc["model"]}, indent=2))
     if result.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(stop_exit_code(stop))
 
 
 def _init_summary(report: dict) -> str:

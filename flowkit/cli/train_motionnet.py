@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 
 from ..errors import FlowkitError
 from ..progress import StopFlag
-from . import handle_errors
+from . import handle_errors, stop_exit_code
 from .options import parse_size
 from .progress import RichProgress, stop_on_signals
 
@@ -73,6 +74,10 @@ def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch
     with stop_on_signals(stop, console, "the current epoch"), RichProgress(console) as progress:
         _, history = train(data, config, out, resume=resume, device=device, eval_set=eval_set,
                            progress=progress, stop=stop)
+    if stop.is_set():
+        console.print(f"{stop.reason}: {out} holds the finished epochs; continue with the same "
+                      "command plus --resume", highlight=False)
+        sys.exit(stop_exit_code(stop))
     last = history[-1] if history else {}
     console.print(f"[bold]done[/bold]: {last.get('epoch', 0)} epochs, {last.get('step', 0)} steps, "
                   f"final loss {last.get('loss', float('nan')):.4f}, "

@@ -5,13 +5,14 @@ Options in, rich progress out: the data, the loss, the epochs and checkpointing 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from ..progress import StopFlag
-from . import handle_errors
+from . import handle_errors, stop_exit_code
 from .options import parse_size
 from .progress import RichProgress, stop_on_signals
 
@@ -64,5 +65,9 @@ def command(data, layout, unsupervised, pairs, size, scales, warps, iterations, 
         history = fit(config, samples, out, resume=resume, device=device, progress=progress,
                       stop=stop,
                       args={"data": str(data), "layout": layout, "pairs": pairs, "size": size})
+    if stop.is_set():
+        console.print(f"{stop.reason}: {out} holds the finished epochs; continue with the same "
+                      "command plus --resume", highlight=False)
+        sys.exit(stop_exit_code(stop))
     if as_json:
         click.echo(json.dumps({"out": str(out), "epochs": history}))

@@ -26,6 +26,28 @@ from ..errors import EngineError
 from .ops import check_shape
 
 
+def check_intensities(frames: torch.Tensor, name: str) -> None:
+    """Frames must be real intensities in [0, 255]: uint8 (or another integer type), or float with
+    finite values. Float frames whose largest value is in (0, 1] follow the [0, 1] convention
+    (OpenCV's for float images, torchvision's ``to_tensor``) and would give flow far too small
+    (TV-L1's ``lambda_``, ``tau`` and ``epsilon`` are tuned for [0, 255]): an error, with the fix."""
+    dtype = frames.dtype
+    if dtype == torch.bool or dtype.is_complex:
+        raise EngineError(f"{name} has dtype {dtype}; frames are intensities in [0, 255] (uint8 or "
+                          "float)")
+    if not dtype.is_floating_point:
+        return
+    finite = torch.isfinite(frames)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise EngineError(f"{name} has {bad} NaN or infinite pixel value(s); flow of such frames "
+                          "is undefined (replace them, e.g. torch.nan_to_num, or drop the pair)")
+    peak = float(frames.amax()) if frames.numel() else 0.0
+    if 0.0 < peak <= 1.0:
+        raise EngineError(f"{name} is float with values in [0, {peak:.3g}]: flowkit expects "
+                          "intensities in [0, 255]; multiply by 255 (frames * 255)")
+
+
 class FlowEngine:
     """Base class of motion engines: input checking, device placement and self-description."""
 
@@ -42,6 +64,15 @@ class FlowEngine:
     independent_pairs: ClassVar[bool] = True
     #: The frozen dataclass of the engine's parameters.
     Params: ClassVar[type | None] = None
+    #: Peak working memory per frame pair and pixel, in bytes (measured on the CPU with one
+    #: thread at 1080x1920, benchmarks/RESULTS.md "Memory per pair"); extraction sizes its
+    #: batches with it (:meth:`memory_per_pair`).
+    bytes_per_pixel: ClassVar[int] = 1500
+
+    @classmethod
+    def memory_per_pair(cls, height: int, width: int) -> int:
+        """Bytes one more pair of ``height`` x ``width`` frames adds to a batch's peak memory."""
+        return int(cls.bytes_per_pixel * height * width)
 
     @classmethod
     def parameter_names(cls) -> list[str]:
@@ -88,6 +119,8 @@ class FlowEngine:
     def __call__(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
         check_shape(frames0, "BCHW", "frames0")
         check_shape(frames1, "BCHW", "frames1")
+        check_intensities(frames0, "frames0")
+        check_intensities(frames1, "frames1")
         if frames0.shape != frames1.shape:
             raise EngineError(f"frame pairs differ in shape: {tuple(frames0.shape)} vs "
                               f"{tuple(frames1.shape)}")

@@ -1,4 +1,4 @@
-"""The flowkit feature store: a directory of per-video HDF5 files, compact, crash-safe, lock-free.
+"""The flowkit feature store: a directory of per-video HDF5 files, compact, crash-safe, shared-safe.
 
 Layout::
 
@@ -7,6 +7,9 @@ Layout::
       videos/<key>.h5            one finished video, e.g. videos/pan_left/pan_left_0.h5
       videos/<key>.h5.<host>.<pid>.partial
                                  a video being written by process <pid> on <host>; never read
+      videos/<key>.h5.<name>.claim
+                                 a process computing flow/<name> of <key> (its host and pid)
+      videos/.commit.lock        flock'ed while a finished video is merged and renamed
       index.json                 optional cache of per-video facts for summary(); safe to delete
 
 A video's ``<key>`` is its path relative to the source root without extension. Each ``.h5`` file
@@ -37,16 +40,26 @@ writing, whose ``.partial`` file readers ignore and :meth:`FlowStore.remove_part
 Concurrency. Finished files are never modified in place (a redone video replaces the file through
 a new inode), so readers open them with HDF5 file locking off and never block on, or are blocked by,
 a writer; a reader that holds an old handle keeps reading the old, complete file. Any number of
-processes (sharded extraction, torchrun ranks) may write different keys into the same store with no
-lock beyond the atomic renames. Partial names carry host and pid so that a cleanup in one process
-never deletes a file another live process is writing.
+processes, any mix of engines, may write into one store at once (:mod:`~flowkit.store.claims`): a
+claim file keeps two processes from computing the same flow of the same video, and a commit merges,
+under a short lock, whatever the video's current file holds that the new one lacks (another engine's
+flow), so no update is ever lost. Partial and claim names carry host and pid so that a cleanup in one
+process never deletes a file another live process is writing.
+
+Faults. HDF5 writes through :class:`~flowkit.store.diskio.LatchingFile`: a full disk, a quota or a
+read-only target becomes :class:`~flowkit.errors.StoreWriteError` naming the store (extraction then
+stops) and a deleted partial, never a crashed interpreter. A frame that cannot be decoded raises
+:class:`~flowkit.errors.DamagedDataError` naming the file, dataset, frames and the ``--redo`` that
+re-extracts the video.
 
 Readers open HDF5 files lazily and per process: :class:`FlowStore` caches handles (a bounded LRU),
 drops the cache when it finds itself in a forked child and never pickles handles, so one store object
 can be handed to a torch ``DataLoader`` with any number of workers.
 
 Modules: :mod:`~flowkit.store.layout` (names, manifest, partial files), :mod:`~flowkit.store.codecs`,
-:mod:`~flowkit.store.writer` (:class:`VideoWriter`), :mod:`~flowkit.store.flowstore`
+:mod:`~flowkit.store.writer` (:class:`VideoWriter`), :mod:`~flowkit.store.diskio` (HDF5 over a
+file that survives a full disk), :mod:`~flowkit.store.claims` (claims, the commit lock),
+:mod:`~flowkit.store.reading` (frames out of a dataset), :mod:`~flowkit.store.flowstore`
 (:class:`FlowStore`), :mod:`~flowkit.store.summary`, :mod:`~flowkit.store.validate`.
 """
 from __future__ import annotations

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, DamagedDataError
 from ..registry import Registry
 
 DEFAULT_BOUND = 20.0
@@ -282,7 +282,7 @@ class Jpeg(Codec):
         rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
         image = cv2.imdecode(data, cv2.IMREAD_COLOR if rgb is None else rgb)
         if image is None:
-            raise StoreError("a stored JPEG frame cannot be decoded")
+            raise DamagedDataError("a stored JPEG frame cannot be decoded")
         return np.ascontiguousarray(image[..., ::-1]) if rgb is None else image
 
     def attrs(self):

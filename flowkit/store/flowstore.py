@@ -12,13 +12,16 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from . import codecs
+from ..files import escape_name, host_name, pid_alive, remove_stale_temporaries
+from . import claims, codecs
 from .codecs import Codec
 from .layout import (EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL, PARTIAL_RE, STALE_PARTIAL_SECONDS,
                      SUFFIX, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS, check_key, check_not_file,
-                     check_video_header, create_store, flowkit_version, host_name, merge_classes,
-                     now, open_read, pid_alive, py_value, read_manifest)
+                     check_video_header, create_store, flowkit_version, merge_classes, now,
+                     open_read, py_value, read_manifest)
 from .summary import SummaryStats, load_index, save_index, video_facts
+from .diskio import storage_error
+from .reading import read_frames
 from .validate import video_problems
 from .writer import VideoWriter
 
@@ -50,6 +53,13 @@ class FlowStore:
         self._pid = os.getpid()
 
     def _open_manifest(self, classes: Sequence[str] | None) -> dict:
+        try:
+            return self._read_or_create_manifest(classes)
+        except OSError as exc:
+            raise storage_error(exc, self._root) or StoreError(
+                f"store {self._root}: {exc.strerror or exc}") from None
+
+    def _read_or_create_manifest(self, classes: Sequence[str] | None) -> dict:
         root = self._root
         check_not_file(root)
         if self._mode == "a" and (not root.exists() or not (root / MANIFEST).exists()):
@@ -123,37 +133,57 @@ class FlowStore:
     def writer(self, key: str, *, source: str | os.PathLike, fps: float, label: int = -1,
                label_name: str = "", source_size: tuple[int, int] | None = None, step: int = 1,
                flow_codec: str | Codec = "jpegls", rgb_codec: str | Codec = "jpeg",
-               extend: bool = False) -> VideoWriter:
+               redo: bool = False) -> VideoWriter:
         """A :class:`VideoWriter` for ``key``: use as ``with store.writer(key, ...) as w``.
 
         ``source_size`` is the decoded video's (height, width) before any resize (-1 if unknown).
         ``flow_codec`` / ``rgb_codec``: a codec or its name with default parameters
         (:mod:`flowkit.store.codecs`: ``jpegls`` at 0.1 px, ``float16``, ``uint8``; ``jpeg`` at
-        quality 95, ``raw``). Committing replaces an existing finished video of the same key; with
-        ``extend`` the new file first takes over that video's datasets and attributes, so another
-        engine's flow is added beside them (e.g. ``flow/tvnet`` next to ``flow/tvl1``).
+        quality 95, ``raw``). Committing replaces an existing finished video of the same key and
+        keeps the datasets of it that this writer did not write, so another engine's flow is added
+        beside them (e.g. ``flow/tvnet`` next to ``flow/tvl1``), also when both are written at once
+        by different processes. ``redo``: the finished file is suspect; its datasets that no longer
+        decode are dropped (:attr:`VideoWriter.dropped`).
         """
         if self._mode != "a":
             raise StoreError(f"store {self._root} is open read-only; open it with mode='a' to write")
         flow, rgb = codecs.flow_codec(flow_codec), codecs.rgb_codec(rgb_codec)
         sh, sw = source_size if source_size is not None else (-1, -1)
         attrs = {"format": VIDEO_FORMAT, "version": VIDEO_VERSION, "key": key,
-                 "source": str(source), "fps": float(fps), "source_height": int(sh),
+                 "source": escape_name(str(source)), "fps": float(fps), "source_height": int(sh),
                  "source_width": int(sw), "step": int(step), "label": int(label),
                  "label_name": str(label_name), "created": now(),
                  "flowkit_version": flowkit_version()}
-        return VideoWriter(self._video_path(key), attrs, flow, rgb, extend, self.encode_threads)
+        return VideoWriter(self._video_path(key), attrs, flow, rgb, videos=self._root / VIDEOS,
+                           redo=redo, threads=self.encode_threads)
+
+    def claim(self, key: str, name: str) -> str | None:
+        """Claim the computation of ``flow/<name>`` of ``key`` for this process
+        (:mod:`flowkit.store.claims`): None when claimed, else who holds it (a live process)."""
+        self._check_writable("claim videos")
+        try:
+            return claims.try_claim(self._root / VIDEOS, self._video_path(key), name)
+        except OSError as exc:
+            raise storage_error(exc, self._root) or StoreError(
+                f"store {self._root}: cannot claim {key!r}: {exc}") from None
+
+    def release(self, key: str, name: str) -> None:
+        """Drop this process's claim on ``flow/<name>`` of ``key``."""
+        claims.release(self._video_path(key), name)
+
+    def _check_writable(self, what: str) -> None:
+        if self._mode != "a":
+            raise StoreError(f"store {self._root} is open read-only; open it with mode='a' to {what}")
 
     def remove_partials(self, stale_after: float = STALE_PARTIAL_SECONDS) -> list[Path]:
-        """Delete leftover ``.partial`` files of dead writers; return the deleted paths.
+        """Delete leftover ``.partial`` files, claims and manifest temporaries of dead writers;
+        return the deleted paths.
 
         A partial written on this host is deleted when its writer's pid is no longer alive. One
         from another host (a shared file system), or with an unrecognised name, is deleted only when
         untouched for ``stale_after`` seconds, as a live writer there cannot be detected otherwise.
         """
-        if self._mode != "a":
-            raise StoreError(f"store {self._root} is open read-only; open it with mode='a' to "
-                             "remove partial files")
+        self._check_writable("remove partial files")
         host, removed = host_name(), []
         for path in self.partials():
             m = PARTIAL_RE.fullmatch(path.name)
@@ -167,6 +197,10 @@ class FlowStore:
                     removed.append(path)
             except FileNotFoundError:  # its writer committed or aborted meanwhile
                 continue
+        for path in claims.stale_claims(self._root / VIDEOS, stale_after):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        removed += remove_stale_temporaries(self._root)
         return removed
 
     # -- reading
@@ -210,6 +244,16 @@ class FlowStore:
             raise StoreError(f"video {key!r} has no flow {name!r}; it has: "
                              f"{', '.join(have) or 'no flow'}")
         return f[f"flow/{name}"]
+
+    def flows_on_disk(self, key: str) -> list[str]:
+        """Flow names of ``key``'s finished file as it is on disk now (not through this process's
+        cached handle, which may be an older version); [] when there is none or it is unreadable."""
+        path = self._video_path(key)
+        try:
+            with open_read(path) as f:
+                return sorted(f.get("flow", {}))
+        except (OSError, KeyError):
+            return []
 
     def flow_names(self, key: str) -> list[str]:
         """Names of the flow datasets stored for ``key``, sorted."""
@@ -324,55 +368,6 @@ class FlowStore:
             problems += [f"{path.relative_to(self._root)}: {p}"
                          for p in video_problems(path, self._key_of(path), deep)]
         return problems
-
-
-def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
-                decode: bool = True) -> np.ndarray:
-    """Frames ``index`` (an int, a slice or a list of ints, any order, repeats allowed) of a
-    dataset written with ``codec``, decoded (``decode=False``: an array codec's stored values)."""
-    data = _take(ds, index, key)
-    if codec.storage == "encoded":
-        if isinstance(index, (int, np.integer)):
-            return codec.decode(data)
-        frames = [codec.decode(blob) for blob in data]
-        if frames:
-            return np.stack(frames)
-        return np.zeros((0, *ds.attrs["frame_shape"]), np.uint8 if codec in codecs.RGB_CODECS
-                        else np.float32)
-    return codec.from_stored(data) if decode else data
-
-
-def _take(ds: h5py.Dataset, index: Any, key: str) -> np.ndarray:
-    """``ds[index]`` along axis 0 for an int, slice or list of ints (any order, repeats allowed)."""
-    n = ds.shape[0]
-    if isinstance(index, slice):
-        if index.step is None or index.step > 0:
-            return ds[index]
-        index = list(range(*index.indices(n)))  # h5py cannot step backwards
-    if isinstance(index, (int, np.integer)):
-        i = int(index)
-        if not -n <= i < n:
-            raise IndexError(f"video {key!r}: index {i} out of range for {n} frames of {ds.name}")
-        return ds[i % n]
-    idx = np.asarray(index)
-    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
-        raise IndexError(f"video {key!r}: index must be an int, a slice or a list of ints, "
-                         f"got {index!r}")
-    if idx.size and (idx.min() < -n or idx.max() >= n):
-        raise IndexError(f"video {key!r}: index out of range for {n} frames of {ds.name}")
-    idx = idx.astype(np.int64) % max(n, 1)
-    # Each distinct frame is read once, then put in the asked order. One read per frame: h5py's
-    # fancy (list) selection was measured 10-20x slower than int reads on per-frame chunks.
-    unique, inverse = np.unique(idx, return_inverse=True)
-    if not unique.size:
-        return ds[:0]
-    frames = [ds[int(i)] for i in unique]
-    if ds.dtype == object:  # vlen: one byte string per frame
-        out = np.empty(len(inverse), dtype=object)
-        for i, j in enumerate(inverse):  # one by one: numpy would broadcast a list of arrays
-            out[i] = frames[j]
-        return out
-    return np.stack(frames)[inverse]
 
 
 __all__ = ["FlowStore", "read_frames"]

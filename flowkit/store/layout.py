@@ -5,9 +5,7 @@ The format itself is described in :mod:`flowkit.store` and docs/architecture.md,
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +26,10 @@ MANIFEST = "store.json"
 VIDEOS = "videos"
 SUFFIX = ".h5"
 PARTIAL = ".partial"
+# videos/<key>.h5.<flow name>.claim: "this process is computing flow <name> of <key>" (claims.py).
+CLAIM = ".claim"
+# videos/.commit.lock: held (flock) while a finished video is merged and renamed into place.
+COMMIT_LOCK = ".commit.lock"
 
 # Readers keep at most this many files open per process: a store of 300k videos must not exhaust
 # the file-descriptor limit of each DataLoader worker.
@@ -50,26 +52,6 @@ def now() -> str:
 def flowkit_version() -> str:
     from ..version import __version__
     return __version__
-
-
-def host_name() -> str:
-    """This machine's name, reduced to characters that cannot be confused with the name's dots."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "localhost"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` on this host still runs (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] != "Z"
-    except (OSError, ValueError, IndexError):
-        return True
 
 
 def check_key(key: str) -> str:

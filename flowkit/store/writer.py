@@ -3,10 +3,18 @@
 Frames are encoded by the dataset's codec (:mod:`flowkit.store.codecs`) in a thread pool, one frame
 per task, and written in order: encoded frames as vlen byte strings, array codecs as pre-compressed
 chunks (``write_direct_chunk``), so HDF5 only copies bytes.
+
+HDF5 writes through a :class:`~flowkit.store.diskio.LatchingFile`, so a full disk (quota, read-only
+target) becomes a :class:`~flowkit.errors.StoreWriteError` and a deleted partial file, never a
+crashed interpreter. Committing merges, under the store's commit lock
+(:mod:`flowkit.store.claims`), whatever the video's current finished file holds that this writer
+did not write (another engine's flow, the RGB frames), then renames: concurrent writers of different
+engines never lose each other's work.
 """
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -14,10 +22,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import StoreError
-from ..files import fsync_dir, fsync_file
-from .codecs import GZIP_LEVEL, Codec, encode_frames
-from .layout import PARTIAL, as_numpy, engine_record, host_name, open_read, py_value
+from ..errors import DamagedDataError, StoreError
+from ..files import fsync_dir, host_name
+from .claims import commit_lock
+from .codecs import GZIP_LEVEL, Codec, codec_of, encode_frames
+from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
+from .layout import PARTIAL, as_numpy, engine_record, open_read, py_value
+from .reading import read_frames
 
 # vlen datasets: frames per chunk of the pointer array (16 bytes a frame); the bytes live in the heap.
 VLEN_CHUNK = 64
@@ -29,50 +40,45 @@ COMPACT_ATTRIBUTES = 64
 class VideoWriter:
     """Streams one video's frames and flow into ``<key>.h5.<host>.<pid>.partial``; a context manager.
 
-    On a clean exit the file is checked, marked complete, flushed, fsync'ed and renamed to
-    ``<key>.h5``; on an exception it is deleted and the exception propagates. Obtain one from
-    :meth:`FlowStore.writer`.
+    On a clean exit the file is checked, marked complete, fsync'ed, merged with the video's current
+    finished file (its datasets this writer did not write are kept) and renamed to ``<key>.h5``; on
+    an exception it is deleted and the exception propagates. ``redo``: the current finished file is
+    suspect (damaged); only its datasets that still decode are kept, the others are listed in
+    :attr:`dropped`. Obtain one from :meth:`FlowStore.writer`.
     """
 
-    def __init__(self, final: Path, attrs: dict[str, Any], flow_codec: Codec, rgb_codec: Codec,
-                 extend: bool = False, threads: int | None = None):
+    def __init__(self, final: Path, attrs: dict[str, Any], flow_codec: Codec, rgb_codec: Codec, *,
+                 videos: Path, redo: bool = False, threads: int | None = None):
         self.final = final
-        self._extend = extend
+        self.videos = videos
+        self.redo = redo
         self.partial = final.with_name(f"{final.name}.{host_name()}.{os.getpid()}{PARTIAL}")
         self._attrs = attrs
         self.flow_codec, self.rgb_codec = flow_codec, rgb_codec
         self._threads = threads
+        self._io: LatchingFile | None = None
         self._file: h5py.File | None = None
         self._size: tuple[int, int] | None = None
+        self.dropped: list[str] = []  # with redo: datasets of the old file that did not decode
 
     @property
     def key(self) -> str:
         return self._attrs["key"]
 
     def __enter__(self) -> "VideoWriter":
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._file = _create_file(self.partial)
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._io = LatchingFile(self.partial)
+            self._file = _create_file(self._io)
             self._file.attrs.update(self._attrs)
-            if self._extend and self.final.exists():
-                self._copy_existing()
             self._file.attrs["complete"] = False
-        except BaseException:  # also Ctrl-C: __exit__ will not run, so clean up here
+            self._check_io()
+        except BaseException as exc:  # also Ctrl-C: __exit__ will not run, so clean up here
             self._abort()
+            if isinstance(exc, OSError):
+                raise self._io_error(exc) from None
             raise
         return self
-
-    def _copy_existing(self) -> None:
-        """Start from the finished file's datasets and attributes (copy-on-write): a second engine
-        adds ``flow/<other>`` without ever modifying the finished file in place. HDF5 copies the
-        compressed chunks as they are."""
-        with open_read(self.final) as src:
-            for name in src:
-                src.copy(src[name], self._file, name=name)
-            kept = {k: v for k, v in src.attrs.items()
-                    if k not in ("created", "complete", "version")}
-            self._file.attrs.update(kept)
-            self._size = (int(src.attrs["height"]), int(src.attrs["width"]))
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
@@ -80,10 +86,25 @@ class VideoWriter:
             return False
         try:
             self._commit()
-        except BaseException:
+        except BaseException as error:
             self._abort()
+            if isinstance(error, OSError):
+                raise self._io_error(error) from None
             raise
         return False
+
+    def _io_error(self, exc: BaseException) -> StoreError:
+        """A file-system error as a StoreError: a StoreWriteError for a full or read-only target."""
+        return storage_error(exc, self.videos.parent) or StoreError(
+            f"video {self.key!r}: writing {self.partial} failed: {exc}")
+
+    def _check_io(self) -> None:
+        if self._io is not None and self._io.error is not None:
+            raise self._io_error(self._io.error)
+
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        """Add root attributes found out while writing (e.g. ``rotation``, ``variable_frame_rate``)."""
+        self._require_file().attrs.update(attrs)
 
     # -- appending
 
@@ -176,6 +197,7 @@ class VideoWriter:
                         max_error_seen=seen,
                         clipped_values=int(ds.attrs["clipped_values"])
                         + sum(int(s["clipped"]) for _, s in encoded))
+        self._check_io()
 
     # -- finishing
 
@@ -193,12 +215,64 @@ class VideoWriter:
                              f"{frame_count - 1} pairs)")
         f.attrs.update({"frame_count": frame_count, "height": self._size[0],
                         "width": self._size[1], "complete": True})
-        f.flush()
-        f.close()
-        self._file = None
-        fsync_file(self.partial)
-        os.replace(self.partial, self.final)
+        self._close_file()
+        with commit_lock(self.videos):
+            if self.final.exists():
+                self._merge_finished()
+            os.replace(self.partial, self.final)
         fsync_dir(self.final.parent)
+
+    def _close_file(self) -> None:
+        """Close the HDF5 file and make its bytes durable; a write that failed on the way raises."""
+        self._file.close()
+        self._file = None
+        self._io.fsync()
+        self._io.close()
+        self._check_io()
+        self._io = None
+
+    def _merge_finished(self) -> None:
+        """Copy into the partial file what the finished file holds and it lacks (another engine's
+        flow, the RGB frames); HDF5 copies the compressed chunks as they are."""
+        try:
+            src = open_read(self.final)
+        except OSError as exc:
+            if not self.redo:
+                raise DamagedDataError(f"{self.final}: cannot be read as HDF5 ({exc}); re-extract "
+                                       f"the video with --redo {self.key}") from None
+            self.dropped.append(f"{self.final.name} (unreadable: {exc})")
+            return
+        with src:
+            names = ["rgb"] if "rgb" in src else []
+            names += [f"flow/{n}" for n in src.get("flow", {})]
+            self._io = LatchingFile(self.partial, "r+b")
+            self._file = _open_file(self._io)
+            dst = self._file
+            missing = [n for n in names if n not in dst]
+            if missing:
+                self._check_same_video(src)
+            for name in missing:
+                if self.redo:
+                    problem = _decode_problem(src[name])
+                    if problem:
+                        self.dropped.append(f"{name} ({problem})")
+                        continue
+                if name.startswith("flow/"):
+                    dst.require_group("flow")
+                src.copy(src[name], dst[posixpath.dirname(name) or "/"],
+                         name=posixpath.basename(name))
+            self._close_file()
+
+    def _check_same_video(self, src: h5py.File) -> None:
+        """The finished file must hold the same frames (count and size) as this one."""
+        mine = tuple(int(self._file.attrs[k]) for k in ("frame_count", "height", "width"))
+        theirs = tuple(int(src.attrs.get(k, -1)) for k in ("frame_count", "height", "width"))
+        if mine != theirs:
+            raise StoreError(
+                f"video {self.key!r} is already in the store with {theirs[0]} frames of "
+                f"{theirs[1]}x{theirs[2]}, but this run made {mine[0]} frames of "
+                f"{mine[1]}x{mine[2]} (another --size, --step or --max-frames); extract with the "
+                f"store's options, or replace the video with --redo {self.key}")
 
     def _abort(self) -> None:
         if self._file is not None:
@@ -207,17 +281,39 @@ class VideoWriter:
             except Exception:  # the file is being deleted; its close error hides nothing useful
                 pass
             self._file = None
+        if self._io is not None:
+            self._io.close()
+            self._io = None
         self.partial.unlink(missing_ok=True)
 
 
-def _create_file(path: Path) -> h5py.File:
-    """A new HDF5 file, format v110 (compact chunk indexes for streamed datasets; HDF5 >= 1.10
-    reads it), whose root keeps its attributes compact."""
+def _decode_problem(ds: h5py.Dataset) -> str:
+    """Why a dataset of a suspect file does not decode (every frame), or ""."""
+    try:
+        codec = codec_of(ds.attrs, rgb=ds.name == "/rgb")
+        for start in range(0, ds.shape[0], 64):
+            read_frames(ds, codec, slice(start, start + 64), ds.file.attrs.get("key", "?"))
+    except (OSError, ValueError, KeyError, StoreError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ""
+
+
+def _file_property_lists():
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
+    return fapl
+
+
+def _create_file(io: LatchingFile) -> h5py.File:
+    """A new HDF5 file through ``io``, format v110 (compact chunk indexes for streamed datasets;
+    HDF5 >= 1.10 reads it), whose root keeps its attributes compact."""
     fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
     fcpl.set_attr_phase_change(COMPACT_ATTRIBUTES, 0)
-    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
+    return create_hdf5(io, _file_property_lists(), fcpl)
+
+
+def _open_file(io: LatchingFile) -> h5py.File:
+    return open_hdf5(io, _file_property_lists())
 
 
 def _create(f: h5py.File, path: str, codec: Codec, frame_shape: tuple[int, ...]) -> h5py.Dataset:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import FlowkitError
 from ..files import atomic_write, atomic_write_text
-from ..progress import Progress
+from ..progress import Progress, StopFlag
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy
@@ -57,10 +57,10 @@ def flatten_views(batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool = False,
-            progress: Progress | None = None, name: str = "batches"
+            progress: Progress | None = None, name: str = "batches", stop: StopFlag | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax scores averaged over each video's views (``progress``: a task ``name`` counting
-    batches).
+    batches; ``stop`` is checked after each batch).
 
     Returns ``(scores (N, K) float32 CPU, labels (N,) int64, index (N,) int64)`` in loader order.
     The model is put in eval mode and restored to its previous mode afterwards.
@@ -84,6 +84,8 @@ def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool =
             indices.append(batch["index"].cpu() if "index" in batch
                            else torch.arange(sum(map(len, labels[:-1])), sum(map(len, labels))))
             bar.advance()
+            if stop is not None:
+                stop.check()
     finally:
         bar.close()
         model.train(was_training)
@@ -205,7 +207,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                  checkpoint: str = "best", clips: int = 10, crops: int = 3,
                  split: str | Path = "auto", batch_size: int = 8, workers: int = 0,
                  device: str = "auto", out_dir: str | Path | None = None,
-                 progress: Progress | None = None) -> EvalResult:
+                 progress: Progress | None = None, stop: StopFlag | None = None) -> EvalResult:
     """Evaluate a run's checkpoint on ``store`` (default: the training store).
 
     ``batch_size`` counts videos (each of V = clips x crops views). ``out_dir`` (default
@@ -238,7 +240,8 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                          seed=derive_seed(config.seed, "evaluate"))
     started = time.perf_counter()
     use_amp = bool(config.amp) and dev.type == "cuda"
-    scores, labels, index = predict(model, loader, dev, amp=use_amp, progress=progress)
+    scores, labels, index = predict(model, loader, dev, amp=use_amp, progress=progress,
+                                    stop=stop)
     seconds = time.perf_counter() - started
 
     k = len(classes)

@@ -1,0 +1,86 @@
+"""Reading frames out of one stored dataset: any index, decoded by the dataset's codec, and a
+damaged chunk reported with its file, dataset, frames and the command that repairs it."""
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import DamagedDataError
+from . import codecs
+from .codecs import Codec
+
+
+def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
+                decode: bool = True) -> np.ndarray:
+    """Frames ``index`` (an int, a slice or a list of ints, any order, repeats allowed) of a
+    dataset written with ``codec``, decoded (``decode=False``: an array codec's stored values).
+
+    A frame that cannot be read or decoded (a damaged chunk) raises
+    :class:`~flowkit.errors.DamagedDataError` naming the file, the dataset, the frames and the fix."""
+    try:
+        return _read_frames(ds, codec, index, key, decode)
+    except (OSError, RuntimeError, ValueError, DamagedDataError) as exc:
+        raise DamagedDataError(
+            f"{ds.file.filename}: {ds.name} frames {_describe_index(index)} of video {key!r} are "
+            f"damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-extract "
+            f"it: flowkit extract VIDEO_DIR -o STORE --redo {key}") from None
+
+
+def _describe_index(index: Any) -> str:
+    if isinstance(index, slice):
+        return f"[{'' if index.start is None else index.start}:{'' if index.stop is None else index.stop}]"
+    if isinstance(index, (int, np.integer)):
+        return str(int(index))
+    items = list(index)
+    return str(items if len(items) <= 8 else items[:8] + ["..."])
+
+
+def _read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str, decode: bool) -> np.ndarray:
+    data = _take(ds, index, key)
+    if codec.storage == "encoded":
+        if isinstance(index, (int, np.integer)):
+            return codec.decode(data)
+        frames = [codec.decode(blob) for blob in data]
+        if frames:
+            return np.stack(frames)
+        return np.zeros((0, *ds.attrs["frame_shape"]), np.uint8 if codec in codecs.RGB_CODECS
+                        else np.float32)
+    return codec.from_stored(data) if decode else data
+
+
+def _take(ds: h5py.Dataset, index: Any, key: str) -> np.ndarray:
+    """``ds[index]`` along axis 0 for an int, slice or list of ints (any order, repeats allowed)."""
+    n = ds.shape[0]
+    if isinstance(index, slice):
+        if index.step is None or index.step > 0:
+            return ds[index]
+        index = list(range(*index.indices(n)))  # h5py cannot step backwards
+    if isinstance(index, (int, np.integer)):
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"video {key!r}: index {i} out of range for {n} frames of {ds.name}")
+        return ds[i % n]
+    idx = np.asarray(index)
+    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+        raise IndexError(f"video {key!r}: index must be an int, a slice or a list of ints, "
+                         f"got {index!r}")
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"video {key!r}: index out of range for {n} frames of {ds.name}")
+    idx = idx.astype(np.int64) % max(n, 1)
+    # Each distinct frame is read once, then put in the asked order. One read per frame: h5py's
+    # fancy (list) selection was measured 10-20x slower than int reads on per-frame chunks.
+    unique, inverse = np.unique(idx, return_inverse=True)
+    if not unique.size:
+        return ds[:0]
+    frames = [ds[int(i)] for i in unique]
+    if ds.dtype == object:  # vlen: one byte string per frame
+        out = np.empty(len(inverse), dtype=object)
+        for i, j in enumerate(inverse):  # one by one: numpy would broadcast a list of arrays
+            out[i] = frames[j]
+        return out
+    return np.stack(frames)[inverse]
+
+
+__all__ = ["read_frames"]

@@ -1,0 +1,458 @@
+"""Reliability under faults, with real processes and real files: a full disk (a real 3-400 KB tmpfs
+in a private mount namespace, and an injected ENOSPC), concurrent writers (two engines, two
+identical runs, commits racing), damaged chunks (read errors name file and key, `info --deep`,
+`train` in one line, `extract --redo`), hostile folders (link loops, a file reached twice, FIFOs,
+non-UTF-8 names), rotation and variable frame rate, memory-bounded batches, and engine input checks.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from flowkit.errors import DamagedDataError, EngineError, StoreWriteError
+from flowkit.extract import ExtractConfig, default_workers, extract, usable_cores
+from flowkit.feed import FeedOptions, batch_limit
+from flowkit.flow import create_engine, engine_class
+from flowkit.labels import scan_videos
+from flowkit.samples import make_sample_videos
+from flowkit.store import FlowStore
+from flowkit.store import diskio
+from flowkit.video import iter_frames, write_video
+
+# Cheap TV-L1 (fixed schedule): a 7-pair 64x80 video takes well under a second on one core.
+PARAMS = {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5,
+          "early_stop": False}
+CLI_PARAMS = [a for k, v in PARAMS.items() for a in ("--param", f"{k}={str(v).lower()}")]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+
+
+def cli(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowkit", *map(str, args)], capture_output=True,
+                          text=True, env=ENV, timeout=timeout)
+
+
+def config(**kw) -> ExtractConfig:
+    return ExtractConfig(engine_params=dict(PARAMS), workers=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """4 classes x 2 videos, 8 frames of 64x80."""
+    root = tmp_path_factory.mktemp("rel_videos")
+    make_sample_videos(root, classes=("pan_left", "pan_right", "zoom_in", "rotate_cw"),
+                       videos_per_class=2, frames=8, size=(64, 80))
+    return root
+
+
+def leftovers(store: Path) -> list[str]:
+    return sorted(p.name for p in store.rglob("*")
+                  if p.name.endswith((".partial", ".tmp", ".claim")))
+
+
+# ----------------------------------------------------------------------------- disk full
+
+def test_injected_enospc_stops_the_run_cleanly(videos, tmp_path, monkeypatch):
+    """The second video's writes fail with ENOSPC: it gets one line naming the store, the run stops
+    (the rest is not started, not failed), nothing is left behind, and a rerun completes."""
+    items, classes = scan_videos(videos)
+    real_init = diskio.LatchingFile.__init__
+    victim = items[1].key.split("/")[1]
+
+    class FullDisk:
+        """The file under HDF5 on a disk that is full: every write fails with ENOSPC."""
+
+        def __init__(self, raw):
+            self.raw = raw
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.raw, name)
+
+    def init(self, path, mode="w+b"):
+        real_init(self, path, mode)
+        if victim in self.path.name:
+            self._raw = FullDisk(self._raw)
+
+    monkeypatch.setattr(diskio.LatchingFile, "__init__", init)
+    store = tmp_path / "store"
+    summary = extract(items, store, config(), classes=classes)
+    assert summary.stopped.startswith(f"no space left on {store}")
+    assert [r.status for r in summary.results] == ["done", "failed"]
+    assert "no space left on" in summary.results[1].reason
+    assert summary.not_started == len(items) - 2
+    assert leftovers(store) == [] and FlowStore(store).validate() == []
+    monkeypatch.setattr(diskio.LatchingFile, "__init__", real_init)
+    again = extract(items, store, config(), classes=classes)
+    assert again.count("done") == len(items) - 1 and not again.stopped
+    assert len(FlowStore(store).keys()) == len(items)
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` (user + mount namespaces) "
+                    "to mount a private tmpfs; the injected-ENOSPC test covers the logic")
+def test_full_tmpfs_no_segfault_summary_and_resume(videos, tmp_path):
+    """A real 300 KB tmpfs: extract stops with exit 1 and 'no space left on STORE' (before: exit 139,
+    h5py dumps); after the tmpfs grows, the same command completes. A store created on a full disk:
+    one line, exit 2, no temporary left."""
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    extract_args = " ".join(["-m flowkit extract", str(videos), "--no-compile", "--workers 1",
+                             "--json", *CLI_PARAMS])
+    script = f"""
+mount -t tmpfs -o size=300k tmpfs {mnt} || exit 99
+run() {{ name=$1; shift; {sys.executable} "$@" > {out}/$name.out 2> {out}/$name.err; echo $? > {out}/$name.rc; }}
+run full {extract_args} -o {mnt}/store
+find {mnt} > {out}/full.ls
+mount -o remount,size=20m {mnt}
+run resumed {extract_args} -o {mnt}/store
+run info -m flowkit info {mnt}/store --validate --deep
+find {mnt} -name '*.partial' -o -name '*.tmp' -o -name '*.claim' > {out}/leftovers
+mount -o remount,size=1m {mnt}
+dd if=/dev/zero of={mnt}/fill bs=4k count=4096 2> /dev/null
+run created {extract_args} -o {mnt}/store2
+find {mnt}/store2 > {out}/created.ls 2>&1
+"""
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=ENV, timeout=900,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    read = lambda name: (out / name).read_text()
+    first_err = read("full.err")
+    assert read("full.rc").strip() == "1", first_err[-3000:]
+    assert "Traceback" not in first_err and "Exception ignored" not in first_err
+    summary = json.loads(read("full.out"))
+    assert summary["stopped"].startswith(f"no space left on {mnt}/store")
+    assert summary["not_started"] >= 1 and summary["failed"] <= 1
+    assert "stopped early: no space left on" in first_err
+    assert not [line for line in read("full.ls").splitlines()
+                if line.endswith((".partial", ".tmp", ".claim"))]
+    assert read("resumed.rc").strip() == "0", read("resumed.err")[-3000:]
+    resumed = json.loads(read("resumed.out"))
+    assert resumed["skipped"] + resumed["done"] == 8 and resumed["failed"] == 0
+    assert read("info.rc").strip() == "0" and read("leftovers") == ""
+    assert read("created.rc").strip() == "2"
+    created_err = read("created.err").strip().splitlines()
+    assert created_err == [f"error: no space left on {mnt}/store2; free space (or choose another "
+                           "-o), then rerun the same command to resume"]
+    assert not [line for line in read("created.ls").splitlines() if line.endswith(".tmp")]
+
+
+def test_stale_manifest_temporary_is_removed(tmp_path):
+    store = FlowStore(tmp_path / "s", "a")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    from flowkit.files import host_name
+    stale = tmp_path / "s" / f"store.json.{host_name()}.{dead}.abc123.tmp"
+    stale.write_bytes(b"")
+    mine = tmp_path / "s" / f"store.json.{host_name()}.{os.getpid()}.xyz.tmp"
+    mine.write_bytes(b"")
+    assert stale in store.remove_partials() and not stale.exists() and mine.exists()
+
+
+# ----------------------------------------------------------------------------- concurrent writers
+
+def _writer(store: FlowStore, key: str, frames: int = 5):
+    return store.writer(key, source=f"{key}.mp4", fps=25.0, flow_codec="float16", rgb_codec="raw")
+
+
+def test_two_engines_committing_at_once_keep_both_flows(tmp_path):
+    """Both writers start before either video file exists; the second commit merges the first's
+    flow instead of replacing the file (before: the video ended with only the second engine)."""
+    store = FlowStore(tmp_path / "s", "a")
+    rgb = np.zeros((5, 8, 8, 3), np.uint8)
+    a, b = _writer(store, "c/v"), _writer(store, "c/v")
+    b.partial = b.partial.with_name(b.partial.name.replace(".partial", "b.partial"))
+    with a, b:
+        a.append_rgb(rgb)
+        a.append_flow("tvl1", np.ones((4, 2, 8, 8), np.float32), {"engine": "tvl1", "version": "1", "params": {}})
+        b.append_flow("costvolume", np.full((4, 2, 8, 8), 2, np.float32),
+                      {"engine": "costvolume", "version": "1", "params": {}})
+    assert store.flow_names("c/v") == ["costvolume", "tvl1"]
+    assert store.read_rgb("c/v").shape == (5, 8, 8, 3)
+    np.testing.assert_array_equal(store.read_flow("c/v", "tvl1"), 1)
+    np.testing.assert_array_equal(store.read_flow("c/v", "costvolume"), 2)
+    assert store.validate(deep=True) == []
+
+
+def test_commit_refuses_a_video_stored_at_another_size(tmp_path):
+    store = FlowStore(tmp_path / "s", "a")
+    with _writer(store, "c/v") as w:
+        w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))
+    with pytest.raises(Exception, match=r"already in the store with 5 frames of 8x8.*--redo c/v"):
+        with _writer(store, "c/v") as w:
+            w.append_flow("tvl1", np.zeros((3, 2, 8, 8), np.float32), {"engine": "tvl1", "version": "1", "params": {}})
+    assert store.partials() == []
+
+
+def test_claims_live_holder_and_stale_takeover(tmp_path):
+    store = FlowStore(tmp_path / "s", "a")
+    code = ("import sys, time; from flowkit.store import FlowStore; "
+            "s = FlowStore(sys.argv[1], 'a'); print(s.claim('c/v', 'tvl1'), flush=True); "
+            "time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "None"
+        busy = store.claim("c/v", "tvl1")
+        assert busy and f"pid {holder.pid}" in busy
+        assert store.claim("c/v", "costvolume") is None  # another engine: its own claim
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.claim("c/v", "tvl1") is None  # its holder died: taken over
+    store.release("c/v", "tvl1")
+    store.release("c/v", "costvolume")
+    assert leftovers(tmp_path / "s") == []
+
+
+@pytest.mark.slow
+def test_concurrent_processes_two_engines_and_identical_runs(videos, tmp_path):
+    """Real processes: tvl1 and costvolume at once on one store (every video ends with both), and two
+    identical runs at once (every video computed exactly once between them)."""
+    store = tmp_path / "engines"
+    base = ["-m", "flowkit", "extract", videos, "-o", store, "--no-compile", "--workers", "1",
+            "--json"]
+    runs = [subprocess.Popen([sys.executable, *map(str, base), *extra], env=ENV, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for extra in (CLI_PARAMS, ["--method", "costvolume"])]
+    outs = [r.communicate(timeout=900) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], [e[-2000:] for _, e in outs]
+    fs = FlowStore(store)
+    assert len(fs.keys()) == 8
+    assert all(fs.flow_names(k) == ["costvolume", "tvl1"] for k in fs.keys())
+    assert fs.validate(deep=True) == [] and leftovers(store) == []
+
+    store = tmp_path / "same"
+    runs = [subprocess.Popen([sys.executable, *map(str, base[:5]), store, *map(str, base[6:]),
+                              *CLI_PARAMS], env=ENV, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [r.communicate(timeout=900) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], [e[-2000:] for _, e in outs]
+    done = [{v["key"] for v in json.loads(o)["videos"] if v["status"] == "done"} for o, _ in outs]
+    assert not done[0] & done[1], f"computed twice: {done[0] & done[1]}"
+    assert len(done[0] | done[1]) == 8 and len(FlowStore(store).keys()) == 8
+    reasons = [v["reason"] for o, _ in outs for v in json.loads(o)["videos"] if v["status"] == "skipped"]
+    assert all("being extracted by pid" in r or "already in the store" in r for r in reasons)
+
+
+# ----------------------------------------------------------------------------- damaged chunks
+
+def _damage_flow_chunk(path: Path, index: int = 2, name: str = "flow/tvl1") -> None:
+    with h5py.File(path, "r") as f:
+        info = f[name].id.get_chunk_info(index)
+    with open(path, "r+b") as raw:
+        raw.seek(info.byte_offset)
+        raw.write(np.random.default_rng(0).integers(0, 256, info.size, np.uint8).tobytes())
+
+
+def test_damaged_chunk_is_named_by_reads_deep_validate_and_train(tiny_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    key = "down/down_1"
+    path = store / "videos" / f"{key}.h5"
+    _damage_flow_chunk(path)
+    fs = FlowStore(store)
+    with pytest.raises(DamagedDataError) as err:
+        fs.read_flow(key, "tvl1")
+    assert str(path) in str(err.value) and f"--redo {key}" in str(err.value)
+    assert "/flow/tvl1" in str(err.value)
+    info = cli("info", store, "--validate", "--deep")
+    assert info.returncode == 1 and f"{key}.h5" in info.stdout + info.stderr
+    assert "/flow/tvl1" in info.stdout + info.stderr
+    for workers in ("0", "1"):
+        run = cli("train", store, "--out", tmp_path / f"run{workers}", "--model", "resnet2d",
+                  "--model-arg", "width=4", "--model-arg", "layers=[1,1,1,1]", "--model-arg",
+                  "modality=flow", "--frames", "8", "--size", "16", "--batch-size", "12",
+                  "--val-fraction", "0", "--epochs", "1", "--workers", workers, "--device", "cpu")
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert "Traceback" not in run.stderr
+        assert lines[-1].startswith("error: ") and key in lines[-1] and f"--redo {key}" in lines[-1]
+
+
+@pytest.mark.slow
+def test_redo_repairs_a_damaged_video(videos, tmp_path):
+    store = tmp_path / "store"
+    items, classes = scan_videos(videos)
+    items = items[:2]
+    extract(items, store, config(flow_codec="float16", rgb_codec="raw"), classes=classes)
+    key = items[0].key
+    _damage_flow_chunk(store / "videos" / f"{key}.h5")
+    assert any("/flow/tvl1" in p for p in FlowStore(store).validate(deep=True))
+    again = extract(items, store, config(flow_codec="float16", rgb_codec="raw", redo=(key,)),
+                    classes=classes)
+    assert [r.status for r in again.results] == ["done", "skipped"]
+    assert FlowStore(store).validate(deep=True) == []
+    with pytest.raises(Exception, match="--redo nope/nope: no video with that key"):
+        extract(items, store, config(redo=("nope/nope",)), classes=classes)
+
+
+# ----------------------------------------------------------------------------- hostile folders
+
+def test_scan_visits_each_directory_and_file_once(videos, tmp_path):
+    root = tmp_path / "root"
+    (root / "cls").mkdir(parents=True)
+    shutil.copy(videos / "pan_left" / "pan_left_0.mp4", root / "cls" / "a.mp4")
+    os.symlink(".", root / "cls" / "loop")
+    os.symlink("..", root / "cls" / "up")
+    os.symlink("a.mp4", root / "cls" / "b.mp4")
+    os.mkfifo(root / "cls" / "pipe.mp4")
+    (root / "cls" / "dir.mp4").mkdir()
+    notes: list[str] = []
+    items, classes = scan_videos(root, notes=notes)
+    assert [i.key for i in items] == ["cls/a"] and classes == ["cls"]
+    text = "\n".join(notes)
+    assert "loop: skipped, the same directory" in text and "up: skipped, the same directory" in text
+    assert "b.mp4: skipped, the same file as" in text
+    assert "pipe.mp4: skipped, a FIFO" in text
+    assert "dir.mp4: a directory, not a video file" in text
+
+
+def test_non_utf8_name_gets_an_escaped_key_and_extracts(videos, tmp_path):
+    root = tmp_path / "root"
+    (root / "cls").mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9.mp4")  # Latin-1 bytes: not UTF-8
+    shutil.copy(videos / "pan_left" / "pan_left_0.mp4", root / "cls" / name)
+    items, classes = scan_videos(root)
+    assert [i.key for i in items] == ["cls/caf%E9"]
+    summary = extract(items, tmp_path / "store", config(), classes=classes)
+    assert [r.status for r in summary.results] == ["done"], summary.results
+    assert FlowStore(tmp_path / "store").keys() == ["cls/caf%E9"]
+    again = extract(items, tmp_path / "store", config(), classes=classes)
+    assert [r.status for r in again.results] == ["skipped"]
+
+
+# ----------------------------------------------------------------------------- rotation, VFR
+
+def _rotate_mp4(src: Path, dst: Path) -> None:
+    """Copy an mp4 with its track header's display matrix set to a 90-degree rotation (what a
+    phone writes for a portrait video)."""
+    data = bytearray(src.read_bytes())
+    i = data.find(b"tkhd")
+    version = data[i + 4]
+    offset = i + 8 + (28 if version == 1 else 20) + 8 + 8
+    data[offset:offset + 36] = struct.pack(">9I", 0, 0x10000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000)
+    dst.write_bytes(bytes(data))
+
+
+def test_rotation_metadata_is_applied(videos, tmp_path):
+    src = videos / "pan_left" / "pan_left_0.mp4"
+    _rotate_mp4(src, tmp_path / "r.mp4")
+    upright = list(iter_frames(src))
+    facts: dict = {}
+    turned = list(iter_frames(tmp_path / "r.mp4", facts=facts))
+    assert facts["rotation"] == 270 and turned[0].shape == (80, 64, 3)
+    np.testing.assert_array_equal(turned[0], np.rot90(upright[0], 3))
+    (tmp_path / "v" / "cls").mkdir(parents=True)
+    shutil.copy(tmp_path / "r.mp4", tmp_path / "v" / "cls" / "r.mp4")
+    items, classes = scan_videos(tmp_path / "v")
+    summary = extract(items, tmp_path / "store", config(), classes=classes)
+    assert "rotated 270 degrees" in summary.results[0].reason
+    meta = FlowStore(tmp_path / "store").meta("cls/r")
+    assert meta["rotation"] == 270 and (meta["height"], meta["width"]) == (80, 64)
+
+
+def test_variable_frame_rate_is_noted(tmp_path):
+    import av
+    path = tmp_path / "v" / "cls" / "vfr.mp4"
+    path.parent.mkdir(parents=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = __import__("fractions").Fraction(1, 25)
+        rng = np.random.default_rng(0)
+        for pts in (0, 1, 2, 5, 6, 9, 10, 11):  # 40 ms and 120 ms apart
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), np.uint8), "rgb24")
+            frame.pts = pts
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    items, classes = scan_videos(tmp_path / "v")
+    summary = extract(items, tmp_path / "store", config(), classes=classes)
+    assert summary.results[0].status == "done", summary.results[0].reason
+    assert "variable frame rate (frames 40-120 ms apart)" in summary.results[0].reason
+    meta = FlowStore(tmp_path / "store").meta("cls/vfr")
+    assert meta["variable_frame_rate"] is True
+    assert meta["frame_interval_max"] == pytest.approx(0.12, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- memory, workers
+
+def test_batches_shrink_to_the_memory_budget():
+    tvl1 = engine_class("tvl1")
+    opts = FeedOptions(batch=8, max_memory=int(1.5 * 2**30))
+    assert batch_limit(tvl1, opts, (256, 340)) == 8
+    assert batch_limit(tvl1, opts, (1080, 1920)) == 2  # 0.58 GB per pair
+    assert batch_limit(tvl1, FeedOptions(batch=8, max_memory=1), (1080, 1920)) == 1
+    assert batch_limit(tvl1, FeedOptions(batch=8), (1080, 1920)) == 8
+
+
+@pytest.mark.slow
+def test_full_hd_extraction_stays_under_its_memory_budget(tmp_path):
+    """3 frames of 1920x1080 with --batch 8 --max-memory 1G: one pair per call; peak RSS of the
+    process well under the 1.5 GB measured before for two pairs at once."""
+    frames = np.random.default_rng(0).integers(0, 255, (3, 1080, 1920, 3), np.uint8)
+    write_video(tmp_path / "v" / "cls" / "hd.mp4", frames)
+    code = ("import resource, sys, runpy; sys.argv = ['flowkit'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('flowkit', run_name='__main__')\n"
+            "finally:\n    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, "extract", tmp_path / "v", "-o",
+                           tmp_path / "store", "--no-compile", "--workers", "1", "--batch", "8",
+                           "--max-memory", "1G", "--param", "warps=1", "--param",
+                           "outer_iterations=1", "--param", "inner_iterations=2"],
+                          capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 pairs per engine call instead of 8" in proc.stderr
+    rss_gb = int(proc.stderr.split("maxrss_kb")[1].split()[0]) / 2**20
+    assert rss_gb < 1.3, f"peak RSS {rss_gb:.2f} GB"
+
+
+def test_default_workers_one_per_core_on_cpu():
+    assert default_workers("cpu", 1000) == usable_cores()
+    assert default_workers("cpu", 1) == 1
+    assert default_workers("cuda", 1000) == default_workers("cuda:1", 5) == 1
+
+
+# ----------------------------------------------------------------------------- engine input
+
+@pytest.mark.parametrize("name", ["tvl1", "costvolume"])
+def test_engines_validate_their_input(name):
+    engine = create_engine(name, **(dict(nscales=1, warps=1, outer_iterations=1)
+                                    if name == "tvl1" else {}))
+    good = torch.rand(1, 3, 16, 16) * 255
+    cases = {"[0, 255]": good / 255, "NaN": good.clone().index_fill_(3, torch.tensor([2]), float("nan")),
+             "dtype torch.bool": good > 100, "dtype torch.complex64": good.to(torch.complex64)}
+    for expected, frames in cases.items():
+        with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+            engine(frames, good)
+    assert issubclass(EngineError, ValueError)
+    assert engine(good, good).shape == (1, 2, 16, 16)
+    assert engine(good.to(torch.uint8), good.to(torch.uint8)).shape == (1, 2, 16, 16)
+    assert engine(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16)).shape == (1, 2, 16, 16)
+
+
+def test_store_write_error_is_a_store_error():
+    from flowkit.errors import StoreError
+    assert issubclass(StoreWriteError, StoreError) and issubclass(DamagedDataError, StoreError)
