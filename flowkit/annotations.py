@@ -304,6 +304,7 @@ def _lines(path: Path) -> Iterable[tuple[int, list[str]]]:
             yield lineno, fields
 
 
-__all__ = ["ListEntry", "KineticsRow", "LabelMatch", "read_mmaction_list", "read_keys", "format_list_line",
-           "write_mmaction_list", "read_label_map", "write_label_map", "match_list",
-           "read_kinetics_csv", "match_kinetics", "match_annotations", "KINETICS_COLUMNS"]
+__all__ = ["ListEntry", "KineticsRow", "LabelMatch", "read_mmaction_list", "read_keys",
+           "format_list_line", "write_mmaction_list", "read_label_map", "write_label_map",
+           "match_list", "read_kinetics_csv", "match_kinetics", "match_annotations",
+           "KINETICS_COLUMNS"]

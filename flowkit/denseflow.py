@@ -1,4 +1,4 @@
-"""denseflow's HDF5 output (``denseflow --saveType h5``): unquantised float32 flow, one file a video.
+"""denseflow's HDF5 output (``denseflow --saveType h5``): float32 flow, one file per video.
 
 The layout is not described in denseflow's README; it is what its source writes
 (open-mmlab/denseflow, ``src/common.cpp`` ``writeHDF5`` and ``src/denseflow_gpu.cpp``

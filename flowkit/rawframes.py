@@ -45,7 +45,7 @@ _NAME_RE = re.compile(r"(?P<kind>img|flow_x|flow_y)(?:_(?P<dir>[pm])(?P<step>\d+
 
 
 class RawframesError(FlowkitError):
-    """A rawframes folder is incomplete or inconsistent; the message names the folder and the cause."""
+    """A rawframes folder is incomplete or inconsistent; the message names the folder and cause."""
 
 
 def frame_name(kind: str, index: int, step: int = 1) -> str:
@@ -56,12 +56,13 @@ def frame_name(kind: str, index: int, step: int = 1) -> str:
 
 
 def quantization_error(bound: float) -> float:
-    """The largest error of the 8-bit quantiser inside ``[-bound, bound]``: half a level, b / 255."""
+    """The largest error of the 8-bit quantiser inside ``[-bound, bound]``: half a level,
+    ``bound / 255`` pixels."""
     return float(bound) / 255.0
 
 
 def flow_to_images(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> tuple[np.ndarray, np.ndarray]:
-    """One flow pair ``(2, H, W)`` pixels -> the gray images ``(flow_x, flow_y)``, ``(H, W)`` uint8."""
+    """One flow pair ``(2, H, W)`` pixels -> gray images ``(flow_x, flow_y)``, ``(H, W)`` uint8."""
     q = quantize(np.asarray(flow), float(bound))
     return q[0], q[1]
 
@@ -129,7 +130,8 @@ class RawframeVideo:
         return self.flow[0] if self.flow else DEFAULT_START_INDEX
 
     def naming(self) -> str:
-        """How the files are named, e.g. ``"img_{:05d}.jpg from 1, flow_x_p2_{:05d}.jpg from 0"``."""
+        """How the files are named, e.g. ``"img_{:05d}.jpg from 1, flow_{x,y}_p2_{:05d}.jpg
+        from 0"``."""
         parts = []
         if self.rgb:
             parts.append(f"img_{{:05d}}.jpg from {self.rgb_start}")

@@ -26,7 +26,8 @@ abseiling,gone-video1,30,40,train,0
 
 def test_mmaction_rawframes_list_round_trip(tmp_path):
     path = tmp_path / "ucf101_train_split_1_rawframes.txt"
-    rows = [("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", 121, 0), ("Archery/v_Archery_g01_c01", 90, 2)]
+    rows = [("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", 121, 0),
+            ("Archery/v_Archery_g01_c01", 90, 2)]
     assert write_mmaction_list(path, rows) == 2
     assert path.read_text() == ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01 121 0\n"
                                 "Archery/v_Archery_g01_c01 90 2\n")

@@ -156,8 +156,8 @@ def test_round_trip_flow_differs_by_at_most_the_quantisation_error(exported, sou
         for t in range(len(flow)):
             for c, kind in enumerate(("flow_x", "flow_y")):
                 image = cv2.imread(str(exported / key / frame_name(kind, t + 1)), 0)
-                jpeg_levels = max(jpeg_levels,
-                                  int(np.abs(image.astype(int) - quantize(flow[t, c], BOUND)).max()))
+                exact = quantize(flow[t, c], BOUND)
+                jpeg_levels = max(jpeg_levels, int(np.abs(image.astype(int) - exact).max()))
     codec_error = 0.1  # the store's default jpegls bound
     bound = quantization_error(BOUND) + jpeg_levels * 2 * BOUND / 255 + codec_error + 1e-4
     for key in src.keys():

@@ -17,7 +17,8 @@ def denseflow_cast(v: np.ndarray, bound: float) -> np.ndarray:
     Python's round (half to even, like OpenCV's cvRound)."""
     out = []
     for x in np.asarray(v, np.float32).ravel().tolist():
-        out.append(255 if x > bound else 0 if x < -bound else round(255 * (x + bound) / (2 * bound)))
+        out.append(255 if x > bound else 0 if x < -bound
+                   else round(255 * (x + bound) / (2 * bound)))
     return np.array(out, np.uint8).reshape(np.shape(v))
 
 

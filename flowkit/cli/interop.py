@@ -43,7 +43,7 @@ def _finish(console: Console, d: dict, what: str, as_json: bool) -> None:
     sys.exit(EXIT_PARTIAL if d["failed"] else EXIT_OK)
 
 
-@export_group.command("rawframes")
+@export_group.command("rawframes", short_help="STORE -> mmaction2 rawframes and annotation lists.")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--flow", "flow_name", default=None, metavar="NAME",
@@ -90,7 +90,7 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
     _finish(console, d, str(out_dir), as_json)
 
 
-@import_group.command("rawframes")
+@import_group.command("rawframes", short_help="Rawframes folders / denseflow .h5 -> a store.")
 @click.argument("rawframes_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", "store", required=True, type=click.Path(path_type=Path),
               help="Store directory (created if missing; rerunning resumes).")

@@ -192,7 +192,8 @@ def _flow_name(meta: dict, config: ExportConfig) -> str | None:
         return None
     if config.flow_name is not None:
         if config.flow_name not in names:
-            raise FlowkitError(f"no flow {config.flow_name!r} (it has: {', '.join(names) or 'none'})")
+            raise FlowkitError(f"no flow {config.flow_name!r} (it has: "
+                               f"{', '.join(names) or 'none'})")
         return config.flow_name
     if len(names) > 1:
         raise FlowkitError(f"it has several flows ({', '.join(names)}); choose one with --flow")

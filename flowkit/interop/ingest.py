@@ -149,12 +149,15 @@ def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig
             sources[key].label, sources[key].label_name = label, name
             sources[key].total_frames = match.total_frames.get(key)
         return match.classes, match
-    folders = sorted({PurePosixPath(k).parts[0] for k in sources if len(PurePosixPath(k).parts) > 1})
+    folders = sorted({PurePosixPath(k).parts[0] for k in sources
+                      if len(PurePosixPath(k).parts) > 1})
     classes = read_label_map(label_map) if label_map is not None else folders
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(folders) - set(index))
     if unknown:
-        raise FlowkitError(f"class folders {unknown[:5]} are not in the label map {label_map}")
+        raise FlowkitError(f"class folders {unknown[:5]} are not in the label map {label_map}; "
+                           "label the videos with --annotations (e.g. the all_rawframes.txt "
+                           "that flowkit export wrote) or pass another --label-map")
     for key, source in sources.items():
         parts = PurePosixPath(key).parts
         if len(parts) > 1:
