@@ -89,6 +89,9 @@ def read_flow(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             if u.ndim != 2 or u.shape != v.shape or not np.issubdtype(u.dtype, np.floating):
                 raise DenseflowError(f"{path}: flow pair {i} is {u.dtype} {u.shape} / {v.dtype} "
                                      f"{v.shape}; expected two float (H, W) datasets")
+            if pairs and u.shape != pairs[0].shape[1:]:
+                raise DenseflowError(f"{path}: flow pair {i} is {u.shape}, pair {indices[0]} "
+                                     f"is {pairs[0].shape[1:]}; one video has one size")
             pairs.append(np.stack([u[()], v[()]]).astype(np.float32, copy=False))
     return np.stack(pairs), steps.pop()
 

@@ -163,7 +163,7 @@ def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
     if backward:
         video.problems.append(f"backward flow (flow_x_m{backward[0]}_*) is not supported; "
                               "extract forward flow")
-    steps = sorted({s for _, d, s in found if d == "p"})
+    steps = sorted({s for kind, d, s in found if kind != "img" and d == "p"})
     if len(steps) > 1:
         video.notes.append(f"flow of steps {steps} found; using step {steps[0]}")
     if steps:

@@ -16,6 +16,7 @@ import pytest
 
 from flowkit.errors import FlowkitError
 from flowkit.interop import ExportConfig, ImportConfig, export_rawframes, import_rawframes
+from flowkit.progress import Progress, StopFlag, Stopped
 from flowkit.rawframes import frame_name, quantization_error
 from flowkit.store import FlowStore
 from flowkit.store.codecs import dequantize, quantize
@@ -141,6 +142,47 @@ def test_export_resumes_and_refuses_other_options(source_store, tmp_path):
     assert len(os.listdir(out / "run" / "run_0")) == FRAMES + 2 * (FRAMES - 1)
     with pytest.raises(FlowkitError, match="other options.*bound 20.0 -> 32.0"):
         export_rawframes(source_store, out, ExportConfig(bound=32.0))
+
+
+class StopAfterFirstVideo(Progress):
+    """Sets ``stop`` as soon as one video is finished, like Ctrl-C in the middle of a run."""
+
+    def __init__(self, stop: StopFlag):
+        self.stop = stop
+
+    def _changed(self, task):
+        if task.description == "videos" and task.completed >= 1:
+            self.stop.set()
+
+
+def test_export_stops_cleanly_and_resumes(source_store, tmp_path):
+    out, stop = tmp_path / "raw", StopFlag()
+    with pytest.raises(Stopped):
+        export_rawframes(source_store, out, ExportConfig(), progress=StopAfterFirstVideo(stop),
+                         stop=stop)
+    finished = [p for p in out.glob("*/*") if p.is_dir()]
+    assert 1 <= len(finished) < 4 and not list(out.glob("*/.*.partial"))
+    for folder in finished:  # whatever is there is complete
+        assert len(os.listdir(folder)) == FRAMES + 2 * (FRAMES - 1)
+    again = export_rawframes(source_store, out, ExportConfig())
+    assert again.count("skipped") == len(finished) and again.count("done") == 4 - len(finished)
+
+
+def test_one_bad_video_does_not_stop_an_export(source_store, tmp_path):
+    store_path = tmp_path / "store"
+    shutil.copytree(source_store, store_path)
+    with FlowStore(store_path, "a") as store:  # a second flow: the export cannot choose
+        with store.writer("run/run_0", source="x", fps=25.0, label=1, label_name="run",
+                          extend=True) as w:
+            w.append_flow("costvolume", np.zeros((FRAMES - 1, 2, *SIZE), np.float32),
+                          engine={"engine": "costvolume", "version": "test", "params": {}})
+    summary = export_rawframes(store_path, tmp_path / "raw", ExportConfig())
+    assert summary.count("done") == 3
+    (bad,) = [r for r in summary.results if r.status == "failed"]
+    assert bad.key == "run/run_0" and "several flows (costvolume, tvl1)" in bad.reason
+    assert "run/run_0" not in (tmp_path / "raw" / "all_rawframes.txt").read_text()
+    tvl1 = export_rawframes(store_path, tmp_path / "raw_tvl1", ExportConfig(flow_name="tvl1"))
+    assert tvl1.count("done") == 4
 
 
 def test_round_trip_flow_differs_by_at_most_the_quantisation_error(exported, source_store,

@@ -150,7 +150,7 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
         for result in run_threads(keys, work, config.workers, stop):
             results.append(result)
             videos.advance()
-            frames.advance(result.frames if result.status == "done" else 0)
+            frames.advance(result.frames or result.pairs if result.status == "done" else 0)
             if result.status == "failed":
                 progress.log(f"failed {result.key}: {result.reason}")
     finally:
@@ -263,6 +263,11 @@ def _write_lists(out: Path, classes: list[str], results: list[VideoExport],
             summary.notes.append(f"{len(missing)} videos of {name} are not exported (not in the "
                                  f"store, or failed), e.g. {missing[0]}; left out of its lists")
         chosen = [exported[k] for k in keys if k in exported and exported[k].label >= 0]
+        spaced = [r.key for r in chosen if any(c.isspace() for c in r.key)]
+        if spaced:  # a list line is split at whitespace: such a folder cannot be listed
+            summary.notes.append(f"{len(spaced)} videos of {name} have whitespace in their path "
+                                 f"and are left out of its lists, e.g. {spaced[0]!r}")
+            chosen = [r for r in chosen if r.key not in set(spaced)]
         for suffix, count in (("rawframes", lambda r: r.frames), ("flow", lambda r: r.pairs)):
             rows = [(r.key, count(r), r.label) for r in chosen if count(r) > 0]
             if rows:

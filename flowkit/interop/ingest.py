@@ -128,7 +128,6 @@ def find_sources(root: str | os.PathLike) -> dict[str, Source]:
             if parsed is None or not denseflow.is_denseflow_file(path):
                 continue
             key = (PurePosixPath(path.parent.relative_to(root).as_posix()) / parsed[0]).as_posix()
-            key = key[2:] if key.startswith("./") else key
             source = sources.setdefault(key, Source(key))
             if source.h5 is not None:
                 raise FlowkitError(f"{key}: two denseflow files ({source.h5.name}, {name}); keep "
