@@ -212,7 +212,9 @@ def test_round_trip_flow_differs_by_at_most_the_quantisation_error(exported, sou
         np.testing.assert_allclose(np.abs(got[~inside]), BOUND, atol=bound)
         rgb_error = np.abs(back.read_rgb(key).astype(int) - src.read_rgb(key).astype(int))
         assert rgb_error.mean() < 12  # JPEG of random pixels, re-coded twice
-    params = back.meta(back.keys()[0])["flows"]["tvl1"]["params"]
+    record = back.meta(back.keys()[0])["flows"]["tvl1"]
+    assert (record["engine"], record["backend"]) == ("mmaction2-rawframes", "external")
+    params = record["params"]
     assert params["source_format"] == "mmaction2-rawframes" and params["bound"] == BOUND
     assert params["quantization_error"] == pytest.approx(BOUND / 255)
 

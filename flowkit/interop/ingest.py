@@ -14,8 +14,10 @@ the folder layout ``DIR/<class>/<video>``. Class names and ids come from ``label
 keeps the store's label ids.
 
 Flow is written with the chosen store codec (default ``jpegls``, 0.1 px) under ``flow/<flow_name>``
-(default ``tvl1``, what ``flowkit train`` reads); its ``engine`` record says where it came from
-(``params``: ``source_format``, ``bound``, ``quantization_error``, ``naming``, ``step``). Resumable
+(default ``tvl1``, what ``flowkit train`` reads); its engine record says where it came from:
+``engine`` ``mmaction2-rawframes`` or ``denseflow-hdf5``, ``engine_version`` the importing
+flowkit's, ``backend`` ``external``, ``params`` with ``source_format``, ``bound``,
+``quantization_error``, ``naming`` and ``step``. Resumable
 like ``flowkit extract``: videos already in the store with that flow are skipped.
 """
 from __future__ import annotations
@@ -310,8 +312,10 @@ def plan_video(source: Source, config: ImportConfig) -> _Plan:
             params = {"source_format": "mmaction2-rawframes", "bound": float(config.bound),
                       "quantization_error": rawframes.quantization_error(config.bound),
                       "jpeg": True, "naming": video.naming(), "step": step}
-        record = {"engine": config.flow_name, "version": f"imported by flowkit {__version__}",
-                  "params": params}
+        # The engine record says where the flow came from: the format read (as the engine), the
+        # flowkit that read it (as its version), and "external" numerics.
+        record = {"engine": params["source_format"], "version": __version__, "params": params,
+                  "backend": "external"}
     return _Plan(frames, pairs, step, h5_flow, video, record)
 
 
