@@ -13,14 +13,16 @@ The layout is not described in denseflow's README; it is what its source writes
 - RGB frames are not in the file (denseflow writes them in a separate run, ``-s 0``, as
   ``img_*.jpg`` in the video's folder).
 
-:func:`read_flow` returns ``(N, 2, H, W)`` float32 and checks the names: numbering without gaps and
-as many ``flow_x`` as ``flow_y``.
+:func:`open_flow` checks the names (numbering without gaps, as many ``flow_x`` as ``flow_y``, one
+size) and reads pairs lazily; :func:`read_flow` returns all of them, ``(N, 2, H, W)`` float32.
 """
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -57,9 +59,29 @@ def is_denseflow_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_flow(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """The flow of one denseflow HDF5 file: ``((N, 2, H, W) float32 pixels, step)``, where pair
-    i maps frame i to frame i + step."""
+@dataclass
+class DenseflowFile:
+    """One denseflow HDF5 file, checked (:func:`open_flow`) and read lazily: ``len()`` pairs of
+    ``shape`` (H, W), pair i mapping frame i to frame i + ``step``."""
+
+    path: Path
+    step: int
+    names: list[tuple[str, str]]  # the (flow_x, flow_y) dataset names of each pair, in order
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read(self, positions: Sequence[int]) -> np.ndarray:
+        """Pairs ``positions`` (0-based): ``(N, 2, H, W)`` float32 pixels, u then v."""
+        with h5py.File(self.path, "r") as f:
+            return np.stack([np.stack([f[x][()], f[y][()]]) for x, y in
+                             (self.names[i] for i in positions)]).astype(np.float32, copy=False)
+
+
+def open_flow(path: str | os.PathLike) -> DenseflowFile:
+    """Check the datasets of one denseflow HDF5 file (names pair up, numbering without gaps, one
+    float (H, W) shape) without reading the flow."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
@@ -83,17 +105,21 @@ def read_flow(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         if indices != list(range(indices[0], indices[0] + len(indices))):
             raise DenseflowError(f"{path}: flow numbering has a gap (indices {indices[0]}.."
                                  f"{indices[-1]}, {len(indices)} datasets)")
-        pairs = []
-        for i in indices:
-            u, v = f[found["x"][i]], f[found["y"][i]]
-            if u.ndim != 2 or u.shape != v.shape or not np.issubdtype(u.dtype, np.floating):
-                raise DenseflowError(f"{path}: flow pair {i} is {u.dtype} {u.shape} / {v.dtype} "
-                                     f"{v.shape}; expected two float (H, W) datasets")
-            if pairs and u.shape != pairs[0].shape[1:]:
-                raise DenseflowError(f"{path}: flow pair {i} is {u.shape}, pair {indices[0]} "
-                                     f"is {pairs[0].shape[1:]}; one video has one size")
-            pairs.append(np.stack([u[()], v[()]]).astype(np.float32, copy=False))
-    return np.stack(pairs), steps.pop()
+        names = [(found["x"][i], found["y"][i]) for i in indices]
+        shapes = {(f[n].shape, np.issubdtype(f[n].dtype, np.floating)) for pair in names
+                  for n in pair}
+        if len(shapes) != 1 or len(next(iter(shapes))[0]) != 2 or not next(iter(shapes))[1]:
+            raise DenseflowError(f"{path}: flow datasets must all be float (H, W) of one size; "
+                                 f"found {sorted(str(s) for s, _ in shapes)[:3]}")
+        shape = next(iter(shapes))[0]
+    return DenseflowFile(path, steps.pop(), names, (int(shape[0]), int(shape[1])))
 
 
-__all__ = ["DenseflowError", "parse_name", "is_denseflow_file", "read_flow"]
+def read_flow(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """All the flow of one denseflow HDF5 file: ``((N, 2, H, W) float32 pixels, step)``."""
+    flow = open_flow(path)
+    return flow.read(range(len(flow))), flow.step
+
+
+__all__ = ["DenseflowError", "DenseflowFile", "parse_name", "is_denseflow_file", "open_flow",
+           "read_flow"]

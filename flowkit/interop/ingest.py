@@ -270,7 +270,7 @@ class _Plan:
     frames: list[int]
     pairs: list[int]
     step: int
-    h5_flow: np.ndarray | None
+    h5_flow: denseflow.DenseflowFile | None
     video: rawframes.RawframeVideo | None
     record: dict | None
 
@@ -280,8 +280,8 @@ def plan_video(source: Source, config: ImportConfig) -> _Plan:
     video = rawframes.scan_folder(source.folder) if source.folder is not None else None
     if video is not None and video.problems:
         raise FlowkitError("; ".join(video.problems))
-    h5_flow, step = (denseflow.read_flow(source.h5) if source.h5 is not None and config.flow
-                     else (None, 1))
+    h5_flow = denseflow.open_flow(source.h5) if source.h5 is not None and config.flow else None
+    step = h5_flow.step if h5_flow is not None else 1
     rgb = video.rgb if video is not None and config.rgb else []
     if h5_flow is None and video is not None and config.flow and video.flow:
         step = video.flow_step
@@ -363,7 +363,7 @@ def _first_frame(plan: _Plan, config: ImportConfig) -> np.ndarray:
 def _flow(plan: _Plan, positions: list[int], config: ImportConfig) -> np.ndarray:
     """Flow pairs at ``positions`` (0-based pair numbers of the source): ``(N, 2, H, W)``."""
     if plan.h5_flow is not None:
-        return plan.h5_flow[positions]
+        return plan.h5_flow.read(positions)
     indices = [plan.video.flow[p] for p in positions]
     return rawframes.read_flow(plan.video, indices, config.bound)
 
