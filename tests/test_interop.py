@@ -324,3 +324,19 @@ def test_cli_export_import_and_train_unchanged(source_store, tmp_path):
     out = flowkit("import", "rawframes", tmp_path / "empty", "-o", tmp_path / "s2")
     assert out.returncode == 2 and "no rawframes" in out.stderr
     assert out.stderr.strip().count("\n") == 0  # one line
+
+
+def test_import_labels_from_a_kinetics_csv(exported, tmp_path):
+    root = tmp_path / "k400"
+    shutil.copytree(exported / "jump" / "jump_0",
+                    root / "abseiling" / "--07WQ2iBlw_000001_000011")
+    shutil.copytree(exported / "run" / "run_0", root / "zumba" / "zz_000003_000013")
+    csv_file = tmp_path / "kinetics_val.csv"
+    csv_file.write_text("label,youtube_id,time_start,time_end,split\n"
+                        "abseiling,--07WQ2iBlw,1,11,val\n\"air drumming\",gone,0,10,val\n")
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig(annotations=[csv_file]))
+    assert summary.count("done") == 1 and summary.unlabelled == ["zumba/zz_000003_000013"]
+    assert summary.unmatched == [f"{csv_file}:3 gone"]
+    store = FlowStore(tmp_path / "s")
+    assert store.classes == ["abseiling", "air drumming"]
+    assert store.meta("abseiling/--07WQ2iBlw_000001_000011")["label_name"] == "abseiling"
