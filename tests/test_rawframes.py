@@ -131,7 +131,7 @@ def test_denseflow_h5_of_two_sizes_is_refused_before_reading(tmp_path):
         f["flow_x_00001.jpg"] = np.zeros((4, 5), np.float32)
     with pytest.raises(denseflow.DenseflowError, match="of one size"):
         denseflow.open_flow(path)
-    lazy = denseflow.open_flow(write_denseflow_h5(tmp_path / "w.h5",
-                                                  np.arange(96, dtype=np.float32).reshape(3, 2, 4, 4)))
+    values = np.arange(96, dtype=np.float32).reshape(3, 2, 4, 4)
+    lazy = denseflow.open_flow(write_denseflow_h5(tmp_path / "w.h5", values))
     assert (len(lazy), lazy.step, lazy.shape) == (3, 1, (4, 4))
     assert lazy.read([2])[0, 1, 0, 0] == 80.0  # pair 2, v, first pixel
