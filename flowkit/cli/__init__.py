@@ -20,9 +20,9 @@ from ..errors import FlowkitError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
-# Every command: its module (imported only when the command runs, so `flowkit --help` imports
-# neither torch nor PyAV) and the one-line summary `flowkit --help` lists. The commands take their
-# short help from here too (:func:`summary`), so the two never disagree.
+# Every command: its module, or "module:attribute" (imported only when the command runs, so
+# `flowkit --help` imports neither torch nor PyAV) and the one-line summary `flowkit --help` lists.
+# The commands take their short help from here too (:func:`summary`), so the two never disagree.
 COMMANDS = {
     "extract": ("extract", "Compute optical flow / motion features of a video folder into a store."),
     "info": ("info", "Summarise a store: videos, classes, sizes, engines; --validate checks it."),
@@ -33,6 +33,8 @@ COMMANDS = {
     "train": ("train", "Train a video classifier on a store."),
     "evaluate": ("evaluate", "Evaluate a trained classifier (clips x crops, top-1/top-5)."),
     "train-flow": ("train_flow", "Train a learnable motion engine (tvnet, motionnet)."),
+    "export": ("interop:export_group", "Write a store as mmaction2 / denseflow rawframes."),
+    "import": ("interop:import_group", "Read rawframes / denseflow HDF5 into a store."),
 }
 
 
@@ -86,7 +88,9 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
-        return importlib.import_module(f"{__name__}.{COMMANDS[name][0]}").command
+        # "module" or "module:attribute" (one module may hold several commands)
+        module, _, attribute = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attribute or "command")
 
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):

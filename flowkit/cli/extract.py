@@ -55,6 +55,24 @@ def _bytes(text: str) -> int | None:
     return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
+def _annotated(items, annotations: Path, label_map: Path | None, console: Console):
+    """``items`` relabelled by a Kinetics CSV or an mmaction2 video list; only labelled videos
+    stay, and what matched nothing is reported (flowkit/annotations.py)."""
+    from dataclasses import replace
+
+    from ..annotations import match_annotations
+
+    match = match_annotations(annotations, [i.key for i in items], kind="videos",
+                              label_map=label_map)
+    for line in match.report():
+        console.print(f"labels: {line}", highlight=False, soft_wrap=True)
+    kept = [replace(i, label=match.labels[i.key][0], label_name=match.labels[i.key][1])
+            for i in items if i.key in match.labels]
+    if not kept:
+        raise FlowkitError(f"{annotations} labels none of the videos found")
+    return kept, match.classes
+
+
 def _print_summary(console: Console, summary) -> None:
     d = summary.to_dict()
     rate = f", {d['pairs_per_s']:.2f} pairs/s" if d["pairs_per_s"] else ""
@@ -116,6 +134,12 @@ def _print_summary(console: Console, summary) -> None:
               help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a scan.")
 @click.option("--class-index", type=click.Path(exists=True, path_type=Path), default=None,
               help="classInd.txt for --split-list (found next to the list by default).")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="Labels from a Kinetics CSV or an mmaction2 video list (path label); only "
+                   "the videos it labels are extracted.")
+@click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Class names for --annotations lists, one per line.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE).")
 @click.option("--redo", multiple=True, metavar="KEY",
@@ -125,7 +149,7 @@ def _print_summary(console: Console, summary) -> None:
 @handle_errors
 def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
             max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, max_memory, split_list,
-            class_index, shard, redo,
+            class_index, annotations, label_map, shard, redo,
             as_json):
     """Compute motion features for every video under VIDEO_DIR into the store STORE.
 
@@ -161,6 +185,8 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
     console = Console(stderr=True)
     for note in scan_notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
+    if annotations:
+        items, classes = _annotated(items, annotations, label_map, console)
     stop = StopFlag()
     with RichProgress(console) as progress, stop_on_signals(stop, console, "the current chunk"):
         result = extract(items, store, config, classes=classes, shard=shard_tuple,

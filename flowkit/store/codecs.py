@@ -238,9 +238,13 @@ class Uint8(Codec):
 
 
 def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
-    """Float flow -> uint8: ``round((clip(f, -B, B) + B) * 255 / (2B))``. Shape is kept."""
-    f = np.clip(flow.astype(np.float32, copy=False), -bound, bound)
-    return np.rint((f + bound) * (255.0 / (2.0 * bound))).astype(np.uint8)
+    """Float flow -> uint8: ``round(255 (clip(f, -B, B) + B) / (2B))``. Shape is kept.
+
+    Exactly denseflow's quantiser (``convertFlowToImage``: ``v > B -> 255``, ``v < -B -> 0``, else
+    the formula in double precision, rounded half to even like OpenCV's ``cvRound``); float32
+    arithmetic would differ from it by one level near ties."""
+    f = np.clip(np.asarray(flow, dtype=np.float64), -bound, bound)
+    return np.rint(255.0 * (f + bound) / (2.0 * bound)).astype(np.uint8)
 
 
 def dequantize(q: np.ndarray, bound: float) -> np.ndarray:

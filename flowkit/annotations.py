@@ -1,0 +1,310 @@
+"""Labels in other tools' formats: mmaction2 annotation lists and label maps, Kinetics CSV files.
+
+- mmaction2 annotation lists, one video per line, labels 0-based:
+  rawframes ``frame_dir total_frames label [label ...]`` (``RawframeDataset``) and videos
+  ``path label [label ...]`` (``VideoDataset``). Only single-label lines are used for classes.
+- mmaction2 label maps (``label_map_k400.txt``): one class name per line, line i is label i.
+- Kinetics CSV (``label,youtube_id,time_start,time_end,split``; columns found by the header, extra
+  columns such as ``is_cc`` ignored; test files have no label). A row names the video
+  ``<youtube_id>_<start>_<end>`` (mmaction2 pads the times to 6 digits; any padding matches) or
+  ``<youtube_id>`` alone. Class ids index the sorted label names, as mmaction2's file lists do.
+
+Matching a label source against a set of store keys (paths without extension, see
+:mod:`flowkit.labels`) gives a :class:`LabelMatch`: each matched key's label, the class names, the
+rows that matched no video and the videos that no row labels. Nothing unmatched is dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+from .errors import FlowkitError
+from .files import atomic_write_text
+from .labels import VIDEO_EXTENSIONS
+
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+_CLIP_RE = re.compile(r"(?P<id>.+)_(?P<start>\d+)_(?P<end>\d+)")
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One line of an mmaction2 annotation list: ``path`` as written, ``total_frames`` (rawframes
+    lists only) and the 0-based ``labels``."""
+
+    lineno: int
+    path: str
+    total_frames: int | None
+    labels: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        """The store key: the path without a video extension (a frame folder keeps its name)."""
+        p = PurePosixPath(self.path.replace("\\", "/"))
+        return (p.with_suffix("") if p.suffix.lower() in VIDEO_EXTENSIONS else p).as_posix()
+
+
+@dataclass(frozen=True)
+class KineticsRow:
+    """One row of a Kinetics CSV; ``label`` is None in test files; times in whole seconds."""
+
+    lineno: int
+    label: str | None
+    youtube_id: str
+    time_start: int | None
+    time_end: int | None
+    split: str
+
+
+@dataclass
+class LabelMatch:
+    """Labels of store keys from a list or CSV.
+
+    ``labels``: key -> (0-based label id, class name) for every matched, labelled key; ``classes``:
+    the class names label ids index; ``unmatched``: the rows (as ``file:line text``) that matched no
+    key; ``unlabelled``: the keys no row labels (sorted); ``total_frames``: the frame count a
+    rawframes list gives each matched key.
+    """
+
+    labels: dict[str, tuple[int, str]] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+    total_frames: dict[str, int] = field(default_factory=dict)  # rawframes lists: key -> count
+
+    def report(self, shown: int = 5) -> list[str]:
+        """Lines for the user: counts of labelled, unmatched and unlabelled, with examples."""
+        lines = [f"{len(self.labels)} videos labelled ({len(self.classes)} classes)"]
+        for what, items in (("rows match no video", self.unmatched),
+                            ("videos have no label", self.unlabelled)):
+            if items:
+                more = f" and {len(items) - shown} more" if len(items) > shown else ""
+                lines.append(f"{len(items)} {what}: {', '.join(items[:shown])}{more}")
+        return lines
+
+
+# ----------------------------------------------------------------------------- mmaction2 lists
+
+def read_mmaction_list(path: str | os.PathLike, kind: str = "rawframes") -> list[ListEntry]:
+    """The entries of an mmaction2 annotation list of ``kind`` ``"rawframes"`` (``frame_dir
+    total_frames label...``) or ``"videos"`` (``path label...``); blank lines are skipped. Raises
+    :class:`FlowkitError` naming the file and line of a malformed line."""
+    if kind not in ("rawframes", "videos"):
+        raise ValueError(f"kind must be 'rawframes' or 'videos', got {kind!r}")
+    path = Path(path)
+    entries = []
+    for lineno, fields in _lines(path):
+        numbers = fields[1:]
+        need = 2 if kind == "rawframes" else 1
+        if len(numbers) < need or not all(_is_int(v) for v in numbers):
+            form = "frame_dir total_frames label" if kind == "rawframes" else "path label"
+            raise FlowkitError(f"{path}:{lineno}: expected '{form}' (integers after the path), "
+                               f"got {' '.join(fields)!r}")
+        values = [int(v) for v in numbers]
+        total = values.pop(0) if kind == "rawframes" else None
+        if any(v < 0 for v in values):
+            raise FlowkitError(f"{path}:{lineno}: labels must be 0-based class ids, got {values}")
+        entries.append(ListEntry(lineno, fields[0], total, tuple(values)))
+    return entries
+
+
+def read_keys(path: str | os.PathLike) -> list[str]:
+    """Store keys of any video list, in order: the first field of each line without a video
+    extension (UCF101 ``trainlist01.txt``, mmaction2 rawframes or video lists). Repeats are
+    kept once."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlowkitError(f"video list {path} does not exist")
+    keys = [ListEntry(n, fields[0], None, ()).key for n, fields in _lines(path)
+            if not fields[0].startswith("#")]
+    return list(dict.fromkeys(keys))
+
+
+def format_list_line(frame_dir: str, total_frames: int | None, label: int) -> str:
+    """One line of an mmaction2 list (rawframes when ``total_frames`` is given, else videos)."""
+    if any(c.isspace() for c in frame_dir):
+        raise FlowkitError(f"{frame_dir!r} contains whitespace, which mmaction2 lists cannot hold")
+    middle = f" {int(total_frames)}" if total_frames is not None else ""
+    return f"{frame_dir}{middle} {int(label)}\n"
+
+
+def write_mmaction_list(path: str | os.PathLike,
+                        rows: Iterable[tuple[str, int | None, int]]) -> int:
+    """Write ``(frame_dir, total_frames, label)`` rows as an mmaction2 list, atomically; returns
+    the number of lines."""
+    lines = [format_list_line(*row) for row in rows]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
+
+
+def read_label_map(path: str | os.PathLike) -> list[str]:
+    """Class names of an mmaction2 label map: one per line, line i (0-based) is label i."""
+    path = Path(path)
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlowkitError(f"cannot read label map {path}: {e}") from None
+    while names and not names[-1]:
+        names.pop()
+    if not names or "" in names:
+        raise FlowkitError(f"{path}: a label map needs one non-empty class name per line")
+    if len(set(names)) != len(names):
+        raise FlowkitError(f"{path}: a class name appears twice")
+    return names
+
+
+def write_label_map(path: str | os.PathLike, classes: Sequence[str]) -> None:
+    atomic_write_text(path, "".join(f"{name}\n" for name in classes))
+
+
+def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
+               classes: Sequence[str] | None = None) -> LabelMatch:
+    """Label ``keys`` from mmaction2 list ``entries`` (read from ``where``).
+
+    An entry matches the key equal to its path (without video extension), else the one key with
+    the same last name (lists written relative to another root). Class names come from
+    ``classes`` (a label map), else from the class folders when each label's videos share one
+    folder, else ``class_<id>``. Multi-label entries label nothing and count as unmatched.
+    """
+    keys = sorted(set(keys))
+    by_name = defaultdict(list)
+    for key in keys:
+        by_name[PurePosixPath(key).name].append(key)
+    ids: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    unmatched = []
+    for entry in entries:
+        candidates = by_name.get(PurePosixPath(entry.key).name, [])
+        key = entry.key if entry.key in candidates else (
+            candidates[0] if len(candidates) == 1 else None)
+        if key is None or len(entry.labels) != 1:
+            unmatched.append(f"{where}:{entry.lineno} {entry.path}")
+            continue
+        ids[key] = entry.labels[0]
+        if entry.total_frames is not None:
+            totals[key] = entry.total_frames
+    names = _class_names(ids, classes, where)
+    return LabelMatch({k: (i, names[i]) for k, i in ids.items()}, names, unmatched,
+                      [k for k in keys if k not in ids], totals)
+
+
+def _class_names(ids: dict[str, int], classes: Sequence[str] | None, where: str) -> list[str]:
+    count = max(ids.values(), default=-1) + 1
+    if classes is not None:
+        if count > len(classes):
+            raise FlowkitError(f"{where}: label {count - 1} is out of range of the label map's "
+                               f"{len(classes)} classes")
+        return list(classes)
+    folders = defaultdict(set)
+    for key, label in ids.items():
+        parts = PurePosixPath(key).parts
+        folders[label].add(parts[-2] if len(parts) > 1 else "")
+    names = [next(iter(folders[i])) if len(folders.get(i, ())) == 1 else "" for i in range(count)]
+    if "" in names or len(set(names)) != len(names):
+        return [f"class_{i}" for i in range(count)]
+    return names
+
+
+# ----------------------------------------------------------------------------- Kinetics CSV
+
+def read_kinetics_csv(path: str | os.PathLike) -> list[KineticsRow]:
+    """The rows of a Kinetics-style CSV (header ``label,youtube_id,time_start,time_end,split``;
+    ``label`` may be missing, as in test files). Raises :class:`FlowkitError` naming the file and
+    line of a malformed row."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlowkitError(f"cannot read {path}: {e}") from None
+    reader = csv.reader(text.splitlines())
+    header = [h.strip() for h in next(reader, [])]
+    if "youtube_id" not in header:
+        raise FlowkitError(f"{path}: not a Kinetics CSV (the header {','.join(header)!r} has no "
+                           f"youtube_id column; expected {','.join(KINETICS_COLUMNS)})")
+    col = {name: header.index(name) for name in KINETICS_COLUMNS if name in header}
+    rows = []
+    for lineno, values in enumerate(reader, 2):
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) < len(header):
+            raise FlowkitError(f"{path}:{lineno}: {len(values)} fields, the header has "
+                               f"{len(header)}")
+        get = {name: values[i].strip() for name, i in col.items()}
+        try:
+            start = int(float(get["time_start"])) if get.get("time_start") else None
+            end = int(float(get["time_end"])) if get.get("time_end") else None
+        except ValueError:
+            raise FlowkitError(f"{path}:{lineno}: time_start / time_end must be numbers, got "
+                               f"{get.get('time_start')!r}, {get.get('time_end')!r}") from None
+        if not get["youtube_id"]:
+            raise FlowkitError(f"{path}:{lineno}: empty youtube_id")
+        rows.append(KineticsRow(lineno, get.get("label") or None, get["youtube_id"], start, end,
+                                get.get("split", "")))
+    return rows
+
+
+def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str) -> LabelMatch:
+    """Label ``keys`` (videos named ``<youtube_id>_<start>_<end>`` or ``<youtube_id>``) from
+    Kinetics CSV ``rows`` (read from ``where``). Class ids index the sorted label names."""
+    keys = sorted(set(keys))
+    by_clip: dict[tuple[str, int, int], list[str]] = defaultdict(list)
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for key in keys:
+        name = PurePosixPath(key).name
+        m = _CLIP_RE.fullmatch(name)
+        if m:
+            by_clip[(m["id"], int(m["start"]), int(m["end"]))].append(key)
+        by_id[name].append(key)
+    classes = sorted({r.label for r in rows if r.label})
+    index = {name: i for i, name in enumerate(classes)}
+    labels: dict[str, tuple[int, str]] = {}
+    unmatched = []
+    for row in rows:
+        found = by_clip.get((row.youtube_id, row.time_start, row.time_end), []) \
+            if row.time_start is not None and row.time_end is not None else []
+        found = found or by_id.get(row.youtube_id, [])
+        if not found:
+            unmatched.append(f"{where}:{row.lineno} {row.youtube_id}")
+            continue
+        if row.label:
+            for key in found:
+                labels[key] = (index[row.label], row.label)
+    return LabelMatch(labels, classes, unmatched, [k for k in keys if k not in labels])
+
+
+def match_annotations(path: str | os.PathLike, keys: Iterable[str], *, kind: str = "rawframes",
+                      label_map: str | os.PathLike | None = None) -> LabelMatch:
+    """:func:`match_kinetics` for a ``.csv`` file, else :func:`match_list` of an mmaction2 list
+    of ``kind`` (class names from ``label_map`` when given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlowkitError(f"annotation file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        return match_kinetics(read_kinetics_csv(path), keys, str(path))
+    classes = read_label_map(label_map) if label_map is not None else None
+    return match_list(read_mmaction_list(path, kind), keys, str(path), classes)
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _lines(path: Path) -> Iterable[tuple[int, list[str]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlowkitError(f"cannot read annotation list {path}: {e}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if fields:
+            yield lineno, fields
+
+
+__all__ = ["ListEntry", "KineticsRow", "LabelMatch", "read_mmaction_list", "read_keys",
+           "format_list_line", "write_mmaction_list", "read_label_map", "write_label_map",
+           "match_list", "read_kinetics_csv", "match_kinetics", "match_annotations",
+           "KINETICS_COLUMNS"]

@@ -1,0 +1,280 @@
+"""Store -> mmaction2 rawframes: the run behind ``flowkit export rawframes STORE OUT_DIR``.
+
+Writes ``OUT_DIR/<key>/img_%05d.jpg`` and ``flow_{x,y}_%05d.jpg`` (format: :mod:`flowkit.rawframes`)
+for every video of the store, then the annotation lists mmaction2's ``RawframeDataset`` reads:
+
+- ``<name>_rawframes.txt``: ``frame_dir total_frames label`` with the RGB frame count (what
+  mmaction2's ``build_file_list.py`` writes), ``<name>_flow.txt``: the same with the flow pair
+  count (n - 1), so that a flow clip never asks for a pair that does not exist;
+- ``<name>`` is ``all`` (every exported, labelled video) and the stem of each ``split_lists`` file
+  (UCF101 ``trainlist01.txt`` or an mmaction2 list: its videos, in its order);
+- ``label_map.txt``: the store's classes, one per line (label i on line i).
+
+Resumable: a video is written into the hidden folder ``.<video>.partial`` next to its final
+folder and renamed when complete, so an existing ``OUT_DIR/<key>`` is always finished and is
+skipped on a rerun; the options are kept in ``OUT_DIR/.flowkit-export.json`` and a rerun with other
+options is refused (the folder would mix two quantisations). One exporter per ``OUT_DIR`` at a
+time. Parallel: ``workers`` threads, one video each (:mod:`flowkit.interop.pool`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import rawframes
+from ..annotations import read_keys, write_label_map, write_mmaction_list
+from ..errors import FlowkitError
+from ..files import atomic_write_json
+from ..progress import Progress, StopFlag, Stopped
+from ..store import DEFAULT_BOUND, FlowStore
+from .pool import run_threads
+
+OPTIONS_FILE = ".flowkit-export.json"
+LABEL_MAP = "label_map.txt"
+CHUNK = 32  # frames read, coded and written at a time: bounds memory whatever the video length
+
+
+@dataclass
+class ExportConfig:
+    """How rawframes are written; every field is a ``flowkit export rawframes`` option.
+
+    ``flow_name`` None exports each video's only flow (a video with several must name one);
+    ``bound``: the quantiser's range in pixels; ``quality``: JPEG quality of images and flow;
+    ``start_index``: number of the first file (1: mmaction2, 0: denseflow).
+    """
+
+    flow_name: str | None = None
+    bound: float = DEFAULT_BOUND
+    quality: int = rawframes.DEFAULT_QUALITY
+    start_index: int = rawframes.DEFAULT_START_INDEX
+    rgb: bool = True
+    flow: bool = True
+    workers: int = 1
+    split_lists: Sequence[str | os.PathLike] = ()
+
+    def __post_init__(self):
+        if not (np.isfinite(self.bound) and self.bound > 0):
+            raise FlowkitError(f"bound must be a positive number of pixels, got {self.bound!r}")
+        if not 1 <= int(self.quality) <= 100:
+            raise FlowkitError(f"JPEG quality must be in 1..100, got {self.quality!r}")
+        if self.start_index not in (0, 1):
+            raise FlowkitError(f"start index must be 0 or 1, got {self.start_index!r}")
+        if self.workers < 1:
+            raise FlowkitError(f"workers must be >= 1, got {self.workers}")
+        if not (self.rgb or self.flow):
+            raise FlowkitError("nothing to export: both RGB and flow are switched off")
+
+    def format_options(self) -> dict:
+        """What makes two exports into one folder compatible."""
+        return {"format": "mmaction2-rawframes", "flow_name": self.flow_name,
+                "bound": float(self.bound), "quality": int(self.quality),
+                "start_index": int(self.start_index), "rgb": self.rgb, "flow": self.flow}
+
+
+@dataclass
+class VideoExport:
+    """One video's outcome: ``status`` done / skipped (already exported) / failed."""
+
+    key: str
+    status: str
+    reason: str = ""
+    label: int = -1
+    frames: int = 0
+    pairs: int = 0
+    clipped: int = 0  # flow values beyond the bound, written as 0 or 255
+    values: int = 0   # flow values written
+
+
+@dataclass
+class ExportSummary:
+    out_dir: str
+    results: list[VideoExport]
+    lists: list[str]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    def to_dict(self) -> dict:
+        clipped = sum(r.clipped for r in self.results)
+        values = sum(r.values for r in self.results)
+        return {"out_dir": self.out_dir, "seconds": round(self.seconds, 3),
+                "done": self.count("done"), "skipped": self.count("skipped"),
+                "failed": self.count("failed"), "lists": self.lists,
+                "clipped_values": clipped,
+                "clipped_fraction": clipped / values if values else 0.0,
+                "unlabelled": self.unlabelled, "notes": self.notes,
+                "videos": [asdict(r) for r in self.results]}
+
+
+def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
+                     config: ExportConfig | None = None, *, progress: Progress | None = None,
+                     stop: StopFlag | None = None) -> ExportSummary:
+    """Export every video of the store at ``store_path`` to ``out_dir`` as rawframes, resuming.
+
+    ``progress`` gets the tasks "videos" and "frames" and a line per failed video; once ``stop``
+    is set, the videos in flight are abandoned (their partial folders removed) and
+    :class:`~flowkit.progress.Stopped` is raised.
+    """
+    started = time.perf_counter()
+    config = config or ExportConfig()
+    progress, stop = progress or Progress(), stop or StopFlag()
+    store = FlowStore(store_path)
+    keys = store.keys()
+    if not keys:
+        raise FlowkitError(f"store {store.path} holds no finished videos; nothing to export")
+    split_keys = {Path(p).stem: read_keys(p) for p in config.split_lists}
+    out = Path(out_dir)
+    _check_options(out, config)
+    local = threading.local()
+
+    def work(key: str) -> VideoExport:
+        if not hasattr(local, "store"):  # FlowStore caches handles: one per thread
+            local.store = FlowStore(store.path)
+        return _export_one(local.store, key, out, config, stop)
+
+    videos = progress.start("videos", total=len(keys))
+    frames = progress.start("frames")
+    results = []
+    try:
+        for result in run_threads(keys, work, config.workers, stop):
+            results.append(result)
+            videos.advance()
+            frames.advance(result.frames or result.pairs if result.status == "done" else 0)
+            if result.status == "failed":
+                progress.log(f"failed {result.key}: {result.reason}")
+    finally:
+        videos.close()
+        frames.close()
+    order = {k: i for i, k in enumerate(keys)}
+    results.sort(key=lambda r: order[r.key])
+    summary = ExportSummary(str(out), results, [], 0.0)
+    _write_lists(out, store.classes, results, split_keys, summary)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _check_options(out: Path, config: ExportConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / OPTIONS_FILE
+    wanted = config.format_options()
+    if path.is_file():
+        try:
+            had = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise FlowkitError(f"{path}: unreadable ({e}); delete it only if {out} holds no "
+                               "earlier export") from None
+        if had != wanted:
+            diff = ", ".join(f"{k} {had.get(k)!r} -> {v!r}" for k, v in wanted.items()
+                             if had.get(k) != v)
+            raise FlowkitError(f"{out} was exported with other options ({diff}); use a new "
+                               "folder or the same options to resume")
+    elif any(p.name != OPTIONS_FILE for p in out.iterdir()):
+        raise FlowkitError(f"{out} is not empty and holds no flowkit export; choose a new or "
+                           "empty folder")
+    else:
+        atomic_write_json(path, wanted)
+
+
+def _flow_name(meta: dict, config: ExportConfig) -> str | None:
+    names = sorted(meta["flows"])
+    if not config.flow:
+        return None
+    if config.flow_name is not None:
+        if config.flow_name not in names:
+            raise FlowkitError(f"no flow {config.flow_name!r} (it has: "
+                               f"{', '.join(names) or 'none'})")
+        return config.flow_name
+    if len(names) > 1:
+        raise FlowkitError(f"it has several flows ({', '.join(names)}); choose one with --flow")
+    return names[0] if names else None
+
+
+def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
+                stop: StopFlag) -> VideoExport:
+    final = out / key
+    try:
+        meta = store.meta(key)
+        label = int(meta.get("label", -1))
+        if final.is_dir():
+            found = rawframes.scan_folder(final)
+            return VideoExport(key, "skipped", "already exported", label, len(found.rgb),
+                               len(found.flow))
+        name = _flow_name(meta, config)
+        rgb = config.rgb and meta["has_rgb"]
+        if not rgb and name is None:
+            raise FlowkitError("nothing to export (no RGB frames and no flow)")
+        result = VideoExport(key, "done", label=label)
+        _write_video(store, key, final, int(meta["num_frames"]), rgb, name, config, stop, result)
+        return result
+    except Stopped:
+        raise
+    except Exception as exc:  # one bad video never stops the run
+        reason = str(exc) if isinstance(exc, (FlowkitError, OSError)) else \
+            f"{type(exc).__name__}: {exc}"
+        return VideoExport(key, "failed", reason)
+
+
+def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool, flow_name: str | None,
+                 config: ExportConfig, stop: StopFlag, result: VideoExport) -> None:
+    partial = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # a crashed run's leftover: redone from scratch
+    write = dict(bound=config.bound, quality=config.quality, start_index=config.start_index)
+    try:
+        partial.mkdir(parents=True)
+        for first in range(0, n, CHUNK) if rgb else ():
+            stop.check()
+            frames = store.read_rgb(key, slice(first, first + CHUNK))
+            rawframes.write_frames(partial, first, rgb=frames, **write)
+            result.frames += len(frames)
+        for first in range(0, n - 1, CHUNK) if flow_name else ():
+            stop.check()
+            flow = store.read_flow(key, flow_name, slice(first, first + CHUNK))
+            result.clipped += int(np.count_nonzero(np.abs(flow) > config.bound))
+            result.values += flow.size
+            rawframes.write_frames(partial, first, flow=flow, **write)
+            result.pairs += len(flow)
+        os.replace(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _write_lists(out: Path, classes: list[str], results: list[VideoExport],
+                 split_keys: dict[str, list[str]], summary: ExportSummary) -> None:
+    exported = {r.key: r for r in results if r.status in ("done", "skipped")}
+    summary.unlabelled = sorted(k for k, r in exported.items() if r.label < 0)
+    if classes:
+        write_label_map(out / LABEL_MAP, classes)
+        summary.lists.append(str(out / LABEL_MAP))
+    for name, keys in [("all", list(exported)), *split_keys.items()]:
+        missing = [k for k in keys if k not in exported]
+        if missing:
+            summary.notes.append(f"{len(missing)} videos of {name} are not exported (not in the "
+                                 f"store, or failed), e.g. {missing[0]}; left out of its lists")
+        chosen = [exported[k] for k in keys if k in exported and exported[k].label >= 0]
+        spaced = [r.key for r in chosen if any(c.isspace() for c in r.key)]
+        if spaced:  # a list line is split at whitespace: such a folder cannot be listed
+            summary.notes.append(f"{len(spaced)} videos of {name} have whitespace in their path "
+                                 f"and are left out of its lists, e.g. {spaced[0]!r}")
+            chosen = [r for r in chosen if r.key not in set(spaced)]
+        for suffix, count in (("rawframes", lambda r: r.frames), ("flow", lambda r: r.pairs)):
+            rows = [(r.key, count(r), r.label) for r in chosen if count(r) > 0]
+            if rows:
+                path = out / f"{name}_{suffix}.txt"
+                write_mmaction_list(path, rows)
+                summary.lists.append(str(path))
+
+
+__all__ = ["ExportConfig", "ExportSummary", "VideoExport", "export_rawframes", "OPTIONS_FILE",
+           "LABEL_MAP"]

@@ -1,0 +1,372 @@
+"""Rawframes and denseflow HDF5 -> store: the run behind ``flowkit import rawframes DIR -o STORE``.
+
+A video under ``DIR`` is a rawframes folder ``DIR/<key>/`` (:mod:`flowkit.rawframes`: 1- or
+0-based names, ``flow_x_p<s>_*`` step variants) and/or a denseflow HDF5 file ``DIR/<key>.h5``
+(:mod:`flowkit.denseflow`; its float flow is taken over the folder's 8-bit flow). Each video is
+checked before anything is written: numbering without gaps, as many ``flow_x`` as ``flow_y``,
+n - s flow pairs for n frames, and the frame count an annotation list gives; a video that fails a
+check is one failed line of the summary, never padded or trimmed.
+
+Labels: from annotation files (mmaction2 rawframes lists, Kinetics CSV; :mod:`flowkit.annotations`)
+when given, and then only the videos they label are imported (the others are listed); else from
+the folder layout ``DIR/<class>/<video>``. Class names and ids come from ``label_map`` or
+``DIR/label_map.txt`` when there is one (``flowkit export rawframes`` writes it), so a round trip
+keeps the store's label ids.
+
+Flow is written with the chosen store codec (default ``jpegls``, 0.1 px) under ``flow/<flow_name>``
+(default ``tvl1``, what ``flowkit train`` reads); its engine record says where it came from:
+``engine`` ``mmaction2-rawframes`` or ``denseflow-hdf5``, ``engine_version`` the importing
+flowkit's, ``backend`` ``external``, ``params`` with ``source_format``, ``bound``,
+``quantization_error``, ``naming`` and ``step``. Resumable
+like ``flowkit extract``: videos already in the store with that flow are skipped.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import numpy as np
+
+from .. import denseflow, rawframes
+from ..annotations import LabelMatch, match_annotations, read_label_map
+from ..errors import FlowkitError
+from ..progress import Progress, StopFlag, Stopped
+from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
+from ..version import __version__
+from .export import LABEL_MAP
+from .pool import run_threads
+
+CHUNK = 32  # frames read and written at a time
+
+
+@dataclass
+class ImportConfig:
+    """What to import and how to store it; every field is a ``flowkit import rawframes`` option.
+
+    ``bound``: the range (pixels) the 8-bit flow was quantised with (not recorded in rawframes:
+    20 for mmaction2's scripts, 32 is denseflow's own default); ``fps`` 0 means unknown.
+    """
+
+    bound: float = DEFAULT_BOUND
+    flow_name: str = "tvl1"
+    flow_codec: str = "jpegls"
+    rgb_codec: str = "jpeg"
+    rgb: bool = True
+    flow: bool = True
+    annotations: Sequence[str | os.PathLike] = ()
+    label_map: str | os.PathLike | None = None
+    fps: float = 0.0
+    workers: int = 1
+
+    def __post_init__(self):
+        flow_codec(self.flow_codec)  # StoreError (a FlowkitError) for a bad spec
+        rgb_codec(self.rgb_codec)
+        if not (np.isfinite(self.bound) and self.bound > 0):
+            raise FlowkitError(f"bound must be a positive number of pixels, got {self.bound!r}")
+        if self.workers < 1:
+            raise FlowkitError(f"workers must be >= 1, got {self.workers}")
+        if not (self.rgb or self.flow):
+            raise FlowkitError("nothing to import: both RGB and flow are switched off")
+
+
+@dataclass
+class Source:
+    """Where one video's data is: its rawframes folder and/or its denseflow HDF5 file."""
+
+    key: str
+    folder: Path | None = None
+    h5: Path | None = None
+    label: int = -1
+    label_name: str = ""
+    total_frames: int | None = None  # what an annotation list says
+
+
+@dataclass
+class VideoImport:
+    key: str
+    source: str
+    status: str  # done, skipped, failed
+    reason: str = ""
+    frames: int = 0
+    pairs: int = 0
+
+
+@dataclass
+class ImportSummary:
+    store: str
+    results: list[VideoImport]
+    seconds: float
+    labels: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    def to_dict(self) -> dict:
+        return {"store": self.store, "seconds": round(self.seconds, 3),
+                "done": self.count("done"), "skipped": self.count("skipped"),
+                "failed": self.count("failed"),
+                "frames": sum(r.frames for r in self.results if r.status == "done"),
+                "labels": self.labels, "unmatched_rows": self.unmatched,
+                "unlabelled_videos": self.unlabelled, "notes": self.notes,
+                "videos": [asdict(r) for r in self.results]}
+
+
+def find_sources(root: str | os.PathLike) -> dict[str, Source]:
+    """Every video under ``root``: rawframes folders and denseflow HDF5 files, by key."""
+    root = Path(root)
+    sources = {key: Source(key, folder=root / key) for key in rawframes.find_videos(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            parsed = denseflow.parse_name(name) if name.endswith(".h5") else None
+            path = Path(dirpath, name)
+            if parsed is None or not denseflow.is_denseflow_file(path):
+                continue
+            key = (PurePosixPath(path.parent.relative_to(root).as_posix()) / parsed[0]).as_posix()
+            source = sources.setdefault(key, Source(key))
+            if source.h5 is not None:
+                raise FlowkitError(f"{key}: two denseflow files ({source.h5.name}, {name}); keep "
+                                   "one step per video")
+            source.h5 = path
+    return dict(sorted(sources.items()))
+
+
+def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig
+                  ) -> tuple[list[str], LabelMatch | None]:
+    """Set each source's label; returns the class names and, with annotation files, the match."""
+    label_map = config.label_map
+    if label_map is None and (root / LABEL_MAP).is_file():
+        label_map = root / LABEL_MAP
+    if config.annotations:
+        match = _match_all(config.annotations, list(sources), label_map)
+        for key, (label, name) in match.labels.items():
+            sources[key].label, sources[key].label_name = label, name
+            sources[key].total_frames = match.total_frames.get(key)
+        return match.classes, match
+    folders = sorted({PurePosixPath(k).parts[0] for k in sources
+                      if len(PurePosixPath(k).parts) > 1})
+    classes = read_label_map(label_map) if label_map is not None else folders
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(folders) - set(index))
+    if unknown:
+        raise FlowkitError(f"class folders {unknown[:5]} are not in the label map {label_map}; "
+                           "label the videos with --annotations (e.g. the all_rawframes.txt "
+                           "that flowkit export wrote) or pass another --label-map")
+    for key, source in sources.items():
+        parts = PurePosixPath(key).parts
+        if len(parts) > 1:
+            source.label, source.label_name = index[parts[0]], parts[0]
+    return classes, None
+
+
+def _match_all(files: Sequence[str | os.PathLike], keys: list[str],
+               label_map: str | os.PathLike | None) -> LabelMatch:
+    """One :class:`LabelMatch` over several annotation files (train and validation lists)."""
+    total = LabelMatch()
+    for i, path in enumerate(files):
+        match = match_annotations(path, keys, kind="rawframes", label_map=label_map)
+        if i and match.classes != total.classes:
+            raise FlowkitError(f"{path} has other classes than {files[0]} "
+                               f"({len(match.classes)} vs {len(total.classes)}); pass a label map "
+                               "(--label-map) or files of one dataset")
+        total.classes = match.classes
+        total.labels.update(match.labels)
+        total.total_frames.update(match.total_frames)
+        total.unmatched += match.unmatched
+    total.unlabelled = [k for k in keys if k not in total.labels]
+    return total
+
+
+def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
+                     config: ImportConfig | None = None, *, progress: Progress | None = None,
+                     stop: StopFlag | None = None) -> ImportSummary:
+    """Import every video under ``root`` into the store at ``store_path`` (created if missing).
+
+    ``progress`` gets the tasks "videos" and "frames" and a line per failed video; once ``stop``
+    is set, the videos in flight are discarded cleanly and :class:`~flowkit.progress.Stopped`
+    is raised. Returns one :class:`VideoImport` per video considered.
+    """
+    started = time.perf_counter()
+    config = config or ImportConfig()
+    progress, stop = progress or Progress(), stop or StopFlag()
+    root = Path(root)
+    if not root.is_dir():
+        raise FlowkitError(f"rawframes folder {root} does not exist or is not a directory")
+    sources = find_sources(root)
+    if not sources:
+        raise FlowkitError(f"{root}: no rawframes folders (img_*.jpg, flow_x_*.jpg) or denseflow "
+                           "HDF5 files found")
+    classes, match = label_sources(root, sources, config)
+    summary = ImportSummary(str(store_path), [], 0.0)
+    if match is not None:
+        summary.labels = match.report()
+        summary.unmatched, summary.unlabelled = match.unmatched, match.unlabelled
+        for key in match.unlabelled:
+            src = sources.pop(key)
+            summary.results.append(VideoImport(key, str(src.folder or src.h5), "skipped",
+                                               "no label in the annotation files"))
+    store = FlowStore(store_path, "a", classes=classes)
+    store.remove_partials()
+    todo = []
+    for source in sources.values():
+        if _finished(store, source.key, config):
+            summary.results.append(VideoImport(source.key, str(source.folder or source.h5),
+                                               "skipped", "already in the store"))
+        else:
+            todo.append(source)
+    videos = progress.start("videos", total=len(sources), completed=len(sources) - len(todo))
+    frames = progress.start("frames")
+    try:
+        for result in run_threads(todo, lambda s: _import_one(_thread_store(store.path), s,
+                                                              config, stop),
+                                  config.workers, stop):
+            summary.results.append(result)
+            videos.advance()
+            frames.advance(result.frames or result.pairs)
+            if result.status == "failed":
+                progress.log(f"failed {result.source}: {result.reason}")
+    finally:
+        videos.close()
+        frames.close()
+    summary.results.sort(key=lambda r: r.key)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+_local = threading.local()
+
+
+def _thread_store(path: Path) -> FlowStore:
+    """This thread's handle on the store (FlowStore caches open files; one per thread)."""
+    stores = _local.__dict__.setdefault("stores", {})
+    if path not in stores:
+        stores[path] = FlowStore(path, "a")
+    return stores[path]
+
+
+def _finished(store: FlowStore, key: str, config: ImportConfig) -> bool:
+    """Whether ``key`` is already imported: complete, with this flow (or flow not asked for, or
+    an RGB-only video)."""
+    if not store.is_complete(key):
+        return False
+    try:
+        flows = store.meta(key)["flows"]
+    except (FlowkitError, OSError):
+        return False  # unreadable: imported again, the damaged file replaced
+    return not config.flow or config.flow_name in flows or not flows
+
+
+@dataclass
+class _Plan:
+    """What one video contributes: the image indices and flow to write, and how it is named."""
+
+    frames: list[int]
+    pairs: list[int]
+    step: int
+    h5_flow: denseflow.DenseflowFile | None
+    video: rawframes.RawframeVideo | None
+    record: dict | None
+
+
+def plan_video(source: Source, config: ImportConfig) -> _Plan:
+    """Check one video and decide what to write; :class:`FlowkitError` says why it cannot be."""
+    video = rawframes.scan_folder(source.folder) if source.folder is not None else None
+    if video is not None and video.problems:
+        raise FlowkitError("; ".join(video.problems))
+    h5_flow = denseflow.open_flow(source.h5) if source.h5 is not None and config.flow else None
+    step = h5_flow.step if h5_flow is not None else 1
+    rgb = video.rgb if video is not None and config.rgb else []
+    if h5_flow is None and video is not None and config.flow and video.flow:
+        step = video.flow_step
+    n_flow = len(h5_flow) if h5_flow is not None else (
+        len(video.flow) if video is not None and config.flow else 0)
+    if rgb and n_flow and n_flow != len(rgb) - step:
+        raise FlowkitError(f"{len(rgb)} frames but {n_flow} flow pairs of step {step} in "
+                           f"{source.h5.name if h5_flow is not None else 'the folder'} "
+                           f"(expected {len(rgb) - step})")
+    n = len(rgb) if rgb else (n_flow + step if n_flow else 0)
+    if n == 0:
+        raise FlowkitError("nothing to import (no frames, no flow)")
+    images = len(video.rgb) if video is not None else 0
+    if source.total_frames is not None and source.total_frames not in (images or None,
+                                                                        n_flow or None):
+        raise FlowkitError(f"the annotation list says {source.total_frames} frames, the folder "
+                           f"has {images} frames and {n_flow} flow pairs")
+    kept = (n - 1) // step + 1
+    frames = rgb[::step]
+    pairs = list(range(0, n_flow, step))[: kept - 1] if n_flow else []
+    record = None
+    if n_flow:
+        if h5_flow is not None:
+            params = {"source_format": "denseflow-hdf5", "naming": f"flow_{{x,y}}"
+                      f"{f'_p{step}' if step > 1 else ''}_{{:05d}}.jpg datasets from 0",
+                      "step": step}
+        else:
+            params = {"source_format": "mmaction2-rawframes", "bound": float(config.bound),
+                      "quantization_error": rawframes.quantization_error(config.bound),
+                      "jpeg": True, "naming": video.naming(), "step": step}
+        # The engine record says where the flow came from: the format read (as the engine), the
+        # flowkit that read it (as its version), and "external" numerics.
+        record = {"engine": params["source_format"], "version": __version__, "params": params,
+                  "backend": "external"}
+    return _Plan(frames, pairs, step, h5_flow, video, record)
+
+
+def _import_one(store: FlowStore, source: Source, config: ImportConfig,
+                stop: StopFlag) -> VideoImport:
+    where = str(source.folder or source.h5)
+    try:
+        plan = plan_video(source, config)
+        result = VideoImport(source.key, where, "done")
+        first = _first_frame(plan, config)
+        # Adding flow to a video the store has: its RGB frames are kept (copy-on-write), not
+        # appended a second time.
+        if plan.frames and store.is_complete(source.key) and store.meta(source.key)["has_rgb"]:
+            plan.frames = []
+        with store.writer(source.key, source=where, fps=config.fps, label=source.label,
+                          label_name=source.label_name, source_size=first.shape[:2],
+                          step=plan.step, flow_codec=config.flow_codec,
+                          rgb_codec=config.rgb_codec) as w:
+            for i in range(0, len(plan.frames), CHUNK):
+                stop.check()
+                rgb = rawframes.read_rgb(plan.video, plan.frames[i:i + CHUNK])
+                w.append_rgb(rgb)
+                result.frames += len(rgb)
+            for i in range(0, len(plan.pairs), CHUNK):
+                stop.check()
+                w.append_flow(config.flow_name, _flow(plan, plan.pairs[i:i + CHUNK], config),
+                              engine=plan.record)
+                result.pairs += min(CHUNK, len(plan.pairs) - i)
+        return result
+    except Stopped:
+        raise
+    except Exception as exc:  # one bad video never stops the run
+        reason = str(exc) if isinstance(exc, (FlowkitError, OSError)) else \
+            f"{type(exc).__name__}: {exc}"
+        return VideoImport(source.key, where, "failed", reason)
+
+
+def _first_frame(plan: _Plan, config: ImportConfig) -> np.ndarray:
+    """One image of the video (its size is the stored size), RGB or a flow component."""
+    if plan.frames:
+        return rawframes.read_rgb(plan.video, plan.frames[:1])[0]
+    return _flow(plan, plan.pairs[:1], config)[0, 0]
+
+
+def _flow(plan: _Plan, positions: list[int], config: ImportConfig) -> np.ndarray:
+    """Flow pairs at ``positions`` (0-based pair numbers of the source): ``(N, 2, H, W)``."""
+    if plan.h5_flow is not None:
+        return plan.h5_flow.read(positions)
+    indices = [plan.video.flow[p] for p in positions]
+    return rawframes.read_flow(plan.video, indices, config.bound)
+
+
+__all__ = ["ImportConfig", "ImportSummary", "VideoImport", "Source", "find_sources",
+           "label_sources", "plan_video", "import_rawframes"]

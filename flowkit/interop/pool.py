@@ -1,0 +1,48 @@
+"""Videos processed by a few threads, in completion order, with the stop protocol.
+
+The per-video work of export and import is JPEG and JPEG-LS coding, HDF5 reads and file writes,
+which release the GIL, so threads run it in parallel without the start-up and pickling costs of
+processes. At most ``2 * workers`` videos are in flight, whatever the number of videos.
+"""
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from ..progress import StopFlag
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_threads(items: Iterable[T], work: Callable[[T], R], workers: int,
+                stop: StopFlag) -> Iterator[R]:
+    """``work(item)`` for every item in ``workers`` threads; results in completion order.
+
+    Once ``stop`` is set no new item starts; the ones in flight finish (their ``work`` polls
+    ``stop`` itself and cleans up) and :class:`~flowkit.progress.Stopped` is raised. An exception
+    from ``work`` propagates after the items in flight have finished.
+    """
+    pending = iter(items)
+    with ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="flowkit-video") as pool:
+        running: set[Future] = set()
+        try:
+            while True:
+                while len(running) < 2 * max(1, int(workers)) and not stop.is_set():
+                    item = next(pending, _END)
+                    if item is _END:
+                        break
+                    running.add(pool.submit(work, item))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            wait(running)
+    stop.check()
+
+
+_END = object()
+
+__all__ = ["run_threads"]

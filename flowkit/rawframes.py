@@ -1,0 +1,253 @@
+"""mmaction2 / TSN / denseflow *rawframes*: one folder of JPEG files per video.
+
+Layout of one video's folder (``OUT_DIR/<class>/<video>/``)::
+
+    img_00001.jpg  img_00002.jpg  ...          RGB frames, n of them
+    flow_x_00001.jpg  flow_y_00001.jpg  ...    flow pairs, n - 1 of them (8-bit gray)
+
+- Numbering starts at 1 (mmaction2's ``start_index=1``, TSN's ``dense_flow``) or at 0 (what
+  denseflow writes today); both are read, and :func:`write_frames` writes either.
+- Flow between frames t and t + s (denseflow ``-s s``, s > 1) is named ``flow_x_p<s>_%05d.jpg``;
+  it is read and thinned to every s-th frame, flowkit's ``--step s`` (:func:`RawframeVideo.pairs`).
+- Flow is quantised linearly in a bound b (pixels), exactly as denseflow does (``src/common.cpp``,
+  ``convertFlowToImage``): ``v > b -> 255``, ``v < -b -> 0``, else ``round(255 (v + b) / (2 b))``
+  (:func:`flowkit.store.codecs.quantize`, half to even like OpenCV's ``cvRound``). Decoded
+  values are ``q 2b / 255 - b``, so within the bound the quantiser alone is off by at most
+  ``b / 255`` px (0.078 px at b = 20); the JPEG coding of the gray images adds its own error, and
+  values beyond the bound are lost (clipped). The bound is not recorded in the files: readers are
+  told it (``--bound``, 20 by default, mmaction2's ``build_rawframes.py``; denseflow's own
+  default is 32).
+
+Arrays follow flowkit's conventions: RGB ``(T, H, W, 3)`` uint8, flow ``(T - 1, 2, H, W)`` float32
+pixels, u (+x right) then v (+y down), ``flow[t]`` from frame t to frame t + 1.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FlowkitError
+from .store.codecs import DEFAULT_BOUND, dequantize, quantize
+
+RGB_PREFIX = "img"
+FLOW_X_PREFIX = "flow_x"
+FLOW_Y_PREFIX = "flow_y"
+DEFAULT_START_INDEX = 1
+DEFAULT_QUALITY = 95  # mmaction2 / denseflow write OpenCV's default JPEG quality, 95
+DIGITS = 5
+
+_NAME_RE = re.compile(r"(?P<kind>img|flow_x|flow_y)(?:_(?P<dir>[pm])(?P<step>\d+))?_(?P<index>\d+)"
+                      r"\.(?:jpg|jpeg|png)")
+
+
+class RawframesError(FlowkitError):
+    """A rawframes folder is incomplete or inconsistent; the message names the folder and cause."""
+
+
+def frame_name(kind: str, index: int, step: int = 1) -> str:
+    """The file name of frame ``index`` of ``kind`` (``"img"``, ``"flow_x"``, ``"flow_y"``):
+    ``img_00001.jpg``, ``flow_x_00000.jpg``, ``flow_x_p2_00000.jpg`` (denseflow's step variant)."""
+    tag = f"_p{step}" if step > 1 and kind != RGB_PREFIX else ""
+    return f"{kind}{tag}_{index:0{DIGITS}d}.jpg"
+
+
+def quantization_error(bound: float) -> float:
+    """The largest error of the 8-bit quantiser inside ``[-bound, bound]``: half a level,
+    ``bound / 255`` pixels."""
+    return float(bound) / 255.0
+
+
+def flow_to_images(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> tuple[np.ndarray, np.ndarray]:
+    """One flow pair ``(2, H, W)`` pixels -> gray images ``(flow_x, flow_y)``, ``(H, W)`` uint8."""
+    q = quantize(np.asarray(flow), float(bound))
+    return q[0], q[1]
+
+
+def images_to_flow(flow_x: np.ndarray, flow_y: np.ndarray,
+                   bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """The gray images ``(H, W)`` uint8 of one pair -> flow ``(2, H, W)`` float32 pixels."""
+    return dequantize(np.stack([flow_x, flow_y]), float(bound))
+
+
+# ------------------------------------------------------------------------------ writing
+
+def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_QUALITY) -> bytes:
+    """A JPEG of an RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 image (OpenCV, like denseflow)."""
+    import cv2
+
+    pixels = image[..., ::-1] if image.ndim == 3 else image  # OpenCV writes BGR
+    ok, blob = cv2.imencode(".jpg", np.ascontiguousarray(pixels),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RawframesError("OpenCV could not encode a frame as JPEG")
+    return blob.tobytes()
+
+
+def write_frames(folder: Path, first: int, rgb: np.ndarray | None = None,
+                 flow: np.ndarray | None = None, *, bound: float = DEFAULT_BOUND,
+                 quality: int = DEFAULT_QUALITY, start_index: int = DEFAULT_START_INDEX) -> None:
+    """Write RGB frames ``(N, H, W, 3)`` and/or flow pairs ``(N, 2, H, W)`` into ``folder`` as
+    ``img_*`` / ``flow_x_*`` / ``flow_y_*`` JPEGs, numbered from ``start_index + first``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(() if rgb is None else rgb):
+        (folder / frame_name(RGB_PREFIX, start_index + first + i)).write_bytes(
+            encode_jpeg(frame, quality))
+    for i, pair in enumerate(() if flow is None else flow):
+        index = start_index + first + i
+        fx, fy = flow_to_images(pair, bound)
+        (folder / frame_name(FLOW_X_PREFIX, index)).write_bytes(encode_jpeg(fx, quality))
+        (folder / frame_name(FLOW_Y_PREFIX, index)).write_bytes(encode_jpeg(fy, quality))
+
+
+# ------------------------------------------------------------------------------ reading
+
+@dataclass
+class RawframeVideo:
+    """What one video folder holds, as found on disk (:func:`scan_folder`).
+
+    ``rgb``: the image indices, sorted; ``flow``: the flow indices of the chosen step, sorted
+    (x and y agree, else it is a problem); ``flow_step``: s of ``flow_x_p<s>_*`` (1 for plain
+    names); ``problems``: why the folder cannot be imported as it is (empty: it can).
+    """
+
+    folder: Path
+    rgb: list[int] = field(default_factory=list)
+    flow: list[int] = field(default_factory=list)
+    flow_step: int = 1
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rgb_start(self) -> int:
+        return self.rgb[0] if self.rgb else DEFAULT_START_INDEX
+
+    @property
+    def flow_start(self) -> int:
+        return self.flow[0] if self.flow else DEFAULT_START_INDEX
+
+    def naming(self) -> str:
+        """How the files are named, e.g. ``"img_{:05d}.jpg from 1, flow_{x,y}_p2_{:05d}.jpg
+        from 0"``."""
+        parts = []
+        if self.rgb:
+            parts.append(f"img_{{:05d}}.jpg from {self.rgb_start}")
+        if self.flow:
+            tag = f"_p{self.flow_step}" if self.flow_step > 1 else ""
+            parts.append(f"flow_{{x,y}}{tag}_{{:05d}}.jpg from {self.flow_start}")
+        return ", ".join(parts)
+
+
+def is_frame_file(name: str) -> bool:
+    """Whether ``name`` is an ``img_*`` / ``flow_x_*`` / ``flow_y_*`` file of a rawframes folder."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
+    """Read the file names of one video folder and check them: numbering without gaps, as many
+    ``flow_x`` as ``flow_y``, and n - s flow pairs for n images (flow step s). Every finding that
+    stops an import is in ``problems``; nothing is padded or dropped silently."""
+    folder = Path(folder)
+    found: dict[tuple[str, str, int], list[int]] = {}
+    for entry in os.scandir(folder):
+        m = _NAME_RE.fullmatch(entry.name)
+        if m and entry.is_file():
+            key = (m["kind"], m["dir"] or "p", int(m["step"] or 1))
+            found.setdefault(key, []).append(int(m["index"]))
+    video = RawframeVideo(folder)
+    video.rgb = sorted(found.pop(("img", "p", 1), []))
+    backward = sorted({s for _, d, s in found if d == "m"})
+    if backward:
+        video.problems.append(f"backward flow (flow_x_m{backward[0]}_*) is not supported; "
+                              "extract forward flow")
+    steps = sorted({s for kind, d, s in found if kind != "img" and d == "p"})
+    if len(steps) > 1:
+        video.notes.append(f"flow of steps {steps} found; using step {steps[0]}")
+    if steps:
+        video.flow_step = steps[0]
+        xs = sorted(found.get(("flow_x", "p", steps[0]), []))
+        ys = sorted(found.get(("flow_y", "p", steps[0]), []))
+        if xs != ys:
+            video.problems.append(f"{len(xs)} flow_x but {len(ys)} flow_y files"
+                                  f"{_first_difference(xs, ys)}")
+        video.flow = xs
+    for kind, indices in (("img", video.rgb), ("flow_x", video.flow)):
+        gap = _gap(indices)
+        if gap:
+            video.problems.append(f"{kind} numbering has a gap: {gap}")
+    if not video.rgb and not video.flow:
+        video.problems.append("no img_* or flow_x_* / flow_y_* files")
+    elif video.rgb and video.flow and len(video.flow) != len(video.rgb) - video.flow_step:
+        video.problems.append(f"{len(video.rgb)} frames but {len(video.flow)} flow pairs of step "
+                              f"{video.flow_step} (expected {len(video.rgb) - video.flow_step})")
+    elif len(video.rgb) == 1 and not video.flow:
+        video.notes.append("a single frame: no flow")
+    return video
+
+
+def _first_difference(xs: list[int], ys: list[int]) -> str:
+    only = sorted(set(xs) ^ set(ys))
+    return f" (index {only[0]} is only in {'flow_x' if only[0] in set(xs) else 'flow_y'})" \
+        if only else ""
+
+
+def _gap(indices: list[int]) -> str:
+    """'' when ``indices`` run without a gap, else the first missing index."""
+    for a, b in zip(indices, indices[1:]):
+        if b != a + 1:
+            return f"{a} is followed by {b}"
+    return ""
+
+
+def read_image(path: Path, gray: bool = False) -> np.ndarray:
+    """An image file as RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8; :class:`RawframesError` if
+    it cannot be decoded."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    if image is None:
+        raise RawframesError(f"{path}: cannot be decoded as an image (truncated or not a JPEG)")
+    return image if gray else np.ascontiguousarray(image[..., ::-1])
+
+
+def read_rgb(video: RawframeVideo, indices: list[int]) -> np.ndarray:
+    """Images ``indices`` of ``video``: ``(N, H, W, 3)`` uint8."""
+    return np.stack([read_image(video.folder / frame_name(RGB_PREFIX, i)) for i in indices])
+
+
+def read_flow(video: RawframeVideo, indices: list[int], bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Flow pairs ``indices`` of ``video``, dequantised with ``bound``: ``(N, 2, H, W)`` float32."""
+    def pair(i: int) -> np.ndarray:
+        fx = read_image(video.folder / frame_name(FLOW_X_PREFIX, i, video.flow_step), gray=True)
+        fy = read_image(video.folder / frame_name(FLOW_Y_PREFIX, i, video.flow_step), gray=True)
+        if fx.shape != fy.shape:
+            raise RawframesError(f"{video.folder}: flow pair {i} has flow_x {fx.shape} but "
+                                 f"flow_y {fy.shape}")
+        return images_to_flow(fx, fy, bound)
+
+    return np.stack([pair(i) for i in indices])
+
+
+def find_videos(root: str | os.PathLike) -> list[str]:
+    """Relative POSIX paths of the folders under ``root`` that hold rawframes files, sorted.
+
+    A folder is a video when it has ``img_*`` or ``flow_*`` files; hidden folders are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise RawframesError(f"rawframes folder {root} does not exist or is not a directory")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if any(is_frame_file(name) for name in filenames):
+            found.append(Path(dirpath).relative_to(root).as_posix())
+    return sorted(found)
+
+
+__all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "DEFAULT_START_INDEX", "DEFAULT_QUALITY",
+           "RawframesError", "RawframeVideo", "frame_name", "quantization_error", "flow_to_images",
+           "images_to_flow", "encode_jpeg", "write_frames", "scan_folder", "is_frame_file",
+           "read_image", "read_rgb", "read_flow", "find_videos"]

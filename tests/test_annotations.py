@@ -1,0 +1,127 @@
+"""Labels in other tools' formats (flowkit/annotations.py): mmaction2 lists and label maps,
+Kinetics CSV matched to video names, and `flowkit extract --annotations`."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from flowkit.annotations import (format_list_line, match_annotations, match_kinetics, match_list,
+                                 read_keys, read_kinetics_csv, read_label_map, read_mmaction_list,
+                                 write_mmaction_list)
+from flowkit.errors import FlowkitError
+from flowkit.store import FlowStore
+
+KINETICS_CSV = """label,youtube_id,time_start,time_end,split,is_cc
+abseiling,--07WQ2iBlw,1,11,train,0
+"air drumming",-_8ZHi4Yy5I,12,22,train,0
+abseiling,0e6bJGSgZ-g,0,10,train,0
+abseiling,gone-video1,30,40,train,0
+"air drumming",idonly_vid1,5,15,train,0
+"""
+
+
+def test_mmaction_rawframes_list_round_trip(tmp_path):
+    path = tmp_path / "ucf101_train_split_1_rawframes.txt"
+    rows = [("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", 121, 0),
+            ("Archery/v_Archery_g01_c01", 90, 2)]
+    assert write_mmaction_list(path, rows) == 2
+    assert path.read_text() == ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01 121 0\n"
+                                "Archery/v_Archery_g01_c01 90 2\n")
+    entries = read_mmaction_list(path)
+    assert [(e.path, e.total_frames, e.labels) for e in entries] == \
+        [(p, n, (label,)) for p, n, label in rows]
+    assert format_list_line("a/b.mp4", None, 3) == "a/b.mp4 3\n"  # a video list line
+
+
+def test_mmaction_video_list_keys_and_errors(tmp_path):
+    path = tmp_path / "k400_val_list_videos.txt"
+    path.write_text("abseiling/x_000001_000011.mp4 0\n\nair_drumming/y.mp4 1\n")
+    entries = read_mmaction_list(path, kind="videos")
+    assert [e.key for e in entries] == ["abseiling/x_000001_000011", "air_drumming/y"]
+    assert read_keys(path) == ["abseiling/x_000001_000011", "air_drumming/y"]
+    path.write_text("a/b.mp4 0\na/c.mp4 zero\n")
+    with pytest.raises(FlowkitError, match=r"k400_val_list_videos.txt:2: expected 'path label'"):
+        read_mmaction_list(path, kind="videos")
+    with pytest.raises(FlowkitError, match=":1: expected 'frame_dir total_frames label'"):
+        read_mmaction_list(path, kind="rawframes")
+
+
+def test_match_list_by_path_or_unique_name_with_folder_class_names(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text("run/r0 10 1\nr1 12 1\njump/j0 8 0\nnothere/zz 5 0\nrun/r2 9 0 1\n")
+    keys = ["run/r0", "run/r1", "jump/j0", "jump/j1", "run/r2"]
+    match = match_list(read_mmaction_list(path), keys, str(path))
+    assert match.labels == {"run/r0": (1, "run"), "run/r1": (1, "run"), "jump/j0": (0, "jump")}
+    assert match.classes == ["jump", "run"]
+    assert match.total_frames == {"run/r0": 10, "run/r1": 12, "jump/j0": 8}
+    assert match.unmatched == [f"{path}:4 nothere/zz", f"{path}:5 run/r2"]  # multi-label: unused
+    assert match.unlabelled == ["jump/j1", "run/r2"]
+    label_map = tmp_path / "label_map.txt"
+    label_map.write_text("jumping\nrunning\n")
+    named = match_annotations(path, keys, label_map=label_map)
+    assert named.labels["run/r0"] == (1, "running") and read_label_map(label_map) == named.classes
+
+
+def test_kinetics_csv_maps_labels_and_lists_what_does_not_match(tmp_path):
+    path = tmp_path / "kinetics_train.csv"
+    path.write_text(KINETICS_CSV)
+    rows = read_kinetics_csv(path)
+    assert rows[1].label == "air drumming" and rows[1].time_start == 12 and rows[0].split == "train"
+    keys = ["abseiling/--07WQ2iBlw_000001_000011",     # mmaction2's padded name
+            "train/-_8ZHi4Yy5I_12_22",                  # unpadded, other folder
+            "0e6bJGSgZ-g_000000_000010",                # at the root
+            "air_drumming/idonly_vid1",                 # <youtube_id>.mp4
+            "abseiling/not_in_csv_000001_000002"]       # no row
+    match = match_kinetics(rows, keys, str(path))
+    assert match.classes == ["abseiling", "air drumming"]
+    assert match.labels == {"abseiling/--07WQ2iBlw_000001_000011": (0, "abseiling"),
+                            "train/-_8ZHi4Yy5I_12_22": (1, "air drumming"),
+                            "0e6bJGSgZ-g_000000_000010": (0, "abseiling"),
+                            "air_drumming/idonly_vid1": (1, "air drumming")}
+    assert match.unmatched == [f"{path}:5 gone-video1"]
+    assert match.unlabelled == ["abseiling/not_in_csv_000001_000002"]
+    assert match.report()[1:] == [f"1 rows match no video: {path}:5 gone-video1",
+                                  "1 videos have no label: abseiling/not_in_csv_000001_000002"]
+
+
+def test_kinetics_test_csv_without_labels_and_bad_files(tmp_path):
+    path = tmp_path / "kinetics_test.csv"
+    path.write_text("youtube_id,time_start,time_end,split\nabc_def_ghi,0,10,test\n")
+    match = match_annotations(path, ["abc_def_ghi_000000_000010"])
+    assert match.labels == {} and match.unlabelled == ["abc_def_ghi_000000_000010"]
+    path.write_text("label,id\nx,y\n")
+    with pytest.raises(FlowkitError, match="not a Kinetics CSV"):
+        read_kinetics_csv(path)
+    path.write_text("label,youtube_id,time_start,time_end,split\nx,abc,zero,10,train\n")
+    with pytest.raises(FlowkitError, match=r"kinetics_test.csv:2: time_start / time_end"):
+        read_kinetics_csv(path)
+
+
+def test_extract_with_a_kinetics_csv(sample_videos, tmp_path):
+    root = tmp_path / "k400" / "train"
+    root.mkdir(parents=True)
+    names = ["--07WQ2iBlw_000001_000011", "-_8ZHi4Yy5I_000012_000022", "unknown_000001_000002"]
+    sources = sorted(sample_videos.rglob("*.mp4"))
+    for name, src in zip(names, sources):
+        shutil.copy(src, root / f"{name}.mp4")
+    csv_file = tmp_path / "kinetics_train.csv"
+    csv_file.write_text(KINETICS_CSV)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
+    out = subprocess.run([sys.executable, "-m", "flowkit", "extract", str(root), "-o",
+                          str(tmp_path / "store"), "--annotations", str(csv_file), "--max-frames",
+                          "3", "--no-compile", "--param", "nscales=1", "--param", "warps=1",
+                          "--param", "outer_iterations=1", "--param", "inner_iterations=2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "labels: 2 videos labelled (2 classes)" in out.stderr
+    assert "3 rows match no video" in out.stderr  # 0e6bJGSgZ-g, gone-video1, idonly_vid1
+    assert "1 videos have no label: unknown_000001_000002" in out.stderr
+    store = FlowStore(tmp_path / "store")
+    assert store.classes == ["abseiling", "air drumming"]
+    assert store.keys() == sorted(names[:2])
+    assert store.meta(names[1])["label"] == 1 and store.meta(names[1])["label_name"] == \
+        "air drumming"

@@ -1,0 +1,342 @@
+"""flowkit export rawframes / flowkit import rawframes (flowkit/interop/): the export read back the
+way mmaction2's RawframeDataset reads it, the round trip's flow error, resume, count checks,
+naming variants, denseflow HDF5, annotation lists, and training on an imported store."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from flowkit.errors import FlowkitError
+from flowkit.interop import ExportConfig, ImportConfig, export_rawframes, import_rawframes
+from flowkit.progress import Progress, StopFlag, Stopped
+from flowkit.rawframes import frame_name, quantization_error
+from flowkit.store import FlowStore
+from flowkit.store.codecs import dequantize, quantize
+from test_rawframes import write_denseflow_h5
+
+CLASSES = ["jump", "run"]
+FRAMES, SIZE, BOUND = 6, (24, 32), 20.0
+
+
+def smooth_flow(rng, n: int) -> np.ndarray:
+    """``(n, 2, H, W)`` affine flow fields reaching about +-30 px: some values beyond the bound."""
+    h, w = SIZE
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty((n, 2, h, w), np.float32)
+    for t in range(n):
+        a, b, c, d = rng.uniform(-1.2, 1.2, 4)
+        out[t, 0] = a * (xx - w / 2) + b * (yy - h / 2) + rng.uniform(-6, 6)
+        out[t, 1] = c * (xx - w / 2) + d * (yy - h / 2) + rng.uniform(-6, 6)
+    return out
+
+
+@pytest.fixture(scope="module")
+def source_store(tmp_path_factory) -> Path:
+    """2 classes x 2 videos of 6 frames, 24x32: JPEG RGB and float16 flow under flow/tvl1."""
+    path = tmp_path_factory.mktemp("interop") / "store"
+    rng = np.random.default_rng(7)
+    with FlowStore(path, "a", classes=CLASSES) as store:
+        for label, name in enumerate(CLASSES):
+            for i in range(2):
+                with store.writer(f"{name}/{name}_{i}", source=f"{name}_{i}.mp4", fps=25.0,
+                                  label=label, label_name=name, flow_codec="float16") as w:
+                    w.append_rgb(rng.integers(0, 256, (FRAMES, *SIZE, 3), dtype=np.uint8))
+                    w.append_flow("tvl1", smooth_flow(rng, FRAMES - 1),
+                                  engine={"engine": "tvl1", "version": "test", "params": {}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(source_store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("raw") / "rawframes"
+    split = out.parent / "trainlist01.txt"
+    split.write_text("run/run_1.avi 2\njump/jump_0.avi 1\n")
+    summary = export_rawframes(source_store, out, ExportConfig(split_lists=[split], workers=2))
+    assert summary.count("done") == 4 and summary.count("failed") == 0
+    return out
+
+
+def read_like_rawframe_dataset(ann_file: Path, data_prefix: Path, start_index: int, modality: str,
+                               filename_tmpl: str):
+    """What mmaction2's RawframeDataset + RawFrameDecode read for each annotation line (without
+    mmaction2): ``(frame_dir, total_frames, label, [every file a clip may ask for])``."""
+    videos = []
+    for line in ann_file.read_text().splitlines():
+        frame_dir, total, label = line.split()  # single-label, no offset
+        files = []
+        for index in range(start_index, start_index + int(total)):
+            if modality == "Flow":
+                files += [filename_tmpl.format("x", index), filename_tmpl.format("y", index)]
+            else:
+                files.append(filename_tmpl.format(index))
+        videos.append((data_prefix / frame_dir, int(total), int(label), files))
+    return videos
+
+
+def test_export_reads_back_as_mmaction2_would(exported, source_store):
+    store = FlowStore(source_store)
+    labels = {k: store.meta(k)["label"] for k in store.keys()}
+    assert (exported / "label_map.txt").read_text().split() == CLASSES
+    rgb = read_like_rawframe_dataset(exported / "all_rawframes.txt", exported, 1, "RGB",
+                                     "img_{:05}.jpg")
+    flow = read_like_rawframe_dataset(exported / "all_flow.txt", exported, 1, "Flow",
+                                      "flow_{}_{:05d}.jpg")
+    assert [str(v[0].relative_to(exported)) for v in rgb] == sorted(labels)
+    for frame_dir, total, label, files in rgb + flow:
+        assert label == labels[frame_dir.relative_to(exported).as_posix()]
+        assert all((frame_dir / f).is_file() for f in files)
+        names = set(os.listdir(frame_dir))
+        assert len([n for n in names if n.startswith("img_")]) == FRAMES
+        assert len([n for n in names if n.startswith("flow_x_")]) == FRAMES - 1
+    assert {v[1] for v in rgb} == {FRAMES} and {v[1] for v in flow} == {FRAMES - 1}
+    # the split list: its videos, in its order
+    assert [line.split()[0] for line in
+            (exported / "trainlist01_rawframes.txt").read_text().splitlines()] == \
+        ["run/run_1", "jump/jump_0"]
+
+
+def test_exported_flow_is_denseflows_quantisation_up_to_jpeg(exported, source_store):
+    store = FlowStore(source_store)
+    worst_levels, worst_px = 0, 0.0
+    for key in store.keys():
+        flow = store.read_flow(key, "tvl1")
+        for t in range(len(flow)):
+            for c, kind in enumerate(("flow_x", "flow_y")):
+                image = cv2.imread(str(exported / key / frame_name(kind, t + 1)), 0)
+                exact = quantize(flow[t, c], BOUND)
+                worst_levels = max(worst_levels, int(np.abs(image.astype(int) - exact).max()))
+                inside = np.abs(flow[t, c]) <= BOUND
+                worst_px = max(worst_px, float(np.abs(dequantize(image, BOUND) - flow[t, c])
+                                               [inside].max()))
+    # JPEG q95 moves smooth 8-bit flow images by a few levels (3 measured here); the pixel error
+    # is the quantiser's half level plus those levels
+    assert 0 < worst_levels <= 4
+    assert worst_px <= quantization_error(BOUND) + worst_levels * 2 * BOUND / 255 + 1e-4
+
+
+def test_export_with_zero_based_names(source_store, tmp_path):
+    out = tmp_path / "raw0"
+    export_rawframes(source_store, out, ExportConfig(start_index=0, rgb=False))
+    names = sorted(os.listdir(out / "jump" / "jump_0"))
+    assert names[0] == "flow_x_00000.jpg" and names[-1] == f"flow_y_{FRAMES - 2:05d}.jpg"
+    assert not (out / "all_rawframes.txt").exists() and (out / "all_flow.txt").is_file()
+
+
+def test_export_resumes_and_refuses_other_options(source_store, tmp_path):
+    out = tmp_path / "raw"
+    export_rawframes(source_store, out, ExportConfig())
+    shutil.rmtree(out / "run" / "run_0")
+    (out / "run" / ".run_0.partial").mkdir()  # a crashed run's leftover
+    (out / "run" / ".run_0.partial" / "img_00009.jpg").write_bytes(b"junk")
+    again = export_rawframes(source_store, out, ExportConfig())
+    assert again.count("skipped") == 3 and again.count("done") == 1
+    assert not (out / "run" / ".run_0.partial").exists()
+    assert len(os.listdir(out / "run" / "run_0")) == FRAMES + 2 * (FRAMES - 1)
+    with pytest.raises(FlowkitError, match="other options.*bound 20.0 -> 32.0"):
+        export_rawframes(source_store, out, ExportConfig(bound=32.0))
+
+
+class StopAfterFirstVideo(Progress):
+    """Sets ``stop`` as soon as one video is finished, like Ctrl-C in the middle of a run."""
+
+    def __init__(self, stop: StopFlag):
+        self.stop = stop
+
+    def _changed(self, task):
+        if task.description == "videos" and task.completed >= 1:
+            self.stop.set()
+
+
+def test_export_stops_cleanly_and_resumes(source_store, tmp_path):
+    out, stop = tmp_path / "raw", StopFlag()
+    with pytest.raises(Stopped):
+        export_rawframes(source_store, out, ExportConfig(), progress=StopAfterFirstVideo(stop),
+                         stop=stop)
+    finished = [p for p in out.glob("*/*") if p.is_dir()]
+    assert 1 <= len(finished) < 4 and not list(out.glob("*/.*.partial"))
+    for folder in finished:  # whatever is there is complete
+        assert len(os.listdir(folder)) == FRAMES + 2 * (FRAMES - 1)
+    again = export_rawframes(source_store, out, ExportConfig())
+    assert again.count("skipped") == len(finished) and again.count("done") == 4 - len(finished)
+
+
+def test_one_bad_video_does_not_stop_an_export(source_store, tmp_path):
+    store_path = tmp_path / "store"
+    shutil.copytree(source_store, store_path)
+    with FlowStore(store_path, "a") as store:  # a second flow: the export cannot choose
+        with store.writer("run/run_0", source="x", fps=25.0, label=1, label_name="run",
+                          extend=True) as w:
+            w.append_flow("costvolume", np.zeros((FRAMES - 1, 2, *SIZE), np.float32),
+                          engine={"engine": "costvolume", "version": "test", "params": {}})
+    summary = export_rawframes(store_path, tmp_path / "raw", ExportConfig())
+    assert summary.count("done") == 3
+    (bad,) = [r for r in summary.results if r.status == "failed"]
+    assert bad.key == "run/run_0" and "several flows (costvolume, tvl1)" in bad.reason
+    assert "run/run_0" not in (tmp_path / "raw" / "all_rawframes.txt").read_text()
+    tvl1 = export_rawframes(store_path, tmp_path / "raw_tvl1", ExportConfig(flow_name="tvl1"))
+    assert tvl1.count("done") == 4
+
+
+def test_round_trip_flow_differs_by_at_most_the_quantisation_error(exported, source_store,
+                                                                   tmp_path):
+    dst = tmp_path / "imported"
+    summary = import_rawframes(exported, dst, ImportConfig(workers=2))
+    assert summary.count("done") == 4 and summary.count("failed") == 0
+    src, back = FlowStore(source_store), FlowStore(dst)
+    assert back.classes == src.classes and back.keys() == src.keys()
+    jpeg_levels = 0  # measured on the exported images, as in the test above
+    for key in src.keys():
+        flow = src.read_flow(key, "tvl1")
+        for t in range(len(flow)):
+            for c, kind in enumerate(("flow_x", "flow_y")):
+                image = cv2.imread(str(exported / key / frame_name(kind, t + 1)), 0)
+                exact = quantize(flow[t, c], BOUND)
+                jpeg_levels = max(jpeg_levels, int(np.abs(image.astype(int) - exact).max()))
+    codec_error = 0.1  # the store's default jpegls bound
+    bound = quantization_error(BOUND) + jpeg_levels * 2 * BOUND / 255 + codec_error + 1e-4
+    for key in src.keys():
+        meta = back.meta(key)
+        assert meta["label"] == src.meta(key)["label"] and meta["frame_count"] == FRAMES
+        flow, got = src.read_flow(key, "tvl1"), back.read_flow(key, "tvl1")
+        inside = np.abs(flow) <= BOUND
+        assert np.abs(got - flow)[inside].max() <= bound
+        # beyond the bound the value is lost: it comes back as +-bound
+        np.testing.assert_allclose(np.abs(got[~inside]), BOUND, atol=bound)
+        rgb_error = np.abs(back.read_rgb(key).astype(int) - src.read_rgb(key).astype(int))
+        assert rgb_error.mean() < 12  # JPEG of random pixels, re-coded twice
+    record = back.meta(back.keys()[0])["flows"]["tvl1"]
+    assert (record["engine"], record["backend"]) == ("mmaction2-rawframes", "external")
+    params = record["params"]
+    assert params["source_format"] == "mmaction2-rawframes" and params["bound"] == BOUND
+    assert params["quantization_error"] == pytest.approx(BOUND / 255)
+
+
+def test_import_uint8_codec_keeps_the_jpeg_levels(exported, tmp_path):
+    back = FlowStore(_import(exported, tmp_path / "s", flow_codec="uint8:20"))
+    key = "jump/jump_0"
+    image = cv2.imread(str(exported / key / "flow_x_00002.jpg"), 0)
+    np.testing.assert_array_equal(back.read_flow(key, "tvl1", 1, dequantize=False)[0], image)
+
+
+def _import(root: Path, store: Path, **kw) -> Path:
+    summary = import_rawframes(root, store, ImportConfig(**kw))
+    assert summary.count("failed") == 0, summary.to_dict()
+    return store
+
+
+def test_import_reports_count_mismatch_per_video_and_never_pads(exported, tmp_path):
+    root = tmp_path / "raw"
+    shutil.copytree(exported, root)
+    for kind in ("flow_x", "flow_y"):
+        (root / "run" / "run_0" / f"{kind}_{FRAMES - 1:05d}.jpg").unlink()
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig())
+    failed = [r for r in summary.results if r.status == "failed"]
+    assert [r.key for r in failed] == ["run/run_0"]
+    assert f"{FRAMES} frames but {FRAMES - 2} flow pairs of step 1 (expected {FRAMES - 1})" in \
+        failed[0].reason
+    assert "run/run_0" not in FlowStore(tmp_path / "s") and summary.count("done") == 3
+    again = import_rawframes(root, tmp_path / "s", ImportConfig())  # resume: only the bad one
+    assert again.count("skipped") == 3 and again.count("failed") == 1
+
+
+def test_import_zero_based_step_two_variant(tmp_path):
+    """denseflow -s 2: flow_x_p2_%05d.jpg from 0, n - 2 pairs for n frames; stored as --step 2."""
+    folder = tmp_path / "raw" / "wave" / "v0"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    n = 7
+    for i in range(n):
+        cv2.imwrite(str(folder / frame_name("img", i)), rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    for i in range(n - 2):
+        for kind in ("flow_x", "flow_y"):
+            cv2.imwrite(str(folder / frame_name(kind, i, step=2)), np.full(SIZE, 10 * i, np.uint8))
+    store = FlowStore(_import(tmp_path / "raw", tmp_path / "s", flow_codec="uint8:20"))
+    meta = store.meta("wave/v0")
+    assert (meta["frame_count"], meta["step"]) == (4, 2)  # frames 0, 2, 4, 6
+    levels = store.read_flow("wave/v0", "tvl1", dequantize=False)[:, 0, 0, 0]
+    assert levels.tolist() == [0, 20, 40]  # pairs 0->2, 2->4, 4->6
+
+
+def test_import_denseflow_h5_with_frames(tmp_path):
+    rng = np.random.default_rng(5)
+    root = tmp_path / "raw"
+    (root / "jump" / "v0").mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(root / "jump" / "v0" / frame_name("img", i)),
+                    rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    flow = rng.normal(0, 30, (3, 2, *SIZE)).astype(np.float32)  # beyond any 8-bit bound
+    write_denseflow_h5(root / "jump" / "v0.h5", flow)
+    store = FlowStore(_import(root, tmp_path / "s", flow_codec="float16"))
+    got = store.read_flow("jump/v0", "tvl1")
+    np.testing.assert_allclose(got, flow, rtol=1e-3, atol=1e-3)  # float16, nothing clipped
+    assert store.meta("jump/v0")["flows"]["tvl1"]["params"]["source_format"] == "denseflow-hdf5"
+    assert store.meta("jump/v0")["has_rgb"]
+
+
+def test_import_labels_from_annotation_list(exported, tmp_path):
+    ann = tmp_path / "train.txt"
+    ann.write_text(f"run/run_1 {FRAMES} 1\njump/jump_0 {FRAMES} 0\nmissing/v 9 0\n")
+    summary = import_rawframes(exported, tmp_path / "s", ImportConfig(annotations=[ann]))
+    assert summary.count("done") == 2
+    assert summary.unmatched == [f"{ann}:3 missing/v"]
+    assert summary.unlabelled == ["jump/jump_1", "run/run_0"]
+    store = FlowStore(tmp_path / "s")
+    assert store.keys() == ["jump/jump_0", "run/run_1"] and store.classes == CLASSES
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text(f"run/run_1 {FRAMES + 3} 1\n")
+    bad = import_rawframes(exported, tmp_path / "s2", ImportConfig(annotations=[wrong]))
+    assert "the annotation list says 9 frames, the folder has 6 frames and 5 flow pairs" in \
+        [r for r in bad.results if r.status == "failed"][0].reason
+
+
+@pytest.mark.slow  # about 25 s: four processes, a short training run
+def test_cli_export_import_and_train_unchanged(source_store, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def flowkit(*args):
+        return subprocess.run([sys.executable, "-m", "flowkit", *map(str, args)],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    out = flowkit("export", "rawframes", source_store, tmp_path / "raw", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["done"] == 4 and "were beyond +-20 px" in out.stderr
+    out = flowkit("import", "rawframes", tmp_path / "raw", "-o", tmp_path / "s", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["done"] == 4
+    out = flowkit("train", tmp_path / "s", "--model", "resnet2d", "--model-arg", "modality=flow",
+                  "--model-arg", "width=4", "--model-arg", "layers=[1,1,1,1]", "-o",
+                  tmp_path / "run", "--frames", "2", "--size", "16", "--batch-size", "2",
+                  "--epochs", "1", "--workers", "0", "--val-fraction", "0.5", "--device", "cpu",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    out = flowkit("evaluate", tmp_path / "run", tmp_path / "s", "--clips", "1", "--crops", "1",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "empty").mkdir()
+    out = flowkit("import", "rawframes", tmp_path / "empty", "-o", tmp_path / "s2")
+    assert out.returncode == 2 and "no rawframes" in out.stderr
+    assert out.stderr.strip().count("\n") == 0  # one line
+
+
+def test_import_labels_from_a_kinetics_csv(exported, tmp_path):
+    root = tmp_path / "k400"
+    shutil.copytree(exported / "jump" / "jump_0",
+                    root / "abseiling" / "--07WQ2iBlw_000001_000011")
+    shutil.copytree(exported / "run" / "run_0", root / "zumba" / "zz_000003_000013")
+    csv_file = tmp_path / "kinetics_val.csv"
+    csv_file.write_text("label,youtube_id,time_start,time_end,split\n"
+                        "abseiling,--07WQ2iBlw,1,11,val\n\"air drumming\",gone,0,10,val\n")
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig(annotations=[csv_file]))
+    assert summary.count("done") == 1 and summary.unlabelled == ["zumba/zz_000003_000013"]
+    assert summary.unmatched == [f"{csv_file}:3 gone"]
+    store = FlowStore(tmp_path / "s")
+    assert store.classes == ["abseiling", "air drumming"]
+    assert store.meta("abseiling/--07WQ2iBlw_000001_000011")["label_name"] == "abseiling"

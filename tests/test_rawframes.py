@@ -1,0 +1,137 @@
+"""The rawframes format (flowkit/rawframes.py) and denseflow's HDF5 layout (flowkit/denseflow.py):
+the quantiser against denseflow's formula, file names, and the checks of one video folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from flowkit import denseflow, rawframes
+from flowkit.store.codecs import dequantize, quantize
+
+
+def denseflow_cast(v: np.ndarray, bound: float) -> np.ndarray:
+    """denseflow's CAST macro, element by element in Python floats (double precision), with
+    Python's round (half to even, like OpenCV's cvRound)."""
+    out = []
+    for x in np.asarray(v, np.float32).ravel().tolist():
+        out.append(255 if x > bound else 0 if x < -bound
+                   else round(255 * (x + bound) / (2 * bound)))
+    return np.array(out, np.uint8).reshape(np.shape(v))
+
+
+def test_quantize_is_denseflows_cast_including_ties_and_clipping():
+    bound = 20.0
+    rng = np.random.default_rng(0)
+    levels = np.arange(255)
+    ties = ((levels + 0.5) * 2 * bound / 255 - bound).astype(np.float32)  # x.5 levels, ~float32
+    v = np.concatenate([rng.uniform(-30, 30, 20000).astype(np.float32), ties,
+                        np.nextafter(ties, np.float32(99)), np.nextafter(ties, np.float32(-99)),
+                        np.float32([-bound, bound, 0.0, 1e6, -1e6])])
+    np.testing.assert_array_equal(quantize(v, bound), denseflow_cast(v, bound))
+
+
+def test_quantisation_error_is_half_a_level_inside_the_bound():
+    bound = 20.0
+    v = np.linspace(-bound, bound, 100001, dtype=np.float32)
+    err = np.abs(dequantize(quantize(v, bound), bound) - v).max()
+    assert err <= rawframes.quantization_error(bound) + 1e-5
+    assert err > 0.99 * rawframes.quantization_error(bound)  # the bound is tight
+
+
+def test_frame_names():
+    assert rawframes.frame_name("img", 1) == "img_00001.jpg"
+    assert rawframes.frame_name("flow_x", 0) == "flow_x_00000.jpg"
+    assert rawframes.frame_name("flow_y", 12, step=2) == "flow_y_p2_00012.jpg"
+    assert rawframes.is_frame_file("flow_x_p2_00003.jpg") and not rawframes.is_frame_file("x.jpg")
+
+
+def _touch_video(folder: Path, n_img: int, n_flow: int, start: int = 1, step: int = 1,
+                 size=(6, 8)) -> Path:
+    rng = np.random.default_rng(n_img * 10 + n_flow)
+    folder.mkdir(parents=True)
+    for i in range(n_img):
+        (folder / rawframes.frame_name("img", start + i)).write_bytes(
+            rawframes.encode_jpeg(rng.integers(0, 255, (*size, 3), dtype=np.uint8)))
+    for i in range(n_flow):
+        for kind in ("flow_x", "flow_y"):
+            (folder / rawframes.frame_name(kind, start + i, step)).write_bytes(
+                rawframes.encode_jpeg(np.full(size, 100 + i, np.uint8)))
+    return folder
+
+
+def test_scan_folder_reads_both_numberings_and_the_step_variant(tmp_path):
+    one = rawframes.scan_folder(_touch_video(tmp_path / "one", 5, 4, start=1))
+    zero = rawframes.scan_folder(_touch_video(tmp_path / "zero", 5, 4, start=0))
+    p2 = rawframes.scan_folder(_touch_video(tmp_path / "p2", 7, 5, start=0, step=2))
+    assert (one.problems, zero.problems, p2.problems) == ([], [], [])
+    assert one.rgb == [1, 2, 3, 4, 5] and one.flow == [1, 2, 3, 4] and one.flow_step == 1
+    assert zero.rgb == [0, 1, 2, 3, 4] and zero.flow == [0, 1, 2, 3]
+    assert p2.flow_step == 2 and p2.flow == [0, 1, 2, 3, 4]
+    assert "flow_{x,y}_p2_{:05d}.jpg from 0" in p2.naming()
+
+
+def test_scan_folder_reports_count_mismatch_gap_and_unpaired_flow(tmp_path):
+    short = rawframes.scan_folder(_touch_video(tmp_path / "short", 5, 3))
+    assert short.problems == ["5 frames but 3 flow pairs of step 1 (expected 4)"]
+    gap = _touch_video(tmp_path / "gap", 5, 4)
+    (gap / "img_00003.jpg").unlink()
+    assert any("img numbering has a gap: 2 is followed by 4" in p
+               for p in rawframes.scan_folder(gap).problems)
+    unpaired = _touch_video(tmp_path / "unpaired", 5, 4)
+    (unpaired / "flow_y_00004.jpg").unlink()
+    assert "4 flow_x but 3 flow_y files (index 4 is only in flow_x)" in \
+        rawframes.scan_folder(unpaired).problems[0]
+
+
+def test_read_flow_dequantises_with_the_bound(tmp_path):
+    video = rawframes.scan_folder(_touch_video(tmp_path / "v", 3, 2))
+    flow = rawframes.read_flow(video, video.flow, bound=20.0)
+    assert flow.shape == (2, 2, 6, 8) and flow.dtype == np.float32
+    # constant gray images survive JPEG exactly: level 100 + i
+    np.testing.assert_allclose(flow[1], dequantize(np.full((2, 6, 8), 101, np.uint8), 20.0))
+
+
+def write_denseflow_h5(path: Path, flow: np.ndarray, step: int = 1) -> Path:
+    """A file laid out as denseflow's writeHDF5 writes it: root datasets flow_x_00000.jpg ..."""
+    tag = f"_p{step}" if step > 1 else ""
+    with h5py.File(path, "w") as f:
+        for i, pair in enumerate(flow):
+            f[f"flow_x{tag}_{i:05d}.jpg"] = pair[0].astype(np.float32)
+            f[f"flow_y{tag}_{i:05d}.jpg"] = pair[1].astype(np.float32)
+    return path
+
+
+def test_denseflow_h5_reads_float_flow_and_its_step(tmp_path):
+    flow = np.random.default_rng(1).normal(0, 5, (4, 2, 6, 8)).astype(np.float32)
+    path = write_denseflow_h5(tmp_path / "v_p2.h5", flow, step=2)
+    assert denseflow.parse_name("v_p2.h5") == ("v", 2) and denseflow.parse_name("v.h5") == ("v", 1)
+    assert denseflow.is_denseflow_file(path)
+    back, step = denseflow.read_flow(path)
+    assert step == 2
+    np.testing.assert_array_equal(back, flow)
+    with pytest.raises(denseflow.DenseflowError, match="backward flow"):
+        denseflow.parse_name("v_m2.h5")
+
+
+def test_denseflow_h5_with_unpaired_datasets_is_refused(tmp_path):
+    path = write_denseflow_h5(tmp_path / "v.h5", np.zeros((3, 2, 4, 4), np.float32))
+    with h5py.File(path, "a") as f:
+        del f["flow_y_00002.jpg"]
+    with pytest.raises(denseflow.DenseflowError, match="do not pair up"):
+        denseflow.read_flow(path)
+
+
+def test_denseflow_h5_of_two_sizes_is_refused_before_reading(tmp_path):
+    path = write_denseflow_h5(tmp_path / "v.h5", np.zeros((2, 2, 4, 4), np.float32))
+    with h5py.File(path, "a") as f:
+        del f["flow_x_00001.jpg"]
+        f["flow_x_00001.jpg"] = np.zeros((4, 5), np.float32)
+    with pytest.raises(denseflow.DenseflowError, match="of one size"):
+        denseflow.open_flow(path)
+    values = np.arange(96, dtype=np.float32).reshape(3, 2, 4, 4)
+    lazy = denseflow.open_flow(write_denseflow_h5(tmp_path / "w.h5", values))
+    assert (len(lazy), lazy.step, lazy.shape) == (3, 1, (4, 4))
+    assert lazy.read([2])[0, 1, 0, 0] == 80.0  # pair 2, v, first pixel
