@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -31,7 +32,8 @@ from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
 from .progress import Progress, StopFlag
-from .store import FlowStore, StoreError, flow_codec, rgb_codec
+from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
+from .store.compat import Request, compare_with_store
 from .video import output_size
 
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
@@ -52,6 +54,9 @@ class ExtractConfig(feed.FeedOptions):
     compile: bool = False
     batch: int | None = None
     workers: int = 1
+    #: recompute videos whose stored options (size, step, codecs, engine parameters) differ from
+    #: this run's, replacing them; without it such a run is refused before computing anything
+    redo: bool = False
 
     def __post_init__(self):
         flow_codec(self.flow_codec)  # StoreError (a FlowkitError) for an unknown codec or value
@@ -152,8 +157,13 @@ def extract_items(items: Sequence[VideoItem], store: FlowStore, engine: FlowEngi
                   stop: StopFlag | None = None) -> Iterable[VideoResult]:
     """One :class:`VideoResult` per item (completion order): the feed of :mod:`flowkit.feed` with
     this run's options and stop flag. ``metas``: the items' finished metadata when already read."""
+    redo = store_request(config, engine) if config.redo else None
+
     def finished_meta(key: str) -> dict | None:
-        return metas[key] if metas is not None and key in metas else _finished_meta(store, key)
+        meta = metas[key] if metas is not None and key in metas else _finished_meta(store, key)
+        if redo is not None and meta is not None and redo.differences(meta):
+            return None  # --redo: this video is written afresh with this run's options
+        return meta
 
     # One decoder thread per video when several processes share the cores, ffmpeg's choice else.
     options = dataclasses.replace(config, decode_threads=1 if workers > 1 else 0)
@@ -208,14 +218,15 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     # processes build their own.
     engine = build_engine(config)
     backend = engine.backend
+    known, redo = check_store_options(store_path, items, config, engine)
     if config.workers > 1:
         engine = None
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
     todo, results, metas = [], [], {}
     for item in items:
-        meta = metas[item.key] = _finished_meta(store, item.key)
-        if meta is not None and config.method in meta["flows"]:
+        meta = metas[item.key] = known.get(item.key)
+        if meta is not None and config.method in meta["flows"] and item.key not in redo:
             results.append(VideoResult(item.key, str(item.path), "skipped",
                                        reason=f"already in the store with flow/{config.method}"))
         else:
@@ -233,8 +244,50 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     results.sort(key=lambda r: order[r.key])
     summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started,
                              backend=backend)
-    summary.notes = _size_notes(results, config)
+    summary.notes = _size_notes(results, config) + _redo_notes(results, redo, known, config)
     return summary
+
+
+def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:
+    """What this run writes into a store, for :func:`flowkit.store.compat.compare_with_store`."""
+    params = engine_class(config.method).Params
+    return Request(method=config.method, engine=engine.describe(), size=config.size,
+                   step=config.step, rgb=config.rgb, rgb_codec=rgb_codec(config.rgb_codec),
+                   flow_codec=flow_codec(config.flow_codec),
+                   param_names=tuple(f.name for f in dataclasses.fields(params)) if params else ())
+
+
+def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractConfig,
+                        engine: FlowEngine) -> tuple[dict[str, dict], set[str]]:
+    """Before anything is computed or written: does this run fit the existing store?
+
+    Returns the finished videos' metadata among ``items`` (``{key: meta}``) and the keys to
+    recompute (``config.redo`` and options that differ). Raises :class:`StoreError` naming the
+    options that would match the store when they differ and ``config.redo`` is off. A store that
+    does not exist yet fits anything."""
+    if not (Path(store_path) / MANIFEST).is_file():
+        return {}, set()
+    comparison = compare_with_store(FlowStore(store_path), [item.key for item in items],
+                                    store_request(config, engine))
+    keys = {item.key for item in items}
+    known = {k: m for k, m in comparison.metas.items() if k in keys}
+    if comparison.ok:
+        return known, set()
+    if not config.redo:
+        raise StoreError(comparison.message())
+    return known, comparison.keys() & keys
+
+
+def _redo_notes(results: list[VideoResult], redo: set[str], known: dict[str, dict],
+                config: ExtractConfig) -> list[str]:
+    """What --redo replaced, and which other engines' flow went with it."""
+    redone = [r.key for r in results if r.status == "done" and r.key in redo]
+    if not redone:
+        return []
+    others = sorted({n for k in redone for n in known[k]["flows"] if n != config.method})
+    lost = (f"; their flow of {', '.join(others)} was dropped (extract it again with "
+            f"--method {others[0]})") if others else ""
+    return [f"{len(redone)} videos recomputed with this run's options (--redo){lost}"]
 
 
 def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..errors import FlowkitError
+from ..errors import EngineError, FlowkitError
 from ..extract import ExtractConfig, extract
-from ..flow import list_engines
-from ..labels import read_split_list, scan_videos
+from ..flow import check_engine_params, list_engines
+from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_list, scan_videos
 from ..progress import StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params, parse_size
@@ -19,6 +19,11 @@ from .progress import RichProgress, stop_on_signals
 
 
 def _items(video_dir: Path, split_list: Path | None, class_index: Path | None):
+    if video_dir.is_file() and not split_list:
+        return [_single_video(video_dir)], []
+    if not video_dir.exists():
+        raise FlowkitError(f"{video_dir}: no such file or directory; give a folder of videos "
+                           "(VIDEO_DIR/<class>/<video>.mp4) or one video file")
     if not video_dir.is_dir():
         raise FlowkitError(f"{video_dir}: not a directory of videos")
     if split_list:
@@ -27,6 +32,23 @@ def _items(video_dir: Path, split_list: Path | None, class_index: Path | None):
     if not items:
         raise FlowkitError(f"{video_dir}: no video files found (looked for .mp4, .avi, .mkv, ...)")
     return items, classes
+
+
+def _single_video(path: Path) -> VideoItem:
+    """One video file given instead of a folder: extracted unlabelled, under its file name."""
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise FlowkitError(f"{path}: a file but not a video ({', '.join(VIDEO_EXTENSIONS[:4])}, "
+                           "...); give a folder of videos or one video file")
+    return VideoItem(path, path.stem, -1, "")
+
+
+def _check_params(method: str, params: dict) -> None:
+    """Engine parameters typed and range-checked from the engine's Params dataclass before any
+    file is touched (flowkit.flow.check_engine_params)."""
+    try:
+        check_engine_params(method, params)
+    except EngineError as exc:
+        raise FlowkitError(f"--param: {exc}") from None
 
 
 def _print_summary(console: Console, summary) -> None:
@@ -82,17 +104,30 @@ def _print_summary(console: Console, summary) -> None:
               help="classInd.txt for --split-list (found next to the list by default).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE).")
+@click.option("--redo", is_flag=True,
+              help="Recompute the videos the store holds with other options (size, step, codecs, "
+                   "engine parameters), replacing them; without it such a run is refused before "
+                   "computing anything.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
 def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
             max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, split_list,
-            class_index, shard,
+            class_index, shard, redo,
             as_json):
-    """Compute motion features for every video under VIDEO_DIR into the store STORE.
+    """Compute motion features for every video under VIDEO_DIR (or one video file) into the store
+    given with -o.
 
     Labels come from the folder layout VIDEO_DIR/<class>/<video> or from --split-list. Finished
-    videos are never recomputed: rerun the same command after a crash to resume. One unreadable
-    video is reported and skipped; the exit code is 1 if any video failed.
+    videos are never recomputed: rerun the same command after a crash to resume. A store that
+    already holds videos made with other options (size, step, codecs, engine parameters) is
+    checked before anything is computed: the run is refused with the options that match, unless
+    --redo. One unreadable video is reported and skipped; the exit code is 1 if any video failed.
+
+    \b
+    Examples:
+      flowkit extract videos/ -o store/                      # TV-L1 flow + RGB, short side kept
+      flowkit extract videos/ -o store/ --size 128 --step 2  # smaller, every 2nd frame
+      flowkit extract videos/ -o store/ --method costvolume  # add a second engine beside tvl1
     """
     shard_tuple = None
     if shard:
@@ -110,12 +145,13 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
                                    f"drop {' and '.join(given)} or --lossless")
         flow_codec, rgb_codec = "float16", "raw"
     engine_params = parse_params(params)
+    _check_params(method, engine_params)
     if weights:
         engine_params["weights"] = weights
     config = ExtractConfig(method=method, engine_params=engine_params, device=device,
                            backend=backend, compile=compile, size=parse_size(size), step=step,
                            max_frames=max_frames, flow_codec=flow_codec, rgb_codec=rgb_codec, rgb=rgb,
-                           batch=batch, workers=workers)
+                           batch=batch, workers=workers, redo=redo)
     items, classes = _items(video_dir, split_list, class_index)
     console = Console(stderr=True)
     stop = StopFlag()
