@@ -85,6 +85,9 @@ class ExtractSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     backend: str = "torch"
+    #: seconds before the first video started (engine, store check, scan of the store): not in
+    #: ``pairs_per_s``, which covers the same window as the progress bar's rate
+    setup_seconds: float = 0.0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -98,7 +101,9 @@ class ExtractSummary:
                 "seconds": round(self.seconds, 3),
                 "done": self.count("done"), "skipped": self.count("skipped"),
                 "failed": self.count("failed"), "pairs": self.pairs,
-                "pairs_per_s": round(self.pairs / self.seconds, 3) if self.seconds > 0 else None,
+                "setup_seconds": round(self.setup_seconds, 3),
+                "pairs_per_s": (round(self.pairs / (self.seconds - self.setup_seconds), 3)
+                                if self.seconds > self.setup_seconds else None),
                 "notes": self.notes,
                 "videos": [asdict(r) for r in self.results]}
 
@@ -231,6 +236,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
                                        reason=f"already in the store with flow/{config.method}"))
         else:
             todo.append(item)
+    setup = time.perf_counter() - started
     videos = progress.start("videos", total=len(items), completed=len(results))
     pairs = progress.start("frame pairs")
     for result in _run(todo, store, engine, config, pairs.advance, metas, stop):
@@ -243,7 +249,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
     summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started,
-                             backend=backend)
+                             backend=backend, setup_seconds=setup)
     summary.notes = _size_notes(results, config) + _redo_notes(results, redo, known, config)
     return summary
 

@@ -30,7 +30,7 @@ COMMANDS = {
     "samples": ("samples", "Write a small video folder with known motion (photographs)."),
     "toy": ("toy", "Write a toy action dataset whose classes differ only in motion."),
     "train": ("train", "Train a video classifier on a store."),
-    "evaluate": ("evaluate", "Evaluate a trained classifier (clips x crops, top-1/top-5)."),
+    "evaluate": ("evaluate", "Evaluate a trained classifier (clips x crops, top-1, per class)."),
     "train-flow": ("train_flow", "Train a learnable motion engine (tvnet, motionnet)."),
 }
 
@@ -75,4 +75,13 @@ class LazyGroup(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowkit")
 def main():
-    """flowkit: optical flow and motion features from video folders, in crash-safe HDF5 stores."""
+    """flowkit: optical flow and motion features from video folders, in crash-safe HDF5 stores.
+
+    Extract motion from a folder of videos into a store, look at it, and train and evaluate
+    action classifiers on it. `flowkit COMMAND --help` explains each command with examples.
+
+    \b
+    Examples:
+      flowkit samples videos/ && flowkit extract videos/ -o store/
+      flowkit show store/ pan_left/pan_left_0 -o flow.png
+    """

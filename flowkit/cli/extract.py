@@ -53,11 +53,12 @@ def _check_params(method: str, params: dict) -> None:
 
 def _print_summary(console: Console, summary) -> None:
     d = summary.to_dict()
-    rate = f", {d['pairs_per_s']:.2f} pairs/s" if d["pairs_per_s"] else ""
+    rate = (f", {d['pairs_per_s']:.3g} pairs/s after {d['setup_seconds']:.1f} s of setup"
+            if d["pairs"] and d["pairs_per_s"] else "")
     console.print(f"[bold]{d['done']} done[/bold], {d['skipped']} skipped (already in the store), "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
                   f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} with {d['method']} "
-                  f"({d['backend']} backend) -> {d['store']}", highlight=False)
+                  f"({d['backend']} backend) -> {d['store']}", highlight=False, soft_wrap=True)
     for r in summary.results:
         if r.status == "failed":
             console.print(f"  failed: {r.reason}", highlight=False, soft_wrap=True)
