@@ -147,9 +147,7 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
 
     \b
     Examples:
-      flowkit benchmark
       flowkit benchmark --methods tvl1,opencv-tvl1 --compile both --size 256x340 --pairs 16
-      flowkit benchmark --dataset stereo --size 0.5 --methods all --plot stereo.png
       flowkit benchmark --dataset sintel /data/Sintel --pairs 20 --size 0.5 --json sintel.json
       flowkit benchmark --device cuda --backend cupy --batch 64 --size 256x340 --pairs 64
 
