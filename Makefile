@@ -16,9 +16,9 @@ DEMO_TRAIN = --model-arg modality=flow --model-arg width=8 --model-arg 'layers=[
 DEMO_SAMPLES = --frames 8
 DEMO_FLOW = --no-compile
 DEMO_TOY_FLOW = --no-compile --param nscales=3 --param warps=2
-# Measured (README, "Two commands"): the sum of the steps' CPU seconds with one thread, an upper
-# bound of their wall time on a quiet 2-core machine.
-DEMO_MINUTES = 4
+# Measured (README, "Two commands"): the steps take 160 CPU seconds with one thread per process,
+# which bounds their wall time on a quiet 2-core machine (each step has a core to itself).
+DEMO_MINUTES = 3
 
 .PHONY: install demo demo-plan test bench gpu-check clean
 

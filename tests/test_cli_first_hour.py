@@ -59,6 +59,20 @@ def test_bad_engine_parameter_is_one_line_and_creates_nothing(sample_videos, tmp
     assert not (tmp_path / "s").exists()  # not even store.json
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["extract", "videos", "-o", "s", "--size", "12x"], "--size"),
+    (["extract"], "VIDEO_DIR"),
+    (["show", "store", "key"], "-o"),
+    (["nope"], "No such command"),
+], ids=["bad-value", "missing-argument", "missing-option", "unknown-command"])
+def test_usage_errors_are_one_line(tmp_path, args, expected):
+    r = subprocess.run([sys.executable, "-m", "flowkit", *args], capture_output=True, text=True,
+                       timeout=120, env=ENV, cwd=tmp_path)
+    line = one_line_error(r)
+    assert expected in line and "--help" in line
+    assert not list(tmp_path.iterdir())
+
+
 def _field_kinds(params_class) -> dict[str, type]:
     """Fields whose annotation is int, float or bool (optionally | None)."""
     kinds = {}

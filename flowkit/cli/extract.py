@@ -53,8 +53,8 @@ def _check_params(method: str, params: dict) -> None:
 
 def _print_summary(console: Console, summary) -> None:
     d = summary.to_dict()
-    rate = (f", {d['pairs_per_s']:.3g} pairs/s after {d['setup_seconds']:.1f} s of setup"
-            if d["pairs"] and d["pairs_per_s"] else "")
+    setup = f" after {d['setup_seconds']:.1f} s of setup" if d["setup_seconds"] >= 0.5 else ""
+    rate = f", {d['pairs_per_s']:.3g} pairs/s{setup}" if d["pairs"] and d["pairs_per_s"] else ""
     console.print(f"[bold]{d['done']} done[/bold], {d['skipped']} skipped (already in the store), "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
                   f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} with {d['method']} "

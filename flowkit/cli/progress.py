@@ -31,7 +31,7 @@ class RichProgress(Progress):
 
     def __init__(self, console: Console, transient: bool = False, every: float | None = None):
         self.console = console
-        self.plain = not console.is_terminal
+        self.plain, self.transient = not console.is_terminal, transient
         if every is None:
             every = float(os.environ.get("FLOWKIT_PROGRESS_SECONDS", PLAIN_EVERY))
         self.lines = LineProgress(console.file, every=every) if self.plain else None
@@ -70,7 +70,8 @@ class RichProgress(Progress):
 
     def _closed(self, task: Task) -> None:
         if self.plain:
-            self.lines._closed(task)
+            if not self.transient:  # a transient bar's work logs its own line when it ends
+                self.lines._closed(task)
             return
         rich_id = self._ids.pop(id(task), None)
         if rich_id is not None and self.bars.live.transient:

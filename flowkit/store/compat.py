@@ -9,6 +9,7 @@ one store. :func:`compare_with_store` reads the finished videos' metadata and li
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -44,7 +45,7 @@ class Request:
         out: dict[str, tuple[Any, Any]] = {}
         stored = (int(meta["height"]), int(meta["width"]))
         source = (int(meta.get("source_height", stored[0])), int(meta.get("source_width", stored[1])))
-        if output_size(*source, self.size) != stored:
+        if min(source) > 0 and output_size(*source, self.size) != stored:
             out["size"] = (stored, output_size(*source, self.size))
         if int(meta.get("step", 1)) != int(self.step):
             out["step"] = (int(meta.get("step", 1)), int(self.step))
@@ -148,10 +149,14 @@ def compare_with_store(store, keys: Iterable[str], request: Request,
     ``metas``: finished metadata already read (None for videos not in the store)."""
     metas = dict(metas or {})
     checked = {}
+    keys = list(keys)
     for key in keys:
         meta = metas[key] if key in metas else _meta(store, key)
         if meta is not None:
             checked[key] = meta
+    if len(checked) == len(keys):
+        # every video is in the store already: RGB is not written again, so its codec is moot
+        request = dataclasses.replace(request, rgb=False)
     if not checked:
         for key in store.keys()[:REFERENCE_VIDEOS]:
             meta = _meta(store, key)
