@@ -101,6 +101,10 @@ def test_typed_values_are_converted():
     params = check_engine_params("tvl1", {"warps": 2.0, "tau": 1})
     assert params.warps == 2 and isinstance(params.warps, int)
     assert params.tau == 1.0 and isinstance(params.tau, float)
+    numpy_values = check_engine_params("tvl1", {"warps": np.int64(3), "early_stop": np.bool_(0)})
+    assert numpy_values.warps == 3 and numpy_values.early_stop is False
+    with pytest.raises(ParameterError, match="integer"):
+        check_engine_params("tvl1", {"warps": True})
 
 
 def test_show_checks_the_output_format_before_reading(tiny_store, tmp_path):

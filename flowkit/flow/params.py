@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import types
 import typing
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from ..errors import EngineError
 
@@ -89,24 +92,28 @@ def _coerce(annotation: Any, value: Any) -> tuple[bool, Any]:
         items = [_coerce(item, v) for v in value]
         return all(ok for ok, _ in items), [v for _, v in items]
     if annotation is bool:
-        return isinstance(value, bool), value
-    if annotation is int:
-        if isinstance(value, bool):
+        return _is_bool(value), bool(value) if _is_bool(value) else value
+    if annotation is int:  # numpy integers too (numbers.Integral); a whole float becomes an int
+        if _is_bool(value):
             return False, value
-        if isinstance(value, int):
-            return True, value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, numbers.Integral):
+            return True, int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
             return True, int(value)
         return False, value
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if _is_bool(value) or not isinstance(value, numbers.Real):
             return False, value
-        return math.isfinite(value), float(value)
+        return math.isfinite(float(value)), float(value)
     if annotation is str:
         if isinstance(value, os.PathLike):
             return True, os.fspath(value)
         return isinstance(value, str), value
     return True, value  # an annotation this check does not know: the dataclass decides
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
 
 
 def _describe(annotation: Any) -> str:
