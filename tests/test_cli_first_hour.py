@@ -117,6 +117,18 @@ def test_show_checks_the_output_format_before_reading(tiny_store, tmp_path):
     assert "does not exist" in missing
 
 
+@pytest.mark.parametrize("args, expected", [(["--plot", "nodir/p.png"], "does not exist"),
+                                            (["--plot", "p.pdf"], "name it .png"),
+                                            (["--json", "nodir/r.json"], "does not exist")])
+def test_benchmark_checks_its_outputs_before_measuring(tmp_path, args, expected):
+    r = subprocess.run([sys.executable, "-m", "flowkit", "benchmark", "--methods", "tvl1",
+                        "--pairs", "1", "--size", "32x32", "--repeats", "1", *args],
+                       capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+    line = one_line_error(r)
+    assert expected in line and args[0] in line
+    assert not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------ 2. options vs an existing store
 
 @pytest.fixture(scope="module")
