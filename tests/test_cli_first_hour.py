@@ -167,6 +167,21 @@ def test_extract_checks_options_against_the_store_first(sample_videos, small_sto
     assert time.perf_counter() - started < 60  # refused up front (the run itself takes longer)
 
 
+def test_rgb_codec_matters_only_for_videos_that_join_the_store(tiny_store):
+    from flowkit.store import flow_codec, rgb_codec
+    from flowkit.store.compat import Request, compare_with_store
+
+    store = FlowStore(tiny_store)  # raw RGB, float16 flow of an engine called "exact" as tvl1
+    request = Request(method="costvolume", engine={"engine": "costvolume", "version": "1",
+                                                   "params": {}},
+                      size=None, step=1, rgb=True, rgb_codec=rgb_codec("jpeg:95"),
+                      flow_codec=flow_codec("jpegls:0.1"))
+    keys = store.keys()
+    assert compare_with_store(store, keys, request).ok  # a new engine beside the stored RGB
+    joining = compare_with_store(store, keys + ["right/new"], request)
+    assert set(joining.differing) == {"rgb_codec"} and "--rgb-codec raw" in joining.message()
+
+
 def test_redo_recomputes_with_the_new_options(sample_videos, small_store, tmp_path):
     import shutil
 

@@ -9,7 +9,6 @@ one store. :func:`compare_with_store` reads the finished videos' metadata and li
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -39,9 +38,11 @@ class Request:
     #: file's digest, ...) follow from them and are not suggested as options
     param_names: tuple[str, ...] = ()
 
-    def differences(self, meta: dict) -> dict[str, tuple[Any, Any]]:
+    def differences(self, meta: dict, joining: bool = False) -> dict[str, tuple[Any, Any]]:
         """``{option: (stored, requested)}`` for one finished video's metadata
-        (:meth:`flowkit.store.FlowStore.meta`); empty when the run fits it."""
+        (:meth:`flowkit.store.FlowStore.meta`); empty when the run fits it. A video's RGB is never
+        written again, so the RGB codec counts only with ``joining``: the run adds new videos
+        beside this one."""
         out: dict[str, tuple[Any, Any]] = {}
         stored = (int(meta["height"]), int(meta["width"]))
         source = (int(meta.get("source_height", stored[0])), int(meta.get("source_width", stored[1])))
@@ -49,7 +50,8 @@ class Request:
             out["size"] = (stored, output_size(*source, self.size))
         if int(meta.get("step", 1)) != int(self.step):
             out["step"] = (int(meta.get("step", 1)), int(self.step))
-        if self.rgb and meta.get("rgb_codec") and meta["rgb_codec"] != codec_spec(self.rgb_codec):
+        if joining and self.rgb and meta.get("rgb_codec") \
+                and meta["rgb_codec"] != codec_spec(self.rgb_codec):
             out["rgb_codec"] = (meta["rgb_codec"], codec_spec(self.rgb_codec))
         flow = meta["flows"].get(self.method)
         if flow is not None:
@@ -78,6 +80,7 @@ class Comparison:
     differing: dict[str, list[str]] = field(default_factory=dict)  # option -> keys
     stored: dict[str, list[Any]] = field(default_factory=dict)    # option -> stored values
     metas: dict[str, dict] = field(default_factory=dict)           # key -> meta of checked videos
+    joining: bool = False  # the run adds videos that are not in the store yet
 
     @property
     def ok(self) -> bool:
@@ -130,7 +133,7 @@ class Comparison:
 
     def request_value(self, option: str) -> Any:
         for meta in self.metas.values():
-            diff = self.request.differences(meta)
+            diff = self.request.differences(meta, self.joining)
             if option in diff:
                 return diff[option][1]
         return None
@@ -154,17 +157,16 @@ def compare_with_store(store, keys: Iterable[str], request: Request,
         meta = metas[key] if key in metas else _meta(store, key)
         if meta is not None:
             checked[key] = meta
-    if len(checked) == len(keys):
-        # every video is in the store already: RGB is not written again, so its codec is moot
-        request = dataclasses.replace(request, rgb=False)
+    joining = len(checked) < len(keys)  # new videos join the store: their RGB must match
     if not checked:
         for key in store.keys()[:REFERENCE_VIDEOS]:
             meta = _meta(store, key)
             if meta is not None:
                 checked[key] = meta
-    result = Comparison(str(store.path), request, checked=len(checked), metas=checked)
+    result = Comparison(str(store.path), request, checked=len(checked), metas=checked,
+                        joining=joining)
     for key, meta in checked.items():
-        for option, (stored, _) in request.differences(meta).items():
+        for option, (stored, _) in request.differences(meta, joining).items():
             result.differing.setdefault(option, []).append(key)
             if stored not in result.stored.setdefault(option, []):
                 result.stored[option].append(stored)
