@@ -388,6 +388,25 @@ def test_line_progress_prints_rate_elapsed_and_eta(capsys):
     assert re.search(r"videos 1/4 \S+/s elapsed 0:00:01 eta 0:00:0[23]", out), out
 
 
+def test_terminal_bars_show_this_runs_rate_and_an_eta():
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli.progress import RichProgress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=150)
+    with RichProgress(console) as progress:
+        assert not progress.plain
+        task = progress.start("videos", total=10, completed=4)
+        task.started -= 2.0
+        task.advance(2)
+    out = console.file.getvalue()
+    assert re.search(r" (0\.99\d|1(\.00?)?)/s ", out) and "eta 0:00:04" in out  # 2 in 2 s, 4 left
+    plain = RichProgress(Console(file=io.StringIO(), force_terminal=False))
+    assert plain.plain
+
+
 def test_extract_progress_off_a_terminal_is_plain_lines_that_agree_with_the_summary(
         sample_videos, tmp_path):
     r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", "--json", *CHEAP,
