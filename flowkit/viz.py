@@ -195,8 +195,8 @@ def flow_grid(frames: Sequence | None, flows: Sequence, max_flow: float | None =
         frame = frames[i] if frames else None
         if (frame is not None and frame.shape[:2] != (height, width)) \
                 or flow.shape[-2:] != (height, width):
-            raise FlowkitError(f"flow_grid: every frame and flow must be {height}x{width}, got frame "
-                               f"{None if frame is None else frame.shape[:2]} and flow "
+            raise FlowkitError(f"flow_grid: every frame and flow must be {height}x{width}, got "
+                               f"frame {None if frame is None else frame.shape[:2]} and flow "
                                f"{flow.shape[-2:]}")
         tiles = ([] if frame is None else [frame]) + [flow_to_color(flow, max_flow)]
         if legend:

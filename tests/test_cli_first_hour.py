@@ -32,7 +32,8 @@ CHEAP = ["--param", "nscales=2", "--param", "warps=1", "--param", "outer_iterati
 ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
 
 
-def flowkit_cli(*args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def flowkit_cli(*args, env: dict | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flowkit", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env={**ENV, **(env or {})})
 

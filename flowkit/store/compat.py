@@ -45,7 +45,8 @@ class Request:
         beside this one."""
         out: dict[str, tuple[Any, Any]] = {}
         stored = (int(meta["height"]), int(meta["width"]))
-        source = (int(meta.get("source_height", stored[0])), int(meta.get("source_width", stored[1])))
+        source = (int(meta.get("source_height", stored[0])),
+                  int(meta.get("source_width", stored[1])))
         if min(source) > 0 and output_size(*source, self.size) != stored:
             out["size"] = (stored, output_size(*source, self.size))
         if int(meta.get("step", 1)) != int(self.step):
