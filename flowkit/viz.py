@@ -14,6 +14,10 @@ flow vector (u, v):
   vectors beyond ``max_flow`` (``r > 1``) are drawn at 75 % brightness to flag them.
 - unknown flow (NaN, inf, or above 1e9 in magnitude, Middlebury's marker) is black.
 
+Pictures (:func:`flow_grid`, ``flowkit show``) take ``max_flow`` from :func:`robust_max_flow`, the
+98th percentile of the magnitude, so a few stray fast vectors do not wash the scene out, and carry
+the colour wheel with that scale printed under it (:func:`colorwheel_legend`).
+
 Images are RGB uint8 ``(H, W, 3)``; flow is ``(2, H, W)`` in pixels, numpy or torch.
 """
 from __future__ import annotations
