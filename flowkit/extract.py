@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -32,7 +33,8 @@ from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
 from .progress import Progress, StopFlag
-from .store import FlowStore, StoreError, flow_codec, rgb_codec
+from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
+from .store.compat import Request, compare_with_store
 from .video import output_size
 
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
@@ -75,7 +77,12 @@ class ExtractConfig(feed.FeedOptions):
     compile: bool = False
     batch: int | None = None
     workers: int | None = 1
+    #: keys to recompute even if finished (e.g. damaged); the old file's datasets that still decode
+    #: and fit are kept beside the new flow
     redo: tuple[str, ...] = ()
+    #: recompute videos whose stored options (size, step, codecs, engine parameters) differ from
+    #: this run's, replacing them; without it such a run is refused before computing anything
+    redo_mismatched: bool = False
     max_memory: int | None = DEFAULT_MAX_MEMORY
 
     def __post_init__(self):
@@ -109,6 +116,9 @@ class ExtractSummary:
     backend: str = "torch"
     stopped: str = ""       # why the run ended early (the store refused data), "" when it did not
     not_started: int = 0    # videos of this shard never started because of that
+    #: seconds before the first video started (engine, store check, scan of the store): not in
+    #: ``pairs_per_s``, which covers the same window as the progress bar's rate
+    setup_seconds: float = 0.0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -122,7 +132,9 @@ class ExtractSummary:
                 "seconds": round(self.seconds, 3),
                 "done": self.count("done"), "skipped": self.count("skipped"),
                 "failed": self.count("failed"), "pairs": self.pairs,
-                "pairs_per_s": round(self.pairs / self.seconds, 3) if self.seconds > 0 else None,
+                "setup_seconds": round(self.setup_seconds, 3),
+                "pairs_per_s": (round(self.pairs / (self.seconds - self.setup_seconds), 3)
+                                if self.seconds > self.setup_seconds else None),
                 "notes": self.notes, "stopped": self.stopped, "not_started": self.not_started,
                 "videos": [asdict(r) for r in self.results]}
 
@@ -266,7 +278,9 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     engine = build_engine(config)
     backend = engine.backend
     workers = config.workers or default_workers(config.device, len(items))
-    config = dataclasses.replace(config, workers=workers, max_memory=(
+    known, mismatched = check_store_options(store_path, items, config, engine)
+    config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
+        set(config.redo) | mismatched)), max_memory=(
         None if config.max_memory is None else config.max_memory // workers))
     if config.workers > 1:
         engine = None
@@ -278,12 +292,13 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     store.remove_partials()
     todo, results, metas = [], [], {}
     for item in items:
-        meta = metas[item.key] = None if item.key in config.redo else _finished_meta(store, item.key)
+        meta = metas[item.key] = None if item.key in config.redo else known.get(item.key)
         if meta is not None and config.method in meta["flows"]:
             results.append(VideoResult(item.key, str(item.path), "skipped",
                                        reason=f"already in the store with flow/{config.method}"))
         else:
             todo.append(item)
+    setup = time.perf_counter() - started
     videos = progress.start("videos", total=len(items), completed=len(results))
     pairs = progress.start("frame pairs")
     stopped = ""
@@ -303,10 +318,50 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
     summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started,
-                             backend=backend, stopped=stopped,
+                             backend=backend, stopped=stopped, setup_seconds=setup,
                              not_started=len(items) - len(results) if stopped else 0)
-    summary.notes = _size_notes(results, config) + _memory_notes(results, config)
+    summary.notes = (_size_notes(results, config) + _memory_notes(results, config)
+                     + _redo_notes(results, config))
     return summary
+
+
+def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:
+    """What this run writes into a store, for :func:`flowkit.store.compat.compare_with_store`."""
+    params = engine_class(config.method).Params
+    return Request(method=config.method, engine=engine.describe(), size=config.size,
+                   step=config.step, rgb=config.rgb, rgb_codec=rgb_codec(config.rgb_codec),
+                   flow_codec=flow_codec(config.flow_codec),
+                   param_names=tuple(f.name for f in dataclasses.fields(params)) if params else ())
+
+
+def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractConfig,
+                        engine: FlowEngine) -> tuple[dict[str, dict], set[str]]:
+    """Before anything is computed or written: does this run fit the existing store?
+
+    Returns the finished videos' metadata among ``items`` (``{key: meta}``) and the keys stored
+    with other options, to recompute. Raises :class:`StoreError` naming the options that would
+    match the store when they differ and ``config.redo_mismatched`` is off. A store that does not
+    exist yet fits anything."""
+    if not (Path(store_path) / MANIFEST).is_file():
+        return {}, set()
+    comparison = compare_with_store(FlowStore(store_path), [item.key for item in items],
+                                    store_request(config, engine))
+    keys = {item.key for item in items}
+    known = {k: m for k, m in comparison.metas.items() if k in keys}
+    if comparison.ok:
+        return known, set()
+    if not config.redo_mismatched:
+        raise StoreError(comparison.message())
+    return known, comparison.keys() & keys
+
+
+def _redo_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
+    """How many videos --redo / --redo-mismatched replaced (each video's line says what of its old
+    file was dropped: datasets that no longer decode or no longer fit its frames)."""
+    redone = [r.key for r in results if r.status == "done" and r.key in config.redo]
+    if not redone:
+        return []
+    return [f"{len(redone)} videos recomputed and replaced (--redo / --redo-mismatched)"]
 
 
 def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,

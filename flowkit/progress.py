@@ -64,6 +64,7 @@ class Task:
         self.total, self.completed = total, completed
         self.info: dict[str, Any] = {}
         self.started = time.perf_counter()
+        self.initial = completed  # done before this run (resumed): not counted in the rate
 
     def advance(self, n: int = 1, **info) -> None:
         """``n`` more done; ``info`` fields (e.g. ``loss=0.3``) replace those shown so far."""
@@ -81,9 +82,18 @@ class Task:
         self.progress._changed(self)
 
     def rate(self) -> float | None:
-        """Items per second since the task started."""
+        """Items per second since the task started, counting only the items done since then
+        (a resumed run's finished items are not work of this run)."""
         elapsed = time.perf_counter() - self.started
-        return self.completed / elapsed if elapsed > 0 and self.completed else None
+        done = self.completed - self.initial
+        return done / elapsed if elapsed > 0 and done > 0 else None
+
+    def eta(self) -> float | None:
+        """Seconds left at :meth:`rate` (None without a total or before the first item)."""
+        rate = self.rate()
+        if self.total is None or not rate:
+            return None
+        return max(0.0, (self.total - self.completed) / rate)
 
     def close(self) -> None:
         self.progress._closed(self)
@@ -135,13 +145,20 @@ class LineProgress(Progress):
         self._line(task)
 
     def _line(self, task: Task) -> None:
-        rate = task.rate()
-        tail = f" ({rate:.2f}/s)" if rate else ""
-        self.log(task.text() + tail)
+        rate, eta = task.rate(), task.eta()
+        self.log(task.text() + (f" {rate:.3g}/s" if rate else "")
+                 + f" elapsed {clock(time.perf_counter() - task.started)}"
+                 + (f" eta {clock(eta)}" if eta is not None else ""))
+
+
+def clock(seconds: float) -> str:
+    """``h:mm:ss`` of a duration in seconds."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["Progress", "LineProgress", "Task", "StopFlag", "Stopped"]
+__all__ = ["Progress", "LineProgress", "Task", "StopFlag", "Stopped", "clock"]

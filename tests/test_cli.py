@@ -99,7 +99,7 @@ def test_extract_missing_video_dir_is_a_usage_error(tmp_path):
     r = flowkit_cli("extract", tmp_path / "nope", "-o", tmp_path / "s", *CHEAP)
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and str(tmp_path / "nope") in r.stderr
-    assert "not a directory" in r.stderr and "Traceback" not in r.stderr
+    assert "no such file or directory" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()  # no store is created for a failed start
 
 

@@ -308,7 +308,9 @@ def test_evaluate_writes_results(tiny_store, tmp_path):
     assert result.views == 6 and result.num_videos == 3  # the run's validation split
     report = json.loads((run / "eval" / "eval.json").read_text())
     assert report["views"] == 6 and report["split"] == "the run's validation split"
-    assert len(report["predictions"]) == 3 and 0 <= report["top1"] <= report["top5"] <= 1
+    assert len(report["predictions"]) == 3 and 0 <= report["top1"] <= 1
+    assert report["top5"] is None  # 3 classes: every video is in its top 5
+    assert report["training_videos"] == 0 and report["held_out"]
     confusion = json.loads((run / "eval" / "confusion.json").read_text())
     assert np.array(confusion["matrix"]).shape == (3, 3) and np.sum(confusion["matrix"]) == 3
     assert confusion["classes"] == ["right", "down", "left"]

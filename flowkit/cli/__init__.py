@@ -31,7 +31,7 @@ COMMANDS = {
     "samples": ("samples", "Write a small video folder with known motion (photographs)."),
     "toy": ("toy", "Write a toy action dataset whose classes differ only in motion."),
     "train": ("train", "Train a video classifier on a store."),
-    "evaluate": ("evaluate", "Evaluate a trained classifier (clips x crops, top-1/top-5)."),
+    "evaluate": ("evaluate", "Evaluate a trained classifier (clips x crops, top-1, per class)."),
     "train-flow": ("train_flow", "Train a learnable motion engine (tvnet, motionnet)."),
     "export": ("interop:export_group", "Write a store as mmaction2 / denseflow rawframes."),
     "import": ("interop:import_group", "Read rawframes / denseflow HDF5 into a store."),
@@ -80,7 +80,26 @@ def one_line(exc: BaseException) -> str:
 
 
 class LazyGroup(click.Group):
-    """A click group whose commands are imported when used, not when listed."""
+    """A click group whose commands are imported when used, not when listed; usage errors (a bad
+    option value, a missing argument) are one line, like every other error, exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            click.echo(f"error: {message}{where}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
 
     def list_commands(self, ctx):
         return list(COMMANDS)
@@ -101,4 +120,13 @@ class LazyGroup(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowkit")
 def main():
-    """flowkit: optical flow and motion features from video folders, in crash-safe HDF5 stores."""
+    """flowkit: optical flow and motion features from video folders, in crash-safe HDF5 stores.
+
+    Extract motion from a folder of videos into a store, look at it, and train and evaluate
+    action classifiers on it. `flowkit COMMAND --help` explains each command with examples.
+
+    \b
+    Examples:
+      flowkit samples videos/ && flowkit extract videos/ -o store/
+      flowkit show store/ pan_left/pan_left_0 -o flow.png
+    """

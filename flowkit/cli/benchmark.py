@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..bench import harness
+from ..errors import FlowkitError
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params
 from .progress import RichProgress
@@ -97,6 +98,16 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def _check_outputs(json_out: str | None, plot_out: str | None) -> None:
+    """Before measuring anything: the output files can be written where asked."""
+    for option, out in (("--json", None if json_out == "-" else json_out), ("--plot", plot_out)):
+        if out and not Path(out).parent.is_dir():
+            raise FlowkitError(f"{option} {out}: folder {Path(out).parent} does not exist; create "
+                               "it first")
+    if plot_out and Path(plot_out).suffix.lower() != ".png":
+        raise FlowkitError(f"--plot {plot_out}: the plot is a PNG image; name it .png")
+
+
 @click.command("benchmark", short_help=summary("benchmark"))
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True,
@@ -147,15 +158,14 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
 
     \b
     Examples:
-      flowkit benchmark
       flowkit benchmark --methods tvl1,opencv-tvl1 --compile both --size 256x340 --pairs 16
-      flowkit benchmark --dataset stereo --size 0.5 --methods all --plot stereo.png
       flowkit benchmark --dataset sintel /data/Sintel --pairs 20 --size 0.5 --json sintel.json
       flowkit benchmark --device cuda --backend cupy --batch 64 --size 256x340 --pairs 64
 
     Exits 1 when a method could not run (e.g. opencv-tvl1 without opencv-contrib); its row says
     missing and the reason is printed below the table.
     """
+    _check_outputs(json_out, plot_out)
     console = Console(stderr=json_out == "-")
     if not console.is_terminal:
         console.width = max(console.width, 140)  # keep rows whole in logs and pipes

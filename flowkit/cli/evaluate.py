@@ -39,7 +39,18 @@ from . import handle_errors, summary
 @handle_errors
 def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_size, workers, device,
             out_dir, as_json):
-    """Evaluate the classifier trained in RUN_DIR on STORE (default: its training store)."""
+    """Evaluate the classifier trained in RUN_DIR on STORE (default: its training store).
+
+    Scores the run's validation videos by default (or all of STORE's videos, or a list's) and
+    says which, and how many of them the model was trained on: only a score on videos it never
+    saw is called held-out. Top-5 is reported only with more than 5 classes.
+
+    \b
+    Examples:
+      flowkit evaluate run/                                  # the run's validation videos
+      flowkit evaluate run/ store/ --split-list testlist01.txt --checkpoint last
+      flowkit evaluate run/ other_store/ --clips 1 --crops 1 --json
+    """
     from rich.console import Console
 
     from ..train import evaluate_run
@@ -55,14 +66,28 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
                               workers=workers, device=device, out_dir=out_dir, progress=progress,
                               stop=stop)
     r = result.report
-    console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold], top-5 {100 * r['top5']:.2f}%, "
+    top5 = f", top-5 {100 * r['top5']:.2f}%" if r["top5"] is not None else ""
+    console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold]{top5}, "
                   f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "
-                  f"{r['num_videos']} videos ({r['split']}), {r['views']} views each "
-                  f"({r['clips']} clips x {r['crops']} crops), {r['videos_per_s']:.1f} videos/s "
-                  f"-> {result.out_dir}", highlight=False, soft_wrap=True)
+                  f"{r['num_videos']} videos ({r['split']}; {_held_out(r)}), {r['views']} views "
+                  f"each ({r['clips']} clips x {r['crops']} crops), {r['videos_per_s']:.1f} "
+                  f"videos/s -> {result.out_dir}", highlight=False, soft_wrap=True)
+    if r["training_videos"]:
+        console.print("note: videos the model was trained on score higher than new ones; for a "
+                      "held-out score train with a validation split (--val-fraction, --val-list) "
+                      "or evaluate with --split-list FILE of other videos", highlight=False)
     if as_json:
         summary = {k: v for k, v in r.items() if k != "predictions"}
         if result.out_dir is not None:
             summary["files"] = {name: str(result.out_dir / name)
                                 for name in ("eval.json", "confusion.json", "confusion.png")}
         click.echo(json.dumps(summary, indent=2))
+
+
+def _held_out(report: dict) -> str:
+    n, trained = report["num_videos"], report["training_videos"]
+    if not trained:
+        return "held out: none used in training"
+    if trained == n:
+        return "NOT held out: all of them were training videos"
+    return f"NOT held out: {trained} of them were training videos"

@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..errors import FlowkitError
+from ..errors import EngineError, FlowkitError
 from ..extract import ExtractConfig, extract
-from ..flow import list_engines
-from ..labels import read_split_list, scan_videos
+from ..flow import check_engine_params, list_engines
+from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_list, scan_videos
 from ..progress import StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params, parse_size
@@ -21,6 +21,11 @@ from .progress import RichProgress, stop_on_signals
 
 def _items(video_dir: Path, split_list: Path | None, class_index: Path | None,
            notes: list[str]):
+    if video_dir.is_file() and not split_list:
+        return [_single_video(video_dir)], []
+    if not video_dir.exists():
+        raise FlowkitError(f"{video_dir}: no such file or directory; give a folder of videos "
+                           "(VIDEO_DIR/<class>/<video>.mp4) or one video file")
     if not video_dir.is_dir():
         raise FlowkitError(f"{video_dir}: not a directory of videos")
     if split_list:
@@ -73,13 +78,31 @@ def _annotated(items, annotations: Path, label_map: Path | None, console: Consol
     return kept, match.classes
 
 
+def _single_video(path: Path) -> VideoItem:
+    """One video file given instead of a folder: extracted unlabelled, under its file name."""
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise FlowkitError(f"{path}: a file but not a video ({', '.join(VIDEO_EXTENSIONS[:4])}, "
+                           "...); give a folder of videos or one video file")
+    return VideoItem(path, path.stem, -1, "")
+
+
+def _check_params(method: str, params: dict) -> None:
+    """Engine parameters typed and range-checked from the engine's Params dataclass before any
+    file is touched (flowkit.flow.check_engine_params)."""
+    try:
+        check_engine_params(method, params)
+    except EngineError as exc:
+        raise FlowkitError(f"--param: {exc}") from None
+
+
 def _print_summary(console: Console, summary) -> None:
     d = summary.to_dict()
-    rate = f", {d['pairs_per_s']:.2f} pairs/s" if d["pairs_per_s"] else ""
+    setup = f" after {d['setup_seconds']:.1f} s of setup" if d["setup_seconds"] >= 0.5 else ""
+    rate = f", {d['pairs_per_s']:.3g} pairs/s{setup}" if d["pairs"] and d["pairs_per_s"] else ""
     console.print(f"[bold]{d['done']} done[/bold], {d['skipped']} skipped (already in the store), "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
                   f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} with {d['method']} "
-                  f"({d['backend']} backend) -> {d['store']}", highlight=False)
+                  f"({d['backend']} backend) -> {d['store']}", highlight=False, soft_wrap=True)
     for r in summary.results:
         if r.status == "failed":
             console.print(f"  failed: {r.reason}", highlight=False, soft_wrap=True)
@@ -145,17 +168,30 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--redo", multiple=True, metavar="KEY",
               help="Recompute this video even if it is finished (e.g. a damaged one that `flowkit "
                    "info --validate --deep` or `flowkit train` named), repeatable.")
+@click.option("--redo-mismatched", is_flag=True,
+              help="Recompute the videos the store holds with other options (size, step, codecs, "
+                   "engine parameters), replacing them; without it such a run is refused before "
+                   "computing anything.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
 def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
             max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, max_memory, split_list,
-            class_index, annotations, label_map, shard, redo,
+            class_index, annotations, label_map, shard, redo, redo_mismatched,
             as_json):
-    """Compute motion features for every video under VIDEO_DIR into the store STORE.
+    """Compute motion features for every video under VIDEO_DIR (or one video file) into the store
+    given with -o.
 
     Labels come from the folder layout VIDEO_DIR/<class>/<video> or from --split-list. Finished
-    videos are never recomputed: rerun the same command after a crash to resume. One unreadable
-    video is reported and skipped; the exit code is 1 if any video failed.
+    videos are never recomputed: rerun the same command after a crash to resume. A store that
+    already holds videos made with other options (size, step, codecs, engine parameters) is
+    checked before anything is computed: the run is refused with the options that match, unless
+    --redo. One unreadable video is reported and skipped; the exit code is 1 if any video failed.
+
+    \b
+    Examples:
+      flowkit extract videos/ -o store/                      # TV-L1 flow + RGB, short side kept
+      flowkit extract videos/ -o store/ --size 128 --step 2  # smaller, every 2nd frame
+      flowkit extract videos/ -o store/ --method costvolume  # add a second engine beside tvl1
     """
     shard_tuple = None
     if shard:
@@ -173,13 +209,14 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
                                    f"drop {' and '.join(given)} or --lossless")
         flow_codec, rgb_codec = "float16", "raw"
     engine_params = parse_params(params)
+    _check_params(method, engine_params)
     if weights:
         engine_params["weights"] = weights
     config = ExtractConfig(method=method, engine_params=engine_params, device=device,
                            backend=backend, compile=compile, size=parse_size(size), step=step,
                            max_frames=max_frames, flow_codec=flow_codec, rgb_codec=rgb_codec, rgb=rgb,
                            batch=batch, workers=_workers(workers), redo=tuple(redo),
-                           max_memory=_bytes(max_memory))
+                           redo_mismatched=redo_mismatched, max_memory=_bytes(max_memory))
     scan_notes: list[str] = []
     items, classes = _items(video_dir, split_list, class_index, scan_notes)
     console = Console(stderr=True)

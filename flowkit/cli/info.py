@@ -64,7 +64,15 @@ def _table(s: dict) -> Table:
 @handle_errors
 def command(store, as_json, validate, deep):
     """Summarise STORE: videos, classes, frames, codecs and bytes per frame, and the engines and
-    parameters used."""
+    parameters used. --validate opens every video file and reports problems (exit 1);
+    --validate --deep also decodes every frame and checks the stated flow error bounds.
+
+    \b
+    Examples:
+      flowkit info store/
+      flowkit info store/ --validate --deep
+      flowkit info store/ --json
+    """
     if deep and not validate:
         raise click.UsageError("--deep goes with --validate")
     with FlowStore(store) as fs:

@@ -1,4 +1,5 @@
-"""The CLI's side of :mod:`flowkit.progress`: rich bars, and Ctrl-C (SIGINT) or SIGTERM as a stop request."""
+"""The CLI's side of :mod:`flowkit.progress`: rich bars on a terminal, plain periodic lines
+elsewhere (a log file, a pipe), and Ctrl-C (SIGINT) or SIGTERM as a stop request."""
 from __future__ import annotations
 
 import contextlib
@@ -8,20 +9,36 @@ import threading
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as _RichBars, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+                           TimeElapsedColumn)
 
-from ..progress import Progress, StopFlag, Stopped, Task, _fmt
+from ..progress import LineProgress, Progress, StopFlag, Stopped, Task, _fmt, clock
+
+# Seconds between plain progress lines when the output is not a terminal (a log file, a pipe);
+# FLOWKIT_PROGRESS_SECONDS overrides it.
+PLAIN_EVERY = 30.0
 
 
 class RichProgress(Progress):
-    """Rich bars on ``console``: description, bar, done/total, the task's fields, elapsed, ETA;
-    :meth:`log` lines print above them. A context manager (the bars live inside it)."""
+    """Rich bars on ``console``: description, bar, done/total, the task's fields and rate,
+    elapsed, ETA; :meth:`log` lines print above them. A context manager (the bars live inside it).
 
-    def __init__(self, console: Console, transient: bool = False):
+    The rate and the ETA are the task's own (:meth:`flowkit.progress.Task.rate`: items done in
+    this run over the time since the task started, the window the commands' summaries use), not
+    rich's 30-second sampling, which shows no ETA when an item takes longer than that. When the
+    console is not a terminal, the same facts go out as plain lines (:class:`LineProgress`) every
+    ``every`` seconds and when a task ends, instead of a bar that would show only at the end.
+    """
+
+    def __init__(self, console: Console, transient: bool = False, every: float | None = None):
         self.console = console
+        self.plain, self.transient = not console.is_terminal, transient
+        if every is None:
+            every = float(os.environ.get("FLOWKIT_PROGRESS_SECONDS", PLAIN_EVERY))
+        self.lines = LineProgress(console.file, every=every) if self.plain else None
         self.bars = _RichBars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                              TimeRemainingColumn(), console=console, transient=transient)
+                              TextColumn("{task.fields[eta]}"), console=console,
+                              transient=transient, disable=self.plain)
         self._ids: dict[int, int] = {}
 
     def __enter__(self) -> "RichProgress":
@@ -35,17 +52,27 @@ class RichProgress(Progress):
         self.console.print(message, highlight=False, soft_wrap=True)
 
     def _started(self, task: Task) -> None:
+        if self.plain:
+            return
         self._ids[id(task)] = self.bars.add_task(task.description, total=task.total,
-                                                 completed=task.completed, info="")
+                                                 completed=task.completed, info="", eta="")
 
     def _changed(self, task: Task) -> None:
-        rate = task.rate()
+        if self.plain:
+            self.lines._changed(task)
+            return
+        rate, eta = task.rate(), task.eta()
         info = "  ".join([f"{k} {_fmt(v)}" for k, v in task.info.items()]
-                         + ([f"{rate:.2f}/s"] if rate else []))
+                         + ([f"{rate:.3g}/s"] if rate else []))
         self.bars.update(self._ids[id(task)], completed=task.completed, total=task.total,
-                         description=task.description, info=info)
+                         description=task.description, info=info,
+                         eta=f"eta {clock(eta)}" if eta is not None else "")
 
     def _closed(self, task: Task) -> None:
+        if self.plain:
+            if not self.transient:  # a transient bar's work logs its own line when it ends
+                self.lines._closed(task)
+            return
         rich_id = self._ids.pop(id(task), None)
         if rich_id is not None and self.bars.live.transient:
             self.bars.remove_task(rich_id)

@@ -21,7 +21,13 @@ from .options import parse_size
 @handle_errors
 def command(out_dir, classes, videos_per_class, frames, size, seed):
     """Write OUT_DIR/<class>/<class>_<i>.mp4: photographs scikit-image ships, panned, zoomed or
-    rotated by a known motion. A ready-made input for `flowkit extract`."""
+    rotated by a known motion. A ready-made input for `flowkit extract`.
+
+    \b
+    Examples:
+      flowkit samples videos/
+      flowkit samples videos/ --classes pan_left,zoom_in --videos-per-class 1 --frames 8
+    """
     names = tuple(c.strip() for c in classes.split(",") if c.strip())
     unknown = [c for c in names if c not in MOTIONS]
     if unknown:

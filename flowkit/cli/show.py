@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import FlowkitError
 from ..store import FlowStore
 from ..video import write_video
-from ..viz import flow_grid, flow_to_color
+from ..viz import flow_grid, flow_to_color, robust_max_flow
 from . import handle_errors, summary
 
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
@@ -26,28 +26,42 @@ def _pick_flow(store: FlowStore, key: str, name: str | None) -> str:
     return name
 
 
+def _check_output(out: Path) -> None:
+    """Before reading anything: the folder exists and the extension is a picture or video
+    format this machine can write."""
+    if not out.parent.is_dir():
+        raise FlowkitError(f"-o {out}: folder {out.parent} does not exist; create it first")
+    if out.suffix.lower() in _VIDEO_SUFFIXES:
+        return
+    import cv2
+
+    if not out.suffix or not cv2.haveImageWriter(str(out)):
+        raise FlowkitError(f"-o {out}: {out.suffix or 'no extension'} is not a picture format; "
+                           f"use .png or .jpg (a picture) or {', '.join(sorted(_VIDEO_SUFFIXES))} "
+                           "(a video)")
+
+
 def _write_png(out: Path, store: FlowStore, key: str, name: str, frames: list[int],
-               max_flow: float | None) -> None:
+               max_flow: float | None) -> float:
+    """Rows of [frame | flow | colour wheel]; returns the colour scale used (pixels)."""
     flows = store.read_flow(key, name, index=frames)
     rgb = store.read_rgb(key, index=frames) if store.meta(key)["has_rgb"] else None
-    if rgb is None:
-        image = np.concatenate([flow_to_color(f, max_flow) for f in flows], axis=0)
-    else:
-        image = flow_grid(rgb, flows, max_flow=max_flow, legend=True)
+    max_flow = max_flow or robust_max_flow(flows)
+    image = flow_grid(rgb, flows, max_flow=max_flow, legend=True)
     import cv2
     if not cv2.imwrite(str(out), image[..., ::-1]):
         raise FlowkitError(f"{out}: could not write the image (unsupported extension or folder)")
+    return max_flow
 
 
 def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: float | None,
-                 fps: float) -> None:
+                 fps: float) -> float:
     n = store.meta(key)["num_frames"] - 1
     has_rgb = store.meta(key)["has_rgb"]
     # One colour scale for the whole clip: flicker-free, and comparable from frame to frame.
     if max_flow is None:
-        max_flow = max(float(np.percentile(np.hypot(*store.read_flow(key, name, index=t)), 99))
-                       for t in range(0, n, max(1, n // 16)))
-        max_flow = max(max_flow, 1e-3)
+        max_flow = robust_max_flow([store.read_flow(key, name, index=t)
+                                    for t in range(0, n, max(1, n // 16))])
 
     def frames():
         for t in range(n):
@@ -55,6 +69,7 @@ def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: flo
             yield np.concatenate([store.read_rgb(key, index=t), colour], axis=1) if has_rgb else colour
 
     write_video(out, frames(), fps=fps)
+    return max_flow
 
 
 @click.command("show", short_help=summary("show"))
@@ -65,10 +80,25 @@ def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: flo
 @click.option("--flow", "name", default=None, help="Flow dataset name (default: the first, e.g. tvl1).")
 @click.option("--frame", "frames", multiple=True, type=int,
               help="Frame pair index for a PNG, repeatable (default: first, middle, last).")
-@click.option("--max-flow", type=float, default=None, help="Colour saturation radius, pixels.")
+@click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Flow magnitude drawn at full colour, pixels [default: the 98th percentile of "
+                   "the shown flow; faster pixels are drawn darker].")
 @handle_errors
 def command(store, video, output, name, frames, max_flow):
-    """Colour-code the flow of VIDEO (its key, e.g. class/video_name) from STORE."""
+    """Colour-code the flow of VIDEO (its key, e.g. class/video_name) from STORE.
+
+    Hue is the direction (right red, down yellow, left cyan, up blue), saturation the speed; the
+    colour wheel beside the first row prints the speed at its rim. A PNG shows three frame
+    pairs (or those given with --frame) beside their frames when the store has RGB; a video
+    file shows the whole clip.
+
+    \b
+    Examples:
+      flowkit show store/ pan_left/pan_left_0 -o flow.png
+      flowkit show store/ pan_left/pan_left_0 -o flow.png --frame 0 --frame 10 --max-flow 4
+      flowkit show store/ pan_left/pan_left_0 -o flow.mp4
+    """
+    _check_output(output)
     with FlowStore(store) as fs:
         if video not in fs:
             close = [k for k in fs.keys() if video in k][:5]
@@ -77,11 +107,12 @@ def command(store, video, output, name, frames, max_flow):
         name = _pick_flow(fs, video, name)
         n = fs.meta(video)["num_frames"] - 1
         if output.suffix.lower() in _VIDEO_SUFFIXES:
-            _write_video(output, fs, video, name, max_flow, float(fs.meta(video)["fps"]) or 25.0)
+            scale = _write_video(output, fs, video, name, max_flow,
+                                 float(fs.meta(video)["fps"]) or 25.0)
         else:
             picked = sorted(set(frames)) if frames else sorted({0, n // 2, n - 1})
             bad = [t for t in picked if not 0 <= t < n]
             if bad:
                 raise FlowkitError(f"frame {bad[0]} out of range: {video!r} has {n} flow frames")
-            _write_png(output, fs, video, name, picked, max_flow)
-    click.echo(f"wrote {output}")
+            scale = _write_png(output, fs, video, name, picked, max_flow)
+    click.echo(f"wrote {output} (full colour at {scale:.3g} px)")

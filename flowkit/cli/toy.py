@@ -45,7 +45,13 @@ def command(out_dir, classes, videos_per_class, frames, size, difficulty, noise,
             distractors, contrast, seed, test_fraction, fps, overwrite):
     """Write OUT_DIR/<class>/<class>_<i>.mp4 of random textures moved by each class's motion, plus
     classInd.txt, toy.json and UCF101-style split lists. Appearance is drawn independently of the
-    class, so only motion tells classes apart. Ready for `flowkit extract`."""
+    class, so only motion tells classes apart. Ready for `flowkit extract`.
+
+    \b
+    Examples:
+      flowkit toy toy/ --videos-per-class 8
+      flowkit toy toy/ --classes left,right,cw,ccw --difficulty hard
+    """
     names = tuple(c.strip() for c in classes.split(",") if c.strip())
     hw = parse_size(size)
     if not isinstance(hw, tuple):

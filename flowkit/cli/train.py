@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -128,7 +129,13 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
 
     The model's inputs (rgb and/or flow) decide what is loaded; a store lacking them is refused
     before anything is written. Ctrl-C stops after the current step and saves it; rerun with
-    --resume to continue exactly.
+    --resume to continue exactly. A split that leaves no validation video is warned about.
+
+    \b
+    Examples:
+      flowkit train store/ --model cidc --model-arg modality=flow -o run/
+      flowkit train store/ --model resnet2d --frames 1 -o rgb_run/ --epochs 10
+      flowkit train store/ -o run/ --resume --epochs 40
     """
     from rich.console import Console
 
@@ -162,6 +169,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                   f"{len(trainer.train_keys)} training / {len(trainer.val_keys)} validation videos "
                   f"of {len(trainer.classes)} classes; clips of {cfg.clip_length} frames at "
                   f"{cfg.size}x{cfg.size} -> {out}", highlight=False, soft_wrap=True)
+    _warn_small_split(console, cfg, trainer)
     if trainer.init_report is not None:
         console.print(f"initialised from {cfg.init}: {_init_summary(trainer.init_report)}",
                       highlight=False, soft_wrap=True)
@@ -181,6 +189,25 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                                "model": rc["model"]}, indent=2))
     if result.interrupted:
         sys.exit(stop_exit_code(stop))
+
+
+def _warn_small_split(console, cfg: TrainConfig, trainer) -> None:
+    """Say so when --val-fraction leaves no validation video (a tiny store): best.pt is then
+    picked by training accuracy and `flowkit evaluate` has no held-out videos to score."""
+    if trainer.val_keys or cfg.split_list or not cfg.val_fraction:
+        return
+    from collections import Counter
+
+    from ..data.splits import labels
+
+    smallest = min(Counter(labels(trainer.store, trainer.train_keys)).values())
+    fix = (f"use --val-fraction {math.ceil(100 / smallest) / 100:.2f} (one video per class) or "
+           "--val-list FILE" if smallest >= 2 else
+           "each class needs at least 2 videos for a split; add videos or pass --val-list FILE")
+    console.print(f"warning: --val-fraction {cfg.val_fraction:g} of {len(trainer.train_keys)} "
+                  f"videos ({smallest} in the smallest class) gives no validation videos: best.pt "
+                  f"is chosen by training accuracy and `flowkit evaluate` would score training "
+                  f"videos; {fix}", highlight=False, soft_wrap=True)
 
 
 def _init_summary(report: dict) -> str:

@@ -8,7 +8,14 @@ from . import summary
 
 @click.group("train-flow", short_help=summary("train-flow"))
 def command():
-    """Train a learnable motion engine; `flowkit extract --method NAME --weights CKPT` uses the result."""
+    """Train a learnable motion engine; `flowkit extract --method NAME --weights CKPT` uses the
+    result.
+
+    \b
+    Examples:
+      flowkit train-flow tvnet --out tvnet.pt
+      flowkit train-flow motionnet videos/ --out motionnet.pt
+    """
 
 
 def _register_subcommands() -> None:

@@ -17,7 +17,7 @@ from .options import parse_size
 from .progress import RichProgress, stop_on_signals
 
 
-@click.command("motionnet")
+@click.command("motionnet", short_help="Train MotionNet without labels into a checkpoint.")
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (atomically, after every epoch).")
@@ -40,7 +40,13 @@ from .progress import RichProgress, stop_on_signals
 def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch, lr, seed, resume,
             eval_samples, device, as_json):
     """Train MotionNet without ground truth on clips from SOURCE (a video folder, or a store
-    extracted with --rgb); then `flowkit extract --method motionnet --weights OUT`."""
+    extracted with --rgb); then `flowkit extract --method motionnet --weights OUT`.
+
+    \b
+    Examples:
+      flowkit train-flow motionnet videos/ --out motionnet.pt
+      flowkit extract videos/ -o store/ --method motionnet --weights motionnet.pt
+    """
     import torch
     from rich.console import Console
 

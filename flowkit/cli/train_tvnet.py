@@ -17,7 +17,7 @@ from .options import parse_size
 from .progress import RichProgress, stop_on_signals
 
 
-@click.command("tvnet")
+@click.command("tvnet", short_help="Train TVNet (default TVNet-50) into a checkpoint.")
 @click.option("--data", default="synthetic", show_default=True,
               help="'synthetic', a ground-truth folder (with --layout), or a video folder "
                    "(with --unsupervised).")
@@ -51,7 +51,14 @@ from .progress import RichProgress, stop_on_signals
 @handle_errors
 def command(data, layout, unsupervised, pairs, size, scales, warps, iterations, epochs, batch, lr,
             clip, val_fraction, seed, out, resume, device, as_json):
-    """Train TVNet (default TVNet-50: 1 scale, 1 warp, 50 iterations) and write checkpoint --out."""
+    """Train TVNet (default TVNet-50: 1 scale, 1 warp, 50 iterations) and write checkpoint --out,
+    for `flowkit extract --method tvnet --weights OUT`.
+
+    \b
+    Examples:
+      flowkit train-flow tvnet --out tvnet.pt
+      flowkit train-flow tvnet --out tvnet.pt --epochs 5 --unsupervised
+    """
     from ..flow.tvnet import TVNetConfig
     from ..train.tvnet import TVNetTrainConfig, fit, load_samples
 

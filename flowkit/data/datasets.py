@@ -247,8 +247,9 @@ def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str]
         raise _missing_error(store, no_flow, len(keys), f"flow {flow_name!r}",
                              f"they have: {', '.join(sorted(have)) or 'no flow'}; add it with "
                              f"`flowkit extract VIDEOS -o {store.path} --method {flow_name}` "
-                             "(VIDEOS: the folder the store was extracted from) or choose a "
-                             "flow_name the store has")
+                             "(VIDEOS: the folder the store was extracted from), or train on "
+                             "flow the store has (`flowkit train --flow-name NAME`, "
+                             "flow_name=NAME in Python)")
     if no_rgb:
         raise _missing_error(store, no_rgb, len(keys), "rgb frames",
                              "the store was extracted with --no-rgb; extract into a new store "

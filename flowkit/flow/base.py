@@ -94,10 +94,8 @@ class FlowEngine:
                 raise EngineError(f"engine {cls.name!r}: params must be a {cls.Params.__name__}, "
                                   f"got {type(params).__name__}")
             return params
-        try:
-            return cls.Params(**fields)
-        except TypeError as exc:  # unknown field (create_engine checks first; direct use here)
-            raise EngineError(f"engine {cls.name!r}: {exc}") from None
+        from .params import check_params  # types from the Params annotations, then its ranges
+        return check_params(cls.Params, fields, cls.name)
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)

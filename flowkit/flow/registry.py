@@ -36,3 +36,23 @@ def create_engine(name: str, device: str = "cpu", **params) -> FlowEngine:
     Unknown parameter names raise :class:`~flowkit.errors.EngineError` listing the accepted ones.
     """
     return ENGINES.create(name, device=device, **params)
+
+
+def check_engine_params(name: str, params: dict):
+    """The ``Params`` of engine ``name`` for ``params`` (its fields only; execution options such as
+    ``backend`` are not looked at), typed and range-checked without building the engine (no
+    weights are loaded, no device is touched): :func:`flowkit.flow.params.check_params`."""
+    from dataclasses import fields
+
+    from .params import check_params
+
+    cls = engine_class(name)
+    if cls.Params is None:
+        return None
+    accepted = engine_parameters(name)
+    unknown = sorted(k for k in params if k not in accepted)
+    if unknown:
+        raise EngineError(f"engine {name!r} has no parameter {', '.join(unknown)}; accepted: "
+                          f"{', '.join(accepted)}")
+    names = {f.name for f in fields(cls.Params)}
+    return check_params(cls.Params, {k: v for k, v in params.items() if k in names}, name)

@@ -352,6 +352,14 @@ def codec_of(attrs: dict[str, Any], rgb: bool = False) -> Codec:
     return registry.get(str(name)).from_attrs(attrs)
 
 
+def codec_spec(codec: Codec) -> str:
+    """The spec that makes ``codec`` again (``--flow-codec`` / ``--rgb-codec``): ``"jpegls:0.1"``,
+    ``"uint8:20"``, ``"jpeg:95"``, ``"float16"``, ``"raw"``."""
+    if codec.primary is None:
+        return codec.name
+    return f"{codec.name}:{getattr(codec, codec.primary):g}"
+
+
 # ------------------------------------------------------------------------------------- threads
 
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads): a fork gets its own
@@ -378,5 +386,5 @@ def encode_frames(codec: Codec, frames, threads: int | None = None
 
 
 __all__ = ["Codec", "FLOW_CODECS", "RGB_CODECS", "JpegLS", "Float16", "Uint8", "Jpeg", "Raw",
-           "flow_codec", "rgb_codec", "codec_of", "encode_frames", "default_threads", "quantize",
-           "dequantize", "DEFAULT_BOUND", "DEFAULT_MAX_ERROR", "DEFAULT_JPEG_QUALITY"]
+           "flow_codec", "rgb_codec", "codec_of", "codec_spec", "encode_frames", "default_threads",
+           "quantize", "dequantize", "DEFAULT_BOUND", "DEFAULT_MAX_ERROR", "DEFAULT_JPEG_QUALITY"]

@@ -276,6 +276,8 @@ class FlowStore:
                 shape, dtype = list(ds.shape), str(ds.dtype)
             flows[name] = {**attrs, "codec": codec.name, "shape": shape, "dtype": dtype}
         out.update(flows=flows, has_rgb="rgb" in f, num_frames=int(out.get("frame_count", 0)))
+        if "rgb" in f:
+            out["rgb_codec"] = codecs.codec_spec(self._codec(key, f["rgb"], rgb=True))
         return out
 
     def read_flow(self, key: str, name: str = "tvl1", index: Any = slice(None),

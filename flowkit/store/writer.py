@@ -249,8 +249,11 @@ class VideoWriter:
             self._file = _open_file(self._io)
             dst = self._file
             missing = [n for n in names if n not in dst]
-            if missing:
-                self._check_same_video(src)
+            if missing and not self._same_video(src):
+                if not self.redo:
+                    self._refuse_other_video(src)
+                self.dropped += [f"{n} (stored for other frames)" for n in missing]
+                missing = []
             for name in missing:
                 if self.redo:
                     problem = _decode_problem(src[name])
@@ -263,16 +266,20 @@ class VideoWriter:
                          name=posixpath.basename(name))
             self._close_file()
 
-    def _check_same_video(self, src: h5py.File) -> None:
-        """The finished file must hold the same frames (count and size) as this one."""
-        mine = tuple(int(self._file.attrs[k]) for k in ("frame_count", "height", "width"))
-        theirs = tuple(int(src.attrs.get(k, -1)) for k in ("frame_count", "height", "width"))
-        if mine != theirs:
-            raise StoreError(
-                f"video {self.key!r} is already in the store with {theirs[0]} frames of "
-                f"{theirs[1]}x{theirs[2]}, but this run made {mine[0]} frames of "
-                f"{mine[1]}x{mine[2]} (another --size, --step or --max-frames); extract with the "
-                f"store's options, or replace the video with --redo {self.key}")
+    def _frames(self, f: h5py.File) -> tuple[int, int, int]:
+        return tuple(int(f.attrs.get(k, -1)) for k in ("frame_count", "height", "width"))
+
+    def _same_video(self, src: h5py.File) -> bool:
+        """Whether the finished file holds the same frames (count and size) as this one."""
+        return self._frames(src) == self._frames(self._file)
+
+    def _refuse_other_video(self, src: h5py.File) -> None:
+        mine, theirs = self._frames(self._file), self._frames(src)
+        raise StoreError(
+            f"video {self.key!r} is already in the store with {theirs[0]} frames of "
+            f"{theirs[1]}x{theirs[2]}, but this run made {mine[0]} frames of {mine[1]}x{mine[2]} "
+            f"(another --size, --step or --max-frames); extract with the store's options, or "
+            f"replace the video with --redo {self.key}")
 
     def _abort(self) -> None:
         if self._file is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,16 @@ SCHEDULES = ("cosine", "step", "constant")
 # ``epochs`` changes a cosine/step schedule's length, so the resumed run no longer matches one
 # trained with the new value from the start (it is still allowed: extending a run is common).
 RESUMABLE_CHANGES = frozenset({"epochs", "workers", "device", "amp", "checkpoint_every", "store"})
+
+# DataLoader workers at most, by default: enough to keep a GPU fed on small clips.
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """DataLoader workers by default: the cores this process may use, at most
+    :data:`MAX_DEFAULT_WORKERS` (more than the cores only slows decoding down, and torch warns)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(MAX_DEFAULT_WORKERS, usable or 1))
 
 
 @dataclass
@@ -76,7 +87,8 @@ class TrainConfig:
         "help": "Mixed precision (CUDA only; ignored on CPU)."})
     seed: int = field(default=0, metadata={
         "help": "Seed of initialisation, split, sampling and shuffling."})
-    workers: int = field(default=4, metadata={"help": "DataLoader worker processes."})
+    workers: int = field(default_factory=default_workers, metadata={
+        "help": "DataLoader worker processes [default: the usable cores, at most 4]."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     flow_name: str = field(default="tvl1", metadata={
         "help": "Flow dataset of the store (the extraction --method)."})

@@ -98,7 +98,7 @@ def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool =
 class EvalResult:
     """Metrics of one evaluation (accuracies are fractions) and where the files went."""
     top1: float
-    top5: float
+    top5: float | None  # None with 5 classes or fewer
     mean_class_accuracy: float
     num_videos: int
     views: int
@@ -203,6 +203,14 @@ def save_confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
+def training_videos(keys: list[str], run_config: dict, store_path: str | Path) -> int:
+    """How many of ``keys`` the run trained on (0 unless ``store_path`` is its training store)."""
+    if not _same_store(Path(store_path), run_config["config"]["store"]):
+        return 0
+    train = set(run_config.get("split", {}).get("train_keys", []))
+    return sum(key in train for key in keys)
+
+
 def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                  checkpoint: str = "best", clips: int = 10, crops: int = 3,
                  split: str | Path = "auto", batch_size: int = 8, workers: int = 0,
@@ -246,6 +254,8 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
 
     k = len(classes)
     acc = topk_accuracy(scores, labels, (1, 5))
+    acc[5] = acc[5] if k > 5 else None  # with <= 5 classes every video is in its top 5
+    training = training_videos(keys, run_config, store_path)
     pred = scores.argmax(1)
     confusion = confusion_matrix(pred, labels, k)
     per_class = per_class_accuracy(confusion)
@@ -254,6 +264,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     report = {
         "run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": int(ckpt["epoch"]),
         "store": str(store_path), "split": split_desc, "num_videos": len(keys),
+        "training_videos": training, "held_out": training == 0,
         "clips": clips, "crops": crops, "views": clips * crops,
         "top1": acc[1], "top5": acc[5], "mean_class_accuracy": mean_class_accuracy(confusion),
         "per_class_accuracy": {c: (None if np.isnan(a) else float(a))

@@ -99,8 +99,9 @@ class TrainResult:
 
 def epoch_line(r: EpochRecord, epochs: int) -> str:
     """One finished epoch as the line ``flowkit train`` prints."""
-    val = (f" | val loss {r.val_loss:.3f} top-1 {100 * r.val_top1:.1f}% top-5 "
-           f"{100 * r.val_top5:.1f}%" if r.val_top1 is not None else "")
+    top5 = f" top-5 {100 * r.val_top5:.1f}%" if r.val_top5 is not None else ""
+    val = (f" | val loss {r.val_loss:.3f} top-1 {100 * r.val_top1:.1f}%{top5}"
+           if r.val_top1 is not None else "")
     return (f"epoch {r.epoch}/{epochs}: loss {r.train_loss:.3f} acc {100 * r.train_acc:.1f}%{val} | "
             f"lr {r.lr:.3g} | {r.clips_per_s:.1f} clips/s | {r.seconds:.1f} s")
 
@@ -401,7 +402,9 @@ class Trainer:
                                     progress=progress, name="validation")
         acc = topk_accuracy(scores, labels, (1, 5))
         true_prob = scores[torch.arange(len(labels)), labels].clamp_min(1e-12)
-        return {"loss": float(-true_prob.log().mean()), "top1": acc[1], "top5": acc[5]}
+        # top-5 says something only with more than 5 classes (else it is 100% by definition)
+        top5 = acc[5] if scores.shape[1] > 5 else None
+        return {"loss": float(-true_prob.log().mean()), "top1": acc[1], "top5": top5}
 
     # -- checkpoints
 

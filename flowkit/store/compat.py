@@ -1,0 +1,214 @@
+"""Does an extraction run fit the store it writes into? Checked before anything is computed.
+
+A store holds every video at one frame size and frame step, with one RGB codec, and each engine's
+flow with one set of parameters and one flow codec. A run whose options differ would either fail
+on every video after computing it (a new engine's flow at another size than the video's RGB),
+silently skip videos made with other options (an engine the store already has), or mix sizes in
+one store. :func:`compare_with_store` reads the finished videos' metadata and lists what differs;
+:meth:`Comparison.message` names the exact ``flowkit extract`` options that would match the store.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..errors import StoreError
+from ..video import output_size
+from .codecs import Codec, codec_of, codec_spec
+from .layout import json_default
+
+# Videos of the store read as a reference when none of the run's videos is in it yet.
+REFERENCE_VIDEOS = 3
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a run would write: frame ``size`` (None, short side, or ``(H, W)``), ``step``, whether
+    it stores ``rgb`` and with which codecs, and the engine's ``describe()`` (name, version,
+    params) under the flow name ``method``."""
+    method: str
+    engine: dict
+    size: int | tuple[int, int] | None
+    step: int
+    rgb: bool
+    rgb_codec: Codec
+    flow_codec: Codec
+    #: the engine's parameter names a user sets (``--param``); other recorded values (a weights
+    #: file's digest, ...) follow from them and are not suggested as options
+    param_names: tuple[str, ...] = ()
+
+    def differences(self, meta: dict, joining: bool = False) -> dict[str, tuple[Any, Any]]:
+        """``{option: (stored, requested)}`` for one finished video's metadata
+        (:meth:`flowkit.store.FlowStore.meta`); empty when the run fits it. A video's RGB is never
+        written again, so the RGB codec counts only with ``joining``: the run adds new videos
+        beside this one."""
+        out: dict[str, tuple[Any, Any]] = {}
+        stored = (int(meta["height"]), int(meta["width"]))
+        source = (int(meta.get("source_height", stored[0])),
+                  int(meta.get("source_width", stored[1])))
+        if min(source) > 0 and output_size(*source, self.size) != stored:
+            out["size"] = (stored, output_size(*source, self.size))
+        if int(meta.get("step", 1)) != int(self.step):
+            out["step"] = (int(meta.get("step", 1)), int(self.step))
+        if joining and self.rgb and meta.get("rgb_codec") \
+                and meta["rgb_codec"] != codec_spec(self.rgb_codec):
+            out["rgb_codec"] = (meta["rgb_codec"], codec_spec(self.rgb_codec))
+        flow = meta["flows"].get(self.method)
+        if flow is not None:
+            spec = codec_spec(codec_of(flow))
+            if spec != codec_spec(self.flow_codec):
+                out["flow_codec"] = (spec, codec_spec(self.flow_codec))
+            if str(flow.get("engine_version")) != str(self.engine["version"]):
+                out["engine_version"] = (flow.get("engine_version"), self.engine["version"])
+            requested = _plain(self.engine["params"])
+            params = _plain(flow.get("params", {}))
+            changed = sorted(k for k in set(params) | set(requested)
+                             if params.get(k) != requested.get(k))
+            if changed:
+                out["params"] = ({k: params.get(k) for k in changed},
+                                 {k: requested.get(k) for k in changed})
+        return out
+
+
+@dataclass
+class Comparison:
+    """The run against the store: per option, the stored values seen, the requested one, and
+    which videos differ."""
+    store: str
+    request: Request
+    checked: int = 0
+    differing: dict[str, list[str]] = field(default_factory=dict)  # option -> keys
+    stored: dict[str, list[Any]] = field(default_factory=dict)    # option -> stored values
+    metas: dict[str, dict] = field(default_factory=dict)           # key -> meta of checked videos
+    joining: bool = False  # the run adds videos that are not in the store yet
+
+    @property
+    def ok(self) -> bool:
+        return not self.differing
+
+    def keys(self) -> set[str]:
+        """Videos whose stored options differ from the run's."""
+        return {k for keys in self.differing.values() for k in keys}
+
+    def matching_options(self) -> list[str]:
+        """The ``flowkit extract`` options that make the run fit the store."""
+        opts: list[str] = []
+        if "size" in self.differing:
+            opts.append(_size_option(self.metas.values()))
+        if "step" in self.differing:
+            opts.append(f"--step {self.stored['step'][0]}")
+        if "rgb_codec" in self.differing:
+            opts.append(f"--rgb-codec {self.stored['rgb_codec'][0]}")
+        if "flow_codec" in self.differing:
+            opts.append(f"--flow-codec {self.stored['flow_codec'][0]}")
+        if "params" in self.differing:
+            for key, value in self.stored["params"][0].items():
+                if key not in self.request.param_names:
+                    continue
+                if key == "weights":
+                    opts.append(f"--weights {value}" if value else "no --weights")
+                elif value is None:
+                    opts.append(f"no --param {key}")
+                else:
+                    opts.append(f"--param {key}={json.dumps(value)}")
+        return [o for o in opts if o]
+
+    def message(self) -> str:
+        """One line: what differs, the options that match the store, and the ways out."""
+        parts = []
+        for option, keys in self.differing.items():
+            stored, requested = self.stored[option][0], self.request_value(option)
+            parts.append(f"{_LABELS[option]} {_show(option, stored)} in the store, "
+                         f"{_show(option, requested)} asked ({len(keys)} of {self.checked} "
+                         "videos checked)")
+        opts = self.matching_options()
+        given = " ".join(o for o in opts if not o.startswith("no "))
+        dropped = " and ".join(o.removeprefix("no ") for o in opts if o.startswith("no "))
+        match = " ".join(filter(None, [given and f"with {given}",
+                                      dropped and f"{'and ' if given else ''}without {dropped}"]))
+        fix = f"Rerun {match} to extend this store" if match else "Rerun with the store's options"
+        return (f"store {self.store} was made with other options: {'; '.join(parts)}. Nothing was "
+                f"computed. {fix}, add --redo-mismatched to recompute those videos with the new options "
+                "(replacing what the store holds for them), or write a new store (-o NEW_STORE)")
+
+    def request_value(self, option: str) -> Any:
+        for meta in self.metas.values():
+            diff = self.request.differences(meta, self.joining)
+            if option in diff:
+                return diff[option][1]
+        return None
+
+
+_LABELS = {"size": "frame size", "step": "frame step", "rgb_codec": "rgb codec",
+           "flow_codec": "flow codec", "engine_version": "engine version",
+           "params": "engine parameters"}
+
+
+def compare_with_store(store, keys: Iterable[str], request: Request,
+                       metas: dict[str, dict | None] | None = None) -> Comparison:
+    """Compare ``request`` with the finished videos among ``keys`` in ``store`` (a
+    :class:`~flowkit.store.FlowStore`); when none of them is in the store, with up to
+    :data:`REFERENCE_VIDEOS` of its other videos (so new videos join a store of one size).
+    ``metas``: finished metadata already read (None for videos not in the store)."""
+    metas = dict(metas or {})
+    checked = {}
+    keys = list(keys)
+    for key in keys:
+        meta = metas[key] if key in metas else _meta(store, key)
+        if meta is not None:
+            checked[key] = meta
+    joining = len(checked) < len(keys)  # new videos join the store: their RGB must match
+    if not checked:
+        for key in store.keys()[:REFERENCE_VIDEOS]:
+            meta = _meta(store, key)
+            if meta is not None:
+                checked[key] = meta
+    result = Comparison(str(store.path), request, checked=len(checked), metas=checked,
+                        joining=joining)
+    for key, meta in checked.items():
+        for option, (stored, _) in request.differences(meta, joining).items():
+            result.differing.setdefault(option, []).append(key)
+            if stored not in result.stored.setdefault(option, []):
+                result.stored[option].append(stored)
+    return result
+
+
+def _meta(store, key: str) -> dict | None:
+    try:
+        return store.meta(key) if store.is_complete(key) else None
+    except (StoreError, OSError):
+        return None
+
+
+def _plain(params: Any) -> dict:
+    """Params as JSON values (tuples become lists), so stored and requested compare alike."""
+    if isinstance(params, str):
+        params = json.loads(params)
+    return json.loads(json.dumps(params, sort_keys=True, default=json_default))
+
+
+def _size_option(metas: Iterable[dict]) -> str:
+    """The ``--size`` that gives every video its stored size: none, the short side, or HxW."""
+    metas = list(metas)
+    sizes = [(int(m["height"]), int(m["width"])) for m in metas]
+    sources = [(int(m.get("source_height", h)), int(m.get("source_width", w)))
+               for m, (h, w) in zip(metas, sizes)]
+    candidates = [None, min(sizes[0]), sizes[0]]
+    for size in candidates:
+        if all(output_size(*src, size) == got for src, got in zip(sources, sizes)):
+            if size is None:
+                return "no --size"
+            return f"--size {size}" if isinstance(size, int) else f"--size {size[0]}x{size[1]}"
+    return ""  # the store mixes sizes: no single --size matches all of it
+
+
+def _show(option: str, value: Any) -> str:
+    if option == "size" and isinstance(value, tuple):
+        return f"{value[0]}x{value[1]}"
+    if option == "params" and isinstance(value, dict):
+        return ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items())
+    return str(value)
+
+
+__all__ = ["Request", "Comparison", "compare_with_store", "REFERENCE_VIDEOS"]
