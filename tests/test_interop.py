@@ -172,8 +172,7 @@ def test_one_bad_video_does_not_stop_an_export(source_store, tmp_path):
     store_path = tmp_path / "store"
     shutil.copytree(source_store, store_path)
     with FlowStore(store_path, "a") as store:  # a second flow: the export cannot choose
-        with store.writer("run/run_0", source="x", fps=25.0, label=1, label_name="run",
-                          extend=True) as w:
+        with store.writer("run/run_0", source="x", fps=25.0, label=1, label_name="run") as w:
             w.append_flow("costvolume", np.zeros((FRAMES - 1, 2, *SIZE), np.float32),
                           engine={"engine": "costvolume", "version": "test", "params": {}})
     summary = export_rawframes(store_path, tmp_path / "raw", ExportConfig())
