@@ -185,7 +185,8 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
     videos are never recomputed: rerun the same command after a crash to resume. A store that
     already holds videos made with other options (size, step, codecs, engine parameters) is
     checked before anything is computed: the run is refused with the options that match, unless
-    --redo. One unreadable video is reported and skipped; the exit code is 1 if any video failed.
+    --redo-mismatched. One unreadable video is reported and skipped; the exit code is 1 if any
+    video failed or the store's disk filled up.
 
     \b
     Examples:
