@@ -3,7 +3,7 @@
 A thin wrapper over :func:`flowkit.train.evaluate_run`: rebuilds the model from the checkpoint,
 averages softmax scores over clips x crops views per video, prints top-1 / top-5 / mean class
 accuracy and writes ``eval.json``, ``confusion.json`` and ``confusion.png`` to ``RUN_DIR/eval``
-(or ``--out``).
+(or ``--out``). Under torchrun the ranks share the videos and rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -42,14 +42,25 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
     """Evaluate the classifier trained in RUN_DIR on STORE (default: its training store)."""
     from rich.console import Console
 
+    import contextlib
+
+    from .. import distributed
+    from ..progress import Progress
     from ..train import evaluate_run
+    from ..train.ddp import rank_device
     from .progress import RichProgress
 
-    console = Console(stderr=True, soft_wrap=True)
-    with RichProgress(console, transient=True) as progress:
+    distributed.init(rank_device(device))
+    main = distributed.rank() == 0
+    console = Console(stderr=True, soft_wrap=True, quiet=not main)
+    bars = RichProgress(console, transient=True) if main else contextlib.nullcontext(Progress())
+    with bars as progress:
         result = evaluate_run(run_dir, store, checkpoint=checkpoint, clips=clips, crops=int(crops),
                               split=split_list if split_list else split, batch_size=batch_size,
                               workers=workers, device=device, out_dir=out_dir, progress=progress)
+    distributed.shutdown()
+    if not main:
+        return
     r = result.report
     console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold], top-5 {100 * r['top5']:.2f}%, "
                   f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "
