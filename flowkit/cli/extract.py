@@ -144,10 +144,11 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
     code = max(EXIT_PARTIAL if part.count("failed") else EXIT_OK for part in parts)
     if len(parts) > 1:
         result = ExtractSummary.combine(parts)
-    if main:
-        _print_summary(console, result)
-        if as_json:
-            click.echo(json.dumps(result.to_dict(), indent=2))
+    if not main:  # rank 0 reports this rank's videos and exits with the worst code
+        sys.exit(EXIT_OK)
+    _print_summary(console, result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
     sys.exit(code)
 
 
