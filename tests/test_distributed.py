@@ -205,3 +205,21 @@ def test_cpu_sync_batchnorm_equals_one_big_batch(tmp_path):
     for p in parts:
         torch.testing.assert_close(p["running_var"], model[1].running_var, rtol=1e-5, atol=1e-6)
 
+
+
+def test_plan_prints_the_shares_and_writes_nothing(sample_videos, tmp_path):
+    from click.testing import CliRunner
+
+    from flowkit.cli.extract import command
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(command, [str(sample_videos), "-o", str(store), "--plan",
+                                          "--shard", "0/2", "--step", "2"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert sorted(key for _, key, _ in lines) == sorted(i.key for i in scan_videos(sample_videos)[0])
+    assert {rank for rank, _, _ in lines} == {"0", "1"}
+    assert all(int(pairs) == expected_pairs(8, step=2) for _, _, pairs in lines)
+    assert "rank 0: 2 videos, 6 expected frame pairs (50.0%), 0 already in the store" in result.stderr
+    assert not store.exists()
