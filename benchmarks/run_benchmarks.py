@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def script_results() -> list[str]:
     """The results of the other scripts (paper trends of the engines, recognition evidence, store
-    codecs).
+    codecs, 1 vs 2 torchrun processes).
 
     Each ``results/*.md`` is written by the script named at its top, with its command and machine;
     it is copied here whole, two heading levels down, so RESULTS.md holds every measured number.
@@ -233,7 +233,8 @@ def script_results() -> list[str]:
     files = sorted((HERE / "results").glob("*.md"))
     if not files:
         return []
-    lines = ["## Results of the other scripts: engine paper trends, recognition, store codecs", "",
+    lines = ["## Results of the other scripts: engine paper trends, recognition, store codecs, "
+             "scale-out", "",
              "Copied from the files below as they are on disk now (rerun their scripts to refresh "
              "them; each gives its own command, machine and date):", ""]
     lines += [f"- [{f.read_text().splitlines()[0].lstrip('# ').strip()}](results/{f.name})"

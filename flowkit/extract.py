@@ -8,8 +8,9 @@ bounded by a few chunks whatever the videos' lengths, a crash loses at most the 
 and rerunning the same command skips every finished video (resume).
 
 One bad video never stops a run: its error becomes one line in the summary. Sharding (``RANK`` /
-``WORLD_SIZE`` as set by torchrun, or ``shard=(i, n)``) splits the video list; all shards write into
-the same store directory, so there is nothing to merge.
+``WORLD_SIZE`` as set by torchrun, or ``shard=(i, n)``) splits the video list into shares balanced
+by expected frame pairs (:mod:`flowkit.shards`); all shards write into the same store directory, so
+there is nothing to merge. :meth:`ExtractSummary.combine` joins the ranks' summaries into one.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .flow import create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
 from .progress import Progress, StopFlag
+from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store.compat import Request, compare_with_store
 from .video import output_size
@@ -56,10 +58,12 @@ def usable_cores() -> int:
 def default_workers(device: str, videos: int) -> int:
     """Worker processes when ``workers`` is None: one per usable core on the CPU (each with one
     torch thread; measured: a 2-thread process on a shared 2-core machine collapses to a tenth of
-    its speed, single-threaded workers do not), at most one per video; one on CUDA."""
+    its speed, single-threaded workers do not), shared among torchrun's ranks on this node, at most
+    one per video; one on CUDA."""
     if str(device).startswith("cuda"):
         return 1
-    return max(1, min(usable_cores(), videos))
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun's per node
+    return max(1, min(usable_cores() // local_ranks, videos))
 
 
 @dataclass
@@ -119,6 +123,28 @@ class ExtractSummary:
     #: seconds before the first video started (engine, store check, scan of the store): not in
     #: ``pairs_per_s``, which covers the same window as the progress bar's rate
     setup_seconds: float = 0.0
+    # One {"rank", "done", "skipped", "failed", "pairs", "seconds"} per rank of a combined summary.
+    ranks: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def combine(cls, parts: Sequence["ExtractSummary"]) -> "ExtractSummary":
+        """One summary of every rank's (in rank order): all videos, the longest rank's time, every
+        note, and a line per rank in ``ranks``. A failed video's reason names its rank."""
+        results, ranks = [], []
+        for r, part in enumerate(parts):
+            for res in part.results:
+                if res.status == "failed" and len(parts) > 1:
+                    res = dataclasses.replace(res, reason=f"[rank {r}] {res.reason}")
+                results.append(res)
+            ranks.append({"rank": r, "done": part.count("done"), "skipped": part.count("skipped"),
+                          "failed": part.count("failed"), "pairs": part.pairs,
+                          "seconds": round(part.seconds, 3)})
+        first = parts[0]
+        stopped = sorted({p.stopped for p in parts if p.stopped})
+        return cls(first.store, first.method, results, max(p.seconds for p in parts),
+                   notes=[n for p in parts for n in p.notes], backend=first.backend, ranks=ranks,
+                   stopped="; ".join(stopped), not_started=sum(p.not_started for p in parts),
+                   setup_seconds=max(p.setup_seconds for p in parts))
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -136,6 +162,7 @@ class ExtractSummary:
                 "pairs_per_s": (round(self.pairs / (self.seconds - self.setup_seconds), 3)
                                 if self.seconds > self.setup_seconds else None),
                 "notes": self.notes, "stopped": self.stopped, "not_started": self.not_started,
+                **({"ranks": self.ranks} if self.ranks else {}),
                 "videos": [asdict(r) for r in self.results]}
 
 
@@ -157,9 +184,14 @@ def select_shard(items: Sequence[VideoItem], shard: tuple[int, int]) -> list[Vid
 
 def _device_for_rank(device: str) -> str:
     """With several GPUs and torchrun, each local rank takes its own device."""
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
+    from .distributed import local_device
+    return local_device(device)
+
+
+def shard_plan(items: Sequence[VideoItem], config: ExtractConfig, count: int) -> ShardPlan:
+    """The balanced plan of ``items`` over ``count`` shards for this config's step and max_frames
+    (collective under torchrun: every rank must call it)."""
+    return plan_shards(items, count, step=config.step, max_frames=config.max_frames)
 
 
 def build_engine(config: ExtractConfig) -> FlowEngine:
@@ -174,6 +206,21 @@ def build_engine(config: ExtractConfig) -> FlowEngine:
         raise FlowkitError(f"engine {config.method!r} has no CuPy kernels; use --backend torch "
                            "(or auto)")
     return create_engine(config.method, device=_device_for_rank(config.device), **params)
+
+
+def finished_keys(store_path: str | os.PathLike, method: str,
+                  items: Sequence[VideoItem]) -> set[str]:
+    """Keys of ``items`` the store at ``store_path`` already holds with ``flow/<method>`` (empty
+    when there is no store yet)."""
+    from pathlib import Path
+
+    from .store.layout import MANIFEST
+
+    if not (Path(store_path) / MANIFEST).is_file():
+        return set()
+    store = FlowStore(store_path)
+    return {item.key for item in items
+            if (meta := _finished_meta(store, item.key)) is not None and method in meta["flows"]}
 
 
 def _finished_meta(store: FlowStore, key: str) -> dict | None:
@@ -272,7 +319,10 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     started = time.perf_counter()
     progress = progress or Progress()
     stop = stop or StopFlag()
-    items = select_shard(items, shard or shard_from_env())
+    index, count = shard or shard_from_env()
+    select_shard(items, (index, count))  # FlowkitError for an invalid shard
+    if count > 1:
+        items = shard_plan(items, config, count).share(index)
     # Built before the store exists, so bad parameters fail once and leave nothing behind; worker
     # processes build their own.
     engine = build_engine(config)

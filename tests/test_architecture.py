@@ -15,12 +15,13 @@ ROOT = Path(flowkit.__file__).parent
 
 # The layers, bottom up; a part may import its own layer's parts (without a loop) and lower ones.
 LAYERS = [
-    {"errors", "version", "conventions", "files", "progress", "registry", "checkpoints", "layers"},
+    {"errors", "version", "conventions", "files", "progress", "registry", "checkpoints", "layers",
+     "distributed"},
     {"video", "labels", "store", "cuda", "viz", "samples", "toy", "rawframes", "denseflow",
      "annotations"},
     {"flow", "data"},
     {"models"},
-    {"feed", "extract", "bench", "train", "interop"},
+    {"feed", "extract", "shards", "bench", "train", "interop"},
     {"cli", "__main__"},
 ]
 LAYER = {part: i for i, parts in enumerate(LAYERS) for part in parts}

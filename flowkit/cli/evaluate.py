@@ -3,7 +3,7 @@
 A thin wrapper over :func:`flowkit.train.evaluate_run`: rebuilds the model from the checkpoint,
 averages softmax scores over clips x crops views per video, prints top-1 / top-5 / mean class
 accuracy and writes ``eval.json``, ``confusion.json`` and ``confusion.png`` to ``RUN_DIR/eval``
-(or ``--out``).
+(or ``--out``). Under torchrun the ranks share the videos and rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -53,18 +53,28 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
     """
     from rich.console import Console
 
+    import contextlib
+
+    from .. import distributed
+    from ..progress import Progress
     from ..train import evaluate_run
     from ..progress import StopFlag
+    from ..train.ddp import rank_device
     from .progress import RichProgress, stop_on_signals
 
-    console = Console(stderr=True, soft_wrap=True)
+    distributed.init(rank_device(device))
+    main = distributed.rank() == 0
+    console = Console(stderr=True, soft_wrap=True, quiet=not main)
+    bars = RichProgress(console, transient=True) if main else contextlib.nullcontext(Progress())
     stop = StopFlag()
-    with RichProgress(console, transient=True) as progress, \
-            stop_on_signals(stop, console, "the current batch"):
+    with bars as progress, stop_on_signals(stop, console, "the current batch"):
         result = evaluate_run(run_dir, store, checkpoint=checkpoint, clips=clips, crops=int(crops),
                               split=split_list if split_list else split, batch_size=batch_size,
                               workers=workers, device=device, out_dir=out_dir, progress=progress,
                               stop=stop)
+    distributed.shutdown()
+    if not main:
+        return
     r = result.report
     top5 = f", top-5 {100 * r['top5']:.2f}%" if r["top5"] is not None else ""
     console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold]{top5}, "

@@ -1,6 +1,7 @@
 """``flowkit extract VIDEO_DIR -o STORE``: motion features for a folder of videos."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -9,11 +10,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from .. import distributed
 from ..errors import EngineError, FlowkitError
-from ..extract import ExtractConfig, extract
+from ..extract import ExtractConfig, ExtractSummary, extract
 from ..flow import check_engine_params, list_engines
 from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_list, scan_videos
-from ..progress import StopFlag
+from ..progress import Progress, StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import parse_params, parse_size
 from .progress import RichProgress, stop_on_signals
@@ -103,6 +105,10 @@ def _print_summary(console: Console, summary) -> None:
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
                   f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} with {d['method']} "
                   f"({d['backend']} backend) -> {d['store']}", highlight=False, soft_wrap=True)
+    for r in summary.ranks:
+        console.print(f"  rank {r['rank']}: {r['done']} done, {r['skipped']} skipped, "
+                      f"{r['failed']} failed, {r['pairs']} pairs in {r['seconds']:.1f} s",
+                      highlight=False)
     for r in summary.results:
         if r.status == "failed":
             console.print(f"  failed: {r.reason}", highlight=False, soft_wrap=True)
@@ -172,11 +178,14 @@ def _print_summary(console: Console, summary) -> None:
               help="Recompute the videos the store holds with other options (size, step, codecs, "
                    "engine parameters), replacing them; without it such a run is refused before "
                    "computing anything.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Dry run: print which shard (rank) gets which videos and the expected frame "
+                   "pairs per shard, then exit (--shard I/N or torchrun gives the count).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
 def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
             max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, max_memory, split_list,
-            class_index, annotations, label_map, shard, redo, redo_mismatched,
+            class_index, annotations, label_map, shard, redo, redo_mismatched, plan_only,
             as_json):
     """Compute motion features for every video under VIDEO_DIR (or one video file) into the store
     given with -o.
@@ -225,11 +234,57 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
         console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     if annotations:
         items, classes = _annotated(items, annotations, label_map, console)
+    # Under torchrun the ranks join one gloo group (CPU, whatever --device) to share the probing,
+    # the plan and the summaries; rank 0 alone draws and prints.
+    distributed.init("cpu", timeout=distributed.LONG_WAIT)
+    main = distributed.rank() == 0
+    if plan_only:
+        _print_plan(console, items, store, config, shard_tuple, as_json, main)
+        return
     stop = StopFlag()
-    with RichProgress(console) as progress, stop_on_signals(stop, console, "the current chunk"):
+    bars = RichProgress(console) if main else contextlib.nullcontext(Progress())
+    with bars as progress, stop_on_signals(stop, console, "the current chunk"):
         result = extract(items, store, config, classes=classes, shard=shard_tuple,
                          progress=progress, stop=stop)
+    parts = distributed.gather(result)
+    distributed.shutdown()
+    code = max(EXIT_PARTIAL if part.count("failed") or part.stopped else EXIT_OK for part in parts)
+    if len(parts) > 1:
+        result = ExtractSummary.combine(parts)
+    if not main:  # rank 0 reports this rank's videos and exits with the worst code
+        sys.exit(EXIT_OK)
     _print_summary(console, result)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
-    sys.exit(EXIT_PARTIAL if result.count("failed") or result.stopped else EXIT_OK)
+    sys.exit(max(code, EXIT_PARTIAL if result.stopped else EXIT_OK))
+
+
+def _print_plan(console: Console, items, store: Path, config: ExtractConfig, shard, as_json: bool,
+                main: bool) -> None:
+    """``--plan``: per shard its video count, expected frame pairs and videos already in the store
+    (stderr), and one ``RANK<TAB>KEY<TAB>EXPECTED`` line per video (stdout; --json: the plan)."""
+    from ..extract import finished_keys, shard_from_env, shard_plan
+
+    count = shard[1] if shard else shard_from_env()[1]
+    plan = shard_plan(items, config, count)
+    distributed.shutdown()
+    if not main:
+        return
+    done = finished_keys(store, config.method, items)
+    unit = "expected frame pairs" if plan.basis == "frame pairs" else "bytes (no frame counts)"
+    total = max(sum(plan.costs.values()), 1)
+    for r in range(count):
+        share = plan.share(r)
+        console.print(f"rank {r}: {len(share)} videos, {plan.load(r)} {unit} "
+                      f"({100 * plan.load(r) / total:.1f}%), "
+                      f"{sum(item.key in done for item in share)} already in the store",
+                      highlight=False)
+    if plan.estimated:
+        console.print(f"note: {len(plan.estimated)} videos declare no frame count; their pairs are "
+                      "estimated from the file size", highlight=False)
+    if as_json:
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    for r in range(count):
+        for item in plan.share(r):
+            click.echo(f"{r}\t{item.key}\t{plan.costs[item.key]}")

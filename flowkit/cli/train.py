@@ -6,9 +6,13 @@ A thin wrapper over :class:`flowkit.train.Trainer`: parses options into a
 machine-readable on stdout). ``--resume`` continues RUN_DIR exactly where it stopped; options given
 with it must match the run's config.json, except those that may change (``--epochs``,
 ``--workers``, ``--device``, ``--amp``, ``--checkpoint-every``, STORE).
+
+Under torchrun every rank runs this command: the ranks join one process group (gloo on the CPU,
+nccl on CUDA) and train one DistributedDataParallel model; rank 0 alone prints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,8 +22,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..progress import StopFlag
-from ..train.config import TrainConfig
+from .. import distributed
+from ..progress import Progress, StopFlag
+from ..train.config import TrainConfig, read_run_config
 from . import handle_errors, stop_exit_code, summary
 from .options import parse_params
 from .progress import RichProgress, stop_on_signals
@@ -140,12 +145,20 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
     from rich.console import Console
 
     from ..train import Trainer
-    from ..train.loading import resolve_device
+    from ..train.ddp import rank_device
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")
     console = Console(stderr=True, soft_wrap=True)
     store_path = str(Path(store).resolve())
+    device = params["device"]
+    if resume and (out / "config.json").is_file() \
+            and ctx.get_parameter_source("device") != ParameterSource.COMMANDLINE:
+        device = read_run_config(out)["config"].get("device", device)
+    distributed.init(rank_device(device))
+    main = distributed.rank() == 0
+    if not main:  # the other ranks train silently; errors still reach their stderr
+        console = Console(stderr=True, soft_wrap=True, quiet=True)
 
     def log(msg: str) -> None:
         console.print(f"note: {msg}", highlight=False)
@@ -160,7 +173,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
         trainer = Trainer(config, out, overwrite=overwrite, log=log)
     cfg = trainer.config
     if cfg.amp and ctx.get_parameter_source("amp") == ParameterSource.COMMANDLINE \
-            and resolve_device(cfg.device).type != "cuda":
+            and trainer.device.type != "cuda":
         console.print("note: --amp is ignored on CPU (mixed precision runs on CUDA only)",
                       highlight=False)
     rc = trainer.run_config
@@ -168,23 +181,28 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                   f"parameters, inputs {'+'.join(rc['inputs'])}) on {trainer.device}; "
                   f"{len(trainer.train_keys)} training / {len(trainer.val_keys)} validation videos "
                   f"of {len(trainer.classes)} classes; clips of {cfg.clip_length} frames at "
-                  f"{cfg.size}x{cfg.size} -> {out}", highlight=False, soft_wrap=True)
+                  f"{cfg.size}x{cfg.size}"
+                  + (f", {trainer.world_size} ranks of {cfg.batch_size // trainer.world_size} "
+                     "clips per step" if trainer.world_size > 1 else "")
+                  + f" -> {out}", highlight=False, soft_wrap=True)
     _warn_small_split(console, cfg, trainer)
     if trainer.init_report is not None:
         console.print(f"initialised from {cfg.init}: {_init_summary(trainer.init_report)}",
                       highlight=False, soft_wrap=True)
     stop = StopFlag()
     try:
-        with stop_on_signals(stop, console, "the current step and saving it"), \
-                RichProgress(console, transient=True) as progress:
+        bars = (RichProgress(console, transient=True) if main
+                else contextlib.nullcontext(Progress()))
+        with stop_on_signals(stop, console, "the current step and saving it"), bars as progress:
             result = trainer.fit(progress, stop=stop)
+        distributed.shutdown()
     except KeyboardInterrupt:
         console.print(f"{stop.reason or 'interrupted'}; {out / 'checkpoints' / 'last.pt'} holds the "
                       "last saved state; continue with the same command plus --resume",
                       highlight=False)
         sys.exit(stop_exit_code(stop))
     _summary(console, result, cfg, out)
-    if as_json:
+    if as_json and main:
         click.echo(json.dumps({**result.to_dict(), "config": rc["config"],
                                "model": rc["model"]}, indent=2))
     if result.interrupted:

@@ -85,6 +85,8 @@ class TrainConfig:
         "help": "Clip the gradient norm to this value."})
     amp: bool = field(default=True, metadata={
         "help": "Mixed precision (CUDA only; ignored on CPU)."})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "Under torchrun: batch-norm statistics over all ranks' clips (SyncBatchNorm)."})
     seed: int = field(default=0, metadata={
         "help": "Seed of initialisation, split, sampling and shuffling."})
     workers: int = field(default_factory=default_workers, metadata={

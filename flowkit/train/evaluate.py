@@ -5,6 +5,9 @@
 every video (V = clips x crops views), averages the softmax scores of the views, and reports top-1,
 top-5, mean class accuracy and the confusion matrix. Results go to ``RUN_DIR/eval/``:
 ``eval.json`` (metrics, options, per-video predictions), ``confusion.json`` and ``confusion.png``.
+
+Under torchrun each rank predicts every ``world_size``-th video and the scores are gathered
+(:func:`predict_sharded`); rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import FlowkitError
 from ..files import atomic_write, atomic_write_text
 from ..progress import Progress, StopFlag
@@ -92,6 +96,30 @@ def predict(model: torch.nn.Module, loader, device: torch.device, *, amp: bool =
     if not scores:
         raise FlowkitError("nothing to evaluate: the evaluation set is empty")
     return torch.cat(scores), torch.cat(labels).long(), torch.cat(indices).long()
+
+
+def predict_sharded(model: torch.nn.Module, dataset, make_loader, device: torch.device, *,
+                    amp: bool = False, progress: Progress | None = None, name: str = "batches",
+                    stop: StopFlag | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`predict` over ``dataset`` split across the ranks: rank ``r`` predicts items
+    ``r, r + W, ...`` (``make_loader(subset)`` builds its loader), and every rank returns all
+    items' ``(scores (N, K), labels (N,), index (N,))`` sorted by dataset index. One process: plain
+    :func:`predict` of the whole dataset. ``model`` must be the plain module (not the DDP wrapper,
+    whose forward would synchronise ranks that run different numbers of batches)."""
+    world = distributed.world_size()
+    if world == 1:
+        return predict(model, make_loader(dataset), device, amp=amp, progress=progress, name=name,
+                       stop=stop)
+    part = torch.utils.data.Subset(dataset, range(distributed.rank(), len(dataset), world))
+    if len(part):
+        mine = predict(model, make_loader(part), device, amp=amp, progress=progress, name=name,
+                       stop=stop)
+    else:  # more ranks than items
+        mine = (torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    parts = [p for p in distributed.gather(mine) if len(p[1])]
+    scores, labels, index = (torch.cat([p[i] for p in parts]) for i in range(3))
+    order = torch.argsort(index)
+    return scores[order], labels[order], index[order]
 
 
 @dataclass
@@ -223,14 +251,16 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     ``out_dir=False`` to write nothing.
     """
     from ..store import FlowStore
-    from .loading import derive_seed, make_dataset, make_loader, resolve_device
+    from .loading import derive_seed, make_dataset, make_loader
 
     if crops not in (1, 3, 10):
         raise FlowkitError(f"crops must be 1, 3 or 10, got {crops}")
     if clips < 1 or batch_size < 1:
         raise FlowkitError("clips and batch size must be >= 1")
+    from .ddp import rank_device
+
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
+    dev = rank_device(device)
     model, run_config, ckpt = load_run_model(run_dir, checkpoint, dev)
     config = TrainConfig.from_dict(run_config["config"])
     store_path = Path(store) if store is not None else Path(config.store)
@@ -244,12 +274,14 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         raise FlowkitError(f"no videos to evaluate in {store_path} ({split_desc})")
     dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips, crops=crops,
                            views=True)
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=dev,
-                         seed=derive_seed(config.seed, "evaluate"))
+    def loader(subset):
+        return make_loader(subset, batch_size=batch_size, workers=workers, device=dev,
+                           seed=derive_seed(config.seed, "evaluate"))
+
     started = time.perf_counter()
     use_amp = bool(config.amp) and dev.type == "cuda"
-    scores, labels, index = predict(model, loader, dev, amp=use_amp, progress=progress,
-                                    stop=stop)
+    scores, labels, index = predict_sharded(model, dataset, loader, dev, amp=use_amp,
+                                            progress=progress, stop=stop)
     seconds = time.perf_counter() - started
 
     k = len(classes)
@@ -269,14 +301,14 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         "top1": acc[1], "top5": acc[5], "mean_class_accuracy": mean_class_accuracy(confusion),
         "per_class_accuracy": {c: (None if np.isnan(a) else float(a))
                                for c, a in zip(classes, per_class)},
-        "classes": classes, "seconds": seconds,
+        "classes": classes, "seconds": seconds, "world_size": distributed.world_size(),
         "videos_per_s": len(keys) / max(seconds, 1e-9),
         "predictions": [{"key": key, "label": int(y), "pred": int(p),
                          "score": float(scores[i, p]), "top5": top5[i].tolist()}
                         for i, (key, y, p) in enumerate(zip(ordered_keys, labels, pred))],
     }
     out = None
-    if out_dir is not False:
+    if out_dir is not False and distributed.rank() == 0:
         out = Path(out_dir) if out_dir is not None else run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "confusion.json", json.dumps(

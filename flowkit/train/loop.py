@@ -15,6 +15,12 @@ the RNG states and the running sums of the epoch, and a resumed run skips the ba
 (the shuffle is recomputed, not replayed), so on a deterministic device training N epochs straight
 and stopping/resuming anywhere in between give identical weights and metrics.
 
+Under torchrun (a process group from :mod:`flowkit.distributed`) the model runs in
+DistributedDataParallel and each rank takes its part of every global batch
+(:mod:`flowkit.train.ddp`): the same clips, steps and schedule as one process with the same
+``batch_size``. Epoch sums and stop requests are reduced over the ranks, validation is sharded and
+gathered, and rank 0 alone writes the run directory and checkpoints.
+
 Optimiser and learning-rate schedule: :mod:`flowkit.train.optim`; seeds, splits, datasets and
 loaders: :mod:`flowkit.train.loading`. AMP (``torch.autocast`` float16 + GradScaler) is
 used on CUDA only; gradients are unscaled before ``clip_grad_norm_``.
@@ -32,13 +38,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import FlowkitError
 from ..files import atomic_write_text
 from ..progress import Progress
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, merge_for_resume, read_run_config
+from .ddp import batch_sampler, convert_sync_batchnorm, rank_device, wrap
 from .loading import (EpochBatchSampler, derive_seed, keys_digest, make_dataset, make_loader,
-                      make_split, resolve_device, seed_everything, to_device)
+                      make_split, seed_everything, to_device)
 from .optim import build_optimizer, build_scheduler
 
 CONFIG_FILE = "config.json"
@@ -132,7 +140,9 @@ class Trainer:
             raise FlowkitError(f"{self.run_dir} already holds a training run; pass --resume to "
                                "continue it, --overwrite to replace it, or choose another --out")
         self.overwrite = overwrite and not self.resuming
-        self.device = resolve_device(config.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self.device = rank_device(config.device)
         self.use_amp = bool(config.amp) and self.device.type == "cuda"
 
         self.store = FlowStore(config.store)
@@ -166,7 +176,12 @@ class Trainer:
         self.init_report = None
         if config.init and not self._has_checkpoint():
             self.init_report = initialise_from_file(self.model, config.init)
+        if config.sync_bn and self.world_size > 1:
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
+        # The DDP wrapper computes the training steps; self.model (its module) is what is saved,
+        # validated and described.
+        self.net = wrap(self.model, self.device)
         self.run_config = self._describe()
 
     @classmethod
@@ -202,6 +217,7 @@ class Trainer:
             "clip_length": self.config.clip_length,
             "classes": self.classes,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "world_size": self.world_size,
             "split": {"source": self.split_source,
                       "train_count": len(self.train_keys), "val_count": len(self.val_keys),
                       "train_sha1": keys_digest(self.train_keys),
@@ -216,7 +232,10 @@ class Trainer:
     # -- run directory
 
     def _prepare_run_dir(self) -> dict | None:
-        """Create (or, when resuming, read) the run directory; returns the checkpoint to resume."""
+        """Create (or, when resuming, read) the run directory; returns the checkpoint to resume.
+        Every rank reads the checkpoint; only rank 0 writes."""
+        if not self.is_main:
+            return load_checkpoint(self.checkpoint_dir / LAST) if self._has_checkpoint() else None
         if self.overwrite:
             for name in RUN_FILES:
                 path = self.run_dir / name
@@ -254,9 +273,9 @@ class Trainer:
         progress = progress or Progress()
         should_stop = stop or (lambda: False)
         started = time.perf_counter()
-        batches = EpochBatchSampler(len(self.train_set), self.config.batch_size,
-                                    seed=self.config.seed)
+        batches = batch_sampler(len(self.train_set), self.config.batch_size, self.config.seed)
         opt = _Optimisation.build(self.model, self.config, batches.num_batches, self.use_amp)
+        distributed.barrier()  # every rank has checked the run directory before rank 0 writes
         ckpt = self._prepare_run_dir()
         state = self._restore(ckpt, opt)
         start_epoch, interrupted = state.epoch, False
@@ -269,10 +288,11 @@ class Trainer:
             self._save(LAST, state, opt)
             if is_best:
                 self._save(BEST, state, opt)
-            with open(self.run_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record.to_dict()) + "\n")
+            if self.is_main:
+                with open(self.run_dir / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record.to_dict()) + "\n")
             progress.log(epoch_line(record, self.config.epochs) + (" best" if is_best else ""))
-            if should_stop():
+            if distributed.any_rank(should_stop()):
                 interrupted = epoch + 1 < self.config.epochs
                 break
         return TrainResult(self.run_dir, state.history, state.epoch, state.global_step,
@@ -303,8 +323,11 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         else:
             seed_everything(derive_seed(cfg.seed, epoch, "global"))
-        sums = dict(state.partial) if skip and state.partial else {
-            "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        sums = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        if skip and state.partial:
+            # The saved sums are over all ranks: rank 0 carries them, the others start at zero.
+            sums = dict(state.partial) if self.is_main else {**sums, **{
+                k: v for k, v in state.partial.items() if k in ("seconds", "lr")}}
         self.train_set.set_epoch(epoch)
         batches.set_epoch(epoch, skip=skip)
         loader = make_loader(self.train_set, batch_sampler=batches, workers=cfg.workers,
@@ -334,7 +357,7 @@ class Trainer:
                         clips_per_s=sums["seen"] / max(sums["seconds"], 1e-9))
             if step_in_epoch == opt.steps_per_epoch:
                 break
-            if should_stop():
+            if distributed.any_rank(should_stop()):
                 interrupted = True
                 break
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
@@ -353,7 +376,7 @@ class Trainer:
         batch = to_device(batch, self.device)
         labels = batch["label"]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            output = self.model(batch)
+            output = self.net(batch)
             loss = classification_loss(output, labels)
         if not torch.isfinite(loss):
             raise FlowkitError(f"the training loss became {float(loss)} at step "
@@ -370,7 +393,17 @@ class Trainer:
         correct = int((output["logits"].detach().argmax(1) == labels).sum())
         return float(loss.detach()), correct, int(labels.shape[0]), lr
 
+    def _global_sums(self, sums: dict) -> dict:
+        """The epoch's running sums over all ranks (``seconds`` and ``lr`` are this rank's)."""
+        if self.world_size == 1:
+            return sums
+        loss_sum, correct, seen = distributed.sum_values(
+            [sums["loss_sum"], sums["correct"], sums["seen"]])
+        return {**sums, "loss_sum": loss_sum, "correct": int(round(correct)),
+                "seen": int(round(seen))}
+
     def _finish_epoch(self, epoch: int, state: "RunState", sums: dict, progress: Progress):
+        sums = self._global_sums(sums)
         seen = max(sums["seen"], 1)
         val_started = time.perf_counter()
         val = self.validate(progress) if self.val_set is not None else None
@@ -392,14 +425,17 @@ class Trainer:
     def validate(self, progress: Progress | None = None) -> dict[str, float]:
         """Loss, top-1 and top-5 of the current model on the validation set (one centre clip and
         crop per video)."""
-        from .evaluate import predict
+        from .evaluate import predict_sharded
         from .metrics import topk_accuracy
 
-        loader = make_loader(self.val_set, batch_size=self.config.batch_size,
-                             workers=self.config.workers, device=self.device,
-                             seed=derive_seed(self.config.seed, "val"))
-        scores, labels, _ = predict(self.model, loader, self.device, amp=self.use_amp,
-                                    progress=progress, name="validation")
+        def loader(dataset):
+            return make_loader(dataset, batch_size=self.config.batch_size,
+                               workers=self.config.workers, device=self.device,
+                               seed=derive_seed(self.config.seed, "val"))
+
+        scores, labels, _ = predict_sharded(self.model, self.val_set, loader, self.device,
+                                            amp=self.use_amp, progress=progress,
+                                            name="validation")
         acc = topk_accuracy(scores, labels, (1, 5))
         true_prob = scores[torch.arange(len(labels)), labels].clamp_min(1e-12)
         # top-5 says something only with more than 5 classes (else it is 100% by definition)
@@ -409,13 +445,16 @@ class Trainer:
     # -- checkpoints
 
     def _save(self, name: str, state: "RunState", opt: "_Optimisation") -> None:
+        if not self.is_main:
+            return
         save_checkpoint(self.checkpoint_dir / name,
                         {"config": self.run_config, "model": self.model.state_dict(),
                          **opt.state_dicts(), **state.to_dict(), "rng": rng_state()})
 
     def _save_mid_epoch(self, state: "RunState", epoch: int, step_in_epoch: int, sums: dict,
                         opt: "_Optimisation") -> None:
-        state.epoch, state.step_in_epoch, state.partial = epoch, step_in_epoch, dict(sums)
+        state.epoch, state.step_in_epoch = epoch, step_in_epoch
+        state.partial = dict(self._global_sums(sums))
         self._save(LAST, state, opt)
 
 

@@ -1,0 +1,225 @@
+"""Scale-out pieces without torchrun: balanced shard plans, the combined extraction summary, the
+distributed batch sampler, the CPU SyncBatchNorm (two real gloo processes) and the one-process
+identity of flowkit.distributed. The torchrun end-to-end runs are in tests/test_torchrun.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from flowkit import distributed
+from flowkit.errors import FlowkitError
+from flowkit.extract import ExtractSummary
+from flowkit.feed import VideoResult
+from flowkit.labels import VideoItem, scan_videos
+from flowkit.shards import _costs, balance, expected_pairs, plan_shards
+from flowkit.train.ddp import CPUSyncBatchNorm, DistributedBatchSampler, convert_sync_batchnorm
+from flowkit.train.loading import EpochBatchSampler
+
+
+def _items(n: int) -> list[VideoItem]:
+    return [VideoItem(path=Path(f"/v/{i}.mp4"), key=f"v{i}", label=0, label_name="c")
+            for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------ shard plans
+
+def test_expected_pairs_apply_step_and_max_frames():
+    assert expected_pairs(10) == 9
+    assert expected_pairs(10, step=3) == 3          # frames 0, 3, 6, 9
+    assert expected_pairs(10, max_frames=4) == 3
+    assert expected_pairs(1) == 0 and expected_pairs(0) == 0
+
+
+def test_balance_is_longest_first_and_deterministic():
+    items = _items(6)
+    costs = {"v0": 100, "v1": 10, "v2": 10, "v3": 10, "v4": 10, "v5": 60}
+    shares = balance(items, costs, 2)
+    assert [[i.key for i in s] for s in shares] == [["v0"], ["v1", "v2", "v3", "v4", "v5"]]
+    assert balance(items, costs, 2) == shares
+    # By file count (every 2nd video) the loads would be 180 vs 80; balanced they are 100 vs 100.
+    # Disjoint, covering, each share in list order.
+    three = balance(items, costs, 3)
+    keys = [i.key for s in three for i in s]
+    assert sorted(keys) == sorted(costs) and len(keys) == len(costs)
+    loads = [sum(costs[i.key] for i in s) for s in three]
+    assert max(loads) - min(loads) <= max(costs.values())
+
+
+def test_equal_costs_give_the_strided_split():
+    items = _items(5)
+    shares = balance(items, {i.key: 7 for i in items}, 2)
+    assert shares == [items[0::2], items[1::2]]
+
+
+def test_costs_fall_back_to_file_size():
+    items = _items(3)
+    # v2's header has no frame count: estimated at the median bytes per frame of the others.
+    costs, basis, estimated = _costs(items, {"v0": (11, 1100), "v1": (21, 2100), "v2": (None, 4100)},
+                                     step=1, max_frames=None)
+    assert basis == "frame pairs" and estimated == ["v2"]
+    assert costs == {"v0": 10, "v1": 20, "v2": 40}
+    # No count anywhere: bytes; a missing file costs 1.
+    costs, basis, _ = _costs(items, {"v0": (None, 500), "v1": (None, 0), "v2": (None, 9)}, 1, None)
+    assert basis == "file size" and costs == {"v0": 500, "v1": 1, "v2": 9}
+
+
+def test_plan_probes_real_videos(bad_videos):
+    items, _ = scan_videos(bad_videos.root)
+    plan = plan_shards(items, 2, step=2)
+    assert sorted(i.key for r in range(2) for i in plan.share(r)) == sorted(i.key for i in items)
+    assert plan.costs["classA/good_0"] == expected_pairs(24, step=2)
+    assert plan.costs["classA/empty"] == 1  # unreadable: fails at once when extracted
+    d = plan.to_dict()
+    assert d["world_size"] == 2 and sum(r["videos"] for r in d["ranks"]) == len(items)
+    assert abs(plan.load(0) - plan.load(1)) <= max(plan.costs.values())
+    with pytest.raises(FlowkitError, match="invalid shard count"):
+        plan_shards(items, 0)
+
+
+# ------------------------------------------------------------------------------ combined summary
+
+def test_combined_summary_names_the_rank_of_each_failure():
+    a = ExtractSummary("s", "tvl1", [VideoResult("x", "x.mp4", "done", pairs=7),
+                                     VideoResult("bad", "bad.mp4", "failed", reason="bad.mp4: empty")],
+                       seconds=2.0)
+    b = ExtractSummary("s", "tvl1", [VideoResult("y", "y.mp4", "skipped"),
+                                     VideoResult("z", "z.mp4", "failed", reason="z.mp4: truncated")],
+                       seconds=3.0, notes=["n"])
+    c = ExtractSummary.combine([a, b])
+    assert [r.key for r in c.results] == ["x", "bad", "y", "z"]
+    assert c.count("done") == 1 and c.count("skipped") == 1 and c.count("failed") == 2
+    assert [r.reason for r in c.results if r.status == "failed"] == [
+        "[rank 0] bad.mp4: empty", "[rank 1] z.mp4: truncated"]
+    assert c.seconds == 3.0 and c.notes == ["n"] and c.pairs == 7
+    d = c.to_dict()
+    assert [(r["rank"], r["done"], r["failed"]) for r in d["ranks"]] == [(0, 1, 1), (1, 0, 1)]
+    assert a.results[1].reason == "bad.mp4: empty"  # the parts are left unchanged
+
+
+# ------------------------------------------------------------------------------ batch sampler
+
+def test_ranks_split_every_global_batch():
+    world, size, batch = 3, 20, 6
+    full = EpochBatchSampler(size, batch, seed=4)
+    parts = [DistributedBatchSampler(size, batch, rank=r, world_size=world, seed=4)
+             for r in range(world)]
+    for epoch, skip in ((0, 0), (2, 1)):
+        full.set_epoch(epoch, skip=skip)
+        for p in parts:
+            p.set_epoch(epoch, skip=skip)
+        expected = list(full)
+        got = [list(p) for p in parts]
+        assert all(len(g) == len(expected) == full.num_batches - skip for g in got)
+        for step, batch_indices in enumerate(expected):
+            assert sum((g[step] for g in got), []) == batch_indices
+    assert parts[0].num_batches == full.num_batches
+
+
+def test_distributed_sampler_refuses_unequal_parts():
+    with pytest.raises(FlowkitError, match="multiple of the 2 ranks"):
+        DistributedBatchSampler(10, 5, rank=0, world_size=2)
+    with pytest.raises(FlowkitError, match="fewer than one global batch"):
+        DistributedBatchSampler(3, 4, rank=0, world_size=2)
+
+
+# ------------------------------------------------------------------------------ sync batch norm
+
+def test_without_a_group_everything_is_one_process():
+    assert not distributed.active() and distributed.world_size() == 1
+    assert distributed.gather({"a": 1}) == [{"a": 1}]
+    assert distributed.sum_values([1, 2.5]) == [1.0, 2.5]
+    assert distributed.any_rank(True) and not distributed.any_rank(False)
+    distributed.barrier()
+    assert distributed.local_device("cpu") == "cpu"
+
+
+def test_launch_from_env(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert distributed.Launch.from_env() == distributed.Launch(1, 4, 1)
+    assert not distributed.launched()  # no rendezvous address: a Slurm-array-style shard
+    assert distributed.local_device("cuda") == "cuda:1"
+    assert distributed.local_device("cuda:0") == "cuda:0"
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(FlowkitError, match="inconsistent launch"):
+        distributed.Launch.from_env()
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1),
+                         nn.BatchNorm2d(2))
+
+
+def test_converted_model_keeps_its_state_dict_and_is_plain_bn_alone():
+    plain = _bn_model()
+    sync = convert_sync_batchnorm(_bn_model(), torch.device("cpu"))
+    assert isinstance(sync[1], CPUSyncBatchNorm)
+    assert plain.state_dict().keys() == sync.state_dict().keys()
+    x = torch.randn(4, 2, 6, 6) + 5
+    torch.testing.assert_close(sync(x), plain(x))
+    torch.testing.assert_close(sync[1].running_var, plain[1].running_var)
+
+
+def _sync_bn_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world)
+    try:
+        model = convert_sync_batchnorm(_bn_model(), torch.device("cpu"))
+        x = _batch()[rank * 2:(rank + 1) * 2].clone().requires_grad_(True)
+        # Each rank's loss is its share of the global batch's mean loss.
+        loss = model(x).square().mean() / world
+        loss.backward()
+        torch.save({"grad_x": x.grad, "grad_w": model[0].weight.grad,
+                    "running_var": model[1].running_var}, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _batch() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 2, 6, 6, generator=g) * 3 + 10
+
+
+@pytest.mark.slow
+def test_cpu_sync_batchnorm_equals_one_big_batch(tmp_path):
+    """Two gloo processes with 2 clips each give the input gradients and running statistics of
+    plain batch norm over all 4; the weight gradients sum to the big batch's."""
+    world = 2
+    torch.multiprocessing.spawn(_sync_bn_rank, args=(world, str(tmp_path / "pg"),
+                                                     str(tmp_path / "out")), nprocs=world)
+    model = _bn_model()
+    x = _batch().requires_grad_(True)
+    model(x).square().mean().backward()
+    parts = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in range(world)]
+    torch.testing.assert_close(torch.cat([p["grad_x"] for p in parts]), x.grad, rtol=1e-4,
+                               atol=1e-6)
+    torch.testing.assert_close(parts[0]["grad_w"] + parts[1]["grad_w"], model[0].weight.grad,
+                               rtol=1e-4, atol=1e-6)
+    for p in parts:
+        torch.testing.assert_close(p["running_var"], model[1].running_var, rtol=1e-5, atol=1e-6)
+
+
+
+def test_plan_prints_the_shares_and_writes_nothing(sample_videos, tmp_path):
+    from click.testing import CliRunner
+
+    from flowkit.cli.extract import command
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(command, [str(sample_videos), "-o", str(store), "--plan",
+                                          "--shard", "0/2", "--step", "2"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert sorted(key for _, key, _ in lines) == sorted(i.key for i in scan_videos(sample_videos)[0])
+    assert {rank for rank, _, _ in lines} == {"0", "1"}
+    assert all(int(pairs) == expected_pairs(8, step=2) for _, _, pairs in lines)
+    assert "rank 0: 2 videos, 6 expected frame pairs (50.0%), 0 already in the store" in result.stderr
+    assert not store.exists()
