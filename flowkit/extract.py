@@ -327,6 +327,10 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     # processes build their own.
     engine = build_engine(config)
     backend = engine.backend
+    unknown = sorted(set(config.redo) - {item.key for item in items})
+    if unknown and count == 1:
+        raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
+                           f"CLASS/VIDEO, as `flowkit info` lists them)")
     workers = config.workers or default_workers(config.device, len(items))
     known, mismatched = check_store_options(store_path, items, config, engine)
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
@@ -334,10 +338,6 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         None if config.max_memory is None else config.max_memory // workers))
     if config.workers > 1:
         engine = None
-    unknown = sorted(set(config.redo) - {item.key for item in items})
-    if unknown and shard is None and shard_from_env()[1] == 1:
-        raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
-                           f"CLASS/VIDEO, as `flowkit info` lists them)")
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
     todo, results, metas = [], [], {}

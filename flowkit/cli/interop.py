@@ -20,12 +20,26 @@ from .progress import RichProgress, stop_on_signals
 
 @click.group("export", short_help=summary("export"))
 def export_group():
-    """Write a store in the formats other tools read (mmaction2 / TSN rawframes)."""
+    """Write a store in the formats other tools read: mmaction2 / TSN / denseflow rawframes, with
+    the annotation lists mmaction2's RawframeDataset reads.
+
+    \b
+    Examples:
+      flowkit export rawframes store/ rawframes/
+      flowkit export rawframes store/ rawframes/ --bound 20 --quality 95 --start-index 0
+    """
 
 
 @click.group("import", short_help=summary("import"))
 def import_group():
-    """Read what other tools wrote (rawframes, denseflow HDF5) into a store."""
+    """Read what other tools wrote (mmaction2 rawframes, denseflow's JPEG or HDF5 flow) into a
+    store that `flowkit train` uses unchanged.
+
+    \b
+    Examples:
+      flowkit import rawframes rawframes/ -o store/
+      flowkit import rawframes rawframes/ -o store/ --annotations train_rawframes.txt
+    """
 
 
 def _finish(console: Console, d: dict, what: str, as_json: bool) -> None:
@@ -69,7 +83,13 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
                              split_lists, workers, as_json):
     """Write STORE as mmaction2 rawframes: OUT_DIR/<class>/<video>/img_00001.jpg,
     flow_x_00001.jpg, flow_y_00001.jpg, plus <split>_rawframes.txt / <split>_flow.txt annotation
-    lists and label_map.txt. Rerunning resumes; finished videos are kept."""
+    lists and label_map.txt. Rerunning resumes; finished videos are kept.
+
+    \b
+    Examples:
+      flowkit export rawframes store/ rawframes/
+      flowkit export rawframes store/ rawframes/ --split-list trainlist01.txt --workers 2
+    """
     config = ExportConfig(flow_name=flow_name, bound=bound, quality=quality,
                           start_index=int(start_index), rgb=rgb, flow=flow, workers=workers,
                           split_lists=split_lists)
@@ -123,7 +143,13 @@ def import_rawframes_command(rawframes_dir, store, annotations, label_map, bound
                             flow_codec, rgb_codec, rgb, flow, fps, workers, as_json):
     """Import RAWFRAMES_DIR (<class>/<video>/img_*.jpg, flow_x_*.jpg, flow_y_*.jpg, 1- or
     0-based, flow_x_p2_* step variants, denseflow <video>.h5) into the store STORE. Every video's
-    frame and flow counts are checked; a mismatch is reported and the video skipped."""
+    frame and flow counts are checked; a mismatch is reported and the video skipped.
+
+    \b
+    Examples:
+      flowkit import rawframes rawframes/ -o store/
+      flowkit import rawframes rawframes/ -o store/ --flow-name rawframes --bound 20
+    """
     config = ImportConfig(bound=bound, flow_name=flow_name, flow_codec=flow_codec,
                           rgb_codec=rgb_codec, rgb=rgb, flow=flow, annotations=annotations,
                           label_map=label_map, fps=fps, workers=workers)
