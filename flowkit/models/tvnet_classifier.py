@@ -25,6 +25,12 @@ as ``resnet2d``) and fuses the two streams late, softmax scores averaged with ``
 (RGB weight, motion weight), the paper's 1:2 by default; each stream keeps its own cross-entropy.
 
 With ``flow_source="tvnet"`` the model needs only RGB, for training and for evaluation.
+
+``frames`` is the clip length T (``flowkit train`` passes ``--frames``); the pairs are consecutive
+clip frames, so with ``--step S`` the flow spans S video frames, and with TSN ``--segments`` pairs
+also join the last frame of one segment to the first of the next. ``tvnet_weights`` is read again
+whenever the model is rebuilt (``flowkit evaluate``), before the run's own weights replace it, so
+keep that file where it was.
 """
 from __future__ import annotations
 
@@ -176,15 +182,17 @@ class TVNetClassifier(VideoClassifier):
             return pixels.transpose(1, 2), None
         rgb = clip_input(self, inputs, "rgb", 3)
         self._check_frames(rgb)
-        i0, i1 = self.tvnet_pairs(rgb)
         aux = None
-        if self.freeze_tvnet:
-            with torch.no_grad():
+        # The unrolled TV-L1 iterations run in float32 also under AMP (float16 would lose them).
+        with torch.autocast(rgb.device.type, enabled=False):
+            i0, i1 = self.tvnet_pairs(rgb.float())
+            if self.freeze_tvnet:
+                with torch.no_grad():
+                    flow = self.tvnet(i0, i1)
+            else:
                 flow = self.tvnet(i0, i1)
-        else:
-            flow = self.tvnet(i0, i1)
-            if self.flow_lambda > 0:
-                aux = self.flow_lambda * flow_loss(i0, i1, flow, self.tvnet.config.lambda_)
+                if self.flow_lambda > 0:
+                    aux = self.flow_lambda * flow_loss(i0, i1, flow, self.tvnet.config.lambda_)
         b = rgb.shape[0]
         return flow.reshape(b, self.frames - 1, 2, *flow.shape[-2:]), aux
 
