@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from flowkit import create_engine
 from flowkit.cli.evaluate import command as evaluate_command
 from flowkit.cli.train import command as train_command
 from flowkit.train.checkpoint import load_checkpoint
@@ -62,6 +63,12 @@ def test_train_resume_evaluate_from_rgb_only(rgb_store, tmp_path, model):
     after = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     assert any(not torch.equal(weights[k], after[k]) for k in weights if k.startswith(
         "tvnet." if model == "tvnet" else "conv1."))             # the motion front end trained
+
+    if model == "ddn":  # its run checkpoint is a learned-feature checkpoint of the engine
+        engine = create_engine("costvolume", weights=str(run / "checkpoints" / "last.pt"))
+        assert engine.features == "learned" and engine.extractor.stride == 4
+        assert engine(torch.rand(1, 3, 16, 16) * 255, torch.rand(1, 3, 16, 16) * 255).shape == \
+            (1, 2, 16, 16)
 
     result = invoke(evaluate_command, run, rgb_store, "--checkpoint", "last", "--split", "all",
                     "--clips", "2", "--crops", "1", "--json")
