@@ -133,9 +133,10 @@ class Result:
 
 
 def train_and_evaluate(config: Config, seed: int, epochs: int, videos: Path, store: Path,
-                       run_dir: Path, log: Path) -> Result:
+                       run_dir: Path, log: Path, common: tuple[str, ...] | list[str] = tuple(COMMON)
+                       ) -> Result:
     t0 = time.perf_counter()
-    _flowkit(["train", str(store), *config.train_args(), *COMMON, "--epochs", str(epochs),
+    _flowkit(["train", str(store), *config.train_args(), *common, "--epochs", str(epochs),
               "--seed", str(seed), "--split-list", str(videos / "trainlist01.txt"),
               "-o", str(run_dir), "--overwrite"], log)
     seconds = time.perf_counter() - t0
@@ -151,12 +152,14 @@ def _slug(config: Config) -> str:
     return "_".join([config.model, *(a.strip("-").replace("=", "-") for a in config.args)])
 
 
-def run_table(rows, seeds, epochs, videos, store, work: Path, log: Path, jobs: int) -> dict:
-    """{config: [Result per seed]}; ``jobs`` single-threaded runs at a time."""
+def run_table(rows, seeds, epochs, videos, store, work: Path, log: Path, jobs: int,
+              common: tuple[str, ...] | list[str] = tuple(COMMON)) -> dict:
+    """{config: [Result per seed]}; ``jobs`` single-threaded runs at a time; ``common``: the
+    options every run shares."""
     tasks = {(c, s): work / "runs" / store.name / f"{_slug(c)}_seed{s}" for c in rows for s in seeds}
     results: dict = {c: [None] * len(seeds) for c in rows}
     with cf.ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(train_and_evaluate, c, s, epochs, videos, store, d, log): (c, s)
+        futures = {pool.submit(train_and_evaluate, c, s, epochs, videos, store, d, log, common): (c, s)
                    for (c, s), d in tasks.items()}
         for fut in cf.as_completed(futures):
             c, s = futures[fut]

@@ -4,6 +4,7 @@ this process, with the exact equivalent command, the machine, the date, versions
     python benchmarks/run_benchmarks.py                 # all runs -> benchmarks/RESULTS.md
     python benchmarks/run_benchmarks.py --quick         # tiny smoke run, Markdown to stdout
     python benchmarks/run_benchmarks.py --only tvl1-cpu --device cuda --out /tmp/r.md
+    python benchmarks/run_benchmarks.py --scripts-only  # keep the engine runs, recopy results/*.md
 
 Each run is given as the command-line arguments of ``flowkit benchmark``; they are parsed by that
 command's own option parser and executed by the function behind it, so the command printed above a
@@ -172,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None,
                         help=f"comma-separated run ids ({', '.join(r[0] for r in RUNS)})")
     parser.add_argument("--device", default=None, help="add --device DEVICE to every run")
+    parser.add_argument("--scripts-only", action="store_true",
+                        help="keep RESULTS.md's engine runs as they are and only recopy the other "
+                             "scripts' results/*.md into it")
     opts = parser.parse_args(argv)
+    if opts.scripts_only:
+        return refresh_script_results(Path(opts.out or HERE / "RESULTS.md"))
     out = opts.out or ("-" if opts.quick else str(HERE / "RESULTS.md"))
     wanted = None if opts.only is None else set(opts.only.split(","))
     unknown = (wanted or set()) - {r[0] for r in RUNS}
@@ -244,6 +250,17 @@ def script_results() -> list[str]:
         lines += [("##" + line) if line.startswith("#") else line
                   for line in f.read_text().rstrip().splitlines()]
     return lines + [""]
+
+
+def refresh_script_results(path: Path) -> int:
+    """Replace the script-results section of an existing RESULTS.md (everything from its heading
+    on) with :func:`script_results` of the files on disk now; the engine runs above stay."""
+    heading = "## Results of the other scripts"
+    lines = path.read_text().splitlines()
+    cut = next((i for i, line in enumerate(lines) if line.startswith(heading)), len(lines))
+    _write(str(path), lines[:cut] + script_results())
+    print(f"refreshed the script results in {path}", file=sys.stderr)
+    return 0
 
 
 def _text(lines: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""Video classifiers over flowkit stores: backbones, TrajectoryNet, CIDC, ST-MulNet.
+"""Video classifiers over flowkit stores: backbones, TrajectoryNet, CIDC, ST-MulNet, DDN and the
+TVNet end-to-end classifier.
 
 ``create_model(name, **kw)`` builds one by name; ``list_models()`` names them.
 """
@@ -9,3 +10,4 @@ __all__ = ["MODALITIES", "VideoClassifier", "classification_loss", "create_model
            "model_class", "model_parameters", "register_model"]
 from . import resnet, resnet3d, stmulnet  # noqa: F401
 from . import trajectorynet, cidc  # noqa: F401
+from . import ddn, tvnet_classifier  # noqa: F401

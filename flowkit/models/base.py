@@ -66,6 +66,17 @@ class VideoClassifier(nn.Module):
         """The classifier layer on each of :meth:`backbones`, same order (default: ``self.fc``)."""
         return [self.fc] if isinstance(getattr(self, "fc", None), nn.Linear) else []
 
+    def describe(self) -> dict:
+        """Resolved settings worth recording with a run (defaults included), e.g. a loss weight;
+        the trainer writes them to config.json and every checkpoint (``model.settings``)."""
+        return {}
+
+    def lr_scales(self) -> dict[str, float]:
+        """``{parameter-name prefix: factor}``: parameters whose name starts with a prefix train at
+        ``factor`` times the run's learning rate, in their own optimiser group without weight decay
+        (fine-tuned modules such as TVNet's kernels are not pulled towards zero). Default: none."""
+        return {}
+
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise a FlowkitError naming each input this model needs and the batch lacks."""
         missing = [m for m in self.inputs if m not in inputs]

@@ -50,7 +50,8 @@ class TrainConfig:
     """
     store: str
     model: str = field(metadata={"help": "Registered classifier (resnet2d, i3d, s3d, trajectorynet, "
-                                         "cidc, stmulnet, ...). Required unless resuming."})
+                                         "cidc, stmulnet, ddn, tvnet, ...). Required unless "
+                                         "resuming."})
     model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "option": "--model-arg", "kind": "params", "metavar": "KEY=VALUE",
         "help": "Model keyword, repeatable, JSON values (e.g. --model-arg modality=flow "

@@ -212,7 +212,7 @@ class Trainer:
             "flowkit_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": self.config.to_dict(),
-            "model": {"name": self.config.model, "kwargs": self.model_kwargs},
+            "model": self._model_description(),
             "inputs": list(self.model.inputs), "flow_stack": int(self.model.flow_stack),
             "clip_length": self.config.clip_length,
             "classes": self.classes,
@@ -224,6 +224,15 @@ class Trainer:
                       "val_sha1": keys_digest(self.val_keys),
                       "train_keys": self.train_keys, "val_keys": self.val_keys},
         }
+
+    def _model_description(self) -> dict[str, Any]:
+        """Name and keywords (what rebuilds the model), plus the model's resolved ``settings``
+        (``VideoClassifier.describe()``: defaults included, e.g. a loss weight) when it has any."""
+        out = {"name": self.config.model, "kwargs": self.model_kwargs}
+        settings = self.model.describe() if hasattr(self.model, "describe") else {}
+        if settings:
+            out["settings"] = settings
+        return out
 
     def _note(self, msg: str) -> None:
         self.notes.append(msg)

@@ -17,22 +17,37 @@ from .config import TrainConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with ``weight_decay``, biases and normalisation parameters (any 1-D
-    tensor) without it; frozen parameters are left out."""
+    """Optimiser groups: weights with ``weight_decay``, biases and normalisation parameters (any 1-D
+    tensor) without it; frozen parameters are left out. Parameters under a prefix of the model's
+    ``lr_scales()`` (:meth:`flowkit.models.VideoClassifier.lr_scales`) form one more group per
+    prefix, with ``lr_scale`` set and no weight decay. Full-rate groups come first (the trainer
+    reports group 0's learning rate)."""
+    scales = dict(model.lr_scales()) if hasattr(model, "lr_scales") else {}
     decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
+    scaled: dict[str, list] = {prefix: [] for prefix in scales}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        prefix = next((k for k in scales if name.startswith(k)), None)
+        if prefix is not None:
+            scaled[prefix].append(p)
+        else:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    groups += [{"params": ps, "weight_decay": 0.0, "lr_scale": float(scales[k]), "prefix": k}
+               for k, ps in scaled.items()]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with (non-Nesterov) momentum or AdamW over :func:`parameter_groups`."""
+    """SGD with (non-Nesterov) momentum or AdamW over :func:`parameter_groups`, each group at
+    ``config.lr * lr_scale``."""
     groups = parameter_groups(model, config.weight_decay)
     if not groups:
         raise FlowkitError(f"model {config.model!r} has no trainable parameters")
+    for g in groups:
+        g["lr"] = config.lr * g["lr_scale"]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     return torch.optim.AdamW(groups, lr=config.lr)

@@ -1,0 +1,122 @@
+"""DDN (flowkit.models.ddn): shapes, branch subsets, gradients into the shared features through the
+cost volume, the feature export to the costvolume engine, and errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowkit import create_engine
+from flowkit.conventions import IMAGENET_MEAN, IMAGENET_STD
+from flowkit.errors import FlowkitError
+from flowkit.models import classification_loss, create_model, list_models
+from flowkit.models.ddn import BRANCHES, parse_branches
+
+TINY = dict(num_classes=3, width=4, layers=[1, 1, 1, 1])
+
+
+def tiny_ddn(**kw):
+    torch.manual_seed(0)
+    return create_model("ddn", **{**TINY, **kw})
+
+
+def clip(b=2, t=4, h=32, w=32):
+    torch.manual_seed(1)
+    return torch.randn(b, 3, t, h, w)
+
+
+def test_registered_and_shapes():
+    assert "ddn" in list_models()
+    model = tiny_ddn()
+    x = clip()
+    out = model({"rgb": x})
+    assert out["logits"].shape == (2, 3) and len(out["stream_logits"]) == 3
+    feats = model.features(x)
+    assert feats.shape == (2, 4, 4, 8, 8)                        # stride 4, layer1 channels
+    disp, change = model.dynamics(feats)
+    assert disp.shape == (2, 2, 3, 8, 8) and change.shape == (2, 4, 3, 8, 8)
+    assert disp.abs().max() <= 3 + 1e-5                          # inside the window (d = 3)
+    # The fused prediction is the average of the branches' softmax scores.
+    mean_prob = torch.stack([s.softmax(1) for s in out["stream_logits"]]).mean(0)
+    assert torch.allclose(out["logits"].softmax(1), mean_prob, atol=1e-6)
+
+
+@pytest.mark.parametrize("branches", [("appearance",), ("motion",), ("change",),
+                                      ("appearance", "motion"), ("motion", "change"),
+                                      ("appearance", "change")])
+def test_branch_subsets_build_and_train_only_those(branches):
+    model = tiny_ddn(branches=",".join(branches))
+    assert model.branches == branches
+    for name in BRANCHES:
+        assert hasattr(model, name) == (name in branches)
+    out = model({"rgb": clip()})
+    assert len(out["stream_logits"]) == len(branches)
+    classification_loss(out, torch.tensor([0, 2])).backward()
+    assert model.conv1.weight.grad.abs().sum() > 0
+
+
+def test_branch_order_is_canonical_and_bad_names_fail():
+    assert parse_branches("change, motion") == ("motion", "change")
+    assert parse_branches(["appearance"]) == ("appearance",)
+    for bad in ("", "motion,motion", "flow", []):
+        with pytest.raises(FlowkitError, match="branches"):
+            parse_branches(bad)
+
+
+def test_motion_gradient_reaches_shared_features_through_the_cost_volume():
+    """With only the motion branch, the features enter the loss only through the cost volume and
+    the soft-argmax, so a gradient on conv1 proves that path is differentiable end to end."""
+    model = tiny_ddn(branches="motion")
+    loss = classification_loss(model({"rgb": clip()}), torch.tensor([1, 0]))
+    loss.backward()
+    for name in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_displacement_follows_a_shifted_clip():
+    """A smooth texture moved right by 8 px per frame (2 feature px) gives u near +2, v near 0,
+    even with untrained features (the sign and units of the model's displacement maps)."""
+    model = tiny_ddn(width=8, branches="motion", max_displacement=3, tau=0.02).eval()
+    torch.manual_seed(3)
+    texture = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 96, 96), 3, 1, 1)
+    frames = torch.stack([torch.roll(texture, 8 * t, dims=3) for t in range(3)], dim=2)
+    with torch.no_grad():
+        disp, _ = model.dynamics(model.features(frames))
+    inner = disp[..., 2:-2, 2:-2]                                # away from the zero-padded border
+    assert 1.2 < inner[:, 0].median() < 2.5 and inner[:, 1].abs().median() < 0.4
+
+
+def test_shared_features_load_into_the_costvolume_engine(tmp_path):
+    """A DDN checkpoint is a learned-feature checkpoint of the costvolume engine: the engine's
+    FeatureExtractor computes exactly the model's shared features."""
+    model = tiny_ddn()
+    with torch.no_grad():                                        # non-trivial BN statistics
+        for bn in (model.bn1, model.layer1[0].bn1, model.layer1[0].bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    path = tmp_path / "best.pt"
+    torch.save({"format": "flowkit-checkpoint", "kind": "classifier",
+                "model": model.state_dict()}, path)
+    engine = create_engine("costvolume", weights=str(path), layer="layer1")
+    torch.manual_seed(4)
+    frames = torch.rand(2, 3, 32, 32) * 255
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = model.features(((frames / 255 - mean) / std)[:, :, None])[:, :, 0]
+        theirs = engine.extractor(frames)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert engine(frames[:1], frames[1:]).shape == (1, 2, 32, 32)
+
+
+def test_errors_are_actionable():
+    with pytest.raises(FlowkitError, match="at least 2 frames"):
+        tiny_ddn(branches="motion")({"rgb": clip(t=1)})
+    assert tiny_ddn(branches="appearance")({"rgb": clip(t=1)})["logits"].shape == (2, 3)
+    with pytest.raises(FlowkitError, match="tau"):
+        tiny_ddn(tau=0)
+    with pytest.raises(FlowkitError, match="max_displacement"):
+        tiny_ddn(max_displacement=0)
+    with pytest.raises(FlowkitError, match="needs rgb"):
+        tiny_ddn()({"flow": clip()})

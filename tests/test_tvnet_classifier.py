@@ -1,0 +1,134 @@
+"""The TVNet end-to-end classifier (flowkit.models.tvnet_classifier): shapes, the loss
+L_c + lambda * L_f, gradients into TVNet, its reduced-learning-rate group, freezing, the store-flow
+baseline and the weighted two-stream fusion."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flowkit.errors import FlowkitError
+from flowkit.flow.tvnet import TVNet, flow_loss
+from flowkit.models import classification_loss, create_model, list_models
+from flowkit.models.branches import weighted_late_fusion
+from flowkit.train import TrainConfig, build_optimizer
+
+TINY = dict(num_classes=3, frames=4, width=4, layers=[1, 1, 1, 1], tvnet_iterations=3)
+TVNET_PARAMS = ("u0", "grad_kernels", "forward_kernels", "divergence_kernels")
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return create_model("tvnet", **{**TINY, **kw})
+
+
+def clip(b=2, t=4, h=24, w=24):
+    """A normalised RGB clip of a smooth texture moving right by 1 px per frame."""
+    torch.manual_seed(1)
+    texture = F.avg_pool2d(torch.randn(b, 3, h, w + 8), 3, 1, 1)
+    return torch.stack([texture[..., 8 - i: 8 - i + w] for i in range(t)], dim=2)
+
+
+def test_registered_and_shapes():
+    assert "tvnet" in list_models()
+    model = tiny()
+    assert model.inputs == ("rgb",)
+    out = model({"rgb": clip()})
+    assert out["logits"].shape == (2, 3) and out["aux_loss"].dim() == 0
+    flow, _ = model.motion({"rgb": clip()})
+    assert flow.shape == (2, 3, 2, 24, 24)                      # (B, T-1, 2, H, W) pixels
+    assert model.backbone.in_channels == 6                       # 2 (T - 1) stacked channels
+
+
+@pytest.mark.parametrize("flow_lambda", [0.1, 0.5])
+def test_loss_is_classification_plus_lambda_times_tvnet_flow_loss(flow_lambda):
+    model = tiny(flow_lambda=flow_lambda)
+    x, labels = clip(), torch.tensor([0, 2])
+    out = model({"rgb": x})
+    i0, i1 = model.tvnet_pairs(x)
+    l_f = flow_loss(i0, i1, model.tvnet(i0, i1), model.tvnet.config.lambda_)
+    l_c = F.cross_entropy(out["logits"], labels)
+    assert torch.allclose(classification_loss(out, labels), l_c + flow_lambda * l_f, rtol=1e-5)
+    assert model.describe()["flow_lambda"] == flow_lambda
+    assert "aux_loss" not in tiny(flow_lambda=0.0)({"rgb": x})
+
+
+def test_gradients_reach_tvnet_from_the_classifier_and_the_flow_loss():
+    for kw in ({"flow_lambda": 0.0}, {}):  # classification alone, then L_c + lambda L_f
+        model = tiny(**kw)
+        classification_loss(model({"rgb": clip()}), torch.tensor([1, 0])).backward()
+        for name in TVNET_PARAMS:
+            grad = getattr(model.tvnet, name).grad
+            assert grad is not None and grad.abs().sum() > 0, (kw, name)
+
+
+def test_tvnet_trains_in_its_own_reduced_learning_rate_group():
+    model = tiny(tvnet_lr_scale=0.25)
+    opt = build_optimizer(model, TrainConfig(store="s", model="tvnet", lr=0.02, weight_decay=1e-3))
+    tvnet_ids = {id(p) for p in model.tvnet.parameters()}
+    groups = [g for g in opt.param_groups if {id(p) for p in g["params"]} & tvnet_ids]
+    assert len(groups) == 1 and {id(p) for p in groups[0]["params"]} == tvnet_ids
+    assert groups[0]["lr"] == pytest.approx(0.005) and groups[0]["weight_decay"] == 0.0
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.02)    # the rate the trainer reports
+
+
+def test_frozen_tvnet_gets_no_gradient_no_flow_loss_and_no_optimiser_group():
+    model = tiny(freeze_tvnet=True)
+    out = model({"rgb": clip()})
+    assert "aux_loss" not in out
+    classification_loss(out, torch.tensor([1, 0])).backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.tvnet.parameters())
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    opt = build_optimizer(model, TrainConfig(store="s", model="tvnet"))
+    assert not {id(p) for g in opt.param_groups for p in g["params"]} & \
+        {id(p) for p in model.tvnet.parameters()}
+    assert model.describe()["freeze_tvnet"] and model.describe()["flow_lambda"] == 0.0
+
+
+def test_untrained_tvnet_inside_is_the_engine_network():
+    """Frozen and untrained, the flow the classifier sees is plain TVNet (= fixed-schedule TV-L1)
+    on the clip's luma pairs."""
+    model = tiny(freeze_tvnet=True)
+    x = clip()
+    flow, _ = model.motion({"rgb": x})
+    i0, i1 = model.tvnet_pairs(x)
+    expected = TVNet(scales=1, warps=1, iterations=3)(i0, i1)
+    assert torch.allclose(flow.reshape(-1, 2, 24, 24), expected, atol=1e-5)
+    assert flow[:, :, 0].mean() > 0.2                           # the texture moves right
+
+
+def test_store_flow_source_uses_the_batch_flow_in_pixels():
+    model = tiny(flow_source="store")
+    assert model.inputs == ("flow",) and model.tvnet is None and model.lr_scales() == {}
+    flow = torch.zeros(2, 2, 4, 24, 24)
+    flow[:, 0] = 0.25                                            # u = 0.25 * bound px
+    got, aux = model.motion({"flow": flow, "flow_bound": torch.tensor([20.0, 8.0])})
+    assert aux is None and got.shape == (2, 3, 2, 24, 24)
+    assert torch.allclose(got[0, :, 0], torch.full((3, 24, 24), 5.0))
+    assert torch.allclose(got[1, :, 0], torch.full((3, 24, 24), 2.0))
+    assert model({"flow": flow})["logits"].shape == (2, 3)
+
+
+def test_two_stream_late_fusion_weights():
+    model = tiny(rgb_stream=True, fusion=[1, 2])
+    assert model.inputs == ("rgb",) and len(model.backbones()) == 2
+    out = model({"rgb": clip()})
+    rgb, motion = out["stream_logits"]
+    expected = (rgb.softmax(1) + 2 * motion.softmax(1)) / 3
+    assert torch.allclose(out["logits"].softmax(1), expected, atol=1e-6)
+    assert torch.allclose(weighted_late_fusion([rgb, motion], [0, 1]).softmax(1), motion.softmax(1),
+                          atol=1e-6)
+    assert tiny(rgb_stream=True, flow_source="store").inputs == ("rgb", "flow")
+
+
+def test_errors_are_actionable():
+    with pytest.raises(FlowkitError, match="built for clips of 4 frames"):
+        tiny()({"rgb": clip(t=5)})
+    with pytest.raises(FlowkitError, match="at least 2 frames"):
+        tiny(frames=1)
+    with pytest.raises(FlowkitError, match="flow_source"):
+        tiny(flow_source="motionnet")
+    with pytest.raises(FlowkitError, match="fusion"):
+        tiny(rgb_stream=True, fusion=[1, 2, 3])
+    with pytest.raises(FlowkitError, match="needs rgb"):
+        tiny()({"flow": torch.zeros(2, 2, 4, 24, 24)})
