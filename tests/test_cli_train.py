@@ -185,8 +185,9 @@ def test_evaluate_and_train_flow_stop_on_sigterm(tiny_store, tmp_path):
             "p.stop_on_signals = armed\n"
             "from flowkit.cli import main\n"
             "sys.argv = ['flowkit'] + sys.argv[1:]; main()")
-    evaluate = subprocess.run([sys.executable, "-c", code, "evaluate", str(run), "--clips",
-                               "2000", "--crops", "3", "--batch-size", "1", "--device", "cpu"],
+    evaluate = subprocess.run([sys.executable, "-c", code, "evaluate", str(run), "--split", "all",
+                               "--clips", "5000", "--crops", "3", "--batch-size", "1", "--device",
+                               "cpu"],
                               capture_output=True, text=True, env=ENV, timeout=300)
     assert evaluate.returncode == 143, evaluate.stderr[-3000:]
     assert "terminated (SIGTERM)" in evaluate.stderr
