@@ -43,7 +43,8 @@ from .video import output_size
 # (and TV-L1 drops finished pairs), a GPU needs many pairs per launch to be busy.
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
 # Memory for the engine's batches, all worker processes together, unless --max-memory says
-# otherwise: 1080p TV-L1 then runs 7 pairs per call in one process (0.55 GB per pair).
+# otherwise: 1080p TV-L1 then runs 6 pairs per call in one process (about 0.5 GB per pair,
+# benchmarks/results/reliability.md).
 DEFAULT_MAX_MEMORY = 4 << 30
 
 
@@ -57,9 +58,9 @@ def usable_cores() -> int:
 
 def default_workers(device: str, videos: int) -> int:
     """Worker processes when ``workers`` is None: one per usable core on the CPU (each with one
-    torch thread; measured: a 2-thread process on a shared 2-core machine collapses to a tenth of
-    its speed, single-threaded workers do not), shared among torchrun's ranks on this node, at most
-    one per video; one on CUDA."""
+    torch thread: a process with a thread per core slows down far more when another process shares
+    the machine, benchmarks/results/reliability.md and distributed.md), shared among torchrun's
+    ranks on this node, at most one per video; one on CUDA."""
     if str(device).startswith("cuda"):
         return 1
     local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun's per node
