@@ -158,7 +158,7 @@ def _print_summary(console: Console, summary) -> None:
                    "the CPU (at most one per video), one on CUDA.")
 @click.option("--max-memory", default="4G", show_default=True, metavar="SIZE",
               help="Memory for the engine's batches, all workers together (e.g. 2G, 512M, none): "
-                   "large frames get fewer pairs per call. TV-L1 needs ~0.55 GB per 1080p pair.")
+                   "large frames get fewer pairs per call. TV-L1 needs ~0.5 GB per 1080p pair.")
 @click.option("--split-list", type=click.Path(exists=True, path_type=Path), default=None,
               help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a scan.")
 @click.option("--class-index", type=click.Path(exists=True, path_type=Path), default=None,

@@ -35,7 +35,7 @@ from ..errors import FlowkitError
 from ..files import atomic_write_json
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore
-from .pool import run_threads
+from .pool import failure_reason, run_threads
 
 OPTIONS_FILE = ".flowkit-export.json"
 LABEL_MAP = "label_map.txt"
@@ -220,9 +220,7 @@ def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
     except Stopped:
         raise
     except Exception as exc:  # one bad video never stops the run
-        reason = str(exc) if isinstance(exc, (FlowkitError, OSError)) else \
-            f"{type(exc).__name__}: {exc}"
-        return VideoExport(key, "failed", reason)
+        return VideoExport(key, "failed", failure_reason(exc))
 
 
 def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool, flow_name: str | None,

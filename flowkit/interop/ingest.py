@@ -38,7 +38,7 @@ from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
 from ..version import __version__
 from .export import LABEL_MAP
-from .pool import run_threads
+from .pool import failure_reason, run_threads
 
 CHUNK = 32  # frames read and written at a time
 
@@ -348,9 +348,7 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
     except Stopped:
         raise
     except Exception as exc:  # one bad video never stops the run
-        reason = str(exc) if isinstance(exc, (FlowkitError, OSError)) else \
-            f"{type(exc).__name__}: {exc}"
-        return VideoImport(source.key, where, "failed", reason)
+        return VideoImport(source.key, where, "failed", failure_reason(exc))
 
 
 def _first_frame(plan: _Plan, config: ImportConfig) -> np.ndarray:

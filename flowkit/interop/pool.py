@@ -15,6 +15,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def failure_reason(exc: BaseException) -> str:
+    """One line for a video that failed: a user-facing error's own message, else its type too."""
+    from ..errors import FlowkitError
+
+    return str(exc) if isinstance(exc, (FlowkitError, OSError)) else f"{type(exc).__name__}: {exc}"
+
+
 def run_threads(items: Iterable[T], work: Callable[[T], R], workers: int,
                 stop: StopFlag) -> Iterator[R]:
     """``work(item)`` for every item in ``workers`` threads; results in completion order.
