@@ -18,7 +18,7 @@ DEMO_FLOW = --no-compile
 DEMO_TOY_FLOW = --no-compile --param nscales=3 --param warps=2
 # Measured (README, "Two commands"): the steps take 160 CPU seconds with one thread per process,
 # which bounds their wall time on a quiet 2-core machine (each step has a core to itself).
-DEMO_MINUTES = 3
+DEMO_MINUTES = 1.5
 
 .PHONY: install demo demo-plan test bench gpu-check clean
 
