@@ -428,6 +428,6 @@ def test_make_demo_says_what_it_does_and_how_long_it_takes():
     r = subprocess.run(["make", "-n", "demo", "VENV=/nonexistent"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"about \d+ minutes? on a quiet 2-core machine", r.stdout), r.stdout
+    assert re.search(r"about \d+(\.\d+)? minutes? on a quiet 2-core machine", r.stdout), r.stdout
     plan = r.stdout.split("flowkit")[0]
     assert "videos" in plan and "train" in plan
