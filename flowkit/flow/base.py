@@ -65,7 +65,7 @@ class FlowEngine:
     #: The frozen dataclass of the engine's parameters.
     Params: ClassVar[type | None] = None
     #: Peak working memory per frame pair and pixel, in bytes, rounded up from the CPU
-    #: measurement at 1080x1920 (benchmarks/results/reliability.md; the cost volume's 2.8 GB per
+    #: measurement at 1080x1920 (benchmarks/results/reliability.md; the cost volume's 2.6 GB per
     #: pair is the default's source); extraction sizes its batches with it (:meth:`memory_per_pair`).
     bytes_per_pixel: ClassVar[int] = 1500
 

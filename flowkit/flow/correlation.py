@@ -101,14 +101,24 @@ def cost_volume(f0: torch.Tensor, f1: torch.Tensor, max_displacement: int | Sequ
     b = F.normalize(f1, dim=1, eps=_NORM_EPS)
     ph, pw = dh * dilation, dw * dilation
     b = F.pad(b, (pw, pw, ph, ph))
+    k = (2 * dh + 1) * (2 * dw + 1)
+    grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+    # Without autograd, one product buffer and the output are written in place: a fresh product per
+    # offset (81 of them) made the allocator keep 1.4 GB for one 256x340 pair (measured RSS).
+    out = None if grad else a.new_empty((a.shape[0], k, *a.shape[2:]))
+    product = None if grad else torch.empty_like(a)
     costs = []
     for iy in range(2 * dh + 1):
         y0 = iy * dilation
         for ix in range(2 * dw + 1):
             x0 = ix * dilation
             shifted = b[:, :, y0:y0 + h:stride, x0:x0 + w:stride]
-            costs.append((a * shifted).sum(1))
-    return torch.stack(costs, dim=1)
+            if grad:
+                costs.append((a * shifted).sum(1))
+            else:
+                torch.mul(a, shifted, out=product)
+                torch.sum(product, 1, out=out[:, iy * (2 * dw + 1) + ix])
+    return torch.stack(costs, dim=1) if grad else out
 
 
 def soft_argmax_displacement(cost: torch.Tensor, max_displacement: int | Sequence[int] = 4,
