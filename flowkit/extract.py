@@ -273,7 +273,7 @@ def _worker_run(item: VideoItem) -> tuple[list[VideoResult], StoreWriteError | N
                                     workers=2):
             results.append(result)
     except StoreWriteError as exc:
-        return results, StoreWriteError(str(exc), exc.errno)
+        return results, exc  # pickles by its message (errno is not needed past here)
     return results, None
 
 

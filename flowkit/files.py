@@ -90,17 +90,23 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
+def is_stale_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary of a dead process on this host (``<target>.<host>.<pid>.
+    <random>.tmp``, as :func:`atomic_write` and claims name theirs)."""
+    m = _TMP_RE.fullmatch(name)
+    return bool(m) and m["host"] == host_name() and not pid_alive(int(m["pid"]))
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporaries :func:`atomic_write` left in ``folder`` when its process died (a
     crash, a full disk); a live process's temporary, or one from another host, is left alone."""
-    removed, host = [], host_name()
+    removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
     for name in names:
-        m = _TMP_RE.fullmatch(name)
-        if m and m["host"] == host and not pid_alive(int(m["pid"])):
+        if is_stale_temporary(name):
             try:
                 os.unlink(os.path.join(folder, name))
                 removed.append(Path(folder, name))
@@ -129,4 +135,4 @@ def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
 
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "fsync_dir", "fsync_file",
-           "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "escape_name"]
+           "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "is_stale_temporary", "escape_name"]

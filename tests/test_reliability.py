@@ -166,7 +166,14 @@ def test_stale_manifest_temporary_is_removed(tmp_path):
     stale.write_bytes(b"")
     mine = tmp_path / "s" / f"store.json.{host_name()}.{os.getpid()}.xyz.tmp"
     mine.write_bytes(b"")
-    assert stale in store.remove_partials() and not stale.exists() and mine.exists()
+    claim = tmp_path / "s" / "videos" / "c" / "v.h5.tvl1.claim"
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps({"host": host_name(), "pid": int(dead), "since": "then"}))
+    link = claim.with_name(f"{claim.name}.{host_name()}.{dead}.link.tmp")
+    link.write_text("")
+    removed = store.remove_partials()
+    assert {stale, claim, link} <= set(removed) and mine.exists()
+    assert not stale.exists() and not claim.exists() and not link.exists()
 
 
 # ----------------------------------------------------------------------------- concurrent writers
@@ -288,6 +295,26 @@ def test_damaged_chunk_is_named_by_reads_deep_validate_and_train(tiny_store, tmp
         assert run.returncode == 2, run.stderr[-3000:]
         assert "Traceback" not in run.stderr
         assert lines[-1].startswith("error: ") and key in lines[-1] and f"--redo {key}" in lines[-1]
+
+
+def test_redo_keeps_only_what_still_decodes(tmp_path):
+    """--redo of one engine's flow: the old file's other datasets are kept where they decode,
+    a damaged one is dropped and named."""
+    store = FlowStore(tmp_path / "s", "a")
+    record = {"version": "1", "params": {}}
+    with _writer(store, "c/v") as w:
+        w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))
+        for name in ("tvl1", "costvolume", "tvnet"):
+            w.append_flow(name, np.ones((4, 2, 8, 8), np.float32), {"engine": name, **record})
+    _damage_flow_chunk(tmp_path / "s" / "videos" / "c" / "v.h5", name="flow/costvolume")
+    w = store.writer("c/v", source="c/v.mp4", fps=25.0, flow_codec="float16", rgb_codec="raw",
+                     redo=True)
+    with w:
+        w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))
+        w.append_flow("tvl1", np.full((4, 2, 8, 8), 3, np.float32), {"engine": "tvl1", **record})
+    assert [d.split(" ")[0] for d in w.dropped] == ["flow/costvolume"]
+    assert FlowStore(tmp_path / "s").flow_names("c/v") == ["tvl1", "tvnet"]
+    assert FlowStore(tmp_path / "s").validate(deep=True) == []
 
 
 @pytest.mark.slow

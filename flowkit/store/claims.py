@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..files import host_name, pid_alive
+from ..files import TMP_SUFFIX, host_name, pid_alive
 from .layout import CLAIM, COMMIT_LOCK, STALE_PARTIAL_SECONDS, now
 
 
@@ -76,7 +76,7 @@ def try_claim(videos: Path, final: Path, name: str,
     me = {"host": host_name(), "pid": os.getpid(), "since": now()}
     # Written whole, then linked into place: link() is atomic and fails if the claim exists, so
     # nobody ever reads a half-written claim (an empty file would look stale and be taken over).
-    tmp = path.with_name(f"{path.name}.{me['host']}.{me['pid']}.tmp")
+    tmp = path.with_name(f"{path.name}.{me['host']}.{me['pid']}.link{TMP_SUFFIX}")
     try:
         tmp.write_text(json.dumps(me), encoding="utf-8")
         for _ in range(3):
@@ -108,15 +108,11 @@ def release(final: Path, name: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def stale_claims(videos: Path, stale_after: float = STALE_PARTIAL_SECONDS) -> Iterator[Path]:
-    """Claims under ``videos`` whose process is gone (for :meth:`FlowStore.remove_partials`)."""
-    for dirpath, _, files in os.walk(videos):
-        for fname in files:
-            if fname.endswith(CLAIM):
-                path = Path(dirpath, fname)
-                holder = _holder(path)
-                if holder is not None and not _is_live(holder, path, stale_after):
-                    yield path
+def is_stale(path: Path, stale_after: float = STALE_PARTIAL_SECONDS) -> bool:
+    """Whether the claim ``path`` belongs to a process that is gone (for
+    :meth:`FlowStore.remove_partials`)."""
+    holder = _holder(path)
+    return holder is not None and not _is_live(holder, path, stale_after)
 
 
-__all__ = ["commit_lock", "claim_path", "try_claim", "release", "stale_claims", "describe"]
+__all__ = ["commit_lock", "claim_path", "try_claim", "release", "is_stale", "describe"]

@@ -99,6 +99,19 @@ def _bound_problems(name: str, codec: Codec, attrs: dict[str, Any]) -> list[str]
     return problems
 
 
+def decode_problem(ds: h5py.Dataset) -> str:
+    """The first frame of ``ds`` that cannot be read or decoded, as one line; "" when every frame
+    decodes (what a redone video keeps of its old file, :mod:`flowkit.store.writer`)."""
+    try:
+        codec = codec_of({k: py_value(v) for k, v in ds.attrs.items()},
+                         rgb=not ds.name.startswith("/flow/"))
+    except (StoreError, KeyError, ValueError) as e:
+        return f"{ds.name}: unknown or incomplete codec ({e})"
+    frame_shape = tuple(ds.attrs["frame_shape"]) if "frame_shape" in ds.attrs else tuple(ds.shape[1:])
+    problems = _decode_all(ds, codec, frame_shape)
+    return problems[0] if problems else ""
+
+
 def _decode_all(ds: h5py.Dataset, codec: Codec, frame_shape: tuple) -> list[str]:
     """Read and decode every frame (finds damaged chunks and undecodable frames)."""
     for i in range(ds.shape[0]):
@@ -113,4 +126,4 @@ def _decode_all(ds: h5py.Dataset, codec: Codec, frame_shape: tuple) -> list[str]
     return []
 
 
-__all__ = ["video_problems"]
+__all__ = ["video_problems", "decode_problem"]

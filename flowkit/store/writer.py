@@ -25,10 +25,10 @@ import numpy as np
 from ..errors import DamagedDataError, StoreError
 from ..files import fsync_dir, host_name
 from .claims import commit_lock
-from .codecs import GZIP_LEVEL, Codec, codec_of, encode_frames
+from .codecs import GZIP_LEVEL, Codec, encode_frames
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
 from .layout import PARTIAL, as_numpy, engine_record, open_read, py_value
-from .reading import read_frames
+from .validate import decode_problem
 
 # vlen datasets: frames per chunk of the pointer array (16 bytes a frame); the bytes live in the heap.
 VLEN_CHUNK = 64
@@ -256,7 +256,7 @@ class VideoWriter:
                 missing = []
             for name in missing:
                 if self.redo:
-                    problem = _decode_problem(src[name])
+                    problem = decode_problem(src[name])
                     if problem:
                         self.dropped.append(f"{name} ({problem})")
                         continue
@@ -292,17 +292,6 @@ class VideoWriter:
             self._io.close()
             self._io = None
         self.partial.unlink(missing_ok=True)
-
-
-def _decode_problem(ds: h5py.Dataset) -> str:
-    """Why a dataset of a suspect file does not decode (every frame), or ""."""
-    try:
-        codec = codec_of(ds.attrs, rgb=ds.name == "/rgb")
-        for start in range(0, ds.shape[0], 64):
-            read_frames(ds, codec, slice(start, start + 64), ds.file.attrs.get("key", "?"))
-    except (OSError, ValueError, KeyError, StoreError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return ""
 
 
 def _file_property_lists():
