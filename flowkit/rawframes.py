@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import jpeg
 from .errors import FlowkitError
 from .store.codecs import DEFAULT_BOUND, dequantize, quantize
 
@@ -91,11 +92,12 @@ def write_frames(folder: Path, first: int, rgb: np.ndarray | None = None,
                  flow: np.ndarray | None = None, *, bound: float = DEFAULT_BOUND,
                  quality: int = DEFAULT_QUALITY, start_index: int = DEFAULT_START_INDEX) -> None:
     """Write RGB frames ``(N, H, W, 3)`` and/or flow pairs ``(N, 2, H, W)`` into ``folder`` as
-    ``img_*`` / ``flow_x_*`` / ``flow_y_*`` JPEGs, numbered from ``start_index + first``."""
+    ``img_*`` / ``flow_x_*`` / ``flow_y_*`` JPEGs, numbered from ``start_index + first``. ``rgb``
+    may also be a list of JPEG files (``bytes``, e.g. a store's frames): written as they are."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(() if rgb is None else rgb):
-        (folder / frame_name(RGB_PREFIX, start_index + first + i)).write_bytes(
-            encode_jpeg(frame, quality))
+        data = frame if isinstance(frame, bytes) else encode_jpeg(frame, quality)
+        (folder / frame_name(RGB_PREFIX, start_index + first + i)).write_bytes(data)
     for i, pair in enumerate(() if flow is None else flow):
         index = start_index + first + i
         fx, fy = flow_to_images(pair, bound)
@@ -202,20 +204,46 @@ def _gap(indices: list[int]) -> str:
     return ""
 
 
-def read_image(path: Path, gray: bool = False) -> np.ndarray:
-    """An image file as RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8; :class:`RawframesError` if
-    it cannot be decoded."""
+def read_file(path: Path) -> bytes:
+    """The bytes of one image file; :class:`RawframesError` if it is missing, or a JPEG cut short
+    (no end-of-image marker: a copy or an extraction that stopped mid-file), which decoders would
+    complete with grey rows without a word."""
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise RawframesError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if blob[:2] == b"\xff\xd8" and not jpeg.is_complete(blob):
+        raise RawframesError(f"{path}: truncated JPEG (no end-of-image marker); extract the "
+                             "video's frames again")
+    return blob
+
+
+def decode_image(blob: bytes, path: Path, gray: bool = False) -> np.ndarray:
+    """An image file's bytes as RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8; :class:`RawframesError`
+    naming ``path`` if they cannot be decoded."""
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(blob, np.uint8),
+                         cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
     if image is None:
         raise RawframesError(f"{path}: cannot be decoded as an image (truncated or not a JPEG)")
     return image if gray else np.ascontiguousarray(image[..., ::-1])
 
 
+def read_image(path: Path, gray: bool = False) -> np.ndarray:
+    """An image file as RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 (:func:`read_file`,
+    :func:`decode_image`)."""
+    return decode_image(read_file(path), path, gray)
+
+
+def rgb_path(video: RawframeVideo, index: int) -> Path:
+    """The file of RGB image ``index`` of ``video``."""
+    return video.folder / frame_name(RGB_PREFIX, index)
+
+
 def read_rgb(video: RawframeVideo, indices: list[int]) -> np.ndarray:
     """Images ``indices`` of ``video``: ``(N, H, W, 3)`` uint8."""
-    return np.stack([read_image(video.folder / frame_name(RGB_PREFIX, i)) for i in indices])
+    return np.stack([read_image(rgb_path(video, i)) for i in indices])
 
 
 def read_flow(video: RawframeVideo, indices: list[int], bound: float = DEFAULT_BOUND) -> np.ndarray:
@@ -250,4 +278,5 @@ def find_videos(root: str | os.PathLike) -> list[str]:
 __all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "DEFAULT_START_INDEX", "DEFAULT_QUALITY",
            "RawframesError", "RawframeVideo", "frame_name", "quantization_error", "flow_to_images",
            "images_to_flow", "encode_jpeg", "write_frames", "scan_folder", "is_frame_file",
-           "read_image", "read_rgb", "read_flow", "find_videos"]
+           "read_file", "decode_image", "read_image", "rgb_path", "read_rgb", "read_flow",
+           "find_videos"]

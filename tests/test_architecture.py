@@ -18,7 +18,7 @@ LAYERS = [
     {"errors", "version", "conventions", "files", "progress", "registry", "checkpoints", "layers",
      "distributed"},
     {"video", "labels", "store", "cuda", "viz", "samples", "toy", "rawframes", "denseflow",
-     "annotations"},
+     "annotations", "jpeg"},
     {"flow", "data"},
     {"models"},
     {"feed", "extract", "shards", "bench", "train", "interop"},

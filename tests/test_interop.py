@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from flowkit import jpeg, rawframes
 from flowkit.errors import FlowkitError
 from flowkit.interop import ExportConfig, ImportConfig, export_rawframes, import_rawframes
 from flowkit.progress import Progress, StopFlag, Stopped
@@ -209,13 +210,52 @@ def test_round_trip_flow_differs_by_at_most_the_quantisation_error(exported, sou
         assert np.abs(got - flow)[inside].max() <= bound
         # beyond the bound the value is lost: it comes back as +-bound
         np.testing.assert_allclose(np.abs(got[~inside]), BOUND, atol=bound)
-        rgb_error = np.abs(back.read_rgb(key).astype(int) - src.read_rgb(key).astype(int))
-        assert rgb_error.mean() < 12  # JPEG of random pixels, re-coded twice
+        # RGB: export wrote the stored JPEGs, import stored them as they are: bit for bit
+        stored = src.read_rgb(key, decode=False)
+        assert [(exported / key / frame_name("img", t + 1)).read_bytes()
+                for t in range(FRAMES)] == stored
+        assert back.read_rgb(key, decode=False) == stored
+    assert summary.to_dict()["rgb_kept_as_is"] == 4 * FRAMES
     record = back.meta(back.keys()[0])["flows"]["tvl1"]
     assert (record["engine"], record["backend"]) == ("mmaction2-rawframes", "external")
     params = record["params"]
     assert params["source_format"] == "mmaction2-rawframes" and params["bound"] == BOUND
     assert params["quantization_error"] == pytest.approx(BOUND / 255)
+
+
+def test_export_at_another_quality_codes_rgb_again(source_store, tmp_path):
+    summary = export_rawframes(source_store, tmp_path / "raw", ExportConfig(quality=80, flow=False))
+    assert summary.to_dict()["rgb_kept_as_is"] == 0
+    key = "jump/jump_0"
+    blob = (tmp_path / "raw" / key / frame_name("img", 1)).read_bytes()
+    assert jpeg.unlike_libjpeg(blob, 80, SIZE) == ""  # a JPEG of the asked quality
+    assert blob != FlowStore(source_store).read_rgb(key, 0, decode=False)
+
+
+def test_import_keeps_jpegs_of_the_codecs_quality_recodes_others_fails_truncated(tmp_path):
+    rng = np.random.default_rng(11)
+    root = tmp_path / "raw"
+    for video in ("v0", "v1"):
+        folder = root / "wave" / video
+        rawframes.write_frames(folder, 0, rgb=rng.integers(0, 256, (4, *SIZE, 3), np.uint8),
+                               flow=rng.normal(0, 3, (3, 2, *SIZE)).astype(np.float32))
+    odd = root / "wave" / "v0" / frame_name("img", 3)  # one image at another quality
+    odd.write_bytes(rawframes.encode_jpeg(rawframes.read_image(odd), quality=80))
+    cut = root / "wave" / "v1" / frame_name("img", 2)
+    cut.write_bytes(cut.read_bytes()[:-200])  # a copy that stopped mid-file
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig())
+    v0, v1 = summary.results
+    assert v0.status == "done" and v0.kept_as_is == 3
+    assert v1.status == "failed" and "img_00002.jpg: truncated JPEG" in v1.reason
+    store = FlowStore(tmp_path / "s")
+    stored = store.read_rgb("wave/v0", decode=False)
+    files = [(root / "wave" / "v0" / frame_name("img", i)).read_bytes() for i in range(1, 5)]
+    assert [a == b for a, b in zip(stored, files)] == [True, True, False, True]
+    assert jpeg.unlike_libjpeg(stored[2], 95, SIZE) == ""  # coded again at the store's quality
+    recoded = np.abs(store.read_rgb("wave/v0", 2).astype(int) - rawframes.read_image(odd))
+    assert recoded.mean() < 6  # its pixels, through one more JPEG generation at q95
+    assert store.validate(deep=True) == []
+    assert store.rgb_codec("wave/v0").quality == 95
 
 
 def test_import_uint8_codec_keeps_the_jpeg_levels(exported, tmp_path):
@@ -310,6 +350,7 @@ def test_cli_export_import_and_train_unchanged(source_store, tmp_path):
     out = flowkit("import", "rawframes", tmp_path / "raw", "-o", tmp_path / "s", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["done"] == 4
+    assert f"{4 * FRAMES} of {4 * FRAMES} RGB JPEGs stored byte for byte" in out.stderr
     out = flowkit("train", tmp_path / "s", "--model", "resnet2d", "--model-arg", "modality=flow",
                   "--model-arg", "width=4", "--model-arg", "layers=[1,1,1,1]", "-o",
                   tmp_path / "run", "--frames", "2", "--size", "16", "--batch-size", "2",

@@ -65,7 +65,8 @@ def _finish(console: Console, d: dict, what: str, as_json: bool) -> None:
 @click.option("--bound", default=20.0, show_default=True,
               help="Flow range in pixels: v > B -> 255, v < -B -> 0 (denseflow's quantiser).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100),
-              help="JPEG quality of frames and flow images.")
+              help="JPEG quality of frames and flow images (stored JPEG frames of this quality "
+                   "are written as they are).")
 @click.option("--start-index", default=1, show_default=True, type=click.Choice(["0", "1"]),
               help="Number of the first file: 1 (mmaction2's start_index) or 0 (denseflow).")
 @click.option("--rgb/--no-rgb", default=True, show_default=True, help="Write img_*.jpg.")
@@ -130,7 +131,8 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
               help="How flow is stored (as in flowkit extract); uint8:BOUND keeps 8-bit levels "
                    "exactly.")
 @click.option("--rgb-codec", default="jpeg:95", show_default=True, metavar="SPEC",
-              help="How RGB frames are stored: jpeg:QUALITY or raw.")
+              help="How RGB frames are stored: jpeg:QUALITY (JPEGs of that quality are kept "
+                   "byte for byte) or raw.")
 @click.option("--rgb/--no-rgb", default=True, show_default=True, help="Import img_*.jpg.")
 @click.option("--flow/--no-flow", default=True, show_default=True,
               help="Import flow (images or denseflow HDF5).")
@@ -159,4 +161,10 @@ def import_rawframes_command(rawframes_dir, store, annotations, label_map, bound
         result = import_rawframes(rawframes_dir, store, config, progress=progress, stop=stop)
     for line in result.labels:
         console.print(f"  labels: {line}", highlight=False, soft_wrap=True)
-    _finish(console, result.to_dict(), str(store), as_json)
+    d = result.to_dict()
+    if rgb and d["frames"]:
+        kept = d["rgb_kept_as_is"]
+        d["notes"].append(f"{kept} of {d['frames']} RGB JPEGs stored byte for byte" + (
+            f"; the others were decoded and stored as {rgb_codec} (another quality or size, "
+            "Exif data, or not a colour JPEG)" if kept < d["frames"] else ""))
+    _finish(console, d, str(store), as_json)

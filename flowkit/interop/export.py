@@ -35,6 +35,7 @@ from ..errors import FlowkitError
 from ..files import atomic_write_json
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore
+from ..store.codecs import Jpeg
 from .pool import failure_reason, run_threads
 
 OPTIONS_FILE = ".flowkit-export.json"
@@ -91,6 +92,7 @@ class VideoExport:
     pairs: int = 0
     clipped: int = 0  # flow values beyond the bound, written as 0 or 255
     values: int = 0   # flow values written
+    kept_as_is: int = 0  # RGB frames written as the store's JPEG bytes
 
 
 @dataclass
@@ -113,6 +115,7 @@ class ExportSummary:
                 "failed": self.count("failed"), "lists": self.lists,
                 "clipped_values": clipped,
                 "clipped_fraction": clipped / values if values else 0.0,
+                "rgb_kept_as_is": sum(r.kept_as_is for r in self.results),
                 "unlabelled": self.unlabelled, "notes": self.notes,
                 "videos": [asdict(r) for r in self.results]}
 
@@ -230,11 +233,15 @@ def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool, flo
     write = dict(bound=config.bound, quality=config.quality, start_index=config.start_index)
     try:
         partial.mkdir(parents=True)
+        # JPEG frames of the asked quality are written as stored: no second JPEG generation.
+        codec = store.rgb_codec(key) if rgb else None
+        as_is = isinstance(codec, Jpeg) and codec.quality == config.quality
         for first in range(0, n, CHUNK) if rgb else ():
             stop.check()
-            frames = store.read_rgb(key, slice(first, first + CHUNK))
+            frames = store.read_rgb(key, slice(first, first + CHUNK), decode=not as_is)
             rawframes.write_frames(partial, first, rgb=frames, **write)
             result.frames += len(frames)
+            result.kept_as_is += len(frames) if as_is else 0
         for first in range(0, n - 1, CHUNK) if flow_name else ():
             stop.check()
             flow = store.read_flow(key, flow_name, slice(first, first + CHUNK))

@@ -13,6 +13,12 @@ the folder layout ``DIR/<class>/<video>``. Class names and ids come from ``label
 ``DIR/label_map.txt`` when there is one (``flowkit export rawframes`` writes it), so a round trip
 keeps the store's label ids.
 
+RGB frames: a JPEG the store's ``jpeg`` codec would have written alike (libjpeg's quantisation
+tables of its quality, the video's size, three components, no Exif; :mod:`flowkit.jpeg`) is stored
+byte for byte, with no decode and no second JPEG generation: mmaction2 / denseflow rawframes are
+OpenCV JPEGs of quality 95, the default codec's. Other images are decoded and coded again. A JPEG
+cut short (no end-of-image marker) fails its video instead of being completed with grey rows.
+
 Flow is written with the chosen store codec (default ``jpegls``, 0.1 px) under ``flow/<flow_name>``
 (default ``tvl1``, what ``flowkit train`` reads); its engine record says where it came from:
 ``engine`` ``mmaction2-rawframes`` or ``denseflow-hdf5``, ``engine_version`` the importing
@@ -22,6 +28,7 @@ like ``flowkit extract``: videos already in the store with that flow are skipped
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -93,6 +100,7 @@ class VideoImport:
     reason: str = ""
     frames: int = 0
     pairs: int = 0
+    kept_as_is: int = 0  # RGB JPEGs stored byte for byte
 
 
 @dataclass
@@ -113,6 +121,7 @@ class ImportSummary:
                 "done": self.count("done"), "skipped": self.count("skipped"),
                 "failed": self.count("failed"),
                 "frames": sum(r.frames for r in self.results if r.status == "done"),
+                "rgb_kept_as_is": sum(r.kept_as_is for r in self.results if r.status == "done"),
                 "labels": self.labels, "unmatched_rows": self.unmatched,
                 "unlabelled_videos": self.unlabelled, "notes": self.notes,
                 "videos": [asdict(r) for r in self.results]}
@@ -336,9 +345,8 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
                           rgb_codec=config.rgb_codec) as w:
             for i in range(0, len(plan.frames), CHUNK):
                 stop.check()
-                rgb = rawframes.read_rgb(plan.video, plan.frames[i:i + CHUNK])
-                w.append_rgb(rgb)
-                result.frames += len(rgb)
+                result.kept_as_is += _append_rgb(w, plan.video, plan.frames[i:i + CHUNK])
+                result.frames += len(plan.frames[i:i + CHUNK])
             for i in range(0, len(plan.pairs), CHUNK):
                 stop.check()
                 w.append_flow(config.flow_name, _flow(plan, plan.pairs[i:i + CHUNK], config),
@@ -349,6 +357,23 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
         raise
     except Exception as exc:  # one bad video never stops the run
         return VideoImport(source.key, where, "failed", failure_reason(exc))
+
+
+def _append_rgb(w, video: rawframes.RawframeVideo, indices: list[int]) -> int:
+    """Append images ``indices``: each JPEG the store's codec would have written alike (quality
+    tables, size; :meth:`VideoWriter.rgb_unlike_codec`) byte for byte, the others decoded and
+    coded again, in order. Returns how many were kept as they are."""
+    kept = 0
+    files = [(i, rawframes.read_file(rawframes.rgb_path(video, i))) for i in indices]
+    for as_is, run in itertools.groupby(files, key=lambda f: not w.rgb_unlike_codec(f[1])):
+        run = list(run)
+        if as_is:
+            w.append_rgb_encoded([blob for _, blob in run])
+            kept += len(run)
+        else:
+            w.append_rgb(np.stack([rawframes.decode_image(blob, rawframes.rgb_path(video, i))
+                                   for i, blob in run]))
+    return kept
 
 
 def _first_frame(plan: _Plan, config: ImportConfig) -> np.ndarray:

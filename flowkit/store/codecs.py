@@ -133,19 +133,29 @@ class JpegLS(Codec):
     def encode(self, frame):
         import imagecodecs
 
-        f = np.asarray(frame, dtype=np.float64)
-        q = np.rint(f / self.step)
-        # The span starts at the frame's median minus half the range: a few wild values are the
-        # ones clipped, never the bulk of the frame.
-        q_min = int(np.clip(np.median(q) - _Q_SPAN // 2, -2**31, 2**31 - 1 - _Q_SPAN)) \
-            if q.max() - q.min() > _Q_SPAN else int(q.min())
-        inside = (q >= q_min) & (q <= q_min + _Q_SPAN)
-        sample = np.clip(q - q_min, 0, _Q_SPAN).astype(np.uint16).reshape(-1, f.shape[-1])
+        f = np.asarray(frame)
+        q = np.divide(f, self.step, dtype=np.float64)  # float64: the bound holds for any value
+        np.rint(q, out=q)
+        lo, hi = float(q.min()), float(q.max())
+        inside = None  # every value fits the span: the common case, no masks
+        if hi - lo <= _Q_SPAN:
+            q_min = int(lo)
+        else:
+            # The span starts at the frame's median minus half the range: a few wild values are
+            # the ones clipped, never the bulk of the frame.
+            q_min = int(np.clip(np.median(q) - _Q_SPAN // 2, -2**31, 2**31 - 1 - _Q_SPAN))
+            inside = (q >= q_min) & (q <= q_min + _Q_SPAN)
+        q -= q_min
+        if inside is not None:
+            np.clip(q, 0, _Q_SPAN, out=q)
+        sample = q.astype(np.uint16).reshape(-1, f.shape[-1])
         blob = q_min.to_bytes(4, "little", signed=True) + imagecodecs.jpegls_encode(
-            np.ascontiguousarray(sample), level=self.near)
-        decoded = self.decode(blob)
-        error = float(np.abs(decoded[inside] - f[inside]).max()) if inside.any() else 0.0
-        return blob, {"error": error, "clipped": int(q.size - np.count_nonzero(inside))}
+            sample, level=self.near)
+        error = np.abs(np.subtract(self.decode(blob), f, dtype=np.float64))
+        if inside is not None:
+            error = error[inside]
+        clipped = 0 if inside is None else int(q.size - np.count_nonzero(inside))
+        return blob, {"error": float(error.max()) if error.size else 0.0, "clipped": clipped}
 
     def decode(self, blob):
         import imagecodecs

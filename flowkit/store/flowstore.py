@@ -285,18 +285,31 @@ class FlowStore:
         """Flow pairs of ``key``: float32 ``(N, 2, H, W)`` in pixels (``(2, H, W)`` for an int index).
 
         ``index`` is an int, a slice, or a list/array of ints (any order, repeats allowed). With
-        ``dequantize=False`` an array codec's stored values come back as stored (float16, uint8).
+        ``dequantize=False`` an array codec's stored values come back as stored (float16, uint8);
+        ``jpegls`` frames are always decoded.
         """
         ds = self._flow_dataset(key, name)
-        return read_frames(ds, self._codec(key, ds), index, key, decode=dequantize)
+        codec = self._codec(key, ds)
+        return read_frames(ds, codec, index, key, decode=dequantize or codec.storage == "encoded")
 
-    def read_rgb(self, key: str, index: Any = slice(None)) -> np.ndarray:
-        """RGB frames of ``key``: uint8 ``(N, H, W, 3)`` (``(H, W, 3)`` for an int index)."""
+    def read_rgb(self, key: str, index: Any = slice(None), decode: bool = True):
+        """RGB frames of ``key``: uint8 ``(N, H, W, 3)`` (``(H, W, 3)`` for an int index).
+
+        ``decode=False`` returns the frames as stored: for the ``jpeg`` codec a list of JPEG files
+        (``bytes``; one ``bytes`` for an int index), what :meth:`rgb_codec` decodes."""
+        ds = self._rgb_dataset(key)
+        return read_frames(ds, self._codec(key, ds, rgb=True), index, key, decode=decode)
+
+    def rgb_codec(self, key: str) -> Codec:
+        """The codec of ``key``'s RGB frames (its ``quality`` for ``jpeg``)."""
+        ds = self._rgb_dataset(key)
+        return self._codec(key, ds, rgb=True)
+
+    def _rgb_dataset(self, key: str) -> h5py.Dataset:
         f = self._file(key)
         if "rgb" not in f:
             raise StoreError(f"video {key!r} has no rgb frames (extracted without --rgb)")
-        ds = f["rgb"]
-        return read_frames(ds, self._codec(key, ds, rgb=True), index, key)
+        return f["rgb"]
 
     def _codec(self, key: str, ds: h5py.Dataset, rgb: bool = False) -> Codec:
         known = self._codecs.setdefault(key, {})

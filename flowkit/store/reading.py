@@ -15,7 +15,8 @@ from .codecs import Codec
 def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
                 decode: bool = True) -> np.ndarray:
     """Frames ``index`` (an int, a slice or a list of ints, any order, repeats allowed) of a
-    dataset written with ``codec``, decoded (``decode=False``: an array codec's stored values).
+    dataset written with ``codec``, decoded (``decode=False``: an array codec's stored values, an
+    encoded codec's byte strings: a list of ``bytes``, one ``bytes`` for an int index).
 
     A frame that cannot be read or decoded (a damaged chunk) raises
     :class:`~flowkit.errors.DamagedDataError` naming the file, the dataset, the frames and the fix."""
@@ -39,6 +40,8 @@ def _describe_index(index: Any) -> str:
 
 def _read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str, decode: bool) -> np.ndarray:
     data = _take(ds, index, key)
+    if codec.storage == "encoded" and not decode:
+        return data.tobytes() if isinstance(index, (int, np.integer)) else [b.tobytes() for b in data]
     if codec.storage == "encoded":
         if isinstance(index, (int, np.integer)):
             return codec.decode(data)

@@ -17,15 +17,16 @@ import os
 import posixpath
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
 
+from .. import jpeg
 from ..errors import DamagedDataError, StoreError
 from ..files import fsync_dir, host_name
 from .claims import commit_lock
-from .codecs import GZIP_LEVEL, Codec, encode_frames
+from .codecs import GZIP_LEVEL, Codec, Jpeg, encode_frames
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
 from .layout import PARTIAL, as_numpy, engine_record, open_read, py_value
 from .validate import decode_problem
@@ -116,6 +117,31 @@ class VideoWriter:
                              f"{frames.dtype} {frames.shape}")
         self._append("rgb", self.rgb_codec, frames, frames.shape[1:3], attrs={})
 
+    def rgb_unlike_codec(self, blob: bytes) -> str:
+        """Why the JPEG file ``blob`` cannot be stored as it is (:meth:`append_rgb_encoded`); ``""``
+        when it can: the store codes RGB as ``jpeg`` and ``blob`` is a complete colour JPEG with the
+        quantisation tables of the codec's quality, of this video's size, without Exif data
+        (:func:`flowkit.jpeg.unlike_libjpeg`)."""
+        return _unlike_codec(self.rgb_codec, blob, self._size)
+
+    def append_rgb_encoded(self, blobs: Sequence[bytes]) -> None:
+        """Append RGB frames given as JPEG files, stored byte for byte: no decode, no second JPEG
+        generation. Each must pass :meth:`rgb_unlike_codec` (else :class:`StoreError`); decode
+        and :meth:`append_rgb` the others."""
+        blobs = [bytes(b) for b in blobs]
+        size = self._size
+        for i, blob in enumerate(blobs):
+            reason = _unlike_codec(self.rgb_codec, blob, size)
+            if reason:
+                raise StoreError(f"video {self.key!r}: RGB frame {i} of this batch cannot be "
+                                 f"stored as it is: {reason}")
+            if size is None:
+                header = jpeg.read_header(blob)
+                size = (header.height, header.width)
+        if blobs:
+            self._store("rgb", self.rgb_codec, [(b, {"error": 0.0, "clipped": 0}) for b in blobs],
+                        (*size, 3), size, attrs={})
+
     def append_flow(self, name: str, flow: Any, engine: dict | None = None) -> None:
         """Append flow ``(N, 2, H, W)`` (numpy or torch, float, pixels) to ``flow/<name>``.
 
@@ -158,6 +184,16 @@ class VideoWriter:
 
     def _append(self, path: str, codec: Codec, frames: np.ndarray, size: tuple[int, int],
                 attrs: dict[str, Any]) -> None:
+        self._require_file()
+        try:
+            encoded = encode_frames(codec, list(frames), self._threads)
+        except StoreError as exc:
+            raise StoreError(f"video {self.key!r}: {path}: {exc}") from None
+        self._store(path, codec, encoded, frames.shape[1:], size, attrs)
+
+    def _store(self, path: str, codec: Codec, encoded: list[tuple[bytes, dict[str, float]]],
+               frame_shape: tuple[int, ...], size: tuple[int, int], attrs: dict[str, Any]) -> None:
+        """Write encoded frames (:meth:`Codec.encode`'s results) at the end of ``path``."""
         f = self._require_file()
         size = (int(size[0]), int(size[1]))
         if self._size is None:
@@ -165,13 +201,9 @@ class VideoWriter:
         elif size != self._size:
             raise StoreError(f"video {self.key!r}: {path} batch is {size[0]}x{size[1]} but this "
                              f"video is stored at {self._size[0]}x{self._size[1]}")
-        try:
-            encoded = encode_frames(codec, list(frames), self._threads)
-        except StoreError as exc:
-            raise StoreError(f"video {self.key!r}: {path}: {exc}") from None
         if path not in f:
-            ds = _create(f, path, codec, frames.shape[1:])
-            ds.attrs.update({**attrs, **codec.attrs(), "frame_shape": list(frames.shape[1:]),
+            ds = _create(f, path, codec, frame_shape)
+            ds.attrs.update({**attrs, **codec.attrs(), "frame_shape": list(frame_shape),
                              "encoded_bytes": 0, "max_error_seen": 0.0, "clipped_values": 0})
         ds = f[path]
         ds.attrs.update(attrs)
@@ -292,6 +324,12 @@ class VideoWriter:
             self._io.close()
             self._io = None
         self.partial.unlink(missing_ok=True)
+
+
+def _unlike_codec(codec: Codec, blob: bytes, size: tuple[int, int] | None) -> str:
+    if not isinstance(codec, Jpeg):
+        return f"the store codes RGB frames as {codec.describe()}"
+    return jpeg.unlike_libjpeg(blob, codec.quality, size)
 
 
 def _file_property_lists():
