@@ -42,18 +42,19 @@ DEFAULT_QUALITY = 95  # mmaction2 / denseflow write OpenCV's default JPEG qualit
 DIGITS = 5
 
 _NAME_RE = re.compile(r"(?P<kind>img|flow_x|flow_y)(?:_(?P<dir>[pm])(?P<step>\d+))?_(?P<index>\d+)"
-                      r"\.(?:jpg|jpeg|png)")
+                      r"\.(?P<ext>jpg|jpeg|png)")
 
 
 class RawframesError(FlowkitError):
     """A rawframes folder is incomplete or inconsistent; the message names the folder and cause."""
 
 
-def frame_name(kind: str, index: int, step: int = 1) -> str:
+def frame_name(kind: str, index: int, step: int = 1, ext: str = "jpg") -> str:
     """The file name of frame ``index`` of ``kind`` (``"img"``, ``"flow_x"``, ``"flow_y"``):
-    ``img_00001.jpg``, ``flow_x_00000.jpg``, ``flow_x_p2_00000.jpg`` (denseflow's step variant)."""
+    ``img_00001.jpg``, ``flow_x_00000.jpg``, ``flow_x_p2_00000.jpg`` (denseflow's step variant),
+    ``flow_x_00000.png`` (``ext``: denseflow writes PNG too)."""
     tag = f"_p{step}" if step > 1 and kind != RGB_PREFIX else ""
-    return f"{kind}{tag}_{index:0{DIGITS}d}.jpg"
+    return f"{kind}{tag}_{index:0{DIGITS}d}.{ext}"
 
 
 def quantization_error(bound: float) -> float:
@@ -113,15 +114,27 @@ class RawframeVideo:
 
     ``rgb``: the image indices, sorted; ``flow``: the flow indices of the chosen step, sorted
     (x and y agree, else it is a problem); ``flow_step``: s of ``flow_x_p<s>_*`` (1 for plain
-    names); ``problems``: why the folder cannot be imported as it is (empty: it can).
+    names); ``rgb_ext`` / ``flow_ext``: the files' extension (``jpg``, ``jpeg`` or ``png``);
+    ``problems``: why the folder cannot be imported as it is (empty: it can).
     """
 
     folder: Path
     rgb: list[int] = field(default_factory=list)
     flow: list[int] = field(default_factory=list)
     flow_step: int = 1
+    rgb_ext: str = "jpg"
+    flow_ext: str = "jpg"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def rgb_file(self, index: int) -> Path:
+        """The file of image ``index``."""
+        return self.folder / frame_name(RGB_PREFIX, index, ext=self.rgb_ext)
+
+    def flow_files(self, index: int) -> tuple[Path, Path]:
+        """The ``flow_x`` and ``flow_y`` files of flow pair ``index``."""
+        return tuple(self.folder / frame_name(kind, index, self.flow_step, self.flow_ext)
+                     for kind in (FLOW_X_PREFIX, FLOW_Y_PREFIX))
 
     @property
     def rgb_start(self) -> int:
@@ -136,10 +149,10 @@ class RawframeVideo:
         from 0"``."""
         parts = []
         if self.rgb:
-            parts.append(f"img_{{:05d}}.jpg from {self.rgb_start}")
+            parts.append(f"img_{{:05d}}.{self.rgb_ext} from {self.rgb_start}")
         if self.flow:
             tag = f"_p{self.flow_step}" if self.flow_step > 1 else ""
-            parts.append(f"flow_{{x,y}}{tag}_{{:05d}}.jpg from {self.flow_start}")
+            parts.append(f"flow_{{x,y}}{tag}_{{:05d}}.{self.flow_ext} from {self.flow_start}")
         return ", ".join(parts)
 
 
@@ -154,12 +167,19 @@ def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
     stops an import is in ``problems``; nothing is padded or dropped silently."""
     folder = Path(folder)
     found: dict[tuple[str, str, int], list[int]] = {}
+    exts: dict[str, set[str]] = {}  # "img" / "flow" -> the extensions seen
     for entry in os.scandir(folder):
         m = _NAME_RE.fullmatch(entry.name)
         if m and entry.is_file():
             key = (m["kind"], m["dir"] or "p", int(m["step"] or 1))
             found.setdefault(key, []).append(int(m["index"]))
+            exts.setdefault("img" if m["kind"] == RGB_PREFIX else "flow", set()).add(m["ext"])
     video = RawframeVideo(folder)
+    for kind, seen in exts.items():
+        if len(seen) > 1:
+            video.problems.append(f"{kind} files in several formats ({', '.join(sorted(seen))}); "
+                                  "keep one")
+        setattr(video, "rgb_ext" if kind == "img" else "flow_ext", min(seen))
     video.rgb = sorted(found.pop(("img", "p", 1), []))
     backward = sorted({s for _, d, s in found if d == "m"})
     if backward:
@@ -236,21 +256,15 @@ def read_image(path: Path, gray: bool = False) -> np.ndarray:
     return decode_image(read_file(path), path, gray)
 
 
-def rgb_path(video: RawframeVideo, index: int) -> Path:
-    """The file of RGB image ``index`` of ``video``."""
-    return video.folder / frame_name(RGB_PREFIX, index)
-
-
 def read_rgb(video: RawframeVideo, indices: list[int]) -> np.ndarray:
     """Images ``indices`` of ``video``: ``(N, H, W, 3)`` uint8."""
-    return np.stack([read_image(rgb_path(video, i)) for i in indices])
+    return np.stack([read_image(video.rgb_file(i)) for i in indices])
 
 
 def read_flow(video: RawframeVideo, indices: list[int], bound: float = DEFAULT_BOUND) -> np.ndarray:
     """Flow pairs ``indices`` of ``video``, dequantised with ``bound``: ``(N, 2, H, W)`` float32."""
     def pair(i: int) -> np.ndarray:
-        fx = read_image(video.folder / frame_name(FLOW_X_PREFIX, i, video.flow_step), gray=True)
-        fy = read_image(video.folder / frame_name(FLOW_Y_PREFIX, i, video.flow_step), gray=True)
+        fx, fy = (read_image(path, gray=True) for path in video.flow_files(i))
         if fx.shape != fy.shape:
             raise RawframesError(f"{video.folder}: flow pair {i} has flow_x {fx.shape} but "
                                  f"flow_y {fy.shape}")
@@ -278,5 +292,5 @@ def find_videos(root: str | os.PathLike) -> list[str]:
 __all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "DEFAULT_START_INDEX", "DEFAULT_QUALITY",
            "RawframesError", "RawframeVideo", "frame_name", "quantization_error", "flow_to_images",
            "images_to_flow", "encode_jpeg", "write_frames", "scan_folder", "is_frame_file",
-           "read_file", "decode_image", "read_image", "rgb_path", "read_rgb", "read_flow",
+           "read_file", "decode_image", "read_image", "read_rgb", "read_flow",
            "find_videos"]

@@ -258,6 +258,31 @@ def test_import_keeps_jpegs_of_the_codecs_quality_recodes_others_fails_truncated
     assert store.rgb_codec("wave/v0").quality == 95
 
 
+def test_import_png_rawframes_keeps_the_exact_levels(tmp_path):
+    """denseflow can write PNG: lossless 8-bit flow levels, images coded as JPEG by the store."""
+    rng = np.random.default_rng(13)
+    folder = tmp_path / "raw" / "wave" / "v0"
+    folder.mkdir(parents=True)
+    images = rng.integers(0, 256, (3, *SIZE, 3), np.uint8)
+    levels = rng.integers(0, 256, (2, 2, *SIZE), np.uint8)
+    for i in range(3):
+        cv2.imwrite(str(folder / frame_name("img", i, ext="png")), images[i][..., ::-1])
+    for i in range(2):
+        for c, kind in enumerate(("flow_x", "flow_y")):
+            cv2.imwrite(str(folder / frame_name(kind, i, ext="png")), levels[i, c])
+    summary = import_rawframes(tmp_path / "raw", tmp_path / "s", ImportConfig(
+        flow_codec="uint8:20", rgb_codec="raw"))
+    assert summary.count("done") == 1 and summary.results[0].kept_as_is == 0
+    store = FlowStore(tmp_path / "s")
+    np.testing.assert_array_equal(store.read_flow("wave/v0", "tvl1", dequantize=False), levels)
+    np.testing.assert_array_equal(store.read_rgb("wave/v0"), images)  # PNG and raw: lossless
+    params = store.meta("wave/v0")["flows"]["tvl1"]["params"]
+    assert params["image_format"] == "png" and ".png from 0" in params["naming"]
+    cv2.imwrite(str(folder / frame_name("img", 3)), images[0])  # a JPEG among the PNGs
+    mixed = import_rawframes(tmp_path / "raw", tmp_path / "s2", ImportConfig())
+    assert "img files in several formats (jpg, png)" in mixed.results[0].reason
+
+
 def test_import_uint8_codec_keeps_the_jpeg_levels(exported, tmp_path):
     back = FlowStore(_import(exported, tmp_path / "s", flow_codec="uint8:20"))
     key = "jump/jump_0"

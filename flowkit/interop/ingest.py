@@ -1,8 +1,9 @@
 """Rawframes and denseflow HDF5 -> store: the run behind ``flowkit import rawframes DIR -o STORE``.
 
 A video under ``DIR`` is a rawframes folder ``DIR/<key>/`` (:mod:`flowkit.rawframes`: 1- or
-0-based names, ``flow_x_p<s>_*`` step variants) and/or a denseflow HDF5 file ``DIR/<key>.h5``
-(:mod:`flowkit.denseflow`; its float flow is taken over the folder's 8-bit flow). Each video is
+0-based names, ``flow_x_p<s>_*`` step variants, JPEG or PNG files) and/or a denseflow HDF5 file
+``DIR/<key>.h5`` (:mod:`flowkit.denseflow`; its float flow is taken over the folder's 8-bit flow).
+Each video is
 checked before anything is written: numbering without gaps, as many ``flow_x`` as ``flow_y``,
 n - s flow pairs for n frames, and the frame count an annotation list gives; a video that fails a
 check is one failed line of the summary, never padded or trimmed.
@@ -23,7 +24,8 @@ Flow is written with the chosen store codec (default ``jpegls``, 0.1 px) under `
 (default ``tvl1``, what ``flowkit train`` reads); its engine record says where it came from:
 ``engine`` ``mmaction2-rawframes`` or ``denseflow-hdf5``, ``engine_version`` the importing
 flowkit's, ``backend`` ``external``, ``params`` with ``source_format``, ``bound``,
-``quantization_error``, ``naming`` and ``step``. Resumable
+``quantization_error``, ``image_format`` (``jpeg``: the 8-bit levels carry JPEG's error too;
+``png``, denseflow's lossless option: the levels are exact), ``naming`` and ``step``. Resumable
 like ``flowkit extract``: videos already in the store with that flow are skipped.
 """
 from __future__ import annotations
@@ -320,7 +322,8 @@ def plan_video(source: Source, config: ImportConfig) -> _Plan:
         else:
             params = {"source_format": "mmaction2-rawframes", "bound": float(config.bound),
                       "quantization_error": rawframes.quantization_error(config.bound),
-                      "jpeg": True, "naming": video.naming(), "step": step}
+                      "image_format": "png" if video.flow_ext == "png" else "jpeg",
+                      "naming": video.naming(), "step": step}
         # The engine record says where the flow came from: the format read (as the engine), the
         # flowkit that read it (as its version), and "external" numerics.
         record = {"engine": params["source_format"], "version": __version__, "params": params,
@@ -364,14 +367,14 @@ def _append_rgb(w, video: rawframes.RawframeVideo, indices: list[int]) -> int:
     tables, size; :meth:`VideoWriter.rgb_unlike_codec`) byte for byte, the others decoded and
     coded again, in order. Returns how many were kept as they are."""
     kept = 0
-    files = [(i, rawframes.read_file(rawframes.rgb_path(video, i))) for i in indices]
+    files = [(i, rawframes.read_file(video.rgb_file(i))) for i in indices]
     for as_is, run in itertools.groupby(files, key=lambda f: not w.rgb_unlike_codec(f[1])):
         run = list(run)
         if as_is:
             w.append_rgb_encoded([blob for _, blob in run])
             kept += len(run)
         else:
-            w.append_rgb(np.stack([rawframes.decode_image(blob, rawframes.rgb_path(video, i))
+            w.append_rgb(np.stack([rawframes.decode_image(blob, video.rgb_file(i))
                                    for i, blob in run]))
     return kept
 
