@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -230,6 +231,51 @@ def test_claims_live_holder_and_stale_takeover(tmp_path):
     store.release("c/v", "tvl1")
     store.release("c/v", "costvolume")
     assert leftovers(tmp_path / "s") == []
+
+
+def test_claims_of_another_host_live_by_heartbeat_stale_after_ten_minutes(tmp_path):
+    """A claim from another host is live while its holder's heartbeat touches it; untouched for
+    STALE_CLAIM_SECONDS (the holder or its host died) it is taken over, and removed as a leftover."""
+    from flowkit.store.layout import STALE_CLAIM_SECONDS
+
+    store = FlowStore(tmp_path / "s", "a")
+    foreign = tmp_path / "s" / "videos" / "c" / "v.h5.tvl1.claim"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": "then"}))
+    assert "pid 4242 on node-17" in store.claim("c/v", "tvl1")  # fresh: its holder is alive
+    now = foreign.stat().st_mtime
+    os.utime(foreign, (now - STALE_CLAIM_SECONDS + 30,) * 2)  # last beat 9.5 minutes ago
+    assert "node-17" in store.claim("c/v", "tvl1") and store.remove_partials() == []
+    os.utime(foreign, (now - STALE_CLAIM_SECONDS - 30,) * 2)  # no beat for 10.5 minutes
+    assert store.claim("c/v", "tvl1") is None  # taken over
+    assert json.loads(foreign.read_text())["pid"] == os.getpid()
+    store.release("c/v", "tvl1")
+    assert not foreign.exists()
+    # the holder's heartbeat keeps its claim fresh for the other hosts (a real process, its
+    # heartbeat shortened to 0.1 s)
+    code = ("import sys, time; from flowkit.store import FlowStore, claims; "
+            "claims.HEARTBEAT_SECONDS = 0.1; s = FlowStore(sys.argv[1], 'a'); "
+            "print(s.claim('c/h', 'tvl1'), flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    held = tmp_path / "s" / "videos" / "c" / "h.h5.tvl1.claim"
+    try:
+        assert holder.stdout.readline().strip() == "None"
+        os.utime(held, (1.0, 1.0))
+        deadline = time.time() + 20
+        while held.stat().st_mtime < now - 60 and time.time() < deadline:
+            time.sleep(0.05)
+        assert held.stat().st_mtime >= now - 60, "the heartbeat did not touch the claim"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.claim("c/h", "tvl1") is None  # its holder died: taken over
+    store.release("c/h", "tvl1")
+    assert leftovers(tmp_path / "s") == []
+    # a dead foreign holder's claim is a leftover for remove_partials
+    foreign.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": "then"}))
+    os.utime(foreign, (now - STALE_CLAIM_SECONDS - 30,) * 2)
+    assert store.remove_partials() == [foreign]
 
 
 @pytest.mark.slow

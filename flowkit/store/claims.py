@@ -4,10 +4,13 @@ Any number of processes, on any hosts sharing the store directory, may extract i
 the same engine or different ones:
 
 - **Claims** stop two processes from computing the same flow of the same video. Before computing
-  ``flow/<name>`` of ``<key>``, a writer creates ``videos/<key>.h5.<name>.claim`` with ``O_EXCL``
-  (atomic, also on NFS v3+) holding its host and pid; a second writer finds it and moves on. A claim
-  whose process is dead (same host) or that is older than ``STALE_PARTIAL_SECONDS`` (another host)
-  is taken over, under the commit lock so that two takers cannot both win.
+  ``flow/<name>`` of ``<key>``, a writer links ``videos/<key>.h5.<name>.claim`` into place (atomic
+  and exclusive, also on NFS v3+) holding its host and pid; a second writer finds it and moves on.
+  The holder's heartbeat thread touches its claims every ``CLAIM_HEARTBEAT_SECONDS`` (60 s), so a
+  claim is live while its process is: on this host its pid is checked, from another host its age
+  (untouched for ``STALE_CLAIM_SECONDS``, 10 minutes: the process or its host died). A dead
+  process's claim is taken over, under the commit lock so that two takers cannot both win: a rerun
+  after a node failed picks its videos up within minutes, not a day.
 - **The commit lock** (``flock`` on ``videos/.commit.lock``) is held only while a finished partial
   file is merged with the video's current file and renamed over it: two engines finishing the same
   video at the same moment each see the other's flow and keep it (no lost update).
@@ -18,12 +21,15 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 from ..files import TMP_SUFFIX, host_name, pid_alive
-from .layout import CLAIM, COMMIT_LOCK, STALE_PARTIAL_SECONDS, now
+from .layout import CLAIM, CLAIM_HEARTBEAT_SECONDS, COMMIT_LOCK, STALE_CLAIM_SECONDS, now
+
+HEARTBEAT_SECONDS = CLAIM_HEARTBEAT_SECONDS  # module-level so tests can shorten it
 
 
 @contextlib.contextmanager
@@ -67,7 +73,7 @@ def describe(holder: dict) -> str:
 
 
 def try_claim(videos: Path, final: Path, name: str,
-              stale_after: float = STALE_PARTIAL_SECONDS) -> str | None:
+              stale_after: float = STALE_CLAIM_SECONDS) -> str | None:
     """Claim ``flow/<name>`` of the video whose file is ``final`` (under the store's ``videos``
     directory). None when this process now holds the claim (it may hold it already); otherwise a
     description of the live process that holds it."""
@@ -82,12 +88,14 @@ def try_claim(videos: Path, final: Path, name: str,
         for _ in range(3):
             try:
                 os.link(tmp, path)
+                _heartbeat.add(path)
                 return None
             except FileExistsError:
                 holder = _holder(path)
                 if holder is None:
                     continue  # released meanwhile: try again
                 if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+                    _heartbeat.add(path)
                     return None
                 if _is_live(holder, path, stale_after):
                     return describe(holder)
@@ -103,12 +111,55 @@ def try_claim(videos: Path, final: Path, name: str,
 def release(final: Path, name: str) -> None:
     """Drop this process's claim (a claim of another process is left alone)."""
     path = claim_path(final, name)
+    _heartbeat.discard(path)
     holder = _holder(path)
     if holder and holder.get("pid") == os.getpid() and holder.get("host") == host_name():
         path.unlink(missing_ok=True)
 
 
-def is_stale(path: Path, stale_after: float = STALE_PARTIAL_SECONDS) -> bool:
+class _Heartbeat:
+    """Touches the claims this process holds, every :data:`HEARTBEAT_SECONDS`, from one daemon
+    thread (started with the first claim; a forked child starts its own for its own claims)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._paths: set[Path] = set()
+        self._pid = None
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first claim of this process (or of a forked child)
+                self._pid, self._paths = os.getpid(), set()
+                threading.Thread(target=self._run, args=(self._pid,), daemon=True,
+                                 name="flowkit-claim-heartbeat").start()
+            self._paths.add(path)
+
+    def discard(self, path: Path) -> None:
+        with self._lock:
+            self._paths.discard(path)
+
+    def beat(self) -> None:
+        """Touch every held claim now; a claim that vanished (taken over) is forgotten."""
+        with self._lock:
+            paths = list(self._paths)
+        for path in paths:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                self.discard(path)
+            except OSError:
+                pass  # a full or read-only store: the writes report it, the next beat retries
+
+    def _run(self, pid: int) -> None:
+        while self._pid == pid:
+            time.sleep(HEARTBEAT_SECONDS)
+            self.beat()
+
+
+_heartbeat = _Heartbeat()
+
+
+def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
     """Whether the claim ``path`` belongs to a process that is gone (for
     :meth:`FlowStore.remove_partials`)."""
     holder = _holder(path)

@@ -182,6 +182,7 @@ class FlowStore:
         A partial written on this host is deleted when its writer's pid is no longer alive. One
         from another host (a shared file system), or with an unrecognised name, is deleted only when
         untouched for ``stale_after`` seconds, as a live writer there cannot be detected otherwise.
+        Claims follow their own rule (:mod:`flowkit.store.claims`: pid here, heartbeat elsewhere).
         """
         self._check_writable("remove partial files")
         host, removed = host_name(), []
@@ -192,7 +193,7 @@ class FlowStore:
                     dead = (not pid_alive(int(m["pid"])) if m and m["host"] == host
                             else time.time() - path.stat().st_mtime > stale_after)
                 elif path.name.endswith(CLAIM):
-                    dead = claims.is_stale(path, stale_after)
+                    dead = claims.is_stale(path)
                 else:
                     dead = is_stale_temporary(path.name)
                 if dead:

@@ -37,6 +37,10 @@ MAX_OPEN_FILES = 64
 
 # Partials from another host cannot be checked for a live writer; one untouched this long is stale.
 STALE_PARTIAL_SECONDS = 24 * 3600.0
+# A process touches the claims it holds every CLAIM_HEARTBEAT_SECONDS (store/claims.py); another
+# host's claim not touched for STALE_CLAIM_SECONDS is the claim of a dead process (or host).
+CLAIM_HEARTBEAT_SECONDS = 60.0
+STALE_CLAIM_SECONDS = 10 * 60.0
 
 PARTIAL_RE = re.compile(r"(?P<stem>.+)\.h5\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.partial")
 
