@@ -70,7 +70,12 @@ _compiled_iteration = None
 
 def get_iteration(compile: bool):
     """The eager iteration, or one compiled by torch.compile (fuses ~30 elementwise passes into a
-    few loops; falls back to eager with a warning where no compiler is available)."""
+    few loops; falls back to eager with a warning where no compiler is available).
+
+    A batch shrunk to one running pair gets a graph of its own (torch.compile specialises size-1
+    dimensions; a few seconds, once per process). It pays: the slowest pair of a batch runs the
+    last iterations of every warp alone, most of a batch's iterations at OpenCV's defaults, and
+    one 256x340 pair iterates in 0.9 ms compiled against 3.3 ms eagerly."""
     global _compiled_iteration
     if not compile:
         return iteration
@@ -79,10 +84,6 @@ def get_iteration(compile: bool):
 
         def guarded(*args, **kwargs):
             global _compiled_iteration
-            if args[0].shape[0] == 1:
-                # torch.compile specialises size-1 dimensions: a batch shrunk to one running pair
-                # would compile a second graph; one pair is as fast eagerly.
-                return iteration(*args, **kwargs)
             try:
                 return compiled(*args, **kwargs)
             except Exception as exc:  # no C++ compiler, unsupported platform, ...
