@@ -137,7 +137,7 @@ def _print_summary(console: Console, summary) -> None:
               help="Numerics of tvl1/tvnet/costvolume: the CuPy kernels (CUDA, pip install "
                    ".[cuda13]) or torch; auto takes CuPy on CUDA when it imports.")
 @click.option("--compile/--no-compile", default=True, show_default=True,
-              help="Fuse the TV-L1 iteration with torch.compile (~20 s once, ~3x faster on CPU).")
+              help="Fuse the TV-L1 iteration with torch.compile (~20 s once, ~2.4x faster on CPU).")
 @click.option("--size", default=None, help="Resize: SHORT_SIDE (e.g. 256) or HxW (e.g. 256x340).")
 @click.option("--step", default=1, show_default=True, help="Keep every STEP-th frame.")
 @click.option("--max-frames", type=int, default=None, help="At most this many frames per video.")
