@@ -122,6 +122,11 @@ class _Heartbeat:
     thread (started with the first claim; a forked child starts its own for its own claims)."""
 
     def __init__(self):
+        self._forget()
+
+    def _forget(self) -> None:
+        """No claims, no thread: a new process's state (also a forked child's, whose copy of the
+        lock may have been held by the parent's thread at the fork)."""
         self._lock = threading.Lock()
         self._paths: set[Path] = set()
         self._pid = None
@@ -157,6 +162,7 @@ class _Heartbeat:
 
 
 _heartbeat = _Heartbeat()
+os.register_at_fork(after_in_child=_heartbeat._forget)
 
 
 def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
