@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+import re
 import shlex
 import sys
 import time
@@ -118,7 +119,7 @@ def ratios(results: list[dict]) -> list[str]:
         return []
     return [f"- `{name}` ({r['device']}): {_sig(r['pairs_per_s'] / ref['pairs_per_s'])}x the pairs/s "
             f"of `opencv-tvl1`; EPE {_f(r['epe'], '.3f')} vs {_f(ref['epe'], '.3f')} px"
-            for name, r in ok.items() if name.split("+")[0] == "tvl1"]
+            for name, r in ok.items() if re.match(r"tvl1\b(?!-)", name)]  # tvl1, tvl1 (compiled)
 
 
 def machine_lines(r: dict) -> list[str]:

@@ -152,6 +152,25 @@ def test_compiled_iteration_matches_eager():
     assert end_point_error(compiled.numpy(), gt, valid) <= 1.02 * end_point_error(eager.numpy(), gt, valid)
 
 
+@pytest.mark.slow
+def test_compiled_engine_runs_a_lone_pair_compiled(monkeypatch):
+    """The last pair iterating in a warp (a batch shrunk to one, or a batch of one) runs the
+    compiled iteration, never the eager one: at OpenCV's defaults that tail is most of the work."""
+    from flowkit.flow import primal_dual
+
+    primal_dual.get_iteration(True)  # the compiled iteration, made from the real function
+    eager, real = [], primal_dual.iteration
+    monkeypatch.setattr(primal_dual, "iteration",
+                        lambda *a, **k: eager.append(a[0].shape[0]) or real(*a, **k))
+    pairs = synthetic_pairs(n=2, size=(48, 64), seed=2)
+    gray = lambda im: torch.from_numpy(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY))[None]
+    b0, b1 = torch.stack([gray(p.frame0) for p in pairs]), torch.stack([gray(p.frame1) for p in pairs])
+    engine = flowkit.create_engine("tvl1", compile=True, nscales=2, warps=2)
+    engine(b0[:1], b1[:1])
+    engine(b0, b1)
+    assert eager == []
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu(photo):
     h, w = photo.shape
