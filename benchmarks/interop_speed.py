@@ -97,9 +97,11 @@ def main() -> None:
                 for k, v in speeds.items()}
         rows.append(f"| {workers} | {span['export']} | {span['import']} | "
                     f"{kept['export']} / {kept['import']} of {total} |")
+    threads = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if "OMP_NUM_THREADS" in os.environ \
+        else []
     text = "\n".join([
         "# Rawframes export and import speed", "",
-        f"Command: `{shlex.join(['OMP_NUM_THREADS=' + os.environ.get('OMP_NUM_THREADS', ''), 'python', *sys.argv])}`  ",
+        f"Command: `{shlex.join([*threads, 'python', *sys.argv])}`  ",
         f"Machine: {machine_info()['cpu']}, {os.cpu_count()} logical CPUs, "
         f"{platform.platform()}; load average {load:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end.  ",

@@ -348,8 +348,9 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
                           rgb_codec=config.rgb_codec) as w:
             for i in range(0, len(plan.frames), CHUNK):
                 stop.check()
-                result.kept_as_is += _append_rgb(w, plan.video, plan.frames[i:i + CHUNK])
-                result.frames += len(plan.frames[i:i + CHUNK])
+                chunk = plan.frames[i:i + CHUNK]
+                result.kept_as_is += _append_rgb(w, plan.video, chunk)
+                result.frames += len(chunk)
             for i in range(0, len(plan.pairs), CHUNK):
                 stop.check()
                 w.append_flow(config.flow_name, _flow(plan, plan.pairs[i:i + CHUNK], config),
