@@ -5,11 +5,13 @@ The layout is not described in denseflow's README; it is what its source writes
 ``load_frames``), read here as follows:
 
 - one file per video next to where its frame folder would be: ``OUT/<class>/<video>.h5``, or
-  ``<video>_p<s>.h5`` for flow between frames t and t + s (``-s s``, s > 1); ``_m<s>.h5``
-  (backward flow) is refused;
+  ``<video>_p<s>.h5`` for flow between frames t and t + s (``-s s``, s > 1), or
+  ``<video>_m<s>.h5`` for backward flow, from frame t + s to frame t (``-s -s``);
 - no groups, no attributes: one 2-D float32 ``(H, W)`` dataset per flow component and pair at the
   root, named like the JPEG files would be, ``flow_x_00000.jpg`` / ``flow_y_00000.jpg``
-  (``flow_x_p2_00000.jpg`` for s = 2), numbered from 0, in pixels, u then v;
+  (``flow_x_p2_00000.jpg`` for s = 2, ``flow_x_m1_00001.jpg`` backward), or without the ``.jpg``
+  (denseflow since its PNG output: ``flow_x_00000``); numbered from 0, a backward pair by the frame
+  it starts from (so from s); in pixels, u then v;
 - RGB frames are not in the file (denseflow writes them in a separate run, ``-s 0``, as
   ``img_*.jpg`` in the video's folder).
 
@@ -30,27 +32,25 @@ import numpy as np
 from .errors import FlowkitError
 
 _FILE_RE = re.compile(r"(?P<stem>.+?)(?:_(?P<dir>[pm])(?P<step>\d+))?\.h5")
-_DATASET_RE = re.compile(r"flow_(?P<axis>[xy])(?:_p(?P<step>\d+))?_(?P<index>\d+)\.jpg")
+_DATASET_RE = re.compile(r"flow_(?P<axis>[xy])(?:_(?P<dir>[pm])(?P<step>\d+))?_(?P<index>\d+)"
+                         r"(?:\.jpg)?")
 
 
 class DenseflowError(FlowkitError):
     """A denseflow HDF5 file cannot be read as flow; the message names the file and the cause."""
 
 
-def parse_name(name: str) -> tuple[str, int] | None:
-    """``"v_x.h5"`` -> ``("v_x", 1)``, ``"v_x_p2.h5"`` -> ``("v_x", 2)``; None for other names.
-    Backward flow (``_m<s>.h5``) raises :class:`DenseflowError`."""
+def parse_name(name: str) -> tuple[str, int, bool] | None:
+    """``(stem, step, backward)``: ``"v_x.h5"`` -> ``("v_x", 1, False)``, ``"v_x_p2.h5"`` ->
+    ``("v_x", 2, False)``, ``"v_x_m1.h5"`` -> ``("v_x", 1, True)``; None for other names."""
     m = _FILE_RE.fullmatch(name)
     if not m:
         return None
-    if m["dir"] == "m":
-        raise DenseflowError(f"{name}: backward flow (_m{m['step']}.h5) is not supported; "
-                             "extract forward flow")
-    return m["stem"], int(m["step"] or 1)
+    return m["stem"], int(m["step"] or 1), m["dir"] == "m"
 
 
 def is_denseflow_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an HDF5 file whose root holds denseflow's ``flow_x_*.jpg`` datasets
+    """Whether ``path`` is an HDF5 file whose root holds denseflow's ``flow_x_*`` datasets
     (a flowkit store's video files, and other HDF5 files, are not)."""
     try:
         with h5py.File(path, "r") as f:
@@ -62,12 +62,14 @@ def is_denseflow_file(path: str | os.PathLike) -> bool:
 @dataclass
 class DenseflowFile:
     """One denseflow HDF5 file, checked (:func:`open_flow`) and read lazily: ``len()`` pairs of
-    ``shape`` (H, W), pair i mapping frame i to frame i + ``step``."""
+    ``shape`` (H, W), pair i mapping frame i to frame i + ``step`` (``backward``: frame i + step
+    to frame i)."""
 
     path: Path
     step: int
     names: list[tuple[str, str]]  # the (flow_x, flow_y) dataset names of each pair, in order
     shape: tuple[int, int]
+    backward: bool = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -94,13 +96,14 @@ def open_flow(path: str | os.PathLike) -> DenseflowFile:
             m = _DATASET_RE.fullmatch(name)
             if m:
                 found[m["axis"]][int(m["index"])] = name
-                steps.add(int(m["step"] or 1))
+                steps.add((int(m["step"] or 1), m["dir"] == "m"))
         if not found["x"]:
-            raise DenseflowError(f"{path}: no flow_x_*.jpg datasets at the root; not denseflow "
+            raise DenseflowError(f"{path}: no flow_x_* datasets at the root; not denseflow "
                                  "HDF5 output")
         if len(steps) > 1 or set(found["x"]) != set(found["y"]):
             raise DenseflowError(f"{path}: {len(found['x'])} flow_x and {len(found['y'])} flow_y "
                                  f"datasets (steps {sorted(steps)}) do not pair up")
+        (step, backward), = steps
         indices = sorted(found["x"])
         if indices != list(range(indices[0], indices[0] + len(indices))):
             raise DenseflowError(f"{path}: flow numbering has a gap (indices {indices[0]}.."
@@ -112,7 +115,7 @@ def open_flow(path: str | os.PathLike) -> DenseflowFile:
             raise DenseflowError(f"{path}: flow datasets must all be float (H, W) of one size; "
                                  f"found {sorted(str(s) for s, _ in shapes)[:3]}")
         shape = next(iter(shapes))[0]
-    return DenseflowFile(path, steps.pop(), names, (int(shape[0]), int(shape[1])))
+    return DenseflowFile(path, step, names, (int(shape[0]), int(shape[1])), backward)
 
 
 def read_flow(path: str | os.PathLike) -> tuple[np.ndarray, int]:

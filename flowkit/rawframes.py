@@ -8,7 +8,11 @@ Layout of one video's folder (``OUT_DIR/<class>/<video>/``)::
 - Numbering starts at 1 (mmaction2's ``start_index=1``, TSN's ``dense_flow``) or at 0 (what
   denseflow writes today); both are read, and :func:`write_frames` writes either.
 - Flow between frames t and t + s (denseflow ``-s s``, s > 1) is named ``flow_x_p<s>_%05d.jpg``;
-  it is read and thinned to every s-th frame, flowkit's ``--step s`` (:func:`RawframeVideo.pairs`).
+  it is read and thinned to every s-th frame, flowkit's ``--step s``.
+- Backward flow (denseflow ``-s -s``), from frame t + s to frame t, is named
+  ``flow_x_m<s>_%05d.jpg`` and numbered by the frame it starts from, t + s (denseflow's
+  ``writeFlowImages``: ``start + i + base`` with base s): ``flow_x_m1_00001.jpg`` is the flow from
+  frame 1 to frame 0 when images are numbered from 0. A folder may hold both directions.
 - Flow is quantised linearly in a bound b (pixels), exactly as denseflow does (``src/common.cpp``,
   ``convertFlowToImage``): ``v > b -> 255``, ``v < -b -> 0``, else ``round(255 (v + b) / (2 b))``
   (:func:`flowkit.store.codecs.quantize`, half to even like OpenCV's ``cvRound``). Decoded
@@ -49,11 +53,15 @@ class RawframesError(FlowkitError):
     """A rawframes folder is incomplete or inconsistent; the message names the folder and cause."""
 
 
-def frame_name(kind: str, index: int, step: int = 1, ext: str = "jpg") -> str:
+def frame_name(kind: str, index: int, step: int = 1, ext: str = "jpg",
+               backward: bool = False) -> str:
     """The file name of frame ``index`` of ``kind`` (``"img"``, ``"flow_x"``, ``"flow_y"``):
     ``img_00001.jpg``, ``flow_x_00000.jpg``, ``flow_x_p2_00000.jpg`` (denseflow's step variant),
+    ``flow_x_m1_00001.jpg`` (``backward``: from frame ``index`` to ``index - step``),
     ``flow_x_00000.png`` (``ext``: denseflow writes PNG too)."""
-    tag = f"_p{step}" if step > 1 and kind != RGB_PREFIX else ""
+    tag = ""
+    if kind != RGB_PREFIX:
+        tag = f"_m{step}" if backward else f"_p{step}" if step > 1 else ""
     return f"{kind}{tag}_{index:0{DIGITS}d}.{ext}"
 
 
@@ -91,19 +99,23 @@ def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_QUALITY) -> bytes:
 
 def write_frames(folder: Path, first: int, rgb: np.ndarray | None = None,
                  flow: np.ndarray | None = None, *, bound: float = DEFAULT_BOUND,
-                 quality: int = DEFAULT_QUALITY, start_index: int = DEFAULT_START_INDEX) -> None:
-    """Write RGB frames ``(N, H, W, 3)`` and/or flow pairs ``(N, 2, H, W)`` into ``folder`` as
-    ``img_*`` / ``flow_x_*`` / ``flow_y_*`` JPEGs, numbered from ``start_index + first``. ``rgb``
-    may also be a list of JPEG files (``bytes``, e.g. a store's frames): written as they are."""
+                 quality: int = DEFAULT_QUALITY, start_index: int = DEFAULT_START_INDEX,
+                 backward: np.ndarray | None = None) -> None:
+    """Write RGB frames ``(N, H, W, 3)``, flow pairs ``(N, 2, H, W)`` and/or backward flow pairs
+    ``(N, 2, H, W)`` (pair i from frame i + 1 to frame i) into ``folder`` as ``img_*`` /
+    ``flow_{x,y}_*`` / ``flow_{x,y}_m1_*`` JPEGs; frame and pair ``first`` is numbered
+    ``start_index + first`` (a backward pair by the frame it starts from, one more). ``rgb`` may
+    also be a list of JPEG files (``bytes``, e.g. a store's frames): written as they are."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(() if rgb is None else rgb):
         data = frame if isinstance(frame, bytes) else encode_jpeg(frame, quality)
         (folder / frame_name(RGB_PREFIX, start_index + first + i)).write_bytes(data)
-    for i, pair in enumerate(() if flow is None else flow):
-        index = start_index + first + i
-        fx, fy = flow_to_images(pair, bound)
-        (folder / frame_name(FLOW_X_PREFIX, index)).write_bytes(encode_jpeg(fx, quality))
-        (folder / frame_name(FLOW_Y_PREFIX, index)).write_bytes(encode_jpeg(fy, quality))
+    for pairs, offset in ((flow, 0), (backward, 1)):
+        for i, pair in enumerate(() if pairs is None else pairs):
+            index = start_index + first + i + offset
+            for kind, image in zip((FLOW_X_PREFIX, FLOW_Y_PREFIX), flow_to_images(pair, bound)):
+                (folder / frame_name(kind, index, backward=bool(offset))).write_bytes(
+                    encode_jpeg(image, quality))
 
 
 # ------------------------------------------------------------------------------ reading
@@ -113,14 +125,17 @@ class RawframeVideo:
     """What one video folder holds, as found on disk (:func:`scan_folder`).
 
     ``rgb``: the image indices, sorted; ``flow``: the flow indices of the chosen step, sorted
-    (x and y agree, else it is a problem); ``flow_step``: s of ``flow_x_p<s>_*`` (1 for plain
-    names); ``rgb_ext`` / ``flow_ext``: the files' extension (``jpg``, ``jpeg`` or ``png``);
-    ``problems``: why the folder cannot be imported as it is (empty: it can).
+    (x and y agree, else it is a problem); ``backward``: the same for backward flow
+    (``flow_x_m<s>_*``, indexed by the frame each pair starts from); ``flow_step``: s of
+    ``flow_x_p<s>_*`` / ``flow_x_m<s>_*`` (1 for plain names); ``rgb_ext`` / ``flow_ext``: the
+    files' extension (``jpg``, ``jpeg`` or ``png``); ``problems``: why the folder cannot be
+    imported as it is (empty: it can).
     """
 
     folder: Path
     rgb: list[int] = field(default_factory=list)
     flow: list[int] = field(default_factory=list)
+    backward: list[int] = field(default_factory=list)
     flow_step: int = 1
     rgb_ext: str = "jpg"
     flow_ext: str = "jpg"
@@ -131,9 +146,10 @@ class RawframeVideo:
         """The file of image ``index``."""
         return self.folder / frame_name(RGB_PREFIX, index, ext=self.rgb_ext)
 
-    def flow_files(self, index: int) -> tuple[Path, Path]:
-        """The ``flow_x`` and ``flow_y`` files of flow pair ``index``."""
-        return tuple(self.folder / frame_name(kind, index, self.flow_step, self.flow_ext)
+    def flow_files(self, index: int, backward: bool = False) -> tuple[Path, Path]:
+        """The ``flow_x`` and ``flow_y`` files of flow pair ``index`` (backward: the pair from
+        frame ``index``)."""
+        return tuple(self.folder / frame_name(kind, index, self.flow_step, self.flow_ext, backward)
                      for kind in (FLOW_X_PREFIX, FLOW_Y_PREFIX))
 
     @property
@@ -153,6 +169,9 @@ class RawframeVideo:
         if self.flow:
             tag = f"_p{self.flow_step}" if self.flow_step > 1 else ""
             parts.append(f"flow_{{x,y}}{tag}_{{:05d}}.{self.flow_ext} from {self.flow_start}")
+        if self.backward:
+            parts.append(f"flow_{{x,y}}_m{self.flow_step}_{{:05d}}.{self.flow_ext} from "
+                         f"{self.backward[0]}")
         return ", ".join(parts)
 
 
@@ -164,7 +183,8 @@ def is_frame_file(name: str) -> bool:
 def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
     """Read the file names of one video folder and check them: numbering without gaps, as many
     ``flow_x`` as ``flow_y``, and n - s flow pairs for n images (flow step s). Every finding that
-    stops an import is in ``problems``; nothing is padded or dropped silently."""
+    stops an import is in ``problems``; nothing is padded or dropped silently. Backward flow must
+    be of the forward flow's step and start s frames after the first image (or forward pair)."""
     folder = Path(folder)
     found: dict[tuple[str, str, int], list[int]] = {}
     exts: dict[str, set[str]] = {}  # "img" / "flow" -> the extensions seen
@@ -181,33 +201,53 @@ def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
                                   "keep one")
         setattr(video, "rgb_ext" if kind == "img" else "flow_ext", min(seen))
     video.rgb = sorted(found.pop(("img", "p", 1), []))
-    backward = sorted({s for _, d, s in found if d == "m"})
-    if backward:
-        video.problems.append(f"backward flow (flow_x_m{backward[0]}_*) is not supported; "
-                              "extract forward flow")
-    steps = sorted({s for kind, d, s in found if kind != "img" and d == "p"})
-    if len(steps) > 1:
-        video.notes.append(f"flow of steps {steps} found; using step {steps[0]}")
-    if steps:
-        video.flow_step = steps[0]
-        xs = sorted(found.get(("flow_x", "p", steps[0]), []))
-        ys = sorted(found.get(("flow_y", "p", steps[0]), []))
+    steps = {d: sorted({s for kind, dd, s in found if dd == d}) for d in "pm"}
+    for d, name in (("p", "flow"), ("m", "backward flow")):
+        if len(steps[d]) > 1:
+            video.notes.append(f"{name} of steps {steps[d]} found; using step {steps[d][0]}")
+    video.flow_step = (steps["p"] or steps["m"] or [1])[0]
+    if steps["m"] and steps["m"][0] != video.flow_step:
+        video.notes.append(f"backward flow of step {steps['m'][0]} ignored (forward flow has "
+                           f"step {video.flow_step})")
+    for d, attr in (("p", "flow"), ("m", "backward")):
+        xs = sorted(found.get(("flow_x", d, video.flow_step), []))
+        ys = sorted(found.get(("flow_y", d, video.flow_step), []))
         if xs != ys:
             video.problems.append(f"{len(xs)} flow_x but {len(ys)} flow_y files"
-                                  f"{_first_difference(xs, ys)}")
-        video.flow = xs
-    for kind, indices in (("img", video.rgb), ("flow_x", video.flow)):
+                                  f"{' (backward)' if d == 'm' else ''}{_first_difference(xs, ys)}")
+        setattr(video, attr, xs)
+    for kind, indices in (("img", video.rgb), ("flow_x", video.flow),
+                          (f"flow_x_m{video.flow_step}", video.backward)):
         gap = _gap(indices)
         if gap:
             video.problems.append(f"{kind} numbering has a gap: {gap}")
-    if not video.rgb and not video.flow:
+    s = video.flow_step
+    if not video.rgb and not video.flow and not video.backward:
         video.problems.append("no img_* or flow_x_* / flow_y_* files")
-    elif video.rgb and video.flow and len(video.flow) != len(video.rgb) - video.flow_step:
+    elif video.rgb and video.flow and len(video.flow) != len(video.rgb) - s:
         video.problems.append(f"{len(video.rgb)} frames but {len(video.flow)} flow pairs of step "
-                              f"{video.flow_step} (expected {len(video.rgb) - video.flow_step})")
+                              f"{s} (expected {len(video.rgb) - s})")
     elif len(video.rgb) == 1 and not video.flow:
         video.notes.append("a single frame: no flow")
+    if video.backward:
+        video.problems += _backward_problems(video)
     return video
+
+
+def _backward_problems(video: RawframeVideo) -> list[str]:
+    """Backward flow must pair with what else the folder holds: as many pairs as forward flow
+    (or n - s for n images), numbered from the frame s after the first."""
+    s, n = video.flow_step, len(video.backward)
+    expected = len(video.flow) if video.flow else len(video.rgb) - s if video.rgb else n
+    first = video.flow[0] + s if video.flow else video.rgb[0] + s if video.rgb else None
+    if n != expected:
+        return [f"{n} backward flow pairs but {expected} expected (as many as "
+                f"{'forward pairs' if video.flow else f'frames minus {s}'})"]
+    if first is not None and video.backward[0] != first:
+        return [f"backward flow numbering starts at {video.backward[0]}, expected {first} (the "
+                f"frame {s} after the first; denseflow numbers a backward pair by the frame it "
+                "starts from)"]
+    return []
 
 
 def _first_difference(xs: list[int], ys: list[int]) -> str:
@@ -261,10 +301,12 @@ def read_rgb(video: RawframeVideo, indices: list[int]) -> np.ndarray:
     return np.stack([read_image(video.rgb_file(i)) for i in indices])
 
 
-def read_flow(video: RawframeVideo, indices: list[int], bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """Flow pairs ``indices`` of ``video``, dequantised with ``bound``: ``(N, 2, H, W)`` float32."""
+def read_flow(video: RawframeVideo, indices: list[int], bound: float = DEFAULT_BOUND,
+              backward: bool = False) -> np.ndarray:
+    """Flow pairs ``indices`` of ``video`` (of ``video.backward`` if ``backward``), dequantised with
+    ``bound``: ``(N, 2, H, W)`` float32."""
     def pair(i: int) -> np.ndarray:
-        fx, fy = (read_image(path, gray=True) for path in video.flow_files(i))
+        fx, fy = (read_image(path, gray=True) for path in video.flow_files(i, backward))
         if fx.shape != fy.shape:
             raise RawframesError(f"{video.folder}: flow pair {i} has flow_x {fx.shape} but "
                                  f"flow_y {fy.shape}")

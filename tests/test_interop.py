@@ -405,3 +405,82 @@ def test_import_labels_from_a_kinetics_csv(exported, tmp_path):
     store = FlowStore(tmp_path / "s")
     assert store.classes == ["abseiling", "air drumming"]
     assert store.meta("abseiling/--07WQ2iBlw_000001_000011")["label_name"] == "abseiling"
+
+
+# ------------------------------------------------------------------------------ backward flow
+
+def test_backward_flow_round_trips_as_denseflows_m1_files(source_store, tmp_path):
+    """flow/tvl1_backward -> flow_{x,y}_m1_* numbered by the frame each pair starts from (pair t,
+    frame t + 1 -> t, is file start + t + 1) -> flow/tvl1_backward, pair for pair."""
+    store_path = tmp_path / "store"
+    shutil.copytree(source_store, store_path)
+    rng = np.random.default_rng(11)
+    backward = {}
+    with FlowStore(store_path, "a") as store:
+        for key in store.keys():
+            backward[key] = smooth_flow(rng, FRAMES - 1)
+            with store.writer(key, source=f"{key}.mp4", fps=25.0, flow_codec="float16") as w:
+                w.append_flow("tvl1_backward", backward[key],
+                              engine={"engine": "tvl1", "version": "test", "params": {},
+                                      "direction": "backward"})
+    out = tmp_path / "raw"
+    summary = export_rawframes(store_path, out, ExportConfig())
+    assert summary.count("done") == 4 and summary.count("failed") == 0
+    folder = out / "jump" / "jump_0"
+    names = sorted(n for n in os.listdir(folder) if n.startswith("flow_x_m1_"))
+    assert names == [frame_name("flow_x", 2 + t, backward=True) for t in range(FRAMES - 1)]
+    pair = rawframes.images_to_flow(cv2.imread(str(folder / "flow_x_m1_00004.jpg"), 0),
+                                    cv2.imread(str(folder / "flow_y_m1_00004.jpg"), 0), BOUND)
+    expected = np.clip(backward["jump/jump_0"][2], -BOUND, BOUND)   # frame 3 -> 2, 0-based
+    assert np.abs(pair - expected).mean() < 0.5
+    again = FlowStore(_import(out, tmp_path / "s", flow_codec="float16"))
+    for key, flow in backward.items():
+        meta = again.meta(key)
+        assert set(meta["flows"]) == {"tvl1", "tvl1_backward"}
+        got = again.read_flow(key, "tvl1_backward")
+        assert got.shape == flow.shape
+        assert np.abs(got - np.clip(flow, -BOUND, BOUND)).mean() < 0.5
+        assert meta["flows"]["tvl1_backward"]["direction"] == "backward"
+        assert "flow_{x,y}_m1_{:05d}.jpg from 2" in \
+            meta["flows"]["tvl1_backward"]["params"]["naming"]
+    with pytest.raises(FlowkitError, match="is backward flow"):
+        from flowkit.interop.export import _flow_name
+        _flow_name(FlowStore(store_path).meta("jump/jump_0"),
+                   ExportConfig(flow_name="tvl1_backward"))
+
+
+def test_import_denseflow_backward_h5_beside_forward_and_added_later(tmp_path):
+    """denseflow -s 1 and -s -1 into HDF5 (<video>.h5, <video>_m1.h5, dataset names with or
+    without .jpg): both directions land in the store exactly; a video imported before its backward
+    file existed gets the backward flow on the next run, its RGB and forward flow kept."""
+    rng = np.random.default_rng(6)
+    root = tmp_path / "raw"
+    folder = root / "jump" / "v0"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        cv2.imwrite(str(folder / frame_name("img", i)), rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    forward = rng.normal(0, 30, (4, 2, *SIZE)).astype(np.float32)
+    backward = rng.normal(0, 30, (4, 2, *SIZE)).astype(np.float32)
+    write_denseflow_h5(root / "jump" / "v0.h5", forward, ext="")
+    first = import_rawframes(root, tmp_path / "s", ImportConfig(flow_codec="float16"))
+    assert first.count("done") == 1
+    write_denseflow_h5(root / "jump" / "v0_m1.h5", backward, backward=True)
+    second = import_rawframes(root, tmp_path / "s", ImportConfig(flow_codec="float16"))
+    assert second.count("done") == 1, second.to_dict()  # not "already in the store"
+    assert (second.results[0].pairs, second.results[0].backward_pairs) == (0, 4)
+    store = FlowStore(tmp_path / "s")
+    np.testing.assert_allclose(store.read_flow("jump/v0", "tvl1"), forward, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(store.read_flow("jump/v0", "tvl1_backward"), backward,
+                               rtol=1e-3, atol=1e-3)
+    meta = store.meta("jump/v0")
+    assert meta["has_rgb"] and meta["frame_count"] == 5
+    assert meta["flows"]["tvl1_backward"]["params"]["naming"] == \
+        "flow_{x,y}_m1_{:05d} datasets from 1"
+    third = import_rawframes(root, tmp_path / "s", ImportConfig(flow_codec="float16"))
+    assert third.count("skipped") == 1
+    # a backward file whose datasets say forward is refused, naming the file
+    (root / "jump" / "v0_m1.h5").unlink()
+    write_denseflow_h5(root / "jump" / "v0_m1.h5", backward)
+    bad = import_rawframes(root, tmp_path / "s2", ImportConfig())
+    assert "v0_m1.h5 holds forward flow datasets but its name says backward" in \
+        bad.results[0].reason

@@ -45,11 +45,14 @@ def test_frame_names():
     assert rawframes.frame_name("img", 1) == "img_00001.jpg"
     assert rawframes.frame_name("flow_x", 0) == "flow_x_00000.jpg"
     assert rawframes.frame_name("flow_y", 12, step=2) == "flow_y_p2_00012.jpg"
+    assert rawframes.frame_name("flow_x", 1, backward=True) == "flow_x_m1_00001.jpg"
+    assert rawframes.frame_name("flow_y", 4, step=2, backward=True) == "flow_y_m2_00004.jpg"
     assert rawframes.is_frame_file("flow_x_p2_00003.jpg") and not rawframes.is_frame_file("x.jpg")
 
 
 def _touch_video(folder: Path, n_img: int, n_flow: int, start: int = 1, step: int = 1,
-                 size=(6, 8)) -> Path:
+                 size=(6, 8), n_backward: int = 0) -> Path:
+    """A rawframes folder; backward pairs numbered as denseflow does, from ``start + step``."""
     rng = np.random.default_rng(n_img * 10 + n_flow)
     folder.mkdir(parents=True)
     for i in range(n_img):
@@ -59,6 +62,10 @@ def _touch_video(folder: Path, n_img: int, n_flow: int, start: int = 1, step: in
         for kind in ("flow_x", "flow_y"):
             (folder / rawframes.frame_name(kind, start + i, step)).write_bytes(
                 rawframes.encode_jpeg(np.full(size, 100 + i, np.uint8)))
+    for i in range(n_backward):
+        for kind in ("flow_x", "flow_y"):
+            (folder / rawframes.frame_name(kind, start + step + i, step, backward=True)
+             ).write_bytes(rawframes.encode_jpeg(np.full(size, 50 + i, np.uint8)))
     return folder
 
 
@@ -86,6 +93,34 @@ def test_scan_folder_reports_count_mismatch_gap_and_unpaired_flow(tmp_path):
         rawframes.scan_folder(unpaired).problems[0]
 
 
+def test_scan_folder_reads_backward_flow_numbered_from_the_frame_it_starts_from(tmp_path):
+    both = rawframes.scan_folder(_touch_video(tmp_path / "both", 5, 4, start=0, n_backward=4))
+    assert both.problems == [] and both.flow == [0, 1, 2, 3] and both.backward == [1, 2, 3, 4]
+    assert "flow_{x,y}_m1_{:05d}.jpg from 1" in both.naming()
+    alone = rawframes.scan_folder(_touch_video(tmp_path / "alone", 7, 0, start=1, step=2,
+                                               n_backward=5))
+    assert alone.problems == [] and alone.flow_step == 2 and alone.backward == [3, 4, 5, 6, 7]
+    flow = rawframes.read_flow(both, both.backward[1:2], bound=20.0, backward=True)
+    np.testing.assert_allclose(flow[0], dequantize(np.full((2, 6, 8), 51, np.uint8), 20.0))
+
+
+def test_scan_folder_reports_backward_flow_that_does_not_pair_up(tmp_path):
+    short = rawframes.scan_folder(_touch_video(tmp_path / "short", 5, 4, n_backward=3))
+    assert short.problems == ["3 backward flow pairs but 4 expected (as many as forward pairs)"]
+    shifted = _touch_video(tmp_path / "shifted", 5, 4, start=0)
+    for i in range(4):  # numbered by the frame the pair ends in: not denseflow's numbering
+        for kind in ("flow_x", "flow_y"):
+            (shifted / rawframes.frame_name(kind, i, backward=True)).write_bytes(b"")
+    assert "backward flow numbering starts at 0, expected 1" in \
+        rawframes.scan_folder(shifted).problems[0]
+    other_step = _touch_video(tmp_path / "other", 5, 4, n_backward=0)
+    (other_step / "flow_x_m2_00003.jpg").write_bytes(b"")
+    (other_step / "flow_y_m2_00003.jpg").write_bytes(b"")
+    scanned = rawframes.scan_folder(other_step)
+    assert scanned.problems == [] and scanned.backward == []
+    assert "backward flow of step 2 ignored (forward flow has step 1)" in scanned.notes
+
+
 def test_read_flow_dequantises_with_the_bound(tmp_path):
     video = rawframes.scan_folder(_touch_video(tmp_path / "v", 3, 2))
     flow = rawframes.read_flow(video, video.flow, bound=20.0)
@@ -94,26 +129,44 @@ def test_read_flow_dequantises_with_the_bound(tmp_path):
     np.testing.assert_allclose(flow[1], dequantize(np.full((2, 6, 8), 101, np.uint8), 20.0))
 
 
-def write_denseflow_h5(path: Path, flow: np.ndarray, step: int = 1) -> Path:
-    """A file laid out as denseflow's writeHDF5 writes it: root datasets flow_x_00000.jpg ..."""
-    tag = f"_p{step}" if step > 1 else ""
+def write_denseflow_h5(path: Path, flow: np.ndarray, step: int = 1, backward: bool = False,
+                       ext: str = ".jpg") -> Path:
+    """A file laid out as denseflow's writeHDF5 writes it: root datasets flow_x_00000.jpg ...
+    (``ext=""``: the names of denseflow since its PNG output, flow_x_00000); backward pairs
+    (``flow_x_m<s>_*``) numbered from ``step``, by the frame each starts from."""
+    tag = f"_m{step}" if backward else f"_p{step}" if step > 1 else ""
+    base = step if backward else 0
     with h5py.File(path, "w") as f:
         for i, pair in enumerate(flow):
-            f[f"flow_x{tag}_{i:05d}.jpg"] = pair[0].astype(np.float32)
-            f[f"flow_y{tag}_{i:05d}.jpg"] = pair[1].astype(np.float32)
+            f[f"flow_x{tag}_{base + i:05d}{ext}"] = pair[0].astype(np.float32)
+            f[f"flow_y{tag}_{base + i:05d}{ext}"] = pair[1].astype(np.float32)
     return path
 
 
 def test_denseflow_h5_reads_float_flow_and_its_step(tmp_path):
     flow = np.random.default_rng(1).normal(0, 5, (4, 2, 6, 8)).astype(np.float32)
     path = write_denseflow_h5(tmp_path / "v_p2.h5", flow, step=2)
-    assert denseflow.parse_name("v_p2.h5") == ("v", 2) and denseflow.parse_name("v.h5") == ("v", 1)
+    assert denseflow.parse_name("v_p2.h5") == ("v", 2, False)
+    assert denseflow.parse_name("v.h5") == ("v", 1, False)
+    assert denseflow.parse_name("v_m2.h5") == ("v", 2, True)
     assert denseflow.is_denseflow_file(path)
     back, step = denseflow.read_flow(path)
     assert step == 2
     np.testing.assert_array_equal(back, flow)
-    with pytest.raises(denseflow.DenseflowError, match="backward flow"):
-        denseflow.parse_name("v_m2.h5")
+
+
+@pytest.mark.parametrize("ext", [".jpg", ""])
+def test_denseflow_h5_reads_backward_flow_and_names_without_jpg(tmp_path, ext):
+    flow = np.random.default_rng(2).normal(0, 5, (3, 2, 6, 8)).astype(np.float32)
+    path = write_denseflow_h5(tmp_path / "v_m1.h5", flow, backward=True, ext=ext)
+    assert denseflow.is_denseflow_file(path)
+    lazy = denseflow.open_flow(path)
+    assert (lazy.backward, lazy.step, len(lazy)) == (True, 1, 3)
+    assert lazy.names[0] == (f"flow_x_m1_00001{ext}", f"flow_y_m1_00001{ext}")
+    np.testing.assert_array_equal(lazy.read([0, 1, 2]), flow)
+    forward = denseflow.open_flow(write_denseflow_h5(tmp_path / "v.h5", flow, ext=ext))
+    assert not forward.backward and forward.names[0] == (f"flow_x_00000{ext}",
+                                                         f"flow_y_00000{ext}")
 
 
 def test_denseflow_h5_with_unpaired_datasets_is_refused(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ..conventions import backward_name
 from ..interop import ExportConfig, ImportConfig, export_rawframes, import_rawframes
 from ..progress import StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
@@ -83,8 +84,9 @@ def _finish(console: Console, d: dict, what: str, as_json: bool) -> None:
 def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_index, rgb, flow,
                              split_lists, workers, as_json):
     """Write STORE as mmaction2 rawframes: OUT_DIR/<class>/<video>/img_00001.jpg,
-    flow_x_00001.jpg, flow_y_00001.jpg, plus <split>_rawframes.txt / <split>_flow.txt annotation
-    lists and label_map.txt. Rerunning resumes; finished videos are kept.
+    flow_x_00001.jpg, flow_y_00001.jpg (and flow_x_m1_00002.jpg ... where the store holds the
+    flow's backward flow), plus <split>_rawframes.txt / <split>_flow.txt annotation lists and
+    label_map.txt. Rerunning resumes; finished videos are kept.
 
     \b
     Examples:
@@ -103,6 +105,10 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
         d["notes"].insert(0, f"{d['clipped_values']} flow values "
                              f"({100 * d['clipped_fraction']:.3f}%) were beyond +-{bound:g} px "
                              "and written as 0 / 255")
+    backward = sum(v["backward_pairs"] for v in d["videos"] if v["status"] == "done")
+    if backward:
+        d["notes"].append(f"{backward} backward flow pairs written as flow_{{x,y}}_m1_*.jpg "
+                          "(denseflow's names: numbered by the frame each pair starts from)")
     if d["unlabelled"]:
         d["notes"].append(f"{len(d['unlabelled'])} unlabelled videos are left out of the lists, "
                           f"e.g. {d['unlabelled'][0]}")
@@ -144,7 +150,8 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
 def import_rawframes_command(rawframes_dir, store, annotations, label_map, bound, flow_name,
                             flow_codec, rgb_codec, rgb, flow, fps, workers, as_json):
     """Import RAWFRAMES_DIR (<class>/<video>/img_*.jpg, flow_x_*.jpg, flow_y_*.jpg, 1- or
-    0-based, flow_x_p2_* step variants, denseflow <video>.h5) into the store STORE. Every video's
+    0-based, flow_x_p2_* step variants, denseflow <video>.h5) into the store STORE. Backward flow
+    (flow_x_m1_*, denseflow <video>_m1.h5) goes to flow/<flow-name>_backward. Every video's
     frame and flow counts are checked; a mismatch is reported and the video skipped.
 
     \b
@@ -167,4 +174,8 @@ def import_rawframes_command(rawframes_dir, store, annotations, label_map, bound
         d["notes"].append(f"{kept} of {d['frames']} RGB JPEGs stored byte for byte" + (
             f"; the others were decoded and stored as {rgb_codec} (another quality or size, "
             "Exif data, or not a colour JPEG)" if kept < d["frames"] else ""))
+    backward = sum(v["backward_pairs"] for v in d["videos"] if v["status"] == "done")
+    if backward:
+        d["notes"].append(f"{backward} backward flow pairs stored as "
+                          f"flow/{backward_name(flow_name)}")
     _finish(console, d, str(store), as_json)

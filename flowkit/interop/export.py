@@ -1,7 +1,9 @@
 """Store -> mmaction2 rawframes: the run behind ``flowkit export rawframes STORE OUT_DIR``.
 
 Writes ``OUT_DIR/<key>/img_%05d.jpg`` and ``flow_{x,y}_%05d.jpg`` (format: :mod:`flowkit.rawframes`)
-for every video of the store, then the annotation lists mmaction2's ``RawframeDataset`` reads:
+for every video of the store, and ``flow_{x,y}_m1_%05d.jpg`` where the store also holds the flow's
+backward flow (``flow/<name>_backward``, denseflow's ``-s -1`` naming: numbered by the frame each
+pair starts from), then the annotation lists mmaction2's ``RawframeDataset`` reads:
 
 - ``<name>_rawframes.txt``: ``frame_dir total_frames label`` with the RGB frame count (what
   mmaction2's ``build_file_list.py`` writes), ``<name>_flow.txt``: the same with the flow pair
@@ -31,6 +33,7 @@ import numpy as np
 
 from .. import rawframes
 from ..annotations import read_keys, write_label_map, write_mmaction_list
+from ..conventions import backward_name, is_backward
 from ..errors import FlowkitError
 from ..files import atomic_write_json
 from ..progress import Progress, StopFlag, Stopped
@@ -47,7 +50,8 @@ CHUNK = 32  # frames read, coded and written at a time: bounds memory whatever t
 class ExportConfig:
     """How rawframes are written; every field is a ``flowkit export rawframes`` option.
 
-    ``flow_name`` None exports each video's only flow (a video with several must name one);
+    ``flow_name`` None exports each video's only flow (a video with several must name one); its
+    backward flow, when the store has it, is exported beside it;
     ``bound``: the quantiser's range in pixels; ``quality``: JPEG quality of images and flow;
     ``start_index``: number of the first file (1: mmaction2, 0: denseflow).
     """
@@ -90,6 +94,7 @@ class VideoExport:
     label: int = -1
     frames: int = 0
     pairs: int = 0
+    backward_pairs: int = 0
     clipped: int = 0  # flow values beyond the bound, written as 0 or 255
     values: int = 0   # flow values written
     kept_as_is: int = 0  # RGB frames written as the store's JPEG bytes
@@ -190,10 +195,14 @@ def _check_options(out: Path, config: ExportConfig) -> None:
 
 
 def _flow_name(meta: dict, config: ExportConfig) -> str | None:
-    names = sorted(meta["flows"])
+    names = sorted(n for n in meta["flows"] if not is_backward(n))
     if not config.flow:
         return None
     if config.flow_name is not None:
+        if is_backward(config.flow_name):
+            raise FlowkitError(f"{config.flow_name!r} is backward flow; name its forward flow "
+                               "with --flow (the backward flow is exported beside it, as "
+                               "flow_{x,y}_m1_*)")
         if config.flow_name not in names:
             raise FlowkitError(f"no flow {config.flow_name!r} (it has: "
                                f"{', '.join(names) or 'none'})")
@@ -218,7 +227,9 @@ def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
         if not rgb and name is None:
             raise FlowkitError("nothing to export (no RGB frames and no flow)")
         result = VideoExport(key, "done", label=label)
-        _write_video(store, key, final, int(meta["num_frames"]), rgb, name, config, stop, result)
+        flows = [] if name is None else [(name, False)] + [
+            (backward_name(name), True)] * (backward_name(name) in meta["flows"])
+        _write_video(store, key, final, int(meta["num_frames"]), rgb, flows, config, stop, result)
         return result
     except Stopped:
         raise
@@ -226,8 +237,11 @@ def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
         return VideoExport(key, "failed", failure_reason(exc))
 
 
-def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool, flow_name: str | None,
-                 config: ExportConfig, stop: StopFlag, result: VideoExport) -> None:
+def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool,
+                 flows: list[tuple[str, bool]], config: ExportConfig, stop: StopFlag,
+                 result: VideoExport) -> None:
+    """Write one video into a partial folder and rename it ``final``; ``flows``: the store's flow
+    names to write, each with whether it is backward flow."""
     partial = final.with_name(f".{final.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # a crashed run's leftover: redone from scratch
     write = dict(bound=config.bound, quality=config.quality, start_index=config.start_index)
@@ -242,13 +256,18 @@ def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool, flo
             rawframes.write_frames(partial, first, rgb=frames, **write)
             result.frames += len(frames)
             result.kept_as_is += len(frames) if as_is else 0
-        for first in range(0, n - 1, CHUNK) if flow_name else ():
-            stop.check()
-            flow = store.read_flow(key, flow_name, slice(first, first + CHUNK))
-            result.clipped += int(np.count_nonzero(np.abs(flow) > config.bound))
-            result.values += flow.size
-            rawframes.write_frames(partial, first, flow=flow, **write)
-            result.pairs += len(flow)
+        for flow_name, backward in flows:
+            for first in range(0, n - 1, CHUNK):
+                stop.check()
+                flow = store.read_flow(key, flow_name, slice(first, first + CHUNK))
+                result.clipped += int(np.count_nonzero(np.abs(flow) > config.bound))
+                result.values += flow.size
+                rawframes.write_frames(partial, first, **{"backward" if backward else "flow": flow},
+                                       **write)
+                if backward:
+                    result.backward_pairs += len(flow)
+                else:
+                    result.pairs += len(flow)
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

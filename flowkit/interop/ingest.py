@@ -1,12 +1,12 @@
 """Rawframes and denseflow HDF5 -> store: the run behind ``flowkit import rawframes DIR -o STORE``.
 
 A video under ``DIR`` is a rawframes folder ``DIR/<key>/`` (:mod:`flowkit.rawframes`: 1- or
-0-based names, ``flow_x_p<s>_*`` step variants, JPEG or PNG files) and/or a denseflow HDF5 file
-``DIR/<key>.h5`` (:mod:`flowkit.denseflow`; its float flow is taken over the folder's 8-bit flow).
-Each video is
-checked before anything is written: numbering without gaps, as many ``flow_x`` as ``flow_y``,
-n - s flow pairs for n frames, and the frame count an annotation list gives; a video that fails a
-check is one failed line of the summary, never padded or trimmed.
+0-based names, ``flow_x_p<s>_*`` step variants, backward ``flow_x_m<s>_*``, JPEG or PNG files)
+and/or denseflow HDF5 files ``DIR/<key>.h5`` and ``DIR/<key>_m<s>.h5`` (:mod:`flowkit.denseflow`;
+float flow, taken over the folder's 8-bit flow of the same direction). Each video is checked
+before anything is written: numbering without gaps, as many ``flow_x`` as ``flow_y``, n - s flow
+pairs for n frames (backward flow as many as forward flow), and the frame count an annotation list
+gives; a video that fails a check is one failed line of the summary, never padded or trimmed.
 
 Labels: from annotation files (mmaction2 rawframes lists, Kinetics CSV; :mod:`flowkit.annotations`)
 when given, and then only the videos they label are imported (the others are listed); else from
@@ -25,8 +25,12 @@ Flow is written with the chosen store codec (default ``jpegls``, 0.1 px) under `
 ``engine`` ``mmaction2-rawframes`` or ``denseflow-hdf5``, ``engine_version`` the importing
 flowkit's, ``backend`` ``external``, ``params`` with ``source_format``, ``bound``,
 ``quantization_error``, ``image_format`` (``jpeg``: the 8-bit levels carry JPEG's error too;
-``png``, denseflow's lossless option: the levels are exact), ``naming`` and ``step``. Resumable
-like ``flowkit extract``: videos already in the store with that flow are skipped.
+``png``, denseflow's lossless option: the levels are exact), ``naming`` and ``step``. Backward
+flow goes to ``flow/<flow_name>_backward`` (:func:`flowkit.conventions.backward_name`; pair t from
+frame t + 1 to frame t, the store's numbering, whatever the files' numbering was), its record with
+``direction`` ``backward``.
+Resumable like ``flowkit extract``: videos already in the store with that flow (and its backward
+flow, where the source has some) are skipped.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ import numpy as np
 
 from .. import denseflow, rawframes
 from ..annotations import LabelMatch, match_annotations, read_label_map
+from ..conventions import backward_name
 from ..errors import FlowkitError
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
@@ -84,11 +89,13 @@ class ImportConfig:
 
 @dataclass
 class Source:
-    """Where one video's data is: its rawframes folder and/or its denseflow HDF5 file."""
+    """Where one video's data is: its rawframes folder and/or its denseflow HDF5 files (forward,
+    backward)."""
 
     key: str
     folder: Path | None = None
     h5: Path | None = None
+    h5_backward: Path | None = None
     label: int = -1
     label_name: str = ""
     total_frames: int | None = None  # what an annotation list says
@@ -102,6 +109,7 @@ class VideoImport:
     reason: str = ""
     frames: int = 0
     pairs: int = 0
+    backward_pairs: int = 0
     kept_as_is: int = 0  # RGB JPEGs stored byte for byte
 
 
@@ -140,12 +148,15 @@ def find_sources(root: str | os.PathLike) -> dict[str, Source]:
             path = Path(dirpath, name)
             if parsed is None or not denseflow.is_denseflow_file(path):
                 continue
-            key = (PurePosixPath(path.parent.relative_to(root).as_posix()) / parsed[0]).as_posix()
+            stem, _, backward = parsed
+            key = (PurePosixPath(path.parent.relative_to(root).as_posix()) / stem).as_posix()
             source = sources.setdefault(key, Source(key))
-            if source.h5 is not None:
-                raise FlowkitError(f"{key}: two denseflow files ({source.h5.name}, {name}); keep "
-                                   "one step per video")
-            source.h5 = path
+            attr = "h5_backward" if backward else "h5"
+            if getattr(source, attr) is not None:
+                raise FlowkitError(f"{key}: two {'backward ' if backward else ''}denseflow files "
+                                   f"({getattr(source, attr).name}, {name}); keep one step per "
+                                   "video")
+            setattr(source, attr, path)
     return dict(sorted(sources.items()))
 
 
@@ -221,14 +232,14 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
         summary.unmatched, summary.unlabelled = match.unmatched, match.unlabelled
         for key in match.unlabelled:
             src = sources.pop(key)
-            summary.results.append(VideoImport(key, str(src.folder or src.h5), "skipped",
+            summary.results.append(VideoImport(key, _where(src), "skipped",
                                                "no label in the annotation files"))
     store = FlowStore(store_path, "a", classes=classes)
     store.remove_partials()
     todo = []
     for source in sources.values():
-        if _finished(store, source.key, config):
-            summary.results.append(VideoImport(source.key, str(source.folder or source.h5),
+        if _finished(store, source, config):
+            summary.results.append(VideoImport(source.key, _where(source),
                                                "skipped", "already in the store"))
         else:
             todo.append(source)
@@ -251,6 +262,11 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     return summary
 
 
+def _where(source: Source) -> str:
+    """The path a summary line names for ``source``."""
+    return str(source.folder or source.h5 or source.h5_backward)
+
+
 _local = threading.local()
 
 
@@ -262,28 +278,60 @@ def _thread_store(path: Path) -> FlowStore:
     return stores[path]
 
 
-def _finished(store: FlowStore, key: str, config: ImportConfig) -> bool:
-    """Whether ``key`` is already imported: complete, with this flow (or flow not asked for, or
-    an RGB-only video)."""
-    if not store.is_complete(key):
+def _finished(store: FlowStore, source: Source, config: ImportConfig) -> bool:
+    """Whether ``source`` is already imported: complete, with this flow and, where the source has
+    backward flow, its backward flow (or flow not asked for, or an RGB-only video)."""
+    if not store.is_complete(source.key):
         return False
     try:
-        flows = store.meta(key)["flows"]
+        flows = store.meta(source.key)["flows"]
     except (FlowkitError, OSError):
         return False  # unreadable: imported again, the damaged file replaced
-    return not config.flow or config.flow_name in flows or not flows
+    if not config.flow or not flows:
+        return True
+    return config.flow_name in flows and (backward_name(config.flow_name) in flows
+                                          or not _has_backward(source))
+
+
+def _has_backward(source: Source) -> bool:
+    """Whether the source holds backward flow (a denseflow ``_m<s>.h5`` or ``flow_x_m*`` files)."""
+    if source.h5_backward is not None:
+        return True
+    return source.folder is not None and source.folder.is_dir() and any(
+        e.name.startswith(f"{rawframes.FLOW_X_PREFIX}_m") for e in os.scandir(source.folder))
+
+
+@dataclass
+class _Flow:
+    """One direction of a video's flow: where it is read, which source pairs (0-based) are
+    written, and under which store name and engine record."""
+
+    name: str
+    pairs: list[int]
+    h5: denseflow.DenseflowFile | None
+    backward: bool
+    record: dict
 
 
 @dataclass
 class _Plan:
-    """What one video contributes: the image indices and flow to write, and how it is named."""
+    """What one video contributes: the image indices and flows to write."""
 
     frames: list[int]
-    pairs: list[int]
+    flows: list[_Flow]
     step: int
-    h5_flow: denseflow.DenseflowFile | None
     video: rawframes.RawframeVideo | None
-    record: dict | None
+
+
+def _open_h5(path: Path | None, backward: bool, config: ImportConfig
+             ) -> denseflow.DenseflowFile | None:
+    if path is None or not config.flow:
+        return None
+    flow = denseflow.open_flow(path)
+    if flow.backward != backward:
+        raise FlowkitError(f"{path.name} holds {'backward' if flow.backward else 'forward'} flow "
+                           f"datasets but its name says {'backward' if backward else 'forward'}")
+    return flow
 
 
 def plan_video(source: Source, config: ImportConfig) -> _Plan:
@@ -291,17 +339,27 @@ def plan_video(source: Source, config: ImportConfig) -> _Plan:
     video = rawframes.scan_folder(source.folder) if source.folder is not None else None
     if video is not None and video.problems:
         raise FlowkitError("; ".join(video.problems))
-    h5_flow = denseflow.open_flow(source.h5) if source.h5 is not None and config.flow else None
-    step = h5_flow.step if h5_flow is not None else 1
+    h5 = {False: _open_h5(source.h5, False, config),
+          True: _open_h5(source.h5_backward, True, config)}
+    folder_pairs = {False: video.flow if video is not None else [],
+                    True: video.backward if video is not None else []}
+    counts = {d: len(h5[d]) if h5[d] is not None else len(folder_pairs[d]) if config.flow else 0
+              for d in (False, True)}
+    steps = {h5[d].step if h5[d] is not None else video.flow_step
+             for d in (False, True) if counts[d]}
+    if len(steps) > 1:
+        raise FlowkitError(f"forward and backward flow have different steps {sorted(steps)}; "
+                           "keep one step per video")
+    step = steps.pop() if steps else 1
     rgb = video.rgb if video is not None and config.rgb else []
-    if h5_flow is None and video is not None and config.flow and video.flow:
-        step = video.flow_step
-    n_flow = len(h5_flow) if h5_flow is not None else (
-        len(video.flow) if video is not None and config.flow else 0)
-    if rgb and n_flow and n_flow != len(rgb) - step:
-        raise FlowkitError(f"{len(rgb)} frames but {n_flow} flow pairs of step {step} in "
-                           f"{source.h5.name if h5_flow is not None else 'the folder'} "
-                           f"(expected {len(rgb) - step})")
+    for d, n_flow in counts.items():
+        where = h5[d].path.name if h5[d] is not None else "the folder"
+        if rgb and n_flow and n_flow != len(rgb) - step:
+            raise FlowkitError(f"{len(rgb)} frames but {n_flow} {'backward ' if d else ''}flow "
+                               f"pairs of step {step} in {where} (expected {len(rgb) - step})")
+    if counts[False] and counts[True] and counts[False] != counts[True]:
+        raise FlowkitError(f"{counts[False]} forward but {counts[True]} backward flow pairs")
+    n_flow = max(counts.values())
     n = len(rgb) if rgb else (n_flow + step if n_flow else 0)
     if n == 0:
         raise FlowkitError("nothing to import (no frames, no flow)")
@@ -311,37 +369,46 @@ def plan_video(source: Source, config: ImportConfig) -> _Plan:
         raise FlowkitError(f"the annotation list says {source.total_frames} frames, the folder "
                            f"has {images} frames and {n_flow} flow pairs")
     kept = (n - 1) // step + 1
-    frames = rgb[::step]
-    pairs = list(range(0, n_flow, step))[: kept - 1] if n_flow else []
-    record = None
-    if n_flow:
-        if h5_flow is not None:
-            params = {"source_format": "denseflow-hdf5", "naming": f"flow_{{x,y}}"
-                      f"{f'_p{step}' if step > 1 else ''}_{{:05d}}.jpg datasets from 0",
-                      "step": step}
-        else:
-            params = {"source_format": "mmaction2-rawframes", "bound": float(config.bound),
-                      "quantization_error": rawframes.quantization_error(config.bound),
-                      "image_format": "png" if video.flow_ext == "png" else "jpeg",
-                      "naming": video.naming(), "step": step}
-        # The engine record says where the flow came from: the format read (as the engine), the
-        # flowkit that read it (as its version), and "external" numerics.
-        record = {"engine": params["source_format"], "version": __version__, "params": params,
-                  "backend": "external"}
-    return _Plan(frames, pairs, step, h5_flow, video, record)
+    flows = [_Flow(backward_name(config.flow_name) if d else config.flow_name,
+                   list(range(0, counts[d], step))[: kept - 1], h5[d], d,
+                   _record(h5[d], video, step, d, config))
+             for d in (False, True) if counts[d]]
+    return _Plan(rgb[::step], flows, step, video)
+
+
+def _record(h5: denseflow.DenseflowFile | None, video: rawframes.RawframeVideo | None, step: int,
+            backward: bool, config: ImportConfig) -> dict:
+    """Where the flow came from: the format read (as the engine), the flowkit that read it (as its
+    version), "external" numerics, and the direction."""
+    if h5 is not None:
+        tag = f"_m{step}" if backward else f"_p{step}" if step > 1 else ""
+        params = {"source_format": "denseflow-hdf5", "naming": f"flow_{{x,y}}{tag}_{{:05d}} "
+                  f"datasets from {step if backward else 0}", "step": step}
+    else:
+        params = {"source_format": "mmaction2-rawframes", "bound": float(config.bound),
+                  "quantization_error": rawframes.quantization_error(config.bound),
+                  "image_format": "png" if video.flow_ext == "png" else "jpeg",
+                  "naming": video.naming(), "step": step}
+    record = {"engine": params["source_format"], "version": __version__, "params": params,
+              "backend": "external"}
+    if backward:
+        record["direction"] = "backward"
+    return record
 
 
 def _import_one(store: FlowStore, source: Source, config: ImportConfig,
                 stop: StopFlag) -> VideoImport:
-    where = str(source.folder or source.h5)
+    where = _where(source)
     try:
         plan = plan_video(source, config)
         result = VideoImport(source.key, where, "done")
         first = _first_frame(plan, config)
-        # Adding flow to a video the store has: its RGB frames are kept (copy-on-write), not
-        # appended a second time.
-        if plan.frames and store.is_complete(source.key) and store.meta(source.key)["has_rgb"]:
-            plan.frames = []
+        # Adding flow to a video the store has: its RGB frames and flows are kept (copy-on-write),
+        # not appended a second time.
+        if store.is_complete(source.key):
+            meta = store.meta(source.key)
+            plan.frames = [] if meta["has_rgb"] else plan.frames
+            plan.flows = [f for f in plan.flows if f.name not in meta["flows"]]
         with store.writer(source.key, source=where, fps=config.fps, label=source.label,
                           label_name=source.label_name, source_size=first.shape[:2],
                           step=plan.step, flow_codec=config.flow_codec,
@@ -351,11 +418,16 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
                 chunk = plan.frames[i:i + CHUNK]
                 result.kept_as_is += _append_rgb(w, plan.video, chunk)
                 result.frames += len(chunk)
-            for i in range(0, len(plan.pairs), CHUNK):
-                stop.check()
-                w.append_flow(config.flow_name, _flow(plan, plan.pairs[i:i + CHUNK], config),
-                              engine=plan.record)
-                result.pairs += min(CHUNK, len(plan.pairs) - i)
+            for flow in plan.flows:
+                for i in range(0, len(flow.pairs), CHUNK):
+                    stop.check()
+                    chunk = flow.pairs[i:i + CHUNK]
+                    w.append_flow(flow.name, _read(plan, flow, chunk, config),
+                                  engine=flow.record)
+                    if flow.backward:
+                        result.backward_pairs += len(chunk)
+                    else:
+                        result.pairs += len(chunk)
         return result
     except Stopped:
         raise
@@ -384,15 +456,17 @@ def _first_frame(plan: _Plan, config: ImportConfig) -> np.ndarray:
     """One image of the video (its size is the stored size), RGB or a flow component."""
     if plan.frames:
         return rawframes.read_rgb(plan.video, plan.frames[:1])[0]
-    return _flow(plan, plan.pairs[:1], config)[0, 0]
+    flow = plan.flows[0]
+    return _read(plan, flow, flow.pairs[:1], config)[0, 0]
 
 
-def _flow(plan: _Plan, positions: list[int], config: ImportConfig) -> np.ndarray:
+def _read(plan: _Plan, flow: _Flow, positions: list[int], config: ImportConfig) -> np.ndarray:
     """Flow pairs at ``positions`` (0-based pair numbers of the source): ``(N, 2, H, W)``."""
-    if plan.h5_flow is not None:
-        return plan.h5_flow.read(positions)
-    indices = [plan.video.flow[p] for p in positions]
-    return rawframes.read_flow(plan.video, indices, config.bound)
+    if flow.h5 is not None:
+        return flow.h5.read(positions)
+    pairs = plan.video.backward if flow.backward else plan.video.flow
+    return rawframes.read_flow(plan.video, [pairs[p] for p in positions], config.bound,
+                               flow.backward)
 
 
 __all__ = ["ImportConfig", "ImportSummary", "VideoImport", "Source", "find_sources",
