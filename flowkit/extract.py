@@ -5,7 +5,9 @@ takes, fill batches of ``batch`` pairs, one engine call each (:mod:`flowkit.feed
 ahead in threads, a thread writes the store behind). RGB frames and flow are appended to each
 video's partial file, which the store renames only once the whole video is written. So memory is
 bounded by a few chunks whatever the videos' lengths, a crash loses at most the videos in progress,
-and rerunning the same command skips every finished video (resume).
+and rerunning the same command skips every finished video (resume). With ``backward`` the engine
+computes each pair from frame t+1 to frame t (:class:`flowkit.flow.Backward`) into
+``flow/<method>_backward``, beside the forward flow of an earlier run.
 
 One bad video never stops a run: its error becomes one line in the summary. Sharding (``RANK`` /
 ``WORLD_SIZE`` as set by torchrun, or ``shard=(i, n)``) splits the video list into shares balanced
@@ -30,7 +32,7 @@ import torch
 from . import feed
 from .errors import FlowkitError, StoreWriteError
 from .feed import VideoResult
-from .flow import create_engine, engine_class
+from .flow import Backward, check_reversible, create_engine, engine_class
 from .flow.base import FlowEngine
 from .labels import VideoItem
 from .progress import Progress, StopFlag
@@ -72,7 +74,10 @@ class ExtractConfig(feed.FeedOptions):
     """What to compute and how to store it; every field maps to a ``flowkit extract`` option.
 
     Decoding, batching and storing are the fields of :class:`flowkit.feed.FeedOptions`; these add
-    the engine (parameters, device, backend, compile) and the worker processes. ``batch`` None is
+    the engine (parameters, device, backend, compile) and the worker processes. ``backward``
+    (from FeedOptions) wraps the engine in :class:`~flowkit.flow.Backward`, which writes
+    ``flow/<method>_backward`` (:attr:`flow_name`); engines that read pairs as clips refuse it
+    (:class:`~flowkit.errors.EngineError`). ``batch`` None is
     8 pairs on the CPU, 64 on CUDA; fewer for large frames, so that the engine's batches of all
     workers together stay under ``max_memory`` bytes (None: no bound). ``workers`` None: one
     process per usable core (:func:`default_workers`)."""
@@ -91,6 +96,8 @@ class ExtractConfig(feed.FeedOptions):
     max_memory: int | None = DEFAULT_MAX_MEMORY
 
     def __post_init__(self):
+        if self.backward:
+            check_reversible(engine_class(self.method))  # EngineError, a FlowkitError
         flow_codec(self.flow_codec)  # StoreError (a FlowkitError) for an unknown codec or value
         rgb_codec(self.rgb_codec)
         try:
@@ -113,6 +120,8 @@ class ExtractConfig(feed.FeedOptions):
 
 @dataclass
 class ExtractSummary:
+    """One run's outcome. ``method`` names the flow written, ``flow/<method>`` (``tvl1``,
+    ``tvl1_backward``)."""
     store: str
     method: str
     results: list[VideoResult]
@@ -206,12 +215,13 @@ def build_engine(config: ExtractConfig) -> FlowEngine:
     elif config.backend not in ("auto", "torch"):
         raise FlowkitError(f"engine {config.method!r} has no CuPy kernels; use --backend torch "
                            "(or auto)")
-    return create_engine(config.method, device=_device_for_rank(config.device), **params)
+    engine = create_engine(config.method, device=_device_for_rank(config.device), **params)
+    return Backward(engine) if config.backward else engine
 
 
-def finished_keys(store_path: str | os.PathLike, method: str,
+def finished_keys(store_path: str | os.PathLike, flow_name: str,
                   items: Sequence[VideoItem]) -> set[str]:
-    """Keys of ``items`` the store at ``store_path`` already holds with ``flow/<method>`` (empty
+    """Keys of ``items`` the store at ``store_path`` already holds with ``flow/<flow_name>`` (empty
     when there is no store yet)."""
     from pathlib import Path
 
@@ -220,8 +230,8 @@ def finished_keys(store_path: str | os.PathLike, method: str,
     if not (Path(store_path) / MANIFEST).is_file():
         return set()
     store = FlowStore(store_path)
-    return {item.key for item in items
-            if (meta := _finished_meta(store, item.key)) is not None and method in meta["flows"]}
+    return {item.key for item in items if (meta := _finished_meta(store, item.key)) is not None
+            and flow_name in meta["flows"]}
 
 
 def _finished_meta(store: FlowStore, key: str) -> dict | None:
@@ -344,9 +354,9 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     todo, results, metas = [], [], {}
     for item in items:
         meta = metas[item.key] = None if item.key in config.redo else known.get(item.key)
-        if meta is not None and config.method in meta["flows"]:
+        if meta is not None and config.flow_name in meta["flows"]:
             results.append(VideoResult(item.key, str(item.path), "skipped",
-                                       reason=f"already in the store with flow/{config.method}"))
+                                       reason=f"already in the store with flow/{config.flow_name}"))
         else:
             todo.append(item)
     setup = time.perf_counter() - started
@@ -368,8 +378,9 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     pairs.close()
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
-    summary = ExtractSummary(str(store.path), config.method, results, time.perf_counter() - started,
-                             backend=backend, stopped=stopped, setup_seconds=setup,
+    summary = ExtractSummary(str(store.path), config.flow_name, results,
+                             time.perf_counter() - started, backend=backend, stopped=stopped,
+                             setup_seconds=setup,
                              not_started=len(items) - len(results) if stopped else 0)
     summary.notes = (_size_notes(results, config) + _memory_notes(results, config)
                      + _redo_notes(results, config))
@@ -379,7 +390,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
 def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:
     """What this run writes into a store, for :func:`flowkit.store.compat.compare_with_store`."""
     params = engine_class(config.method).Params
-    return Request(method=config.method, engine=engine.describe(), size=config.size,
+    return Request(method=config.flow_name, engine=engine.describe(), size=config.size,
                    step=config.step, rgb=config.rgb, rgb_codec=rgb_codec(config.rgb_codec),
                    flow_codec=flow_codec(config.flow_codec),
                    param_names=tuple(f.name for f in dataclasses.fields(params)) if params else ())

@@ -44,6 +44,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .conventions import backward_name
 from .errors import FlowkitError, StoreWriteError, VideoError
 from .labels import VideoItem
 from .store import FlowStore, flow_codec, rgb_codec
@@ -81,9 +82,10 @@ def failure_reason(item: VideoItem, exc: BaseException) -> str:
 @dataclass
 class FeedOptions:
     """How videos are decoded, batched and stored (``ExtractConfig`` extends it with the engine
-    and the processes). ``method`` names the flow dataset (``flow/<method>``); ``flow_codec`` and
-    ``rgb_codec`` are codec specs (:func:`flowkit.store.flow_codec`: ``"jpegls:0.1"``,
-    ``"float16"``, ``"uint8:20"``; ``"jpeg:95"``, ``"raw"``)."""
+    and the processes). ``method`` is the engine's name; ``backward`` says the engine computes
+    backward flow (:class:`flowkit.flow.Backward`); the flow is stored as ``flow/<flow_name>``.
+    ``flow_codec`` and ``rgb_codec`` are codec specs (:func:`flowkit.store.flow_codec`:
+    ``"jpegls:0.1"``, ``"float16"``, ``"uint8:20"``; ``"jpeg:95"``, ``"raw"``)."""
     method: str = "tvl1"
     size: int | tuple[int, int] | None = None
     step: int = 1
@@ -95,6 +97,13 @@ class FeedOptions:
     prefetch: int = 2
     decode_threads: int = 0
     max_memory: int | None = None  # bytes for the engine's batches; None: ``batch`` pairs whatever their size
+    backward: bool = False
+
+    @property
+    def flow_name(self) -> str:
+        """The flow dataset written: ``method``, or its :func:`~flowkit.conventions.backward_name`
+        (``tvl1_backward``) with ``backward``."""
+        return backward_name(self.method) if self.backward else self.method
 
 
 @dataclass(eq=False)
@@ -265,7 +274,7 @@ class _Writer(threading.Thread):
                     flow, ready = args[1], args[2]
                     if ready is not None:
                         ready.synchronize()
-                    self._writer(job).append_flow(self.opts.method, flow.numpy(), self.record)
+                    self._writer(job).append_flow(self.opts.flow_name, flow.numpy(), self.record)
                 elif kind == "end":
                     self._close(job, None)
                 elif kind == "fail":
@@ -306,7 +315,7 @@ class _Writer(threading.Thread):
         if isinstance(exc, StoreWriteError) and self.fatal is None:
             self.fatal = exc
         if job.claimed:
-            self.store.release(job.item.key, self.opts.method)
+            self.store.release(job.item.key, self.opts.flow_name)
             job.claimed = False
         if exc is None:
             result = VideoResult(job.item.key, str(job.item.path), "done", frames=job.frames,
@@ -350,7 +359,8 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
         decode: Callable = decode_video,
         redo: frozenset[str] = frozenset()) -> Iterator[VideoResult]:
     """Extract ``items`` with ``engine`` into ``store``; yields one :class:`VideoResult` per item,
-    in completion order.
+    in completion order. The flow goes to ``flow/<opts.flow_name>``: with ``opts.backward``,
+    ``engine`` must be a :class:`~flowkit.flow.Backward` one.
 
     ``finished_meta(key)`` gives a finished video's metadata (its RGB frames are then not written
     again) or None; ``should_stop()`` raises KeyboardInterrupt when the run must stop, in which
@@ -398,7 +408,7 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
         for job in jobs:
             job.cancelled.set()
             if job.claimed:  # interrupted or stopped before its result
-                store.release(job.item.key, opts.method)
+                store.release(job.item.key, opts.flow_name)
                 job.claimed = False
 
 
@@ -407,17 +417,17 @@ def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queu
     the run began) gets its "skipped" result instead."""
     if job.thread is not None or job.skipped:
         return
-    holder = store.claim(job.item.key, opts.method)
+    holder = store.claim(job.item.key, opts.flow_name)
     if holder is None:
         job.claimed = True
-        if job.redo or opts.method not in store.flows_on_disk(job.item.key):
+        if job.redo or opts.flow_name not in store.flows_on_disk(job.item.key):
             job.thread = threading.Thread(target=_decode, args=(job, opts, decode), daemon=True,
                                           name=f"flowkit-decode-{job.item.key}")
             job.thread.start()
             return
-        store.release(job.item.key, opts.method)
+        store.release(job.item.key, opts.flow_name)
         job.claimed = False
-        reason = f"already in the store with flow/{opts.method} (finished by another process)"
+        reason = f"already in the store with flow/{opts.flow_name} (finished by another process)"
     else:
         reason = f"being extracted by {holder}; rerun later to pick it up if that run fails"
     job.skipped = True

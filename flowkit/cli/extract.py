@@ -1,4 +1,5 @@
-"""``flowkit extract VIDEO_DIR -o STORE``: motion features for a folder of videos."""
+"""``flowkit extract VIDEO_DIR -o STORE``: motion features for a folder of videos (``--backward``:
+backward flow into ``flow/<method>_backward``)."""
 from __future__ import annotations
 
 import contextlib
@@ -127,6 +128,9 @@ def _print_summary(console: Console, summary) -> None:
               help="Store directory (created if missing; rerunning resumes).")
 @click.option("--method", default="tvl1", show_default=True, type=click.Choice(list_engines()),
               help="Motion engine.")
+@click.option("--backward", is_flag=True,
+              help="Compute backward flow (frame t+1 -> t) into flow/<method>_backward; run again "
+                   "without it for forward flow.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Engine parameter, repeatable (e.g. --param warps=3).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -183,10 +187,10 @@ def _print_summary(console: Console, summary) -> None:
                    "pairs per shard, then exit (--shard I/N or torchrun gives the count).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @handle_errors
-def command(video_dir, store, method, params, weights, device, backend, compile, size, step,
-            max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, max_memory, split_list,
-            class_index, annotations, label_map, shard, redo, redo_mismatched, plan_only,
-            as_json):
+def command(video_dir, store, method, backward, params, weights, device, backend, compile, size,
+            step, max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, max_memory,
+            split_list, class_index, annotations, label_map, shard, redo, redo_mismatched,
+            plan_only, as_json):
     """Compute motion features for every video under VIDEO_DIR (or one video file) into the store
     given with -o.
 
@@ -195,7 +199,8 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
     already holds videos made with other options (size, step, codecs, engine parameters) is
     checked before anything is computed: the run is refused with the options that match, unless
     --redo-mismatched. One unreadable video is reported and skipped; the exit code is 1 if any
-    video failed or the store's disk filled up.
+    video failed or the store's disk filled up. --backward stores the flow from frame t+1 to frame
+    t as flow/<method>_backward: run once without and once with it for both directions.
 
     \b
     Examples:
@@ -222,11 +227,12 @@ def command(video_dir, store, method, params, weights, device, backend, compile,
     _check_params(method, engine_params)
     if weights:
         engine_params["weights"] = weights
-    config = ExtractConfig(method=method, engine_params=engine_params, device=device,
-                           backend=backend, compile=compile, size=parse_size(size), step=step,
-                           max_frames=max_frames, flow_codec=flow_codec, rgb_codec=rgb_codec, rgb=rgb,
-                           batch=batch, workers=_workers(workers), redo=tuple(redo),
-                           redo_mismatched=redo_mismatched, max_memory=_bytes(max_memory))
+    config = ExtractConfig(method=method, backward=backward, engine_params=engine_params,
+                           device=device, backend=backend, compile=compile, size=parse_size(size),
+                           step=step, max_frames=max_frames, flow_codec=flow_codec,
+                           rgb_codec=rgb_codec, rgb=rgb, batch=batch, workers=_workers(workers),
+                           redo=tuple(redo), redo_mismatched=redo_mismatched,
+                           max_memory=_bytes(max_memory))
     scan_notes: list[str] = []
     items, classes = _items(video_dir, split_list, class_index, scan_notes)
     console = Console(stderr=True)
@@ -270,7 +276,7 @@ def _print_plan(console: Console, items, store: Path, config: ExtractConfig, sha
     distributed.shutdown()
     if not main:
         return
-    done = finished_keys(store, config.method, items)
+    done = finished_keys(store, config.flow_name, items)
     unit = "expected frame pairs" if plan.basis == "frame pairs" else "bytes (no frame counts)"
     total = max(sum(plan.costs.values()), 1)
     for r in range(count):

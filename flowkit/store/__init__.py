@@ -20,7 +20,8 @@ holds root attributes (``format="flowkit-video"``, ``version``, ``key``, ``sourc
 - ``rgb``: uint8 ``(T, H, W, 3)``, optional;
 - ``flow/<name>``: ``T-1`` flow pairs ``(2, H, W)``, channel 0 horizontal, 1 vertical, in pixels at
   the stored resolution, with the engine's ``engine``, ``engine_version``, ``params`` and
-  ``backend``.
+  ``backend``; ``flow/<name>_backward`` (:func:`flowkit.conventions.backward_name`) holds the same
+  pairs computed from frame t+1 to frame t, and also records ``direction="backward"``.
 
 Each dataset records its codec (:mod:`flowkit.store.codecs`): by default flow is ``jpegls`` (error
 at most 0.1 px, guaranteed) and RGB is ``jpeg`` (quality 95), about the size of mmaction2 rawframes

@@ -88,7 +88,8 @@ def json_default(obj: Any) -> Any:
 
 def engine_record(engine: Any, name: str) -> dict[str, Any]:
     """Validate an engine description ``{"engine", "version", "params"}`` (and the optional
-    ``"backend"`` it computed with); params as JSON text."""
+    ``"backend"`` it computed with and ``"direction"``, "backward" for backward flow); params as
+    JSON text."""
     if not isinstance(engine, dict) or not {"engine", "version", "params"} <= set(engine):
         raise StoreError(f"flow {name!r}: engine must be a dict with keys 'engine', 'version' and "
                          f"'params' (FlowEngine.describe() returns one), got {engine!r}")
@@ -98,8 +99,9 @@ def engine_record(engine: Any, name: str) -> dict[str, Any]:
         raise StoreError(f"flow {name!r}: engine params are not JSON-serialisable: {e}") from None
     record = {"engine": str(engine["engine"]), "engine_version": str(engine["version"]),
               "params": params}
-    if engine.get("backend") is not None:
-        record["backend"] = str(engine["backend"])
+    for key in ("backend", "direction"):
+        if engine.get(key) is not None:
+            record[key] = str(engine[key])
     return record
 
 
