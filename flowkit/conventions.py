@@ -8,7 +8,7 @@ intensities in [0, 255]; RGB channel order.
 from __future__ import annotations
 
 #: The inputs a classifier can take from a store.
-MODALITIES = ("rgb", "flow")
+MODALITIES = ("rgb", "flow", "flow_backward")
 
 #: Backward flow is stored beside the forward flow it reverses, under the forward name plus this
 #: suffix: ``flow/tvl1_backward[t]`` maps pixel p of frame t+1 to ``p + flow(p)`` in frame t

@@ -132,9 +132,9 @@ def _config_values(ctx: click.Context, params: dict, explicit_only: bool) -> dic
 def command(ctx, store, out, resume, overwrite, as_json, **params):
     """Train a video classifier on the videos of STORE (a flowkit store), writing RUN_DIR.
 
-    The model's inputs (rgb and/or flow) decide what is loaded; a store lacking them is refused
-    before anything is written. Ctrl-C stops after the current step and saves it; rerun with
-    --resume to continue exactly. A split that leaves no validation video is warned about.
+    The model's inputs (rgb, flow, backward flow) decide what is loaded; a store lacking them is
+    refused before anything is written. Ctrl-C stops after the current step and saves it; rerun
+    with --resume to continue exactly. A split that leaves no validation video is warned about.
 
     \b
     Examples:

@@ -1,4 +1,5 @@
-"""Torch datasets of clips from a flowkit store: RGB frames, flow stacks, or both, aligned per frame.
+"""Torch datasets of clips from a flowkit store: RGB frames, flow stacks and backward flow, aligned
+per frame.
 
 Reproducible randomness without ``worker_init_fn``. Every random choice for item ``index`` (clip
 position, crop, flip) comes from a generator built from ``(seed, epoch, index)``
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..conventions import backward_name, is_backward
 from ..errors import FlowkitError
 from ..store import FlowStore
 from .samplers import flow_indices
@@ -49,16 +51,19 @@ class ClipDataset(Dataset):
     Args:
         store: a :class:`~flowkit.store.FlowStore` or its path.
         keys: store keys (default: all videos of the store, sorted); repeats are allowed.
-        inputs: modalities to load, ``("rgb",)``, ``("flow",)`` or ``("rgb", "flow")``
-            (a model's ``model.inputs``).
+        inputs: modalities to load, distinct names among ``"rgb"``, ``"flow"`` and
+            ``"flow_backward"`` (a model's ``model.inputs``).
         sampler: clip sampler (:mod:`flowkit.data.samplers`), called as
             ``sampler(num_frames, rng) -> list of (T,) frame-index arrays``.
-        transform: called as ``transform(sample, rng) -> sample`` on ``rgb (3, T, H, W)`` 0..255 and
-            ``flow (2L, T, H, W)`` pixels (:mod:`flowkit.data.transforms`); it must normalise
+        transform: called as ``transform(sample, rng) -> sample`` on ``rgb (3, T, H, W)`` 0..255,
+            ``flow (2L, T, H, W)`` and ``flow_backward (2, T, H, W)`` pixels
+            (:mod:`flowkit.data.transforms`); it must normalise
             (:func:`~flowkit.data.transforms.train_transform` and ``test_transform`` do). Default:
             :class:`~flowkit.data.transforms.Normalize` only.
-        flow_name: flow dataset to read (the extraction ``--method``).
-        flow_stack: L, consecutive flows stacked per clip position (a model's ``model.flow_stack``).
+        flow_name: flow dataset to read (the extraction ``--method``); backward flow is read from
+            ``flow/<flow_name>_backward`` (:func:`~flowkit.conventions.backward_name`).
+        flow_stack: L, consecutive flows stacked per clip position (a model's ``model.flow_stack``);
+            forward flow only: backward flow is one flow per position.
         seed: base of every random choice (non-negative).
         views: whether items carry a leading views dim. ``None``: exactly when
             ``sampler.clips * transform.crops > 1``; ``True``: always (evaluation with 1 view);
@@ -71,10 +76,14 @@ class ClipDataset(Dataset):
     - ``flow`` float32 ``(2L, T, h, w)`` or ``(V, 2L, T, h, w)``: at clip position ``t`` (frame
       ``i_t``) flows ``i_t .. i_t + L - 1`` (clamped to the last flow) as ``(u_0, v_0, u_1, ...)``,
       divided by ``flow_bound``;
-    - ``flow_bound`` float32 scalar (pixels; the store's bound for uint8 flow, else 20);
+    - ``flow_backward`` float32 ``(2, T, h, w)`` or ``(V, 2, T, h, w)``: at clip position ``t`` the
+      backward flow from frame ``i_t`` to ``i_t - 1`` (store pair ``i_t - 1`` of the backward
+      dataset; zeros at ``i_t = 0``), divided by the same ``flow_bound``;
+    - ``flow_bound`` float32 scalar (pixels; the store's bound for uint8 flow, that of the forward
+      flow when the store has it, else 20);
     - ``label`` int64 scalar (0-based, -1 if unlabelled); ``index`` int64 scalar (``i``).
 
-    Only the requested modalities (and ``flow_bound`` with flow) are present.
+    Only the requested modalities (and ``flow_bound`` with either flow) are present.
     """
 
     def __init__(self, store: FlowStore | str | os.PathLike, keys: Sequence[str] | None = None, *,
@@ -146,10 +155,14 @@ class ClipDataset(Dataset):
             sample["rgb"] = self._read_rgb(video, frames)
         if "flow" in self.inputs:
             sample["flow"] = self._read_flow(video, frames)
+        if "flow_backward" in self.inputs:
+            sample["flow_backward"] = self._read_backward_flow(video, frames)
+        has_flow = self.inputs != ("rgb",)  # flow or flow_backward: Normalize divides by the bound
+        if has_flow:
             sample["flow_bound"] = video.flow_bound
         sample = self.transform(sample, rng)
         item = {name: self._to_views(sample[name], len(clips)) for name in self.inputs}
-        if "flow" in self.inputs:
+        if has_flow:
             item["flow_bound"] = torch.tensor(video.flow_bound, dtype=torch.float32)
         item["label"] = torch.tensor(video.label, dtype=torch.int64)
         item["index"] = torch.tensor(index, dtype=torch.int64)
@@ -169,6 +182,14 @@ class ClipDataset(Dataset):
             self.store.read_flow(video.key, self.flow_name, index.reshape(-1)))  # (N * L, 2, H, W)
         n, (h, w) = len(frames), stacks.shape[-2:]
         return stacks.reshape(n, 2 * self.flow_stack, h, w).permute(1, 0, 2, 3)
+
+    def _read_backward_flow(self, video: VideoInfo, frames: np.ndarray) -> torch.Tensor:
+        """float32 ``(2, N, H, W)`` pixels: at frame indices ``(N,)`` the backward flow to the
+        previous frame, store pair ``i - 1`` (frame 0 has none: zeros)."""
+        pairs = self.store.read_flow(video.key, backward_name(self.flow_name),
+                                     np.maximum(frames - 1, 0))  # (N, 2, H, W)
+        pairs = np.where((frames > 0)[:, None, None, None], pairs, np.float32(0))
+        return torch.from_numpy(pairs).permute(1, 0, 2, 3)
 
     def _to_views(self, x: torch.Tensor, clips: int) -> torch.Tensor:
         """``(C, clips*T, h, w)`` or ``(K, C, clips*T, h, w)`` -> ``(clips*K, C, T, h, w)``
@@ -230,26 +251,29 @@ def _check_keys(store: FlowStore, keys: Sequence[str] | None) -> list[str]:
 def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str],
                     flow_name: str) -> dict[str, VideoInfo]:
     """:class:`VideoInfo` of each key; raises :class:`FlowkitError` if a video lacks an input."""
-    info, no_rgb, no_flow, no_pairs, have = {}, [], [], [], set()
+    datasets = {"flow": flow_name, "flow_backward": backward_name(flow_name)}
+    needed = [datasets[m] for m in inputs if m in datasets]  # the flow datasets the inputs read
+    info, no_rgb, no_pairs, have = {}, [], [], set()
+    no_flow: dict[str, list[str]] = {name: [] for name in needed}
     for key in keys:
         meta = store.meta(key)
-        flow = meta["flows"].get(flow_name)
-        have.update(meta["flows"])
+        flows = meta["flows"]
+        have.update(flows)
         if "rgb" in inputs and not meta["has_rgb"]:
             no_rgb.append(key)
-        if "flow" in inputs and flow is None:
-            no_flow.append(key)
-        elif "flow" in inputs and meta["num_frames"] < 2:
+        for name in needed:
+            if name not in flows:
+                no_flow[name].append(key)
+        if needed and meta["num_frames"] < 2 and all(name in flows for name in needed):
             no_pairs.append(key)
+        flow = flows.get(flow_name) or flows.get(backward_name(flow_name))
         bound = float(flow["bound"]) if flow and "bound" in flow else FLOAT_FLOW_BOUND
         info[key] = VideoInfo(key, meta["num_frames"], int(meta.get("label", -1)), bound)
-    if no_flow:
-        raise _missing_error(store, no_flow, len(keys), f"flow {flow_name!r}",
-                             f"they have: {', '.join(sorted(have)) or 'no flow'}; add it with "
-                             f"`flowkit extract VIDEOS -o {store.path} --method {flow_name}` "
-                             "(VIDEOS: the folder the store was extracted from), or train on "
-                             "flow the store has (`flowkit train --flow-name NAME`, "
-                             "flow_name=NAME in Python)")
+    for name, without in no_flow.items():
+        if without:
+            what = f"{'backward flow' if is_backward(name) else 'flow'} {name!r}"
+            raise _missing_error(store, without, len(keys), what,
+                                 _missing_flow_fix(store, name, flow_name, have))
     if no_rgb:
         raise _missing_error(store, no_rgb, len(keys), "rgb frames",
                              "the store was extracted with --no-rgb; extract into a new store "
@@ -260,6 +284,18 @@ def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str]
         raise _missing_error(store, no_pairs, len(keys), "flow (fewer than 2 frames)",
                              "leave these videos out of the keys")
     return info
+
+
+def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str]) -> str:
+    """How to get flow dataset ``name`` (forward ``flow_name`` or its backward flow)."""
+    backward = is_backward(name)
+    command = (f"`flowkit extract VIDEOS -o {store.path}{' --backward' if backward else ''} "
+               f"--method {flow_name}` (VIDEOS: the folder the store was extracted from)")
+    other = ("or let trajectorynet approximate it from the forward flow "
+             "(`--model-arg backward_flow=derived`, its default)" if backward else
+             "or train on flow the store has (`flowkit train --flow-name NAME`, flow_name=NAME in "
+             "Python)")
+    return f"they have: {', '.join(sorted(have)) or 'no flow'}; add it with {command}, {other}"
 
 
 def _missing_error(store: FlowStore, keys: list[str], total: int, what: str,

@@ -5,10 +5,13 @@ A *sample* is a dict of torch tensors:
 - ``rgb``  float ``(3, T, H, W)``, values 0..255 before :class:`Normalize`;
 - ``flow`` float ``(2L, T, H, W)`` in pixels, channels ``(u_0, v_0, u_1, v_1, ...)`` (even channels
   horizontal, odd vertical);
+- ``flow_backward`` float ``(2, T, H, W)`` in pixels, channels ``(u, v)``: transformed exactly as
+  ``flow`` (everything below said of flow holds for it);
 - ``flow_bound`` float (pixels), used by :class:`Normalize`;
 
-either of ``rgb`` / ``flow`` may be absent. Multi-crop transforms return tensors with a leading
-views dim, ``(V, 3, T, h, w)`` and ``(V, 2L, T, h, w)``; the functions below accept such a dim too.
+any of ``rgb`` / ``flow`` / ``flow_backward`` may be absent. Multi-crop transforms return tensors
+with a leading views dim, ``(V, 3, T, h, w)`` and ``(V, 2L, T, h, w)``; the functions below accept
+such a dim too.
 
 Every transform is an object called as ``transform(sample, rng) -> sample`` with ``rng`` a
 ``np.random.Generator`` (deterministic transforms ignore it) and has ``crops``, the number of views
@@ -40,7 +43,7 @@ TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 # ----------------------------------------------------------------------------- functions
 
 def spatial_size(sample: Sample) -> tuple[int, int]:
-    """``(H, W)`` of the sample's rgb or flow."""
+    """``(H, W)`` of the sample's rgb or flows."""
     for name in MODALITIES:
         if name in sample:
             return tuple(sample[name].shape[-2:])
@@ -48,7 +51,7 @@ def spatial_size(sample: Sample) -> tuple[int, int]:
 
 
 def _map(sample: Sample, fn: Callable[[torch.Tensor, str], torch.Tensor]) -> Sample:
-    """A copy of ``sample`` with ``fn(tensor, name)`` applied to its rgb and flow."""
+    """A copy of ``sample`` with ``fn(tensor, name)`` applied to its rgb and flows."""
     out = dict(sample)
     for name in MODALITIES:
         if name in sample:
@@ -79,7 +82,7 @@ def resize(sample: Sample, size: tuple[int, int]) -> Sample:
 
     def one(x: torch.Tensor, name: str) -> torch.Tensor:
         x = _interpolate(x, (out_h, out_w))  # a new tensor: scaling it in place is safe
-        if name == "flow":
+        if name != "rgb":  # flow or flow_backward
             x[..., 0::2, :, :, :] *= out_w / w  # u, channels of (..., 2L, T, H, W)
             x[..., 1::2, :, :, :] *= out_h / h  # v
         return x
@@ -96,7 +99,7 @@ def hflip(sample: Sample) -> Sample:
     """Mirror left-right; flow ``u`` (even channels) changes sign, ``v`` is unchanged."""
     def one(x: torch.Tensor, name: str) -> torch.Tensor:
         x = x.flip(-1)  # a copy
-        if name == "flow":
+        if name != "rgb":  # flow or flow_backward
             x[..., 0::2, :, :, :] *= -1  # u
         return x
 
@@ -105,7 +108,7 @@ def hflip(sample: Sample) -> Sample:
 
 def normalize(sample: Sample, mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD) -> Sample:
-    """rgb ``(x / 255 - mean) / std`` per channel; flow ``/ sample["flow_bound"]`` (pixels)."""
+    """rgb ``(x / 255 - mean) / std`` per channel; flows ``/ sample["flow_bound"]`` (pixels)."""
     def one(x: torch.Tensor, name: str) -> torch.Tensor:
         if name == "rgb":  # one pass: x * 1 / (255 std) - mean / std
             m = torch.tensor(mean, dtype=torch.float32)[:, None, None, None]
@@ -119,7 +122,7 @@ def normalize(sample: Sample, mean: Sequence[float] = IMAGENET_MEAN,
 
 
 def stack_views(samples: Sequence[Sample]) -> Sample:
-    """Samples of equal shapes -> one sample with a leading views dim on rgb and flow."""
+    """Samples of equal shapes -> one sample with a leading views dim on rgb and flows."""
     out = dict(samples[0])
     for name in MODALITIES:
         if name in out:

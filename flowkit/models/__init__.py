@@ -3,7 +3,8 @@ TVNet end-to-end classifier.
 
 ``create_model(name, **kw)`` builds one by name; ``list_models()`` names them.
 """
-from .base import MODALITIES, VideoClassifier, classification_loss
+from ..conventions import MODALITIES
+from .base import VideoClassifier, classification_loss
 from .registry import create_model, list_models, model_class, model_parameters, register_model
 
 __all__ = ["MODALITIES", "VideoClassifier", "classification_loss", "create_model", "list_models",

@@ -5,6 +5,8 @@ Input conventions (batches as the data module produces them):
     ``flow``       float ``(B, 2L, T, H, W)``: channels ``(u, v)`` of flows ``t .. t+L-1`` at clip
                    position ``t``, divided by the store's bound (so about [-1, 1]); pixels at the
                    clip's resolution are ``flow * flow_bound``
+    ``flow_backward`` float ``(B, 2, T, H, W)``: at clip position ``t`` the backward flow from
+                   frame ``i_t`` to ``i_t - 1`` (zero at frame 0), divided by ``flow_bound``
     ``flow_bound`` float ``(B,)``: the bound the flow was divided by, in pixels
     ``label``      int64 ``(B,)``
 
@@ -19,14 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..conventions import MODALITIES
 from ..errors import FlowkitError
+
+#: The modalities a stream can take (``flow_backward`` is an extra input, of TrajectoryNet only).
+STREAM_MODALITIES = ("rgb", "flow")
 
 
 def modality_channels(modality: str, flow_stack: int) -> int:
     """Input channels of a stream: 3 for ``rgb``, ``2 * flow_stack`` for ``flow``."""
-    if modality not in MODALITIES:
-        raise FlowkitError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    if modality not in STREAM_MODALITIES:
+        raise FlowkitError(f"modality must be one of {', '.join(STREAM_MODALITIES)}, "
+                           f"got {modality!r}")
     if int(flow_stack) < 1:
         raise FlowkitError(f"flow_stack must be >= 1, got {flow_stack}")
     return 3 if modality == "rgb" else 2 * int(flow_stack)
@@ -35,9 +40,9 @@ def modality_channels(modality: str, flow_stack: int) -> int:
 class VideoClassifier(nn.Module):
     """Base class of the registered classifiers.
 
-    Subclasses set ``self.inputs`` (a tuple of ``"rgb"`` / ``"flow"``) and ``self.flow_stack`` (L,
-    the number of consecutive flows stacked per clip position; 1 unless the model needs more) in
-    ``__init__`` and implement ``forward(inputs) -> dict``.
+    Subclasses set ``self.inputs`` (a tuple of ``"rgb"`` / ``"flow"`` / ``"flow_backward"``) and
+    ``self.flow_stack`` (L, the number of consecutive flows stacked per clip position; 1 unless the
+    model needs more) in ``__init__`` and implement ``forward(inputs) -> dict``.
     """
     model_name: str = ""
 

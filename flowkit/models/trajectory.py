@@ -25,12 +25,13 @@ the features' resolution, channel 0 = u (+x right), 1 = v (+y down). ``forward_f
 frame t to t+1 (the last one is never used); ``backward_flow[:, :, t]`` maps frame t to t-1 (the first
 one is never used).
 
-Only forward flow at hand (what a flowkit store holds): :func:`backward_from_forward` uses
-``b_t(p) ~= -f_{t-1}(p)``, the forward flow of the previous frame negated *at the same pixel*. It is
-exact for constant motion and a first-order approximation otherwise (the exact backward flow is
-``-f_{t-1}`` evaluated at the pixel of frame t-1 that lands on p, which needs a flow inversion);
-at the coarse resolutions where TrajectoryNet uses it (1/8 of the input) the difference is well
-below a pixel for smooth motion.
+A store can hold backward flow computed the other way round, ``flow/<name>_backward``
+(``flowkit extract --backward``; TrajectoryNet reads it with ``backward_flow="store"``). With only
+forward flow at hand, :func:`backward_from_forward` uses ``b_t(p) ~= -f_{t-1}(p)``, the forward flow
+of the previous frame negated *at the same pixel*. It is exact for constant motion and a
+first-order approximation otherwise (the exact backward flow is ``-f_{t-1}`` evaluated at the pixel
+of frame t-1 that lands on p, which needs a flow inversion); at the coarse resolutions where
+TrajectoryNet uses it (1/8 of the input) the difference is well below a pixel for smooth motion.
 
 Functions first (kornia style): :func:`trajectory_offsets`, :func:`trajectory_sample`,
 :func:`trajectory_conv`, :func:`downsample_flow`, :func:`backward_from_forward`; the module

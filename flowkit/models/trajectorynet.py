@@ -18,8 +18,15 @@ Where the trajectories come from (``flow_source``):
     or ``"max"``: the vector of largest magnitude per block) and divided by the block's stride
     (:func:`~flowkit.models.trajectory.downsample_flow`). The flow at clip position t is the flow
     from frame ``i_t`` to ``i_t + 1``; with a frame step of 1 (the paper's dense clips) that is the
-    flow to the next clip frame. Backward flow is derived (``b_t ~= -f_{t-1}``, see
-    :mod:`flowkit.models.trajectory`).
+    flow to the next clip frame. The backward flow comes from ``backward_flow``:
+
+    ``"derived"`` (default)  ``b_t ~= -f_{t-1}``, the previous position's forward flow negated at
+        the same pixel (:func:`~flowkit.models.trajectory.backward_from_forward`): exact for
+        constant motion only (and, with a frame step > 1, measured at frame ``i_{t-1}``).
+    ``"store"``  the batch's ``flow_backward`` ``(B, 2, T, H, W)``, the store's backward flow from
+        frame ``i_t`` to ``i_t - 1`` (``flow/<name>_backward``, written by ``flowkit extract
+        --backward``), in pixels ``flow_backward * flow_bound``, pooled and divided by the stride
+        exactly as the forward flow. The store needs that dataset; the model's ``inputs`` name it.
 ``"motionnet"``  a :class:`~flowkit.flow.motionnet.MotionNet` inside the model predicts the flow
     of the RGB clip (ImageNet-normalised RGB is mapped back to [0, 255], what MotionNet takes). Its
     prediction at the block's scale is used directly (MotionNet's scale 1/8 grid is the ResNet's
@@ -30,6 +37,8 @@ Where the trajectories come from (``flow_source``):
     clips are padded by repeating their last frame. Pass trained weights with
     ``motionnet_weights=PATH`` (``flowkit train-flow motionnet``); without them MotionNet starts
     from random weights and learns only from this loss.
+
+With MotionNet the backward flow is always derived.
 
 ``offsets=True`` also feeds the BatchNorm-normalised trajectory offsets to the trajectory conv as
 extra input channels (the paper's "trajectory offsets as motion features").
@@ -50,6 +59,7 @@ from .resnet3d import ResNet3dClassifier
 from .trajectory import TrajectoryConv, resize_flow_to
 
 FLOW_SOURCES = ("store", "motionnet")
+BACKWARD_FLOWS = ("derived", "store")
 FLOW_POOLS = ("avg", "max")
 #: MotionNet-(11), the paper's default, when no checkpoint fixes M.
 DEFAULT_MOTIONNET_FRAMES = 10
@@ -89,6 +99,8 @@ class TrajectoryNet(ResNet3dClassifier):
             ResNet-18/34 (``"layer2.1.conv2_t"`` in a Bottleneck, the only one it has; block 0 when
             ``layers`` gives stage 2 a single block).
         flow_source: ``"store"`` (input ``flow``) or ``"motionnet"`` (predicted from ``rgb``).
+        backward_flow: ``"derived"`` (``b_t ~= -f_{t-1}``) or ``"store"`` (input
+            ``flow_backward``; needs ``flow_source="store"``).
         flow_pool: ``"avg"`` or ``"max"`` pooling of full-resolution flow to the block's grid.
         offsets: concatenate the BN-normalised trajectory offsets as motion features.
         gamma: weight of MotionNet's unsupervised loss (``flow_source="motionnet"``).
@@ -97,7 +109,8 @@ class TrajectoryNet(ResNet3dClassifier):
         motionnet_frames: M of such a MotionNet (default: the checkpoint's, else 10).
 
     Inputs: ``rgb`` ``(B, 3, T, H, W)`` ImageNet-normalised; ``flow`` ``(B, 2L, T, H, W)`` and
-    ``flow_bound`` ``(B,)`` for ``flow_source="store"``.
+    ``flow_bound`` ``(B,)`` for ``flow_source="store"``; ``flow_backward`` ``(B, 2, T, H, W)`` for
+    ``backward_flow="store"`` (both flows divided by ``flow_bound``).
     Outputs: ``logits`` (B, K); ``aux_loss`` (scalar, already weighted) with ``"motionnet"``.
     """
 
@@ -106,7 +119,8 @@ class TrajectoryNet(ResNet3dClassifier):
                  temporal_init: str = "default", trajectory_block: Optional[str] = None,
                  flow_source: str = "store", flow_pool: str = "avg", offsets: bool = False,
                  gamma: float = 0.01, motionnet_weights: Optional[str] = None,
-                 motionnet_width: float = 1.0, motionnet_frames: Optional[int] = None):
+                 motionnet_width: float = 1.0, motionnet_frames: Optional[int] = None,
+                 backward_flow: str = "derived"):
         super().__init__(num_classes, depth, width, layers, "rgb", 1, dropout, kind="separable",
                          temporal_init=temporal_init)
         if flow_source not in FLOW_SOURCES:
@@ -115,10 +129,19 @@ class TrajectoryNet(ResNet3dClassifier):
         if flow_pool not in FLOW_POOLS:
             raise FlowkitError(f"trajectorynet flow_pool must be one of {', '.join(FLOW_POOLS)}, "
                                f"got {flow_pool!r}")
+        if backward_flow not in BACKWARD_FLOWS:
+            raise FlowkitError(f"trajectorynet backward_flow must be one of "
+                               f"{', '.join(BACKWARD_FLOWS)}, got {backward_flow!r}")
+        if backward_flow == "store" and flow_source != "store":
+            raise FlowkitError("trajectorynet backward_flow='store' reads the store's backward "
+                               "flow beside its forward flow: it needs flow_source='store'")
         self.flow_source, self.flow_pool, self.gamma = flow_source, flow_pool, float(gamma)
+        self.backward_flow = backward_flow
         self.trajectory_block = trajectory_block or self._default_block()
         self._replace_block(self.trajectory_block, bool(offsets))
         self.inputs = ("rgb", "flow") if flow_source == "store" else ("rgb",)
+        if backward_flow == "store":
+            self.inputs += ("flow_backward",)
         self.motionnet: Optional[MotionNet] = None
         if flow_source == "motionnet":
             self.motionnet = self._build_motionnet(motionnet_weights, motionnet_width,
@@ -163,13 +186,15 @@ class TrajectoryNet(ResNet3dClassifier):
 
     # -------------------------------------------------------------------------------- flow
 
-    def _store_flow(self, inputs: dict[str, torch.Tensor], rgb: torch.Tensor) -> torch.Tensor:
-        """The batch's flow as ``(B, 2, T, H, W)`` pixels at the clip's resolution."""
-        flow = inputs["flow"]
+    def _store_flow(self, inputs: dict[str, torch.Tensor], rgb: torch.Tensor,
+                    name: str = "flow") -> torch.Tensor:
+        """The batch's ``name`` (``flow`` or ``flow_backward``) as ``(B, 2, T, H, W)`` pixels at the
+        clip's resolution (the first flow of a stack)."""
+        flow = inputs[name]
         b, _, t, h, w = rgb.shape
         if flow.dim() != 5 or flow.shape[1] < 2 or flow.shape[1] % 2 \
                 or (flow.shape[0], *flow.shape[2:]) != (b, t, h, w):
-            raise FlowkitError(f"trajectorynet: flow {tuple(flow.shape)} does not match rgb "
+            raise FlowkitError(f"trajectorynet: {name} {tuple(flow.shape)} does not match rgb "
                                f"{tuple(rgb.shape)}; expected (B, 2L, T, H, W) with rgb's B, T, H, W")
         bound = inputs.get("flow_bound")
         if bound is None:
@@ -208,10 +233,13 @@ class TrajectoryNet(ResNet3dClassifier):
         return per_scale, self.gamma * loss
 
     def _flow_provider(self, full_size: tuple[int, int], full: Optional[torch.Tensor] = None,
-                       scales: Sequence[torch.Tensor] = ()):
-        """A callable ``(h, w) -> (forward_flow, None)`` for :meth:`TrajectoryConv.set_flow`: a
-        MotionNet scale of that size if there is one, else ``full`` (or MotionNet's finest scale
-        upsampled to ``full_size``) pooled to it."""
+                       scales: Sequence[torch.Tensor] = (),
+                       full_backward: Optional[torch.Tensor] = None):
+        """A callable ``(h, w) -> (forward_flow, backward_flow)`` for
+        :meth:`TrajectoryConv.set_flow`: a MotionNet scale of that size if there is one, else
+        ``full`` (or MotionNet's finest scale upsampled to ``full_size``) pooled to it; the backward
+        flow is ``full_backward`` pooled alike, or None (the conv derives it) without one.
+        Flows ``(B, 2, T, H, W)`` in pixels of their resolution."""
         def provide(size: tuple[int, int]):
             for f in scales:
                 if tuple(f.shape[-2:]) == tuple(size):
@@ -223,7 +251,9 @@ class TrajectoryNet(ResNet3dClassifier):
                 up = MotionNet.full_resolution(fine.transpose(1, 2).reshape(b * t, 2, hs, ws),
                                                full_size)
                 base = up.reshape(b, t, 2, *up.shape[-2:]).transpose(1, 2)
-            return resize_flow_to(base, size, self.flow_pool), None
+            backward = (None if full_backward is None
+                        else resize_flow_to(full_backward, size, self.flow_pool))
+            return resize_flow_to(base, size, self.flow_pool), backward
         return provide
 
     # -------------------------------------------------------------------------------- forward
@@ -233,7 +263,10 @@ class TrajectoryNet(ResNet3dClassifier):
         out: dict[str, torch.Tensor] = {}
         full_size = tuple(rgb.shape[-2:])
         if self.flow_source == "store":
-            provider = self._flow_provider(full_size, full=self._store_flow(inputs, rgb))
+            backward = (self._store_flow(inputs, rgb, "flow_backward")
+                        if self.backward_flow == "store" else None)
+            provider = self._flow_provider(full_size, full=self._store_flow(inputs, rgb),
+                                           full_backward=backward)
         else:
             scales, out["aux_loss"] = self._motionnet_flow(rgb)
             provider = self._flow_provider(full_size, scales=scales)
@@ -246,4 +279,4 @@ class TrajectoryNet(ResNet3dClassifier):
         return out
 
 
-__all__ = ["FLOW_POOLS", "FLOW_SOURCES", "S3D", "TrajectoryNet"]
+__all__ = ["BACKWARD_FLOWS", "FLOW_POOLS", "FLOW_SOURCES", "S3D", "TrajectoryNet"]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..conventions import MODALITIES
 from ..errors import FlowkitError
 from ..files import atomic_write, atomic_write_text
 from ..progress import Progress, StopFlag
@@ -28,15 +29,16 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy
 
-VIEW_INPUTS = ("rgb", "flow")
+VIEW_INPUTS = MODALITIES  # the batch entries that carry a views dim: rgb, flow, flow_backward
 
 
 def flatten_views(batch: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Fold the views dim of an evaluation batch into the batch dim for the model.
 
     ``rgb`` ``(B, V, 3, T, H, W)`` -> ``(B*V, 3, T, H, W)``, ``flow`` ``(B, V, 2L, T, H, W)`` ->
-    ``(B*V, 2L, T, H, W)``, ``flow_bound`` ``(B,)`` -> ``(B*V,)``. A batch without a views dim
-    (5-D inputs) is returned as it is with V = 1. Returns ``(inputs, V)``.
+    ``(B*V, 2L, T, H, W)`` (``flow_backward`` alike), ``flow_bound`` ``(B,)`` -> ``(B*V,)``. A
+    batch without a views dim (5-D inputs) is returned as it is with V = 1. Returns
+    ``(inputs, V)``.
     """
     views = None
     for name in VIEW_INPUTS:
