@@ -19,7 +19,6 @@ TVNet with 10 unrolled iterations instead of the paper's 50)::
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -77,22 +76,13 @@ def make_store(work: Path, videos_per_class: int, log: Path) -> tuple[Path, Path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/flowkit-ddn-tvnet", help="toy data, store and runs")
-    ap.add_argument("--seeds", type=int, nargs="+", default=(0, 1, 2))
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--videos-per-class", type=int, default=12)
-    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
-    ap.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 4 videos/class; stdout")
-    ap.add_argument("--out", default=str(HERE / "results" / "ddn_tvnet.md"))
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.seeds, args.epochs, args.videos_per_class, args.out = (0,), 1, 4, None
-    seeds, work = list(args.seeds), Path(args.work)
+    args = rec.toy_run_arguments(__doc__, argv, work="/tmp/flowkit-ddn-tvnet",
+                                 out=str(HERE / "results" / "ddn_tvnet.md"), epochs=12,
+                                 videos_per_class=12, jobs=1, quick_epochs=1)
+    seeds, work = args.seeds, Path(args.work)
     log = work / "log.txt"
     t_start = time.perf_counter()
-    cmd = shlex.join([Path(sys.executable).name, "benchmarks/ddn_tvnet.py",
-                      *(argv if argv is not None else sys.argv[1:])])
+    cmd = rec.command_line("ddn_tvnet.py", argv)
     videos, store, toy = make_store(work, args.videos_per_class, log)
     toy_cmd = shlex.join(["flowkit", "toy", "TOY", *TOY, "--videos-per-class",
                           str(args.videos_per_class)])
@@ -117,12 +107,7 @@ def main(argv=None) -> int:
             Path(args.out).write_text("\n".join(doc + ["**INCOMPLETE**"]) + "\n")
     doc.append(f"Total time {time.perf_counter() - t_start:.0f} s (wall). Logs of every command: "
                f"`{log}`.")
-    text = "\n".join(doc) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        print(text)
+    rec.write_markdown("\n".join(doc) + "\n", args.out)
     return 0
 
 

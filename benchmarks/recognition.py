@@ -202,24 +202,52 @@ def _toy_command(name: str, videos_per_class: int) -> str:
     return shlex.join(["flowkit", "toy", "TOY", *TOY_SETS[name], "--videos-per-class", str(videos_per_class)])
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/flowkit-recognition", help="toy data, stores and runs")
+def toy_run_arguments(doc: str, argv, *, work: str, out: str, epochs: int, videos_per_class: int,
+                      jobs: int, quick_epochs: int) -> argparse.Namespace:
+    """The options of every script that trains on a toy set (this one, ``ddn_tvnet.py``,
+    ``backward_flow.py``), parsed from ``argv``; ``--quick``: 1 seed, ``quick_epochs``, 4 videos
+    per class, Markdown on stdout."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--work", default=work, help="toy data, stores and runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=(0, 1, 2))
-    ap.add_argument("--epochs", type=int, default=24)
-    ap.add_argument("--videos-per-class", type=int, default=16)
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
-    ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 4 videos/class; stdout")
-    ap.add_argument("--out", default=str(HERE / "results" / "recognition.md"))
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--videos-per-class", type=int, default=videos_per_class)
+    ap.add_argument("--jobs", type=int, default=jobs, help="runs at a time, one thread each")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"1 seed, {quick_epochs} epochs, 4 videos/class; stdout")
+    ap.add_argument("--out", default=out)
     args = ap.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs, args.videos_per_class, args.out = (0,), 2, 4, None
-    seeds = list(args.seeds)
+        args.seeds, args.epochs, args.videos_per_class, args.out = (0,), quick_epochs, 4, None
+    args.seeds = list(args.seeds)
+    return args
+
+
+def command_line(script: str, argv) -> str:
+    """How the script was run, for a results file's "Command:" line."""
+    return shlex.join([Path(sys.executable).name, f"benchmarks/{script}",
+                       *(argv if argv is not None else sys.argv[1:])])
+
+
+def write_markdown(text: str, out: str | None) -> None:
+    """The results file ``out``, or stdout when None (``--quick``)."""
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def main(argv=None) -> int:
+    args = toy_run_arguments(__doc__, argv, work="/tmp/flowkit-recognition",
+                             out=str(HERE / "results" / "recognition.md"), epochs=24,
+                             videos_per_class=16, jobs=2, quick_epochs=2)
+    seeds = args.seeds
     work = Path(args.work)
     log = work / "log.txt"
     t_start = time.perf_counter()
     doc = ["# Recognition on toy motion classes: do the models use motion?", "",
-           f"Command: `{shlex.join([Path(sys.executable).name, 'benchmarks/recognition.py', *(argv if argv is not None else sys.argv[1:])])}`  ",
+           f"Command: `{command_line('recognition.py', argv)}`  ",
            f"Machine: {_machine()}, no GPU; {args.jobs} runs at a time with 1 thread each.  ",
            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
            "Every run: `flowkit train STORE --model M ... " + shlex.join(COMMON) +
@@ -242,12 +270,7 @@ def main(argv=None) -> int:
         doc += table(run_table(rows, seeds, args.epochs, videos, store, work, log, args.jobs), seeds)
         doc.append("")
     doc.append(f"Total time {time.perf_counter() - t_start:.0f} s. Logs of every command: `{log}`.")
-    text = "\n".join(doc) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        print(text)
+    write_markdown("\n".join(doc) + "\n", args.out)
     return 0
 
 

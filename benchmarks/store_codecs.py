@@ -424,12 +424,7 @@ def main(argv=None) -> int:
             f"--clips 1 --crops 1`; {args.jobs} runs at a time with one thread each, so clips/s "
             "includes the other run's contention.", "", *recognition_table(rows), "",
             f"Total time {time.perf_counter() - t_start:.0f} s.", ""]
-    text = "\n".join(doc)
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        print(text)
+    R.write_markdown("\n".join(doc), args.out)
     return 0
 
 

@@ -226,3 +226,17 @@ def emu(host_kernels, monkeypatch):
     import cuda_emulation
 
     return cuda_emulation.route_to_host(monkeypatch, host_kernels)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a test, restored afterwards: on a loaded 2-core machine OpenMP's
+    spinning threads make tiny TV-L1 batches and tiny models many times slower with 2 threads
+    (measured 51 s vs 0.9 s for 8 TV-L1 pairs at 64x80; ~60 s vs 5 s for tests/test_train.py).
+    A module takes it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

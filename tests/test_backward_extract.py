@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,14 +31,7 @@ BACKWARD = backward_name("tvl1")
 ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread (see tests/test_extract.py: tiny TV-L1 batches crawl on a loaded machine
-    with more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
 def _config(**kw) -> ExtractConfig:
@@ -171,6 +163,7 @@ def test_cli_backward_and_info(sample_videos, both, tmp_path):
     info = flowkit_cli("info", both[1])
     assert info.returncode == 0, info.stderr
     assert "flow/tvl1 " in info.stdout and f"flow/{BACKWARD} " in info.stdout, info.stdout
+    assert info.stdout.count("backward flow, frame t+1 -> t") == 1, info.stdout
 
 
 def test_cli_refuses_motionnet_backward(sample_videos, tmp_path):

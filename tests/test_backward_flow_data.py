@@ -27,13 +27,7 @@ LENGTHS = {"a/a0": 6, "a/a1": 5, "a/a2": 5, "b/b0": 6, "b/b1": 5, "b/b2": 5}
 ENGINE = {"engine": "coded", "version": "1", "params": {}}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: tiny convolutions on a loaded 2-core machine are far slower with more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
 def backward_pair(t: int) -> tuple[float, float]:

@@ -31,12 +31,7 @@ def rgb_store(tmp_path_factory):
     return write_tiny_store(tmp_path_factory.mktemp("rgbonly") / "store", flow_name=None)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
 def invoke(command, *args):

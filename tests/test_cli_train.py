@@ -24,14 +24,7 @@ TINY = ["--model", "resnet2d", "--model-arg", "width=4", "--model-arg", "layers=
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread in this process too (the CliRunner tests train in-process). Restored
-    afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
 def train(*args):

@@ -31,15 +31,7 @@ MINIMAL = {"nscales": 1, "warps": 1, "outer_iterations": 1, "inner_iterations": 
 T, H, W = 8, 64, 80
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread while these tests run: on a loaded 2-core machine OpenMP's spinning threads
-    make tiny TV-L1 batches up to ~60x slower with 2 threads than with 1 (measured 51 s vs 0.9 s
-    for 8 pairs at 64x80). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
 def _config(**kw) -> ExtractConfig:

@@ -22,12 +22,7 @@ CHEAP = {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 10
 H, W = 32, 40
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
 def _frames(n: int, index: int, size=(H, W)) -> np.ndarray:

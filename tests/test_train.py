@@ -21,15 +21,7 @@ TINY_MODEL = {"width": 4, "layers": [1, 1, 1, 1], "modality": "flow"}
 TIMING_KEYS = ("clips_per_s", "seconds")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread while these tests run: on a loaded 2-core machine OpenMP's spinning threads
-    make these tiny models many times slower with 2 threads (measured ~60 s vs 5 s for this file).
-    Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
 def tiny_config(store, **kw) -> TrainConfig:

@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..conventions import is_backward
 from ..store import FlowStore
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 
@@ -44,7 +45,8 @@ def _table(s: dict) -> Table:
                       + (f", {_human_bytes(per_pair)} per pair" if per_pair else "")
                       + (f", largest coding error {seen:.3g} px" if seen else "")
                       + f"; {eng.get('engine')} v{eng.get('version')} ({params})"
-                      + (f"; computed with {backends}" if backends else ""))
+                      + (f"; computed with {backends}" if backends else "")
+                      + ("; backward flow, frame t+1 -> t" if is_backward(name) else ""))
     table.add_row("sizes", ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()))
     table.add_row("on disk", _human_bytes(s["bytes"]))
     if s.get("partials"):

@@ -28,10 +28,12 @@ one is never used).
 A store can hold backward flow computed the other way round, ``flow/<name>_backward``
 (``flowkit extract --backward``; TrajectoryNet reads it with ``backward_flow="store"``). With only
 forward flow at hand, :func:`backward_from_forward` uses ``b_t(p) ~= -f_{t-1}(p)``, the forward flow
-of the previous frame negated *at the same pixel*. It is exact for constant motion and a
-first-order approximation otherwise (the exact backward flow is ``-f_{t-1}`` evaluated at the pixel
-of frame t-1 that lands on p, which needs a flow inversion); at the coarse resolutions where
-TrajectoryNet uses it (1/8 of the input) the difference is well below a pixel for smooth motion.
+of the previous frame negated *at the same pixel*. The exact backward flow is ``-f_{t-1}`` at the
+pixel q of frame t-1 that lands on p (``b_t(p) = -f_{t-1}(p + b_t(p))``, which needs a flow
+inversion), so the approximation is off by about ``grad(f_{t-1}) b_t``: exact where the flow is
+uniform over the displacement (a translation, whatever it does in time), nearly so for smooth
+flow, and wrong in a band about ``|b_t|`` wide at moving edges and occlusions. On the toy and
+sample videos its error is at TV-L1's own noise level (benchmarks/results/backward_flow.md).
 
 Functions first (kornia style): :func:`trajectory_offsets`, :func:`trajectory_sample`,
 :func:`trajectory_conv`, :func:`downsample_flow`, :func:`backward_from_forward`; the module

@@ -22,7 +22,8 @@ Where the trajectories come from (``flow_source``):
 
     ``"derived"`` (default)  ``b_t ~= -f_{t-1}``, the previous position's forward flow negated at
         the same pixel (:func:`~flowkit.models.trajectory.backward_from_forward`): exact for
-        constant motion only (and, with a frame step > 1, measured at frame ``i_{t-1}``).
+        uniform flow, off by about ``grad(f) b`` elsewhere (at moving edges and occlusions); with
+        a frame step > 1 it is the flow measured at frame ``i_{t-1}``.
     ``"store"``  the batch's ``flow_backward`` ``(B, 2, T, H, W)``, the store's backward flow from
         frame ``i_t`` to ``i_t - 1`` (``flow/<name>_backward``, written by ``flowkit extract
         --backward``), in pixels ``flow_backward * flow_bound``, pooled and divided by the stride
