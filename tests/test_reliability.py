@@ -278,6 +278,99 @@ def test_claims_of_another_host_live_by_heartbeat_stale_after_ten_minutes(tmp_pa
     assert store.remove_partials() == [foreign]
 
 
+def _count_under_lock(videos: Path, counter: Path, rounds: int) -> None:
+    """Read-modify-write ``counter`` ``rounds`` times under the commit lock, slowly enough that an
+    unlocked pair of writers would lose updates."""
+    from flowkit.store.claims import commit_lock
+
+    for _ in range(rounds):
+        with commit_lock(videos):
+            n = int(counter.read_text())
+            time.sleep(0.002)
+            counter.write_text(str(n + 1))
+
+
+@pytest.mark.parametrize("how", ["no flock (ENOSYS)", "FLOWKIT_COMMIT_LOCK=file"])
+def test_commit_lock_without_flock_is_a_lock_file_that_excludes(tmp_path, monkeypatch, how):
+    """Lustre without -o flock answers flock with ENOSYS (some NFS / FUSE mounts EOPNOTSUPP or
+    ENOLCK): commits then lock with a linked lock file, which excludes other processes and other
+    threads, and leaves nothing behind. FLOWKIT_COMMIT_LOCK=file picks it where flock works only
+    on each host (NFS mounted nolock)."""
+    import fcntl
+    import threading
+
+    from flowkit.store import claims
+
+    if how.startswith("no flock"):
+        def no_flock(fd, op):
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        monkeypatch.setattr(fcntl, "flock", no_flock)
+        env = {**ENV, "FLOWKIT_TEST_NO_FLOCK": "1"}
+    else:
+        monkeypatch.setenv(claims.LOCK_ENV, "file")
+        env = {**ENV, claims.LOCK_ENV: "file"}
+    store = FlowStore(tmp_path / "s", "a")
+    with _writer(store, "c/v") as w:  # a commit through the lock file
+        w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))
+    assert store.keys() == ["c/v"]
+    videos, counter = tmp_path / "s" / "videos", tmp_path / "count"
+    counter.write_text("0")
+    code = ("import errno, fcntl, os, sys, time\n"
+            "if os.environ.get('FLOWKIT_TEST_NO_FLOCK'):\n"
+            "    def no(fd, op): raise OSError(errno.ENOSYS, 'no flock')\n"
+            "    fcntl.flock = no\n"
+            "sys.path.insert(0, sys.argv[3])\n"
+            "from test_reliability import _count_under_lock\n"
+            "from pathlib import Path\n"
+            "_count_under_lock(Path(sys.argv[1]), Path(sys.argv[2]), 40)\n")
+    other = subprocess.Popen([sys.executable, "-c", code, str(videos), str(counter),
+                              str(Path(__file__).parent)], env=env)
+    threads = [threading.Thread(target=_count_under_lock, args=(videos, counter, 40))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert other.wait(timeout=120) == 0
+    assert int(counter.read_text()) == 120  # no update lost between processes or threads
+    assert leftovers(tmp_path / "s") == []
+
+
+def test_commit_lock_file_of_a_dead_holder_is_broken(tmp_path, monkeypatch):
+    """A lock file whose holder died (this host: its pid is gone; another host: untouched for
+    STALE_CLAIM_SECONDS) is broken; a live foreign holder's is waited for."""
+    import threading
+
+    from flowkit.store import claims
+    from flowkit.store.layout import STALE_CLAIM_SECONDS
+
+    monkeypatch.setenv(claims.LOCK_ENV, "file")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    lock = videos / ".commit.lock.claim"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    lock.write_text(json.dumps({"host": claims.host_name(), "pid": int(dead), "since": "then"}))
+    with claims.commit_lock(videos):  # this host, pid gone: broken at once
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    lock.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": "then"}))
+    got = threading.Event()
+
+    def take():
+        with claims.commit_lock(videos):
+            got.set()
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    assert not got.wait(0.5)  # fresh: node-17's holder may be alive
+    old = time.time() - STALE_CLAIM_SECONDS - 30
+    os.utime(lock, (old, old))  # no heartbeat for 10.5 minutes: its holder is gone
+    assert got.wait(10)
+    taker.join(10)
+    assert not lock.exists()
+
+
 @pytest.mark.slow
 def test_concurrent_processes_two_engines_and_identical_runs(videos, tmp_path):
     """Real processes: tvl1 and costvolume at once on one store (every video ends with both), and two

@@ -13,11 +13,17 @@ the same engine or different ones:
   after a node failed picks its videos up within minutes, not a day.
 - **The commit lock** (``flock`` on ``videos/.commit.lock``) is held only while a finished partial
   file is merged with the video's current file and renamed over it: two engines finishing the same
-  video at the same moment each see the other's flow and keep it (no lost update).
+  video at the same moment each see the other's flow and keep it (no lost update). Where the file
+  system has no ``flock`` (Lustre mounted without ``-o flock`` says ENOSYS; some NFS and FUSE
+  mounts EOPNOTSUPP or ENOLCK), or with ``FLOWKIT_COMMIT_LOCK=file`` (NFS mounted ``nolock`` /
+  ``local_lock=all`` takes flock on each host alone, so hosts would not exclude each other), it is
+  a lock file instead, ``videos/.commit.lock.claim``, linked into place and aged like a claim:
+  waiters poll (5 ms, doubling to 200 ms), and a dead holder's file is broken by the claims' rule.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -30,18 +36,91 @@ from ..files import TMP_SUFFIX, host_name, pid_alive
 from .layout import CLAIM, CLAIM_HEARTBEAT_SECONDS, COMMIT_LOCK, STALE_CLAIM_SECONDS, now
 
 HEARTBEAT_SECONDS = CLAIM_HEARTBEAT_SECONDS  # module-level so tests can shorten it
+#: How a file system says it has no flock: Lustre without ``-o flock`` (ENOSYS), NFS and FUSE
+#: mounts (EOPNOTSUPP, ENOLCK).
+NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK})
+#: ``FLOWKIT_COMMIT_LOCK=file``: the lock file even where flock works (NFS mounted ``nolock``).
+LOCK_ENV = "FLOWKIT_COMMIT_LOCK"
+LOCK_POLL_SECONDS = (0.005, 0.2)  # a lock file's waiters: first and longest wait between tries
 
 
 @contextlib.contextmanager
 def commit_lock(videos: Path) -> Iterator[None]:
-    """Hold the store's commit lock (blocking) inside the block."""
+    """Hold the store's commit lock (blocking) inside the block: ``flock``, or the lock file where
+    the file system has none (module docstring)."""
     videos.mkdir(parents=True, exist_ok=True)
-    fd = os.open(videos / COMMIT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = None if os.environ.get(LOCK_ENV) == "file" else \
+        os.open(videos / COMMIT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fd is not None and _flock(fd):
+            yield
+        else:
+            with _lock_file(videos / f"{COMMIT_LOCK}{CLAIM}"):
+                yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing releases the flock
+
+
+def _flock(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` (blocking); False where the file system has no flock."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno in NO_FLOCK:
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator[None]:
+    """Hold ``path`` as an exclusive lock file: a file holding this thread's host, pid and thread,
+    linked into place (atomic and exclusive on NFS v3+, Lustre and GPFS, like a claim). A live
+    holder (another thread of this process too) is waited for; a dead one's file is broken (claims'
+    rule: pid on this host, heartbeat age from another); the holder's heartbeat touches it."""
+    me = {"host": host_name(), "pid": os.getpid(), "thread": threading.get_ident(),
+          "since": now()}
+    tmp = path.with_name(f"{path.name}.{me['host']}.{me['pid']}.{me['thread']}{TMP_SUFFIX}")
+    wait, held = LOCK_POLL_SECONDS[0], False
+    try:
+        tmp.write_text(json.dumps(me), encoding="utf-8")
+        while not held:
+            try:
+                os.link(tmp, path)
+                held = True
+            except FileExistsError:
+                holder = _holder(path)
+                if holder is None:
+                    continue  # released meanwhile
+                if _is_live(holder, path, stale_after):
+                    time.sleep(wait)
+                    wait = min(2 * wait, LOCK_POLL_SECONDS[1])
+                else:
+                    _break(path, holder)
+        _heartbeat.add(path)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        if held:
+            _heartbeat.discard(path)
+            path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def _break(path: Path, holder: dict) -> None:
+    """Remove the lock file of the dead ``holder``. It is renamed aside first, which one breaker
+    alone can do, and put back if it turns out to be a live process's lock taken meanwhile (a race
+    left open only if a third process links its own within those microseconds)."""
+    aside = path.with_name(f"{path.name}.{host_name()}.{os.getpid()}."
+                           f"{threading.get_ident()}-stale{TMP_SUFFIX}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if _holder(aside) != holder:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    aside.unlink(missing_ok=True)
 
 
 def claim_path(final: Path, name: str) -> Path:
