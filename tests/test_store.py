@@ -492,6 +492,34 @@ def test_open_file_limit_evicts_least_recently_used(store):
     assert not reader._handles
 
 
+def test_facts_match_the_files_and_come_from_the_index_once_indexed(store, monkeypatch):
+    """What a dataset needs of every video (frames, label, RGB, flows, 8-bit bound) without
+    opening 300k files at every start: the index serves unchanged files, a redone file is read
+    again, a missing one is left out."""
+    from flowkit.store import summary
+
+    rgb, flow = make_video(60, frames=5)
+    write_video(store, "zoom/a", rgb, {"tvl1": flow}, label=1, label_name="zoom")
+    write_video(store, "zoom/b", None, {"tvl1": flow}, label=1, flow_codec="uint8:16")
+    first = store.facts(["zoom/a", "zoom/b", "zoom/gone"])
+    assert set(first) == {"zoom/a", "zoom/b"}
+    for key, facts in first.items():
+        meta = store.meta(key)
+        assert (facts["frames"], facts["label"], facts["has_rgb"], sorted(facts["flows"])) == \
+            (meta["num_frames"], meta["label"], meta["has_rgb"], sorted(meta["flows"]))
+        assert facts["flows"]["tvl1"]["bound"] == meta["flows"]["tvl1"].get("bound")
+    assert first["zoom/b"]["flows"]["tvl1"]["bound"] == 16.0 and not first["zoom/b"]["has_rgb"]
+
+    def no_open(path):
+        raise AssertionError(f"opened {path}: the index should have served it")
+    monkeypatch.setattr(summary, "video_facts", no_open)
+    assert FlowStore(store.path).facts(["zoom/a", "zoom/b"]) == first
+    monkeypatch.undo()
+    write_video(store, "zoom/a", *make_video(61, frames=8)[:1], flows={}, label=0, redo=True)
+    again = store.facts(["zoom/a"])["zoom/a"]
+    assert (again["frames"], again["label"], again["flows"]) == (8, 0, {})
+
+
 def test_summary_cache_follows_replaced_videos(store):
     for i in range(2):
         write_video(store, f"zoom/c{i}", *make_video(50 + i, frames=4)[:1], flows={})

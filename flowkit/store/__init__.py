@@ -11,7 +11,8 @@ Layout::
                                  a process computing flow/<name> of <key> (its host and pid)
       videos/.commit.lock        flock'ed while a finished video is merged and renamed
       videos/.commit.lock.claim  the commit lock where the file system has no flock (claims.py)
-      index.json                 optional cache of per-video facts for summary(); safe to delete
+      index.json                 optional cache of per-video facts for summary() and facts()
+                                 (datasets); safe to delete
 
 A video's ``<key>`` is its path relative to the source root without extension. Each ``.h5`` file
 holds root attributes (``format="flowkit-video"``, ``version``, ``key``, ``source``, ``fps``,

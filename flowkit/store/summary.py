@@ -1,9 +1,11 @@
 """What a whole store holds (:meth:`FlowStore.summary`): per-video facts, cached in ``index.json``.
 
-Facts per video: frames, size, RGB frames and bytes, and per flow its pairs, engine, backend, codec
-(with its error bound), bytes, the largest coding error seen and the values clipped. The cache is
-keyed by each file's (inode, size, mtime), so a summary of 300k videos opens only the files added or
-replaced since the last one; it is rebuilt when missing, stale or of another version.
+Facts per video: frames, size, label, RGB frames and bytes, and per flow its pairs, engine, backend,
+codec (with its error bound, and the clipping ``bound`` of 8-bit flow), bytes, the largest coding
+error seen and the values clipped. The cache is keyed by each file's (inode, size, mtime), so a
+summary of 300k videos opens only the files added or replaced since the last one, and so does a
+dataset built over them (:meth:`FlowStore.facts`: frames, labels, which flows); it is rebuilt when
+missing, stale or of another version.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from .layout import open_read, py_value
 
 INDEX = "index.json"
 INDEX_FORMAT = "flowkit-store-index"
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: label, has_rgb and the flows' bound, for datasets
 
 
 def dataset_bytes(ds: h5py.Dataset) -> int:
@@ -45,9 +47,10 @@ def video_facts(path: Path) -> dict[str, Any] | None:
                                "quantization": codec.describe(), "bytes": dataset_bytes(ds),
                                "max_error": getattr(codec, "max_error", None),
                                "max_error_seen": d.get("max_error_seen"),
-                               "clipped": int(d.get("clipped_values", 0))}
+                               "clipped": int(d.get("clipped_values", 0)), "bound": d.get("bound")}
             rgb = f.get("rgb")
             return {"frames": int(a["frame_count"]), "size": f"{int(a['height'])}x{int(a['width'])}",
+                    "label": int(a.get("label", -1)), "has_rgb": rgb is not None,
                     "rgb_frames": rgb.shape[0] if rgb is not None else 0,
                     "rgb_bytes": dataset_bytes(rgb) if rgb is not None else 0,
                     "rgb_codec": codec_of(dict(rgb.attrs), rgb=True).describe()
@@ -55,6 +58,22 @@ def video_facts(path: Path) -> dict[str, Any] | None:
                     "flows": flows}
     except (OSError, KeyError, ValueError):
         return None
+
+
+def stamp(path: Path) -> list[int]:
+    """What identifies one version of a video file: ``[inode, size, mtime_ns]`` (a redone video
+    is a new file: a new inode). FileNotFoundError if it is gone."""
+    st = path.stat()
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def cached_facts(path: Path, entry: Any) -> tuple[list[int], dict[str, Any] | None]:
+    """``(stamp, facts)`` of ``path``: the index ``entry``'s facts when it has the file's stamp,
+    else read from the file (None if unreadable). FileNotFoundError if the file is gone."""
+    now = stamp(path)
+    if isinstance(entry, dict) and entry.get("stamp") == now:
+        return now, entry["facts"]
+    return now, video_facts(path)
 
 
 def load_index(root: Path) -> dict[str, Any]:
