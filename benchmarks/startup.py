@@ -1,14 +1,18 @@
-"""How long a training run takes to start on a large store: the labels and the dataset's facts.
+"""How long a run takes to start on a large store: training's labels and dataset, extraction's
+resume check.
 
 Before ``flowkit train`` computes anything it needs, for every video of its split, the label (to
-stratify the validation split) and the frame count, RGB and flows (to build the dataset). Reading
-them from the HDF5 files costs one open and ~30 attribute reads per video, twice; from the store's
-index (``FlowStore.facts``) it costs one ``stat`` per video once the index exists. This script
-builds a store of N tiny videos and times both, in one process:
+stratify the validation split) and the frame count, RGB and flows (to build the dataset); a resumed
+``flowkit extract`` compares every finished video's size, step, codecs and engine parameters with
+its own. Reading them from the HDF5 files costs one open and ~30 attribute reads per video; from
+the store's index (``FlowStore.metas``) one ``stat`` per video once the index exists. This script
+builds a store of N tiny videos and times, in one process:
 
-- *files*: ``store.meta(key)`` for every key, twice (what labels + dataset read before the index);
-- *index, cold*: ``labels()`` + ``ClipDataset(...)`` with no ``index.json`` (it is built);
-- *index, warm*: the same again (every file unchanged: served by the index).
+- training, *files*: ``store.meta(key)`` for every key, twice (labels + dataset before the index);
+- training, *index, cold*: ``labels()`` + ``ClipDataset(...)`` with no ``index.json`` (built);
+- training, *index, warm*: the same again (every file unchanged: served by the index);
+- extraction, *files*: ``store.meta(key)`` for every key once (the resume check before the index);
+- extraction, *index*: ``compare_with_store`` + ``finished_keys`` over every key.
 
     .venv/bin/python benchmarks/startup.py                 # 3000 videos -> results/startup.md
     .venv/bin/python benchmarks/startup.py --videos 300 --out -
@@ -28,7 +32,10 @@ from flowkit.bench.harness import machine_info
 from flowkit.data import ClipDataset
 from flowkit.data.samplers import RandomClipSampler
 from flowkit.data.splits import labels
-from flowkit.store import FlowStore
+from flowkit.extract import finished_keys
+from flowkit.labels import VideoItem
+from flowkit.store import FlowStore, flow_codec, rgb_codec
+from flowkit.store.compat import Request, compare_with_store
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,10 +66,27 @@ def start(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def from_files(path: Path) -> float:
-    """Seconds for ``meta()`` of every video, twice (labels, then the dataset, before the index)."""
+def resume_check(path: Path) -> float:
+    """Seconds for what a resumed ``flowkit extract --method tvl1`` reads before computing: the
+    store-options comparison and the finished videos."""
     started = time.perf_counter()
-    for _ in range(2):
+    store = FlowStore(path)
+    keys = store.keys()
+    request = Request(method="tvl1", engine={"engine": "tvl1", "version": "1",
+                                              "params": {"warps": 5}},
+                      size=None, step=1, rgb=True, rgb_codec=rgb_codec("jpeg:95"),
+                      flow_codec=flow_codec("jpegls:0.1"))
+    assert compare_with_store(store, keys, request).ok
+    items = [VideoItem(Path(f"{key}.mp4"), key, -1, "") for key in keys]
+    assert len(finished_keys(path, "tvl1", items)) == len(keys)
+    return time.perf_counter() - started
+
+
+def from_files(path: Path, passes: int = 2) -> float:
+    """Seconds for ``meta()`` of every video, ``passes`` times (before the index: labels, then the
+    dataset; or extraction's resume check)."""
+    started = time.perf_counter()
+    for _ in range(passes):
         store = FlowStore(path)
         for key in store.keys():
             store.meta(key)
@@ -82,19 +106,24 @@ def main(argv=None) -> int:
         files = from_files(path)
         cold = start(path)
         warm = start(path)
+        extract_files = from_files(path, passes=1)
+        extract_index = resume_check(path)
         index_mb = (path / "index.json").stat().st_size / 2**20
     n = args.videos
-    rows = [("files: `meta()` per video, twice", files), ("index, cold (builds index.json)", cold),
-            ("index, warm", warm)]
+    rows = [("training, files: `meta()` per video, twice", files),
+            ("training, index, cold (builds index.json)", cold), ("training, index, warm", warm),
+            ("extraction resume check, files: `meta()` per video", extract_files),
+            ("extraction resume check, index", extract_index)]
     text = "\n".join([
-        "# Training start on a large store: labels and dataset facts", "",
+        "# Starting a run on a large store: training's dataset, extraction's resume check", "",
         f"Command: `{shlex.join(['python', 'benchmarks/startup.py', *(argv or sys.argv[1:])])}`  ",
         f"Machine: {m['cpu']}, {m['cores']} logical CPUs, load average {m['loadavg_1m']} at "
         f"start, local disk (page cache warm: the store was just written).  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
         f"A store of {n} videos (8 frames of 16x16, RGB + flow; written in {built:.0f} s). What "
         "`flowkit train` reads before its first batch: every video's label, then its frame count, "
-        f"RGB and flows. index.json: {index_mb:.1f} MiB.", "",
+        "RGB and flows; what a resumed `flowkit extract` reads before computing: every finished "
+        f"video's size, step, codecs and engine record. index.json: {index_mb:.1f} MiB.", "",
         "| how | seconds | ms per video |", "|---|---|---|",
         *[f"| {what} | {s:.2f} | {1000 * s / n:.2f} |" for what, s in rows], ""])
     if args.out == "-":

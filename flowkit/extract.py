@@ -229,9 +229,8 @@ def finished_keys(store_path: str | os.PathLike, flow_name: str,
 
     if not (Path(store_path) / MANIFEST).is_file():
         return set()
-    store = FlowStore(store_path)
-    return {item.key for item in items if (meta := _finished_meta(store, item.key)) is not None
-            and flow_name in meta["flows"]}
+    metas = FlowStore(store_path).metas([item.key for item in items])
+    return {key for key, meta in metas.items() if flow_name in meta["flows"]}
 
 
 def _finished_meta(store: FlowStore, key: str) -> dict | None:

@@ -492,32 +492,39 @@ def test_open_file_limit_evicts_least_recently_used(store):
     assert not reader._handles
 
 
-def test_facts_match_the_files_and_come_from_the_index_once_indexed(store, monkeypatch):
-    """What a dataset needs of every video (frames, label, RGB, flows, 8-bit bound) without
-    opening 300k files at every start: the index serves unchanged files, a redone file is read
-    again, a missing one is left out."""
+def test_metas_are_meta_abridged_and_come_from_the_index_once_indexed(store, monkeypatch):
+    """What datasets read and extraction compares of every video, without opening 300k files at
+    every start: each field equals meta()'s, the index serves unchanged files, a redone file is
+    read again, a missing one is left out."""
     from flowkit.store import summary
 
     rgb, flow = make_video(60, frames=5)
-    write_video(store, "zoom/a", rgb, {"tvl1": flow}, label=1, label_name="zoom")
-    write_video(store, "zoom/b", None, {"tvl1": flow}, label=1, flow_codec="uint8:16")
-    first = store.facts(["zoom/a", "zoom/b", "zoom/gone"])
+    write_video(store, "zoom/a", rgb, {"tvl1": flow}, label=1, label_name="zoom",
+                rgb_codec="jpeg:90")
+    write_video(store, "zoom/b", None, {"tvl1": flow, "tvl1_backward": flow}, label=1,
+                flow_codec="uint8:16", step=2)
+    first = store.metas(["zoom/a", "zoom/b", "zoom/gone"])
     assert set(first) == {"zoom/a", "zoom/b"}
-    for key, facts in first.items():
+    for key, brief in first.items():
         meta = store.meta(key)
-        assert (facts["frames"], facts["label"], facts["has_rgb"], sorted(facts["flows"])) == \
-            (meta["num_frames"], meta["label"], meta["has_rgb"], sorted(meta["flows"]))
-        assert facts["flows"]["tvl1"]["bound"] == meta["flows"]["tvl1"].get("bound")
+        assert sorted(brief["flows"]) == sorted(meta["flows"])
+        for field in summary.BRIEF_ATTRS + ("num_frames", "has_rgb", "rgb_codec"):
+            assert brief.get(field) == meta.get(field), (key, field)
+        for name, flow_brief in brief["flows"].items():
+            for field in ("codec_spec", "engine_version", "params", "bound"):
+                assert flow_brief[field] == meta["flows"][name].get(field), (key, name, field)
+    assert first["zoom/a"]["rgb_codec"] == "jpeg:90" and first["zoom/b"]["step"] == 2
+    assert first["zoom/b"]["flows"]["tvl1"]["codec_spec"] == "uint8:16"
     assert first["zoom/b"]["flows"]["tvl1"]["bound"] == 16.0 and not first["zoom/b"]["has_rgb"]
 
     def no_open(path):
         raise AssertionError(f"opened {path}: the index should have served it")
     monkeypatch.setattr(summary, "video_facts", no_open)
-    assert FlowStore(store.path).facts(["zoom/a", "zoom/b"]) == first
+    assert FlowStore(store.path).metas(["zoom/a", "zoom/b"]) == first
     monkeypatch.undo()
     write_video(store, "zoom/a", *make_video(61, frames=8)[:1], flows={}, label=0, redo=True)
-    again = store.facts(["zoom/a"])["zoom/a"]
-    assert (again["frames"], again["label"], again["flows"]) == (8, 0, {})
+    again = store.metas(["zoom/a"])["zoom/a"]
+    assert (again["num_frames"], again["label"], again["flows"]) == (8, 0, {})
 
 
 def test_summary_cache_follows_replaced_videos(store):

@@ -251,29 +251,27 @@ def _check_keys(store: FlowStore, keys: Sequence[str] | None) -> list[str]:
 def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str],
                     flow_name: str) -> dict[str, VideoInfo]:
     """:class:`VideoInfo` of each key; raises :class:`FlowkitError` if a video lacks an input.
-    The facts come from the store's index (:meth:`FlowStore.facts`: a file is opened only when it
-    is new or changed since it was indexed)."""
+    The metadata comes from the store's index (:meth:`FlowStore.metas`: a file is opened only
+    when it is new or changed since it was indexed)."""
     datasets = {"flow": flow_name, "flow_backward": backward_name(flow_name)}
     needed = [datasets[m] for m in inputs if m in datasets]  # the flow datasets the inputs read
     info, no_rgb, no_pairs, have = {}, [], [], set()
     no_flow: dict[str, list[str]] = {name: [] for name in needed}
-    facts = store.facts(keys)
+    metas = store.metas(keys)
     for key in keys:
-        if key not in facts:
-            store.meta(key)  # unreadable: raises the error that names the file and the fix
-        video = facts[key]
-        flows = video["flows"]
+        meta = metas[key] if key in metas else store.meta(key)  # unreadable: meta() says why
+        flows = meta["flows"]
         have.update(flows)
-        if "rgb" in inputs and not video["has_rgb"]:
+        if "rgb" in inputs and not meta["has_rgb"]:
             no_rgb.append(key)
         for name in needed:
             if name not in flows:
                 no_flow[name].append(key)
-        if needed and video["frames"] < 2 and all(name in flows for name in needed):
+        if needed and meta["num_frames"] < 2 and all(name in flows for name in needed):
             no_pairs.append(key)
         flow = flows.get(flow_name) or flows.get(backward_name(flow_name))
         bound = float(flow["bound"]) if flow and flow.get("bound") is not None else FLOAT_FLOW_BOUND
-        info[key] = VideoInfo(key, video["frames"], video["label"], bound)
+        info[key] = VideoInfo(key, meta["num_frames"], int(meta.get("label", -1)), bound)
     for name, without in no_flow.items():
         if without:
             what = f"{'backward flow' if is_backward(name) else 'flow'} {name!r}"

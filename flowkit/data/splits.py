@@ -47,11 +47,11 @@ def num_classes(store: FlowStore | str | os.PathLike) -> int:
 
 def labels(store: FlowStore | str | os.PathLike, keys: Sequence[str]) -> list[int]:
     """0-based label of each key (``-1`` for an unlabelled video), from the store's index
-    (:meth:`FlowStore.facts`; a video file is opened only when new or changed)."""
+    (:meth:`FlowStore.metas`; a video file is opened only when new or changed)."""
     store = as_store(store)
     try:
-        facts = store.facts(keys)
-        return [int(facts[key]["label"] if key in facts else store.meta(key).get("label", -1))
+        metas = store.metas(keys)
+        return [int((metas[key] if key in metas else store.meta(key)).get("label", -1))
                 for key in keys]
     finally:
         store.close()  # no HDF5 handle stays open in a process that may fork DataLoader workers

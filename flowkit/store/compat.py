@@ -13,9 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..errors import StoreError
 from ..video import output_size
-from .codecs import Codec, codec_of, codec_spec
+from .codecs import Codec, codec_spec
 from .layout import json_default
 
 # Videos of the store read as a reference when none of the run's videos is in it yet.
@@ -40,7 +39,7 @@ class Request:
 
     def differences(self, meta: dict, joining: bool = False) -> dict[str, tuple[Any, Any]]:
         """``{option: (stored, requested)}`` for one finished video's metadata
-        (:meth:`flowkit.store.FlowStore.meta`); empty when the run fits it. A video's RGB is never
+        (:meth:`flowkit.store.FlowStore.meta` or ``metas``); empty when the run fits it. A video's RGB is never
         written again, so the RGB codec counts only with ``joining``: the run adds new videos
         beside this one."""
         out: dict[str, tuple[Any, Any]] = {}
@@ -56,7 +55,7 @@ class Request:
             out["rgb_codec"] = (meta["rgb_codec"], codec_spec(self.rgb_codec))
         flow = meta["flows"].get(self.method)
         if flow is not None:
-            spec = codec_spec(codec_of(flow))
+            spec = flow["codec_spec"]
             if spec != codec_spec(self.flow_codec):
                 out["flow_codec"] = (spec, codec_spec(self.flow_codec))
             if str(flow.get("engine_version")) != str(self.engine["version"]):
@@ -145,25 +144,17 @@ _LABELS = {"size": "frame size", "step": "frame step", "rgb_codec": "rgb codec",
            "params": "engine parameters"}
 
 
-def compare_with_store(store, keys: Iterable[str], request: Request,
-                       metas: dict[str, dict | None] | None = None) -> Comparison:
+def compare_with_store(store, keys: Iterable[str], request: Request) -> Comparison:
     """Compare ``request`` with the finished videos among ``keys`` in ``store`` (a
-    :class:`~flowkit.store.FlowStore`); when none of them is in the store, with up to
-    :data:`REFERENCE_VIDEOS` of its other videos (so new videos join a store of one size).
-    ``metas``: finished metadata already read (None for videos not in the store)."""
-    metas = dict(metas or {})
-    checked = {}
+    :class:`~flowkit.store.FlowStore`; their metadata from :meth:`~flowkit.store.FlowStore.metas`,
+    the store's index); when none of them is in the store, with up to :data:`REFERENCE_VIDEOS` of
+    its other videos (so new videos join a store of one size). Unreadable videos are not checked
+    (they are redone)."""
     keys = list(keys)
-    for key in keys:
-        meta = metas[key] if key in metas else _meta(store, key)
-        if meta is not None:
-            checked[key] = meta
+    checked = store.metas(keys)
     joining = len(checked) < len(keys)  # new videos join the store: their RGB must match
     if not checked:
-        for key in store.keys()[:REFERENCE_VIDEOS]:
-            meta = _meta(store, key)
-            if meta is not None:
-                checked[key] = meta
+        checked = store.metas(store.keys()[:REFERENCE_VIDEOS])
     result = Comparison(str(store.path), request, checked=len(checked), metas=checked,
                         joining=joining)
     for key, meta in checked.items():
@@ -172,13 +163,6 @@ def compare_with_store(store, keys: Iterable[str], request: Request,
             if stored not in result.stored.setdefault(option, []):
                 result.stored[option].append(stored)
     return result
-
-
-def _meta(store, key: str) -> dict | None:
-    try:
-        return store.meta(key) if store.is_complete(key) else None
-    except (StoreError, OSError):
-        return None
 
 
 def _plain(params: Any) -> dict:

@@ -261,8 +261,9 @@ class FlowStore:
         return sorted(self._file(key).get("flow", {}))
 
     def meta(self, key: str) -> dict[str, Any]:
-        """Root attributes of ``key`` plus ``flows`` ({name: attrs with params decoded, shape,
-        dtype}), ``has_rgb`` and ``num_frames``. JSON-serialisable."""
+        """Root attributes of ``key`` plus ``flows`` ({name: attrs with params decoded, codec,
+        codec_spec, shape, dtype}), ``has_rgb``, ``num_frames`` and ``rgb_codec`` (a spec).
+        JSON-serialisable. :meth:`metas` gives the parts runs need of many videos at once."""
         f = self._file(key)
         out = {k: py_value(v) for k, v in f.attrs.items()}
         flows = {}
@@ -275,7 +276,8 @@ class FlowStore:
                 shape, dtype = [ds.shape[0], *attrs["frame_shape"]], "float32"
             else:
                 shape, dtype = list(ds.shape), str(ds.dtype)
-            flows[name] = {**attrs, "codec": codec.name, "shape": shape, "dtype": dtype}
+            flows[name] = {**attrs, "codec": codec.name, "codec_spec": codecs.codec_spec(codec),
+                           "shape": shape, "dtype": dtype}
         out.update(flows=flows, has_rgb="rgb" in f, num_frames=int(out.get("frame_count", 0)))
         if "rgb" in f:
             out["rgb_codec"] = codecs.codec_spec(self._codec(key, f["rgb"], rgb=True))
@@ -368,12 +370,14 @@ class FlowStore:
                 "classes": {"count": len(self.classes), "names": self.classes},
                 **stats.result(), "partials": len(self.partials())}
 
-    def facts(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Per-video facts of ``keys`` (:func:`~flowkit.store.summary.video_facts`: ``frames``,
-        ``label``, ``has_rgb``, ``flows`` with each flow's ``pairs`` and 8-bit ``bound``, ...), from
-        ``index.json`` for every file unchanged since it was indexed: a dataset over 300k videos
-        stats their files instead of opening them (4 ms each). Videos that are missing or cannot
-        be read are left out (:meth:`meta` says why). New facts are added to the index."""
+    def metas(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`meta` of many videos, abridged to what datasets read and extraction compares:
+        ``height``, ``width``, ``source_height``, ``source_width``, ``step``, ``num_frames``,
+        ``label``, ``has_rgb``, ``rgb_codec`` and ``flows`` ({name: ``codec_spec``,
+        ``engine_version``, ``params``, ``bound``}). From ``index.json`` for every file unchanged
+        since it was indexed (its inode, size and mtime): a run over 300k videos stats their files
+        instead of opening each (about 4 ms a file); new facts are added to the index. Videos that
+        are missing or cannot be read are left out (:meth:`meta` says why)."""
         cached, out, changed = load_index(self._root), {}, False
         for key in keys:
             entry = cached.get(key)
@@ -385,7 +389,7 @@ class FlowStore:
                 continue
             if not (isinstance(entry, dict) and entry.get("facts") is facts):  # read: index it
                 cached[key], changed = {"stamp": stamp, "facts": facts}, True
-            out[key] = facts
+            out[key] = facts["meta"]
         if changed:
             save_index(self._root, cached)
         return out

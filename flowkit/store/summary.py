@@ -1,10 +1,11 @@
 """What a whole store holds (:meth:`FlowStore.summary`): per-video facts, cached in ``index.json``.
 
-Facts per video: frames, size, label, RGB frames and bytes, and per flow its pairs, engine, backend,
-codec (with its error bound, and the clipping ``bound`` of 8-bit flow), bytes, the largest coding
-error seen and the values clipped. The cache is keyed by each file's (inode, size, mtime), so a
-summary of 300k videos opens only the files added or replaced since the last one, and so does a
-dataset built over them (:meth:`FlowStore.facts`: frames, labels, which flows); it is rebuilt when
+Facts per video: frames, size, RGB frames and bytes, and per flow its pairs, engine, backend, codec
+(with its error bound), bytes, the largest coding error seen and the values clipped; and an
+abridged :meth:`FlowStore.meta` (``"meta"``: size, step, frames, label, codecs, each flow's engine
+record and 8-bit bound). The cache is keyed by each file's (inode, size, mtime), so a summary of
+300k videos opens only the files added or replaced since the last one, and so do a dataset built
+over them and an extraction resuming into them (:meth:`FlowStore.metas`); it is rebuilt when
 missing, stale or of another version.
 """
 from __future__ import annotations
@@ -17,12 +18,16 @@ from typing import Any
 import h5py
 
 from ..files import atomic_write_json
-from .codecs import codec_of
+from .codecs import codec_of, codec_spec
 from .layout import open_read, py_value
 
 INDEX = "index.json"
 INDEX_FORMAT = "flowkit-store-index"
-INDEX_VERSION = 3  # 3: label, has_rgb and the flows' bound, for datasets
+INDEX_VERSION = 3  # 3: label, has_rgb, the flows' bound (datasets) and "meta" (extraction)
+
+#: The root attributes an abridged meta keeps (:meth:`FlowStore.metas`: what extraction compares
+#: and datasets read).
+BRIEF_ATTRS = ("height", "width", "source_height", "source_width", "step", "frame_count", "label")
 
 
 def dataset_bytes(ds: h5py.Dataset) -> int:
@@ -33,11 +38,16 @@ def dataset_bytes(ds: h5py.Dataset) -> int:
 
 
 def video_facts(path: Path) -> dict[str, Any] | None:
-    """What :meth:`FlowStore.summary` needs from one video file (JSON); None if unreadable."""
+    """What :meth:`FlowStore.summary` needs from one video file (JSON), and under ``"meta"`` what
+    :meth:`FlowStore.metas` gives of it; None if unreadable."""
     try:
         with open_read(path) as f:
             a = f.attrs
-            flows = {}
+            rgb = f.get("rgb")
+            flows, brief = {}, {k: py_value(a[k]) for k in BRIEF_ATTRS if k in a}
+            brief.update(num_frames=int(a["frame_count"]), has_rgb=rgb is not None, flows={})
+            if rgb is not None:
+                brief["rgb_codec"] = codec_spec(codec_of(dict(rgb.attrs), rgb=True))
             for name, ds in f.get("flow", {}).items():
                 d = {k: py_value(v) for k, v in ds.attrs.items()}
                 codec = codec_of(d)
@@ -47,10 +57,12 @@ def video_facts(path: Path) -> dict[str, Any] | None:
                                "quantization": codec.describe(), "bytes": dataset_bytes(ds),
                                "max_error": getattr(codec, "max_error", None),
                                "max_error_seen": d.get("max_error_seen"),
-                               "clipped": int(d.get("clipped_values", 0)), "bound": d.get("bound")}
-            rgb = f.get("rgb")
+                               "clipped": int(d.get("clipped_values", 0))}
+                brief["flows"][name] = {
+                    "codec_spec": codec_spec(codec), "engine_version": d["engine_version"],
+                    "params": json.loads(d["params"]), "bound": d.get("bound")}
             return {"frames": int(a["frame_count"]), "size": f"{int(a['height'])}x{int(a['width'])}",
-                    "label": int(a.get("label", -1)), "has_rgb": rgb is not None,
+                    "meta": brief,
                     "rgb_frames": rgb.shape[0] if rgb is not None else 0,
                     "rgb_bytes": dataset_bytes(rgb) if rgb is not None else 0,
                     "rgb_codec": codec_of(dict(rgb.attrs), rgb=True).describe()
