@@ -516,6 +516,8 @@ def test_metas_are_meta_abridged_and_come_from_the_index_once_indexed(store, mon
     assert first["zoom/a"]["rgb_codec"] == "jpeg:90" and first["zoom/b"]["step"] == 2
     assert first["zoom/b"]["flows"]["tvl1"]["codec_spec"] == "uint8:16"
     assert first["zoom/b"]["flows"]["tvl1"]["bound"] == 16.0 and not first["zoom/b"]["has_rgb"]
+    index = json.loads((store.path / "index.json").read_text())
+    assert index["params"] == [ENGINE["params"]]  # three flows, one set of parameters, kept once
 
     def no_open(path):
         raise AssertionError(f"opened {path}: the index should have served it")

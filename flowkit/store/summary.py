@@ -17,7 +17,7 @@ from typing import Any
 
 import h5py
 
-from ..files import atomic_write_json
+from ..files import atomic_write_text
 from .codecs import codec_of, codec_spec
 from .layout import open_read, py_value
 
@@ -52,7 +52,6 @@ def video_facts(path: Path) -> dict[str, Any] | None:
                 d = {k: py_value(v) for k, v in ds.attrs.items()}
                 codec = codec_of(d)
                 flows[name] = {"pairs": ds.shape[0], "engine": d["engine"],
-                               "version": d["engine_version"], "params": d["params"],
                                "backend": d.get("backend", "torch"),
                                "quantization": codec.describe(), "bytes": dataset_bytes(ds),
                                "max_error": getattr(codec, "max_error", None),
@@ -89,20 +88,47 @@ def cached_facts(path: Path, entry: Any) -> tuple[list[int], dict[str, Any] | No
 
 
 def load_index(root: Path) -> dict[str, Any]:
-    """The summary cache ``index.json``: {key: {"stamp", "facts"}}; empty when absent or unusable."""
+    """The summary cache ``index.json``: {key: {"stamp", "facts"}}; empty when absent or unusable.
+    Engine parameters, stored once per distinct set (:func:`save_index`), come back as one shared
+    dict per set: read them, never change them."""
     try:
         data = json.loads((root / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     ok = (isinstance(data, dict) and data.get("format") == INDEX_FORMAT
-          and data.get("version") == INDEX_VERSION)
-    return data.get("videos", {}) if ok and isinstance(data.get("videos"), dict) else {}
+          and data.get("version") == INDEX_VERSION and isinstance(data.get("videos"), dict)
+          and isinstance(data.get("params"), list))
+    if not ok:
+        return {}
+    table, videos = data["params"], {}
+    for key, entry in data["videos"].items():
+        try:
+            for record in entry["facts"]["meta"]["flows"].values():
+                record["params"] = table[record["params"]]
+        except (TypeError, KeyError, IndexError):
+            continue  # a damaged entry: that video is read from its file again
+        videos[key] = entry
+    return videos
 
 
 def save_index(root: Path, videos: dict[str, Any]) -> None:
-    try:
-        atomic_write_json(root / INDEX, {"format": INDEX_FORMAT, "version": INDEX_VERSION,
-                                         "videos": videos})
+    """Write the cache; each distinct set of engine parameters once, in ``"params"``, the videos
+    naming theirs by its position (a store's videos mostly share one set per flow: this keeps the
+    index of 300k videos to a few hundred bytes per video). ``videos`` is not changed."""
+    table, ids, out = [], {}, {}
+    for key, entry in videos.items():
+        flows = {}
+        for name, record in entry["facts"]["meta"]["flows"].items():
+            text = json.dumps(record["params"], sort_keys=True)
+            if text not in ids:
+                ids[text] = len(table)
+                table.append(record["params"])
+            flows[name] = {**record, "params": ids[text]}
+        facts = entry["facts"]
+        out[key] = {**entry, "facts": {**facts, "meta": {**facts["meta"], "flows": flows}}}
+    data = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "params": table, "videos": out}
+    try:  # compact: indentation would double a large store's index
+        atomic_write_text(root / INDEX, json.dumps(data, separators=(",", ":")) + "\n")
     except OSError:  # a read-only store still summarises, just without the cache
         pass
 
@@ -138,7 +164,9 @@ class SummaryStats:
         for name, flow in facts["flows"].items():
             self.pairs[name] += flow["pairs"]
             self.flow_bytes[name] += flow.get("bytes", 0)
-            config = (flow["engine"], flow["version"], flow["params"])
+            record = facts["meta"]["flows"][name]  # the engine record, kept once per video
+            config = (flow["engine"], record["engine_version"],
+                      json.dumps(record["params"], sort_keys=True))
             self.engines.setdefault(name, Counter())[config] += 1
             self.quant.setdefault(name, set()).add(flow["quantization"])
             self.backends.setdefault(name, set()).add(flow.get("backend", "torch"))
