@@ -418,12 +418,14 @@ def _add_stream(container, codec: str, fps: float, height: int, width: int, qual
     if codec == "libx264":
         # crf 15, a little better than the usual "visually lossless" 18: small, textured frames (the
         # samples, flow visualisations) lose visibly more at 18, and these files are small anyway.
-        # "fast" keeps test/demo encoding quick at little size cost. One encoder thread: with
-        # x264's threads the bytes, and the decoded pixels (by up to 26 levels at crf 15), depend
-        # on thread timing: two runs of `flowkit toy --videos-per-class 8` gave 20 of 72 files
-        # that differ, so every score on a toy set varied from run to run. With one thread 4 of
-        # 72 still differ (a rarer source we did not trace; not the RGB -> YUV conversion).
-        stream.options = {"crf": str(15 if quality is None else quality), "preset": "fast"}
+        # "fast" keeps test/demo encoding quick at little size cost. One encoder thread and no
+        # lookahead thread: with x264's threads the bytes, and the decoded pixels (by up to 26
+        # levels at crf 15), depend on thread timing: two runs of `flowkit toy --videos-per-class
+        # 8` gave 20 of 72 files that differ, so every score on a toy set varied from run to run.
+        # Now 1 of 72 still differs between runs (measured 3 times; a rarer source we did not
+        # trace: not the RGB -> YUV conversion, not the frames' timestamps).
+        stream.options = {"crf": str(15 if quality is None else quality), "preset": "fast",
+                          "x264-params": "sync-lookahead=0"}
         stream.codec_context.thread_count = 1
     elif codec.startswith("libvpx"):
         stream.options = {"crf": str(24 if quality is None else quality), "b": "0", "deadline": "realtime",
