@@ -419,11 +419,11 @@ def _add_stream(container, codec: str, fps: float, height: int, width: int, qual
         # crf 15, a little better than the usual "visually lossless" 18: small, textured frames (the
         # samples, flow visualisations) lose visibly more at 18, and these files are small anyway.
         # "fast" keeps test/demo encoding quick at little size cost. One encoder thread and no
-        # lookahead thread: with x264's threads the bytes, and the decoded pixels (by up to 26
-        # levels at crf 15), depend on thread timing: two runs of `flowkit toy --videos-per-class
-        # 8` gave 20 of 72 files that differ, so every score on a toy set varied from run to run.
-        # Now 1 of 72 still differs between runs (measured 3 times; a rarer source we did not
-        # trace: not the RGB -> YUV conversion, not the frames' timestamps).
+        # lookahead thread, so that thread timing is not one of the reasons why the same frames
+        # encode to other bytes (and decoded pixels up to 26 levels apart at crf 15) from run to
+        # run. It is not the only one: back-to-back `flowkit toy --videos-per-class 8` runs then
+        # agreed on 71 of 72 files, yet runs from another directory differed in up to 40 of 72
+        # (cause not traced: not the RGB -> YUV conversion, not the frames' timestamps).
         stream.options = {"crf": str(15 if quality is None else quality), "preset": "fast",
                           "x264-params": "sync-lookahead=0"}
         stream.codec_context.thread_count = 1
