@@ -252,8 +252,13 @@ def test_kill_9_of_the_parent_with_workers_then_resume(video_dir, tmp_path):
     try:
         _wait_for(run, store, "first video finished", lambda fin, par: len(fin) >= 1)
         os.kill(run.proc.pid, signal.SIGKILL)
-        in_flight = {p.name.split(".h5.")[0] for p in _partials(store)}
         assert run.wait(60) == -signal.SIGKILL
+        # In flight when the parent was gone (a SIGKILLed process with torch loaded takes a
+        # while to die, and until then its workers run on): videos being written (a partial) or
+        # claimed and being computed (the claim comes before the first pair, the partial at the
+        # first write). Whatever finishes later must be one of them.
+        claims = sorted((store / "videos").rglob("*.claim"))
+        in_flight = {p.name.split(".h5.")[0] for p in _partials(store) + claims}
         at_kill = _stamps(_finished(store))
         # Orphans would be reparented but stay in the run's session: none may be running.
         deadline, alive = time.monotonic() + 10, ["?"]
