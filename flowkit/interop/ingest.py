@@ -236,9 +236,9 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
                                                "no label in the annotation files"))
     store = FlowStore(store_path, "a", classes=classes)
     store.remove_partials()
-    todo = []
+    todo, metas = [], store.metas(list(sources))  # from the index: no file opened per video
     for source in sources.values():
-        if _finished(store, source, config):
+        if _finished(metas.get(source.key), source, config):
             summary.results.append(VideoImport(source.key, _where(source),
                                                "skipped", "already in the store"))
         else:
@@ -278,15 +278,14 @@ def _thread_store(path: Path) -> FlowStore:
     return stores[path]
 
 
-def _finished(store: FlowStore, source: Source, config: ImportConfig) -> bool:
-    """Whether ``source`` is already imported: complete, with this flow and, where the source has
-    backward flow, its backward flow (or flow not asked for, or an RGB-only video)."""
-    if not store.is_complete(source.key):
+def _finished(meta: dict | None, source: Source, config: ImportConfig) -> bool:
+    """Whether ``source`` is already imported (``meta``: its finished video's
+    :meth:`FlowStore.metas` entry, None when absent or unreadable, then imported again): with this
+    flow and, where the source has backward flow, its backward flow (or flow not asked for, or an
+    RGB-only video)."""
+    if meta is None:
         return False
-    try:
-        flows = store.meta(source.key)["flows"]
-    except (FlowkitError, OSError):
-        return False  # unreadable: imported again, the damaged file replaced
+    flows = meta["flows"]
     if not config.flow or not flows:
         return True
     return config.flow_name in flows and (backward_name(config.flow_name) in flows

@@ -356,7 +356,7 @@ class FlowStore:
         for path in self._walk(SUFFIX):
             key = self._key_of(path)
             try:
-                stamp, facts = cached_facts(path, cached.get(key))
+                stamp, facts, _ = cached_facts(path, cached.get(key))
             except FileNotFoundError:  # deleted by hand while we walked
                 continue
             if facts is not None:
@@ -380,14 +380,13 @@ class FlowStore:
         are missing or cannot be read are left out (:meth:`meta` says why)."""
         cached, out, changed = load_index(self._root), {}, False
         for key in keys:
-            entry = cached.get(key)
             try:
-                stamp, facts = cached_facts(self._video_path(key), entry)
+                stamp, facts, from_index = cached_facts(self._video_path(key), cached.get(key))
             except FileNotFoundError:
                 continue
             if facts is None:
                 continue
-            if not (isinstance(entry, dict) and entry.get("facts") is facts):  # read: index it
+            if not from_index:
                 cached[key], changed = {"stamp": stamp, "facts": facts}, True
             out[key] = facts["meta"]
         if changed:

@@ -23,7 +23,7 @@ from .layout import open_read, py_value
 
 INDEX = "index.json"
 INDEX_FORMAT = "flowkit-store-index"
-INDEX_VERSION = 3  # 3: label, has_rgb, the flows' bound (datasets) and "meta" (extraction)
+INDEX_VERSION = 3  # 3: "meta", an abridged FlowStore.meta (datasets, extraction's resume check)
 
 #: The root attributes an abridged meta keeps (:meth:`FlowStore.metas`: what extraction compares
 #: and datasets read).
@@ -78,13 +78,14 @@ def stamp(path: Path) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def cached_facts(path: Path, entry: Any) -> tuple[list[int], dict[str, Any] | None]:
-    """``(stamp, facts)`` of ``path``: the index ``entry``'s facts when it has the file's stamp,
-    else read from the file (None if unreadable). FileNotFoundError if the file is gone."""
+def cached_facts(path: Path, entry: Any) -> tuple[list[int], dict[str, Any] | None, bool]:
+    """``(stamp, facts, from_index)`` of ``path``: the index ``entry``'s facts when it has the
+    file's stamp, else read from the file (None if unreadable). FileNotFoundError if the file is
+    gone."""
     now = stamp(path)
     if isinstance(entry, dict) and entry.get("stamp") == now:
-        return now, entry["facts"]
-    return now, video_facts(path)
+        return now, entry["facts"], True
+    return now, video_facts(path), False
 
 
 def load_index(root: Path) -> dict[str, Any]:
