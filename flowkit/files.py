@@ -4,6 +4,8 @@ Every file flowkit writes for later (store manifests, checkpoints, run configs) 
 :func:`atomic_write`: the content goes to a temporary file next to the target, is flushed and
 fsynced, renamed over the target (atomic on POSIX), and the folder is fsynced, so a crash leaves
 the previous version or the new one, never half a file. A failed write removes its temporary file.
+The file gets the mode any new file gets (``0o666`` less the umask), as the store's video files do:
+a store, a run or an export is readable by whoever may read its folder.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -46,8 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{host_name()}.{os.getpid()}.",
-                               suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -59,6 +60,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file ``<path>.<host>.<pid>.<random>.tmp`` opened for writing, mode 0o666 less the umask
+    (``tempfile.mkstemp`` would make it 0o600, unreadable to the rest of a shared group)."""
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f"{path.name}.{host_name()}.{os.getpid()}."
+                                         f"{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

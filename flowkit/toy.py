@@ -519,8 +519,8 @@ def make_toy_videos(out_dir: str | Path, *, classes: Sequence[str] | None = None
         seed: everything random follows from it.
         overwrite: replace an earlier toy dataset in ``out_dir`` (only its own files).
 
-    The frames are deterministic for given arguments; the encoded files are not always (x264 may
-    encode the same frames to other bytes from run to run: see ``flowkit.video._add_stream``).
+    The frames, and the encoded files, are deterministic for given arguments (on one machine:
+    another x264 build may encode the same frames to other bytes).
     """
     out_dir = Path(out_dir)
     if not 0 <= test_fraction < 1:

@@ -410,6 +410,26 @@ def _pixel_format(codec: str, height: int, width: int) -> str:
     return "yuv420p"
 
 
+def _x264_params() -> str:
+    """x264 settings that make its output a function of the frames alone.
+
+    x264's AVX-512 code reads memory it never wrote: with it, the same frames encoded to other
+    bytes from run to run (decoded pixels up to 28 levels apart at crf 15; 12-15 of 16 toy videos
+    differed between runs under other ``MALLOC_PERTURB_`` fillings, 0 of 16 with ``asm=avx2``).
+    On a CPU with AVX-512 the encoder is capped at AVX2; elsewhere x264 picks its own code.
+    """
+    params = "sync-lookahead=0"
+    return params + ":asm=avx2" if _cpu_has_avx512() else params
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
 def _add_stream(container, codec: str, fps: float, height: int, width: int, quality: int | None):
     rate = Fraction(fps).limit_denominator(1001)
     stream = container.add_stream(codec, rate=rate)
@@ -418,14 +438,11 @@ def _add_stream(container, codec: str, fps: float, height: int, width: int, qual
     if codec == "libx264":
         # crf 15, a little better than the usual "visually lossless" 18: small, textured frames (the
         # samples, flow visualisations) lose visibly more at 18, and these files are small anyway.
-        # "fast" keeps test/demo encoding quick at little size cost. One encoder thread and no
-        # lookahead thread, so that thread timing is not one of the reasons why the same frames
-        # encode to other bytes (and decoded pixels up to 26 levels apart at crf 15) from run to
-        # run. It is not the only one: back-to-back `flowkit toy --videos-per-class 8` runs then
-        # agreed on 71 of 72 files, yet runs from another directory differed in up to 40 of 72
-        # (cause not traced: not the RGB -> YUV conversion, not the frames' timestamps).
+        # "fast" keeps test/demo encoding quick at little size cost. The same frames encode to the
+        # same bytes every run: one encoder thread, no lookahead thread, and no AVX-512 (see
+        # _x264_params).
         stream.options = {"crf": str(15 if quality is None else quality), "preset": "fast",
-                          "x264-params": "sync-lookahead=0"}
+                          "x264-params": _x264_params()}
         stream.codec_context.thread_count = 1
     elif codec.startswith("libvpx"):
         stream.options = {"crf": str(24 if quality is None else quality), "b": "0", "deadline": "realtime",

@@ -177,6 +177,26 @@ def test_stale_manifest_temporary_is_removed(tmp_path):
     assert not stale.exists() and not claim.exists() and not link.exists()
 
 
+def test_files_follow_the_umask_for_a_shared_group(tmp_path):
+    """A store (manifest, index, videos) and a checkpoint made under umask 002 are group-writable
+    like any new file; the manifest and index were 0o600 (tempfile.mkstemp), so nobody else in a
+    shared group could open a store another member made."""
+    from flowkit.checkpoints import save_checkpoint
+
+    old = os.umask(0o002)
+    try:
+        store = FlowStore(tmp_path / "s", "a")
+        with _writer(store, "c/v") as w:
+            w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))
+        store.metas(["c/v"])  # writes the index
+        save_checkpoint(tmp_path / "run" / "last.pt", "classifier", {"epoch": 1})
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"store.json", "index.json", "v.h5", "last.pt"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o664" for p in files}
+
+
 # ----------------------------------------------------------------------------- concurrent writers
 
 def _writer(store: FlowStore, key: str, frames: int = 5):

@@ -136,11 +136,9 @@ def test_deterministic_by_seed(tmp_path):
     assert alone[1] == a[4 + 1]
     one = make_toy_videos(tmp_path / "x", **SMALL, seed=1)
     two = make_toy_videos(tmp_path / "y", **SMALL, seed=1)
-    # x264 may encode the same frames to other bytes from run to run (flowkit/video.py): the
-    # decoded pixels agree within its noise.
-    for p, q in zip(one, two):
-        a, b = load_frames(p).astype(int), load_frames(q).astype(int)
-        assert np.abs(a - b).mean() < 6.0  # measured: at most 3.5 over 40 differing 64x64 files
+    # the same frames encode to the same bytes, whatever memory the encoder is given
+    # (flowkit/video.py, _x264_params: x264's AVX-512 code reads memory it never wrote)
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
     for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt", "toy.json"):
         assert (tmp_path / "x" / name).read_text() == (tmp_path / "y" / name).read_text()
 

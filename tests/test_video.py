@@ -180,6 +180,37 @@ def test_write_video_round_trip(tmp_path, name, size, codec):
     assert (info.height, info.width) == size
 
 
+_ENCODE_IN_CHILD = """
+import sys, numpy as np
+from flowkit.video import write_video
+frames = np.load(sys.argv[1])
+for i, clip in enumerate(frames):
+    write_video(f"{sys.argv[2]}/{i}.mp4", clip)
+"""
+
+
+@pytest.mark.parametrize("size", [(64, 64), (45, 61)])  # yuv420p, yuv444p
+def test_write_video_same_bytes_whatever_the_memory(tmp_path, size):
+    """The same frames encode to the same bytes in a process whose fresh memory is filled with
+    another pattern (glibc's MALLOC_PERTURB_). x264's AVX-512 code failed this for 12-15 of 16
+    toy videos before it was capped (flowkit/video.py, _x264_params)."""
+    import subprocess
+
+    from flowkit.toy import render_toy, toy_specs
+
+    clips = np.stack([render_toy(s) for s in toy_specs(videos_per_class=1, frames=8, size=size)])
+    np.save(tmp_path / "clips.npy", clips)
+    runs = {}
+    for perturb in ("0", "165"):
+        out = tmp_path / perturb
+        out.mkdir()
+        env = {**os.environ, "MALLOC_PERTURB_": perturb}
+        subprocess.run([sys.executable, "-c", _ENCODE_IN_CHILD, str(tmp_path / "clips.npy"), str(out)],
+                       check=True, env=env)
+        runs[perturb] = [(out / f"{i}.mp4").read_bytes() for i in range(len(clips))]
+    assert runs["0"] == runs["165"]
+
+
 def test_write_video_accepts_gray(tmp_path):
     frames = _moving_photo(4, (32, 32))[..., 0]
     assert load_frames(write_video(tmp_path / "g.mp4", frames)).shape == (4, 32, 32, 3)

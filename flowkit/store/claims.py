@@ -50,7 +50,7 @@ def commit_lock(videos: Path) -> Iterator[None]:
     the file system has none (module docstring)."""
     videos.mkdir(parents=True, exist_ok=True)
     fd = None if os.environ.get(LOCK_ENV) == "file" else \
-        os.open(videos / COMMIT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        os.open(videos / COMMIT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if fd is not None and _flock(fd):
             yield
