@@ -223,3 +223,50 @@ def test_plan_prints_the_shares_and_writes_nothing(sample_videos, tmp_path):
     assert all(int(pairs) == expected_pairs(8, step=2) for _, _, pairs in lines)
     assert "rank 0: 2 videos, 6 expected frame pairs (50.0%), 0 already in the store" in result.stderr
     assert not store.exists()
+
+
+# ------------------------------------------------------------------------- the index, in shares
+
+def _index_rank(rank: int, world: int, init_file: str, root: str, out: str) -> None:
+    """Index the store in shares (as Trainer and evaluate do), then read every video's meta:
+    record which files this rank opened in each phase."""
+    from flowkit.store import FlowStore, summary
+    from flowkit.train.loading import index_in_shares
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world)
+    try:
+        opened, real = [], summary.video_facts
+        summary.video_facts = lambda path: opened.append(Path(path).stem) or real(path)
+        store = FlowStore(root)
+        index_in_shares(store)
+        shared = list(opened)
+        opened.clear()
+        assert len(store.metas(store.keys())) == 6
+        Path(f"{out}.{rank}").write_text(f"{' '.join(shared)}\n{' '.join(opened)}\n")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_index_the_store_in_shares_and_keep_each_others_entries(tmp_path):
+    """Two gloo ranks on a store nobody indexed yet: each opens half of the videos, and once
+    both are done each finds all of them in index.json (both wrote it at about the same time:
+    the second merges what the first wrote instead of replacing it)."""
+    import numpy as np
+
+    from flowkit.store import FlowStore
+
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    for i in range(6):
+        with store.writer(f"c/v{i}", source=f"v{i}.mp4", fps=25.0, label=0,
+                          rgb_codec="raw") as w:
+            w.append_rgb(np.full((3, 8, 8, 3), i, np.uint8))
+    world = 2
+    torch.multiprocessing.spawn(_index_rank, args=(world, str(tmp_path / "pg"), str(store.path),
+                                                   str(tmp_path / "out")), nprocs=world)
+    phases = [(tmp_path / f"out.{r}").read_text().split("\n")[:2] for r in range(world)]
+    shares = [set(p[0].split()) for p in phases]
+    assert shares == [{"v0", "v2", "v4"}, {"v1", "v3", "v5"}]
+    assert [p[1] for p in phases] == ["", ""]  # afterwards everything came from the index

@@ -543,3 +543,34 @@ def test_summary_cache_follows_replaced_videos(store):
     (store.path / "videos/zoom/c0.h5").unlink()
     assert store.summary()["videos"] == 1
     assert sorted(p.name for p in store.path.iterdir()) == ["index.json", "store.json", "videos"]
+
+
+def test_index_held_parses_the_index_once_while_no_one_rewrites_it(store, monkeypatch):
+    """Inside index_held() metas/summary reuse the parsed index.json (a run's split and datasets
+    parse 300k videos' index once, not three times); a rewrite by another process is seen; the
+    held copy is dropped at the end of the block and never pickled to DataLoader workers."""
+    import pickle
+
+    from flowkit.store import flowstore
+
+    for i in range(3):
+        write_video(store, f"zoom/h{i}", *make_video(70 + i, frames=3)[:1], flows={})
+    store.metas(store.keys())  # indexed
+    parsed = []
+    real = flowstore.load_index
+    monkeypatch.setattr(flowstore, "load_index", lambda root: parsed.append(1) or real(root))
+    with store.index_held():
+        first = store.metas(["zoom/h0", "zoom/h1"])
+        assert store.metas(["zoom/h0", "zoom/h1"]) == first and store.summary()["videos"] == 3
+        assert len(parsed) == 1
+        assert pickle.loads(pickle.dumps(store))._held_index is None
+        write_video(store, "zoom/h3", *make_video(73, frames=3)[:1], flows={})
+        assert len(store.metas(store.keys())) == 4  # indexes h3: rewrites index.json, kept held
+        FlowStore(store.path).metas(["zoom/h9"])  # another store object parses; nothing new
+        assert len(store.metas(store.keys())) == 4 and len(parsed) == 2
+        write_video(store, "zoom/h4", *make_video(74, frames=3)[:1], flows={})
+        FlowStore(store.path).metas(["zoom/h4"])  # another process rewrites the index
+        assert len(store.metas(store.keys())) == 5 and len(parsed) == 4  # 1 there, 1 here
+    assert store._held_index is None
+    store.metas(["zoom/h0"])
+    assert len(parsed) == 5

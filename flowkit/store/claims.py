@@ -48,14 +48,23 @@ LOCK_POLL_SECONDS = (0.005, 0.2)  # a lock file's waiters: first and longest wai
 def commit_lock(videos: Path) -> Iterator[None]:
     """Hold the store's commit lock (blocking) inside the block: ``flock``, or the lock file where
     the file system has none (module docstring)."""
-    videos.mkdir(parents=True, exist_ok=True)
+    with exclusive(videos / COMMIT_LOCK):
+        yield
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold ``lock`` (blocking) inside the block, as the commit lock is held: ``flock`` on it, or
+    the lock file ``<lock>.claim`` where the file system has none or ``FLOWKIT_COMMIT_LOCK=file``.
+    OSError where the lock cannot be made (a read-only store)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
     fd = None if os.environ.get(LOCK_ENV) == "file" else \
-        os.open(videos / COMMIT_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if fd is not None and _flock(fd):
             yield
         else:
-            with _lock_file(videos / f"{COMMIT_LOCK}{CLAIM}"):
+            with _lock_file(lock.with_name(f"{lock.name}{CLAIM}")):
                 yield
     finally:
         if fd is not None:

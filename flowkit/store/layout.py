@@ -30,6 +30,9 @@ PARTIAL = ".partial"
 CLAIM = ".claim"
 # videos/.commit.lock: held (flock) while a finished video is merged and renamed into place.
 COMMIT_LOCK = ".commit.lock"
+# videos/.index.lock: held while index.json (store/summary.py) is merged with what other processes
+# indexed and rewritten.
+INDEX_LOCK = ".index.lock"
 
 # Readers keep at most this many files open per process: a store of 300k videos must not exhaust
 # the file-descriptor limit of each DataLoader worker.

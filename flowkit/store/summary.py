@@ -11,6 +11,7 @@ missing, stale or of another version.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import h5py
 
 from ..files import atomic_write_text
+from .claims import exclusive
 from .codecs import codec_of, codec_spec
-from .layout import open_read, py_value
+from .layout import INDEX_LOCK, VIDEOS, open_read, py_value
 
 INDEX = "index.json"
 INDEX_FORMAT = "flowkit-store-index"
@@ -71,21 +73,29 @@ def video_facts(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def stamp(path: Path) -> list[int]:
-    """What identifies one version of a video file: ``[inode, size, mtime_ns]`` (a redone video
-    is a new file: a new inode). FileNotFoundError if it is gone."""
-    st = path.stat()
+def stamp(path: str | os.PathLike) -> list[int]:
+    """What identifies one version of a file: ``[inode, size, mtime_ns]`` (a redone video is a
+    new file: a new inode). FileNotFoundError if it is gone."""
+    st = os.stat(path)
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def cached_facts(path: Path, entry: Any) -> tuple[list[int], dict[str, Any] | None, bool]:
+def cached_facts(path: str | os.PathLike, entry: Any) -> tuple[list[int], dict[str, Any] | None, bool]:
     """``(stamp, facts, from_index)`` of ``path``: the index ``entry``'s facts when it has the
     file's stamp, else read from the file (None if unreadable). FileNotFoundError if the file is
     gone."""
     now = stamp(path)
     if isinstance(entry, dict) and entry.get("stamp") == now:
         return now, entry["facts"], True
-    return now, video_facts(path), False
+    return now, video_facts(Path(path)), False
+
+
+def index_stamp(root: Path) -> list[int] | None:
+    """The stamp of ``index.json`` (None when absent): whether another process wrote it since."""
+    try:
+        return stamp(root / INDEX)
+    except OSError:
+        return None
 
 
 def load_index(root: Path) -> dict[str, Any]:
@@ -112,6 +122,24 @@ def load_index(root: Path) -> dict[str, Any]:
     return videos
 
 
+def update_index(root: Path, loaded: dict[str, Any], loaded_stamp: list[int] | None,
+                 new: dict[str, Any]) -> dict[str, Any] | None:
+    """Write ``loaded`` (the index as read when ``index.json`` had ``loaded_stamp``) with the
+    entries ``new`` added, under the index lock. If another process wrote the index since it was
+    read (several ranks or extraction runs indexing their videos at once), ``new`` is added to
+    what it wrote instead, so no process drops another's entries. ``loaded`` may be changed.
+    Returns the entries written; None, and the index left as it is, on a read-only store."""
+    try:
+        with exclusive(root / VIDEOS / INDEX_LOCK):
+            if index_stamp(root) != loaded_stamp:
+                loaded = load_index(root)
+            loaded.update(new)
+            save_index(root, loaded)
+            return loaded
+    except OSError:  # a read-only store still summarises, just without the cache
+        return None
+
+
 def save_index(root: Path, videos: dict[str, Any]) -> None:
     """Write the cache; each distinct set of engine parameters once, in ``"params"``, the videos
     naming theirs by its position (a store's videos mostly share one set per flow: this keeps the
@@ -128,10 +156,8 @@ def save_index(root: Path, videos: dict[str, Any]) -> None:
         facts = entry["facts"]
         out[key] = {**entry, "facts": {**facts, "meta": {**facts["meta"], "flows": flows}}}
     data = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "params": table, "videos": out}
-    try:  # compact: indentation would double a large store's index
-        atomic_write_text(root / INDEX, json.dumps(data, separators=(",", ":")) + "\n")
-    except OSError:  # a read-only store still summarises, just without the cache
-        pass
+    # compact: indentation would double a large store's index
+    atomic_write_text(root / INDEX, json.dumps(data, separators=(",", ":")) + "\n")
 
 
 class SummaryStats:
@@ -208,4 +234,4 @@ class SummaryStats:
                 "warnings": warnings}
 
 
-__all__ = ["INDEX", "video_facts", "load_index", "save_index", "SummaryStats", "dataset_bytes"]
+__all__ = ["INDEX", "video_facts", "index_stamp", "load_index", "update_index", "save_index", "SummaryStats", "dataset_bytes"]

@@ -253,7 +253,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     ``out_dir=False`` to write nothing.
     """
     from ..store import FlowStore
-    from .loading import derive_seed, make_dataset, make_loader
+    from .loading import derive_seed, index_in_shares, make_dataset, make_loader
 
     if crops not in (1, 3, 10):
         raise FlowkitError(f"crops must be 1, 3 or 10, got {crops}")
@@ -274,8 +274,10 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     keys, split_desc = select_keys(flow_store, run_config, split)
     if not keys:
         raise FlowkitError(f"no videos to evaluate in {store_path} ({split_desc})")
-    dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips, crops=crops,
-                           views=True)
+    with flow_store.index_held():
+        index_in_shares(flow_store, keys)
+        dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips,
+                               crops=crops, views=True)
     def loader(subset):
         return make_loader(subset, batch_size=batch_size, workers=workers, device=dev,
                            seed=derive_seed(config.seed, "evaluate"))

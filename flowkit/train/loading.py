@@ -90,6 +90,21 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def index_in_shares(store, keys: Sequence[str] | None = None) -> None:
+    """Bring the store's index up to date before the ranks read it: each rank opens its share
+    (1/world) of the videos new or changed since the last index (:meth:`FlowStore.metas`), then
+    waits for the others. Without this, every rank would open every new video, about 4 ms each:
+    over 20 minutes per rank for 300k videos just extracted. ``keys``: the videos the ranks will
+    read (None: all). Nothing without a process group."""
+    from .. import distributed
+
+    world = distributed.world_size()
+    if world > 1:
+        keys = store.keys() if keys is None else list(keys)
+        store.metas(keys[distributed.rank()::world])
+        distributed.barrier()
+
+
 def make_split(store, config: TrainConfig) -> tuple[list[str], list[str], str]:
     """``(train_keys, val_keys, description)`` from ``split_list``/``val_list`` or ``val_fraction``."""
     from ..data import split_from_list, stratified_split

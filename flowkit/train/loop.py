@@ -45,8 +45,8 @@ from ..progress import Progress
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, merge_for_resume, read_run_config
 from .ddp import batch_sampler, convert_sync_batchnorm, rank_device, wrap
-from .loading import (EpochBatchSampler, derive_seed, keys_digest, make_dataset, make_loader,
-                      make_split, seed_everything, to_device)
+from .loading import (EpochBatchSampler, derive_seed, index_in_shares, keys_digest, make_dataset,
+                      make_loader, make_split, seed_everything, to_device)
 from .optim import build_optimizer, build_scheduler
 
 CONFIG_FILE = "config.json"
@@ -128,7 +128,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                  log: Callable[[str], None] | None = None, _saved: dict | None = None):
-        from ..models import create_model, model_parameters
         from ..store import FlowStore
 
         self.run_dir = Path(run_dir)
@@ -150,29 +149,16 @@ class Trainer:
         if not self.classes:
             raise FlowkitError(f"store {config.store} has no class names; extract it from a "
                                "class-folder tree or with --split-list")
-        if _saved is not None:
-            split = _saved["split"]
-            self.train_keys, self.val_keys = list(split["train_keys"]), list(split["val_keys"])
-            self.split_source = split.get("source", "")
-            missing = [k for k in self.train_keys + self.val_keys if k not in self.store]
-            if missing:
-                raise FlowkitError(f"{len(missing)} videos of the run's split are not in store "
-                                   f"{config.store} (e.g. {missing[0]}); resume with the store "
-                                   "the run was trained on")
-        else:
-            self.train_keys, self.val_keys, self.split_source = make_split(self.store, config)
-
-        self.model_kwargs = {"num_classes": len(self.classes), **config.model_kwargs}
-        accepted = model_parameters(config.model)
-        for name in ("frames", "in_frames"):  # models that must know T get the clip length
-            if name in accepted and name not in self.model_kwargs:
-                self.model_kwargs[name] = config.clip_length
-        torch.manual_seed(derive_seed(config.seed, "init"))
-        self.model = create_model(config.model, **self.model_kwargs)
-        # The datasets check the store holds what the model needs (flow / rgb) before any writing.
-        self.train_set = make_dataset(self.store, self.train_keys, config, self.model, train=True)
-        self.val_set = (make_dataset(self.store, self.val_keys, config, self.model, train=False)
-                        if self.val_keys else None)
+        with self.store.index_held():  # the split and both datasets parse index.json once
+            index_in_shares(self.store)
+            self.train_keys, self.val_keys, self.split_source = self._split(_saved)
+            self.model = self._create_model()
+            # The datasets check the store holds what the model needs (flow / rgb) before any
+            # writing.
+            self.train_set = make_dataset(self.store, self.train_keys, config, self.model,
+                                          train=True)
+            self.val_set = (make_dataset(self.store, self.val_keys, config, self.model,
+                                         train=False) if self.val_keys else None)
         self.init_report = None
         if config.init and not self._has_checkpoint():
             self.init_report = initialise_from_file(self.model, config.init)
@@ -183,6 +169,32 @@ class Trainer:
         # validated and described.
         self.net = wrap(self.model, self.device)
         self.run_config = self._describe()
+
+    def _split(self, saved: dict | None) -> tuple[list[str], list[str], str]:
+        """``(train_keys, val_keys, source)``: the saved run's split, or a new one."""
+        if saved is None:
+            return make_split(self.store, self.config)
+        split = saved["split"]
+        train_keys, val_keys = list(split["train_keys"]), list(split["val_keys"])
+        stored = set(self.store.keys())
+        missing = [k for k in train_keys + val_keys if k not in stored]
+        if missing:
+            raise FlowkitError(f"{len(missing)} videos of the run's split are not in store "
+                               f"{self.config.store} (e.g. {missing[0]}); resume with the store "
+                               "the run was trained on")
+        return train_keys, val_keys, split.get("source", "")
+
+    def _create_model(self) -> nn.Module:
+        from ..models import create_model, model_parameters
+
+        config = self.config
+        self.model_kwargs = {"num_classes": len(self.classes), **config.model_kwargs}
+        accepted = model_parameters(config.model)
+        for name in ("frames", "in_frames"):  # models that must know T get the clip length
+            if name in accepted and name not in self.model_kwargs:
+                self.model_kwargs[name] = config.clip_length
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        return create_model(config.model, **self.model_kwargs)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, log: Callable[[str], None] | None = None,
