@@ -319,7 +319,8 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         classes: class names recorded in the store (label ids index into them).
         shard: ``(index, count)``; defaults to torchrun's ``RANK`` / ``WORLD_SIZE``.
         progress: :class:`~flowkit.progress.Progress` (tasks "videos" and "frame pairs", a line
-            per failed video); silent by default.
+            per failed video, and first a bar over finished videos new to the store's index);
+            silent by default.
         stop: a :class:`~flowkit.progress.StopFlag`; once set, the run stops at the next chunk,
             discards the videos in flight cleanly and raises :class:`~flowkit.progress.Stopped`.
 
@@ -342,7 +343,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
                            f"CLASS/VIDEO, as `flowkit info` lists them)")
     workers = config.workers or default_workers(config.device, len(items))
-    known, mismatched = check_store_options(store_path, items, config, engine)
+    known, mismatched = check_store_options(store_path, items, config, engine, progress)
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
         set(config.redo) | mismatched)), max_memory=(
         None if config.max_memory is None else config.max_memory // workers))
@@ -396,17 +397,18 @@ def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:
 
 
 def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractConfig,
-                        engine: FlowEngine) -> tuple[dict[str, dict], set[str]]:
+                        engine: FlowEngine, progress: Progress | None = None
+                        ) -> tuple[dict[str, dict], set[str]]:
     """Before anything is computed or written: does this run fit the existing store?
 
     Returns the finished videos' metadata among ``items`` (``{key: meta}``) and the keys stored
     with other options, to recompute. Raises :class:`StoreError` naming the options that would
     match the store when they differ and ``config.redo_mismatched`` is off. A store that does not
-    exist yet fits anything."""
+    exist yet fits anything. ``progress``: a bar over finished videos new to the store's index."""
     if not (Path(store_path) / MANIFEST).is_file():
         return {}, set()
     comparison = compare_with_store(FlowStore(store_path), [item.key for item in items],
-                                    store_request(config, engine))
+                                    store_request(config, engine), progress)
     keys = {item.key for item in items}
     known = {k: m for k, m in comparison.metas.items() if k in keys}
     if comparison.ok:

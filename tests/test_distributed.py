@@ -231,7 +231,7 @@ def _index_rank(rank: int, world: int, init_file: str, root: str, out: str) -> N
     """Index the store in shares (as Trainer and evaluate do), then read every video's meta:
     record which files this rank opened in each phase."""
     from flowkit.store import FlowStore, summary
-    from flowkit.train.loading import index_in_shares
+    from flowkit.train.loading import index_store
 
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -240,7 +240,7 @@ def _index_rank(rank: int, world: int, init_file: str, root: str, out: str) -> N
         opened, real = [], summary.video_facts
         summary.video_facts = lambda path: opened.append(Path(path).stem) or real(path)
         store = FlowStore(root)
-        index_in_shares(store)
+        index_store(store)
         shared = list(opened)
         opened.clear()
         assert len(store.metas(store.keys())) == 6

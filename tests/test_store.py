@@ -574,3 +574,35 @@ def test_index_held_parses_the_index_once_while_no_one_rewrites_it(store, monkey
     assert store._held_index is None
     store.metas(["zoom/h0"])
     assert len(parsed) == 5
+
+
+def test_videos_new_to_the_index_are_read_under_a_progress_bar(store, monkeypatch):
+    """A store just extracted may hold 300k videos the index has not seen (20 minutes of reading):
+    metas() and summary() read them under one bar, after every stamp was compared, once reading
+    takes a second (here: at once); a few quick ones show none."""
+    from flowkit.progress import Progress
+    from flowkit.store import summary
+
+    class Recorder(Progress):
+        def __init__(self):
+            super().__init__()
+            self.tasks = []
+
+        def _closed(self, task):
+            self.tasks.append((task.description, task.completed, task.total))
+
+    for i in range(4):
+        write_video(store, f"zoom/p{i}", *make_video(80 + i, frames=3)[:1], flows={})
+    seen = Recorder()
+    store.metas(["zoom/p3"], seen)
+    assert seen.tasks == []  # under a second
+    monkeypatch.setattr(summary, "BAR_AFTER_SECONDS", 0.0)
+    assert len(store.metas(["zoom/p0", "zoom/p1"], seen)) == 2
+    assert seen.tasks == [("indexing videos new to the store's index", 2, 2)]
+    seen.tasks.clear()
+    assert store.summary(seen)["videos"] == 4 and seen.tasks == [
+        ("indexing videos new to the store's index", 1, 1)]
+    seen.tasks.clear()
+    store.metas(store.keys(), seen)
+    store.summary(seen)
+    assert seen.tasks == []  # all indexed: nothing to read, no bar

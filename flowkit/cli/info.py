@@ -11,6 +11,7 @@ from rich.table import Table
 from ..conventions import is_backward
 from ..store import FlowStore
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
+from .progress import RichProgress
 
 
 def _human_bytes(n: int) -> str:
@@ -77,8 +78,8 @@ def command(store, as_json, validate, deep):
     """
     if deep and not validate:
         raise click.UsageError("--deep goes with --validate")
-    with FlowStore(store) as fs:
-        summary = fs.summary()
+    with FlowStore(store) as fs, RichProgress(Console(stderr=True), transient=True) as progress:
+        summary = fs.summary(progress)
         problems = fs.validate(deep=deep) if validate else []
     if validate:
         summary["problems"] = problems

@@ -163,14 +163,20 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
     def log(msg: str) -> None:
         console.print(f"note: {msg}", highlight=False)
 
+    def bars():
+        return (RichProgress(console, transient=True) if main
+                else contextlib.nullcontext(Progress()))
+
     if resume and (out / "config.json").is_file():
         changes = _config_values(ctx, params, explicit_only=True)
-        trainer = Trainer.resume(out, log=log, store=store_path, **changes)
+        with bars() as progress:
+            trainer = Trainer.resume(out, log=log, progress=progress, store=store_path, **changes)
     else:
         if params["model"] is None:
             raise click.UsageError("--model is required (see `flowkit train --help`)")
         config = TrainConfig(store=store_path, **_config_values(ctx, params, explicit_only=False))
-        trainer = Trainer(config, out, overwrite=overwrite, log=log)
+        with bars() as progress:
+            trainer = Trainer(config, out, overwrite=overwrite, log=log, progress=progress)
     cfg = trainer.config
     if cfg.amp and ctx.get_parameter_source("amp") == ParameterSource.COMMANDLINE \
             and trainer.device.type != "cuda":
@@ -191,9 +197,8 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                       highlight=False, soft_wrap=True)
     stop = StopFlag()
     try:
-        bars = (RichProgress(console, transient=True) if main
-                else contextlib.nullcontext(Progress()))
-        with stop_on_signals(stop, console, "the current step and saving it"), bars as progress:
+        with stop_on_signals(stop, console, "the current step and saving it"), \
+                bars() as progress:
             result = trainer.fit(progress, stop=stop)
         distributed.shutdown()
     except KeyboardInterrupt:

@@ -144,14 +144,15 @@ _LABELS = {"size": "frame size", "step": "frame step", "rgb_codec": "rgb codec",
            "params": "engine parameters"}
 
 
-def compare_with_store(store, keys: Iterable[str], request: Request) -> Comparison:
+def compare_with_store(store, keys: Iterable[str], request: Request,
+                       progress=None) -> Comparison:
     """Compare ``request`` with the finished videos among ``keys`` in ``store`` (a
     :class:`~flowkit.store.FlowStore`; their metadata from :meth:`~flowkit.store.FlowStore.metas`,
     the store's index); when none of them is in the store, with up to :data:`REFERENCE_VIDEOS` of
     its other videos (so new videos join a store of one size). Unreadable videos are not checked
-    (they are redone)."""
+    (they are redone). ``progress``: a bar over the videos new to the store's index."""
     keys = list(keys)
-    checked = store.metas(keys)
+    checked = store.metas(keys, progress)
     joining = len(checked) < len(keys)  # new videos join the store: their RGB must match
     if not checked:
         checked = store.metas(store.keys()[:REFERENCE_VIDEOS])

@@ -15,13 +15,14 @@ import numpy as np
 from ..errors import StoreError
 from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
                      remove_stale_temporaries)
+from ..progress import Progress
 from . import claims, codecs
 from .codecs import Codec
 from .layout import (CLAIM, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL, PARTIAL_RE, STALE_PARTIAL_SECONDS,
                      SUFFIX, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS, check_key, check_not_file,
                      check_video_header, create_store, flowkit_version, merge_classes, now,
                      open_read, py_value, read_manifest)
-from .summary import SummaryStats, cached_facts, index_stamp, load_index, update_index
+from .summary import SummaryStats, index_stamp, indexed_facts, load_index, update_index
 from .diskio import storage_error
 from .reading import read_frames
 from .validate import video_problems
@@ -53,8 +54,10 @@ class FlowStore:
         # attributes (about 0.2 ms), more than decoding a small frame.
         self._codecs: dict[str, dict[str, Codec]] = {}
         self._pid = os.getpid()
-        # index.json as parsed, with its stamp, kept inside index_held() blocks
+        # index.json as parsed, with its stamp, and the keys whose entries were found current,
+        # kept inside index_held() blocks
         self._held_index: tuple[list[int] | None, dict[str, Any]] | None = None
+        self._checked: set[str] = set()
         self._holding = 0
 
     def _open_manifest(self, classes: Sequence[str] | None) -> dict:
@@ -348,28 +351,31 @@ class FlowStore:
         # h5py handles cannot cross processes: a spawned DataLoader worker reopens lazily. A held
         # index (up to 1 GB for 300k videos) is not sent either.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_handles", "_held_index", "_holding")}
+                if k not in ("_handles", "_held_index", "_checked", "_holding")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._handles = OrderedDict()
-        self._held_index, self._holding = None, 0
+        self._held_index, self._checked, self._holding = None, set(), 0
 
     # -- whole-store views
 
     @contextlib.contextmanager
     def index_held(self) -> Iterator["FlowStore"]:
         """Inside the block, ``index.json`` is parsed once and kept for every :meth:`metas` and
-        :meth:`summary` call, for as long as no other process rewrites it: a run that builds its
-        split and datasets over 300k videos parses it once instead of three times (7 s and 1 GB
-        each, benchmarks/results/index_scale.md). It is dropped when the block ends."""
+        :meth:`summary` call, for as long as no other process rewrites it, and a video whose entry
+        was found current is not checked again: a run that builds its split and datasets over
+        300k videos parses the index once instead of three times (7 s and 1 GB each) and stats
+        each file once (benchmarks/results/index_scale.md). A video replaced by another process
+        during the block may be described as it was when the block first looked at it. All is
+        dropped when the block ends."""
         self._holding += 1
         try:
             yield self
         finally:
             self._holding -= 1
             if not self._holding:
-                self._held_index = None
+                self._held_index, self._checked = None, set()
 
     def _load_index(self) -> tuple[list[int] | None, dict[str, Any]]:
         """``(stamp, videos)`` of index.json: the held copy while it is current, else parsed."""
@@ -387,24 +393,24 @@ class FlowStore:
         if self._holding and written is not None:
             self._held_index = (index_stamp(self._root), written)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, progress: Progress | None = None) -> dict[str, Any]:
         """Counts, sizes, engines and quantisation of the whole store; JSON-serialisable.
 
         Per-video facts are cached in ``index.json``, keyed by each file's (inode, size, mtime), so
-        a summary of 300k videos opens only the files added or replaced since the last one. The
-        cache is rebuilt when missing or stale, written atomically, and safe to delete.
+        a summary of 300k videos opens only the files added or replaced since the last one (with a
+        ``progress`` bar over them). The cache is rebuilt when missing or stale, written
+        atomically, and safe to delete.
         """
-        (loaded_stamp, cached), fresh, stats = self._load_index(), {}, SummaryStats()
-        for path in self._walk(SUFFIX):
-            key = self._key_of(path)
-            try:
-                stamp, facts, _ = cached_facts(path, cached.get(key))
-            except FileNotFoundError:  # deleted by hand while we walked
-                continue
-            if facts is not None:
-                fresh[key] = {"stamp": stamp, "facts": facts}
-            stats.add(key, path, stamp[1], facts)
-        if fresh != cached:
+        loaded_stamp, cached = self._load_index()
+        paths = {self._key_of(path): str(path) for path in self._walk(SUFFIX)}
+        found, new = indexed_facts(paths, paths.__getitem__, cached,
+                                   self._checked if self._holding else None, progress)
+        fresh, stats = {}, SummaryStats()
+        for key, entry in found.items():  # deleted by hand while we walked: not found
+            if entry["facts"] is not None:
+                fresh[key] = entry
+            stats.add(key, Path(paths[key]), entry["stamp"][1], entry["facts"])
+        if new or fresh.keys() != cached.keys():
             self._update_index({}, loaded_stamp, fresh)
         m = self._manifest
         return {"path": str(self._root), "format": m["format"], "version": m["version"],
@@ -412,30 +418,24 @@ class FlowStore:
                 "classes": {"count": len(self.classes), "names": self.classes},
                 **stats.result(), "partials": len(self.partials())}
 
-    def metas(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def metas(self, keys: Sequence[str],
+              progress: Progress | None = None) -> dict[str, dict[str, Any]]:
         """:meth:`meta` of many videos, abridged to what datasets read and extraction compares:
         ``height``, ``width``, ``source_height``, ``source_width``, ``step``, ``num_frames``,
         ``label``, ``has_rgb``, ``rgb_codec`` and ``flows`` ({name: ``codec_spec``,
-        ``engine_version``, ``params``, ``bound``}). From ``index.json`` for every file unchanged
-        since it was indexed (its inode, size and mtime): a run over 300k videos stats their files
-        instead of opening each (about 4 ms a file); new facts are added to the index. Videos that
+        ``engine_version``, ``params``, ``bound``}), in the order of ``keys``. From
+        ``index.json`` for every file unchanged since it was indexed (its inode, size and mtime):
+        a run over 300k videos stats their files instead of opening each (about 4 ms a file); the
+        new ones are read (with a ``progress`` bar over them) and added to the index. Videos that
         are missing or cannot be read are left out (:meth:`meta` says why)."""
-        (loaded_stamp, cached), out, new = self._load_index(), {}, {}
+        loaded_stamp, cached = self._load_index()
         videos = os.path.join(self._root, VIDEOS)
-        for key in keys:
-            try:
-                stamp, facts, from_index = cached_facts(
-                    os.path.join(videos, check_key(key) + SUFFIX), cached.get(key))
-            except FileNotFoundError:
-                continue
-            if facts is None:
-                continue
-            if not from_index:
-                new[key] = {"stamp": stamp, "facts": facts}
-            out[key] = facts["meta"]
+        found, new = indexed_facts(keys, lambda key: os.path.join(videos, check_key(key) + SUFFIX),
+                                   cached, self._checked if self._holding else None, progress)
         if new:
             self._update_index(cached, loaded_stamp, new)
-        return out
+        return {key: found[key]["facts"]["meta"] for key in keys
+                if key in found and found[key]["facts"] is not None}
 
     def validate(self, deep: bool = False) -> list[str]:
         """Check every complete video file; return problems as readable lines (empty: valid).

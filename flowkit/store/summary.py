@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import h5py
 
 from ..files import atomic_write_text
+from ..progress import Progress
 from .claims import exclusive
 from .codecs import codec_of, codec_spec
 from .layout import INDEX_LOCK, VIDEOS, open_read, py_value
@@ -26,6 +28,9 @@ from .layout import INDEX_LOCK, VIDEOS, open_read, py_value
 INDEX = "index.json"
 INDEX_FORMAT = "flowkit-store-index"
 INDEX_VERSION = 3  # 3: "meta", an abridged FlowStore.meta (datasets, extraction's resume check)
+
+#: Reading videos new to the index shows a progress bar once it has taken this long.
+BAR_AFTER_SECONDS = 1.0
 
 #: The root attributes an abridged meta keeps (:meth:`FlowStore.metas`: what extraction compares
 #: and datasets read).
@@ -80,14 +85,49 @@ def stamp(path: str | os.PathLike) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def cached_facts(path: str | os.PathLike, entry: Any) -> tuple[list[int], dict[str, Any] | None, bool]:
-    """``(stamp, facts, from_index)`` of ``path``: the index ``entry``'s facts when it has the
-    file's stamp, else read from the file (None if unreadable). FileNotFoundError if the file is
-    gone."""
-    now = stamp(path)
-    if isinstance(entry, dict) and entry.get("stamp") == now:
-        return now, entry["facts"], True
-    return now, video_facts(Path(path)), False
+def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dict[str, Any],
+                  checked: set[str] | None = None, progress: Progress | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each video's index entry: ``({key: {"stamp", "facts"}}, new_entries)`` for the videos
+    ``keys``, whose files ``path_of(key)`` names. The ``index`` entry itself when it has the file's stamp, else one
+    read from the file (facts None when unreadable; the readable ones are ``new_entries``, for
+    the index); a file that is gone is left out. The files to read are read after every stamp is compared, with a
+    ``progress`` bar over them once that takes :data:`BAR_AFTER_SECONDS` (a store just extracted
+    may hold 300k of them: 20 minutes; a few need no bar).
+    ``checked``: keys whose index entry was compared with their file before, served without
+    a ``stat``; keys found current are added to it."""
+    found, stale = {}, []
+    for key in keys:
+        entry = index.get(key)
+        if checked is not None and key in checked and isinstance(entry, dict):
+            found[key] = entry
+            continue
+        path = path_of(key)
+        try:
+            now = stamp(path)
+        except FileNotFoundError:
+            continue
+        if isinstance(entry, dict) and entry.get("stamp") == now:
+            found[key] = entry  # no new object per video: 300k would keep the GC busy
+            if checked is not None:
+                checked.add(key)
+        else:
+            stale.append((key, path, now))
+    new, task, started = {}, None, time.perf_counter()
+    for done, (key, path, now) in enumerate(stale):
+        if task is None and time.perf_counter() - started >= BAR_AFTER_SECONDS:
+            task = (progress or Progress()).start("indexing videos new to the store's index",
+                                                  total=len(stale), completed=done)
+        found[key] = {"stamp": now, "facts": video_facts(Path(path))}
+        if found[key]["facts"] is not None:
+            new[key] = found[key]
+            if checked is not None:
+                checked.add(key)
+        if task is not None:
+            task.advance()
+    if task is not None:
+        task.close()
+    return found, new
 
 
 def index_stamp(root: Path) -> list[int] | None:

@@ -253,7 +253,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     ``out_dir=False`` to write nothing.
     """
     from ..store import FlowStore
-    from .loading import derive_seed, index_in_shares, make_dataset, make_loader
+    from .loading import derive_seed, index_store, make_dataset, make_loader
 
     if crops not in (1, 3, 10):
         raise FlowkitError(f"crops must be 1, 3 or 10, got {crops}")
@@ -275,7 +275,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     if not keys:
         raise FlowkitError(f"no videos to evaluate in {store_path} ({split_desc})")
     with flow_store.index_held():
-        index_in_shares(flow_store, keys)
+        index_store(flow_store, keys, progress)
         dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips,
                                crops=crops, views=True)
     def loader(subset):

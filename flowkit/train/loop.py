@@ -45,7 +45,7 @@ from ..progress import Progress
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, merge_for_resume, read_run_config
 from .ddp import batch_sampler, convert_sync_batchnorm, rank_device, wrap
-from .loading import (EpochBatchSampler, derive_seed, index_in_shares, keys_digest, make_dataset,
+from .loading import (EpochBatchSampler, derive_seed, index_store, keys_digest, make_dataset,
                       make_loader, make_split, seed_everything, to_device)
 from .optim import build_optimizer, build_scheduler
 
@@ -123,11 +123,13 @@ class Trainer:
     ``Trainer(config, run_dir)`` starts a new run: FlowkitError if ``run_dir`` already holds one,
     unless ``overwrite`` (then the run's files are deleted when :meth:`fit` starts).
     ``Trainer.resume(run_dir, **changes)`` continues one from ``checkpoints/last.pt`` (or from the
-    start when no checkpoint was written yet), with the config of ``config.json``.
+    start when no checkpoint was written yet), with the config of ``config.json``. ``progress``
+    gets a bar while the store's index takes in videos new to it (a store just extracted).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
-                 log: Callable[[str], None] | None = None, _saved: dict | None = None):
+                 log: Callable[[str], None] | None = None, progress: Progress | None = None,
+                 _saved: dict | None = None):
         from ..store import FlowStore
 
         self.run_dir = Path(run_dir)
@@ -150,7 +152,7 @@ class Trainer:
             raise FlowkitError(f"store {config.store} has no class names; extract it from a "
                                "class-folder tree or with --split-list")
         with self.store.index_held():  # the split and both datasets parse index.json once
-            index_in_shares(self.store)
+            index_store(self.store, progress=progress)  # a bar over videos new to the index
             self.train_keys, self.val_keys, self.split_source = self._split(_saved)
             self.model = self._create_model()
             # The datasets check the store holds what the model needs (flow / rgb) before any
@@ -198,12 +200,12 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, log: Callable[[str], None] | None = None,
-               **changes) -> "Trainer":
+               progress: Progress | None = None, **changes) -> "Trainer":
         """Continue the run in ``run_dir``; ``changes`` are options to change (only those in
         :data:`~flowkit.train.config.RESUMABLE_CHANGES`, e.g. ``epochs``, may differ)."""
         saved = read_run_config(run_dir)
         config = merge_for_resume(TrainConfig.from_dict(saved["config"]), changes)
-        return cls(config, run_dir, log=log, _saved=saved)
+        return cls(config, run_dir, log=log, progress=progress, _saved=saved)
 
     # -- paths and run description
 
