@@ -139,7 +139,8 @@ def main(argv=None) -> int:
             "keys": "`FlowStore.keys()`: list the videos",
             "load_index": "parse index.json (inside `metas`)",
             "metas": "`FlowStore.metas(all keys)`: parse + one stat per video",
-            "metas x3": "the same 3 times, as `flowkit train` did with a validation split (labels, train set, val set)",
+            "metas x3": "the same 3 times, as `flowkit train` did with a validation split "
+                        "(labels, train set, val set)",
             "metas x3 held": "the same inside `FlowStore.index_held()`, as `flowkit train` now "
                              "does: parsed once"}
     for r in rows:

@@ -89,13 +89,15 @@ def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dic
                   checked: set[str] | None = None, progress: Progress | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each video's index entry: ``({key: {"stamp", "facts"}}, new_entries)`` for the videos
-    ``keys``, whose files ``path_of(key)`` names. The ``index`` entry itself when it has the file's stamp, else one
-    read from the file (facts None when unreadable; the readable ones are ``new_entries``, for
-    the index); a file that is gone is left out. The files to read are read after every stamp is compared, with a
-    ``progress`` bar over them once that takes :data:`BAR_AFTER_SECONDS` (a store just extracted
-    may hold 300k of them: 20 minutes; a few need no bar).
-    ``checked``: keys whose index entry was compared with their file before, served without
-    a ``stat``; keys found current are added to it."""
+    ``keys``, whose files ``path_of(key)`` names: the ``index`` entry itself when it has the
+    file's stamp, else one read from the file (facts None when unreadable; the readable ones are
+    ``new_entries``, for the index); a file that is gone is left out.
+
+    The files to read are read after every stamp is compared, with a ``progress`` bar over them
+    once that has taken :data:`BAR_AFTER_SECONDS` (a store just extracted may hold 300k of them:
+    20 minutes; a few need no bar). ``checked``: keys whose entry was found current before,
+    served without a ``stat``; keys found current are added to it.
+    """
     found, stale = {}, []
     for key in keys:
         entry = index.get(key)
@@ -274,4 +276,5 @@ class SummaryStats:
                 "warnings": warnings}
 
 
-__all__ = ["INDEX", "video_facts", "index_stamp", "load_index", "update_index", "save_index", "SummaryStats", "dataset_bytes"]
+__all__ = ["INDEX", "video_facts", "indexed_facts", "index_stamp", "load_index", "update_index",
+           "save_index", "SummaryStats", "dataset_bytes"]
