@@ -11,6 +11,7 @@ here ever returns an empty result: a video that decodes to zero frames is an err
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -422,6 +423,7 @@ def _x264_params() -> str:
     return params + ":asm=avx2" if _cpu_has_avx512() else params
 
 
+@functools.cache
 def _cpu_has_avx512() -> bool:
     try:
         with open("/proc/cpuinfo") as f:

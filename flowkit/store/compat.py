@@ -39,9 +39,9 @@ class Request:
 
     def differences(self, meta: dict, joining: bool = False) -> dict[str, tuple[Any, Any]]:
         """``{option: (stored, requested)}`` for one finished video's metadata
-        (:meth:`flowkit.store.FlowStore.meta` or ``metas``); empty when the run fits it. A video's RGB is never
-        written again, so the RGB codec counts only with ``joining``: the run adds new videos
-        beside this one."""
+        (:meth:`flowkit.store.FlowStore.meta` or ``metas``); empty when the run fits it. A video's
+        RGB is never written again, so the RGB codec counts only with ``joining``: the run adds
+        new videos beside this one."""
         out: dict[str, tuple[Any, Any]] = {}
         stored = (int(meta["height"]), int(meta["width"]))
         source = (int(meta.get("source_height", stored[0])),
