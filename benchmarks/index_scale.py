@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("imports", "keys", "load_index", "metas", "metas x3", "metas x3 held")
+STEPS = ("imports", "keys", "load_index", "metas", "metas x3", "metas x3 held", "summary")
 
 
 def make_store(root: Path, videos: int) -> None:
     """One real video's facts, repeated under ``videos`` keys in 400 class folders."""
     from flowkit.store import FlowStore
-    from flowkit.store.summary import load_index, save_index, stamp
+    from flowkit.store.index import Entry, load_index, save_index, stamp
 
     store = FlowStore(root / "real", "a")
     with store.writer("c/v", source="v.mp4", fps=25.0, flow_codec="jpegls:0.1",
@@ -40,7 +40,7 @@ def make_store(root: Path, videos: int) -> None:
         w.append_flow("tvl1", np.zeros((7, 2, 16, 16), np.float32),
                       {"engine": "tvl1", "version": "1", "params": {"tau": 0.25, "warps": 5}})
     store.metas(["c/v"])
-    facts = load_index(root / "real")["c/v"]["facts"]
+    facts = load_index(root / "real")["c/v"].facts
     big = FlowStore(root / "big", "a")
     entries = {}
     for i in range(videos):
@@ -48,13 +48,13 @@ def make_store(root: Path, videos: int) -> None:
         path = big.path / "videos" / f"{key}.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-        entries[key] = {"stamp": stamp(path), "facts": facts}
+        entries[key] = Entry(stamp(path), facts)
     save_index(big.path, entries)
 
 
 def measure(root: Path, step: str) -> dict:
     """Run one step in this process: seconds and peak resident memory."""
-    from flowkit.store import FlowStore, summary
+    from flowkit.store import FlowStore, index, summary
 
     def never(path):
         raise AssertionError(f"{path} was opened: the index should serve every stand-in")
@@ -68,11 +68,13 @@ def measure(root: Path, step: str) -> dict:
     elif step == "keys":
         count = len(store.keys())
     elif step == "load_index":
-        count = len(summary.load_index(store.path))
+        count = len(index.load_index(store.path))
     elif step == "metas":
         count = len(store.metas(keys))
     elif step == "metas x3":
         count = min(len(store.metas(keys)) for _ in range(3))
+    elif step == "summary":
+        count = store.summary()["videos"]
     else:
         with store.index_held():
             count = min(len(store.metas(keys)) for _ in range(3))
@@ -142,7 +144,8 @@ def main(argv=None) -> int:
             "metas x3": "the same 3 times, as `flowkit train` did with a validation split "
                         "(labels, train set, val set)",
             "metas x3 held": "the same inside `FlowStore.index_held()`, as `flowkit train` now "
-                             "does: parsed once"}
+                             "does: parsed once",
+            "summary": "`FlowStore.summary()`, as `flowkit info` shows it: every video's facts"}
     for r in rows:
         assert r["count"] == (0 if r["step"] == "imports" else args.videos), r
         lines.append(f"| {r['step']} | {what[r['step']]} | {r['seconds']:.2f} | "

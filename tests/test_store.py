@@ -517,7 +517,12 @@ def test_metas_are_meta_abridged_and_come_from_the_index_once_indexed(store, mon
     assert first["zoom/b"]["flows"]["tvl1"]["codec_spec"] == "uint8:16"
     assert first["zoom/b"]["flows"]["tvl1"]["bound"] == 16.0 and not first["zoom/b"]["has_rgb"]
     index = json.loads((store.path / "index.json").read_text())
-    assert index["params"] == [ENGINE["params"]]  # three flows, one set of parameters, kept once
+    # one layout per kind of video (RGB + one flow, two flows), each flow's parameters in it once;
+    # a video is a row of numbers
+    assert len(index["layouts"]) == 2 and index["version"] == 4
+    assert json.dumps(index["layouts"]).count('"warps"') == 3
+    assert all(isinstance(v, (int, float, str)) or v is None
+               for row in index["videos"].values() for v in row)
 
     def no_open(path):
         raise AssertionError(f"opened {path}: the index should have served it")
@@ -527,6 +532,52 @@ def test_metas_are_meta_abridged_and_come_from_the_index_once_indexed(store, mon
     write_video(store, "zoom/a", *make_video(61, frames=8)[:1], flows={}, label=0, redo=True)
     again = store.metas(["zoom/a"])["zoom/a"]
     assert (again["num_frames"], again["label"], again["flows"]) == (8, 0, {})
+
+
+def test_index_rows_give_back_every_fact_and_read_version_3(store, monkeypatch):
+    """index.json (version 4) keeps each video as a row of its per-video facts on a shared layout:
+    the facts built from it equal the file's own, whatever the video (sizes, labels, flows,
+    clipped values); a version-3 index (facts in full) serves without opening a file and is
+    written back as version 4; a damaged row costs only its video a read."""
+    from flowkit.store import index, summary
+
+    rgb, flow = make_video(70, frames=5)
+    write_video(store, "zoom/a", rgb, {"tvl1": flow}, label=1, label_name="zoom")
+    write_video(store, "zoom/b", make_video(71, frames=7, height=8, width=10)[0], {}, label=0,
+                label_name="zoom")
+    write_video(store, "zoom/c", None, {"tvl1": flow * 9, "tvl1_backward": flow},
+                flow_codec="uint8:4")  # clipped values: a per-video fact
+    summary_before = store.summary()
+    keys = store.keys()
+    files = {k: store.path / "videos" / f"{k}.h5" for k in keys}
+    loaded = index.load_index(store.path)
+    assert {k: loaded[k].facts for k in keys} == {k: summary.video_facts(files[k]) for k in keys}
+    assert loaded["zoom/c"].facts["flows"]["tvl1"]["clipped"] > 0
+    metas = store.metas(keys)
+
+    def no_open(path):
+        raise AssertionError(f"opened {path}: the index should have served it")
+    # the same facts written as version 3 (one "params" table, facts in full)
+    table, v3 = [ENGINE["params"]], {}
+    for key, entry in loaded.items():
+        facts = json.loads(json.dumps(entry.facts))
+        for record in facts["meta"]["flows"].values():
+            record["params"] = 0
+        v3[key] = {"stamp": entry.stamp, "facts": facts}
+    (store.path / "index.json").write_text(json.dumps(
+        {"format": "flowkit-store-index", "version": 3, "params": table, "videos": v3}))
+    monkeypatch.setattr(summary, "video_facts", no_open)
+    assert FlowStore(store.path).summary() == summary_before
+    assert json.loads((store.path / "index.json").read_text())["version"] == 4
+    assert FlowStore(store.path).metas(keys) == metas
+    monkeypatch.undo()
+
+    data = json.loads((store.path / "index.json").read_text())
+    data["videos"]["zoom/b"] = data["videos"]["zoom/b"][:-1]  # damaged: one fact short
+    (store.path / "index.json").write_text(json.dumps(data))
+    opened, real = [], summary.video_facts
+    monkeypatch.setattr(summary, "video_facts", lambda path: opened.append(path.stem) or real(path))
+    assert FlowStore(store.path).metas(keys) == metas and opened == ["b"]
 
 
 def test_summary_cache_follows_replaced_videos(store):

@@ -63,7 +63,8 @@ Modules: :mod:`~flowkit.store.layout` (names, manifest, partial files), :mod:`~f
 :mod:`~flowkit.store.writer` (:class:`VideoWriter`), :mod:`~flowkit.store.diskio` (HDF5 over a
 file that survives a full disk), :mod:`~flowkit.store.claims` (claims, the commit lock),
 :mod:`~flowkit.store.reading` (frames out of a dataset), :mod:`~flowkit.store.flowstore`
-(:class:`FlowStore`), :mod:`~flowkit.store.summary`, :mod:`~flowkit.store.validate`.
+(:class:`FlowStore`), :mod:`~flowkit.store.summary` (what a store holds), :mod:`~flowkit.store.index`
+(``index.json``, its cache), :mod:`~flowkit.store.validate`.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ from .codecs import (DEFAULT_BOUND, DEFAULT_JPEG_QUALITY, DEFAULT_MAX_ERROR, FLO
 from .flowstore import FlowStore, read_frames
 from .layout import (FORMAT, MANIFEST, PARTIAL, SUFFIX, VERSION, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS,
                      check_key)
-from .summary import INDEX
+from .index import INDEX
 from .writer import VideoWriter
 
 __all__ = ["FlowStore", "VideoWriter", "StoreError", "Codec", "FLOW_CODECS", "RGB_CODECS",

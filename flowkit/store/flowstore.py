@@ -22,7 +22,8 @@ from .layout import (CLAIM, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL, PAR
                      SUFFIX, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS, check_key, check_not_file,
                      check_video_header, create_store, flowkit_version, merge_classes, now,
                      open_read, py_value, read_manifest)
-from .summary import SummaryStats, index_stamp, indexed_facts, load_index, update_index
+from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
+from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
 from .reading import read_frames
 from .validate import video_problems
@@ -56,7 +57,7 @@ class FlowStore:
         self._pid = os.getpid()
         # index.json as parsed, with its stamp, and the keys whose entries were found current,
         # kept inside index_held() blocks
-        self._held_index: tuple[list[int] | None, dict[str, Any]] | None = None
+        self._held_index: tuple[list[int] | None, Index] | None = None
         self._checked: set[str] = set()
         self._holding = 0
 
@@ -351,7 +352,7 @@ class FlowStore:
 
     def __getstate__(self) -> dict:
         # h5py handles cannot cross processes: a spawned DataLoader worker reopens lazily. A held
-        # index (up to 1 GB for 300k videos) is not sent either.
+        # index (about 300 MB for 300k videos) is not sent either.
         return {k: v for k, v in self.__dict__.items()
                 if k not in ("_handles", "_held_index", "_checked", "_holding")}
 
@@ -367,7 +368,7 @@ class FlowStore:
         """Inside the block, ``index.json`` is parsed once and kept for every :meth:`metas` and
         :meth:`summary` call, for as long as no other process rewrites it, and a video whose entry
         was found current is not checked again: a run that builds its split and datasets over
-        300k videos parses the index once instead of three times (7 s and 1 GB each) and stats
+        300k videos parses the index once instead of three times (1.7 s and 283 MB each) and stats
         each file once (benchmarks/results/index_scale.md). A video replaced by another process
         during the block may be described as it was when the block first looked at it. All is
         dropped when the block ends."""
@@ -379,7 +380,7 @@ class FlowStore:
             if not self._holding:
                 self._held_index, self._checked = None, set()
 
-    def _load_index(self) -> tuple[list[int] | None, dict[str, Any]]:
+    def _load_index(self) -> tuple[list[int] | None, Index]:
         """``(stamp, videos)`` of index.json: the held copy while it is current, else parsed."""
         stamp = index_stamp(self._root)
         if self._held_index is not None and stamp is not None and self._held_index[0] == stamp:
@@ -389,8 +390,8 @@ class FlowStore:
             self._held_index = (stamp, videos)
         return stamp, videos
 
-    def _update_index(self, loaded: dict[str, Any], loaded_stamp: list[int] | None,
-                      new: dict[str, Any]) -> None:
+    def _update_index(self, loaded: dict[str, Entry], loaded_stamp: list[int] | None,
+                      new: dict[str, Entry]) -> None:
         written = update_index(self._root, loaded, loaded_stamp, new)
         if self._holding and written is not None:
             self._held_index = (index_stamp(self._root), written)
@@ -408,11 +409,12 @@ class FlowStore:
         found, new = indexed_facts(paths, paths.__getitem__, cached,
                                    self._checked if self._holding else None, progress)
         fresh, stats = {}, SummaryStats()
-        for key, entry in found.items():  # deleted by hand while we walked: not found
-            if entry["facts"] is not None:
-                fresh[key] = entry
-            stats.add(key, Path(paths[key]), entry["stamp"][1], entry["facts"])
-        if new or fresh.keys() != cached.keys():
+        with paused_gc():
+            for key, entry in found.items():  # deleted by hand while we walked: not found
+                if entry.readable:
+                    fresh[key] = entry
+                stats.add(key, paths[key], entry.stamp[1], entry.facts)
+        if new or cached.outdated or fresh.keys() != cached.keys():
             self._update_index({}, loaded_stamp, fresh)
         m = self._manifest
         return {"path": str(self._root), "format": m["format"], "version": m["version"],
@@ -429,15 +431,17 @@ class FlowStore:
         ``index.json`` for every file unchanged since it was indexed (its inode, size and mtime):
         a run over 300k videos stats their files instead of opening each (about 4 ms a file); the
         new ones are read (with a ``progress`` bar over them) and added to the index. Videos that
-        are missing or cannot be read are left out (:meth:`meta` says why)."""
+        are missing or cannot be read are left out (:meth:`meta` says why). Videos indexed alike
+        share one ``flows`` dict (:mod:`flowkit.store.index`): read the metas, never change them."""
         loaded_stamp, cached = self._load_index()
         videos = os.path.join(self._root, VIDEOS)
         found, new = indexed_facts(keys, lambda key: os.path.join(videos, check_key(key) + SUFFIX),
                                    cached, self._checked if self._holding else None, progress)
-        if new:
+        if new or cached.outdated:
             self._update_index(cached, loaded_stamp, new)
-        return {key: found[key]["facts"]["meta"] for key in keys
-                if key in found and found[key]["facts"] is not None}
+        with paused_gc():
+            return {key: found[key].meta for key in keys
+                    if key in found and found[key].readable}
 
     def validate(self, deep: bool = False) -> list[str]:
         """Check every complete video file; return problems as readable lines (empty: valid).

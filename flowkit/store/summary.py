@@ -6,12 +6,11 @@ abridged :meth:`FlowStore.meta` (``"meta"``: size, step, frames, label, codecs, 
 record and 8-bit bound). The cache is keyed by each file's (inode, size, mtime), so a summary of
 300k videos opens only the files added or replaced since the last one, and so do a dataset built
 over them and an extraction resuming into them (:meth:`FlowStore.metas`); it is rebuilt when
-missing, stale or of another version.
+missing, stale or of another version. The file's layout: :mod:`flowkit.store.index`.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,15 +18,10 @@ from typing import Any, Callable, Iterable
 
 import h5py
 
-from ..files import atomic_write_text
 from ..progress import Progress
-from .claims import exclusive
 from .codecs import codec_of, codec_spec
-from .layout import INDEX_LOCK, VIDEOS, open_read, py_value
-
-INDEX = "index.json"
-INDEX_FORMAT = "flowkit-store-index"
-INDEX_VERSION = 3  # 3: "meta", an abridged FlowStore.meta (datasets, extraction's resume check)
+from .index import Entry, current
+from .layout import open_read, py_value
 
 #: Reading videos new to the index shows a progress bar once it has taken this long.
 BAR_AFTER_SECONDS = 1.0
@@ -78,50 +72,27 @@ def video_facts(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def stamp(path: str | os.PathLike) -> list[int]:
-    """What identifies one version of a file: ``[inode, size, mtime_ns]`` (a redone video is a
-    new file: a new inode). FileNotFoundError if it is gone."""
-    st = os.stat(path)
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
-
-
-def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dict[str, Any],
+def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dict[str, Entry],
                   checked: set[str] | None = None, progress: Progress | None = None
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each video's index entry: ``({key: {"stamp", "facts"}}, new_entries)`` for the videos
-    ``keys``, whose files ``path_of(key)`` names: the ``index`` entry itself when it has the
-    file's stamp, else one read from the file (facts None when unreadable; the readable ones are
-    ``new_entries``, for the index); a file that is gone is left out.
+                  ) -> tuple[dict[str, Entry], dict[str, Entry]]:
+    """Each video's index entry: ``({key: Entry}, new_entries)`` for the videos ``keys``, whose
+    files ``path_of(key)`` names: the ``index`` entry itself when it has the file's stamp, else one
+    read from the file (facts None when unreadable; the readable ones are ``new_entries``, for the
+    index); a file that is gone is left out.
 
     The files to read are read after every stamp is compared, with a ``progress`` bar over them
     once that has taken :data:`BAR_AFTER_SECONDS` (a store just extracted may hold 300k of them:
     20 minutes; a few need no bar). ``checked``: keys whose entry was found current before,
     served without a ``stat``; keys found current are added to it.
     """
-    found, stale = {}, []
-    for key in keys:
-        entry = index.get(key)
-        if checked is not None and key in checked and isinstance(entry, dict):
-            found[key] = entry
-            continue
-        path = path_of(key)
-        try:
-            now = stamp(path)
-        except FileNotFoundError:
-            continue
-        if isinstance(entry, dict) and entry.get("stamp") == now:
-            found[key] = entry  # no new object per video: 300k would keep the GC busy
-            if checked is not None:
-                checked.add(key)
-        else:
-            stale.append((key, path, now))
+    found, stale = current(keys, path_of, index, checked)
     new, task, started = {}, None, time.perf_counter()
     for done, (key, path, now) in enumerate(stale):
         if task is None and time.perf_counter() - started >= BAR_AFTER_SECONDS:
             task = (progress or Progress()).start("indexing videos new to the store's index",
                                                   total=len(stale), completed=done)
-        found[key] = {"stamp": now, "facts": video_facts(Path(path))}
-        if found[key]["facts"] is not None:
+        found[key] = Entry(now, video_facts(Path(path)))
+        if found[key].readable:
             new[key] = found[key]
             if checked is not None:
                 checked.add(key)
@@ -130,76 +101,6 @@ def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dic
     if task is not None:
         task.close()
     return found, new
-
-
-def index_stamp(root: Path) -> list[int] | None:
-    """The stamp of ``index.json`` (None when absent): whether another process wrote it since."""
-    try:
-        return stamp(root / INDEX)
-    except OSError:
-        return None
-
-
-def load_index(root: Path) -> dict[str, Any]:
-    """The summary cache ``index.json``: {key: {"stamp", "facts"}}; empty when absent or unusable.
-    Engine parameters, stored once per distinct set (:func:`save_index`), come back as one shared
-    dict per set: read them, never change them."""
-    try:
-        data = json.loads((root / INDEX).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    ok = (isinstance(data, dict) and data.get("format") == INDEX_FORMAT
-          and data.get("version") == INDEX_VERSION and isinstance(data.get("videos"), dict)
-          and isinstance(data.get("params"), list))
-    if not ok:
-        return {}
-    table, videos = data["params"], {}
-    for key, entry in data["videos"].items():
-        try:
-            for record in entry["facts"]["meta"]["flows"].values():
-                record["params"] = table[record["params"]]
-        except (TypeError, KeyError, IndexError):
-            continue  # a damaged entry: that video is read from its file again
-        videos[key] = entry
-    return videos
-
-
-def update_index(root: Path, loaded: dict[str, Any], loaded_stamp: list[int] | None,
-                 new: dict[str, Any]) -> dict[str, Any] | None:
-    """Write ``loaded`` (the index as read when ``index.json`` had ``loaded_stamp``) with the
-    entries ``new`` added, under the index lock. If another process wrote the index since it was
-    read (several ranks or extraction runs indexing their videos at once), ``new`` is added to
-    what it wrote instead, so no process drops another's entries. ``loaded`` may be changed.
-    Returns the entries written; None, and the index left as it is, on a read-only store."""
-    try:
-        with exclusive(root / VIDEOS / INDEX_LOCK):
-            if index_stamp(root) != loaded_stamp:
-                loaded = load_index(root)
-            loaded.update(new)
-            save_index(root, loaded)
-            return loaded
-    except OSError:  # a read-only store still summarises, just without the cache
-        return None
-
-
-def save_index(root: Path, videos: dict[str, Any]) -> None:
-    """Write the cache; each distinct set of engine parameters once, in ``"params"``, the videos
-    naming theirs by its position (a store's videos mostly share one set per flow: this keeps the
-    index of 300k videos to a few hundred bytes per video). ``videos`` is not changed."""
-    table, ids, out = [], {}, {}
-    for key, entry in videos.items():
-        flows = {}
-        for name, record in entry["facts"]["meta"]["flows"].items():
-            text = json.dumps(record["params"], sort_keys=True)
-            if text not in ids:
-                ids[text] = len(table)
-                table.append(record["params"])
-            flows[name] = {**record, "params": ids[text]}
-        facts = entry["facts"]
-        out[key] = {**entry, "facts": {**facts, "meta": {**facts["meta"], "flows": flows}}}
-    data = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "params": table, "videos": out}
-    # compact: indentation would double a large store's index
-    atomic_write_text(root / INDEX, json.dumps(data, separators=(",", ":")) + "\n")
 
 
 class SummaryStats:
@@ -217,12 +118,20 @@ class SummaryStats:
         self.max_error_seen: dict[str, float] = {}
         self.clipped: dict[str, dict[str, int]] = {}
         self.sizes: Counter = Counter()
+        # id(params) -> (params, its text): videos of one index layout share one params dict
+        self._texts: dict[int, tuple[dict, str]] = {}
 
-    def add(self, key: str, path: Path, nbytes: int, facts: dict[str, Any] | None) -> None:
+    def _text(self, params: dict) -> str:
+        known = self._texts.get(id(params))
+        if known is None or known[0] is not params:
+            known = self._texts[id(params)] = (params, json.dumps(params, sort_keys=True))
+        return known[1]
+
+    def add(self, key: str, path: str, nbytes: int, facts: dict[str, Any] | None) -> None:
         self.videos += 1
         self.bytes += nbytes
         if facts is None:
-            self.unreadable.append(str(path))
+            self.unreadable.append(path)
             return
         self.frames += facts["frames"]
         self.rgb_frames += facts["rgb_frames"]
@@ -234,8 +143,7 @@ class SummaryStats:
             self.pairs[name] += flow["pairs"]
             self.flow_bytes[name] += flow.get("bytes", 0)
             record = facts["meta"]["flows"][name]  # the engine record, kept once per video
-            config = (flow["engine"], record["engine_version"],
-                      json.dumps(record["params"], sort_keys=True))
+            config = (flow["engine"], record["engine_version"], self._text(record["params"]))
             self.engines.setdefault(name, Counter())[config] += 1
             self.quant.setdefault(name, set()).add(flow["quantization"])
             self.backends.setdefault(name, set()).add(flow.get("backend", "torch"))
@@ -276,5 +184,4 @@ class SummaryStats:
                 "warnings": warnings}
 
 
-__all__ = ["INDEX", "video_facts", "indexed_facts", "index_stamp", "load_index", "update_index",
-           "save_index", "SummaryStats", "dataset_bytes"]
+__all__ = ["BRIEF_ATTRS", "video_facts", "indexed_facts", "SummaryStats", "dataset_bytes"]
