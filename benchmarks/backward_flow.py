@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from recognition import (COMMON, Config, _flowkit, _machine, _toy_command, _toy_facts,
-                         command_line, make_store, run_table, table, toy_run_arguments,
-                         write_markdown)
+                         command_line, finish, make_store, run_table, table, toy_run_arguments)
 
 from flowkit.conventions import backward_name
 from flowkit.flow.ops import warp
@@ -101,10 +100,8 @@ def main(argv=None) -> int:
             "evaluate RUN STORE --checkpoint last --split-list testlist01.txt --clips 1 --crops "
             "1`; rows differ only in `--model-arg backward_flow=...`.", ""]
     doc += table(run_table(ROWS, seeds, args.epochs, videos, store, work, log, args.jobs), seeds)
-    doc += ["", f"Total time {time.perf_counter() - t_start:.0f} s. Logs of every command: "
-            f"`{log}`."]
-    write_markdown("\n".join(doc) + "\n", args.out)
-    return 0
+    doc.append("")
+    return finish(doc, t_start, log, args.out)
 
 
 if __name__ == "__main__":

@@ -103,12 +103,8 @@ def main(argv=None) -> int:
         results = rec.run_table(rows, seeds, args.epochs, videos, store, work, log, args.jobs,
                                 common=COMMON)
         doc += [f"## {title}", "", *rec.table(results, seeds), ""]
-        if args.out:  # finished tables survive an interrupted run
-            Path(args.out).write_text("\n".join(doc + ["**INCOMPLETE**"]) + "\n")
-    doc.append(f"Total time {time.perf_counter() - t_start:.0f} s (wall). Logs of every command: "
-               f"`{log}`.")
-    rec.write_markdown("\n".join(doc) + "\n", args.out)
-    return 0
+        rec.write_partial(doc, args.out)
+    return rec.finish(doc, t_start, log, args.out)
 
 
 if __name__ == "__main__":

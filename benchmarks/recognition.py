@@ -238,6 +238,20 @@ def write_markdown(text: str, out: str | None) -> None:
         print(text)
 
 
+def write_partial(doc: list[str], out: str | None) -> None:
+    """The tables finished so far, marked incomplete, so they survive an interrupted run."""
+    if out:
+        Path(out).write_text("\n".join(doc + ["**INCOMPLETE**"]) + "\n")
+
+
+def finish(doc: list[str], started: float, log: Path, out: str | None) -> int:
+    """The results file with its total wall time and where the logs are; the script's exit code."""
+    doc.append(f"Total time {time.perf_counter() - started:.0f} s (wall). Logs of every command: "
+               f"`{log}`.")
+    write_markdown("\n".join(doc) + "\n", out)
+    return 0
+
+
 def main(argv=None) -> int:
     args = toy_run_arguments(__doc__, argv, work="/tmp/flowkit-recognition",
                              out=str(HERE / "results" / "recognition.md"), epochs=24,
@@ -269,9 +283,7 @@ def main(argv=None) -> int:
                 f"{_toy_facts(toy, videos)}.", ""]
         doc += table(run_table(rows, seeds, args.epochs, videos, store, work, log, args.jobs), seeds)
         doc.append("")
-    doc.append(f"Total time {time.perf_counter() - t_start:.0f} s. Logs of every command: `{log}`.")
-    write_markdown("\n".join(doc) + "\n", args.out)
-    return 0
+    return finish(doc, t_start, log, args.out)
 
 
 if __name__ == "__main__":
