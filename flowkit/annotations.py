@@ -28,6 +28,10 @@ from .files import atomic_write_text
 from .labels import VIDEO_EXTENSIONS
 
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+#: How a report names rows with several labels (a list written with mmaction2's ``with_offset``,
+#: ``frame_dir offset total_frames label``, reads like one too).
+MULTI_LABEL = ("rows give several labels, and flowkit trains one label a video (a list written "
+               "with_offset, 'frame_dir offset total_frames label', reads like these)")
 _CLIP_RE = re.compile(r"(?P<id>.+)_(?P<start>\d+)_(?P<end>\d+)")
 
 
@@ -66,8 +70,10 @@ class LabelMatch:
 
     ``labels``: key -> (0-based label id, class name) for every matched, labelled key; ``classes``:
     the class names label ids index; ``unmatched``: the rows (as ``file:line text``) that matched no
-    key; ``unlabelled``: the keys no row labels (sorted); ``total_frames``: the frame count a
-    rawframes list gives each matched key.
+    key; ``multi_label``: the rows of a video with several labels, which label nothing (flowkit's
+    classifiers take one label a video; they are also in ``unmatched``); ``unlabelled``: the keys
+    no row labels (sorted); ``total_frames``: the frame count a rawframes list gives each matched
+    key.
     """
 
     labels: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -75,11 +81,14 @@ class LabelMatch:
     unmatched: list[str] = field(default_factory=list)
     unlabelled: list[str] = field(default_factory=list)
     total_frames: dict[str, int] = field(default_factory=dict)  # rawframes lists: key -> count
+    multi_label: list[str] = field(default_factory=list)
 
     def report(self, shown: int = 5) -> list[str]:
         """Lines for the user: counts of labelled, unmatched and unlabelled, with examples."""
         lines = [f"{len(self.labels)} videos labelled ({len(self.classes)} classes)"]
-        for what, items in (("rows match no video", self.unmatched),
+        multi = set(self.multi_label)
+        for what, items in (("rows match no video", [r for r in self.unmatched if r not in multi]),
+                            (MULTI_LABEL, self.multi_label),
                             ("videos have no label", self.unlabelled)):
             if items:
                 more = f" and {len(items) - shown} more" if len(items) > shown else ""
@@ -176,20 +185,22 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
         by_name[PurePosixPath(key).name].append(key)
     ids: dict[str, int] = {}
     totals: dict[str, int] = {}
-    unmatched = []
+    unmatched, multi = [], []
     for entry in entries:
         candidates = by_name.get(PurePosixPath(entry.key).name, [])
         key = entry.key if entry.key in candidates else (
             candidates[0] if len(candidates) == 1 else None)
         if key is None or len(entry.labels) != 1:
             unmatched.append(f"{where}:{entry.lineno} {entry.path}")
+            if key is not None:
+                multi.append(unmatched[-1])
             continue
         ids[key] = entry.labels[0]
         if entry.total_frames is not None:
             totals[key] = entry.total_frames
     names = _class_names(ids, classes, where)
     return LabelMatch({k: (i, names[i]) for k, i in ids.items()}, names, unmatched,
-                      [k for k in keys if k not in ids], totals)
+                      [k for k in keys if k not in ids], totals, multi)
 
 
 def _class_names(ids: dict[str, int], classes: Sequence[str] | None, where: str) -> list[str]:

@@ -59,7 +59,12 @@ def test_match_list_by_path_or_unique_name_with_folder_class_names(tmp_path):
     assert match.classes == ["jump", "run"]
     assert match.total_frames == {"run/r0": 10, "run/r1": 12, "jump/j0": 8}
     assert match.unmatched == [f"{path}:4 nothere/zz", f"{path}:5 run/r2"]  # multi-label: unused
+    assert match.multi_label == [f"{path}:5 run/r2"]
     assert match.unlabelled == ["jump/j1", "run/r2"]
+    report = match.report()  # each row once, under its reason
+    assert report[1] == f"1 rows match no video: {path}:4 nothere/zz"
+    assert report[2].startswith("1 rows give several labels, and flowkit trains one label a video")
+    assert report[2].endswith(f": {path}:5 run/r2") and "with_offset" in report[2]
     label_map = tmp_path / "label_map.txt"
     label_map.write_text("jumping\nrunning\n")
     named = match_annotations(path, keys, label_map=label_map)

@@ -202,6 +202,7 @@ def _match_all(files: Sequence[str | os.PathLike], keys: list[str],
         total.labels.update(match.labels)
         total.total_frames.update(match.total_frames)
         total.unmatched += match.unmatched
+        total.multi_label += match.multi_label
     total.unlabelled = [k for k in keys if k not in total.labels]
     return total
 
