@@ -86,10 +86,30 @@ def test_displacement_follows_a_shifted_clip():
     assert 1.2 < inner[:, 0].median() < 2.5 and inner[:, 1].abs().median() < 0.4
 
 
-def test_shared_features_load_into_the_costvolume_engine(tmp_path):
+def test_feature_stride_2_drops_the_max_pool():
+    """feature_stride=2: features, displacement maps and changes at half the stride, the window
+    in those finer feature pixels; the setting is recorded; other strides are refused."""
+    model = tiny_ddn(feature_stride=2)
+    x = clip()
+    feats = model.features(x)
+    assert feats.shape == (2, 4, 4, 16, 16)
+    disp, change = model.dynamics(feats)
+    assert disp.shape == (2, 2, 3, 16, 16) and change.shape == (2, 4, 3, 16, 16)
+    out = model({"rgb": x})
+    assert out["logits"].shape == (2, 3) and model.describe()["feature_stride"] == 2
+    classification_loss(out, torch.tensor([0, 2])).backward()
+    assert model.conv1.weight.grad.abs().sum() > 0
+    assert tiny_ddn().describe()["feature_stride"] == 4
+    with pytest.raises(FlowkitError, match="feature_stride"):
+        tiny_ddn(feature_stride=8)
+
+
+@pytest.mark.parametrize("feature_stride", [4, 2])
+def test_shared_features_load_into_the_costvolume_engine(tmp_path, feature_stride):
     """A DDN checkpoint is a learned-feature checkpoint of the costvolume engine: the engine's
-    FeatureExtractor computes exactly the model's shared features."""
-    model = tiny_ddn()
+    FeatureExtractor computes exactly the model's shared features, with the max-pool or without
+    it as the checkpoint's model settings say (feature_stride 4 or 2)."""
+    model = tiny_ddn(feature_stride=feature_stride)
     with torch.no_grad():                                        # non-trivial BN statistics
         for bn in (model.bn1, model.layer1[0].bn1, model.layer1[0].bn2):
             bn.running_mean.uniform_(-0.5, 0.5)
@@ -97,8 +117,10 @@ def test_shared_features_load_into_the_costvolume_engine(tmp_path):
     model.eval()
     path = tmp_path / "best.pt"
     torch.save({"format": "flowkit-checkpoint", "kind": "classifier",
+                "config": {"model": {"name": "ddn", "settings": model.describe()}},
                 "model": model.state_dict()}, path)
     engine = create_engine("costvolume", weights=str(path), layer="layer1")
+    assert engine.extractor.stride == feature_stride
     torch.manual_seed(4)
     frames = torch.rand(2, 3, 32, 32) * 255
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

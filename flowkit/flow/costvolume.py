@@ -189,9 +189,11 @@ def _block(state: dict, prefix: str, stride: int) -> nn.Module:
     return BasicBlock(w1.shape[1], w1.shape[0], stride)
 
 
-def _load_state_dict(weights) -> dict[str, torch.Tensor]:
+def _load_state_dict(weights) -> tuple[dict[str, torch.Tensor], bool]:
     """A torchvision-style ResNet state dict from a path or a dict (checkpoint wrappers and
-    DataParallel's ``module.`` prefix removed, :func:`flowkit.checkpoints.state_dict_of`)."""
+    DataParallel's ``module.`` prefix removed, :func:`flowkit.checkpoints.state_dict_of`), and
+    whether its stem has the max-pool: not when a flowkit classifier checkpoint's model settings
+    say ``feature_stride`` 2 (``ddn feature_stride=2``)."""
     if isinstance(weights, (str, os.PathLike)):
         obj = checkpoints.read_torch_file(weights, what="costvolume weights file", error=EngineError)
         source = f"costvolume: {os.fspath(weights)}"
@@ -201,7 +203,11 @@ def _load_state_dict(weights) -> dict[str, torch.Tensor]:
     if "conv1.weight" not in state:
         raise EngineError(f"{source} has no 'conv1.weight'; expected a torchvision-style "
                           "ResNet state dict (conv1, bn1, layer1, ...)")
-    return state
+    try:
+        pooled = obj["config"]["model"]["settings"]["feature_stride"] != 2
+    except (KeyError, TypeError):
+        pooled = True
+    return state, pooled
 
 
 class FeatureExtractor(nn.Module):
@@ -216,7 +222,8 @@ class FeatureExtractor(nn.Module):
 
     Geometry: feature pixel j sits on input pixel ``self.stride * j`` (torchvision's paddings keep
     the grids corner-aligned); ``self.stride`` is 2 after conv1/bn1/relu, 4 after maxpool/layer1,
-    8 after layer2, ...
+    8 after layer2, ...; half that from a checkpoint of ``ddn feature_stride=2``, whose stem has no
+    max-pool (its model settings say so).
 
     Args:
         weights: path of a checkpoint (``torch.save(model.state_dict(), path)``) or a state dict.
@@ -233,11 +240,11 @@ class FeatureExtractor(nn.Module):
         if layer not in _RESNET_STAGES:
             raise EngineError(f"costvolume: unknown feature layer {layer!r}; choose from "
                               f"{', '.join(_RESNET_STAGES)}")
-        state = _load_state_dict(weights)
+        state, pooled = _load_state_dict(weights)
         source = str(weights) if isinstance(weights, (str, os.PathLike)) else "state dict"
         stages = _RESNET_STAGES[:_RESNET_STAGES.index(layer) + 1]
         try:
-            self.body, self.stride = self._build(state, stages)
+            self.body, self.stride = self._build(state, stages, pooled)
         except KeyError as exc:
             raise EngineError(f"costvolume: {source} lacks {exc.args[0]!r} needed for layer "
                               f"{layer!r}") from None
@@ -264,7 +271,8 @@ class FeatureExtractor(nn.Module):
         self.eval()
 
     @staticmethod
-    def _build(state: dict, stages: Sequence[str]) -> tuple[nn.Sequential, int]:
+    def _build(state: dict, stages: Sequence[str], pooled: bool = True
+               ) -> tuple[nn.Sequential, int]:
         modules, stride = OrderedDict(), 1
         for name in stages:
             if name == "conv1":
@@ -279,8 +287,8 @@ class FeatureExtractor(nn.Module):
             elif name == "relu":
                 modules[name] = nn.ReLU()
             elif name == "maxpool":
-                modules[name] = nn.MaxPool2d(3, 2, 1)
-                stride *= 2
+                modules[name] = nn.MaxPool2d(3, 2, 1) if pooled else nn.Identity()
+                stride *= 2 if pooled else 1
             else:
                 blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith(name + ".")})
                 if not blocks:

@@ -3,11 +3,11 @@
 One network on RGB clips; motion is computed inside it, so it needs no flow in the store::
 
     rgb (B, 3, T, H, W) --shared low-level features, per frame: conv1 7x7/2 -> bn1 -> relu ->
-                          maxpool 3x3/2 -> layer1                     F (B, C1, T, H/4, W/4)
+                          maxpool 3x3/2 (s = 4) -> layer1             F (B, C1, T, H/s, W/s)
       ├─ appearance: FrameBranch(F)                                   static appearance
-      ├─ motion:     D_t = soft-argmax(cosine cost volume(F_t, F_t+1)) (B, 2, T-1, H/4, W/4)
+      ├─ motion:     D_t = soft-argmax(cosine cost volume(F_t, F_t+1)) (B, 2, T-1, H/s, W/s)
       │              FrameBranch(D / (d * dilation))                   apparent motion
-      └─ change:     W_t = F_t+1(p + D_t(p)) - F_t(p)                 (B, C1, T-1, H/4, W/4)
+      └─ change:     W_t = F_t+1(p + D_t(p)) - F_t(p)                 (B, C1, T-1, H/s, W/s)
                      FrameBranch(W)                                    appearance change
     logits: the branches' softmax scores averaged (log of the mean, as ST-MulNet's fusion)
 
@@ -20,8 +20,14 @@ torch functions, :class:`flowkit.flow.correlation.DisplacementMap` (cosine cost 
 ``(2d+1) x (2d+1)`` window, soft-argmax at temperature ``tau``) and
 :func:`flowkit.flow.costvolume.warped_difference`, both differentiable: the motion and change
 branches' losses train the shared features through the cost volume (end to end from RGB).
-Displacements are in feature pixels (4 input pixels at ``layer1``); the motion branch sees them
-divided by the window's reach ``d * dilation``, so about [-1, 1].
+Displacements are in feature pixels (``s`` input pixels); the motion branch sees them divided by
+the window's reach ``d * dilation``, so about [-1, 1].
+
+``feature_stride`` s is torchvision's 4 by default. The cost volume cannot see much below a feature
+pixel of motion a frame: on the toy set DDN scores 28 / 64 / 84% at 0.25-0.6 / 0.5-1.2 / 1-2.3
+feature pixels a frame (``benchmarks/results/ddn_motion.md``); in a 112 px crop, 2 px a frame is
+half a feature pixel. ``feature_stride=2`` drops the stem's max-pool: features of twice the
+resolution, for about four times the cost of ``layer1``, the cost volume and the branches.
 
 ``branches`` picks any non-empty subset (``--model-arg branches=motion,change``): the paper's
 branch ablation with one flag; branches not built have no parameters and cost nothing.
@@ -30,7 +36,8 @@ The shared features have torchvision's names at the model's top level (``conv1``
 ``layer1.0.conv1``, ...), so a classifier checkpoint of this model is also a checkpoint of the
 ``costvolume`` engine's learned-feature mode: ``flowkit extract VIDEOS -o STORE --method costvolume
 --weights RUN/checkpoints/best.pt`` (its ``FeatureExtractor`` reads ``conv1 .. layer1`` and ignores
-the branches; it normalises frames with the same ImageNet mean/std as the data pipeline).
+the branches; it normalises frames with the same ImageNet mean/std as the data pipeline, and leaves
+the max-pool out when the checkpoint's model settings say ``feature_stride`` 2).
 """
 from __future__ import annotations
 
@@ -79,6 +86,8 @@ class DDN(VideoClassifier):
             gradient through the displacement).
         dilation: spacing of the window's candidates, feature pixels.
         dropout: before each branch's ``fc``.
+        feature_stride: input pixels per feature pixel, 4 (torchvision's stem) or 2 (no
+            max-pool: finer motion, module docstring).
 
     Inputs: ``rgb`` ``(B, 3, T, H, W)`` ImageNet-normalised, T >= 2 with a motion or change branch.
     Outputs: ``logits`` ``(B, K)`` (averaged softmax of the branches), ``stream_logits`` (one
@@ -88,13 +97,17 @@ class DDN(VideoClassifier):
     def __init__(self, num_classes: int, depth: int = 18, width: int = 64,
                  layers: Sequence[int] | None = None,
                  branches: str | Sequence[str] = BRANCHES, max_displacement: int = 3,
-                 tau: float = 0.1, dilation: int = 1, dropout: float = 0.0):
+                 tau: float = 0.1, dilation: int = 1, dropout: float = 0.0,
+                 feature_stride: int = 4):
         super().__init__(num_classes)
         self.set_stream("rgb")
         self.branches = parse_branches(branches)
         if int(max_displacement) < 1 or int(dilation) < 1:
             raise FlowkitError(f"ddn max_displacement and dilation must be >= 1, got "
                                f"{max_displacement} and {dilation}")
+        if feature_stride not in (2, 4):
+            raise FlowkitError(f"ddn feature_stride must be 4 (torchvision's stem) or 2 (no "
+                               f"max-pool), got {feature_stride!r}")
         if not tau > 0:
             raise FlowkitError(f"ddn tau must be > 0 (soft-argmax, differentiable), got {tau!r}")
         kind, layers = resnet_layout(depth, layers, width)
@@ -104,7 +117,8 @@ class DDN(VideoClassifier):
         self.conv1 = nn.Conv2d(3, self.width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.feature_stride = int(feature_stride)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if feature_stride == 4 else nn.Identity()
         blocks, inplanes = [], self.width
         for _ in range(layers[0]):
             blocks.append(block(inplanes, self.width))
@@ -123,10 +137,11 @@ class DDN(VideoClassifier):
     def describe(self) -> dict:
         return {"branches": list(self.branches), "max_displacement": self.displacement.max_displacement[0],
                 "tau": self.displacement.tau, "dilation": self.displacement.dilation,
-                "feature_stride": 4}
+                "feature_stride": self.feature_stride}
 
     def features(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Shared low-level features: ``(B, 3, T, H, W) -> (B, C1, T, ceil(H/4), ceil(W/4))``."""
+        """Shared low-level features: ``(B, 3, T, H, W) -> (B, C1, T, ceil(H/s), ceil(W/s))``,
+        ``s = feature_stride``."""
         b, c, t, h, w = rgb.shape
         x = rgb.transpose(1, 2).reshape(b * t, c, h, w)
         x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
