@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recognition as rec  # noqa: E402  (the recognition evidence's helpers: runs, tables, machine)
-from ddn_tvnet import COMMON, TOY  # noqa: E402  (the same toy set and recipe)
+from ddn_tvnet import COMMON, toy_options  # noqa: E402  (the same toy set and recipe)
 from recognition import Config  # noqa: E402
 
 #: Base motions, pixels/frame: ddn_tvnet.py's 1.5, then 2x and 4x.
@@ -39,7 +39,8 @@ def make_store(work: Path, motion: float, videos_per_class: int, log: Path):
     import json
 
     videos, store = work / f"toy_m{motion:g}", work / f"store_m{motion:g}"
-    args = [*TOY, "--motion", f"{motion:g}", "--videos-per-class", str(videos_per_class)]
+    args = [*toy_options("default"), "--motion", f"{motion:g}", "--videos-per-class",
+            str(videos_per_class)]
     if not (videos / "toy.json").is_file():
         rec._flowkit(["toy", str(videos), *args], log)
     rec._flowkit(["extract", str(videos), "-o", str(store), "--method", "tvl1"], log, threads=2)

@@ -16,6 +16,8 @@ TVNet with 10 unrolled iterations instead of the paper's 50)::
 
     .venv/bin/python benchmarks/ddn_tvnet.py                 # writes benchmarks/results/ddn_tvnet.md
     .venv/bin/python benchmarks/ddn_tvnet.py --quick         # smoke run, Markdown to stdout
+    .venv/bin/python benchmarks/ddn_tvnet.py --difficulty hard --tables tvnet \
+        --out benchmarks/results/tvnet_hard.md               # TVNet's rows on the hard toy set
 """
 from __future__ import annotations
 
@@ -29,14 +31,16 @@ sys.path.insert(0, str(HERE))
 import recognition as rec  # noqa: E402  (the recognition evidence's helpers: runs, tables, machine)
 from recognition import Config  # noqa: E402
 
-#: The toy set: default difficulty, 12 frames of 48x48 (small, so one core extracts it quickly).
-TOY = ("--difficulty", "default", "--frames", "12", "--size", "48x48")
+#: The toy set: 12 frames of 48x48 (small, so one core extracts it quickly), of a difficulty.
+TOY = ("--frames", "12", "--size", "48x48")
 #: Every run's options (rows differ only in the model): tiny ResNet-18 layout, 8-frame clips.
 COMMON = ("--model-arg", "width=8", "--model-arg", "layers=[1,1,1,1]", "--frames", "8",
           "--size", "40", "--no-flip", "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.003",
           "--weight-decay", "0.01", "--warmup-epochs", "1", "--val-fraction", "0", "--workers", "0")
 TVNET = "tvnet_iterations=10"
 
+#: --tables names -> the tables' titles below.
+TABLE_NAMES = {"ddn": "DDN:", "tvnet": "TVNet:", "baselines": "Baselines"}
 TABLES = {
     "DDN: full network, single branches, pairs of branches (RGB only)": (
         Config("DDN, all three branches", "ddn"),
@@ -62,31 +66,53 @@ TABLES = {
 }
 
 
-def make_store(work: Path, videos_per_class: int, log: Path) -> tuple[Path, Path, dict]:
+def toy_options(difficulty: str) -> tuple[str, ...]:
+    """``flowkit toy`` options of a toy set of ``recognition.py`` (default, hard, harder)."""
+    return (*rec.TOY_SETS[difficulty], *TOY)
+
+
+def make_store(work: Path, difficulty: str, videos_per_class: int, log: Path
+               ) -> tuple[Path, Path, dict]:
     """Toy videos + TV-L1 store (RGB and flow); reused when already there."""
     import json
 
-    videos, store = work / "toy", work / "store"
+    suffix = "" if difficulty == "default" else f"_{difficulty}"
+    videos, store = work / f"toy{suffix}", work / f"store{suffix}"
     if not (videos / "toy.json").is_file():
-        rec._flowkit(["toy", str(videos), *TOY, "--videos-per-class", str(videos_per_class)], log)
+        rec._flowkit(["toy", str(videos), *toy_options(difficulty), "--videos-per-class",
+                      str(videos_per_class)], log)
     t0 = time.perf_counter()
     rec._flowkit(["extract", str(videos), "-o", str(store), "--method", "tvl1"], log, threads=1)
     print(f"store ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return videos, store, json.loads((videos / "toy.json").read_text())
 
 
+def _options(ap) -> None:
+    ap.add_argument("--difficulty", default="default", choices=tuple(rec.TOY_SETS),
+                    help="the toy set (recognition.py's: presets, and 'harder')")
+    ap.add_argument("--tables", default=",".join(TABLE_NAMES),
+                    help=f"comma-separated subset of {', '.join(TABLE_NAMES)}")
+
+
 def main(argv=None) -> int:
     args = rec.toy_run_arguments(__doc__, argv, work="/tmp/flowkit-ddn-tvnet",
                                  out=str(HERE / "results" / "ddn_tvnet.md"), epochs=12,
-                                 videos_per_class=12, jobs=1, quick_epochs=1)
+                                 videos_per_class=12, jobs=1, quick_epochs=1, extra=_options)
+    wanted = [t.strip() for t in args.tables.split(",") if t.strip()]
+    if not wanted or set(wanted) - set(TABLE_NAMES):
+        raise SystemExit(f"--tables: a comma-separated subset of {', '.join(TABLE_NAMES)}")
+    tables = {title: rows for title, rows in TABLES.items()
+              if any(title.startswith(TABLE_NAMES[t]) for t in wanted)}
     seeds, work = args.seeds, Path(args.work)
     log = work / "log.txt"
     t_start = time.perf_counter()
     cmd = rec.command_line("ddn_tvnet.py", argv)
-    videos, store, toy = make_store(work, args.videos_per_class, log)
-    toy_cmd = shlex.join(["flowkit", "toy", "TOY", *TOY, "--videos-per-class",
-                          str(args.videos_per_class)])
-    doc = ["# DDN and TVNet end to end: motion computed inside the network, on toy motion classes", "",
+    videos, store, toy = make_store(work, args.difficulty, args.videos_per_class, log)
+    toy_cmd = shlex.join(["flowkit", "toy", "TOY", *toy_options(args.difficulty),
+                          "--videos-per-class", str(args.videos_per_class)])
+    which = "" if args.difficulty == "default" else f" ({args.difficulty} toy set)"
+    doc = ["# DDN and TVNet end to end: motion computed inside the network, on toy motion classes"
+           + which, "",
            f"Command: `{cmd}`  ",
            f"Machine: {rec._machine()}, no GPU, shared with other jobs (wall times are not CPU "
            f"times); {args.jobs} run(s) at a time with 1 thread each.  ",
@@ -99,7 +125,7 @@ def main(argv=None) -> int:
            f"TVNet rows use `{TVNET}` (1 scale, 1 warp, 10 unrolled iterations: the paper's TVNet-50 "
            "made cheaper for one core). *order-pair acc* is the accuracy on left_then_right and "
            "right_then_left, which differ only in temporal order.", ""]
-    for title, rows in TABLES.items():
+    for title, rows in tables.items():
         results = rec.run_table(rows, seeds, args.epochs, videos, store, work, log, args.jobs,
                                 common=COMMON)
         doc += [f"## {title}", "", *rec.table(results, seeds), ""]

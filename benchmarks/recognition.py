@@ -203,11 +203,13 @@ def _toy_command(name: str, videos_per_class: int) -> str:
 
 
 def toy_run_arguments(doc: str, argv, *, work: str, out: str, epochs: int, videos_per_class: int,
-                      jobs: int, quick_epochs: int) -> argparse.Namespace:
+                      jobs: int, quick_epochs: int, extra=None) -> argparse.Namespace:
     """The options of every script that trains on a toy set (this one, ``ddn_tvnet.py``,
     ``backward_flow.py``), parsed from ``argv``; ``--quick``: 1 seed, ``quick_epochs``, 4 videos
-    per class, Markdown on stdout."""
+    per class, Markdown on stdout. ``extra(parser)`` adds a script's own options."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--work", default=work, help="toy data, stores and runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=(0, 1, 2))
     ap.add_argument("--epochs", type=int, default=epochs)
