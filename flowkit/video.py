@@ -417,7 +417,8 @@ def _x264_params() -> str:
     x264's AVX-512 code reads memory it never wrote: with it, the same frames encoded to other
     bytes from run to run (decoded pixels up to 28 levels apart at crf 15; 12-15 of 16 toy videos
     differed between runs under other ``MALLOC_PERTURB_`` fillings, 0 of 16 with ``asm=avx2``).
-    On a CPU with AVX-512 the encoder is capped at AVX2; elsewhere x264 picks its own code.
+    On a CPU with AVX-512 the encoder is capped at AVX2; elsewhere x264 picks its own code, which
+    from SSE4 to AVX2 writes the same bytes as AVX2 (benchmarks/results/x264_levels.md).
     """
     params = "sync-lookahead=0"
     return params + ":asm=avx2" if _cpu_has_avx512() else params
