@@ -264,10 +264,10 @@ def extract_items(items: Sequence[VideoItem], store: FlowStore, engine: FlowEngi
 _worker: dict = {}
 
 
-def _worker_init(store_path: str, config: ExtractConfig, threads: int) -> None:
+def _worker_init(store_path: str, config: ExtractConfig, threads: int, parent: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    die_with_parent(parent)
     torch.set_num_threads(threads)
     _worker["store"] = FlowStore(store_path, "a")
     _worker["engine"] = build_engine(config)
@@ -286,18 +286,25 @@ def _worker_run(item: VideoItem) -> tuple[list[VideoResult], StoreWriteError | N
     return results, None
 
 
-def die_with_parent() -> None:
-    """Make this worker process end when its parent does (never write into a store after the run
-    that started it is gone): Linux's parent-death signal, and a watchdog thread elsewhere."""
-    parent = os.getppid()
+def die_with_parent(parent: int) -> None:
+    """Make this worker process end when its parent, the run with pid ``parent``, does (never
+    write into a store after the run that started it is gone): Linux's parent-death signal, and a
+    watchdog thread elsewhere. A worker whose parent is already gone when it gets here ends at
+    once: a worker slow to start (importing torch on a loaded machine takes seconds) may outlive a
+    ``kill -9`` of its parent, and asking for the parent's pid only now would give the reaper's,
+    under which the orphan went on extracting videos from the queue it had been handed."""
+    armed = False
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() == parent:
-            return
+        armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:  # gone before the signal was armed: nobody will collect our work
+        os._exit(143)
+    if armed:
+        return
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -436,7 +443,7 @@ def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, con
     # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.
     ctx = mp.get_context("spawn")
     with ctx.Pool(config.workers, initializer=_worker_init,
-                  initargs=(str(store.path), config, threads)) as pool:
+                  initargs=(str(store.path), config, threads, os.getpid())) as pool:
         outcomes = pool.imap_unordered(_worker_run, todo)
         for _ in todo:
             while True:  # poll, so that a stop request is seen even while no video finishes

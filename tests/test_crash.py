@@ -242,6 +242,47 @@ def test_sigterm_exits_143_and_workers_die_with_the_parent(video_dir, tmp_path, 
     _rerun_and_check(video_dir, store, tmp_path, before, workers)
 
 
+# A worker: arms die_with_parent for the pid it was handed, then leaves a mark (its work).
+_WORKER = """
+import os, sys, time
+from flowkit.extract import die_with_parent
+time.sleep(float(sys.argv[3]))
+die_with_parent(int(sys.argv[1]))
+open(sys.argv[2], "w").write(str(os.getpid()))
+"""
+# Its parent: starts the worker with its own pid, says which pid the worker has, and dies at once.
+_PARENT = """
+import os, subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2], "1"])
+print(worker.pid, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_worker_slower_to_start_than_its_parent_lives_does_no_work(tmp_path):
+    """A pool worker that reaches die_with_parent after a `kill -9` of its parent (importing torch
+    on a loaded machine takes seconds) ends there instead of extracting videos as an orphan of
+    the reaper; with its parent alive it goes on."""
+    orphan_mark, child_mark = tmp_path / "orphan", tmp_path / "child"
+    out = subprocess.run([sys.executable, "-c", _PARENT, _WORKER, str(orphan_mark)],
+                         capture_output=True, text=True, check=True).stdout
+    pid = int(out.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:  # gone, or a zombie its reaper has not collected yet
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the orphaned worker (pid {pid}) still runs after 60 s")
+    assert not orphan_mark.exists(), "a worker whose parent was gone did its work"
+    subprocess.run([sys.executable, "-c", _WORKER, str(os.getpid()), str(child_mark), "0"],
+                   check=True, timeout=60)
+    assert child_mark.read_text().strip().isdigit()
+
+
 def test_kill_9_of_the_parent_with_workers_then_resume(video_dir, tmp_path):
     """`kill -9` of `flowkit extract --workers 2` (the parent only, as `kill -9 PID` does): the
     pool workers die with it (a parent-death signal) and start nothing afterwards (a commit already
