@@ -151,11 +151,9 @@ def main(argv=None) -> int:
         lines.append(f"| {r['step']} | {what[r['step']]} | {r['seconds']:.2f} | "
                      f"{r['peak_mib']:.0f} |")
     text = "\n".join(lines) + "\n"
-    if args.out == "-":
-        print(text, end="")
-    else:
+    if args.out != "-":
         Path(args.out).write_text(text)
-        print(text, end="")
+    print(text, end="")
     return 0
 
 

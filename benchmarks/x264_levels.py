@@ -77,11 +77,9 @@ def main(argv=None) -> int:
         "| asm level | videos whose bytes differ between fillings | videos whose bytes differ "
         "from AVX2's |", "|---|---|---|", *rows, "",
         f"Total time {time.perf_counter() - started:.0f} s.", ""])
-    if args.out == "-":
-        print(text, end="")
-    else:
+    if args.out != "-":
         Path(args.out).write_text(text)
-        print(text, end="")
+    print(text, end="")
     return 0
 
 

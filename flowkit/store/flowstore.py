@@ -126,7 +126,7 @@ class FlowStore:
         return sorted(key for key, _ in self._video_files())
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._walk(SUFFIX))
+        return sum(1 for _ in self._video_files())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())

@@ -187,6 +187,8 @@ class Trainer:
         return train_keys, val_keys, split.get("source", "")
 
     def _create_model(self) -> nn.Module:
+        """The config's model, seeded; its keywords (the clip length where the model takes one)
+        are kept in ``self.model_kwargs`` for the run's description."""
         from ..models import create_model, model_parameters
 
         config = self.config
