@@ -1,4 +1,4 @@
-"""Files written whole or not at all, and file digests.
+"""Files written whole or not at all, file digests, and folder walks that follow links.
 
 Every file flowkit writes for later (store manifests, checkpoints, run configs) goes through
 :func:`atomic_write`: the content goes to a temporary file next to the target, is flushed and
@@ -6,6 +6,9 @@ fsynced, renamed over the target (atomic on POSIX), and the folder is fsynced, s
 the previous version or the new one, never half a file. A failed write removes its temporary file.
 The file gets the mode any new file gets (``0o666`` less the umask), as the store's video files do:
 a store, a run or an export is readable by whoever may read its folder.
+
+Folders of videos and stores are walked with :func:`walk_once`: links followed (a class folder
+moved to another disk), each real directory entered once (a link loop ends).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import re
 import secrets
 import socket
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 TMP_SUFFIX = ".tmp"
 # <target>.<host>.<pid>.<random>.tmp: whose temporary it is, so a later run can tell a dead
@@ -129,6 +132,50 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def walk_once(root: str | os.PathLike, notes: list[str] | None = None, hidden: bool = True
+              ) -> Iterator[tuple[str, list[str], list[str]]]:
+    """:func:`os.walk` of ``root``, top-down with links followed, that enters each real directory
+    once: yields ``(dirpath, dirnames, filenames)`` as os.walk does, ``dirnames`` sorted (changing
+    it prunes the walk), ``filenames`` as listed.
+
+    A link back up the tree is a loop, and a second link to a directory would list its files twice:
+    a directory whose ``(st_dev, st_ino)`` was met before is skipped (the first met is kept), as
+    are broken links and directories that cannot be listed, each with a line in ``notes`` when
+    given. ``hidden=False`` also leaves out directories whose names start with ``"."``, silently.
+    One ``stat`` per directory, none per file: a store's 300k videos in 400 folders list as fast
+    as with os.walk."""
+    note = notes.append if notes is not None else lambda line: None
+    try:
+        seen = {_identity(os.stat(root)): os.fspath(root)}
+    except OSError as exc:
+        note(f"{root}: cannot be listed ({exc.strerror or exc})")
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: note(
+            f"{e.filename}: cannot be listed ({e.strerror})")):
+        kept = []
+        for d in sorted(dirnames):
+            if not hidden and d.startswith("."):
+                continue
+            path = os.path.join(dirpath, d)
+            try:
+                ident = _identity(os.stat(path))
+            except OSError as exc:
+                note(f"{path}: skipped ({exc.strerror or exc}; a broken link?)")
+                continue
+            if ident in seen:
+                note(f"{path}: skipped, the same directory as {seen[ident]} (a link loop or a "
+                     "second link to it)")
+                continue
+            seen[ident] = path
+            kept.append(d)
+        dirnames[:] = kept
+        yield dirpath, dirnames, filenames
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def escape_name(text: str) -> str:
     """``text`` with the bytes of a file name that are not UTF-8 (Python keeps them as lone
     surrogates) written ``%XX``, so it can be stored (HDF5 attributes, JSON); the video is still
@@ -149,4 +196,5 @@ def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
 
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "fsync_dir", "fsync_file",
-           "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "is_stale_temporary", "escape_name"]
+           "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "is_stale_temporary",
+           "escape_name", "walk_once"]

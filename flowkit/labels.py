@@ -11,10 +11,10 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .errors import FlowkitError
-from .files import escape_name
+from .files import escape_name, walk_once
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv")
@@ -68,49 +68,42 @@ def _check_unique(keys: Iterable[tuple[str, str]]) -> None:
         seen[key] = where
 
 
+def walk_directories(root: Path, notes: list[str]
+                     ) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``os.walk(root, followlinks=True)`` that enters each real directory once: yields
+    ``(dirpath, dirnames, filenames)``, both name lists sorted and without hidden entries.
+
+    A link back up the tree is a loop, and a second link to a directory would list its content
+    twice: both are skipped (by ``(st_dev, st_ino)``), as are broken links and directories that
+    cannot be listed; every skipped entry gets a line in ``notes``. Changing ``dirnames`` prunes
+    the walk, as with :func:`os.walk`. The store lists its videos with the same walk
+    (:func:`flowkit.files.walk_once`)."""
+    for dirpath, dirnames, filenames in walk_once(root, notes, hidden=False):
+        yield Path(dirpath), dirnames, sorted(f for f in filenames if not f.startswith("."))
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> list[PurePosixPath]:
     """Relative paths of the video files under ``root``, in sorted walk order.
 
-    Links are followed, but each real directory is entered once (a link back up the tree is a loop,
-    not more videos) and each real file is listed once (two links to one video would be computed and
-    stored twice). FIFOs, devices and directories whose names end like videos are skipped; every
-    skipped entry gets a line in ``notes``."""
+    Links are followed, but each real directory is entered once (:func:`walk_directories`) and
+    each real file is listed once (two links to one video would be computed and stored twice).
+    FIFOs, devices and directories whose names end like videos are skipped; every skipped entry
+    gets a line in ``notes``."""
     found: list[PurePosixPath] = []
-    seen_dirs: dict[tuple[int, int], Path] = {}
     seen_files: dict[tuple[int, int], PurePosixPath] = {}
-
-    def identity(st: os.stat_result) -> tuple[int, int]:
-        return st.st_dev, st.st_ino
-
-    def relative(path: Path) -> PurePosixPath:
-        return PurePosixPath(path.relative_to(root).as_posix())
-
-    seen_dirs[identity(root.stat())] = root
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: notes.append(
-            f"{e.filename}: cannot be listed ({e.strerror})")):
-        kept = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            path = Path(dirpath, d)
-            try:
-                ident = identity(path.stat())
-            except OSError as exc:
-                notes.append(f"{path}: skipped ({exc.strerror or exc}; a broken link?)")
-                continue
-            if ident in seen_dirs:
-                notes.append(f"{path}: skipped, the same directory as {seen_dirs[ident]} (a link "
-                             "loop or a second link to it)")
-                continue
-            seen_dirs[ident] = path
+    for dirpath, dirnames, filenames in walk_directories(root, notes):
+        for d in dirnames:
             if d.lower().endswith(extensions):
-                notes.append(f"{path}: a directory, not a video file (looked for videos inside)")
-            kept.append(d)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            if name.startswith(".") or not name.lower().endswith(extensions):
+                notes.append(f"{dirpath / d}: a directory, not a video file (looked for videos "
+                             "inside)")
+        for name in filenames:
+            if not name.lower().endswith(extensions):
                 continue
-            path = Path(dirpath, name)
+            path = dirpath / name
             try:
                 st = path.stat()
             except OSError as exc:
@@ -123,10 +116,11 @@ def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> l
                         else "not a regular file")
                 notes.append(f"{path}: skipped, {kind}, not a video file")
                 continue
-            if identity(st) in seen_files:
-                notes.append(f"{path}: skipped, the same file as {root / seen_files[identity(st)]}")
+            if _identity(st) in seen_files:
+                notes.append(f"{path}: skipped, the same file as "
+                             f"{root / seen_files[_identity(st)]}")
                 continue
-            seen_files[identity(st)] = rel = relative(path)
+            seen_files[_identity(st)] = rel = PurePosixPath(path.relative_to(root).as_posix())
             found.append(rel)
     return found
 

@@ -6,6 +6,7 @@ Nothing here imports PyAV at import time (only the fixtures that encode video do
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import NamedTuple
 
@@ -240,3 +241,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def rotate_mp4(src: Path, dst: Path) -> None:
+    """Copy an mp4 with its track header's display matrix set to a 90-degree rotation (what a
+    phone writes for a portrait video)."""
+    data = bytearray(src.read_bytes())
+    i = data.find(b"tkhd")
+    version = data[i + 4]
+    offset = i + 8 + (28 if version == 1 else 20) + 8 + 8
+    data[offset:offset + 36] = struct.pack(">9I", 0, 0x10000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000)
+    dst.write_bytes(bytes(data))

@@ -1,13 +1,14 @@
 """Video discovery and labels: class-per-folder trees and UCF101 split lists."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from flowkit.errors import FlowkitError
 from flowkit.labels import (VideoItem, parse_split_list, read_class_index, read_split_list,
-                            scan_videos)
+                            scan_videos, walk_directories)
 
 
 def touch(root: Path, *relatives: str) -> None:
@@ -132,3 +133,18 @@ def test_parse_split_list_entries(tmp_path):
         parse_split_list(lst)
     with pytest.raises(FlowkitError, match="does not exist"):
         parse_split_list(tmp_path / "missing.txt")
+
+
+def test_walk_directories_enters_each_real_directory_once(tmp_path):
+    """The walk `scan_videos` and the rawframes import share: links followed, a loop or a second
+    link to a directory skipped with a note, hidden entries left out, names sorted."""
+    touch(tmp_path, "b/v.mp4", "a/x/.hidden", "a/x/f2", "a/x/f1", ".cache/y.mp4")
+    os.symlink("..", tmp_path / "a" / "x" / "up")
+    os.symlink("../b", tmp_path / "a" / "z")
+    notes: list[str] = []
+    walked = [(d.relative_to(tmp_path).as_posix(), list(ds), fs)
+              for d, ds, fs in walk_directories(tmp_path, notes)]
+    assert walked == [(".", ["a", "b"], []), ("a", ["x"], []), ("a/x", [], ["f1", "f2"]),
+                      ("b", [], ["v.mp4"])]
+    assert len(notes) == 2 and "a/z: skipped, the same directory as" in notes[0]
+    assert "a/x/up: skipped, the same directory as" in notes[1]

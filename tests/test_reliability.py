@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from flowkit.samples import make_sample_videos
 from flowkit.store import FlowStore
 from flowkit.store import diskio
 from flowkit.video import iter_frames, write_video
+
+from conftest import rotate_mp4
 
 # Cheap TV-L1 (fixed schedule): a 7-pair 64x80 video takes well under a second on one core.
 PARAMS = {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5,
@@ -515,6 +516,27 @@ def test_scan_visits_each_directory_and_file_once(videos, tmp_path):
     assert "dir.mp4: a directory, not a video file" in text
 
 
+def test_store_lists_videos_in_linked_class_folders_once(tmp_path):
+    """A class folder moved to another disk and linked back is listed like any other (keys, len,
+    summary, validate, partials), as reading it already works; a link loop or a second link to a
+    folder lists nothing twice."""
+    store = FlowStore(tmp_path / "s", mode="a")
+    rgb = np.zeros((2, 4, 4, 3), np.uint8)
+    for key in ("a/v1", "b/v2"):
+        with store.writer(key, source="x", fps=25, rgb_codec="raw") as w:
+            w.append_rgb(rgb)
+    videos = tmp_path / "s" / "videos"
+    shutil.move(videos / "b", tmp_path / "other_disk")
+    os.symlink(tmp_path / "other_disk", videos / "b")
+    os.symlink(tmp_path / "other_disk", videos / "c")  # a second link to the same folder
+    os.symlink("..", videos / "a" / "loop")
+    (tmp_path / "other_disk" / "v3.h5.otherhost.1.partial").write_bytes(b"")
+    reader = FlowStore(tmp_path / "s")
+    assert reader.keys() == ["a/v1", "b/v2"] and len(reader) == 2 and "b/v2" in reader
+    assert reader.summary()["videos"] == 2 and reader.validate() == []
+    assert [p.name for p in reader.partials()] == ["v3.h5.otherhost.1.partial"]
+
+
 def test_non_utf8_name_gets_an_escaped_key_and_extracts(videos, tmp_path):
     root = tmp_path / "root"
     (root / "cls").mkdir(parents=True)
@@ -531,20 +553,9 @@ def test_non_utf8_name_gets_an_escaped_key_and_extracts(videos, tmp_path):
 
 # ----------------------------------------------------------------------------- rotation, VFR
 
-def _rotate_mp4(src: Path, dst: Path) -> None:
-    """Copy an mp4 with its track header's display matrix set to a 90-degree rotation (what a
-    phone writes for a portrait video)."""
-    data = bytearray(src.read_bytes())
-    i = data.find(b"tkhd")
-    version = data[i + 4]
-    offset = i + 8 + (28 if version == 1 else 20) + 8 + 8
-    data[offset:offset + 36] = struct.pack(">9I", 0, 0x10000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000)
-    dst.write_bytes(bytes(data))
-
-
 def test_rotation_metadata_is_applied(videos, tmp_path):
     src = videos / "pan_left" / "pan_left_0.mp4"
-    _rotate_mp4(src, tmp_path / "r.mp4")
+    rotate_mp4(src, tmp_path / "r.mp4")
     upright = list(iter_frames(src))
     facts: dict = {}
     turned = list(iter_frames(tmp_path / "r.mp4", facts=facts))

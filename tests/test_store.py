@@ -109,6 +109,35 @@ def test_lazy_partial_reads(store):
         read("zoom/v1", index=[0, 9])
 
 
+def test_bad_index_is_the_callers_mistake_not_damaged_data(store):
+    """A caller's bad index says so (ValueError / IndexError) before anything is read; it never
+    tells the user to re-extract a healthy video."""
+    rgb, flow = make_video(4, frames=6)
+    write_video(store, "zoom/v", rgb, {"tvl1": flow}, rgb_codec="jpeg")
+    for index in (slice(None, None, 0), slice(0, 3, 0)):
+        with pytest.raises(ValueError, match="video 'zoom/v': slice step cannot be zero"):
+            store.read_flow("zoom/v", index=index)
+        with pytest.raises(ValueError, match="slice step cannot be zero"):
+            store.read_rgb("zoom/v", index=index)
+    with pytest.raises(IndexError, match="a list of ints"):
+        store.read_flow("zoom/v", index=[[0, 1]])
+    np.testing.assert_array_equal(store.read_flow("zoom/v", index=slice(9, 2, -3)), flow[9:2:-3])
+
+
+def test_empty_selection_keeps_the_frame_dtype(store):
+    """No frames is an empty array of the frames' dtype: uint8 RGB, float32 flow, whatever the
+    codec."""
+    rgb, flow = make_video(5, frames=4, height=8, width=10)
+    write_video(store, "zoom/j", rgb, {"tvl1": flow}, rgb_codec="jpeg", flow_codec="jpegls")
+    write_video(store, "zoom/r", rgb, {"tvl1": flow})  # raw, float16
+    for key in ("zoom/j", "zoom/r"):
+        for index in ([], slice(2, 2)):
+            frames = store.read_rgb(key, index)
+            assert (frames.dtype, frames.shape) == (np.uint8, (0, 8, 10, 3)), key
+            pairs = store.read_flow(key, index=index)
+            assert (pairs.dtype, pairs.shape) == (np.float32, (0, 2, 8, 10)), key
+
+
 def test_metadata(store):
     rgb, flow = make_video(4, frames=5, height=8, width=10)
     write_video(store, "zoom/v2", rgb, {"tvl1": flow}, source="/videos/zoom/v2.avi", fps=29.97,
@@ -196,8 +225,8 @@ def test_exception_inside_writer_leaves_no_file(store):
     np.testing.assert_array_equal(store.read_rgb("zoom/redo"), rgb)  # the old video survives
 
 
-@pytest.mark.parametrize("case", ["lengths", "size", "empty", "nan", "no_engine", "changed_engine",
-                                  "bad_rgb", "bad_flow"])
+@pytest.mark.parametrize("case", ["lengths", "size", "empty", "no_rgb_frames", "nan", "no_engine",
+                                  "changed_engine", "bad_rgb", "bad_flow"])
 def test_writer_rejects_inconsistent_input(store, case):
     rgb, flow = make_video(8, frames=5)
     bad = flow.copy()
@@ -206,6 +235,7 @@ def test_writer_rejects_inconsistent_input(store, case):
         "lengths": lambda w: (w.append_rgb(rgb), w.append_flow("tvl1", flow[:3], ENGINE)),
         "size": lambda w: (w.append_rgb(rgb), w.append_flow("tvl1", flow[:, :, :6], ENGINE)),
         "empty": lambda w: None,
+        "no_rgb_frames": lambda w: w.append_rgb(rgb[:0]),
         "nan": lambda w: w.append_flow("tvl1", bad, ENGINE),
         "no_engine": lambda w: w.append_flow("tvl1", flow),
         "changed_engine": lambda w: (w.append_flow("tvl1", flow[:2], ENGINE),
@@ -230,6 +260,32 @@ def test_writer_argument_errors(store, tmp_path):
         store.writer("v", source="x", fps=25).append_rgb(np.zeros((1, 2, 2, 3), np.uint8))
     with pytest.raises(StoreError, match="read-only"):
         FlowStore(store.path).writer("v", source="x", fps=25)
+
+
+def test_key_too_long_for_the_stores_file_names_is_refused_up_front(store):
+    """A key whose .h5 name fits but whose partial (or claim) name would not is refused before
+    anything is created, with what to do; a writer whose file cannot be created says why, never
+    a bare OSError from cleaning up."""
+    from flowkit.store import SUFFIX, claims, codecs, layout, writer
+
+    room = layout.NAME_MAX - len(SUFFIX + layout.partial_ending())
+    key = "zoom/" + "v" * (room + 1)  # its .h5 name is legal: 3 bytes of suffix, not the partial's
+    assert key not in store and ("zoom/" + "v" * layout.NAME_MAX) not in store
+    with pytest.raises(StoreError, match=rf"is too long.*rename the video to at most {room} bytes"):
+        with store.writer(key, source="x", fps=25) as w:
+            w.append_rgb(np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(StoreError, match="is too long"):
+        store.claim("zoom/" + "v" * (layout.NAME_MAX - len(SUFFIX + claims.claim_ending("tvl1"))
+                                     + 1), "tvl1")
+    write_video(store, "zoom/" + "v" * room, make_video(1, frames=2)[0])  # the longest that fits
+    assert store.keys() == ["zoom/" + "v" * room] and store.partials() == []
+
+    unchecked = writer.VideoWriter(store.path / "videos" / (key + SUFFIX), {"key": key},
+                                   codecs.flow_codec(), codecs.rgb_codec(),
+                                   videos=store.path / "videos")  # its partial cannot be made
+    with pytest.raises(StoreError, match=f"video '{key}': writing .* failed: .*File name too long"):
+        with unchecked:
+            pass
 
 
 # ----------------------------------------------------------------------------- partials
@@ -339,9 +395,45 @@ def test_validate_detects_tampered_files(store):
     assert "zoom/b.h5: version attribute is 99" in text
     assert "zoom/c.h5: /rgb has shape (6, 12, 16, 3), expected (9, 12, 16, 3)" in text
     assert "zoom/c.h5: /flow/tvl1 has shape (5, 2, 12, 16), expected (8, 2, 12, 16)" in text
-    assert store.summary()["unreadable"] == 1
+    assert store.summary()["unreadable"] == 2  # truncated, and b of a newer format
     with pytest.raises(StoreError, match="cannot be read as HDF5"):
         store.read_flow("truncated")
+
+
+def test_video_of_a_newer_flowkit_is_unreadable_not_fatal(store):
+    """A file with a codec or a format version this flowkit does not know (written by a newer
+    one) is an unreadable video, like a damaged one: summary() counts it and points to validate(),
+    which names the file; metas() (datasets, extraction's resume check) leaves it out."""
+    rgb, flow = make_video(13, frames=3)
+    for key in ("zoom/good", "zoom/codec", "zoom/version"):
+        write_video(store, key, rgb, {"tvl1": flow})
+    videos = store.path / "videos"
+    with h5py.File(videos / "zoom/codec.h5", "r+") as f:
+        f["flow/tvl1"].attrs["codec"] = "jpegxl"
+    with h5py.File(videos / "zoom/version.h5", "r+") as f:
+        f.attrs["version"] = VIDEO_VERSION + 1
+    reader = FlowStore(store.path)
+    summary = reader.summary()
+    assert (summary["videos"], summary["unreadable"], summary["frames"]) == (3, 2, 3)
+    assert "2 video files cannot be read; run validate()" in summary["warnings"]
+    assert list(reader.metas(reader.keys())) == ["zoom/good"]
+    text = "\n".join(reader.validate())
+    assert "zoom/codec.h5: /flow/tvl1: unknown or incomplete codec" in text
+    assert f"zoom/version.h5: version attribute is {VIDEO_VERSION + 1}" in text
+    # Reading that video directly names its file, the dataset and what to do.
+    for read in (lambda: reader.meta("zoom/codec"), lambda: reader.read_flow("zoom/codec")):
+        with pytest.raises(StoreError, match=r"zoom/codec\.h5: /flow/tvl1 of video 'zoom/codec': "
+                                             r"unknown flow codec 'jpegxl'.*upgrade flowkit"):
+            read()
+
+
+def test_validate_reports_a_video_without_frames(store):
+    write_video(store, "zoom/v", make_video(14, frames=2)[0])
+    with h5py.File(store.path / "videos/zoom/v.h5", "r+") as f:  # as an older flowkit committed it
+        f["rgb"].resize(0, axis=0)
+        f.attrs["frame_count"] = 0
+    assert store.validate() == [
+        "videos/zoom/v.h5: frame_count is 0, not a positive number of frames"]
 
 
 # ----------------------------------------------------------------------------- many processes
@@ -492,6 +584,21 @@ def test_open_file_limit_evicts_least_recently_used(store):
     assert not reader._handles
 
 
+def test_codec_cache_is_dropped_with_its_file(store):
+    """Each open file's codecs are kept beside its handle and dropped with it: a DataLoader worker
+    reading 300k videos holds max_open_files videos' codecs, not 130 MB of them."""
+    for i in range(5):
+        write_video(store, f"zoom/c{i}", *make_video(45 + i, frames=2)[:1], flows={})
+    reader = FlowStore(store.path, max_open_files=2)
+    for key in reader.keys():
+        reader.read_rgb(key)
+        assert set(reader._codecs) == set(reader._handles)
+    assert len(reader._codecs) == 2
+    assert pickle.loads(pickle.dumps(reader))._codecs == {}
+    reader.close()
+    assert reader._codecs == {}
+
+
 def test_metas_are_meta_abridged_and_come_from_the_index_once_indexed(store, monkeypatch):
     """What datasets read and extraction compares of every video, without opening 300k files at
     every start: each field equals meta()'s, the index serves unchanged files, a redone file is
@@ -625,6 +732,28 @@ def test_index_held_parses_the_index_once_while_no_one_rewrites_it(store, monkey
     assert store._held_index is None
     store.metas(["zoom/h0"])
     assert len(parsed) == 5
+
+
+def test_index_held_serves_a_replaced_video_anew_where_the_index_cannot_be_written(store,
+                                                                                   monkeypatch):
+    """On a read-only store a video replaced since it was indexed is read from its file; inside
+    index_held() every later call describes it so too, never by its old entry."""
+    import errno
+
+    from flowkit.store import index
+
+    write_video(store, "zoom/r", make_video(75, frames=4)[0])
+    store.summary()  # indexed: 4 frames
+    write_video(store, "zoom/r", make_video(76, frames=6)[0])  # replaced: a new file
+
+    def read_only(root, videos):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(index, "save_index", read_only)
+    reader = FlowStore(store.path)
+    with reader.index_held():
+        for _ in range(2):
+            assert reader.metas(["zoom/r"])["zoom/r"]["num_frames"] == 6
+        assert reader.summary()["frames"] == 6
 
 
 def test_videos_new_to_the_index_are_read_under_a_progress_bar(store, monkeypatch):

@@ -14,7 +14,10 @@ Layout::
       index.json                 optional cache of per-video facts for summary() and facts()
                                  (datasets); safe to delete
 
-A video's ``<key>`` is its path relative to the source root without extension. Each ``.h5`` file
+A video's ``<key>`` is its path relative to the source root without extension; with the longest
+ending the store gives its files (a partial's, a claim's) its name fits a file name, 255 bytes
+(:func:`check_key`). Folders under ``videos/`` may be links (a class moved to another disk): they
+are followed, each real folder once. Each ``.h5`` file
 holds root attributes (``format="flowkit-video"``, ``version``, ``key``, ``source``, ``fps``,
 ``frame_count``, ``height``, ``width``, ``source_height``, ``source_width``, ``step``, ``label``,
 ``label_name``, ``created``, ``complete``) and the datasets

@@ -137,6 +137,18 @@ def claim_path(final: Path, name: str) -> Path:
     return final.with_name(f"{final.name}.{name}{CLAIM}")
 
 
+def _link_ending() -> str:
+    """What this process adds to a claim's name for the file it links into place."""
+    return f".{host_name()}.{os.getpid()}.link{TMP_SUFFIX}"
+
+
+def claim_ending(name: str) -> str:
+    """The longest a claim on ``flow/<name>`` adds to a finished video's name (``<key>.h5``), its
+    temporary's: ``.<name>.claim.<host>.<pid>.link.tmp``
+    (for :func:`~flowkit.store.layout.check_key`)."""
+    return f".{name}{CLAIM}{_link_ending()}"
+
+
 def _holder(path: Path) -> dict | None:
     """The claim's ``{"host", "pid", "since"}``, None when it vanished; unreadable -> {} (stale)."""
     try:
@@ -170,7 +182,7 @@ def try_claim(videos: Path, final: Path, name: str,
     me = {"host": host_name(), "pid": os.getpid(), "since": now()}
     # Written whole, then linked into place: link() is atomic and fails if the claim exists, so
     # nobody ever reads a half-written claim (an empty file would look stale and be taken over).
-    tmp = path.with_name(f"{path.name}.{me['host']}.{me['pid']}.link{TMP_SUFFIX}")
+    tmp = path.with_name(path.name + _link_ending())
     try:
         tmp.write_text(json.dumps(me), encoding="utf-8")
         for _ in range(3):
@@ -260,4 +272,5 @@ def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
     return holder is not None and not _is_live(holder, path, stale_after)
 
 
-__all__ = ["commit_lock", "claim_path", "try_claim", "release", "is_stale", "describe"]
+__all__ = ["commit_lock", "claim_path", "claim_ending", "try_claim", "release", "is_stale",
+           "describe"]

@@ -73,6 +73,8 @@ class Codec:
     storage: ClassVar[str] = "encoded"
     #: dtype of an ``"array"`` dataset
     stored_dtype: ClassVar[Any] = None
+    #: dtype of a decoded frame (float32 pixels for flow, uint8 for RGB)
+    frame_dtype: ClassVar[Any] = np.float32
 
     def encode(self, frame: np.ndarray) -> tuple[bytes, dict[str, float]]:
         """The frame's bytes (or compressed chunk), and statistics of the encoding (``error``:
@@ -271,6 +273,7 @@ class Jpeg(Codec):
 
     name = "jpeg"
     primary = "quality"
+    frame_dtype = np.uint8
 
     def __init__(self, quality: int = DEFAULT_JPEG_QUALITY):
         if not (isinstance(quality, int) and 1 <= quality <= 100):
@@ -317,6 +320,7 @@ class Raw(Codec):
     name = "raw"
     storage = "array"
     stored_dtype = np.uint8
+    frame_dtype = np.uint8
 
     def encode(self, frame):
         return _gzip_chunk(np.asarray(frame, dtype=np.uint8), shuffle=False), {"error": 0.0,

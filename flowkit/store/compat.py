@@ -81,6 +81,7 @@ class Comparison:
     stored: dict[str, list[Any]] = field(default_factory=dict)    # option -> stored values
     metas: dict[str, dict] = field(default_factory=dict)           # key -> meta of checked videos
     joining: bool = False  # the run adds videos that are not in the store yet
+    reference: bool = False  # none of the run's videos is in the store: others were compared
 
     @property
     def ok(self) -> bool:
@@ -114,7 +115,10 @@ class Comparison:
         return [o for o in opts if o]
 
     def message(self) -> str:
-        """One line: what differs, the options that match the store, and the ways out."""
+        """One line: what differs, the options that match the store, and the ways out. When the
+        run's videos are not in the store (``reference``: its other videos were compared), it
+        says why ``--redo-mismatched`` cannot help: it recomputes only the run's videos, so the
+        store would hold both kinds."""
         parts = []
         for option, keys in self.differing.items():
             stored, requested = self.stored[option][0], self.request_value(option)
@@ -127,9 +131,16 @@ class Comparison:
         match = " ".join(filter(None, [given and f"with {given}",
                                       dropped and f"{'and ' if given else ''}without {dropped}"]))
         fix = f"Rerun {match} to extend this store" if match else "Rerun with the store's options"
-        return (f"store {self.store} was made with other options: {'; '.join(parts)}. Nothing was "
-                f"computed. {fix}, add --redo-mismatched to recompute those videos with the new options "
-                "(replacing what the store holds for them), or write a new store (-o NEW_STORE)")
+        head = f"store {self.store} was made with other options: {'; '.join(parts)}. "
+        if self.reference:
+            return (head + "None of this run's videos is in the store, so --redo-mismatched "
+                    "would not change those videos (it recomputes only this run's) and the store "
+                    f"would mix both kinds. Nothing was computed. {fix}, write a new store (-o "
+                    "NEW_STORE), or run over the store's videos too (their VIDEO_DIR) with "
+                    "--redo-mismatched to recompute them all with the new options")
+        return (head + f"Nothing was computed. {fix}, add --redo-mismatched to recompute those "
+                "videos with the new options (replacing what the store holds for them), or write "
+                "a new store (-o NEW_STORE)")
 
     def request_value(self, option: str) -> Any:
         for meta in self.metas.values():
@@ -154,10 +165,11 @@ def compare_with_store(store, keys: Iterable[str], request: Request,
     keys = list(keys)
     checked = store.metas(keys, progress)
     joining = len(checked) < len(keys)  # new videos join the store: their RGB must match
-    if not checked:
+    reference = not checked
+    if reference:
         checked = store.metas(store.keys()[:REFERENCE_VIDEOS])
     result = Comparison(str(store.path), request, checked=len(checked), metas=checked,
-                        joining=joining)
+                        joining=joining, reference=reference)
     for key, meta in checked.items():
         for option, (stored, _) in request.differences(meta, joining).items():
             result.differing.setdefault(option, []).append(key)

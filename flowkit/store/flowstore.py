@@ -14,14 +14,14 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
-                     remove_stale_temporaries)
+                     remove_stale_temporaries, walk_once)
 from ..progress import Progress
 from . import claims, codecs
 from .codecs import Codec
 from .layout import (CLAIM, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL, PARTIAL_RE, STALE_PARTIAL_SECONDS,
                      SUFFIX, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS, check_key, check_not_file,
                      check_video_header, create_store, flowkit_version, merge_classes, now,
-                     open_read, py_value, read_manifest)
+                     open_read, partial_ending, py_value, read_manifest)
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
@@ -51,8 +51,8 @@ class FlowStore:
         self._max_open = max(1, int(max_open_files))
         self._manifest = self._open_manifest(classes)
         self._handles: OrderedDict[str, h5py.File] = OrderedDict()
-        # {key: {dataset path: Codec}} of the open handles: rebuilding a codec reads its dataset's
-        # attributes (about 0.2 ms), more than decoding a small frame.
+        # {key: {dataset path: Codec}} of the open handles, dropped with them: rebuilding a codec
+        # reads its dataset's attributes (about 0.2 ms), more than decoding a small frame.
         self._codecs: dict[str, dict[str, Codec]] = {}
         self._pid = os.getpid()
         # index.json as parsed, with its stamp, and the keys whose entries were found current,
@@ -106,15 +106,17 @@ class FlowStore:
         return self._root / VIDEOS / (check_key(key) + SUFFIX)
 
     def _walk(self, suffix: str | tuple[str, ...]) -> Iterator[Path]:
-        for dirpath, _, files in os.walk(self._root / VIDEOS):
+        for dirpath, _, files in walk_once(self._root / VIDEOS):
             for name in files:
                 if name.endswith(suffix):
                     yield Path(dirpath, name)
 
     def _video_files(self) -> Iterator[tuple[str, str]]:
-        """``(key, file)`` of every complete video, as strings (not Paths: 300k in 0.3 s, not 5)."""
+        """``(key, file)`` of every complete video, as strings (not Paths: 300k in 0.3 s, not 5).
+        Folders that are links (a class moved to another disk) are followed, each real folder
+        once (:func:`~flowkit.files.walk_once`), as opening a key follows them."""
         videos = os.path.join(self._root, VIDEOS)
-        for dirpath, _, files in os.walk(videos):
+        for dirpath, _, files in walk_once(videos):
             folder = os.path.relpath(dirpath, videos).replace(os.sep, "/")
             prefix = "" if folder == "." else folder + "/"
             for name in files:
@@ -159,9 +161,11 @@ class FlowStore:
         keeps the datasets of it that this writer did not write, so another engine's flow is added
         beside them (e.g. ``flow/tvnet`` next to ``flow/tvl1``), also when both are written at once
         by different processes. ``redo``: the finished file is suspect; its datasets that no longer
-        decode are dropped (:attr:`VideoWriter.dropped`).
+        decode are dropped (:attr:`VideoWriter.dropped`). A key whose partial file's name would be
+        too long for the file system is refused here (:func:`~flowkit.store.layout.check_key`).
         """
         self._check_writable("write")
+        check_key(key, SUFFIX + partial_ending())
         flow, rgb = codecs.flow_codec(flow_codec), codecs.rgb_codec(rgb_codec)
         sh, sw = source_size if source_size is not None else (-1, -1)
         attrs = {"format": VIDEO_FORMAT, "version": VIDEO_VERSION, "key": key,
@@ -176,6 +180,7 @@ class FlowStore:
         """Claim the computation of ``flow/<name>`` of ``key`` for this process
         (:mod:`flowkit.store.claims`): None when claimed, else who holds it (a live process)."""
         self._check_writable("claim videos")
+        check_key(key, SUFFIX + claims.claim_ending(name))
         try:
             return claims.try_claim(self._root / VIDEOS, self._video_path(key), name)
         except OSError as exc:
@@ -224,7 +229,7 @@ class FlowStore:
     def _file(self, key: str) -> h5py.File:
         if self._pid != os.getpid():
             # Forked: the parent's handles share HDF5 state with it; forget them, never close them.
-            self._handles, self._pid = OrderedDict(), os.getpid()
+            self._handles, self._codecs, self._pid = OrderedDict(), {}, os.getpid()
         f = self._handles.get(key)
         if f is not None:
             self._handles.move_to_end(key)
@@ -233,7 +238,10 @@ class FlowStore:
         self._handles[key] = f
         self._codecs[key] = {}  # the file may have been replaced since it was last open
         while len(self._handles) > self._max_open:
-            self._handles.popitem(last=False)[1].close()
+            old, handle = self._handles.popitem(last=False)
+            handle.close()
+            # with its handle: 300k videos' codecs would hold 130 MB in each DataLoader worker
+            self._codecs.pop(old, None)
         return f
 
     def _open_video(self, key: str) -> h5py.File:
@@ -286,7 +294,7 @@ class FlowStore:
             attrs = {k: py_value(v) for k, v in ds.attrs.items()}
             if isinstance(attrs.get("params"), str):
                 attrs["params"] = json.loads(attrs["params"])
-            codec = codecs.codec_of(attrs)
+            codec = self._codec_of(key, f"/flow/{name}", attrs)
             if codec.storage == "encoded":
                 shape, dtype = [ds.shape[0], *attrs["frame_shape"]], "float32"
             else:
@@ -333,15 +341,25 @@ class FlowStore:
         known = self._codecs.setdefault(key, {})
         codec = known.get(ds.name)
         if codec is None:
-            codec = known[ds.name] = codecs.codec_of(ds.attrs, rgb=rgb)
+            codec = known[ds.name] = self._codec_of(key, ds.name, ds.attrs, rgb)
         return codec
+
+    def _codec_of(self, key: str, name: str, attrs, rgb: bool = False) -> Codec:
+        """:func:`codecs.codec_of`, its error naming the video's file and dataset (a codec of a
+        newer flowkit, a damaged record)."""
+        try:
+            return codecs.codec_of(attrs, rgb=rgb)
+        except StoreError as exc:
+            raise StoreError(f"{self._video_path(key)}: {name} of video {key!r}: {exc}; if a "
+                             "newer flowkit wrote it, upgrade flowkit, else re-extract it "
+                             f"(--redo {key})") from exc
 
     def close(self) -> None:
         """Close the files this process opened (a forked copy's inherited handles are left alone)."""
         if self._pid == os.getpid():
             for f in self._handles.values():
                 f.close()
-        self._handles = OrderedDict()
+        self._handles, self._codecs = OrderedDict(), {}
         self._pid = os.getpid()
 
     def __enter__(self) -> "FlowStore":
@@ -354,11 +372,11 @@ class FlowStore:
         # h5py handles cannot cross processes: a spawned DataLoader worker reopens lazily. A held
         # index (about 300 MB for 300k videos) is not sent either.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_handles", "_held_index", "_checked", "_holding")}
+                if k not in ("_handles", "_codecs", "_held_index", "_checked", "_holding")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._handles = OrderedDict()
+        self._handles, self._codecs = OrderedDict(), {}
         self._held_index, self._checked, self._holding = None, set(), 0
 
     # -- whole-store views
@@ -392,9 +410,17 @@ class FlowStore:
 
     def _update_index(self, loaded: dict[str, Entry], loaded_stamp: list[int] | None,
                       new: dict[str, Entry]) -> None:
+        """Write ``loaded`` with the ``new`` entries added (:func:`update_index`). Inside
+        :meth:`index_held` the held copy becomes what was written; where nothing can be written
+        (a read-only store) ``new`` is added to the held copy instead, as the block serves the
+        keys just read from it without a ``stat`` (they are checked)."""
         written = update_index(self._root, loaded, loaded_stamp, new)
-        if self._holding and written is not None:
+        if not self._holding:
+            return
+        if written is not None:
             self._held_index = (index_stamp(self._root), written)
+        elif self._held_index is not None:
+            self._held_index[1].update(new)
 
     def summary(self, progress: Progress | None = None) -> dict[str, Any]:
         """Counts, sizes, engines and quantisation of the whole store; JSON-serialisable.

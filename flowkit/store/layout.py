@@ -5,6 +5,7 @@ The format itself is described in :mod:`flowkit.store` and docs/architecture.md,
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..files import atomic_write_json
+from ..files import atomic_write_json, host_name
 
 FORMAT = "flowkit-store"
 VERSION = 1
@@ -33,6 +34,10 @@ COMMIT_LOCK = ".commit.lock"
 # videos/.index.lock: held while index.json (store/summary.py) is merged with what other processes
 # indexed and rewritten.
 INDEX_LOCK = ".index.lock"
+
+# The longest file name, in bytes, that file systems take (NAME_MAX: ext4, XFS, Btrfs, NFS,
+# Lustre, GPFS); a key must leave room for the endings the store adds (check_key).
+NAME_MAX = 255
 
 # Readers keep at most this many files open per process: a store of 300k videos must not exhaust
 # the file-descriptor limit of each DataLoader worker.
@@ -61,13 +66,42 @@ def flowkit_version() -> str:
     return __version__
 
 
-def check_key(key: str) -> str:
-    """Return ``key`` if it names a video inside the store (relative POSIX path), else raise."""
+def check_key(key: str, ending: str = SUFFIX) -> str:
+    """Return ``key`` if it names a video inside the store (relative POSIX path) whose files fit
+    the file system, else raise. ``ending``: the longest the store adds to the key's last part for
+    the job (``.h5`` to read the video; to write it, ``.h5`` and :func:`partial_ending`, or a
+    claim's, :func:`flowkit.store.claims.claim_ending`); with it, and each folder alone, a name
+    takes at most :data:`NAME_MAX` bytes."""
     parts = key.split("/") if isinstance(key, str) else []
     if not parts or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
         raise StoreError(f"invalid video key {key!r}: expected a relative path such as "
                          "'class/video' (no empty, '.' or '..' parts)")
+    if 4 * len(key) + len(ending) > NAME_MAX:  # else short enough in any encoding: no encoding
+        _check_name_lengths(key, parts, ending)
     return key
+
+
+def _check_name_lengths(key: str, parts: list[str], ending: str) -> None:
+    """Raise unless each folder of ``key`` (its ``parts``) and its last part with ``ending`` take
+    at most :data:`NAME_MAX` bytes as file names."""
+    for folder in parts[:-1]:
+        if len(os.fsencode(folder)) > NAME_MAX:
+            raise StoreError(f"video key {key!r}: its folder {folder!r} takes "
+                             f"{len(os.fsencode(folder))} bytes, more than the {NAME_MAX} a file "
+                             "name may take; rename that folder of the videos")
+    name = os.fsencode(parts[-1] + ending)
+    if len(name) > NAME_MAX:
+        raise StoreError(
+            f"video key {key!r} is too long: with {ending!r} added, as the store names its files, "
+            f"its name takes {len(name)} bytes, more than the {NAME_MAX} a file name may take; "
+            f"rename the video to at most {NAME_MAX - len(os.fsencode(ending))} bytes (without "
+            "its extension)")
+
+
+def partial_ending() -> str:
+    """What this process's writer adds to a finished video's name (``<key>.h5``) for the file it
+    writes: ``.<host>.<pid>.partial``."""
+    return f".{host_name()}.{os.getpid()}{PARTIAL}"
 
 
 def py_value(value: Any) -> Any:

@@ -8,7 +8,6 @@ import h5py
 import numpy as np
 
 from ..errors import DamagedDataError
-from . import codecs
 from .codecs import Codec
 
 
@@ -18,10 +17,12 @@ def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
     dataset written with ``codec``, decoded (``decode=False``: an array codec's stored values, an
     encoded codec's byte strings: a list of ``bytes``, one ``bytes`` for an int index).
 
-    A frame that cannot be read or decoded (a damaged chunk) raises
+    An index that is not one, or out of range, raises IndexError (a zero slice step ValueError)
+    before anything is read. A frame that cannot be read or decoded (a damaged chunk) raises
     :class:`~flowkit.errors.DamagedDataError` naming the file, the dataset, the frames and the fix."""
+    selection = _selection(index, ds.shape[0], key, ds.name)
     try:
-        return _read_frames(ds, codec, index, key, decode)
+        return _read_frames(ds, codec, selection, decode)
     except (OSError, RuntimeError, ValueError, DamagedDataError) as exc:
         raise DamagedDataError(
             f"{ds.file.filename}: {ds.name} frames {_describe_index(index)} of video {key!r} are "
@@ -38,43 +39,54 @@ def _describe_index(index: Any) -> str:
     return str(items if len(items) <= 8 else items[:8] + ["..."])
 
 
-def _read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str, decode: bool) -> np.ndarray:
-    data = _take(ds, index, key)
-    if codec.storage == "encoded" and not decode:
-        return data.tobytes() if isinstance(index, (int, np.integer)) else [b.tobytes() for b in data]
-    if codec.storage == "encoded":
-        if isinstance(index, (int, np.integer)):
-            return codec.decode(data)
-        frames = [codec.decode(blob) for blob in data]
-        if frames:
-            return np.stack(frames)
-        return np.zeros((0, *ds.attrs["frame_shape"]), np.uint8 if codec in codecs.RGB_CODECS
-                        else np.float32)
-    return codec.from_stored(data) if decode else data
-
-
-def _take(ds: h5py.Dataset, index: Any, key: str) -> np.ndarray:
-    """``ds[index]`` along axis 0 for an int, slice or list of ints (any order, repeats allowed)."""
-    n = ds.shape[0]
+def _selection(index: Any, n: int, key: str, name: str) -> int | slice | np.ndarray:
+    """The caller's ``index`` into ``n`` frames, checked and made plain: an int in ``[0, n)``, a
+    slice with a positive step, or the frames of a 1-D int64 array in ``[0, n)`` (any order,
+    repeats allowed). A caller's mistake raises here, never as damaged data."""
     if isinstance(index, slice):
-        if index.step is None or index.step > 0:
-            return ds[index]
-        index = list(range(*index.indices(n)))  # h5py cannot step backwards
+        if index.step == 0:
+            raise ValueError(f"video {key!r}: slice step cannot be zero (got {index!r})")
+        start, stop, step = index.indices(n)
+        if step > 0:
+            return slice(start, stop, step)
+        return np.arange(start, stop, step, dtype=np.int64)  # h5py cannot step backwards
     if isinstance(index, (int, np.integer)):
         i = int(index)
         if not -n <= i < n:
-            raise IndexError(f"video {key!r}: index {i} out of range for {n} frames of {ds.name}")
-        return ds[i % n]
+            raise IndexError(f"video {key!r}: index {i} out of range for {n} frames of {name}")
+        return i % n
     idx = np.asarray(index)
     if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
         raise IndexError(f"video {key!r}: index must be an int, a slice or a list of ints, "
                          f"got {index!r}")
     if idx.size and (idx.min() < -n or idx.max() >= n):
-        raise IndexError(f"video {key!r}: index out of range for {n} frames of {ds.name}")
-    idx = idx.astype(np.int64) % max(n, 1)
+        raise IndexError(f"video {key!r}: index out of range for {n} frames of {name}")
+    return idx.astype(np.int64) % max(n, 1)
+
+
+def _read_frames(ds: h5py.Dataset, codec: Codec, selection: int | slice | np.ndarray,
+                 decode: bool) -> np.ndarray:
+    data = _take(ds, selection)
+    single = isinstance(selection, int)
+    if codec.storage == "encoded" and not decode:
+        return data.tobytes() if single else [b.tobytes() for b in data]
+    if codec.storage == "encoded":
+        if single:
+            return codec.decode(data)
+        frames = [codec.decode(blob) for blob in data]
+        if frames:
+            return np.stack(frames)
+        return np.zeros((0, *ds.attrs["frame_shape"]), codec.frame_dtype)
+    return codec.from_stored(data) if decode else data
+
+
+def _take(ds: h5py.Dataset, selection: int | slice | np.ndarray) -> np.ndarray:
+    """``ds[selection]`` along axis 0 for a :func:`_selection`."""
+    if isinstance(selection, (int, slice)):
+        return ds[selection]
     # Each distinct frame is read once, then put in the asked order. One read per frame: h5py's
     # fancy (list) selection was measured 10-20x slower than int reads on per-frame chunks.
-    unique, inverse = np.unique(idx, return_inverse=True)
+    unique, inverse = np.unique(selection, return_inverse=True)
     if not unique.size:
         return ds[:0]
     frames = [ds[int(i)] for i in unique]

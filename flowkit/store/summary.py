@@ -18,10 +18,11 @@ from typing import Any, Callable, Iterable
 
 import h5py
 
+from ..errors import StoreError
 from ..progress import Progress
 from .codecs import codec_of, codec_spec
 from .index import Entry, current
-from .layout import open_read, py_value
+from .layout import check_video_header, open_read, py_value
 
 #: Reading videos new to the index shows a progress bar once it has taken this long.
 BAR_AFTER_SECONDS = 1.0
@@ -40,9 +41,12 @@ def dataset_bytes(ds: h5py.Dataset) -> int:
 
 def video_facts(path: Path) -> dict[str, Any] | None:
     """What :meth:`FlowStore.summary` needs from one video file (JSON), and under ``"meta"`` what
-    :meth:`FlowStore.metas` gives of it; None if unreadable."""
+    :meth:`FlowStore.metas` gives of it; None if unreadable: not HDF5, not a flowkit video, of a
+    newer format version or with a codec this flowkit does not know (a newer flowkit's), or
+    missing facts (:meth:`FlowStore.validate` says which)."""
     try:
         with open_read(path) as f:
+            check_video_header(f, path)
             a = f.attrs
             rgb = f.get("rgb")
             flows, brief = {}, {k: py_value(a[k]) for k in BRIEF_ATTRS if k in a}
@@ -68,7 +72,7 @@ def video_facts(path: Path) -> dict[str, Any] | None:
                     "rgb_codec": codec_of(dict(rgb.attrs), rgb=True).describe()
                     if rgb is not None else None,
                     "flows": flows}
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, TypeError, StoreError):
         return None
 
 

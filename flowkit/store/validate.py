@@ -44,6 +44,8 @@ def _file_problems(f: h5py.File, key: str, deep: bool) -> list[str]:
     if problems:
         return problems
     t, h, w = a["frame_count"], a["height"], a["width"]
+    if not isinstance(t, int) or t < 1:
+        return [f"frame_count is {t!r}, not a positive number of frames"]
     expected = {"rgb": (t, (h, w, 3))}
     expected.update({f"flow/{n}": (t - 1, (2, h, w)) for n in f.get("flow", {})})
     if len(expected) == 1 and "rgb" not in f:

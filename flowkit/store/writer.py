@@ -24,11 +24,11 @@ import numpy as np
 
 from .. import jpeg
 from ..errors import DamagedDataError, StoreError
-from ..files import fsync_dir, host_name
+from ..files import fsync_dir
 from .claims import commit_lock
 from .codecs import GZIP_LEVEL, Codec, Jpeg, encode_frames
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
-from .layout import PARTIAL, as_numpy, engine_record, open_read, py_value
+from .layout import as_numpy, engine_record, open_read, partial_ending, py_value
 from .validate import decode_problem
 
 # vlen datasets: frames per chunk of the pointer array (16 bytes a frame); the bytes live in the heap.
@@ -53,7 +53,7 @@ class VideoWriter:
         self.final = final
         self.videos = videos
         self.redo = redo
-        self.partial = final.with_name(f"{final.name}.{host_name()}.{os.getpid()}{PARTIAL}")
+        self.partial = final.with_name(final.name + partial_ending())
         self._attrs = attrs
         self.flow_codec, self.rgb_codec = flow_codec, rgb_codec
         self._threads = threads
@@ -240,6 +240,9 @@ class VideoWriter:
             raise StoreError(f"video {self.key!r}: nothing was written (no rgb, no flow); "
                              "refusing to store an empty video")
         frame_count = f["rgb"].shape[0] if "rgb" in f else next(iter(lengths.values())) + 1
+        if frame_count == 0:
+            raise StoreError(f"video {self.key!r}: no frames were written (rgb holds 0 frames); "
+                             "refusing to store an empty video")
         wrong = {n: k for n, k in lengths.items() if k != frame_count - 1}
         if wrong:
             raise StoreError(f"video {self.key!r}: flow lengths {wrong} do not match "
@@ -323,7 +326,12 @@ class VideoWriter:
         if self._io is not None:
             self._io.close()
             self._io = None
-        self.partial.unlink(missing_ok=True)
+        try:
+            self.partial.unlink(missing_ok=True)
+        except OSError:
+            # Never created (a name too long), or a store refusing changes: the error that led here
+            # says more, and a partial left behind is a dead writer's for remove_partials().
+            pass
 
 
 def _unlike_codec(codec: Codec, blob: bytes, size: tuple[int, int] | None) -> str:
