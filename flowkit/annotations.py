@@ -7,7 +7,8 @@
 - Kinetics CSV (``label,youtube_id,time_start,time_end,split``; columns found by the header, extra
   columns such as ``is_cc`` ignored; test files have no label). A row names the video
   ``<youtube_id>_<start>_<end>`` (mmaction2 pads the times to 6 digits; any padding matches) or
-  ``<youtube_id>`` alone. Class ids index the sorted label names, as mmaction2's file lists do.
+  ``<youtube_id>`` alone. Class ids index a label map when one is given (a label the map lacks is
+  an error), else the sorted label names of the file, as mmaction2's file lists do.
 
 Matching a label source against a set of store keys (paths without extension, see
 :mod:`flowkit.labels`) gives a :class:`LabelMatch`: each matched key's label, the class names, the
@@ -258,9 +259,13 @@ def read_kinetics_csv(path: str | os.PathLike) -> list[KineticsRow]:
     return rows
 
 
-def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str) -> LabelMatch:
+def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str,
+                   classes: Sequence[str] | None = None) -> LabelMatch:
     """Label ``keys`` (videos named ``<youtube_id>_<start>_<end>`` or ``<youtube_id>``) from
-    Kinetics CSV ``rows`` (read from ``where``). Class ids index the sorted label names."""
+    Kinetics CSV ``rows`` (read from ``where``). Class ids index ``classes`` (a label map, so that
+    a validation file or a subset of the classes keeps the ids of the whole set) when given,
+    else the sorted label names of ``rows``; a label ``classes`` lacks is a
+    :class:`FlowkitError` naming it."""
     keys = sorted(set(keys))
     by_clip: dict[tuple[str, int, int], list[str]] = defaultdict(list)
     by_id: dict[str, list[str]] = defaultdict(list)
@@ -270,7 +275,7 @@ def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str)
         if m:
             by_clip[(m["id"], int(m["start"]), int(m["end"]))].append(key)
         by_id[name].append(key)
-    classes = sorted({r.label for r in rows if r.label})
+    classes = _kinetics_classes(rows, where, classes)
     index = {name: i for i, name in enumerate(classes)}
     labels: dict[str, tuple[int, str]] = {}
     unmatched = []
@@ -287,16 +292,36 @@ def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str)
     return LabelMatch(labels, classes, unmatched, [k for k in keys if k not in labels])
 
 
+def _kinetics_classes(rows: Sequence[KineticsRow], where: str,
+                      classes: Sequence[str] | None) -> list[str]:
+    """The class names ids index: ``classes`` (a label map) if given, checked to hold every label
+    of ``rows``, else the labels of ``rows``, sorted."""
+    if classes is None:
+        return sorted({r.label for r in rows if r.label})
+    known = set(classes)
+    missing = {}
+    for row in rows:
+        if row.label and row.label not in known:
+            missing.setdefault(row.label, row.lineno)
+    if missing:
+        shown = ", ".join(f"{label!r} (line {n})" for label, n in list(missing.items())[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FlowkitError(f"{where}: labels {shown}{more} are not in the label map of "
+                           f"{len(classes)} classes; pass the label map of this dataset "
+                           "(--label-map) or add them to it")
+    return list(classes)
+
+
 def match_annotations(path: str | os.PathLike, keys: Iterable[str], *, kind: str = "rawframes",
                       label_map: str | os.PathLike | None = None) -> LabelMatch:
     """:func:`match_kinetics` for a ``.csv`` file, else :func:`match_list` of an mmaction2 list
-    of ``kind`` (class names from ``label_map`` when given)."""
+    of ``kind``; class names and ids from ``label_map`` when given, for both."""
     path = Path(path)
     if not path.is_file():
         raise FlowkitError(f"annotation file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        return match_kinetics(read_kinetics_csv(path), keys, str(path))
     classes = read_label_map(label_map) if label_map is not None else None
+    if path.suffix.lower() == ".csv":
+        return match_kinetics(read_kinetics_csv(path), keys, str(path), classes)
     return match_list(read_mmaction_list(path, kind), keys, str(path), classes)
 
 

@@ -13,6 +13,10 @@ Layout of one video's folder (``OUT_DIR/<class>/<video>/``)::
   ``flow_x_m<s>_%05d.jpg`` and numbered by the frame it starts from, t + s (denseflow's
   ``writeFlowImages``: ``start + i + base`` with base s): ``flow_x_m1_00001.jpg`` is the flow from
   frame 1 to frame 0 when images are numbered from 0. A folder may hold both directions.
+- denseflow's PNG output (``denseflow -st png``) is one 3-channel ``flow_%05d.png`` per pair
+  (``flow_p<s>_*``, ``flow_m<s>_*`` alike), its own quantisation: see :func:`decode_denseflow_png`.
+- Numbers may be padded to any width (``img_000001.jpg``, ``img_1.jpg``): files are read under the
+  names found.
 - Flow is quantised linearly in a bound b (pixels), exactly as denseflow does (``src/common.cpp``,
   ``convertFlowToImage``): ``v > b -> 255``, ``v < -b -> 0``, else ``round(255 (v + b) / (2 b))``
   (:func:`flowkit.store.codecs.quantize`, half to even like OpenCV's ``cvRound``). Decoded
@@ -36,17 +40,19 @@ import numpy as np
 
 from . import jpeg
 from .errors import FlowkitError
+from .files import walk_once
 from .store.codecs import DEFAULT_BOUND, dequantize, quantize
 
 RGB_PREFIX = "img"
 FLOW_X_PREFIX = "flow_x"
 FLOW_Y_PREFIX = "flow_y"
+FLOW_PNG_PREFIX = "flow"  # denseflow's PNG output: x, y and their bounds in one image
 DEFAULT_START_INDEX = 1
 DEFAULT_QUALITY = 95  # mmaction2 / denseflow write OpenCV's default JPEG quality, 95
 DIGITS = 5
 
-_NAME_RE = re.compile(r"(?P<kind>img|flow_x|flow_y)(?:_(?P<dir>[pm])(?P<step>\d+))?_(?P<index>\d+)"
-                      r"\.(?P<ext>jpg|jpeg|png)")
+_NAME_RE = re.compile(r"(?P<kind>img|flow_x|flow_y|flow)(?:_(?P<dir>[pm])(?P<step>\d+))?"
+                      r"_(?P<index>\d+)\.(?P<ext>jpg|jpeg|png)")
 
 
 class RawframesError(FlowkitError):
@@ -55,10 +61,10 @@ class RawframesError(FlowkitError):
 
 def frame_name(kind: str, index: int, step: int = 1, ext: str = "jpg",
                backward: bool = False) -> str:
-    """The file name of frame ``index`` of ``kind`` (``"img"``, ``"flow_x"``, ``"flow_y"``):
-    ``img_00001.jpg``, ``flow_x_00000.jpg``, ``flow_x_p2_00000.jpg`` (denseflow's step variant),
-    ``flow_x_m1_00001.jpg`` (``backward``: from frame ``index`` to ``index - step``),
-    ``flow_x_00000.png`` (``ext``: denseflow writes PNG too)."""
+    """The file name of frame ``index`` of ``kind`` (``"img"``, ``"flow_x"``, ``"flow_y"``,
+    ``"flow"``): ``img_00001.jpg``, ``flow_x_00000.jpg``, ``flow_x_p2_00000.jpg`` (denseflow's
+    step variant), ``flow_x_m1_00001.jpg`` (``backward``: from frame ``index`` to
+    ``index - step``), ``flow_x_00000.png`` (``ext``), ``flow_00000.png`` (denseflow's PNG)."""
     tag = ""
     if kind != RGB_PREFIX:
         tag = f"_m{step}" if backward else f"_p{step}" if step > 1 else ""
@@ -81,6 +87,29 @@ def images_to_flow(flow_x: np.ndarray, flow_y: np.ndarray,
                    bound: float = DEFAULT_BOUND) -> np.ndarray:
     """The gray images ``(H, W)`` uint8 of one pair -> flow ``(2, H, W)`` float32 pixels."""
     return dequantize(np.stack([flow_x, flow_y]), float(bound))
+
+
+def decode_denseflow_png(image: np.ndarray, path: Path | str = "") -> np.ndarray:
+    """denseflow's PNG flow (``denseflow -st png``; ``src/common.cpp``, ``convertFlowToPngImage``),
+    a BGR ``(H, W, 3)`` uint8 image as OpenCV reads it -> flow ``(2, H, W)`` float32 pixels.
+
+    denseflow picks a bound per pair and component, b = 4 k (k odd, 1..255) just above the
+    largest ``|u|`` (capped at the width) or ``|v|`` (capped at the height), writes
+    ``round(128 u / b_u + 128)`` in B, ``round(128 v / b_v + 128)`` in G, and k_u in the R
+    channel of rows 0 .. H // 2, k_v in the rows below. So ``u = (B - 128) b_u / 128``, within
+    b_u / 256 px of the computed flow. :class:`RawframesError` naming ``path`` for an image that
+    is not laid out so (another channel count, no bounds in R)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] < 2:
+        raise RawframesError(f"{path}: not denseflow's PNG flow (an 8-bit 3-channel image of at "
+                             f"least 2 rows), got {image.dtype} {image.shape}")
+    bounds = image[..., 2]
+    k_u, k_v = int(bounds[0, 0]), int(bounds[-1, 0])
+    if not k_u or not k_v or not np.all((bounds == k_u) | (bounds == k_v)):
+        raise RawframesError(f"{path}: not denseflow's PNG flow (its R channel does not hold the "
+                             "two bounds, k_u above k_v); a colour picture of flow cannot be read "
+                             "back as flow")
+    scale = np.float32([4 * k_u / 128, 4 * k_v / 128])[:, None, None]
+    return (np.moveaxis(image[..., :2], -1, 0).astype(np.float32) - 128) * scale
 
 
 # ------------------------------------------------------------------------------ writing
@@ -128,8 +157,11 @@ class RawframeVideo:
     (x and y agree, else it is a problem); ``backward``: the same for backward flow
     (``flow_x_m<s>_*``, indexed by the frame each pair starts from); ``flow_step``: s of
     ``flow_x_p<s>_*`` / ``flow_x_m<s>_*`` (1 for plain names); ``rgb_ext`` / ``flow_ext``: the
-    files' extension (``jpg``, ``jpeg`` or ``png``); ``problems``: why the folder cannot be
-    imported as it is (empty: it can).
+    files' extension (``jpg``, ``jpeg`` or ``png``); ``flow_png``: the flow is denseflow's PNG
+    output, one ``flow_*.png`` per pair (:func:`decode_denseflow_png`), not ``flow_x`` / ``flow_y``
+    images; ``names``: the file found for each ``(kind, backward, index)``, so numbers padded to
+    any width are read under their own names; ``problems``: why the folder cannot be imported as
+    it is (empty: it can).
     """
 
     folder: Path
@@ -139,18 +171,30 @@ class RawframeVideo:
     flow_step: int = 1
     rgb_ext: str = "jpg"
     flow_ext: str = "jpg"
+    flow_png: bool = False
+    names: dict[tuple[str, bool, int], str] = field(default_factory=dict, repr=False)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def _file(self, kind: str, index: int, backward: bool = False) -> Path:
+        """The file of ``kind`` and ``index`` as found (:func:`frame_name`'s if not scanned)."""
+        name = self.names.get((kind, backward, index))
+        if name is None:
+            ext = self.rgb_ext if kind == RGB_PREFIX else self.flow_ext
+            name = frame_name(kind, index, self.flow_step, ext, backward)
+        return self.folder / name
+
     def rgb_file(self, index: int) -> Path:
         """The file of image ``index``."""
-        return self.folder / frame_name(RGB_PREFIX, index, ext=self.rgb_ext)
+        return self._file(RGB_PREFIX, index)
 
     def flow_files(self, index: int, backward: bool = False) -> tuple[Path, Path]:
         """The ``flow_x`` and ``flow_y`` files of flow pair ``index`` (backward: the pair from
-        frame ``index``)."""
-        return tuple(self.folder / frame_name(kind, index, self.flow_step, self.flow_ext, backward)
-                     for kind in (FLOW_X_PREFIX, FLOW_Y_PREFIX))
+        frame ``index``); denseflow's PNG flow (``flow_png``) has one file for both."""
+        if self.flow_png:
+            path = self._file(FLOW_PNG_PREFIX, index, backward)
+            return path, path
+        return tuple(self._file(kind, index, backward) for kind in (FLOW_X_PREFIX, FLOW_Y_PREFIX))
 
     @property
     def rgb_start(self) -> int:
@@ -162,21 +206,33 @@ class RawframeVideo:
 
     def naming(self) -> str:
         """How the files are named, e.g. ``"img_{:05d}.jpg from 1, flow_{x,y}_p2_{:05d}.jpg
-        from 0"``."""
+        from 0"`` (``flow_{:05d}.png`` for denseflow's PNG flow; the padding as found)."""
         parts = []
+        flow = FLOW_PNG_PREFIX if self.flow_png else "flow_{x,y}"
+        kind = FLOW_PNG_PREFIX if self.flow_png else FLOW_X_PREFIX
         if self.rgb:
-            parts.append(f"img_{{:05d}}.{self.rgb_ext} from {self.rgb_start}")
+            parts.append(f"img_{self._digits(RGB_PREFIX, self.rgb)}.{self.rgb_ext} from "
+                         f"{self.rgb_start}")
         if self.flow:
             tag = f"_p{self.flow_step}" if self.flow_step > 1 else ""
-            parts.append(f"flow_{{x,y}}{tag}_{{:05d}}.{self.flow_ext} from {self.flow_start}")
+            parts.append(f"{flow}{tag}_{self._digits(kind, self.flow)}.{self.flow_ext} from "
+                         f"{self.flow_start}")
         if self.backward:
-            parts.append(f"flow_{{x,y}}_m{self.flow_step}_{{:05d}}.{self.flow_ext} from "
-                         f"{self.backward[0]}")
+            parts.append(f"{flow}_m{self.flow_step}_{self._digits(kind, self.backward, True)}."
+                         f"{self.flow_ext} from {self.backward[0]}")
         return ", ".join(parts)
+
+    def _digits(self, kind: str, indices: list[int], backward: bool = False) -> str:
+        """The number format of these files: ``{:05d}`` (padded to 5), ``{:d}`` (not padded)."""
+        names = [self.names.get((kind, backward, i)) for i in indices]
+        widths = [len(_NAME_RE.fullmatch(n)["index"]) for n in names if n is not None]
+        width = min(widths, default=DIGITS)
+        return f"{{:0{width}d}}" if width > 1 else "{:d}"
 
 
 def is_frame_file(name: str) -> bool:
-    """Whether ``name`` is an ``img_*`` / ``flow_x_*`` / ``flow_y_*`` file of a rawframes folder."""
+    """Whether ``name`` is an ``img_*`` / ``flow_x_*`` / ``flow_y_*`` file of a rawframes folder
+    (or a ``flow_*`` file, denseflow's PNG flow)."""
     return _NAME_RE.fullmatch(name) is not None
 
 
@@ -186,15 +242,17 @@ def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
     stops an import is in ``problems``; nothing is padded or dropped silently. Backward flow must
     be of the forward flow's step and start s frames after the first image (or forward pair)."""
     folder = Path(folder)
-    found: dict[tuple[str, str, int], list[int]] = {}
-    exts: dict[str, set[str]] = {}  # "img" / "flow" -> the extensions seen
-    for entry in os.scandir(folder):
-        m = _NAME_RE.fullmatch(entry.name)
-        if m and entry.is_file():
-            key = (m["kind"], m["dir"] or "p", int(m["step"] or 1))
-            found.setdefault(key, []).append(int(m["index"]))
-            exts.setdefault("img" if m["kind"] == RGB_PREFIX else "flow", set()).add(m["ext"])
     video = RawframeVideo(folder)
+    found, names, exts = _scan_names(folder, video)
+    if any(kind == FLOW_PNG_PREFIX for kind, _, _ in found):
+        video.flow_png = True
+        if any(kind == FLOW_X_PREFIX for kind, _, _ in found):
+            video.problems.append("both flow_x / flow_y images and denseflow's PNG flow_*.png "
+                                  "files; keep one")
+        for (kind, d, s), indices in list(found.items()):  # one file holds both components
+            if kind == FLOW_PNG_PREFIX:
+                for axis in (FLOW_X_PREFIX, FLOW_Y_PREFIX):
+                    found.setdefault((axis, d, s), []).extend(indices)
     for kind, seen in exts.items():
         if len(seen) > 1:
             video.problems.append(f"{kind} files in several formats ({', '.join(sorted(seen))}); "
@@ -216,8 +274,9 @@ def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
             video.problems.append(f"{len(xs)} flow_x but {len(ys)} flow_y files"
                                   f"{' (backward)' if d == 'm' else ''}{_first_difference(xs, ys)}")
         setattr(video, attr, xs)
-    for kind, indices in (("img", video.rgb), ("flow_x", video.flow),
-                          (f"flow_x_m{video.flow_step}", video.backward)):
+    flow = FLOW_PNG_PREFIX if video.flow_png else FLOW_X_PREFIX
+    for kind, indices in (("img", video.rgb), (flow, video.flow),
+                          (f"{flow}_m{video.flow_step}", video.backward)):
         gap = _gap(indices)
         if gap:
             video.problems.append(f"{kind} numbering has a gap: {gap}")
@@ -231,7 +290,44 @@ def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
         video.notes.append("a single frame: no flow")
     if video.backward:
         video.problems += _backward_problems(video)
+    video.names = {(kind, d == "m", i): name for (kind, d, s, i), name in names.items()
+                   if kind == RGB_PREFIX or s == video.flow_step}
     return video
+
+
+def _scan_names(folder: Path, video: RawframeVideo
+                ) -> tuple[dict[tuple[str, str, int], list[int]],
+                           dict[tuple[str, str, int, int], str], dict[str, set[str]]]:
+    """The rawframes files of ``folder``: the indices of each ``(kind, direction, step)``, the
+    file name of each ``(kind, direction, step, index)``, and the extensions of images and flow.
+    Two files of one index (``img_1.jpg``, ``img_00001.jpg``) are a problem of ``video``;
+    ``flow_*`` files that are not PNG (denseflow's PNG flow) are left out with a note."""
+    found: dict[tuple[str, str, int], list[int]] = {}
+    names: dict[tuple[str, str, int, int], str] = {}
+    exts: dict[str, set[str]] = {}  # "img" / "flow" -> the extensions seen
+    twice, unknown = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        m = _NAME_RE.fullmatch(entry.name)
+        if not m or not entry.is_file():
+            continue
+        if m["kind"] == FLOW_PNG_PREFIX and m["ext"] != "png":
+            unknown.append(entry.name)
+            continue
+        key = (m["kind"], m["dir"] or "p", int(m["step"] or 1), int(m["index"]))
+        if key in names:
+            twice.append(f"{names[key]} and {entry.name}")
+            continue
+        names[key] = entry.name
+        found.setdefault(key[:3], []).append(key[3])
+        exts.setdefault("img" if m["kind"] == RGB_PREFIX else "flow", set()).add(m["ext"])
+    if twice:
+        video.problems.append(f"{len(twice)} frames have two files each ({twice[0]}, ...); keep "
+                              "one numbering")
+    if unknown:
+        video.notes.append(f"{len(unknown)} files such as {unknown[0]} left out: flow_* images "
+                           "are read as denseflow's PNG flow (flow_00000.png), other flow images "
+                           "as flow_x_* / flow_y_*")
+    return found, names, exts
 
 
 def _backward_problems(video: RawframeVideo) -> list[str]:
@@ -278,22 +374,24 @@ def read_file(path: Path) -> bytes:
     return blob
 
 
-def decode_image(blob: bytes, path: Path, gray: bool = False) -> np.ndarray:
-    """An image file's bytes as RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8; :class:`RawframesError`
-    naming ``path`` if they cannot be decoded."""
+def decode_image(blob: bytes, path: Path, gray: bool = False, bgr: bool = False) -> np.ndarray:
+    """An image file's bytes as RGB ``(H, W, 3)``, gray ``(H, W)`` or, ``bgr``, as stored (OpenCV's
+    channel order, as many channels and bits as the file has); :class:`RawframesError` naming
+    ``path`` if they cannot be decoded."""
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(blob, np.uint8),
-                         cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    flags = (cv2.IMREAD_UNCHANGED if bgr else cv2.IMREAD_GRAYSCALE if gray
+             else cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(blob, np.uint8), flags)
     if image is None:
         raise RawframesError(f"{path}: cannot be decoded as an image (truncated or not a JPEG)")
-    return image if gray else np.ascontiguousarray(image[..., ::-1])
+    return image if gray or bgr else np.ascontiguousarray(image[..., ::-1])
 
 
-def read_image(path: Path, gray: bool = False) -> np.ndarray:
-    """An image file as RGB ``(H, W, 3)`` or gray ``(H, W)`` uint8 (:func:`read_file`,
-    :func:`decode_image`)."""
-    return decode_image(read_file(path), path, gray)
+def read_image(path: Path, gray: bool = False, bgr: bool = False) -> np.ndarray:
+    """An image file as RGB ``(H, W, 3)``, gray ``(H, W)`` or as stored (``bgr``) uint8
+    (:func:`read_file`, :func:`decode_image`)."""
+    return decode_image(read_file(path), path, gray, bgr)
 
 
 def read_rgb(video: RawframeVideo, indices: list[int]) -> np.ndarray:
@@ -304,8 +402,11 @@ def read_rgb(video: RawframeVideo, indices: list[int]) -> np.ndarray:
 def read_flow(video: RawframeVideo, indices: list[int], bound: float = DEFAULT_BOUND,
               backward: bool = False) -> np.ndarray:
     """Flow pairs ``indices`` of ``video`` (of ``video.backward`` if ``backward``), dequantised with
-    ``bound``: ``(N, 2, H, W)`` float32."""
+    ``bound`` (denseflow's PNG flow carries its own bounds): ``(N, 2, H, W)`` float32."""
     def pair(i: int) -> np.ndarray:
+        if video.flow_png:
+            path = video.flow_files(i, backward)[0]
+            return decode_denseflow_png(read_image(path, bgr=True), path)
         fx, fy = (read_image(path, gray=True) for path in video.flow_files(i, backward))
         if fx.shape != fy.shape:
             raise RawframesError(f"{video.folder}: flow pair {i} has flow_x {fx.shape} but "
@@ -315,24 +416,27 @@ def read_flow(video: RawframeVideo, indices: list[int], bound: float = DEFAULT_B
     return np.stack([pair(i) for i in indices])
 
 
-def find_videos(root: str | os.PathLike) -> list[str]:
-    """Relative POSIX paths of the folders under ``root`` that hold rawframes files, sorted.
+def find_videos(root: str | os.PathLike, notes: list[str] | None = None) -> list[str]:
+    """Relative POSIX paths of the folders under ``root`` that hold rawframes files, sorted, as
+    they are on disk (a name that is not UTF-8 keeps its surrogate escapes; the store key is
+    :func:`flowkit.files.escape_name` of it).
 
     A folder is a video when it has ``img_*`` or ``flow_*`` files; hidden folders are skipped.
+    Links are followed, each real directory once (:func:`flowkit.files.walk_once`: a link loop or
+    a second link to a folder is skipped, with a line in ``notes``).
     """
     root = Path(root)
     if not root.is_dir():
         raise RawframesError(f"rawframes folder {root} does not exist or is not a directory")
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, _, filenames in walk_once(root, notes, hidden=False):
         if any(is_frame_file(name) for name in filenames):
             found.append(Path(dirpath).relative_to(root).as_posix())
     return sorted(found)
 
 
-__all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "DEFAULT_START_INDEX", "DEFAULT_QUALITY",
-           "RawframesError", "RawframeVideo", "frame_name", "quantization_error", "flow_to_images",
-           "images_to_flow", "encode_jpeg", "write_frames", "scan_folder", "is_frame_file",
-           "read_file", "decode_image", "read_image", "read_rgb", "read_flow",
-           "find_videos"]
+__all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "FLOW_PNG_PREFIX", "DEFAULT_START_INDEX",
+           "DEFAULT_QUALITY", "RawframesError", "RawframeVideo", "frame_name", "quantization_error",
+           "flow_to_images", "images_to_flow", "decode_denseflow_png", "encode_jpeg", "write_frames",
+           "scan_folder", "is_frame_file", "read_file", "decode_image", "read_image", "read_rgb",
+           "read_flow", "find_videos"]

@@ -93,6 +93,23 @@ def test_kinetics_csv_maps_labels_and_lists_what_does_not_match(tmp_path):
                                   "1 videos have no label: abseiling/not_in_csv_000001_000002"]
 
 
+def test_kinetics_csv_ids_come_from_the_label_map(tmp_path):
+    """A validation CSV or a subset of the classes keeps the ids of the label map (not of its own
+    sorted labels); a label the map lacks is an error naming it."""
+    path = tmp_path / "kinetics_val.csv"
+    path.write_text(KINETICS_CSV)
+    label_map = tmp_path / "label_map_k400.txt"
+    label_map.write_text("abseiling\nadjusting glasses\nair drumming\n")
+    keys = ["--07WQ2iBlw_000001_000011", "-_8ZHi4Yy5I_000012_000022"]
+    match = match_annotations(path, keys, label_map=label_map)
+    assert match.classes == ["abseiling", "adjusting glasses", "air drumming"]
+    assert match.labels == {keys[0]: (0, "abseiling"), keys[1]: (2, "air drumming")}
+    label_map.write_text("abseiling\n")
+    with pytest.raises(FlowkitError, match=r"kinetics_val.csv: labels 'air drumming' \(line 3\) "
+                                           r"are not in the label map of 1 classes"):
+        match_annotations(path, keys, label_map=label_map)
+
+
 def test_kinetics_test_csv_without_labels_and_bad_files(tmp_path):
     path = tmp_path / "kinetics_test.csv"
     path.write_text("youtube_id,time_start,time_end,split\nabc_def_ghi,0,10,test\n")

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -259,7 +259,8 @@ def test_import_keeps_jpegs_of_the_codecs_quality_recodes_others_fails_truncated
 
 
 def test_import_png_rawframes_keeps_the_exact_levels(tmp_path):
-    """denseflow can write PNG: lossless 8-bit flow levels, images coded as JPEG by the store."""
+    """flow_x / flow_y images as 8-bit PNGs (lossless levels; denseflow's own PNG output is
+    another format, test_import_denseflows_png_output), RGB PNGs stored losslessly."""
     rng = np.random.default_rng(13)
     folder = tmp_path / "raw" / "wave" / "v0"
     folder.mkdir(parents=True)
@@ -484,3 +485,160 @@ def test_import_denseflow_backward_h5_beside_forward_and_added_later(tmp_path):
     bad = import_rawframes(root, tmp_path / "s2", ImportConfig())
     assert "v0_m1.h5 holds forward flow datasets but its name says backward" in \
         bad.results[0].reason
+
+
+# ------------------------------------------------------------------------------ resume, keys, walk
+
+def test_import_adds_what_the_store_lacks_and_skips_the_rest(exported, tmp_path):
+    """--no-flow, then a plain import: the flow is added (the store's RGB kept); --no-rgb, then a
+    plain import: the RGB is added; a third run has nothing to add and skips."""
+    key = "jump/jump_0"
+    rgb_first, flow_first = tmp_path / "rgb_first", tmp_path / "flow_first"
+    for store, first in ((rgb_first, ImportConfig(flow=False)),
+                         (flow_first, ImportConfig(rgb=False))):
+        assert import_rawframes(exported, store, first).count("done") == 4
+        second = import_rawframes(exported, store, ImportConfig())
+        assert second.count("done") == 4, second.to_dict()
+        meta = FlowStore(store).meta(key)
+        assert meta["has_rgb"] and set(meta["flows"]) == {"tvl1"} and meta["frame_count"] == FRAMES
+        third = import_rawframes(exported, store, ImportConfig())
+        assert third.count("skipped") == 4 and {r.reason for r in third.results} == \
+            {"already in the store"}
+    stored = FlowStore(rgb_first).read_rgb(key, decode=False)
+    assert stored == [(exported / key / frame_name("img", i)).read_bytes()
+                      for i in range(1, FRAMES + 1)]
+
+
+def test_adding_a_flow_keeps_the_videos_attributes(source_store, exported, tmp_path):
+    """A second flow (--flow-name rawframes) beside a video's flow/tvl1: its label, fps, source,
+    source size, step and creation time stay as the store had them."""
+    store_path = tmp_path / "store"
+    shutil.copytree(source_store, store_path)
+    attrs = ("label", "label_name", "fps", "source", "source_height", "source_width", "step",
+             "created", "flowkit_version")
+    before = {k: {a: FlowStore(store_path).meta(k)[a] for a in attrs}
+              for k in FlowStore(store_path).keys()}
+    summary = import_rawframes(exported, store_path, ImportConfig(flow_name="rawframes", fps=12))
+    assert summary.count("done") == 4 and summary.results[0].frames == 0  # RGB not appended again
+    store = FlowStore(store_path)
+    for key, kept in before.items():
+        meta = store.meta(key)
+        assert {a: meta[a] for a in attrs} == kept
+        assert set(meta["flows"]) == {"tvl1", "rawframes"}
+    assert before["run/run_1"]["label"] == 1 and before["run/run_1"]["fps"] == 25.0
+
+
+def test_rerun_skips_a_video_whose_other_step_backward_flow_is_left_out(exported, tmp_path):
+    """Backward flow of another step than the forward flow (flow_x_m2_*) is left out by the scan
+    (a note): a rerun has nothing to add and skips the video instead of failing it."""
+    root = tmp_path / "raw"
+    shutil.copytree(exported / "jump" / "jump_0", root / "jump" / "v0")
+    for i in range(3, FRAMES + 1):  # denseflow -s -2, numbered from the frame each starts from
+        for kind in ("flow_x", "flow_y"):
+            (root / "jump" / "v0" / frame_name(kind, i, step=2, backward=True)).write_bytes(
+                rawframes.encode_jpeg(np.full(SIZE, 128, np.uint8)))
+    first = import_rawframes(root, tmp_path / "s", ImportConfig())
+    assert first.count("done") == 1
+    assert "jump/v0: backward flow of step 2 ignored (forward flow has step 1)" in first.notes
+    again = import_rawframes(root, tmp_path / "s", ImportConfig())
+    assert [(r.status, r.reason) for r in again.results] == [("skipped", "already in the store")]
+    # a video finished by another run after this one's resume check: nothing to write, skipped
+    from flowkit.interop.ingest import Source, _import_one
+
+    late = _import_one(FlowStore(tmp_path / "s", "a"), Source("jump/v0", root / "jump" / "v0"),
+                       ImportConfig(), StopFlag())
+    assert (late.status, late.reason) == ("skipped", "already in the store")
+
+
+def test_import_keys_non_utf8_names_as_extract_does(exported, tmp_path):
+    """A folder named in Latin-1 (not UTF-8) gets the key extract gives a video of that name
+    (caf%E9, labels.safe_key), not a string the store cannot hold."""
+    from flowkit.labels import safe_key
+
+    root = tmp_path / "raw"
+    name = os.fsdecode(b"caf\xe9")
+    shutil.copytree(exported / "jump" / "jump_0", root / "jump" / name)
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig())
+    key = safe_key(PurePosixPath("jump", name + ".mp4"))
+    assert key == "jump/caf%E9"
+    assert [(r.key, r.status) for r in summary.results] == [(key, "done")]
+    assert summary.results[0].source.endswith("jump/caf%E9")
+    store = FlowStore(tmp_path / "s")
+    assert store.keys() == [key] and store.meta(key)["label_name"] == "jump"
+    assert import_rawframes(root, tmp_path / "s", ImportConfig()).count("skipped") == 1
+
+
+def test_import_walks_each_real_directory_once(exported, tmp_path):
+    """A link loop under the rawframes folder: one video, not one per trip round the loop."""
+    root = tmp_path / "raw"
+    shutil.copytree(exported / "jump" / "jump_0", root / "jump" / "v0")
+    os.symlink("..", root / "jump" / "up")
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig())
+    assert [r.key for r in summary.results] == ["jump/v0"]
+    assert any("jump/up: skipped, the same directory as" in n for n in summary.notes)
+
+
+def test_import_frames_numbered_with_other_padding(exported, tmp_path):
+    """img_000001.jpg, flow_x_000001.jpg (%06d, as ffmpeg is often told): read as named."""
+    folder = tmp_path / "raw" / "jump" / "v0"
+    shutil.copytree(exported / "jump" / "jump_0", folder)
+    for path in sorted(folder.iterdir()):
+        kind, index = path.stem.rsplit("_", 1)
+        path.rename(folder / f"{kind}_{int(index):06d}.jpg")
+    summary = import_rawframes(tmp_path / "raw", tmp_path / "s", ImportConfig())
+    assert [(r.status, r.frames, r.pairs) for r in summary.results] == [("done", FRAMES,
+                                                                         FRAMES - 1)]
+    params = FlowStore(tmp_path / "s").meta("jump/v0")["flows"]["tvl1"]["params"]
+    assert params["naming"] == "img_{:06d}.jpg from 1, flow_{x,y}_{:06d}.jpg from 1"
+
+
+def test_import_kinetics_csv_takes_ids_from_the_label_map(exported, tmp_path):
+    """DIR/label_map.txt (or --label-map) gives a Kinetics CSV's ids: a validation CSV with two of
+    three classes keeps the ids of all three."""
+    root = tmp_path / "k400"
+    shutil.copytree(exported / "jump" / "jump_0", root / "yt1_000010_000020")
+    shutil.copytree(exported / "run" / "run_0", root / "yt2_000000_000010")
+    (root / "label_map.txt").write_text("abseiling\nair drumming\nzumba\n")
+    csv_file = tmp_path / "val.csv"
+    csv_file.write_text("label,youtube_id,time_start,time_end,split\n"
+                        "air drumming,yt1,10,20,val\nzumba,yt2,0,10,val\n")
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig(annotations=[csv_file]))
+    assert summary.count("done") == 2
+    store = FlowStore(tmp_path / "s")
+    assert store.classes == ["abseiling", "air drumming", "zumba"]
+    assert [(store.meta(k)["label"], store.meta(k)["label_name"]) for k in store.keys()] == \
+        [(1, "air drumming"), (2, "zumba")]
+    (root / "label_map.txt").write_text("abseiling\nair drumming\n")
+    with pytest.raises(FlowkitError, match="labels 'zumba' \\(line 3\\) are not in the label map"):
+        import_rawframes(root, tmp_path / "s2", ImportConfig(annotations=[csv_file]))
+
+
+def test_import_denseflows_png_output(tmp_path):
+    """denseflow -st png: img_%05d.jpg and one 3-channel flow_%05d.png per pair (backward
+    flow_m1_%05d.png), from 0; both directions stored within each pair's b / 256 (plus the
+    codec's error), whatever --bound says, with the format in the engine record."""
+    from test_rawframes import denseflow_png
+
+    rng = np.random.default_rng(21)
+    folder = tmp_path / "raw" / "jump" / "v0"
+    folder.mkdir(parents=True)
+    for i in range(FRAMES):
+        cv2.imwrite(str(folder / frame_name("img", i)), rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    forward = smooth_flow(rng, FRAMES - 1).clip(-23, 23)  # |v| < the height: not capped
+    backward = -forward[:, :, ::-1]
+    for t in range(FRAMES - 1):
+        cv2.imwrite(str(folder / frame_name("flow", t, ext="png")), denseflow_png(forward[t]))
+        cv2.imwrite(str(folder / frame_name("flow", t + 1, ext="png", backward=True)),
+                    denseflow_png(backward[t]))
+    summary = import_rawframes(tmp_path / "raw", tmp_path / "s",
+                               ImportConfig(flow_codec="float16", bound=1.0))
+    result = summary.results[0]
+    assert (result.status, result.pairs, result.backward_pairs) == ("done", FRAMES - 1, FRAMES - 1)
+    store = FlowStore(tmp_path / "s")
+    for name, flow in (("tvl1", forward), ("tvl1_backward", backward)):
+        got = store.read_flow("jump/v0", name)
+        limit = (np.ceil(np.abs(flow).max(axis=(2, 3)) * 128 / 127 / 4) * 4 + 4) / 256
+        assert np.all(np.abs(got - flow).max(axis=(2, 3)) <= limit + 0.02)  # + float16
+        params = store.meta("jump/v0")["flows"][name]["params"]
+        assert params["source_format"] == "denseflow-png" and "bound" not in params
+    assert "flow_m1_{:05d}.png from 1" in params["naming"]

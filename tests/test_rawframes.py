@@ -2,8 +2,11 @@
 the quantiser against denseflow's formula, file names, and the checks of one video folder."""
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -188,3 +191,105 @@ def test_denseflow_h5_of_two_sizes_is_refused_before_reading(tmp_path):
     lazy = denseflow.open_flow(write_denseflow_h5(tmp_path / "w.h5", values))
     assert (len(lazy), lazy.step, lazy.shape) == (3, 1, (4, 4))
     assert lazy.read([2])[0, 1, 0, 0] == 80.0  # pair 2, v, first pixel
+
+
+def test_scan_folder_reads_numbers_of_any_padding(tmp_path):
+    """ffmpeg's img_%06d.jpg or unpadded img_%d.jpg: read under the names found, not rebuilt as
+    %05d; two files of one number are a problem."""
+    six = _touch_video(tmp_path / "six", 3, 2)
+    unpadded = _touch_video(tmp_path / "unpadded", 11, 10)
+    for folder, name in ((six, lambda kind, i: f"{kind}_{i:06d}.jpg"),
+                         (unpadded, lambda kind, i: f"{kind}_{i}.jpg")):
+        for path in sorted(folder.iterdir()):
+            kind, index = path.stem.rsplit("_", 1)
+            path.rename(folder / name(kind, int(index)))
+    for folder, digits in ((six, "{:06d}"), (unpadded, "{:d}")):
+        video = rawframes.scan_folder(folder)
+        assert video.problems == []
+        assert rawframes.read_rgb(video, video.rgb).shape[0] == len(video.rgb)
+        flow = rawframes.read_flow(video, video.flow[1:2], bound=20.0)
+        np.testing.assert_allclose(flow[0], dequantize(np.full((2, 6, 8), 101, np.uint8), 20.0))
+        assert f"img_{digits}.jpg from 1" in video.naming()
+    (unpadded / "img_00003.jpg").write_bytes((unpadded / "img_3.jpg").read_bytes())
+    assert "1 frames have two files each (img_00003.jpg and img_3.jpg, ...)" in \
+        rawframes.scan_folder(unpadded).problems[0]
+
+
+def denseflow_png(flow: np.ndarray) -> np.ndarray:
+    """One pair ``(2, H, W)`` as denseflow's ``convertFlowToPngImage`` (src/common.cpp) codes it,
+    written from its source: per component a bound b = 4 ceil(min(cap, max |f|) 128 / 127 / 4)
+    (cap: the width for u, the height for v; at most 1020), 4 more when b / 4 is even;
+    ``convertTo(CV_8U, 1 / (b / 128), 128)`` (rounded, saturated) into B (u) and G (v); b_u / 4
+    filled into R over rows 0 .. H // 2 and b_v / 4 below. Returns the BGR image."""
+    _, h, w = flow.shape
+
+    def bound(values: np.ndarray, cap: int) -> float:
+        b = min(255.0 * 4, math.ceil(min(cap, float(np.abs(values).max())) * 128.0 / 127.0 / 4)
+                * 4)
+        return b + 4 if int(b) % 8 == 0 else b
+
+    def level(values: np.ndarray, b: float) -> np.ndarray:
+        scaled = values.astype(np.float32) * np.float32(1.0 / (b / 128.0)) + np.float32(128.0)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+    bu, bv = bound(flow[0], w), bound(flow[1], h)
+    r = np.empty((h, w), np.uint8)
+    r[: h // 2 + 1], r[h // 2 + 1:] = bu / 4, bv / 4
+    return np.dstack([level(flow[0], bu), level(flow[1], bv), r])
+
+
+def test_denseflow_png_decodes_what_denseflows_encoder_writes(tmp_path):
+    """``denseflow -st png``: one flow_%05d.png per pair, u in B, v in G, per-pair bounds in R;
+    decoded within b / 256 of the flow (b just above the pair's largest value), through a PNG
+    file; a picture of flow (colours, no bounds in R) is refused, naming the file."""
+    rng = np.random.default_rng(4)
+    h, w = 7, 10
+    for scale in (0.3, 3.0, 6.5):
+        flow = rng.uniform(-scale, scale, (2, h, w)).astype(np.float32)
+        path = tmp_path / f"flow_{int(10 * scale):05d}.png"
+        assert cv2.imwrite(str(path), denseflow_png(flow))
+        image = rawframes.read_image(path, bgr=True)
+        got = rawframes.decode_denseflow_png(image, path)
+        bounds = 4 * image[[0, -1], 0, 2].astype(np.float32)
+        assert got.shape == (2, h, w) and got.dtype == np.float32
+        assert np.all(np.abs(got - flow).reshape(2, -1).max(1) <= bounds / 256 + 1e-6)
+        assert np.all(bounds <= np.abs(flow).reshape(2, -1).max(1) * 128 / 127 + 8)
+    picture = rng.integers(0, 256, (h, w, 3), np.uint8)
+    with pytest.raises(rawframes.RawframesError, match=r"x.png: not denseflow's PNG flow"):
+        rawframes.decode_denseflow_png(picture, "x.png")
+
+
+def test_scan_folder_reads_denseflows_png_flow(tmp_path):
+    """flow_%05d.png (and backward flow_m1_%05d.png) beside img_%05d.jpg, from 0, as denseflow
+    writes them: both components from one file; mixing them with flow_x images is refused."""
+    folder = _touch_video(tmp_path / "v", 4, 0, start=0)
+    rng = np.random.default_rng(8)
+    flows = rng.uniform(-3, 3, (3, 2, 6, 8)).astype(np.float32)
+    for i, pair in enumerate(flows):
+        cv2.imwrite(str(folder / rawframes.frame_name("flow", i, ext="png")), denseflow_png(pair))
+        cv2.imwrite(str(folder / rawframes.frame_name("flow", i + 1, ext="png", backward=True)),
+                    denseflow_png(-pair))
+    video = rawframes.scan_folder(folder)
+    assert video.problems == [] and video.flow_png
+    assert (video.flow, video.backward) == ([0, 1, 2], [1, 2, 3])
+    assert video.naming() == ("img_{:05d}.jpg from 0, flow_{:05d}.png from 0, "
+                              "flow_m1_{:05d}.png from 1")
+    np.testing.assert_allclose(rawframes.read_flow(video, video.flow), flows, atol=4 * 3 / 256)
+    np.testing.assert_allclose(rawframes.read_flow(video, video.backward, backward=True), -flows,
+                               atol=4 * 3 / 256)
+    (folder / "flow_x_00000.png").write_bytes(b"")
+    (folder / "flow_y_00000.png").write_bytes(b"")
+    assert "both flow_x / flow_y images and denseflow's PNG flow_*.png files; keep one" in \
+        rawframes.scan_folder(folder).problems
+
+
+def test_find_videos_enters_each_real_directory_once(tmp_path):
+    """A link back up the tree is a loop, not more videos; a second link to a video folder is
+    the same video; both are noted."""
+    _touch_video(tmp_path / "raw" / "jump" / "v0", 2, 1)
+    os.symlink("..", tmp_path / "raw" / "jump" / "up")
+    os.symlink("v0", tmp_path / "raw" / "jump" / "v1")  # sorts after v0
+    notes: list[str] = []
+    assert rawframes.find_videos(tmp_path / "raw", notes) == ["jump/v0"]
+    assert any("jump/up: skipped, the same directory as" in n for n in notes)
+    assert any("jump/v1: skipped, the same directory as" in n for n in notes)

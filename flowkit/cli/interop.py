@@ -33,8 +33,8 @@ def export_group():
 
 @click.group("import", short_help=summary("import"))
 def import_group():
-    """Read what other tools wrote (mmaction2 rawframes, denseflow's JPEG or HDF5 flow) into a
-    store that `flowkit train` uses unchanged.
+    """Read what other tools wrote (mmaction2 rawframes, denseflow's JPEG, PNG or HDF5 flow) into
+    a store that `flowkit train` uses unchanged.
 
     \b
     Examples:
@@ -127,10 +127,12 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
                    "Kinetics CSV; repeatable (train and val). Only labelled videos are imported.")
 @click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None,
-              help="Class names, one per line (line i = label i) [default: DIR/label_map.txt "
-                   "when present, else the class folders].")
+              help="Class names, one per line (line i = label i; the ids of annotation lists "
+                   "and Kinetics CSV index it) [default: DIR/label_map.txt when present, else the "
+                   "class folders].")
 @click.option("--bound", default=20.0, show_default=True,
-              help="Range in pixels the 8-bit flow images were quantised with (denseflow -b).")
+              help="Range in pixels the 8-bit flow_x / flow_y images were quantised with "
+                   "(denseflow -b; denseflow's PNG flow_*.png carries its own).")
 @click.option("--flow-name", default="tvl1", show_default=True,
               help="Store the flow as flow/NAME (flowkit train reads tvl1 by default).")
 @click.option("--flow-codec", default="jpegls:0.1", show_default=True, metavar="SPEC",
@@ -150,9 +152,11 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
 def import_rawframes_command(rawframes_dir, store, annotations, label_map, bound, flow_name,
                             flow_codec, rgb_codec, rgb, flow, fps, workers, as_json):
     """Import RAWFRAMES_DIR (<class>/<video>/img_*.jpg, flow_x_*.jpg, flow_y_*.jpg, 1- or
-    0-based, flow_x_p2_* step variants, denseflow <video>.h5) into the store STORE. Backward flow
-    (flow_x_m1_*, denseflow <video>_m1.h5) goes to flow/<flow-name>_backward. Every video's
-    frame and flow counts are checked; a mismatch is reported and the video skipped.
+    0-based, flow_x_p2_* step variants, denseflow's flow_*.png or <video>.h5) into the store
+    STORE. Backward flow (flow_x_m1_*, flow_m1_*.png, denseflow <video>_m1.h5) goes to
+    flow/<flow-name>_backward. Every video's frame and flow counts are checked; a mismatch is
+    reported and the video skipped. Rerunning adds what the store lacks (the flow after
+    --no-flow, another --flow-name) and keeps the videos' labels.
 
     \b
     Examples:

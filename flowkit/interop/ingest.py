@@ -1,9 +1,13 @@
 """Rawframes and denseflow HDF5 -> store: the run behind ``flowkit import rawframes DIR -o STORE``.
 
 A video under ``DIR`` is a rawframes folder ``DIR/<key>/`` (:mod:`flowkit.rawframes`: 1- or
-0-based names, ``flow_x_p<s>_*`` step variants, backward ``flow_x_m<s>_*``, JPEG or PNG files)
-and/or denseflow HDF5 files ``DIR/<key>.h5`` and ``DIR/<key>_m<s>.h5`` (:mod:`flowkit.denseflow`;
-float flow, taken over the folder's 8-bit flow of the same direction). Each video is checked
+0-based names padded to any width, ``flow_x_p<s>_*`` step variants, backward ``flow_x_m<s>_*``,
+JPEG or PNG files, or denseflow's PNG flow ``flow_*.png``) and/or denseflow HDF5 files
+``DIR/<key>.h5`` and ``DIR/<key>_m<s>.h5`` (:mod:`flowkit.denseflow`; float flow, taken over the
+folder's 8-bit flow of the same direction). Keys are the paths under ``DIR`` as ``flowkit
+extract`` makes them: a name that is not UTF-8 is escaped (``caf%E9``,
+:func:`flowkit.files.escape_name`). Links are followed, each real directory once (a link loop is
+skipped with a note). Each video is checked
 before anything is written: numbering without gaps, as many ``flow_x`` as ``flow_y``, n - s flow
 pairs for n frames (backward flow as many as forward flow), and the frame count an annotation list
 gives; a video that fails a check is one failed line of the summary, never padded or trimmed.
@@ -22,15 +26,17 @@ cut short (no end-of-image marker) fails its video instead of being completed wi
 
 Flow is written with the chosen store codec (default ``jpegls``, 0.1 px) under ``flow/<flow_name>``
 (default ``tvl1``, what ``flowkit train`` reads); its engine record says where it came from:
-``engine`` ``mmaction2-rawframes`` or ``denseflow-hdf5``, ``engine_version`` the importing
-flowkit's, ``backend`` ``external``, ``params`` with ``source_format``, ``bound``,
-``quantization_error``, ``image_format`` (``jpeg``: the 8-bit levels carry JPEG's error too;
-``png``, denseflow's lossless option: the levels are exact), ``naming`` and ``step``. Backward
+``engine`` ``mmaction2-rawframes``, ``denseflow-png`` or ``denseflow-hdf5``, ``engine_version``
+the importing flowkit's, ``backend`` ``external``, ``params`` with ``source_format``, ``naming``,
+``step`` and, for 8-bit flow images, ``bound``, ``quantization_error`` and ``image_format``
+(``jpeg``: the 8-bit levels carry JPEG's error too; ``png``: the levels are exact), or, for
+denseflow's PNG flow, its own per-pair ``quantization``. Backward
 flow goes to ``flow/<flow_name>_backward`` (:func:`flowkit.conventions.backward_name`; pair t from
 frame t + 1 to frame t, the store's numbering, whatever the files' numbering was), its record with
 ``direction`` ``backward``.
-Resumable like ``flowkit extract``: videos already in the store with that flow (and its backward
-flow, where the source has some) are skipped.
+Resumable like ``flowkit extract``: a video is skipped when the store already holds all that its
+source would add (its RGB frames, its flow, its backward flow); otherwise what is missing is added
+beside what the store has, and the video's attributes (label, fps, source) are kept.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ from .. import denseflow, rawframes
 from ..annotations import LabelMatch, match_annotations, read_label_map
 from ..conventions import backward_name
 from ..errors import FlowkitError
+from ..files import escape_name, walk_once
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
 from ..version import __version__
@@ -111,6 +118,7 @@ class VideoImport:
     pairs: int = 0
     backward_pairs: int = 0
     kept_as_is: int = 0  # RGB JPEGs stored byte for byte
+    notes: list[str] = field(default_factory=list)  # what the folder's scan noted
 
 
 @dataclass
@@ -137,20 +145,25 @@ class ImportSummary:
                 "videos": [asdict(r) for r in self.results]}
 
 
-def find_sources(root: str | os.PathLike) -> dict[str, Source]:
-    """Every video under ``root``: rawframes folders and denseflow HDF5 files, by key."""
+def find_sources(root: str | os.PathLike, notes: list[str] | None = None) -> dict[str, Source]:
+    """Every video under ``root``: rawframes folders and denseflow HDF5 files, by key (the path
+    under ``root``, :func:`~flowkit.files.escape_name`-d as ``flowkit extract`` keys videos).
+    Each real directory is visited once; what the walk skips is described in ``notes``."""
     root = Path(root)
-    sources = {key: Source(key, folder=root / key) for key in rawframes.find_videos(root)}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
+    notes = notes if notes is not None else []
+    sources: dict[str, Source] = {}
+    for relative in rawframes.find_videos(root, notes):
+        _add_source(sources, Source(escape_name(relative), folder=root / relative))
+    for dirpath, _, filenames in walk_once(root, hidden=False):  # find_videos noted the skips
+        for name in sorted(filenames):
             parsed = denseflow.parse_name(name) if name.endswith(".h5") else None
             path = Path(dirpath, name)
             if parsed is None or not denseflow.is_denseflow_file(path):
                 continue
             stem, _, backward = parsed
-            key = (PurePosixPath(path.parent.relative_to(root).as_posix()) / stem).as_posix()
-            source = sources.setdefault(key, Source(key))
+            key = escape_name((PurePosixPath(path.parent.relative_to(root).as_posix()) / stem)
+                              .as_posix())
+            source = sources.get(key) or _add_source(sources, Source(key))
             attr = "h5_backward" if backward else "h5"
             if getattr(source, attr) is not None:
                 raise FlowkitError(f"{key}: two {'backward ' if backward else ''}denseflow files "
@@ -158,6 +171,16 @@ def find_sources(root: str | os.PathLike) -> dict[str, Source]:
                                    "video")
             setattr(source, attr, path)
     return dict(sorted(sources.items()))
+
+
+def _add_source(sources: dict[str, Source], source: Source) -> Source:
+    """Add ``source``; two folders whose names escape alike (``caf%E9`` and a non-UTF-8
+    ``café``) would write one video: refused, naming both."""
+    if source.key in sources:
+        raise FlowkitError(f"two rawframes folders map to the store key {source.key!r}: "
+                           f"{_where(sources[source.key])} and {_where(source)}; rename one")
+    sources[source.key] = source
+    return source
 
 
 def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig
@@ -222,12 +245,13 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     root = Path(root)
     if not root.is_dir():
         raise FlowkitError(f"rawframes folder {root} does not exist or is not a directory")
-    sources = find_sources(root)
+    walk_notes: list[str] = []
+    sources = find_sources(root, walk_notes)
     if not sources:
         raise FlowkitError(f"{root}: no rawframes folders (img_*.jpg, flow_x_*.jpg) or denseflow "
                            "HDF5 files found")
     classes, match = label_sources(root, sources, config)
-    summary = ImportSummary(str(store_path), [], 0.0)
+    summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes)
     if match is not None:
         summary.labels = match.report()
         summary.unmatched, summary.unlabelled = match.unmatched, match.unlabelled
@@ -259,13 +283,14 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
         videos.close()
         frames.close()
     summary.results.sort(key=lambda r: r.key)
+    summary.notes += [f"{r.key}: {note}" for r in summary.results for note in r.notes]
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _where(source: Source) -> str:
-    """The path a summary line names for ``source``."""
-    return str(source.folder or source.h5 or source.h5_backward)
+    """The path a summary line names for ``source`` (bytes that are not UTF-8 escaped)."""
+    return escape_name(str(source.folder or source.h5 or source.h5_backward))
 
 
 _local = threading.local()
@@ -280,25 +305,35 @@ def _thread_store(path: Path) -> FlowStore:
 
 
 def _finished(meta: dict | None, source: Source, config: ImportConfig) -> bool:
-    """Whether ``source`` is already imported (``meta``: its finished video's
-    :meth:`FlowStore.metas` entry, None when absent or unreadable, then imported again): with this
-    flow and, where the source has backward flow, its backward flow (or flow not asked for, or an
-    RGB-only video)."""
+    """Whether the store already holds all that importing ``source`` would add (``meta``: its
+    finished video's :meth:`FlowStore.metas` entry, None when absent or unreadable, then imported
+    again): its RGB frames, its flow and its backward flow, as far as the source has them and
+    ``config`` asks for them. A folder with problems is not finished: planning reports them."""
     if meta is None:
         return False
-    flows = meta["flows"]
-    if not config.flow or not flows:
+    held = set(meta["flows"]) | ({"rgb"} if meta["has_rgb"] else set())
+    asked = ({"rgb"} if config.rgb else set()) | (
+        {config.flow_name, backward_name(config.flow_name)} if config.flow else set())
+    if asked <= held:  # all this import could add: no need to list the folder
         return True
-    return config.flow_name in flows and (backward_name(config.flow_name) in flows
-                                          or not _has_backward(source))
+    adds = _datasets(source, config)
+    return adds is not None and adds <= held
 
 
-def _has_backward(source: Source) -> bool:
-    """Whether the source holds backward flow (a denseflow ``_m<s>.h5`` or ``flow_x_m*`` files)."""
-    if source.h5_backward is not None:
-        return True
-    return source.folder is not None and source.folder.is_dir() and any(
-        e.name.startswith(f"{rawframes.FLOW_X_PREFIX}_m") for e in os.scandir(source.folder))
+def _datasets(source: Source, config: ImportConfig) -> set[str] | None:
+    """The store datasets importing ``source`` would write (``rgb``, the flow's name, its
+    backward name), from what :func:`rawframes.scan_folder` reads of its folder (so files it
+    leaves out, e.g. backward flow of another step, count for nothing) and its denseflow files;
+    None when the folder has problems."""
+    video = rawframes.scan_folder(source.folder) if source.folder is not None else None
+    if video is not None and video.problems:
+        return None
+    adds = {"rgb"} if config.rgb and video is not None and video.rgb else set()
+    if config.flow and (source.h5 is not None or (video is not None and video.flow)):
+        adds.add(config.flow_name)
+    if config.flow and (source.h5_backward is not None or (video is not None and video.backward)):
+        adds.add(backward_name(config.flow_name))
+    return adds
 
 
 @dataclass
@@ -384,6 +419,12 @@ def _record(h5: denseflow.DenseflowFile | None, video: rawframes.RawframeVideo |
         tag = f"_m{step}" if backward else f"_p{step}" if step > 1 else ""
         params = {"source_format": "denseflow-hdf5", "naming": f"flow_{{x,y}}{tag}_{{:05d}} "
                   f"datasets from {step if backward else 0}", "step": step}
+    elif video.flow_png:
+        params = {"source_format": "denseflow-png",
+                  "quantization": "per pair and component: bound b = 4 x the R channel (u: rows "
+                                  "0 .. H // 2, v: the rows below), value (level - 128) b / 128, "
+                                  "within b / 256 px",
+                  "image_format": "png", "naming": video.naming(), "step": step}
     else:
         params = {"source_format": "mmaction2-rawframes", "bound": float(config.bound),
                   "quantization_error": rawframes.quantization_error(config.bound),
@@ -401,18 +442,19 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
     where = _where(source)
     try:
         plan = plan_video(source, config)
-        result = VideoImport(source.key, where, "done")
+        notes = plan.video.notes if plan.video is not None else []
+        result = VideoImport(source.key, where, "done", notes=list(notes))
+        meta = store.meta(source.key) if store.is_complete(source.key) else None
+        if meta is not None and not _trim_to_missing(plan, meta):
+            return VideoImport(source.key, where, "skipped", "already in the store",
+                               notes=list(notes))
         first = _first_frame(plan, config)
-        # Adding flow to a video the store has: its RGB frames and flows are kept (copy-on-write),
-        # not appended a second time.
-        if store.is_complete(source.key):
-            meta = store.meta(source.key)
-            plan.frames = [] if meta["has_rgb"] else plan.frames
-            plan.flows = [f for f in plan.flows if f.name not in meta["flows"]]
         with store.writer(source.key, source=where, fps=config.fps, label=source.label,
                           label_name=source.label_name, source_size=first.shape[:2],
                           step=plan.step, flow_codec=config.flow_codec,
                           rgb_codec=config.rgb_codec) as w:
+            if meta is not None:  # datasets added to a finished video: its attributes stay
+                w.update_attrs(_kept_attrs(meta))
             for i in range(0, len(plan.frames), CHUNK):
                 stop.check()
                 chunk = plan.frames[i:i + CHUNK]
@@ -433,6 +475,32 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
         raise
     except Exception as exc:  # one bad video never stops the run
         return VideoImport(source.key, where, "failed", failure_reason(exc))
+
+
+def _trim_to_missing(plan: _Plan, meta: dict) -> bool:
+    """Keep in ``plan`` what the store's finished video (``meta``) lacks: its RGB frames and flows
+    are kept (copy-on-write), not appended a second time. False when nothing is left to add;
+    :class:`FlowkitError` when the store holds the video at another step."""
+    plan.frames = [] if meta["has_rgb"] else plan.frames
+    plan.flows = [f for f in plan.flows if f.name not in meta["flows"]]
+    if not (plan.frames or plan.flows):
+        return False
+    if meta.get("step", plan.step) != plan.step:
+        raise FlowkitError(f"the store holds this video at step {meta['step']}, these rawframes "
+                           f"have flow of step {plan.step}; import them into another store")
+    return True
+
+
+#: Root attributes a writer sets from what it writes, and keys :meth:`FlowStore.meta` adds to the
+#: root attributes: never carried over from a finished video.
+_NOT_KEPT = ("format", "version", "key", "complete", "frame_count", "height", "width", "flows",
+             "has_rgb", "num_frames", "rgb_codec")
+
+
+def _kept_attrs(meta: dict) -> dict:
+    """The root attributes of a finished video (``meta``) that adding datasets to it keeps: its
+    label, fps, source, source size, step, creation time and whatever else it records."""
+    return {k: v for k, v in meta.items() if k not in _NOT_KEPT}
 
 
 def _append_rgb(w, video: rawframes.RawframeVideo, indices: list[int]) -> int:
