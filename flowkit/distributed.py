@@ -144,6 +144,19 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers of ``module`` (batch norm's running statistics) into every
+    rank's ``module``, in place; no-op without a group. DistributedDataParallel does this only at
+    the start of each training forward, so after an optimiser step each rank holds the statistics
+    of its own clips: call this before the plain module is used outside DDP (validation), so every
+    rank computes with the model rank ``src`` saves."""
+    if not active():
+        return
+    with torch.no_grad():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op without a group)."""
     if active():

@@ -96,6 +96,28 @@ def test_amp_on_cpu_is_ignored_with_a_note(tiny_store, tmp_path):
     assert "--amp is ignored on CPU" in result.stderr
 
 
+def test_unlabelled_videos_are_named_in_notes_of_train_and_evaluate(tiny_store, tmp_path):
+    """A store whose class-folder tree had a video at its root: train and evaluate leave it out
+    and say so, instead of crashing in the loss after writing the run."""
+    import shutil
+
+    from test_data import add_unlabelled_videos
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    add_unlabelled_videos(store, "stray")
+    run = tmp_path / "run"
+    result = train(store, "--out", run, *TINY, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert f"note: 1 video(s) of store {store} have no label" in result.stderr
+    assert "'stray'" in result.stderr and "9 training / 3 validation" in result.stderr
+    ev = CliRunner().invoke(evaluate_command, [str(run), "--split", "all", "--clips", "1",
+                                               "--crops", "1", "--json"], catch_exceptions=False)
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["num_videos"] == 12
+    assert "note: 1 video(s)" in ev.stderr and "'stray'" in ev.stderr
+
+
 def _start(store: Path, run: Path, epochs: int, *extra: str) -> subprocess.Popen:
     code = "from flowkit.cli.train import command; command()"
     return subprocess.Popen([sys.executable, "-c", code, str(store), "--out", str(run), *TINY,

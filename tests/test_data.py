@@ -3,17 +3,18 @@ splits."""
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import TINY_SPEED, write_tiny_store
+from conftest import TINY_SIZE, TINY_SPEED, tiny_video, write_tiny_store
 from flowkit.data import (IMAGENET_MEAN, IMAGENET_STD, ClipDataset, MultiScaleCrop,
                           RandomClipSampler, SegmentSampler, UniformClipSampler, flow_indices,
-                          hflip, labels, num_classes, resized_crop, split_from_list,
-                          stratified_split, test_transform, train_transform)
+                          hflip, labelled_keys, labels, num_classes, resized_crop,
+                          split_from_list, stratified_split, test_transform, train_transform)
 from flowkit.errors import FlowkitError
 from flowkit.store import FlowStore
 
@@ -386,6 +387,34 @@ def test_stratified_split(tiny_store):
     assert stratified_split(tiny_store, 0.0) == (keys, [])
     with pytest.raises(FlowkitError, match="val_fraction"):
         stratified_split(tiny_store, 1.0)
+
+
+def add_unlabelled_videos(store_path, *keys: str) -> None:
+    """Add videos with label -1 to a store, as `flowkit extract` writes a video that is not in a
+    class folder (e.g. at the root of the tree)."""
+    with FlowStore(store_path, mode="a") as store:
+        for key in keys:
+            frames, flow = tiny_video("right", 9)
+            with store.writer(key, source=f"{key}.mp4", fps=25.0, label=-1, label_name="",
+                              source_size=TINY_SIZE, flow_codec="float16", rgb_codec="raw") as w:
+                w.append_rgb(frames)
+                w.append_flow("tvl1", flow, engine={"engine": "exact", "version": "1",
+                                                    "params": {}})
+
+
+def test_unlabelled_videos_are_in_no_stratified_split(tiny_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    add_unlabelled_videos(store, "stray_a", "stray_b")
+    keys = FlowStore(store).keys()
+    assert labelled_keys(store, keys) == ([k for k in keys if not k.startswith("stray")],
+                                          ["stray_a", "stray_b"])
+    assert labelled_keys(store, ["right/right_0", "left/left_0"], num_classes=2) == (
+        ["right/right_0"], ["left/left_0"])  # a class beyond num_classes is no label either
+    for fraction in (0.0, 0.25, 0.9):
+        train, val = stratified_split(store, fraction, seed=0)
+        assert sorted(train + val) == [k for k in keys if not k.startswith("stray")]
+        assert stratified_split(tiny_store, fraction, seed=0) == (train, val)  # otherwise alike
 
 
 def test_split_from_list(tiny_store, tmp_path):

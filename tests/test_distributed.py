@@ -3,6 +3,7 @@ distributed batch sampler, the CPU SyncBatchNorm (two real gloo processes) and t
 identity of flowkit.distributed. The torchrun end-to-end runs are in tests/test_torchrun.py."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,10 @@ def test_without_a_group_everything_is_one_process():
     assert distributed.gather({"a": 1}) == [{"a": 1}]
     assert distributed.sum_values([1, 2.5]) == [1.0, 2.5]
     assert distributed.any_rank(True) and not distributed.any_rank(False)
+    model = _bn_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    distributed.broadcast_buffers(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     distributed.barrier()
     assert distributed.local_device("cpu") == "cpu"
 
@@ -270,3 +275,58 @@ def test_ranks_index_the_store_in_shares_and_keep_each_others_entries(tmp_path):
     shares = [set(p[0].split()) for p in phases]
     assert shares == [{"v0", "v2", "v4"}, {"v1", "v3", "v5"}]
     assert [p[1] for p in phases] == ["", ""]  # afterwards everything came from the index
+
+
+# ------------------------------------------------------------- DDP validation without --sync-bn
+
+TINY_MODEL = {"width": 4, "layers": [1, 1, 1, 1], "modality": "flow"}
+
+
+def _ddp_config(store: str):
+    from flowkit.train import TrainConfig
+
+    return TrainConfig(store=store, model="resnet2d", model_kwargs=TINY_MODEL, frames=2, size=16,
+                       batch_size=4, epochs=1, lr=0.05, flip=False, val_fraction=0.25, workers=0,
+                       device="cpu")
+
+
+def _train_rank(rank: int, world: int, init_file: str, store: str, run: str) -> None:
+    """One rank of a DDP run (plain batch norm): train, then record this rank's model buffers."""
+    from flowkit.train import Trainer
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world)
+    try:
+        trainer = Trainer(_ddp_config(store), run)
+        trainer.fit()
+        torch.save(dict(trainer.model.named_buffers()), f"{run}.buffers.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_validation_scores_the_saved_model(tiny_store, tmp_path):
+    """Without --sync-bn each rank's batch-norm statistics follow its own clips. Validation
+    (every rank scores part of the videos) must use rank 0's, the ones the checkpoint holds:
+    the logged val_loss equals that of last.pt scored again in one process."""
+    from flowkit.store import FlowStore
+    from flowkit.train import load_checkpoint, load_run_model, predict
+    from flowkit.train.loading import make_dataset, make_loader
+
+    run, world = tmp_path / "run", 2
+    torch.multiprocessing.spawn(_train_rank, args=(world, str(tmp_path / "pg"), str(tiny_store),
+                                                   str(run)), nprocs=world)
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    for rank in range(world):
+        buffers = torch.load(f"{run}.buffers.{rank}", weights_only=True)
+        assert buffers and all(torch.equal(v, saved[k]) for k, v in buffers.items()), rank
+
+    model, run_config, _ = load_run_model(run, "last")
+    cpu = torch.device("cpu")
+    dataset = make_dataset(FlowStore(tiny_store), run_config["split"]["val_keys"],
+                           _ddp_config(str(tiny_store)), model, train=False)
+    scores, labels, _ = predict(model, make_loader(dataset, batch_size=4, device=cpu), cpu)
+    again = float(-scores[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean())
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    assert abs(logged - again) < 1e-6, (logged, again)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from flowkit.train import (EpochBatchSampler, TrainConfig, Trainer,
                            per_class_accuracy, predict, rng_state, save_checkpoint, set_rng_state,
                            topk_accuracy, topk_correct)
 from flowkit.data import SegmentClipsSampler
+from flowkit.store import FlowStore
+from test_data import add_unlabelled_videos
 
 TINY_MODEL = {"width": 4, "layers": [1, 1, 1, 1], "modality": "flow"}
 TIMING_KEYS = ("clips_per_s", "seconds")
@@ -64,6 +67,18 @@ def test_topk_accuracy_hand_computed():
     assert math.isnan(topk_accuracy(np.zeros((0, 3)), np.zeros(0, int))[1])
     with pytest.raises(FlowkitError):
         topk_accuracy(scores, labels[:3])
+
+
+def test_topk_refuses_labels_outside_the_classes():
+    """A label -1 (unlabelled video) or K would otherwise count as top-1 correct (the argmax of
+    a row without the label is 0)."""
+    scores = [[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]]
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\).*"
+                                             rf"e\.g\. {bad} at row 1"):
+            topk_accuracy(scores, [1, bad], (1, 2))
+    assert topk_accuracy(scores, [2, 0], (1, 2)) == {1: 0.5, 2: 0.5}  # valid labels still work
+    assert topk_correct(np.zeros((0, 3)), np.zeros(0, np.int64), (1,)) == {1: 0}
 
 
 def test_confusion_matrix_and_mean_class_accuracy():
@@ -212,6 +227,38 @@ def test_resume_is_exact(tiny_store, tmp_path, stop_after):
     assert (stopped / "checkpoints" / "best.pt").is_file()
 
 
+def test_a_kill_between_best_and_last_is_redone_on_resume(tiny_store, tmp_path, monkeypatch):
+    """The process dies right after the first checkpoint file of an epoch end that is the best
+    so far: after --resume, best.pt is the state last.pt names as the best."""
+    import flowkit.train.loop as loop
+
+    class Killed(BaseException):
+        pass
+
+    real = loop.save_checkpoint
+
+    def save_then_die(path, payload):
+        real(path, payload)
+        if payload["epoch"] == 2 and payload["step_in_epoch"] == 0:
+            raise Killed
+
+    config = tiny_config(tiny_store, epochs=2, val_fraction=0.0, optimizer="adamw", lr=0.01,
+                         batch_size=6)
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        Trainer(config, run).fit()
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    result = Trainer.resume(run).fit()
+    assert result.best_epoch == 2, result.history  # the killed epoch end was a new best
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == last["best_epoch"] == 2 and best["best_metric"] == last["best_metric"]
+    for k, v in last["model"].items():
+        assert torch.equal(best["model"][k], v), k
+    assert [r["epoch"] for r in metrics_lines(run)] == [1, 2]
+
+
 def test_training_learns_the_tiny_motion_task(tiny_store, tmp_path):
     """Classes differ only in motion direction: a flow model fits them within a few epochs."""
     config = tiny_config(tiny_store, model_kwargs={**TINY_MODEL}, batch_size=6, epochs=8,
@@ -243,6 +290,35 @@ def test_missing_flow_fails_before_writing(tmp_path):
     store = write_tiny_store(tmp_path / "s", flow_name=None)
     run = tmp_path / "run"
     with pytest.raises(FlowkitError, match=r"no flow 'tvl1'.*flowkit extract"):
+        Trainer(tiny_config(store), run)
+    assert not run.exists()
+
+
+def test_unlabelled_videos_are_left_out_of_training_and_evaluation(tiny_store, tmp_path):
+    """A video outside the class folders (label -1) is neither trained on, validated nor scored,
+    and a note names it (it used to reach the loss and crash the run)."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    add_unlabelled_videos(store, "stray")
+    logged = []
+    trainer = Trainer(tiny_config(store, epochs=1), tmp_path / "run", log=logged.append)
+    assert "stray" not in trainer.train_keys + trainer.val_keys
+    assert (len(trainer.train_keys), len(trainer.val_keys)) == (9, 3)
+    assert len(logged) == 1 and "1 video(s)" in logged[0] and "'stray'" in logged[0]
+    result = trainer.fit()
+    assert result.epochs_done == 1 and result.notes == logged
+    ev = evaluate_run(tmp_path / "run", store, clips=1, crops=1, split="all", out_dir=False)
+    assert ev.num_videos == 12 and ev.confusion.sum() == 12
+    assert "stray" not in [p["key"] for p in ev.report["predictions"]]
+    assert len(ev.report["notes"]) == 1 and "'stray'" in ev.report["notes"][0]
+
+
+def test_a_store_without_labelled_videos_fails_before_writing(tmp_path):
+    store = tmp_path / "store"
+    FlowStore(store, mode="a", classes=["right", "down"]).close()
+    add_unlabelled_videos(store, "a", "b")
+    run = tmp_path / "run"
+    with pytest.raises(FlowkitError, match=r"no labelled training videos.*2 video\(s\).*'a'"):
         Trainer(tiny_config(store), run)
     assert not run.exists()
 
@@ -311,6 +387,24 @@ def test_evaluate_writes_results(tiny_store, tmp_path):
     everything = evaluate_run(run, clips=1, crops=1, split="all", out_dir=tmp_path / "all")
     assert everything.num_videos == 12 and everything.confusion.sum() == 12
     assert (tmp_path / "all" / "eval.json").is_file()
+
+
+def test_a_copy_of_the_training_store_is_not_held_out(tiny_store, tmp_path):
+    """Keys are relative to the dataset: on a copy of the training store, --split auto leaves
+    the training videos out, and --split all says it scored them."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_store, copy)
+    split = json.loads((run / "config.json").read_text())["split"]
+    auto = evaluate_run(run, copy, clips=1, crops=1, checkpoint="last", out_dir=False).report
+    assert sorted(p["key"] for p in auto["predictions"]) == sorted(split["val_keys"])
+    assert auto["split"] == "all videos but the 9 the run trained on"
+    assert auto["training_videos"] == 0 and auto["held_out"] is True
+    everything = evaluate_run(run, copy, clips=1, crops=1, checkpoint="last", split="all",
+                              out_dir=False).report
+    assert everything["num_videos"] == 12
+    assert everything["training_videos"] == 9 and everything["held_out"] is False
 
 
 # ----------------------------------------------------------------------------------------- options

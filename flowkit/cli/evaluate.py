@@ -26,7 +26,8 @@ from . import handle_errors, summary
               help="Crops per clip (centre; left/centre/right; corners+centre and their flips).")
 @click.option("--split", type=click.Choice(["auto", "val", "all"]), default="auto",
               show_default=True, help="auto: the run's validation videos when STORE is its "
-              "training store, else all videos.")
+              "training store, else all videos but those the run trained on (by key: a copy of "
+              "the training store counts).")
 @click.option("--split-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Evaluate the videos of a UCF101 list (testlist01.txt) instead.")
 @click.option("--batch-size", type=int, default=8, show_default=True,
@@ -43,7 +44,8 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
 
     Scores the run's validation videos by default (or all of STORE's videos, or a list's) and
     says which, and how many of them the model was trained on: only a score on videos it never
-    saw is called held-out. Top-5 is reported only with more than 5 classes.
+    saw is called held-out. Videos without a label of the run's classes are left out (a note
+    names them). Top-5 is reported only with more than 5 classes.
 
     \b
     Examples:
@@ -76,6 +78,8 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
     if not main:
         return
     r = result.report
+    for note in r["notes"]:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     top5 = f", top-5 {100 * r['top5']:.2f}%" if r["top5"] is not None else ""
     console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold]{top5}, "
                   f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "

@@ -16,7 +16,8 @@ Typical use::
 from .datasets import FLOAT_FLOW_BOUND, ClipDataset, VideoInfo
 from .samplers import (RandomClipSampler, SegmentClipsSampler, SegmentSampler, UniformClipSampler,
                        clip_at, clip_span, flow_indices)
-from .splits import labels, num_classes, split_from_list, stratified_split
+from .splits import (labelled_keys, labels, num_classes, split_from_list, stratified_split,
+                     unlabelled_note)
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, TSN_SCALES, CenterCrop, Compose,
                          MultiScaleCrop, Normalize, RandomHorizontalFlip, TenCrop, ThreeCrop,
                          crop, hflip, normalize, resize, resized_crop, test_transform,
@@ -27,7 +28,8 @@ __all__ = [
     "RandomClipSampler", "SegmentSampler", "SegmentClipsSampler", "UniformClipSampler", "clip_at",
     "clip_span",
     "flow_indices",
-    "labels", "num_classes", "split_from_list", "stratified_split",
+    "labels", "labelled_keys", "unlabelled_note", "num_classes", "split_from_list",
+    "stratified_split",
     "IMAGENET_MEAN", "IMAGENET_STD", "TSN_SCALES", "Compose", "MultiScaleCrop",
     "RandomHorizontalFlip", "Normalize", "CenterCrop", "ThreeCrop", "TenCrop",
     "crop", "hflip", "normalize", "resize", "resized_crop", "train_transform", "test_transform",

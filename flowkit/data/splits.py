@@ -57,6 +57,31 @@ def labels(store: FlowStore | str | os.PathLike, keys: Sequence[str]) -> list[in
         store.close()  # no HDF5 handle stays open in a process that may fork DataLoader workers
 
 
+def labelled_keys(store: FlowStore | str | os.PathLike, keys: Sequence[str],
+                  num_classes: int | None = None) -> tuple[list[str], list[str]]:
+    """``(labelled, unlabelled)``: ``keys`` (in their order) split by whether the video has a
+    label, i.e. one in ``[0, num_classes)`` (default: the store's class count). Unlabelled videos
+    (label -1: extracted from outside the class folders and not in a split list) can be neither
+    learnt nor scored."""
+    store = as_store(store)
+    k = len(store.classes) if num_classes is None else int(num_classes)
+    labelled, unlabelled = [], []
+    for key, label in zip(keys, labels(store, keys)):
+        (labelled if 0 <= label < k else unlabelled).append(key)
+    return labelled, unlabelled
+
+
+def unlabelled_note(store: FlowStore, unlabelled: Sequence[str], where: str,
+                    reason: str = "have no label") -> str:
+    """The note that ``unlabelled`` videos of ``store`` (they ``reason``) are left out of
+    ``where``, naming up to :data:`MAX_LISTED` of them."""
+    shown = ", ".join(repr(k) for k in unlabelled[:MAX_LISTED])
+    more = f" and {len(unlabelled) - MAX_LISTED} more" if len(unlabelled) > MAX_LISTED else ""
+    return (f"{len(unlabelled)} video(s) of store {store.path} {reason} and are left out of "
+            f"{where}: {shown}{more} (a video is labelled by its class folder or split-list line "
+            "when extracted)")
+
+
 def split_from_list(store: FlowStore | str | os.PathLike,
                     list_file: str | os.PathLike) -> list[str]:
     """Store keys of a UCF101-style split list, in list order.
@@ -102,9 +127,10 @@ def stratified_split(store: FlowStore | str | os.PathLike, val_fraction: float, 
                      keys: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
     """Split ``keys`` (default: all of the store's) into train and validation keys per class.
 
-    Each class (unlabelled videos form one group) puts ``round(n * val_fraction)`` of its ``n``
-    videos into validation, but always keeps at least one for training. Which ones depends only on
-    ``seed``, the class and its keys, so the split is reproducible. Both lists come back sorted.
+    Each class puts ``round(n * val_fraction)`` of its ``n`` videos into validation, but always
+    keeps at least one for training. Which ones depends only on ``seed``, the class and its keys,
+    so the split is reproducible. Both lists come back sorted. Unlabelled videos (label -1) are in
+    neither: nothing can be learnt or scored from them (:func:`labelled_keys` finds them).
     """
     if not 0.0 <= float(val_fraction) < 1.0:
         raise FlowkitError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -120,7 +146,8 @@ def stratified_split(store: FlowStore | str | os.PathLike, val_fraction: float, 
         raise missing_keys_error(store, missing, "the keys to split")
     by_class: dict[int, list[str]] = defaultdict(list)
     for key, label in zip(keys, labels(store, keys)):
-        by_class[label].append(key)
+        if label >= 0:
+            by_class[label].append(key)
     train, val = [], []
     for label, members in sorted(by_class.items()):
         rng = np.random.default_rng([int(seed), label + 1])

@@ -6,6 +6,10 @@ every video (V = clips x crops views), averages the softmax scores of the views,
 top-5, mean class accuracy and the confusion matrix. Results go to ``RUN_DIR/eval/``:
 ``eval.json`` (metrics, options, per-video predictions), ``confusion.json`` and ``confusion.png``.
 
+Which videos: :func:`select_keys`, then those labelled with one of the run's classes (the others
+are named in ``notes``). ``training_videos`` counts the scored videos the run trained on by key,
+whatever store holds them, and ``held_out`` is true only when there are none.
+
 Under torchrun each rank predicts every ``world_size``-th video and the scores are gathered
 (:func:`predict_sharded`); rank 0 writes the files.
 """
@@ -174,8 +178,9 @@ def select_keys(store, run_config: dict, split: str | Path = "auto") -> tuple[li
     """Videos to evaluate and a description.
 
     ``auto``: the run's validation keys when ``store`` is the training store and the run had a
-    validation split, else every video; ``val``: the run's validation keys (which must be in the
-    store); ``all``: every video; a path: a UCF101-style list (``testlist01.txt``).
+    validation split, else every video (of which :func:`evaluate_run` then scores those the run
+    did not train on, :func:`held_out_first`); ``val``: the run's validation keys (which must be
+    in the store); ``all``: every video; a path: a UCF101-style list (``testlist01.txt``).
     """
     from ..data import split_from_list
 
@@ -233,12 +238,45 @@ def save_confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
-def training_videos(keys: list[str], run_config: dict, store_path: str | Path) -> int:
-    """How many of ``keys`` the run trained on (0 unless ``store_path`` is its training store)."""
-    if not _same_store(Path(store_path), run_config["config"]["store"]):
-        return 0
-    train = set(run_config.get("split", {}).get("train_keys", []))
+def _train_keys(run_config: dict) -> set[str]:
+    return set(run_config.get("split", {}).get("train_keys", []))
+
+
+def held_out_first(keys: list[str], run_config: dict, split_desc: str) -> tuple[list[str], str]:
+    """``--split auto``'s videos: ``keys`` less those the run trained on (by key, whatever store
+    holds them: a copy of the training store is recognised), unless that leaves none; and the
+    description ``split_desc`` says so."""
+    trained = _train_keys(run_config)
+    unseen = [k for k in keys if k not in trained]
+    if not unseen or len(unseen) == len(keys):
+        return keys, split_desc
+    return unseen, f"{split_desc} but the {len(keys) - len(unseen)} the run trained on"
+
+
+def training_videos(keys: list[str], run_config: dict) -> int:
+    """How many of ``keys`` the run trained on. Keys are paths relative to the dataset root, so
+    they are compared whatever store holds the videos (a copy of the training store, a store
+    extracted again from the same videos)."""
+    train = _train_keys(run_config)
     return sum(key in train for key in keys)
+
+
+def _scoreable(store, keys: list[str], classes: list[str], split_desc: str
+               ) -> tuple[list[str], list[str]]:
+    """``(keys, notes)``: the videos of ``keys`` labelled with one of the run's classes, and a note
+    naming those left out (label -1, or a class of the store the run was not trained on).
+    FlowkitError when none is left."""
+    from ..data import labelled_keys, unlabelled_note
+
+    scoreable, left_out = labelled_keys(store, keys, num_classes=len(classes))
+    if not scoreable:
+        raise FlowkitError(f"none of the {len(keys)} videos to evaluate in {store.path} "
+                           f"({split_desc}) has a label among the run's {len(classes)} classes "
+                           f"(e.g. {left_out[0]!r}); evaluate labelled videos (--split-list FILE)")
+    notes = ([unlabelled_note(store, left_out, "evaluation",
+                              reason=f"have no label among the run's {len(classes)} classes")]
+             if left_out else [])
+    return scoreable, notes
 
 
 def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
@@ -276,6 +314,9 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         raise FlowkitError(f"no videos to evaluate in {store_path} ({split_desc})")
     with flow_store.index_held():
         index_store(flow_store, keys, progress)
+        keys, notes = _scoreable(flow_store, keys, classes, split_desc)
+        if split == "auto":
+            keys, split_desc = held_out_first(keys, run_config, split_desc)
         dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips,
                                crops=crops, views=True)
     def loader(subset):
@@ -291,7 +332,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     k = len(classes)
     acc = topk_accuracy(scores, labels, (1, 5))
     acc[5] = acc[5] if k > 5 else None  # with <= 5 classes every video is in its top 5
-    training = training_videos(keys, run_config, store_path)
+    training = training_videos(keys, run_config)
     pred = scores.argmax(1)
     confusion = confusion_matrix(pred, labels, k)
     per_class = per_class_accuracy(confusion)
@@ -305,7 +346,8 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         "top1": acc[1], "top5": acc[5], "mean_class_accuracy": mean_class_accuracy(confusion),
         "per_class_accuracy": {c: (None if np.isnan(a) else float(a))
                                for c, a in zip(classes, per_class)},
-        "classes": classes, "seconds": seconds, "world_size": distributed.world_size(),
+        "classes": classes, "notes": notes, "seconds": seconds,
+        "world_size": distributed.world_size(),
         "videos_per_s": len(keys) / max(seconds, 1e-9),
         "predictions": [{"key": key, "label": int(y), "pred": int(p),
                          "score": float(scores[i, p]), "top5": top5[i].tolist()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -106,26 +106,44 @@ def index_store(store, keys: Sequence[str] | None = None, progress=None) -> None
         distributed.barrier()
 
 
-def make_split(store, config: TrainConfig) -> tuple[list[str], list[str], str]:
-    """``(train_keys, val_keys, description)`` from ``split_list``/``val_list`` or ``val_fraction``."""
-    from ..data import split_from_list, stratified_split
+def make_split(store, config: TrainConfig, note: Callable[[str], None] | None = None
+               ) -> tuple[list[str], list[str], str]:
+    """``(train_keys, val_keys, description)`` from ``split_list``/``val_list`` or ``val_fraction``.
+
+    Unlabelled videos (label -1, e.g. a video at the root of a class-folder tree) are left out of
+    both, and ``note`` gets one line saying how many and naming a few; FlowkitError when no video
+    is left to train on."""
+    from ..data import labelled_keys, split_from_list, stratified_split, unlabelled_note
 
     if config.split_list:
-        train = split_from_list(store, config.split_list)
-        val = split_from_list(store, config.val_list) if config.val_list else []
+        train, left_out = labelled_keys(store, split_from_list(store, config.split_list))
+        val, left_val = (labelled_keys(store, split_from_list(store, config.val_list))
+                         if config.val_list else ([], []))
+        left_out += left_val
         source = f"lists {config.split_list}" + (f" / {config.val_list}" if config.val_list else "")
-    elif config.val_fraction > 0:
-        train, val = stratified_split(store, config.val_fraction, seed=config.seed)
-        source = f"stratified val_fraction={config.val_fraction} seed={config.seed}"
     else:
-        train, val, source = store.keys(), [], "all videos, no validation"
+        keys, left_out = labelled_keys(store, store.keys())
+        if not keys:
+            train, val, source = [], [], "all videos"
+        elif config.val_fraction > 0:
+            train, val = stratified_split(store, config.val_fraction, seed=config.seed, keys=keys)
+            source = f"stratified val_fraction={config.val_fraction} seed={config.seed}"
+        else:
+            train, val, source = keys, [], "all videos, no validation"
     train, val = list(train), list(val)
     overlap = set(train) & set(val)
     if overlap:
         raise FlowkitError(f"{len(overlap)} videos are in both the training and validation split "
                            f"(e.g. {sorted(overlap)[0]}); check --split-list/--val-list")
+    if not train and left_out:
+        raise FlowkitError(f"no labelled training videos in store {config.store} ({source}): "
+                           f"{len(left_out)} video(s) have no label (e.g. {left_out[0]!r}); "
+                           "extract them from class folders (VIDEOS/<class>/<video>) or with "
+                           "--split-list so that each gets its class")
     if not train:
         raise FlowkitError(f"no training videos in store {config.store} ({source})")
+    if left_out and note is not None:
+        note(unlabelled_note(store, left_out, "training and validation"))
     return train, val, source
 
 

@@ -175,7 +175,7 @@ class Trainer:
     def _split(self, saved: dict | None) -> tuple[list[str], list[str], str]:
         """``(train_keys, val_keys, source)``: the saved run's split, or a new one."""
         if saved is None:
-            return make_split(self.store, self.config)
+            return make_split(self.store, self.config, note=self._note)
         split = saved["split"]
         train_keys, val_keys = list(split["train_keys"]), list(split["val_keys"])
         stored = set(self.store.keys())
@@ -310,9 +310,12 @@ class Trainer:
             if interrupted:
                 break
             record, is_best = self._finish_epoch(epoch, state, sums, progress)
-            self._save(LAST, state, opt)
+            # best.pt before last.pt: last.pt records this epoch as the best, so a kill between
+            # the two must leave last.pt at the previous epoch, which --resume then redoes
+            # (identically, best.pt included).
             if is_best:
                 self._save(BEST, state, opt)
+            self._save(LAST, state, opt)
             if self.is_main:
                 with open(self.run_dir / METRICS_FILE, "a") as f:
                     f.write(json.dumps(record.to_dict()) + "\n")
@@ -449,9 +452,15 @@ class Trainer:
 
     def validate(self, progress: Progress | None = None) -> dict[str, float]:
         """Loss, top-1 and top-5 of the current model on the validation set (one centre clip and
-        crop per video)."""
+        crop per video).
+
+        Under torchrun every rank must call it (the items are shared out and gathered). Every rank
+        first takes rank 0's buffers: without ``--sync-bn`` each rank's batch-norm statistics
+        follow its own clips, and the model validated must be the one rank 0 saves."""
         from .evaluate import predict_sharded
         from .metrics import topk_accuracy
+
+        distributed.broadcast_buffers(self.model)
 
         def loader(dataset):
             return make_loader(dataset, batch_size=self.config.batch_size,

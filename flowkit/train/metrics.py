@@ -20,10 +20,20 @@ def _numpy(x) -> np.ndarray:
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> None:
+    """Shapes as in the module docstring, and every label a class of ``scores``: ValueError for a
+    label outside ``[0, K)`` (an unlabelled video's -1, a class the scores do not have), which
+    would otherwise count as top-1 correct (the argmax of a row without the label is 0)."""
     if scores.ndim != 2:
         raise FlowkitError(f"scores must be (N, K), got shape {scores.shape}")
     if labels.shape != (scores.shape[0],):
         raise FlowkitError(f"labels must be (N,) with N = {scores.shape[0]}, got {labels.shape}")
+    k = scores.shape[1]
+    outside = (labels < 0) | (labels >= k)
+    if outside.any():
+        raise ValueError(f"labels must be class indices in [0, {k}) for scores of {k} classes; "
+                         f"{int(outside.sum())} of {labels.size} are not (e.g. "
+                         f"{int(labels[outside][0])} at row {int(np.flatnonzero(outside)[0])}); "
+                         "leave unlabelled videos (label -1) out of what is scored")
 
 
 def topk_correct(scores, labels, topk: Sequence[int] = (1, 5)) -> dict[int, int]:
