@@ -9,28 +9,33 @@ and rerunning the same command skips every finished video (resume). With ``backw
 computes each pair from frame t+1 to frame t (:class:`flowkit.flow.Backward`) into
 ``flow/<method>_backward``, beside the forward flow of an earlier run.
 
-One bad video never stops a run: its error becomes one line in the summary. Sharding (``RANK`` /
-``WORLD_SIZE`` as set by torchrun, or ``shard=(i, n)``) splits the video list into shares balanced
-by expected frame pairs (:mod:`flowkit.shards`); all shards write into the same store directory, so
-there is nothing to merge. :meth:`ExtractSummary.combine` joins the ranks' summaries into one.
+One bad video never stops a run: its error becomes one line in the summary, also when it kills
+the worker process extracting it (``workers`` > 1: the out-of-memory killer, a crash), which is
+then replaced. Sharding (``RANK`` / ``WORLD_SIZE`` as set by torchrun, or ``shard=(i, n)``) splits
+the video list into shares balanced by expected frame pairs (:mod:`flowkit.shards`); all shards
+write into the same store directory, so there is nothing to merge. :meth:`ExtractSummary.combine`
+joins the ranks' summaries into one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import math
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from . import feed
-from .errors import FlowkitError, StoreWriteError
+from .errors import FlowkitError, StoreWriteError, VideoError
 from .feed import VideoResult
 from .flow import Backward, check_reversible, create_engine, engine_class
 from .flow.base import FlowEngine
@@ -39,7 +44,7 @@ from .progress import Progress, StopFlag
 from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store.compat import Request, compare_with_store
-from .video import output_size
+from .video import output_size, probe
 
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
 # (and TV-L1 drops finished pairs), a GPU needs many pairs per launch to be busy.
@@ -112,6 +117,9 @@ class ExtractConfig(feed.FeedOptions):
             raise FlowkitError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.step < 1:
             raise FlowkitError(f"step must be >= 1, got {self.step}")
+        if self.max_frames is not None and self.max_frames < 2:
+            raise FlowkitError(f"max_frames must be >= 2 (flow needs a pair of frames), got "
+                               f"{self.max_frames}")
         if self.workers is not None and self.workers < 1:
             raise FlowkitError(f"workers must be >= 1, got {self.workers}")
         if self.max_memory is not None and self.max_memory <= 0:
@@ -128,7 +136,9 @@ class ExtractSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     backend: str = "torch"
-    stopped: str = ""       # why the run ended early (the store refused data), "" when it did not
+    #: why the run ended early (the store refused data, every worker process died), "" when it
+    #: did not
+    stopped: str = ""
     not_started: int = 0    # videos of this shard never started because of that
     #: seconds before the first video started (engine, store check, scan of the store): not in
     #: ``pairs_per_s``, which covers the same window as the progress bar's rate
@@ -262,10 +272,14 @@ def extract_items(items: Sequence[VideoItem], store: FlowStore, engine: FlowEngi
 
 # Worker-process state for workers > 1 (one engine per process, built once).
 _worker: dict = {}
+# How often the parent looks at its workers and the stop flag while none reports.
+_POLL_S = 0.2
+# Seconds a worker has to exit after the run told it to.
+_EXIT_WAIT_S = 10.0
 
 
 def _worker_init(store_path: str, config: ExtractConfig, threads: int, parent: int) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides and terminates the pool.
+    # Ctrl-C reaches the whole process group; the parent decides and terminates the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)
     torch.set_num_threads(threads)
@@ -284,6 +298,92 @@ def _worker_run(item: VideoItem) -> tuple[list[VideoResult], StoreWriteError | N
     except StoreWriteError as exc:
         return results, exc  # pickles by its message (errno is not needed past here)
     return results, None
+
+
+def _worker_main(conn: Connection, store_path: str, config: ExtractConfig, threads: int,
+                 parent: int) -> None:
+    """A worker process: build the engine, say ``("ready", None)``, then extract each video the
+    parent sends and answer ``("result", (results, fatal))``, until it sends None. An error that
+    is no video's goes back as ``("error", exc)``; one in starting as ``("failed", message)``."""
+    try:
+        _worker_init(store_path, config, threads, parent)
+    except Exception as exc:
+        conn.send(("failed", str(exc) or type(exc).__name__))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if item is None:
+            return
+        try:
+            conn.send(("result", _worker_run(item)))
+        except Exception as exc:  # a bug, not a bad video: the parent stops the run with it
+            conn.send(("error", exc))
+            return
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process of the run, its end of the pipe, and the video it is extracting (the
+    parent hands out one at a time, so a worker that dies loses exactly that one)."""
+    process: mp.process.BaseProcess
+    conn: Connection
+    ready: bool = False
+    item: VideoItem | None = None
+
+    @classmethod
+    def start(cls, ctx, args: tuple) -> "_Worker":
+        here, there = ctx.Pipe()
+        process = ctx.Process(target=_worker_main, args=(there, *args), daemon=True,
+                              name="flowkit-extract-worker")
+        process.start()
+        there.close()  # the child holds it now: the parent reads end of file once the child dies
+        return cls(process, here)
+
+    def give(self, pending: list[VideoItem]) -> None:
+        """Send it the next video of ``pending`` (left there if it is already gone)."""
+        item = pending.pop()
+        try:
+            self.conn.send(item)
+        except OSError:  # it died meanwhile: the caller finds it dead, holding nothing
+            pending.append(item)
+            return
+        self.item = item
+
+    def messages(self) -> list[tuple[str, object]]:
+        """What the worker has sent so far (none once it is gone)."""
+        out = []
+        try:
+            while self.conn.poll():
+                out.append(self.conn.recv())
+        except (EOFError, OSError):  # its end is closed: it died (or is dying)
+            self.process.join(_EXIT_WAIT_S)
+        return out
+
+    def dead(self) -> bool:
+        return self.process.exitcode is not None
+
+
+def _death(process: mp.process.BaseProcess) -> str:
+    """How a worker process ended, for the user: the signal that killed it (SIGKILL is most often
+    the kernel's out-of-memory killer), or its exit code."""
+    code = process.exitcode
+    if code is None or code >= 0:
+        return f"worker process {process.pid} exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown signal"
+    hint = ": out of memory?" if -code == signal.SIGKILL else ""
+    return f"worker process {process.pid} died (killed by signal {-code}, {name}{hint})"
+
+
+class _WorkersGone(FlowkitError):
+    """Every worker process died before taking a video: the run stops (exit 1), as on a full
+    disk, with the videos not started counted in the summary."""
 
 
 def die_with_parent(parent: int) -> None:
@@ -369,16 +469,16 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     setup = time.perf_counter() - started
     videos = progress.start("videos", total=len(items), completed=len(results))
     pairs = progress.start("frame pairs")
-    stopped = ""
+    stopped, run_notes = "", []
     try:
-        for result in _run(todo, store, engine, config, pairs.advance, metas, stop):
+        for result in _run(todo, store, engine, config, pairs.advance, metas, stop, run_notes):
             results.append(result)
             videos.advance()
             if result.status == "failed":
                 progress.log(f"failed {result.reason}")
             elif result.status == "skipped":
                 progress.log(f"skipped {result.key}: {result.reason}")
-    except StoreWriteError as exc:
+    except (StoreWriteError, _WorkersGone) as exc:
         stopped = str(exc)
         progress.log(f"stopping: {stopped}")
     videos.close()
@@ -390,7 +490,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
                              setup_seconds=setup,
                              not_started=len(items) - len(results) if stopped else 0)
     summary.notes = (_size_notes(results, config) + _memory_notes(results, config)
-                     + _redo_notes(results, config))
+                     + _redo_notes(results, config) + run_notes)
     return summary
 
 
@@ -410,19 +510,106 @@ def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractC
 
     Returns the finished videos' metadata among ``items`` (``{key: meta}``) and the keys stored
     with other options, to recompute. Raises :class:`StoreError` naming the options that would
-    match the store when they differ and ``config.redo_mismatched`` is off. A store that does not
-    exist yet fits anything. ``progress``: a bar over finished videos new to the store's index."""
+    match the store when they differ and ``config.redo_mismatched`` is off, and also with it when
+    none of ``items`` is in the store (the store's other videos differ, and this run does not redo
+    them). Besides the options :mod:`flowkit.store.compat` compares, the videos this run adds flow
+    to must keep their frame count (:func:`frame_count_mismatches`: another ``max_frames``). A
+    store that does not exist yet fits anything. ``progress``: a bar over finished videos new to
+    the store's index."""
     if not (Path(store_path) / MANIFEST).is_file():
         return {}, set()
     comparison = compare_with_store(FlowStore(store_path), [item.key for item in items],
                                     store_request(config, engine), progress)
     keys = {item.key for item in items}
     known = {k: m for k, m in comparison.metas.items() if k in keys}
-    if comparison.ok:
-        return known, set()
-    if not config.redo_mismatched:
-        raise StoreError(comparison.message())
-    return known, comparison.keys() & keys
+    mismatched: set[str] = set()
+    if not comparison.ok:
+        if comparison.reference or not config.redo_mismatched:
+            # compared with other videos of the store, --redo-mismatched cannot help
+            raise StoreError(comparison.message())
+        mismatched = comparison.keys() & keys
+    # Without --redo-mismatched a few headers tell (a store is made with one --max-frames) and the
+    # run starts at once; with it every video is checked, to be redone (its probe is little next
+    # to the extraction this run makes of it anyway).
+    counts = frame_count_mismatches(items, known, config, skip=mismatched | set(config.redo),
+                                    probes=None if config.redo_mismatched else COUNT_PROBES)
+    if counts and not config.redo_mismatched:
+        raise StoreError(_frame_count_refusal(store_path, counts, config))
+    return known, mismatched | set(counts)
+
+
+# Stored and header frame counts this close are taken to agree: headers are often off by a frame
+# or two (edit lists, dropped frames; flowkit.video's truncation check allows as much).
+_COUNT_SLACK_FRAMES = 2
+_COUNT_SLACK_FRACTION = 0.05
+#: Headers probed by the frame-count check of a run without ``redo_mismatched``.
+COUNT_PROBES = 8
+
+
+def frame_count_mismatches(items: Sequence[VideoItem], known: dict[str, dict],
+                           config: ExtractConfig, skip: set[str] = frozenset(),
+                           probes: int | None = None) -> dict[str, tuple[int, int]]:
+    """``{key: (stored frames, frames this run makes)}`` of the finished videos among ``items``
+    that this run adds flow to (another engine, ``backward``) whose stored frame count clearly
+    differs from what this run makes of them (another ``max_frames``): the store would refuse
+    each one after its flow is computed. The run's count comes from ``max_frames`` alone when the
+    store holds more, else from the frame count the header declares (mp4, avi: a probe, no
+    decoding; at most ``probes`` of them, None: all); where the header has only an estimate
+    (mkv, webm) the video is not checked here. ``skip``: keys replaced whole anyway (``redo``)."""
+    out = {}
+    budget = [len(items) if probes is None else probes]
+    for item in items:
+        meta = known.get(item.key)
+        if meta is None or item.key in skip or config.flow_name in meta["flows"]:
+            continue
+        stored = int(meta["num_frames"])
+        made = _frames_made(item, config, stored, budget)
+        if made is not None:
+            out[item.key] = (stored, made)
+    return out
+
+
+def _frames_made(item: VideoItem, config: ExtractConfig, stored: int,
+                 budget: list[int]) -> int | None:
+    """The frames this run makes of ``item`` when that clearly differs from the ``stored`` count,
+    else None (they agree, or the header cannot tell, or ``budget[0]``, the probes left, is 0)."""
+    limit = config.max_frames
+    if limit is not None and stored >= limit:
+        return limit if stored > limit else None
+    if budget[0] <= 0:
+        return None
+    budget[0] -= 1
+    try:
+        info = probe(item.path)
+    except VideoError:
+        return None  # the run reports the video with its own reason
+    if not info.counted or not info.frame_count:
+        return None
+    made = math.ceil(info.frame_count / config.step)
+    made = made if limit is None else min(made, limit)
+    slack = max(_COUNT_SLACK_FRAMES, int(_COUNT_SLACK_FRACTION * made))
+    return made if made - stored > slack else None
+
+
+def _frame_count_refusal(store_path, counts: dict[str, tuple[int, int]],
+                         config: ExtractConfig) -> str:
+    """One line: which videos keep other frame counts in the store, the --max-frames that would
+    match it, and the ways out."""
+    key, (stored, made) = next(iter(counts.items()))
+    kept = f"--step {config.step}" + (f" --max-frames {config.max_frames}"
+                                      if config.max_frames is not None else "")
+    held = {s for s, _ in counts.values()}
+    if len(held) == 1:
+        match = f"Rerun with --max-frames {stored} to extend this store"
+    elif config.max_frames is not None:
+        match = "Rerun without --max-frames to extend this store"
+    else:
+        match = "Rerun with the --max-frames the store was made with"
+    return (f"store {store_path} holds videos with other frame counts than this run makes of "
+            f"them (e.g. {key}: {stored} frames stored, {made} with {kept}): it was made with "
+            f"another --max-frames. Nothing was computed. {match}, add "
+            "--redo-mismatched to recompute those videos (replacing what the store holds for "
+            "them), or write a new store (-o NEW_STORE)")
 
 
 def _redo_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
@@ -435,30 +622,92 @@ def _redo_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
 
 
 def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,
-         on_pairs, metas: dict, stop: StopFlag) -> Iterable[VideoResult]:
+         on_pairs, metas: dict, stop: StopFlag, notes: list[str]) -> Iterable[VideoResult]:
     if config.workers == 1:
         yield from extract_items(todo, store, engine, config, on_pairs, metas=metas, stop=stop)
         return
+    yield from _run_workers(todo, store, config, on_pairs, stop, notes)
+
+
+def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig, on_pairs,
+                 stop: StopFlag, notes: list[str]) -> Iterator[VideoResult]:
+    """``todo`` over ``config.workers`` processes (each its own engine and feed, few torch
+    threads), one video at a time per process. A worker that dies (the out-of-memory killer, a
+    crash) fails the video it held, with the reason, and a new one takes its place; one that dies
+    before taking a video is not replaced (a line in ``notes``), and when none is left the run
+    stops (:class:`_WorkersGone`). Stopping (``stop``, an error) terminates the workers."""
     threads = max(1, torch.get_num_threads() // config.workers)
     # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.
     ctx = mp.get_context("spawn")
-    with ctx.Pool(config.workers, initializer=_worker_init,
-                  initargs=(str(store.path), config, threads, os.getpid())) as pool:
-        outcomes = pool.imap_unordered(_worker_run, todo)
-        for _ in todo:
-            while True:  # poll, so that a stop request is seen even while no video finishes
-                stop.check()
-                try:
-                    results, fatal = outcomes.next(timeout=0.2)
-                    break
-                except mp.TimeoutError:
-                    continue
+    args = (str(store.path), config, threads, os.getpid())
+    pending = list(reversed(todo))  # pop() hands them out in list order
+    workers = [_Worker.start(ctx, args) for _ in range(min(config.workers, len(todo)))]
+    death = ""
+    try:
+        while pending or any(w.item is not None for w in workers):
+            stop.check()  # polled, so that a stop request is seen even while no video finishes
+            if not workers:
+                raise _WorkersGone(f"every worker process died before taking a video (the last: "
+                                   f"{death}); rerun with fewer --workers")
+            for w in workers:
+                if w.ready and w.item is None and pending:
+                    w.give(pending)
+            wait([w.conn for w in workers] + [w.process.sentinel for w in workers], _POLL_S)
+            for w in list(workers):
+                yield from _serve(w, on_pairs)
+                if w.dead():
+                    workers.remove(w)
+                    death = _death(w.process)
+                    yield from _lost(w, death, notes, len(workers))
+                    if w.item is not None and pending:
+                        workers.append(_Worker.start(ctx, args))
+    except BaseException:
+        for w in workers:
+            w.process.terminate()
+        raise
+    else:
+        for w in workers:
+            with contextlib.suppress(OSError):
+                w.conn.send(None)
+    finally:
+        for w in workers:
+            w.process.join(_EXIT_WAIT_S)
+            if w.process.exitcode is None:
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+
+
+def _serve(w: _Worker, on_pairs) -> Iterator[VideoResult]:
+    """The results of what ``w`` has sent; raises what ended the run in it (a full disk, a bug)."""
+    for kind, payload in w.messages():
+        if kind == "ready":
+            w.ready = True
+        elif kind == "failed":
+            raise FlowkitError(f"a worker process could not start: {payload}")
+        elif kind == "error":
+            raise payload
+        else:
+            results, fatal = payload
+            w.item = None
             for result in results:
                 if result.pairs:
                     on_pairs(result.pairs)
                 yield result
             if fatal is not None:
                 raise fatal
+
+
+def _lost(w: _Worker, death: str, notes: list[str], left: int) -> Iterator[VideoResult]:
+    """The failed result of the video a dead worker held, or a note when it held none."""
+    w.conn.close()
+    if w.item is None:
+        notes.append(f"{death} before taking a video; the run went on with {left} worker(s)")
+        return
+    yield VideoResult(w.item.key, str(w.item.path), "failed",
+                      reason=f"{w.item.path}: {death} while extracting it; the other videos go "
+                             "on. Rerun the same command to retry it (with fewer --workers or a "
+                             "lower --max-memory if memory ran out)")
 
 
 def _memory_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:

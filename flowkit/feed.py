@@ -170,6 +170,30 @@ def video_notes(facts: dict, fps: float) -> tuple[dict, list[str]]:
     return attrs, notes
 
 
+def _upright_size(info: VideoInfo, facts: dict) -> tuple[int, int]:
+    """The source's (height, width) as its frames are stored, before any resize: the header's
+    size, turned when decoding turned the frames upright a quarter turn (``facts["rotation"]``
+    90 or 270, a portrait phone video), so that it compares with the stored frames'."""
+    if int(facts.get("rotation", 0)) % 180 == 90:
+        return info.width, info.height
+    return info.height, info.width
+
+
+def _too_few_frames(item: VideoItem, opts: FeedOptions, kept: int, facts: dict) -> VideoError:
+    """Why a video gave fewer than the 2 frames one flow pair needs, and what to change: too few
+    decoded, or too few kept of them by ``step`` / ``max_frames`` (``facts["decoded"]``, the
+    frames decoded, from :func:`flowkit.video.iter_frames`)."""
+    decoded = int(facts.get("decoded", kept))
+    if opts.max_frames is not None and opts.max_frames < 2:
+        return VideoError(f"{item.path}: --max-frames {opts.max_frames} keeps {kept} frame(s); "
+                          "flow needs at least 2: use --max-frames 2 or more")
+    if decoded >= 2 and kept < 2:
+        return VideoError(f"{item.path}: {decoded} frames decoded, but --step {opts.step} keeps "
+                          f"only {kept} of them; flow needs at least 2: use --step {decoded - 1} "
+                          "or less")
+    return VideoError(f"{item.path}: only {decoded} frame(s) decoded; flow needs at least 2")
+
+
 def _decode(job: _Job, opts: FeedOptions, decode) -> None:
     """Decode thread: ``decode(item, opts)``, then chunks of up to ``batch`` frames into
     ``job.chunks``; ends with ``_END`` or the exception that stopped it."""
@@ -288,7 +312,7 @@ class _Writer(threading.Thread):
             info, opts, item = job.info, self.opts, job.item
             w = self.store.writer(item.key, source=item.path, fps=info.fps / opts.step,
                                   label=item.label, label_name=item.label_name,
-                                  source_size=(info.height, info.width), step=opts.step,
+                                  source_size=_upright_size(info, job.facts), step=opts.step,
                                   flow_codec=self.flow_codec, rgb_codec=self.rgb_codec,
                                   redo=job.redo)
             w.__enter__()
@@ -476,8 +500,7 @@ class _Feeder:
                 self._add_run(job, run)
             else:
                 if job.frames < 2:
-                    raise VideoError(f"{job.item.path}: only {job.frames} frame(s) decoded; flow "
-                                     "needs at least 2")
+                    raise _too_few_frames(job.item, self.opts, job.frames, job.facts)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from array import array
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -45,6 +46,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 # dropped frames), so only a clear shortfall is an error; a truncated file loses far more.
 _SHORTFALL_FRAMES = 2
 _SHORTFALL_FRACTION = 0.05
+# A container that records only a duration (mkv, webm): frames ending this many frame intervals (or
+# the fraction above of the duration) before it mean the file was cut short. Its frame count is
+# only duration x average rate, wrong for a variable frame rate, so the time is compared instead.
+_SHORTFALL_INTERVALS = 3
 
 # ffmpeg's "tty" demuxer renders any text file as a video of ANSI art; a text file is not a video.
 _NON_VIDEO_FORMATS = {"tty"}
@@ -60,9 +65,12 @@ class VideoInfo:
         fps: average frame rate in frames per second (0.0 when the container does not say).
         frame_count: the container's frame count; for mkv/webm, which record only a duration,
             duration x fps; ``None`` when neither is known. An estimate: the decoded count can
-            differ by a frame or two (edit lists, variable frame rate).
+            differ by a frame or two (edit lists), by far more for a variable frame rate when
+            the count is estimated (``counted`` False).
         duration: stream duration in seconds, or ``None`` when unknown.
         codec: decoder name, e.g. ``"h264"``.
+        counted: ``frame_count`` is the container's own count (mp4 sample table, avi header), not
+            an estimate from the duration.
     """
 
     path: str
@@ -72,6 +80,7 @@ class VideoInfo:
     frame_count: int | None
     duration: float | None
     codec: str
+    counted: bool = False
 
 
 def _fail(path: str | os.PathLike, cause: str) -> VideoError:
@@ -141,11 +150,17 @@ def _video_duration(stream: av.video.stream.VideoStream) -> float | None:
     return _parse_duration_tag(tag) if tag else None
 
 
+def _counted_frames(stream: av.video.stream.VideoStream) -> int | None:
+    """Frame count the container records (mp4 sample table, avi header), else None."""
+    return int(stream.frames) if stream.frames and stream.frames > 0 else None
+
+
 def _declared_frames(stream: av.video.stream.VideoStream) -> int | None:
-    """Frame count the container records (mp4 sample table, avi header), else duration x fps
-    (mkv/webm record only a duration), else None."""
-    if stream.frames and stream.frames > 0:
-        return int(stream.frames)
+    """Frame count the container records, else duration x fps (mkv/webm record only a duration;
+    an estimate, wrong for a variable frame rate), else None."""
+    counted = _counted_frames(stream)
+    if counted is not None:
+        return counted
     duration, rate = _video_duration(stream), stream.average_rate
     if duration and rate:
         return int(round(duration * float(rate)))
@@ -177,6 +192,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             frame_count=_declared_frames(stream),
             duration=_stream_duration(container, stream),
             codec=stream.codec_context.name,
+            counted=_counted_frames(stream) is not None,
         )
     finally:
         container.close()
@@ -271,18 +287,87 @@ def _check_args(step: int, max_frames: int | None) -> None:
         raise ValueError(f"max_frames must be a positive integer or None, got {max_frames}")
 
 
-def _check_complete(path, decoded: int, declared: int | None) -> None:
-    """Raise when the whole file decoded cleanly but clearly fewer frames than the header says.
+class _Timestamps:
+    """The decoded frames' presentation times in seconds, in decoding order (which is not always
+    presentation order: avi has no presentation timestamps, so with B-frames its frames' times come
+    out of order)."""
 
-    Truncated avi/mkv files end without any decoder error (the demuxer just meets end of file),
-    so this comparison is the only way to tell a cut file from a short one.
-    """
+    def __init__(self):
+        self.times = array("d")
+        self.missing = 0  # frames without a time
+
+    def add(self, time: float | None) -> None:
+        if time is None:
+            self.missing += 1
+        else:
+            self.times.append(float(time))
+
+    def span(self) -> tuple[float, float] | None:
+        """(first, last) presentation time; None when no frame had one."""
+        return (min(self.times), max(self.times)) if self.times else None
+
+    def intervals(self) -> tuple[float, float] | None:
+        """(shortest, longest) seconds between frames consecutive in presentation order (the
+        times sorted); None for fewer than two frames or unreliable times (a frame without one,
+        two frames with the same one), from which no frame rate can be concluded."""
+        if self.missing or len(self.times) < 2:
+            return None
+        ordered = sorted(self.times)
+        steps = [b - a for a, b in zip(ordered, ordered[1:])]
+        if min(steps) <= 0:
+            return None
+        return min(steps), max(steps)
+
+
+def _check_count(path, decoded: int, declared: int | None) -> None:
+    """Raise when clearly fewer frames decoded than the container counts."""
     if declared is None:
         return
     allowed = max(_SHORTFALL_FRAMES, int(_SHORTFALL_FRACTION * declared))
     if declared - decoded > allowed:
         raise _fail(path, f"truncated: decoded {decoded} of the {declared} frames the container "
                           "declares (file cut short or corrupt)")
+
+
+def _check_duration(path, decoded: int, stream, times: _Timestamps) -> None:
+    """Raise when the frames end clearly before the duration the container records (mkv, webm).
+
+    The last frame's time is compared with the duration, with a few frame intervals of slack (the
+    longer of the average rate's and the longest seen; the last frame lasts one), so a variable
+    frame rate is no shortfall. Where the duration is a length and the frames start late, the
+    last time is measured from 0, which can only hide a shortfall, never invent one."""
+    duration, span = _video_duration(stream), times.span()
+    if not duration:
+        return
+    if span is None:  # no timestamps: the duration x rate estimate is all there is to compare
+        _check_count(path, decoded, _declared_frames(stream))
+        return
+    first, last = span
+    reached = max(last, last - first)
+    rate = float(stream.average_rate) if stream.average_rate else 0.0
+    interval = max(1.0 / rate if rate else 0.0, (times.intervals() or (0.0, 0.0))[1])
+    allowed = max(_SHORTFALL_INTERVALS * interval, _SHORTFALL_FRACTION * duration)
+    if duration - reached <= allowed:
+        return
+    estimate = _declared_frames(stream)
+    count = f" of the {estimate} frames its duration implies" if estimate else " frames"
+    raise _fail(path, f"truncated: decoded {decoded}{count} (frames end at {reached:.2f} s of the "
+                      f"{duration:.2f} s the container declares; file cut short or corrupt)")
+
+
+def _check_complete(path, decoded: int, stream, times: _Timestamps) -> None:
+    """Raise when the whole file decoded cleanly but clearly ended early: fewer frames than the
+    container counts (mp4, avi), or frames ending before the duration of a container that records
+    only a duration (mkv, webm; :func:`_check_duration`).
+
+    Truncated avi/mkv files end without any decoder error (the demuxer just meets end of file),
+    so this comparison is the only way to tell a cut file from a short one.
+    """
+    counted = _counted_frames(stream)
+    if counted is not None:
+        _check_count(path, decoded, counted)
+    else:
+        _check_duration(path, decoded, stream, times)
 
 
 def iter_frames(
@@ -306,14 +391,19 @@ def iter_frames(
         gray: yield luma ``(H, W)`` instead of RGB ``(H, W, 3)``. Luma is the decoder's own Y plane
             converted to full range, which skips chroma upsampling and colour conversion.
         strict: when the whole video was decoded, compare the count with the one the container
-            declares and raise on a clear shortfall (a truncated file). Turn off only for files
+            declares (or, where it records only a duration, the last frame's time with the
+            duration) and raise on a clear shortfall (a truncated file). Turn off only for files
             whose headers are known to be wrong.
         threads: decoder threads; 0 lets ffmpeg choose (one per core). Set 1 when many decoding
             processes already share the machine, to avoid oversubscription.
         facts: a dict that receives what only decoding tells: ``rotation`` (degrees
             counterclockwise that the container's display matrix asks for; the frames are yielded
-            already turned upright, as players show them) and ``frame_interval`` (``[min, max]``
-            seconds between consecutive decoded frames; far apart for a variable frame rate).
+            already turned upright, as players show them), ``frame_interval`` (``[min, max]``
+            seconds between frames consecutive in presentation order; far apart for a variable
+            frame rate; absent when the timestamps cannot tell, e.g. repeated ones) and
+            ``decoded`` (frames decoded, before ``step`` and ``max_frames``). ``rotation`` is
+            there once the first frame is yielded, the others once the generator ends (or is
+            closed).
 
     Yields:
         uint8 frames, ``(H, W, 3)`` RGB or ``(H, W)`` gray, each a fresh array the caller may keep.
@@ -334,52 +424,52 @@ def iter_frames(
         # frame-count check at the end.
         stream.thread_type = "AUTO"
         stream.thread_count = int(threads)
-        declared = _declared_frames(stream)
         fmt = "gray" if gray else "rgb24"
         decoded = yielded = 0
         out_hw = None
         turns = 0
         facts = facts if facts is not None else {}
-        previous_time, interval = None, [float("inf"), 0.0]
+        times = _Timestamps()
         frames = container.decode(stream)
-        while True:
-            try:
-                frame = next(frames)
-            except StopIteration:
-                break
-            except (av.error.FFmpegError, OSError) as err:
-                where = f"after frame {decoded - 1}" if decoded else "at the first frame"
-                raise _fail(path, f"decoding failed {where} ({decoded} frames decoded): "
-                                  f"{_ffmpeg_reason(err)}") from None
-            index = decoded
-            decoded += 1
-            if frame.time is not None:
-                if previous_time is not None and frame.time > previous_time:
-                    dt = frame.time - previous_time
-                    interval[0], interval[1] = min(interval[0], dt), max(interval[1], dt)
-                    facts["frame_interval"] = list(interval)
-                previous_time = frame.time
-            if index % step:
-                continue
-            if out_hw is None:
-                turns = _quarter_turns(frame)
-                facts["rotation"] = 90 * turns
-                h, w = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)
-                out_hw = output_size(h, w, size)
-            image = frame.to_ndarray(format=fmt)
-            if turns:
-                image = np.ascontiguousarray(np.rot90(image, turns))
-            resized = _resize(image, out_hw)
-            # to_ndarray returns a view into the AVFrame's buffer; copy so callers own their data
-            # and the decoder's frame is released now.
-            yield resized.copy() if resized is image else resized
-            yielded += 1
-            if max_frames is not None and yielded >= max_frames:
-                return
-        if decoded == 0:
-            raise _fail(path, "no frames could be decoded (empty or corrupt video stream)")
-        if strict:
-            _check_complete(path, decoded, declared)
+        try:
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except (av.error.FFmpegError, OSError) as err:
+                    where = f"after frame {decoded - 1}" if decoded else "at the first frame"
+                    raise _fail(path, f"decoding failed {where} ({decoded} frames decoded): "
+                                      f"{_ffmpeg_reason(err)}") from None
+                index = decoded
+                decoded += 1
+                times.add(frame.time)
+                if index % step:
+                    continue
+                if out_hw is None:
+                    turns = _quarter_turns(frame)
+                    facts["rotation"] = 90 * turns
+                    h, w = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)
+                    out_hw = output_size(h, w, size)
+                image = frame.to_ndarray(format=fmt)
+                if turns:
+                    image = np.ascontiguousarray(np.rot90(image, turns))
+                resized = _resize(image, out_hw)
+                # to_ndarray returns a view into the AVFrame's buffer; copy so callers own their
+                # data and the decoder's frame is released now.
+                yield resized.copy() if resized is image else resized
+                yielded += 1
+                if max_frames is not None and yielded >= max_frames:
+                    return
+            if decoded == 0:
+                raise _fail(path, "no frames could be decoded (empty or corrupt video stream)")
+            if strict:
+                _check_complete(path, decoded, stream, times)
+        finally:
+            facts["decoded"] = decoded
+            interval = times.intervals()
+            if interval is not None:
+                facts["frame_interval"] = list(interval)
 
 
 def load_frames(path: str | os.PathLike, **kwargs) -> np.ndarray:

@@ -4,7 +4,6 @@ pictures that show the motion, progress that agrees with the summary, a `make de
 it does and how long it takes."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -276,7 +275,7 @@ def test_default_workers_fit_the_machine():
 # ------------------------------------------------------------------ 5. help
 
 def _commands():
-    from flowkit.cli import COMMANDS, main
+    from flowkit.cli import COMMANDS
 
     ctx_commands = [[name] for name in COMMANDS if name != "train-flow"]
     return [[]] + ctx_commands + [["train-flow"], ["train-flow", "tvnet"],

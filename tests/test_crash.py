@@ -320,6 +320,49 @@ def test_kill_9_of_the_parent_with_workers_then_resume(video_dir, tmp_path):
     _rerun_and_check(video_dir, store, tmp_path, before, workers=2)
 
 
+def _claims(store: Path) -> list[Path]:
+    """Claims on videos (``<key>.h5.<flow>.claim``): a process is computing that video."""
+    return sorted(p for p in (store / "videos").rglob("*.claim") if ".h5." in p.name) \
+        if (store / "videos").is_dir() else []
+
+
+def test_a_worker_killed_mid_video_fails_that_video_and_the_run_ends(video_dir, tmp_path):
+    """`kill -9` of one pool worker (what the out-of-memory killer does) while it extracts a
+    video: that video fails with the reason, the other worker and a replacement finish the rest,
+    the run ends (exit 1) instead of waiting forever, and the same command then redoes it."""
+    store = tmp_path / "store"
+    run = Run(_command(video_dir, store, workers=2), tmp_path, "worker_killed")
+    try:
+        _wait_for(run, store, "a worker holds a video", lambda fin, par: bool(_claims(store)))
+        claim = _claims(store)[0]
+        holder = json.loads(claim.read_text())
+        key = str(claim.relative_to(store / "videos")).split(".h5.")[0]
+        assert holder["pid"] != run.proc.pid  # a worker's, not the parent's
+        os.kill(holder["pid"], signal.SIGKILL)
+        try:
+            rc = run.wait(START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not end {START_TIMEOUT:.0f} s after its worker was killed "
+                        f"(it waits for the lost video forever)\nstderr:\n{run.stderr()[-3000:]}")
+        result = json.loads(run.stdout())
+        stderr = run.stderr()
+    finally:
+        run.cleanup()
+    status = {v["key"]: v for v in result["videos"]}
+    if status[key]["status"] == "done":
+        pytest.fail(f"missed the moment: {key} was committed before its worker was killed")
+    assert rc == 1, stderr[-3000:]
+    reason = status[key]["reason"]
+    assert status[key]["status"] == "failed" and f"worker process {holder['pid']} died" in reason
+    assert "killed by signal 9, SIGKILL: out of memory?" in reason, reason
+    assert f"failed: {reason}" in " ".join(stderr.split()), stderr[-3000:]
+    assert result["done"] == N_VIDEOS - 1 and result["failed"] == 1, result
+    finished = _finished(store)
+    before = _stamps(finished)
+    _check_store_after_crash(store, finished)
+    _rerun_and_check(video_dir, store, tmp_path, before, workers=2)
+
+
 def test_writer_enter_failure_leaves_no_partial(tmp_path):
     """Deterministic version of what a Ctrl-C right after a video's commit sometimes hits: the next
     video's writer fails inside __enter__, after h5py created its .partial file."""

@@ -21,6 +21,8 @@ from flowkit.samples import make_sample_videos, sample_specs
 from flowkit.store import FlowStore
 from flowkit.video import load_frames, write_video
 
+from conftest import rotate_mp4
+
 # Cheap TV-L1 for everything that does not check accuracy (~100 pairs/s at 64x80 on one core).
 CHEAP = {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 10}
 # Cheapest possible engine, for the long-video memory test (accuracy is irrelevant there).
@@ -188,10 +190,20 @@ def test_uint8_flow_round_trips_within_bound_over_255(items, base_store, tmp_pat
 
 
 @pytest.mark.parametrize("bad", [{"flow_codec": "float32"}, {"flow_codec": "uint8:0"}, {"size": 0},
-                                 {"size": (0, 40)}], ids=["dtype", "bound", "size", "hw"])
+                                 {"size": (0, 40)}, {"max_frames": 1}, {"max_frames": 0}],
+                         ids=["dtype", "bound", "size", "hw", "max-frames-1", "max-frames-0"])
 def test_bad_config_fails_fast(bad):
     with pytest.raises(FlowkitError):
         ExtractConfig(**bad)
+
+
+def test_a_step_that_keeps_one_frame_says_what_was_decoded_and_what_to_change(items, tmp_path):
+    videos, classes = items
+    summary = extract(videos[:1], tmp_path / "s", _config(step=T), classes=classes)
+    r = summary.results[0]
+    assert r.status == "failed", r
+    assert f"{T} frames decoded, but --step {T} keeps only 1 of them" in r.reason, r.reason
+    assert f"use --step {T - 1} or less" in r.reason
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -260,6 +272,66 @@ def test_rerun_redoes_only_missing_videos(items, tmp_path):
     after = _stamps(path)
     assert {k: v for k, v in after.items() if k in before} == before
     assert len(after) == 4
+
+
+def test_a_rotated_video_resumes_with_the_same_command(items, tmp_path):
+    """A portrait (rotated) video is stored upright with its upright source size, so the store
+    check of the same command finds it fits: skipped, neither refused nor redone."""
+    videos, _ = items
+    (tmp_path / "v" / "cls").mkdir(parents=True)
+    rotate_mp4(videos[0].path, tmp_path / "v" / "cls" / "r.mp4")
+    rotated, classes = scan_videos(tmp_path / "v")
+    path = tmp_path / "s"
+    first = extract(rotated, path, _config(), classes=classes)
+    assert first.results[0].status == "done", first.results[0].reason
+    meta = FlowStore(path).meta("cls/r")
+    assert meta["rotation"] == 270 and (meta["height"], meta["width"]) == (W, H)
+    assert (meta["source_height"], meta["source_width"]) == (W, H)
+    before = _stamps(path)
+    for config in (_config(), _config(redo_mismatched=True)):
+        again = extract(rotated, path, config, classes=classes)
+        assert [r.status for r in again.results] == ["skipped"], again.results
+        assert again.notes == []
+    assert _stamps(path) == before
+
+
+def test_another_max_frames_is_refused_before_computing(items, tmp_path):
+    """A store made with --max-frames 3: adding backward flow without it would make 8 frames of
+    each video, which the store refuses; refused up front, with the matching option, unless
+    --redo-mismatched replaces the videos."""
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:2], path, _config(max_frames=3), classes=classes)
+    before = _stamps(path)
+    with pytest.raises(StoreError) as refused:
+        extract(videos[:2], path, _config(backward=True), classes=classes)
+    message = str(refused.value)
+    assert "Nothing was computed" in message and "Rerun with --max-frames 3" in message, message
+    assert f"{videos[0].key}: 3 frames stored, {T} with --step 1" in message
+    assert _stamps(path) == before
+    fits = extract(videos[:1], path, _config(backward=True, max_frames=3), classes=classes)
+    assert [(r.status, r.frames) for r in fits.results] == [("done", 3)], fits.results
+    redone = extract(videos[1:2], path, _config(backward=True, redo_mismatched=True),
+                     classes=classes)
+    assert [(r.status, r.frames) for r in redone.results] == [("done", T)], redone.results
+    assert FlowStore(path).meta(videos[1].key)["num_frames"] == T
+
+
+def test_redo_mismatched_cannot_mix_new_videos_into_a_store_of_another_size(items, tmp_path):
+    """None of the run's videos is in the store, whose videos have another size: --redo-mismatched
+    would redo none of them and store the new ones at the new size, so it is refused too, saying
+    why and without suggesting it."""
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:1], path, _config(), classes=classes)
+    for redo in (False, True):
+        with pytest.raises(StoreError) as refused:
+            extract(videos[1:2], path, _config(size=32, redo_mismatched=redo), classes=classes)
+        message = str(refused.value)
+        assert "None of this run's videos is in the store" in message, message
+        assert f"frame size {H}x{W} in the store, 32x40 asked" in message
+        assert "Rerun without --size" in message and "add --redo-mismatched" not in message
+    assert FlowStore(path).keys() == [videos[0].key]
 
 
 # ----------------------------------------------------------------------------- sharding

@@ -225,6 +225,57 @@ def test_write_video_rejects_bad_frames(tmp_path):
         write_video(tmp_path / "sizes.mp4", [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 10, 3), np.uint8)])
 
 
+# --- timestamps: variable frame rate, reordered frames -------------------------------------------
+
+VFR_PTS = list(range(30)) + list(range(30, 90, 6))  # time base 1/30: 1 s at 30 fps, then 2 s at 5
+
+
+def _vfr_mkv(path) -> None:
+    """An mkv (duration only, no frame count) at 30 fps for 1 s, then 5 fps for 2 s: 40 frames, a
+    duration of 3 s, which its average rate (30) makes 90 frames."""
+    from fractions import Fraction
+
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30)
+        for pts in VFR_PTS:
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), np.uint8), "rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+
+
+def test_variable_frame_rate_mkv_is_complete_and_a_cut_one_truncated(tmp_path):
+    """mkv records a duration, not a frame count: the estimate (duration x average rate) is far
+    off for a variable frame rate, so completeness is judged by the last frame's time."""
+    path = tmp_path / "vfr.mkv"
+    _vfr_mkv(path)
+    info = probe(path)
+    assert not info.counted and info.frame_count != len(VFR_PTS)  # the estimate is wrong
+    facts: dict = {}
+    assert len(load_frames(path, facts=facts)) == len(VFR_PTS)
+    assert facts["frame_interval"] == pytest.approx([1 / 30, 0.2], abs=2e-3)
+    assert facts["decoded"] == len(VFR_PTS)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(VideoError, match=r"cut\.mkv: truncated: decoded \d+ .*frames end at"):
+        load_frames(cut)
+
+
+def test_avi_with_b_frames_has_a_constant_frame_rate(tmp_path):
+    """avi has no presentation timestamps: with B-frames the frames' times come out of order;
+    sorted, they are 40 ms apart (25 fps), not a variable frame rate."""
+    path = write_video(tmp_path / "cfr.avi", _moving_photo(12, (48, 64)), fps=25)
+    facts: dict = {}
+    assert len(load_frames(path, facts=facts)) == 12
+    assert facts["frame_interval"] == pytest.approx([0.04, 0.04], abs=1e-3)
+    assert probe(path).counted
+
+
 # --- broken input: one VideoError naming the file and the cause ---------------------------------
 
 BROKEN = {

@@ -144,7 +144,8 @@ def _print_summary(console: Console, summary) -> None:
               help="Fuse the TV-L1 iteration with torch.compile (~20 s once, ~2.4x faster on CPU).")
 @click.option("--size", default=None, help="Resize: SHORT_SIDE (e.g. 256) or HxW (e.g. 256x340).")
 @click.option("--step", default=1, show_default=True, help="Keep every STEP-th frame.")
-@click.option("--max-frames", type=int, default=None, help="At most this many frames per video.")
+@click.option("--max-frames", type=int, default=None,
+              help="At most this many frames per video (at least 2: flow needs a pair).")
 @click.option("--flow-codec", default="jpegls:0.1", show_default=True, metavar="SPEC",
               help="How flow is stored: jpegls:MAX_ERROR (error at most MAX_ERROR px, compact), "
                    "float16 (lossless for training), uint8:BOUND (clipped to +-BOUND px).")
@@ -179,9 +180,9 @@ def _print_summary(console: Console, summary) -> None:
               help="Recompute this video even if it is finished (e.g. a damaged one that `flowkit "
                    "info --validate --deep` or `flowkit train` named), repeatable.")
 @click.option("--redo-mismatched", is_flag=True,
-              help="Recompute the videos the store holds with other options (size, step, codecs, "
-                   "engine parameters), replacing them; without it such a run is refused before "
-                   "computing anything.")
+              help="Recompute the videos the store holds with other options (size, step, "
+                   "max-frames, codecs, engine parameters), replacing them; without it such a run "
+                   "is refused before computing anything.")
 @click.option("--plan", "plan_only", is_flag=True,
               help="Dry run: print which shard (rank) gets which videos and the expected frame "
                    "pairs per shard, then exit (--shard I/N or torchrun gives the count).")
