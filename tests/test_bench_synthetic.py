@@ -93,6 +93,45 @@ def test_warping_frame1_by_gt_reproduces_frame0(pairs):
     assert zero_err.mean() > 8 * gt_err.mean()
 
 
+def test_backward_ground_truth_carries_frame0_onto_frame1(pairs):
+    h, w = 128, 160
+    y, x = np.mgrid[0:h, 0:w]
+    for p in pairs:
+        assert p.backward.shape == (2, h, w) and p.backward.dtype == np.float32
+        sx, sy = x + p.backward[0], y + p.backward[1]
+        inside = (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)
+        assert inside[p.backward_valid].all() and 0.8 < p.backward_valid.mean() < 1.0
+        assert p.backward_occluded[~p.backward_valid].all()
+        # Warping frame 0 by it reproduces frame 1 where both see the same surface, as well as the
+        # forward ground truth does the other way round; zero flow does far worse.
+        frame0 = torch.from_numpy(p.frame0).permute(2, 0, 1)[None].float()
+        warped = warp(frame0, torch.from_numpy(p.backward)[None], mode="bilinear")[0]
+        visible = p.backward_valid & ~p.backward_occluded
+        frame1 = p.frame1.astype(np.float32)
+        error = np.abs(warped.permute(1, 2, 0).numpy() - frame1)[visible].mean()
+        zero = np.abs(p.frame0 - frame1)[visible].mean()
+        assert error < 2.2 and zero > 2.5 * error, p.name
+        derived = np.hypot(*(p.backward + p.flow))[p.backward_valid]    # |b - (-f)| per pixel
+        kind = p.name.split("-")[0]
+        if kind == "translation":
+            assert np.array_equal(p.backward, -p.flow)
+        elif kind == "occlusion":
+            # The object uncovers background that frame 0 does not show, and there -f (the
+            # object's motion at that pixel of frame 0) is off by the relative motion, > 2 px.
+            uncovered = p.backward_occluded & p.backward_valid
+            assert uncovered.sum() > 50
+            assert np.median(np.hypot(*(p.backward + p.flow))[uncovered]) > 2.0
+        else:  # smooth fields: -f(q) is off by about grad(f) b, under a pixel
+            assert derived.max() < 1.0
+        if kind == "affine":
+            # Exact inverse: the forward flow (affine, so bilinear interpolation is exact) at the
+            # source q + b(q) carries it back onto q.
+            forward_at_source = warp(torch.from_numpy(p.flow)[None].double(),
+                                     torch.from_numpy(p.backward)[None].double(), mode="bilinear")[0]
+            residual = np.hypot(*(forward_at_source.numpy() + p.backward))[p.backward_valid]
+            assert residual.max() < 1e-4 and derived.mean() > 0.01
+
+
 def test_kinds_noise_and_errors():
     only = synthetic_pairs(2, size=(48, 64), kinds=["occlusion"], seed=3)
     assert [p.name.split("-")[0] for p in only] == ["occlusion", "occlusion"]

@@ -45,6 +45,15 @@ Masks: ``valid`` is False where p + flow(p) lies outside frame 1 (beyond the cen
 pixels). ``occluded`` is True there too and where a background pixel of frame 0 lands under the
 foreground in frame 1.
 
+Backward ground truth (``FlowPair.backward``, frame 1 -> frame 0 at frame 1's pixels) comes from the
+same layers: pixel q of frame 1 shows the top-most layer whose support holds q, and its flow is
+p - q for the p of frame 0 with p + flow(p) = q (a fixed-point iteration). Where a layer moves over
+another, ``-flow(q)`` (the forward flow negated at the same pixel, what is used when only forward
+flow is at hand) takes the wrong layer's motion in a band as wide as their relative motion;
+``benchmarks/backward_truth.py`` measures that against computing the backward flow.
+``backward_occluded`` marks pixels of frame 1 hidden in frame 0 (disoccluded) or whose source lies
+outside it.
+
 Measured (seed 0, 16 pairs 128x160, ``tests/test_bench_synthetic.py``): backward-warping frame 1 with
 the ground truth (``ops.warp``, bilinear) reproduces frame 0 on valid non-occluded pixels to a mean
 absolute error of 0.5-1.9 grey levels per pair, 1.33 on average (the residual is the blur of bilinear
@@ -110,6 +119,10 @@ class FlowPair:
         flow: ``(2, H, W)`` float32 pixels, frame 0 -> frame 1; 0 where not ``valid``.
         valid: ``(H, W)`` bool, ground truth known.
         occluded: ``(H, W)`` bool, pixel of frame 0 not visible in frame 1.
+        backward: ``(2, H, W)`` float32 pixels, frame 1 -> frame 0 at frame 1's pixels; None where
+            the source has no backward ground truth (only synthetic pairs have it).
+        backward_valid, backward_occluded: ``(H, W)`` bool, as ``valid`` and ``occluded`` for
+            ``backward`` (a pixel of frame 1 not visible in frame 0 is occluded: disoccluded).
     """
 
     name: str
@@ -118,6 +131,9 @@ class FlowPair:
     flow: np.ndarray
     valid: np.ndarray
     occluded: np.ndarray
+    backward: np.ndarray | None = None
+    backward_valid: np.ndarray | None = None
+    backward_occluded: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------- synthetic
@@ -158,11 +174,12 @@ def synthetic_pairs(n: int = 16, size: tuple[int, int] = (128, 160), seed: int =
         layers, photo_name = _scene(kind, rng, height, width)
         frame0, frame1 = _render(layers, height, width)
         flow, valid, occluded = _ground_truth(layers, height, width)
+        backward, backward_valid, backward_occluded = _backward_truth(layers, height, width)
         if noise > 0:
             frame0 = frame0 + rng.normal(0.0, noise, frame0.shape)
             frame1 = frame1 + rng.normal(0.0, noise, frame1.shape)
         pairs.append(FlowPair(f"{kind}-{i:02d}-{photo_name}", _to_uint8(frame0), _to_uint8(frame1),
-                              flow, valid, occluded))
+                              flow, valid, occluded, backward, backward_valid, backward_occluded))
     return pairs
 
 
@@ -359,6 +376,49 @@ def _ground_truth(layers: list[_Layer], height: int, width: int
         if layer.support is not None:
             covered |= (owner < i) & layer.support(tx, ty)
     return flow.astype(np.float32), valid, covered | ~valid
+
+
+def _backward_truth(layers: list[_Layer], height: int, width: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flow frame 1 -> frame 0 at frame 1's pixel centres, its ``valid`` and ``occluded`` masks.
+
+    Pixel q of frame 1 shows the top-most layer whose support contains q; it came from the point
+    p of frame 0 with ``p + flow(p) = q`` (found by the fixed-point iteration ``p <- q - flow(p)``,
+    a contraction for these fields: their gradients stay far below 1), so its backward flow is
+    ``p - q``. It is occluded (disoccluded, seen forward) where a layer above it covers p in frame
+    0, and not valid where p lies outside frame 0."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    back = np.zeros((2, height, width))
+    owner = np.full((height, width), -1)
+    for i in reversed(range(len(layers))):
+        support = layers[i].support
+        shown = (owner < 0) if support is None else (owner < 0) & support(x, y)
+        px, py = _preimage(layers[i].flow, x[shown], y[shown])
+        back[0][shown], back[1][shown] = px - x[shown], py - y[shown]
+        owner[shown] = i
+    px, py = x + back[0], y + back[1]
+    valid = (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
+    covered = np.zeros((height, width), bool)
+    for i, layer in enumerate(layers):
+        if layer.support is not None:
+            u, v = layer.flow(px, py)
+            covered |= (owner < i) & layer.support(px + u, py + v)
+    return back.astype(np.float32), valid, covered | ~valid
+
+
+def _preimage(flow: FlowField, qx: np.ndarray, qy: np.ndarray, steps: int = 100
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The points p with ``p + flow(p) = q``, to 1e-9 px."""
+    px, py = qx.copy(), qy.copy()
+    for _ in range(steps):
+        u, v = flow(px, py)
+        nx, ny = qx - u, qy - v
+        done = max(np.abs(nx - px).max(initial=0.0), np.abs(ny - py).max(initial=0.0)) < 1e-9
+        px, py = nx, ny
+        if done:
+            return px, py
+    raise RuntimeError("the backward flow's fixed point did not converge: the field is not a "
+                       "contraction")
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
