@@ -336,6 +336,39 @@ def test_feature_extractor_loads_resnet_state_dict(tmp_path):
         flowkit.create_engine("costvolume", features="patch", weights=str(path))
 
 
+def test_parameters_of_the_other_feature_mode_are_refused(tmp_path):
+    """layer is checked and belongs to learned features, radius and sigma to patch features: a
+    value for the other mode would change nothing but the recorded params (and so make a store
+    refuse a run computing the same flow). Defaults, given or not, record what they always did."""
+    path = tmp_path / "tiny_resnet.pth"
+    torch.save(_tiny_resnet_state(), path)
+    for kw in ({"layer": "bogus"}, {"layer": "bogus", "weights": str(path)}):
+        with pytest.raises(EngineError, match="unknown feature layer 'bogus'"):
+            flowkit.create_engine("costvolume", **kw)
+    with pytest.raises(EngineError, match="layer is only used with features='learned'"):
+        flowkit.create_engine("costvolume", layer="layer2")
+    with pytest.raises(EngineError, match="radius is only used with features='patch'"):
+        flowkit.create_engine("costvolume", weights=str(path), radius=5)
+    with pytest.raises(EngineError, match="radius and sigma are only used with features='patch'"):
+        flowkit.create_engine("costvolume", features="learned", weights=str(path), radius=2,
+                              sigma=1.0)
+    with pytest.raises(EngineError, match="only used with features='learned'"):  # CLI's check
+        flowkit.flow.check_engine_params("costvolume", {"layer": "layer3"})
+    patch = flowkit.create_engine("costvolume").params
+    assert patch == {"max_displacement": [4, 4], "stride": 1, "dilation": 1, "tau": 0.02,
+                     "features": "patch", "radius": 3, "sigma": 0.0, "scale": 1.0,
+                     "weights": None, "layer": "layer1"}
+    assert flowkit.create_engine("costvolume", layer="layer1").params == patch
+    assert flowkit.create_engine("costvolume", radius=2, sigma=0.5).params == dict(
+        patch, radius=2, sigma=0.5)
+    learned = flowkit.create_engine("costvolume", weights=str(path), max_displacement=2).params
+    assert learned == dict(patch, max_displacement=[2, 2], features="learned", weights=str(path))
+    assert flowkit.create_engine("costvolume", weights=str(path), max_displacement=2, radius=3,
+                                 sigma=0).params == learned
+    assert flowkit.create_engine("costvolume", weights=str(path), max_displacement=2,
+                                 layer="layer2").params == dict(learned, layer="layer2")
+
+
 def test_learned_features_bad_checkpoints(tmp_path):
     with pytest.raises(EngineError, match="does not exist"):
         flowkit.create_engine("costvolume", features="learned", weights=str(tmp_path / "nope.pth"))

@@ -132,6 +132,79 @@ def test_shared_features_load_into_the_costvolume_engine(tmp_path, feature_strid
     assert engine(frames[:1], frames[1:]).shape == (1, 2, 32, 32)
 
 
+def _torchvision_file(tmp_path, fc_classes=10):
+    """A torchvision-format ResNet-18 (DDN's tiny width and layout) with non-trivial BN statistics
+    and an ImageNet-style classifier of ``fc_classes`` classes."""
+    from flowkit.models.resnet import ResNet2d
+    torch.manual_seed(5)
+    net = ResNet2d(18, 3, width=TINY["width"], layers=TINY["layers"]).eval()
+    with torch.no_grad():
+        for bn in net.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+    state = dict(net.state_dict(), **{"fc.weight": torch.randn(fc_classes, net.stage_channels[-1]),
+                                      "fc.bias": torch.randn(fc_classes)})
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    return net, state, path
+
+
+def test_init_from_torchvision_resnet_fills_the_stem_and_every_branch(tmp_path):
+    """``flowkit train --model ddn --init resnet18.pth``: the shared conv1/bn1/layer1 and each
+    branch's stages 2-4 take the ImageNet ResNet's; with T = 1 the appearance path is then exactly
+    the 2D ResNet. Reports name the model's own tensors; the model's names do not change."""
+    from flowkit.models.init import init_from_file
+    net, state, path = _torchvision_file(tmp_path)
+    model = tiny_ddn()
+    names = set(model.state_dict())
+    report = init_from_file(model, path)
+    assert report["format"] == "torchvision" and not report["unexpected"]
+    assert set(model.state_dict()) == names                       # no view left registered
+    assert {"conv1.weight", "layer1.0.conv2.weight", "appearance.stages.0.0.conv1.weight",
+            "motion.stages.2.0.downsample.0.weight", "change.stages.1.0.bn2.running_var"
+            } <= set(report["loaded"])
+    assert report["missing"] and all(k.startswith("motion.entry.") for k in report["missing"])
+    assert set(report["skipped"]) == {f"{b}.fc.{p}" for b in BRANCHES for p in ("weight", "bias")}
+    loaded = set(report["loaded"]) | set(report["missing"]) | set(report["skipped"])
+    assert loaded == names                                        # every tensor accounted for
+    for branch in BRANCHES:
+        stages = getattr(model, branch).stages
+        for i, stage in enumerate(stages):
+            torch.testing.assert_close(stage[0].conv1.weight, state[f"layer{i + 2}.0.conv1.weight"],
+                                       rtol=0, atol=0)
+    model.eval()
+    x = clip(t=1)
+    with torch.no_grad():
+        feats = model.features(x)
+        ref = net.forward_stages(x)
+        torch.testing.assert_close(feats, ref[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.appearance.forward_features(feats), ref[3],
+                                   atol=1e-5, rtol=1e-5)
+    # a head of the file's class count loads too; a branch subset uses what it has
+    same = tiny_ddn(num_classes=10, branches="motion")
+    report = init_from_file(same, path)
+    assert {"motion.fc.weight", "motion.fc.bias"} <= set(report["loaded"])
+    assert not report["skipped"] and not report["unexpected"]
+    torch.testing.assert_close(same.motion.fc.weight, state["fc.weight"], rtol=0, atol=0)
+
+
+def test_init_from_a_ddn_checkpoint_is_still_a_model_checkpoint(tmp_path):
+    """DDN keeps a torchvision-named stem at its top level: its own checkpoint (no layer2-4 there)
+    must still load as a checkpoint of the model, not as a torchvision file."""
+    from flowkit.models.init import init_from_file
+    trained = tiny_ddn()
+    with torch.no_grad():
+        trained.motion.fc.weight.fill_(0.5)
+    path = tmp_path / "ddn.pt"
+    torch.save({"model": trained.state_dict()}, path)
+    fresh = create_model("ddn", **TINY)
+    report = init_from_file(fresh, path)
+    assert report["format"] == "model" and not report["missing"]
+    assert torch.equal(fresh.motion.fc.weight, trained.motion.fc.weight)
+
+
 def test_errors_are_actionable():
     with pytest.raises(FlowkitError, match="at least 2 frames"):
         tiny_ddn(branches="motion")({"rgb": clip(t=1)})

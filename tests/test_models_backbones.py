@@ -6,7 +6,8 @@ import torch
 
 from flowkit.errors import FlowkitError
 from flowkit.models import classification_loss, create_model, list_models
-from flowkit.models.init import init_from_file, load_torchvision_resnet
+from flowkit.models.init import (init_from_file, is_torchvision_resnet,
+                                 load_torchvision_resnet, resnet_view)
 from flowkit.models.resnet import BasicBlock, Bottleneck, ResNet2d
 from flowkit.models.resnet3d import BasicBlock3d, Bottleneck3d, ResNet3d
 
@@ -236,6 +237,35 @@ def test_init_from_file_torchvision_and_checkpoint(tmp_path):
     assert torch.equal(finetune.backbone.conv1.weight, model.backbone.conv1.weight)
     with pytest.raises(FlowkitError, match="neither"):
         init_from_file(create_model("resnet2d", num_classes=3, width=4, layers=(1, 1, 1, 1)), ckpt)
+
+
+def test_torchvision_layout_is_the_files_own_and_views_report_model_names(tmp_path):
+    """A file is a torchvision ResNet by its own keys (conv1 and layer1..4), whatever the model
+    has at its top level; a model's resnet_view loads into its own tensors and the report names
+    them as the model does."""
+    net2d, path = saved_2d(tmp_path)
+    state = torch.load(path)
+    assert is_torchvision_resnet(state)
+    assert not is_torchvision_resnet({k: v for k, v in state.items() if not k.startswith("layer4.")})
+    assert not is_torchvision_resnet({"backbone." + k: v for k, v in state.items()})
+
+    class Split(torch.nn.Module):      # a ResNet kept in two parts under other names
+        def __init__(self):
+            super().__init__()
+            full = ResNet2d(18, 3, **TINY)
+            self.stem = torch.nn.ModuleDict({"conv": full.conv1, "norm": full.bn1})
+            self.body = torch.nn.ModuleList([full.layer1, full.layer2, full.layer3, full.layer4])
+
+        def backbones(self):
+            return [resnet_view(conv1=self.stem["conv"], bn1=self.stem["norm"],
+                                **{f"layer{i + 1}": s for i, s in enumerate(self.body)})]
+
+    split = Split()
+    report = init_from_file(split, path)
+    assert report["format"] == "torchvision" and not report["missing"] and not report["unexpected"]
+    assert set(report["loaded"]) == set(split.state_dict())
+    assert torch.equal(split.body[2][0].conv1.weight, net2d.layer3[0].conv1.weight)
+    assert torch.equal(split.stem["norm"].running_var, net2d.bn1.running_var)
 
 
 def test_classifiers_forward_backward():

@@ -8,8 +8,11 @@ from torch import nn
 from flowkit.errors import FlowkitError
 from flowkit.models import classification_loss, create_model
 from flowkit.models.resnet3d import TemporalConv3d
+from flowkit.models import trajectory as trajectory_module
+from flowkit.models.resnet3d import ResNet3d
 from flowkit.models.trajectory import (TrajectoryConv, backward_from_forward, downsample_flow,
-                                       trajectory_conv, trajectory_offsets, trajectory_sample)
+                                       resize_flow_to, trajectory_conv, trajectory_offsets,
+                                       trajectory_sample)
 
 B, C, T, H, W = 2, 3, 5, 6, 7
 
@@ -161,6 +164,81 @@ def test_downsample_flow():
     mx = downsample_flow(flow, 2, "max")
     assert mx[0, :, 0, 0].tolist() == [4.0, 0.0]                    # largest vector (8, 0) / 2
     assert downsample_flow(torch.ones(1, 2, 3, 5, 7), 2).shape == (1, 2, 3, 3, 4)   # ceil grid
+
+
+def test_resize_flow_to_pools_by_the_given_stride():
+    """The stride is the network's, not the smallest factor giving the grid: 112 px at stride 32
+    is a 4 x 4 grid, which stride 28 gives too (and would make the flow 32/28 too large)."""
+    net = ResNet3d(18, 3, width=4, layers=(1, 1, 1, 1))
+    grids = [tuple(s.shape[-2:]) for s in net.forward_stages(torch.zeros(1, 3, 1, 112, 112))]
+    flow = torch.full((1, 2, 2, 112, 112), 32.0)
+    for stride, grid in zip((4, 8, 16, 32), grids):
+        out = resize_flow_to(flow, grid, stride=stride)
+        assert out.shape[-2:] == grid and torch.all(out == 32.0 / stride)
+        assert torch.equal(out, downsample_flow(flow, stride))
+    assert torch.all(resize_flow_to(torch.full((1, 2, 1, 20, 20), 8.0), (3, 3), stride=8) == 1.0)
+    with pytest.raises(FlowkitError, match="stride 8 gives"):
+        resize_flow_to(flow, (4, 4), stride=8)       # a stride that does not give the grid
+
+
+def test_backbone_output_strides_follow_its_structure():
+    basic = ResNet3d(18, 3, width=4, layers=(1, 2, 1, 1))
+    assert basic.output_stride("conv1_t") == 2                # the stem's, before the max-pool
+    assert [basic.output_stride(f"layer{i}.0.conv1_t") for i in (1, 2, 3, 4)] == [4, 8, 16, 32]
+    assert basic.output_stride("layer2.1.conv2_t") == 8
+    bottleneck = ResNet3d(50, 3, width=4, layers=(1, 1, 1, 1))
+    assert bottleneck.output_stride("layer2.0.conv1") == 4     # before the block's strided conv2
+    assert bottleneck.output_stride("layer2.0.conv2_t") == 8
+    assert bottleneck.output_stride("layer2.0.downsample") == 8
+    with pytest.raises(FlowkitError, match="no submodule"):
+        basic.output_stride("layer9")
+
+
+@pytest.mark.parametrize("size,block,stride", [((112, 112), "layer4.0.conv1_t", 32),
+                                               ((20, 20), None, 8), ((32, 32), None, 8),
+                                               ((40, 40), "layer3.0.conv2_t", 16),
+                                               ((20, 20), "conv1_t", 2)])
+def test_store_flow_reaches_the_trajectory_conv_in_pixels_of_its_stride(monkeypatch, size, block,
+                                                                         stride):
+    """Uniform 16 px/frame store flow (forward and backward) arrives as 16/stride feature pixels,
+    also where a smaller factor gives the same grid (112 at stride 32, 20 at stride 8)."""
+    seen = []
+    original = trajectory_module.trajectory_conv
+
+    def spy(x, forward_flow, backward_flow, *args, **kw):
+        seen.append((tuple(x.shape[-2:]), forward_flow, backward_flow))
+        return original(x, forward_flow, backward_flow, *args, **kw)
+
+    monkeypatch.setattr(trajectory_module, "trajectory_conv", spy)
+    model = create_model("trajectorynet", num_classes=3, width=4, layers=(1, 1, 1, 1),
+                         trajectory_block=block, backward_flow="store").eval()
+    h, w = size
+    flow = torch.full((1, 2, 2, h, w), 16.0 / 20.0)
+    with torch.no_grad():
+        model({"rgb": torch.randn(1, 3, 2, h, w), "flow": flow, "flow_backward": -flow,
+               "flow_bound": torch.tensor([20.0])})
+    (grid, forward, backward), = seen
+    assert grid == (-(-h // stride), -(-w // stride))
+    torch.testing.assert_close(forward, torch.full_like(forward, 16.0 / stride))
+    torch.testing.assert_close(backward, torch.full_like(backward, -16.0 / stride))
+    assert model.trajectory_stride == stride
+
+
+def test_motionnet_scale_is_chosen_by_the_blocks_stride():
+    """16 px frames: MotionNet's scales 1/16 and 1/32 are both 1 x 1; a layer4 block (stride 32)
+    takes the 1/32 one (pixels of 32 input pixels), not the first of that size."""
+    model = create_model("trajectorynet", num_classes=3, width=4, layers=(1, 1, 1, 1),
+                         trajectory_block="layer4.0.conv1_t", flow_source="motionnet",
+                         motionnet_width=0.04, motionnet_frames=1)
+    scales = [torch.full((1, 2, 2, -(-16 // 2 ** (k + 1)), -(-16 // 2 ** (k + 1))), float(k))
+              for k in range(5)]
+    forward, backward = model._flow_provider((16, 16), scales=scales)((1, 1))
+    assert forward.shape == (1, 2, 2, 1, 1) and torch.all(forward == 4.0)
+    assert backward is None
+    forward, _ = create_model("trajectorynet", num_classes=3, width=4, layers=(1, 1, 1, 1),
+                              flow_source="motionnet", motionnet_width=0.04, motionnet_frames=1
+                              )._flow_provider((16, 16), scales=scales)((2, 2))
+    assert torch.all(forward == 2.0)                       # the default block: scale 1/8
 
 
 # ---------------------------------------------------------------------------- the networks

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from typing import Sequence
 
 import torch
@@ -352,9 +352,19 @@ def _to_input_grid(disp: torch.Tensor, out_size: tuple[int, int], grid_size: tup
     return up * ratio
 
 
+#: The parameters that apply to one feature mode only (``weights``: learned, checked on its own).
+_MODE_PARAMS = {"patch": ("radius", "sigma"), "learned": ("layer",)}
+
+
 @dataclass(frozen=True)
 class CostVolumeParams:
-    """Parameters of the ``costvolume`` engine (see :class:`CostVolumeEngine` for each one)."""
+    """Parameters of the ``costvolume`` engine (see :class:`CostVolumeEngine` for each one).
+
+    ``radius`` and ``sigma`` describe ``"patch"`` features, ``layer`` (and ``weights``) the
+    ``"learned"`` ones. A value other than its default in the other mode is refused: it would
+    change nothing but the recorded parameters, which a store compares, so that runs computing the
+    same flow would be refused as mismatched. The default, given or not, is kept and recorded as it
+    always was (``layer="layer1"`` with patch features, ``radius=3, sigma=0.0`` with learned)."""
     max_displacement: int | Sequence[int] = 4
     stride: int = 1
     dilation: int = 1
@@ -396,6 +406,17 @@ class CostVolumeParams:
                               ".state_dict(), PATH); or use features='patch', which needs none")
         if features not in ("patch", "learned"):
             raise EngineError(f"costvolume: features must be 'patch' or 'learned', got {features!r}")
+        if self.layer not in _RESNET_STAGES:
+            raise EngineError(f"costvolume: unknown feature layer {self.layer!r}; choose from "
+                              f"{', '.join(_RESNET_STAGES)}")
+        other = "learned" if features == "patch" else "patch"
+        defaults = {f.name: f.default for f in dataclass_fields(self)}
+        given = [name for name in _MODE_PARAMS[other] if getattr(self, name) != defaults[name]]
+        if given:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in given)
+            raise EngineError(f"costvolume: {' and '.join(given)} {'is' if len(given) == 1 else 'are'}"
+                              f" only used with features='{other}', not with features='{features}' "
+                              f"(got {values}); leave {'it' if len(given) == 1 else 'them'} out")
 
 
 @register_engine
@@ -428,11 +449,13 @@ class CostVolumeEngine(FlowEngine):
         features: ``"patch"`` or ``"learned"``; default ``"learned"`` when ``weights`` is given
             (so ``flowkit extract --method costvolume --weights CKPT`` needs nothing else), else
             ``"patch"``.
-        radius: patch radius of ``"patch"`` features.
+        radius: patch radius of ``"patch"`` features (refused with ``"learned"`` unless at its
+            default, as ``sigma``: see :class:`CostVolumeParams`).
         sigma: Gaussian pre-smoothing (pixels of the reduced image) of ``"patch"`` features.
         scale: resolution of the computation relative to the input, in (0, 1].
         weights: checkpoint path for ``"learned"`` features (``flowkit extract --weights CKPT``).
-        layer: last ResNet stage used by ``"learned"`` features.
+        layer: last ResNet stage used by ``"learned"`` features, one of ``conv1, bn1, relu,
+            maxpool, layer1 .. layer4`` (refused with ``"patch"`` unless at its default).
         backend: ``"auto"`` (the CuPy correlation and soft-argmax kernels on CUDA when CuPy
             imports, torch otherwise), ``"torch"`` or ``"cupy"``; an execution option, not in
             ``params`` (:mod:`flowkit.flow.numerics`).

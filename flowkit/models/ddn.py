@@ -38,6 +38,12 @@ The shared features have torchvision's names at the model's top level (``conv1``
 --weights RUN/checkpoints/best.pt`` (its ``FeatureExtractor`` reads ``conv1 .. layer1`` and ignores
 the branches; it normalises frames with the same ImageNet mean/std as the data pipeline, and leaves
 the max-pool out when the checkpoint's model settings say ``feature_stride`` 2).
+
+ImageNet initialisation (``flowkit train --model ddn --init resnet18.pth``, a torchvision ResNet
+state dict of the same depth and width): the shared ``conv1``, ``bn1``, ``layer1`` take the file's
+stem and ``layer1``, and every branch's stages take its ``layer2`` .. ``layer4``
+(:meth:`DDN.backbones`); the motion branch's entry conv (2 displacement channels in) and the
+branches' classifiers for another class count keep their initialisation and are reported.
 """
 from __future__ import annotations
 
@@ -52,6 +58,7 @@ from ..flow.costvolume import warped_difference
 from ..layers import BasicBlock, Bottleneck, init_resnet_weights
 from .base import VideoClassifier
 from .branches import FrameBranch, weighted_late_fusion
+from .init import resnet_view
 from .registry import register_model
 from .resnet import clip_input, resnet_layout
 
@@ -133,6 +140,21 @@ class DDN(VideoClassifier):
         for name in self.branches:
             setattr(self, name, FrameBranch(inputs[name], inplanes, planes, layers[1:], kind,
                                             self.num_classes, dropout))
+
+    def backbones(self) -> list[nn.Module]:
+        """What ``--init FILE`` (torchvision ResNet weights) loads, as torchvision-named views
+        (:func:`~flowkit.models.init.resnet_view`): the shared stem ``conv1, bn1, layer1``, then per
+        branch (``self.branches`` order) its ``entry`` and stages 2-4 as ``layer2 .. layer4``."""
+        views = [resnet_view(conv1=self.conv1, bn1=self.bn1, layer1=self.layer1)]
+        for name in self.branches:
+            branch = getattr(self, name)
+            stages = {f"layer{i + 2}": stage for i, stage in enumerate(branch.stages)}
+            views.append(resnet_view(entry=branch.entry, **stages))
+        return views
+
+    def heads(self) -> list[nn.Linear | None]:
+        """None for the shared stem, then each branch's ``fc`` (same order as :meth:`backbones`)."""
+        return [None] + [getattr(self, name).fc for name in self.branches]
 
     def describe(self) -> dict:
         return {"branches": list(self.branches), "max_displacement": self.displacement.max_displacement[0],

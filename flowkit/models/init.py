@@ -15,9 +15,14 @@ a :class:`~flowkit.models.resnet3d.ResNet3d`, or every backbone of a registered 
   and are reported as missing.
 
 Classifiers take part by defining ``backbones() -> list[nn.Module]`` (ResNet2d / ResNet3d
-instances) and optionally ``heads() -> list[nn.Linear]`` (the classifier on each backbone, same
-order). ``init_from_file(model, path)`` (``flowkit train --init FILE``) also accepts a checkpoint of
-the model itself (keys of ``model.state_dict()``, optionally under ``"model"`` / ``"state_dict"``).
+instances) and optionally ``heads() -> list[nn.Linear | None]`` (the classifier on each backbone,
+same order; None for a backbone without one). A model whose ResNet is split over several modules
+(DDN: a shared stem and ``layer1``, then stages 2-4 in every branch) returns :func:`resnet_view`
+modules: its own modules shown under torchvision's names, so the file's tensors load into them;
+reports name every tensor by its name in the model (``appearance.stages.0.0.conv1.weight``).
+``init_from_file(model, path)`` (``flowkit train --init FILE``) also accepts a checkpoint of the
+model itself (keys of ``model.state_dict()``, optionally under ``"model"`` / ``"state_dict"``); a
+file is taken for a torchvision ResNet by its own layout (:func:`is_torchvision_resnet`).
 """
 from __future__ import annotations
 
@@ -42,6 +47,32 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         "give a local torchvision ResNet state dict, e.g. written by "
         "torch.save(resnet18(weights=...).state_dict(), FILE)"))
     return checkpoints.state_dict_of(obj, str(path))
+
+
+def is_torchvision_resnet(state: dict) -> bool:
+    """Whether ``state`` has torchvision's ResNet layout: ``conv1.weight`` and ``layer1`` ..
+    ``layer4`` at its top level (``fc`` optional), whatever model it is meant for."""
+    stages = {key.split(".", 1)[0] for key in state if key.startswith("layer")}
+    return "conv1.weight" in state and {"layer1", "layer2", "layer3", "layer4"} <= stages
+
+
+class _ResNetView(nn.Module):
+    """Existing modules registered under other names (see :func:`resnet_view`)."""
+
+    def __init__(self, parts: dict[str, nn.Module]):
+        super().__init__()
+        for name, module in parts.items():
+            self.add_module(name, module)
+
+
+def resnet_view(**parts: nn.Module) -> nn.Module:
+    """A module whose children are ``parts`` under the given (torchvision) names, e.g.
+    ``resnet_view(layer2=branch.stages[0], layer3=branch.stages[1], ...)``: what ``backbones()``
+    returns for a ResNet whose parts do not sit in one ResNet module. It shares the parts' tensors
+    (loading into it loads into the model) and is built on demand, never registered in the model,
+    so the model's state dict keeps its own names. Parts with no torchvision counterpart may be
+    given too (e.g. an entry conv as ``entry``): they are reported as missing."""
+    return _ResNetView(parts)
 
 
 def _is_temporal_only(key: str) -> bool:
@@ -106,23 +137,36 @@ def load_resnet_state(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
     report: dict = {"source": source, "format": "torchvision", "loaded": [], "inflated": [],
                     "cross_modality": [], "missing": [], "skipped": {}, "unexpected": []}
     used: set[str] = set()
-    for prefix, backbone, head, head_prefix in _targets(model):
+    targets = _targets(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    any_head = any(head is not None for _, _, head, _ in targets)
+
+    def model_key(backbone: nn.Module, prefix: str, key: str) -> str:
+        """``key`` of ``backbone`` as the model names it (a view's parts keep their own names)."""
+        owner, _, leaf = key.rpartition(".")
+        name = names.get(id(backbone.get_submodule(owner) if owner else backbone))
+        return f"{name}.{leaf}" if name else prefix + key
+
+    for prefix, backbone, head, head_prefix in targets:
         own = backbone.state_dict()
         new = {}
         for key, value in own.items():
+            where = model_key(backbone, prefix, key)
             if key not in state:
-                report["missing"].append(prefix + key)
+                report["missing"].append(where)
                 continue
-            new[key], done = _convert(key, state[key], value, source, f"{prefix}{key}")
+            new[key], done = _convert(key, state[key], value, source, where)
             used.add(key)
-            report["loaded"].append(prefix + key)
+            report["loaded"].append(where)
             for what in done:
-                report[what].append(prefix + key)
+                report[what].append(where)
         backbone.load_state_dict(new, strict=False)
         for key in ("fc.weight", "fc.bias"):
             if key not in state:
                 continue
             used.add(key)
+            if head is None and any_head:
+                continue  # a part without a classifier (DDN's stem); the heads report the fc
             param = getattr(head, key[3:], None) if head is not None else None
             where = head_prefix + key[3:]
             if param is None:
@@ -168,7 +212,8 @@ def load_torchvision_resnet(model: nn.Module, path: str | Path, *, strict: bool 
 def init_from_file(model: nn.Module, path: str | Path) -> dict:
     """``flowkit train --init FILE``: torchvision ResNet weights, or a checkpoint of this model.
 
-    A file with ``conv1.weight`` is a torchvision ResNet and goes through
+    A file with torchvision's ResNet layout (:func:`is_torchvision_resnet`; or any file with
+    ``conv1.weight`` for a model that has no ``conv1.weight`` of its own) goes through
     :func:`load_torchvision_resnet` into ``model.backbones()``. Otherwise its keys are matched
     against ``model.state_dict()``; tensors with equal shape are loaded, others are reported in
     ``skipped`` (e.g. ``fc`` for another class count). Raises FlowkitError naming the file when
@@ -176,7 +221,8 @@ def init_from_file(model: nn.Module, path: str | Path) -> dict:
     """
     state = read_state_dict(path)
     own = model.state_dict()
-    if isinstance(model, (ResNet2d, ResNet3d)) or ("conv1.weight" in state and "conv1.weight" not in own):
+    if (isinstance(model, (ResNet2d, ResNet3d)) or is_torchvision_resnet(state)
+            or ("conv1.weight" in state and "conv1.weight" not in own)):
         return load_resnet_state(model, state, source=str(path))
     loadable, skipped = {}, {}
     for key, value in state.items():

@@ -222,6 +222,48 @@ class ResNet3d(nn.Module):
         """``(name, module)`` of every separable temporal conv (``conv1_t``, ``layer1.0.conv1_t``, ...)."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, TemporalConv3d)]
 
+    def output_strides(self) -> dict[str, int]:
+        """``{name: stride}`` of every submodule: input pixels per pixel of its output grid.
+
+        Read from the structure, not assumed: the spatial strides of the convolutions and poolings
+        met on the way, in registration order (which is the forward order of the stem and of every
+        block's residual path); a ``downsample`` shortcut starts from its block's input. So
+        ``"conv1_t"`` (the stem's temporal conv, after ``conv1``) is 2, ``"layer1.0.conv1_t"`` 4,
+        ``"layer2.0.conv1_t"`` 8 (after the block's strided ``conv1``), ..., ``"layer4"`` 32. The
+        grid of stride s is ``ceil(H / s) x ceil(W / s)`` (every strided op pads "same")."""
+        out: dict[str, int] = {}
+
+        def walk(module: nn.Module, name: str, stride: int) -> int:
+            if isinstance(module, (nn.Conv3d, nn.MaxPool3d, nn.AvgPool3d)):
+                s = module.stride
+                sh, sw = (s, s) if isinstance(s, int) else tuple(s)[-2:]
+                if sh != sw:
+                    raise FlowkitError(f"ResNet3d module {name!r} has spatial stride {(sh, sw)}; "
+                                       f"only square strides have one output stride")
+                stride *= int(sh)
+            else:
+                entry = stride
+                for child_name, child in module.named_children():
+                    full = f"{name}.{child_name}" if name else child_name
+                    if child_name == "downsample":   # the shortcut, beside the residual path
+                        walk(child, full, entry)
+                    else:
+                        stride = walk(child, full, stride)
+            if name:
+                out[name] = stride
+            return stride
+
+        walk(self, "", 1)
+        return out
+
+    def output_stride(self, name: str) -> int:
+        """Input pixels per pixel of the output grid of submodule ``name`` (:meth:`output_strides`);
+        for a temporal conv (stride 1) that is also the grid of its input."""
+        strides = self.output_strides()
+        if name not in strides:
+            raise FlowkitError(f"ResNet3d has no submodule {name!r}")
+        return strides[name]
+
     def reset_temporal_identity(self) -> None:
         """Set every temporal conv to the identity (centre tap); no-op for ``kind="inflated"``."""
         for _, m in self.temporal_convs():

@@ -330,17 +330,25 @@ def downsample_flow(flow: torch.Tensor, factor: int, mode: str = "avg") -> torch
     return picked.view(n, 2, ho, wo) / factor
 
 
-def resize_flow_to(flow: torch.Tensor, size: tuple[int, int], mode: str = "avg") -> torch.Tensor:
-    """Flow ``(B, 2, T, H, W)`` -> ``(B, 2, T, *size)`` via :func:`downsample_flow`, with the integer
-    factor f such that ``ceil(H/f), ceil(W/f) == size`` (a network stage's stride)."""
+def resize_flow_to(flow: torch.Tensor, size: tuple[int, int], mode: str = "avg", *,
+                   stride: int) -> torch.Tensor:
+    """Flow ``(B, 2, T, H, W)`` -> ``(B, 2, T, *size)`` pixels of the features' grid: pooled by
+    ``stride`` with :func:`downsample_flow` (values divided by it).
+
+    ``stride`` is the network's, the input pixels per feature pixel where the flow is used (e.g.
+    ``ResNet3d.output_stride(name)``); it is never guessed from the sizes, which several strides
+    share (``ceil(112 / 28) == ceil(112 / 32) == 4``). Raises FlowkitError when ``stride`` does not
+    give ``size`` (``ceil(H / stride), ceil(W / stride)``).
+    """
     h, w = flow.shape[-2:]
-    if (h, w) == tuple(size):
-        return flow
-    for factor in range(2, max(h, w) + 1):
-        if (-(-h // factor), -(-w // factor)) == tuple(size):
-            return downsample_flow(flow, factor, mode)
-    raise FlowkitError(f"flow of size {(h, w)} cannot be pooled to features of size {tuple(size)} "
-                       f"by an integer stride")
+    stride = int(stride)
+    if stride < 1:
+        raise FlowkitError(f"resize_flow_to stride must be >= 1, got {stride}")
+    want = (-(-h // stride), -(-w // stride))
+    if want != tuple(size):
+        raise FlowkitError(f"flow of size {(h, w)} pooled by the stride {stride} gives {want}, but "
+                           f"the features are {tuple(size)}")
+    return downsample_flow(flow, stride, mode)
 
 
 class TrajectoryConv(nn.Module):

@@ -140,6 +140,9 @@ class TrajectoryNet(ResNet3dClassifier):
         self.backward_flow = backward_flow
         self.trajectory_block = trajectory_block or self._default_block()
         self._replace_block(self.trajectory_block, bool(offsets))
+        #: Input pixels per feature pixel at the trajectory conv (4, 8, 16, 32 in stages 1-4), read
+        #: from the backbone: full-resolution flow is pooled and divided by exactly this.
+        self.trajectory_stride = self.backbone.output_stride(self.trajectory_block)
         self.inputs = ("rgb", "flow") if flow_source == "store" else ("rgb",)
         if backward_flow == "store":
             self.inputs += ("flow_backward",)
@@ -237,13 +240,16 @@ class TrajectoryNet(ResNet3dClassifier):
                        scales: Sequence[torch.Tensor] = (),
                        full_backward: Optional[torch.Tensor] = None):
         """A callable ``(h, w) -> (forward_flow, backward_flow)`` for
-        :meth:`TrajectoryConv.set_flow`: a MotionNet scale of that size if there is one, else
-        ``full`` (or MotionNet's finest scale upsampled to ``full_size``) pooled to it; the backward
-        flow is ``full_backward`` pooled alike, or None (the conv derives it) without one.
-        Flows ``(B, 2, T, H, W)`` in pixels of their resolution."""
+        :meth:`TrajectoryConv.set_flow`: MotionNet's scale 1/s if the block's stride s is one of its
+        scales (``scales[k]`` is scale 1/2^(k+1)), else ``full`` (or MotionNet's finest scale
+        upsampled to ``full_size``) pooled by s (:func:`resize_flow_to`, which checks the grid);
+        the backward flow is ``full_backward`` pooled alike, or None (the conv derives it) without
+        one. Flows ``(B, 2, T, H, W)`` in pixels of their resolution."""
+        stride = self.trajectory_stride
+
         def provide(size: tuple[int, int]):
-            for f in scales:
-                if tuple(f.shape[-2:]) == tuple(size):
+            for k, f in enumerate(scales):
+                if 2 ** (k + 1) == stride and tuple(f.shape[-2:]) == tuple(size):
                     return f, None
             base = full
             if base is None:
@@ -253,8 +259,8 @@ class TrajectoryNet(ResNet3dClassifier):
                                                full_size)
                 base = up.reshape(b, t, 2, *up.shape[-2:]).transpose(1, 2)
             backward = (None if full_backward is None
-                        else resize_flow_to(full_backward, size, self.flow_pool))
-            return resize_flow_to(base, size, self.flow_pool), backward
+                        else resize_flow_to(full_backward, size, self.flow_pool, stride=stride))
+            return resize_flow_to(base, size, self.flow_pool, stride=stride), backward
         return provide
 
     # -------------------------------------------------------------------------------- forward
