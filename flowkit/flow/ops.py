@@ -105,9 +105,13 @@ def _exact_grid(image: torch.Tensor, flow: torch.Tensor, padding_mode: str
     return padded, grid.to(image.dtype)
 
 
-def _kernel(kernel: torch.Tensor | None, default: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+def _kernel(kernel: torch.Tensor | None, default: Sequence[float], like: torch.Tensor
+            ) -> torch.Tensor | Sequence[float]:
+    """The taps to use: ``kernel`` in ``like``'s dtype, or the ``default`` taps as Python floats
+    (a tensor made from them would be a blocking host-to-device copy on every call, i.e. a
+    synchronisation per iteration on CUDA; the products are the same)."""
     if kernel is None:
-        return torch.tensor(default, dtype=like.dtype, device=like.device)
+        return default
     return kernel.to(like.dtype)
 
 
