@@ -17,10 +17,12 @@ Plus the CuPy-less path: asking for ``backend='cupy'`` without it raises one cle
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -110,6 +112,77 @@ def test_cupy_backend_without_cupy_raises_clear_error(no_cupy):
         fcuda.resolve_backend("opencv", "cpu")
 
 
+def test_load_kernel_loads_the_function_on_its_device_before_returning(monkeypatch):
+    """The kernel's function is loaded (cuModuleGetFunction) inside its device's context when
+    load_kernel returns, not lazily at its first launch: that launch may be inside a CUDA-graph
+    capture (tvl1.WarpSolver), where loading is illegal on older drivers. A fake CuPy whose
+    RawKernel loads only when ``.kernel`` is read (as CuPy's does, per device)."""
+    current = [0]
+    events = []
+
+    class Device:
+        def __init__(self, index=None):
+            self.id = current[0] if index is None else index
+
+        def __enter__(self):
+            self.previous, current[0] = current[0], self.id
+
+        def __exit__(self, *exc):
+            current[0] = self.previous
+
+    class RawKernel:
+        def __init__(self, name):
+            self.name = name
+
+        @property
+        def kernel(self):
+            events.append(("load", self.name, current[0]))
+            return object()
+
+    class RawModule:
+        def __init__(self, code, options):
+            pass
+
+        def compile(self):
+            events.append(("compile", current[0]))
+
+        def get_function(self, name):
+            return RawKernel(name)
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(
+        RawModule=RawModule, cuda=types.SimpleNamespace(Device=Device)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fcuda._module.cache_clear()
+    fcuda._function.cache_clear()
+    try:
+        first = fcuda.load_kernel("tvl1_stop_rule", "tvl1.cu", device_id=1)
+        assert fcuda.load_kernel("tvl1_stop_rule", "tvl1.cu", device_id=1) is first  # memoized
+    finally:
+        fcuda._module.cache_clear()
+        fcuda._function.cache_clear()
+    assert events == [("compile", 1), ("load", "tvl1_stop_rule", 1)]
+    assert current == [0]
+
+
+def test_failed_graph_capture_is_exposed(monkeypatch):
+    """A capture that fails falls back to eager launches, and says so: capture_failed() gives the
+    reason (benchmarks/gpu_check.py records it), and later captures are not attempted."""
+    from flowkit.cuda import graphs
+
+    monkeypatch.setattr(graphs, "_failure", None)
+    calls = []
+    record = lambda: calls.append(1)
+    before = graphs.captures()
+    assert graphs.capture_failed() is None
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        replay = graphs.capture(record, "cpu")  # not a CUDA device: capture fails, on any machine
+    assert replay is record and not calls
+    reason = graphs.capture_failed()
+    assert reason and reason.split(":")[0].endswith(("Error", "Exception")), reason
+    assert graphs.capture(record, "cpu") is record and graphs.capture_failed() == reason
+    assert graphs.captures() == before
+
+
 def test_kernel_source_has_line_directive_after_defines():
     text = fcuda.kernel_source("warp.cu", ("FK_A", "FK_B=3"))
     assert text.startswith('#define FK_A\n#define FK_B 3\n#line 1 "warp.cu"\n')
@@ -168,6 +241,16 @@ def test_host_linearize_matches_torch(emulated, photo_pair):
     got = tvl1.linearize(i0, stack, u)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-3)
+
+
+def test_host_stop_rule_freezes_converged_pairs(emulated):
+    tvl1, _, _ = emulated
+    b = 300  # two blocks of BLOCK_1D threads, the second one partly out of range
+    error = torch.rand(b, generator=torch.Generator().manual_seed(6)) * 2
+    active = (torch.arange(b) % 3 != 0).to(torch.int32)  # frozen pairs stay frozen
+    want = active * (error > 1.0).to(torch.int32)
+    tvl1.stop_rule(error, active, 1.0)
+    assert torch.equal(active, want) and not error.any()
 
 
 @pytest.mark.parametrize("ksize", [3, 5])
@@ -283,6 +366,18 @@ def test_gpu_tvl1_iteration_matches_torch(cuda_modules, photo_pair):
 
 @gpu
 @needs_cupy
+def test_gpu_stop_rule_freezes_converged_pairs(cuda_modules):
+    tvl1, _, _ = cuda_modules
+    b = 300  # two blocks of BLOCK_1D threads: the bound check of the second one
+    error = (torch.rand(b, generator=torch.Generator().manual_seed(6)) * 2).cuda()
+    active = (torch.arange(b) % 3 != 0).to(torch.int32).cuda()
+    want = active * (error > 1.0).to(torch.int32)
+    tvl1.stop_rule(error, active, 1.0)
+    assert torch.equal(active, want) and not error.any()
+
+
+@gpu
+@needs_cupy
 def test_gpu_linearize_median_resize_match_torch(cuda_modules, photo_pair):
     tvl1, _, _ = cuda_modules
     i0, i1 = _cuda(*photo_pair)
@@ -384,11 +479,22 @@ def test_gpu_tvl1_engine_backends_agree(photo_pair, early_stop):
 @gpu
 @needs_cupy
 def test_gpu_tvl1_graphs_equal_eager_launches(photo_pair):
+    from flowkit.cuda import graphs
+
     i0, i1 = photo_pair
+    before = graphs.captures()
     graphed = flowkit.create_engine("tvl1", device="cuda", backend="cupy", outer_iterations=4)
     eager = flowkit.create_engine("tvl1", device="cuda", backend="cupy", outer_iterations=4)
     eager.numerics.warp_iterations.use_graphs = False
-    assert torch.equal(graphed(i0, i1), eager(i0, i1))
+    got = graphed(i0, i1)
+    captured = graphs.captures() - before
+    assert torch.equal(got, eager(i0, i1))
+    # Both sides eager would pass the comparison: the graphed engine must really have captured.
+    failed = graphs.capture_failed()
+    if failed and os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING"):
+        pytest.xfail(f"capture failed without torch's caching allocator (the memcheck run): {failed}")
+    assert failed is None, f"CUDA graph capture failed, so both engines launched eagerly: {failed}"
+    assert captured > 0, "the graphed engine captured no CUDA graph"
 
 
 @gpu

@@ -21,7 +21,11 @@ Compiler options: ``-std=c++17`` always. ``--use_fast_math`` only for sources wh
 approximate ``exp``/``rsqrt``/division and flushed denormals: the cost volume (softmax over cosine
 similarities is smooth and bounded, errors ~1e-6 relative). Never for TV-L1 (hundreds of iterations
 amplify rounding differences, and the thresholding divides by ``|grad I1|^2`` that can be tiny or
-denormal) and never for warping (its gradients are checked against autograd).
+denormal) and never for warping (its gradients are checked against autograd). CuPy itself adds
+``-ftz=true`` to every NVRTC compile (``cupy/cuda/compiler.py``), so all kernels flush denormals on
+the device, where torch's CUDA ops do not: the TV-L1 guard on ``|grad I1|^2`` (1e-12) is a normal
+float, so only inputs already below ~1e-38 can round differently from the torch path. The host
+emulation (g++) keeps denormals.
 """
 from __future__ import annotations
 
@@ -120,7 +124,16 @@ def _module(device_id: int, source_file: str, defines: tuple[str, ...], fast_mat
 
 @functools.lru_cache(maxsize=None)
 def _function(device_id: int, source_file: str, defines: tuple[str, ...], fast_math: bool, name: str):
-    return _module(device_id, source_file, defines, fast_math).get_function(name)
+    cupy = require()
+    module = _module(device_id, source_file, defines, fast_math)
+    with cupy.cuda.Device(device_id):
+        kernel = module.get_function(name)
+        # Load the function on this device now (cuModuleGetFunction; a RawKernel otherwise loads it
+        # lazily, per device, at its first launch): that first launch may be inside a CUDA-graph
+        # capture (flowkit.cuda.graphs), where loading a module or a function is illegal on
+        # older drivers and the capture would fail.
+        kernel.kernel  # noqa: B018 (the property loads)
+    return kernel
 
 
 def load_kernel(name: str, source_file: str, defines: Sequence[str] = (), fast_math: bool = False,
@@ -129,7 +142,8 @@ def load_kernel(name: str, source_file: str, defines: Sequence[str] = (), fast_m
 
     Memoized per (device, file, defines, fast_math): the module is compiled once per device and
     process (CuPy also keeps an on-disk cache of compiled binaries across processes), and each
-    kernel's function handle is looked up once. ``defines`` are ``"NAME"`` or ``"NAME=value"``
+    kernel's function handle is looked up and loaded on the device once, here (never at a first
+    launch, which may be inside a CUDA-graph capture). ``defines`` are ``"NAME"`` or ``"NAME=value"``
     strings for compile-time variants (e.g. a filter size); never put shapes in them.
     """
     cupy = require()

@@ -317,7 +317,9 @@ class WarpSolver:
             for name in ("tvl1_primal", "tvl1_dual", "tvl1_stop_rule",
                          f"median_filter_{schedule.median}" if schedule.median > 1 else None):
                 if name:
-                    _kernel(name, bufs.u)  # compile and load before any capture
+                    # Compiled and its function loaded (load_kernel does both) before any
+                    # capture: a first load inside one is illegal on older drivers.
+                    _kernel(name, bufs.u)
             step = graphs.capture(record, bufs.u.device) if self.use_graphs else record
             bufs.graphs[key] = step
         return step
