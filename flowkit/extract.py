@@ -161,10 +161,13 @@ class ExtractSummary:
                           "seconds": round(part.seconds, 3)})
         first = parts[0]
         stopped = sorted({p.stopped for p in parts if p.stopped})
+        # The ranks start together: the first video of any rank that ran one starts the window of
+        # pairs_per_s (the longest setup would drop the other ranks' work before it from it).
+        ran = [p.setup_seconds for p in parts if p.count("done") or p.count("failed")]
         return cls(first.store, first.method, results, max(p.seconds for p in parts),
                    notes=[n for p in parts for n in p.notes], backend=first.backend, ranks=ranks,
                    stopped="; ".join(stopped), not_started=sum(p.not_started for p in parts),
-                   setup_seconds=max(p.setup_seconds for p in parts))
+                   setup_seconds=min(ran) if ran else max(p.setup_seconds for p in parts))
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)

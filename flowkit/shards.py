@@ -71,7 +71,8 @@ def expected_pairs(frames: int, step: int = 1, max_frames: int | None = None) ->
 
 
 def _probe_one(item: VideoItem) -> tuple[int | None, int]:
-    """``(declared frames or None, file size in bytes)``; ``(None, 0)`` for a missing file."""
+    """``(declared frames or None, file size in bytes)``; ``(None, 0)`` for a missing or unreadable
+    file (it fails at once when extracted: its size says nothing about its work)."""
     try:
         size = os.path.getsize(item.path)
     except OSError:
@@ -79,7 +80,7 @@ def _probe_one(item: VideoItem) -> tuple[int | None, int]:
     try:
         return probe(item.path).frame_count, size
     except VideoError:
-        return None, size
+        return None, 0
 
 
 def probe_items(items: Sequence[VideoItem]) -> dict[str, tuple[int | None, int]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from flowkit.labels import VideoItem, scan_videos
 from flowkit.shards import _costs, balance, expected_pairs, plan_shards
 from flowkit.train.ddp import CPUSyncBatchNorm, DistributedBatchSampler, convert_sync_batchnorm
 from flowkit.train.loading import EpochBatchSampler
+from flowkit.video import write_video
 
 
 def _items(n: int) -> list[VideoItem]:
@@ -80,6 +82,21 @@ def test_plan_probes_real_videos(bad_videos):
         plan_shards(items, 0)
 
 
+def test_unreadable_videos_cost_one_pair_not_their_size(tmp_path):
+    # A corrupt file fails at once when extracted: costed by its size, a 3 MB one took a whole
+    # share as "5054 pairs" and left every real video to the other rank.
+    root = tmp_path / "videos" / "a"
+    root.mkdir(parents=True)
+    for i in range(4):
+        write_video(root / f"v{i}.mp4", np.zeros((8, 16, 16, 3), np.uint8))
+    (root / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(3_000_000))
+    items, _ = scan_videos(tmp_path / "videos")
+    plan = plan_shards(items, 2)
+    assert plan.costs["a/corrupt"] == 1 and plan.estimated == []
+    assert sorted(len(plan.share(r)) for r in range(2)) == [2, 3]
+    assert abs(plan.load(0) - plan.load(1)) <= 7
+
+
 # ------------------------------------------------------------------------------ combined summary
 
 def test_combined_summary_names_the_rank_of_each_failure():
@@ -98,6 +115,20 @@ def test_combined_summary_names_the_rank_of_each_failure():
     d = c.to_dict()
     assert [(r["rank"], r["done"], r["failed"]) for r in d["ranks"]] == [(0, 1, 1), (1, 0, 1)]
     assert a.results[1].reason == "bad.mp4: empty"  # the parts are left unchanged
+
+
+def test_combined_rate_counts_every_rank_from_the_first_video_started():
+    # Rank 0 spent 50 s on setup (indexing its store files), then computed 10 s; rank 1 computed
+    # from 1 s to 59 s. The longest setup as the window's start made 680 pairs in "10 s": 68/s.
+    a = ExtractSummary("s", "tvl1", [VideoResult("x", "x.mp4", "done", pairs=100)], seconds=60.0,
+                       setup_seconds=50.0)
+    b = ExtractSummary("s", "tvl1", [VideoResult("y", "y.mp4", "done", pairs=580)], seconds=59.0,
+                       setup_seconds=1.0)
+    idle = ExtractSummary("s", "tvl1", [VideoResult("z", "z.mp4", "skipped")], seconds=0.5,
+                          setup_seconds=0.5)  # nothing to compute: its setup starts nothing
+    d = ExtractSummary.combine([a, b, idle]).to_dict()
+    assert d["setup_seconds"] == 1.0 and d["seconds"] == 60.0
+    assert d["pairs_per_s"] == round(680 / 59.0, 3)
 
 
 # ------------------------------------------------------------------------------ batch sampler
