@@ -11,7 +11,7 @@ from flowkit.cli import main
 from flowkit.train.motionnet import ClipSource
 from flowkit.train.motionnet import MotionNetTrainConfig as TrainConfig
 from flowkit.train.motionnet import evaluate_epe, sample_eval_set, save_checkpoint, train
-from flowkit.errors import EngineError
+from flowkit.errors import EngineError, FlowkitError, VideoError
 from flowkit.flow import ops
 from flowkit.flow.motionnet import (MotionNet, downsample, photometric_loss, smoothness_loss,
                                     ssim_loss, unsupervised_loss)
@@ -200,6 +200,37 @@ def test_cli_resume_continues_exactly(sample_videos, tmp_path):
     bad = runner.invoke(main, _train_args(sample_videos, resumed, "--epochs", "3", "--resume",
                                           "--width", "0.125"))
     assert bad.exit_code == 2 and "width" in bad.output
+
+
+def test_resume_is_exact_with_a_broken_video_and_refuses_other_options(tmp_path):
+    # A video that fails to load is dropped from the sampler's list; the checkpoint records it, so
+    # a resumed run draws the same clips as one run straight through.
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
+
+    def broken():
+        raise VideoError("broken.mp4: cannot decode")
+
+    def source():
+        return ClipSource([(f"v{i}", lambda v=v: v) for i, v in enumerate(videos)]
+                          + [("broken", broken)], (32, 32))
+
+    def config(epochs, **kw):
+        return TrainConfig(num_frames=2, width=TINY, size=(32, 32), epochs=epochs,
+                           steps_per_epoch=3, batch=2, **kw)
+
+    straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
+    train(source(), config(2), straight)
+    train(source(), config(1), resumed)
+    assert torch.load(resumed, weights_only=True)["dropped"] == ["broken"]
+    # Another learning rate or seed is a new run, as in classifier training: refused by name.
+    with pytest.raises(FlowkitError, match=r"--lr=0\.0001 \(given 0\.5\), --seed=0 \(given 9\)"):
+        train(source(), config(2, lr=0.5, seed=9), resumed, resume=True)
+    train(source(), config(2), resumed, resume=True)
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
 
 
 @pytest.mark.slow

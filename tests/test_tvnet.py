@@ -189,6 +189,51 @@ def test_resume_with_other_architecture_fails_cleanly(tmp_path):
     assert result.exit_code == 2 and "--resume" in result.output
 
 
+def test_resume_takes_the_checkpoints_options_and_refuses_others(tmp_path):
+    # Like classifier training: options left out come from the checkpoint, and given ones that
+    # differ (another learning rate, batch, split, seed) are refused by name; only --epochs changes.
+    straight = _train(tmp_path, "--epochs", "2", out="straight.pt")
+    ckpt = _train(tmp_path, "--epochs", "1")
+    runner = CliRunner()
+    bad = runner.invoke(main, ["train-flow", "tvnet", "--out", str(ckpt), "--resume", "--epochs",
+                               "2", "--lr", "0.5", "--batch", "3", "--seed", "7",
+                               "--val-fraction", "0.5"])
+    assert bad.exit_code == 2
+    for wrong in ("--lr=0.01", "--batch=2", "--seed=1", "--val-fraction=0.2"):
+        assert wrong in bad.output, bad.output
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    resumed = runner.invoke(main, ["train-flow", "tvnet", "--out", str(ckpt), "--resume",
+                                   "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    a, b = torch.load(straight, weights_only=True), torch.load(ckpt, weights_only=True)
+    assert b["epoch"] == 2 and b["args"] == a["args"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    # Without --resume an existing checkpoint is never overwritten.
+    again = runner.invoke(main, ["train-flow", "tvnet", "--out", str(ckpt), "--epochs", "1"])
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+
+
+def test_ground_truth_folder_trains_at_its_own_size(tmp_path):
+    import cv2
+    from flowkit.bench.flo import write_flo
+    for i, pair in enumerate(synthetic_pairs(2, size=(32, 40), seed=0)):
+        seq = tmp_path / "gt" / f"seq{i}"
+        seq.mkdir(parents=True)
+        cv2.imwrite(str(seq / "frame10.png"), pair.frame0[..., ::-1])
+        cv2.imwrite(str(seq / "frame11.png"), pair.frame1[..., ::-1])
+        write_flo(seq / "flow10.flo", pair.flow)
+    args = ["train-flow", "tvnet", "--data", str(tmp_path / "gt"), "--layout", "middlebury",
+            "--iterations", "3", "--epochs", "1", "--out", str(tmp_path / "gt.pt")]
+    resized = CliRunner().invoke(main, [*args, "--size", "16x20"])   # was silently ignored
+    assert resized.exit_code == 2 and "--size" in resized.output
+    assert not (tmp_path / "gt.pt").exists()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert torch.load(tmp_path / "gt.pt", weights_only=True)["val_epe"] is not None
+
+
 def test_unsupervised_training_on_video_folder(sample_videos, tmp_path):
     result = CliRunner().invoke(main, [
         "train-flow", "tvnet", "--data", str(sample_videos), "--unsupervised", "--pairs", "6",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 
 from ..progress import StopFlag
@@ -45,12 +46,15 @@ from .progress import RichProgress, stop_on_signals
               help="Seeds the synthetic pairs, the split and the shuffling.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Checkpoint to write (rewritten atomically after every epoch).")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint at --out if there is one.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the checkpoint at --out if there is one, with its options (only "
+                   "--epochs may change).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.pass_context
 @handle_errors
-def command(data, layout, unsupervised, pairs, size, scales, warps, iterations, epochs, batch, lr,
-            clip, val_fraction, seed, out, resume, device, as_json):
+def command(ctx, data, layout, unsupervised, pairs, size, scales, warps, iterations, epochs, batch,
+            lr, clip, val_fraction, seed, out, resume, device, as_json):
     """Train TVNet (default TVNet-50: 1 scale, 1 warp, 50 iterations) and write checkpoint --out,
     for `flowkit extract --method tvnet --weights OUT`.
 
@@ -60,8 +64,18 @@ def command(data, layout, unsupervised, pairs, size, scales, warps, iterations, 
       flowkit train-flow tvnet --out tvnet.pt --epochs 5 --unsupervised
     """
     from ..flow.tvnet import TVNetConfig
-    from ..train.tvnet import TVNetTrainConfig, fit, load_samples
+    from ..train.tvnet import TVNetTrainConfig, fit, load_samples, saved_options
 
+    if resume and out.is_file():
+        # Options left out come from the checkpoint (given ones must match it: fit checks).
+        given = dict(data=data, layout=layout, unsupervised=unsupervised, pairs=pairs, size=size,
+                     scales=scales, warps=warps, iterations=iterations, epochs=epochs,
+                     batch=batch, lr=lr, clip=clip, val_fraction=val_fraction, seed=seed)
+        saved = saved_options(out)
+        given.update({k: saved[k] for k in given if k in saved
+                      and ctx.get_parameter_source(k) != ParameterSource.COMMANDLINE})
+        (data, layout, unsupervised, pairs, size, scales, warps, iterations, epochs, batch, lr,
+         clip, val_fraction, seed) = given.values()
     console = Console(stderr=True)
     config = TVNetTrainConfig(TVNetConfig(scales=scales, warps=warps, iterations=iterations),
                               epochs=epochs, batch=batch, lr=lr, clip=clip,

@@ -6,10 +6,12 @@ RGB frames (:meth:`FlowStore.read_rgb`). No ground truth is needed: the loss is 
 photometric + SSIM + smoothness loss of :func:`~flowkit.flow.motionnet.unsupervised_loss`.
 
 Checkpoints (kind ``"motionnet"`` of :mod:`flowkit.checkpoints`) are written atomically at the end of
-every epoch: ``{"config", "state_dict", "optimizer", "epoch", "step", "loss", "rng", "history"}``;
-``epoch`` is the number of finished epochs and ``step`` the number of optimiser steps. Resuming
-continues exactly (weights, Adam state, epoch, step and the clip sampler's random state), so 2 epochs
-in one go and 1 then 2 with ``resume=True`` give the same weights. The result is used with
+every epoch: ``{"config", "state_dict", "optimizer", "epoch", "step", "loss", "rng", "dropped",
+"history"}``; ``epoch`` is the number of finished epochs, ``step`` the number of optimiser steps and
+``dropped`` the videos that failed to load. Resuming continues exactly (weights, Adam state, epoch,
+step, the clip sampler's random state and the videos it left out), so 2 epochs in one go and 1 then
+2 with ``resume=True`` give the same weights; it therefore takes every option from the checkpoint
+but ``epochs`` (another learning rate or seed is a new run, as in classifier training). The result is used with
 ``flowkit extract --method motionnet --weights motionnet.pt``.
 """
 from __future__ import annotations
@@ -56,8 +58,8 @@ class ClipSource:
     """Random clips of consecutive RGB frames from many videos, all resized to one ``size``.
 
     Each video is a zero-argument loader returning ``(T, H, W, 3)`` uint8; decoded videos are cached
-    (``VIDEO_CACHE`` most recent). A video that fails to load is reported once and dropped, so one
-    bad file never stops training.
+    (``VIDEO_CACHE`` most recent). A video that fails to load is reported once and dropped (its
+    name added to ``dropped``), so one bad file never stops training.
     """
 
     def __init__(self, loaders: Sequence[tuple[str, Callable[[], np.ndarray]]], size: tuple[int, int],
@@ -66,6 +68,7 @@ class ClipSource:
         self.size = (int(size[0]), int(size[1]))
         self.on_warning = on_warning or (lambda msg: None)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.dropped: list[str] = []
         if not self.loaders:
             raise FlowkitError("no videos to train on")
 
@@ -95,6 +98,13 @@ class ClipSource:
         """In-memory videos ``(T, H, W, 3)`` uint8 of one size (tests, benchmarks)."""
         size = videos[0].shape[1:3]
         return cls([(f"video{i}", lambda v=v: v) for i, v in enumerate(videos)], size, **kw)
+
+    def drop(self, names: Sequence[str]) -> None:
+        """Leave out the videos ``names`` (those a resumed run's checkpoint says failed to load), so
+        that clips are drawn from the same list as in the interrupted run."""
+        present = {name for name, _ in self.loaders}
+        self.dropped += [name for name in names if name in present]
+        self.loaders = [(name, load) for name, load in self.loaders if name not in set(names)]
 
     def _frames(self, index: int) -> np.ndarray | None:
         name, load = self.loaders[index]
@@ -128,7 +138,7 @@ class ClipSource:
             i = int(rng.integers(len(self.loaders)))
             frames = self._frames(i)
             if frames is None:
-                self.loaders.pop(i)
+                self.dropped.append(self.loaders.pop(i)[0])
                 continue
             if len(frames) < length:
                 continue
@@ -190,11 +200,15 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 
 
 def _check_resumable(ckpt: dict, config: MotionNetTrainConfig, path: Path) -> None:
+    """FlowkitError naming every option but ``epochs`` that differs from the checkpoint's."""
     saved = ckpt.get("config", {})
-    for key in ("num_frames", "width", "size", "batch", "steps_per_epoch"):
-        if key in saved and _norm(saved[key]) != _norm(getattr(config, key)):
-            raise FlowkitError(f"--resume: {path} was trained with {key}={saved[key]}, not "
-                               f"{getattr(config, key)}; use the same options (or leave them out)")
+    conflicts = [f"--{key.replace('_', '-')}={saved[key]} (given {getattr(config, key)})"
+                 for key in ("num_frames", "width", "size", "batch", "steps_per_epoch", "lr", "seed")
+                 if key in saved and _norm(saved[key]) != _norm(getattr(config, key))]
+    if conflicts:
+        raise FlowkitError(f"--resume: {path} was trained with {', '.join(conflicts)}; leave these "
+                           "options out (they come from the checkpoint) or choose another --out; "
+                           "only --epochs may change")
 
 
 def _norm(value):
@@ -239,11 +253,13 @@ def train(source: ClipSource, config: MotionNetTrainConfig, out: Path | None = N
         _check_resumable(ckpt, config, out)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr
         epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         rng.bit_generator.state = json.loads(ckpt["rng"])
         history = list(ckpt.get("history", []))
+        if ckpt.get("dropped"):
+            source.drop(ckpt["dropped"])
+            progress.log(f"leaving out {len(ckpt['dropped'])} videos that failed to load before: "
+                         + ", ".join(ckpt["dropped"]))
     length = config.num_frames + 1
     model.train()
     task = progress.start("steps", total=config.epochs * config.steps_per_epoch,
@@ -270,7 +286,8 @@ def train(source: ClipSource, config: MotionNetTrainConfig, out: Path | None = N
                 "config": {**asdict(config), "size": list(config.size)},
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch, "step": step, "loss": result.loss,
-                "rng": json.dumps(rng.bit_generator.state), "history": history,
+                "rng": json.dumps(rng.bit_generator.state), "dropped": list(source.dropped),
+                "history": history,
             })
         epe = (f", EPE {result.epe:.3f} px (zero flow {result.epe_zero:.3f})"
                if result.epe is not None else "")

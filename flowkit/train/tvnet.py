@@ -13,6 +13,11 @@ The checkpoint (kind ``"tvnet"`` of :mod:`flowkit.checkpoints`) holds ``config``
 :class:`~flowkit.flow.tvnet.TVNetConfig`), ``state_dict``, ``epoch``, ``optimizer``, ``val_epe``,
 ``val_loss``, ``history`` and ``args`` (the training options), rewritten atomically after every
 epoch. ``flowkit extract --method tvnet --weights CKPT`` uses it.
+
+Resuming continues exactly (weights, Adam state, epoch; the split and each epoch's shuffle are
+functions of the seed) and so takes every option from the checkpoint: only ``epochs``
+(:data:`RESUMABLE_CHANGES`) may differ, as in classifier training (:mod:`flowkit.train.config`);
+another learning rate, batch, seed, validation share or data is a new run (a new ``--out``).
 """
 from __future__ import annotations
 
@@ -90,6 +95,10 @@ def load_samples(data: str, layout: str | None, unsupervised: bool, pairs: int,
     if not root.is_dir():
         raise FlowkitError(f"--data {data}: not 'synthetic' and not a folder")
     if layout:
+        if size is not None:
+            raise FlowkitError(f"--size: the pairs of a ground-truth folder (--layout {layout}) are "
+                               "used at their own size (resizing would change their flow); leave "
+                               "--size out")
         return samples_from_pairs(load_flow_folder(root, layout)[:pairs])
     if not unsupervised:
         raise FlowkitError(f"--data {data}: pass --layout middlebury|sintel for a ground-truth "
@@ -191,6 +200,30 @@ def evaluate(net: TVNet, samples: list[Sample], indices: list[int], batch: int,
     return {"loss": loss_sum / count if count else None, "epe": epe_sum / epe_n if epe_n else None}
 
 
+#: Training options a resumed run may change; any other must equal the checkpoint's.
+RESUMABLE_CHANGES = frozenset({"epochs"})
+
+
+def saved_options(path: str | os.PathLike) -> dict:
+    """The options the TVNet checkpoint at ``path`` was trained with: its ``args`` (data and
+    training options) plus its architecture's ``scales``, ``warps`` and ``iterations``."""
+    ckpt = load_checkpoint(path)
+    config = ckpt["config"]
+    return {**ckpt.get("args", {}), **{k: config[k] for k in ("scales", "warps", "iterations")
+                                       if k in config}}
+
+
+def _check_resumable(saved: dict, given: dict, path: Path) -> None:
+    """FlowkitError naming every option (but :data:`RESUMABLE_CHANGES`) that differs."""
+    conflicts = [f"--{k.replace('_', '-')}={saved[k]!r} (given {given[k]!r})"
+                 for k in given if k in saved and k not in RESUMABLE_CHANGES
+                 and saved[k] != given[k]]
+    if conflicts:
+        raise FlowkitError(f"--resume: {path} was trained with " + ", ".join(conflicts) +
+                           "; leave these options out (they come from the checkpoint) or pass a "
+                           "new --out; only --epochs may change")
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     """Write a TVNet checkpoint atomically (:func:`flowkit.checkpoints.save_checkpoint`)."""
     checkpoints.save_checkpoint(path, "tvnet", checkpoint)
@@ -220,10 +253,12 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
 
     ``progress`` gets one task of optimiser steps and a line per epoch; ``stop`` is polled after
     each epoch (the checkpoint of the last finished epoch is kept). ``args`` (the data options) are
-    recorded in the checkpoint.
+    recorded in the checkpoint. Resuming with options other than the checkpoint's (but
+    ``epochs``), or writing over an existing ``out`` without ``resume``, raises FlowkitError.
     """
     progress = progress or Progress()
     out = Path(out)
+    run_args = {**(args or {}), **{k: v for k, v in asdict(config).items() if k != "architecture"}}
     torch.manual_seed(config.seed)
     arch = config.architecture
     net = TVNet(**asdict(arch)).to(device)
@@ -235,12 +270,16 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
             raise FlowkitError(f"--resume: {out} was trained with {ckpt['config']}, not "
                                f"{asdict(arch)}; pass the same --scales/--warps/--iterations "
                                "or a new --out")
+        _check_resumable(ckpt.get("args", {}), run_args, out)
         net.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
         progress.log(f"resuming {out} from epoch {start}")
     elif resume:
         progress.log(f"no checkpoint at {out} yet; starting from scratch")
+    elif out.exists():
+        raise FlowkitError(f"{out} exists; pass --resume to continue training it, or choose "
+                           "another --out")
     train_idx, val_idx = split(len(samples), config.val_fraction, config.seed)
     has_gt = samples[0].flow is not None
     progress.log(f"TVNet-{arch.scales}-{arch.warps}-{arch.iterations}: {len(train_idx)} "
@@ -260,9 +299,7 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
         save_checkpoint(out, {
             "config": asdict(arch), "state_dict": net.state_dict(), "epoch": epoch,
             "optimizer": optimizer.state_dict(), "val_epe": val["epe"], "val_loss": val["loss"],
-            "history": history,
-            "args": {**(args or {}), **{k: v for k, v in asdict(config).items()
-                                        if k != "architecture"}}})
+            "history": history, "args": run_args})
         progress.log(f"epoch {epoch}/{config.epochs}: train loss {_fmt(train['loss'])}, train EPE "
                      f"{_fmt(train['epe'])}, val loss {_fmt(val['loss'])}, val EPE "
                      f"{_fmt(val['epe'] if has_gt else None)} -> {out}")
@@ -281,4 +318,5 @@ def _fmt(value) -> str:
 
 
 __all__ = ["Sample", "samples_from_pairs", "samples_from_videos", "load_samples", "split",
-           "batches", "train_epoch", "evaluate", "save_checkpoint", "TVNetTrainConfig", "fit"]
+           "batches", "train_epoch", "evaluate", "save_checkpoint", "saved_options",
+           "RESUMABLE_CHANGES", "TVNetTrainConfig", "fit"]
