@@ -146,7 +146,7 @@ def walk_once(root: str | os.PathLike, notes: list[str] | None = None, hidden: b
     as with os.walk."""
     note = notes.append if notes is not None else lambda line: None
     try:
-        seen = {_identity(os.stat(root)): os.fspath(root)}
+        seen = {file_identity(os.stat(root)): os.fspath(root)}
     except OSError as exc:
         note(f"{root}: cannot be listed ({exc.strerror or exc})")
         return
@@ -158,7 +158,7 @@ def walk_once(root: str | os.PathLike, notes: list[str] | None = None, hidden: b
                 continue
             path = os.path.join(dirpath, d)
             try:
-                ident = _identity(os.stat(path))
+                ident = file_identity(os.stat(path))
             except OSError as exc:
                 note(f"{path}: skipped ({exc.strerror or exc}; a broken link?)")
                 continue
@@ -172,7 +172,8 @@ def walk_once(root: str | os.PathLike, notes: list[str] | None = None, hidden: b
         yield dirpath, dirnames, filenames
 
 
-def _identity(st: os.stat_result) -> tuple[int, int]:
+def file_identity(st: os.stat_result) -> tuple[int, int]:
+    """What makes a file or directory one real thing whatever the links to it: (device, inode)."""
     return st.st_dev, st.st_ino
 
 
@@ -197,4 +198,4 @@ def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "fsync_dir", "fsync_file",
            "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "is_stale_temporary",
-           "escape_name", "walk_once"]
+           "escape_name", "walk_once", "file_identity"]

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 from .errors import FlowkitError
-from .files import escape_name, walk_once
+from .files import escape_name, file_identity, walk_once
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv")
@@ -82,10 +82,6 @@ def walk_directories(root: Path, notes: list[str]
         yield Path(dirpath), dirnames, sorted(f for f in filenames if not f.startswith("."))
 
 
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
 def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> list[PurePosixPath]:
     """Relative paths of the video files under ``root``, in sorted walk order.
 
@@ -116,11 +112,11 @@ def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> l
                         else "not a regular file")
                 notes.append(f"{path}: skipped, {kind}, not a video file")
                 continue
-            if _identity(st) in seen_files:
+            if file_identity(st) in seen_files:
                 notes.append(f"{path}: skipped, the same file as "
-                             f"{root / seen_files[_identity(st)]}")
+                             f"{root / seen_files[file_identity(st)]}")
                 continue
-            seen_files[_identity(st)] = rel = PurePosixPath(path.relative_to(root).as_posix())
+            seen_files[file_identity(st)] = rel = PurePosixPath(path.relative_to(root).as_posix())
             found.append(rel)
     return found
 
