@@ -316,13 +316,15 @@ TINY_MODEL = {"width": 4, "layers": [1, 1, 1, 1], "modality": "flow"}
 def _ddp_config(store: str):
     from flowkit.train import TrainConfig
 
-    return TrainConfig(store=store, model="resnet2d", model_kwargs=TINY_MODEL, frames=2, size=16,
+    return TrainConfig(store=store, model="resnet2d", model_kwargs={**TINY_MODEL, "dropout": 0.5},
+                       frames=2, size=16,
                        batch_size=4, epochs=1, lr=0.05, flip=False, val_fraction=0.25, workers=0,
                        device="cpu")
 
 
 def _train_rank(rank: int, world: int, init_file: str, store: str, run: str) -> None:
-    """One rank of a DDP run (plain batch norm): train, then record this rank's model buffers."""
+    """One rank of a DDP run (plain batch norm): train, then record this rank's model buffers
+    and the input and output of its dropout at the first training step."""
     from flowkit.train import Trainer
 
     torch.set_num_threads(1)
@@ -330,8 +332,12 @@ def _train_rank(rank: int, world: int, init_file: str, store: str, run: str) -> 
                                          world_size=world)
     try:
         trainer = Trainer(_ddp_config(store), run)
+        dropout = []
+        trainer.model.dropout.register_forward_hook(
+            lambda module, args, out: dropout.append((args[0], out)) if module.training else None)
         trainer.fit()
         torch.save(dict(trainer.model.named_buffers()), f"{run}.buffers.{rank}")
+        torch.save(dropout[0], f"{run}.dropout.{rank}")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -340,7 +346,8 @@ def _train_rank(rank: int, world: int, init_file: str, store: str, run: str) -> 
 def test_ddp_validation_scores_the_saved_model(tiny_store, tmp_path):
     """Without --sync-bn each rank's batch-norm statistics follow its own clips. Validation
     (every rank scores part of the videos) must use rank 0's, the ones the checkpoint holds:
-    the logged val_loss equals that of last.pt scored again in one process."""
+    the logged val_loss equals that of last.pt scored again in one process. Each rank's part of
+    a batch gets its own dropout masks."""
     from flowkit.store import FlowStore
     from flowkit.train import load_checkpoint, load_run_model, predict
     from flowkit.train.loading import make_dataset, make_loader
@@ -348,6 +355,11 @@ def test_ddp_validation_scores_the_saved_model(tiny_store, tmp_path):
     run, world = tmp_path / "run", 2
     torch.multiprocessing.spawn(_train_rank, args=(world, str(tmp_path / "pg"), str(tiny_store),
                                                    str(run)), nprocs=world)
+    (in0, out0), (in1, out1) = (torch.load(f"{run}.dropout.{rank}", weights_only=True)
+                                for rank in range(world))
+    both = (in0 != 0) & (in1 != 0)  # where both ranks' features can be seen dropped or kept
+    assert both.sum() > 10
+    assert not torch.equal((out0 == 0)[both], (out1 == 0)[both]), "the ranks dropped alike"
     saved = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     for rank in range(world):
         buffers = torch.load(f"{run}.buffers.{rank}", weights_only=True)

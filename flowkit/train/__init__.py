@@ -10,7 +10,7 @@ it; progress goes through :mod:`flowkit.progress`, checkpoints through :mod:`flo
     Trainer.resume("runs/flow", epochs=20).fit()          # continue exactly where it stopped
     report = evaluate_run("runs/flow", clips=10, crops=3)  # writes runs/flow/eval/
 """
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, merge_for_resume, read_run_config
 from ..data.samplers import SegmentClipsSampler
 from .evaluate import (EvalResult, evaluate_run, flatten_views,
@@ -25,7 +25,7 @@ __all__ = [
     "TrainConfig", "RESUMABLE_CHANGES", "merge_for_resume", "read_run_config",
     "Trainer", "TrainResult", "EpochRecord", "epoch_line", "EpochBatchSampler",
     "build_optimizer", "build_scheduler", "lr_factor", "parameter_groups", "derive_seed",
-    "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
+    "save_checkpoint", "load_checkpoint",
     "evaluate_run", "EvalResult", "load_run_model", "predict", "flatten_views",
     "SegmentClipsSampler", "save_confusion_png",
     "topk_accuracy", "topk_correct", "confusion_matrix", "mean_class_accuracy",

@@ -1,5 +1,4 @@
-"""Classifier checkpoints (kind ``"classifier"`` of :mod:`flowkit.checkpoints`) and the RNG
-states they carry.
+"""Classifier checkpoints (kind ``"classifier"`` of :mod:`flowkit.checkpoints`).
 
 A checkpoint is a dict saved with ``torch.save`` and loadable with ``weights_only=True``::
 
@@ -13,18 +12,17 @@ A checkpoint is a dict saved with ``torch.save`` and loadable with ``weights_onl
     partial              running sums of the unfinished epoch (loss_sum, correct, seen, seconds)
     best_metric, best_epoch   best validation top-1 so far (train accuracy without validation)
     history              the metrics.jsonl records of the finished epochs
-    rng                  torch (CPU and CUDA), numpy and Python RNG states
+
+No RNG state: the trainer reseeds the global RNGs before every step from (seed, epoch, step, rank)
+(:mod:`flowkit.train.loop`), so a resumed run needs none.
 
 Written atomically (:mod:`flowkit.files`): a crash leaves the old checkpoint or the new one.
 """
 from __future__ import annotations
 
-import json
 import os
-import random
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import checkpoints
@@ -40,38 +38,3 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a classifier checkpoint; FlowkitError naming the file if it is not one."""
     return checkpoints.load_checkpoint(path, KIND, what="checkpoint", map_location=map_location)
-
-
-def rng_state() -> dict[str, Any]:
-    """The global RNG states that training can consume (dropout, stochastic layers, user code).
-
-    Stored in a form ``torch.load(weights_only=True)`` accepts (tensors, strings, numbers).
-    """
-    state = {"torch": torch.get_rng_state(),
-             "numpy": json.dumps(np.random.get_state(legacy=False), default=_json_array),
-             "python": json.dumps(random.getstate())}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states saved by :func:`rng_state` (a missing CUDA state is left alone)."""
-    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
-    np_state = json.loads(state["numpy"])
-    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(np_state)
-    py = json.loads(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = [s.cpu() for s in state["cuda"]]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-
-
-def _json_array(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")

@@ -10,10 +10,12 @@ Run directory (``RUN_DIR``)::
 Reproducibility and exact resume. Every random choice is a function of (seed, epoch, step): the
 dataset's clip/crop sampling of (seed, epoch, index) via ``set_epoch``, the shuffle of a
 ``torch.Generator`` seeded from (seed, epoch), and the global torch/numpy/Python RNGs (dropout) are
-reseeded from (seed, epoch) at each epoch start. A checkpoint written in the middle of an epoch stores
-the RNG states and the running sums of the epoch, and a resumed run skips the batches already seen
-(the shuffle is recomputed, not replayed), so on a deterministic device training N epochs straight
-and stopping/resuming anywhere in between give identical weights and metrics.
+reseeded from (seed, epoch, step, rank) before every optimiser step. A checkpoint written in the
+middle of an epoch stores the running sums of the epoch, and a resumed run skips the batches already
+seen (the shuffle is recomputed, not replayed), so on a deterministic device training N epochs
+straight and stopping/resuming anywhere in between give identical weights and metrics. The rank in
+the step seed gives each rank's part of a global batch its own dropout masks (with one seed for all,
+the clips at the same position on every rank were dropped alike).
 
 Under torchrun (a process group from :mod:`flowkit.distributed`) the model runs in
 DistributedDataParallel and each rank takes its part of every global batch
@@ -42,7 +44,7 @@ from .. import distributed
 from ..errors import FlowkitError
 from ..files import atomic_write_text
 from ..progress import Progress
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, merge_for_resume, read_run_config
 from .ddp import batch_sampler, convert_sync_batchnorm, rank_device, wrap
 from .loading import (EpochBatchSampler, derive_seed, index_store, keys_digest, make_dataset,
@@ -305,7 +307,7 @@ class Trainer:
         state = self._restore(ckpt, opt)
         start_epoch, interrupted = state.epoch, False
         for epoch in range(state.epoch, self.config.epochs):
-            interrupted, sums = self._train_epoch(epoch, state, opt, batches, ckpt, progress,
+            interrupted, sums = self._train_epoch(epoch, state, opt, batches, progress,
                                                   should_stop)
             if interrupted:
                 break
@@ -341,16 +343,12 @@ class Trainer:
         return state
 
     def _train_epoch(self, epoch: int, state: "RunState", opt: "_Optimisation",
-                     batches: EpochBatchSampler, ckpt: dict | None, progress: Progress,
+                     batches: EpochBatchSampler, progress: Progress,
                      should_stop: Callable[[], bool]) -> tuple[bool, dict]:
         """The optimiser steps of ``epoch`` (from ``state.step_in_epoch`` when resuming it, with the
-        RNG states and running sums of the checkpoint). Returns ``(interrupted, sums)``: whether a
+        running sums of the checkpoint). Returns ``(interrupted, sums)``: whether a
         stop ended it early (its state is then saved) and the epoch's running sums."""
         cfg, skip = self.config, state.step_in_epoch
-        if skip and ckpt is not None:
-            set_rng_state(ckpt["rng"])
-        else:
-            seed_everything(derive_seed(cfg.seed, epoch, "global"))
         sums = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         if skip and state.partial:
             # The saved sums are over all ranks: rank 0 carries them, the others start at zero.
@@ -376,6 +374,7 @@ class Trainer:
                     interrupted = True
                     break
                 raise
+            seed_everything(derive_seed(cfg.seed, epoch, step_in_epoch, "global", self.rank))
             loss, correct, n, lr = self._train_step(batch, opt)
             step_in_epoch += 1
             state.global_step += 1
@@ -483,7 +482,7 @@ class Trainer:
             return
         save_checkpoint(self.checkpoint_dir / name,
                         {"config": self.run_config, "model": self.model.state_dict(),
-                         **opt.state_dicts(), **state.to_dict(), "rng": rng_state()})
+                         **opt.state_dicts(), **state.to_dict()})
 
     def _save_mid_epoch(self, state: "RunState", epoch: int, step_in_epoch: int, sums: dict,
                         opt: "_Optimisation") -> None:
