@@ -14,7 +14,8 @@ from conftest import TINY_SIZE, TINY_SPEED, tiny_video, write_tiny_store
 from flowkit.data import (IMAGENET_MEAN, IMAGENET_STD, ClipDataset, MultiScaleCrop,
                           RandomClipSampler, SegmentSampler, UniformClipSampler, flow_indices,
                           hflip, labelled_keys, labels, num_classes, resized_crop,
-                          split_from_list, stratified_split, test_transform, train_transform)
+                          split_from_list, stratified_split, test_transform, train_transform,
+                          video_group)
 from flowkit.errors import FlowkitError
 from flowkit.store import FlowStore
 
@@ -387,6 +388,56 @@ def test_stratified_split(tiny_store):
     assert stratified_split(tiny_store, 0.0) == (keys, [])
     with pytest.raises(FlowkitError, match="val_fraction"):
         stratified_split(tiny_store, 1.0)
+
+
+def test_video_group_reads_ucf101_clip_names():
+    assert video_group("Archery/v_Archery_g08_c03") == "Archery/v_Archery_g08"
+    assert video_group("v_Archery_g08_c03") == "v_Archery_g08"
+    assert video_group("YoYo/v_YoYo_g25_c05") == "YoYo/v_YoYo_g25"
+    for key in ("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0", "a/long", "x/v_g1_c2x"):
+        assert video_group(key) == key  # no recording group in the name: its own group
+
+
+def write_labelled_store(path, keys):
+    """A store of 3-frame RGB videos labelled by their class folder."""
+    classes = sorted({key.split("/")[0] for key in keys})
+    with FlowStore(path, mode="a", classes=classes) as store:
+        for key in keys:
+            name = key.split("/")[0]
+            with store.writer(key, source=f"{key}.avi", fps=25.0, label=classes.index(name),
+                              label_name=name, rgb_codec="raw") as writer:
+                writer.append_rgb(np.zeros((3, 4, 4, 3), np.uint8))
+
+
+def test_stratified_split_keeps_ucf101_groups_whole(tmp_path):
+    """UCF101 clips of one group (g08: one actor, one scene) never land on both sides."""
+    keys = [f"{c}/v_{c}_g{g:02d}_c{k:02d}" for c in ("Archery", "Bowling")
+            for g in range(1, 9) for k in range(1, 3 + g % 3)]  # 2-4 clips per group
+    write_labelled_store(tmp_path / "store", keys)
+    splits = [stratified_split(tmp_path / "store", 0.25, seed=s) for s in range(6)]
+    assert len({tuple(val) for _, val in splits}) > 1
+    for train, val in splits:
+        assert sorted(train + val) == sorted(keys)
+        assert not {video_group(k) for k in train} & {video_group(k) for k in val}
+        for c in ("Archery", "Bowling"):
+            n = sum(k.startswith(c) for k in keys)
+            n_val = sum(k.startswith(c) for k in val)
+            assert round(n * 0.25) <= n_val < round(n * 0.25) + 4  # whole groups of 2-4
+    train, val = stratified_split(tmp_path / "store", 0.9)
+    assert {k.split("/")[0] for k in train} == {"Archery", "Bowling"}  # each keeps a group
+
+
+def test_stratified_split_of_ungrouped_videos_is_per_video(tiny_store):
+    """Keys without a group split video by video, as before groups were known."""
+    keys = FlowStore(tiny_store).keys()
+    for seed in range(4):
+        expected = []
+        for label in range(3):
+            members = [k for k, y in zip(keys, labels(tiny_store, keys)) if y == label]
+            order = np.random.default_rng([seed, label + 1]).permutation(len(members))
+            expected += [members[i] for i in order[:min(round(len(members) * 0.5),
+                                                        len(members) - 1)]]
+        assert stratified_split(tiny_store, 0.5, seed=seed)[1] == sorted(expected)
 
 
 def add_unlabelled_videos(store_path, *keys: str) -> None:

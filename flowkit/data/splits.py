@@ -7,6 +7,7 @@ Keys are store keys: video paths relative to the dataset root without extension
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,9 @@ from ..labels import parse_split_list
 from ..store import FlowStore
 
 MAX_LISTED = 5  # error messages name at most this many keys
+
+# UCF101 clip names: v_<Class>_g<GG>_c<CC>, the clips of group GG cut from one recording
+_UCF101_CLIP = re.compile(r"(?P<group>v_.+_g\d+)_c\d+")
 
 
 def as_store(store: FlowStore | str | os.PathLike) -> FlowStore:
@@ -123,14 +127,29 @@ def _check_list_label(store: FlowStore, where: str, folder: str, label: int) -> 
                            "extracted with another class list (classInd.txt)")
 
 
+def video_group(key: str) -> str:
+    """The recording a video was cut from, as far as its name tells: ``"Archery/v_Archery_g08"``
+    for UCF101's ``"Archery/v_Archery_g08_c03"`` (group 08: one actor, one scene, 4-7 clips),
+    else the key itself. Clips of one group look alike, so a split that puts some in training and
+    others in validation scores memory of the scene, not recognition; UCF101's own split lists
+    keep each group whole."""
+    folder, slash, name = key.rpartition("/")
+    match = _UCF101_CLIP.fullmatch(name)
+    return folder + slash + match["group"] if match else key
+
+
 def stratified_split(store: FlowStore | str | os.PathLike, val_fraction: float, seed: int = 0,
                      keys: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
-    """Split ``keys`` (default: all of the store's) into train and validation keys per class.
+    """Split ``keys`` (default: all of the store's) into train and validation keys per class,
+    keeping each recording group (:func:`video_group`, e.g. UCF101's ``_g08_``) on one side.
 
-    Each class puts ``round(n * val_fraction)`` of its ``n`` videos into validation, but always
-    keeps at least one for training. Which ones depends only on ``seed``, the class and its keys,
-    so the split is reproducible. Both lists come back sorted. Unlabelled videos (label -1) are in
-    neither: nothing can be learnt or scored from them (:func:`labelled_keys` finds them).
+    Each class moves whole groups, in an order drawn from ``seed`` and the class, into validation
+    until it holds at least ``round(n * val_fraction)`` of its ``n`` videos, but always keeps at
+    least one video for training (a group that would take the last one is passed over). Videos
+    without a group are groups of one, so for them exactly ``round(n * val_fraction)`` go. Which
+    ones depends only on ``seed``, the class and its keys, so the split is reproducible. Both lists
+    come back sorted. Unlabelled videos (label -1) are in neither: nothing can be learnt or scored
+    from them (:func:`labelled_keys` finds them).
     """
     if not 0.0 <= float(val_fraction) < 1.0:
         raise FlowkitError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -150,9 +169,20 @@ def stratified_split(store: FlowStore | str | os.PathLike, val_fraction: float, 
             by_class[label].append(key)
     train, val = [], []
     for label, members in sorted(by_class.items()):
+        groups: dict[str, list[str]] = defaultdict(list)
+        for key in members:
+            groups[video_group(key)].append(key)
+        names = sorted(groups)
         rng = np.random.default_rng([int(seed), label + 1])
-        order = rng.permutation(len(members))
-        n_val = min(int(round(len(members) * val_fraction)), len(members) - 1)
-        val += [members[i] for i in order[:n_val]]
-        train += [members[i] for i in order[n_val:]]
+        target = min(int(round(len(members) * val_fraction)), len(members) - 1)
+        taken = 0
+        for i in rng.permutation(len(names)):
+            group = groups[names[i]]
+            if taken >= target:
+                train += group
+            elif len(members) - taken - len(group) < 1:
+                train += group  # it would leave the class nothing to train on
+            else:
+                val += group
+                taken += len(group)
     return sorted(train), sorted(val)

@@ -96,7 +96,8 @@ class TrainConfig:
     flow_name: str = field(default="tvl1", metadata={
         "help": "Flow dataset of the store (the extraction --method)."})
     val_fraction: float = field(default=0.1, metadata={
-        "help": "Stratified validation split (0: none). Ignored with --split-list."})
+        "help": "Stratified validation split (0: none), keeping UCF101 groups (_g08_) whole. "
+                "Ignored with --split-list."})
     split_list: str | None = field(default=None, metadata={
         "kind": "file", "help": "Training videos from a UCF101 list (trainlist01.txt)."})
     val_list: str | None = field(default=None, metadata={

@@ -113,7 +113,8 @@ def make_split(store, config: TrainConfig, note: Callable[[str], None] | None = 
     Unlabelled videos (label -1, e.g. a video at the root of a class-folder tree) are left out of
     both, and ``note`` gets one line saying how many and naming a few; FlowkitError when no video
     is left to train on."""
-    from ..data import labelled_keys, split_from_list, stratified_split, unlabelled_note
+    from ..data import (labelled_keys, split_from_list, stratified_split, unlabelled_note,
+                        video_group)
 
     if config.split_list:
         train, left_out = labelled_keys(store, split_from_list(store, config.split_list))
@@ -128,6 +129,8 @@ def make_split(store, config: TrainConfig, note: Callable[[str], None] | None = 
         elif config.val_fraction > 0:
             train, val = stratified_split(store, config.val_fraction, seed=config.seed, keys=keys)
             source = f"stratified val_fraction={config.val_fraction} seed={config.seed}"
+            if any(video_group(key) != key for key in keys):
+                source += " (whole UCF101 groups)"
         else:
             train, val, source = keys, [], "all videos, no validation"
     train, val = list(train), list(val)
