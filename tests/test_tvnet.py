@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import flowkit
 from flowkit.bench import synthetic_pairs
 from flowkit.cli import main
-from flowkit.train.tvnet import evaluate, samples_from_pairs, train_epoch
+from flowkit.train.tvnet import evaluate, samples_from_pairs, split, train_epoch
 from flowkit.errors import EngineError
 from flowkit.flow import ops, tvl1
 from flowkit.flow.tvnet import TVNet, flow_loss
@@ -232,6 +232,21 @@ def test_ground_truth_folder_trains_at_its_own_size(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "gt.pt", weights_only=True)["val_epe"] is not None
+
+
+def test_split_keeps_the_pairs_of_a_video_on_one_side():
+    """Consecutive pairs of a video share frames: validation must not share one with training."""
+    videos = ["a.mp4"] * 7 + ["b.mp4"] * 5 + ["c.mp4"] * 6 + ["d.mp4"] * 2
+    for seed in range(5):
+        train, val = split(len(videos), 0.25, seed, videos)
+        assert sorted(train + val) == list(range(20)) and len(val) >= 5
+        assert not {videos[i] for i in train} & {videos[i] for i in val}
+    # one video: a block at its end, the bordering pair (it shares a frame) left out
+    train, val = split(10, 0.2, 0, ["a.mp4"] * 10)
+    assert (train, val) == (list(range(7)), [8, 9])
+    # independent pairs (ground truth) are drawn as before
+    assert split(10, 0.2, 3) == split(10, 0.2, 3, [None] * 10)
+    assert len(split(10, 0.2, 3)[1]) == 2
 
 
 def test_unsupervised_training_on_video_folder(sample_videos, tmp_path):

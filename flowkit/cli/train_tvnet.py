@@ -41,7 +41,8 @@ from .progress import RichProgress, stop_on_signals
 @click.option("--clip", type=float, default=1.0, show_default=True,
               help="Gradient-norm clipping (0: none).")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True,
-              help="Share of the pairs held out for validation.")
+              help="Share of the pairs held out for validation (whole videos with --unsupervised "
+                   "on a video folder: their pairs share frames).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the synthetic pairs, the split and the shuffling.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,

@@ -38,12 +38,15 @@ from ..progress import Progress, StopFlag, Task
 @dataclass
 class Sample:
     """One training pair: gray frames ``(1, H, W)`` in [0, 255]; flow ``(2, H, W)`` and valid
-    ``(H, W)`` bool when ground truth is known, else None."""
+    ``(H, W)`` bool when ground truth is known, else None; ``video`` the file a pair of
+    consecutive video frames came from (pairs of one video share frames, so :func:`split` keeps
+    them apart), else None."""
 
     i0: torch.Tensor
     i1: torch.Tensor
     flow: torch.Tensor | None = None
     valid: torch.Tensor | None = None
+    video: str | None = None
 
 
 def _gray(rgb: np.ndarray) -> torch.Tensor:
@@ -71,7 +74,7 @@ def samples_from_videos(root: Path, size, max_pairs: int) -> list[Sample]:
                                  threads=1):
             current = _gray(frame)
             if previous is not None:
-                samples.append(Sample(previous, current))
+                samples.append(Sample(previous, current, video=str(item.path)))
             previous = current
         if len(samples) >= max_pairs:
             break
@@ -106,12 +109,35 @@ def load_samples(data: str, layout: str | None, unsupervised: bool, pairs: int,
     return samples_from_videos(root, size, pairs)
 
 
-def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic (train, validation) index split; validation gets ``round(n * fraction)``
-    items (at least one when the fraction is positive and n > 1)."""
-    order = np.random.default_rng([seed, 7919]).permutation(n).tolist()
+def split(n: int, val_fraction: float, seed: int, videos: list[str | None] | None = None
+          ) -> tuple[list[int], list[int]]:
+    """Deterministic (train, validation) split of ``n`` sample indices: validation gets
+    ``round(n * fraction)`` of them (at least one when the fraction is positive and n > 1).
+
+    Independent pairs (``videos`` None or all None) are drawn at random. Consecutive pairs of
+    videos (``videos[i]`` the file of sample i) share frames, so a pair on each side would score
+    memory: with two videos or more, whole videos go to validation (drawn at random, until it
+    holds at least the share; one is always left for training); from a single video, validation
+    is its last pairs and the training pair that shares a frame with them is left out (from 3
+    pairs on; of 2 pairs, one is each side).
+    """
     n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    if videos is None or all(v is None for v in videos):
+        order = np.random.default_rng([seed, 7919]).permutation(n).tolist()
+        return sorted(order[n_val:]), sorted(order[:n_val])
+    members: dict[str | None, list[int]] = {}
+    for i, video in enumerate(videos):
+        members.setdefault(video, []).append(i)
+    if n_val == 0:
+        return list(range(n)), []
+    if len(members) == 1:  # one video: a block at its end, one pair apart from training
+        return list(range(max(n - n_val - 1, 1))), list(range(n - n_val, n))
+    names = sorted(members, key=str)
+    train, val = [], []
+    for j in np.random.default_rng([seed, 7919]).permutation(len(names)):
+        group = members[names[j]]
+        (val if len(val) < n_val and n - len(val) - len(group) >= 1 else train).extend(group)
+    return sorted(train), sorted(val)
 
 
 def batches(samples: list[Sample], indices: list[int], batch: int, rng: np.random.Generator | None
@@ -280,7 +306,8 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
     elif out.exists():
         raise FlowkitError(f"{out} exists; pass --resume to continue training it, or choose "
                            "another --out")
-    train_idx, val_idx = split(len(samples), config.val_fraction, config.seed)
+    train_idx, val_idx = split(len(samples), config.val_fraction, config.seed,
+                               [sample.video for sample in samples])
     has_gt = samples[0].flow is not None
     progress.log(f"TVNet-{arch.scales}-{arch.warps}-{arch.iterations}: {len(train_idx)} "
                  f"training / {len(val_idx)} validation pairs, "
