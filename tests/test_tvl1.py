@@ -171,6 +171,32 @@ def test_compiled_engine_runs_a_lone_pair_compiled(monkeypatch):
     assert eager == []
 
 
+def test_a_failed_compile_is_tried_once_then_eager(monkeypatch):
+    """Where torch.compile cannot compile (no C++ compiler), an engine made with compile=True
+    warns once and iterates eagerly: it must not retrace (seconds) at every iteration."""
+    from flowkit.flow import primal_dual
+
+    attempts = []
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            attempts.append(1)
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(primal_dual, "_compiled_iteration", None)
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    pairs = synthetic_pairs(n=1, size=(24, 32), seed=2)
+    gray = lambda im: torch.from_numpy(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY))[None]
+    i0, i1 = gray(pairs[0].frame0)[None], gray(pairs[0].frame1)[None]
+    schedule = dict(nscales=1, warps=2, outer_iterations=2, inner_iterations=5, early_stop=False)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed") as warned:
+        flow = flowkit.create_engine("tvl1", compile=True, **schedule)(i0, i1)
+    eager = flowkit.create_engine("tvl1", **schedule)(i0, i1)
+    assert len(attempts) == 1 and len(warned) == 1
+    assert torch.equal(flow, eager)
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu(photo):
     h, w = photo.shape

@@ -84,6 +84,8 @@ def get_iteration(compile: bool):
 
         def guarded(*args, **kwargs):
             global _compiled_iteration
+            if _compiled_iteration is not guarded:  # compiling failed once: engines holding
+                return iteration(*args, **kwargs)  # this function must not retry it each step
             try:
                 return compiled(*args, **kwargs)
             except Exception as exc:  # no C++ compiler, unsupported platform, ...
