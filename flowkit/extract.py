@@ -205,6 +205,24 @@ def select_shard(items: Sequence[VideoItem], shard: tuple[int, int]) -> list[Vid
     return list(items[i::n])
 
 
+def shard_items(items: Sequence[VideoItem], config: ExtractConfig,
+                shard: tuple[int, int] | None) -> tuple[list[VideoItem], int]:
+    """``(this process's videos, how many processes share the list)``: share ``shard = (i, n)``
+    of the balanced plan (an array task), or torchrun's rank's share; with both, share i split
+    again over the torchrun ranks, so the array's tasks and their ranks never overlap
+    (collective under torchrun)."""
+    rank, world = shard_from_env()
+    select_shard(items, (rank, world))
+    if shard is None:
+        return (shard_plan(items, config, world).share(rank) if world > 1 else list(items)), world
+    index, count = shard
+    select_shard(items, shard)  # FlowkitError for an invalid shard
+    if count == 1 and world == 1:
+        return list(items), 1
+    plan = shard_plan(items, config, count)
+    return (plan.subplan(index, world).share(rank) if world > 1 else plan.share(index)), count * world
+
+
 def _device_for_rank(device: str) -> str:
     """With several GPUs and torchrun, each local rank takes its own device."""
     from .distributed import local_device
@@ -440,10 +458,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     started = time.perf_counter()
     progress = progress or Progress()
     stop = stop or StopFlag()
-    index, count = shard or shard_from_env()
-    select_shard(items, (index, count))  # FlowkitError for an invalid shard
-    if count > 1:
-        items = shard_plan(items, config, count).share(index)
+    items, count = shard_items(items, config, shard)
     # Built before the store exists, so bad parameters fail once and leave nothing behind; worker
     # processes build their own.
     engine = build_engine(config)

@@ -9,7 +9,8 @@ costs one pair (it fails at once when extracted). Shares are filled greedily, lo
 each to the least loaded rank (ties: the lower rank, then the earlier video), which keeps every
 rank within one video's length of the others. The plan depends only on the list and the files, not
 on the store, so every rank (or every array job) computes the same plan, and a rerun gives each
-rank the same videos back (the finished ones are then skipped).
+rank the same videos back (the finished ones are then skipped). An array task (``--shard I/N``)
+under torchrun splits share I again over its ranks (:meth:`ShardPlan.subplan`).
 
 Probing reads a few kilobytes per file, in a thread pool; under torchrun each rank probes
 ``1/world_size`` of the list and the counts are gathered (:mod:`flowkit.distributed`).
@@ -49,6 +50,15 @@ class ShardPlan:
 
     def share(self, rank: int) -> list[VideoItem]:
         return self.shares[rank]
+
+    def subplan(self, rank: int, world_size: int) -> "ShardPlan":
+        """Share ``rank`` balanced again over ``world_size`` ranks with the same costs (no new
+        probing): a ``--shard I/N`` array task run under torchrun gives each of its ranks a part
+        of share I."""
+        share = self.shares[rank]
+        costs = {item.key: self.costs[item.key] for item in share}
+        return ShardPlan(balance(share, costs, world_size), costs, self.basis,
+                         [key for key in self.estimated if key in costs])
 
     def load(self, rank: int) -> int:
         """Expected frame pairs (or bytes, see ``basis``) of rank ``rank``."""

@@ -97,6 +97,35 @@ def test_unreadable_videos_cost_one_pair_not_their_size(tmp_path):
     assert abs(plan.load(0) - plan.load(1)) <= 7
 
 
+def test_array_tasks_under_torchrun_split_their_share_over_the_ranks(monkeypatch):
+    """--shard I/N in a job whose tasks each run torchrun: task I's share is split over its
+    ranks, so the N x W processes take disjoint parts that cover the list (every rank of a task
+    took the whole share of I before)."""
+    from flowkit.extract import ExtractConfig, shard_items
+
+    items, config = _items(11), ExtractConfig()
+    parts = {}
+    for world in (1, 3):
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        for task in range(2):
+            for rank in range(world):
+                monkeypatch.setenv("RANK", str(rank))
+                mine, count = shard_items(items, config, (task, 2))
+                assert count == 2 * world
+                parts[world, task, rank] = [item.key for item in mine]
+        keys = [k for (w, _, _), part in parts.items() if w == world for k in part]
+        assert sorted(keys) == sorted(item.key for item in items), world
+    for task in range(2):  # the ranks of a task share exactly what that task does alone
+        assert sorted(parts[3, task, 0] + parts[3, task, 1] + parts[3, task, 2]) == sorted(
+            parts[1, task, 0])
+    monkeypatch.setenv("RANK", "0")  # torchrun alone: rank 0 of 3 takes share 0 of 3
+    alone = shard_items(items, config, None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert alone == shard_items(items, config, (0, 3)) and alone[1] == 3
+    with pytest.raises(FlowkitError, match="invalid shard 2/2"):
+        shard_items(items, config, (2, 2))
+
+
 # ------------------------------------------------------------------------------ combined summary
 
 def test_combined_summary_names_the_rank_of_each_failure():

@@ -175,7 +175,8 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Class names for --annotations lists, one per line.")
 @click.option("--shard", default=None, metavar="I/N",
-              help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE).")
+              help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE; under torchrun, its "
+                   "ranks split shard I).")
 @click.option("--redo", multiple=True, metavar="KEY",
               help="Recompute this video even if it is finished (e.g. a damaged one that `flowkit "
                    "info --validate --deep` or `flowkit train` named), repeatable.")
