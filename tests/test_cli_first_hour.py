@@ -407,6 +407,22 @@ def test_terminal_bars_show_this_runs_rate_and_an_eta():
     assert plain.plain
 
 
+@pytest.mark.parametrize("value", ["30s", "-1", "nan", "inf"])
+def test_a_bad_progress_interval_is_a_warning_not_a_crash(monkeypatch, value):
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli.progress import PLAIN_EVERY, RichProgress
+
+    monkeypatch.setenv("FLOWKIT_PROGRESS_SECONDS", value)
+    console = Console(file=io.StringIO(), force_terminal=False)
+    assert RichProgress(console).lines.every == PLAIN_EVERY
+    assert f"FLOWKIT_PROGRESS_SECONDS={value!r} is not a number" in console.file.getvalue()
+    monkeypatch.setenv("FLOWKIT_PROGRESS_SECONDS", "2.5")
+    assert RichProgress(console).lines.every == 2.5
+
+
 def test_extract_progress_off_a_terminal_is_plain_lines_that_agree_with_the_summary(
         sample_videos, tmp_path):
     r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", "--json", *CHEAP,

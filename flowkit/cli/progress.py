@@ -18,6 +18,25 @@ from ..progress import LineProgress, Progress, StopFlag, Stopped, Task, _fmt, cl
 PLAIN_EVERY = 30.0
 
 
+def plain_every(console: Console) -> float:
+    """Seconds between plain progress lines: ``FLOWKIT_PROGRESS_SECONDS`` or :data:`PLAIN_EVERY`;
+    a value that is not a number of seconds >= 0 is named in a warning and the default used (a
+    typo in a log setting must not stop a day of extraction)."""
+    text = os.environ.get("FLOWKIT_PROGRESS_SECONDS")
+    if text is None:
+        return PLAIN_EVERY
+    try:
+        every = float(text)
+    except ValueError:
+        every = -1.0
+    if not 0 <= every < float("inf"):
+        console.print(f"warning: FLOWKIT_PROGRESS_SECONDS={text!r} is not a number of seconds "
+                      f">= 0; progress lines every {PLAIN_EVERY:g} s", highlight=False,
+                      markup=False)
+        return PLAIN_EVERY
+    return every
+
+
 class RichProgress(Progress):
     """Rich bars on ``console``: description, bar, done/total, the task's fields and rate,
     elapsed, ETA; :meth:`log` lines print above them. A context manager (the bars live inside it).
@@ -33,7 +52,7 @@ class RichProgress(Progress):
         self.console = console
         self.plain, self.transient = not console.is_terminal, transient
         if every is None:
-            every = float(os.environ.get("FLOWKIT_PROGRESS_SECONDS", PLAIN_EVERY))
+            every = plain_every(console)
         self.lines = LineProgress(console.file, every=every) if self.plain else None
         self.bars = _RichBars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
