@@ -219,6 +219,13 @@ def parse_split_list(list_file: str | os.PathLike) -> list[SplitEntry]:
             for lineno, fields in _lines(list_file)]
 
 
+def class_index_beside(list_file: str | os.PathLike) -> Path | None:
+    """The :data:`CLASS_INDEX` (``classInd.txt``) in the folder of ``list_file``, if there is one:
+    UCF101 ships its split lists beside the class list their label ids index (1-based)."""
+    path = Path(list_file).parent / CLASS_INDEX
+    return path if path.is_file() else None
+
+
 def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
                     class_index: str | os.PathLike | None = None) -> tuple[list[VideoItem], list[str]]:
     """Videos of a UCF101-style split list, in list order, and the class names.
@@ -232,8 +239,8 @@ def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
     """
     list_file, root = Path(list_file), Path(root)
     parsed = [(e.lineno, e.relative, e.label) for e in parse_split_list(list_file)]
-    if class_index is None and (list_file.parent / CLASS_INDEX).is_file():
-        class_index = list_file.parent / CLASS_INDEX
+    if class_index is None:
+        class_index = class_index_beside(list_file)
     classes = (read_class_index(class_index) if class_index is not None
                else _default_classes(root, (r for _, r, _ in parsed)))
     index = {name: i for i, name in enumerate(classes)}

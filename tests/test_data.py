@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader
 
 from conftest import TINY_SIZE, TINY_SPEED, tiny_video, write_tiny_store
 from flowkit.data import (IMAGENET_MEAN, IMAGENET_STD, ClipDataset, MultiScaleCrop,
-                          RandomClipSampler, SegmentSampler, UniformClipSampler, flow_indices,
-                          hflip, labelled_keys, labels, num_classes, resized_crop,
-                          split_from_list, stratified_split, test_transform, train_transform,
-                          video_group)
+                          RandomClipSampler, SegmentClipsSampler, SegmentSampler,
+                          UniformClipSampler, clip_at, flow_indices, hflip, labelled_keys, labels,
+                          num_classes, resized_crop, split_from_list, stratified_split,
+                          test_transform, train_transform, video_group)
 from flowkit.errors import FlowkitError
+from flowkit.labels import scan_videos
 from flowkit.store import FlowStore
 
 CODED_SIZE = (8, 12)  # (H, W)
@@ -27,8 +28,9 @@ def identity(sample, rng):
     return sample
 
 
-def write_coded_store(path, lengths=None, flow_codec="float16"):
-    """Videos whose frame t is filled with the value t and whose flow t is (u, v) = (t, -t)."""
+def write_coded_store(path, lengths=None, flow_codec="float16", backward=False):
+    """Videos whose frame t is filled with the value t and whose flow t is (u, v) = (t, -t); with
+    ``backward``, backward pair t (frame t+1 -> t) is (u, v) = (-(t + 0.5), t + 0.5)."""
     lengths = lengths or {"a/long": 12, "b/short": 3}
     classes = sorted({key.split("/")[0] for key in lengths})
     h, w = CODED_SIZE
@@ -44,6 +46,10 @@ def write_coded_store(path, lengths=None, flow_codec="float16"):
                 writer.append_rgb(rgb)
                 writer.append_flow("tvl1", flow, engine={"engine": "coded", "version": "1",
                                                          "params": {}})
+                if backward:
+                    writer.append_flow("tvl1_backward", -flow - np.float32(0.5) * np.array(
+                        [1, -1], np.float32)[:, None, None], engine={"engine": "coded",
+                                                                     "version": "1", "params": {}})
     return path
 
 
@@ -113,6 +119,39 @@ def test_uniform_clip_sampler_evenly_spaced_and_deterministic():
         RandomClipSampler(frames=0)
 
 
+def test_samplers_keep_flow_stacks_inside_the_video():
+    """With ``flow_stack=L`` every clip position's stack of L flows lies in the T - 1 flows (TSN /
+    mmaction2 over the flow images: snippet starts 0 .. (T - 1) - L); ``flow_stack=0`` is the
+    plain call, index for index (RGB)."""
+    T, L = 31, 5
+    starts = set()
+    for seed in range(500):
+        (clip,) = SegmentSampler(3)(T, np.random.default_rng(seed), flow_stack=L)
+        assert all(len(set(row)) == L for row in flow_indices(clip, T, L))  # nothing clamped
+        starts.update(clip.tolist())
+    assert starts == set(range((T - 1) - L + 1))  # starts 0 .. 25: every one occurs, none beyond
+    samplers = [RandomClipSampler(4, step=2), SegmentSampler(3, frames=2, step=2),
+                SegmentSampler(3, random=False), UniformClipSampler(3, 4, step=2),
+                SegmentClipsSampler(2, 3, frames=2)]
+    for sampler in samplers:
+        for seed in range(100):
+            for clip in sampler(T, np.random.default_rng(seed), flow_stack=L):
+                assert clip.min() >= 0 and clip.max() + L - 1 <= T - 2, sampler
+            plain = sampler(T, np.random.default_rng(seed))
+            none = sampler(T, np.random.default_rng(seed), flow_stack=0)
+            assert all(np.array_equal(a, b) for a, b in zip(plain, none, strict=True)), sampler
+    assert UniformClipSampler(1, 4, step=2)(12, flow_stack=3)[0].tolist() == [1, 3, 5, 7]
+    assert UniformClipSampler(1, 4, step=2)(12)[0].tolist() == [3, 5, 7, 9]
+    # A video too short for one clip and its stacks starts at 0 and is clamped: 8 positions need
+    # 8 flows, 8 frames have 7.
+    (clip,) = UniformClipSampler(1, 8)(8, flow_stack=1)
+    assert clip.tolist() == list(range(8)) and flow_indices(clip, 8, 1)[:, 0].tolist() == [
+        0, 1, 2, 3, 4, 5, 6, 6]
+    assert RandomClipSampler(2)(4, np.random.default_rng(0), flow_stack=5)[0].tolist() == [0, 1]
+    with pytest.raises(FlowkitError, match="flow_stack must be an integer >= 0"):
+        SegmentSampler(3)(T, np.random.default_rng(0), flow_stack=-1)
+
+
 def test_flow_indices_clamp_to_last_flow():
     assert flow_indices(np.array([0, 5, 8, 9]), 10, 3).tolist() == [
         [0, 1, 2], [5, 6, 7], [8, 8, 8], [8, 8, 8]]
@@ -128,14 +167,50 @@ def test_flow_stack_aligned_with_frames(coded_store):
     item, clips = ds[0], ds.clip_indices(0)
     assert item["rgb"].shape == (3, 3, 4, *CODED_SIZE)
     assert item["flow"].shape == (3, 6, 4, *CODED_SIZE)
-    assert clips[-1].tolist() == [5, 7, 9, 11]  # the last clip reaches the last frame
+    assert clips[-1].tolist() == [2, 4, 6, 8]  # its last stack, flows 8..10, ends at the last flow
     for view, frames in enumerate(clips):
         for t, i in enumerate(frames):
             assert (item["rgb"][view, :, t] == i).all()
             for k in range(3):
-                j = min(i + k, 12 - 2)  # flow i+k, clamped to the last of the 11 flows
-                assert (item["flow"][view, 2 * k, t] == j).all()
-                assert (item["flow"][view, 2 * k + 1, t] == -j).all()
+                assert i + k <= 12 - 2  # flow i+k, inside the 11 flows: nothing clamped
+                assert (item["flow"][view, 2 * k, t] == i + k).all()
+                assert (item["flow"][view, 2 * k + 1, t] == -(i + k)).all()
+    # RGB alone needs no flow after its frames: the same sampler still reaches the last frame.
+    rgb = ClipDataset(coded_store, ["a/long"], sampler=UniformClipSampler(3, 4, 2))
+    assert rgb.clip_indices(0)[-1].tolist() == [5, 7, 9, 11]
+
+
+def test_tsn_flow_stacks_never_repeat_the_last_flow(tmp_path):
+    """TSN flow, 3 segments x 5-flow stacks, on a 31-frame video (30 flows): over many epochs
+    every stack is flows i .. i+4 of its frame i, none past the last flow (the old sampling
+    clamped about half of them to flow 29); a clip starting at frame 0 has backward flow zeros
+    there. The RGB-only dataset keeps its clips, index for index."""
+    store = write_coded_store(tmp_path / "store", {"a/v": 31, "b/v": 9}, backward=True)
+    ds = ClipDataset(store, ["a/v"], inputs=("rgb", "flow", "flow_backward"), flow_stack=5,
+                     sampler=SegmentSampler(3), transform=identity, seed=3)
+    rgb = ClipDataset(store, ["a/v"], sampler=SegmentSampler(3), transform=identity, seed=3)
+    firsts, lasts = set(), set()
+    for epoch in range(200):
+        ds.set_epoch(epoch)
+        rgb.set_epoch(epoch)
+        item, (frames,) = ds[0], ds.clip_indices(0)
+        firsts.add(int(frames[0]))
+        lasts.add(int(frames[-1]))
+        for t, i in enumerate(frames.tolist()):
+            assert (item["rgb"][:, t] == i).all()
+            assert item["flow"][0::2, t, 0, 0].tolist() == list(range(i, i + 5))   # u: flows i..
+            assert item["flow"][1::2, t, 0, 0].tolist() == [-j for j in range(i, i + 5)]
+            back = [0.0, 0.0] if i == 0 else [-(i - 0.5), i - 0.5]  # pair i - 1, none at frame 0
+            assert item["flow_backward"][:, t, 0, 0].tolist() == back
+        assert np.array_equal(rgb.clip_indices(0)[0], SegmentSampler(3)(31, rgb.rng(0))[0])
+    assert 0 in firsts and max(lasts) == (31 - 1) - 5  # the first and the last possible starts
+
+    # A sampler that takes no flow_stack is called as before; its stacks are clamped.
+    def plain(num_frames, rng):
+        return [clip_at(num_frames - 2, 2, 1, num_frames)]
+    item = ClipDataset(store, ["b/v"], inputs=("flow",), flow_stack=2, sampler=plain,
+                       transform=identity)[0]
+    assert item["flow"][0::2, :, 0, 0].tolist() == [[7, 7], [7, 7]]  # frames 7, 8: flows 7, 8->7
 
 
 def test_short_video_clamps_frames_and_flow(coded_store):
@@ -484,9 +559,72 @@ def test_split_from_list(tiny_store, tmp_path):
     assert "'up/up_4'" in str(err.value) and "'up/up_5'" not in str(err.value)
     assert "and 2 more" in str(err.value)
 
-    wrong = tmp_path / "wrong.txt"
-    wrong.write_text("right/right_0.avi 2\n")
-    with pytest.raises(FlowkitError, match=r"wrong.txt:1: label 2 is class 'down'.*folder 'right'"):
-        split_from_list(tiny_store, wrong)
+    # A list's ids are its own (the store labels the videos): "2" for 'right' is no error, but an
+    # id naming two folders, or a folder with two ids, contradicts the list itself.
+    assert split_from_list(tiny_store, write(tmp_path / "own.txt", "right/right_0.avi 2\n")) == [
+        "right/right_0"]
+    two_folders = write(tmp_path / "two_folders.txt",
+                        "right/right_0.avi 2\nleft/left_0.avi 1\ndown/down_0.avi 2\n")
+    with pytest.raises(FlowkitError, match=r"two_folders.txt:3: label 2 is given to folder 'down', "
+                                           r"but .*two_folders.txt:1 gives it to folder 'right'"):
+        split_from_list(tiny_store, two_folders)
+    two_ids = write(tmp_path / "two_ids.txt", "right/right_0.avi 1\n\nright/right_1.avi 3\n")
+    with pytest.raises(FlowkitError, match=r"two_ids.txt:3: folder 'right' has label 3, but "
+                                           r".*two_ids.txt:1 gives it label 1"):
+        split_from_list(tiny_store, two_ids)
     with pytest.raises(FlowkitError, match="does not exist"):
         split_from_list(tiny_store, tmp_path / "missing.txt")
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_split_from_list_takes_ucf101_official_ids(tmp_path):
+    """UCF101 extracted from its folders has sorted() class ids ('HammerThrow' < 'Hammering');
+    its official lists number classes as classInd.txt does (case-insensitively: 35 Hammering,
+    36 HammerThrow, 47 JumpingJack, 48 JumpRope). The list is taken as it is, and the store's
+    labels stay those of the store. A classInd.txt beside the list is checked line by line."""
+    official = {"Hammering": 35, "HammerThrow": 36, "JumpingJack": 47, "JumpRope": 48}
+    root = tmp_path / "UCF-101"
+    for name in official:
+        write(root / name / f"v_{name}_g08_c01.avi", "")
+    items, classes = scan_videos(root)  # what `flowkit extract UCF-101 -o STORE` labels with
+    assert classes == ["HammerThrow", "Hammering", "JumpRope", "JumpingJack"]
+    with FlowStore(tmp_path / "store", mode="a", classes=classes) as store:
+        for item in items:
+            with store.writer(item.key, source=str(item.path), fps=25.0, label=item.label,
+                              label_name=item.label_name, rgb_codec="raw") as writer:
+                writer.append_rgb(np.zeros((2, 4, 4, 3), np.uint8))
+    lists = tmp_path / "ucfTrainTestlist"
+    index = "".join(f"{i} {name}\n" for i, name in enumerate(
+        [f"Class{i}" for i in range(1, 35)] + ["Hammering", "HammerThrow"]
+        + [f"Class{i}" for i in range(37, 47)] + ["JumpingJack", "JumpRope"]
+        + [f"Class{i}" for i in range(49, 102)], 1))
+    write(lists / "classInd.txt", index)
+    lines = "".join(f"{name}/v_{name}_g08_c01.avi {i}\n" for name, i in official.items())
+    keys = [f"{name}/v_{name}_g08_c01" for name in official]
+    for where in (lists, tmp_path / "alone"):  # with the official classInd.txt beside it, and not
+        assert split_from_list(tmp_path / "store", write(where / "trainlist01.txt", lines)) == keys
+    # The same four classes numbered 1..4 in the official order (ids within the store's count).
+    four = tmp_path / "four"
+    write(four / "classInd.txt", "".join(f"{i} {name}\n" for i, name in enumerate(official, 1)))
+    lines = "".join(f"{name}/v_{name}_g08_c01.avi {i}\n" for i, name in enumerate(official, 1))
+    assert split_from_list(tmp_path / "store", write(four / "trainlist01.txt", lines)) == keys
+    assert labels(tmp_path / "store", keys) == [1, 0, 3, 2]  # the store's own, sorted() ids
+
+    # With classInd.txt beside it, each line's id must name its folder there, within its range.
+    swapped = write(lists / "swapped.txt", "Hammering/v_Hammering_g08_c01.avi 35\n"
+                                           "HammerThrow/v_HammerThrow_g08_c01.avi 47\n")
+    with pytest.raises(FlowkitError, match=r"swapped.txt:2: label 47 is class 'JumpingJack' in "
+                                           r".*classInd.txt but the video is in folder "
+                                           r"'HammerThrow'"):
+        split_from_list(tmp_path / "store", swapped)
+    beyond = write(lists / "beyond.txt", "JumpRope/v_JumpRope_g08_c01.avi 102\n")
+    with pytest.raises(FlowkitError, match=r"beyond.txt:1: label 102 is out of range 1..101 of "
+                                           r".*classInd.txt"):
+        split_from_list(tmp_path / "store", beyond)
+    alone = write(tmp_path / "alone" / "beyond.txt", "JumpRope/v_JumpRope_g08_c01.avi 102\n")
+    assert split_from_list(tmp_path / "store", alone) == ["JumpRope/v_JumpRope_g08_c01"]

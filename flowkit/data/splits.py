@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FlowkitError
-from ..labels import parse_split_list
+from ..labels import class_index_beside, parse_split_list, read_class_index
 from ..store import FlowStore
 
 MAX_LISTED = 5  # error messages name at most this many keys
@@ -91,12 +91,20 @@ def split_from_list(store: FlowStore | str | os.PathLike,
     """Store keys of a UCF101-style split list, in list order.
 
     Lines are ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` (``trainlist01.txt``, 1-based label)
-    or the path alone (``testlist01.txt``); the key is the path without extension. A label is
-    checked against the store's class of that number and the video's class folder. Raises
-    :class:`FlowkitError` on a malformed line, a repeated video, a contradicting label, or videos
-    that are not in the store (naming up to five of them).
+    or the path alone (``testlist01.txt``); the key is the path without extension. Training and
+    evaluation take each video's label from the store, never from the list, so a list's label ids
+    need not be the store's: UCF101's official ids (``classInd.txt``: case-insensitive order,
+    ``35 Hammering``, ``36 HammerThrow``) differ from those ``flowkit extract UCF-101`` gives
+    (sorted folder names, ``HammerThrow`` before ``Hammering``), and the official lists are taken
+    as they are. The labels are checked for what they say about the list itself: each id names one
+    class folder and each folder has one id throughout the list, and, when a ``classInd.txt`` sits
+    beside the list (:func:`~flowkit.labels.class_index_beside`), each id is in its range and
+    names the line's folder there. Raises :class:`FlowkitError` (naming file and line) on a
+    malformed line, a repeated video, a contradicting label, or videos that are not in the store
+    (naming up to five of them).
     """
     store, list_file = as_store(store), Path(list_file)
+    check = _ListLabels(list_file, class_index_beside(list_file))
     keys, where = [], {}
     for entry in parse_split_list(list_file):
         key, lineno = entry.key, entry.lineno
@@ -104,7 +112,7 @@ def split_from_list(store: FlowStore | str | os.PathLike,
             raise FlowkitError(f"{list_file}:{lineno}: video {key!r} is listed twice (first "
                                f"at line {where[key]})")
         if entry.label is not None:
-            _check_list_label(store, f"{list_file}:{lineno}", entry.class_folder, entry.label)
+            check(lineno, entry.class_folder, entry.label)
         where[key] = lineno
         keys.append(key)
     if not keys:
@@ -116,15 +124,45 @@ def split_from_list(store: FlowStore | str | os.PathLike,
     return keys
 
 
-def _check_list_label(store: FlowStore, where: str, folder: str, label: int) -> None:
-    classes = store.classes
-    if label > len(classes):
-        raise FlowkitError(f"{where}: label {label} is out of range; store {store.path} has "
-                           f"{len(classes)} classes")
-    if folder and classes[label - 1] != folder:
-        raise FlowkitError(f"{where}: label {label} is class {classes[label - 1]!r} in store "
-                           f"{store.path} but the video is in folder {folder!r}; the store was "
-                           "extracted with another class list (classInd.txt)")
+class _ListLabels:
+    """Checks the label ids of one split list line by line: against ``class_index`` (the
+    ``classInd.txt`` beside it, read at the first labelled line) when there is one, and against the
+    list's own earlier lines (one folder per id, one id per folder). The store's class ids play no
+    part: the store labels its videos itself."""
+
+    def __init__(self, list_file: Path, class_index: Path | None):
+        self.list_file, self.class_index = list_file, class_index
+        self.classes: list[str] | None = None
+        self.folder_of: dict[int, tuple[str, int]] = {}  # id -> (folder, first line)
+        self.id_of: dict[str, tuple[int, int]] = {}      # folder -> (id, first line)
+
+    def __call__(self, lineno: int, folder: str, label: int) -> None:
+        where = f"{self.list_file}:{lineno}"
+        if self.class_index is not None:
+            if self.classes is None:
+                self.classes = read_class_index(self.class_index)
+            if label > len(self.classes):
+                raise FlowkitError(f"{where}: label {label} is out of range 1..{len(self.classes)} "
+                                   f"of {self.class_index}; fix the line or put the classInd.txt "
+                                   "that came with this list beside it")
+            if folder and self.classes[label - 1] != folder:
+                raise FlowkitError(f"{where}: label {label} is class "
+                                   f"{self.classes[label - 1]!r} in {self.class_index} but the "
+                                   f"video is in folder {folder!r}; the list and the classInd.txt "
+                                   "beside it disagree: put the classInd.txt that came with this "
+                                   "list beside it, or fix the line")
+        if not folder:
+            return  # a video at the root: no folder for its id to name
+        named, first = self.folder_of.setdefault(label, (folder, lineno))
+        if named != folder:
+            raise FlowkitError(f"{where}: label {label} is given to folder {folder!r}, but "
+                               f"{self.list_file}:{first} gives it to folder {named!r}; a label "
+                               "id names one class throughout a split list: fix one of the lines")
+        known, first = self.id_of.setdefault(folder, (label, lineno))
+        if known != label:
+            raise FlowkitError(f"{where}: folder {folder!r} has label {label}, but "
+                               f"{self.list_file}:{first} gives it label {known}; a class has one "
+                               "label id throughout a split list: fix one of the lines")
 
 
 def video_group(key: str) -> str:
