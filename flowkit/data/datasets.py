@@ -17,6 +17,7 @@ The default ``torch.utils.data.default_collate`` batches items; no custom collat
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -54,7 +55,11 @@ class ClipDataset(Dataset):
         inputs: modalities to load, distinct names among ``"rgb"``, ``"flow"`` and
             ``"flow_backward"`` (a model's ``model.inputs``).
         sampler: clip sampler (:mod:`flowkit.data.samplers`), called as
-            ``sampler(num_frames, rng) -> list of (T,) frame-index arrays``.
+            ``sampler(num_frames, rng) -> list of (T,) frame-index arrays``; with ``"flow"`` among
+            the inputs as ``sampler(num_frames, rng, flow_stack=L)``, so that it places the clips
+            with every position's stack of ``L`` flows inside the video's ``num_frames - 1`` flows
+            (the library's samplers do; a sampler whose signature takes no ``flow_stack`` is called
+            without it, and stacks past the last flow are clamped).
         transform: called as ``transform(sample, rng) -> sample`` on ``rgb (3, T, H, W)`` 0..255,
             ``flow (2L, T, H, W)`` and ``flow_backward (2, T, H, W)`` pixels
             (:mod:`flowkit.data.transforms`); it must normalise
@@ -74,8 +79,10 @@ class ClipDataset(Dataset):
 
     - ``rgb``  float32 ``(3, T, h, w)`` or ``(V, 3, T, h, w)``, ImageNet-normalised;
     - ``flow`` float32 ``(2L, T, h, w)`` or ``(V, 2L, T, h, w)``: at clip position ``t`` (frame
-      ``i_t``) flows ``i_t .. i_t + L - 1`` (clamped to the last flow) as ``(u_0, v_0, u_1, ...)``,
-      divided by ``flow_bound``;
+      ``i_t``) flows ``i_t .. i_t + L - 1`` as ``(u_0, v_0, u_1, ...)``, divided by ``flow_bound``.
+      The sampler keeps them inside the video (``i_t <= (num_frames - 1) - L``, so the clip's
+      frames end ``L`` frames before the video does); only a video too short for one clip and its
+      stacks (``num_frames < span + L``) has its frames and flows clamped to the last ones;
     - ``flow_backward`` float32 ``(2, T, h, w)`` or ``(V, 2, T, h, w)``: at clip position ``t`` the
       backward flow from frame ``i_t`` to ``i_t - 1`` (store pair ``i_t - 1`` of the backward
       dataset; zeros at ``i_t = 0``), divided by the same ``flow_bound``;
@@ -106,6 +113,10 @@ class ClipDataset(Dataset):
         self.crops = int(getattr(self.transform, "crops", 1))
         self.num_views = self.clips * self.crops
         self.views = self._check_views(views)
+        # Forward flow stacks must fit after each clip position; RGB and backward flow (one pair
+        # before the position) need only the frames, and keep the plain call.
+        self._sampler_args = ({"flow_stack": self.flow_stack}
+                             if "flow" in self.inputs and _takes_flow_stack(sampler) else {})
         try:
             info = read_video_info(self.store, sorted(set(self.keys)), self.inputs, self.flow_name)
         finally:
@@ -141,14 +152,18 @@ class ClipDataset(Dataset):
 
     def clip_indices(self, index: int) -> list[np.ndarray]:
         """Frame indices of item ``index``'s clips this epoch (those ``__getitem__`` reads)."""
-        return self.sampler(self.videos[index].num_frames, self.rng(index))
+        return self._sample(self.videos[index], self.rng(index))
+
+    def _sample(self, video: VideoInfo, rng: np.random.Generator) -> list[np.ndarray]:
+        """The sampler's clips of ``video``: with forward flow, placed so that the stacks fit."""
+        return self.sampler(video.num_frames, rng, **self._sampler_args)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} videos")
         video, rng = self.videos[index], self.rng(index)
-        clips = self.sampler(video.num_frames, rng)
+        clips = self._sample(video, rng)
         frames = np.concatenate(clips)  # all clips in time: one transform call, same crop for all
         sample: dict = {}
         if "rgb" in self.inputs:
@@ -218,6 +233,16 @@ def _non_negative(name: str, value: int, minimum: int = 0) -> int:
     if isinstance(value, bool) or int(value) != value or value < minimum:
         raise FlowkitError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _takes_flow_stack(sampler) -> bool:
+    """Whether ``sampler`` can be called with ``flow_stack=`` (a keyword it names, or ``**kw``)."""
+    try:
+        parameters = inspect.signature(sampler).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): call it the plain way
+        return False
+    return any(p.name == "flow_stack" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _check_inputs(inputs: Sequence[str] | str) -> tuple[str, ...]:
