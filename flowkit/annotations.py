@@ -4,6 +4,10 @@
   rawframes ``frame_dir total_frames label [label ...]`` (``RawframeDataset``) and videos
   ``path label [label ...]`` (``VideoDataset``). Only single-label lines are used for classes.
 - mmaction2 label maps (``label_map_k400.txt``): one class name per line, line i is label i.
+- HMDB51's official splits (``testTrainMulti_7030_splits/<class>_test_split<N>.txt``, lines
+  ``<video>.avi <0|1|2>``: 1 training, 2 testing, 0 in neither), turned into UCF101-style lists
+  that ``train --split-list`` / ``--val-list`` and ``evaluate --split-list`` take
+  (:func:`read_hmdb51_split`, :func:`write_split_lists`).
 - Kinetics CSV (``label,youtube_id,time_start,time_end,split``; columns found by the header, extra
   columns such as ``is_cc`` ignored; test files have no label). A row names the video
   ``<youtube_id>_<start>_<end>`` (mmaction2 pads the times to 6 digits; any padding matches) or
@@ -325,6 +329,89 @@ def match_annotations(path: str | os.PathLike, keys: Iterable[str], *, kind: str
     return match_list(read_mmaction_list(path, kind), keys, str(path), classes)
 
 
+# ----------------------------------------------------------------------------- HMDB51 splits
+
+HMDB51_SPLITS = (1, 2, 3)
+_HMDB51_FILE = re.compile(r"(?P<cls>.+)_test_split(?P<split>\d+)\.txt")
+_HMDB51_USE = {"1": "train", "2": "test", "0": "unused"}
+
+
+@dataclass
+class SplitLists:
+    """One split of a dataset as lists of videos (``class/video.avi``, POSIX paths relative to the
+    dataset root) and its class names (sorted; label ``i`` is ``classes[i]``)."""
+    classes: list[str]
+    train: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+
+def read_hmdb51_split(split_dir: str | os.PathLike, split: int) -> SplitLists:
+    """Split ``split`` (1-3) of HMDB51's ``testTrainMulti_7030_splits`` folder: one file a class,
+    ``<class>_test_split<split>.txt``, each line ``<video>.avi <id>`` with id 1 (training),
+    2 (testing) or 0 (in neither; HMDB51 holds 70 training and 30 test videos a class). Classes
+    are the sorted class names, the order ``flowkit extract`` gives HMDB51's class folders (and
+    mmaction2's HMDB51 label map). Raises :class:`FlowkitError` naming the file and line of a
+    malformed line or a video listed twice, or when the folder holds no file of that split."""
+    split_dir = Path(split_dir)
+    if int(split) not in HMDB51_SPLITS:
+        raise FlowkitError(f"HMDB51 has splits 1, 2 and 3, not {split}")
+    if not split_dir.is_dir():
+        raise FlowkitError(f"{split_dir} is not a folder (expected HMDB51's "
+                           "testTrainMulti_7030_splits)")
+    files = {}
+    for path in sorted(split_dir.iterdir()):
+        match = _HMDB51_FILE.fullmatch(path.name)
+        if match and int(match["split"]) == int(split):
+            files[match["cls"]] = path
+    if not files:
+        raise FlowkitError(f"{split_dir} holds no '<class>_test_split{split}.txt' file (expected "
+                           "HMDB51's testTrainMulti_7030_splits folder)")
+    out, seen = SplitLists(classes=sorted(files)), {}
+    for name in out.classes:
+        path = files[name]
+        for lineno, fields in _lines(path):
+            where = f"{path}:{lineno}"
+            if len(fields) != 2 or fields[1] not in _HMDB51_USE or "/" in fields[0] \
+                    or not PurePosixPath(fields[0]).suffix:
+                raise FlowkitError(f"{where}: expected '<video>.avi <0|1|2>', got "
+                                   f"{' '.join(fields)!r}")
+            video = f"{name}/{fields[0]}"
+            if video in seen:
+                raise FlowkitError(f"{where}: {fields[0]!r} is listed twice (first at "
+                                   f"{seen[video]})")
+            seen[video] = where
+            getattr(out, _HMDB51_USE[fields[1]]).append(video)
+    return out
+
+
+def write_split_lists(out_dir: str | os.PathLike, lists: SplitLists, split: int
+                      ) -> dict[str, Path]:
+    """Write ``lists`` as UCF101's files do, atomically: ``trainlist0<split>.txt``
+    (``class/video.avi <1-based id>``), ``testlist0<split>.txt`` (``class/video.avi``) and
+    ``classInd.txt`` (``<id> <class>``), the ids indexing ``lists.classes``. An existing
+    ``classInd.txt`` with other classes is refused (the lists of other splits index it).
+    Returns the paths by kind (``"train"``, ``"test"``, ``"classes"``)."""
+    from .labels import CLASS_INDEX, read_class_index
+
+    out_dir = Path(out_dir)
+    index = out_dir / CLASS_INDEX
+    if index.is_file() and read_class_index(index) != lists.classes:
+        raise FlowkitError(f"{index} exists with other classes; write these lists to another "
+                           "folder")
+    for video in lists.train + lists.test:
+        if any(c.isspace() for c in video):
+            raise FlowkitError(f"{video!r} contains whitespace, which a split list cannot hold")
+    ids = {name: i + 1 for i, name in enumerate(lists.classes)}
+    paths = {"train": out_dir / f"trainlist{int(split):02d}.txt",
+             "test": out_dir / f"testlist{int(split):02d}.txt", "classes": index}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths["train"], "".join(f"{v} {ids[v.split('/')[0]]}\n" for v in lists.train))
+    atomic_write_text(paths["test"], "".join(f"{v}\n" for v in lists.test))
+    atomic_write_text(index, "".join(f"{i} {name}\n" for name, i in ids.items()))
+    return paths
+
+
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
 
@@ -343,4 +430,5 @@ def _lines(path: Path) -> Iterable[tuple[int, list[str]]]:
 __all__ = ["ListEntry", "KineticsRow", "LabelMatch", "read_mmaction_list", "read_keys",
            "format_list_line", "write_mmaction_list", "read_label_map", "write_label_map",
            "match_list", "read_kinetics_csv", "match_kinetics", "match_annotations",
-           "KINETICS_COLUMNS"]
+           "KINETICS_COLUMNS", "SplitLists", "read_hmdb51_split", "write_split_lists",
+           "HMDB51_SPLITS"]

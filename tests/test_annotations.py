@@ -9,9 +9,12 @@ import sys
 
 import pytest
 
+from click.testing import CliRunner
+
 from flowkit.annotations import (format_list_line, match_annotations, match_kinetics, match_list,
-                                 read_keys, read_kinetics_csv, read_label_map, read_mmaction_list,
-                                 write_mmaction_list)
+                                 read_hmdb51_split, read_keys, read_kinetics_csv, read_label_map,
+                                 read_mmaction_list, write_mmaction_list, write_split_lists)
+from flowkit.cli import main
 from flowkit.errors import FlowkitError
 from flowkit.store import FlowStore
 
@@ -147,3 +150,68 @@ def test_extract_with_a_kinetics_csv(sample_videos, tmp_path):
     assert store.keys() == sorted(names[:2])
     assert store.meta(names[1])["label"] == 1 and store.meta(names[1])["label_name"] == \
         "air drumming"
+
+
+# ----------------------------------------------------------------------------- HMDB51 splits
+
+def write_hmdb51_splits(folder, uses):
+    """HMDB51's testTrainMulti_7030_splits layout: ``uses[split][cls]`` = ids of its videos."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, by_class in uses.items():
+        for cls, ids in by_class.items():
+            (folder / f"{cls}_test_split{split}.txt").write_text(
+                "".join(f"{cls}_{i}.mp4 {use} \n" for i, use in enumerate(ids)))
+    return folder
+
+
+def test_hmdb51_split_becomes_lists_that_train_and_evaluate_take(tiny_store, tmp_path):
+    """`flowkit split-lists hmdb51` writes trainlist/testlist/classInd that choose the store's
+    videos (labels stay the store's: its class order is not the lists' sorted one)."""
+    from flowkit.data import split_from_list
+    from flowkit.train import TrainConfig
+    from flowkit.train.loading import make_split
+
+    uses = {1: {"right": [1, 1, 2, 0], "down": [1, 2, 1, 1], "left": [2, 1, 1, 2]},
+            2: {"right": [2, 1, 1, 1], "down": [1, 1, 2, 2], "left": [1, 2, 1, 1]}}
+    splits = write_hmdb51_splits(tmp_path / "testTrainMulti_7030_splits", uses)
+    (splits / "readme.txt").write_text("not a split file\n")
+    out = tmp_path / "lists"
+    result = CliRunner().invoke(main, ["split-lists", "hmdb51", str(splits), "--split", "1",
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "7 training and 4 test videos of 3 classes (1 in neither)" in result.output
+    assert (out / "classInd.txt").read_text() == "1 down\n2 left\n3 right\n"
+    assert (out / "trainlist01.txt").read_text().splitlines()[:2] == [
+        "down/down_0.mp4 1", "down/down_2.mp4 1"]
+    assert split_from_list(tiny_store, out / "testlist01.txt") == [
+        "down/down_1", "left/left_0", "left/left_3", "right/right_2"]
+    config = TrainConfig(store=str(tiny_store), model="resnet2d",
+                         split_list=str(out / "trainlist01.txt"),
+                         val_list=str(out / "testlist01.txt"))
+    train, val, _ = make_split(tiny_store, config)
+    assert len(train) == 7 and len(val) == 4 and "right/right_3" not in train + val
+    # split 2 beside it shares classInd.txt
+    lists = read_hmdb51_split(splits, 2)
+    assert write_split_lists(out, lists, 2)["train"].name == "trainlist02.txt"
+    assert lists.test == ["down/down_2.mp4", "down/down_3.mp4", "left/left_1.mp4",
+                          "right/right_0.mp4"]
+
+
+def test_hmdb51_split_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(FlowkitError, match="holds no '<class>_test_split3.txt'"):
+        read_hmdb51_split(write_hmdb51_splits(tmp_path / "a", {1: {"c": [1]}}), 3)
+    with pytest.raises(FlowkitError, match="splits 1, 2 and 3"):
+        read_hmdb51_split(tmp_path / "a", 4)
+    bad = tmp_path / "b"
+    bad.mkdir()
+    (bad / "c_test_split1.txt").write_text("v_0.avi 1\nv_1.avi 3\n")
+    with pytest.raises(FlowkitError, match=r"c_test_split1.txt:2: expected '<video>.avi <0\|1\|2>'"):
+        read_hmdb51_split(bad, 1)
+    (bad / "c_test_split1.txt").write_text("#12_v.avi 1\n#12_v.avi 2\n")  # HMDB51 names start with #
+    with pytest.raises(FlowkitError, match=r"c_test_split1.txt:2: '#12_v.avi' is listed twice"):
+        read_hmdb51_split(bad, 1)
+    lists = read_hmdb51_split(write_hmdb51_splits(tmp_path / "c", {1: {"c": [1, 2]}}), 1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "classInd.txt").write_text("1 other\n")
+    with pytest.raises(FlowkitError, match="exists with other classes"):
+        write_split_lists(tmp_path / "out", lists, 1)

@@ -35,6 +35,7 @@ COMMANDS = {
     "train-flow": ("train_flow", "Train a learnable motion engine (tvnet, motionnet)."),
     "export": ("interop:export_group", "Write a store as mmaction2 / denseflow rawframes."),
     "import": ("interop:import_group", "Read rawframes / denseflow HDF5 into a store."),
+    "split-lists": ("split_lists", "A dataset's official split (HMDB51) as UCF101-style lists."),
 }
 
 
