@@ -317,6 +317,31 @@ def test_another_max_frames_is_refused_before_computing(items, tmp_path):
     assert FlowStore(path).meta(videos[1].key)["num_frames"] == T
 
 
+def test_a_flow_another_engine_wrote_is_named_not_blamed_on_params(items, tmp_path):
+    """An imported flow under the name a run computes (rawframes imported as flow/tvl1): the run is
+    refused naming the importer, not with "rerun without --param ..." options nobody gave; with
+    --redo-mismatched it computes the flow of its videos anew."""
+    videos, classes = items
+    path = tmp_path / "s"
+    imported = {"engine": "mmaction2-rawframes", "version": "0.1.0", "backend": "external",
+                "params": {"bound": 20.0, "source_format": "mmaction2-rawframes"}}
+    with FlowStore(path, mode="a", classes=classes) as store:
+        with store.writer(videos[0].key, source=str(videos[0].path), fps=25.0,
+                          label=videos[0].label, label_name=videos[0].label_name,
+                          source_size=(H, W), flow_codec="float16", rgb_codec="raw") as w:
+            w.append_rgb(load_frames(videos[0].path))
+            w.append_flow("tvl1", np.zeros((T - 1, 2, H, W), np.float32), engine=imported)
+    with pytest.raises(StoreError) as refused:
+        extract(videos[:1], path, _config(), classes=classes)
+    message = str(refused.value)
+    assert "written by engine 'mmaction2-rawframes' (imported from rawframes" in message, message
+    assert "--param" not in message and "--flow-name rawframes" in message
+    assert "add --redo-mismatched" in message
+    redone = extract(videos[:1], path, _config(redo_mismatched=True), classes=classes)
+    assert [r.status for r in redone.results] == ["done"], redone.results
+    assert FlowStore(path).meta(videos[0].key)["flows"]["tvl1"]["engine"] == "tvl1"
+
+
 def test_redo_mismatched_cannot_mix_new_videos_into_a_store_of_another_size(items, tmp_path):
     """None of the run's videos is in the store, whose videos have another size: --redo-mismatched
     would redo none of them and store the new ones at the new size, so it is refused too, saying

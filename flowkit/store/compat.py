@@ -82,6 +82,9 @@ class Comparison:
     metas: dict[str, dict] = field(default_factory=dict)           # key -> meta of checked videos
     joining: bool = False  # the run adds videos that are not in the store yet
     reference: bool = False  # none of the run's videos is in the store: others were compared
+    #: ``(engine, backend)`` of the stored flow when another engine wrote it (an imported flow:
+    #: ``mmaction2-rawframes``, backend ``external``); its version and parameters say nothing
+    foreign: tuple[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,7 +121,10 @@ class Comparison:
         """One line: what differs, the options that match the store, and the ways out. When the
         run's videos are not in the store (``reference``: its other videos were compared), it
         says why ``--redo-mismatched`` cannot help: it recomputes only the run's videos, so the
-        store would hold both kinds."""
+        store would hold both kinds. A flow another engine wrote (``foreign``) is named as such:
+        no option of this engine matches it."""
+        if self.foreign is not None:
+            return self._foreign_message()
         parts = []
         for option, keys in self.differing.items():
             stored, requested = self.stored[option][0], self.request_value(option)
@@ -141,6 +147,21 @@ class Comparison:
         return (head + f"Nothing was computed. {fix}, add --redo-mismatched to recompute those "
                 "videos with the new options (replacing what the store holds for them), or write "
                 "a new store (-o NEW_STORE)")
+
+    def _foreign_message(self) -> str:
+        engine, backend = self.foreign
+        method, asked = self.request.method, self.request.engine["engine"]
+        how = "imported from rawframes" if backend == "external" else f"backend {backend}"
+        keys = sorted(self.keys())
+        head = (f"store {self.store} holds flow {method!r} written by engine {engine!r} ({how}; "
+                f"{len(keys)} of {self.checked} videos checked, e.g. {keys[0]!r}), not by "
+                f"flowkit's {asked!r} engine, and one flow name holds one engine's flow. Nothing "
+                "was computed. ")
+        redo = ("" if self.reference else "add --redo-mismatched to replace it with computed "
+                "flow for this run's videos, ")
+        return (head + f"Write a new store (-o NEW_STORE), {redo}or keep both side by side: "
+                f"import the rawframes under another name (`flowkit import rawframes ... "
+                f"--flow-name rawframes`) and extract --method {asked} beside it")
 
     def request_value(self, option: str) -> Any:
         for meta in self.metas.values():
@@ -175,6 +196,11 @@ def compare_with_store(store, keys: Iterable[str], request: Request,
             result.differing.setdefault(option, []).append(key)
             if stored not in result.stored.setdefault(option, []):
                 result.stored[option].append(stored)
+    engine_keys = result.differing.get("params", []) + result.differing.get("engine_version", [])
+    if engine_keys:  # the index holds no engine name: one video's file tells who wrote the flow
+        flow = store.meta(engine_keys[0])["flows"].get(request.method, {})
+        if flow.get("engine", request.engine["engine"]) != request.engine["engine"]:
+            result.foreign = (str(flow["engine"]), str(flow.get("backend", "")))
     return result
 
 
