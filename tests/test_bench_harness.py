@@ -156,3 +156,100 @@ def test_method_that_fails_is_reported(tiny_pairs):
                                        repeats=1)
     assert failed["status"] == "failed" and "trained weights" in failed["reason"]
     assert ok["status"] == "ok"
+
+
+def _blank_pair(h, w):
+    z = np.zeros((h, w, 3), np.uint8)
+    return FlowPair(f"{h}x{w}", z, z, np.zeros((2, h, w), np.float32), np.ones((h, w), bool),
+                    np.zeros((h, w), bool))
+
+
+def test_every_batch_shape_is_warmed_up_before_the_timed_passes():
+    """A method with a one-off cost per input shape (torch.compile compiles per shape): every
+    distinct batch shape (frame sizes of a mixed dataset, the shorter last batch) is called once in
+    the warm-up, so the timed passes meet no new shape. Before, only the first and the last batch
+    were warmed: here (1, 3, 16, 16) and (1, 3, 24, 24) were first met in a timed pass."""
+    calls = []
+
+    def fn(frames0, frames1):
+        calls.append(tuple(frames0.shape))
+        return np.zeros((frames0.shape[0], 2, *frames0.shape[2:]), np.float32)
+
+    pairs = [_blank_pair(16, 16)] * 3 + [_blank_pair(24, 24)] + [_blank_pair(32, 32)] * 2
+    (r,) = harness.run_benchmark([harness.Method("per-shape", fn)], pairs, batch=2, repeats=2)
+    assert r["status"] == "ok"
+    shapes = [(2, 3, 16, 16), (1, 3, 16, 16), (1, 3, 24, 24), (2, 3, 32, 32)]
+    timed = calls[-2 * len(shapes):]
+    assert timed == shapes * 2
+    assert calls[:-len(timed)] == shapes  # the warm-up: each shape once, in order
+
+
+def test_all_expands_to_every_method(tiny_pairs, monkeypatch):
+    """run_benchmark(["all"]) runs every method (split_params and the runs see the same names);
+    before, it gave one "missing" row for a method called "all"."""
+    monkeypatch.setattr(harness, "available_methods", lambda: ["opencv-dis", "opencv-farneback"])
+    pairs, info = tiny_pairs
+    results = harness.run_benchmark(["all", "opencv-dis"], pairs, repeats=1, dataset=info,
+                                    params={"opencv-dis:preset": "fast"})
+    assert [(r["method"], r["status"]) for r in results] == [("opencv-dis", "ok"),
+                                                            ("opencv-farneback", "ok")]
+    assert results[0]["params"] == {"preset": "fast"}
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"opencv-tvl1:early_stop": "False"}, "opencv-tvl1: early_stop must be true or false"),
+    ({"opencv-tvl1:early_stop": 0}, "opencv-tvl1: early_stop must be true or false"),
+    ({"opencv-tvl1:nscales": 2.7}, "opencv-tvl1: nscales must be an integer"),
+    ({"opencv-tvl1:scale_step": 1.5}, r"opencv-tvl1: scale_step must be in \(0, 1\)"),
+    ({"opencv-tvl1:median_filtering": 7}, "opencv-tvl1: median_filtering must be 0 or 1"),
+    ({"opencv-farneback:pyr_scale": 1.0}, r"opencv-farneback: pyr_scale must be in \(0, 1\)"),
+    ({"opencv-farneback:flags": 4}, "opencv-farneback: flags must be 0 or 256"),
+    ({"opencv-farneback:winsize": "big"}, "opencv-farneback: winsize must be an integer"),
+    ({"preset": "slow"}, "opencv-dis: preset must be one of"),
+    ({"tvl1:warps": 2.5}, "tvl1: warps must be an integer"),
+])
+def test_bad_parameters_are_refused_before_anything_runs(tiny_pairs, params, message):
+    """Peer parameters are typed and range-checked like the engines' (one BenchError before any
+    method is built): before, "False" was truthy, 2.7 was truncated, an out-of-range value crashed
+    the run with a cv2.error, and an engine's bad value became a "missing" row."""
+    pairs, info = tiny_pairs
+    with pytest.raises(BenchError, match=message):
+        harness.run_benchmark(["tvl1", "opencv-tvl1", "opencv-dis", "opencv-farneback"], pairs,
+                              repeats=1, dataset=info, params=params)
+
+
+def test_peer_parameters_are_typed():
+    peer = peers.create_peer("opencv-tvl1", median_filtering=5.0, early_stop=False, nscales=2)
+    assert peer.params["median_filtering"] == 5 and type(peer.params["median_filtering"]) is int
+    assert peer.params["early_stop"] is False
+    assert peers.create_peer("opencv-dis", preset="FAST").params == {"preset": "fast"}
+    assert type(peers.create_peer("opencv-farneback", poly_sigma=2).params["poly_sigma"]) is float
+    with pytest.raises(BenchError, match="has no parameter winsize"):
+        peers.check_peer_params("opencv-tvl1", {"winsize": 3})
+
+
+def test_opencv_errors_become_failed_rows(tiny_pairs, monkeypatch):
+    """cv2.error while building a peer's solver or computing a pair is that method's "failed" row;
+    the methods after it still run (before, the traceback ended the whole benchmark)."""
+    pairs, info = tiny_pairs
+
+    def refuse(**kwargs):
+        raise cv2.error("OpenCV(x) tvl1flow.cpp:1: error: (-215:Assertion failed) nscales > 0")
+
+    monkeypatch.setattr(cv2.optflow, "DualTVL1OpticalFlow_create", refuse)
+    failed, ok = harness.run_benchmark(["opencv-tvl1", "opencv-dis"], pairs, repeats=1,
+                                       dataset=info)
+    assert failed["status"] == "failed" and "nscales > 0" in failed["reason"]
+    assert failed["reason"].startswith("opencv-tvl1: OpenCV refused its parameters")
+    assert ok["status"] == "ok"
+
+    class Solver:
+        def calc(self, a, b, flow):
+            raise cv2.error("OpenCV(x) matrix.cpp:1: error: (-215:Assertion failed) roi.x >= 0")
+
+    monkeypatch.setattr(cv2.optflow, "DualTVL1OpticalFlow_create", lambda **kwargs: Solver())
+    failed, ok = harness.run_benchmark(["opencv-tvl1", "opencv-farneback"], pairs, repeats=1,
+                                       dataset=info)
+    assert failed["status"] == "failed" and "roi.x >= 0" in failed["reason"]
+    assert "opencv-tvl1: OpenCV failed on a 40x48 pair" in failed["reason"]
+    assert ok["status"] == "ok"

@@ -62,3 +62,26 @@ def test_missing_peer_exits_1_with_reason(runner, monkeypatch):
                                      "--pairs", "2", "--repeats", "1"])
     assert result.exit_code == 1, result.output
     assert "missing" in result.output and "DualTVL1OpticalFlow_create" in result.output
+
+
+def test_bad_peer_parameter_is_one_line_exit_2(runner):
+    """An out-of-range OpenCV-peer parameter is refused before anything is measured, one line and
+    exit 2 (before: a cv2.error traceback after the first method had run, losing its row)."""
+    result = runner.invoke(command, ["--methods", "opencv-farneback,opencv-tvl1", "--size", "32x32",
+                                     "--pairs", "1", "--repeats", "1",
+                                     "--param", "opencv-tvl1:scale_step=1.5"])
+    assert result.exit_code == 2, result.output
+    assert "error: --param: opencv-tvl1: scale_step must be in (0, 1), got 1.5" in result.output
+    assert "pairs/s" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(command, ["--methods", "opencv-tvl1", "--param", "early_stop=False"])
+    assert result.exit_code == 2 and "early_stop must be true or false" in result.output
+
+
+def test_small_synthetic_size_runs(runner):
+    """--size 24x32: the synthetic pairs' flow stays invertible on small frames (before, the
+    backward ground truth's iteration diverged with a RuntimeError traceback)."""
+    result = runner.invoke(command, ["--methods", "opencv-farneback", "--size", "24x32",
+                                     "--pairs", "2", "--repeats", "1", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    (r,) = json.loads(result.stdout)
+    assert r["status"] == "ok" and r["size"] == "24x32" and r["pairs"] == 2

@@ -13,11 +13,13 @@ its name; ``all`` names every one of them. ``compile="on"`` runs the engines tha
 
 What is measured, per method:
 
-- **warm-up** (``warmup_s``, excluded from the speed): one call on the first batch, and on the last
-  batch too when it has another shape. It contains one-off costs: torch.compile's compilation for
-  a compiled method (~20 s on CPU the first time; inductor's on-disk cache makes later processes
-  faster; the compile cache is reset before every compiled method, so this is always in), allocator
-  and thread-pool start-up.
+- **warm-up** (``warmup_s``, excluded from the speed): one call on the first batch of every
+  distinct batch shape (pairs per batch and frame size: a dataset of several frame sizes, the
+  shorter last batch), so that no one-off cost of a new shape falls into a timed pass. It
+  contains one-off costs: torch.compile's compilation for a compiled method (~20 s on CPU the
+  first time, once per shape it specialises; inductor's on-disk cache makes later processes
+  faster; the compile cache is reset before every compiled method, so this is always in),
+  allocator and thread-pool start-up.
 - **passes**: ``repeats`` timed passes over the whole dataset in batches of ``batch`` pairs (OpenCV
   peers run one pair per call, recorded as ``batch`` 1). A pass times, for every batch, the method's
   call on uint8 ``(B, 3, H, W)`` CPU tensors (an engine copies them to its device) and the copy of
@@ -39,10 +41,17 @@ What is measured, per method:
   pixels), ``epe_noc`` (valid, not occluded), ``outliers`` (fraction of valid pixels with EPE > 3 px),
   ``angular`` (degrees).
 
+Parameters are checked before any method is built (:func:`check_method_params`): a name no method
+has, or a value of the wrong type or out of range for an engine or an OpenCV peer (``nscales=2.7``,
+``early_stop=False`` given as a string, ``opencv-tvl1:scale_step=1.5``) is a
+:class:`~flowkit.bench.flo.BenchError` and nothing is measured.
+
 Each result is a JSON-serialisable dict (non-finite numbers become None). A method that cannot be
 created (OpenCV function missing, engine unavailable) gives ``status: "missing"`` with ``reason``; one
 that raises a :class:`~flowkit.errors.FlowkitError` while running (e.g. an engine without trained
-weights) gives ``status: "failed"`` with ``reason``; the list never silently gets shorter.
+weights, or OpenCV raising ``cv2.error`` inside a peer, :class:`~flowkit.bench.peers.PeerError`)
+gives ``status: "failed"`` with ``reason``, and the methods after it still run; the list never
+silently gets shorter.
 """
 from __future__ import annotations
 
@@ -64,7 +73,7 @@ from ..errors import FlowkitError
 from ..progress import Progress
 from .flo import BenchError
 from .metrics import flow_metrics
-from .peers import PEERS, create_peer
+from .peers import PEERS, PeerError, check_peer_params, create_peer
 from .synthetic import FlowPair, load_flow_folder, stereo_pairs, synthetic_pairs
 
 COMPILE_MODES = ("off", "on", "both")
@@ -184,6 +193,27 @@ def split_params(params: Mapping[str, Any] | None, methods: Sequence[str]) -> di
         for m in takers:
             per[m][name] = value
     return per
+
+
+def check_method_params(per_method: Mapping[str, Mapping[str, Any]]) -> None:
+    """Type- and range-check each method's parameters (:func:`split_params`' result) before
+    anything is built or measured: engines against their ``Params`` dataclass
+    (:func:`flowkit.flow.check_engine_params`), OpenCV peers against theirs
+    (:func:`flowkit.bench.peers.check_peer_params`).
+
+    Raises:
+        BenchError: the first bad value, on one line naming the method and the parameter.
+    """
+    from ..flow.registry import check_engine_params
+
+    for name, params in per_method.items():
+        try:
+            if name in PEERS:
+                check_peer_params(name, dict(params))
+            else:
+                check_engine_params(name, dict(params))
+        except FlowkitError as exc:  # BenchError, EngineError, ParameterError
+            raise BenchError(f"--param: {exc}") from None
 
 
 def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | None = None,
@@ -450,8 +480,10 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
         raise BenchError("the dataset has no pairs")
     if batch < 1 or repeats < 1:
         raise BenchError(f"batch and repeats must be at least 1, got batch={batch}, repeats={repeats}")
+    methods = _expand(methods)
     names = [m for m in methods if isinstance(m, str)]
-    per_params = split_params(params, resolve_methods(names) if names else [])
+    per_params = split_params(params, names)
+    check_method_params(per_params)
     runs = [(m, c) for m in methods
             for c in (compile_variants(m, compile) if isinstance(m, str) else [m.compile])]
     dataset = dict(dataset or {})
@@ -475,7 +507,9 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
                 m = method if isinstance(method, Method) else build_method(
                     method, device, per_params.get(method), backend, compiled)
             except FlowkitError as exc:  # PeerMissing, an engine without CUDA, ...
-                results.append(_missing(label, device, batch, common, str(exc)))
+                # OpenCV refusing a peer's solver is a failure of that method, not a missing one
+                results.append(_missing(label, device, batch, common, str(exc),
+                                        "failed" if isinstance(exc, PeerError) else "missing"))
                 advance(label, 1 + repeats)
                 continue
             steps = [0]
@@ -495,6 +529,18 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
     for r in results:
         r["machine"]["loadavg_1m_end"] = end_load
     return results
+
+
+def _expand(methods: Sequence[str | Method]) -> list[str | Method]:
+    """``methods`` with every name resolved (:func:`resolve_methods`: ``"all"`` expanded, a name
+    given twice run once), :class:`Method` objects kept in place."""
+    out: list[str | Method] = []
+    for m in methods:
+        if isinstance(m, Method):
+            out.append(m)
+        else:
+            out += [n for n in resolve_methods([m]) if n not in out]
+    return out
 
 
 def collect(methods: str = DEFAULT_METHODS, device: str = "cpu", size: str | None = None,
@@ -547,7 +593,13 @@ def _measure(m: Method, pairs: Sequence[FlowPair], batch: int, repeats: int, com
              memory: _PeakMemory, advance: Callable) -> dict[str, Any]:
     size = m.batch or batch
     batches = _batches(pairs, size)
-    warm = [batches[0]] + ([batches[-1]] if batches[-1][0].shape != batches[0][0].shape else [])
+    # One call per distinct batch shape: a compiled method compiles (and any method allocates) per
+    # shape, and a cost first met in a timed pass would lower pairs/s far below its steady rate.
+    warm, shapes = [], set()
+    for f0, f1 in batches:
+        if tuple(f0.shape) not in shapes:
+            shapes.add(tuple(f0.shape))
+            warm.append((f0, f1))
     if m.compile:
         import torch
 

@@ -22,16 +22,31 @@ Peers:
 ``opencv-farneback``  ``cv2.calcOpticalFlowFarneback`` with the usual parameters: pyr_scale 0.5,
                       levels 3, winsize 15, iterations 3, poly_n 5, poly_sigma 1.2, flags 0.
 
+Parameters are typed and range-checked like an engine's (:mod:`flowkit.flow.params`): each peer
+declares them as a frozen dataclass (``Peer.Params``: :class:`TVL1PeerParams`,
+:class:`DISPeerParams`, :class:`FarnebackPeerParams`) whose annotations say the type (a whole float
+is taken where an integer belongs, ``2.7`` or the string ``"False"`` is refused) and whose
+``__post_init__`` checks the range OpenCV needs (``opencv-tvl1``: the ranges of flowkit's
+``tvl1``, and ``median_filtering`` 0, 1, 3 or 5, the kernels OpenCV's median of float flow has;
+``opencv-farneback``: ``0 < pyr_scale < 1``, ``flags`` 0 or 256, ``OPTFLOW_FARNEBACK_GAUSSIAN``:
+a peer has no initial flow to use). :func:`check_peer_params` runs that check without OpenCV, so
+the benchmark refuses a bad ``--param`` before it measures anything. An error OpenCV still raises
+(``cv2.error``) while building the solver or computing a pair is a :class:`PeerError` naming the
+peer, which the harness reports as that method's failed row.
+
 A peer whose OpenCV function is missing (no OpenCV, or opencv-python without the contrib modules)
 cannot be created: :func:`create_peer` raises :class:`PeerMissing` with the reason, and the benchmark
 harness reports the method as missing with that reason.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from ..errors import EngineError
 from ..registry import Registry
 from .flo import BenchError
 
@@ -43,12 +58,7 @@ TVL1_TO_OPENCV = {
     "outer_iterations": "outerIterations", "scale_step": "scaleStep",
     "median_filtering": "medianFiltering",
 }
-TVL1_DEFAULTS = {"tau": 0.25, "lambda_": 0.15, "theta": 0.3, "nscales": 5, "warps": 5, "epsilon": 0.01,
-                 "inner_iterations": 30, "outer_iterations": 10, "scale_step": 0.8,
-                 "median_filtering": 5, "early_stop": True}
 DIS_PRESETS = ("ultrafast", "fast", "medium")
-FARNEBACK_DEFAULTS = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5,
-                      "poly_sigma": 1.2, "flags": 0}
 
 _CONTRIB_HINT = ("install opencv-contrib-python (and uninstall opencv-python / opencv-python-headless, "
                  "which shadow it)")
@@ -58,19 +68,117 @@ class PeerMissing(BenchError):
     """The OpenCV function behind a peer is not available; the message says why and what to install."""
 
 
+class PeerError(BenchError):
+    """OpenCV raised an error (``cv2.error``) building a peer's solver or computing a pair; the
+    message names the peer and OpenCV's reason."""
+
+
+def _positive(peer: str, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise BenchError(f"{peer}: {key} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TVL1PeerParams:
+    """``opencv-tvl1``'s parameters, in flowkit's ``tvl1`` names, with OpenCV's defaults."""
+
+    tau: float = 0.25
+    lambda_: float = 0.15
+    theta: float = 0.3
+    nscales: int = 5
+    warps: int = 5
+    epsilon: float = 0.01
+    inner_iterations: int = 30
+    outer_iterations: int = 10
+    scale_step: float = 0.8
+    median_filtering: int = 5
+    early_stop: bool = True
+
+    def __post_init__(self):
+        _positive("opencv-tvl1", {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta,
+                                  "nscales": self.nscales, "warps": self.warps,
+                                  "inner_iterations": self.inner_iterations,
+                                  "outer_iterations": self.outer_iterations})
+        if not 0 < self.scale_step < 1:
+            raise BenchError(f"opencv-tvl1: scale_step must be in (0, 1), got {self.scale_step!r}")
+        if self.epsilon < 0:
+            raise BenchError(f"opencv-tvl1: epsilon must be >= 0, got {self.epsilon!r}")
+        if self.median_filtering not in (0, 1, 3, 5):
+            raise BenchError(f"opencv-tvl1: median_filtering must be 0 or 1 (none), 3 or 5 (OpenCV "
+                             f"median-filters float flow with those kernels only), got "
+                             f"{self.median_filtering!r}")
+
+
+@dataclass(frozen=True)
+class DISPeerParams:
+    """``opencv-dis``'s parameters."""
+
+    preset: str = "medium"
+
+    def __post_init__(self):
+        preset = self.preset.lower()
+        if preset not in DIS_PRESETS:
+            raise BenchError(f"opencv-dis: preset must be one of {', '.join(DIS_PRESETS)}, got "
+                             f"{self.preset!r}")
+        object.__setattr__(self, "preset", preset)
+
+
+@dataclass(frozen=True)
+class FarnebackPeerParams:
+    """``opencv-farneback``'s parameters (``cv2.calcOpticalFlowFarneback``'s, snake case)."""
+
+    pyr_scale: float = 0.5
+    levels: int = 3
+    winsize: int = 15
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.2
+    flags: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.pyr_scale < 1:
+            raise BenchError(f"opencv-farneback: pyr_scale must be in (0, 1), got "
+                             f"{self.pyr_scale!r}")
+        if self.levels < 0:
+            raise BenchError(f"opencv-farneback: levels must be >= 0, got {self.levels!r}")
+        _positive("opencv-farneback", {"winsize": self.winsize, "iterations": self.iterations,
+                                       "poly_n": self.poly_n, "poly_sigma": self.poly_sigma})
+        if self.flags not in (0, 256):
+            raise BenchError(f"opencv-farneback: flags must be 0 or 256 "
+                             f"(OPTFLOW_FARNEBACK_GAUSSIAN; there is no initial flow to use), got "
+                             f"{self.flags!r}")
+
+
+def _defaults(params_class: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(params_class)}
+
+
+# The peers' parameters with their defaults (OpenCV's), in flowkit's names.
+TVL1_DEFAULTS = _defaults(TVL1PeerParams)
+FARNEBACK_DEFAULTS = _defaults(FarnebackPeerParams)
+
+
+def _cv_reason(exc: Exception) -> str:
+    """``cv2.error``'s message on one line (OpenCV's own text, location and assertion)."""
+    return " ".join(str(exc).split())
+
+
 class Peer:
     """An OpenCV method with the engine call shape (see the module docstring); one subclass per
     peer, registered in :data:`PEERS`.
 
     Attributes:
         name: ``"opencv-tvl1"``, ``"opencv-dis"`` or ``"opencv-farneback"``.
+        Params: the frozen dataclass of its parameters (types and ranges, see the module docstring).
         defaults: the parameters it accepts, in flowkit's names, with their defaults.
-        params: the parameters in flowkit's names, JSON-serialisable.
+        params: the parameters in flowkit's names, typed, JSON-serialisable.
         threads: ``cv2.getNumThreads()`` when the peer was created.
         version: ``cv2.__version__``.
     """
 
     name: ClassVar[str] = ""
+    Params: ClassVar[type] = type(None)
     defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
@@ -78,11 +186,16 @@ class Peer:
         return list(cls.defaults)
 
     def __init__(self, **params):
+        self.params = dataclasses.asdict(check_peer_params(self.name, params))
         cv2 = _import_cv2(self.name)
-        self.params = {**self.defaults, **params}
-        self._flow = self._solver(cv2, self.params)
+        try:
+            self._flow = self._solver(cv2, dict(self.params))
+        except cv2.error as exc:
+            raise PeerError(f"{self.name}: OpenCV refused its parameters ({_cv_reason(exc)})") \
+                from None
         self.threads = int(cv2.getNumThreads())
         self.version = cv2.__version__
+        self._cv_error = cv2.error
 
     def _solver(self, cv2, prm: dict[str, Any]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """``(gray0, gray1) -> (H, W, 2)`` flow; PeerMissing when OpenCV lacks the function."""
@@ -94,7 +207,11 @@ class Peer:
             raise BenchError(f"frame pairs differ in shape: {g0.shape} vs {g1.shape}")
         out = np.empty((g0.shape[0], 2, *g0.shape[1:]), np.float32)
         for i in range(g0.shape[0]):
-            out[i] = self._flow(g0[i], g1[i]).transpose(2, 0, 1)
+            try:
+                out[i] = self._flow(g0[i], g1[i]).transpose(2, 0, 1)
+            except self._cv_error as exc:
+                raise PeerError(f"{self.name}: OpenCV failed on a {g0.shape[1]}x{g0.shape[2]} pair "
+                                f"({_cv_reason(exc)})") from None
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -111,6 +228,27 @@ PEERS: Registry[Peer] = Registry("peer", error=BenchError, name_attr="name")
 def peer_defaults(name: str) -> dict[str, Any]:
     """The parameters a peer accepts, with their defaults."""
     return dict(PEERS.get(name).defaults)
+
+
+def check_peer_params(name: str, params: dict[str, Any]):
+    """The ``Params`` of peer ``name`` for ``params``: names, types and ranges checked without
+    OpenCV (:func:`flowkit.flow.params.check_params`, the engines' rule).
+
+    Raises:
+        BenchError: unknown peer or parameter name, a value of the wrong type or out of range; the
+            message names the peer, the parameter and what it must be.
+    """
+    from ..flow.params import check_params
+
+    cls = PEERS.get(name)
+    unknown = sorted(k for k in params if k not in cls.defaults)
+    if unknown:
+        raise BenchError(f"peer {name!r} has no parameter {', '.join(unknown)}; accepted: "
+                         f"{', '.join(cls.defaults)}")
+    try:
+        return check_params(cls.Params, dict(params), name)
+    except EngineError as exc:  # a type error: same message, the benchmark's error class
+        raise BenchError(str(exc)) from None
 
 
 def create_peer(name: str, **params) -> Peer:
@@ -152,18 +290,16 @@ def _require(cv2, dotted: str, name: str, hint: str):
 @PEERS.register()
 class OpenCVTVL1(Peer):
     name = "opencv-tvl1"
-    defaults = TVL1_DEFAULTS
+    Params = TVL1PeerParams
+    defaults = _defaults(TVL1PeerParams)
 
     def _solver(self, cv2, prm):
         create = _require(cv2, "optflow.DualTVL1OpticalFlow_create", self.name,
                           f"it is in the contrib modules: {_CONTRIB_HINT}")
+        # typed by TVL1PeerParams: ints and floats as OpenCV's binding wants them
         kwargs = {TVL1_TO_OPENCV[k]: v for k, v in prm.items() if k in TVL1_TO_OPENCV}
         if not prm["early_stop"]:
             kwargs["epsilon"] = 0.0
-        for key in ("nscales", "warps", "innnerIterations", "outerIterations", "medianFiltering"):
-            kwargs[key] = int(kwargs[key])
-        for key in ("tau", "lambda_", "theta", "epsilon", "scaleStep"):
-            kwargs[key] = float(kwargs[key])
         solver = create(**kwargs)
         return lambda a, b: solver.calc(a, b, None)
 
@@ -171,29 +307,25 @@ class OpenCVTVL1(Peer):
 @PEERS.register()
 class OpenCVDIS(Peer):
     name = "opencv-dis"
-    defaults = {"preset": "medium"}
+    Params = DISPeerParams
+    defaults = _defaults(DISPeerParams)
 
     def _solver(self, cv2, prm):
         create = _require(cv2, "DISOpticalFlow_create", self.name, "it needs OpenCV >= 3.4")
-        preset = str(prm["preset"]).lower()
-        if preset not in DIS_PRESETS:
-            raise BenchError(f"opencv-dis: preset must be one of {', '.join(DIS_PRESETS)}, got "
-                             f"{preset!r}")
-        prm["preset"] = preset
-        solver = create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}"))
+        solver = create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{prm['preset'].upper()}"))
         return lambda a, b: solver.calc(a, b, None)
 
 
 @PEERS.register()
 class OpenCVFarneback(Peer):
     name = "opencv-farneback"
-    defaults = FARNEBACK_DEFAULTS
+    Params = FarnebackPeerParams
+    defaults = _defaults(FarnebackPeerParams)
 
     def _solver(self, cv2, prm):
         calc = _require(cv2, "calcOpticalFlowFarneback", self.name, _CONTRIB_HINT)
-        args = (float(prm["pyr_scale"]), int(prm["levels"]), int(prm["winsize"]),
-                int(prm["iterations"]), int(prm["poly_n"]), float(prm["poly_sigma"]),
-                int(prm["flags"]))
+        args = tuple(prm[k] for k in ("pyr_scale", "levels", "winsize", "iterations", "poly_n",
+                                      "poly_sigma", "flags"))
         return lambda a, b: calc(a, b, None, *args)
 
 

@@ -142,7 +142,8 @@ def _check_outputs(json_out: str | None, plot_out: str | None) -> None:
 @click.option("--param", "params", multiple=True, metavar="[METHOD:]KEY=VALUE",
               help="Method parameter, repeatable. KEY=VALUE sets every selected method that has it "
                    "(nscales=2 sets tvl1 and opencv-tvl1 alike); METHOD:KEY=VALUE sets one "
-                   "(opencv-dis:preset=fast).")
+                   "(opencv-dis:preset=fast). Typed and range-checked for engines and OpenCV "
+                   "peers alike before anything runs.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="CPU threads for torch and OpenCV alike (default: their own defaults, recorded "
                    "in the results).")
@@ -162,8 +163,10 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
       flowkit benchmark --dataset sintel /data/Sintel --pairs 20 --size 0.5 --json sintel.json
       flowkit benchmark --device cuda --backend cupy --batch 64 --size 256x340 --pairs 64
 
-    Exits 1 when a method could not run (e.g. opencv-tvl1 without opencv-contrib); its row says
-    missing and the reason is printed below the table.
+    Exits 1 when a method could not run (e.g. opencv-tvl1 without opencv-contrib, or OpenCV
+    raising an error inside it); its row says missing or failed and the reason is printed below
+    the table. A bad option or --param value (wrong type, out of range) exits 2 with one line
+    before anything is measured.
     """
     _check_outputs(json_out, plot_out)
     console = Console(stderr=json_out == "-")
