@@ -5,6 +5,17 @@ Layout of one video's folder (``OUT_DIR/<class>/<video>/``)::
     img_00001.jpg  img_00002.jpg  ...          RGB frames, n of them
     flow_x_00001.jpg  flow_y_00001.jpg  ...    flow pairs, n - 1 of them (8-bit gray)
 
+- Flow images may also be named ``x_00001.jpg`` / ``y_00001.jpg`` (TSN's dense_flow as mmaction2's
+  Kinetics flow configs read it, ``filename_tmpl='{}_{:05d}.jpg'`` with ``'x'`` / ``'y'``; the
+  other convention is ``'flow_{}_{:05d}.jpg'``): read as ``flow_x`` / ``flow_y`` (``x_p2_*``,
+  ``x_m1_*`` alike). One folder uses one of the two namings; both at once is a problem. Files of
+  a video folder that follow none of these names are not read, and the scan names them in a
+  note. flowkit writes ``flow_x`` / ``flow_y``.
+- ``.flowkit-video.json`` (:data:`INFO_FILE`, written by ``flowkit export rawframes``) records what
+  the file names cannot: ``step``, the video's frame step in the store it came from (``flowkit
+  extract --step s``: the images are every s-th frame of the video and flow runs between
+  consecutive images). It is written only for a step above 1 and read back on import, so the
+  store it is imported into has the step again; other readers ignore the hidden file.
 - Numbering starts at 1 (mmaction2's ``start_index=1``, TSN's ``dense_flow``) or at 0 (what
   denseflow writes today); both are read, and :func:`write_frames` writes either.
 - Flow between frames t and t + s (denseflow ``-s s``, s > 1) is named ``flow_x_p<s>_%05d.jpg``;
@@ -31,6 +42,7 @@ pixels, u (+x right) then v (+y down), ``flow[t]`` from frame t to frame t + 1.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -50,9 +62,15 @@ FLOW_PNG_PREFIX = "flow"  # denseflow's PNG output: x, y and their bounds in one
 DEFAULT_START_INDEX = 1
 DEFAULT_QUALITY = 95  # mmaction2 / denseflow write OpenCV's default JPEG quality, 95
 DIGITS = 5
+#: A video folder's record of what the file names cannot say (its store step); see the module
+#: docstring.
+INFO_FILE = ".flowkit-video.json"
 
-_NAME_RE = re.compile(r"(?P<kind>img|flow_x|flow_y|flow)(?:_(?P<dir>[pm])(?P<step>\d+))?"
+# ``x`` / ``y``: TSN's dense_flow naming (mmaction2's filename_tmpl '{}_{:05d}.jpg'), read as
+# flow_x / flow_y.
+_NAME_RE = re.compile(r"(?P<kind>img|flow_x|flow_y|flow|x|y)(?:_(?P<dir>[pm])(?P<step>\d+))?"
                       r"_(?P<index>\d+)\.(?P<ext>jpg|jpeg|png)")
+_SHORT_FLOW = {"x": "flow_x", "y": "flow_y"}
 
 
 class RawframesError(FlowkitError):
@@ -159,9 +177,11 @@ class RawframeVideo:
     ``flow_x_p<s>_*`` / ``flow_x_m<s>_*`` (1 for plain names); ``rgb_ext`` / ``flow_ext``: the
     files' extension (``jpg``, ``jpeg`` or ``png``); ``flow_png``: the flow is denseflow's PNG
     output, one ``flow_*.png`` per pair (:func:`decode_denseflow_png`), not ``flow_x`` / ``flow_y``
-    images; ``names``: the file found for each ``(kind, backward, index)``, so numbers padded to
-    any width are read under their own names; ``problems``: why the folder cannot be imported as
-    it is (empty: it can).
+    images; ``flow_prefix``: ``"flow_"`` for ``flow_x_*`` / ``flow_y_*`` files, ``""`` for TSN's
+    ``x_*`` / ``y_*``; ``source_step``: the store step :data:`INFO_FILE` records (1 without one);
+    ``names``: the file found for each ``(kind, backward, index)`` (``kind`` ``flow_x`` also for
+    an ``x_*`` file), so numbers padded to any width are read under their own names;
+    ``problems``: why the folder cannot be imported as it is (empty: it can).
     """
 
     folder: Path
@@ -172,6 +192,8 @@ class RawframeVideo:
     rgb_ext: str = "jpg"
     flow_ext: str = "jpg"
     flow_png: bool = False
+    flow_prefix: str = "flow_"
+    source_step: int = 1
     names: dict[tuple[str, bool, int], str] = field(default_factory=dict, repr=False)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -208,7 +230,7 @@ class RawframeVideo:
         """How the files are named, e.g. ``"img_{:05d}.jpg from 1, flow_{x,y}_p2_{:05d}.jpg
         from 0"`` (``flow_{:05d}.png`` for denseflow's PNG flow; the padding as found)."""
         parts = []
-        flow = FLOW_PNG_PREFIX if self.flow_png else "flow_{x,y}"
+        flow = FLOW_PNG_PREFIX if self.flow_png else f"{self.flow_prefix}{{x,y}}"
         kind = FLOW_PNG_PREFIX if self.flow_png else FLOW_X_PREFIX
         if self.rgb:
             parts.append(f"img_{self._digits(RGB_PREFIX, self.rgb)}.{self.rgb_ext} from "
@@ -231,9 +253,33 @@ class RawframeVideo:
 
 
 def is_frame_file(name: str) -> bool:
-    """Whether ``name`` is an ``img_*`` / ``flow_x_*`` / ``flow_y_*`` file of a rawframes folder
-    (or a ``flow_*`` file, denseflow's PNG flow)."""
+    """Whether ``name`` is an ``img_*`` / ``flow_x_*`` / ``flow_y_*`` (or TSN's ``x_*`` / ``y_*``)
+    file of a rawframes folder (or a ``flow_*`` file, denseflow's PNG flow)."""
     return _NAME_RE.fullmatch(name) is not None
+
+
+def write_info(folder: Path, step: int) -> None:
+    """Record ``step`` (the store step of the video written into ``folder``) in its
+    :data:`INFO_FILE`; nothing is written for step 1, what plain names mean."""
+    if int(step) != 1:
+        (Path(folder) / INFO_FILE).write_text(json.dumps({"step": int(step)}) + "\n",
+                                              encoding="utf-8")
+
+
+def _read_info(video: RawframeVideo) -> None:
+    """``video.source_step`` from its folder's :data:`INFO_FILE`, if any; an unreadable one is a
+    note (the step is then taken as 1)."""
+    path = video.folder / INFO_FILE
+    if not path.is_file():
+        return
+    try:
+        step = json.loads(path.read_text(encoding="utf-8"))["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ValueError(f"step {step!r} is not a positive integer")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        video.notes.append(f"{INFO_FILE} unreadable ({exc}); the video's store step is taken as 1")
+        return
+    video.source_step = step
 
 
 def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
@@ -243,6 +289,7 @@ def scan_folder(folder: str | os.PathLike) -> RawframeVideo:
     be of the forward flow's step and start s frames after the first image (or forward pair)."""
     folder = Path(folder)
     video = RawframeVideo(folder)
+    _read_info(video)
     found, names, exts = _scan_names(folder, video)
     if any(kind == FLOW_PNG_PREFIX for kind, _, _ in found):
         video.flow_png = True
@@ -305,15 +352,24 @@ def _scan_names(folder: Path, video: RawframeVideo
     found: dict[tuple[str, str, int], list[int]] = {}
     names: dict[tuple[str, str, int, int], str] = {}
     exts: dict[str, set[str]] = {}  # "img" / "flow" -> the extensions seen
-    twice, unknown = [], []
+    twice, unknown, foreign = [], [], []
+    prefixes: set[str] = set()  # "flow_" (flow_x_*), "" (TSN's x_*)
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
         m = _NAME_RE.fullmatch(entry.name)
-        if not m or not entry.is_file():
+        if not m:
+            foreign.append(entry.name)
             continue
         if m["kind"] == FLOW_PNG_PREFIX and m["ext"] != "png":
             unknown.append(entry.name)
             continue
-        key = (m["kind"], m["dir"] or "p", int(m["step"] or 1), int(m["index"]))
+        kind = _SHORT_FLOW.get(m["kind"], m["kind"])
+        if kind != m["kind"]:
+            prefixes.add("")
+        elif kind in (FLOW_X_PREFIX, FLOW_Y_PREFIX):
+            prefixes.add("flow_")
+        key = (kind, m["dir"] or "p", int(m["step"] or 1), int(m["index"]))
         if key in names:
             twice.append(f"{names[key]} and {entry.name}")
             continue
@@ -323,6 +379,15 @@ def _scan_names(folder: Path, video: RawframeVideo
     if twice:
         video.problems.append(f"{len(twice)} frames have two files each ({twice[0]}, ...); keep "
                               "one numbering")
+    if len(prefixes) > 1:
+        video.problems.append("both flow_x_* / flow_y_* and x_* / y_* flow images; keep one "
+                              "naming")
+    video.flow_prefix = prefixes.pop() if len(prefixes) == 1 else "flow_"
+    if foreign:
+        more = ", ..." if len(foreign) > 3 else ""
+        video.notes.append(f"{len(foreign)} files not read, their names are no rawframes names "
+                           f"(img_*, flow_x_* / flow_y_*, x_* / y_*, flow_*.png): "
+                           f"{', '.join(foreign[:3])}{more}")
     if unknown:
         video.notes.append(f"{len(unknown)} files such as {unknown[0]} left out: flow_* images "
                            "are read as denseflow's PNG flow (flow_00000.png), other flow images "
@@ -438,5 +503,5 @@ def find_videos(root: str | os.PathLike, notes: list[str] | None = None) -> list
 __all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "FLOW_PNG_PREFIX", "DEFAULT_START_INDEX",
            "DEFAULT_QUALITY", "RawframesError", "RawframeVideo", "frame_name", "quantization_error",
            "flow_to_images", "images_to_flow", "decode_denseflow_png", "encode_jpeg", "write_frames",
-           "scan_folder", "is_frame_file", "read_file", "decode_image", "read_image", "read_rgb",
-           "read_flow", "find_videos"]
+           "scan_folder", "is_frame_file", "write_info", "INFO_FILE", "read_file", "decode_image",
+           "read_image", "read_rgb", "read_flow", "find_videos"]

@@ -445,9 +445,8 @@ def test_backward_flow_round_trips_as_denseflows_m1_files(source_store, tmp_path
         assert "flow_{x,y}_m1_{:05d}.jpg from 2" in \
             meta["flows"]["tvl1_backward"]["params"]["naming"]
     with pytest.raises(FlowkitError, match="is backward flow"):
-        from flowkit.interop.export import _flow_name
-        _flow_name(FlowStore(store_path).meta("jump/jump_0"),
-                   ExportConfig(flow_name="tvl1_backward"))
+        from flowkit.interop.export import _flows
+        _flows(FlowStore(store_path).meta("jump/jump_0"), ExportConfig(flow_name="tvl1_backward"))
 
 
 def test_import_denseflow_backward_h5_beside_forward_and_added_later(tmp_path):
@@ -642,3 +641,121 @@ def test_import_denseflows_png_output(tmp_path):
         params = store.meta("jump/v0")["flows"][name]["params"]
         assert params["source_format"] == "denseflow-png" and "bound" not in params
     assert "flow_m1_{:05d}.png from 1" in params["naming"]
+
+
+def _store_with(path: Path, videos: dict, rng) -> Path:
+    """A store of the ``jump`` class: ``{name: (step, [flow names])}``, 6 frames each, float16 flow
+    (``*_backward`` names recorded as backward)."""
+    with FlowStore(path, "a", classes=CLASSES) as store:
+        for name, (step, flows) in videos.items():
+            with store.writer(f"jump/{name}", source=f"{name}.mp4", fps=25.0, label=0,
+                              label_name="jump", flow_codec="float16", step=step) as w:
+                w.append_rgb(rng.integers(0, 256, (FRAMES, *SIZE, 3), dtype=np.uint8))
+                for flow in flows:
+                    engine = {"engine": "tvl1", "version": "test", "params": {}}
+                    if flow.endswith("_backward"):
+                        engine["direction"] = "backward"
+                    w.append_flow(flow, smooth_flow(rng, FRAMES - 1), engine=engine)
+    return path
+
+
+def test_a_video_with_only_backward_flow_exports_its_m1_files(tmp_path):
+    """A video holding only flow/tvl1_backward exports it as flow_{x,y}_m1_* (before: "done" with
+    no flow file and no word), and it imports back as flow/tvl1_backward; --flow tvl1 picks it too,
+    and a video without the named flow lists the backward names it has."""
+    rng = np.random.default_rng(21)
+    store_path = _store_with(tmp_path / "store", {"back": (1, ["tvl1_backward"]),
+                                                   "both": (1, ["tvl1", "tvl1_backward"])}, rng)
+    out = tmp_path / "raw"
+    summary = export_rawframes(store_path, out, ExportConfig())
+    results = {r.key: r for r in summary.results}
+    back = results["jump/back"]
+    assert (back.status, back.pairs, back.backward_pairs) == ("done", 0, FRAMES - 1)
+    names = sorted(n for n in os.listdir(out / "jump" / "back") if n.startswith("flow_"))
+    assert names == sorted(frame_name(kind, 2 + t, backward=True) for t in range(FRAMES - 1)
+                           for kind in ("flow_x", "flow_y"))
+    assert any("only backward flow" in n and "jump/back" in n for n in summary.notes)
+    assert "jump/back" not in (out / "all_flow.txt").read_text()  # mmaction2 reads forward flow
+    again = FlowStore(_import(out, tmp_path / "s", flow_codec="float16"))
+    meta = again.meta("jump/back")
+    assert list(meta["flows"]) == ["tvl1_backward"]
+    original = FlowStore(store_path).read_flow("jump/back", "tvl1_backward")
+    assert np.abs(again.read_flow("jump/back", "tvl1_backward")
+                  - np.clip(original, -BOUND, BOUND)).mean() < 0.5
+
+    named = export_rawframes(store_path, tmp_path / "raw_named", ExportConfig(flow_name="tvl1"))
+    assert {r.key: (r.status, r.backward_pairs) for r in named.results}["jump/back"] == \
+        ("done", FRAMES - 1)
+    other = export_rawframes(store_path, tmp_path / "raw_other", ExportConfig(flow_name="raft"))
+    reasons = {r.key: r.reason for r in other.results}
+    assert "no flow 'raft' (it has: tvl1_backward)" in reasons["jump/back"]
+
+
+def test_the_stores_step_survives_export_and_import(tmp_path):
+    """A video stored at --step 2 exports as its stored frames under plain names with the step in
+    the folder's .flowkit-video.json, and imports back at step 2 (before: step 1); a step-1 video
+    gets no such file."""
+    rng = np.random.default_rng(22)
+    store_path = _store_with(tmp_path / "store", {"s2": (2, ["tvl1"]), "s1": (1, ["tvl1"])}, rng)
+    out = tmp_path / "raw"
+    summary = export_rawframes(store_path, out, ExportConfig())
+    assert summary.count("done") == 2
+    assert json.loads((out / "jump" / "s2" / rawframes.INFO_FILE).read_text()) == {"step": 2}
+    assert not (out / "jump" / "s1" / rawframes.INFO_FILE).exists()
+    assert len(os.listdir(out / "jump" / "s1")) == FRAMES + 2 * (FRAMES - 1)
+    assert sum(n.startswith("flow_x_0") for n in os.listdir(out / "jump" / "s2")) == FRAMES - 1
+    assert any("frame step 2" in n and "jump/s2" in n for n in summary.notes)
+    assert rawframes.scan_folder(out / "jump" / "s2").source_step == 2
+
+    imported = import_rawframes(out, tmp_path / "s", ImportConfig(flow_codec="float16"))
+    assert imported.count("done") == 2 and imported.notes == []
+    again = FlowStore(tmp_path / "s")
+    meta = again.meta("jump/s2")
+    assert (meta["step"], meta["frame_count"]) == (2, FRAMES)  # no second thinning
+    assert meta["flows"]["tvl1"]["params"]["step"] == 2
+    assert again.meta("jump/s1")["step"] == 1
+    rerun = import_rawframes(out, tmp_path / "s", ImportConfig(flow_codec="float16"))
+    assert rerun.count("skipped") == 2
+    # the store's step round-trips: exporting the imported store writes the same record
+    export_rawframes(tmp_path / "s", tmp_path / "raw2", ExportConfig())
+    assert json.loads((tmp_path / "raw2" / "jump" / "s2" / rawframes.INFO_FILE).read_text()) == \
+        {"step": 2}
+
+
+def test_an_unreadable_step_record_is_a_note(tmp_path):
+    folder = tmp_path / "raw" / "jump" / "v0"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(23)
+    for i in range(1, 4):
+        cv2.imwrite(str(folder / frame_name("img", i)), rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    (folder / rawframes.INFO_FILE).write_text("{not json")
+    summary = import_rawframes(tmp_path / "raw", tmp_path / "s", ImportConfig())
+    assert summary.count("done") == 1
+    assert any(n.startswith(f"jump/v0: {rawframes.INFO_FILE} unreadable") and "taken as 1" in n
+               for n in summary.notes)
+    assert FlowStore(tmp_path / "s").meta("jump/v0")["step"] == 1
+
+
+def test_import_tsn_x_y_flow_names(tmp_path):
+    """TSN dense_flow / mmaction2 Kinetics-flow naming (x_%05d.jpg, y_%05d.jpg; filename_tmpl
+    '{}_{:05d}.jpg'): imported as flow (before: "done" with RGB only and no word about the flow
+    files); files the scan does not understand are named in a note."""
+    folder = tmp_path / "raw" / "jump" / "v0"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(24)
+    for i in range(1, 5):
+        cv2.imwrite(str(folder / frame_name("img", i)), rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    for i in range(1, 4):
+        cv2.imwrite(str(folder / f"x_{i:05d}.jpg"), np.full(SIZE, 100 + 10 * i, np.uint8))
+        cv2.imwrite(str(folder / f"y_{i:05d}.jpg"), np.full(SIZE, 140, np.uint8))
+    (folder / "u_00001.jpg").write_bytes(b"")
+    summary = import_rawframes(tmp_path / "raw", tmp_path / "s",
+                               ImportConfig(flow_codec="uint8:20"))
+    assert summary.count("done") == 1
+    store = FlowStore(tmp_path / "s")
+    meta = store.meta("jump/v0")
+    assert list(meta["flows"]) == ["tvl1"] and meta["num_frames"] == 4
+    assert "{x,y}_{:05d}.jpg from 1" in meta["flows"]["tvl1"]["params"]["naming"]
+    levels = store.read_flow("jump/v0", "tvl1", dequantize=False)[:, :, 0, 0]
+    assert levels.tolist() == [[110, 140], [120, 140], [130, 140]]
+    assert any("jump/v0: 1 files not read" in n and "u_00001.jpg" in n for n in summary.notes)

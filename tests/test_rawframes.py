@@ -124,6 +124,37 @@ def test_scan_folder_reports_backward_flow_that_does_not_pair_up(tmp_path):
     assert "backward flow of step 2 ignored (forward flow has step 1)" in scanned.notes
 
 
+def test_scan_folder_reads_tsn_x_y_names_and_names_files_it_does_not_read(tmp_path):
+    """x_%05d.jpg / y_%05d.jpg (TSN dense_flow; mmaction2's filename_tmpl '{}_{:05d}.jpg') are
+    flow_x / flow_y; both namings in one folder are a problem; other files are named in a note
+    (hidden files, such as flowkit's .flowkit-video.json, are not)."""
+    folder = _touch_video(tmp_path / "tsn", 4, 0)
+    for i in range(1, 4):
+        for c in "xy":
+            (folder / f"{c}_{i:05d}.jpg").write_bytes(
+                rawframes.encode_jpeg(np.full((6, 8), 100 + i if c == "x" else 60, np.uint8)))
+    (folder / "notes.txt").write_text("x")
+    (folder / rawframes.INFO_FILE).write_text('{"step": 3}')
+    video = rawframes.scan_folder(folder)
+    assert video.problems == [] and video.flow == [1, 2, 3] and video.flow_prefix == ""
+    assert video.source_step == 3
+    assert "{x,y}_{:05d}.jpg from 1" in video.naming() and "flow_{x,y}" not in video.naming()
+    assert video.notes == ["1 files not read, their names are no rawframes names (img_*, "
+                           "flow_x_* / flow_y_*, x_* / y_*, flow_*.png): notes.txt"]
+    flow = rawframes.read_flow(video, [2], bound=20.0)
+    np.testing.assert_allclose(flow[0], dequantize(np.stack([np.full((6, 8), 102, np.uint8),
+                                                             np.full((6, 8), 60, np.uint8)]), 20.0),
+                               atol=2 * 20.0 / 255)
+    assert rawframes.is_frame_file("x_00001.jpg") and rawframes.is_frame_file("y_m1_00002.jpg")
+    assert rawframes.find_videos(tmp_path) == ["tsn"]
+    mixed = _touch_video(tmp_path / "mixed", 4, 3)
+    for i in range(1, 4):
+        for c in "xy":
+            (mixed / f"{c}_{i:05d}.jpg").write_bytes(b"")
+    assert any("both flow_x_* / flow_y_* and x_* / y_*" in p
+               for p in rawframes.scan_folder(mixed).problems)
+
+
 def test_read_flow_dequantises_with_the_bound(tmp_path):
     video = rawframes.scan_folder(_touch_video(tmp_path / "v", 3, 2))
     flow = rawframes.read_flow(video, video.flow, bound=20.0)

@@ -3,7 +3,8 @@
 Writes ``OUT_DIR/<key>/img_%05d.jpg`` and ``flow_{x,y}_%05d.jpg`` (format: :mod:`flowkit.rawframes`)
 for every video of the store, and ``flow_{x,y}_m1_%05d.jpg`` where the store also holds the flow's
 backward flow (``flow/<name>_backward``, denseflow's ``-s -1`` naming: numbered by the frame each
-pair starts from), then the annotation lists mmaction2's ``RawframeDataset`` reads:
+pair starts from; a video that holds only the backward flow gets only these), then the annotation
+lists mmaction2's ``RawframeDataset`` reads:
 
 - ``<name>_rawframes.txt``: ``frame_dir total_frames label`` with the RGB frame count (what
   mmaction2's ``build_file_list.py`` writes), ``<name>_flow.txt``: the same with the flow pair
@@ -11,6 +12,13 @@ pair starts from), then the annotation lists mmaction2's ``RawframeDataset`` rea
 - ``<name>`` is ``all`` (every exported, labelled video) and the stem of each ``split_lists`` file
   (UCF101 ``trainlist01.txt`` or an mmaction2 list: its videos, in its order);
 - ``label_map.txt``: the store's classes, one per line (label i on line i).
+
+A video the store holds at a frame step s > 1 (``flowkit extract --step s``) is written as it is
+stored: its frames are every s-th frame of the video and its flow runs between consecutive
+written frames, so the names are plain (``flow_x_*``, not denseflow's ``flow_x_p<s>_*``, which
+would say every frame is there). The step goes into the folder's hidden
+:data:`flowkit.rawframes.INFO_FILE`, which ``flowkit import rawframes`` reads back, and the
+summary notes it (other readers see step-1 rawframes).
 
 Resumable: a video is written into the hidden folder ``.<video>.partial`` next to its final
 folder and renamed when complete, so an existing ``OUT_DIR/<key>`` is always finished and is
@@ -33,7 +41,7 @@ import numpy as np
 
 from .. import rawframes
 from ..annotations import read_keys, write_label_map, write_mmaction_list
-from ..conventions import backward_name, is_backward
+from ..conventions import BACKWARD_SUFFIX, backward_name, is_backward
 from ..errors import FlowkitError
 from ..files import atomic_write_json
 from ..progress import Progress, StopFlag, Stopped
@@ -51,7 +59,8 @@ class ExportConfig:
     """How rawframes are written; every field is a ``flowkit export rawframes`` option.
 
     ``flow_name`` None exports each video's only flow (a video with several must name one); its
-    backward flow, when the store has it, is exported beside it;
+    backward flow, when the store has it, is exported beside it (and alone, as ``_m1`` files, for
+    a video that holds only the backward flow);
     ``bound``: the quantiser's range in pixels; ``quality``: JPEG quality of images and flow;
     ``start_index``: number of the first file (1: mmaction2, 0: denseflow).
     """
@@ -98,6 +107,7 @@ class VideoExport:
     clipped: int = 0  # flow values beyond the bound, written as 0 or 255
     values: int = 0   # flow values written
     kept_as_is: int = 0  # RGB frames written as the store's JPEG bytes
+    step: int = 1  # the store's frame step of the video (recorded in rawframes.INFO_FILE if > 1)
 
 
 @dataclass
@@ -194,22 +204,31 @@ def _check_options(out: Path, config: ExportConfig) -> None:
         atomic_write_json(path, wanted)
 
 
-def _flow_name(meta: dict, config: ExportConfig) -> str | None:
-    names = sorted(n for n in meta["flows"] if not is_backward(n))
+def _flows(meta: dict, config: ExportConfig) -> list[tuple[str, bool]]:
+    """The store flows to write for a video: ``(name, backward)`` for the chosen flow and its
+    backward flow, as far as the video holds them (a video may hold only the backward one)."""
     if not config.flow:
-        return None
+        return []
+    held = sorted(meta["flows"])
+    # each flow by its forward name: "tvl1" for tvl1 and tvl1_backward alike
+    bases = sorted({n[:-len(BACKWARD_SUFFIX)] if is_backward(n) else n for n in held})
     if config.flow_name is not None:
         if is_backward(config.flow_name):
             raise FlowkitError(f"{config.flow_name!r} is backward flow; name its forward flow "
                                "with --flow (the backward flow is exported beside it, as "
                                "flow_{x,y}_m1_*)")
-        if config.flow_name not in names:
+        if config.flow_name not in bases:
             raise FlowkitError(f"no flow {config.flow_name!r} (it has: "
-                               f"{', '.join(names) or 'none'})")
-        return config.flow_name
-    if len(names) > 1:
-        raise FlowkitError(f"it has several flows ({', '.join(names)}); choose one with --flow")
-    return names[0] if names else None
+                               f"{', '.join(held) or 'none'})")
+        name = config.flow_name
+    elif len(bases) > 1:
+        raise FlowkitError(f"it has several flows ({', '.join(held)}); choose one with --flow")
+    elif not bases:
+        return []
+    else:
+        name = bases[0]
+    return [(n, backward) for n, backward in ((name, False), (backward_name(name), True))
+            if n in held]
 
 
 def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
@@ -222,13 +241,11 @@ def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
             found = rawframes.scan_folder(final)
             return VideoExport(key, "skipped", "already exported", label, len(found.rgb),
                                len(found.flow))
-        name = _flow_name(meta, config)
+        flows = _flows(meta, config)
         rgb = config.rgb and meta["has_rgb"]
-        if not rgb and name is None:
+        if not rgb and not flows:
             raise FlowkitError("nothing to export (no RGB frames and no flow)")
-        result = VideoExport(key, "done", label=label)
-        flows = [] if name is None else [(name, False)] + [
-            (backward_name(name), True)] * (backward_name(name) in meta["flows"])
+        result = VideoExport(key, "done", label=label, step=int(meta.get("step", 1)))
         _write_video(store, key, final, int(meta["num_frames"]), rgb, flows, config, stop, result)
         return result
     except Stopped:
@@ -247,6 +264,7 @@ def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool,
     write = dict(bound=config.bound, quality=config.quality, start_index=config.start_index)
     try:
         partial.mkdir(parents=True)
+        rawframes.write_info(partial, result.step)  # a step above 1, for flowkit import
         # JPEG frames of the asked quality are written as stored: no second JPEG generation.
         codec = store.rgb_codec(key) if rgb else None
         as_is = isinstance(codec, Jpeg) and codec.quality == config.quality
@@ -278,6 +296,21 @@ def _write_lists(out: Path, classes: list[str], results: list[VideoExport],
                  split_keys: dict[str, list[str]], summary: ExportSummary) -> None:
     exported = {r.key: r for r in results if r.status in ("done", "skipped")}
     summary.unlabelled = sorted(k for k, r in exported.items() if r.label < 0)
+    stepped = [r for r in results if r.status == "done" and r.step > 1]
+    if stepped:
+        steps = sorted({r.step for r in stepped})
+        summary.notes.append(
+            f"{len(stepped)} videos are stored at frame step {', '.join(map(str, steps))} (e.g. "
+            f"{stepped[0].key}): written as stored (every s-th frame of the video, flow between "
+            f"consecutive frames) under plain names; the step is recorded in each folder's "
+            f"{rawframes.INFO_FILE}, which flowkit import reads back (other readers see step-1 "
+            "rawframes)")
+    backward_only = [r.key for r in results if r.status == "done" and r.backward_pairs
+                     and not r.pairs]
+    if backward_only:
+        summary.notes.append(f"{len(backward_only)} videos hold only backward flow (e.g. "
+                             f"{backward_only[0]}): written as flow_{{x,y}}_m1_* files, and left "
+                             "out of the flow lists (mmaction2 reads forward flow)")
     if classes:
         write_label_map(out / LABEL_MAP, classes)
         summary.lists.append(str(out / LABEL_MAP))

@@ -34,6 +34,11 @@ denseflow's PNG flow, its own per-pair ``quantization``. Backward
 flow goes to ``flow/<flow_name>_backward`` (:func:`flowkit.conventions.backward_name`; pair t from
 frame t + 1 to frame t, the store's numbering, whatever the files' numbering was), its record with
 ``direction`` ``backward``.
+The stored video's step is the files' step (``flow_x_p<s>_*``: the images are thinned to every
+s-th) times the one the folder's ``.flowkit-video.json`` records
+(:data:`flowkit.rawframes.INFO_FILE`: ``flowkit export rawframes`` of a video stored with
+``--step``, whose files hold its stored frames under plain names), so an export -> import round
+trip keeps the step.
 Resumable like ``flowkit extract``: a video is skipped when the store already holds all that its
 source would add (its RGB frames, its flow, its backward flow); otherwise what is missing is added
 beside what the store has, and the video's attributes (label, fps, source) are kept.
@@ -350,12 +355,16 @@ class _Flow:
 
 @dataclass
 class _Plan:
-    """What one video contributes: the image indices and flows to write."""
+    """What one video contributes: the image indices and flows to write. ``step`` thins the
+    files (denseflow's ``_p<s>`` flow: every s-th image is kept); ``store_step`` is the video's
+    frame step in the store, ``step`` times the step the folder's
+    :data:`~flowkit.rawframes.INFO_FILE` records (a flowkit export of a store with ``--step``)."""
 
     frames: list[int]
     flows: list[_Flow]
     step: int
     video: rawframes.RawframeVideo | None
+    store_step: int = 1
 
 
 def _open_h5(path: Path | None, backward: bool, config: ImportConfig
@@ -404,17 +413,20 @@ def plan_video(source: Source, config: ImportConfig) -> _Plan:
         raise FlowkitError(f"the annotation list says {source.total_frames} frames, the folder "
                            f"has {images} frames and {n_flow} flow pairs")
     kept = (n - 1) // step + 1
+    store_step = step * (video.source_step if video is not None else 1)
     flows = [_Flow(backward_name(config.flow_name) if d else config.flow_name,
                    list(range(0, counts[d], step))[: kept - 1], h5[d], d,
-                   _record(h5[d], video, step, d, config))
+                   _record(h5[d], video, step, d, config, store_step))
              for d in (False, True) if counts[d]]
-    return _Plan(rgb[::step], flows, step, video)
+    return _Plan(rgb[::step], flows, step, video, store_step)
 
 
 def _record(h5: denseflow.DenseflowFile | None, video: rawframes.RawframeVideo | None, step: int,
-            backward: bool, config: ImportConfig) -> dict:
+            backward: bool, config: ImportConfig, store_step: int | None = None) -> dict:
     """Where the flow came from: the format read (as the engine), the flowkit that read it (as its
-    version), "external" numerics, and the direction."""
+    version), "external" numerics, and the direction. ``params["step"]`` is the frame step the
+    flow spans in the video (``store_step``: the files' step times the one a flowkit export
+    recorded)."""
     if h5 is not None:
         tag = f"_m{step}" if backward else f"_p{step}" if step > 1 else ""
         params = {"source_format": "denseflow-hdf5", "naming": f"flow_{{x,y}}{tag}_{{:05d}} "
@@ -430,6 +442,7 @@ def _record(h5: denseflow.DenseflowFile | None, video: rawframes.RawframeVideo |
                   "quantization_error": rawframes.quantization_error(config.bound),
                   "image_format": "png" if video.flow_ext == "png" else "jpeg",
                   "naming": video.naming(), "step": step}
+    params["step"] = step if store_step is None else store_step  # the step in the video
     record = {"engine": params["source_format"], "version": __version__, "params": params,
               "backend": "external"}
     if backward:
@@ -451,7 +464,7 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
         first = _first_frame(plan, config)
         with store.writer(source.key, source=where, fps=config.fps, label=source.label,
                           label_name=source.label_name, source_size=first.shape[:2],
-                          step=plan.step, flow_codec=config.flow_codec,
+                          step=plan.store_step, flow_codec=config.flow_codec,
                           rgb_codec=config.rgb_codec) as w:
             if meta is not None:  # datasets added to a finished video: its attributes stay
                 w.update_attrs(_kept_attrs(meta))
@@ -485,9 +498,9 @@ def _trim_to_missing(plan: _Plan, meta: dict) -> bool:
     plan.flows = [f for f in plan.flows if f.name not in meta["flows"]]
     if not (plan.frames or plan.flows):
         return False
-    if meta.get("step", plan.step) != plan.step:
+    if meta.get("step", plan.store_step) != plan.store_step:
         raise FlowkitError(f"the store holds this video at step {meta['step']}, these rawframes "
-                           f"have flow of step {plan.step}; import them into another store")
+                           f"have flow of step {plan.store_step}; import them into another store")
     return True
 
 
