@@ -6,12 +6,16 @@ segments of 15, 6, 4, 11, 13 and 6 colours (more colours where the eye separates
 flow vector (u, v):
 
 - hue: the flow direction. +x (right) is red, +y (down) orange-yellow, -x cyan, -y (up) blue-violet;
-  the angle runs clockwise on screen and is mapped linearly onto the 55 wheel intervals, interpolating
-  between neighbouring colours. (Middlebury's reference code spreads the angle over 54 intervals, so
-  its last colour and its first both sit at +x; flowkit closes the wheel, a hue difference below
-  1/55 of a turn, so that the coding is continuous in every direction.)
-- saturation: ``r = |(u, v)| / max_flow``; ``r = 0`` is white, ``r = 1`` the full wheel colour, and
-  vectors beyond ``max_flow`` (``r > 1``) are drawn at 75 % brightness to flag them.
+  the angle runs clockwise on screen. The mapping is the reference code's (``colorcode.cpp``; the
+  same in the ``flow_vis`` Python port), exactly: with u, v divided by ``max_flow``,
+  ``fk = (atan2(-v, -u) / pi + 1) / 2 * (55 - 1)``, ``k0 = floor(fk)``, ``k1 = k0 + 1`` (0 past
+  the last colour), ``f = fk - k0``, colour ``(1 - f) * wheel[k0] + f * wheel[k1]``. One turn is
+  thus spread over 54 intervals: the wheel's last colour (255, 0, 43) sits just above +x, next to
+  its first, red, at +x (a hue step of 1/55 of a turn there, as in every Middlebury picture).
+  A signed zero is read as +0, so ``v = -0.0`` (e.g. negated flow) is red like ``v = 0``.
+- saturation: ``r = |(u, v)| / max_flow``; ``r <= 1``: ``1 - r * (1 - colour)`` (``r = 0`` is
+  white, ``r = 1`` the full wheel colour); vectors beyond ``max_flow`` (``r > 1``) are drawn at
+  75 % brightness to flag them. Each channel is ``floor(255 * value)``, as the reference writes it.
 - unknown flow (NaN, inf, or above 1e9 in magnitude, Middlebury's marker) is black.
 
 Pictures (:func:`flow_grid`, ``flowkit show``) take ``max_flow`` from :func:`robust_max_flow`, the
@@ -82,26 +86,31 @@ def flow_to_color(flow, max_flow: float | None = None) -> np.ndarray:
         ``(H, W, 3)`` uint8 RGB; unknown flow is black.
     """
     u, v, known = _split(flow)
-    magnitude = np.hypot(u, v)
     if max_flow is None:
-        max_flow = float(magnitude[known].max()) if known.any() else 0.0
+        max_flow = float(np.hypot(u, v)[known].max()) if known.any() else 0.0
     elif not max_flow > 0:
         raise FlowkitError(f"max_flow must be positive, got {max_flow}")
-    radius = magnitude / max(float(max_flow), _MIN_RADIUS)
+    scale = max(float(max_flow), _MIN_RADIUS)
+    # The reference's order of operations (colorcode.cpp / flow_vis), so that every pixel comes out
+    # bit for bit alike: normalise, then radius and angle; + 0.0 turns -0.0 into +0.0.
+    u, v = u / scale + 0.0, v / scale + 0.0
+    radius = np.sqrt(u * u + v * v)
 
-    wheel = make_colorwheel().astype(np.float64) / 255.0
+    wheel = make_colorwheel().astype(np.float64)
     n = len(wheel)
-    # arctan2(v, u) is the clockwise screen angle from +x (y points down); map one turn onto n colours.
-    position = (np.arctan2(v, u) / (2 * np.pi)) % 1.0 * n
-    k0 = np.floor(position).astype(np.int64) % n
-    k1 = (k0 + 1) % n
-    frac = (position - np.floor(position))[..., None]
-    colour = (1 - frac) * wheel[k0] + frac * wheel[k1]
-
-    r = radius[..., None]
-    colour = np.where(r <= 1, 1 - r * (1 - colour), colour * _OUT_OF_RANGE_BRIGHTNESS)
-    colour = np.where(known[..., None], colour, 0.0)
-    return np.round(colour * 255).astype(np.uint8)
+    fk = (np.arctan2(-v, -u) / np.pi + 1) / 2 * (n - 1)
+    k0 = np.floor(fk).astype(np.int64)
+    k1 = k0 + 1
+    k1[k1 == n] = 0
+    f = fk - k0
+    out = np.zeros(u.shape + (3,), np.uint8)
+    for channel in range(3):
+        column = wheel[:, channel] / 255.0
+        colour = (1 - f) * column[k0] + f * column[k1]
+        inside = radius <= 1
+        colour = np.where(inside, 1 - radius * (1 - colour), colour * _OUT_OF_RANGE_BRIGHTNESS)
+        out[..., channel] = np.where(known, np.floor(255 * colour), 0).astype(np.uint8)
+    return out
 
 
 def save_flow_png(path: str | os.PathLike, flow, max_flow: float | None = None) -> None:

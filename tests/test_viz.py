@@ -36,16 +36,55 @@ def test_plus_x_is_first_wheel_colour_at_full_saturation():
     assert tuple(make_colorwheel()[0]) == (255, 0, 0)
     image = flow_to_color(constant(2.5, 0.0))
     assert (image == (255, 0, 0)).all()
-    # Half the maximum magnitude: halfway to white.
-    assert tuple(flow_to_color(constant(1.0, 0.0), max_flow=2.0)[0, 0]) == (255, 128, 128)
+    # Half the maximum magnitude: halfway to white (floor(255 * 0.5), as the reference writes it).
+    assert tuple(flow_to_color(constant(1.0, 0.0), max_flow=2.0)[0, 0]) == (255, 127, 127)
 
 
 def test_plus_y_is_the_wheel_colour_a_quarter_turn_on():
     wheel = make_colorwheel().astype(np.float64)
-    position = 55 / 4                            # +y is 90 degrees clockwise on screen from +x
-    k, frac = int(position), position - int(position)
-    expected = np.round((1 - frac) * wheel[k] + frac * wheel[k + 1]).astype(np.uint8)
-    assert tuple(flow_to_color(constant(0.0, 3.0))[0, 0]) == tuple(expected)
+    position = 54 / 4                            # +y is 90 degrees clockwise on screen from +x;
+    k, frac = int(position), position - int(position)   # one turn spans 54 wheel intervals
+    expected = np.floor(255 * ((1 - frac) * wheel[k] / 255 + frac * wheel[k + 1] / 255))
+    assert tuple(flow_to_color(constant(0.0, 3.0))[0, 0]) == tuple(expected.astype(np.uint8))
+    assert tuple(flow_to_color(constant(0.0, 3.0))[0, 0]) == (255, 229, 0)
+
+
+def _reference_colour(u, v):
+    """Baker et al.'s colorcode.cpp (as its Python port flow_vis computes it), written from the
+    paper's code: u, v already divided by the maximum radius."""
+    wheel = make_colorwheel().astype(np.float64)
+    ncols = len(wheel)
+    rad = np.sqrt(u * u + v * v)
+    fk = (np.arctan2(-v, -u) / np.pi + 1) / 2 * (ncols - 1)
+    k0 = np.floor(fk).astype(int)
+    k1 = k0 + 1
+    k1[k1 == ncols] = 0
+    f = fk - k0
+    out = np.zeros(u.shape + (3,), np.uint8)
+    for i in range(3):
+        col0, col1 = wheel[k0, i] / 255.0, wheel[k1, i] / 255.0
+        col = (1 - f) * col0 + f * col1
+        col = np.where(rad <= 1, 1 - rad * (1 - col), col * 0.75)
+        out[..., i] = np.floor(255 * col)
+    return out
+
+
+def test_colour_coding_is_the_middlebury_reference_exactly():
+    """Every pixel as the reference codes it: one turn over 54 wheel intervals from
+    atan2(-v, -u), linear interpolation, saturation 1 - r (1 - colour), 0.75 beyond the maximum,
+    floor. (Before: the angle over 55 intervals and rounding, up to 43 levels off.)"""
+    rng = np.random.default_rng(0)
+    u, v = rng.uniform(-1.3, 1.3, (2, 300, 300))
+    angles = np.linspace(0, 2 * np.pi, 721)[:-1]
+    u = np.concatenate([u.ravel(), np.cos(angles), 0.5 * np.cos(angles)])[None]
+    v = np.concatenate([v.ravel(), np.sin(angles), 0.5 * np.sin(angles)])[None]
+    mine = flow_to_color(np.stack([u, v]), max_flow=1.0)
+    assert np.array_equal(mine, _reference_colour(u, v))
+    # scaled by max_flow first: the same colours for the same normalised vectors
+    assert np.array_equal(flow_to_color(np.stack([4 * u, 4 * v]), max_flow=4.0), mine)
+    # just above +x the wheel's last colour, at +x its first (the reference's seam)
+    assert tuple(flow_to_color(constant(1.0, -1e-9), max_flow=1.0)[0, 0]) == (255, 0, 43)
+    assert tuple(flow_to_color(constant(1.0, -0.0), max_flow=1.0)[0, 0]) == (255, 0, 0)
 
 
 def test_direction_changes_hue_not_magnitude():
@@ -101,7 +140,7 @@ def test_legend_and_grid():
     grid = flow_grid(frames, flows, gap=1)
     assert grid.shape == (2 * 4 + 1, 2 * 5 + 1, 3)
     assert (grid[:4, :5] == 0).all() and (grid[5:, :5] == 50).all()
-    assert tuple(grid[0, 6]) == (255, 128, 128)  # shared scale: max magnitude over both flows is 2
+    assert tuple(grid[0, 6]) == (255, 127, 127)  # shared scale: max magnitude over both flows is 2
     assert flow_grid(frames, flows, legend=True).shape == (10, 5 + 2 + 5 + 2 + 4, 3)
     tgrid = flow_grid(torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in frames]),
                       torch.from_numpy(np.stack(flows)), gap=1)
