@@ -141,7 +141,8 @@ def _print_summary(console: Console, summary) -> None:
               help="Numerics of tvl1/tvnet/costvolume: the CuPy kernels (CUDA, pip install "
                    ".[cuda13]) or torch; auto takes CuPy on CUDA when it imports.")
 @click.option("--compile/--no-compile", default=True, show_default=True,
-              help="Fuse the TV-L1 iteration with torch.compile (~20 s once, ~2.4x faster on CPU).")
+              help="Fuse the TV-L1 iteration with torch.compile (~20 s once, then several times "
+                   "faster on CPU: benchmarks/RESULTS.md).")
 @click.option("--size", default=None, help="Resize: SHORT_SIDE (e.g. 256) or HxW (e.g. 256x340).")
 @click.option("--step", default=1, show_default=True, help="Keep every STEP-th frame.")
 @click.option("--max-frames", type=int, default=None,
@@ -159,8 +160,9 @@ def _print_summary(console: Console, summary) -> None:
               help="Frame pairs per engine call, filled across videos [default: 8 on CPU, 64 on "
                    "CUDA].")
 @click.option("--workers", default="auto", show_default=True, metavar="N|auto",
-              help="Extraction processes, one torch thread each; auto: one per usable core on "
-                   "the CPU (at most one per video), one on CUDA.")
+              help="Extraction processes, sharing the torch threads (1: this process, all of "
+                   "them); auto: one per usable core on the CPU (at most one per video), one on "
+                   "CUDA.")
 @click.option("--max-memory", default="4G", show_default=True, metavar="SIZE",
               help="Memory for the engine's batches, all workers together (e.g. 2G, 512M, none): "
                    "large frames get fewer pairs per call. TV-L1 needs ~0.5 GB per 1080p pair.")
