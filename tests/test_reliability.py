@@ -495,6 +495,121 @@ def test_redo_repairs_a_damaged_video(videos, tmp_path):
                 classes=classes)
 
 
+def _damage_header(path: Path, name: str = "flow") -> None:
+    """Break the object header of ``name`` (its version byte): the file still opens and links
+    ``name``, but opening it fails ("bad object header version number"), which h5py raises as the
+    KeyError of an absent name."""
+    with h5py.File(path, "r") as f:
+        addr = h5py.h5o.get_info(f[name].id).addr
+    with open(path, "r+b") as raw:
+        raw.seek(addr)
+        at = addr + 4 if raw.read(4) == b"OHDR" else addr
+        raw.seek(at)
+        raw.write(b"\x07")
+
+
+def test_damaged_flow_group_is_named_by_validate_reads_and_train(tiny_store, tmp_path):
+    """A video whose ``flow`` group header is damaged: `info --validate` (shallow too) names the
+    file and the group, exit 1; a read and `train` stop with one line naming the video and
+    ``--redo``, whether the index still holds the video's facts (bit rot leaves the file's stamp
+    as it was) or not; before, validate said "valid" and train "has no flow", advising an
+    extraction that failed."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    key = "down/down_1"
+    path = store / "videos" / f"{key}.h5"
+    FlowStore(store).summary()  # indexed while intact
+    stamp = path.stat()
+    _damage_header(path, "flow")
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert "tvl1" in FlowStore(store).metas([key])[key]["flows"]  # the index serves it
+    with pytest.raises(DamagedDataError) as err:
+        FlowStore(store).read_flow(key, "tvl1")
+    line = str(err.value)
+    assert line.startswith(f"{path}: /flow of video {key!r} cannot be opened, it is damaged (")
+    assert line.endswith(f"--redo {key}")
+
+    def train(workers: str) -> None:
+        run = cli("train", store, "--out", tmp_path / f"run{workers}", "--model", "resnet2d",
+                  "--model-arg", "width=4", "--model-arg", "layers=[1,1,1,1]", "--model-arg",
+                  "modality=flow", "--frames", "8", "--size", "16", "--batch-size", "12",
+                  "--val-fraction", "0", "--epochs", "1", "--workers", workers, "--device", "cpu")
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+        assert lines[-1] == f"error: {line}" and "has no flow" not in run.stderr
+
+    train("1")  # the DataLoader worker's read finds it
+    path.touch()  # a new stamp: indexed again, an unreadable video
+    for deep in ([], ["--deep"]):
+        info = cli("info", store, "--validate", *deep, "--json")
+        assert info.returncode == 1, info.stdout + info.stderr
+        summary = json.loads(info.stdout)
+        assert summary["unreadable"] == 1 and summary["flow_pairs"] == {"tvl1": 11 * 9}
+        assert summary["problems"] == [line.removeprefix(f"{store}/")] \
+            == [f"videos/{key}.h5: /flow of video {key!r} cannot be opened, it is damaged (Unable "
+                "to synchronously open object (bad object header version number)); re-extract "
+                f"it: flowkit extract VIDEO_DIR -o STORE --redo {key}"]
+    train("0")  # the dataset's metadata (meta() of a video the index leaves out) finds it
+
+
+@pytest.mark.parametrize("name", ["/", "flow", "flow/tvnet"])
+def test_commit_over_a_damaged_header_names_redo_and_redo_drops_it(tmp_path, name):
+    """Committing into a video whose finished file has a damaged root, flow group or dataset
+    header: without redo a DamagedDataError naming --redo, the finished file left alone; with
+    redo what cannot be opened is dropped and named, what opens is kept (the RGB frames)."""
+    store = FlowStore(tmp_path / "s", "a")
+    record = {"version": "1", "params": {}}
+    with _writer(store, "c/v") as w:
+        w.append_rgb(np.full((5, 8, 8, 3), 7, np.uint8))
+        for engine in ("tvl1", "tvnet"):
+            w.append_flow(engine, np.ones((4, 2, 8, 8), np.float32), {"engine": engine, **record})
+    final = tmp_path / "s" / "videos" / "c" / "v.h5"
+    _damage_header(final, name)
+    before = final.read_bytes()
+    shown = "/" if name == "/" else f"/{name}"
+    with pytest.raises(DamagedDataError, match=rf"^{final}: {shown} of video 'c/v' cannot be "
+                                               r"opened, it is damaged \(.*object header.*"
+                                               r"--redo c/v$"):
+        with _writer(store, "c/v") as w:
+            w.append_flow("costvolume", np.ones((4, 2, 8, 8), np.float32),
+                          {"engine": "costvolume", **record})
+    assert final.read_bytes() == before and store.partials() == []
+    w = store.writer("c/v", source="c/v.mp4", fps=25.0, flow_codec="float16", rgb_codec="raw",
+                     redo=True)
+    with w:
+        w.append_flow("tvl1", np.full((4, 2, 8, 8), 3, np.float32), {"engine": "tvl1", **record})
+    assert len(w.dropped) == 1
+    assert w.dropped[0].startswith(f"{'v.h5' if name == '/' else name} (damaged: "), w.dropped
+    reader = FlowStore(tmp_path / "s")
+    assert reader.flow_names("c/v") == ["tvl1"]
+    if name != "/":
+        np.testing.assert_array_equal(reader.read_rgb("c/v"), 7)
+    np.testing.assert_array_equal(reader.read_flow("c/v", "tvl1"), 3)
+    assert reader.validate(deep=True) == []
+
+
+def test_extract_over_a_damaged_flow_group_fails_naming_redo_and_redo_repairs(videos, tmp_path):
+    """Extraction's resume check: a video whose flow group cannot be opened is damaged, not
+    missing its flow: the run fails it with one line naming --redo (before: "Unable to
+    synchronously copy object"), and --redo recomputes it."""
+    store = tmp_path / "store"
+    items, classes = scan_videos(videos)
+    items = items[:1]
+    key = items[0].key
+    extract(items, store, config(flow_codec="float16", rgb_codec="raw"), classes=classes)
+    _damage_header(store / "videos" / f"{key}.h5", "flow")
+    again = extract(items, store, config(flow_codec="float16", rgb_codec="raw"), classes=classes)
+    [result] = again.results
+    assert result.status == "failed", result
+    assert f"/flow of video {key!r} cannot be opened, it is damaged" in result.reason
+    assert result.reason.endswith(f"--redo {key}") and "copy object" not in result.reason
+    redone = extract(items, store, config(flow_codec="float16", rgb_codec="raw", redo=(key,)),
+                     classes=classes)
+    assert [r.status for r in redone.results] == ["done"]
+    assert FlowStore(store).validate(deep=True) == []
+    assert FlowStore(store).read_flow(key, "tvl1").shape == (7, 2, 64, 80)
+
+
 # ----------------------------------------------------------------------------- hostile folders
 
 def test_scan_visits_each_directory_and_file_once(videos, tmp_path):

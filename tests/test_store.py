@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowkit.errors import StoreError
+from flowkit.errors import DamagedDataError, StoreError
 from flowkit.store import FORMAT, VERSION, VIDEO_VERSION, FlowStore, dequantize, quantize
 
 ENGINE = {"engine": "tvl1", "version": "1", "params": {"tau": 0.25, "warps": 5}}
@@ -434,6 +435,82 @@ def test_validate_reports_a_video_without_frames(store):
         f.attrs["frame_count"] = 0
     assert store.validate() == [
         "videos/zoom/v.h5: frame_count is 0, not a positive number of frames"]
+
+
+def damage_object_header(path, name: str) -> None:
+    """Break the object header of group or dataset ``name`` of the HDF5 file ``path`` (its
+    version byte) while the file still opens and still links ``name``: opening it then fails with
+    HDF5's "bad object header version number", which h5py raises as a KeyError, as if absent."""
+    with h5py.File(path, "r") as f:
+        addr = h5py.h5o.get_info(f[name].id).addr
+    with open(path, "r+b") as raw:
+        raw.seek(addr)
+        at = addr + 4 if raw.read(4) == b"OHDR" else addr  # version 2 headers start "OHDR"
+        raw.seek(at)
+        raw.write(b"\x07")
+    with h5py.File(path, "r") as f:
+        assert name == "/" or name.split("/")[0] in f
+        with pytest.raises(KeyError, match="object header"):
+            f[name]
+
+
+def test_a_damaged_root_group_header_is_damage(store):
+    """The file opens but its root group does not: reads name the video's damage, not a
+    KeyError; validate, metas and summary report the file."""
+    write_video(store, "zoom/a", *make_video(71)[:1])
+    path = store.path / "videos/zoom/a.h5"
+    damage_object_header(path, "/")
+    reader = FlowStore(store.path)
+    damaged = (r"/ of video 'zoom/a' cannot be opened, it is damaged \(.*object header.*\); "
+               r"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo zoom/a")
+    for read in (reader.meta, reader.read_rgb, lambda key: reader.read_flow(key, "tvl1")):
+        with pytest.raises(DamagedDataError, match=f"^{re.escape(str(path))}: {damaged}$"):
+            read("zoom/a")
+    assert reader.metas(["zoom/a"]) == {} and reader.summary()["unreadable"] == 1
+    [problem] = reader.validate()
+    assert re.fullmatch(rf"videos/zoom/a\.h5: {damaged}", problem), problem
+
+
+@pytest.mark.parametrize("name", ["flow", "flow/tvl1", "rgb"])
+def test_a_damaged_group_or_dataset_header_is_damage_not_absence(store, name):
+    """h5py says "not there" and "cannot open it" with one KeyError: a video whose ``flow`` group
+    (or a dataset) header is damaged must read as damaged, naming file, object and ``--redo``,
+    never as a video without that flow (train would then advise an extraction that fails)."""
+    rgb, flow = make_video(70)
+    for key in ("zoom/a", "zoom/b"):
+        write_video(store, key, rgb, {"tvl1": flow, "tvnet": flow})
+    path = store.path / "videos/zoom/a.h5"
+    damage_object_header(path, name)
+    reader = FlowStore(store.path)
+    damaged = (rf"/{name} of video 'zoom/a' cannot be opened, it is damaged \(.*object header.*\); "
+               r"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo zoom/a")
+    reads = [reader.meta] + ([reader.read_rgb, reader.rgb_codec] if name == "rgb" else
+                             [lambda key: reader.read_flow(key, "tvl1")])
+    if name == "flow":
+        reads.append(reader.flow_names)
+    for read in reads:
+        with pytest.raises(DamagedDataError, match=f"^{re.escape(str(path))}: {damaged}$") as err:
+            read("zoom/a")
+    # crosses processes as it is (DataLoader workers re-raise a worker's error from its message)
+    again = pickle.loads(pickle.dumps(err.value))
+    assert type(again) is type(err.value) and str(again) == str(err.value)
+    assert str(type(err.value)(str(err.value))) == str(err.value)
+    if name != "rgb":  # what is not damaged still reads
+        np.testing.assert_array_equal(reader.read_rgb("zoom/a"), rgb)
+    if name != "flow":
+        np.testing.assert_array_equal(reader.read_flow("zoom/a", "tvnet"), flow)
+    # index, metas (datasets, extraction's resume check), summary: an unreadable video
+    assert list(reader.metas(["zoom/a", "zoom/b"])) == ["zoom/b"]
+    summary = reader.summary()
+    assert summary["unreadable"] == 1 and summary["flow_pairs"] == {"tvl1": 5, "tvnet": 5}
+    # extraction computes what does not open; committing it then finds the damage
+    on_disk = {"flow": [], "flow/tvl1": ["tvnet"], "rgb": ["tvl1", "tvnet"]}[name]
+    assert reader.flows_on_disk("zoom/a") == on_disk
+    # the shallow check opens every group and dataset header (no frame is decoded)
+    for deep in (False, True):
+        problems = reader.validate(deep=deep)
+        assert len(problems) == 1, problems
+        assert re.fullmatch(rf"videos/zoom/a\.h5: {damaged}", problems[0]), problems
 
 
 # ----------------------------------------------------------------------------- many processes

@@ -56,7 +56,10 @@ Faults. HDF5 writes through :class:`~flowkit.store.diskio.LatchingFile`: a full 
 read-only target becomes :class:`~flowkit.errors.StoreWriteError` naming the store (extraction then
 stops) and a deleted partial, never a crashed interpreter. A frame that cannot be decoded raises
 :class:`~flowkit.errors.DamagedDataError` naming the file, dataset, frames and the ``--redo`` that
-re-extracts the video.
+re-extracts the video; so does a group or dataset the file links but cannot open (a damaged object
+header, :func:`~flowkit.store.reading.member`), which is never taken for a missing one: reads,
+:meth:`FlowStore.meta`, the index, :meth:`FlowStore.validate` (shallow too) and a commit into the
+video all report it as damage.
 
 Readers open HDF5 files lazily and per process: :class:`FlowStore` caches handles (a bounded LRU),
 drops the cache when it finds itself in a forked child and never pickles handles, so one store object
@@ -65,7 +68,7 @@ can be handed to a torch ``DataLoader`` with any number of workers.
 Modules: :mod:`~flowkit.store.layout` (names, manifest, partial files), :mod:`~flowkit.store.codecs`,
 :mod:`~flowkit.store.writer` (:class:`VideoWriter`), :mod:`~flowkit.store.diskio` (HDF5 over a
 file that survives a full disk), :mod:`~flowkit.store.claims` (claims, the commit lock),
-:mod:`~flowkit.store.reading` (frames out of a dataset), :mod:`~flowkit.store.flowstore`
+:mod:`~flowkit.store.reading` (frames out of a dataset, groups and datasets opened), :mod:`~flowkit.store.flowstore`
 (:class:`FlowStore`), :mod:`~flowkit.store.summary` (what a store holds), :mod:`~flowkit.store.index`
 (``index.json``, its cache), :mod:`~flowkit.store.validate`.
 """

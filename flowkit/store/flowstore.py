@@ -21,11 +21,12 @@ from .codecs import Codec
 from .layout import (CLAIM, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL, PARTIAL_RE, STALE_PARTIAL_SECONDS,
                      SUFFIX, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS, check_key, check_not_file,
                      check_video_header, create_store, flowkit_version, merge_classes, now,
-                     open_read, partial_ending, py_value, read_manifest)
+                     open_read, partial_ending, read_manifest)
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
-from .reading import read_frames
+from .reading import (DamagedObject, attributes, error_cause, member, member_names, members,
+                      read_frames)
 from .validate import video_problems
 from .writer import VideoWriter
 
@@ -256,42 +257,68 @@ class FlowStore:
                              "video again") from None
         try:
             check_video_header(f, path)
-        except StoreError:
+        except BaseException as exc:
             f.close()
+            if isinstance(exc, Exception) and not isinstance(exc, StoreError):
+                # the file opens but its root group does not (a damaged header): damage
+                raise DamagedObject.of(str(path), "/", key, error_cause(exc)) from None
             raise
         return f
 
+    def _flow_group(self, key: str) -> h5py.Group | None:
+        """``key``'s ``flow`` group, None when it has none; a damaged one raises
+        :class:`~flowkit.errors.DamagedDataError` (:func:`~flowkit.store.reading.member`)."""
+        return member(self._file(key), "flow", key)
+
     def _flow_dataset(self, key: str, name: str) -> h5py.Dataset:
-        f = self._file(key)
-        if name not in f.get("flow", {}):
-            have = sorted(f.get("flow", {}))
+        flow = self._flow_group(key)
+        ds = member(flow, name, key) if flow is not None else None
+        if ds is None:
+            have = member_names(flow, key) if flow is not None else []
             raise StoreError(f"video {key!r} has no flow {name!r}; it has: "
                              f"{', '.join(have) or 'no flow'}")
-        return f[f"flow/{name}"]
+        return ds
 
     def flows_on_disk(self, key: str) -> list[str]:
         """Flow names of ``key``'s finished file as it is on disk now (not through this process's
-        cached handle, which may be an older version); [] when there is none or it is unreadable."""
+        cached handle, which may be an older version) whose datasets open; [] when there is none
+        or it is unreadable (a damaged ``flow`` group included): such a flow is computed again,
+        and committing it finds the damage (:class:`~flowkit.store.writer.VideoWriter`)."""
         path = self._video_path(key)
         try:
             with open_read(path) as f:
-                return sorted(f.get("flow", {}))
-        except (OSError, KeyError):
+                flow = member(f, "flow", key)
+                if flow is None:
+                    return []
+                names = []
+                for name in member_names(flow, key):
+                    try:
+                        if member(flow, name, key) is not None:
+                            names.append(name)
+                    except StoreError:  # this flow's dataset is damaged: not on disk
+                        continue
+                return names
+        except (OSError, KeyError, StoreError):
             return []
 
     def flow_names(self, key: str) -> list[str]:
-        """Names of the flow datasets stored for ``key``, sorted."""
-        return sorted(self._file(key).get("flow", {}))
+        """Names of the flow datasets stored for ``key``, sorted (a damaged ``flow`` group raises
+        :class:`~flowkit.errors.DamagedDataError`)."""
+        flow = self._flow_group(key)
+        return member_names(flow, key) if flow is not None else []
 
     def meta(self, key: str) -> dict[str, Any]:
         """Root attributes of ``key`` plus ``flows`` ({name: attrs with params decoded, codec,
         codec_spec, shape, dtype}), ``has_rgb``, ``num_frames`` and ``rgb_codec`` (a spec).
-        JSON-serialisable. :meth:`metas` gives the parts runs need of many videos at once."""
+        JSON-serialisable. :meth:`metas` gives the parts runs need of many videos at once. A group
+        or dataset the file links but cannot open (a damaged object header) raises
+        :class:`~flowkit.errors.DamagedDataError` naming the file, the object and ``--redo KEY``."""
         f = self._file(key)
-        out = {k: py_value(v) for k, v in f.attrs.items()}
+        out = attributes(f, key)
         flows = {}
-        for name, ds in f.get("flow", {}).items():
-            attrs = {k: py_value(v) for k, v in ds.attrs.items()}
+        rgb = member(f, "rgb", key)  # a damaged group or dataset raises DamagedDataError
+        for name, ds in members(member(f, "flow", key), key).items():
+            attrs = attributes(ds, key)
             if isinstance(attrs.get("params"), str):
                 attrs["params"] = json.loads(attrs["params"])
             codec = self._codec_of(key, f"/flow/{name}", attrs)
@@ -301,9 +328,9 @@ class FlowStore:
                 shape, dtype = list(ds.shape), str(ds.dtype)
             flows[name] = {**attrs, "codec": codec.name, "codec_spec": codecs.codec_spec(codec),
                            "shape": shape, "dtype": dtype}
-        out.update(flows=flows, has_rgb="rgb" in f, num_frames=int(out.get("frame_count", 0)))
-        if "rgb" in f:
-            out["rgb_codec"] = codecs.codec_spec(self._codec(key, f["rgb"], rgb=True))
+        out.update(flows=flows, has_rgb=rgb is not None, num_frames=int(out.get("frame_count", 0)))
+        if rgb is not None:
+            out["rgb_codec"] = codecs.codec_spec(self._codec(key, rgb, rgb=True))
         return out
 
     def read_flow(self, key: str, name: str = "tvl1", index: Any = slice(None),
@@ -332,16 +359,16 @@ class FlowStore:
         return self._codec(key, ds, rgb=True)
 
     def _rgb_dataset(self, key: str) -> h5py.Dataset:
-        f = self._file(key)
-        if "rgb" not in f:
+        ds = member(self._file(key), "rgb", key)  # damaged: DamagedDataError, never "no rgb"
+        if ds is None:
             raise StoreError(f"video {key!r} has no rgb frames (extracted without --rgb)")
-        return f["rgb"]
+        return ds
 
     def _codec(self, key: str, ds: h5py.Dataset, rgb: bool = False) -> Codec:
         known = self._codecs.setdefault(key, {})
         codec = known.get(ds.name)
         if codec is None:
-            codec = known[ds.name] = self._codec_of(key, ds.name, ds.attrs, rgb)
+            codec = known[ds.name] = self._codec_of(key, ds.name, attributes(ds, key), rgb)
         return codec
 
     def _codec_of(self, key: str, name: str, attrs, rgb: bool = False) -> Codec:

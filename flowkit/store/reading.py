@@ -1,7 +1,15 @@
 """Reading frames out of one stored dataset: any index, decoded by the dataset's codec, and a
-damaged chunk reported with its file, dataset, frames and the command that repairs it."""
+damaged chunk reported with its file, dataset, frames and the command that repairs it.
+
+Also opening a video's groups and datasets (:func:`member`, :func:`members`,
+:func:`attributes`): HDF5 says "no such object" and "this object's header is damaged" with the
+same ``KeyError``, so ``"flow" in f`` / ``f.get("flow")`` would make a damaged flow group look
+absent ("no flow"). These look the name up among the group's links first; an object that is
+linked but cannot be opened (or whose attributes cannot be read) raises :class:`DamagedObject`,
+naming the file, the object and the ``--redo`` that re-extracts the video."""
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 import h5py
@@ -9,6 +17,95 @@ import numpy as np
 
 from ..errors import DamagedDataError
 from .codecs import Codec
+from .layout import py_value
+
+
+def redo_hint(key: str | None) -> str:
+    """The command that repairs a damaged video."""
+    return f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key if key else 'KEY'}"
+
+
+def error_cause(exc: BaseException) -> str:
+    """An HDF5 error as a short cause: its first line (h5py's KeyError text comes quoted)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text.strip("'\"") or type(exc).__name__
+
+
+class DamagedObject(DamagedDataError):
+    """A group or dataset the file's links name cannot be opened, or its attributes cannot be read
+    (a damaged object header, a bad checksum); made by :meth:`of`. ``name``: the object's path in
+    the file (``/flow``, ``/flow/tvl1``, ``/rgb``); ``cause``: HDF5's error; :attr:`problem`: the
+    message without the file's path (for :meth:`FlowStore.validate`, which names the file
+    itself). Built from its message alone too (pickling, a DataLoader worker's error re-raised)."""
+
+    def __init__(self, message: str, name: str = "", key: str | None = None, cause: str = "",
+                 problem: str = ""):
+        super().__init__(message)
+        self.name, self.key, self.cause = name, key, cause
+        self.problem = problem or message
+
+    @classmethod
+    def of(cls, filename: str, name: str, key: str | None, cause: str) -> "DamagedObject":
+        video = f" of video {key!r}" if key else ""
+        problem = f"{name}{video} cannot be opened, it is damaged ({cause}); {redo_hint(key)}"
+        return cls(f"{filename}: {problem}", name, key, cause, problem)
+
+
+def _damaged(group: h5py.Group, name: str, key: str | None, exc: BaseException) -> DamagedObject:
+    try:
+        filename, where = group.file.filename, group.name or "/"
+    except Exception:  # the group's own identity unreadable: name what we can
+        filename, where = "?", "?"
+    return DamagedObject.of(filename, posixpath.join(where, name) if name else where, key,
+                            error_cause(exc))
+
+
+def member(group: h5py.Group, name: str, key: str | None = None):
+    """``group[name]`` (a plain name, no ``/``), or None when ``group`` has no link of that name.
+    A linked object that cannot be opened raises :class:`DamagedObject` (never None: that would
+    report damage as absence)."""
+    try:
+        if not group.id.links.exists(name.encode("utf-8")):
+            return None
+        return group[name]
+    except Exception as exc:  # h5py's KeyError/OSError/RuntimeError for a damaged header
+        raise _damaged(group, name, key, exc) from None
+
+
+def member_names(group: h5py.Group, key: str | None = None) -> list[str]:
+    """The names linked in ``group``, sorted (their objects are not opened); a group whose links
+    cannot be listed raises :class:`DamagedObject`."""
+    try:
+        return sorted(group)
+    except Exception as exc:
+        raise _damaged(group, "", key, exc) from None
+
+
+def members(group: h5py.Group | None, key: str | None = None) -> dict[str, Any]:
+    """``{name: object}`` of every member of ``group`` (None: ``{}``), each opened: one that
+    cannot be opened raises :class:`DamagedObject`."""
+    if group is None:
+        return {}
+    out = {}
+    for name in member_names(group, key):
+        obj = member(group, name, key)
+        if obj is not None:  # unlinked meanwhile: cannot happen to a finished file
+            out[name] = obj
+    return out
+
+
+def attributes(obj: h5py.HLObject, key: str | None = None) -> dict[str, Any]:
+    """The attributes of ``obj`` as plain values (:func:`~flowkit.store.layout.py_value`); ones
+    that cannot be read raise :class:`DamagedObject`."""
+    try:
+        return {k: py_value(v) for k, v in obj.attrs.items()}
+    except Exception as exc:
+        try:  # a file's attributes are its root group's: opening that failed
+            filename = obj.file.filename
+            name = "/" if isinstance(obj, h5py.File) else f"{obj.name} attributes"
+        except Exception:
+            filename, name = "?", "attributes"
+        raise DamagedObject.of(filename, name, key, error_cause(exc)) from None
 
 
 def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
@@ -26,8 +123,8 @@ def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
     except (OSError, RuntimeError, ValueError, DamagedDataError) as exc:
         raise DamagedDataError(
             f"{ds.file.filename}: {ds.name} frames {_describe_index(index)} of video {key!r} are "
-            f"damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-extract "
-            f"it: flowkit extract VIDEO_DIR -o STORE --redo {key}") from None
+            f"damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"{redo_hint(key)}") from None
 
 
 def _describe_index(index: Any) -> str:
@@ -98,4 +195,5 @@ def _take(ds: h5py.Dataset, selection: int | slice | np.ndarray) -> np.ndarray:
     return np.stack(frames)[inverse]
 
 
-__all__ = ["read_frames"]
+__all__ = ["read_frames", "member", "member_names", "members", "attributes",
+           "DamagedObject", "redo_hint", "error_cause"]

@@ -23,6 +23,7 @@ from ..progress import Progress
 from .codecs import codec_of, codec_spec
 from .index import Entry, current
 from .layout import check_video_header, open_read, py_value
+from .reading import attributes, member, members
 
 #: Reading videos new to the index shows a progress bar once it has taken this long.
 BAR_AFTER_SECONDS = 1.0
@@ -42,19 +43,20 @@ def dataset_bytes(ds: h5py.Dataset) -> int:
 def video_facts(path: Path) -> dict[str, Any] | None:
     """What :meth:`FlowStore.summary` needs from one video file (JSON), and under ``"meta"`` what
     :meth:`FlowStore.metas` gives of it; None if unreadable: not HDF5, not a flowkit video, of a
-    newer format version or with a codec this flowkit does not know (a newer flowkit's), or
-    missing facts (:meth:`FlowStore.validate` says which)."""
+    newer format version or with a codec this flowkit does not know (a newer flowkit's), missing
+    facts, or a group or dataset it links but cannot open (a damaged object header: never facts
+    without that flow; :meth:`FlowStore.validate` says which)."""
     try:
         with open_read(path) as f:
             check_video_header(f, path)
             a = f.attrs
-            rgb = f.get("rgb")
+            rgb = member(f, "rgb")
             flows, brief = {}, {k: py_value(a[k]) for k in BRIEF_ATTRS if k in a}
             brief.update(num_frames=int(a["frame_count"]), has_rgb=rgb is not None, flows={})
             if rgb is not None:
-                brief["rgb_codec"] = codec_spec(codec_of(dict(rgb.attrs), rgb=True))
-            for name, ds in f.get("flow", {}).items():
-                d = {k: py_value(v) for k, v in ds.attrs.items()}
+                brief["rgb_codec"] = codec_spec(codec_of(attributes(rgb), rgb=True))
+            for name, ds in members(member(f, "flow")).items():
+                d = attributes(ds)
                 codec = codec_of(d)
                 flows[name] = {"pairs": ds.shape[0], "engine": d["engine"],
                                "backend": d.get("backend", "torch"),
@@ -69,10 +71,10 @@ def video_facts(path: Path) -> dict[str, Any] | None:
                     "meta": brief,
                     "rgb_frames": rgb.shape[0] if rgb is not None else 0,
                     "rgb_bytes": dataset_bytes(rgb) if rgb is not None else 0,
-                    "rgb_codec": codec_of(dict(rgb.attrs), rgb=True).describe()
+                    "rgb_codec": codec_of(attributes(rgb), rgb=True).describe()
                     if rgb is not None else None,
                     "flows": flows}
-    except (OSError, KeyError, ValueError, TypeError, StoreError):
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, StoreError):
         return None
 
 

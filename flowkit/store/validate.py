@@ -1,5 +1,10 @@
 """Checking finished video files (:meth:`FlowStore.validate`): attributes, shapes, codecs, and
-(``deep``) every frame decoded, with the stated flow error bound checked."""
+(``deep``) every frame decoded, with the stated flow error bound checked.
+
+The shallow check opens every group and dataset the file links (their object headers: cheap, no
+frame is read), so a damaged ``flow`` or ``rgb`` header is a problem naming the object and the
+``--redo`` that repairs it (:class:`~flowkit.store.reading.DamagedObject`), never a file that
+looks valid with its flow left out."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +15,8 @@ import numpy as np
 
 from ..errors import StoreError
 from .codecs import Codec, codec_of
-from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read, py_value
+from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read
+from .reading import DamagedObject, attributes, member, member_names
 
 _ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source_height",
                "source_width", "step", "label", "label_name", "created")
@@ -25,12 +31,14 @@ def video_problems(path: Path, key: str, deep: bool) -> list[str]:
     try:
         with f:
             return _file_problems(f, key, deep)
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except DamagedObject as e:
+        return [e.problem]
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return [f"unreadable: {type(e).__name__}: {e}"]
 
 
 def _file_problems(f: h5py.File, key: str, deep: bool) -> list[str]:
-    a = {k: py_value(v) for k, v in f.attrs.items()}
+    a = attributes(f, key)  # a damaged root group: DamagedObject
     if a.get("format") != VIDEO_FORMAT:
         return [f"format attribute is {a.get('format')!r}, expected {VIDEO_FORMAT!r}"]
     if not isinstance(a.get("version"), int) or a["version"] > VIDEO_VERSION:
@@ -46,18 +54,35 @@ def _file_problems(f: h5py.File, key: str, deep: bool) -> list[str]:
     t, h, w = a["frame_count"], a["height"], a["width"]
     if not isinstance(t, int) or t < 1:
         return [f"frame_count is {t!r}, not a positive number of frames"]
-    expected = {"rgb": (t, (h, w, 3))}
-    expected.update({f"flow/{n}": (t - 1, (2, h, w)) for n in f.get("flow", {})})
-    if len(expected) == 1 and "rgb" not in f:
+    # (group, name) -> (frames, frame shape) of every dataset the file links
+    expected: dict[tuple[h5py.Group, str], tuple[int, tuple]] = {(f, "rgb"): (t, (h, w, 3))}
+    try:
+        flow = member(f, "flow", key)
+        if flow is not None:
+            expected.update({(flow, n): (t - 1, (2, h, w)) for n in member_names(flow, key)})
+    except DamagedObject as e:
+        problems.append(e.problem)
+    found = 0
+    for (group, name), (frames, frame_shape) in expected.items():
+        try:
+            ds = member(group, name, key)
+            if ds is None:
+                continue
+            found += 1
+            problems += _dataset_problems(ds, frames, frame_shape, deep, key)
+        except DamagedObject as e:
+            found += 1
+            problems.append(e.problem)
+    if not found and not problems:
         problems.append("holds neither rgb nor flow")
-    for name, (frames, frame_shape) in expected.items():
-        if name in f:
-            problems += _dataset_problems(f[name], frames, frame_shape, deep)
     return problems
 
 
-def _dataset_problems(ds: h5py.Dataset, frames: int, frame_shape: tuple, deep: bool) -> list[str]:
-    attrs = {k: py_value(v) for k, v in ds.attrs.items()}
+def _dataset_problems(ds: h5py.Dataset, frames: int, frame_shape: tuple, deep: bool,
+                      key: str | None = None) -> list[str]:
+    if not isinstance(ds, h5py.Dataset):
+        return [f"{ds.name} is a {type(ds).__name__.lower()}, expected a dataset"]
+    attrs = attributes(ds, key)
     is_flow = ds.name.startswith("/flow/")
     try:
         codec = codec_of(attrs, rgb=not is_flow)
@@ -105,11 +130,14 @@ def decode_problem(ds: h5py.Dataset) -> str:
     """The first frame of ``ds`` that cannot be read or decoded, as one line; "" when every frame
     decodes (what a redone video keeps of its old file, :mod:`flowkit.store.writer`)."""
     try:
-        codec = codec_of({k: py_value(v) for k, v in ds.attrs.items()},
-                         rgb=not ds.name.startswith("/flow/"))
+        attrs = attributes(ds)
+    except DamagedObject as e:
+        return e.problem
+    try:
+        codec = codec_of(attrs, rgb=not ds.name.startswith("/flow/"))
     except (StoreError, KeyError, ValueError) as e:
         return f"{ds.name}: unknown or incomplete codec ({e})"
-    frame_shape = tuple(ds.attrs["frame_shape"]) if "frame_shape" in ds.attrs else tuple(ds.shape[1:])
+    frame_shape = tuple(attrs["frame_shape"]) if "frame_shape" in attrs else tuple(ds.shape[1:])
     problems = _decode_all(ds, codec, frame_shape)
     return problems[0] if problems else ""
 

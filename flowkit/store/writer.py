@@ -29,6 +29,7 @@ from .claims import commit_lock
 from .codecs import GZIP_LEVEL, Codec, Jpeg, encode_frames
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
 from .layout import as_numpy, engine_record, open_read, partial_ending, py_value
+from .reading import DamagedObject, attributes, error_cause, member, member_names, redo_hint
 from .validate import decode_problem
 
 # vlen datasets: frames per chunk of the pointer array (16 bytes a frame); the bytes live in the heap.
@@ -278,8 +279,14 @@ class VideoWriter:
             self.dropped.append(f"{self.final.name} (unreadable: {exc})")
             return
         with src:
-            names = ["rgb"] if "rgb" in src else []
-            names += [f"flow/{n}" for n in src.get("flow", {})]
+            try:
+                attributes(src, self.key)  # the root group: its header, its attributes
+            except DamagedObject as exc:
+                if not self.redo:
+                    raise
+                self.dropped.append(f"{self.final.name} (damaged: {exc.cause})")
+                return
+            names = self._finished_names(src)
             self._io = LatchingFile(self.partial, "r+b")
             self._file = _open_file(self._io)
             dst = self._file
@@ -297,9 +304,57 @@ class VideoWriter:
                         continue
                 if name.startswith("flow/"):
                     dst.require_group("flow")
-                src.copy(src[name], dst[posixpath.dirname(name) or "/"],
-                         name=posixpath.basename(name))
+                self._copy(src, name)
             self._close_file()
+
+    def _finished_names(self, src: h5py.File) -> list[str]:
+        """The datasets of the finished file to keep: ``rgb`` and ``flow/<name>``. One the file
+        links but that cannot be opened (a damaged ``flow`` group or dataset header) is damage,
+        never absence: without ``redo`` it raises :class:`DamagedDataError` naming ``--redo``,
+        with it it is dropped (:attr:`dropped`)."""
+        names = []
+        try:
+            if member(src, "rgb", self.key) is not None:
+                names.append("rgb")
+        except DamagedObject as exc:
+            self._damaged_in_finished("rgb", exc)
+        try:
+            flow = member(src, "flow", self.key)
+            flows = member_names(flow, self.key) if flow is not None else []
+        except DamagedObject as exc:
+            self._damaged_in_finished("flow", exc)
+            return names
+        for name in flows:
+            try:
+                member(flow, name, self.key)
+                names.append(f"flow/{name}")
+            except DamagedObject as exc:
+                self._damaged_in_finished(f"flow/{name}", exc)
+        return names
+
+    def _damaged_in_finished(self, name: str, exc: DamagedObject) -> None:
+        if not self.redo:
+            raise exc
+        self.dropped.append(f"{name} (damaged: {exc.cause})")
+
+    def _copy(self, src: h5py.File, name: str) -> None:
+        """Copy dataset ``name`` of the finished file into the partial one as it is (HDF5 copies
+        the compressed chunks). An HDF5 error reading it is damage of the finished file: without
+        ``redo`` a :class:`DamagedDataError` naming ``--redo``, with it the dataset is dropped."""
+        dst = self._file
+        try:
+            src.copy(src[name], dst[posixpath.dirname(name) or "/"],
+                     name=posixpath.basename(name))
+        except Exception as exc:  # h5py's OSError/KeyError/RuntimeError on damaged metadata
+            self._check_io()  # the partial's own disk failing is a write error, not damage
+            cause = error_cause(exc)
+            if name in dst:  # half copied
+                del dst[name]
+            if not self.redo:
+                raise DamagedDataError(f"{self.final}: /{name} of video {self.key!r} cannot be "
+                                       f"copied, it is damaged ({cause}); "
+                                       f"{redo_hint(self.key)}") from None
+            self.dropped.append(f"{name} (damaged: {cause})")
 
     def _frames(self, f: h5py.File) -> tuple[int, int, int]:
         return tuple(int(f.attrs.get(k, -1)) for k in ("frame_count", "height", "width"))
