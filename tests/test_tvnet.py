@@ -241,9 +241,16 @@ def test_split_keeps_the_pairs_of_a_video_on_one_side():
         train, val = split(len(videos), 0.25, seed, videos)
         assert sorted(train + val) == list(range(20)) and len(val) >= 5
         assert not {videos[i] for i in train} & {videos[i] for i in val}
+    # whole videos as close to the share as they allow: a 49-pair video never validates for 13
+    videos = ["long.mp4"] * 49 + ["short.mp4"] * 15
+    for seed in range(4):
+        assert split(64, 0.2, seed, videos)[1] == list(range(49, 64))
     # one video: a block at its end, the bordering pair (it shares a frame) left out
     train, val = split(10, 0.2, 0, ["a.mp4"] * 10)
     assert (train, val) == (list(range(7)), [8, 9])
+    for n, fraction in ((3, 0.5), (10, 0.9), (4, 0.9)):
+        train, val = split(n, fraction, 0, ["a.mp4"] * n)
+        assert train and val and max(train) + 1 < min(val), (n, fraction, train, val)
     # independent pairs (ground truth) are drawn as before
     assert split(10, 0.2, 3) == split(10, 0.2, 3, [None] * 10)
     assert len(split(10, 0.2, 3)[1]) == 2

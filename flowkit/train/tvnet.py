@@ -111,15 +111,16 @@ def load_samples(data: str, layout: str | None, unsupervised: bool, pairs: int,
 
 def split(n: int, val_fraction: float, seed: int, videos: list[str | None] | None = None
           ) -> tuple[list[int], list[int]]:
-    """Deterministic (train, validation) split of ``n`` sample indices: validation gets
+    """Deterministic (train, validation) split of ``n`` sample indices; validation asks for
     ``round(n * fraction)`` of them (at least one when the fraction is positive and n > 1).
 
-    Independent pairs (``videos`` None or all None) are drawn at random. Consecutive pairs of
-    videos (``videos[i]`` the file of sample i) share frames, so a pair on each side would score
-    memory: with two videos or more, whole videos go to validation (drawn at random, until it
-    holds at least the share; one is always left for training); from a single video, validation
-    is its last pairs and the training pair that shares a frame with them is left out (from 3
-    pairs on; of 2 pairs, one is each side).
+    Independent pairs (``videos`` None or all None) are drawn at random, exactly that many.
+    Consecutive pairs of videos (``videos[i]`` the file of sample i) share frames, so a pair on
+    each side would score memory: with two videos or more, whole videos go to validation, drawn at
+    random, each taken only if it brings the count closer to the one asked (the smallest video
+    when none does; one video always stays for training); from a single video, validation is its
+    last pairs and the training pair that shares a frame with them is left out (from 3 pairs on,
+    so at most ``n - 2`` validate; of 2 pairs, one is each side).
     """
     n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
     if videos is None or all(v is None for v in videos):
@@ -131,13 +132,24 @@ def split(n: int, val_fraction: float, seed: int, videos: list[str | None] | Non
     if n_val == 0:
         return list(range(n)), []
     if len(members) == 1:  # one video: a block at its end, one pair apart from training
-        return list(range(max(n - n_val - 1, 1))), list(range(n - n_val, n))
+        if n < 3:
+            return [0], [1]
+        n_val = min(n_val, n - 2)
+        return list(range(n - n_val - 1)), list(range(n - n_val, n))
     names = sorted(members, key=str)
-    train, val = [], []
-    for j in np.random.default_rng([seed, 7919]).permutation(len(names)):
-        group = members[names[j]]
-        (val if len(val) < n_val and n - len(val) - len(group) >= 1 else train).extend(group)
-    return sorted(train), sorted(val)
+    order = [names[j] for j in np.random.default_rng([seed, 7919]).permutation(len(names))]
+    val_names: list = []
+    taken = 0
+    for name in order:
+        size = len(members[name])
+        if abs(taken + size - n_val) < abs(taken - n_val) and size < n - taken:
+            val_names.append(name)
+            taken += size
+    if not val_names:  # every video overshoots: the smallest one
+        val_names = [min(order, key=lambda name: (len(members[name]), order.index(name)))]
+    val = sorted(i for name in val_names for i in members[name])
+    held = set(val)
+    return [i for i in range(n) if i not in held], val
 
 
 def batches(samples: list[Sample], indices: list[int], batch: int, rng: np.random.Generator | None
