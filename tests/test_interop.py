@@ -689,6 +689,11 @@ def test_a_video_with_only_backward_flow_exports_its_m1_files(tmp_path):
     other = export_rawframes(store_path, tmp_path / "raw_other", ExportConfig(flow_name="raft"))
     reasons = {r.key: r.reason for r in other.results}
     assert "no flow 'raft' (it has: tvl1_backward)" in reasons["jump/back"]
+    # beside a forward flow, another engine's lone backward flow does not make the choice
+    # ambiguous: the forward flow is exported, as before backward-only export existed
+    mixed = _store_with(tmp_path / "mixed", {"v": (1, ["tvl1", "farneback_backward"])}, rng)
+    result = export_rawframes(mixed, tmp_path / "raw_mixed", ExportConfig()).results[0]
+    assert (result.status, result.pairs, result.backward_pairs) == ("done", FRAMES - 1, 0)
 
 
 def test_the_stores_step_survives_export_and_import(tmp_path):

@@ -210,8 +210,10 @@ def _flows(meta: dict, config: ExportConfig) -> list[tuple[str, bool]]:
     if not config.flow:
         return []
     held = sorted(meta["flows"])
-    # each flow by its forward name: "tvl1" for tvl1 and tvl1_backward alike
+    # each flow by its forward name: "tvl1" for tvl1 and tvl1_backward alike; without --flow the
+    # choice is among the forward flows, a lone backward flow only where there is none
     bases = sorted({n[:-len(BACKWARD_SUFFIX)] if is_backward(n) else n for n in held})
+    forward = [n for n in held if not is_backward(n)]
     if config.flow_name is not None:
         if is_backward(config.flow_name):
             raise FlowkitError(f"{config.flow_name!r} is backward flow; name its forward flow "
@@ -221,12 +223,12 @@ def _flows(meta: dict, config: ExportConfig) -> list[tuple[str, bool]]:
             raise FlowkitError(f"no flow {config.flow_name!r} (it has: "
                                f"{', '.join(held) or 'none'})")
         name = config.flow_name
-    elif len(bases) > 1:
+    elif len(forward or bases) > 1:
         raise FlowkitError(f"it has several flows ({', '.join(held)}); choose one with --flow")
     elif not bases:
         return []
     else:
-        name = bases[0]
+        name = (forward or bases)[0]
     return [(n, backward) for n, backward in ((name, False), (backward_name(name), True))
             if n in held]
 
