@@ -219,14 +219,24 @@ def _warn_small_split(console, cfg: TrainConfig, trainer) -> None:
     picked by training accuracy and `flowkit evaluate` has no held-out videos to score."""
     if trainer.val_keys or cfg.split_list or not cfg.val_fraction:
         return
-    from collections import Counter
+    from collections import defaultdict
 
-    from ..data.splits import labels
+    from ..data.splits import labels, video_group
 
-    smallest = min(Counter(labels(trainer.store, trainer.train_keys)).values())
-    fix = (f"use --val-fraction {math.ceil(100 / smallest) / 100:.2f} (one video per class) or "
-           "--val-list FILE" if smallest >= 2 else
-           "each class needs at least 2 videos for a split; add videos or pass --val-list FILE")
+    classes = defaultdict(list)
+    for key, label in zip(trainer.train_keys, labels(trainer.store, trainer.train_keys)):
+        classes[label].append(key)
+    smallest = min(len(keys) for keys in classes.values())
+    enough = math.ceil(100 / smallest) / 100 if smallest >= 2 else None
+    whole = [keys[0] for keys in classes.values() if len({video_group(k) for k in keys}) < 2]
+    if enough is None:
+        fix = "each class needs at least 2 videos for a split; add videos or pass --val-list FILE"
+    elif whole and enough <= cfg.val_fraction:
+        fix = (f"{len(whole)} class(es) hold a single UCF101 recording group (e.g. "
+               f"{video_group(whole[0])!r}), which a split keeps whole, so no --val-fraction "
+               "validates them; pass --val-list FILE")
+    else:
+        fix = f"use --val-fraction {enough:.2f} (one video per class) or --val-list FILE"
     console.print(f"warning: --val-fraction {cfg.val_fraction:g} of {len(trainer.train_keys)} "
                   f"videos ({smallest} in the smallest class) gives no validation videos: best.pt "
                   f"is chosen by training accuracy and `flowkit evaluate` would score training "
