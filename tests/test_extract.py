@@ -383,9 +383,13 @@ def test_rank_and_world_size_from_env(items, tmp_path, monkeypatch):
     summary = extract(videos, tmp_path / "s", _config(), classes=classes)  # shard=None
     assert [r.key for r in summary.results] == [v.key for v in videos[1::2]]
     assert FlowStore(tmp_path / "s").keys() == [v.key for v in videos[1::2]]
-    # An explicit shard wins over the environment.
+    # An explicit shard under torchrun: this rank takes its part of that shard.
     other = extract(videos, tmp_path / "s", _config(), classes=classes, shard=(0, 2))
-    assert [r.key for r in other.results] == [v.key for v in videos[0::2]]
+    assert [r.key for r in other.results] == [v.key for v in videos[0::2][1::2]]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    alone = extract(videos, tmp_path / "s", _config(), classes=classes, shard=(0, 2))
+    assert [r.key for r in alone.results] == [v.key for v in videos[0::2]]
     assert FlowStore(tmp_path / "s").keys() == sorted(v.key for v in videos)
 
 

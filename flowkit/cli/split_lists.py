@@ -26,10 +26,9 @@ def command(dataset, split_dir, split, out_dir):
 
     \b
     Examples:
-      flowkit split-lists hmdb51 testTrainMulti_7030_splits/ --split 1 -o hmdb51_lists/
-      flowkit extract hmdb51/ -o hmdb51.store
-      flowkit train hmdb51.store --model i3d -o run/ \\
-          --split-list hmdb51_lists/trainlist01.txt --val-list hmdb51_lists/testlist01.txt
+      flowkit split-lists hmdb51 testTrainMulti_7030_splits/ --split 1 -o L/
+      flowkit train STORE --model i3d -o R --split-list L/trainlist01.txt --val-list L/testlist01.txt
+      flowkit evaluate R STORE --split-list L/testlist01.txt
     """
     lists = read_hmdb51_split(split_dir, int(split))
     paths = write_split_lists(out_dir, lists, int(split))
