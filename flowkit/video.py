@@ -270,6 +270,22 @@ def _resize(frame: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(frame, (out_hw[1], out_hw[0]), interpolation=interp)
 
 
+def _conversion(frame) -> dict:
+    """Keyword arguments of ``to_ndarray`` for this video's frames. 8-bit video: swscale's
+    defaults (what OpenCV reads, bit for bit). Deeper video (10/12-bit HEVC from phones, ProRes):
+    the defaults map limited range to about 0..253 (white 253, mid-grey 126), so these frames are
+    converted with accurate rounding and full chroma interpolation, which gives 255 and 128."""
+    if frame.format.components[0].bits <= 8:
+        return {}
+    from av.video.reformatter import Interpolation
+
+    flags = (getattr(Interpolation, "ACCURATE_RND", None),
+             getattr(Interpolation, "FULL_CHR_H_INT", None))
+    if None in flags:  # an old PyAV without these flags: its default conversion
+        return {}
+    return {"interpolation": Interpolation.BILINEAR | flags[0] | flags[1]}
+
+
 def _quarter_turns(frame) -> int:
     """Counterclockwise quarter turns that make ``frame`` upright (its display matrix's rotation,
     e.g. a phone video recorded in portrait); 0 when there is none or PyAV cannot tell."""
@@ -451,7 +467,8 @@ def iter_frames(
                     facts["rotation"] = 90 * turns
                     h, w = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)
                     out_hw = output_size(h, w, size)
-                image = frame.to_ndarray(format=fmt)
+                    convert = _conversion(frame)
+                image = frame.to_ndarray(format=fmt, **convert)
                 if turns:
                     image = np.ascontiguousarray(np.rot90(image, turns))
                 resized = _resize(image, out_hw)

@@ -266,6 +266,32 @@ def test_variable_frame_rate_mkv_is_complete_and_a_cut_one_truncated(tmp_path):
         load_frames(cut)
 
 
+def test_10_bit_video_decodes_to_the_full_8_bit_range(tmp_path):
+    """Limited-range 10-bit video (phones' HEVC, H.264 High 10): white is 255 and mid-grey 128,
+    as for 8-bit video. swscale's default conversion gave 253 and 126, darkening every frame."""
+    import av
+
+    from flowkit.video import load_frames
+
+    path = tmp_path / "ten_bit.mp4"
+    greys = [255, 128, 16, 235]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p10le"
+        stream.options = {"crf": "0"}
+        for grey in greys:
+            frame = np.full((48, 64, 3), grey, np.uint8)
+            ten = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p10le")
+            for packet in stream.encode(ten):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames = load_frames(path)
+    assert frames.shape == (4, 48, 64, 3)
+    assert np.abs(frames[:, 24, 32].astype(int) - np.array(greys)[:, None]).max() <= 1, \
+        frames[:, 24, 32]
+
+
 def test_avi_with_b_frames_has_a_constant_frame_rate(tmp_path):
     """avi has no presentation timestamps: with B-frames the frames' times come out of order;
     sorted, they are 40 ms apart (25 fps), not a variable frame rate."""
