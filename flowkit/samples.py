@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flowkit.errors import FlowkitError
 from flowkit.video import write_video
 
 __all__ = [
@@ -171,7 +172,13 @@ def sample_specs(
     size: tuple[int, int] = (128, 160),
     seed: int = 0,
 ) -> list[SampleSpec]:
-    """The specs :func:`make_sample_videos` renders, for callers that want the true motion."""
+    """The specs :func:`make_sample_videos` renders, for callers that want the true motion.
+
+    Raises :class:`FlowkitError` for fewer than one frame or a negative seed."""
+    if isinstance(frames, bool) or int(frames) != frames or frames < 1:
+        raise FlowkitError(f"frames must be a whole number >= 1, got {frames}")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise FlowkitError(f"seed must be a whole number >= 0, got {seed}")
     specs = []
     for ci, class_name in enumerate(classes):
         for i in range(videos_per_class):

@@ -49,16 +49,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import zlib
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import cv2
 import numpy as np
 
 from .errors import FlowkitError
+from .files import atomic_write_text
 from .labels import CLASS_INDEX
 from .video import write_video
 
@@ -100,6 +103,11 @@ _MOTIONS = (*_TRANSLATIONS, *_ROTATIONS, "still")
 _SEGMENT = re.compile(r"^(?P<motion>[a-z]+?)(?:_(?P<speed>slow|fast))?$")
 _GRAMMAR = ("classes are motions joined by '_then_', each optionally suffixed '_slow' or '_fast'; "
             f"motions: {', '.join(_MOTIONS)} (e.g. right, cw_fast, left_then_right)")
+
+#: The plan of a toy dataset being written (``toy.json``'s content), written before the first video
+#: and removed once ``toy.json`` is: a rerun of the same command finds it and resumes.
+PLAN = "toy.partial.json"
+_LISTS = ("trainlist01.txt", "testlist01.txt")
 
 _TEXTURE_STD = 45.0  # luminance std of the texture at contrast 1, intensity units
 _CUTOFF = 0.25  # Gaussian low-pass of the texture, cycles/pixel (1/e amplitude)
@@ -435,6 +443,8 @@ def toy_specs(*, classes: Sequence[str] | None = None, videos_per_class: int = 8
     """
     classes = _check_layout(DEFAULT_CLASSES if classes is None else classes, videos_per_class,
                             frames, size)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise FlowkitError(f"seed must be a whole number >= 0, got {seed}")
     params = toy_parameters(difficulty, noise=noise, motion=motion, distractors=distractors,
                             contrast=contrast)
     h, w = int(size[0]), int(size[1])
@@ -464,35 +474,90 @@ def _test_indices(name: str, videos_per_class: int, test_fraction: float, seed: 
     return {int(i) for i in order[:n_test]}
 
 
-def _clear_previous(out_dir: Path, overwrite: bool) -> None:
-    """Make ``out_dir`` ready: new or empty, or (with ``overwrite``) an earlier toy set, whose own
-    files (listed in its toy.json) are removed. Anything else in it is an error: stray class
-    folders would become labels when the folder is extracted."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FlowkitError(f"{out_dir} exists and is not a folder")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    manifest = out_dir / "toy.json"
-    if not manifest.is_file():
-        raise FlowkitError(f"{out_dir} is not empty and holds no toy dataset; choose a new or empty "
-                           "folder (other class folders in it would become labels)")
-    if not overwrite:
-        raise FlowkitError(f"{out_dir} already holds a toy dataset; pass --overwrite "
-                           "(overwrite=True) to replace it, or choose another folder")
+def _partial(rel: str) -> str:
+    """Where the video ``rel`` is written before it is renamed into place: a hidden file beside it
+    with the same extension (the container follows it), which `flowkit extract` never scans."""
+    path = PurePosixPath(rel)
+    return (path.parent / f".{path.stem}.partial{path.suffix}").as_posix()
+
+
+def _read_listing(path: Path) -> dict:
     try:
-        listed = json.loads(manifest.read_text())["files"]
+        listing = json.loads(path.read_text())
+        if not isinstance(listing, dict) or not isinstance(listing["files"], list):
+            raise TypeError("no list of files")
+        return listing
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise FlowkitError(f"cannot read {manifest} ({e}); remove {out_dir} by hand") from None
-    for rel in [*listed, CLASS_INDEX, "trainlist01.txt", "testlist01.txt", "toy.json"]:
-        target = out_dir / rel
-        if out_dir.resolve() in target.resolve().parents:
-            target.unlink(missing_ok=True)
-            if target.parent != out_dir and target.parent.is_dir() and not any(target.parent.iterdir()):
-                target.parent.rmdir()
+        raise FlowkitError(f"cannot read {path} ({e}); remove {path.parent} by hand") from None
+
+
+def _remove_listed(out_dir: Path, listed: Sequence[str]) -> None:
+    """Remove an earlier toy set's own files (``listed`` videos, their unfinished temporaries, the
+    lists, toy.json, the plan) and class folders left empty; FlowkitError if anything else is left."""
+    for rel in [*listed, CLASS_INDEX, *_LISTS, "toy.json", PLAN]:
+        for target in (out_dir / rel, out_dir / _partial(rel)):
+            if out_dir.resolve() in target.resolve().parents:
+                target.unlink(missing_ok=True)
+                if target.parent != out_dir and target.parent.is_dir() \
+                        and not any(target.parent.iterdir()):
+                    target.parent.rmdir()
     if any(out_dir.iterdir()):
         left = sorted(p.name for p in out_dir.iterdir())
         raise FlowkitError(f"{out_dir} holds files that are not part of the earlier toy dataset "
                            f"({', '.join(left[:5])}); move them away or choose another folder")
+
+
+def _only_planned(out_dir: Path, plan: dict) -> bool:
+    """Whether every file and folder in ``out_dir`` is one this plan writes (the remains of a run
+    interrupted before toy.json was written, by a flowkit that wrote no plan)."""
+    files = {*plan["files"], *(_partial(rel) for rel in plan["files"]), CLASS_INDEX, *_LISTS}
+    folders = {PurePosixPath(rel).parent.as_posix() for rel in plan["files"]}
+    for dirpath, dirnames, filenames in os.walk(out_dir):
+        here = Path(dirpath)
+        for name in dirnames:
+            rel = (here / name).relative_to(out_dir).as_posix()
+            if rel not in folders or (here / name).is_symlink():
+                return False
+        if any((here / name).relative_to(out_dir).as_posix() not in files for name in filenames):
+            return False
+    return True
+
+
+def _clear_previous(out_dir: Path, overwrite: bool, plan: dict) -> set[str]:
+    """Make ``out_dir`` ready for the toy set ``plan`` (toy.json's content): new or empty; an
+    unfinished run of the same plan (its :data:`PLAN` file), whose finished videos are returned to
+    be kept; or (with ``overwrite``) an earlier toy set, finished or not, whose own files (listed in
+    its toy.json or plan) are removed. Anything else in it is an error: stray class folders would
+    become labels when the folder is extracted."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FlowkitError(f"{out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return set()
+    manifest, unfinished = out_dir / "toy.json", out_dir / PLAN
+    if manifest.is_file():
+        if not overwrite:
+            raise FlowkitError(f"{out_dir} already holds a toy dataset; pass --overwrite "
+                               "(overwrite=True) to replace it, or choose another folder")
+        _remove_listed(out_dir, _read_listing(manifest)["files"])
+        return set()
+    if unfinished.is_file():
+        earlier = _read_listing(unfinished)
+        if earlier == plan:  # the same command again: resume
+            return {rel for rel in plan["files"] if (out_dir / rel).is_file()}
+        if not overwrite:
+            raise FlowkitError(f"{out_dir} holds an unfinished toy dataset made with other options; "
+                               "rerun the command that started it to finish it, or pass "
+                               "--overwrite (overwrite=True) to replace it")
+        _remove_listed(out_dir, earlier["files"])
+        return set()
+    if not _only_planned(out_dir, plan):
+        raise FlowkitError(f"{out_dir} is not empty and holds no toy dataset; choose a new or empty "
+                           "folder (other class folders in it would become labels)")
+    if not overwrite:
+        raise FlowkitError(f"{out_dir} holds some of this toy dataset's videos but no toy.json (an "
+                           "interrupted run of an earlier flowkit); pass --overwrite "
+                           "(overwrite=True) to write them again")
+    return set()
 
 
 def make_toy_videos(out_dir: str | Path, *, classes: Sequence[str] | None = None,
@@ -516,8 +581,15 @@ def make_toy_videos(out_dir: str | Path, *, classes: Sequence[str] | None = None
         size: ``(H, W)`` pixels.
         difficulty: a :data:`DIFFICULTIES` preset; ``noise``, ``motion``, ``distractors``,
             ``contrast`` override its values (see :data:`DIFFICULTIES` for units).
-        seed: everything random follows from it.
-        overwrite: replace an earlier toy dataset in ``out_dir`` (only its own files).
+        seed: everything random follows from it (a whole number >= 0).
+        fps: frame rate of the videos, > 0.
+        overwrite: replace an earlier toy dataset in ``out_dir``, finished or not (only its own
+            files).
+
+    Every argument is checked before anything is created. The plan (toy.json's content) is written
+    first as :data:`PLAN`, each video under a hidden name renamed when complete, and toy.json last:
+    a run stopped midway (Ctrl-C, an error) is finished by the same call, which keeps the videos
+    already written.
 
     The frames, and the encoded files, are deterministic for given arguments (on one machine:
     another x264 build may encode the same frames to other bytes).
@@ -528,26 +600,23 @@ def make_toy_videos(out_dir: str | Path, *, classes: Sequence[str] | None = None
     if test_fraction > 0 and videos_per_class < 2:
         raise FlowkitError("a held-out split needs at least 2 videos per class; pass "
                            "test_fraction=0 (--test-fraction 0) for a single video per class")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) \
+            or fps <= 0 or Fraction(fps).limit_denominator(1001) == 0:
+        raise FlowkitError(f"fps must be a number > 0 (at least 1/1001), got {fps}")
     specs = toy_specs(classes=classes, videos_per_class=videos_per_class, frames=frames, size=size,
                       difficulty=difficulty, noise=noise, motion=motion, distractors=distractors,
                       contrast=contrast, seed=seed)
-    _clear_previous(out_dir, overwrite)
     names = sorted({s.class_name for s in specs})
     label = {name: i + 1 for i, name in enumerate(names)}
-    paths, train, test = [], [], []
+    files, train, test = [], [], []
     held_out = {n: _test_indices(n, videos_per_class, test_fraction, seed) for n in names}
     for spec in specs:
         rel = f"{spec.class_name}/{spec.filename}"
-        paths.append(write_video(out_dir / rel, render_toy(spec), fps=fps))
+        files.append(rel)
         if spec.index in held_out[spec.class_name]:
             test.append(rel)
         else:
             train.append(f"{rel} {label[spec.class_name]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CLASS_INDEX).write_text("".join(f"{label[n]} {n}\n" for n in names))
-    if test_fraction > 0:
-        (out_dir / "trainlist01.txt").write_text("".join(f"{line}\n" for line in sorted(train)))
-        (out_dir / "testlist01.txt").write_text("".join(f"{rel}\n" for rel in sorted(test)))
     params = toy_parameters(difficulty, noise=noise, motion=motion, distractors=distractors,
                             contrast=contrast)
     manifest = {
@@ -564,10 +633,33 @@ def make_toy_videos(out_dir: str | Path, *, classes: Sequence[str] | None = None
         "speed_levels": {k or "normal": v for k, v in SPEED_LEVELS.items()},
         "speed_jitter": list(SPEED_JITTER),
         "rotation_radius": rotation_radius(size),
-        "files": [p.relative_to(out_dir).as_posix() for p in paths],
+        "files": files,
         "videos": [s.to_json() for s in specs],
     }
-    (out_dir / "toy.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    text = json.dumps(manifest, indent=1) + "\n"
+    # Everything is checked; now the folder. The plan is written before the first video (each
+    # written under a hidden name and renamed when complete) and toy.json last, so an interrupted
+    # run is resumed by the same command and replaced with --overwrite.
+    finished = _clear_previous(out_dir, overwrite, json.loads(text))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / PLAN, text)
+    paths = []
+    for spec, rel in zip(specs, files):
+        if rel not in finished:
+            partial = out_dir / _partial(rel)
+            try:
+                write_video(partial, render_toy(spec), fps=fps)
+                os.replace(partial, out_dir / rel)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+        paths.append(out_dir / rel)
+    (out_dir / CLASS_INDEX).write_text("".join(f"{label[n]} {n}\n" for n in names))
+    if test_fraction > 0:
+        (out_dir / "trainlist01.txt").write_text("".join(f"{line}\n" for line in sorted(train)))
+        (out_dir / "testlist01.txt").write_text("".join(f"{rel}\n" for rel in sorted(test)))
+    atomic_write_text(out_dir / "toy.json", text)
+    (out_dir / PLAN).unlink()
     return paths
 
 

@@ -123,6 +123,97 @@ def test_refuses_foreign_folder_and_overwrites_own(tmp_path):
         make_toy_videos(tmp_path / "other", **args, overwrite=True)
 
 
+def _interrupt_after(monkeypatch, videos: int):
+    """Make flowkit.toy's video writer raise KeyboardInterrupt (Ctrl-C) once ``videos`` videos are
+    written, partway through writing the next one; returns the list of paths it was asked for."""
+    import flowkit.toy as toy
+
+    calls, real = [], toy.write_video
+
+    def write(path, frames, fps):
+        calls.append(path)
+        if len(calls) > videos:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"half a video")
+            raise KeyboardInterrupt
+        return real(path, frames, fps=fps)
+
+    monkeypatch.setattr(toy, "write_video", write)
+    return calls
+
+
+def test_an_interrupted_run_resumes_with_the_same_command(tmp_path, monkeypatch):
+    args = dict(classes=("up", "down"), videos_per_class=2, frames=3, size=(16, 16),
+                test_fraction=0.5)
+    made = make_toy_videos(tmp_path / "whole", **args)
+    calls = _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        make_toy_videos(tmp_path / "toy", **args)
+    assert not (tmp_path / "toy" / "toy.json").exists()
+    assert not [p for p in (tmp_path / "toy").rglob("*") if ".partial." in p.name and p.suffix == ".mp4"]
+    assert [p.name for p in (tmp_path / "toy").rglob("*.mp4")] == ["up_0.mp4"]
+    assert len(calls) == 2
+    monkeypatch.undo()
+    # The same call again finishes the set, writing only the videos not finished before.
+    calls = _interrupt_after(monkeypatch, 99)
+    paths = make_toy_videos(tmp_path / "toy", **args)
+    assert [p.name for p in calls] == [".up_1.partial.mp4", ".down_0.partial.mp4",
+                                       ".down_1.partial.mp4"]
+    assert len(paths) == 4 and all(p.is_file() for p in paths)
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == sorted(
+        p.name for p in (tmp_path / "whole").iterdir())
+    for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt", "toy.json"):
+        assert (tmp_path / "toy" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    for path in made:
+        rel = path.relative_to(tmp_path / "whole")
+        assert np.array_equal(load_frames(tmp_path / "toy" / rel), load_frames(path))
+
+
+def test_an_interrupted_run_is_replaced_with_overwrite(tmp_path, monkeypatch):
+    args = dict(classes=("up", "down"), videos_per_class=2, frames=3, size=(16, 16),
+                test_fraction=0.5)
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        make_toy_videos(tmp_path / "toy", **args)
+    monkeypatch.undo()
+    other = {**args, "classes": ("left",)}
+    with pytest.raises(FlowkitError, match="unfinished toy dataset made with other options.*--overwrite"):
+        make_toy_videos(tmp_path / "toy", **other)
+    make_toy_videos(tmp_path / "toy", **other, overwrite=True)
+    assert sorted(p.relative_to(tmp_path / "toy").as_posix() for p in (tmp_path / "toy").rglob("*")) == [
+        "classInd.txt", "left", "left/left_0.mp4", "left/left_1.mp4", "testlist01.txt", "toy.json",
+        "trainlist01.txt"]
+
+
+def test_the_remains_of_a_run_without_a_plan_are_replaced_with_overwrite(tmp_path):
+    # What an interrupted run of an earlier flowkit left: some of the videos, no toy.json.
+    args = dict(classes=("up", "down"), videos_per_class=2, frames=3, size=(16, 16),
+                test_fraction=0.5)
+    make_toy_videos(tmp_path / "toy", **args)
+    for name in ("toy.json", "classInd.txt", "trainlist01.txt", "testlist01.txt"):
+        (tmp_path / "toy" / name).unlink()
+    (tmp_path / "toy" / "up" / "up_1.mp4").write_bytes(b"half a video")
+    with pytest.raises(FlowkitError, match="no toy.json.*--overwrite"):
+        make_toy_videos(tmp_path / "toy", **args)
+    paths = make_toy_videos(tmp_path / "toy", **args, overwrite=True)
+    assert load_frames(paths[-1]).shape == (3, 16, 16, 3)
+    assert (tmp_path / "toy" / "toy.json").is_file()
+    # Files of another set are not ours to replace.
+    (tmp_path / "toy" / "toy.json").unlink()
+    with pytest.raises(FlowkitError, match="holds no toy dataset"):
+        make_toy_videos(tmp_path / "toy", **{**args, "videos_per_class": 1, "test_fraction": 0},
+                        overwrite=True)
+
+
+@pytest.mark.parametrize("option, value", [("seed", -1), ("fps", -5.0), ("fps", 0.0),
+                                           ("fps", float("inf")), ("fps", float("nan"))])
+def test_bad_seed_and_fps_are_refused_before_anything_is_written(tmp_path, option, value):
+    with pytest.raises(FlowkitError, match=option):
+        make_toy_videos(tmp_path / "toy", classes=("up",), videos_per_class=2, frames=3,
+                        size=(16, 16), **{option: value})
+    assert not (tmp_path / "toy").exists()
+
+
 # --- determinism ---------------------------------------------------------------------------------
 
 def test_deterministic_by_seed(tmp_path):
@@ -356,3 +447,32 @@ def test_cli_writes_videos(tmp_path):
     assert bad.exit_code == 2 and "sideways" in bad.output
     size = CliRunner().invoke(command, [str(tmp_path / "c"), "--size", "64"])
     assert size.exit_code == 2 and "HxW" in size.output
+
+
+@pytest.mark.parametrize("args, option", [(["--seed", "-1"], "--seed"), (["--fps", "-5"], "--fps"),
+                                          (["--fps", "0"], "--fps")])
+def test_cli_bad_seed_or_fps_is_one_line_exit_2_and_writes_nothing(tmp_path, args, option):
+    from flowkit.cli import main
+
+    out = tmp_path / "toy"
+    result = CliRunner().invoke(main, ["toy", str(out), "--classes", "up", "--frames", "3",
+                                       "--size", "16x16", *args])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], result.output
+    assert not out.exists()
+
+
+def test_cli_ctrl_c_then_the_same_command_completes(tmp_path, monkeypatch):
+    out = tmp_path / "toy"
+    args = [str(out), "--classes", "up,down", "--videos-per-class", "2", "--frames", "3",
+            "--size", "16x16", "--test-fraction", "0.5"]
+    _interrupt_after(monkeypatch, 1)
+    stopped = CliRunner().invoke(command, args)
+    assert stopped.exit_code == 130 and "rerun the same command to resume" in stopped.output
+    monkeypatch.undo()
+    for again in (args, [*args, "--overwrite"]):
+        result = CliRunner().invoke(command, again)
+        assert result.exit_code == 0, result.output
+        assert len(list(out.rglob("*.mp4"))) == 4 and (out / "toy.json").is_file()

@@ -32,7 +32,8 @@ from . import handle_errors, summary
               default=None, help="Evaluate the videos of a UCF101 list (testlist01.txt) instead.")
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="Videos per batch (each of clips x crops views).")
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader workers (0: load in the main process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Folder for eval.json and the confusion matrix [RUN_DIR/eval].")

@@ -14,10 +14,11 @@ from .options import parse_size
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--classes", default="pan_left,pan_right,zoom_in,rotate_cw", show_default=True,
               help=f"Comma-separated motion classes from: {', '.join(MOTIONS)}.")
-@click.option("--videos-per-class", default=2, show_default=True)
-@click.option("--frames", default=16, show_default=True, help="Frames per video.")
+@click.option("--videos-per-class", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--frames", type=click.IntRange(min=2), default=16, show_default=True,
+              help="Frames per video (at least 2: one frame shows no motion).")
 @click.option("--size", default="128x160", show_default=True, help="HxW of the videos.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @handle_errors
 def command(out_dir, classes, videos_per_class, frames, size, seed):
     """Write OUT_DIR/<class>/<class>_<i>.mp4: photographs scikit-image ships, panned, zoomed or

@@ -35,17 +35,20 @@ def _presets(param: str) -> str:
               help="Randomly moving objects per video [preset: " + _presets("distractors") + "].")
 @click.option("--contrast", type=float, default=None,
               help="Texture contrast in (0, 1] [preset: " + _presets("contrast") + "].")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--test-fraction", default=0.25, show_default=True,
               help="Held-out videos per class for trainlist01.txt/testlist01.txt; 0 writes no lists.")
-@click.option("--fps", default=25.0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an earlier toy dataset in OUT_DIR.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
+              help="Frame rate the videos are written with.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier toy dataset in OUT_DIR (finished or interrupted).")
 @handle_errors
 def command(out_dir, classes, videos_per_class, frames, size, difficulty, noise, motion,
             distractors, contrast, seed, test_fraction, fps, overwrite):
     """Write OUT_DIR/<class>/<class>_<i>.mp4 of random textures moved by each class's motion, plus
     classInd.txt, toy.json and UCF101-style split lists. Appearance is drawn independently of the
-    class, so only motion tells classes apart. Ready for `flowkit extract`.
+    class, so only motion tells classes apart. Ready for `flowkit extract`. An interrupted run is
+    finished by the same command (toy.json is written last).
 
     \b
     Examples:
