@@ -254,3 +254,124 @@ def test_short_cpu_run_learns_the_known_flow():
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
     assert after["epe"] <= 0.7 * before["epe"], (before, history)
     assert after["epe"] < 0.75 * before["epe_zero"], (before, history)
+
+
+def _folder_with_a_broken_video(root):
+    """Two short random videos and one file that is not a video, in class folders."""
+    from flowkit.video import write_video
+
+    rng = np.random.default_rng(0)
+    for name in ("a/v0.mp4", "a/v1.mp4"):
+        write_video(root / name, rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
+    (root / "b").mkdir()
+    (root / "b" / "broken.mp4").write_bytes(b"not a video")
+    return root
+
+
+def _tiny_args(source, out, *extra):
+    return ["train-flow", "motionnet", str(source), "--out", str(out), "--num-frames", "2",
+            "--width", str(TINY), "--size", "32x32", "--steps-per-epoch", "4", "--batch", "2",
+            "--lr", "1e-3", *extra]
+
+
+def test_resume_is_exact_when_the_source_is_spelled_differently(tmp_path, monkeypatch):
+    # The checkpoint names a video that failed to load relative to SOURCE, so `vids`, `./vids`
+    # and the absolute path all find it again (they named it by the path as typed).
+    _folder_with_a_broken_video(tmp_path / "vids")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    straight = runner.invoke(main, _tiny_args(tmp_path / "vids", "straight.pt", "--epochs", "2"))
+    assert straight.exit_code == 0, straight.output
+    first = runner.invoke(main, _tiny_args("vids", "resumed.pt", "--epochs", "1"))
+    assert first.exit_code == 0, first.output
+    assert len(torch.load("resumed.pt", weights_only=True)["dropped"]) == 1  # failed in epoch 1
+    resumed = runner.invoke(main, _tiny_args(tmp_path / "vids", "resumed.pt", "--epochs", "2",
+                                             "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    a, b = (torch.load(p, weights_only=True) for p in ("straight.pt", "resumed.pt"))
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert "leaving out 1 videos that failed to load before: b/broken.mp4" in resumed.output
+    assert "skipping" not in resumed.output  # not tried again
+    assert b["dropped"] == ["b/broken.mp4"]
+
+
+@pytest.mark.parametrize("typed", ["vids", "./vids", "ABSOLUTE/vids"])
+def test_a_checkpoint_that_named_videos_as_typed_still_resumes_exactly(tmp_path, monkeypatch,
+                                                                        typed):
+    from flowkit.video import write_video
+
+    _folder_with_a_broken_video(tmp_path / "vids")
+    # A good video whose name ends the broken one's: the longest ending is the one meant.
+    write_video(tmp_path / "vids" / "broken.mp4",
+                np.random.default_rng(1).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(num_frames=2, width=TINY, size=(32, 32), epochs=1, steps_per_epoch=4,
+                         batch=2)
+    straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
+    train(ClipSource.from_path("vids", (32, 32)), TrainConfig(**{**config.__dict__, "epochs": 2}),
+          straight)
+    train(ClipSource.from_path("vids", (32, 32)), config, resumed)
+    # As an earlier flowkit wrote it: the path as typed, no "naming".
+    ckpt = torch.load(resumed, weights_only=True)
+    assert ckpt.pop("naming") == "relative" and ckpt["dropped"] == ["b/broken.mp4"]
+    ckpt["dropped"] = [f"{typed.replace('ABSOLUTE', str(tmp_path))}/b/broken.mp4"]
+    torch.save(ckpt, resumed)
+    logs = []
+
+    class Log(flowkit.progress.Progress):
+        def log(self, message):
+            logs.append(message)
+
+    train(ClipSource.from_path(tmp_path / "vids", (32, 32)),
+          TrainConfig(**{**config.__dict__, "epochs": 2}), resumed, resume=True, progress=Log())
+    assert any(m.startswith("leaving out 1 videos") and m.endswith(": b/broken.mp4")
+               for m in logs), logs
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert b["dropped"] == ["b/broken.mp4"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
+def test_only_videos_actually_left_out_are_reported():
+    source = ClipSource([("a/x.mp4", lambda: None), ("b/y.mp4", lambda: None)], (8, 8))
+    assert source.drop(["b/y.mp4", "gone/z.mp4"]) == (["b/y.mp4"], ["gone/z.mp4"])
+    assert [name for name, _ in source.loaders] == ["a/x.mp4"] and source.dropped == ["b/y.mp4"]
+    # Matching a typed path by its ending picks the longest name that fits.
+    source = ClipSource([("x.mp4", lambda: None), ("a/x.mp4", lambda: None)], (8, 8))
+    assert source.drop(["/data/vids/a/x.mp4", "store:x.mp4"], legacy=True) == (
+        ["a/x.mp4", "x.mp4"], [])
+
+
+def _stop_during(monkeypatch, when: str):
+    """Make the CLI's training see a Ctrl-C: "first" while epoch 1 runs, "last" while the last
+    epoch runs (the stop flag is polled after each epoch)."""
+    import flowkit.train.motionnet as module
+
+    real = module.train
+
+    def train_with_a_stop(*args, stop=None, **kw):
+        if when == "first":
+            stop.set("interrupted")
+        result = real(*args, stop=stop, **kw)
+        if when == "last":
+            stop.set("interrupted")
+        return result
+
+    monkeypatch.setattr(module, "train", train_with_a_stop)
+
+
+def test_ctrl_c_during_the_last_epoch_finishes_normally(sample_videos, tmp_path, monkeypatch):
+    _stop_during(monkeypatch, "last")
+    result = CliRunner().invoke(main, _train_args(sample_videos, tmp_path / "m.pt", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    assert "done" in result.output and "--resume" not in result.output
+
+
+def test_ctrl_c_with_an_epoch_left_exits_130_and_says_resume(sample_videos, tmp_path, monkeypatch):
+    _stop_during(monkeypatch, "first")
+    result = CliRunner().invoke(main, _train_args(sample_videos, tmp_path / "m.pt", "--epochs", "2"))
+    assert result.exit_code == 130, result.output
+    assert "--resume" in result.output
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1

@@ -80,11 +80,12 @@ def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch
     with stop_on_signals(stop, console, "the current epoch"), RichProgress(console) as progress:
         _, history = train(data, config, out, resume=resume, device=device, eval_set=eval_set,
                            progress=progress, stop=stop)
-    if stop.is_set():
+    last = history[-1] if history else {}
+    # A stop asked for during the last epoch comes after training finished: nothing to resume.
+    if stop.is_set() and last.get("epoch", 0) < config.epochs:
         console.print(f"{stop.reason}: {out} holds the finished epochs; continue with the same "
                       "command plus --resume", highlight=False)
         sys.exit(stop_exit_code(stop))
-    last = history[-1] if history else {}
     console.print(f"[bold]done[/bold]: {last.get('epoch', 0)} epochs, {last.get('step', 0)} steps, "
                   f"final loss {last.get('loss', float('nan')):.4f}, "
                   f"{time.perf_counter() - started:.1f} s; use it with `flowkit extract --method "

@@ -8,7 +8,10 @@ photometric + SSIM + smoothness loss of :func:`~flowkit.flow.motionnet.unsupervi
 Checkpoints (kind ``"motionnet"`` of :mod:`flowkit.checkpoints`) are written atomically at the end of
 every epoch: ``{"config", "state_dict", "optimizer", "epoch", "step", "loss", "rng", "dropped",
 "history"}``; ``epoch`` is the number of finished epochs, ``step`` the number of optimiser steps and
-``dropped`` the videos that failed to load. Resuming continues exactly (weights, Adam state, epoch,
+``dropped`` the videos that failed to load, named relative to the source (a video folder's path
+below its root, ``class/video.mp4``; a store's key), so a resume finds them however the source is
+spelled (``naming`` ``"relative"``; checkpoints before it named them by the path as typed and are
+matched by that path's ending). Resuming continues exactly (weights, Adam state, epoch,
 step, the clip sampler's random state and the videos it left out), so 2 epochs in one go and 1 then
 2 with ``resume=True`` give the same weights; it therefore takes every option from the checkpoint
 but ``epochs`` (another learning rate or seed is a new run, as in classifier training). The result is used with
@@ -59,7 +62,8 @@ class ClipSource:
 
     Each video is a zero-argument loader returning ``(T, H, W, 3)`` uint8; decoded videos are cached
     (``VIDEO_CACHE`` most recent). A video that fails to load is reported once and dropped (its
-    name added to ``dropped``), so one bad file never stops training.
+    name added to ``dropped``), so one bad file never stops training. :meth:`from_path` names the
+    videos relative to the source (path below the folder, or store key), not by the path as typed.
     """
 
     def __init__(self, loaders: Sequence[tuple[str, Callable[[], np.ndarray]]], size: tuple[int, int],
@@ -83,15 +87,15 @@ class ClipSource:
             keys = store.keys()
             if not keys:
                 raise FlowkitError(f"store {path} holds no finished videos")
-            return cls([(f"{path}:{k}", lambda k=k: store.read_rgb(k)) for k in keys], size, **kw)
+            return cls([(k, lambda k=k: store.read_rgb(k)) for k in keys], size, **kw)
         from ..labels import scan_videos
         from ..video import load_frames
 
         items, _ = scan_videos(path)
         if not items:
             raise FlowkitError(f"{path}: no video files found (and not a flowkit store)")
-        return cls([(str(it.path), lambda p=it.path: load_frames(p, size=size)) for it in items],
-                   size, **kw)
+        return cls([(it.path.relative_to(path).as_posix(),
+                     lambda p=it.path: load_frames(p, size=size)) for it in items], size, **kw)
 
     @classmethod
     def from_arrays(cls, videos: Sequence[np.ndarray], **kw) -> "ClipSource":
@@ -99,12 +103,32 @@ class ClipSource:
         size = videos[0].shape[1:3]
         return cls([(f"video{i}", lambda v=v: v) for i, v in enumerate(videos)], size, **kw)
 
-    def drop(self, names: Sequence[str]) -> None:
+    def drop(self, names: Sequence[str], *, legacy: bool = False) -> tuple[list[str], list[str]]:
         """Leave out the videos ``names`` (those a resumed run's checkpoint says failed to load), so
-        that clips are drawn from the same list as in the interrupted run."""
-        present = {name for name, _ in self.loaders}
-        self.dropped += [name for name in names if name in present]
-        self.loaders = [(name, load) for name, load in self.loaders if name not in set(names)]
+        that clips are drawn from the same list as in the interrupted run. Returns ``(dropped, not
+        found)``: the names of the videos left out and the given names no video has.
+
+        ``legacy``: ``names`` come from a checkpoint that named videos by the path as typed
+        (``videos/a/x.mp4``, ``/abs/videos/a/x.mp4``, ``store:a/x``); each is matched to the video
+        whose name is the longest ending of it after a ``/`` or ``:``.
+        """
+        present = [name for name, _ in self.loaders]
+        matched, missing = [], []
+        for given in names:
+            if given in present:
+                found = given
+            elif legacy:
+                endings = [name for name in present if given.endswith(("/" + name, ":" + name))]
+                found = max(endings, key=len) if endings else None
+            else:
+                found = None
+            if found is None:
+                missing.append(given)
+            elif found not in matched:
+                matched.append(found)
+        self.dropped += [name for name in matched if name not in self.dropped]
+        self.loaders = [(name, load) for name, load in self.loaders if name not in set(matched)]
+        return matched, missing
 
     def _frames(self, index: int) -> np.ndarray | None:
         name, load = self.loaders[index]
@@ -257,9 +281,13 @@ def train(source: ClipSource, config: MotionNetTrainConfig, out: Path | None = N
         rng.bit_generator.state = json.loads(ckpt["rng"])
         history = list(ckpt.get("history", []))
         if ckpt.get("dropped"):
-            source.drop(ckpt["dropped"])
-            progress.log(f"leaving out {len(ckpt['dropped'])} videos that failed to load before: "
-                         + ", ".join(ckpt["dropped"]))
+            dropped, missing = source.drop(ckpt["dropped"], legacy=ckpt.get("naming") != "relative")
+            if dropped:
+                progress.log(f"leaving out {len(dropped)} videos that failed to load before: "
+                             + ", ".join(dropped))
+            if missing:
+                progress.log(f"{len(missing)} videos that failed to load before are not in the "
+                             "source any more: " + ", ".join(missing))
     length = config.num_frames + 1
     model.train()
     task = progress.start("steps", total=config.epochs * config.steps_per_epoch,
@@ -287,7 +315,7 @@ def train(source: ClipSource, config: MotionNetTrainConfig, out: Path | None = N
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch, "step": step, "loss": result.loss,
                 "rng": json.dumps(rng.bit_generator.state), "dropped": list(source.dropped),
-                "history": history,
+                "naming": "relative", "history": history,
             })
         epe = (f", EPE {result.epe:.3f} px (zero flow {result.epe_zero:.3f})"
                if result.epe is not None else "")
