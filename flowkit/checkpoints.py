@@ -18,6 +18,7 @@ or from a plain (torchvision-style) state dict.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,11 @@ def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any])
 
 
 def read_torch_file(path: str | os.PathLike, *, what: str = "checkpoint", hint: str = "",
-                    error: type[Exception] = FlowkitError, map_location="cpu") -> Any:
+                    error: type[Exception] = FlowkitError, map_location="cpu",
+                    expected: str = "file torch.save wrote") -> Any:
     """The object in a ``torch.save`` file (``weights_only=True``); ``error`` naming the file when
-    it is missing or unreadable. ``hint`` (e.g. how to make one) ends both messages."""
+    it is missing or unreadable, in one line: "cannot read WHAT FILE: it is not a EXPECTED (torch
+    cannot read it: REASON)". ``hint`` (e.g. how to make one) ends both messages."""
     path = Path(path)
     tail = f"; {hint}" if hint else ""
     if not path.is_file():
@@ -54,7 +57,23 @@ def read_torch_file(path: str | os.PathLike, *, what: str = "checkpoint", hint: 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated files, foreign pickles: torch raises many types
-        raise error(f"cannot read {what} {path} ({type(exc).__name__}: {exc}){tail}") from None
+        raise error(f"cannot read {what} {path}: it is not a {expected} (torch cannot read it: "
+                    f"{_torch_reason(exc)}){tail}") from None
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The one line of torch's load error that says what is wrong with the file, without torch's
+    advice to load it with ``weights_only=False`` (which would run code from the file)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "Weights only load failed" in text:
+        marker = "WeightsUnpickler error:"
+        text = (text.split(marker, 1)[1] if marker in text
+                else text.split("Weights only load failed", 1)[1].lstrip(". "))
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and "weights_only" not in line
+             and not line.startswith(("Check the documentation", "Please file an issue"))]
+    reason = re.split(r"(?<=\.)\s", lines[0], maxsplit=1)[0] if lines else ""  # first sentence
+    return reason or type(exc).__name__
 
 
 def kind_of(obj: Any) -> str | None:
@@ -78,7 +97,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str, *, what: str | None = No
     with the file's name and the reason otherwise."""
     name = _KIND_NAMES[kind]
     what = what or f"{name} checkpoint"
-    ckpt = read_torch_file(path, what=what, hint=hint, error=error, map_location=map_location)
+    ckpt = read_torch_file(path, what=what, hint=hint, error=error, map_location=map_location,
+                           expected="flowkit checkpoint")
     found = kind_of(ckpt)
     tail = f"; {hint}" if hint else ""
     if found is None:

@@ -217,6 +217,38 @@ def test_info_on_a_folder_that_is_not_a_store_exit_2(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # left alone
 
 
+def test_unreadable_files_warning_names_the_cli_command(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "store"
+    with FlowStore(path, mode="a", classes=["c"]) as store:
+        with store.writer("c/v", source="v.mp4", fps=25.0, label=0, label_name="c",
+                          source_size=(8, 8), flow_codec="float16", rgb_codec="raw") as w:
+            w.append_rgb(np.zeros((2, 8, 8, 3), np.uint8))
+    (path / "videos" / "c" / "bad.h5").write_bytes(b"not HDF5")
+    r = flowkit_cli("info", path, "--json")
+    assert r.returncode == 0, r.stderr
+    warnings = json.loads(r.stdout)["warnings"]
+    assert any("cannot be read" in w and "`flowkit info STORE --validate`" in w for w in warnings), \
+        warnings
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def test_evaluate_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"config": {}}\n')
+    r = flowkit_cli("evaluate", run, "--checkpoint", run / "config.json")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"{run / 'config.json'}: it is not a flowkit checkpoint (torch cannot read it: " \
+        in lines[0]
+    assert "weights_only" not in r.stderr and "Re-running" not in r.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
 # ----------------------------------------------------------------------------- show
 
 def test_show_png(store, tmp_path):
@@ -244,7 +276,9 @@ def test_show_mp4(store, tmp_path):
     r = flowkit_cli("show", store, KEY, "-o", out)
     assert r.returncode == 0, r.stderr
     frames = load_frames(out)
-    assert frames.shape == (T - 1, H, 2 * W, 3)  # one frame per flow pair: rgb | colour
+    gap = 2
+    # One frame per flow pair: rgb | colour | colour wheel with its scale (a PNG's first row).
+    assert frames.shape == (T - 1, H, 2 * W + gap + H + gap, 3)
 
 
 def test_show_unknown_key_exit_2(store, tmp_path):

@@ -73,6 +73,39 @@ def test_usage_errors_are_one_line(tmp_path, args, expected):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("group", [[], ["train-flow"]], ids=["flowkit", "train-flow"])
+def test_a_group_without_a_command_shows_its_help(group):
+    import click
+
+    r = subprocess.run([sys.executable, "-m", "flowkit", *group], capture_output=True, text=True,
+                       timeout=120, env=ENV)
+    # click >= 8.2 shows the help on stderr and exits 2 (a usage error); 8.1 on stdout, exit 0.
+    since_8_2 = hasattr(click.exceptions, "NoArgsIsHelpError")
+    assert r.returncode == (2 if since_8_2 else 0), r
+    text = r.stderr if since_8_2 else r.stdout
+    assert text.startswith(f"Usage: {' '.join(['flowkit', *group])} [OPTIONS] COMMAND"), text
+    assert "error:" not in text and "Commands:" in text and "Examples:" in text
+    assert len(text.splitlines()) > 10
+
+
+@pytest.mark.parametrize("args, option", [
+    (["samples", "v", "--frames", "0"], "--frames"),
+    (["samples", "v", "--seed", "-1"], "--seed"),
+    (["toy", "v", "--seed", "-1"], "--seed"),
+    (["toy", "v", "--fps", "-5"], "--fps"),
+    (["toy", "v", "--fps", "0"], "--fps"),
+    (["evaluate", "run", "--workers", "-1"], "--workers"),
+], ids=["samples-frames-0", "samples-seed", "toy-seed", "toy-fps-negative", "toy-fps-0",
+        "evaluate-workers"])
+def test_bad_option_values_are_one_line_and_create_nothing(tmp_path, args, option):
+    (tmp_path / "run").mkdir()
+    r = subprocess.run([sys.executable, "-m", "flowkit", *args], capture_output=True, text=True,
+                       timeout=120, env=ENV, cwd=tmp_path)
+    line = one_line_error(r)
+    assert option in line and "Traceback" not in r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and not list((tmp_path / "run").iterdir())
+
+
 def _field_kinds(params_class) -> dict[str, type]:
     """Fields whose annotation is int, float or bool (optionally | None)."""
     kinds = {}
@@ -395,6 +428,63 @@ def test_show_png_carries_the_wheel_and_shows_the_pan(tmp_path, rgb):
     assert np.median(_saturation(pan)) > 0.9
     wheel = image[:h, flow_left + w + gap:]
     assert (_saturation(wheel) > 0.5).sum() > 50  # a coloured disc, not white
+
+
+def _store_with_backward_flow(path: Path) -> Path:
+    """4 frames, frame i a flat grey 40 (i + 1); forward and backward flow of a leftward pan."""
+    flows = _pan_with_a_stray_vector(n=3)
+    frames = np.stack([np.full((32, 40, 3), 40 * (i + 1), np.uint8) for i in range(4)])
+    with FlowStore(path, mode="a", classes=["pan_left"]) as store:
+        with store.writer("pan_left/v", source="v.mp4", fps=25.0, label=0, label_name="pan_left",
+                          source_size=(32, 40), flow_codec="float16", rgb_codec="raw") as w:
+            w.append_rgb(frames)
+            w.append_flow("tvl1", flows, engine={"engine": "tvl1", "version": "1", "params": {}})
+            w.append_flow("tvl1_backward", -flows, engine={"engine": "tvl1", "version": "1",
+                                                           "params": {}, "direction": "backward"})
+    return path
+
+
+@pytest.mark.parametrize("flow, frame_shown", [("tvl1", 0), ("tvl1_backward", 1)])
+def test_show_draws_backward_flow_beside_the_frame_it_moves(tmp_path, flow, frame_shown):
+    # Backward pair t maps frame t+1's pixels to frame t: it lives on frame t+1's grid.
+    from flowkit.cli import main
+
+    store = _store_with_backward_flow(tmp_path / "store")
+    runner = CliRunner()
+    png, mp4 = tmp_path / "flow.png", tmp_path / "flow.mp4"
+    for pair in (0, 2):
+        r = runner.invoke(main, ["show", str(store), "pan_left/v", "-o", str(png), "--flow", flow,
+                                 "--frame", str(pair)])
+        assert r.exit_code == 0, r.output
+        image = cv2.imread(str(png))[..., ::-1]
+        assert (image[:32, :40] == 40 * (pair + frame_shown + 1)).all(), image[0, 0]
+    r = runner.invoke(main, ["show", str(store), "pan_left/v", "-o", str(mp4), "--flow", flow])
+    assert r.exit_code == 0, r.output
+    from flowkit.video import load_frames
+
+    video = load_frames(mp4)
+    assert len(video) == 3
+    for t, frame in enumerate(video):
+        grey = np.median(frame[4:28, 4:36])
+        assert abs(grey - 40 * (t + frame_shown + 1)) <= 3, (t, grey)
+
+
+def test_show_video_carries_the_wheel_and_its_scale(tmp_path):
+    from flowkit.cli import main
+    from flowkit.video import load_frames
+
+    store = _write_store(tmp_path / "store", rgb=True)
+    out = tmp_path / "flow.mp4"
+    r = CliRunner().invoke(main, ["show", str(store), "pan_left/v", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "full colour at 2.2 px" in r.output
+    gap, h, w = 2, 32, 40
+    video = load_frames(out)
+    assert video.shape == (3, h, 2 * w + gap + h + gap, 3)  # frame | flow | wheel, as a PNG row
+    for frame in video:
+        wheel = frame[:h, 2 * w + 2 * gap:]
+        assert (_saturation(wheel) > 0.5).sum() > 50  # a coloured disc
+        assert (wheel[26:].min(axis=-1) < 100).any()  # the scale printed under it
 
 
 # ------------------------------------------------------------------ 7. progress

@@ -416,7 +416,8 @@ def test_video_of_a_newer_flowkit_is_unreadable_not_fatal(store):
     reader = FlowStore(store.path)
     summary = reader.summary()
     assert (summary["videos"], summary["unreadable"], summary["frames"]) == (3, 2, 3)
-    assert "2 video files cannot be read; run validate()" in summary["warnings"]
+    assert ("2 video files cannot be read; `flowkit info STORE --validate` names them "
+            "(FlowStore.validate() in Python)") in summary["warnings"]
     assert list(reader.metas(reader.keys())) == ["zoom/good"]
     text = "\n".join(reader.validate())
     assert "zoom/codec.h5: /flow/tvl1: unknown or incomplete codec" in text

@@ -80,15 +80,26 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+# Raised by a group invoked without a command (click >= 8.2; older click prints the help itself
+# and exits 0). A usage error, but its message is the whole help.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class LazyGroup(click.Group):
     """A click group whose commands are imported when used, not when listed; usage errors (a bad
-    option value, a missing argument) are one line, like every other error, exit code 2."""
+    option value, a missing argument) are one line, like every other error, exit code 2; a group
+    given no command shows its help (exit code 2 on click >= 8.2, as click does)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as exc:
+            # `flowkit` or `flowkit train-flow` alone: the group's help, as click shows it (on
+            # stderr, exit code 2 since click 8.2), not squashed into one error line.
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
             message = " ".join(exc.format_message().split()).rstrip(".")

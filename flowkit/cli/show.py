@@ -6,10 +6,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..conventions import is_backward
 from ..errors import FlowkitError
 from ..store import FlowStore
 from ..video import write_video
-from ..viz import flow_grid, flow_to_color, robust_max_flow
+from ..viz import flow_grid, robust_max_flow
 from . import handle_errors, summary
 
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
@@ -41,11 +42,20 @@ def _check_output(out: Path) -> None:
                            "(a video)")
 
 
+def _frame_offset(store: FlowStore, key: str, name: str) -> int:
+    """Which RGB frame flow pair t lives on: t for forward flow, t + 1 for backward flow (pair t
+    maps frame t+1's pixels to frame t, so it is drawn on frame t+1's grid)."""
+    record = store.meta(key)["flows"].get(name, {})
+    return 1 if record.get("direction") == "backward" or is_backward(name) else 0
+
+
 def _write_png(out: Path, store: FlowStore, key: str, name: str, frames: list[int],
                max_flow: float | None) -> float:
     """Rows of [frame | flow | colour wheel]; returns the colour scale used (pixels)."""
     flows = store.read_flow(key, name, index=frames)
-    rgb = store.read_rgb(key, index=frames) if store.meta(key)["has_rgb"] else None
+    offset = _frame_offset(store, key, name)
+    rgb = (store.read_rgb(key, index=[t + offset for t in frames])
+           if store.meta(key)["has_rgb"] else None)
     max_flow = max_flow or robust_max_flow(flows)
     image = flow_grid(rgb, flows, max_flow=max_flow, legend=True)
     import cv2
@@ -56,8 +66,10 @@ def _write_png(out: Path, store: FlowStore, key: str, name: str, frames: list[in
 
 def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: float | None,
                  fps: float) -> float:
+    """One video frame per flow pair: [frame | flow | colour wheel], as a PNG's first row."""
     n = store.meta(key)["num_frames"] - 1
     has_rgb = store.meta(key)["has_rgb"]
+    offset = _frame_offset(store, key, name)
     # One colour scale for the whole clip: flicker-free, and comparable from frame to frame.
     if max_flow is None:
         max_flow = robust_max_flow([store.read_flow(key, name, index=t)
@@ -65,8 +77,9 @@ def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: flo
 
     def frames():
         for t in range(n):
-            colour = flow_to_color(store.read_flow(key, name, index=t), max_flow)
-            yield np.concatenate([store.read_rgb(key, index=t), colour], axis=1) if has_rgb else colour
+            rgb = [store.read_rgb(key, index=t + offset)] if has_rgb else None
+            yield flow_grid(rgb, [store.read_flow(key, name, index=t)], max_flow=max_flow,
+                            legend=True)
 
     write_video(out, frames(), fps=fps)
     return max_flow
@@ -88,9 +101,10 @@ def command(store, video, output, name, frames, max_flow):
     """Colour-code the flow of VIDEO (its key, e.g. class/video_name) from STORE.
 
     Hue is the direction (right red, down yellow, left cyan, up blue), saturation the speed; the
-    colour wheel beside the first row prints the speed at its rim. A PNG shows three frame
-    pairs (or those given with --frame) beside their frames when the store has RGB; a video
-    file shows the whole clip.
+    colour wheel beside the first row (every frame of a video) prints the speed at its rim. A PNG
+    shows three frame pairs (or those given with --frame) beside their frames when the store has
+    RGB; a video file shows the whole clip. Backward flow (tvl1_backward) is drawn beside frame
+    t+1, the frame whose pixels it moves.
 
     \b
     Examples:

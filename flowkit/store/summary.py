@@ -174,7 +174,9 @@ class SummaryStats:
             warnings.append(f"flow {name!r}: {sum(videos.values())} values beyond the codec's range "
                             f"were clipped in {len(videos)} videos (e.g. {sorted(videos)[0]})")
         if self.unreadable:
-            warnings.append(f"{len(self.unreadable)} video files cannot be read; run validate()")
+            warnings.append(f"{len(self.unreadable)} video files cannot be read; "
+                            "`flowkit info STORE --validate` names them (FlowStore.validate() "
+                            "in Python)")
         per_pair = {n: self.flow_bytes[n] / self.pairs[n] for n in self.pairs if self.pairs[n]}
         return {"videos": self.videos, "frames": self.frames, "rgb_frames": self.rgb_frames,
                 "flow_pairs": dict(sorted(self.pairs.items())), "bytes": self.bytes,
