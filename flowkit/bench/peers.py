@@ -47,6 +47,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from ..errors import EngineError
+from ..flow.tvl1 import TVL1Params
 from ..registry import Registry
 from .flo import BenchError
 
@@ -80,30 +81,15 @@ def _positive(peer: str, values: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class TVL1PeerParams:
-    """``opencv-tvl1``'s parameters, in flowkit's ``tvl1`` names, with OpenCV's defaults."""
-
-    tau: float = 0.25
-    lambda_: float = 0.15
-    theta: float = 0.3
-    nscales: int = 5
-    warps: int = 5
-    epsilon: float = 0.01
-    inner_iterations: int = 30
-    outer_iterations: int = 10
-    scale_step: float = 0.8
-    median_filtering: int = 5
-    early_stop: bool = True
+class TVL1PeerParams(TVL1Params):
+    """``opencv-tvl1``'s parameters: flowkit ``tvl1``'s (the same names, OpenCV's defaults and
+    ranges), with the median filter OpenCV can apply to float flow."""
 
     def __post_init__(self):
-        _positive("opencv-tvl1", {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta,
-                                  "nscales": self.nscales, "warps": self.warps,
-                                  "inner_iterations": self.inner_iterations,
-                                  "outer_iterations": self.outer_iterations})
-        if not 0 < self.scale_step < 1:
-            raise BenchError(f"opencv-tvl1: scale_step must be in (0, 1), got {self.scale_step!r}")
-        if self.epsilon < 0:
-            raise BenchError(f"opencv-tvl1: epsilon must be >= 0, got {self.epsilon!r}")
+        try:
+            super().__post_init__()
+        except EngineError as exc:  # "tvl1: ..." -> "opencv-tvl1: ...", the benchmark's error
+            raise BenchError(f"opencv-{exc}") from None
         if self.median_filtering not in (0, 1, 3, 5):
             raise BenchError(f"opencv-tvl1: median_filtering must be 0 or 1 (none), 3 or 5 (OpenCV "
                              f"median-filters float flow with those kernels only), got "
