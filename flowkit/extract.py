@@ -43,6 +43,7 @@ from .labels import VideoItem
 from .progress import Progress, StopFlag
 from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
+from .store import guard
 from .store.compat import Request, compare_with_store
 from .video import output_size, probe
 
@@ -299,10 +300,12 @@ _POLL_S = 0.2
 _EXIT_WAIT_S = 10.0
 
 
-def _worker_init(store_path: str, config: ExtractConfig, threads: int, parent: int) -> None:
+def _worker_init(store_path: str, config: ExtractConfig, threads: int, parent: int,
+                 hung: dict) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and terminates the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)
+    guard.remember(hung)  # finished files HDF5 never returned from: never opened here
     torch.set_num_threads(threads)
     _worker["store"] = FlowStore(store_path, "a")
     _worker["engine"] = build_engine(config)
@@ -322,12 +325,12 @@ def _worker_run(item: VideoItem) -> tuple[list[VideoResult], StoreWriteError | N
 
 
 def _worker_main(conn: Connection, store_path: str, config: ExtractConfig, threads: int,
-                 parent: int) -> None:
+                 parent: int, hung: dict) -> None:
     """A worker process: build the engine, say ``("ready", None)``, then extract each video the
     parent sends and answer ``("result", (results, fatal))``, until it sends None. An error that
     is no video's goes back as ``("error", exc)``; one in starting as ``("failed", message)``."""
     try:
-        _worker_init(store_path, config, threads, parent)
+        _worker_init(store_path, config, threads, parent, hung)
     except Exception as exc:
         conn.send(("failed", str(exc) or type(exc).__name__))
         return
@@ -657,7 +660,7 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
     threads = max(1, torch.get_num_threads() // config.workers)
     # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.
     ctx = mp.get_context("spawn")
-    args = (str(store.path), config, threads, os.getpid())
+    args = (str(store.path), config, threads, os.getpid(), guard.hung_files())
     pending = list(reversed(todo))  # pop() hands them out in list order
     workers = [_Worker.start(ctx, args) for _ in range(min(config.workers, len(todo)))]
     death = ""

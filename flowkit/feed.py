@@ -438,24 +438,31 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
 
 def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue) -> None:
     """Claim the video and start decoding it; a video another process holds (or finished since
-    the run began) gets its "skipped" result instead."""
+    the run began) gets its "skipped" result instead, and one whose finished file is damaged
+    (without ``--redo``) its "failed" result, before any flow is computed."""
     if job.thread is not None or job.skipped:
         return
     holder = store.claim(job.item.key, opts.flow_name)
+    status = "skipped"
     if holder is None:
         job.claimed = True
-        if job.redo or opts.flow_name not in store.flows_on_disk(job.item.key):
+        on_disk, damage = ([], "") if job.redo else store.finished_state(job.item.key)
+        if opts.flow_name not in on_disk and not damage:
             job.thread = threading.Thread(target=_decode, args=(job, opts, decode), daemon=True,
                                           name=f"flowkit-decode-{job.item.key}")
             job.thread.start()
             return
         store.release(job.item.key, opts.flow_name)
         job.claimed = False
-        reason = f"already in the store with flow/{opts.flow_name} (finished by another process)"
+        if opts.flow_name in on_disk:
+            reason = (f"already in the store with flow/{opts.flow_name} (finished by another "
+                      "process)")
+        else:  # committing into a damaged file fails: say so before computing the flow
+            status, reason = "failed", damage
     else:
         reason = f"being extracted by {holder}; rerun later to pick it up if that run fails"
     job.skipped = True
-    results.put(VideoResult(job.item.key, str(job.item.path), "skipped", reason=reason))
+    results.put(VideoResult(job.item.key, str(job.item.path), status, reason=reason))
 
 
 def _drain(writer: _Writer) -> Iterator[VideoResult]:

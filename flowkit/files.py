@@ -1,4 +1,5 @@
-"""Files written whole or not at all, file digests, and folder walks that follow links.
+"""Files written whole or not at all, file digests, file versions (:func:`stamp`), and folder
+walks that follow links.
 
 Every file flowkit writes for later (store manifests, checkpoints, run configs) goes through
 :func:`atomic_write`: the content goes to a temporary file next to the target, is flushed and
@@ -30,6 +31,13 @@ _TMP_RE = re.compile(r".+\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[^.]+" + re.e
 def host_name() -> str:
     """This machine's name, reduced to characters that cannot be confused with a file name's dots."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "localhost"
+
+
+def stamp(path: str | os.PathLike) -> list[int]:
+    """What identifies one version of a file: ``[inode, size, mtime_ns]`` (a file replaced by a
+    rename is a new inode). FileNotFoundError if it is gone."""
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def pid_alive(pid: int) -> bool:
@@ -198,4 +206,4 @@ def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "fsync_dir", "fsync_file",
            "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "is_stale_temporary",
-           "escape_name", "walk_once", "file_identity"]
+           "escape_name", "walk_once", "file_identity", "stamp"]

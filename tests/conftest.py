@@ -252,3 +252,24 @@ def rotate_mp4(src: Path, dst: Path) -> None:
     offset = i + 8 + (28 if version == 1 else 20) + 8 + 8
     data[offset:offset + 36] = struct.pack(">9I", 0, 0x10000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000)
     dst.write_bytes(bytes(data))
+
+
+def hang_hdf5(path: Path) -> None:
+    """Damage a video file flowkit wrote so that HDF5 loops forever reading its root attributes
+    (32 zero bytes at offset 400: the root group's attribute storage; HDF5 2.0 / h5py 3.16 loop
+    inside ``f.attrs``). Checked in a child process; an HDF5 that fails instead skips the test."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    data = bytearray(path.read_bytes())
+    data[400:432] = bytes(32)
+    path.write_bytes(bytes(data))
+    try:
+        subprocess.run([sys.executable, "-c", "import h5py, sys; "
+                        "dict(h5py.File(sys.argv[1], 'r').attrs)", str(path)],
+                       timeout=5, capture_output=True)
+    except subprocess.TimeoutExpired:
+        return
+    pytest.skip(f"HDF5 {h5py.version.hdf5_version} does not loop on this damage")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from flowkit import feed
 from flowkit.errors import DamagedDataError, EngineError, StoreWriteError
 from flowkit.extract import ExtractConfig, default_workers, extract, usable_cores
 from flowkit.feed import FeedOptions, batch_limit
@@ -27,10 +28,10 @@ from flowkit.flow import create_engine, engine_class
 from flowkit.labels import scan_videos
 from flowkit.samples import make_sample_videos
 from flowkit.store import FlowStore
-from flowkit.store import diskio
+from flowkit.store import diskio, guard
 from flowkit.video import iter_frames, write_video
 
-from conftest import rotate_mp4
+from conftest import hang_hdf5, rotate_mp4
 
 # Cheap TV-L1 (fixed schedule): a 7-pair 64x80 video takes well under a second on one core.
 PARAMS = {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5,
@@ -493,6 +494,61 @@ def test_redo_repairs_a_damaged_video(videos, tmp_path):
     with pytest.raises(Exception, match="--redo nope/nope: no video with that key"):
         extract(items, store, config(flow_codec="float16", rgb_codec="raw", redo=("nope/nope",)),
                 classes=classes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["hang", "flow header"])
+def test_extraction_fails_a_damaged_finished_file_before_computing_it(videos, tmp_path,
+                                                                      monkeypatch, damage):
+    """A finished file HDF5 never returns from, or whose ``flow`` group header is damaged:
+    committing new flow into it would fail, so extraction fails the video at once (its frames
+    never decoded), naming the file and ``--redo``; ``--redo`` replaces it. Before, a hung file
+    hung the run and a damaged one was computed in full, then failed at commit."""
+    monkeypatch.setattr(guard, "_failed", {})
+    monkeypatch.setenv("FLOWKIT_HANG_SECONDS", "2")
+    store = tmp_path / "store"
+    items, classes = scan_videos(videos)
+    items = items[:2]
+    extract(items, store, config(flow_codec="float16", rgb_codec="raw"), classes=classes)
+    key = items[0].key
+    path = store / "videos" / f"{key}.h5"
+    if damage == "hang":
+        hang_hdf5(path)
+    else:
+        _damage_header(path, "flow")
+    decoded = []
+    decode = feed.decode_video
+    monkeypatch.setattr(feed, "decode_video", lambda item, opts: (decoded.append(item.key),
+                                                                 decode(item, opts))[1])
+    again = extract(items, store, config(flow_codec="float16", rgb_codec="raw"), classes=classes)
+    [failed] = [r for r in again.results if r.status == "failed"]
+    assert failed.key == key and decoded == [], (again.results, decoded)
+    assert failed.reason.startswith(str(path)) and failed.reason.endswith(f"--redo {key}")
+    assert ("HDF5 did not return within 2 s" if damage == "hang" else "/flow of video") \
+        in failed.reason
+    repaired = extract(items, store, config(flow_codec="float16", rgb_codec="raw", redo=(key,)),
+                       classes=classes)
+    assert [r.status for r in repaired.results] == ["done", "skipped"]
+    assert FlowStore(store).validate() == []
+
+
+@pytest.mark.slow
+def test_extraction_workers_are_told_of_a_hung_file(videos, tmp_path):
+    """The run found the file hung while indexing; its worker processes must not open it (they
+    would hang with it): the video fails with the reason and the run ends."""
+    store = tmp_path / "store"
+    items, _ = scan_videos(videos)
+    cli("extract", videos, "-o", store, *CLI_PARAMS, "--flow-codec", "float16", "--workers", "2")
+    key = items[0].key
+    hang_hdf5(store / "videos" / f"{key}.h5")
+    run = subprocess.run([sys.executable, "-m", "flowkit", "extract", str(videos), "-o",
+                          str(store), *CLI_PARAMS, "--flow-codec", "float16", "--workers", "2"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**ENV, "FLOWKIT_HANG_SECONDS": "2"})
+    assert run.returncode == 1, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    assert "HDF5 did not return within 2 s" in out and f"--redo {key}" in out
+    assert "Traceback" not in out
 
 
 def _damage_header(path: Path, name: str = "flow") -> None:

@@ -504,9 +504,13 @@ def test_a_damaged_group_or_dataset_header_is_damage_not_absence(store, name):
     assert list(reader.metas(["zoom/a", "zoom/b"])) == ["zoom/b"]
     summary = reader.summary()
     assert summary["unreadable"] == 1 and summary["flow_pairs"] == {"tvl1": 5, "tvnet": 5}
-    # extraction computes what does not open; committing it then finds the damage
+    # extraction: the flows that open are on disk; the damage fails a new flow before computing
     on_disk = {"flow": [], "flow/tvl1": ["tvnet"], "rgb": ["tvl1", "tvnet"]}[name]
     assert reader.flows_on_disk("zoom/a") == on_disk
+    flows, damage = reader.finished_state("zoom/a")
+    assert flows == on_disk and re.fullmatch(f"{re.escape(str(path))}: {damaged}", damage), damage
+    assert reader.finished_state("zoom/b") == (["tvl1", "tvnet"], "")
+    assert reader.finished_state("zoom/none") == ([], "")
     # the shallow check opens every group and dataset header (no frame is decoded)
     for deep in (False, True):
         problems = reader.validate(deep=deep)

@@ -26,8 +26,9 @@ from .index import Entry, Index, index_stamp, load_index, paused_gc, update_inde
 from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
 from .reading import (DamagedObject, attributes, error_cause, member, member_names, members,
-                      read_frames)
-from .validate import video_problems
+                      read_frames, redo_hint)
+from .guard import Failed, guarded_map
+from .validate import DEEP_HANG_SECONDS, video_problems
 from .writer import VideoWriter
 
 
@@ -282,24 +283,42 @@ class FlowStore:
     def flows_on_disk(self, key: str) -> list[str]:
         """Flow names of ``key``'s finished file as it is on disk now (not through this process's
         cached handle, which may be an older version) whose datasets open; [] when there is none
-        or it is unreadable (a damaged ``flow`` group included): such a flow is computed again,
-        and committing it finds the damage (:class:`~flowkit.store.writer.VideoWriter`)."""
+        or it is unreadable (a damaged ``flow`` group included)."""
+        return self.finished_state(key)[0]
+
+    def finished_state(self, key: str) -> tuple[list[str], str]:
+        """``(flows, damage)`` of ``key``'s finished file as it is on disk now: the flow names
+        whose datasets open (:meth:`flows_on_disk`) and the first damage that would make
+        committing a new flow into it fail (:class:`~flowkit.store.writer.VideoWriter` merges
+        what the file holds): a file HDF5 cannot open or never returns from, a damaged root,
+        ``rgb`` or ``flow`` header, as one line naming the file and ``--redo``; "" when none
+        (or there is no finished file). Extraction fails such a video before computing it."""
         path = self._video_path(key)
+        names, damage = [], ""
         try:
             with open_read(path) as f:
+                attributes(f, key)
+                try:
+                    member(f, "rgb", key)
+                except DamagedObject as exc:
+                    damage = str(exc)
                 flow = member(f, "flow", key)
-                if flow is None:
-                    return []
-                names = []
-                for name in member_names(flow, key):
+                for name in member_names(flow, key) if flow is not None else []:
                     try:
                         if member(flow, name, key) is not None:
                             names.append(name)
-                    except StoreError:  # this flow's dataset is damaged: not on disk
-                        continue
-                return names
-        except (OSError, KeyError, StoreError):
-            return []
+                    except DamagedObject as exc:  # this flow's dataset: not on disk
+                        damage = damage or str(exc)
+        except FileNotFoundError:
+            return [], ""
+        except DamagedObject as exc:
+            damage = damage or str(exc)
+        except (OSError, KeyError, StoreError) as exc:
+            if not path.exists():
+                return [], ""
+            damage = (f"{path}: cannot be read as HDF5 ({error_cause(exc)}); "
+                      f"{redo_hint(key)}")
+        return names, damage
 
     def flow_names(self, key: str) -> list[str]:
         """Names of the flow datasets stored for ``key``, sorted (a damaged ``flow`` group raises
@@ -501,13 +520,18 @@ class FlowStore:
 
         Checks the format and version attributes, the ``complete`` flag, the key, dtypes, and
         dataset shapes against ``frame_count``/``height``/``width``. ``deep=True`` also decompresses
-        every frame (slow; finds bit rot). Partial files are work to redo, not problems.
+        every frame (slow; finds bit rot). Partial files are work to redo, not problems. Files are
+        read in a child process, so one that HDF5 never returns from is a problem too
+        (:mod:`flowkit.store.guard`).
         """
+        files = sorted(self._video_files())
+        limit = DEEP_HANG_SECONDS if deep else None
         problems = []
-        for key, path in sorted(self._video_files()):
-            path = Path(path)
-            problems += [f"{path.relative_to(self._root)}: {p}"
-                         for p in video_problems(path, key, deep)]
+        for (key, path), found in zip(files, guarded_map(
+                video_problems, [(Path(path), key, deep) for key, path in files], limit)):
+            if isinstance(found, Failed):
+                found = [f"{found.reason}; {redo_hint(key)}"]
+            problems += [f"{Path(path).relative_to(self._root)}: {p}" for p in found]
         return problems
 
 

@@ -25,11 +25,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, stamp
 from .claims import exclusive
 from .layout import INDEX_LOCK, VIDEOS
 
@@ -43,13 +42,6 @@ VARYING = ("frames", "size", "rgb_frames", "rgb_bytes",
            "meta.frame_count", "meta.num_frames", "meta.label",
            "flows.*.pairs", "flows.*.bytes", "flows.*.max_error_seen", "flows.*.clipped")
 _HEAD = 4  # a row: inode, size, mtime_ns, layout id, then the varying facts
-
-
-def stamp(path: str | os.PathLike) -> list[int]:
-    """What identifies one version of a file: ``[inode, size, mtime_ns]`` (a redone video is a
-    new file: a new inode). FileNotFoundError if it is gone."""
-    st = os.stat(path)
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def index_stamp(root: Path) -> list[int] | None:
@@ -314,5 +306,5 @@ def current(keys: Iterable[str], path_of, index: dict[str, Entry], checked: set[
     return found, stale
 
 
-__all__ = ["INDEX", "INDEX_VERSION", "VARYING", "Entry", "Index", "Layout", "stamp", "index_stamp",
+__all__ = ["INDEX", "INDEX_VERSION", "VARYING", "Entry", "Index", "Layout", "index_stamp",
            "load_index", "save_index", "update_index", "current", "paused_gc"]

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import atomic_write_json, host_name
+from . import guard
 
 FORMAT = "flowkit-store"
 VERSION = 1
@@ -152,7 +153,10 @@ def as_numpy(array: Any) -> np.ndarray:
 
 
 def open_read(path: Path) -> h5py.File:
-    """Open a finished video read-only, without HDF5 file locking (finished files are immutable)."""
+    """Open a finished video read-only, without HDF5 file locking (finished files are immutable).
+    A file that hung or crashed a guarded read in this process raises
+    :class:`~flowkit.store.guard.HungFileError` (an ``OSError``) instead of being read again."""
+    guard.check(path)
     try:
         return h5py.File(path, "r", locking=False)
     except (TypeError, ValueError):  # HDF5 < 1.12.1 has no locking switch

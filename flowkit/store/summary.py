@@ -21,6 +21,7 @@ import h5py
 from ..errors import StoreError
 from ..progress import Progress
 from .codecs import codec_of, codec_spec
+from .guard import Failed, guarded_map
 from .index import Entry, current
 from .layout import check_video_header, open_read, py_value
 from .reading import attributes, member, members
@@ -86,18 +87,20 @@ def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dic
     read from the file (facts None when unreadable; the readable ones are ``new_entries``, for the
     index); a file that is gone is left out.
 
-    The files to read are read after every stamp is compared, with a ``progress`` bar over them
-    once that has taken :data:`BAR_AFTER_SECONDS` (a store just extracted may hold 300k of them:
-    20 minutes; a few need no bar). ``checked``: keys whose entry was found current before,
+    The files to read are read after every stamp is compared, in a child process that gives up on
+    a file HDF5 never returns from (:mod:`flowkit.store.guard`: it is unreadable), with a
+    ``progress`` bar over them once that has taken :data:`BAR_AFTER_SECONDS` (a store just
+    extracted may hold 300k of them: 20 minutes; a few need no bar). ``checked``: keys whose entry was found current before,
     served without a ``stat``; keys found current are added to it.
     """
     found, stale = current(keys, path_of, index, checked)
     new, task, started = {}, None, time.perf_counter()
-    for done, (key, path, now) in enumerate(stale):
+    read = guarded_map(video_facts, [(Path(path),) for _, path, _ in stale])
+    for done, ((key, path, now), facts) in enumerate(zip(stale, read)):
         if task is None and time.perf_counter() - started >= BAR_AFTER_SECONDS:
             task = (progress or Progress()).start("indexing videos new to the store's index",
                                                   total=len(stale), completed=done)
-        found[key] = Entry(now, video_facts(Path(path)))
+        found[key] = Entry(now, None if isinstance(facts, Failed) else facts)
         if found[key].readable:
             new[key] = found[key]
             if checked is not None:

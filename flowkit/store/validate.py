@@ -16,16 +16,22 @@ import numpy as np
 from ..errors import StoreError
 from .codecs import Codec, codec_of
 from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read
-from .reading import DamagedObject, attributes, member, member_names
+from .guard import HungFileError
+from .reading import DamagedObject, attributes, member, member_names, redo_hint
 
 _ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source_height",
                "source_width", "step", "label", "label_name", "created")
 _FLOW_ATTRS = ("engine", "engine_version", "params", "quantization")
+#: Seconds a deep check of one video may take before it counts as hung (it decodes every frame:
+#: seconds for a long 1080p video).
+DEEP_HANG_SECONDS = 600.0
 
 
 def video_problems(path: Path, key: str, deep: bool) -> list[str]:
     try:
         f = open_read(path)
+    except HungFileError as e:  # it hung (or crashed) a read before: the same problem again
+        return [f"{e}; {redo_hint(key)}"]
     except OSError as e:
         return [f"cannot be opened as HDF5 (truncated or corrupt?): {e}"]
     try:
@@ -156,4 +162,4 @@ def _decode_all(ds: h5py.Dataset, codec: Codec, frame_shape: tuple) -> list[str]
     return []
 
 
-__all__ = ["video_problems", "decode_problem"]
+__all__ = ["DEEP_HANG_SECONDS", "video_problems", "decode_problem"]

@@ -1,0 +1,134 @@
+"""Reads HDF5 may never return from (:mod:`flowkit.store.guard`): a file that hangs or crashes
+the reading child is named and remembered; the store's index build, metas, summary, validate,
+reads and `flowkit info` get past it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flowkit.errors import StoreError
+from flowkit.store import FlowStore, guard
+from flowkit.store.guard import Failed, HungFileError, guarded_map
+
+from conftest import hang_hdf5, write_tiny_store
+
+
+def _read(path: Path, scale: int = 1):
+    """A stand-in for an HDF5 read (module level: the child imports it by name): a file saying
+    "hang" never returns, "crash" kills the reader, "raise" raises; others give their text."""
+    text = path.read_text()
+    if text == "hang":
+        while True:
+            time.sleep(60)
+    if text == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if text == "raise":
+        raise ValueError(f"{path.name} says raise")
+    return text * scale
+
+
+@pytest.fixture
+def forget(monkeypatch):
+    """This test's failed files, not the session's."""
+    monkeypatch.setattr(guard, "_failed", {})
+
+
+def _files(tmp_path: Path, texts: list[str]) -> list[Path]:
+    paths = []
+    for i, text in enumerate(texts):
+        paths.append(tmp_path / f"f{i}")
+        paths[-1].write_text(text)
+    return paths
+
+
+def test_a_hung_or_crashing_read_is_failed_remembered_and_the_rest_read(tmp_path, forget):
+    paths = _files(tmp_path, ["a", "hang", "b", "crash", "c"])
+    started = time.perf_counter()
+    out = list(guarded_map(_read, [(p, 2) for p in paths], timeout=1.0))
+    assert time.perf_counter() - started < 30
+    assert out[0::2] == ["aa", "bb", "cc"]  # in order, around the failures
+    assert out[1] == Failed("HDF5 did not return within 1 s reading it (damage to a file's "
+                            "metadata can make it loop forever)")
+    assert out[3] == Failed("the reading process died on it (signal 11, SIGSEGV)")
+    # remembered: opening them again raises at once, here and in another process told of them
+    for path, reason in ((paths[1], out[1].reason), (paths[3], out[3].reason)):
+        with pytest.raises(HungFileError, match=f"^{reason}$".replace("(", r"\(").replace(")", r"\)")):
+            guard.check(path)
+    assert set(guard.hung_files()) == {str(paths[1]), str(paths[3])}
+    # a file the next child is told of is not read again: "hang" no longer hangs it
+    out = list(guarded_map(_read, [(paths[1],), (paths[0],)], timeout=1.0))
+    assert out == [Failed(out[0].reason), "a"] and isinstance(out[0], Failed)
+    # a new version of the file (another stamp) is read again
+    paths[1].write_text("mended")
+    guard.check(paths[1])
+    assert list(guarded_map(_read, [(paths[1],)], timeout=1.0)) == ["mended"]
+
+
+def test_an_error_of_the_function_is_raised_as_in_process(tmp_path, forget):
+    paths = _files(tmp_path, ["a", "raise", "b"])
+    got = []
+    with pytest.raises(ValueError, match="f1 says raise"):
+        for value in guarded_map(_read, [(p,) for p in paths]):
+            got.append(value)
+    assert got == ["a"] and guard.hung_files() == {}
+
+
+def test_a_bad_hang_seconds_warns_and_keeps_the_default(monkeypatch):
+    monkeypatch.setenv("FLOWKIT_HANG_SECONDS", "5")
+    assert guard.hang_seconds() == 5
+    for bad in ("5s", "0", "-1", "inf"):
+        monkeypatch.setenv("FLOWKIT_HANG_SECONDS", bad)
+        with pytest.warns(UserWarning, match="FLOWKIT_HANG_SECONDS"):
+            assert guard.hang_seconds() == guard.HANG_SECONDS
+
+
+@pytest.fixture
+def hung_store(tmp_path, forget, monkeypatch):
+    """A tiny store one of whose files makes HDF5 loop forever, files given 2 s each."""
+    root = tmp_path / "store"
+    write_tiny_store(root)
+    FlowStore(root).summary()  # indexed while intact: the damage gives the file a new stamp
+    path = root / "videos" / "left" / "left_0.h5"
+    hang_hdf5(path)
+    monkeypatch.setenv("FLOWKIT_HANG_SECONDS", "2")
+    return root, "left/left_0", path
+
+
+def test_index_summary_metas_validate_and_reads_get_past_a_hung_file(hung_store):
+    root, key, path = hung_store
+    store = FlowStore(root)
+    started = time.perf_counter()
+    summary = store.summary()
+    assert summary["unreadable"] == 1 and summary["videos"] == 12
+    metas = store.metas(store.keys())
+    assert key not in metas and len(metas) == 11
+    [problem] = store.validate()
+    assert problem == (f"videos/{key}.h5: HDF5 did not return within 2 s reading it (damage to "
+                       "a file's metadata can make it loop forever); re-extract it: flowkit "
+                       f"extract VIDEO_DIR -o STORE --redo {key}")
+    with pytest.raises(StoreError, match=f"^{path}: cannot be read as HDF5 \\(HDF5 did not "
+                                         "return within 2 s"):
+        store.meta(key)
+    # one wait of 2 s (the summary's); metas and reads know the file, validate's child is told
+    assert time.perf_counter() - started < 20
+    assert store.read_flow("left/left_1", "tvl1").shape[0] == metas["left/left_1"]["num_frames"] - 1
+
+
+def test_info_validate_names_the_hung_file_and_exits(hung_store):
+    root, key, _ = hung_store
+    run = subprocess.run([sys.executable, "-m", "flowkit", "info", str(root), "--validate",
+                          "--json"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "FLOWKIT_HANG_SECONDS": "2"})
+    assert run.returncode == 1, run.stderr
+    out = json.loads(run.stdout)
+    assert out["unreadable"] == 1
+    assert out["problems"] == [f"videos/{key}.h5: HDF5 did not return within 2 s reading it "
+                               "(damage to a file's metadata can make it loop forever); "
+                               f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key}"]
