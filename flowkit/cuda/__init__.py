@@ -160,8 +160,11 @@ def grid_chunks(height: int, width: int, planes: int, block=BLOCK_2D
     Returns ``[(grid, plane0), ...]``: one launch per slice of at most :data:`MAX_GRID_Z` planes,
     ``plane0`` being the plane of the slice's z = 0 (every kernel takes it as its last argument), so
     a cost volume of ``B * K`` planes larger than CUDA's grid-z limit runs in a few launches instead
-    of failing.
+    of failing. No pixel (a zero height, width or plane count): ``[]``, no launch (a grid dimension
+    of 0 is an invalid configuration on a device).
     """
+    if height <= 0 or width <= 0 or planes <= 0:
+        return []
     gx = (width + block[0] - 1) // block[0]
     gy = (height + block[1] - 1) // block[1]
     if gy > MAX_GRID_Y:

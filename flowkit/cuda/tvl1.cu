@@ -161,16 +161,18 @@ extern "C" __global__ void tvl1_dual(const float* FK_RESTRICT u, const float* p,
 }
 
 // The epsilon rule of OpenCV's DualTVL1, per pair and on the device: a pair whose update of this
-// iteration was <= scaled_eps (epsilon^2 * H * W) stops iterating in this warp. Then the error sums
+// iteration was not > scaled_eps (epsilon^2 * H * W) stops iterating in this warp. Then the error sums
 // are zeroed for the next iteration. scaled_eps < 0 never stops a pair (a fixed schedule). One
-// thread per pair: grid (ceil(B / blockDim.x), 1, 1).
+// thread per pair: grid (ceil(B / blockDim.x), 1, 1). Written as !(error > eps), not error <= eps, so
+// a NaN error stops its pair, as the torch twin keeps running only where error > eps: otherwise a NaN
+// pair would iterate on to the end and keep its whole batch from leaving early.
 extern "C" __global__ void tvl1_stop_rule(float* FK_RESTRICT error, int* FK_RESTRICT active, int B,
                                           float scaled_eps)
 {
     const int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= B)
         return;
-    if (active[b] && error[b] <= scaled_eps)
+    if (active[b] && !(error[b] > scaled_eps))
         active[b] = 0;
     error[b] = 0.0f;
 }

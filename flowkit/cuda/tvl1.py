@@ -51,6 +51,36 @@ def _expect(name: str, t: torch.Tensor, shape: tuple) -> None:
         raise EngineError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def _expect_buffer(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype,
+                   like: torch.Tensor) -> None:
+    """Raise :class:`EngineError` unless ``t`` is a contiguous ``dtype`` tensor of ``shape`` on the
+    device of ``like``: :func:`flowkit.cuda.launch` hands the kernels a raw pointer, so an int64 or
+    bool mask, a strided or a float64 buffer would be read or written as int32 / float32 rows."""
+    if not isinstance(t, torch.Tensor):
+        raise EngineError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype or not t.is_contiguous() or t.device != like.device:
+        raise EngineError(f"{name} must be a contiguous {dtype} tensor on {like.device}, got "
+                          f"{t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
+    _expect(name, t, shape)
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory of two contiguous tensors overlaps."""
+    if a.device != b.device or not a.numel() or not b.numel():
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def _expect_out(name: str, out: torch.Tensor, shape: tuple, like: torch.Tensor,
+                inputs: Sequence[torch.Tensor]) -> None:
+    """``out`` is a contiguous float32 buffer of ``shape`` on ``like``'s device, sharing no memory
+    with ``inputs`` (the kernels read neighbours of the pixel they write)."""
+    _expect_buffer(name, out, shape, torch.float32, like)
+    if any(_overlaps(out, t) for t in inputs):
+        raise EngineError(f"{name} must not share memory with the inputs")
+
+
 def _kernel_values(kernels) -> tuple[float, float, float, float]:
     """``(fk0, fk1, dk0, dk1)`` from None (OpenCV's), a 4-tuple of floats, or the torch twin's
     ``{"forward": (2,), "divergence": (2,)}`` dict (read back to the host: call it outside loops)."""
@@ -82,9 +112,14 @@ def _launch_dual(u, p, p_out, active, tau_theta, k):
 
 
 def stop_rule(error: torch.Tensor, active: torch.Tensor, scaled_eps: float) -> None:
-    """In place: ``active[b] = 0`` where ``active[b]`` and ``error[b] <= scaled_eps``, then
-    ``error[:] = 0``. ``error`` ``(B,)`` float32 and ``active`` ``(B,)`` int32, on one CUDA device."""
+    """In place: ``active[b] = 0`` where ``active[b]`` and not ``error[b] > scaled_eps`` (a NaN
+    error stops its pair, as in the torch twin), then ``error[:] = 0``. ``error`` ``(B,)`` float32
+    and ``active`` ``(B,)`` int32, contiguous, on one CUDA device."""
+    if not isinstance(error, torch.Tensor) or error.dim() != 1:
+        raise EngineError(f"error must have shape (B,), got {getattr(error, 'shape', error)!r}")
     b = error.shape[0]
+    _expect_buffer("error", error, (b,), torch.float32, error)
+    _expect_buffer("active", active, (b,), torch.int32, error)
     if b:
         launch(_kernel("tvl1_stop_rule", error), ((b + BLOCK_1D[0] - 1) // BLOCK_1D[0], 1, 1),
                BLOCK_1D, (error, active, np.int32(b), np.float32(scaled_eps)), error.device)
@@ -128,7 +163,7 @@ def tvl1_iteration(u: torch.Tensor, p: torch.Tensor, grad_i1w: torch.Tensor, gra
     else:
         u_out, p_out = torch.empty_like(u), torch.empty_like(p)
     error = torch.zeros(b, device=u.device, dtype=torch.float32)
-    if b == 0:
+    if u.numel() == 0:  # no pixel: an empty launch grid is an invalid configuration on a device
         return u_out, p_out, error
     k = _kernel_values(kernels)
     active = torch.ones(b, device=u.device, dtype=torch.int32)
@@ -163,8 +198,10 @@ def linearize(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor,
         grad, grad_sq, rho_c = out
         for name, t, shape in (("grad_i1w", grad, u.shape), ("grad_sq", grad_sq, i0.shape),
                                ("rho_c", rho_c, i0.shape)):
-            _expect(f"out {name}", t, shape)
-    if b:
+            _expect_out(f"out {name}", t, shape, u, (i0, i1_stack, u))
+        if _overlaps(grad, grad_sq) or _overlaps(grad, rho_c) or _overlaps(grad_sq, rho_c):
+            raise EngineError("out: grad_i1w, grad_sq and rho_c must be separate buffers")
+    if u.numel():
         launch_planes(_kernel("tvl1_linearize", u), h, w, b,
                       (i0, i1_stack, u, grad, grad_sq, rho_c, np.int32(h), np.int32(w)), u.device)
     return grad, grad_sq, rho_c
@@ -175,8 +212,9 @@ def median_filter(x: torch.Tensor, ksize: int = 5, *, active: torch.Tensor | Non
     """Median over ``ksize x ksize`` (1, 3 or 5) with a replicated border, as
     ``ops.median_filter_torch``. Shape ``(B, C, H, W)`` -> ``(B, C, H, W)`` float32.
 
-    ``active`` ``(B,)`` int32: pairs whose entry is 0 are copied unchanged. ``out``: a buffer to
-    write into (not ``x`` itself: the window reads neighbours).
+    ``active`` ``(B,)`` int32 on ``x``'s device: pairs whose entry is 0 are copied unchanged.
+    ``out``: a contiguous float32 ``(B, C, H, W)`` buffer to write into, not sharing memory with
+    ``x`` (the window reads neighbours).
     """
     if ksize == 1:
         return x
@@ -186,9 +224,14 @@ def median_filter(x: torch.Tensor, ksize: int = 5, *, active: torch.Tensor | Non
     (x,) = check_cuda_float("median_filter", x)
     if x.dim() != 4:
         raise EngineError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
-    out = torch.empty_like(x) if out is None else out
     b, c, h, w = x.shape
-    if b * c:
+    if active is not None:
+        _expect_buffer("active", active, (b,), torch.int32, x)
+    if out is None:
+        out = torch.empty_like(x)
+    else:
+        _expect_out("out", out, tuple(x.shape), x, (x,))
+    if x.numel():
         launch_planes(_kernel(f"median_filter_{ksize}", x), h, w, b * c,
                       (x, out, active, np.int32(c), np.int32(h), np.int32(w)), x.device)
     return out
@@ -209,6 +252,8 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int],
     oh, ow = (int(s) for s in size)
     if oh < 1 or ow < 1:
         raise EngineError(f"resize_bilinear: output size must be positive, got {size}")
+    if h < 1 or w < 1:  # no source pixel to read (the torch twin raises too)
+        raise EngineError(f"resize_bilinear: cannot resample an empty image, got {tuple(x.shape)}")
     sy, sx = scale if scale is not None else (h / oh, w / ow)
     out = x.new_empty(b, c, oh, ow)
     if b * c:
@@ -247,25 +292,43 @@ class WarpSolver:
     between outer iterations (to stop when every pair is done), i.e. ``outer`` syncs per warp, none
     with a fixed schedule.
 
-    The static buffers (``(B, H, W)`` -> ``48 * B * H * W`` bytes) are kept for the last few
-    problem sizes, so the graphs of a pyramid are captured on the first batch and replayed on the
-    following ones.
+    Static buffers: ``48 * B * H * W`` bytes per problem size ``(B, H, W)``, so ~2.5x that of the
+    finest level for a 5-level pyramid (1080p at B=64: ~16 GB). They are kept, with the graphs
+    captured on them, for the sizes of the last ``batch_sizes`` batch sizes ``B`` only (at most
+    ``cache_size`` sizes in all): a stream of full batches and each video's shorter tail batch then
+    replays its graphs, while every other batch size, which would hold a whole pyramid of buffers
+    for nothing, is dropped with its graphs (a graph points into its buffers, so it must not outlive
+    them) when a new batch size arrives.
     """
 
-    def __init__(self, use_graphs: bool = True, cache_size: int = 16):
+    def __init__(self, use_graphs: bool = True, cache_size: int = 16, batch_sizes: int = 2):
         self.use_graphs = use_graphs
         self.cache_size = cache_size
+        self.batch_sizes = batch_sizes
         self._buffers: dict[tuple, _Buffers] = {}
 
     def buffers(self, batch: int, h: int, w: int, device) -> _Buffers:
         key = (str(device), batch, h, w)
         bufs = self._buffers.pop(key, None)
         if bufs is None:
-            if len(self._buffers) >= self.cache_size:
+            recent = []  # (device, batch) of the kept buffers, most recently used first
+            for k in reversed(self._buffers):
+                if k[:2] != key[:2] and k[:2] not in recent:
+                    recent.append(k[:2])
+            keep = set(recent[:self.batch_sizes - 1])
+            for k in [k for k in self._buffers if k[:2] != key[:2] and k[:2] not in keep]:
+                del self._buffers[k]
+            while len(self._buffers) >= self.cache_size:
                 self._buffers.pop(next(iter(self._buffers)))
             bufs = _Buffers(batch, h, w, device)
         self._buffers[key] = bufs  # most recently used last
         return bufs
+
+    def held_bytes(self) -> int:
+        """Bytes of the static buffers kept for later batches."""
+        return sum(t.numel() * t.element_size() for bufs in self._buffers.values()
+                   for t in (bufs.u, bufs.p, bufs.grad, bufs.grad_sq, bufs.rho_c, bufs.median,
+                             bufs.error, bufs.active))
 
     def linearize(self, i0, i1_stack, u):
         """:func:`linearize` into the static buffers of this problem size (no allocation)."""
@@ -283,7 +346,7 @@ class WarpSolver:
         _no_grad_inputs("tvl1 warp", u, p, *lin)
         u, p, *lin = check_cuda_float("tvl1 warp", u, p, *lin)
         b, _, h, w = u.shape
-        if b == 0:
+        if u.numel() == 0:
             return u.clone(), p.clone()
         if schedule.median not in MEDIAN_SIZES:
             raise EngineError(f"tvl1 (cupy): median_filtering must be one of {MEDIAN_SIZES}, got "
