@@ -241,6 +241,18 @@ def test_motionnet_scale_is_chosen_by_the_blocks_stride():
     assert torch.all(forward == 2.0)                       # the default block: scale 1/8
 
 
+def test_motionnet_flow_without_the_blocks_scale_upsamples_the_finest():
+    """No MotionNet scale at the block's stride (8): the finest one (1/2) is upsampled to the frame
+    (x2 in pixels) and pooled by the stride (/8)."""
+    model = create_model("trajectorynet", num_classes=3, width=4, layers=(1, 1, 1, 1),
+                         flow_source="motionnet", motionnet_width=0.04, motionnet_frames=1)
+    assert model.trajectory_stride == 8
+    scales = [torch.full((1, 2, 2, 16 // 2 ** (k + 1), 16 // 2 ** (k + 1)), 1.0) for k in range(2)]
+    forward, backward = model._flow_provider((16, 16), scales=scales)((2, 2))
+    assert forward.shape == (1, 2, 2, 2, 2) and backward is None
+    torch.testing.assert_close(forward, torch.full_like(forward, 2.0 / 8))
+
+
 # ---------------------------------------------------------------------------- the networks
 
 NET = dict(num_classes=3, width=4, layers=(1, 2, 1, 1))

@@ -255,7 +255,8 @@ class TrajectoryNet(ResNet3dClassifier):
             if base is None:
                 fine = scales[0]
                 b, _, t, hs, ws = fine.shape
-                up = MotionNet.full_resolution(fine.transpose(1, 2).reshape(b * t, 2, hs, ws),
+                # full_resolution takes MotionNet's list of scales and upsamples the first one.
+                up = MotionNet.full_resolution([fine.transpose(1, 2).reshape(b * t, 2, hs, ws)],
                                                full_size)
                 base = up.reshape(b, t, 2, *up.shape[-2:]).transpose(1, 2)
             backward = (None if full_backward is None

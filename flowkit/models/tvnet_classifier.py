@@ -19,15 +19,15 @@ untrained TVNet is exactly TV-L1 with a fixed schedule, so training starts from 
 ``tvnet_weights=CKPT`` starts from ``flowkit train-flow tvnet`` weights instead.
 
 ``flow_source="store"`` replaces TVNet by the store's precomputed flow (``flowkit extract --method
-tvl1``: the same pairs, the same scaling, the same classifier): the paper's "TV-L1 flow as input"
-baseline. ``rgb_stream=true`` adds an RGB network (a per-frame 2D ResNet, logits averaged over time,
+tvl1``: the same scaling, the same classifier, and with ``--step 1`` the same pairs; the store's
+flow of a clip frame always spans one video frame): the paper's "TV-L1 flow as input" baseline. ``rgb_stream=true`` adds an RGB network (a per-frame 2D ResNet, logits averaged over time,
 as ``resnet2d``) and fuses the two streams late, softmax scores averaged with ``fusion`` =
 (RGB weight, motion weight), the paper's 1:2 by default; each stream keeps its own cross-entropy.
 
 With ``flow_source="tvnet"`` the model needs only RGB, for training and for evaluation.
 
 ``frames`` is the clip length T (``flowkit train`` passes ``--frames``); the pairs are consecutive
-clip frames, so with ``--step S`` the flow spans S video frames, and with TSN ``--segments`` pairs
+clip frames, so with ``--step S`` TVNet's flow spans S video frames (the store's stays one), and with TSN ``--segments`` pairs
 also join the last frame of one segment to the first of the next. ``tvnet_weights`` is read again
 whenever the model is rebuilt (``flowkit evaluate``), before the run's own weights replace it, so
 keep that file where it was.
