@@ -174,13 +174,18 @@ class ExtractSummary:
         return sum(r.status == status for r in self.results)
 
     @property
+    def held(self) -> int:
+        """Skipped videos that another live process is extracting (not in the store yet)."""
+        return sum(r.held for r in self.results)
+
+    @property
     def pairs(self) -> int:
         return sum(r.pairs for r in self.results if r.status == "done")
 
     def to_dict(self) -> dict:
         return {"store": self.store, "method": self.method, "backend": self.backend,
                 "seconds": round(self.seconds, 3),
-                "done": self.count("done"), "skipped": self.count("skipped"),
+                "done": self.count("done"), "skipped": self.count("skipped"), "held": self.held,
                 "failed": self.count("failed"), "pairs": self.pairs,
                 "setup_seconds": round(self.setup_seconds, 3),
                 "pairs_per_s": (round(self.pairs / (self.seconds - self.setup_seconds), 3)
@@ -263,6 +268,20 @@ def finished_keys(store_path: str | os.PathLike, flow_name: str,
         return set()
     metas = FlowStore(store_path).metas([item.key for item in items])
     return {key for key, meta in metas.items() if flow_name in meta["flows"]}
+
+
+def unstorable_keys(items: Sequence[VideoItem], flow_name: str) -> dict[str, str]:
+    """``{key: reason}`` of the items whose names are too long for the files the store names after
+    them while computing ``flow/<flow_name>`` (:meth:`FlowStore.check_writable_key`). Checked
+    before any video starts, so that each fails alone instead of ending the run when its turn
+    comes (with the videos in flight and, with workers, the other workers' videos)."""
+    out = {}
+    for item in items:
+        try:
+            FlowStore.check_writable_key(item.key, flow_name)
+        except StoreError as exc:
+            out[item.key] = feed.failure_reason(item, exc)
+    return out
 
 
 def _finished_meta(store: FlowStore, key: str) -> dict | None:
@@ -470,8 +489,10 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     if unknown and count == 1:
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
                            f"CLASS/VIDEO, as `flowkit info` lists them)")
-    workers = config.workers or default_workers(config.device, len(items))
-    known, mismatched = check_store_options(store_path, items, config, engine, progress)
+    unstorable = unstorable_keys(items, config.flow_name)
+    storable = [item for item in items if item.key not in unstorable]
+    workers = config.workers or default_workers(config.device, len(storable))
+    known, mismatched = check_store_options(store_path, storable, config, engine, progress)
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
         set(config.redo) | mismatched)), max_memory=(
         None if config.max_memory is None else config.max_memory // workers))
@@ -479,8 +500,10 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         engine = None
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
-    todo, results, metas = [], [], {}
-    for item in items:
+    todo, metas = [], {}
+    results = [VideoResult(item.key, str(item.path), "failed", reason=unstorable[item.key])
+               for item in items if item.key in unstorable]
+    for item in storable:
         meta = metas[item.key] = None if item.key in config.redo else known.get(item.key)
         if meta is not None and config.flow_name in meta["flows"]:
             results.append(VideoResult(item.key, str(item.path), "skipped",
@@ -490,6 +513,9 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     setup = time.perf_counter() - started
     videos = progress.start("videos", total=len(items), completed=len(results))
     pairs = progress.start("frame pairs")
+    for result in results:
+        if result.status == "failed":
+            progress.log(f"failed {result.reason}")
     stopped, run_notes = "", []
     try:
         for result in _run(todo, store, engine, config, pairs.advance, metas, stop, run_notes):
@@ -656,7 +682,12 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
     threads), one video at a time per process. A worker that dies (the out-of-memory killer, a
     crash) fails the video it held, with the reason, and a new one takes its place; one that dies
     before taking a video is not replaced (a line in ``notes``), and when none is left the run
-    stops (:class:`_WorkersGone`). Stopping (``stop``, an error) terminates the workers."""
+    stops (:class:`_WorkersGone`). Stopping (``stop``, an error) terminates the workers, which
+    leaves their feeds no time to clean up: once they are gone, their claims and partial files are
+    removed here (:meth:`FlowStore.remove_dead_writer`), so that no other run, on another host
+    above all, takes those videos for being extracted. A worker that dies while a stop is
+    requested (SIGTERM to the whole process group, as Slurm sends at its time limit) is part of
+    the stop, not a lost video."""
     threads = max(1, torch.get_num_threads() // config.workers)
     # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.
     ctx = mp.get_context("spawn")
@@ -677,8 +708,10 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
             for w in list(workers):
                 yield from _serve(w, on_pairs)
                 if w.dead():
+                    stop.check()  # the signal that killed it reached this process too
                     workers.remove(w)
                     death = _death(w.process)
+                    _remove_leftovers(w, store, config)
                     yield from _lost(w, death, notes, len(workers))
                     if w.item is not None and pending:
                         workers.append(_Worker.start(ctx, args))
@@ -697,6 +730,16 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
                 w.process.kill()
                 w.process.join()
             w.conn.close()
+            _remove_leftovers(w, store, config)
+
+
+def _remove_leftovers(w: _Worker, store: FlowStore, config: ExtractConfig) -> None:
+    """The claim and partial file of the video the ended worker ``w`` held, if it left them (it
+    was killed or terminated mid-video); never an error in place of the one that ended the run."""
+    if w.item is None or w.process.exitcode is None:
+        return
+    with contextlib.suppress(OSError, StoreError):
+        store.remove_dead_writer(w.item.key, config.flow_name, w.process.pid)
 
 
 def _serve(w: _Worker, on_pairs) -> Iterator[VideoResult]:

@@ -35,6 +35,8 @@
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import queue
 import threading
 import time
@@ -45,7 +47,7 @@ import numpy as np
 import torch
 
 from .conventions import backward_name
-from .errors import FlowkitError, StoreWriteError, VideoError
+from .errors import FlowkitError, StoreError, StoreWriteError, VideoError
 from .labels import VideoItem
 from .store import FlowStore, flow_codec, rgb_codec
 from .video import VideoInfo, iter_frames, probe
@@ -57,10 +59,14 @@ _POLL_S = 0.05
 VIDEO_ERRORS = (FlowkitError, OSError, RuntimeError, ValueError)
 
 
+# How the reason of a video skipped because another live process holds its claim begins.
+HELD = "being extracted by"
+
+
 @dataclass
 class VideoResult:
     """Outcome of one video: ``status`` is "done", "skipped" (already in the store, or being
-    extracted by another process) or "failed"."""
+    extracted by another process: :attr:`held`) or "failed"."""
     key: str
     source: str
     status: str
@@ -69,6 +75,11 @@ class VideoResult:
     pairs: int = 0
     size: tuple[int, int] | None = None
     seconds: float = 0.0
+
+    @property
+    def held(self) -> bool:
+        """Skipped because another live process is extracting it: not in the store yet."""
+        return self.status == "skipped" and self.reason.startswith(HELD)
 
 
 def failure_reason(item: VideoItem, exc: BaseException) -> str:
@@ -108,12 +119,14 @@ class FeedOptions:
 
 @dataclass(eq=False)
 class _Job:
-    """One video on its way through the feed."""
+    """One video on its way through the feed, from when it enters the decode window until its
+    result (:func:`run` keeps no more: about 5.5 KB each with its queue and event)."""
     item: VideoItem
     store_rgb: bool
     redo: bool = False
     claimed: bool = False   # this process holds the video's claim
     skipped: bool = False   # another process holds it, or finished it meanwhile
+    reported: bool = False  # the write thread has emitted its result
     info: VideoInfo | None = None
     frames: int = 0
     pairs: int = 0
@@ -250,7 +263,6 @@ class _Writer(threading.Thread):
         self.crashed: BaseException | None = None
         self.fatal: StoreWriteError | None = None  # the store refuses data: the run must end
         self._open: dict[_Job, object] = {}
-        self._reported: set[_Job] = set()
 
     # -- called from the main thread
     def send(self, *message) -> None:
@@ -321,7 +333,7 @@ class _Writer(threading.Thread):
 
     def _close(self, job: _Job, exc: BaseException | None) -> None:
         """Commit (``exc`` None) or abort the job's file, and emit its one result."""
-        if job in self._reported:
+        if job.reported:
             return
         w = self._open.pop(job, None)
         notes = []
@@ -355,7 +367,7 @@ class _Writer(threading.Thread):
                               else failure_reason(job.item, exc))
             result = VideoResult(job.item.key, str(job.item.path), "failed", reason=job.failed)
         if not isinstance(exc, KeyboardInterrupt):
-            self._reported.add(job)
+            job.reported = True
             self.results.put(result)
 
 
@@ -394,23 +406,34 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     included), e.g. because it is damaged. Raises :class:`~flowkit.errors.StoreWriteError` when
     the store refuses data (full, read-only), after yielding the result of the video that met it.
     """
-    jobs = []
-    for item in items:
+    def new_job(item: VideoItem) -> _Job:
         existing = None if item.key in redo else finished_meta(item.key)
-        jobs.append(_Job(item, store_rgb=opts.rgb and not (existing and existing["has_rgb"]),
-                         redo=item.key in redo))
+        return _Job(item, store_rgb=opts.rgb and not (existing and existing["has_rgb"]),
+                    redo=item.key in redo)
+
     writer = _Writer(store, opts, engine.describe())
     writer.start()
-    feeder = _Feeder(jobs, engine, opts, writer, on_pairs)
+    feeder = _Feeder(engine, opts, writer, on_pairs)
+    # Jobs are made as they enter the decode window (the video being fed and ``prefetch`` ahead)
+    # and forgotten once their result is out: made for every item up front, 300k videos took
+    # 1.6 GB per process before the first one started.
+    upcoming = iter(items)
+    window: collections.deque[_Job] = collections.deque()
+    jobs: list[_Job] = []  # made and not yet reported: they may hold a claim or a decoder
     try:
-        for i, job in enumerate(jobs):
-            for ahead in jobs[i:i + 1 + opts.prefetch]:
-                _start(ahead, store, opts, decode, writer.results)
-            if job.skipped:  # claimed by another process, or finished meanwhile
-                yield from _drain(writer)
-                continue
-            feeder.add_video(job, should_stop)
+        while True:
+            for item in itertools.islice(upcoming, 1 + opts.prefetch - len(window)):
+                job = new_job(item)
+                window.append(job)
+                jobs.append(job)
+                _start(job, store, opts, decode, writer.results)
+            if not window:
+                break
+            job = window.popleft()
+            if not job.skipped:  # skipped: claimed by another process, or finished meanwhile
+                feeder.add_video(job, should_stop)
             yield from _drain(writer)
+            jobs = [j for j in jobs if not (j.reported or j.skipped)]
             if writer.fatal is not None:
                 raise writer.fatal
         feeder.flush()
@@ -439,10 +462,19 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
 def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue) -> None:
     """Claim the video and start decoding it; a video another process holds (or finished since
     the run began) gets its "skipped" result instead, and one whose finished file is damaged
-    (without ``--redo``) its "failed" result, before any flow is computed."""
+    (without ``--redo``) or that the store cannot claim (a key too long for its file names) its
+    "failed" result, before any flow is computed."""
     if job.thread is not None or job.skipped:
         return
-    holder = store.claim(job.item.key, opts.flow_name)
+    try:
+        holder = store.claim(job.item.key, opts.flow_name)
+    except StoreWriteError:
+        raise  # the store refuses data (full, read-only): the run ends
+    except StoreError as exc:  # e.g. a key too long for the store's file names: this video's own
+        job.skipped = True
+        results.put(VideoResult(job.item.key, str(job.item.path), "failed",
+                                reason=failure_reason(job.item, exc)))
+        return
     status = "skipped"
     if holder is None:
         job.claimed = True
@@ -460,7 +492,7 @@ def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queu
         else:  # committing into a damaged file fails: say so before computing the flow
             status, reason = "failed", damage
     else:
-        reason = f"being extracted by {holder}; rerun later to pick it up if that run fails"
+        reason = f"{HELD} {holder}; rerun later to pick it up if that run fails"
     job.skipped = True
     results.put(VideoResult(job.item.key, str(job.item.path), status, reason=reason))
 
@@ -485,7 +517,7 @@ def batch_limit(engine, opts: FeedOptions, size: tuple[int, int]) -> int:
 class _Feeder:
     """The main thread's part: turns chunks into batches, runs the engine, hands flows on."""
 
-    def __init__(self, jobs, engine, opts: FeedOptions, writer: _Writer, on_pairs):
+    def __init__(self, engine, opts: FeedOptions, writer: _Writer, on_pairs):
         self.engine, self.opts, self.writer, self.on_pairs = engine, opts, writer, on_pairs
         self.device = torch.device(engine.device)
         self.pin = self.device.type == "cuda"

@@ -17,6 +17,7 @@ Probing reads a few kilobytes per file, in a thread pool; under torchrun each ra
 """
 from __future__ import annotations
 
+import heapq
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -129,16 +130,24 @@ def _costs(items: Sequence[VideoItem], probed: dict[str, tuple[int | None, int]]
 def balance(items: Sequence[VideoItem], costs: dict[str, int], world_size: int
             ) -> list[list[VideoItem]]:
     """Longest-first greedy shares: each video, in decreasing cost (ties: list order), goes to the
-    rank with the least cost so far (ties: the lower rank). Shares keep the list order."""
+    rank with the least cost so far (ties: the lower rank). Shares keep the list order.
+
+    The ranks wait in a heap of ``(load, rank)``, whose order is that rule's, so a plan takes
+    O(videos x log ranks): every array task computes it, and scanning every rank per video took
+    80 s for 300k videos over 1000 shards."""
     if world_size < 1:
         raise FlowkitError(f"invalid shard count {world_size}: need at least 1")
     order = sorted(range(len(items)), key=lambda i: (-costs[items[i].key], i))
-    loads, owner = [0] * world_size, {}
+    ranks = [(0, r) for r in range(world_size)]  # already a heap
+    owner = [0] * len(items)
     for i in order:
-        r = min(range(world_size), key=lambda k: (loads[k], k))
+        load, r = ranks[0]
         owner[i] = r
-        loads[r] += costs[items[i].key]
-    return [[item for i, item in enumerate(items) if owner[i] == r] for r in range(world_size)]
+        heapq.heapreplace(ranks, (load + costs[items[i].key], r))
+    shares: list[list[VideoItem]] = [[] for _ in range(world_size)]
+    for i, item in enumerate(items):
+        shares[owner[i]].append(item)
+    return shares
 
 
 def plan_shards(items: Sequence[VideoItem], world_size: int, *, step: int = 1,

@@ -204,9 +204,12 @@ def test_ctrl_c_exits_130_and_keeps_finished_work(video_dir, tmp_path, workers):
     assert "interrupted" in stderr and "rerun the same command" in stderr
     finished = _finished(store)
     assert 1 <= len(finished) < N_VIDEOS, "the run finished before Ctrl-C; nothing was tested"
-    # A leftover .partial is allowed here (the rerun below must remove it): with a pool,
-    # terminate() may SIGTERM a worker mid-write; with one process, Ctrl-C can land inside
-    # VideoWriter.__enter__, which leaves its file (test_writer_enter_failure_leaves_no_partial).
+    # With one process a leftover .partial is allowed here (the rerun below must remove it):
+    # Ctrl-C can land inside VideoWriter.__enter__, which leaves its file
+    # (test_writer_enter_failure_leaves_no_partial). A pool's workers are terminated mid-video,
+    # and the run removes what they held.
+    if workers > 1:
+        assert not _claims(store) and not _partials(store), _claims(store) + _partials(store)
     before = _stamps(finished)
     _check_store_after_crash(store, finished)
     _rerun_and_check(video_dir, store, tmp_path, before, workers)
@@ -234,6 +237,8 @@ def test_sigterm_exits_143_and_workers_die_with_the_parent(video_dir, tmp_path, 
     assert "SIGTERM: stopping after the current chunk" in stderr
     assert "terminated (SIGTERM); finished work is kept" in stderr
     assert not alive, f"workers outlived the parent: {alive}"
+    if workers > 1:  # the workers it terminated: their claims and partials are removed
+        assert not _claims(store) and not _partials(store), _claims(store) + _partials(store)
     finished = _finished(store)
     assert _stamps(finished) == after_parent, "a video was written after the parent exited"
     assert 1 <= len(finished) < N_VIDEOS, "the run finished before SIGTERM; nothing was tested"
@@ -241,6 +246,33 @@ def test_sigterm_exits_143_and_workers_die_with_the_parent(video_dir, tmp_path, 
     _check_store_after_crash(store, finished)
     _rerun_and_check(video_dir, store, tmp_path, before, workers)
 
+
+def test_sigterm_to_the_process_group_leaves_no_claims_and_loses_no_video(video_dir, tmp_path):
+    """SIGTERM to every process of the run, workers included (what Slurm sends at a time limit,
+    and `kill -TERM -PGID`): exit 143 as for the parent alone, the workers' deaths are that stop
+    and not lost videos, and what the killed workers held (claims, partial files) is gone, so a
+    rerun on another host, which cannot check their pids and would take their claims for live
+    ones for 10 minutes, does not skip those videos as "already in the store"."""
+    store = tmp_path / "store"
+    run = Run(_command(video_dir, store, workers=2), tmp_path, "group_terminated")
+    try:
+        _wait_for(run, store, "a video finished and a worker holds another",
+                  lambda fin, par: len(fin) >= 1 and bool(_claims(store)))
+        os.killpg(run.proc.pid, signal.SIGTERM)
+        rc = run.wait(120)
+        stderr = run.stderr()
+    finally:
+        run.cleanup()
+    assert rc == 143, stderr[-3000:]
+    assert "terminated (SIGTERM); finished work is kept" in stderr
+    assert "died (killed by signal 15" not in stderr and "the other videos go on" not in stderr, \
+        stderr[-3000:]
+    assert not _claims(store) and not _partials(store), _claims(store) + _partials(store)
+    finished = _finished(store)
+    assert 1 <= len(finished) < N_VIDEOS, "the run finished before SIGTERM; nothing was tested"
+    before = _stamps(finished)
+    _check_store_after_crash(store, finished)
+    _rerun_and_check(video_dir, store, tmp_path, before, workers=2)
 
 # A worker: arms die_with_parent for the pid it was handed, then leaves a mark (its work).
 _WORKER = """
@@ -357,6 +389,8 @@ def test_a_worker_killed_mid_video_fails_that_video_and_the_run_ends(video_dir, 
     assert "killed by signal 9, SIGKILL: out of memory?" in reason, reason
     assert f"failed: {reason}" in " ".join(stderr.split()), stderr[-3000:]
     assert result["done"] == N_VIDEOS - 1 and result["failed"] == 1, result
+    # what the killed worker held is removed: a run on another host would skip that video
+    assert not _claims(store) and not _partials(store), _claims(store) + _partials(store)
     finished = _finished(store)
     before = _stamps(finished)
     _check_store_after_crash(store, finished)

@@ -57,6 +57,30 @@ def test_equal_costs_give_the_strided_split():
     assert shares == [items[0::2], items[1::2]]
 
 
+def _balance_by_scanning_every_rank(items, costs, world_size):
+    """The rule as balance() first wrote it: per video (longest first, ties in list order), the
+    rank with the least load (ties: the lower rank), found by looking at every rank."""
+    order = sorted(range(len(items)), key=lambda i: (-costs[items[i].key], i))
+    loads, owner = [0] * world_size, {}
+    for i in order:
+        r = min(range(world_size), key=lambda k: (loads[k], k))
+        owner[i] = r
+        loads[r] += costs[items[i].key]
+    return [[item for i, item in enumerate(items) if owner[i] == r] for r in range(world_size)]
+
+
+def test_balance_gives_the_same_plan_as_scanning_every_rank():
+    """Array tasks of one job compute the plan each: any change to who gets what (ties included)
+    would leave videos done twice or by no task when old and new flowkit versions share a store."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, world = int(rng.integers(0, 60)), int(rng.integers(1, 12))
+        items = _items(n)
+        high = [2, 5, 1000][trial % 3]  # few distinct costs: many ties of costs and of loads
+        costs = {i.key: int(rng.integers(1, high + 1)) for i in items}
+        assert balance(items, costs, world) == _balance_by_scanning_every_rank(items, costs, world)
+
+
 def test_costs_fall_back_to_file_size():
     items = _items(3)
     # v2's header has no frame count: estimated at the median bytes per frame of the others.

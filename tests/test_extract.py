@@ -420,6 +420,58 @@ def test_two_workers_match_one(items, base_store, tmp_path):
         np.testing.assert_allclose(store.read_flow(key), base.read_flow(key), atol=0.01, rtol=0)
 
 
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_video_name_too_long_for_the_store_fails_alone(sample_videos, tmp_path, workers):
+    """A name whose claim file would be too long (the claim adds ~32 bytes) is one failed line,
+    found before any video starts; it no longer ends the run when it enters the decode window
+    (exit 2, no summary, the videos in flight lost and, with workers, the other workers'). Whether
+    it fits does not depend on the pid of the process that would write it."""
+    import shutil
+
+    root = tmp_path / "videos"
+    shutil.copytree(sample_videos, root)
+    long = root / "pan_left" / ("m" + "x" * 240 + ".mp4")  # a legal file name, its .h5 too
+    shutil.copy(root / "pan_left" / "pan_left_0.mp4", long)
+    videos, classes = scan_videos(root)
+    summary = extract(videos, tmp_path / "s", _config(workers=workers), classes=classes)
+    status = {r.key: r for r in summary.results}
+    failed = status[f"pan_left/{long.stem}"]
+    assert failed.status == "failed" and str(long) in failed.reason
+    assert "is too long" in failed.reason and "rename the video to at most" in failed.reason
+    assert summary.count("done") == 4 and summary.count("failed") == 1 and not summary.stopped
+    assert [r.key for r in summary.results] == [v.key for v in videos]
+    store = FlowStore(tmp_path / "s")
+    assert len(store.keys()) == 4 and store.partials() == []
+    assert not list((tmp_path / "s" / "videos").rglob("*.claim*"))
+
+
+def test_videos_another_process_holds_are_not_counted_as_in_the_store(items, tmp_path):
+    """A video another live process (here on another host) has claimed is skipped, and the
+    summary says it is being extracted elsewhere: it is not in the store yet."""
+    import json
+
+    from rich.console import Console
+
+    from flowkit.cli.extract import _print_summary
+    from flowkit.store.layout import now
+
+    videos, classes = items
+    extract(videos[:1], tmp_path / "s", _config(), classes=classes)
+    claim = tmp_path / "s" / "videos" / f"{videos[1].key}.h5.tvl1.claim"
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    claim.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": now()}))
+    summary = extract(videos, tmp_path / "s", _config(), classes=classes)
+    assert [r.status for r in summary.results] == ["skipped", "skipped", "done", "done"]
+    assert [r.held for r in summary.results] == [False, True, False, False]
+    d = summary.to_dict()
+    assert (d["done"], d["skipped"], d["held"], d["failed"]) == (2, 2, 1, 0)
+    console = Console(record=True, width=250)
+    _print_summary(console, summary)
+    line = console.export_text().splitlines()[0]
+    assert line.startswith("2 done, 1 skipped (already in the store), 1 skipped (being extracted "
+                           "by another process"), line
+
+
 # ----------------------------------------------------------------------------- bad input
 
 BAD_CAUSES = {

@@ -3,6 +3,7 @@ and failures that stay per video. Videos are made in memory (real photographs un
 and handed to the feed through its ``decode`` hook, so every case is exact and fast."""
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 
@@ -201,3 +202,43 @@ def test_stop_discards_videos_in_flight_and_keeps_finished_ones(tmp_path):
             done.append(r.key)
     assert store.keys() and set(store.keys()) <= {"a", "b", "c"}
     assert not store.partials() and store.validate() == []
+
+
+def test_a_key_the_store_cannot_claim_fails_only_its_video(tmp_path):
+    """A key too long for the claim's file name is that video's failure when it enters the
+    decode window, not an error that ends the run with the videos in flight."""
+    long = "v" * 240  # its .h5 fits; with the claim's ending it takes more than 255 bytes
+    videos = MemoryVideos({"a": _frames(4, 0), long: _frames(4, 1), "c": _frames(4, 2)})
+    store, engine, results = _run(tmp_path, videos, batch=8)
+    assert results[long].status == "failed", results[long]
+    assert "is too long" in results[long].reason and "/mem/" in results[long].reason
+    assert results["a"].status == results["c"].status == "done"
+    assert sorted(store.keys()) == ["a", "c"] and long not in videos.started
+
+
+def test_memory_stays_flat_over_many_videos(tmp_path):
+    """The feed keeps only the videos in its decode window and in flight: 300k videos made 1.6 GB
+    of queues and events per process before the first video started, and the write thread kept
+    every finished one. Counted as the first and the last video start decoding (here 3000 that
+    fail at once, each costing only its claim and result), the videos the feed holds stay few."""
+    from flowkit import feed
+
+    n, prefetch = 3000, 2
+    items = [VideoItem(path=Path(f"/mem/c{i % 40}/v_{i:06d}.mp4"), key=f"c{i % 40}/v_{i:06d}",
+                       label=0, label_name="c") for i in range(n)]
+    started, held = [0], {}
+
+    def decode(item, opts):
+        started[0] += 1
+        if started[0] in (1, n):
+            gc.collect()  # a decode thread and its job are a cycle, freed by the collector
+            held[started[0]] = sum(type(o) is feed._Job for o in gc.get_objects())
+        raise VideoError(f"{item.path}: not a video")
+
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    results = list(run(items, store, RecordingEngine(), FeedOptions(method="tvl1",
+                                                                    prefetch=prefetch),
+                       decode=decode))
+    assert started[0] == n and [r.status for r in results] == ["failed"] * n
+    assert max(held.values()) <= 2 * (1 + prefetch), f"{held} videos held at the first and last"
+    assert not store.partials() and not list((tmp_path / "store" / "videos").rglob("*.claim"))

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from flowkit.errors import DamagedDataError, StoreError
+from flowkit.files import host_name
 from flowkit.store import FORMAT, VERSION, VIDEO_VERSION, FlowStore, dequantize, quantize
 
 ENGINE = {"engine": "tvl1", "version": "1", "params": {"tau": 0.25, "warps": 5}}
@@ -269,7 +270,7 @@ def test_key_too_long_for_the_stores_file_names_is_refused_up_front(store):
     a bare OSError from cleaning up."""
     from flowkit.store import SUFFIX, claims, codecs, layout, writer
 
-    room = layout.NAME_MAX - len(SUFFIX + layout.partial_ending())
+    room = layout.NAME_MAX - len(SUFFIX + layout.partial_ending(layout.WIDEST_PID))
     key = "zoom/" + "v" * (room + 1)  # its .h5 name is legal: 3 bytes of suffix, not the partial's
     assert key not in store and ("zoom/" + "v" * layout.NAME_MAX) not in store
     with pytest.raises(StoreError, match=rf"is too long.*rename the video to at most {room} bytes"):
@@ -281,12 +282,68 @@ def test_key_too_long_for_the_stores_file_names_is_refused_up_front(store):
     write_video(store, "zoom/" + "v" * room, make_video(1, frames=2)[0])  # the longest that fits
     assert store.keys() == ["zoom/" + "v" * room] and store.partials() == []
 
+    key = "zoom/" + "v" * (layout.NAME_MAX - len(SUFFIX + layout.partial_ending()) + 1)
     unchecked = writer.VideoWriter(store.path / "videos" / (key + SUFFIX), {"key": key},
                                    codecs.flow_codec(), codecs.rgb_codec(),
                                    videos=store.path / "videos")  # its partial cannot be made
     with pytest.raises(StoreError, match=f"video '{key}': writing .* failed: .*File name too long"):
         with unchecked:
             pass
+
+
+def test_whether_a_key_fits_does_not_depend_on_the_pid(store):
+    """A video's claim and partial names hold the pid of the process writing it: a name just
+    under the limit must not fit for one run (or worker) and fail for the next, whose pid has
+    more digits. Keys are checked with the widest pid, before anything is created."""
+    from flowkit.store import SUFFIX, claims, layout
+
+    mine = len(SUFFIX + f".tvl1{layout.CLAIM}.{host_name()}.{os.getpid()}.link.tmp")
+    widest = len(SUFFIX + claims.claim_ending("tvl1"))
+    assert widest - mine == len(str(layout.WIDEST_PID)) - len(str(os.getpid()))
+    if widest == mine:
+        pytest.skip(f"this process's pid {os.getpid()} is as wide as the widest")
+    fits_this_pid = "zoom/" + "v" * (layout.NAME_MAX - mine)
+    with pytest.raises(StoreError, match=rf"is too long.*at most {layout.NAME_MAX - widest} bytes"):
+        store.claim(fits_this_pid, "tvl1")
+    with pytest.raises(StoreError, match="is too long"):
+        FlowStore.check_writable_key(fits_this_pid, "tvl1")
+    assert list((store.path / "videos").rglob("*")) == []  # nothing was created
+    longest = "zoom/" + "v" * (layout.NAME_MAX - widest)
+    assert FlowStore.check_writable_key(longest, "tvl1") == longest
+    assert store.claim(longest, "tvl1") is None
+    store.release(longest, "tvl1")
+    # the partial's name is shorter than the claim's temporary: whatever fits a claim fits it
+    assert len(SUFFIX + layout.partial_ending(layout.WIDEST_PID)) < widest
+
+
+def test_remove_dead_writer_removes_only_that_process_leftovers(store):
+    """What a run removes after terminating a worker process: the claim and partial file the
+    worker's pid holds on this host, nothing of a live process or of another host."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    videos = store.path / "videos" / "zoom"
+    videos.mkdir(parents=True)
+
+    def leftovers(key: str, pid: int, host: str) -> list:
+        claim = videos / f"{key}.h5.tvl1.claim"
+        claim.write_text(json.dumps({"host": host, "pid": pid, "since": "then"}))
+        partial = videos / f"{key}.h5.{host}.{pid}.partial"
+        partial.write_bytes(b"half a video")
+        link = videos / f"{key}.h5.tvl1.claim.{host}.{pid}.link.tmp"
+        link.write_text("{}")
+        return [claim, partial, link]
+
+    gone = leftovers("a", dead, host_name())
+    assert sorted(store.remove_dead_writer("zoom/a", "tvl1", dead)) == sorted(gone)
+    assert not any(p.exists() for p in gone)
+    live = leftovers("b", os.getpid(), host_name())  # a live pid: nothing is removed
+    assert store.remove_dead_writer("zoom/b", "tvl1", os.getpid()) == []
+    other = leftovers("c", dead, "node-17")  # the same pid on another host: not ours
+    assert store.remove_dead_writer("zoom/c", "tvl1", dead) == []
+    assert all(p.exists() for p in live + other)
+    (videos / "b.h5.tvl1.claim").write_text(json.dumps({"host": host_name(), "pid": 4242}))
+    store.remove_dead_writer("zoom/b", "tvl1", dead)  # another process's claim on the video
+    assert (videos / "b.h5.tvl1.claim").exists()
 
 
 # ----------------------------------------------------------------------------- partials

@@ -102,7 +102,11 @@ def _print_summary(console: Console, summary) -> None:
     d = summary.to_dict()
     setup = f" after {d['setup_seconds']:.1f} s of setup" if d["setup_seconds"] >= 0.5 else ""
     rate = f", {d['pairs_per_s']:.3g} pairs/s{setup}" if d["pairs"] and d["pairs_per_s"] else ""
-    console.print(f"[bold]{d['done']} done[/bold], {d['skipped']} skipped (already in the store), "
+    # Videos another live run holds are not in the store yet: never counted as if they were.
+    held = (f", {d['held']} skipped (being extracted by another process; rerun later to pick "
+            "them up if it fails)" if d["held"] else "")
+    console.print(f"[bold]{d['done']} done[/bold], {d['skipped'] - d['held']} skipped (already in "
+                  f"the store){held}, "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
                   f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} with {d['method']} "
                   f"({d['backend']} backend) -> {d['store']}", highlight=False, soft_wrap=True)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..files import TMP_SUFFIX, host_name, pid_alive
-from .layout import CLAIM, CLAIM_HEARTBEAT_SECONDS, COMMIT_LOCK, STALE_CLAIM_SECONDS, now
+from .layout import (CLAIM, CLAIM_HEARTBEAT_SECONDS, COMMIT_LOCK, STALE_CLAIM_SECONDS, WIDEST_PID,
+                     now)
 
 HEARTBEAT_SECONDS = CLAIM_HEARTBEAT_SECONDS  # module-level so tests can shorten it
 #: How a file system says it has no flock: Lustre without ``-o flock`` (ENOSYS), NFS and FUSE
@@ -137,16 +138,18 @@ def claim_path(final: Path, name: str) -> Path:
     return final.with_name(f"{final.name}.{name}{CLAIM}")
 
 
-def _link_ending() -> str:
-    """What this process adds to a claim's name for the file it links into place."""
-    return f".{host_name()}.{os.getpid()}.link{TMP_SUFFIX}"
+def link_ending(pid: int | None = None) -> str:
+    """What this process (or process ``pid``) adds to a claim's name for the file it links into
+    place."""
+    return f".{host_name()}.{os.getpid() if pid is None else pid}.link{TMP_SUFFIX}"
 
 
 def claim_ending(name: str) -> str:
     """The longest a claim on ``flow/<name>`` adds to a finished video's name (``<key>.h5``), its
-    temporary's: ``.<name>.claim.<host>.<pid>.link.tmp``
-    (for :func:`~flowkit.store.layout.check_key`)."""
-    return f".{name}{CLAIM}{_link_ending()}"
+    temporary's: ``.<name>.claim.<host>.<pid>.link.tmp``, with the widest pid any process of this
+    host may have (for :func:`~flowkit.store.layout.check_key`: a name that fits for one process
+    fits for all)."""
+    return f".{name}{CLAIM}{link_ending(WIDEST_PID)}"
 
 
 def _holder(path: Path) -> dict | None:
@@ -182,7 +185,7 @@ def try_claim(videos: Path, final: Path, name: str,
     me = {"host": host_name(), "pid": os.getpid(), "since": now()}
     # Written whole, then linked into place: link() is atomic and fails if the claim exists, so
     # nobody ever reads a half-written claim (an empty file would look stale and be taken over).
-    tmp = path.with_name(path.name + _link_ending())
+    tmp = path.with_name(path.name + link_ending())
     try:
         tmp.write_text(json.dumps(me), encoding="utf-8")
         for _ in range(3):
@@ -208,13 +211,18 @@ def try_claim(videos: Path, final: Path, name: str,
         tmp.unlink(missing_ok=True)
 
 
-def release(final: Path, name: str) -> None:
-    """Drop this process's claim (a claim of another process is left alone)."""
+def release(final: Path, name: str, pid: int | None = None) -> bool:
+    """Drop this process's claim, or with ``pid`` the claim of that process of this host (one
+    that has ended); a claim of another process is left alone. True when a claim was dropped."""
     path = claim_path(final, name)
-    _heartbeat.discard(path)
+    if pid is None:
+        _heartbeat.discard(path)
     holder = _holder(path)
-    if holder and holder.get("pid") == os.getpid() and holder.get("host") == host_name():
+    if holder and holder.get("pid") == (os.getpid() if pid is None else pid) \
+            and holder.get("host") == host_name():
         path.unlink(missing_ok=True)
+        return True
+    return False
 
 
 class _Heartbeat:
@@ -272,5 +280,5 @@ def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
     return holder is not None and not _is_live(holder, path, stale_after)
 
 
-__all__ = ["commit_lock", "claim_path", "claim_ending", "try_claim", "release", "is_stale",
-           "describe"]
+__all__ = ["commit_lock", "claim_path", "claim_ending", "link_ending", "try_claim", "release",
+           "is_stale", "describe"]

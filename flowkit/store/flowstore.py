@@ -21,7 +21,7 @@ from .codecs import Codec
 from .layout import (CLAIM, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL, PARTIAL_RE, STALE_PARTIAL_SECONDS,
                      SUFFIX, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS, check_key, check_not_file,
                      check_video_header, create_store, flowkit_version, merge_classes, now,
-                     open_read, partial_ending, read_manifest)
+                     open_read, partial_ending, read_manifest, WIDEST_PID)
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
@@ -164,10 +164,11 @@ class FlowStore:
         beside them (e.g. ``flow/tvnet`` next to ``flow/tvl1``), also when both are written at once
         by different processes. ``redo``: the finished file is suspect; its datasets that no longer
         decode are dropped (:attr:`VideoWriter.dropped`). A key whose partial file's name would be
-        too long for the file system is refused here (:func:`~flowkit.store.layout.check_key`).
+        too long for the file system is refused here (:func:`~flowkit.store.layout.check_key`), by
+        the name any process of this host would give it.
         """
         self._check_writable("write")
-        check_key(key, SUFFIX + partial_ending())
+        check_key(key, SUFFIX + partial_ending(WIDEST_PID))
         flow, rgb = codecs.flow_codec(flow_codec), codecs.rgb_codec(rgb_codec)
         sh, sw = source_size if source_size is not None else (-1, -1)
         attrs = {"format": VIDEO_FORMAT, "version": VIDEO_VERSION, "key": key,
@@ -182,7 +183,7 @@ class FlowStore:
         """Claim the computation of ``flow/<name>`` of ``key`` for this process
         (:mod:`flowkit.store.claims`): None when claimed, else who holds it (a live process)."""
         self._check_writable("claim videos")
-        check_key(key, SUFFIX + claims.claim_ending(name))
+        self.check_writable_key(key, name)
         try:
             return claims.try_claim(self._root / VIDEOS, self._video_path(key), name)
         except OSError as exc:
@@ -192,6 +193,35 @@ class FlowStore:
     def release(self, key: str, name: str) -> None:
         """Drop this process's claim on ``flow/<name>`` of ``key``."""
         claims.release(self._video_path(key), name)
+
+    @staticmethod
+    def check_writable_key(key: str, name: str) -> str:
+        """Return ``key`` if every file the store names after it while any process of this host
+        computes ``flow/<name>`` of it (its claim's temporary, its partial file) fits the file
+        system, else raise :class:`StoreError` saying how long its name may be. Extraction checks
+        each video with it before starting any, so that a name too long fails that video alone."""
+        ending = max(SUFFIX + claims.claim_ending(name), SUFFIX + partial_ending(WIDEST_PID),
+                     key=lambda e: len(os.fsencode(e)))
+        return check_key(key, ending)
+
+    def remove_dead_writer(self, key: str, name: str, pid: int) -> list[Path]:
+        """Delete what process ``pid`` of this host, which has ended, left of its work on
+        ``flow/<name>`` of ``key``: its claim, its claim's temporary and its partial file; return
+        the deleted paths. For a run whose worker processes it terminated: their leftovers would
+        otherwise stand until a run on this host checks their pids, and a run on another host
+        would take the claims for live ones for 10 minutes and skip those videos. Nothing is
+        deleted while ``pid`` still runs."""
+        self._check_writable("remove partial files")
+        if pid_alive(pid):
+            return []
+        final = self._video_path(key)
+        claim = claims.claim_path(final, name)
+        removed = [p for p in (final.with_name(final.name + partial_ending(pid)),
+                               claim.with_name(claim.name + claims.link_ending(pid)))
+                   if _unlink(p)]
+        if claims.release(final, name, pid=pid):
+            removed.append(claim)
+        return removed
 
     def _check_writable(self, what: str) -> None:
         if self._mode != "a":
@@ -533,6 +563,15 @@ class FlowStore:
                 found = [f"{found.reason}; {redo_hint(key)}"]
             problems += [f"{Path(path).relative_to(self._root)}: {p}" for p in found]
         return problems
+
+
+def _unlink(path: Path) -> bool:
+    """Delete ``path``; False when it is not there."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 __all__ = ["FlowStore", "read_frames"]

@@ -50,6 +50,10 @@ STALE_PARTIAL_SECONDS = 24 * 3600.0
 # host's claim not touched for STALE_CLAIM_SECONDS is the claim of a dead process (or host).
 CLAIM_HEARTBEAT_SECONDS = 60.0
 STALE_CLAIM_SECONDS = 10 * 60.0
+# The widest pid a file name of the store may hold (Linux's PID_MAX_LIMIT, 2**22): keys are checked
+# with it (check_key), so that whether a video's name fits does not depend on the pid of the
+# process that happens to write it.
+WIDEST_PID = 4194304
 
 PARTIAL_RE = re.compile(r"(?P<stem>.+)\.h5\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.partial")
 
@@ -99,10 +103,10 @@ def _check_name_lengths(key: str, parts: list[str], ending: str) -> None:
             "its extension)")
 
 
-def partial_ending() -> str:
-    """What this process's writer adds to a finished video's name (``<key>.h5``) for the file it
-    writes: ``.<host>.<pid>.partial``."""
-    return f".{host_name()}.{os.getpid()}{PARTIAL}"
+def partial_ending(pid: int | None = None) -> str:
+    """What this process's writer (or process ``pid``'s) adds to a finished video's name
+    (``<key>.h5``) for the file it writes: ``.<host>.<pid>.partial``."""
+    return f".{host_name()}.{os.getpid() if pid is None else pid}{PARTIAL}"
 
 
 def py_value(value: Any) -> Any:
