@@ -489,10 +489,8 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     if unknown and count == 1:
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
                            f"CLASS/VIDEO, as `flowkit info` lists them)")
-    unstorable = unstorable_keys(items, config.flow_name)
-    storable = [item for item in items if item.key not in unstorable]
-    workers = config.workers or default_workers(config.device, len(storable))
-    known, mismatched = check_store_options(store_path, storable, config, engine, progress)
+    workers = config.workers or default_workers(config.device, len(items))
+    known, mismatched = check_store_options(store_path, items, config, engine, progress)
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
         set(config.redo) | mismatched)), max_memory=(
         None if config.max_memory is None else config.max_memory // workers))
@@ -500,16 +498,20 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         engine = None
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
-    todo, metas = [], {}
-    results = [VideoResult(item.key, str(item.path), "failed", reason=unstorable[item.key])
-               for item in items if item.key in unstorable]
-    for item in storable:
+    todo, metas, results = [], {}, []
+    for item in items:
         meta = metas[item.key] = None if item.key in config.redo else known.get(item.key)
         if meta is not None and config.flow_name in meta["flows"]:
             results.append(VideoResult(item.key, str(item.path), "skipped",
                                        reason=f"already in the store with flow/{config.flow_name}"))
         else:
             todo.append(item)
+    # Only the videos to compute need the files a name may be too long for (a finished one,
+    # written by an older flowkit whose check used this process's pid, is skipped as before).
+    unstorable = unstorable_keys(todo, config.flow_name)
+    results += [VideoResult(item.key, str(item.path), "failed", reason=unstorable[item.key])
+                for item in todo if item.key in unstorable]
+    todo = [item for item in todo if item.key not in unstorable]
     setup = time.perf_counter() - started
     videos = progress.start("videos", total=len(items), completed=len(results))
     pairs = progress.start("frame pairs")

@@ -445,6 +445,41 @@ def test_a_video_name_too_long_for_the_store_fails_alone(sample_videos, tmp_path
     assert not list((tmp_path / "s" / "videos").rglob("*.claim*"))
 
 
+def test_a_finished_video_named_to_the_old_limit_is_skipped_not_failed(sample_videos, tmp_path,
+                                                                        monkeypatch):
+    """Names are checked with the widest pid now; a video extracted by an older flowkit, whose
+    check used its own (shorter) pid, is finished: a rerun skips it as before (exit 0), and only a
+    video still to compute fails for its name."""
+    import shutil
+
+    from flowkit.store import claims, flowstore
+
+    root = tmp_path / "videos"
+    shutil.copytree(sample_videos, root)
+
+    def fits(stem: str) -> bool:
+        try:
+            FlowStore.check_writable_key(f"pan_left/{stem}", "tvl1")
+        except StoreError:
+            return False
+        return True
+
+    for mod in (claims, flowstore):  # the older check: this process's pid
+        monkeypatch.setattr(mod, "WIDEST_PID", os.getpid())
+    stem = "m"
+    while fits(stem + "x"):
+        stem += "x"
+    long = root / "pan_left" / f"{stem}.mp4"
+    shutil.copy(root / "pan_left" / "pan_left_0.mp4", long)
+    videos, classes = scan_videos(root)
+    first = extract(videos, tmp_path / "s", _config(), classes=classes)
+    assert first.count("done") == 5, first.results
+    monkeypatch.undo()
+    assert os.getpid() < 10 ** 6 and not fits(stem)  # too long for the widest pid
+    again = extract(videos, tmp_path / "s", _config(), classes=classes)
+    assert [r.status for r in again.results] == ["skipped"] * 5, again.results
+
+
 def test_videos_another_process_holds_are_not_counted_as_in_the_store(items, tmp_path):
     """A video another live process (here on another host) has claimed is skipped, and the
     summary says it is being extracted elsewhere: it is not in the store yet."""

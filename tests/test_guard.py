@@ -132,3 +132,57 @@ def test_info_validate_names_the_hung_file_and_exits(hung_store):
     assert out["problems"] == [f"videos/{key}.h5: HDF5 did not return within 2 s reading it "
                                "(damage to a file's metadata can make it loop forever); "
                                f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key}"]
+
+
+def test_one_reader_serves_the_process_and_a_hang_replaces_it(tmp_path, forget):
+    paths = _files(tmp_path, ["a", "hang", "b"])
+    assert list(guarded_map(_read, [(paths[0],)])) == ["a"]
+    first = guard._shared.process.pid
+    assert list(guarded_map(_read, [(paths[2],)])) == ["b"]
+    assert guard._shared.process.pid == first  # started once: 0.3 s per process, not per call
+    out = list(guarded_map(_read, [(paths[1],), (paths[2],)], timeout=1.0))
+    assert isinstance(out[0], Failed) and out[1] == "b"
+    assert guard._shared.process.pid != first
+    # a reader asked while the shared one is busy (a generator not finished) is its own
+    outer = guarded_map(_read, [(paths[0],), (paths[2],)])
+    assert next(outer) == "a"
+    assert list(guarded_map(_read, [(paths[2],)])) == ["b"]
+    assert list(outer) == ["b"]
+
+
+def test_sigterm_to_the_process_group_is_not_the_files_fault(tmp_path, forget):
+    """Slurm's SIGTERM at a time limit reaches the reading child too: it leaves stopping to its
+    parent, so the file it was reading is not named as one it died on."""
+    import threading
+
+    [path] = _files(tmp_path, ["hang"])
+
+    def terminate():
+        while guard._shared is None:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(guard._shared.process.pid, signal.SIGTERM)
+
+    threading.Thread(target=terminate, daemon=True).start()
+    [out] = guarded_map(_read, [(path,)], timeout=2.0)
+    assert out.reason.startswith("HDF5 did not return within 2 s"), out
+
+
+def test_the_callers_script_is_not_run_again_and_its_forkserver_is_its_own(hung_store, tmp_path):
+    """multiprocessing's children (spawn, forkserver) import the caller's ``__main__`` script
+    again: a script without ``if __name__ == "__main__"`` would run once more in the reader, for
+    every index build. And the caller's forkserver keeps its own preload."""
+    root, key, _ = hung_store
+    log = tmp_path / "runs.log"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import multiprocessing, multiprocessing.forkserver as fs\n"
+        "multiprocessing.set_forkserver_preload(['xml.dom.minidom'])\n"
+        f"open({str(log)!r}, 'a').write('run\\n')\n"
+        "from flowkit.store import FlowStore\n"
+        f"print(FlowStore({str(root)!r}).summary()['unreadable'], fs._forkserver._preload_modules)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "FLOWKIT_HANG_SECONDS": "2"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "['xml.dom.minidom']"]
+    assert log.read_text() == "run\n"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from .diskio import storage_error
 from .reading import (DamagedObject, attributes, error_cause, member, member_names, members,
                       read_frames, redo_hint)
 from .guard import Failed, guarded_map
-from .validate import DEEP_HANG_SECONDS, video_problems
+from .validate import video_problems
 from .writer import VideoWriter
 
 
@@ -555,13 +556,19 @@ class FlowStore:
         (:mod:`flowkit.store.guard`).
         """
         files = sorted(self._video_files())
-        limit = DEEP_HANG_SECONDS if deep else None
+        # Headers first, each file within the time limit (the reads HDF5 may loop on); then the
+        # frames of the files whose headers are sound, without one (a long video takes minutes).
+        found = dict(zip(files, guarded_map(
+            video_problems, [(Path(path), key, False) for key, path in files])))
+        if deep:
+            sound = [f for f in files if found[f] == []]
+            found.update(zip(sound, guarded_map(
+                video_problems, [(Path(path), key, True) for key, path in sound], math.inf)))
         problems = []
-        for (key, path), found in zip(files, guarded_map(
-                video_problems, [(Path(path), key, deep) for key, path in files], limit)):
-            if isinstance(found, Failed):
-                found = [f"{found.reason}; {redo_hint(key)}"]
-            problems += [f"{Path(path).relative_to(self._root)}: {p}" for p in found]
+        for (key, path), found_here in found.items():
+            if isinstance(found_here, Failed):
+                found_here = [f"{found_here.reason}; {redo_hint(key)}"]
+            problems += [f"{Path(path).relative_to(self._root)}: {p}" for p in found_here]
         return problems
 
 

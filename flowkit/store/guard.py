@@ -17,17 +17,22 @@ that file *failed* the same way. From then on :func:`check` (called by
 the unreadable file it is (naming the file and ``--redo``) instead of hanging. Extraction hands
 what it remembers to its worker processes (:func:`hung_files`, :func:`remember`).
 
-Children are forked by a ``forkserver`` that has imported the store (about 13 ms a child after
-the server's first 0.4 s), so a run that indexes a few new files pays little. A daemonic process
-(a DataLoader or extraction worker) may not have children: it reads in its own process, unguarded,
-as does any process where the child cannot start.
+The child is one Python process per reading process, started with ``python -c`` (never
+through multiprocessing, whose children run the caller's ``__main__`` script again) the first time
+it is needed (0.3 s: it imports the store) and kept for the next calls; it is killed after a hang.
+A daemonic process (a DataLoader or extraction worker) may not have children, and Windows has no
+file descriptors to pass: there, and wherever the child cannot start, reads run in process,
+unguarded, as before.
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -113,7 +118,7 @@ def hang_seconds() -> float:
 
 
 def _can_have_children() -> bool:
-    return not mp.current_process().daemon
+    return os.name == "posix" and not mp.current_process().daemon
 
 
 def _by_name(fn: Callable) -> bool:
@@ -125,52 +130,143 @@ def _by_name(fn: Callable) -> bool:
     return found is fn
 
 
-_context = None
+# The child's first lines: its two pipes, this process's sys.path, then the store.
+_BOOT = ("import sys\n"
+         "from multiprocessing.connection import Connection\n"
+         "requests = Connection(int(sys.argv[1]), writable=False)\n"
+         "results = Connection(int(sys.argv[2]), readable=False)\n"
+         "sys.path[:] = requests.recv()\n"
+         "from flowkit.store.guard import _serve\n"
+         "_serve(requests, results)\n")
 
 
-def _get_context():
-    """The forkserver context, its server preloading the store (spawn where there is none)."""
-    global _context
-    if _context is None:
-        if "forkserver" in mp.get_all_start_methods():
-            _context = mp.get_context("forkserver")
-            # Only takes effect if no one in this process has started the forkserver yet;
-            # otherwise each child imports what it needs (0.3 s).
-            _context.set_forkserver_preload(["flowkit.store"])
-        else:
-            _context = mp.get_context("spawn")
-    return _context
+class _Reader:
+    """A child Python process that serves guarded reads, started as ``python -c`` with this
+    process's interpreter and ``sys.path``: multiprocessing's children (spawn, forkserver) would
+    run the caller's ``__main__`` script again before reading anything, and a forkserver is
+    shared with the caller's own pools. It imports the store once (0.3 s), then serves request
+    after request: ``(fn, calls, failed)`` in, ``("start", None)`` and one ``("ok", value)`` or
+    ``("error", exception)`` per call out."""
+
+    def __init__(self):
+        request_r, request_w = os.pipe()
+        result_r, result_w = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(request_r), str(result_w)],
+                pass_fds=(request_r, result_w), stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(request_w)
+            os.close(result_r)
+            raise
+        finally:  # the child's ends
+            os.close(request_r)
+            os.close(result_w)
+        self.requests = Connection(request_w, readable=False)
+        self.results = Connection(result_r, writable=False)
+        self.pid = os.getpid()  # the process that owns it (not a fork of it)
+        self.requests.send(list(sys.path))
+
+    def ready(self) -> bool:
+        """Whether it imported the store (False: it cannot run here)."""
+        try:
+            return self.results.poll(START_SECONDS) and self.results.recv()[0] == "ready"
+        except (EOFError, OSError):
+            return False
+
+    def death(self) -> str:
+        """Why it ended, for the file it was reading."""
+        try:
+            code = self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None and code < 0:
+            try:
+                return (f"the reading process died on it (signal {-code}, "
+                        f"{signal.Signals(-code).name})")
+            except ValueError:
+                return f"the reading process died on it (signal {-code})"
+        return f"the reading process ended on it (exit code {code})"
+
+    def close(self) -> None:
+        """End it (killed: it may be looping in HDF5)."""
+        for conn in (self.requests, self.results):
+            conn.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
 
-def _child(conn: Connection, fn: Callable, calls: Sequence[tuple],
-           failed: dict[str, tuple[list[int], str]]) -> None:
-    """The child: ``("ready", None)``, then ``("ok", fn(*args))`` or ``("error", exception)`` per
-    call, in order. ``failed``: the parent's failed files, not read again."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
-    remember(failed)
+def _serve(requests: Connection, results: Connection) -> None:
+    """The child's loop (:class:`_Reader`). It leaves Ctrl-C and SIGTERM to its parent, which
+    kills it when it must stop, and dies with it (Linux: a parent-death signal)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        conn.send(("ready", None))
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    results.send(("ready", None))
+    while True:
+        try:
+            fn, calls, failed = requests.recv()
+        except (EOFError, OSError):  # the parent is done with it
+            return
+        remember(failed)
+        results.send(("start", None))
         for args in calls:
             try:
                 out = ("ok", fn(*args))
             except Exception as exc:  # noqa: BLE001 - the parent raises it, as in process
                 out = ("error", exc)
             try:
-                conn.send(out)
+                results.send(out)
             except (TypeError, AttributeError, ValueError) as exc:  # an unpicklable exception
-                conn.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]} ({exc})")))
-    except (BrokenPipeError, EOFError, OSError):  # the parent is gone
-        pass
+                results.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]} "
+                                                    f"({exc})")))
 
 
-def _death(process: mp.process.BaseProcess) -> str:
-    code = process.exitcode
-    if code is not None and code < 0:
-        try:
-            return f"the reading process died on it (signal {-code}, {signal.Signals(-code).name})"
-        except ValueError:
-            return f"the reading process died on it (signal {-code})"
-    return f"the reading process ended on it (exit code {code})"
+_shared: _Reader | None = None
+_shared_lock = threading.Lock()
+_unavailable = False  # a reader could not start here: read in process from then on
+
+
+def _take_reader(shared: bool) -> _Reader | None:
+    """The shared reader (started if needed) when ``shared``, else a new one; None when none
+    can run here."""
+    global _shared, _unavailable
+    if _unavailable:
+        return None
+    if shared and _shared is not None:
+        if _shared.pid == os.getpid() and _shared.process.poll() is None:
+            return _shared
+        _shared = None  # ours ended, or we are a fork of its owner: never touch it
+    try:
+        reader = _Reader()
+    except OSError:
+        _unavailable = True
+        return None
+    if not reader.ready():
+        reader.close()
+        _unavailable = True
+        return None
+    if shared:
+        _shared = reader
+    return reader
+
+
+def _drop(reader: _Reader) -> None:
+    global _shared
+    if reader is _shared:
+        _shared = None
+    reader.close()
+
+
+@atexit.register
+def _close_shared() -> None:
+    if _shared is not None and _shared.pid == os.getpid():
+        _drop(_shared)
 
 
 def guarded_map(fn: Callable, calls: Sequence[tuple], timeout: float | None = None
@@ -178,62 +274,71 @@ def guarded_map(fn: Callable, calls: Sequence[tuple], timeout: float | None = No
     """``fn(*args)`` for each ``args`` of ``calls`` (whose first item is the file's path), in
     order, computed in a child process: each result as ``fn`` returned it, or :class:`Failed`
     for a file the child took longer than ``timeout`` seconds over (:func:`hang_seconds` when
-    None) or died on; such a file is remembered (:func:`check`). An exception ``fn`` raises is
-    raised here. ``fn`` is pickled by name: any other callable is called in this process,
-    unguarded."""
+    None; ``math.inf``: no limit) or died on; such a file is remembered (:func:`check`). An
+    exception ``fn`` raises is raised here. ``fn`` is pickled by name: any other callable is
+    called in this process, unguarded, as are all calls where no child can run."""
     calls = list(calls)
     limit = hang_seconds() if timeout is None else timeout
+    wait = None if limit == float("inf") else limit
     done = 0
+    if not calls:
+        return
     if not (_can_have_children() and _by_name(fn)):
         for args in calls:
             yield fn(*args)
         return
-    while done < len(calls):
-        ctx = _get_context()
-        here, there = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child, args=(there, fn, calls[done:], _failed), daemon=True,
-                              name="flowkit-guarded-read")
-        try:
-            try:
-                process.start()
-            except Exception:  # noqa: BLE001 - no children here (limits, a sandbox): in process
-                process = None
-            finally:
-                there.close()
-            if process is None or not here.poll(START_SECONDS):
+    # One reader serves the process; a call made while it is busy (another thread, a generator
+    # not yet finished) gets one of its own.
+    shared = _shared_lock.acquire(blocking=False)
+    reader = None
+    try:
+        while done < len(calls):
+            reader = _take_reader(shared)
+            if reader is None:
                 for args in calls[done:]:
                     yield fn(*args)
                 return
             try:
-                here.recv()  # "ready"
-            except EOFError:  # it could not start (its imports failed): read in process
+                reader.requests.send((fn, calls[done:], _failed))
+                started = reader.results.poll(START_SECONDS) and reader.results.recv()
+            except (EOFError, OSError):
+                started = False
+            if not started:  # it could not take the request (its imports of fn's module)
+                _drop(reader)
+                reader = None
                 for args in calls[done:]:
                     yield fn(*args)
                 return
             while done < len(calls):
                 path = calls[done][0]
-                if not here.poll(limit):
+                if not reader.results.poll(wait):
+                    _drop(reader)
+                    reader = None
+                    done += 1
                     yield _fail(path, f"HDF5 did not return within {limit:g} s reading it "
                                       "(damage to a file's metadata can make it loop forever)")
-                    done += 1
                     break
                 try:
-                    kind, value = here.recv()
-                except EOFError:  # it died on this file
-                    process.join(5)
-                    yield _fail(path, _death(process))
+                    kind, value = reader.results.recv()
+                except (EOFError, OSError):  # it died on this file
+                    death = reader.death()
+                    _drop(reader)
+                    reader = None
                     done += 1
+                    yield _fail(path, death)
                     break
                 done += 1
                 if kind == "error":
                     raise value
                 yield value
-        finally:
-            here.close()
-            if process is not None:
-                if process.is_alive():
-                    process.kill()
-                process.join()
+        if reader is not None and not shared:
+            _drop(reader)
+        reader = None
+    finally:
+        if reader is not None and (done < len(calls) or not shared):
+            _drop(reader)  # stopped half-way: its answers to the rest would still come
+        if shared:
+            _shared_lock.release()
 
 
 __all__ = ["HANG_SECONDS", "HungFileError", "Failed", "check", "guarded_map", "hang_seconds",

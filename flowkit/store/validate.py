@@ -22,9 +22,6 @@ from .reading import DamagedObject, attributes, member, member_names, redo_hint
 _ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source_height",
                "source_width", "step", "label", "label_name", "created")
 _FLOW_ATTRS = ("engine", "engine_version", "params", "quantization")
-#: Seconds a deep check of one video may take before it counts as hung (it decodes every frame:
-#: seconds for a long 1080p video).
-DEEP_HANG_SECONDS = 600.0
 
 
 def video_problems(path: Path, key: str, deep: bool) -> list[str]:
@@ -162,4 +159,4 @@ def _decode_all(ds: h5py.Dataset, codec: Codec, frame_shape: tuple) -> list[str]
     return []
 
 
-__all__ = ["DEEP_HANG_SECONDS", "video_problems", "decode_problem"]
+__all__ = ["video_problems", "decode_problem"]
