@@ -269,7 +269,7 @@ def hang_hdf5(path: Path) -> None:
     try:
         subprocess.run([sys.executable, "-c", "import h5py, sys; "
                         "dict(h5py.File(sys.argv[1], 'r').attrs)", str(path)],
-                       timeout=5, capture_output=True)
+                       timeout=3, capture_output=True)
     except subprocess.TimeoutExpired:
         return
     pytest.skip(f"HDF5 {h5py.version.hdf5_version} does not loop on this damage")

@@ -537,8 +537,8 @@ def test_extraction_workers_are_told_of_a_hung_file(videos, tmp_path):
     """The run found the file hung while indexing; its worker processes must not open it (they
     would hang with it): the video fails with the reason and the run ends."""
     store = tmp_path / "store"
-    items, _ = scan_videos(videos)
-    cli("extract", videos, "-o", store, *CLI_PARAMS, "--flow-codec", "float16", "--workers", "2")
+    items, classes = scan_videos(videos)
+    extract(items, store, config(flow_codec="float16"), classes=classes)
     key = items[0].key
     hang_hdf5(store / "videos" / f"{key}.h5")
     run = subprocess.run([sys.executable, "-m", "flowkit", "extract", str(videos), "-o",
