@@ -344,6 +344,15 @@ def test_remove_dead_writer_removes_only_that_process_leftovers(store):
     (videos / "b.h5.tvl1.claim").write_text(json.dumps({"host": host_name(), "pid": 4242}))
     store.remove_dead_writer("zoom/b", "tvl1", dead)  # another process's claim on the video
     assert (videos / "b.h5.tvl1.claim").exists()
+    # terminated while committing with the lock file (no flock, FLOWKIT_COMMIT_LOCK=file): other
+    # hosts would wait 10 minutes for its heartbeat to age
+    lock = store.path / "videos" / ".commit.lock.claim"
+    for holder, kept in (({"host": "node-17", "pid": dead}, True),
+                         ({"host": host_name(), "pid": os.getpid()}, True),
+                         ({"host": host_name(), "pid": dead}, False)):
+        lock.write_text(json.dumps({**holder, "thread": 1, "since": "then"}))
+        assert (lock in store.remove_dead_writer("zoom/a", "tvl1", dead)) is not kept
+        assert lock.exists() is kept
 
 
 # ----------------------------------------------------------------------------- partials

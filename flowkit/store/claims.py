@@ -133,6 +133,21 @@ def _break(path: Path, holder: dict) -> None:
     aside.unlink(missing_ok=True)
 
 
+def break_lock_of(lock: Path, pid: int) -> Path | None:
+    """Break the lock file of ``lock`` (:func:`exclusive`'s ``<lock>.claim``) if process ``pid``
+    of this host, which has ended, holds it, and return its path (None: not held by it). A run
+    that terminated a worker while it was committing does this: waiters of this host would break
+    it themselves (the pid is dead), but those of another host wait for its heartbeat to be
+    10 minutes old."""
+    path = lock.with_name(f"{lock.name}{CLAIM}")
+    holder = _holder(path)
+    if (holder is None or holder.get("host") != host_name() or holder.get("pid") != pid
+            or pid_alive(pid)):
+        return None
+    _break(path, holder)
+    return path
+
+
 def claim_path(final: Path, name: str) -> Path:
     """``videos/<key>.h5.<name>.claim`` for the finished file ``final`` (``videos/<key>.h5``)."""
     return final.with_name(f"{final.name}.{name}{CLAIM}")
@@ -281,4 +296,4 @@ def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
 
 
 __all__ = ["commit_lock", "claim_path", "claim_ending", "link_ending", "try_claim", "release",
-           "is_stale", "describe"]
+           "is_stale", "describe", "break_lock_of"]

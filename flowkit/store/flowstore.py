@@ -19,10 +19,11 @@ from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid
 from ..progress import Progress
 from . import claims, codecs
 from .codecs import Codec
-from .layout import (CLAIM, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL, PARTIAL_RE, STALE_PARTIAL_SECONDS,
-                     SUFFIX, VIDEO_FORMAT, VIDEO_VERSION, VIDEOS, check_key, check_not_file,
-                     check_video_header, create_store, flowkit_version, merge_classes, now,
-                     open_read, partial_ending, read_manifest, WIDEST_PID)
+from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL,
+                     PARTIAL_RE, STALE_PARTIAL_SECONDS, SUFFIX, VIDEO_FORMAT, VIDEO_VERSION,
+                     VIDEOS, WIDEST_PID, check_key, check_not_file, check_video_header,
+                     create_store, flowkit_version, merge_classes, now, open_read,
+                     partial_ending, read_manifest)
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
@@ -207,8 +208,9 @@ class FlowStore:
 
     def remove_dead_writer(self, key: str, name: str, pid: int) -> list[Path]:
         """Delete what process ``pid`` of this host, which has ended, left of its work on
-        ``flow/<name>`` of ``key``: its claim, its claim's temporary and its partial file; return
-        the deleted paths. For a run whose worker processes it terminated: their leftovers would
+        ``flow/<name>`` of ``key``: its claim, its claim's temporary, its partial file and the
+        store's commit lock file if it died holding it (``FLOWKIT_COMMIT_LOCK=file`` or no flock);
+        return the deleted paths. For a run whose worker processes it terminated: their leftovers would
         otherwise stand until a run on this host checks their pids, and a run on another host
         would take the claims for live ones for 10 minutes and skip those videos. Nothing is
         deleted while ``pid`` still runs."""
@@ -222,7 +224,8 @@ class FlowStore:
                    if _unlink(p)]
         if claims.release(final, name, pid=pid):
             removed.append(claim)
-        return removed
+        lock = claims.break_lock_of(self._root / VIDEOS / COMMIT_LOCK, pid)  # died committing
+        return removed + ([lock] if lock is not None else [])
 
     def _check_writable(self, what: str) -> None:
         if self._mode != "a":
