@@ -186,3 +186,27 @@ def test_the_callers_script_is_not_run_again_and_its_forkserver_is_its_own(hung_
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1", "['xml.dom.minidom']"]
     assert log.read_text() == "run\n"
+
+
+def test_the_index_keeps_a_hung_file_so_no_later_process_waits_for_it(hung_store):
+    """One process found the file hung; the index says so (by its stamp), so the next process
+    neither waits for it nor opens it (here it has a limit it would never reach), until the
+    file is replaced."""
+    root, key, path = hung_store
+    assert FlowStore(root).summary()["unreadable"] == 1
+    index = json.loads((root / "index.json").read_text())
+    assert list(index["hung"]) == [key] and index["hung"][key][3].startswith("HDF5 did not return")
+    script = ("import sys; from flowkit.store import FlowStore; s = FlowStore(sys.argv[1]); "
+              "print(s.summary()['unreadable'], len(s.metas(s.keys())), len(s.validate())); "
+              "s.meta(sys.argv[2])")
+    run = subprocess.run([sys.executable, "-c", script, str(root), key], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "FLOWKIT_HANG_SECONDS": "3600"})
+    assert run.stdout.split() == ["1", "11", "1"], run.stdout + run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"flowkit.errors.StoreError: {path}: cannot be read as HDF5 ({index['hung'][key][3]}); "
+        "delete it and extract the video again")
+    # replaced (as --redo does): read again, and no longer in the index's hung list
+    write_tiny_store(root.parent / "fresh")
+    path.write_bytes((root.parent / "fresh" / "videos" / "left" / "left_0.h5").read_bytes())
+    assert FlowStore(root).summary()["unreadable"] == 0
+    assert "hung" not in json.loads((root / "index.json").read_text())

@@ -517,7 +517,7 @@ class FlowStore:
         fresh, stats = {}, SummaryStats()
         with paused_gc():
             for key, entry in found.items():  # deleted by hand while we walked: not found
-                if entry.readable:
+                if entry.readable or entry.hung:
                     fresh[key] = entry
                 stats.add(key, paths[key], entry.stamp[1], entry.facts)
         if new or cached.outdated or fresh.keys() != cached.keys():

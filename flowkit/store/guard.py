@@ -15,7 +15,9 @@ that file *failed* the same way. From then on :func:`check` (called by
 :func:`~flowkit.store.layout.open_read`, which every read of a finished file goes through) raises
 :class:`HungFileError` for that version of the file, an ``OSError``, so each caller reports it as
 the unreadable file it is (naming the file and ``--redo``) instead of hanging. Extraction hands
-what it remembers to its worker processes (:func:`hung_files`, :func:`remember`).
+what it remembers to its worker processes (:func:`hung_files`, :func:`remember`), and the store's
+index keeps such files (:func:`~flowkit.store.index.save_index`), so a later process neither
+waits for them nor opens them until they change.
 
 The child is one Python process per reading process, started with ``python -c`` (never
 through multiprocessing, whose children run the caller's ``__main__`` script again) the first time
@@ -89,8 +91,9 @@ def hung_files() -> dict[str, tuple[list[int], str]]:
 
 
 def remember(files: dict[str, tuple[list[int], str]]) -> None:
-    """Treat ``files`` (from :func:`hung_files`) as failed in this process too."""
-    _failed.update(files)
+    """Treat ``files`` (``{path: (stamp, why)}``, e.g. from :func:`hung_files` or the store's
+    index) as failed in this process too."""
+    _failed.update({_key(path): known for path, known in files.items()})
 
 
 def _fail(path: str | os.PathLike, reason: str) -> Failed:

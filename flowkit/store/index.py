@@ -7,7 +7,9 @@ DDP rank, so its layout is chosen for parsing, not for reading by eye (version 4
     {"format": "flowkit-store-index", "version": 4,
      "varying": ["frames", "size", ..., "flows.*.pairs", ...],     the per-video facts, in order
      "layouts": [{"frames": null, "size": null, "meta": {...}, ...}, ...],
-     "videos": {"<key>": [inode, size, mtime_ns, layout, frames, size, ...], ...}}
+     "videos": {"<key>": [inode, size, mtime_ns, layout, frames, size, ...], ...},
+     "hung": {"<key>": [inode, size, mtime_ns, "why"], ...}}     optional: files a guarded read
+                                                                 never returned from (guard.py)
 
 A video's facts are its *layout* (everything the videos of a store share: codecs, engine records
 and parameters, the structure itself; each distinct one written once) with the per-video facts
@@ -144,15 +146,17 @@ def _split(facts: dict, varying: frozenset) -> tuple[dict, list]:
 
 class Entry:
     """One video's entry: ``stamp`` (its file's, when the facts were read) and ``facts`` (None:
-    unreadable), built from the index's row on first use. :attr:`meta` is ``facts["meta"]``,
+    unreadable; ``hung``: why a guarded read of it never returned or crashed), built from the
+    index's row on first use. :attr:`meta` is ``facts["meta"]``,
     built alone (what datasets and extraction read of 300k videos)."""
 
-    __slots__ = ("stamp", "_row", "_layout", "_facts", "_meta")
+    __slots__ = ("stamp", "_row", "_layout", "_facts", "_meta", "hung")
 
     def __init__(self, stamp: list[int], facts: dict | None = None, row: list | None = None,
-                 layout: Layout | None = None):
+                 layout: Layout | None = None, hung: str = ""):
         self.stamp, self._facts, self._meta = stamp, facts, None
         self._row, self._layout = row, layout
+        self.hung = hung  # why reading it failed in a child process (:mod:`.guard`), else ""
 
     @classmethod
     def from_row(cls, row: list, layout: Layout) -> "Entry":
@@ -232,6 +236,11 @@ def _rows(data: dict) -> Index:
             continue
         if layout is not None and len(row) == layout.size:
             videos[key] = Entry.from_row(row, layout)
+    hung = data.get("hung")  # absent from indexes written before it existed
+    for key, row in (hung.items() if isinstance(hung, dict) else ()):
+        if (isinstance(row, list) and len(row) == 4 and all(type(v) is int for v in row[:3])
+                and isinstance(row[3], str) and row[3]):
+            videos[key] = Entry(row[:3], hung=row[3])
     return videos
 
 
@@ -251,11 +260,17 @@ def _full_facts(data: dict) -> Index:
 
 
 def save_index(root: Path, videos: dict[str, Entry]) -> None:
-    """Write the index (version 4) of ``videos`` (entries with facts); they are not changed."""
+    """Write the index (version 4) of ``videos`` (entries with facts, and hung ones: ``"hung"``,
+    ``{key: [inode, size, mtime_ns, why]}``, so that no later process waits for them again until
+    the file changes); they are not changed. Other unreadable entries are left out (a newer
+    flowkit's file may read after an upgrade)."""
     varying, layouts, templates = frozenset(VARYING), {}, []
-    rows = {key: entry.row(layouts, templates, varying) for key, entry in videos.items()}
+    rows = {key: entry.row(layouts, templates, varying) for key, entry in videos.items()
+            if entry.readable}
+    hung = {key: [*entry.stamp, entry.hung] for key, entry in videos.items()
+            if entry.hung and not entry.readable}
     data = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "varying": list(VARYING),
-            "layouts": templates, "videos": rows}
+            "layouts": templates, "videos": rows, **({"hung": hung} if hung else {})}
     # compact: indentation would double a large store's index
     atomic_write_text(root / INDEX, json.dumps(data, separators=(",", ":")) + "\n")
 

@@ -21,7 +21,7 @@ import h5py
 from ..errors import StoreError
 from ..progress import Progress
 from .codecs import codec_of, codec_spec
-from .guard import Failed, guarded_map
+from .guard import Failed, guarded_map, remember
 from .index import Entry, current
 from .layout import check_video_header, open_read, py_value
 from .reading import attributes, member, members
@@ -84,8 +84,8 @@ def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dic
                   ) -> tuple[dict[str, Entry], dict[str, Entry]]:
     """Each video's index entry: ``({key: Entry}, new_entries)`` for the videos ``keys``, whose
     files ``path_of(key)`` names: the ``index`` entry itself when it has the file's stamp, else one
-    read from the file (facts None when unreadable; the readable ones are ``new_entries``, for the
-    index); a file that is gone is left out.
+    read from the file (facts None when unreadable; the readable ones and those that hung the
+    reader are ``new_entries``, for the index); a file that is gone is left out.
 
     The files to read are read after every stamp is compared, in a child process that gives up on
     a file HDF5 never returns from (:mod:`flowkit.store.guard`: it is unreadable), with a
@@ -94,13 +94,19 @@ def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dic
     served without a ``stat``; keys found current are added to it.
     """
     found, stale = current(keys, path_of, index, checked)
+    # Files the index knows hung a reader, unchanged since: never opened in this process either.
+    remember({path_of(key): (entry.stamp, entry.hung) for key, entry in found.items()
+              if entry.hung})
     new, task, started = {}, None, time.perf_counter()
     read = guarded_map(video_facts, [(Path(path),) for _, path, _ in stale])
     for done, ((key, path, now), facts) in enumerate(zip(stale, read)):
         if task is None and time.perf_counter() - started >= BAR_AFTER_SECONDS:
             task = (progress or Progress()).start("indexing videos new to the store's index",
                                                   total=len(stale), completed=done)
-        found[key] = Entry(now, None if isinstance(facts, Failed) else facts)
+        if isinstance(facts, Failed):
+            found[key] = new[key] = Entry(now, None, hung=facts.reason)
+        else:
+            found[key] = Entry(now, facts)
         if found[key].readable:
             new[key] = found[key]
             if checked is not None:
