@@ -17,6 +17,7 @@ A :class:`StopFlag` is set by the CLI's Ctrl-C / SIGTERM handler; work polls it 
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -161,4 +162,21 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["Progress", "LineProgress", "Task", "StopFlag", "Stopped", "clock"]
+def env_seconds(name: str, default: float, *, zero: bool = False) -> tuple[float, str]:
+    """Seconds from the environment variable ``name`` (``default`` when unset), and a warning
+    ("" when none): a value that is not a finite number of seconds > 0 (>= 0 with ``zero``) is
+    named and ``default`` used, since a typo in a setting must not stop a day of work."""
+    text = os.environ.get(name)
+    if text is None:
+        return default, ""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if (0 <= value if zero else 0 < value) and value < float("inf"):
+        return value, ""
+    return default, (f"{name}={text!r} is not a number of seconds {'>=' if zero else '>'} 0; "
+                     f"using {default:g} s")
+
+
+__all__ = ["Progress", "LineProgress", "Task", "StopFlag", "Stopped", "clock", "env_seconds"]

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as _RichBars, TextColumn,
                            TimeElapsedColumn)
 
-from ..progress import LineProgress, Progress, StopFlag, Stopped, Task, _fmt, clock
+from ..progress import (LineProgress, Progress, StopFlag, Stopped, Task, _fmt, clock,
+                        env_seconds)
 
 # Seconds between plain progress lines when the output is not a terminal (a log file, a pipe);
 # FLOWKIT_PROGRESS_SECONDS overrides it.
@@ -22,18 +23,10 @@ def plain_every(console: Console) -> float:
     """Seconds between plain progress lines: ``FLOWKIT_PROGRESS_SECONDS`` or :data:`PLAIN_EVERY`;
     a value that is not a number of seconds >= 0 is named in a warning and the default used (a
     typo in a log setting must not stop a day of extraction)."""
-    text = os.environ.get("FLOWKIT_PROGRESS_SECONDS")
-    if text is None:
-        return PLAIN_EVERY
-    try:
-        every = float(text)
-    except ValueError:
-        every = -1.0
-    if not 0 <= every < float("inf"):
-        console.print(f"warning: FLOWKIT_PROGRESS_SECONDS={text!r} is not a number of seconds "
-                      f">= 0; progress lines every {PLAIN_EVERY:g} s", highlight=False,
+    every, warning = env_seconds("FLOWKIT_PROGRESS_SECONDS", PLAIN_EVERY, zero=True)
+    if warning:
+        console.print(f"warning: {warning} between progress lines", highlight=False,
                       markup=False)
-        return PLAIN_EVERY
     return every
 
 

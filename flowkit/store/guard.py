@@ -41,12 +41,13 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterator, Sequence
 
 from ..files import stamp
+from ..progress import env_seconds
 
 #: Seconds a child may take over one file before the file counts as hung (``FLOWKIT_HANG_SECONDS``
 #: overrides it). Reading what the index or a shallow validation needs of a video file takes
 #: milliseconds, even on network disks.
 HANG_SECONDS = 60.0
-#: Seconds a child may take to start (a forkserver's first start imports h5py and numpy).
+#: Seconds a child may take to start (Python starts and imports the store: h5py, numpy).
 START_SECONDS = 120.0
 
 # path (absolute) -> (its stamp when it failed, why)
@@ -106,17 +107,9 @@ def _fail(path: str | os.PathLike, reason: str) -> Failed:
 
 def hang_seconds() -> float:
     """``FLOWKIT_HANG_SECONDS`` when set to a number of seconds > 0, else :data:`HANG_SECONDS`."""
-    text = os.environ.get("FLOWKIT_HANG_SECONDS")
-    if text is None:
-        return HANG_SECONDS
-    try:
-        limit = float(text)
-    except ValueError:
-        limit = -1.0
-    if not 0 < limit < float("inf"):
-        warnings.warn(f"FLOWKIT_HANG_SECONDS={text!r} is not a number of seconds > 0; files get "
-                      f"{HANG_SECONDS:g} s", stacklevel=3)
-        return HANG_SECONDS
+    limit, warning = env_seconds("FLOWKIT_HANG_SECONDS", HANG_SECONDS)
+    if warning:
+        warnings.warn(f"{warning} per file", stacklevel=3)
     return limit
 
 
