@@ -125,7 +125,7 @@ class _Job:
     store_rgb: bool
     redo: bool = False
     claimed: bool = False   # this process holds the video's claim
-    skipped: bool = False   # another process holds it, or finished it meanwhile
+    skipped: bool = False   # nothing to compute: held or finished elsewhere, or failed at start
     reported: bool = False  # the write thread has emitted its result
     info: VideoInfo | None = None
     frames: int = 0
@@ -430,7 +430,7 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
             if not window:
                 break
             job = window.popleft()
-            if not job.skipped:  # skipped: claimed by another process, or finished meanwhile
+            if not job.skipped:  # held or finished elsewhere, or failed at start
                 feeder.add_video(job, should_stop)
             yield from _drain(writer)
             jobs = [j for j in jobs if not (j.reported or j.skipped)]
