@@ -137,7 +137,7 @@ class ExtractSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     backend: str = "torch"
-    #: why the run ended early (the store refused data, every worker process died), "" when it
+    #: why the run ended early (the store refused data, no worker process left), "" when it
     #: did not
     stopped: str = ""
     not_started: int = 0    # videos of this shard never started because of that
@@ -376,15 +376,19 @@ class _Worker:
     conn: Connection
     ready: bool = False
     item: VideoItem | None = None
+    taken: int = 0          # videos handed to it so far
+    replacement: bool = False  # started in place of a worker that died
+    #: why it could not start (it sent ``("failed", reason)``), "" otherwise
+    failed: str = ""
 
     @classmethod
-    def start(cls, ctx, args: tuple) -> "_Worker":
+    def start(cls, ctx, args: tuple, replacement: bool = False) -> "_Worker":
         here, there = ctx.Pipe()
         process = ctx.Process(target=_worker_main, args=(there, *args), daemon=True,
                               name="flowkit-extract-worker")
         process.start()
         there.close()  # the child holds it now: the parent reads end of file once the child dies
-        return cls(process, here)
+        return cls(process, here, replacement=replacement)
 
     def give(self, pending: list[VideoItem]) -> None:
         """Send it the next video of ``pending`` (left there if it is already gone)."""
@@ -395,6 +399,7 @@ class _Worker:
             pending.append(item)
             return
         self.item = item
+        self.taken += 1
 
     def messages(self) -> list[tuple[str, object]]:
         """What the worker has sent so far (none once it is gone)."""
@@ -407,7 +412,7 @@ class _Worker:
         return out
 
     def dead(self) -> bool:
-        return self.process.exitcode is not None
+        return self.process.exitcode is not None or bool(self.failed)
 
 
 def _death(process: mp.process.BaseProcess) -> str:
@@ -425,8 +430,9 @@ def _death(process: mp.process.BaseProcess) -> str:
 
 
 class _WorkersGone(FlowkitError):
-    """Every worker process died before taking a video: the run stops (exit 1), as on a full
-    disk, with the videos not started counted in the summary."""
+    """No worker process is left while videos wait (every one died before taking a video, or the
+    new ones could not start): the run stops (exit 1), as on a full disk, with the videos not
+    started counted in the summary."""
 
 
 def die_with_parent(parent: int) -> None:
@@ -682,9 +688,10 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
                  stop: StopFlag, notes: list[str]) -> Iterator[VideoResult]:
     """``todo`` over ``config.workers`` processes (each its own engine and feed, few torch
     threads), one video at a time per process. A worker that dies (the out-of-memory killer, a
-    crash) fails the video it held, with the reason, and a new one takes its place; one that dies
-    before taking a video is not replaced (a line in ``notes``), and when none is left the run
-    stops (:class:`_WorkersGone`). Stopping (``stop``, an error) terminates the workers, which
+    crash) fails the video it held, with the reason, and a new one takes its place, as does one
+    that died between videos; one that dies before taking a video, or a new one that cannot start,
+    is not replaced (a line in ``notes``), and when none is left the run stops
+    (:class:`_WorkersGone`). Stopping (``stop``, an error) terminates the workers, which
     leaves their feeds no time to clean up: once they are gone, their claims and partial files are
     removed here (:meth:`FlowStore.remove_dead_writer`), so that no other run, on another host
     above all, takes those videos for being extracted. A worker that dies while a stop is
@@ -701,8 +708,9 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
         while pending or any(w.item is not None for w in workers):
             stop.check()  # polled, so that a stop request is seen even while no video finishes
             if not workers:
-                raise _WorkersGone(f"every worker process died before taking a video (the last: "
-                                   f"{death}); rerun with fewer --workers")
+                raise _WorkersGone(f"no worker process is left to extract the {len(pending)} "
+                                   f"videos not started (the last: {death}); rerun the same "
+                                   "command to resume, with fewer --workers if memory ran out")
             for w in workers:
                 if w.ready and w.item is None and pending:
                     w.give(pending)
@@ -712,11 +720,14 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
                 if w.dead():
                     stop.check()  # the signal that killed it reached this process too
                     workers.remove(w)
-                    death = _death(w.process)
+                    death = w.failed or _death(w.process)
                     _remove_leftovers(w, store, config)
-                    yield from _lost(w, death, notes, len(workers))
-                    if w.item is not None and pending:
-                        workers.append(_Worker.start(ctx, args))
+                    # One that ran videos is replaced (at most one start per video handed out);
+                    # one that never took a video would likely fail again.
+                    replace = bool(w.taken and pending)
+                    yield from _lost(w, death, notes, len(workers) + replace, replace)
+                    if replace:
+                        workers.append(_Worker.start(ctx, args, replacement=True))
     except BaseException:
         for w in workers:
             w.process.terminate()
@@ -745,10 +756,19 @@ def _remove_leftovers(w: _Worker, store: FlowStore, config: ExtractConfig) -> No
 
 
 def _serve(w: _Worker, on_pairs) -> Iterator[VideoResult]:
-    """The results of what ``w`` has sent; raises what ended the run in it (a full disk, a bug)."""
+    """The results of what ``w`` has sent; raises what ended the run in it (a full disk, a bug,
+    a first worker that could not start: the run's options are at fault). A replacement that
+    could not start (the memory of the worker it replaces not yet free, say) is marked
+    ``failed`` and the run goes on without it."""
     for kind, payload in w.messages():
         if kind == "ready":
             w.ready = True
+        elif kind == "failed" and w.replacement:
+            w.failed = f"a new worker process could not start ({payload})"
+            w.process.join(_EXIT_WAIT_S)  # it returns right after saying so
+            if w.process.exitcode is None:
+                w.process.kill()
+                w.process.join()
         elif kind == "failed":
             raise FlowkitError(f"a worker process could not start: {payload}")
         elif kind == "error":
@@ -764,11 +784,15 @@ def _serve(w: _Worker, on_pairs) -> Iterator[VideoResult]:
                 raise fatal
 
 
-def _lost(w: _Worker, death: str, notes: list[str], left: int) -> Iterator[VideoResult]:
-    """The failed result of the video a dead worker held, or a note when it held none."""
+def _lost(w: _Worker, death: str, notes: list[str], left: int,
+          replaced: bool) -> Iterator[VideoResult]:
+    """The failed result of the video a dead worker held, or a note when it held none (``left``:
+    the workers the run goes on with, ``replaced``: a new one takes its place)."""
     w.conn.close()
     if w.item is None:
-        notes.append(f"{death} before taking a video; the run went on with {left} worker(s)")
+        when = " between videos" if w.taken else "" if w.failed else " before taking a video"
+        then = "a new one took its place" if replaced else f"the run went on with {left} worker(s)"
+        notes.append(f"{death}{when}; {then}")
         return
     yield VideoResult(w.item.key, str(w.item.path), "failed",
                       reason=f"{w.item.path}: {death} while extracting it; the other videos go "

@@ -21,6 +21,7 @@ from flowkit.samples import make_sample_videos, sample_specs
 from flowkit.store import FlowStore
 from flowkit.video import load_frames, write_video
 
+import worker_faults
 from conftest import rotate_mp4
 
 # Cheap TV-L1 for everything that does not check accuracy (~100 pairs/s at 64x80 on one core).
@@ -443,6 +444,83 @@ def test_a_video_name_too_long_for_the_store_fails_alone(sample_videos, tmp_path
     store = FlowStore(tmp_path / "s")
     assert len(store.keys()) == 4 and store.partials() == []
     assert not list((tmp_path / "s" / "videos").rglob("*.claim*"))
+
+
+def _with_worker_roles(monkeypatch, tmp_path, roles: str) -> None:
+    """Workers started from now on play ``roles`` (tests/worker_faults.py), in start order."""
+    from flowkit import extract as extract_module
+
+    starts = tmp_path / "worker_starts"
+    starts.mkdir()
+    monkeypatch.setenv(worker_faults.ROLES, roles)
+    monkeypatch.setenv(worker_faults.STARTS, str(starts))
+    monkeypatch.setattr(extract_module, "_worker_main", worker_faults.worker_main)
+
+
+def _lost_while_extracting(summary) -> int:
+    """Videos failed because their worker died: the parent most often hands a worker its next
+    video before it sees that worker die (the video then fails, named)."""
+    return sum(r.status == "failed" and "while extracting it" in r.reason
+               for r in summary.results)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_between_videos_is_replaced(items, tmp_path, monkeypatch):
+    """Both workers are killed right after sending their first result, before the parent hands
+    them the next video (the out-of-memory killer between two videos): each is replaced, and the
+    run finishes every video. Before, a worker that held no video when it died was taken for one
+    that never started: not replaced, and with both gone the run stopped, videos never started."""
+    from flowkit.extract import _Worker
+
+    _with_worker_roles(monkeypatch, tmp_path, "dies_after_result,dies_after_result,ok")
+    give = _Worker.give
+
+    def slow_give(self, pending):  # the parent is busy a moment: the kill comes first
+        if self.taken:
+            self.process.join(5.0)
+        give(self, pending)
+
+    monkeypatch.setattr(_Worker, "give", slow_give)
+    videos, classes = items
+    summary = extract(videos, tmp_path / "s", _config(workers=2), classes=classes)
+    assert summary.stopped == "" and summary.not_started == 0, summary.stopped
+    assert [r.status for r in summary.results] == ["done"] * len(videos), summary.results
+    replaced = [n for n in summary.notes if "between videos; a new one took its place" in n]
+    assert len(replaced) == 2 and all("killed by signal 9" in n for n in replaced), summary.notes
+    assert FlowStore(tmp_path / "s").partials() == []
+
+
+@pytest.mark.slow
+def test_a_replacement_that_cannot_start_leaves_the_run_to_the_others(items, tmp_path,
+                                                                      monkeypatch):
+    """The worker that took a dead one's place cannot start (its engine build fails: memory the
+    dead one held not free yet): a note, and the other worker finishes the videos. Before, that
+    ended the whole run with an error."""
+    _with_worker_roles(monkeypatch, tmp_path,
+                       "dies_after_result,waits_for_failed_start,cannot_start")
+    videos, classes = items
+    summary = extract(videos, tmp_path / "s", _config(workers=2), classes=classes)
+    assert summary.stopped == "" and len(summary.results) == len(videos)
+    assert summary.count("done") + _lost_while_extracting(summary) == len(videos)
+    assert _lost_while_extracting(summary) <= 1
+    assert f"a new worker process could not start ({worker_faults.CANNOT_START}); the run went " \
+           "on with 1 worker(s)" in summary.notes, summary.notes
+
+
+@pytest.mark.slow
+def test_no_worker_left_stops_the_run_and_counts_what_did_not_start(items, tmp_path,
+                                                                    monkeypatch):
+    """Every worker dies before taking a video: the run stops (as on a full disk: the CLI exits
+    1), says why, and the summary counts the videos never started."""
+    _with_worker_roles(monkeypatch, tmp_path, "dies_at_start")
+    videos, classes = items
+    summary = extract(videos, tmp_path / "s", _config(workers=2), classes=classes)
+    assert summary.stopped.startswith(f"no worker process is left to extract the {len(videos)} "
+                                      "videos not started (the last: worker process "), \
+        summary.stopped
+    assert "killed by signal 9" in summary.stopped
+    assert summary.results == [] and summary.not_started == len(videos)
+    assert sum("before taking a video" in n for n in summary.notes) == 2, summary.notes
 
 
 def test_a_finished_video_named_to_the_old_limit_is_skipped_not_failed(sample_videos, tmp_path,
