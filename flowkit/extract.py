@@ -555,7 +555,8 @@ def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:
     return Request(method=config.flow_name, engine=engine.describe(), size=config.size,
                    step=config.step, rgb=config.rgb, rgb_codec=rgb_codec(config.rgb_codec),
                    flow_codec=flow_codec(config.flow_codec),
-                   param_names=tuple(f.name for f in dataclasses.fields(params)) if params else ())
+                   param_names=tuple(f.name for f in dataclasses.fields(params)) if params else (),
+                   max_frames=config.max_frames)
 
 
 def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractConfig,

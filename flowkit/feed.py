@@ -167,8 +167,12 @@ VFR_RATIO = 1.5
 
 
 def video_notes(facts: dict, fps: float) -> tuple[dict, list[str]]:
-    """Attributes to store and notes to print from what decoding found out (``facts``)."""
+    """Attributes to store and notes to print from what decoding found out (``facts``): among
+    them ``max_frames`` when that limit cut the video (a later run with another limit would make
+    other frames of it: :mod:`flowkit.store.compat` compares)."""
     attrs, notes = {}, []
+    if facts.get("max_frames"):
+        attrs["max_frames"] = int(facts["max_frames"])
     rotation = int(facts.get("rotation", 0))
     if rotation:
         attrs["rotation"] = rotation

@@ -417,9 +417,10 @@ def iter_frames(
             already turned upright, as players show them), ``frame_interval`` (``[min, max]``
             seconds between frames consecutive in presentation order; far apart for a variable
             frame rate; absent when the timestamps cannot tell, e.g. repeated ones) and
-            ``decoded`` (frames decoded, before ``step`` and ``max_frames``). ``rotation`` is
-            there once the first frame is yielded, the others once the generator ends (or is
-            closed).
+            ``decoded`` (frames decoded, before ``step`` and ``max_frames``); and
+            ``max_frames``, only when that limit ended decoding (the video had at least as many
+            frames to keep). ``rotation`` is there once the first frame is yielded, the others
+            once the generator ends (or is closed).
 
     Yields:
         uint8 frames, ``(H, W, 3)`` RGB or ``(H, W)`` gray, each a fresh array the caller may keep.
@@ -477,6 +478,7 @@ def iter_frames(
                 yield resized.copy() if resized is image else resized
                 yielded += 1
                 if max_frames is not None and yielded >= max_frames:
+                    facts["max_frames"] = int(max_frames)
                     return
             if decoded == 0:
                 raise _fail(path, "no frames could be decoded (empty or corrupt video stream)")

@@ -296,13 +296,60 @@ def test_a_rotated_video_resumes_with_the_same_command(items, tmp_path):
     assert _stamps(path) == before
 
 
-def test_another_max_frames_is_refused_before_computing(items, tmp_path):
-    """A store made with --max-frames 3: adding backward flow without it would make 8 frames of
-    each video, which the store refuses; refused up front, with the matching option, unless
-    --redo-mismatched replaces the videos."""
+def test_the_max_frames_that_cut_a_video_is_kept_and_a_run_keeping_more_is_refused(items,
+                                                                                    tmp_path):
+    """A video cut by --max-frames records the limit; a run that would keep more of it (no limit,
+    a larger one) or join longer videos to it is refused before computing, naming the option
+    that matches (before, a rerun without --max-frames skipped the cut videos as finished and the
+    store silently held 3 of their 8 frames). The same limit resumes; --redo-mismatched redoes
+    them whole; and a store of whole videos refuses new ones cut shorter."""
+    import h5py
+
     videos, classes = items
     path = tmp_path / "s"
     extract(videos[:2], path, _config(max_frames=3), classes=classes)
+    store = FlowStore(path)
+    assert [store.meta(v.key)["max_frames"] for v in videos[:2]] == [3, 3]
+    assert store.metas([videos[0].key])[videos[0].key]["max_frames"] == 3  # the index has it
+    before = _stamps(path)
+    for config, asked in ((_config(), "none"), (_config(max_frames=5), "5"),
+                          (_config(backward=True), "none")):
+        with pytest.raises(StoreError) as refused:
+            extract(videos[:2], path, config, classes=classes)
+        message = str(refused.value)
+        assert f"frames cut at (--max-frames) 3 in the store, {asked} asked (2 of 2 videos " \
+               "checked)" in message, message
+        assert "Nothing was computed. Rerun with --max-frames 3 to extend this store" in message
+    with pytest.raises(StoreError, match="Rerun with --max-frames 3"):  # joins a whole video
+        extract(videos[:3], path, _config(max_frames=20), classes=classes)
+    assert _stamps(path) == before
+    again = extract(videos[:2], path, _config(max_frames=3), classes=classes)
+    assert [r.status for r in again.results] == ["skipped"] * 2
+    redone = extract(videos[:2], path, _config(redo_mismatched=True), classes=classes)
+    assert [(r.status, r.frames) for r in redone.results] == [("done", T)] * 2, redone.results
+    with h5py.File(path / "videos" / f"{videos[0].key}.h5", "r") as f:
+        assert "max_frames" not in f.attrs and f.attrs["frame_count"] == T
+    with pytest.raises(StoreError) as shorter:  # whole videos; a new one would be cut at 3
+        extract(videos[:3], path, _config(max_frames=3), classes=classes)
+    assert "frames cut at (--max-frames) none in the store, 3 asked" in str(shorter.value)
+    assert "Rerun without --max-frames to extend this store" in str(shorter.value)
+    assert [r.status for r in extract(videos[:3], path, _config(), classes=classes).results] \
+        == ["skipped", "skipped", "done"]
+
+
+def test_another_max_frames_is_refused_before_computing(items, tmp_path):
+    """A store made with --max-frames 3 before the limit was recorded: adding backward flow
+    without it would make 8 frames of each video, which the store refuses; refused up front (the
+    headers' frame counts tell), with the matching option, unless --redo-mismatched replaces the
+    videos."""
+    import h5py
+
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:2], path, _config(max_frames=3), classes=classes)
+    for file in (path / "videos").rglob("*.h5"):  # as an older flowkit wrote them
+        with h5py.File(file, "a") as f:
+            del f.attrs["max_frames"]
     before = _stamps(path)
     with pytest.raises(StoreError) as refused:
         extract(videos[:2], path, _config(backward=True), classes=classes)

@@ -1,7 +1,7 @@
 """Does an extraction run fit the store it writes into? Checked before anything is computed.
 
-A store holds every video at one frame size and frame step, with one RGB codec, and each engine's
-flow with one set of parameters and one flow codec. A run whose options differ would either fail
+A store holds every video at one frame size and frame step, cut at one ``--max-frames`` (or
+whole), with one RGB codec, and each engine's flow with one set of parameters and one flow codec. A run whose options differ would either fail
 on every video after computing it (a new engine's flow at another size than the video's RGB),
 silently skip videos made with other options (an engine the store already has), or mix sizes in
 one store. :func:`compare_with_store` reads the finished videos' metadata and lists what differs;
@@ -24,8 +24,8 @@ REFERENCE_VIDEOS = 3
 @dataclass(frozen=True)
 class Request:
     """What a run would write: frame ``size`` (None, short side, or ``(H, W)``), ``step``, whether
-    it stores ``rgb`` and with which codecs, and the engine's ``describe()`` (name, version,
-    params) under the flow name ``method``."""
+    it stores ``rgb`` and with which codecs, the engine's ``describe()`` (name, version, params)
+    under the flow name ``method``, and ``max_frames``, the frames it keeps of a video at most."""
     method: str
     engine: dict
     size: int | tuple[int, int] | None
@@ -36,12 +36,16 @@ class Request:
     #: the engine's parameter names a user sets (``--param``); other recorded values (a weights
     #: file's digest, ...) follow from them and are not suggested as options
     param_names: tuple[str, ...] = ()
+    max_frames: int | None = None
 
     def differences(self, meta: dict, joining: bool = False) -> dict[str, tuple[Any, Any]]:
         """``{option: (stored, requested)}`` for one finished video's metadata
         (:meth:`flowkit.store.FlowStore.meta` or ``metas``); empty when the run fits it. A video's
         RGB is never written again, so the RGB codec counts only with ``joining``: the run adds
-        new videos beside this one."""
+        new videos beside this one. So does a video longer than this run's ``max_frames`` when
+        no limit cut it (made without the limit, or before flowkit recorded it), whereas one
+        that a ``max_frames`` cut (its ``max_frames`` attribute) differs whenever this run would
+        keep more of it."""
         out: dict[str, tuple[Any, Any]] = {}
         stored = (int(meta["height"]), int(meta["width"]))
         source = (int(meta.get("source_height", stored[0])),
@@ -50,6 +54,11 @@ class Request:
             out["size"] = (stored, output_size(*source, self.size))
         if int(meta.get("step", 1)) != int(self.step):
             out["step"] = (int(meta.get("step", 1)), int(self.step))
+        cut = meta.get("max_frames")
+        if (cut is not None and (self.max_frames is None or self.max_frames > int(cut))) or (
+                joining and self.max_frames is not None
+                and int(meta["num_frames"]) > self.max_frames):
+            out["max_frames"] = (None if cut is None else int(cut), self.max_frames)
         if joining and self.rgb and meta.get("rgb_codec") \
                 and meta["rgb_codec"] != codec_spec(self.rgb_codec):
             out["rgb_codec"] = (meta["rgb_codec"], codec_spec(self.rgb_codec))
@@ -101,6 +110,9 @@ class Comparison:
             opts.append(_size_option(self.metas.values()))
         if "step" in self.differing:
             opts.append(f"--step {self.stored['step'][0]}")
+        if "max_frames" in self.differing:
+            cuts = [c for c in self.stored["max_frames"] if c is not None]
+            opts.append(f"--max-frames {cuts[0]}" if cuts else "no --max-frames")
         if "rgb_codec" in self.differing:
             opts.append(f"--rgb-codec {self.stored['rgb_codec'][0]}")
         if "flow_codec" in self.differing:
@@ -171,7 +183,8 @@ class Comparison:
         return None
 
 
-_LABELS = {"size": "frame size", "step": "frame step", "rgb_codec": "rgb codec",
+_LABELS = {"size": "frame size", "step": "frame step", "max_frames": "frames cut at (--max-frames)",
+           "rgb_codec": "rgb codec",
            "flow_codec": "flow codec", "engine_version": "engine version",
            "params": "engine parameters"}
 
@@ -227,6 +240,8 @@ def _size_option(metas: Iterable[dict]) -> str:
 
 
 def _show(option: str, value: Any) -> str:
+    if option == "max_frames" and value is None:
+        return "none"
     if option == "size" and isinstance(value, tuple):
         return f"{value[0]}x{value[1]}"
     if option == "params" and isinstance(value, dict):

@@ -31,7 +31,8 @@ BAR_AFTER_SECONDS = 1.0
 
 #: The root attributes an abridged meta keeps (:meth:`FlowStore.metas`: what extraction compares
 #: and datasets read).
-BRIEF_ATTRS = ("height", "width", "source_height", "source_width", "step", "frame_count", "label")
+BRIEF_ATTRS = ("height", "width", "source_height", "source_width", "step", "frame_count", "label",
+               "max_frames")
 
 
 def dataset_bytes(ds: h5py.Dataset) -> int:
