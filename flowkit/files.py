@@ -55,6 +55,47 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` of this host started, in clock ticks since boot (Linux: field 22 of
+    ``/proc/<pid>/stat``); None where that cannot be read (no ``/proc``, the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id() -> str | None:
+    """This boot of this host (Linux's random ``boot_id``); None where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def process_identity() -> dict[str, Any]:
+    """What tells this process from a later one given the same pid on the same host (a restarted
+    container numbers its processes alike; a rebooted host reuses pids): its start time and the
+    host's boot, as far as they can be read. Recorded beside host and pid in claims and lock
+    files; :func:`same_process` compares."""
+    identity = {"start": process_start(os.getpid()), "boot": boot_id()}
+    return {k: v for k, v in identity.items() if v is not None}
+
+
+def same_process(pid: int, identity: dict[str, Any]) -> bool:
+    """Whether the process ``pid`` of this host that recorded ``identity``
+    (:func:`process_identity`; an empty one from an older flowkit) still runs: the pid is alive
+    and, where recorded, its start time and the host's boot are the same (not a later process
+    that got the pid)."""
+    if not pid_alive(pid):
+        return False
+    boot = identity.get("boot")
+    if boot is not None and boot_id() not in (None, boot):
+        return False
+    start = identity.get("start")
+    return start is None or process_start(pid) in (None, start)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``."""
     path = Path(path)

@@ -255,6 +255,41 @@ def test_claims_live_holder_and_stale_takeover(tmp_path):
     assert leftovers(tmp_path / "s") == []
 
 
+def test_a_claim_of_an_earlier_process_given_the_same_pid_is_stale(tmp_path):
+    """A container restarted under the same host name numbers its processes alike: the old run's
+    claims name pids that the new run's processes now have. Such a claim was taken for live (its
+    pid runs), so the video was skipped as "being extracted by" that process, on every rerun. The
+    claim records its process's start time and the host's boot: a live pid that started at
+    another time, or a boot that is not this one, is another process. A claim of an older
+    flowkit (no start time) keeps the pid rule."""
+    from flowkit.files import host_name, process_identity, process_start
+
+    store = FlowStore(tmp_path / "s", "a")
+    claim = tmp_path / "s" / "videos" / "c" / "v.h5.tvl1.claim"
+    claim.parent.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"])  # the live process that got the old pid
+    try:
+        start = process_start(sleeper.pid)
+        assert start is not None and process_identity()["start"] == process_start(os.getpid())
+        mine = {"host": host_name(), "pid": sleeper.pid, "since": "then"}
+        for identity, held in (({"start": start}, True), ({}, True),
+                               ({"start": start - 1}, False),
+                               ({"start": start, "boot": "another-boot"}, False)):
+            claim.write_text(json.dumps({**mine, **identity}))
+            busy = store.claim("c/v", "tvl1")
+            assert (busy is not None) == held, (identity, busy)
+            if held:
+                assert f"pid {sleeper.pid}" in busy and store.remove_partials() == []
+            else:  # taken over, recording this process
+                assert json.loads(claim.read_text())["start"] == process_start(os.getpid())
+                store.release("c/v", "tvl1")
+        claim.write_text(json.dumps({**mine, "start": start - 1}))
+        assert store.remove_partials() == [claim]  # a leftover too
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_claims_of_another_host_live_by_heartbeat_stale_after_ten_minutes(tmp_path):
     """A claim from another host is live while its holder's heartbeat touches it; untouched for
     STALE_CLAIM_SECONDS (the holder or its host died) it is taken over, and removed as a leftover."""

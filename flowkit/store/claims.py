@@ -7,8 +7,11 @@ the same engine or different ones:
   ``flow/<name>`` of ``<key>``, a writer links ``videos/<key>.h5.<name>.claim`` into place (atomic
   and exclusive, also on NFS v3+) holding its host and pid; a second writer finds it and moves on.
   The holder's heartbeat thread touches its claims every ``CLAIM_HEARTBEAT_SECONDS`` (60 s), so a
-  claim is live while its process is: on this host its pid is checked, from another host its age
-  (untouched for ``STALE_CLAIM_SECONDS``, 10 minutes: the process or its host died). A dead
+  claim is live while its process is: on this host its pid is checked (with the process's start
+  time and the host's boot id, so that a restarted container, which gives its new processes the
+  old pids under the same host name, does not take the old claims for its own processes'), from
+  another host its age (untouched for ``STALE_CLAIM_SECONDS``, 10 minutes: the process or its host
+  died). A dead
   process's claim is taken over, under the commit lock so that two takers cannot both win: a rerun
   after a node failed picks its videos up within minutes, not a day.
 - **The commit lock** (``flock`` on ``videos/.commit.lock``) is held only while a finished partial
@@ -32,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..files import TMP_SUFFIX, host_name, pid_alive
+from ..files import TMP_SUFFIX, host_name, pid_alive, process_identity, same_process
 from .layout import (CLAIM, CLAIM_HEARTBEAT_SECONDS, COMMIT_LOCK, STALE_CLAIM_SECONDS, WIDEST_PID,
                      now)
 
@@ -90,7 +93,7 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
     holder (another thread of this process too) is waited for; a dead one's file is broken (claims'
     rule: pid on this host, heartbeat age from another); the holder's heartbeat touches it."""
     me = {"host": host_name(), "pid": os.getpid(), "thread": threading.get_ident(),
-          "since": now()}
+          "since": now(), **process_identity()}
     tmp = path.with_name(f"{path.name}.{me['host']}.{me['pid']}.{me['thread']}{TMP_SUFFIX}")
     wait, held = LOCK_POLL_SECONDS[0], False
     try:
@@ -178,8 +181,12 @@ def _holder(path: Path) -> dict | None:
 
 
 def _is_live(holder: dict, path: Path, stale_after: float) -> bool:
+    """A holder of this host is live while its process runs: its pid, and where recorded its
+    start time and the host's boot (a container restarted with the same hostname gives its new
+    processes the old pids); one of another host while its heartbeat is younger than
+    ``stale_after``."""
     if holder.get("host") == host_name() and isinstance(holder.get("pid"), int):
-        return holder["pid"] == os.getpid() or pid_alive(holder["pid"])
+        return same_process(holder["pid"], holder)
     try:
         return time.time() - path.stat().st_mtime < stale_after
     except FileNotFoundError:
@@ -197,7 +204,7 @@ def try_claim(videos: Path, final: Path, name: str,
     description of the live process that holds it."""
     path = claim_path(final, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": host_name(), "pid": os.getpid(), "since": now()}
+    me = {"host": host_name(), "pid": os.getpid(), "since": now(), **process_identity()}
     # Written whole, then linked into place: link() is atomic and fails if the claim exists, so
     # nobody ever reads a half-written claim (an empty file would look stale and be taken over).
     tmp = path.with_name(path.name + link_ending())
