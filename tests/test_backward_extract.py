@@ -148,6 +148,55 @@ def test_rerun_backward_resumes_and_forward_is_not_refused(both):
     assert {p: p.stat().st_mtime_ns for p in (path / "videos").rglob("*.h5")} == stamps
 
 
+def test_the_two_directions_are_made_with_the_same_parameters(sample_videos, tmp_path):
+    """Backward flow beside a forward flow made with other engine parameters (or forward beside
+    backward) is refused before computing, with the --param values of the flow already there;
+    before, `--backward` without the forward run's --param computed the other direction with
+    the defaults, silently. --redo-mismatched computes the run's direction with its options (the
+    other keeps its own); a forward flow another engine wrote (imported) is not compared."""
+    from flowkit.errors import StoreError
+
+    items, classes = scan_videos(sample_videos)
+    path = tmp_path / "s"
+    extract(items[:2], path, _config(), classes=classes)
+    other = dict(CHEAP, nscales=1)
+
+    def run(videos, **kw):
+        return extract(videos, path, ExtractConfig(engine_params=other, flow_codec="float16",
+                                                   rgb_codec="raw", **kw), classes=classes)
+
+    with pytest.raises(StoreError) as refused:
+        run(items[:2], backward=True)
+    message = str(refused.value)
+    assert ("engine parameters of flow/tvl1 (the other direction of flow/tvl1_backward) "
+            "nscales=2 in the store, nscales=1 asked (2 of 2 videos checked)") in message, message
+    assert "Nothing was computed. Rerun with --param nscales=2 to extend this store" in message
+    assert "flow/tvl1 keeps its parameters until it is recomputed the same way" in message
+    assert FlowStore(path).flow_names(items[0].key) == ["tvl1"]
+    extract(items[2:3], path, _config(backward=True), classes=classes)  # backward alone
+    with pytest.raises(StoreError, match=r"of flow/tvl1_backward \(the other direction of "
+                                         r"flow/tvl1\) nscales=2 in the store, nscales=1 asked"):
+        run(items[2:3])
+    redone = run(items[:2], backward=True, redo_mismatched=True)
+    assert [r.status for r in redone.results] == ["done", "done"], redone.results
+    flows = FlowStore(path).meta(items[0].key)["flows"]
+    assert (flows["tvl1"]["params"]["nscales"], flows[BACKWARD]["params"]["nscales"]) == (2, 1)
+    # a forward flow imported from rawframes: the backward run has nothing to match
+    imported = {"engine": "mmaction2-rawframes", "version": "0.1.0", "backend": "external",
+                "params": {"bound": 20.0, "source_format": "mmaction2-rawframes"}}
+    key, video = items[3].key, items[3]
+    with FlowStore(path, mode="a") as store:
+        with store.writer(key, source=str(video.path), fps=25.0, label=video.label,
+                          label_name=video.label_name, source_size=(64, 80),
+                          flow_codec="float16", rgb_codec="raw") as w:
+            frames = flowkit.video.load_frames(video.path)
+            w.append_rgb(frames)
+            w.append_flow("tvl1", np.zeros((len(frames) - 1, 2, 64, 80), np.float32),
+                          engine=imported)
+    beside = run(items[3:4], backward=True)
+    assert [r.status for r in beside.results] == ["done"], beside.results
+
+
 # ----------------------------------------------------------------------------- command line
 
 def test_cli_backward_and_info(sample_videos, both, tmp_path):

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..conventions import BACKWARD_SUFFIX, backward_name, is_backward
 from ..video import output_size
 from .codecs import Codec, codec_spec
 from .layout import json_default
@@ -38,6 +39,13 @@ class Request:
     param_names: tuple[str, ...] = ()
     max_frames: int | None = None
 
+    @property
+    def other_direction(self) -> str:
+        """The flow name of the other direction of ``method``: ``tvl1`` <-> ``tvl1_backward``."""
+        if is_backward(self.method):
+            return self.method[:-len(BACKWARD_SUFFIX)]
+        return backward_name(self.method)
+
     def differences(self, meta: dict, joining: bool = False) -> dict[str, tuple[Any, Any]]:
         """``{option: (stored, requested)}`` for one finished video's metadata
         (:meth:`flowkit.store.FlowStore.meta` or ``metas``); empty when the run fits it. A video's
@@ -45,7 +53,10 @@ class Request:
         new videos beside this one. So does a video longer than this run's ``max_frames`` when
         no limit cut it (made without the limit, or before flowkit recorded it), whereas one
         that a ``max_frames`` cut (its ``max_frames`` attribute) differs whenever this run would
-        keep more of it."""
+        keep more of it. A video without this flow but with the other direction's
+        (``tvl1_backward`` beside ``tvl1``) compares that flow's engine version and parameters
+        (``pair_params``, ``pair_engine_version``): the two directions of a trajectory are made
+        alike."""
         out: dict[str, tuple[Any, Any]] = {}
         stored = (int(meta["height"]), int(meta["width"]))
         source = (int(meta.get("source_height", stored[0])),
@@ -67,15 +78,24 @@ class Request:
             spec = flow["codec_spec"]
             if spec != codec_spec(self.flow_codec):
                 out["flow_codec"] = (spec, codec_spec(self.flow_codec))
-            if str(flow.get("engine_version")) != str(self.engine["version"]):
-                out["engine_version"] = (flow.get("engine_version"), self.engine["version"])
-            requested = _plain(self.engine["params"])
-            params = _plain(flow.get("params", {}))
-            changed = sorted(k for k in set(params) | set(requested)
-                             if params.get(k) != requested.get(k))
-            if changed:
-                out["params"] = ({k: params.get(k) for k in changed},
-                                 {k: requested.get(k) for k in changed})
+            out.update(self._engine_differences(flow))
+        elif self.other_direction in meta["flows"]:
+            out.update({f"pair_{option}": values for option, values
+                        in self._engine_differences(meta["flows"][self.other_direction]).items()})
+        return out
+
+    def _engine_differences(self, flow: dict) -> dict[str, tuple[Any, Any]]:
+        """The engine version and parameters of a stored flow's record against this run's."""
+        out: dict[str, tuple[Any, Any]] = {}
+        if str(flow.get("engine_version")) != str(self.engine["version"]):
+            out["engine_version"] = (flow.get("engine_version"), self.engine["version"])
+        requested = _plain(self.engine["params"])
+        params = _plain(flow.get("params", {}))
+        changed = sorted(k for k in set(params) | set(requested)
+                         if params.get(k) != requested.get(k))
+        if changed:
+            out["params"] = ({k: params.get(k) for k in changed},
+                             {k: requested.get(k) for k in changed})
         return out
 
 
@@ -117,8 +137,8 @@ class Comparison:
             opts.append(f"--rgb-codec {self.stored['rgb_codec'][0]}")
         if "flow_codec" in self.differing:
             opts.append(f"--flow-codec {self.stored['flow_codec'][0]}")
-        if "params" in self.differing:
-            for key, value in self.stored["params"][0].items():
+        for option in ("params", "pair_params"):
+            for key, value in self.stored.get(option, [{}])[0].items():
                 if key not in self.request.param_names:
                     continue
                 if key == "weights":
@@ -127,7 +147,7 @@ class Comparison:
                     opts.append(f"no --param {key}")
                 else:
                     opts.append(f"--param {key}={json.dumps(value)}")
-        return [o for o in opts if o]
+        return list(dict.fromkeys(o for o in opts if o))
 
     def message(self) -> str:
         """One line: what differs, the options that match the store, and the ways out. When the
@@ -140,7 +160,10 @@ class Comparison:
         parts = []
         for option, keys in self.differing.items():
             stored, requested = self.stored[option][0], self.request_value(option)
-            parts.append(f"{_LABELS[option]} {_show(option, stored)} in the store, "
+            label = _LABELS.get(option) or (
+                f"{_LABELS[option.removeprefix('pair_')]} of flow/{self.request.other_direction} "
+                f"(the other direction of flow/{self.request.method})")
+            parts.append(f"{label} {_show(option, stored)} in the store, "
                          f"{_show(option, requested)} asked ({len(keys)} of {self.checked} "
                          "videos checked)")
         opts = self.matching_options()
@@ -156,9 +179,13 @@ class Comparison:
                     f"would mix both kinds. Nothing was computed. {fix}, write a new store (-o "
                     "NEW_STORE), or run over the store's videos too (their VIDEO_DIR) with "
                     "--redo-mismatched to recompute them all with the new options")
+        pair = ""
+        if any(option.startswith("pair_") for option in self.differing):
+            pair = (f"; flow/{self.request.other_direction} keeps its parameters until it is "
+                    "recomputed the same way")
         return (head + f"Nothing was computed. {fix}, add --redo-mismatched to recompute those "
-                "videos with the new options (replacing what the store holds for them), or write "
-                "a new store (-o NEW_STORE)")
+                f"videos with the new options (replacing what the store holds for them{pair}), "
+                "or write a new store (-o NEW_STORE)")
 
     def _foreign_message(self) -> str:
         engine, backend = self.foreign
@@ -209,11 +236,20 @@ def compare_with_store(store, keys: Iterable[str], request: Request,
             result.differing.setdefault(option, []).append(key)
             if stored not in result.stored.setdefault(option, []):
                 result.stored[option].append(stored)
+    # The index holds no engine name: one video's file tells who wrote the flow.
     engine_keys = result.differing.get("params", []) + result.differing.get("engine_version", [])
-    if engine_keys:  # the index holds no engine name: one video's file tells who wrote the flow
+    if engine_keys:
         flow = store.meta(engine_keys[0])["flows"].get(request.method, {})
         if flow.get("engine", request.engine["engine"]) != request.engine["engine"]:
             result.foreign = (str(flow["engine"]), str(flow.get("backend", "")))
+    pair_keys = (result.differing.get("pair_params", [])
+                 + result.differing.get("pair_engine_version", []))
+    if pair_keys:  # another engine's other direction (imported flow): nothing to make alike
+        flow = store.meta(pair_keys[0])["flows"].get(request.other_direction, {})
+        if flow.get("engine", request.engine["engine"]) != request.engine["engine"]:
+            for option in ("pair_params", "pair_engine_version"):
+                result.differing.pop(option, None)
+                result.stored.pop(option, None)
     return result
 
 
@@ -244,7 +280,7 @@ def _show(option: str, value: Any) -> str:
         return "none"
     if option == "size" and isinstance(value, tuple):
         return f"{value[0]}x{value[1]}"
-    if option == "params" and isinstance(value, dict):
+    if option.endswith("params") and isinstance(value, dict):
         return ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items())
     return str(value)
 
