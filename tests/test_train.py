@@ -383,6 +383,47 @@ def test_evaluate_writes_results(tiny_store, tmp_path):
     assert (tmp_path / "all" / "eval.json").is_file()
 
 
+def test_evaluate_matches_classes_by_name_in_a_store_numbered_otherwise(tiny_store, tmp_path):
+    """A store extracted from another folder numbers its classes by its own folder names: here
+    (down, zzz), where the run knows (right, down, left). Its 'down' videos are scored as the
+    run's 'down' (label 1, where the store says 0) and its 'zzz' video is left out, named in a
+    note; before, the store was refused ("labels would not match")."""
+    from conftest import TINY_SIZE, tiny_video
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    other = tmp_path / "other"
+    with FlowStore(other, mode="a", classes=["down", "zzz"]) as store:
+        videos = [("down", i, 0) for i in range(4)] + [("left", 0, 1)]
+        for name, i, label in videos:
+            frames, flow = tiny_video(name, i)
+            label_name = ["down", "zzz"][label]
+            with store.writer(f"{label_name}/{name}_{i}", source=f"{name}_{i}.mp4", fps=25.0,
+                              label=label, label_name=label_name, source_size=TINY_SIZE,
+                              flow_codec="float16", rgb_codec="raw") as w:
+                w.append_rgb(frames)
+                w.append_flow("tvl1", flow, engine={"engine": "exact", "version": "1",
+                                                    "params": {}})
+    report = evaluate_run(run, other, clips=1, crops=1, split="all", checkpoint="last",
+                          out_dir=False).report
+    assert sorted(p["key"] for p in report["predictions"]) == [f"down/down_{i}" for i in range(4)]
+    assert {p["label"] for p in report["predictions"]} == {1}  # the run's 'down'
+    assert report["classes"] == ["right", "down", "left"]
+    assert len(report["notes"]) == 1 and "'zzz/left_0'" in report["notes"][0], report["notes"]
+    assert "have no label among the run's 3 classes" in report["notes"][0]
+    with FlowStore(tmp_path / "none", mode="a", classes=["zzz"]) as store:
+        frames, flow = tiny_video("left", 0)
+        with store.writer("zzz/left_0", source="left_0.mp4", fps=25.0, label=0,
+                          label_name="zzz", source_size=TINY_SIZE, flow_codec="float16",
+                          rgb_codec="raw") as w:
+            w.append_rgb(frames)
+            w.append_flow("tvl1", flow, engine={"engine": "exact", "version": "1",
+                                                "params": {}})
+    with pytest.raises(FlowkitError, match="has a label among the run's 3 classes"):
+        evaluate_run(run, tmp_path / "none", clips=1, crops=1, split="all", checkpoint="last",
+                     out_dir=False)
+
+
 def test_a_copy_of_the_training_store_is_not_held_out(tiny_store, tmp_path):
     """Keys are relative to the dataset: on a copy of the training store, --split auto leaves
     the training videos out, and --split all says it scored them."""

@@ -17,6 +17,7 @@ The default ``torch.utils.data.default_collate`` batches items; no custom collat
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ..conventions import backward_name, is_backward
 from ..errors import FlowkitError
 from ..store import FlowStore
 from .samplers import flow_indices
-from .splits import MAX_LISTED, as_store, missing_keys_error
+from .splits import MAX_LISTED, as_store, label_map, missing_keys_error
 from .transforms import MODALITIES, Normalize, Transform
 
 FLOAT_FLOW_BOUND = 20.0  # pixels: flow_bound of float16 flow (uint8 flow has its own)
@@ -70,6 +71,9 @@ class ClipDataset(Dataset):
         flow_stack: L, consecutive flows stacked per clip position (a model's ``model.flow_stack``);
             forward flow only: backward flow is one flow per position.
         seed: base of every random choice (non-negative).
+        classes: the class names labels index (a trained run's); a store whose class list does
+            not begin with them has its labels matched to them by name, -1 for a class not among
+            them (:func:`~flowkit.data.splits.label_map`). Default: the store's.
         views: whether items carry a leading views dim. ``None``: exactly when
             ``sampler.clips * transform.crops > 1``; ``True``: always (evaluation with 1 view);
             ``False``: never (an error for multi-view samplers or transforms).
@@ -96,7 +100,7 @@ class ClipDataset(Dataset):
     def __init__(self, store: FlowStore | str | os.PathLike, keys: Sequence[str] | None = None, *,
                  inputs: Sequence[str] = ("rgb",), sampler, transform: Transform | None = None,
                  flow_name: str = "tvl1", flow_stack: int = 1, seed: int = 0,
-                 views: bool | None = None):
+                 views: bool | None = None, classes: Sequence[str] | None = None):
         if not callable(sampler) or not (transform is None or callable(transform)):
             raise FlowkitError("sampler must be a clip sampler (e.g. RandomClipSampler(frames=8)) "
                                "and transform a callable (sample, rng) -> sample or None")
@@ -122,6 +126,11 @@ class ClipDataset(Dataset):
         finally:
             self.store.close()  # nothing stays open when DataLoader workers fork
         self.videos = [info[key] for key in self.keys]
+        mapping = label_map(self.store.classes, classes) if classes is not None else None
+        if mapping is not None:
+            self.videos = [dataclasses.replace(v, label=mapping[v.label]
+                                               if 0 <= v.label < len(mapping) else -1)
+                           for v in self.videos]
 
     def _check_views(self, views: bool | None) -> bool:
         if views is None:

@@ -62,17 +62,36 @@ def labels(store: FlowStore | str | os.PathLike, keys: Sequence[str]) -> list[in
 
 
 def labelled_keys(store: FlowStore | str | os.PathLike, keys: Sequence[str],
-                  num_classes: int | None = None) -> tuple[list[str], list[str]]:
+                  num_classes: int | None = None, classes: Sequence[str] | None = None
+                  ) -> tuple[list[str], list[str]]:
     """``(labelled, unlabelled)``: ``keys`` (in their order) split by whether the video has a
-    label, i.e. one in ``[0, num_classes)`` (default: the store's class count). Unlabelled videos
-    (label -1: extracted from outside the class folders and not in a split list) can be neither
-    learnt nor scored."""
+    label, i.e. one in ``[0, num_classes)`` (default: the store's class count), or with
+    ``classes`` one whose class name is among them (:func:`label_map`). Unlabelled videos (label
+    -1: extracted from outside the class folders and not in a split list) can be neither learnt
+    nor scored."""
     store = as_store(store)
     k = len(store.classes) if num_classes is None else int(num_classes)
+    mapping = label_map(store.classes, classes) if classes is not None else None
     labelled, unlabelled = [], []
     for key, label in zip(keys, labels(store, keys)):
+        if mapping is not None:
+            label = mapping[label] if 0 <= label < len(mapping) else -1
+            k = len(classes)
         (labelled if 0 <= label < k else unlabelled).append(key)
     return labelled, unlabelled
+
+
+def label_map(store_classes: Sequence[str], classes: Sequence[str]) -> list[int] | None:
+    """The label of each of a store's classes among ``classes`` (a run's), matched by name, -1
+    for a class not among them; None when the store's labels already are those (its class list
+    begins with ``classes``: a store extracted with the same class folders or ``classInd.txt``).
+    A store extracted from another folder numbers its classes by its own sorted folder names,
+    so a class missing there shifts every label after it."""
+    store_classes, classes = list(store_classes), list(classes)
+    if store_classes[:len(classes)] == classes:
+        return None
+    index = {name: i for i, name in enumerate(classes)}
+    return [index.get(name, -1) for name in store_classes]
 
 
 def unlabelled_note(store: FlowStore, unlabelled: Sequence[str], where: str,

@@ -268,7 +268,7 @@ def _scoreable(store, keys: list[str], classes: list[str], split_desc: str
     FlowkitError when none is left."""
     from ..data import labelled_keys, unlabelled_note
 
-    scoreable, left_out = labelled_keys(store, keys, num_classes=len(classes))
+    scoreable, left_out = labelled_keys(store, keys, classes=classes)
     if not scoreable:
         raise FlowkitError(f"none of the {len(keys)} videos to evaluate in {store.path} "
                            f"({split_desc}) has a label among the run's {len(classes)} classes "
@@ -306,9 +306,6 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     store_path = Path(store) if store is not None else Path(config.store)
     flow_store = FlowStore(store_path)
     classes = run_config["classes"]
-    if flow_store.classes[:len(classes)] != classes:
-        raise FlowkitError(f"store {store_path} has classes {flow_store.classes[:5]}..., the run "
-                           f"was trained on {classes[:5]}...; labels would not match")
     keys, split_desc = select_keys(flow_store, run_config, split)
     if not keys:
         raise FlowkitError(f"no videos to evaluate in {store_path} ({split_desc})")
@@ -318,7 +315,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         if split == "auto":
             keys, split_desc = held_out_first(keys, run_config, split_desc)
         dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips,
-                               crops=crops, views=True)
+                               crops=crops, views=True, classes=classes)
     def loader(subset):
         return make_loader(subset, batch_size=batch_size, workers=workers, device=dev,
                            seed=derive_seed(config.seed, "evaluate"))

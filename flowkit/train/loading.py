@@ -176,8 +176,9 @@ def test_sampler(config: TrainConfig, clips: int = 1):
 
 
 def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips: int = 1,
-                 crops: int = 1, views: bool = False):
-    """A ClipDataset of ``keys`` with the inputs (and flow stack) ``model`` needs.
+                 crops: int = 1, views: bool = False, classes=None):
+    """A ClipDataset of ``keys`` with the inputs (and flow stack) ``model`` needs (``classes``:
+    the run's, when the store may number them otherwise: :class:`~flowkit.data.ClipDataset`).
 
     Raises FlowkitError at once when the store lacks a modality the model needs.
     """
@@ -192,7 +193,7 @@ def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips:
     kw = {"views": True} if views else {}
     return ClipDataset(store, keys, inputs=tuple(model.inputs), sampler=sampler,
                        transform=transform, flow_name=config.flow_name,
-                       flow_stack=int(model.flow_stack), seed=config.seed, **kw)
+                       flow_stack=int(model.flow_stack), seed=config.seed, classes=classes, **kw)
 
 
 def make_loader(dataset, *, batch_sampler=None, batch_size: int = 1, workers: int = 0,
