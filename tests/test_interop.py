@@ -172,15 +172,21 @@ def test_export_stops_cleanly_and_resumes(source_store, tmp_path):
 def test_one_bad_video_does_not_stop_an_export(source_store, tmp_path):
     store_path = tmp_path / "store"
     shutil.copytree(source_store, store_path)
-    with FlowStore(store_path, "a") as store:  # a second flow: the export cannot choose
+    with FlowStore(store_path, "a") as store:  # a second flow, in one video only
         with store.writer("run/run_0", source="x", fps=25.0, label=1, label_name="run") as w:
             w.append_flow("costvolume", np.zeros((FRAMES - 1, 2, *SIZE), np.float32),
                           engine={"engine": "costvolume", "version": "test", "params": {}})
-    summary = export_rawframes(store_path, tmp_path / "raw", ExportConfig())
-    assert summary.count("done") == 3
-    (bad,) = [r for r in summary.results if r.status == "failed"]
-    assert bad.key == "run/run_0" and "several flows (costvolume, tvl1)" in bad.reason
-    assert "run/run_0" not in (tmp_path / "raw" / "all_rawframes.txt").read_text()
+    # the store holds two flows: refused before anything is written (it used to fail each video)
+    with pytest.raises(FlowkitError, match="several flows; choose one with --flow: costvolume, "
+                                           "tvl1$"):
+        export_rawframes(store_path, tmp_path / "raw", ExportConfig())
+    assert not (tmp_path / "raw").exists()
+    summary = export_rawframes(store_path, tmp_path / "raw", ExportConfig(flow_name="costvolume"))
+    assert summary.count("done") == 1 and summary.count("failed") == 3
+    bad = [r for r in summary.results if r.status == "failed"]
+    assert all("no flow 'costvolume' (it has: tvl1)" in r.reason for r in bad)
+    assert "run/run_0" in (tmp_path / "raw" / "all_rawframes.txt").read_text()
+    assert "jump/jump_0" not in (tmp_path / "raw" / "all_rawframes.txt").read_text()
     tvl1 = export_rawframes(store_path, tmp_path / "raw_tvl1", ExportConfig(flow_name="tvl1"))
     assert tvl1.count("done") == 4
 
@@ -662,7 +668,7 @@ def _store_with(path: Path, videos: dict, rng) -> Path:
 def test_a_video_with_only_backward_flow_exports_its_m1_files(tmp_path):
     """A video holding only flow/tvl1_backward exports it as flow_{x,y}_m1_* (before: "done" with
     no flow file and no word), and it imports back as flow/tvl1_backward; --flow tvl1 picks it too,
-    and a video without the named flow lists the backward names it has."""
+    and a --flow no video holds is refused up front, naming the flows the store has."""
     rng = np.random.default_rng(21)
     store_path = _store_with(tmp_path / "store", {"back": (1, ["tvl1_backward"]),
                                                    "both": (1, ["tvl1", "tvl1_backward"])}, rng)
@@ -686,9 +692,10 @@ def test_a_video_with_only_backward_flow_exports_its_m1_files(tmp_path):
     named = export_rawframes(store_path, tmp_path / "raw_named", ExportConfig(flow_name="tvl1"))
     assert {r.key: (r.status, r.backward_pairs) for r in named.results}["jump/back"] == \
         ("done", FRAMES - 1)
-    other = export_rawframes(store_path, tmp_path / "raw_other", ExportConfig(flow_name="raft"))
-    reasons = {r.key: r.reason for r in other.results}
-    assert "no flow 'raft' (it has: tvl1_backward)" in reasons["jump/back"]
+    with pytest.raises(FlowkitError, match="holds no flow 'raft'; choose one with --flow: tvl1 "
+                                           r"\(with its backward flow tvl1_backward"):
+        export_rawframes(store_path, tmp_path / "raw_other", ExportConfig(flow_name="raft"))
+    assert not (tmp_path / "raw_other").exists()
     # beside a forward flow, another engine's lone backward flow does not make the choice
     # ambiguous: the forward flow is exported, as before backward-only export existed
     mixed = _store_with(tmp_path / "mixed", {"v": (1, ["tvl1", "farneback_backward"])}, rng)
@@ -764,3 +771,114 @@ def test_import_tsn_x_y_flow_names(tmp_path):
     levels = store.read_flow("jump/v0", "tvl1", dequantize=False)[:, :, 0, 0]
     assert levels.tolist() == [[110, 140], [120, 140], [130, 140]]
     assert any("jump/v0: 1 files not read" in n and "u_00001.jpg" in n for n in summary.notes)
+
+
+def _options(out: Path) -> dict:
+    return json.loads((out / ".flowkit-export.json").read_text())
+
+
+def test_cli_refuses_a_store_of_several_flows_up_front_and_resumes_with_flow(tmp_path):
+    """flowkit export rawframes on a store of tvl1, tvl1_backward and costvolume: one error line,
+    exit 2, naming the forward flows --flow takes, and no folder left (it used to fail every video,
+    exit 1, and leave a stamp of flow_name None that refused the --flow the error suggested)."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    rng = np.random.default_rng(5)
+    flows = ["costvolume", "tvl1", "tvl1_backward"]
+    store = _store_with(tmp_path / "store", {"v0": (1, flows), "v1": (1, flows)}, rng)
+    out = tmp_path / "raw"
+    r = CliRunner().invoke(main, ["export", "rawframes", str(store), str(out)])
+    assert r.exit_code == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "several flows" in line, line
+    choices = line.split("--flow: ", 1)[1]
+    assert [c.split(" (")[0] for c in choices.split(", ")] == ["costvolume", "tvl1"]
+    assert "with its backward flow tvl1_backward as flow_{x,y}_m1_*" in line
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["export", "rawframes", str(store), str(out), "--flow", "tvl1",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert (d["done"], d["flow_name"]) == (2, "tvl1")
+    assert {v["backward_pairs"] for v in d["videos"]} == {FRAMES - 1}  # tvl1_backward as _m1
+    assert (out / "jump" / "v0" / frame_name("flow_x", 2, backward=True)).is_file()
+    assert _options(out)["flow_name"] == "tvl1"
+    r = CliRunner().invoke(main, ["export", "rawframes", str(store), str(out), "--flow", "tvl1",
+                                  "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == 2, r.output
+    r = CliRunner().invoke(main, ["export", "rawframes", str(store), str(tmp_path / "raw_b"),
+                                  "--flow", "tvl1_backward"])
+    assert r.exit_code == 2 and "name its forward flow" in r.stderr, r.output
+    assert not (tmp_path / "raw_b").exists()
+
+
+def test_the_stamp_holds_the_flow_exported_and_a_rerun_naming_it_resumes(source_store, tmp_path):
+    out = tmp_path / "raw"
+    first = export_rawframes(source_store, out, ExportConfig())
+    assert _options(out)["flow_name"] == "tvl1"  # never null when a flow is exported
+    assert first.count("done") == 4 and first.flow_name == "tvl1"
+    again = export_rawframes(source_store, out, ExportConfig(flow_name="tvl1"))
+    assert again.count("skipped") == 4
+    # an older flowkit's stamp of "each video's only flow" resumes as the store's only flow
+    options = _options(out)
+    (out / ".flowkit-export.json").write_text(json.dumps({**options, "flow_name": None}))
+    shutil.rmtree(out / "run" / "run_0")
+    resumed = export_rawframes(source_store, out, ExportConfig())
+    assert (resumed.count("skipped"), resumed.count("done")) == (3, 1)
+    assert _options(out) == options
+    with pytest.raises(FlowkitError, match="other options.*bound 20.0 -> 32.0"):
+        export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    # --no-flow-images exports no flow: the stamp names none
+    rgb = export_rawframes(source_store, tmp_path / "rgb", ExportConfig(flow=False))
+    assert rgb.count("done") == 4 and _options(tmp_path / "rgb")["flow_name"] is None
+
+
+def test_an_export_that_exported_nothing_blocks_no_rerun(source_store, tmp_path, monkeypatch):
+    from flowkit.interop import export
+
+    out = tmp_path / "raw"
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(export, "_write_video", broken)
+        summary = export_rawframes(source_store, out, ExportConfig())
+    assert summary.count("failed") == 4 and summary.lists == []
+    assert not out.exists()  # no stamp, no label map, no folder: it made them, it took them away
+    assert any("no video was exported" in n for n in summary.notes)
+    out.mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(export, "_write_video", broken)
+        export_rawframes(source_store, out, ExportConfig())
+    assert out.is_dir() and not os.listdir(out)  # a folder it did not make is kept, empty
+    # what an older flowkit left after such a run: a stamp of other options and a label map
+    (out / ".flowkit-export.json").write_text(json.dumps(
+        {**ExportConfig().format_options(), "flow_name": None, "bound": 32.0}))
+    (out / "label_map.txt").write_text("jump\nrun\n")
+    summary = export_rawframes(source_store, out, ExportConfig(flow_name="tvl1"))
+    assert summary.count("done") == 4 and _options(out)["flow_name"] == "tvl1"
+    assert _options(out)["bound"] == 20.0
+
+
+def test_videos_of_one_store_with_different_flows(tmp_path):
+    """The flow is chosen over the whole store (its index); a video lacking it is reported as
+    before, a video holding no flow at all is exported without when no --flow was given."""
+    rng = np.random.default_rng(9)
+    store = _store_with(tmp_path / "store", {"a": (1, ["tvl1"]), "b": (1, ["farneback_backward"]),
+                                             "c": (1, [])}, rng)
+    summary = export_rawframes(store, tmp_path / "raw", ExportConfig())
+    results = {r.key: r for r in summary.results}
+    assert (results["jump/a"].status, results["jump/a"].pairs) == ("done", FRAMES - 1)
+    assert results["jump/b"].status == "failed"  # not its farneback_backward beside a's tvl1
+    assert "no flow 'tvl1' (it has: farneback_backward)" in results["jump/b"].reason
+    assert (results["jump/c"].status, results["jump/c"].pairs) == ("done", 0)
+    assert summary.flow_name == "tvl1" and _options(tmp_path / "raw")["flow_name"] == "tvl1"
+    named = export_rawframes(store, tmp_path / "raw_fb", ExportConfig(flow_name="farneback"))
+    results = {r.key: r for r in named.results}
+    assert (results["jump/b"].status, results["jump/b"].backward_pairs) == ("done", FRAMES - 1)
+    assert "no flow 'farneback' (it has: tvl1)" in results["jump/a"].reason
+    assert "no flow 'farneback' (it has: none)" in results["jump/c"].reason
+    assert _options(tmp_path / "raw_fb")["flow_name"] == "farneback"

@@ -62,7 +62,9 @@ def _finish(console: Console, d: dict, what: str, as_json: bool) -> None:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--flow", "flow_name", default=None, metavar="NAME",
-              help="Flow dataset to export [default: each video's only flow].")
+              help="Forward flow to export, with its backward flow NAME_backward where held "
+                   "(as flow_x_m1_* / flow_y_m1_*) [default: the store's only forward flow; a "
+                   "store of several is refused, naming them].")
 @click.option("--bound", default=20.0, show_default=True,
               help="Flow range in pixels: v > B -> 255, v < -B -> 0 (denseflow's quantiser).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100),

@@ -23,8 +23,13 @@ summary notes it (other readers see step-1 rawframes).
 Resumable: a video is written into the hidden folder ``.<video>.partial`` next to its final
 folder and renamed when complete, so an existing ``OUT_DIR/<key>`` is always finished and is
 skipped on a rerun; the options are kept in ``OUT_DIR/.flowkit-export.json`` and a rerun with other
-options is refused (the folder would mix two quantisations). One exporter per ``OUT_DIR`` at a
-time. Parallel: ``workers`` threads, one video each (:mod:`flowkit.interop.pool`).
+options is refused (the folder would mix two quantisations or two flows). The flow is chosen for the
+whole store before anything is written (:func:`store_flows`, from the store's index): the one
+``--flow`` names, else the store's only forward flow; a store of several is refused, naming them.
+The stamp holds the chosen name, so a rerun with or without ``--flow NAME`` resumes alike. A run
+that exports no video leaves no stamp (nor the folder, if it made it), and a stamp beside no
+exported video is stale: it blocks no rerun. One exporter per ``OUT_DIR`` at a time. Parallel:
+``workers`` threads, one video each (:mod:`flowkit.interop.pool`).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -58,9 +63,10 @@ CHUNK = 32  # frames read, coded and written at a time: bounds memory whatever t
 class ExportConfig:
     """How rawframes are written; every field is a ``flowkit export rawframes`` option.
 
-    ``flow_name`` None exports each video's only flow (a video with several must name one); its
-    backward flow, when the store has it, is exported beside it (and alone, as ``_m1`` files, for
-    a video that holds only the backward flow);
+    ``flow_name`` None exports the store's only forward flow (a store of several must name one:
+    :func:`export_rawframes` refuses it; a video holding no flow at all is exported without); the
+    backward flow of the flow exported, where a video holds it, is written beside it (and alone,
+    as ``_m1`` files, for a video that holds only the backward flow);
     ``bound``: the quantiser's range in pixels; ``quality``: JPEG quality of images and flow;
     ``start_index``: number of the first file (1: mmaction2, 0: denseflow).
     """
@@ -118,6 +124,7 @@ class ExportSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     unlabelled: list[str] = field(default_factory=list)
+    flow_name: str | None = None  # the flow exported (None: no flow)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -126,6 +133,7 @@ class ExportSummary:
         clipped = sum(r.clipped for r in self.results)
         values = sum(r.values for r in self.results)
         return {"out_dir": self.out_dir, "seconds": round(self.seconds, 3),
+                "flow_name": self.flow_name,
                 "done": self.count("done"), "skipped": self.count("skipped"),
                 "failed": self.count("failed"), "lists": self.lists,
                 "clipped_values": clipped,
@@ -140,9 +148,12 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
                      stop: StopFlag | None = None) -> ExportSummary:
     """Export every video of the store at ``store_path`` to ``out_dir`` as rawframes, resuming.
 
-    ``progress`` gets the tasks "videos" and "frames" and a line per failed video; once ``stop``
-    is set, the videos in flight are abandoned (their partial folders removed) and
-    :class:`~flowkit.progress.Stopped` is raised.
+    The flow is chosen first (:func:`choose_flow`): a store of several forward flows without
+    ``config.flow_name``, or a name no video holds, raises :class:`~flowkit.errors.FlowkitError`
+    before ``out_dir`` is touched. ``progress`` gets the tasks "videos" and "frames" and a line per
+    failed video (and a bar over the videos new to the store's index, when they take a while to
+    read); once ``stop`` is set, the videos in flight are abandoned (their partial folders removed)
+    and :class:`~flowkit.progress.Stopped` is raised.
     """
     started = time.perf_counter()
     config = config or ExportConfig()
@@ -153,13 +164,22 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise FlowkitError(f"store {store.path} holds no finished videos; nothing to export")
     split_keys = {Path(p).stem: read_keys(p) for p in config.split_lists}
     out = Path(out_dir)
-    _check_options(out, config)
+    # --flow named: every video must hold it; else the store's only flow, and a video holding no
+    # flow at all is exported without (as before the flow was chosen for the whole store)
+    named, auto = config.flow_name is not None, None
+    if config.flow:
+        flows = store_flows(store, keys, progress)
+        if flows is not None:  # else no video is readable: each one's failure says why
+            name, auto = choose_flow(flows, config.flow_name, store.path)
+            config = replace(config, flow_name=name)  # the stamp holds the flow exported
+    made_dir = not out.exists()
+    made_stamp = _check_options(out, config, auto)
     local = threading.local()
 
     def work(key: str) -> VideoExport:
         if not hasattr(local, "store"):  # FlowStore caches handles: one per thread
             local.store = FlowStore(store.path)
-        return _export_one(local.store, key, out, config, stop)
+        return _export_one(local.store, key, out, config, stop, named)
 
     videos = progress.start("videos", total=len(keys))
     frames = progress.start("frames")
@@ -171,18 +191,96 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
             frames.advance(result.frames or result.pairs if result.status == "done" else 0)
             if result.status == "failed":
                 progress.log(f"failed {result.key}: {result.reason}")
+    except BaseException:
+        if made_stamp:
+            _forget_empty_export(out, made_dir)
+        raise
     finally:
         videos.close()
         frames.close()
     order = {k: i for i, k in enumerate(keys)}
     results.sort(key=lambda r: order[r.key])
-    summary = ExportSummary(str(out), results, [], 0.0)
-    _write_lists(out, store.classes, results, split_keys, summary)
+    summary = ExportSummary(str(out), results, [], 0.0, flow_name=config.flow_name)
+    if made_stamp and not any(r.status == "done" for r in results) and \
+            _forget_empty_export(out, made_dir):
+        summary.notes.append(f"no video was exported: {out} is left "
+                             f"{'empty' if out.exists() else 'uncreated'}, free for a rerun "
+                             "with other options")
+    else:
+        _write_lists(out, store.classes, results, split_keys, summary)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _check_options(out: Path, config: ExportConfig) -> None:
+def store_flows(store: FlowStore, keys: Sequence[str],
+                progress: Progress | None = None) -> dict[str, int] | None:
+    """``{flow name: number of videos holding it}`` over the videos ``keys`` of ``store``, from
+    the store's index (:meth:`~flowkit.store.FlowStore.metas`: a file unchanged since it was
+    indexed is only stat'ed, a new one is read once, with a ``progress`` bar over them, and
+    indexed for the next run); None when no video can be read. Every video is looked at, not a
+    sample: videos of one store may hold different flows."""
+    metas = store.metas(keys, progress)
+    if not metas:
+        return None
+    counts: dict[str, int] = {}
+    for meta in metas.values():
+        for name in meta["flows"]:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _forward_name(name: str) -> str:
+    """The flow ``--flow`` names for store flow ``name``: ``tvl1`` for tvl1 and tvl1_backward."""
+    return name[:-len(BACKWARD_SUFFIX)] if is_backward(name) else name
+
+
+def choose_flow(flows: dict[str, int], flow_name: str | None,
+                store_path: str | os.PathLike = "the store") -> tuple[str | None, str | None]:
+    """``(flow to export, the store's only flow)`` for a store holding ``flows``
+    (:func:`store_flows`): ``flow_name`` when a video holds it or its backward flow, else the
+    store's only forward flow (or, where no video holds forward flow, the only flow whose backward
+    flow it holds); None when the store holds no flow. A usage error (FlowkitError) for a
+    backward name, a name no video holds, or several flows and no ``flow_name``."""
+    bases = sorted({_forward_name(n) for n in flows})
+    forward = [n for n in bases if n in flows]
+    only = (forward or bases)[0] if len(forward or bases) == 1 else None
+    if flow_name is None:
+        if len(forward or bases) > 1:
+            raise FlowkitError(f"{store_path} holds several flows; choose one with --flow: "
+                               f"{_choices(flows)}")
+        return only, only
+    if is_backward(flow_name):
+        raise FlowkitError(f"{flow_name!r} is backward flow; name its forward flow with --flow "
+                           f"({_forward_name(flow_name)}: the backward flow is exported beside "
+                           "it, as flow_{x,y}_m1_*)")
+    if flow_name not in bases:
+        raise FlowkitError(f"{store_path} holds no flow {flow_name!r}"
+                           + (f"; choose one with --flow: {_choices(flows)}" if bases
+                              else " (none at all); export its RGB frames with --no-flow-images"))
+    return flow_name, only
+
+
+def _choices(flows: dict[str, int]) -> str:
+    """The names ``--flow`` takes, each with what of it is exported: "costvolume, tvl1 (with its
+    backward flow tvl1_backward as flow_{x,y}_m1_*)"."""
+    parts = []
+    for base in sorted({_forward_name(n) for n in flows}):
+        back = backward_name(base) in flows
+        if base not in flows:
+            parts.append(f"{base} (only its backward flow {backward_name(base)}, as "
+                         "flow_{x,y}_m1_*)")
+        else:
+            parts.append(base + (f" (with its backward flow {backward_name(base)} as "
+                                 "flow_{x,y}_m1_*)" if back else ""))
+    return ", ".join(parts)
+
+
+def _check_options(out: Path, config: ExportConfig, auto: str | None = None) -> bool:
+    """Create ``out`` and its options stamp, or check the stamp there; True when this run wrote
+    the stamp. A stamp of other options is refused unless ``out`` holds no exported video (an
+    export that exported nothing: the stamp is replaced). A stamp without a flow name (an older
+    flowkit's export of "each video's only flow") matches ``auto``, the store's only flow: it is
+    rewritten with that name."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / OPTIONS_FILE
     wanted = config.format_options()
@@ -192,7 +290,13 @@ def _check_options(out: Path, config: ExportConfig) -> None:
         except (OSError, json.JSONDecodeError) as e:
             raise FlowkitError(f"{path}: unreadable ({e}); delete it only if {out} holds no "
                                "earlier export") from None
-        if had != wanted:
+        if had == wanted:
+            return False
+        if had.get("flow_name") is None and wanted["flow_name"] is not None and \
+                wanted["flow_name"] == auto and {**had, "flow_name": auto} == wanted:
+            atomic_write_json(path, wanted)
+            return False
+        if _holds_export(out):
             diff = ", ".join(f"{k} {had.get(k)!r} -> {v!r}" for k, v in wanted.items()
                              if had.get(k) != v)
             raise FlowkitError(f"{out} was exported with other options ({diff}); use a new "
@@ -200,16 +304,47 @@ def _check_options(out: Path, config: ExportConfig) -> None:
     elif any(p.name != OPTIONS_FILE for p in out.iterdir()):
         raise FlowkitError(f"{out} is not empty and holds no flowkit export; choose a new or "
                            "empty folder")
-    else:
-        atomic_write_json(path, wanted)
+    atomic_write_json(path, wanted)
+    return True
 
 
-def _flows(meta: dict, config: ExportConfig) -> list[tuple[str, bool]]:
+def _holds_export(out: Path) -> bool:
+    """Whether ``out`` holds anything an export wrote besides its stamp and label map: a video's
+    file or a list (the walk stops at the first one: a real export answers at once)."""
+    for folder, _, files in os.walk(out):
+        top = Path(folder) == out
+        if any(not (top and name in (OPTIONS_FILE, LABEL_MAP)) for name in files):
+            return True
+    return False
+
+
+def _forget_empty_export(out: Path, made_dir: bool) -> bool:
+    """Undo what a run that exported nothing made: the stamp, a label map and the empty folders
+    (``out`` too where ``made_dir``), so that a rerun may take other options; False (nothing
+    removed) when ``out`` holds an exported file after all."""
+    if _holds_export(out):
+        return False
+    for name in (OPTIONS_FILE, LABEL_MAP):  # a label map beside a stamp is an export's
+        (out / name).unlink(missing_ok=True)
+    for folder, _, _ in sorted(os.walk(out), key=lambda w: -len(Path(w[0]).parts)):
+        if Path(folder) != out or made_dir:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty
+                pass
+    return True
+
+
+def _flows(meta: dict, config: ExportConfig, named: bool = True) -> list[tuple[str, bool]]:
     """The store flows to write for a video: ``(name, backward)`` for the chosen flow and its
-    backward flow, as far as the video holds them (a video may hold only the backward one)."""
+    backward flow, as far as the video holds them (a video may hold only the backward one).
+    ``named`` False: ``config.flow_name`` is the store's only flow, not one the user named, and a
+    video holding no flow at all is exported without flow."""
     if not config.flow:
         return []
     held = sorted(meta["flows"])
+    if not held and not named:
+        return []
     # each flow by its forward name: "tvl1" for tvl1 and tvl1_backward alike; without --flow the
     # choice is among the forward flows, a lone backward flow only where there is none
     bases = sorted({n[:-len(BACKWARD_SUFFIX)] if is_backward(n) else n for n in held})
@@ -234,7 +369,7 @@ def _flows(meta: dict, config: ExportConfig) -> list[tuple[str, bool]]:
 
 
 def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
-                stop: StopFlag) -> VideoExport:
+                stop: StopFlag, named: bool = True) -> VideoExport:
     final = out / key
     try:
         meta = store.meta(key)
@@ -243,7 +378,7 @@ def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
             found = rawframes.scan_folder(final)
             return VideoExport(key, "skipped", "already exported", label, len(found.rgb),
                                len(found.flow))
-        flows = _flows(meta, config)
+        flows = _flows(meta, config, named)
         rgb = config.rgb and meta["has_rgb"]
         if not rgb and not flows:
             raise FlowkitError("nothing to export (no RGB frames and no flow)")
@@ -335,5 +470,5 @@ def _write_lists(out: Path, classes: list[str], results: list[VideoExport],
                 summary.lists.append(str(path))
 
 
-__all__ = ["ExportConfig", "ExportSummary", "VideoExport", "export_rawframes", "OPTIONS_FILE",
-           "LABEL_MAP"]
+__all__ = ["ExportConfig", "ExportSummary", "VideoExport", "export_rawframes", "store_flows",
+           "choose_flow", "OPTIONS_FILE", "LABEL_MAP"]
