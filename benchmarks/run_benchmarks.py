@@ -243,7 +243,8 @@ def script_results() -> list[str]:
     lines = ["## Results of the other scripts: engine paper trends, recognition, store codecs, "
              "scale-out", "",
              "Copied from the files below as they are on disk now (rerun their scripts to refresh "
-             "them; each gives its own command, machine and date):", ""]
+             "them; each gives its own command and machine, and the date where it records "
+             "one):", ""]
     lines += [f"- [{f.read_text().splitlines()[0].lstrip('# ').strip()}](results/{f.name})"
               for f in files]
     for f in files:

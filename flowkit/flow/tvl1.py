@@ -133,7 +133,7 @@ class TVL1(FlowEngine):
     name = "tvl1"
     version = "1"
     Params = TVL1Params
-    bytes_per_pixel = 300  # measured: 0.52 GB for one 1080x1920 pair, 0.96 GB for two (RESULTS.md)
+    bytes_per_pixel = 300  # measured: 0.51 GB for one 1080x1920 pair, 0.97 GB for two (RESULTS.md)
 
     def __init__(self, device="cpu", params: TVL1Params | None = None, *, compile: bool = False,
                  backend: str = "auto", **fields):

@@ -32,8 +32,8 @@ of the previous frame negated *at the same pixel*. The exact backward flow is ``
 pixel q of frame t-1 that lands on p (``b_t(p) = -f_{t-1}(p + b_t(p))``, which needs a flow
 inversion), so the approximation is off by about ``grad(f_{t-1}) b_t``: exact where the flow is
 uniform over the displacement (a translation, whatever it does in time), nearly so for smooth
-flow, and wrong in a band about ``|b_t|`` wide at moving edges and occlusions. On the toy and
-sample videos its error is at TV-L1's own noise level (benchmarks/results/backward_flow.md).
+flow, and wrong in a band about ``|b_t|`` wide at moving edges and occlusions. On the toy
+videos its error is at TV-L1's own noise level (benchmarks/results/backward_flow.md).
 
 Functions first (kornia style): :func:`trajectory_offsets`, :func:`trajectory_sample`,
 :func:`trajectory_conv`, :func:`downsample_flow`, :func:`backward_from_forward`; the module

@@ -14,7 +14,7 @@ name          what                                                error
 ============  ==================================================  ==============================
 
 RGB codecs (``RGB_CODECS``): ``jpeg`` (OpenCV, ``quality`` recorded; what mmaction2/denseflow
-rawframes use) and ``raw`` (uint8, shuffle + gzip, lossless).
+rawframes use) and ``raw`` (uint8, gzip, lossless).
 
 The ``jpegls`` bound: a value f is stored as ``q = round(f / s)`` and JPEG-LS returns q' with
 ``|q' - q| <= near``, so ``|f - q' s| <= s/2 + near s``; the step is ``s = max_error / (near + 0.5)``
