@@ -243,6 +243,11 @@ def shard_plan(items: Sequence[VideoItem], config: ExtractConfig, count: int) ->
 
 def build_engine(config: ExtractConfig) -> FlowEngine:
     params = dict(config.engine_params)
+    # The config's backend and compile set these two; engine_params holding them would be dropped.
+    for key in ("backend", "compile"):
+        if key in params:
+            raise FlowkitError(f"engine_params must not hold {key!r}: ExtractConfig.{key} sets it "
+                               f"(flowkit extract --{key})")
     accepted = inspect.signature(engine_class(config.method)).parameters
     # compile is an execution option of engines that have one (tvl1); others ignore it.
     if config.compile and "compile" in accepted:

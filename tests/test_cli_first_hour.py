@@ -564,3 +564,66 @@ def test_make_demo_says_what_it_does_and_how_long_it_takes():
     assert re.search(r"about \d+(\.\d+)? minutes? on a quiet 2-core machine", r.stdout), r.stdout
     plan = r.stdout.split("flowkit")[0]
     assert "videos" in plan and "train" in plan
+
+
+# ------------------------------------------------------------------ 9. --param of a key with an option
+
+@pytest.mark.parametrize("param, expected", [
+    ("compile=false", "--param compile=false: use --no-compile"),
+    ("backend=cupy", "--param backend=cupy: use --backend cupy"),
+    ("weights=w.pt", "--param weights=w.pt: use --weights w.pt"),
+], ids=["compile", "backend", "weights"])
+def test_extract_refuses_a_param_that_has_its_own_option(sample_videos, tmp_path, param,
+                                                         expected):
+    """build_engine sets backend and compile from --backend / --compile (and weights from
+    --weights): a --param for one of them was dropped without a word; it is refused naming the
+    option, before anything is created."""
+    from flowkit.cli import main
+
+    # Cheap and one process, so that the old code's silent run stays short.
+    r = CliRunner().invoke(main, ["extract", str(sample_videos), "-o", str(tmp_path / "s"),
+                                  *CHEAP[:-1], "--max-frames", "2", "--size", "16", "--workers",
+                                  "1", "--param", param])
+    assert r.exit_code == 2, (r.exit_code, r.output[-3000:])
+    assert r.stderr.strip() == f"error: {expected}", r.stderr[-3000:]
+    assert not (tmp_path / "s").exists()
+
+
+def test_extract_unknown_param_lists_only_engine_parameters(sample_videos, tmp_path):
+    from flowkit.cli import main
+
+    r = CliRunner().invoke(main, ["extract", str(sample_videos), "-o", str(tmp_path / "s"),
+                                  "--param", "bogus=1", "--no-compile"])
+    assert r.exit_code == 2 and "no parameter bogus; accepted: tau, " in r.stderr, r.stderr
+    accepted = r.stderr.split("accepted: ")[1].strip().split(", ")
+    assert "warps" in accepted and not {"compile", "backend", "weights"} & set(accepted)
+    costvolume = CliRunner().invoke(main, ["extract", str(sample_videos), "-o",
+                                           str(tmp_path / "s"), "--method", "costvolume",
+                                           "--param", "bogus=1"])
+    assert costvolume.exit_code == 2 and "accepted: max_displacement" in costvolume.stderr
+    assert "weights" not in costvolume.stderr and "backend" not in costvolume.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_extract_config_refuses_engine_params_its_options_set():
+    from flowkit.errors import FlowkitError
+    from flowkit.extract import ExtractConfig, build_engine
+
+    for key, value in (("compile", False), ("backend", "cupy")):
+        with pytest.raises(FlowkitError, match=f"ExtractConfig.{key} sets it"):
+            build_engine(ExtractConfig(engine_params={key: value}))
+
+
+@pytest.mark.parametrize("param, expected", [
+    ("backend=cupy", "--param backend=cupy: use --backend cupy"),
+    ("tvl1:compile=true", "--param tvl1:compile=true: use --compile on"),
+], ids=["backend", "method-compile"])
+def test_benchmark_refuses_a_param_that_has_its_own_option(tmp_path, param, expected):
+    from flowkit.cli import main
+
+    r = CliRunner().invoke(main, ["benchmark", "--methods", "tvl1", "--pairs", "1", "--size",
+                                  "32x32", "--repeats", "1", "--json", str(tmp_path / "r.json"),
+                                  "--param", param])
+    assert r.exit_code == 2, (r.exit_code, r.output[-3000:])
+    assert r.stderr.strip() == f"error: {expected}", r.stderr[-3000:]
+    assert not list(tmp_path.iterdir())

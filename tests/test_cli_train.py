@@ -212,3 +212,36 @@ def test_evaluate_and_train_flow_stop_on_sigterm(tiny_store, tmp_path):
                           capture_output=True, text=True, env=ENV, timeout=300)
     assert flow.returncode == 143, flow.stderr[-3000:]
     assert "terminated: " in flow.stderr and "--resume" in flow.stderr
+
+
+@pytest.mark.parametrize("model, arg, expected", [
+    ("cidc", "width=abc", "model 'cidc': width must be an integer (default 64), got 'abc'"),
+    ("resnet2d", "layers=abc", "model 'resnet2d': layers must be a list of integers"),
+    ("s3d", "layers=[1,1", "model 's3d': layers must be a list of integers (or null), got '[1,1'"),
+    ("i3d", "dropout=abc", "model 'i3d': dropout must be a number (default 0.0), got 'abc'"),
+    ("trajectorynet", "offsets=maybe", "offsets must be true or false"),
+], ids=["cidc-width", "resnet2d-layers", "s3d-layers-json", "i3d-dropout", "trajectorynet-offsets"])
+def test_model_arg_of_the_wrong_kind_is_one_line_and_writes_nothing(tiny_store, tmp_path, model,
+                                                                    arg, expected):
+    """--model-arg values are checked against the model's declared argument types before anything
+    is written: one line, exit 2, not a ValueError traceback from inside the model."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(train_command, [str(tiny_store), "--out", str(run), "--model",
+                                                model, "--model-arg", arg, "--workers", "0"])
+    assert result.exit_code == 2, (result.exit_code, result.output[-3000:], result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert not run.exists()
+
+
+def test_create_model_checks_its_keywords_kinds():
+    from flowkit.errors import FlowkitError
+    from flowkit.models import create_model
+
+    with pytest.raises(FlowkitError, match="width must be an integer"):
+        create_model("resnet2d", num_classes=3, width="abc")
+    with pytest.raises(FlowkitError, match="has no parameter bogus"):
+        create_model("resnet2d", num_classes=3, bogus=1)
+    model = create_model("resnet2d", num_classes=3, width=4.0, layers=[1, 1, 1, 1], dropout=0)
+    assert model.model_kwargs == {"num_classes": 3, "width": 4.0, "layers": [1, 1, 1, 1],
+                                  "dropout": 0}

@@ -18,10 +18,17 @@ from rich.table import Table
 from ..bench import harness
 from ..errors import FlowkitError
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import parse_params
+from .options import parse_params, refuse_option_params
 from .progress import RichProgress
 
 DEFAULT_METHODS = harness.DEFAULT_METHODS
+#: Engine keywords the harness sets from --backend and --compile: a --param for one is refused,
+#: naming the option.
+OPTION_PARAMS = {
+    "backend": lambda v: f"--backend {v if v in ('auto', 'torch', 'cupy') else 'auto|torch|cupy'}",
+    "compile": lambda v: ("--compile on" if v is True else "--compile off" if v is False
+                          else "--compile off|on|both"),
+}
 
 
 def results_table(results: list[dict[str, Any]]) -> Table:
@@ -169,12 +176,14 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
     before anything is measured.
     """
     _check_outputs(json_out, plot_out)
+    method_params = parse_params(params)
+    refuse_option_params(method_params, OPTION_PARAMS)
     console = Console(stderr=json_out == "-")
     if not console.is_terminal:
         console.width = max(console.width, 140)  # keep rows whole in logs and pipes
     with RichProgress(Console(stderr=True), transient=True) as progress:
         results = harness.collect(methods, device, size, batch, dataset, path, pairs, repeats,
-                                  seed, parse_params(params), threads, progress=progress,
+                                  seed, method_params, threads, progress=progress,
                                   backend=backend, compile=compile_)
     console.print(results_table(results))
     for r in results:

@@ -14,11 +14,11 @@ from rich.console import Console
 from .. import distributed
 from ..errors import EngineError, FlowkitError
 from ..extract import ExtractConfig, ExtractSummary, extract
-from ..flow import check_engine_params, list_engines
+from ..flow import check_engine_params, engine_parameters, list_engines
 from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_list, scan_videos
 from ..progress import Progress, StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import parse_params, parse_size
+from .options import parse_params, parse_size, refuse_option_params
 from .progress import RichProgress, stop_on_signals
 
 
@@ -89,9 +89,27 @@ def _single_video(path: Path) -> VideoItem:
     return VideoItem(path, path.stem, -1, "")
 
 
+BACKENDS = ("auto", "torch", "cupy")
+#: Engine keywords that have an option of their own, and that option for a ``--param`` value:
+#: ``build_engine`` sets them from the options, so a ``--param`` for one is refused, not dropped.
+OPTION_PARAMS = {
+    "backend": lambda v: f"--backend {v if v in BACKENDS else '|'.join(BACKENDS)}",
+    "compile": lambda v: ("--compile (the default)" if v is True else "--no-compile" if v is False
+                          else "--compile or --no-compile"),
+    "weights": lambda v: f"--weights {v}",
+}
+
+
 def _check_params(method: str, params: dict) -> None:
     """Engine parameters typed and range-checked from the engine's Params dataclass before any
-    file is touched (flowkit.flow.check_engine_params)."""
+    file is touched (flowkit.flow.check_engine_params); a key that has its own option
+    (:data:`OPTION_PARAMS`) is refused naming the option."""
+    refuse_option_params(params, OPTION_PARAMS)
+    accepted = [p for p in engine_parameters(method) if p not in OPTION_PARAMS]
+    unknown = sorted(k for k in params if k not in accepted)
+    if unknown:
+        raise FlowkitError(f"--param: engine {method!r} has no parameter {', '.join(unknown)}; "
+                           f"accepted: {', '.join(accepted)}")
     try:
         check_engine_params(method, params)
     except EngineError as exc:
@@ -140,7 +158,7 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Checkpoint of a trained engine (tvnet, motionnet, learned cost-volume features).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "cupy"]), default="auto",
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True,
               help="Numerics of tvl1/tvnet/costvolume: the CuPy kernels (CUDA, pip install "
                    ".[cuda13]) or torch; auto takes CuPy on CUDA when it imports.")

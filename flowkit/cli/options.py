@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, Callable, Mapping
 
 import click
 
@@ -21,6 +22,28 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
         except json.JSONDecodeError:
             params[key.strip()] = value
     return params
+
+
+def param_text(value: Any) -> str:
+    """A parsed ``--param`` value as it was typed: ``False`` -> ``false``, ``"cupy"`` -> ``cupy``."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def refuse_option_params(params: Mapping[str, Any],
+                         options: Mapping[str, Callable[[Any], str]]) -> None:
+    """Refuse a ``--param`` whose key has an option of its own, naming that option, before
+    anything is created: ``--param backend=cupy: use --backend cupy``. ``options`` maps such a key
+    to the option line for a value; a key may carry a ``METHOD:`` prefix (``flowkit benchmark``).
+
+    Raises:
+        FlowkitError: one line (the CLI exits 2).
+    """
+    from ..errors import FlowkitError
+
+    for key, value in params.items():
+        name = key.rpartition(":")[2]
+        if name in options:
+            raise FlowkitError(f"--param {key}={param_text(value)}: use {options[name](value)}")
 
 
 def parse_size(text: str | None) -> int | tuple[int, int] | None:

@@ -51,12 +51,13 @@ def typed_params(params_class: type, values: dict[str, Any], engine: str) -> dic
         if name not in hints:
             out[name] = value
             continue
-        ok, converted = _coerce(hints[name], value)
+        ok, converted = coerce_value(hints[name], value)
         if not ok:
             example = defaults.get(name)
             hint = "" if example in (None, dataclasses.MISSING) else f" (default {example!r})"
-            raise ParameterError(f"{engine}: {name} must be {_describe(hints[name])}{hint}, got "
-                                 f"{value!r}", name, value)
+            kind = describe_annotation(hints[name])
+            raise ParameterError(f"{engine}: {name} must be {kind}{hint}, got {value!r}", name,
+                                 value)
         out[name] = converted
     return out
 
@@ -71,8 +72,10 @@ def check_params(params_class: type, values: dict[str, Any], engine: str):
         raise EngineError(f"engine {engine!r}: {exc}") from None
 
 
-def _coerce(annotation: Any, value: Any) -> tuple[bool, Any]:
-    """(accepted, converted value) of ``value`` for ``annotation``."""
+def coerce_value(annotation: Any, value: Any) -> tuple[bool, Any]:
+    """(accepted, converted value) of ``value`` for the type ``annotation`` (``int``, ``float``,
+    ``bool``, ``str``, ``X | None``, sequences of them; another annotation accepts anything): the
+    typing of engine parameters, also used for model keywords (:mod:`flowkit.models.registry`)."""
     if annotation is Any:
         return True, value
     if annotation is type(None):
@@ -80,7 +83,7 @@ def _coerce(annotation: Any, value: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         for arm in typing.get_args(annotation):
-            ok, converted = _coerce(arm, value)
+            ok, converted = coerce_value(arm, value)
             if ok:
                 return True, converted
         return False, value
@@ -89,7 +92,7 @@ def _coerce(annotation: Any, value: Any) -> tuple[bool, Any]:
         (item,) = typing.get_args(annotation) or (Any,)
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             return False, value
-        items = [_coerce(item, v) for v in value]
+        items = [coerce_value(item, v) for v in value]
         return all(ok for ok, _ in items), [v for _, v in items]
     if annotation is bool:
         return _is_bool(value), bool(value) if _is_bool(value) else value
@@ -116,18 +119,19 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
-def _describe(annotation: Any) -> str:
+def describe_annotation(annotation: Any) -> str:
+    """What ``annotation`` asks for, for a user: "an integer", "a list of integers (or null)"."""
     if annotation is type(None):
         return "null"
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         arms = [a for a in typing.get_args(annotation) if a is not type(None)]
-        text = " or ".join(_describe(a) for a in arms)
+        text = " or ".join(describe_annotation(a) for a in arms)
         return text + (" (or null)" if len(arms) < len(typing.get_args(annotation)) else "")
     if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
         (item,) = typing.get_args(annotation) or (Any,)
-        return f"a list of {_describe(item).removeprefix('an ').removeprefix('a ')}s"
+        return f"a list of {describe_annotation(item).removeprefix('an ').removeprefix('a ')}s"
     return _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
-__all__ = ["ParameterError", "typed_params", "check_params"]
+__all__ = ["ParameterError", "typed_params", "check_params", "coerce_value", "describe_annotation"]

@@ -2,8 +2,11 @@
 (a :class:`flowkit.registry.Registry`)."""
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+import typing
+from typing import Any, Callable
 
+from ..errors import FlowkitError
 from ..registry import Registry
 from .base import VideoClassifier
 
@@ -29,12 +32,48 @@ def model_parameters(name: str) -> list[str]:
     return MODELS.parameters(name)
 
 
+def check_model_kwargs(name: str, kw: dict[str, Any]) -> None:
+    """Check ``kw`` against what ``create_model(name, ...)`` declares, without building anything:
+    unknown names, and values of the wrong kind for the constructor's annotations (``int``,
+    ``float``, ``bool``, ``str``, ``X | None``, sequences; typed as engine parameters are,
+    :mod:`flowkit.flow.params`), so ``--model-arg width=abc`` is one line naming the argument,
+    what it must be and the value, not a ``ValueError`` from deep inside the model. Ranges stay
+    with the model (``width >= 1``).
+
+    Raises:
+        FlowkitError: an unknown model or keyword, or a value of the wrong kind.
+    """
+    from ..flow.params import coerce_value, describe_annotation
+
+    cls = MODELS.get(name)
+    accepted = MODELS.parameters(name)
+    unknown = sorted(k for k in kw if k not in accepted)
+    if unknown:
+        raise FlowkitError(f"model {name!r} has no parameter {', '.join(unknown)}; accepted: "
+                           f"{', '.join(accepted)}")
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: the model checks its own values
+        return
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+    for key, value in kw.items():
+        if key not in hints or coerce_value(hints[key], value)[0]:
+            continue
+        default = defaults.get(key, inspect.Parameter.empty)
+        example = "" if default is None or default is inspect.Parameter.empty \
+            else f" (default {list(default) if isinstance(default, tuple) else default!r})"
+        kind = describe_annotation(hints[key])
+        raise FlowkitError(f"model {name!r}: {key} must be {kind}{example}, got {value!r}")
+
+
 def create_model(name: str, **kw) -> VideoClassifier:
     """Build the classifier registered as ``name``.
 
-    Unknown keyword names raise :class:`~flowkit.errors.FlowkitError` listing the accepted ones.
-    The keywords are kept on the model (``model.model_kwargs``) so a checkpoint can rebuild it.
+    Unknown keyword names and values of the wrong kind raise :class:`~flowkit.errors.FlowkitError`
+    (:func:`check_model_kwargs`). The keywords are kept on the model (``model.model_kwargs``) so a
+    checkpoint can rebuild it.
     """
+    check_model_kwargs(name, kw)
     model = MODELS.create(name, **kw)
     model.model_kwargs = dict(kw)
     return model
