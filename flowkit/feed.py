@@ -50,6 +50,7 @@ from .conventions import backward_name
 from .errors import FlowkitError, StoreError, StoreWriteError, VideoError
 from .labels import VideoItem
 from .store import FlowStore, flow_codec, rgb_codec
+from .store.writer import OTHER_FRAMES
 from .video import VideoInfo, iter_frames, probe
 
 # Decoded chunks buffered per video: enough to hide a decoder hiccup, bounded memory.
@@ -80,6 +81,21 @@ class VideoResult:
     def held(self) -> bool:
         """Skipped because another live process is extracting it: not in the store yet."""
         return self.status == "skipped" and self.reason.startswith(HELD)
+
+
+def _dropped_note(dropped: Sequence[str]) -> str:
+    """What a replaced video's line says of the old file's datasets it did not keep
+    (:attr:`VideoWriter.dropped <flowkit.store.writer.VideoWriter.dropped>`): the sound ones that
+    hold other frames apart from the damaged ones."""
+    unfit = [d for d in dropped if d.endswith(f" ({OTHER_FRAMES})")]
+    damaged = [d for d in dropped if d not in unfit]
+    parts = []
+    if unfit:
+        parts.append(f"dropped from the old file ({OTHER_FRAMES}): "
+                     + ", ".join(d[:-len(f" ({OTHER_FRAMES})")] for d in unfit))
+    if damaged:
+        parts.append("damaged and dropped from the old file: " + ", ".join(damaged))
+    return "; ".join(parts)
 
 
 def failure_reason(item: VideoItem, exc: BaseException) -> str:
@@ -124,6 +140,8 @@ class _Job:
     item: VideoItem
     store_rgb: bool
     redo: bool = False
+    # whether what the run read of the store (``finished_meta``) had this flow; None: not told
+    knew_flow: bool | None = None
     claimed: bool = False   # this process holds the video's claim
     skipped: bool = False   # nothing to compute: held or finished elsewhere, or failed at start
     reported: bool = False  # the write thread has emitted its result
@@ -362,8 +380,7 @@ class _Writer(threading.Thread):
                                  pairs=job.pairs, size=job.size,
                                  seconds=time.perf_counter() - job.started)
             if w is not None and w.dropped:
-                notes.append("replaced; damaged and dropped from the old file: "
-                             + ", ".join(w.dropped))
+                notes.append("replaced; " + _dropped_note(w.dropped))
             result.reason = "; ".join(notes)
         else:
             if job.failed is None:
@@ -393,7 +410,7 @@ class _Batch:
 
 
 def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions, *,
-        finished_meta: Callable[[str], dict | None] = lambda key: None,
+        finished_meta: Callable[[str], dict | None] | None = None,
         should_stop: Callable[[], None] = lambda: None,
         on_pairs: Callable[[int], None] | None = None,
         decode: Callable = decode_video,
@@ -402,8 +419,11 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     in completion order. The flow goes to ``flow/<opts.flow_name>``: with ``opts.backward``,
     ``engine`` must be a :class:`~flowkit.flow.Backward` one.
 
-    ``finished_meta(key)`` gives a finished video's metadata (its RGB frames are then not written
-    again) or None; ``should_stop()`` raises KeyboardInterrupt when the run must stop, in which
+    ``finished_meta(key)`` gives a finished video's metadata as the caller read the store (its RGB
+    frames are then not written again), or None (not finished, or unreadable); a video found
+    finished once claimed is reported as finished by another process only where that meta lacked
+    the flow (none given: the run knows nothing of the store and claims no such thing).
+    ``should_stop()`` raises KeyboardInterrupt when the run must stop, in which
     case the videos in flight are discarded cleanly and the interrupt propagates.
     ``decode(item, opts) -> (VideoInfo, frames)`` replaces PyAV (:func:`decode_video`), e.g. to
     feed frames made in memory. ``redo``: keys whose finished file is replaced whole (RGB
@@ -411,9 +431,12 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     the store refuses data (full, read-only), after yielding the result of the video that met it.
     """
     def new_job(item: VideoItem) -> _Job:
-        existing = None if item.key in redo else finished_meta(item.key)
+        told = finished_meta is not None and item.key not in redo
+        existing = finished_meta(item.key) if told else None
         return _Job(item, store_rgb=opts.rgb and not (existing and existing["has_rgb"]),
-                    redo=item.key in redo)
+                    redo=item.key in redo,
+                    knew_flow=(existing is not None and opts.flow_name in existing["flows"])
+                    if told else None)
 
     writer = _Writer(store, opts, engine.describe())
     writer.start()
@@ -466,8 +489,9 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
 def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue) -> None:
     """Claim the video and start decoding it; a video another process holds (or finished since
     the run began) gets its "skipped" result instead, and one whose finished file is damaged
-    (without ``--redo``) or that the store cannot claim (a key too long for its file names) its
-    "failed" result, before any flow is computed."""
+    (without ``--redo``), that holds the flow but cannot be read (:func:`_found_finished`) or
+    that the store cannot claim (a key too long for its file names) its "failed" result, before
+    any flow is computed."""
     if job.thread is not None or job.skipped:
         return
     try:
@@ -490,15 +514,34 @@ def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queu
             return
         store.release(job.item.key, opts.flow_name)
         job.claimed = False
-        if opts.flow_name in on_disk:
-            reason = (f"already in the store with flow/{opts.flow_name} (finished by another "
-                      "process)")
-        else:  # committing into a damaged file fails: say so before computing the flow
+        if damage:  # committing into (or reading) a damaged file fails: say so before computing
             status, reason = "failed", damage
+        else:
+            status, reason = _found_finished(job, store, opts.flow_name)
     else:
         reason = f"{HELD} {holder}; rerun later to pick it up if that run fails"
     job.skipped = True
     results.put(VideoResult(job.item.key, str(job.item.path), status, reason=reason))
+
+
+def _found_finished(job: _Job, store: FlowStore, name: str) -> tuple[str, str]:
+    """``(status, reason)`` of a video the run set out to compute whose finished file, once
+    claimed, holds ``flow/<name>`` and no damage :meth:`FlowStore.finished_state` finds. The run
+    computes a video because what it read of the store lacked that flow; it was "finished by
+    another process" only if the file now reads (as the store's index reads it) with the flow:
+    then it changed since. A file the index cannot read, which is why the run could not see the
+    flow, fails with what is wrong with it (:meth:`FlowStore.problems_line`: damage only a full
+    read meets, a newer flowkit's codec)."""
+    key = job.item.key
+    try:
+        meta = store.metas([key]).get(key)
+    except (StoreError, OSError):
+        meta = None
+    if meta is None or name not in meta["flows"]:
+        return "failed", store.problems_line(key)
+    if job.knew_flow is False:
+        return "skipped", f"already in the store with flow/{name} (finished by another process)"
+    return "skipped", f"already in the store with flow/{name}"
 
 
 def _drain(writer: _Writer) -> Iterator[VideoResult]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from flowkit.store import diskio, guard
 from flowkit.video import iter_frames, write_video
 
 from conftest import hang_hdf5, rotate_mp4
+from test_store import damage_attributes
 
 # Cheap TV-L1 (fixed schedule): a 7-pair 64x80 video takes well under a second on one core.
 PARAMS = {"nscales": 2, "warps": 1, "outer_iterations": 2, "inner_iterations": 5,
@@ -532,13 +534,17 @@ def test_redo_repairs_a_damaged_video(videos, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["hang", "flow header"])
+@pytest.mark.parametrize("damage,method", [("hang", "tvl1"), ("flow header", "tvl1"),
+                                           ("flow attributes", "tvl1"),
+                                           ("flow attributes", "costvolume")])
 def test_extraction_fails_a_damaged_finished_file_before_computing_it(videos, tmp_path,
-                                                                      monkeypatch, damage):
-    """A finished file HDF5 never returns from, or whose ``flow`` group header is damaged:
-    committing new flow into it would fail, so extraction fails the video at once (its frames
-    never decoded), naming the file and ``--redo``; ``--redo`` replaces it. Before, a hung file
-    hung the run and a damaged one was computed in full, then failed at commit."""
+                                                                      monkeypatch, damage, method):
+    """A finished file HDF5 never returns from, or whose ``flow`` group header or ``flow/tvl1``
+    attributes are damaged: committing new flow into it would fail, so extraction fails the video
+    at once (its frames never decoded), naming the file and ``--redo``; ``--redo`` replaces it.
+    Before, a hung file hung the run and a damaged one was computed in full, then failed at
+    commit; damaged attributes went unseen: extracting that flow again skipped the video as
+    "finished by another process" (exit 0), another engine computed it, then failed at commit."""
     monkeypatch.setattr(guard, "_failed", {})
     monkeypatch.setenv("FLOWKIT_HANG_SECONDS", "2")
     store = tmp_path / "store"
@@ -549,20 +555,30 @@ def test_extraction_fails_a_damaged_finished_file_before_computing_it(videos, tm
     path = store / "videos" / f"{key}.h5"
     if damage == "hang":
         hang_hdf5(path)
-    else:
+    elif damage == "flow header":
         _damage_header(path, "flow")
-    decoded = []
-    decode = feed.decode_video
-    monkeypatch.setattr(feed, "decode_video", lambda item, opts: (decoded.append(item.key),
-                                                                 decode(item, opts))[1])
-    again = extract(items, store, config(flow_codec="float16", rgb_codec="raw"), classes=classes)
+    else:
+        damage_attributes(path, "flow/tvl1")
+    decoded = []  # the videos whose decoding started (feed.run binds decode_video as a default)
+    start_decoding = feed._decode
+    monkeypatch.setattr(feed, "_decode", lambda job, opts, decode: (
+        decoded.append(job.item.key), start_decoding(job, opts, decode))[1])
+
+    def run(**kw):
+        if method == "tvl1":
+            return extract(items, store, config(flow_codec="float16", rgb_codec="raw", **kw),
+                           classes=classes)
+        return extract(items, store, ExtractConfig(method=method, workers=1, flow_codec="float16",
+                                                   rgb_codec="raw", **kw), classes=classes)
+    again = run()
     [failed] = [r for r in again.results if r.status == "failed"]
-    assert failed.key == key and decoded == [], (again.results, decoded)
+    assert failed.key == key and decoded == ([] if method == "tvl1" else [items[1].key]), \
+        (again.results, decoded)
     assert failed.reason.startswith(str(path)) and failed.reason.endswith(f"--redo {key}")
-    assert ("HDF5 did not return within 2 s" if damage == "hang" else "/flow of video") \
-        in failed.reason
-    repaired = extract(items, store, config(flow_codec="float16", rgb_codec="raw", redo=(key,)),
-                       classes=classes)
+    assert {"hang": "HDF5 did not return within 2 s", "flow header": "/flow of video",
+            "flow attributes": "/flow/tvl1 attributes of video"}[damage] in failed.reason
+    assert "another process" not in failed.reason
+    repaired = run(redo=(key,))
     assert [r.status for r in repaired.results] == ["done", "skipped"]
     assert FlowStore(store).validate() == []
 
@@ -699,6 +715,74 @@ def test_extract_over_a_damaged_flow_group_fails_naming_redo_and_redo_repairs(vi
     assert [r.status for r in redone.results] == ["done"]
     assert FlowStore(store).validate(deep=True) == []
     assert FlowStore(store).read_flow(key, "tvl1").shape == (7, 2, 64, 80)
+
+
+def test_a_video_found_finished_is_said_finished_by_another_process_only_when_it_was(videos,
+                                                                                     tmp_path):
+    """A video the run set out to compute holds the flow once claimed. "finished by another
+    process" only where the run read the store without that flow and the file now reads with it;
+    a run told nothing of the store just says it is in the store; a file whose flow is on disk
+    but that the index cannot read (a newer flowkit's codec here) fails with what is wrong with it,
+    naming the file and ``--redo``. Before, each was "finished by another process", exit 0."""
+    from flowkit.extract import extract_items
+
+    store = tmp_path / "store"
+    items, classes = scan_videos(videos)
+    items = items[:1]
+    key = items[0].key
+    cfg = config(flow_codec="float16", rgb_codec="raw")
+    extract(items, store, cfg, classes=classes)
+    engine = create_engine("tvl1", **PARAMS)
+    # the run read the store before another process wrote the video
+    [late] = extract_items(items, FlowStore(store, "a"), engine, cfg, metas={key: None})
+    assert (late.status, late.reason) == (
+        "skipped", "already in the store with flow/tvl1 (finished by another process)")
+    # the feed given no view of the store
+    [told_nothing] = feed.run(items, FlowStore(store, "a"), engine,
+                              FeedOptions(flow_codec="float16", rgb_codec="raw"))
+    assert (told_nothing.status, told_nothing.reason) == (
+        "skipped", "already in the store with flow/tvl1")
+    # a file the index cannot read
+    path = store / "videos" / f"{key}.h5"
+    with h5py.File(path, "r+") as f:
+        f["flow/tvl1"].attrs["codec"] = "a-newer-codec"
+    assert FlowStore(store).finished_state(key) == (["tvl1"], "")
+    [unreadable] = extract(items, store, cfg, classes=classes).results
+    assert unreadable.status == "failed", unreadable
+    assert unreadable.reason.startswith(f"{path}: /flow/tvl1: unknown or incomplete codec ")
+    assert "a-newer-codec" in unreadable.reason and unreadable.reason.endswith(f"--redo {key}")
+    assert "another process" not in unreadable.reason
+
+
+def test_redo_mismatched_tells_dropped_other_frames_from_damage(tmp_path):
+    """A video recomputed for other frames (``--redo-mismatched``): its line says which datasets
+    of the old file were damaged and which were sound but stored for other frames. Before, both
+    were "damaged and dropped"."""
+    from flowkit.labels import VideoItem
+    from flowkit.video import VideoInfo
+
+    store = FlowStore(tmp_path / "s", "a")
+    record = {"version": "1", "params": {}}
+    with _writer(store, "c/v") as w:
+        w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))
+        for name in ("costvolume", "tvnet", "raft"):
+            w.append_flow(name, np.ones((4, 2, 8, 8), np.float32), {"engine": name, **record})
+    _damage_header(tmp_path / "s" / "videos" / "c" / "v.h5", "flow/tvnet")
+    frames = np.random.default_rng(0).integers(0, 256, (6, 16, 20, 3), np.uint8)
+
+    def decode(item, opts):
+        return VideoInfo(path=item.path, width=20, height=16, fps=25.0, frame_count=6,
+                         duration=0.24, codec="mem"), iter(frames)
+
+    item = VideoItem(path=Path("/mem/v.mp4"), key="c/v", label=0, label_name="c")
+    [result] = feed.run([item], store, create_engine("tvl1", **PARAMS),
+                        FeedOptions(flow_codec="float16", rgb_codec="raw"), decode=decode,
+                        redo=frozenset({"c/v"}))
+    assert result.status == "done", result
+    assert re.fullmatch(r"replaced; dropped from the old file \(stored for other frames\): "
+                        r"flow/costvolume, flow/raft; damaged and dropped from the old file: "
+                        r"flow/tvnet \(damaged: .*object header.*\)", result.reason), result.reason
+    assert FlowStore(tmp_path / "s").flow_names("c/v") == ["tvl1"]
 
 
 # ----------------------------------------------------------------------------- hostile folders

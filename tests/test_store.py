@@ -584,6 +584,69 @@ def test_a_damaged_group_or_dataset_header_is_damage_not_absence(store, name):
         assert re.fullmatch(rf"videos/zoom/a\.h5: {damaged}", problems[0]), problems
 
 
+def damage_attributes(path, name: str, attr: str = "params") -> None:
+    """Break the value of the string attribute ``attr`` of dataset ``name`` of the HDF5 file
+    ``path`` where it lives, in a global heap collection the file's other strings share (the index
+    of its heap object): ``name`` and every other object still open, the other attributes still
+    read, but reading ``name``'s attributes fails ("bad heap pointer")."""
+    import struct
+
+    with h5py.File(path, "r") as f:
+        header = h5py.h5o.get_info(f[name].id).addr
+    data = path.read_bytes()
+    # the attribute message (version 3): version, flags, name, datatype and dataspace sizes,
+    # encoding, then the name, datatype, dataspace and value (length, collection, object index)
+    at = data.index(attr.encode() + b"\0", header)
+    version, _, name_size, type_size, space_size, _ = struct.unpack_from("<BBHHHB", data, at - 9)
+    assert version == 3 and name_size == len(attr) + 1, (version, name_size)
+    _, collection, index = struct.unpack_from("<IQI", data, at + name_size + type_size + space_size)
+    assert data[collection:collection + 4] == b"GCOL"
+    end = collection + struct.unpack_from("<Q", data, collection + 8)[0]
+    pos = collection + 16  # the objects: index, references, reserved, size, value (8-aligned)
+    while pos < end and struct.unpack_from("<H", data, pos)[0] != index:
+        pos += 16 + (struct.unpack_from("<Q", data, pos + 8)[0] + 7) // 8 * 8
+    assert pos < end, "no heap object of that index"
+    with open(path, "r+b") as raw:
+        raw.seek(pos)
+        raw.write(struct.pack("<H", 0xFFF0))
+    with h5py.File(path, "r") as f:  # only what was meant is broken
+        f[name]
+        dict(f.attrs)
+        with pytest.raises(Exception, match="heap"):
+            dict(f[name].attrs)
+        for other in ["rgb"] + [f"flow/{n}" for n in f["flow"]]:
+            if other != name:
+                dict(f[other].attrs)
+
+
+def test_damaged_flow_attributes_are_damage_to_an_extraction(store):
+    """A flow dataset whose header opens but whose attributes cannot be read (damage in the global
+    heap holding their strings): extraction's view of the finished file counts that flow as
+    damaged, naming the file, the attributes and ``--redo``, and not as on disk (committing
+    copies those attributes and reading decodes with them). Before, the flow counted as on disk
+    and the damage went unseen: an extraction of that flow skipped the video as "finished by
+    another process", one of another flow computed it and failed at commit."""
+    rgb, flow = make_video(71)
+    for key in ("zoom/a", "zoom/b"):
+        write_video(store, key, rgb, {"tvl1": flow, "tvnet": flow})
+    path = store.path / "videos/zoom/a.h5"
+    damage_attributes(path, "flow/tvl1")
+    reader = FlowStore(store.path)
+    damaged = (rf"{re.escape(str(path))}: /flow/tvl1 attributes of video 'zoom/a' cannot be "
+               r"opened, it is damaged \(.*heap.*\); "
+               r"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo zoom/a")
+    flows, damage = reader.finished_state("zoom/a")
+    assert flows == ["tvnet"] and re.fullmatch(damaged, damage), (flows, damage)
+    assert reader.flows_on_disk("zoom/a") == ["tvnet"]
+    assert reader.finished_state("zoom/b") == (["tvl1", "tvnet"], "")
+    # the index cannot read it either (which is why a run sets out to extract it)
+    assert list(reader.metas(["zoom/a", "zoom/b"])) == ["zoom/b"]
+    with pytest.raises(DamagedDataError, match=damaged):
+        reader.meta("zoom/a")
+    [problem] = reader.validate()
+    assert "/flow/tvl1 attributes of video 'zoom/a'" in problem and "--redo zoom/a" in problem
+
+
 # ----------------------------------------------------------------------------- many processes
 
 class _FlowFrames(torch.utils.data.Dataset):

@@ -316,8 +316,9 @@ class FlowStore:
 
     def flows_on_disk(self, key: str) -> list[str]:
         """Flow names of ``key``'s finished file as it is on disk now (not through this process's
-        cached handle, which may be an older version) whose datasets open; [] when there is none
-        or it is unreadable (a damaged ``flow`` group included)."""
+        cached handle, which may be an older version) whose datasets and their attributes open
+        (:meth:`finished_state`); [] when there is none or it is unreadable (a damaged ``flow``
+        group included)."""
         return self.finished_state(key)[0]
 
     def finished_state(self, key: str) -> tuple[list[str], str]:
@@ -325,8 +326,10 @@ class FlowStore:
         whose datasets open (:meth:`flows_on_disk`) and the first damage that would make
         committing a new flow into it fail (:class:`~flowkit.store.writer.VideoWriter` merges
         what the file holds): a file HDF5 cannot open or never returns from, a damaged root,
-        ``rgb`` or ``flow`` header, as one line naming the file and ``--redo``; "" when none
-        (or there is no finished file). Extraction fails such a video before computing it."""
+        ``rgb`` or ``flow`` header, or a flow dataset whose header or attributes cannot be read
+        (committing copies them, reading decodes with them: such a flow is not on disk), as one
+        line naming the file and ``--redo``; "" when none (or there is no finished file).
+        Extraction fails such a video before computing it."""
         path = self._video_path(key)
         names, damage = [], ""
         try:
@@ -339,7 +342,9 @@ class FlowStore:
                 flow = member(f, "flow", key)
                 for name in member_names(flow, key) if flow is not None else []:
                     try:
-                        if member(flow, name, key) is not None:
+                        ds = member(flow, name, key)
+                        if ds is not None:
+                            attributes(ds, key)  # its header opens, its attributes may not
                             names.append(name)
                     except DamagedObject as exc:  # this flow's dataset: not on disk
                         damage = damage or str(exc)
@@ -573,6 +578,16 @@ class FlowStore:
                 found_here = [f"{found_here.reason}; {redo_hint(key)}"]
             problems += [f"{Path(path).relative_to(self._root)}: {p}" for p in found_here]
         return problems
+
+    def problems_line(self, key: str) -> str:
+        """Why ``key``'s finished file cannot be read, as one line naming the file and ``--redo``:
+        what a shallow :meth:`validate` finds wrong with it, read the same way (in a guarded child
+        process); for a file it finds nothing wrong with, that its facts cannot be read."""
+        path, hint = self._video_path(key), redo_hint(key)
+        [found] = guarded_map(video_problems, [(path, key, False)])
+        problems = [found.reason] if isinstance(found, Failed) else found
+        problems = [p.removesuffix(f"; {hint}") for p in problems]
+        return f"{path}: {'; '.join(problems) or 'its facts cannot be read'}; {hint}"
 
 
 def _unlink(path: Path) -> bool:

@@ -37,6 +37,9 @@ VLEN_CHUNK = 64
 # Attributes stay in the object header up to this many (HDF5's default of 8 would move a flow
 # dataset's ~13 and a file's ~16 attributes into dense storage: two heaps and a B-tree, ~4 KiB each).
 COMPACT_ATTRIBUTES = 64
+#: Why :attr:`VideoWriter.dropped` names a dataset of the old file that was sound but holds
+#: another number or size of frames than the new one (``--redo-mismatched``): not damage.
+OTHER_FRAMES = "stored for other frames"
 
 
 class VideoWriter:
@@ -45,8 +48,9 @@ class VideoWriter:
     On a clean exit the file is checked, marked complete, fsync'ed, merged with the video's current
     finished file (its datasets this writer did not write are kept) and renamed to ``<key>.h5``; on
     an exception it is deleted and the exception propagates. ``redo``: the current finished file is
-    suspect (damaged); only its datasets that still decode are kept, the others are listed in
-    :attr:`dropped`. Obtain one from :meth:`FlowStore.writer`.
+    suspect (damaged) or holds other frames; only its datasets that still decode and fit the new
+    frames are kept, the others are listed in :attr:`dropped`. Obtain one from
+    :meth:`FlowStore.writer`.
     """
 
     def __init__(self, final: Path, attrs: dict[str, Any], flow_codec: Codec, rgb_codec: Codec, *,
@@ -61,7 +65,8 @@ class VideoWriter:
         self._io: LatchingFile | None = None
         self._file: h5py.File | None = None
         self._size: tuple[int, int] | None = None
-        self.dropped: list[str] = []  # with redo: datasets of the old file that did not decode
+        # with redo: datasets of the old file not kept, each "NAME (why)": damaged, or OTHER_FRAMES
+        self.dropped: list[str] = []
 
     @property
     def key(self) -> str:
@@ -294,7 +299,7 @@ class VideoWriter:
             if missing and not self._same_video(src):
                 if not self.redo:
                     self._refuse_other_video(src)
-                self.dropped += [f"{n} (stored for other frames)" for n in missing]
+                self.dropped += [f"{n} ({OTHER_FRAMES})" for n in missing]
                 missing = []
             for name in missing:
                 if self.redo:
