@@ -286,6 +286,20 @@ def _conversion(frame) -> dict:
     return {"interpolation": Interpolation.BILINEAR | flags[0] | flags[1]}
 
 
+def _another_kept(frames: Iterator, decoded: int, step: int, errors: tuple) -> bool:
+    """Whether the decoder ``frames``, past its first ``decoded`` frames, holds another frame that
+    ``step`` keeps (frame ``i`` is kept when ``i % step == 0``): decodes at most ``step`` more. A
+    decoding error there (one of ``errors``) says no: the frames already kept are whole."""
+    for index in range(decoded, decoded + step):
+        try:
+            next(frames)
+        except (StopIteration, *errors):
+            return False
+        if index % step == 0:
+            return True
+    return False
+
+
 def _quarter_turns(frame) -> int:
     """Counterclockwise quarter turns that make ``frame`` upright (its display matrix's rotation,
     e.g. a phone video recorded in portrait); 0 when there is none or PyAV cannot tell."""
@@ -416,11 +430,11 @@ def iter_frames(
             counterclockwise that the container's display matrix asks for; the frames are yielded
             already turned upright, as players show them), ``frame_interval`` (``[min, max]``
             seconds between frames consecutive in presentation order; far apart for a variable
-            frame rate; absent when the timestamps cannot tell, e.g. repeated ones) and
-            ``decoded`` (frames decoded, before ``step`` and ``max_frames``); and
-            ``max_frames``, only when that limit ended decoding (the video had at least as many
-            frames to keep). ``rotation`` is there once the first frame is yielded, the others
-            once the generator ends (or is closed).
+            frame rate; absent when the timestamps cannot tell, e.g. repeated ones),
+            ``decoded`` (frames decoded, before ``step`` and ``max_frames``) and
+            ``max_frames``, only when that limit cut the video (it holds another frame to keep:
+            up to ``step`` frames past the limit are decoded to tell). ``rotation`` is there
+            once the first frame is yielded, the others once the generator ends (or is closed).
 
     Yields:
         uint8 frames, ``(H, W, 3)`` RGB or ``(H, W)`` gray, each a fresh array the caller may keep.
@@ -478,7 +492,8 @@ def iter_frames(
                 yield resized.copy() if resized is image else resized
                 yielded += 1
                 if max_frames is not None and yielded >= max_frames:
-                    facts["max_frames"] = int(max_frames)
+                    if _another_kept(frames, decoded, step, (av.error.FFmpegError, OSError)):
+                        facts["max_frames"] = int(max_frames)  # the limit cut the video
                     return
             if decoded == 0:
                 raise _fail(path, "no frames could be decoded (empty or corrupt video stream)")

@@ -383,45 +383,71 @@ def test_evaluate_writes_results(tiny_store, tmp_path):
     assert (tmp_path / "all" / "eval.json").is_file()
 
 
-def test_evaluate_matches_classes_by_name_in_a_store_numbered_otherwise(tiny_store, tmp_path):
-    """A store extracted from another folder numbers its classes by its own folder names: here
-    (down, zzz), where the run knows (right, down, left). Its 'down' videos are scored as the
-    run's 'down' (label 1, where the store says 0) and its 'zzz' video is left out, named in a
-    note; before, the store was refused ("labels would not match")."""
+def _labelled_store(path, classes: list[str], videos: list[tuple[str, int, int]]):
+    """A store of tiny videos ``(motion class, index, label)`` labelled against ``classes``."""
     from conftest import TINY_SIZE, tiny_video
 
-    run = tmp_path / "run"
-    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
-    other = tmp_path / "other"
-    with FlowStore(other, mode="a", classes=["down", "zzz"]) as store:
-        videos = [("down", i, 0) for i in range(4)] + [("left", 0, 1)]
+    with FlowStore(path, mode="a", classes=classes) as store:
         for name, i, label in videos:
             frames, flow = tiny_video(name, i)
-            label_name = ["down", "zzz"][label]
-            with store.writer(f"{label_name}/{name}_{i}", source=f"{name}_{i}.mp4", fps=25.0,
-                              label=label, label_name=label_name, source_size=TINY_SIZE,
+            with store.writer(f"{classes[label]}/{name}_{i}", source=f"{name}_{i}.mp4", fps=25.0,
+                              label=label, label_name=classes[label], source_size=TINY_SIZE,
                               flow_codec="float16", rgb_codec="raw") as w:
                 w.append_rgb(frames)
                 w.append_flow("tvl1", flow, engine={"engine": "exact", "version": "1",
                                                     "params": {}})
-    report = evaluate_run(run, other, clips=1, crops=1, split="all", checkpoint="last",
-                          out_dir=False).report
+    return path
+
+
+def test_evaluate_matches_classes_by_name_in_a_store_numbered_otherwise(tiny_store, tmp_path):
+    """A store extracted from another folder numbers its classes by its own folder names: here
+    (down, zzz), where the run knows (right, down, left). Its 'down' videos are scored as the
+    run's 'down' (label 1, where the store says 0) and its 'zzz' video is left out, named in a
+    note; before, the store was refused ("labels would not match"). A store of the run's classes
+    and one more leaves that one's videos out (as before), and one of none of them is refused."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+
+    def evaluate(store):
+        return evaluate_run(run, store, clips=1, crops=1, split="all", checkpoint="last",
+                            out_dir=False).report
+
+    other = _labelled_store(tmp_path / "other", ["down", "zzz"],
+                            [("down", i, 0) for i in range(4)] + [("left", 0, 1)])
+    report = evaluate(other)
     assert sorted(p["key"] for p in report["predictions"]) == [f"down/down_{i}" for i in range(4)]
     assert {p["label"] for p in report["predictions"]} == {1}  # the run's 'down'
     assert report["classes"] == ["right", "down", "left"]
     assert len(report["notes"]) == 1 and "'zzz/left_0'" in report["notes"][0], report["notes"]
     assert "have no label among the run's 3 classes" in report["notes"][0]
-    with FlowStore(tmp_path / "none", mode="a", classes=["zzz"]) as store:
-        frames, flow = tiny_video("left", 0)
-        with store.writer("zzz/left_0", source="left_0.mp4", fps=25.0, label=0,
-                          label_name="zzz", source_size=TINY_SIZE, flow_codec="float16",
-                          rgb_codec="raw") as w:
-            w.append_rgb(frames)
-            w.append_flow("tvl1", flow, engine={"engine": "exact", "version": "1",
-                                                "params": {}})
+    more = _labelled_store(tmp_path / "more", ["right", "down", "left", "up"],
+                           [("right", 0, 0), ("down", 0, 1), ("left", 0, 2), ("down", 1, 3)])
+    report = evaluate(more)
+    assert sorted(p["label"] for p in report["predictions"]) == [0, 1, 2]
+    assert "'up/down_1'" in report["notes"][0], report["notes"]
     with pytest.raises(FlowkitError, match="has a label among the run's 3 classes"):
-        evaluate_run(run, tmp_path / "none", clips=1, crops=1, split="all", checkpoint="last",
-                     out_dir=False)
+        evaluate(_labelled_store(tmp_path / "none", ["zzz"], [("left", 0, 0)]))
+
+
+def test_a_saved_run_loads_with_the_keywords_it_was_made_with(tiny_store, tmp_path):
+    """New --model-arg values are typed (width="4" is refused), but a run saved before they were
+    holds what its model accepted then: resuming and evaluating it must not type them again."""
+    from flowkit.checkpoints import load_checkpoint, save_checkpoint
+    from flowkit.models import create_model, rebuild_model
+
+    with pytest.raises(FlowkitError, match="width must be an integer"):
+        create_model("resnet2d", num_classes=3, **{**TINY_MODEL, "width": "4"})
+    assert rebuild_model("resnet2d", num_classes=3, **{**TINY_MODEL, "width": "4"}) is not None
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path, "classifier")
+    ckpt["config"]["model"]["kwargs"]["width"] = "4"  # as an older flowkit let it through
+    save_checkpoint(path, "classifier", {k: v for k, v in ckpt.items()
+                                         if k not in ("format", "version", "kind")})
+    report = evaluate_run(run, clips=1, crops=1, split="all", checkpoint="last",
+                          out_dir=False).report
+    assert report["num_videos"] == 12
 
 
 def test_a_copy_of_the_training_store_is_not_held_out(tiny_store, tmp_path):

@@ -127,6 +127,20 @@ def test_step_and_max_frames(clip):
     assert len(load_frames(clip, max_frames=100)) == SAMPLE_FRAMES
 
 
+@pytest.mark.parametrize("step, max_frames, cut", [
+    (1, SAMPLE_FRAMES - 1, True), (1, SAMPLE_FRAMES, False), (1, SAMPLE_FRAMES + 5, False),
+    (3, 2, True), (3, 3, False),  # 8 frames, step 3: frames 0, 3, 6 are kept
+    (2, 3, True), (2, 4, False)])
+def test_facts_say_max_frames_only_when_it_cut_the_video(clip, step, max_frames, cut):
+    """``facts["max_frames"]`` (recorded in the store, compared by later runs) only when another
+    frame to keep follows the limit: a video of exactly ``max_frames`` kept frames is whole, and
+    was recorded as cut (a later run without --max-frames adding flow to it was refused)."""
+    facts = {}
+    frames = list(iter_frames(clip, step=step, max_frames=max_frames, facts=facts))
+    assert len(frames) == min(max_frames, -(-SAMPLE_FRAMES // step))
+    assert facts.get("max_frames") == (max_frames if cut else None), facts
+
+
 @pytest.mark.parametrize("kwargs", [{"step": 0}, {"step": 1.5}, {"max_frames": 0}])
 def test_bad_arguments(clip, kwargs):
     with pytest.raises(ValueError):

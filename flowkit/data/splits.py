@@ -71,12 +71,13 @@ def labelled_keys(store: FlowStore | str | os.PathLike, keys: Sequence[str],
     nor scored."""
     store = as_store(store)
     k = len(store.classes) if num_classes is None else int(num_classes)
-    mapping = label_map(store.classes, classes) if classes is not None else None
+    mapping = None
+    if classes is not None:
+        k, mapping = len(classes), label_map(store.classes, classes)
     labelled, unlabelled = [], []
     for key, label in zip(keys, labels(store, keys)):
         if mapping is not None:
             label = mapping[label] if 0 <= label < len(mapping) else -1
-            k = len(classes)
         (labelled if 0 <= label < k else unlabelled).append(key)
     return labelled, unlabelled
 

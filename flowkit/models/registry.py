@@ -74,6 +74,14 @@ def create_model(name: str, **kw) -> VideoClassifier:
     checkpoint can rebuild it.
     """
     check_model_kwargs(name, kw)
+    return rebuild_model(name, **kw)
+
+
+def rebuild_model(name: str, **kw) -> VideoClassifier:
+    """The classifier of a saved run (a checkpoint's ``model.kwargs``), built from keywords as
+    they were accepted when the run was made: not typed again, so a run made before
+    :func:`check_model_kwargs` existed (``offsets=1`` for true, say) still loads. Unknown names
+    still raise."""
     model = MODELS.create(name, **kw)
     model.model_kwargs = dict(kw)
     return model

@@ -163,9 +163,6 @@ class TrainConfig:
              "--val-list needs --split-list (the training list)")
         if "num_classes" in self.model_kwargs:
             raise FlowkitError("num_classes comes from the store; leave it out of --model-arg")
-        from ..models.registry import check_model_kwargs
-
-        check_model_kwargs(self.model, self.model_kwargs)  # names and kinds, before any file
         return self
 
     def to_dict(self) -> dict[str, Any]:

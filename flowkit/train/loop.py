@@ -139,6 +139,10 @@ class Trainer:
         self.notes: list[str] = []
         self.config = config.validate()
         self.resuming = _saved is not None
+        if not self.resuming:  # a new run's --model-arg: names and kinds, before any file
+            from ..models.registry import check_model_kwargs
+
+            check_model_kwargs(config.model, config.model_kwargs)
         if not self.resuming and self._holds_run() and not overwrite:
             raise FlowkitError(f"{self.run_dir} already holds a training run; pass --resume to "
                                "continue it, --overwrite to replace it, or choose another --out")
@@ -191,7 +195,7 @@ class Trainer:
     def _create_model(self) -> nn.Module:
         """The config's model, seeded; its keywords (the clip length where the model takes one)
         are kept in ``self.model_kwargs`` for the run's description."""
-        from ..models import create_model, model_parameters
+        from ..models import model_parameters, rebuild_model
 
         config = self.config
         self.model_kwargs = {"num_classes": len(self.classes), **config.model_kwargs}
@@ -200,7 +204,8 @@ class Trainer:
             if name in accepted and name not in self.model_kwargs:
                 self.model_kwargs[name] = config.clip_length
         torch.manual_seed(derive_seed(config.seed, "init"))
-        return create_model(config.model, **self.model_kwargs)
+        # typed up front for a new run; a resumed one keeps the keywords it was made with
+        return rebuild_model(config.model, **self.model_kwargs)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, log: Callable[[str], None] | None = None,
