@@ -147,7 +147,11 @@ find {mnt}/store2 > {out}/created.ls 2>&1
     assert "Traceback" not in first_err and "Exception ignored" not in first_err
     summary = json.loads(read("full.out"))
     assert summary["stopped"].startswith(f"no space left on {mnt}/store")
-    assert summary["not_started"] >= 1 and summary["failed"] <= 1
+    # How many videos fit before the disk is full depends on how many were in flight (partial
+    # files) when it filled: every video is accounted for, at most the one met failed (the
+    # injected-ENOSPC test above pins the counts).
+    assert summary["done"] + summary["failed"] + summary["not_started"] == 8, summary
+    assert summary["failed"] <= 1 and summary["done"] < 8
     assert "stopped early: no space left on" in first_err
     assert not [line for line in read("full.ls").splitlines()
                 if line.endswith((".partial", ".tmp", ".claim"))]
