@@ -391,7 +391,8 @@ class _Worker:
         here, there = ctx.Pipe()
         process = ctx.Process(target=_worker_main, args=(there, *args), daemon=True,
                               name="flowkit-extract-worker")
-        process.start()
+        with _children_ignore_ctrl_c():
+            process.start()
         there.close()  # the child holds it now: the parent reads end of file once the child dies
         return cls(process, here, replacement=replacement)
 
@@ -418,6 +419,24 @@ class _Worker:
 
     def dead(self) -> bool:
         return self.process.exitcode is not None or bool(self.failed)
+
+
+@contextlib.contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside ignore SIGINT from their first instruction: an ignored signal
+    stays ignored across exec, and Python then installs no KeyboardInterrupt handler. A worker
+    still importing torch when Ctrl-C reaches the process group would otherwise print a traceback;
+    the parent decides and terminates the workers. (A Ctrl-C within the few milliseconds of a
+    start is not seen by the parent; a second one is.) Outside the main thread, a no-op."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # signal handlers can be set only in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which cannot be put back: the default
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 def _death(process: mp.process.BaseProcess) -> str:

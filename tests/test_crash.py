@@ -56,11 +56,11 @@ def _command(video_dir: Path, store: Path, workers: int = 1) -> list[str]:
 class Run:
     """A `flowkit extract` subprocess in its own session, with output captured to files."""
 
-    def __init__(self, cmd: list[str], workdir: Path, name: str):
+    def __init__(self, cmd: list[str], workdir: Path, name: str, env: dict | None = None):
         self.out = open(workdir / f"{name}.stdout", "w+")
         self.err = open(workdir / f"{name}.stderr", "w+")
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=self.err, start_new_session=True,
-                                     env=ENV)
+                                     env={**ENV, **(env or {})})
 
     def stderr(self) -> str:
         self.err.flush()
@@ -213,6 +213,44 @@ def test_ctrl_c_exits_130_and_keeps_finished_work(video_dir, tmp_path, workers):
     before = _stamps(finished)
     _check_store_after_crash(store, finished)
     _rerun_and_check(video_dir, store, tmp_path, before, workers)
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Pids of the live processes of session ``sid`` (a Run's parent and its workers)."""
+    ps = subprocess.run(["ps", "-o", "pid=,stat=", "--sid", str(sid)], capture_output=True,
+                        text=True).stdout.splitlines()
+    return [int(line.split()[0]) for line in ps if line.split() and "Z" not in line.split()[-1]]
+
+
+def test_ctrl_c_while_the_workers_start_prints_no_traceback(video_dir, tmp_path):
+    """Ctrl-C (SIGINT to the process group) while the worker processes start (importing torch
+    takes seconds on a loaded machine; here a sitecustomize makes each worker's start last 3 s):
+    exit 130 and the usual lines. Before, each worker printed a KeyboardInterrupt traceback: it
+    ignored SIGINT only once its imports were done."""
+    slow = tmp_path / "slow_start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\n"
+        "if '--multiprocessing-fork' in sys.argv:  # a spawned worker, not the run itself\n"
+        "    time.sleep(3)\n")
+    store = tmp_path / "store"
+    run = Run(_command(video_dir, store, workers=2), tmp_path, "ctrl_c_at_start",
+              env={"PYTHONPATH": str(slow)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(_session_pids(run.proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the parent and its two workers
+        assert len(_session_pids(run.proc.pid)) >= 3, "the workers did not start"
+        time.sleep(0.5)  # inside their 3 s start
+        os.killpg(run.proc.pid, signal.SIGINT)
+        rc = run.wait(120)
+        stderr = run.stderr()
+    finally:
+        run.cleanup()
+    assert rc == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert "interrupted; finished work is kept" in stderr
+    assert not _finished(store)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
