@@ -7,6 +7,7 @@ Nothing here imports PyAV at import time (only the fixtures that encode video do
 from __future__ import annotations
 
 import struct
+import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,6 +16,24 @@ import pytest
 
 from flowkit.samples import make_sample_videos, render_sample, sample_specs
 from flowkit.video import write_video
+
+
+def run_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``flowkit ARGS`` in this process: click's runner on ``flowkit.cli.main`` in standalone
+    mode, as the console script runs it (one-line errors, exit codes), returned as a
+    CompletedProcess. For usage errors and ``--help``, which end before any work: a subprocess
+    spends seconds importing torch for each. An exception the CLI did not handle (a traceback in
+    a real process) is raised here."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", **(env or {})})
+    r = runner.invoke(main, [str(a) for a in args], prog_name="flowkit")
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(["flowkit", *map(str, args)], r.exit_code, r.stdout,
+                                       r.stderr)
 
 # The tiny sample configuration: enough for every code path, fast to decode and to run flow on.
 SAMPLE_CLASSES = ("pan_left", "zoom_in")

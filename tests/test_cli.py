@@ -1,5 +1,6 @@
 """The `flowkit` command line in real subprocesses: samples, extract (--json, exit codes), info
-(--json, --validate), show (PNG and video), usage errors, --help and --version."""
+(--json, --validate), show (PNG and video), --version; usage errors and --help in this process
+(``conftest.run_cli``: the same ``main``, without seconds of torch import per case)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,8 @@ import pytest
 import flowkit
 from flowkit.store import FlowStore
 from flowkit.video import load_frames
+
+from conftest import run_cli
 
 CHEAP = ["--param", "nscales=2", "--param", "warps=1", "--param", "outer_iterations=2",
          "--param", "inner_iterations=10", "--no-compile"]
@@ -96,7 +99,7 @@ def test_extract_exit_1_on_a_bad_video_with_one_line_reason(bad_videos, tmp_path
 
 
 def test_extract_missing_video_dir_is_a_usage_error(tmp_path):
-    r = flowkit_cli("extract", tmp_path / "nope", "-o", tmp_path / "s", *CHEAP)
+    r = run_cli("extract", tmp_path / "nope", "-o", tmp_path / "s", *CHEAP)
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and str(tmp_path / "nope") in r.stderr
     assert "no such file or directory" in r.stderr and "Traceback" not in r.stderr
@@ -118,15 +121,14 @@ def test_extract_missing_video_dir_is_a_usage_error(tmp_path):
 ], ids=["size-12x", "size-0", "param-format", "param-unknown", "shard-range", "shard-format",
         "step-0", "max-frames-1", "method", "lossless-and-codec", "codec"])
 def test_extract_usage_errors_exit_2(sample_videos, tmp_path, args, message):
-    r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, *args)
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, *args)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()  # nothing is created for a failed start
 
 
 def test_extract_bad_bound_is_a_usage_error(sample_videos, tmp_path):
-    r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, "--flow-codec",
-                    "uint8:0")
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, "--flow-codec", "uint8:0")
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "bound" in r.stderr and "failed:" not in r.stderr
 
@@ -239,7 +241,7 @@ def test_evaluate_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text('{"config": {}}\n')
-    r = flowkit_cli("evaluate", run, "--checkpoint", run / "config.json")
+    r = run_cli("evaluate", run, "--checkpoint", run / "config.json")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -282,7 +284,7 @@ def test_show_mp4(store, tmp_path):
 
 
 def test_show_unknown_key_exit_2(store, tmp_path):
-    r = flowkit_cli("show", store, "pan_left/nope_9", "-o", tmp_path / "x.png")
+    r = run_cli("show", store, "pan_left/nope_9", "-o", tmp_path / "x.png")
     assert r.returncode == 2
     assert "pan_left/nope_9" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.png").exists()
@@ -293,7 +295,7 @@ def test_show_unknown_key_exit_2(store, tmp_path):
 @pytest.mark.parametrize("command", [[], ["extract"], ["info"], ["show"], ["samples"]],
                          ids=["flowkit", "extract", "info", "show", "samples"])
 def test_help(command):
-    r = flowkit_cli(*command, "--help")
+    r = run_cli(*command, "--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Usage: ") and " ".join(["flowkit", *command]) in r.stdout
 
