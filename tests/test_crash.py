@@ -266,9 +266,7 @@ def test_sigterm_exits_143_and_workers_die_with_the_parent(video_dir, tmp_path, 
         stderr = run.stderr()
         after_parent = _stamps(_finished(store))
         time.sleep(3)  # a surviving worker would commit its video meanwhile
-        ps = subprocess.run(["ps", "-o", "pid=,stat=", "--sid", str(run.proc.pid)],
-                            capture_output=True, text=True).stdout.splitlines()
-        alive = [line for line in ps if line.split() and "Z" not in line.split()[-1]]
+        alive = _session_pids(run.proc.pid)
     finally:
         run.cleanup()
     assert rc == 143, stderr[-3000:]
