@@ -18,14 +18,14 @@ from rich.table import Table
 from ..bench import harness
 from ..errors import FlowkitError
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import parse_params, refuse_option_params
+from .options import BACKENDS, backend_option, parse_params, refuse_option_params
 from .progress import RichProgress
 
 DEFAULT_METHODS = harness.DEFAULT_METHODS
 #: Engine keywords the harness sets from --backend and --compile: a --param for one is refused,
 #: naming the option.
 OPTION_PARAMS = {
-    "backend": lambda v: f"--backend {v if v in ('auto', 'torch', 'cupy') else 'auto|torch|cupy'}",
+    "backend": backend_option,
     "compile": lambda v: ("--compile on" if v is True else "--compile off" if v is False
                           else "--compile off|on|both"),
 }
@@ -128,7 +128,7 @@ def _check_outputs(json_out: str | None, plot_out: str | None) -> None:
                    "flow (default: as stored).")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="Pairs per engine call (OpenCV peers always take one).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "cupy"]), default="auto",
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True,
               help="Numerics of the engines with CuPy kernels (tvl1, tvnet, costvolume); the "
                    "table's backend column says what each ran on.")

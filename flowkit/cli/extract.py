@@ -14,11 +14,11 @@ from rich.console import Console
 from .. import distributed
 from ..errors import EngineError, FlowkitError
 from ..extract import ExtractConfig, ExtractSummary, extract
-from ..flow import check_engine_params, engine_parameters, list_engines
+from ..flow import check_engine_params, list_engines
 from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_list, scan_videos
 from ..progress import Progress, StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import parse_params, parse_size, refuse_option_params
+from .options import BACKENDS, backend_option, parse_params, parse_size, refuse_option_params
 from .progress import RichProgress, stop_on_signals
 
 
@@ -89,11 +89,10 @@ def _single_video(path: Path) -> VideoItem:
     return VideoItem(path, path.stem, -1, "")
 
 
-BACKENDS = ("auto", "torch", "cupy")
 #: Engine keywords that have an option of their own, and that option for a ``--param`` value:
 #: ``build_engine`` sets them from the options, so a ``--param`` for one is refused, not dropped.
 OPTION_PARAMS = {
-    "backend": lambda v: f"--backend {v if v in BACKENDS else '|'.join(BACKENDS)}",
+    "backend": backend_option,
     "compile": lambda v: ("--compile (the default)" if v is True else "--no-compile" if v is False
                           else "--compile or --no-compile"),
     "weights": lambda v: f"--weights {v}",
@@ -105,13 +104,8 @@ def _check_params(method: str, params: dict) -> None:
     file is touched (flowkit.flow.check_engine_params); a key that has its own option
     (:data:`OPTION_PARAMS`) is refused naming the option."""
     refuse_option_params(params, OPTION_PARAMS)
-    accepted = [p for p in engine_parameters(method) if p not in OPTION_PARAMS]
-    unknown = sorted(k for k in params if k not in accepted)
-    if unknown:
-        raise FlowkitError(f"--param: engine {method!r} has no parameter {', '.join(unknown)}; "
-                           f"accepted: {', '.join(accepted)}")
     try:
-        check_engine_params(method, params)
+        check_engine_params(method, params, options=OPTION_PARAMS)
     except EngineError as exc:
         raise FlowkitError(f"--param: {exc}") from None
 

@@ -24,6 +24,15 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
     return params
 
 
+#: ``--backend`` choices of the commands that take one.
+BACKENDS = ("auto", "torch", "cupy")
+
+
+def backend_option(value: Any) -> str:
+    """The ``--backend`` option for a ``--param backend=VALUE`` (:func:`refuse_option_params`)."""
+    return f"--backend {value if value in BACKENDS else '|'.join(BACKENDS)}"
+
+
 def param_text(value: Any) -> str:
     """A parsed ``--param`` value as it was typed: ``False`` -> ``false``, ``"cupy"`` -> ``cupy``."""
     return value if isinstance(value, str) else json.dumps(value)

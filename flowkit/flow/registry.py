@@ -2,6 +2,8 @@
 (a :class:`flowkit.registry.Registry`)."""
 from __future__ import annotations
 
+from typing import Iterable
+
 from ..errors import EngineError
 from ..registry import Registry
 from .base import FlowEngine
@@ -38,10 +40,11 @@ def create_engine(name: str, device: str = "cpu", **params) -> FlowEngine:
     return ENGINES.create(name, device=device, **params)
 
 
-def check_engine_params(name: str, params: dict):
+def check_engine_params(name: str, params: dict, options: Iterable[str] = ()):
     """The ``Params`` of engine ``name`` for ``params`` (its fields only; execution options such as
     ``backend`` are not looked at), typed and range-checked without building the engine (no
-    weights are loaded, no device is touched): :func:`flowkit.flow.params.check_params`."""
+    weights are loaded, no device is touched): :func:`flowkit.flow.params.check_params`.
+    ``options``: keywords the caller sets otherwise (a command's own options), unknown here."""
     from dataclasses import fields
 
     from .params import check_params
@@ -49,7 +52,7 @@ def check_engine_params(name: str, params: dict):
     cls = engine_class(name)
     if cls.Params is None:
         return None
-    accepted = engine_parameters(name)
+    accepted = [p for p in engine_parameters(name) if p not in set(options)]
     unknown = sorted(k for k in params if k not in accepted)
     if unknown:
         raise EngineError(f"engine {name!r} has no parameter {', '.join(unknown)}; accepted: "
