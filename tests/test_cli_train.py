@@ -96,6 +96,32 @@ def test_amp_on_cpu_is_ignored_with_a_note(tiny_store, tmp_path):
     assert "--amp is ignored on CPU" in result.stderr
 
 
+def test_resume_refusals_are_one_line_and_write_nothing(tiny_store, tmp_path):
+    """--resume with --epochs below the epochs trained, or on a store lacking one of the run's
+    classes: exit 2, one line naming the fix, the run directory as it was. Before, the first
+    exited 0 with config.json saying the smaller --epochs, and a store numbering its classes
+    otherwise was trained on with wrong labels."""
+    from test_train import _labelled_store, run_files
+
+    run = tmp_path / "run"
+    assert train(tiny_store, "--out", run, *TINY, "--epochs", "2").exit_code == 0
+    before = run_files(run)
+    fewer = train(tiny_store, "--out", run, "--resume", "--epochs", "1")
+    assert fewer.exit_code == 2, fewer.output
+    assert fewer.stderr.strip().splitlines()[-1].startswith("error: --epochs 1 is fewer than the "
+                                                            "2 epochs")
+    assert "pass --epochs 2 or more" in fewer.stderr
+    videos = [(name, i, label) for label, name in enumerate(("right", "down")) for i in range(4)]
+    lacking = _labelled_store(tmp_path / "lacking", ["right", "down", "up"],  # 'left' as 'up'
+                              videos + [("left", i, 2, "left") for i in range(4)])
+    other = train(lacking, "--out", run, "--resume", "--epochs", "3")
+    assert other.exit_code == 2, other.output
+    assert other.stderr.strip() == (f"error: store {lacking} lacks 1 of the run's 3 classes (e.g. "
+                                    "'left'); resume with a store that holds all of them (the "
+                                    f"run's classes are in {run / 'config.json'})")
+    assert run_files(run) == before
+
+
 def test_unlabelled_videos_are_named_in_notes_of_train_and_evaluate(tiny_store, tmp_path):
     """A store whose class-folder tree had a video at its root: train and evaluate leave it out
     and say so, instead of crashing in the loss after writing the run."""

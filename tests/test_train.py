@@ -383,15 +383,17 @@ def test_evaluate_writes_results(tiny_store, tmp_path):
     assert (tmp_path / "all" / "eval.json").is_file()
 
 
-def _labelled_store(path, classes: list[str], videos: list[tuple[str, int, int]]):
-    """A store of tiny videos ``(motion class, index, label)`` labelled against ``classes``."""
+def _labelled_store(path, classes: list[str], videos: list[tuple]):
+    """A store of tiny videos ``(motion class, index, label[, folder])`` labelled against
+    ``classes``, at keys ``folder/<motion class>_<index>`` (folder: the label's class name)."""
     from conftest import TINY_SIZE, tiny_video
 
     with FlowStore(path, mode="a", classes=classes) as store:
-        for name, i, label in videos:
+        for name, i, label, *folder in videos:
             frames, flow = tiny_video(name, i)
-            with store.writer(f"{classes[label]}/{name}_{i}", source=f"{name}_{i}.mp4", fps=25.0,
-                              label=label, label_name=classes[label], source_size=TINY_SIZE,
+            key = f"{folder[0] if folder else classes[label]}/{name}_{i}"
+            with store.writer(key, source=f"{name}_{i}.mp4", fps=25.0, label=label,
+                              label_name=classes[label], source_size=TINY_SIZE,
                               flow_codec="float16", rgb_codec="raw") as w:
                 w.append_rgb(frames)
                 w.append_flow("tvl1", flow, engine={"engine": "exact", "version": "1",
@@ -427,6 +429,119 @@ def test_evaluate_matches_classes_by_name_in_a_store_numbered_otherwise(tiny_sto
     assert "'up/down_1'" in report["notes"][0], report["notes"]
     with pytest.raises(FlowkitError, match="has a label among the run's 3 classes"):
         evaluate(_labelled_store(tmp_path / "none", ["zzz"], [("left", 0, 0)]))
+
+
+def run_files(run_dir) -> dict:
+    """Every file of a run directory and its bytes."""
+    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file()}
+
+
+def test_resume_on_a_store_numbering_the_classes_otherwise_keeps_the_runs_classes(tiny_store,
+                                                                                  tmp_path):
+    """STORE may change on --resume: the same videos extracted with the classes in another order
+    (another classInd.txt) are labelled by name with the run's classes, so the resumed run
+    trains exactly as on its own store. Before, it took the store's numbering (training on
+    wrong labels: val top-1 from 100% to 14% on the toy store) and config.json said so."""
+    straight = tmp_path / "straight"
+    Trainer(tiny_config(tiny_store), straight).fit()
+    run = tmp_path / "run"
+    counter = StepCounter()
+    Trainer(tiny_config(tiny_store), run).fit(counter, stop=lambda: counter.steps >= 4)
+    order = ["left", "right", "down"]
+    reordered = _labelled_store(tmp_path / "reordered", order,
+                                [(name, i, order.index(name)) for name in ("right", "down", "left")
+                                 for i in range(4)])
+    Trainer.resume(run, store=str(reordered)).fit()
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == ["right", "down", "left"]
+    assert config["model"]["kwargs"]["num_classes"] == 3
+    assert_same_run(straight, run)
+
+
+def test_resume_on_a_store_with_other_classes(tiny_store, tmp_path):
+    """A store lacking one of the run's classes, or labelling a video of the run's split with
+    none of them, is refused in one line before anything is written (before: a traceback or
+    wrong labels, after config.json was rewritten). A store with one class more resumes with
+    the run's 3 outputs and a note naming the class left out (before: a size mismatch of the
+    classifier's weights)."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    before = run_files(run)
+    videos = [(name, i, label) for label, name in enumerate(("right", "down")) for i in range(4)]
+    # the run's split, its left videos labelled with a class the run does not know
+    lacking = _labelled_store(tmp_path / "lacking", ["right", "down", "zzz"],
+                              videos + [("left", i, 2, "left") for i in range(4)])
+    with pytest.raises(FlowkitError, match=r"lacks 1 of the run's 3 classes \(e\.g\. 'left'\); "
+                                           "resume with a store that holds all of them"):
+        Trainer.resume(run, store=str(lacking), epochs=2)
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(tiny_store, relabelled)
+    add_unlabelled_videos(relabelled, "left/left_0")  # now label -1
+    with pytest.raises(FlowkitError, match=r"1 videos of the run's split have no label among the "
+                                           r"run's 3 classes .* \(e\.g\. left/left_0\)"):
+        Trainer.resume(run, store=str(relabelled), epochs=2)
+    assert run_files(run) == before
+
+    more = _labelled_store(tmp_path / "more", ["right", "down", "left", "up"],
+                           videos + [("left", i, 2) for i in range(4)] + [("down", 9, 3)])
+    trainer = Trainer.resume(run, store=str(more), epochs=2)
+    assert trainer.classes == ["right", "down", "left"]
+    assert any("1 class(es) the run was not trained on ('up')" in n for n in trainer.notes)
+    result = trainer.fit()
+    assert result.epochs_done == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == ["right", "down", "left"]
+    assert config["model"]["kwargs"]["num_classes"] == 3
+
+
+@pytest.mark.parametrize("schedule, expected", [("cosine", 0.5 * (1 + math.cos(math.pi / 4))),
+                                                ("step", 1.0)], ids=["cosine", "step"])
+def test_a_longer_resumed_run_follows_the_new_schedule_from_its_first_step(
+        tiny_store, tmp_path, monkeypatch, schedule, expected):
+    """1 epoch (3 steps) then --resume with 4 epochs: step 3 takes the lr of the 4-epoch
+    schedule (cosine: 0.5 (1 + cos(pi * 3 / 12)); step: 1, the first milestone is epoch 2).
+    Before, it took the finished schedule's (cosine: 0; step: 0.01, both milestones at epoch 1)
+    and the new one only from step 4."""
+    lrs = []
+    real = Trainer._train_step
+
+    def recording(self, batch, opt):
+        out = real(self, batch, opt)
+        lrs.append(out[3])
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", recording)
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1, schedule=schedule), run).fit()
+    assert len(lrs) == 3
+    Trainer.resume(run, epochs=4).fit()
+    assert lrs[3] == pytest.approx(0.05 * expected)
+    assert lrs[4] == pytest.approx(0.05 * lr_factor(4, total_steps=12, warmup_steps=0,
+                                                    schedule=schedule, milestones=(6, 9)))
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_before_writing(tiny_store, tmp_path):
+    """--epochs below the run's progress (finished epochs, or a step into the next) is refused
+    and config.json keeps the length the run trained for; before, nothing trained but
+    config.json said the smaller --epochs. Resuming a finished run with its own length trains
+    nothing and rewrites nothing."""
+    run = tmp_path / "run"
+    counter = StepCounter()
+    Trainer(tiny_config(tiny_store, epochs=3), run).fit(counter, stop=lambda: counter.steps >= 4)
+    before = run_files(run)
+    with pytest.raises(FlowkitError, match=r"--epochs 1 is fewer than the 1 epochs and 1 steps "
+                                           r"of epoch 2 that .* has already trained; pass "
+                                           "--epochs 2 or more"):
+        Trainer.resume(run, epochs=1).fit()
+    assert run_files(run) == before
+    Trainer.resume(run).fit()  # to the end of its 3 epochs
+    before = run_files(run)
+    with pytest.raises(FlowkitError, match="fewer than the 3 epochs"):
+        Trainer.resume(run, epochs=2).fit()
+    result = Trainer.resume(run, epochs=3, workers=1).fit()
+    assert result.start_epoch == 3 and result.epochs_done == 3
+    assert run_files(run) == before  # config.json keeps workers 0: nothing was trained
 
 
 def test_a_saved_run_loads_with_the_keywords_it_was_made_with(tiny_store, tmp_path):

@@ -5,7 +5,9 @@ A thin wrapper over :class:`flowkit.train.Trainer`: parses options into a
 (the state after the last finished step is saved; exit code 130) and prints a summary (``--json``:
 machine-readable on stdout). ``--resume`` continues RUN_DIR exactly where it stopped; options given
 with it must match the run's config.json, except those that may change (``--epochs``,
-``--workers``, ``--device``, ``--amp``, ``--checkpoint-every``, STORE).
+``--workers``, ``--device``, ``--amp``, ``--checkpoint-every``, STORE). The run keeps its classes
+(another STORE's labels are matched by name); a STORE lacking one of them, or an ``--epochs``
+below the epochs already trained, is one line and exit 2 with RUN_DIR left as it was.
 
 Under torchrun every rank runs this command: the ranks join one process group (gloo on the CPU,
 nccl on CUDA) and train one DistributedDataParallel model; rank 0 alone prints.

@@ -153,20 +153,19 @@ class Trainer:
         self.use_amp = bool(config.amp) and self.device.type == "cuda"
 
         self.store = FlowStore(config.store)
-        self.classes = self.store.classes
-        if not self.classes:
-            raise FlowkitError(f"store {config.store} has no class names; extract it from a "
-                               "class-folder tree or with --split-list")
+        self.classes = self._classes(_saved)
         with self.store.index_held():  # the split and both datasets parse index.json once
             index_store(self.store, progress=progress)  # a bar over videos new to the index
             self.train_keys, self.val_keys, self.split_source = self._split(_saved)
             self.model = self._create_model()
             # The datasets check the store holds what the model needs (flow / rgb) before any
-            # writing.
+            # writing; with the run's classes they label a store numbering them otherwise
+            # by name.
             self.train_set = make_dataset(self.store, self.train_keys, config, self.model,
-                                          train=True)
+                                          train=True, classes=self.classes)
             self.val_set = (make_dataset(self.store, self.val_keys, config, self.model,
-                                         train=False) if self.val_keys else None)
+                                         train=False, classes=self.classes)
+                            if self.val_keys else None)
         self.init_report = None
         if config.init and not self._has_checkpoint():
             self.init_report = initialise_from_file(self.model, config.init)
@@ -178,8 +177,37 @@ class Trainer:
         self.net = wrap(self.model, self.device)
         self.run_config = self._describe()
 
+    def _classes(self, saved: dict | None) -> list[str]:
+        """The class names the model's outputs stand for: the store's for a new run. A resumed
+        run keeps its own (the model has one output per class, and STORE may change on resume):
+        a store numbering them otherwise is matched by name (``make_dataset(classes=)``), one
+        lacking any of them is refused and classes of the store the run does not know are left
+        out with a note."""
+        store_classes = list(self.store.classes)
+        if saved is None or not saved.get("classes"):
+            if not store_classes:
+                raise FlowkitError(f"store {self.config.store} has no class names; extract it "
+                                   "from a class-folder tree or with --split-list")
+            return store_classes
+        classes = list(saved["classes"])
+        missing = [c for c in classes if c not in store_classes]
+        if missing:
+            raise FlowkitError(f"store {self.config.store} lacks {len(missing)} of the run's "
+                               f"{len(classes)} classes (e.g. {missing[0]!r}); resume with a "
+                               "store that holds all of them (the run's classes are in "
+                               f"{self.run_dir / CONFIG_FILE})")
+        unknown = [c for c in store_classes if c not in classes]
+        if unknown:
+            self._note(f"store {self.config.store} has {len(unknown)} class(es) the run was not "
+                       f"trained on ({', '.join(map(repr, unknown[:5]))}"
+                       f"{', ...' if len(unknown) > 5 else ''}); their videos are left out, the "
+                       f"run keeps its {len(classes)} classes")
+        return classes
+
     def _split(self, saved: dict | None) -> tuple[list[str], list[str], str]:
         """``(train_keys, val_keys, source)``: the saved run's split, or a new one."""
+        from ..data import labelled_keys
+
         if saved is None:
             return make_split(self.store, self.config, note=self._note)
         split = saved["split"]
@@ -190,6 +218,13 @@ class Trainer:
             raise FlowkitError(f"{len(missing)} videos of the run's split are not in store "
                                f"{self.config.store} (e.g. {missing[0]}); resume with the store "
                                "the run was trained on")
+        # Leaving one out would change the epochs' batches (and the run's split): refused.
+        _, unlabelled = labelled_keys(self.store, train_keys + val_keys, classes=self.classes)
+        if unlabelled:
+            raise FlowkitError(f"{len(unlabelled)} videos of the run's split have no label among "
+                               f"the run's {len(self.classes)} classes in store "
+                               f"{self.config.store} (e.g. {unlabelled[0]}); resume with the "
+                               "store the run was trained on")
         return train_keys, val_keys, split.get("source", "")
 
     def _create_model(self) -> nn.Module:
@@ -263,11 +298,29 @@ class Trainer:
 
     # -- run directory
 
-    def _prepare_run_dir(self) -> dict | None:
-        """Create (or, when resuming, read) the run directory; returns the checkpoint to resume.
-        Every rank reads the checkpoint; only rank 0 writes."""
+    def _read_checkpoint(self) -> dict | None:
+        """The checkpoint to resume from (every rank reads it), None for a fresh start."""
+        return load_checkpoint(self.checkpoint_dir / LAST) if self._has_checkpoint() else None
+
+    def _check_length(self, state: "RunState") -> bool:
+        """Whether epochs remain to train; FlowkitError when ``epochs`` is below what the run has
+        already trained (checked before anything is written, so config.json keeps the length the
+        run was trained for)."""
+        epochs = self.config.epochs
+        if state.epoch > epochs or (state.epoch == epochs and state.step_in_epoch):
+            done = (f"{state.epoch} epochs" if not state.step_in_epoch else
+                    f"{state.epoch} epochs and {state.step_in_epoch} steps of epoch "
+                    f"{state.epoch + 1}")
+            least = state.epoch + (1 if state.step_in_epoch else 0)
+            raise FlowkitError(f"--epochs {epochs} is fewer than the {done} that {self.run_dir} "
+                               f"has already trained; pass --epochs {least} or more with --resume")
+        return state.epoch < epochs
+
+    def _write_run_files(self, ckpt: dict | None) -> None:
+        """Create (or, when resuming, update) the run directory: config.json, and metrics.jsonl
+        from ``ckpt``'s history. Only rank 0 writes."""
         if not self.is_main:
-            return load_checkpoint(self.checkpoint_dir / LAST) if self._has_checkpoint() else None
+            return
         if self.overwrite:
             for name in RUN_FILES:
                 path = self.run_dir / name
@@ -276,18 +329,20 @@ class Trainer:
                 elif path.exists():
                     path.unlink()
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = load_checkpoint(self.checkpoint_dir / LAST) if self._has_checkpoint() else None
         if ckpt is not None:
             saved_created = ckpt["config"].get("created")
             if saved_created:
                 self.run_config["created"] = saved_created
         atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(self.run_config, indent=2) + "\n")
-        history = ckpt["history"] if ckpt is not None else []
-        # metrics.jsonl mirrors the checkpoint's history: epochs a crash left after the checkpoint
-        # are dropped (they are recomputed identically), none is duplicated.
-        atomic_write_text(self.run_dir / METRICS_FILE,
-                          "".join(json.dumps(r) + "\n" for r in history))
-        return ckpt
+        self._write_metrics(ckpt["history"] if ckpt is not None else [])
+
+    def _write_metrics(self, history: list[dict]) -> None:
+        """metrics.jsonl mirrors the checkpoint's history: epochs a crash left after the
+        checkpoint are dropped (they are recomputed identically), none is duplicated, and one a
+        crash kept from being appended is restored. Only rank 0 writes."""
+        if self.is_main:
+            atomic_write_text(self.run_dir / METRICS_FILE,
+                              "".join(json.dumps(r) + "\n" for r in history))
 
     # -- training
 
@@ -307,10 +362,19 @@ class Trainer:
         started = time.perf_counter()
         batches = batch_sampler(len(self.train_set), self.config.batch_size, self.config.seed)
         opt = _Optimisation.build(self.model, self.config, batches.num_batches, self.use_amp)
-        distributed.barrier()  # every rank has checked the run directory before rank 0 writes
-        ckpt = self._prepare_run_dir()
+        ckpt = self._read_checkpoint()
+        # Every check before anything is written: the checkpoint's shapes and steps per epoch,
+        # then the (maybe changed) epochs against the run's progress. A run with nothing left to
+        # train keeps its config.json (it must keep the length the run was trained for).
         state = self._restore(ckpt, opt)
         start_epoch, interrupted = state.epoch, False
+        if not self._check_length(state):
+            self._write_metrics(state.history)
+            return TrainResult(self.run_dir, state.history, state.epoch, state.global_step,
+                               state.best_metric, state.best_epoch, notes=list(self.notes),
+                               seconds=time.perf_counter() - started, start_epoch=start_epoch)
+        distributed.barrier()  # every rank has checked the run directory before rank 0 writes
+        self._write_run_files(ckpt)
         for epoch in range(state.epoch, self.config.epochs):
             interrupted, sums = self._train_epoch(epoch, state, opt, batches, progress,
                                                   should_stop)
@@ -543,6 +607,15 @@ class _Optimisation:
     def load(self, ckpt: dict[str, Any], use_amp: bool) -> None:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        # The saved groups hold the lr the saved schedule set for the next step; the factor is a
+        # function of this run's config (another --epochs: another length), so the next step's
+        # lr is recomputed from it, as scheduler.step() computes it (the same value when the
+        # schedule is unchanged: exact resume).
+        sched = self.scheduler
+        for group, base, factor in zip(self.optimizer.param_groups, sched.base_lrs,
+                                       sched.lr_lambdas):
+            group["lr"] = base * factor(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if use_amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         saved = int(ckpt.get("steps_per_epoch", self.steps_per_epoch))
