@@ -16,7 +16,8 @@
 
 Matching a label source against a set of store keys (paths without extension, see
 :mod:`flowkit.labels`) gives a :class:`LabelMatch`: each matched key's label, the class names, the
-rows that matched no video and the videos that no row labels. Nothing unmatched is dropped silently.
+rows that matched no video (or several, by name) and the videos that no row labels. Nothing
+unmatched is dropped silently.
 """
 from __future__ import annotations
 
@@ -76,9 +77,10 @@ class LabelMatch:
     ``labels``: key -> (0-based label id, class name) for every matched, labelled key; ``classes``:
     the class names label ids index; ``unmatched``: the rows (as ``file:line text``) that matched no
     key; ``multi_label``: the rows of a video with several labels, which label nothing (flowkit's
-    classifiers take one label a video; they are also in ``unmatched``); ``unlabelled``: the keys
-    no row labels (sorted); ``total_frames``: the frame count a rawframes list gives each matched
-    key.
+    classifiers take one label a video; they are also in ``unmatched``); ``ambiguous``: the rows
+    whose last name matches several keys (row -> those keys), which label none of them (also in
+    ``unmatched``); ``unlabelled``: the keys no row labels (sorted); ``total_frames``: the frame
+    count a rawframes list gives each matched key.
     """
 
     labels: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -87,12 +89,17 @@ class LabelMatch:
     unlabelled: list[str] = field(default_factory=list)
     total_frames: dict[str, int] = field(default_factory=dict)  # rawframes lists: key -> count
     multi_label: list[str] = field(default_factory=list)
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
 
     def report(self, shown: int = 5) -> list[str]:
-        """Lines for the user: counts of labelled, unmatched and unlabelled, with examples."""
+        """Lines for the user: counts of labelled, unmatched, ambiguous and unlabelled, with
+        examples."""
         lines = [f"{len(self.labels)} videos labelled ({len(self.classes)} classes)"]
-        multi = set(self.multi_label)
-        for what, items in (("rows match no video", [r for r in self.unmatched if r not in multi]),
+        other = set(self.multi_label) | set(self.ambiguous)
+        ambiguous = [f"{row} (matches {', '.join(keys)})" for row, keys in self.ambiguous.items()]
+        for what, items in (("rows match no video", [r for r in self.unmatched if r not in other]),
+                            ("rows match several videos by name and label none of them (write "
+                             "the path as the store key, class/video)", ambiguous),
                             (MULTI_LABEL, self.multi_label),
                             ("videos have no label", self.unlabelled)):
             if items:
@@ -190,7 +197,7 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
         by_name[PurePosixPath(key).name].append(key)
     ids: dict[str, int] = {}
     totals: dict[str, int] = {}
-    unmatched, multi = [], []
+    unmatched, multi, ambiguous = [], [], {}
     for entry in entries:
         candidates = by_name.get(PurePosixPath(entry.key).name, [])
         key = entry.key if entry.key in candidates else (
@@ -199,13 +206,15 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
             unmatched.append(f"{where}:{entry.lineno} {entry.path}")
             if key is not None:
                 multi.append(unmatched[-1])
+            elif candidates:  # one name, several videos: which one the row means is unknown
+                ambiguous[unmatched[-1]] = candidates
             continue
         ids[key] = entry.labels[0]
         if entry.total_frames is not None:
             totals[key] = entry.total_frames
     names = _class_names(ids, classes, where)
     return LabelMatch({k: (i, names[i]) for k, i in ids.items()}, names, unmatched,
-                      [k for k in keys if k not in ids], totals, multi)
+                      [k for k in keys if k not in ids], totals, multi, ambiguous)
 
 
 def _class_names(ids: dict[str, int], classes: Sequence[str] | None, where: str) -> list[str]:

@@ -74,6 +74,22 @@ def test_match_list_by_path_or_unique_name_with_folder_class_names(tmp_path):
     assert named.labels["run/r0"] == (1, "running") and read_label_map(label_map) == named.classes
 
 
+def test_a_row_matching_several_videos_by_name_is_ambiguous_not_unmatched(tmp_path):
+    """A bare name two classes share (jump/v1, walk/v1) labels neither and is reported with its
+    candidates (it used to read "rows match no video")."""
+    path = tmp_path / "list.txt"
+    path.write_text("v1 4 0\nv2 4 1\nzz 4 0\n")
+    match = match_list(read_mmaction_list(path), ["jump/v1", "walk/v1", "run/v2"], str(path))
+    assert list(match.labels) == ["run/v2"]
+    assert match.ambiguous == {f"{path}:1 v1": ["jump/v1", "walk/v1"]}
+    assert match.unmatched == [f"{path}:1 v1", f"{path}:3 zz"]
+    assert match.unlabelled == ["jump/v1", "walk/v1"]
+    report = match.report()
+    assert report[1] == f"1 rows match no video: {path}:3 zz"
+    assert report[2].startswith("1 rows match several videos by name and label none of them")
+    assert report[2].endswith(f": {path}:1 v1 (matches jump/v1, walk/v1)")
+
+
 def test_kinetics_csv_maps_labels_and_lists_what_does_not_match(tmp_path):
     path = tmp_path / "kinetics_train.csv"
     path.write_text(KINETICS_CSV)

@@ -882,3 +882,146 @@ def test_videos_of_one_store_with_different_flows(tmp_path):
     assert "no flow 'farneback' (it has: tvl1)" in results["jump/a"].reason
     assert "no flow 'farneback' (it has: none)" in results["jump/c"].reason
     assert _options(tmp_path / "raw_fb")["flow_name"] == "farneback"
+
+
+def test_an_export_without_flow_never_gains_flow_on_a_rerun(tmp_path):
+    """A store without flow exports RGB only, its stamp saying so ("flow": false); once the store
+    holds flow, a rerun into that folder is refused, naming a new folder and --no-flow-images
+    (it used to skip every video and rewrite the stamp to claim flow/tvl1 the folder lacks). A
+    stamp an older flowkit wrote for such a folder (flow true, flow_name null, no flow image) is
+    read alike."""
+    rng = np.random.default_rng(31)
+    store = _store_with(tmp_path / "store", {"a": (1, [])}, rng)
+    out = tmp_path / "raw"
+    assert export_rawframes(store, out, ExportConfig()).count("done") == 1
+    stamp = _options(out)
+    assert (stamp["flow"], stamp["flow_name"]) == (False, None)
+    _store_with(store, {"b": (1, ["tvl1"])}, rng)  # the store gains flow
+    for older in (False, True):
+        if older:
+            (out / ".flowkit-export.json").write_text(json.dumps({**stamp, "flow": True}))
+        with pytest.raises(FlowkitError, match=r"exported without flow .*flow_name None -> "
+                                               r"'tvl1'.*into a new folder.*--no-flow-images"):
+            export_rawframes(store, out, ExportConfig())
+        assert not any(n.startswith("flow_") for n in os.listdir(out / "jump" / "a"))
+    assert _options(out)["flow"] is True  # a refused run rewrites no stamp
+    rgb = export_rawframes(store, out, ExportConfig(flow=False))  # resumes without flow
+    assert (rgb.count("skipped"), rgb.count("done")) == (1, 1)
+    assert _options(out) == stamp and not (out / "all_flow.txt").exists()
+    # an older stamp of "each video's only flow" beside flow images still resumes as before
+    full = tmp_path / "full"
+    export_rawframes(store, full, ExportConfig())
+    (full / ".flowkit-export.json").write_text(json.dumps({**_options(full), "flow_name": None}))
+    assert export_rawframes(store, full, ExportConfig()).count("skipped") == 2
+    assert _options(full)["flow_name"] == "tvl1"
+
+
+def test_a_single_frame_video_exports_without_the_named_flow(tmp_path):
+    """A video of one frame holds no pair, so no flow: with --flow NAME it is exported as RGB,
+    as without --flow (it used to fail: "no flow 'tvl1' (it has: none)")."""
+    rng = np.random.default_rng(32)
+    store = _store_with(tmp_path / "store", {"ok": (1, ["tvl1"])}, rng)
+    with FlowStore(store, "a") as s, s.writer("jump/one", source="one.mp4", fps=25.0, label=0,
+                                              label_name="jump") as w:
+        w.append_rgb(rng.integers(0, 256, (1, *SIZE, 3), dtype=np.uint8))
+    out = tmp_path / "raw"
+    summary = export_rawframes(store, out, ExportConfig(flow_name="tvl1"))
+    results = {r.key: r for r in summary.results}
+    assert (results["jump/one"].status, results["jump/one"].frames,
+            results["jump/one"].pairs) == ("done", 1, 0)
+    assert results["jump/ok"].pairs == FRAMES - 1
+    assert "jump/one 1 0" in (out / "all_rawframes.txt").read_text()
+    assert "jump/one" not in (out / "all_flow.txt").read_text()
+
+
+def test_import_refuses_flow_of_another_kind_under_the_same_name(exported, tmp_path):
+    """flow/tvl1 holds one kind of flow: rawframes flow is not put beside flowkit extract's, nor
+    flow of another --bound or --flow-codec beside the store's imported flow; the refusal names
+    the matching options and --flow-name, and nothing is written. A video of another kind that
+    the up-front check did not see fails on its own."""
+    computed = _store_with(tmp_path / "computed", {"v0": (1, ["tvl1"])},
+                           np.random.default_rng(33))
+    with pytest.raises(FlowkitError, match=r"holds flow 'tvl1' as flow computed by flowkit "
+                                           r"extract \(engine 'tvl1'.*mmaction2-rawframes flow "
+                                           r"\(--bound 20.*Import them as a second flow "
+                                           r"\(--flow-name NAME\)"):
+        import_rawframes(exported, computed, ImportConfig())
+    assert FlowStore(computed).keys() == ["jump/v0"]
+    _import(exported, computed, flow_name="rawframes")  # beside it, under another name
+
+    root = tmp_path / "raw"
+    shutil.copytree(exported / "jump", root / "jump")
+    shutil.copy(exported / "label_map.txt", root)
+    _import(root, tmp_path / "s", bound=20.0)
+    shutil.copytree(exported / "run", root / "run")
+    for options, match in (({"bound": 32.0}, "--bound 32, jpeg images.*Rerun with --bound 20 "),
+                           ({"flow_codec": "float16"}, "Rerun with --flow-codec jpegls:0.1 ")):
+        with pytest.raises(FlowkitError, match=match + "to extend it.*--flow-name NAME"):
+            import_rawframes(root, tmp_path / "s", ImportConfig(**options))
+        assert FlowStore(tmp_path / "s").keys() == ["jump/jump_0", "jump/jump_1"]
+    resumed = import_rawframes(root, tmp_path / "s", ImportConfig(bound=20.0))
+    assert (resumed.count("done"), resumed.count("skipped")) == (2, 2)
+    # per video: a flow of another kind than the store's fails that video
+    from flowkit.interop.ingest import Source, _import_one, _stored_kinds
+
+    store = FlowStore(tmp_path / "s", "a")
+    kinds = _stored_kinds(store.metas(store.keys()), ImportConfig())
+    shutil.copytree(exported / "run" / "run_0", root / "run" / "late")
+    late = _import_one(store, Source("run/late", root / "run" / "late"),
+                       ImportConfig(bound=32.0), StopFlag(), kinds)
+    assert late.status == "failed" and "one flow name holds one kind of flow" in late.reason
+    assert "run/late" not in FlowStore(tmp_path / "s")
+
+
+def test_a_rerun_says_it_keeps_the_stored_labels(exported, tmp_path):
+    """A rerun with a list that labels the store's videos otherwise keeps their labels (a
+    finished video is skipped) and says so, instead of only "N videos labelled"."""
+    store = _import(exported, tmp_path / "s")
+    relabel = tmp_path / "relabel.txt"
+    relabel.write_text("".join(f"{key} {FRAMES} {1 - ('run' in key)}\n"
+                               for key in FlowStore(store).keys()))
+    summary = import_rawframes(exported, store, ImportConfig(annotations=[relabel]))
+    assert summary.count("skipped") == 4
+    assert any(n.startswith("4 videos already in the store keep their stored label, not this "
+                            "run's (e.g. jump/jump_0: label 0 in the store, 1 'run' here)")
+               and "-o NEW_STORE" in n for n in summary.notes), summary.notes
+    assert FlowStore(store).meta("jump/jump_0")["label"] == 0
+    same = import_rawframes(exported, store, ImportConfig())
+    assert not any("keep their stored label" in n for n in same.notes)
+
+
+def _damage_first_scan(path: Path, blob: bytes) -> None:
+    """Make ``blob`` (a coded frame in the file at ``path``) undecodable: its start-of-scan
+    marker (JPEG and JPEG-LS alike) overwritten."""
+    data = path.read_bytes()
+    at = data.index(blob) + blob.index(b"\xff\xda")
+    path.write_bytes(data[:at] + b"\x00\x00" + data[at + 2:])
+
+
+def test_a_damaged_imported_video_says_to_reimport_it(exported, tmp_path):
+    """The read error of an imported video names the repair that applies: delete its file and
+    rerun the import (flowkit extract --redo cannot recompute imported flow, and a rerun of the
+    import skipped the video)."""
+    from flowkit.errors import DamagedDataError
+
+    root = tmp_path / "raw"
+    shutil.copytree(exported / "jump" / "jump_0", root / "jump" / "v0")
+    _import(root, tmp_path / "s")
+    path = tmp_path / "s" / "videos" / "jump" / "v0.h5"
+    _damage_first_scan(path, _raw_blob(path, "flow/tvl1", 1))
+    _damage_first_scan(path, _raw_blob(path, "rgb", 2))
+    for read in (lambda s: s.read_flow("jump/v0", "tvl1"), lambda s: s.read_rgb("jump/v0")):
+        with pytest.raises(DamagedDataError) as caught:
+            read(FlowStore(tmp_path / "s"))
+        assert f"re-import it: delete {path} and rerun flowkit import rawframes" in \
+            str(caught.value) and "--redo" not in str(caught.value)
+    path.unlink()
+    _import(root, tmp_path / "s")
+    assert FlowStore(tmp_path / "s").read_flow("jump/v0", "tvl1").shape[0] == FRAMES - 1
+
+
+def _raw_blob(path: Path, name: str, index: int) -> bytes:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return bytes(f[name][index])

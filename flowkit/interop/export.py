@@ -26,7 +26,8 @@ skipped on a rerun; the options are kept in ``OUT_DIR/.flowkit-export.json`` and
 options is refused (the folder would mix two quantisations or two flows). The flow is chosen for the
 whole store before anything is written (:func:`store_flows`, from the store's index): the one
 ``--flow`` names, else the store's only forward flow; a store of several is refused, naming them.
-The stamp holds the chosen name, so a rerun with or without ``--flow NAME`` resumes alike. A run
+The stamp holds the chosen name, so a rerun with or without ``--flow NAME`` resumes alike; a folder
+exported without flow (``"flow": false``) is refused a rerun that would add flow. A run
 that exports no video leaves no stamp (nor the folder, if it made it), and a stamp beside no
 exported video is stale: it blocks no rerun. One exporter per ``OUT_DIR`` at a time. Parallel:
 ``workers`` threads, one video each (:mod:`flowkit.interop.pool`).
@@ -36,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -93,10 +93,14 @@ class ExportConfig:
             raise FlowkitError("nothing to export: both RGB and flow are switched off")
 
     def format_options(self) -> dict:
-        """What makes two exports into one folder compatible."""
+        """What makes two exports into one folder compatible. ``flow`` is whether flow images
+        are written: false for a store holding no flow (no ``flow_name`` chosen) as for
+        ``--no-flow-images``, so that the stamp never reads like an older flowkit's
+        ``flow_name`` null "each video's only flow" (:func:`_check_options`)."""
         return {"format": "mmaction2-rawframes", "flow_name": self.flow_name,
                 "bound": float(self.bound), "quality": int(self.quality),
-                "start_index": int(self.start_index), "rgb": self.rgb, "flow": self.flow}
+                "start_index": int(self.start_index), "rgb": self.rgb,
+                "flow": self.flow and self.flow_name is not None}
 
 
 @dataclass
@@ -174,12 +178,9 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
             config = replace(config, flow_name=name)  # the stamp holds the flow exported
     made_dir = not out.exists()
     made_stamp = _check_options(out, config, auto)
-    local = threading.local()
 
-    def work(key: str) -> VideoExport:
-        if not hasattr(local, "store"):  # FlowStore caches handles: one per thread
-            local.store = FlowStore(store.path)
-        return _export_one(local.store, key, out, config, stop, named)
+    def work(key: str) -> VideoExport:  # threads share the store: each opens its own handles
+        return _export_one(store, key, out, config, stop, named)
 
     videos = progress.start("videos", total=len(keys))
     frames = progress.start("frames")
@@ -278,9 +279,11 @@ def _choices(flows: dict[str, int]) -> str:
 def _check_options(out: Path, config: ExportConfig, auto: str | None = None) -> bool:
     """Create ``out`` and its options stamp, or check the stamp there; True when this run wrote
     the stamp. A stamp of other options is refused unless ``out`` holds no exported video (an
-    export that exported nothing: the stamp is replaced). A stamp without a flow name (an older
-    flowkit's export of "each video's only flow") matches ``auto``, the store's only flow: it is
-    rewritten with that name."""
+    export that exported nothing: the stamp is replaced). A stamp of ``flow`` true without a flow
+    name is an older flowkit's: where ``out`` holds flow images (its export of "each video's only
+    flow") it matches ``auto``, the store's only flow, and is rewritten with that name; where it
+    holds none, it is read as an export without flow (the store held none then), which a run
+    that would add flow to the folder is refused."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / OPTIONS_FILE
     wanted = config.format_options()
@@ -292,20 +295,46 @@ def _check_options(out: Path, config: ExportConfig, auto: str | None = None) -> 
                                "earlier export") from None
         if had == wanted:
             return False
-        if had.get("flow_name") is None and wanted["flow_name"] is not None and \
-                wanted["flow_name"] == auto and {**had, "flow_name": auto} == wanted:
-            atomic_write_json(path, wanted)
-            return False
+        if had.get("flow_name") is None and had.get("flow") and _holds_export(out):
+            # an older stamp: "each video's only flow", or a store without flow (no flow image)
+            if not _holds_flow(out):
+                had = {**had, "flow": False}
+            elif wanted["flow_name"] is not None and wanted["flow_name"] == auto and \
+                    {**had, "flow_name": auto} == wanted:
+                had = wanted
+            if had == wanted:
+                atomic_write_json(path, wanted)
+                return False
         if _holds_export(out):
-            diff = ", ".join(f"{k} {had.get(k)!r} -> {v!r}" for k, v in wanted.items()
-                             if had.get(k) != v)
-            raise FlowkitError(f"{out} was exported with other options ({diff}); use a new "
-                               "folder or the same options to resume")
+            raise FlowkitError(_other_options(out, had, wanted))
     elif any(p.name != OPTIONS_FILE for p in out.iterdir()):
         raise FlowkitError(f"{out} is not empty and holds no flowkit export; choose a new or "
                            "empty folder")
     atomic_write_json(path, wanted)
     return True
+
+
+def _other_options(out: Path, had: dict, wanted: dict) -> str:
+    """Why ``out``, exported with the stamp ``had``, cannot take a run of ``wanted``: one line
+    with what to do. A folder exported without flow never gains flow (its lists and stamp
+    would claim flow some videos lack)."""
+    diff = ", ".join(f"{k} {had.get(k)!r} -> {v!r}" for k, v in wanted.items()
+                     if had.get(k) != v)
+    if wanted["flow"] and not had.get("flow"):
+        return (f"{out} was exported without flow (the store held none then, or "
+                f"--no-flow-images; {diff}); export flow {wanted['flow_name']!r} into a new "
+                "folder, or resume this one without flow with --no-flow-images")
+    return (f"{out} was exported with other options ({diff}); use a new folder or the same "
+            "options to resume")
+
+
+def _holds_flow(out: Path) -> bool:
+    """Whether a video folder under ``out`` holds a flow image (``flow_x_*``; not a list of
+    ``out`` itself; the walk stops at the first one)."""
+    for folder, _, files in os.walk(out):
+        if Path(folder) != out and any(name.startswith("flow_") for name in files):
+            return True
+    return False
 
 
 def _holds_export(out: Path) -> bool:
@@ -378,7 +407,8 @@ def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
             found = rawframes.scan_folder(final)
             return VideoExport(key, "skipped", "already exported", label, len(found.rgb),
                                len(found.flow))
-        flows = _flows(meta, config, named)
+        # a video of one frame has no frame pair, so no flow of any name: exported without
+        flows = _flows(meta, config, named) if int(meta["num_frames"]) > 1 else []
         rgb = config.rgb and meta["has_rgb"]
         if not rgb and not flows:
             raise FlowkitError("nothing to export (no RGB frames and no flow)")

@@ -41,7 +41,10 @@ s-th) times the one the folder's ``.flowkit-video.json`` records
 trip keeps the step.
 Resumable like ``flowkit extract``: a video is skipped when the store already holds all that its
 source would add (its RGB frames, its flow, its backward flow); otherwise what is missing is added
-beside what the store has, and the video's attributes (label, fps, source) are kept.
+beside what the store has, and the video's attributes (label, fps, source) are kept (a label this
+run gives otherwise is noted, not applied). One flow name holds one kind of flow: a run whose flow
+differs from the store's flow of that name (flowkit extract's, another format, image format,
+``bound`` or flow codec) is refused before anything is written (:func:`_check_flow_kinds`).
 """
 from __future__ import annotations
 
@@ -62,11 +65,14 @@ from ..errors import FlowkitError
 from ..files import escape_name, walk_once
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
+from ..store.codecs import codec_spec
 from ..version import __version__
 from .export import LABEL_MAP
 from .pool import failure_reason, run_threads
 
 CHUNK = 32  # frames read and written at a time
+#: Videos planned before the run to learn the kind of flow it adds (:func:`_check_flow_kinds`).
+PROBES = 3
 
 
 @dataclass
@@ -231,6 +237,7 @@ def _match_all(files: Sequence[str | os.PathLike], keys: list[str],
         total.total_frames.update(match.total_frames)
         total.unmatched += match.unmatched
         total.multi_label += match.multi_label
+        total.ambiguous.update(match.ambiguous)
     total.unlabelled = [k for k in keys if k not in total.labels]
     return total
 
@@ -266,18 +273,23 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
                                                "no label in the annotation files"))
     store = FlowStore(store_path, "a", classes=classes)
     store.remove_partials()
-    todo, metas = [], store.metas(list(sources))  # from the index: no file opened per video
+    held = store.metas(store.keys())  # from the index: no file opened per video
+    metas = {key: held[key] for key in sources if key in held}
+    todo = []
+    summary.notes += _label_notes(sources, metas)
     for source in sources.values():
         if _finished(metas.get(source.key), source, config):
             summary.results.append(VideoImport(source.key, _where(source),
                                                "skipped", "already in the store"))
         else:
             todo.append(source)
+    kinds = _stored_kinds(held, config) if config.flow else {}
+    _check_flow_kinds(store, todo, metas, kinds, config)
     videos = progress.start("videos", total=len(sources), completed=len(sources) - len(todo))
     frames = progress.start("frames")
     try:
         for result in run_threads(todo, lambda s: _import_one(_thread_store(store.path), s,
-                                                              config, stop),
+                                                              config, stop, kinds),
                                   config.workers, stop):
             summary.results.append(result)
             videos.advance()
@@ -291,6 +303,103 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     summary.notes += [f"{r.key}: {note}" for r in summary.results for note in r.notes]
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _label_notes(sources: dict[str, Source], metas: dict[str, dict]) -> list[str]:
+    """A note on the videos the store already holds under another label than this run gives
+    them (``metas``: their index entries): a finished video keeps its label (a rerun only adds
+    what it lacks), so the new label is not applied; said, never silent."""
+    kept = [(key, int(meta.get("label", -1)), sources[key].label) for key, meta in metas.items()
+            if sources[key].label >= 0 and int(meta.get("label", -1)) != sources[key].label]
+    if not kept:
+        return []
+    key, stored, given = kept[0]
+    return [f"{len(kept)} videos already in the store keep their stored label, not this run's "
+            f"(e.g. {key}: label {stored} in the store, {given} "
+            f"{sources[key].label_name!r} here): a video's label is set when it is first "
+            "imported; import into a new store (-o NEW_STORE) to relabel"]
+
+
+def _kind(params: dict, codec: str) -> tuple:
+    """What makes two flows under one store name alike, from a flow record's ``params`` and its
+    store codec spec: the format imported (``source_format``; None for flow an engine computed,
+    ``flowkit extract``), the 8-bit flow's ``bound`` and ``image_format`` (JPEG adds its own
+    error) and the store codec. Not the naming or the step, which vary per folder."""
+    return (params.get("source_format"), params.get("bound"), params.get("image_format"), codec)
+
+
+def _stored_kinds(metas: dict[str, dict], config: ImportConfig) -> dict[str, dict[tuple, list]]:
+    """``{flow name: {kind: [keys]}}``: the kinds (:func:`_kind`) of flow the store's videos
+    (``metas``, their index entries) hold under the names this import writes (the flow name and
+    its backward name)."""
+    out: dict[str, dict[tuple, list]] = {}
+    for name in (config.flow_name, backward_name(config.flow_name)):
+        for key, meta in metas.items():
+            flow = meta["flows"].get(name)
+            if flow is not None:
+                kind = _kind(flow.get("params") or {}, flow.get("codec_spec"))
+                out.setdefault(name, {}).setdefault(kind, []).append(key)
+    return out
+
+
+def _check_flow_kinds(store: FlowStore, todo: list[Source], metas: dict[str, dict],
+                      kinds: dict[str, dict[tuple, list]], config: ImportConfig) -> None:
+    """Refuse, before anything is written, a run whose flow is of another kind than the store
+    holds under that name (another engine's, another ``--bound``, image format or flow codec):
+    one name would mix two quantisations. The run's kind is learnt from the first of its
+    videos that adds flow (up to :data:`PROBES` planned); a video of yet another kind fails on
+    its own (:func:`_import_one`)."""
+    if not kinds:
+        return
+    for source in todo[:PROBES]:
+        try:
+            plan = plan_video(source, config)
+        except Exception:  # the video's own run reports why
+            continue
+        have = metas.get(source.key, {}).get("flows", {})
+        adds = [flow for flow in plan.flows if flow.name not in have]  # what it would write
+        for flow in adds:
+            kind = _kind(flow.record["params"], codec_spec(flow_codec(config.flow_codec)))
+            held = kinds.get(flow.name)
+            if held and kind not in held:
+                raise FlowkitError(_kind_message(store, flow.name, kind, held))
+        if adds:
+            return
+
+
+def _describe_kind(kind: tuple, engine: str | None = None) -> str:
+    """A flow kind (:func:`_kind`) in words, as the options that make it."""
+    source_format, bound, image_format, codec = kind
+    if source_format is None:
+        engine = f"engine {engine!r}, " if engine else ""
+        return f"flow computed by flowkit extract ({engine}--flow-codec {codec})"
+    parts = [bound is not None and f"--bound {bound:g}", image_format and f"{image_format} images",
+             f"--flow-codec {codec}"]
+    return f"{source_format} flow ({', '.join(p for p in parts if p)})"
+
+
+def _kind_message(store: FlowStore, name: str, kind: tuple, held: dict[tuple, list]) -> str:
+    """One line: the store's kinds of flow ``name`` and this run's, the options that match the
+    store, and the ways out."""
+    stored = []
+    for other, keys in held.items():
+        try:  # the index holds no engine name: one video's file tells who computed it
+            engine = store.meta(keys[0])["flows"][name].get("engine") if other[0] is None else None
+        except Exception:
+            engine = None
+        stored.append(f"{_describe_kind(other, engine)} in {len(keys)} videos (e.g. {keys[0]})")
+    options = []
+    for other in held:
+        if other[0] == kind[0] and other[2] == kind[2]:  # same files: the options differ
+            options = [f"--bound {other[1]:g}" if other[1] != kind[1] else "",
+                       f"--flow-codec {other[3]}" if other[3] != kind[3] else ""]
+            break
+    matching = " ".join(o for o in options if o)
+    fix = f"Rerun with {matching} to extend it, or import" if matching else "Import"
+    return (f"store {store.path} holds flow {name!r} as {'; '.join(stored)}, and these rawframes "
+            f"would add {_describe_kind(kind)}: one flow name holds one kind of flow. Nothing was "
+            f"imported. {fix} them as a second flow (--flow-name NAME) or into a new store "
+            "(-o NEW_STORE)")
 
 
 def _where(source: Source) -> str:
@@ -451,7 +560,9 @@ def _record(h5: denseflow.DenseflowFile | None, video: rawframes.RawframeVideo |
 
 
 def _import_one(store: FlowStore, source: Source, config: ImportConfig,
-                stop: StopFlag) -> VideoImport:
+                stop: StopFlag, kinds: dict[str, dict[tuple, list]] | None = None) -> VideoImport:
+    """Import one video; ``kinds``: the kinds of flow the store held under this run's names
+    before it (:func:`_stored_kinds`): a flow of another kind fails the video."""
     where = _where(source)
     try:
         plan = plan_video(source, config)
@@ -461,6 +572,14 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
         if meta is not None and not _trim_to_missing(plan, meta):
             return VideoImport(source.key, where, "skipped", "already in the store",
                                notes=list(notes))
+        for flow in plan.flows:
+            kind = _kind(flow.record["params"], codec_spec(flow_codec(config.flow_codec)))
+            held = (kinds or {}).get(flow.name)
+            if held and kind not in held:
+                raise FlowkitError(f"its flow would be {_describe_kind(kind)}, the store's "
+                                   f"flow/{flow.name} is {_describe_kind(next(iter(held)))}: one "
+                                   "flow name holds one kind of flow; import it with --flow-name "
+                                   "NAME")
         first = _first_frame(plan, config)
         with store.writer(source.key, source=where, fps=config.fps, label=source.label,
                           label_name=source.label_name, source_size=first.shape[:2],
