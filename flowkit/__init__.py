@@ -9,6 +9,7 @@ Public API::
     model = flowkit.create_model("cidc", num_classes=101)   # classifiers: flowkit.list_models()
 """
 import importlib
+import importlib.util
 
 from .errors import EngineError, FlowkitError, StoreError, VideoError
 from .version import __version__
@@ -24,6 +25,10 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
+    # A part, e.g. `flowkit.flow.costvolume` after a bare `import flowkit`, imported on first
+    # use like the names above (importing sets it here). Never `_` names: `__main__` runs the CLI.
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'flowkit' has no attribute {name!r}")
 
 

@@ -437,6 +437,11 @@ def test_key_and_argument_errors(tiny_store):
         ClipDataset(tiny_store, inputs=("depth",), sampler=sampler)
     with pytest.raises(FlowkitError, match="flow_stack"):
         ClipDataset(tiny_store, inputs=("flow",), flow_stack=0, sampler=sampler)
+    # the class, not an instance: refused up front, not a TypeError at ds[0]
+    with pytest.raises(FlowkitError, match=r"sampler must be a clip sampler \(e.g. Random"):
+        ClipDataset(tiny_store, sampler=RandomClipSampler)
+    with pytest.raises(FlowkitError, match="transform a callable"):
+        ClipDataset(tiny_store, sampler=sampler, transform=MultiScaleCrop)
     ds = ClipDataset(tiny_store, ["left/left_0"], sampler=sampler)
     with pytest.raises(IndexError):
         ds[1]

@@ -4,7 +4,9 @@ validation decodes everything and checks the bound, stores written before codecs
 parallel encoding writes what serial encoding writes."""
 from __future__ import annotations
 
+import re
 import shutil
+import zlib
 from pathlib import Path
 
 import cv2
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from flowkit.errors import StoreError
+from flowkit.errors import DamagedDataError, StoreError
 from flowkit.store import FlowStore, codecs, flow_codec, rgb_codec
 
 ENGINE = {"engine": "tvl1", "version": "1", "params": {}}
@@ -142,11 +144,99 @@ def test_deep_validation_finds_a_damaged_frame_and_a_broken_bound(store):
     with h5py.File(path, "r+") as f:  # damage one encoded frame in place
         f["flow/tvl1"][1] = np.frombuffer(b"not a jpeg-ls stream", np.uint8)
     problems = FlowStore(store.path).validate(deep=True)
-    assert len(problems) == 1 and "/flow/tvl1[1] cannot be read or decoded" in problems[0]
+    assert len(problems) == 1 and "/flow/tvl1[1] is damaged: its bytes fail their" in problems[0]
     assert FlowStore(store.path).validate(deep=False) == []
+    with h5py.File(path, "r+") as f:  # a dataset without frame CRCs: its decoder finds it
+        del f["flow/tvl1"].attrs[codecs.FRAME_CRC_ATTR]
+    problems = FlowStore(store.path).validate(deep=True)
+    assert len(problems) == 1 and "/flow/tvl1[1] cannot be read or decoded" in problems[0]
     with h5py.File(path, "r+") as f:
         f["flow/tvl1"].attrs["max_error_seen"] = 0.3
     assert any("above the bound 0.1 px" in p for p in FlowStore(store.path).validate())
+
+
+def _flip_in_file(path: Path, blob: bytes, at: int) -> None:
+    """XOR one bit of the stored bytes ``blob`` (an encoded frame) at offset ``at`` of them, where
+    they lie in the HDF5 file ``path`` (the vlen heap: no HDF5 checksum covers them)."""
+    data = bytearray(path.read_bytes())
+    start = data.index(blob)
+    assert data.find(blob, start + 1) < 0  # the only copy
+    data[start + at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_jpeg_frame_is_damage(store):
+    """A decoder repairs or ignores most damage to a JPEG's entropy-coded data (other pixels, no
+    error): the frame's CRC32 finds it. Reads of that frame stop naming file, dataset, frame and
+    video, decoded or not; deep validation names the dataset; the other frames still read."""
+    flow, frames = _flow(), _photo_frames()
+    _write(store, "v", flow, frames)
+    before = store.read_rgb("v")
+    blob = store.read_rgb("v", 2, decode=False)
+    store.close()
+    path = store.path / "videos" / "v.h5"
+    _flip_in_file(path, blob, blob.index(b"\xff\xda") + 40)  # inside the scan, after its header
+    reader = FlowStore(store.path)
+    damaged = (rf"^{re.escape(str(path))}: /rgb frames {{}} of video 'v' are damaged \(frame 2 "
+               r"fails its CRC32 check: its bytes changed since they were written\); "
+               r"re-extract it: .*--redo v$")
+    for index, shown in ((slice(None), r"\[:\]"), (2, "2"), ([3, 2], r"\[3, 2\]")):
+        with pytest.raises(DamagedDataError, match=damaged.format(shown)):
+            reader.read_rgb("v", index)
+    with pytest.raises(DamagedDataError, match=damaged.format("2")):
+        reader.read_rgb("v", 2, decode=False)  # what export copies as it is
+    np.testing.assert_array_equal(reader.read_rgb("v", [0, 1, 3]), before[[0, 1, 3]])
+    assert np.abs(reader.read_flow("v") - flow).max() <= 0.1
+    assert reader.validate(deep=True) == [
+        "videos/v.h5: /rgb[2] is damaged: its bytes fail their CRC32 check"]
+    assert reader.validate(deep=False) == []  # frames are read by the deep check only
+
+
+def test_frame_crcs_are_recorded_kept_on_merge_and_never_in_metas(store):
+    """Every encoded dataset (jpeg RGB, JPEG files stored as they are, jpegls flow) records each
+    frame's CRC32; merging another engine's flow into the video copies them with the frames;
+    array codecs record none; metas do not carry them."""
+    flow, frames = _flow(), _photo_frames()
+    with store.writer("v", source="v.mp4", fps=25) as w:
+        w.append_rgb_encoded([cv2.imencode(".jpg", np.ascontiguousarray(f[..., ::-1]),
+                                           [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+                              for f in frames[:2]])
+        w.append_rgb(frames[2:])
+        w.append_flow("tvl1", flow, ENGINE)
+    with store.writer("v", source="v.mp4", fps=25, flow_codec="float16") as w:
+        w.append_flow("farneback", flow, {**ENGINE, "engine": "farneback"})
+    store.close()
+    with h5py.File(store.path / "videos" / "v.h5") as f:
+        for name in ("rgb", "flow/tvl1"):
+            crcs = f[name].attrs[codecs.FRAME_CRC_ATTR]
+            assert crcs.dtype == np.uint32 and crcs.shape == f[name].shape
+            assert crcs.tolist() == [zlib.crc32(bytes(b)) for b in f[name][:]]
+        assert codecs.FRAME_CRC_ATTR not in f["flow/farneback"].attrs
+    meta = store.meta("v")
+    assert all(codecs.FRAME_CRC_ATTR not in m for m in meta["flows"].values())
+    assert store.validate(deep=True) == []
+    store.close()
+    with h5py.File(store.path / "videos" / "v.h5", "r+") as f:  # a record of other frames
+        f["rgb"].attrs[codecs.FRAME_CRC_ATTR] = f["rgb"].attrs[codecs.FRAME_CRC_ATTR][:-1]
+    assert store.validate() == ["videos/v.h5: /rgb records the CRCs of 3 frames, it holds 4"]
+    with pytest.raises(DamagedDataError, match=r"\(its frame CRCs record 3 frames, it holds 4\)"):
+        store.read_rgb("v", 0)
+
+
+def test_encoded_frames_without_crcs_read_as_before(store):
+    """Encoded datasets of stores written before frame CRCs: read and validated unchecked."""
+    flow, frames = _flow(), _photo_frames()
+    _write(store, "v", flow, frames)
+    before = (store.read_rgb("v"), store.read_flow("v"))
+    store.close()
+    with h5py.File(store.path / "videos" / "v.h5", "r+") as f:
+        for name in ("rgb", "flow/tvl1"):
+            del f[name].attrs[codecs.FRAME_CRC_ATTR]
+    reader = FlowStore(store.path)
+    np.testing.assert_array_equal(reader.read_rgb("v"), before[0])
+    np.testing.assert_array_equal(reader.read_flow("v"), before[1])
+    assert reader.read_rgb("v", 1, decode=False)[:2] == b"\xff\xd8"
+    assert reader.validate(deep=True) == []
 
 
 def test_a_store_written_before_codecs_still_reads(tmp_path):

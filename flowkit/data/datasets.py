@@ -101,7 +101,9 @@ class ClipDataset(Dataset):
                  inputs: Sequence[str] = ("rgb",), sampler, transform: Transform | None = None,
                  flow_name: str = "tvl1", flow_stack: int = 1, seed: int = 0,
                  views: bool | None = None, classes: Sequence[str] | None = None):
-        if not callable(sampler) or not (transform is None or callable(transform)):
+        # a class is callable too: RandomClipSampler for RandomClipSampler(...) fails at ds[0]
+        if (not callable(sampler) or isinstance(sampler, type)
+                or not (transform is None or callable(transform)) or isinstance(transform, type)):
             raise FlowkitError("sampler must be a clip sampler (e.g. RandomClipSampler(frames=8)) "
                                "and transform a callable (sample, rng) -> sample or None")
         self.store = as_store(store)

@@ -11,7 +11,8 @@ Layout::
                                  a process computing flow/<name> of <key> (its host and pid)
       videos/.commit.lock        flock'ed while a finished video is merged and renamed
       videos/.commit.lock.claim  the commit lock where the file system has no flock (claims.py)
-      index.json                 optional cache of per-video facts for summary() and facts()
+      videos/.index.lock(.claim) held while index.json is merged and rewritten (same rules)
+      index.json                 optional cache of per-video facts for summary() and metas()
                                  (datasets); safe to delete
 
 A video's ``<key>`` is its path relative to the source root without extension; with the longest
@@ -45,12 +46,14 @@ writing, whose ``.partial`` file readers ignore and :meth:`FlowStore.remove_part
 
 Concurrency. Finished files are never modified in place (a redone video replaces the file through
 a new inode), so readers open them with HDF5 file locking off and never block on, or are blocked by,
-a writer; a reader that holds an old handle keeps reading the old, complete file. Any number of
-processes, any mix of engines, may write into one store at once (:mod:`~flowkit.store.claims`): a
-claim file keeps two processes from computing the same flow of the same video, and a commit merges,
-under a short lock, whatever the video's current file holds that the new one lacks (another engine's
-flow), so no update is ever lost. Partial and claim names carry host and pid so that a cleanup in one
-process never deletes a file another live process is writing.
+a writer; a reader that holds an old handle keeps reading the old, complete file (its
+:meth:`FlowStore.meta`, :meth:`FlowStore.flow_names` and a request for a flow or ``rgb`` it lacks
+reopen a file replaced since: another process may have added a flow). Any number of processes, any
+mix of engines, may write into one store at once (:mod:`~flowkit.store.claims`): a claim file keeps
+two processes from computing the same flow of the same video, and a commit merges, under a short
+lock, whatever the video's current file holds that the new one lacks (another engine's flow), so no
+update is ever lost. Partial and claim names carry host and pid so that a cleanup in one process
+never deletes a file another live process is writing.
 
 Faults. HDF5 writes through :class:`~flowkit.store.diskio.LatchingFile`: a full disk, a quota or a
 read-only target becomes :class:`~flowkit.errors.StoreWriteError` naming the store (extraction then
@@ -61,9 +64,10 @@ header, :func:`~flowkit.store.reading.member`), which is never taken for a missi
 :meth:`FlowStore.meta`, the index, :meth:`FlowStore.validate` (shallow too) and a commit into the
 video all report it as damage.
 
-Readers open HDF5 files lazily and per process: :class:`FlowStore` caches handles (a bounded LRU),
-drops the cache when it finds itself in a forked child and never pickles handles, so one store object
-can be handed to a torch ``DataLoader`` with any number of workers.
+Readers open HDF5 files lazily, per process and per thread: :class:`FlowStore` caches each
+thread's handles (a bounded LRU each, so no thread closes a file another is reading), drops the
+caches when it finds itself in a forked child and never pickles handles, so one store object can be
+handed to a torch ``DataLoader`` with any number of workers, or shared by a pool of threads.
 
 Modules: :mod:`~flowkit.store.layout` (names, manifest, partial files), :mod:`~flowkit.store.codecs`,
 :mod:`~flowkit.store.writer` (:class:`VideoWriter`), :mod:`~flowkit.store.diskio` (HDF5 over a

@@ -32,6 +32,15 @@ is compressed independently, in a thread pool (:func:`encode_frames`), so writin
 engine. Every dataset carries its codec's attributes (:meth:`Codec.attrs`); readers rebuild the
 codec from them (:func:`codec_of`) and need no flags. Datasets of earlier stores (no ``codec``
 attribute, ``quantization`` = float16 / uint8) read as before.
+
+Damage: HDF5's checksums cover its metadata and (fletcher32) chunks, never the vlen heap that holds
+encoded frames, and a decoder repairs or ignores most damage to a JPEG (a flipped bit in its
+entropy-coded data decodes to other pixels without a word). So an encoded dataset records the
+CRC32 (:func:`frame_crc`, zlib) of every frame's stored bytes in its attribute
+:data:`FRAME_CRC_ATTR` (uint32 ``(N,)``, 4 bytes a frame), written with the frames, pre-encoded
+ones (``append_rgb_encoded``) included, and copied with the dataset when files merge; every read of
+a frame checks it (:func:`check_crc`: :class:`DamagedDataError`). Encoded datasets of stores written
+before it have no CRCs and read unchecked.
 """
 from __future__ import annotations
 
@@ -57,6 +66,9 @@ DEFAULT_JPEG_QUALITY = 95
 GZIP_LEVEL = 4
 _STEP_MARGIN = 1e-3
 _Q_SPAN = 65535  # JPEG-LS codes 16-bit samples: q - q_min must fit
+#: Attribute of an encoded (vlen) dataset: the CRC32 of each frame's stored bytes, uint32 ``(N,)``.
+#: Not among the attributes :func:`flowkit.store.reading.attributes` returns (metas stay small).
+FRAME_CRC_ATTR = "frame_crc32"
 
 
 class Codec:
@@ -327,6 +339,21 @@ class Raw(Codec):
                                                                                  "clipped": 0}
 
 
+# ------------------------------------------------------------------------------------ checking
+
+def frame_crc(blob: bytes | np.ndarray) -> int:
+    """The CRC32 (zlib) of an encoded frame's stored bytes."""
+    return zlib.crc32(blob if isinstance(blob, bytes) else np.ascontiguousarray(blob, np.uint8))
+
+
+def check_crc(blob: bytes | np.ndarray, crc: int, index: int) -> None:
+    """Raise :class:`DamagedDataError` unless frame ``index``'s stored bytes ``blob`` have the
+    CRC32 ``crc`` recorded when they were written."""
+    if frame_crc(blob) != int(crc):
+        raise DamagedDataError(f"frame {index} fails its CRC32 check: its bytes changed since "
+                               "they were written")
+
+
 # ------------------------------------------------------------------------------------ choosing
 
 def flow_codec(spec: str | Codec = "jpegls", **params) -> Codec:
@@ -401,4 +428,5 @@ def encode_frames(codec: Codec, frames, threads: int | None = None
 
 __all__ = ["Codec", "FLOW_CODECS", "RGB_CODECS", "JpegLS", "Float16", "Uint8", "Jpeg", "Raw",
            "flow_codec", "rgb_codec", "codec_of", "codec_spec", "encode_frames", "default_threads",
-           "quantize", "dequantize", "DEFAULT_BOUND", "DEFAULT_MAX_ERROR", "DEFAULT_JPEG_QUALITY"]
+           "frame_crc", "check_crc", "FRAME_CRC_ATTR", "quantize", "dequantize", "DEFAULT_BOUND",
+           "DEFAULT_MAX_ERROR", "DEFAULT_JPEG_QUALITY"]

@@ -5,7 +5,9 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -16,6 +18,7 @@ import numpy as np
 from ..errors import StoreError
 from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
                      remove_stale_temporaries, walk_once)
+from ..files import stamp as file_stamp
 from ..progress import Progress
 from . import claims, codecs
 from .codecs import Codec
@@ -27,8 +30,8 @@ from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES,
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
-from .reading import (DamagedObject, attributes, error_cause, member, member_names, members,
-                      read_frames, redo_hint)
+from .reading import (DamagedObject, attributes, error_cause, frame_crcs, member, member_names,
+                      members, read_frames, redo_hint)
 from .guard import Failed, guarded_map
 from .validate import video_problems
 from .writer import VideoWriter
@@ -42,6 +45,13 @@ class FlowStore:
     DataLoader worker processes; frames are decoded with the codec each dataset records. Keys are
     video paths relative to the source root without extension. ``encode_threads``: threads that
     compress frames while writing (default: the usable cores, at most 8).
+
+    Threads may share one store to read (the codecs release the GIL, so a thread pool decodes in
+    parallel): each thread opens its own handles, at most ``max_open_files`` of them, and closes
+    them when it ends or on :meth:`close` (call it when no thread reads). A handle reads the file
+    it opened, complete, also after another process replaced it, until :meth:`meta` or
+    :meth:`flow_names` is called or a flow or ``rgb`` it lacks is asked for: these reopen a
+    replaced file (another process may have added a flow), one ``stat`` each.
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", *,
@@ -54,11 +64,8 @@ class FlowStore:
         self.encode_threads = encode_threads  # None: codecs.default_threads()
         self._max_open = max(1, int(max_open_files))
         self._manifest = self._open_manifest(classes)
-        self._handles: OrderedDict[str, h5py.File] = OrderedDict()
-        # {key: {dataset path: Codec}} of the open handles, dropped with them: rebuilding a codec
-        # reads its dataset's attributes (about 0.2 ms), more than decoding a small frame.
-        self._codecs: dict[str, dict[str, Codec]] = {}
-        self._pid = os.getpid()
+        # Each thread's open files (_OpenFiles: handles, their codecs): see _open_files
+        self._forget_open_files()
         # index.json as parsed, with its stamp, and the keys whose entries were found current,
         # kept inside index_held() blocks
         self._held_index: tuple[list[int] | None, Index] | None = None
@@ -262,23 +269,72 @@ class FlowStore:
 
     # -- reading
 
-    def _file(self, key: str) -> h5py.File:
+    def _forget_open_files(self) -> None:
+        """Start with no open files (a new, unpickled or forked store), closing none."""
+        # Handles are cached per thread, each thread with its own LRU of max_open_files: a thread
+        # evicts and closes only handles it opened, between its own reads, so it never closes a
+        # file another thread is reading (one shared LRU did: healthy videos read as damaged).
+        # A lock around one shared cache would also have to keep each handle open until every
+        # read through it ended, i.e. hold it across the decode, which releases the GIL. HDF5
+        # opens a file once per process however many handles name it (one descriptor), and a
+        # handle's close() invalidates only the objects opened through it.
+        self._local = threading.local()
+        self._all_open: weakref.WeakSet[_OpenFiles] = weakref.WeakSet()  # for close()
+        self._all_open_lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _open_files(self) -> "_OpenFiles":
+        """This thread's open files, made on its first read; dropped when the thread ends (its
+        handles close then, as nothing else refers to them)."""
         if self._pid != os.getpid():
             # Forked: the parent's handles share HDF5 state with it; forget them, never close them.
-            self._handles, self._codecs, self._pid = OrderedDict(), {}, os.getpid()
-        f = self._handles.get(key)
+            self._forget_open_files()
+        files = getattr(self._local, "files", None)
+        if files is None:
+            files = self._local.files = _OpenFiles()
+            with self._all_open_lock:
+                self._all_open.add(files)
+        return files
+
+    @property
+    def _handles(self) -> OrderedDict[str, h5py.File]:
+        """This thread's open files, {key: handle}, least recently used first."""
+        return self._open_files().handles
+
+    @property
+    def _codecs(self) -> dict[str, dict[str, tuple[Codec, np.ndarray | None]]]:
+        """{key: {dataset path: (Codec, frame CRCs)}} of this thread's open handles, dropped with
+        them: rebuilding a codec reads its dataset's attributes (about 0.2 ms), more than decoding
+        a small frame; the CRCs (4 bytes a frame) another 0.03 ms."""
+        return self._open_files().codecs
+
+    def _file(self, key: str) -> h5py.File:
+        files = self._open_files()
+        f = files.handles.get(key)
         if f is not None:
-            self._handles.move_to_end(key)
+            files.handles.move_to_end(key)
             return f
+        path = self._video_path(key)
+        # before opening: a file replaced in between is reopened once more, never kept stale
+        version = _version(path)
         f = self._open_video(key)
-        self._handles[key] = f
-        self._codecs[key] = {}  # the file may have been replaced since it was last open
-        while len(self._handles) > self._max_open:
-            old, handle = self._handles.popitem(last=False)
-            handle.close()
+        files.handles[key], files.versions[key] = f, version
+        files.codecs[key] = {}  # the file may have been replaced since it was last open
+        while len(files.handles) > self._max_open:
             # with its handle: 300k videos' codecs would hold 130 MB in each DataLoader worker
-            self._codecs.pop(old, None)
+            files.drop(next(iter(files.handles)))
         return f
+
+    def _reopen_if_replaced(self, key: str) -> bool:
+        """Drop this thread's handle of ``key`` if its file was replaced since it was opened
+        (another process committed a new flow into it); True if so. For what describes the file
+        and for a flow or dataset the handle lacks: reads otherwise keep reading the file the
+        handle opened (a ``stat`` per read would cost most on network file systems)."""
+        files = self._open_files()
+        if key not in files.handles or files.versions.get(key) == _version(self._video_path(key)):
+            return False
+        files.drop(key)
+        return True
 
     def _open_video(self, key: str) -> h5py.File:
         path = self._video_path(key)
@@ -306,13 +362,19 @@ class FlowStore:
         return member(self._file(key), "flow", key)
 
     def _flow_dataset(self, key: str, name: str) -> h5py.Dataset:
-        flow = self._flow_group(key)
-        ds = member(flow, name, key) if flow is not None else None
+        ds = self._flow_member(key, name)
+        if ds is None and self._reopen_if_replaced(key):  # another process may have added it
+            ds = self._flow_member(key, name)
         if ds is None:
+            flow = self._flow_group(key)
             have = member_names(flow, key) if flow is not None else []
             raise StoreError(f"video {key!r} has no flow {name!r}; it has: "
                              f"{', '.join(have) or 'no flow'}")
         return ds
+
+    def _flow_member(self, key: str, name: str) -> h5py.Dataset | None:
+        flow = self._flow_group(key)
+        return member(flow, name, key) if flow is not None else None
 
     def flows_on_disk(self, key: str) -> list[str]:
         """Flow names of ``key``'s finished file as it is on disk now (not through this process's
@@ -361,7 +423,8 @@ class FlowStore:
 
     def flow_names(self, key: str) -> list[str]:
         """Names of the flow datasets stored for ``key``, sorted (a damaged ``flow`` group raises
-        :class:`~flowkit.errors.DamagedDataError`)."""
+        :class:`~flowkit.errors.DamagedDataError`), of its file as it is now."""
+        self._reopen_if_replaced(key)
         flow = self._flow_group(key)
         return member_names(flow, key) if flow is not None else []
 
@@ -370,7 +433,9 @@ class FlowStore:
         codec_spec, shape, dtype}), ``has_rgb``, ``num_frames`` and ``rgb_codec`` (a spec).
         JSON-serialisable. :meth:`metas` gives the parts runs need of many videos at once. A group
         or dataset the file links but cannot open (a damaged object header) raises
-        :class:`~flowkit.errors.DamagedDataError` naming the file, the object and ``--redo KEY``."""
+        :class:`~flowkit.errors.DamagedDataError` naming the file, the object and ``--redo KEY``.
+        Of the file as it is now, as :meth:`metas` (the reads after it then read that file)."""
+        self._reopen_if_replaced(key)
         f = self._file(key)
         out = attributes(f, key)
         flows = {}
@@ -400,16 +465,19 @@ class FlowStore:
         ``jpegls`` frames are always decoded.
         """
         ds = self._flow_dataset(key, name)
-        codec = self._codec(key, ds)
-        return read_frames(ds, codec, index, key, decode=dequantize or codec.storage == "encoded")
+        codec, crcs = self._dataset_codec(key, ds)
+        return read_frames(ds, codec, index, key, decode=dequantize or codec.storage == "encoded",
+                           crcs=crcs)
 
     def read_rgb(self, key: str, index: Any = slice(None), decode: bool = True):
         """RGB frames of ``key``: uint8 ``(N, H, W, 3)`` (``(H, W, 3)`` for an int index).
 
         ``decode=False`` returns the frames as stored: for the ``jpeg`` codec a list of JPEG files
-        (``bytes``; one ``bytes`` for an int index), what :meth:`rgb_codec` decodes."""
+        (``bytes``; one ``bytes`` for an int index), what :meth:`rgb_codec` decodes; either way
+        each frame's bytes are checked against their recorded CRC32."""
         ds = self._rgb_dataset(key)
-        return read_frames(ds, self._codec(key, ds, rgb=True), index, key, decode=decode)
+        codec, crcs = self._dataset_codec(key, ds, rgb=True)
+        return read_frames(ds, codec, index, key, decode=decode, crcs=crcs)
 
     def rgb_codec(self, key: str) -> Codec:
         """The codec of ``key``'s RGB frames (its ``quality`` for ``jpeg``)."""
@@ -418,16 +486,26 @@ class FlowStore:
 
     def _rgb_dataset(self, key: str) -> h5py.Dataset:
         ds = member(self._file(key), "rgb", key)  # damaged: DamagedDataError, never "no rgb"
+        if ds is None and self._reopen_if_replaced(key):  # another process may have added it
+            ds = member(self._file(key), "rgb", key)
         if ds is None:
             raise StoreError(f"video {key!r} has no rgb frames (extracted without --rgb)")
         return ds
 
     def _codec(self, key: str, ds: h5py.Dataset, rgb: bool = False) -> Codec:
+        return self._dataset_codec(key, ds, rgb)[0]
+
+    def _dataset_codec(self, key: str, ds: h5py.Dataset, rgb: bool = False
+                       ) -> tuple[Codec, np.ndarray | None]:
+        """The codec of ``key``'s dataset ``ds`` and its frame CRCs (:func:`reading.frame_crcs`,
+        None where it has none), kept while its file is open."""
         known = self._codecs.setdefault(key, {})
-        codec = known.get(ds.name)
-        if codec is None:
-            codec = known[ds.name] = self._codec_of(key, ds.name, attributes(ds, key), rgb)
-        return codec
+        entry = known.get(ds.name)
+        if entry is None:
+            codec = self._codec_of(key, ds.name, attributes(ds, key), rgb)
+            crcs = frame_crcs(ds, key) if codec.storage == "encoded" else None
+            entry = known[ds.name] = (codec, crcs)
+        return entry
 
     def _codec_of(self, key: str, name: str, attrs, rgb: bool = False) -> Codec:
         """:func:`codecs.codec_of`, its error naming the video's file and dataset (a codec of a
@@ -440,12 +518,15 @@ class FlowStore:
                              f"(--redo {key})") from exc
 
     def close(self) -> None:
-        """Close the files this process opened (a forked copy's inherited handles are left alone)."""
-        if self._pid == os.getpid():
-            for f in self._handles.values():
-                f.close()
-        self._handles, self._codecs = OrderedDict(), {}
-        self._pid = os.getpid()
+        """Close the files every thread of this process opened through this store, while none of
+        them reads (a forked copy's inherited handles are left alone). Reading again reopens."""
+        if self._pid != os.getpid():
+            self._forget_open_files()
+            return
+        with self._all_open_lock:
+            everyone = list(self._all_open)
+        for files in everyone:
+            files.close()
 
     def __enter__(self) -> "FlowStore":
         return self
@@ -457,11 +538,12 @@ class FlowStore:
         # h5py handles cannot cross processes: a spawned DataLoader worker reopens lazily. A held
         # index (about 300 MB for 300k videos) is not sent either.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_handles", "_codecs", "_held_index", "_checked", "_holding")}
+                if k not in ("_local", "_all_open", "_all_open_lock", "_held_index", "_checked",
+                             "_holding")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._handles, self._codecs = OrderedDict(), {}
+        self._forget_open_files()
         self._held_index, self._checked, self._holding = None, set(), 0
 
     # -- whole-store views
@@ -588,6 +670,39 @@ class FlowStore:
         problems = [found.reason] if isinstance(found, Failed) else found
         problems = [p.removesuffix(f"; {hint}") for p in problems]
         return f"{path}: {'; '.join(problems) or 'its facts cannot be read'}; {hint}"
+
+
+class _OpenFiles:
+    """The files one thread has open through a :class:`FlowStore`: ``handles`` ({key: h5py.File},
+    least recently used first), the ``versions`` of their files when opened (:func:`_version`) and
+    ``codecs`` (:attr:`FlowStore._codecs`), each dropped with its handle."""
+
+    __slots__ = ("handles", "versions", "codecs", "__weakref__")
+
+    def __init__(self):
+        self.handles: OrderedDict[str, h5py.File] = OrderedDict()
+        self.versions: dict[str, list[int] | None] = {}
+        self.codecs: dict[str, dict[str, tuple[Codec, np.ndarray | None]]] = {}
+
+    def drop(self, key: str) -> None:
+        """Close and forget ``key``'s handle."""
+        self.versions.pop(key, None)
+        self.codecs.pop(key, None)
+        self.handles.pop(key).close()
+
+    def close(self) -> None:
+        """Close and forget every handle."""
+        while self.handles:
+            self.drop(next(iter(self.handles)))
+
+
+def _version(path: Path) -> list[int] | None:
+    """Which version of a video file is at ``path`` (:func:`~flowkit.files.stamp`: a file
+    replaced by a rename is a new inode); None when it cannot be told (gone, unreadable)."""
+    try:
+        return file_stamp(path)
+    except OSError:
+        return None
 
 
 def _unlink(path: Path) -> bool:

@@ -16,13 +16,40 @@ import h5py
 import numpy as np
 
 from ..errors import DamagedDataError
-from .codecs import Codec
+from .codecs import FRAME_CRC_ATTR, Codec, check_crc
 from .layout import py_value
 
 
-def redo_hint(key: str | None) -> str:
-    """The command that repairs a damaged video."""
+#: The backend an engine record names for flow another tool computed and ``flowkit import
+#: rawframes`` stored (engines ``mmaction2-rawframes``, ``denseflow-png``, ``denseflow-hdf5``).
+IMPORTED_BACKEND = "external"
+
+
+def redo_hint(key: str | None, imported: str | None = None) -> str:
+    """The command that repairs a damaged video: ``flowkit extract --redo``, or for a video whose
+    flow was imported (``imported``: its file, :func:`imported_file`) deleting the file and
+    rerunning the import, which skips a video the store holds and cannot recompute its flow."""
+    if imported:
+        return (f"re-import it: delete {imported} and rerun flowkit import rawframes "
+                "RAWFRAMES_DIR -o STORE (flowkit extract cannot recompute imported flow)")
     return f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key if key else 'KEY'}"
+
+
+def imported_file(ds: h5py.Dataset) -> str | None:
+    """The file of ``ds`` when its flow was imported (:data:`IMPORTED_BACKEND`): the flow's own
+    engine record for a flow dataset, else that of every flow of the file (RGB of an imported
+    video); None otherwise, or when the records cannot be read (damage)."""
+    try:
+        if ds.name.startswith("/flow/"):
+            flows = [ds]
+        else:
+            group = ds.file.get("flow")
+            flows = list(group.values()) if group is not None else []
+        if flows and all(f.attrs.get("backend") == IMPORTED_BACKEND for f in flows):
+            return ds.file.filename
+    except Exception:  # damaged records: the generic hint
+        pass
+    return None
 
 
 def error_cause(exc: BaseException) -> str:
@@ -96,9 +123,10 @@ def members(group: h5py.Group | None, key: str | None = None) -> dict[str, Any]:
 
 def attributes(obj: h5py.HLObject, key: str | None = None) -> dict[str, Any]:
     """The attributes of ``obj`` as plain values (:func:`~flowkit.store.layout.py_value`); ones
-    that cannot be read raise :class:`DamagedObject`."""
+    that cannot be read raise :class:`DamagedObject`. Frame CRCs (:func:`frame_crcs`, 4 bytes a
+    frame) are left out: metas and summaries would carry every frame's."""
     try:
-        return {k: py_value(v) for k, v in obj.attrs.items()}
+        return {k: py_value(obj.attrs[k]) for k in obj.attrs if k != FRAME_CRC_ATTR}
     except Exception as exc:
         try:  # a file's attributes are its root group's: opening that failed
             filename = obj.file.filename
@@ -108,23 +136,45 @@ def attributes(obj: h5py.HLObject, key: str | None = None) -> dict[str, Any]:
         raise DamagedObject.of(filename, name, key, error_cause(exc)) from None
 
 
+def frame_crcs(ds: h5py.Dataset, key: str | None = None) -> np.ndarray | None:
+    """The CRC32 of each stored frame of an encoded dataset, uint32 ``(N,)``
+    (:data:`~flowkit.store.codecs.FRAME_CRC_ATTR`); None where none are recorded (array codecs,
+    whose chunks HDF5 reads whole; encoded datasets of stores written before). An unreadable
+    record raises :class:`DamagedObject`."""
+    try:
+        crcs = ds.attrs.get(FRAME_CRC_ATTR)
+        return None if crcs is None else np.asarray(crcs, dtype=np.uint32).reshape(-1)
+    except Exception as exc:
+        try:
+            filename, name = ds.file.filename, f"{ds.name} attributes"
+        except Exception:
+            filename, name = "?", "attributes"
+        raise DamagedObject.of(filename, name, key, error_cause(exc)) from None
+
+
 def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
-                decode: bool = True) -> np.ndarray:
+                decode: bool = True, crcs: np.ndarray | None | bool = True) -> np.ndarray:
     """Frames ``index`` (an int, a slice or a list of ints, any order, repeats allowed) of a
     dataset written with ``codec``, decoded (``decode=False``: an array codec's stored values, an
     encoded codec's byte strings: a list of ``bytes``, one ``bytes`` for an int index).
 
+    ``crcs``: the dataset's :func:`frame_crcs` (a caller that reads often keeps them), each frame
+    read checked against its CRC, decoded or not; ``True``: read them from ``ds``; ``None``: none.
+
     An index that is not one, or out of range, raises IndexError (a zero slice step ValueError)
-    before anything is read. A frame that cannot be read or decoded (a damaged chunk) raises
-    :class:`~flowkit.errors.DamagedDataError` naming the file, the dataset, the frames and the fix."""
+    before anything is read. A frame that cannot be read or decoded (a damaged chunk, bytes that
+    fail their CRC) raises :class:`~flowkit.errors.DamagedDataError` naming the file, the
+    dataset, the frames and the fix."""
     selection = _selection(index, ds.shape[0], key, ds.name)
+    if crcs is True:
+        crcs = frame_crcs(ds, key) if codec.storage == "encoded" else None
     try:
-        return _read_frames(ds, codec, selection, decode)
+        return _read_frames(ds, codec, selection, decode, crcs)
     except (OSError, RuntimeError, ValueError, DamagedDataError) as exc:
         raise DamagedDataError(
             f"{ds.file.filename}: {ds.name} frames {_describe_index(index)} of video {key!r} are "
             f"damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            f"{redo_hint(key)}") from None
+            f"{redo_hint(key, imported_file(ds))}") from None
 
 
 def _describe_index(index: Any) -> str:
@@ -162,9 +212,11 @@ def _selection(index: Any, n: int, key: str, name: str) -> int | slice | np.ndar
 
 
 def _read_frames(ds: h5py.Dataset, codec: Codec, selection: int | slice | np.ndarray,
-                 decode: bool) -> np.ndarray:
+                 decode: bool, crcs: np.ndarray | None) -> np.ndarray:
     data = _take(ds, selection)
     single = isinstance(selection, int)
+    if crcs is not None:
+        _check_crcs(data, selection, crcs, ds.shape[0])
     if codec.storage == "encoded" and not decode:
         return data.tobytes() if single else [b.tobytes() for b in data]
     if codec.storage == "encoded":
@@ -175,6 +227,20 @@ def _read_frames(ds: h5py.Dataset, codec: Codec, selection: int | slice | np.nda
             return np.stack(frames)
         return np.zeros((0, *ds.attrs["frame_shape"]), codec.frame_dtype)
     return codec.from_stored(data) if decode else data
+
+
+def _check_crcs(data: np.ndarray, selection: int | slice | np.ndarray, crcs: np.ndarray,
+                n: int) -> None:
+    """Check the byte strings ``data`` read for ``selection`` against their recorded CRCs
+    (:class:`DamagedDataError` on a mismatch, or a record of another number of frames)."""
+    if len(crcs) != n:
+        raise DamagedDataError(f"its frame CRCs record {len(crcs)} frames, it holds {n}")
+    if isinstance(selection, int):
+        check_crc(data, crcs[selection], selection)
+        return
+    numbers = range(n)[selection] if isinstance(selection, slice) else selection
+    for blob, i in zip(data, numbers):
+        check_crc(blob, crcs[i], int(i))
 
 
 def _take(ds: h5py.Dataset, selection: int | slice | np.ndarray) -> np.ndarray:
@@ -195,5 +261,5 @@ def _take(ds: h5py.Dataset, selection: int | slice | np.ndarray) -> np.ndarray:
     return np.stack(frames)[inverse]
 
 
-__all__ = ["read_frames", "member", "member_names", "members", "attributes",
-           "DamagedObject", "redo_hint", "error_cause"]
+__all__ = ["read_frames", "frame_crcs", "member", "member_names", "members", "attributes",
+           "DamagedObject", "redo_hint", "imported_file", "error_cause", "IMPORTED_BACKEND"]

@@ -1,5 +1,6 @@
 """Checking finished video files (:meth:`FlowStore.validate`): attributes, shapes, codecs, and
-(``deep``) every frame decoded, with the stated flow error bound checked.
+(``deep``) every frame decoded, with the stated flow error bound checked and each encoded frame's
+bytes checked against their recorded CRC32 (a decoder repairs most damage to a JPEG unnoticed).
 
 The shallow check opens every group and dataset the file links (their object headers: cheap, no
 frame is read), so a damaged ``flow`` or ``rgb`` header is a problem naming the object and the
@@ -14,10 +15,10 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from .codecs import Codec, codec_of
+from .codecs import Codec, codec_of, frame_crc
 from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read
 from .guard import HungFileError
-from .reading import DamagedObject, attributes, member, member_names, redo_hint
+from .reading import DamagedObject, attributes, frame_crcs, member, member_names, redo_hint
 
 _ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source_height",
                "source_width", "step", "label", "label_name", "created")
@@ -100,6 +101,10 @@ def _dataset_problems(ds: h5py.Dataset, frames: int, frame_shape: tuple, deep: b
         if tuple(attrs.get("frame_shape", ())) != frame_shape:
             problems.append(f"{ds.name} frames are {attrs.get('frame_shape')}, expected "
                             f"{list(frame_shape)}")
+        crcs = frame_crcs(ds, key)
+        if crcs is not None and len(crcs) != ds.shape[0]:
+            problems.append(f"{ds.name} records the CRCs of {len(crcs)} frames, it holds "
+                            f"{ds.shape[0]}")
     else:
         if tuple(ds.shape) != (frames, *frame_shape):
             problems.append(f"{ds.name} has shape {tuple(ds.shape)}, expected "
@@ -130,8 +135,9 @@ def _bound_problems(name: str, codec: Codec, attrs: dict[str, Any]) -> list[str]
 
 
 def decode_problem(ds: h5py.Dataset) -> str:
-    """The first frame of ``ds`` that cannot be read or decoded, as one line; "" when every frame
-    decodes (what a redone video keeps of its old file, :mod:`flowkit.store.writer`)."""
+    """The first frame of ``ds`` that cannot be read or decoded (or fails its CRC), as one line;
+    "" when every frame decodes (what a redone video keeps of its old file,
+    :mod:`flowkit.store.writer`)."""
     try:
         attrs = attributes(ds)
     except DamagedObject as e:
@@ -146,12 +152,23 @@ def decode_problem(ds: h5py.Dataset) -> str:
 
 
 def _decode_all(ds: h5py.Dataset, codec: Codec, frame_shape: tuple) -> list[str]:
-    """Read and decode every frame (finds damaged chunks and undecodable frames)."""
+    """Read and decode every frame (finds damaged chunks, frames whose bytes fail their CRC
+    and undecodable frames)."""
+    try:
+        crcs = frame_crcs(ds) if codec.storage == "encoded" else None
+    except DamagedObject as e:
+        return [e.problem]
+    if crcs is not None and len(crcs) != ds.shape[0]:
+        return [f"{ds.name} records the CRCs of {len(crcs)} frames, it holds {ds.shape[0]}"]
     for i in range(ds.shape[0]):
         try:
-            frame = codec.frame(ds[i])
+            stored = ds[i]
+            changed = crcs is not None and frame_crc(stored) != int(crcs[i])
+            frame = None if changed else codec.frame(stored)
         except Exception as e:  # HDF5's OSError, or the codec's own error on damaged bytes
             return [f"{ds.name}[{i}] cannot be read or decoded: {type(e).__name__}: {e}"]
+        if changed:  # damage a decoder would have repaired or ignored
+            return [f"{ds.name}[{i}] is damaged: its bytes fail their CRC32 check"]
         if tuple(frame.shape) != frame_shape:
             return [f"{ds.name}[{i}] decodes to shape {tuple(frame.shape)}, expected {frame_shape}"]
         if frame.dtype.kind == "f" and not np.isfinite(frame).all():

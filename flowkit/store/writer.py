@@ -2,7 +2,9 @@
 
 Frames are encoded by the dataset's codec (:mod:`flowkit.store.codecs`) in a thread pool, one frame
 per task, and written in order: encoded frames as vlen byte strings, array codecs as pre-compressed
-chunks (``write_direct_chunk``), so HDF5 only copies bytes.
+chunks (``write_direct_chunk``), so HDF5 only copies bytes. The CRC32 of every encoded frame's
+bytes is kept and recorded with its dataset on commit (:data:`~flowkit.store.codecs.FRAME_CRC_ATTR`:
+HDF5's checksums never cover the vlen heap).
 
 HDF5 writes through a :class:`~flowkit.store.diskio.LatchingFile`, so a full disk (quota, read-only
 target) becomes a :class:`~flowkit.errors.StoreWriteError` and a deleted partial file, never a
@@ -26,7 +28,7 @@ from .. import jpeg
 from ..errors import DamagedDataError, StoreError
 from ..files import fsync_dir
 from .claims import commit_lock
-from .codecs import GZIP_LEVEL, Codec, Jpeg, encode_frames
+from .codecs import FRAME_CRC_ATTR, GZIP_LEVEL, Codec, Jpeg, encode_frames, frame_crc
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
 from .layout import as_numpy, engine_record, open_read, partial_ending, py_value
 from .reading import DamagedObject, attributes, error_cause, member, member_names, redo_hint
@@ -67,6 +69,8 @@ class VideoWriter:
         self._size: tuple[int, int] | None = None
         # with redo: datasets of the old file not kept, each "NAME (why)": damaged, or OTHER_FRAMES
         self.dropped: list[str] = []
+        # encoded dataset -> the CRC32 of each frame written, recorded on commit
+        self._crcs: dict[str, list[int]] = {}
 
     @property
     def key(self) -> str:
@@ -222,6 +226,7 @@ class VideoWriter:
             for i, (blob, _) in enumerate(encoded):
                 blobs[i] = np.frombuffer(blob, np.uint8)
             ds.write_direct(blobs, np.s_[:], np.s_[n:n + len(blobs)])
+            self._crcs.setdefault(path, []).extend(frame_crc(blob) for blob, _ in encoded)
         else:
             corner = (0,) * (ds.ndim - 1)
             for i, (blob, _) in enumerate(encoded):
@@ -254,6 +259,8 @@ class VideoWriter:
             raise StoreError(f"video {self.key!r}: flow lengths {wrong} do not match "
                              f"{frame_count} frames (flow must have frame_count - 1 = "
                              f"{frame_count - 1} pairs)")
+        for path, crcs in self._crcs.items():  # one attribute write each: its size is 4 N bytes
+            f[path].attrs[FRAME_CRC_ATTR] = np.asarray(crcs, dtype=np.uint32)
         f.attrs.update({"frame_count": frame_count, "height": self._size[0],
                         "width": self._size[1], "complete": True})
         self._close_file()
@@ -344,8 +351,10 @@ class VideoWriter:
 
     def _copy(self, src: h5py.File, name: str) -> None:
         """Copy dataset ``name`` of the finished file into the partial one as it is (HDF5 copies
-        the compressed chunks). An HDF5 error reading it is damage of the finished file: without
-        ``redo`` a :class:`DamagedDataError` naming ``--redo``, with it the dataset is dropped."""
+        the compressed chunks, and the attributes: an encoded dataset's frame CRCs go with its
+        frames, so damage it had stays detectable). An HDF5 error reading it is damage of the
+        finished file: without ``redo`` a :class:`DamagedDataError` naming ``--redo``, with it the
+        dataset is dropped."""
         dst = self._file
         try:
             src.copy(src[name], dst[posixpath.dirname(name) or "/"],
