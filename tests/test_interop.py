@@ -973,6 +973,30 @@ def test_import_refuses_flow_of_another_kind_under_the_same_name(exported, tmp_p
     assert "run/late" not in FlowStore(tmp_path / "s")
 
 
+def test_a_root_mixing_flow_image_formats_resumes_as_it_began(exported, tmp_path):
+    """What is found per folder (here JPEG flow images in one class, PNG in the other) is no
+    kind of its own: a root that imports in one run also finishes when a run over part of it was
+    cut short (before, the rerun was refused on every try)."""
+    root = tmp_path / "raw"
+    shutil.copytree(exported, root)
+    for path in (root / "run").rglob("flow_*.jpg"):  # run/*: PNG flow images, same levels
+        cv2.imwrite(str(path.with_suffix(".png")), cv2.imread(str(path), 0))
+        path.unlink()
+    whole = import_rawframes(root, tmp_path / "whole", ImportConfig())
+    assert whole.count("done") == 4
+    part = tmp_path / "part"
+    shutil.copytree(root / "jump", part / "jump")  # the run cut short after jump/*
+    shutil.copy(root / "label_map.txt", part)
+    _import(part, tmp_path / "s")
+    resumed = import_rawframes(root, tmp_path / "s", ImportConfig())
+    assert (resumed.count("done"), resumed.count("skipped")) == (2, 2)
+    formats = {key: meta["flows"]["tvl1"]["params"]["image_format"]
+               for key, meta in FlowStore(tmp_path / "s").metas(FlowStore(tmp_path / "s").keys())
+               .items()}
+    assert formats == {"jump/jump_0": "jpeg", "jump/jump_1": "jpeg", "run/run_0": "png",
+                       "run/run_1": "png"}
+
+
 def test_a_rerun_says_it_keeps_the_stored_labels(exported, tmp_path):
     """A rerun with a list that labels the store's videos otherwise keeps their labels (a
     finished video is skipped) and says so, instead of only "N videos labelled"."""
@@ -1018,6 +1042,12 @@ def test_a_damaged_imported_video_says_to_reimport_it(exported, tmp_path):
     path.unlink()
     _import(root, tmp_path / "s")
     assert FlowStore(tmp_path / "s").read_flow("jump/v0", "tvl1").shape[0] == FRAMES - 1
+    # imported without flow: no flow record tells, the file's own mark does
+    _import(root, tmp_path / "rgb_only", flow=False)
+    path = tmp_path / "rgb_only" / "videos" / "jump" / "v0.h5"
+    _damage_first_scan(path, _raw_blob(path, "rgb", 2))
+    with pytest.raises(DamagedDataError, match=f"re-import it: delete {path} and rerun"):
+        FlowStore(tmp_path / "rgb_only").read_rgb("jump/v0")
 
 
 def _raw_blob(path: Path, name: str, index: int) -> bytes:

@@ -43,8 +43,9 @@ Resumable like ``flowkit extract``: a video is skipped when the store already ho
 source would add (its RGB frames, its flow, its backward flow); otherwise what is missing is added
 beside what the store has, and the video's attributes (label, fps, source) are kept (a label this
 run gives otherwise is noted, not applied). One flow name holds one kind of flow: a run whose flow
-differs from the store's flow of that name (flowkit extract's, another format, image format,
-``bound`` or flow codec) is refused before anything is written (:func:`_check_flow_kinds`).
+differs from the store's flow of that name (flowkit extract's, another ``--bound`` or flow codec;
+not the format, image format, naming or step found per folder, which one root may mix) is refused
+before anything is written (:func:`_check_flow_kinds`).
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ from ..files import escape_name, walk_once
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
 from ..store.codecs import codec_spec
+from ..store.reading import IMPORTED_ATTR
 from ..version import __version__
 from .export import LABEL_MAP
 from .pool import failure_reason, run_threads
@@ -321,11 +323,26 @@ def _label_notes(sources: dict[str, Source], metas: dict[str, dict]) -> list[str
 
 
 def _kind(params: dict, codec: str) -> tuple:
-    """What makes two flows under one store name alike, from a flow record's ``params`` and its
-    store codec spec: the format imported (``source_format``; None for flow an engine computed,
-    ``flowkit extract``), the 8-bit flow's ``bound`` and ``image_format`` (JPEG adds its own
-    error) and the store codec. Not the naming or the step, which vary per folder."""
+    """A flow's kind, from its record's ``params`` and its store codec spec: the format imported
+    (``source_format``; None for flow an engine computed, ``flowkit extract``), the 8-bit flow's
+    ``bound``, its ``image_format`` and the store codec (:func:`_alike` says which of these must
+    agree under one name)."""
     return (params.get("source_format"), params.get("bound"), params.get("image_format"), codec)
+
+
+def _alike(kind: tuple, other: tuple) -> bool:
+    """Whether flows of two kinds (:func:`_kind`) may share a name: both imported or both
+    computed, one store codec, and one ``--bound`` where both have one. What a run's options set,
+    then, never what it finds per folder (format, image format, naming, step: one root may mix
+    them, so an interrupted run resumes as it began)."""
+    (fmt, bound, _, codec), (other_fmt, other_bound, _, other_codec) = kind, other
+    return ((fmt is None) == (other_fmt is None) and codec == other_codec
+            and (bound is None or other_bound is None or bound == other_bound))
+
+
+def _fits(kind: tuple, held: dict[tuple, list] | None) -> bool:
+    """Whether flow of ``kind`` may join the kinds a store ``held`` under its name."""
+    return all(_alike(kind, other) for other in held or {})
 
 
 def _stored_kinds(metas: dict[str, dict], config: ImportConfig) -> dict[str, dict[tuple, list]]:
@@ -345,8 +362,8 @@ def _stored_kinds(metas: dict[str, dict], config: ImportConfig) -> dict[str, dic
 def _check_flow_kinds(store: FlowStore, todo: list[Source], metas: dict[str, dict],
                       kinds: dict[str, dict[tuple, list]], config: ImportConfig) -> None:
     """Refuse, before anything is written, a run whose flow is of another kind than the store
-    holds under that name (another engine's, another ``--bound``, image format or flow codec):
-    one name would mix two quantisations. The run's kind is learnt from the first of its
+    holds under that name (:func:`_alike`: computed by an engine, another ``--bound`` or flow
+    codec): one name would mix two quantisations. The run's kind is learnt from the first of its
     videos that adds flow (up to :data:`PROBES` planned); a video of yet another kind fails on
     its own (:func:`_import_one`)."""
     if not kinds:
@@ -361,7 +378,7 @@ def _check_flow_kinds(store: FlowStore, todo: list[Source], metas: dict[str, dic
         for flow in adds:
             kind = _kind(flow.record["params"], codec_spec(flow_codec(config.flow_codec)))
             held = kinds.get(flow.name)
-            if held and kind not in held:
+            if not _fits(kind, held):
                 raise FlowkitError(_kind_message(store, flow.name, kind, held))
         if adds:
             return
@@ -390,8 +407,9 @@ def _kind_message(store: FlowStore, name: str, kind: tuple, held: dict[tuple, li
         stored.append(f"{_describe_kind(other, engine)} in {len(keys)} videos (e.g. {keys[0]})")
     options = []
     for other in held:
-        if other[0] == kind[0] and other[2] == kind[2]:  # same files: the options differ
-            options = [f"--bound {other[1]:g}" if other[1] != kind[1] else "",
+        if (other[0] is None) == (kind[0] is None) and not _alike(kind, other):  # options differ
+            options = [f"--bound {other[1]:g}" if None not in (other[1], kind[1])
+                       and other[1] != kind[1] else "",
                        f"--flow-codec {other[3]}" if other[3] != kind[3] else ""]
             break
     matching = " ".join(o for o in options if o)
@@ -575,9 +593,10 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
         for flow in plan.flows:
             kind = _kind(flow.record["params"], codec_spec(flow_codec(config.flow_codec)))
             held = (kinds or {}).get(flow.name)
-            if held and kind not in held:
+            if not _fits(kind, held):
+                other = next(k for k in held if not _alike(kind, k))
                 raise FlowkitError(f"its flow would be {_describe_kind(kind)}, the store's "
-                                   f"flow/{flow.name} is {_describe_kind(next(iter(held)))}: one "
+                                   f"flow/{flow.name} is {_describe_kind(other)}: one "
                                    "flow name holds one kind of flow; import it with --flow-name "
                                    "NAME")
         first = _first_frame(plan, config)
@@ -587,6 +606,8 @@ def _import_one(store: FlowStore, source: Source, config: ImportConfig,
                           rgb_codec=config.rgb_codec) as w:
             if meta is not None:  # datasets added to a finished video: its attributes stay
                 w.update_attrs(_kept_attrs(meta))
+            else:  # made from images: a repair re-imports it (store.reading.redo_hint)
+                w.update_attrs({IMPORTED_ATTR: True})
             for i in range(0, len(plan.frames), CHUNK):
                 stop.check()
                 chunk = plan.frames[i:i + CHUNK]

@@ -23,6 +23,10 @@ from .layout import py_value
 #: The backend an engine record names for flow another tool computed and ``flowkit import
 #: rawframes`` stored (engines ``mmaction2-rawframes``, ``denseflow-png``, ``denseflow-hdf5``).
 IMPORTED_BACKEND = "external"
+#: Root attribute (true) of a video file ``flowkit import rawframes`` made: its RGB frames came
+#: from images, so ``flowkit extract`` cannot redo it either (a ``--no-flow`` import has no flow
+#: record to tell).
+IMPORTED_ATTR = "imported"
 
 
 def redo_hint(key: str | None, imported: str | None = None) -> str:
@@ -36,12 +40,15 @@ def redo_hint(key: str | None, imported: str | None = None) -> str:
 
 
 def imported_file(ds: h5py.Dataset) -> str | None:
-    """The file of ``ds`` when its flow was imported (:data:`IMPORTED_BACKEND`): the flow's own
-    engine record for a flow dataset, else that of every flow of the file (RGB of an imported
-    video); None otherwise, or when the records cannot be read (damage)."""
+    """The file of ``ds`` when what it holds was imported: a flow dataset by its own engine
+    record (:data:`IMPORTED_BACKEND`), RGB by the file's :data:`IMPORTED_ATTR` (files imported
+    before it was recorded: by every flow of the file being imported); None otherwise, or when
+    the records cannot be read (damage)."""
     try:
         if ds.name.startswith("/flow/"):
             flows = [ds]
+        elif ds.file.attrs.get(IMPORTED_ATTR, False):
+            return ds.file.filename
         else:
             group = ds.file.get("flow")
             flows = list(group.values()) if group is not None else []
@@ -262,4 +269,5 @@ def _take(ds: h5py.Dataset, selection: int | slice | np.ndarray) -> np.ndarray:
 
 
 __all__ = ["read_frames", "frame_crcs", "member", "member_names", "members", "attributes",
-           "DamagedObject", "redo_hint", "imported_file", "error_cause", "IMPORTED_BACKEND"]
+           "DamagedObject", "redo_hint", "imported_file", "error_cause", "IMPORTED_BACKEND",
+           "IMPORTED_ATTR"]
