@@ -150,6 +150,19 @@ def test_one_reader_serves_the_process_and_a_hang_replaces_it(tmp_path, forget):
     assert list(outer) == ["b"]
 
 
+def test_relative_paths_name_the_callers_files_after_it_changes_directory(tmp_path, forget,
+                                                                         monkeypatch):
+    """The reader outlives a call: a relative path is read from the caller's working directory
+    of that call, not the one the reader started in (a notebook's chdir, in-process CLI runs)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    monkeypatch.chdir(tmp_path / "a")
+    assert list(guarded_map(_read, [(Path("f"),)])) == ["a"]
+    monkeypatch.chdir(tmp_path / "b")
+    assert list(guarded_map(_read, [(Path("f"),)])) == ["b"]
+
+
 def test_sigterm_to_the_process_group_is_not_the_files_fault(tmp_path, forget):
     """Slurm's SIGTERM at a time limit reaches the reading child too: it leaves stopping to its
     parent, so the file it was reading is not named as one it died on."""

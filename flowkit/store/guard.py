@@ -141,7 +141,8 @@ class _Reader:
     process's interpreter and ``sys.path``: multiprocessing's children (spawn, forkserver) would
     run the caller's ``__main__`` script again before reading anything, and a forkserver is
     shared with the caller's own pools. It imports the store once (0.3 s), then serves request
-    after request: ``(fn, calls, failed)`` in, ``("start", None)`` and one ``("ok", value)`` or
+    after request: ``(fn, calls, failed, cwd)`` in (``cwd``: the caller's working directory,
+    which the child takes), ``("start", None)`` and one ``("ok", value)`` or
     ``("error", exception)`` per call out."""
 
     def __init__(self):
@@ -206,10 +207,14 @@ def _serve(requests: Connection, results: Connection) -> None:
     results.send(("ready", None))
     while True:
         try:
-            fn, calls, failed = requests.recv()
+            fn, calls, failed, cwd = requests.recv()
         except (EOFError, OSError):  # the parent is done with it
             return
         remember(failed)
+        try:
+            os.chdir(cwd)
+        except OSError:  # gone: relative paths fail as they would in the parent
+            pass
         results.send(("start", None))
         for args in calls:
             try:
@@ -295,7 +300,8 @@ def guarded_map(fn: Callable, calls: Sequence[tuple], timeout: float | None = No
                     yield fn(*args)
                 return
             try:
-                reader.requests.send((fn, calls[done:], _failed))
+                # with this process's working directory: relative paths read what they name here
+                reader.requests.send((fn, calls[done:], _failed, os.getcwd()))
                 started = reader.results.poll(START_SECONDS) and reader.results.recv()
             except (EOFError, OSError):
                 started = False
