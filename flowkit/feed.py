@@ -259,8 +259,13 @@ def _decode(job: _Job, opts: FeedOptions, decode) -> None:
 
 
 def _chunks(job: _Job, should_stop: Callable[[], None]) -> Iterator[np.ndarray]:
+    """The job's decoded chunks until its decoder's ``_END`` (raising the error it sent), or until
+    the job is cancelled: failed meanwhile (an engine error on a batch of its pairs), its decoder
+    stops without ``_END``, and waiting for one would hang the run."""
     while True:
         should_stop()
+        if job.cancelled.is_set():
+            return
         try:
             obj = job.chunks.get(timeout=_POLL_S)
         except queue.Empty:
@@ -584,9 +589,8 @@ class _Feeder:
                 previous = chunk[-1]
                 job.frames += len(chunk)
                 self._add_run(job, run)
-            else:
-                if job.frames < 2:
-                    raise _too_few_frames(job.item, self.opts, job.frames, job.facts)
+            if not job.failed and job.frames < 2:
+                raise _too_few_frames(job.item, self.opts, job.frames, job.facts)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -600,8 +604,9 @@ class _Feeder:
             self.batch.ends.append(job)
 
     def _add_run(self, job: _Job, run: np.ndarray) -> None:
-        """Queue the pairs of ``run`` (consecutive frames), running the engine on full batches."""
-        while len(run) >= 2:
+        """Queue the pairs of ``run`` (consecutive frames), running the engine on full batches;
+        stops once the job failed (an engine error on a batch of its pairs)."""
+        while len(run) >= 2 and not job.failed:
             if self.batch.runs and (self.batch.frame_size() != run.shape[1:3] or (
                     not self.independent and self.batch.runs[-1][0] is not job)):
                 self.flush()
@@ -621,8 +626,10 @@ class _Feeder:
                 flow, ready = self._compute(batch.runs)
             except VIDEO_ERRORS as exc:
                 jobs = list(dict.fromkeys(job for job, _ in batch.runs))
-                self._fail(jobs, f"engine failed on a batch of {batch.pairs} pairs "
-                                 f"({type(exc).__name__}: {exc})")
+                cause = (f"engine failed on a batch of {batch.pairs} pairs "
+                         f"({type(exc).__name__}: {exc})")
+                for job in jobs:  # one line per video, naming it as every other failure does
+                    self._fail([job], f"{job.item.path}: {cause}")
                 batch.ends = [j for j in batch.ends if j not in jobs]
             else:
                 start = 0

@@ -46,6 +46,7 @@ def store(sample_videos, tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- samples
 
+
 def test_samples_writes_a_class_folder(tmp_path):
     out = tmp_path / "videos"
     r = flowkit_cli("samples", out, "--classes", "pan_left,zoom_in", "--videos-per-class", "1",
@@ -64,6 +65,7 @@ def test_samples_rejects_unknown_class(tmp_path):
 
 
 # ----------------------------------------------------------------------------- extract
+
 
 def test_extract_json_then_resume(sample_videos, tmp_path):
     path = tmp_path / "s"
@@ -98,6 +100,33 @@ def test_extract_exit_1_on_a_bad_video_with_one_line_reason(bad_videos, tmp_path
     assert FlowStore(tmp_path / "s").keys() == ["classA/good_0"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_extract_an_engine_error_in_the_middle_of_videos_ends_the_run(sample_videos, tmp_path,
+                                                                      workers):
+    """TV-L1 refuses 2x2 frames (EngineError) on every batch, the first one in the middle of a
+    video (batch 2 of 8-frame videos): each video fails with one line naming it and the cause,
+    and the run ends with exit 1. It used to hang on the first one (its decoder, cancelled,
+    never ended its queue); run in its own session, killed whole if it hangs."""
+    with subprocess.Popen([sys.executable, "-m", "flowkit", "extract", sample_videos, "-o",
+                           tmp_path / "s", "--size", "2", "--batch", "2", "--workers",
+                           str(workers), "--no-rgb", "--no-compile"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=ENV,
+                          start_new_session=True) as proc:
+        try:
+            _, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, stderr = proc.communicate()
+            pytest.fail(f"extract hung after an engine error; stderr tail:\n{stderr[-1500:]}")
+    assert proc.returncode == 1, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("  failed: ")]
+    assert len(lines) == 4, stderr[-2000:]
+    assert {line.split(": ")[1] for line in lines} == {
+        str(p) for p in Path(sample_videos).rglob("*.mp4")}
+    assert all("engine failed" in line and "at least 3x3" in line for line in lines)
+    assert "0 done" in stderr and "4 failed" in stderr and "Traceback" not in stderr
+
+
 def test_extract_missing_video_dir_is_a_usage_error(tmp_path):
     r = run_cli("extract", tmp_path / "nope", "-o", tmp_path / "s", *CHEAP)
     assert r.returncode == 2
@@ -125,6 +154,19 @@ def test_extract_usage_errors_exit_2(sample_videos, tmp_path, args, message):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()  # nothing is created for a failed start
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", "cuda:x"])
+@pytest.mark.parametrize("command", ["extract", "benchmark"])
+def test_device_is_checked_alike_by_extract_and_benchmark(sample_videos, tmp_path, command,
+                                                          device):
+    """One --device check for both commands, before any work: extract raised torch's
+    RuntimeError (a traceback) for gpu and took mps until its first batch."""
+    args = [sample_videos, "-o", tmp_path / "s"] if command == "extract" else []
+    r = run_cli(command, *args, "--device", device)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "--device" in r.stderr and "expected cpu, cuda or cuda:N" in r.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_extract_bad_bound_is_a_usage_error(sample_videos, tmp_path):
@@ -158,7 +200,47 @@ def test_extract_bad_param_with_workers_fails_fast(sample_videos, tmp_path):
     assert "bogus" in err.read_text()
 
 
+def _tiny_resnet(path: Path) -> Path:
+    """A torchvision-named ResNet state dict with conv1, bn1 and layer1: learned cost-volume
+    features up to layer1."""
+    import torch
+    from torch import nn
+
+    from flowkit.layers import BasicBlock
+
+    torch.manual_seed(0)
+    state = {"conv1.weight": 0.1 * torch.randn(8, 3, 7, 7)}
+    state.update({f"bn1.{k}": v for k, v in nn.BatchNorm2d(8).state_dict().items()})
+    state.update({f"layer1.0.{k}": v for k, v in BasicBlock(8, 8, 1).state_dict().items()})
+    torch.save(state, path)
+    return path
+
+
+def test_extract_weights_count_in_the_param_check(sample_videos, tmp_path):
+    """--weights selects costvolume's learned features, which --param layer belongs to: the
+    --param values were checked without the weights, so layer (and features=learned) was refused
+    as if the features were patches. An engine that takes no checkpoint refuses --weights."""
+    weights = _tiny_resnet(tmp_path / "r.pt")
+    r = flowkit_cli("extract", sample_videos, "-o", tmp_path / "s", "--method", "costvolume",
+                    "--weights", weights, "--param", "layer=conv1", "--param", "max_displacement=2",
+                    "--size", "32", "--workers", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["done"] == 4
+    store = FlowStore(tmp_path / "s")
+    params = store.meta(store.keys()[0])["flows"]["costvolume"]["params"]
+    assert (params["features"], params["layer"], params["weights"]) == (
+        "learned", "conv1", str(weights))
+
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s2", "--method", "costvolume",
+                "--weights", weights, "--param", "features=learned", "--param", "layer=conv1",
+                "--plan")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s2", "--weights", weights, *CHEAP)
+    assert r.returncode == 2 and "--weights: engine 'tvl1' takes no checkpoint" in r.stderr
+    assert not (tmp_path / "s2").exists()
+
 # ----------------------------------------------------------------------------- info
+
 
 def test_info_shows_videos_classes_engine(store):
     r = flowkit_cli("info", store)
@@ -237,6 +319,7 @@ def test_unreadable_files_warning_names_the_cli_command(tmp_path):
 
 # ----------------------------------------------------------------------------- evaluate
 
+
 def test_evaluate_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -252,6 +335,7 @@ def test_evaluate_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------- show
+
 
 def test_show_png(store, tmp_path):
     out = tmp_path / "x.png"
@@ -291,6 +375,7 @@ def test_show_unknown_key_exit_2(store, tmp_path):
 
 
 # ----------------------------------------------------------------------------- help, version
+
 
 @pytest.mark.parametrize("command", [[], ["extract"], ["info"], ["show"], ["samples"]],
                          ids=["flowkit", "extract", "info", "show", "samples"])

@@ -42,6 +42,42 @@ def test_engines_needing_weights_refuse_without(name):
         engine(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
 
 
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """What each engine needing weights is built with: an untrained tiny MotionNet checkpoint."""
+    from flowkit.flow.motionnet import MotionNet
+    from flowkit.train.motionnet import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("engines") / "motionnet.pt"
+    save_checkpoint(path, {"config": {"num_frames": 2, "width": 1 / 16},
+                           "state_dict": MotionNet(num_frames=2, width=1 / 16).state_dict(),
+                           "epoch": 0, "step": 0, "loss": None})
+    return {"motionnet": {"weights": str(path)}}
+
+
+@pytest.mark.parametrize("name", sorted(flowkit.list_engines()))
+def test_an_empty_batch_gives_an_empty_flow(name, weights):
+    """Zero pairs give zero flows (0, 2, H, W) float32 on the engine's device, whatever the
+    engine: the cost volume failed to unpack its empty volume, MotionNet to concatenate no clip."""
+    engine = flowkit.create_engine(name, **CHEAP.get(name, {}), **weights.get(name, {}))
+    for dtype in (torch.uint8, torch.float32):
+        frames = torch.zeros(0, 3, 40, 48, dtype=dtype)
+        flow = engine(frames, frames)
+        assert flow.shape == (0, 2, 40, 48) and flow.dtype == torch.float32
+        assert flow.device == engine.device
+
+
+@pytest.mark.parametrize("name", sorted(flowkit.list_engines()))
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "meta"])
+def test_engines_refuse_a_device_they_cannot_run_on_when_created(name, device):
+    """An unknown device is one EngineError line, not torch's RuntimeError listing twenty device
+    types; a device type other than cpu or cuda (mps, meta) is refused at once, not at the first
+    batch of a run."""
+    with pytest.raises(flowkit.EngineError, match=f"device '{device}'.*cpu, cuda or cuda:N"):
+        flowkit.create_engine(name, device=device, **CHEAP.get(name, {}))
+
+
 def test_engines_write_side_by_side(sample_videos, tmp_path):
     items, classes = scan_videos(sample_videos)
     store_path = tmp_path / "store"

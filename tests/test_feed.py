@@ -169,6 +169,71 @@ def test_an_engine_error_fails_the_videos_of_that_batch(tmp_path):
     assert sorted(store.keys()) == ["a", "d"] and not store.partials()
 
 
+@pytest.mark.parametrize("batch, fail_call, b_chunks, statuses", [
+    (2, 1, 2, {"a": "done", "b": "failed", "c": "done"}),    # call 1: b's first 2 pairs
+    (4, 0, 1, {"a": "failed", "b": "failed", "c": "done"}),  # call 0: a(2) + b(2)
+], ids=["own-batch", "mixed-batch"])
+def test_an_engine_error_in_the_middle_of_a_video_does_not_hang_the_run(tmp_path, batch,
+                                                                         fail_call, b_chunks,
+                                                                         statuses):
+    """An engine error fails the video whose pairs are being batched and cancels its decoder,
+    which then stops without ending its queue: the feed waited for more of its chunks forever.
+    Video b decodes the ``b_chunks`` chunks that make the failing call, then waits until that
+    call is behind the feed (its next ``should_stop``), so its queue is empty when the feed asks
+    for the next chunk. The feed runs
+    in a thread: a regression fails here after 30 s instead of hanging."""
+    videos = MemoryVideos({"a": _frames(3, 0), "b": _frames(6 * batch, 1), "c": _frames(3, 2)})
+    engine = RecordingEngine(fail_calls={fail_call})
+    failed_call_done = threading.Event()
+    decode, guard_expired = videos.__call__, threading.Event()
+
+    def decode_b_slowly(item, opts):
+        info, frames = decode(item, opts)
+        if item.key != "b":
+            return info, frames
+
+        def gen():
+            for i, frame in enumerate(frames):
+                if i == b_chunks * batch:  # wait until the failed call is handled
+                    failed_call_done.wait(timeout=60)
+                yield frame
+        return info, gen()
+
+    def should_stop():
+        if len(engine.calls) > fail_call:
+            failed_call_done.set()
+        if guard_expired.is_set():
+            raise KeyboardInterrupt  # stop the hung feed's thread cleanly
+
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    results, errors = {}, []
+
+    def feed():
+        try:
+            options = FeedOptions(method="tvl1", batch=batch, flow_codec="float16", rgb=False)
+            for r in run(videos.items(), store, engine, options, should_stop=should_stop,
+                         decode=decode_b_slowly):
+                results[r.key] = r
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    hung = thread.is_alive()
+    guard_expired.set()
+    failed_call_done.set()
+    thread.join(timeout=10)
+    assert not hung, f"the feed hung after the failed engine call; results so far: {results}"
+    assert not errors, errors
+    assert {k: r.status for k, r in results.items()} == statuses
+    for key in (k for k, s in statuses.items() if s == "failed"):  # one line, naming the video
+        assert results[key].reason.startswith(f"/mem/{key}.mp4: engine failed on a batch of")
+        assert "out of memory" in results[key].reason
+    assert sorted(store.keys()) == sorted(k for k, s in statuses.items() if s == "done")
+    assert not store.partials()
+
+
 def test_too_short_and_store_errors_stay_per_video(tmp_path):
     nan_frames = _frames(4, 2)
     videos = MemoryVideos({"one": _frames(1, 0), "ok": _frames(4, 1), "nan": nan_frames})

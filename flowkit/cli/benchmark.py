@@ -18,7 +18,7 @@ from rich.table import Table
 from ..bench import harness
 from ..errors import FlowkitError
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import BACKENDS, backend_option, parse_params, refuse_option_params
+from .options import BACKENDS, backend_option, parse_device, parse_params, refuse_option_params
 from .progress import RichProgress
 
 DEFAULT_METHODS = harness.DEFAULT_METHODS
@@ -175,6 +175,7 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
     the table. A bad option or --param value (wrong type, out of range) exits 2 with one line
     before anything is measured.
     """
+    device = parse_device(device)
     _check_outputs(json_out, plot_out)
     method_params = parse_params(params)
     refuse_option_params(method_params, OPTION_PARAMS)

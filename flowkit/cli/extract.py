@@ -14,11 +14,12 @@ from rich.console import Console
 from .. import distributed
 from ..errors import EngineError, FlowkitError
 from ..extract import ExtractConfig, ExtractSummary, extract
-from ..flow import check_engine_params, list_engines
+from ..flow import check_engine_params, engine_parameters, list_engines
 from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_list, scan_videos
 from ..progress import Progress, StopFlag
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import BACKENDS, backend_option, parse_params, parse_size, refuse_option_params
+from .options import (BACKENDS, backend_option, parse_device, parse_params, parse_size,
+                      refuse_option_params)
 from .progress import RichProgress, stop_on_signals
 
 
@@ -99,15 +100,24 @@ OPTION_PARAMS = {
 }
 
 
-def _check_params(method: str, params: dict) -> None:
-    """Engine parameters typed and range-checked from the engine's Params dataclass before any
-    file is touched (flowkit.flow.check_engine_params); a key that has its own option
-    (:data:`OPTION_PARAMS`) is refused naming the option."""
+def _engine_params(method: str, params: dict, weights: str | None) -> dict:
+    """The engine's parameters: the ``--param`` ones and ``--weights``, typed and range-checked
+    together from the engine's Params dataclass before any file is touched
+    (flowkit.flow.check_engine_params): the checkpoint decides what else is valid (costvolume's
+    ``layer`` belongs to the learned features ``--weights`` selects). A ``--param`` key that has
+    its own option (:data:`OPTION_PARAMS`) is refused naming the option."""
     refuse_option_params(params, OPTION_PARAMS)
+    if weights:
+        takes = [n for n in list_engines() if "weights" in engine_parameters(n)]
+        if method not in takes:
+            raise FlowkitError(f"--weights: engine {method!r} takes no checkpoint (only "
+                               f"{', '.join(takes)} do); drop --weights")
+        params = {**params, "weights": weights}
     try:
         check_engine_params(method, params, options=OPTION_PARAMS)
     except EngineError as exc:
         raise FlowkitError(f"--param: {exc}") from None
+    return params
 
 
 def _print_summary(console: Console, summary) -> None:
@@ -243,15 +253,13 @@ def command(video_dir, store, method, backward, params, weights, device, backend
             raise click.UsageError(f"--lossless chooses both codecs (float16 flow, raw RGB); "
                                    f"drop {' and '.join(given)} or --lossless")
         flow_codec, rgb_codec = "float16", "raw"
-    engine_params = parse_params(params)
-    _check_params(method, engine_params)
-    if weights:
-        engine_params["weights"] = weights
+    engine_params = _engine_params(method, parse_params(params), weights)
     config = ExtractConfig(method=method, backward=backward, engine_params=engine_params,
-                           device=device, backend=backend, compile=compile, size=parse_size(size),
-                           step=step, max_frames=max_frames, flow_codec=flow_codec,
-                           rgb_codec=rgb_codec, rgb=rgb, batch=batch, workers=_workers(workers),
-                           redo=tuple(redo), redo_mismatched=redo_mismatched,
+                           device=parse_device(device), backend=backend, compile=compile,
+                           size=parse_size(size), step=step, max_frames=max_frames,
+                           flow_codec=flow_codec, rgb_codec=rgb_codec, rgb=rgb, batch=batch,
+                           workers=_workers(workers), redo=tuple(redo),
+                           redo_mismatched=redo_mismatched,
                            max_memory=_bytes(max_memory))
     scan_notes: list[str] = []
     items, classes = _items(video_dir, split_list, class_index, scan_notes)

@@ -1,7 +1,8 @@
-"""Option parsers shared by the commands: engine parameters and frame sizes."""
+"""Option parsers shared by the commands: engine parameters, devices and frame sizes."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, Mapping
 
 import click
@@ -64,3 +65,13 @@ def parse_size(text: str | None) -> int | tuple[int, int] | None:
         return parse(text)
     except FlowkitError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
+
+
+def parse_device(text: str) -> str:
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, checked before anything is read or created
+    (a click error, exit 2); whether CUDA is there is the engine's check
+    (:class:`~flowkit.flow.base.FlowEngine`)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise click.BadParameter(f"expected cpu, cuda or cuda:N, got {text!r}",
+                                 param_hint="--device")
+    return text

@@ -98,7 +98,16 @@ class FlowEngine:
         return check_params(cls.Params, fields, cls.name)
 
     def __init__(self, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):  # torch's message lists twenty device types
+            raise EngineError(f"engine {self.name!r}: unknown device {device!r}; use cpu, cuda or "
+                              "cuda:N") from None
+        # Engines compute on the CPU or CUDA only: another type (mps, xpu) would be accepted here
+        # and fail at the first batch, in the middle of a run.
+        if self.device.type not in ("cpu", "cuda"):
+            raise EngineError(f"engine {self.name!r}: device {device!r} is not supported; flowkit "
+                              "engines run on cpu, cuda or cuda:N")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError(f"engine {self.name!r}: device {device!r} requested but CUDA is not "
                               "available (torch.cuda.is_available() is False); use --device cpu")
@@ -122,6 +131,9 @@ class FlowEngine:
         if frames0.shape != frames1.shape:
             raise EngineError(f"frame pairs differ in shape: {tuple(frames0.shape)} vs "
                               f"{tuple(frames1.shape)}")
+        if frames0.shape[0] == 0:  # no pairs: no flow (some engines' forward cannot take none)
+            return torch.empty((0, 2, *frames0.shape[-2:]), dtype=torch.float32,
+                               device=self.device)
         with torch.no_grad():
             return self.forward(frames0.to(self.device), frames1.to(self.device))
 

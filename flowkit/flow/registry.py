@@ -44,7 +44,8 @@ def check_engine_params(name: str, params: dict, options: Iterable[str] = ()):
     """The ``Params`` of engine ``name`` for ``params`` (its fields only; execution options such as
     ``backend`` are not looked at), typed and range-checked without building the engine (no
     weights are loaded, no device is touched): :func:`flowkit.flow.params.check_params`.
-    ``options``: keywords the caller sets otherwise (a command's own options), unknown here."""
+    ``options``: keywords a command sets by options of its own (``--weights``), left out of the
+    accepted ones an unknown keyword's message lists."""
     from dataclasses import fields
 
     from .params import check_params
@@ -52,10 +53,11 @@ def check_engine_params(name: str, params: dict, options: Iterable[str] = ()):
     cls = engine_class(name)
     if cls.Params is None:
         return None
-    accepted = [p for p in engine_parameters(name) if p not in set(options)]
-    unknown = sorted(k for k in params if k not in accepted)
+    known = engine_parameters(name)
+    unknown = sorted(k for k in params if k not in known)
     if unknown:
+        listed = [p for p in known if p not in set(options)]
         raise EngineError(f"engine {name!r} has no parameter {', '.join(unknown)}; accepted: "
-                          f"{', '.join(accepted)}")
+                          f"{', '.join(listed)}")
     names = {f.name for f in fields(cls.Params)}
     return check_params(cls.Params, {k: v for k, v in params.items() if k in names}, name)
