@@ -2,6 +2,7 @@
 (kornia's template: smoke/shape, bad input, gradcheck in float64, module == function; plus recovery
 of known motion on a real photograph)."""
 import json
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from skimage import color, data
 import flowkit
 from flowkit.bench import synthetic_pairs
 from flowkit.errors import EngineError
+from flowkit.files import file_sha256
 from flowkit.flow import costvolume as cv
 
 SIZE = (64, 80)
@@ -44,6 +46,7 @@ def _errors(disp, u, v):
 
 
 # ------------------------------------------------------------------------------- cost volume
+
 
 @pytest.mark.parametrize("window,stride,dilation", [
     (0, 1, 1), (1, 1, 1), ((1, 2), 1, 1), (3, 2, 1), ((2, 1), 3, 2), (2, 1, 3)])
@@ -80,6 +83,7 @@ def test_cost_volume_matches_direct_definition():
 
 
 # ------------------------------------------------------------------------------ soft-argmax
+
 
 def test_soft_argmax_units_and_sign():
     """Candidate (iy, ix) = (0, 2) of a (1, 1) window is d = (x +1, y -1); dilation multiplies it."""
@@ -126,6 +130,7 @@ def test_subpixel_shift_better_soft_than_wta(photo, u, v):
 
 # -------------------------------------------------------------------------------- gradcheck
 
+
 def test_gradcheck_cost_volume():
     f0 = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
     f1 = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
@@ -152,6 +157,7 @@ def test_gradcheck_warped_difference_and_patch_features():
 
 # --------------------------------------------------------------------------- module == function
 
+
 def test_modules_equal_functions():
     f0, f1 = torch.randn(2, 5, 8, 9), torch.randn(2, 5, 8, 9)
     kw = dict(max_displacement=(2, 1), stride=2, dilation=2)
@@ -164,6 +170,7 @@ def test_modules_equal_functions():
 
 
 # ------------------------------------------------------------------------------------ bad input
+
 
 def test_bad_input():
     f = torch.randn(1, 3, 8, 8)
@@ -193,6 +200,7 @@ def test_bad_input():
 
 # ---------------------------------------------------------------------------- warped difference
 
+
 def test_warped_difference_sign_and_border():
     x0 = torch.rand(1, 3, 6, 7) * 100
     diff = cv.warped_difference(x0, x0 + 10, torch.zeros(1, 2, 6, 7))
@@ -219,6 +227,7 @@ def test_warped_difference_vanishes_under_true_flow():
 
 # ------------------------------------------------------------------------------------- features
 
+
 def test_patch_features_are_normalised_ncc():
     frames = torch.randint(0, 256, (2, 3, 10, 12), dtype=torch.uint8)
     feats = cv.patch_features(frames, 2)
@@ -231,6 +240,7 @@ def test_patch_features_are_normalised_ncc():
 
 
 # ------------------------------------------------------------------------------- engine
+
 
 def test_engine_registered_and_output_shape():
     assert "costvolume" in flowkit.list_engines()
@@ -268,6 +278,7 @@ def test_engine_bad_params():
 
 
 # --------------------------------------------------------------------------- learned features
+
 
 def _bn(state, name, c, gen):
     state[f"{name}.weight"] = 1 + 0.1 * torch.randn(c, generator=gen)
@@ -357,16 +368,85 @@ def test_parameters_of_the_other_feature_mode_are_refused(tmp_path):
     patch = flowkit.create_engine("costvolume").params
     assert patch == {"max_displacement": [4, 4], "stride": 1, "dilation": 1, "tau": 0.02,
                      "features": "patch", "radius": 3, "sigma": 0.0, "scale": 1.0,
-                     "weights": None, "layer": "layer1"}
+                     "weights": None, "layer": "layer1", "weights_sha256": None}
     assert flowkit.create_engine("costvolume", layer="layer1").params == patch
     assert flowkit.create_engine("costvolume", radius=2, sigma=0.5).params == dict(
         patch, radius=2, sigma=0.5)
     learned = flowkit.create_engine("costvolume", weights=str(path), max_displacement=2).params
-    assert learned == dict(patch, max_displacement=[2, 2], features="learned", weights=str(path))
+    assert learned == dict(patch, max_displacement=[2, 2], features="learned", weights=str(path),
+                           weights_sha256=file_sha256(path, 12))
     assert flowkit.create_engine("costvolume", weights=str(path), max_displacement=2, radius=3,
                                  sigma=0).params == learned
     assert flowkit.create_engine("costvolume", weights=str(path), max_displacement=2,
                                  layer="layer2").params == dict(learned, layer="layer2")
+
+
+def test_weights_are_recorded_by_absolute_path_and_content(tmp_path, monkeypatch):
+    """The path as given used to be all a store saw: a replaced file (other flow) recorded the
+    same, one file named relative or absolute recorded differently."""
+    monkeypatch.chdir(tmp_path)
+    torch.save(_tiny_resnet_state(), "w.pth")
+    relative = flowkit.create_engine("costvolume", weights="w.pth", max_displacement=2)
+    absolute = flowkit.create_engine("costvolume", weights=str(tmp_path / "w.pth"),
+                                     max_displacement=2)
+    assert relative.describe() == absolute.describe()
+    assert relative.params["weights"] == str(tmp_path / "w.pth")
+    assert relative.params["weights_sha256"] == file_sha256("w.pth", 12)
+    torch.save(_tiny_resnet_state(c=4), "w.pth")  # other weights under the same name
+    replaced = flowkit.create_engine("costvolume", weights="w.pth", max_displacement=2)
+    assert replaced.params["weights_sha256"] != relative.params["weights_sha256"]
+
+
+def _extract(videos, store, weights, *extra):
+    from conftest import run_cli
+
+    return run_cli("extract", videos, "-o", store, "--method", "costvolume", "--weights", weights,
+                   "--param", "max_displacement=2", "--no-rgb", "--workers", "1", *extra)
+
+
+def test_store_tells_weights_by_content(sample_videos, tmp_path, monkeypatch):
+    """One store, one feature extractor: a replaced weights file is refused (it used to add videos
+    silently), the same weights under another name or from another directory resume."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    torch.save(_tiny_resnet_state(), "w.pth")
+    first = _extract(sample_videos, store, "w.pth", "--max-frames", "3")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "copy.pth").write_bytes((tmp_path / "w.pth").read_bytes())
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = _extract(sample_videos, store, "copy.pth", "--max-frames", "3", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 4, again.stderr
+    monkeypatch.chdir(tmp_path)
+    torch.save(_tiny_resnet_state(c=4), "w.pth")
+    replaced = _extract(sample_videos, store, "w.pth", "--max-frames", "3")
+    assert replaced.returncode != 0
+    assert f"a file whose weights_sha256 is {file_sha256('elsewhere/copy.pth', 12)}" in \
+        replaced.stderr and "Nothing was computed" in replaced.stderr, replaced.stderr
+
+
+def test_store_written_before_weights_digests_is_refused_clearly(sample_videos, tmp_path,
+                                                                  monkeypatch):
+    """Records of an older flowkit name the weights by the path as given and keep no digest:
+    which weights made them cannot be checked. A rerun is refused naming the ways out (not
+    `--weights w.pth`, the option it already has), and --redo-mismatched recomputes them."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    torch.save(_tiny_resnet_state(), "w.pth")
+    legacy = lambda engine: dict(asdict(engine.config), weights="w.pth")  # the old record
+    with monkeypatch.context() as m:
+        m.setattr(cv.CostVolumeEngine, "params", property(legacy))
+        assert _extract(sample_videos, store, "w.pth", "--max-frames", "3").returncode == 0
+    refused = _extract(sample_videos, store, "w.pth", "--max-frames", "3")
+    assert refused.returncode != 0
+    message = refused.stderr
+    assert "recorded by path alone" in message and "--redo-mismatched" in message, message
+    assert "--weights" not in message and "Rerun with" not in message, message
+    redo = _extract(sample_videos, store, "w.pth", "--max-frames", "3", "--redo-mismatched",
+                    "--json")
+    assert redo.returncode == 0 and json.loads(redo.stdout)["done"] == 4, redo.stderr
+    resumed = _extract(sample_videos, store, "w.pth", "--max-frames", "3", "--json")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["skipped"] == 4, resumed.stderr
 
 
 def test_learned_features_bad_checkpoints(tmp_path):

@@ -146,6 +146,30 @@ def test_engine_pairs_and_clips(checkpoint):
     assert engine(clip[:2, :1], clip[1:3, :1]).shape == (2, 2, 30, 44)
 
 
+def test_engine_records_the_weights_by_absolute_path_and_digest(tmp_path, checkpoint,
+                                                                 monkeypatch):
+    """The same file named relative or absolute records alike (it used to record the path as
+    given); a store record of an older flowkit, with the relative path and the same digest, still
+    matches: the digest tells the weights, wherever the file lies now."""
+    from flowkit.store import flow_codec, rgb_codec
+    from flowkit.store.compat import Request
+
+    monkeypatch.chdir(checkpoint.parent)
+    relative = flowkit.create_engine("motionnet", weights=checkpoint.name)
+    absolute = flowkit.create_engine("motionnet", weights=str(checkpoint))
+    assert relative.describe() == absolute.describe()
+    assert relative.params["weights"] == str(checkpoint)
+    request = Request(method="motionnet", engine=absolute.describe(), size=None, step=1, rgb=False,
+                      rgb_codec=rgb_codec("raw"), flow_codec=flow_codec("float16"),
+                      param_names=("weights", "num_frames", "width"))
+    old = dict(absolute.params, weights=checkpoint.name)  # as an older flowkit recorded it
+    meta = lambda params: {"height": 8, "width": 8, "num_frames": 3, "flows": {"motionnet": {
+        "codec_spec": "float16", "engine_version": absolute.version, "params": params}}}
+    assert request.differences(meta(old)) == {}
+    other = dict(old, weights_sha256="0" * 64)  # other weights under that name
+    assert set(request.differences(meta(other))["params"][0]) == {"weights", "weights_sha256"}
+
+
 def _train_args(video_dir, out, *extra):
     return ["train-flow", "motionnet", str(video_dir), "--out", str(out), "--num-frames", "2",
             "--width", str(TINY), "--size", "64x80", "--steps-per-epoch", "2", "--batch", "2",

@@ -128,6 +128,17 @@ def test_registry_and_params():
         flowkit.create_engine("tvl1", scale_step=1.5)
 
 
+@pytest.mark.parametrize("size", [-5, -1, 2])
+def test_median_size_must_be_odd_or_none(size):
+    """A negative size used to be accepted, run as no median and recorded as given."""
+    for check in (lambda: flowkit.create_engine("tvl1", median_filtering=size),
+                  lambda: flowkit.flow.check_engine_params("tvl1", {"median_filtering": size})):
+        with pytest.raises(EngineError, match=f"median_filtering must be an odd size.*got {size}"):
+            check()
+    for none in (0, 1):
+        assert flowkit.create_engine("tvl1", median_filtering=none).params["median_filtering"] == none
+
+
 def test_bad_input():
     engine = flowkit.create_engine("tvl1")
     with pytest.raises(EngineError, match="differ in shape"):

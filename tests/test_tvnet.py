@@ -79,6 +79,27 @@ def test_shapes_batch_independence_and_bad_input(pairs):
         TVNet(scales=0)
 
 
+@pytest.mark.parametrize("bad", [dict(scales=0), dict(warps=0), dict(iterations=0), dict(tau=-1),
+                                 dict(lambda_=0), dict(theta=0), dict(zfactor=0), dict(zfactor=1)])
+def test_param_ranges_are_checked_before_any_engine_is_built(bad):
+    """The ranges are TVNetConfig's; check_engine_params (the CLI's check before any work) used to
+    accept them, so `flowkit benchmark` measured the other methods first and then lost tvnet."""
+    key = next(iter(bad))
+    with pytest.raises(EngineError, match=f"tvnet: {key} must be"):
+        flowkit.flow.check_engine_params("tvnet", bad)
+    with pytest.raises(EngineError, match=f"tvnet: {key} must be"):
+        flowkit.create_engine("tvnet", **bad)
+    flowkit.flow.check_engine_params("tvnet", {"scales": 1, "zfactor": 0.7})  # in range: fine
+
+
+def test_benchmark_refuses_a_bad_tvnet_param_before_measuring(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("benchmark", "--methods", "tvl1,tvnet", "--param", "tvnet:scales=0", "--pairs",
+                "1", "--repeats", "1", "--size", "48x64", "--json", tmp_path / "bench.json")
+    assert r.returncode == 2 and "scales must be a positive integer" in r.stderr, r.stderr + r.stdout
+
+
 def test_gradients_reach_every_parameter():
     # 40x40 with zfactor 0.5 gives a 2-level pyramid (20x20 is the last level >= 16 px).
     torch.manual_seed(0)

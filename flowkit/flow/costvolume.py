@@ -63,6 +63,7 @@ from .correlation import (_NORM_EPS, CostVolume, DisplacementMap, SoftArgmaxDisp
                           _positive_int, _window, cost_volume, displacement_map,
                           soft_argmax_displacement, window_offsets)
 from .numerics import create as create_numerics
+from .params import weights_identity
 from .registry import register_engine
 
 # ---------------------------------------------------------------------------- warped difference
@@ -393,8 +394,8 @@ class CostVolumeParams:
         set_("tau", float(tau))
         set_("scale", float(self.scale))
         set_("sigma", float(self.sigma))
-        if self.weights is not None:
-            set_("weights", os.fspath(self.weights))
+        if self.weights is not None:  # absolute: the same file records alike from any directory
+            set_("weights", os.path.abspath(os.fspath(self.weights)))
         features = self.features or ("patch" if self.weights is None else "learned")
         set_("features", features)
         if features == "patch" and self.weights is not None:
@@ -453,7 +454,8 @@ class CostVolumeEngine(FlowEngine):
             default, as ``sigma``: see :class:`CostVolumeParams`).
         sigma: Gaussian pre-smoothing (pixels of the reduced image) of ``"patch"`` features.
         scale: resolution of the computation relative to the input, in (0, 1].
-        weights: checkpoint path for ``"learned"`` features (``flowkit extract --weights CKPT``).
+        weights: checkpoint path for ``"learned"`` features (``flowkit extract --weights CKPT``);
+            recorded absolute, with ``weights_sha256`` (the content's) beside it in ``params``.
         layer: last ResNet stage used by ``"learned"`` features, one of ``conv1, bn1, relu,
             maxpool, layer1 .. layer4`` (refused with ``"patch"`` unless at its default).
         backend: ``"auto"`` (the CuPy correlation and soft-argmax kernels on CUDA when CuPy
@@ -477,10 +479,14 @@ class CostVolumeEngine(FlowEngine):
         self.features, self.layer, self.weights = p.features, p.layer, p.weights
         self.extractor = (FeatureExtractor(self.weights, p.layer).to(self.device)
                           if p.features == "learned" else None)
+        # The content's digest, recorded beside the path: a store tells a replaced file apart.
+        self.digest = None if self.weights is None else weights_identity(self.weights)[1]
 
     @property
     def params(self) -> dict:
-        return asdict(self.config)
+        """The :class:`CostVolumeParams` and ``weights_sha256``, the first 12 hex digits of the
+        weights file's SHA-256 (None with patch features)."""
+        return dict(asdict(self.config), weights_sha256=self.digest)
 
     def _describe_frames(self, frames: torch.Tensor) -> torch.Tensor:
         if self.extractor is None:

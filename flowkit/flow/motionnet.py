@@ -63,9 +63,9 @@ import torch.nn.functional as F
 
 from .. import checkpoints
 from ..errors import EngineError
-from ..files import file_sha256
 from . import ops
 from .base import FlowEngine
+from .params import weights_identity
 from .registry import register_engine
 
 #: Encoder widths conv1, conv1_1, ..., conv6, conv6_1 (docs/architecture.md, "Reference facts").
@@ -492,7 +492,9 @@ class MotionNetEngine(FlowEngine):
                                   f"checkpoint's")
         self.net = model_from_checkpoint(ckpt, self.weights).to(self.device).eval()
         self.window_batch = max(1, int(window_batch))
-        self._sha256 = file_sha256(self.weights)
+        # All 64 digits (as motionnet always recorded them); the path made absolute.
+        path, self._sha256 = weights_identity(self.weights, digits=None)
+        self.weights = Path(path)
         self.trained = {k: ckpt.get(k) for k in ("epoch", "step", "loss")}
 
     @property

@@ -7,7 +7,7 @@ given as keywords or on the command line (``--param warps=3``) against those ann
 string or a fractional number where an integer belongs is one clear :class:`ParameterError`
 instead of a ``TypeError`` deep inside the numerics. Ranges (``warps >= 1``, ``0 < scale_step <
 1``) stay where they are declared: each dataclass's ``__post_init__``, which :func:`check_params`
-runs.
+runs. :func:`weights_identity` is what an engine records of the weights file it loads.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineError
+from ..files import file_sha256
 
 
 class ParameterError(EngineError):
@@ -70,6 +71,15 @@ def check_params(params_class: type, values: dict[str, Any], engine: str):
         return params_class(**typed)
     except TypeError as exc:  # an unknown field, or a range check that met an unexpected value
         raise EngineError(f"engine {engine!r}: {exc}") from None
+
+
+def weights_identity(path: str | os.PathLike, digits: int | None = 12) -> tuple[str, str]:
+    """What an engine records of the weights file it loaded (``params["weights"]`` and
+    ``params["weights_sha256"]``): ``(absolute path, SHA-256 of the content)``, the first
+    ``digits`` hex digits of it (None: all). The path alone would tell a store neither a replaced
+    file (same name, other weights) nor the same file named relative or absolute apart."""
+    path = os.path.abspath(os.fspath(path))
+    return path, file_sha256(path, digits)
 
 
 def coerce_value(annotation: Any, value: Any) -> tuple[bool, Any]:
@@ -134,4 +144,5 @@ def describe_annotation(annotation: Any) -> str:
     return _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
-__all__ = ["ParameterError", "typed_params", "check_params", "coerce_value", "describe_annotation"]
+__all__ = ["ParameterError", "typed_params", "check_params", "coerce_value", "describe_annotation",
+           "weights_identity"]

@@ -67,8 +67,10 @@ class TVL1Params:
             raise EngineError(f"tvl1: scale_step must be in (0, 1), got {self.scale_step}")
         if self.epsilon < 0:
             raise EngineError(f"tvl1: epsilon must be >= 0, got {self.epsilon}")
-        if self.median_filtering > 1 and self.median_filtering % 2 == 0:
-            raise EngineError(f"tvl1: median_filtering must be odd (or 0/1 for none), got "
+        # A negative size used to run as "no median" and be recorded as given: refused instead.
+        if self.median_filtering < 0 or (self.median_filtering > 1
+                                         and self.median_filtering % 2 == 0):
+            raise EngineError(f"tvl1: median_filtering must be an odd size (or 0/1 for none), got "
                               f"{self.median_filtering}")
 
 

@@ -41,9 +41,9 @@ from torch import nn
 
 from .. import checkpoints
 from ..errors import EngineError
-from ..files import file_sha256
 from . import numerics, ops, primal_dual, tvl1
 from .base import FlowEngine
+from .params import weights_identity
 from .registry import register_engine
 
 TRAIN_HINT = "train them with `flowkit train-flow tvnet --out CKPT`"
@@ -255,6 +255,12 @@ class TVNetParams:
     zfactor: float | None = None
     weights: str | None = None
 
+    def __post_init__(self):
+        # The ranges are TVNetConfig's: checked here too, with the defaults for the values not
+        # given, so that check_engine_params refuses them before any engine is built (a
+        # checkpoint's own config is checked when it is loaded).
+        TVNetConfig(**self.requested())
+
     def requested(self) -> dict:
         """The architecture values given (not None)."""
         return {f.name: getattr(self, f.name) for f in fields(TVNetConfig)
@@ -282,15 +288,12 @@ class TVNetEngine(FlowEngine):
         super().__init__(device)
         request = self.make_params(params, fields)
         requested = request.requested()
-        weights = request.weights
-        self.weights = None if weights is None else os.path.abspath(os.fspath(weights))
-        self.epoch = None
-        if self.weights is None:
+        self.weights = self.digest = self.epoch = None
+        if request.weights is None:
             self.net = TVNet(**requested)
-            self.digest = None
         else:
-            self.net, ckpt = tvnet_from_checkpoint(self.weights, **requested)
-            self.digest = file_sha256(self.weights, 12)
+            self.net, ckpt = tvnet_from_checkpoint(request.weights, **requested)
+            self.weights, self.digest = weights_identity(request.weights)
             self.epoch = ckpt.get("epoch")
         self.net.to(self.device).eval().requires_grad_(False)
         self.net.set_numerics(numerics.create(backend, self.device))

@@ -85,14 +85,25 @@ class Request:
         return out
 
     def _engine_differences(self, flow: dict) -> dict[str, tuple[Any, Any]]:
-        """The engine version and parameters of a stored flow's record against this run's."""
+        """The engine version and parameters of a stored flow's record against this run's. A
+        weights file counts by its content (``weights_sha256``), not its path; a record that
+        names one by path alone (an older flowkit's) is ``weights_unchecked``: no run matches it."""
         out: dict[str, tuple[Any, Any]] = {}
         if str(flow.get("engine_version")) != str(self.engine["version"]):
             out["engine_version"] = (flow.get("engine_version"), self.engine["version"])
         requested = _plain(self.engine["params"])
         params = _plain(flow.get("params", {}))
-        changed = sorted(k for k in set(params) | set(requested)
-                         if params.get(k) != requested.get(k))
+        changed = {k for k in set(params) | set(requested) if params.get(k) != requested.get(k)}
+        digest = params.get("weights_sha256")
+        if digest is not None and digest == requested.get("weights_sha256"):
+            changed.discard("weights")  # the same weights, wherever the file lies now
+        elif params.get("weights") is not None and digest is None \
+                and requested.get("weights_sha256") is not None:
+            # Recorded by an older flowkit by path alone: the weights behind it cannot be checked
+            # (the file may have been replaced since), and no option would make the run fit.
+            out["weights_unchecked"] = (params["weights"], requested.get("weights"))
+            changed -= {"weights", "weights_sha256"}
+        changed = sorted(changed)
         if changed:
             out["params"] = ({k: params.get(k) for k in changed},
                              {k: requested.get(k) for k in changed})
@@ -138,7 +149,13 @@ class Comparison:
         if "flow_codec" in self.differing:
             opts.append(f"--flow-codec {self.stored['flow_codec'][0]}")
         for option in ("params", "pair_params"):
-            for key, value in self.stored.get(option, [{}])[0].items():
+            stored = self.stored.get(option, [{}])[0]
+            for key, value in stored.items():
+                if key == "weights_sha256" and value and "weights" not in stored:
+                    # same path, other content: the file was replaced since
+                    opts.append(f"--weights FILE (a file whose weights_sha256 is {value}; "
+                                f"{self.request.engine['params'].get('weights')} holds other "
+                                "weights now)")
                 if key not in self.request.param_names:
                     continue
                 if key == "weights":
@@ -171,21 +188,25 @@ class Comparison:
         dropped = " and ".join(o.removeprefix("no ") for o in opts if o.startswith("no "))
         match = " ".join(filter(None, [given and f"with {given}",
                                       dropped and f"{'and ' if given else ''}without {dropped}"]))
-        fix = f"Rerun {match} to extend this store" if match else "Rerun with the store's options"
+        fix = f"Rerun {match} to extend this store, " if match else \
+            "Rerun with the store's options, "
+        if any(o.endswith("weights_unchecked") for o in self.differing):
+            fix = ""  # no option matches weights that cannot be checked: recompute or a new store
         head = f"store {self.store} was made with other options: {'; '.join(parts)}. "
         if self.reference:
             return (head + "None of this run's videos is in the store, so --redo-mismatched "
                     "would not change those videos (it recomputes only this run's) and the store "
-                    f"would mix both kinds. Nothing was computed. {fix}, write a new store (-o "
-                    "NEW_STORE), or run over the store's videos too (their VIDEO_DIR) with "
-                    "--redo-mismatched to recompute them all with the new options")
+                    f"would mix both kinds. Nothing was computed. "
+                    f"{_capitalize(fix + 'write')} a new store (-o NEW_STORE), or run over the "
+                    "store's videos too (their VIDEO_DIR) with --redo-mismatched to recompute "
+                    "them all with the new options")
         pair = ""
         if any(option.startswith("pair_") for option in self.differing):
             pair = (f"; flow/{self.request.other_direction} keeps its parameters until it is "
                     "recomputed the same way")
-        return (head + f"Nothing was computed. {fix}, add --redo-mismatched to recompute those "
-                f"videos with the new options (replacing what the store holds for them{pair}), "
-                "or write a new store (-o NEW_STORE)")
+        return (head + f"Nothing was computed. {_capitalize(fix + 'add')} --redo-mismatched to "
+                f"recompute those videos with the new options (replacing what the store holds "
+                f"for them{pair}), or write a new store (-o NEW_STORE)")
 
     def _foreign_message(self) -> str:
         engine, backend = self.foreign
@@ -213,7 +234,10 @@ class Comparison:
 _LABELS = {"size": "frame size", "step": "frame step", "max_frames": "frames cut at (--max-frames)",
            "rgb_codec": "rgb codec",
            "flow_codec": "flow codec", "engine_version": "engine version",
-           "params": "engine parameters"}
+           "params": "engine parameters",
+           "weights_unchecked": "weights file (recorded by path alone by an older flowkit, "
+                                "with no digest of its content: whether the file asked for holds "
+                                "the same weights cannot be told)"}
 
 
 def compare_with_store(store, keys: Iterable[str], request: Request,
@@ -273,6 +297,10 @@ def _size_option(metas: Iterable[dict]) -> str:
                 return "no --size"
             return f"--size {size}" if isinstance(size, int) else f"--size {size[0]}x{size[1]}"
     return ""  # the store mixes sizes: no single --size matches all of it
+
+
+def _capitalize(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _show(option: str, value: Any) -> str:
