@@ -416,6 +416,7 @@ def test_import_labels_from_a_kinetics_csv(exported, tmp_path):
 
 # ------------------------------------------------------------------------------ backward flow
 
+
 def test_backward_flow_round_trips_as_denseflows_m1_files(source_store, tmp_path):
     """flow/tvl1_backward -> flow_{x,y}_m1_* numbered by the frame each pair starts from (pair t,
     frame t + 1 -> t, is file start + t + 1) -> flow/tvl1_backward, pair for pair."""
@@ -493,6 +494,7 @@ def test_import_denseflow_backward_h5_beside_forward_and_added_later(tmp_path):
 
 
 # ------------------------------------------------------------------------------ resume, keys, walk
+
 
 def test_import_adds_what_the_store_lacks_and_skips_the_rest(exported, tmp_path):
     """--no-flow, then a plain import: the flow is added (the store's RGB kept); --no-rgb, then a

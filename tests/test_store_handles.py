@@ -28,6 +28,7 @@ def _write(store, count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # ----------------------------------------------------------------------------- threads
 
+
 def test_a_thread_never_closes_the_file_another_thread_is_reading(store, monkeypatch):
     """With one LRU for all threads, a thread opening a video evicted and closed the handle of
     the video another thread was reading: a healthy video read as damaged."""
@@ -100,6 +101,7 @@ def test_a_threads_files_close_when_it_ends(store):
 
 
 # ----------------------------------------------------------------------------- replaced files
+
 
 def test_a_flow_added_by_another_process_is_read_through_a_long_lived_store(store):
     """A store that had the video open before another process committed a new flow into it

@@ -55,6 +55,7 @@ def metrics_lines(run_dir):
 
 # ----------------------------------------------------------------------------------------- metrics
 
+
 def test_topk_accuracy_hand_computed():
     scores = np.array([[0.1, 0.7, 0.2, 0.0],    # label 1: top-1
                        [0.5, 0.2, 0.3, 0.0],    # label 2: 2nd
@@ -97,6 +98,7 @@ def test_confusion_matrix_and_mean_class_accuracy():
 
 
 # ----------------------------------------------------------------------------------------- schedule
+
 
 def test_lr_factor_warmup_cosine_step_constant():
     kw = dict(total_steps=10, warmup_steps=2)
@@ -146,6 +148,7 @@ def test_segment_clips_sampler_matches_centre_segments():
 
 # ----------------------------------------------------------------------------------------- config
 
+
 def test_merge_for_resume_allows_only_resumable_changes(tmp_path):
     saved = tiny_config(tmp_path)
     assert merge_for_resume(saved, {"epochs": 5, "lr": 0.05}).epochs == 5
@@ -156,6 +159,7 @@ def test_merge_for_resume_allows_only_resumable_changes(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
+
 
 def test_checkpoint_round_trip(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
@@ -184,6 +188,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- training
+
 
 def assert_same_run(a, b):
     sa = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
@@ -329,6 +334,7 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tiny_store, tmp_pat
 
 
 # ----------------------------------------------------------------------------------------- evaluation
+
 
 class MeanFlowModel(torch.nn.Module):
     """Logits = (mean u, mean v, 0) of each view: views differ, so averaging is visible."""
@@ -584,6 +590,7 @@ def test_a_copy_of_the_training_store_is_not_held_out(tiny_store, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- options
+
 
 def test_split_lists_segments_and_init(tiny_store, tmp_path):
     """UCF101 split lists, TSN segments (training and multi-view testing), --init weights."""
