@@ -174,7 +174,10 @@ def sample_specs(
 ) -> list[SampleSpec]:
     """The specs :func:`make_sample_videos` renders, for callers that want the true motion.
 
-    Raises :class:`FlowkitError` for fewer than one frame or a negative seed."""
+    Raises :class:`FlowkitError` for fewer than one frame, a negative seed or a class listed
+    twice (its videos would share names: the second overwrites the first)."""
+    if len(set(classes)) != len(tuple(classes)):
+        raise FlowkitError(f"a sample class is listed twice: {', '.join(classes)}")
     if isinstance(frames, bool) or int(frames) != frames or frames < 1:
         raise FlowkitError(f"frames must be a whole number >= 1, got {frames}")
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
@@ -232,6 +235,8 @@ def make_sample_videos(
     video's true motion. Speeds are 1-3 px/frame.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise FlowkitError(f"{root} exists and is not a folder")
     specs = sample_specs(classes=classes, videos_per_class=videos_per_class, frames=frames, size=size,
                          seed=seed)
     return [write_video(root / spec.class_name / spec.filename, render_sample(spec), fps=fps) for spec in specs]

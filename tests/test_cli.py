@@ -64,6 +64,17 @@ def test_samples_rejects_unknown_class(tmp_path):
     assert not list(tmp_path.rglob("*.mp4"))
 
 
+def test_samples_refuses_a_class_twice_and_a_file_for_its_folder(tmp_path):
+    """A class listed twice wrote its videos twice under one name (4 said, 2 on disk, the specs
+    naming the overwritten ones); a file for OUT_DIR failed with a traceback."""
+    r = run_cli("samples", tmp_path / "v", "--classes", "pan_left,pan_left", "--frames", "2")
+    assert r.returncode == 2 and "listed twice" in r.stderr
+    (tmp_path / "file").write_text("")
+    r = run_cli("samples", tmp_path / "file", "--classes", "pan_left", "--frames", "2")
+    assert r.returncode == 2 and "exists and is not a folder" in r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.rglob("*.mp4"))
+
+
 # ----------------------------------------------------------------------------- extract
 
 

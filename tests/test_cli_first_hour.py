@@ -148,17 +148,27 @@ def test_show_checks_the_output_format_before_reading(tiny_store, tmp_path):
     missing = one_line_error(run_cli("show", tiny_store, "right/right_0", "-o",
                                      tmp_path / "nodir" / "x.png"))
     assert "does not exist" in missing
+    for name in ("a.mp4", "a.png"):  # a folder in the way: the mp4 failed after reading
+        (tmp_path / name).mkdir()
+        line = one_line_error(run_cli("show", tiny_store, "right/right_0", "-o", tmp_path / name))
+        assert "is a folder; name a file" in line
 
 
 @pytest.mark.parametrize("args, expected", [(["--plot", "nodir/p.png"], "does not exist"),
                                             (["--plot", "p.pdf"], "name it .png"),
-                                            (["--json", "nodir/r.json"], "does not exist")])
+                                            (["--json", "nodir/r.json"], "does not exist"),
+                                            (["--json", "taken"], "is a folder"),
+                                            (["--plot", "taken.png"], "is a folder")])
 def test_benchmark_checks_its_outputs_before_measuring(tmp_path, monkeypatch, args, expected):
+    """Before measuring: an output that cannot be written failed with a traceback after the whole
+    run (a folder of that name in the way), its results lost."""
     monkeypatch.chdir(tmp_path)
+    if args[1].startswith("taken"):
+        (tmp_path / args[1]).mkdir()
     line = one_line_error(run_cli("benchmark", "--methods", "tvl1", "--pairs", "1", "--size",
                                   "32x32", "--repeats", "1", *args))
     assert expected in line and args[0] in line
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == [args[1]] * args[1].startswith("taken")
 
 
 # ------------------------------------------------------------------ 2. options vs an existing store

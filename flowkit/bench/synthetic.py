@@ -17,8 +17,10 @@ i])``, so it does not depend on ``n``. Kinds (pair i has kind ``kinds[i % len(ki
                  On small frames the amplitudes are scaled down so that the field stays invertible
                  (``MAX_GRADIENT``, below).
 ``translation``  a rigid sub-pixel translation, 0.3-4 px in a random direction.
-``affine``       rotation and zoom about a random centre plus a translation of up to 2 px per
-                 component, scaled so that the largest displacement in the frame is 3-8 px.
+``affine``       rotation and zoom about a random centre (scaled to 3-8 px at the farthest corner
+                 by an upper bound, so often less; at most 0.08 rad and 8% zoom) plus a translation
+                 of up to 2 px per component: the largest displacement in a 128x160 frame is
+                 2.7-7.2 px in 90% of fields (1.5-9.8 px over 2000 draws).
 ``small``        a smooth field (as ``smooth``) bounded by 1.35 px per component, so |flow| < 2 px.
 ``large``        a translation of 6.5-13.5 px plus a smooth field bounded by 1 px per component, so
                  5 px < |flow| < 15 px everywhere.
@@ -276,7 +278,8 @@ def _sinusoids(rng: np.random.Generator, height: int, width: int, bound: float, 
 
 
 def _rotation_zoom(rng: np.random.Generator, height: int, width: int) -> FlowField:
-    """x -> c + z R(theta) (x - c) + t, scaled so that the largest displacement in the frame is 3-8 px."""
+    """x -> c + z R(theta) (x - c) + t, the rotation and zoom scaled to 3-8 px at the farthest
+    corner by an upper bound (the module docstring says what the displacement comes to)."""
     cx, cy = rng.uniform(0, width - 1), rng.uniform(0, height - 1)
     theta = rng.uniform(-1.0, 1.0)
     dz = rng.uniform(-1.0, 1.0)

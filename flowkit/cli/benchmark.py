@@ -18,7 +18,8 @@ from rich.table import Table
 from ..bench import harness
 from ..errors import FlowkitError
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import BACKENDS, backend_option, parse_device, parse_params, refuse_option_params
+from .options import (BACKENDS, backend_option, check_output_file, parse_device, parse_params,
+                      refuse_option_params)
 from .progress import RichProgress
 
 DEFAULT_METHODS = harness.DEFAULT_METHODS
@@ -87,8 +88,8 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
         ax.annotate(f"{r['method']} ({r['device']})", (r["pairs_per_s"], r["epe"]),
                     textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -12), fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.15)  # room above the top point for its label, below the title
     ax.set_ylim(bottom=0)
-    ax.margins(x=0.15)
     ax.set_xlabel("pairs / s (log scale)")
     ax.set_ylabel("mean end-point error (px)")
     if results:
@@ -108,9 +109,8 @@ def plot_results(results: list[dict[str, Any]], path: str | Path) -> Path:
 def _check_outputs(json_out: str | None, plot_out: str | None) -> None:
     """Before measuring anything: the output files can be written where asked."""
     for option, out in (("--json", None if json_out == "-" else json_out), ("--plot", plot_out)):
-        if out and not Path(out).parent.is_dir():
-            raise FlowkitError(f"{option} {out}: folder {Path(out).parent} does not exist; create "
-                               "it first")
+        if out:
+            check_output_file(option, out)
     if plot_out and Path(plot_out).suffix.lower() != ".png":
         raise FlowkitError(f"--plot {plot_out}: the plot is a PNG image; name it .png")
 
@@ -193,10 +193,10 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
     m = results[0]["machine"]
     load = max((v for v in (m["loadavg_1m"], m["loadavg_1m_end"]) if v is not None), default=None)
     if load is not None and m["cores"] and load > 0.5 * m["cores"]:
+        advice = "" if threads else "; try --threads 1 for a like-for-like comparison"
         console.print(f"note: load average up to {load} on {m['cores']} cores during the run: other "
                       "processes compete for the CPU, the timings are low (multi-threaded torch "
-                      "suffers most; try --threads 1 for a like-for-like comparison)",
-                      highlight=False)
+                      f"suffers most{advice})", highlight=False)
     if json_out == "-":
         click.echo(json.dumps(results, indent=2, allow_nan=False))
     elif json_out:

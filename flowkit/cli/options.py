@@ -1,11 +1,15 @@
-"""Option parsers shared by the commands: engine parameters, devices and frame sizes."""
+"""Option parsers shared by the commands: engine parameters, devices, frame sizes and output
+files."""
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import click
+
+from ..errors import FlowkitError
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict:
@@ -48,8 +52,6 @@ def refuse_option_params(params: Mapping[str, Any],
     Raises:
         FlowkitError: one line (the CLI exits 2).
     """
-    from ..errors import FlowkitError
-
     for key, value in params.items():
         name = key.rpartition(":")[2]
         if name in options:
@@ -75,3 +77,13 @@ def parse_device(text: str) -> str:
         raise click.BadParameter(f"expected cpu, cuda or cuda:N, got {text!r}",
                                  param_hint="--device")
     return text
+
+
+def check_output_file(option: str, path: str | Path) -> None:
+    """Before any work: ``path`` can be written as a file, its folder existing and no folder of
+    that name in the way (the write at the end would fail with a traceback, the work lost)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FlowkitError(f"{option} {path}: folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise FlowkitError(f"{option} {path} is a folder; name a file")

@@ -12,6 +12,7 @@ from ..store import FlowStore
 from ..video import write_video
 from ..viz import flow_grid, robust_max_flow
 from . import handle_errors, summary
+from .options import check_output_file
 
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 
@@ -30,8 +31,7 @@ def _pick_flow(store: FlowStore, key: str, name: str | None) -> str:
 def _check_output(out: Path) -> None:
     """Before reading anything: the folder exists and the extension is a picture or video
     format this machine can write."""
-    if not out.parent.is_dir():
-        raise FlowkitError(f"-o {out}: folder {out.parent} does not exist; create it first")
+    check_output_file("-o", out)
     if out.suffix.lower() in _VIDEO_SUFFIXES:
         return
     import cv2
