@@ -213,10 +213,11 @@ def assert_tvl1_flows_agree(got: torch.Tensor, want: torch.Tensor, border: int =
     percentile 1.7e-3 px, max 0.013 px 4 px away from the border, but 2.29 px at 3 pixels of the
     top row. The band grows with the pyramid: at the coarsest of OpenCV's 5 levels (0.8^4 = 0.41 of
     the frame) the taps reach 2 / 0.41 = 4.9 px of the frame beyond ``x + u``, hence ``border`` 6.
-    At OpenCV's defaults (tests/test_numerics.py, frames made with OpenCV 5.1's resize and remap):
-    mean 0.0068 px, 0.75% over 0.1 px, 99th percentile 0.078 px, 0.089 px 6 px inside, but 1.1 px
-    at 3 pixels 4 px inside (the bound was 4 px until these frames, OpenCV 4's, moved them) and 6.9
-    px at the border. What tells a real disagreement: on ``photo_pair`` a 3x3 instead of a 5x5
+    At OpenCV's defaults (tests/test_numerics.py, whose frames OpenCV's resize and remap make, so
+    they differ a little by OpenCV build and CPU): with OpenCV 5.1.0 on an AVX-512 AMD EPYC, mean
+    0.0068 px, 0.75% over 0.1 px, 99th percentile 0.078 px, 0.089 px 6 px inside, but 1.1 px at 3
+    pixels 4 px inside and 6.9 px at the border (the bound was 4 px; OpenCV 4.14 on the same
+    machine, and earlier machines with 5.1.0, stayed within it). What tells a real disagreement: on ``photo_pair`` a 3x3 instead of a 5x5
     median, lambda 0.14 instead of 0.15, or 20 instead of 30 inner iterations differ by 0.90-2.0 px
     6 px inside (emulation: 0.040 px); on the 48x64 frames of tests/test_numerics.py at OpenCV's
     defaults the interior moves less (0.10-0.13 px, but 2.7 px for 20 iterations) and the mean
