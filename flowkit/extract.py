@@ -762,13 +762,29 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
             with contextlib.suppress(OSError):
                 w.conn.send(None)
     finally:
-        for w in workers:
-            w.process.join(_EXIT_WAIT_S)
-            if w.process.exitcode is None:
-                w.process.kill()
-                w.process.join()
-            w.conn.close()
-            _remove_leftovers(w, store, config)
+        _end_workers(workers, store, config)
+
+
+def _end_workers(workers: list[_Worker], store: FlowStore, config: ExtractConfig) -> None:
+    """Wait for each worker to exit (killed after :data:`_EXIT_WAIT_S`) and remove the claim and
+    partial file it held. A second Ctrl-C meanwhile ("stop now": :class:`Stopped` from the signal
+    handler) kills the workers still running instead of waiting, and is raised once every
+    worker's leftovers are removed: raised from a join, it skipped them all, and the claims then
+    held the videos from other hosts for 10 minutes."""
+    now: BaseException | None = None
+    for w in workers:
+        try:
+            if now is None:
+                w.process.join(_EXIT_WAIT_S)
+        except KeyboardInterrupt as exc:
+            now = exc
+        if w.process.exitcode is None:
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+        _remove_leftovers(w, store, config)
+    if now is not None:
+        raise now
 
 
 def _remove_leftovers(w: _Worker, store: FlowStore, config: ExtractConfig) -> None:

@@ -624,7 +624,10 @@ class _Feeder:
         if batch.runs:
             try:
                 flow, ready = self._compute(batch.runs)
-            except VIDEO_ERRORS as exc:
+            # Any error: the batch is detached from the feeder, so its videos must fail here or
+            # be lost without a result (out of memory is a MemoryError, an engine's bug a
+            # TypeError: each fails its videos, one line each, as VIDEO_ERRORS do).
+            except Exception as exc:  # noqa: BLE001
                 jobs = list(dict.fromkeys(job for job, _ in batch.runs))
                 cause = (f"engine failed on a batch of {batch.pairs} pairs "
                          f"({type(exc).__name__}: {exc})")

@@ -253,6 +253,42 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(video_dir, tmp_path)
     assert not _finished(store)
 
 
+def test_ctrl_c_again_while_the_workers_stop_still_removes_their_claims(video_dir, tmp_path):
+    """Ctrl-C again ("stop now") while the run waits for its terminated workers: the second
+    Stopped, raised out of the first join, skipped removing every worker's claim and partial
+    file, and the claims kept those videos from other hosts for 10 minutes. Deterministic: a
+    sitecustomize in the run sends the second SIGINT from inside that first join."""
+    site = tmp_path / "second_ctrl_c"
+    site.mkdir()
+    sent = tmp_path / "sent"
+    (site / "sitecustomize.py").write_text(
+        "import multiprocessing, os, signal, sys, threading, time\n"
+        "if '--multiprocessing-fork' not in sys.argv:  # the run itself, not a worker\n"
+        "    import multiprocessing.process as mpp\n"
+        "    join = mpp.BaseProcess.join\n"
+        "    def join_then_ctrl_c(self, timeout=None):\n"
+        "        if threading.current_thread() is threading.main_thread() and \\\n"
+        f"                not os.path.exists({str(sent)!r}):\n"
+        f"            open({str(sent)!r}, 'w').close()\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "            time.sleep(0.05)\n"
+        "        return join(self, timeout)\n"
+        "    mpp.BaseProcess.join = join_then_ctrl_c\n")
+    store = tmp_path / "store"
+    run = Run(_command(video_dir, store, workers=2), tmp_path, "ctrl_c_twice",
+              env={"PYTHONPATH": str(site)})
+    try:
+        _wait_for(run, store, "both workers mid-video", lambda fin, par: len(par) >= 2)
+        os.kill(run.proc.pid, signal.SIGINT)  # the first Ctrl-C; the second comes from the join
+        rc = run.wait(120)
+        stderr = run.stderr()
+    finally:
+        run.cleanup()
+    assert sent.exists(), "the second Ctrl-C was not sent: nothing was tested"
+    assert rc == 130, stderr[-3000:]
+    assert not _claims(store) and not _partials(store), _claims(store) + _partials(store)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_exits_143_and_workers_die_with_the_parent(video_dir, tmp_path, workers):
     """SIGTERM to the parent only (what `timeout`, Kubernetes and `kill PID` send): a message, exit

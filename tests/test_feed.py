@@ -61,19 +61,20 @@ class MemoryVideos:
 class RecordingEngine:
     """A real TV-L1 engine that logs every call's batch size (and can fail chosen calls)."""
 
-    def __init__(self, fail_calls=()):
+    def __init__(self, fail_calls=(), error=RuntimeError("CUDA out of memory (simulated)")):
         self.engine = flowkit.create_engine("tvl1", **CHEAP)
         self.device = self.engine.device
         self.calls: list[int] = []
         self.fail_calls = set(fail_calls)
+        self.error = error
 
     def describe(self):
         return self.engine.describe()
 
     def __call__(self, f0, f1):
         self.calls.append(f0.shape[0])
-        if len(self.calls) - 1 in self.fail_calls:
-            raise RuntimeError("CUDA out of memory (simulated)")
+        if len(self.calls) - 1 in self.fail_calls:  # a new one: a raised one keeps its frames
+            raise type(self.error)(*self.error.args)
         return self.engine(f0, f1)
 
 
@@ -167,6 +168,23 @@ def test_an_engine_error_fails_the_videos_of_that_batch(tmp_path):
     assert "engine failed on a batch of 4 pairs" in results["b"].reason
     assert "out of memory" in results["c"].reason
     assert sorted(store.keys()) == ["a", "d"] and not store.partials()
+
+
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 1.2 GiB for an array"),
+                                   TypeError("an engine's bug")], ids=["MemoryError", "TypeError"])
+@pytest.mark.parametrize("fail_call", [1, 2], ids=["middle-batch", "last-batch"])
+def test_any_engine_error_fails_the_videos_of_its_batch(tmp_path, error, fail_call):
+    """Not only the listed video errors: numpy's out of memory (a MemoryError) or an engine's
+    TypeError lost a video of the batch without a result and left its partial file, and from the
+    last batch (the final flush) ended the run with a traceback."""
+    videos = MemoryVideos({k: _frames(4, i) for i, k in enumerate("abcd")})
+    # batch 4: call 0 = a(3) + b(1), call 1 = b(2) + c(2), call 2 = c(1) + d(3)
+    store, _, results = _run(tmp_path, videos, engine=RecordingEngine({fail_call}, error), batch=4)
+    failed = {1: {"b", "c"}, 2: {"c", "d"}}[fail_call]
+    assert {k: r.status for k, r in results.items()} == {
+        k: "failed" if k in failed else "done" for k in "abcd"}
+    assert all(f"{type(error).__name__}: {error}" in results[k].reason for k in failed)
+    assert sorted(store.keys()) == sorted(set("abcd") - failed) and not store.partials()
 
 
 @pytest.mark.parametrize("batch, fail_call, b_chunks, statuses", [
