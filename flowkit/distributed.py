@@ -13,6 +13,7 @@ group's device (CPU for gloo, this rank's GPU for nccl).
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -96,8 +97,14 @@ def init(device: str | torch.device = "cpu", timeout: timedelta | None = None) -
 
 
 def shutdown() -> None:
-    """Leave the process group (no-op without one)."""
+    """Leave the process group (no-op without one), once the objects that hold it are gone: a
+    DistributedDataParallel wrapper (:meth:`Trainer.fit <flowkit.train.Trainer.fit>` releases
+    its own) or the graph of an autograd collective keep the group alive past
+    ``destroy_process_group``, and gloo's threads then abort the process as the interpreter ends
+    (SIGABRT, "terminate called without an active exception"). Unreachable ones are collected
+    here first; the caller drops the rest."""
     if active():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -3,8 +3,10 @@ distributed batch sampler, the CPU SyncBatchNorm (two real gloo processes) and t
 identity of flowkit.distributed. The torchrun end-to-end runs are in tests/test_torchrun.py."""
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -255,20 +257,30 @@ def test_converted_model_keeps_its_state_dict_and_is_plain_bn_alone():
     torch.testing.assert_close(sync[1].running_var, plain[1].running_var)
 
 
-def _sync_bn_rank(rank: int, world: int, init_file: str, out: str) -> None:
+def _in_group(rank: int, world: int, init_file: str, work: Callable, *args) -> None:
+    """One rank (``torch.multiprocessing.spawn``'s): ``work(rank, world, *args)`` in a gloo group
+    of ``world`` processes, left once the work's objects are gone. A tensor whose graph holds the
+    group (an autograd all_reduce's) or a DDP wrapper keeps it alive past
+    destroy_process_group, and gloo's threads then abort the process as the interpreter ends
+    (SIGABRT, "terminate called without an active exception": 4 runs of this file in 12)."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                          world_size=world)
     try:
-        model = convert_sync_batchnorm(_bn_model(), torch.device("cpu"))
-        x = _batch()[rank * 2:(rank + 1) * 2].clone().requires_grad_(True)
-        # Each rank's loss is its share of the global batch's mean loss.
-        loss = model(x).square().mean() / world
-        loss.backward()
-        torch.save({"grad_x": x.grad, "grad_w": model[0].weight.grad,
-                    "running_var": model[1].running_var}, f"{out}.{rank}")
+        work(rank, world, *args)
     finally:
+        gc.collect()
         torch.distributed.destroy_process_group()
+
+
+def _sync_bn_rank(rank: int, world: int, out: str) -> None:
+    model = convert_sync_batchnorm(_bn_model(), torch.device("cpu"))
+    x = _batch()[rank * 2:(rank + 1) * 2].clone().requires_grad_(True)
+    # Each rank's loss is its share of the global batch's mean loss.
+    loss = model(x).square().mean() / world
+    loss.backward()
+    torch.save({"grad_x": x.grad, "grad_w": model[0].weight.grad,
+                "running_var": model[1].running_var}, f"{out}.{rank}")
 
 
 def _batch() -> torch.Tensor:
@@ -281,8 +293,8 @@ def test_cpu_sync_batchnorm_equals_one_big_batch(tmp_path):
     """Two gloo processes with 2 clips each give the input gradients and running statistics of
     plain batch norm over all 4; the weight gradients sum to the big batch's."""
     world = 2
-    torch.multiprocessing.spawn(_sync_bn_rank, args=(world, str(tmp_path / "pg"),
-                                                     str(tmp_path / "out")), nprocs=world)
+    torch.multiprocessing.spawn(_in_group, args=(world, str(tmp_path / "pg"), _sync_bn_rank,
+                                                 str(tmp_path / "out")), nprocs=world)
     model = _bn_model()
     x = _batch().requires_grad_(True)
     model(x).square().mean().backward()
@@ -316,26 +328,20 @@ def test_plan_prints_the_shares_and_writes_nothing(sample_videos, tmp_path):
 
 # ------------------------------------------------------------------------- the index, in shares
 
-def _index_rank(rank: int, world: int, init_file: str, root: str, out: str) -> None:
+def _index_rank(rank: int, world: int, root: str, out: str) -> None:
     """Index the store in shares (as Trainer and evaluate do), then read every video's meta:
     record which files this rank opened in each phase."""
     from flowkit.store import FlowStore, summary
     from flowkit.train.loading import index_store
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                         world_size=world)
-    try:
-        opened, real = [], summary.video_facts
-        summary.video_facts = lambda path: opened.append(Path(path).stem) or real(path)
-        store = FlowStore(root)
-        index_store(store)
-        shared = list(opened)
-        opened.clear()
-        assert len(store.metas(store.keys())) == 6
-        Path(f"{out}.{rank}").write_text(f"{' '.join(shared)}\n{' '.join(opened)}\n")
-    finally:
-        torch.distributed.destroy_process_group()
+    opened, real = [], summary.video_facts
+    summary.video_facts = lambda path: opened.append(Path(path).stem) or real(path)
+    store = FlowStore(root)
+    index_store(store)
+    shared = list(opened)
+    opened.clear()
+    assert len(store.metas(store.keys())) == 6
+    Path(f"{out}.{rank}").write_text(f"{' '.join(shared)}\n{' '.join(opened)}\n")
 
 
 @pytest.mark.slow
@@ -353,8 +359,9 @@ def test_ranks_index_the_store_in_shares_and_keep_each_others_entries(tmp_path):
                           rgb_codec="raw") as w:
             w.append_rgb(np.full((3, 8, 8, 3), i, np.uint8))
     world = 2
-    torch.multiprocessing.spawn(_index_rank, args=(world, str(tmp_path / "pg"), str(store.path),
-                                                   str(tmp_path / "out")), nprocs=world)
+    torch.multiprocessing.spawn(_in_group, args=(world, str(tmp_path / "pg"), _index_rank,
+                                                 str(store.path), str(tmp_path / "out")),
+                                nprocs=world)
     phases = [(tmp_path / f"out.{r}").read_text().split("\n")[:2] for r in range(world)]
     shares = [set(p[0].split()) for p in phases]
     assert shares == [{"v0", "v2", "v4"}, {"v1", "v3", "v5"}]
@@ -375,24 +382,22 @@ def _ddp_config(store: str):
                        device="cpu")
 
 
-def _train_rank(rank: int, world: int, init_file: str, store: str, run: str) -> None:
+def _train_rank(rank: int, world: int, store: str, run: str) -> None:
     """One rank of a DDP run (plain batch norm): train, then record this rank's model buffers
     and the input and output of its dropout at the first training step."""
     from flowkit.train import Trainer
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                         world_size=world)
-    try:
-        trainer = Trainer(_ddp_config(store), run)
-        dropout = []
-        trainer.model.dropout.register_forward_hook(
-            lambda module, args, out: dropout.append((args[0], out)) if module.training else None)
-        trainer.fit()
-        torch.save(dict(trainer.model.named_buffers()), f"{run}.buffers.{rank}")
-        torch.save(dropout[0], f"{run}.dropout.{rank}")
-    finally:
-        torch.distributed.destroy_process_group()
+    trainer = Trainer(_ddp_config(store), run)
+    dropout = []
+    trainer.model.dropout.register_forward_hook(
+        lambda module, args, out: dropout.append((args[0], out)) if module.training else None)
+    trainer.fit()
+    # fit released its DDP wrapper (it holds the group: see _in_group), and with it the group
+    gc.collect()
+    assert trainer.net is trainer.model and not any(
+        isinstance(o, nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    torch.save(dict(trainer.model.named_buffers()), f"{run}.buffers.{rank}")
+    torch.save(dropout[0], f"{run}.dropout.{rank}")
 
 
 @pytest.mark.slow
@@ -406,8 +411,8 @@ def test_ddp_validation_scores_the_saved_model(tiny_store, tmp_path):
     from flowkit.train.loading import make_dataset, make_loader
 
     run, world = tmp_path / "run", 2
-    torch.multiprocessing.spawn(_train_rank, args=(world, str(tmp_path / "pg"), str(tiny_store),
-                                                   str(run)), nprocs=world)
+    torch.multiprocessing.spawn(_in_group, args=(world, str(tmp_path / "pg"), _train_rank,
+                                                 str(tiny_store), str(run)), nprocs=world)
     (in0, out0), (in1, out1) = (torch.load(f"{run}.dropout.{rank}", weights_only=True)
                                 for rank in range(world))
     both = (in0 != 0) & (in1 != 0)  # where both ranks' features can be seen dropped or kept
