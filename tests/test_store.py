@@ -193,6 +193,29 @@ def test_flow_only_video_counts_frames(store):
         store.read_rgb("flowonly")
 
 
+def test_summary_counts_one_configuration_as_the_store_check_does(store, tmp_path):
+    """The same weights under another path (a rerun from another directory; the relative path an
+    older flowkit recorded) and a record without ``weights_sha256`` beside one with it as None
+    (patch features before and after the key came) are one configuration, as the store check
+    treats them: `flowkit info` warned "made with 2 different engine configurations"."""
+    def engine(**params):
+        return {"engine": "costvolume", "version": "1", "params": {"radius": 4, **params}}
+
+    records = {"a/v0": engine(weights="w.pt", weights_sha256="abc"),
+               "a/v1": engine(weights="/runs/w.pt", weights_sha256="abc"),
+               "b/v0": engine(), "b/v1": engine(weights_sha256=None)}
+    for i, (key, record) in enumerate(records.items()):
+        name = "learned" if key.startswith("a/") else "patch"
+        write_video(store, key, flows={name: make_video(i, frames=3)[1]}, engine=record)
+    s = store.summary()
+    assert not s["warnings"], s["warnings"]
+    assert s["engines"]["learned"]["params"]["weights"] in ("w.pt", "/runs/w.pt")
+    write_video(store, "a/v2", flows={"learned": make_video(9, frames=3)[1]},
+                engine=engine(weights="/runs/w.pt", weights_sha256="def"))  # other weights
+    assert store.summary()["warnings"] == ["flow 'learned' was made with 2 different engine "
+                                           "configurations; the most common is listed"]
+
+
 def test_summary_and_validate(store):
     for i, key in enumerate(["pan_left/a", "zoom/b", "zoom/c"]):
         rgb, flow = make_video(10 + i, frames=4 + i)

@@ -147,6 +147,19 @@ def engine_record(engine: Any, name: str) -> dict[str, Any]:
     return record
 
 
+def comparable_params(params: dict) -> dict:
+    """An engine record's ``params`` as two records of one configuration compare alike: a weights
+    file by its content (``weights_sha256``) where that is recorded, not by its path (absolute
+    since the digest came, as typed in older records), and no ``weights_sha256`` of None
+    (records without weights written before the key existed have none)."""
+    out = dict(params)
+    if out.get("weights_sha256") is not None:
+        out.pop("weights", None)
+    else:
+        out.pop("weights_sha256", None)
+    return out
+
+
 def as_numpy(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):  # torch.Tensor, without importing torch here
         array = array.detach().cpu()

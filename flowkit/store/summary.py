@@ -23,7 +23,7 @@ from ..progress import Progress
 from .codecs import codec_of, codec_spec
 from .guard import Failed, guarded_map, remember
 from .index import Entry, current
-from .layout import check_video_header, open_read, py_value
+from .layout import check_video_header, comparable_params, open_read, py_value
 from .reading import attributes, member, members
 
 #: Reading videos new to the index shows a progress bar once it has taken this long.
@@ -134,14 +134,22 @@ class SummaryStats:
         self.max_error_seen: dict[str, float] = {}
         self.clipped: dict[str, dict[str, int]] = {}
         self.sizes: Counter = Counter()
-        # id(params) -> (params, its text): videos of one index layout share one params dict
-        self._texts: dict[int, tuple[dict, str]] = {}
+        # id(params) -> (params, its text, the text it compares by): videos of one index layout
+        # share one params dict
+        self._texts: dict[int, tuple[dict, str, str]] = {}
+        self._shown: dict[tuple, str] = {}  # a configuration -> the params text first seen
 
-    def _text(self, params: dict) -> str:
+    def _text(self, params: dict) -> tuple[str, str]:
+        """``(text, identity)`` of an engine record's params: the identity compares the records
+        of one configuration alike (:func:`~flowkit.store.layout.comparable_params`, as the
+        store check does), so a store extended from another directory or across flowkit
+        versions is not called a mix of configurations."""
         known = self._texts.get(id(params))
         if known is None or known[0] is not params:
-            known = self._texts[id(params)] = (params, json.dumps(params, sort_keys=True))
-        return known[1]
+            known = self._texts[id(params)] = (
+                params, json.dumps(params, sort_keys=True),
+                json.dumps(comparable_params(params), sort_keys=True))
+        return known[1], known[2]
 
     def add(self, key: str, path: str, nbytes: int, facts: dict[str, Any] | None) -> None:
         self.videos += 1
@@ -159,8 +167,10 @@ class SummaryStats:
             self.pairs[name] += flow["pairs"]
             self.flow_bytes[name] += flow.get("bytes", 0)
             record = facts["meta"]["flows"][name]  # the engine record, kept once per video
-            config = (flow["engine"], record["engine_version"], self._text(record["params"]))
+            text, identity = self._text(record["params"])
+            config = (flow["engine"], record["engine_version"], identity)
             self.engines.setdefault(name, Counter())[config] += 1
+            self._shown.setdefault(config, text)
             self.quant.setdefault(name, set()).add(flow["quantization"])
             self.backends.setdefault(name, set()).add(flow.get("backend", "torch"))
             if flow.get("max_error_seen") is not None:
@@ -172,8 +182,10 @@ class SummaryStats:
     def result(self) -> dict[str, Any]:
         engines, warnings = {}, []
         for name, configs in sorted(self.engines.items()):
-            (engine, version, params), _ = configs.most_common(1)[0]
-            engines[name] = {"engine": engine, "version": version, "params": json.loads(params)}
+            config, _ = configs.most_common(1)[0]
+            engine, version, _ = config
+            engines[name] = {"engine": engine, "version": version,
+                             "params": json.loads(self._shown[config])}
             if len(configs) > 1:
                 warnings.append(f"flow {name!r} was made with {len(configs)} different engine "
                                 "configurations; the most common is listed")
