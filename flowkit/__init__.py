@@ -27,7 +27,8 @@ def __getattr__(name: str):
         return value
     # A part, e.g. `flowkit.flow.costvolume` after a bare `import flowkit`, imported on first
     # use like the names above (importing sets it here). Never `_` names: `__main__` runs the CLI.
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    if name.isidentifier() and not name.startswith("_") \
+            and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'flowkit' has no attribute {name!r}")
 

@@ -117,19 +117,20 @@ def test_help_imports_neither_torch_nor_pyav():
 def test_parts_load_on_first_use_after_a_bare_import_flowkit():
     """README's `flowkit.flow.costvolume.warped_difference` and `flowkit.data.ClipDataset` work
     after `import flowkit` alone, which still loads neither torch nor h5py; unknown names (and
-    `__main__`, which would run the CLI) still raise AttributeError."""
+    `__main__`, which would run the CLI, and dotted names: `hasattr(flowkit, "x.y")` raised
+    ModuleNotFoundError) still raise AttributeError."""
     code = ("import sys, flowkit\n"
             "print(sorted(m for m in ('torch', 'av', 'h5py') if m in sys.modules))\n"
             "print(flowkit.flow.costvolume.warped_difference.__name__, "
             "flowkit.data.ClipDataset.__name__)\n"
-            "for name in ('nope', '__main__'):\n"
+            "for name in ('nope', '__main__', 'x.y'):\n"
             "    try:\n        getattr(flowkit, name)\n    except AttributeError as exc:\n"
             "        print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "[]", "warped_difference ClipDataset", "module 'flowkit' has no attribute 'nope'",
-        "module 'flowkit' has no attribute '__main__'"]
+        "module 'flowkit' has no attribute '__main__'", "module 'flowkit' has no attribute 'x.y'"]
 
 
 def test_command_summaries_are_the_commands_short_help():
