@@ -215,6 +215,14 @@ def test_ctrl_c_exits_130_and_keeps_finished_work(video_dir, tmp_path, workers):
     _rerun_and_check(video_dir, store, tmp_path, before, workers)
 
 
+def _sitecustomize(folder: Path, code: str) -> dict:
+    """The environment of a run whose Python processes (the run and its workers) first run
+    ``code``: a ``sitecustomize.py`` in ``folder``, put on PYTHONPATH."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(code)
+    return {"PYTHONPATH": str(folder)}
+
+
 def _session_pids(sid: int) -> list[int]:
     """Pids of the live processes of session ``sid`` (a Run's parent and its workers)."""
     ps = subprocess.run(["ps", "-o", "pid=,stat=", "--sid", str(sid)], capture_output=True,
@@ -227,15 +235,12 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(video_dir, tmp_path)
     takes seconds on a loaded machine; here a sitecustomize makes each worker's start last 3 s):
     exit 130 and the usual lines. Before, each worker printed a KeyboardInterrupt traceback: it
     ignored SIGINT only once its imports were done."""
-    slow = tmp_path / "slow_start"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(
-        "import sys, time\n"
-        "if '--multiprocessing-fork' in sys.argv:  # a spawned worker, not the run itself\n"
-        "    time.sleep(3)\n")
+    slow = _sitecustomize(tmp_path / "slow_start",
+                          "import sys, time\n"
+                          "if '--multiprocessing-fork' in sys.argv:  # a spawned worker\n"
+                          "    time.sleep(3)\n")
     store = tmp_path / "store"
-    run = Run(_command(video_dir, store, workers=2), tmp_path, "ctrl_c_at_start",
-              env={"PYTHONPATH": str(slow)})
+    run = Run(_command(video_dir, store, workers=2), tmp_path, "ctrl_c_at_start", env=slow)
     try:
         deadline = time.monotonic() + 120
         while len(_session_pids(run.proc.pid)) < 3 and time.monotonic() < deadline:
@@ -258,10 +263,9 @@ def test_ctrl_c_again_while_the_workers_stop_still_removes_their_claims(video_di
     Stopped, raised out of the first join, skipped removing every worker's claim and partial
     file, and the claims kept those videos from other hosts for 10 minutes. Deterministic: a
     sitecustomize in the run sends the second SIGINT from inside that first join."""
-    site = tmp_path / "second_ctrl_c"
-    site.mkdir()
     sent = tmp_path / "sent"
-    (site / "sitecustomize.py").write_text(
+    site = _sitecustomize(
+        tmp_path / "second_ctrl_c",
         "import multiprocessing, os, signal, sys, threading, time\n"
         "if '--multiprocessing-fork' not in sys.argv:  # the run itself, not a worker\n"
         "    import multiprocessing.process as mpp\n"
@@ -275,8 +279,7 @@ def test_ctrl_c_again_while_the_workers_stop_still_removes_their_claims(video_di
         "        return join(self, timeout)\n"
         "    mpp.BaseProcess.join = join_then_ctrl_c\n")
     store = tmp_path / "store"
-    run = Run(_command(video_dir, store, workers=2), tmp_path, "ctrl_c_twice",
-              env={"PYTHONPATH": str(site)})
+    run = Run(_command(video_dir, store, workers=2), tmp_path, "ctrl_c_twice", env=site)
     try:
         _wait_for(run, store, "both workers mid-video", lambda fin, par: len(par) >= 2)
         os.kill(run.proc.pid, signal.SIGINT)  # the first Ctrl-C; the second comes from the join

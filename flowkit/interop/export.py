@@ -40,7 +40,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -328,23 +328,26 @@ def _other_options(out: Path, had: dict, wanted: dict) -> str:
             "options to resume")
 
 
-def _holds_flow(out: Path) -> bool:
-    """Whether a video folder under ``out`` holds a flow image (``flow_x_*``; not a list of
-    ``out`` itself; the walk stops at the first one)."""
+def _holds(out: Path, wanted: Callable[[bool, str], bool]) -> bool:
+    """Whether a file under ``out`` is ``wanted(in out itself, its name)``; the walk stops at the
+    first one (a real export answers at once)."""
     for folder, _, files in os.walk(out):
-        if Path(folder) != out and any(name.startswith("flow_") for name in files):
+        top = Path(folder) == out
+        if any(wanted(top, name) for name in files):
             return True
     return False
+
+
+def _holds_flow(out: Path) -> bool:
+    """Whether a video folder under ``out`` holds a flow image (``flow_x_*``; not a list of
+    ``out`` itself)."""
+    return _holds(out, lambda top, name: not top and name.startswith("flow_"))
 
 
 def _holds_export(out: Path) -> bool:
     """Whether ``out`` holds anything an export wrote besides its stamp and label map: a video's
-    file or a list (the walk stops at the first one: a real export answers at once)."""
-    for folder, _, files in os.walk(out):
-        top = Path(folder) == out
-        if any(not (top and name in (OPTIONS_FILE, LABEL_MAP)) for name in files):
-            return True
-    return False
+    file or a list."""
+    return _holds(out, lambda top, name: not (top and name in (OPTIONS_FILE, LABEL_MAP)))
 
 
 def _forget_empty_export(out: Path, made_dir: bool) -> bool:
