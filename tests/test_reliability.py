@@ -341,6 +341,41 @@ def test_claims_of_another_host_live_by_heartbeat_stale_after_ten_minutes(tmp_pa
     assert store.remove_partials() == [foreign]
 
 
+def test_remove_partials_keeps_a_stale_claim_taken_over_meanwhile(tmp_path, monkeypatch):
+    """remove_partials judges a stale claim again under the commit lock, as a taker takes it
+    over: a writer that took the claim over between the look and the delete keeps its live
+    claim (deleting it let a third writer compute the video again). The commit lock's own lock
+    file, stale, is broken by the lock's rule, not under itself."""
+    import contextlib
+
+    from flowkit.store import claims
+    from flowkit.store.layout import STALE_CLAIM_SECONDS
+
+    store = FlowStore(tmp_path / "s", "a")
+    stale = tmp_path / "s" / "videos" / "c" / "v.h5.tvl1.claim"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": "then"}))
+    old = time.time() - STALE_CLAIM_SECONDS - 30
+    os.utime(stale, (old, old))
+    taker = {"host": "node-18", "pid": 77, "since": "now"}
+    locked = claims.commit_lock
+
+    @contextlib.contextmanager
+    def racing_taker(videos):
+        with locked(videos):  # node-18 took the claim over just before this process locked
+            stale.write_text(json.dumps(taker))
+            yield
+
+    monkeypatch.setattr(claims, "commit_lock", racing_taker)
+    assert store.remove_partials() == []
+    assert json.loads(stale.read_text()) == taker
+    monkeypatch.setattr(claims, "commit_lock", locked)
+    lock = tmp_path / "s" / "videos" / ".commit.lock.claim"
+    lock.write_text(json.dumps({"host": "node-17", "pid": 4242, "thread": 1, "since": "then"}))
+    os.utime(lock, (old, old))
+    assert store.remove_partials() == [lock] and not lock.exists()
+
+
 def _count_under_lock(videos: Path, counter: Path, rounds: int) -> None:
     """Read-modify-write ``counter`` ``rounds`` times under the commit lock, slowly enough that an
     unlocked pair of writers would lose updates."""

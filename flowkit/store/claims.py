@@ -120,20 +120,23 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
         tmp.unlink(missing_ok=True)
 
 
-def _break(path: Path, holder: dict) -> None:
-    """Remove the lock file of the dead ``holder``. It is renamed aside first, which one breaker
-    alone can do, and put back if it turns out to be a live process's lock taken meanwhile (a race
-    left open only if a third process links its own within those microseconds)."""
+def _break(path: Path, holder: dict) -> bool:
+    """Remove the lock file of the dead ``holder``; False when it was no longer there. It is
+    renamed aside first, which one breaker alone can do, and put back if it turns out to be a live
+    process's lock taken meanwhile (a race left open only if a third process links its own within
+    those microseconds)."""
     aside = path.with_name(f"{path.name}.{host_name()}.{os.getpid()}."
                            f"{threading.get_ident()}-stale{TMP_SUFFIX}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
-        return
-    if _holder(aside) != holder:
+        return False
+    broken = _holder(aside) == holder
+    if not broken:
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
     aside.unlink(missing_ok=True)
+    return broken
 
 
 def break_lock_of(lock: Path, pid: int) -> Path | None:
@@ -296,11 +299,30 @@ os.register_at_fork(after_in_child=_heartbeat._forget)
 
 
 def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
-    """Whether the claim ``path`` belongs to a process that is gone (for
-    :meth:`FlowStore.remove_partials`)."""
+    """Whether the claim ``path`` belongs to a process that is gone."""
     holder = _holder(path)
     return holder is not None and not _is_live(holder, path, stale_after)
 
 
+def remove_if_stale(videos: Path, path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
+    """Delete the claim ``path`` (under the store's ``videos`` directory) if its process is gone,
+    and say whether it did (for :meth:`FlowStore.remove_partials`). Judged again under the commit
+    lock, as :func:`try_claim` takes a stale claim over: otherwise a writer that took the claim
+    over between the look and the delete would lose its live claim, and a third would compute
+    the video again. The commit lock's own lock file is broken by the lock's rule instead."""
+    if not is_stale(path, stale_after):
+        return False
+    if path == videos / f"{COMMIT_LOCK}{CLAIM}":
+        holder = _holder(path)
+        if holder is None or _is_live(holder, path, stale_after):
+            return False
+        return _break(path, holder)
+    with commit_lock(videos):
+        if not is_stale(path, stale_after):
+            return False
+        path.unlink()
+        return True
+
+
 __all__ = ["commit_lock", "claim_path", "claim_ending", "link_ending", "try_claim", "release",
-           "is_stale", "describe", "break_lock_of"]
+           "is_stale", "remove_if_stale", "describe", "break_lock_of"]

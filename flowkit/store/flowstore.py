@@ -256,7 +256,9 @@ class FlowStore:
                     dead = (not pid_alive(int(m["pid"])) if m and m["host"] == host
                             else time.time() - path.stat().st_mtime > stale_after)
                 elif path.name.endswith(CLAIM):
-                    dead = claims.is_stale(path)
+                    if claims.remove_if_stale(self._root / VIDEOS, path):
+                        removed.append(path)
+                    continue
                 else:
                     dead = is_stale_temporary(path.name)
                 if dead:
