@@ -990,6 +990,42 @@ def test_index_held_serves_a_replaced_video_anew_where_the_index_cannot_be_writt
         assert reader.summary()["frames"] == 6
 
 
+def test_threads_sharing_a_store_take_turns_at_the_held_index(store, monkeypatch):
+    """Threads sharing one store (and its index_held blocks) read and extend the held index one
+    at a time: one thread's update of the held copy broke another's walk over it ("dictionary
+    changed size during iteration"), and the block count was shared without a lock."""
+    import threading
+
+    from flowkit.store import flowstore
+
+    for i in range(2):
+        write_video(store, f"zoom/t{i}", *make_video(90 + i, frames=3)[:1], flows={})
+    inside, overlaps = [], []
+    real = flowstore.indexed_facts
+
+    def slow_facts(*args, **kwargs):
+        overlaps.append(bool(inside))
+        inside.append(1)
+        time.sleep(0.2)  # long enough for the other thread to come in, were it let in
+        inside.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flowstore, "indexed_facts", slow_facts)
+
+    def run(key):
+        with store.index_held():
+            store.metas([key])
+            store.summary()
+
+    threads = [threading.Thread(target=run, args=(f"zoom/t{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlaps) == 4 and not any(overlaps)
+    assert store._holding == 0 and store._held_index is None
+
+
 def test_videos_new_to_the_index_are_read_under_a_progress_bar(store, monkeypatch):
     """A store just extracted may hold 300k videos the index has not seen (20 minutes of reading):
     metas() and summary() read them under one bar, after every stamp was compared, once reading

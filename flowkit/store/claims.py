@@ -304,21 +304,21 @@ def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
     return holder is not None and not _is_live(holder, path, stale_after)
 
 
-def remove_if_stale(videos: Path, path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
+def remove_if_stale(videos: Path, path: Path) -> bool:
     """Delete the claim ``path`` (under the store's ``videos`` directory) if its process is gone,
     and say whether it did (for :meth:`FlowStore.remove_partials`). Judged again under the commit
     lock, as :func:`try_claim` takes a stale claim over: otherwise a writer that took the claim
     over between the look and the delete would lose its live claim, and a third would compute
     the video again. The commit lock's own lock file is broken by the lock's rule instead."""
-    if not is_stale(path, stale_after):
+    if not is_stale(path):
         return False
     if path == videos / f"{COMMIT_LOCK}{CLAIM}":
         holder = _holder(path)
-        if holder is None or _is_live(holder, path, stale_after):
+        if holder is None or _is_live(holder, path, STALE_CLAIM_SECONDS):
             return False
         return _break(path, holder)
     with commit_lock(videos):
-        if not is_stale(path, stale_after):
+        if not is_stale(path):
             return False
         path.unlink()
         return True

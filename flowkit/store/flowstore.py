@@ -66,11 +66,7 @@ class FlowStore:
         self._manifest = self._open_manifest(classes)
         # Each thread's open files (_OpenFiles: handles, their codecs): see _open_files
         self._forget_open_files()
-        # index.json as parsed, with its stamp, and the keys whose entries were found current,
-        # kept inside index_held() blocks
-        self._held_index: tuple[list[int] | None, Index] | None = None
-        self._checked: set[str] = set()
-        self._holding = 0
+        self._forget_held_index()
 
     def _open_manifest(self, classes: Sequence[str] | None) -> dict:
         try:
@@ -541,12 +537,28 @@ class FlowStore:
         # index (about 300 MB for 300k videos) is not sent either.
         return {k: v for k, v in self.__dict__.items()
                 if k not in ("_local", "_all_open", "_all_open_lock", "_held_index", "_checked",
-                             "_holding")}
+                             "_holding", "_index_lock", "_index_pid")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._forget_open_files()
-        self._held_index, self._checked, self._holding = None, set(), 0
+        self._forget_held_index()
+
+    def _forget_held_index(self) -> None:
+        """No held index (a new or unpickled store): index.json as parsed, with its stamp, and the
+        keys whose entries were found current, kept inside :meth:`index_held` blocks."""
+        self._held_index: tuple[list[int] | None, Index] | None = None
+        self._checked: set[str] = set()
+        self._holding = 0
+        self._index_lock, self._index_pid = threading.RLock(), os.getpid()
+
+    def _index_guard(self) -> threading.RLock:
+        """The lock of the held index: threads sharing the store hold it while they count blocks
+        or read and extend the held copy (one thread's update of it broke another's walk over
+        it). Made again in a forked child, where a thread of the parent may have held it."""
+        if self._index_pid != os.getpid():
+            self._index_lock, self._index_pid = threading.RLock(), os.getpid()
+        return self._index_lock
 
     # -- whole-store views
 
@@ -558,14 +570,16 @@ class FlowStore:
         300k videos parses the index once instead of three times (1.7 s and 283 MB each) and stats
         each file once (benchmarks/results/index_scale.md). A video replaced by another process
         during the block may be described as it was when the block first looked at it. All is
-        dropped when the block ends."""
-        self._holding += 1
+        dropped when the last block ends (the blocks of all threads sharing the store count)."""
+        with self._index_guard():
+            self._holding += 1
         try:
             yield self
         finally:
-            self._holding -= 1
-            if not self._holding:
-                self._held_index, self._checked = None, set()
+            with self._index_guard():
+                self._holding -= 1
+                if not self._holding:
+                    self._held_index, self._checked = None, set()
 
     def _load_index(self) -> tuple[list[int] | None, Index]:
         """``(stamp, videos)`` of index.json: the held copy while it is current, else parsed."""
@@ -599,18 +613,19 @@ class FlowStore:
         ``progress`` bar over them). The cache is rebuilt when missing or stale, written
         atomically, and safe to delete.
         """
-        loaded_stamp, cached = self._load_index()
         paths = dict(self._video_files())
-        found, new = indexed_facts(paths, paths.__getitem__, cached,
-                                   self._checked if self._holding else None, progress)
-        fresh, stats = {}, SummaryStats()
-        with paused_gc():
-            for key, entry in found.items():  # deleted by hand while we walked: not found
-                if entry.readable or entry.hung:
-                    fresh[key] = entry
-                stats.add(key, paths[key], entry.stamp[1], entry.facts)
-        if new or cached.outdated or fresh.keys() != cached.keys():
-            self._update_index({}, loaded_stamp, fresh)
+        with self._index_guard():
+            loaded_stamp, cached = self._load_index()
+            found, new = indexed_facts(paths, paths.__getitem__, cached,
+                                       self._checked if self._holding else None, progress)
+            fresh, stats = {}, SummaryStats()
+            with paused_gc():
+                for key, entry in found.items():  # deleted by hand while we walked: not found
+                    if entry.readable or entry.hung:
+                        fresh[key] = entry
+                    stats.add(key, paths[key], entry.stamp[1], entry.facts)
+            if new or cached.outdated or fresh.keys() != cached.keys():
+                self._update_index({}, loaded_stamp, fresh)
         m = self._manifest
         return {"path": str(self._root), "format": m["format"], "version": m["version"],
                 "created": m.get("created"), "flowkit_version": m.get("flowkit_version"),
@@ -628,12 +643,14 @@ class FlowStore:
         new ones are read (with a ``progress`` bar over them) and added to the index. Videos that
         are missing or cannot be read are left out (:meth:`meta` says why). Videos indexed alike
         share one ``flows`` dict (:mod:`flowkit.store.index`): read the metas, never change them."""
-        loaded_stamp, cached = self._load_index()
         videos = os.path.join(self._root, VIDEOS)
-        found, new = indexed_facts(keys, lambda key: os.path.join(videos, check_key(key) + SUFFIX),
-                                   cached, self._checked if self._holding else None, progress)
-        if new or cached.outdated:
-            self._update_index(cached, loaded_stamp, new)
+        with self._index_guard():
+            loaded_stamp, cached = self._load_index()
+            found, new = indexed_facts(
+                keys, lambda key: os.path.join(videos, check_key(key) + SUFFIX), cached,
+                self._checked if self._holding else None, progress)
+            if new or cached.outdated:
+                self._update_index(cached, loaded_stamp, new)
         with paused_gc():
             return {key: found[key].meta for key in keys
                     if key in found and found[key].readable}
