@@ -1041,6 +1041,8 @@ def test_a_damaged_imported_video_says_to_reimport_it(exported, tmp_path):
             read(FlowStore(tmp_path / "s"))
         assert f"re-import it: delete {path} and rerun flowkit import rawframes" in \
             str(caught.value) and "--redo" not in str(caught.value)
+    problems = FlowStore(tmp_path / "s").validate(deep=True)  # flowkit info --validate --deep
+    assert len(problems) == 2 and all(f"re-import it: delete {path}" in p for p in problems)
     path.unlink()
     _import(root, tmp_path / "s")
     assert FlowStore(tmp_path / "s").read_flow("jump/v0", "tvl1").shape[0] == FRAMES - 1

@@ -188,7 +188,8 @@ def test_a_flipped_bit_in_a_jpeg_frame_is_damage(store):
     np.testing.assert_array_equal(reader.read_rgb("v", [0, 1, 3]), before[[0, 1, 3]])
     assert np.abs(reader.read_flow("v") - flow).max() <= 0.1
     assert reader.validate(deep=True) == [
-        "videos/v.h5: /rgb[2] is damaged: its bytes fail their CRC32 check"]
+        "videos/v.h5: /rgb[2] is damaged: its bytes fail their CRC32 check; re-extract it: "
+        "flowkit extract VIDEO_DIR -o STORE --redo v"]
     assert reader.validate(deep=False) == []  # frames are read by the deep check only
 
 

@@ -18,7 +18,8 @@ from ..errors import StoreError
 from .codecs import Codec, codec_of, frame_crc
 from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read
 from .guard import HungFileError
-from .reading import DamagedObject, attributes, frame_crcs, member, member_names, redo_hint
+from .reading import (DamagedObject, attributes, frame_crcs, imported_file, member, member_names,
+                      redo_hint)
 
 _ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source_height",
                "source_width", "step", "label", "label_name", "created")
@@ -113,8 +114,9 @@ def _dataset_problems(ds: h5py.Dataset, frames: int, frame_shape: tuple, deep: b
             problems.append(f"{ds.name} has dtype {ds.dtype}, expected {codec.stored_dtype.__name__}"
                             f" ({codec.name})")
     problems += _bound_problems(ds.name, codec, attrs)
-    if deep and not problems:
-        problems += _decode_all(ds, codec, frame_shape)
+    if deep and not problems:  # damaged frames: the video is redone (or re-imported)
+        problems += [f"{p}; {redo_hint(key, imported_file(ds))}"
+                     for p in _decode_all(ds, codec, frame_shape)]
     return problems
 
 
