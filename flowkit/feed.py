@@ -50,7 +50,7 @@ from .conventions import backward_name
 from .errors import FlowkitError, StoreError, StoreWriteError, VideoError
 from .labels import VideoItem
 from .store import FlowStore, flow_codec, rgb_codec
-from .store.writer import OTHER_FRAMES
+from .store.writer import OTHER_FRAMES, Dropped
 from .video import VideoInfo, iter_frames, probe
 
 # Decoded chunks buffered per video: enough to hide a decoder hiccup, bounded memory.
@@ -83,16 +83,15 @@ class VideoResult:
         return self.status == "skipped" and self.reason.startswith(HELD)
 
 
-def _dropped_note(dropped: Sequence[str]) -> str:
+def _dropped_note(dropped: Sequence[Dropped]) -> str:
     """What a replaced video's line says of the old file's datasets it did not keep
     (:attr:`VideoWriter.dropped <flowkit.store.writer.VideoWriter.dropped>`): the sound ones that
     hold other frames apart from the damaged ones."""
-    unfit = [d for d in dropped if d.endswith(f" ({OTHER_FRAMES})")]
-    damaged = [d for d in dropped if d not in unfit]
+    unfit = [d.name for d in dropped if not d.damaged]
+    damaged = [str(d) for d in dropped if d.damaged]
     parts = []
     if unfit:
-        parts.append(f"dropped from the old file ({OTHER_FRAMES}): "
-                     + ", ".join(d[:-len(f" ({OTHER_FRAMES})")] for d in unfit))
+        parts.append(f"dropped from the old file ({OTHER_FRAMES}): " + ", ".join(unfit))
     if damaged:
         parts.append("damaged and dropped from the old file: " + ", ".join(damaged))
     return "; ".join(parts)

@@ -549,7 +549,7 @@ def test_redo_keeps_only_what_still_decodes(tmp_path):
     with w:
         w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))
         w.append_flow("tvl1", np.full((4, 2, 8, 8), 3, np.float32), {"engine": "tvl1", **record})
-    assert [d.split(" ")[0] for d in w.dropped] == ["flow/costvolume"]
+    assert [(d.name, d.damaged) for d in w.dropped] == [("flow/costvolume", True)]
     assert FlowStore(tmp_path / "s").flow_names("c/v") == ["tvl1", "tvnet"]
     assert FlowStore(tmp_path / "s").validate(deep=True) == []
 
@@ -725,7 +725,8 @@ def test_commit_over_a_damaged_header_names_redo_and_redo_drops_it(tmp_path, nam
     with w:
         w.append_flow("tvl1", np.full((4, 2, 8, 8), 3, np.float32), {"engine": "tvl1", **record})
     assert len(w.dropped) == 1
-    assert w.dropped[0].startswith(f"{'v.h5' if name == '/' else name} (damaged: "), w.dropped
+    assert w.dropped[0].damaged and \
+        str(w.dropped[0]).startswith(f"{'v.h5' if name == '/' else name} (damaged: "), w.dropped
     reader = FlowStore(tmp_path / "s")
     assert reader.flow_names("c/v") == ["tvl1"]
     if name != "/":

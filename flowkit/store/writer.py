@@ -19,7 +19,7 @@ import os
 import posixpath
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import h5py
 import numpy as np
@@ -42,6 +42,21 @@ COMPACT_ATTRIBUTES = 64
 #: Why :attr:`VideoWriter.dropped` names a dataset of the old file that was sound but holds
 #: another number or size of frames than the new one (``--redo-mismatched``): not damage.
 OTHER_FRAMES = "stored for other frames"
+
+
+class Dropped(NamedTuple):
+    """A dataset of the old file that a redo did not keep (:attr:`VideoWriter.dropped`):
+    ``name`` (``rgb``, ``flow/<name>``, or the file's own name where none of it could be read)
+    and ``why``: its damage, or :data:`OTHER_FRAMES`. Shown as ``NAME (why)``."""
+    name: str
+    why: str
+
+    @property
+    def damaged(self) -> bool:
+        return self.why != OTHER_FRAMES
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.why})"
 
 
 class VideoWriter:
@@ -67,8 +82,8 @@ class VideoWriter:
         self._io: LatchingFile | None = None
         self._file: h5py.File | None = None
         self._size: tuple[int, int] | None = None
-        # with redo: datasets of the old file not kept, each "NAME (why)": damaged, or OTHER_FRAMES
-        self.dropped: list[str] = []
+        # with redo: the datasets of the old file not kept, damaged or holding other frames
+        self.dropped: list[Dropped] = []
         # encoded dataset -> the CRC32 of each frame written, recorded on commit
         self._crcs: dict[str, list[int]] = {}
 
@@ -288,7 +303,7 @@ class VideoWriter:
             if not self.redo:
                 raise DamagedDataError(f"{self.final}: cannot be read as HDF5 ({exc}); re-extract "
                                        f"the video with --redo {self.key}") from None
-            self.dropped.append(f"{self.final.name} (unreadable: {exc})")
+            self.dropped.append(Dropped(self.final.name, f"unreadable: {exc}"))
             return
         with src:
             try:
@@ -296,7 +311,7 @@ class VideoWriter:
             except DamagedObject as exc:
                 if not self.redo:
                     raise
-                self.dropped.append(f"{self.final.name} (damaged: {exc.cause})")
+                self.dropped.append(Dropped(self.final.name, f"damaged: {exc.cause}"))
                 return
             names = self._finished_names(src)
             self._io = LatchingFile(self.partial, "r+b")
@@ -306,13 +321,13 @@ class VideoWriter:
             if missing and not self._same_video(src):
                 if not self.redo:
                     self._refuse_other_video(src)
-                self.dropped += [f"{n} ({OTHER_FRAMES})" for n in missing]
+                self.dropped += [Dropped(n, OTHER_FRAMES) for n in missing]
                 missing = []
             for name in missing:
                 if self.redo:
                     problem = decode_problem(src[name])
                     if problem:
-                        self.dropped.append(f"{name} ({problem})")
+                        self.dropped.append(Dropped(name, problem))
                         continue
                 if name.startswith("flow/"):
                     dst.require_group("flow")
@@ -347,7 +362,7 @@ class VideoWriter:
     def _damaged_in_finished(self, name: str, exc: DamagedObject) -> None:
         if not self.redo:
             raise exc
-        self.dropped.append(f"{name} (damaged: {exc.cause})")
+        self.dropped.append(Dropped(name, f"damaged: {exc.cause}"))
 
     def _copy(self, src: h5py.File, name: str) -> None:
         """Copy dataset ``name`` of the finished file into the partial one as it is (HDF5 copies
@@ -368,7 +383,7 @@ class VideoWriter:
                 raise DamagedDataError(f"{self.final}: /{name} of video {self.key!r} cannot be "
                                        f"copied, it is damaged ({cause}); "
                                        f"{redo_hint(self.key)}") from None
-            self.dropped.append(f"{name} (damaged: {cause})")
+            self.dropped.append(Dropped(name, f"damaged: {cause}"))
 
     def _frames(self, f: h5py.File) -> tuple[int, int, int]:
         return tuple(int(f.attrs.get(k, -1)) for k in ("frame_count", "height", "width"))
@@ -440,4 +455,4 @@ def _create(f: h5py.File, path: str, codec: Codec, frame_shape: tuple[int, ...])
                             compression_opts=GZIP_LEVEL, shuffle=dtype.itemsize > 1, dcpl=dcpl)
 
 
-__all__ = ["VideoWriter"]
+__all__ = ["VideoWriter", "Dropped", "OTHER_FRAMES"]
