@@ -17,7 +17,8 @@ that file *failed* the same way. From then on :func:`check` (called by
 the unreadable file it is (naming the file and ``--redo``) instead of hanging. Extraction hands
 what it remembers to its worker processes (:func:`hung_files`, :func:`remember`), and the store's
 index keeps such files (:func:`~flowkit.store.index.save_index`), so a later process neither
-waits for them nor opens them until they change.
+waits for them nor opens them until they change; one given a longer time limit reads a file that
+ran past a shorter one again (a slow disk, not damage).
 
 The child is one Python process per reading process, started with ``python -c`` (never
 through multiprocessing, whose children run the caller's ``__main__`` script again) the first time
@@ -61,9 +62,11 @@ class HungFileError(OSError):
 @dataclass(frozen=True)
 class Failed:
     """What :func:`guarded_map` gives for a file its child did not finish: ``reason`` says why
-    (ran past the time limit, or the child died)."""
+    (ran past the time limit, or the child died); ``seconds``: the time limit it ran past (None:
+    the child died on it)."""
 
     reason: str
+    seconds: float | None = None
 
 
 def _key(path: str | os.PathLike) -> str:
@@ -97,12 +100,12 @@ def remember(files: dict[str, tuple[list[int], str]]) -> None:
     _failed.update({_key(path): known for path, known in files.items()})
 
 
-def _fail(path: str | os.PathLike, reason: str) -> Failed:
+def _fail(path: str | os.PathLike, reason: str, seconds: float | None = None) -> Failed:
     try:
         _failed[_key(path)] = (stamp(path), reason)
     except OSError:  # gone meanwhile: nothing to guard
         pass
-    return Failed(reason)
+    return Failed(reason, seconds)
 
 
 def hang_seconds() -> float:
@@ -318,7 +321,9 @@ def guarded_map(fn: Callable, calls: Sequence[tuple], timeout: float | None = No
                     reader = None
                     done += 1
                     yield _fail(path, f"HDF5 did not return within {limit:g} s reading it "
-                                      "(damage to a file's metadata can make it loop forever)")
+                                      "(damage to a file's metadata can make it loop forever; "
+                                      "on a disk that slow, set FLOWKIT_HANG_SECONDS higher)",
+                                limit)
                     break
                 try:
                     kind, value = reader.results.recv()

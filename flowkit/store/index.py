@@ -146,17 +146,19 @@ def _split(facts: dict, varying: frozenset) -> tuple[dict, list]:
 
 class Entry:
     """One video's entry: ``stamp`` (its file's, when the facts were read) and ``facts`` (None:
-    unreadable; ``hung``: why a guarded read of it never returned or crashed), built from the
+    unreadable; ``hung``: why a guarded read of it never returned or crashed, and
+    ``hung_seconds`` the time limit that read ran past, None when it crashed), built from the
     index's row on first use. :attr:`meta` is ``facts["meta"]``,
     built alone (what datasets and extraction read of 300k videos)."""
 
-    __slots__ = ("stamp", "_row", "_layout", "_facts", "_meta", "hung")
+    __slots__ = ("stamp", "_row", "_layout", "_facts", "_meta", "hung", "hung_seconds")
 
     def __init__(self, stamp: list[int], facts: dict | None = None, row: list | None = None,
-                 layout: Layout | None = None, hung: str = ""):
+                 layout: Layout | None = None, hung: str = "", hung_seconds: float | None = None):
         self.stamp, self._facts, self._meta = stamp, facts, None
         self._row, self._layout = row, layout
         self.hung = hung  # why reading it failed in a child process (:mod:`.guard`), else ""
+        self.hung_seconds = hung_seconds
 
     @classmethod
     def from_row(cls, row: list, layout: Layout) -> "Entry":
@@ -238,9 +240,11 @@ def _rows(data: dict) -> Index:
             videos[key] = Entry.from_row(row, layout)
     hung = data.get("hung")  # absent from indexes written before it existed
     for key, row in (hung.items() if isinstance(hung, dict) else ()):
-        if (isinstance(row, list) and len(row) == 4 and all(type(v) is int for v in row[:3])
+        if (isinstance(row, list) and len(row) in (4, 5) and all(type(v) is int for v in row[:3])
                 and isinstance(row[3], str) and row[3]):
-            videos[key] = Entry(row[:3], hung=row[3])
+            # the time limit it ran past: absent where it crashed (or from an older flowkit)
+            seconds = row[4] if len(row) == 5 and isinstance(row[4], (int, float)) else None
+            videos[key] = Entry(row[:3], hung=row[3], hung_seconds=seconds)
     return videos
 
 
@@ -261,14 +265,16 @@ def _full_facts(data: dict) -> Index:
 
 def save_index(root: Path, videos: dict[str, Entry]) -> None:
     """Write the index (version 4) of ``videos`` (entries with facts, and hung ones: ``"hung"``,
-    ``{key: [inode, size, mtime_ns, why]}``, so that no later process waits for them again until
+    ``{key: [inode, size, mtime_ns, why, seconds]}``, ``seconds`` the time limit the read ran
+    past, left out where it crashed: no later process given no longer waits for them again until
     the file changes); they are not changed. Other unreadable entries are left out (a newer
     flowkit's file may read after an upgrade)."""
     varying, layouts, templates = frozenset(VARYING), {}, []
     rows = {key: entry.row(layouts, templates, varying) for key, entry in videos.items()
             if entry.readable}
-    hung = {key: [*entry.stamp, entry.hung] for key, entry in videos.items()
-            if entry.hung and not entry.readable}
+    hung = {key: [*entry.stamp, entry.hung,
+                  *([entry.hung_seconds] if entry.hung_seconds is not None else [])]
+            for key, entry in videos.items() if entry.hung and not entry.readable}
     data = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "varying": list(VARYING),
             "layouts": templates, "videos": rows, **({"hung": hung} if hung else {})}
     # compact: indentation would double a large store's index

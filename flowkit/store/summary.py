@@ -21,7 +21,7 @@ import h5py
 from ..errors import StoreError
 from ..progress import Progress
 from .codecs import codec_of, codec_spec
-from .guard import Failed, guarded_map, remember
+from .guard import Failed, guarded_map, hang_seconds, remember
 from .index import Entry, current
 from .layout import check_video_header, comparable_params, open_read, py_value
 from .reading import attributes, member, members
@@ -95,7 +95,13 @@ def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dic
     served without a ``stat``; keys found current are added to it.
     """
     found, stale = current(keys, path_of, index, checked)
-    # Files the index knows hung a reader, unchanged since: never opened in this process either.
+    # Files the index knows hung a reader, unchanged since: never opened in this process either,
+    # unless the read ran past a shorter time limit than this process gives (a slow disk, and
+    # FLOWKIT_HANG_SECONDS raised for it): those are read again.
+    limit = hang_seconds()
+    slow = [key for key, entry in found.items()
+            if entry.hung_seconds is not None and entry.hung_seconds < limit]
+    stale += [(key, path_of(key), found.pop(key).stamp) for key in slow]
     remember({path_of(key): (entry.stamp, entry.hung) for key, entry in found.items()
               if entry.hung})
     new, task, started = {}, None, time.perf_counter()
@@ -105,7 +111,8 @@ def indexed_facts(keys: Iterable[str], path_of: Callable[[str], str], index: dic
             task = (progress or Progress()).start("indexing videos new to the store's index",
                                                   total=len(stale), completed=done)
         if isinstance(facts, Failed):
-            found[key] = new[key] = Entry(now, None, hung=facts.reason)
+            found[key] = new[key] = Entry(now, None, hung=facts.reason,
+                                          hung_seconds=facts.seconds)
         else:
             found[key] = Entry(now, facts)
         if found[key].readable:
@@ -141,9 +148,10 @@ class SummaryStats:
 
     def _text(self, params: dict) -> tuple[str, str]:
         """``(text, identity)`` of an engine record's params: the identity compares the records
-        of one configuration alike (:func:`~flowkit.store.layout.comparable_params`, as the
-        store check does), so a store extended from another directory or across flowkit
-        versions is not called a mix of configurations."""
+        of one configuration alike (:func:`~flowkit.store.layout.comparable_params`: weights by
+        digest, a None digest as none, the rule the store check applies in
+        ``compat._engine_differences``), so a store extended from another directory or across
+        flowkit versions is not called a mix of configurations."""
         known = self._texts.get(id(params))
         if known is None or known[0] is not params:
             known = self._texts[id(params)] = (
