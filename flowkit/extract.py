@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import multiprocessing as mp
 import os
@@ -39,6 +38,7 @@ from .errors import FlowkitError, StoreWriteError, VideoError
 from .feed import VideoResult
 from .flow import Backward, check_reversible, create_engine, engine_class
 from .flow.base import FlowEngine
+from .flow.registry import execution_options
 from .labels import VideoItem
 from .progress import Progress, StopFlag
 from .shards import ShardPlan, plan_shards
@@ -248,13 +248,9 @@ def build_engine(config: ExtractConfig) -> FlowEngine:
         if key in params:
             raise FlowkitError(f"engine_params must not hold {key!r}: ExtractConfig.{key} sets it "
                                f"(flowkit extract --{key})")
-    accepted = inspect.signature(engine_class(config.method)).parameters
-    # compile is an execution option of engines that have one (tvl1); others ignore it.
-    if config.compile and "compile" in accepted:
-        params["compile"] = True
-    if "backend" in accepted:
-        params["backend"] = config.backend
-    elif config.backend not in ("auto", "torch"):
+    options = execution_options(config.method, config.backend, config.compile)
+    params.update(options)
+    if "backend" not in options and config.backend not in ("auto", "torch"):
         raise FlowkitError(f"engine {config.method!r} has no CuPy kernels; use --backend torch "
                            "(or auto)")
     engine = create_engine(config.method, device=_device_for_rank(config.device), **params)

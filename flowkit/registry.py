@@ -18,7 +18,7 @@ otherwise they are its constructor's named parameters.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from .errors import FlowkitError
 
@@ -72,14 +72,25 @@ class Registry(Generic[T]):
         return [p.name for p in inspect.signature(cls.__init__).parameters.values()
                 if p.name not in self.skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
+    def check_keywords(self, name: str, keywords: Iterable[str], *, strict: bool = False,
+                       unlisted: Iterable[str] = ()) -> None:
+        """Raise the registry's error naming the ``keywords`` that ``name`` does not accept and
+        listing the accepted ones (less ``unlisted``, names a command sets by options of its own).
+        The ``skip`` names (``device``) pass, unless ``strict``: a parameter dict must not hold
+        them."""
+        accepted = self.parameters(name)
+        passing = set(accepted) if strict else set(accepted) | set(self.skip)
+        unknown = sorted(k for k in keywords if k not in passing)
+        if unknown:
+            hidden = set(unlisted)
+            listed = [p for p in accepted if p not in hidden]
+            raise self.error(f"{self.kind} {name!r} has no parameter {', '.join(unknown)}; "
+                             f"accepted: {', '.join(listed)}")
+
     def create(self, name: str, *args: Any, **kw: Any) -> T:
         """Build ``name`` with ``kw``; unknown keywords raise the registry's error listing the
         accepted ones."""
-        accepted = self.parameters(name)
-        unknown = sorted(k for k in kw if k not in accepted and k not in self.skip)
-        if unknown:
-            raise self.error(f"{self.kind} {name!r} has no parameter {', '.join(unknown)}; "
-                             f"accepted: {', '.join(accepted)}")
+        self.check_keywords(name, kw)
         return self.get(name)(*args, **kw)
 
 

@@ -231,12 +231,10 @@ def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | Non
         peer = create_peer(name, **params)
         return Method(name, peer, "cpu", peer.params, batch=1,
                       extra={"opencv_threads": peer.threads, "backend": "opencv"})
-    from ..flow import create_engine, engine_parameters
+    from ..flow import create_engine
+    from ..flow.registry import execution_options
 
-    accepted = engine_parameters(name)
-    options = {"compile": True} if compile and "compile" in accepted else {}
-    if "backend" in accepted:
-        options["backend"] = backend
+    options = execution_options(name, backend, compile)
     engine = create_engine(name, device=device, **params, **options)
     record = dict(engine.describe()["params"])
     label = f"{name} (compiled)" if options.get("compile") else name

@@ -136,15 +136,6 @@ class FarnebackPeerParams:
                              f"{self.flags!r}")
 
 
-def _defaults(params_class: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(params_class)}
-
-
-# The peers' parameters with their defaults (OpenCV's), in flowkit's names.
-TVL1_DEFAULTS = _defaults(TVL1PeerParams)
-FARNEBACK_DEFAULTS = _defaults(FarnebackPeerParams)
-
-
 def _cv_reason(exc: Exception) -> str:
     """``cv2.error``'s message on one line (OpenCV's own text, location and assertion)."""
     return " ".join(str(exc).split())
@@ -156,8 +147,8 @@ class Peer:
 
     Attributes:
         name: ``"opencv-tvl1"``, ``"opencv-dis"`` or ``"opencv-farneback"``.
-        Params: the frozen dataclass of its parameters (types and ranges, see the module docstring).
-        defaults: the parameters it accepts, in flowkit's names, with their defaults.
+        Params: the frozen dataclass of its parameters, in flowkit's names, with their defaults
+            (OpenCV's), types and ranges (see the module docstring).
         params: the parameters in flowkit's names, typed, JSON-serialisable.
         threads: ``cv2.getNumThreads()`` when the peer was created.
         version: ``cv2.__version__``.
@@ -165,11 +156,10 @@ class Peer:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = type(None)
-    defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def parameter_names(cls) -> list[str]:
-        return list(cls.defaults)
+        return [f.name for f in dataclasses.fields(cls.Params)]
 
     def __init__(self, **params):
         self.params = dataclasses.asdict(check_peer_params(self.name, params))
@@ -211,11 +201,6 @@ class Peer:
 PEERS: Registry[Peer] = Registry("peer", error=BenchError, name_attr="name")
 
 
-def peer_defaults(name: str) -> dict[str, Any]:
-    """The parameters a peer accepts, with their defaults."""
-    return dict(PEERS.get(name).defaults)
-
-
 def check_peer_params(name: str, params: dict[str, Any]):
     """The ``Params`` of peer ``name`` for ``params``: names, types and ranges checked without
     OpenCV (:func:`flowkit.flow.params.check_params`, the engines' rule).
@@ -227,10 +212,7 @@ def check_peer_params(name: str, params: dict[str, Any]):
     from ..flow.params import check_params
 
     cls = PEERS.get(name)
-    unknown = sorted(k for k in params if k not in cls.defaults)
-    if unknown:
-        raise BenchError(f"peer {name!r} has no parameter {', '.join(unknown)}; accepted: "
-                         f"{', '.join(cls.defaults)}")
+    PEERS.check_keywords(name, params, strict=True)
     try:
         return check_params(cls.Params, dict(params), name)
     except EngineError as exc:  # a type error: same message, the benchmark's error class
@@ -238,7 +220,7 @@ def check_peer_params(name: str, params: dict[str, Any]):
 
 
 def create_peer(name: str, **params) -> Peer:
-    """Build peer ``name`` with keyword ``params`` (flowkit's names; see :func:`peer_defaults`).
+    """Build peer ``name`` with keyword ``params`` (flowkit's names; see the peer's ``Params``).
 
     Raises:
         PeerMissing: the OpenCV function is not available (the message says why).
@@ -277,7 +259,6 @@ def _require(cv2, dotted: str, name: str, hint: str):
 class OpenCVTVL1(Peer):
     name = "opencv-tvl1"
     Params = TVL1PeerParams
-    defaults = _defaults(TVL1PeerParams)
 
     def _solver(self, cv2, prm):
         create = _require(cv2, "optflow.DualTVL1OpticalFlow_create", self.name,
@@ -294,7 +275,6 @@ class OpenCVTVL1(Peer):
 class OpenCVDIS(Peer):
     name = "opencv-dis"
     Params = DISPeerParams
-    defaults = _defaults(DISPeerParams)
 
     def _solver(self, cv2, prm):
         create = _require(cv2, "DISOpticalFlow_create", self.name, "it needs OpenCV >= 3.4")
@@ -306,7 +286,6 @@ class OpenCVDIS(Peer):
 class OpenCVFarneback(Peer):
     name = "opencv-farneback"
     Params = FarnebackPeerParams
-    defaults = _defaults(FarnebackPeerParams)
 
     def _solver(self, cv2, prm):
         calc = _require(cv2, "calcOpticalFlowFarneback", self.name, _CONTRIB_HINT)

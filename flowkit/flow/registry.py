@@ -2,7 +2,7 @@
 (a :class:`flowkit.registry.Registry`)."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..errors import EngineError
 from ..registry import Registry
@@ -32,6 +32,17 @@ def engine_parameters(name: str) -> list[str]:
     return ENGINES.parameters(name)
 
 
+def execution_options(name: str, backend: str, compile: bool = False) -> dict[str, Any]:
+    """The execution options to build engine ``name`` with: ``compile=True`` when ``compile`` and
+    the engine has that option (tvl1; others ignore it), ``backend`` when the engine has one
+    (engines with CuPy kernels)."""
+    accepted = engine_parameters(name)
+    options: dict[str, Any] = {"compile": True} if compile and "compile" in accepted else {}
+    if "backend" in accepted:
+        options["backend"] = backend
+    return options
+
+
 def create_engine(name: str, device: str = "cpu", **params) -> FlowEngine:
     """Build the engine registered as ``name`` on ``device`` with keyword ``params``.
 
@@ -53,11 +64,6 @@ def check_engine_params(name: str, params: dict, options: Iterable[str] = ()):
     cls = engine_class(name)
     if cls.Params is None:
         return None
-    known = engine_parameters(name)
-    unknown = sorted(k for k in params if k not in known)
-    if unknown:
-        listed = [p for p in known if p not in set(options)]
-        raise EngineError(f"engine {name!r} has no parameter {', '.join(unknown)}; accepted: "
-                          f"{', '.join(listed)}")
+    ENGINES.check_keywords(name, params, strict=True, unlisted=options)
     names = {f.name for f in fields(cls.Params)}
     return check_params(cls.Params, {k: v for k, v in params.items() if k in names}, name)

@@ -46,11 +46,7 @@ def check_model_kwargs(name: str, kw: dict[str, Any]) -> None:
     from ..flow.params import coerce_value, describe_annotation
 
     cls = MODELS.get(name)
-    accepted = MODELS.parameters(name)
-    unknown = sorted(k for k in kw if k not in accepted)
-    if unknown:
-        raise FlowkitError(f"model {name!r} has no parameter {', '.join(unknown)}; accepted: "
-                           f"{', '.join(accepted)}")
+    MODELS.check_keywords(name, kw, strict=True)
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # an annotation that does not resolve: the model checks its own values
