@@ -153,7 +153,7 @@ class Emulator:
         assert name in self.kernels[source_file].signatures, f"{source_file} has no kernel {name}"
         return (source_file, name)
 
-    def launch(self, kernel, grid, block, args, device=None, shared_mem: int = 0):
+    def launch(self, kernel, grid, block, args, device=None):
         if self._recording is not None:
             self._recording.append((kernel, grid, block, tuple(args)))
             return

@@ -105,27 +105,26 @@ def read_source(source_file: str) -> str:
     return resources.files(__package__).joinpath(source_file).read_text(encoding="utf-8")
 
 
-def kernel_source(source_file: str, defines: Sequence[str] = ()) -> str:
-    """The exact text handed to the compiler: ``#define`` lines, then ``#line 1 "<file>"`` so that
+def kernel_source(source_file: str) -> str:
+    """The exact text handed to the compiler: ``#line 1 "<file>"``, then the file, so that
     compiler errors and ``printf``-debugging name the ``.cu`` file and its own line numbers."""
-    head = "".join(f"#define {d.replace('=', ' ', 1)}\n" for d in defines)
-    return f'{head}#line 1 "{source_file}"\n{read_source(source_file)}'
+    return f'#line 1 "{source_file}"\n{read_source(source_file)}'
 
 
 @functools.lru_cache(maxsize=None)
-def _module(device_id: int, source_file: str, defines: tuple[str, ...], fast_math: bool):
+def _module(device_id: int, source_file: str, fast_math: bool):
     cupy = require()
     options = ("-std=c++17",) + (("--use_fast_math",) if fast_math else ())
     with cupy.cuda.Device(device_id):
-        module = cupy.RawModule(code=kernel_source(source_file, defines), options=options)
+        module = cupy.RawModule(code=kernel_source(source_file), options=options)
         module.compile()  # compile now, on this device, so errors surface at load time
     return module
 
 
 @functools.lru_cache(maxsize=None)
-def _function(device_id: int, source_file: str, defines: tuple[str, ...], fast_math: bool, name: str):
+def _function(device_id: int, source_file: str, fast_math: bool, name: str):
     cupy = require()
-    module = _module(device_id, source_file, defines, fast_math)
+    module = _module(device_id, source_file, fast_math)
     with cupy.cuda.Device(device_id):
         kernel = module.get_function(name)
         # Load the function on this device now (cuModuleGetFunction; a RawKernel otherwise loads it
@@ -136,20 +135,18 @@ def _function(device_id: int, source_file: str, defines: tuple[str, ...], fast_m
     return kernel
 
 
-def load_kernel(name: str, source_file: str, defines: Sequence[str] = (), fast_math: bool = False,
-                device_id: int | None = None):
+def load_kernel(name: str, source_file: str, fast_math: bool = False, device_id: int | None = None):
     """The ``extern "C"`` kernel ``name`` of ``source_file``, compiled for ``device_id``.
 
-    Memoized per (device, file, defines, fast_math): the module is compiled once per device and
-    process (CuPy also keeps an on-disk cache of compiled binaries across processes), and each
-    kernel's function handle is looked up and loaded on the device once, here (never at a first
-    launch, which may be inside a CUDA-graph capture). ``defines`` are ``"NAME"`` or ``"NAME=value"``
-    strings for compile-time variants (e.g. a filter size); never put shapes in them.
+    Memoized per (device, file, fast_math): the module is compiled once per device and process
+    (CuPy also keeps an on-disk cache of compiled binaries across processes), and each kernel's
+    function handle is looked up and loaded on the device once, here (never at a first launch,
+    which may be inside a CUDA-graph capture).
     """
     cupy = require()
     if device_id is None:
         device_id = cupy.cuda.Device().id
-    return _function(int(device_id), source_file, tuple(defines), bool(fast_math), name)
+    return _function(int(device_id), source_file, bool(fast_math), name)
 
 
 def grid_chunks(height: int, width: int, planes: int, block=BLOCK_2D
@@ -174,17 +171,17 @@ def grid_chunks(height: int, width: int, planes: int, block=BLOCK_2D
             for start in range(0, planes, MAX_GRID_Z)]
 
 
-def launch_planes(kernel, height: int, width: int, planes: int, args: Sequence, device,
-                  block=BLOCK_2D) -> None:
-    """:func:`launch` ``kernel`` over ``planes`` planes of ``height x width`` pixels, in as many
-    slices as :func:`grid_chunks` needs; ``numpy.int32(plane0)`` is appended to ``args``."""
+def launch_planes(kernel, height: int, width: int, planes: int, args: Sequence, device) -> None:
+    """:func:`launch` ``kernel`` over ``planes`` planes of ``height x width`` pixels in blocks of
+    :data:`BLOCK_2D`, in as many slices as :func:`grid_chunks` needs; ``numpy.int32(plane0)`` is
+    appended to ``args``."""
     import numpy as np
 
-    for grid, plane0 in grid_chunks(height, width, planes, block):
-        launch(kernel, grid, block, (*args, np.int32(plane0)), device)
+    for grid, plane0 in grid_chunks(height, width, planes, BLOCK_2D):
+        launch(kernel, grid, BLOCK_2D, (*args, np.int32(plane0)), device)
 
 
-def launch(kernel, grid, block, args, device, shared_mem: int = 0) -> None:
+def launch(kernel, grid, block, args, device) -> None:
     """Launch ``kernel`` on torch's current stream of ``device``.
 
     ``args`` may hold torch CUDA tensors (passed as raw device pointers: no CuPy array is built, so
@@ -210,8 +207,7 @@ def launch(kernel, grid, block, args, device, shared_mem: int = 0) -> None:
         converted.append(a)
     stream = torch.cuda.current_stream(device)
     with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        kernel(tuple(int(g) for g in grid), tuple(int(b) for b in block), tuple(converted),
-               shared_mem=shared_mem)
+        kernel(tuple(int(g) for g in grid), tuple(int(b) for b in block), tuple(converted))
 
 
 def check_cuda_float(name: str, *tensors):
