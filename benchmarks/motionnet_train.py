@@ -70,7 +70,7 @@ def _eval_loss(net: MotionNet, clips) -> float:
     windows = torch.stack([c[s: s + m + 1] for c in clips for s in range(0, len(c) - m, m)])
     net.eval()
     with torch.no_grad():
-        loss, _ = unsupervised_loss(windows, net(windows))
+        loss = unsupervised_loss(windows, net(windows))
     return float(loss)
 
 

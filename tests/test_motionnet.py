@@ -13,7 +13,8 @@ from flowkit.train.motionnet import MotionNetTrainConfig as TrainConfig
 from flowkit.train.motionnet import evaluate_epe, sample_eval_set, save_checkpoint, train
 from flowkit.errors import EngineError, FlowkitError, VideoError
 from flowkit.flow import ops
-from flowkit.flow.motionnet import (MotionNet, downsample, photometric_loss, smoothness_loss,
+from flowkit.flow.motionnet import (PHOTOMETRIC_WEIGHTS, SMOOTHNESS_WEIGHTS, SSIM_WEIGHTS,
+                                    MotionNet, downsample, photometric_loss, smoothness_loss,
                                     ssim_loss, unsupervised_loss)
 from flowkit.samples import render_sample, sample_specs
 from flowkit.store import FlowStore
@@ -24,6 +25,23 @@ TINY = 1 / 16
 def _clip(b, m, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, m + 1, 3, h, w, generator=g) * 255
+
+
+def _loss_terms(clip, flows):
+    """``[(photometric, ssim, smoothness)]`` per entry of ``flows`` (scales 1/2, 1/4, ...), from the
+    per-term functions: frames block-averaged by 2 per scale, frame t+1 warped back onto frame t."""
+    b, t, c, h, w = clip.shape
+    images = clip.float().reshape(b * t, c, h, w) / 255
+    terms = []
+    for flow in flows:
+        images = downsample(images, 2)
+        hs, ws = images.shape[-2:]
+        frames = images.reshape(b, t, c, hs, ws)
+        target, source = frames[:, :-1].reshape(-1, c, hs, ws), frames[:, 1:].reshape(-1, c, hs, ws)
+        pair = flow.reshape(-1, 2, hs, ws)
+        terms.append((photometric_loss(target, source, pair),
+                      ssim_loss(ops.warp(source, pair), target), smoothness_loss(pair)))
+    return terms
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +81,15 @@ def test_wrong_number_of_frames_is_rejected():
 def test_loss_is_finite_and_reaches_every_parameter(m):
     net = MotionNet(num_frames=m, width=TINY)
     clip = _clip(2, m, 40, 56)
-    total, parts = unsupervised_loss(clip, net(clip))
+    flows = net(clip)
+    total = unsupervised_loss(clip, flows)
     assert total.dim() == 0 and torch.isfinite(total)
-    assert {"photometric", "ssim", "smoothness", "photometric/0", "ssim/4"} <= set(parts)
+    # Every one of the 5 scales counts, each term with the prototxt's weight of its scale.
+    with torch.no_grad():
+        weights = zip(PHOTOMETRIC_WEIGHTS, SSIM_WEIGHTS, SMOOTHNESS_WEIGHTS)
+        expected = sum(wp * p + ws * s + wm * sm
+                       for (p, s, sm), (wp, ws, wm) in zip(_loss_terms(clip, flows), weights))
+    assert len(flows) == 5 and float(total.detach()) == pytest.approx(float(expected), rel=1e-5)
     total.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -96,10 +120,10 @@ def test_unsupervised_loss_of_a_known_motion_at_all_scales():
         g = downsample(gt[None], f)[0] / f
         true_flows.append(g.repeat(2, 1, 1)[None])
         zero_flows.append(torch.zeros_like(true_flows[-1]))
-    true, parts_true = unsupervised_loss(clip, true_flows)
-    zero, parts_zero = unsupervised_loss(clip, zero_flows)
-    assert true < zero
-    assert parts_true["photometric/0"] < 0.5 * parts_zero["photometric/0"]
+    assert unsupervised_loss(clip, true_flows) < unsupervised_loss(clip, zero_flows)
+    (photometric_true, _, _), (photometric_zero, _, _) = (_loss_terms(clip, true_flows)[0],
+                                                          _loss_terms(clip, zero_flows)[0])
+    assert photometric_true < 0.5 * photometric_zero
     with pytest.raises(EngineError, match="does not match"):
         unsupervised_loss(clip[:, :2], true_flows)
 

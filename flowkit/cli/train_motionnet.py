@@ -53,7 +53,7 @@ def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch
     from ..train.motionnet import (ClipSource, finished_steps, resolve_config, sample_eval_set,
                                    train)
 
-    hw = parse_size(size) if size else None
+    hw = parse_size(size)
     if hw is not None and not isinstance(hw, tuple):
         raise click.BadParameter("expected HxW, e.g. 128x160", param_hint="--size")
     for name, value in (("--num-frames", num_frames), ("--epochs", epochs),

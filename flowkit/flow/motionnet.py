@@ -72,8 +72,7 @@ from .registry import register_engine
 ENCODER_CHANNELS = (64, 64, 128, 128, 256, 256, 512, 512, 512, 512, 1024, 1024)
 #: Decoder widths at levels 5, 4, 3, 2 (deconv and xconv).
 DECODER_CHANNELS = (512, 256, 128, 64)
-#: Number of flow scales; the encoder's total stride is 2^5 = 32.
-NUM_SCALES = 5
+#: The encoder's total stride, 2^5 for 5 flow scales.
 PAD_MULTIPLE = 32
 #: Raw outputs are flow / FLOW_DIVISOR in input pixels (FlowNet's "div_flow").
 FLOW_DIVISOR = 20.0
@@ -118,13 +117,13 @@ def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(pad_to_multiple(images, factor), factor)
 
 
-def upsample_flow(flow: torch.Tensor, size: tuple[int, int], factor: int = 2) -> torch.Tensor:
-    """Flow at scale 1/``factor`` -> flow ``(B, 2k, *size)`` in pixels at full resolution.
+def upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Flow at scale 1/2 -> flow ``(B, 2k, *size)`` in pixels at full resolution.
 
-    Bilinear with half-pixel centres (the block grid of :func:`downsample`), values x ``factor``.
+    Bilinear with half-pixel centres (the block grid of :func:`downsample`), values x 2.
     """
-    up = F.interpolate(flow, scale_factor=factor, mode="bilinear", align_corners=False)
-    return up[..., : size[0], : size[1]] * factor
+    up = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=False)
+    return up[..., : size[0], : size[1]] * 2
 
 
 # ------------------------------------------------------------------------------------ the network
@@ -262,7 +261,7 @@ class MotionNet(nn.Module):
     @staticmethod
     def full_resolution(flows: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """The finest prediction ``flows[0]`` (scale 1/2) as ``(B, 2M, *size)`` input pixels."""
-        return upsample_flow(flows[0], size, 2)
+        return upsample_flow(flows[0], size)
 
 
 # ------------------------------------------------------------------------------------ the loss
@@ -358,42 +357,35 @@ def _scale_factor(size: tuple[int, int], flow_size: tuple[int, int]) -> int:
     raise EngineError(f"flow of size {flow_size} is no power-of-two scale of frames of size {size}")
 
 
-def unsupervised_loss(frames: torch.Tensor, flows_per_scale: Sequence[torch.Tensor], *,
-                      photometric_weights: Sequence[float] = PHOTOMETRIC_WEIGHTS,
-                      ssim_weights: Sequence[float] = SSIM_WEIGHTS,
-                      smoothness_weights: Sequence[float] = SMOOTHNESS_WEIGHTS,
-                      border: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+def unsupervised_loss(frames: torch.Tensor,
+                      flows_per_scale: Sequence[torch.Tensor]) -> torch.Tensor:
     """MotionNet's unsupervised loss summed over scales.
 
     At scale 1/2^s the frames are block-averaged to the flow's grid (:func:`downsample` by 2,
     s times), frame t+1 is warped back by flow t and compared with frame t: ``w_p * photometric + w_s * (1 - SSIM) +
-    w_m * smoothness``, with the weights of the scale (defaults: the official prototxt's, see
-    :data:`SSIM_WEIGHTS`).
+    w_m * smoothness`` (:func:`photometric_loss`, :func:`ssim_loss`, :func:`smoothness_loss`), with
+    entry k of :data:`PHOTOMETRIC_WEIGHTS`, :data:`SSIM_WEIGHTS`, :data:`SMOOTHNESS_WEIGHTS` (the
+    official prototxt's) for ``flows_per_scale[k]``.
 
     Args:
         frames: clip ``(B, M+1, 3, H, W)`` (or ``(B, 3(M+1), H, W)``), intensities in [0, 255].
         flows_per_scale: the network's output, finest first, each ``(B, 2M, h_s, w_s)`` pixels at
             its scale, with scale 1/2^(k+1) for ``flows_per_scale[k]`` (the factor is read from the
             sizes, so a prefix of the scales, or a full-resolution flow, works too).
-        *_weights: one weight per entry of ``flows_per_scale``.
 
     Returns:
-        ``(total, parts)``: a differentiable scalar (use ``gamma * total`` inside another model's
-        loss) and a dict of floats: weighted sums ``photometric``, ``ssim``, ``smoothness`` and the
-        unweighted per-scale terms ``photometric/k``, ``ssim/k``, ``smoothness/k``.
+        A differentiable scalar (use ``gamma * total`` inside another model's loss). It is not
+        split into its terms: reading them back would cost host syncs every step.
     """
     if frames.dim() == 4:
         frames = frames.reshape(frames.shape[0], -1, 3, *frames.shape[-2:])
     ops.check_shape(frames, "BTCHW", "frames")
     b, t, c, h, w = frames.shape
     images = frames.float().reshape(b * t, c, h, w) / 255.0
-    n = len(flows_per_scale)
-    for name, weights in (("photometric", photometric_weights), ("ssim", ssim_weights),
-                          ("smoothness", smoothness_weights)):
-        if len(weights) < n:
-            raise EngineError(f"{name}_weights has {len(weights)} entries for {n} scales")
+    if len(flows_per_scale) > len(SSIM_WEIGHTS):
+        raise EngineError(f"{len(flows_per_scale)} flow scales for the loss's "
+                          f"{len(SSIM_WEIGHTS)} per-scale weights")
     total = images.new_zeros(())
-    parts: dict[str, float] = {"photometric": 0.0, "ssim": 0.0, "smoothness": 0.0}
     pyramid = {1: images}   # factor -> images; 2x block averages of 2x block averages are cheap
     for k, flow in enumerate(flows_per_scale):
         factor = _scale_factor((h, w), tuple(flow.shape[-2:]))
@@ -403,16 +395,10 @@ def unsupervised_loss(frames: torch.Tensor, flows_per_scale: Sequence[torch.Tens
         scaled = pyramid[factor]
         scaled = scaled.reshape(b, t, c, *scaled.shape[-2:])
         target, source, pair_flow = _pairs(scaled, flow)
-        terms = {"photometric": photometric_loss(target, source, pair_flow, border),
-                 "ssim": ssim_loss(ops.warp(source, pair_flow), target),
-                 "smoothness": smoothness_loss(pair_flow)}
-        weights = {"photometric": photometric_weights[k], "ssim": ssim_weights[k],
-                   "smoothness": smoothness_weights[k]}
-        for name, value in terms.items():
-            total = total + weights[name] * value
-            parts[name] += weights[name] * float(value.detach())
-            parts[f"{name}/{k}"] = float(value.detach())
-    return total, parts
+        total = total + PHOTOMETRIC_WEIGHTS[k] * photometric_loss(target, source, pair_flow)
+        total = total + SSIM_WEIGHTS[k] * ssim_loss(ops.warp(source, pair_flow), target)
+        total = total + SMOOTHNESS_WEIGHTS[k] * smoothness_loss(pair_flow)
+    return total
 
 
 # ------------------------------------------------------------------------------------ checkpoints

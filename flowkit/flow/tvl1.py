@@ -93,17 +93,15 @@ def solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Pa
 
 
 def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None,
-              compile: bool = False, numerics=None) -> torch.Tensor:
+              numerics=None) -> torch.Tensor:
     """TV-L1 flow from ``i0`` to ``i1``.
 
     Args:
         i0, i1: gray images ``(B, 1, H, W)``, float, intensities in [0, 255].
         params: :class:`TVL1Params` (OpenCV defaults when omitted).
-        compile: fuse the iteration with ``torch.compile`` (same result to float rounding; the
-            first call compiles for ~20 s, later processes reuse inductor's on-disk cache). Torch
-            numerics only.
-        numerics: the backend's numerics (:func:`flowkit.flow.numerics.create`); by default torch's
-            for the device of ``i0``.
+        numerics: the backend's numerics (:func:`flowkit.flow.numerics.create`, where
+            ``compile=True`` fuses the iteration with ``torch.compile``); by default torch's for
+            the device of ``i0``.
 
     Returns:
         Flow ``(B, 2, H, W)`` float32, pixels.
@@ -114,7 +112,7 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = No
     if h < 3 or w < 3:
         raise EngineError(f"tvl1 needs frames of at least 3x3 pixels, got {h}x{w}")
     if numerics is None:
-        numerics = create_numerics("torch", i0.device, compile=compile)
+        numerics = create_numerics("torch", i0.device)
     return coarse_to_fine(i0.float(), i1.float(), prm.nscales, prm.scale_step,
                           lambda level, a, b, u: solve_level(a, b, u, prm, numerics),
                           resize=numerics.resize_bilinear)

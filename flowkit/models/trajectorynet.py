@@ -221,7 +221,7 @@ class TrajectoryNet(ResNet3dClassifier):
         windows = torch.stack([frames[:, s: s + m + 1] for s in starts], dim=1)  # (B, n, M+1, ...)
         windows = windows.reshape(b * len(starts), m + 1, 3, h, w)
         flows = self.motionnet(windows)                                  # 5 x (B n, 2M, h_s, w_s)
-        loss, _ = unsupervised_loss(windows, flows)
+        loss = unsupervised_loss(windows, flows)
         # Clip flow j (frame j -> j+1) from the first window that holds it.
         source = {}
         for wi, s in enumerate(starts):

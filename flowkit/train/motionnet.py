@@ -34,6 +34,7 @@ import torch
 from .. import checkpoints
 from ..errors import FlowkitError, VideoError
 from ..progress import Progress, StopFlag
+from .checkpoint import check_resumable, existing_out_error
 
 # Decoded videos kept in memory between draws (a clip sampler revisits videos often).
 VIDEO_CACHE = 16
@@ -99,7 +100,7 @@ class ClipSource:
 
     @classmethod
     def from_arrays(cls, videos: Sequence[np.ndarray], **kw) -> "ClipSource":
-        """In-memory videos ``(T, H, W, 3)`` uint8 of one size (tests, benchmarks)."""
+        """In-memory videos ``(T, H, W, 3)`` uint8 of one size (tests)."""
         size = videos[0].shape[1:3]
         return cls([(f"video{i}", lambda v=v: v) for i, v in enumerate(videos)], size, **kw)
 
@@ -182,14 +183,13 @@ class EvalSet:
     names: list[str]
 
 
-def sample_eval_set(num_frames: int, size: tuple[int, int],
-                    classes: Sequence[str] = ("pan_left", "pan_right", "pan_up", "pan_down"),
-                    videos_per_class: int = 1, seed: int = 1000) -> EvalSet:
-    """Rendered (not encoded) sample clips of ``num_frames + 1`` frames and their exact flow."""
+def sample_eval_set(num_frames: int, size: tuple[int, int]) -> EvalSet:
+    """Rendered (not encoded) sample clips of ``num_frames + 1`` frames and their exact flow: one
+    pan per direction, seed 1000 (other photos and speeds than the sample training videos)."""
     from ..samples import render_sample, sample_specs
 
-    specs = sample_specs(classes=tuple(classes), videos_per_class=videos_per_class,
-                         frames=num_frames + 1, size=tuple(size), seed=seed)
+    specs = sample_specs(classes=("pan_left", "pan_right", "pan_up", "pan_down"),
+                         videos_per_class=1, frames=num_frames + 1, size=tuple(size), seed=1000)
     clips = np.stack([render_sample(s) for s in specs])
     flows = np.stack([s.flow() for s in specs])
     return EvalSet(torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous(),
@@ -221,22 +221,6 @@ def evaluate_epe(model, data: EvalSet) -> dict[str, float]:
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """Write a MotionNet checkpoint atomically (:func:`flowkit.checkpoints.save_checkpoint`)."""
     checkpoints.save_checkpoint(path, "motionnet", payload)
-
-
-def _check_resumable(ckpt: dict, config: MotionNetTrainConfig, path: Path) -> None:
-    """FlowkitError naming every option but ``epochs`` that differs from the checkpoint's."""
-    saved = ckpt.get("config", {})
-    conflicts = [f"--{key.replace('_', '-')}={saved[key]} (given {getattr(config, key)})"
-                 for key in ("num_frames", "width", "size", "batch", "steps_per_epoch", "lr", "seed")
-                 if key in saved and _norm(saved[key]) != _norm(getattr(config, key))]
-    if conflicts:
-        raise FlowkitError(f"--resume: {path} was trained with {', '.join(conflicts)}; leave these "
-                           "options out (they come from the checkpoint) or choose another --out; "
-                           "only --epochs may change")
-
-
-def _norm(value):
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -274,7 +258,7 @@ def train(source: ClipSource, config: MotionNetTrainConfig, out: Path | None = N
     if resume and out is not None and out.is_file():
         ckpt = checkpoints.load_checkpoint(out, "motionnet", what="--resume checkpoint",
                                            map_location=device)
-        _check_resumable(ckpt, config, out)
+        check_resumable(out, ckpt.get("config", {}), asdict(config))
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
@@ -296,7 +280,7 @@ def train(source: ClipSource, config: MotionNetTrainConfig, out: Path | None = N
         start, total = time.perf_counter(), 0.0
         for _ in range(config.steps_per_epoch):
             clips = source.sample(rng, config.batch, length).to(device)
-            loss, _parts = unsupervised_loss(clips, model(clips))
+            loss = unsupervised_loss(clips, model(clips))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -337,8 +321,7 @@ def resolve_config(out: Path, resume: bool, options: dict) -> MotionNetTrainConf
         saved = checkpoints.load_checkpoint(out, "motionnet", what="--resume checkpoint"
                                             ).get("config", {})
     elif out.exists() and not resume:
-        raise FlowkitError(f"{out} exists; pass --resume to continue training it, or choose "
-                           f"another --out")
+        raise existing_out_error(out)
     defaults = asdict(MotionNetTrainConfig())
     values = {k: (options[k] if options.get(k) is not None else saved.get(k, defaults[k]))
               for k in defaults}

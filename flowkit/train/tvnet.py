@@ -33,6 +33,7 @@ from ..errors import FlowkitError
 from ..flow import ops
 from ..flow.tvnet import TVNet, TVNetConfig, epe_loss, flow_loss, load_checkpoint
 from ..progress import Progress, StopFlag, Task
+from .checkpoint import check_resumable, existing_out_error
 
 
 @dataclass
@@ -251,17 +252,6 @@ def saved_options(path: str | os.PathLike) -> dict:
                                        if k in config}}
 
 
-def _check_resumable(saved: dict, given: dict, path: Path) -> None:
-    """FlowkitError naming every option (but :data:`RESUMABLE_CHANGES`) that differs."""
-    conflicts = [f"--{k.replace('_', '-')}={saved[k]!r} (given {given[k]!r})"
-                 for k in given if k in saved and k not in RESUMABLE_CHANGES
-                 and saved[k] != given[k]]
-    if conflicts:
-        raise FlowkitError(f"--resume: {path} was trained with " + ", ".join(conflicts) +
-                           "; leave these options out (they come from the checkpoint) or pass a "
-                           "new --out; only --epochs may change")
-
-
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     """Write a TVNet checkpoint atomically (:func:`flowkit.checkpoints.save_checkpoint`)."""
     checkpoints.save_checkpoint(path, "tvnet", checkpoint)
@@ -308,7 +298,8 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
             raise FlowkitError(f"--resume: {out} was trained with {ckpt['config']}, not "
                                f"{asdict(arch)}; pass the same --scales/--warps/--iterations "
                                "or a new --out")
-        _check_resumable(ckpt.get("args", {}), run_args, out)
+        check_resumable(out, ckpt.get("args", {}), run_args, changeable=RESUMABLE_CHANGES,
+                        new_out="pass a new --out")
         net.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
@@ -316,8 +307,7 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
     elif resume:
         progress.log(f"no checkpoint at {out} yet; starting from scratch")
     elif out.exists():
-        raise FlowkitError(f"{out} exists; pass --resume to continue training it, or choose "
-                           "another --out")
+        raise existing_out_error(out)
     train_idx, val_idx = split(len(samples), config.val_fraction, config.seed,
                                [sample.video for sample in samples])
     has_gt = samples[0].flow is not None
