@@ -52,7 +52,7 @@ from ..files import atomic_write_json
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore
 from ..store.codecs import Jpeg
-from .pool import failure_reason, run_threads
+from .pool import check_common, failure_reason, run_threads
 
 OPTIONS_FILE = ".flowkit-export.json"
 LABEL_MAP = "label_map.txt"
@@ -81,16 +81,11 @@ class ExportConfig:
     split_lists: Sequence[str | os.PathLike] = ()
 
     def __post_init__(self):
-        if not (np.isfinite(self.bound) and self.bound > 0):
-            raise FlowkitError(f"bound must be a positive number of pixels, got {self.bound!r}")
+        check_common(self, "export")
         if not 1 <= int(self.quality) <= 100:
             raise FlowkitError(f"JPEG quality must be in 1..100, got {self.quality!r}")
         if self.start_index not in (0, 1):
             raise FlowkitError(f"start index must be 0 or 1, got {self.start_index!r}")
-        if self.workers < 1:
-            raise FlowkitError(f"workers must be >= 1, got {self.workers}")
-        if not (self.rgb or self.flow):
-            raise FlowkitError("nothing to export: both RGB and flow are switched off")
 
     def format_options(self) -> dict:
         """What makes two exports into one folder compatible. ``flow`` is whether flow images

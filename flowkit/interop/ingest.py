@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -70,7 +69,7 @@ from ..store.codecs import codec_spec
 from ..store.reading import IMPORTED_ATTR
 from ..version import __version__
 from .export import LABEL_MAP
-from .pool import failure_reason, run_threads
+from .pool import check_common, failure_reason, run_threads
 
 CHUNK = 32  # frames read and written at a time
 #: Videos planned before the run to learn the kind of flow it adds (:func:`_check_flow_kinds`).
@@ -99,12 +98,7 @@ class ImportConfig:
     def __post_init__(self):
         flow_codec(self.flow_codec)  # StoreError (a FlowkitError) for a bad spec
         rgb_codec(self.rgb_codec)
-        if not (np.isfinite(self.bound) and self.bound > 0):
-            raise FlowkitError(f"bound must be a positive number of pixels, got {self.bound!r}")
-        if self.workers < 1:
-            raise FlowkitError(f"workers must be >= 1, got {self.workers}")
-        if not (self.rgb or self.flow):
-            raise FlowkitError("nothing to import: both RGB and flow are switched off")
+        check_common(self, "import")
 
 
 @dataclass
@@ -290,8 +284,8 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     videos = progress.start("videos", total=len(sources), completed=len(sources) - len(todo))
     frames = progress.start("frames")
     try:
-        for result in run_threads(todo, lambda s: _import_one(_thread_store(store.path), s,
-                                                              config, stop, kinds),
+        # threads share the store: each opens its own handles
+        for result in run_threads(todo, lambda s: _import_one(store, s, config, stop, kinds),
                                   config.workers, stop):
             summary.results.append(result)
             videos.advance()
@@ -423,17 +417,6 @@ def _kind_message(store: FlowStore, name: str, kind: tuple, held: dict[tuple, li
 def _where(source: Source) -> str:
     """The path a summary line names for ``source`` (bytes that are not UTF-8 escaped)."""
     return escape_name(str(source.folder or source.h5 or source.h5_backward))
-
-
-_local = threading.local()
-
-
-def _thread_store(path: Path) -> FlowStore:
-    """This thread's handle on the store (FlowStore caches open files; one per thread)."""
-    stores = _local.__dict__.setdefault("stores", {})
-    if path not in stores:
-        stores[path] = FlowStore(path, "a")
-    return stores[path]
 
 
 def _finished(meta: dict | None, source: Source, config: ImportConfig) -> bool:

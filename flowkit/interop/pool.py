@@ -3,6 +3,7 @@
 The per-video work of export and import is JPEG and JPEG-LS coding, HDF5 reads and file writes,
 which release the GIL, so threads run it in parallel without the start-up and pickling costs of
 processes. At most ``2 * workers`` videos are in flight, whatever the number of videos.
+:func:`check_common` holds the checks the export and import configs share.
 """
 from __future__ import annotations
 
@@ -13,6 +14,22 @@ from ..progress import StopFlag
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def check_common(config, what: str) -> None:
+    """FlowkitError for an export or import config (``what``: "export" or "import") with a
+    ``bound`` (pixels) that is not a positive number, ``workers`` below 1, or both ``rgb`` and
+    ``flow`` switched off."""
+    import numpy as np
+
+    from ..errors import FlowkitError
+
+    if not (np.isfinite(config.bound) and config.bound > 0):
+        raise FlowkitError(f"bound must be a positive number of pixels, got {config.bound!r}")
+    if config.workers < 1:
+        raise FlowkitError(f"workers must be >= 1, got {config.workers}")
+    if not (config.rgb or config.flow):
+        raise FlowkitError(f"nothing to {what}: both RGB and flow are switched off")
 
 
 def failure_reason(exc: BaseException) -> str:
