@@ -148,6 +148,32 @@ def test_rerun_backward_resumes_and_forward_is_not_refused(both):
     assert {p: p.stat().st_mtime_ns for p in (path / "videos").rglob("*.h5")} == stamps
 
 
+def test_a_backward_run_beside_forward_flow_does_not_write_the_rgb_again(sample_videos, tmp_path,
+                                                                         monkeypatch):
+    """A --backward run into a video that already holds its RGB frames (from the forward run)
+    adds only the backward flow: the frames are kept as they are, not decoded and written a
+    second time (wasted time and, with a lossy codec, a second generation of JPEG)."""
+    from flowkit.store import VideoWriter
+
+    items, classes = scan_videos(sample_videos)
+    calls = []
+    append_rgb = VideoWriter.append_rgb
+    monkeypatch.setattr(VideoWriter, "append_rgb",
+                        lambda self, frames: (calls.append(len(frames)),
+                                              append_rgb(self, frames))[1])
+    path = tmp_path / "s"
+    extract(items[:1], path, _config(), classes=classes)
+    assert sum(calls) == T  # the forward run stores the frames (the counter sees them)
+    rgb = FlowStore(path).read_rgb(items[0].key)
+    calls.clear()
+    backward = extract(items[:1], path, _config(backward=True), classes=classes)
+    assert [r.status for r in backward.results] == ["done"], backward.results
+    assert calls == []
+    with FlowStore(path) as store:
+        assert store.flow_names(items[0].key) == ["tvl1", BACKWARD]
+        np.testing.assert_array_equal(store.read_rgb(items[0].key), rgb)
+
+
 def test_the_two_directions_are_made_with_the_same_parameters(sample_videos, tmp_path):
     """Backward flow beside a forward flow made with other engine parameters (or forward beside
     backward) is refused before computing, with the --param values of the flow already there;

@@ -145,6 +145,18 @@ def test_export_resumes_and_refuses_other_options(source_store, tmp_path):
         export_rawframes(source_store, out, ExportConfig(bound=32.0))
 
 
+def test_export_refuses_a_non_empty_folder_that_holds_no_export(source_store, tmp_path):
+    """An output folder that already holds other files (not a flowkit export: no stamp) is
+    refused before anything is written: an export mixed into someone's folder could not be told
+    apart from what was there, nor resumed or removed cleanly."""
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "x.txt").write_text("mine")
+    with pytest.raises(FlowkitError, match="not empty and holds no flowkit export"):
+        export_rawframes(source_store, out, ExportConfig())
+    assert os.listdir(out) == ["x.txt"] and (out / "x.txt").read_text() == "mine"
+
+
 class StopAfterFirstVideo(Progress):
     """Sets ``stop`` as soon as one video is finished, like Ctrl-C in the middle of a run."""
 
@@ -493,6 +505,21 @@ def test_import_denseflow_backward_h5_beside_forward_and_added_later(tmp_path):
         bad.results[0].reason
 
 
+def test_denseflow_h5_with_fewer_backward_than_forward_pairs_is_refused(tmp_path):
+    """HDF5-only flow (no frames to count against) with 4 forward but 2 backward pairs fails,
+    naming both counts: the two directions of one video pair up frame for frame."""
+    rng = np.random.default_rng(27)
+    root = tmp_path / "raw"
+    (root / "jump").mkdir(parents=True)
+    write_denseflow_h5(root / "jump" / "v0.h5", rng.normal(0, 3, (4, 2, *SIZE)).astype(np.float32))
+    write_denseflow_h5(root / "jump" / "v0_m1.h5",
+                       rng.normal(0, 3, (2, 2, *SIZE)).astype(np.float32), backward=True)
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig(flow_codec="float16"))
+    result = summary.results[0]
+    assert result.status == "failed" and "4 forward but 2 backward flow pairs" in result.reason
+    assert "jump/v0" not in FlowStore(tmp_path / "s")
+
+
 # ------------------------------------------------------------------------------ resume, keys, walk
 
 
@@ -514,6 +541,28 @@ def test_import_adds_what_the_store_lacks_and_skips_the_rest(exported, tmp_path)
     stored = FlowStore(rgb_first).read_rgb(key, decode=False)
     assert stored == [(exported / key / frame_name("img", i)).read_bytes()
                       for i in range(1, FRAMES + 1)]
+
+
+def test_adding_flow_of_another_step_to_a_stored_video_is_refused(tmp_path):
+    """A video imported without flow (step 1), then given flow of step 2 (denseflow -s 2) and
+    imported again, fails naming both steps: the store's frames are of step 1, and flow between
+    every second frame cannot be added beside them."""
+    rng = np.random.default_rng(26)
+    root = tmp_path / "raw"
+    folder = root / "jump" / "v0"
+    rawframes.write_frames(folder, 0, rgb=rng.integers(0, 255, (5, *SIZE, 3), np.uint8),
+                           start_index=0)
+    assert import_rawframes(root, tmp_path / "s", ImportConfig(flow=False)).count("done") == 1
+    for i in range(3):
+        fx, fy = rawframes.flow_to_images(smooth_flow(rng, 1)[0])
+        (folder / frame_name("flow_x", i, step=2)).write_bytes(rawframes.encode_jpeg(fx))
+        (folder / frame_name("flow_y", i, step=2)).write_bytes(rawframes.encode_jpeg(fy))
+    again = import_rawframes(root, tmp_path / "s", ImportConfig())
+    result = again.results[0]
+    assert result.status == "failed"
+    assert "the store holds this video at step 1" in result.reason and "step 2" in result.reason
+    meta = FlowStore(tmp_path / "s").meta("jump/v0")
+    assert (meta["step"], meta["frame_count"], list(meta["flows"])) == (1, 5, [])
 
 
 def test_adding_a_flow_keeps_the_videos_attributes(source_store, exported, tmp_path):
@@ -734,6 +783,22 @@ def test_the_stores_step_survives_export_and_import(tmp_path):
     export_rawframes(tmp_path / "s", tmp_path / "raw2", ExportConfig())
     assert json.loads((tmp_path / "raw2" / "jump" / "s2" / rawframes.INFO_FILE).read_text()) == \
         {"step": 2}
+
+
+def test_a_key_with_whitespace_is_exported_but_left_out_of_the_lists(tmp_path):
+    """mmaction2 splits list lines at whitespace: a video whose key holds a space is exported
+    but left out of the lists with a note naming it, so the rest of the export still gets its
+    lists (a list line with whitespace would be refused, failing the export)."""
+    rng = np.random.default_rng(25)
+    store_path = _store_with(tmp_path / "store", {"a b": (1, ["tvl1"]), "c": (1, ["tvl1"])}, rng)
+    out = tmp_path / "raw"
+    summary = export_rawframes(store_path, out, ExportConfig())
+    assert summary.count("done") == 2
+    assert any("whitespace" in n and "'jump/a b'" in n for n in summary.notes), summary.notes
+    for name in ("all_rawframes.txt", "all_flow.txt"):
+        lines = (out / name).read_text().splitlines()
+        assert [line.split()[0] for line in lines] == ["jump/c"]
+    assert (out / "jump" / "a b" / frame_name("img", 1)).is_file()
 
 
 def test_an_unreadable_step_record_is_a_note(tmp_path):

@@ -96,6 +96,30 @@ def test_scan_folder_reports_count_mismatch_gap_and_unpaired_flow(tmp_path):
         rawframes.scan_folder(unpaired).problems[0]
 
 
+def test_scan_folder_reports_a_gap_after_the_first_image(tmp_path):
+    """A gap between the first and second image (img_00002 lost in a copy) is reported like any
+    other: otherwise the import would read frames 1, 3, 4 as consecutive and compute flow across
+    the missing frame."""
+    folder = _touch_video(tmp_path / "v", 4, 0)
+    (folder / "img_00002.jpg").unlink()
+    video = rawframes.scan_folder(folder)
+    assert video.rgb == [1, 3, 4]
+    assert any("img numbering has a gap: 1 is followed by 3" in p for p in video.problems)
+
+
+@pytest.mark.parametrize("step", [0, -2])
+def test_scan_folder_takes_a_step_below_one_in_the_info_file_as_one_with_a_note(tmp_path, step):
+    """A .flowkit-video.json whose step is 0 or negative (hand-edited or written by another tool)
+    cannot be a store step: the step is taken as 1 and a note says so, rather than the import
+    dividing frame counts by 0 or a negative number."""
+    folder = _touch_video(tmp_path / "v", 3, 2)
+    (folder / rawframes.INFO_FILE).write_text(f'{{"step": {step}}}')
+    video = rawframes.scan_folder(folder)
+    assert video.source_step == 1 and video.problems == []
+    assert any(rawframes.INFO_FILE in n and "taken as 1" in n and f"step {step}" in n
+               for n in video.notes), video.notes
+
+
 def test_scan_folder_reads_backward_flow_numbered_from_the_frame_it_starts_from(tmp_path):
     both = rawframes.scan_folder(_touch_video(tmp_path / "both", 5, 4, start=0, n_backward=4))
     assert both.problems == [] and both.flow == [0, 1, 2, 3] and both.backward == [1, 2, 3, 4]
@@ -161,6 +185,18 @@ def test_read_flow_dequantises_with_the_bound(tmp_path):
     assert flow.shape == (2, 2, 6, 8) and flow.dtype == np.float32
     # constant gray images survive JPEG exactly: level 100 + i
     np.testing.assert_allclose(flow[1], dequantize(np.full((2, 6, 8), 101, np.uint8), 20.0))
+
+
+def test_read_flow_refuses_a_pair_whose_images_differ_in_size(tmp_path):
+    """A flow_y image of another size than its flow_x (a resized or foreign file) is a
+    RawframesError naming the folder and the pair, not a bare numpy error from stacking them."""
+    folder = _touch_video(tmp_path / "v", 3, 2)
+    (folder / "flow_y_00002.jpg").write_bytes(
+        rawframes.encode_jpeg(np.full((4, 8), 100, np.uint8)))
+    video = rawframes.scan_folder(folder)
+    assert video.problems == []
+    with pytest.raises(rawframes.RawframesError, match="flow pair 2 has flow_x"):
+        rawframes.read_flow(video, video.flow, bound=20.0)
 
 
 def write_denseflow_h5(path: Path, flow: np.ndarray, step: int = 1, backward: bool = False,
