@@ -53,6 +53,41 @@ def test_mmaction_video_list_keys_and_errors(tmp_path):
         read_mmaction_list(path, kind="rawframes")
 
 
+def test_mmaction_list_errors_name_the_file_and_line(tmp_path):
+    """A negative label (mmaction2 ids are 0-based) and a label beyond the label map are refused,
+    naming where: either would otherwise label videos with a class that does not exist."""
+    path = tmp_path / "train_list.txt"
+    path.write_text("jump/j0 10 0\nrun/r0 10 -1\n")
+    with pytest.raises(FlowkitError, match=r"train_list.txt:2: labels must be 0-based class ids, "
+                                           r"got \[-1\]"):
+        read_mmaction_list(path)
+    path.write_text("jump/j0 10 0\nrun/r0 10 2\n")
+    label_map = tmp_path / "label_map.txt"
+    label_map.write_text("jump\nrun\n")
+    with pytest.raises(FlowkitError, match=r"train_list.txt: label 2 is out of range of the label "
+                                           r"map's 2 classes"):
+        match_annotations(path, ["jump/j0", "run/r0"], label_map=label_map)
+
+
+def test_read_keys_keeps_a_repeated_video_once(tmp_path):
+    """A list naming a video twice gives its key once (in first-seen order): a video is extracted
+    or evaluated once."""
+    path = tmp_path / "list.txt"
+    path.write_text("a/x.avi 1\na/x.avi 1\nb/y.avi 2\na/x.avi 1\n")
+    assert read_keys(path) == ["a/x", "b/y"]
+
+
+def test_flat_list_gets_numbered_class_names(tmp_path):
+    """Videos of two labels all in one folder say nothing about class names: the classes are
+    class_0, class_1 (distinct), not the folder's name twice."""
+    path = tmp_path / "list.txt"
+    path.write_text("videos/a 4 0\nvideos/b 4 1\nvideos/c 4 0\n")
+    match = match_list(read_mmaction_list(path), ["videos/a", "videos/b", "videos/c"], str(path))
+    assert match.classes == ["class_0", "class_1"]
+    assert match.labels == {"videos/a": (0, "class_0"), "videos/b": (1, "class_1"),
+                            "videos/c": (0, "class_0")}
+
+
 def test_match_list_by_path_or_unique_name_with_folder_class_names(tmp_path):
     path = tmp_path / "list.txt"
     path.write_text("run/r0 10 1\nr1 12 1\njump/j0 8 0\nnothere/zz 5 0\nrun/r2 9 0 1\n")
@@ -140,6 +175,9 @@ def test_kinetics_test_csv_without_labels_and_bad_files(tmp_path):
     path.write_text("label,youtube_id,time_start,time_end,split\nx,abc,zero,10,train\n")
     with pytest.raises(FlowkitError, match=r"kinetics_test.csv:2: time_start / time_end"):
         read_kinetics_csv(path)
+    path.write_text("label,youtube_id,time_start,time_end,split\nx,abc,10,20,train\nx,def,10\n")
+    with pytest.raises(FlowkitError, match=r"kinetics_test.csv:3: 3 fields, the header has 5"):
+        read_kinetics_csv(path)  # a truncated row, not an IndexError or a row without its end
 
 
 def test_extract_with_a_kinetics_csv(sample_videos, tmp_path):

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import TINY_SIZE, TINY_SPEED, tiny_video, write_tiny_store
-from flowkit.data import (IMAGENET_MEAN, IMAGENET_STD, ClipDataset, MultiScaleCrop,
-                          RandomClipSampler, SegmentClipsSampler, SegmentSampler,
+from flowkit.data import (IMAGENET_MEAN, IMAGENET_STD, CenterCrop, ClipDataset, MultiScaleCrop,
+                          RandomClipSampler, SegmentClipsSampler, SegmentSampler, ThreeCrop,
                           UniformClipSampler, clip_at, flow_indices, hflip, labelled_keys, labels,
                           num_classes, resized_crop, split_from_list, stratified_split,
                           test_transform, train_transform, video_group)
@@ -286,6 +286,40 @@ def test_multiscale_crop_without_resize_is_a_window(tiny_store):
     assert len(lefts) > 1  # the position is random
 
 
+def index_image(h, w):
+    """rgb ``(3, 1, h, w)`` whose pixel (y, x) holds ``w * y + x``: a crop's first pixel says
+    where its box starts."""
+    return {"rgb": torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w).repeat(3, 1, 1, 1)}
+
+
+def test_evaluation_crops_sit_at_the_centre_and_the_ends():
+    """CenterCrop takes the centred square, ThreeCrop the squares at the start, middle and end of
+    the long side: evaluation scores the parts of the frame the protocol names, not a corner."""
+    wide = index_image(8, 16)
+    centre = CenterCrop(4, scale=0.5)(wide)["rgb"]  # side 4 of 8 x 16: rows 2..5, columns 6..9
+    assert torch.equal(centre, wide["rgb"][..., 2:6, 6:10])
+    views = ThreeCrop(8)(wide, None)["rgb"]  # (3, C, T, 8, 8)
+    for view, left in zip(views, (0, 4, 8)):
+        assert torch.equal(view, wide["rgb"][..., :, left:left + 8])
+    tall = index_image(16, 8)
+    views = ThreeCrop(8)(tall, None)["rgb"]
+    for view, top in zip(views, (0, 4, 8)):
+        assert torch.equal(view, tall["rgb"][..., top:top + 8, :])
+
+
+def test_multiscale_crop_reaches_every_offset():
+    """Over many draws the random square starts at every row and column it fits at, the last
+    ones included: training sees the bottom and right edges of the frame too."""
+    image = index_image(8, 16)
+    crop = MultiScaleCrop(4, scales=(0.5,))  # side 4: top 0..4, left 0..12, no resize
+    tops, lefts = set(), set()
+    for seed in range(300):
+        first = int(crop(image, np.random.default_rng(seed))["rgb"][0, 0, 0, 0])
+        tops.add(first // 16)
+        lefts.add(first % 16)
+    assert tops == set(range(5)) and lefts == set(range(13))
+
+
 def test_normalisation_float16_store(tiny_store):
     sample, _ = raw_sample(tiny_store, "right/right_3")
     ds = ClipDataset(tiny_store, ["right/right_3"], inputs=("rgb", "flow"),
@@ -427,6 +461,16 @@ def test_missing_rgb_errors(tmp_path):
     assert flow_only[0]["flow"].shape == (2, 2, 24, 32)
 
 
+def test_one_frame_video_is_refused_up_front_for_flow(tmp_path):
+    """A 1-frame video has no flow pair: a flow dataset naming it raises at construction, saying
+    which video and what to do, not at some batch deep into training."""
+    store = write_coded_store(tmp_path / "store", {"a/long": 6, "b/one": 1})
+    with pytest.raises(FlowkitError, match=r"1 of 2 videos have no flow \(fewer than 2 frames\) "
+                                           r"\(e.g. 'b/one'\); leave these videos out of the keys"):
+        ClipDataset(store, inputs=("flow",), sampler=RandomClipSampler(2))
+    assert len(ClipDataset(store, ["a/long"], inputs=("flow",), sampler=RandomClipSampler(2))) == 1
+
+
 def test_key_and_argument_errors(tiny_store):
     sampler = RandomClipSampler(2)
     with pytest.raises(FlowkitError, match="key list .* is empty"):
@@ -507,6 +551,19 @@ def test_stratified_split_keeps_ucf101_groups_whole(tmp_path):
     assert {k.split("/")[0] for k in train} == {"Archery", "Bowling"}  # each keeps a group
 
 
+def test_stratified_split_keeps_a_class_of_one_group_for_training(tmp_path):
+    """A class whose videos are all clips of one recording cannot give validation a group
+    without leaving training nothing of it: the whole group stays in training, whatever the seed
+    (a classifier cannot learn a class it never sees)."""
+    archery = [f"Archery/v_Archery_g01_c0{k}" for k in range(1, 5)]
+    bowling = [f"Bowling/v_Bowling_g0{g}_c01" for g in range(1, 5)]
+    write_labelled_store(tmp_path / "store", archery + bowling)
+    for seed in range(4):
+        train, val = stratified_split(tmp_path / "store", 0.25, seed=seed)
+        assert set(archery) <= set(train)
+        assert len(val) == 1 and val[0] in bowling
+
+
 def test_stratified_split_of_ungrouped_videos_is_per_video(tiny_store):
     """Keys without a group split video by video, as before groups were known."""
     keys = FlowStore(tiny_store).keys()
@@ -548,6 +605,19 @@ def test_unlabelled_videos_are_in_no_stratified_split(tiny_store, tmp_path):
         assert stratified_split(tiny_store, fraction, seed=0) == (train, val)  # otherwise alike
 
 
+def test_unlabelled_videos_stay_unlabelled_under_a_runs_classes(tiny_store, tmp_path):
+    """A store numbering its classes otherwise than the run (matched by name) still has its
+    unlabelled video (label -1) unlabelled: it is neither trained on nor scored as some class."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    add_unlabelled_videos(store, "stray")
+    keys = ["right/right_0", "down/down_0", "left/left_0", "stray"]
+    run_classes = ["left", "right", "down"]  # the store's are right, down, left
+    assert labelled_keys(store, keys, classes=run_classes) == (keys[:3], ["stray"])
+    ds = ClipDataset(store, keys, sampler=RandomClipSampler(2), classes=run_classes)
+    assert ds.labels == [1, 2, 0, -1]
+
+
 def test_split_from_list(tiny_store, tmp_path):
     with_labels = tmp_path / "trainlist01.txt"
     with_labels.write_text("right/right_0.avi 1\ndown/down_2.avi 2\n\nleft/left_1.avi 3\n")
@@ -579,6 +649,16 @@ def test_split_from_list(tiny_store, tmp_path):
         split_from_list(tiny_store, two_ids)
     with pytest.raises(FlowkitError, match="does not exist"):
         split_from_list(tiny_store, tmp_path / "missing.txt")
+
+
+def test_split_from_list_refuses_a_video_listed_twice(tiny_store, tmp_path):
+    """A list naming a video twice (a merge or copy slip) would weigh it double; the error names
+    the file, the line of the repeat and the first line, so it can be fixed."""
+    twice = write(tmp_path / "twice.txt",
+                  "right/right_0.avi 1\ndown/down_2.avi 2\n\nright/right_0.avi 1\n")
+    with pytest.raises(FlowkitError, match=r"twice.txt:4: video 'right/right_0' is listed twice "
+                                           r"\(first at line 1\)"):
+        split_from_list(tiny_store, twice)
 
 
 def write(path, text):

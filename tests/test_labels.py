@@ -91,6 +91,17 @@ def test_split_list_without_class_index_uses_sorted_folders(ucf):
     assert [i.label for i in items] == [1, 2]
 
 
+def test_split_list_classes_leave_out_hidden_folders(ucf):
+    """Without classInd.txt the classes are the root's folders, but not hidden ones a tool left
+    there (.ipynb_checkpoints): it would become a class and shift every label after it."""
+    root, lists = ucf
+    (lists / "classInd.txt").unlink()
+    (root / ".ipynb_checkpoints").mkdir()
+    items, classes = read_split_list(lists / "testlist01.txt", root)
+    assert classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+    assert [i.label for i in items] == [1, 2]
+
+
 @pytest.mark.parametrize("line, message", [
     ("ApplyEyeMakeup/v_a.avi 1 extra", r"trainlist01.txt:2: expected '<class>/<video> \[label\]'"),
     ("ApplyEyeMakeup/v_a.avi one", r"trainlist01.txt:2: label 'one' is not a 1-based class id"),
@@ -100,6 +111,7 @@ def test_split_list_without_class_index_uses_sorted_folders(ucf):
                                  r"in folder 'ApplyEyeMakeup'"),
     ("Juggling/v_a.avi", r"trainlist01.txt:2: class folder 'Juggling' is not among the 3"),
     ("ApplyEyeMakeup/v_a", r"trainlist01.txt:2: 'ApplyEyeMakeup/v_a' is not a relative video path"),
+    ("../outside/v_a.avi", r"trainlist01.txt:2: '../outside/v_a.avi' is not a relative video path"),
     ("Archery/v_Archery_g01_c01.avi 3", r"two videos map to the store key"),
 ])
 def test_malformed_split_line(ucf, line, message):
@@ -116,6 +128,9 @@ def test_class_index_errors(tmp_path):
         read_class_index(bad)
     bad.write_text("1 A\nB\n")
     with pytest.raises(FlowkitError, match=r"classInd.txt:2: expected '<id> <ClassName>'"):
+        read_class_index(bad)
+    bad.write_text("1 A\n2 B\n3 A\n")  # two ids for one class: which one its videos get is unclear
+    with pytest.raises(FlowkitError, match="classInd.txt: a class name appears twice"):
         read_class_index(bad)
     with pytest.raises(FlowkitError, match="does not exist"):
         read_split_list(tmp_path / "nolist.txt", tmp_path)
