@@ -266,6 +266,18 @@ def test_engine_recovers_translation_in_input_pixels(photo, scale, stride):
     torch.testing.assert_close(inner.median(dim=1).values, torch.tensor([-2.0, 2.0]))
 
 
+def test_engine_scales_each_axis_by_its_own_ratio():
+    """At scale 0.25 a 90x128 frame is computed at 22x32 (rounded): the two axes are reduced by
+    unequal ratios (90/22 vs 128/32), and each flow component is scaled back by its own axis's
+    ratio. An 8 px x-translation comes back as 8, not 8.18 (the y ratio)."""
+    gray = (color.rgb2gray(data.astronaut()) * 255).astype(np.float32)
+    photo = cv2.resize(gray, (128, 90), interpolation=cv2.INTER_AREA)
+    flow = flowkit.create_engine("costvolume", scale=0.25, max_displacement=4)(*_shifted(photo, 8.0, 0.0))
+    inner = flow[0, :, BORDER:-BORDER, BORDER:-BORDER].reshape(2, -1)
+    torch.testing.assert_close(inner.median(dim=1).values, torch.tensor([8.0, 0.0]),
+                               atol=0.05, rtol=0)
+
+
 def test_engine_bad_params():
     with pytest.raises(EngineError, match="scale"):
         flowkit.create_engine("costvolume", scale=0)
@@ -345,6 +357,21 @@ def test_feature_extractor_loads_resnet_state_dict(tmp_path):
     assert flowkit.create_engine("costvolume", weights=str(path)).params["features"] == "learned"
     with pytest.raises(EngineError, match="only used with features='learned'"):
         flowkit.create_engine("costvolume", features="patch", weights=str(path))
+
+
+def test_learned_features_give_flow_in_input_pixels(photo, tmp_path):
+    """Learned features sit on the extractor's strided grid (conv1 7x7/2: every 2nd pixel), so
+    their offsets are scaled back to input pixels: a (4, -2) px shift comes back as (4, -2), not
+    as (2, -1) feature pixels. WTA (tau=0): the untrained tiny features give a flat cost volume
+    that a soft-argmax pulls towards zero."""
+    path = tmp_path / "tiny_resnet.pth"
+    torch.save(_tiny_resnet_state(), path)
+    engine = flowkit.create_engine("costvolume", weights=str(path), layer="relu",
+                                   max_displacement=3, tau=0)
+    assert engine.extractor.stride == 2
+    flow = engine(*_shifted(photo, 4.0, -2.0))
+    inner = flow[0, :, BORDER:-BORDER, BORDER:-BORDER].reshape(2, -1)
+    torch.testing.assert_close(inner.median(dim=1).values, torch.tensor([4.0, -2.0]))
 
 
 def test_parameters_of_the_other_feature_mode_are_refused(tmp_path):

@@ -69,6 +69,18 @@ def test_an_empty_batch_gives_an_empty_flow(name, weights):
 
 
 @pytest.mark.parametrize("name", sorted(flowkit.list_engines()))
+def test_frames_in_zero_one_with_a_white_pixel_are_refused(name, weights):
+    """Float frames in [0, 1] (torchvision's to_tensor of an image) are refused with the
+    "multiply by 255" hint, also when the brightest pixel is exactly 1.0, as any image with one
+    white pixel gives: they would otherwise run as near-black frames and give near-zero flow."""
+    engine = flowkit.create_engine(name, **CHEAP.get(name, {}), **weights.get(name, {}))
+    frames = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(0)) * 0.9
+    frames[:, 0, 5, 7] = 1.0
+    with pytest.raises(flowkit.EngineError, match=r"\[0, 1\].*multiply by 255"):
+        engine(frames[:1], frames[1:])
+
+
+@pytest.mark.parametrize("name", sorted(flowkit.list_engines()))
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "meta"])
 def test_engines_refuse_a_device_they_cannot_run_on_when_created(name, device):
     """An unknown device is one EngineError line, not torch's RuntimeError listing twenty device

@@ -493,6 +493,24 @@ def test_a_video_name_too_long_for_the_store_fails_alone(sample_videos, tmp_path
     assert not list((tmp_path / "s" / "videos").rglob("*.claim*"))
 
 
+@pytest.mark.slow  # worker processes take ~6 s to start
+def test_max_memory_is_shared_by_the_workers(items, tmp_path):
+    """--max-memory bounds the whole run, not each worker: with 2 workers and a budget of 4 pairs
+    at the videos' size, each worker's engine calls take 2 pairs (4 would let the run use twice
+    the memory asked for), and the note says so."""
+    from flowkit.flow.tvl1 import TVL1
+
+    videos, classes = items
+    budget = 4 * TVL1.memory_per_pair(H, W)
+    summary = extract(videos[:2], tmp_path / "s", _config(engine_params=dict(MINIMAL), batch=8,
+                                                          workers=2, max_memory=budget),
+                      classes=classes)
+    assert summary.count("done") == 2, summary.results
+    notes = [n for n in summary.notes if "pairs per engine call" in n]
+    assert len(notes) == 1 and notes[0].startswith(
+        f"{H}x{W} frames: 2 pairs per engine call instead of 8"), summary.notes
+
+
 def _with_worker_roles(monkeypatch, tmp_path, roles: str) -> None:
     """Workers started from now on play ``roles`` (tests/worker_faults.py), in start order."""
     from flowkit import extract as extract_module

@@ -128,6 +128,19 @@ def test_frame_sizes_never_share_a_batch(tmp_path):
     assert all(r.status == "done" for r in results.values())
 
 
+def test_timestamp_jitter_is_not_a_variable_frame_rate():
+    """A 29.97 fps video's frames are 33 or 34 ms apart (rounded timestamps): that jitter is a
+    constant frame rate, so no variable-frame-rate attribute or note (a note on nearly every
+    phone or NTSC video would drown the ones that matter); 40 vs 120 ms apart is one."""
+    from flowkit.feed import video_notes
+
+    assert video_notes({"frame_interval": (0.033, 0.034)}, 29.97) == ({}, [])
+    attrs, notes = video_notes({"frame_interval": (0.040, 0.120)}, 25.0)
+    assert attrs["variable_frame_rate"] is True
+    assert notes == ["variable frame rate (frames 40-120 ms apart); stored with its average rate "
+                     "25 fps and no timestamps"]
+
+
 def test_decoding_runs_ahead(tmp_path):
     """With prefetch=2, videos b and c are decoding while a is: a's decoder waits for c's to start
     (it would time out if decoding were not ahead and concurrent)."""

@@ -174,6 +174,21 @@ def test_median_filter_matches_opencv_and_torch_twin():
         ops.median_filter(x, 4)
 
 
+def test_median_filter_over_5_runs_on_cpu_float32():
+    """OpenCV's medianBlur takes float32 only up to 5x5, so a larger window on CPU float32 (the
+    TV-L1 default input) goes through the torch version instead of failing with cv2.error:
+    ``--param median_filtering=7`` must run. Reference: numpy median of edge-padded windows."""
+    x = torch.randn(2, 2, 19, 23)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (3, 3), (3, 3)), mode="edge")
+    ref = np.median(np.lib.stride_tricks.sliding_window_view(padded, (7, 7), axis=(2, 3)), axis=(-2, -1))
+    np.testing.assert_array_equal(ops.median_filter(x, 7).numpy(), ref)
+    import flowkit
+    engine = flowkit.create_engine("tvl1", median_filtering=7, nscales=1, warps=1,
+                                   outer_iterations=1, inner_iterations=2)
+    frames = torch.rand(2, 1, 24, 31, generator=torch.Generator().manual_seed(0)) * 255
+    assert torch.isfinite(engine(frames[:1], frames[1:])).all()
+
+
 def test_to_gray_uses_opencv_luma():
     rgb = np.random.default_rng(8).integers(0, 256, (5, 6, 3), dtype=np.uint8)
     ref = cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2GRAY)

@@ -128,6 +128,14 @@ def test_registry_and_params():
         flowkit.create_engine("tvl1", scale_step=1.5)
 
 
+@pytest.mark.parametrize("name, value", [("theta", float("inf")), ("epsilon", float("nan"))])
+def test_float_params_must_be_finite(name, value):
+    """A NaN or infinite float parameter (a typo'd config, a failed computation) is refused when
+    the engine is made, instead of running and silently writing NaN or meaningless flow."""
+    with pytest.raises(EngineError, match=f"{name} must be a number"):
+        flowkit.create_engine("tvl1", **{name: value})
+
+
 @pytest.mark.parametrize("size", [-5, -1, 2])
 def test_median_size_must_be_odd_or_none(size):
     """A negative size used to be accepted, run as no median and recorded as given."""
