@@ -82,6 +82,21 @@ def test_topk_refuses_labels_outside_the_classes():
     assert topk_correct(np.zeros((0, 3)), np.zeros(0, np.int64), (1,)) == {1: 0}
 
 
+def test_topk_breaks_ties_by_class_index_with_many_classes():
+    """With K = 101 (UCF101) and tied scores, the rank of the label counts the classes scored
+    above it plus the tied ones of lower index (a stable sort): numpy's default sort is not
+    stable beyond 16 elements, and results would then depend on the platform."""
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 3, size=(40, 101)).astype(np.float32)  # many ties per row
+    labels = rng.integers(0, 101, size=40)
+    rows = np.arange(40)
+    own = scores[rows, labels][:, None]
+    classes = np.arange(101)[None, :]
+    rank = ((scores > own) | ((scores == own) & (classes < labels[:, None]))).sum(1)
+    topk = (1, 5, 10, 30, 60)
+    assert topk_correct(scores, labels, topk) == {k: int((rank < k).sum()) for k in topk}
+
+
 def test_confusion_matrix_and_mean_class_accuracy():
     labels = [0, 0, 0, 1, 1, 3]
     preds = [0, 1, 0, 1, 1, 0]
@@ -120,6 +135,29 @@ def test_parameter_groups_skip_decay_on_bias_and_norm():
     assert len(no_decay["params"]) == 4  # conv bias, bn weight+bias, linear bias
 
 
+def test_build_optimizer_sets_momentum_and_scaled_lr_on_every_group(tmp_path):
+    """SGD gets the configured momentum in every group (without it training is plain SGD, far
+    slower), and a model's ``lr_scales()`` prefix trains at ``lr * lr_scale`` with AdamW too."""
+    from flowkit.train.optim import build_optimizer
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+
+        def lr_scales(self):
+            return {"head.": 0.1}
+
+    sgd = build_optimizer(Scaled(), TrainConfig(store=str(tmp_path), model="resnet2d", lr=0.2,
+                                                momentum=0.8))
+    assert len(sgd.param_groups) == 3
+    assert [g["momentum"] for g in sgd.param_groups] == [0.8, 0.8, 0.8]
+    adamw = build_optimizer(Scaled(), TrainConfig(store=str(tmp_path), model="resnet2d", lr=0.2,
+                                                  optimizer="adamw"))
+    assert [g["lr_scale"] for g in adamw.param_groups] == [1.0, 1.0, 0.1]
+    assert [g["lr"] for g in adamw.param_groups] == pytest.approx([0.2, 0.2, 0.02])
+
+
 def test_epoch_batch_sampler_is_a_function_of_seed_and_epoch():
     s = EpochBatchSampler(10, 3, seed=5)
     assert s.num_batches == 3 and len(s) == 3  # the last incomplete batch is dropped
@@ -156,6 +194,12 @@ def test_merge_for_resume_allows_only_resumable_changes(tmp_path):
         merge_for_resume(saved, {"lr": 0.1})
     with pytest.raises(FlowkitError, match="num_classes comes from the store"):
         tiny_config(tmp_path, model_kwargs={"num_classes": 3}).validate()
+
+
+def test_val_list_without_split_list_is_refused(tmp_path):
+    """--val-list alone would be ignored (the split comes from --val-fraction): refused instead."""
+    with pytest.raises(FlowkitError, match="--val-list needs --split-list"):
+        tiny_config(tmp_path, val_list=str(tmp_path / "testlist.txt")).validate()
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -258,6 +302,41 @@ def test_a_kill_between_best_and_last_is_redone_on_resume(tiny_store, tmp_path, 
     assert [r["epoch"] for r in metrics_lines(run)] == [1, 2]
 
 
+def test_epoch_end_bookkeeping_ties_late_stop_and_checkpoint_every(tiny_store, tmp_path,
+                                                                    monkeypatch):
+    """2 epochs of 3 steps, --checkpoint-every 2, the same val top-1 both epochs, and a stop that
+    turns true only after the last epoch's validation:
+
+    - the best epoch is the first with the best top-1 (a tie is no improvement: best.pt is not
+      rewritten with a later, equally good state);
+    - the run finished, so it is not ``interrupted`` (the CLI would otherwise say to --resume a
+      run with nothing left to train);
+    - mid-epoch checkpoints are written every 2 *global* steps (2 and 4), as --checkpoint-every
+      says, not every 2 steps of each epoch."""
+    calls = []
+
+    def same_top1(self, progress=None):
+        calls.append(1)
+        return {"loss": 1.0, "top1": 0.5, "top5": None}
+
+    saved_at = []
+    real_mid = Trainer._save_mid_epoch
+
+    def recording(self, state, *args):
+        saved_at.append(state.global_step)
+        return real_mid(self, state, *args)
+
+    monkeypatch.setattr(Trainer, "validate", same_top1)
+    monkeypatch.setattr(Trainer, "_save_mid_epoch", recording)
+    result = Trainer(tiny_config(tiny_store, epochs=2, checkpoint_every=2), tmp_path / "run").fit(
+        stop=lambda: len(calls) == 2)
+    assert result.epochs_done == 2 and result.global_step == 6
+    assert not result.interrupted
+    assert result.best_epoch == 1 and result.best_metric == 0.5
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == 1
+    assert saved_at == [2, 4]
+
+
 def test_training_learns_the_tiny_motion_task(tiny_store, tmp_path):
     """Classes differ only in motion direction: a flow model fits them within a few epochs."""
     config = tiny_config(tiny_store, model_kwargs={**TINY_MODEL}, batch_size=6, epochs=8,
@@ -328,9 +407,13 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tiny_store, tmp_pat
     with pytest.raises(FlowkitError, match="already holds a training run.*--resume.*--overwrite"):
         Trainer(tiny_config(tiny_store, epochs=1), run)
     (run / "checkpoints" / "best.pt").unlink()
+    evaluate_run(run, clips=1, crops=1, checkpoint="last")  # RUN_DIR/eval/: the old run's
+    (run / "notes.txt").write_text("mine")
     Trainer(tiny_config(tiny_store, epochs=1, seed=1), run, overwrite=True).fit()
     assert json.loads((run / "config.json").read_text())["config"]["seed"] == 1
     assert [r["epoch"] for r in metrics_lines(run)] == [1]
+    # the old run's results go with it (they would pass for the new one's); other files stay
+    assert not (run / "eval").exists() and (run / "notes.txt").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -435,6 +518,10 @@ def test_evaluate_matches_classes_by_name_in_a_store_numbered_otherwise(tiny_sto
     assert "'up/down_1'" in report["notes"][0], report["notes"]
     with pytest.raises(FlowkitError, match="has a label among the run's 3 classes"):
         evaluate(_labelled_store(tmp_path / "none", ["zzz"], [("left", 0, 0)]))
+    # --split val on a store without the run's validation videos: refused, with the way out
+    with pytest.raises(FlowkitError, match=r"of the run's validation videos are not in store .*"
+                                           "use --split all or a list file"):
+        evaluate_run(run, other, clips=1, crops=1, split="val", checkpoint="last", out_dir=False)
 
 
 def run_files(run_dir) -> dict:
@@ -487,6 +574,13 @@ def test_resume_on_a_store_with_other_classes(tiny_store, tmp_path):
     with pytest.raises(FlowkitError, match=r"1 videos of the run's split have no label among the "
                                            r"run's 3 classes .* \(e\.g\. left/left_0\)"):
         Trainer.resume(run, store=str(relabelled), epochs=2)
+    fewer = _labelled_store(tmp_path / "fewer", ["right", "down", "left"],
+                            [(name, 0, label) for label, name in enumerate(("right", "down",
+                                                                              "left"))])
+    with pytest.raises(FlowkitError, match=r"videos of the run's split are not in store .* "
+                                           r"\(e\.g\. \w+/\w+_[123]\); resume with the store "
+                                           "the run was trained on"):
+        Trainer.resume(run, store=str(fewer), epochs=2)
     assert run_files(run) == before
 
     more = _labelled_store(tmp_path / "more", ["right", "down", "left", "up"],
@@ -589,7 +683,47 @@ def test_a_copy_of_the_training_store_is_not_held_out(tiny_store, tmp_path):
     assert everything["training_videos"] == 9 and everything["held_out"] is False
 
 
+def test_a_run_without_validation_is_evaluated_on_every_video(tiny_store, tmp_path):
+    """--split auto of a run trained on every video (--val-fraction 0) has no held-out video to
+    prefer: it scores them all and says they were trained on, rather than scoring none."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1, val_fraction=0.0, batch_size=6), run).fit()
+    report = evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False).report
+    assert report["num_videos"] == 12 and len(report["predictions"]) == 12
+    assert report["split"] == "all videos"
+    assert report["training_videos"] == 12 and report["held_out"] is False
+
+
+def test_top5_is_left_out_with_five_classes(tmp_path):
+    """With exactly 5 classes every video is in its top 5: validation's and evaluation's top-5
+    are None (not a meaningless 100%), as with fewer classes."""
+    classes = ["a", "b", "c", "d", "e"]
+    store = _labelled_store(tmp_path / "five", classes,
+                            [(("right", "down", "left")[label % 3], i, label)
+                             for label in range(5) for i in range(2)])
+    run = tmp_path / "run"
+    result = Trainer(tiny_config(store, epochs=1, val_fraction=0.5), run).fit()
+    assert result.history[0]["val_top1"] is not None and result.history[0]["val_top5"] is None
+    ev = evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False)
+    assert ev.num_videos == 5 and ev.top5 is None and ev.report["top5"] is None
+
+
 # ----------------------------------------------------------------------------------------- options
+
+
+def test_a_video_in_both_split_lists_is_refused(tiny_store, tmp_path):
+    """A video listed in --split-list and --val-list would be validated on after training on it
+    (an inflated val top-1): refused, naming one shared video."""
+    from flowkit.train.loading import make_split
+
+    (tmp_path / "trainlist.txt").write_text("right/right_0.avi 1\nright/right_1.avi 1\n"
+                                            "down/down_0.avi 2\n")
+    (tmp_path / "testlist.txt").write_text("down/down_1.avi\nright/right_1.avi\n")
+    config = tiny_config(tiny_store, split_list=str(tmp_path / "trainlist.txt"),
+                         val_list=str(tmp_path / "testlist.txt"))
+    with pytest.raises(FlowkitError, match=r"1 videos are in both the training and validation "
+                                           r"split \(e\.g\. right/right_1\)"):
+        make_split(FlowStore(tiny_store), config)
 
 
 def test_split_lists_segments_and_init(tiny_store, tmp_path):
