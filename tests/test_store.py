@@ -109,6 +109,11 @@ def test_lazy_partial_reads(store):
         read("zoom/v1", index=7)
     with pytest.raises(IndexError, match="out of range"):
         read("zoom/v1", index=[0, 9])
+    # one past the end (7 pairs, 8 frames) is out of range too, never wrapped round to frame 0
+    with pytest.raises(IndexError, match="out of range for 7 frames of /flow/tvl1"):
+        read("zoom/v1", index=[7])
+    with pytest.raises(IndexError, match="out of range for 8 frames of /rgb"):
+        store.read_rgb("zoom/v1", index=[0, 8])
 
 
 def test_bad_index_is_the_callers_mistake_not_damaged_data(store):
@@ -314,6 +319,24 @@ def test_key_too_long_for_the_stores_file_names_is_refused_up_front(store):
             pass
 
 
+def test_a_non_ascii_key_is_measured_in_bytes(store):
+    """File names are limited in bytes, not characters: a key of CJK characters (3 bytes each in
+    UTF-8) short enough in characters but not in bytes is refused up front with the same advice."""
+    from flowkit.store import SUFFIX, layout
+
+    room = layout.NAME_MAX - len(SUFFIX + layout.partial_ending(layout.WIDEST_PID))
+    key = "zoom/" + "视" * (room // 3 + 1)
+    assert len(key.split("/")[-1]) <= room < len(os.fsencode(key.split("/")[-1]))
+    with pytest.raises(StoreError, match=rf"is too long.*rename the video to at most {room} bytes"):
+        with store.writer(key, source="x", fps=25) as w:
+            w.append_rgb(np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(StoreError, match=r"is too long.*at most \d+ bytes"):
+        FlowStore.check_writable_key(key, "tvl1")
+    assert list((store.path / "videos").rglob("*")) == []  # nothing was created
+    write_video(store, "zoom/" + "视" * (room // 3), make_video(1, frames=2)[0])  # fits
+    assert store.keys() == ["zoom/" + "视" * (room // 3)]
+
+
 def test_whether_a_key_fits_does_not_depend_on_the_pid(store):
     """A video's claim and partial names hold the pid of the process writing it: a name just
     under the limit must not fit for one run (or worker) and fail for the next, whose pid has
@@ -399,6 +422,23 @@ def test_leftover_partial_is_ignored_and_removed(store):
     assert store.remove_partials() == [dead_partial]
     assert store.partials() == [live_partial]
     live_partial.unlink()
+
+
+def test_partials_of_another_host_are_removed_only_when_stale(store):
+    """On a shared file system a partial written on another host has a pid this host cannot
+    check: it is kept while it may still be written (deleting it would break that extraction)
+    and removed once untouched for longer than a day."""
+    videos = store.path / "videos"
+    assert host_name() != "node-17"
+    fresh = videos / "a.h5.node-17.999999.partial"
+    fresh.write_bytes(b"being written on node-17")
+    old = videos / "b.h5.node-17.999998.partial"
+    old.write_bytes(b"left by a writer that is gone")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert store.remove_partials() == [old]
+    assert fresh.exists() and not old.exists()
+    assert store.partials() == [fresh]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -488,6 +528,67 @@ def test_validate_detects_tampered_files(store):
     assert store.summary()["unreadable"] == 2  # truncated, and b of a newer format
     with pytest.raises(StoreError, match="cannot be read as HDF5"):
         store.read_flow("truncated")
+
+
+def test_validate_detects_records_that_contradict_the_data(store):
+    """Files that open and whose shapes look right but whose records lie (a writer that died
+    before marking the file complete, a file moved to another key, a dtype, frame shape or
+    jpegls step other than recorded) are problems; deep validation also finds decoded frames
+    that are non-finite or of another size, though their bytes pass their CRC (a writer's bug,
+    not bit rot). Each names the file, what is wrong and, for frames, how to repair it."""
+    from flowkit.store.codecs import flow_codec, frame_crc
+
+    rgb, flow = make_video(15, frames=4)
+    for key in ("zoom/incomplete", "zoom/moved", "zoom/dtype", "zoom/inf"):
+        write_video(store, key, rgb, {"tvl1": flow})  # float16 flow, raw RGB
+    for key in ("zoom/shape", "zoom/step", "zoom/size"):
+        write_video(store, key, rgb, {"tvl1": flow}, flow_codec="jpegls", rgb_codec="jpeg")
+    store.close()
+    videos = store.path / "videos" / "zoom"
+
+    def rewrite(f, change):  # the flow dataset recreated from changed data, its attributes kept
+        attrs, data = dict(f["flow/tvl1"].attrs), change(f["flow/tvl1"][...])
+        del f["flow/tvl1"]
+        f.create_dataset("flow/tvl1", data=data).attrs.update(attrs)
+
+    def with_inf(data):
+        data[1, 0, 0, 0] = np.inf
+        return data
+
+    with h5py.File(videos / "incomplete.h5", "r+") as f:
+        f.attrs["complete"] = False
+    with h5py.File(videos / "moved.h5", "r+") as f:
+        f.attrs["key"] = "pan_left/other"
+    with h5py.File(videos / "dtype.h5", "r+") as f:
+        rewrite(f, lambda data: data.astype(np.float32))
+    with h5py.File(videos / "inf.h5", "r+") as f:
+        rewrite(f, with_inf)
+    with h5py.File(videos / "shape.h5", "r+") as f:
+        f["flow/tvl1"].attrs["frame_shape"] = [2, 6, 32]
+    with h5py.File(videos / "step.h5", "r+") as f:
+        f["flow/tvl1"].attrs["step"] = step = 2 * float(f["flow/tvl1"].attrs["step"])
+    with h5py.File(videos / "size.h5", "r+") as f:
+        blob, _ = flow_codec("jpegls").encode(np.ones((2, 12, 24), np.float32))
+        ds = f["flow/tvl1"]
+        ds[0] = np.frombuffer(blob, np.uint8)
+        crcs = ds.attrs["frame_crc32"].copy()
+        crcs[0] = frame_crc(blob)
+        ds.attrs["frame_crc32"] = crcs
+    shallow = [
+        "videos/zoom/dtype.h5: /flow/tvl1 has dtype float32, expected float16 (float16)",
+        "videos/zoom/incomplete.h5: not marked complete",
+        "videos/zoom/moved.h5: key attribute 'pan_left/other' does not match its path "
+        "(key 'zoom/moved')",
+        "videos/zoom/shape.h5: /flow/tvl1 frames are [2, 6, 32], expected [2, 12, 16]",
+        f"videos/zoom/step.h5: /flow/tvl1: step {step} and near 0 allow errors above the stated "
+        "max_error 0.1 px"]
+    reader = FlowStore(store.path)
+    assert sorted(reader.validate()) == shallow
+    redo = "; re-extract it: flowkit extract VIDEO_DIR -o STORE --redo"
+    assert sorted(reader.validate(deep=True)) == sorted(shallow + [
+        f"videos/zoom/inf.h5: /flow/tvl1[1] decodes to non-finite values{redo} zoom/inf",
+        "videos/zoom/size.h5: /flow/tvl1[0] decodes to shape (2, 12, 24), expected (2, 12, 16)"
+        f"{redo} zoom/size"])
 
 
 def test_video_of_a_newer_flowkit_is_unreadable_not_fatal(store):

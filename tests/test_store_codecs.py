@@ -240,6 +240,82 @@ def test_encoded_frames_without_crcs_read_as_before(store):
     assert reader.validate(deep=True) == []
 
 
+def test_slices_of_encoded_frames_are_checked_against_their_own_crcs(store):
+    """A slice that does not start at frame 0 (or steps backwards) checks each frame read against
+    the CRC of that frame: a healthy video never reads as damaged (what a clip sampler asks)."""
+    flow, frames = _flow(n=7), _photo_frames(n=8)
+    _write(store, "v", flow, frames)  # the default codecs: jpeg RGB, jpegls flow (frame CRCs)
+    rgb, back = store.read_rgb("v"), store.read_flow("v")
+    np.testing.assert_array_equal(store.read_rgb("v", slice(3, 6)), rgb[3:6])
+    np.testing.assert_array_equal(store.read_rgb("v", slice(1, None, 3)), rgb[1::3])
+    np.testing.assert_array_equal(store.read_flow("v", index=slice(2, 5)), back[2:5])
+    np.testing.assert_array_equal(store.read_flow("v", index=slice(None, None, -2)), back[::-2])
+    np.testing.assert_array_equal(store.read_rgb("v", slice(6, 0, -2)), rgb[6:0:-2])
+
+
+def test_max_error_seen_is_the_largest_over_every_batch(store):
+    """A video's recorded coding error covers all its batches: a later batch coded exactly (here
+    all zeros) does not hide the error of an earlier one from summaries and validation."""
+    flow = _flow()
+    flow[2:] = 0.0  # _write appends flow[:2], then flow[2:]
+    _write(store, "v", flow)
+    seen = store.meta("v")["flows"]["tvl1"]["max_error_seen"]
+    first = np.abs(store.read_flow("v", index=slice(0, 2)) - flow[:2]).max()
+    assert 0 < seen <= 0.1 and seen == pytest.approx(first, rel=1e-4)
+    np.testing.assert_array_equal(store.read_flow("v", index=2), flow[2])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_float16_refuses_flow_beyond_its_range(store):
+    """Finite flow beyond float16's 65504 would be stored as inf, which breaks training: the
+    writer refuses it, naming the video and the dataset, and stores nothing."""
+    flow = _flow()
+    flow[1, 0, 4, 4] = 1e5
+    with pytest.raises(StoreError, match=r"video 'big': flow/tvl1: flow exceeds the float16 "
+                                         r"range \(65504 pixels\); the engine output is broken"):
+        _write(store, "big", flow, flow_codec="float16")
+    assert "big" not in store.keys()
+
+
+def test_a_coding_error_above_the_bound_is_never_committed(store, monkeypatch):
+    """The writer checks each batch's measured error against the codec's bound: a codec that
+    misses it (a flowkit bug) fails the video loudly rather than storing flow that breaks the
+    stated guarantee."""
+    encode = codecs.JpegLS.encode
+
+    def too_lossy(self, frame):
+        blob, stats = encode(self, frame)
+        return blob, {**stats, "error": 0.5}
+
+    monkeypatch.setattr(codecs.JpegLS, "encode", too_lossy)
+    with pytest.raises(StoreError, match=r"video 'v': flow/tvl1 was coded with an error of 0\.5 "
+                                         r"px, above its bound 0\.1 px \(a flowkit bug; please "
+                                         r"report it\)"):
+        _write(store, "v", _flow())
+    assert "v" not in store.keys() and store.partials() == []
+
+
+def test_an_undecodable_jpeg_frame_without_crcs_is_damage(store):
+    """A stored JPEG frame that OpenCV cannot decode at all (a store written before frame CRCs,
+    so no CRC finds it first) reads as damaged data naming the fix, never as a None frame or a
+    TypeError; deep validation names the frame."""
+    _write(store, "v", _flow(), _photo_frames())
+    store.close()
+    with h5py.File(store.path / "videos" / "v.h5", "r+") as f:
+        del f["rgb"].attrs[codecs.FRAME_CRC_ATTR]
+        f["rgb"][1] = np.frombuffer(b"\xff\xd8garbage" * 4, np.uint8)
+    reader = FlowStore(store.path)
+    for index in (1, slice(None)):
+        with pytest.raises(DamagedDataError, match=r"a stored JPEG frame cannot be decoded\); "
+                                                   r"re-extract it: .*--redo v$"):
+            reader.read_rgb("v", index)
+    assert reader.read_rgb("v", 2).shape == (48, 64, 3)
+    problems = reader.validate(deep=True)
+    assert len(problems) == 1 and problems[0].startswith(
+        "videos/v.h5: /rgb[1] cannot be read or decoded: DamagedDataError: a stored JPEG frame "
+        "cannot be decoded; re-extract it:")
+
+
 def test_a_store_written_before_codecs_still_reads(tmp_path):
     """``tests/data/store_v1``: a version-1 store written by flowkit 0.1.0 (commit dfaa041, before
     codecs): float16 and uint8 (bound 20) flow without codec attributes, raw RGB, its old index."""
