@@ -221,6 +221,30 @@ def test_rgb_codec_matters_only_for_videos_that_join_the_store(tiny_store):
     assert set(joining.differing) == {"rgb_codec"} and "--rgb-codec raw" in joining.message()
 
 
+def test_another_engine_version_is_refused(tiny_store):
+    """A flow engine whose version changed (its algorithm or defaults changed, results differ)
+    must not extend a store made with the old one: the store would mix flows of both versions
+    under one name. The comparison names the engine version, stored and asked."""
+    from conftest import TINY_SPEED
+    from flowkit.store import flow_codec, rgb_codec
+    from flowkit.store.compat import Request, compare_with_store
+
+    store = FlowStore(tiny_store)  # "exact" engine version 1 as tvl1, raw RGB, float16 flow
+
+    def request(version: str) -> Request:
+        return Request(method="tvl1", engine={"engine": "exact", "version": version,
+                                              "params": {"speed": TINY_SPEED}},
+                       size=None, step=1, rgb=True, rgb_codec=rgb_codec("raw"),
+                       flow_codec=flow_codec("float16"))
+
+    keys = store.keys()
+    assert compare_with_store(store, keys, request("1")).ok
+    newer = compare_with_store(store, keys, request("2"))
+    assert set(newer.differing) == {"engine_version"} and set(newer.differing["engine_version"]) \
+        == set(keys)
+    assert "engine version 1 in the store, 2 asked" in newer.message()
+
+
 def test_redo_recomputes_with_the_new_options(sample_videos, small_store, tmp_path):
     import shutil
 

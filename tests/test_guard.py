@@ -123,6 +123,18 @@ def test_index_summary_metas_validate_and_reads_get_past_a_hung_file(hung_store)
     assert store.read_flow("left/left_1", "tvl1").shape[0] == metas["left/left_1"]["num_frames"] - 1
 
 
+def test_validate_as_the_first_read_names_the_hung_file(hung_store):
+    """`validate` in a process that has read nothing before (a fresh `flowkit info --validate`,
+    a cron check): its own child hangs on the file, and the time-out is a problem naming the file
+    and --redo. Were it dropped, a store whose file HDF5 loops on would be called valid."""
+    root, key, _ = hung_store
+    assert guard.hung_files() == {}  # nothing known of the file yet: validate finds it itself
+    assert FlowStore(root).validate() == [
+        f"videos/{key}.h5: HDF5 did not return within 2 s reading it (damage to a file's metadata "
+        "can make it loop forever; on a disk that slow, set FLOWKIT_HANG_SECONDS higher); "
+        f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key}"]
+
+
 def test_info_validate_names_the_hung_file_and_exits(hung_store):
     root, key, _ = hung_store
     run = subprocess.run([sys.executable, "-m", "flowkit", "info", str(root), "--validate",

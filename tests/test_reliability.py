@@ -105,6 +105,23 @@ def test_injected_enospc_stops_the_run_cleanly(videos, tmp_path, monkeypatch):
     assert len(FlowStore(store).keys()) == len(items)
 
 
+@pytest.mark.parametrize("code,says", [(errno.ENOSPC, "no space left on /data/store; free space"),
+                                       (errno.EDQUOT, "disk quota exceeded on /data/store; free "
+                                                      "space within your quota"),
+                                       (errno.EROFS, "read-only file system: /data/store; choose "
+                                                     "a writable -o")])
+def test_storage_errors_name_the_store_and_the_fix(code, says):
+    """A full disk, an exhausted quota (a cluster's home or scratch) or a read-only mount is a
+    property of the store, not of one video: it becomes a StoreWriteError naming the store and
+    what to do, which stops the run instead of failing every video one by one."""
+    err = diskio.storage_error(OSError(code, os.strerror(code)), "/data/store")
+    assert isinstance(err, StoreWriteError) and err.errno == code
+    assert str(err).startswith(says)
+    from_hdf5 = RuntimeError(f"Can't write data (file write failed: errno = {code}, ...)")
+    assert str(diskio.storage_error(from_hdf5, "/data/store")).startswith(says)
+    assert diskio.storage_error(OSError(errno.EIO, "I/O error"), "/data/store") is None
+
+
 def _unshare_works() -> bool:
     try:
         return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
@@ -185,6 +202,22 @@ def test_stale_manifest_temporary_is_removed(tmp_path):
     assert not stale.exists() and not claim.exists() and not link.exists()
 
 
+def test_another_hosts_manifest_temporary_is_left_alone(tmp_path):
+    """On a shared file system a temporary named by another host is that host's, in flight: its
+    pid means nothing here (dead here, it may be writing there), so it is never removed; removing
+    it made the other host's rename of its manifest fail."""
+    from flowkit.files import is_stale_temporary, remove_stale_temporaries
+
+    store = FlowStore(tmp_path / "s", "a")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    theirs = tmp_path / "s" / f"store.json.othernode.{dead}.abcd1234.tmp"
+    theirs.write_text("{}")
+    assert not is_stale_temporary(theirs.name)
+    assert remove_stale_temporaries(tmp_path / "s") == [] and store.remove_partials() == []
+    assert theirs.read_text() == "{}"
+
+
 def test_files_follow_the_umask_for_a_shared_group(tmp_path):
     """A store (manifest, index, videos) and a checkpoint made under umask 002 are group-writable
     like any new file; the manifest and index were 0o600 (tempfile.mkstemp), so nobody else in a
@@ -228,6 +261,66 @@ def test_two_engines_committing_at_once_keep_both_flows(tmp_path):
     np.testing.assert_array_equal(store.read_flow("c/v", "tvl1"), 1)
     np.testing.assert_array_equal(store.read_flow("c/v", "costvolume"), 2)
     assert store.validate(deep=True) == []
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_two_processes_merging_into_one_video_at_once_keep_both_flows(tmp_path, monkeypatch):
+    """Two processes (two engines) commit into a finished video at the same moment, each merge
+    slowed: the commit lock makes the second merge the first's result, so the video ends with both
+    flows. Unlocked, both merged the same old file and the last rename dropped the other's flow.
+    Each merge waits (up to 1 s) for the other's, so an unlocked pair certainly overlaps."""
+    import multiprocessing
+
+    from flowkit.store import writer
+
+    store = FlowStore(tmp_path / "s", "a")
+    with _writer(store, "c/v") as w:
+        w.append_rgb(np.full((5, 8, 8, 3), 7, np.uint8))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    real_commit, real_merge = writer.VideoWriter._commit, writer.VideoWriter._merge_finished
+
+    def other(engine: str) -> str:
+        return "tvnet" if engine == "tvl1" else "tvl1"
+
+    def commit(self):  # both processes reach their commit before either takes the lock
+        (marks / f"ready.{self.test_engine}").touch()
+        _wait_for(marks / f"ready.{other(self.test_engine)}", 10)
+        real_commit(self)
+
+    def slow_merge(self):  # a merge that takes a while (a big finished file, a slow disk)
+        real_merge(self)
+        (marks / f"merged.{self.test_engine}").touch()
+        _wait_for(marks / f"merged.{other(self.test_engine)}", 1)
+
+    monkeypatch.setattr(writer.VideoWriter, "_commit", commit)
+    monkeypatch.setattr(writer.VideoWriter, "_merge_finished", slow_merge)
+
+    def extract_one(engine: str, value: float) -> None:
+        w = _writer(FlowStore(tmp_path / "s", "a"), "c/v")
+        w.test_engine = engine  # which process this is
+        with w:
+            w.append_flow(engine, np.full((4, 2, 8, 8), value, np.float32),
+                          {"engine": engine, "version": "1", "params": {}})
+
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=extract_one, args=a) for a in (("tvl1", 1.0), ("tvnet", 2.0))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    reader = FlowStore(tmp_path / "s")
+    assert reader.flow_names("c/v") == ["tvl1", "tvnet"]
+    np.testing.assert_array_equal(reader.read_flow("c/v", "tvl1"), 1)
+    np.testing.assert_array_equal(reader.read_flow("c/v", "tvnet"), 2)
+    np.testing.assert_array_equal(reader.read_rgb("c/v"), 7)
+    assert leftovers(tmp_path / "s") == []
 
 
 def test_commit_refuses_a_video_stored_at_another_size(tmp_path):
@@ -339,6 +432,20 @@ def test_claims_of_another_host_live_by_heartbeat_stale_after_ten_minutes(tmp_pa
     foreign.write_text(json.dumps({"host": "node-17", "pid": 4242, "since": "then"}))
     os.utime(foreign, (now - STALE_CLAIM_SECONDS - 30,) * 2)
     assert store.remove_partials() == [foreign]
+
+
+def test_a_claim_of_another_host_with_my_pid_is_not_mine(tmp_path):
+    """Pids repeat across hosts (every container's first process is pid 1): a fresh claim held on
+    another host by a process that has this process's pid is that host's, not ours. Taken for
+    ours, two hosts extracted the same video at once."""
+    store = FlowStore(tmp_path / "s", "a")
+    theirs = tmp_path / "s" / "videos" / "c" / "v.h5.tvl1.claim"
+    theirs.parent.mkdir(parents=True)
+    held = {"host": "othernode", "pid": os.getpid(), "since": "now"}
+    theirs.write_text(json.dumps(held))
+    busy = store.claim("c/v", "tvl1")
+    assert busy and f"pid {os.getpid()} on othernode" in busy
+    assert json.loads(theirs.read_text()) == held  # still theirs
 
 
 def test_remove_partials_keeps_a_stale_claim_taken_over_meanwhile(tmp_path, monkeypatch):
@@ -732,6 +839,58 @@ def test_commit_over_a_damaged_header_names_redo_and_redo_drops_it(tmp_path, nam
     if name != "/":
         np.testing.assert_array_equal(reader.read_rgb("c/v"), 7)
     np.testing.assert_array_equal(reader.read_flow("c/v", "tvl1"), 3)
+    assert reader.validate(deep=True) == []
+
+
+def test_commit_over_a_truncated_file_names_redo_and_keeps_it(tmp_path):
+    """A finished file that HDF5 cannot open at all (truncated by an interrupted copy): a commit
+    into it without redo stops with a DamagedDataError naming --redo and leaves the file as it was
+    (the user may still recover it from a backup); it never silently replaces the video by one
+    holding only the new flow."""
+    store = FlowStore(tmp_path / "s", "a")
+    record = {"version": "1", "params": {}}
+    with _writer(store, "c/v") as w:
+        w.append_rgb(np.full((5, 8, 8, 3), 7, np.uint8))
+        w.append_flow("tvl1", np.ones((4, 2, 8, 8), np.float32), {"engine": "tvl1", **record})
+    final = tmp_path / "s" / "videos" / "c" / "v.h5"
+    final.write_bytes(final.read_bytes()[:3000])
+    before = final.read_bytes()
+    with pytest.raises(DamagedDataError, match=rf"^{final}: cannot be read as HDF5 \(.*truncated"
+                                               r".*--redo c/v$"):
+        with _writer(store, "c/v") as w:
+            w.append_flow("tvnet", np.ones((4, 2, 8, 8), np.float32), {"engine": "tvnet", **record})
+    assert final.read_bytes() == before and store.partials() == []
+
+
+def test_redo_drops_a_flow_whose_copy_fails_half_way(tmp_path, monkeypatch):
+    """With redo, HDF5 failing in the middle of copying a kept flow (a bad checksum) drops that
+    flow whole: the half-made copy is deleted, so the committed file holds only what is sound and
+    validates clean (not an empty ``flow/tvl1`` that reads fail on)."""
+    store = FlowStore(tmp_path / "s", "a")
+    record = {"version": "1", "params": {}}
+    with _writer(store, "c/v") as w:
+        w.append_rgb(np.full((5, 8, 8, 3), 7, np.uint8))
+        w.append_flow("tvl1", np.ones((4, 2, 8, 8), np.float32), {"engine": "tvl1", **record})
+    real = h5py.Group.copy
+
+    def failing_copy(self, source, dest, name=None, **kw):
+        if name == "tvl1":  # the target made, then HDF5 fails reading the source
+            dest.create_dataset(name, shape=(0,), dtype="f4")
+            raise OSError("Can't read data (bad checksum)")
+        return real(self, source, dest, name=name, **kw)
+
+    monkeypatch.setattr(h5py.Group, "copy", failing_copy)
+    w = store.writer("c/v", source="c/v.mp4", fps=25.0, flow_codec="float16", rgb_codec="raw",
+                     redo=True)
+    with w:
+        w.append_flow("tvnet", np.full((4, 2, 8, 8), 2, np.float32), {"engine": "tvnet", **record})
+    monkeypatch.setattr(h5py.Group, "copy", real)
+    assert [str(d) for d in w.dropped] == ["flow/tvl1 (damaged: Can't read data (bad checksum))"]
+    with h5py.File(tmp_path / "s" / "videos" / "c" / "v.h5", "r") as f:
+        assert list(f["flow"]) == ["tvnet"]
+    reader = FlowStore(tmp_path / "s")
+    assert reader.flow_names("c/v") == ["tvnet"]
+    np.testing.assert_array_equal(reader.read_rgb("c/v"), 7)
     assert reader.validate(deep=True) == []
 
 
