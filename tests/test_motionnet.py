@@ -170,6 +170,21 @@ def test_engine_pairs_and_clips(checkpoint):
     assert engine(clip[:2, :1], clip[1:3, :1]).shape == (2, 2, 30, 44)
 
 
+def test_engine_clip_windows_overlap_at_the_end_and_the_earlier_window_counts(checkpoint):
+    """A clip of T frames runs in windows of M+1 frames, the last moved back to end at the last
+    frame; a pair two windows cover takes its flow from the earlier one (which saw it in its
+    own place, not moved), so the flow of a pair never depends on where the clip ends."""
+    engine = flowkit.create_engine("motionnet", weights=str(checkpoint))  # M = 2
+    clip = _clip(1, 5, 30, 44)[0].to(torch.uint8)  # T = 6: windows at frames 0, 2 and 3
+    flows = engine.flow_clip(clip)
+    with torch.no_grad():
+        windows = engine._run(torch.stack([clip[0:3], clip[2:5], clip[3:6]]).float())
+    expected = torch.stack([windows[0, 0], windows[0, 1], windows[1, 0], windows[1, 1],
+                            windows[2, 1]])
+    assert torch.allclose(flows, expected, atol=1e-5)
+    assert not torch.allclose(windows[1, 1], windows[2, 0], atol=1e-3)  # the overlap differs
+
+
 def test_engine_records_the_weights_by_absolute_path_and_digest(tmp_path, checkpoint,
                                                                  monkeypatch):
     """The same file named relative or absolute records alike (it used to record the path as
