@@ -93,6 +93,25 @@ def test_costs_fall_back_to_file_size():
     # No count anywhere: bytes; a missing file costs 1.
     costs, basis, _ = _costs(items, {"v0": (None, 500), "v1": (None, 0), "v2": (None, 9)}, 1, None)
     assert basis == "file size" and costs == {"v0": 500, "v1": 1, "v2": 9}
+    # The median rate, not an extreme one: 100, 200 and 300 bytes a frame make 4000 bytes 20
+    # frames (the smallest rate would call it 40, the largest 13).
+    costs, _, estimated = _costs(_items(4), {"v0": (11, 1100), "v1": (21, 4200), "v2": (10, 3000),
+                                             "v3": (None, 4000)}, 1, None)
+    assert estimated == ["v3"] and costs["v3"] == 19
+
+
+def test_a_subplan_keeps_only_its_shares_costs_and_estimates():
+    """An array task's share, split again over its torchrun ranks, carries the costs and the
+    estimated keys of that share alone (what its summary reports), and covers the share."""
+    from flowkit.shards import ShardPlan
+
+    items = _items(6)
+    costs = {item.key: i + 1 for i, item in enumerate(items)}
+    plan = ShardPlan(balance(items, costs, 2), costs, "frame pairs", ["v0", "v5"])
+    share = {item.key for item in plan.share(1)}
+    sub = plan.subplan(1, 2)
+    assert set(sub.costs) == share and set(sub.estimated) == share & {"v0", "v5"}
+    assert sorted(i.key for r in range(2) for i in sub.share(r)) == sorted(share)
 
 
 def test_plan_probes_real_videos(bad_videos):
