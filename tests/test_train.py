@@ -443,7 +443,11 @@ def test_predict_averages_softmax_over_views():
     assert views == v and flat["flow"].shape == (b * v, 2, 3, 4, 4)
     assert flat["flow_bound"].tolist() == [20.0] * v + [5.0] * v
     model = MeanFlowModel()
+    model.train()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
     scores, labels, index = predict(model, [batch], torch.device("cpu"))
+    assert seen == [False] and model.training  # in eval mode, then back to training mode
     assert model.batches == [(b * v, 2, 3, 4, 4)]
     m = flow.mean(dim=(3, 4, 5))
     logits = torch.cat([m, torch.zeros(b, v, 1)], 2) * 10
