@@ -403,6 +403,32 @@ def test_remove_dead_writer_removes_only_that_process_leftovers(store):
 
 # ----------------------------------------------------------------------------- partials
 
+def test_a_commit_is_durable_before_it_is_visible(store, monkeypatch):
+    """The finished file's bytes reach the disk (fsync of the partial) before the rename makes it
+    the video's file, and the rename reaches the disk after (fsync of its folder): a power cut
+    never leaves a complete-looking video whose data was still in the page cache."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    w = store.writer("zoom/durable", source="x", fps=25)
+    with w:
+        w.append_rgb(make_video(5, frames=3)[0])
+    partial, final = str(w.partial), str(w.final)
+    moved = events.index(("replace", partial))
+    assert ("fsync", partial) in events[:moved]
+    assert ("fsync", os.path.dirname(final)) in events[moved + 1:]
+
+
 def test_leftover_partial_is_ignored_and_removed(store):
     rgb, flow = make_video(9)
     write_video(store, "zoom/done", rgb, {"tvl1": flow})
