@@ -253,3 +253,178 @@ def test_opencv_errors_become_failed_rows(tiny_pairs, monkeypatch):
     assert failed["status"] == "failed" and "roi.x >= 0" in failed["reason"]
     assert "opencv-tvl1: OpenCV failed on a 40x48 pair" in failed["reason"]
     assert ok["status"] == "ok"
+
+
+def test_opencv_tvl1_peer_early_stop_maps_to_opencv_epsilon(tiny_pairs):
+    """opencv-tvl1 keeps OpenCV's epsilon stopping rule by default (early_stop=True) and maps
+    early_stop=False to epsilon=0 (full iterations): a comparison against flowkit's tvl1 with the
+    same switch only means something if the peer runs what the switch says."""
+    pair = tiny_pairs[0][0]
+    chw = lambda im: im.transpose(2, 0, 1)[None]
+    gray = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
+
+    def direct(**kwargs):
+        solver = cv2.optflow.DualTVL1OpticalFlow_create(nscales=2, **kwargs)
+        return solver.calc(gray(pair.frame0), gray(pair.frame1), None).transpose(2, 0, 1)
+
+    stopping, full = direct(), direct(epsilon=0.0)
+    assert np.abs(stopping - full).max() > 0.1  # the pair tells the two rules apart
+    default = peers.create_peer("opencv-tvl1", nscales=2)(chw(pair.frame0), chw(pair.frame1))
+    np.testing.assert_array_equal(default[0], stopping)
+    no_stop = peers.create_peer("opencv-tvl1", nscales=2, early_stop=False)
+    np.testing.assert_array_equal(no_stop(chw(pair.frame0), chw(pair.frame1))[0], full)
+
+
+@pytest.mark.parametrize("params", [{}, {"levels": 2, "winsize": 9}])
+def test_opencv_farneback_peer_passes_parameters_in_opencv_order(tiny_pairs, params):
+    """opencv-farneback is cv2.calcOpticalFlowFarneback with its parameters in OpenCV's positional
+    order (pyr_scale, levels, winsize, ...): with the defaults and with levels and winsize set, the
+    peer's flow equals the direct call, so a swapped pair of arguments cannot pass as a peer."""
+    pair = tiny_pairs[0][1]
+    chw = lambda im: im.transpose(2, 0, 1)[None]
+    gray = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
+    prm = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5,
+           "poly_sigma": 1.2, "flags": 0, **params}
+    expected = cv2.calcOpticalFlowFarneback(
+        gray(pair.frame0), gray(pair.frame1), None, prm["pyr_scale"], prm["levels"],
+        prm["winsize"], prm["iterations"], prm["poly_n"], prm["poly_sigma"], prm["flags"])
+    flow = peers.create_peer("opencv-farneback", **params)(chw(pair.frame0), chw(pair.frame1))
+    np.testing.assert_array_equal(flow[0], expected.transpose(2, 0, 1))
+
+
+def test_method_returning_too_few_flows_is_a_failed_row():
+    """A method that returns fewer flows than the batch has pairs is a "failed" row naming the
+    counts, not an "ok" row whose accuracy silently covers only the pairs it returned."""
+    def short(frames0, frames1):
+        return np.zeros((1, 2, *frames0.shape[2:]), np.float32)
+
+    pairs = [_blank_pair(8, 8), _blank_pair(8, 8)]
+    (r,) = harness.run_benchmark([harness.Method("short", short)], pairs, batch=2, repeats=1)
+    assert r["status"] == "failed" and "short returned 1 flows for 2 pairs" in r["reason"]
+    assert r["epe"] is None
+
+
+def test_pair_without_valid_pixels_is_left_out_of_the_mean():
+    """A pair with no valid ground-truth pixel (e.g. a fully masked Sintel frame) is left out of
+    the dataset's mean, not turned into a NaN that makes the whole dataset's epe unknown."""
+    blank = _blank_pair(8, 8)
+    masked = FlowPair("masked", blank.frame0, blank.frame1, blank.flow, np.zeros((8, 8), bool),
+                      np.zeros((8, 8), bool))
+    shifted = harness.Method("shift", lambda f0, f1: np.ones((f0.shape[0], 2, 8, 8), np.float32))
+    (r,) = harness.run_benchmark([shifted], [blank, masked], batch=1, repeats=1)
+    assert r["status"] == "ok"
+    assert r["epe"] == pytest.approx(math.sqrt(2)) and r["epe_noc"] == pytest.approx(math.sqrt(2))
+    assert r["outliers"] == 0 and r["angular"] is not None
+
+
+def test_pairs_limits_folder_datasets(tmp_path):
+    """--pairs N on a Middlebury or Sintel folder benchmarks the first N pairs in name order (a
+    quick run on a whole Sintel pass must not load and measure all of it)."""
+    rng = np.random.default_rng(0)
+    mb, sintel = tmp_path / "mb", tmp_path / "sintel" / "training"
+    for s in ("A", "B", "C"):
+        (mb / s).mkdir(parents=True)
+        for name in ("frame10.png", "frame11.png"):
+            cv2.imwrite(str(mb / s / name), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+        write_flo(mb / s / "flow10.flo", np.zeros((2, 8, 8), np.float32))
+        (sintel / "clean" / s).mkdir(parents=True)
+        (sintel / "flow" / s).mkdir(parents=True)
+        for i in (1, 2):
+            cv2.imwrite(str(sintel / "clean" / s / f"frame_{i:04d}.png"),
+                        rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+        write_flo(sintel / "flow" / s / "frame_0001.flo", np.zeros((2, 8, 8), np.float32))
+    items, _ = harness.load_dataset("middlebury", mb, pairs=1)
+    assert [p.name for p in items] == ["A"]
+    items, _ = harness.load_dataset("sintel", sintel.parent, pairs=2)
+    assert [p.name for p in items] == ["A/frame_0001", "B/frame_0001"]
+    assert len(harness.load_dataset("middlebury", mb)[0]) == 3
+
+
+def test_shrinking_keeps_a_pixel_occluded_if_any_source_pixel_was():
+    """Resizing a folder dataset down (--size): an output pixel is occluded where any of the pixels
+    it averages was, so epe_noc never scores a pixel whose match partly is not visible."""
+    occluded = np.zeros((8, 8), bool)
+    occluded[::2, ::2] = True                     # one of the four pixels of every 2x2 block ...
+    occluded[4:, 4:] = False                      # ... except the bottom-right quarter
+    blank = _blank_pair(8, 8)
+    pair = FlowPair("p", blank.frame0, blank.frame1, blank.flow, blank.valid, occluded)
+    small = harness._resize_pair(pair, (4, 4))
+    expected = np.ones((4, 4), bool)
+    expected[2:, 2:] = False
+    np.testing.assert_array_equal(small.occluded, expected)
+    assert small.valid.all()
+
+
+class _FakeClock:
+    """A stand-in for the harness's ``time`` module: ``perf_counter`` reads ``now``, which the
+    test's method advances, so pass times are exact (no sleeps, no load sensitivity)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_speed_is_pairs_over_the_median_pass(monkeypatch):
+    """pairs_per_s is pairs / the median pass time (one slow or one lucky pass does not move it);
+    min and max are kept alongside and the warm-up is reported apart (fake clock: exact times)."""
+    clock = _FakeClock()
+    monkeypatch.setattr(harness, "time", clock)
+    durations = [0.5, 0.25, 2.0, 1.0]               # warm-up, then the three timed passes
+
+    def fn(frames0, frames1):
+        clock.now += durations.pop(0)
+        return np.zeros((frames0.shape[0], 2, 8, 8), np.float32)
+
+    pairs = [_blank_pair(8, 8), _blank_pair(8, 8)]
+    (r,) = harness.run_benchmark([harness.Method("timed", fn)], pairs, batch=2, repeats=3)
+    assert r["status"] == "ok" and not durations
+    assert r["warmup_s"] == 0.5 and r["median_pass_s"] == 1.0
+    assert r["min_pass_s"] == 0.25 and r["max_pass_s"] == 2.0
+    assert r["pairs_per_s"] == 2.0
+
+
+def test_copy_of_the_flow_to_host_is_timed(monkeypatch):
+    """A pass times the method's call and the copy of its flow back to host memory: on CUDA that
+    copy is where the device work is waited for, so leaving it out would time only the kernel
+    launches (fake clock: the copy takes 1 s, the call nothing)."""
+    clock = _FakeClock()
+    monkeypatch.setattr(harness, "time", clock)
+
+    class Lazy:  # a device tensor whose work completes when it is copied to the host
+        def __init__(self, array):
+            self.array = array
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            clock.now += 1.0
+            return self
+
+        def numpy(self):
+            return self.array
+
+    lazy = harness.Method("lazy", lambda f0, f1: Lazy(np.zeros((f0.shape[0], 2, 8, 8), np.float32)))
+    (r,) = harness.run_benchmark([lazy], [_blank_pair(8, 8)], batch=1, repeats=2)
+    assert r["status"] == "ok"
+    assert r["median_pass_s"] == 1.0 and r["min_pass_s"] == 1.0 and r["pairs_per_s"] == 1.0
+
+
+def test_peak_memory_counts_what_the_warm_up_kept():
+    """peak_mem_mb is measured from before the method was built, so buffers a method allocates in
+    its warm-up and keeps (OpenCV's solver buffers, an engine's workspace) count towards it; a
+    baseline taken after the warm-up would report such a method as using almost nothing."""
+    kept = []
+
+    def fn(frames0, frames1):
+        if not kept:
+            kept.append(np.ones(100 * 2**20, np.uint8))   # 100 MiB, touched, made in the warm-up
+        return np.zeros((frames0.shape[0], 2, 8, 8), np.float32)
+
+    (r,) = harness.run_benchmark([harness.Method("buffers", fn)], [_blank_pair(8, 8)], repeats=1)
+    if r["peak_mem_kind"] != "rss-sampled":
+        pytest.skip(f"memory measured as {r['peak_mem_kind']}, not a sampled RSS")
+    assert r["peak_mem_mb"] >= 90
+    kept.clear()

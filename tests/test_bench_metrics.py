@@ -100,3 +100,28 @@ def test_shape_errors():
         end_point_error(np.zeros((3, 3, 4)), np.zeros((3, 3, 4)))
     with pytest.raises(BenchError, match="valid must have shape"):
         end_point_error(field(0, 0), field(0, 0), valid=np.ones((4, 3), bool))
+
+
+def test_flow_metrics_counts_nan_estimates_as_outliers():
+    """An engine that outputs NaN got those pixels wrong: flow_metrics counts them as outliers
+    (like outlier_rate), instead of a NaN comparison quietly scoring them as inliers."""
+    nan = field(np.nan, np.nan)
+    assert flow_metrics(nan, field(0.0, 0.0))["outliers"] == 1.0
+    one = field(0.0, 0.0)
+    one[:, 0, 0] = np.nan
+    assert flow_metrics(one, field(0.0, 0.0))["outliers"] == pytest.approx(1 / 12)
+
+
+def test_epe_noc_ignores_invalid_pixels():
+    """epe_noc is over pixels that are valid and not occluded: a huge error where the ground truth
+    is invalid changes neither epe nor epe_noc (a non-occluded but invalid pixel is still
+    unknown)."""
+    gt = field(0.0, 0.0)
+    flow = gt.copy()
+    flow[0, 2] = 50.0                              # error only on the last row
+    valid = np.ones((3, 4), bool)
+    valid[2] = False                               # ... which has no ground truth
+    occluded = np.zeros((3, 4), bool)
+    occluded[0, 0] = True
+    m = flow_metrics(flow, gt, valid, occluded)
+    assert m["epe"] == 0 and m["epe_noc"] == 0 and m["outliers"] == 0

@@ -272,3 +272,23 @@ def test_sintel_layout(tmp_path):
     assert len(load_flow_folder(training, layout="sintel")) == 2          # the training folder itself
     with pytest.raises(BenchError, match=r"no final/ image folder \(found \['clean', 'occlusions'\]\)"):
         load_flow_folder(tmp_path, layout="sintel", sintel_pass="final")
+
+
+def test_sintel_invalid_mask_marks_pixels_invalid(tmp_path):
+    """Sintel's training/invalid/<scene>/frame_%04d.png marks pixels whose ground truth is wrong:
+    exactly those pixels are left out of the metrics (not valid), every other pixel stays valid,
+    so a method is neither scored on bad truth nor on only the marked pixels."""
+    rng = np.random.default_rng(3)
+    training = tmp_path / "training"
+    frames, flow = fake_pair(rng)
+    for i, frame in enumerate(frames, start=1):
+        write_rgb(training / "clean" / "cave_2" / f"frame_{i:04d}.png", frame)
+    (training / "flow" / "cave_2").mkdir(parents=True)
+    write_flo(training / "flow" / "cave_2" / "frame_0001.flo", flow)
+    invalid = np.zeros((6, 8), np.uint8)
+    invalid[2, 5] = 255
+    (training / "invalid" / "cave_2").mkdir(parents=True)
+    assert cv2.imwrite(str(training / "invalid" / "cave_2" / "frame_0001.png"), invalid)
+    (pair,) = load_flow_folder(tmp_path, layout="sintel")
+    assert not pair.valid[2, 5] and pair.valid.sum() == pair.valid.size - 1
+    assert pair.flow[0, 2, 5] == 0 and np.array_equal(pair.flow[:, pair.valid], flow[:, pair.valid])

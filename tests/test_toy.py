@@ -255,6 +255,26 @@ def test_true_flow_warps_frames():
     assert residual(full[0]).mean() < 0.7 * residual(texture_only[0]).mean()  # objects move too
 
 
+def test_distractor_flow_sits_where_the_objects_are_in_frame_t():
+    """flow[t] is frame t -> t+1, so each distractor's velocity covers the pixels that object
+    covers in frame t (alpha > 0.5): in a still video the moving pixels are exactly those, not the
+    object's frame-t+1 position nor its soft edge (a flow that warps frame t+1 back to frame t)."""
+    from flowkit.toy import _Distractors
+
+    spec = toy_specs(classes=("still",), videos_per_class=1, frames=4, size=(32, 32), noise=0,
+                     distractors=4, seed=3, motion=3.0)[0]
+    flow = spec.flow(with_distractors=True)
+    assert not spec.flow().any()
+    objects = _Distractors(spec)
+    for t in range(spec.frames - 1):
+        covered = np.zeros(spec.size, bool)
+        for alpha, velocity in objects.masks(t):
+            assert np.hypot(*velocity) > 0
+            covered |= alpha > 0.5
+        assert 0 < covered.sum() < covered.size
+        np.testing.assert_array_equal(np.hypot(*flow[t]) > 0, covered)
+
+
 @pytest.mark.parametrize("name, expect", [
     ("right", (1, 0)), ("left", (-1, 0)), ("up", (0, -1)), ("down", (0, 1)), ("right_fast", (2, 0)),
 ])

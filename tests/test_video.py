@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flowkit.errors import FlowkitError, VideoError
-from flowkit.samples import render_sample, sample_motion, sample_specs
+from flowkit.samples import MOTIONS, render_sample, sample_motion, sample_specs
 from flowkit.video import (
     VIDEO_EXTENSIONS,
     VideoInfo,
@@ -155,6 +155,20 @@ def test_gray(clip):
     reference = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in load_frames(clip)])
     assert np.abs(gray.astype(np.float32) - reference).mean() < 3.0
     assert load_frames(clip, gray=True, size=32).shape == (SAMPLE_FRAMES, 32, 40)
+
+
+def test_gray_frames_of_a_rotated_video_are_turned_too(clip, tmp_path):
+    """A phone's portrait video (rotation in the container) is turned upright whether it is
+    decoded as RGB or as gray: gray=True must not give landscape frames the RGB path turns."""
+    from conftest import rotate_mp4
+
+    rotate_mp4(clip, tmp_path / "r.mp4")
+    upright = load_frames(clip, gray=True)
+    facts: dict = {}
+    turned = np.stack(list(iter_frames(tmp_path / "r.mp4", gray=True, facts=facts)))
+    assert facts["rotation"] == 270
+    assert turned.shape == (SAMPLE_FRAMES, SAMPLE_SIZE[1], SAMPLE_SIZE[0])
+    np.testing.assert_array_equal(turned, np.rot90(upright, 3, axes=(1, 2)))
 
 
 def test_video_extensions():
@@ -365,6 +379,23 @@ def test_text_named_txt_is_not_a_video(tmp_path):
         load_frames(path)
 
 
+@pytest.mark.parametrize("decoded, declared, ok", [
+    (48, 48, True), (47, 48, True), (46, 48, True), (45, 48, False),
+    (95, 100, True), (94, 100, False),
+])
+def test_frame_count_shortfall_tolerance(decoded, declared, ok):
+    """A container's frame count may be off by a little (2 frames, or 5% of a long video: edit
+    lists, a dropped last frame), so such a video decodes; more missing than that is a cut file,
+    a VideoError naming the counts rather than silently short features."""
+    from flowkit.video import _check_count
+
+    if ok:
+        _check_count("v.mp4", decoded, declared)
+    else:
+        with pytest.raises(VideoError, match=f"decoded {decoded} of the {declared} frames"):
+            _check_count("v.mp4", decoded, declared)
+
+
 def test_truncated_file_reports_decoded_count(bad_videos):
     with pytest.raises(VideoError, match=r"decoded \d+ of the 48 frames"):
         load_frames(bad_videos.paths["truncated_mkv"])
@@ -492,6 +523,25 @@ def test_sample_motion_is_the_true_flow(class_name):
     assert warped_error < 0.5 * still_error
     if class_name == "pan_left":
         assert np.allclose(flow[0], -spec.speed) and np.allclose(flow[1], 0)
+
+
+@pytest.mark.parametrize("class_name", sorted(MOTIONS))
+def test_sample_motion_matches_its_class_name(class_name):
+    """Each sample class moves the way its name says (x right, y down): a pan's flow points its
+    way, zoom_in spreads content out (divergence > 0), zoom_out pulls it in, rotate_cw turns it
+    clockwise on screen (curl > 0 with y down): the labels a classifier learns are the motions."""
+    u, v = sample_motion(class_name, 2.0, (64, 80)).astype(np.float64)
+    divergence = np.gradient(u, axis=1).mean() + np.gradient(v, axis=0).mean()
+    curl = np.gradient(v, axis=1).mean() - np.gradient(u, axis=0).mean()
+    kind, _, way = class_name.partition("_")
+    if kind == "pan":
+        direction = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[way]
+        np.testing.assert_allclose([u.mean(), v.mean()], 2.0 * np.array(direction), atol=1e-6)
+        assert abs(divergence) < 1e-6 and abs(curl) < 1e-6
+    elif kind == "zoom":
+        assert divergence * (1 if way == "in" else -1) > 0.01 and abs(curl) < 1e-6
+    else:
+        assert curl * (1 if way == "cw" else -1) > 0.01 and abs(divergence) < 0.01
 
 
 def test_samples_are_deterministic():

@@ -147,3 +147,19 @@ def test_legend_and_grid():
     assert np.array_equal(tgrid, grid)
     with pytest.raises(FlowkitError, match="frames"):
         flow_grid(frames[:1], flows)
+
+
+def test_grid_legend_prints_the_shared_scale():
+    """flow_grid's legend is the colour key at the grid's own scale with that scale printed
+    ("rim 2.2 px"): a reader can only turn colours into pixels if the key says what the rim
+    means."""
+    from flowkit.viz import robust_max_flow
+
+    flows = np.zeros((2, 2, 32, 40), np.float32)
+    flows[0, 0], flows[1, 1] = -2.2, 1.5
+    grid = flow_grid(None, flows, legend=True, gap=0)
+    assert grid.shape == (64, 40 + 32, 3)
+    scaled = colorwheel_legend(32, robust_max_flow(list(flows)))
+    assert not np.array_equal(scaled, colorwheel_legend(32))  # the printed scale is visible
+    np.testing.assert_array_equal(grid[:32, 40:], scaled)
+    assert (grid[32:, 40:] == 255).all()
