@@ -2,10 +2,13 @@
 shapes, and the multi-scale network on each backbone."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flowkit.errors import FlowkitError
 from flowkit.models import classification_loss, create_model
-from flowkit.models.cidc import CIDCUnit, cidc_mask, cidc_weights
+from flowkit.models.cidc import DIRECTIONS, CIDCUnit, cidc_mask, cidc_weights
+from flowkit.models.resnet import ResNet2d
+from flowkit.models.resnet3d import ResNet3d
 
 C, T, HW = 3, 6, 4
 
@@ -125,3 +128,62 @@ def test_network_uses_temporal_order():
     a, b = model({"rgb": x}), model({"rgb": x.flip(2)})
     torch.testing.assert_close(a["stream_logits"][0], b["stream_logits"][0])
     assert not torch.allclose(a["stream_logits"][1], b["stream_logits"][1])
+
+
+def test_unit_output_is_relu_of_bn_of_the_projection():
+    """A unit ends with ReLU(BN(conv 1x1x1)): its output is non-negative (the attention and the
+    classifier downstream are built on rectified features), with BN centring making about half
+    of it exactly zero in training mode."""
+    torch.manual_seed(0)
+    unit = CIDCUnit(C, T, 3, "bi", out_channels=5)
+    y = unit(torch.randn(2, C, T, HW, HW))
+    assert y.min() >= 0 and (y == 0).any() and (y > 0).any()
+
+
+def test_network_cidc_features_follow_the_documented_layout():
+    """``cidc_features`` is the module docstring's multi-scale layout, recomputed here from the
+    units: fine-to-coarse aggregation ``z_i += avgpool(z_{i-1})``, attention propagated from the
+    coarsest stage (``a_i = sigmoid(mean_c z_i) * upsample(a_{i+1})``), spatial means of
+    ``z_i * a_i`` concatenated along time in stage order (stage 2 first)."""
+    torch.manual_seed(0)
+    model = create_model("cidc", **NET, t_out=2).eval()
+    with torch.no_grad():
+        stages = model.backbone.forward_stages(torch.randn(2, 3, 4, 64, 64))
+        assert [s.shape[-1] for s in stages[-3:]] == [8, 4, 2]      # three distinct scales
+        got = model.cidc_features(stages)
+        z = [unit(s) for unit, s in zip(model.units, stages[-3:])]
+        z[1] = z[1] + F.adaptive_avg_pool3d(z[0], z[1].shape[2:])
+        z[2] = z[2] + F.adaptive_avg_pool3d(z[1], z[2].shape[2:])
+        def up(a, like):
+            return F.interpolate(a, size=like.shape[2:], mode="nearest")
+        a4 = torch.sigmoid(z[2].mean(1, keepdim=True))
+        a3 = torch.sigmoid(z[1].mean(1, keepdim=True)) * up(a4, z[1])
+        a2 = torch.sigmoid(z[0].mean(1, keepdim=True)) * up(a3, z[0])
+        ref = torch.cat([(z[0] * a2).mean((3, 4)), (z[1] * a3).mean((3, 4)),
+                         (z[2] * a4).mean((3, 4))], dim=2)
+    assert got.shape == (2, model.cidc_channels, 3 * 2)
+    torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("backbone,expected", [("s3d", "separable"), ("i3d", "inflated"),
+                                               ("resnet2d", None)])
+def test_network_backbone_names_pick_the_right_kind(backbone, expected):
+    """``backbone="s3d"`` is the separable (2+1)D ResNet3d, ``"i3d"`` the inflated one and
+    ``"resnet2d"`` the per-frame 2D ResNet: the paper's comparisons depend on which one is built."""
+    model = create_model("cidc", **NET, backbone=backbone)
+    if expected is None:
+        assert isinstance(model.backbone, ResNet2d)
+    else:
+        assert isinstance(model.backbone, ResNet3d) and model.backbone.kind == expected
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_network_direction_reaches_every_unit(direction):
+    """The network's ``direction`` is every unit's: ``"uni"`` / ``"none"`` units have no reversed
+    branch (``params_reverse`` None, a C-channel projection), only ``"bi"`` builds one."""
+    model = create_model("cidc", **NET, direction=direction)
+    assert model.direction == direction and len(model.units) == 3
+    for unit in model.units:
+        assert unit.direction == direction
+        assert (unit.params_reverse is None) == (direction != "bi")
+        assert unit.proj.in_channels == (2 if direction == "bi" else 1) * unit.channels

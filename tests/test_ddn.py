@@ -205,6 +205,50 @@ def test_init_from_a_ddn_checkpoint_is_still_a_model_checkpoint(tmp_path):
     assert torch.equal(fresh.motion.fc.weight, trained.motion.fc.weight)
 
 
+def test_temporal_max_pool_keeps_an_odd_last_frame():
+    """The branches halve time with a max over pairs of frames, keeping an odd last frame as it is
+    (ceil(T / 2) outputs): dropping it would lose the clip's last frame (or its last displacement
+    map) whenever T is odd, e.g. the T - 1 = 3 maps of a 4-frame clip."""
+    from flowkit.models.branches import temporal_max_pool
+    x = torch.arange(3.0).view(1, 1, 3, 1, 1)
+    assert temporal_max_pool(x).flatten().tolist() == [1.0, 2.0]
+    x = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 3, 5, 2, 2)
+    assert temporal_max_pool(x).shape == (2, 3, 3, 2, 2)
+    assert temporal_max_pool(x)[0, 0, :, 0, 0].tolist() == [1.0, 3.0, 4.0]
+
+
+def test_motion_branch_sees_displacements_divided_by_the_window_reach():
+    """The motion branch's input is the displacement map divided by the window's reach
+    ``max_displacement * dilation`` (about [-1, 1], the scale its weights were initialised for),
+    not the raw feature-pixel displacements nor a division by ``max_displacement`` alone."""
+    model = tiny_ddn(max_displacement=2, dilation=2).eval()
+    assert model.reach == 4.0
+    x = clip(b=1)
+    seen = {}
+    model.motion.register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0].clone()))
+    with torch.no_grad():
+        model({"rgb": x})
+        disp, _ = model.dynamics(model.features(x))
+    assert disp.abs().max() > 0.1                                 # non-trivial displacements
+    torch.testing.assert_close(seen["x"], disp / 4.0)
+
+
+def test_change_is_the_warped_difference_of_consecutive_features_at_every_step():
+    """The change branch's map at step t is ``warped_difference(F_t, F_t+1, D_t)`` (frame t+1
+    sampled along frame t's displacement, minus frame t), for every t: the appearance change that
+    motion does not explain, in the paper's sign and on frame t's grid."""
+    from flowkit.flow.costvolume import warped_difference
+    model = tiny_ddn().eval()
+    x = clip(b=2, t=4)
+    with torch.no_grad():
+        feats = model.features(x)
+        disp, change = model.dynamics(feats)
+        for t in range(3):
+            ref = warped_difference(feats[:, :, t], feats[:, :, t + 1], disp[:, :, t])
+            assert ref.abs().max() > 0
+            torch.testing.assert_close(change[:, :, t], ref, atol=1e-6, rtol=1e-5)
+
+
 def test_errors_are_actionable():
     with pytest.raises(FlowkitError, match="at least 2 frames"):
         tiny_ddn(branches="motion")({"rgb": clip(t=1)})

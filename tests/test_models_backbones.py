@@ -291,6 +291,57 @@ def test_classifiers_forward_backward():
         create_model("resnet2d", num_classes=3, modality="depth")
 
 
+def test_classification_loss_sums_every_streams_cross_entropy_plus_aux():
+    """Multi-stream models (CIDC, DDN, ST-MulNet, TVNet) train each stream with its own
+    cross-entropy: the loss is the sum over ``stream_logits`` (not the cross-entropy of the fused
+    ``logits``) plus ``aux_loss``; without streams it is the cross-entropy of ``logits``."""
+    import torch.nn.functional as F
+    a = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 3.0], [1.0, -1.0]])
+    y = torch.tensor([0, 1])
+    fused = (a + b) / 2
+    expected = F.cross_entropy(a, y) + F.cross_entropy(b, y)
+    assert not torch.allclose(expected, F.cross_entropy(fused, y))
+    out = {"logits": fused, "stream_logits": [a, b]}
+    torch.testing.assert_close(classification_loss(out, y), expected)
+    aux = torch.tensor(0.25)
+    torch.testing.assert_close(classification_loss({**out, "aux_loss": aux}, y), expected + aux)
+    torch.testing.assert_close(classification_loss({"logits": fused}, y), F.cross_entropy(fused, y))
+
+
+TWO_STREAM = {
+    "ddn": (dict(layers=[1, 1, 1, 1]), ("rgb",)),
+    "cidc": (dict(layers=(1, 1, 1, 1), frames=T), ("rgb",)),
+    "stmulnet": (dict(layers=[1, 1, 1, 1], flow_stack=1), ("rgb", "flow")),
+    "tvnet": (dict(layers=[1, 1, 1, 1], frames=T, flow_source="store", rgb_stream=True),
+              ("rgb", "flow")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TWO_STREAM))
+def test_dropout_acts_on_every_stream_in_training_only(name):
+    """``dropout`` reaches every stream's classifier: with dropout=0.9 two training-mode forwards
+    of the same clip give different logits in every entry of ``stream_logits``, and eval mode is
+    deterministic (a ``--model-arg dropout=...`` that silently did nothing would not regularise)."""
+    kw, inputs = TWO_STREAM[name]
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, width=4, dropout=0.9, **kw)
+    g = torch.Generator().manual_seed(1)
+    batch = {"rgb": torch.randn(B, 3, T, H, W, generator=g)}
+    if "flow" in inputs:
+        batch["flow"] = torch.randn(B, 2, T, H, W, generator=g)
+    model.train()
+    first, second = model(batch)["stream_logits"], model(batch)["stream_logits"]
+    assert len(first) >= 2
+    for i, (x, y) in enumerate(zip(first, second)):
+        assert not torch.allclose(x, y), f"stream {i} unaffected by dropout"
+    model.eval()
+    with torch.no_grad():
+        first, second = model(batch)["stream_logits"], model(batch)["stream_logits"]
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+
+
 def test_resnet2d_averages_frame_logits():
     torch.manual_seed(0)
     model = create_model("resnet2d", num_classes=4, **TINY).eval()
