@@ -291,6 +291,43 @@ def test_trajectorynet_motionnet_aux_loss_reaches_motionnet():
     assert sum(g.abs().sum() for g in grads) > 0
 
 
+def test_trajectorynet_motionnet_sees_the_clip_in_0_255():
+    """MotionNet is trained on [0, 255] frames: the ImageNet-normalised clip is mapped back, so a
+    clip of known [0, 1] pixels reaches MotionNet as pixels * 255, frames (B, M+1, 3, H, W)."""
+    from flowkit.conventions import IMAGENET_MEAN, IMAGENET_STD
+    model = create_model("trajectorynet", **NET, flow_source="motionnet", motionnet_width=0.04,
+                         motionnet_frames=2).eval()
+    seen = {}
+    model.motionnet.register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0]))
+    pixels = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    with torch.no_grad():
+        model({"rgb": (pixels - mean) / std})
+    torch.testing.assert_close(seen["x"], pixels.transpose(1, 2) * 255, atol=1e-3, rtol=0)
+
+
+def test_trajectorynet_gamma_and_flow_pool_reach_the_model():
+    """``gamma`` weights MotionNet's loss (aux_loss is linear in it, same weights and input), and
+    ``flow_pool`` is used: a small moving patch pooled by max (its full speed) or avg (diluted over
+    the block) gives different logits."""
+    inputs = {"rgb": batch()["rgb"][:1, :, :3]}
+    kw = dict(NET, flow_source="motionnet", motionnet_width=0.04, motionnet_frames=2)
+    one = create_model("trajectorynet", **kw, gamma=0.01).eval()
+    three = create_model("trajectorynet", **kw, gamma=0.03).eval()
+    three.load_state_dict(one.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(three(inputs)["aux_loss"], 3 * one(inputs)["aux_loss"])
+
+    avg = create_model("trajectorynet", **NET, flow_pool="avg").eval()
+    mx = create_model("trajectorynet", **NET, flow_pool="max").eval()
+    mx.load_state_dict(avg.state_dict())
+    patch = batch(flow_scale=0.0)
+    patch["flow"][:, 0, :, 10:13, 10:13] = 0.4           # 8 px / frame in a 3 x 3 patch
+    with torch.no_grad():
+        assert not torch.allclose(avg(patch)["logits"], mx(patch)["logits"], atol=1e-5)
+
+
 def test_trajectorynet_motionnet_weights_from_checkpoint(tmp_path):
     from flowkit.flow.motionnet import MotionNet
     net = MotionNet(num_frames=1, width=0.04)
@@ -336,6 +373,20 @@ def test_flow_changes_trajectorynet_not_s3d():
     assert not torch.allclose(traj(a)["logits"], traj(b)["logits"])
 
 
+def test_store_flow_is_scaled_by_flow_bound():
+    """Store flow is saved divided by its clip's ``flow_bound``: the model must multiply it back, so
+    (flow, bound b) and (2 flow, bound b/2) are the same motion, and a different bound alone is a
+    different motion (otherwise stores written with another bound would be read wrongly)."""
+    model = create_model("trajectorynet", **NET).eval()
+    base = batch(flow_scale=0.3)
+    half = dict(base, flow=base["flow"] * 2, flow_bound=base["flow_bound"] / 2)
+    other = dict(base, flow_bound=base["flow_bound"] / 2)
+    with torch.no_grad():
+        ref = model(base)["logits"]
+        torch.testing.assert_close(model(half)["logits"], ref)
+        assert not torch.allclose(model(other)["logits"], ref, atol=1e-5)
+
+
 def test_trajectory_block_default_and_choice():
     assert create_model("trajectorynet", **NET).trajectory_block == "layer2.1.conv1_t"
     one = create_model("trajectorynet", num_classes=3, width=4, layers=(1, 1, 1, 1))
@@ -345,6 +396,14 @@ def test_trajectory_block_default_and_choice():
     assert isinstance(deep.backbone.layer3[0].conv2_t, TrajectoryConv)
     assert not isinstance(deep.backbone.layer2[1].conv1_t, TrajectoryConv)
     assert deep(batch())["logits"].shape == (2, 3)      # flow pooled to 1/16
+
+
+def test_trajectory_block_default_in_a_bottleneck_network():
+    """A Bottleneck (depth 50) has only ``conv2_t`` per block: the default block is
+    ``layer2.1.conv2_t`` (the paper's res3b), so ``trajectorynet`` builds at depth 50."""
+    model = create_model("trajectorynet", num_classes=3, depth=50, width=4, layers=[1, 2, 1, 1])
+    assert model.trajectory_block == "layer2.1.conv2_t"
+    assert isinstance(model.backbone.layer2[1].conv2_t, TrajectoryConv)
 
 
 def test_trajectorynet_bad_arguments():

@@ -134,6 +134,19 @@ def test_flow_loss_prefers_true_flow(pairs):
     assert true.ndim == 0 and float(true) < 0.6 * float(zero)
 
 
+def test_flow_loss_smoothness_sums_both_flow_components():
+    """The smoothness term is ``mean(|grad u1| + |grad u2|)`` (the docstring's formula, in pixels per
+    pixel): with I0 == I1 constant the data term is 0, and a flow u = v = x on an 8-wide frame has
+    |grad| = 1 per component except in the last column (forward difference 0 there), so the loss is
+    (1 + 1) * 7/8; with v = 0 it is 7/8."""
+    i0 = torch.full((1, 1, 4, 8), 100.0)
+    ramp = torch.arange(8, dtype=torch.float32).expand(4, 8)
+    both = torch.stack([ramp, ramp])[None]
+    assert float(flow_loss(i0, i0.clone(), both)) == pytest.approx(2 * 7 / 8, abs=1e-5)
+    only_u = torch.stack([ramp, torch.zeros_like(ramp)])[None]
+    assert float(flow_loss(i0, i0.clone(), only_u)) == pytest.approx(7 / 8, abs=1e-5)
+
+
 def test_epe_loss_averages_over_valid_pixels_only():
     """With sparse ground truth (KITTI-like: half the pixels valid) the EPE is the mean over the
     valid pixels, so it does not shrink with the share of pixels lacking ground truth: a constant

@@ -121,6 +121,102 @@ def test_two_stream_late_fusion_weights():
     assert tiny(rgb_stream=True, flow_source="store").inputs == ("rgb", "flow")
 
 
+def test_store_flow_reaches_the_motion_backbone_as_pairs_0_to_T_minus_2_over_flow_scale():
+    """The store's flow at clip position t is the flow t -> t+1: the T-1 pairs are positions
+    0 .. T-2 (the last position has no next frame), in pixels (x flow_bound) and divided by
+    FLOW_SCALE, so the classifier sees what TVNet would give for the same pairs."""
+    from flowkit.models.tvnet_classifier import FLOW_SCALE
+    model = tiny(flow_source="store").eval()
+    seen = {}
+    model.backbone.register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0]))
+    flow = (torch.arange(4, dtype=torch.float32).view(1, 1, 4, 1, 1) * 0.1).expand(2, 2, 4, 8, 8)
+    bound = torch.tensor([20.0, 8.0])
+    with torch.no_grad():
+        model({"flow": flow.contiguous(), "flow_bound": bound})
+    x = seen["x"]
+    assert x.shape == (2, 6, 8, 8)
+    for t in range(3):
+        for b in range(2):
+            expected = 0.1 * t * bound[b].item() / FLOW_SCALE
+            torch.testing.assert_close(x[b, 2 * t: 2 * t + 2],
+                                       torch.full((2, 8, 8), expected), msg=f"pair {t}, clip {b}")
+
+
+def test_tvnet_gets_gray_frames_in_0_255():
+    """TVNet's schedule is tuned for [0, 255] intensities: the ImageNet normalisation is undone,
+    so a uniform 0.5-grey clip reaches TVNet as 127.5 in both frames of every pair."""
+    from flowkit.conventions import IMAGENET_MEAN, IMAGENET_STD
+    model = tiny(freeze_tvnet=True).eval()
+    seen = {}
+    model.tvnet.register_forward_pre_hook(lambda mod, args: seen.__setitem__("pair", args[:2]))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    grey = torch.full((1, 3, 4, 16, 16), 0.5)
+    with torch.no_grad():
+        model({"rgb": (grey - mean) / std})
+    i0, i1 = seen["pair"]
+    assert i0.shape == i1.shape == (3, 1, 16, 16)
+    torch.testing.assert_close(i0, torch.full_like(i0, 127.5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(i1, torch.full_like(i1, 127.5), atol=1e-3, rtol=0)
+
+
+def test_two_stream_rgb_logits_average_all_frames_and_fuse_with_motion():
+    """The RGB stream scores every one of the T frames and averages them (the last frame counts
+    even though it starts no flow pair), and the logits are exactly the weighted late fusion of
+    [rgb, motion] with the model's ``fusion`` weights."""
+    from flowkit.models.tvnet_classifier import FLOW_SCALE
+    model = tiny(flow_source="store", rgb_stream=True, fusion=[1, 3]).eval()
+    rgb = clip(t=4)
+    flow = torch.randn(2, 2, 4, 24, 24, generator=torch.Generator().manual_seed(2)) * 0.1
+    bound = torch.full((2,), 20.0)
+    with torch.no_grad():
+        out = model({"rgb": rgb, "flow": flow, "flow_bound": bound})
+        per_frame = model.rgb_fc(model.rgb_backbone(rgb).mean(dim=(3, 4)).transpose(1, 2))
+        rgb_ref = per_frame.mean(dim=1)
+        stacked = (flow[:, :, :-1] * 20.0 / FLOW_SCALE).transpose(1, 2).reshape(2, 6, 24, 24)
+        motion_ref = model.fc(model.backbone(stacked).mean(dim=(2, 3)))
+        torch.testing.assert_close(out["stream_logits"][0], rgb_ref)
+        torch.testing.assert_close(out["stream_logits"][1], motion_ref)
+        torch.testing.assert_close(out["logits"],
+                                   weighted_late_fusion([rgb_ref, motion_ref], [1.0, 3.0]))
+        last = rgb.clone()
+        last[:, :, -1] = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+        out2 = model({"rgb": last, "flow": flow, "flow_bound": bound})
+    assert not torch.allclose(out2["stream_logits"][0], out["stream_logits"][0], atol=1e-5)
+    torch.testing.assert_close(out2["stream_logits"][1], out["stream_logits"][1])
+
+
+def test_layers_reach_both_backbones():
+    """``layers`` sizes the motion and the RGB ResNet alike (not the depth's default layout)."""
+    model = tiny(rgb_stream=True, layers=[1, 2, 1, 1])
+    assert tuple(model.backbone.layers) == (1, 2, 1, 1)
+    assert tuple(model.rgb_backbone.layers) == (1, 2, 1, 1)
+    assert len(model.backbone.layer2) == len(model.rgb_backbone.layer2) == 2
+
+
+def test_tvnet_weights_are_loaded_and_checked(tmp_path):
+    """``tvnet_weights`` starts TVNet from a ``train-flow tvnet`` checkpoint (its architecture and
+    weights), and a requested architecture that contradicts it is refused, not silently used."""
+    from dataclasses import asdict
+    from flowkit import checkpoints
+    from flowkit.errors import EngineError
+    net = TVNet(scales=1, warps=1, iterations=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01)
+    path = tmp_path / "tvnet.pt"
+    checkpoints.save_checkpoint(path, "tvnet", {"config": asdict(net.config),
+                                                "state_dict": net.state_dict()})
+    model = tiny(tvnet_iterations=None, tvnet_weights=str(path))
+    assert model.tvnet.config == net.config
+    loaded = model.tvnet.state_dict()
+    assert loaded.keys() == net.state_dict().keys()
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded[k], v), k
+    with pytest.raises(EngineError, match="iterations=2"):
+        tiny(tvnet_iterations=5, tvnet_weights=str(path))
+
+
 def test_errors_are_actionable():
     with pytest.raises(FlowkitError, match="built for clips of 4 frames"):
         tiny()({"rgb": clip(t=5)})
