@@ -251,6 +251,22 @@ def test_hmdb51_split_becomes_lists_that_train_and_evaluate_take(tiny_store, tmp
                           "right/right_0.mp4"]
 
 
+def test_split_lists_writes_the_split_asked_for(tmp_path):
+    """`flowkit split-lists hmdb51 DIR --split 2` lists split 2's videos (each split tests other
+    videos): training on split 1's lists under split 2's names would report a wrong protocol."""
+    uses = {1: {"a": [1, 2, 1], "b": [2, 1, 1]}, 2: {"a": [2, 1, 1], "b": [1, 1, 2]}}
+    splits = write_hmdb51_splits(tmp_path / "splits", uses)
+    out = tmp_path / "lists"
+    result = CliRunner().invoke(main, ["split-lists", "hmdb51", str(splits), "--split", "2",
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = read_hmdb51_split(splits, 2)
+    assert expected.test == ["a/a_0.mp4", "b/b_2.mp4"]
+    assert (out / "testlist02.txt").read_text().splitlines() == expected.test
+    assert [line.split()[0] for line in (out / "trainlist02.txt").read_text().splitlines()] == \
+        expected.train
+
+
 def test_hmdb51_split_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(FlowkitError, match="holds no '<class>_test_split3.txt'"):
         read_hmdb51_split(write_hmdb51_splits(tmp_path / "a", {1: {"c": [1]}}), 3)

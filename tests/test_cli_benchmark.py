@@ -85,3 +85,32 @@ def test_small_synthetic_size_runs(runner):
     assert result.exit_code == 0, result.output
     (r,) = json.loads(result.stdout)
     assert r["status"] == "ok" and r["size"] == "24x32" and r["pairs"] == 2
+
+
+def test_seed_picks_the_synthetic_pairs_and_is_recorded(runner):
+    """--seed reaches the synthetic pairs: another seed measures other pairs (another EPE), and
+    the results record the seed each was run with, so a reported number can be reproduced."""
+    epe = {}
+    for seed in (0, 7):
+        result = runner.invoke(command, ["--methods", "opencv-dis", "--size", "32x40", "--pairs",
+                                         "2", "--repeats", "1", "--threads", "1", "--seed",
+                                         str(seed), "--json", "-"])
+        assert result.exit_code == 0, result.output
+        (r,) = json.loads(result.stdout)
+        assert r["dataset_info"]["seed"] == seed
+        epe[seed] = r["epe"]
+    assert epe[0] != epe[7]
+
+
+@pytest.mark.slow  # about 8 s on one CPU thread: torch.compile of a cut-down tvl1
+def test_compile_both_adds_the_compiled_row(runner):
+    """--compile both measures tvl1 eager and torch.compiled side by side: the user asked for the
+    comparison, so the compiled row must be there (a few seconds of compiling on a tiny pair)."""
+    result = runner.invoke(command, ["--methods", "tvl1", "--compile", "both", "--size", "32x40",
+                                     "--pairs", "1", "--batch", "1", "--repeats", "1",
+                                     "--threads", "1", "--param", "nscales=1", "--param",
+                                     "warps=1", "--param", "outer_iterations=1", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["method"], r["compile"], r["status"]) for r in rows] == [
+        ("tvl1", False, "ok"), ("tvl1 (compiled)", True, "ok")]

@@ -410,6 +410,57 @@ def test_cli_export_import_and_train_unchanged(source_store, tmp_path):
     assert out.stderr.strip().count("\n") == 0  # one line
 
 
+def test_cli_export_passes_start_index_and_split_list_through(source_store, tmp_path):
+    """`flowkit export rawframes --start-index 0 --split-list trainlist01.txt` writes denseflow's
+    0-based names and that split's annotation lists: a user exporting for denseflow-style loaders
+    or for one official split gets exactly that, not the 1-based defaults and the `all` lists
+    only."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    split = tmp_path / "trainlist01.txt"
+    split.write_text("run/run_1.avi 2\njump/jump_0.avi 1\n")
+    out = tmp_path / "raw"
+    r = CliRunner().invoke(main, ["export", "rawframes", str(source_store), str(out),
+                                  "--start-index", "0", "--split-list", str(split)])
+    assert r.exit_code == 0, r.output
+    video = out / "jump" / "jump_0"
+    assert (video / "img_00000.jpg").is_file() and (video / "flow_x_00000.jpg").is_file()
+    assert not (video / f"img_{FRAMES:05d}.jpg").exists()
+    for kind in ("rawframes", "flow"):
+        lines = (out / f"trainlist01_{kind}.txt").read_text().splitlines()
+        assert [line.split()[0] for line in lines] == ["run/run_1", "jump/jump_0"], kind
+
+
+def test_cli_import_passes_annotations_and_flow_name_through_and_exits_1_on_a_failure(
+        exported, tmp_path):
+    """`flowkit import rawframes --annotations LIST --flow-name rawframes`: only the listed videos
+    are imported, their flow is stored as flow/rawframes, and a video whose folder lacks a flow
+    pair fails, is named on stderr and makes the command exit 1 (so scripts notice it)."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    root = tmp_path / "raw"
+    shutil.copytree(exported, root)
+    for kind in ("flow_x", "flow_y"):
+        (root / "run" / "run_0" / f"{kind}_{FRAMES - 1:05d}.jpg").unlink()
+    ann = tmp_path / "train.txt"
+    ann.write_text(f"run/run_0 {FRAMES} 1\nrun/run_1 {FRAMES} 1\njump/jump_0 {FRAMES} 0\n")
+    r = CliRunner().invoke(main, ["import", "rawframes", str(root), "-o", str(tmp_path / "s"),
+                                  "--annotations", str(ann), "--flow-name", "rawframes",
+                                  "--json"])
+    d = json.loads(r.stdout)
+    assert (d["done"], d["failed"]) == (2, 1), r.output
+    assert r.exit_code == 1, r.output
+    (failed,) = [line for line in r.stderr.splitlines() if "failed:" in line]
+    assert "run_0" in failed, r.stderr
+    store = FlowStore(tmp_path / "s")
+    assert store.keys() == ["jump/jump_0", "run/run_1"]
+    assert {name for key in store.keys() for name in store.meta(key)["flows"]} == {"rawframes"}
+
+
 def test_import_labels_from_a_kinetics_csv(exported, tmp_path):
     root = tmp_path / "k400"
     shutil.copytree(exported / "jump" / "jump_0",

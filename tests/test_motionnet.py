@@ -246,6 +246,18 @@ def test_cli_checkpoint_round_trip_and_extract(sample_videos, tmp_path):
     assert from_store.exit_code == 0, from_store.output
 
 
+@pytest.mark.parametrize("option", ["--epochs", "--batch"])
+def test_cli_refuses_zero_epochs_or_batch(tmp_path, option):
+    """--epochs 0 or --batch 0 is a usage error (exit 2, "must be >= 1") before any video is read
+    or a checkpoint written: zero would train nothing, or fail later with a confusing error."""
+    args = _train_args(tmp_path, tmp_path / "m.pt", "--epochs", "1")
+    args[args.index(option) + 1] = "0"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert f"{option}: must be >= 1, got 0" in result.output, result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_cli_resume_continues_exactly(sample_videos, tmp_path):
     runner = CliRunner()
     straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"

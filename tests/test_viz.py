@@ -163,3 +163,29 @@ def test_grid_legend_prints_the_shared_scale():
     assert not np.array_equal(scaled, colorwheel_legend(32))  # the printed scale is visible
     np.testing.assert_array_equal(grid[:32, 40:], scaled)
     assert (grid[32:, 40:] == 255).all()
+
+
+def test_show_writes_the_video_at_the_stored_frame_rate(tmp_path):
+    """`flowkit show STORE VIDEO -o out.mp4` plays at the video's own frame rate (10 fps here, not
+    a fixed 25): the clip of the flow then lasts as long as the source and lines up with it."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+    from flowkit.store import FlowStore
+
+    rng = np.random.default_rng(0)
+    with FlowStore(tmp_path / "store", "a", classes=["up"]) as store:
+        with store.writer("up/up_0", source="up_0.mp4", fps=10.0, label=0, label_name="up",
+                          flow_codec="float16") as w:
+            w.append_rgb(rng.integers(0, 256, (3, 24, 32, 3), dtype=np.uint8))
+            w.append_flow("tvl1", rng.normal(0, 1, (2, 2, 24, 32)).astype(np.float32),
+                          engine={"engine": "tvl1", "version": "test", "params": {}})
+    out = tmp_path / "flow.mp4"
+    result = CliRunner().invoke(main, ["show", str(tmp_path / "store"), "up/up_0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    video = cv2.VideoCapture(str(out))
+    try:
+        assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)
+        assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 2  # one frame per flow pair
+    finally:
+        video.release()
