@@ -250,6 +250,57 @@ def test_extract_weights_count_in_the_param_check(sample_videos, tmp_path):
     assert r.returncode == 2 and "--weights: engine 'tvl1' takes no checkpoint" in r.stderr
     assert not (tmp_path / "s2").exists()
 
+
+def test_extract_no_rgb_stores_flow_only(sample_videos, tmp_path):
+    """--no-rgb: flow alone, no RGB frames (most of a store's bytes), for a user who trains on
+    flow only; were the option dropped, every video would carry its RGB all the same."""
+    video = sample_videos / "pan_left" / "pan_left_0.mp4"
+    r = flowkit_cli("extract", video, "-o", tmp_path / "s", "--no-rgb", "--max-frames", "3",
+                    "--workers", "1", "--json", *CHEAP)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["done"] == 1
+    with FlowStore(tmp_path / "s") as fs:
+        meta = fs.meta("pan_left_0")
+    assert meta["has_rgb"] is False and set(meta["flows"]) == {"tvl1"}
+
+
+def test_extract_class_index_in_another_folder_goes_with_the_split_list(sample_videos, tmp_path):
+    """--class-index names classInd.txt when it is not next to the list: its numbering (here
+    the reverse of the folders' sorted order) decides the labels the list's lines give. Without
+    it the folder order would make label 2 'zoom_in' and the line refused as contradicting its
+    folder."""
+    lists, other = tmp_path / "lists", tmp_path / "other"
+    lists.mkdir()
+    other.mkdir()
+    (lists / "trainlist01.txt").write_text("pan_left/pan_left_0.mp4 2\nzoom_in/zoom_in_0.mp4 1\n")
+    (other / "classInd.txt").write_text("1 zoom_in\n2 pan_left\n")
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--split-list",
+                lists / "trainlist01.txt", "--class-index", other / "classInd.txt", "--plan")
+    assert r.returncode == 0, r.stderr
+    assert sorted(line.split("\t")[1] for line in r.stdout.splitlines()) == [
+        "pan_left/pan_left_0", "zoom_in/zoom_in_0"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_max_memory_sizes_are_binary_and_the_default_is_the_library_s():
+    """--max-memory 4G means 4 GiB, as the help's "~0.5 GB per 1080p pair" and
+    ExtractConfig's DEFAULT_MAX_MEMORY (4 << 30) count; "none" lifts the limit. Decimal units
+    would hand the engine 7% less memory than the library's default for the same "4G"."""
+    import click
+
+    from flowkit.cli.extract import _bytes, command
+    from flowkit.extract import DEFAULT_MAX_MEMORY
+
+    assert _bytes("4G") == 4 << 30 and _bytes("512M") == 512 << 20 and _bytes("2GiB") == 2 << 30
+    assert _bytes("1.5GB") == 3 << 29 and _bytes("100000") == 100000 and _bytes("64k") == 64 << 10
+    assert _bytes("none") is None and _bytes(" None ") is None
+    default = next(p.default for p in command.params if p.name == "max_memory")
+    assert _bytes(default) == DEFAULT_MAX_MEMORY
+    for bad in ("0", "-1G", "4X", "lots"):
+        with pytest.raises(click.BadParameter):
+            _bytes(bad)
+
+
 # ----------------------------------------------------------------------------- info
 
 
@@ -300,6 +351,14 @@ def test_info_missing_store_exit_2(tmp_path):
     assert r.stderr.startswith("error: ") and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "nope").exists()  # info never creates a store
+
+
+def test_info_deep_without_validate_is_a_usage_error(tiny_store):
+    """--deep only deepens --validate: alone it would silently print the plain summary, and a
+    user would think the store's every frame had been checked."""
+    r = run_cli("info", tiny_store, "--deep")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "--deep goes with --validate" in r.stderr and r.stdout == ""
 
 
 def test_info_on_a_folder_that_is_not_a_store_exit_2(tmp_path):

@@ -65,11 +65,14 @@ def test_bad_engine_parameter_is_one_line_and_creates_nothing(sample_videos, tmp
     (["extract"], "VIDEO_DIR"),
     (["show", "store", "key"], "-o"),
     (["nope"], "No such command"),
-], ids=["bad-value", "missing-argument", "missing-option", "unknown-command"])
+    (["train", "store", "-o", "run", "--resume", "--overwrite"], "contradict each other"),
+    (["train", "store", "-o", "run"], "--model is required"),
+], ids=["bad-value", "missing-argument", "missing-option", "unknown-command",
+        "resume-and-overwrite", "no-model"])
 def test_usage_errors_are_one_line(tmp_path, monkeypatch, args, expected):
     monkeypatch.chdir(tmp_path)
     line = one_line_error(run_cli(*args))
-    assert expected in line and "--help" in line
+    assert expected in line and line.count("--help") == 1
     assert not list(tmp_path.iterdir())
 
 
@@ -260,6 +263,24 @@ def test_redo_recomputes_with_the_new_options(sample_videos, small_store, tmp_pa
     again = flowkit_cli("extract", sample_videos, "-o", store, "--size", "32", "--step", "2",
                         *CHEAP[:2], "--param", "warps=2", *CHEAP[4:], "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 4
+
+
+def test_redo_key_recomputes_that_finished_video_alone(sample_videos, small_store, tmp_path):
+    """`--redo KEY` is the fix `info --validate --deep` and `train` name for a damaged video: on
+    a finished store it recomputes that video (its file rewritten) and skips the others. Were
+    the keys dropped, the rerun would skip everything and leave the damage in place."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(small_store, store)
+    before = _stamps(store)
+    r = flowkit_cli("extract", sample_videos, "-o", store, "--size", "32", "--step", "2", *CHEAP,
+                    "--redo", "pan_left/pan_left_0", "--workers", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert (d["done"], d["skipped"]) == (1, 3)
+    after = _stamps(store)
+    assert [name for name in before if after[name] != before[name]] == ["pan_left_0.h5"]
 
 
 # ------------------------------------------------------------------ 5. paths that are not folders
@@ -569,6 +590,48 @@ def test_a_bad_progress_interval_is_a_warning_not_a_crash(monkeypatch, value):
     assert f"FLOWKIT_PROGRESS_SECONDS={value!r} is not a number" in console.file.getvalue()
     monkeypatch.setenv("FLOWKIT_PROGRESS_SECONDS", "2.5")
     assert RichProgress(console).lines.every == 2.5
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    """The first Ctrl-C asks the work to stop at its next safe point (and says so); a second
+    one, from a user who will not wait for the current chunk, raises Stopped (a
+    KeyboardInterrupt) at once instead of being swallowed. The previous handlers come back."""
+    import io
+    import signal
+
+    from rich.console import Console
+
+    from flowkit.cli.progress import stop_on_signals
+    from flowkit.progress import StopFlag, Stopped
+
+    stop, console = StopFlag(), Console(file=io.StringIO(), force_terminal=False)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Stopped):
+        with stop_on_signals(stop, console, "the current chunk"):
+            signal.raise_signal(signal.SIGINT)
+            assert stop.is_set() and stop.reason == "interrupted"  # the first one only asks
+            signal.raise_signal(signal.SIGINT)
+            pytest.fail("the second Ctrl-C did not stop the work")
+    assert "Ctrl-C: stopping after the current chunk" in console.file.getvalue()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_while_a_command_is_imported_exits_130(monkeypatch):
+    """Ctrl-C during the seconds `flowkit extract` spends importing torch (before the command
+    runs, so no handler of its own) ends like any other interrupt: "aborted", exit code 130,
+    which scripts and Slurm read as interrupted, not as 1 (some videos failed)."""
+    from types import SimpleNamespace
+
+    import flowkit.cli
+
+    def interrupted_import(name, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flowkit.cli, "importlib",
+                        SimpleNamespace(import_module=interrupted_import))
+    r = run_cli("extract", "videos", "-o", "store")
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert r.stderr.strip() == "aborted" and "Traceback" not in r.stderr
 
 
 def test_extract_progress_off_a_terminal_is_plain_lines_that_agree_with_the_summary(

@@ -144,6 +144,29 @@ def test_unlabelled_videos_are_named_in_notes_of_train_and_evaluate(tiny_store, 
     assert "note: 1 video(s)" in ev.stderr and "'stray'" in ev.stderr
 
 
+def test_evaluate_a_split_list_with_crops_says_how_many_were_trained_on(tiny_store, tmp_path):
+    """`evaluate --split-list FILE --crops 10` scores the list's videos (not the run's 3
+    validation videos) with clips x crops views each, and says how many of them the model was
+    trained on (9 of the 12 here): a score partly on training videos is not a held-out one, and
+    "all of them" would wrongly dismiss the 3 it never saw."""
+    from flowkit.store import FlowStore
+
+    run = tmp_path / "run"
+    assert train(tiny_store, "--out", run, *TINY, "--epochs", "1").exit_code == 0
+    keys = FlowStore(tiny_store).keys()
+    listed = tmp_path / "testlist01.txt"
+    listed.write_text("".join(f"{key}.mp4\n" for key in keys))
+    ev = CliRunner().invoke(evaluate_command, [str(run), "--split-list", str(listed), "--clips",
+                                               "1", "--crops", "10", "--json"],
+                            catch_exceptions=False)
+    assert ev.exit_code == 0, ev.output
+    report = json.loads(ev.stdout)
+    assert report["num_videos"] == len(keys) == 12 and report["split"] == f"list {listed}"
+    assert (report["clips"], report["crops"], report["views"]) == (1, 10, 10)
+    assert report["training_videos"] == 9
+    assert "NOT held out: 9 of them were training videos" in ev.stderr, ev.stderr
+
+
 def _start(store: Path, run: Path, epochs: int, *extra: str) -> subprocess.Popen:
     code = "from flowkit.cli.train import command; command()"
     return subprocess.Popen([sys.executable, "-c", code, str(store), "--out", str(run), *TINY,

@@ -345,6 +345,26 @@ def test_plan_prints_the_shares_and_writes_nothing(sample_videos, tmp_path):
     assert not store.exists()
 
 
+def test_plan_json_is_the_whole_stdout(sample_videos, tmp_path):
+    """`--plan --json` prints the plan as JSON and nothing else on stdout (the per-video lines
+    are the plain output's), so a job script can `json.load` it to size its array; the
+    per-rank lines stay on stderr."""
+    from click.testing import CliRunner
+
+    from flowkit.cli.extract import command
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(command, [str(sample_videos), "-o", str(store), "--plan",
+                                          "--shard", "0/2", "--step", "2", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["world_size"] == 2 and [r["videos"] for r in plan["ranks"]] == [2, 2]
+    assert sorted(k for r in plan["ranks"] for k in r["keys"]) == sorted(
+        i.key for i in scan_videos(sample_videos)[0])
+    assert "rank 1: 2 videos" in result.stderr and not store.exists()
+
+
 # ------------------------------------------------------------------------- the index, in shares
 
 def _index_rank(rank: int, world: int, root: str, out: str) -> None:

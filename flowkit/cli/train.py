@@ -175,7 +175,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
             trainer = Trainer.resume(out, log=log, progress=progress, store=store_path, **changes)
     else:
         if params["model"] is None:
-            raise click.UsageError("--model is required (see `flowkit train --help`)")
+            raise click.UsageError("--model is required")
         config = TrainConfig(store=store_path, **_config_values(ctx, params, explicit_only=False))
         with bars() as progress:
             trainer = Trainer(config, out, overwrite=overwrite, log=log, progress=progress)
