@@ -113,13 +113,33 @@ def test_cupy_backend_without_cupy_raises_clear_error(no_cupy):
         fcuda.resolve_backend("opencv", "cpu")
 
 
+def test_resolve_backend_with_cupy_picks_by_device(monkeypatch):
+    """With CuPy and a GPU there: ``backend="auto"`` runs the kernels on a CUDA device only (a CPU
+    engine stays torch), and an explicit ``"cupy"`` on the CPU is refused, not silently run."""
+    monkeypatch.setattr(fcuda, "is_available", lambda: True)
+    monkeypatch.setattr(fcuda, "require", lambda: types.SimpleNamespace())
+    assert fcuda.resolve_backend("auto", "cpu") == "torch"
+    assert fcuda.resolve_backend("auto", "cuda") == "cupy"
+    assert fcuda.resolve_backend("auto", "cuda:1") == "cupy"
+    assert fcuda.resolve_backend("cupy", "cuda") == "cupy"
+    assert fcuda.resolve_backend("torch", "cuda") == "torch"
+    with pytest.raises(EngineError, match="CUDA devices only"):
+        fcuda.resolve_backend("cupy", "cpu")
+
+
 def test_load_kernel_loads_the_function_on_its_device_before_returning(monkeypatch):
     """The kernel's function is loaded (cuModuleGetFunction) inside its device's context when
     load_kernel returns, not lazily at its first launch: that launch may be inside a CUDA-graph
     capture (tvl1.WarpSolver), where loading is illegal on older drivers. A fake CuPy whose
-    RawKernel loads only when ``.kernel`` is read (as CuPy's does, per device)."""
+    RawKernel loads only when ``.kernel`` is read (as CuPy's does, per device).
+
+    Each source gets its compiler options: ``--use_fast_math`` for the cost volume only (TV-L1's
+    hundreds of iterations and warp's autograd-checked gradients need exact division and exp)."""
+    from flowkit.cuda import costvolume, tvl1
+
     current = [0]
     events = []
+    options_of = {}
 
     class Device:
         def __init__(self, index=None):
@@ -142,7 +162,7 @@ def test_load_kernel_loads_the_function_on_its_device_before_returning(monkeypat
 
     class RawModule:
         def __init__(self, code, options):
-            pass
+            options_of[code.split('"')[1]] = tuple(options)  # kernel_source's `#line 1 "<file>"`
 
         def compile(self):
             events.append(("compile", current[0]))
@@ -158,11 +178,17 @@ def test_load_kernel_loads_the_function_on_its_device_before_returning(monkeypat
     try:
         first = fcuda.load_kernel("tvl1_stop_rule", "tvl1.cu", device_id=1)
         assert fcuda.load_kernel("tvl1_stop_rule", "tvl1.cu", device_id=1) is first  # memoized
+        assert events == [("compile", 1), ("load", "tvl1_stop_rule", 1)]
+        # As the wrappers load their kernels (a CPU tensor: the current device, 0).
+        costvolume._kernel("correlation_forward", torch.zeros(1))
+        fcuda.load_kernel("warp_bilinear_forward", "warp.cu")
+        tvl1._kernel("tvl1_primal", torch.zeros(1))
     finally:
         fcuda._module.cache_clear()
         fcuda._function.cache_clear()
-    assert events == [("compile", 1), ("load", "tvl1_stop_rule", 1)]
     assert current == [0]
+    assert options_of == {"tvl1.cu": ("-std=c++17",), "warp.cu": ("-std=c++17",),
+                          "costvolume.cu": ("-std=c++17", "--use_fast_math")}
 
 
 def test_failed_graph_capture_is_exposed(monkeypatch):
@@ -346,6 +372,21 @@ def test_host_wrappers_refuse_wrong_buffers(emulated):
     assert torch.equal(got[1], x[1]) and torch.equal(got[0], ops.median_filter_torch(x[:1], 3)[0])
     for a, b in zip(tvl1.linearize(i0, stack, u, out=outs), tvl1.linearize(i0, stack, u)):
         assert torch.equal(a, b)
+
+
+def test_host_wrappers_refuse_a_partly_overlapping_out(emulated):
+    """An ``out=`` that shares only part of the input's storage (a view starting half-way into it)
+    is refused too: the median reads neighbours, so writing over input pixels not yet read would
+    corrupt the result. Overlap is measured in bytes, not elements."""
+    tvl1, _, _ = emulated
+    storage = torch.randn(2 * 3 * 2 * 9 * 11)
+    n = 3 * 2 * 9 * 11
+    x = storage[:n].view(3, 2, 9, 11)
+    out = storage[n // 2:n // 2 + n].view(3, 2, 9, 11)  # starts 2n bytes in: inside x's 4n bytes
+    with pytest.raises(EngineError, match="must not share memory"):
+        tvl1.median_filter(x, 3, out=out)
+    assert torch.equal(tvl1.median_filter(x, 3, out=storage[n:].view(3, 2, 9, 11)),
+                       tvl1.median_filter(x, 3))  # adjacent, not overlapping: accepted
 
 
 def test_host_empty_images_launch_nothing(emulated, emu):

@@ -255,6 +255,9 @@ def test_launch_from_env(monkeypatch):
     assert not distributed.launched()  # no rendezvous address: a Slurm-array-style shard
     assert distributed.local_device("cuda") == "cuda:1"
     assert distributed.local_device("cuda:0") == "cuda:0"
+    # Second node of two: global rank 3 is its node's GPU 1 (there is no cuda:3 on that node).
+    monkeypatch.setenv("RANK", "3")
+    assert distributed.local_device("cuda") == "cuda:1"
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(FlowkitError, match="inconsistent launch"):
         distributed.Launch.from_env()
@@ -324,6 +327,20 @@ def test_cpu_sync_batchnorm_equals_one_big_batch(tmp_path):
                                rtol=1e-4, atol=1e-6)
     for p in parts:
         torch.testing.assert_close(p["running_var"], model[1].running_var, rtol=1e-5, atol=1e-6)
+
+
+def _any_rank_rank(rank: int, world: int, out: str) -> None:
+    Path(f"{out}.{rank}").write_text(f"{distributed.any_rank(rank == 0)} {distributed.any_rank(False)}")
+
+
+@pytest.mark.slow
+def test_any_rank_is_true_everywhere_when_one_rank_says_so(tmp_path):
+    """A stop request seen by rank 0 only stops both gloo ranks at the same step (a rank that
+    went on alone would wait forever in the next collective); no request stops nobody."""
+    world = 2
+    torch.multiprocessing.spawn(_in_group, args=(world, str(tmp_path / "pg"), _any_rank_rank,
+                                                 str(tmp_path / "out")), nprocs=world)
+    assert [(tmp_path / f"out.{r}").read_text() for r in range(world)] == ["True False"] * world
 
 
 

@@ -243,6 +243,30 @@ def test_cupy_rule_equals_torch_rule_warp_by_warp(emu, frames):
     assert emu.launches.count("tvl1_stop_rule") <= 40
 
 
+def test_cupy_per_iteration_kernels_follow_the_outer_iterations(emu, frames):
+    """A fixed schedule of several outer iterations with its own finite-difference kernels per
+    iteration (a trained TVNet with medians between): outer iteration k runs kernels
+    ``k*inner..(k+1)*inner-1`` on the device, as the torch path does, not the first ones again."""
+    i0, i1 = (g.float() for g in _gray(frames))
+    h, w = i0.shape[-2:]
+    gx, gy = flowkit.flow.ops.centered_gradient(i1)
+    stack = torch.cat((i1, gx, gy), 1)
+    u = torch.zeros(3, 2, h, w)
+    g = torch.Generator().manual_seed(0)
+    kernels = tuple({"forward": torch.tensor((-1.0, 1.0)) + 0.3 * torch.randn(2, generator=g),
+                     "divergence": torch.tensor((-1.0, 1.0)) + 0.3 * torch.randn(2, generator=g)}
+                    for _ in range(3 * 2))
+    schedule = tvl1.Schedule(outer=3, inner=2, median=3, lambda_theta=0.045, theta=0.3,
+                             tau_theta=0.25 / 0.3, kernels=kernels)
+    torch_nx, cupy_nx = numerics.create("torch", "cpu"), numerics.create("cupy", "cpu")
+    want = torch_nx.warp_iterations(u, torch.zeros(3, 2, 2, h, w), torch_nx.linearize(i0, stack, u),
+                                    schedule)
+    got = cupy_nx.warp_iterations(u, torch.zeros(3, 2, 2, h, w), cupy_nx.linearize(i0, stack, u),
+                                  schedule)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() < 1e-4
+
+
 # ------------------------------------------------------------------------- CUDA graphs, emulated
 
 def test_graph_replay_equals_eager_launches_and_is_captured_once(emu, frames, monkeypatch):
@@ -298,6 +322,34 @@ def test_launches_beyond_grid_z_limit_are_split(emu, frames, monkeypatch):
     got_tvl1 = flowkit.create_engine("tvl1", backend="cupy", **SMALL_TVL1)(*frames)
     got_cv = flowkit.create_engine("costvolume", backend="cupy", max_displacement=2)(*frames)
     assert torch.equal(got_tvl1, want_tvl1) and torch.equal(got_cv, want_cv)
+
+
+def test_backward_launches_beyond_grid_z_limit_are_split(emu, monkeypatch):
+    """Training through the cupy warp and cost volume on a batch beyond the grid-z limit: every
+    slice of a split backward launch (warp, correlation, soft-argmax) must write its own planes,
+    so the input gradients equal the one-launch gradients (not slice 0's planes over and over)."""
+    from flowkit.cuda import costvolume, warp
+
+    g = torch.Generator().manual_seed(7)
+    image, flow = torch.randn(3, 2, 5, 7, generator=g), torch.randn(3, 2, 5, 7, generator=g) * 2
+    f0, f1 = torch.randn(3, 2, 6, 8, generator=g), torch.randn(3, 2, 6, 8, generator=g)
+
+    def grads():
+        im, fl = image.clone().requires_grad_(), flow.clone().requires_grad_()
+        warp.warp(im, fl).backward(torch.linspace(-1, 1, im.numel()).view_as(im))
+        a, b = f0.clone().requires_grad_(), f1.clone().requires_grad_()
+        disp = costvolume.displacement_map(a, b, max_displacement=1, tau=0.2)
+        (disp * torch.linspace(-1, 1, disp.numel()).view_as(disp)).sum().backward()
+        return im.grad, fl.grad, a.grad, b.grad
+
+    want = grads()
+    monkeypatch.setattr(fcuda, "MAX_GRID_Z", 2)  # 3 pairs, 6 (pair, channel) planes: 2 or 3 slices
+    launched = len(emu.launches)
+    got = grads()
+    assert {"warp_bilinear_backward", "correlation_backward", "soft_argmax_backward"} <= set(
+        emu.launches[launched:])
+    for name, g_got, g_want in zip(("image", "flow", "f0", "f1"), got, want):
+        assert torch.equal(g_got, g_want), name
 
 
 def test_grid_chunks_cover_every_plane():

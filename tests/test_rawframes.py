@@ -225,6 +225,26 @@ def test_denseflow_h5_reads_float_flow_and_its_step(tmp_path):
     np.testing.assert_array_equal(back, flow)
 
 
+def test_denseflow_h5_with_a_gap_crossed_names_or_int_flow_is_refused(tmp_path):
+    """Files that would be read as the wrong flow are refused with what is wrong: pair 3 missing
+    (pair 4 would be read as pair 3), as many x as y names that do not pair up (x of pair 2 with y
+    of pair 3), and integer datasets (quantised flow, not denseflow's float pixels)."""
+    def h5(name, pairs):
+        with h5py.File(tmp_path / name, "w") as f:
+            for axis, indices, dtype in pairs:
+                for i in indices:
+                    f[f"flow_{axis}_{i:05d}.jpg"] = np.full((4, 5), i, dtype)
+        return tmp_path / name
+
+    cases = {"flow numbering has a gap": [("x", (0, 1, 2, 4), np.float32),
+                                          ("y", (0, 1, 2, 4), np.float32)],
+             "do not pair up": [("x", (0, 1, 2), np.float32), ("y", (0, 1, 3), np.float32)],
+             "must all be float": [("x", (0, 1), np.int16), ("y", (0, 1), np.int16)]}
+    for k, (phrase, pairs) in enumerate(cases.items()):
+        with pytest.raises(denseflow.DenseflowError, match=phrase):
+            denseflow.open_flow(h5(f"v{k}.h5", pairs))
+
+
 @pytest.mark.parametrize("ext", [".jpg", ""])
 def test_denseflow_h5_reads_backward_flow_and_names_without_jpg(tmp_path, ext):
     flow = np.random.default_rng(2).normal(0, 5, (3, 2, 6, 8)).astype(np.float32)
