@@ -271,6 +271,10 @@ def test_trajectorynet_store_flow_forward_backward(kw):
     assert model.inputs == ("rgb", "flow")
     out = model(batch())
     assert out["logits"].shape == (2, 3) and "aux_loss" not in out
+    # the batch's flow is dropped after the forward: no stale flow (and its graph) is kept for a
+    # later bare backbone call
+    with pytest.raises(FlowkitError, match="TrajectoryConv needs flow"):
+        model.backbone(batch()["rgb"])
     classification_loss(out, batch()["label"]).backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
