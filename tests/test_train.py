@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -262,9 +263,16 @@ def test_resume_is_exact(tiny_store, tmp_path, stop_after):
     ck = load_checkpoint(stopped / "checkpoints" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"]) == ((1, 0) if stop_after == 3 else (1, 1))
     assert len(metrics_lines(stopped)) == 1
+    created = json.loads((stopped / "config.json").read_text())["created"]
+    config = json.loads((stopped / "config.json").read_text())
+    config["created"] = "2001-01-01T00:00:00+00:00"  # config.json is not where it is kept
+    (stopped / "config.json").write_text(json.dumps(config))
+    time.sleep(1.1)  # "created" counts seconds: a resume's own time would differ
 
     resumed = Trainer.resume(stopped, workers=2).fit()
     assert not resumed.interrupted and resumed.epochs_done == 2
+    # the run keeps the start its checkpoint records, not the resume's time
+    assert json.loads((stopped / "config.json").read_text())["created"] == created
     assert [r["epoch"] for r in metrics_lines(stopped)] == [1, 2]
     assert_same_run(straight, stopped)
     assert (stopped / "checkpoints" / "best.pt").is_file()
