@@ -100,6 +100,9 @@ def test_feature_stride_2_drops_the_max_pool():
     classification_loss(out, torch.tensor([0, 2])).backward()
     assert model.conv1.weight.grad.abs().sum() > 0
     assert tiny_ddn().describe()["feature_stride"] == 4
+    # what config.json records is what was built
+    described = tiny_ddn(max_displacement=2, dilation=2, tau=0.5).describe()
+    assert (described["max_displacement"], described["dilation"], described["tau"]) == (2, 2, 0.5)
     with pytest.raises(FlowkitError, match="feature_stride"):
         tiny_ddn(feature_stride=8)
 
