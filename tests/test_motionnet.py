@@ -450,3 +450,40 @@ def test_ctrl_c_with_an_epoch_left_exits_130_and_says_resume(sample_videos, tmp_
     assert result.exit_code == 130, result.output
     assert "--resume" in result.output
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_video_of_exactly_num_frames_plus_one_frames_is_usable():
+    """A clip of M frames needs M + 1 (``--num-frames 2``: 3); a video that long is enough, with
+    its only start frame, rather than being skipped as too short."""
+    video = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    clips = ClipSource.from_arrays([video]).sample(np.random.default_rng(0), 2, 3)
+    assert tuple(clips.shape) == (2, 3, 3, 16, 16)
+    assert torch.equal(clips[0], torch.from_numpy(video).permute(0, 3, 1, 2))
+
+
+def test_epoch_loss_is_the_mean_of_its_steps_losses(monkeypatch):
+    """The loss reported (and checkpointed) per epoch is the mean over that epoch's steps, not the
+    last step's or their sum: it is what a user compares epochs and runs by."""
+    import flowkit.flow.motionnet as flow_module
+
+    values = iter([1.0, 2.0, 3.0, 6.0])
+
+    def fixed_loss(clips, flows):
+        anchor = sum(f.sum() for f in flows) * 0.0  # keeps the graph so backward() works
+        return anchor + next(values)
+    monkeypatch.setattr(flow_module, "unsupervised_loss", fixed_loss)
+    video = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    config = TrainConfig(num_frames=1, width=TINY, size=(16, 16), epochs=1, steps_per_epoch=4,
+                         batch=1)
+    _, history = train(ClipSource.from_arrays([video]), config)
+    assert history[0]["loss"] == pytest.approx(3.0)
+
+
+def test_cli_passes_the_learning_rate_through(sample_videos, tmp_path):
+    """``--lr`` reaches the optimiser's configuration and is recorded in the checkpoint."""
+    args = _train_args(sample_videos, tmp_path / "m.pt", "--epochs", "1")
+    args[args.index("--lr") + 1] = "0.01"
+    args[args.index("--steps-per-epoch") + 1] = "1"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["config"]["lr"] == 0.01

@@ -311,3 +311,117 @@ def test_unsupervised_training_on_video_folder(sample_videos, tmp_path):
     assert result.exit_code == 0, result.output
     saved = torch.load(tmp_path / "u.pt", weights_only=True)
     assert saved["val_epe"] is None and saved["val_loss"] is not None
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_evaluate_does_not_depend_on_the_batch_size(dense):
+    """Validation loss and EPE are means over every validation pixel with ground truth, so
+    ``--batch`` changes neither: runs with other batch sizes stay comparable, and a last short
+    batch counts no more than its share. With sparse ground truth (the synthetic pairs' valid
+    masks differ pair by pair) the loss once weighted each batch by its pairs, not its pixels:
+    batch 1 gave 3.91 where batch 5 gave 3.21."""
+    samples = samples_from_pairs(synthetic_pairs(5, size=(24, 32), seed=0))
+    if dense:
+        for sample in samples:
+            sample.valid[:] = True
+    else:
+        assert len({int(s.valid.sum()) for s in samples}) > 1  # masks of different sizes
+    net = TVNet(scales=1, warps=1, iterations=3)
+    idx = list(range(5))
+    whole = evaluate(net, samples, idx, 5)
+    for batch in (1, 2):
+        got = evaluate(net, samples, idx, batch)
+        assert got["loss"] == pytest.approx(whole["loss"], rel=1e-5), (batch, got, whole)
+        assert got["epe"] == pytest.approx(whole["epe"], rel=1e-5), (batch, got, whole)
+    assert whole["loss"] == pytest.approx(whole["epe"], rel=1e-5)  # supervised: the EPE itself
+
+
+def test_evaluate_epe_ignores_pixels_without_ground_truth():
+    """Sparse ground truth (``valid`` False) carries no flow: whatever the flow files hold there,
+    the reported EPE is the mean over the valid pixels only."""
+    samples = samples_from_pairs(synthetic_pairs(2, size=(24, 32), seed=1))
+    for sample in samples:
+        sample.valid[:, :16] = False
+    net = TVNet(scales=1, warps=1, iterations=3)
+    clean = evaluate(net, samples, [0, 1], 2)["epe"]
+    with torch.no_grad():
+        flow = net(torch.stack([s.i0 for s in samples]), torch.stack([s.i1 for s in samples]))
+    gt = torch.stack([s.flow for s in samples])
+    valid = torch.stack([s.valid for s in samples])
+    expected = float(torch.linalg.vector_norm(flow - gt, dim=1)[valid].mean())
+    assert clean == pytest.approx(expected, rel=1e-5)
+    for sample in samples:
+        sample.flow[:, ~sample.valid] = 1e6     # garbage where there is no ground truth
+    assert evaluate(net, samples, [0, 1], 2)["epe"] == pytest.approx(clean, rel=1e-6)
+
+
+def test_fit_stops_after_the_epoch_in_which_stop_was_requested(tmp_path):
+    """Ctrl-C during epoch 1 (the stop flag already set when it ends) keeps that epoch's checkpoint
+    and returns, instead of training the remaining epochs."""
+    from flowkit.progress import StopFlag
+    from flowkit.train.tvnet import TVNetConfig, TVNetTrainConfig, fit
+    samples = samples_from_pairs(synthetic_pairs(4, size=(24, 32), seed=0))
+    stop = StopFlag()
+    stop.set()
+    config = TVNetTrainConfig(TVNetConfig(scales=1, warps=1, iterations=2), epochs=3, batch=2)
+    history = fit(config, samples, tmp_path / "t.pt", stop=stop)
+    assert [row["epoch"] for row in history] == [1]
+    assert torch.load(tmp_path / "t.pt", weights_only=True)["epoch"] == 1
+
+
+def test_split_of_videos_always_keeps_a_training_side():
+    """However high ``--val-fraction`` and however unequal the videos, validation never takes every
+    pair: a run with nothing to train on would be useless."""
+    for videos in (["a"] + ["b"] * 10, ["a"] * 10 + ["b"], ["a"] * 3 + ["b"] * 3, ["a", "b", "c"]):
+        n = len(videos)
+        for seed in range(6):
+            for fraction in (0.5, 0.9, 0.99):
+                train, val = split(n, fraction, seed, videos)
+                assert train and val, (videos, seed, fraction, train, val)
+                assert sorted(train + val) == list(range(n))
+                assert not {videos[i] for i in train} & {videos[i] for i in val}
+
+
+def test_split_of_independent_pairs_is_seeded():
+    """Independent pairs are drawn at random from the seed: the same seed gives the same split (a
+    resumed run validates on the same pairs), another seed another one, and validation holds
+    ``round(n * fraction)`` pairs."""
+    splits = [split(10, 0.3, seed) for seed in range(5)]
+    for seed, (train, val) in enumerate(splits):
+        assert split(10, 0.3, seed) == (train, val)
+        assert len(val) == 3 and sorted(train + val) == list(range(10))
+    assert len({tuple(val) for _, val in splits}) > 1
+    assert len(split(20, 0.25, 0)[1]) == 5
+
+
+def test_samples_from_videos_returns_exactly_the_pairs_asked(sample_videos):
+    """``--pairs K`` on a video folder gives K pairs when the videos hold more (within one video
+    and across videos: the sample videos hold 7 pairs each)."""
+    from flowkit.train.tvnet import samples_from_videos
+    for k in (4, 9):
+        samples = samples_from_videos(sample_videos, (32, 40), k)
+        assert len(samples) == k
+        assert all(s.flow is None and s.video for s in samples)
+
+
+def test_unsupervised_fit_trains_on_the_flow_loss_not_the_epe(tmp_path, monkeypatch):
+    """``--unsupervised`` on pairs with ground truth trains on TVNet's flow loss L_f; the ground
+    truth only reports EPE (it is never the training loss)."""
+    from flowkit.train import tvnet as tvtrain
+    samples = samples_from_pairs(synthetic_pairs(4, size=(24, 32), seed=0))
+
+    def no_epe_loss(*args, **kwargs):
+        raise AssertionError("the EPE loss was used for unsupervised training")
+    monkeypatch.setattr(tvtrain, "epe_loss", no_epe_loss)
+    config = tvtrain.TVNetTrainConfig(tvtrain.TVNetConfig(scales=1, warps=1, iterations=2),
+                                      epochs=1, batch=4, unsupervised=True, val_fraction=0.25)
+    history = tvtrain.fit(config, samples, tmp_path / "u.pt")
+    row = history[0]
+    assert row["train_epe"] is not None and row["val_epe"] is not None
+    assert row["train_loss"] != pytest.approx(row["train_epe"])
+
+
+def test_cli_passes_clip_through(tmp_path):
+    """``--clip 0`` (no gradient clipping) reaches training and is recorded in the checkpoint."""
+    ckpt = _train(tmp_path, "--epochs", "1", "--clip", "0")
+    assert torch.load(ckpt, weights_only=True)["args"]["clip"] == 0.0

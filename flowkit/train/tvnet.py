@@ -224,15 +224,18 @@ def train_epoch(net: TVNet, optimizer, samples: list[Sample], indices: list[int]
 @torch.no_grad()
 def evaluate(net: TVNet, samples: list[Sample], indices: list[int], batch: int,
              unsupervised: bool = False, device="cpu") -> dict:
-    """Mean loss and pixel-weighted EPE (None without ground truth) over ``indices``."""
+    """Mean loss and pixel-weighted EPE (None without ground truth) over ``indices``, whatever
+    ``batch``: each batch's loss is weighted as it averages (supervised: its valid pixels, as
+    :func:`~flowkit.flow.tvnet.epe_loss` does; unsupervised: its pairs, all of one size)."""
     net.eval()
     loss_sum, count, epe_sum, epe_n = 0.0, 0, 0.0, 0
     for idx in batches(samples, indices, batch, None):
         i0, i1, gt, valid = _stack(samples, idx, device)
         flow = net(i0, i1)
         if unsupervised or gt is not None:
-            loss_sum += float(_loss(net, flow, i0, i1, gt, valid, unsupervised)) * len(idx)
-            count += len(idx)
+            weight = len(idx) if unsupervised else int(valid.sum())
+            loss_sum += float(_loss(net, flow, i0, i1, gt, valid, unsupervised)) * weight
+            count += weight
         if gt is not None:
             s, n = _epe_sums(flow, gt, valid)
             epe_sum, epe_n = epe_sum + s, epe_n + n
