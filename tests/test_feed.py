@@ -265,6 +265,46 @@ def test_an_engine_error_in_the_middle_of_a_video_does_not_hang_the_run(tmp_path
     assert not store.partials()
 
 
+def test_a_video_failed_by_the_writer_keeps_the_next_videos_flow_aligned(tmp_path, monkeypatch):
+    """A store error can fail video a in the writer thread while a's last pairs already share a
+    batch with b's first ones. The feed skips a's flows in that batch but must still step past
+    them: otherwise b is stored with a's motion, silently, as a finished video."""
+    from flowkit.feed import _Writer
+    from flowkit.store.writer import VideoWriter
+
+    videos = MemoryVideos({"a": _frames(7, 0), "b": _frames(5, 1)})
+    # batch 4: call 0 = a's pairs 0-3, call 1 = a's pairs 4-5 + b's pairs 0-1, call 2 = b's 2-3
+    go, a_failed = threading.Event(), threading.Event()
+    append_flow, close = VideoWriter.append_flow, _Writer._close
+
+    def failing_append_flow(self, name, flow, engine=None):
+        if self.key == "a":  # blocks the writer until a's last pairs are batched with b's
+            go.wait(timeout=30)
+            raise VideoError("/mem/a.mp4: disk full (simulated)")
+        return append_flow(self, name, flow, engine)
+
+    def recording_close(self, job, exc):
+        close(self, job, exc)
+        if job.item.key == "a" and job.failed:
+            a_failed.set()
+
+    class FailAInCallOne(RecordingEngine):
+        def __call__(self, f0, f1):
+            if len(self.calls) == 1:  # a fails now, its pairs already in this batch
+                go.set()
+                a_failed.wait(timeout=30)
+            return super().__call__(f0, f1)
+
+    monkeypatch.setattr(VideoWriter, "append_flow", failing_append_flow)
+    monkeypatch.setattr(_Writer, "_close", recording_close)
+    store, engine, results = _run(tmp_path, videos, engine=FailAInCallOne(), batch=4, rgb=False)
+    assert engine.calls == [4, 4, 2]
+    assert results["a"].status == "failed" and "disk full" in results["a"].reason
+    assert results["b"].status == "done" and store.keys() == ["b"]
+    np.testing.assert_allclose(store.read_flow("b", "tvl1"), _direct(videos.videos["b"]),
+                               atol=2e-3, rtol=1e-3)
+
+
 def test_too_short_and_store_errors_stay_per_video(tmp_path):
     nan_frames = _frames(4, 2)
     videos = MemoryVideos({"one": _frames(1, 0), "ok": _frames(4, 1), "nan": nan_frames})

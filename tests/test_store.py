@@ -1048,6 +1048,89 @@ def test_index_rows_give_back_every_fact_and_read_version_3(store, monkeypatch):
     assert FlowStore(store.path).metas(keys) == metas and opened == ["b"]
 
 
+def test_summary_bytes_per_rgb_frame_counts_only_the_rgb_dataset(store):
+    """``bytes_per_rgb_frame`` is what one stored RGB frame costs (the figure a user sizes a
+    store by): the RGB dataset's bytes over its frames, not the whole file's (flow included)."""
+    from flowkit.store.summary import dataset_bytes
+
+    rgb, flow = make_video(80, frames=5)
+    write_video(store, "zoom/a", rgb, {"tvl1": flow})
+    with h5py.File(store.path / "videos" / "zoom" / "a.h5", "r") as f:
+        rgb_bytes = dataset_bytes(f["rgb"])
+    s = store.summary()
+    assert s["bytes"] > rgb_bytes  # the flow takes room too
+    assert s["bytes_per_rgb_frame"] == pytest.approx(rgb_bytes / 5)
+
+
+def test_summary_bytes_count_unreadable_files_too(store):
+    """A file that is not HDF5 still takes disk space: ``bytes`` is what the store's video files
+    take (as ``du`` would say), and the file is counted as unreadable."""
+    write_video(store, "zoom/a", *make_video(81, frames=4)[:1], flows={})
+    (store.path / "videos" / "zoom" / "broken.h5").write_bytes(b"not hdf5" * 1000)
+    s = store.summary()
+    assert s["unreadable"] == 1 and s["videos"] == 2
+    assert s["bytes"] == sum(p.stat().st_size for p in (store.path / "videos").rglob("*.h5"))
+
+
+def test_summary_max_error_seen_is_the_worst_over_videos(tmp_path):
+    """``max_error_seen`` tells the user the largest 8-bit coding error in the whole store: the
+    worst video's, whether a video coded more exactly is read before or after it (two stores,
+    the worst video first in one and last in the other)."""
+    from flowkit.store import dequantize, quantize
+
+    _, flow = make_video(82, frames=4, scale=4.0)
+    exact = dequantize(quantize(flow, 8.0), 8.0)  # on the codec's grid: coded without error
+    for i, worst in enumerate(("zoom/a", "zoom/b")):
+        store = FlowStore(tmp_path / f"s{i}", mode="a", classes=["zoom"])
+        for key in ("zoom/a", "zoom/b"):
+            write_video(store, key, flows={"tvl1": flow if key == worst else exact},
+                        flow_codec="uint8:8")
+        seen = {k: store.meta(k)["flows"]["tvl1"]["max_error_seen"] for k in ("zoom/a", "zoom/b")}
+        assert min(seen.values()) < seen[worst]
+        assert store.summary()["max_error_seen"]["tvl1"] == pytest.approx(seen[worst]), worst
+
+
+def test_summary_backends_default_to_torch_and_name_the_recorded_one(tmp_path):
+    """Flow written without a ``backend`` (every store before backends were recorded) was
+    computed with torch; a recorded backend is reported as recorded."""
+    plain = FlowStore(tmp_path / "plain", mode="a", classes=["zoom"])
+    write_video(plain, "zoom/a", flows={"tvl1": make_video(83, frames=3)[1]})
+    assert plain.summary()["backends"] == {"tvl1": ["torch"]}
+    named = FlowStore(tmp_path / "named", mode="a", classes=["zoom"])
+    write_video(named, "zoom/a", flows={"tvl1": make_video(83, frames=3)[1]},
+                engine={**ENGINE, "backend": "external"})
+    assert named.summary()["backends"] == {"tvl1": ["external"]}
+
+
+def test_a_checked_key_missing_from_the_index_is_read_again(store):
+    """``checked`` (keys found current earlier in the process) serves an index entry without a
+    stat; a key in it whose entry is not in the index (a rebuilt or reloaded index) is a file to
+    read, never a found video without facts."""
+    from flowkit.store.index import current
+
+    write_video(store, "zoom/a", *make_video(84, frames=3)[:1], flows={})
+    path = str(store.path / "videos" / "zoom" / "a.h5")
+    found, stale = current(["zoom/a"], lambda key: path, {}, {"zoom/a"})
+    assert found == {} and [(k, p) for k, p, _ in stale] == [("zoom/a", path)]
+
+
+def test_an_index_row_with_a_negative_layout_is_read_again(store, monkeypatch):
+    """A row whose layout id is -1 (a damaged or hand-edited index.json) must not index the
+    layouts from the end (Python's ``[-1]``): the row is dropped and its video read again."""
+    from flowkit.store import summary
+
+    rgb, flow = make_video(85, frames=4)
+    write_video(store, "zoom/a", rgb, {"tvl1": flow})
+    metas = store.metas(["zoom/a"])
+    data = json.loads((store.path / "index.json").read_text())
+    assert data["videos"]["zoom/a"][3] == 0
+    data["videos"]["zoom/a"][3] = -1
+    (store.path / "index.json").write_text(json.dumps(data))
+    opened, real = [], summary.video_facts
+    monkeypatch.setattr(summary, "video_facts", lambda path: opened.append(path.stem) or real(path))
+    assert FlowStore(store.path).metas(["zoom/a"]) == metas and opened == ["a"]
+
+
 def test_summary_cache_follows_replaced_videos(store):
     for i in range(2):
         write_video(store, f"zoom/c{i}", *make_video(50 + i, frames=4)[:1], flows={})
