@@ -225,20 +225,10 @@ def test_epsilon_rule_is_opencvs(frames):
 def test_cupy_rule_equals_torch_rule_warp_by_warp(emu, frames):
     """One warp on the emulated device path (mask in the kernels, read once per outer iteration)
     against the torch path read every iteration: u bit-exact or within 1e-4 px."""
-    i0, i1 = (g.float() for g in _gray(frames))
-    h, w = i0.shape[-2:]
-    gx, gy = flowkit.flow.ops.centered_gradient(i1)
-    stack = torch.cat((i1, gx, gy), 1)
-    u = torch.zeros(3, 2, h, w)
-    schedule = tvl1.Schedule(outer=4, inner=10, median=5, lambda_theta=0.045, theta=0.3,
-                             tau_theta=0.25 / 0.3, scaled_eps=0.05 ** 2 * h * w)
-    torch_nx, cupy_nx = numerics.create("torch", "cpu"), numerics.create("cupy", "cpu")
-    want = torch_nx.warp_iterations(u, torch.zeros(3, 2, 2, h, w), torch_nx.linearize(i0, stack, u),
-                                    schedule)
-    got = cupy_nx.warp_iterations(u, torch.zeros(3, 2, 2, h, w), cupy_nx.linearize(i0, stack, u),
-                                  schedule)
-    for a, b in zip(got, want):
-        assert (a - b).abs().max() < 1e-4
+    h, w = frames[0].shape[-2:]
+    _assert_warp_iterations_agree(frames, tvl1.Schedule(
+        outer=4, inner=10, median=5, lambda_theta=0.045, theta=0.3, tau_theta=0.25 / 0.3,
+        scaled_eps=0.05 ** 2 * h * w))
     # One sync per outer iteration at most: the graph of an outer iteration holds its 10 iterations.
     assert emu.launches.count("tvl1_stop_rule") <= 40
 
@@ -247,17 +237,23 @@ def test_cupy_per_iteration_kernels_follow_the_outer_iterations(emu, frames):
     """A fixed schedule of several outer iterations with its own finite-difference kernels per
     iteration (a trained TVNet with medians between): outer iteration k runs kernels
     ``k*inner..(k+1)*inner-1`` on the device, as the torch path does, not the first ones again."""
+    g = torch.Generator().manual_seed(0)
+    kernels = tuple({"forward": torch.tensor((-1.0, 1.0)) + 0.3 * torch.randn(2, generator=g),
+                     "divergence": torch.tensor((-1.0, 1.0)) + 0.3 * torch.randn(2, generator=g)}
+                    for _ in range(3 * 2))
+    _assert_warp_iterations_agree(frames, tvl1.Schedule(
+        outer=3, inner=2, median=3, lambda_theta=0.045, theta=0.3, tau_theta=0.25 / 0.3,
+        kernels=kernels))
+
+
+def _assert_warp_iterations_agree(frames, schedule) -> None:
+    """The emulated CuPy path's warp iterations equal torch's (1e-4) on ``frames``' three pairs,
+    from zero flow."""
     i0, i1 = (g.float() for g in _gray(frames))
     h, w = i0.shape[-2:]
     gx, gy = flowkit.flow.ops.centered_gradient(i1)
     stack = torch.cat((i1, gx, gy), 1)
     u = torch.zeros(3, 2, h, w)
-    g = torch.Generator().manual_seed(0)
-    kernels = tuple({"forward": torch.tensor((-1.0, 1.0)) + 0.3 * torch.randn(2, generator=g),
-                     "divergence": torch.tensor((-1.0, 1.0)) + 0.3 * torch.randn(2, generator=g)}
-                    for _ in range(3 * 2))
-    schedule = tvl1.Schedule(outer=3, inner=2, median=3, lambda_theta=0.045, theta=0.3,
-                             tau_theta=0.25 / 0.3, kernels=kernels)
     torch_nx, cupy_nx = numerics.create("torch", "cpu"), numerics.create("cupy", "cpu")
     want = torch_nx.warp_iterations(u, torch.zeros(3, 2, 2, h, w), torch_nx.linearize(i0, stack, u),
                                     schedule)
