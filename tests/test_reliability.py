@@ -576,6 +576,53 @@ def test_commit_lock_file_of_a_dead_holder_is_broken(tmp_path, monkeypatch):
     assert not lock.exists()
 
 
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+
+
+def test_breaking_a_dead_lock_never_removes_a_live_one_taken_meanwhile(tmp_path, monkeypatch):
+    """Three processes at a lock file: C judged the dead holder's lock stale, but B broke it first
+    and D took the lock. C's break must leave D's lock alone, even if E tries to link its own at
+    the moment C acts (the old break renamed D's lock aside to check it, E linked into the gap,
+    D's lock was lost and D and E both held the lock)."""
+    from flowkit.store import claims
+
+    lock = tmp_path / ".commit.lock.claim"
+    dead = {"host": claims.host_name(), "pid": _dead_pid(), "thread": 1, "since": "then"}
+    live = {"host": claims.host_name(), "pid": os.getpid(), "thread": 2, "since": "now",
+            **claims.process_identity()}
+    lock.write_text(json.dumps(live))  # D's lock: the dead one was broken meanwhile
+    intruder = {"host": claims.host_name(), "pid": os.getpid(), "thread": 3, "since": "now"}
+    rename = os.rename
+
+    def rename_then_intrude(src, dst):  # E links its lock the moment the path is free
+        rename(src, dst)
+        if not lock.exists():
+            lock.write_text(json.dumps(intruder))
+    monkeypatch.setattr(os, "rename", rename_then_intrude)
+    assert claims._break(lock, dead) is False
+    assert json.loads(lock.read_text()) == live
+    assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]
+
+
+def test_breakers_take_turns_and_a_dead_breakers_token_is_dropped(tmp_path):
+    """A break token held by a live breaker makes others wait (no break); one left by a breaker
+    that died is dropped, and the dead holder's lock is broken."""
+    from flowkit.store import claims
+
+    lock = tmp_path / ".commit.lock.claim"
+    token = tmp_path / f"{lock.name}{claims.BREAK_TOKEN}"
+    dead = {"host": claims.host_name(), "pid": _dead_pid(), "thread": 1, "since": "then"}
+    lock.write_text(json.dumps(dead))
+    token.write_text(json.dumps({"host": claims.host_name(), "pid": os.getpid(), "thread": 9,
+                                 "since": "now", **claims.process_identity()}))
+    assert claims._break(lock, dead) is False and lock.exists()  # another breaker is at it
+    token.write_text(json.dumps({**dead, "thread": 2}))  # that breaker died mid-break
+    assert claims._break(lock, dead) is True
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_concurrent_processes_two_engines_and_identical_runs(videos, tmp_path):
     """Real processes: tvl1 and costvolume at once on one store (every video ends with both), and two

@@ -21,7 +21,8 @@ the same engine or different ones:
   mounts EOPNOTSUPP or ENOLCK), or with ``FLOWKIT_COMMIT_LOCK=file`` (NFS mounted ``nolock`` /
   ``local_lock=all`` takes flock on each host alone, so hosts would not exclude each other), it is
   a lock file instead, ``videos/.commit.lock.claim``, linked into place and aged like a claim:
-  waiters poll (5 ms, doubling to 200 ms), and a dead holder's file is broken by the claims' rule.
+  waiters poll (5 ms, doubling to 200 ms), and a dead holder's file is broken by the claims' rule,
+  one breaker at a time (its ``.break`` token), so that a live holder's lock is never removed.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK})
 #: ``FLOWKIT_COMMIT_LOCK=file``: the lock file even where flock works (NFS mounted ``nolock``).
 LOCK_ENV = "FLOWKIT_COMMIT_LOCK"
 LOCK_POLL_SECONDS = (0.005, 0.2)  # a lock file's waiters: first and longest wait between tries
+BREAK_TOKEN = ".break"  # ``<lock file>.break``: held by the one process breaking a dead holder's lock
 
 
 @contextlib.contextmanager
@@ -106,11 +108,9 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
                 holder = _holder(path)
                 if holder is None:
                     continue  # released meanwhile
-                if _is_live(holder, path, stale_after):
-                    time.sleep(wait)
+                if _is_live(holder, path, stale_after) or not _break(path, holder):
+                    time.sleep(wait)  # held, or another process is breaking it
                     wait = min(2 * wait, LOCK_POLL_SECONDS[1])
-                else:
-                    _break(path, holder)
         _heartbeat.add(path)
         yield
     finally:
@@ -121,22 +121,65 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
 
 
 def _break(path: Path, holder: dict) -> bool:
-    """Remove the lock file of the dead ``holder``; False when it was no longer there. It is
-    renamed aside first, which one breaker alone can do, and put back if it turns out to be a live
-    process's lock taken meanwhile (a race left open only if a third process links its own within
-    those microseconds)."""
+    """Remove the lock file of the dead ``holder``; False when it no longer holds it (released, or
+    broken by another process, whose own lock it may be now). Breakers take turns through a token,
+    ``<path>.break``, held for microseconds: inside it the file is read again and removed only if it
+    is still the dead holder's. Nothing else removes a lock file but its holder, so a live holder's
+    lock is never removed (renaming it aside to check it, as before, left it to a third process to
+    link its own meanwhile: two holders)."""
+    token = path.with_name(f"{path.name}{BREAK_TOKEN}")
+    if not _take_token(token):
+        return False
+    try:
+        if _holder(path) != holder:
+            return False
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        token.unlink(missing_ok=True)
+
+
+def _take_token(token: Path) -> bool:
+    """Take the break token ``token`` (one try); False while another breaker holds it. A token
+    left by a breaker that died (claims' rule, as for locks: it is held far less than the heartbeat
+    age) is renamed aside and dropped if it is still that breaker's, then taken."""
+    me = {"host": host_name(), "pid": os.getpid(), "thread": threading.get_ident(),
+          "since": now(), **process_identity()}
+    tmp = token.with_name(f"{token.name}.{me['host']}.{me['pid']}.{me['thread']}{TMP_SUFFIX}")
+    try:
+        tmp.write_text(json.dumps(me), encoding="utf-8")
+        for _ in range(2):
+            try:
+                os.link(tmp, token)
+                return True
+            except FileExistsError:
+                holder = _holder(token)
+                if holder is not None and _is_live(holder, token, STALE_CLAIM_SECONDS):
+                    return False
+                if holder is not None:
+                    _drop_aside(token, holder)
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _drop_aside(path: Path, holder: dict) -> None:
+    """Remove ``path`` if it is still ``holder``'s: renamed aside (one process alone can), checked,
+    and linked back if it is not (another process's, taken meanwhile). Used for break tokens only,
+    where the window it leaves (a third process linking its own before the link back) needs a
+    breaker to have died first."""
     aside = path.with_name(f"{path.name}.{host_name()}.{os.getpid()}."
                            f"{threading.get_ident()}-stale{TMP_SUFFIX}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
-        return False
-    broken = _holder(aside) == holder
-    if not broken:
+        return
+    if _holder(aside) != holder:
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
     aside.unlink(missing_ok=True)
-    return broken
 
 
 def break_lock_of(lock: Path, pid: int) -> Path | None:
