@@ -224,14 +224,46 @@ def _class_names(ids: dict[str, int], classes: Sequence[str] | None, where: str)
             raise FlowkitError(f"{where}: label {count - 1} is out of range of the label map's "
                                f"{len(classes)} classes")
         return list(classes)
+    return merge_class_names([(where, ids)])
+
+
+def merge_class_names(lists: Sequence[tuple[str, dict[str, int]]]) -> list[str]:
+    """Class names of the label ids of one dataset's mmaction2 lists (train and validation:
+    ``(where, {key: label id})`` each), from the union of their (label -> class folder) pairs, so
+    a list lacking a class takes its name from another; ``class_<id>`` for all when the folders
+    do not name every id once. A list whose folders are not one to one with its labels (a flat
+    layout, ``train/<video>``) names nothing. Two lists that name one label by two folders, or one
+    folder by two labels, are a :class:`FlowkitError` naming both."""
+    count = max((max(ids.values(), default=-1) for _, ids in lists), default=-1) + 1
+    by_label: dict[int, dict[str, str]] = defaultdict(dict)  # label -> {folder: first list}
+    by_folder: dict[str, dict[int, str]] = defaultdict(dict)  # folder -> {label: first list}
+    for where, ids in lists:
+        pairs = _folder_pairs(ids)
+        if any(len(f) != 1 or "" in f for f in pairs.values()) \
+                or len({next(iter(f)) for f in pairs.values()}) != len(pairs):
+            continue  # this list's folders are not its classes
+        for label, (folder,) in pairs.items():
+            by_label[label].setdefault(folder, where)
+            by_folder[folder].setdefault(label, where)
+    for what, seen, other in (("label", by_label, "class folder"),
+                              ("class folder", by_folder, "label")):
+        for item, found in seen.items():
+            if len(found) > 1:
+                (a, wa), (b, wb) = list(found.items())[:2]
+                raise FlowkitError(f"{what} {item!r} is {other} {a!r} in {wa} but {b!r} in {wb}: "
+                                   "the lists are not of one dataset; pass its label map "
+                                   "(--label-map) or fix the lists")
+    names = [next(iter(by_label[i])) if i in by_label else "" for i in range(count)]
+    return names if "" not in names else [f"class_{i}" for i in range(count)]
+
+
+def _folder_pairs(ids: dict[str, int]) -> dict[int, set[str]]:
+    """label id -> the folders (parent names, "" at the top) its keys are in."""
     folders = defaultdict(set)
     for key, label in ids.items():
         parts = PurePosixPath(key).parts
         folders[label].add(parts[-2] if len(parts) > 1 else "")
-    names = [next(iter(folders[i])) if len(folders.get(i, ())) == 1 else "" for i in range(count)]
-    if "" in names or len(set(names)) != len(names):
-        return [f"class_{i}" for i in range(count)]
-    return names
+    return folders
 
 
 # ----------------------------------------------------------------------------- Kinetics CSV
@@ -438,6 +470,7 @@ def _lines(path: Path) -> Iterable[tuple[int, list[str]]]:
 
 __all__ = ["ListEntry", "KineticsRow", "LabelMatch", "read_mmaction_list", "read_keys",
            "format_list_line", "write_mmaction_list", "read_label_map", "write_label_map",
-           "match_list", "read_kinetics_csv", "match_kinetics", "match_annotations",
+           "match_list", "merge_class_names", "read_kinetics_csv", "match_kinetics",
+           "match_annotations",
            "KINETICS_COLUMNS", "SplitLists", "read_hmdb51_split", "write_split_lists",
            "HMDB51_SPLITS"]

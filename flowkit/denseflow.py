@@ -15,6 +15,10 @@ The layout is not described in denseflow's README; it is what its source writes
 - RGB frames are not in the file (denseflow writes them in a separate run, ``-s 0``, as
   ``img_*.jpg`` in the video's folder).
 
+The file name alone does not say which video a file is: a video may itself be named
+``person_p2`` (its step-1 file ``person_p2.h5``). :func:`video_of` decides from the datasets'
+names (:func:`dataset_tags`), which carry the step and direction whatever the file is called.
+
 :func:`open_flow` checks the names (numbering without gaps, as many ``flow_x`` as ``flow_y``, one
 size) and reads pairs lazily; :func:`read_flow` returns all of them, ``(N, 2, H, W)`` float32.
 """
@@ -41,8 +45,9 @@ class DenseflowError(FlowkitError):
 
 
 def parse_name(name: str) -> tuple[str, int, bool] | None:
-    """``(stem, step, backward)``: ``"v_x.h5"`` -> ``("v_x", 1, False)``, ``"v_x_p2.h5"`` ->
-    ``("v_x", 2, False)``, ``"v_x_m1.h5"`` -> ``("v_x", 1, True)``; None for other names."""
+    """``(stem, step, backward)`` as the file name reads: ``"v_x.h5"`` -> ``("v_x", 1, False)``,
+    ``"v_x_p2.h5"`` -> ``("v_x", 2, False)``, ``"v_x_m1.h5"`` -> ``("v_x", 1, True)``; None for
+    other names. The name alone can mislead (a video named ``v_p2``): :func:`video_of` decides."""
     m = _FILE_RE.fullmatch(name)
     if not m:
         return None
@@ -52,11 +57,53 @@ def parse_name(name: str) -> tuple[str, int, bool] | None:
 def is_denseflow_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an HDF5 file whose root holds denseflow's ``flow_x_*`` datasets
     (a flowkit store's video files, and other HDF5 files, are not)."""
+    return bool(dataset_tags(path))
+
+
+def dataset_tags(path: str | os.PathLike) -> set[tuple[int, bool]]:
+    """The ``(step, backward)`` that the names of the flow datasets at the root of ``path`` carry
+    (``flow_x_p2_*``: ``(2, False)``, ``flow_x_m1_*``: ``(1, True)``, plain: ``(1, False)``);
+    one for a sound file, empty when it is not denseflow output or cannot be read. Reads names
+    only."""
     try:
         with h5py.File(path, "r") as f:
-            return any(_DATASET_RE.fullmatch(name) for name in f)
+            return {(int(m["step"] or 1), m["dir"] == "m") for m in map(_DATASET_RE.fullmatch, f)
+                    if m}
     except OSError:
-        return False
+        return set()
+
+
+def file_tag(step: int, backward: bool) -> str:
+    """What denseflow appends to a video's name for flow of ``step`` and direction, in its file
+    and dataset names: ``"_m<s>"`` backward, ``"_p<s>"`` forward with s > 1, else ``""``."""
+    return f"_m{step}" if backward else f"_p{step}" if step > 1 else ""
+
+
+def video_of(name: str, tags: set[tuple[int, bool]], has_folder=lambda stem: False
+             ) -> tuple[str, bool]:
+    """``(video, backward)``: the video a denseflow file ``name`` (``<stem>.h5``) belongs to and
+    the direction it is imported as, from its datasets' ``tags`` (:func:`dataset_tags`), not from
+    the file name alone: a video may itself be named ``person_p2`` or ``cam_m1``.
+
+    The file stem loses ``_p<s>`` / ``_m<s>`` only when the datasets carry that tag
+    (``walk_p2.h5`` of plain ``flow_x_*`` datasets is video ``walk_p2``, forward), unless a frame
+    folder of the whole stem (``has_folder(stem)``) stands beside it and none of the shorter
+    name. A name whose tag the datasets contradict (``v_m1.h5`` of forward datasets) next to the
+    folder of the shorter name and none of the whole stem is read by its name, so that the import
+    refuses it naming the file instead of making a video of it."""
+    stem = name[:-len(".h5")] if name.endswith(".h5") else name
+    if len(tags) == 1:
+        (step, backward), = tags
+        tag = file_tag(step, backward)
+        if not tag or not stem.endswith(tag) or len(stem) == len(tag):
+            by_name = parse_name(name)
+            if by_name and by_name[0] != stem and has_folder(by_name[0]) and not has_folder(stem):
+                return by_name[0], by_name[2]
+            return stem, backward
+        short = stem[:-len(tag)]
+        return (stem if has_folder(stem) and not has_folder(short) else short), backward
+    by_name = parse_name(name)  # tags mixed (or none): open_flow refuses the file, by name
+    return (by_name[0], by_name[2]) if by_name else (stem, False)
 
 
 @dataclass
@@ -124,5 +171,5 @@ def read_flow(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return flow.read(range(len(flow))), flow.step
 
 
-__all__ = ["DenseflowError", "DenseflowFile", "parse_name", "is_denseflow_file", "open_flow",
-           "read_flow"]
+__all__ = ["DenseflowError", "DenseflowFile", "parse_name", "is_denseflow_file", "dataset_tags",
+           "file_tag", "video_of", "open_flow", "read_flow"]

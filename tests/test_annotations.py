@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from flowkit.annotations import (format_list_line, match_annotations, match_kinetics, match_list,
                                  read_hmdb51_split, read_keys, read_kinetics_csv, read_label_map,
-                                 read_mmaction_list, write_mmaction_list, write_split_lists)
+                                 read_mmaction_list, merge_class_names, write_mmaction_list,
+                                 write_split_lists)
 from flowkit.cli import main
 from flowkit.errors import FlowkitError
 from flowkit.store import FlowStore
@@ -107,6 +108,22 @@ def test_match_list_by_path_or_unique_name_with_folder_class_names(tmp_path):
     label_map.write_text("jumping\nrunning\n")
     named = match_annotations(path, keys, label_map=label_map)
     assert named.labels["run/r0"] == (1, "running") and read_label_map(label_map) == named.classes
+
+
+def test_class_names_merge_over_the_lists_of_one_dataset():
+    """Names come from the union of the lists' (label -> class folder) pairs: a list lacking a
+    class is named by another; a flat list names nothing; a folder two labels share, across
+    lists, is refused naming both."""
+    train = {"jump/j0": 0, "run/r0": 1, "walk/w0": 2}
+    val = {"run/r1": 1, "walk/w1": 2}
+    assert merge_class_names([("val", val)]) == ["class_0", "class_1", "class_2"]
+    assert merge_class_names([("train", train), ("val", val)]) == ["jump", "run", "walk"]
+    assert merge_class_names([("val", val), ("flat", {"x": 0, "y": 1})]) == \
+        ["class_0", "class_1", "class_2"]
+    assert merge_class_names([("train", train), ("flat", {"x": 0, "y": 1})]) == \
+        ["jump", "run", "walk"]
+    with pytest.raises(FlowkitError, match="class folder 'run' is label 1 in train but 3 in b"):
+        merge_class_names([("train", train), ("b", {"run/r2": 3})])
 
 
 def test_a_row_matching_several_videos_by_name_is_ambiguous_not_unmatched(tmp_path):

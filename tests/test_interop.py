@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from flowkit import jpeg, rawframes
+from flowkit import denseflow, jpeg, rawframes
 from flowkit.errors import FlowkitError
 from flowkit.interop import ExportConfig, ImportConfig, export_rawframes, import_rawframes
 from flowkit.progress import Progress, StopFlag, Stopped
@@ -380,6 +380,27 @@ def test_import_labels_from_annotation_list(exported, tmp_path):
         [r for r in bad.results if r.status == "failed"][0].reason
 
 
+def test_train_and_val_lists_merge_when_val_lacks_a_class(exported, tmp_path):
+    """A validation list without class 0 takes the class names from the training list (they
+    used to be refused: "other classes (2 vs 2)"); lists that name one label by two class
+    folders are refused naming the label and both folders. No label map: names from folders."""
+    root = tmp_path / "raw"
+    shutil.copytree(exported, root, ignore=shutil.ignore_patterns("label_map.txt"))
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text(f"jump/jump_0 {FRAMES} 0\nrun/run_0 {FRAMES} 1\n")
+    val.write_text(f"run/run_1 {FRAMES} 1\n")
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig(annotations=[train, val]))
+    assert summary.count("done") == 3 and summary.unlabelled == ["jump/jump_1"]
+    store = FlowStore(tmp_path / "s")
+    assert store.classes == CLASSES
+    assert (store.meta("run/run_1")["label"], store.meta("run/run_1")["label_name"]) == (1, "run")
+    other = tmp_path / "other.txt"
+    other.write_text(f"jump/jump_1 {FRAMES} 1\n")
+    with pytest.raises(FlowkitError, match=f"label 1 is class folder 'run' in {train} but 'jump' "
+                                           f"in {other}: the lists are not of one dataset"):
+        import_rawframes(root, tmp_path / "s2", ImportConfig(annotations=[train, other]))
+
+
 @pytest.mark.slow  # about 25 s: four processes, a short training run
 def test_cli_export_import_and_train_unchanged(source_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -569,6 +590,48 @@ def test_denseflow_h5_with_fewer_backward_than_forward_pairs_is_refused(tmp_path
     result = summary.results[0]
     assert result.status == "failed" and "4 forward but 2 backward flow pairs" in result.reason
     assert "jump/v0" not in FlowStore(tmp_path / "s")
+
+
+def test_denseflow_h5_of_a_video_named_like_a_step_goes_to_that_video(tmp_path):
+    """Videos named person_p2 / person_p3 / cam_m1: their step-1 files person_p2.h5 (plain
+    flow_x_* datasets) belong to them, not to an invented video 'person' at step 2, and
+    cam_m1_m1.h5 (flow_x_m1_*) is cam_m1's backward flow. The datasets' names decide; a genuine
+    jog_p2.h5 (flow_x_p2_*) is still jog's step-2 flow, and a flow-only run_p2.h5 of plain
+    datasets is video run_p2."""
+    rng = np.random.default_rng(31)
+    walk = tmp_path / "raw" / "walk"
+    flows = {}
+    for video, n in (("person_p2", 4), ("person_p3", 4), ("cam_m1", 4), ("jog", 5)):
+        (walk / video).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(walk / video / frame_name("img", i)),
+                        rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    for name, pairs, step, backward in (("person_p2", 3, 1, False), ("person_p3", 3, 1, False),
+                                        ("cam_m1", 3, 1, False), ("cam_m1_m1", 3, 1, True),
+                                        ("jog_p2", 3, 2, False), ("run_p2", 2, 1, False)):
+        flows[name] = rng.normal(0, 3, (pairs, 2, *SIZE)).astype(np.float32)
+        write_denseflow_h5(walk / f"{name}.h5", flows[name], step=step, backward=backward)
+    summary = import_rawframes(tmp_path / "raw", tmp_path / "s",
+                               ImportConfig(flow_codec="float16"))
+    assert summary.count("failed") == 0, summary.to_dict()
+    store = FlowStore(tmp_path / "s")
+    assert store.keys() == ["walk/cam_m1", "walk/jog", "walk/person_p2", "walk/person_p3",
+                            "walk/run_p2"]
+    for key, name in (("walk/person_p2", "person_p2"), ("walk/person_p3", "person_p3"),
+                      ("walk/cam_m1", "cam_m1"), ("walk/run_p2", "run_p2")):
+        meta = store.meta(key)
+        assert meta["step"] == 1 and meta["has_rgb"] == (key != "walk/run_p2"), key
+        np.testing.assert_allclose(store.read_flow(key, "tvl1"), flows[name], atol=2e-2)
+    np.testing.assert_allclose(store.read_flow("walk/cam_m1", "tvl1_backward"),
+                               flows["cam_m1_m1"], atol=2e-2)
+    assert store.meta("walk/jog")["step"] == 2 and store.meta("walk/jog")["frame_count"] == 3
+    # a frame folder of the whole stem, and none of the shorter name, says whose file it is
+    assert denseflow.video_of("cam_p2.h5", {(2, False)}) == ("cam", False)
+    assert denseflow.video_of("cam_p2.h5", {(2, False)}, {"cam_p2"}.__contains__) == \
+        ("cam_p2", False)
+    # datasets that contradict the name beside the shorter name's folder: read by the name, so
+    # the import refuses the file (test_import_denseflow_backward_h5_beside_forward_...)
+    assert denseflow.video_of("v_m1.h5", {(1, False)}, {"v"}.__contains__) == ("v", True)
 
 
 # ------------------------------------------------------------------------------ resume, keys, walk
@@ -1130,6 +1193,47 @@ def test_a_rerun_says_it_keeps_the_stored_labels(exported, tmp_path):
     assert FlowStore(store).meta("jump/jump_0")["label"] == 0
     same = import_rawframes(exported, store, ImportConfig())
     assert not any("keep their stored label" in n for n in same.notes)
+
+
+def test_a_flat_export_imports_with_its_labels_and_unlabelled_videos_are_counted(tmp_path):
+    """A Kinetics-like store (no class folders) -> export -> import: the labels come back from the
+    export's all_rawframes.txt / all_flow.txt (a video holding only flow is in the second alone);
+    the video the store held unlabelled, and every video of a flat root without lists, is
+    counted, listed and noted with the fix (before: all label -1 without a word)."""
+    rng = np.random.default_rng(41)
+    with FlowStore(tmp_path / "store", "a", classes=["abseiling", "zumba"]) as store:
+        for key, label, rgb in (("yt_a", 0, True), ("yt_b", 1, True), ("yt_flow", 1, False),
+                                ("yt_none", -1, True)):
+            with store.writer(key, source=f"{key}.mp4", fps=25.0, label=label,
+                              label_name=["", "abseiling", "zumba"][label + 1],
+                              flow_codec="float16") as w:
+                if rgb:
+                    w.append_rgb(rng.integers(0, 256, (FRAMES, *SIZE, 3), dtype=np.uint8))
+                w.append_flow("tvl1", smooth_flow(rng, FRAMES - 1),
+                              engine={"engine": "tvl1", "version": "test", "params": {}})
+    out = tmp_path / "raw"
+    export_rawframes(tmp_path / "store", out, ExportConfig())
+    assert "yt_flow" not in (out / "all_rawframes.txt").read_text()
+    summary = import_rawframes(out, tmp_path / "s", ImportConfig())
+    assert summary.count("done") == 4
+    back = FlowStore(tmp_path / "s")
+    assert back.classes == ["abseiling", "zumba"]
+    assert {k: back.meta(k)["label"] for k in back.keys()} == \
+        {"yt_a": 0, "yt_b": 1, "yt_flow": 1, "yt_none": -1}
+    assert summary.unlabelled == ["yt_none"] and summary.to_dict()["unlabelled_videos"] == \
+        ["yt_none"]
+    assert summary.labels[0] == "3 videos labelled (2 classes)"
+    assert any("3 videos outside class folders labelled from all_rawframes.txt and "
+               "all_flow.txt" in n for n in summary.notes), summary.notes
+    assert any(n.startswith("1 videos have no label") and "--annotations LIST" in n
+               for n in summary.notes), summary.notes
+    again = import_rawframes(out, tmp_path / "s", ImportConfig())  # a rerun says it again
+    assert again.count("skipped") == 4 and again.unlabelled == ["yt_none"]
+    for name in ("all_rawframes.txt", "all_flow.txt"):
+        (out / name).unlink()
+    bare = import_rawframes(out, tmp_path / "s2", ImportConfig())
+    assert bare.unlabelled == ["yt_a", "yt_b", "yt_flow", "yt_none"]
+    assert any(n.startswith("4 videos have no label") for n in bare.notes), bare.notes
 
 
 def _damage_first_scan(path: Path, blob: bytes) -> None:

@@ -4,7 +4,9 @@ A video under ``DIR`` is a rawframes folder ``DIR/<key>/`` (:mod:`flowkit.rawfra
 0-based names padded to any width, ``flow_x_p<s>_*`` step variants, backward ``flow_x_m<s>_*``,
 JPEG or PNG files, or denseflow's PNG flow ``flow_*.png``) and/or denseflow HDF5 files
 ``DIR/<key>.h5`` and ``DIR/<key>_m<s>.h5`` (:mod:`flowkit.denseflow`; float flow, taken over the
-folder's 8-bit flow of the same direction). Keys are the paths under ``DIR`` as ``flowkit
+folder's 8-bit flow of the same direction; the datasets' names, not the file's, give the step and
+direction, so ``walk/person_p2.h5`` of plain ``flow_x_*`` datasets is video ``walk/person_p2``:
+:func:`flowkit.denseflow.video_of`). Keys are the paths under ``DIR`` as ``flowkit
 extract`` makes them: a name that is not UTF-8 is escaped (``caf%E9``,
 :func:`flowkit.files.escape_name`). Links are followed, each real directory once (a link loop is
 skipped with a note). Each video is checked
@@ -14,7 +16,10 @@ gives; a video that fails a check is one failed line of the summary, never padde
 
 Labels: from annotation files (mmaction2 rawframes lists, Kinetics CSV; :mod:`flowkit.annotations`)
 when given, and then only the videos they label are imported (the others are listed); else from
-the folder layout ``DIR/<class>/<video>``. Class names and ids come from ``label_map`` or
+the folder layout ``DIR/<class>/<video>``, and for the videos outside class folders (a flat,
+Kinetics-like root) from the ``all_rawframes.txt`` / ``all_flow.txt`` a flowkit export wrote
+beside its label map; the videos left without a label are imported as -1, counted, listed and
+noted with the fix (``--annotations``). Class names and ids come from ``label_map`` or
 ``DIR/label_map.txt`` when there is one (``flowkit export rawframes`` writes it), so a round trip
 keeps the store's label ids.
 
@@ -59,7 +64,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import denseflow, rawframes
-from ..annotations import LabelMatch, match_annotations, read_label_map
+from ..annotations import LabelMatch, match_annotations, merge_class_names, read_label_map
 from ..conventions import backward_name
 from ..errors import FlowkitError
 from ..files import escape_name, walk_once
@@ -136,6 +141,7 @@ class ImportSummary:
     labels: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    # the videos without a label: left out (annotation files) or imported as -1 (class folders)
     unlabelled: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
@@ -161,15 +167,19 @@ def find_sources(root: str | os.PathLike, notes: list[str] | None = None) -> dic
     sources: dict[str, Source] = {}
     for relative in rawframes.find_videos(root, notes):
         _add_source(sources, Source(escape_name(relative), folder=root / relative))
+    folders = set(sources)  # the frame folders' keys: a hint to which video a .h5 file is
     for dirpath, _, filenames in walk_once(root, hidden=False):  # find_videos noted the skips
+        here = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
         for name in sorted(filenames):
-            parsed = denseflow.parse_name(name) if name.endswith(".h5") else None
             path = Path(dirpath, name)
-            if parsed is None or not denseflow.is_denseflow_file(path):
+            tags = denseflow.dataset_tags(path) if name.endswith(".h5") else set()
+            if not tags:  # not denseflow output (a store's video file, other HDF5)
                 continue
-            stem, _, backward = parsed
-            key = escape_name((PurePosixPath(path.parent.relative_to(root).as_posix()) / stem)
-                              .as_posix())
+            # the datasets' names, not the file's, say the step and direction: a video may be
+            # named walk_p2 (denseflow.video_of)
+            stem, backward = denseflow.video_of(
+                name, tags, lambda video: escape_name((here / video).as_posix()) in folders)
+            key = escape_name((here / stem).as_posix())
             source = sources.get(key) or _add_source(sources, Source(key))
             attr = "h5_backward" if backward else "h5"
             if getattr(source, attr) is not None:
@@ -190,9 +200,12 @@ def _add_source(sources: dict[str, Source], source: Source) -> Source:
     return source
 
 
-def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig
-                  ) -> tuple[list[str], LabelMatch | None]:
-    """Set each source's label; returns the class names and, with annotation files, the match."""
+def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig,
+                  notes: list[str] | None = None) -> tuple[list[str], LabelMatch | None]:
+    """Set each source's label; returns the class names and, with annotation files, the match.
+    Without them: the class folders, then, for the videos no class folder holds (a flat,
+    Kinetics-like root), the lists a flowkit export wrote beside its label map
+    (:func:`_label_from_export_lists`, said in ``notes``)."""
     label_map = config.label_map
     if label_map is None and (root / LABEL_MAP).is_file():
         label_map = root / LABEL_MAP
@@ -215,27 +228,76 @@ def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig
         parts = PurePosixPath(key).parts
         if len(parts) > 1:
             source.label, source.label_name = index[parts[0]], parts[0]
+    if label_map is not None and Path(label_map).resolve() == (root / LABEL_MAP).resolve():
+        # the export's lists' ids index the root's label map, not another one
+        (notes if notes is not None else []).extend(
+            _label_from_export_lists(root, sources, classes))
     return classes, None
+
+
+#: The lists ``flowkit export rawframes`` writes beside ``label_map.txt`` (export._write_lists):
+#: every labelled video with its RGB frame count, and with its flow pair count (a video holding
+#: only flow is in the second alone).
+EXPORT_LISTS = ("all_rawframes.txt", "all_flow.txt")
+
+
+def _label_from_export_lists(root: Path, sources: dict[str, Source], classes: list[str]
+                             ) -> list[str]:
+    """Label the sources no class folder labels (a flat root: an export of a Kinetics-like store)
+    from the :data:`EXPORT_LISTS` in ``root``, whose ids index ``classes`` (the root's label map);
+    returns a note saying so, or nothing when no list is there or no video needed it."""
+    todo = [key for key, source in sources.items() if source.label < 0]
+    lists = [root / name for name in EXPORT_LISTS if (root / name).is_file()]
+    if not todo or not lists:
+        return []
+    labelled: dict[str, tuple[int, str]] = {}
+    for path in lists:
+        match = match_annotations(path, todo, kind="rawframes", label_map=root / LABEL_MAP)
+        labelled = {**match.labels, **labelled}  # the first list wins; the flow list adds
+    for key, (label, name) in labelled.items():
+        sources[key].label, sources[key].label_name = label, name
+    if not labelled:
+        return []
+    return [f"{len(labelled)} videos outside class folders labelled from "
+            f"{' and '.join(p.name for p in lists)} beside {LABEL_MAP} (flowkit export's lists)"]
 
 
 def _match_all(files: Sequence[str | os.PathLike], keys: list[str],
                label_map: str | os.PathLike | None) -> LabelMatch:
-    """One :class:`LabelMatch` over several annotation files (train and validation lists)."""
-    total = LabelMatch()
-    for i, path in enumerate(files):
-        match = match_annotations(path, keys, kind="rawframes", label_map=label_map)
-        if i and match.classes != total.classes:
-            raise FlowkitError(f"{path} has other classes than {files[0]} "
-                               f"({len(match.classes)} vs {len(total.classes)}); pass a label map "
-                               "(--label-map) or files of one dataset")
-        total.classes = match.classes
-        total.labels.update(match.labels)
+    """One :class:`LabelMatch` over several annotation files (train and validation lists).
+    mmaction2 lists share their label ids: without a label map their class names come from all
+    of them (:func:`~flowkit.annotations.merge_class_names`), so a validation list that lacks a
+    class still merges; Kinetics CSVs, whose ids are their sorted class names, must agree."""
+    matches = [match_annotations(path, keys, kind="rawframes", label_map=label_map)
+               for path in files]
+    total = LabelMatch(classes=_merged_classes(files, matches, label_map is not None))
+    for match in matches:
+        total.labels.update({k: (i, total.classes[i]) for k, (i, _) in match.labels.items()})
         total.total_frames.update(match.total_frames)
         total.unmatched += match.unmatched
         total.multi_label += match.multi_label
         total.ambiguous.update(match.ambiguous)
     total.unlabelled = [k for k in keys if k not in total.labels]
     return total
+
+
+def _merged_classes(files: Sequence[str | os.PathLike], matches: list[LabelMatch],
+                    mapped: bool) -> list[str]:
+    """The class names of several annotation files' ``matches``: the label map's (``mapped``),
+    the names all mmaction2 lists' class folders give, or the Kinetics CSVs' own when they agree;
+    else :class:`FlowkitError` naming the classes that differ."""
+    if not mapped and not any(Path(p).suffix.lower() == ".csv" for p in files):
+        return merge_class_names([(str(p), {k: i for k, (i, _) in m.labels.items()})
+                                  for p, m in zip(files, matches)])
+    for path, match in zip(files[1:], matches[1:]):
+        if match.classes != matches[0].classes:
+            differ = sorted(set(match.classes) ^ set(matches[0].classes))[:3] or \
+                "the same names in another order"
+            raise FlowkitError(f"{path} has other classes than {files[0]} "
+                               f"({len(match.classes)} vs {len(matches[0].classes)}, differing: "
+                               f"{differ}); pass the dataset's label map (--label-map), whose "
+                               "ids both files then index")
+    return matches[0].classes
 
 
 def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
@@ -258,8 +320,9 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     if not sources:
         raise FlowkitError(f"{root}: no rawframes folders (img_*.jpg, flow_x_*.jpg) or denseflow "
                            "HDF5 files found")
-    classes, match = label_sources(root, sources, config)
-    summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes)
+    label_notes: list[str] = []
+    classes, match = label_sources(root, sources, config, label_notes)
+    summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes + label_notes)
     if match is not None:
         summary.labels = match.report()
         summary.unmatched, summary.unlabelled = match.unmatched, match.unlabelled
@@ -273,6 +336,9 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     metas = {key: held[key] for key in sources if key in held}
     todo = []
     summary.notes += _label_notes(sources, metas)
+    if match is None:  # labelled by folders: the videos left without a label are imported
+        summary.labels, summary.unlabelled, notes = _folder_labels(sources, metas, classes)
+        summary.notes += notes
     for source in sources.values():
         if _finished(metas.get(source.key), source, config):
             summary.results.append(VideoImport(source.key, _where(source),
@@ -301,6 +367,24 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     return summary
 
 
+def _folder_labels(sources: dict[str, Source], metas: dict[str, dict], classes: list[str]
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """``(report lines, unlabelled keys, notes)`` of a run labelled by class folders: the videos
+    neither this run nor the store (``metas``, for those it holds) labels are imported with label
+    -1, which flowkit train leaves out; counted, listed and a note says how to label them."""
+    labels = {key: (s.label, s.label_name) for key, s in sources.items() if s.label >= 0}
+    unlabelled = [key for key in sources if key not in labels
+                  and int(metas.get(key, {}).get("label", -1)) < 0]
+    report = LabelMatch(labels, list(classes), unlabelled=unlabelled).report()
+    if not unlabelled:
+        return report, [], []
+    return report, unlabelled, [
+        f"{len(unlabelled)} videos have no label (label -1: no class folder "
+        f"<class>/<video> holds them), e.g. {unlabelled[0]}; flowkit train leaves them out. To "
+        "label them, import into a new store (-o NEW_STORE) with --annotations LIST (an mmaction2 "
+        "rawframes list or a Kinetics CSV)"]
+
+
 def _label_notes(sources: dict[str, Source], metas: dict[str, dict]) -> list[str]:
     """A note on the videos the store already holds under another label than this run gives
     them (``metas``: their index entries): a finished video keeps its label (a rerun only adds
@@ -310,10 +394,13 @@ def _label_notes(sources: dict[str, Source], metas: dict[str, dict]) -> list[str
     if not kept:
         return []
     key, stored, given = kept[0]
+    unlabelled = sum(stored < 0 for _, stored, _ in kept)
+    hint = (f" with this run's labels ({unlabelled} of them have none, label -1, and flowkit "
+            "train leaves them out until then)" if unlabelled else "")
     return [f"{len(kept)} videos already in the store keep their stored label, not this run's "
             f"(e.g. {key}: label {stored} in the store, {given} "
             f"{sources[key].label_name!r} here): a video's label is set when it is first "
-            "imported; import into a new store (-o NEW_STORE) to relabel"]
+            f"imported; import into a new store (-o NEW_STORE) to relabel{hint}"]
 
 
 def _kind(params: dict, codec: str) -> tuple:
