@@ -402,6 +402,39 @@ def test_train_and_val_lists_merge_when_val_lacks_a_class(exported, tmp_path):
 
 
 @pytest.mark.slow  # about 25 s: four processes, a short training run
+def test_training_errors_on_imported_videos_name_the_import(source_store, exported, tmp_path):
+    """What a training set lacks on imported videos is added by `flowkit import rawframes`, so the
+    error names it, not `flowkit extract --method NAME` (no engine makes imported flow, and a flow
+    name like 'rawframes' is no --method at all)."""
+    from flowkit.data import ClipDataset, RandomClipSampler
+
+    def error(store, inputs, **kwargs) -> str:
+        with pytest.raises(FlowkitError) as err:
+            ClipDataset(store, inputs=inputs, sampler=RandomClipSampler(2), **kwargs)
+        return str(err.value)
+
+    no_flow = tmp_path / "noflow"
+    import_rawframes(exported, no_flow, ImportConfig(flow=False))
+    message = error(no_flow, ("flow",))
+    assert f"`flowkit import rawframes RAWFRAMES_DIR -o {no_flow}`" in message
+    assert "flowkit extract" not in message
+    no_rgb = tmp_path / "norgb"
+    import_rawframes(exported, no_rgb, ImportConfig(rgb=False))
+    message = error(no_rgb, ("rgb",))
+    assert "imported without RGB frames" in message and "flowkit extract" not in message
+    # an extracted store, some of whose videos gained imported flow under a name of its own
+    some = tmp_path / "some"
+    shutil.copytree(exported, some)
+    shutil.rmtree(some / "run")
+    both = tmp_path / "both"
+    shutil.copytree(source_store, both)
+    import_rawframes(some, both, ImportConfig(flow_name="rawframes", rgb=False))
+    message = error(both, ("flow",), flow_name="rawframes")
+    assert "2 of 4 videos have no flow 'rawframes'" in message
+    assert f"`flowkit import rawframes RAWFRAMES_DIR -o {both} --flow-name rawframes`" in message
+    assert "--method" not in message
+
+
 def test_cli_export_import_and_train_unchanged(source_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

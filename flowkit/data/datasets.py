@@ -312,24 +312,42 @@ def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str]
         if without:
             what = f"{'backward flow' if is_backward(name) else 'flow'} {name!r}"
             raise _missing_error(store, without, len(keys), what,
-                                 _missing_flow_fix(store, name, flow_name, have))
+                                 _missing_flow_fix(store, name, flow_name, have, without[0]))
     if no_rgb:
+        fix = (IMPORT_NO_RGB if store.imported(no_rgb[0]) else
+               "the store was extracted with --no-rgb; extract into a new store with frames: "
+               f"`flowkit extract VIDEOS -o NEW_STORE --rgb --method {flow_name}` (extract skips "
+               f"videos already in {store.path})")
         raise _missing_error(store, no_rgb, len(keys), "rgb frames",
-                             "the store was extracted with --no-rgb; extract into a new store "
-                             "with frames: `flowkit extract VIDEOS -o NEW_STORE --rgb --method "
-                             f"{flow_name}` (extract skips videos already in {store.path}), "
-                             "or use a flow-only model")
+                             f"{fix}, or use a flow-only model")
     if no_pairs:
         raise _missing_error(store, no_pairs, len(keys), "flow (fewer than 2 frames)",
                              "leave these videos out of the keys")
     return info
 
 
-def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str]) -> str:
-    """How to get flow dataset ``name`` (forward ``flow_name`` or its backward flow)."""
+#: How imported videos without RGB frames get them (``flowkit import rawframes`` made them).
+IMPORT_NO_RGB = ("they were imported without RGB frames (their rawframes folders hold no img_*.jpg, "
+                 "or the import ran with --no-rgb); rerun `flowkit import rawframes RAWFRAMES_DIR "
+                 "-o STORE` with the frames there (a rerun adds what the store lacks)")
+
+
+def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str],
+                      example: str) -> str:
+    """How to get flow dataset ``name`` (forward ``flow_name`` or its backward flow) that video
+    ``example`` and others lack: ``flowkit extract --method`` where an engine of that name makes
+    it, else (imported videos, a name no engine has) ``flowkit import rawframes``."""
+    from ..flow import ENGINES  # the error path only: the engines' modules are not needed else
+
     backward = is_backward(name)
-    command = (f"`flowkit extract VIDEOS -o {store.path}{' --backward' if backward else ''} "
-               f"--method {flow_name}` (VIDEOS: the folder the store was extracted from)")
+    if flow_name in ENGINES and not store.imported(example):
+        command = (f"`flowkit extract VIDEOS -o {store.path}{' --backward' if backward else ''} "
+                   f"--method {flow_name}` (VIDEOS: the folder the store was extracted from)")
+    else:
+        command = (f"`flowkit import rawframes RAWFRAMES_DIR -o {store.path}"
+                   f"{'' if flow_name == 'tvl1' else f' --flow-name {flow_name}'}` (RAWFRAMES_DIR: "
+                   f"{'denseflow flow_x_m1_* files or <video>_m1.h5' if backward else 'rawframes'}"
+                   " of these videos; a rerun adds what the store lacks)")
     other = ("or let trajectorynet approximate it from the forward flow "
              "(`--model-arg backward_flow=derived`, its default)" if backward else
              "or train on flow the store has (`flowkit train --flow-name NAME`, flow_name=NAME in "

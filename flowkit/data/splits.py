@@ -35,8 +35,9 @@ def missing_keys_error(store: FlowStore, missing: Sequence[str], where: str) -> 
     more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
     return FlowkitError(f"{len(missing)} video(s) of {where} are not in store {store.path}: "
                         f"{shown}{more}; extract them (`flowkit extract VIDEOS -o {store.path}`) "
-                        "or check that the keys are paths relative to the video root without "
-                        "extension")
+                        f"or import them (`flowkit import rawframes RAWFRAMES_DIR -o {store.path}`"
+                        "; a video whose import failed is named in that run's summary), or check "
+                        "that the keys are paths relative to the video root without extension")
 
 
 def num_classes(store: FlowStore | str | os.PathLike) -> int:

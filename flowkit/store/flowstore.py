@@ -30,8 +30,8 @@ from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES,
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import storage_error
-from .reading import (DamagedObject, attributes, error_cause, frame_crcs, member, member_names,
-                      members, read_frames, redo_hint)
+from .reading import (IMPORTED_ATTR, IMPORTED_BACKEND, DamagedObject, attributes, error_cause,
+                      frame_crcs, member, member_names, members, read_frames, redo_hint)
 from .guard import Failed, guarded_map
 from .validate import video_problems
 from .writer import VideoWriter
@@ -418,6 +418,16 @@ class FlowStore:
             damage = (f"{path}: cannot be read as HDF5 ({error_cause(exc)}); "
                       f"{redo_hint(key)}")
         return names, damage
+
+    def imported(self, key: str) -> bool:
+        """Whether ``flowkit import rawframes`` made the video (its file's ``imported`` mark, or
+        for files imported before it was recorded, every flow of the file imported), so that a
+        message names the import, not ``flowkit extract``, as the way to add what it lacks."""
+        f = self._file(key)
+        if f.attrs.get(IMPORTED_ATTR, False):
+            return True
+        flows = list(f["flow"].values()) if "flow" in f else []
+        return bool(flows) and all(d.attrs.get("backend") == IMPORTED_BACKEND for d in flows)
 
     def flow_names(self, key: str) -> list[str]:
         """Names of the flow datasets stored for ``key``, sorted (a damaged ``flow`` group raises
