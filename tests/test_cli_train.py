@@ -167,6 +167,77 @@ def test_evaluate_a_split_list_with_crops_says_how_many_were_trained_on(tiny_sto
     assert "NOT held out: 9 of them were training videos" in ev.stderr, ev.stderr
 
 
+def test_skip_missing_leaves_out_listed_videos_the_store_lacks(tiny_store, tmp_path):
+    """Official lists name videos whose extraction failed (an unreadable file: reported and
+    skipped by `flowkit extract`), so no store ever holds them. Without --skip-missing train and
+    evaluate refuse the lists and name the option (extracting again cannot help); with it they
+    run on the rest, and count and name those left out. The run keeps the option: its evaluate
+    skips them too, and the score says it is over fewer videos than listed."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    trainlist, testlist = lists / "trainlist01.txt", lists / "testlist01.txt"
+    trainlist.write_text("".join(f"{c}/{c}_{i}.avi\n" for c in ("right", "down", "left")
+                                 for i in range(3)) + "down/down_broken.avi\n")
+    testlist.write_text("right/right_broken.avi\n" + "".join(f"{c}/{c}_3.avi\n"
+                                                               for c in ("right", "down", "left")))
+    run = tmp_path / "run"
+    args = [tiny_store, "--out", run, *TINY, "--epochs", "1", "--split-list", trainlist,
+            "--val-list", testlist]
+    strict = train(*args)
+    assert strict.exit_code == 2 and "'down/down_broken'" in strict.stderr
+    assert "pass --skip-missing" in strict.stderr and not run.exists()
+
+    result = train(*args, "--skip-missing", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["config"]["skip_missing"] is True
+    assert "9 training / 3 validation" in result.stderr
+    notes = [n for n in summary["notes"] if "listed video(s) are not in store" in n]
+    assert len(notes) == 1 and notes[0].startswith("2 listed video(s)")
+    assert "'down/down_broken'" in notes[0] and "'right/right_broken'" in notes[0]
+    split = json.loads((run / "config.json").read_text())["split"]
+    assert "less 2 listed video(s) not in the store" in split["source"]
+
+    ev = CliRunner().invoke(evaluate_command, [str(run), "--split-list", str(testlist), "--clips",
+                                               "1", "--crops", "1", "--json"],
+                            catch_exceptions=False)
+    assert ev.exit_code == 0, ev.output
+    report = json.loads(ev.stdout)
+    assert (report["num_videos"], report["not_in_store"]) == (3, 1)
+    assert "less 1 listed video(s) not in the store" in report["split"]
+    assert "note: 1 listed video(s) are not in store" in ev.stderr
+    assert "'right/right_broken'" in ev.stderr
+    refused = CliRunner().invoke(evaluate_command, [str(run), "--split-list", str(testlist),
+                                                    "--no-skip-missing"])
+    assert refused.exit_code == 2 and "pass --skip-missing" in refused.stderr
+    no_list = CliRunner().invoke(evaluate_command, [str(run), "--skip-missing"])
+    assert no_list.exit_code == 2 and "--skip-missing needs --split-list" in no_list.stderr
+
+
+def test_a_repeated_split_list_is_never_half_applied(tiny_store, tmp_path):
+    """click keeps the last value of a single option, so `--split-list A --split-list B` used to
+    train or score B alone, silently. `train` (one list per option in config.json) refuses the
+    repeat; `evaluate` scores the union of the lists' videos."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("".join(f"{c}/{c}_{i}.avi\n" for c in ("right", "down", "left") for i in range(2)))
+    b.write_text("".join(f"{c}/{c}_{i}.avi\n" for c in ("right", "down", "left") for i in (2, 3)))
+    run = tmp_path / "run"
+    for repeat in (["--split-list", a, "--split-list", b],
+                   ["--split-list", a, "--val-list", a, "--val-list", b]):
+        option = repeat[-2]
+        twice = train(tiny_store, "--out", run, *TINY, *repeat)
+        assert twice.exit_code == 2 and f"Invalid value for {option}: given 2 times" in twice.stderr
+        assert not run.exists()
+    assert train(tiny_store, "--out", run, *TINY, "--epochs", "1", "--split-list", a).exit_code == 0
+    ev = CliRunner().invoke(evaluate_command, [str(run), "--split-list", str(a), "--split-list",
+                                               str(b), "--clips", "1", "--crops", "1", "--json"],
+                            catch_exceptions=False)
+    assert ev.exit_code == 0, ev.output
+    report = json.loads(ev.stdout)
+    assert report["num_videos"] == 12 and report["split"] == f"lists {a} + {b}"
+    assert report["training_videos"] == 6
+
+
 def _start(store: Path, run: Path, epochs: int, *extra: str) -> subprocess.Popen:
     code = "from flowkit.cli.train import command; command()"
     return subprocess.Popen([sys.executable, "-c", code, str(store), "--out", str(run), *TINY,

@@ -661,6 +661,25 @@ def test_split_from_list_refuses_a_video_listed_twice(tiny_store, tmp_path):
         split_from_list(tiny_store, twice)
 
 
+def test_listed_videos_missing_from_the_store_name_skip_missing(tiny_store, tmp_path):
+    """A listed video whose extraction failed is never in the store, so extracting again cannot
+    fix the error: it names --skip-missing; listed_keys gives the listed keys the store holds and
+    those it lacks, each in list order, for the train/evaluate that skip them."""
+    from flowkit.data.splits import listed_keys, missing_note
+
+    listed = write(tmp_path / "trainlist01.txt", "right/right_0.avi 1\nright/right_gone.avi 1\n"
+                                                 "down/down_2.avi 2\nleft/left_gone.avi 3\n")
+    with pytest.raises(FlowkitError, match="2 video") as err:
+        split_from_list(tiny_store, listed)
+    assert "pass --skip-missing to leave the missing ones out" in str(err.value)
+    assert "'right/right_gone'" in str(err.value)
+    present, missing = listed_keys(tiny_store, listed)
+    assert present == ["right/right_0", "down/down_2"]
+    assert missing == ["right/right_gone", "left/left_gone"]
+    note = missing_note(tiny_store, missing, "training")
+    assert note.startswith("2 listed video(s) are not in store") and "'left/left_gone'" in note
+
+
 def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

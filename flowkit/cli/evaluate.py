@@ -29,7 +29,11 @@ from . import handle_errors, summary
               "training store, else all videos but those the run trained on (by key: a copy of "
               "the training store counts).")
 @click.option("--split-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Evaluate the videos of a UCF101 list (testlist01.txt) instead.")
+              multiple=True, help="Evaluate the videos of a UCF101 list (testlist01.txt) "
+              "instead; repeatable: the union of the lists' videos.")
+@click.option("--skip-missing/--no-skip-missing", default=None,
+              help="Leave out listed videos STORE lacks (their extraction failed), counted and "
+              "named in a note, instead of refusing the list [default: as the run was trained].")
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="Videos per batch (each of clips x crops views).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -39,14 +43,15 @@ from . import handle_errors, summary
               default=None, help="Folder for eval.json and the confusion matrix [RUN_DIR/eval].")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @handle_errors
-def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_size, workers, device,
-            out_dir, as_json):
+def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_missing, batch_size,
+            workers, device, out_dir, as_json):
     """Evaluate the classifier trained in RUN_DIR on STORE (default: its training store).
 
-    Scores the run's validation videos by default (or all of STORE's videos, or a list's) and
-    says which, and how many of them the model was trained on: only a score on videos it never
-    saw is called held-out. Videos without a label of the run's classes are left out (a note
-    names them). Top-5 is reported only with more than 5 classes.
+    Scores the run's validation videos by default (or all of STORE's videos, or those of the
+    lists) and says which, and how many of them the model was trained on: only a score on videos
+    it never saw is called held-out. Videos without a label of the run's classes are left out (a
+    note names them), and with --skip-missing listed videos STORE lacks (counted in the split
+    described). Top-5 is reported only with more than 5 classes.
 
     \b
     Examples:
@@ -65,6 +70,9 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
     from ..train.ddp import rank_device
     from .progress import RichProgress, stop_on_signals
 
+    if skip_missing and not split_list:
+        raise click.UsageError("--skip-missing needs --split-list (it leaves out listed videos "
+                               "STORE lacks)")
     distributed.init(rank_device(device))
     main = distributed.rank() == 0
     console = Console(stderr=True, soft_wrap=True, quiet=not main)
@@ -72,8 +80,9 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, batch_s
     stop = StopFlag()
     with bars as progress, stop_on_signals(stop, console, "the current batch"):
         result = evaluate_run(run_dir, store, checkpoint=checkpoint, clips=clips, crops=int(crops),
-                              split=split_list if split_list else split, batch_size=batch_size,
-                              workers=workers, device=device, out_dir=out_dir, progress=progress,
+                              split=list(split_list) if split_list else split,
+                              batch_size=batch_size, workers=workers, device=device,
+                              out_dir=out_dir, skip_missing=skip_missing, progress=progress,
                               stop=stop)
     distributed.shutdown()
     if not main:

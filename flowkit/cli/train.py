@@ -86,6 +86,10 @@ def train_options(command):
         kw = {"help": meta.get("help")}
         if meta.get("kind") == "params":
             kw.update(multiple=True, metavar=meta.get("metavar"))
+        elif meta.get("kind") == "file":
+            # multiple so that a repeat is seen and refused (_one_file): click would keep only
+            # the last --split-list, silently training on one list of two
+            kw.update(type=_option_type(f), multiple=True)
         elif str(f.type).startswith("bool"):
             decl = f"{decl}/--no-{decl[2:]}"
             kw.update(default=_default(f), show_default=True)
@@ -106,8 +110,18 @@ def _convert(f: dataclasses.Field, value):
     if kind == "ints":
         return tuple(int(m) for m in _floats(value or "", "--" + f.name.replace("_", "-")))
     if kind == "file":
-        return _absolute(value)
+        return _absolute(_one_file(value, "--" + f.name.replace("_", "-")))
     return value
+
+
+def _one_file(values: tuple[Path, ...], option: str) -> Path | None:
+    """The one file given to ``option`` (None when absent); a repeat is refused, since the run
+    takes one file there."""
+    if len(values) > 1:
+        fix = "merge the lists into one file" if option.endswith("-list") else "give one"
+        raise click.BadParameter(f"given {len(values)} times ({', '.join(map(str, values))}); "
+                                 f"a run takes one file here: {fix}", param_hint=option)
+    return values[0] if values else None
 
 
 def _config_values(ctx: click.Context, params: dict, explicit_only: bool) -> dict:

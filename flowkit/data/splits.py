@@ -29,12 +29,18 @@ def as_store(store: FlowStore | str | os.PathLike) -> FlowStore:
     return store if isinstance(store, FlowStore) else FlowStore(store)
 
 
-def missing_keys_error(store: FlowStore, missing: Sequence[str], where: str) -> FlowkitError:
-    """An error naming up to :data:`MAX_LISTED` of ``missing`` keys and how many there are."""
+def missing_keys_error(store: FlowStore, missing: Sequence[str], where: str,
+                       skip_option: str | None = None) -> FlowkitError:
+    """An error naming up to :data:`MAX_LISTED` of ``missing`` keys and how many there are;
+    with ``skip_option`` (``"--skip-missing"``) it first names the option that leaves them out,
+    since a video whose extraction failed stays missing however often it is extracted again."""
     shown = ", ".join(repr(k) for k in missing[:MAX_LISTED])
     more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+    skip = (f"; a video whose extraction failed is never in the store: pass {skip_option} to "
+            "leave the missing ones out (counted and named in a note), or" if skip_option else ";")
     return FlowkitError(f"{len(missing)} video(s) of {where} are not in store {store.path}: "
-                        f"{shown}{more}; extract them (`flowkit extract VIDEOS -o {store.path}`) "
+                        f"{shown}{more}{skip} extract them "
+                        f"(`flowkit extract VIDEOS -o {store.path}`) "
                         f"or import them (`flowkit import rawframes RAWFRAMES_DIR -o {store.path}`"
                         "; a video whose import failed is named in that run's summary), or check "
                         "that the keys are paths relative to the video root without extension")
@@ -122,8 +128,22 @@ def split_from_list(store: FlowStore | str | os.PathLike,
     beside the list (:func:`~flowkit.labels.class_index_beside`), each id is in its range and
     names the line's folder there. Raises :class:`FlowkitError` (naming file and line) on a
     malformed line, a repeated video, a contradicting label, or videos that are not in the store
-    (naming up to five of them).
+    (naming up to five of them); :func:`listed_keys` returns those instead.
     """
+    keys, missing = listed_keys(store, list_file)
+    if missing:
+        raise missing_keys_error(as_store(store), missing, f"split list {list_file}",
+                                 skip_option="--skip-missing")
+    return keys
+
+
+def listed_keys(store: FlowStore | str | os.PathLike, list_file: str | os.PathLike
+                ) -> tuple[list[str], list[str]]:
+    """``(in_store, not_in_store)``: the keys of a split list (checked as by
+    :func:`split_from_list`) that the store holds and those it lacks, each in list order. A
+    video whose extraction failed is reported and skipped by ``flowkit extract``, so an official
+    list over a partly unreadable dataset names videos no store will hold; ``--skip-missing``
+    trains and evaluates on the others (:func:`missing_note` says which were left out)."""
     store, list_file = as_store(store), Path(list_file)
     check = _ListLabels(list_file, class_index_beside(list_file))
     keys, where = [], {}
@@ -139,10 +159,19 @@ def split_from_list(store: FlowStore | str | os.PathLike,
     if not keys:
         raise FlowkitError(f"split list {list_file} lists no videos")
     known = set(store.keys())
-    missing = [k for k in keys if k not in known]
-    if missing:
-        raise missing_keys_error(store, missing, f"split list {list_file}")
-    return keys
+    return [k for k in keys if k in known], [k for k in keys if k not in known]
+
+
+def missing_note(store: FlowStore | str | os.PathLike, missing: Sequence[str], where: str
+                 ) -> str:
+    """The note that ``missing`` listed videos (not in ``store``) are left out of ``where``
+    (``--skip-missing``), naming up to :data:`MAX_LISTED` of them."""
+    store = as_store(store)
+    shown = ", ".join(repr(k) for k in missing[:MAX_LISTED])
+    more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+    return (f"{len(missing)} listed video(s) are not in store {store.path} and are left out of "
+            f"{where} (--skip-missing): {shown}{more} (a video whose extraction failed is never "
+            "in the store)")
 
 
 class _ListLabels:

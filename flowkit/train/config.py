@@ -46,7 +46,9 @@ class TrainConfig:
     side in pixels; ``scales`` the multi-scale crop fractions of the short side. ``warmup_epochs``
     and ``milestones`` are in epochs (fractions allowed for warmup); the learning rate follows the
     schedule per optimiser step. ``val_fraction`` makes a stratified split of the store unless
-    ``split_list`` (UCF101 ``trainlist``) is given, with ``val_list`` (``testlist``) as validation.
+    ``split_list`` (UCF101 ``trainlist``) is given, with ``val_list`` (``testlist``) as validation;
+    ``skip_missing`` leaves out listed videos the store lacks instead of refusing the lists (kept
+    in ``config.json``, so ``flowkit evaluate --split-list`` of the run does the same).
     """
     store: str
     model: str = field(metadata={"help": "Registered classifier (resnet2d, i3d, s3d, trajectorynet, "
@@ -102,6 +104,10 @@ class TrainConfig:
         "kind": "file", "help": "Training videos from a UCF101 list (trainlist01.txt)."})
     val_list: str | None = field(default=None, metadata={
         "kind": "file", "help": "Validation videos from a UCF101 list (testlist01.txt)."})
+    skip_missing: bool = field(default=False, metadata={
+        "help": "Leave out videos of --split-list/--val-list that STORE lacks (their extraction "
+                "failed or they were never extracted), counted and named in a note; without it "
+                "they are an error. `flowkit evaluate` of the run does the same."})
     init: str | None = field(default=None, metadata={
         "kind": "file",
         "help": "torchvision-format ResNet weights (inflated to 3D, cross-modality for flow)."})
@@ -161,6 +167,8 @@ class TrainConfig:
         need(0 <= self.val_fraction < 1, f"val-fraction must be in [0, 1), got {self.val_fraction}")
         need(self.val_list is None or self.split_list is not None,
              "--val-list needs --split-list (the training list)")
+        need(not self.skip_missing or self.split_list is not None,
+             "--skip-missing needs --split-list (without a list every video is in the store)")
         if "num_classes" in self.model_kwargs:
             raise FlowkitError("num_classes comes from the store; leave it out of --model-arg")
         return self

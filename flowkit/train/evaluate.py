@@ -7,8 +7,9 @@ top-5, mean class accuracy and the confusion matrix. Results go to ``RUN_DIR/eva
 ``eval.json`` (metrics, options, per-video predictions), ``confusion.json`` and ``confusion.png``.
 
 Which videos: :func:`select_keys`, then those labelled with one of the run's classes (the others
-are named in ``notes``). ``training_videos`` counts the scored videos the run trained on by key,
-whatever store holds them, and ``held_out`` is true only when there are none.
+are named in ``notes``; so are listed videos the store lacks, left out with ``skip_missing`` and
+counted in ``not_in_store``). ``training_videos`` counts the scored videos the run trained on by
+key, whatever store holds them, and ``held_out`` is true only when there are none.
 
 Under torchrun each rank predicts every ``world_size``-th video and the scores are gathered
 (:func:`predict_sharded`); rank 0 writes the files.
@@ -174,35 +175,60 @@ def _same_store(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def select_keys(store, run_config: dict, split: str | Path = "auto") -> tuple[list[str], str]:
-    """Videos to evaluate and a description.
+def select_keys(store, run_config: dict, split: str | Path | Sequence[str | Path] = "auto",
+                skip_missing: bool = False) -> tuple[list[str], str, list[str]]:
+    """``(keys, description, absent)``: the videos to evaluate, and listed ones left out.
 
     ``auto``: the run's validation keys when ``store`` is the training store and the run had a
     validation split, else every video (of which :func:`evaluate_run` then scores those the run
     did not train on, :func:`held_out_first`); ``val``: the run's validation keys (which must be
-    in the store); ``all``: every video; a path: a UCF101-style list (``testlist01.txt``).
+    in the store); ``all``: every video; a path: a UCF101-style list (``testlist01.txt``); a list
+    of paths: the union of their videos, in list order. A listed video the store lacks is an
+    error, or with ``skip_missing`` left out and returned in ``absent`` (else ``absent`` is empty).
     """
-    from ..data import split_from_list
-
+    if isinstance(split, (list, tuple)):
+        return _from_lists(store, [Path(p) for p in split], skip_missing)
+    if split not in ("auto", "val", "all"):
+        return _from_lists(store, [Path(split)], skip_missing)
     val_keys = list(run_config.get("split", {}).get("val_keys", []))
     same = _same_store(store.path, run_config["config"]["store"])
     if split == "auto":
         split = "val" if same and val_keys else "all"
     if split == "all":
-        return store.keys(), "all videos"
-    if split == "val":
-        if not val_keys:
-            raise FlowkitError("the run has no validation split (trained with --val-fraction 0 "
-                               "and no --val-list); use --split all or --split-list FILE")
-        missing = [k for k in val_keys if k not in store]
-        if missing:
-            raise FlowkitError(f"{len(missing)} of the run's validation videos are not in store "
-                               f"{store.path} (e.g. {missing[0]}); use --split all or a list file")
-        return val_keys, "the run's validation split"
-    path = Path(split)
-    if not path.is_file():
-        raise FlowkitError(f"split list {path}: no such file")
-    return list(split_from_list(store, path)), f"list {path}"
+        return store.keys(), "all videos", []
+    if not val_keys:  # split == "val"
+        raise FlowkitError("the run has no validation split (trained with --val-fraction 0 "
+                           "and no --val-list); use --split all or --split-list FILE")
+    missing = [k for k in val_keys if k not in store]
+    if missing:
+        raise FlowkitError(f"{len(missing)} of the run's validation videos are not in store "
+                           f"{store.path} (e.g. {missing[0]}); use --split all or a list file")
+    return val_keys, "the run's validation split", []
+
+
+def _from_lists(store, paths: list[Path], skip_missing: bool) -> tuple[list[str], str, list[str]]:
+    """:func:`select_keys` of split list files: the union of their keys in list order, the
+    description (``list A``, ``lists A + B``, with how many listed videos were left out) and the
+    listed keys the store lacks (left out with ``skip_missing``, else an error)."""
+    from ..data.splits import listed_keys, split_from_list
+
+    if not paths:
+        raise FlowkitError("no split list given")
+    keys: dict[str, None] = {}  # ordered set: a video in two lists is scored once
+    absent: dict[str, None] = {}
+    for path in paths:
+        if not path.is_file():
+            raise FlowkitError(f"split list {path}: no such file")
+        if skip_missing:
+            present, missing = listed_keys(store, path)
+            absent.update(dict.fromkeys(missing))
+        else:
+            present = split_from_list(store, path)
+        keys.update(dict.fromkeys(present))
+    desc = ("list " if len(paths) == 1 else "lists ") + " + ".join(map(str, paths))
+    if absent:  # the score is over fewer videos than listed: the description says so
+        desc += f" less {len(absent)} listed video(s) not in the store (--skip-missing)"
+    return list(keys), desc, list(absent)
 
 
 def save_confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path,
@@ -281,15 +307,21 @@ def _scoreable(store, keys: list[str], classes: list[str], split_desc: str
 
 def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                  checkpoint: str = "best", clips: int = 10, crops: int = 3,
-                 split: str | Path = "auto", batch_size: int = 8, workers: int = 0,
-                 device: str = "auto", out_dir: str | Path | None = None,
-                 progress: Progress | None = None, stop: StopFlag | None = None) -> EvalResult:
+                 split: str | Path | Sequence[str | Path] = "auto", batch_size: int = 8,
+                 workers: int = 0, device: str = "auto", out_dir: str | Path | None = None,
+                 skip_missing: bool | None = None, progress: Progress | None = None,
+                 stop: StopFlag | None = None) -> EvalResult:
     """Evaluate a run's checkpoint on ``store`` (default: the training store).
 
+    ``split``: :func:`select_keys` (split list files: the union of their videos).
+    ``skip_missing`` leaves out listed videos the store lacks instead of refusing the lists
+    (default: as the run was trained, ``--skip-missing``); ``not_in_store`` in the report counts
+    them and a note names a few, so the score says it is over fewer videos than listed.
     ``batch_size`` counts videos (each of V = clips x crops views). ``out_dir`` (default
     ``RUN_DIR/eval``) receives ``eval.json``, ``confusion.json`` and ``confusion.png``; pass
     ``out_dir=False`` to write nothing.
     """
+    from ..data.splits import missing_note
     from ..store import FlowStore
     from .loading import derive_seed, index_store, make_dataset, make_loader
 
@@ -306,7 +338,9 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     store_path = Path(store) if store is not None else Path(config.store)
     flow_store = FlowStore(store_path)
     classes = run_config["classes"]
-    keys, split_desc = select_keys(flow_store, run_config, split)
+    if skip_missing is None:
+        skip_missing = config.skip_missing
+    keys, split_desc, absent = select_keys(flow_store, run_config, split, skip_missing)
     if not keys:
         raise FlowkitError(f"no videos to evaluate in {store_path} ({split_desc})")
     with flow_store.index_held():
@@ -316,6 +350,8 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
             keys, split_desc = held_out_first(keys, run_config, split_desc)
         dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips,
                                crops=crops, views=True, classes=classes)
+    if absent:
+        notes.insert(0, missing_note(flow_store, absent, "evaluation"))
     def loader(subset):
         return make_loader(subset, batch_size=batch_size, workers=workers, device=dev,
                            seed=derive_seed(config.seed, "evaluate"))
@@ -338,6 +374,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     report = {
         "run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": int(ckpt["epoch"]),
         "store": str(store_path), "split": split_desc, "num_videos": len(keys),
+        "not_in_store": len(absent),
         "training_videos": training, "held_out": training == 0,
         "clips": clips, "crops": crops, "views": clips * crops,
         "top1": acc[1], "top5": acc[5], "mean_class_accuracy": mean_class_accuracy(confusion),

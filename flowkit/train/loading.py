@@ -111,17 +111,29 @@ def make_split(store, config: TrainConfig, note: Callable[[str], None] | None = 
     """``(train_keys, val_keys, description)`` from ``split_list``/``val_list`` or ``val_fraction``.
 
     Unlabelled videos (label -1, e.g. a video at the root of a class-folder tree) are left out of
-    both, and ``note`` gets one line saying how many and naming a few; FlowkitError when no video
-    is left to train on."""
-    from ..data import (labelled_keys, split_from_list, stratified_split, unlabelled_note,
-                        video_group)
+    both, and ``note`` gets one line saying how many and naming a few; so do listed videos the
+    store lacks with ``skip_missing`` (the description counts them; without it they are an
+    error). FlowkitError when no video is left to train on."""
+    from ..data import labelled_keys, stratified_split, unlabelled_note, video_group
+    from ..data.splits import listed_keys, missing_note, split_from_list
 
+    def from_list(path: str) -> tuple[list[str], list[str]]:
+        """(labelled keys of the list in the store, the unlabelled ones); the list's keys the
+        store lacks go to ``absent`` with ``skip_missing``, else they raise."""
+        if not config.skip_missing:
+            return labelled_keys(store, split_from_list(store, path))
+        keys, missing = listed_keys(store, path)
+        absent.extend(missing)
+        return labelled_keys(store, keys)
+
+    absent: list[str] = []
     if config.split_list:
-        train, left_out = labelled_keys(store, split_from_list(store, config.split_list))
-        val, left_val = (labelled_keys(store, split_from_list(store, config.val_list))
-                         if config.val_list else ([], []))
+        train, left_out = from_list(config.split_list)
+        val, left_val = from_list(config.val_list) if config.val_list else ([], [])
         left_out += left_val
         source = f"lists {config.split_list}" + (f" / {config.val_list}" if config.val_list else "")
+        if absent:  # the count stays in config.json's split.source: the run trained on fewer
+            source += f" less {len(absent)} listed video(s) not in the store (--skip-missing)"
     else:
         keys, left_out = labelled_keys(store, store.keys())
         if not keys:
@@ -145,6 +157,8 @@ def make_split(store, config: TrainConfig, note: Callable[[str], None] | None = 
                            "--split-list so that each gets its class")
     if not train:
         raise FlowkitError(f"no training videos in store {config.store} ({source})")
+    if absent and note is not None:
+        note(missing_note(store, absent, "training and validation"))
     if left_out and note is not None:
         note(unlabelled_note(store, left_out, "training and validation"))
     return train, val, source
