@@ -13,6 +13,7 @@ group's device (CPU for gloo, this rank's GPU for nccl).
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def init(device: str | torch.device = "cpu", timeout: timedelta | None = None) -
     """Join the torchrun process group when launched (:func:`launched`); returns :func:`active`.
 
     The backend is nccl when ``device`` is CUDA, else gloo. For nccl the rank's GPU is made the
-    current device first. Idempotent: an existing group is kept.
+    current device first. Idempotent: an existing group is kept. The group is left at the
+    latest when the interpreter exits (:func:`shutdown` at exit), whatever ends the process.
     """
     if active() or not launched():
         return active()
@@ -93,6 +95,12 @@ def init(device: str | torch.device = "cpu", timeout: timedelta | None = None) -
         torch.cuda.set_device(device)
     kw = {"timeout": timeout} if timeout is not None else {}
     dist.init_process_group(backend, **kw)
+    # Every way out, not only the commands' happy path: an error (exit 2), a traceback, Ctrl-C or
+    # sys.exit before their own shutdown() would leave the group to the interpreter's teardown,
+    # where gloo aborts the rank (see shutdown). atexit runs before that teardown; it is
+    # registered once (shutdown is a no-op once the group is gone).
+    atexit.unregister(shutdown)
+    atexit.register(shutdown)
     return True
 
 

@@ -40,11 +40,12 @@ from .flow import Backward, check_reversible, create_engine, engine_class
 from .flow.base import FlowEngine
 from .flow.registry import execution_options
 from .labels import VideoItem
-from .progress import Progress, StopFlag
+from .progress import Progress, StopFlag, Stopped
 from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store import guard
 from .store.compat import Request, compare_with_store
+from .store.layout import class_order, read_manifest
 from .video import output_size, probe
 
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
@@ -137,9 +138,11 @@ class ExtractSummary:
     seconds: float
     notes: list[str] = field(default_factory=list)
     backend: str = "torch"
-    #: why the run ended early (the store refused data, no worker process left), "" when it
-    #: did not
+    #: why the run ended early (the store refused data, no worker process left, a stop request:
+    #: "interrupted", "terminated"), "" when it did not
     stopped: str = ""
+    #: stopped by a request (Ctrl-C, SIGTERM: the summary :class:`Stopped` carries), not an error
+    interrupted: bool = False
     not_started: int = 0    # videos of this shard never started because of that
     #: seconds before the first video started (engine, store check, scan of the store): not in
     #: ``pairs_per_s``, which covers the same window as the progress bar's rate
@@ -168,6 +171,7 @@ class ExtractSummary:
         return cls(first.store, first.method, results, max(p.seconds for p in parts),
                    notes=[n for p in parts for n in p.notes], backend=first.backend, ranks=ranks,
                    stopped="; ".join(stopped), not_started=sum(p.not_started for p in parts),
+                   interrupted=any(p.interrupted for p in parts),
                    setup_seconds=min(ran) if ran else max(p.setup_seconds for p in parts))
 
     def count(self, status: str) -> int:
@@ -191,6 +195,7 @@ class ExtractSummary:
                 "pairs_per_s": (round(self.pairs / (self.seconds - self.setup_seconds), 3)
                                 if self.seconds > self.setup_seconds else None),
                 "notes": self.notes, "stopped": self.stopped, "not_started": self.not_started,
+                "interrupted": self.interrupted,
                 **({"ranks": self.ranks} if self.ranks else {}),
                 "videos": [asdict(r) for r in self.results]}
 
@@ -492,13 +497,17 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         items: videos to process (e.g. from :func:`flowkit.labels.scan_videos`).
         store_path: store directory.
         config: :class:`ExtractConfig`.
-        classes: class names recorded in the store (label ids index into them).
+        classes: class names recorded in the store (label ids index into them). An existing
+            store keeps its own order: items are relabelled by class name with its ids
+            (:func:`store_labels`); classes it lacks are refused.
         shard: ``(index, count)``; defaults to torchrun's ``RANK`` / ``WORLD_SIZE``.
         progress: :class:`~flowkit.progress.Progress` (tasks "videos" and "frame pairs", a line
             per failed video, and first a bar over finished videos new to the store's index);
             silent by default.
         stop: a :class:`~flowkit.progress.StopFlag`; once set, the run stops at the next chunk,
-            discards the videos in flight cleanly and raises :class:`~flowkit.progress.Stopped`.
+            discards the videos in flight cleanly and raises :class:`~flowkit.progress.Stopped`,
+            whose ``summary`` attribute is the :class:`ExtractSummary` of what finished
+            (``interrupted`` True, ``stopped`` the stop's reason), for the caller to report.
 
     Returns:
         :class:`ExtractSummary` with one :class:`VideoResult` per item of this shard.
@@ -516,6 +525,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
                            f"CLASS/VIDEO, as `flowkit info` lists them)")
     workers = config.workers or default_workers(config.device, len(items))
+    items, classes = store_labels(store_path, items, classes)
     known, mismatched = check_store_options(store_path, items, config, engine, progress)
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
         set(config.redo) | mismatched)), max_memory=(
@@ -556,17 +566,53 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     except (StoreWriteError, _WorkersGone) as exc:
         stopped = str(exc)
         progress.log(f"stopping: {stopped}")
+    except Stopped as exc:
+        # Still raised (a KeyboardInterrupt: callers that let Ctrl-C through keep doing so), but
+        # with what finished, which `flowkit extract --json` prints before exiting 130 / 143.
+        videos.close()
+        pairs.close()
+        exc.summary = _summary(items, results, store, config, backend, started, setup,
+                               str(exc) or "interrupted", run_notes, interrupted=True)
+        raise
     videos.close()
     pairs.close()
+    return _summary(items, results, store, config, backend, started, setup, stopped, run_notes)
+
+
+def _summary(items: Sequence[VideoItem], results: list[VideoResult], store: FlowStore,
+             config: ExtractConfig, backend: str, started: float, setup: float, stopped: str,
+             run_notes: list[str], interrupted: bool = False) -> ExtractSummary:
+    """The run's :class:`ExtractSummary`, results in ``items`` order; ``stopped``: why it ended
+    early ("" when it did not; the videos without a result then count as not started)."""
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
     summary = ExtractSummary(str(store.path), config.flow_name, results,
                              time.perf_counter() - started, backend=backend, stopped=stopped,
-                             setup_seconds=setup,
+                             setup_seconds=setup, interrupted=interrupted,
                              not_started=len(items) - len(results) if stopped else 0)
     summary.notes = (_size_notes(results, config) + _memory_notes(results, config)
                      + _redo_notes(results, config) + run_notes)
     return summary
+
+
+def store_labels(store_path, items: Sequence[VideoItem], classes: Sequence[str] | None
+                 ) -> tuple[list[VideoItem], list[str] | None]:
+    """``items`` and ``classes`` in the class order of the existing store at ``store_path``
+    (:func:`~flowkit.store.layout.class_order`): a run whose classes are the store's, in another
+    order or some of them, labels each video by its class name with the store's id, so that a
+    store made from a folder scan (sorted names) takes videos or flow listed by UCF101's
+    classInd.txt, and the other way round. Unchanged without a store or classes; StoreError for
+    classes the store lacks, before anything is computed."""
+    if classes is None or not (Path(store_path) / MANIFEST).is_file():
+        return list(items), classes
+    order = class_order(Path(store_path), read_manifest(Path(store_path)).get("classes", []),
+                        classes)
+    if order == list(classes):
+        return list(items), order
+    index = {name: i for i, name in enumerate(order)}
+    ids = [index[name] for name in classes]  # this run's id -> the store's
+    return [dataclasses.replace(item, label=ids[item.label] if item.label >= 0 else -1)
+            for item in items], order
 
 
 def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:

@@ -190,12 +190,23 @@ def _default_classes(root: Path, relatives: Iterable[PurePosixPath]) -> list[str
     return sorted({_class_of(r) for r in relatives} - {""})
 
 
+def _spaced_path(fields: list[str]) -> bool:
+    """Whether two fields are one path with a space (``PanLeft/my clip.mp4``) rather than a path
+    and a label: the second is a video file name, or the first has no extension and the second
+    is no number."""
+    if len(fields) != 2 or fields[1].isdigit():
+        return False
+    return (fields[1].lower().endswith(VIDEO_EXTENSIONS)
+            or not PurePosixPath(fields[0].replace("\\", "/")).suffix)
+
+
 def _parse_split_line(list_file: Path, lineno: int,
                       fields: list[str]) -> tuple[PurePosixPath, int | None]:
     where = f"{list_file}:{lineno}"
-    if len(fields) > 2:
+    if len(fields) > 2 or _spaced_path(fields):
         raise FlowkitError(f"{where}: expected '<class>/<video> [label]', got {' '.join(fields)!r} "
-                           "(paths with spaces are not supported)")
+                           "(paths with spaces are not supported: rename the video without "
+                           "spaces and list it under that name)")
     relative = PurePosixPath(fields[0].replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts or not relative.suffix:
         raise FlowkitError(f"{where}: {fields[0]!r} is not a relative video path with extension")
@@ -213,6 +224,9 @@ def parse_split_list(list_file: str | os.PathLike) -> list[SplitEntry]:
     :class:`FlowkitError` naming the file and line for a missing file or a malformed line.
     """
     list_file = Path(list_file)
+    if list_file.is_dir():
+        raise FlowkitError(f"split list {list_file} is a directory; give the list file in it "
+                           "(e.g. trainlist01.txt)")
     if not list_file.is_file():
         raise FlowkitError(f"split list {list_file} does not exist")
     return [SplitEntry(lineno, *_parse_split_line(list_file, lineno, fields))
@@ -247,6 +261,37 @@ def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
     _check_unique((_key(r), f"{list_file}:{n}") for n, r, _ in parsed)
     return [_split_item(list_file, n, r, label, root, classes, index)
             for n, r, label in parsed], classes
+
+
+def read_split_lists(list_files: Sequence[str | os.PathLike], root: str | os.PathLike,
+                     class_index: str | os.PathLike | None = None
+                     ) -> tuple[list[VideoItem], list[str]]:
+    """The union of several split lists' videos (``trainlist01.txt`` and ``testlist01.txt``: the
+    whole split), in list order, a video in two lists once, and the one class list they share.
+
+    The classes come from ``class_index``, else from the ``classInd.txt`` beside the lists (the
+    ones found must agree), else from the sorted folder names under ``root``, as in
+    :func:`read_split_list`, which reads each list. Raises :class:`FlowkitError` for two lists
+    beside different class indexes, or that give one key two videos or two labels."""
+    if class_index is None:
+        found = {path: read_class_index(path) for path in
+                 dict.fromkeys(p for p in map(class_index_beside, list_files) if p is not None)}
+        if len({tuple(classes) for classes in found.values()}) > 1:
+            raise FlowkitError(f"the split lists lie beside different class indexes "
+                               f"({', '.join(map(str, found))}); pass --class-index to choose one")
+        class_index = next(iter(found), None)
+    items: dict[str, VideoItem] = {}
+    classes: list[str] = []
+    for list_file in list_files:
+        listed, classes = read_split_list(list_file, root, class_index)
+        for item in listed:
+            seen = items.setdefault(item.key, item)
+            if seen.path != item.path or seen.label != item.label:
+                raise FlowkitError(f"{list_file}: {item.key!r} is {item.path} with label "
+                                   f"{item.label_name or None!r} in it and {seen.path} with label "
+                                   f"{seen.label_name or None!r} in an earlier list; fix one "
+                                   "of the lists")
+    return list(items.values()), classes
 
 
 def _split_item(list_file: Path, lineno: int, relative: PurePosixPath, label: int | None,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 
 import flowkit
 from flowkit.store import FlowStore
@@ -94,6 +95,32 @@ def test_extract_json_then_resume(sample_videos, tmp_path):
     assert (d["done"], d["skipped"], d["failed"], d["pairs"]) == (0, 4, 0, 0)
 
 
+def test_extract_json_of_a_stopped_run_says_what_finished(sample_videos, tmp_path, monkeypatch):
+    """A run stopped by SIGTERM (a Slurm time limit) or Ctrl-C prints its summary, --json
+    included ("interrupted": true), and keeps its exit code: stdout was empty. The stop comes
+    once the first video is done (the library's progress hook), as the signal handler sets it."""
+    from flowkit.cli import extract as cli_extract
+    from flowkit.progress import Progress
+
+    real = cli_extract.extract
+
+    def stopped_after_one_video(*args, stop, **kw):
+        class StopAfterFirstVideo(Progress):
+            def _changed(self, task):
+                if task.description == "videos" and task.completed:
+                    stop.set("terminated")
+        return real(*args, **{**kw, "progress": StopAfterFirstVideo()}, stop=stop)
+
+    monkeypatch.setattr(cli_extract, "extract", stopped_after_one_video)
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--json", "--workers", "1", *CHEAP)
+    assert r.returncode == 143, r.stderr
+    d = json.loads(r.stdout)
+    assert d["interrupted"] is True and d["stopped"] == "terminated", d
+    assert 1 <= d["done"] < 4 and d["done"] + d["not_started"] == 4, d
+    assert "stopped early: terminated" in r.stderr, r.stderr
+    assert "terminated (SIGTERM); finished work is kept" in r.stderr
+
+
 def test_extract_exit_1_on_a_bad_video_with_one_line_reason(bad_videos, tmp_path):
     videos = tmp_path / "videos"
     (videos / "classA").mkdir(parents=True)
@@ -167,17 +194,55 @@ def test_extract_usage_errors_exit_2(sample_videos, tmp_path, args, message):
     assert not (tmp_path / "s").exists()  # nothing is created for a failed start
 
 
+def _device_args(command: str, sample_videos: Path, tmp_path: Path) -> list:
+    """The arguments of ``command`` around a --device, writing under ``tmp_path / "s"``."""
+    return {"extract": ["extract", sample_videos, "-o", tmp_path / "s"],
+            "benchmark": ["benchmark"],
+            "train-flow tvnet": ["train-flow", "tvnet", "--out", tmp_path / "s"],
+            "train-flow motionnet": ["train-flow", "motionnet", sample_videos, "--out",
+                                     tmp_path / "s"]}[command]
+
+
+DEVICE_COMMANDS = ["extract", "benchmark", "train-flow tvnet", "train-flow motionnet"]
+
+
 @pytest.mark.parametrize("device", ["gpu", "mps", "cuda:x"])
-@pytest.mark.parametrize("command", ["extract", "benchmark"])
-def test_device_is_checked_alike_by_extract_and_benchmark(sample_videos, tmp_path, command,
-                                                          device):
-    """One --device check for both commands, before any work: extract raised torch's
-    RuntimeError (a traceback) for gpu and took mps until its first batch."""
-    args = [sample_videos, "-o", tmp_path / "s"] if command == "extract" else []
-    r = run_cli(command, *args, "--device", device)
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_device_is_checked_alike_by_every_command(sample_videos, tmp_path, command, device):
+    """One --device check for every command that computes flow, before any work: extract
+    raised torch's RuntimeError (a traceback) for gpu and took mps until its first batch;
+    train-flow raised tracebacks for both."""
+    r = run_cli(*_device_args(command, sample_videos, tmp_path), "--device", device)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "--device" in r.stderr and "expected cpu, cuda or cuda:N" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["train-flow tvnet", "train-flow motionnet"])
+def test_train_flow_on_missing_cuda_is_one_line(sample_videos, tmp_path, command):
+    """--device cuda where there is none: one line naming --device cpu, exit 2, nothing written
+    (a traceback from the first tensor moved before)."""
+    r = run_cli(*_device_args(command, sample_videos, tmp_path), "--device", "cuda")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip() == ("error: --device cuda: CUDA is not available here "
+                                "(torch.cuda.is_available() is False); use --device cpu")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_cuda_device_beyond_the_machines_gpus_is_refused(monkeypatch):
+    """train-flow's --device cuda:N names the GPUs there are (torch: "invalid device ordinal"
+    at the first tensor moved)."""
+    from flowkit.cli.options import parse_present_device
+    from flowkit.errors import FlowkitError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [parse_present_device(d) for d in ("cpu", "cuda", "cuda:1")] == ["cpu", "cuda", "cuda:1"]
+    with pytest.raises(FlowkitError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\); "
+                                           r"use cuda:0 to cuda:1"):
+        parse_present_device("cuda:2")
 
 
 def test_extract_bad_bound_is_a_usage_error(sample_videos, tmp_path):
@@ -282,6 +347,24 @@ def test_extract_class_index_in_another_folder_goes_with_the_split_list(sample_v
     assert not (tmp_path / "s").exists()
 
 
+def test_extract_takes_split_lists_repeated_and_refuses_a_folder_for_one(sample_videos, tmp_path):
+    """--split-list twice (train and test list, as `export rawframes` takes it) extracts the
+    videos of both with the classInd.txt beside them; only the last list was used. A folder
+    given for a list is named as one (it was "does not exist")."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 pan_left\n2 zoom_in\n")
+    (lists / "trainlist01.txt").write_text("pan_left/pan_left_0.mp4 1\nzoom_in/zoom_in_0.mp4 2\n")
+    (lists / "testlist01.txt").write_text("pan_left/pan_left_1.mp4\npan_left/pan_left_0.mp4\n")
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--split-list",
+                lists / "trainlist01.txt", "--split-list", lists / "testlist01.txt", "--plan")
+    assert r.returncode == 0, r.stderr
+    assert sorted(line.split("\t")[1] for line in r.stdout.splitlines()) == [
+        "pan_left/pan_left_0", "pan_left/pan_left_1", "zoom_in/zoom_in_0"]
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--split-list", lists, "--plan")
+    assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr
+
+
 def test_max_memory_sizes_are_binary_and_the_default_is_the_library_s():
     """--max-memory 4G means 4 GiB, as the help's "~0.5 GB per 1080p pair" and
     ExtractConfig's DEFAULT_MAX_MEMORY (4 << 30) count; "none" lifts the limit. Decimal units
@@ -312,6 +395,54 @@ def test_info_shows_videos_classes_engine(store):
                  "jpegls (max error 0.1 px)", "jpeg (quality 95)", "KiB per frame", "KiB per pair",
                  "largest coding error", f"{4 * T} ({4 * T} RGB stored)", f"{H}x{W} (4)"):
         assert text in " ".join(out.split()), (text, out)
+
+
+def test_info_prints_bracketed_names_as_they_are(store):
+    """Folder, class and warning text with brackets prints as it is (rich markup ate "[HD]" and
+    raised MarkupError on "[/b]")."""
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli.info import _table
+
+    with FlowStore(store) as fs:
+        summary = fs.summary()
+    summary["path"] = "/data/store [v2]"
+    summary["classes"]["names"] = ["cat [HD]", "x [/b]"]
+    summary["warnings"] = ["odd [b]video[/b]"]
+    console = Console(file=io.StringIO(), width=250, no_color=True)
+    console.print(_table(summary))
+    out = console.file.getvalue()
+    for text in ("flowkit store /data/store [v2]", "2 (cat [HD], x [/b])", "odd [b]video[/b]"):
+        assert text in out, (text, out)
+
+
+def test_extract_summary_prints_bracketed_names_as_they_are():
+    """The summary's failed, done-with-reason, stopped and note lines and the store path print as
+    they are: rich markup ate "[official video]" from a failed file's name and torchrun's
+    "[rank 0]", and raised MarkupError on "[/b]"."""
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli.extract import _print_summary
+    from flowkit.extract import ExtractSummary
+    from flowkit.feed import VideoResult
+
+    results = [VideoResult("jump/dog", "v/jump/dog runs [official video].mp4", "failed",
+                           "[rank 0] v/jump/dog runs [official video].mp4: not a video"),
+               VideoResult("a/b", "v/a [/b].mp4", "done", "rotated [/b] by 90"),
+               VideoResult("c/d", "v/c/d.mp4", "done")]
+    summary = ExtractSummary("/data/store [v2]", "tvl1", results, 1.0,
+                             notes=["clipped [red]x[/red]"], stopped="disk [full]")
+    console = Console(file=io.StringIO(), width=300, no_color=True)
+    _print_summary(console, summary)
+    out = console.file.getvalue()
+    for text in ("-> /data/store [v2]", "failed: [rank 0] v/jump/dog runs [official video].mp4",
+                 "a/b: rotated [/b] by 90", "stopped early: disk [full]",
+                 "note: clipped [red]x[/red]"):
+        assert text in out, (text, out)
 
 
 def test_info_json(store):

@@ -114,3 +114,32 @@ def test_compile_both_adds_the_compiled_row(runner):
     rows = json.loads(result.stdout)
     assert [(r["method"], r["compile"], r["status"]) for r in rows] == [
         ("tvl1", False, "ok"), ("tvl1 (compiled)", True, "ok")]
+
+
+def test_reasons_print_brackets_as_they_are(runner, monkeypatch):
+    """A reason is printed as it is: rich markup ate the install hint's ``.[cuda12]`` and a
+    closing ``[/b]`` raised MarkupError (exit 1 with a traceback)."""
+    from flowkit.bench import harness
+    from flowkit.errors import FlowkitError
+
+    def build_method(name, *args, **kwargs):
+        raise FlowkitError("needs CuPy: pip install -e .[cuda13] or .[cuda12]; see a [/b] file")
+
+    monkeypatch.setattr(harness, "build_method", build_method)
+    result = runner.invoke(command, ["--methods", "tvl1", "--size", "32x32", "--pairs", "1",
+                                     "--repeats", "1"])
+    assert result.exit_code == 1, result.output
+    assert ("tvl1 missing: needs CuPy: pip install -e .[cuda13] or .[cuda12]; see a [/b] file"
+            in result.output), result.output
+
+
+def test_motionnet_without_weights_names_the_benchmarks_param(runner):
+    """motionnet's hint named `flowkit extract --method motionnet --weights`, an option the
+    benchmark does not have; here the weights are a --param."""
+    result = runner.invoke(command, ["--methods", "motionnet", "--size", "32x32", "--pairs", "1",
+                                     "--repeats", "1", "--json", "-"])
+    assert result.exit_code == 1, result.output
+    [row] = json.loads(result.stdout)
+    assert row["status"] == "missing" and "train-flow motionnet" in row["reason"]
+    assert "`--param motionnet:weights=motionnet.pt`" in row["reason"], row["reason"]
+    assert "--weights" not in row["reason"]

@@ -576,6 +576,31 @@ def test_terminal_bars_show_this_runs_rate_and_an_eta():
     assert plain.plain
 
 
+# File names and reasons with brackets, as users and tools write them: rich markup ate the first
+# ("dog runs .mp4") and raised MarkupError (exit 1) on the second.
+BRACKETED = ["dog runs [official video].mp4", "a [/b].mp4", "pip install -e .[cuda12]"]
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log"])
+def test_progress_lines_print_brackets_as_they_are(terminal):
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli.progress import RichProgress
+
+    console = Console(file=io.StringIO(), force_terminal=terminal, width=200, no_color=True)
+    with RichProgress(console) as progress:
+        progress.start("[bold]videos[/b]", total=2).advance(1)
+        for text in BRACKETED:
+            progress.log(f"failed {text}: cannot decode")
+    out = console.file.getvalue()
+    for text in BRACKETED:
+        assert f"failed {text}: cannot decode" in out, out
+    if terminal:
+        assert "[bold]videos[/b]" in out, out
+
+
 @pytest.mark.parametrize("value", ["30s", "-1", "nan", "inf"])
 def test_a_bad_progress_interval_is_a_warning_not_a_crash(monkeypatch, value):
     import io

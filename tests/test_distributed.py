@@ -15,7 +15,7 @@ from torch import nn
 
 from flowkit import distributed
 from flowkit.errors import FlowkitError
-from flowkit.extract import ExtractSummary
+from flowkit.extract import ExtractConfig, ExtractSummary
 from flowkit.feed import VideoResult
 from flowkit.labels import VideoItem, scan_videos
 from flowkit.shards import _costs, balance, expected_pairs, plan_shards
@@ -362,6 +362,30 @@ def test_plan_prints_the_shares_and_writes_nothing(sample_videos, tmp_path):
     assert not store.exists()
 
 
+def test_plan_of_an_array_task_under_torchrun_splits_its_share_over_the_ranks(
+        sample_videos, tmp_path, monkeypatch):
+    """`--shard K/N --plan` in a torchrun job prints share K split over the job's ranks, as the
+    run splits it (it printed the N array shares, the same for every K)."""
+    from click.testing import CliRunner
+
+    from flowkit.cli.extract import command
+    from flowkit.extract import shard_plan
+
+    monkeypatch.setenv("RANK", "0")  # the job's rank 0 of 2 (no MASTER_ADDR: no group to join)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    items = scan_videos(sample_videos)[0]
+    for k in (0, 1):
+        result = CliRunner().invoke(command, [str(sample_videos), "-o", str(tmp_path / "s"),
+                                              "--plan", "--shard", f"{k}/2"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        lines = [line.split("\t") for line in result.stdout.splitlines()]
+        share = shard_plan(items, ExtractConfig(), 2).share(k)
+        assert sorted(key for _, key, _ in lines) == sorted(i.key for i in share)
+        assert {rank for rank, _, _ in lines} == {"0", "1"}
+        assert f"share {k}/2 rank 1: 1 videos" in result.stderr
+
+
 def test_plan_json_is_the_whole_stdout(sample_videos, tmp_path):
     """`--plan --json` prints the plan as JSON and nothing else on stdout (the per-video lines
     are the plain output's), so a job script can `json.load` it to size its array; the
@@ -487,3 +511,54 @@ def test_ddp_validation_scores_the_saved_model(tiny_store, tmp_path):
     again = float(-scores[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean())
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
     assert abs(logged - again) < 1e-6, (logged, again)
+
+
+# A command's rank under torchrun: it joins the group, then leaves it by an error (exit 2) on rank 0
+# and by Ctrl-C (exit 130) on rank 1, never reaching the command's own shutdown(). An atexit
+# registered first runs last and reports whether the group was still up by then.
+_LEAVING_RANK = """
+import atexit, sys
+import torch.distributed as dist
+atexit.register(lambda: print("group up at exit:", dist.is_initialized(), flush=True))
+from flowkit import distributed
+from flowkit.cli import handle_errors
+from flowkit.errors import FlowkitError
+
+@handle_errors
+def command():
+    distributed.init("cpu")
+    assert distributed.world_size() == 2
+    distributed.barrier()  # both ranks are in the group
+    if distributed.rank() == 0:
+        raise FlowkitError("the store was made with other options")
+    raise KeyboardInterrupt
+
+command()
+"""
+
+
+def test_a_rank_leaving_by_an_error_or_ctrl_c_leaves_the_group_first(tmp_path):
+    """An error after distributed.init (a refused extraction under torchrun) exited 2 with the
+    gloo group still up: its threads then aborted some ranks as the interpreter ended (SIGABRT,
+    "terminate called without an active exception", 4 runs in 12 of a refused extraction).
+    init registers shutdown at exit, so every way out leaves the group first."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", _LEAVING_RANK], cwd=tmp_path, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=120) for p in ranks)
+    assert ranks[0].returncode == 2, err0
+    assert "error: the store was made with other options" in err0
+    assert ranks[1].returncode == 130, err1
+    for out, err in ((out0, err0), (out1, err1)):
+        assert "group up at exit: False" in out, (out, err)
+        assert "terminate called" not in err

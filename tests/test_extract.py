@@ -407,6 +407,39 @@ def test_redo_mismatched_cannot_mix_new_videos_into_a_store_of_another_size(item
     assert FlowStore(path).keys() == [videos[0].key]
 
 
+def test_a_store_takes_runs_that_order_its_classes_otherwise_labelled_by_name(items, tmp_path):
+    """A store made from a folder scan (sorted class names) takes videos and flow from a run whose
+    class list orders the same names otherwise (UCF101's classInd.txt puts Hammering before
+    HammerThrow, a scan after it) or holds some of them: each video is labelled by its class name
+    with the store's id. Only classes the store lacks are refused, before anything is computed."""
+    from dataclasses import replace
+
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:1], path, _config(), classes=classes)
+    official = list(reversed(classes))  # another order of the same names
+    listed = [replace(v, label=official.index(v.label_name)) for v in videos]
+    added = extract(listed, path, _config(), classes=official)
+    assert [r.status for r in added.results] == ["skipped"] + ["done"] * (len(videos) - 1)
+    flowed = extract(listed, path, _config(backward=True), classes=official)
+    assert [r.status for r in flowed.results] == ["done"] * len(videos)
+    some = [v for v in videos if v.label_name == classes[-1]]
+    one_class = [replace(v, label=0) for v in some]
+    assert extract(one_class, path, _config(), classes=classes[-1:]).count("skipped") == len(some)
+    store = FlowStore(path)
+    assert store.classes == classes
+    for key in store.keys():
+        meta = store.meta(key)
+        assert set(meta["flows"]) == {"tvl1", "tvl1_backward"}
+        assert (meta["label"], meta["label_name"]) == (classes.index(key.split("/")[0]),
+                                                       key.split("/")[0]), key
+    before = _stamps(path)
+    with pytest.raises(StoreError, match=r"this run has 1 it lacks \(\['new_class'\]\).*"
+                                         r"pass the --split-list / --class-index"):
+        extract(videos, path, _config(max_frames=4), classes=classes + ["new_class"])
+    assert _stamps(path) == before
+
+
 # ----------------------------------------------------------------------------- sharding
 
 def test_shards_are_disjoint_and_cover_all(items, tmp_path):
@@ -586,6 +619,33 @@ def test_no_worker_left_stops_the_run_and_counts_what_did_not_start(items, tmp_p
     assert "killed by signal 9" in summary.stopped
     assert summary.results == [] and summary.not_started == len(videos)
     assert sum("before taking a video" in n for n in summary.notes) == 2, summary.notes
+
+
+def test_a_stop_raises_stopped_carrying_the_summary_of_what_finished(items, tmp_path):
+    """A stop request (Ctrl-C, SIGTERM) still raises Stopped, now with the summary of the videos
+    that finished: `flowkit extract --json` printed nothing on stdout for a run Slurm stopped."""
+    from flowkit.progress import Progress, StopFlag, Stopped
+
+    stop = StopFlag()
+
+    class StopAfterFirstVideo(Progress):
+        def _changed(self, task):
+            if task.description == "videos" and task.completed:
+                stop.set("terminated")
+
+    videos, classes = items
+    with pytest.raises(Stopped) as stopped:
+        extract(videos, tmp_path / "s", _config(), classes=classes,
+                progress=StopAfterFirstVideo(), stop=stop)
+    summary = stopped.value.summary
+    assert summary.interrupted and summary.stopped == "terminated"
+    done = [r.key for r in summary.results if r.status == "done"]
+    assert 1 <= len(done) < len(videos) and summary.not_started == len(videos) - len(done)
+    # (a video committed while the stop came may be in the store without its result)
+    assert set(done) <= set(FlowStore(tmp_path / "s").keys())
+    d = summary.to_dict()
+    assert d["interrupted"] is True and d["done"] == len(done)
+    assert extract(videos, tmp_path / "s", _config(), classes=classes).interrupted is False
 
 
 def test_a_finished_video_named_to_the_old_limit_is_skipped_not_failed(sample_videos, tmp_path,

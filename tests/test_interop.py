@@ -1312,3 +1312,23 @@ def _raw_blob(path: Path, name: str, index: int) -> bytes:
 
     with h5py.File(path, "r") as f:
         return bytes(f[name][index])
+
+
+def test_cli_summary_prints_bracketed_names_as_they_are():
+    """Sources, reasons, notes and the output folder print as they are: rich markup ate
+    "[HD]" and raised MarkupError on "[/b]"."""
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli.interop import _finish
+
+    console = Console(file=io.StringIO(), width=250, no_color=True)
+    d = {"done": 1, "skipped": 0, "failed": 1, "seconds": 0.5, "notes": ["see [b]x[/b]"],
+         "videos": [{"key": "run/a", "source": "run/a [HD]", "status": "failed",
+                     "reason": "missing [/b] frames"}]}
+    with pytest.raises(SystemExit):
+        _finish(console, d, "out [v2]", as_json=False)
+    out = console.file.getvalue()
+    for text in ("-> out [v2]", "failed: run/a [HD]: missing [/b] frames", "note: see [b]x[/b]"):
+        assert text in out, (text, out)

@@ -8,7 +8,7 @@ import pytest
 
 from flowkit.errors import FlowkitError
 from flowkit.labels import (VideoItem, parse_split_list, read_class_index, read_split_list,
-                            scan_videos, walk_directories)
+                            read_split_lists, scan_videos, walk_directories)
 
 
 def touch(root: Path, *relatives: str) -> None:
@@ -82,6 +82,27 @@ def test_ucf101_test_list_takes_labels_from_folders(ucf):
     ]
 
 
+def test_several_split_lists_give_the_union_of_their_videos(ucf, tmp_path):
+    """trainlist01 + testlist01: every video once (Archery_g01 is in both), in list order, labelled
+    with the classInd.txt beside them; lists beside two different class indexes are refused."""
+    root, lists = ucf
+    items, classes = read_split_lists([lists / "trainlist01.txt", lists / "testlist01.txt"], root)
+    assert classes == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+    assert [(i.key, i.label) for i in items] == [
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", 0), ("Archery/v_Archery_g01_c01", 2),
+        ("Archery/v_Archery_g99_c09", 2), ("ApplyLipstick/v_ApplyLipstick_g01_c01", 1)]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "classInd.txt").write_text("1 Archery\n2 ApplyLipstick\n3 ApplyEyeMakeup\n")
+    (other / "testlist01.txt").write_text("Archery/v_Archery_g01_c01.avi\n")
+    with pytest.raises(FlowkitError, match="beside different class indexes.*--class-index"):
+        read_split_lists([lists / "trainlist01.txt", other / "testlist01.txt"], root)
+    (other / "testlist01.txt").write_text("Archery/v_Archery_g01_c01.mp4\n")  # .avi in the other
+    with pytest.raises(FlowkitError, match="'Archery/v_Archery_g01_c01' is .*fix one of the lists"):
+        read_split_lists([lists / "trainlist01.txt", other / "testlist01.txt"], root,
+                         class_index=lists / "classInd.txt")
+
+
 def test_split_list_without_class_index_uses_sorted_folders(ucf):
     root, lists = ucf
     (lists / "classInd.txt").unlink()
@@ -105,6 +126,9 @@ def test_split_list_classes_leave_out_hidden_folders(ucf):
 @pytest.mark.parametrize("line, message", [
     ("ApplyEyeMakeup/v_a.avi 1 extra", r"trainlist01.txt:2: expected '<class>/<video> \[label\]'"),
     ("ApplyEyeMakeup/v_a.avi one", r"trainlist01.txt:2: label 'one' is not a 1-based class id"),
+    # one space: two fields, but one path, not a path and a label
+    ("ApplyEyeMakeup/my clip.avi", r"trainlist01.txt:2: .*paths with spaces are not supported"),
+    ("ApplyEyeMakeup/my.take 2.avi", r"trainlist01.txt:2: .*paths with spaces are not supported"),
     ("ApplyEyeMakeup/v_a.avi 0", r"trainlist01.txt:2: label '0' is not a 1-based class id"),
     ("ApplyEyeMakeup/v_a.avi 4", r"trainlist01.txt:2: label 4 is out of range 1..3"),
     ("ApplyEyeMakeup/v_a.avi 3", r"trainlist01.txt:2: label 3 is class 'Archery' but the video is "
@@ -148,6 +172,8 @@ def test_parse_split_list_entries(tmp_path):
         parse_split_list(lst)
     with pytest.raises(FlowkitError, match="does not exist"):
         parse_split_list(tmp_path / "missing.txt")
+    with pytest.raises(FlowkitError, match=r"split list .* is a directory; give the list file"):
+        parse_split_list(tmp_path)
 
 
 def test_walk_directories_enters_each_real_directory_once(tmp_path):

@@ -487,3 +487,17 @@ def test_cli_passes_the_learning_rate_through(sample_videos, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "m.pt", weights_only=True)["config"]["lr"] == 0.01
+
+
+def test_cli_prints_bracketed_names_as_they_are(tmp_path):
+    """Video and checkpoint names with brackets print as they are: rich markup made "skipping
+    b/dog [live].mp4" read "skipping b/dog .mp4", and a "[/b]" raised MarkupError (exit 1)."""
+    root = _folder_with_a_broken_video(tmp_path / "vids [HD]")
+    (root / "dog [live] [").mkdir()  # the class and file names make "[/b]"
+    (root / "b" / "broken.mp4").rename(root / "dog [live] [" / "b].mp4")
+    out = tmp_path / "motionnet [a].pt"
+    result = CliRunner(env={"COLUMNS": "500"}).invoke(main, _tiny_args(
+        root, out, "--epochs", "1", "--steps-per-epoch", "1"))
+    assert result.exit_code == 0, result.output
+    assert "skipping dog [live] [/b].mp4: " in result.output, result.output
+    assert f"from {root}" in result.output and f"--weights {out}`" in result.output

@@ -59,6 +59,7 @@ import contextlib
 import gc
 import os
 import platform
+import re
 import resource
 import statistics
 import threading
@@ -235,13 +236,25 @@ def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | Non
     from ..flow.registry import execution_options
 
     options = execution_options(name, backend, compile)
-    engine = create_engine(name, device=device, **params, **options)
+    try:
+        engine = create_engine(name, device=device, **params, **options)
+    except FlowkitError as exc:  # same error type, its hint in the benchmark's options
+        exc.args = (weights_as_param(str(exc), name),) + exc.args[1:]
+        raise
     record = dict(engine.describe()["params"])
     label = f"{name} (compiled)" if options.get("compile") else name
     if options.get("compile"):
         record["compile"] = True
     return Method(label, engine, str(engine.device), record, extra={"backend": engine.backend},
                   compile=bool(options.get("compile")))
+
+
+def weights_as_param(message: str, name: str) -> str:
+    """An engine's ``message`` in the benchmark's terms: engines tell how to pass a checkpoint
+    with ``flowkit extract``'s option (`flowkit extract --method motionnet --weights FILE`), which
+    the benchmark lacks; it takes the file as ``--param motionnet:weights=FILE``."""
+    return re.sub(r"`?flowkit extract (?:--method \S+ )?--weights ([^\s`]+)`?",
+                  lambda m: f"`--param {name}:weights={m.group(1)}`", message)
 
 
 # ----------------------------------------------------------------------------------------- datasets

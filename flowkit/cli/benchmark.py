@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..bench import harness
@@ -36,12 +37,14 @@ def results_table(results: list[dict[str, Any]]) -> Table:
     """The rich table: one row per method."""
     first = results[0]
     m = first["machine"]
-    title = (f"{first['dataset']} {first['size']}, {first['pairs']} pairs, {first['repeats']} "
-             f"repeats")
-    caption = (f"{m['cpu']}, {m['cores']} cores, torch {first['versions']['torch']} "
-               f"({m['torch_threads']} threads), OpenCV {first['versions']['opencv']} "
-               f"({m['opencv_threads']} threads)" + (f", {m['gpu']}" if m.get("gpu") else "")
-               + f"; load {m['loadavg_1m']}")
+    # Title and caption are rich markup: the names in them come from outside (a CPU or GPU model,
+    # a dataset), escaped so that brackets in them print as they are.
+    title = escape(f"{first['dataset']} {first['size']}, {first['pairs']} pairs, "
+                   f"{first['repeats']} repeats")
+    caption = escape(f"{m['cpu']}, {m['cores']} cores, torch {first['versions']['torch']} "
+                     f"({m['torch_threads']} threads), OpenCV {first['versions']['opencv']} "
+                     f"({m['opencv_threads']} threads)" + (f", {m['gpu']}" if m.get("gpu") else "")
+                     + f"; load {m['loadavg_1m']}")
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     for name, justify in [("method", "left"), ("device", "left"), ("backend", "left"),
                           ("batch", "right"),
@@ -189,7 +192,9 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
     console.print(results_table(results))
     for r in results:
         if r["status"] != "ok":
-            console.print(f"{r['method']} {r['status']}: {r['reason']}", highlight=False)
+            # Plain text: reasons quote install hints (pip install -e .[cuda12]) and errors.
+            console.print(f"{r['method']} {r['status']}: {r['reason']}", highlight=False,
+                          markup=False)
     m = results[0]["machine"]
     load = max((v for v in (m["loadavg_1m"], m["loadavg_1m_end"]) if v is not None), default=None)
     if load is not None and m["cores"] and load > 0.5 * m["cores"]:
@@ -201,7 +206,8 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
         click.echo(json.dumps(results, indent=2, allow_nan=False))
     elif json_out:
         Path(json_out).write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-        console.print(f"results written to {json_out}", highlight=False)
+        console.print(f"results written to {json_out}", highlight=False, markup=False)
     if plot_out:
-        console.print(f"plot written to {plot_results(results, plot_out)}", highlight=False)
+        console.print(f"plot written to {plot_results(results, plot_out)}", highlight=False,
+                      markup=False)
     raise SystemExit(EXIT_PARTIAL if any(r["status"] != "ok" for r in results) else EXIT_OK)

@@ -60,6 +60,7 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_mi
       flowkit evaluate run/ other_store/ --clips 1 --crops 1 --json
     """
     from rich.console import Console
+    from rich.markup import escape
 
     import contextlib
 
@@ -89,13 +90,13 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_mi
         return
     r = result.report
     for note in r["notes"]:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     top5 = f", top-5 {100 * r['top5']:.2f}%" if r["top5"] is not None else ""
     console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold]{top5}, "
                   f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "
                   f"{r['num_videos']} videos ({r['split']}; {_held_out(r)}), {r['views']} views "
                   f"each ({r['clips']} clips x {r['crops']} crops), {r['videos_per_s']:.1f} "
-                  f"videos/s -> {result.out_dir}", highlight=False, soft_wrap=True)
+                  f"videos/s -> {escape(str(result.out_dir))}", highlight=False, soft_wrap=True)
     if r["training_videos"]:
         console.print("note: videos the model was trained on score higher than new ones; for a "
                       "held-out score train with a validation split (--val-fraction, --val-list) "

@@ -10,30 +10,31 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .. import distributed
 from ..errors import EngineError, FlowkitError
 from ..extract import ExtractConfig, ExtractSummary, extract
 from ..flow import check_engine_params, engine_parameters, list_engines
-from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_list, scan_videos
-from ..progress import Progress, StopFlag
+from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_lists, scan_videos
+from ..progress import Progress, StopFlag, Stopped
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import (BACKENDS, backend_option, parse_device, parse_params, parse_size,
                       refuse_option_params)
 from .progress import RichProgress, stop_on_signals
 
 
-def _items(video_dir: Path, split_list: Path | None, class_index: Path | None,
+def _items(video_dir: Path, split_lists: tuple[Path, ...], class_index: Path | None,
            notes: list[str]):
-    if video_dir.is_file() and not split_list:
+    if video_dir.is_file() and not split_lists:
         return [_single_video(video_dir)], []
     if not video_dir.exists():
         raise FlowkitError(f"{video_dir}: no such file or directory; give a folder of videos "
                            "(VIDEO_DIR/<class>/<video>.mp4) or one video file")
     if not video_dir.is_dir():
         raise FlowkitError(f"{video_dir}: not a directory of videos")
-    if split_list:
-        return read_split_list(split_list, video_dir, class_index)
+    if split_lists:
+        return read_split_lists(split_lists, video_dir, class_index)
     items, classes = scan_videos(video_dir, notes=notes)
     if not items:
         raise FlowkitError(f"{video_dir}: no video files found (looked for .mp4, .avi, .mkv, ...)")
@@ -74,7 +75,7 @@ def _annotated(items, annotations: Path, label_map: Path | None, console: Consol
     match = match_annotations(annotations, [i.key for i in items], kind="videos",
                               label_map=label_map)
     for line in match.report():
-        console.print(f"labels: {line}", highlight=False, soft_wrap=True)
+        console.print(f"labels: {line}", highlight=False, soft_wrap=True, markup=False)
     kept = [replace(i, label=match.labels[i.key][0], label_name=match.labels[i.key][1])
             for i in items if i.key in match.labels]
     if not kept:
@@ -131,21 +132,24 @@ def _print_summary(console: Console, summary) -> None:
                   f"the store){held}, "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
                   f"{d['pairs']} frame pairs in {d['seconds']:.1f} s{rate} with {d['method']} "
-                  f"({d['backend']} backend) -> {d['store']}", highlight=False, soft_wrap=True)
+                  f"({d['backend']} backend) -> {escape(d['store'])}", highlight=False, soft_wrap=True)
     for r in summary.ranks:
         console.print(f"  rank {r['rank']}: {r['done']} done, {r['skipped']} skipped, "
                       f"{r['failed']} failed, {r['pairs']} pairs in {r['seconds']:.1f} s",
                       highlight=False)
     for r in summary.results:
         if r.status == "failed":
-            console.print(f"  failed: {r.reason}", highlight=False, soft_wrap=True)
+            console.print(f"  failed: {r.reason}", highlight=False, soft_wrap=True,
+                          markup=False)  # names and reasons as they are: no rich markup
         elif r.status == "done" and r.reason:
-            console.print(f"  {r.key}: {r.reason}", highlight=False, soft_wrap=True)
+            console.print(f"  {r.key}: {r.reason}", highlight=False, soft_wrap=True,
+                          markup=False)
     if summary.stopped:
-        console.print(f"[red]stopped early[/red]: {summary.stopped} ({summary.not_started} videos "
+        console.print(f"[red]stopped early[/red]: {escape(summary.stopped)} "
+                      f"({summary.not_started} videos "
                       "not started)", highlight=False, soft_wrap=True)
     for note in summary.notes:
-        console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"  note: {note}", highlight=False, soft_wrap=True, markup=False)
 
 
 @click.command("extract", short_help=summary("extract"))
@@ -192,10 +196,13 @@ def _print_summary(console: Console, summary) -> None:
 @click.option("--max-memory", default="4G", show_default=True, metavar="SIZE",
               help="Memory for the engine's batches, all workers together (e.g. 2G, 512M, none): "
                    "large frames get fewer pairs per call. TV-L1 needs ~0.5 GB per 1080p pair.")
-@click.option("--split-list", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a scan.")
-@click.option("--class-index", type=click.Path(exists=True, path_type=Path), default=None,
-              help="classInd.txt for --split-list (found next to the list by default).")
+@click.option("--split-list", "split_lists", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a "
+                   "scan; repeatable (the videos of all the lists, one class index).")
+@click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="classInd.txt for --split-list (found next to the lists by default).")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None,
               help="Labels from a Kinetics CSV or an mmaction2 video list (path label); only "
@@ -219,7 +226,7 @@ def _print_summary(console: Console, summary) -> None:
 @handle_errors
 def command(video_dir, store, method, backward, params, weights, device, backend, compile, size,
             step, max_frames, flow_codec, rgb_codec, lossless, rgb, batch, workers, max_memory,
-            split_list, class_index, annotations, label_map, shard, redo, redo_mismatched,
+            split_lists, class_index, annotations, label_map, shard, redo, redo_mismatched,
             plan_only, as_json):
     """Compute motion features for every video under VIDEO_DIR (or one video file) into the store
     given with -o.
@@ -262,7 +269,7 @@ def command(video_dir, store, method, backward, params, weights, device, backend
                            redo_mismatched=redo_mismatched,
                            max_memory=_bytes(max_memory))
     scan_notes: list[str] = []
-    items, classes = _items(video_dir, split_list, class_index, scan_notes)
+    items, classes = _items(video_dir, split_lists, class_index, scan_notes)
     console = Console(stderr=True)
     for note in scan_notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
@@ -277,9 +284,14 @@ def command(video_dir, store, method, backward, params, weights, device, backend
         return
     stop = StopFlag()
     bars = RichProgress(console) if main else contextlib.nullcontext(Progress())
-    with bars as progress, stop_on_signals(stop, console, "the current chunk"):
-        result = extract(items, store, config, classes=classes, shard=shard_tuple,
-                         progress=progress, stop=stop)
+    try:
+        with bars as progress, stop_on_signals(stop, console, "the current chunk"):
+            result = extract(items, store, config, classes=classes, shard=shard_tuple,
+                             progress=progress, stop=stop)
+    except Stopped as exc:
+        if main:
+            _report_stop(console, exc, as_json)
+        raise  # handle_errors: the line saying how to resume, exit 130 (Ctrl-C) or 143 (SIGTERM)
     parts = distributed.gather(result)
     distributed.shutdown()
     code = max(EXIT_PARTIAL if part.count("failed") or part.stopped else EXIT_OK for part in parts)
@@ -293,14 +305,33 @@ def command(video_dir, store, method, backward, params, weights, device, backend
     sys.exit(max(code, EXIT_PARTIAL if result.stopped else EXIT_OK))
 
 
+def _report_stop(console: Console, stopped: Stopped, as_json: bool) -> None:
+    """What a run stopped by Ctrl-C or SIGTERM finished: the summary, and with ``--json`` its JSON
+    (``"interrupted": true``), so that a script or a Slurm job cut at its time limit learns what is
+    in the store. Rank 0's videos only: under torchrun the ranks stop without gathering."""
+    result = getattr(stopped, "summary", None)  # None: stopped before the videos started
+    if result is None:
+        return
+    _print_summary(console, result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+
+
 def _print_plan(console: Console, items, store: Path, config: ExtractConfig, shard, as_json: bool,
                 main: bool) -> None:
     """``--plan``: per shard its video count, expected frame pairs and videos already in the store
-    (stderr), and one ``RANK<TAB>KEY<TAB>EXPECTED`` line per video (stdout; --json: the plan)."""
+    (stderr), and one ``RANK<TAB>KEY<TAB>EXPECTED`` line per video (stdout; --json: the plan).
+    ``--shard K/N`` under torchrun: share K split over the job's ranks, as the run would split it
+    (:func:`flowkit.extract.shard_items`)."""
     from ..extract import finished_keys, shard_from_env, shard_plan
 
-    count = shard[1] if shard else shard_from_env()[1]
+    world = shard_from_env()[1]
+    count = shard[1] if shard else world
     plan = shard_plan(items, config, count)
+    share_of = ""
+    if shard and world > 1:  # an array task run by torchrun: its ranks split share K again
+        plan, count = plan.subplan(shard[0], world), world
+        share_of = f"share {shard[0]}/{shard[1]} "
     distributed.shutdown()
     if not main:
         return
@@ -309,7 +340,7 @@ def _print_plan(console: Console, items, store: Path, config: ExtractConfig, sha
     total = max(sum(plan.costs.values()), 1)
     for r in range(count):
         share = plan.share(r)
-        console.print(f"rank {r}: {len(share)} videos, {plan.load(r)} {unit} "
+        console.print(f"{share_of}rank {r}: {len(share)} videos, {plan.load(r)} {unit} "
                       f"({100 * plan.load(r) / total:.1f}%), "
                       f"{sum(item.key in done for item in share)} already in the store",
                       highlight=False)

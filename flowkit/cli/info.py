@@ -6,6 +6,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..conventions import is_backward
@@ -23,18 +24,25 @@ def _human_bytes(n: int) -> str:
 
 
 def _table(s: dict) -> Table:
-    table = Table(title=f"flowkit store {s['path']}", show_header=False, title_justify="left")
+    table = Table(title=escape(f"flowkit store {s['path']}"), show_header=False,
+                  title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("format", f"{s['format']} v{s['version']}")
-    table.add_row("videos", str(s["videos"]))
+
+    def row(name: str, value: str) -> None:
+        # Cells are rich markup: the values name folders, classes and engines, escaped so that
+        # "cat [HD]" prints as it is.
+        table.add_row(name, escape(value))
+
+    row("format", f"{s['format']} v{s['version']}")
+    row("videos", str(s["videos"]))
     classes = s["classes"]["names"]
-    table.add_row("classes", f"{len(classes)}" + (f" ({', '.join(classes[:8])}"
-                                                  f"{', ...' if len(classes) > 8 else ''})" if classes else ""))
-    table.add_row("frames", f"{s['frames']} ({s['rgb_frames']} RGB stored)")
+    row("classes", f"{len(classes)}" + (f" ({', '.join(classes[:8])}"
+                                        f"{', ...' if len(classes) > 8 else ''})" if classes else ""))
+    row("frames", f"{s['frames']} ({s['rgb_frames']} RGB stored)")
     if s.get("rgb_codec"):
-        table.add_row("rgb", f"{', '.join(s['rgb_codec'])}; "
-                             f"{_human_bytes(s['bytes_per_rgb_frame'])} per frame")
+        row("rgb", f"{', '.join(s['rgb_codec'])}; "
+                   f"{_human_bytes(s['bytes_per_rgb_frame'])} per frame")
     for name, pairs in s["flow_pairs"].items():
         eng = s["engines"].get(name, {})
         quant = ", ".join(s["quantization"].get(name, []))
@@ -42,18 +50,18 @@ def _table(s: dict) -> Table:
         backends = "/".join(s.get("backends", {}).get(name, []))
         per_pair = s.get("bytes_per_flow_pair", {}).get(name)
         seen = s.get("max_error_seen", {}).get(name)
-        table.add_row(f"flow/{name}", f"{pairs} pairs, {quant}"
-                      + (f", {_human_bytes(per_pair)} per pair" if per_pair else "")
-                      + (f", largest coding error {seen:.3g} px" if seen else "")
-                      + f"; {eng.get('engine')} v{eng.get('version')} ({params})"
-                      + (f"; computed with {backends}" if backends else "")
-                      + ("; backward flow, frame t+1 -> t" if is_backward(name) else ""))
-    table.add_row("sizes", ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()))
-    table.add_row("on disk", _human_bytes(s["bytes"]))
+        row(f"flow/{name}", f"{pairs} pairs, {quant}"
+            + (f", {_human_bytes(per_pair)} per pair" if per_pair else "")
+            + (f", largest coding error {seen:.3g} px" if seen else "")
+            + f"; {eng.get('engine')} v{eng.get('version')} ({params})"
+            + (f"; computed with {backends}" if backends else "")
+            + ("; backward flow, frame t+1 -> t" if is_backward(name) else ""))
+    row("sizes", ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()))
+    row("on disk", _human_bytes(s["bytes"]))
     if s.get("partials"):
-        table.add_row("in progress", f"{s['partials']} partial files (redone on the next run)")
+        row("in progress", f"{s['partials']} partial files (redone on the next run)")
     for w in s["warnings"]:
-        table.add_row("warning", w)
+        row("warning", w)
     return table
 
 
@@ -90,5 +98,5 @@ def command(store, as_json, validate, deep):
         console.print(_table(summary))
         if validate:
             console.print("valid" if not problems else "\n".join(f"problem: {p}" for p in problems),
-                          highlight=False)
+                          highlight=False, markup=False)
     sys.exit(EXIT_PARTIAL if problems else EXIT_OK)

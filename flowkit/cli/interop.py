@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from ..conventions import backward_name
 from ..interop import ExportConfig, ImportConfig, export_rawframes, import_rawframes
@@ -46,13 +47,13 @@ def import_group():
 def _finish(console: Console, d: dict, what: str, as_json: bool) -> None:
     console.print(f"[bold]{d['done']} done[/bold], {d['skipped']} skipped, "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/] in "
-                  f"{d['seconds']:.1f} s -> {what}", highlight=False)
+                  f"{d['seconds']:.1f} s -> {escape(what)}", highlight=False)
     for video in d["videos"]:
         if video["status"] == "failed":
             console.print(f"  failed: {video.get('source', video['key'])}: {video['reason']}",
-                          highlight=False, soft_wrap=True)
+                          highlight=False, soft_wrap=True, markup=False)
     for note in d["notes"]:
-        console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"  note: {note}", highlight=False, soft_wrap=True, markup=False)
     if as_json:
         click.echo(json.dumps(d, indent=2))
     sys.exit(EXIT_PARTIAL if d["failed"] else EXIT_OK)
@@ -115,7 +116,7 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
         d["notes"].append(f"{len(d['unlabelled'])} unlabelled videos are left out of the lists, "
                           f"e.g. {d['unlabelled'][0]}")
     for path in d["lists"]:
-        console.print(f"  wrote {path}", highlight=False, soft_wrap=True)
+        console.print(f"  wrote {path}", highlight=False, soft_wrap=True, markup=False)
     _finish(console, d, str(out_dir), as_json)
 
 
@@ -173,7 +174,7 @@ def import_rawframes_command(rawframes_dir, store, annotations, label_map, bound
     with RichProgress(console) as progress, stop_on_signals(stop, console, "the current videos"):
         result = import_rawframes(rawframes_dir, store, config, progress=progress, stop=stop)
     for line in result.labels:
-        console.print(f"  labels: {line}", highlight=False, soft_wrap=True)
+        console.print(f"  labels: {line}", highlight=False, soft_wrap=True, markup=False)
     d = result.to_dict()
     if rgb and d["frames"]:
         kept = d["rgb_kept_as_is"]

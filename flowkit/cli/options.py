@@ -79,6 +79,26 @@ def parse_device(text: str) -> str:
     return text
 
 
+def parse_present_device(text: str) -> str:
+    """``--device`` of a command that computes on it itself, with no engine to check it (``flowkit
+    train-flow``): :func:`parse_device`, then the device must be on this machine: CUDA available
+    and ``cuda:N`` one of its GPUs. One line, exit 2, before anything is read or created (torch
+    would fail at the first tensor moved, with a traceback)."""
+    device = parse_device(text)
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        raise FlowkitError(f"--device {device}: CUDA is not available here "
+                           "(torch.cuda.is_available() is False); use --device cpu")
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise FlowkitError(f"--device {device}: this machine has {count} CUDA device(s); use "
+                           f"cuda:0 to cuda:{count - 1}")
+    return device
+
+
 def check_output_file(option: str, path: str | Path) -> None:
     """Before any work: ``path`` can be written as a file, its folder existing and no folder of
     that name in the way (the write at the end would fail with a traceback, the work lost)."""

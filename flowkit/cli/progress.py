@@ -47,8 +47,10 @@ class RichProgress(Progress):
         if every is None:
             every = plain_every(console)
         self.lines = LineProgress(console.file, every=every) if self.plain else None
-        self.bars = _RichBars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+        # Descriptions and fields are data, shown as they are (no rich markup; see log).
+        self.bars = _RichBars(TextColumn("{task.description}", markup=False), BarColumn(),
+                              MofNCompleteColumn(), TextColumn("{task.fields[info]}", markup=False),
+                              TimeElapsedColumn(),
                               TextColumn("{task.fields[eta]}"), console=console,
                               transient=transient, disable=self.plain)
         self._ids: dict[int, int] = {}
@@ -61,7 +63,9 @@ class RichProgress(Progress):
         self.bars.__exit__(*exc)
 
     def log(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
+        # Plain text, never rich markup: the lines carry file names and reasons ("dog [live].mp4",
+        # a closing "[/b]" would even raise MarkupError), printed as they are.
+        self.console.print(message, highlight=False, soft_wrap=True, markup=False)
 
     def _started(self, task: Task) -> None:
         if self.plain:

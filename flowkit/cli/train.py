@@ -177,7 +177,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
         console = Console(stderr=True, soft_wrap=True, quiet=True)
 
     def log(msg: str) -> None:
-        console.print(f"note: {msg}", highlight=False)
+        console.print(f"note: {msg}", highlight=False, markup=False)  # names as they are
 
     def bars():
         return (RichProgress(console, transient=True) if main
@@ -206,11 +206,11 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                   f"{cfg.size}x{cfg.size}"
                   + (f", {trainer.world_size} ranks of {cfg.batch_size // trainer.world_size} "
                      "clips per step" if trainer.world_size > 1 else "")
-                  + f" -> {out}", highlight=False, soft_wrap=True)
+                  + f" -> {out}", highlight=False, soft_wrap=True, markup=False)
     _warn_small_split(console, cfg, trainer)
     if trainer.init_report is not None:
         console.print(f"initialised from {cfg.init}: {_init_summary(trainer.init_report)}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     stop = StopFlag()
     try:
         with stop_on_signals(stop, console, "the current step and saving it"), \
@@ -220,7 +220,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
     except KeyboardInterrupt:
         console.print(f"{stop.reason or 'interrupted'}; {out / 'checkpoints' / 'last.pt'} holds the "
                       "last saved state; continue with the same command plus --resume",
-                      highlight=False)
+                      highlight=False, markup=False)
         sys.exit(stop_exit_code(stop))
     _summary(console, result, cfg, out)
     if as_json and main:
@@ -267,19 +267,23 @@ def _init_summary(report: dict) -> str:
 
 
 def _summary(console, result, cfg: TrainConfig, out: Path) -> None:
+    from rich.markup import escape
+
     ckpt = out / "checkpoints"
     if result.interrupted:
         console.print(f"stopped at step {result.global_step} ({result.epochs_done} epochs finished); "
                       f"saved to {ckpt / 'last.pt'}; continue with the same command plus --resume",
-                      highlight=False)
+                      highlight=False, markup=False)
         return
     if result.start_epoch >= cfg.epochs:
         console.print(f"{out} already finished its {result.epochs_done} epochs; pass a larger "
-                      "--epochs with --resume to train longer", highlight=False)
+                      "--epochs with --resume to train longer", highlight=False, markup=False)
         return
     best = ("" if result.best_metric is None else
             f"; best {'val top-1' if result.history[-1]['val_top1'] is not None else 'train acc'} "
-            f"{100 * result.best_metric:.1f}% at epoch {result.best_epoch} -> {ckpt / 'best.pt'}")
+            f"{100 * result.best_metric:.1f}% at epoch {result.best_epoch} -> "
+            f"{escape(str(ckpt / 'best.pt'))}")
     console.print(f"[bold]done[/bold]: {result.epochs_done} epochs, {result.global_step} steps in "
-                  f"{result.seconds:.1f} s{best}; evaluate with `flowkit evaluate {out}`",
+                  f"{result.seconds:.1f} s{best}; evaluate with `flowkit evaluate "
+                  f"{escape(str(out))}`",
                   highlight=False, soft_wrap=True)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import FlowkitError
 from ..progress import StopFlag
 from . import handle_errors, stop_exit_code
-from .options import parse_size
+from .options import parse_present_device, parse_size
 from .progress import RichProgress, stop_on_signals
 
 
@@ -47,8 +46,8 @@ def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch
       flowkit train-flow motionnet videos/ --out motionnet.pt
       flowkit extract videos/ -o store/ --method motionnet --weights motionnet.pt
     """
-    import torch
     from rich.console import Console
+    from rich.markup import escape
 
     from ..train.motionnet import (ClipSource, finished_steps, resolve_config, sample_eval_set,
                                    train)
@@ -60,21 +59,21 @@ def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch
                         ("--steps-per-epoch", steps_per_epoch), ("--batch", batch)):
         if value is not None and value < 1:
             raise click.BadParameter(f"must be >= 1, got {value}", param_hint=name)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowkitError(f"--device {device}: CUDA is not available; use --device cpu")
+    device = parse_present_device(device)
     config = resolve_config(out, resume, dict(num_frames=num_frames, width=width, size=hw,
                                               epochs=epochs, steps_per_epoch=steps_per_epoch,
                                               batch=batch, lr=lr, seed=seed))
     console = Console(stderr=True)
     data = ClipSource.from_path(source, config.size,
-                                on_warning=lambda msg: console.print(f"[yellow]{msg}[/yellow]",
-                                                                     highlight=False))
+                                on_warning=lambda msg: console.print(
+                                    f"[yellow]{escape(msg)}[/yellow]", highlight=False))
     eval_set = sample_eval_set(config.num_frames, config.size) if eval_samples else None
     done_steps = finished_steps(out) if resume else 0
     console.print(f"MotionNet M={config.num_frames} width={config.width} size="
                   f"{config.size[0]}x{config.size[1]} batch={config.batch} lr={config.lr} on "
                   f"{len(data.loaders)} videos from {source}"
-                  + (f"; resuming at step {done_steps}" if done_steps else ""), highlight=False)
+                  + (f"; resuming at step {done_steps}" if done_steps else ""), highlight=False,
+                  markup=False)
     started = time.perf_counter()
     stop = StopFlag()
     with stop_on_signals(stop, console, "the current epoch"), RichProgress(console) as progress:
@@ -84,12 +83,12 @@ def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch
     # A stop asked for during the last epoch comes after training finished: nothing to resume.
     if stop.is_set() and last.get("epoch", 0) < config.epochs:
         console.print(f"{stop.reason}: {out} holds the finished epochs; continue with the same "
-                      "command plus --resume", highlight=False)
+                      "command plus --resume", highlight=False, markup=False)
         sys.exit(stop_exit_code(stop))
     console.print(f"[bold]done[/bold]: {last.get('epoch', 0)} epochs, {last.get('step', 0)} steps, "
                   f"final loss {last.get('loss', float('nan')):.4f}, "
                   f"{time.perf_counter() - started:.1f} s; use it with `flowkit extract --method "
-                  f"motionnet --weights {out}`", highlight=False)
+                  f"motionnet --weights {escape(str(out))}`", highlight=False)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(out), "config": asdict(config),
                                "history": history}, indent=2))

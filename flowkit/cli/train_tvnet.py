@@ -14,7 +14,7 @@ from rich.console import Console
 
 from ..progress import StopFlag
 from . import handle_errors, stop_exit_code
-from .options import parse_size
+from .options import parse_present_device, parse_size
 from .progress import RichProgress, stop_on_signals
 
 
@@ -50,7 +50,7 @@ from .progress import RichProgress, stop_on_signals
 @click.option("--resume", is_flag=True,
               help="Continue from the checkpoint at --out if there is one, with its options (only "
                    "--epochs may change).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
 @handle_errors
@@ -67,6 +67,7 @@ def command(ctx, data, layout, unsupervised, pairs, size, scales, warps, iterati
     from ..flow.tvnet import TVNetConfig
     from ..train.tvnet import TVNetTrainConfig, fit, load_samples, saved_options
 
+    device = parse_present_device(device)
     if resume and out.is_file():
         # Options left out come from the checkpoint (given ones must match it: fit checks).
         given = dict(data=data, layout=layout, unsupervised=unsupervised, pairs=pairs, size=size,
@@ -89,7 +90,7 @@ def command(ctx, data, layout, unsupervised, pairs, size, scales, warps, iterati
                       args={"data": str(data), "layout": layout, "pairs": pairs, "size": size})
     if stop.is_set():
         console.print(f"{stop.reason}: {out} holds the finished epochs; continue with the same "
-                      "command plus --resume", highlight=False)
+                      "command plus --resume", highlight=False, markup=False)
         sys.exit(stop_exit_code(stop))
     if as_json:
         click.echo(json.dumps({"out": str(out), "epochs": history}))

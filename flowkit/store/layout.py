@@ -242,12 +242,32 @@ def create_store(root: Path, classes: list[str]) -> dict:
     return read_manifest(root)
 
 
+def class_order(root: Path, stored: Sequence[str], requested: Sequence[str]) -> list[str]:
+    """The class list a run that names ``requested`` classes labels its videos with in a store that
+    records ``stored``: the store's own whenever it names every requested class (in any order, or
+    some of them: a folder scan sorts ``HammerThrow`` before ``Hammering``, UCF101's classInd.txt
+    does not), so that the run labels by name with the store's ids; ``requested`` for a store
+    without classes (its videos are all unlabelled). A run that brings classes the store lacks
+    would need new ids: :class:`StoreError` naming the way out."""
+    if not stored:
+        return list(requested)
+    known = set(stored)
+    added = [name for name in requested if name not in known]
+    if added:
+        raise StoreError(f"{root} was created with {len(stored)} classes and this run has "
+                         f"{len(added)} it lacks ({added[:5]}); label ids would not match: pass "
+                         "the --split-list / --class-index the store was made with (or scan the "
+                         "same folder), or write a new store (-o NEW_STORE)")
+    return list(stored)
+
+
 def merge_classes(root: Path, manifest: dict, classes: Sequence[str] | None) -> dict:
     """Reconcile requested ``classes`` with the store's.
 
     Compatible means equal, or one side empty: a store without classes adopts the new list (its
     videos are all unlabelled, so no label id changes), and an empty request keeps the store's.
-    Anything else would silently renumber labels, so it is an error.
+    Anything else would silently renumber labels, so it is an error: a caller that labels by
+    name takes the store's order first (:func:`class_order`, as ``flowkit extract`` does).
     """
     old = manifest.get("classes", [])
     new = list(classes or [])
@@ -258,7 +278,8 @@ def merge_classes(root: Path, manifest: dict, classes: Sequence[str] | None) -> 
         diff = (f"new {added[:5]}, missing {missing[:5]}" if added or missing
                 else "same names, other order")
         raise StoreError(f"{root} was created with {len(old)} classes and this run has {len(new)} "
-                         f"({diff}); label ids would not match: use a new store or the same classes")
+                         f"({diff}); label ids would not match: use a new store or the store's "
+                         "classes in its order")
     manifest = dict(manifest, classes=new)
     atomic_write_json(root / MANIFEST, manifest)
     return manifest
