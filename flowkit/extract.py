@@ -45,7 +45,7 @@ from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store import guard
 from .store.compat import Request, compare_with_store
-from .store.layout import class_order, read_manifest
+from .store.layout import class_ids
 from .video import output_size, probe
 
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
@@ -598,21 +598,14 @@ def _summary(items: Sequence[VideoItem], results: list[VideoResult], store: Flow
 def store_labels(store_path, items: Sequence[VideoItem], classes: Sequence[str] | None
                  ) -> tuple[list[VideoItem], list[str] | None]:
     """``items`` and ``classes`` in the class order of the existing store at ``store_path``
-    (:func:`~flowkit.store.layout.class_order`): a run whose classes are the store's, in another
-    order or some of them, labels each video by its class name with the store's id, so that a
-    store made from a folder scan (sorted names) takes videos or flow listed by UCF101's
-    classInd.txt, and the other way round. Unchanged without a store or classes; StoreError for
-    classes the store lacks, before anything is computed."""
-    if classes is None or not (Path(store_path) / MANIFEST).is_file():
+    (:func:`~flowkit.store.layout.class_ids`): each video labelled by its class name with the
+    store's id. Unchanged without a store or classes; StoreError for classes the store lacks,
+    before anything is computed."""
+    classes, ids = class_ids(Path(store_path), classes)
+    if ids is None:
         return list(items), classes
-    order = class_order(Path(store_path), read_manifest(Path(store_path)).get("classes", []),
-                        classes)
-    if order == list(classes):
-        return list(items), order
-    index = {name: i for i, name in enumerate(order)}
-    ids = [index[name] for name in classes]  # this run's id -> the store's
     return [dataclasses.replace(item, label=ids[item.label] if item.label >= 0 else -1)
-            for item in items], order
+            for item in items], classes
 
 
 def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:

@@ -402,6 +402,27 @@ def test_train_and_val_lists_merge_when_val_lacks_a_class(exported, tmp_path):
 
 
 @pytest.mark.slow  # about 25 s: four processes, a short training run
+def test_import_into_a_store_of_another_class_order_labels_by_name(exported, tmp_path):
+    """An import into a store whose classes are the same names in another order (or some of
+    them) labels each video by its class name with the store's ids, as extract does; classes
+    the store lacks are refused before anything is written."""
+    rawframes = tmp_path / "raw"
+    shutil.copytree(exported, rawframes)
+    (rawframes / "label_map.txt").unlink()  # the folders' sorted names: jump, run
+    store = tmp_path / "store"
+    FlowStore(store, "a", classes=["run", "jump"]).close()
+    import_rawframes(rawframes, store, ImportConfig(flow=False))
+    with FlowStore(store) as fs:
+        assert fs.classes == ["run", "jump"]
+        labels = {k: m["label"] for k, m in fs.metas(fs.keys()).items()}
+    assert labels == {"jump/jump_0": 1, "jump/jump_1": 1, "run/run_0": 0, "run/run_1": 0}
+    other = tmp_path / "other"
+    FlowStore(other, "a", classes=["run", "walk"]).close()
+    with pytest.raises(FlowkitError, match=r"1 it lacks \(\['jump'\]\)"):
+        import_rawframes(rawframes, other, ImportConfig(flow=False))
+    assert FlowStore(other).keys() == []
+
+
 def test_training_errors_on_imported_videos_name_the_import(source_store, exported, tmp_path):
     """What a training set lacks on imported videos is added by `flowkit import rawframes`, so the
     error names it, not `flowkit extract --method NAME` (no engine makes imported flow, and a flow

@@ -71,6 +71,7 @@ from ..files import escape_name, walk_once
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
 from ..store.codecs import codec_spec
+from ..store.layout import class_ids
 from ..store.reading import IMPORTED_ATTR
 from ..version import __version__
 from .export import LABEL_MAP
@@ -322,6 +323,9 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
                            "HDF5 files found")
     label_notes: list[str] = []
     classes, match = label_sources(root, sources, config, label_notes)
+    classes, ids = class_ids(Path(store_path), classes)  # an existing store keeps its order
+    for source in sources.values() if ids is not None else ():
+        source.label = ids[source.label] if source.label >= 0 else -1
     summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes + label_notes)
     if match is not None:
         summary.labels = match.report()

@@ -242,23 +242,30 @@ def create_store(root: Path, classes: list[str]) -> dict:
     return read_manifest(root)
 
 
-def class_order(root: Path, stored: Sequence[str], requested: Sequence[str]) -> list[str]:
-    """The class list a run that names ``requested`` classes labels its videos with in a store that
-    records ``stored``: the store's own whenever it names every requested class (in any order, or
-    some of them: a folder scan sorts ``HammerThrow`` before ``Hammering``, UCF101's classInd.txt
-    does not), so that the run labels by name with the store's ids; ``requested`` for a store
-    without classes (its videos are all unlabelled). A run that brings classes the store lacks
-    would need new ids: :class:`StoreError` naming the way out."""
-    if not stored:
-        return list(requested)
-    known = set(stored)
-    added = [name for name in requested if name not in known]
+def class_ids(root: Path, requested: Sequence[str] | None
+              ) -> tuple[list[str] | None, list[int] | None]:
+    """``(classes, ids)`` for a run that labels its videos with ``requested`` class names (label
+    id i is ``requested[i]``) into the store at ``root``: ``classes`` the list to pass the store
+    and ``ids[i]`` the store's id of ``requested[i]``, ``ids`` None when the run's ids stand (no
+    store yet, a store without classes, the same list, no classes requested).
+
+    A store keeps its class list: a run naming every class it names, in another order or some of
+    them (a folder scan sorts ``HammerThrow`` before ``Hammering``, UCF101's classInd.txt does
+    not), labels by name with the store's ids. A run bringing classes the store lacks would need
+    new ids: :class:`StoreError` naming the way out."""
+    if not requested or not (root / MANIFEST).is_file():
+        return (list(requested) if requested is not None else None), None
+    stored = read_manifest(root).get("classes", [])
+    if not stored or list(stored) == list(requested):
+        return list(requested), None
+    added = [name for name in requested if name not in set(stored)]
     if added:
         raise StoreError(f"{root} was created with {len(stored)} classes and this run has "
                          f"{len(added)} it lacks ({added[:5]}); label ids would not match: pass "
-                         "the --split-list / --class-index the store was made with (or scan the "
-                         "same folder), or write a new store (-o NEW_STORE)")
-    return list(stored)
+                         "the --split-list / --class-index / --label-map the store was made with "
+                         "(or the same folder), or write a new store (-o NEW_STORE)")
+    index = {name: i for i, name in enumerate(stored)}
+    return list(stored), [index[name] for name in requested]
 
 
 def merge_classes(root: Path, manifest: dict, classes: Sequence[str] | None) -> dict:
@@ -267,7 +274,7 @@ def merge_classes(root: Path, manifest: dict, classes: Sequence[str] | None) -> 
     Compatible means equal, or one side empty: a store without classes adopts the new list (its
     videos are all unlabelled, so no label id changes), and an empty request keeps the store's.
     Anything else would silently renumber labels, so it is an error: a caller that labels by
-    name takes the store's order first (:func:`class_order`, as ``flowkit extract`` does).
+    name takes the store's order first (:func:`class_ids`, as extract and import do).
     """
     old = manifest.get("classes", [])
     new = list(classes or [])
