@@ -428,7 +428,8 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     finished once claimed is reported as finished by another process only where that meta lacked
     the flow (none given: the run knows nothing of the store and claims no such thing).
     ``should_stop()`` raises KeyboardInterrupt when the run must stop, in which
-    case the videos in flight are discarded cleanly and the interrupt propagates.
+    case the videos in flight are discarded cleanly and the interrupt propagates, after the
+    results of the videos committed meanwhile (every video the store holds gets its result).
     ``decode(item, opts) -> (VideoInfo, frames)`` replaces PyAV (:func:`decode_video`), e.g. to
     feed frames made in memory. ``redo``: keys whose finished file is replaced whole (RGB
     included), e.g. because it is damaged. Raises :class:`~flowkit.errors.StoreWriteError` when
@@ -472,7 +473,7 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
         yield from _drain(writer)
         if writer.fatal is not None:
             raise writer.fatal
-    except BaseException:
+    except BaseException as exc:
         for job in jobs:
             job.cancelled.set()
         try:
@@ -481,6 +482,11 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
                 writer.finish()
         except RuntimeError:  # the writer died: the original error says more
             pass
+        # The writer committed the videos whose end it had before the abort: their results go
+        # out too, or a stop's summary would count as not started videos the store holds. Not
+        # when the caller closed the generator (GeneratorExit): it takes nothing more.
+        if not isinstance(exc, GeneratorExit):
+            yield from _drain(writer)
         raise
     finally:
         for job in jobs:

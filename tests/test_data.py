@@ -452,6 +452,18 @@ def test_missing_flow_errors(tmp_path, tiny_store):
                     sampler=RandomClipSampler(2))
 
 
+def test_missing_flow_error_lists_the_flows_of_the_videos_lacking_it(tmp_path):
+    """Half the videos have backward flow: "they have" lists what the other half hold (tvl1),
+    not every flow in the store (which would claim they have the one they lack)."""
+    path = write_coded_store(tmp_path / "store", {"a/with": 4}, backward=True)
+    write_coded_store(path, {"a/without": 4})
+    with pytest.raises(FlowkitError) as err:
+        ClipDataset(path, inputs=("flow", "flow_backward"), sampler=RandomClipSampler(2))
+    message = str(err.value)
+    assert "1 of 2 videos have no backward flow 'tvl1_backward' (e.g. 'a/without')" in message
+    assert "they have: tvl1; add it with" in message
+
+
 def test_missing_rgb_errors(tmp_path):
     store = write_tiny_store(tmp_path / "norgb", rgb=False)
     with pytest.raises(FlowkitError, match=r"12 of 12 videos have no rgb frames.*--rgb") as err:

@@ -1,5 +1,7 @@
 """Every registered engine keeps the engine contract (one parametrised walk over the registry, as
 timm's tests do for models), and several engines write side by side into one store."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +35,20 @@ def test_engine_contract(name):
     json.dumps(described)  # recorded in the store: must be JSON-serialisable
     with pytest.raises(flowkit.EngineError):
         engine(frames[:2], frames[1:, :, :20])
+
+
+@pytest.mark.parametrize("name", sorted(set(flowkit.list_engines()) - NEEDS_WEIGHTS))
+def test_channels_last_frames_are_refused_with_the_permute(name):
+    """Frames as load_frames returns them, (T, H, W, 3), took H for the channels: "got 40"
+    said neither the shape nor the fix. (The cost volume checks both frames stacked: B 2.)"""
+    engine = flowkit.create_engine(name, **CHEAP.get(name, {}))
+    frames = torch.zeros(2, 40, 48, 3, dtype=torch.uint8)
+    with pytest.raises(flowkit.EngineError, match=r"got shape \(\d, 40, 48, 3\); they look "
+                                                  r"channels-last .*permute\(0, 3, 1, 2\)"):
+        engine(frames[:1], frames[1:])
+    two = torch.zeros(1, 2, 40, 48, dtype=torch.uint8)  # not channels-last: no permute advice
+    with pytest.raises(flowkit.EngineError, match=r"1 or 3 channels, got shape \(\d, 2, 40, 48\)$"):
+        engine(two, two)
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS_WEIGHTS))
@@ -80,6 +96,36 @@ def test_frames_in_zero_one_with_a_white_pixel_are_refused(name, weights):
         engine(frames[:1], frames[1:])
 
 
+def test_dark_float_frames_get_the_uint8_fix_beside_the_times_255_one():
+    """Float [0, 255] frames no brighter than 1 (a fade from black) read as [0, 1] frames; the
+    error cannot tell them apart, so it names both fixes: "multiply by 255" alone would have
+    turned them into bright frames. As uint8 they run."""
+    engine = flowkit.create_engine("tvl1", **CHEAP["tvl1"])
+    dark = torch.zeros(2, 3, 32, 32)
+    dark[..., 8:24, 8:24] = 1.0
+    dark[1] = dark[1].roll(2, -1)
+    with pytest.raises(flowkit.EngineError, match=r"if these are \[0, 1\] frames, multiply by 255 "
+                                                  r".*dark \[0, 255\] frames, pass them as uint8"):
+        engine(dark[:1], dark[1:])
+    as_uint8 = dark.to(torch.uint8)
+    assert engine(as_uint8[:1], as_uint8[1:]).shape == (1, 2, 32, 32)
+
+
+@pytest.mark.parametrize("name", sorted(set(flowkit.list_engines()) - NEEDS_WEIGHTS))
+def test_frames_that_require_grad_give_flow_without_a_torch_warning(name):
+    """Engine calls are inference only (no_grad, documented): frames that require grad give a
+    flow without gradient, and no warning from inside flowkit (the [0, 1] check converted a
+    tensor that requires grad to a number, which torch warns about)."""
+    engine = flowkit.create_engine(name, **CHEAP.get(name, {}))
+    frames = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(0)) * 255
+    frames.requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flow = engine(frames[:1], frames[1:])
+    assert flow.shape == (1, 2, 24, 32) and not flow.requires_grad
+    assert "Inference only" in type(engine).__call__.__doc__
+
+
 @pytest.mark.parametrize("name", sorted(flowkit.list_engines()))
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "meta"])
 def test_engines_refuse_a_device_they_cannot_run_on_when_created(name, device):
@@ -88,6 +134,14 @@ def test_engines_refuse_a_device_they_cannot_run_on_when_created(name, device):
     batch of a run."""
     with pytest.raises(flowkit.EngineError, match=f"device '{device}'.*cpu, cuda or cuda:N"):
         flowkit.create_engine(name, device=device, **CHEAP.get(name, {}))
+
+
+def test_cuda_where_there_is_none_names_the_fix_in_python_too(monkeypatch):
+    """create_engine is a library call: the fix is spelled for Python, not only as a CLI flag."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(flowkit.EngineError, match=r"CUDA is not available .*; use --device cpu "
+                                                  r"\(device=\"cpu\" in Python\)$"):
+        flowkit.create_engine("tvl1", device="cuda")
 
 
 def test_engines_write_side_by_side(sample_videos, tmp_path):

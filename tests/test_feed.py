@@ -337,6 +337,41 @@ def test_stop_discards_videos_in_flight_and_keeps_finished_ones(tmp_path):
                      should_stop=should_stop, decode=videos):
             done.append(r.key)
     assert store.keys() and set(store.keys()) <= {"a", "b", "c"}
+    assert set(done) == set(store.keys())  # every video committed has its result
+    assert not store.partials() and store.validate() == []
+
+
+def test_a_stop_yields_the_videos_the_writer_commits_after_it(tmp_path, monkeypatch):
+    """b's end is queued but the writer commits it only once the stop came (held here until
+    then): b is in the store, so its "done" result must come out before the interrupt. It stayed
+    in the writer's queue, and a stopped extract counted as not started a video it had written."""
+    from flowkit.feed import _Writer
+
+    videos = MemoryVideos({k: _frames(5, i) for i, k in enumerate("abcd")})
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    engine = RecordingEngine()
+    b_closing, stopping = threading.Event(), threading.Event()
+    close = _Writer._close
+
+    def held_close(self, job, exc):
+        if job.item.key == "b" and exc is None:
+            b_closing.set()
+            stopping.wait(timeout=30)
+        close(self, job, exc)
+
+    def should_stop():
+        if len(engine.calls) >= 3:  # b's 4 pairs were call 2, its end sent before c's call 3
+            b_closing.wait(timeout=30)
+            stopping.set()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Writer, "_close", held_close)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        for r in run(videos.items(), store, engine, FeedOptions(method="tvl1", batch=4),
+                     should_stop=should_stop, decode=videos):
+            done.append((r.key, r.status))
+    assert sorted(store.keys()) == ["a", "b"] and sorted(done) == [("a", "done"), ("b", "done")]
     assert not store.partials() and store.validate() == []
 
 

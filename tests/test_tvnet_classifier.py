@@ -218,7 +218,8 @@ def test_tvnet_weights_are_loaded_and_checked(tmp_path):
 
 
 def test_errors_are_actionable():
-    with pytest.raises(FlowkitError, match="built for clips of 4 frames"):
+    with pytest.raises(FlowkitError, match=r"built for clips of 4 frames, got 5 .*; create the "
+                                           r"model with frames=5 \(`--model-arg frames=5`\)$"):
         tiny()({"rgb": clip(t=5)})
     with pytest.raises(FlowkitError, match="at least 2 frames"):
         tiny(frames=1)

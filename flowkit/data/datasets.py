@@ -291,18 +291,21 @@ def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str]
     when it is new or changed since it was indexed)."""
     datasets = {"flow": flow_name, "flow_backward": backward_name(flow_name)}
     needed = [datasets[m] for m in inputs if m in datasets]  # the flow datasets the inputs read
-    info, no_rgb, no_pairs, have = {}, [], [], set()
+    info, no_rgb, no_pairs = {}, [], []
     no_flow: dict[str, list[str]] = {name: [] for name in needed}
+    # The flows of the videos lacking each needed one (not of all videos: the error says what
+    # *those* videos could train on instead).
+    have: dict[str, set[str]] = {name: set() for name in needed}
     metas = store.metas(keys)
     for key in keys:
         meta = metas[key] if key in metas else store.meta(key)  # unreadable: meta() says why
         flows = meta["flows"]
-        have.update(flows)
         if "rgb" in inputs and not meta["has_rgb"]:
             no_rgb.append(key)
         for name in needed:
             if name not in flows:
                 no_flow[name].append(key)
+                have[name].update(flows)
         if needed and meta["num_frames"] < 2 and all(name in flows for name in needed):
             no_pairs.append(key)
         flow = flows.get(flow_name) or flows.get(backward_name(flow_name))
@@ -312,7 +315,8 @@ def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str]
         if without:
             what = f"{'backward flow' if is_backward(name) else 'flow'} {name!r}"
             raise _missing_error(store, without, len(keys), what,
-                                 _missing_flow_fix(store, name, flow_name, have, without[0]))
+                                 _missing_flow_fix(store, name, flow_name, have[name],
+                                                   without[0]))
     if no_rgb:
         fix = (IMPORT_NO_RGB if store.imported(no_rgb[0]) else
                "the store was extracted with --no-rgb; extract into a new store with frames: "
@@ -335,8 +339,9 @@ IMPORT_NO_RGB = ("they were imported without RGB frames (their rawframes folders
 def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str],
                       example: str) -> str:
     """How to get flow dataset ``name`` (forward ``flow_name`` or its backward flow) that video
-    ``example`` and others lack: ``flowkit extract --method`` where an engine of that name makes
-    it, else (imported videos, a name no engine has) ``flowkit import rawframes``."""
+    ``example`` and others lack (``have``: the flows those videos hold): ``flowkit extract
+    --method`` where an engine of that name makes it, else (imported videos, a name no engine
+    has) ``flowkit import rawframes``."""
     from ..flow import ENGINES  # the error path only: the engines' modules are not needed else
 
     backward = is_backward(name)

@@ -30,7 +30,9 @@ def check_intensities(frames: torch.Tensor, name: str) -> None:
     """Frames must be real intensities in [0, 255]: uint8 (or another integer type), or float with
     finite values. Float frames whose largest value is in (0, 1] follow the [0, 1] convention
     (OpenCV's for float images, torchvision's ``to_tensor``) and would give flow far too small
-    (TV-L1's ``lambda_``, ``tau`` and ``epsilon`` are tuned for [0, 255]): an error, with the fix."""
+    (TV-L1's ``lambda_``, ``tau`` and ``epsilon`` are tuned for [0, 255]): an error, with the fix.
+    A guess: float [0, 255] frames no brighter than 1 (a fade from black) read the same, so the
+    error gives their fix too (pass them as uint8, which is never guessed at)."""
     dtype = frames.dtype
     if dtype == torch.bool or dtype.is_complex:
         raise EngineError(f"{name} has dtype {dtype}; frames are intensities in [0, 255] (uint8 or "
@@ -42,10 +44,13 @@ def check_intensities(frames: torch.Tensor, name: str) -> None:
         bad = int((~finite).sum())
         raise EngineError(f"{name} has {bad} NaN or infinite pixel value(s); flow of such frames "
                           "is undefined (replace them, e.g. torch.nan_to_num, or drop the pair)")
-    peak = float(frames.amax()) if frames.numel() else 0.0
+    # detach: frames that require grad would make torch warn about converting them to a number
+    peak = float(frames.detach().amax()) if frames.numel() else 0.0
     if 0.0 < peak <= 1.0:
         raise EngineError(f"{name} is float with values in [0, {peak:.3g}]: flowkit expects "
-                          "intensities in [0, 255]; multiply by 255 (frames * 255)")
+                          "intensities in [0, 255]; if these are [0, 1] frames, multiply by 255 "
+                          "(frames * 255); if they are dark [0, 255] frames, pass them as uint8 "
+                          "(frames.to(torch.uint8))")
 
 
 class FlowEngine:
@@ -110,7 +115,8 @@ class FlowEngine:
                               "engines run on cpu, cuda or cuda:N")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError(f"engine {self.name!r}: device {device!r} requested but CUDA is not "
-                              "available (torch.cuda.is_available() is False); use --device cpu")
+                              "available (torch.cuda.is_available() is False); use --device cpu "
+                              "(device=\"cpu\" in Python)")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -124,6 +130,17 @@ class FlowEngine:
                 "backend": self.backend}
 
     def __call__(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
+        """Flow ``(B, 2, H, W)`` float32 in pixels on ``self.device``, from frame pairs
+        ``(B, C, H, W)`` (C = 1 gray or 3 RGB) on any device.
+
+        Frames are intensities in [0, 255]: uint8 (any value) or float. Float frames whose
+        largest value is in (0, 1] are taken for [0, 1] frames and refused (multiply them by 255);
+        dark float [0, 255] frames (a fade from black) must come as uint8.
+
+        Inference only: the engine runs under :func:`torch.no_grad`, so the flow carries no
+        gradient whatever the frames require. The differentiable path is the module
+        :class:`flowkit.flow.tvnet.TVNet`.
+        """
         check_shape(frames0, "BCHW", "frames0")
         check_shape(frames1, "BCHW", "frames1")
         check_intensities(frames0, "frames0")

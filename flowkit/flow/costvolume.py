@@ -173,7 +173,7 @@ def patch_features(frames: torch.Tensor, radius: int = 3, gray: bool = True,
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """:func:`ops.to_gray` in the input's float dtype (float64 stays float64 for gradcheck)."""
     if x.shape[1] != 3:
-        raise EngineError(f"frames must have 1 or 3 channels for gray features, got {x.shape[1]}")
+        raise ops.channels_error(x)  # gray features are the luma of RGB (or the gray itself)
     w = torch.tensor(LUMA_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 

@@ -42,9 +42,19 @@ def to_gray(frames: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     if x.shape[1] != 3:
-        raise EngineError(f"frames must have 1 or 3 channels, got {x.shape[1]}")
+        raise channels_error(frames)
     w = torch.tensor(LUMA_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
+
+
+def channels_error(frames: torch.Tensor) -> EngineError:
+    """The error for ``(B, C, H, W)`` frames whose C is not 1 or 3: with their shape and, for
+    channels-last frames (``(T, H, W, 3)`` as :func:`flowkit.video.load_frames` returns, whose
+    "channels" are then H), the permute that fixes them."""
+    shape = tuple(frames.shape)
+    fix = ("; they look channels-last (B, H, W, C): pass frames.permute(0, 3, 1, 2)"
+           if frames.dim() == 4 and shape[-1] in (1, 3) else "")
+    return EngineError(f"frames must be (B, C, H, W) with 1 or 3 channels, got shape {shape}{fix}")
 
 
 def pixel_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -225,6 +225,10 @@ def store_flows(store: FlowStore, keys: Sequence[str],
     return counts
 
 
+#: How a library call names the flow that ``--flow`` names on the command line.
+PYTHON_FLOW = "ExportConfig(flow_name=NAME)"
+
+
 def _forward_name(name: str) -> str:
     """The flow ``--flow`` names for store flow ``name``: ``tvl1`` for tvl1 and tvl1_backward."""
     return name[:-len(BACKWARD_SUFFIX)] if is_backward(name) else name
@@ -243,16 +247,19 @@ def choose_flow(flows: dict[str, int], flow_name: str | None,
     if flow_name is None:
         if len(forward or bases) > 1:
             raise FlowkitError(f"{store_path} holds several flows; choose one with --flow: "
-                               f"{_choices(flows)}")
+                               f"{_choices(flows)} ({PYTHON_FLOW} in Python)")
         return only, only
     if is_backward(flow_name):
         raise FlowkitError(f"{flow_name!r} is backward flow; name its forward flow with --flow "
-                           f"({_forward_name(flow_name)}: the backward flow is exported beside "
-                           "it, as flow_{x,y}_m1_*)")
+                           f"({_forward_name(flow_name)}, ExportConfig(flow_name="
+                           f"{_forward_name(flow_name)!r}) in Python: the backward flow is "
+                           "exported beside it, as flow_{x,y}_m1_*)")
     if flow_name not in bases:
         raise FlowkitError(f"{store_path} holds no flow {flow_name!r}"
-                           + (f"; choose one with --flow: {_choices(flows)}" if bases
-                              else " (none at all); export its RGB frames with --no-flow-images"))
+                           + (f"; choose one with --flow: {_choices(flows)} ({PYTHON_FLOW} in "
+                              "Python)" if bases
+                              else " (none at all); export its RGB frames with --no-flow-images "
+                              "(ExportConfig(flow=False) in Python)"))
     return flow_name, only
 
 
@@ -379,14 +386,15 @@ def _flows(meta: dict, config: ExportConfig, named: bool = True) -> list[tuple[s
     if config.flow_name is not None:
         if is_backward(config.flow_name):
             raise FlowkitError(f"{config.flow_name!r} is backward flow; name its forward flow "
-                               "with --flow (the backward flow is exported beside it, as "
-                               "flow_{x,y}_m1_*)")
+                               f"with --flow ({PYTHON_FLOW} in Python; the backward flow is "
+                               "exported beside it, as flow_{x,y}_m1_*)")
         if config.flow_name not in bases:
             raise FlowkitError(f"no flow {config.flow_name!r} (it has: "
                                f"{', '.join(held) or 'none'})")
         name = config.flow_name
     elif len(forward or bases) > 1:
-        raise FlowkitError(f"it has several flows ({', '.join(held)}); choose one with --flow")
+        raise FlowkitError(f"it has several flows ({', '.join(held)}); choose one with --flow "
+                           f"({PYTHON_FLOW} in Python)")
     elif not bases:
         return []
     else:

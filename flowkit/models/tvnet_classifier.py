@@ -199,7 +199,8 @@ class TVNetClassifier(VideoClassifier):
     def _check_frames(self, x: torch.Tensor) -> None:
         if x.shape[2] != self.frames:
             raise FlowkitError(f"tvnet was built for clips of {self.frames} frames, got "
-                               f"{x.shape[2]} (input {tuple(x.shape)})")
+                               f"{x.shape[2]} (input {tuple(x.shape)}); create the model with "
+                               f"frames={x.shape[2]} (`--model-arg frames={x.shape[2]}`)")
 
     # ------------------------------------------------------------------------------ forward
 
