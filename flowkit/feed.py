@@ -56,6 +56,7 @@ from .video import VideoInfo, iter_frames, probe
 # Decoded chunks buffered per video: enough to hide a decoder hiccup, bounded memory.
 _QUEUE_CHUNKS = 2
 _POLL_S = 0.05
+_JOIN_S = 10.0  # the longest a finished run waits for its cancelled decode threads, in seconds
 # Errors that fail one video (or the videos of one batch) and never the run.
 VIDEO_ERRORS = (FlowkitError, OSError, RuntimeError, ValueError)
 
@@ -245,6 +246,8 @@ def _decode(job: _Job, opts: FeedOptions, decode) -> None:
         job.facts = getattr(frames, "facts", job.facts)
         chunk: list[np.ndarray] = []
         for frame in frames:
+            if job.cancelled.is_set():  # failed or stopped: decode no further
+                return
             chunk.append(frame)
             if len(chunk) == opts.batch:
                 if not put(np.stack(chunk)):
@@ -452,6 +455,7 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     upcoming = iter(items)
     window: collections.deque[_Job] = collections.deque()
     jobs: list[_Job] = []  # made and not yet reported: they may hold a claim or a decoder
+    decoders: list[threading.Thread] = []  # decode threads that may still run: joined at the end
     try:
         while True:
             for item in itertools.islice(upcoming, 1 + opts.prefetch - len(window)):
@@ -459,6 +463,8 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
                 window.append(job)
                 jobs.append(job)
                 _start(job, store, opts, decode, writer.results)
+                if job.thread is not None:
+                    decoders.append(job.thread)
             if not window:
                 break
             job = window.popleft()
@@ -466,6 +472,7 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
                 feeder.add_video(job, should_stop)
             yield from _drain(writer)
             jobs = [j for j in jobs if not (j.reported or j.skipped)]
+            decoders = [t for t in decoders if t.is_alive()]
             if writer.fatal is not None:
                 raise writer.fatal
         feeder.flush()
@@ -483,10 +490,12 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
         except RuntimeError:  # the writer died: the original error says more
             pass
         # The writer committed the videos whose end it had before the abort: their results go
-        # out too, or a stop's summary would count as not started videos the store holds. Not
+        # out too, or a stop's summary would count as not started videos the store holds. Only
+        # those: a video that failed meanwhile failed because of what stops the run (a full
+        # disk fails every video in flight) and counts as not started, as the ones aborted. Not
         # when the caller closed the generator (GeneratorExit): it takes nothing more.
         if not isinstance(exc, GeneratorExit):
-            yield from _drain(writer)
+            yield from (result for result in _drain(writer) if result.status == "done")
         raise
     finally:
         for job in jobs:
@@ -494,6 +503,18 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
             if job.claimed:  # interrupted or stopped before its result
                 store.release(job.item.key, opts.flow_name)
                 job.claimed = False
+        _join(decoders)
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    """Wait for the cancelled decode threads still running (each ends at its next frame): a
+    daemon thread inside native code (PyAV's decoder, OpenCV's resize) when the interpreter
+    exits is killed unwinding through it, and the process aborts ("terminate called without an active
+    exception", exit 134) after a run that went well. A decoder stuck in a file is not waited
+    for past :data:`_JOIN_S`."""
+    deadline = time.monotonic() + _JOIN_S
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue) -> None:

@@ -265,6 +265,34 @@ def test_an_engine_error_in_the_middle_of_a_video_does_not_hang_the_run(tmp_path
     assert not store.partials()
 
 
+def test_no_decode_thread_outlives_the_run(tmp_path):
+    """A video the engine fails has its decoder cancelled mid-video; the run waits for it to end
+    before returning. A decode thread left running in native code (decoding, resizing) when the
+    interpreter exits killed the process (SIGABRT, "terminate called without an active exception") after
+    `flowkit extract` had printed its summary, in about one run of ten."""
+    import time
+
+    videos = MemoryVideos({"a": _frames(3, 0), "b": _frames(40, 1)})
+    decode = videos.__call__
+
+    def slow(item, opts):
+        info, frames = decode(item, opts)
+
+        def gen():
+            for frame in frames:
+                time.sleep(0.02)
+                yield frame
+        return info, gen()
+
+    store = FlowStore(tmp_path / "store", "a", classes=["c"])
+    options = FeedOptions(method="tvl1", batch=8, flow_codec="float16", rgb_codec="raw")
+    results = {r.key: r.status for r in run(videos.items(), store,
+                                             RecordingEngine(fail_calls={0}), options,
+                                             decode=slow)}
+    assert results == {"a": "failed", "b": "failed"}
+    assert [t.name for t in threading.enumerate() if t.name.startswith("flowkit-decode-")] == []
+
+
 def test_a_video_failed_by_the_writer_keeps_the_next_videos_flow_aligned(tmp_path, monkeypatch):
     """A store error can fail video a in the writer thread while a's last pairs already share a
     batch with b's first ones. The feed skips a's flows in that batch but must still step past
