@@ -492,6 +492,19 @@ def test_info_deep_without_validate_is_a_usage_error(tiny_store):
     assert "--deep goes with --validate" in r.stderr and r.stdout == ""
 
 
+def test_info_repair_manifest_rebuilds_a_lost_store_json(tiny_store, tmp_path):
+    """A store whose store.json was lost: info names --repair-manifest, which writes it again
+    with the class list its videos' labels record (extract refused the directory, not empty)."""
+    copy = shutil.copytree(tiny_store, tmp_path / "store")
+    (copy / "store.json").unlink()
+    r = run_cli("info", copy)
+    assert r.returncode == 2 and f"`flowkit info {copy} --repair-manifest`" in r.stderr, r.stderr
+    r = run_cli("info", copy, "--repair-manifest", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "rebuilt" in r.stderr and "3 classes (right, down, left)" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["classes"]["names"] == FlowStore(tiny_store).classes
+
+
 def test_info_on_a_folder_that_is_not_a_store_exit_2(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

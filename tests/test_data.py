@@ -351,6 +351,22 @@ def test_normalisation_uint8_store_uses_its_bound(tmp_path):
     assert torch.allclose(item["flow"][0, :, 0, 0], expected, atol=1 / 255)
 
 
+def test_a_given_flow_bound_replaces_the_stores(tmp_path):
+    """A trained run's bound (``flow_bound=``) divides the flow whatever the store's codec: the
+    same videos stored as uint8:5 give a run trained on float flow (bound 20) the flow / 20 it
+    was trained on, not / 5; items carry that bound, so models that need pixels get them back."""
+    store = write_tiny_store(tmp_path / "u8", flow_codec="uint8:5")
+    kw = dict(inputs=("flow",), sampler=UniformClipSampler(1, 3))
+    own = ClipDataset(store, ["right/right_0"], **kw)
+    run = ClipDataset(store, ["right/right_0"], flow_bound=20, **kw)
+    assert own[0]["flow_bound"] == 5.0 and run[0]["flow_bound"] == 20.0 and run.flow_bound == 20.0
+    assert torch.allclose(run[0]["flow"] * 20.0, own[0]["flow"] * 5.0, atol=1e-5)
+    assert torch.allclose(run[0]["flow"][0], torch.tensor(TINY_SPEED / 20.0), atol=5 / 255 / 20)
+    for bad in (0, -1.0, float("nan"), "20", True):
+        with pytest.raises(FlowkitError, match="flow_bound must be a positive number"):
+            ClipDataset(store, ["right/right_0"], flow_bound=bad, **kw)
+
+
 def test_multi_crop_shapes_and_ten_crop_flips(tiny_store):
     sample, _ = raw_sample(tiny_store, "right/right_0", frames=3, step=1)
     three = test_transform(16, crops=3)(sample, None)

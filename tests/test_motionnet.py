@@ -170,6 +170,18 @@ def test_engine_pairs_and_clips(checkpoint):
     assert engine(clip[:2, :1], clip[1:3, :1]).shape == (2, 2, 30, 44)
 
 
+def test_engine_refuses_channels_last_frames_with_the_permute(checkpoint):
+    """(T, H, W, 3) frames, as load_frames returns them, said "got 40 channels" (H): the shape
+    and the permute that fixes them are named, as the other engines do (ops.channels_error)."""
+    engine = flowkit.create_engine("motionnet", weights=str(checkpoint))
+    frames = torch.zeros(3, 40, 48, 3, dtype=torch.uint8)
+    with pytest.raises(EngineError, match=r"got shape \(2, 40, 48, 3\); they look channels-last "
+                                          r".*permute\(0, 3, 1, 2\)"):
+        engine(frames[:2], frames[1:])
+    with pytest.raises(EngineError, match=r"permute\(0, 3, 1, 2\)"):
+        engine.flow_clip(frames)
+
+
 def test_engine_clip_windows_overlap_at_the_end_and_the_earlier_window_counts(checkpoint):
     """A clip of T frames runs in windows of M+1 frames, the last moved back to end at the last
     frame; a pair two windows cover takes its flow from the earlier one (which saw it in its

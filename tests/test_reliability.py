@@ -483,6 +483,41 @@ def test_remove_partials_keeps_a_stale_claim_taken_over_meanwhile(tmp_path, monk
     assert store.remove_partials() == [lock] and not lock.exists()
 
 
+def test_remove_partials_leaves_what_a_read_only_store_refuses(tmp_path, monkeypatch):
+    """On a read-only store a killed run's leftovers cannot be deleted: the commit lock a stale
+    claim is judged under cannot be opened, a dead writer's partial cannot be unlinked. They are
+    left (readers ignore them) and the run goes on, as it does on a read-only store without
+    leftovers; it crashed with a PermissionError traceback."""
+    import contextlib
+
+    from flowkit.files import host_name
+    from flowkit.store import claims
+
+    store = FlowStore(tmp_path / "s", "a")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    claim = tmp_path / "s" / "videos" / "c" / "v.h5.tvl1.claim"
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps({"host": host_name(), "pid": int(dead), "since": "then"}))
+    partial = claim.with_name(f"v.h5.{host_name()}.{dead}.partial")
+    partial.write_bytes(b"")
+
+    @contextlib.contextmanager
+    def refused_lock(videos):  # what os.open(O_RDWR | O_CREAT) of .commit.lock says there
+        raise PermissionError(errno.EACCES, "Permission denied", str(videos / ".commit.lock"))
+        yield
+
+    def refused_unlink(self, missing_ok=False):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(claims, "commit_lock", refused_lock)
+    monkeypatch.setattr(Path, "unlink", refused_unlink)
+    assert store.remove_partials() == []
+    monkeypatch.undo()
+    assert claim.exists() and partial.exists()
+    assert set(store.remove_partials()) == {claim, partial}  # writable again: removed
+
+
 def _count_under_lock(videos: Path, counter: Path, rounds: int) -> None:
     """Read-modify-write ``counter`` ``rounds`` times under the commit lock, slowly enough that an
     unlocked pair of writers would lose updates."""
@@ -867,9 +902,12 @@ def test_commit_over_a_damaged_header_names_redo_and_redo_drops_it(tmp_path, nam
     _damage_header(final, name)
     before = final.read_bytes()
     shown = "/" if name == "/" else f"/{name}"
+    # a damaged tvnet: the redo that computes tvnet (--redo alone would compute tvl1, drop it)
+    method = (r" --method tvnet, with the options it was extracted with \(flowkit info shows "
+              r"them\)") if name == "flow/tvnet" else ""
     with pytest.raises(DamagedDataError, match=rf"^{final}: {shown} of video 'c/v' cannot be "
                                                r"opened, it is damaged \(.*object header.*"
-                                               r"--redo c/v$"):
+                                               rf"--redo c/v{method}$"):
         with _writer(store, "c/v") as w:
             w.append_flow("costvolume", np.ones((4, 2, 8, 8), np.float32),
                           {"engine": "costvolume", **record})
@@ -932,7 +970,9 @@ def test_redo_drops_a_flow_whose_copy_fails_half_way(tmp_path, monkeypatch):
     with w:
         w.append_flow("tvnet", np.full((4, 2, 8, 8), 2, np.float32), {"engine": "tvnet", **record})
     monkeypatch.setattr(h5py.Group, "copy", real)
-    assert [str(d) for d in w.dropped] == ["flow/tvl1 (damaged: Can't read data (bad checksum))"]
+    assert [str(d) for d in w.dropped] == [
+        "flow/tvl1 (damaged: Can't read data (bad checksum)); compute it again: flowkit extract "
+        "VIDEO_DIR -o STORE, with the options it was extracted with (flowkit info shows them)"]
     with h5py.File(tmp_path / "s" / "videos" / "c" / "v.h5", "r") as f:
         assert list(f["flow"]) == ["tvnet"]
     reader = FlowStore(tmp_path / "s")

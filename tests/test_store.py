@@ -1,6 +1,7 @@
 """FlowStore: round trips, lazy reads, metadata, crash safety, multi-process reading, errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -487,6 +488,39 @@ def test_foreign_directory(tmp_path):
         FlowStore(tmp_path / "other")
 
 
+def test_a_lost_or_damaged_store_json_is_rebuilt_from_the_videos_labels(tmp_path):
+    """A store whose store.json was lost or half-written is told a repair that works (it was told
+    to create it with extract, which refuses a non-empty directory, or to "rewrite store.json"):
+    rebuild_manifest writes the class list again from the labels its videos record, in label-id
+    order; where a label id has no video to name it, it says how to write the file by hand."""
+    classes = ["zoom", "pan_left", "rotate"]
+    store = FlowStore(tmp_path / "s", "a", classes=classes)
+    rgb, flow = make_video(17)
+    for key, label in (("zoom/a", 0), ("rotate/a", 2), ("pan_left/a", 1), ("pan_left/b", 1),
+                       ("misc/u", -1)):
+        write_video(store, key, rgb, {"tvl1": flow}, label=label,
+                    label_name=classes[label] if label >= 0 else "")
+    manifest = tmp_path / "s" / "store.json"
+    repair = rf"rebuild it from the videos' labels: `flowkit info {tmp_path / 's'} --repair-manifest`"
+    manifest.unlink()
+    for mode in ("r", "a"):  # info; extract into it
+        with pytest.raises(StoreError, match=rf"has no store.json but holds videos/: .*{repair}$"):
+            FlowStore(tmp_path / "s", mode)
+    assert FlowStore.rebuild_manifest(tmp_path / "s") == classes
+    assert FlowStore(tmp_path / "s").classes == classes
+    with pytest.raises(StoreError, match="reads; there is nothing to rebuild"):
+        FlowStore.rebuild_manifest(tmp_path / "s")
+    manifest.write_text(manifest.read_text()[:50])  # half-written
+    with pytest.raises(StoreError, match=rf"unreadable store manifest .*{repair}$"):
+        FlowStore(tmp_path / "s")
+    (tmp_path / "s/videos/pan_left/a.h5").unlink()
+    (tmp_path / "s/videos/pan_left/b.h5").unlink()  # label 1 named by no video
+    with pytest.raises(StoreError, match=r"label ids \[1\] have no video to name them; write it "
+                                         r'by hand: \{"format": "flowkit-store", "version": 1, '
+                                         r'"classes": \[the class names in label-id order\]\}'):
+        FlowStore.rebuild_manifest(tmp_path / "s")
+
+
 def test_newer_store_version(store):
     manifest = json.loads((store.path / "store.json").read_text())
     (store.path / "store.json").write_text(json.dumps({**manifest, "version": VERSION + 1}))
@@ -556,6 +590,41 @@ def test_validate_detects_tampered_files(store):
         store.read_flow("truncated")
 
 
+def test_whole_file_damage_names_its_repair(store):
+    """Problems of a whole file (truncated, empty, damaged root attributes, a copy kept under
+    videos/ whose key is another video's) name the repair as the same files' extraction errors
+    do: the redo, the re-import for an imported video, deleting or moving out a stray copy."""
+    rgb, flow = make_video(15)
+    for key in ("zoom/a", "zoom/b", "zoom/c"):
+        write_video(store, key, rgb, {"tvl1": flow})
+    videos = store.path / "videos"
+    (videos / "old").mkdir()
+    (videos / "old/b.h5").write_bytes((videos / "zoom/b.h5").read_bytes())
+    (videos / "zoom/a.h5").write_bytes((videos / "zoom/a.h5").read_bytes()[:3000])
+    (videos / "zoom/empty.h5").write_bytes(b"")
+    with h5py.File(videos / "zoom/b.h5", "r+") as f:
+        f.attrs["format"] = "flowkit-vi>eo"
+    with h5py.File(videos / "zoom/c.h5", "r+") as f:
+        f.attrs["format"], f.attrs["imported"] = "flowkit-vi>eo", True
+    redo = "re-extract it: flowkit extract VIDEO_DIR -o STORE --redo"
+    problems = sorted(store.validate())
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "videos/old/b.h5", "videos/zoom/a.h5", "videos/zoom/b.h5", "videos/zoom/c.h5",
+        "videos/zoom/empty.h5"]
+    assert problems[0].endswith("if it is a copy of video 'zoom/b', delete it or move it out of "
+                                f"videos/, else {redo} old/b")
+    assert "cannot be opened as HDF5" in problems[1] and problems[1].endswith(f"; {redo} zoom/a")
+    assert problems[2].endswith(f"expected 'flowkit-video'; {redo} zoom/b")
+    assert problems[3].endswith(f"expected 'flowkit-video'; re-import it: delete "
+                                f"{videos / 'zoom/c.h5'} and rerun flowkit import rawframes "
+                                "RAWFRAMES_DIR -o STORE (flowkit extract cannot recompute "
+                                "imported flow)")
+    assert "cannot be opened as HDF5" in problems[4] and problems[4].endswith(f"; {redo} zoom/empty")
+    # the line an extraction fails such a video with names one repair
+    assert store.problems_line("zoom/a").count("re-extract it") == 1
+    assert store.problems_line("zoom/c").count("re-") == 1
+
+
 def test_validate_detects_records_that_contradict_the_data(store):
     """Files that open and whose shapes look right but whose records lie (a writer that died
     before marking the file complete, a file moved to another key, a dtype, frame shape or
@@ -602,9 +671,11 @@ def test_validate_detects_records_that_contradict_the_data(store):
         ds.attrs["frame_crc32"] = crcs
     shallow = [
         "videos/zoom/dtype.h5: /flow/tvl1 has dtype float32, expected float16 (float16)",
-        "videos/zoom/incomplete.h5: not marked complete",
+        "videos/zoom/incomplete.h5: not marked complete; re-extract it: flowkit extract "
+        "VIDEO_DIR -o STORE --redo zoom/incomplete",
         "videos/zoom/moved.h5: key attribute 'pan_left/other' does not match its path "
-        "(key 'zoom/moved')",
+        "(key 'zoom/moved'); if it is a copy of video 'pan_left/other', delete it or move it out "
+        "of videos/, else re-extract it: flowkit extract VIDEO_DIR -o STORE --redo zoom/moved",
         "videos/zoom/shape.h5: /flow/tvl1 frames are [2, 6, 32], expected [2, 12, 16]",
         f"videos/zoom/step.h5: /flow/tvl1: step {step} and near 0 allow errors above the stated "
         "max_error 0.1 px"]
@@ -651,7 +722,30 @@ def test_validate_reports_a_video_without_frames(store):
         f["rgb"].resize(0, axis=0)
         f.attrs["frame_count"] = 0
     assert store.validate() == [
-        "videos/zoom/v.h5: frame_count is 0, not a positive number of frames"]
+        "videos/zoom/v.h5: frame_count is 0, not a positive number of frames; re-extract it: "
+        "flowkit extract VIDEO_DIR -o STORE --redo zoom/v"]
+
+
+def test_a_lossless_run_refused_by_the_stores_codecs_is_told_to_drop_lossless(store):
+    """--lossless chooses float16 flow and raw RGB and refuses codec options: a run refused for
+    its codecs is told both of the store's codecs and to drop --lossless (it was told the
+    codec options alone, which --lossless then refused)."""
+    from flowkit.store import flow_codec, rgb_codec
+    from flowkit.store.compat import Request, compare_with_store
+
+    rgb, flow = make_video(16)
+    write_video(store, "zoom/a", rgb, {"tvl1": flow}, flow_codec="jpegls", rgb_codec="jpeg")
+    write_video(store, "pan_left/a", rgb, {"tvl1": flow}, rgb_codec="jpeg")  # float16 flow
+    lossless = Request(method="tvl1", engine=ENGINE, size=None, step=1, rgb=True,
+                       rgb_codec=rgb_codec("raw"), flow_codec=flow_codec("float16"))
+    both = compare_with_store(store, ["zoom/a", "zoom/new"], lossless).message()
+    assert "Rerun with --rgb-codec jpeg:95 --flow-codec jpegls:0.1 and without --lossless to " \
+        "extend this store" in both, both
+    rgb_only = compare_with_store(store, ["pan_left/a", "pan_left/new"], lossless).message()
+    assert "Rerun with --rgb-codec jpeg:95 --flow-codec float16 and without --lossless to " \
+        "extend this store" in rgb_only, rgb_only
+    chosen = dataclasses.replace(lossless, flow_codec=flow_codec("jpegls:0.05"))  # not --lossless
+    assert "--lossless" not in compare_with_store(store, ["zoom/a"], chosen).message()
 
 
 def damage_object_header(path, name: str) -> None:
@@ -732,6 +826,38 @@ def test_a_damaged_group_or_dataset_header_is_damage_not_absence(store, name):
         problems = reader.validate(deep=deep)
         assert len(problems) == 1, problems
         assert re.fullmatch(rf"videos/zoom/a\.h5: {damaged}", problems[0]), problems
+
+
+def test_damaged_flow_names_the_redo_that_computes_that_flow(store):
+    """A redo computes one flow and keeps of the old file only what still decodes: the repair of
+    a damaged ``tvnet`` or ``tvl1_backward`` names its ``--method`` and ``--backward`` (``--redo
+    KEY`` alone computed tvl1 and dropped the damaged flow, after which the store validated), and
+    a redo that drops one says what computes it again."""
+    rgb, flow = make_video(72)
+    write_video(store, "zoom/a", rgb, {n: flow for n in ("tvl1", "tvnet", "tvl1_backward")},
+                flow_codec="jpegls")
+    with h5py.File(store.path / "videos/zoom/a.h5", "r+") as f:
+        for name in ("tvnet", "tvl1_backward"):
+            blob = f[f"flow/{name}"][1].copy()
+            blob[len(blob) // 2] ^= 0x5A  # fails its CRC
+            f[f"flow/{name}"][1] = blob
+    reader = FlowStore(store.path)
+    same = ", with the options it was extracted with (flowkit info shows them)"
+    redo = "re-extract it: flowkit extract VIDEO_DIR -o STORE --redo zoom/a"
+    tvnet, backward = f"{redo} --method tvnet{same}", f"{redo} --backward{same}"
+    for name, hint in (("tvnet", tvnet), ("tvl1_backward", backward)):
+        with pytest.raises(DamagedDataError, match=re.escape(hint) + "$"):
+            reader.read_flow("zoom/a", name)
+    problems = sorted(reader.validate(deep=True))
+    assert len(problems) == 2 and problems[0].endswith(backward) and problems[1].endswith(tvnet)
+    w = store.writer("zoom/a", source="/data/zoom/a.mp4", fps=25.0, flow_codec="jpegls",
+                     rgb_codec="raw", redo=True)
+    with w:
+        w.append_rgb(rgb)
+        w.append_flow("tvl1", flow, ENGINE)
+    again = "compute it again: flowkit extract VIDEO_DIR -o STORE"
+    assert sorted(str(d).rsplit("; ", 1)[1] for d in w.dropped) == [
+        f"{again} --backward{same}", f"{again} --method tvnet{same}"]
 
 
 def damage_attributes(path, name: str, attr: str = "params") -> None:

@@ -380,6 +380,26 @@ def test_missing_flow_fails_before_writing(tmp_path):
     assert not run.exists()
 
 
+@pytest.mark.parametrize("model, kwargs, options, message", [
+    ("cidc", {**TINY_MODEL, "frames": 8}, {},
+     r"^model 'cidc': frames=8 \(--model-arg\) does not match the run's clips of 2 frames "
+     r"\(--frames 2\); leave `--model-arg frames=8` out \(it follows the clip length\) or pass "
+     r"--frames 8$"),
+    ("tvnet", {"width": 4, "layers": [1, 1, 1, 1], "frames": 8}, {"segments": 2},
+     r"clips of 4 frames \(--segments 2 x --frames 2\); .* or pass --frames 4$"),
+    ("ddn", {"width": 4, "layers": [1, 1, 1, 1]}, {"frames": 1},
+     r"^ddn's motion and change branch needs clips of at least 2 frames, got 1; pass --frames 2"),
+])
+def test_a_model_that_cannot_take_the_clips_fails_before_writing(tiny_store, tmp_path, model,
+                                                                 kwargs, options, message):
+    """These failed on the first batch, after config.json was written: the command the error
+    named was then refused ("already holds a training run"), and --resume failed again."""
+    run = tmp_path / "run"
+    with pytest.raises(FlowkitError, match=message):
+        Trainer(tiny_config(tiny_store, model=model, model_kwargs=kwargs, **options), run)
+    assert not run.exists()
+
+
 def test_unlabelled_videos_are_left_out_of_training_and_evaluation(tiny_store, tmp_path):
     """A video outside the class folders (label -1) is neither trained on, validated nor scored,
     and a note names it (it used to reach the loss and crash the run)."""
@@ -482,6 +502,36 @@ def test_evaluate_writes_results(tiny_store, tmp_path):
     everything = evaluate_run(run, clips=1, crops=1, split="all", out_dir=tmp_path / "all")
     assert everything.num_videos == 12 and everything.confusion.sum() == 12
     assert (tmp_path / "all" / "eval.json").is_file()
+
+
+def test_evaluate_after_the_training_store_moved_says_to_pass_its_path(tiny_store, tmp_path):
+    """The store a run recorded is gone (moved): evaluate says so and how to name its new place,
+    not "create it with flowkit extract" (a fresh store, where the run's store was moved)."""
+    store = shutil.copytree(tiny_store, tmp_path / "store")
+    run = tmp_path / "run"
+    Trainer(tiny_config(store, epochs=1), run).fit()
+    moved = store.rename(tmp_path / "moved")
+    with pytest.raises(FlowkitError, match=rf"^the run's training store {store} \(recorded in "
+                                           rf"{run / 'config.json'}\) is not there; if it was "
+                                           rf"moved, pass its new path: flowkit evaluate {run} "
+                                           r"STORE$"):
+        evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False)
+    assert evaluate_run(run, moved, clips=1, crops=1, checkpoint="last",
+                        out_dir=False).num_videos == 3
+
+
+def test_evaluate_defaults_to_the_store_a_resumed_run_moved_to(tiny_store, tmp_path):
+    """`--resume` may take the run to another STORE (config.json records it); evaluate's default
+    store is then that one, whichever checkpoint is scored (best.pt of an epoch before the move
+    names the old store, which evaluate used, and the old store was gone)."""
+    store = shutil.copytree(tiny_store, tmp_path / "store")
+    run = tmp_path / "run"
+    Trainer(tiny_config(store, epochs=1), run).fit()
+    moved = store.rename(tmp_path / "moved")
+    Trainer.resume(run, store=str(moved), epochs=2).fit()
+    for checkpoint in ("best", "last"):
+        result = evaluate_run(run, clips=1, crops=1, checkpoint=checkpoint, out_dir=False)
+        assert result.report["store"] == str(moved) and result.num_videos == 3
 
 
 def _labelled_store(path, classes: list[str], videos: list[tuple]):
@@ -675,6 +725,43 @@ def test_a_saved_run_loads_with_the_keywords_it_was_made_with(tiny_store, tmp_pa
     report = evaluate_run(run, clips=1, crops=1, split="all", checkpoint="last",
                           out_dir=False).report
     assert report["num_videos"] == 12
+
+
+def test_a_run_divides_flow_by_its_own_bound_on_a_store_of_another_codec(tiny_store, tmp_path):
+    """Flow was divided by each store's bound: a run trained on float flow (bound 20) and
+    evaluated or resumed on the same videos stored as uint8:5 got flow / 5, four times its
+    training scale, silently. The run records its bound and datasets built for it use it."""
+    from conftest import write_tiny_store
+    from flowkit.train.evaluate import load_run_model
+    from flowkit.train.loading import make_dataset
+
+    u8 = write_tiny_store(tmp_path / "u8", flow_codec="uint8:5")
+    run = tmp_path / "run"
+    config = tiny_config(tiny_store, epochs=1)
+    Trainer(config, run).fit()
+    assert config.flow_bound is None  # the caller's config is left as given
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["flow_bound"] == 20.0
+    model, run_config, _ = load_run_model(run, "last")
+    assert run_config["config"]["flow_bound"] == 20.0  # the checkpoint's config too
+    run_cfg = TrainConfig.from_dict(run_config["config"])
+    items = [make_dataset(FlowStore(s), ["down/down_0"], run_cfg, model, train=False)[0]
+             for s in (tiny_store, u8)]
+    assert [float(i["flow_bound"]) for i in items] == [20.0, 20.0]
+    assert torch.allclose(items[0]["flow"], items[1]["flow"], atol=5 / 255 / 20)
+
+    def scores(store):
+        report = evaluate_run(run, store, clips=1, crops=1, split="all", checkpoint="last",
+                              out_dir=False).report
+        return {p["key"]: p["pred"] for p in report["predictions"]}
+    assert scores(u8) == scores(tiny_store)
+    resumed = Trainer.resume(run, store=str(u8), epochs=2)
+    assert resumed.config.flow_bound == 20.0 and resumed.train_set[0]["flow_bound"] == 20.0
+    # a run recorded before the bound was (no flow_bound): each store's own, as then
+    del run_config["config"]["flow_bound"]
+    old = TrainConfig.from_dict(run_config["config"])
+    assert make_dataset(FlowStore(u8), ["down/down_0"], old, model,
+                        train=False)[0]["flow_bound"] == 5.0
 
 
 def test_a_copy_of_the_training_store_is_not_held_out(tiny_store, tmp_path):

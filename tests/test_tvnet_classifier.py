@@ -217,6 +217,50 @@ def test_tvnet_weights_are_loaded_and_checked(tmp_path):
         tiny(tvnet_iterations=5, tvnet_weights=str(path))
 
 
+def test_tvnet_weights_are_recorded_by_absolute_path_and_a_missing_file_is_named(
+        tiny_store, tmp_path, monkeypatch):
+    """``tvnet_weights=tvnet.pt`` was recorded as typed, so evaluate and --resume from another
+    folder failed ("no such tvnet weights: tvnet.pt"). It is recorded absolute; a file gone since
+    is named at the path the run recorded (the rebuild reads it before the run's weights)."""
+    import json
+    import re
+    from dataclasses import asdict
+    from flowkit import checkpoints
+    from flowkit.train import Trainer, evaluate_run
+
+    net = TVNet(scales=1, warps=1, iterations=2)
+    (tmp_path / "here").mkdir()
+    checkpoints.save_checkpoint(tmp_path / "here" / "tvnet.pt", "tvnet", {
+        "config": asdict(net.config), "state_dict": net.state_dict()})
+    monkeypatch.chdir(tmp_path / "here")
+    config = TrainConfig(store=str(tiny_store), model="tvnet", model_kwargs={
+        "width": 4, "layers": [1, 1, 1, 1], "tvnet_weights": "tvnet.pt"}, frames=2, size=16,
+        batch_size=3, epochs=1, flip=False, val_fraction=0.25, workers=0)
+    run = tmp_path / "run"
+    Trainer(config, run).fit()
+    recorded = json.loads((run / "config.json").read_text())["model"]["kwargs"]["tvnet_weights"]
+    assert recorded == str((tmp_path / "here" / "tvnet.pt").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False).num_videos == 3
+    assert Trainer.resume(run, epochs=2).fit().epochs_done == 2
+    (tmp_path / "here" / "tvnet.pt").rename(tmp_path / "moved.pt")
+    gone = (rf"^model 'tvnet': tvnet_weights {re.escape(recorded)}, recorded with the run, is not "
+            r"there; the model is rebuilt from that file .* put it back at that path$")
+    with pytest.raises(FlowkitError, match=gone):
+        evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False)
+    with pytest.raises(FlowkitError, match=gone):
+        Trainer.resume(run, epochs=3)
+    # A run recorded by an older flowkit holds the path as typed: read against this folder.
+    from flowkit.models import rebuild_model
+    from flowkit.models.registry import absolute_file_kwargs
+    with pytest.raises(FlowkitError, match=r"tvnet_weights tvnet.pt, recorded with the run as a "
+                                           r"relative path .*, is not in this folder \(.*tvnet.pt\)"
+                                           r"; .*run from the folder the run was trained in"):
+        rebuild_model("tvnet", num_classes=3, tvnet_weights="tvnet.pt")
+    assert absolute_file_kwargs("trajectorynet", {"motionnet_weights": "mn.pt", "gamma": 0.1}) \
+        == {"motionnet_weights": str(tmp_path.resolve() / "mn.pt"), "gamma": 0.1}
+
+
 def test_errors_are_actionable():
     with pytest.raises(FlowkitError, match=r"built for clips of 4 frames, got 5 .*; create the "
                                            r"model with frames=5 \(`--model-arg frames=5`\)$"):

@@ -72,8 +72,11 @@ def _table(s: dict) -> Table:
 @click.option("--deep", is_flag=True,
               help="With --validate: decode every frame and check the stated flow error bounds "
                    "(reads the whole store).")
+@click.option("--repair-manifest", is_flag=True,
+              help="First write a lost or unreadable store.json again, its classes from the "
+                   "videos' labels.")
 @handle_errors
-def command(store, as_json, validate, deep):
+def command(store, as_json, validate, deep, repair_manifest):
     """Summarise STORE: videos, classes, frames, codecs and bytes per frame, and the engines and
     parameters used. --validate opens every video file and reports problems (exit 1);
     --validate --deep also decodes every frame and checks the stated flow error bounds.
@@ -86,6 +89,11 @@ def command(store, as_json, validate, deep):
     """
     if deep and not validate:
         raise click.UsageError("--deep goes with --validate")
+    if repair_manifest:
+        classes = FlowStore.rebuild_manifest(store)
+        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        Console(stderr=True).print(f"rebuilt {store}/store.json: {len(classes)} classes ({shown})",
+                                   highlight=False, markup=False)
     with FlowStore(store) as fs, RichProgress(Console(stderr=True), transient=True) as progress:
         summary = fs.summary(progress)
         problems = fs.validate(deep=deep) if validate else []

@@ -77,6 +77,10 @@ class ClipDataset(Dataset):
         views: whether items carry a leading views dim. ``None``: exactly when
             ``sampler.clips * transform.crops > 1``; ``True``: always (evaluation with 1 view);
             ``False``: never (an error for multi-view samplers or transforms).
+        flow_bound: pixels mapped to 1, what every flow is divided by (a trained run's
+            ``config.flow_bound``, so that a store of another flow codec gives the model the
+            scale it was trained on). Default: each video's bound in the store (20 for float
+            flow, a uint8 codec's own).
 
     ``dataset[i]`` is a dict (``V = num_views = clips * crops``, clip-major: view ``c * crops + k``
     is crop ``k`` of clip ``c``):
@@ -90,8 +94,8 @@ class ClipDataset(Dataset):
     - ``flow_backward`` float32 ``(2, T, h, w)`` or ``(V, 2, T, h, w)``: at clip position ``t`` the
       backward flow from frame ``i_t`` to ``i_t - 1`` (store pair ``i_t - 1`` of the backward
       dataset; zeros at ``i_t = 0``), divided by the same ``flow_bound``;
-    - ``flow_bound`` float32 scalar (pixels; the store's bound for uint8 flow, that of the forward
-      flow when the store has it, else 20);
+    - ``flow_bound`` float32 scalar (pixels; the ``flow_bound`` given, else the store's bound for
+      uint8 flow, that of the forward flow when the store has it, else 20);
     - ``label`` int64 scalar (0-based, -1 if unlabelled); ``index`` int64 scalar (``i``).
 
     Only the requested modalities (and ``flow_bound`` with either flow) are present.
@@ -100,7 +104,8 @@ class ClipDataset(Dataset):
     def __init__(self, store: FlowStore | str | os.PathLike, keys: Sequence[str] | None = None, *,
                  inputs: Sequence[str] = ("rgb",), sampler, transform: Transform | None = None,
                  flow_name: str = "tvl1", flow_stack: int = 1, seed: int = 0,
-                 views: bool | None = None, classes: Sequence[str] | None = None):
+                 views: bool | None = None, classes: Sequence[str] | None = None,
+                 flow_bound: float | None = None):
         # a class is callable too: RandomClipSampler for RandomClipSampler(...) fails at ds[0]
         if (not callable(sampler) or isinstance(sampler, type)
                 or not (transform is None or callable(transform)) or isinstance(transform, type)):
@@ -113,6 +118,7 @@ class ClipDataset(Dataset):
         self.flow_name = str(flow_name)
         self.flow_stack = _non_negative("flow_stack", flow_stack, minimum=1)
         self.seed = _non_negative("seed", seed)
+        self.flow_bound = _bound(flow_bound)
         self.epoch = 0
         self.keys = _check_keys(self.store, keys)
         self.clips = int(getattr(sampler, "clips", 1))
@@ -128,6 +134,8 @@ class ClipDataset(Dataset):
         finally:
             self.store.close()  # nothing stays open when DataLoader workers fork
         self.videos = [info[key] for key in self.keys]
+        if self.flow_bound is not None:
+            self.videos = [dataclasses.replace(v, flow_bound=self.flow_bound) for v in self.videos]
         mapping = label_map(self.store.classes, classes) if classes is not None else None
         if mapping is not None:
             self.videos = [dataclasses.replace(v, label=mapping[v.label]
@@ -244,6 +252,14 @@ def _non_negative(name: str, value: int, minimum: int = 0) -> int:
     if isinstance(value, bool) or int(value) != value or value < minimum:
         raise FlowkitError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _bound(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < np.inf:
+        raise FlowkitError(f"flow_bound must be a positive number of pixels or None, got {value!r}")
+    return float(value)
 
 
 def _takes_flow_stack(sampler) -> bool:

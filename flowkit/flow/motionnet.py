@@ -541,7 +541,7 @@ def _rgb(frames: torch.Tensor) -> torch.Tensor:
     if frames.shape[1] == 1:
         return frames.expand(-1, 3, -1, -1)
     if frames.shape[1] != 3:
-        raise EngineError(f"motionnet takes RGB (or gray) frames, got {frames.shape[1]} channels")
+        raise ops.channels_error(frames)  # with the permute for channels-last frames
     return frames
 
 

@@ -3,8 +3,9 @@
 Input conventions (batches as the data module produces them):
     ``rgb``        float ``(B, 3, T, H, W)``, normalised with ImageNet mean/std
     ``flow``       float ``(B, 2L, T, H, W)``: channels ``(u, v)`` of flows ``t .. t+L-1`` at clip
-                   position ``t``, divided by the store's bound (so about [-1, 1]); pixels at the
-                   clip's resolution are ``flow * flow_bound``
+                   position ``t``, divided by ``flow_bound`` (the run's ``config.flow_bound``, by
+                   default the training store's bound: so about [-1, 1]); pixels at the clip's
+                   resolution are ``flow * flow_bound``
     ``flow_backward`` float ``(B, 2, T, H, W)``: at clip position ``t`` the backward flow from
                    frame ``i_t`` to ``i_t - 1`` (zero at frame 0), divided by ``flow_bound``
     ``flow_bound`` float ``(B,)``: the bound the flow was divided by, in pixels
@@ -45,6 +46,10 @@ class VideoClassifier(nn.Module):
     model needs more) in ``__init__`` and implement ``forward(inputs) -> dict``.
     """
     model_name: str = ""
+    #: Model keywords naming files the model reads when built (trained weights of a part, e.g.
+    #: ``tvnet_weights``): the trainer records them as absolute paths, and a rebuild
+    #: (``flowkit evaluate``, ``--resume``) whose file is gone says where the run expected it.
+    file_kwargs: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -53,6 +58,8 @@ class VideoClassifier(nn.Module):
         self.num_classes = int(num_classes)
         self.inputs: tuple[str, ...] = ("rgb",)
         self.flow_stack: int = 1
+        #: The fewest frames a clip may have (DDN's motion needs a pair); see check_clip_length.
+        self.min_frames: int = 1
         self.model_kwargs: dict = {}
 
     def set_stream(self, modality: str, flow_stack: int = 1) -> None:
@@ -81,6 +88,14 @@ class VideoClassifier(nn.Module):
         ``factor`` times the run's learning rate, in their own optimiser group without weight decay
         (fine-tuned modules such as TVNet's kernels are not pulled towards zero). Default: none."""
         return {}
+
+    def check_clip_length(self, frames: int) -> None:
+        """Raise a FlowkitError when clips of ``frames`` frames are shorter than ``min_frames``:
+        the trainer calls it before it writes anything, ``forward`` where it needs the frames."""
+        if int(frames) < self.min_frames:
+            raise FlowkitError(f"model {self.model_name!r} needs clips of at least "
+                               f"{self.min_frames} frames, got {frames}; pass --frames "
+                               f"{self.min_frames} or more")
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise a FlowkitError naming each input this model needs and the batch lacks."""

@@ -109,6 +109,8 @@ class DDN(VideoClassifier):
         super().__init__(num_classes)
         self.set_stream("rgb")
         self.branches = parse_branches(branches)
+        # motion and change compare consecutive frames: at least one pair
+        self.min_frames = 2 if set(self.branches) - {"appearance"} else 1
         if int(max_displacement) < 1 or int(dilation) < 1:
             raise FlowkitError(f"ddn max_displacement and dilation must be >= 1, got "
                                f"{max_displacement} and {dilation}")
@@ -161,6 +163,12 @@ class DDN(VideoClassifier):
                 "tau": self.displacement.tau, "dilation": self.displacement.dilation,
                 "feature_stride": self.feature_stride}
 
+    def check_clip_length(self, frames: int) -> None:
+        if int(frames) < self.min_frames:
+            dynamic = " and ".join(n for n in self.branches if n != "appearance")
+            raise FlowkitError(f"ddn's {dynamic} branch needs clips of at least 2 frames, got "
+                               f"{frames}; pass --frames 2 or more")
+
     def features(self, rgb: torch.Tensor) -> torch.Tensor:
         """Shared low-level features: ``(B, 3, T, H, W) -> (B, C1, T, ceil(H/s), ceil(W/s))``,
         ``s = feature_stride``."""
@@ -173,10 +181,7 @@ class DDN(VideoClassifier):
         """Displacement maps ``(B, 2, T-1, h, w)`` (feature pixels, u then v, frame t -> t+1) and,
         with a change branch, warped feature differences ``(B, C1, T-1, h, w)`` (else None)."""
         b, c, t, h, w = features.shape
-        if t < 2:
-            raise FlowkitError(f"ddn's {' and '.join(n for n in self.branches if n != 'appearance')} "
-                               f"branch needs clips of at least 2 frames, got {t}; pass --frames 2 "
-                               "or more")
+        self.check_clip_length(t)
         f0 = features[:, :, :-1].transpose(1, 2).reshape(b * (t - 1), c, h, w)
         f1 = features[:, :, 1:].transpose(1, 2).reshape(b * (t - 1), c, h, w)
         disp = self.displacement(f0, f1)                                # (B (T-1), 2, h, w)

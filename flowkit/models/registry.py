@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FlowkitError
@@ -70,14 +72,48 @@ def create_model(name: str, **kw) -> VideoClassifier:
     checkpoint can rebuild it.
     """
     check_model_kwargs(name, kw)
-    return rebuild_model(name, **kw)
+    return _build(name, kw)
 
 
 def rebuild_model(name: str, **kw) -> VideoClassifier:
     """The classifier of a saved run (a checkpoint's ``model.kwargs``), built from keywords as
     they were accepted when the run was made: not typed again, so a run made before
     :func:`check_model_kwargs` existed (``offsets=1`` for true, say) still loads. Unknown names
-    still raise."""
+    still raise, and so does a file keyword whose file is gone (:func:`check_recorded_files`)."""
+    check_recorded_files(name, kw)
+    return _build(name, kw)
+
+
+def _build(name: str, kw: dict[str, Any]) -> VideoClassifier:
     model = MODELS.create(name, **kw)
     model.model_kwargs = dict(kw)
     return model
+
+
+def absolute_file_kwargs(name: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` with the file keywords of model ``name`` (its ``file_kwargs``, e.g.
+    ``tvnet_weights``) as absolute paths: a run records them so, since the model reads the file
+    again whenever the run is rebuilt (evaluate, resume), from whatever folder that runs in."""
+    files = getattr(MODELS.get(name), "file_kwargs", ())
+    return {key: (str(Path(value).resolve()) if key in files and value
+                  and isinstance(value, (str, os.PathLike)) else value)
+            for key, value in kw.items()}
+
+
+def check_recorded_files(name: str, kw: dict[str, Any]) -> None:
+    """FlowkitError when a file keyword of a saved run (``tvnet_weights=...``) names a file that
+    is not there: the model reads it before the run's own weights replace it (it fixes a part's
+    architecture), so the message says where the run expected it. A relative path (recorded by a
+    flowkit before :func:`absolute_file_kwargs`) is read against the current folder."""
+    for key in getattr(MODELS.get(name), "file_kwargs", ()):
+        value = kw.get(key)
+        if not value or not isinstance(value, (str, os.PathLike)) or Path(value).is_file():
+            continue
+        why = "the model is rebuilt from that file before the run's weights replace it"
+        if Path(value).is_absolute():
+            raise FlowkitError(f"model {name!r}: {key} {value}, recorded with the run, is not "
+                               f"there; {why}, so put it back at that path")
+        raise FlowkitError(f"model {name!r}: {key} {value}, recorded with the run as a relative "
+                           f"path (by an older flowkit), is not in this folder "
+                           f"({Path(value).resolve()}); {why}: run from the folder the run was "
+                           "trained in, or put the file there")

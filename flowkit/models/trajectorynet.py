@@ -37,7 +37,9 @@ Where the trajectories come from (``flow_source``):
     starting at 0, M, 2M, ... (the last one moved back to end at the clip's last frame); shorter
     clips are padded by repeating their last frame. Pass trained weights with
     ``motionnet_weights=PATH`` (``flowkit train-flow motionnet``); without them MotionNet starts
-    from random weights and learns only from this loss.
+    from random weights and learns only from this loss. The file is read again whenever the model
+    is rebuilt (``flowkit evaluate``, ``--resume``; it fixes MotionNet's architecture), so keep it
+    where it was: ``flowkit train`` records it by absolute path.
 
 With MotionNet the backward flow is always derived.
 
@@ -114,6 +116,7 @@ class TrajectoryNet(ResNet3dClassifier):
     ``backward_flow="store"`` (both flows divided by ``flow_bound``).
     Outputs: ``logits`` (B, K); ``aux_loss`` (scalar, already weighted) with ``"motionnet"``.
     """
+    file_kwargs = ("motionnet_weights",)
 
     def __init__(self, num_classes: int, depth: int = 18, width: int = 64,
                  layers: Optional[Sequence[int]] = None, dropout: float = 0.0,

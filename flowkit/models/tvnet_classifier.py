@@ -29,8 +29,10 @@ With ``flow_source="tvnet"`` the model needs only RGB, for training and for eval
 ``frames`` is the clip length T (``flowkit train`` passes ``--frames``); the pairs are consecutive
 clip frames, so with ``--step S`` TVNet's flow spans S video frames (the store's stays one), and with TSN ``--segments`` pairs
 also join the last frame of one segment to the first of the next. ``tvnet_weights`` is read again
-whenever the model is rebuilt (``flowkit evaluate``), before the run's own weights replace it, so
-keep that file where it was.
+whenever the model is rebuilt (``flowkit evaluate``, ``--resume``), before the run's own weights
+replace it (it fixes TVNet's architecture), so keep that file where it was: ``flowkit train``
+records it by absolute path. ``frames`` given as a keyword must equal the clip length (the trainer
+refuses another before it writes anything).
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ class TVNetClassifier(VideoClassifier):
     Outputs: ``logits`` ``(B, K)``; ``aux_loss`` (``lambda * L_f``) while TVNet trains;
     ``stream_logits`` ``[rgb, motion]`` with ``rgb_stream``.
     """
+    file_kwargs = ("tvnet_weights",)
 
     def __init__(self, num_classes: int, frames: int = 16, depth: int = 18, width: int = 64,
                  layers: Optional[Sequence[int]] = None, dropout: float = 0.0,
@@ -108,6 +111,7 @@ class TVNetClassifier(VideoClassifier):
         motion_input = "rgb" if flow_source == "tvnet" else "flow"
         self.inputs = tuple(dict.fromkeys((["rgb"] if rgb_stream else []) + [motion_input]))
         self.flow_stack = 1
+        self.min_frames = 2
         self.tvnet: Optional[TVNet] = None
         if flow_source == "tvnet":
             self.tvnet = self._build_tvnet(tvnet_weights, tvnet_scales, tvnet_warps, tvnet_iterations)

@@ -20,6 +20,8 @@ from .layout import json_default
 
 # Videos of the store read as a reference when none of the run's videos is in it yet.
 REFERENCE_VIDEOS = 3
+#: The codecs ``flowkit extract --lossless`` chooses (flow, RGB); it refuses codec options.
+LOSSLESS = ("float16", "raw")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,11 @@ class Comparison:
             opts.append(f"--rgb-codec {self.stored['rgb_codec'][0]}")
         if "flow_codec" in self.differing:
             opts.append(f"--flow-codec {self.stored['flow_codec'][0]}")
+        if {"rgb_codec", "flow_codec"} & self.differing.keys() and (
+                codec_spec(self.request.flow_codec), codec_spec(self.request.rgb_codec)) == LOSSLESS:
+            # --lossless's codecs: it refuses a codec option, so both are named and it is dropped
+            opts += [f"--{option.replace('_', '-')} {self._codec(option)}"
+                     for option in ("rgb_codec", "flow_codec")] + ["no --lossless"]
         for option in ("params", "pair_params"):
             stored = self.stored.get(option, [{}])[0]
             for key, value in stored.items():
@@ -165,6 +172,13 @@ class Comparison:
                 else:
                     opts.append(f"--param {key}={json.dumps(value)}")
         return list(dict.fromkeys(o for o in opts if o))
+
+    def _codec(self, option: str) -> str:
+        """The codec spec the store holds for ``option`` (``rgb_codec``, ``flow_codec``): the
+        stored one where it differs, else the run's."""
+        if option in self.differing:
+            return self.stored[option][0]
+        return codec_spec(getattr(self.request, option))
 
     def message(self) -> str:
         """One line: what differs, the options that match the store, and the ways out. When the

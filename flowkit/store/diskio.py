@@ -36,6 +36,8 @@ _FIX = {
     errno.EACCES: "fix the permissions or choose another -o",
     errno.EPERM: "fix the permissions or choose another -o",
 }
+#: How a file system refuses a change to a store it lets be read (read-only, permissions).
+REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)|\[Errno (\d+)\]")
 
 

@@ -25,13 +25,14 @@ from .codecs import Codec
 from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL,
                      PARTIAL_RE, STALE_PARTIAL_SECONDS, SUFFIX, VIDEO_FORMAT, VIDEO_VERSION,
                      VIDEOS, WIDEST_PID, check_key, check_not_file, check_video_header,
-                     create_store, flowkit_version, merge_classes, now, open_read,
-                     partial_ending, read_manifest)
+                     create_store, flowkit_version, merge_classes, no_manifest, now, open_read,
+                     partial_ending, read_manifest, rebuild_manifest)
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
-from .diskio import storage_error
+from .diskio import REFUSED, storage_error
 from .reading import (IMPORTED_ATTR, IMPORTED_BACKEND, DamagedObject, attributes, error_cause,
-                      frame_crcs, member, member_names, members, read_frames, redo_hint)
+                      flow_name, flow_options, frame_crcs, member, member_names, members,
+                      names_repair, read_frames, redo_hint)
 from .guard import Failed, guarded_map
 from .validate import video_problems
 from .writer import VideoWriter
@@ -83,12 +84,25 @@ class FlowStore:
         if not root.exists():
             raise StoreError(f"store {root} does not exist; {EXTRACT_HINT}")
         if not (root / MANIFEST).is_file():
-            raise StoreError(f"{root} is not a flowkit store (no {MANIFEST}); {EXTRACT_HINT}")
+            raise StoreError(no_manifest(root, f"; {EXTRACT_HINT}"))
         manifest = read_manifest(root)
         if self._mode == "a":
             (root / VIDEOS).mkdir(exist_ok=True)
             manifest = merge_classes(root, manifest, classes)
         return manifest
+
+    @staticmethod
+    def rebuild_manifest(path: str | os.PathLike) -> list[str]:
+        """Write the lost or unreadable ``store.json`` of the store at ``path`` again, its class
+        list from the videos' ``label`` / ``label_name`` attributes, and return that list
+        (:func:`~flowkit.store.layout.rebuild_manifest`: refused where it reads, or where the
+        videos leave a label id unnamed). ``flowkit info STORE --repair-manifest`` calls it."""
+        root = Path(path)
+        try:
+            return rebuild_manifest(root)
+        except OSError as exc:
+            raise storage_error(exc, root) or StoreError(
+                f"store {root}: {exc.strerror or exc}") from None
 
     # -- identity
 
@@ -242,6 +256,9 @@ class FlowStore:
         from another host (a shared file system), or with an unrecognised name, is deleted only when
         untouched for ``stale_after`` seconds, as a live writer there cannot be detected otherwise.
         Claims follow their own rule (:mod:`flowkit.store.claims`: pid here, heartbeat elsewhere).
+        A leftover the file system refuses to delete (a read-only store: EACCES, EPERM, EROFS) is
+        left where it is: readers ignore it, and a run with nothing to write goes on as without
+        it (one that writes stops at its first write, with the storage error naming the fix).
         """
         self._check_writable("remove partial files")
         host, removed = host_name(), []
@@ -252,6 +269,7 @@ class FlowStore:
                     dead = (not pid_alive(int(m["pid"])) if m and m["host"] == host
                             else time.time() - path.stat().st_mtime > stale_after)
                 elif path.name.endswith(CLAIM):
+                    # judged under the commit lock, which a read-only store refuses to open
                     if claims.remove_if_stale(self._root / VIDEOS, path):
                         removed.append(path)
                     continue
@@ -262,7 +280,14 @@ class FlowStore:
                     removed.append(path)
             except FileNotFoundError:  # its writer committed, aborted or released meanwhile
                 continue
-        removed += remove_stale_temporaries(self._root)
+            except OSError as exc:
+                if exc.errno not in REFUSED:
+                    raise
+        try:
+            removed += remove_stale_temporaries(self._root)
+        except OSError as exc:
+            if exc.errno not in REFUSED:
+                raise
         return removed
 
     # -- reading
@@ -523,7 +548,7 @@ class FlowStore:
         except StoreError as exc:
             raise StoreError(f"{self._video_path(key)}: {name} of video {key!r}: {exc}; if a "
                              "newer flowkit wrote it, upgrade flowkit, else re-extract it "
-                             f"(--redo {key})") from exc
+                             f"(--redo {key}{flow_options(flow_name(name))})") from exc
 
     def close(self) -> None:
         """Close the files every thread of this process opened through this store, while none of
@@ -698,7 +723,9 @@ class FlowStore:
         [found] = guarded_map(video_problems, [(path, key, False)])
         problems = [found.reason] if isinstance(found, Failed) else found
         problems = [p.removesuffix(f"; {hint}") for p in problems]
-        return f"{path}: {'; '.join(problems) or 'its facts cannot be read'}; {hint}"
+        line = f"{path}: {'; '.join(problems) or 'its facts cannot be read'}"
+        # the redo once, at the end; a problem's own repair (a flow's --method, a re-import) stands
+        return line if problems and all(map(names_repair, problems)) else f"{line}; {hint}"
 
 
 class _OpenFiles:

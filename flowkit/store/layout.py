@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..files import atomic_write_json, host_name
+from ..files import atomic_write_json, host_name, walk_once
 from . import guard
 
 FORMAT = "flowkit-store"
@@ -58,6 +58,8 @@ WIDEST_PID = 4194304
 PARTIAL_RE = re.compile(r"(?P<stem>.+)\.h5\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.partial")
 
 EXTRACT_HINT = "create it with `flowkit extract VIDEO_DIR -o STORE`"
+#: The repair of a store whose store.json was lost or damaged (:func:`rebuild_manifest`).
+REBUILD_HINT = "rebuild it from the videos' labels: `flowkit info {root} --repair-manifest`"
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -201,7 +203,7 @@ def read_manifest(root: Path) -> dict:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StoreError(f"{manifest}: unreadable store manifest ({e}); if the directory is a "
-                         "flowkit store, rewrite store.json or extract again") from None
+                         f"flowkit store, {REBUILD_HINT.format(root=root)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise StoreError(f"{root} is not a flowkit store ({MANIFEST} has format "
                          f"{data.get('format') if isinstance(data, dict) else None!r}, "
@@ -232,14 +234,73 @@ def create_store(root: Path, classes: list[str]) -> dict:
     # Other ranks' manifest temporaries may be here already; anything else means a foreign directory.
     others = [p.name for p in root.iterdir() if not p.name.startswith(MANIFEST + ".")]
     if MANIFEST not in others and others:
-        raise StoreError(f"{root} is not a flowkit store (no {MANIFEST}) and is not empty; "
-                         "choose a new or empty directory for the store")
+        raise StoreError(no_manifest(root, " and is not empty; choose a new or empty directory "
+                                           "for the store"))
     if MANIFEST not in others:
         atomic_write_json(root / MANIFEST, {
             "format": FORMAT, "version": VERSION, "classes": list(classes),
             "created": now(), "flowkit_version": flowkit_version()})
     (root / VIDEOS).mkdir(exist_ok=True)
     return read_manifest(root)
+
+
+def no_manifest(root: Path, otherwise: str) -> str:
+    """Why ``root``, without store.json, is no store: one holding ``videos/`` is a store that lost
+    it (the repair: :func:`rebuild_manifest`); any other directory is told ``otherwise`` (what
+    follows "is not a flowkit store (no store.json)")."""
+    if (root / VIDEOS).is_dir():
+        return (f"{root} has no {MANIFEST} but holds {VIDEOS}/: if it is a flowkit store whose "
+                f"{MANIFEST} was lost, {REBUILD_HINT.format(root=root)}")
+    return f"{root} is not a flowkit store (no {MANIFEST}){otherwise}"
+
+
+def video_label(path: Path) -> tuple[int, str] | None:
+    """``(label, label_name)`` of the finished video file ``path``; None where they cannot be read
+    (for :func:`rebuild_manifest`, in a guarded child)."""
+    try:
+        with open_read(path) as f:
+            return int(py_value(f.attrs["label"])), str(py_value(f.attrs["label_name"]))
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):
+        return None
+
+
+def rebuild_manifest(root: Path) -> list[str]:
+    """Write the lost or unreadable store.json of the store ``root`` again and return its class
+    list: name i is the ``label_name`` of the videos labelled i (each video records both), so
+    the ids the videos hold keep their names. Refused (:class:`StoreError`) where store.json reads
+    (nothing to rebuild), where the videos disagree on a name, or where an id below the largest
+    has no video to name it: then store.json is written by hand (docs/architecture.md, "The
+    store": the class names in label-id order)."""
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        try:
+            read_manifest(root)
+        except StoreError:
+            pass
+        else:
+            raise StoreError(f"{manifest} reads; there is nothing to rebuild")
+    if not (root / VIDEOS).is_dir():
+        raise StoreError(f"{root} holds no {VIDEOS}/: not a flowkit store to rebuild; "
+                         f"{EXTRACT_HINT}")
+    paths = [Path(d, name) for d, _, names in walk_once(root / VIDEOS) for name in names
+             if name.endswith(SUFFIX)]
+    names: dict[int, set[str]] = {}
+    for found in guard.guarded_map(video_label, [(p,) for p in paths]):
+        if isinstance(found, tuple) and found[0] >= 0:
+            names.setdefault(found[0], set()).add(found[1])
+    count = max(names, default=-1) + 1
+    gaps = [i for i in range(count) if i not in names]
+    clash = {i: sorted(n) for i, n in names.items() if len(n) > 1}
+    if gaps or clash:
+        why = (f"label ids {gaps[:5]} have no video to name them" if gaps
+               else f"videos name label ids differently: {dict(list(clash.items())[:3])}")
+        raise StoreError(f"{manifest} cannot be rebuilt: {why}; write it by hand: "
+                         f'{{"format": "{FORMAT}", "version": {VERSION}, "classes": [the class '
+                         'names in label-id order]}')
+    classes = [names[i].pop() for i in range(count)]
+    atomic_write_json(manifest, {"format": FORMAT, "version": VERSION, "classes": classes,
+                                 "created": now(), "flowkit_version": flowkit_version()})
+    return classes
 
 
 def class_ids(root: Path, requested: Sequence[str] | None

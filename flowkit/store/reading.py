@@ -10,11 +10,13 @@ naming the file, the object and the ``--redo`` that re-extracts the video."""
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any
 
 import h5py
 import numpy as np
 
+from ..conventions import BACKWARD_SUFFIX, is_backward
 from ..errors import DamagedDataError
 from .codecs import FRAME_CRC_ATTR, Codec, check_crc
 from .layout import py_value
@@ -27,33 +29,88 @@ IMPORTED_BACKEND = "external"
 #: from images, so ``flowkit extract`` cannot redo it either (a ``--no-flow`` import has no flow
 #: record to tell).
 IMPORTED_ATTR = "imported"
+#: The engine ``flowkit extract`` runs without ``--method``.
+DEFAULT_METHOD = "tvl1"
+#: What a command computing one engine's flow again adds: the rest must match (size, step, codecs).
+SAME_OPTIONS = ", with the options it was extracted with (flowkit info shows them)"
+#: The repair of a file under ``videos/`` that is not the video its path names (a copy kept there):
+#: every file there is read as the video of its path's key.
+STRAY_HINT = "delete it or move it out of videos/"
 
 
-def redo_hint(key: str | None, imported: str | None = None) -> str:
+def redo_hint(key: str | None, imported: str | None = None, flow: str | None = None) -> str:
     """The command that repairs a damaged video: ``flowkit extract --redo``, or for a video whose
     flow was imported (``imported``: its file, :func:`imported_file`) deleting the file and
-    rerunning the import, which skips a video the store holds and cannot recompute its flow."""
+    rerunning the import, which skips a video the store holds and cannot recompute its flow.
+
+    ``flow``: the damaged dataset's name under ``/flow`` (``tvnet``, ``tvl1_backward``), where the
+    damage is one flow's. A redo computes one flow and keeps of the old file only what still
+    decodes, so ``--redo KEY`` alone would compute tvl1 and drop a damaged ``tvnet``: the command
+    names that flow's ``--method`` and ``--backward`` (:func:`flow_options`)."""
     if imported:
         return (f"re-import it: delete {imported} and rerun flowkit import rawframes "
                 "RAWFRAMES_DIR -o STORE (flowkit extract cannot recompute imported flow)")
-    return f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key if key else 'KEY'}"
+    options = flow_options(flow)
+    return (f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key if key else 'KEY'}"
+            f"{options}{SAME_OPTIONS if options else ''}")
+
+
+#: How the repairs a problem line may name start (:func:`redo_hint`, :data:`STRAY_HINT`).
+_REPAIRS = ("re-extract it: ", "re-import it: ", STRAY_HINT)
+
+
+def names_repair(problem: str) -> bool:
+    """Whether the problem line ``problem`` names its repair."""
+    return any(repair in problem for repair in _REPAIRS)
+
+
+def flow_options(flow: str | None) -> str:
+    """The options that make ``flowkit extract`` write ``flow/<flow>``: ``" --method tvnet
+    --backward"`` for ``tvnet_backward`` (extract names what it writes after ``--method``, plus
+    ``_backward``); "" for the default engine's forward flow, or no flow."""
+    if not flow:
+        return ""
+    method = flow[:-len(BACKWARD_SUFFIX)] if is_backward(flow) else flow
+    return ((f" --method {method}" if method != DEFAULT_METHOD else "")
+            + (" --backward" if is_backward(flow) else ""))
+
+
+def flow_name(name: str) -> str | None:
+    """The flow dataset's name under ``/flow`` in an object's path (``/flow/tvnet``,
+    ``flow/tvnet``, ``/flow/tvnet attributes``, ``/flow/tvnet[2]``); None for any other object."""
+    m = re.match(r"/?flow/([^/\s\[]+)", name)
+    return m[1] if m else None
+
+
+def dataset_hint(ds: h5py.Dataset, key: str | None) -> str:
+    """:func:`redo_hint` for damage to the dataset ``ds``: re-import for imported data, else the
+    redo that computes this flow again."""
+    return redo_hint(key, imported_file(ds), flow_name(ds.name))
 
 
 def imported_file(ds: h5py.Dataset) -> str | None:
     """The file of ``ds`` when what it holds was imported: a flow dataset by its own engine
-    record (:data:`IMPORTED_BACKEND`), RGB by the file's :data:`IMPORTED_ATTR` (files imported
-    before it was recorded: by every flow of the file being imported); None otherwise, or when
-    the records cannot be read (damage)."""
+    record (:data:`IMPORTED_BACKEND`), RGB by its file (:func:`imported_video`); None otherwise,
+    or when the records cannot be read (damage)."""
     try:
-        if ds.name.startswith("/flow/"):
-            flows = [ds]
-        elif ds.file.attrs.get(IMPORTED_ATTR, False):
-            return ds.file.filename
-        else:
-            group = ds.file.get("flow")
-            flows = list(group.values()) if group is not None else []
-        if flows and all(f.attrs.get("backend") == IMPORTED_BACKEND for f in flows):
-            return ds.file.filename
+        if not ds.name.startswith("/flow/"):
+            return imported_video(ds.file)
+        return ds.file.filename if ds.attrs.get("backend") == IMPORTED_BACKEND else None
+    except Exception:  # damaged records: the generic hint
+        return None
+
+
+def imported_video(f: h5py.File) -> str | None:
+    """The name of the video file ``f`` when ``flowkit import rawframes`` made it: by its
+    :data:`IMPORTED_ATTR` (files imported before it was recorded: by every flow of the file being
+    imported); None otherwise, or when the records cannot be read (damage)."""
+    try:
+        if f.attrs.get(IMPORTED_ATTR, False):
+            return f.filename
+        group = f.get("flow")
+        flows = list(group.values()) if group is not None else []
+        if flows and all(flow.attrs.get("backend") == IMPORTED_BACKEND for flow in flows):
+            return f.filename
     except Exception:  # damaged records: the generic hint
         pass
     return None
@@ -81,7 +138,8 @@ class DamagedObject(DamagedDataError):
     @classmethod
     def of(cls, filename: str, name: str, key: str | None, cause: str) -> "DamagedObject":
         video = f" of video {key!r}" if key else ""
-        problem = f"{name}{video} cannot be opened, it is damaged ({cause}); {redo_hint(key)}"
+        problem = (f"{name}{video} cannot be opened, it is damaged ({cause}); "
+                   f"{redo_hint(key, flow=flow_name(name))}")
         return cls(f"{filename}: {problem}", name, key, cause, problem)
 
 
@@ -179,18 +237,21 @@ def read_frames(ds: h5py.Dataset, codec: Codec, index: Any, key: str,
         return _read_frames(ds, codec, selection, decode, crcs)
     except (OSError, RuntimeError, ValueError, DamagedDataError) as exc:
         raise DamagedDataError(
-            f"{ds.file.filename}: {ds.name} frames {_describe_index(index)} of video {key!r} are "
-            f"damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            f"{redo_hint(key, imported_file(ds))}") from None
+            f"{ds.file.filename}: {ds.name} frames {_describe_index(selection)} of video "
+            f"{key!r} are damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"{dataset_hint(ds, key)}") from None
 
 
-def _describe_index(index: Any) -> str:
-    if isinstance(index, slice):
-        return f"[{'' if index.start is None else index.start}:{'' if index.stop is None else index.stop}]"
-    if isinstance(index, (int, np.integer)):
-        return str(int(index))
-    items = list(index)
-    return str(items if len(items) <= 8 else items[:8] + ["..."])
+def _describe_index(selection: int | slice | np.ndarray) -> str:
+    """A :func:`_selection` as a message shows it: ``3``, ``[0:7]`` (the frames the dataset
+    holds, not the slice asked for), ``[3, 4, 5, 6]`` (plain ints, the first 8 then ``...``)."""
+    if isinstance(selection, slice):
+        step = "" if selection.step == 1 else f":{selection.step}"
+        return f"[{selection.start}:{selection.stop}{step}]"
+    if isinstance(selection, int):
+        return str(selection)
+    items = [str(int(i)) for i in selection[:8]] + (["..."] if len(selection) > 8 else [])
+    return f"[{', '.join(items)}]"
 
 
 def _selection(index: Any, n: int, key: str, name: str) -> int | slice | np.ndarray:
@@ -269,5 +330,6 @@ def _take(ds: h5py.Dataset, selection: int | slice | np.ndarray) -> np.ndarray:
 
 
 __all__ = ["read_frames", "frame_crcs", "member", "member_names", "members", "attributes",
-           "DamagedObject", "redo_hint", "imported_file", "error_cause", "IMPORTED_BACKEND",
-           "IMPORTED_ATTR"]
+           "DamagedObject", "redo_hint", "flow_options", "flow_name", "dataset_hint",
+           "names_repair", "imported_file", "imported_video", "error_cause", "SAME_OPTIONS",
+           "STRAY_HINT", "IMPORTED_BACKEND", "IMPORTED_ATTR", "DEFAULT_METHOD"]

@@ -18,8 +18,8 @@ from ..errors import StoreError
 from .codecs import Codec, codec_of, frame_crc
 from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read
 from .guard import HungFileError
-from .reading import (DamagedObject, attributes, frame_crcs, imported_file, member, member_names,
-                      redo_hint)
+from .reading import (STRAY_HINT, DamagedObject, attributes, dataset_hint, frame_crcs,
+                      imported_video, member, member_names, redo_hint)
 
 _ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source_height",
                "source_width", "step", "label", "label_name", "created")
@@ -32,33 +32,36 @@ def video_problems(path: Path, key: str, deep: bool) -> list[str]:
     except HungFileError as e:  # it hung (or crashed) a read before: the same problem again
         return [f"{e}; {redo_hint(key)}"]
     except OSError as e:
-        return [f"cannot be opened as HDF5 (truncated or corrupt?): {e}"]
+        return [f"cannot be opened as HDF5 (truncated or corrupt?): {e}; {redo_hint(key)}"]
     try:
         with f:
             return _file_problems(f, key, deep)
     except DamagedObject as e:
         return [e.problem]
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
-        return [f"unreadable: {type(e).__name__}: {e}"]
+        return [f"unreadable: {type(e).__name__}: {e}; {redo_hint(key)}"]
 
 
 def _file_problems(f: h5py.File, key: str, deep: bool) -> list[str]:
     a = attributes(f, key)  # a damaged root group: DamagedObject
+    # Whole-file problems name the repair of the whole video: its re-import or redo.
+    hint = redo_hint(key, imported_video(f))
     if a.get("format") != VIDEO_FORMAT:
-        return [f"format attribute is {a.get('format')!r}, expected {VIDEO_FORMAT!r}"]
+        return [f"format attribute is {a.get('format')!r}, expected {VIDEO_FORMAT!r}; {hint}"]
     if not isinstance(a.get("version"), int) or a["version"] > VIDEO_VERSION:
         return [f"version attribute is {a.get('version')!r}; this flowkit reads version "
-                f"<= {VIDEO_VERSION}"]
+                f"<= {VIDEO_VERSION}: if a newer flowkit wrote it, upgrade flowkit, else {hint}"]
+    if "key" in a and a["key"] != key:  # a copy (a backup kept under videos/), or damage
+        return [f"key attribute {a['key']!r} does not match its path (key {key!r}); if it is a "
+                f"copy of video {a['key']!r}, {STRAY_HINT}, else {hint}"]
     problems = [f"missing attribute {k!r}" for k in _ROOT_ATTRS if k not in a]
     if a.get("complete") is not True:
         problems.append("not marked complete")
-    if "key" in a and a["key"] != key:
-        problems.append(f"key attribute {a['key']!r} does not match its path (key {key!r})")
     if problems:
-        return problems
+        return [f"{p}; {hint}" for p in problems]
     t, h, w = a["frame_count"], a["height"], a["width"]
     if not isinstance(t, int) or t < 1:
-        return [f"frame_count is {t!r}, not a positive number of frames"]
+        return [f"frame_count is {t!r}, not a positive number of frames; {hint}"]
     # (group, name) -> (frames, frame shape) of every dataset the file links
     expected: dict[tuple[h5py.Group, str], tuple[int, tuple]] = {(f, "rgb"): (t, (h, w, 3))}
     try:
@@ -79,7 +82,7 @@ def _file_problems(f: h5py.File, key: str, deep: bool) -> list[str]:
             found += 1
             problems.append(e.problem)
     if not found and not problems:
-        problems.append("holds neither rgb nor flow")
+        problems.append(f"holds neither rgb nor flow; {hint}")
     return problems
 
 
@@ -115,7 +118,7 @@ def _dataset_problems(ds: h5py.Dataset, frames: int, frame_shape: tuple, deep: b
                             f" ({codec.name})")
     problems += _bound_problems(ds.name, codec, attrs)
     if deep and not problems:  # damaged frames: the video is redone (or re-imported)
-        problems += [f"{p}; {redo_hint(key, imported_file(ds))}"
+        problems += [f"{p}; {dataset_hint(ds, key)}"
                      for p in _decode_all(ds, codec, frame_shape)]
     return problems
 

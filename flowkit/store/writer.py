@@ -31,7 +31,8 @@ from .claims import commit_lock
 from .codecs import FRAME_CRC_ATTR, GZIP_LEVEL, Codec, Jpeg, encode_frames, frame_crc
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
 from .layout import as_numpy, engine_record, open_read, partial_ending, py_value
-from .reading import DamagedObject, attributes, error_cause, member, member_names, redo_hint
+from .reading import (SAME_OPTIONS, DamagedObject, attributes, error_cause, flow_name,
+                      flow_options, member, member_names, redo_hint)
 from .validate import decode_problem
 
 # vlen datasets: frames per chunk of the pointer array (16 bytes a frame); the bytes live in the heap.
@@ -47,7 +48,8 @@ OTHER_FRAMES = "stored for other frames"
 class Dropped(NamedTuple):
     """A dataset of the old file that a redo did not keep (:attr:`VideoWriter.dropped`):
     ``name`` (``rgb``, ``flow/<name>``, or the file's own name where none of it could be read)
-    and ``why``: its damage, or :data:`OTHER_FRAMES`. Shown as ``NAME (why)``."""
+    and ``why``: its damage, or :data:`OTHER_FRAMES`. Shown as ``NAME (why)``, for a flow with
+    the command that computes it again (the redo computed another: ``--method``, ``--backward``)."""
     name: str
     why: str
 
@@ -56,7 +58,11 @@ class Dropped(NamedTuple):
         return self.why != OTHER_FRAMES
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.why})"
+        flow = flow_name(self.name)
+        again = "" if flow is None else (
+            f"; compute it again: flowkit extract VIDEO_DIR -o STORE{flow_options(flow)}"
+            f"{SAME_OPTIONS}")
+        return f"{self.name} ({self.why}){again}"
 
 
 class VideoWriter:
@@ -382,7 +388,7 @@ class VideoWriter:
             if not self.redo:
                 raise DamagedDataError(f"{self.final}: /{name} of video {self.key!r} cannot be "
                                        f"copied, it is damaged ({cause}); "
-                                       f"{redo_hint(self.key)}") from None
+                                       f"{redo_hint(self.key, flow=flow_name(name))}") from None
             self.dropped.append(Dropped(name, f"damaged: {cause}"))
 
     def _frames(self, f: h5py.File) -> tuple[int, int, int]:

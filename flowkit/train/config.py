@@ -2,7 +2,10 @@
 
 The run directory's ``config.json`` holds ``{"config": TrainConfig as a dict, "model": {"name",
 "kwargs"}, "classes", "split", "clip_length", "inputs", "flow_stack", "flowkit_version", ...}``
-(written by :mod:`flowkit.train.loop`); checkpoints carry the same dict.
+(written by :mod:`flowkit.train.loop`); checkpoints carry the same dict. A new run records in
+``config.flow_bound`` the pixels its flow inputs were divided by (the training store's bound unless
+given), so datasets built for the run later divide by the same whatever store they read; a run
+recorded without it (older flowkit) divides by each store's own bound.
 """
 from __future__ import annotations
 
@@ -97,6 +100,10 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     flow_name: str = field(default="tvl1", metadata={
         "help": "Flow dataset of the store (the extraction --method)."})
+    flow_bound: float | None = field(default=None, metadata={
+        "help": "Flow pixels mapped to 1 at the model's input [default: the bound of the store's "
+                "flow: 20, or a uint8 codec's]. Recorded in config.json, so evaluating or "
+                "resuming the run on a store of another flow codec divides by the same."})
     val_fraction: float = field(default=0.1, metadata={
         "help": "Stratified validation split (0: none), keeping UCF101 groups (_g08_) whole. "
                 "Ignored with --split-list."})
@@ -162,6 +169,8 @@ class TrainConfig:
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
         need(self.clip_grad is None or self.clip_grad > 0, f"clip-grad must be > 0, got {self.clip_grad}")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(self.flow_bound is None or (math.isfinite(self.flow_bound) and self.flow_bound > 0),
+             f"flow-bound must be a positive number of pixels, got {self.flow_bound}")
         need(self.workers >= 0 and self.checkpoint_every >= 0,
              "workers and checkpoint-every must be >= 0")
         need(0 <= self.val_fraction < 1, f"val-fraction must be in [0, 1), got {self.val_fraction}")

@@ -31,7 +31,7 @@ from ..errors import FlowkitError
 from ..files import atomic_write, atomic_write_text
 from ..progress import Progress, StopFlag
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, read_run_config
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy
 
 VIEW_INPUTS = MODALITIES  # the batch entries that carry a views dim: rgb, flow, flow_backward
@@ -166,6 +166,18 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     return model, run_config, ckpt
+
+
+def _with_current_store(run_dir: Path, run_config: dict) -> dict:
+    """``run_config`` (a checkpoint's) with the run's current training store, from
+    ``RUN_DIR/config.json``: ``--resume`` may move a run to another STORE, and a checkpoint
+    saved before (``best.pt`` of an earlier epoch) still names the old one, which the default
+    store and the "is this the training store" test would use."""
+    try:
+        current = read_run_config(run_dir)["config"]["store"]
+    except (FlowkitError, KeyError, TypeError):  # no readable config.json: the checkpoint's
+        return run_config
+    return {**run_config, "config": {**run_config["config"], "store": current}}
 
 
 def _same_store(a: str | Path, b: str | Path) -> bool:
@@ -334,8 +346,13 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     run_dir = Path(run_dir)
     dev = rank_device(device)
     model, run_config, ckpt = load_run_model(run_dir, checkpoint, dev)
+    run_config = _with_current_store(run_dir, run_config)
     config = TrainConfig.from_dict(run_config["config"])
     store_path = Path(store) if store is not None else Path(config.store)
+    if store is None and not store_path.exists():  # moved since: FlowStore would say extract
+        raise FlowkitError(f"the run's training store {store_path} (recorded in "
+                           f"{run_dir / 'config.json'}) is not there; if it was moved, pass its "
+                           f"new path: flowkit evaluate {run_dir} STORE")
     flow_store = FlowStore(store_path)
     classes = run_config["classes"]
     if skip_missing is None:

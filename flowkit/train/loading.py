@@ -192,7 +192,9 @@ def test_sampler(config: TrainConfig, clips: int = 1):
 def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips: int = 1,
                  crops: int = 1, views: bool = False, classes=None):
     """A ClipDataset of ``keys`` with the inputs (and flow stack) ``model`` needs (``classes``:
-    the run's, when the store may number them otherwise: :class:`~flowkit.data.ClipDataset`).
+    the run's, when the store may number them otherwise: :class:`~flowkit.data.ClipDataset`),
+    its flow divided by the run's ``config.flow_bound`` (None, a run recorded before it: by the
+    store's bound).
 
     Raises FlowkitError at once when the store lacks a modality the model needs.
     """
@@ -207,7 +209,30 @@ def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips:
     kw = {"views": True} if views else {}
     return ClipDataset(store, keys, inputs=tuple(model.inputs), sampler=sampler,
                        transform=transform, flow_name=config.flow_name,
-                       flow_stack=int(model.flow_stack), seed=config.seed, classes=classes, **kw)
+                       flow_stack=int(model.flow_stack), seed=config.seed, classes=classes,
+                       flow_bound=config.flow_bound, **kw)
+
+
+def store_flow_bound(store, keys, config: TrainConfig, model,
+                     note: Callable[[str], None] | None = None) -> float | None:
+    """The flow normalisation of a run that records none yet (pixels mapped to 1 at the model's
+    input): the bound of the store's flow of ``keys`` (20 for float flow, a uint8 codec's own),
+    what :class:`~flowkit.data.ClipDataset` divides by by default. None for a model without flow
+    inputs. Videos of several bounds (a store extracted with several codecs) all take the largest,
+    with a ``note``: one scale for the whole run. FlowkitError, as ``make_dataset``, when the store
+    lacks a flow the model needs."""
+    from ..data.datasets import read_video_info
+
+    inputs = tuple(model.inputs)
+    if not {"flow", "flow_backward"} & set(inputs):
+        return None
+    info = read_video_info(store, sorted(set(keys)), inputs, config.flow_name)
+    bounds = sorted({v.flow_bound for v in info.values()})
+    if len(bounds) > 1 and note is not None:
+        note(f"the training videos' flow in store {config.store} has bounds "
+             f"{', '.join(f'{b:g}' for b in bounds)} px (several flow codecs); the run divides all "
+             f"of it by {bounds[-1]:g} (choose with --flow-bound)")
+    return bounds[-1]
 
 
 def make_loader(dataset, *, batch_sampler=None, batch_size: int = 1, workers: int = 0,

@@ -29,6 +29,7 @@ used on CUDA only; gradients are unscaled before ``clip_grad_norm_``.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
@@ -49,7 +50,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, merge_for_resume, read_run_config
 from .ddp import batch_sampler, convert_sync_batchnorm, rank_device, wrap
 from .loading import (EpochBatchSampler, derive_seed, index_store, keys_digest, make_dataset,
-                      make_loader, make_split, seed_everything, to_device)
+                      make_loader, make_split, seed_everything, store_flow_bound, to_device)
 from .optim import build_optimizer, build_scheduler
 
 CONFIG_FILE = "config.json"
@@ -141,9 +142,14 @@ class Trainer:
         self.config = config.validate()
         self.resuming = _saved is not None
         if not self.resuming:  # a new run's --model-arg: names and kinds, before any file
-            from ..models.registry import check_model_kwargs
+            from ..models.registry import absolute_file_kwargs, check_model_kwargs
 
             check_model_kwargs(config.model, config.model_kwargs)
+            # Files the model reads whenever it is rebuilt (tvnet_weights=...) are recorded
+            # absolute, so evaluate and --resume find them from any folder. A copy: the
+            # caller's config (and, below, its flow_bound) stays as given.
+            self.config = config = dataclasses.replace(config, model_kwargs=absolute_file_kwargs(
+                config.model, config.model_kwargs))
         if not self.resuming and self._holds_run() and not overwrite:
             raise FlowkitError(f"{self.run_dir} already holds a training run; pass --resume to "
                                "continue it, --overwrite to replace it, or choose another --out")
@@ -159,6 +165,9 @@ class Trainer:
             index_store(self.store, progress=progress)  # a bar over videos new to the index
             self.train_keys, self.val_keys, self.split_source = self._split(_saved)
             self.model = self._create_model()
+            if config.flow_bound is None:  # a new run (or one recorded before it): the store's
+                config.flow_bound = store_flow_bound(self.store, self.train_keys, config,
+                                                     self.model, note=self._note)
             # The datasets check the store holds what the model needs (flow / rgb) before any
             # writing; with the run's classes they label a store numbering them otherwise
             # by name.
@@ -230,18 +239,46 @@ class Trainer:
 
     def _create_model(self) -> nn.Module:
         """The config's model, seeded; its keywords (the clip length where the model takes one)
-        are kept in ``self.model_kwargs`` for the run's description."""
-        from ..models import model_parameters, rebuild_model
+        are kept in ``self.model_kwargs`` for the run's description. FlowkitError, before anything
+        is written, when the model cannot take the run's clips (a ``frames`` keyword other than
+        the clip length, or clips shorter than the model's ``min_frames``): the first batch
+        would fail after the run directory exists."""
+        from ..models import create_model, model_parameters, rebuild_model
 
         config = self.config
         self.model_kwargs = {"num_classes": len(self.classes), **config.model_kwargs}
         accepted = model_parameters(config.model)
         for name in ("frames", "in_frames"):  # models that must know T get the clip length
-            if name in accepted and name not in self.model_kwargs:
-                self.model_kwargs[name] = config.clip_length
+            if name in accepted:
+                given = self.model_kwargs.setdefault(name, config.clip_length)
+                if given != config.clip_length:
+                    raise FlowkitError(self._frames_mismatch(name, given))
         torch.manual_seed(derive_seed(config.seed, "init"))
-        # typed up front for a new run; a resumed one keeps the keywords it was made with
-        return rebuild_model(config.model, **self.model_kwargs)
+        # a new run's keywords are checked (and typed) afresh; a resumed one keeps those it was
+        # made with, and its files must still be where they were recorded
+        build = rebuild_model if self.resuming else create_model
+        model = build(config.model, **self.model_kwargs)
+        if hasattr(model, "check_clip_length"):
+            model.check_clip_length(config.clip_length)
+        return model
+
+    def _frames_mismatch(self, name: str, given: Any) -> str:
+        """The error for a model keyword ``name`` (``frames``) that is not the clip length."""
+        config, length = self.config, self.config.clip_length
+        clips = (f"--segments {config.segments} x --frames {config.frames_per_clip}"
+                 if config.segments else f"--frames {config.frames_per_clip}")
+        if not config.segments:
+            other = f"--frames {given}"
+        elif isinstance(given, int) and given % config.segments == 0:
+            other = f"--frames {given // config.segments}"
+        else:
+            other = f"--segments and --frames that make clips of {given} frames"
+        fix = (f"leave `--model-arg {name}={given}` out (it follows the clip length) or pass "
+               f"{other}")
+        if self.resuming:  # written by a flowkit that did not check: the run cannot train
+            fix = f"start the run again with --overwrite and {fix}"
+        return (f"model {self.config.model!r}: {name}={given} (--model-arg) does not match the "
+                f"run's clips of {length} frames ({clips}); {fix}")
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, log: Callable[[str], None] | None = None,
