@@ -490,12 +490,13 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
         except RuntimeError:  # the writer died: the original error says more
             pass
         # The writer committed the videos whose end it had before the abort: their results go
-        # out too, or a stop's summary would count as not started videos the store holds. Only
-        # those: a video that failed meanwhile failed because of what stops the run (a full
-        # disk fails every video in flight) and counts as not started, as the ones aborted. Not
+        # out too (and the "already in the store" skips queued with them), or a stop's summary
+        # would count as not started videos the store holds. Not failures: a video that failed
+        # meanwhile failed because of what stops the run (a full disk fails every video in
+        # flight) and counts as not started, as the ones aborted. Not
         # when the caller closed the generator (GeneratorExit): it takes nothing more.
         if not isinstance(exc, GeneratorExit):
-            yield from (result for result in _drain(writer) if result.status == "done")
+            yield from (result for result in _drain(writer) if result.status != "failed")
         raise
     finally:
         for job in jobs:

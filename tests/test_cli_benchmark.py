@@ -143,3 +143,7 @@ def test_motionnet_without_weights_names_the_benchmarks_param(runner):
     assert row["status"] == "missing" and "train-flow motionnet" in row["reason"]
     assert "`--param motionnet:weights=motionnet.pt`" in row["reason"], row["reason"]
     assert "--weights" not in row["reason"]
+    from flowkit.bench.harness import weights_as_param
+    assert weights_as_param("pass weights=PATH (flowkit extract --weights CKPT), a torchvision",
+                            "costvolume") == ("pass weights=PATH (`--param costvolume:weights="
+                                              "CKPT`), a torchvision")

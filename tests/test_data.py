@@ -699,7 +699,7 @@ def test_listed_videos_missing_from_the_store_name_skip_missing(tiny_store, tmp_
                                                  "down/down_2.avi 2\nleft/left_gone.avi 3\n")
     with pytest.raises(FlowkitError, match="2 video") as err:
         split_from_list(tiny_store, listed)
-    assert "pass --skip-missing to leave the missing ones out" in str(err.value)
+    assert "pass --skip-missing (listed_keys() in Python) to leave the missing ones out" in str(err.value)
     assert "'right/right_gone'" in str(err.value)
     present, missing = listed_keys(tiny_store, listed)
     assert present == ["right/right_0", "down/down_2"]

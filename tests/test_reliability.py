@@ -903,8 +903,10 @@ def test_commit_over_a_damaged_header_names_redo_and_redo_drops_it(tmp_path, nam
     before = final.read_bytes()
     shown = "/" if name == "/" else f"/{name}"
     # a damaged tvnet: the redo that computes tvnet (--redo alone would compute tvl1, drop it)
+    # (its record unreadable, whether it was imported cannot be told: the import's repair too)
     method = (r" --method tvnet, with the options it was extracted with \(flowkit info shows "
-              r"them\)") if name == "flow/tvnet" else ""
+              r"them\), or if it was imported \(flowkit import rawframes\), delete the video's "
+              r"file and rerun the import with --flow-name tvnet") if name == "flow/tvnet" else ""
     with pytest.raises(DamagedDataError, match=rf"^{final}: {shown} of video 'c/v' cannot be "
                                                r"opened, it is damaged \(.*object header.*"
                                                rf"--redo c/v{method}$"):

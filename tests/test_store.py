@@ -508,7 +508,7 @@ def test_a_lost_or_damaged_store_json_is_rebuilt_from_the_videos_labels(tmp_path
             FlowStore(tmp_path / "s", mode)
     assert FlowStore.rebuild_manifest(tmp_path / "s") == classes
     assert FlowStore(tmp_path / "s").classes == classes
-    with pytest.raises(StoreError, match="reads; there is nothing to rebuild"):
+    with pytest.raises(StoreError, match="reads as JSON; there is nothing to rebuild"):
         FlowStore.rebuild_manifest(tmp_path / "s")
     manifest.write_text(manifest.read_text()[:50])  # half-written
     with pytest.raises(StoreError, match=rf"unreadable store manifest .*{repair}$"):
@@ -521,11 +521,28 @@ def test_a_lost_or_damaged_store_json_is_rebuilt_from_the_videos_labels(tmp_path
         FlowStore.rebuild_manifest(tmp_path / "s")
 
 
+def test_an_unreadable_flow_record_names_the_import_beside_the_extract():
+    """A flow whose header cannot be opened cannot tell whether it was imported (`flowkit import
+    rawframes --flow-name rawframes`: no engine's --method), so its repair names both."""
+    from flowkit.store.reading import DamagedObject
+
+    problem = DamagedObject.of("/s/videos/a/b.h5", "/flow/rawframes", "a/b", "bad header").problem
+    assert "--redo a/b --method rawframes" in problem
+    assert problem.endswith("or if it was imported (flowkit import rawframes), delete the "
+                            "video's file and rerun the import with --flow-name rawframes")
+
+
 def test_newer_store_version(store):
+    """A newer flowkit's store is refused, and its store.json is never "repaired" (rebuilt as
+    this version's, its classes and fields lost): only a lost or unparseable one is."""
     manifest = json.loads((store.path / "store.json").read_text())
-    (store.path / "store.json").write_text(json.dumps({**manifest, "version": VERSION + 1}))
+    newer = json.dumps({**manifest, "version": VERSION + 1, "future_field": 1})
+    (store.path / "store.json").write_text(newer)
     with pytest.raises(StoreError, match=r"newer flowkit \(format version 2 > 1\); upgrade flowkit"):
         FlowStore(store.path)
+    with pytest.raises(StoreError, match="reads as JSON; there is nothing to rebuild"):
+        FlowStore.rebuild_manifest(store.path)
+    assert (store.path / "store.json").read_text() == newer
 
 
 def test_plain_hdf5_file_instead_of_store(tmp_path):

@@ -762,6 +762,10 @@ def test_a_run_divides_flow_by_its_own_bound_on_a_store_of_another_codec(tiny_st
     old = TrainConfig.from_dict(run_config["config"])
     assert make_dataset(FlowStore(u8), ["down/down_0"], old, model,
                         train=False)[0]["flow_bound"] == 5.0
+    # and resuming it keeps that (its earlier epochs and checkpoints divided so)
+    saved["config"]["flow_bound"] = None
+    (run / "config.json").write_text(json.dumps(saved))
+    assert Trainer.resume(run, store=str(u8), epochs=2).config.flow_bound is None
 
 
 def test_a_copy_of_the_training_store_is_not_held_out(tiny_store, tmp_path):

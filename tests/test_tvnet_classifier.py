@@ -263,7 +263,7 @@ def test_tvnet_weights_are_recorded_by_absolute_path_and_a_missing_file_is_named
 
 def test_errors_are_actionable():
     with pytest.raises(FlowkitError, match=r"built for clips of 4 frames, got 5 .*; create the "
-                                           r"model with frames=5 \(`--model-arg frames=5`\)$"):
+                                           r"model with frames=5 \(flowkit train sets it from --frames\)$"):
         tiny()({"rgb": clip(t=5)})
     with pytest.raises(FlowkitError, match="at least 2 frames"):
         tiny(frames=1)

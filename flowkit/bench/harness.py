@@ -253,7 +253,7 @@ def weights_as_param(message: str, name: str) -> str:
     """An engine's ``message`` in the benchmark's terms: engines tell how to pass a checkpoint
     with ``flowkit extract``'s option (`flowkit extract --method motionnet --weights FILE`), which
     the benchmark lacks; it takes the file as ``--param motionnet:weights=FILE``."""
-    return re.sub(r"`?flowkit extract (?:--method \S+ )?--weights ([^\s`]+)`?",
+    return re.sub(r"`?flowkit extract (?:--method \S+ )?--weights ([^\s`)]+)`?",
                   lambda m: f"`--param {name}:weights={m.group(1)}`", message)
 
 

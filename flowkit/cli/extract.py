@@ -18,6 +18,7 @@ from ..extract import ExtractConfig, ExtractSummary, extract
 from ..flow import check_engine_params, engine_parameters, list_engines
 from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_lists, scan_videos
 from ..progress import Progress, StopFlag, Stopped
+from ..store.compat import LOSSLESS
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
 from .options import (BACKENDS, backend_option, parse_device, parse_params, parse_size,
                       refuse_option_params)
@@ -259,7 +260,7 @@ def command(video_dir, store, method, backward, params, weights, device, backend
         if given:
             raise click.UsageError(f"--lossless chooses both codecs (float16 flow, raw RGB); "
                                    f"drop {' and '.join(given)} or --lossless")
-        flow_codec, rgb_codec = "float16", "raw"
+        flow_codec, rgb_codec = LOSSLESS
     engine_params = _engine_params(method, parse_params(params), weights)
     config = ExtractConfig(method=method, backward=backward, engine_params=engine_params,
                            device=parse_device(device), backend=backend, compile=compile,

@@ -16,7 +16,7 @@ Typical use::
 from .datasets import FLOAT_FLOW_BOUND, ClipDataset, VideoInfo
 from .samplers import (RandomClipSampler, SegmentClipsSampler, SegmentSampler, UniformClipSampler,
                        clip_at, clip_span, flow_indices)
-from .splits import (label_map, labelled_keys, labels, num_classes, split_from_list,
+from .splits import (label_map, labelled_keys, labels, listed_keys, num_classes, split_from_list,
                      stratified_split, unlabelled_note, video_group)
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, TSN_SCALES, CenterCrop, Compose,
                          MultiScaleCrop, Normalize, RandomHorizontalFlip, TenCrop, ThreeCrop,
@@ -29,7 +29,7 @@ __all__ = [
     "clip_span",
     "flow_indices",
     "labels", "labelled_keys", "label_map", "unlabelled_note", "num_classes", "split_from_list",
-    "stratified_split", "video_group",
+    "listed_keys", "stratified_split", "video_group",
     "IMAGENET_MEAN", "IMAGENET_STD", "TSN_SCALES", "Compose", "MultiScaleCrop",
     "RandomHorizontalFlip", "Normalize", "CenterCrop", "ThreeCrop", "TenCrop",
     "crop", "hflip", "normalize", "resize", "resized_crop", "train_transform", "test_transform",

@@ -36,8 +36,9 @@ def missing_keys_error(store: FlowStore, missing: Sequence[str], where: str,
     since a video whose extraction failed stays missing however often it is extracted again."""
     shown = ", ".join(repr(k) for k in missing[:MAX_LISTED])
     more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-    skip = (f"; a video whose extraction failed is never in the store: pass {skip_option} to "
-            "leave the missing ones out (counted and named in a note), or" if skip_option else ";")
+    skip = (f"; a video whose extraction failed is never in the store: pass {skip_option} "
+            "(listed_keys() in Python) to leave the missing ones out (counted and named in a "
+            "note), or" if skip_option else ";")
     return FlowkitError(f"{len(missing)} video(s) of {where} are not in store {store.path}: "
                         f"{shown}{more}{skip} extract them "
                         f"(`flowkit extract VIDEOS -o {store.path}`) "

@@ -261,7 +261,7 @@ class CIDCNet(VideoClassifier):
         if x.shape[2] != self.frames:
             raise FlowkitError(f"cidc was built for clips of frames={self.frames}, got T={x.shape[2]} "
                                f"{tuple(x.shape)}; create the model with frames={x.shape[2]} "
-                               f"(`--model-arg frames={x.shape[2]}`)")
+                               f"(flowkit train sets it from --frames)")
         stages = self.backbone.forward_stages(x)
         backbone_logits = self.fc(self.dropout(stages[-1].mean(dim=(2, 3, 4))))
         cidc_logits = self.cidc_fc(self.dropout(self.cidc_features(stages).flatten(1)))

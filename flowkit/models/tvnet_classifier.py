@@ -204,7 +204,7 @@ class TVNetClassifier(VideoClassifier):
         if x.shape[2] != self.frames:
             raise FlowkitError(f"tvnet was built for clips of {self.frames} frames, got "
                                f"{x.shape[2]} (input {tuple(x.shape)}); create the model with "
-                               f"frames={x.shape[2]} (`--model-arg frames={x.shape[2]}`)")
+                               f"frames={x.shape[2]} (flowkit train sets it from --frames)")
 
     # ------------------------------------------------------------------------------ forward
 

@@ -30,9 +30,9 @@ from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES,
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import REFUSED, storage_error
-from .reading import (IMPORTED_ATTR, IMPORTED_BACKEND, DamagedObject, attributes, error_cause,
-                      flow_name, flow_options, frame_crcs, member, member_names, members,
-                      names_repair, read_frames, redo_hint)
+from .reading import (IMPORTED_BACKEND, DamagedObject, attributes, error_cause, flow_name,
+                      frame_crcs, imported_video, member, member_names, members, names_repair,
+                      read_frames, redo_hint)
 from .guard import Failed, guarded_map
 from .validate import video_problems
 from .writer import VideoWriter
@@ -445,14 +445,10 @@ class FlowStore:
         return names, damage
 
     def imported(self, key: str) -> bool:
-        """Whether ``flowkit import rawframes`` made the video (its file's ``imported`` mark, or
-        for files imported before it was recorded, every flow of the file imported), so that a
-        message names the import, not ``flowkit extract``, as the way to add what it lacks."""
-        f = self._file(key)
-        if f.attrs.get(IMPORTED_ATTR, False):
-            return True
-        flows = list(f["flow"].values()) if "flow" in f else []
-        return bool(flows) and all(d.attrs.get("backend") == IMPORTED_BACKEND for d in flows)
+        """Whether ``flowkit import rawframes`` made the video (:func:`reading.imported_video`:
+        its file's ``imported`` mark, or every flow of it imported), so that a message names the
+        import, not ``flowkit extract``, as the way to add what it lacks."""
+        return imported_video(self._file(key)) is not None
 
     def flow_names(self, key: str) -> list[str]:
         """Names of the flow datasets stored for ``key``, sorted (a damaged ``flow`` group raises
@@ -546,9 +542,11 @@ class FlowStore:
         try:
             return codecs.codec_of(attrs, rgb=rgb)
         except StoreError as exc:
+            imported = (str(self._video_path(key))
+                        if attrs.get("backend") == IMPORTED_BACKEND else None)
             raise StoreError(f"{self._video_path(key)}: {name} of video {key!r}: {exc}; if a "
-                             "newer flowkit wrote it, upgrade flowkit, else re-extract it "
-                             f"(--redo {key}{flow_options(flow_name(name))})") from exc
+                             "newer flowkit wrote it, upgrade flowkit, else "
+                             f"{redo_hint(key, imported, flow_name(name))}") from exc
 
     def close(self) -> None:
         """Close the files every thread of this process opened through this store, while none of

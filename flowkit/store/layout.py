@@ -264,21 +264,27 @@ def video_label(path: Path) -> tuple[int, str] | None:
         return None
 
 
+def _parses(manifest: Path) -> bool:
+    """Whether ``manifest`` holds JSON: only a lost or unparseable store.json is rebuilt, never
+    one that parses (a newer flowkit's, or one a user can mend by hand)."""
+    try:
+        json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
 def rebuild_manifest(root: Path) -> list[str]:
     """Write the lost or unreadable store.json of the store ``root`` again and return its class
     list: name i is the ``label_name`` of the videos labelled i (each video records both), so
-    the ids the videos hold keep their names. Refused (:class:`StoreError`) where store.json reads
-    (nothing to rebuild), where the videos disagree on a name, or where an id below the largest
+    the ids the videos hold keep their names. Refused (:class:`StoreError`) where store.json
+    parses (nothing to rebuild: a newer flowkit's is kept), where the videos disagree on a name, or where an id below the largest
     has no video to name it: then store.json is written by hand (docs/architecture.md, "The
     store": the class names in label-id order)."""
     manifest = root / MANIFEST
-    if manifest.is_file():
-        try:
-            read_manifest(root)
-        except StoreError:
-            pass
-        else:
-            raise StoreError(f"{manifest} reads; there is nothing to rebuild")
+    if manifest.is_file() and _parses(manifest):  # a store of a newer flowkit parses: kept
+        raise StoreError(f"{manifest} reads as JSON; there is nothing to rebuild (what "
+                         f"`flowkit info {root}` says of it is the repair)")
     if not (root / VIDEOS).is_dir():
         raise StoreError(f"{root} holds no {VIDEOS}/: not a flowkit store to rebuild; "
                          f"{EXTRACT_HINT}")

@@ -38,7 +38,8 @@ SAME_OPTIONS = ", with the options it was extracted with (flowkit info shows the
 STRAY_HINT = "delete it or move it out of videos/"
 
 
-def redo_hint(key: str | None, imported: str | None = None, flow: str | None = None) -> str:
+def redo_hint(key: str | None, imported: str | None = None, flow: str | None = None,
+              origin_known: bool = True) -> str:
     """The command that repairs a damaged video: ``flowkit extract --redo``, or for a video whose
     flow was imported (``imported``: its file, :func:`imported_file`) deleting the file and
     rerunning the import, which skips a video the store holds and cannot recompute its flow.
@@ -46,13 +47,24 @@ def redo_hint(key: str | None, imported: str | None = None, flow: str | None = N
     ``flow``: the damaged dataset's name under ``/flow`` (``tvnet``, ``tvl1_backward``), where the
     damage is one flow's. A redo computes one flow and keeps of the old file only what still
     decodes, so ``--redo KEY`` alone would compute tvl1 and drop a damaged ``tvnet``: the command
-    names that flow's ``--method`` and ``--backward`` (:func:`flow_options`)."""
+    names that flow's ``--method`` and ``--backward`` (:func:`flow_options`). ``origin_known``
+    False: the flow's record is unreadable, so whether it was imported cannot be told (an import's
+    ``--flow-name rawframes`` is no engine's ``--method``): the import's repair is named too."""
     if imported:
         return (f"re-import it: delete {imported} and rerun flowkit import rawframes "
                 "RAWFRAMES_DIR -o STORE (flowkit extract cannot recompute imported flow)")
     options = flow_options(flow)
     return (f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key if key else 'KEY'}"
-            f"{options}{SAME_OPTIONS if options else ''}")
+            f"{options}{SAME_OPTIONS if options else ''}"
+            f"{'' if origin_known or not options else reimport_hint(flow)}")
+
+
+def reimport_hint(flow: str) -> str:
+    """The repair of flow ``flow`` had it been imported (its record cannot tell): the import that
+    writes it again."""
+    name = flow[:-len(BACKWARD_SUFFIX)] if is_backward(flow) else flow
+    return (", or if it was imported (flowkit import rawframes), delete the video's file and "
+            f"rerun the import{'' if name == DEFAULT_METHOD else f' with --flow-name {name}'}")
 
 
 #: How the repairs a problem line may name start (:func:`redo_hint`, :data:`STRAY_HINT`).
@@ -139,7 +151,7 @@ class DamagedObject(DamagedDataError):
     def of(cls, filename: str, name: str, key: str | None, cause: str) -> "DamagedObject":
         video = f" of video {key!r}" if key else ""
         problem = (f"{name}{video} cannot be opened, it is damaged ({cause}); "
-                   f"{redo_hint(key, flow=flow_name(name))}")
+                   f"{redo_hint(key, flow=flow_name(name), origin_known=False)}")
         return cls(f"{filename}: {problem}", name, key, cause, problem)
 
 

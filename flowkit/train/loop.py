@@ -165,7 +165,9 @@ class Trainer:
             index_store(self.store, progress=progress)  # a bar over videos new to the index
             self.train_keys, self.val_keys, self.split_source = self._split(_saved)
             self.model = self._create_model()
-            if config.flow_bound is None:  # a new run (or one recorded before it): the store's
+            if config.flow_bound is None and not self.resuming:  # a new run: the store's
+                # (a run recorded before flow_bound existed keeps each store's own bound, as
+                # its earlier epochs and checkpoints did)
                 config.flow_bound = store_flow_bound(self.store, self.train_keys, config,
                                                      self.model, note=self._note)
             # The datasets check the store holds what the model needs (flow / rgb) before any
