@@ -400,9 +400,14 @@ def test_train_and_val_lists_merge_when_val_lacks_a_class(exported, tmp_path):
     with pytest.raises(FlowkitError, match=f"label 1 is class folder 'run' in {train} but 'jump' "
                                            f"in {other}: the lists are not of one dataset"):
         import_rawframes(root, tmp_path / "s2", ImportConfig(annotations=[train, other]))
+    # one video labelled differently by two lists: refused naming both (the last list won)
+    clash = tmp_path / "clash.txt"
+    clash.write_text(f"run/run_0 {FRAMES} 0\njump/jump_0 {FRAMES} 0\n")
+    with pytest.raises(FlowkitError, match=f"^run/run_0 has label 1 in {train} but 0 in {clash}: "
+                                           "the lists contradict each other; fix one$"):
+        import_rawframes(root, tmp_path / "s3", ImportConfig(annotations=[train, clash]))
 
 
-@pytest.mark.slow  # about 25 s: four processes, a short training run
 def test_import_into_a_store_of_another_class_order_labels_by_name(exported, tmp_path):
     """An import into a store whose classes are the same names in another order (or some of
     them) labels each video by its class name with the store's ids, as extract does; classes
@@ -457,6 +462,7 @@ def test_training_errors_on_imported_videos_name_the_import(source_store, export
     assert "--method" not in message
 
 
+@pytest.mark.slow  # about 25 s: four processes, a short training run
 def test_cli_export_import_and_train_unchanged(source_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 

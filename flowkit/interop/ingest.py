@@ -268,11 +268,18 @@ def _match_all(files: Sequence[str | os.PathLike], keys: list[str],
     """One :class:`LabelMatch` over several annotation files (train and validation lists).
     mmaction2 lists share their label ids: without a label map their class names come from all
     of them (:func:`~flowkit.annotations.merge_class_names`), so a validation list that lacks a
-    class still merges; Kinetics CSVs, whose ids are their sorted class names, must agree."""
+    class still merges; Kinetics CSVs, whose ids are their sorted class names, must agree. A video
+    two files label differently is a :class:`FlowkitError` naming both (the last file won)."""
     matches = [match_annotations(path, keys, kind="rawframes", label_map=label_map)
                for path in files]
     total = LabelMatch(classes=_merged_classes(files, matches, label_map is not None))
-    for match in matches:
+    where: dict[str, str] = {}  # key -> the file that labelled it first
+    for path, match in zip(files, matches):
+        for key, (i, _) in match.labels.items():
+            if key in total.labels and total.labels[key][0] != i:
+                raise FlowkitError(f"{key} has label {total.labels[key][0]} in {where[key]} but "
+                                   f"{i} in {path}: the lists contradict each other; fix one")
+            where.setdefault(key, str(path))
         total.labels.update({k: (i, total.classes[i]) for k, (i, _) in match.labels.items()})
         total.total_frames.update(match.total_frames)
         total.unmatched += match.unmatched
