@@ -29,18 +29,22 @@ def as_store(store: FlowStore | str | os.PathLike) -> FlowStore:
     return store if isinstance(store, FlowStore) else FlowStore(store)
 
 
+def named(keys: Sequence[str]) -> str:
+    """Up to :data:`MAX_LISTED` of ``keys``, quoted, and how many more: ``'a', 'b' and 3 more``."""
+    more = f" and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+    return ", ".join(repr(k) for k in keys[:MAX_LISTED]) + more
+
+
 def missing_keys_error(store: FlowStore, missing: Sequence[str], where: str,
                        skip_option: str | None = None) -> FlowkitError:
     """An error naming up to :data:`MAX_LISTED` of ``missing`` keys and how many there are;
     with ``skip_option`` (``"--skip-missing"``) it first names the option that leaves them out,
     since a video whose extraction failed stays missing however often it is extracted again."""
-    shown = ", ".join(repr(k) for k in missing[:MAX_LISTED])
-    more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
     skip = (f"; a video whose extraction failed is never in the store: pass {skip_option} "
             "(listed_keys() in Python) to leave the missing ones out (counted and named in a "
             "note), or" if skip_option else ";")
     return FlowkitError(f"{len(missing)} video(s) of {where} are not in store {store.path}: "
-                        f"{shown}{more}{skip} extract them "
+                        f"{named(missing)}{skip} extract them "
                         f"(`flowkit extract VIDEOS -o {store.path}`) "
                         f"or import them (`flowkit import rawframes RAWFRAMES_DIR -o {store.path}`"
                         "; a video whose import failed is named in that run's summary), or check "
@@ -107,10 +111,8 @@ def unlabelled_note(store: FlowStore, unlabelled: Sequence[str], where: str,
                     reason: str = "have no label") -> str:
     """The note that ``unlabelled`` videos of ``store`` (they ``reason``) are left out of
     ``where``, naming up to :data:`MAX_LISTED` of them."""
-    shown = ", ".join(repr(k) for k in unlabelled[:MAX_LISTED])
-    more = f" and {len(unlabelled) - MAX_LISTED} more" if len(unlabelled) > MAX_LISTED else ""
     return (f"{len(unlabelled)} video(s) of store {store.path} {reason} and are left out of "
-            f"{where}: {shown}{more} (a video is labelled by its class folder or split-list line "
+            f"{where}: {named(unlabelled)} (a video is labelled by its class folder or split-list line "
             "when extracted)")
 
 
@@ -168,10 +170,8 @@ def missing_note(store: FlowStore | str | os.PathLike, missing: Sequence[str], w
     """The note that ``missing`` listed videos (not in ``store``) are left out of ``where``
     (``--skip-missing``), naming up to :data:`MAX_LISTED` of them."""
     store = as_store(store)
-    shown = ", ".join(repr(k) for k in missing[:MAX_LISTED])
-    more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
     return (f"{len(missing)} listed video(s) are not in store {store.path} and are left out of "
-            f"{where} (--skip-missing): {shown}{more} (a video whose extraction failed is never "
+            f"{where} (--skip-missing): {named(missing)} (a video whose extraction failed is never "
             "in the store)")
 
 
