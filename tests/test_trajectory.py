@@ -342,6 +342,11 @@ def test_trajectorynet_motionnet_weights_from_checkpoint(tmp_path):
     assert model.motionnet.num_frames == 1
     torch.testing.assert_close(model.motionnet.predict6.weight, net.predict6.weight)
     assert torch.isfinite(model({"rgb": batch()["rgb"]})["aux_loss"])
+    # What the file fixes, as keywords: a run rebuilds the model the weights fit without it.
+    without = model.kwargs_without_files()
+    assert without["motionnet_weights"] is None
+    assert (without["motionnet_frames"], without["motionnet_width"]) == (1, 0.04)
+    create_model("trajectorynet", **without).load_state_dict(model.state_dict())
     with pytest.raises(FlowkitError, match="not found"):
         create_model("trajectorynet", **NET, flow_source="motionnet",
                      motionnet_weights=str(tmp_path / "missing.pt"))

@@ -215,13 +215,24 @@ def test_tvnet_weights_are_loaded_and_checked(tmp_path):
         assert torch.equal(loaded[k], v), k
     with pytest.raises(EngineError, match="iterations=2"):
         tiny(tvnet_iterations=5, tvnet_weights=str(path))
+    # Without the file, its architecture as keywords builds a model the weights fit ...
+    rebuilt = create_model("tvnet", **model.kwargs_without_files())
+    assert rebuilt.tvnet.config == net.config
+    rebuilt.load_state_dict(model.state_dict())
+    # ... unless the checkpoint's TV-L1 constants are ones no keyword sets.
+    odd = TVNet(scales=1, warps=1, iterations=2, tau=0.2)
+    checkpoints.save_checkpoint(path, "tvnet", {"config": asdict(odd.config),
+                                                "state_dict": odd.state_dict()})
+    assert tiny(tvnet_iterations=None, tvnet_weights=str(path)).kwargs_without_files() is None
 
 
-def test_tvnet_weights_are_recorded_by_absolute_path_and_a_missing_file_is_named(
+def test_tvnet_weights_are_recorded_by_absolute_path_and_not_needed_once_checkpointed(
         tiny_store, tmp_path, monkeypatch):
     """``tvnet_weights=tvnet.pt`` was recorded as typed, so evaluate and --resume from another
-    folder failed ("no such tvnet weights: tvnet.pt"). It is recorded absolute; a file gone since
-    is named at the path the run recorded (the rebuild reads it before the run's weights)."""
+    folder failed ("no such tvnet weights: tvnet.pt"). It is recorded absolute. A file gone since
+    (a run copied without it) is not needed: the run records the architecture the file fixed
+    (``kwargs_without_files``) and its checkpoint holds the weights; before, evaluate and
+    --resume refused. A run recorded without them names the path it expected the file at."""
     import json
     import re
     from dataclasses import asdict
@@ -240,18 +251,29 @@ def test_tvnet_weights_are_recorded_by_absolute_path_and_a_missing_file_is_named
     Trainer(config, run).fit()
     recorded = json.loads((run / "config.json").read_text())["model"]["kwargs"]["tvnet_weights"]
     assert recorded == str((tmp_path / "here" / "tvnet.pt").resolve())
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["kwargs_without_files"] == {**model["kwargs"], "tvnet_weights": None,
+                                             "tvnet_scales": 1, "tvnet_warps": 1,
+                                             "tvnet_iterations": 2}
     monkeypatch.chdir(tmp_path)
-    assert evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False).num_videos == 3
-    assert Trainer.resume(run, epochs=2).fit().epochs_done == 2
+    before = evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False)
+    assert before.num_videos == 3
     (tmp_path / "here" / "tvnet.pt").rename(tmp_path / "moved.pt")
+    after = evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False)
+    assert after.report["predictions"] == before.report["predictions"]
+    resumed = Trainer.resume(run, epochs=2)
+    assert resumed.model.tvnet.config == net.config
+    assert resumed.fit().epochs_done == 2
+    assert json.loads((run / "config.json").read_text())["model"] == model  # recorded as it was
+    # A run recorded without kwargs_without_files (an older flowkit) needs the file.
+    from flowkit.models import rebuild_model, rebuild_run_model
     gone = (rf"^model 'tvnet': tvnet_weights {re.escape(recorded)}, recorded with the run, is not "
             r"there; the model is rebuilt from that file .* put it back at that path$")
     with pytest.raises(FlowkitError, match=gone):
-        evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False)
-    with pytest.raises(FlowkitError, match=gone):
-        Trainer.resume(run, epochs=3)
+        rebuild_run_model({"name": "tvnet", "kwargs": model["kwargs"]}, restoring=True)
+    with pytest.raises(FlowkitError, match=gone):  # nor without a checkpoint to restore
+        rebuild_run_model(model, restoring=False)
     # A run recorded by an older flowkit holds the path as typed: read against this folder.
-    from flowkit.models import rebuild_model
     from flowkit.models.registry import absolute_file_kwargs
     with pytest.raises(FlowkitError, match=r"tvnet_weights tvnet.pt, recorded with the run as a "
                                            r"relative path .*, is not in this folder \(.*tvnet.pt\)"

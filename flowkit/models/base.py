@@ -78,6 +78,14 @@ class VideoClassifier(nn.Module):
         """The classifier layer on each of :meth:`backbones`, same order (default: ``self.fc``)."""
         return [self.fc] if isinstance(getattr(self, "fc", None), nn.Linear) else []
 
+    def kwargs_without_files(self) -> dict | None:
+        """The model's keywords with every file keyword (:attr:`file_kwargs`) dropped and what
+        the files fixed (a part's architecture) given as keywords instead, or None when no
+        keyword can say it. A run records them, so that a rebuild whose checkpoint replaces the
+        weights (``flowkit evaluate``, ``--resume``) needs no file that is gone. Default: None
+        (a model with file keywords says what its files fix)."""
+        return None
+
     def describe(self) -> dict:
         """Resolved settings worth recording with a run (defaults included), e.g. a loss weight;
         the trainer writes them to config.json and every checkpoint (``model.settings``)."""

@@ -90,6 +90,31 @@ def _build(name: str, kw: dict[str, Any]) -> VideoClassifier:
     return model
 
 
+def rebuild_run_model(model: dict[str, Any], *, restoring: bool) -> VideoClassifier:
+    """The classifier a run's ``model`` entry describes (config.json's or a checkpoint's: its
+    ``name``, ``kwargs`` and, for a model that reads files, ``kwargs_without_files``).
+
+    ``restoring``: a checkpoint's weights will replace the built ones. Then a file keyword whose
+    file is gone (a ``tvnet_weights=`` checkpoint not copied with the run) is not needed when the
+    run recorded how to build without it; otherwise :func:`rebuild_model`'s error says where the
+    run expected the file.
+    """
+    name, kw = model["name"], dict(model["kwargs"])
+    without = model.get("kwargs_without_files")
+    if restoring and isinstance(without, dict) and missing_files(name, kw):
+        built = _build(name, dict(without))
+        built.model_kwargs = kw  # the run's own keywords, recorded again as they were
+        return built
+    return rebuild_model(name, **kw)
+
+
+def missing_files(name: str, kw: dict[str, Any]) -> list[str]:
+    """The file keywords of ``kw`` (model ``name``'s ``file_kwargs``) whose file is not there."""
+    return [key for key in getattr(MODELS.get(name), "file_kwargs", ())
+            if kw.get(key) and isinstance(kw[key], (str, os.PathLike))
+            and not Path(kw[key]).is_file()]
+
+
 def absolute_file_kwargs(name: str, kw: dict[str, Any]) -> dict[str, Any]:
     """``kw`` with the file keywords of model ``name`` (its ``file_kwargs``, e.g.
     ``tvnet_weights``) as absolute paths: a run records them so, since the model reads the file
@@ -105,10 +130,8 @@ def check_recorded_files(name: str, kw: dict[str, Any]) -> None:
     is not there: the model reads it before the run's own weights replace it (it fixes a part's
     architecture), so the message says where the run expected it. A relative path (recorded by a
     flowkit before :func:`absolute_file_kwargs`) is read against the current folder."""
-    for key in getattr(MODELS.get(name), "file_kwargs", ()):
-        value = kw.get(key)
-        if not value or not isinstance(value, (str, os.PathLike)) or Path(value).is_file():
-            continue
+    for key in missing_files(name, kw):
+        value = kw[key]
         why = "the model is rebuilt from that file before the run's weights replace it"
         if Path(value).is_absolute():
             raise FlowkitError(f"model {name!r}: {key} {value}, recorded with the run, is not "

@@ -165,6 +165,15 @@ class TrajectoryNet(ResNet3dClassifier):
 
     # -------------------------------------------------------------------------------- building
 
+    def kwargs_without_files(self) -> dict | None:
+        """The keywords with ``motionnet_weights`` dropped and its MotionNet's width and frames
+        given instead (all a MotionNet checkpoint fixes besides the weights)."""
+        kw = {**self.model_kwargs, "motionnet_weights": None}
+        if self.motionnet is not None:
+            kw.update(motionnet_width=self.motionnet.width,
+                      motionnet_frames=self.motionnet.num_frames)
+        return kw
+
     def _default_block(self) -> str:
         index = min(1, len(self.backbone.layer2) - 1)
         conv = "conv1_t" if self.backbone.block_kind == "basic" else "conv2_t"

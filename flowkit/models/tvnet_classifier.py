@@ -45,7 +45,7 @@ from torch import nn
 from ..conventions import IMAGENET_MEAN, IMAGENET_STD  # the data pipeline's, undone for TVNet
 from ..errors import FlowkitError
 from ..flow import ops
-from ..flow.tvnet import TVNet, flow_loss, tvnet_from_checkpoint
+from ..flow.tvnet import TVNet, TVNetConfig, flow_loss, tvnet_from_checkpoint
 from .base import VideoClassifier
 from .branches import weighted_late_fusion
 from .registry import register_model
@@ -137,6 +137,20 @@ class TVNetClassifier(VideoClassifier):
         return TVNet(**{k: (DEFAULT_TVNET[k] if v is None else int(v)) for k, v in requested.items()})
 
     # ------------------------------------------------------------------------------ hooks
+
+    def kwargs_without_files(self) -> dict | None:
+        """The keywords with ``tvnet_weights`` dropped and its TVNet's scales, warps and
+        iterations given instead; None for a checkpoint whose TV-L1 constants (tau, lambda,
+        theta, zfactor) are not TVNet's defaults, which no keyword sets."""
+        kw = {**self.model_kwargs, "tvnet_weights": None}
+        if self.tvnet is None:
+            return kw
+        config, default = self.tvnet.config, TVNetConfig()
+        if any(getattr(config, k) != getattr(default, k)
+               for k in ("tau", "lambda_", "theta", "zfactor")):
+            return None
+        return {**kw, "tvnet_scales": config.scales, "tvnet_warps": config.warps,
+                "tvnet_iterations": config.iterations}
 
     def backbones(self) -> list[nn.Module]:
         """``[backbone]`` (motion, cross-modality init) plus ``rgb_backbone`` with an RGB stream."""

@@ -1,7 +1,7 @@
 """Evaluate a trained run: multi-clip, multi-crop testing with softmax averaging per video.
 
 ``evaluate_run(run_dir, store)`` rebuilds the classifier from a checkpoint's config
-(``rebuild_model(name, **kwargs)``), samples ``clips`` evenly spaced clips and ``crops`` crops of
+(``rebuild_run_model``), samples ``clips`` evenly spaced clips and ``crops`` crops of
 every video (V = clips x crops views), averages the softmax scores of the views, and reports top-1,
 top-5, mean class accuracy and the confusion matrix. Results go to ``RUN_DIR/eval/``:
 ``eval.json`` (metrics, options, per-video predictions), ``confusion.json`` and ``confusion.png``.
@@ -147,12 +147,12 @@ class EvalResult:
 
 def load_run_model(run_dir: str | Path, checkpoint: str = "best",
                    device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
-    """``(model, run_config, checkpoint)``: the classifier rebuilt with ``rebuild_model`` from the
+    """``(model, run_config, checkpoint)``: the classifier rebuilt with ``rebuild_run_model`` from the
     checkpoint's config and loaded with its weights, in eval mode.
 
     ``checkpoint`` is ``best``, ``last`` or a path to a checkpoint file.
     """
-    from ..models import rebuild_model
+    from ..models import rebuild_run_model
 
     path = Path(checkpoint)
     if checkpoint in ("best", "last"):
@@ -162,7 +162,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
                                f"--out {run_dir}`)")
     ckpt = load_checkpoint(path)
     run_config = ckpt["config"]
-    model = rebuild_model(run_config["model"]["name"], **run_config["model"]["kwargs"])
+    model = rebuild_run_model(run_config["model"], restoring=True)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     return model, run_config, ckpt

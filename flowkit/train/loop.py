@@ -141,6 +141,7 @@ class Trainer:
         self.notes: list[str] = []
         self.config = config.validate()
         self.resuming = _saved is not None
+        self._saved_model = (_saved or {}).get("model") or {}  # how the run records its model
         if not self.resuming:  # a new run's --model-arg: names and kinds, before any file
             from ..models.registry import absolute_file_kwargs, check_model_kwargs
 
@@ -245,7 +246,7 @@ class Trainer:
         is written, when the model cannot take the run's clips (a ``frames`` keyword other than
         the clip length, or clips shorter than the model's ``min_frames``): the first batch
         would fail after the run directory exists."""
-        from ..models import create_model, model_parameters, rebuild_model
+        from ..models import create_model, model_parameters, rebuild_run_model
 
         config = self.config
         self.model_kwargs = {"num_classes": len(self.classes), **config.model_kwargs}
@@ -257,9 +258,14 @@ class Trainer:
                     raise FlowkitError(self._frames_mismatch(name, given))
         torch.manual_seed(derive_seed(config.seed, "init"))
         # a new run's keywords are checked (and typed) afresh; a resumed one keeps those it was
-        # made with, and its files must still be where they were recorded
-        build = rebuild_model if self.resuming else create_model
-        model = build(config.model, **self.model_kwargs)
+        # made with, and its files must still be where they were recorded unless its checkpoint
+        # replaces what they hold
+        if self.resuming:
+            model = rebuild_run_model({**self._saved_model, "name": config.model,
+                                       "kwargs": self.model_kwargs},
+                                      restoring=self._has_checkpoint())
+        else:
+            model = create_model(config.model, **self.model_kwargs)
         if hasattr(model, "check_clip_length"):
             model.check_clip_length(config.clip_length)
         return model
@@ -327,6 +333,10 @@ class Trainer:
         """Name and keywords (what rebuilds the model), plus the model's resolved ``settings``
         (``VideoClassifier.describe()``: defaults included, e.g. a loss weight) when it has any."""
         out = {"name": self.config.model, "kwargs": self.model_kwargs}
+        if any(self.model_kwargs.get(key) for key in getattr(self.model, "file_kwargs", ())):
+            without = self.model.kwargs_without_files()  # evaluate and --resume need no file
+            if without is not None:
+                out["kwargs_without_files"] = without
         settings = self.model.describe() if hasattr(self.model, "describe") else {}
         if settings:
             out["settings"] = settings
