@@ -13,7 +13,8 @@ torch.distributed.run --nproc-per-node 2 --standalone -m flowkit ...``) run in a
   epoch's time).
 
 Configurations: 1 process with 1 thread, 1 process with 2 threads, 2 processes with 1 thread each
-(every configuration uses at most 2 cores). The machine, its load average before and after each
+(every configuration uses at most 2 cores; extraction runs with ``--workers 1``, no worker processes
+of its own). The machine, its load average before and after each
 configuration, and the date are written with the table: on a shared machine the numbers move with
 the other users' load.
 
@@ -86,8 +87,10 @@ def main() -> None:
     for i, (label, launcher, threads) in enumerate(CONFIGS):
         store = work / f"store{i}"
         shutil.rmtree(store, ignore_errors=True)  # a fresh store: nothing skipped
+        # --workers 1: one extraction process per launched process, as the label says (auto
+        # would start one per core on this machine).
         extract_cmd = [*launcher, "extract", str(videos), "-o", str(store), "--no-compile",
-                       "--json"]
+                       "--workers", "1", "--json"]
         proc, e_wall, e_load0, e_load1 = _run(extract_cmd, threads)
         summary = json.loads(proc.stdout)
         run = work / f"run{i}"

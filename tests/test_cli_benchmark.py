@@ -147,3 +147,45 @@ def test_motionnet_without_weights_names_the_benchmarks_param(runner):
     assert weights_as_param("pass weights=PATH (flowkit extract --weights CKPT), a torchvision",
                             "costvolume") == ("pass weights=PATH (`--param costvolume:weights="
                                               "CKPT`), a torchvision")
+
+
+@pytest.mark.parametrize("start, end, noted", [(0.2, 1.71, False), (1.5, 0.3, True)])
+def test_busy_note_judges_the_load_when_the_run_began(runner, monkeypatch, start, end, noted):
+    """The load at the end includes the benchmark's own threads: a quiet machine whose load the
+    run itself raised to 1.71 on 2 cores got "other processes compete for the CPU"."""
+    from flowkit.bench import harness
+    collect = harness.collect
+
+    def with_loads(*args, **kwargs):
+        results = collect(*args, **kwargs)
+        for r in results:
+            r["machine"].update(loadavg_1m=start, loadavg_1m_end=end, cores=2)
+        return results
+
+    monkeypatch.setattr(harness, "collect", with_loads)
+    result = runner.invoke(command, ["--methods", "opencv-dis", "--size", "32x32", "--pairs", "1",
+                                     "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    note = f"note: load average {start} on 2 cores when the run began: other processes compete"
+    assert (note in result.output) == noted and ("note: load" in result.output) == noted
+
+
+def test_run_benchmarks_without_cuda_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    """benchmarks/run_benchmarks.py --device cuda on a machine without CUDA: `error: ...` and exit
+    2, as flowkit's CLI (before: a BenchError traceback)."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
+    spec = importlib.util.spec_from_file_location("run_benchmarks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "results.md"
+    assert module.main(["--only", "tvl1-cpu", "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == ("error: --device cuda: CUDA is not available "
+                                    "(torch.cuda.is_available() is False); use --device cpu")
+    assert "Traceback" not in err and not out.exists()

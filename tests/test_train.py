@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,6 +22,7 @@ from flowkit.train import (EpochBatchSampler, TrainConfig, Trainer,
                            lr_factor, mean_class_accuracy, merge_for_resume, parameter_groups,
                            per_class_accuracy, predict, save_checkpoint,
                            topk_accuracy, topk_correct)
+from flowkit.train.loading import make_loader
 from flowkit.data import SegmentClipsSampler
 from flowkit.store import FlowStore
 from test_data import add_unlabelled_videos
@@ -172,6 +178,73 @@ def test_epoch_batch_sampler_is_a_function_of_seed_and_epoch():
     assert list(s) == e0[2:] and len(s) == 1
     assert EpochBatchSampler(10, 3, seed=5).batches() == e0  # fresh object, same epoch: same order
     assert EpochBatchSampler(2, 3).num_batches == 1  # smaller than a batch: kept
+
+
+class WorkerPids(torch.utils.data.Dataset):
+    """Item i: the pid of the process that read it."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return os.getpid()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_loader_workers_survive_a_stop_signal_to_the_process_group(sig):
+    # Slurm signals the whole group: the worker must leave the stop to the main process. Sent by
+    # another process, as there (torch's worker handler treats its parent's SIGTERM otherwise).
+    loader = make_loader(WorkerPids(), batch_size=1, workers=1, device=torch.device("cpu"))
+    batches = iter(loader)
+    pid = int(next(batches))
+    subprocess.run([sys.executable, "-c", f"import os; os.kill({pid}, {int(sig)})"], check=True)
+    # Items 3.. need the worker to take new indices, after the pending signal reached it.
+    assert [int(b) for b in batches] == [pid] * 7
+
+
+class SignalAsTheWorkersStart:
+    """Batches [0] .. [7]; has another process send SIGTERM to the loader's workers when the loader
+    asks for the first one, right after forking them (before their ``worker_init_fn`` may run)."""
+
+    def __len__(self):
+        return 8
+
+    def __iter__(self):
+        pids = [p.pid for p in multiprocessing.active_children() if p.daemon]  # the workers
+        subprocess.run([sys.executable, "-c", f"import os; [os.kill(p, 15) for p in {pids}]"],
+                       check=True)
+        return iter([[i] for i in range(8)])
+
+
+def test_loader_workers_survive_a_sigterm_as_they_start(monkeypatch):
+    # Widen the moment between torch's worker handlers (SIGTERM kills) and worker_init_fn.
+    from torch.utils.data._utils import signal_handling
+    torch_handlers = signal_handling._set_worker_signal_handlers
+
+    def slowly(*args):
+        torch_handlers(*args)
+        time.sleep(1)
+
+    monkeypatch.setattr(signal_handling, "_set_worker_signal_handlers", slowly)
+    loader = make_loader(WorkerPids(), batch_sampler=SignalAsTheWorkersStart(), workers=1,
+                         device=torch.device("cpu"))
+    pids = [int(b) for b in loader]
+    assert len(pids) == 8 and len(set(pids)) == 1 and pids[0] != os.getpid()
+
+
+def test_a_failing_run_with_loader_workers_still_exits(tmp_path):
+    # The workers ignore their group's SIGTERM, not their parent's: an error with the loader alive
+    # (held by the traceback) ends in multiprocessing's exit, which terminates them and waits.
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "import torch\n"
+        "from flowkit.train.loading import make_loader\n"
+        "batches = iter(make_loader(list(range(8)), workers=2, device=torch.device('cpu')))\n"
+        "next(batches)\n"
+        "raise ValueError('boom')\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "ValueError: boom" in result.stderr
 
 
 def test_segment_clips_sampler_matches_centre_segments():
@@ -632,7 +705,9 @@ def test_resume_on_a_store_with_other_classes(tiny_store, tmp_path):
         Trainer.resume(run, store=str(lacking), epochs=2)
     relabelled = tmp_path / "relabelled"
     shutil.copytree(tiny_store, relabelled)
-    add_unlabelled_videos(relabelled, "left/left_0")  # now label -1
+    # now label -1 (written anew: a commit without a label keeps the finished file's)
+    (relabelled / "videos" / "left" / "left_0.h5").unlink()
+    add_unlabelled_videos(relabelled, "left/left_0")
     with pytest.raises(FlowkitError, match=r"1 videos of the run's split have no label among the "
                                            r"run's 3 classes .* \(e\.g\. left/left_0\)"):
         Trainer.resume(run, store=str(relabelled), epochs=2)

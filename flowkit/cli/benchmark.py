@@ -196,10 +196,11 @@ def command(path, methods, device, size, batch, backend, compile_, dataset, pair
             console.print(f"{r['method']} {r['status']}: {r['reason']}", highlight=False,
                           markup=False)
     m = results[0]["machine"]
-    load = max((v for v in (m["loadavg_1m"], m["loadavg_1m_end"]) if v is not None), default=None)
+    # The start load only: the load at the end includes the benchmark's own threads.
+    load = m["loadavg_1m"]
     if load is not None and m["cores"] and load > 0.5 * m["cores"]:
         advice = "" if threads else "; try --threads 1 for a like-for-like comparison"
-        console.print(f"note: load average up to {load} on {m['cores']} cores during the run: other "
+        console.print(f"note: load average {load} on {m['cores']} cores when the run began: other "
                       "processes compete for the CPU, the timings are low (multi-threaded torch "
                       f"suffers most{advice})", highlight=False)
     if json_out == "-":

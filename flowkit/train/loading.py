@@ -6,7 +6,10 @@ not depend on the worker count and a resumed run sees exactly the batches it had
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -235,13 +238,64 @@ def store_flow_bound(store, keys, config: TrainConfig, model,
     return bounds[-1]
 
 
+# Slurm (and a Ctrl-C, a `kill -- -PGID`) signal every process of the job, DataLoader workers too.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores SIGINT, and SIGTERM unless its parent
+    sends it. torch's own worker handler dies of any other SIGTERM, and the main process (whose
+    handler stops after the current step and saves it) then fails on the lost worker. The parent's
+    SIGTERM (the loader's shutdown, multiprocessing's exit) still ends the worker at once, as in
+    torch; a thread takes it with ``sigwaitinfo``, the only way to learn the sender. Without
+    ``sigwaitinfo`` (macOS, Windows) SIGTERM keeps torch's handler."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one pending since the fork
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signals to a process group
+        return
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if hasattr(signal, "sigwaitinfo"):
+        # Blocked (StopSafeLoader forked it so) in this thread and every thread it starts: the
+        # one below takes it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), daemon=True,
+                         name="sigterm").start()
+    else:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    """Wait for SIGTERMs (blocked in the whole worker); the parent's ends the worker, as torch's
+    handler does, the others (its process group's) are dropped."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
+
+
+class StopSafeLoader(torch.utils.data.DataLoader):
+    """A DataLoader that starts its workers with SIGTERM and SIGINT blocked, so they have no
+    moment (before :func:`ignore_stop_signals` runs) when a signal to the group kills them. A
+    signal to the main process meanwhile waits until they are started."""
+
+    def _get_iterator(self):
+        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+            return super()._get_iterator()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def make_loader(dataset, *, batch_sampler=None, batch_size: int = 1, workers: int = 0,
                 device: torch.device, seed: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader whose own seed comes from ``seed`` (so creating it never draws from the global
-    RNG, which dropout uses) and whose workers are not persistent (each epoch's workers copy the
-    dataset after ``set_epoch``)."""
+    RNG, which dropout uses), whose workers are not persistent (each epoch's workers copy the
+    dataset after ``set_epoch``) and ignore SIGTERM and SIGINT sent to the process group (the main
+    process decides: see :func:`ignore_stop_signals`). No seeding in the workers to keep: the
+    datasets seed each item."""
     g = torch.Generator().manual_seed(seed)
-    kw: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda", generator=g)
+    kw: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda", generator=g,
+                              worker_init_fn=ignore_stop_signals if workers else None)
     if batch_sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kw)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
+        return StopSafeLoader(dataset, batch_sampler=batch_sampler, **kw)
+    return StopSafeLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
