@@ -80,7 +80,9 @@ class LabelMatch:
     classifiers take one label a video; they are also in ``unmatched``); ``ambiguous``: the rows
     whose last name matches several keys (row -> those keys), which label none of them (also in
     ``unmatched``); ``unlabelled``: the keys no row labels (sorted); ``total_frames``: the frame
-    count a rawframes list gives each matched key.
+    count a rawframes list gives each matched key; ``listed``: the label id of every single-label
+    row by the row's own key, matched or not (its class folder names the id:
+    :func:`merge_class_names`).
     """
 
     labels: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -90,10 +92,11 @@ class LabelMatch:
     total_frames: dict[str, int] = field(default_factory=dict)  # rawframes lists: key -> count
     multi_label: list[str] = field(default_factory=list)
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
+    listed: dict[str, int] = field(default_factory=dict)
 
     def report(self, shown: int = 5) -> list[str]:
         """Lines for the user: counts of labelled, unmatched, ambiguous and unlabelled, with
-        examples."""
+        examples, and the label ids no class folder names (:func:`unnamed_ids`)."""
         lines = [f"{len(self.labels)} videos labelled ({len(self.classes)} classes)"]
         other = set(self.multi_label) | set(self.ambiguous)
         ambiguous = [f"{row} (matches {', '.join(keys)})" for row, keys in self.ambiguous.items()]
@@ -105,20 +108,37 @@ class LabelMatch:
             if items:
                 more = f" and {len(items) - shown} more" if len(items) > shown else ""
                 lines.append(f"{len(items)} {what}: {', '.join(items[:shown])}{more}")
+        unnamed = unnamed_ids(self.classes)
+        if unnamed:
+            more = f" and {len(unnamed) - shown} more" if len(unnamed) > shown else ""
+            called = ", ".join(self.classes[i] for i in unnamed[:shown])
+            lines.append(f"{len(unnamed)} label ids have no class name (no class folder of the "
+                         f"list names them), called {called}{more}: pass the dataset's label map "
+                         "(--label-map) to name them")
         return lines
+
+
+def unnamed_ids(classes: Sequence[str]) -> list[int]:
+    """The ids whose name is the stand-in ``class_<id>`` (:func:`merge_class_names`)."""
+    return [i for i, name in enumerate(classes) if name == f"class_{i}"]
 
 
 # ----------------------------------------------------------------------------- mmaction2 lists
 
 def read_mmaction_list(path: str | os.PathLike, kind: str = "rawframes") -> list[ListEntry]:
     """The entries of an mmaction2 annotation list of ``kind`` ``"rawframes"`` (``frame_dir
-    total_frames label...``) or ``"videos"`` (``path label...``); blank lines are skipped. Raises
+    total_frames label...``) or ``"videos"`` (``path label...``); blank lines are skipped. A
+    rawframes list asked for as ``"videos"`` (:func:`_looks_rawframes`: what ``flowkit export``
+    writes, given to ``extract --annotations``) is read as rawframes. Raises
     :class:`FlowkitError` naming the file and line of a malformed line."""
     if kind not in ("rawframes", "videos"):
         raise ValueError(f"kind must be 'rawframes' or 'videos', got {kind!r}")
     path = Path(path)
+    rows = list(_lines(path))
+    if kind == "videos" and _looks_rawframes([fields for _, fields in rows]):
+        kind = "rawframes"
     entries = []
-    for lineno, fields in _lines(path):
+    for lineno, fields in rows:
         numbers = fields[1:]
         need = 2 if kind == "rawframes" else 1
         if len(numbers) < need or not all(_is_int(v) for v in numbers):
@@ -131,6 +151,16 @@ def read_mmaction_list(path: str | os.PathLike, kind: str = "rawframes") -> list
             raise FlowkitError(f"{path}:{lineno}: labels must be 0-based class ids, got {values}")
         entries.append(ListEntry(lineno, fields[0], total, tuple(values)))
     return entries
+
+
+def _looks_rawframes(rows: Sequence[list[str]]) -> bool:
+    """Whether every row is ``frame_dir total_frames label``: a path without a video extension
+    and exactly two integers. A video list's rows name video files, so such a list is a
+    rawframes list, not videos with two labels each."""
+    return bool(rows) and all(
+        len(f) == 3 and all(_is_int(v) for v in f[1:])
+        and PurePosixPath(f[0].replace("\\", "/")).suffix.lower() not in VIDEO_EXTENSIONS
+        for f in rows)
 
 
 def read_keys(path: str | os.PathLike) -> list[str]:
@@ -189,7 +219,9 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
     An entry matches the key equal to its path (without video extension), else the one key with
     the same last name (lists written relative to another root). Class names come from
     ``classes`` (a label map), else from the class folders when each label's videos share one
-    folder, else ``class_<id>``. Multi-label entries label nothing and count as unmatched.
+    folder: the matched keys', then for an id none of them has (a list of a subset, a class not
+    downloaded) the folder of the list's own rows; else ``class_<id>``. Multi-label entries label
+    nothing and count as unmatched.
     """
     keys = sorted(set(keys))
     by_name = defaultdict(list)
@@ -198,6 +230,7 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
     ids: dict[str, int] = {}
     totals: dict[str, int] = {}
     unmatched, multi, ambiguous = [], [], {}
+    listed = {e.key: e.labels[0] for e in entries if len(e.labels) == 1}
     for entry in entries:
         candidates = by_name.get(PurePosixPath(entry.key).name, [])
         key = entry.key if entry.key in candidates else (
@@ -212,29 +245,47 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
         ids[key] = entry.labels[0]
         if entry.total_frames is not None:
             totals[key] = entry.total_frames
-    names = _class_names(ids, classes, where)
+    names = _class_names(ids, listed, classes, where)
     return LabelMatch({k: (i, names[i]) for k, i in ids.items()}, names, unmatched,
-                      [k for k in keys if k not in ids], totals, multi, ambiguous)
+                      [k for k in keys if k not in ids], totals, multi, ambiguous, listed)
 
 
-def _class_names(ids: dict[str, int], classes: Sequence[str] | None, where: str) -> list[str]:
-    count = max(ids.values(), default=-1) + 1
+def _class_names(ids: dict[str, int], listed: dict[str, int], classes: Sequence[str] | None,
+                 where: str) -> list[str]:
+    """The label map ``classes`` (checked to hold the matched ``ids``), else the names the
+    matched keys' folders and then the list's rows (``listed``) give."""
     if classes is not None:
+        count = max(ids.values(), default=-1) + 1
         if count > len(classes):
             raise FlowkitError(f"{where}: label {count - 1} is out of range of the label map's "
                                f"{len(classes)} classes")
         return list(classes)
-    return merge_class_names([(where, ids)])
+    return merge_class_names([(where, ids)], [(where, listed)])
 
 
-def merge_class_names(lists: Sequence[tuple[str, dict[str, int]]]) -> list[str]:
+def merge_class_names(lists: Sequence[tuple[str, dict[str, int]]],
+                      rows: Sequence[tuple[str, dict[str, int]]] = ()) -> list[str]:
     """Class names of the label ids of one dataset's mmaction2 lists (train and validation:
-    ``(where, {key: label id})`` each), from the union of their (label -> class folder) pairs, so
-    a list lacking a class takes its name from another; ``class_<id>`` for all when the folders
-    do not name every id once. A list whose folders are not one to one with its labels (a flat
+    ``(where, {key: label id})`` each, the matched store keys), from the union of their
+    (label -> class folder) pairs, so a list lacking a class takes its name from another. An id
+    no key names takes the folder the lists' ``rows`` give it (``(where, {row key: label id})``,
+    matched or not: the rows of a class whose videos are not there still name it) when no other
+    id has that name; ``class_<id>`` for an id still unnamed (:func:`unnamed_ids`; the report
+    suggests a label map). A list whose folders are not one to one with its labels (a flat
     layout, ``train/<video>``) names nothing. Two lists that name one label by two folders, or one
-    folder by two labels, are a :class:`FlowkitError` naming both."""
-    count = max((max(ids.values(), default=-1) for _, ids in lists), default=-1) + 1
+    folder by two labels, are a :class:`FlowkitError` naming both (the keys' and the rows' pairs
+    are checked apart: a key matched by its last name may sit in another folder than its row)."""
+    count = max((max(ids.values(), default=-1) for _, ids in [*lists, *rows]), default=-1) + 1
+    names = _folder_names(lists)
+    for label, folder in _folder_names(rows).items():
+        if label not in names and folder not in names.values():
+            names[label] = folder
+    return [names.get(i, f"class_{i}") for i in range(count)]
+
+
+def _folder_names(lists: Sequence[tuple[str, dict[str, int]]]) -> dict[int, str]:
+    """label id -> class folder from the lists' (label -> folder) pairs, as
+    :func:`merge_class_names` reads them; raises on a label or a folder named two ways."""
     by_label: dict[int, dict[str, str]] = defaultdict(dict)  # label -> {folder: first list}
     by_folder: dict[str, dict[int, str]] = defaultdict(dict)  # folder -> {label: first list}
     for where, ids in lists:
@@ -253,8 +304,7 @@ def merge_class_names(lists: Sequence[tuple[str, dict[str, int]]]) -> list[str]:
                 raise FlowkitError(f"{what} {item!r} is {other} {a!r} in {wa} but {b!r} in {wb}: "
                                    "the lists are not of one dataset; pass its label map "
                                    "(--label-map) or fix the lists")
-    names = [next(iter(by_label[i])) if i in by_label else "" for i in range(count)]
-    return names if "" not in names else [f"class_{i}" for i in range(count)]
+    return {label: next(iter(folders)) for label, folders in by_label.items()}
 
 
 def _folder_pairs(ids: dict[str, int]) -> dict[int, set[str]]:

@@ -33,21 +33,44 @@ class VideoItem:
 
 @dataclass(frozen=True)
 class SplitEntry:
-    """One line of a UCF101-style split list: ``relative`` path, 1-based ``label`` or None."""
+    """One line of a split list: ``relative`` path, 1-based ``label`` or None. ``frame_dir``: the
+    line is an mmaction2 rawframes line, whose path names a frame folder (no extension);
+    ``zero_based``: the list is mmaction2's, which wrote ``label - 1`` (:attr:`written`)."""
 
     lineno: int
     relative: PurePosixPath
     label: int | None
+    frame_dir: bool = False
+    zero_based: bool = False
+
+    @property
+    def written(self) -> str:
+        """The label as the line writes it, for messages: ``"3"``, ``"2 (0-based)"``."""
+        return label_text(self.label, self.zero_based)
 
     @property
     def key(self) -> str:
-        """The video's store key (path without extension)."""
+        """The video's store key (path without extension; a frame folder's path as it is, so a
+        dot in its name stays, as :attr:`flowkit.annotations.ListEntry.key` keeps it)."""
+        if self.frame_dir and self.relative.suffix.lower() not in VIDEO_EXTENSIONS:
+            return self.relative.as_posix()
         return _key(self.relative)
 
     @property
     def class_folder(self) -> str:
         """The first directory of the path ("" for a video at the root)."""
         return _class_of(self.relative)
+
+
+def label_text(label: int | None, zero_based: bool) -> str:
+    """A 1-based ``label`` as a list wrote it: itself, or less one with "(0-based)" for an
+    mmaction2 list (``zero_based``), so that a message names the number on the line."""
+    return f"{label - 1} (0-based)" if zero_based and label is not None else str(label)
+
+
+#: Why a list's labels read 0-based, for a message about a label out of range.
+ZERO_BASED_WHY = ("a list with a label 0 or a 'frame_dir total_frames label' line is read as "
+                  "mmaction2's, whose labels are 0-based")
 
 
 def _key(relative: PurePosixPath) -> str:
@@ -200,28 +223,66 @@ def _spaced_path(fields: list[str]) -> bool:
             or not PurePosixPath(fields[0].replace("\\", "/")).suffix)
 
 
-def _parse_split_line(list_file: Path, lineno: int,
-                      fields: list[str]) -> tuple[PurePosixPath, int | None]:
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _rawframes_line(fields: list[str]) -> bool:
+    """Whether the fields are an mmaction2 rawframes line, ``frame_dir total_frames label``
+    (what ``flowkit export`` writes and mmaction2 ships): only integers after the path, at least
+    two. No path with a space reads so: its second part is no integer."""
+    return len(fields) >= 3 and all(_is_int(f) for f in fields[1:])
+
+
+def _zero_based(rows: list[list[str]]) -> bool:
+    """Whether a list's labels are 0-based, as in mmaction2's lists (rawframes ``frame_dir
+    total_frames label``, videos ``path label``): a line is a rawframes line or a label is 0.
+    UCF101's own lists are 1-based (``classInd.txt`` ids); mmaction2's label i is its id i+1."""
+    return any(_rawframes_line(f) or (len(f) == 2 and f[1].isdigit() and int(f[1]) == 0)
+               for f in rows)
+
+
+def _parse_split_line(list_file: Path, lineno: int, fields: list[str],
+                      zero_based: bool = False) -> SplitEntry:
+    """One line as a :class:`SplitEntry`, its label 1-based (an mmaction2 label plus one)."""
     where = f"{list_file}:{lineno}"
+    if zero_based and _rawframes_line(fields):
+        relative = PurePosixPath(fields[0].replace("\\", "/"))
+        if relative.is_absolute() or ".." in relative.parts:
+            raise FlowkitError(f"{where}: {fields[0]!r} is not a relative frame folder path")
+        # several integers after total_frames: a multi-label or with_offset line, whose label is
+        # not one class: the class folder labels the video, as on a line without label
+        label = int(fields[2]) if len(fields) == 3 else None
+        if label is not None and label < 0:
+            raise FlowkitError(f"{where}: label {label} is not a 0-based class id (an mmaction2 "
+                               "rawframes line is 'frame_dir total_frames label')")
+        return SplitEntry(lineno, relative, None if label is None else label + 1, True, True)
     if len(fields) > 2 or _spaced_path(fields):
-        raise FlowkitError(f"{where}: expected '<class>/<video> [label]', got {' '.join(fields)!r} "
+        raise FlowkitError(f"{where}: expected '<class>/<video> [label]' (or an mmaction2 "
+                           f"line, 'frame_dir total_frames label'), got {' '.join(fields)!r} "
                            "(paths with spaces are not supported: rename the video without "
                            "spaces and list it under that name)")
     relative = PurePosixPath(fields[0].replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts or not relative.suffix:
         raise FlowkitError(f"{where}: {fields[0]!r} is not a relative video path with extension")
     if len(fields) == 1:
-        return relative, None
+        return SplitEntry(lineno, relative, None)
+    if zero_based and fields[1].isdigit():
+        return SplitEntry(lineno, relative, int(fields[1]) + 1, zero_based=True)  # mmaction2
     if not fields[1].isdigit() or int(fields[1]) < 1:
         raise FlowkitError(f"{where}: label {fields[1]!r} is not a 1-based class id")
-    return relative, int(fields[1])
+    return SplitEntry(lineno, relative, int(fields[1]))
 
 
 def parse_split_list(list_file: str | os.PathLike) -> list[SplitEntry]:
-    """The entries of a UCF101-style split list, in order, as written (no class list needed).
+    """The entries of a split list, in order, as written (no class list needed).
 
-    Lines are ``<class>/<video>.<ext> [label]``; blank lines and ``#`` comments are skipped. Raises
-    :class:`FlowkitError` naming the file and line for a missing file or a malformed line.
+    Lines are UCF101's ``<class>/<video>.<ext> [label]`` (1-based label), or mmaction2's
+    rawframes ``<class>/<video> total_frames label`` or video ``<class>/<video>.<ext> label``
+    (0-based label: a list with a rawframes line or a label 0 is read as mmaction2's, and its
+    labels are returned plus one, the ``classInd.txt`` ids they are in UCF101). Blank lines and
+    ``#`` comments are skipped. Raises :class:`FlowkitError` naming the file and line for a
+    missing file or a malformed line.
     """
     list_file = Path(list_file)
     if list_file.is_dir():
@@ -229,8 +290,9 @@ def parse_split_list(list_file: str | os.PathLike) -> list[SplitEntry]:
                            "(e.g. trainlist01.txt)")
     if not list_file.is_file():
         raise FlowkitError(f"split list {list_file} does not exist")
-    return [SplitEntry(lineno, *_parse_split_line(list_file, lineno, fields))
-            for lineno, fields in _lines(list_file)]
+    rows = list(_lines(list_file))
+    zero_based = _zero_based([fields for _, fields in rows])
+    return [_parse_split_line(list_file, lineno, fields, zero_based) for lineno, fields in rows]
 
 
 def class_index_beside(list_file: str | os.PathLike) -> Path | None:
@@ -252,15 +314,14 @@ def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
     file and line; listed videos missing on disk are returned anyway (extraction reports them).
     """
     list_file, root = Path(list_file), Path(root)
-    parsed = [(e.lineno, e.relative, e.label) for e in parse_split_list(list_file)]
+    parsed = parse_split_list(list_file)
     if class_index is None:
         class_index = class_index_beside(list_file)
     classes = (read_class_index(class_index) if class_index is not None
-               else _default_classes(root, (r for _, r, _ in parsed)))
+               else _default_classes(root, (e.relative for e in parsed)))
     index = {name: i for i, name in enumerate(classes)}
-    _check_unique((_key(r), f"{list_file}:{n}") for n, r, _ in parsed)
-    return [_split_item(list_file, n, r, label, root, classes, index)
-            for n, r, label in parsed], classes
+    _check_unique((e.key, f"{list_file}:{e.lineno}") for e in parsed)
+    return [_split_item(list_file, e, root, classes, index) for e in parsed], classes
 
 
 def read_split_lists(list_files: Sequence[str | os.PathLike], root: str | os.PathLike,
@@ -294,18 +355,36 @@ def read_split_lists(list_files: Sequence[str | os.PathLike], root: str | os.Pat
     return list(items.values()), classes
 
 
-def _split_item(list_file: Path, lineno: int, relative: PurePosixPath, label: int | None,
-                root: Path, classes: list[str], index: dict[str, int]) -> VideoItem:
+def _video_of(root: Path, entry: SplitEntry) -> Path:
+    """The video file of a list entry: its path under ``root``, or for an mmaction2 rawframes
+    line (a frame folder, named as its video without extension) the video of that name found
+    there, else ``root/frame_dir`` (missing: extraction reports it)."""
+    path = root / entry.relative
+    if entry.frame_dir:
+        for ext in VIDEO_EXTENSIONS:
+            for found in (path.with_name(path.name + ext), path.with_name(path.name + ext.upper())):
+                if found.is_file():
+                    return found
+    return path
+
+
+def _split_item(list_file: Path, entry: SplitEntry, root: Path, classes: list[str],
+                index: dict[str, int]) -> VideoItem:
+    relative, label = entry.relative, entry.label
     name = _class_of(relative)
-    where = f"{list_file}:{lineno}"
+    where = f"{list_file}:{entry.lineno}"
     if name and name not in index:
         raise FlowkitError(f"{where}: class folder {name!r} is not among the {len(classes)} known "
                            "classes (check classInd.txt or the dataset root)")
     if label is not None:
         if label > len(classes):
-            raise FlowkitError(f"{where}: label {label} is out of range 1..{len(classes)}")
+            first = 1 - entry.zero_based
+            why = f" ({ZERO_BASED_WHY})" if entry.zero_based else ""
+            raise FlowkitError(f"{where}: label {entry.written} is out of range "
+                               f"{first}..{len(classes) - 1 + first}{why}")
         if name and classes[label - 1] != name:
-            raise FlowkitError(f"{where}: label {label} is class {classes[label - 1]!r} but the "
-                               f"video is in folder {name!r}; pass the matching classInd.txt")
+            raise FlowkitError(f"{where}: label {entry.written} is class {classes[label - 1]!r} "
+                               f"but the video is in folder {name!r}; pass the matching "
+                               "classInd.txt")
         name = classes[label - 1]
-    return VideoItem(root / relative, _key(relative), index.get(name, -1), name)
+    return VideoItem(_video_of(root, entry), entry.key, index.get(name, -1), name)

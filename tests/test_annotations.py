@@ -112,14 +112,15 @@ def test_match_list_by_path_or_unique_name_with_folder_class_names(tmp_path):
 
 def test_class_names_merge_over_the_lists_of_one_dataset():
     """Names come from the union of the lists' (label -> class folder) pairs: a list lacking a
-    class is named by another; a flat list names nothing; a folder two labels share, across
-    lists, is refused naming both."""
+    class is named by another, and alone keeps the names it has (class_<id> for the id it
+    lacks); a flat list names nothing; a folder two labels share, across lists, is refused
+    naming both."""
     train = {"jump/j0": 0, "run/r0": 1, "walk/w0": 2}
     val = {"run/r1": 1, "walk/w1": 2}
-    assert merge_class_names([("val", val)]) == ["class_0", "class_1", "class_2"]
+    assert merge_class_names([("val", val)]) == ["class_0", "run", "walk"]
     assert merge_class_names([("train", train), ("val", val)]) == ["jump", "run", "walk"]
     assert merge_class_names([("val", val), ("flat", {"x": 0, "y": 1})]) == \
-        ["class_0", "class_1", "class_2"]
+        ["class_0", "run", "walk"]
     assert merge_class_names([("train", train), ("flat", {"x": 0, "y": 1})]) == \
         ["jump", "run", "walk"]
     with pytest.raises(FlowkitError, match="class folder 'run' is label 1 in train but 3 in b"):
@@ -221,6 +222,51 @@ def test_extract_with_a_kinetics_csv(sample_videos, tmp_path):
     assert store.keys() == sorted(names[:2])
     assert store.meta(names[1])["label"] == 1 and store.meta(names[1])["label_name"] == \
         "air drumming"
+
+
+def test_a_rawframes_list_read_as_a_video_list_is_read_as_rawframes(sample_videos, tmp_path):
+    """`extract --annotations` reads its file as a video list; a rawframes list (`flowkit
+    export`'s, mmaction2's: a path without video extension and two integers on every row) used
+    to read as videos with two labels each ("9 rows give several labels"), labelling none."""
+    lst = tmp_path / "trainlist01_rawframes.txt"
+    lst.write_text("pan_left/pan_left_0 8 0\nzoom_in/zoom_in_1 8 1\n")
+    entries = read_mmaction_list(lst, kind="videos")
+    assert [(e.key, e.total_frames, e.labels) for e in entries] == [
+        ("pan_left/pan_left_0", 8, (0,)), ("zoom_in/zoom_in_1", 8, (1,))]
+    videos = tmp_path / "videos.txt"  # a video list with two labels a row stays one
+    videos.write_text("pan_left/pan_left_0.mp4 8 0\n")
+    assert read_mmaction_list(videos, kind="videos")[0].labels == (8, 0)
+    result = CliRunner().invoke(main, ["extract", str(sample_videos), "-o", str(tmp_path / "st"),
+                                       "--annotations", str(lst), "--plan"])
+    assert result.exit_code == 0, result.output
+    assert "labels: 2 videos labelled (2 classes)" in result.output
+    assert "several labels" not in result.output
+
+
+def test_class_names_come_from_every_row_not_only_the_matched_ones(tmp_path):
+    """A list whose rows of one class match no video (two of four class folders downloaded)
+    still names that class from its rows; an id no row names alone is class_<id> (the others
+    keep their names), and the report suggests a label map. Every name used to be class_<id>."""
+    full = tmp_path / "kinetics400_train_list_videos.txt"
+    full.write_text("abseiling/a.mp4 0\nair_drumming/b.mp4 1\ndancing_tap/d.mp4 2\n"
+                    "passing/c.mp4 3\n")
+    subset = match_annotations(full, ["abseiling/a", "passing/c"], kind="videos")
+    assert subset.classes == ["abseiling", "air_drumming", "dancing_tap", "passing"]
+    assert subset.labels == {"abseiling/a": (0, "abseiling"), "passing/c": (3, "passing")}
+    assert not any("no class name" in line for line in subset.report())
+    partial = tmp_path / "val_partial.txt"  # no row of label 2
+    partial.write_text("abseiling/a.mp4 0\nair_drumming/b.mp4 1\npassing/c.mp4 3\n")
+    match = match_annotations(partial, ["abseiling/a", "air_drumming/b", "passing/c"],
+                              kind="videos")
+    assert match.classes == ["abseiling", "air_drumming", "class_2", "passing"]
+    assert match.report()[-1] == ("1 label ids have no class name (no class folder of the list "
+                                  "names them), called class_2: pass the dataset's label map "
+                                  "(--label-map) to name them")
+    # `import rawframes` merges its lists' names the same way: the rows name what no key does
+    assert merge_class_names([("val", {"abseiling/a": 0, "passing/c": 3})],
+                             [("val", {"abseiling/a": 0, "air_drumming/b": 1,
+                                       "passing/c": 3})]) == \
+        ["abseiling", "air_drumming", "class_2", "passing"]
 
 
 # ----------------------------------------------------------------------------- HMDB51 splits

@@ -129,7 +129,9 @@ def test_split_list_classes_leave_out_hidden_folders(ucf):
     # one space: two fields, but one path, not a path and a label
     ("ApplyEyeMakeup/my clip.avi", r"trainlist01.txt:2: .*paths with spaces are not supported"),
     ("ApplyEyeMakeup/my.take 2.avi", r"trainlist01.txt:2: .*paths with spaces are not supported"),
-    ("ApplyEyeMakeup/v_a.avi 0", r"trainlist01.txt:2: label '0' is not a 1-based class id"),
+    # a label 0 makes the list mmaction2's (0-based): line 1's 3 is then beyond the classes
+    ("ApplyEyeMakeup/v_a.avi 0", r"trainlist01.txt:1: label 3 \(0-based\) is out of range 0..2 "
+                                 r"\(a list with a label 0 .* is read as mmaction2's"),
     ("ApplyEyeMakeup/v_a.avi 4", r"trainlist01.txt:2: label 4 is out of range 1..3"),
     ("ApplyEyeMakeup/v_a.avi 3", r"trainlist01.txt:2: label 3 is class 'Archery' but the video is "
                                  r"in folder 'ApplyEyeMakeup'"),
@@ -189,3 +191,39 @@ def test_walk_directories_enters_each_real_directory_once(tmp_path):
                       ("b", [], ["v.mp4"])]
     assert len(notes) == 2 and "a/z: skipped, the same directory as" in notes[0]
     assert "a/x/up: skipped, the same directory as" in notes[1]
+
+
+def test_mmaction2_lists_are_split_lists(tiny_store, tmp_path):
+    """`train` / `evaluate --split-list` take mmaction2's lists (what `flowkit export` writes):
+    rawframes `frame_dir total_frames label` and videos `path label`, 0-based. A rawframes line
+    used to read as a path with spaces."""
+    from flowkit.data.splits import split_from_list
+
+    rawframes = tmp_path / "trainlist01_rawframes.txt"
+    rawframes.write_text("right/right_0 10 2\ndown/down_1 10 0\n")
+    entries = parse_split_list(rawframes)
+    assert [(e.key, e.label, e.frame_dir, e.written) for e in entries] == [
+        ("right/right_0", 3, True, "2 (0-based)"), ("down/down_1", 1, True, "0 (0-based)")]
+    assert split_from_list(tiny_store, rawframes) == ["right/right_0", "down/down_1"]
+    videos = tmp_path / "val_list_videos.txt"
+    videos.write_text("right/right_2.mp4 0\nleft/left_1.mp4 1\n")
+    assert [e.label for e in parse_split_list(videos)] == [1, 2]
+    assert split_from_list(tiny_store, videos) == ["right/right_2", "left/left_1"]
+    dotted = tmp_path / "dotted.txt"  # a frame folder keeps a dot in its name, as read_keys does
+    dotted.write_text("jump/v.take_2 8 1\n")
+    assert [e.key for e in parse_split_list(dotted)] == ["jump/v.take_2"]
+    rawframes.write_text("right/right_0 10 2\ndown/down_1 10 2\n")  # messages say what it wrote
+    with pytest.raises(FlowkitError, match=r"rawframes.txt:2: label 2 \(0-based\) is given to "
+                                           r"folder 'down'"):
+        split_from_list(tiny_store, rawframes)
+
+
+def test_extract_split_list_from_an_mmaction2_rawframes_list(tmp_path):
+    """`extract --split-list` with a rawframes list finds each frame folder's video by name."""
+    touch(tmp_path, "pan/p0.avi", "zoom/z1.mp4")
+    lst = tmp_path / "all_rawframes.txt"
+    lst.write_text("pan/p0 8 0\nzoom/z1 8 1\n")
+    items, classes = read_split_list(lst, tmp_path)
+    assert classes == ["pan", "zoom"]
+    assert items == [VideoItem(tmp_path / "pan/p0.avi", "pan/p0", 0, "pan"),
+                     VideoItem(tmp_path / "zoom/z1.mp4", "zoom/z1", 1, "zoom")]

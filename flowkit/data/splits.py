@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FlowkitError
-from ..labels import class_index_beside, parse_split_list, read_class_index
+from ..labels import (ZERO_BASED_WHY, class_index_beside, label_text, parse_split_list,
+                      read_class_index)
 from ..store import FlowStore
 
 MAX_LISTED = 5  # error messages name at most this many keys
@@ -156,7 +157,7 @@ def listed_keys(store: FlowStore | str | os.PathLike, list_file: str | os.PathLi
             raise FlowkitError(f"{list_file}:{lineno}: video {key!r} is listed twice (first "
                                f"at line {where[key]})")
         if entry.label is not None:
-            check(lineno, entry.class_folder, entry.label)
+            check(lineno, entry.class_folder, entry.label, entry.zero_based)
         where[key] = lineno
         keys.append(key)
     if not keys:
@@ -187,17 +188,22 @@ class _ListLabels:
         self.folder_of: dict[int, tuple[str, int]] = {}  # id -> (folder, first line)
         self.id_of: dict[str, tuple[int, int]] = {}      # folder -> (id, first line)
 
-    def __call__(self, lineno: int, folder: str, label: int) -> None:
+    def __call__(self, lineno: int, folder: str, label: int, zero_based: bool = False) -> None:
+        """Check 1-based ``label`` of line ``lineno`` (in folder ``folder``); ``zero_based``: the
+        list is mmaction2's, which wrote ``label - 1`` (the messages name what it wrote)."""
         where = f"{self.list_file}:{lineno}"
+        shown = label_text(label, zero_based)
         if self.class_index is not None:
             if self.classes is None:
                 self.classes = read_class_index(self.class_index)
             if label > len(self.classes):
-                raise FlowkitError(f"{where}: label {label} is out of range 1..{len(self.classes)} "
-                                   f"of {self.class_index}; fix the line or put the classInd.txt "
-                                   "that came with this list beside it")
+                why = f" ({ZERO_BASED_WHY})" if zero_based else ""
+                raise FlowkitError(f"{where}: label {shown} is out of range "
+                                   f"{1 - zero_based}..{len(self.classes) - zero_based} "
+                                   f"of {self.class_index}{why}; fix the line or put the "
+                                   "classInd.txt that came with this list beside it")
             if folder and self.classes[label - 1] != folder:
-                raise FlowkitError(f"{where}: label {label} is class "
+                raise FlowkitError(f"{where}: label {shown} is class "
                                    f"{self.classes[label - 1]!r} in {self.class_index} but the "
                                    f"video is in folder {folder!r}; the list and the classInd.txt "
                                    "beside it disagree: put the classInd.txt that came with this "
@@ -206,13 +212,14 @@ class _ListLabels:
             return  # a video at the root: no folder for its id to name
         named, first = self.folder_of.setdefault(label, (folder, lineno))
         if named != folder:
-            raise FlowkitError(f"{where}: label {label} is given to folder {folder!r}, but "
+            raise FlowkitError(f"{where}: label {shown} is given to folder {folder!r}, but "
                                f"{self.list_file}:{first} gives it to folder {named!r}; a label "
                                "id names one class throughout a split list: fix one of the lines")
         known, first = self.id_of.setdefault(folder, (label, lineno))
         if known != label:
-            raise FlowkitError(f"{where}: folder {folder!r} has label {label}, but "
-                               f"{self.list_file}:{first} gives it label {known}; a class has one "
+            raise FlowkitError(f"{where}: folder {folder!r} has label {shown}, but "
+                               f"{self.list_file}:{first} gives it label "
+                               f"{label_text(known, zero_based)}; a class has one "
                                "label id throughout a split list: fix one of the lines")
 
 
