@@ -45,6 +45,7 @@ from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store import guard
 from .store.compat import Request, compare_with_store
+from .store.labelling import check_labels, filled_note, kept_note, unlabelled_note
 from .store.layout import class_ids
 from .video import output_size, probe
 
@@ -149,6 +150,8 @@ class ExtractSummary:
     setup_seconds: float = 0.0
     # One {"rank", "done", "skipped", "failed", "pairs", "seconds"} per rank of a combined summary.
     ranks: list[dict] = field(default_factory=list)
+    #: videos the store held unlabelled (-1) that this run labelled in place (nothing recomputed)
+    labels_filled: int = 0
 
     @classmethod
     def combine(cls, parts: Sequence["ExtractSummary"]) -> "ExtractSummary":
@@ -172,6 +175,7 @@ class ExtractSummary:
                    notes=[n for p in parts for n in p.notes], backend=first.backend, ranks=ranks,
                    stopped="; ".join(stopped), not_started=sum(p.not_started for p in parts),
                    interrupted=any(p.interrupted for p in parts),
+                   labels_filled=sum(p.labels_filled for p in parts),
                    setup_seconds=min(ran) if ran else max(p.setup_seconds for p in parts))
 
     def count(self, status: str) -> int:
@@ -191,6 +195,7 @@ class ExtractSummary:
                 "seconds": round(self.seconds, 3),
                 "done": self.count("done"), "skipped": self.count("skipped"), "held": self.held,
                 "failed": self.count("failed"), "pairs": self.pairs,
+                "labels_filled": self.labels_filled,
                 "setup_seconds": round(self.setup_seconds, 3),
                 "pairs_per_s": (round(self.pairs / (self.seconds - self.setup_seconds), 3)
                                 if self.seconds > self.setup_seconds else None),
@@ -522,8 +527,10 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     backend = engine.backend
     unknown = sorted(set(config.redo) - {item.key for item in items})
     if unknown and count == 1:
+        # "walk/v_X.avi": a file name given for its key
+        bare = ", without the file extension" if os.path.splitext(unknown[0])[1] else ""
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
-                           f"CLASS/VIDEO, as `flowkit info` lists them)")
+                           f"CLASS/VIDEO{bare}, as `flowkit info {store_path} --keys` lists them)")
     workers = config.workers or default_workers(config.device, len(items))
     items, classes = store_labels(store_path, items, classes)
     known, mismatched = check_store_options(store_path, items, config, engine, progress)
@@ -534,6 +541,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         engine = None
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
+    items, labels = settle_labels(store, items, known, progress)
     todo, metas, results = [], {}, []
     for item in items:
         meta = metas[item.key] = None if item.key in config.redo else known.get(item.key)
@@ -572,27 +580,52 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         videos.close()
         pairs.close()
         exc.summary = _summary(items, results, store, config, backend, started, setup,
-                               str(exc) or "interrupted", run_notes, interrupted=True)
+                               str(exc) or "interrupted", run_notes, labels, interrupted=True)
         raise
     videos.close()
     pairs.close()
-    return _summary(items, results, store, config, backend, started, setup, stopped, run_notes)
+    return _summary(items, results, store, config, backend, started, setup, stopped, run_notes,
+                    labels)
 
 
 def _summary(items: Sequence[VideoItem], results: list[VideoResult], store: FlowStore,
              config: ExtractConfig, backend: str, started: float, setup: float, stopped: str,
-             run_notes: list[str], interrupted: bool = False) -> ExtractSummary:
+             run_notes: list[str], labels: tuple[int, list[str]],
+             interrupted: bool = False) -> ExtractSummary:
     """The run's :class:`ExtractSummary`, results in ``items`` order; ``stopped``: why it ended
-    early ("" when it did not; the videos without a result then count as not started)."""
+    early ("" when it did not; the videos without a result then count as not started);
+    ``labels``: the labels filled in and the notes on labels (:func:`settle_labels`)."""
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
     summary = ExtractSummary(str(store.path), config.flow_name, results,
                              time.perf_counter() - started, backend=backend, stopped=stopped,
                              setup_seconds=setup, interrupted=interrupted,
-                             not_started=len(items) - len(results) if stopped else 0)
-    summary.notes = (_size_notes(results, config) + _memory_notes(results, config)
+                             not_started=len(items) - len(results) if stopped else 0,
+                             labels_filled=labels[0])
+    summary.notes = (labels[1] + _size_notes(results, config) + _memory_notes(results, config)
                      + _redo_notes(results, config) + run_notes)
     return summary
+
+
+def settle_labels(store: FlowStore, items: Sequence[VideoItem], known: dict[str, dict],
+                  progress: Progress | None = None
+                  ) -> tuple[list[VideoItem], tuple[int, list[str]]]:
+    """This run's labels against the store's (``known``: the metas of the items it holds;
+    :mod:`flowkit.store.labelling`): a video held unlabelled (-1) takes the run's label in place,
+    nothing recomputed (:meth:`FlowStore.fill_labels`); one held under a label keeps it, and its
+    item carries that label, which a flow added to the video is committed with. Returns the items
+    and ``(labels filled in, notes)``: those filled, those kept against this run's, labels that
+    could not be written (a damaged file), and the videos left without a label."""
+    stored = {key: int(meta.get("label", -1)) for key, meta in known.items()}
+    check = check_labels({item.key: (item.label, item.label_name) for item in items}, stored)
+    filled, failed = store.fill_labels(check.fill, progress) if check.fill else ([], {})
+    classes = store.classes
+    items = [dataclasses.replace(item, label=stored[item.key], label_name=classes[stored[item.key]])
+             if 0 <= stored.get(item.key, -1) < len(classes) else item for item in items]
+    unlabelled = [item.key for item in items if item.label < 0]
+    notes = (filled_note(len(filled)) + kept_note(check.kept) + list(failed.values())
+             + unlabelled_note(unlabelled, "a Kinetics CSV or an mmaction2 video list"))
+    return items, (len(filled), notes)
 
 
 def store_labels(store_path, items: Sequence[VideoItem], classes: Sequence[str] | None

@@ -56,6 +56,8 @@ class ShardPlan:
         """Share ``rank`` balanced again over ``world_size`` ranks with the same costs (no new
         probing): a ``--shard I/N`` array task run under torchrun gives each of its ranks a part
         of share I."""
+        if not 0 <= rank < self.world_size:  # a negative index would take a share from the end
+            raise FlowkitError(f"invalid shard {rank}/{self.world_size}: need 0 <= index < count")
         share = self.shares[rank]
         costs = {item.key: self.costs[item.key] for item in share}
         return ShardPlan(balance(share, costs, world_size), costs, self.basis,

@@ -121,6 +121,41 @@ def test_extract_json_of_a_stopped_run_says_what_finished(sample_videos, tmp_pat
     assert "terminated (SIGTERM); finished work is kept" in r.stderr
 
 
+def test_a_stopped_torchrun_run_reports_every_rank_or_says_it_covers_rank_0_only(monkeypatch,
+                                                                                capsys):
+    """Under torchrun a stopped run printed rank 0's videos as the whole run's (1 done where the
+    store held 3). Its report is now every rank's (a rank stopped before its videos started
+    counts none), or, when the ranks could not be gathered in time, labelled rank 0's only, in
+    the text and the JSON. tests/test_torchrun.py stops a real 2-rank run."""
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli import extract as cli_extract
+    from flowkit.extract import ExtractSummary
+    from flowkit.feed import VideoResult
+    from flowkit.progress import Stopped
+
+    def part(*keys):
+        return ExtractSummary("s", "tvl1", [VideoResult(k, f"v/{k}.mp4", "done") for k in keys],
+                              1.0, stopped="terminated", interrupted=True, not_started=1)
+
+    stopped = Stopped("terminated")
+    stopped.summary = part("a/x")
+    monkeypatch.setattr(cli_extract.distributed, "world_size", lambda: 3)
+    console = Console(file=io.StringIO(), width=300, no_color=True)
+    cli_extract._report_stop(console, stopped, [stopped.summary, part("b/y", "b/z"), None], True)
+    d = json.loads(capsys.readouterr().out)
+    assert (d["done"], d["not_started"], d["ranks_reported"], d["world_size"]) == (3, 2, 3, 3)
+    assert [(r["rank"], r["done"]) for r in d["ranks"]] == [(0, 1), (1, 2), (2, 0)]
+    assert "3 done" in console.file.getvalue() and "only" not in console.file.getvalue()
+
+    cli_extract._report_stop(console, stopped, None, True)  # the gather gave up
+    d = json.loads(capsys.readouterr().out)
+    assert (d["done"], d["ranks_reported"], d["world_size"]) == (1, 1, 3)
+    assert "rank 0 of 3 only: the other ranks did not report" in console.file.getvalue()
+
+
 def test_extract_exit_1_on_a_bad_video_with_one_line_reason(bad_videos, tmp_path):
     videos = tmp_path / "videos"
     (videos / "classA").mkdir(parents=True)
@@ -180,18 +215,48 @@ def test_extract_missing_video_dir_is_a_usage_error(tmp_path):
     (["--param", "bogus=1"], "bogus"),
     (["--shard", "3/2"], "invalid shard"),
     (["--shard", "one"], "--shard"),
+    (["--shard", "3/3", "--plan"], "invalid shard 3/3: need 0 <= I < N"),
+    (["--shard", "-1/3", "--plan"], "invalid shard -1/3"),
     (["--step", "0"], "step must be >= 1"),
     (["--max-frames", "1"], "max_frames must be >= 2"),
     (["--method", "nope"], "--method"),
     (["--lossless", "--flow-codec", "uint8:20"], "--lossless chooses both codecs"),
     (["--flow-codec", "zip"], "unknown flow codec 'zip'"),
 ], ids=["size-12x", "size-0", "param-format", "param-unknown", "shard-range", "shard-format",
+        "shard-1-based-plan", "shard-negative-plan",
         "step-0", "max-frames-1", "method", "lossless-and-codec", "codec"])
 def test_extract_usage_errors_exit_2(sample_videos, tmp_path, args, message):
     r = run_cli("extract", sample_videos, "-o", tmp_path / "s", *CHEAP, *args)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()  # nothing is created for a failed start
+
+
+def test_extract_class_index_or_label_map_alone_is_a_usage_error(sample_videos, tmp_path):
+    """--class-index without --split-list and --label-map without --annotations were ignored:
+    exit 0 and a store in the folder's sorted class order, not classInd.txt's."""
+    (tmp_path / "classInd.txt").write_text("1 zoom_in\n2 pan_left\n")
+    for option, needs in (("--class-index", "--split-list"), ("--label-map", "--annotations")):
+        r = run_cli("extract", sample_videos, "-o", tmp_path / "s", option,
+                    tmp_path / "classInd.txt", "--plan")
+        assert r.returncode == 2, (option, r.returncode, r.stderr)
+        assert r.stderr.startswith(f"error: {option} ") and f"add {needs} " in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == "", r.stderr
+
+
+def test_a_share_beyond_the_plan_is_refused(sample_videos):
+    """`--plan --shard 3/3` under torchrun ended in an IndexError traceback from the subplan of
+    share 3 (the option is checked first now); share -1 was taken from the end, silently."""
+    from flowkit.errors import FlowkitError
+    from flowkit.labels import scan_videos
+    from flowkit.shards import plan_shards
+
+    plan = plan_shards(scan_videos(sample_videos)[0], 3)
+    assert sum(len(plan.subplan(i, 2).shares[0] + plan.subplan(i, 2).shares[1])
+               for i in range(3)) == 4
+    for bad in (3, -1):
+        with pytest.raises(FlowkitError, match=f"invalid shard {bad}/3: need 0 <= index < count"):
+            plan.subplan(bad, 2)
 
 
 def _device_args(command: str, sample_videos: Path, tmp_path: Path) -> list:
@@ -492,6 +557,21 @@ def test_info_deep_without_validate_is_a_usage_error(tiny_store):
     assert "--deep goes with --validate" in r.stderr and r.stdout == ""
 
 
+def test_info_keys_lists_the_keys_one_per_line(store, tiny_store):
+    """--keys: the keys alone on stdout, one per line (a pipe takes them), and a "keys" list with
+    --json. show and extract --redo send a user here for keys, which neither the table nor the
+    JSON listed."""
+    r = run_cli("info", tiny_store, "--keys")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == FlowStore(tiny_store).keys() and len(r.stdout.split()) == 12
+    r = run_cli("info", store, "--keys", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["keys"] == FlowStore(store).keys() and d["videos"] == 4
+    r = run_cli("info", tiny_store, "--keys", "--validate")
+    assert r.returncode == 2 and "--keys prints the keys alone" in r.stderr, r.stderr
+
+
 def test_info_repair_manifest_rebuilds_a_lost_store_json(tiny_store, tmp_path):
     """A store whose store.json was lost: info names --repair-manifest, which writes it again
     with the class list its videos' labels record (extract refused the directory, not empty)."""
@@ -586,6 +666,39 @@ def test_show_unknown_key_exit_2(store, tmp_path):
     assert r.returncode == 2
     assert "pan_left/nope_9" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_missing_key_is_told_how_keys_look_and_where_they_are_listed(tiny_store, sample_videos,
+                                                                       tmp_path):
+    """show and extract --redo named `flowkit info` for the keys, which listed none; a key given
+    with its file's extension (walk/v_X.avi, as the video folder shows it) found no match."""
+    key = FlowStore(tiny_store).keys()[0]
+    r = run_cli("show", tiny_store, key + ".avi", "-o", tmp_path / "x.png")
+    assert r.returncode == 2, r.stderr
+    assert f"keys have no file extension; did you mean: {key}" in r.stderr, r.stderr
+    r = run_cli("show", tiny_store, "nope/nope_0", "-o", tmp_path / "x.png")
+    assert r.returncode == 2 and f"`flowkit info {tiny_store} --keys` lists them" in r.stderr
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--redo", f"{KEY}.mp4", *CHEAP)
+    assert r.returncode == 2, r.stderr
+    assert (f"keys are CLASS/VIDEO, without the file extension, as `flowkit info {tmp_path / 's'} "
+            "--keys` lists them") in r.stderr, r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_key_that_starts_with_a_dash_is_told_to_follow_double_dash(tiny_store, tmp_path):
+    """A Kinetics key is a YouTube id, often starting with '-': click read it as options
+    ("No such option '-1'") and nothing said that such a value goes after `--`. A mistyped
+    option keeps click's own message."""
+    r = run_cli("show", tiny_store, "-1Kf0ktVsQ4_000005_000015", "-o", tmp_path / "x.png")
+    assert r.returncode == 2
+    assert ("a value that starts with '-' (e.g. a YouTube id) goes after `--`: flowkit show "
+            "[OPTIONS] -- STORE VIDEO") in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli("show", tiny_store, "-o", tmp_path / "x.png", "--", "-1Kf0ktVsQ4_000005_000015")
+    assert r.returncode == 2 and "no video '-1Kf0ktVsQ4_000005_000015'" in r.stderr, r.stderr
+    for typo in ("--bogus", "--outpt"):
+        r = run_cli("show", tiny_store, "k", typo, "x")
+        assert r.returncode == 2 and "goes after `--`" not in r.stderr, r.stderr
 
 
 # ----------------------------------------------------------------------------- help, version

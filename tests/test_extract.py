@@ -16,9 +16,11 @@ import torch
 from flowkit import create_engine
 from flowkit.errors import FlowkitError, StoreError
 from flowkit.extract import ExtractConfig, extract, select_shard, shard_from_env
+from flowkit.files import stamp
 from flowkit.labels import scan_videos
 from flowkit.samples import make_sample_videos, sample_specs
 from flowkit.store import FlowStore
+from flowkit.store.index import load_index
 from flowkit.video import load_frames, write_video
 
 import worker_faults
@@ -438,6 +440,62 @@ def test_a_store_takes_runs_that_order_its_classes_otherwise_labelled_by_name(it
                                          r"pass the --split-list / --class-index"):
         extract(videos, path, _config(max_frames=4), classes=classes + ["new_class"])
     assert _stamps(path) == before
+
+
+def _flat(sample_videos: Path, root: Path):
+    """The sample videos directly under ``root`` (a Kinetics-like folder: no class folders, so
+    scanned unlabelled) and the same items labelled by their old class folder, with the classes."""
+    from dataclasses import replace
+
+    root.mkdir()
+    for path in sorted(sample_videos.rglob("*.mp4")):
+        (root / path.name).write_bytes(path.read_bytes())
+    bare, _ = scan_videos(root)
+    classes = sorted({p.parent.name for p in sample_videos.rglob("*.mp4")})
+    named = [replace(v, label=classes.index(v.key.rsplit("_", 1)[0]),
+                     label_name=v.key.rsplit("_", 1)[0]) for v in bare]
+    return bare, named, classes
+
+
+def test_a_rerun_fills_in_the_labels_the_store_lacks_and_keeps_the_others(sample_videos,
+                                                                          tmp_path):
+    """A flat folder extracted without labels says its videos are unlabelled and how to label
+    them; the same run with labels then writes them into the store in place (nothing recomputed,
+    counted, the classes recorded, the index current), so training finds them. A rerun labelling
+    a video otherwise keeps the stored label and says so. Before: all skipped, labels -1 kept
+    silently, and `flowkit train` refused the store."""
+    from dataclasses import replace
+
+    bare, named, classes = _flat(sample_videos, tmp_path / "flat")
+    path = tmp_path / "s"
+    first = extract(bare, path, _config())
+    assert first.count("done") == 4 and first.labels_filled == 0
+    assert any(n.startswith("4 videos have no label") and "rerun with --annotations LIST" in n
+               for n in first.notes), first.notes
+    flows = {k: FlowStore(path).read_flow(k) for k in FlowStore(path).keys()}
+    rerun = extract(named, path, _config(), classes=classes)
+    assert [r.status for r in rerun.results] == ["skipped"] * 4 and rerun.pairs == 0
+    assert rerun.labels_filled == 4 and rerun.to_dict()["labels_filled"] == 4
+    assert any(n.startswith("4 labels filled in") for n in rerun.notes), rerun.notes
+    assert not any("have no label" in n for n in rerun.notes)
+    store = FlowStore(path)
+    assert store.classes == classes and store.validate() == [] and store.partials() == []
+    for v in named:
+        meta = store.meta(v.key)
+        assert (meta["label"], meta["label_name"]) == (v.label, v.label_name)
+        np.testing.assert_array_equal(store.read_flow(v.key), flows[v.key])
+    index = load_index(path)  # current for the relabelled files: nothing is read again
+    assert {k: (e.stamp, e.meta["label"]) for k, e in index.items()} == \
+        {v.key: (stamp(path / "videos" / f"{v.key}.h5"), v.label) for v in named}
+    other = [replace(v, label=1 - v.label, label_name=classes[1 - v.label]) for v in named[:1]]
+    kept = extract(other, path, _config(backward=True), classes=classes)
+    assert kept.count("done") == 1 and kept.labels_filled == 0
+    assert any(n.startswith(f"1 videos already in the store keep their stored label, not this "
+                            f"run's (e.g. {named[0].key}: label {named[0].label} in the store")
+               and "-o NEW_STORE" in n for n in kept.notes), kept.notes
+    meta = FlowStore(path).meta(named[0].key)
+    assert set(meta["flows"]) == {"tvl1", "tvl1_backward"}
+    assert (meta["label"], meta["label_name"]) == (named[0].label, named[0].label_name)
 
 
 # ----------------------------------------------------------------------------- sharding

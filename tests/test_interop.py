@@ -1299,6 +1299,67 @@ def test_a_flat_export_imports_with_its_labels_and_unlabelled_videos_are_counted
     assert any(n.startswith("4 videos have no label") for n in bare.notes), bare.notes
 
 
+def test_a_rerun_with_a_list_fills_in_the_labels_the_store_lacks(exported, tmp_path):
+    """A flat root imported without labels (all -1, noted with the rerun that labels them), then
+    the same import with --annotations: the labels are written into the store in place (nothing
+    imported again), counted and noted; the classes are the list's. Before: skipped, -1 kept."""
+    root = tmp_path / "flat"
+    for key in ("jump/jump_0", "run/run_1"):
+        shutil.copytree(exported / key, root / PurePosixPath(key).name)
+    store = tmp_path / "s"
+    first = import_rawframes(root, store, ImportConfig())
+    assert first.unlabelled == ["jump_0", "run_1"] and first.labels_filled == 0
+    assert any(n.startswith("2 videos have no label") and "rerun with --annotations LIST" in n
+               for n in first.notes), first.notes
+    ann = tmp_path / "train.txt"
+    ann.write_text(f"jump_0 {FRAMES} 0\nrun_1 {FRAMES} 1\n")
+    (tmp_path / "map.txt").write_text("jump\nrun\n")
+    rerun = import_rawframes(root, store, ImportConfig(annotations=[ann],
+                                                       label_map=tmp_path / "map.txt"))
+    assert rerun.count("skipped") == 2 and rerun.count("done") == 0
+    assert rerun.labels_filled == 2 and rerun.to_dict()["labels_filled"] == 2
+    assert any(n.startswith("2 labels filled in") for n in rerun.notes), rerun.notes
+    back = FlowStore(store)
+    assert back.classes == CLASSES and back.validate() == []
+    assert {k: (back.meta(k)["label"], back.meta(k)["label_name"]) for k in back.keys()} == \
+        {"jump_0": (0, "jump"), "run_1": (1, "run")}
+    again = import_rawframes(root, store, ImportConfig(annotations=[ann],
+                                                       label_map=tmp_path / "map.txt"))
+    assert again.labels_filled == 0 and not any("label" in n for n in again.notes), again.notes
+
+
+def test_an_export_of_class_folders_named_otherwise_than_its_classes_round_trips(tmp_path):
+    """Class folders named otherwise than the classes of the export's label map (``air_drumming``
+    for ``air drumming``: a store of class folders labelled by a Kinetics CSV) are labelled from
+    the export's all_rawframes.txt, so store -> export -> import keeps the labels without
+    --annotations. Before: refused, the folders not being in the label map."""
+    rng = np.random.default_rng(43)
+    classes = ["air drumming", "jump"]
+    with FlowStore(tmp_path / "store", "a", classes=classes) as store:
+        for key, label in (("air_drumming/yt_a", 0), ("jump/yt_b", 1), ("air_drumming/yt_c", 1)):
+            with store.writer(key, source=f"{key}.mp4", fps=25.0, label=label,
+                              label_name=classes[label], flow_codec="float16") as w:
+                w.append_rgb(rng.integers(0, 256, (FRAMES, *SIZE, 3), dtype=np.uint8))
+                w.append_flow("tvl1", smooth_flow(rng, FRAMES - 1),
+                              engine={"engine": "tvl1", "version": "test", "params": {}})
+    out = tmp_path / "raw"
+    export_rawframes(tmp_path / "store", out, ExportConfig())
+    summary = import_rawframes(out, tmp_path / "s", ImportConfig())
+    assert summary.count("done") == 3 and summary.unlabelled == []
+    assert any("in folders label_map.txt does not name (e.g. air_drumming) labelled from "
+               "all_rawframes.txt" in n for n in summary.notes), summary.notes
+    back = FlowStore(tmp_path / "s")
+    assert back.classes == classes
+    assert {k: (back.meta(k)["label"], back.meta(k)["label_name"]) for k in back.keys()} == \
+        {"air_drumming/yt_a": (0, "air drumming"), "air_drumming/yt_c": (1, "jump"),
+         "jump/yt_b": (1, "jump")}
+    (out / "all_rawframes.txt").unlink()
+    (out / "all_flow.txt").unlink()
+    with pytest.raises(FlowkitError, match=r"class folders \['air_drumming'\] are not in the "
+                                           r"label map"):
+        import_rawframes(out, tmp_path / "s2", ImportConfig())
+
+
 def _damage_first_scan(path: Path, blob: bytes) -> None:
     """Make ``blob`` (a coded frame in the file at ``path``) undecodable: its start-of-scan
     marker (JPEG and JPEG-LS alike) overwritten."""

@@ -20,7 +20,9 @@ import torch
 
 from flowkit.errors import DamagedDataError, StoreError
 from flowkit.files import host_name
+from flowkit.files import stamp as file_stamp
 from flowkit.store import FORMAT, VERSION, VIDEO_VERSION, FlowStore, dequantize, quantize
+from flowkit.store.index import load_index
 
 ENGINE = {"engine": "tvl1", "version": "1", "params": {"tau": 0.25, "warps": 5}}
 
@@ -188,6 +190,49 @@ def test_several_flow_names_side_by_side(store):
                                            "params": {"radius": 4}}
     with pytest.raises(StoreError, match="has no flow 'missing'; it has: other, tvl1"):
         store.read_flow("zoom/both", "missing")
+
+
+def test_fill_labels_writes_a_missing_label_through_a_new_file(store):
+    """A video stored unlabelled (-1) takes a label in place, nothing recomputed: a copy with the
+    new label replaces its file (a reader holding the old one keeps reading it), and the index is
+    current at once. A labelled video keeps its label; an id beyond the classes is refused; a file
+    that cannot be read fails alone, naming --redo."""
+    rgb, flow = make_video(9)
+    write_video(store, "flat_a", rgb, {"tvl1": flow})
+    write_video(store, "flat_b", rgb, {"tvl1": flow}, label=0, label_name="pan_left")
+    held = store.read_flow("flat_a", index=0)  # this thread's handle of the old file
+    old = store._open_files().handles["flat_a"]
+    (store.path / "videos" / "broken.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StoreError, match="has 2 classes, so no label id 2"):
+        store.fill_labels({"flat_a": 2})
+    filled, failed = store.fill_labels({"flat_a": 1, "flat_b": 1, "broken": 0})
+    assert filled == ["flat_a"] and list(failed) == ["broken"]
+    assert "its label could not be written" in failed["broken"] and "--redo broken" in \
+        failed["broken"]
+    assert old.attrs["label"] == -1  # the old file, complete, for the reader that holds it
+    np.testing.assert_array_equal(store.read_flow("flat_a", index=0), held)
+    meta = store.meta("flat_a")
+    assert (meta["label"], meta["label_name"]) == (1, "zoom")
+    assert store.meta("flat_b")["label"] == 0
+    np.testing.assert_array_equal(store.read_flow("flat_a"), flow)
+    np.testing.assert_array_equal(store.read_rgb("flat_a"), rgb)
+    entry = load_index(store.path)["flat_a"]
+    assert entry.stamp == file_stamp(store.path / "videos" / "flat_a.h5") and \
+        entry.meta["label"] == 1
+    assert store.partials() == [] and store.fill_labels({"flat_a": 0}) == ([], {})
+    (store.path / "videos" / "broken.h5").unlink()
+    assert store.validate() == []
+
+
+def test_a_commit_without_a_label_keeps_the_finished_videos_label(store):
+    """Adding a flow from a run that does not know the video's class (label -1) keeps the label
+    the finished file has; before, the new file's -1 replaced it."""
+    rgb, flow = make_video(10)
+    write_video(store, "v", rgb, {"tvl1": flow}, label=1, label_name="zoom")
+    write_video(store, "v", None, {"other": -flow})
+    meta = store.meta("v")
+    assert set(meta["flows"]) == {"other", "tvl1"}
+    assert (meta["label"], meta["label_name"]) == (1, "zoom")
 
 
 def test_flow_only_video_counts_frames(store):
@@ -454,18 +499,46 @@ def test_leftover_partial_is_ignored_and_removed(store):
 def test_partials_of_another_host_are_removed_only_when_stale(store):
     """On a shared file system a partial written on another host has a pid this host cannot
     check: it is kept while it may still be written (deleting it would break that extraction)
-    and removed once untouched for longer than a day."""
+    and removed once its writer's heartbeat stopped touching it for 10 minutes, as that host's
+    claims are (it waited a day, so a dead node's partials outlived the rerun that took over its
+    claims). A partial whose name flowkit does not recognise still waits a day."""
+    from flowkit.store.layout import STALE_CLAIM_SECONDS
+
     videos = store.path / "videos"
     assert host_name() != "node-17"
     fresh = videos / "a.h5.node-17.999999.partial"
     fresh.write_bytes(b"being written on node-17")
+    beaten = time.time() - STALE_CLAIM_SECONDS + 30  # its last heartbeat 9.5 minutes ago
+    os.utime(fresh, (beaten, beaten))
     old = videos / "b.h5.node-17.999998.partial"
     old.write_bytes(b"left by a writer that is gone")
-    two_days_ago = time.time() - 2 * 86400
-    os.utime(old, (two_days_ago, two_days_ago))
+    dead = time.time() - STALE_CLAIM_SECONDS - 30
+    os.utime(old, (dead, dead))
+    odd = videos / "c.h5.partial"  # no host, no pid: a tool other than flowkit
+    odd.write_bytes(b"whose writer nothing says")
+    os.utime(odd, (dead, dead))
     assert store.remove_partials() == [old]
     assert fresh.exists() and not old.exists()
-    assert store.partials() == [fresh]
+    assert sorted(store.partials()) == sorted([fresh, odd])
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(odd, (two_days_ago, two_days_ago))
+    assert store.remove_partials() == [odd]
+
+
+def test_a_writer_touches_its_partial_with_its_claims(store, monkeypatch):
+    """Other hosts judge a partial by its age: its writer's heartbeat keeps it young while the
+    video is computed (a chunk may take minutes), and lets go of it once committed."""
+    from flowkit.store import claims
+
+    rgb, flow = make_video(3)
+    with store.writer("zoom/beat", source="x", fps=25) as w:
+        w.append_rgb(rgb)
+        os.utime(w.partial, (1.0, 1.0))  # as if untouched since 1970
+        claims._heartbeat.beat()
+        assert w.partial.stat().st_mtime > time.time() - 60
+        w.append_flow("tvl1", flow, ENGINE)
+    assert store.keys() == ["zoom/beat"]
+    assert w.partial not in claims._heartbeat._paths  # committed: let go
 
 
 # ----------------------------------------------------------------------------- errors

@@ -142,6 +142,34 @@ def test_a_killed_rank_loses_only_its_videos_in_flight(tmp_path):
     assert len(final.keys()) == 6 and final.validate() == [] and not final.partials()
 
 
+def test_a_stopped_run_reports_the_videos_of_every_rank(tmp_path):
+    """SIGTERM to the whole job (Slurm at a time limit) stops every rank at its next chunk, and
+    rank 0's summary counts every rank's finished videos: those the store holds. It printed its
+    own as the run's ("1 done" where the store held 3)."""
+    videos = tmp_path / "videos"
+    make_sample_videos(videos, classes=("pan_left", "zoom_in"), videos_per_class=3, frames=8,
+                       size=(64, 80))
+    store = tmp_path / "store"
+    # Full TV-L1, as above: time to stop the job mid-run; its own session, signalled whole.
+    proc = subprocess.Popen(torchrun_cmd("extract", videos, "-o", store, "--no-compile", "--json"),
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: len(list((store / "videos").glob("**/*.h5"))) >= 2, proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    summary = json.loads(out)
+    finished = FlowStore(store).keys()
+    assert summary["interrupted"] is True and summary["stopped"] == "terminated", err[-2000:]
+    assert 2 <= len(finished) < 6, "the stop should land mid-run"
+    assert (summary["ranks_reported"], [r["rank"] for r in summary["ranks"]]) == (2, [0, 1])
+    assert sorted(v["key"] for v in summary["videos"] if v["status"] == "done") == finished
+    assert f"{len(finished)} done" in err and "rank 0 of 2 only" not in err
+
+
 # ------------------------------------------------------------------------------------- training
 
 def _epochs(run: Path) -> list[dict]:

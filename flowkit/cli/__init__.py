@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import sys
 
 import click
@@ -85,6 +86,22 @@ def one_line(exc: BaseException) -> str:
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+def _dash_value_hint(exc: click.UsageError) -> str:
+    """For an unknown option close to no real one, of a command that takes arguments: how to
+    pass an argument that starts with '-' (a Kinetics key is a YouTube id, "-1Kf0ktVsQ4_000005_
+    000015"), which click reads as options ("No such option '-1'") unless it follows ``--``."""
+    if not isinstance(exc, click.NoSuchOption) or exc.possibilities or exc.ctx is None:
+        return ""
+    if re.fullmatch(r"--[a-z][a-z0-9-]*", exc.option_name):  # a mistyped option, not a value
+        return ""
+    names = [p.human_readable_name for p in exc.ctx.command.params
+             if isinstance(p, click.Argument)]
+    if not names:
+        return ""
+    return (f"; a value that starts with '-' (e.g. a YouTube id) goes after `--`: "
+            f"{exc.ctx.command_path} [OPTIONS] -- {' '.join(names)}")
+
+
 class LazyGroup(click.Group):
     """A click group whose commands are imported when used, not when listed; usage errors (a bad
     option value, a missing argument) are one line, like every other error, exit code 2; a group
@@ -103,7 +120,7 @@ class LazyGroup(click.Group):
         except click.UsageError as exc:
             where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
             message = " ".join(exc.format_message().split()).rstrip(".")
-            click.echo(f"error: {message}{where}", err=True)
+            click.echo(f"error: {message}{_dash_value_hint(exc)}{where}", err=True)
             sys.exit(EXIT_USAGE)
         except click.ClickException as exc:
             exc.show()

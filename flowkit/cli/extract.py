@@ -3,9 +3,11 @@ backward flow into ``flow/<method>_backward``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -253,6 +255,21 @@ def command(video_dir, store, method, backward, params, weights, device, backend
             shard_tuple = (i, n)
         except ValueError:
             raise click.BadParameter(f"expected I/N, got {shard!r}", param_hint="--shard") from None
+        # Checked here, not only where the run selects its share, so that --plan (which never
+        # selects one) refuses what the run refuses: a 1-based Slurm array index gives N/N.
+        if not (n >= 1 and 0 <= i < n):
+            raise click.BadParameter(f"invalid shard {shard}: need 0 <= I < N (shards count from "
+                                     "0; for a 1-based array index pass I-1)",
+                                     param_hint="--shard")
+    # Each only means something with the option it completes; ignored alone, it would leave the
+    # store in a folder scan's sorted class order where the user asked for classInd.txt's.
+    if class_index and not split_lists:
+        raise click.UsageError("--class-index numbers the classes of --split-list lists; add "
+                               "--split-list trainlist01.txt, or drop --class-index (a folder scan "
+                               "numbers classes in sorted order)")
+    if label_map and not annotations:
+        raise click.UsageError("--label-map names the classes of an --annotations list; add "
+                               "--annotations LIST, or drop --label-map")
     if lossless:
         ctx = click.get_current_context()
         given = [f"--{n.replace('_', '-')}" for n in ("flow_codec", "rgb_codec")
@@ -285,15 +302,22 @@ def command(video_dir, store, method, backward, params, weights, device, backend
         return
     stop = StopFlag()
     bars = RichProgress(console) if main else contextlib.nullcontext(Progress())
-    try:
-        with bars as progress, stop_on_signals(stop, console, "the current chunk"):
-            result = extract(items, store, config, classes=classes, shard=shard_tuple,
-                             progress=progress, stop=stop)
-    except Stopped as exc:
-        if main:
-            _report_stop(console, exc, as_json)
-        raise  # handle_errors: the line saying how to resume, exit 130 (Ctrl-C) or 143 (SIGTERM)
-    parts = distributed.gather(result)
+    with stop_on_signals(stop, console, "the current chunk"):
+        try:
+            with bars as progress:
+                result = extract(items, store, config, classes=classes, shard=shard_tuple,
+                                 progress=progress, stop=stop)
+        except Stopped as exc:
+            # A signal to the job stops every rank at its next chunk; a rank that had finished
+            # its share waits in the gather below, which this one matches. Briefly: STOP_WAIT.
+            parts = _gather_summaries(getattr(exc, "summary", None), STOP_WAIT)
+            if main:
+                _report_stop(console, exc, parts, as_json)
+            raise  # handle_errors: the line saying how to resume, exit 130 (Ctrl-C) or 143
+        # Still under the signal handlers: a rank done with its share may wait here for hours,
+        # and SIGTERM's default would kill it, losing its summary to the stopped ranks' gather.
+        parts = _gather_summaries(result, distributed.LONG_WAIT) or [result]
+    world = distributed.world_size()
     distributed.shutdown()
     code = max(EXIT_PARTIAL if part.count("failed") or part.stopped else EXIT_OK for part in parts)
     if len(parts) > 1:
@@ -302,20 +326,68 @@ def command(video_dir, store, method, backward, params, weights, device, backend
         sys.exit(EXIT_OK)
     _print_summary(console, result)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(_json(result, len(parts), world), indent=2))
+    if stop.is_set():  # signalled while waiting for the others: their stop is the run's
+        raise Stopped(stop.reason)
     sys.exit(max(code, EXIT_PARTIAL if result.stopped else EXIT_OK))
 
 
-def _report_stop(console: Console, stopped: Stopped, as_json: bool) -> None:
-    """What a run stopped by Ctrl-C or SIGTERM finished: the summary, and with ``--json`` its JSON
-    (``"interrupted": true``), so that a script or a Slurm job cut at its time limit learns what is
-    in the store. Rank 0's videos only: under torchrun the ranks stop without gathering."""
-    result = getattr(stopped, "summary", None)  # None: stopped before the videos started
-    if result is None:
+#: How long a stopped rank waits for the others' summaries. torchrun's agent (and Slurm, by its
+#: default KillWait) kills the ranks 30 s after its SIGTERM; the ranks, signalled together, stop
+#: within about one chunk of each other. A rank that is not there by then (dead, or in a long
+#: chunk) is left out, and rank 0 says its report covers itself only.
+STOP_WAIT = timedelta(seconds=15)
+
+
+def _gather_summaries(summary: ExtractSummary | None, wait: timedelta
+                      ) -> list[ExtractSummary | None] | None:
+    """Every rank's summary in rank order (``None`` for a rank stopped before its videos started);
+    ``[summary]`` without torchrun. ``None`` when a rank does not reach the gather within ``wait``:
+    the gather itself would wait for the group's timeout (days), so a barrier that gives up first
+    (gloo's monitored barrier; the extraction group is always gloo) goes before it."""
+    if not distributed.active():
+        return [summary]
+    import torch.distributed as dist
+
+    try:
+        dist.monitored_barrier(timeout=wait)
+        return distributed.gather(summary)
+    except RuntimeError:  # a rank late or gone (gloo's timeout or a closed connection)
+        return None
+
+
+def _json(result: ExtractSummary, reported: int, world: int) -> dict:
+    """The summary's JSON; under torchrun also how many of the ranks it covers (``ranks_reported``
+    of ``world_size``: fewer when a stopped run's ranks could not all be gathered)."""
+    d = result.to_dict()
+    return {**d, "ranks_reported": reported, "world_size": world} if world > 1 else d
+
+
+def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json: bool) -> None:
+    """What a run stopped by Ctrl-C or SIGTERM finished: the summary of every rank (``parts``,
+    :func:`_gather_summaries`), and with ``--json`` its JSON (``"interrupted": true``), so that a
+    script or a Slurm job cut at its time limit learns what is in the store. When the ranks could
+    not be gathered (``parts`` None), rank 0's own summary, labelled "rank 0 of N only"."""
+    if parts is None:
+        parts, alone = [getattr(stopped, "summary", None)], True
+    else:
+        alone = False
+    known = [p for p in parts if p is not None]  # None: stopped before its videos started
+    if not known:
         return
+    # A rank stopped before its videos started reports none (kept in place: ranks by position).
+    empty = dataclasses.replace(known[0], results=[], seconds=0.0, notes=[], not_started=0,
+                                ranks=[])
+    parts = [p if p is not None else empty for p in parts]
+    result = ExtractSummary.combine(parts) if len(parts) > 1 else parts[0]
     _print_summary(console, result)
+    world = distributed.world_size()
+    if alone and world > 1:
+        console.print(f"[red]rank 0 of {world} only[/red]: the other ranks did not report within "
+                      f"{STOP_WAIT.seconds} s; `flowkit info {escape(result.store)}` counts what "
+                      "the store holds", highlight=False, soft_wrap=True)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(_json(result, len(parts), world), indent=2))
 
 
 def _print_plan(console: Console, items, store: Path, config: ExtractConfig, shard, as_json: bool,

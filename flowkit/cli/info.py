@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -59,10 +60,24 @@ def _table(s: dict) -> Table:
     row("sizes", ", ".join(f"{k} ({v})" for k, v in s["sizes"].items()))
     row("on disk", _human_bytes(s["bytes"]))
     if s.get("partials"):
-        row("in progress", f"{s['partials']} partial files (redone on the next run)")
+        row("in progress", f"{s['partials']} partial files (being written, or left by a "
+                           "writer that died: the next run removes those)")
     for w in s["warnings"]:
         row("warning", w)
     return table
+
+
+def _echo_lines(lines: list[str], chunk: int = 10_000) -> None:
+    """``lines`` on stdout, one per line, written in chunks (300k keys: no per-line echo), for a
+    pipe: a reader that stops early (``| head``) ends the listing quietly, not with a
+    BrokenPipeError."""
+    try:
+        for start in range(0, len(lines), chunk):
+            sys.stdout.write("".join(f"{line}\n" for line in lines[start:start + chunk]))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # stdout is gone; the interpreter's own flush at exit would raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @click.command("info", short_help=summary("info"))
@@ -75,8 +90,12 @@ def _table(s: dict) -> Table:
 @click.option("--repair-manifest", is_flag=True,
               help="First write a lost or unreadable store.json again, its classes from the "
                    "videos' labels.")
+@click.option("--keys", "list_keys", is_flag=True,
+              help="List the video keys (CLASS/VIDEO, no file extension: what show, extract "
+                   "--redo and the split lists take), one per line, and nothing else; with "
+                   "--json, a \"keys\" list in the summary.")
 @handle_errors
-def command(store, as_json, validate, deep, repair_manifest):
+def command(store, as_json, validate, deep, repair_manifest, list_keys):
     """Summarise STORE: videos, classes, frames, codecs and bytes per frame, and the engines and
     parameters used. --validate opens every video file and reports problems (exit 1);
     --validate --deep also decodes every frame and checks the stated flow error bounds.
@@ -85,18 +104,27 @@ def command(store, as_json, validate, deep, repair_manifest):
     Examples:
       flowkit info store/
       flowkit info store/ --validate --deep
-      flowkit info store/ --json
+      flowkit info store/ --keys | grep walk/
     """
     if deep and not validate:
         raise click.UsageError("--deep goes with --validate")
+    if list_keys and validate and not as_json:
+        raise click.UsageError("--keys prints the keys alone; run --validate without it, or add "
+                               "--json for both")
     if repair_manifest:
         classes = FlowStore.rebuild_manifest(store)
         shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
         Console(stderr=True).print(f"rebuilt {store}/store.json: {len(classes)} classes ({shown})",
                                    highlight=False, markup=False)
+    if list_keys and not as_json:
+        with FlowStore(store) as fs:
+            _echo_lines(fs.keys())
+        sys.exit(EXIT_OK)
     with FlowStore(store) as fs, RichProgress(Console(stderr=True), transient=True) as progress:
         summary = fs.summary(progress)
         problems = fs.validate(deep=deep) if validate else []
+        if list_keys:
+            summary["keys"] = fs.keys()
     if validate:
         summary["problems"] = problems
     if as_json:

@@ -1,6 +1,7 @@
 """``flowkit show STORE VIDEO -o out.png|out.mp4``: look at stored flow."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -8,6 +9,7 @@ import numpy as np
 
 from ..conventions import is_backward
 from ..errors import FlowkitError
+from ..labels import VIDEO_EXTENSIONS
 from ..store import FlowStore
 from ..video import write_video
 from ..viz import flow_grid, robust_max_flow
@@ -26,6 +28,21 @@ def _pick_flow(store: FlowStore, key: str, name: str | None) -> str:
     if name not in names:
         raise FlowkitError(f"video {key!r} has no flow {name!r}; it has: {', '.join(names)}")
     return name
+
+
+def _missing_key_hint(fs: FlowStore, store: str, key: str) -> str:
+    """What to try for a key the store lacks: keys with ``key`` in them, and the command that lists
+    them all. A key names a video without its file extension (``walk/v_X``, not
+    ``walk/v_X.avi``), so one given with an extension is told so and matched without it."""
+    stem, ext = os.path.splitext(key)
+    no_ext = ext.lower() in VIDEO_EXTENSIONS
+    if no_ext:
+        key = stem
+    close = [k for k in fs.keys() if key in k][:5]
+    hint = "; keys have no file extension" if no_ext else ""
+    if close:
+        return f"{hint}; did you mean: {', '.join(close)}"
+    return f"{hint}; `flowkit info {store} --keys` lists them"
 
 
 def _check_output(out: Path) -> None:
@@ -110,14 +127,12 @@ def command(store, video, output, name, frames, max_flow):
     Examples:
       flowkit show store/ pan_left/pan_left_0 -o flow.png
       flowkit show store/ pan_left/pan_left_0 -o flow.png --frame 0 --frame 10 --max-flow 4
-      flowkit show store/ pan_left/pan_left_0 -o flow.mp4
+      flowkit show store/ -o flow.png -- -1Kf0ktVsQ4_000005_000015  # a key that starts with '-'
     """
     _check_output(output)
     with FlowStore(store) as fs:
         if video not in fs:
-            close = [k for k in fs.keys() if video in k][:5]
-            hint = f"; did you mean: {', '.join(close)}" if close else "; `flowkit info` lists the store"
-            raise FlowkitError(f"no video {video!r} in {store}{hint}")
+            raise FlowkitError(f"no video {video!r} in {store}{_missing_key_hint(fs, store, video)}")
         name = _pick_flow(fs, video, name)
         n = fs.meta(video)["num_frames"] - 1
         if output.suffix.lower() in _VIDEO_SUFFIXES:

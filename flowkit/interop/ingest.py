@@ -47,10 +47,11 @@ trip keeps the step.
 Resumable like ``flowkit extract``: a video is skipped when the store already holds all that its
 source would add (its RGB frames, its flow, its backward flow); otherwise what is missing is added
 beside what the store has, and the video's attributes (label, fps, source) are kept (a label this
-run gives otherwise is noted, not applied). One flow name holds one kind of flow: a run whose flow
-differs from the store's flow of that name (flowkit extract's, another ``--bound`` or flow codec;
-not the format, image format, naming or step found per folder, which one root may mix) is refused
-before anything is written (:func:`_check_flow_kinds`).
+run gives otherwise is noted, not applied; one the store lacks, -1, is filled in place,
+:meth:`~flowkit.store.FlowStore.fill_labels`). One flow name holds one kind of flow: a run whose
+flow differs from the store's flow of that name (flowkit extract's, another ``--bound`` or flow
+codec; not the format, image format, naming or step found per folder, which one root may mix) is
+refused before anything is written (:func:`_check_flow_kinds`).
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ from ..files import escape_name, walk_once
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
 from ..store.codecs import codec_spec
+from ..store.labelling import check_labels, filled_note, kept_note, unlabelled_note
 from ..store.layout import class_ids
 from ..store.reading import IMPORTED_ATTR
 from ..version import __version__
@@ -144,6 +146,8 @@ class ImportSummary:
     unmatched: list[str] = field(default_factory=list)
     # the videos without a label: left out (annotation files) or imported as -1 (class folders)
     unlabelled: list[str] = field(default_factory=list)
+    #: videos the store held unlabelled (-1) that this run labelled in place (nothing re-imported)
+    labels_filled: int = 0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -154,7 +158,8 @@ class ImportSummary:
                 "failed": self.count("failed"),
                 "frames": sum(r.frames for r in self.results if r.status == "done"),
                 "rgb_kept_as_is": sum(r.kept_as_is for r in self.results if r.status == "done"),
-                "labels": self.labels, "unmatched_rows": self.unmatched,
+                "labels": self.labels, "labels_filled": self.labels_filled,
+                "unmatched_rows": self.unmatched,
                 "unlabelled_videos": self.unlabelled, "notes": self.notes,
                 "videos": [asdict(r) for r in self.results]}
 
@@ -221,18 +226,22 @@ def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig,
     classes = read_label_map(label_map) if label_map is not None else folders
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(folders) - set(index))
-    if unknown:
+    # the export's lists' ids index the root's label map, not another one
+    exported = (label_map is not None and Path(label_map).resolve() == (root / LABEL_MAP).resolve()
+                and any((root / name).is_file() for name in EXPORT_LISTS))
+    if unknown and not exported:
         raise FlowkitError(f"class folders {unknown[:5]} are not in the label map {label_map}; "
                            "label the videos with --annotations (e.g. the all_rawframes.txt "
                            "that flowkit export wrote) or pass another --label-map")
     for key, source in sources.items():
         parts = PurePosixPath(key).parts
-        if len(parts) > 1:
+        if len(parts) > 1 and parts[0] in index:
             source.label, source.label_name = index[parts[0]], parts[0]
-    if label_map is not None and Path(label_map).resolve() == (root / LABEL_MAP).resolve():
-        # the export's lists' ids index the root's label map, not another one
+    if exported:
+        # a flat root, or class folders named otherwise than its classes (``air_drumming`` for
+        # ``air drumming``: a store labelled by a list exported): the lists label the rest
         (notes if notes is not None else []).extend(
-            _label_from_export_lists(root, sources, classes))
+            _label_from_export_lists(root, sources, classes, unknown))
     return classes, None
 
 
@@ -242,11 +251,12 @@ def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig,
 EXPORT_LISTS = ("all_rawframes.txt", "all_flow.txt")
 
 
-def _label_from_export_lists(root: Path, sources: dict[str, Source], classes: list[str]
-                             ) -> list[str]:
-    """Label the sources no class folder labels (a flat root: an export of a Kinetics-like store)
-    from the :data:`EXPORT_LISTS` in ``root``, whose ids index ``classes`` (the root's label map);
-    returns a note saying so, or nothing when no list is there or no video needed it."""
+def _label_from_export_lists(root: Path, sources: dict[str, Source], classes: list[str],
+                             unknown: Sequence[str] = ()) -> list[str]:
+    """Label the sources no class folder labels (a flat root: an export of a Kinetics-like store;
+    ``unknown``: class folders the label map does not name) from the :data:`EXPORT_LISTS` in
+    ``root``, whose ids index ``classes`` (the root's label map); returns a note saying so, or
+    nothing when no list is there or no video needed it."""
     todo = [key for key, source in sources.items() if source.label < 0]
     lists = [root / name for name in EXPORT_LISTS if (root / name).is_file()]
     if not todo or not lists:
@@ -259,7 +269,9 @@ def _label_from_export_lists(root: Path, sources: dict[str, Source], classes: li
         sources[key].label, sources[key].label_name = label, name
     if not labelled:
         return []
-    return [f"{len(labelled)} videos outside class folders labelled from "
+    where = "outside class folders" + (f" or in folders {LABEL_MAP} does not name (e.g. "
+                                       f"{unknown[0]})" if unknown else "")
+    return [f"{len(labelled)} videos {where} labelled from "
             f"{' and '.join(p.name for p in lists)} beside {LABEL_MAP} (flowkit export's lists)"]
 
 
@@ -296,7 +308,8 @@ def _merged_classes(files: Sequence[str | os.PathLike], matches: list[LabelMatch
     else :class:`FlowkitError` naming the classes that differ."""
     if not mapped and not any(Path(p).suffix.lower() == ".csv" for p in files):
         return merge_class_names([(str(p), {k: i for k, (i, _) in m.labels.items()})
-                                  for p, m in zip(files, matches)])
+                                  for p, m in zip(files, matches)],
+                                 [(str(p), m.listed) for p, m in zip(files, matches)])
     for path, match in zip(files[1:], matches[1:]):
         if match.classes != matches[0].classes:
             differ = sorted(set(match.classes) ^ set(matches[0].classes))[:3] or \
@@ -346,7 +359,7 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     held = store.metas(store.keys())  # from the index: no file opened per video
     metas = {key: held[key] for key in sources if key in held}
     todo = []
-    summary.notes += _label_notes(sources, metas)
+    summary.notes += _settle_labels(store, sources, metas, summary, progress)
     if match is None:  # labelled by folders: the videos left without a label are imported
         summary.labels, summary.unlabelled, notes = _folder_labels(sources, metas, classes)
         summary.notes += notes
@@ -387,31 +400,23 @@ def _folder_labels(sources: dict[str, Source], metas: dict[str, dict], classes: 
     unlabelled = [key for key in sources if key not in labels
                   and int(metas.get(key, {}).get("label", -1)) < 0]
     report = LabelMatch(labels, list(classes), unlabelled=unlabelled).report()
-    if not unlabelled:
-        return report, [], []
-    return report, unlabelled, [
-        f"{len(unlabelled)} videos have no label (label -1: no class folder "
-        f"<class>/<video> holds them), e.g. {unlabelled[0]}; flowkit train leaves them out. To "
-        "label them, import into a new store (-o NEW_STORE) with --annotations LIST (an mmaction2 "
-        "rawframes list or a Kinetics CSV)"]
+    return report, unlabelled, unlabelled_note(unlabelled,
+                                               "an mmaction2 rawframes list or a Kinetics CSV")
 
 
-def _label_notes(sources: dict[str, Source], metas: dict[str, dict]) -> list[str]:
-    """A note on the videos the store already holds under another label than this run gives
-    them (``metas``: their index entries): a finished video keeps its label (a rerun only adds
-    what it lacks), so the new label is not applied; said, never silent."""
-    kept = [(key, int(meta.get("label", -1)), sources[key].label) for key, meta in metas.items()
-            if sources[key].label >= 0 and int(meta.get("label", -1)) != sources[key].label]
-    if not kept:
-        return []
-    key, stored, given = kept[0]
-    unlabelled = sum(stored < 0 for _, stored, _ in kept)
-    hint = (f" with this run's labels ({unlabelled} of them have none, label -1, and flowkit "
-            "train leaves them out until then)" if unlabelled else "")
-    return [f"{len(kept)} videos already in the store keep their stored label, not this run's "
-            f"(e.g. {key}: label {stored} in the store, {given} "
-            f"{sources[key].label_name!r} here): a video's label is set when it is first "
-            f"imported; import into a new store (-o NEW_STORE) to relabel{hint}"]
+def _settle_labels(store: FlowStore, sources: dict[str, Source], metas: dict[str, dict],
+                   summary: ImportSummary, progress: Progress | None = None) -> list[str]:
+    """This run's labels against the store's (``metas``: the index entries of the videos it holds,
+    brought up to date here; :mod:`flowkit.store.labelling`): a video held unlabelled (-1) takes
+    the run's label in place, nothing imported again (:meth:`FlowStore.fill_labels`, counted in
+    ``summary.labels_filled``); one held under a label keeps it (adding datasets to it keeps its
+    attributes, :func:`_kept_attrs`). Returns the notes saying so."""
+    check = check_labels({key: (s.label, s.label_name) for key, s in sources.items()},
+                         {key: int(meta.get("label", -1)) for key, meta in metas.items()})
+    filled, failed = store.fill_labels(check.fill, progress) if check.fill else ([], {})
+    metas.update(store.metas(filled))
+    summary.labels_filled = len(filled)
+    return filled_note(len(filled)) + kept_note(check.kept) + list(failed.values())
 
 
 def _kind(params: dict, codec: str) -> tuple:

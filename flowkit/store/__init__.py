@@ -45,10 +45,11 @@ inode, size and mtime, and is rebuilt from the listing). A killed writer loses o
 writing, whose ``.partial`` file readers ignore and :meth:`FlowStore.remove_partials` deletes.
 
 Concurrency. Finished files are never modified in place (a redone video replaces the file through
-a new inode), so readers open them with HDF5 file locking off and never block on, or are blocked by,
-a writer; a reader that holds an old handle keeps reading the old, complete file (its
-:meth:`FlowStore.meta`, :meth:`FlowStore.flow_names` and a request for a flow or ``rgb`` it lacks
-reopen a file replaced since: another process may have added a flow). Any number of processes, any
+a new inode, and so does a label filled in, :meth:`FlowStore.fill_labels`), so readers open them
+with HDF5 file locking off and never block on, or are blocked by, a writer; a reader that holds
+an old handle keeps reading the old, complete file (its :meth:`FlowStore.meta`,
+:meth:`FlowStore.flow_names` and a request for a flow or ``rgb`` it lacks reopen a file replaced
+since: another process may have added a flow). Any number of processes, any
 mix of engines, may write into one store at once (:mod:`~flowkit.store.claims`): a claim file keeps
 two processes from computing the same flow of the same video, and a commit merges, under a short
 lock, whatever the video's current file holds that the new one lacks (another engine's flow), so no
@@ -74,7 +75,8 @@ Modules: :mod:`~flowkit.store.layout` (names, manifest, partial files), :mod:`~f
 file that survives a full disk), :mod:`~flowkit.store.claims` (claims, the commit lock),
 :mod:`~flowkit.store.reading` (frames out of a dataset, groups and datasets opened), :mod:`~flowkit.store.flowstore`
 (:class:`FlowStore`), :mod:`~flowkit.store.summary` (what a store holds), :mod:`~flowkit.store.index`
-(``index.json``, its cache), :mod:`~flowkit.store.validate`.
+(``index.json``, its cache), :mod:`~flowkit.store.labelling` (a rerun's labels against the
+store's), :mod:`~flowkit.store.validate`.
 """
 from __future__ import annotations
 

@@ -341,6 +341,17 @@ _heartbeat = _Heartbeat()
 os.register_at_fork(after_in_child=_heartbeat._forget)
 
 
+def keep_touched(path: Path) -> None:
+    """Touch ``path`` with this process's claims (a partial file being written: another host
+    cannot check its pid, so its age says whether its writer is alive, as a claim's does)."""
+    _heartbeat.add(path)
+
+
+def stop_touching(path: Path) -> None:
+    """Stop touching ``path`` (:func:`keep_touched`): committed, or deleted."""
+    _heartbeat.discard(path)
+
+
 def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
     """Whether the claim ``path`` belongs to a process that is gone."""
     holder = _holder(path)

@@ -23,7 +23,7 @@ from ..progress import Progress
 from . import claims, codecs
 from .codecs import Codec
 from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES, PARTIAL,
-                     PARTIAL_RE, STALE_PARTIAL_SECONDS, SUFFIX, VIDEO_FORMAT, VIDEO_VERSION,
+                     PARTIAL_RE, STALE_CLAIM_SECONDS, STALE_PARTIAL_SECONDS, SUFFIX, VIDEO_FORMAT, VIDEO_VERSION,
                      VIDEOS, WIDEST_PID, check_key, check_not_file, check_video_header,
                      create_store, flowkit_version, merge_classes, no_manifest, now, open_read,
                      partial_ending, read_manifest, rebuild_manifest)
@@ -35,7 +35,7 @@ from .reading import (IMPORTED_BACKEND, DamagedObject, attributes, error_cause, 
                       read_frames, redo_hint)
 from .guard import Failed, guarded_map
 from .validate import video_problems
-from .writer import VideoWriter
+from .writer import VideoWriter, relabel
 
 
 class FlowStore:
@@ -198,6 +198,45 @@ class FlowStore:
         return VideoWriter(self._video_path(key), attrs, flow, rgb, videos=self._root / VIDEOS,
                            redo=redo, threads=self.encode_threads)
 
+    def fill_labels(self, labels: dict[str, int], progress: Progress | None = None
+                    ) -> tuple[list[str], dict[str, str]]:
+        """Give each video of ``labels`` ({key: label id}) that the store holds unlabelled (-1)
+        that label and its class name, recomputing nothing (``flowkit extract`` and ``import``
+        reruns that label what the store lacks): a copy of its file with the new ``label`` /
+        ``label_name`` replaces it under the commit lock (:func:`~flowkit.store.writer.relabel`),
+        and ``index.json`` is brought up to date. A video another process labelled meanwhile
+        keeps its label. Returns ``(keys labelled, {key: why not})``: one damaged file fails
+        alone; a full disk raises :class:`~flowkit.errors.StoreWriteError`. The ids index the
+        store's classes (:meth:`classes`): one beyond them is a :class:`StoreError`. ``progress``:
+        a bar over the videos (each file is copied: a large store takes a while)."""
+        self._check_writable("label videos")
+        classes = self.classes
+        beyond = sorted({label for label in labels.values() if not 0 <= label < len(classes)})
+        if beyond:
+            raise StoreError(f"store {self._root} has {len(classes)} classes, so no label id "
+                             f"{beyond[0]}; open it with the run's classes (FlowStore(path, 'a', "
+                             "classes=...)) before labelling its videos")
+        done, failed = [], {}
+        task = (progress or Progress()).start("filling in labels the store lacks",
+                                              total=len(labels))
+        for key, label in labels.items():
+            try:
+                if relabel(self._video_path(key), self._root / VIDEOS, label, classes[label]):
+                    done.append(key)
+            except FileNotFoundError:  # deleted meanwhile: nothing to label
+                pass
+            except Exception as exc:  # HDF5's errors on a damaged file: OSError, RuntimeError
+                error = storage_error(exc, self._root)
+                if error is not None:
+                    raise error from None
+                failed[key] = (f"{self._video_path(key)}: its label could not be written "
+                               f"({error_cause(exc)}); {redo_hint(key)}")
+            task.advance()
+        task.close()
+        if done:
+            self.metas(done)  # their files are new: indexed again now, not by the next reader
+        return done, failed
+
     def claim(self, key: str, name: str) -> str | None:
         """Claim the computation of ``flow/<name>`` of ``key`` for this process
         (:mod:`flowkit.store.claims`): None when claimed, else who holds it (a live process)."""
@@ -253,8 +292,11 @@ class FlowStore:
         return the deleted paths.
 
         A partial written on this host is deleted when its writer's pid is no longer alive. One
-        from another host (a shared file system), or with an unrecognised name, is deleted only when
-        untouched for ``stale_after`` seconds, as a live writer there cannot be detected otherwise.
+        from another host (a shared file system), whose pid cannot be checked, is deleted when
+        untouched for ``STALE_CLAIM_SECONDS`` (10 minutes; ``stale_after`` if shorter): its writer
+        touches it every minute, as it does its claims, so a rerun after a node failure removes the dead node's partials
+        as it takes over its claims. One with an unrecognised name is deleted only when untouched
+        for ``stale_after`` seconds (a day).
         Claims follow their own rule (:mod:`flowkit.store.claims`: pid here, heartbeat elsewhere).
         A leftover the file system refuses to delete (a read-only store: EACCES, EPERM, EROFS) is
         left where it is: readers ignore it, and a run with nothing to write goes on as without
@@ -266,8 +308,10 @@ class FlowStore:
             try:
                 if path.name.endswith(PARTIAL):
                     m = PARTIAL_RE.fullmatch(path.name)
+                    age = time.time() - path.stat().st_mtime
                     dead = (not pid_alive(int(m["pid"])) if m and m["host"] == host
-                            else time.time() - path.stat().st_mtime > stale_after)
+                            else age > min(stale_after, STALE_CLAIM_SECONDS) if m
+                            else age > stale_after)
                 elif path.name.endswith(CLAIM):
                     # judged under the commit lock, which a read-only store refuses to open
                     if claims.remove_if_stale(self._root / VIDEOS, path):

@@ -44,7 +44,9 @@ NAME_MAX = 255
 # the file-descriptor limit of each DataLoader worker.
 MAX_OPEN_FILES = 64
 
-# Partials from another host cannot be checked for a live writer; one untouched this long is stale.
+# A partial whose name does not say its writer's host and pid (not flowkit's) cannot be checked
+# for a live writer; one untouched this long is stale. flowkit's own, from another host, are
+# touched by their writer's heartbeat and judged as claims are (STALE_CLAIM_SECONDS).
 STALE_PARTIAL_SECONDS = 24 * 3600.0
 # A process touches the claims it holds every CLAIM_HEARTBEAT_SECONDS (store/claims.py); another
 # host's claim not touched for STALE_CLAIM_SECONDS is the claim of a dead process (or host).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -27,7 +28,9 @@ import numpy as np
 from .. import jpeg
 from ..errors import DamagedDataError, StoreError
 from ..files import fsync_dir
-from .claims import commit_lock
+from ..files import stamp as file_stamp
+from . import guard
+from .claims import commit_lock, keep_touched, stop_touching
 from .codecs import FRAME_CRC_ATTR, GZIP_LEVEL, Codec, Jpeg, encode_frames, frame_crc
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
 from .layout import as_numpy, engine_record, open_read, partial_ending, py_value
@@ -101,6 +104,7 @@ class VideoWriter:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self._io = LatchingFile(self.partial)
+            keep_touched(self.partial)  # its age tells other hosts this writer is alive
             self._file = _create_file(self._io)
             self._file.attrs.update(self._attrs)
             self._file.attrs["complete"] = False
@@ -289,6 +293,7 @@ class VideoWriter:
             if self.final.exists():
                 self._merge_finished()
             os.replace(self.partial, self.final)
+        stop_touching(self.partial)
         fsync_dir(self.final.parent)
 
     def _close_file(self) -> None:
@@ -323,6 +328,7 @@ class VideoWriter:
             self._io = LatchingFile(self.partial, "r+b")
             self._file = _open_file(self._io)
             dst = self._file
+            _keep_label(src, dst)
             missing = [n for n in names if n not in dst]
             if missing and not self._same_video(src):
                 if not self.redo:
@@ -407,6 +413,7 @@ class VideoWriter:
             f"replace the video with --redo {self.key}")
 
     def _abort(self) -> None:
+        stop_touching(self.partial)
         if self._file is not None:
             try:
                 self._file.close()
@@ -422,6 +429,62 @@ class VideoWriter:
             # Never created (a name too long), or a store refusing changes: the error that led here
             # says more, and a partial left behind is a dead writer's for remove_partials().
             pass
+
+
+def _keep_label(src: h5py.File, dst: h5py.File) -> None:
+    """A video committed without a label (-1: a run without its class, or one that began before
+    :func:`relabel` filled it in) keeps the label its finished file has, never drops it."""
+    label = int(py_value(src.attrs.get("label", -1)))
+    if label >= 0 and int(py_value(dst.attrs.get("label", -1))) < 0:
+        dst.attrs["label"] = label
+        dst.attrs["label_name"] = str(py_value(src.attrs.get("label_name", "")))
+
+
+def relabel(final: Path, videos: Path, label: int, label_name: str) -> bool:
+    """Give the finished video file ``final`` (in the store's ``videos`` folder) the ``label`` /
+    ``label_name`` it lacks (it holds -1), without recomputing anything: a copy of the file with
+    the new attributes replaces it under the commit lock, as a commit does (finished files are
+    never changed in place: a reader holding the old one keeps reading it). A commit that replaced
+    the file while it was copied is copied again under the lock. False, and nothing changed, when
+    the file has a label already (another process gave it one). OSError from the file system
+    (:func:`storage_error` names a full disk), HDF5's errors for a damaged file."""
+    guard.check(final)  # a file HDF5 never returned from is not opened again
+    partial = final.with_name(final.name + partial_ending())
+    try:
+        version = file_stamp(final)
+        if not _relabelled_copy(final, partial, label, label_name):
+            return False
+        with commit_lock(videos):
+            if file_stamp(final) != version and not _relabelled_copy(final, partial, label,
+                                                                     label_name):
+                return False
+            os.replace(partial, final)
+        fsync_dir(final.parent)
+        return True
+    finally:
+        partial.unlink(missing_ok=True)  # gone once renamed
+
+
+def _relabelled_copy(final: Path, partial: Path, label: int, label_name: str) -> bool:
+    """Copy ``final`` to ``partial`` (byte for byte) and set the copy's label, fsync'ed; False
+    when ``final`` is labelled already. HDF5 writes through a :class:`LatchingFile` (a full disk
+    is an error, never a crash)."""
+    shutil.copyfile(final, partial)
+    io = LatchingFile(partial, "r+b")
+    try:
+        f = open_hdf5(io, h5py.h5p.create(h5py.h5p.FILE_ACCESS))
+        try:
+            if int(py_value(f.attrs.get("label", -1))) >= 0:
+                return False
+            f.attrs["label"], f.attrs["label_name"] = int(label), str(label_name)
+        finally:
+            f.close()
+        io.fsync()
+    finally:
+        io.close()
+    if io.error is not None:
+        raise io.error
+    return True
 
 
 def _unlike_codec(codec: Codec, blob: bytes, size: tuple[int, int] | None) -> str:
@@ -461,4 +524,4 @@ def _create(f: h5py.File, path: str, codec: Codec, frame_shape: tuple[int, ...])
                             compression_opts=GZIP_LEVEL, shuffle=dtype.itemsize > 1, dcpl=dcpl)
 
 
-__all__ = ["VideoWriter", "Dropped", "OTHER_FRAMES"]
+__all__ = ["VideoWriter", "Dropped", "OTHER_FRAMES", "relabel"]

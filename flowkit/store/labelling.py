@@ -1,0 +1,69 @@
+"""A rerun's labels against the store's, for ``flowkit extract`` and ``flowkit import rawframes``.
+
+A rerun keeps the labels of the videos the store holds and only adds what they lack: a video held
+unlabelled (label -1) takes the run's label in place (:meth:`FlowStore.fill_labels`, nothing
+recomputed), one held under another label than the run gives keeps it. Both are said in a note,
+never silently; so are videos neither the run nor the store labels (:func:`unlabelled_note`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LabelCheck:
+    """What a run's labels mean for the videos the store holds: ``fill`` ({key: the run's label
+    id}) those held unlabelled, ``kept`` (``(key, stored id, run's id, run's class name)``) those
+    held under another label, which they keep."""
+    fill: dict[str, int] = field(default_factory=dict)
+    kept: list[tuple[str, int, int, str]] = field(default_factory=list)
+
+
+def check_labels(given: dict[str, tuple[int, str]], stored: dict[str, int]) -> LabelCheck:
+    """Compare the run's labels ``given`` ({key: (id, class name)}, ids in the store's class order)
+    with the labels the store holds ``stored`` ({key: id}, -1 unlabelled) of the videos in both;
+    a video the run does not label (-1) keeps whatever the store holds, unnoted."""
+    out = LabelCheck()
+    for key, held in stored.items():
+        label, name = given.get(key, (-1, ""))
+        if label < 0 or label == held:
+            continue
+        if held < 0:
+            out.fill[key] = label
+        else:
+            out.kept.append((key, held, label, name))
+    return out
+
+
+def filled_note(count: int) -> list[str]:
+    """The note on ``count`` labels :meth:`FlowStore.fill_labels` wrote (none: no note)."""
+    if not count:
+        return []
+    return [f"{count} labels filled in: videos the store held unlabelled (label -1) now have this "
+            "run's label (written into their files, nothing recomputed)"]
+
+
+def kept_note(kept: list[tuple[str, int, int, str]]) -> list[str]:
+    """The note on the videos that keep their stored label (:attr:`LabelCheck.kept`): how many,
+    one of them, and the way to relabel."""
+    if not kept:
+        return []
+    key, held, label, name = kept[0]
+    return [f"{len(kept)} videos already in the store keep their stored label, not this run's "
+            f"(e.g. {key}: label {held} in the store, {label} {name!r} here): a rerun only fills "
+            "in the labels the store lacks (-1); write a new store (-o NEW_STORE) to relabel"]
+
+
+def unlabelled_note(keys: list[str], lists: str) -> list[str]:
+    """The note on the videos left without a label (-1) by a run labelled by class folders:
+    how many, one of them, and the rerun that labels them (``lists``: the annotation lists the
+    command takes)."""
+    if not keys:
+        return []
+    return [f"{len(keys)} videos have no label (label -1: no class folder <class>/<video> holds "
+            f"them), e.g. {keys[0]}; flowkit train leaves them out. To label them, rerun with "
+            f"--annotations LIST ({lists}): a rerun fills in the labels the store lacks without "
+            "recomputing anything"]
+
+
+__all__ = ["LabelCheck", "check_labels", "filled_note", "kept_note", "unlabelled_note"]
