@@ -142,11 +142,13 @@ def test_a_stopped_torchrun_run_reports_every_rank_or_says_it_covers_rank_0_only
 
     stopped = Stopped("terminated")
     stopped.summary = part("a/x")
+    stopped.summary.labels_filled = 2
     monkeypatch.setattr(cli_extract.distributed, "world_size", lambda: 3)
     console = Console(file=io.StringIO(), width=300, no_color=True)
     cli_extract._report_stop(console, stopped, [stopped.summary, part("b/y", "b/z"), None], True)
     d = json.loads(capsys.readouterr().out)
     assert (d["done"], d["not_started"], d["ranks_reported"], d["world_size"]) == (3, 2, 3, 3)
+    assert d["labels_filled"] == 2  # the empty rank's is not rank 0's again
     assert [(r["rank"], r["done"]) for r in d["ranks"]] == [(0, 1), (1, 2), (2, 0)]
     assert "3 done" in console.file.getvalue() and "only" not in console.file.getvalue()
 
@@ -154,6 +156,11 @@ def test_a_stopped_torchrun_run_reports_every_rank_or_says_it_covers_rank_0_only
     d = json.loads(capsys.readouterr().out)
     assert (d["done"], d["ranks_reported"], d["world_size"]) == (1, 1, 3)
     assert "rank 0 of 3 only: the other ranks did not report" in console.file.getvalue()
+    # A run rank 0 finished, another rank stopped in its setup (a second SIGTERM: srun and
+    # torchrun's agent each send one): the finished run's report counts that rank as stopped,
+    # not a traceback on its None.
+    whole = ExtractSummary.combine(cli_extract._ranks_in_place([part("a/x"), None]))
+    assert whole.count("done") == 1 and "stopped before its videos started" in whole.stopped
 
 
 def test_extract_exit_1_on_a_bad_video_with_one_line_reason(bad_videos, tmp_path):
@@ -696,7 +703,7 @@ def test_a_key_that_starts_with_a_dash_is_told_to_follow_double_dash(tiny_store,
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run_cli("show", tiny_store, "-o", tmp_path / "x.png", "--", "-1Kf0ktVsQ4_000005_000015")
     assert r.returncode == 2 and "no video '-1Kf0ktVsQ4_000005_000015'" in r.stderr, r.stderr
-    for typo in ("--bogus", "--outpt"):
+    for typo in ("--bogus", "--outpt", "-j"):  # "-j" alone is an unknown short option
         r = run_cli("show", tiny_store, "k", typo, "x")
         assert r.returncode == 2 and "goes after `--`" not in r.stderr, r.stderr
 

@@ -13,6 +13,7 @@ import functools
 import importlib
 import re
 import sys
+from typing import Sequence
 
 import click
 
@@ -86,13 +87,18 @@ def one_line(exc: BaseException) -> str:
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def _dash_value_hint(exc: click.UsageError) -> str:
+def _dash_value_hint(exc: click.UsageError, args: Sequence[str]) -> str:
     """For an unknown option close to no real one, of a command that takes arguments: how to
     pass an argument that starts with '-' (a Kinetics key is a YouTube id, "-1Kf0ktVsQ4_000005_
-    000015"), which click reads as options ("No such option '-1'") unless it follows ``--``."""
+    000015"), which click reads as options ("No such option '-1'") unless it follows ``--``.
+    Only when ``args`` (the command line) holds such a value: a token that starts with the
+    unknown option and is longer than it, not a mistyped ``-j`` or ``--bogus``."""
     if not isinstance(exc, click.NoSuchOption) or exc.possibilities or exc.ctx is None:
         return ""
     if re.fullmatch(r"--[a-z][a-z0-9-]*", exc.option_name):  # a mistyped option, not a value
+        return ""
+    name = exc.option_name
+    if not any(a.startswith(name) and len(a) > len(name) and "=" not in a for a in args):
         return ""
     names = [p.human_readable_name for p in exc.ctx.command.params
              if isinstance(p, click.Argument)]
@@ -120,7 +126,8 @@ class LazyGroup(click.Group):
         except click.UsageError as exc:
             where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
             message = " ".join(exc.format_message().split()).rstrip(".")
-            click.echo(f"error: {message}{_dash_value_hint(exc)}{where}", err=True)
+            hint = _dash_value_hint(exc, sys.argv[1:] if args is None else args)
+            click.echo(f"error: {message}{hint}{where}", err=True)
             sys.exit(EXIT_USAGE)
         except click.ClickException as exc:
             exc.show()

@@ -3,7 +3,6 @@ backward flow into ``flow/<method>_backward``)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 import sys
@@ -316,7 +315,7 @@ def command(video_dir, store, method, backward, params, weights, device, backend
             raise  # handle_errors: the line saying how to resume, exit 130 (Ctrl-C) or 143
         # Still under the signal handlers: a rank done with its share may wait here for hours,
         # and SIGTERM's default would kill it, losing its summary to the stopped ranks' gather.
-        parts = _gather_summaries(result, distributed.LONG_WAIT) or [result]
+        parts = _ranks_in_place(_gather_summaries(result, distributed.LONG_WAIT) or [result])
     world = distributed.world_size()
     distributed.shutdown()
     code = max(EXIT_PARTIAL if part.count("failed") or part.stopped else EXIT_OK for part in parts)
@@ -363,6 +362,15 @@ def _json(result: ExtractSummary, reported: int, world: int) -> dict:
     return {**d, "ranks_reported": reported, "world_size": world} if world > 1 else d
 
 
+def _ranks_in_place(parts: list[ExtractSummary | None]) -> list[ExtractSummary]:
+    """The gathered summaries with an empty one for each rank stopped before its videos started
+    (``None``: a second signal during its setup), so that the ranks keep their positions."""
+    known = next(p for p in parts if p is not None)
+    empty = ExtractSummary(known.store, known.method, [], 0.0, backend=known.backend,
+                           stopped="stopped before its videos started", interrupted=True)
+    return [p if p is not None else empty for p in parts]
+
+
 def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json: bool) -> None:
     """What a run stopped by Ctrl-C or SIGTERM finished: the summary of every rank (``parts``,
     :func:`_gather_summaries`), and with ``--json`` its JSON (``"interrupted": true``), so that a
@@ -372,13 +380,9 @@ def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json
         parts, alone = [getattr(stopped, "summary", None)], True
     else:
         alone = False
-    known = [p for p in parts if p is not None]  # None: stopped before its videos started
-    if not known:
+    if all(p is None for p in parts):
         return
-    # A rank stopped before its videos started reports none (kept in place: ranks by position).
-    empty = dataclasses.replace(known[0], results=[], seconds=0.0, notes=[], not_started=0,
-                                ranks=[])
-    parts = [p if p is not None else empty for p in parts]
+    parts = _ranks_in_place(parts)
     result = ExtractSummary.combine(parts) if len(parts) > 1 else parts[0]
     _print_summary(console, result)
     world = distributed.world_size()

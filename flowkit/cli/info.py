@@ -91,9 +91,9 @@ def _echo_lines(lines: list[str], chunk: int = 10_000) -> None:
               help="First write a lost or unreadable store.json again, its classes from the "
                    "videos' labels.")
 @click.option("--keys", "list_keys", is_flag=True,
-              help="List the video keys (CLASS/VIDEO, no file extension: what show, extract "
-                   "--redo and the split lists take), one per line, and nothing else; with "
-                   "--json, a \"keys\" list in the summary.")
+              help="List the video keys (CLASS/VIDEO, no file extension: what show and "
+                   "extract --redo take), one per line, and nothing else; with --json, a "
+                   "\"keys\" list in the summary.")
 @handle_errors
 def command(store, as_json, validate, deep, repair_manifest, list_keys):
     """Summarise STORE: videos, classes, frames, codecs and bytes per frame, and the engines and
