@@ -500,6 +500,28 @@ def test_a_store_without_labelled_videos_fails_before_writing(tmp_path):
     with pytest.raises(FlowkitError, match=r"no labelled training videos.*2 video\(s\).*'a'"):
         Trainer(tiny_config(store), run)
     assert not run.exists()
+    # A flat store (Kinetics-like, no class names): the fix named is the --annotations rerun,
+    # which fills in the labels (it said only "extract it from a class-folder tree").
+    flat = tmp_path / "flat"
+    FlowStore(flat, mode="a").close()
+    add_unlabelled_videos(flat, "a", "b")
+    with pytest.raises(FlowkitError, match=r"has no class names: its videos are unlabelled; .*"
+                                           r"or rerun the store's `flowkit extract` .* with "
+                                           r"--annotations LIST .* fills in the labels"):
+        Trainer(tiny_config(flat), run)
+
+
+def test_evaluating_unlabelled_videos_names_the_rerun_that_labels_them(tiny_store, tmp_path):
+    """A run evaluated on a store whose videos are unlabelled (a flat extraction): the message
+    said "evaluate labelled videos (--split-list FILE)", but a list only chooses videos; the
+    store labels them, and an --annotations rerun fills the labels in."""
+    Trainer(tiny_config(tiny_store, epochs=1), tmp_path / "run").fit()
+    flat = tmp_path / "flat"
+    FlowStore(flat, mode="a", classes=["right", "down", "left"]).close()
+    add_unlabelled_videos(flat, "a", "b")
+    with pytest.raises(FlowkitError, match=r"none of the 2 videos .* \(e\.g\. 'a' is unlabelled\); "
+                                           r"label them: rerun the store's `flowkit extract`"):
+        evaluate_run(tmp_path / "run", flat, clips=1, crops=1, split="all", out_dir=False)
 
 
 def test_existing_run_is_refused_without_resume_or_overwrite(tiny_store, tmp_path):

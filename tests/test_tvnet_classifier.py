@@ -265,8 +265,26 @@ def test_tvnet_weights_are_recorded_by_absolute_path_and_not_needed_once_checkpo
     assert resumed.model.tvnet.config == net.config
     assert resumed.fit().epochs_done == 2
     assert json.loads((run / "config.json").read_text())["model"] == model  # recorded as it was
-    # A run recorded without kwargs_without_files (an older flowkit) needs the file.
-    from flowkit.models import rebuild_model, rebuild_run_model
+    # Nor is a file retrained under the same name read: its weights would not fit (a traceback).
+    other = TVNet(scales=2, warps=1, iterations=3)
+    checkpoints.save_checkpoint(tmp_path / "here" / "tvnet.pt", "tvnet", {
+        "config": asdict(other.config), "state_dict": other.state_dict()})
+    last = evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False)
+    assert last.num_videos == 3 and Trainer.resume(run, epochs=2).model.tvnet.config == net.config
+    # A run recorded without kwargs_without_files (an older flowkit) is rebuilt from the file:
+    # one that now holds another architecture is named, with the way out.
+    from flowkit.models import load_run_weights, rebuild_model, rebuild_run_model
+    older = {"name": "tvnet", "kwargs": model["kwargs"]}
+    rebuilt = rebuild_run_model(older, restoring=True)
+    from flowkit.train.checkpoint import load_checkpoint
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    with pytest.raises(FlowkitError, match=r"^the weights of last.pt do not fit the model rebuilt "
+                                           r"from the run's keywords \(size mismatch for tvnet\..*"
+                                           rf"\); the model was rebuilt from tvnet_weights "
+                                           rf"{re.escape(recorded)}, which now holds another "
+                                           r"architecture .* put the original file back"):
+        load_run_weights(rebuilt, older, state, "last.pt")
+    (tmp_path / "here" / "tvnet.pt").unlink()
     gone = (rf"^model 'tvnet': tvnet_weights {re.escape(recorded)}, recorded with the run, is not "
             r"there; the model is rebuilt from that file .* put it back at that path$")
     with pytest.raises(FlowkitError, match=gone):

@@ -94,18 +94,42 @@ def rebuild_run_model(model: dict[str, Any], *, restoring: bool) -> VideoClassif
     """The classifier a run's ``model`` entry describes (config.json's or a checkpoint's: its
     ``name``, ``kwargs`` and, for a model that reads files, ``kwargs_without_files``).
 
-    ``restoring``: a checkpoint's weights will replace the built ones. Then a file keyword whose
-    file is gone (a ``tvnet_weights=`` checkpoint not copied with the run) is not needed when the
-    run recorded how to build without it; otherwise :func:`rebuild_model`'s error says where the
-    run expected the file.
+    ``restoring``: a checkpoint's weights will replace the built ones. Then the run's file
+    keywords are not read at all when the run recorded how to build without them: a file gone
+    (a ``tvnet_weights=`` checkpoint not copied with the run), or replaced by weights of another
+    architecture (retrained under the same name), changes nothing. Otherwise
+    :func:`rebuild_model`'s error says where the run expected the file.
     """
     name, kw = model["name"], dict(model["kwargs"])
     without = model.get("kwargs_without_files")
-    if restoring and isinstance(without, dict) and missing_files(name, kw):
+    if restoring and isinstance(without, dict):
         built = _build(name, dict(without))
         built.model_kwargs = kw  # the run's own keywords, recorded again as they were
         return built
     return rebuild_model(name, **kw)
+
+
+def load_run_weights(model: VideoClassifier, recorded: dict[str, Any], state: dict[str, Any],
+                     source: str) -> None:
+    """Load a run's checkpoint weights ``state`` (from ``source``, for messages) into ``model``,
+    rebuilt by :func:`rebuild_run_model` from the run's ``model`` entry ``recorded``.
+    FlowkitError when they do not fit; for a model rebuilt from a file keyword's file (a run
+    recorded before ``kwargs_without_files``) it says that file now holds another architecture
+    than the run was trained from (retrained under the same name)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+        name, kw = recorded["name"], recorded["kwargs"]
+        read = [] if isinstance(recorded.get("kwargs_without_files"), dict) else [
+            key for key in getattr(MODELS.get(name), "file_kwargs", ())
+            if kw.get(key) and key not in missing_files(name, kw)]
+        why = (f"; the model was rebuilt from {read[0]} {kw[read[0]]}, which now "
+               "holds another architecture than the run was trained from: put the original file "
+               "back at that path" if read else "")
+        raise FlowkitError(f"the weights of {source} do not fit the model rebuilt from the run's "
+                           f"keywords ({detail}){why}") from None
 
 
 def missing_files(name: str, kw: dict[str, Any]) -> list[str]:

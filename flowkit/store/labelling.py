@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+#: How videos stored unlabelled get their labels: what messages about them name.
+RELABEL_HINT = ("rerun the store's `flowkit extract` (or `flowkit import rawframes`) with "
+                "--annotations LIST (a Kinetics CSV or an mmaction2 list): a rerun fills in the "
+                "labels the store lacks without recomputing anything")
+
+
 @dataclass
 class LabelCheck:
     """What a run's labels mean for the videos the store holds: ``fill`` ({key: the run's label
@@ -66,4 +72,4 @@ def unlabelled_note(keys: list[str], lists: str) -> list[str]:
             "recomputing anything"]
 
 
-__all__ = ["LabelCheck", "check_labels", "filled_note", "kept_note", "unlabelled_note"]
+__all__ = ["RELABEL_HINT", "LabelCheck", "check_labels", "filled_note", "kept_note", "unlabelled_note"]

@@ -152,7 +152,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
 
     ``checkpoint`` is ``best``, ``last`` or a path to a checkpoint file.
     """
-    from ..models import rebuild_run_model
+    from ..models import load_run_weights, rebuild_run_model
 
     path = Path(checkpoint)
     if checkpoint in ("best", "last"):
@@ -163,7 +163,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
     ckpt = load_checkpoint(path)
     run_config = ckpt["config"]
     model = rebuild_run_model(run_config["model"], restoring=True)
-    model.load_state_dict(ckpt["model"])
+    load_run_weights(model, run_config["model"], ckpt["model"], str(path))
     model.to(device).eval()
     return model, run_config, ckpt
 
@@ -305,12 +305,17 @@ def _scoreable(store, keys: list[str], classes: list[str], split_desc: str
     naming those left out (label -1, or a class of the store the run was not trained on).
     FlowkitError when none is left."""
     from ..data import labelled_keys, unlabelled_note
+    from ..store.labelling import RELABEL_HINT
 
     scoreable, left_out = labelled_keys(store, keys, classes=classes)
     if not scoreable:
+        unlabelled = int(store.meta(left_out[0]).get("label", -1)) < 0
+        fix = (f"label them: {RELABEL_HINT}" if unlabelled else
+               "evaluate videos of the run's classes (--split-list FILE)")
         raise FlowkitError(f"none of the {len(keys)} videos to evaluate in {store.path} "
                            f"({split_desc}) has a label among the run's {len(classes)} classes "
-                           f"(e.g. {left_out[0]!r}); evaluate labelled videos (--split-list FILE)")
+                           f"(e.g. {left_out[0]!r}{' is unlabelled' if unlabelled else ''}); "
+                           f"{fix}")
     notes = ([unlabelled_note(store, left_out, "evaluation",
                               reason=f"have no label among the run's {len(classes)} classes")]
              if left_out else [])

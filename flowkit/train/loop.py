@@ -199,8 +199,11 @@ class Trainer:
         store_classes = list(self.store.classes)
         if saved is None or not saved.get("classes"):
             if not store_classes:
-                raise FlowkitError(f"store {self.config.store} has no class names; extract it "
-                                   "from a class-folder tree or with --split-list")
+                from ..store.labelling import RELABEL_HINT
+
+                raise FlowkitError(f"store {self.config.store} has no class names: its videos "
+                                   "are unlabelled; extract it from a class-folder tree or with "
+                                   f"--split-list, or {RELABEL_HINT}")
             return store_classes
         classes = list(saved["classes"])
         missing = [c for c in classes if c not in store_classes]
@@ -261,14 +264,17 @@ class Trainer:
         # made with, and its files must still be where they were recorded unless its checkpoint
         # replaces what they hold
         if self.resuming:
-            model = rebuild_run_model({**self._saved_model, "name": config.model,
-                                       "kwargs": self.model_kwargs},
-                                      restoring=self._has_checkpoint())
+            model = rebuild_run_model(self._recorded_model(), restoring=self._has_checkpoint())
         else:
             model = create_model(config.model, **self.model_kwargs)
         if hasattr(model, "check_clip_length"):
             model.check_clip_length(config.clip_length)
         return model
+
+    def _recorded_model(self) -> dict[str, Any]:
+        """How the resumed run recorded its model (config.json's ``model``: ``settings``,
+        ``kwargs_without_files``), with this run's name and keywords."""
+        return {**self._saved_model, "name": self.config.model, "kwargs": self.model_kwargs}
 
     def _frames_mismatch(self, name: str, given: Any) -> str:
         """The error for a model keyword ``name`` (``frames``) that is not the clip length."""
@@ -469,7 +475,10 @@ class Trainer:
         """The run's state: fresh, or the checkpoint's (model and optimisation loaded from it)."""
         if ckpt is None:
             return RunState()
-        self.model.load_state_dict(ckpt["model"])
+        from ..models import load_run_weights
+
+        load_run_weights(self.model, self._recorded_model(), ckpt["model"],
+                         str(self.checkpoint_dir / LAST))
         opt.load(ckpt, self.use_amp)
         state = RunState.from_checkpoint(ckpt)
         where = (f"step {state.step_in_epoch} of epoch {state.epoch + 1}" if state.step_in_epoch
