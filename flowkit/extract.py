@@ -637,8 +637,9 @@ def store_labels(store_path, items: Sequence[VideoItem], classes: Sequence[str] 
     classes, ids = class_ids(Path(store_path), classes)
     if ids is None:
         return list(items), classes
-    return [dataclasses.replace(item, label=ids[item.label] if item.label >= 0 else -1)
-            for item in items], classes
+    # the store's name too: an id it calls class_<i> keeps that name in the files it adds
+    return [dataclasses.replace(item, label=ids[item.label], label_name=classes[ids[item.label]])
+            if item.label >= 0 else item for item in items], classes
 
 
 def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:

@@ -69,8 +69,23 @@ def label_text(label: int | None, zero_based: bool) -> str:
 
 
 #: Why a list's labels read 0-based, for a message about a label out of range.
-ZERO_BASED_WHY = ("a list with a label 0 or a 'frame_dir total_frames label' line is read as "
-                  "mmaction2's, whose labels are 0-based")
+ZERO_BASED_WHY = ("a list with a label 0 or a 'frame_dir total_frames label' line, or whose "
+                  "labels name their class folders only so, is read as mmaction2's, whose labels "
+                  "are 0-based")
+
+
+def base_hint(label: int, zero_based: bool, folder: str, classes: Sequence[str]) -> str:
+    """For a line whose 1-based ``label`` is another class of ``classes`` than its ``folder``:
+    a parenthesis saying that the number written, read in the other base, names the folder (the
+    list as a whole reads in neither so: :func:`_zero_based`), else ``""``."""
+    other = label - 2 if zero_based else label  # 0-based index of the written number read so
+    if not 0 <= other < len(classes) or classes[other] != folder:
+        return ""
+    if zero_based:
+        return (f" (read 1-based, as UCF101 writes labels, it would be {folder!r}, but "
+                f"{ZERO_BASED_WHY})")
+    return (f" (read 0-based, as mmaction2 writes labels, it would be {folder!r}, but then other "
+            "lines would not name their folders, so the list reads 1-based, as UCF101's)")
 
 
 def _key(relative: PurePosixPath) -> str:
@@ -229,17 +244,44 @@ def _is_int(text: str) -> bool:
 
 def _rawframes_line(fields: list[str]) -> bool:
     """Whether the fields are an mmaction2 rawframes line, ``frame_dir total_frames label``
-    (what ``flowkit export`` writes and mmaction2 ships): only integers after the path, at least
-    two. No path with a space reads so: its second part is no integer."""
-    return len(fields) >= 3 and all(_is_int(f) for f in fields[1:])
+    (what ``flowkit export`` writes and mmaction2 ships): a path without a video extension (a
+    frame folder; a video with several labels is a multi-label video line, not one) and only
+    integers after it, at least two. No path with a space reads so: its second part is no
+    integer."""
+    return (len(fields) >= 3 and all(_is_int(f) for f in fields[1:])
+            and _row_path(fields).suffix.lower() not in VIDEO_EXTENSIONS)
 
 
-def _zero_based(rows: list[list[str]]) -> bool:
+def _zero_based(rows: list[list[str]], classes: Sequence[str] | None = None) -> bool:
     """Whether a list's labels are 0-based, as in mmaction2's lists (rawframes ``frame_dir
-    total_frames label``, videos ``path label``): a line is a rawframes line or a label is 0.
-    UCF101's own lists are 1-based (``classInd.txt`` ids); mmaction2's label i is its id i+1."""
-    return any(_rawframes_line(f) or (len(f) == 2 and f[1].isdigit() and int(f[1]) == 0)
-               for f in rows)
+    total_frames label``, videos ``path label``): a line is a rawframes line; else, with the
+    ``classes`` known (``classInd.txt`` or the dataset's folders), the one base under which
+    every labelled line in a class folder names that folder (a subset of the classes has no
+    label 0); else a label is 0. UCF101's own lists are 1-based (``classInd.txt`` ids);
+    mmaction2's label i is its id i+1. A list of paths without class folders and without a label
+    0 reads 1-based: the numbers alone do not tell."""
+    if any(_rawframes_line(f) for f in rows):
+        return True
+    fits = _fitting_bases(rows, classes) if classes else [0, 1]
+    if len(fits) == 1:
+        return fits[0] == 0
+    return any(len(f) == 2 and f[1].isdigit() and int(f[1]) == 0 for f in rows)
+
+
+def _fitting_bases(rows: list[list[str]], classes: Sequence[str]) -> list[int]:
+    """The bases (0, 1) under which the label of every ``path label`` line whose path has a class
+    folder names that folder in ``classes``; both when no line has a label and a folder."""
+    labelled = [(_class_of(_row_path(f)), int(f[1])) for f in rows
+                if len(f) == 2 and f[1].isdigit()]
+    labelled = [(folder, label) for folder, label in labelled if folder]
+    return [base for base in (0, 1)
+            if all(0 <= label - base < len(classes) and classes[label - base] == folder
+                   for folder, label in labelled)]
+
+
+def _row_path(fields: list[str]) -> PurePosixPath:
+    """The path a list line starts with, ``\\`` read as ``/``."""
+    return PurePosixPath(fields[0].replace("\\", "/"))
 
 
 def _parse_split_line(list_file: Path, lineno: int, fields: list[str],
@@ -257,6 +299,11 @@ def _parse_split_line(list_file: Path, lineno: int, fields: list[str],
             raise FlowkitError(f"{where}: label {label} is not a 0-based class id (an mmaction2 "
                                "rawframes line is 'frame_dir total_frames label')")
         return SplitEntry(lineno, relative, None if label is None else label + 1, True, True)
+    if len(fields) > 2 and all(_is_int(f) for f in fields[1:]):  # a video path: not rawframes
+        raise FlowkitError(f"{where}: expected '<class>/<video> [label]', got "
+                           f"{' '.join(fields)!r}: a video with several labels (a multi-label "
+                           "list); a split list gives a video one label, or none (its class "
+                           "folder labels it)")
     if len(fields) > 2 or _spaced_path(fields):
         raise FlowkitError(f"{where}: expected '<class>/<video> [label]' (or an mmaction2 "
                            f"line, 'frame_dir total_frames label'), got {' '.join(fields)!r} "
@@ -274,24 +321,37 @@ def _parse_split_line(list_file: Path, lineno: int, fields: list[str],
     return SplitEntry(lineno, relative, int(fields[1]))
 
 
-def parse_split_list(list_file: str | os.PathLike) -> list[SplitEntry]:
-    """The entries of a split list, in order, as written (no class list needed).
+def parse_split_list(list_file: str | os.PathLike,
+                     classes: Sequence[str] | None = None) -> list[SplitEntry]:
+    """The entries of a split list, in order, as written.
 
     Lines are UCF101's ``<class>/<video>.<ext> [label]`` (1-based label), or mmaction2's
     rawframes ``<class>/<video> total_frames label`` or video ``<class>/<video>.<ext> label``
-    (0-based label: a list with a rawframes line or a label 0 is read as mmaction2's, and its
-    labels are returned plus one, the ``classInd.txt`` ids they are in UCF101). Blank lines and
-    ``#`` comments are skipped. Raises :class:`FlowkitError` naming the file and line for a
-    missing file or a malformed line.
+    (0-based label, returned plus one, the ``classInd.txt`` ids they are in UCF101). A list with
+    a rawframes line is mmaction2's; else, given the dataset's ``classes`` (``classInd.txt`` or
+    its sorted folders), the one base under which every line in a class folder names its folder;
+    else a list with a label 0 is mmaction2's (:func:`_zero_based`). Blank lines and ``#``
+    comments are skipped. Raises :class:`FlowkitError` naming the file and line for a missing
+    file or a malformed line.
     """
     list_file = Path(list_file)
+    return _parse_rows(list_file, _split_rows(list_file), classes)
+
+
+def _split_rows(list_file: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of the lines of split list ``list_file``, which must be a file."""
     if list_file.is_dir():
         raise FlowkitError(f"split list {list_file} is a directory; give the list file in it "
                            "(e.g. trainlist01.txt)")
     if not list_file.is_file():
         raise FlowkitError(f"split list {list_file} does not exist")
-    rows = list(_lines(list_file))
-    zero_based = _zero_based([fields for _, fields in rows])
+    return list(_lines(list_file))
+
+
+def _parse_rows(list_file: Path, rows: list[tuple[int, list[str]]],
+                classes: Sequence[str] | None) -> list[SplitEntry]:
+    """The entries of a split list's ``rows``, read in the base they and ``classes`` tell."""
+    zero_based = _zero_based([fields for _, fields in rows], classes)
     return [_parse_split_line(list_file, lineno, fields, zero_based) for lineno, fields in rows]
 
 
@@ -309,16 +369,18 @@ def read_split_list(list_file: str | os.PathLike, root: str | os.PathLike,
     Lines are ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` (1-based label, as in
     ``trainlist01.txt``) or the path alone (``testlist01.txt``; the label comes from the class
     folder). Classes come from ``class_index`` or a ``classInd.txt`` next to ``list_file``, else
-    from the sorted folder names under ``root``. Returned label ids are 0-based. A malformed line,
+    from the sorted folder names under ``root``; they also tell the base of an mmaction2 list of
+    a class subset (:func:`parse_split_list`). Returned label ids are 0-based. A malformed line,
     a label that contradicts its folder, or a repeated video raises :class:`FlowkitError` naming the
     file and line; listed videos missing on disk are returned anyway (extraction reports them).
     """
     list_file, root = Path(list_file), Path(root)
-    parsed = parse_split_list(list_file)
+    rows = _split_rows(list_file)
     if class_index is None:
         class_index = class_index_beside(list_file)
     classes = (read_class_index(class_index) if class_index is not None
-               else _default_classes(root, (e.relative for e in parsed)))
+               else _default_classes(root, (_row_path(fields) for _, fields in rows)))
+    parsed = _parse_rows(list_file, rows, classes)  # the classes tell a subset list's base
     index = {name: i for i, name in enumerate(classes)}
     _check_unique((e.key, f"{list_file}:{e.lineno}") for e in parsed)
     return [_split_item(list_file, e, root, classes, index) for e in parsed], classes
@@ -384,7 +446,8 @@ def _split_item(list_file: Path, entry: SplitEntry, root: Path, classes: list[st
                                f"{first}..{len(classes) - 1 + first}{why}")
         if name and classes[label - 1] != name:
             raise FlowkitError(f"{where}: label {entry.written} is class {classes[label - 1]!r} "
-                               f"but the video is in folder {name!r}; pass the matching "
-                               "classInd.txt")
+                               f"but the video is in folder {name!r}"
+                               f"{base_hint(label, entry.zero_based, name, classes)}; pass the "
+                               "matching classInd.txt")
         name = classes[label - 1]
     return VideoItem(_video_of(root, entry), entry.key, index.get(name, -1), name)

@@ -760,3 +760,19 @@ def test_split_from_list_takes_ucf101_official_ids(tmp_path):
         split_from_list(tmp_path / "store", beyond)
     alone = write(tmp_path / "alone" / "beyond.txt", "JumpRope/v_JumpRope_g08_c01.avi 102\n")
     assert split_from_list(tmp_path / "store", alone) == ["JumpRope/v_JumpRope_g08_c01"]
+
+
+def test_a_0_based_list_of_a_class_subset_beside_its_class_index(tiny_store, tmp_path):
+    """An mmaction2 video list of some classes (no label 0) beside a classInd.txt reads 0-based,
+    the one base under which its labels name their folders there. Before: read 1-based and
+    refused ("label 1 is class 'down' ... but the video is in folder 'left'"). A list that fits
+    no base says when a line would fit 0-based."""
+    write(tmp_path / "classInd.txt", "1 down\n2 left\n3 right\n")
+    subset = write(tmp_path / "val_list_videos.txt", "left/left_1.mp4 1\nright/right_0.mp4 2\n")
+    assert split_from_list(tiny_store, subset) == ["left/left_1", "right/right_0"]
+    mixed = write(tmp_path / "mixed.txt", "left/left_1.mp4 1\nright/right_0.mp4 3\n")
+    with pytest.raises(FlowkitError, match=r"mixed.txt:1: label 1 is class 'down' in "
+                                           r".*classInd.txt but the video is in folder 'left' "
+                                           r"\(read 0-based, as mmaction2 writes labels, it "
+                                           r"would be 'left', but then other lines"):
+        split_from_list(tiny_store, mixed)

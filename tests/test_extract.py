@@ -442,6 +442,37 @@ def test_a_store_takes_runs_that_order_its_classes_otherwise_labelled_by_name(it
     assert _stamps(path) == before
 
 
+def test_a_store_whose_ids_are_stand_ins_takes_the_names_the_run_gives_them(items, tmp_path):
+    """A store made from a class-subset mmaction2 list before its rows named the ids (every id
+    ``class_<i>``) takes the same command after the upgrade, which names them by the rows' class
+    folders: a stand-in matches whatever the run calls its id, and the store keeps its name,
+    also in the files it adds. Before: refused, "this run has 2 it lacks"."""
+    from dataclasses import replace
+
+    from flowkit.store.layout import class_ids
+
+    videos, classes = items
+    stand_ins = ["class_0"] + [f"class_{i + 1}" for i in range(len(classes))]  # id 0 unlisted
+    listed = [replace(v, label=v.label + 1) for v in videos]  # the list's ids 1.. for the classes
+    path = tmp_path / "s"
+    extract([replace(v, label_name=stand_ins[v.label]) for v in listed[:1]], path, _config(),
+            classes=stand_ins)
+    rerun = extract(listed[:2], path, _config(), classes=["class_0"] + classes)
+    assert [r.status for r in rerun.results] == ["skipped", "done"]
+    store = FlowStore(path)
+    assert store.classes == stand_ins and store.validate() == []
+    for v in listed[:2]:
+        assert (store.meta(v.key)["label"], store.meta(v.key)["label_name"]) == \
+            (v.label, stand_ins[v.label])
+    # the other way round: a run that knows an id only as class_<i> takes the store's name
+    assert class_ids(path, ["class_0", "pan", "class_2"]) == (stand_ins, [0, 1, 2])
+    named = tmp_path / "named"
+    FlowStore(named, "a", classes=["pan_left", "zoom_in"])
+    assert class_ids(named, ["class_0", "zoom_in"]) == (["pan_left", "zoom_in"], [0, 1])
+    with pytest.raises(StoreError, match=r"this run has 1 it lacks \(\['class_0'\]\)"):
+        class_ids(named, ["class_0", "pan_left"])  # id 0 would be two of the run's classes
+
+
 def _flat(sample_videos: Path, root: Path):
     """The sample videos directly under ``root`` (a Kinetics-like folder: no class folders, so
     scanned unlabelled) and the same items labelled by their old class folder, with the classes."""

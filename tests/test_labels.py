@@ -227,3 +227,46 @@ def test_extract_split_list_from_an_mmaction2_rawframes_list(tmp_path):
     assert classes == ["pan", "zoom"]
     assert items == [VideoItem(tmp_path / "pan/p0.avi", "pan/p0", 0, "pan"),
                      VideoItem(tmp_path / "zoom/z1.mp4", "zoom/z1", 1, "zoom")]
+
+
+def test_a_0_based_list_of_a_class_subset_reads_0_based(tmp_path):
+    """An mmaction2 video list of some classes has no label 0: its labels name their class
+    folders only read 0-based, which the classes (folders or classInd.txt) tell, so it reads so.
+    Before: read 1-based ("label 2 is class 'pan_right' but the video is in folder 'rotate_cw'").
+    A list whose lines fit no base says when a line would fit 0-based."""
+    root = tmp_path / "vids"
+    touch(root, "pan_left/a.mp4", "pan_right/b.mp4", "rotate_cw/c.mp4", "zoom_in/d.mp4")
+    lst = tmp_path / "val_list_videos.txt"
+    lst.write_text("rotate_cw/c.mp4 2\nzoom_in/d.mp4 3\n")
+    items, classes = read_split_list(lst, root)
+    assert [(i.key, i.label, i.label_name) for i in items] == [("rotate_cw/c", 2, "rotate_cw"),
+                                                               ("zoom_in/d", 3, "zoom_in")]
+    assert [e.written for e in parse_split_list(lst, classes)] == ["2 (0-based)", "3 (0-based)"]
+    (tmp_path / "classInd.txt").write_text("1 pan_left\n2 pan_right\n3 rotate_cw\n4 zoom_in\n")
+    assert read_split_list(lst, root)[0] == items
+    lst.write_text("rotate_cw/c.mp4 3\nzoom_in/d.mp4 4\n")  # UCF101's ids: 1-based, as before
+    assert read_split_list(lst, root)[0] == items
+    lst.write_text("rotate_cw/c.mp4 2\nzoom_in/d.mp4 4\n")  # line 1 0-based, line 2 1-based
+    with pytest.raises(FlowkitError, match=r"val_list_videos.txt:1: label 2 is class 'pan_right' "
+                                           r"but the video is in folder 'rotate_cw' \(read "
+                                           r"0-based, as mmaction2 writes labels, it would be "
+                                           r"'rotate_cw', but then other lines would not"):
+        read_split_list(lst, root)
+    # paths without class folders: the numbers alone do not tell; no label 0 reads 1-based
+    lst.write_text("c.mp4 3\nd.mp4 4\n")
+    assert [(i.key, i.label_name) for i in read_split_list(lst, root)[0]] == [
+        ("c", "rotate_cw"), ("d", "zoom_in")]
+
+
+def test_a_video_line_with_several_labels_is_no_rawframes_line(tmp_path):
+    """A multi-label video line (``path label label``) is refused as one, not read as a rawframes
+    line ``frame_dir total_frames label`` (total_frames 1, label 3), as it was."""
+    lst = tmp_path / "multi.txt"
+    lst.write_text("pan_left/pan_left_0.mp4 1 3\nzoom_in/zoom_in_0.mp4 2 3\n")
+    with pytest.raises(FlowkitError, match=r"multi.txt:1: expected '<class>/<video> \[label\]', "
+                                           r"got 'pan_left/pan_left_0.mp4 1 3': a video with "
+                                           r"several labels"):
+        parse_split_list(lst)
+    lst.write_text("pan_left/pan_left_0 8 0\npan_left/pan_left_1.mp4 1 3\n")  # with rawframes
+    with pytest.raises(FlowkitError, match=r"multi.txt:2: expected '<class>/<video> \[label\]'"):
+        parse_split_list(lst)

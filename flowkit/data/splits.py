@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FlowkitError
-from ..labels import (ZERO_BASED_WHY, class_index_beside, label_text, parse_split_list,
-                      read_class_index)
+from ..labels import (ZERO_BASED_WHY, base_hint, class_index_beside, label_text,
+                      parse_split_list, read_class_index)
 from ..store import FlowStore
 
 MAX_LISTED = 5  # error messages name at most this many keys
@@ -151,7 +151,7 @@ def listed_keys(store: FlowStore | str | os.PathLike, list_file: str | os.PathLi
     store, list_file = as_store(store), Path(list_file)
     check = _ListLabels(list_file, class_index_beside(list_file))
     keys, where = [], {}
-    for entry in parse_split_list(list_file):
+    for entry in parse_split_list(list_file, check.class_names()):  # they tell a subset's base
         key, lineno = entry.key, entry.lineno
         if key in where:
             raise FlowkitError(f"{list_file}:{lineno}: video {key!r} is listed twice (first "
@@ -178,7 +178,8 @@ def missing_note(store: FlowStore | str | os.PathLike, missing: Sequence[str], w
 
 class _ListLabels:
     """Checks the label ids of one split list line by line: against ``class_index`` (the
-    ``classInd.txt`` beside it, read at the first labelled line) when there is one, and against the
+    ``classInd.txt`` beside it, read once: its classes also tell the base of a list of a class
+    subset, :func:`~flowkit.labels.parse_split_list`) when there is one, and against the
     list's own earlier lines (one folder per id, one id per folder). The store's class ids play no
     part: the store labels its videos itself."""
 
@@ -188,14 +189,19 @@ class _ListLabels:
         self.folder_of: dict[int, tuple[str, int]] = {}  # id -> (folder, first line)
         self.id_of: dict[str, tuple[int, int]] = {}      # folder -> (id, first line)
 
+    def class_names(self) -> list[str] | None:
+        """The classes of the ``classInd.txt`` beside the list (read once), None without one."""
+        if self.class_index is not None and self.classes is None:
+            self.classes = read_class_index(self.class_index)
+        return self.classes
+
     def __call__(self, lineno: int, folder: str, label: int, zero_based: bool = False) -> None:
         """Check 1-based ``label`` of line ``lineno`` (in folder ``folder``); ``zero_based``: the
         list is mmaction2's, which wrote ``label - 1`` (the messages name what it wrote)."""
         where = f"{self.list_file}:{lineno}"
         shown = label_text(label, zero_based)
         if self.class_index is not None:
-            if self.classes is None:
-                self.classes = read_class_index(self.class_index)
+            self.class_names()
             if label > len(self.classes):
                 why = f" ({ZERO_BASED_WHY})" if zero_based else ""
                 raise FlowkitError(f"{where}: label {shown} is out of range "
@@ -205,9 +211,11 @@ class _ListLabels:
             if folder and self.classes[label - 1] != folder:
                 raise FlowkitError(f"{where}: label {shown} is class "
                                    f"{self.classes[label - 1]!r} in {self.class_index} but the "
-                                   f"video is in folder {folder!r}; the list and the classInd.txt "
-                                   "beside it disagree: put the classInd.txt that came with this "
-                                   "list beside it, or fix the line")
+                                   f"video is in folder {folder!r}"
+                                   f"{base_hint(label, zero_based, folder, self.classes)}; "
+                                   "the list and the classInd.txt beside it disagree: put the "
+                                   "classInd.txt that came with this list beside it, or fix the "
+                                   "line")
         if not folder:
             return  # a video at the root: no folder for its id to name
         named, first = self.folder_of.setdefault(label, (folder, lineno))

@@ -345,7 +345,8 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     classes, match = label_sources(root, sources, config, label_notes)
     classes, ids = class_ids(Path(store_path), classes)  # an existing store keeps its order
     for source in sources.values() if ids is not None else ():
-        source.label = ids[source.label] if source.label >= 0 else -1
+        if source.label >= 0:  # the store's name too: its stand-in class_<i> stays (class_ids)
+            source.label, source.label_name = ids[source.label], classes[ids[source.label]]
     summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes + label_notes)
     if match is not None:
         summary.labels = match.report()

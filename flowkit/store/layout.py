@@ -320,21 +320,38 @@ def class_ids(root: Path, requested: Sequence[str] | None
 
     A store keeps its class list: a run naming every class it names, in another order or some of
     them (a folder scan sorts ``HammerThrow`` before ``Hammering``, UCF101's classInd.txt does
-    not), labels by name with the store's ids. A run bringing classes the store lacks would need
-    new ids: :class:`StoreError` naming the way out."""
+    not), labels by name with the store's ids. An id either side calls ``class_<id>`` (no class
+    folder named it: a store made from a class-subset list before the list's rows named its ids)
+    keeps its id whatever the other side calls it (:func:`_stand_in_id`); the store's name stays
+    (its videos record it). A run bringing classes the store lacks would need new ids:
+    :class:`StoreError` naming the way out."""
     if not requested or not (root / MANIFEST).is_file():
         return (list(requested) if requested is not None else None), None
     stored = read_manifest(root).get("classes", [])
     if not stored or list(stored) == list(requested):
         return list(requested), None
-    added = [name for name in requested if name not in set(stored)]
+    index = {name: i for i, name in enumerate(stored)}
+    ids = [index[name] if name in index else _stand_in_id(stored, requested, i)
+           for i, name in enumerate(requested)]
+    added = [name for name, i in zip(requested, ids) if i is None]
     if added:
         raise StoreError(f"{root} was created with {len(stored)} classes and this run has "
                          f"{len(added)} it lacks ({added[:5]}); label ids would not match: pass "
                          "the --split-list / --class-index / --label-map the store was made with "
                          "(or the same folder), or write a new store (-o NEW_STORE)")
-    index = {name: i for i, name in enumerate(stored)}
-    return list(stored), [index[name] for name in requested]
+    return list(stored), ids
+
+
+def _stand_in_id(stored: Sequence[str], requested: Sequence[str], i: int) -> int | None:
+    """``i``, the store's id for the run's class ``requested[i]`` that ``stored`` does not name,
+    when either side's name for id ``i`` is the stand-in ``class_<i>``
+    (:func:`flowkit.annotations.unnamed_ids`): that side knew the id, not its name, so the ids
+    stand. None (a class the store lacks) where the store's name for ``i`` is another of the
+    run's classes: two of them would share an id."""
+    stand_in = f"class_{i}"
+    if i < len(stored) and stand_in in (stored[i], requested[i]) and stored[i] not in requested:
+        return i
+    return None
 
 
 def merge_classes(root: Path, manifest: dict, classes: Sequence[str] | None) -> dict:
