@@ -484,6 +484,7 @@ def test_unlabelled_videos_are_left_out_of_training_and_evaluation(tiny_store, t
     assert "stray" not in trainer.train_keys + trainer.val_keys
     assert (len(trainer.train_keys), len(trainer.val_keys)) == (9, 3)
     assert len(logged) == 1 and "1 video(s)" in logged[0] and "'stray'" in logged[0]
+    assert "with --annotations LIST" in logged[0]  # the rerun that labels it, in place
     result = trainer.fit()
     assert result.epochs_done == 1 and result.notes == logged
     ev = evaluate_run(tmp_path / "run", store, clips=1, crops=1, split="all", out_dir=False)

@@ -18,6 +18,7 @@ from ..errors import FlowkitError
 from ..labels import (ZERO_BASED_WHY, base_hint, class_index_beside, label_text,
                       parse_split_list, read_class_index)
 from ..store import FlowStore
+from ..store.labelling import RELABEL_HINT
 
 MAX_LISTED = 5  # error messages name at most this many keys
 
@@ -113,8 +114,8 @@ def unlabelled_note(store: FlowStore, unlabelled: Sequence[str], where: str,
     """The note that ``unlabelled`` videos of ``store`` (they ``reason``) are left out of
     ``where``, naming up to :data:`MAX_LISTED` of them."""
     return (f"{len(unlabelled)} video(s) of store {store.path} {reason} and are left out of "
-            f"{where}: {named(unlabelled)} (a video is labelled by its class folder or split-list line "
-            "when extracted)")
+            f"{where}: {named(unlabelled)} (a video is labelled by its class folder or split-list "
+            f"line when extracted; to label videos stored unlabelled, {RELABEL_HINT})")
 
 
 def split_from_list(store: FlowStore | str | os.PathLike,
