@@ -480,6 +480,36 @@ def test_missing_flow_error_lists_the_flows_of_the_videos_lacking_it(tmp_path):
     assert "they have: tvl1; add it with" in message
 
 
+def test_missing_flow_fix_follows_the_kind_of_the_stores_flow(tmp_path):
+    """An extracted store (tvl1 computed) plus a video imported with --flow-name denseflow: the
+    import it lacks tvl1 from would be refused (one name holds one kind of flow), so the fix
+    names extract and leaving it out, and no --flow-name the other videos lack."""
+    from flowkit.store.reading import IMPORTED_ATTR
+
+    path = write_coded_store(tmp_path / "store", {"a/x": 3, "b/y": 3})
+    flow = np.zeros((2, 2, *CODED_SIZE), np.float32)
+    with FlowStore(path, mode="a") as store:
+        with store.writer("a/imp", source="rawframes/a/imp", fps=25.0, label=0, label_name="a",
+                          flow_codec="float16", rgb_codec="raw") as writer:
+            writer.update_attrs({IMPORTED_ATTR: True})
+            writer.append_rgb(np.zeros((3, *CODED_SIZE, 3), np.uint8))
+            writer.append_flow("denseflow", flow, engine={
+                "engine": "denseflow-png", "version": "1", "backend": "external",
+                "params": {"source_format": "denseflow-png"}})
+    with pytest.raises(FlowkitError) as err:
+        ClipDataset(path, inputs=("flow",), sampler=RandomClipSampler(2))
+    message = str(err.value)
+    assert "1 of 3 videos have no flow 'tvl1' (e.g. 'a/imp'); they have: denseflow" in message
+    assert f"`flowkit extract VIDEOS -o {path} --method tvl1`" in message
+    assert (f"leave these videos out: train on a --split-list of the others, one KEY.mp4 a line "
+            f"(`flowkit info {path} --keys` lists the keys)") in message
+    assert "flowkit import" not in message and "--flow-name" not in message
+    # the same video lacking flow the store holds as imported flow: the import adds it
+    with pytest.raises(FlowkitError, match=r"`flowkit import rawframes RAWFRAMES_DIR -o .* "
+                                           r"--flow-name denseflow`"):
+        ClipDataset(path, inputs=("flow",), flow_name="denseflow", sampler=RandomClipSampler(2))
+
+
 def test_missing_rgb_errors(tmp_path):
     store = write_tiny_store(tmp_path / "norgb", rgb=False)
     with pytest.raises(FlowkitError, match=r"12 of 12 videos have no rgb frames.*--rgb") as err:

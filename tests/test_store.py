@@ -284,6 +284,34 @@ def test_summary_and_validate(store):
     assert len(store) == 3 and "zoom/b" in store and "zoom/x" not in store
 
 
+def test_validate_reports_progress_per_video(store):
+    """300k videos take about 15 minutes to validate (more with deep): a bar over the videos,
+    advanced as each file's check comes back, and with deep one more over the frames' pass."""
+    from flowkit.progress import Progress
+
+    class Recorder(Progress):
+        def __init__(self):
+            super().__init__()
+            self.steps, self.tasks = [], []
+
+        def _changed(self, task):
+            self.steps.append((task.description, task.completed, task.total))
+
+        def _closed(self, task):
+            self.tasks.append((task.description, task.completed, task.total))
+
+    for i, key in enumerate(["pan_left/a", "zoom/b", "zoom/c"]):
+        write_video(store, key, *make_video(20 + i, frames=3)[:1], flows={})
+    seen = Recorder()
+    assert store.validate(progress=seen) == []
+    assert seen.steps == [("validating videos", n, 3) for n in (1, 2, 3)]
+    assert seen.tasks == [("validating videos", 3, 3)]
+    seen = Recorder()
+    assert store.validate(deep=True, progress=seen) == []
+    assert seen.tasks == [("validating videos", 3, 3),
+                          ("decoding every frame of sound videos", 3, 3)]
+
+
 # ----------------------------------------------------------------------------- writer failures
 
 def test_exception_inside_writer_leaves_no_file(store):

@@ -122,7 +122,7 @@ def command(store, as_json, validate, deep, repair_manifest, list_keys):
         sys.exit(EXIT_OK)
     with FlowStore(store) as fs, RichProgress(Console(stderr=True), transient=True) as progress:
         summary = fs.summary(progress)
-        problems = fs.validate(deep=deep) if validate else []
+        problems = fs.validate(deep=deep, progress=progress) if validate else []
         if list_keys:
             summary["keys"] = fs.keys()
     if validate:

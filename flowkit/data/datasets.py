@@ -332,7 +332,7 @@ def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str]
             what = f"{'backward flow' if is_backward(name) else 'flow'} {name!r}"
             raise _missing_error(store, without, len(keys), what,
                                  _missing_flow_fix(store, name, flow_name, have[name],
-                                                   without[0]))
+                                                   without[0], metas))
     if no_rgb:
         fix = (IMPORT_NO_RGB if store.imported(no_rgb[0]) else
                "the store was extracted with --no-rgb; extract into a new store with frames: "
@@ -353,27 +353,56 @@ IMPORT_NO_RGB = ("they were imported without RGB frames (their rawframes folders
 
 
 def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str],
-                      example: str) -> str:
+                      example: str, metas: dict[str, dict]) -> str:
     """How to get flow dataset ``name`` (forward ``flow_name`` or its backward flow) that video
-    ``example`` and others lack (``have``: the flows those videos hold): ``flowkit extract
-    --method`` where an engine of that name makes it, else (imported videos, a name no engine
-    has) ``flowkit import rawframes``."""
+    ``example`` and others lack (``have``: the flows those videos hold; ``metas``: the index
+    entries of the run's videos): ``flowkit import rawframes`` when the store's flow of that
+    name was imported (:func:`_imported_flow`; an import into a name of computed flow is
+    refused), else ``flowkit extract --method`` where an engine of that name makes it; or leave
+    the videos out, or train on a flow every video has."""
     from ..flow import ENGINES  # the error path only: the engines' modules are not needed else
 
     backward = is_backward(name)
-    if flow_name in ENGINES and not store.imported(example):
+    imported = _imported_flow(store, name, metas)
+    if imported is None:  # no video holds it: what made the video tells
+        imported = store.imported(example)
+    if flow_name in ENGINES and not imported:
         command = (f"`flowkit extract VIDEOS -o {store.path}{' --backward' if backward else ''} "
-                   f"--method {flow_name}` (VIDEOS: the folder the store was extracted from)")
+                   f"--method {flow_name}` (VIDEOS: the source videos of these, as the store "
+                   "was extracted from)")
     else:
         command = (f"`flowkit import rawframes RAWFRAMES_DIR -o {store.path}"
                    f"{'' if flow_name == 'tvl1' else f' --flow-name {flow_name}'}` (RAWFRAMES_DIR: "
                    f"{'denseflow flow_x_m1_* files or <video>_m1.h5' if backward else 'rawframes'}"
                    " of these videos; a rerun adds what the store lacks)")
-    other = ("or let trajectorynet approximate it from the forward flow "
-             "(`--model-arg backward_flow=derived`, its default)" if backward else
-             "or train on flow the store has (`flowkit train --flow-name NAME`, flow_name=NAME in "
-             "Python)")
-    return f"they have: {', '.join(sorted(have)) or 'no flow'}; add it with {command}, {other}"
+    # A flow every video of the run has (not just those lacking this one) is one to train on.
+    common = set.intersection(*(set(m["flows"]) for m in metas.values())) if metas else set()
+    common = sorted(n for n in common if not is_backward(n))
+    others = []
+    if any(name in m["flows"] for m in metas.values()):  # some have it: train on those
+        others.append(f"or leave these videos out: train on a --split-list of the others, "
+                      f"one KEY.mp4 a line (`flowkit info {store.path} --keys` lists the keys)")
+    if backward:
+        others.append("or let trajectorynet approximate it from the forward flow "
+                      "(`--model-arg backward_flow=derived`, its default)")
+    elif common:
+        others.append(f"or train on flow every video has (`flowkit train --flow-name "
+                      f"{common[0]}`, flow_name={common[0]!r} in Python)")
+    return (f"they have: {', '.join(sorted(have)) or 'no flow'}; "
+            + ", ".join([f"add it with {command}", *others]))
+
+
+def _imported_flow(store: FlowStore, name: str, metas: dict[str, dict]) -> bool | None:
+    """Whether the store's flow ``name`` was imported (``flowkit import rawframes``: its
+    ``params`` name a ``source_format``; flow an engine computed has none), from the index entries
+    of the run's videos (``metas``) that hold it, else of all the store's videos (the index: a
+    300k store's files are statted, not opened); None when no video holds it. Mixed (an old
+    store): not imported, as an import beside computed flow is refused."""
+    for source in (lambda: metas, lambda: store.metas(store.keys())):
+        flows = [m["flows"][name] for m in source().values() if name in m["flows"]]
+        if flows:
+            return all("source_format" in (f.get("params") or {}) for f in flows)
+    return None
 
 
 def _missing_error(store: FlowStore, keys: list[str], total: int, what: str,

@@ -34,7 +34,7 @@ from .reading import (IMPORTED_BACKEND, DamagedObject, attributes, error_cause, 
                       frame_crcs, imported_video, member, member_names, members, names_repair,
                       read_frames, redo_hint)
 from .guard import Failed, guarded_map
-from .validate import video_problems
+from .validate import counted, video_problems
 from .writer import VideoWriter, relabel
 
 
@@ -732,24 +732,27 @@ class FlowStore:
             return {key: found[key].meta for key in keys
                     if key in found and found[key].readable}
 
-    def validate(self, deep: bool = False) -> list[str]:
+    def validate(self, deep: bool = False, progress: Progress | None = None) -> list[str]:
         """Check every complete video file; return problems as readable lines (empty: valid).
 
         Checks the format and version attributes, the ``complete`` flag, the key, dtypes, and
         dataset shapes against ``frame_count``/``height``/``width``. ``deep=True`` also decompresses
         every frame (slow; finds bit rot). Partial files are work to redo, not problems. Files are
         read in a child process, so one that HDF5 never returns from is a problem too
-        (:mod:`flowkit.store.guard`).
+        (:mod:`flowkit.store.guard`). ``progress``: a bar over the videos (300k take about 15
+        minutes), and with ``deep`` a second one over the frames' pass.
         """
         files = sorted(self._video_files())
         # Headers first, each file within the time limit (the reads HDF5 may loop on); then the
         # frames of the files whose headers are sound, without one (a long video takes minutes).
-        found = dict(zip(files, guarded_map(
-            video_problems, [(Path(path), key, False) for key, path in files])))
+        found = counted(files, guarded_map(
+            video_problems, [(Path(path), key, False) for key, path in files]),
+            progress, "validating videos")
         if deep:
             sound = [f for f in files if found[f] == []]
-            found.update(zip(sound, guarded_map(
-                video_problems, [(Path(path), key, True) for key, path in sound], math.inf)))
+            found.update(counted(sound, guarded_map(
+                video_problems, [(Path(path), key, True) for key, path in sound], math.inf),
+                progress, "decoding every frame of sound videos"))
         problems = []
         for (key, path), found_here in found.items():
             if isinstance(found_here, Failed):
