@@ -121,6 +121,37 @@ def test_extract_json_of_a_stopped_run_says_what_finished(sample_videos, tmp_pat
     assert "terminated (SIGTERM); finished work is kept" in r.stderr
 
 
+def test_extract_json_keeps_the_scan_notes_and_the_text_says_them_once(sample_videos, tmp_path,
+                                                                      capsys):
+    """A second hard link to a video is skipped with a note: in the summary's notes (--json too,
+    as import keeps its walk's), printed once on stderr."""
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli import extract as cli_extract
+
+    root = tmp_path / "hl"
+    root.mkdir()
+    os.link(sample_videos / "pan_left" / "pan_left_0.mp4", root / "a.mp4")
+    os.link(sample_videos / "pan_left" / "pan_left_0.mp4", root / "b.mp4")
+    r = run_cli("extract", root, "-o", tmp_path / "s", "--size", "16", "--json", *CHEAP)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [v["key"] for v in d["videos"]] == ["a"]
+    assert [n for n in d["notes"] if "b.mp4: skipped, the same file as" in n], d["notes"]
+    assert r.stderr.count("b.mp4: skipped, the same file as") == 1, r.stderr
+    # a stopped run's report keeps them too, once for the run (rank 0's), not once per rank
+    from flowkit.extract import ExtractSummary
+    from flowkit.progress import Stopped
+
+    stopped = Stopped("terminated")
+    stopped.summary = ExtractSummary("s", "tvl1", [], 1.0, stopped="terminated", interrupted=True)
+    cli_extract._report_stop(Console(file=io.StringIO()), stopped,
+                             [stopped.summary, stopped.summary], True, ["b.mp4: skipped"])
+    assert json.loads(capsys.readouterr().out)["notes"] == ["b.mp4: skipped"]
+
+
 def test_a_stopped_torchrun_run_reports_every_rank_or_says_it_covers_rank_0_only(monkeypatch,
                                                                                 capsys):
     """Under torchrun a stopped run printed rank 0's videos as the whole run's (1 done where the

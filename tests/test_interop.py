@@ -145,6 +145,30 @@ def test_export_resumes_and_refuses_other_options(source_store, tmp_path):
         export_rawframes(source_store, out, ExportConfig(bound=32.0))
 
 
+def test_a_resumed_export_opens_no_video_file_it_skips(source_store, tmp_path, monkeypatch):
+    """A rerun over an exported store takes each video's facts (its label too) from the store's
+    index: 300k videos are stat'ed, not opened, before the first new one is written."""
+    import h5py
+
+    out = tmp_path / "raw"
+    export_rawframes(source_store, out, ExportConfig())
+    opened = []
+
+    class Counted(h5py.File):
+        def __init__(self, name, *args, **kwargs):
+            opened.append(str(name))
+            super().__init__(name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", Counted)
+    again = export_rawframes(source_store, out, ExportConfig())
+    assert again.count("skipped") == 4 and opened == []
+    assert {r.key: r.label for r in again.results} == {
+        f"{name}/{name}_{i}": label for label, name in enumerate(CLASSES) for i in range(2)}
+    shutil.rmtree(out / "run" / "run_0")  # a video written again is opened: it alone
+    assert export_rawframes(source_store, out, ExportConfig()).count("done") == 1
+    assert opened and all(path.endswith("run_0.h5") for path in opened)
+
+
 def test_export_refuses_a_non_empty_folder_that_holds_no_export(source_store, tmp_path):
     """An output folder that already holds other files (not a flowkit export: no stamp) is
     refused before anything is written: an export mixed into someone's folder could not be told
@@ -717,6 +741,29 @@ def test_import_adds_what_the_store_lacks_and_skips_the_rest(exported, tmp_path)
     stored = FlowStore(rgb_first).read_rgb(key, decode=False)
     assert stored == [(exported / key / frame_name("img", i)).read_bytes()
                       for i in range(1, FRAMES + 1)]
+
+
+def test_an_import_into_a_store_without_its_index_reads_it_under_a_bar(exported, tmp_path,
+                                                                       monkeypatch):
+    """A store just extracted has no index.json (or a stale one after a copy): the import reads
+    every video it holds first (20 minutes at 300k), under the bar train and export show."""
+    from flowkit.store import summary as store_summary
+
+    class Recorder(Progress):
+        def __init__(self):
+            super().__init__()
+            self.tasks = []
+
+        def _closed(self, task):
+            self.tasks.append((task.description, task.completed, task.total))
+
+    store = _import(exported, tmp_path / "s")
+    (store / "index.json").unlink(missing_ok=True)
+    monkeypatch.setattr(store_summary, "BAR_AFTER_SECONDS", 0.0)  # a bar at once, not after 1 s
+    seen = Recorder()
+    again = import_rawframes(exported, store, ImportConfig(), progress=seen)
+    assert again.count("skipped") == 4
+    assert ("indexing videos new to the store's index", 4, 4) in seen.tasks
 
 
 def test_adding_flow_of_another_step_to_a_stored_video_is_refused(tmp_path):

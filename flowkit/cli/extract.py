@@ -288,8 +288,6 @@ def command(video_dir, store, method, backward, params, weights, device, backend
     scan_notes: list[str] = []
     items, classes = _items(video_dir, split_lists, class_index, scan_notes)
     console = Console(stderr=True)
-    for note in scan_notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
     if annotations:
         items, classes = _annotated(items, annotations, label_map, console)
     # Under torchrun the ranks join one gloo group (CPU, whatever --device) to share the probing,
@@ -297,6 +295,8 @@ def command(video_dir, store, method, backward, params, weights, device, backend
     distributed.init("cpu", timeout=distributed.LONG_WAIT)
     main = distributed.rank() == 0
     if plan_only:
+        for note in scan_notes if main else ():  # every rank scanned: rank 0 alone says so
+            console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
         _print_plan(console, items, store, config, shard_tuple, as_json, main)
         return
     stop = StopFlag()
@@ -311,7 +311,7 @@ def command(video_dir, store, method, backward, params, weights, device, backend
             # its share waits in the gather below, which this one matches. Briefly: STOP_WAIT.
             parts = _gather_summaries(getattr(exc, "summary", None), STOP_WAIT)
             if main:
-                _report_stop(console, exc, parts, as_json)
+                _report_stop(console, exc, parts, as_json, scan_notes)
             raise  # handle_errors: the line saying how to resume, exit 130 (Ctrl-C) or 143
         # Still under the signal handlers: a rank done with its share may wait here for hours,
         # and SIGTERM's default would kill it, losing its summary to the stopped ranks' gather.
@@ -323,6 +323,7 @@ def command(video_dir, store, method, backward, params, weights, device, backend
         result = ExtractSummary.combine(parts)
     if not main:  # rank 0 reports this rank's videos and exits with the worst code
         sys.exit(EXIT_OK)
+    _add_scan_notes(result, scan_notes)
     _print_summary(console, result)
     if as_json:
         click.echo(json.dumps(_json(result, len(parts), world), indent=2))
@@ -371,11 +372,20 @@ def _ranks_in_place(parts: list[ExtractSummary | None]) -> list[ExtractSummary]:
     return [p if p is not None else empty for p in parts]
 
 
-def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json: bool) -> None:
+def _add_scan_notes(result: ExtractSummary, scan_notes: tuple[str, ...] | list[str]) -> None:
+    """Put the scan's notes (a video skipped as a second link to another, ...) first among the
+    summary's notes: printed once with them and kept in ``--json``, as import keeps its walk's.
+    Rank 0's alone: every rank scans the same folder, and the ranks' summaries are combined."""
+    result.notes[:0] = scan_notes
+
+
+def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json: bool,
+                 scan_notes: tuple[str, ...] | list[str] = ()) -> None:
     """What a run stopped by Ctrl-C or SIGTERM finished: the summary of every rank (``parts``,
     :func:`_gather_summaries`), and with ``--json`` its JSON (``"interrupted": true``), so that a
     script or a Slurm job cut at its time limit learns what is in the store. When the ranks could
-    not be gathered (``parts`` None), rank 0's own summary, labelled "rank 0 of N only"."""
+    not be gathered (``parts`` None), rank 0's own summary, labelled "rank 0 of N only".
+    ``scan_notes``: the scan's (:func:`_add_scan_notes`)."""
     if parts is None:
         parts, alone = [getattr(stopped, "summary", None)], True
     else:
@@ -384,6 +394,7 @@ def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json
         return
     parts = _ranks_in_place(parts)
     result = ExtractSummary.combine(parts) if len(parts) > 1 else parts[0]
+    _add_scan_notes(result, scan_notes)
     _print_summary(console, result)
     world = distributed.world_size()
     if alone and world > 1:

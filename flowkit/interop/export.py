@@ -22,10 +22,12 @@ summary notes it (other readers see step-1 rawframes).
 
 Resumable: a video is written into the hidden folder ``.<video>.partial`` next to its final
 folder and renamed when complete, so an existing ``OUT_DIR/<key>`` is always finished and is
-skipped on a rerun; the options are kept in ``OUT_DIR/.flowkit-export.json`` and a rerun with other
-options is refused (the folder would mix two quantisations or two flows). The flow is chosen for the
-whole store before anything is written (:func:`store_flows`, from the store's index): the one
-``--flow`` names, else the store's only forward flow; a store of several is refused, naming them.
+skipped on a rerun, by the store's index (its file is never opened: 300k videos are stat'ed, not
+read, before the first new one is written); the options are kept in
+``OUT_DIR/.flowkit-export.json`` and a rerun with other options is refused (the folder would mix
+two quantisations or two flows). The flow is chosen for the whole store before anything is
+written (:func:`store_flows`, from the store's index): the one ``--flow`` names, else the store's
+only forward flow; a store of several is refused, naming them.
 The stamp holds the chosen name, so a rerun with or without ``--flow NAME`` resumes alike; a folder
 exported without flow (``"flow": false``) is refused a rerun that would add flow. A run
 that exports no video leaves no stamp (nor the folder, if it made it), and a stamp beside no
@@ -166,8 +168,11 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
     # --flow named: every video must hold it; else the store's only flow, and a video holding no
     # flow at all is exported without (as before the flow was chosen for the whole store)
     named, auto = config.flow_name is not None, None
+    # every video's facts from the index: a resumed run skips what it exported before without
+    # opening the file (300k videos: a stat each, not an HDF5 open)
+    metas = store.metas(keys, progress)
     if config.flow:
-        flows = store_flows(store, keys, progress)
+        flows = _count_flows(metas)
         if flows is not None:  # else no video is readable: each one's failure says why
             name, auto = choose_flow(flows, config.flow_name, store.path)
             config = replace(config, flow_name=name)  # the stamp holds the flow exported
@@ -175,7 +180,7 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
     made_stamp = _check_options(out, config, auto)
 
     def work(key: str) -> VideoExport:  # threads share the store: each opens its own handles
-        return _export_one(store, key, out, config, stop, named)
+        return _export_one(store, key, metas.get(key), out, config, stop, named)
 
     videos = progress.start("videos", total=len(keys))
     frames = progress.start("frames")
@@ -215,7 +220,11 @@ def store_flows(store: FlowStore, keys: Sequence[str],
     indexed is only stat'ed, a new one is read once, with a ``progress`` bar over them, and
     indexed for the next run); None when no video can be read. Every video is looked at, not a
     sample: videos of one store may hold different flows."""
-    metas = store.metas(keys, progress)
+    return _count_flows(store.metas(keys, progress))
+
+
+def _count_flows(metas: dict[str, dict]) -> dict[str, int] | None:
+    """:func:`store_flows` of the videos' ``metas`` (:meth:`~flowkit.store.FlowStore.metas`)."""
     if not metas:
         return None
     counts: dict[str, int] = {}
@@ -403,11 +412,15 @@ def _flows(meta: dict, config: ExportConfig, named: bool = True) -> list[tuple[s
             if n in held]
 
 
-def _export_one(store: FlowStore, key: str, out: Path, config: ExportConfig,
+def _export_one(store: FlowStore, key: str, meta: dict | None, out: Path, config: ExportConfig,
                 stop: StopFlag, named: bool = True) -> VideoExport:
+    """Export video ``key`` into ``out / key``, or skip it when that folder exists. ``meta``: its
+    facts from the store's index (:meth:`~flowkit.store.FlowStore.metas`), so that a skipped
+    video's file is never opened; None for a video the index could not read, whose
+    :meth:`~flowkit.store.FlowStore.meta` then says why it fails."""
     final = out / key
     try:
-        meta = store.meta(key)
+        meta = meta if meta is not None else store.meta(key)
         label = int(meta.get("label", -1))
         if final.is_dir():
             found = rawframes.scan_folder(final)
