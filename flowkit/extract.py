@@ -494,8 +494,9 @@ def die_with_parent(parent: int) -> None:
 
 
 def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: ExtractConfig, *,
-            classes: Sequence[str] | None = None, shard: tuple[int, int] | None = None,
-            progress: Progress | None = None, stop: StopFlag | None = None) -> ExtractSummary:
+            classes: Sequence[str] | None = None, classes_numbered: bool = False,
+            shard: tuple[int, int] | None = None, progress: Progress | None = None,
+            stop: StopFlag | None = None) -> ExtractSummary:
     """Extract ``items`` into the store at ``store_path`` (created if missing), resuming.
 
     Args:
@@ -505,6 +506,9 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         classes: class names recorded in the store (label ids index into them). An existing
             store keeps its own order: items are relabelled by class name with its ids
             (:func:`store_labels`); classes it lacks are refused.
+        classes_numbered: the label ids are an annotation or split list's, not positions among
+            sorted class folders: a store's stand-in name ``class_<i>`` (an id its list named no
+            folder for) then takes this run's name for id i.
         shard: ``(index, count)``; defaults to torchrun's ``RANK`` / ``WORLD_SIZE``.
         progress: :class:`~flowkit.progress.Progress` (tasks "videos" and "frame pairs", a line
             per failed video, and first a bar over finished videos new to the store's index);
@@ -532,7 +536,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
                            f"CLASS/VIDEO{bare}, as `flowkit info {store_path} --keys` lists them)")
     workers = config.workers or default_workers(config.device, len(items))
-    items, classes = store_labels(store_path, items, classes)
+    items, classes = store_labels(store_path, items, classes, classes_numbered)
     known, mismatched = check_store_options(store_path, items, config, engine, progress)
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
         set(config.redo) | mismatched)), max_memory=(
@@ -628,13 +632,13 @@ def settle_labels(store: FlowStore, items: Sequence[VideoItem], known: dict[str,
     return items, (len(filled), notes)
 
 
-def store_labels(store_path, items: Sequence[VideoItem], classes: Sequence[str] | None
-                 ) -> tuple[list[VideoItem], list[str] | None]:
+def store_labels(store_path, items: Sequence[VideoItem], classes: Sequence[str] | None,
+                 numbered: bool = False) -> tuple[list[VideoItem], list[str] | None]:
     """``items`` and ``classes`` in the class order of the existing store at ``store_path``
-    (:func:`~flowkit.store.layout.class_ids`): each video labelled by its class name with the
-    store's id. Unchanged without a store or classes; StoreError for classes the store lacks,
-    before anything is computed."""
-    classes, ids = class_ids(Path(store_path), classes)
+    (:func:`~flowkit.store.layout.class_ids`; ``numbered``: the classes' ids are a list's):
+    each video labelled by its class name with the store's id. Unchanged without a store or
+    classes; StoreError for classes the store lacks, before anything is computed."""
+    classes, ids = class_ids(Path(store_path), classes, numbered=numbered)
     if ids is None:
         return list(items), classes
     # the store's name too: an id it calls class_<i> keeps that name in the files it adds

@@ -457,7 +457,8 @@ def test_a_store_whose_ids_are_stand_ins_takes_the_names_the_run_gives_them(item
     path = tmp_path / "s"
     extract([replace(v, label_name=stand_ins[v.label]) for v in listed[:1]], path, _config(),
             classes=stand_ins)
-    rerun = extract(listed[:2], path, _config(), classes=["class_0"] + classes)
+    rerun = extract(listed[:2], path, _config(), classes=["class_0"] + classes,
+                    classes_numbered=True)
     assert [r.status for r in rerun.results] == ["skipped", "done"]
     store = FlowStore(path)
     assert store.classes == stand_ins and store.validate() == []
@@ -471,6 +472,18 @@ def test_a_store_whose_ids_are_stand_ins_takes_the_names_the_run_gives_them(item
     assert class_ids(named, ["class_0", "zoom_in"]) == (["pan_left", "zoom_in"], [0, 1])
     with pytest.raises(StoreError, match=r"this run has 1 it lacks \(\['class_0'\]\)"):
         class_ids(named, ["class_0", "pan_left"])  # id 0 would be two of the run's classes
+    # A folder scan's ids are places in sorted order, not a list's: its new class must not take
+    # the store's stand-in id by chance (rotate_cw became class_1, silently).
+    mixed = tmp_path / "mixed"
+    FlowStore(mixed, "a", classes=["pan_left", "class_1", "zoom_in"])
+    with pytest.raises(StoreError, match=r"this run has 1 it lacks \(\['rotate_cw'\]\)"):
+        class_ids(mixed, ["pan_left", "rotate_cw"])
+    assert class_ids(mixed, ["pan_left", "rotate_cw"], numbered=True) == (
+        ["pan_left", "class_1", "zoom_in"], [0, 1])
+    scanned = [replace(v, label=i, label_name=name)
+               for i, (v, name) in enumerate(zip(videos, ["pan_left", "rotate_cw"]))]
+    with pytest.raises(StoreError, match=r"this run has 1 it lacks \(\['rotate_cw'\]\)"):
+        extract(scanned, mixed, _config(), classes=["pan_left", "rotate_cw"])
 
 
 def _flat(sample_videos: Path, root: Path):

@@ -91,14 +91,16 @@ def _dash_value_hint(exc: click.UsageError, args: Sequence[str]) -> str:
     """For an unknown option close to no real one, of a command that takes arguments: how to
     pass an argument that starts with '-' (a Kinetics key is a YouTube id, "-1Kf0ktVsQ4_000005_
     000015"), which click reads as options ("No such option '-1'") unless it follows ``--``.
-    Only when ``args`` (the command line) holds such a value: a token that starts with the
-    unknown option and is longer than it, not a mistyped ``-j`` or ``--bogus``."""
+    Only when ``args`` (the command line) holds such a value: a single-dash token longer than a
+    short option that holds the unknown option's letter (click reads ``-hQf0...`` as ``-h``, then
+    ``-Q``), not a mistyped ``-j`` or ``--bogus``."""
     if not isinstance(exc, click.NoSuchOption) or exc.possibilities or exc.ctx is None:
         return ""
     if re.fullmatch(r"--[a-z][a-z0-9-]*", exc.option_name):  # a mistyped option, not a value
         return ""
-    name = exc.option_name
-    if not any(a.startswith(name) and len(a) > len(name) and "=" not in a for a in args):
+    letter = exc.option_name.lstrip("-")
+    if not any(a.startswith("-") and not a.startswith("--") and len(a) > 2 and "=" not in a
+               and letter in a[1:] for a in args):
         return ""
     names = [p.human_readable_name for p in exc.ctx.command.params
              if isinstance(p, click.Argument)]

@@ -304,8 +304,9 @@ def command(video_dir, store, method, backward, params, weights, device, backend
     with stop_on_signals(stop, console, "the current chunk"):
         try:
             with bars as progress:
-                result = extract(items, store, config, classes=classes, shard=shard_tuple,
-                                 progress=progress, stop=stop)
+                result = extract(items, store, config, classes=classes,
+                                 classes_numbered=bool(split_lists or annotations),
+                                 shard=shard_tuple, progress=progress, stop=stop)
         except Stopped as exc:
             # A signal to the job stops every rank at its next chunk; a rank that had finished
             # its share waits in the gather below, which this one matches. Briefly: STOP_WAIT.

@@ -344,7 +344,10 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
                            "HDF5 files found")
     label_notes: list[str] = []
     classes, match = label_sources(root, sources, config, label_notes)
-    classes, ids = class_ids(Path(store_path), classes)  # an existing store keeps its order
+    # an existing store keeps its order; ids that lists numbered (annotations, a label map) may
+    # meet the store's class_<i> stand-ins, a class folder's place in sorted order may not
+    numbered = match is not None or config.label_map is not None or (root / LABEL_MAP).is_file()
+    classes, ids = class_ids(Path(store_path), classes, numbered=numbered)
     for source in sources.values() if ids is not None else ():
         if source.label >= 0:  # the store's name too: its stand-in class_<i> stays (class_ids)
             source.label, source.label_name = ids[source.label], classes[ids[source.label]]

@@ -311,7 +311,7 @@ def rebuild_manifest(root: Path) -> list[str]:
     return classes
 
 
-def class_ids(root: Path, requested: Sequence[str] | None
+def class_ids(root: Path, requested: Sequence[str] | None, *, numbered: bool = False
               ) -> tuple[list[str] | None, list[int] | None]:
     """``(classes, ids)`` for a run that labels its videos with ``requested`` class names (label
     id i is ``requested[i]``) into the store at ``root``: ``classes`` the list to pass the store
@@ -323,15 +323,19 @@ def class_ids(root: Path, requested: Sequence[str] | None
     not), labels by name with the store's ids. An id either side calls ``class_<id>`` (no class
     folder named it: a store made from a class-subset list before the list's rows named its ids)
     keeps its id whatever the other side calls it (:func:`_stand_in_id`); the store's name stays
-    (its videos record it). A run bringing classes the store lacks would need new ids:
-    :class:`StoreError` naming the way out."""
+    (its videos record it). The store's stand-in takes the run's name only when the run's ids are
+    ``numbered`` by its lists (annotations, split lists, a label map), not positions among sorted
+    class folders, which would give a class a store id by chance. A run bringing classes the
+    store lacks would need new ids: :class:`StoreError` naming the way out."""
     if not requested or not (root / MANIFEST).is_file():
         return (list(requested) if requested is not None else None), None
     stored = read_manifest(root).get("classes", [])
     if not stored or list(stored) == list(requested):
         return list(requested), None
     index = {name: i for i, name in enumerate(stored)}
-    ids = [index[name] if name in index else _stand_in_id(stored, requested, i)
+    # a run with stand-ins of its own got its ids from a list (a folder scan names none)
+    numbered = numbered or any(name == f"class_{i}" for i, name in enumerate(requested))
+    ids = [index[name] if name in index else _stand_in_id(stored, requested, i, numbered)
            for i, name in enumerate(requested)]
     added = [name for name, i in zip(requested, ids) if i is None]
     if added:
@@ -342,14 +346,17 @@ def class_ids(root: Path, requested: Sequence[str] | None
     return list(stored), ids
 
 
-def _stand_in_id(stored: Sequence[str], requested: Sequence[str], i: int) -> int | None:
+def _stand_in_id(stored: Sequence[str], requested: Sequence[str], i: int,
+                 numbered: bool) -> int | None:
     """``i``, the store's id for the run's class ``requested[i]`` that ``stored`` does not name,
     when either side's name for id ``i`` is the stand-in ``class_<i>``
     (:func:`flowkit.annotations.unnamed_ids`): that side knew the id, not its name, so the ids
-    stand. None (a class the store lacks) where the store's name for ``i`` is another of the
-    run's classes: two of them would share an id."""
+    stand; the store's stand-in only for a run whose ids are ``numbered`` by its lists. None (a class the store lacks) where the store's name for ``i`` is
+    another of the run's classes: two of them would share an id."""
     stand_in = f"class_{i}"
-    if i < len(stored) and stand_in in (stored[i], requested[i]) and stored[i] not in requested:
+    if i >= len(stored) or stored[i] in requested:
+        return None
+    if requested[i] == stand_in or (stored[i] == stand_in and numbered):
         return i
     return None
 
