@@ -269,6 +269,37 @@ def test_class_names_come_from_every_row_not_only_the_matched_ones(tmp_path):
         ["abseiling", "air_drumming", "class_2", "passing"]
 
 
+def test_a_class_name_goes_to_one_id_and_the_keys_name_first(tmp_path):
+    """A folder the matched keys give one id does not name another id from the rows (``run``
+    twice), and a row's folder does not rename an id a key names (``jog`` for ``run``)."""
+    lst = tmp_path / "list.txt"
+    lst.write_text("jog/r0.mp4 1\nrun/z.mp4 3\nwalk/w.mp4 0\n")
+    match = match_annotations(lst, ["run/r0", "walk/w"], kind="videos")
+    assert match.classes == ["walk", "run", "class_2", "class_3"]
+    assert match.labels == {"run/r0": (1, "run"), "walk/w": (0, "walk")}
+
+
+def test_multi_label_rows_neither_add_nor_name_classes(tmp_path):
+    """A row with several labels (``b/y.mp4 8 1``) labels nothing and gives no class: the list's
+    classes are those of its one-label rows."""
+    lst = tmp_path / "list.txt"
+    lst.write_text("a/x.mp4 0\nb/y.mp4 8 1\n")
+    match = match_annotations(lst, ["a/x", "b/y"], kind="videos")
+    assert match.classes == ["a"]
+    assert match.labels == {"a/x": (0, "a")}
+
+
+def test_a_video_list_with_one_extension_less_row_is_still_a_video_list(tmp_path):
+    """Only a list whose every row is ``frame_dir total_frames label`` is rawframes: a video
+    list with one such row among video rows stays a video list."""
+    lst = tmp_path / "list.txt"
+    lst.write_text("a/x.mp4 0\nb/y 8 1\n")
+    assert [(e.key, e.labels) for e in read_mmaction_list(lst, kind="videos")] == [
+        ("a/x", (0,)), ("b/y", (8, 1))]
+    match = match_annotations(lst, ["a/x"], kind="videos")
+    assert match.classes == ["a"]
+
+
 # ----------------------------------------------------------------------------- HMDB51 splits
 
 def write_hmdb51_splits(folder, uses):

@@ -152,6 +152,26 @@ def test_extract_json_keeps_the_scan_notes_and_the_text_says_them_once(sample_vi
     assert json.loads(capsys.readouterr().out)["notes"] == ["b.mp4: skipped"]
 
 
+def test_a_sigterm_while_gathering_the_ranks_summaries_exits_143(tmp_path, monkeypatch):
+    """A SIGTERM that comes while a finished rank waits for the others' summaries stops the run:
+    exit 143 and "terminated", not exit 0 as if nothing had happened."""
+    from flowkit.cli import extract as cli_extract
+    from flowkit.samples import make_sample_videos
+
+    make_sample_videos(tmp_path / "v", classes=("pan_left",), videos_per_class=1, frames=4,
+                       size=(32, 40))
+    real = cli_extract._gather_summaries
+
+    def gather(summary, wait):  # the signal arrives while this rank waits for the others
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(summary, wait)
+
+    monkeypatch.setattr(cli_extract, "_gather_summaries", gather)
+    r = run_cli("extract", tmp_path / "v", "-o", tmp_path / "s", *CHEAP)
+    assert r.returncode == 143, r.stderr
+    assert "terminated" in r.stdout + r.stderr
+
+
 def test_a_stopped_torchrun_run_reports_every_rank_or_says_it_covers_rank_0_only(monkeypatch,
                                                                                 capsys):
     """Under torchrun a stopped run printed rank 0's videos as the whole run's (1 done where the

@@ -542,6 +542,25 @@ def test_a_rerun_fills_in_the_labels_the_store_lacks_and_keeps_the_others(sample
     assert (meta["label"], meta["label_name"]) == (named[0].label, named[0].label_name)
 
 
+def test_a_label_that_cannot_be_written_is_a_note_naming_the_redo(tmp_path):
+    """A video held unlabelled whose file was damaged after indexing cannot take this run's
+    label: the run says so and how to re-extract it (``--redo KEY``), not silently."""
+    from flowkit.extract import settle_labels
+    from flowkit.labels import VideoItem
+    from test_store import make_video, write_video as write_stored
+
+    store = FlowStore(tmp_path / "s.flowkit", mode="a", classes=["pan_left", "zoom"])
+    rgb, flow = make_video(10)
+    write_stored(store, "zoom/v", rgb, {"tvl1": flow})
+    known = store.metas(["zoom/v"])
+    (store.path / "videos" / "zoom" / "v.h5").write_bytes(b"not hdf5 any more")
+    _, (filled, notes) = settle_labels(store, [VideoItem(Path("/x/zoom/v.mp4"), "zoom/v", 1,
+                                                         "zoom")], known)
+    assert filled == 0
+    assert any("zoom/v.h5: its label could not be written" in n and "--redo zoom/v" in n
+               for n in notes), notes
+
+
 # ----------------------------------------------------------------------------- sharding
 
 def test_shards_are_disjoint_and_cover_all(items, tmp_path):

@@ -453,6 +453,30 @@ def test_import_into_a_store_of_another_class_order_labels_by_name(exported, tmp
     assert FlowStore(other).keys() == []
 
 
+@pytest.mark.parametrize("map_given", ["in_root", "label_map"])
+def test_a_label_map_meets_the_stores_stand_in_class_names(tmp_path, map_given):
+    """A store whose classes are ["jump", "class_1"] (a stand-in for a class it never named) takes
+    an import whose label map (DIR/label_map.txt or --label-map) reads "jump", "run": the map's
+    ids are the store's, so run's videos get id 1; before, the import was refused as naming a
+    class the store lacks."""
+    root = tmp_path / "raw"
+    rng = np.random.default_rng(5)
+    for key in ("jump/j0", "run/r0"):
+        (root / key).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(root / key / frame_name("img", i)),
+                        rng.integers(0, 255, (*SIZE, 3), np.uint8))
+    label_map = root / "label_map.txt" if map_given == "in_root" else tmp_path / "map.txt"
+    label_map.write_text("jump\nrun\n")
+    store = tmp_path / "store"
+    FlowStore(store, "a", classes=["jump", "class_1"]).close()
+    extra = {"label_map": label_map} if map_given == "label_map" else {}
+    _import(root, store, flow=False, **extra)
+    with FlowStore(store) as fs:
+        labels = {k: m["label"] for k, m in fs.metas(fs.keys()).items()}
+    assert labels == {"jump/j0": 0, "run/r0": 1}
+
+
 def test_training_errors_on_imported_videos_name_the_import(source_store, exported, tmp_path):
     """What a training set lacks on imported videos is added by `flowkit import rawframes`, so the
     error names it, not `flowkit extract --method NAME` (no engine makes imported flow, and a flow

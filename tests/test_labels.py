@@ -270,3 +270,45 @@ def test_a_video_line_with_several_labels_is_no_rawframes_line(tmp_path):
     lst.write_text("pan_left/pan_left_0 8 0\npan_left/pan_left_1.mp4 1 3\n")  # with rawframes
     with pytest.raises(FlowkitError, match=r"multi.txt:2: expected '<class>/<video> \[label\]'"):
         parse_split_list(lst)
+
+
+def test_a_negative_rawframes_label_is_refused(tmp_path):
+    """A rawframes line with label -1 is refused, not read as the last class."""
+    (tmp_path / "classInd.txt").write_text("1 A\n2 B\n3 C\n")
+    lst = tmp_path / "list.txt"
+    lst.write_text("A/a 30 0\nv 30 -1\n")
+    with pytest.raises(FlowkitError, match=r"list.txt:2: label -1 is not a 0-based class id"):
+        read_split_list(lst, tmp_path, tmp_path / "classInd.txt")
+
+
+def test_a_multi_label_rawframes_line_gives_no_label(tmp_path):
+    """A rawframes line with several labels (``frame_dir total_frames l1 l2``) does not take its
+    last number as label: flat it has none, in a class folder the folder labels it."""
+    (tmp_path / "classInd.txt").write_text("1 A\n2 B\n3 C\n")
+    lst = tmp_path / "list.txt"
+    lst.write_text("A/a 30 0\nv 30 0 2\nB/b 30 0 2\n")
+    items, _ = read_split_list(lst, tmp_path, tmp_path / "classInd.txt")
+    assert [(i.key, i.label, i.label_name) for i in items] == [
+        ("A/a", 0, "A"), ("v", -1, ""), ("B/b", 1, "B")]
+
+
+def test_a_rawframes_line_finds_an_upper_case_extension(tmp_path):
+    """A rawframes line ``A/v 30 0`` finds the video ``A/v.AVI``."""
+    touch(tmp_path, "A/v.AVI")
+    (tmp_path / "classInd.txt").write_text("1 A\n")
+    lst = tmp_path / "list.txt"
+    lst.write_text("A/v 30 0\n")
+    items, _ = read_split_list(lst, tmp_path, tmp_path / "classInd.txt")
+    assert [(i.key, i.path) for i in items] == [("A/v", tmp_path / "A/v.AVI")]
+
+
+def test_a_label_0_in_the_last_class_folder_reads_0_based(tmp_path):
+    """``C/c.mp4 0`` (classes A, B, C) fits no base; the message says label 0 is class 'A',
+    not that 0 is no 1-based id (as if -1 named the last class)."""
+    touch(tmp_path, "A/a.mp4", "C/c.mp4")
+    (tmp_path / "classInd.txt").write_text("1 A\n2 B\n3 C\n")
+    lst = tmp_path / "list.txt"
+    lst.write_text("C/c.mp4 0\n")
+    with pytest.raises(FlowkitError, match=r"list.txt:1: label 0 \(0-based\) is class 'A' but "
+                                           r"the video is in folder 'C'"):
+        read_split_list(lst, tmp_path, tmp_path / "classInd.txt")

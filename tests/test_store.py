@@ -224,15 +224,48 @@ def test_fill_labels_writes_a_missing_label_through_a_new_file(store):
     assert store.validate() == []
 
 
-def test_a_commit_without_a_label_keeps_the_finished_videos_label(store):
+@pytest.mark.parametrize("label,label_name", [(1, "zoom"), (0, "pan_left")])
+def test_a_commit_without_a_label_keeps_the_finished_videos_label(store, label, label_name):
     """Adding a flow from a run that does not know the video's class (label -1) keeps the label
-    the finished file has; before, the new file's -1 replaced it."""
+    the finished file has, the first class (0) included; before, the new file's -1 replaced it."""
     rgb, flow = make_video(10)
-    write_video(store, "v", rgb, {"tvl1": flow}, label=1, label_name="zoom")
+    write_video(store, "v", rgb, {"tvl1": flow}, label=label, label_name=label_name)
     write_video(store, "v", None, {"other": -flow})
     meta = store.meta("v")
     assert set(meta["flows"]) == {"other", "tvl1"}
+    assert (meta["label"], meta["label_name"]) == (label, label_name)
+
+
+def test_fill_labels_keeps_a_flow_committed_while_it_copied_the_file(store, monkeypatch):
+    """A flow another writer commits while fill_labels copies the video's file is kept: the file
+    is copied again under the commit lock, so the user sees both flows and the new label."""
+    from flowkit.store import writer
+
+    rgb, flow = make_video(10)
+    write_video(store, "v", rgb, {"tvl1": flow})
+    original, calls = writer._relabelled_copy, []
+
+    def copy_then_commit(*args):
+        done = original(*args)
+        if not calls:  # another writer commits a new flow into the finished file meanwhile
+            with FlowStore(store.path, "a") as other:
+                write_video(other, "v", None, {"other": -flow})
+        calls.append(1)
+        return done
+
+    monkeypatch.setattr(writer, "_relabelled_copy", copy_then_commit)
+    assert store.fill_labels({"v": 1}) == (["v"], {})
+    meta = store.meta("v")
+    assert set(meta["flows"]) == {"other", "tvl1"}
     assert (meta["label"], meta["label_name"]) == (1, "zoom")
+    np.testing.assert_array_equal(store.read_flow("v", "other"), -flow)
+    assert store.validate() == []
+
+
+def test_fill_labels_skips_a_video_deleted_meanwhile(store):
+    """A key whose file is gone (deleted since the labels were listed) is nothing to label: it
+    is neither labelled nor reported as failed."""
+    assert store.fill_labels({"deleted/meanwhile": 1}) == ([], {})
 
 
 def test_flow_only_video_counts_frames(store):

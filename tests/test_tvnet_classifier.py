@@ -226,6 +226,23 @@ def test_tvnet_weights_are_loaded_and_checked(tmp_path):
     assert tiny(tvnet_iterations=None, tvnet_weights=str(path)).kwargs_without_files() is None
 
 
+@pytest.mark.parametrize("constant,value", [("tau", 0.2), ("lambda_", 0.1), ("theta", 0.4),
+                                            ("zfactor", 0.7)])
+def test_no_keywords_stand_for_a_checkpoint_of_other_tvl1_constants(tmp_path, constant, value):
+    """A TVNet checkpoint whose tau, lambda, theta or zfactor is not TVNet's default has no
+    keywords to rebuild it without the file (None): a model rebuilt with the defaults would run
+    other TV-L1 than the one trained."""
+    from dataclasses import asdict
+    from flowkit import checkpoints
+    odd = TVNet(scales=1, warps=1, iterations=2, **{constant: value})
+    path = tmp_path / "tvnet.pt"
+    checkpoints.save_checkpoint(path, "tvnet", {"config": asdict(odd.config),
+                                                "state_dict": odd.state_dict()})
+    model = tiny(tvnet_iterations=None, tvnet_weights=str(path))
+    assert getattr(model.tvnet.config, constant) == value
+    assert model.kwargs_without_files() is None
+
+
 def test_tvnet_weights_are_recorded_by_absolute_path_and_not_needed_once_checkpointed(
         tiny_store, tmp_path, monkeypatch):
     """``tvnet_weights=tvnet.pt`` was recorded as typed, so evaluate and --resume from another
