@@ -22,6 +22,7 @@ from flowkit.rawframes import frame_name, quantization_error
 from flowkit.store import FlowStore
 from flowkit.store.codecs import dequantize, quantize
 from test_rawframes import write_denseflow_h5
+from test_store import TaskRecorder
 
 CLASSES = ["jump", "run"]
 FRAMES, SIZE, BOUND = 6, (24, 32), 20.0
@@ -773,18 +774,10 @@ def test_an_import_into_a_store_without_its_index_reads_it_under_a_bar(exported,
     every video it holds first (20 minutes at 300k), under the bar train and export show."""
     from flowkit.store import summary as store_summary
 
-    class Recorder(Progress):
-        def __init__(self):
-            super().__init__()
-            self.tasks = []
-
-        def _closed(self, task):
-            self.tasks.append((task.description, task.completed, task.total))
-
     store = _import(exported, tmp_path / "s")
     (store / "index.json").unlink(missing_ok=True)
     monkeypatch.setattr(store_summary, "BAR_AFTER_SECONDS", 0.0)  # a bar at once, not after 1 s
-    seen = Recorder()
+    seen = TaskRecorder()
     again = import_rawframes(exported, store, ImportConfig(), progress=seen)
     assert again.count("skipped") == 4
     assert ("indexing videos new to the store's index", 4, 4) in seen.tasks

@@ -20,6 +20,7 @@ import torch
 
 from flowkit.errors import DamagedDataError, StoreError
 from flowkit.files import host_name
+from flowkit.progress import Progress
 from flowkit.files import stamp as file_stamp
 from flowkit.store import FORMAT, VERSION, VIDEO_VERSION, FlowStore, dequantize, quantize
 from flowkit.store.index import load_index
@@ -48,6 +49,21 @@ def write_video(store, key, rgb=None, flows=None, engine=ENGINE, batch=2, **kw):
         for name, flow in (flows or {}).items():
             for i in range(0, len(flow), batch):
                 w.append_flow(name, flow[i:i + batch], engine if i == 0 else None)
+
+
+class TaskRecorder(Progress):
+    """A Progress that records each step (``steps``) and each closed task (``tasks``) as
+    ``(description, completed, total)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.tasks = [], []
+
+    def _changed(self, task):
+        self.steps.append((task.description, task.completed, task.total))
+
+    def _closed(self, task):
+        self.tasks.append((task.description, task.completed, task.total))
 
 
 @pytest.fixture
@@ -320,26 +336,14 @@ def test_summary_and_validate(store):
 def test_validate_reports_progress_per_video(store):
     """300k videos take about 15 minutes to validate (more with deep): a bar over the videos,
     advanced as each file's check comes back, and with deep one more over the frames' pass."""
-    from flowkit.progress import Progress
-
-    class Recorder(Progress):
-        def __init__(self):
-            super().__init__()
-            self.steps, self.tasks = [], []
-
-        def _changed(self, task):
-            self.steps.append((task.description, task.completed, task.total))
-
-        def _closed(self, task):
-            self.tasks.append((task.description, task.completed, task.total))
 
     for i, key in enumerate(["pan_left/a", "zoom/b", "zoom/c"]):
         write_video(store, key, *make_video(20 + i, frames=3)[:1], flows={})
-    seen = Recorder()
+    seen = TaskRecorder()
     assert store.validate(progress=seen) == []
     assert seen.steps == [("validating videos", n, 3) for n in (1, 2, 3)]
     assert seen.tasks == [("validating videos", 3, 3)]
-    seen = Recorder()
+    seen = TaskRecorder()
     assert store.validate(deep=True, progress=seen) == []
     assert seen.tasks == [("validating videos", 3, 3),
                           ("decoding every frame of sound videos", 3, 3)]
@@ -1517,20 +1521,11 @@ def test_videos_new_to_the_index_are_read_under_a_progress_bar(store, monkeypatc
     """A store just extracted may hold 300k videos the index has not seen (20 minutes of reading):
     metas() and summary() read them under one bar, after every stamp was compared, once reading
     takes a second (here: at once); a few quick ones show none."""
-    from flowkit.progress import Progress
     from flowkit.store import summary
-
-    class Recorder(Progress):
-        def __init__(self):
-            super().__init__()
-            self.tasks = []
-
-        def _closed(self, task):
-            self.tasks.append((task.description, task.completed, task.total))
 
     for i in range(4):
         write_video(store, f"zoom/p{i}", *make_video(80 + i, frames=3)[:1], flows={})
-    seen = Recorder()
+    seen = TaskRecorder()
     store.metas(["zoom/p3"], seen)
     assert seen.tasks == []  # under a second
     monkeypatch.setattr(summary, "BAR_AFTER_SECONDS", 0.0)
