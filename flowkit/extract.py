@@ -45,7 +45,7 @@ from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store import guard
 from .store.compat import Request, compare_with_store
-from .store.labelling import check_labels, filled_note, kept_note, unlabelled_note
+from .store.labelling import fill_missing_labels, unlabelled_note
 from .store.layout import class_ids
 from .video import output_size, probe
 
@@ -621,14 +621,13 @@ def settle_labels(store: FlowStore, items: Sequence[VideoItem], known: dict[str,
     and ``(labels filled in, notes)``: those filled, those kept against this run's, labels that
     could not be written (a damaged file), and the videos left without a label."""
     stored = {key: int(meta.get("label", -1)) for key, meta in known.items()}
-    check = check_labels({item.key: (item.label, item.label_name) for item in items}, stored)
-    filled, failed = store.fill_labels(check.fill, progress) if check.fill else ([], {})
+    filled, notes = fill_missing_labels(
+        store, {item.key: (item.label, item.label_name) for item in items}, stored, progress)
     classes = store.classes
     items = [dataclasses.replace(item, label=stored[item.key], label_name=classes[stored[item.key]])
              if 0 <= stored.get(item.key, -1) < len(classes) else item for item in items]
     unlabelled = [item.key for item in items if item.label < 0]
-    notes = (filled_note(len(filled)) + kept_note(check.kept) + list(failed.values())
-             + unlabelled_note(unlabelled, "a Kinetics CSV or an mmaction2 video list"))
+    notes += unlabelled_note(unlabelled, "a Kinetics CSV or an mmaction2 video list")
     return items, (len(filled), notes)
 
 

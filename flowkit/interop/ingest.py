@@ -72,7 +72,7 @@ from ..files import escape_name, walk_once
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
 from ..store.codecs import codec_spec
-from ..store.labelling import check_labels, filled_note, kept_note, unlabelled_note
+from ..store.labelling import fill_missing_labels, unlabelled_note
 from ..store.layout import class_ids
 from ..store.reading import IMPORTED_ATTR
 from ..version import __version__
@@ -418,12 +418,12 @@ def _settle_labels(store: FlowStore, sources: dict[str, Source], metas: dict[str
     the run's label in place, nothing imported again (:meth:`FlowStore.fill_labels`, counted in
     ``summary.labels_filled``); one held under a label keeps it (adding datasets to it keeps its
     attributes, :func:`_kept_attrs`). Returns the notes saying so."""
-    check = check_labels({key: (s.label, s.label_name) for key, s in sources.items()},
-                         {key: int(meta.get("label", -1)) for key, meta in metas.items()})
-    filled, failed = store.fill_labels(check.fill, progress) if check.fill else ([], {})
+    filled, notes = fill_missing_labels(
+        store, {key: (s.label, s.label_name) for key, s in sources.items()},
+        {key: int(meta.get("label", -1)) for key, meta in metas.items()}, progress)
     metas.update(store.metas(filled))
     summary.labels_filled = len(filled)
-    return filled_note(len(filled)) + kept_note(check.kept) + list(failed.values())
+    return notes
 
 
 def _kind(params: dict, codec: str) -> tuple:

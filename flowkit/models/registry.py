@@ -122,9 +122,9 @@ def load_run_weights(model: VideoClassifier, recorded: dict[str, Any], state: di
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
         name, kw = recorded["name"], recorded["kwargs"]
+        # a file the rebuild read (one that is gone failed the rebuild already)
         read = [] if isinstance(recorded.get("kwargs_without_files"), dict) else [
-            key for key in getattr(MODELS.get(name), "file_kwargs", ())
-            if kw.get(key) and key not in missing_files(name, kw)]
+            key for key in getattr(MODELS.get(name), "file_kwargs", ()) if kw.get(key)]
         why = (f"; the model was rebuilt from {read[0]} {kw[read[0]]}, which now "
                "holds another architecture than the run was trained from: put the original file "
                "back at that path" if read else "")

@@ -41,6 +41,17 @@ def check_labels(given: dict[str, tuple[int, str]], stored: dict[str, int]) -> L
     return out
 
 
+def fill_missing_labels(store, given: dict[str, tuple[int, str]], stored: dict[str, int],
+                        progress=None) -> tuple[list[str], list[str]]:
+    """What :func:`check_labels` finds, done: the labels the store at ``store`` (a writable
+    :class:`~flowkit.store.FlowStore`) lacks filled in (:meth:`FlowStore.fill_labels`, under
+    ``progress``). Returns the keys labelled and the notes: those filled, those kept against
+    this run's, and labels that could not be written (a damaged file, with its repair)."""
+    check = check_labels(given, stored)
+    filled, failed = store.fill_labels(check.fill, progress) if check.fill else ([], {})
+    return filled, filled_note(len(filled)) + kept_note(check.kept) + list(failed.values())
+
+
 def filled_note(count: int) -> list[str]:
     """The note on ``count`` labels :meth:`FlowStore.fill_labels` wrote (none: no note)."""
     if not count:
@@ -72,4 +83,4 @@ def unlabelled_note(keys: list[str], lists: str) -> list[str]:
             "recomputing anything"]
 
 
-__all__ = ["RELABEL_HINT", "LabelCheck", "check_labels", "filled_note", "kept_note", "unlabelled_note"]
+__all__ = ["RELABEL_HINT", "LabelCheck", "check_labels", "fill_missing_labels", "filled_note", "kept_note", "unlabelled_note"]
