@@ -52,7 +52,8 @@ def write_store(path, backward: bool = True):
                 writer.append_flow("tvl1", forward, engine=ENGINE)
                 if backward:
                     pairs = np.stack([-(t + 1) * ones, (t + 0.5) * ones], axis=1)
-                    writer.append_flow("tvl1_backward", pairs, engine=ENGINE)
+                    writer.append_flow("tvl1_backward", pairs,
+                                       engine={**ENGINE, "direction": "backward"})
     return path
 
 

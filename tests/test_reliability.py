@@ -1049,7 +1049,7 @@ def test_redo_mismatched_tells_dropped_other_frames_from_damage(tmp_path):
     from flowkit.labels import VideoItem
     from flowkit.video import VideoInfo
 
-    store = FlowStore(tmp_path / "s", "a")
+    store = FlowStore(tmp_path / "s", "a", classes=["c"])
     record = {"version": "1", "params": {}}
     with _writer(store, "c/v") as w:
         w.append_rgb(np.zeros((5, 8, 8, 3), np.uint8))

@@ -37,7 +37,8 @@ def make_video(seed: int, frames: int = 6, height: int = 12, width: int = 16, sc
 
 
 def write_video(store, key, rgb=None, flows=None, engine=ENGINE, batch=2, **kw):
-    """Lossless codecs unless the test names others: these tests check exact round trips."""
+    """Lossless codecs unless the test names others: these tests check exact round trips. A
+    ``*_backward`` flow is recorded as backward flow (the writer refuses it otherwise)."""
     kw.setdefault("source", f"/data/{key}.mp4")
     kw.setdefault("fps", 25.0)
     kw.setdefault("flow_codec", "float16")
@@ -47,8 +48,9 @@ def write_video(store, key, rgb=None, flows=None, engine=ENGINE, batch=2, **kw):
             for i in range(0, len(rgb), batch):
                 w.append_rgb(rgb[i:i + batch])
         for name, flow in (flows or {}).items():
+            record = {**engine, "direction": "backward"} if name.endswith("_backward") else engine
             for i in range(0, len(flow), batch):
-                w.append_flow(name, flow[i:i + batch], engine if i == 0 else None)
+                w.append_flow(name, flow[i:i + batch], record if i == 0 else None)
 
 
 class TaskRecorder(Progress):
@@ -219,7 +221,8 @@ def test_fill_labels_writes_a_missing_label_through_a_new_file(store):
     held = store.read_flow("flat_a", index=0)  # this thread's handle of the old file
     old = store._open_files().handles["flat_a"]
     (store.path / "videos" / "broken.h5").write_bytes(b"not hdf5")
-    with pytest.raises(StoreError, match="has 2 classes, so no label id 2"):
+    with pytest.raises(StoreError, match=r"has 2 classes \(pan_left, zoom\), so no label id 2: "
+                                         r"its ids are 0\.\.1; labels of other classes need"):
         store.fill_labels({"flat_a": 2})
     filled, failed = store.fill_labels({"flat_a": 1, "flat_b": 1, "broken": 0})
     assert filled == ["flat_a"] and list(failed) == ["broken"]
@@ -252,6 +255,149 @@ def test_a_commit_without_a_label_keeps_the_finished_videos_label(store, label, 
     assert (meta["label"], meta["label_name"]) == (label, label_name)
 
 
+FACTS = {"max_frames": 5, "rotation": 90, "variable_frame_rate": True,
+         "frame_interval_min": 0.03, "frame_interval_max": 0.05}
+
+
+def _facts(meta):
+    return {k: meta.get(k) for k in ("step", "source_height", "source_width", *FACTS)}
+
+
+def test_a_flow_added_by_a_writer_keeps_the_videos_frame_facts(store):
+    """A writer that adds another engine's flow to a finished video, told only its source and
+    fps, keeps what the video records of its frames (step, source size, frame limit, rotation,
+    frame rate); one given another value is refused naming the stored one, unless it redoes the
+    video (before: step 1, source size -1 and no max_frames replaced them, and the store's
+    check then asked reruns for --step 1)."""
+    rgb, flow = make_video(11, frames=5)
+    with store.writer("zoom/v", source="v.mp4", fps=12.5, step=2, source_size=(240, 320),
+                      flow_codec="float16", rgb_codec="raw") as w:
+        w.append_rgb(rgb)
+        w.append_flow("tvl1", flow, ENGINE)
+        w.update_attrs(FACTS)
+    facts = _facts(store.meta("zoom/v"))
+    other = {"engine": "costvolume", "version": "1", "params": {}}
+    with store.writer("zoom/v", source="v.mp4", fps=12.5, flow_codec="float16") as w:
+        w.append_flow("costvolume", -flow, other)
+    meta = store.meta("zoom/v")
+    assert set(meta["flows"]) == {"costvolume", "tvl1"} and _facts(meta) == facts
+    assert (meta["step"], meta["max_frames"]) == (2, 5)
+    for given, told in (({"step": 3}, "step 2, but this writer was given 3"),
+                        ({"source_size": (480, 640)}, "source_height 240, but this writer was "
+                                                      "given 480"),
+                        ({"max_frames": 9}, "max_frames 5, but this writer was given 9")):
+        kw = {k: v for k, v in given.items() if k != "max_frames"}
+        with pytest.raises(StoreError, match=rf"^video 'zoom/v' is already in the store with "
+                                             rf"{re.escape(told)}; write it with the store's "
+                                             r"value .*--redo zoom/v"):
+            with store.writer("zoom/v", source="v.mp4", **{"fps": 12.5, **kw},
+                              flow_codec="float16") as w:
+                w.append_flow("tvnet", flow, {**other, "engine": "tvnet"})
+                w.update_attrs({k: v for k, v in given.items() if k == "max_frames"})
+    assert store.flow_names("zoom/v") == ["costvolume", "tvl1"] and store.partials() == []
+    with store.writer("zoom/v", source="v.mp4", fps=12.5, step=3, flow_codec="float16",
+                      redo=True) as w:  # a redo's frames replace the video's, facts and all
+        w.append_flow("tvnet", flow, {**other, "engine": "tvnet"})
+    assert [(d.name, d.why) for d in w.dropped] == [
+        (name, "stored for other frames") for name in ("rgb", "flow/costvolume", "flow/tvl1")]
+    meta = store.meta("zoom/v")
+    assert set(meta["flows"]) == {"tvnet"} and (meta["step"], meta.get("max_frames")) == (3, None)
+    write_video(store, "zoom/new", rgb, {"tvl1": flow})  # a new video: the defaults
+    assert _facts(store.meta("zoom/new"))["step"] == 1
+    assert (store.meta("zoom/new")["source_height"], store.meta("zoom/new")["source_width"]) == \
+        (-1, -1)
+    write_video(store, "zoom/new", None, {"other": flow}, source_size=(24, 32))  # was unknown
+    assert (store.meta("zoom/new")["source_height"], store.meta("zoom/new")["source_width"]) == \
+        (24, 32)
+
+
+def test_a_second_method_through_the_feed_keeps_the_videos_frame_facts(tmp_path):
+    """What `flowkit extract` does per video (flowkit.feed) adding a second --method to a store
+    with the options of the first: both commit, and the video keeps its step, frame limit and
+    rotation (the feed gives them all; they equal the stored ones)."""
+    from pathlib import Path
+
+    from flowkit import feed
+    from flowkit.feed import FeedOptions
+    from flowkit.flow import create_engine
+    from flowkit.labels import VideoItem
+    from flowkit.video import VideoInfo
+
+    store = FlowStore(tmp_path / "s", "a", classes=["c"])
+    frames = np.random.default_rng(12).integers(0, 256, (4, 16, 12, 3), dtype=np.uint8)
+
+    class Frames:  # decoded as --step 2 --max-frames 4 would of a portrait video
+        facts = {"max_frames": 4, "rotation": 90}
+
+        def __iter__(self):
+            return iter(frames)
+
+    def decode(item, opts):
+        return VideoInfo(path=item.path, width=32, height=24, fps=25.0, frame_count=12,
+                         duration=0.48, codec="mem"), Frames()
+
+    item = VideoItem(path=Path("/mem/c/v.mp4"), key="c/v", label=0, label_name="c")
+    params = {"tvl1": {"nscales": 1, "warps": 1, "outer_iterations": 1, "inner_iterations": 2},
+              "costvolume": {}}
+    for method in ("tvl1", "costvolume"):
+        [result] = feed.run([item], store, create_engine(method, **params[method]),
+                            FeedOptions(method=method, step=2, max_frames=4, flow_codec="float16",
+                                        rgb_codec="raw"), decode=decode)
+        assert result.status == "done", result
+    meta = store.meta("c/v")
+    assert set(meta["flows"]) == {"costvolume", "tvl1"}
+    assert {k: meta.get(k) for k in ("step", "max_frames", "rotation", "source_height",
+                                     "source_width", "fps", "label")} == \
+        {"step": 2, "max_frames": 4, "rotation": 90, "source_height": 32, "source_width": 24,
+         "fps": 12.5, "label": 0}
+
+
+def test_writer_refuses_labels_the_store_cannot_name(store, tmp_path):
+    """A writer's label is an id of the store's classes, named as the store names it: an id
+    beyond them, or a name the store gives another id, is refused before anything is written,
+    and a label without a name takes the store's (before: label 7 of 2 classes was stored, and
+    labels without names stored as '' rebuilt the manifest as ['', ''])."""
+    rgb, flow = make_video(13, frames=3)
+    for label, name, told in ((2, "", r"has 2 classes \(pan_left, zoom\), so no label id 2"),
+                              (-2, "", r"so no label id -2"),
+                              (1, "pan_left", r"label 1 is 'zoom' in store .*, not 'pan_left'; "
+                                              r"leave label_name out")):
+        with pytest.raises(StoreError, match=rf"^video 'v': .*{told}"):
+            write_video(store, "v", rgb, {"tvl1": flow}, label=label, label_name=name)
+    assert store.keys() == [] and store.partials() == []
+    write_video(store, "v", rgb, {"tvl1": flow}, label=1)
+    assert (store.meta("v")["label"], store.meta("v")["label_name"]) == (1, "zoom")
+    bare = FlowStore(tmp_path / "bare", "a")  # no classes yet
+    with pytest.raises(StoreError, match="has no classes, so no label id 0"):
+        write_video(bare, "v", rgb, {"tvl1": flow}, label=0)
+    FlowStore(tmp_path / "bare", "a", classes=["walk"])  # another process gives it its classes
+    write_video(bare, "v", rgb, {"tvl1": flow}, label=0)
+    assert bare.meta("v")["label_name"] == "walk"
+
+
+def test_writer_refuses_flow_whose_direction_its_name_contradicts(store):
+    """Readers take a flow's direction from its name (``*_backward``): backward flow under a
+    forward name, or forward flow under a backward one, is refused naming the right name
+    (before: stored, then served with the wrong sign)."""
+    rgb, flow = make_video(14, frames=3)
+    backward = {**ENGINE, "direction": "backward"}
+    for name, record, told in (("tvl1", backward, "a forward flow's name but its engine record "
+                                                  "says direction 'backward'; store backward "
+                                                  "flow as 'tvl1_backward'"),
+                               ("tvl1_backward", ENGINE, "a backward flow's name but its engine "
+                                                         "record is a forward flow's .*; store it "
+                                                         "as 'tvl1'")):
+        with pytest.raises(StoreError, match=rf"^video 'v': flow '{name}' is {told}"):
+            with store.writer("v", source="v.mp4", fps=25.0) as w:
+                w.append_rgb(rgb)
+                w.append_flow(name, flow, record)
+    assert store.keys() == []
+    with store.writer("v", source="v.mp4", fps=25.0, flow_codec="float16") as w:
+        w.append_flow("tvl1", flow, ENGINE)
+        w.append_flow("tvl1_backward", -flow, backward)
+    assert store.meta("v")["flows"]["tvl1_backward"]["direction"] == "backward"
+
+
 def test_fill_labels_keeps_a_flow_committed_while_it_copied_the_file(store, monkeypatch):
     """A flow another writer commits while fill_labels copies the video's file is kept: the file
     is copied again under the commit lock, so the user sees both flows and the new label."""
@@ -278,10 +424,42 @@ def test_fill_labels_keeps_a_flow_committed_while_it_copied_the_file(store, monk
     assert store.validate() == []
 
 
-def test_fill_labels_skips_a_video_deleted_meanwhile(store):
-    """A key whose file is gone (deleted since the labels were listed) is nothing to label: it
-    is neither labelled nor reported as failed."""
-    assert store.fill_labels({"deleted/meanwhile": 1}) == ([], {})
+def test_fill_labels_reports_a_key_the_store_does_not_hold(store):
+    """A key the store does not hold (never extracted, deleted since the labels were listed, or
+    given with its video's extension) is not labelled and says so in the why-not dict, with the
+    key to use where it has an extension (before: left out silently, ``([], {})``)."""
+    rgb, flow = make_video(9, frames=3)
+    write_video(store, "walk/a", rgb, {"tvl1": flow})
+    done, failed = store.fill_labels({"deleted/meanwhile": 1, "walk/a.mp4": 0})
+    assert done == [] and failed == {
+        "deleted/meanwhile": f"video 'deleted/meanwhile' is not in store {store.path}, so it was "
+                             "not labelled",
+        "walk/a.mp4": f"video 'walk/a.mp4' is not in store {store.path}, so it was not labelled; "
+                      "keys have no extension: 'walk/a'"}
+    assert store.meta("walk/a")["label"] == -1
+
+
+def test_fill_labels_says_which_ids_the_store_takes(store, tmp_path):
+    """An id fill_labels cannot set is refused with what to do for that case: a store with
+    classes keeps them (other classes need a new store: opening it with other classes is
+    refused), one without takes a list, and -1 is no label to set (before: each was told to
+    open the store with the run's classes)."""
+    rgb, flow = make_video(9, frames=3)
+    write_video(store, "walk/a", rgb, {"tvl1": flow})
+    with pytest.raises(StoreError, match=r"has 2 classes \(pan_left, zoom\), so no label id 5: "
+                                         r"its ids are 0\.\.1; labels of other classes need a "
+                                         r"new store made with them \(FlowStore\(NEW_PATH"):
+        store.fill_labels({"walk/a": 5})
+    with pytest.raises(StoreError, match=r": label -1 means unlabelled; fill_labels only sets "
+                                         r"labels \(ids of the store's classes\)$"):
+        store.fill_labels({"walk/a": -1})
+    bare = FlowStore(tmp_path / "bare", "a")
+    write_video(bare, "walk/a", rgb, {"tvl1": flow})
+    with pytest.raises(StoreError, match=r"has no classes, so no label id 0: open it with the "
+                                         r"classes the ids index first \(FlowStore\(path, 'a', "
+                                         r"classes=\[\.\.\.\]\): a store without classes takes"):
+        bare.fill_labels({"walk/a": 0})
+    assert store.meta("walk/a")["label"] == -1 and bare.meta("walk/a")["label"] == -1
 
 
 def test_flow_only_video_counts_frames(store):
@@ -718,6 +896,29 @@ def test_classes_in_store_json(tmp_path):
     manifest = json.loads((path / "store.json").read_text())
     assert manifest["format"] == FORMAT and manifest["version"] == VERSION
     assert "created" in manifest and "flowkit_version" in manifest
+
+
+def test_a_rebuilt_store_json_takes_an_empty_label_name_for_no_name(tmp_path):
+    """A video whose label has no name ('': written by a flowkit whose writer took labels without
+    names) names no class when store.json is rebuilt: the other videos of its id name it, and an
+    id only such videos hold is a gap, refused as one (before: classes ['', ...], or a clash)."""
+    store = FlowStore(tmp_path / "s", "a", classes=["walk", "run"])
+    rgb, flow = make_video(15, frames=3)
+    for key, label in (("walk/a", 0), ("walk/c", 0), ("run/b", 1)):
+        write_video(store, key, rgb, {"tvl1": flow}, label=label)
+    manifest = tmp_path / "s" / "store.json"
+
+    def unnamed(key):
+        with h5py.File(store.path / "videos" / f"{key}.h5", "r+") as f:
+            f.attrs["label_name"] = ""
+
+    unnamed("walk/a")
+    manifest.unlink()
+    assert FlowStore.rebuild_manifest(tmp_path / "s") == ["walk", "run"]
+    unnamed("run/b")
+    manifest.unlink()
+    with pytest.raises(StoreError, match=r"label ids \[1\] have no video to name them"):
+        FlowStore.rebuild_manifest(tmp_path / "s")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -1293,7 +1494,7 @@ def test_index_rows_give_back_every_fact_and_read_version_3(store, monkeypatch):
     rgb, flow = make_video(70, frames=5)
     write_video(store, "zoom/a", rgb, {"tvl1": flow}, label=1, label_name="zoom")
     write_video(store, "zoom/b", make_video(71, frames=7, height=8, width=10)[0], {}, label=0,
-                label_name="zoom")
+                label_name="pan_left")
     write_video(store, "zoom/c", None, {"tvl1": flow * 9, "tvl1_backward": flow},
                 flow_codec="uint8:4")  # clipped values: a per-video fact
     summary_before = store.summary()

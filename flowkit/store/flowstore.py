@@ -5,6 +5,7 @@ import contextlib
 import json
 import math
 import os
+import posixpath
 import threading
 import time
 import weakref
@@ -19,6 +20,7 @@ from ..errors import StoreError
 from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
                      remove_stale_temporaries, walk_once)
 from ..files import stamp as file_stamp
+from ..labels import VIDEO_EXTENSIONS
 from ..progress import Progress
 from . import claims, codecs
 from .codecs import Codec
@@ -170,12 +172,20 @@ class FlowStore:
     # -- writing
 
     def writer(self, key: str, *, source: str | os.PathLike, fps: float, label: int = -1,
-               label_name: str = "", source_size: tuple[int, int] | None = None, step: int = 1,
-               flow_codec: str | Codec = "jpegls", rgb_codec: str | Codec = "jpeg",
-               redo: bool = False) -> VideoWriter:
+               label_name: str = "", source_size: tuple[int, int] | None = None,
+               step: int | None = None, flow_codec: str | Codec = "jpegls",
+               rgb_codec: str | Codec = "jpeg", redo: bool = False) -> VideoWriter:
         """A :class:`VideoWriter` for ``key``: use as ``with store.writer(key, ...) as w``.
 
-        ``source_size`` is the decoded video's (height, width) before any resize (-1 if unknown).
+        ``label``: an id of the store's :attr:`classes` (-1: unlabelled), named ``label_name``
+        (default: the store's name of it; another is refused), else :class:`StoreError`.
+        ``source_size`` is the decoded video's (height, width) before any resize; ``step`` the
+        frame step it was decoded with. Left out (None), a video already in the store keeps its
+        own, a new one records -1 (unknown) and 1. One given that differs from what the stored
+        video records is refused as other frames (count, size) are, unless ``redo`` (the
+        writer's frames replace the video's); so are the facts :meth:`VideoWriter.update_attrs`
+        gives (``max_frames``, ``rotation``, ``variable_frame_rate``:
+        :data:`~flowkit.store.writer.FRAME_ATTRS`), and the stored video's others are kept.
         ``flow_codec`` / ``rgb_codec``: a codec or its name with default parameters
         (:mod:`flowkit.store.codecs`: ``jpegls`` at 0.1 px, ``float16``, ``uint8``; ``jpeg`` at
         quality 95, ``raw``). Committing replaces an existing finished video of the same key and
@@ -189,14 +199,35 @@ class FlowStore:
         self._check_writable("write")
         check_key(key, SUFFIX + partial_ending(WIDEST_PID))
         flow, rgb = codecs.flow_codec(flow_codec), codecs.rgb_codec(rgb_codec)
+        label, label_name = self._named_label(key, label, label_name)
         sh, sw = source_size if source_size is not None else (-1, -1)
         attrs = {"format": VIDEO_FORMAT, "version": VIDEO_VERSION, "key": key,
                  "source": escape_name(str(source)), "fps": float(fps), "source_height": int(sh),
-                 "source_width": int(sw), "step": int(step), "label": int(label),
-                 "label_name": str(label_name), "created": now(),
+                 "source_width": int(sw), "step": int(step or 1), "label": label,
+                 "label_name": label_name, "created": now(),
                  "flowkit_version": flowkit_version()}
+        defaults = (["source_height", "source_width"] if source_size is None else []) + \
+            (["step"] if step is None else [])
         return VideoWriter(self._video_path(key), attrs, flow, rgb, videos=self._root / VIDEOS,
-                           redo=redo, threads=self.encode_threads)
+                           redo=redo, threads=self.encode_threads, defaults=defaults)
+
+    def _named_label(self, key: str, label: int, label_name: str) -> tuple[int, str]:
+        """``(label, label_name)`` a writer of ``key`` records: -1 (unlabelled, its name as
+        given), or an id of the store's classes with the store's name of it; else StoreError."""
+        label, label_name = int(label), str(label_name)
+        if label == -1:
+            return label, label_name
+        classes = self.classes
+        if not 0 <= label < len(classes):  # another process may have given it classes since
+            self._manifest = read_manifest(self._root)
+            classes = self.classes
+        if not 0 <= label < len(classes):
+            raise StoreError(f"video {key!r}: {_no_label_id(self._root, classes, label)}")
+        if label_name and label_name != classes[label]:
+            raise StoreError(f"video {key!r}: label {label} is {classes[label]!r} in store "
+                             f"{self._root}, not {label_name!r}; leave label_name out (the store "
+                             f"names it) or give the id of {label_name!r} among its classes")
+        return label, classes[label]
 
     def fill_labels(self, labels: dict[str, int], progress: Progress | None = None
                     ) -> tuple[list[str], dict[str, str]]:
@@ -206,25 +237,31 @@ class FlowStore:
         ``label_name`` replaces it under the commit lock (:func:`~flowkit.store.writer.relabel`),
         and ``index.json`` is brought up to date. A video another process labelled meanwhile
         keeps its label. Returns ``(keys labelled, {key: why not})``: one damaged file fails
-        alone; a full disk raises :class:`~flowkit.errors.StoreWriteError`. The ids index the
-        store's classes (:meth:`classes`): one beyond them is a :class:`StoreError`. ``progress``:
-        a bar over the videos (each file is copied: a large store takes a while)."""
+        alone, and so does a key the store does not hold; a full disk raises
+        :class:`~flowkit.errors.StoreWriteError`. The ids index the store's classes
+        (:meth:`classes`): one beyond them, or -1, is a :class:`StoreError`. ``progress``: a bar
+        over the videos (each file is copied: a large store takes a while)."""
         self._check_writable("label videos")
         classes = self.classes
+        if any(label == -1 for label in labels.values()):
+            raise StoreError(f"store {self._root}: label -1 means unlabelled; fill_labels only "
+                             "sets labels (ids of the store's classes)")
         beyond = sorted({label for label in labels.values() if not 0 <= label < len(classes)})
         if beyond:
-            raise StoreError(f"store {self._root} has {len(classes)} classes, so no label id "
-                             f"{beyond[0]}; open it with the run's classes (FlowStore(path, 'a', "
-                             "classes=...)) before labelling its videos")
+            raise StoreError(_no_label_id(self._root, classes, beyond[0]))
         done, failed = [], {}
         task = (progress or Progress()).start("filling in labels the store lacks",
                                               total=len(labels))
         for key, label in labels.items():
+            if not self.is_complete(key):  # never held, or deleted meanwhile
+                failed[key] = _not_held(self._root, key)
+                task.advance()
+                continue
             try:
                 if relabel(self._video_path(key), self._root / VIDEOS, label, classes[label]):
                     done.append(key)
-            except FileNotFoundError:  # deleted meanwhile: nothing to label
-                pass
+            except FileNotFoundError:  # deleted since it was looked for
+                failed[key] = _not_held(self._root, key)
             except Exception as exc:  # HDF5's errors on a damaged file: OSError, RuntimeError
                 error = storage_error(exc, self._root)
                 if error is not None:
@@ -804,6 +841,29 @@ def _version(path: Path) -> list[int] | None:
         return file_stamp(path)
     except OSError:
         return None
+
+
+def _no_label_id(root: Path, classes: Sequence[str], label: int) -> str:
+    """Why ``label`` names no class of the store at ``root`` (its ``classes``) and what to do, as
+    one line: a store without classes takes a list (:func:`~flowkit.store.layout.merge_classes`),
+    a store with classes keeps its list, so other classes need a new store."""
+    if not classes:
+        return (f"store {root} has no classes, so no label id {label}: open it with the classes "
+                "the ids index first (FlowStore(path, 'a', classes=[...]): a store without "
+                "classes takes them)")
+    shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+    return (f"store {root} has {len(classes)} classes ({shown}), so no label id {label}: its ids "
+            f"are 0..{len(classes) - 1}; labels of other classes need a new "
+            "store made with them (FlowStore(NEW_PATH, 'a', classes=[...]))")
+
+
+def _not_held(root: Path, key: str) -> str:
+    """Why :meth:`FlowStore.fill_labels` did not label ``key``: the store does not hold it (keys
+    are paths without the video's extension: one with it is named without)."""
+    stem, ext = posixpath.splitext(key)
+    hint = (f"; keys have no extension: {stem!r}" if ext.lower() in VIDEO_EXTENSIONS and stem
+            else "")
+    return f"video {key!r} is not in store {root}, so it was not labelled{hint}"
 
 
 def _unlink(path: Path) -> bool:

@@ -280,9 +280,10 @@ def rebuild_manifest(root: Path) -> list[str]:
     """Write the lost or unreadable store.json of the store ``root`` again and return its class
     list: name i is the ``label_name`` of the videos labelled i (each video records both), so
     the ids the videos hold keep their names. Refused (:class:`StoreError`) where store.json
-    parses (nothing to rebuild: a newer flowkit's is kept), where the videos disagree on a name, or where an id below the largest
-    has no video to name it: then store.json is written by hand (docs/architecture.md, "The
-    store": the class names in label-id order)."""
+    parses (nothing to rebuild: a newer flowkit's is kept), where the videos disagree on a name,
+    or where an id up to the largest has no video to name it (a ``label_name`` of "" names
+    nothing: such a video counts as a gap): then store.json is written by hand
+    (docs/architecture.md, "The store": the class names in label-id order)."""
     manifest = root / MANIFEST
     if manifest.is_file() and _parses(manifest):  # a store of a newer flowkit parses: kept
         raise StoreError(f"{manifest} reads as JSON; there is nothing to rebuild (what "
@@ -293,10 +294,13 @@ def rebuild_manifest(root: Path) -> list[str]:
     paths = [Path(d, name) for d, _, names in walk_once(root / VIDEOS) for name in names
              if name.endswith(SUFFIX)]
     names: dict[int, set[str]] = {}
+    held = {-1}
     for found in guard.guarded_map(video_label, [(p,) for p in paths]):
         if isinstance(found, tuple) and found[0] >= 0:
-            names.setdefault(found[0], set()).add(found[1])
-    count = max(names, default=-1) + 1
+            held.add(found[0])
+            if found[1]:  # "": a video that recorded its id without a name names nothing
+                names.setdefault(found[0], set()).add(found[1])
+    count = max(held) + 1
     gaps = [i for i in range(count) if i not in names]
     clash = {i: sorted(n) for i, n in names.items() if len(n) > 1}
     if gaps or clash:

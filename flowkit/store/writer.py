@@ -15,6 +15,7 @@ engines never lose each other's work.
 """
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import re
@@ -26,6 +27,7 @@ import h5py
 import numpy as np
 
 from .. import jpeg
+from ..conventions import BACKWARD_SUFFIX, backward_name, is_backward
 from ..errors import DamagedDataError, StoreError
 from ..files import fsync_dir
 from ..files import stamp as file_stamp
@@ -46,6 +48,13 @@ COMPACT_ATTRIBUTES = 64
 #: Why :attr:`VideoWriter.dropped` names a dataset of the old file that was sound but holds
 #: another number or size of frames than the new one (``--redo-mismatched``): not damage.
 OTHER_FRAMES = "stored for other frames"
+#: Root attributes that say how a video's frames were made from its source (docs/architecture.md,
+#: "The store"): a commit adding datasets to the finished video keeps those the writer was not
+#: given (:meth:`FlowStore.writer`'s defaults) and refuses a given one that differs from a known
+#: one (a source size of -1 is unknown: the writer's fills it in). ``fps``, always given, is the
+#: writer's.
+FRAME_ATTRS = ("step", "source_height", "source_width", "max_frames", "rotation",
+               "variable_frame_rate", "frame_interval_min", "frame_interval_max")
 
 
 class Dropped(NamedTuple):
@@ -75,17 +84,21 @@ class VideoWriter:
     finished file (its datasets this writer did not write are kept) and renamed to ``<key>.h5``; on
     an exception it is deleted and the exception propagates. ``redo``: the current finished file is
     suspect (damaged) or holds other frames; only its datasets that still decode and fit the new
-    frames are kept, the others are listed in :attr:`dropped`. Obtain one from
+    frames are kept, the others are listed in :attr:`dropped`. ``defaults``: the names of
+    ``attrs`` the caller filled in by default (:data:`FRAME_ATTRS` it was not given): merged into
+    a finished video of the same frames they take its values. Obtain one from
     :meth:`FlowStore.writer`.
     """
 
     def __init__(self, final: Path, attrs: dict[str, Any], flow_codec: Codec, rgb_codec: Codec, *,
-                 videos: Path, redo: bool = False, threads: int | None = None):
+                 videos: Path, redo: bool = False, threads: int | None = None,
+                 defaults: Sequence[str] = ()):
         self.final = final
         self.videos = videos
         self.redo = redo
         self.partial = final.with_name(final.name + partial_ending())
         self._attrs = attrs
+        self._defaults = set(defaults)  # given attributes leave this set (update_attrs)
         self.flow_codec, self.rgb_codec = flow_codec, rgb_codec
         self._threads = threads
         self._io: LatchingFile | None = None
@@ -139,8 +152,10 @@ class VideoWriter:
             raise self._io_error(self._io.error)
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
-        """Add root attributes found out while writing (e.g. ``rotation``, ``variable_frame_rate``)."""
+        """Add root attributes found out while writing (e.g. ``rotation``, ``variable_frame_rate``):
+        given, so a commit into a finished video holding others is refused (:data:`FRAME_ATTRS`)."""
         self._require_file().attrs.update(attrs)
+        self._defaults -= set(attrs)
 
     # -- appending
 
@@ -203,6 +218,7 @@ class VideoWriter:
                                  "engine={'engine', 'version', 'params'} (FlowEngine.describe())")
             return {}
         record = engine_record(engine, name)
+        self._check_direction(name, record)
         if exists:
             stored = {k: py_value(self._file[f"flow/{name}"].attrs.get(k)) for k in record}
             if stored != record:
@@ -210,6 +226,21 @@ class VideoWriter:
                                  f"{stored} and continued with {record}")
             return {}
         return record
+
+    def _check_direction(self, name: str, record: dict[str, Any]) -> None:
+        """Refuse flow whose record's direction its name contradicts: readers serve a name's
+        direction by its ``_backward`` suffix (:mod:`flowkit.conventions`), so the other direction
+        would be read with the wrong sign."""
+        backward = record.get("direction") == "backward"
+        if backward and not is_backward(name):
+            raise StoreError(f"video {self.key!r}: flow {name!r} is a forward flow's name but its "
+                             f"engine record says direction 'backward'; store backward flow as "
+                             f"{backward_name(name)!r}")
+        if is_backward(name) and not backward:
+            raise StoreError(f"video {self.key!r}: flow {name!r} is a backward flow's name but its "
+                             "engine record is a forward flow's (no direction 'backward'); store "
+                             f"it as {name[:-len(BACKWARD_SUFFIX)]!r}, or record backward flow "
+                             "with flowkit.flow.Backward(engine).describe()")
 
     def _require_file(self) -> h5py.File:
         if self._file is None:
@@ -330,11 +361,17 @@ class VideoWriter:
             dst = self._file
             _keep_label(src, dst)
             missing = [n for n in names if n not in dst]
-            if missing and not self._same_video(src):
+            other_facts = self._other_facts(src)
+            same = self._same_video(src) and not other_facts
+            if missing and not same:
                 if not self.redo:
+                    if other_facts:
+                        raise StoreError(other_facts)
                     self._refuse_other_video(src)
                 self.dropped += [Dropped(n, OTHER_FRAMES) for n in missing]
                 missing = []
+            if same:
+                self._keep_frame_facts(src)
             for name in missing:
                 if self.redo:
                     problem = decode_problem(src[name])
@@ -404,6 +441,32 @@ class VideoWriter:
         """Whether the finished file holds the same frames (count and size) as this one."""
         return self._frames(src) == self._frames(self._file)
 
+    def _other_facts(self, src: h5py.File) -> str:
+        """Why the finished file's frames are other than this writer's by their facts: the first
+        of :data:`FRAME_ATTRS` this writer was given that the file holds with another value, as
+        one line naming both and the fix; "" when none."""
+        for name in FRAME_ATTRS:
+            if name in self._defaults or name not in src.attrs or name not in self._file.attrs:
+                continue
+            theirs, mine = py_value(src.attrs[name]), py_value(self._file.attrs[name])
+            if name.startswith("source_") and theirs == -1:  # unknown (an import's, an API's)
+                continue
+            if not _same_value(theirs, mine):
+                return (f"video {self.key!r} is already in the store with {name} {theirs!r}, but "
+                        f"this writer was given {mine!r}; write it with the store's value (leave "
+                        f"it out: the finished video's is kept), or replace the video with "
+                        f"--redo {self.key} (FlowStore.writer(..., redo=True))")
+        return ""
+
+    def _keep_frame_facts(self, src: h5py.File) -> None:
+        """Give the partial file the :data:`FRAME_ATTRS` of the finished file (of the same
+        frames) that this writer was not given: a flow added by a writer that knows only the
+        frames keeps the video's step, source size, frame limit, rotation and frame rate."""
+        dst = self._file
+        for name in FRAME_ATTRS:
+            if name in src.attrs and (name in self._defaults or name not in dst.attrs):
+                dst.attrs[name] = src.attrs[name]
+
     def _refuse_other_video(self, src: h5py.File) -> None:
         mine, theirs = self._frames(self._file), self._frames(src)
         raise StoreError(
@@ -429,6 +492,17 @@ class VideoWriter:
             # Never created (a name too long), or a store refusing changes: the error that led here
             # says more, and a partial left behind is a dead writer's for remove_partials().
             pass
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two attribute values are one fact (floats to rounding: frame intervals measured
+    twice)."""
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return a == b
 
 
 def _keep_label(src: h5py.File, dst: h5py.File) -> None:
@@ -524,4 +598,4 @@ def _create(f: h5py.File, path: str, codec: Codec, frame_shape: tuple[int, ...])
                             compression_opts=GZIP_LEVEL, shuffle=dtype.itemsize > 1, dcpl=dcpl)
 
 
-__all__ = ["VideoWriter", "Dropped", "OTHER_FRAMES", "relabel"]
+__all__ = ["VideoWriter", "Dropped", "OTHER_FRAMES", "FRAME_ATTRS", "relabel"]
