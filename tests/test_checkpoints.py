@@ -57,3 +57,33 @@ def test_state_dict_of_unwraps_weights_and_refuses_other_values():
         state_dict_of({"a": w, "epoch": 3}, "x.pt")
     with pytest.raises(FlowkitError, match="is not a state dict of tensors"):
         state_dict_of({}, "x.pt")
+
+
+def test_run_models_rebuild_from_what_a_user_holds():
+    """rebuild_run_model(json.load(config.json)) raised KeyError 'name', and load_run_weights
+    with a whole run checkpoint (torch.load(last.pt)) a 7,000-character list of every key: the
+    first names what to pass, the second loads the checkpoint's weights, and weights that do not
+    fit are one short line."""
+    from flowkit.models import create_model, load_run_weights, rebuild_run_model
+
+    entry = {"name": "resnet2d", "kwargs": {"num_classes": 3, "width": 4, "layers": [1, 1, 1, 1]}}
+    config = {"flowkit_version": "0", "config": {"lr": 0.1}, "model": entry, "classes": ["a"]}
+    with pytest.raises(FlowkitError, match=r"^rebuild_run_model takes a run's model entry, a dict "
+                                           r"with name and kwargs; got a dict of flowkit_version, "
+                                           r"config, model, classes \(a whole run config\?\); "
+                                           r"pass its model entry: rebuild_run_model\("
+                                           r"config\['model'\], \.\.\.\)$"):
+        rebuild_run_model(config, restoring=True)
+    with pytest.raises(FlowkitError, match=r"got str; pass config\['model'\] of the run's"):
+        rebuild_run_model("resnet2d", restoring=True)
+    trained = create_model(**{"name": "resnet2d", **entry["kwargs"]})
+    checkpoint = {"config": config, "model": trained.state_dict(), "optimizer": {"state": {}},
+                  "epoch": 1, "format": FORMAT, "version": VERSION, "kind": "run"}
+    model = rebuild_run_model(config["model"], restoring=True)
+    load_run_weights(model, entry, checkpoint, "last.pt")
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    wider = create_model("resnet2d", num_classes=3, width=8, layers=[1, 2, 1, 1])
+    with pytest.raises(FlowkitError, match=r"^the weights of last.pt do not fit") as err:
+        load_run_weights(model, entry, {**checkpoint, "model": wider.state_dict()}, "last.pt")
+    assert len(str(err.value)) < 500 and "\n" not in str(err.value)

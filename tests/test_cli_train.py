@@ -148,7 +148,8 @@ def test_evaluate_a_split_list_with_crops_says_how_many_were_trained_on(tiny_sto
     """`evaluate --split-list FILE --crops 10` scores the list's videos (not the run's 3
     validation videos) with clips x crops views each, and says how many of them the model was
     trained on (9 of the 12 here): a score partly on training videos is not a held-out one, and
-    "all of them" would wrongly dismiss the 3 it never saw."""
+    "all of them" would wrongly dismiss the 3 it never saw. The run was trained with --no-flip,
+    so its ten-crop has no mirrored views: 5 crops, said in the line and the JSON."""
     from flowkit.store import FlowStore
 
     run = tmp_path / "run"
@@ -162,7 +163,10 @@ def test_evaluate_a_split_list_with_crops_says_how_many_were_trained_on(tiny_sto
     assert ev.exit_code == 0, ev.output
     report = json.loads(ev.stdout)
     assert report["num_videos"] == len(keys) == 12 and report["split"] == f"list {listed}"
-    assert (report["clips"], report["crops"], report["views"]) == (1, 10, 10)
+    assert (report["clips"], report["crops"], report["views"]) == (1, 10, 5)
+    assert report["crop_views"] == 5 and report["mirrored_views"] is False
+    assert ("5 views each (1 clips x 5 crops: ten-crop without mirrored views, as trained with "
+            "--no-flip)") in ev.stderr, ev.stderr
     assert report["training_videos"] == 9
     assert "NOT held out: 9 of them were training videos" in ev.stderr, ev.stderr
 
@@ -365,3 +369,63 @@ def test_create_model_checks_its_keywords_kinds():
     model = create_model("resnet2d", num_classes=3, width=4.0, layers=[1, 1, 1, 1], dropout=0)
     assert model.model_kwargs == {"num_classes": 3, "width": 4.0, "layers": [1, 1, 1, 1],
                                   "dropout": 0}
+
+
+@pytest.mark.parametrize("reason, code, name", [("terminated", 143, "terminated (SIGTERM)"),
+                                                ("interrupted", 130, "interrupted")])
+def test_a_stopped_evaluate_says_nothing_was_written(tmp_path, monkeypatch, reason, code, name):
+    """evaluate writes its results only at the end: stopped, it says nothing was kept (not the
+    commands' "finished work is kept, rerun the same command to resume", which it cannot do),
+    with the exit code of the signal."""
+    from flowkit.progress import Stopped
+
+    def stopped(*args, **kwargs):
+        raise Stopped(reason)
+
+    monkeypatch.setattr("flowkit.train.evaluate_run", stopped)
+    result = CliRunner().invoke(evaluate_command, [str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == code, result.output
+    expected = f"{name}; nothing was written; rerun the same command to evaluate"
+    assert result.stderr.strip() == expected, result.stderr
+
+
+def test_resume_with_a_relative_file_keyword_is_the_same_command(tiny_store, tmp_path,
+                                                                  monkeypatch):
+    """`--model-arg tvnet_weights=tvnet.pt` is recorded absolute, and the same command plus
+    --resume was refused ("the run was trained with model_kwargs={... '/abs/tvnet.pt'} (given
+    {... 'tvnet.pt'})"). The given file keywords are compared as absolute paths: the same
+    command resumes, from this folder or another one naming the same file; another file is
+    still refused, in the CLI and in Python."""
+    from dataclasses import asdict
+
+    from flowkit import checkpoints
+    from flowkit.flow.tvnet import TVNet
+    from flowkit.train import Trainer
+
+    net = TVNet(scales=1, warps=1, iterations=2)
+    (tmp_path / "here").mkdir()
+    for name in ("tvnet.pt", "other.pt"):
+        checkpoints.save_checkpoint(tmp_path / "here" / name, "tvnet", {
+            "config": asdict(net.config), "state_dict": net.state_dict()})
+    monkeypatch.chdir(tmp_path / "here")
+    run = tmp_path / "run"
+    args = ["--model", "tvnet", "--model-arg", "width=4", "--model-arg", "layers=[1,1,1,1]",
+            "--frames", "2", "--size", "16", "--batch-size", "3", "--no-flip", "--val-fraction",
+            "0.25", "--workers", "0", "--device", "cpu"]
+    assert train(tiny_store, "--out", run, *args, "--model-arg", "tvnet_weights=tvnet.pt",
+                 "--epochs", "1").exit_code == 0
+    same = train(tiny_store, "--out", run, *args, "--model-arg", "tvnet_weights=tvnet.pt",
+                 "--epochs", "2", "--resume")
+    assert same.exit_code == 0, same.output
+    assert epochs_in(run) == [1, 2]
+    monkeypatch.chdir(tmp_path)
+    there = train(tiny_store, "--out", run, *args, "--model-arg", "tvnet_weights=here/tvnet.pt",
+                  "--epochs", "3", "--resume")
+    assert there.exit_code == 0, there.output
+    assert epochs_in(run) == [1, 2, 3]
+    other = train(tiny_store, "--out", run, *args, "--model-arg", "tvnet_weights=here/other.pt",
+                  "--epochs", "4", "--resume")
+    assert other.exit_code == 2 and "other.pt" in other.stderr and epochs_in(run) == [1, 2, 3]
+    kwargs = {"width": 4, "layers": [1, 1, 1, 1], "tvnet_weights": "here/tvnet.pt"}
+    assert Trainer.resume(run, model_kwargs=kwargs, epochs=3).config.model_kwargs[
+        "tvnet_weights"] == str((tmp_path / "here" / "tvnet.pt").resolve())

@@ -289,6 +289,16 @@ def test_engine_bad_params():
         flowkit.create_engine("costvolume", features="learned")
 
 
+def test_engine_channel_error_shows_the_frames_shape():
+    """Frames of 2 channels are refused with the shape the user passed, as tvl1 says it (the
+    engine joins the two batches before reading channels: it said (2, 2, 67, 91) for one pair)."""
+    frames = torch.zeros(1, 2, 67, 91)
+    expected = r"1 or 3 channels, got shape \(1, 2, 67, 91\)$"
+    for name in ("costvolume", "tvl1"):
+        with pytest.raises(EngineError, match=expected):
+            flowkit.create_engine(name)(frames, frames)
+
+
 # --------------------------------------------------------------------------- learned features
 
 

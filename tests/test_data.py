@@ -49,7 +49,8 @@ def write_coded_store(path, lengths=None, flow_codec="float16", backward=False):
                 if backward:
                     writer.append_flow("tvl1_backward", -flow - np.float32(0.5) * np.array(
                         [1, -1], np.float32)[:, None, None], engine={"engine": "coded",
-                                                                     "version": "1", "params": {}})
+                                                                     "version": "1", "params": {},
+                                                                     "direction": "backward"})
     return path
 
 
@@ -380,6 +381,21 @@ def test_multi_crop_shapes_and_ten_crop_flips(tiny_store):
     assert test_transform(16, crops=10).crops == 10 and train_transform(16).crops == 1
     with pytest.raises(FlowkitError, match="1, 3 or 10"):
         test_transform(16, crops=5)
+
+
+def test_ten_crop_without_flips_keeps_the_five_unmirrored_views(tiny_store):
+    """A model trained without flips (a mirror turns `left` into `right`) is tested without
+    mirrored views: ten-crop with flip=False is the corners and centre only, its `crops` 5 so a
+    dataset counts its views right."""
+    sample, _ = raw_sample(tiny_store, "right/right_0", frames=3, step=1)
+    ten = test_transform(16, crops=10)(sample, None)
+    five = test_transform(16, crops=10, flip=False)
+    assert five.crops == 5
+    out = five(sample, None)
+    assert out["rgb"].shape == (5, 3, 3, 16, 16) and out["flow"].shape == (5, 2, 3, 16, 16)
+    assert torch.equal(out["flow"], ten["flow"][:5]) and torch.equal(out["rgb"], ten["rgb"][:5])
+    assert (out["flow"][:, 0] > 0).all()  # rightward flow stays rightward in every view
+    assert test_transform(16, crops=3, flip=False).crops == 3  # no mirrors there to drop
 
 
 def test_multi_clip_multi_crop_dataset_is_clip_major(coded_store):
@@ -806,3 +822,47 @@ def test_a_0_based_list_of_a_class_subset_beside_its_class_index(tiny_store, tmp
                                            r"\(read 0-based, as mmaction2 writes labels, it "
                                            r"would be 'left', but then other lines"):
         split_from_list(tiny_store, mixed)
+
+
+def test_missing_flow_hint_extracts_with_the_stores_engine_options(tmp_path):
+    """The hint named `flowkit extract --method motionnet` without the --weights the store's
+    motionnet flow was made with (that command refuses: no weights), and in evaluation suggested
+    training on another flow. The command carries the record's --weights and each --param
+    other than the engine's default; an evaluation's ways out are an evaluation's."""
+    path = write_coded_store(tmp_path / "store", {"a/x": 3, "b/y": 3})
+    flow = np.zeros((2, 2, *CODED_SIZE), np.float32)
+    engines = {"motionnet": {"weights": "/w/mn.pt", "weights_sha256": "ab12", "num_frames": 4,
+                             "width": 0.125},
+               "costvolume": {"weights": None, "max_displacement": [4, 4], "stride": 2,
+                              "dilation": 1, "tau": 0.02, "radius": 3, "sigma": 0.0, "scale": 1.0,
+                              "features": None, "layer": "layer1"}}
+    with FlowStore(path, mode="a") as store:
+        for key in ("a/m", "b/m"):
+            with store.writer(key, source=f"{key}.mp4", fps=25.0, label="ab".index(key[0]),
+                              label_name=key[0], flow_codec="float16", rgb_codec="raw") as w:
+                w.append_rgb(np.zeros((3, *CODED_SIZE, 3), np.uint8))
+                w.append_flow("tvl1", flow, engine={"engine": "coded", "version": "1",
+                                                    "params": {}})
+                for name, params in engines.items():
+                    w.append_flow(name, flow, engine={"engine": name, "version": "1",
+                                                      "params": params})
+    for name, options in (("motionnet", "--weights /w/mn.pt"), ("costvolume", "--param stride=2")):
+        with pytest.raises(FlowkitError) as err:
+            ClipDataset(path, inputs=("flow",), flow_name=name, sampler=RandomClipSampler(2))
+        message = str(err.value)
+        assert f"`flowkit extract VIDEOS -o {path} --method {name} {options}` (VIDEOS:" in message
+        assert "train on a --split-list of the others" in message
+        assert "(`flowkit train --flow-name tvl1`, flow_name='tvl1' in Python)" in message
+    with pytest.raises(FlowkitError) as err:  # evaluation: the run's model takes this flow
+        ClipDataset(path, ["a/x", "a/m"], inputs=("flow",), flow_name="motionnet", views=True,
+                    sampler=RandomClipSampler(2))
+    message = str(err.value)
+    assert "--method motionnet --weights /w/mn.pt`" in message
+    assert "evaluate a --split-list of the others" in message and "flowkit train" not in message
+    other = write_coded_store(tmp_path / "other", {"a/x": 3})  # no video has it: no record
+    with pytest.raises(FlowkitError, match=r"--method motionnet --weights CKPT` \(VIDEOS: .*; "
+                                           r"CKPT and any --param: those the run's flow was "
+                                           r"extracted with, which `flowkit info` of the store it "
+                                           r"was trained on shows\)$"):
+        ClipDataset(other, inputs=("flow",), flow_name="motionnet", views=True,
+                    sampler=RandomClipSampler(2))

@@ -469,6 +469,22 @@ def test_cli_writes_videos(tmp_path):
     assert size.exit_code == 2 and "HxW" in size.output
 
 
+@pytest.mark.parametrize("classes, hint", [("left_then_up,down", True), ("up,down,still", False),
+                                           ("cw_fast,up", True)])
+def test_cli_says_to_train_without_flips_when_a_mirror_swaps_classes(tmp_path, classes, hint):
+    """A mirror turns left into right and cw into ccw, so train's default random flips mislabel
+    those classes (62.5% against 100% with --no-flip): `flowkit toy` says to pass --no-flip when
+    the classes move sideways or turn, and its help names it beside `flowkit extract`."""
+    result = CliRunner().invoke(command, [str(tmp_path / "toy"), "--classes", classes,
+                                          "--videos-per-class", "1", "--frames", "3", "--size",
+                                          "16x16", "--test-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    note = ("note: train on it with `flowkit train ... --no-flip`: a mirror turns left into right "
+            "and cw into ccw, so random flips would mislabel those classes")
+    assert (note in result.output) == hint, result.output
+    assert "`flowkit train ... --no-flip`" in " ".join(command.help.split())
+
+
 @pytest.mark.parametrize("args, option", [(["--seed", "-1"], "--seed"), (["--fps", "-5"], "--fps"),
                                           (["--fps", "0"], "--fps")])
 def test_cli_bad_seed_or_fps_is_one_line_exit_2_and_writes_nothing(tmp_path, args, option):

@@ -5,6 +5,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -598,6 +599,40 @@ def test_evaluate_writes_results(tiny_store, tmp_path):
     everything = evaluate_run(run, clips=1, crops=1, split="all", out_dir=tmp_path / "all")
     assert everything.num_videos == 12 and everything.confusion.sum() == 12
     assert (tmp_path / "all" / "eval.json").is_file()
+
+
+def test_evaluate_ten_crop_of_a_no_flip_run_has_no_mirrored_views(tiny_store, tmp_path):
+    """--no-flip exists because a mirror changes the class (left <-> right): its run is scored on
+    the 5 unmirrored crops of ten-crop (mirrored ones read as the other class: 50% instead of
+    100% on toy direction classes), and eval.json says which views it used. A run trained with
+    flips keeps the standard ten-crop."""
+    for flip, views in ((False, 5), (True, 10)):
+        run = tmp_path / f"run_flip_{flip}"
+        Trainer(tiny_config(tiny_store, epochs=1, flip=flip), run).fit()
+        out = tmp_path / f"eval_flip_{flip}"
+        result = evaluate_run(run, clips=2, crops=10, checkpoint="last", out_dir=out)
+        report = json.loads((out / "eval.json").read_text())
+        assert (report["crops"], report["crop_views"]) == (10, views)
+        assert report["mirrored_views"] is flip
+        assert report["views"] == result.views == 2 * views
+
+
+def test_evaluate_a_run_stopped_in_its_first_epoch_names_checkpoint_last(tiny_store, tmp_path):
+    """A run stopped inside its first epoch has last.pt but no best.pt (written at each epoch's
+    end): evaluate names the two ways on (--checkpoint last, train --resume), not `flowkit train
+    --out RUN`, which refuses the existing run."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    (run / "checkpoints" / "best.pt").unlink()
+    expected = (r"best\.pt does not exist but \S*last\.pt does \(the run stopped before its first "
+                r"epoch ended\); evaluate it with --checkpoint last, or finish training with "
+                rf"`flowkit train \.\.\. --out {re.escape(str(run))} --resume`$")
+    with pytest.raises(FlowkitError, match=expected):
+        evaluate_run(run, clips=1, crops=1, out_dir=False)
+    assert evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False).num_videos == 3
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(FlowkitError, match=r"best\.pt does not exist; train the run first"):
+        evaluate_run(run, clips=1, crops=1, out_dir=False)
 
 
 def test_evaluate_after_the_training_store_moved_says_to_pass_its_path(tiny_store, tmp_path):

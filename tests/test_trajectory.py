@@ -434,3 +434,33 @@ def test_s3d_flow_modality():
     assert model.inputs == ("flow",)
     out = model({"flow": torch.randn(2, 4, 4, 32, 32)})
     assert out["logits"].shape == (2, 3)
+
+
+def test_motionnet_keywords_with_store_flow_are_refused_and_old_runs_still_rebuild(tmp_path):
+    """motionnet_weights (gamma, motionnet_width, motionnet_frames) with flow_source='store' were
+    accepted, recorded with the run and never read: the run looked MotionNet-initialised and was
+    not. They are refused naming flow_source=motionnet; the defaults build as before; and a run
+    recorded with them by an older flowkit is rebuilt without them (they never changed its
+    model), its recorded keywords kept, its file not needed."""
+    from flowkit.models import rebuild_model, rebuild_run_model
+
+    with pytest.raises(FlowkitError, match=r"^model 'trajectorynet': motionnet_weights only "
+                                           r"applies with flow_source='motionnet' .*; pass "
+                                           r"--model-arg flow_source=motionnet or leave it out$"):
+        create_model("trajectorynet", **NET, motionnet_weights=str(tmp_path / "mn.pt"))
+    with pytest.raises(FlowkitError, match=r"gamma, motionnet_width only apply with "
+                                           r"flow_source='motionnet'"):
+        create_model("trajectorynet", **NET, flow_source="store", gamma=0.1, motionnet_width=0.5)
+    assert create_model("trajectorynet", **NET).motionnet is None  # the defaults: store flow
+    assert create_model("trajectorynet", **NET, gamma=0.01).inputs == ("rgb", "flow")
+    create_model("trajectorynet", **NET, flow_source="motionnet", motionnet_width=0.04,
+                 motionnet_frames=1, gamma=0.1)
+    recorded = {**NET, "layers": list(NET["layers"]),
+                "motionnet_weights": str(tmp_path / "gone.pt"), "gamma": 0.1}
+    old = rebuild_model("trajectorynet", **recorded)
+    assert old.motionnet is None and old.model_kwargs == recorded
+    entry = {"name": "trajectorynet", "kwargs": recorded,
+             "kwargs_without_files": {**recorded, "motionnet_weights": None}}
+    restored = rebuild_run_model(entry, restoring=True)
+    restored.load_state_dict(create_model("trajectorynet", **NET).state_dict())
+    assert restored.model_kwargs == recorded

@@ -79,6 +79,27 @@ def test_shapes_batch_independence_and_bad_input(pairs):
         TVNet(scales=0)
 
 
+def test_module_refuses_unit_range_frames_as_the_engine_does(pairs):
+    """[0, 1] frames give TVNet (lambda tuned for [0, 255]) near-zero flow: the module refuses
+    them with the engine's message instead of returning it (a +2 px shift read 0.08 px). uint8
+    frames are never guessed at; check=False (the engine, which checked already) skips it."""
+    i0, i1 = _gray_batch(pairs[:1])
+    net = TVNet(1, 1, 2)
+    with pytest.raises(EngineError, match=r"i0 is float with values in \[0, 1\]: .*multiply by "
+                                          r"255"):
+        net(i0 / i0.max(), i1 / i1.max())
+    bad = i1.clone()
+    bad[0, 0, 3, 4] = torch.nan
+    with pytest.raises(EngineError, match="i1 has 1 NaN"):
+        net(i0, bad)
+    with torch.no_grad():
+        assert net(i0.round().to(torch.uint8), i1.round().to(torch.uint8)).shape == (1, 2, *SIZE)
+        assert net(i0 / 255, i1 / 255, check=False).shape == (1, 2, *SIZE)
+    with pytest.raises(EngineError, match=r"frames0 is float with values in \[0, 0\.\d+\]: "
+                                          r".*multiply by 255"):
+        flowkit.create_engine("tvnet", scales=1, warps=1, iterations=2)(i0 / 255, i1 / 255)
+
+
 @pytest.mark.parametrize("bad", [dict(scales=0), dict(warps=0), dict(iterations=0), dict(tau=-1),
                                  dict(lambda_=0), dict(theta=0), dict(zfactor=0), dict(zfactor=1)])
 def test_param_ranges_are_checked_before_any_engine_is_built(bad):

@@ -19,7 +19,9 @@ TVNET_PARAMS = ("u0", "grad_kernels", "forward_kernels", "divergence_kernels")
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return create_model("tvnet", **{**TINY, **kw})
+    base = TINY if kw.get("flow_source", "tvnet") == "tvnet" else {  # no TVNet to size
+        k: v for k, v in TINY.items() if k != "tvnet_iterations"}
+    return create_model("tvnet", **{**base, **kw})
 
 
 def clip(b=2, t=4, h=24, w=24):
@@ -330,3 +332,43 @@ def test_errors_are_actionable():
         tiny(rgb_stream=True, fusion=[1, 2, 3])
     with pytest.raises(FlowkitError, match="needs rgb"):
         tiny()({"flow": torch.zeros(2, 2, 4, 24, 24)})
+
+
+def test_tvnet_keywords_with_store_flow_are_refused_and_old_runs_still_rebuild(tmp_path):
+    """tvnet_weights, freeze_tvnet and TVNet's other keywords with flow_source='store' were
+    accepted, recorded and never read (no TVNet is built). They are refused naming
+    flow_source=tvnet; a run recorded with them by an older flowkit still rebuilds (without
+    them: they never changed its model) and keeps its recorded keywords."""
+    from flowkit.models import rebuild_model, rebuild_run_model
+
+    with pytest.raises(FlowkitError, match=r"^model 'tvnet': freeze_tvnet, tvnet_weights only "
+                                           r"apply with flow_source='tvnet' \(with "
+                                           r"flow_source='store' nothing reads them\); pass "
+                                           r"--model-arg flow_source=tvnet or leave them out$"):
+        tiny(flow_source="store", freeze_tvnet=True, tvnet_weights=str(tmp_path / "tvnet.pt"))
+    with pytest.raises(FlowkitError, match="tvnet_iterations only applies"):
+        tiny(flow_source="store", tvnet_iterations=3)
+    assert tiny(flow_source="store", flow_lambda=0.1).tvnet is None  # a default: allowed
+    recorded = {**TINY, "flow_source": "store", "tvnet_weights": str(tmp_path / "gone.pt"),
+                "freeze_tvnet": True}
+    old = rebuild_model("tvnet", **recorded)
+    assert old.tvnet is None and old.model_kwargs == recorded
+    restored = rebuild_run_model({"name": "tvnet", "kwargs": recorded, "kwargs_without_files": {
+        **recorded, "tvnet_weights": None}}, restoring=True)
+    restored.load_state_dict(tiny(flow_source="store").state_dict())
+
+
+def test_wrong_kinds_of_input_are_one_line_naming_the_fix():
+    """model(tensor) raised torch's "Tensor.__contains__ only supports Tensor or scalar", and
+    uint8 frames "expected scalar type Byte": the model says what to pass instead."""
+    resnet = create_model("resnet2d", num_classes=3, width=4, layers=[1, 1, 1, 1])
+    with pytest.raises(FlowkitError, match=r"^model 'resnet2d' takes a dict of inputs, got "
+                                           r"Tensor; call it as model\(\{'rgb': x\}\)$"):
+        resnet(torch.zeros(2, 3, 4, 16, 16))
+    i3d = create_model("i3d", num_classes=3, width=4, layers=[1, 1, 1, 1])
+    with pytest.raises(FlowkitError, match=r"^model 'i3d': rgb must be a floating tensor, got "
+                                           r"torch.uint8; pass it normalised as float"):
+        i3d({"rgb": torch.zeros(2, 3, 4, 16, 16, dtype=torch.uint8)})
+    with pytest.raises(FlowkitError, match="rgb must be a floating tensor, got ndarray"):
+        tiny()({"rgb": clip().numpy()})
+    assert resnet({"rgb": torch.zeros(2, 3, 4, 16, 16)})["logits"].shape == (2, 3)

@@ -4,8 +4,8 @@ Exit codes (documented in the README):
     0  success
     1  the command ran but some items failed (e.g. videos that could not be decoded)
     2  bad usage or input the user can fix (a FlowkitError: missing store, bad option, ...)
-    130 interrupted (Ctrl-C); finished work is kept
-    143 terminated (SIGTERM, as sent by Slurm, Kubernetes, `timeout`); finished work is kept
+    130 interrupted (Ctrl-C); finished work is kept (by the commands that resume: the message says)
+    143 terminated (SIGTERM, as sent by Slurm, Kubernetes, `timeout`); as 130
 """
 from __future__ import annotations
 
@@ -46,9 +46,20 @@ def summary(name: str) -> str:
     return COMMANDS[name][1]
 
 
-def handle_errors(func):
+# What a stopped command says it kept: one that resumes (extract, import, toy), and one that
+# writes its results only at the end (evaluate, benchmark, show), which must not promise a resume.
+KEPT_RESUME = "finished work is kept, rerun the same command to resume"
+KEPT_NOTHING = "nothing was written; rerun the same command"
+
+
+def handle_errors(func=None, *, stopped: str = KEPT_RESUME):
     """Turn FlowkitError into one line on stderr and exit code 2; Ctrl-C into exit code 130 and
-    SIGTERM (a stop with reason "terminated", see :mod:`flowkit.cli.progress`) into 143."""
+    SIGTERM (a stop with reason "terminated", see :mod:`flowkit.cli.progress`) into 143, with a
+    line saying ``stopped``: what was kept and how to go on. ``@handle_errors`` for a command that
+    resumes; ``@handle_errors(stopped=KEPT_NOTHING + " to ...")`` for one that keeps nothing."""
+    if func is None:
+        return functools.partial(handle_errors, stopped=stopped)
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
@@ -58,10 +69,9 @@ def handle_errors(func):
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt as exc:
             if str(exc) == "terminated":
-                click.echo("terminated (SIGTERM); finished work is kept, rerun the same command "
-                           "to resume", err=True)
+                click.echo(f"terminated (SIGTERM); {stopped}", err=True)
                 sys.exit(EXIT_TERMINATED)
-            click.echo("interrupted; finished work is kept, rerun the same command to resume", err=True)
+            click.echo(f"interrupted; {stopped}", err=True)
             sys.exit(EXIT_INTERRUPTED)
     return wrapper
 

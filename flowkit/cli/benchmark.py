@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ..bench import harness
 from ..errors import FlowkitError
-from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
+from . import EXIT_OK, EXIT_PARTIAL, KEPT_NOTHING, handle_errors, summary
 from .options import (BACKENDS, backend_option, check_output_file, parse_device, parse_params,
                       refuse_option_params)
 from .progress import RichProgress
@@ -162,7 +162,7 @@ def _check_outputs(json_out: str | None, plot_out: str | None) -> None:
                    "goes to stderr).")
 @click.option("--plot", "plot_out", default=None, metavar="OUT.png",
               help="Write an EPE vs pairs/s scatter plot (PNG).")
-@handle_errors
+@handle_errors(stopped=KEPT_NOTHING + " to benchmark")  # --json/--plot are written at the end
 def command(path, methods, device, size, batch, backend, compile_, dataset, pairs, repeats, seed,
             params, threads, json_out, plot_out):
     """FPS and end-point error of flow engines and OpenCV peers on ground truth.

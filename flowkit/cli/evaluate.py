@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import handle_errors, summary
+from . import KEPT_NOTHING, handle_errors, summary
 
 
 @click.command("evaluate", short_help=summary("evaluate"))
@@ -23,7 +23,8 @@ from . import handle_errors, summary
 @click.option("--clips", type=int, default=10, show_default=True,
               help="Evenly spaced clips per video (TSN runs: segment offsets).")
 @click.option("--crops", type=click.Choice(["1", "3", "10"]), default="3", show_default=True,
-              help="Crops per clip (centre; left/centre/right; corners+centre and their flips).")
+              help="Crops per clip (centre; left/centre/right; corners+centre and their flips, "
+                   "without the flips for a run trained with --no-flip: 5 views).")
 @click.option("--split", type=click.Choice(["auto", "val", "all"]), default="auto",
               show_default=True, help="auto: the run's validation videos when STORE is its "
               "training store, else all videos but those the run trained on (by key: a copy of "
@@ -42,7 +43,7 @@ from . import handle_errors, summary
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Folder for eval.json and the confusion matrix [RUN_DIR/eval].")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
-@handle_errors
+@handle_errors(stopped=KEPT_NOTHING + " to evaluate")  # the results are written at the end only
 def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_missing, batch_size,
             workers, device, out_dir, as_json):
     """Evaluate the classifier trained in RUN_DIR on STORE (default: its training store).
@@ -95,7 +96,7 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_mi
     console.print(f"[bold]top-1 {100 * r['top1']:.2f}%[/bold]{top5}, "
                   f"mean class accuracy {100 * r['mean_class_accuracy']:.2f}% on "
                   f"{r['num_videos']} videos ({r['split']}; {_held_out(r)}), {r['views']} views "
-                  f"each ({r['clips']} clips x {r['crops']} crops), {r['videos_per_s']:.1f} "
+                  f"each ({r['clips']} clips x {_crops(r)}), {r['videos_per_s']:.1f} "
                   f"videos/s -> {escape(str(result.out_dir))}", highlight=False, soft_wrap=True)
     if r["training_videos"]:
         console.print("note: videos the model was trained on score higher than new ones; for a "
@@ -107,6 +108,14 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_mi
             summary["files"] = {name: str(result.out_dir / name)
                                 for name in ("eval.json", "confusion.json", "confusion.png")}
         click.echo(json.dumps(summary, indent=2))
+
+
+def _crops(report: dict) -> str:
+    """``"3 crops"``; ten-crop of a run trained with --no-flip says it left out the mirrors."""
+    if report["crops"] == 10 and not report.get("mirrored_views", True):
+        return (f"{report['crop_views']} crops: ten-crop without mirrored views, as trained "
+                "with --no-flip")
+    return f"{report['crops']} crops"
 
 
 def _held_out(report: dict) -> str:

@@ -113,7 +113,7 @@ def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: flo
 @click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Flow magnitude drawn at full colour, pixels [default: the 98th percentile of "
                    "the shown flow; faster pixels are drawn darker].")
-@handle_errors
+@handle_errors(stopped="the picture or video is not finished; rerun the same command")
 def command(store, video, output, name, frames, max_flow):
     """Colour-code the flow of VIDEO (its key, e.g. class/video_name) from STORE.
 

@@ -6,9 +6,22 @@ from pathlib import Path
 
 import click
 
-from ..toy import DEFAULT_CLASSES, DIFFICULTIES, make_toy_videos
+from ..toy import DEFAULT_CLASSES, DIFFICULTIES, make_toy_videos, parse_toy_class
 from . import handle_errors, summary
 from .options import parse_size
+
+
+# Motions a horizontal mirror turns into another class's (right <-> left, cw <-> ccw).
+_MIRRORED = {"right", "left", "cw", "ccw"}
+
+
+def _mirror_hint(names) -> str:
+    """The line telling to train with --no-flip, for classes a mirror turns into one another
+    (train's default random flips show rightward motion labelled `left`); else ""."""
+    if not any(m in _MIRRORED for name in names for m, _ in parse_toy_class(name)):
+        return ""
+    return ("train on it with `flowkit train ... --no-flip`: a mirror turns left into right and "
+            "cw into ccw, so random flips would mislabel those classes")
 
 
 def _presets(param: str) -> str:
@@ -47,8 +60,9 @@ def command(out_dir, classes, videos_per_class, frames, size, difficulty, noise,
             distractors, contrast, seed, test_fraction, fps, overwrite):
     """Write OUT_DIR/<class>/<class>_<i>.mp4 of random textures moved by each class's motion, plus
     classInd.txt, toy.json and UCF101-style split lists. Appearance is drawn independently of the
-    class, so only motion tells classes apart. Ready for `flowkit extract`. An interrupted run is
-    finished by the same command (toy.json is written last).
+    class, so only motion tells classes apart. Ready for `flowkit extract`, then `flowkit train
+    ... --no-flip` (a mirror turns left into right and cw into ccw: random flips would mislabel
+    them). An interrupted run is finished by the same command (toy.json is written last).
 
     \b
     Examples:
@@ -66,3 +80,6 @@ def command(out_dir, classes, videos_per_class, frames, size, difficulty, noise,
                             test_fraction=test_fraction, fps=fps, overwrite=overwrite)
     click.echo(f"wrote {len(paths)} videos of {len(names)} classes under {out_dir} "
                f"in {time.perf_counter() - start:.1f} s")
+    hint = _mirror_hint(names)
+    if hint:
+        click.echo(f"note: {hint}")

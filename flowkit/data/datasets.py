@@ -130,7 +130,9 @@ class ClipDataset(Dataset):
         self._sampler_args = ({"flow_stack": self.flow_stack}
                              if "flow" in self.inputs and _takes_flow_stack(sampler) else {})
         try:
-            info = read_video_info(self.store, sorted(set(self.keys)), self.inputs, self.flow_name)
+            # a dataset of views is scored, not trained on: a missing flow's hint says so
+            info = read_video_info(self.store, sorted(set(self.keys)), self.inputs, self.flow_name,
+                                   evaluating=self.views)
         finally:
             self.store.close()  # nothing stays open when DataLoader workers fork
         self.videos = [info[key] for key in self.keys]
@@ -301,8 +303,10 @@ def _check_keys(store: FlowStore, keys: Sequence[str] | None) -> list[str]:
 
 
 def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str],
-                    flow_name: str) -> dict[str, VideoInfo]:
-    """:class:`VideoInfo` of each key; raises :class:`FlowkitError` if a video lacks an input.
+                    flow_name: str, *, evaluating: bool = False) -> dict[str, VideoInfo]:
+    """:class:`VideoInfo` of each key; raises :class:`FlowkitError` if a video lacks an input,
+    with the ways out of a training run, or of an evaluation (``evaluating``: the model's flow
+    is fixed, so no other flow is offered).
     The metadata comes from the store's index (:meth:`FlowStore.metas`: a file is opened only
     when it is new or changed since it was indexed)."""
     datasets = {"flow": flow_name, "flow_backward": backward_name(flow_name)}
@@ -332,7 +336,7 @@ def read_video_info(store: FlowStore, keys: Sequence[str], inputs: Sequence[str]
             what = f"{'backward flow' if is_backward(name) else 'flow'} {name!r}"
             raise _missing_error(store, without, len(keys), what,
                                  _missing_flow_fix(store, name, flow_name, have[name],
-                                                   without[0], metas))
+                                                   without[0], metas, evaluating))
     if no_rgb:
         fix = (IMPORT_NO_RGB if store.imported(no_rgb[0]) else
                "the store was extracted with --no-rgb; extract into a new store with frames: "
@@ -353,23 +357,28 @@ IMPORT_NO_RGB = ("they were imported without RGB frames (their rawframes folders
 
 
 def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str],
-                      example: str, metas: dict[str, dict]) -> str:
+                      example: str, metas: dict[str, dict], evaluating: bool = False) -> str:
     """How to get flow dataset ``name`` (forward ``flow_name`` or its backward flow) that video
     ``example`` and others lack (``have``: the flows those videos hold; ``metas``: the index
     entries of the run's videos): ``flowkit import rawframes`` when the store's flow of that
-    name was imported (:func:`_imported_flow`; an import into a name of computed flow is
-    refused), else ``flowkit extract --method`` where an engine of that name makes it; or leave
-    the videos out, or train on a flow every video has."""
+    name was imported (:func:`_flow_records`; an import into a name of computed flow is
+    refused), else ``flowkit extract --method`` where an engine of that name makes it, with the
+    ``--weights`` and ``--param`` the store's flow of that name was made with
+    (:func:`_engine_options`); or leave the videos out, or (training only) train on a flow every
+    video has."""
     from ..flow import ENGINES  # the error path only: the engines' modules are not needed else
 
     backward = is_backward(name)
-    imported = _imported_flow(store, name, metas)
-    if imported is None:  # no video holds it: what made the video tells
-        imported = store.imported(example)
+    records = _flow_records(store, name, metas)
+    imported = (all("source_format" in (f.get("params") or {}) for f in records) if records
+                else store.imported(example))  # no video holds it: what made the video tells
     if flow_name in ENGINES and not imported:
+        # a backward flow no video holds yet is made with the forward one's options
+        made = records or (_flow_records(store, flow_name, metas) if backward else [])
+        options, unknown = _engine_options(flow_name, made)
         command = (f"`flowkit extract VIDEOS -o {store.path}{' --backward' if backward else ''} "
-                   f"--method {flow_name}` (VIDEOS: the source videos of these, as the store "
-                   "was extracted from)")
+                   f"--method {flow_name}{options}` (VIDEOS: the source videos of these, as the "
+                   f"store was extracted from{unknown})")
     else:
         command = (f"`flowkit import rawframes RAWFRAMES_DIR -o {store.path}"
                    f"{'' if flow_name == 'tvl1' else f' --flow-name {flow_name}'}` (RAWFRAMES_DIR: "
@@ -379,10 +388,13 @@ def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str
     common = set.intersection(*(set(m["flows"]) for m in metas.values())) if metas else set()
     common = sorted(n for n in common if not is_backward(n))
     others = []
-    if any(name in m["flows"] for m in metas.values()):  # some have it: train on those
-        others.append(f"or leave these videos out: train on a --split-list of the others, "
-                      f"one KEY.mp4 a line (`flowkit info {store.path} --keys` lists the keys)")
-    if backward:
+    if any(name in m["flows"] for m in metas.values()):  # some have it: use those
+        others.append(f"or leave these videos out: {'evaluate' if evaluating else 'train on'} a "
+                      "--split-list of the others, one KEY.mp4 a line (`flowkit info "
+                      f"{store.path} --keys` lists the keys)")
+    if evaluating:  # the run's model was trained on this flow: no other flow or keyword serves
+        pass
+    elif backward:
         others.append("or let trajectorynet approximate it from the forward flow "
                       "(`--model-arg backward_flow=derived`, its default)")
     elif common:
@@ -392,17 +404,50 @@ def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str
             + ", ".join([f"add it with {command}", *others]))
 
 
-def _imported_flow(store: FlowStore, name: str, metas: dict[str, dict]) -> bool | None:
-    """Whether the store's flow ``name`` was imported (``flowkit import rawframes``: its
-    ``params`` name a ``source_format``; flow an engine computed has none), from the index entries
-    of the run's videos (``metas``) that hold it, else of all the store's videos (the index: a
-    300k store's files are statted, not opened); None when no video holds it. Mixed (an old
-    store): not imported, as an import beside computed flow is refused."""
+def _flow_records(store: FlowStore, name: str, metas: dict[str, dict]) -> list[dict]:
+    """The records of the store's flow ``name`` (engine version and ``params``; an imported flow's
+    name a ``source_format``, flow an engine computed has none), from the index entries of the
+    run's videos (``metas``) that hold it, else of all the store's videos (the index: a 300k
+    store's files are statted, not opened); empty when no video holds it. Mixed (an old store):
+    not imported, as an import beside computed flow is refused."""
     for source in (lambda: metas, lambda: store.metas(store.keys())):
         flows = [m["flows"][name] for m in source().values() if name in m["flows"]]
         if flows:
-            return all("source_format" in (f.get("params") or {}) for f in flows)
-    return None
+            return flows
+    return []
+
+
+def _engine_options(method: str, records: list[dict]) -> tuple[str, str]:
+    """The ``flowkit extract`` options beyond ``--method`` that make engine ``method``'s flow as
+    the store's ``records`` of it were made (the first one: a store holds one set of options per
+    flow): ``--weights`` and each ``--param`` other than the engine's default, rendered as
+    :func:`flowkit.store.compat.param_option` does (a parameter whose default is None follows
+    from the weights, when there are some). Without a record, for an engine that needs a
+    checkpoint: ``--weights CKPT`` and, as the second item, where to read it."""
+    from ..flow.registry import engine_class
+    from ..store.compat import param_option
+
+    params_class = engine_class(method).Params
+    defaults = {f.name: f.default for f in dataclasses.fields(params_class)} if params_class else {}
+    if not records:
+        if "weights" not in defaults:
+            return "", ""
+        return (" --weights CKPT", "; CKPT and any --param: those the run's flow was extracted "
+                "with, which `flowkit info` of the store it was trained on shows")
+    params = records[0].get("params") or {}
+    weights = params.get("weights")
+    options = [param_option("weights", weights)] if weights else []
+    for key, value in params.items():
+        if key == "weights" or key not in defaults:
+            continue  # (weights_sha256 and other values that follow from the options)
+        default = defaults[key]
+        if default is None and weights:
+            continue  # read from the checkpoint (motionnet's num_frames)
+        same = value == default or (isinstance(value, (list, tuple)) and default is not None
+                                    and all(v == default for v in value))  # [4, 4] for 4
+        if not same:
+            options.append(param_option(key, value))
+    return "".join(f" {o}" for o in options), ""
 
 
 def _missing_error(store: FlowStore, keys: list[str], total: int, what: str,

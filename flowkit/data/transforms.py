@@ -268,12 +268,15 @@ class ThreeCrop:
 class TenCrop:
     """TSN ten-crop: squares of side ``short side * scale`` at the four corners and the centre,
     resized to ``size x size``, then the same five flipped (flow ``u`` negated).
-    ``(C, T, H, W)`` -> ``(10, C, T, size, size)``; views 5..9 are flips of views 0..4."""
+    ``(C, T, H, W)`` -> ``(10, C, T, size, size)``; views 5..9 are flips of views 0..4.
 
-    crops = 10
+    ``flip=False`` (a model trained without flips, whose classes a mirror may change: left vs
+    right) keeps only the five unmirrored views: ``(5, C, T, size, size)``, ``crops`` 5."""
 
-    def __init__(self, size: int, scale: float = 0.875):
+    def __init__(self, size: int, scale: float = 0.875, flip: bool = True):
         self.size, self.scale = _check_size(size), _check_scale(scale)
+        self.flip = bool(flip)
+        self.crops = 10 if self.flip else 5
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         h, w = spatial_size(sample)
@@ -282,10 +285,10 @@ class TenCrop:
                    ((h - side) // 2, (w - side) // 2)]
         views = [resized_crop(sample, (y, x, side, side), (self.size, self.size))
                  for y, x in corners]
-        return stack_views(views + [hflip(v) for v in views])
+        return stack_views(views + ([hflip(v) for v in views] if self.flip else []))
 
     def __repr__(self) -> str:
-        return f"TenCrop(size={self.size}, scale={self.scale})"
+        return f"TenCrop(size={self.size}, scale={self.scale}, flip={self.flip})"
 
 
 # ----------------------------------------------------------------------------- presets
@@ -299,18 +302,21 @@ def train_transform(size: int, scales: Sequence[float] = TSN_SCALES, flip: bool 
     return Compose(steps + [Normalize()])
 
 
-def test_transform(size: int, crops: int = 1, scale: float | None = None) -> Compose:
+def test_transform(size: int, crops: int = 1, scale: float | None = None,
+                   flip: bool = True) -> Compose:
     """Deterministic test views then :class:`Normalize`.
 
     ``crops=1``: :class:`CenterCrop` (no views dim); ``3``: :class:`ThreeCrop`; ``10``:
     :class:`TenCrop` (leading views dim of 3 / 10). ``scale`` is the crop side as a fraction of the
     short side; by default 0.875 (224 of 256, as TSN) for 1 and 10 crops, 1.0 for 3 crops.
+    ``flip=False`` (a model trained without flips) drops ten-crop's mirrored views: 5 views.
     """
     kinds = {1: CenterCrop, 3: ThreeCrop, 10: TenCrop}
     if crops not in kinds:
         raise FlowkitError(f"test crops must be 1, 3 or 10, got {crops!r}")
     kind = kinds[crops]
-    views = kind(size) if scale is None else kind(size, scale)
+    kw = {"flip": flip} if kind is TenCrop else {}
+    views = kind(size, **kw) if scale is None else kind(size, scale, **kw)
     return Compose([views, Normalize()])
 
 

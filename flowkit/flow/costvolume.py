@@ -497,6 +497,9 @@ class CostVolumeEngine(FlowEngine):
                       ) -> tuple[torch.Tensor, tuple[int, int]]:
         """The cost volume of float frames on ``self.device`` and the reduced image size it was
         computed at: the first half of :meth:`forward` (a benchmark reuses it for several ``tau``)."""
+        for frames in (frames0, frames1):  # before the two batches are joined: the user's shape
+            if frames.shape[1] not in (1, 3):
+                raise ops.channels_error(frames)
         h, w = frames0.shape[-2:]
         size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
         both = _resize_area(torch.cat((frames0, frames1)).float(), size)

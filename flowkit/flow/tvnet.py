@@ -42,7 +42,7 @@ from torch import nn
 from .. import checkpoints
 from ..errors import EngineError
 from . import numerics, ops, primal_dual, tvl1
-from .base import FlowEngine
+from .base import FlowEngine, check_intensities
 from .params import weights_identity
 from .registry import register_engine
 
@@ -93,6 +93,12 @@ class TVNet(nn.Module):
     Shape:
         Input: ``i0``, ``i1`` ``(B, 1, H, W)`` gray, intensities in [0, 255], H, W >= 3.
         Output: flow ``(B, 2, H, W)`` in pixels, in the inputs' float dtype.
+
+    ``forward`` refuses float frames that look like [0, 1] ones (largest value in (0, 1]) or hold
+    NaN, as the engine does (:func:`flowkit.flow.base.check_intensities`): lambda is tuned for
+    [0, 255], and [0, 1] frames give near-zero flow. The check reads two numbers per frame tensor
+    from the device once per call; ``check=False`` skips it for frames known to be [0, 255] (the
+    engine, which checked them already).
     """
 
     def __init__(self, scales: int = 5, warps: int = 5, iterations: int = 50, tau: float = 0.25,
@@ -125,12 +131,15 @@ class TVNet(nn.Module):
                                   for s in range(self.config.scales)]
         return self
 
-    def forward(self, i0: torch.Tensor, i1: torch.Tensor) -> torch.Tensor:
+    def forward(self, i0: torch.Tensor, i1: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         ops.check_shape(i0, "BCHW", "i0")
         ops.check_shape(i1, "BCHW", "i1")
         if i0.shape != i1.shape or i0.shape[1] != 1:
             raise EngineError(f"tvnet takes two gray images (B, 1, H, W) of one shape, got "
                               f"{tuple(i0.shape)} and {tuple(i1.shape)}")
+        if check:  # once per call, not per iteration: each check waits for the device
+            check_intensities(i0, "i0")
+            check_intensities(i1, "i1")
         h, w = i0.shape[-2:]
         if h < 3 or w < 3:
             raise EngineError(f"tvnet needs frames of at least 3x3 pixels, got {h}x{w}")
@@ -309,4 +318,5 @@ class TVNetEngine(FlowEngine):
         return out
 
     def forward(self, frames0: torch.Tensor, frames1: torch.Tensor) -> torch.Tensor:
-        return self.net(ops.to_gray(frames0), ops.to_gray(frames1)).float()
+        # FlowEngine.__call__ checked the frames' intensities: no second device sync
+        return self.net(ops.to_gray(frames0), ops.to_gray(frames1), check=False).float()

@@ -18,6 +18,8 @@ unsupervised MotionNet loss, already weighted).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,12 @@ class VideoClassifier(nn.Module):
     #: ``tvnet_weights``): the trainer records them as absolute paths, and a rebuild
     #: (``flowkit evaluate``, ``--resume``) whose file is gone says where the run expected it.
     file_kwargs: tuple[str, ...] = ()
+    #: Keywords read only by a part the model builds for one value of another keyword, as
+    #: ``{keyword: (switch, value)}`` (trajectorynet's ``motionnet_weights``: ``("flow_source",
+    #: "motionnet")``). With another value they would be recorded with the run and never used,
+    #: so the model refuses them (:meth:`refuse_unused`); a rebuild of a run recorded before
+    #: that drops them (:func:`~flowkit.models.registry.rebuild_model`).
+    part_kwargs: dict[str, tuple[str, object]] = {}
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -61,6 +69,29 @@ class VideoClassifier(nn.Module):
         #: The fewest frames a clip may have (DDN's motion needs a pair); see check_clip_length.
         self.min_frames: int = 1
         self.model_kwargs: dict = {}
+
+    @classmethod
+    def unused_kwargs(cls, kw: dict) -> list[str]:
+        """The keywords of ``kw`` its part switches (:attr:`part_kwargs`) leave unused: given
+        other than their default while the switch (``kw``'s, else its default) builds no such
+        part. A default never counts, so building with the defaults is always allowed."""
+        defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+        return [key for key, (switch, value) in cls.part_kwargs.items()
+                if key in kw and kw[key] != defaults.get(key)
+                and kw.get(switch, defaults.get(switch)) != value]
+
+    def refuse_unused(self, **kw) -> None:
+        """FlowkitError naming the keywords of ``kw`` (the constructor's values, the switches
+        included) that would be recorded and never used (:meth:`unused_kwargs`)."""
+        unused = self.unused_kwargs(kw)
+        if unused:
+            switch, value = self.part_kwargs[unused[0]]
+            raise FlowkitError(f"model {self.model_name!r}: {', '.join(unused)} only appl"
+                               f"{'ies' if len(unused) == 1 else 'y'} with {switch}={value!r} "
+                               f"(with {switch}={kw.get(switch)!r} nothing reads "
+                               f"{'it' if len(unused) == 1 else 'them'}); pass --model-arg "
+                               f"{switch}={value} or leave {'it' if len(unused) == 1 else 'them'} "
+                               "out")
 
     def set_stream(self, modality: str, flow_stack: int = 1) -> None:
         """Make this a one-stream model on ``modality``: sets ``modality``, ``inputs``,
@@ -106,11 +137,24 @@ class VideoClassifier(nn.Module):
                                f"{self.min_frames} or more")
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
-        """Raise a FlowkitError naming each input this model needs and the batch lacks."""
+        """Raise a FlowkitError when ``inputs`` is not a dict, lacks an input this model needs
+        (each named), or holds one that is not a floating tensor (uint8 frames: the model takes
+        them normalised). Shapes and dtypes only: no device sync."""
+        if not isinstance(inputs, dict):
+            example = ", ".join(f"{m!r}: {'x' if i == 0 else m}" for i, m in enumerate(self.inputs))
+            raise FlowkitError(f"model {self.model_name!r} takes a dict of inputs, got "
+                               f"{type(inputs).__name__}; call it as model({{{example}}})")
         missing = [m for m in self.inputs if m not in inputs]
         if missing:
             raise FlowkitError(f"model {self.model_name!r} needs {' and '.join(missing)} input, "
                                f"the batch has {', '.join(sorted(inputs)) or 'nothing'}")
+        for m in self.inputs:
+            x = inputs[m]
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                got = f"{x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+                raise FlowkitError(f"model {self.model_name!r}: {m} must be a floating tensor, "
+                                   f"got {got}; pass it normalised as float (as ClipDataset "
+                                   "gives it: ImageNet-normalised rgb, flow / flow_bound)")
 
 
 def classification_loss(output: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

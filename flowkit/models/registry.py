@@ -79,9 +79,18 @@ def rebuild_model(name: str, **kw) -> VideoClassifier:
     """The classifier of a saved run (a checkpoint's ``model.kwargs``), built from keywords as
     they were accepted when the run was made: not typed again, so a run made before
     :func:`check_model_kwargs` existed (``offsets=1`` for true, say) still loads. Unknown names
-    still raise, and so does a file keyword whose file is gone (:func:`check_recorded_files`)."""
-    check_recorded_files(name, kw)
-    return _build(name, kw)
+    still raise, and so does a file keyword whose file is gone (:func:`check_recorded_files`).
+
+    Keywords of a part the run's model never built (``motionnet_weights`` with store flow,
+    recorded before models refused them: :meth:`VideoClassifier.unused_kwargs`) are dropped, not
+    refused: they never changed the model, so the rebuild is the one trained, and the run still
+    evaluates; ``model.model_kwargs`` keeps them as recorded."""
+    unused = MODELS.get(name).unused_kwargs(kw)
+    used = {key: value for key, value in kw.items() if key not in unused}
+    check_recorded_files(name, used)
+    model = _build(name, used)
+    model.model_kwargs = dict(kw)
+    return model
 
 
 def _build(name: str, kw: dict[str, Any]) -> VideoClassifier:
@@ -100,10 +109,18 @@ def rebuild_run_model(model: dict[str, Any], *, restoring: bool) -> VideoClassif
     architecture (retrained under the same name), changes nothing. Otherwise
     :func:`rebuild_model`'s error says where the run expected the file.
     """
+    if not isinstance(model, dict) or not isinstance(model.get("kwargs"), dict) \
+            or not isinstance(model.get("name"), str):
+        whole = isinstance(model, dict) and isinstance(model.get("model"), dict)
+        raise FlowkitError("rebuild_run_model takes a run's model entry, a dict with name and "
+                           f"kwargs; got {_shown(model)}"
+                           + (" (a whole run config?); pass its model entry: "
+                              "rebuild_run_model(config['model'], ...)" if whole else
+                              "; pass config['model'] of the run's config.json (json.load)"))
     name, kw = model["name"], dict(model["kwargs"])
     without = model.get("kwargs_without_files")
     if restoring and isinstance(without, dict):
-        built = _build(name, dict(without))
+        built = rebuild_model(name, **without)  # (its file keywords are None: nothing to read)
         built.model_kwargs = kw  # the run's own keywords, recorded again as they were
         return built
     return rebuild_model(name, **kw)
@@ -115,12 +132,18 @@ def load_run_weights(model: VideoClassifier, recorded: dict[str, Any], state: di
     rebuilt by :func:`rebuild_run_model` from the run's ``model`` entry ``recorded``.
     FlowkitError when they do not fit; for a model rebuilt from a file keyword's file (a run
     recorded before ``kwargs_without_files``) it says that file now holds another architecture
-    than the run was trained from (retrained under the same name)."""
+    than the run was trained from (retrained under the same name). ``state`` may be the whole
+    flowkit checkpoint (``torch.load(last.pt)``): its ``model`` weights are loaded."""
+    from ..checkpoints import state_dict_of
+
+    state = state_dict_of(state, source)  # a whole checkpoint: its weights, not its other keys
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+        if len(detail) > 300:  # torch lists every missing key: one line, not a screenful
+            detail = detail[:300] + " ..."
         name, kw = recorded["name"], recorded["kwargs"]
         # a file the rebuild read (one that is gone failed the rebuild already)
         read = [] if isinstance(recorded.get("kwargs_without_files"), dict) else [
@@ -130,6 +153,14 @@ def load_run_weights(model: VideoClassifier, recorded: dict[str, Any], state: di
                "back at that path" if read else "")
         raise FlowkitError(f"the weights of {source} do not fit the model rebuilt from the run's "
                            f"keywords ({detail}){why}") from None
+
+
+def _shown(obj: Any) -> str:
+    """``obj`` in a message: a dict by its keys (a config.json would fill the screen)."""
+    if isinstance(obj, dict):
+        keys = list(obj)
+        return f"a dict of {', '.join(map(str, keys[:6]))}{', ...' if len(keys) > 6 else ''}"
+    return type(obj).__name__
 
 
 def missing_files(name: str, kw: dict[str, Any]) -> list[str]:

@@ -41,7 +41,9 @@ Where the trajectories come from (``flow_source``):
     is rebuilt (``flowkit evaluate``, ``--resume``; it fixes MotionNet's architecture), so keep it
     where it was: ``flowkit train`` records it by absolute path.
 
-With MotionNet the backward flow is always derived.
+With MotionNet the backward flow is always derived. MotionNet's keywords (``motionnet_weights``,
+``motionnet_width``, ``motionnet_frames``, ``gamma``) with ``flow_source="store"`` are refused:
+nothing would read them.
 
 ``offsets=True`` also feeds the BatchNorm-normalised trajectory offsets to the trajectory conv as
 extra input channels (the paper's "trajectory offsets as motion features").
@@ -117,6 +119,8 @@ class TrajectoryNet(ResNet3dClassifier):
     Outputs: ``logits`` (B, K); ``aux_loss`` (scalar, already weighted) with ``"motionnet"``.
     """
     file_kwargs = ("motionnet_weights",)
+    part_kwargs = {key: ("flow_source", "motionnet") for key in
+                   ("gamma", "motionnet_weights", "motionnet_width", "motionnet_frames")}
 
     def __init__(self, num_classes: int, depth: int = 18, width: int = 64,
                  layers: Optional[Sequence[int]] = None, dropout: float = 0.0,
@@ -139,6 +143,10 @@ class TrajectoryNet(ResNet3dClassifier):
         if backward_flow == "store" and flow_source != "store":
             raise FlowkitError("trajectorynet backward_flow='store' reads the store's backward "
                                "flow beside its forward flow: it needs flow_source='store'")
+        # MotionNet's keywords with store flow: recorded with the run, never read
+        self.refuse_unused(flow_source=flow_source, gamma=gamma,
+                           motionnet_weights=motionnet_weights, motionnet_width=motionnet_width,
+                           motionnet_frames=motionnet_frames)
         self.flow_source, self.flow_pool, self.gamma = flow_source, flow_pool, float(gamma)
         self.backward_flow = backward_flow
         self.trajectory_block = trajectory_block or self._default_block()

@@ -24,7 +24,9 @@ flow of a clip frame always spans one video frame): the paper's "TV-L1 flow as i
 as ``resnet2d``) and fuses the two streams late, softmax scores averaged with ``fusion`` =
 (RGB weight, motion weight), the paper's 1:2 by default; each stream keeps its own cross-entropy.
 
-With ``flow_source="tvnet"`` the model needs only RGB, for training and for evaluation.
+With ``flow_source="tvnet"`` the model needs only RGB, for training and for evaluation. With
+``"store"`` TVNet's keywords (``tvnet_weights``, ``freeze_tvnet``, ``tvnet_*``, ``flow_lambda``)
+are refused: no TVNet is built to read them.
 
 ``frames`` is the clip length T (``flowkit train`` passes ``--frames``); the pairs are consecutive
 clip frames, so with ``--step S`` TVNet's flow spans S video frames (the store's stays one), and with TSN ``--segments`` pairs
@@ -83,6 +85,9 @@ class TVNetClassifier(VideoClassifier):
     ``stream_logits`` ``[rgb, motion]`` with ``rgb_stream``.
     """
     file_kwargs = ("tvnet_weights",)
+    part_kwargs = {key: ("flow_source", "tvnet") for key in
+                   ("flow_lambda", "tvnet_lr_scale", "freeze_tvnet", "tvnet_scales", "tvnet_warps",
+                    "tvnet_iterations", "tvnet_weights")}
 
     def __init__(self, num_classes: int, frames: int = 16, depth: int = 18, width: int = 64,
                  layers: Optional[Sequence[int]] = None, dropout: float = 0.0,
@@ -95,6 +100,11 @@ class TVNetClassifier(VideoClassifier):
         if flow_source not in FLOW_SOURCES:
             raise FlowkitError(f"tvnet flow_source must be one of {', '.join(FLOW_SOURCES)}, got "
                                f"{flow_source!r}")
+        # TVNet's keywords with store flow: recorded with the run, never read
+        self.refuse_unused(flow_source=flow_source, flow_lambda=flow_lambda,
+                           tvnet_lr_scale=tvnet_lr_scale, freeze_tvnet=freeze_tvnet,
+                           tvnet_scales=tvnet_scales, tvnet_warps=tvnet_warps,
+                           tvnet_iterations=tvnet_iterations, tvnet_weights=tvnet_weights)
         if int(frames) < 2:
             raise FlowkitError(f"tvnet needs clips of at least 2 frames (consecutive pairs), got "
                                f"frames={frames}; pass --frames 2 or more")
@@ -204,11 +214,12 @@ class TVNetClassifier(VideoClassifier):
         # The unrolled TV-L1 iterations run in float32 also under AMP (float16 would lose them).
         with torch.autocast(rgb.device.type, enabled=False):
             i0, i1 = self.tvnet_pairs(rgb.float())
+            # [0, 255] by tvnet_pairs: no intensity check (a dark clip must not stop training)
             if self.freeze_tvnet:
                 with torch.no_grad():
-                    flow = self.tvnet(i0, i1)
+                    flow = self.tvnet(i0, i1, check=False)
             else:
-                flow = self.tvnet(i0, i1)
+                flow = self.tvnet(i0, i1, check=False)
                 if self.flow_lambda > 0:
                     aux = self.flow_lambda * flow_loss(i0, i1, flow, self.tvnet.config.lambda_)
         b = rgb.shape[0]

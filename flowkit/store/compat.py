@@ -24,6 +24,14 @@ REFERENCE_VIDEOS = 3
 LOSSLESS = ("float16", "raw")
 
 
+def param_option(key: str, value: Any) -> str:
+    """The ``flowkit extract`` option that sets engine parameter ``key`` to the stored ``value``:
+    ``--weights PATH``, ``--param key=JSON``, or ``no ...`` for None."""
+    if key == "weights":
+        return f"--weights {value}" if value else "no --weights"
+    return f"no --param {key}" if value is None else f"--param {key}={json.dumps(value)}"
+
+
 @dataclass(frozen=True)
 class Request:
     """What a run would write: frame ``size`` (None, short side, or ``(H, W)``), ``step``, whether
@@ -163,14 +171,8 @@ class Comparison:
                     opts.append(f"--weights FILE (a file whose weights_sha256 is {value}; "
                                 f"{self.request.engine['params'].get('weights')} holds other "
                                 "weights now)")
-                if key not in self.request.param_names:
-                    continue
-                if key == "weights":
-                    opts.append(f"--weights {value}" if value else "no --weights")
-                elif value is None:
-                    opts.append(f"no --param {key}")
-                else:
-                    opts.append(f"--param {key}={json.dumps(value)}")
+                if key in self.request.param_names:
+                    opts.append(param_option(key, value))
         return list(dict.fromkeys(o for o in opts if o))
 
     def _codec(self, option: str) -> str:

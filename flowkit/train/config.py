@@ -214,6 +214,8 @@ def merge_for_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
 
     Options in :data:`RESUMABLE_CHANGES` may change; any other given option must equal the saved
     value, else FlowkitError names it (resuming with another learning rate or model is a new run).
+    File keywords of ``model_kwargs`` (``tvnet_weights=w.pt``) are compared as absolute paths, as
+    the run recorded them: the same command plus ``--resume`` names the same file.
     """
     values = saved.to_dict()
     conflicts = []
@@ -221,6 +223,10 @@ def merge_for_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
         if key not in values:
             raise FlowkitError(f"unknown training option {key!r}")
         new = TrainConfig(**{**values, key: value}).to_dict()[key]  # normalise tuples etc.
+        if key == "model_kwargs":
+            new = _absolute_files(given.get("model", saved.model), new)
+            if new == _absolute_files(saved.model, values[key]):  # (older runs: relative)
+                continue
         if new == values[key]:
             continue
         if key in RESUMABLE_CHANGES:
@@ -232,3 +238,12 @@ def merge_for_resume(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
                            "; leave these options out (they come from config.json) or start a new "
                            f"run; only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
     return TrainConfig.from_dict(values)
+
+
+def _absolute_files(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with model ``model``'s file keywords as absolute paths (how a run records them;
+    :func:`flowkit.models.registry.absolute_file_kwargs`); unchanged for an unknown model, which
+    the resumed run refuses by name."""
+    from ..models.registry import MODELS, absolute_file_kwargs  # torch: only when resuming
+
+    return absolute_file_kwargs(model, kwargs) if model in MODELS else dict(kwargs)

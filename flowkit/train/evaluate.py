@@ -157,6 +157,14 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
     path = Path(checkpoint)
     if checkpoint in ("best", "last"):
         path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+        last = path.with_name("last.pt")
+        if not path.is_file() and last.is_file():
+            # Stopped inside its first epoch (best.pt is written at each epoch's end): the
+            # run exists, so `flowkit train --out RUN` without --resume would be refused.
+            raise FlowkitError(f"{path} does not exist but {last} does (the run stopped before "
+                               f"its first epoch ended); evaluate it with --checkpoint last, or "
+                               f"finish training with `flowkit train ... --out {run_dir} "
+                               f"--resume`")
         if not path.is_file():
             raise FlowkitError(f"{path} does not exist; train the run first (`flowkit train ... "
                                f"--out {run_dir}`)")
@@ -334,7 +342,10 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     ``skip_missing`` leaves out listed videos the store lacks instead of refusing the lists
     (default: as the run was trained, ``--skip-missing``); ``not_in_store`` in the report counts
     them and a note names a few, so the score says it is over fewer videos than listed.
-    ``batch_size`` counts videos (each of V = clips x crops views). ``out_dir`` (default
+    ``batch_size`` counts videos (each of V = clips x crops views). A run trained without flips
+    (``--no-flip``: a mirror may change its classes) is not scored on mirrored views: ``crops=10``
+    is then the 5 unmirrored crops (the report's ``crop_views``, ``mirrored_views`` and
+    ``views`` say so). ``out_dir`` (default
     ``RUN_DIR/eval``) receives ``eval.json``, ``confusion.json`` and ``confusion.png``; pass
     ``out_dir=False`` to write nothing.
     """
@@ -398,7 +409,8 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         "store": str(store_path), "split": split_desc, "num_videos": len(keys),
         "not_in_store": len(absent),
         "training_videos": training, "held_out": training == 0,
-        "clips": clips, "crops": crops, "views": clips * crops,
+        "clips": clips, "crops": crops, "crop_views": dataset.crops,
+        "mirrored_views": crops == 10 and bool(config.flip), "views": clips * dataset.crops,
         "top1": acc[1], "top5": acc[5], "mean_class_accuracy": mean_class_accuracy(confusion),
         "per_class_accuracy": {c: (None if np.isnan(a) else float(a))
                                for c, a in zip(classes, per_class)},
@@ -420,5 +432,5 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                            title=f"{run_config['model']['name']}: top-1 {100 * acc[1]:.1f}%")
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2) + "\n")
     return EvalResult(top1=acc[1], top5=acc[5], mean_class_accuracy=report["mean_class_accuracy"],
-                      num_videos=len(keys), views=clips * crops, confusion=confusion, out_dir=out,
-                      report=report)
+                      num_videos=len(keys), views=report["views"], confusion=confusion,
+                      out_dir=out, report=report)

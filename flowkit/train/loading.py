@@ -197,7 +197,8 @@ def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips:
     """A ClipDataset of ``keys`` with the inputs (and flow stack) ``model`` needs (``classes``:
     the run's, when the store may number them otherwise: :class:`~flowkit.data.ClipDataset`),
     its flow divided by the run's ``config.flow_bound`` (None, a run recorded before it: by the
-    store's bound).
+    store's bound). Test views (``train=False``) of a run trained with ``config.flip`` off have no
+    mirrored ones: ``crops=10`` makes 5 views (``dataset.crops``).
 
     Raises FlowkitError at once when the store lacks a modality the model needs.
     """
@@ -208,7 +209,9 @@ def make_dataset(store, keys, config: TrainConfig, model, *, train: bool, clips:
         transform = train_transform(config.size, scales=config.scales, flip=config.flip)
     else:
         sampler = test_sampler(config, clips)
-        transform = test_transform(config.size, crops=crops)
+        # A run trained without flips (a mirror changes its classes: left vs right) is not
+        # tested on mirrored views either: ten-crop keeps its 5 unmirrored ones.
+        transform = test_transform(config.size, crops=crops, flip=config.flip)
     kw = {"views": True} if views else {}
     return ClipDataset(store, keys, inputs=tuple(model.inputs), sampler=sampler,
                        transform=transform, flow_name=config.flow_name,

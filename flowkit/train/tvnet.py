@@ -204,7 +204,7 @@ def train_epoch(net: TVNet, optimizer, samples: list[Sample], indices: list[int]
         i0, i1, gt, valid = _stack(samples, idx, device)
         if gt is None and not unsupervised:
             raise FlowkitError("supervised training needs ground-truth flow; use --unsupervised")
-        flow = net(i0, i1)
+        flow = net(i0, i1, check=False)  # [0, 255] samples; a dark pair must not stop training
         loss = _loss(net, flow, i0, i1, gt, valid, unsupervised)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -231,7 +231,7 @@ def evaluate(net: TVNet, samples: list[Sample], indices: list[int], batch: int,
     loss_sum, count, epe_sum, epe_n = 0.0, 0, 0.0, 0
     for idx in batches(samples, indices, batch, None):
         i0, i1, gt, valid = _stack(samples, idx, device)
-        flow = net(i0, i1)
+        flow = net(i0, i1, check=False)
         if unsupervised or gt is not None:
             weight = len(idx) if unsupervised else int(valid.sum())
             loss_sum += float(_loss(net, flow, i0, i1, gt, valid, unsupervised)) * weight
