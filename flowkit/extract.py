@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import math
 import multiprocessing as mp
+import numbers
 import os
 import signal
 import threading
@@ -29,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -145,6 +146,10 @@ class ExtractSummary:
     #: stopped by a request (Ctrl-C, SIGTERM: the summary :class:`Stopped` carries), not an error
     interrupted: bool = False
     not_started: int = 0    # videos of this shard never started because of that
+    #: videos a stop request found in progress, their work discarded (a rerun restarts them), and
+    #: the frame pairs computed for them
+    in_progress: int = 0
+    discarded_pairs: int = 0
     #: seconds before the first video started (engine, store check, scan of the store): not in
     #: ``pairs_per_s``, which covers the same window as the progress bar's rate
     setup_seconds: float = 0.0
@@ -174,6 +179,8 @@ class ExtractSummary:
         return cls(first.store, first.method, results, max(p.seconds for p in parts),
                    notes=[n for p in parts for n in p.notes], backend=first.backend, ranks=ranks,
                    stopped="; ".join(stopped), not_started=sum(p.not_started for p in parts),
+                   in_progress=sum(p.in_progress for p in parts),
+                   discarded_pairs=sum(p.discarded_pairs for p in parts),
                    interrupted=any(p.interrupted for p in parts),
                    labels_filled=sum(p.labels_filled for p in parts),
                    setup_seconds=min(ran) if ran else max(p.setup_seconds for p in parts))
@@ -200,6 +207,7 @@ class ExtractSummary:
                 "pairs_per_s": (round(self.pairs / (self.seconds - self.setup_seconds), 3)
                                 if self.seconds > self.setup_seconds else None),
                 "notes": self.notes, "stopped": self.stopped, "not_started": self.not_started,
+                "in_progress": self.in_progress, "discarded_pairs": self.discarded_pairs,
                 "interrupted": self.interrupted,
                 **({"ranks": self.ranks} if self.ranks else {}),
                 "videos": [asdict(r) for r in self.results]}
@@ -227,16 +235,28 @@ def shard_items(items: Sequence[VideoItem], config: ExtractConfig,
     of the balanced plan (an array task), or torchrun's rank's share; with both, share i split
     again over the torchrun ranks, so the array's tasks and their ranks never overlap
     (collective under torchrun)."""
+    share, count, _ = _share(items, config, shard)
+    return share, count
+
+
+def _share(items: Sequence[VideoItem], config: ExtractConfig, shard: tuple[int, int] | None
+           ) -> tuple[list[VideoItem], int, ShardPlan | None]:
+    """:func:`shard_items` and the plan it took the share from (its expected pairs per video),
+    None when the list is not shared: no video is probed then."""
     rank, world = shard_from_env()
     select_shard(items, (rank, world))
     if shard is None:
-        return (shard_plan(items, config, world).share(rank) if world > 1 else list(items)), world
+        if world == 1:
+            return list(items), 1, None
+        plan = shard_plan(items, config, world)
+        return plan.share(rank), world, plan
     index, count = shard
     select_shard(items, shard)  # FlowkitError for an invalid shard
     if count == 1 and world == 1:
-        return list(items), 1
+        return list(items), 1, None
     plan = shard_plan(items, config, count)
-    return (plan.subplan(index, world).share(rank) if world > 1 else plan.share(index)), count * world
+    return (plan.subplan(index, world).share(rank) if world > 1 else plan.share(index)), \
+        count * world, plan
 
 
 def _device_for_rank(device: str) -> str:
@@ -328,6 +348,9 @@ _worker: dict = {}
 _POLL_S = 0.2
 # Seconds a worker has to exit after the run told it to.
 _EXIT_WAIT_S = 10.0
+# Seconds between a worker's reports of the frame pairs it computed: the parent's bar and log
+# lines move while a long video runs, for a few small messages a second.
+_PAIRS_EVERY_S = 0.25
 
 
 def _worker_init(store_path: str, config: ExtractConfig, threads: int, parent: int,
@@ -342,12 +365,35 @@ def _worker_init(store_path: str, config: ExtractConfig, threads: int, parent: i
     _worker["config"] = config
 
 
-def _worker_run(item: VideoItem) -> tuple[list[VideoResult], StoreWriteError | None]:
+class _PairReports:
+    """A worker's ``on_pairs``: the pairs of each engine call, sent to the parent as
+    ``("pairs", n)`` at most every ``every`` seconds of ``clock`` (the rest waits for the next
+    report or :meth:`flush`, which the worker calls before each video's result)."""
+
+    def __init__(self, conn: Connection, every: float = _PAIRS_EVERY_S, clock=time.monotonic):
+        self.conn, self.every, self.clock = conn, every, clock
+        self.unsent, self.sent = 0, clock()
+
+    def __call__(self, n: int) -> None:
+        self.unsent += n
+        if self.clock() - self.sent >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.unsent:
+            with contextlib.suppress(OSError):  # the parent is gone: the worker ends at its recv
+                self.conn.send(("pairs", self.unsent))
+            self.unsent = 0
+        self.sent = self.clock()
+
+
+def _worker_run(item: VideoItem, on_pairs=None
+                ) -> tuple[list[VideoResult], StoreWriteError | None]:
     """The item's result, and the store's refusal (disk full) that ended it, if any."""
     results = []
     try:
         for result in extract_items([item], _worker["store"], _worker["engine"], _worker["config"],
-                                    workers=2):
+                                    on_pairs, workers=2):
             results.append(result)
     except StoreWriteError as exc:
         return results, exc  # pickles by its message (errno is not needed past here)
@@ -357,14 +403,17 @@ def _worker_run(item: VideoItem) -> tuple[list[VideoResult], StoreWriteError | N
 def _worker_main(conn: Connection, store_path: str, config: ExtractConfig, threads: int,
                  parent: int, hung: dict) -> None:
     """A worker process: build the engine, say ``("ready", None)``, then extract each video the
-    parent sends and answer ``("result", (results, fatal))``, until it sends None. An error that
-    is no video's goes back as ``("error", exc)``; one in starting as ``("failed", message)``."""
+    parent sends and answer ``("result", (results, fatal))``, until it sends None; meanwhile
+    ``("pairs", n)``, the frame pairs computed, a few times a second (:class:`_PairReports`). An
+    error that is no video's goes back as ``("error", exc)``; one in starting as
+    ``("failed", message)``."""
     try:
         _worker_init(store_path, config, threads, parent, hung)
     except Exception as exc:
         conn.send(("failed", str(exc) or type(exc).__name__))
         return
     conn.send(("ready", None))
+    reports = _PairReports(conn)
     while True:
         try:
             item = conn.recv()
@@ -373,7 +422,10 @@ def _worker_main(conn: Connection, store_path: str, config: ExtractConfig, threa
         if item is None:
             return
         try:
-            conn.send(("result", _worker_run(item)))
+            reports.flush()  # the time before the first report starts now
+            outcome = _worker_run(item, reports)
+            reports.flush()  # every pair counted before the result
+            conn.send(("result", outcome))
         except Exception as exc:  # a bug, not a bad video: the parent stops the run with it
             conn.send(("error", exc))
             return
@@ -388,6 +440,7 @@ class _Worker:
     ready: bool = False
     item: VideoItem | None = None
     taken: int = 0          # videos handed to it so far
+    pairs: int = 0          # frame pairs it reported for the video it holds
     replacement: bool = False  # started in place of a worker that died
     #: why it could not start (it sent ``("failed", reason)``), "" otherwise
     failed: str = ""
@@ -410,7 +463,7 @@ class _Worker:
         except OSError:  # it died meanwhile: the caller finds it dead, holding nothing
             pending.append(item)
             return
-        self.item = item
+        self.item, self.pairs = item, 0
         self.taken += 1
 
     def messages(self) -> list[tuple[str, object]]:
@@ -510,13 +563,15 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
             sorted class folders: a store's stand-in name ``class_<i>`` (an id its list named no
             folder for) then takes this run's name for id i.
         shard: ``(index, count)``; defaults to torchrun's ``RANK`` / ``WORLD_SIZE``.
-        progress: :class:`~flowkit.progress.Progress` (tasks "videos" and "frame pairs", a line
-            per failed video, and first a bar over finished videos new to the store's index);
-            silent by default.
+        progress: :class:`~flowkit.progress.Progress` (tasks "videos" and "frame pairs", the
+            latter refreshed while long videos run and with a total when the run is sharded:
+            :class:`_PairsBar`; a line per failed video, and first a bar over finished videos
+            new to the store's index); silent by default.
         stop: a :class:`~flowkit.progress.StopFlag`; once set, the run stops at the next chunk,
             discards the videos in flight cleanly and raises :class:`~flowkit.progress.Stopped`,
             whose ``summary`` attribute is the :class:`ExtractSummary` of what finished
-            (``interrupted`` True, ``stopped`` the stop's reason), for the caller to report.
+            (``interrupted`` True, ``stopped`` the stop's reason, the videos discarded in
+            ``in_progress``), for the caller to report.
 
     Returns:
         :class:`ExtractSummary` with one :class:`VideoResult` per item of this shard.
@@ -524,7 +579,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     started = time.perf_counter()
     progress = progress or Progress()
     stop = stop or StopFlag()
-    items, count = shard_items(items, config, shard)
+    items, count, plan = _share(items, config, shard)
     # Built before the store exists, so bad parameters fail once and leave nothing behind; worker
     # processes build their own.
     engine = build_engine(config)
@@ -562,7 +617,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     todo = [item for item in todo if item.key not in unstorable]
     setup = time.perf_counter() - started
     videos = progress.start("videos", total=len(items), completed=len(results))
-    pairs = progress.start("frame pairs")
+    pairs = _PairsBar(progress, todo, plan)
     for result in results:
         if result.status == "failed":
             progress.log(f"failed {result.reason}")
@@ -570,6 +625,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     try:
         for result in _run(todo, store, engine, config, pairs.advance, metas, stop, run_notes):
             results.append(result)
+            pairs.ended(result)
             videos.advance()
             if result.status == "failed":
                 progress.log(f"failed {result.reason}")
@@ -582,33 +638,89 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         # Still raised (a KeyboardInterrupt: callers that let Ctrl-C through keep doing so), but
         # with what finished, which `flowkit extract --json` prints before exiting 130 / 143.
         videos.close()
-        pairs.close()
+        pairs.close(finished=False)
         exc.summary = _summary(items, results, store, config, backend, started, setup,
-                               str(exc) or "interrupted", run_notes, labels, interrupted=True)
+                               str(exc) or "interrupted", run_notes, labels, interrupted=True,
+                               in_flight=getattr(exc, "in_flight", {}))
         raise
     videos.close()
-    pairs.close()
+    pairs.close(finished=not stopped)
     return _summary(items, results, store, config, backend, started, setup, stopped, run_notes,
                     labels)
+
+
+class _PairsBar:
+    """The "frame pairs" task. Its total is the shard plan's expected pairs of the videos to
+    compute (header frame counts, file sizes where a header has none) when the run has a plan: no
+    video is probed for a total alone. Those are estimates, so each video's gives way to the pairs
+    it yielded once its result is in (none for one failed or skipped), the total never shows
+    fewer pairs than were counted, and a run that ends makes it its count: the bar neither stops
+    short of its end nor runs past it."""
+
+    def __init__(self, progress: Progress, todo: Sequence[VideoItem], plan: ShardPlan | None):
+        self.expected = ({item.key: plan.costs[item.key] for item in todo}
+                         if plan is not None and plan.basis == "frame pairs" else None)
+        self.total = None if self.expected is None else sum(self.expected.values())
+        self.task = progress.start("frame pairs", total=self.total)
+
+    def advance(self, n: int) -> None:
+        """``n`` more pairs computed (0: none, but time passed: what is due is shown)."""
+        if n:
+            self._update(self.task.completed + n)
+        else:
+            self.task.refresh()
+
+    def ended(self, result: VideoResult) -> None:
+        """``result``'s video ended: its pairs replace its estimate in the total."""
+        if self.expected is not None and result.key in self.expected:
+            made = result.pairs if result.status == "done" else 0
+            self.total += made - self.expected.pop(result.key)
+            self._update(self.task.completed)
+
+    def close(self, finished: bool) -> None:
+        """``finished``: the run did all its videos (not stopped early)."""
+        if finished and self.total is not None:
+            self.task.update(total=self.task.completed)
+        self.task.close()
+
+    def _update(self, completed: int) -> None:
+        total = None if self.total is None else max(self.total, completed)
+        self.task.update(completed=completed, total=total)
 
 
 def _summary(items: Sequence[VideoItem], results: list[VideoResult], store: FlowStore,
              config: ExtractConfig, backend: str, started: float, setup: float, stopped: str,
              run_notes: list[str], labels: tuple[int, list[str]],
-             interrupted: bool = False) -> ExtractSummary:
+             interrupted: bool = False, in_flight: dict[str, int] | None = None
+             ) -> ExtractSummary:
     """The run's :class:`ExtractSummary`, results in ``items`` order; ``stopped``: why it ended
-    early ("" when it did not; the videos without a result then count as not started);
+    early ("" when it did not; the videos without a result then count as not started, but for
+    those of ``in_flight``, ``{key: pairs computed}`` of the videos a stop found in progress,
+    that had pairs computed: their work is discarded);
     ``labels``: the labels filled in and the notes on labels (:func:`settle_labels`)."""
     order = {item.key: i for i, item in enumerate(items)}
     results.sort(key=lambda r: order[r.key])
+    ended = {r.key for r in results}
+    discarded = [p for key, p in (in_flight or {}).items() if p and key not in ended]
     summary = ExtractSummary(str(store.path), config.flow_name, results,
                              time.perf_counter() - started, backend=backend, stopped=stopped,
                              setup_seconds=setup, interrupted=interrupted,
-                             not_started=len(items) - len(results) if stopped else 0,
+                             not_started=len(items) - len(results) - len(discarded)
+                             if stopped else 0,
+                             in_progress=len(discarded), discarded_pairs=sum(discarded),
                              labels_filled=labels[0])
-    summary.notes = (labels[1] + _size_notes(results, config) + _memory_notes(results, config)
+    summary.notes = (labels[1] + _unlabelled_notes(items, results)
+                     + _size_notes(results, config) + _memory_notes(results, config)
                      + _redo_notes(results, config) + run_notes)
     return summary
+
+
+def _unlabelled_notes(items: Sequence[VideoItem], results: list[VideoResult]) -> list[str]:
+    """The note on the videos without a label that the store holds or will: done or skipped
+    (not those that failed, which it lacks)."""
+    kept = {r.key for r in results if r.status in ("done", "skipped")}
+    return unlabelled_note([item.key for item in items if item.label < 0 and item.key in kept],
+                           "a Kinetics CSV or an mmaction2 video list")
 
 
 def settle_labels(store: FlowStore, items: Sequence[VideoItem], known: dict[str, dict],
@@ -619,15 +731,14 @@ def settle_labels(store: FlowStore, items: Sequence[VideoItem], known: dict[str,
     nothing recomputed (:meth:`FlowStore.fill_labels`); one held under a label keeps it, and its
     item carries that label, which a flow added to the video is committed with. Returns the items
     and ``(labels filled in, notes)``: those filled, those kept against this run's, labels that
-    could not be written (a damaged file), and the videos left without a label."""
+    could not be written (a damaged file); the note on the videos left without a label waits for
+    the results (:func:`_unlabelled_notes`: only those the store holds)."""
     stored = {key: int(meta.get("label", -1)) for key, meta in known.items()}
     filled, notes = fill_missing_labels(
         store, {item.key: (item.label, item.label_name) for item in items}, stored, progress)
     classes = store.classes
     items = [dataclasses.replace(item, label=stored[item.key], label_name=classes[stored[item.key]])
              if 0 <= stored.get(item.key, -1) < len(classes) else item for item in items]
-    unlabelled = [item.key for item in items if item.label < 0]
-    notes += unlabelled_note(unlabelled, "a Kinetics CSV or an mmaction2 video list")
     return items, (len(filled), notes)
 
 
@@ -670,7 +781,8 @@ def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractC
     the store's index."""
     if not (Path(store_path) / MANIFEST).is_file():
         return {}, set()
-    comparison = compare_with_store(FlowStore(store_path), [item.key for item in items],
+    store = FlowStore(store_path)
+    comparison = compare_with_store(store, [item.key for item in items],
                                     store_request(config, engine), progress)
     keys = {item.key for item in items}
     known = {k: m for k, m in comparison.metas.items() if k in keys}
@@ -684,7 +796,8 @@ def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractC
     # run starts at once; with it every video is checked, to be redone (its probe is little next
     # to the extraction this run makes of it anyway).
     counts = frame_count_mismatches(items, known, config, skip=mismatched | set(config.redo),
-                                    probes=None if config.redo_mismatched else COUNT_PROBES)
+                                    probes=None if config.redo_mismatched else COUNT_PROBES,
+                                    records_cut=lambda key: _records_its_cut(store, key))
     if counts and not config.redo_mismatched:
         raise StoreError(_frame_count_refusal(store_path, counts, config))
     return known, mismatched | set(counts)
@@ -700,14 +813,20 @@ COUNT_PROBES = 8
 
 def frame_count_mismatches(items: Sequence[VideoItem], known: dict[str, dict],
                            config: ExtractConfig, skip: set[str] = frozenset(),
-                           probes: int | None = None) -> dict[str, tuple[int, int]]:
+                           probes: int | None = None,
+                           records_cut: Callable[[str], bool] = lambda key: False
+                           ) -> dict[str, tuple[int, int]]:
     """``{key: (stored frames, frames this run makes)}`` of the finished videos among ``items``
     that this run adds flow to (another engine, ``backward``) whose stored frame count clearly
     differs from what this run makes of them (another ``max_frames``): the store would refuse
     each one after its flow is computed. The run's count comes from ``max_frames`` alone when the
     store holds more, else from the frame count the header declares (mp4, avi: a probe, no
     decoding; at most ``probes`` of them, None: all); where the header has only an estimate
-    (mkv, webm) the video is not checked here. ``skip``: keys replaced whole anyway (``redo``)."""
+    (mkv, webm) the video is not checked here. ``skip``: keys replaced whole anyway (``redo``).
+    ``records_cut(key)``: whether the stored video would record a ``max_frames`` cut
+    (:func:`_records_its_cut`); one that records none holds every frame its decoder gave, so a
+    header counting more (an mp4 edit list's trimmed frames, an avi's dropped ones) is no other
+    cut."""
     out = {}
     budget = [len(items) if probes is None else probes]
     for item in items:
@@ -716,9 +835,20 @@ def frame_count_mismatches(items: Sequence[VideoItem], known: dict[str, dict],
             continue
         stored = int(meta["num_frames"])
         made = _frames_made(item, config, stored, budget)
-        if made is not None:
+        if made is not None and not (meta.get("max_frames") is None and records_cut(item.key)):
             out[item.key] = (stored, made)
     return out
+
+
+def _records_its_cut(store: FlowStore, key: str) -> bool:
+    """Whether ``key``'s stored video would say so had ``--max-frames`` cut it: a flowkit that
+    records its version in a video (``flowkit_version``) records the cut too. A video of an
+    older flowkit may have been cut without a word. Reads one file: only videos whose header
+    counts clearly more frames than the store holds are asked."""
+    try:
+        return "flowkit_version" in store.meta(key)
+    except (OSError, StoreError):
+        return False  # unreadable: the header's count decides, as before
 
 
 def _frames_made(item: VideoItem, config: ExtractConfig, stored: int,
@@ -775,6 +905,9 @@ def _redo_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
 
 def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,
          on_pairs, metas: dict, stop: StopFlag, notes: list[str]) -> Iterable[VideoResult]:
+    """The results of ``todo``, in this process or over worker processes; ``on_pairs(n)`` as
+    frame pairs are computed (n 0: none, but time passed). A stop raises :class:`Stopped` with
+    ``in_flight``, ``{key: pairs computed}`` of the videos it discards (:func:`feed.run`)."""
     if config.workers == 1:
         yield from extract_items(todo, store, engine, config, on_pairs, metas=metas, stop=stop)
         return
@@ -793,7 +926,9 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
     removed here (:meth:`FlowStore.remove_dead_writer`), so that no other run, on another host
     above all, takes those videos for being extracted. A worker that dies while a stop is
     requested (SIGTERM to the whole process group, as Slurm sends at its time limit) is part of
-    the stop, not a lost video."""
+    the stop, not a lost video, and the stop's exception carries ``in_flight``, ``{key: pairs
+    reported}`` of the videos the workers held. ``on_pairs(n)`` with the pairs the workers
+    report, and ``on_pairs(0)`` at each poll (no news: time passed)."""
     threads = max(1, torch.get_num_threads() // config.workers)
     # spawn: a forked child would inherit torch's thread pools and open HDF5 handles.
     ctx = mp.get_context("spawn")
@@ -812,6 +947,7 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
                 if w.ready and w.item is None and pending:
                     w.give(pending)
             wait([w.conn for w in workers] + [w.process.sentinel for w in workers], _POLL_S)
+            on_pairs(0)  # time passed: the progress shows what is due while long videos run
             for w in list(workers):
                 yield from _serve(w, on_pairs)
                 if w.dead():
@@ -825,7 +961,9 @@ def _run_workers(todo: list[VideoItem], store: FlowStore, config: ExtractConfig,
                     yield from _lost(w, death, notes, len(workers) + replace, replace)
                     if replace:
                         workers.append(_Worker.start(ctx, args, replacement=True))
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # a stop: what it discards, for the summary
+            exc.in_flight = {w.item.key: w.pairs for w in workers if w.item is not None}
         for w in workers:
             w.process.terminate()
         raise
@@ -872,10 +1010,14 @@ def _serve(w: _Worker, on_pairs) -> Iterator[VideoResult]:
     """The results of what ``w`` has sent; raises what ended the run in it (a full disk, a bug,
     a first worker that could not start: the run's options are at fault). A replacement that
     could not start (the memory of the worker it replaces not yet free, say) is marked
-    ``failed`` and the run goes on without it."""
+    ``failed`` and the run goes on without it. ``on_pairs(n)`` as the worker reports pairs
+    computed (its results' pairs were reported before them)."""
     for kind, payload in w.messages():
         if kind == "ready":
             w.ready = True
+        elif kind == "pairs":
+            w.pairs += payload
+            on_pairs(payload)
         elif kind == "failed" and w.replacement:
             w.failed = f"a new worker process could not start ({payload})"
             w.process.join(_EXIT_WAIT_S)  # it returns right after saying so
@@ -889,10 +1031,7 @@ def _serve(w: _Worker, on_pairs) -> Iterator[VideoResult]:
         else:
             results, fatal = payload
             w.item = None
-            for result in results:
-                if result.pairs:
-                    on_pairs(result.pairs)
-                yield result
+            yield from results
             if fatal is not None:
                 raise fatal
 
@@ -927,11 +1066,15 @@ def _memory_notes(results: list[VideoResult], config: ExtractConfig) -> list[str
 
 
 def _size_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
-    """One line per video stored at a size different from the majority (only without ``size``)."""
+    """One line per video stored at a size different from the majority: without ``size``, or
+    with a short side, which keeps each video's aspect ratio (only ``HxW`` makes one size)."""
     sizes = [r.size for r in results if r.status == "done" and r.size]
-    if config.size is not None or not sizes:
+    if (config.size is not None and not isinstance(config.size, numbers.Integral)) or not sizes:
         return []
     common = max(set(sizes), key=sizes.count)
+    kept = (f": --size {config.size} sets the short side and keeps each video's aspect ratio"
+            if config.size is not None else "")
     return [f"{r.source}: stored at {r.size[0]}x{r.size[1]}, unlike most videos "
-            f"({common[0]}x{common[1]}); pass --size to store all videos at one size"
+            f"({common[0]}x{common[1]}){kept}; pass --size HxW (e.g. --size "
+            f"{common[0]}x{common[1]}) to store all videos at one size"
             for r in results if r.status == "done" and r.size and r.size != common]

@@ -432,7 +432,8 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     the flow (none given: the run knows nothing of the store and claims no such thing).
     ``should_stop()`` raises KeyboardInterrupt when the run must stop, in which
     case the videos in flight are discarded cleanly and the interrupt propagates, after the
-    results of the videos committed meanwhile (every video the store holds gets its result).
+    results of the videos committed meanwhile (every video the store holds gets its result);
+    the interrupt's ``in_flight`` is ``{key: pairs computed}`` of the videos fed until then.
     ``decode(item, opts) -> (VideoInfo, frames)`` replaces PyAV (:func:`decode_video`), e.g. to
     feed frames made in memory. ``redo``: keys whose finished file is replaced whole (RGB
     included), e.g. because it is damaged. Raises :class:`~flowkit.errors.StoreWriteError` when
@@ -489,6 +490,9 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
                 writer.finish()
         except RuntimeError:  # the writer died: the original error says more
             pass
+        if isinstance(exc, KeyboardInterrupt):  # a stop: the videos fed so far and their pairs,
+            # for the caller's summary (those without a result are discarded)
+            exc.in_flight = {job.item.key: job.pairs for job in jobs if job.frames}
         # The writer committed the videos whose end it had before the abort: their results go
         # out too (and the "already in the store" skips queued with them), or a stop's summary
         # would count as not started videos the store holds. Not failures: a video that failed

@@ -16,8 +16,17 @@ from typing import Iterable, Iterator, Sequence
 from .errors import FlowkitError
 from .files import escape_name, file_identity, walk_once
 
+# flowkit.video.VIDEO_EXTENSIONS, kept here so that scanning a folder imports no decoder
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
-                    ".wmv")
+                    ".wmv", ".ts", ".mts", ".m2ts", ".3gp", ".3g2", ".ogv", ".mxf", ".vob")
+#: What lies beside videos and is no video: files of these extensions (annotations, lists, text,
+#: images, audio, archives, a store's HDF5 files) and files without an extension (README) are
+#: skipped without a note; any other file a scan skips is counted in one (:func:`_unknown_note`).
+NOT_VIDEO_EXTENSIONS = frozenset(
+    ".txt .csv .tsv .json .jsonl .md .rst .xml .yaml .yml .log .pdf .html .srt .vtt .ass "
+    ".jpg .jpeg .png .bmp .gif .tif .tiff .webp .wav .mp3 .aac .m4a .flac .ogg "
+    ".zip .tar .gz .tgz .bz2 .xz .7z .rar .md5 .sha1 .sha256 .npy .npz .pkl .pt .pth .h5 "
+    ".hdf5 .py .sh .tmp .partial".split())
 CLASS_INDEX = "classInd.txt"
 
 
@@ -129,6 +138,7 @@ def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> l
     gets a line in ``notes``."""
     found: list[PurePosixPath] = []
     seen_files: dict[tuple[int, int], PurePosixPath] = {}
+    unknown: list[Path] = []
     for dirpath, dirnames, filenames in walk_directories(root, notes):
         for d in dirnames:
             if d.lower().endswith(extensions):
@@ -136,6 +146,8 @@ def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> l
                              "inside)")
         for name in filenames:
             if not name.lower().endswith(extensions):
+                if Path(name).suffix.lower() not in NOT_VIDEO_EXTENSIONS | {""}:
+                    unknown.append(dirpath / name)
                 continue
             path = dirpath / name
             try:
@@ -156,7 +168,24 @@ def _walk_videos(root: Path, extensions: tuple[str, ...], notes: list[str]) -> l
                 continue
             seen_files[file_identity(st)] = rel = PurePosixPath(path.relative_to(root).as_posix())
             found.append(rel)
+    if unknown:
+        notes.append(_unknown_note(unknown, extensions))
     return found
+
+
+def _unknown_note(skipped: list[Path], extensions: tuple[str, ...]) -> str:
+    """One note for the files a scan skipped for their extension, neither a video's nor one of
+    :data:`NOT_VIDEO_EXTENSIONS`: how many, their extensions, an example, and what to do, so that
+    a camera's or a phone's videos of an unlisted format are not left out silently."""
+    kinds = sorted({p.suffix.lower() for p in skipped})
+    return (f"skipped {len(skipped)} file{'s' * (len(skipped) != 1)} whose extension "
+            f"({_some(kinds, 5)}) is not read as video, e.g. {skipped[0]}; videos are looked "
+            f"for as {_some(extensions, 6)}: rename such a video with one of these extensions")
+
+
+def _some(names, shown: int) -> str:
+    """The first ``shown`` of ``names``, comma-separated, with ", ..." when there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def safe_key(relative: PurePosixPath) -> str:
@@ -172,7 +201,9 @@ def scan_videos(root: str | os.PathLike, extensions: Sequence[str] | None = None
     directly under ``root`` are unlabelled (-1, ""). Hidden files and folders are skipped;
     ``extensions`` (default :data:`VIDEO_EXTENSIONS`) match case-insensitively. Skipped entries
     (link loops, a file reached twice, FIFOs, directories named like videos) are described in
-    ``notes`` when given. Non-UTF-8 file names get escaped keys (:func:`safe_key`).
+    ``notes`` when given, and so are, in one note, files skipped for an extension that is not
+    a video's (:data:`NOT_VIDEO_EXTENSIONS` excepted: annotations, images and the like beside the
+    videos are no news). Non-UTF-8 file names get escaped keys (:func:`safe_key`).
     """
     root = Path(root)
     if not root.is_dir():

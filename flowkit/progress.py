@@ -6,6 +6,7 @@ anything. It takes a :class:`Progress` and a :class:`StopFlag`::
     bar = progress.start("frame pairs", total=None)     # a counter; total=N makes it a bar
     bar.advance(8, loss=0.31)                           # n done, and fields shown beside it
     bar.update(completed=40, total=64, description="epoch 2/10")
+    bar.refresh()                                       # nothing done, time passed (a long item)
     bar.close()
     progress.log("epoch 2/10: loss 0.310")              # a line above the bars
     stop.check()                                        # raises Stopped once stop.set() was called
@@ -96,6 +97,12 @@ class Task:
             return None
         return max(0.0, (self.total - self.completed) / rate)
 
+    def refresh(self) -> None:
+        """Nothing more done, but time passed: show what is due (its elapsed time, rate and ETA,
+        :class:`LineProgress`'s periodic line), so that a long item does not freeze the display.
+        Work that waits on something slow calls it now and then."""
+        self.progress._refreshed(self)
+
     def close(self) -> None:
         self.progress._closed(self)
 
@@ -121,12 +128,16 @@ class Progress:
 
     def _changed(self, task: Task) -> None: ...
 
+    def _refreshed(self, task: Task) -> None: ...
+
     def _closed(self, task: Task) -> None: ...
 
 
 class LineProgress(Progress):
     """Plain lines: each log message, and each task's state at most every ``every`` seconds (and
-    when it closes). For log files, pipes and scripts."""
+    when it closes). For log files, pipes and scripts. A line is due every ``every`` seconds also
+    while nothing changes, if the work calls :meth:`Task.refresh` meanwhile (``every`` 0: a line
+    at each change, none without one)."""
 
     def __init__(self, stream: TextIO | None = None, every: float = 10.0):
         self.stream, self.every = stream or sys.stderr, float(every)
@@ -140,6 +151,10 @@ class LineProgress(Progress):
         if now - self._last.get(id(task), task.started) >= self.every:
             self._last[id(task)] = now
             self._line(task)
+
+    def _refreshed(self, task: Task) -> None:
+        if self.every > 0:
+            self._changed(task)
 
     def _closed(self, task: Task) -> None:
         self._last.pop(id(task), None)

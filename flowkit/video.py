@@ -39,7 +39,10 @@ __all__ = [
     "write_video",
 ]
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+# Containers PyAV decodes, camcorders' (AVCHD .mts/.m2ts, broadcast .ts, .mxf, DVD .vob) and
+# phones' (.3gp/.3g2) too; flowkit.labels keeps the same list (scanning imports no decoder).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+                    ".ts", ".mts", ".m2ts", ".3gp", ".3g2", ".ogv", ".mxf", ".vob")
 
 # A decoded count this far below the count the container declares means the file was cut short.
 # Headers are often off by a frame or two (mp4 edit lists drop leading frames, avi indexes count
@@ -53,6 +56,9 @@ _SHORTFALL_INTERVALS = 3
 
 # ffmpeg's "tty" demuxer renders any text file as a video of ANSI art; a text file is not a video.
 _NON_VIDEO_FORMATS = {"tty"}
+# Containers whose frame count spans the whole video, a chunk per frame interval, dropped frames
+# included (:func:`_counted_length`).
+_CHUNKED_FORMATS = {"avi"}
 
 
 @dataclass(frozen=True)
@@ -349,35 +355,47 @@ class _Timestamps:
         return min(steps), max(steps)
 
 
+def _clearly_fewer(found: int, declared: int) -> bool:
+    """Whether ``found`` frames fall short of ``declared`` by more than a header can be off."""
+    return declared - found > max(_SHORTFALL_FRAMES, int(_SHORTFALL_FRACTION * declared))
+
+
 def _check_count(path, decoded: int, declared: int | None) -> None:
     """Raise when clearly fewer frames decoded than the container counts."""
     if declared is None:
         return
-    allowed = max(_SHORTFALL_FRAMES, int(_SHORTFALL_FRACTION * declared))
-    if declared - decoded > allowed:
+    if _clearly_fewer(decoded, declared):
         raise _fail(path, f"truncated: decoded {decoded} of the {declared} frames the container "
                           "declares (file cut short or corrupt)")
 
 
-def _check_duration(path, decoded: int, stream, times: _Timestamps) -> None:
-    """Raise when the frames end clearly before the duration the container records (mkv, webm).
+def _reach(stream, times: _Timestamps, duration: float) -> tuple[float, bool]:
+    """``(seconds the frames reach, whether that is clearly short of duration)``, from the
+    timestamps (``times.span()`` must not be None).
 
-    The last frame's time is compared with the duration, with a few frame intervals of slack (the
+    The last frame's time is compared with ``duration``, with a few frame intervals of slack (the
     longer of the average rate's and the longest seen; the last frame lasts one), so a variable
     frame rate is no shortfall. Where the duration is a length and the frames start late, the
     last time is measured from 0, which can only hide a shortfall, never invent one."""
-    duration, span = _video_duration(stream), times.span()
-    if not duration:
-        return
-    if span is None:  # no timestamps: the duration x rate estimate is all there is to compare
-        _check_count(path, decoded, _declared_frames(stream))
-        return
-    first, last = span
+    first, last = times.span()
     reached = max(last, last - first)
     rate = float(stream.average_rate) if stream.average_rate else 0.0
     interval = max(1.0 / rate if rate else 0.0, (times.intervals() or (0.0, 0.0))[1])
     allowed = max(_SHORTFALL_INTERVALS * interval, _SHORTFALL_FRACTION * duration)
-    if duration - reached <= allowed:
+    return reached, duration - reached > allowed
+
+
+def _check_duration(path, decoded: int, stream, times: _Timestamps) -> None:
+    """Raise when the frames end clearly before the duration the container records (mkv, webm;
+    :func:`_reach`)."""
+    duration = _video_duration(stream)
+    if not duration:
+        return
+    if times.span() is None:  # no timestamps: the duration x rate estimate is all there is
+        _check_count(path, decoded, _declared_frames(stream))
+        return
+    reached, short = _reach(stream, times, duration)
+    if not short:
         return
     estimate = _declared_frames(stream)
     count = f" of the {estimate} frames its duration implies" if estimate else " frames"
@@ -385,19 +403,63 @@ def _check_duration(path, decoded: int, stream, times: _Timestamps) -> None:
                       f"{duration:.2f} s the container declares; file cut short or corrupt)")
 
 
-def _check_complete(path, decoded: int, stream, times: _Timestamps) -> None:
-    """Raise when the whole file decoded cleanly but clearly ended early: fewer frames than the
-    container counts (mp4, avi), or frames ending before the duration of a container that records
-    only a duration (mkv, webm; :func:`_check_duration`).
+def _counted_length(container, stream) -> float | None:
+    """Seconds a counted container (mp4, mov, avi) says its video lasts, None when unknown.
 
-    Truncated avi/mkv files end without any decoder error (the demuxer just meets end of file),
-    so this comparison is the only way to tell a cut file from a short one.
+    mp4/mov: the stream duration, which follows the edit list (a clip trimmed by ``ffmpeg -ss T
+    -c copy`` or a phone keeps the cut frames' samples, counted, but lasts as long as the frames
+    it shows) and survives a cut file (the sample table is whole). avi: the header count x the
+    frame interval (the time base: one chunk per interval, an empty chunk for a dropped frame),
+    since its demuxer's duration covers only the chunks the file still holds (a cut avi reports
+    a cut duration)."""
+    if container.format.name in _CHUNKED_FORMATS and stream.time_base is not None:
+        return float(_counted_frames(stream) * stream.time_base)
+    return _video_duration(stream)
+
+
+def _check_index(path, container, stream) -> None:
+    """Raise, before anything is decoded, when an avi's index holds clearly fewer chunks than
+    its header counts frames: the file lost its tail (the avi demuxer rebuilt the index from the
+    chunks left; a dropped frame is a chunk too, so it shortens neither). Header facts only, so
+    free. A cut mp4 (its sample table still lists every frame) or mkv (its header still records
+    the whole duration) shows nothing before decoding: :func:`_check_complete` tells them."""
+    counted = _counted_frames(stream)
+    if (counted is None or container.format.name not in _CHUNKED_FORMATS
+            or stream.duration is None):
+        return
+    indexed = int(stream.duration)  # in the time base: one chunk per frame interval
+    if _clearly_fewer(indexed, counted):
+        raise _fail(path, f"truncated: its index holds {indexed} of the {counted} frames the "
+                          "header declares (file cut short or corrupt)")
+
+
+def _check_complete(path, decoded: int, container, stream, times: _Timestamps) -> None:
+    """Raise when the whole file decoded cleanly but clearly ended early: frames ending before
+    the duration of a container that records only a duration (mkv, webm; :func:`_check_duration`),
+    or, for a container that counts its frames (mp4, avi), fewer frames than it counts that also
+    end clearly before its length (:func:`_counted_length`).
+
+    The count alone is no proof: an mp4 edit list hides the frames a trim cut (1400 of 1500 shown),
+    an avi counts dropped frames (empty chunks) that decode to nothing, and both files play
+    whole. A cut file loses the end of its timeline as well as frames. Truncated avi/mkv files
+    end without any decoder error (the demuxer just meets end of file), so this comparison is
+    the only way to tell a cut file from a short one.
     """
     counted = _counted_frames(stream)
-    if counted is not None:
-        _check_count(path, decoded, counted)
-    else:
+    if counted is None:
         _check_duration(path, decoded, stream, times)
+        return
+    length = _counted_length(container, stream)
+    if not length or times.span() is None:  # no timeline to tell: the count alone decides
+        _check_count(path, decoded, counted)
+        return
+    if not _clearly_fewer(decoded, counted):
+        return
+    reached, short = _reach(stream, times, length)
+    if short:
+        raise _fail(path, f"truncated: decoded {decoded} of the {counted} frames the container "
+                          f"declares (frames end at {reached:.2f} s of its {length:.2f} s; file "
+                          "cut short or corrupt)")
 
 
 def iter_frames(
@@ -420,10 +482,11 @@ def iter_frames(
         max_frames: stop after yielding this many frames (``None``: all).
         gray: yield luma ``(H, W)`` instead of RGB ``(H, W, 3)``. Luma is the decoder's own Y plane
             converted to full range, which skips chroma upsampling and colour conversion.
-        strict: when the whole video was decoded, compare the count with the one the container
-            declares (or, where it records only a duration, the last frame's time with the
-            duration) and raise on a clear shortfall (a truncated file). Turn off only for files
-            whose headers are known to be wrong.
+        strict: when the whole video was decoded, compare the last frame's time with the
+            duration the container declares, and where it counts frames the count too, and
+            raise on a clear shortfall of both (a truncated file; :func:`_check_complete`). A cut
+            avi is refused before its first frame (its index is short: :func:`_check_index`).
+            Turn off only for files whose headers are known to be wrong.
         threads: decoder threads; 0 lets ffmpeg choose (one per core). Set 1 when many decoding
             processes already share the machine, to avoid oversubscription.
         facts: a dict that receives what only decoding tells: ``rotation`` (degrees
@@ -449,6 +512,8 @@ def iter_frames(
     container, stream = _open(path)
     av = _av()
     with container:
+        if strict and max_frames is None:  # a cut avi fails before its frames are used
+            _check_index(path, container, stream)
         # Frame + slice threading: several times faster on multi-core machines for h264/hevc; the
         # added latency of frame threading is irrelevant when streaming a whole file. Frame threads
         # swallow some decoder errors (a truncated mp4 just ends early), which is one reason for the
@@ -498,7 +563,7 @@ def iter_frames(
             if decoded == 0:
                 raise _fail(path, "no frames could be decoded (empty or corrupt video stream)")
             if strict:
-                _check_complete(path, decoded, stream, times)
+                _check_complete(path, decoded, container, stream, times)
         finally:
             facts["decoded"] = decoded
             interval = times.intervals()

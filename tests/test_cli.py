@@ -116,9 +116,39 @@ def test_extract_json_of_a_stopped_run_says_what_finished(sample_videos, tmp_pat
     assert r.returncode == 143, r.stderr
     d = json.loads(r.stdout)
     assert d["interrupted"] is True and d["stopped"] == "terminated", d
-    assert 1 <= d["done"] < 4 and d["done"] + d["not_started"] == 4, d
+    assert 1 <= d["done"] < 4 and d["done"] + d["in_progress"] + d["not_started"] == 4, d
     assert "stopped early: terminated" in r.stderr, r.stderr
     assert "terminated (SIGTERM); finished work is kept" in r.stderr
+
+
+def test_a_stopped_summary_counts_the_video_in_progress_apart_from_those_not_started():
+    """SIGTERM mid video: the summary said "(1 videos not started)" where 720 frame pairs were
+    computed and discarded. It now says what was discarded and that a rerun restarts it, and
+    keeps "not started" for the videos never begun (--json: in_progress, discarded_pairs)."""
+    import io
+
+    from rich.console import Console
+
+    from flowkit.cli import extract as cli_extract
+    from flowkit.extract import ExtractSummary
+
+    def text(**counts) -> str:
+        console = Console(file=io.StringIO(), width=300, no_color=True)
+        cli_extract._print_summary(console, ExtractSummary("s", "tvl1", [], 3.0,
+                                                           stopped="terminated",
+                                                           interrupted=True, **counts))
+        return console.file.getvalue()
+
+    one = text(in_progress=1, discarded_pairs=720)
+    assert "stopped early: terminated (1 video in progress discarded with its 720 frame pairs, " \
+           "a rerun restarts it)" in one, one
+    assert "not started" not in one
+    assert "(2 videos in progress discarded with their 30 frame pairs, a rerun restarts them; " \
+           "1 video not started)" in text(in_progress=2, discarded_pairs=30, not_started=1)
+    assert "(3 videos not started)" in text(not_started=3)
+    part = ExtractSummary("s", "tvl1", [], 3.0, in_progress=1, discarded_pairs=720)
+    d = ExtractSummary.combine([part, part]).to_dict()  # the ranks' together
+    assert (d["in_progress"], d["discarded_pairs"], d["not_started"]) == (2, 1440, 0)
 
 
 def test_extract_json_keeps_the_scan_notes_and_the_text_says_them_once(sample_videos, tmp_path,
@@ -150,6 +180,20 @@ def test_extract_json_keeps_the_scan_notes_and_the_text_says_them_once(sample_vi
     cli_extract._report_stop(Console(file=io.StringIO()), stopped,
                              [stopped.summary, stopped.summary], True, ["b.mp4: skipped"])
     assert json.loads(capsys.readouterr().out)["notes"] == ["b.mp4: skipped"]
+
+
+def test_a_folder_of_only_unread_extensions_says_what_the_scan_skipped(tmp_path):
+    """A camera's folder whose every file has an extension not read as video: "no video files
+    found" carries the scan's note (what it skipped, an example, the fix), which the error would
+    otherwise hide, as it ends the run before notes are printed."""
+    root = tmp_path / "cam"
+    root.mkdir()
+    (root / "clip0001.xyz").write_bytes(b"\0" * 16)
+    (root / "readme.txt").write_text("not a video")
+    r = run_cli("extract", root, "-o", tmp_path / "s")
+    assert r.returncode == 2, r.stderr
+    assert "no video files found" in r.stderr and "skipped 1 file" in r.stderr, r.stderr
+    assert "clip0001.xyz" in r.stderr and "readme" not in r.stderr, r.stderr
 
 
 def test_a_sigterm_while_gathering_the_ranks_summaries_exits_143(tmp_path, monkeypatch):

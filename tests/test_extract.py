@@ -18,6 +18,7 @@ from flowkit.errors import FlowkitError, StoreError
 from flowkit.extract import ExtractConfig, extract, select_shard, shard_from_env
 from flowkit.files import stamp
 from flowkit.labels import scan_videos
+from flowkit.progress import Progress
 from flowkit.samples import make_sample_videos, sample_specs
 from flowkit.store import FlowStore
 from flowkit.store.index import load_index
@@ -351,7 +352,7 @@ def test_another_max_frames_is_refused_before_computing(items, tmp_path):
     extract(videos[:2], path, _config(max_frames=3), classes=classes)
     for file in (path / "videos").rglob("*.h5"):  # as an older flowkit wrote them
         with h5py.File(file, "a") as f:
-            del f.attrs["max_frames"]
+            del f.attrs["max_frames"], f.attrs["flowkit_version"]
     before = _stamps(path)
     with pytest.raises(StoreError) as refused:
         extract(videos[:2], path, _config(backward=True), classes=classes)
@@ -365,6 +366,30 @@ def test_another_max_frames_is_refused_before_computing(items, tmp_path):
                      classes=classes)
     assert [(r.status, r.frames) for r in redone.results] == [("done", T)], redone.results
     assert FlowStore(path).meta(videos[1].key)["num_frames"] == T
+
+
+def test_a_header_counting_frames_a_trim_hid_is_no_other_max_frames(tmp_path):
+    """An mp4 whose edit list hides 10 of its 40 counted frames (a trimmed clip) holds 30 frames
+    in the store, recorded without a cut: adding backward flow is not refused as "made with
+    another --max-frames" (the header's 40 is no cut the store made). A video of a flowkit that
+    did not record its cuts (no ``flowkit_version``) still is."""
+    import h5py
+
+    from flowkit.labels import VideoItem
+    from test_video import _trimmed_mp4
+
+    source = _trimmed_mp4(tmp_path / "trimmed.mp4", 40, 10)
+    video = VideoItem(path=source, key="trimmed", label=-1, label_name="")
+    path = tmp_path / "s"
+    first = extract([video], path, _config())
+    assert [(r.status, r.frames) for r in first.results] == [("done", 30)], first.results
+    added = extract([video], path, _config(backward=True))
+    assert [(r.status, r.frames) for r in added.results] == [("done", 30)], added.results
+    assert set(FlowStore(path).meta("trimmed")["flows"]) == {"tvl1", "tvl1_backward"}
+    with h5py.File(path / "videos" / "trimmed.h5", "a") as f:  # a flowkit recording no version's
+        del f.attrs["flowkit_version"], f["flow/tvl1_backward"]
+    with pytest.raises(StoreError, match=r"trimmed: 30 frames stored, 40 with --step 1"):
+        extract([video], path, _config(backward=True))
 
 
 def test_a_flow_another_engine_wrote_is_named_not_blamed_on_params(items, tmp_path):
@@ -542,6 +567,47 @@ def test_a_rerun_fills_in_the_labels_the_store_lacks_and_keeps_the_others(sample
     assert (meta["label"], meta["label_name"]) == (named[0].label, named[0].label_name)
 
 
+def test_the_unlabelled_note_counts_only_videos_the_store_holds(sample_videos, tmp_path):
+    """A flat folder of one good video and two that fail: the note on videos without a label
+    counted and named the failed ones too, which are not in the store ("3 videos have no
+    label", e.g. a failed one)."""
+    import shutil
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    (root / "a_not_a_video.mp4").write_bytes(b"not a video")
+    (root / "b_empty.mp4").write_bytes(b"")
+    shutil.copy(sample_videos / "pan_left" / "pan_left_0.mp4", root / "good.mp4")
+    videos, _ = scan_videos(root)
+    summary = extract(videos, tmp_path / "s", _config())
+    assert (summary.count("done"), summary.count("failed")) == (1, 2)
+    notes = [n for n in summary.notes if "have no label" in n]
+    assert len(notes) == 1 and notes[0].startswith("1 videos have no label") \
+        and "e.g. good;" in notes[0], summary.notes
+    again = extract(videos, tmp_path / "s", _config())  # skipped: in the store, still unlabelled
+    assert [n for n in again.notes if "have no label" in n] == notes
+
+
+def test_a_short_side_size_that_leaves_sizes_mixed_keeps_the_note_naming_hxw(tmp_path):
+    """--size 32 sets the short side and keeps aspect ratios, so videos of other shapes are
+    stored at other sizes; the note said "pass --size" and fell silent once --size was given.
+    It now says that and names --size HxW; with HxW there is nothing to note."""
+    for name, hw in (("a", (64, 80)), ("b", (64, 80)), ("c", (48, 80))):
+        write_video(tmp_path / "v" / "k" / f"{name}.mp4", _moving_texture(3, hw=hw))
+    videos, classes = scan_videos(tmp_path / "v")
+    plain = extract(videos, tmp_path / "s0", _config(), classes=classes)
+    assert [n.split(": ", 1)[1] for n in plain.notes] == [
+        "stored at 48x80, unlike most videos (64x80); pass --size HxW (e.g. --size 64x80) to "
+        "store all videos at one size"]
+    short = extract(videos, tmp_path / "s1", _config(size=32), classes=classes)
+    assert [n.split(": ", 1)[1] for n in short.notes] == [
+        "stored at 32x53, unlike most videos (32x40): --size 32 sets the short side and keeps "
+        "each video's aspect ratio; pass --size HxW (e.g. --size 32x40) to store all videos at "
+        "one size"], short.notes
+    assert str(videos[2].path) in short.notes[0]
+    assert extract(videos, tmp_path / "s2", _config(size=(32, 40)), classes=classes).notes == []
+
+
 def test_a_label_that_cannot_be_written_is_a_note_naming_the_redo(tmp_path):
     """A video held unlabelled whose file was damaged after indexing cannot take this run's
     label: the run says so and how to re-extract it (``--redo KEY``), not silently."""
@@ -665,6 +731,179 @@ def test_max_memory_is_shared_by_the_workers(items, tmp_path):
         f"{H}x{W} frames: 2 pairs per engine call instead of 8"), summary.notes
 
 
+class _Conn:
+    """A worker's end of the pipe that keeps what it sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+
+def test_a_worker_reports_its_pairs_as_it_computes_them_a_few_times_a_second(items, tmp_path,
+                                                                              monkeypatch):
+    """A worker sent nothing until its video's result, so under --workers auto the bar, its rate
+    and ETA froze for a whole video and a log had no line. It now reports the pairs of its engine
+    calls as ``("pairs", n)``, at most every ``every`` seconds (the rest before the result)."""
+    from flowkit import extract as extract_module
+    from flowkit.extract import _PairReports, _worker_run, build_engine
+
+    videos, classes = items
+    config = _config(batch=3, engine_params=dict(MINIMAL))
+    for key, value in (("store", FlowStore(tmp_path / "s", "a", classes=classes)),
+                       ("engine", build_engine(config)), ("config", config)):
+        monkeypatch.setitem(extract_module._worker, key, value)
+    now = [0.0]
+
+    def clock():  # one second per look
+        now[0] += 1.0
+        return now[0]
+
+    conn = _Conn()
+    results, fatal = _worker_run(videos[0], _PairReports(conn, every=0.5, clock=clock))
+    assert fatal is None and [r.pairs for r in results] == [T - 1], results
+    assert conn.sent == [("pairs", 3), ("pairs", 3), ("pairs", 1)]  # each engine call
+
+    conn, still = _Conn(), lambda: 0.0  # no time passes: nothing is due until the flush
+    reports = _PairReports(conn, every=0.5, clock=still)
+    _worker_run(videos[1], reports)
+    assert conn.sent == []
+    reports.flush()
+    assert conn.sent == [("pairs", T - 1)]
+
+
+def test_the_parent_counts_the_pairs_workers_report_once(items):
+    """The pairs a worker reports move the bar as they come; its result, which follows them,
+    adds none (it counted them before)."""
+    from flowkit.extract import _serve
+    from flowkit.feed import VideoResult
+
+    videos, _ = items
+
+    class Worker:
+        item, pairs, replacement = videos[0], 0, False
+
+        def messages(self):
+            return [("pairs", 4), ("pairs", 3),
+                    ("result", ([VideoResult(videos[0].key, "v.mp4", "done", pairs=7)], None))]
+
+    counted, worker = [], Worker()
+    results = list(_serve(worker, counted.append))
+    assert counted == [4, 3] and [r.pairs for r in results] == [7]
+    assert worker.item is None
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    """One 64x80 video long enough that a worker reports its pairs several times before its end
+    (about 2 s of cheap TV-L1 on one core)."""
+    root = tmp_path_factory.mktemp("long_one")
+    write_video(root / "clip" / "long.mp4", _moving_texture(200, hw=(H, W)))
+    return root
+
+
+class _PairsWatch(Progress):
+    """Keeps, for each change of the frame pairs, ``(videos done, pairs)``, and counts the
+    refreshes while no video is done."""
+
+    def __init__(self):
+        self.videos, self.pairs, self.refreshes = 0, [], 0
+
+    def _changed(self, task):
+        if task.description == "videos":
+            self.videos = task.completed
+        elif task.description == "frame pairs":
+            self.pairs.append((self.videos, task.completed))
+
+    def _refreshed(self, task):
+        self.refreshes += not self.videos
+
+
+@pytest.mark.slow  # a worker process takes ~6 s to start
+def test_with_workers_the_pairs_move_and_lines_come_while_a_long_video_runs(long_video,
+                                                                            tmp_path):
+    """Under --workers (auto: the default) the pairs advanced only when a whole video finished:
+    `frame pairs 11/?` for a minute, then 1510, and a log no line. Now the bar counts the pairs
+    before the video's end, and the run's poll refreshes the display meanwhile (a log line every
+    FLOWKIT_PROGRESS_SECONDS even while no pair is reported)."""
+    videos, classes = scan_videos(long_video)
+    watch = _PairsWatch()
+    summary = extract(videos, tmp_path / "s", _config(workers=2), classes=classes,
+                      progress=watch)
+    assert summary.count("done") == 1 and summary.pairs == 199
+    before_end = [pairs for done, pairs in watch.pairs if done == 0]
+    assert any(0 < pairs < 199 for pairs in before_end), watch.pairs
+    assert watch.refreshes > 0
+
+
+@pytest.mark.slow
+def test_a_stop_counts_the_video_a_worker_held_in_progress(long_video, tmp_path):
+    """With workers too, a stop mid video counts it in progress with the pairs it reported."""
+    from flowkit.progress import Progress, StopFlag, Stopped
+
+    stop = StopFlag()
+
+    class StopAtFirstPairs(Progress):
+        def _changed(self, task):
+            if task.description == "frame pairs" and task.completed:
+                stop.set("terminated")
+
+    videos, classes = scan_videos(long_video)
+    with pytest.raises(Stopped) as stopped:
+        extract(videos, tmp_path / "s", _config(workers=2), classes=classes,
+                progress=StopAtFirstPairs(), stop=stop)
+    summary = stopped.value.summary
+    assert (summary.in_progress, summary.not_started, summary.results) == (1, 0, [])
+    assert 0 < summary.discarded_pairs < 199
+
+
+def test_a_sharded_runs_pairs_bar_has_the_plans_total_and_ends_at_its_count(items, tmp_path):
+    """A shard's plan already holds each video's expected pairs (header frame counts): the pairs
+    task takes their sum as its total instead of none, and ends at the pairs counted."""
+    from test_store import TaskRecorder
+
+    videos, classes = items
+    progress = TaskRecorder()
+    summary = extract(videos, tmp_path / "s", _config(), classes=classes, shard=(0, 2),
+                      progress=progress)
+    share = len(summary.results)
+    assert 1 <= share < len(videos) and summary.count("done") == share
+    steps = [s for s in progress.steps if s[0] == "frame pairs"]
+    assert steps[0][2] == share * (T - 1), steps
+    assert ("frame pairs", share * (T - 1), share * (T - 1)) in progress.tasks
+
+
+def test_an_estimated_pairs_total_never_makes_the_bar_lie():
+    """The plan's counts are estimates (a header that declares frames it lacks, sizes from file
+    bytes): each video's yield replaces its estimate when it ends, the total never shows fewer
+    pairs than counted, and a run that ends is at its count, not short of or past it."""
+    from flowkit.extract import _PairsBar
+    from flowkit.feed import VideoResult
+    from flowkit.labels import VideoItem
+    from flowkit.shards import ShardPlan
+    from test_store import TaskRecorder
+
+    todo = [VideoItem(Path(f"/v/{k}.mp4"), k, -1, "") for k in ("a", "b", "c")]
+    plan = ShardPlan([todo], {"a": 10, "b": 10, "c": 10})
+    progress = TaskRecorder()
+    bar = _PairsBar(progress, todo, plan)
+    assert bar.task.total == 30
+    bar.advance(12)  # a is longer than its header said
+    bar.ended(VideoResult("a", "/v/a.mp4", "done", pairs=12))
+    assert (bar.task.completed, bar.task.total) == (12, 32)
+    bar.advance(4)
+    bar.ended(VideoResult("b", "/v/b.mp4", "failed"))  # its pairs will never come
+    assert bar.task.total == 22
+    bar.advance(3)  # c is shorter
+    bar.ended(VideoResult("c", "/v/c.mp4", "done", pairs=3))
+    assert bar.task.total == 19 and bar.task.completed == 19
+    bar.close(finished=True)
+    assert progress.tasks == [("frame pairs", 19, 19)]
+    plain = _PairsBar(TaskRecorder(), todo, ShardPlan([todo], {"a": 1}, basis="file size"))
+    assert plain.task.total is None  # bytes are no pairs
+
+
 def _with_worker_roles(monkeypatch, tmp_path, roles: str) -> None:
     """Workers started from now on play ``roles`` (tests/worker_faults.py), in start order."""
     from flowkit import extract as extract_module
@@ -761,12 +1000,39 @@ def test_a_stop_raises_stopped_carrying_the_summary_of_what_finished(items, tmp_
     summary = stopped.value.summary
     assert summary.interrupted and summary.stopped == "terminated"
     done = [r.key for r in summary.results if r.status == "done"]
-    assert 1 <= len(done) < len(videos) and summary.not_started == len(videos) - len(done)
+    assert 1 <= len(done) < len(videos)
+    assert summary.not_started + summary.in_progress == len(videos) - len(done)
     # A video committed while the stop came has its result too: done is what the store holds.
     assert set(done) == set(FlowStore(tmp_path / "s").keys())
     d = summary.to_dict()
     assert d["interrupted"] is True and d["done"] == len(done)
     assert extract(videos, tmp_path / "s", _config(), classes=classes).interrupted is False
+
+
+def test_a_stop_mid_video_counts_it_in_progress_with_its_pairs_not_as_not_started(items,
+                                                                                tmp_path):
+    """SIGTERM while a video is computed discards its pairs (a rerun restarts it): the summary
+    said "1 videos not started" and 0 pairs, hiding the work lost. It is now counted apart, with
+    the pairs discarded; "not_started" keeps the videos never begun."""
+    from flowkit.progress import Progress, StopFlag, Stopped
+
+    stop = StopFlag()
+
+    class StopAtFirstPairs(Progress):
+        def _changed(self, task):
+            if task.description == "frame pairs" and task.completed:
+                stop.set("terminated")
+
+    videos, classes = items
+    with pytest.raises(Stopped) as stopped:
+        extract(videos, tmp_path / "s", _config(batch=3), classes=classes,
+                progress=StopAtFirstPairs(), stop=stop)
+    summary = stopped.value.summary
+    assert summary.results == [] and FlowStore(tmp_path / "s").keys() == []
+    assert (summary.in_progress, summary.discarded_pairs) == (1, 3)  # its first batch
+    assert summary.not_started == len(videos) - 1
+    d = summary.to_dict()
+    assert (d["in_progress"], d["discarded_pairs"], d["not_started"]) == (1, 3, len(videos) - 1)
 
 
 def test_a_finished_video_named_to_the_old_limit_is_skipped_not_failed(sample_videos, tmp_path,

@@ -206,6 +206,38 @@ def test_export_stops_cleanly_and_resumes(source_store, tmp_path):
     assert again.count("skipped") == len(finished) and again.count("done") == 4 - len(finished)
 
 
+def test_the_frames_counter_advances_per_chunk_while_a_video_is_written(source_store, tmp_path,
+                                                                        monkeypatch):
+    """The "frames" counter moves with each chunk written, not once per finished video (a long
+    video held it still, then jumped); it ends at the exported videos' frames, RGB frames or,
+    without them, flow pairs, and a video that fails takes back what it counted."""
+    from flowkit.interop import export
+
+    monkeypatch.setattr(export, "CHUNK", 2)
+    seen = TaskRecorder()
+    export_rawframes(source_store, tmp_path / "raw", ExportConfig(), progress=seen)
+    frames = [done for d, done, _ in seen.steps if d == "frames"]
+    assert frames == list(range(2, 4 * FRAMES + 1, 2))  # one worker: the chunks one by one
+    assert seen.steps.index(("frames", 2, None)) < seen.steps.index(("videos", 1, 4))
+    assert ("frames", 4 * FRAMES, None) in seen.tasks
+    seen = TaskRecorder()
+    export_rawframes(source_store, tmp_path / "flow", ExportConfig(rgb=False), progress=seen)
+    assert [done for d, done, _ in seen.steps if d == "frames"][:3] == [2, 4, 5]
+    assert ("frames", 4 * (FRAMES - 1), None) in seen.tasks
+
+    def fail_late(partial, first, **images):  # a disk full in the last RGB chunk
+        if first == FRAMES - 2:
+            raise OSError(28, "No space left on device")
+        return write_frames(partial, first, **images)
+
+    write_frames = rawframes.write_frames
+    monkeypatch.setattr(rawframes, "write_frames", fail_late)
+    seen = TaskRecorder()
+    summary = export_rawframes(source_store, tmp_path / "full", ExportConfig(), progress=seen)
+    assert summary.count("failed") == 4
+    assert ("frames", 0, None) in seen.tasks and ("frames", 4, None) in seen.steps
+
+
 def test_one_bad_video_does_not_stop_an_export(source_store, tmp_path):
     store_path = tmp_path / "store"
     shutil.copytree(source_store, store_path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from flowkit import labels
 from flowkit.errors import FlowkitError
 from flowkit.labels import (VideoItem, parse_split_list, read_class_index, read_split_list,
                             read_split_lists, scan_videos, walk_directories)
@@ -28,6 +29,39 @@ def test_scan_folder_layout(tmp_path):
         VideoItem(tmp_path / "pan_left/sub/p1.mkv", "pan_left/sub/p1", 0, "pan_left"),
         VideoItem(tmp_path / "zoom/z1.mp4", "zoom/z1", 1, "zoom"),
     ]
+
+
+def test_scan_finds_camcorder_and_phone_videos(tmp_path):
+    """AVCHD (.MTS, .m2ts), broadcast .ts, phones' .3gp/.3g2 and the like decode with PyAV; a
+    scan used to leave them out without a word."""
+    names = ["cam/c1.MTS", "cam/c2.m2ts", "cam/c3.ts", "cam/p1.3gp", "cam/p2.3g2", "cam/o.ogv",
+             "cam/m.mxf", "cam/d.VOB", "cam/v.mp4"]
+    touch(tmp_path, *names)
+    items, classes = scan_videos(tmp_path)
+    assert classes == ["cam"] and len(items) == len(names)
+
+
+def test_scan_notes_files_of_unknown_extensions_once(tmp_path):
+    """Files skipped for an extension that is not a video's are counted in one note with an
+    example; annotations, images, hidden files and files without an extension are no news."""
+    touch(tmp_path, "a/v.mp4", "a/clip.xyz", "b/clip2.XYZ", "b/clip.cpi", "a/labels.csv",
+          "a/notes.txt", "a/thumb.PNG", "a/.DS_Store", "README", "a/ann.json")
+    notes: list[str] = []
+    items, _ = scan_videos(tmp_path, notes=notes)
+    assert [i.key for i in items] == ["a/v"]
+    assert notes == [f"skipped 3 files whose extension (.cpi, .xyz) is not read as video, e.g. "
+                     f"{tmp_path / 'a/clip.xyz'}; videos are looked for as .mp4, .avi, .mkv, "
+                     ".mov, .webm, .m4v, ...: rename such a video with one of these extensions"]
+    quiet: list[str] = []
+    scan_videos(tmp_path / "a", extensions=[".mp4", ".xyz"], notes=quiet)
+    assert quiet == []  # the extensions asked for are read, whatever they are
+
+
+def test_the_scan_reads_the_extensions_the_decoder_does():
+    from flowkit import video
+
+    assert labels.VIDEO_EXTENSIONS == video.VIDEO_EXTENSIONS
+    assert not set(labels.VIDEO_EXTENSIONS) & labels.NOT_VIDEO_EXTENSIONS
 
 
 def test_scan_custom_extensions_and_errors(tmp_path):

@@ -409,6 +409,83 @@ def test_truncated_file_decodes_partially_when_not_strict(bad_videos):
         assert len(load_frames(bad_videos.paths[case], max_frames=2)) == 2
 
 
+def _trimmed_mp4(path, frames: int, cut: int):
+    """An mp4 whose first ``cut`` of ``frames`` frames an edit list hides (what ``ffmpeg -ss T -c
+    copy`` or a phone's trim writes): their packets stay, with negative times; the sample table
+    counts all ``frames``, ``frames - cut`` decode, and the stream lasts as long as they do."""
+    import av
+
+    source = write_video(path.with_name("source.mp4"), _moving_photo(frames, (32, 32)), fps=25)
+    with av.open(str(source)) as inp, av.open(str(path), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        shift = int(cut / (stream.time_base * stream.average_rate))
+        for packet in inp.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = copy
+            out.mux(packet)
+    return path
+
+
+def _dropped_avi(path, slots: int):
+    """An avi of ``slots`` frame intervals whose capture dropped every 4th frame: ffmpeg's avi
+    muxer keeps the timeline with empty chunks, so the header counts ``slots`` frames and fewer
+    decode; the file is whole and plays through."""
+    from fractions import Fraction
+
+    import av
+
+    kept = [i for i in range(slots) if i % 4 != 3]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 25)
+        for pts, image in zip(kept, _moving_photo(len(kept), (32, 32))):
+            frame = av.VideoFrame.from_ndarray(image, "rgb24")
+            frame.pts = pts
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path, len(kept)
+
+
+def test_trimmed_mp4_and_avi_with_dropped_frames_are_complete(tmp_path):
+    """A frame count above the frames decoded is no cut file when the frames reach the end of the
+    video's length: an mp4 edit list hides the trimmed frames (its duration is the kept frames'),
+    an avi counts dropped frames (empty chunks). Both were refused as "truncated"."""
+    trimmed = _trimmed_mp4(tmp_path / "trimmed.mp4", 40, 10)
+    assert probe(trimmed).frame_count == 40 and probe(trimmed).duration == pytest.approx(1.2)
+    assert len(load_frames(trimmed)) == 30
+    dropped, kept = _dropped_avi(tmp_path / "dropped.avi", 21)
+    assert probe(dropped).frame_count == 21
+    assert len(load_frames(dropped)) == kept == 16
+
+
+@pytest.mark.parametrize("name, codec", [("cut.avi", "mpeg4"), ("cut_h264.avi", None),
+                                         ("cut.mkv", None), ("cut.webm", None)])
+def test_a_video_cut_in_half_is_truncated(tmp_path, name, codec):
+    """Every container cut in half is still refused, whole files decode (the faststart mp4 cut in
+    half is bad_videos' ``truncated_faststart``). A cut avi is refused before its first frame: its
+    rebuilt index holds half the chunks its header counts."""
+    whole = write_video(tmp_path / name.replace("cut", "whole"), _moving_photo(24, (32, 32)),
+                        fps=25, codec=codec)
+    assert len(load_frames(whole)) == 24
+    cut = tmp_path / name
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(VideoError, match=rf"{cut.name}: truncated: .*file cut short or corrupt"):
+        load_frames(cut)
+    if cut.suffix == ".avi":
+        frames = iter_frames(cut)
+        with pytest.raises(VideoError, match=r"truncated: its index holds \d+ of the 24 frames"):
+            next(frames)  # before any frame is decoded
+        # with the limit, the head is read; all of it read, the timeline tells the cut
+        with pytest.raises(VideoError, match=r"decoded \d+ of the 24 frames .* of its 0\.96 s"):
+            load_frames(cut, max_frames=100)
+        assert 0 < len(load_frames(cut, strict=False)) < 24
+
+
 def test_valid_edge_cases(bad_videos):
     assert load_frames(bad_videos.paths["one_frame"]).shape == (1, 64, 80, 3)
     assert load_frames(bad_videos.paths["odd_size"]).shape == (12, 45, 61, 3)

@@ -38,8 +38,9 @@ def _items(video_dir: Path, split_lists: tuple[Path, ...], class_index: Path | N
     if split_lists:
         return read_split_lists(split_lists, video_dir, class_index)
     items, classes = scan_videos(video_dir, notes=notes)
-    if not items:
-        raise FlowkitError(f"{video_dir}: no video files found (looked for .mp4, .avi, .mkv, ...)")
+    if not items:  # the scan's notes say what it found instead (other extensions, FIFOs, ...)
+        raise FlowkitError(f"{video_dir}: no video files found (looked for .mp4, .avi, .mkv, ...)"
+                           + "".join(f"; {note}" for note in notes))
     return items, classes
 
 
@@ -148,10 +149,23 @@ def _print_summary(console: Console, summary) -> None:
                           markup=False)
     if summary.stopped:
         console.print(f"[red]stopped early[/red]: {escape(summary.stopped)} "
-                      f"({summary.not_started} videos "
-                      "not started)", highlight=False, soft_wrap=True)
+                      f"({_unfinished(summary)})", highlight=False, soft_wrap=True)
     for note in summary.notes:
         console.print(f"  note: {note}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _unfinished(summary: ExtractSummary) -> str:
+    """What a run stopped early left undone: the videos a stop found in progress, whose work it
+    discarded (a rerun restarts them), and those never begun."""
+    parts = []
+    if summary.in_progress:
+        n = summary.in_progress
+        parts.append(f"{n} video{'s' * (n != 1)} in progress discarded with "
+                     f"{'its' if n == 1 else 'their'} {summary.discarded_pairs} frame pairs, a "
+                     f"rerun restarts {'it' if n == 1 else 'them'}")
+    if summary.not_started or not parts:
+        parts.append(f"{summary.not_started} video{'s' * (summary.not_started != 1)} not started")
+    return "; ".join(parts)
 
 
 @click.command("extract", short_help=summary("extract"))

@@ -84,6 +84,13 @@ class RichProgress(Progress):
                          description=task.description, info=info,
                          eta=f"eta {clock(eta)}" if eta is not None else "")
 
+    def _refreshed(self, task: Task) -> None:
+        # the rate and ETA fields are ours (rich redraws only its own columns)
+        if self.plain:
+            self.lines._refreshed(task)
+        else:
+            self._changed(task)
+
     def _closed(self, task: Task) -> None:
         if self.plain:
             if not self.transient:  # a transient bar's work logs its own line when it ends

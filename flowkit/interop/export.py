@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -179,17 +180,23 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
     made_dir = not out.exists()
     made_stamp = _check_options(out, config, auto)
 
-    def work(key: str) -> VideoExport:  # threads share the store: each opens its own handles
-        return _export_one(store, key, metas.get(key), out, config, stop, named)
-
     videos = progress.start("videos", total=len(keys))
     frames = progress.start("frames")
+    lock = threading.Lock()  # the worker threads advance one counter
+
+    def written(n: int) -> None:
+        if n:
+            with lock:
+                frames.advance(n)
+
+    def work(key: str) -> VideoExport:  # threads share the store: each opens its own handles
+        return _export_one(store, key, metas.get(key), out, config, stop, named, written)
+
     results = []
     try:
         for result in run_threads(keys, work, config.workers, stop):
             results.append(result)
             videos.advance()
-            frames.advance(result.frames or result.pairs if result.status == "done" else 0)
             if result.status == "failed":
                 progress.log(f"failed {result.key}: {result.reason}")
     except BaseException:
@@ -413,12 +420,21 @@ def _flows(meta: dict, config: ExportConfig, named: bool = True) -> list[tuple[s
 
 
 def _export_one(store: FlowStore, key: str, meta: dict | None, out: Path, config: ExportConfig,
-                stop: StopFlag, named: bool = True) -> VideoExport:
+                stop: StopFlag, named: bool = True,
+                written: Callable[[int], None] = lambda n: None) -> VideoExport:
     """Export video ``key`` into ``out / key``, or skip it when that folder exists. ``meta``: its
     facts from the store's index (:meth:`~flowkit.store.FlowStore.metas`), so that a skipped
     video's file is never opened; None for a video the index could not read, whose
-    :meth:`~flowkit.store.FlowStore.meta` then says why it fails."""
+    :meth:`~flowkit.store.FlowStore.meta` then says why it fails. ``written(n)``: n more
+    frames written (RGB frames, else forward flow pairs), per chunk; a video that fails takes
+    back what it counted, so the count ends at the exported videos' frames."""
     final = out / key
+    counted = [0]
+
+    def count(n: int) -> None:
+        counted[0] += n
+        written(n)
+
     try:
         meta = meta if meta is not None else store.meta(key)
         label = int(meta.get("label", -1))
@@ -432,19 +448,24 @@ def _export_one(store: FlowStore, key: str, meta: dict | None, out: Path, config
         if not rgb and not flows:
             raise FlowkitError("nothing to export (no RGB frames and no flow)")
         result = VideoExport(key, "done", label=label, step=int(meta.get("step", 1)))
-        _write_video(store, key, final, int(meta["num_frames"]), rgb, flows, config, stop, result)
+        _write_video(store, key, final, int(meta["num_frames"]), rgb, flows, config, stop, result,
+                     count)
         return result
     except Stopped:
+        written(-counted[0])  # its partial folder is gone: none of its frames was exported
         raise
     except Exception as exc:  # one bad video never stops the run
+        written(-counted[0])
         return VideoExport(key, "failed", failure_reason(exc))
 
 
 def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool,
                  flows: list[tuple[str, bool]], config: ExportConfig, stop: StopFlag,
-                 result: VideoExport) -> None:
+                 result: VideoExport, written: Callable[[int], None] = lambda n: None) -> None:
     """Write one video into a partial folder and rename it ``final``; ``flows``: the store's flow
-    names to write, each with whether it is backward flow."""
+    names to write, each with whether it is backward flow. ``written(n)`` after each chunk of
+    ``CHUNK`` frames: its RGB frames, or without RGB its forward flow pairs (the "frames"
+    counter, which a long video would otherwise hold still for its whole writing)."""
     partial = final.with_name(f".{final.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # a crashed run's leftover: redone from scratch
     write = dict(bound=config.bound, quality=config.quality, start_index=config.start_index)
@@ -460,6 +481,7 @@ def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool,
             rawframes.write_frames(partial, first, rgb=frames, **write)
             result.frames += len(frames)
             result.kept_as_is += len(frames) if as_is else 0
+            written(len(frames))
         for flow_name, backward in flows:
             for first in range(0, n - 1, CHUNK):
                 stop.check()
@@ -472,6 +494,8 @@ def _write_video(store: FlowStore, key: str, final: Path, n: int, rgb: bool,
                     result.backward_pairs += len(flow)
                 else:
                     result.pairs += len(flow)
+                    if not rgb:
+                        written(len(flow))
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
