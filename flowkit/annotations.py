@@ -3,7 +3,9 @@
 - mmaction2 annotation lists, one video per line, labels 0-based:
   rawframes ``frame_dir total_frames label [label ...]`` (``RawframeDataset``) and videos
   ``path label [label ...]`` (``VideoDataset``). Only single-label lines are used for classes.
-- mmaction2 label maps (``label_map_k400.txt``): one class name per line, line i is label i.
+- mmaction2 label maps (``label_map_k400.txt``): one class name per line, line i is label i;
+  also Something-Something V2's JSON ``{name: id}`` and a JSON list of names
+  (:func:`read_label_map`).
 - HMDB51's official splits (``testTrainMulti_7030_splits/<class>_test_split<N>.txt``, lines
   ``<video>.avi <0|1|2>``: 1 training, 2 testing, 0 in neither), turned into UCF101-style lists
   that ``train --split-list`` / ``--val-list`` and ``evaluate --split-list`` take
@@ -17,11 +19,14 @@
 Matching a label source against a set of store keys (paths without extension, see
 :mod:`flowkit.labels`) gives a :class:`LabelMatch`: each matched key's label, the class names, the
 rows that matched no video (or several, by name) and the videos that no row labels. Nothing
-unmatched is dropped silently.
+unmatched is dropped silently, and rows that give one video different labels (the segments of a
+video) label nothing and are reported, rather than one of them kept. A JSON file given for a list is refused as one
+(:func:`flowkit.labels.looks_json`), and a malformed line is echoed cut short.
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from collections import defaultdict
@@ -31,7 +36,7 @@ from typing import Iterable, Sequence
 
 from .errors import FlowkitError
 from .files import atomic_write_text
-from .labels import VIDEO_EXTENSIONS
+from .labels import VIDEO_EXTENSIONS, echo, json_error, looks_json
 
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 #: How a report names rows with several labels (a list written with mmaction2's ``with_offset``,
@@ -82,7 +87,9 @@ class LabelMatch:
     ``unmatched``); ``unlabelled``: the keys no row labels (sorted); ``total_frames``: the frame
     count a rawframes list gives each matched key; ``listed``: the label id of every single-label
     row by the row's own key, matched or not (its class folder names the id:
-    :func:`merge_class_names`).
+    :func:`merge_class_names`); ``conflicting``: the keys whose rows give them different labels
+    (the segments of a video), key -> what its rows say and what to do: they label nothing (also
+    in ``unlabelled``), as a multi-label row.
     """
 
     labels: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -93,6 +100,7 @@ class LabelMatch:
     multi_label: list[str] = field(default_factory=list)
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
     listed: dict[str, int] = field(default_factory=dict)
+    conflicting: dict[str, str] = field(default_factory=dict)
 
     def report(self, shown: int = 5) -> list[str]:
         """Lines for the user: counts of labelled, unmatched, ambiguous and unlabelled, with
@@ -104,17 +112,25 @@ class LabelMatch:
                             ("rows match several videos by name and label none of them (write "
                              "the path as the store key, class/video)", ambiguous),
                             (MULTI_LABEL, self.multi_label),
-                            ("videos have no label", self.unlabelled)):
+                            ("videos have no label",
+                             [k for k in self.unlabelled if k not in self.conflicting])):
             if items:
                 more = f" and {len(items) - shown} more" if len(items) > shown else ""
                 lines.append(f"{len(items)} {what}: {', '.join(items[:shown])}{more}")
+        if self.conflicting:
+            key, why = next(iter(self.conflicting.items()))
+            lines.append(f"{len(self.conflicting)} videos are given different labels by their "
+                         f"rows and label nothing, e.g. {key}: {why}")
         unnamed = unnamed_ids(self.classes)
         if unnamed:
             more = f" and {len(unnamed) - shown} more" if len(unnamed) > shown else ""
             called = ", ".join(self.classes[i] for i in unnamed[:shown])
+            # a store keeps the names it is made with (its videos record them): a label map
+            # names these ids on the run that makes the store, not on a rerun into it
             lines.append(f"{len(unnamed)} label ids have no class name (no class folder of the "
-                         f"list names them), called {called}{more}: pass the dataset's label map "
-                         "(--label-map) to name them")
+                         f"list names them), called {called}{more}: the dataset's label map "
+                         "(--label-map) names them in a new store (pass it on the run that "
+                         "makes the store, or rerun into -o NEW_STORE with it)")
         return lines
 
 
@@ -143,8 +159,12 @@ def read_mmaction_list(path: str | os.PathLike, kind: str = "rawframes") -> list
         need = 2 if kind == "rawframes" else 1
         if len(numbers) < need or not all(_is_int(v) for v in numbers):
             form = "frame_dir total_frames label" if kind == "rawframes" else "path label"
+            if looks_json(rows):  # Diving48's or Something-Something's JSON annotations
+                what = "rawframe" if kind == "rawframes" else "video"
+                raise json_error(path, f"an mmaction2 {what} list, one '{form}' line a video",
+                                 "jump/j0 40 0" if kind == "rawframes" else "jump/j0.mp4 0")
             raise FlowkitError(f"{path}:{lineno}: expected '{form}' (integers after the path), "
-                               f"got {' '.join(fields)!r}")
+                               f"got {echo(fields)}")
         values = [int(v) for v in numbers]
         total = values.pop(0) if kind == "rawframes" else None
         if any(v < 0 for v in values):
@@ -193,18 +213,83 @@ def write_mmaction_list(path: str | os.PathLike,
 
 
 def read_label_map(path: str | os.PathLike) -> list[str]:
-    """Class names of an mmaction2 label map: one per line, line i (0-based) is label i."""
+    """Class names of a label map, name i is label i, in one of three forms:
+
+    - mmaction2's text (``label_map_k400.txt``): one name per line, line i (0-based) is label i;
+    - Something-Something V2's JSON (``something-something-v2-labels.json``): an object
+      ``{"Pushing [something] from left to right": "93", ...}``, each name's id a number or a
+      string of one, the ids 0..N-1 each once (the file's order is not the ids');
+    - a JSON array of names, ``["jump", "run"]``: item i is label i.
+
+    Any other JSON (Diving48's vocabulary, a list of lists) is refused, and so is a text line that
+    opens like JSON (``{``, ``[``): read as a class name it would shift every id after it."""
     path = Path(path)
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise FlowkitError(f"cannot read label map {path}: {e}") from None
+    if text.lstrip()[:1] in ("{", "["):
+        return _json_label_map(path, text)
+    names = [line.strip() for line in text.splitlines()]
+    for lineno, name in enumerate(names, 1):
+        if name[:1] in ("{", "["):
+            raise FlowkitError(f"{path}:{lineno}: {echo([name])} opens like JSON, not a class "
+                               "name; a label map is one class name a line, or a whole JSON "
+                               "file (Something-Something's {name: id})")
     while names and not names[-1]:
         names.pop()
     if not names or "" in names:
         raise FlowkitError(f"{path}: a label map needs one non-empty class name per line")
     if len(set(names)) != len(names):
         raise FlowkitError(f"{path}: a class name appears twice")
+    return names
+
+
+class _Pairs(list):
+    """A JSON object's ``(key, value)`` pairs in file order (``json.loads`` would keep only the
+    last of a name given twice)."""
+
+
+def _json_label_map(path: Path, text: str) -> list[str]:
+    """The class names of a JSON label map (:func:`read_label_map`): Something-Something's
+    ``{name: id}`` ordered by id, or an array of names in order."""
+    form = ("one class name a line, Something-Something's JSON {name: id} (ids 0..N-1), or a "
+            "JSON list of names")
+    try:
+        data = json.loads(text, object_pairs_hook=_Pairs)
+    except ValueError as e:
+        raise FlowkitError(f"{path}: opens like JSON but does not parse ({e}); a label map is "
+                           f"{form}") from None
+    if isinstance(data, _Pairs):
+        by_id: dict[int, str] = {}
+        for name, value in data:
+            ok = isinstance(value, int) and not isinstance(value, bool) or \
+                isinstance(value, str) and value.strip().isdigit()
+            if not ok or not name.strip():
+                raise FlowkitError(f"{path}: {name!r}: {value!r} is no class name and id; a JSON "
+                                   f"label map is {{name: id}} with ids 0..N-1, as "
+                                   "Something-Something's ({\"Moving [something] down\": \"0\"})")
+            if int(value) in by_id:
+                raise FlowkitError(f"{path}: id {int(value)} is given to both "
+                                   f"{by_id[int(value)]!r} and {name.strip()!r}; each id 0..N-1 "
+                                   "names one class")
+            by_id[int(value)] = name.strip()
+        missing = [i for i in range(len(by_id)) if i not in by_id]
+        if missing:
+            raise FlowkitError(f"{path}: ids must run 0..{len(by_id) - 1}, each once; "
+                               f"{len(missing)} are missing (e.g. {missing[0]}) and "
+                               f"{max(by_id)} is the largest")
+        names = [by_id[i] for i in range(len(by_id))]
+    elif isinstance(data, list) and all(isinstance(n, str) and n.strip() for n in data):
+        names = [n.strip() for n in data]
+    else:
+        raise FlowkitError(f"{path}: JSON of another form than a label map's (it starts "
+                           f"{echo(text[:200].split())}); a label map is {form}")
+    if not names:
+        raise FlowkitError(f"{path}: the label map names no class")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise FlowkitError(f"{path}: class name {twice!r} appears twice")
     return names
 
 
@@ -221,7 +306,8 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
     ``classes`` (a label map), else from the class folders when each label's videos share one
     folder: the matched keys', then for an id none of them has (a list of a subset, a class not
     downloaded) the folder of the list's own rows; else ``class_<id>``. Multi-label entries label
-    nothing and count as unmatched.
+    nothing and count as unmatched. Rows that give one video different labels label nothing
+    either (:func:`_conflicting`); the same label given again is no news.
     """
     keys = sorted(set(keys))
     by_name = defaultdict(list)
@@ -231,6 +317,7 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
     totals: dict[str, int] = {}
     unmatched, multi, ambiguous = [], [], {}
     listed = {e.key: e.labels[0] for e in entries if len(e.labels) == 1}
+    rows_of: dict[str, dict[int, ListEntry]] = defaultdict(dict)  # key -> {label: first row}
     for entry in entries:
         candidates = by_name.get(PurePosixPath(entry.key).name, [])
         key = entry.key if entry.key in candidates else (
@@ -243,11 +330,35 @@ def match_list(entries: Sequence[ListEntry], keys: Iterable[str], where: str,
                 ambiguous[unmatched[-1]] = candidates
             continue
         ids[key] = entry.labels[0]
+        rows_of[key].setdefault(entry.labels[0], entry)
         if entry.total_frames is not None:
             totals[key] = entry.total_frames
+    conflicting = _conflicting(rows_of, lambda a, b: _ONE_ROW_A_VIDEO)
+    ids = {k: i for k, i in ids.items() if k not in conflicting}
     names = _class_names(ids, listed, classes, where)
     return LabelMatch({k: (i, names[i]) for k, i in ids.items()}, names, unmatched,
-                      [k for k in keys if k not in ids], totals, multi, ambiguous, listed)
+                      [k for k in keys if k not in ids], totals, multi, ambiguous, listed,
+                      conflicting)
+
+
+#: What to do about a list's rows that give one video different labels.
+_ONE_ROW_A_VIDEO = ("flowkit trains one label a video: keep one row a video (the segments of a "
+                    "video, as Epic-Kitchens lists them, cut into clips of their own first)")
+
+
+def _conflicting(rows_of: dict[str, dict], fix) -> dict[str, str]:
+    """The videos whose rows give them different labels (``rows_of``: key -> {label: its first
+    row}), key -> two of its labels with their lines and ``fix(row, other_row)``, what to do:
+    they label nothing, as a multi-label row, rather than train with the last row's label
+    silently (a few such rows among a Kinetics CSV's 650k must not stop a run). A row with several
+    labels is not in ``rows_of`` (it labels nothing already: ``MULTI_LABEL``)."""
+    out = {}
+    for key, found in rows_of.items():
+        if len(found) > 1:
+            (a, row_a), (b, row_b) = list(found.items())[:2]
+            out[key] = (f"label {a!r} (line {row_a.lineno}) and {b!r} (line {row_b.lineno}); "
+                        f"{fix(row_a, row_b)}")
+    return out
 
 
 def _class_names(ids: dict[str, int], listed: dict[str, int], classes: Sequence[str] | None,
@@ -330,8 +441,8 @@ def read_kinetics_csv(path: str | os.PathLike) -> list[KineticsRow]:
     reader = csv.reader(text.splitlines())
     header = [h.strip() for h in next(reader, [])]
     if "youtube_id" not in header:
-        raise FlowkitError(f"{path}: not a Kinetics CSV (the header {','.join(header)!r} has no "
-                           f"youtube_id column; expected {','.join(KINETICS_COLUMNS)})")
+        raise FlowkitError(f"{path}: not a Kinetics CSV (the header {echo([','.join(header)])} has "
+                           f"no youtube_id column; expected {','.join(KINETICS_COLUMNS)})")
     col = {name: header.index(name) for name in KINETICS_COLUMNS if name in header}
     rows = []
     for lineno, values in enumerate(reader, 2):
@@ -360,7 +471,9 @@ def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str,
     Kinetics CSV ``rows`` (read from ``where``). Class ids index ``classes`` (a label map, so that
     a validation file or a subset of the classes keeps the ids of the whole set) when given,
     else the sorted label names of ``rows``; a label ``classes`` lacks is a
-    :class:`FlowkitError` naming it."""
+    :class:`FlowkitError` naming it. Rows that give one video different labels (the segments of
+    a video, ``<id>,0,2`` and ``<id>,2,4``, matched to the whole video ``<youtube_id>``:
+    :func:`_segments_fix`) label nothing (:attr:`LabelMatch.conflicting`)."""
     keys = sorted(set(keys))
     by_clip: dict[tuple[str, int, int], list[str]] = defaultdict(list)
     by_id: dict[str, list[str]] = defaultdict(list)
@@ -373,6 +486,7 @@ def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str,
     classes = _kinetics_classes(rows, where, classes)
     index = {name: i for i, name in enumerate(classes)}
     labels: dict[str, tuple[int, str]] = {}
+    rows_of: dict[str, dict[str, KineticsRow]] = defaultdict(dict)  # key -> {label: first row}
     unmatched = []
     for row in rows:
         found = by_clip.get((row.youtube_id, row.time_start, row.time_end), []) \
@@ -384,7 +498,23 @@ def match_kinetics(rows: Sequence[KineticsRow], keys: Iterable[str], where: str,
         if row.label:
             for key in found:
                 labels[key] = (index[row.label], row.label)
-    return LabelMatch(labels, classes, unmatched, [k for k in keys if k not in labels])
+                rows_of[key].setdefault(row.label, row)
+    conflicting = _conflicting(rows_of, _segments_fix)
+    labels = {k: v for k, v in labels.items() if k not in conflicting}
+    return LabelMatch(labels, classes, unmatched, [k for k in keys if k not in labels],
+                      conflicting=conflicting)
+
+
+def _segments_fix(a: KineticsRow, b: KineticsRow) -> str:
+    """What to do about two rows that label one video differently: rows of other times are
+    segments of it (Epic-Kitchens', AVA's), which need clips of their own."""
+    if None in (a.time_start, a.time_end, b.time_start, b.time_end) \
+            or (a.time_start, a.time_end) == (b.time_start, b.time_end):
+        return _ONE_ROW_A_VIDEO
+    return (f"its rows are segments of one video ({a.youtube_id} {a.time_start}-{a.time_end} s "
+            f"and {b.time_start}-{b.time_end} s): flowkit labels whole videos; cut the segments "
+            f"into clips named <youtube_id>_<start>_<end> first (e.g. "
+            f"{a.youtube_id}_{a.time_start:06d}_{a.time_end:06d}.mp4)")
 
 
 def _kinetics_classes(rows: Sequence[KineticsRow], where: str,
@@ -466,7 +596,7 @@ def read_hmdb51_split(split_dir: str | os.PathLike, split: int) -> SplitLists:
             if len(fields) != 2 or fields[1] not in _HMDB51_USE or "/" in fields[0] \
                     or not PurePosixPath(fields[0]).suffix:
                 raise FlowkitError(f"{where}: expected '<video>.avi <0|1|2>', got "
-                                   f"{' '.join(fields)!r}")
+                                   f"{echo(fields)}")
             video = f"{name}/{fields[0]}"
             if video in seen:
                 raise FlowkitError(f"{where}: {fields[0]!r} is listed twice (first at "

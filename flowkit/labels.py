@@ -97,6 +97,31 @@ def base_hint(label: int, zero_based: bool, folder: str, classes: Sequence[str])
             "lines would not name their folders, so the list reads 1-based, as UCF101's)")
 
 
+#: How many characters of a malformed line a message echoes: a JSON file is one line of megabytes.
+ECHO_CHARS = 80
+
+
+def echo(fields: Sequence[str], limit: int = ECHO_CHARS) -> str:
+    """A line's ``fields`` for a message, quoted: joined by spaces and cut to ``limit`` characters
+    with "..." (a JSON file given for a list is one line: Something-Something's is 20 MB)."""
+    text = " ".join(fields)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def looks_json(rows: Sequence[tuple[int, list[str]]]) -> bool:
+    """Whether the first of a file's ``(line number, fields)`` rows opens a JSON array or object
+    (``[``, ``{``): a dataset's JSON annotations (Diving48's, Something-Something's) given where
+    a list of lines is expected. Asked only of a file that does not read as that list."""
+    return bool(rows) and rows[0][1][0][:1] in ("[", "{")
+
+
+def json_error(path, expected: str, example: str) -> FlowkitError:
+    """The one-line error for a JSON file (:func:`looks_json`) given where ``expected`` lines
+    are: what to convert it to, with one ``example`` line."""
+    return FlowkitError(f"{path} looks like a JSON file; expected {expected}: convert it to such "
+                        f"lines (e.g. {example!r})")
+
+
 def _key(relative: PurePosixPath) -> str:
     return relative.with_suffix("").as_posix()
 
@@ -225,10 +250,14 @@ def read_class_index(path: str | os.PathLike) -> list[str]:
     """Class names from a UCF101 ``classInd.txt`` (``"1 ApplyEyeMakeup"`` lines, ids 1..N)."""
     path = Path(path)
     by_id: dict[int, str] = {}
-    for lineno, fields in _lines(path):
+    rows = list(_lines(path))
+    for lineno, fields in rows:
         if len(fields) != 2 or not fields[0].isdigit() or int(fields[0]) < 1:
+            if looks_json(rows):
+                raise json_error(path, "UCF101's classInd.txt, one '<id> <ClassName>' line a "
+                                 "class, ids from 1", "1 ApplyEyeMakeup")
             raise FlowkitError(f"{path}:{lineno}: expected '<id> <ClassName>' with a 1-based id, "
-                               f"got {' '.join(fields)!r}")
+                               f"got {echo(fields)}")
         if int(fields[0]) in by_id:
             raise FlowkitError(f"{path}:{lineno}: class id {fields[0]} appears twice")
         by_id[int(fields[0])] = fields[1]
@@ -332,12 +361,12 @@ def _parse_split_line(list_file: Path, lineno: int, fields: list[str],
         return SplitEntry(lineno, relative, None if label is None else label + 1, True, True)
     if len(fields) > 2 and all(_is_int(f) for f in fields[1:]):  # a video path: not rawframes
         raise FlowkitError(f"{where}: expected '<class>/<video> [label]', got "
-                           f"{' '.join(fields)!r}: a video with several labels (a multi-label "
+                           f"{echo(fields)}: a video with several labels (a multi-label "
                            "list); a split list gives a video one label, or none (its class "
                            "folder labels it)")
     if len(fields) > 2 or _spaced_path(fields):
         raise FlowkitError(f"{where}: expected '<class>/<video> [label]' (or an mmaction2 "
-                           f"line, 'frame_dir total_frames label'), got {' '.join(fields)!r} "
+                           f"line, 'frame_dir total_frames label'), got {echo(fields)} "
                            "(paths with spaces are not supported: rename the video without "
                            "spaces and list it under that name)")
     relative = PurePosixPath(fields[0].replace("\\", "/"))
@@ -383,7 +412,14 @@ def _parse_rows(list_file: Path, rows: list[tuple[int, list[str]]],
                 classes: Sequence[str] | None) -> list[SplitEntry]:
     """The entries of a split list's ``rows``, read in the base they and ``classes`` tell."""
     zero_based = _zero_based([fields for _, fields in rows], classes)
-    return [_parse_split_line(list_file, lineno, fields, zero_based) for lineno, fields in rows]
+    try:
+        return [_parse_split_line(list_file, lineno, fields, zero_based)
+                for lineno, fields in rows]
+    except FlowkitError:
+        if looks_json(rows):  # Diving48's Diving48_V2_test.json: no "paths with spaces" advice
+            raise json_error(list_file, "a split list, one '<class>/<video> [label]' line a "
+                             "video", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1") from None
+        raise
 
 
 def class_index_beside(list_file: str | os.PathLike) -> Path | None:

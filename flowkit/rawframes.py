@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -488,16 +489,44 @@ def find_videos(root: str | os.PathLike, notes: list[str] | None = None) -> list
 
     A folder is a video when it has ``img_*`` or ``flow_*`` files; hidden folders are skipped.
     Links are followed, each real directory once (:func:`flowkit.files.walk_once`: a link loop or
-    a second link to a folder is skipped, with a line in ``notes``).
+    a second link to a folder is skipped, with a line in ``notes``). Folders of images none of
+    which has a rawframes name (Jester's ``00001.jpg``, EPIC-KITCHENS' ``frame_0000000001.jpg``)
+    are not videos either: counted, with one line in ``notes`` (:func:`_unnamed_frames_note`).
     """
     root = Path(root)
     if not root.is_dir():
         raise RawframesError(f"rawframes folder {root} does not exist or is not a directory")
-    found = []
+    found, unnamed = [], []  # unnamed: (folder, an image in it) of folders of other names
     for dirpath, _, filenames in walk_once(root, notes, hidden=False):
         if any(is_frame_file(name) for name in filenames):
             found.append(Path(dirpath).relative_to(root).as_posix())
+        else:  # names only, no stat: the walk stays one stat per folder
+            image = min((name for name in filenames if not name.startswith(".")
+                         and name.lower().endswith(IMAGE_EXTENSIONS)), default=None)
+            if image is not None:
+                unnamed.append((Path(dirpath).relative_to(root), image))
+    if unnamed and notes is not None:
+        notes.append(_unnamed_frames_note(root, unnamed))
     return sorted(found)
+
+
+#: The extensions of the images a rawframes folder may hold (:data:`_NAME_RE`'s).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def _unnamed_frames_note(root: Path, unnamed: list[tuple[Path, str]]) -> str:
+    """The note on folders of images whose names are no rawframes names: how many, an example
+    folder and file, and the fix, a rename to ``img_<number>`` (the number padded as it is: any
+    padding is read) by a one-line bash loop over folders as deep as the example's."""
+    folder, image = min(unnamed)
+    ext = image.rsplit(".", 1)[1]
+    glob = shlex.quote(root.as_posix()) + "/*" * len(folder.parts) + f"/*.{ext}"
+    return (f"{len(unnamed)} folders hold images but no rawframes names (img_*, flow_x_* / "
+            f"flow_y_*), e.g. {(folder / image).as_posix()}: not imported. flowkit reads RGB "
+            f"frames named img_<number> (img_%05d.{ext}, mmaction2's default filename_tmpl); "
+            f"rename them, e.g. with bash: for f in {glob}; do n=${{f##*/}}; n=${{n%.*}}; "
+            f"[ \"$n\" = \"img_${{n##*[!0-9]}}\" ] || "
+            f"mv \"$f\" \"${{f%/*}}/img_${{n##*[!0-9]}}.{ext.lower()}\"; done")  # .JPG: not read
 
 
 __all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "FLOW_PNG_PREFIX", "DEFAULT_START_INDEX",

@@ -2,6 +2,7 @@
 Kinetics CSV matched to video names, and `flowkit extract --annotations`."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from flowkit.annotations import (format_list_line, match_annotations, match_kine
 from flowkit.cli import main
 from flowkit.errors import FlowkitError
 from flowkit.store import FlowStore
+from flowkit.store.labelling import stand_in_note
 
 KINETICS_CSV = """label,youtube_id,time_start,time_end,split,is_cc
 abseiling,--07WQ2iBlw,1,11,train,0
@@ -260,13 +262,117 @@ def test_class_names_come_from_every_row_not_only_the_matched_ones(tmp_path):
                               kind="videos")
     assert match.classes == ["abseiling", "air_drumming", "class_2", "passing"]
     assert match.report()[-1] == ("1 label ids have no class name (no class folder of the list "
-                                  "names them), called class_2: pass the dataset's label map "
-                                  "(--label-map) to name them")
+                                  "names them), called class_2: the dataset's label map "
+                                  "(--label-map) names them in a new store (pass it on the run "
+                                  "that makes the store, or rerun into -o NEW_STORE with it)")
     # `import rawframes` merges its lists' names the same way: the rows name what no key does
     assert merge_class_names([("val", {"abseiling/a": 0, "passing/c": 3})],
                              [("val", {"abseiling/a": 0, "air_drumming/b": 1,
                                        "passing/c": 3})]) == \
         ["abseiling", "air_drumming", "class_2", "passing"]
+
+
+def test_a_rerun_naming_the_stores_stand_ins_says_the_store_keeps_them():
+    """A label map on a rerun into a store that calls ids class_<i> changes nothing there (the
+    store keeps its names): a note says so and names the way to the names, a new store. The
+    report's note used to send the user to that rerun."""
+    stored = ["abseiling", "class_1", "class_2"]
+    assert stand_in_note(stored, ["abseiling", "air drumming", "class_2"]) == [
+        "1 label id the store calls class_<id> is named by this run (e.g. class_1: 'air "
+        "drumming'), but the store keeps the class names it was made with: to have the names, "
+        "extract into a new store (-o NEW_STORE) with this --label-map"]
+    assert stand_in_note(stored, stored) == [] and stand_in_note(stored, None) == []
+    assert stand_in_note(stored, ["abseiling"]) == []  # a run of fewer classes names none
+
+
+def test_something_something_json_label_map_is_read_by_its_ids(tmp_path):
+    """SSv2's something-something-v2-labels.json ({name: "id"}, not in id order) names label i
+    by its id, pretty-printed or on one line; it used to be read a line a name ('{' became
+    class 0, every id shifted by one) or, on one line, as one class."""
+    ssv2 = {"Moving [something] down": "0", "Pushing [something] from left to right": "2",
+            "Moving [something] up": 1}
+    names = ["Moving [something] down", "Moving [something] up",
+             "Pushing [something] from left to right"]
+    path = tmp_path / "something-something-v2-labels.json"
+    for text in (json.dumps(ssv2, indent=1), json.dumps(ssv2)):
+        path.write_text(text)
+        assert read_label_map(path) == names
+    lst = tmp_path / "sthv2_train_list_videos.txt"
+    lst.write_text("1.webm 2\n4.webm 1\n")
+    match = match_annotations(lst, ["1", "4"], kind="videos", label_map=path)
+    assert match.labels == {"1": (2, names[2]), "4": (1, names[1])}
+    path.write_text('["jump", "run"]')  # a list of names: item i is label i
+    assert read_label_map(path) == ["jump", "run"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"a": "0", "b": "2"}', r"ids must run 0..1, each once; 1 are missing \(e.g. 1\)"),
+    ('{"a": "0", "b": 0}', r"id 0 is given to both 'a' and 'b'"),
+    ('{"a": "0", "a": "1"}', r"class name 'a' appears twice"),
+    ('{"a": "zero"}', r"'a': 'zero' is no class name and id"),
+    ('[["back", "15som"], ["front", "25som"]]', r"JSON of another form than a label map's \(it "
+                                                r"starts '\[\[\"back\""),
+    ('{"a": "0",', r"opens like JSON but does not parse"),
+    ('jump\n{"run": "1"}\n', r"labels.json:2: '\{\"run\": \"1\"\}' opens like JSON, not a class"),
+])
+def test_json_label_maps_of_other_forms_are_refused(tmp_path, text, message):
+    """Ids that are not 0..N-1 each once, Diving48's vocabulary (a list of lists), broken JSON
+    and a text line opening like JSON are refused, not read as class names."""
+    path = tmp_path / "labels.json"
+    path.write_text(text)
+    with pytest.raises(FlowkitError, match=message):
+        read_label_map(path)
+
+
+def test_rows_giving_one_video_two_labels_label_nothing_and_are_reported(tmp_path):
+    """Epic-Kitchens' segments of one video, as a Kinetics CSV matched to the whole video or as a
+    list, gave it the last row's label silently; such a video now labels nothing (as a
+    multi-label row) and the report says so on one line (how many, the video, two labels, the
+    fix: the CSV's as segments to cut into clips), so a few of them in a 650k-row CSV do not
+    stop a run. The same label twice is fine, a video's clips take their own rows, and a
+    multi-label row still labels nothing."""
+    csv_file = tmp_path / "segments.csv"
+    csv_file.write_text("label,youtube_id,time_start,time_end,split\npush left,P01_01,0,2,train\n"
+                        "push right,P01_01,2,4,train\nlift,P02_03,0,2,train\n"
+                        "push left,P02_03,2,4,train\nlift,P03_01,0,2,train\n")
+    match = match_annotations(csv_file, ["P01_01", "P02_03", "P03_01"])
+    assert match.labels == {"P03_01": (0, "lift")}
+    assert sorted(match.conflicting) == ["P01_01", "P02_03"] == match.unlabelled
+    assert "2 videos are given different labels by their rows and label nothing, e.g. P01_01: " \
+        "label 'push left' (line 2) and 'push right' (line 3); its rows are segments of one " \
+        "video (P01_01 0-2 s and 2-4 s): flowkit labels whole videos; cut the segments into " \
+        "clips named <youtube_id>_<start>_<end> first (e.g. P01_01_000000_000002.mp4)" \
+        in match.report()
+    assert not [line for line in match.report() if "videos have no label" in line]
+    clips = ["P01_01_000000_000002", "P01_01_000002_000004"]
+    assert match_annotations(csv_file, clips).labels == {clips[0]: (1, "push left"),
+                                                         clips[1]: (2, "push right")}
+    lst = tmp_path / "dup_list.txt"
+    lst.write_text("P01_01.mp4 0\nP01_01.mp4 0\nP02_03.mp4 0\nP01_01.mp4 1\n")
+    match = match_annotations(lst, ["P01_01", "P02_03"], kind="videos")
+    assert match.labels == {"P02_03": (0, "class_0")} and list(match.conflicting) == ["P01_01"]
+    assert match.conflicting["P01_01"].startswith("label 0 (line 1) and 1 (line 4); flowkit "
+                                                  "trains one label a video")
+    lst.write_text("a/P01_01.mp4 0\na/P01_01.mp4 0\nb/x.mp4 1 2\nb/x.mp4 1 3\n")
+    match = match_annotations(lst, ["a/P01_01", "b/x"], kind="videos")
+    assert match.labels == {"a/P01_01": (0, "a")} and len(match.multi_label) == 2
+
+
+def test_a_json_file_given_for_a_list_is_refused_as_json(tmp_path):
+    """Diving48's JSON given to --annotations is said to be JSON, with the list line to convert
+    it to, not echoed whole (a 1.2 MB line; Something-Something's is 20 MB)."""
+    path = tmp_path / "div.json"
+    path.write_text(json.dumps([{"vid_name": f"v{i:05d}", "label": i % 48, "start_frame": 0,
+                                 "end_frame": 40} for i in range(2000)]))
+    with pytest.raises(FlowkitError) as err:
+        match_annotations(path, ["v00000"], kind="videos")
+    assert str(err.value) == (f"{path} looks like a JSON file; expected an mmaction2 video list, "
+                              "one 'path label' line a video: convert it to such lines (e.g. "
+                              "'jump/j0.mp4 0')")
+    path.write_text("a/x " + "y" * 5000 + "\n")  # not JSON: the line, cut
+    with pytest.raises(FlowkitError, match=r"div.json:1: expected 'frame_dir total_frames "
+                                           r"label' .*, got 'a/x y{76}\.\.\.'$"):
+        read_mmaction_list(path)
 
 
 def test_a_class_name_goes_to_one_id_and_the_keys_name_first(tmp_path):

@@ -532,6 +532,55 @@ def test_extract_takes_split_lists_repeated_and_refuses_a_folder_for_one(sample_
     assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr
 
 
+def test_extract_merges_repeated_annotations_and_refuses_a_repeated_map(sample_videos, tmp_path):
+    """--annotations twice (train and val list) extracts the videos of both, merged as `import
+    rawframes` merges its lists; click kept only the last, dropping the train list's videos. A
+    repeated --label-map or --class-index is refused: one file is read there."""
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text("pan_left/pan_left_0.mp4 0\n")
+    val.write_text("zoom_in/zoom_in_1.mp4 1\n")
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--annotations", train,
+                "--annotations", val, "--plan")
+    assert r.returncode == 0, r.stderr
+    assert sorted(line.split("\t")[1] for line in r.stdout.splitlines()) == [
+        "pan_left/pan_left_0", "zoom_in/zoom_in_1"]
+    assert "labels: 2 videos labelled (2 classes)" in r.stderr, r.stderr
+    val.write_text("pan_left/pan_left_0.mp4 1\n")  # the lists contradict each other
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--annotations", train,
+                "--annotations", val, "--plan")
+    assert r.returncode == 2 and "the lists are not of one dataset" in r.stderr, r.stderr
+    (tmp_path / "map.txt").write_text("pan_left\nzoom_in\n")
+    (tmp_path / "classInd.txt").write_text("1 pan_left\n2 zoom_in\n")
+    for option, path, needs in (("--label-map", tmp_path / "map.txt", ("--annotations", train)),
+                                ("--class-index", tmp_path / "classInd.txt",
+                                 ("--split-list", train))):
+        r = run_cli("extract", sample_videos, "-o", tmp_path / "s", *needs, option, path,
+                    option, path, "--plan")
+        assert r.returncode == 2 and f"Invalid value for {option}: given 2 times" in r.stderr, \
+            r.stderr
+        assert not (tmp_path / "s").exists()
+
+
+def test_extract_json_has_the_label_report_import_json_has(sample_videos, tmp_path):
+    """`extract --json` left out what `import --json` reports of the labels: its lines
+    (``labels``), the rows matching no video, the videos left unlabelled, and the findings (a
+    row matching nothing, a class_<id> stand-in) among the notes."""
+    lst = tmp_path / "list.txt"
+    lst.write_text("pan_left/pan_left_0.mp4 0\nnosuch.mp4 1\n")
+    r = run_cli("extract", sample_videos, "-o", tmp_path / "s", "--annotations", lst, "--json",
+                "--size", "16", "--max-frames", "2", "--workers", "1", *CHEAP)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["done"] == 1 and d["labels"][0] == "1 videos labelled (2 classes)", d["labels"]
+    assert d["unmatched_rows"] == [f"{lst}:2 nosuch.mp4"]
+    assert d["unlabelled_videos"] == ["pan_left/pan_left_1", "zoom_in/zoom_in_0",
+                                      "zoom_in/zoom_in_1"]
+    assert [n for n in d["notes"] if n.startswith("1 rows match no video")], d["notes"]
+    assert [n for n in d["notes"] if "called class_1" in n], d["notes"]
+    assert r.stderr.count("rows match no video") == 1, r.stderr  # the text says it once
+    assert list(d)[-1] == "videos"
+
+
 def test_max_memory_sizes_are_binary_and_the_default_is_the_library_s():
     """--max-memory 4G means 4 GiB, as the help's "~0.5 GB per 1080p pair" and
     ExtractConfig's DEFAULT_MAX_MEMORY (4 << 30) count; "none" lifts the limit. Decimal units

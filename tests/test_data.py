@@ -828,14 +828,16 @@ def test_missing_flow_hint_extracts_with_the_stores_engine_options(tmp_path):
     """The hint named `flowkit extract --method motionnet` without the --weights the store's
     motionnet flow was made with (that command refuses: no weights), and in evaluation suggested
     training on another flow. The command carries the record's --weights and each --param
-    other than the engine's default; an evaluation's ways out are an evaluation's."""
+    other than the engine's default (one whose default is None, as tvnet's scales, too: only
+    weights would fix it); an evaluation's ways out are an evaluation's."""
     path = write_coded_store(tmp_path / "store", {"a/x": 3, "b/y": 3})
     flow = np.zeros((2, 2, *CODED_SIZE), np.float32)
     engines = {"motionnet": {"weights": "/w/mn.pt", "weights_sha256": "ab12", "num_frames": 4,
                              "width": 0.125},
                "costvolume": {"weights": None, "max_displacement": [4, 4], "stride": 2,
                               "dilation": 1, "tau": 0.02, "radius": 3, "sigma": 0.0, "scale": 1.0,
-                              "features": None, "layer": "layer1"}}
+                              "features": None, "layer": "layer1"},
+               "tvnet": {"scales": 2, "iterations": None, "weights": None}}
     with FlowStore(path, mode="a") as store:
         for key in ("a/m", "b/m"):
             with store.writer(key, source=f"{key}.mp4", fps=25.0, label="ab".index(key[0]),
@@ -846,7 +848,8 @@ def test_missing_flow_hint_extracts_with_the_stores_engine_options(tmp_path):
                 for name, params in engines.items():
                     w.append_flow(name, flow, engine={"engine": name, "version": "1",
                                                       "params": params})
-    for name, options in (("motionnet", "--weights /w/mn.pt"), ("costvolume", "--param stride=2")):
+    for name, options in (("motionnet", "--weights /w/mn.pt"), ("costvolume", "--param stride=2"),
+                          ("tvnet", "--param scales=2")):
         with pytest.raises(FlowkitError) as err:
             ClipDataset(path, inputs=("flow",), flow_name=name, sampler=RandomClipSampler(2))
         message = str(err.value)
@@ -866,3 +869,74 @@ def test_missing_flow_hint_extracts_with_the_stores_engine_options(tmp_path):
                                            r"was trained on shows\)$"):
         ClipDataset(other, inputs=("flow",), flow_name="motionnet", views=True,
                     sampler=RandomClipSampler(2))
+
+
+def test_missing_backward_flow_hint_extracts_with_the_forward_flows_options(tmp_path):
+    """No video holds tvnet's backward flow, so no record of it says how it was made: the
+    `--backward` command carries the options the store's forward tvnet flow was made with (the
+    backward flow must come from the same TVNet), not `--weights CKPT`."""
+    path = tmp_path / "store"
+    flow = np.zeros((2, 2, *CODED_SIZE), np.float32)
+    record = {"engine": "tvnet", "version": "1",
+              "params": {"scales": 2, "warps": 1, "iterations": 10, "weights": None}}
+    with FlowStore(path, mode="a", classes=["a"]) as store:
+        for key in ("a/x", "a/y"):
+            with store.writer(key, source=f"{key}.mp4", fps=25.0, label=0, label_name="a",
+                              flow_codec="float16", rgb_codec="raw") as w:
+                w.append_rgb(np.zeros((3, *CODED_SIZE, 3), np.uint8))
+                w.append_flow("tvnet", flow, engine=record)
+    with pytest.raises(FlowkitError) as err:
+        ClipDataset(path, inputs=("flow", "flow_backward"), flow_name="tvnet",
+                    sampler=RandomClipSampler(2))
+    assert (f"`flowkit extract VIDEOS -o {path} --backward --method tvnet --param iterations=10 "
+            "--param scales=2 --param warps=1` (VIDEOS:") in str(err.value)
+
+
+def _rgb_only_import(path, keys):
+    """A store as `flowkit import rawframes` makes it of folders of img_* files only (Jester's
+    frames): imported videos, RGB frames, no flow."""
+    from flowkit.store.reading import IMPORTED_ATTR
+
+    with FlowStore(path, mode="a", classes=["a"]) as store:
+        for key in keys:
+            with store.writer(key, source=f"raw/{key}", fps=0.0, label=0, label_name="a",
+                              rgb_codec="raw") as writer:
+                writer.update_attrs({IMPORTED_ATTR: True})
+                writer.append_rgb(np.zeros((3, *CODED_SIZE, 3), np.uint8))
+    return path
+
+
+def test_missing_flow_of_an_rgb_only_import_says_to_extract_the_videos_or_train_rgb(tmp_path):
+    """A flow model on a store imported from frames without flow images said "add it with
+    flowkit import rawframes RAWFRAMES_DIR", which adds nothing ("0 done, 10 skipped"): the fix
+    says no rerun adds flow frames lack, that flowkit computes flow from video files, and
+    (training) names the models that need none; evaluation, whose model is fixed, names no other
+    model. The import rerun stays, for an import run with --no-flow (the store cannot tell)."""
+    path = _rgb_only_import(tmp_path / "store", ["a/v0", "a/v1"])
+    with pytest.raises(FlowkitError) as err:
+        ClipDataset(path, inputs=("flow",), sampler=RandomClipSampler(2))
+    message = str(err.value)
+    assert "2 of 2 videos have no flow 'tvl1'" in message
+    assert "they have: no flow; they were imported without flow" in message
+    assert "Imported from frames without flow images (img_* files only" in message
+    assert "`flowkit extract VIDEOS -o NEW_STORE --method tvl1`" in message
+    assert "train a model that needs no flow: ddn;" in message and "modality=rgb" in message
+    assert "import ran with --no-flow, rerun `flowkit import rawframes" in message
+    with pytest.raises(FlowkitError) as err:
+        ClipDataset(path, inputs=("flow",), views=True, sampler=RandomClipSampler(2))
+    assert "--method tvl1`" in str(err.value) and "needs no flow" not in str(err.value)
+
+
+def test_the_rgb_models_named_need_no_flow():
+    """Every model (and arguments) the RGB-only fix names reads RGB alone, by the registry."""
+    from flowkit.data.datasets import RGB_MODELS
+    from flowkit.models import create_model, list_models
+
+    named = {"ddn": {}, "tvnet": {"flow_source": "tvnet"},
+             "trajectorynet": {"flow_source": "motionnet"},
+             **{name: {"modality": "rgb"} for name in ("cidc", "resnet2d", "i3d", "s3d")}}
+    assert all(name in " ".join(RGB_MODELS) for name in named)
+    for name, kw in named.items():
+        assert create_model(name, num_classes=2, **kw).inputs == ("rgb",), name
+    rgb_only = {n for n in list_models() if create_model(n, num_classes=2).inputs == ("rgb",)}
+    assert rgb_only <= set(named), rgb_only  # a new RGB model by default: name it there

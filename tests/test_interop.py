@@ -238,6 +238,29 @@ def test_the_frames_counter_advances_per_chunk_while_a_video_is_written(source_s
     assert ("frames", 0, None) in seen.tasks and ("frames", 4, None) in seen.steps
 
 
+def test_a_stopped_export_takes_back_the_frames_of_its_unfinished_video(source_store, tmp_path,
+                                                                       monkeypatch):
+    """A stop (Ctrl-C) after a video's first chunk removes its partial folder, and the "frames"
+    counter takes back what that video counted: it ends at the frames exported (0), not at the
+    chunk's frames that are gone."""
+    from flowkit.interop import export
+
+    monkeypatch.setattr(export, "CHUNK", 2)
+    stop, write_frames = StopFlag(), rawframes.write_frames
+
+    def stop_after_a_chunk(partial, first, **images):
+        write_frames(partial, first, **images)
+        if "rgb" in images:
+            stop.set()
+
+    monkeypatch.setattr(rawframes, "write_frames", stop_after_a_chunk)
+    seen = TaskRecorder()
+    with pytest.raises(Stopped):
+        export_rawframes(source_store, tmp_path / "raw", ExportConfig(), progress=seen, stop=stop)
+    assert ("frames", 2, None) in seen.steps and ("frames", 0, None) in seen.tasks
+    assert not [p for p in (tmp_path / "raw").glob("*/*") if p.is_dir()]
+
+
 def test_one_bad_video_does_not_stop_an_export(source_store, tmp_path):
     store_path = tmp_path / "store"
     shutil.copytree(source_store, store_path)
@@ -504,10 +527,15 @@ def test_a_label_map_meets_the_stores_stand_in_class_names(tmp_path, map_given):
     store = tmp_path / "store"
     FlowStore(store, "a", classes=["jump", "class_1"]).close()
     extra = {"label_map": label_map} if map_given == "label_map" else {}
-    _import(root, store, flow=False, **extra)
+    summary = import_rawframes(root, store, ImportConfig(flow=False, **extra))
     with FlowStore(store) as fs:
         labels = {k: m["label"] for k, m in fs.metas(fs.keys()).items()}
+        assert fs.classes == ["jump", "class_1"]
     assert labels == {"jump/j0": 0, "run/r0": 1}
+    # the store keeps its stand-in, which a note says with the way to the name
+    assert [n for n in summary.notes if n.startswith(
+        "1 label id the store calls class_<id> is named by this run (e.g. class_1: 'run')")], \
+        summary.notes
 
 
 def test_training_errors_on_imported_videos_name_the_import(source_store, exported, tmp_path):
@@ -523,9 +551,10 @@ def test_training_errors_on_imported_videos_name_the_import(source_store, export
 
     no_flow = tmp_path / "noflow"
     import_rawframes(exported, no_flow, ImportConfig(flow=False))
-    message = error(no_flow, ("flow",))
-    assert f"`flowkit import rawframes RAWFRAMES_DIR -o {no_flow}`" in message
-    assert "flowkit extract" not in message
+    message = error(no_flow, ("flow",))  # the store cannot tell --no-flow from frames alone
+    assert (f"import ran with --no-flow, rerun `flowkit import rawframes RAWFRAMES_DIR -o "
+            f"{no_flow}` without it") in message
+    assert "extract the source videos into a store" in message
     no_rgb = tmp_path / "norgb"
     import_rawframes(exported, no_rgb, ImportConfig(rgb=False))
     message = error(no_rgb, ("rgb",))
@@ -1519,3 +1548,62 @@ def test_cli_summary_prints_bracketed_names_as_they_are():
     out = console.file.getvalue()
     for text in ("-> out [v2]", "failed: run/a [HD]: missing [/b] frames", "note: see [b]x[/b]"):
         assert text in out, (text, out)
+
+
+def _jpegs(folder: Path, names: list[str], rng) -> None:
+    """Small RGB JPEG files ``names`` in ``folder`` (made)."""
+    folder.mkdir(parents=True)
+    for name in names:
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, (*SIZE, 3), np.uint8))
+
+
+def test_folders_of_frames_under_other_names_are_noted_not_skipped_silently(tmp_path):
+    """A root of 2 img_* folders and 2 Jester folders (00001.jpg) said "2 done, 0 failed" and, with
+    --annotations, "2 rows match no video" without a word on the folders; an all-Jester root said
+    "no rawframes folders found" alone. Both now say how many folders of images of other names
+    were seen, one of them, and the rename."""
+    rng = np.random.default_rng(61)
+    root = tmp_path / "raw"
+    for key in ("34870", "34871"):
+        _jpegs(root / key, [frame_name("img", i) for i in (1, 2)], rng)
+    for key in ("34872", "34873"):
+        _jpegs(root / key, [f"{i:05d}.jpg" for i in (1, 2)], rng)
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig())
+    assert summary.count("done") == 2
+    note = [n for n in summary.notes if "hold images but no rawframes names" in n]
+    assert len(note) == 1 and note[0].startswith("2 folders hold images") and \
+        "e.g. 34872/00001.jpg" in note[0] and "img_%05d.jpg" in note[0], summary.notes
+    with pytest.raises(FlowkitError, match=r"no rawframes folders .* found; 1 folders hold images "
+                                           r"but no rawframes names .*e.g. 00001.jpg: .*"
+                                           r"rename them"):  # a video's folder as the root
+        import_rawframes(root / "34872", tmp_path / "s2", ImportConfig())
+    shutil.rmtree(root / "34870")
+    shutil.rmtree(root / "34871")
+    with pytest.raises(FlowkitError, match=r"; 2 folders hold images but no rawframes names"):
+        import_rawframes(root, tmp_path / "s3", ImportConfig())
+    assert not (tmp_path / "s3").exists()
+
+
+def test_an_import_of_frames_without_flow_notes_that_the_videos_hold_rgb_only(exported, tmp_path):
+    """Folders of img_* files only imported without a word on flow (a flow model then said to
+    import again, which adds nothing): the summary notes that no flow images were found, how
+    many of the videos hold RGB only, and where flow comes from; --no-flow, a video the store
+    holds flow of, and a rerun say nothing."""
+    rng = np.random.default_rng(62)
+    root = tmp_path / "raw"
+    for key in ("34870", "34871"):
+        _jpegs(root / key, [frame_name("img", i) for i in (1, 2, 3)], rng)
+    summary = import_rawframes(root, tmp_path / "s", ImportConfig())
+    note = [n for n in summary.notes if n.startswith("no flow images found")]
+    assert note and note[0].startswith("no flow images found: the videos hold RGB only, no "
+                                       "flow_x_* / flow_y_* images"), summary.notes
+    assert "flowkit extract VIDEOS -o NEW_STORE" in note[0] and "modality=rgb" in note[0]
+    again = import_rawframes(root, tmp_path / "s", ImportConfig())
+    assert again.count("skipped") == 2 and not [n for n in again.notes if "no flow images" in n]
+    assert not [n for n in import_rawframes(root, tmp_path / "s2", ImportConfig(flow=False)).notes
+                if "no flow images" in n]
+    shutil.copytree(exported / "run", root / "run")  # videos with flow beside them: counted
+    mixed = import_rawframes(root, tmp_path / "s3", ImportConfig())
+    note = [n for n in mixed.notes if n.startswith("no flow images found")]
+    assert note and note[0].startswith("no flow images found: 2 of the 4 videos imported hold RGB "
+                                       "only (e.g. 34870)"), mixed.notes

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -380,3 +382,49 @@ def test_find_videos_enters_each_real_directory_once(tmp_path):
     assert rawframes.find_videos(tmp_path / "raw", notes) == ["jump/v0"]
     assert any("jump/up: skipped, the same directory as" in n for n in notes)
     assert any("jump/v1: skipped, the same directory as" in n for n in notes)
+
+
+def test_find_videos_notes_folders_of_images_under_other_names(tmp_path):
+    """Jester's 00001.jpg and EPIC-KITCHENS' frame_0000000001.jpg folders were skipped without a
+    word ("2 done, 0 failed"): they are counted in one note with an example and the rename that
+    makes them rawframes; a folder of rawframes, one of other files and hidden images are not."""
+    root = tmp_path / "raw"
+    _touch_video(root / "v0", 2, 1)
+    for folder, name in (("jester/00001", "{:05d}.jpg"), ("epic/P01_01", "frame_{:010d}.jpg")):
+        (root / folder).mkdir(parents=True)
+        for i in (1, 2):
+            (root / folder / name.format(i)).write_bytes(b"")
+    (root / "docs").mkdir()
+    (root / "docs" / "readme.txt").write_text("x")
+    (root / "hidden").mkdir()
+    (root / "hidden" / ".thumb.png").write_bytes(b"")
+    notes: list[str] = []
+    assert rawframes.find_videos(root, notes) == ["v0"]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith("2 folders hold images but no rawframes names (img_*, flow_x_* / "
+                               "flow_y_*), e.g. epic/P01_01/frame_0000000001.jpg: not imported")
+    assert "img_%05d.jpg" in notes[0] and "for f in " in notes[0]
+    rawframes.find_videos(root / "v0", notes)  # a folder of rawframes alone: nothing to say
+    assert len(notes) == 1, notes
+
+
+def test_the_rename_the_note_gives_makes_rawframes_of_them(tmp_path):
+    """The note's bash loop, run as given (a root with a space in its name), renames Jester's
+    and EPIC-KITCHENS' frames to img_<number> (their padding kept: any padding is read), leaves
+    img_* files alone, and the folders then read as videos."""
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    root = tmp_path / "my raw"
+    _touch_video(root / "v0", 2, 0)
+    for folder, name in (("jester", "{:05d}.jpg"), ("epic", "frame_{:010d}.jpg")):
+        (root / folder).mkdir()
+        for i in (1, 2):
+            (root / folder / name.format(i)).write_bytes(b"")
+    notes: list[str] = []
+    rawframes.find_videos(root, notes)
+    loop = notes[0].split("e.g. with bash: ", 1)[1]
+    subprocess.run(["bash", "-c", loop], check=True, cwd=tmp_path, capture_output=True)
+    assert sorted(os.listdir(root / "epic")) == ["img_0000000001.jpg", "img_0000000002.jpg"]
+    assert sorted(os.listdir(root / "jester")) == ["img_00001.jpg", "img_00002.jpg"]
+    assert rawframes.find_videos(root) == ["epic", "jester", "v0"]
+    assert rawframes.scan_folder(root / "epic").rgb == [1, 2]

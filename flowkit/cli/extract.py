@@ -68,22 +68,33 @@ def _bytes(text: str) -> int | None:
     return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
-def _annotated(items, annotations: Path, label_map: Path | None, console: Console):
-    """``items`` relabelled by a Kinetics CSV or an mmaction2 video list; only labelled videos
-    stay, and what matched nothing is reported (flowkit/annotations.py)."""
+def _annotated(items, annotations: tuple[Path, ...], label_map: Path | None, console: Console):
+    """``items`` relabelled by Kinetics CSVs or mmaction2 video lists (several: merged as
+    ``flowkit import rawframes`` merges its lists, :func:`flowkit.interop.ingest.match_all`); only
+    labelled videos stay, and what matched nothing is reported (flowkit/annotations.py). Returns
+    the items, the class names and the match (its report goes into ``--json``, :func:`_json`)."""
     from dataclasses import replace
 
-    from ..annotations import match_annotations
+    from ..interop.ingest import match_all
 
-    match = match_annotations(annotations, [i.key for i in items], kind="videos",
-                              label_map=label_map)
+    match = match_all(annotations, [i.key for i in items], label_map, kind="videos")
     for line in match.report():
         console.print(f"labels: {line}", highlight=False, soft_wrap=True, markup=False)
     kept = [replace(i, label=match.labels[i.key][0], label_name=match.labels[i.key][1])
             for i in items if i.key in match.labels]
     if not kept:
-        raise FlowkitError(f"{annotations} labels none of the videos found")
-    return kept, match.classes
+        raise FlowkitError(f"{' and '.join(map(str, annotations))} "
+                           f"label{'s' * (len(annotations) == 1)} none of the videos found")
+    return kept, match.classes, match
+
+
+def _one_file(values: tuple[Path, ...], option: str, fix: str) -> Path | None:
+    """The one file given to ``option`` (None when absent). A repeat is refused, naming ``fix``:
+    click would keep only the last one, silently (as ``flowkit train``'s file options)."""
+    if len(values) > 1:
+        raise click.BadParameter(f"given {len(values)} times ({', '.join(map(str, values))}); "
+                                 f"a run takes one file here: {fix}", param_hint=option)
+    return values[0] if values else None
 
 
 def _single_video(path: Path) -> VideoItem:
@@ -217,14 +228,16 @@ def _unfinished(summary: ExtractSummary) -> str:
               help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a "
                    "scan; repeatable (the videos of all the lists, one class index).")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None,
+              multiple=True,  # so that a repeat is seen and refused (_one_file), not dropped
               help="classInd.txt for --split-list (found next to the lists by default).")
-@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None,
-              help="Labels from a Kinetics CSV or an mmaction2 video list (path label); only "
-                   "the videos it labels are extracted.")
+@click.option("--annotations", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labels from a Kinetics CSV or an mmaction2 video list (path label); "
+                   "repeatable (train and val, as import rawframes merges them). Only the videos "
+                   "they label are extracted.")
 @click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Class names for --annotations lists, one per line.")
+              multiple=True, help="Class names for --annotations lists, one per line (line i = "
+                   "label i), or Something-Something's labels JSON {name: id}.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process shard I of N (default: torchrun's RANK/WORLD_SIZE; under torchrun, its "
                    "ranks split shard I).")
@@ -274,6 +287,9 @@ def command(video_dir, store, method, backward, params, weights, device, backend
             raise click.BadParameter(f"invalid shard {shard}: need 0 <= I < N (shards count from "
                                      "0; for a 1-based array index pass I-1)",
                                      param_hint="--shard")
+    class_index = _one_file(class_index, "--class-index", "give the classInd.txt the lists index")
+    label_map = _one_file(label_map, "--label-map", "give the label map all the --annotations "
+                          "lists index (their ids must mean the same classes)")
     # Each only means something with the option it completes; ignored alone, it would leave the
     # store in a folder scan's sorted class order where the user asked for classInd.txt's.
     if class_index and not split_lists:
@@ -302,8 +318,10 @@ def command(video_dir, store, method, backward, params, weights, device, backend
     scan_notes: list[str] = []
     items, classes = _items(video_dir, split_lists, class_index, scan_notes)
     console = Console(stderr=True)
+    match = None
     if annotations:
-        items, classes = _annotated(items, annotations, label_map, console)
+        items, classes, match = _annotated(items, annotations, label_map, console)
+    labels = _label_report(match, items)
     # Under torchrun the ranks join one gloo group (CPU, whatever --device) to share the probing,
     # the plan and the summaries; rank 0 alone draws and prints.
     distributed.init("cpu", timeout=distributed.LONG_WAIT)
@@ -326,7 +344,7 @@ def command(video_dir, store, method, backward, params, weights, device, backend
             # its share waits in the gather below, which this one matches. Briefly: STOP_WAIT.
             parts = _gather_summaries(getattr(exc, "summary", None), STOP_WAIT)
             if main:
-                _report_stop(console, exc, parts, as_json, scan_notes)
+                _report_stop(console, exc, parts, as_json, scan_notes, labels)
             raise  # handle_errors: the line saying how to resume, exit 130 (Ctrl-C) or 143
         # Still under the signal handlers: a rank done with its share may wait here for hours,
         # and SIGTERM's default would kill it, losing its summary to the stopped ranks' gather.
@@ -341,7 +359,7 @@ def command(video_dir, store, method, backward, params, weights, device, backend
     _add_scan_notes(result, scan_notes)
     _print_summary(console, result)
     if as_json:
-        click.echo(json.dumps(_json(result, len(parts), world), indent=2))
+        click.echo(json.dumps(_json(result, len(parts), world, labels), indent=2))
     if stop.is_set():  # signalled while waiting for the others: their stop is the run's
         raise Stopped(stop.reason)
     sys.exit(max(code, EXIT_PARTIAL if result.stopped else EXIT_OK))
@@ -371,11 +389,32 @@ def _gather_summaries(summary: ExtractSummary | None, wait: timedelta
         return None
 
 
-def _json(result: ExtractSummary, reported: int, world: int) -> dict:
+def _json(result: ExtractSummary, reported: int, world: int, labels: dict | None = None) -> dict:
     """The summary's JSON; under torchrun also how many of the ranks it covers (``ranks_reported``
-    of ``world_size``: fewer when a stopped run's ranks could not all be gathered)."""
+    of ``world_size``: fewer when a stopped run's ranks could not all be gathered). ``labels``
+    (:func:`_label_report`): its keys join the summary's and its ``notes`` go first in ``notes``,
+    as ``flowkit import rawframes --json`` reports its labels."""
     d = result.to_dict()
+    if labels:
+        videos = d.pop("videos")  # the long list stays last
+        d = {**d, **{k: v for k, v in labels.items() if k != "notes"},
+             "notes": labels["notes"] + d["notes"], "videos": videos}
     return {**d, "ranks_reported": reported, "world_size": world} if world > 1 else d
+
+
+def _label_report(match, items: list[VideoItem]) -> dict:
+    """What ``--json`` says of the labels, under ``flowkit import rawframes --json``'s keys:
+    ``labels`` (the report printed as ``labels:`` lines), ``unmatched_rows`` (``file:line
+    text``), ``unlabelled_videos`` (left out by ``--annotations``; without it, those extracted
+    unlabelled, -1) and ``notes``: the report's findings (rows matching no video, videos without
+    a label, ``class_<id>`` stand-ins), so a script reading ``notes`` sees them as the text does.
+    ``match``: the :class:`~flowkit.annotations.LabelMatch` of ``--annotations``, None without."""
+    if match is None:
+        return {"labels": [], "unmatched_rows": [], "notes": [],
+                "unlabelled_videos": [item.key for item in items if item.label < 0]}
+    report = match.report()
+    return {"labels": report, "unmatched_rows": list(match.unmatched),
+            "unlabelled_videos": list(match.unlabelled), "notes": report[1:]}  # [0]: the count
 
 
 def _ranks_in_place(parts: list[ExtractSummary | None]) -> list[ExtractSummary]:
@@ -395,12 +434,13 @@ def _add_scan_notes(result: ExtractSummary, scan_notes: tuple[str, ...] | list[s
 
 
 def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json: bool,
-                 scan_notes: tuple[str, ...] | list[str] = ()) -> None:
+                 scan_notes: tuple[str, ...] | list[str] = (), labels: dict | None = None
+                 ) -> None:
     """What a run stopped by Ctrl-C or SIGTERM finished: the summary of every rank (``parts``,
     :func:`_gather_summaries`), and with ``--json`` its JSON (``"interrupted": true``), so that a
     script or a Slurm job cut at its time limit learns what is in the store. When the ranks could
     not be gathered (``parts`` None), rank 0's own summary, labelled "rank 0 of N only".
-    ``scan_notes``: the scan's (:func:`_add_scan_notes`)."""
+    ``scan_notes``: the scan's (:func:`_add_scan_notes`); ``labels``: :func:`_label_report`."""
     if parts is None:
         parts, alone = [getattr(stopped, "summary", None)], True
     else:
@@ -417,7 +457,7 @@ def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json
                       f"{STOP_WAIT.seconds} s; `flowkit info {escape(result.store)}` counts what "
                       "the store holds", highlight=False, soft_wrap=True)
     if as_json:
-        click.echo(json.dumps(_json(result, len(parts), world), indent=2))
+        click.echo(json.dumps(_json(result, len(parts), world, labels), indent=2))
 
 
 def _print_plan(console: Console, items, store: Path, config: ExtractConfig, shard, as_json: bool,

@@ -131,8 +131,8 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
 @click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None,
               help="Class names, one per line (line i = label i; the ids of annotation lists "
-                   "and Kinetics CSV index it) [default: DIR/label_map.txt when present, else the "
-                   "class folders].")
+                   "and Kinetics CSV index it), or Something-Something's labels JSON {name: id} "
+                   "[default: DIR/label_map.txt when present, else the class folders].")
 @click.option("--bound", default=20.0, show_default=True,
               help="Range in pixels the 8-bit flow_x / flow_y images were quantised with "
                    "(denseflow -b; denseflow's PNG flow_*.png carries its own).")

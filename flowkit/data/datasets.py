@@ -372,6 +372,9 @@ def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str
     records = _flow_records(store, name, metas)
     imported = (all("source_format" in (f.get("params") or {}) for f in records) if records
                 else store.imported(example))  # no video holds it: what made the video tells
+    if imported and not records and _no_flow_held(store):
+        # frames without flow images imported (Jester's): a rerun of the import adds nothing
+        return _rgb_only_fix(store, flow_name, backward, evaluating)
     if flow_name in ENGINES and not imported:
         # a backward flow no video holds yet is made with the forward one's options
         made = records or (_flow_records(store, flow_name, metas) if backward else [])
@@ -402,6 +405,43 @@ def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str
                       f"{common[0]}`, flow_name={common[0]!r} in Python)")
     return (f"they have: {', '.join(sorted(have)) or 'no flow'}; "
             + ", ".join([f"add it with {command}", *others]))
+
+
+#: The models that read no flow from the store, with the arguments that make them so (each
+#: builds with inputs ("rgb",): tests/test_data.py checks it against the model registry).
+RGB_MODELS = ("ddn", "tvnet (flow_source=tvnet, its default)",
+              "trajectorynet with flow_source=motionnet",
+              "cidc, resnet2d, i3d or s3d with modality=rgb")
+
+
+def _no_flow_held(store: FlowStore) -> bool:
+    """Whether no video of the store holds any flow (its index: no file opened)."""
+    return not any(meta["flows"] for meta in store.metas(store.keys()).values())
+
+
+def _rgb_only_fix(store: FlowStore, flow_name: str, backward: bool, evaluating: bool) -> str:
+    """The fix for flow missing from a store of imported videos none of which holds flow: most
+    often frames without flow images (``flowkit import rawframes`` of Jester's frames), which no
+    rerun of the import gives flow, so the source videos' extraction (flowkit computes flow from
+    video files) or, training, a model that needs no flow (:data:`RGB_MODELS`); an import run
+    with ``--no-flow`` (the store cannot tell the two apart) is rerun without it."""
+    from ..flow import ENGINES  # the error path only
+
+    command = f"flowkit extract VIDEOS -o NEW_STORE{' --backward' if backward else ''}"
+    if flow_name in ENGINES:
+        command = f"`{command} --method {flow_name}`"
+    else:  # an import's --flow-name, no engine's: extract's flow is then tvl1
+        command = f"`{command}`, then --flow-name tvl1"
+    models = ("" if evaluating  # the run's model was trained on this flow: no other model serves
+              else f", or train a model that needs no flow: {'; '.join(RGB_MODELS)} "
+                   "(--model-arg KEY=VALUE)")
+    return ("they have: no flow; they were imported without flow, and no video of the store "
+            "holds any. Imported from frames without flow images (img_* files only, as "
+            "Jester's), no rerun of the import adds it: flowkit computes flow from video files, "
+            f"so extract the source videos into a store ({command}){models}. If their rawframes "
+            "do hold flow images and the import ran with --no-flow, rerun `flowkit import "
+            f"rawframes RAWFRAMES_DIR -o {store.path}` without it (a rerun adds what the store "
+            "lacks)")
 
 
 def _flow_records(store: FlowStore, name: str, metas: dict[str, dict]) -> list[dict]:

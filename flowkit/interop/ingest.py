@@ -72,7 +72,7 @@ from ..files import escape_name, walk_once
 from ..progress import Progress, StopFlag, Stopped
 from ..store import DEFAULT_BOUND, FlowStore, flow_codec, rgb_codec
 from ..store.codecs import codec_spec
-from ..store.labelling import fill_missing_labels, unlabelled_note
+from ..store.labelling import fill_missing_labels, stand_in_note, unlabelled_note
 from ..store.layout import class_ids
 from ..store.reading import IMPORTED_ATTR
 from ..version import __version__
@@ -216,7 +216,7 @@ def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig,
     if label_map is None and (root / LABEL_MAP).is_file():
         label_map = root / LABEL_MAP
     if config.annotations:
-        match = _match_all(config.annotations, list(sources), label_map)
+        match = match_all(config.annotations, list(sources), label_map)
         for key, (label, name) in match.labels.items():
             sources[key].label, sources[key].label_name = label, name
             sources[key].total_frames = match.total_frames.get(key)
@@ -275,15 +275,15 @@ def _label_from_export_lists(root: Path, sources: dict[str, Source], classes: li
             f"{' and '.join(p.name for p in lists)} beside {LABEL_MAP} (flowkit export's lists)"]
 
 
-def _match_all(files: Sequence[str | os.PathLike], keys: list[str],
-               label_map: str | os.PathLike | None) -> LabelMatch:
-    """One :class:`LabelMatch` over several annotation files (train and validation lists).
+def match_all(files: Sequence[str | os.PathLike], keys: list[str],
+              label_map: str | os.PathLike | None, kind: str = "rawframes") -> LabelMatch:
+    """One :class:`LabelMatch` over several annotation files (train and validation lists) of
+    ``kind`` (``"rawframes"`` lists here, ``"videos"`` lists for ``flowkit extract``).
     mmaction2 lists share their label ids: without a label map their class names come from all
     of them (:func:`~flowkit.annotations.merge_class_names`), so a validation list that lacks a
     class still merges; Kinetics CSVs, whose ids are their sorted class names, must agree. A video
     two files label differently is a :class:`FlowkitError` naming both (the last file won)."""
-    matches = [match_annotations(path, keys, kind="rawframes", label_map=label_map)
-               for path in files]
+    matches = [match_annotations(path, keys, kind=kind, label_map=label_map) for path in files]
     total = LabelMatch(classes=_merged_classes(files, matches, label_map is not None))
     where: dict[str, str] = {}  # key -> the file that labelled it first
     for path, match in zip(files, matches):
@@ -297,6 +297,8 @@ def _match_all(files: Sequence[str | os.PathLike], keys: list[str],
         total.unmatched += match.unmatched
         total.multi_label += match.multi_label
         total.ambiguous.update(match.ambiguous)
+        total.conflicting.update(match.conflicting)  # its rows disagree: no file labels it
+    total.labels = {k: v for k, v in total.labels.items() if k not in total.conflicting}
     total.unlabelled = [k for k in keys if k not in total.labels]
     return total
 
@@ -339,19 +341,21 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
         raise FlowkitError(f"rawframes folder {root} does not exist or is not a directory")
     walk_notes: list[str] = []
     sources = find_sources(root, walk_notes)
-    if not sources:
+    if not sources:  # the walk's notes say what it found instead (images of other names, ...)
         raise FlowkitError(f"{root}: no rawframes folders (img_*.jpg, flow_x_*.jpg) or denseflow "
-                           "HDF5 files found")
+                           "HDF5 files found" + "".join(f"; {note}" for note in walk_notes))
     label_notes: list[str] = []
     classes, match = label_sources(root, sources, config, label_notes)
     # an existing store keeps its order; ids that lists numbered (annotations, a label map) may
     # meet the store's class_<i> stand-ins, a class folder's place in sorted order may not
     numbered = match is not None or config.label_map is not None or (root / LABEL_MAP).is_file()
+    run_classes = classes  # this run's names, before the store's stand-ins replace them
     classes, ids = class_ids(Path(store_path), classes, numbered=numbered)
     for source in sources.values() if ids is not None else ():
         if source.label >= 0:  # the store's name too: its stand-in class_<i> stays (class_ids)
             source.label, source.label_name = ids[source.label], classes[ids[source.label]]
-    summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes + label_notes)
+    summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes + label_notes
+                            + stand_in_note(classes, run_classes))
     if match is not None:
         summary.labels = match.report()
         summary.unmatched, summary.unlabelled = match.unmatched, match.unlabelled
@@ -394,8 +398,30 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
         frames.close()
     summary.results.sort(key=lambda r: r.key)
     summary.notes += [f"{r.key}: {note}" for r in summary.results for note in r.notes]
+    summary.notes += _rgb_only_note(summary.results, metas, config)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _rgb_only_note(results: list[VideoImport], metas: dict[str, dict],
+                   config: ImportConfig) -> list[str]:
+    """The note on the videos this run imported from frames without flow (no ``flow_x_*`` /
+    ``flow_y_*`` images or denseflow files: Jester's, EPIC-KITCHENS' frames), which training a
+    flow model on would later refuse: a rerun of the import cannot add flow the folders lack.
+    ``metas``: the store's entries of the videos it held before (one already holding the flow
+    adds none, and is not one of them); a single frame has no flow (its folder's note says so)."""
+    done = [r for r in results if r.status == "done"]
+    rgb_only = [r.key for r in done if r.frames > 1 and not r.pairs and not r.backward_pairs
+                and config.flow_name not in metas.get(r.key, {}).get("flows", {})]
+    if not config.flow or not rgb_only:  # --no-flow: left out on purpose
+        return []
+    which = ("the videos hold RGB only" if len(rgb_only) == len(done) else
+             f"{len(rgb_only)} of the {len(done)} videos imported hold RGB only (e.g. "
+             f"{rgb_only[0]})")
+    return [f"no flow images found: {which}, no flow_x_* / flow_y_* images or denseflow .h5 "
+            "files. flowkit computes flow from video files, not frames: extract the source "
+            "videos (`flowkit extract VIDEOS -o NEW_STORE`) for a flow model, or train one that "
+            "needs no flow (e.g. ddn, or cidc with --model-arg modality=rgb)"]
 
 
 def _folder_labels(sources: dict[str, Source], metas: dict[str, dict], classes: list[str]
@@ -784,4 +810,4 @@ def _read(plan: _Plan, flow: _Flow, positions: list[int], config: ImportConfig) 
 
 
 __all__ = ["ImportConfig", "ImportSummary", "VideoImport", "Source", "find_sources",
-           "label_sources", "plan_video", "import_rawframes"]
+           "label_sources", "match_all", "plan_video", "import_rawframes"]

@@ -8,6 +8,7 @@ never silently; so are videos neither the run nor the store labels (:func:`unlab
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 
 #: How videos stored unlabelled get their labels: what messages about them name.
@@ -71,6 +72,25 @@ def kept_note(kept: list[tuple[str, int, int, str]]) -> list[str]:
             "in the labels the store lacks (-1); write a new store (-o NEW_STORE) to relabel"]
 
 
+def stand_in_note(stored: Sequence[str], run: Sequence[str] | None) -> list[str]:
+    """The note on the label ids the store calls ``class_<i>`` (``stored``: its classes; no class
+    folder named them when it was made) that this run's classes ``run`` name (a label map given on
+    a rerun): the store keeps its stand-ins (:func:`flowkit.store.layout.class_ids`; its videos
+    record them), so a rerun changes nothing there, which the note says with the way to the
+    names. None named so: no note."""
+    named = [(i, run[i]) for i, name in enumerate(stored)
+             if name == f"class_{i}" and run is not None and i < len(run)
+             and run[i] != name and run[i] not in stored]
+    if not named:
+        return []
+    i, name = named[0]
+    many = len(named) > 1
+    return [f"{len(named)} label id{'s' * many} the store calls class_<id> "
+            f"{'are' if many else 'is'} named by this run (e.g. class_{i}: {name!r}), but the "
+            "store keeps the class names it was made with: to have the names, extract into a new "
+            "store (-o NEW_STORE) with this --label-map"]
+
+
 def unlabelled_note(keys: list[str], lists: str) -> list[str]:
     """The note on the videos left without a label (-1) by a run labelled by class folders:
     how many, one of them, and the rerun that labels them (``lists``: the annotation lists the
@@ -83,4 +103,5 @@ def unlabelled_note(keys: list[str], lists: str) -> list[str]:
             "recomputing anything"]
 
 
-__all__ = ["RELABEL_HINT", "LabelCheck", "check_labels", "fill_missing_labels", "filled_note", "kept_note", "unlabelled_note"]
+__all__ = ["RELABEL_HINT", "LabelCheck", "check_labels", "fill_missing_labels", "filled_note",
+           "kept_note", "stand_in_note", "unlabelled_note"]
