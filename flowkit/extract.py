@@ -46,7 +46,7 @@ from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store import guard
 from .store.compat import Request, compare_with_store
-from .store.labelling import fill_missing_labels, unlabelled_note
+from .store.labelling import fill_missing_labels, stand_in_note, unlabelled_note
 from .store.layout import class_ids
 from .video import output_size, probe
 
@@ -591,6 +591,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
                            f"CLASS/VIDEO{bare}, as `flowkit info {store_path} --keys` lists them)")
     workers = config.workers or default_workers(config.device, len(items))
+    run_classes = classes  # this run's names, before the store's stand-ins replace them
     items, classes = store_labels(store_path, items, classes, classes_numbered)
     known, mismatched = check_store_options(store_path, items, config, engine, progress)
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
@@ -601,6 +602,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
     store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
     store.remove_partials()
     items, labels = settle_labels(store, items, known, progress)
+    labels = (labels[0], stand_in_note(store.classes, run_classes) + labels[1])
     todo, metas, results = [], {}, []
     for item in items:
         meta = metas[item.key] = None if item.key in config.redo else known.get(item.key)
@@ -835,7 +837,10 @@ def frame_count_mismatches(items: Sequence[VideoItem], known: dict[str, dict],
             continue
         stored = int(meta["num_frames"])
         made = _frames_made(item, config, stored, budget)
-        if made is not None and not (meta.get("max_frames") is None and records_cut(item.key)):
+        # a count the header gave (not this run's own limit) against a video stored whole
+        counted = config.max_frames is None or stored < config.max_frames
+        if made is not None and not (counted and meta.get("max_frames") is None
+                                     and records_cut(item.key)):
             out[item.key] = (stored, made)
     return out
 

@@ -392,6 +392,53 @@ def test_a_header_counting_frames_a_trim_hid_is_no_other_max_frames(tmp_path):
         extract([video], path, _config(backward=True))
 
 
+def test_a_smaller_max_frames_on_whole_videos_is_refused_before_computing(items, tmp_path):
+    """A store of whole videos (recording no cut) and a run adding flow with a smaller
+    --max-frames: its count is this run's own limit, not a header's, so the run is refused
+    before computing, and --redo-mismatched redoes the videos (the trimmed-clip exemption made
+    every video fail after its flow was computed, --redo-mismatched too)."""
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:2], path, _config(), classes=classes)
+    before = _stamps(path)
+    with pytest.raises(StoreError, match=rf"{videos[0].key}: {T} frames stored, 4 with --step 1 "
+                                         r"--max-frames 4.*Nothing was computed"):
+        extract(videos[:2], path, _config(backward=True, max_frames=4), classes=classes)
+    assert _stamps(path) == before
+    redone = extract(videos[:2], path, _config(backward=True, max_frames=4,
+                                               redo_mismatched=True), classes=classes)
+    assert [(r.status, r.frames) for r in redone.results] == [("done", 4)] * 2, redone.results
+
+
+def test_a_rerun_whose_label_map_names_the_stores_stand_ins_says_the_store_keeps_them(
+        sample_videos, tmp_path):
+    """A flat folder labelled by a 0-based list without a label map: the store calls its ids
+    class_<i>. The same command with the dataset's --label-map exits 0 and the store keeps its
+    stand-ins (its videos record them), which a note now says, with the way to the names."""
+    import json
+
+    from conftest import run_cli
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("pan_left_0", "pan_right_0"):
+        (flat / f"{name}.mp4").symlink_to(sample_videos / name.rsplit("_", 1)[0] / f"{name}.mp4")
+    (tmp_path / "list.txt").write_text("pan_left_0.mp4 0\npan_right_0.mp4 1\n")
+    (tmp_path / "map.txt").write_text("pan left\npan right\n")
+    cheap = [a for k, v in CHEAP.items() for a in ("--param", f"{k}={v}")]
+    common = ["extract", flat, "-o", tmp_path / "s", "--annotations", tmp_path / "list.txt",
+              "--size", "16", "--workers", "1", "--json", *cheap]
+    first = run_cli(*common)
+    assert first.returncode == 0, first.stderr
+    assert FlowStore(tmp_path / "s").classes == ["class_0", "class_1"]
+    again = run_cli(*common, "--label-map", tmp_path / "map.txt")
+    assert again.returncode == 0, again.stderr
+    notes = json.loads(again.stdout)["notes"]
+    assert [n for n in notes if n.startswith("2 label ids the store calls class_<id> are named by "
+                                             "this run (e.g. class_0: 'pan left')")], notes
+    assert FlowStore(tmp_path / "s").classes == ["class_0", "class_1"]
+
+
 def test_a_flow_another_engine_wrote_is_named_not_blamed_on_params(items, tmp_path):
     """An imported flow under the name a run computes (rawframes imported as flow/tvl1): the run is
     refused naming the importer, not with "rerun without --param ..." options nobody gave; with
@@ -773,6 +820,31 @@ def test_a_worker_reports_its_pairs_as_it_computes_them_a_few_times_a_second(ite
     assert conn.sent == [("pairs", T - 1)]
 
 
+def test_a_worker_sends_every_pair_before_the_videos_result(monkeypatch):
+    """The pairs a worker has not reported yet go to the parent before its video's result, which
+    counts none, so a --workers run's "frame pairs" bar ends at the summary's pairs (sent after
+    the result, or never for a worker's last video, they were left out: 90 of 120)."""
+    from flowkit import extract as extract_module
+
+    class Pipe(_Conn):
+        def __init__(self, items):
+            super().__init__()
+            self.items = list(items)
+
+        def recv(self):
+            return self.items.pop(0)
+
+    def run(item, reports):
+        reports(5)  # too soon after the flush before the video to be sent on its own
+        return [], None
+
+    monkeypatch.setattr(extract_module, "_worker_init", lambda *args: None)
+    monkeypatch.setattr(extract_module, "_worker_run", run)
+    conn = Pipe(["video", None])
+    extract_module._worker_main(conn, "store", None, 1, 0, {})
+    assert conn.sent == [("ready", None), ("pairs", 5), ("result", ([], None))]
+
+
 def test_the_parent_counts_the_pairs_workers_report_once(items):
     """The pairs a worker reports move the bar as they come; its result, which follows them,
     adds none (it counted them before)."""
@@ -902,6 +974,25 @@ def test_an_estimated_pairs_total_never_makes_the_bar_lie():
     assert progress.tasks == [("frame pairs", 19, 19)]
     plain = _PairsBar(TaskRecorder(), todo, ShardPlan([todo], {"a": 1}, basis="file size"))
     assert plain.task.total is None  # bytes are no pairs
+
+
+def test_a_stopped_runs_pairs_bar_keeps_the_plans_total():
+    """A run stopped (Ctrl-C, --max-hours) part way shows how far it got of the plan: its bar
+    closes at 42 of 120 pairs, not at 42 of 42 as if it had done all its videos."""
+    from flowkit.extract import _PairsBar
+    from flowkit.feed import VideoResult
+    from flowkit.labels import VideoItem
+    from flowkit.shards import ShardPlan
+    from test_store import TaskRecorder
+
+    todo = [VideoItem(Path(f"/v/{k}.mp4"), k, -1, "") for k in "abcd"]
+    progress = TaskRecorder()
+    bar = _PairsBar(progress, todo, ShardPlan([todo], {k: 30 for k in "abcd"}))
+    bar.advance(30)
+    bar.ended(VideoResult("a", "/v/a.mp4", "done", pairs=30))
+    bar.advance(12)  # stopped part way through b
+    bar.close(finished=False)
+    assert progress.tasks == [("frame pairs", 42, 120)]
 
 
 def _with_worker_roles(monkeypatch, tmp_path, roles: str) -> None:

@@ -57,6 +57,17 @@ def test_scan_notes_files_of_unknown_extensions_once(tmp_path):
     assert quiet == []  # the extensions asked for are read, whatever they are
 
 
+def test_the_unknown_extensions_note_names_the_extensions_asked_for(tmp_path):
+    """A scan given its own extensions (``--extensions .mp4``) that skips a video of another
+    (b.dv) says videos were looked for as the ones asked for, not as the default list."""
+    touch(tmp_path, "walk/a.mp4", "walk/b.dv")
+    notes: list[str] = []
+    items, _ = scan_videos(tmp_path, extensions=[".mp4"], notes=notes)
+    assert [i.key for i in items] == ["walk/a"]
+    assert notes[-1].endswith(f"e.g. {tmp_path / 'walk/b.dv'}; videos are looked for as .mp4: "
+                              "rename such a video with one of these extensions")
+
+
 def test_the_scan_reads_the_extensions_the_decoder_does():
     from flowkit import video
 
@@ -346,3 +357,42 @@ def test_a_label_0_in_the_last_class_folder_reads_0_based(tmp_path):
     with pytest.raises(FlowkitError, match=r"list.txt:1: label 0 \(0-based\) is class 'A' but "
                                            r"the video is in folder 'C'"):
         read_split_list(lst, tmp_path, tmp_path / "classInd.txt")
+
+
+@pytest.mark.parametrize("text", [
+    '[{"vid_name": "Zx9-Yw8_Vu7_00003", "label": 45, "start_frame": 0, "end_frame": 8}, '
+    '{"vid_name": "Zx9-Yw8_Vu7_00004", "label": 12, "start_frame": 0, "end_frame": 8}]',
+    '[\n {\n  "id": "1",\n  "label": "moving a pen down"\n }\n]\n',  # SSv2's, pretty-printed
+])
+def test_a_json_split_list_is_refused_as_json(tmp_path, text):
+    """Diving48_V2_test.json given to --split-list is said to be JSON, with the line to convert it
+    to: not echoed whole (1.2 MB) with advice about paths with spaces."""
+    lst = tmp_path / "Diving48_V2_test.json"
+    lst.write_text(text)
+    with pytest.raises(FlowkitError) as err:
+        read_split_list(lst, tmp_path)
+    assert str(err.value) == (f"{lst} looks like a JSON file; expected a split list, one "
+                              "'<class>/<video> [label]' line a video: convert it to such lines "
+                              "(e.g. 'ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1')")
+
+
+def test_a_long_malformed_line_is_echoed_cut(tmp_path):
+    """A malformed split-list or classInd.txt line is echoed to 80 characters and "...", not
+    whole; a JSON classInd.txt is said to be JSON."""
+    lst = tmp_path / "trainlist01.txt"
+    lst.write_text("A/a.avi 1 " + " ".join(["x"] * 3000) + "\n")
+    with pytest.raises(FlowkitError, match=r"trainlist01.txt:1: expected '<class>/<video> "
+                                           r"\[label\]' .*, got 'A/a.avi 1 (x ){35}\.\.\.' "
+                                           r"\(paths with spaces"):
+        parse_split_list(lst)
+    index = tmp_path / "classInd.txt"
+    index.write_text('{"ApplyEyeMakeup": 1, "Archery": 2}\n')
+    with pytest.raises(FlowkitError, match=r"classInd.txt looks like a JSON file; expected "
+                                           r"UCF101's classInd.txt, one '<id> <ClassName>' line "
+                                           r"a class, ids from 1: convert it to such lines "
+                                           r"\(e.g. '1 ApplyEyeMakeup'\)"):
+        read_class_index(index)
+    index.write_text("1 A\n2 " + "B " * 1000 + "\n")
+    with pytest.raises(FlowkitError, match=r"classInd.txt:2: expected '<id> <ClassName>' with a "
+                                           r"1-based id, got '2 (B ){39}\.\.\.'$"):
+        read_class_index(index)

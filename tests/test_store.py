@@ -282,24 +282,34 @@ def test_a_flow_added_by_a_writer_keeps_the_videos_frame_facts(store):
     meta = store.meta("zoom/v")
     assert set(meta["flows"]) == {"costvolume", "tvl1"} and _facts(meta) == facts
     assert (meta["step"], meta["max_frames"]) == (2, 5)
-    for given, told in (({"step": 3}, "step 2, but this writer was given 3"),
-                        ({"source_size": (480, 640)}, "source_height 240, but this writer was "
-                                                      "given 480"),
-                        ({"max_frames": 9}, "max_frames 5, but this writer was given 9")):
+    for given, told in (({"step": 3}, "step 2, but these frames were made with 3"),
+                        ({"max_frames": 9}, "max_frames 5, but these frames were made with 9")):
         kw = {k: v for k, v in given.items() if k != "max_frames"}
         with pytest.raises(StoreError, match=rf"^video 'zoom/v' is already in the store with "
-                                             rf"{re.escape(told)}; write it with the store's "
-                                             r"value .*--redo zoom/v"):
+                                             rf"{re.escape(told)}; make them as the store's "
+                                             r"were, or replace the video with --redo zoom/v"):
             with store.writer("zoom/v", source="v.mp4", **{"fps": 12.5, **kw},
                               flow_codec="float16") as w:
                 w.append_flow("tvnet", flow, {**other, "engine": "tvnet"})
                 w.update_attrs({k: v for k, v in given.items() if k == "max_frames"})
     assert store.flow_names("zoom/v") == ["costvolume", "tvl1"] and store.partials() == []
+    # Another source size for the same frames (an import recorded its images' size, an older
+    # flowkit a rotated video's header size) is no other frames: the flow is added, the video
+    # keeps its size, and a redo of the same frames drops nothing for it.
+    for redo in (False, True):
+        with store.writer("zoom/v", source="v.mp4", fps=12.5, source_size=(320, 240),
+                          flow_codec="float16", redo=redo) as w:
+            w.append_flow(f"swapped_{redo}", flow, {**other, "engine": "tvnet"})
+        assert w.dropped == []
+        meta = store.meta("zoom/v")
+        assert {"costvolume", "tvl1", f"swapped_{redo}"} <= set(meta["flows"])
+        assert (meta["source_height"], meta["source_width"], meta["step"]) == (240, 320, 2)
     with store.writer("zoom/v", source="v.mp4", fps=12.5, step=3, flow_codec="float16",
                       redo=True) as w:  # a redo's frames replace the video's, facts and all
         w.append_flow("tvnet", flow, {**other, "engine": "tvnet"})
     assert [(d.name, d.why) for d in w.dropped] == [
-        (name, "stored for other frames") for name in ("rgb", "flow/costvolume", "flow/tvl1")]
+        (name, "stored for other frames") for name in
+        ("rgb", "flow/costvolume", "flow/swapped_False", "flow/swapped_True", "flow/tvl1")]
     meta = store.meta("zoom/v")
     assert set(meta["flows"]) == {"tvnet"} and (meta["step"], meta.get("max_frames")) == (3, None)
     write_video(store, "zoom/new", rgb, {"tvl1": flow})  # a new video: the defaults
@@ -309,6 +319,45 @@ def test_a_flow_added_by_a_writer_keeps_the_videos_frame_facts(store):
     write_video(store, "zoom/new", None, {"other": flow}, source_size=(24, 32))  # was unknown
     assert (store.meta("zoom/new")["source_height"], store.meta("zoom/new")["source_width"]) == \
         (24, 32)
+
+
+def test_a_frame_fact_found_out_by_an_adding_writer_is_checked_against_the_video(store):
+    """A writer told only source and fps that adds a flow to a video stored with step 2, then
+    finds out (update_attrs) that its frames were made with step 3, is refused naming the
+    stored step, and the video keeps its flows (a fact given late counts as given)."""
+    _, flow = make_video(11, frames=3)
+    with store.writer("zoom/v", source="v.mp4", fps=25.0, step=2, flow_codec="float16") as w:
+        w.append_flow("tvl1", flow, ENGINE)
+    other = {"engine": "costvolume", "version": "1", "params": {}}
+    with pytest.raises(StoreError, match=r"^video 'zoom/v' is already in the store with step 2, "
+                                         r"but these frames were made with 3"):
+        with store.writer("zoom/v", source="v.mp4", fps=25.0, flow_codec="float16") as w:
+            w.append_flow("costvolume", flow, other)
+            w.update_attrs({"step": 3})
+    assert store.flow_names("zoom/v") == ["tvl1"] and store.meta("zoom/v")["step"] == 2
+
+
+def test_frame_intervals_found_out_again_match_to_rounding_only(store):
+    """Frame intervals an adding writer measures again must be the stored ones to rounding: a
+    video stored with intervals 0.03..0.05 refuses a flow whose frames had 0.01..0.09, and takes
+    one whose intervals differ by float rounding."""
+    _, flow = make_video(11, frames=3)
+    intervals = {"variable_frame_rate": True, "frame_interval_min": 0.03,
+                 "frame_interval_max": 0.05}
+    with store.writer("zoom/v", source="v.mp4", fps=25.0, flow_codec="float16") as w:
+        w.append_flow("tvl1", flow, ENGINE)
+        w.update_attrs(intervals)
+    other = {"engine": "costvolume", "version": "1", "params": {}}
+    with pytest.raises(StoreError, match=r"^video 'zoom/v' is already in the store with "
+                                         r"frame_interval_min 0\.03"):
+        with store.writer("zoom/v", source="v.mp4", fps=25.0, flow_codec="float16") as w:
+            w.append_flow("costvolume", flow, other)
+            w.update_attrs({**intervals, "frame_interval_min": 0.01, "frame_interval_max": 0.09})
+    assert store.flow_names("zoom/v") == ["tvl1"]
+    with store.writer("zoom/v", source="v.mp4", fps=25.0, flow_codec="float16") as w:
+        w.append_flow("costvolume", flow, other)
+        w.update_attrs({**intervals, "frame_interval_min": 0.03 + 1e-12})
+    assert store.flow_names("zoom/v") == ["costvolume", "tvl1"]
 
 
 def test_a_second_method_through_the_feed_keeps_the_videos_frame_facts(tmp_path):
@@ -437,6 +486,23 @@ def test_fill_labels_reports_a_key_the_store_does_not_hold(store):
         "walk/a.mp4": f"video 'walk/a.mp4' is not in store {store.path}, so it was not labelled; "
                       "keys have no extension: 'walk/a'"}
     assert store.meta("walk/a")["label"] == -1
+
+
+def test_fill_labels_reports_a_video_deleted_while_it_was_labelled(store, monkeypatch):
+    """A video deleted (by another process) after fill_labels found it held is not labelled and
+    says so in the why-not dict, like one never held (before: left out silently)."""
+    rgb, flow = make_video(9, frames=3)
+    write_video(store, "walk/a", rgb, {"tvl1": flow})
+    found = store.is_complete
+
+    def then_deleted(key):
+        held = found(key)
+        (store.path / "videos" / f"{key}.h5").unlink()
+        return held
+
+    monkeypatch.setattr(store, "is_complete", then_deleted)
+    assert store.fill_labels({"walk/a": 0}) == ([], {
+        "walk/a": f"video 'walk/a' is not in store {store.path}, so it was not labelled"})
 
 
 def test_fill_labels_says_which_ids_the_store_takes(store, tmp_path):
@@ -919,6 +985,18 @@ def test_a_rebuilt_store_json_takes_an_empty_label_name_for_no_name(tmp_path):
     manifest.unlink()
     with pytest.raises(StoreError, match=r"label ids \[1\] have no video to name them"):
         FlowStore.rebuild_manifest(tmp_path / "s")
+
+
+def test_a_broken_store_json_of_unlabelled_videos_is_rebuilt_without_classes(tmp_path):
+    """A store holding only unlabelled videos (no classes) whose store.json was half-written is
+    rebuilt with no classes, and opens again."""
+    store = FlowStore(tmp_path / "s", "a")
+    rgb, flow = make_video(15, frames=3)
+    write_video(store, "misc/u", rgb, {"tvl1": flow})
+    store.close()
+    (tmp_path / "s" / "store.json").write_text("{broken")
+    assert FlowStore.rebuild_manifest(tmp_path / "s") == []
+    assert FlowStore(tmp_path / "s").classes == []
 
 
 # ----------------------------------------------------------------------------- validation

@@ -271,6 +271,16 @@ def test_merge_for_resume_allows_only_resumable_changes(tmp_path):
         tiny_config(tmp_path, model_kwargs={"num_classes": 3}).validate()
 
 
+def test_merge_for_resume_of_an_older_run_with_a_relative_weights_path(tmp_path, monkeypatch):
+    """An older run recorded tvnet_weights as typed (relative); resumed from its folder with the
+    same path given again, it resumes: both name the same file, not a changed model keyword."""
+    monkeypatch.chdir(tmp_path)
+    saved = tiny_config(tmp_path, model="tvnet", model_kwargs={"tvnet_weights": "tvnet.pt"})
+    given = {"model": "tvnet", "model_kwargs": {"tvnet_weights": "tvnet.pt"}, "epochs": 3}
+    merged = merge_for_resume(saved, given)
+    assert merged.epochs == 3 and merged.model_kwargs == {"tvnet_weights": "tvnet.pt"}
+
+
 def test_val_list_without_split_list_is_refused(tmp_path):
     """--val-list alone would be ignored (the split comes from --val-fraction): refused instead."""
     with pytest.raises(FlowkitError, match="--val-list needs --split-list"):
@@ -615,6 +625,10 @@ def test_evaluate_ten_crop_of_a_no_flip_run_has_no_mirrored_views(tiny_store, tm
         assert (report["crops"], report["crop_views"]) == (10, views)
         assert report["mirrored_views"] is flip
         assert report["views"] == result.views == 2 * views
+    # Of the flip run (the last), one or three crops are not mirrored: the report says so.
+    for crops in (1, 3):
+        result = evaluate_run(run, clips=1, crops=crops, checkpoint="last", out_dir=False)
+        assert result.report["mirrored_views"] is False
 
 
 def test_evaluate_a_run_stopped_in_its_first_epoch_names_checkpoint_last(tiny_store, tmp_path):

@@ -358,6 +358,22 @@ def test_tvnet_keywords_with_store_flow_are_refused_and_old_runs_still_rebuild(t
     restored.load_state_dict(tiny(flow_source="store").state_dict())
 
 
+def test_a_run_recorded_without_flow_source_rebuilds_with_its_tvnet_keywords(tmp_path):
+    """A run's kwargs that leave flow_source at its default (tvnet) build a TVNet, so its TVNet
+    keywords are used, not dropped as a store-flow run's: the rebuild runs the TVNet trained
+    (3 iterations, not the default 50), and a tvnet_weights file gone is still named."""
+    from flowkit.models import rebuild_model
+
+    recorded = {**TINY, "frames": 2, "tvnet_scales": 1, "tvnet_warps": 1}
+    assert "flow_source" not in recorded
+    model = rebuild_model("tvnet", **recorded)
+    assert (model.tvnet.config.scales, model.tvnet.config.warps,
+            model.tvnet.config.iterations) == (1, 1, 3)
+    with pytest.raises(FlowkitError, match="tvnet_weights .*gone.pt, recorded with the run, is "
+                                           "not there"):
+        rebuild_model("tvnet", **recorded, tvnet_weights=str(tmp_path / "gone.pt"))
+
+
 def test_wrong_kinds_of_input_are_one_line_naming_the_fix():
     """model(tensor) raised torch's "Tensor.__contains__ only supports Tensor or scalar", and
     uint8 frames "expected scalar type Byte": the model says what to pass instead."""

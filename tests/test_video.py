@@ -409,14 +409,15 @@ def test_truncated_file_decodes_partially_when_not_strict(bad_videos):
         assert len(load_frames(bad_videos.paths[case], max_frames=2)) == 2
 
 
-def _trimmed_mp4(path, frames: int, cut: int):
+def _trimmed_mp4(path, frames: int, cut: int, options: dict | None = None):
     """An mp4 whose first ``cut`` of ``frames`` frames an edit list hides (what ``ffmpeg -ss T -c
     copy`` or a phone's trim writes): their packets stay, with negative times; the sample table
-    counts all ``frames``, ``frames - cut`` decode, and the stream lasts as long as they do."""
+    counts all ``frames``, ``frames - cut`` decode, and the stream lasts as long as they do.
+    ``options``: the mp4 muxer's (e.g. ``video_track_timescale``)."""
     import av
 
     source = write_video(path.with_name("source.mp4"), _moving_photo(frames, (32, 32)), fps=25)
-    with av.open(str(source)) as inp, av.open(str(path), "w") as out:
+    with av.open(str(source)) as inp, av.open(str(path), "w", options=options or {}) as out:
         stream = inp.streams.video[0]
         copy = out.add_stream_from_template(stream)
         shift = int(cut / (stream.time_base * stream.average_rate))
@@ -461,6 +462,54 @@ def test_trimmed_mp4_and_avi_with_dropped_frames_are_complete(tmp_path):
     dropped, kept = _dropped_avi(tmp_path / "dropped.avi", 21)
     assert probe(dropped).frame_count == 21
     assert len(load_frames(dropped)) == kept == 16
+
+
+def test_a_trimmed_mp4_whose_time_base_is_one_frame_is_complete(tmp_path):
+    """A trimmed mp4 muxed with one tick per frame (``-video_track_timescale 25``: its stream
+    duration, in ticks, is the kept frame count) is no avi: its duration in ticks is no index
+    of chunks, so it loads its 30 frames, not refused as "truncated" before decoding."""
+    trimmed = _trimmed_mp4(tmp_path / "trimmed.mp4", 40, 10, {"video_track_timescale": "25"})
+    assert len(load_frames(trimmed)) == 30
+
+
+def _encoded(path, pts: list[int], last_duration: float | None = None):
+    """A 32x32 mpeg4 video at 25 fps whose frames have times ``pts`` (in 1/25 s); its last packet
+    lasts ``last_duration`` seconds where given (the last frame held)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 25)
+        packets = []
+        for t, image in zip(pts, _moving_photo(len(pts), (32, 32))):
+            frame = av.VideoFrame.from_ndarray(image, "rgb24")
+            frame.pts = t
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        if last_duration is not None:
+            packets[-1].duration = int(last_duration / packets[-1].time_base)
+        for packet in packets:
+            out.mux(packet)
+    return path
+
+
+def test_an_mp4_whose_last_frame_is_held_long_is_complete(tmp_path):
+    """An mp4 of 20 frames whose last frame is held 10 s (a slideshow's, a screen recording's
+    end) decodes every frame it counts: it loads all 20, not refused as "truncated" for frames
+    ending long before its length."""
+    path = _encoded(tmp_path / "held.mp4", list(range(20)), last_duration=10.0)
+    assert probe(path).frame_count == 20
+    assert len(load_frames(path)) == 20
+
+
+def test_an_mkv_whose_frames_start_late_is_complete(tmp_path):
+    """An mkv whose 20 frames start at 1.0 s (a clip cut from a stream keeps its times) is whole:
+    it loads all 20, not refused as "truncated" for frames measured from the first one."""
+    path = _encoded(tmp_path / "late.mkv", [25 + i for i in range(20)])
+    assert len(load_frames(path)) == 20
 
 
 @pytest.mark.parametrize("name, codec", [("cut.avi", "mpeg4"), ("cut_h264.avi", None),

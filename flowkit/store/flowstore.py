@@ -181,10 +181,11 @@ class FlowStore:
         (default: the store's name of it; another is refused), else :class:`StoreError`.
         ``source_size`` is the decoded video's (height, width) before any resize; ``step`` the
         frame step it was decoded with. Left out (None), a video already in the store keeps its
-        own, a new one records -1 (unknown) and 1. One given that differs from what the stored
-        video records is refused as other frames (count, size) are, unless ``redo`` (the
-        writer's frames replace the video's); so are the facts :meth:`VideoWriter.update_attrs`
-        gives (``max_frames``, ``rotation``, ``variable_frame_rate``:
+        own, a new one records -1 (unknown) and 1. A ``step`` given that differs from what the
+        stored video records is refused as other frames (count, size) are, unless ``redo`` (the
+        writer's frames replace the video's), whereas a known stored source size is kept (writers
+        have recorded it otherwise for the same frames); so are the facts
+        :meth:`VideoWriter.update_attrs` gives (``max_frames``, ``rotation``, ``variable_frame_rate``:
         :data:`~flowkit.store.writer.FRAME_ATTRS`), and the stored video's others are kept.
         ``flow_codec`` / ``rgb_codec``: a codec or its name with default parameters
         (:mod:`flowkit.store.codecs`: ``jpegls`` at 0.1 px, ``float16``, ``uint8``; ``jpeg`` at

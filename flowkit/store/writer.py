@@ -50,11 +50,14 @@ COMPACT_ATTRIBUTES = 64
 OTHER_FRAMES = "stored for other frames"
 #: Root attributes that say how a video's frames were made from its source (docs/architecture.md,
 #: "The store"): a commit adding datasets to the finished video keeps those the writer was not
-#: given (:meth:`FlowStore.writer`'s defaults) and refuses a given one that differs from a known
-#: one (a source size of -1 is unknown: the writer's fills it in). ``fps``, always given, is the
-#: writer's.
+#: given (:meth:`FlowStore.writer`'s defaults) and refuses a given one that differs, but for the
+#: source size (:data:`_SOURCE_SIZE`). ``fps``, always given, is the writer's.
 FRAME_ATTRS = ("step", "source_height", "source_width", "max_frames", "rotation",
                "variable_frame_rate", "frame_interval_min", "frame_interval_max")
+#: The source size is never refused, only kept: writers have recorded it otherwise for the same
+#: frames (an import: its images' size; a flowkit before 2026-11-29: a rotated video's header
+#: size, not the upright one), so frames of the same count and size decide.
+_SOURCE_SIZE = ("source_height", "source_width")
 
 
 class Dropped(NamedTuple):
@@ -446,26 +449,28 @@ class VideoWriter:
         of :data:`FRAME_ATTRS` this writer was given that the file holds with another value, as
         one line naming both and the fix; "" when none."""
         for name in FRAME_ATTRS:
-            if name in self._defaults or name not in src.attrs or name not in self._file.attrs:
+            if (name in self._defaults or name not in src.attrs or name not in self._file.attrs
+                    or name in _SOURCE_SIZE):
                 continue
             theirs, mine = py_value(src.attrs[name]), py_value(self._file.attrs[name])
-            if name.startswith("source_") and theirs == -1:  # unknown (an import's, an API's)
-                continue
             if not _same_value(theirs, mine):
                 return (f"video {self.key!r} is already in the store with {name} {theirs!r}, but "
-                        f"this writer was given {mine!r}; write it with the store's value (leave "
-                        f"it out: the finished video's is kept), or replace the video with "
-                        f"--redo {self.key} (FlowStore.writer(..., redo=True))")
+                        f"these frames were made with {mine!r}; make them as the store's were, "
+                        f"or replace the video with --redo {self.key} (Python: leave {name} out "
+                        "of FlowStore.writer, the video's is kept, or pass redo=True)")
         return ""
 
     def _keep_frame_facts(self, src: h5py.File) -> None:
         """Give the partial file the :data:`FRAME_ATTRS` of the finished file (of the same
         frames) that this writer was not given: a flow added by a writer that knows only the
-        frames keeps the video's step, source size, frame limit, rotation and frame rate."""
+        frames keeps the video's step, source size, frame limit, rotation and frame rate. A
+        source size the finished file knows is kept in any case (:data:`_SOURCE_SIZE`)."""
         dst = self._file
         for name in FRAME_ATTRS:
-            if name in src.attrs and (name in self._defaults or name not in dst.attrs):
+            known = name in _SOURCE_SIZE and py_value(src.attrs.get(name, -1)) != -1
+            if name in src.attrs and (name in self._defaults or name not in dst.attrs or known):
                 dst.attrs[name] = src.attrs[name]
+
 
     def _refuse_other_video(self, src: h5py.File) -> None:
         mine, theirs = self._frames(self._file), self._frames(src)
