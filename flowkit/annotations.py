@@ -222,17 +222,20 @@ def read_label_map(path: str | os.PathLike) -> list[str]:
     - a JSON array of names, ``["jump", "run"]``: item i is label i.
 
     Any other JSON (Diving48's vocabulary, a list of lists) is refused, and so is a text line that
-    opens like JSON (``{``, ``[``): read as a class name it would shift every id after it."""
+    opens like a JSON object (``{``): read as a class name it would shift every id after it. A
+    file opening with ``[`` that does not parse as JSON is text: Something-Something's class
+    names open so (``[Something] falling like a rock``), in the label_map.txt an export writes."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise FlowkitError(f"cannot read label map {path}: {e}") from None
-    if text.lstrip()[:1] in ("{", "["):
+    opening = text.lstrip()[:1]
+    if opening == "{" or opening == "[" and _parses(text):
         return _json_label_map(path, text)
     names = [line.strip() for line in text.splitlines()]
     for lineno, name in enumerate(names, 1):
-        if name[:1] in ("{", "["):
+        if name[:1] == "{":
             raise FlowkitError(f"{path}:{lineno}: {echo([name])} opens like JSON, not a class "
                                "name; a label map is one class name a line, or a whole JSON "
                                "file (Something-Something's {name: id})")
@@ -243,6 +246,15 @@ def read_label_map(path: str | os.PathLike) -> list[str]:
     if len(set(names)) != len(names):
         raise FlowkitError(f"{path}: a class name appears twice")
     return names
+
+
+def _parses(text: str) -> bool:
+    """Whether ``text`` is JSON."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _Pairs(list):

@@ -517,16 +517,22 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 def _unnamed_frames_note(root: Path, unnamed: list[tuple[Path, str]]) -> str:
     """The note on folders of images whose names are no rawframes names: how many, an example
     folder and file, and the fix, a rename to ``img_<number>`` (the number padded as it is: any
-    padding is read) by a one-line bash loop over folders as deep as the example's."""
+    padding is read) by a one-line bash loop over folders as deep as the example's. The loop
+    never overwrites (an existing target is left alone) and skips what it must not touch: names
+    that already are rawframes' (``img_*``, ``flow_*``, ``x_*``, ``y_*``: a root whose other
+    folders are fine keeps their flow) and names not ending in a number (``0001_left``: no frame
+    index to give)."""
     folder, image = min(unnamed)
     ext = image.rsplit(".", 1)[1]
     glob = shlex.quote(root.as_posix()) + "/*" * len(folder.parts) + f"/*.{ext}"
+    target = f'"${{f%/*}}/img_$i.{ext.lower()}"'  # lower case: the extensions flowkit reads
     return (f"{len(unnamed)} folders hold images but no rawframes names (img_*, flow_x_* / "
             f"flow_y_*), e.g. {(folder / image).as_posix()}: not imported. flowkit reads RGB "
-            f"frames named img_<number> (img_%05d.{ext}, mmaction2's default filename_tmpl); "
-            f"rename them, e.g. with bash: for f in {glob}; do n=${{f##*/}}; n=${{n%.*}}; "
-            f"[ \"$n\" = \"img_${{n##*[!0-9]}}\" ] || "
-            f"mv \"$f\" \"${{f%/*}}/img_${{n##*[!0-9]}}.{ext.lower()}\"; done")  # .JPG: not read
+            f"frames named img_<number>.{ext.lower()} (img_%05d.{ext.lower()}, mmaction2's default "
+            f"filename_tmpl; a lower-case extension); rename them, e.g. with bash: for f in "
+            f"{glob}; do n=${{f##*/}}; n=${{n%.*}}; i=${{n##*[!0-9]}}; case $n in "
+            f"img_*|flow_*|x_*|y_*) continue;; esac; [ -z \"$i\" ] || [ -e {target} ] || "
+            f"mv \"$f\" {target}; done")
 
 
 __all__ = ["RGB_PREFIX", "FLOW_X_PREFIX", "FLOW_Y_PREFIX", "FLOW_PNG_PREFIX", "DEFAULT_START_INDEX",

@@ -303,6 +303,12 @@ def test_something_something_json_label_map_is_read_by_its_ids(tmp_path):
     assert match.labels == {"1": (2, names[2]), "4": (1, names[1])}
     path.write_text('["jump", "run"]')  # a list of names: item i is label i
     assert read_label_map(path) == ["jump", "run"]
+    # Something-Something's names as text (the label_map.txt flowkit export writes): the lines
+    # opening with "[" are names, first or not, as they were before JSON maps were read
+    names = ["[Something] falling like a rock", "Approaching [something] with your camera"]
+    for order in (names, names[::-1]):
+        path.write_text("".join(f"{n}\n" for n in order))
+        assert read_label_map(path) == order
 
 
 @pytest.mark.parametrize("text, message", [

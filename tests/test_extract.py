@@ -1072,22 +1072,27 @@ def test_no_worker_left_stops_the_run_and_counts_what_did_not_start(items, tmp_p
     assert sum("before taking a video" in n for n in summary.notes) == 2, summary.notes
 
 
+def _stopping_at_first(stop, description: str) -> Progress:
+    """A Progress that asks ``stop`` to stop ("terminated", as SIGTERM does) once the task
+    ``description`` counts its first unit."""
+    class StopAtFirst(Progress):
+        def _changed(self, task):
+            if task.description == description and task.completed:
+                stop.set("terminated")
+
+    return StopAtFirst()
+
+
 def test_a_stop_raises_stopped_carrying_the_summary_of_what_finished(items, tmp_path):
     """A stop request (Ctrl-C, SIGTERM) still raises Stopped, now with the summary of the videos
     that finished: `flowkit extract --json` printed nothing on stdout for a run Slurm stopped."""
-    from flowkit.progress import Progress, StopFlag, Stopped
+    from flowkit.progress import StopFlag, Stopped
 
     stop = StopFlag()
-
-    class StopAfterFirstVideo(Progress):
-        def _changed(self, task):
-            if task.description == "videos" and task.completed:
-                stop.set("terminated")
-
     videos, classes = items
     with pytest.raises(Stopped) as stopped:
         extract(videos, tmp_path / "s", _config(), classes=classes,
-                progress=StopAfterFirstVideo(), stop=stop)
+                progress=_stopping_at_first(stop, "videos"), stop=stop)
     summary = stopped.value.summary
     assert summary.interrupted and summary.stopped == "terminated"
     done = [r.key for r in summary.results if r.status == "done"]
@@ -1105,19 +1110,13 @@ def test_a_stop_mid_video_counts_it_in_progress_with_its_pairs_not_as_not_starte
     """SIGTERM while a video is computed discards its pairs (a rerun restarts it): the summary
     said "1 videos not started" and 0 pairs, hiding the work lost. It is now counted apart, with
     the pairs discarded; "not_started" keeps the videos never begun."""
-    from flowkit.progress import Progress, StopFlag, Stopped
+    from flowkit.progress import StopFlag, Stopped
 
     stop = StopFlag()
-
-    class StopAtFirstPairs(Progress):
-        def _changed(self, task):
-            if task.description == "frame pairs" and task.completed:
-                stop.set("terminated")
-
     videos, classes = items
     with pytest.raises(Stopped) as stopped:
         extract(videos, tmp_path / "s", _config(batch=3), classes=classes,
-                progress=StopAtFirstPairs(), stop=stop)
+                progress=_stopping_at_first(stop, "frame pairs"), stop=stop)
     summary = stopped.value.summary
     assert summary.results == [] and FlowStore(tmp_path / "s").keys() == []
     assert (summary.in_progress, summary.discarded_pairs) == (1, 3)  # its first batch

@@ -410,21 +410,29 @@ def test_find_videos_notes_folders_of_images_under_other_names(tmp_path):
 
 def test_the_rename_the_note_gives_makes_rawframes_of_them(tmp_path):
     """The note's bash loop, run as given (a root with a space in its name), renames Jester's
-    and EPIC-KITCHENS' frames to img_<number> (their padding kept: any padding is read), leaves
-    img_* files alone, and the folders then read as videos."""
+    and EPIC-KITCHENS' frames to img_<number> (their padding kept: any padding is read), and the
+    folders then read as videos. It touches nothing else: a good folder's img_* and flow images
+    (it renamed flow_y_00001.jpg over img_00001.jpg), names without a number at their end (four
+    frames became one img_.jpg), and an existing target."""
     if shutil.which("bash") is None:
         pytest.skip("no bash")
     root = tmp_path / "my raw"
-    _touch_video(root / "v0", 2, 0)
-    for folder, name in (("jester", "{:05d}.jpg"), ("epic", "frame_{:010d}.jpg")):
+    good = _touch_video(root / "v0", 2, 1)
+    before = {name: (good / name).read_bytes() for name in os.listdir(good)}
+    for folder, name in (("jester", "{:05d}.jpg"), ("epic", "frame_{:010d}.jpg"),
+                         ("stereo", "{:05d}_left.jpg")):
         (root / folder).mkdir()
         for i in (1, 2):
-            (root / folder / name.format(i)).write_bytes(b"")
+            (root / folder / name.format(i)).write_bytes(name.format(i).encode())
+    (root / "jester" / "img_00002.jpg").write_bytes(b"already")  # a target there: kept
     notes: list[str] = []
     rawframes.find_videos(root, notes)
     loop = notes[0].split("e.g. with bash: ", 1)[1]
     subprocess.run(["bash", "-c", loop], check=True, cwd=tmp_path, capture_output=True)
+    assert {name: (good / name).read_bytes() for name in os.listdir(good)} == before
     assert sorted(os.listdir(root / "epic")) == ["img_0000000001.jpg", "img_0000000002.jpg"]
-    assert sorted(os.listdir(root / "jester")) == ["img_00001.jpg", "img_00002.jpg"]
+    assert sorted(os.listdir(root / "jester")) == ["00002.jpg", "img_00001.jpg", "img_00002.jpg"]
+    assert (root / "jester" / "img_00002.jpg").read_bytes() == b"already"
+    assert sorted(os.listdir(root / "stereo")) == ["00001_left.jpg", "00002_left.jpg"]
     assert rawframes.find_videos(root) == ["epic", "jester", "v0"]
     assert rawframes.scan_folder(root / "epic").rgb == [1, 2]

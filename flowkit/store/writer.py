@@ -464,10 +464,13 @@ class VideoWriter:
         """Give the partial file the :data:`FRAME_ATTRS` of the finished file (of the same
         frames) that this writer was not given: a flow added by a writer that knows only the
         frames keeps the video's step, source size, frame limit, rotation and frame rate. A
-        source size the finished file knows is kept in any case (:data:`_SOURCE_SIZE`)."""
+        source size the finished file knows is kept even when given (:data:`_SOURCE_SIZE`), but
+        for a redo (``--redo-mismatched`` of a video whose stale size the store's check
+        refused), whose given one replaces it."""
         dst = self._file
         for name in FRAME_ATTRS:
-            known = name in _SOURCE_SIZE and py_value(src.attrs.get(name, -1)) != -1
+            known = (name in _SOURCE_SIZE and not self.redo  # a redo's given size repairs it
+                     and py_value(src.attrs.get(name, -1)) != -1)
             if name in src.attrs and (name in self._defaults or name not in dst.attrs or known):
                 dst.attrs[name] = src.attrs[name]
 
