@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -157,6 +158,47 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# Stop reasons by strength (see :class:`flowkit.progress.StopFlag`): the strongest one seen by any
+# rank is every rank's, so a SIGTERM that reached one rank ends all of them as terminated (143).
+STOP_REASONS = ("", "interrupted", "terminated")
+
+
+def strongest_reason(reason: str) -> str:
+    """The strongest stop reason over ranks (:data:`STOP_REASONS`; "" when no rank stops, a reason
+    not listed counts as "interrupted"); ``reason`` itself without a group."""
+    code = STOP_REASONS.index(reason) if reason in STOP_REASONS else 1
+    if not active():
+        return reason
+    t = torch.tensor([code], dtype=torch.int32, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return STOP_REASONS[int(t.item())]
+
+
+# What a collective raises when a peer is gone (killed, crashed, its node lost): gloo's transport
+# ("Read error [IP]:PORT: Connection reset by peer", "Connection closed by peer", a timeout) and
+# nccl's ("remote process exited", an aborted communicator). Matched on the text because torch
+# raises them as RuntimeError (gloo) or DistBackendError, as it also does for real bugs.
+_PEER_LOST = ("connection reset", "connection closed", "connection refused", "broken pipe",
+              "remote process exited", "communicator was aborted", "ncclremoteerror")
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """What a lost peer made a collective raise (``exc``'s first sentence, without gloo's
+    source location), or None: no group, or ``exc`` is not such an error (a shape mismatch, a
+    bad input: real bugs keep their traceback)."""
+    if not (active() and isinstance(exc, RuntimeError)):
+        return None
+    text = str(exc)
+    low = text.lower()
+    hung = "timed out" in low and ("gloo" in low or "nccl" in low)  # a peer that stopped answering
+    if not (isinstance(exc, getattr(dist, "DistNetworkError", ()))
+            or hung or any(k in low for k in _PEER_LOST)):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # "[.../pair.cc:537] Read error ..."
+    return first.split(". ")[0].rstrip(".")
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

@@ -429,3 +429,66 @@ def test_resume_with_a_relative_file_keyword_is_the_same_command(tiny_store, tmp
     kwargs = {"width": 4, "layers": [1, 1, 1, 1], "tvnet_weights": "here/tvnet.pt"}
     assert Trainer.resume(run, model_kwargs=kwargs, epochs=3).config.model_kwargs[
         "tvnet_weights"] == str((tmp_path / "here" / "tvnet.pt").resolve())
+
+
+def test_a_lost_rank_is_one_line_naming_the_checkpoint_and_resume(tiny_store, tmp_path,
+                                                                   monkeypatch):
+    """A rank killed under torchrun made the others' next collective raise gloo's RuntimeError
+    ("... Connection reset by peer"): 95 lines of traceback and no word of --resume. While a group
+    is up, such an error is one line (the cause, the step last.pt holds, --resume), exit 1; any
+    other RuntimeError, or one without a group, keeps its traceback."""
+    from flowkit import distributed
+    from flowkit.train import Trainer
+
+    run = tmp_path / "run"
+    assert train(tiny_store, "--out", run, *TINY, "--epochs", "1").exit_code == 0
+    step = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["global_step"]
+
+    no_group = distributed.active
+
+    def raising(message, group=True):
+        def fit(self, progress, stop):  # Trainer.fit's work, inside its hold of the run
+            monkeypatch.setattr(distributed, "active", lambda: group)  # as under torchrun
+            raise RuntimeError(message)
+        return fit
+
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+            "[127.0.0.1]:18321: Connection reset by peer. This is typically caused by a remote "
+            "worker hanging or bugs in the application.\nmore lines")
+    monkeypatch.setattr(Trainer, "_fit", raising(gloo))
+    lost = train(tiny_store, "--out", run, "--resume", "--epochs", "2")
+    assert lost.exit_code == 1, lost.output
+    assert lost.stderr.splitlines()[-1] == (
+        "error: a rank of the run failed (Read error [127.0.0.1]:18321: Connection reset by peer); "
+        f"{run / 'checkpoints' / 'last.pt'} holds global step {step} (after epoch 1); continue "
+        "with the same command plus --resume")
+    assert "Traceback" not in lost.stderr
+    for message, group in (("shape mismatch: [3, 4] vs [3, 5]", True), (gloo, False)):
+        monkeypatch.setattr(distributed, "active", no_group)  # until fit: the CLI's setup
+        monkeypatch.setattr(Trainer, "_fit", raising(message, group))
+        with pytest.raises(RuntimeError, match="shape mismatch|Connection reset"):
+            train(tiny_store, "--out", run, "--resume", "--epochs", "2")
+
+
+def test_training_hides_the_sync_bn_deprecation_warning_only(tiny_store, tmp_path, monkeypatch):
+    """--sync-bn's CPU SyncBatchNorm calls torch.distributed.nn.functional.all_reduce, which
+    torch 2.x deprecates: every rank printed the FutureWarning, which no user can act on. It is
+    filtered while training; other warnings still show."""
+    import warnings
+
+    from flowkit.train import Trainer
+
+    def fit(self, progress, stop):
+        warnings.warn("torch.distributed.nn.functional.all_reduce is deprecated, use "
+                      "torch.distributed._functional_collectives.all_reduce instead.",
+                      FutureWarning)
+        warnings.warn("something else is deprecated", FutureWarning)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_fit", fit)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = train(tiny_store, "--out", tmp_path / "run", *TINY, "--epochs", "1")
+    assert result.exit_code == 130, result.output
+    assert [str(w.message) for w in seen if w.category is FutureWarning] == [
+        "something else is deprecated"]

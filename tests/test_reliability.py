@@ -168,7 +168,7 @@ find {mnt}/store2 > {out}/created.ls 2>&1
     # files) when it filled: every video is accounted for, at most the one met failed (the
     # injected-ENOSPC test above pins the counts).
     assert summary["done"] + summary["failed"] + summary["not_started"] == 8, summary
-    assert summary["failed"] <= 1 and summary["done"] < 8, [v.get("reason") for v in summary["videos"]]
+    assert summary["failed"] <= 1 and summary["done"] < 8, [v["reason"] for v in summary["videos"]]
     assert "stopped early: no space left on" in first_err
     assert not [line for line in read("full.ls").splitlines()
                 if line.endswith((".partial", ".tmp", ".claim"))]

@@ -551,6 +551,109 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tiny_store, tmp_pat
     assert not (run / "eval").exists() and (run / "notes.txt").read_text() == "mine"
 
 
+def test_a_run_folder_is_held_by_one_training_from_its_check_to_its_end(tiny_store, tmp_path,
+                                                                         monkeypatch):
+    """Two trainings (new or --resume) into one folder: the second is refused while the first's
+    Trainer exists, naming its pid and host, with nothing written; the hold ends with fit, also
+    when fit raises, and a refused or failed Trainer leaves no folder behind."""
+    from flowkit.files import host_name
+
+    run = tmp_path / "a" / "run"
+    first = Trainer(tiny_config(tiny_store, epochs=1), run)
+    in_use = (rf"^{re.escape(str(run))} is in use by another training \(flowkit train, pid "
+              rf"{os.getpid()} on {host_name()} \(since .*\)\); wait for it to end or stop it, "
+              r"then --resume it, or choose another --out$")
+    for overwrite in (False, True):
+        with pytest.raises(FlowkitError, match=in_use):
+            Trainer(tiny_config(tiny_store, epochs=1, seed=1), run, overwrite=overwrite)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the second
+    first.fit()
+    assert not (run / ".lock").exists()
+    resumed = Trainer.resume(run, epochs=2)
+    with pytest.raises(FlowkitError, match=in_use):
+        Trainer.resume(run, epochs=2)
+    monkeypatch.setattr(Trainer, "_train_step", lambda self, batch, opt: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        resumed.fit()
+    assert not (run / ".lock").exists() and [r["epoch"] for r in metrics_lines(run)] == [1]
+    with pytest.raises(FlowkitError, match="already holds a training run"):
+        Trainer(tiny_config(tiny_store, epochs=1), run)
+    other = tmp_path / "b" / "run"
+    with pytest.raises(FlowkitError, match="needs clips of at least 2 frames"):
+        Trainer(tiny_config(tiny_store, model="ddn", model_kwargs={"width": 4, "layers": [1] * 4},
+                            frames=1), other)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_dead_trainings_hold_is_taken_over(tiny_store, tmp_path):
+    """Claims' rule: a holder of this host whose process is gone, or one of another host whose
+    file went untouched for 10 minutes, is taken over; another host's fresh one is not."""
+    from flowkit.files import host_name
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / ".lock"
+    lock.write_text(json.dumps({"host": host_name(), "pid": dead.pid, "since": "then"}))
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    assert not lock.exists() and [r["epoch"] for r in metrics_lines(run)] == [1]
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "then"}))
+    with pytest.raises(FlowkitError, match=r"in use by another training \(flowkit train, pid 1 "
+                       r"on elsewhere \(since then\)\)"):
+        Trainer.resume(run, epochs=2)
+    old = time.time() - 11 * 60
+    os.utime(lock, (old, old))
+    Trainer.resume(run, epochs=2).fit()
+    assert not lock.exists() and [r["epoch"] for r in metrics_lines(run)] == [1, 2]
+
+
+def test_a_batch_the_ranks_cannot_share_is_refused_before_the_header(tiny_store, tmp_path,
+                                                                      monkeypatch):
+    """Checked when the Trainer is built (the CLI prints each rank's part of the batch then),
+    not in fit; a resumed run, whose --batch-size is fixed, is told which rank counts divide it."""
+    from flowkit import distributed
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()  # 1 rank, batch of 3
+    before = run_files(run)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(FlowkitError, match=r"^the run's batch of 3 clips cannot be split over 2 "
+                       r"ranks; resume with a number of ranks that divides 3: 1 or 3$"):
+        Trainer.resume(run, epochs=2)
+    with pytest.raises(FlowkitError, match=r"^--batch-size 3 .* must be a multiple of the 2 ranks"):
+        Trainer(tiny_config(tiny_store), tmp_path / "new")
+    with pytest.raises(FlowkitError, match=r"fewer than one global batch of 40 clips, which 2 "
+                       r"ranks need; lower --batch-size or train in one process$"):
+        Trainer(tiny_config(tiny_store, batch_size=40), tmp_path / "new")
+    assert run_files(run) == before and not (tmp_path / "new").exists()
+
+
+def test_resuming_on_another_rank_count_is_noted_and_kept_in_config(tiny_store, tmp_path):
+    """A run of 3 ranks (its checkpoint says so) resumed in one process: a note names the change
+    and the batch-norm batch per rank; config.json keeps the history and the current count."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    last = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    ckpt["config"]["world_size"] = 3
+    ckpt["config"].pop("world_sizes", None)  # as a flowkit before the history wrote it
+    save_checkpoint(last, ckpt)
+    notes = []
+    Trainer.resume(run, epochs=2, log=notes.append).fit()
+    assert ("the run trained on 3 rank(s) until step 3 and continues on 1: the same batches of 3 "
+            "clips; batch-norm statistics are per rank: over 1 clips before, 3 now (--sync-bn "
+            "shares them)") in notes
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["world_size"] == 1
+    assert saved["world_sizes"] == [{"from_step": 0, "world_size": 3},
+                                    {"from_step": 3, "world_size": 1}]
+    notes.clear()  # the same rank count again: nothing to note, the history is kept
+    Trainer.resume(run, epochs=3, log=notes.append).fit()
+    assert not [n for n in notes if "rank(s)" in n]
+    assert json.loads((run / "config.json").read_text())["world_sizes"] == saved["world_sizes"]
+
+
 # ----------------------------------------------------------------------------------------- evaluation
 
 
@@ -644,7 +747,22 @@ def test_evaluate_a_run_stopped_in_its_first_epoch_names_checkpoint_last(tiny_st
     with pytest.raises(FlowkitError, match=expected):
         evaluate_run(run, clips=1, crops=1, out_dir=False)
     assert evaluate_run(run, clips=1, crops=1, checkpoint="last", out_dir=False).num_videos == 3
-    (run / "checkpoints" / "last.pt").unlink()
+
+
+def test_evaluate_a_run_killed_before_its_first_save_names_resume(tiny_store, tmp_path):
+    """config.json but no checkpoint (killed before its first save): `flowkit train --out RUN`
+    would refuse the run, so evaluate names --resume; a folder without a run names training."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    for name in ("best.pt", "last.pt"):
+        (run / "checkpoints" / name).unlink()
+    expected = (rf"{re.escape(str(run))} has no checkpoint yet \(the run stopped before its first "
+                rf"save\); continue training it with `flowkit train \.\.\. --out "
+                rf"{re.escape(str(run))} --resume`$")
+    for checkpoint in ("best", "last"):
+        with pytest.raises(FlowkitError, match=expected):
+            evaluate_run(run, clips=1, crops=1, checkpoint=checkpoint, out_dir=False)
+    (run / "config.json").unlink()
     with pytest.raises(FlowkitError, match=r"best\.pt does not exist; train the run first"):
         evaluate_run(run, clips=1, crops=1, out_dir=False)
 
@@ -904,6 +1022,7 @@ def test_a_run_divides_flow_by_its_own_bound_on_a_store_of_another_codec(tiny_st
     assert scores(u8) == scores(tiny_store)
     resumed = Trainer.resume(run, store=str(u8), epochs=2)
     assert resumed.config.flow_bound == 20.0 and resumed.train_set[0]["flow_bound"] == 20.0
+    resumed.close()  # not trained: lets the next Trainer into the run
     # a run recorded before the bound was (no flow_bound): each store's own, as then
     del run_config["config"]["flow_bound"]
     old = TrainConfig.from_dict(run_config["config"])

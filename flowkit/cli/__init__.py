@@ -2,7 +2,8 @@
 
 Exit codes (documented in the README):
     0  success
-    1  the command ran but some items failed (e.g. videos that could not be decoded)
+    1  the command ran but some items failed (e.g. videos that could not be decoded), or a rank
+       of a distributed run failed (train: rerun with --resume)
     2  bad usage or input the user can fix (a FlowkitError: missing store, bad option, ...)
     130 interrupted (Ctrl-C); finished work is kept (by the commands that resume: the message says)
     143 terminated (SIGTERM, as sent by Slurm, Kubernetes, `timeout`); as 130

@@ -27,7 +27,7 @@ from click.core import ParameterSource
 from .. import distributed
 from ..progress import Progress, StopFlag
 from ..train.config import TrainConfig, read_run_config
-from . import handle_errors, stop_exit_code, summary
+from . import EXIT_PARTIAL, handle_errors, stop_exit_code, summary
 from .options import parse_params
 from .progress import RichProgress, stop_on_signals
 
@@ -214,7 +214,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
     stop = StopFlag()
     try:
         with stop_on_signals(stop, console, "the current step and saving it"), \
-                bars() as progress:
+                bars() as progress, _quiet_torch_warnings():
             result = trainer.fit(progress, stop=stop)
         distributed.shutdown()
     except KeyboardInterrupt:
@@ -222,12 +222,53 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                       "last saved state; continue with the same command plus --resume",
                       highlight=False, markup=False)
         sys.exit(stop_exit_code(stop))
+    except RuntimeError as exc:
+        cause = distributed.peer_failure(exc)
+        if cause is None:  # not a lost rank: a real error keeps its traceback
+            raise
+        # Every surviving rank says it (rank 0 may be the one that died); no traceback: the
+        # collective's 90 lines say nothing the user can act on, and the run resumes exactly.
+        click.echo(f"error: a rank of the run failed ({cause}); {_saved(out)}; continue with the "
+                   "same command plus --resume", err=True)
+        sys.exit(EXIT_PARTIAL)
     _summary(console, result, cfg, out)
     if as_json and main:
         click.echo(json.dumps({**result.to_dict(), "config": rc["config"],
                                "model": rc["model"]}, indent=2))
     if result.interrupted:
         sys.exit(stop_exit_code(stop))
+
+
+def _saved(out: Path) -> str:
+    """What RUN_DIR/checkpoints/last.pt holds ("... holds global step N (after epoch E)"), read
+    lazily (mmap: the weights stay on disk); a run that saved nothing yet says so."""
+    import torch
+
+    last = out / "checkpoints" / "last.pt"
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        epoch, step, total = (int(ckpt.get(k, 0))
+                              for k in ("epoch", "step_in_epoch", "global_step"))
+    except Exception:  # missing, or cut short by the failure: say what is certain
+        return f"{last} holds the last saved state" if last.is_file() else "nothing was saved yet"
+    where = f"step {step} of epoch {epoch + 1}" if step else f"epoch {epoch}"
+    return f"{last} holds global step {total} (after {where})"
+
+
+@contextlib.contextmanager
+def _quiet_torch_warnings():
+    """Hide torch's warnings that every rank printed and no user can act on: --sync-bn's
+    (flowkit.train.ddp's CPU SyncBatchNorm uses torch.distributed.nn.functional.all_reduce,
+    deprecated in torch 2.x: a FutureWarning per rank). DDP's "find_unused_parameters=True ... did
+    not find any unused parameters" is printed by torch's C++ reducer, past Python's warnings
+    filters: it stays."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message=r"torch\.distributed\.nn\.functional\.all_reduce is "
+                                        r"deprecated")
+        yield
 
 
 def _warn_small_split(console, cfg: TrainConfig, trainer) -> None:

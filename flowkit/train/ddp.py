@@ -38,12 +38,7 @@ class DistributedBatchSampler(EpochBatchSampler):
 
     def __init__(self, size: int, batch_size: int, *, rank: int, world_size: int, seed: int = 0,
                  shuffle: bool = True):
-        if batch_size % world_size:
-            raise FlowkitError(f"--batch-size {batch_size} (clips per step, all ranks together) "
-                               f"must be a multiple of the {world_size} ranks")
-        if size < batch_size:
-            raise FlowkitError(f"{size} training videos are fewer than one global batch of "
-                               f"{batch_size} clips; lower --batch-size or use fewer ranks")
+        check_batches(size, batch_size, world_size)
         super().__init__(size, batch_size, seed=seed, shuffle=shuffle, drop_last=True)
         self.rank, self.world_size = int(rank), int(world_size)
         self.part = batch_size // world_size
@@ -51,6 +46,29 @@ class DistributedBatchSampler(EpochBatchSampler):
     def batches(self) -> list[list[int]]:
         lo = self.rank * self.part
         return [batch[lo:lo + self.part] for batch in super().batches()]
+
+
+def check_batches(size: int, batch_size: int, world_size: int, *, resuming: bool = False) -> None:
+    """FlowkitError when ``world_size`` ranks cannot share the global batches of ``batch_size``
+    clips over ``size`` training videos (``batch_size`` not a multiple of ``world_size``, or
+    fewer videos than one global batch). A resumed run keeps its batch size (--batch-size is
+    refused there), so its fix is another number of ranks."""
+    if world_size == 1:
+        return
+    if batch_size % world_size:
+        if resuming:
+            divisors = [str(n) for n in range(1, batch_size + 1) if batch_size % n == 0]
+            counts = " or ".join(filter(None, [", ".join(divisors[:-1]), divisors[-1]]))
+            raise FlowkitError(f"the run's batch of {batch_size} clips cannot be split over "
+                               f"{world_size} ranks; resume with a number of ranks that divides "
+                               f"{batch_size}: {counts}")
+        raise FlowkitError(f"--batch-size {batch_size} (clips per step, all ranks together) "
+                           f"must be a multiple of the {world_size} ranks")
+    if size < batch_size:
+        fix = ("resume in one process (one rank trains on a short batch)" if resuming else
+               "lower --batch-size or train in one process")
+        raise FlowkitError(f"{size} training videos are fewer than one global batch of "
+                           f"{batch_size} clips, which {world_size} ranks need; {fix}")
 
 
 def batch_sampler(size: int, batch_size: int, seed: int) -> EpochBatchSampler:

@@ -165,6 +165,11 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
                                f"its first epoch ended); evaluate it with --checkpoint last, or "
                                f"finish training with `flowkit train ... --out {run_dir} "
                                f"--resume`")
+        if not path.is_file() and (Path(run_dir) / "config.json").is_file():
+            # Stopped before its first save: the run exists, so only --resume continues it.
+            raise FlowkitError(f"{run_dir} has no checkpoint yet (the run stopped before its "
+                               f"first save); continue training it with `flowkit train ... "
+                               f"--out {run_dir} --resume`")
         if not path.is_file():
             raise FlowkitError(f"{path} does not exist; train the run first (`flowkit train ... "
                                f"--out {run_dir}`)")

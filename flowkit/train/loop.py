@@ -6,6 +6,7 @@ Run directory (``RUN_DIR``)::
     metrics.jsonl          one JSON record per finished epoch
     checkpoints/last.pt    the latest state (every epoch end, every --checkpoint-every steps, on stop)
     checkpoints/best.pt    the state with the best validation top-1 (train accuracy without validation)
+    .lock                  while a training runs: its host and pid (one training per folder)
 
 Reproducibility and exact resume. Every random choice is a function of (seed, epoch, step): the
 dataset's clip/crop sampling of (seed, epoch, index) via ``set_epoch``, the shuffle of a
@@ -32,8 +33,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import shutil
 import time
+import weakref
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,11 +47,11 @@ from torch import nn
 
 from .. import distributed
 from ..errors import FlowkitError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, host_name, process_identity
 from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, merge_for_resume, read_run_config
-from .ddp import batch_sampler, convert_sync_batchnorm, rank_device, wrap
+from .ddp import batch_sampler, check_batches, convert_sync_batchnorm, rank_device, wrap
 from .loading import (EpochBatchSampler, derive_seed, index_store, keys_digest, make_dataset,
                       make_loader, make_split, seed_everything, store_flow_bound, to_device)
 from .optim import build_optimizer, build_scheduler
@@ -59,6 +62,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 # What --overwrite deletes (only what a run writes; other files in RUN_DIR are left alone).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, "eval")
+LOCK_FILE = ".lock"  # held by the training that writes RUN_DIR (_RunLock); not a run file
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -121,8 +125,9 @@ def epoch_line(r: EpochRecord, epochs: int) -> str:
 # ----------------------------------------------------------------------------------------- trainer
 
 class Trainer:
-    """Build everything a run needs (store, split, model, datasets) without writing anything, then
-    :meth:`fit`.
+    """Build everything a run needs (store, split, model, datasets) without writing anything but
+    rank 0's hold of ``run_dir`` (:class:`_RunLock`, until :meth:`fit` ends or :meth:`close`),
+    then :meth:`fit`.
 
     ``Trainer(config, run_dir)`` starts a new run: FlowkitError if ``run_dir`` already holds one,
     unless ``overwrite`` (then the run's files are deleted when :meth:`fit` starts).
@@ -134,8 +139,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                  log: Callable[[str], None] | None = None, progress: Progress | None = None,
                  _saved: dict | None = None):
-        from ..store import FlowStore
-
         self.run_dir = Path(run_dir)
         self.log = log or (lambda msg: None)
         self.notes: list[str] = []
@@ -151,12 +154,27 @@ class Trainer:
             # caller's config (and, below, its flow_bound) stays as given.
             self.config = config = dataclasses.replace(config, model_kwargs=absolute_file_kwargs(
                 config.model, config.model_kwargs))
-        if not self.resuming and self._holds_run() and not overwrite:
-            raise FlowkitError(f"{self.run_dir} already holds a training run; pass --resume to "
-                               "continue it, --overwrite to replace it, or choose another --out")
-        self.overwrite = overwrite and not self.resuming
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
+        # Rank 0 holds RUN_DIR from this check to the run's end: two trainings checking it
+        # before either wrote would both go on and mix their files.
+        self._lock = self._hold_run_dir()
+        try:
+            if not self.resuming and self._holds_run() and not overwrite:
+                raise FlowkitError(f"{self.run_dir} already holds a training run; pass --resume "
+                                   "to continue it, --overwrite to replace it, or choose another "
+                                   "--out")
+            self._build(config, overwrite, progress, _saved)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, config: TrainConfig, overwrite: bool, progress: Progress | None,
+               _saved: dict | None) -> None:
+        """The store, split, model and datasets of the run (``__init__``'s), nothing written."""
+        from ..store import FlowStore
+
+        self.overwrite = overwrite and not self.resuming
         self.device = rank_device(config.device)
         self.use_amp = bool(config.amp) and self.device.type == "cuda"
 
@@ -179,6 +197,9 @@ class Trainer:
             self.val_set = (make_dataset(self.store, self.val_keys, config, self.model,
                                          train=False, classes=self.classes)
                             if self.val_keys else None)
+        # before the CLI's header, which prints each rank's part of the batch
+        check_batches(len(self.train_set), config.batch_size, self.world_size,
+                      resuming=self.resuming)
         self.init_report = None
         if config.init and not self._has_checkpoint():
             self.init_report = initialise_from_file(self.model, config.init)
@@ -312,6 +333,27 @@ class Trainer:
     def _holds_run(self) -> bool:
         return any((self.run_dir / name).exists() for name in RUN_FILES)
 
+    def _hold_run_dir(self) -> "_RunLock | None":
+        """Rank 0's hold of RUN_DIR (:class:`_RunLock`; the other ranks hold nothing). Its
+        refusal is every rank's: the others would otherwise wait for rank 0 at the first
+        barrier until torchrun ended them."""
+        lock, refusal = None, None
+        if self.is_main:
+            try:
+                lock = _RunLock(self.run_dir)
+            except FlowkitError as exc:
+                refusal = str(exc)
+        refusal = distributed.gather(refusal)[0]
+        if refusal is not None:
+            raise FlowkitError(refusal)
+        return lock
+
+    def close(self) -> None:
+        """Let other trainings into RUN_DIR: rank 0's hold of it ends (fit's end does this; so
+        does collecting the Trainer). A later fit takes it again."""
+        if self._lock is not None:
+            self._lock.release()
+
     def _has_checkpoint(self) -> bool:
         return self.resuming and (self.checkpoint_dir / LAST).is_file()
 
@@ -327,7 +369,8 @@ class Trainer:
             "clip_length": self.config.clip_length,
             "classes": self.classes,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "world_size": self.world_size,
+            "world_size": self.world_size,  # the current one; the history: _restore
+            "world_sizes": [{"from_step": 0, "world_size": self.world_size}],
             "split": {"source": self.split_source,
                       "train_count": len(self.train_keys), "val_count": len(self.val_keys),
                       "train_sha1": keys_digest(self.train_keys),
@@ -421,9 +464,12 @@ class Trainer:
         """
         if self.net is self.model:  # released by an earlier fit: wrapped again (no-op alone)
             self.net = wrap(self.model, self.device)
+        if self._lock is not None and not self._lock.held:  # released by an earlier fit
+            self._lock = _RunLock(self.run_dir)
         try:
             return self._fit(progress, stop)
         finally:
+            self.close()
             if self.net is not self.model:
                 self.net = self.model
                 gc.collect()  # the wrapper's hooks make cycles: free it, and the group, now
@@ -463,7 +509,7 @@ class Trainer:
                 with open(self.run_dir / METRICS_FILE, "a") as f:
                     f.write(json.dumps(record.to_dict()) + "\n")
             progress.log(epoch_line(record, self.config.epochs) + (" best" if is_best else ""))
-            if distributed.any_rank(should_stop()):
+            if _stop_on_every_rank(should_stop):
                 interrupted = epoch + 1 < self.config.epochs
                 break
         return TrainResult(self.run_dir, state.history, state.epoch, state.global_step,
@@ -484,7 +530,26 @@ class Trainer:
         where = (f"step {state.step_in_epoch} of epoch {state.epoch + 1}" if state.step_in_epoch
                  else f"epoch {state.epoch}")
         self._note(f"resuming {self.run_dir} after {where} (global step {state.global_step})")
+        self._record_world_size(ckpt["config"], state.global_step)
         return state
+
+    def _record_world_size(self, saved: dict, step: int) -> None:
+        """Keep the run's rank counts in config.json's ``world_sizes`` (``from_step``: the global
+        step each began at), adding this one, with a note, when it differs from the saved one:
+        the clips and steps are the same, but without --sync-bn batch norm normalises over
+        each rank's part of the batch, which a new rank count changes."""
+        old = int(saved.get("world_size", 1))
+        history = list(saved.get("world_sizes") or [{"from_step": 0, "world_size": old}])
+        if old != self.world_size:
+            history.append({"from_step": step, "world_size": self.world_size})
+            batch = self.config.batch_size
+            bn = ("; --sync-bn keeps batch-norm statistics over the whole batch"
+                  if self.config.sync_bn else
+                  f"; batch-norm statistics are per rank: over {batch // old} clips before, "
+                  f"{batch // self.world_size} now (--sync-bn shares them)")
+            self._note(f"the run trained on {old} rank(s) until step {step} and continues on "
+                       f"{self.world_size}: the same batches of {batch} clips{bn}")
+        self.run_config["world_sizes"] = history
 
     def _train_epoch(self, epoch: int, state: "RunState", opt: "_Optimisation",
                      batches: EpochBatchSampler, progress: Progress,
@@ -528,7 +593,7 @@ class Trainer:
                         clips_per_s=sums["seen"] / max(sums["seconds"], 1e-9))
             if step_in_epoch == opt.steps_per_epoch:
                 break
-            if distributed.any_rank(should_stop()):
+            if _stop_on_every_rank(should_stop):
                 interrupted = True
                 break
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
@@ -633,6 +698,93 @@ class Trainer:
         state.epoch, state.step_in_epoch = epoch, step_in_epoch
         state.partial = dict(self._global_sums(sums))
         self._save(LAST, state, opt)
+
+
+class _RunLock:
+    """Rank 0's hold of a run directory: ``RUN_DIR/.lock``, a store claim (host, pid, process
+    start and boot; :mod:`flowkit.store.claims`) linked into place, so one of two trainings
+    alone takes it, on NFS too, and touched by the claims' heartbeat. A holder of this host is
+    live while its process runs, one of another host while the file was touched within
+    ``STALE_CLAIM_SECONDS`` (10 minutes); a dead holder's file is taken over. FlowkitError
+    naming a live holder, before anything of the run is written. :meth:`release` (also when
+    the lock is collected, or at exit) removes it, and the folders it made while still empty."""
+
+    def __init__(self, run_dir: Path):
+        from ..store import claims
+        from ..store.layout import STALE_CLAIM_SECONDS, now
+
+        made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK_FILE
+        me = {"host": host_name(), "pid": os.getpid(), "since": now(), **process_identity()}
+        tmp = path.with_name(path.name + claims.link_ending())
+        try:
+            tmp.write_text(json.dumps(me), encoding="utf-8")
+            for _ in range(3):
+                try:
+                    os.link(tmp, path)
+                    break
+                except FileExistsError:
+                    holder = claims._holder(path)
+                    if holder is not None and claims._is_live(holder, path,
+                                                              STALE_CLAIM_SECONDS):
+                        _remove_empty(made)
+                        raise FlowkitError(
+                            f"{run_dir} is in use by another training (flowkit train, "
+                            f"{claims.describe(holder)}); wait for it to end or stop it, then "
+                            "--resume it, or choose another --out") from None
+                    if holder is not None:
+                        claims._break(path, holder)  # its process is gone: taken over
+            else:
+                _remove_empty(made)
+                raise FlowkitError(f"{run_dir}: could not take {path} (other trainings kept "
+                                   "taking it); try again, or choose another --out")
+        finally:
+            tmp.unlink(missing_ok=True)
+        claims.keep_touched(path)
+        self._release = weakref.finalize(self, _release_run_lock, path, me["pid"], made)
+
+    @property
+    def held(self) -> bool:
+        return self._release.alive
+
+    def release(self) -> None:
+        self._release()
+
+
+def _release_run_lock(path: Path, pid: int, made: list[Path]) -> None:
+    """Drop ``path`` if this process still holds it, then the folders ``made`` left empty."""
+    from ..store import claims
+
+    claims.stop_touching(path)
+    holder = claims._holder(path)
+    if holder and holder.get("host") == host_name() and holder.get("pid") == pid == os.getpid():
+        path.unlink(missing_ok=True)
+    _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty: a refused or failed run leaves
+    no folder of its own behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _stop_on_every_rank(should_stop: Callable[[], bool]) -> bool:
+    """Whether any rank was asked to stop (all of them then stop at this step). A
+    :class:`~flowkit.progress.StopFlag` takes the strongest reason over the ranks, so a SIGTERM
+    that reached one rank makes every rank exit as terminated (143), not the others as Ctrl-C."""
+    stopping = bool(should_stop())
+    if not hasattr(should_stop, "set"):  # a plain callable: nothing to share but the request
+        return distributed.any_rank(stopping)
+    local = (should_stop.reason or "interrupted") if stopping else ""
+    agreed = distributed.strongest_reason(local)
+    if agreed and (not stopping or agreed == "terminated"):  # another rank's, or a stronger one
+        should_stop.set(agreed)
+    return bool(agreed)
 
 
 @dataclass
