@@ -216,21 +216,29 @@ def test_two_process_training_matches_one_process_and_evaluates(tiny_store, tmp_
         assert p1["pred"] == p2["pred"] and abs(p1["score"] - p2["score"]) < 1e-5
 
 
-def test_killed_rank_then_resume_completes(tiny_store, tmp_path):
-    run = tmp_path / "run"
-    args = ["train", tiny_store, "--out", run, *TINY, "--batch-size", "4", "--val-fraction", "0",
-            "--epochs", "6", "--checkpoint-every", "1"]
+def _signal_rank_1_after_an_epoch(args: list, run: Path, sig: int
+                                  ) -> tuple[subprocess.Popen, str]:
+    """Run ``flowkit ARGS`` on 2 torchrun ranks, send ``sig`` to rank 1 once RUN's first epoch
+    is recorded, and return the finished torchrun process and its stderr."""
     proc = subprocess.Popen(torchrun_cmd(*args), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         victim = rank_pid(proc, 1)
         metrics = run / "metrics.jsonl"
         wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 1, proc)
-        os.kill(victim, signal.SIGKILL)
+        os.kill(victim, sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, err
+
+
+def test_killed_rank_then_resume_completes(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", tiny_store, "--out", run, *TINY, "--batch-size", "4", "--val-fraction", "0",
+            "--epochs", "6", "--checkpoint-every", "1"]
+    proc, err = _signal_rank_1_after_an_epoch(args, run, signal.SIGKILL)
     assert proc.returncode != 0, err
     done_before = len(_epochs(run))
     assert 1 <= done_before < 6, "the kill should land mid-run"
@@ -251,18 +259,9 @@ def test_sigterm_to_one_rank_exits_143_on_every_rank(tiny_store, tmp_path):
     """A SIGTERM that reached rank 1 only stops both ranks at the same step; rank 0, which saw no
     signal, exited 130 as if Ctrl-C'd. The stop's reason travels with it: both exit 143."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(torchrun_cmd("train", tiny_store, "--out", run, *TINY, "--batch-size",
-                                         "4", "--val-fraction", "0", "--epochs", "30"),
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        victim = rank_pid(proc, 1)
-        metrics = run / "metrics.jsonl"
-        wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 1, proc)
-        os.kill(victim, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, err = _signal_rank_1_after_an_epoch(
+        ["train", tiny_store, "--out", run, *TINY, "--batch-size", "4", "--val-fraction", "0",
+         "--epochs", "30"], run, signal.SIGTERM)
     assert proc.returncode != 0, err
     assert len(_epochs(run)) < 30, "the stop should land mid-run"
     # torchrun's failure report lists every rank's exit code

@@ -554,19 +554,24 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tiny_store, tmp_pat
 def test_a_run_folder_is_held_by_one_training_from_its_check_to_its_end(tiny_store, tmp_path,
                                                                          monkeypatch):
     """Two trainings (new or --resume) into one folder: the second is refused while the first's
-    Trainer exists, naming its pid and host, with nothing written; the hold ends with fit, also
-    when fit raises, and a refused or failed Trainer leaves no folder behind."""
+    Trainer exists, with nothing written (an earlier Trainer of this process, a notebook cell run
+    again, is named as such, not as "another training" to wait for); evaluate says the run is
+    still training (not "stopped", with a --resume it would refuse); the hold ends with fit,
+    also when fit raises, and a refused or failed Trainer leaves no folder behind."""
     from flowkit.files import host_name
 
     run = tmp_path / "a" / "run"
     first = Trainer(tiny_config(tiny_store, epochs=1), run)
-    in_use = (rf"^{re.escape(str(run))} is in use by another training \(flowkit train, pid "
-              rf"{os.getpid()} on {host_name()} \(since .*\)\); wait for it to end or stop it, "
-              r"then --resume it, or choose another --out$")
+    in_use = (rf"^{re.escape(str(run))} is held by an earlier Trainer of this process \(built, "
+              r"not yet fitted, or its fit still running\): call its close\(\)")
     for overwrite in (False, True):
         with pytest.raises(FlowkitError, match=in_use):
             Trainer(tiny_config(tiny_store, epochs=1, seed=1), run, overwrite=overwrite)
     assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the second
+    with pytest.raises(FlowkitError, match=rf"best\.pt does not exist yet: {re.escape(str(run))} "
+                                           rf"is still training \(pid {os.getpid()} on "
+                                           rf"{host_name()} "):
+        evaluate_run(run, clips=1, crops=1, out_dir=False)
     first.fit()
     assert not (run / ".lock").exists()
     resumed = Trainer.resume(run, epochs=2)

@@ -216,6 +216,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
         with stop_on_signals(stop, console, "the current step and saving it"), \
                 bars() as progress, _quiet_torch_warnings():
             result = trainer.fit(progress, stop=stop)
+        _finish_a_stopped_rank(stop)
         distributed.shutdown()
     except KeyboardInterrupt:
         console.print(f"{stop.reason or 'interrupted'}; {out / 'checkpoints' / 'last.pt'} holds the "
@@ -237,6 +238,19 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                                "model": rc["model"]}, indent=2))
     if result.interrupted:
         sys.exit(stop_exit_code(stop))
+
+
+def _finish_a_stopped_rank(stop: StopFlag) -> None:
+    """A rank of a stopped torchrun run ignores SIGTERM from here to its exit (the group's
+    shutdown, the summary): the first rank to exit makes torchrun SIGTERM the others, which
+    would die of it (-15) instead of exiting 143 as every rank of a SIGTERM stop does. Ranks
+    only: one process has no torchrun to signal it, and keeps its handlers."""
+    import signal
+    import threading
+
+    if (stop.is_set() and distributed.world_size() > 1
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _saved(out: Path) -> str:

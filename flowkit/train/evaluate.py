@@ -158,6 +158,13 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
     if checkpoint in ("best", "last"):
         path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
         last = path.with_name("last.pt")
+        from .loop import training_in  # (loop imports this module's sharded prediction)
+
+        training = None if path.is_file() else training_in(run_dir)
+        if training is not None:  # not stopped: still in its first epoch, nothing to resume
+            raise FlowkitError(f"{path} does not exist yet: {run_dir} is still training "
+                               f"({training}); {checkpoint}.pt is written when its first "
+                               "epoch ends (--checkpoint-every N saves last.pt sooner)")
         if not path.is_file() and last.is_file():
             # Stopped inside its first epoch (best.pt is written at each epoch's end): the
             # run exists, so `flowkit train --out RUN` without --resume would be refused.

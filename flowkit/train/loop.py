@@ -729,6 +729,12 @@ class _RunLock:
                     if holder is not None and claims._is_live(holder, path,
                                                               STALE_CLAIM_SECONDS):
                         _remove_empty(made)
+                        if (holder.get("host"), holder.get("pid")) == (me["host"], me["pid"]):
+                            raise FlowkitError(  # a notebook cell run again, say
+                                f"{run_dir} is held by an earlier Trainer of this process "
+                                "(built, not yet fitted, or its fit still running): call its "
+                                "close() (a fit's end also lets go), then build this one"
+                            ) from None
                         raise FlowkitError(
                             f"{run_dir} is in use by another training (flowkit train, "
                             f"{claims.describe(holder)}); wait for it to end or stop it, then "
@@ -750,6 +756,19 @@ class _RunLock:
 
     def release(self) -> None:
         self._release()
+
+
+def training_in(run_dir: str | Path) -> str | None:
+    """Who trains in ``run_dir`` now (its live :class:`_RunLock` holder, described: host, pid,
+    since), None when no training holds it."""
+    from ..store import claims
+    from ..store.layout import STALE_CLAIM_SECONDS
+
+    path = Path(run_dir) / LOCK_FILE
+    holder = claims._holder(path)
+    if holder is None or not claims._is_live(holder, path, STALE_CLAIM_SECONDS):
+        return None
+    return claims.describe(holder)
 
 
 def _release_run_lock(path: Path, pid: int, made: list[Path]) -> None:
