@@ -33,6 +33,7 @@ from ..progress import Progress, StopFlag
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, read_run_config
 from .metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_accuracy
+from .runlock import training_in
 
 VIEW_INPUTS = MODALITIES  # the batch entries that carry a views dim: rgb, flow, flow_backward
 
@@ -158,8 +159,6 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
     if checkpoint in ("best", "last"):
         path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
         last = path.with_name("last.pt")
-        from .loop import training_in  # (loop imports this module's sharded prediction)
-
         training = None if path.is_file() else training_in(run_dir)
         if training is not None:  # not stopped: still in its first epoch, nothing to resume
             raise FlowkitError(f"{path} does not exist yet: {run_dir} is still training "

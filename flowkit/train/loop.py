@@ -33,10 +33,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import os
 import shutil
 import time
-import weakref
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +45,7 @@ from torch import nn
 
 from .. import distributed
 from ..errors import FlowkitError
-from ..files import atomic_write_text, host_name, process_identity
+from ..files import atomic_write_text
 from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, merge_for_resume, read_run_config
@@ -55,6 +53,7 @@ from .ddp import batch_sampler, check_batches, convert_sync_batchnorm, rank_devi
 from .loading import (EpochBatchSampler, derive_seed, index_store, keys_digest, make_dataset,
                       make_loader, make_split, seed_everything, store_flow_bound, to_device)
 from .optim import build_optimizer, build_scheduler
+from .runlock import RunLock
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -62,7 +61,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 # What --overwrite deletes (only what a run writes; other files in RUN_DIR are left alone).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, "eval")
-LOCK_FILE = ".lock"  # held by the training that writes RUN_DIR (_RunLock); not a run file
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -126,7 +124,7 @@ def epoch_line(r: EpochRecord, epochs: int) -> str:
 
 class Trainer:
     """Build everything a run needs (store, split, model, datasets) without writing anything but
-    rank 0's hold of ``run_dir`` (:class:`_RunLock`, until :meth:`fit` ends or :meth:`close`),
+    rank 0's hold of ``run_dir`` (:class:`RunLock`, until :meth:`fit` ends or :meth:`close`),
     then :meth:`fit`.
 
     ``Trainer(config, run_dir)`` starts a new run: FlowkitError if ``run_dir`` already holds one,
@@ -333,14 +331,14 @@ class Trainer:
     def _holds_run(self) -> bool:
         return any((self.run_dir / name).exists() for name in RUN_FILES)
 
-    def _hold_run_dir(self) -> "_RunLock | None":
-        """Rank 0's hold of RUN_DIR (:class:`_RunLock`; the other ranks hold nothing). Its
+    def _hold_run_dir(self) -> "RunLock | None":
+        """Rank 0's hold of RUN_DIR (:class:`RunLock`; the other ranks hold nothing). Its
         refusal is every rank's: the others would otherwise wait for rank 0 at the first
         barrier until torchrun ended them."""
         lock, refusal = None, None
         if self.is_main:
             try:
-                lock = _RunLock(self.run_dir)
+                lock = RunLock(self.run_dir)
             except FlowkitError as exc:
                 refusal = str(exc)
         refusal = distributed.gather(refusal)[0]
@@ -465,7 +463,7 @@ class Trainer:
         if self.net is self.model:  # released by an earlier fit: wrapped again (no-op alone)
             self.net = wrap(self.model, self.device)
         if self._lock is not None and not self._lock.held:  # released by an earlier fit
-            self._lock = _RunLock(self.run_dir)
+            self._lock = RunLock(self.run_dir)
         try:
             return self._fit(progress, stop)
         finally:
@@ -698,98 +696,6 @@ class Trainer:
         state.epoch, state.step_in_epoch = epoch, step_in_epoch
         state.partial = dict(self._global_sums(sums))
         self._save(LAST, state, opt)
-
-
-class _RunLock:
-    """Rank 0's hold of a run directory: ``RUN_DIR/.lock``, a store claim (host, pid, process
-    start and boot; :mod:`flowkit.store.claims`) linked into place, so one of two trainings
-    alone takes it, on NFS too, and touched by the claims' heartbeat. A holder of this host is
-    live while its process runs, one of another host while the file was touched within
-    ``STALE_CLAIM_SECONDS`` (10 minutes); a dead holder's file is taken over. FlowkitError
-    naming a live holder, before anything of the run is written. :meth:`release` (also when
-    the lock is collected, or at exit) removes it, and the folders it made while still empty."""
-
-    def __init__(self, run_dir: Path):
-        from ..store import claims
-        from ..store.layout import STALE_CLAIM_SECONDS, now
-
-        made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / LOCK_FILE
-        me = {"host": host_name(), "pid": os.getpid(), "since": now(), **process_identity()}
-        tmp = path.with_name(path.name + claims.link_ending())
-        try:
-            tmp.write_text(json.dumps(me), encoding="utf-8")
-            for _ in range(3):
-                try:
-                    os.link(tmp, path)
-                    break
-                except FileExistsError:
-                    holder = claims._holder(path)
-                    if holder is not None and claims._is_live(holder, path,
-                                                              STALE_CLAIM_SECONDS):
-                        _remove_empty(made)
-                        if (holder.get("host"), holder.get("pid")) == (me["host"], me["pid"]):
-                            raise FlowkitError(  # a notebook cell run again, say
-                                f"{run_dir} is held by an earlier Trainer of this process "
-                                "(built, not yet fitted, or its fit still running): call its "
-                                "close() (a fit's end also lets go), then build this one"
-                            ) from None
-                        raise FlowkitError(
-                            f"{run_dir} is in use by another training (flowkit train, "
-                            f"{claims.describe(holder)}); wait for it to end or stop it, then "
-                            "--resume it, or choose another --out") from None
-                    if holder is not None:
-                        claims._break(path, holder)  # its process is gone: taken over
-            else:
-                _remove_empty(made)
-                raise FlowkitError(f"{run_dir}: could not take {path} (other trainings kept "
-                                   "taking it); try again, or choose another --out")
-        finally:
-            tmp.unlink(missing_ok=True)
-        claims.keep_touched(path)
-        self._release = weakref.finalize(self, _release_run_lock, path, me["pid"], made)
-
-    @property
-    def held(self) -> bool:
-        return self._release.alive
-
-    def release(self) -> None:
-        self._release()
-
-
-def training_in(run_dir: str | Path) -> str | None:
-    """Who trains in ``run_dir`` now (its live :class:`_RunLock` holder, described: host, pid,
-    since), None when no training holds it."""
-    from ..store import claims
-    from ..store.layout import STALE_CLAIM_SECONDS
-
-    path = Path(run_dir) / LOCK_FILE
-    holder = claims._holder(path)
-    if holder is None or not claims._is_live(holder, path, STALE_CLAIM_SECONDS):
-        return None
-    return claims.describe(holder)
-
-
-def _release_run_lock(path: Path, pid: int, made: list[Path]) -> None:
-    """Drop ``path`` if this process still holds it, then the folders ``made`` left empty."""
-    from ..store import claims
-
-    claims.stop_touching(path)
-    holder = claims._holder(path)
-    if holder and holder.get("host") == host_name() and holder.get("pid") == pid == os.getpid():
-        path.unlink(missing_ok=True)
-    _remove_empty(made)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove ``folders`` (innermost first) while they are empty: a refused or failed run leaves
-    no folder of its own behind."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def _stop_on_every_rank(should_stop: Callable[[], bool]) -> bool:
