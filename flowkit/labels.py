@@ -204,11 +204,11 @@ def _unknown_note(skipped: list[Path], extensions: tuple[str, ...]) -> str:
     a camera's or a phone's videos of an unlisted format are not left out silently."""
     kinds = sorted({p.suffix.lower() for p in skipped})
     return (f"skipped {len(skipped)} file{'s' * (len(skipped) != 1)} whose extension "
-            f"({_some(kinds, 5)}) is not read as video, e.g. {skipped[0]}; videos are looked "
-            f"for as {_some(extensions, 6)}: rename such a video with one of these extensions")
+            f"({first_few(kinds, 5)}) is not read as video, e.g. {skipped[0]}; videos are looked "
+            f"for as {first_few(extensions, 6)}: rename such a video with one of these extensions")
 
 
-def _some(names, shown: int) -> str:
+def first_few(names, shown: int) -> str:
     """The first ``shown`` of ``names``, comma-separated, with ", ..." when there are more."""
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 

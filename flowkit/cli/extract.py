@@ -21,8 +21,8 @@ from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_lists, scan_videos
 from ..progress import Progress, StopFlag, Stopped
 from ..store.compat import LOSSLESS
 from . import EXIT_OK, EXIT_PARTIAL, handle_errors, summary
-from .options import (BACKENDS, backend_option, parse_device, parse_params, parse_size,
-                      refuse_option_params)
+from .options import (BACKENDS, backend_option, one_file, parse_device, parse_params,
+                      parse_size, refuse_option_params)
 from .progress import RichProgress, stop_on_signals
 
 
@@ -86,15 +86,6 @@ def _annotated(items, annotations: tuple[Path, ...], label_map: Path | None, con
         raise FlowkitError(f"{' and '.join(map(str, annotations))} "
                            f"label{'s' * (len(annotations) == 1)} none of the videos found")
     return kept, match.classes, match
-
-
-def _one_file(values: tuple[Path, ...], option: str, fix: str) -> Path | None:
-    """The one file given to ``option`` (None when absent). A repeat is refused, naming ``fix``:
-    click would keep only the last one, silently (as ``flowkit train``'s file options)."""
-    if len(values) > 1:
-        raise click.BadParameter(f"given {len(values)} times ({', '.join(map(str, values))}); "
-                                 f"a run takes one file here: {fix}", param_hint=option)
-    return values[0] if values else None
 
 
 def _single_video(path: Path) -> VideoItem:
@@ -228,7 +219,7 @@ def _unfinished(summary: ExtractSummary) -> str:
               help="Videos and labels from a UCF101-style list (trainlist01.txt) instead of a "
                    "scan; repeatable (the videos of all the lists, one class index).")
 @click.option("--class-index", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              multiple=True,  # so that a repeat is seen and refused (_one_file), not dropped
+              multiple=True,  # so that a repeat is seen and refused (one_file), not dropped
               help="classInd.txt for --split-list (found next to the lists by default).")
 @click.option("--annotations", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -287,8 +278,8 @@ def command(video_dir, store, method, backward, params, weights, device, backend
             raise click.BadParameter(f"invalid shard {shard}: need 0 <= I < N (shards count from "
                                      "0; for a 1-based array index pass I-1)",
                                      param_hint="--shard")
-    class_index = _one_file(class_index, "--class-index", "give the classInd.txt the lists index")
-    label_map = _one_file(label_map, "--label-map", "give the label map all the --annotations "
+    class_index = one_file(class_index, "--class-index", "give the classInd.txt the lists index")
+    label_map = one_file(label_map, "--label-map", "give the label map all the --annotations "
                           "lists index (their ids must mean the same classes)")
     # Each only means something with the option it completes; ignored alone, it would leave the
     # store in a folder scan's sorted class order where the user asked for classInd.txt's.

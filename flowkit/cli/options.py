@@ -58,6 +58,16 @@ def refuse_option_params(params: Mapping[str, Any],
             raise FlowkitError(f"--param {key}={param_text(value)}: use {options[name](value)}")
 
 
+def one_file(values: tuple[Path, ...], option: str, fix: str) -> Path | None:
+    """The one file given to ``option`` (declared ``multiple=True`` so that a repeat is seen:
+    click would keep only the last one, silently); None when absent. A repeat is refused,
+    naming ``fix``."""
+    if len(values) > 1:
+        raise click.BadParameter(f"given {len(values)} times ({', '.join(map(str, values))}); "
+                                 f"a run takes one file here: {fix}", param_hint=option)
+    return values[0] if values else None
+
+
 def parse_size(text: str | None) -> int | tuple[int, int] | None:
     """``--size``: :func:`flowkit.video.parse_size` (None, SHORT_SIDE or HxW) as a click error."""
     from ..errors import FlowkitError

@@ -28,7 +28,7 @@ from .. import distributed
 from ..progress import Progress, StopFlag
 from ..train.config import TrainConfig, read_run_config
 from . import EXIT_PARTIAL, handle_errors, stop_exit_code, summary
-from .options import parse_params
+from .options import one_file, parse_params
 from .progress import RichProgress, stop_on_signals
 
 
@@ -87,7 +87,7 @@ def train_options(command):
         if meta.get("kind") == "params":
             kw.update(multiple=True, metavar=meta.get("metavar"))
         elif meta.get("kind") == "file":
-            # multiple so that a repeat is seen and refused (_one_file): click would keep only
+            # multiple so that a repeat is seen and refused (one_file): click would keep only
             # the last --split-list, silently training on one list of two
             kw.update(type=_option_type(f), multiple=True)
         elif str(f.type).startswith("bool"):
@@ -110,18 +110,10 @@ def _convert(f: dataclasses.Field, value):
     if kind == "ints":
         return tuple(int(m) for m in _floats(value or "", "--" + f.name.replace("_", "-")))
     if kind == "file":
-        return _absolute(_one_file(value, "--" + f.name.replace("_", "-")))
-    return value
-
-
-def _one_file(values: tuple[Path, ...], option: str) -> Path | None:
-    """The one file given to ``option`` (None when absent); a repeat is refused, since the run
-    takes one file there."""
-    if len(values) > 1:
+        option = "--" + f.name.replace("_", "-")
         fix = "merge the lists into one file" if option.endswith("-list") else "give one"
-        raise click.BadParameter(f"given {len(values)} times ({', '.join(map(str, values))}); "
-                                 f"a run takes one file here: {fix}", param_hint=option)
-    return values[0] if values else None
+        return _absolute(one_file(value, option, fix))
+    return value
 
 
 def _config_values(ctx: click.Context, params: dict, explicit_only: bool) -> dict:

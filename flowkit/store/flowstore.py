@@ -20,7 +20,7 @@ from ..errors import StoreError
 from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
                      remove_stale_temporaries, walk_once)
 from ..files import stamp as file_stamp
-from ..labels import VIDEO_EXTENSIONS
+from ..labels import VIDEO_EXTENSIONS, first_few
 from ..progress import Progress
 from . import claims, codecs
 from .codecs import Codec
@@ -852,7 +852,7 @@ def _no_label_id(root: Path, classes: Sequence[str], label: int) -> str:
         return (f"store {root} has no classes, so no label id {label}: open it with the classes "
                 "the ids index first (FlowStore(path, 'a', classes=[...]): a store without "
                 "classes takes them)")
-    shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+    shown = first_few(classes, 5)
     return (f"store {root} has {len(classes)} classes ({shown}), so no label id {label}: its ids "
             f"are 0..{len(classes) - 1}; labels of other classes need a new "
             "store made with them (FlowStore(NEW_PATH, 'a', classes=[...]))")
