@@ -562,3 +562,61 @@ def test_a_rank_leaving_by_an_error_or_ctrl_c_leaves_the_group_first(tmp_path):
     for out, err in ((out0, err0), (out1, err1)):
         assert "group up at exit: False" in out, (out, err)
         assert "terminate called" not in err
+
+
+# ------------------------------------------------------------- DDP's search for unused parameters
+
+# Each registered model's switches that change which parts run (tiny sizes: width 8, 8 frames).
+MODEL_VARIANTS = [
+    ("cidc", {"modality": "rgb"}), ("cidc", {"modality": "flow"}),
+    ("cidc", {"direction": "uni"}), ("cidc", {"direction": "none"}),
+    ("ddn", {}), ("ddn", {"branches": "motion"}),
+    ("i3d", {"modality": "flow"}), ("resnet2d", {}), ("s3d", {}),
+    ("stmulnet", {}), ("stmulnet", {"gating": "additive"}), ("stmulnet", {"gated_layers": (1,)}),
+    ("trajectorynet", {}), ("trajectorynet", {"offsets": True}),
+    ("trajectorynet", {"flow_source": "motionnet"}), ("trajectorynet", {"backward_flow": "store"}),
+    ("tvnet", {}), ("tvnet", {"rgb_stream": True}), ("tvnet", {"freeze_tvnet": True}),
+    ("tvnet", {"flow_source": "store"}),
+]
+
+
+def test_model_variants_cover_every_registered_model():
+    from flowkit.models import list_models
+
+    assert {name for name, _ in MODEL_VARIANTS} == set(list_models())
+
+
+@pytest.mark.parametrize("name,kw", MODEL_VARIANTS, ids=lambda v: str(v))
+def test_every_registered_model_gives_each_trainable_parameter_a_gradient(name, kw):
+    """DDP is told to search for parameters a step leaves without a gradient only for a model
+    with ``skips_parameters``; a model that leaves one and does not say so fails at its second
+    step under torchrun ("Expected to have finished reduction in the prior iteration")."""
+    from flowkit.models import classification_loss, create_model
+    from flowkit.models.registry import model_parameters
+
+    torch.manual_seed(0)
+    extra = {k: v for k, v in (("width", 8), ("frames", 8)) if k in model_parameters(name)}
+    model = create_model(name, num_classes=3, **kw, **extra)
+    model.train()
+    inputs = {m: torch.randn(2, 3 if m == "rgb" else 2 * model.flow_stack, 8, 32, 32)
+              for m in model.inputs}
+    classification_loss(model(inputs), torch.tensor([0, 1])).backward()
+    without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert model.skips_parameters or not without, without
+
+
+def test_ddp_searches_unused_parameters_only_for_a_model_that_skips_some(monkeypatch):
+    import flowkit.train.ddp as ddp
+
+    made = []
+    monkeypatch.setattr(ddp.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(ddp.nn.parallel, "DistributedDataParallel",
+                        lambda model, **kw: made.append(kw) or model)
+    plain = nn.Linear(2, 2)
+    ddp.wrap(plain, torch.device("cpu"))
+
+    class Skipping(nn.Linear):
+        skips_parameters = True
+
+    ddp.wrap(Skipping(2, 2), torch.device("cpu"))
+    assert [kw["find_unused_parameters"] for kw in made] == [False, True]

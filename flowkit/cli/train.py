@@ -265,9 +265,7 @@ def _saved(out: Path) -> str:
 def _quiet_torch_warnings():
     """Hide torch's warnings that every rank printed and no user can act on: --sync-bn's
     (flowkit.train.ddp's CPU SyncBatchNorm uses torch.distributed.nn.functional.all_reduce,
-    deprecated in torch 2.x: a FutureWarning per rank). DDP's "find_unused_parameters=True ... did
-    not find any unused parameters" is printed by torch's C++ reducer, past Python's warnings
-    filters: it stays."""
+    deprecated in torch 2.x: a FutureWarning per rank)."""
     import warnings
 
     with warnings.catch_warnings():

@@ -58,6 +58,11 @@ class VideoClassifier(nn.Module):
     #: so the model refuses them (:meth:`refuse_unused`); a rebuild of a run recorded before
     #: that drops them (:func:`~flowkit.models.registry.rebuild_model`).
     part_kwargs: dict[str, tuple[str, object]] = {}
+    #: True for a model whose forward leaves some trainable parameters without a gradient for
+    #: some inputs (a branch it skips). Under torchrun such a model is wrapped with DDP's
+    #: ``find_unused_parameters``, which costs an extra pass over the autograd graph per step;
+    #: every registered model uses all its parameters (tests/test_distributed.py checks it).
+    skips_parameters: bool = False
 
     def __init__(self, num_classes: int):
         super().__init__()

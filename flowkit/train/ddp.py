@@ -144,9 +144,13 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` in DistributedDataParallel when a process group is up, else ``model`` itself.
-    Unused parameters are allowed (some classifiers skip branches for some inputs)."""
+    DDP looks for parameters a step left without a gradient only for a model that declares it
+    skips some (``skips_parameters``, :class:`flowkit.models.base.VideoClassifier`): the search
+    costs a pass over the autograd graph per step, and torch warns on every rank when it finds
+    none."""
     if distributed.world_size() == 1:
         return model
     ids = [device] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                               find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=bool(getattr(model, "skips_parameters",
+                                                                   False)))
