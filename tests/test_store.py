@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import multiprocessing
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowkit.errors import DamagedDataError, StoreError
+from flowkit.errors import DamagedDataError, FlowkitError, StoreError
 from flowkit.files import host_name
 from flowkit.progress import Progress
 from flowkit.files import stamp as file_stamp
@@ -833,6 +834,26 @@ def test_partials_of_another_host_are_removed_only_when_stale(store):
     two_days_ago = time.time() - 2 * 86400
     os.utime(odd, (two_days_ago, two_days_ago))
     assert store.remove_partials() == [odd]
+
+
+def _no_hard_links(monkeypatch, code=errno.EPERM):
+    """os.link as exFAT / FAT drives and some FUSE or SMB mounts answer it."""
+    def refuse(src, dst, *a, **kw):
+        raise OSError(code, os.strerror(code), str(src), None, str(dst))
+    monkeypatch.setattr(os, "link", refuse)
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_a_file_system_without_hard_links_is_named_with_the_fix(store, monkeypatch, code):
+    """Claims are hard links; where the file system has none, the user is told so, not "operation
+    not permitted ...; fix the permissions" (the folder is writable), and no temporary is left."""
+    _no_hard_links(monkeypatch, code)
+    with pytest.raises(FlowkitError, match=r"/videos/zoom: its file system refuses hard links "
+                                           r"\(.*\), which flowkit takes its claims and locks "
+                                           r"with .* exFAT/FAT drives .* write to a folder on "
+                                           r"another file system$"):
+        store.claim("zoom/v1", "tvl1")
+    assert not [p for p in (store.path / "videos").rglob("*") if p.is_file()]
 
 
 def test_a_writer_touches_its_partial_with_its_claims(store, monkeypatch):

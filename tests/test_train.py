@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import errno
 import os
 import re
 import shutil
@@ -588,6 +589,22 @@ def test_a_run_folder_is_held_by_one_training_from_its_check_to_its_end(tiny_sto
         Trainer(tiny_config(tiny_store, model="ddn", model_kwargs={"width": 4, "layers": [1] * 4},
                             frames=1), other)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_run_folder_on_a_file_system_without_hard_links_is_refused_with_the_fix(
+        tiny_store, tmp_path, monkeypatch):
+    """The run lock is a hard link (a store claim): exFAT / FAT drives and some FUSE or SMB mounts
+    refuse one. One FlowkitError naming the file system (a PermissionError traceback before),
+    and the folder the Trainer made is gone."""
+    def refuse(src, dst, *a, **kw):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", refuse)
+    run = tmp_path / "usb" / "run"
+    with pytest.raises(FlowkitError, match=rf"^{re.escape(str(run))}: its file system refuses "
+                                           r"hard links \(Operation not permitted\)"):
+        Trainer(tiny_config(tiny_store, epochs=1), run)
+    assert not (tmp_path / "usb").exists()
 
 
 def test_a_dead_trainings_hold_is_taken_over(tiny_store, tmp_path):

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import FlowkitError
 from ..files import TMP_SUFFIX, host_name, pid_alive, process_identity, same_process
 from .layout import (CLAIM, CLAIM_HEARTBEAT_SECONDS, COMMIT_LOCK, STALE_CLAIM_SECONDS, WIDEST_PID,
                      now)
@@ -46,6 +47,10 @@ HEARTBEAT_SECONDS = CLAIM_HEARTBEAT_SECONDS  # module-level so tests can shorten
 NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK})
 #: ``FLOWKIT_COMMIT_LOCK=file``: the lock file even where flock works (NFS mounted ``nolock``).
 LOCK_ENV = "FLOWKIT_COMMIT_LOCK"
+#: How a file system refuses a hard link: exFAT / FAT drives (EPERM), some FUSE and SMB mounts
+#: (EPERM, EOPNOTSUPP, ENOSYS). The file linked sits beside the target and was just written,
+#: so it is not a permission of the folder.
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 LOCK_POLL_SECONDS = (0.005, 0.2)  # a lock file's waiters: first and longest wait between tries
 BREAK_TOKEN = ".break"  # ``<lock file>.break``: held by the one process breaking a dead holder's lock
 
@@ -102,7 +107,7 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
         tmp.write_text(json.dumps(me), encoding="utf-8")
         while not held:
             try:
-                os.link(tmp, path)
+                link_into_place(tmp, path)
                 held = True
             except FileExistsError:
                 holder = _holder(path)
@@ -152,7 +157,7 @@ def _take_token(token: Path) -> bool:
         tmp.write_text(json.dumps(me), encoding="utf-8")
         for _ in range(2):
             try:
-                os.link(tmp, token)
+                link_into_place(tmp, token)
                 return True
             except FileExistsError:
                 holder = _holder(token)
@@ -178,7 +183,7 @@ def _drop_aside(path: Path, holder: dict) -> None:
         return
     if _holder(aside) != holder:
         with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
+            link_into_place(aside, path)
     aside.unlink(missing_ok=True)
 
 
@@ -195,6 +200,24 @@ def break_lock_of(lock: Path, pid: int) -> Path | None:
         return None
     _break(path, holder)
     return path
+
+
+def link_into_place(tmp: Path, path: Path) -> None:
+    """``os.link(tmp, path)``: FileExistsError when ``path`` exists (atomic and exclusive, on NFS
+    v3+ too), the way every claim and lock file is taken. A file system without hard links is a
+    FlowkitError naming the folder and the fix (the folder was writable: ``tmp`` is in it)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        raise FlowkitError(
+            f"{path.parent}: its file system refuses hard links ({os.strerror(exc.errno)}), "
+            "which flowkit takes its claims and locks with (several writers at once); local "
+            "disks, NFS, Lustre and GPFS have them, exFAT/FAT drives and some FUSE or SMB mounts "
+            "do not: write to a folder on another file system") from None
 
 
 def claim_path(final: Path, name: str) -> Path:
@@ -258,7 +281,7 @@ def try_claim(videos: Path, final: Path, name: str,
         tmp.write_text(json.dumps(me), encoding="utf-8")
         for _ in range(3):
             try:
-                os.link(tmp, path)
+                link_into_place(tmp, path)
                 _heartbeat.add(path)
                 return None
             except FileExistsError:
@@ -378,5 +401,5 @@ def remove_if_stale(videos: Path, path: Path) -> bool:
         return True
 
 
-__all__ = ["commit_lock", "claim_path", "claim_ending", "link_ending", "try_claim", "release",
-           "is_stale", "remove_if_stale", "describe", "break_lock_of"]
+__all__ = ["commit_lock", "claim_path", "claim_ending", "link_ending", "link_into_place",
+           "try_claim", "release", "is_stale", "remove_if_stale", "describe", "break_lock_of"]

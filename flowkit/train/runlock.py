@@ -37,7 +37,7 @@ class RunLock:
             tmp.write_text(json.dumps(me), encoding="utf-8")
             for _ in range(3):
                 try:
-                    os.link(tmp, path)
+                    claims.link_into_place(tmp, path)
                     break
                 except FileExistsError:
                     holder = claims._holder(path)
@@ -60,6 +60,10 @@ class RunLock:
                 _remove_empty(made)
                 raise FlowkitError(f"{run_dir}: could not take {path} (other trainings kept "
                                    "taking it); try again, or choose another --out")
+        except FlowkitError:  # no hard links here: leave no folder of this run behind
+            tmp.unlink(missing_ok=True)
+            _remove_empty(made)
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         claims.keep_touched(path)
