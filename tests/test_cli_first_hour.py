@@ -470,7 +470,7 @@ def test_show_png_carries_the_wheel_and_shows_the_pan(tmp_path, rgb):
     out = tmp_path / "flow.png"
     r = flowkit_cli("show", store, "pan_left/v", "-o", out)
     assert r.returncode == 0, r.stderr
-    assert "full colour at 2.2 px" in r.stdout
+    assert "wrote " + str(out) + ": flow/tvl1, full colour at 2.2 px" in r.stdout
     image = cv2.imread(str(out))[..., ::-1]
     gap, h, w = 2, 32, 40
     flow_left = (w + gap) if rgb else 0
@@ -520,6 +520,29 @@ def test_show_draws_backward_flow_beside_the_frame_it_moves(tmp_path, flow, fram
         assert abs(grey - 40 * (t + frame_shown + 1)) <= 3, (t, grey)
 
 
+def test_show_draws_tvl1_by_default_beside_other_engines_and_names_the_flow(tmp_path):
+    """Adding an engine beside tvl1 (costvolume sorts first) does not change what the same
+    command draws; without tvl1 the first forward flow is drawn; the line names the flow."""
+    from types import SimpleNamespace
+
+    from flowkit.cli.show import _pick_flow
+
+    store = _write_store(tmp_path / "store", rgb=True)
+    with FlowStore(store, mode="a") as fs, fs.writer("pan_left/v", source="v.mp4", fps=25.0,
+                                                     flow_codec="float16") as w:
+        w.append_flow("costvolume", 3 * _pan_with_a_stray_vector(n=3),
+                      engine={"engine": "costvolume", "version": "1", "params": {}})
+    out = tmp_path / "flow.png"
+    r = flowkit_cli("show", store, "pan_left/v", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "flow/tvl1, full colour at 2.2 px" in r.stdout
+    r = flowkit_cli("show", store, "pan_left/v", "-o", out, "--flow", "costvolume")
+    assert "flow/costvolume, full colour at 6.6 px" in r.stdout
+    names = SimpleNamespace(flow_names=lambda key: ["costvolume_backward", "motionnet", "tvnet"])
+    assert _pick_flow(names, "k", None) == "motionnet"
+    assert _pick_flow(names, "k", "tvnet") == "tvnet"
+
+
 def test_show_video_carries_the_wheel_and_its_scale(tmp_path):
     from flowkit.cli import main
     from flowkit.video import load_frames
@@ -528,7 +551,7 @@ def test_show_video_carries_the_wheel_and_its_scale(tmp_path):
     out = tmp_path / "flow.mp4"
     r = CliRunner().invoke(main, ["show", str(store), "pan_left/v", "-o", str(out)])
     assert r.exit_code == 0, r.output
-    assert "full colour at 2.2 px" in r.output
+    assert "flow/tvl1, full colour at 2.2 px" in r.output
     gap, h, w = 2, 32, 40
     video = load_frames(out)
     assert video.shape == (3, h, 2 * w + gap + h + gap, 3)  # frame | flow | wheel, as a PNG row
@@ -745,3 +768,15 @@ def test_benchmark_refuses_a_param_that_has_its_own_option(tmp_path, param, expe
     assert r.exit_code == 2, (r.exit_code, r.output[-3000:])
     assert r.stderr.strip() == f"error: {expected}", r.stderr[-3000:]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["benchmark"], ["train-flow", "tvnet", "--out", "w.pt"],
+                                     ["train-flow", "motionnet", "x", "--out", "w.pt"]],
+                         ids=lambda c: " ".join(c[:2]))
+def test_a_negative_seed_is_refused_as_an_option(tmp_path, command):
+    """A seed is never negative (numpy refuses one deep inside: a traceback, exit 1)."""
+    from flowkit.cli import main
+
+    r = CliRunner().invoke(main, [*command, "--seed", "-1"])
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--seed': -1 is not in the range x>=0" in r.output

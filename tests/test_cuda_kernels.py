@@ -113,6 +113,19 @@ def test_cupy_backend_without_cupy_raises_clear_error(no_cupy):
         fcuda.resolve_backend("opencv", "cpu")
 
 
+@pytest.mark.parametrize("cupy_here", [False, True])
+def test_cupy_backend_on_the_cpu_names_the_device_not_an_install(monkeypatch, cupy_here):
+    """--backend cupy with the default --device cpu: installing CuPy would not help (and once it
+    is installed the same hint came back), so the device is named whether CuPy imports or not."""
+    monkeypatch.setattr(fcuda, "_import_cupy", lambda: object() if cupy_here else None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EngineError) as err:
+        fcuda.resolve_backend("cupy", "cpu")
+    assert str(err.value) == ("backend='cupy' runs on CUDA devices only, got device='cpu': pass "
+                              "--device cuda (torch sees no CUDA device on this machine), or "
+                              "--backend torch")
+
+
 def test_resolve_backend_with_cupy_picks_by_device(monkeypatch):
     """With CuPy and a GPU there: ``backend="auto"`` runs the kernels on a CUDA device only (a CPU
     engine stays torch), and an explicit ``"cupy"`` on the CPU is refused, not silently run."""

@@ -148,7 +148,8 @@ def _check_outputs(json_out: str | None, plot_out: str | None) -> None:
                    "N by name, default all).")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
               help="Timed passes over the dataset; pairs/s uses the median.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic pairs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the synthetic pairs.")
 @click.option("--param", "params", multiple=True, metavar="[METHOD:]KEY=VALUE",
               help="Method parameter, repeatable. KEY=VALUE sets every selected method that has it "
                    "(nscales=2 sets tvl1 and opencv-tvl1 alike); METHOD:KEY=VALUE sets one "

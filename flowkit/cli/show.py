@@ -19,12 +19,19 @@ from .options import check_output_file
 _VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 
 
+DEFAULT_FLOW = "tvl1"  # extract's default engine
+
+
 def _pick_flow(store: FlowStore, key: str, name: str | None) -> str:
+    """``name``, checked; by default tvl1 where the video has it, else its first forward flow by
+    name (adding an engine beside tvl1 does not change what the same command draws)."""
     names = store.flow_names(key)
     if not names:
         raise FlowkitError(f"video {key!r} holds no flow; extract it with `flowkit extract`")
     if name is None:
-        return names[0]
+        if DEFAULT_FLOW in names:
+            return DEFAULT_FLOW
+        return next((n for n in names if not is_backward(n)), names[0])
     if name not in names:
         raise FlowkitError(f"video {key!r} has no flow {name!r}; it has: {', '.join(names)}")
     return name
@@ -107,7 +114,8 @@ def _write_video(out: Path, store: FlowStore, key: str, name: str, max_flow: flo
 @click.argument("video")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="out.png (frames and flow colour side by side) or out.mp4 (the whole video).")
-@click.option("--flow", "name", default=None, help="Flow dataset name (default: the first, e.g. tvl1).")
+@click.option("--flow", "name", default=None,
+              help="Flow dataset name [default: tvl1, else the video's first forward flow].")
 @click.option("--frame", "frames", multiple=True, type=int,
               help="Frame pair index for a PNG, repeatable (default: first, middle, last).")
 @click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -144,4 +152,4 @@ def command(store, video, output, name, frames, max_flow):
             if bad:
                 raise FlowkitError(f"frame {bad[0]} out of range: {video!r} has {n} flow frames")
             scale = _write_png(output, fs, video, name, picked, max_flow)
-    click.echo(f"wrote {output} (full colour at {scale:.3g} px)")
+    click.echo(f"wrote {output}: flow/{name}, full colour at {scale:.3g} px")

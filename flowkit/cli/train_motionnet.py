@@ -29,7 +29,8 @@ from .progress import RichProgress, stop_on_signals
 @click.option("--steps-per-epoch", type=int, default=None, help="Optimiser steps per epoch. [default: 100]")
 @click.option("--batch", type=int, default=None, help="Clips per step. [default: 8]")
 @click.option("--lr", type=float, default=None, help="Adam learning rate. [default: 1e-4]")
-@click.option("--seed", type=int, default=None, help="Seed of initialisation and clip sampling. [default: 0]")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of initialisation and clip sampling. [default: 0]")
 @click.option("--resume", is_flag=True, help="Continue from --out (epoch, step, optimizer, sampler).")
 @click.option("--eval-samples", is_flag=True,
               help="Each epoch, report EPE against the known flow of rendered flowkit sample clips.")

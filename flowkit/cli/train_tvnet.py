@@ -43,7 +43,7 @@ from .progress import RichProgress, stop_on_signals
 @click.option("--val-fraction", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True,
               help="Share of the pairs held out for validation (whole videos with --unsupervised "
                    "on a video folder: their pairs share frames).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the synthetic pairs, the split and the shuffling.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Checkpoint to write (rewritten atomically after every epoch).")

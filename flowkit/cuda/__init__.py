@@ -94,9 +94,14 @@ def resolve_backend(backend: str, device) -> str:
     on_cuda = torch.device(device).type == "cuda"
     if backend == "auto":
         return "cupy" if on_cuda and is_available() else "torch"
+    if not on_cuda:  # before CuPy's install hint: installing CuPy would not help here
+        import torch
+
+        here = ("" if torch.cuda.is_available()
+                else " (torch sees no CUDA device on this machine)")
+        raise EngineError(f"backend='cupy' runs on CUDA devices only, got device={str(device)!r}: "
+                          f"pass --device cuda{here}, or --backend torch")
     require()
-    if not on_cuda:
-        raise EngineError(f"backend='cupy' runs on CUDA devices only, got device={str(device)!r}")
     return "cupy"
 
 
