@@ -464,6 +464,20 @@ def test_ctrl_c_with_an_epoch_left_exits_130_and_says_resume(sample_videos, tmp_
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 1
 
 
+def test_a_second_stop_says_to_resume(sample_videos, tmp_path, monkeypatch):
+    """A second Ctrl-C or SIGTERM stops at once: its line says to add --resume (the same command
+    without it refuses to write over the checkpoint of the finished epochs)."""
+    import flowkit.train.motionnet as module
+    from flowkit.progress import Stopped
+
+    def stopped_now(*args, **kwargs):
+        raise Stopped("terminated")
+    monkeypatch.setattr(module, "train", stopped_now)
+    result = CliRunner().invoke(main, _train_args(sample_videos, tmp_path / "m.pt", "--epochs", "2"))
+    assert result.exit_code == 143
+    assert "continue with the same command plus --resume" in result.output, result.output
+
+
 def test_a_video_of_exactly_num_frames_plus_one_frames_is_usable():
     """A clip of M frames needs M + 1 (``--num-frames 2``: 3); a video that long is enough, with
     its only start frame, rather than being skipped as too short."""

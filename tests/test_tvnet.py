@@ -250,6 +250,39 @@ def test_mismatched_checkpoint_raises(tmp_path):
         flowkit.create_engine("tvnet", weights=str(tmp_path / "missing.pt"))
 
 
+def test_store_with_a_12_digit_digest_is_extended_by_the_same_weights(tmp_path):
+    """Stores record tvnet's weights by the first 12 hex digits of their SHA-256 (motionnet by all
+    64, README says which): a record written that way from another directory still fits a rerun
+    with the same weights, which records with the same digits. Recording all 64 would make such
+    stores refuse every rerun: the store check compares digests as text."""
+    from dataclasses import asdict
+
+    from flowkit import checkpoints
+    from flowkit.extract import ExtractConfig, build_engine, store_request
+    from flowkit.files import file_sha256
+    from flowkit.store import FlowStore
+    from flowkit.store.compat import compare_with_store
+
+    net = TVNet(1, 1, 10)
+    ckpt = tmp_path / "tv.pt"
+    checkpoints.save_checkpoint(ckpt, "tvnet", {"config": asdict(net.config),
+                                                "state_dict": net.state_dict()})
+    config = ExtractConfig(method="tvnet", engine_params={"weights": str(ckpt)}, rgb=False,
+                           flow_codec="float16")
+    engine = build_engine(config)
+    old = engine.describe()
+    old["params"] = dict(old["params"], weights="/elsewhere/tv.pt",
+                         weights_sha256=file_sha256(ckpt, 12))
+    with FlowStore(tmp_path / "store", mode="a", classes=["a"]) as store:
+        with store.writer("a/v0", source="a/v0.mp4", fps=25.0, label=0, label_name="a",
+                          source_size=(8, 8), flow_codec="float16") as w:
+            w.append_flow("tvnet", np.zeros((1, 2, 8, 8), np.float32), engine=old)
+    comparison = compare_with_store(FlowStore(tmp_path / "store"), ["a/v0"],
+                                    store_request(config, engine))
+    assert comparison.ok, comparison.message()
+    assert engine.params["weights_sha256"] == file_sha256(ckpt, 12)
+
+
 def test_resume_with_other_architecture_fails_cleanly(tmp_path):
     _train(tmp_path, "--epochs", "1")
     result = CliRunner().invoke(main, ["train-flow", "tvnet", "--pairs", "5", "--size", "32x40",
@@ -446,3 +479,131 @@ def test_cli_passes_clip_through(tmp_path):
     """``--clip 0`` (no gradient clipping) reaches training and is recorded in the checkpoint."""
     ckpt = _train(tmp_path, "--epochs", "1", "--clip", "0")
     assert torch.load(ckpt, weights_only=True)["args"]["clip"] == 0.0
+
+
+def _video_args(data, out, *extra):
+    return ["train-flow", "tvnet", "--data", str(data), "--unsupervised", "--pairs", "4",
+            "--size", "32x40", "--iterations", "2", "--batch", "2", "--out", str(out), *extra]
+
+
+def test_resume_finds_the_data_folder_however_it_is_typed(sample_videos, tmp_path, monkeypatch):
+    """The checkpoint records a data folder by its absolute path: `vids`, `vids/`, the absolute
+    path and a resume from another directory (options left out) all continue it. An older
+    checkpoint's relative path matches the folder it names; another folder is still refused."""
+    import shutil
+    shutil.copytree(sample_videos, tmp_path / "vids")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    first = runner.invoke(main, _video_args("vids", "t.pt", "--epochs", "1"))
+    assert first.exit_code == 0, first.output
+    assert torch.load("t.pt", weights_only=True)["args"]["data"] == str(tmp_path.resolve() / "vids")
+    again = runner.invoke(main, _video_args("vids/", "t.pt", "--epochs", "2", "--resume"))
+    assert again.exit_code == 0, again.output
+    monkeypatch.chdir(tmp_path / "sub")
+    elsewhere = runner.invoke(main, ["train-flow", "tvnet", "--out", "../t.pt", "--resume",
+                                     "--epochs", "3"])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert torch.load("../t.pt", weights_only=True)["epoch"] == 3
+    other = runner.invoke(main, _video_args(sample_videos, "../t.pt", "--epochs", "4", "--resume"))
+    assert other.exit_code == 2 and "--data=" in other.output, other.output
+    # As an earlier flowkit wrote it: the folder as typed, relative to where it was trained.
+    ckpt = torch.load("../t.pt", weights_only=True)
+    ckpt["args"]["data"] = "vids"
+    torch.save(ckpt, "../t.pt")
+    lost = runner.invoke(main, ["train-flow", "tvnet", "--out", "../t.pt", "--resume",
+                                "--epochs", "4"])
+    assert lost.exit_code == 2 and "pass --data with the folder's path" in lost.output, lost.output
+    typed = runner.invoke(main, _video_args(tmp_path / "vids", "../t.pt", "--epochs", "4",
+                                            "--resume"))
+    assert typed.exit_code == 0, typed.output
+    assert torch.load("../t.pt", weights_only=True)["epoch"] == 4
+
+
+def test_same_data_compares_folders_not_spellings(tmp_path, monkeypatch):
+    from flowkit.train.tvnet import same_data
+    (tmp_path / "a" / "vids").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "a" / "vids")
+    assert same_data(absolute, "a/vids/") and same_data(absolute, "./a/../a/vids")
+    assert same_data("a/vids", absolute) and same_data("vids", absolute)  # older, relative records
+    assert not same_data(absolute, "a") and not same_data("synthetic", absolute)
+    assert not same_data("b/vids", absolute) and same_data("synthetic", "synthetic")
+
+
+def test_a_second_stop_says_to_resume(tmp_path, monkeypatch):
+    """A second Ctrl-C or SIGTERM stops at once: its line says to add --resume (the same command
+    without it refuses to write over the checkpoint of the finished epochs)."""
+    from flowkit.progress import Stopped
+    from flowkit.train import tvnet as tvtrain
+
+    def stopped_now(*args, **kwargs):
+        raise Stopped("terminated")
+    monkeypatch.setattr(tvtrain, "fit", stopped_now)
+    result = CliRunner().invoke(main, ["train-flow", "tvnet", "--pairs", "2", "--size", "16x16",
+                                       "--out", str(tmp_path / "t.pt")])
+    assert result.exit_code == 143
+    assert "continue with the same command plus --resume" in result.output, result.output
+
+
+def test_a_stop_during_the_last_epoch_finishes_normally(tmp_path, monkeypatch):
+    """A stop asked for while the last epoch runs comes after training finished: exit 0 and the
+    --json summary, not "continue with --resume" (which would have nothing to do)."""
+    import json
+    from flowkit.train import tvnet as tvtrain
+    real = tvtrain.fit
+
+    def fit_stopped_in_the_last_epoch(*args, stop=None, **kwargs):
+        history = real(*args, stop=stop, **kwargs)
+        stop.set("terminated")
+        return history
+    monkeypatch.setattr(tvtrain, "fit", fit_stopped_in_the_last_epoch)
+    result = CliRunner().invoke(main, ["train-flow", "tvnet", "--pairs", "2", "--size", "16x16",
+                                       "--iterations", "2", "--epochs", "1", "--json",
+                                       "--out", str(tmp_path / "t.pt")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["epochs"][-1]["epoch"] == 1
+    assert "--resume" not in result.output
+
+
+def test_an_unreadable_video_is_skipped_with_a_line(sample_videos, tmp_path):
+    """One bad video (a 0-byte file) never stops a run: it is skipped, named, and training goes on
+    with the others; when no video can be read, the error says so."""
+    import shutil
+    shutil.copytree(sample_videos, tmp_path / "vids")
+    (tmp_path / "vids" / "pan_left" / "aaa_empty.mp4").write_bytes(b"")
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        main, _video_args(tmp_path / "vids", tmp_path / "t.pt", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    assert "skipping pan_left/aaa_empty.mp4: " in result.output
+    assert "4 pairs from 4 of 5 videos" in result.output
+    assert torch.load(tmp_path / "t.pt", weights_only=True)["epoch"] == 1
+    (tmp_path / "bad" / "a").mkdir(parents=True)
+    (tmp_path / "bad" / "a" / "x.mp4").write_bytes(b"")
+    none = CliRunner().invoke(main, _video_args(tmp_path / "bad", tmp_path / "b.pt"))
+    assert none.exit_code == 2 and "(1 of 1 unreadable" in none.output, none.output
+
+
+def test_pairs_are_spread_over_the_videos(sample_videos, tmp_path):
+    """``--pairs`` is shared evenly by the videos (not taken from the first ones by name); a short
+    video's unused share goes to the others; with fewer pairs than videos the seed draws which
+    videos give one. The log line says how many videos of how many found were read."""
+    import shutil
+    from collections import Counter
+    from flowkit.train.tvnet import samples_from_videos
+    from flowkit.video import write_video
+    shutil.copytree(sample_videos, tmp_path / "vids")
+    write_video(tmp_path / "vids" / "pan_left" / "a_short.mp4",
+                np.random.default_rng(0).integers(0, 255, (3, 64, 80, 3), dtype=np.uint8))
+    logs = []
+    samples = samples_from_videos(tmp_path / "vids", (32, 40), 15, log=logs.append)
+    counts = Counter(s.video.rsplit("/", 1)[-1] for s in samples)
+    assert len(samples) == 15 and counts["a_short.mp4"] == 2, counts
+    assert sorted(counts.values()) == [2, 3, 3, 3, 4], counts
+    assert logs == [f"{tmp_path / 'vids'}: 15 pairs from 5 of 5 videos (--pairs 15, shared "
+                    "evenly)"]
+    drawn = {seed: {s.video for s in samples_from_videos(sample_videos, (32, 40), 2, seed)}
+             for seed in range(4)}
+    assert all(len(videos) == 2 for videos in drawn.values())
+    assert drawn[1] == {s.video for s in samples_from_videos(sample_videos, (32, 40), 2, 1)}
+    assert len({frozenset(videos) for videos in drawn.values()}) > 1, drawn

@@ -51,6 +51,9 @@ def summary(name: str) -> str:
 # writes its results only at the end (evaluate, benchmark, show), which must not promise a resume.
 KEPT_RESUME = "finished work is kept, rerun the same command to resume"
 KEPT_NOTHING = "nothing was written; rerun the same command"
+# train-flow's second Ctrl-C: the checkpoint holds the epochs finished before it, and the same
+# command without --resume would refuse to write over it
+KEPT_EPOCHS = "--out holds the finished epochs; continue with the same command plus --resume"
 
 
 def handle_errors(func=None, *, stopped: str = KEPT_RESUME):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..progress import StopFlag
-from . import handle_errors, stop_exit_code
+from . import KEPT_EPOCHS, handle_errors, stop_exit_code
 from .options import parse_present_device, parse_size
 from .progress import RichProgress, stop_on_signals
 
@@ -36,7 +36,7 @@ from .progress import RichProgress, stop_on_signals
               help="Each epoch, report EPE against the known flow of rendered flowkit sample clips.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-epoch history as JSON on stdout.")
-@handle_errors
+@handle_errors(stopped=KEPT_EPOCHS)
 def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch, lr, seed, resume,
             eval_samples, device, as_json):
     """Train MotionNet without ground truth on clips from SOURCE (a video folder, or a store

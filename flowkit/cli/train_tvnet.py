@@ -11,9 +11,11 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 from rich.console import Console
+from rich.markup import escape
 
+from ..errors import FlowkitError
 from ..progress import StopFlag
-from . import handle_errors, stop_exit_code
+from . import KEPT_EPOCHS, handle_errors, stop_exit_code
 from .options import parse_present_device, parse_size
 from .progress import RichProgress, stop_on_signals
 
@@ -53,7 +55,7 @@ from .progress import RichProgress, stop_on_signals
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
-@handle_errors
+@handle_errors(stopped=KEPT_EPOCHS)
 def command(ctx, data, layout, unsupervised, pairs, size, scales, warps, iterations, epochs, batch,
             lr, clip, val_fraction, seed, out, resume, device, as_json):
     """Train TVNet (default TVNet-50: 1 scale, 1 warp, 50 iterations) and write checkpoint --out,
@@ -65,7 +67,7 @@ def command(ctx, data, layout, unsupervised, pairs, size, scales, warps, iterati
       flowkit train-flow tvnet --out tvnet.pt --epochs 5 --unsupervised
     """
     from ..flow.tvnet import TVNetConfig
-    from ..train.tvnet import TVNetTrainConfig, fit, load_samples, saved_options
+    from ..train.tvnet import TVNetTrainConfig, fit, load_samples, recorded_data, saved_options
 
     device = parse_present_device(device)
     if resume and out.is_file():
@@ -78,17 +80,26 @@ def command(ctx, data, layout, unsupervised, pairs, size, scales, warps, iterati
                       and ctx.get_parameter_source(k) != ParameterSource.COMMANDLINE})
         (data, layout, unsupervised, pairs, size, scales, warps, iterations, epochs, batch, lr,
          clip, val_fraction, seed) = given.values()
+        if ctx.get_parameter_source("data") != ParameterSource.COMMANDLINE \
+                and data != "synthetic" and not Path(data).is_dir():  # an older relative record
+            raise FlowkitError(f"--resume: {out} was trained on --data {data}, which is not a "
+                               "folder from here; pass --data with the folder's path")
     console = Console(stderr=True)
     config = TVNetTrainConfig(TVNetConfig(scales=scales, warps=warps, iterations=iterations),
                               epochs=epochs, batch=batch, lr=lr, clip=clip,
                               val_fraction=val_fraction, seed=seed, unsupervised=unsupervised)
-    samples = load_samples(data, layout, unsupervised, pairs, parse_size(size), seed)
+    samples = load_samples(data, layout, unsupervised, pairs, parse_size(size), seed,
+                           log=lambda msg: console.print(msg, highlight=False, markup=False),
+                           on_warning=lambda msg: console.print(
+                               f"[yellow]{escape(msg)}[/yellow]", highlight=False))
     stop = StopFlag()
     with stop_on_signals(stop, console, "the current epoch"), RichProgress(console) as progress:
         history = fit(config, samples, out, resume=resume, device=device, progress=progress,
                       stop=stop,
-                      args={"data": str(data), "layout": layout, "pairs": pairs, "size": size})
-    if stop.is_set():
+                      args={"data": recorded_data(data), "layout": layout, "pairs": pairs,
+                            "size": size})
+    # A stop asked for during the last epoch comes after training finished: nothing to resume.
+    if stop.is_set() and (history[-1]["epoch"] if history else 0) < epochs:
         console.print(f"{stop.reason}: {out} holds the finished epochs; continue with the same "
                       "command plus --resume", highlight=False, markup=False)
         sys.exit(stop_exit_code(stop))

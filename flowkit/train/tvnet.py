@@ -3,25 +3,28 @@
 Supervised on ground-truth pairs (EPE loss): ``data="synthetic"`` (:func:`flowkit.bench.synthetic_pairs`)
 or a folder with ``layout="middlebury"|"sintel"`` (:func:`flowkit.bench.load_flow_folder`); or
 unsupervised (TVNet's flow loss L_f, :func:`flowkit.flow.tvnet.flow_loss`), on consecutive frames of
-the videos under a folder (or on any of the sources above, ignoring their ground truth for the loss
-but still reporting EPE)::
+the videos under a folder (an even share of the pairs from each; an unreadable one is skipped), or
+on any of the sources above, ignoring their ground truth for the loss but still reporting EPE::
 
     samples = load_samples("synthetic", None, unsupervised=False, pairs=64, size=(64, 80), seed=0)
     history = fit(TVNetTrainConfig(epochs=10), samples, "tvnet.pt")   # resumable: resume=True
 
 The checkpoint (kind ``"tvnet"`` of :mod:`flowkit.checkpoints`) holds ``config`` (the architecture,
 :class:`~flowkit.flow.tvnet.TVNetConfig`), ``state_dict``, ``epoch``, ``optimizer``, ``val_epe``,
-``val_loss``, ``history`` and ``args`` (the training options), rewritten atomically after every
-epoch. ``flowkit extract --method tvnet --weights CKPT`` uses it.
+``val_loss``, ``history`` and ``args`` (the training options; a data folder by its absolute path,
+:func:`recorded_data`), rewritten atomically after every epoch. ``flowkit extract --method tvnet
+--weights CKPT`` uses it.
 
 Resuming continues exactly (weights, Adam state, epoch; the split and each epoch's shuffle are
 functions of the seed) and so takes every option from the checkpoint: only ``epochs``
 (:data:`RESUMABLE_CHANGES`) may differ, as in classifier training (:mod:`flowkit.train.config`);
-another learning rate, batch, seed, validation share or data is a new run (a new ``--out``).
+another learning rate, batch, seed, validation share or data is a new run (a new ``--out``). The
+data folder may be typed otherwise, or given from another directory (:func:`same_data`).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import checkpoints
-from ..errors import FlowkitError
+from ..errors import FlowkitError, VideoError
 from ..flow import ops
 from ..flow.tvnet import TVNet, TVNetConfig, epe_loss, flow_loss, load_checkpoint
 from ..progress import Progress, StopFlag, Task
@@ -60,33 +63,86 @@ def samples_from_pairs(pairs) -> list[Sample]:
                    torch.from_numpy(p.valid)) for p in pairs]
 
 
-def samples_from_videos(root: Path, size, max_pairs: int) -> list[Sample]:
-    """Consecutive frame pairs of the videos under ``root`` (sorted), at most ``max_pairs``."""
+def samples_from_videos(root: Path, size, max_pairs: int, seed: int = 0, *,
+                        log: Callable[[str], None] | None = None,
+                        on_warning: Callable[[str], None] | None = None) -> list[Sample]:
+    """Consecutive frame pairs of the videos under ``root``, at most ``max_pairs``, spread evenly
+    over the videos (each gives the pairs of its first frames; when there are more videos than
+    pairs, ``seed`` draws which ones), in video name order.
+
+    A video that cannot be read is skipped with a line to ``on_warning`` (one bad file never stops
+    a run); ``log`` gets one line saying how many videos of how many found gave pairs.
+    """
     from ..labels import scan_videos
-    from ..video import iter_frames
 
     items, _ = scan_videos(root)
     if not items:
         raise FlowkitError(f"{root}: no video files found (looked for .mp4, .avi, .mkv, ...)")
-    samples: list[Sample] = []
-    for item in items:
-        previous = None
-        for frame in iter_frames(item.path, size=size, max_frames=max_pairs - len(samples) + 1,
-                                 threads=1):
-            current = _gray(frame)
-            if previous is not None:
-                samples.append(Sample(previous, current, video=str(item.path)))
-            previous = current
-        if len(samples) >= max_pairs:
+    warn = on_warning or (lambda msg: None)
+    pairs: dict[int, list[Sample]] = {}
+    done: set[int] = set()  # read to their end, or unreadable
+    # Which videos share the pairs when there are more videos than pairs: a seeded draw, not the
+    # first ones by name (often all of one class).
+    order = np.random.default_rng([seed, 4099]).permutation(len(items)).tolist()
+    while True:
+        # Each pass hands what is missing to the videos not yet read to their end, those with the
+        # fewest pairs first (a short or unreadable video's unused share goes to the others on the
+        # next pass), until enough or all are read.
+        todo = sorted((i for i in order if i not in done), key=lambda i: len(pairs.get(i, [])))
+        missing = max_pairs - sum(len(p) for p in pairs.values())
+        if missing <= 0 or not todo:
             break
+        for i, share in zip(todo, _shares(missing, len(todo))):
+            if share == 0:
+                continue
+            want = len(pairs.get(i, [])) + share
+            try:
+                pairs[i] = _video_pairs(items[i].path, size, want)
+            except (VideoError, FlowkitError, OSError) as exc:
+                name = items[i].path.relative_to(root).as_posix()
+                warn(f"skipping {name}: {exc}")
+                pairs.pop(i, None)
+                done.add(i)
+                continue
+            if len(pairs[i]) < want:
+                done.add(i)
+    samples = [s for i in range(len(items)) for s in pairs.get(i, [])]
     if not samples:
-        raise FlowkitError(f"{root}: the videos hold no pair of consecutive frames")
+        unreadable = len(done - set(pairs))
+        raise FlowkitError(f"{root}: the videos hold no pair of consecutive frames"
+                           + (f" ({unreadable} of {len(items)} unreadable, see above)"
+                              if unreadable else ""))
+    used = sum(1 for p in pairs.values() if p)
+    if log is not None:
+        log(f"{root}: {len(samples)} pairs from {used} of {len(items)} videos"
+            + (f" (--pairs {max_pairs}, shared evenly)" if len(samples) >= max_pairs else ""))
+    return samples
+
+
+def _shares(total: int, n: int) -> list[int]:
+    """``total`` split over ``n`` as evenly as integers allow, the first ones one more."""
+    return [total // n + (i < total % n) for i in range(n)]
+
+
+def _video_pairs(path: Path, size, count: int) -> list[Sample]:
+    """The first ``count`` consecutive frame pairs of the video at ``path`` (fewer if shorter)."""
+    from ..video import iter_frames
+
+    samples, previous = [], None
+    for frame in iter_frames(path, size=size, max_frames=count + 1, threads=1):
+        current = _gray(frame)
+        if previous is not None:
+            samples.append(Sample(previous, current, video=str(path)))
+        previous = current
     return samples
 
 
 def load_samples(data: str, layout: str | None, unsupervised: bool, pairs: int,
-                 size: tuple[int, int] | int | None, seed: int) -> list[Sample]:
-    """The training pairs a command line asks for (see the module docstring)."""
+                 size: tuple[int, int] | int | None, seed: int, *,
+                 log: Callable[[str], None] | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> list[Sample]:
+    """The training pairs a command line asks for (see the module docstring); ``log`` and
+    ``on_warning``: see :func:`samples_from_videos`."""
     from ..bench import load_flow_folder, synthetic_pairs
 
     if data == "synthetic":
@@ -107,7 +163,7 @@ def load_samples(data: str, layout: str | None, unsupervised: bool, pairs: int,
     if not unsupervised:
         raise FlowkitError(f"--data {data}: pass --layout middlebury|sintel for a ground-truth "
                            "folder, or --unsupervised to train on the videos in it")
-    return samples_from_videos(root, size, pairs)
+    return samples_from_videos(root, size, pairs, seed, log=log, on_warning=on_warning)
 
 
 def split(n: int, val_fraction: float, seed: int, videos: list[str | None] | None = None
@@ -255,6 +311,30 @@ def saved_options(path: str | os.PathLike) -> dict:
                                        if k in config}}
 
 
+def recorded_data(data: str | os.PathLike) -> str:
+    """``--data`` as a checkpoint records it: "synthetic" as is, a folder by its absolute path (so
+    that a resume from another directory, or with the folder typed otherwise, finds it)."""
+    return "synthetic" if str(data) == "synthetic" else str(Path(data).resolve())
+
+
+def same_data(saved: str | None, given: str | None) -> bool:
+    """Whether ``--data given`` names the data a checkpoint recorded as ``saved``: the same folder,
+    however typed. Older checkpoints recorded a folder as typed: a relative one matches the folder
+    it names from the current directory, or (its directory was not recorded) any folder whose path
+    ends with it."""
+    if saved == given:
+        return True
+    if saved is None or given is None or "synthetic" in (saved, given):
+        return False
+    here = Path(given).resolve()
+    if Path(saved).resolve() == here:  # absolute, or relative to the current directory
+        return True
+    if Path(saved).is_absolute():
+        return False
+    tail = Path(os.path.normpath(saved)).parts
+    return ".." not in tail and here.parts[-len(tail):] == tail
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     """Write a TVNet checkpoint atomically (:func:`flowkit.checkpoints.save_checkpoint`)."""
     checkpoints.save_checkpoint(path, "tvnet", checkpoint)
@@ -301,7 +381,10 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
             raise FlowkitError(f"--resume: {out} was trained with {ckpt['config']}, not "
                                f"{asdict(arch)}; pass the same --scales/--warps/--iterations "
                                "or a new --out")
-        check_resumable(out, ckpt.get("args", {}), run_args, changeable=RESUMABLE_CHANGES,
+        saved_args = dict(ckpt.get("args", {}))
+        if "data" in saved_args and same_data(saved_args["data"], run_args.get("data")):
+            saved_args["data"] = run_args["data"]  # one folder, however typed
+        check_resumable(out, saved_args, run_args, changeable=RESUMABLE_CHANGES,
                         new_out="pass a new --out")
         net.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -314,8 +397,8 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
     train_idx, val_idx = split(len(samples), config.val_fraction, config.seed,
                                [sample.video for sample in samples])
     has_gt = samples[0].flow is not None
-    progress.log(f"TVNet-{arch.scales}-{arch.warps}-{arch.iterations}: {len(train_idx)} "
-                 f"training / {len(val_idx)} validation pairs, "
+    progress.log(f"TVNet-{arch.scales}-{arch.warps}-{arch.iterations}: {len(train_idx)} training "
+                 f"/ {len(val_idx)} validation pairs{_videos(samples, train_idx, val_idx)}, "
                  f"{'L_f' if config.unsupervised else 'EPE'} loss")
     steps = len(batches(samples, train_idx, config.batch, None))
     task = progress.start("training", total=steps * max(config.epochs - start, 0))
@@ -345,10 +428,18 @@ def fit(config: TVNetTrainConfig, samples: list[Sample], out: str | os.PathLike,
     return history
 
 
+def _videos(samples: list[Sample], train_idx: list[int], val_idx: list[int]) -> str:
+    """" (from T / V videos)" for pairs read from videos, else ""."""
+    if samples[0].video is None:
+        return ""
+    count = [len({samples[i].video for i in idx}) for idx in (train_idx, val_idx)]
+    return f" (from {count[0]} / {count[1]} videos)"
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
 __all__ = ["Sample", "samples_from_pairs", "samples_from_videos", "load_samples", "split",
            "batches", "train_epoch", "evaluate", "save_checkpoint", "saved_options",
-           "RESUMABLE_CHANGES", "TVNetTrainConfig", "fit"]
+           "recorded_data", "same_data", "RESUMABLE_CHANGES", "TVNetTrainConfig", "fit"]
