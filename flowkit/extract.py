@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from . import feed
+from .conventions import backward_name
 from .errors import FlowkitError, StoreWriteError, VideoError
 from .feed import VideoResult
 from .flow import Backward, check_reversible, create_engine, engine_class
@@ -765,7 +766,17 @@ def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:
                    step=config.step, rgb=config.rgb, rgb_codec=rgb_codec(config.rgb_codec),
                    flow_codec=flow_codec(config.flow_codec),
                    param_names=tuple(f.name for f in dataclasses.fields(params)) if params else (),
-                   max_frames=config.max_frames)
+                   max_frames=config.max_frames,
+                   unweighted=lambda: _unweighted_params(config))
+
+
+def _unweighted_params(config: ExtractConfig) -> dict:
+    """The engine parameters a run of ``config`` without ``weights`` records (an engine built on
+    the CPU, no compile): what the store hint's "without --weights" would give."""
+    params = {k: v for k, v in config.engine_params.items() if k != "weights"}
+    plain = dataclasses.replace(config, engine_params=params, device="cpu", compile=False,
+                                backward=False)
+    return build_engine(plain).describe()["params"]
 
 
 def check_store_options(store_path, items: Sequence[VideoItem], config: ExtractConfig,
@@ -901,11 +912,21 @@ def _frame_count_refusal(store_path, counts: dict[str, tuple[int, int]],
 
 def _redo_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:
     """How many videos --redo / --redo-mismatched replaced (each video's line says what of its old
-    file was dropped: datasets that no longer decode or no longer fit its frames)."""
-    redone = [r.key for r in results if r.status == "done" and r.key in config.redo]
+    file was dropped: datasets that no longer decode or no longer fit its frames), and how many
+    lost the other direction of this run's flow, made with other options than the new one."""
+    redone = [r for r in results if r.status == "done" and r.key in config.redo]
     if not redone:
         return []
-    return [f"{len(redone)} videos recomputed and replaced (--redo / --redo-mismatched)"]
+    notes = [f"{len(redone)} videos recomputed and replaced (--redo / --redo-mismatched)"]
+    # the writer's word for an other direction made otherwise (store.writer.OTHER_ENGINE)
+    other = config.method if config.backward else backward_name(config.method)
+    unlike = [r.key for r in redone if f"flow/{other} (made with other " in r.reason]
+    if unlike:
+        again = "run without --backward" if config.backward else "add --backward"
+        notes.append(f"{len(unlike)} of them held flow/{other} made with other options than "
+                     f"the new flow/{config.flow_name}: it was dropped (the two directions of a "
+                     f"video are made alike); {again} to recompute it")
+    return notes
 
 
 def _run(todo: list[VideoItem], store: FlowStore, engine: FlowEngine | None, config: ExtractConfig,

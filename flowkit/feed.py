@@ -88,9 +88,11 @@ def _dropped_note(dropped: Sequence[Dropped]) -> str:
     """What a replaced video's line says of the old file's datasets it did not keep
     (:attr:`VideoWriter.dropped <flowkit.store.writer.VideoWriter.dropped>`): the sound ones that
     hold other frames apart from the damaged ones."""
-    unfit = [d.name for d in dropped if not d.damaged]
+    unfit = [d.name for d in dropped if not d.damaged and not d.unlike]
     damaged = [str(d) for d in dropped if d.damaged]
-    parts = []
+    unlike = [str(d) for d in dropped if d.unlike]
+    parts = ["dropped from the old file to keep its two directions alike: " + ", ".join(unlike)
+             ] if unlike else []
     if unfit:
         parts.append(f"dropped from the old file ({OTHER_FRAMES}): " + ", ".join(unfit))
     if damaged:

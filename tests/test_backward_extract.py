@@ -223,6 +223,36 @@ def test_the_two_directions_are_made_with_the_same_parameters(sample_videos, tmp
     assert [r.status for r in beside.results] == ["done"], beside.results
 
 
+def test_a_redo_with_other_options_drops_the_other_direction_made_the_old_way(sample_videos,
+                                                                               tmp_path):
+    """--redo-mismatched recomputing flow/tvl1 with other parameters drops the video's
+    tvl1_backward, made with the old ones, and says so on the video's line and in the summary;
+    before, the store kept both, silently (the same mix written directly is refused). A redo
+    with the same options (--redo KEY) keeps it; --backward then computes it anew beside."""
+    items, classes = scan_videos(sample_videos)
+    path, video = tmp_path / "s", items[:1]
+    extract(video, path, _config(), classes=classes)
+    extract(video, path, _config(backward=True), classes=classes)
+    kept = extract(video, path, _config(redo=(video[0].key,)), classes=classes)
+    assert FlowStore(path).flow_names(video[0].key) == ["tvl1", BACKWARD], kept.results
+    other = dict(CHEAP, nscales=1)
+
+    def run(**kw):
+        return extract(video, path, ExtractConfig(engine_params=other, flow_codec="float16",
+                                                  rgb_codec="raw", **kw), classes=classes)
+
+    redone = run(redo_mismatched=True)
+    assert [r.status for r in redone.results] == ["done"], redone.results
+    assert FlowStore(path).flow_names(video[0].key) == ["tvl1"]
+    assert (f"flow/{BACKWARD} (made with other engine parameters than the new flow/tvl1; add "
+            "--backward to recompute it)") in redone.results[0].reason, redone.results[0].reason
+    assert any(f"1 of them held flow/{BACKWARD}" in n for n in redone.notes), redone.notes
+    again = run(backward=True)
+    assert [r.status for r in again.results] == ["done"], again.results
+    flows = FlowStore(path).meta(video[0].key)["flows"]
+    assert flows["tvl1"]["params"]["nscales"] == flows[BACKWARD]["params"]["nscales"] == 1
+
+
 # ----------------------------------------------------------------------------- command line
 
 def test_cli_backward_and_info(sample_videos, both, tmp_path):

@@ -2,6 +2,7 @@
 flow, resume, sharding, worker processes, bad input, and bounded memory on a long video."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -165,6 +166,32 @@ def test_no_rgb(items, tmp_path):
         store.read_rgb(key)
     assert store.validate() == []
     assert store.summary()["rgb_frames"] == 0
+
+
+def test_a_run_asking_for_rgb_is_refused_by_videos_made_without_and_a_redo_adds_it(items,
+                                                                                    tmp_path):
+    """A rerun with RGB (the default) over videos made with --no-rgb would skip them and write no
+    RGB, exit 0 (a rgb model then found none): refused, naming --no-rgb; --redo-mismatched
+    recomputes them with RGB; a run adding another flow writes RGB into the video with it."""
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:2], path, _config(rgb=False), classes=classes)
+    before = _stamps(path)
+    with pytest.raises(StoreError) as refused:
+        extract(videos[:2], path, _config(), classes=classes)
+    assert ("RGB frames none (--no-rgb) in the store, stored (--rgb) asked (2 of 2 videos "
+            "checked). Nothing was computed. Rerun with --no-rgb to extend this store"
+            in str(refused.value)), str(refused.value)
+    assert _stamps(path) == before
+    kept = extract(videos[:2], path, _config(rgb=False), classes=classes)
+    assert [r.status for r in kept.results] == ["skipped", "skipped"]
+    redone = extract(videos[:1], path, _config(redo_mismatched=True), classes=classes)
+    assert [r.status for r in redone.results] == ["done"]
+    added = extract(videos[1:2], path, _config(method="costvolume", engine_params={}),
+                    classes=classes)
+    assert [r.status for r in added.results] == ["done"]
+    store = FlowStore(path)
+    assert [store.meta(v.key)["has_rgb"] for v in videos[:2]] == [True, True]
 
 
 def test_uint8_flow_round_trips_within_bound_over_255(items, base_store, tmp_path):
@@ -479,6 +506,41 @@ def test_redo_mismatched_cannot_mix_new_videos_into_a_store_of_another_size(item
         assert f"frame size {H}x{W} in the store, 32x40 asked" in message
         assert "Rerun without --size" in message and "add --redo-mismatched" not in message
     assert FlowStore(path).keys() == [videos[0].key]
+
+
+def _tvnet_checkpoint(path: Path, **config) -> Path:
+    """An untrained TVNet of ``config`` saved as a ``flowkit train-flow tvnet`` checkpoint."""
+    from flowkit.checkpoints import save_checkpoint
+    from flowkit.flow.tvnet import TVNet
+
+    save_checkpoint(path, "tvnet", {"config": config, "state_dict": TVNet(**config).state_dict(),
+                                    "epoch": 1})
+    return path
+
+
+def test_the_hint_without_weights_names_the_architecture_they_fixed(items, tmp_path):
+    """A store of untrained tvnet made with --param scales=1 warps=1 iterations=10, extended with
+    --weights of a checkpoint of that architecture: refused (other weights), and the options the
+    hint names (dropping --weights) fit the store. Before, it said "Rerun without --weights"
+    alone, which ran tvnet at its defaults (5/5/50) and was refused again."""
+    import re
+
+    videos, classes = items
+    path = tmp_path / "s"
+    arch = {"scales": 1, "warps": 1, "iterations": 10}
+    tvnet = dict(method="tvnet", flow_codec="float16", rgb_codec="raw")
+    extract(videos[:1], path, ExtractConfig(engine_params=dict(arch), **tvnet), classes=classes)
+    ckpt = _tvnet_checkpoint(tmp_path / "tv.pt", **arch)
+    with pytest.raises(StoreError) as refused:
+        extract(videos[:1], path, ExtractConfig(engine_params={"weights": str(ckpt)}, **tvnet),
+                classes=classes)
+    hint = re.search(r"Rerun (.*) to extend this store", str(refused.value)).group(1)
+    assert hint == ("with --param iterations=10 --param scales=1 --param warps=1 and without "
+                    "--weights"), refused.value
+    params = {k: json.loads(v) for k, v in re.findall(r"--param (\w+)=(\S+)", hint)}
+    again = extract(videos[:1], path, ExtractConfig(engine_params=params, **tvnet),
+                    classes=classes)
+    assert [r.status for r in again.results] == ["skipped"], again.results
 
 
 def test_a_store_takes_runs_that_order_its_classes_otherwise_labelled_by_name(items, tmp_path):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..conventions import BACKWARD_SUFFIX, backward_name, is_backward
+from ..errors import FlowkitError
 from ..video import output_size
 from .codecs import Codec, codec_spec
 from .layout import json_default
@@ -48,6 +49,11 @@ class Request:
     #: file's digest, ...) follow from them and are not suggested as options
     param_names: tuple[str, ...] = ()
     max_frames: int | None = None
+    #: the engine parameters (``describe()["params"]``) this run would record without its
+    #: ``--weights`` (its other ``--param`` values kept), made on demand; None: not known. The
+    #: weights set an engine's architecture, so a hint that drops them names the stored values
+    #: that differ from these (``--param iterations=10``): the one suggested command then fits.
+    unweighted: Callable[[], dict] | None = field(default=None, compare=False)
 
     @property
     def other_direction(self) -> str:
@@ -60,7 +66,8 @@ class Request:
         """``{option: (stored, requested)}`` for one finished video's metadata
         (:meth:`flowkit.store.FlowStore.meta` or ``metas``); empty when the run fits it. A video's
         RGB is never written again, so the RGB codec counts only with ``joining``: the run adds
-        new videos beside this one. So does a video longer than this run's ``max_frames`` when
+        new videos beside this one; a run asking for RGB (``rgb``) differs from a video that holds
+        this flow without RGB (made with ``--no-rgb``): the run would skip it and write none. So does a video longer than this run's ``max_frames`` when
         no limit cut it (made without the limit, or before flowkit recorded it), whereas one
         that a ``max_frames`` cut (its ``max_frames`` attribute) differs whenever this run would
         keep more of it. A video without this flow but with the other direction's
@@ -84,6 +91,10 @@ class Request:
                 and meta["rgb_codec"] != codec_spec(self.rgb_codec):
             out["rgb_codec"] = (meta["rgb_codec"], codec_spec(self.rgb_codec))
         flow = meta["flows"].get(self.method)
+        if flow is not None and self.rgb and not meta.get("has_rgb", True):
+            # the run would skip this video, so its RGB asked for would never be written (a
+            # run adding another flow to it writes its RGB too)
+            out["rgb"] = (False, True)
         if flow is not None:
             spec = flow["codec_spec"]
             if spec != codec_spec(self.flow_codec):
@@ -154,6 +165,8 @@ class Comparison:
         if "max_frames" in self.differing:
             cuts = [c for c in self.stored["max_frames"] if c is not None]
             opts.append(f"--max-frames {cuts[0]}" if cuts else "no --max-frames")
+        if "rgb" in self.differing:
+            opts.append("--no-rgb")
         if "rgb_codec" in self.differing:
             opts.append(f"--rgb-codec {self.stored['rgb_codec'][0]}")
         if "flow_codec" in self.differing:
@@ -173,7 +186,25 @@ class Comparison:
                                 "weights now)")
                 if key in self.request.param_names:
                     opts.append(param_option(key, value))
+            if stored.get("weights", "") is None and "weights" in self.request.param_names:
+                opts += self._architecture_options(option)
         return list(dict.fromkeys(o for o in opts if o))
+
+    def _architecture_options(self, option: str) -> list[str]:
+        """``--param k=v`` for the store's recorded values of the flow behind ``option``
+        (``params``: the run's flow, ``pair_params``: the other direction's) that differ from
+        what this run records without ``--weights`` (:attr:`Request.unweighted`): the weights
+        fixed them (a checkpoint's architecture), the run without them would take the defaults."""
+        name = self.request.method if option == "params" else self.request.other_direction
+        key = self.differing[option][0]
+        recorded = _plain(self.metas[key]["flows"][name].get("params", {}))
+        try:
+            defaults = _plain(self.request.unweighted()) if self.request.unweighted else {}
+        except FlowkitError:  # the engine cannot be built without weights: name every value
+            defaults = {}
+        return [param_option(k, v) for k, v in sorted(recorded.items())
+                if k in self.request.param_names and k != "weights" and v is not None
+                and defaults.get(k, object()) != v]
 
     def _codec(self, option: str) -> str:
         """The codec spec the store holds for ``option`` (``rgb_codec``, ``flow_codec``): the
@@ -248,7 +279,7 @@ class Comparison:
 
 
 _LABELS = {"size": "frame size", "step": "frame step", "max_frames": "frames cut at (--max-frames)",
-           "rgb_codec": "rgb codec",
+           "rgb": "RGB frames", "rgb_codec": "rgb codec",
            "flow_codec": "flow codec", "engine_version": "engine version",
            "params": "engine parameters",
            "weights_unchecked": "weights file (recorded by path alone by an older flowkit, "
@@ -322,6 +353,8 @@ def _capitalize(text: str) -> str:
 def _show(option: str, value: Any) -> str:
     if option == "max_frames" and value is None:
         return "none"
+    if option == "rgb":
+        return "stored (--rgb)" if value else "none (--no-rgb)"
     if option == "size" and isinstance(value, tuple):
         return f"{value[0]}x{value[1]}"
     if option.endswith("params") and isinstance(value, dict):

@@ -15,6 +15,7 @@ engines never lose each other's work.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import posixpath
@@ -35,7 +36,8 @@ from . import guard
 from .claims import commit_lock, keep_touched, stop_touching
 from .codecs import FRAME_CRC_ATTR, GZIP_LEVEL, Codec, Jpeg, encode_frames, frame_crc
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
-from .layout import as_numpy, engine_record, open_read, partial_ending, py_value
+from .layout import (as_numpy, comparable_params, engine_record, open_read, partial_ending,
+                     py_value)
 from .reading import (SAME_OPTIONS, DamagedObject, attributes, error_cause, flow_name,
                       flow_options, member, member_names, redo_hint)
 from .validate import decode_problem
@@ -60,6 +62,13 @@ FRAME_ATTRS = ("step", "source_height", "source_width", "max_frames", "rotation"
 _SOURCE_SIZE = ("source_height", "source_width")
 
 
+#: How :attr:`VideoWriter.dropped` words (``made with other weights than the new flow/tvnet``)
+#: the other direction of a flow a redo replaced with other options, whose record differs from
+#: the new flow's: the two directions of a video are made alike (:mod:`flowkit.store.compat`),
+#: so it is recomputed (``--backward``), not kept beside the new flow. Not damage.
+OTHER_ENGINE = "made with other {what} than the new flow/{name}"
+
+
 class Dropped(NamedTuple):
     """A dataset of the old file that a redo did not keep (:attr:`VideoWriter.dropped`):
     ``name`` (``rgb``, ``flow/<name>``, or the file's own name where none of it could be read)
@@ -70,10 +79,18 @@ class Dropped(NamedTuple):
 
     @property
     def damaged(self) -> bool:
-        return self.why != OTHER_FRAMES
+        return self.why != OTHER_FRAMES and not self.unlike
+
+    @property
+    def unlike(self) -> bool:
+        """The other direction of the replaced flow, made otherwise (:data:`OTHER_ENGINE`)."""
+        return self.why.startswith(OTHER_ENGINE.split("{")[0])
 
     def __str__(self) -> str:
         flow = flow_name(self.name)
+        if self.unlike:
+            again = "add --backward" if is_backward(flow) else "run without --backward"
+            return f"{self.name} ({self.why}; {again} to recompute it)"
         again = "" if flow is None else (
             f"; compute it again: flowkit extract VIDEO_DIR -o STORE{flow_options(flow)}"
             f"{SAME_OPTIONS}")
@@ -375,6 +392,10 @@ class VideoWriter:
                 missing = []
             if same:
                 self._keep_frame_facts(src)
+            if self.redo:
+                unlike = self._unlike_directions(src, names, missing)
+                self.dropped += unlike
+                missing = [n for n in missing if n not in {d.name for d in unlike}]
             for name in missing:
                 if self.redo:
                     problem = decode_problem(src[name])
@@ -385,6 +406,32 @@ class VideoWriter:
                     dst.require_group("flow")
                 self._copy(src, name)
             self._close_file()
+
+    def _unlike_directions(self, src: h5py.File, names: list[str],
+                           missing: list[str]) -> list[Dropped]:
+        """The other directions among ``missing`` (``flow/tvnet_backward``) of the flows this
+        redo wrote in place of the finished file's (``flow/tvnet``) with another engine record,
+        whose own record differs from the new flow's: kept, they would pair flow of other
+        weights or parameters silently. An unreadable record, another engine's flow (imported)
+        or a flow the old file lacked (a direction added beside the other: it keeps its own
+        until recomputed) leaves them be."""
+        out = []
+        for name in member_names(self._file["flow"], self.key) if "flow" in self._file else []:
+            other = name[:-len(BACKWARD_SUFFIX)] if is_backward(name) else backward_name(name)
+            if f"flow/{other}" not in missing or f"flow/{name}" not in names:
+                continue
+            new = _record(self._file[f"flow/{name}"])
+            old, paired = _record(src[f"flow/{name}"]), _record(src[f"flow/{other}"])
+            if None in (new, old, paired) or old == new or paired == new \
+                    or paired[0] != new[0]:
+                continue
+            what = "engine parameters"
+            if paired[1] != new[1]:
+                what = "engine version"
+            elif _weights(paired[2]) != _weights(new[2]):
+                what = "weights"
+            out.append(Dropped(f"flow/{other}", OTHER_ENGINE.format(what=what, name=name)))
+        return out
 
     def _finished_names(self, src: h5py.File) -> list[str]:
         """The datasets of the finished file to keep: ``rgb`` and ``flow/<name>``. One the file
@@ -579,6 +626,22 @@ def _file_property_lists():
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
     return fapl
+
+
+def _record(ds: h5py.Dataset) -> tuple[str, str, dict] | None:
+    """A flow dataset's engine, engine version and parameters, compared as two records of one
+    configuration compare (:func:`~flowkit.store.layout.comparable_params`); None unreadable."""
+    try:
+        params = json.loads(py_value(ds.attrs.get("params", "{}")))
+        return (str(py_value(ds.attrs.get("engine"))),
+                str(py_value(ds.attrs.get("engine_version"))), comparable_params(params))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _weights(params: dict) -> Any:
+    """What names a record's weights: their digest, else their path (None: no weights)."""
+    return params.get("weights_sha256", params.get("weights"))
 
 
 def _create_file(io: LatchingFile) -> h5py.File:
