@@ -218,6 +218,63 @@ def test_bad_parameters_are_refused_before_anything_runs(tiny_pairs, params, mes
                               repeats=1, dataset=info, params=params)
 
 
+def _tvnet_checkpoint(path, scales=1, warps=1, iterations=10):
+    """A small untrained TVNet checkpoint, as `flowkit train-flow tvnet` writes one."""
+    from dataclasses import asdict
+
+    from flowkit import checkpoints
+    from flowkit.flow.tvnet import TVNet
+
+    net = TVNet(scales, warps, iterations)
+    checkpoints.save_checkpoint(path, "tvnet", {"config": asdict(net.config),
+                                                "state_dict": net.state_dict()})
+    return str(path)
+
+
+@pytest.mark.parametrize("weights, extra, message", [
+    ("nope.pt", {}, "no such tvnet weights: .*nope.pt"),
+    ("motionnet", {}, "is a MotionNet checkpoint, not a TVNet one"),
+    ("tvnet", {"tvnet:iterations": 50}, "trained with iterations=10, but iterations=50"),
+])
+def test_weights_are_checked_before_anything_runs(tiny_pairs, tmp_path, weights, extra, message):
+    """Weights an engine cannot load are refused up front, as `flowkit extract --weights` refuses
+    them: before, only types and ranges were checked, the other methods were measured first and
+    the engine's row said "missing" (the word for an absent OpenCV function)."""
+    from flowkit import checkpoints
+
+    if weights == "tvnet":
+        weights = _tvnet_checkpoint(tmp_path / "tv.pt")
+    elif weights == "motionnet":
+        weights = str(tmp_path / "mn.pt")
+        checkpoints.save_checkpoint(weights, "motionnet", {"state_dict": {}})
+    calls = []
+    spy = harness.Method("spy", lambda f0, f1: calls.append(1) or np.zeros((len(f0), 2, 40, 48)))
+    pairs, info = tiny_pairs
+    with pytest.raises(BenchError, match=f"^--param: .*{message}"):
+        harness.run_benchmark([spy, "tvnet"], pairs, repeats=1, dataset=info,
+                              params={"tvnet:weights": str(weights), **extra})
+    assert not calls  # nothing measured
+
+
+def test_engine_that_refuses_to_be_built_is_failed_not_missing(tiny_pairs, tmp_path, monkeypatch):
+    """An engine that cannot be built on the CPU either (no trained weights, weights that stopped
+    loading after the up-front check) is "failed", as the docstring says; "missing" is for what is
+    absent here (an OpenCV function, CUDA, CuPy)."""
+    pairs, info = tiny_pairs
+    (row,) = harness.run_benchmark(["motionnet"], pairs, repeats=1, dataset=info)
+    assert row["status"] == "failed" and "needs trained weights" in row["reason"]
+    weights = _tvnet_checkpoint(tmp_path / "tv.pt")
+    monkeypatch.setattr(harness, "check_method_params", lambda per_method: None)
+    (tmp_path / "tv.pt").unlink()  # gone between the check and the build
+    (row,) = harness.run_benchmark(["tvnet"], pairs, repeats=1, dataset=info,
+                                   params={"weights": weights})
+    assert row["status"] == "failed" and "no such tvnet weights" in row["reason"]
+    monkeypatch.setattr(harness, "create_peer", lambda name, **params: (_ for _ in ()).throw(
+        peers.PeerMissing(f"{name}: cv2.optflow is missing")))
+    (row,) = harness.run_benchmark(["opencv-tvl1"], pairs, repeats=1, dataset=info)
+    assert row["status"] == "missing"
+
+
 def test_peer_parameters_are_typed():
     peer = peers.create_peer("opencv-tvl1", median_filtering=5.0, early_stop=False, nscales=2)
     assert peer.params["median_filtering"] == 5 and type(peer.params["median_filtering"]) is int

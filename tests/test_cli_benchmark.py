@@ -140,13 +140,23 @@ def test_motionnet_without_weights_names_the_benchmarks_param(runner):
                                      "--repeats", "1", "--json", "-"])
     assert result.exit_code == 1, result.output
     [row] = json.loads(result.stdout)
-    assert row["status"] == "missing" and "train-flow motionnet" in row["reason"]
+    assert row["status"] == "failed" and "train-flow motionnet" in row["reason"]
     assert "`--param motionnet:weights=motionnet.pt`" in row["reason"], row["reason"]
     assert "--weights" not in row["reason"]
     from flowkit.bench.harness import weights_as_param
     assert weights_as_param("pass weights=PATH (flowkit extract --weights CKPT), a torchvision",
                             "costvolume") == ("pass weights=PATH (`--param costvolume:weights="
                                               "CKPT`), a torchvision")
+
+
+def test_weights_that_do_not_load_exit_2_before_anything_is_measured(runner, tmp_path):
+    """`--param tvnet:weights=nope.pt` is refused in one line with exit 2, as `flowkit extract
+    --weights nope.pt` is; before, tvl1 was measured first and tvnet's row said "missing"."""
+    result = runner.invoke(command, ["--methods", "tvl1,tvnet", *TINY, "--param",
+                                     f"tvnet:weights={tmp_path / 'nope.pt'}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --param: no such tvnet weights: ")
+    assert len(result.output.strip().splitlines()) == 1 and "│" not in result.output  # no table
 
 
 @pytest.mark.parametrize("start, end, noted", [(0.2, 1.71, False), (1.5, 0.3, True)])

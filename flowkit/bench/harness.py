@@ -43,15 +43,17 @@ What is measured, per method:
 
 Parameters are checked before any method is built (:func:`check_method_params`): a name no method
 has, or a value of the wrong type or out of range for an engine or an OpenCV peer (``nscales=2.7``,
-``early_stop=False`` given as a string, ``opencv-tvl1:scale_step=1.5``) is a
-:class:`~flowkit.bench.flo.BenchError` and nothing is measured.
+``early_stop=False`` given as a string, ``opencv-tvl1:scale_step=1.5``), or ``weights`` an engine
+cannot load (no such file, another kind of checkpoint, ``iterations=50`` against a checkpoint
+trained with 10) is a :class:`~flowkit.bench.flo.BenchError` and nothing is measured.
 
 Each result is a JSON-serialisable dict (non-finite numbers become None). A method that cannot be
-created (OpenCV function missing, engine unavailable) gives ``status: "missing"`` with ``reason``; one
-that raises a :class:`~flowkit.errors.FlowkitError` while running (e.g. an engine without trained
-weights, or OpenCV raising ``cv2.error`` inside a peer, :class:`~flowkit.bench.peers.PeerError`)
-gives ``status: "failed"`` with ``reason``, and the methods after it still run; the list never
-silently gets shorter.
+created because something it needs is absent here (OpenCV function missing, no CUDA, no CuPy) gives
+``status: "missing"`` with ``reason``; one that refuses to be built or raises a
+:class:`~flowkit.errors.FlowkitError` while running (e.g. an engine without trained weights, or
+OpenCV raising ``cv2.error`` inside a peer, :class:`~flowkit.bench.peers.PeerError`) gives
+``status: "failed"`` with ``reason``, and the methods after it still run; the list never silently
+gets shorter.
 """
 from __future__ import annotations
 
@@ -200,11 +202,14 @@ def check_method_params(per_method: Mapping[str, Mapping[str, Any]]) -> None:
     """Type- and range-check each method's parameters (:func:`split_params`' result) before
     anything is built or measured: engines against their ``Params`` dataclass
     (:func:`flowkit.flow.check_engine_params`), OpenCV peers against theirs
-    (:func:`flowkit.bench.peers.check_peer_params`).
+    (:func:`flowkit.bench.peers.check_peer_params`); an engine given ``weights`` is also built once
+    on the CPU, as ``flowkit extract`` builds its engine before any video, so that a checkpoint that
+    is missing, of another kind or at odds with the other parameters is refused up front.
 
     Raises:
         BenchError: the first bad value, on one line naming the method and the parameter.
     """
+    from ..flow import create_engine
     from ..flow.registry import check_engine_params
 
     for name, params in per_method.items():
@@ -213,8 +218,13 @@ def check_method_params(per_method: Mapping[str, Mapping[str, Any]]) -> None:
                 check_peer_params(name, dict(params))
             else:
                 check_engine_params(name, dict(params))
+                if params.get("weights") is not None:
+                    # Loading the checkpoint is the only full check of it (its kind, its config
+                    # against iterations=...); this engine is dropped, build_method makes the one
+                    # that is measured.
+                    create_engine(name, device="cpu", **params)
         except FlowkitError as exc:  # BenchError, EngineError, ParameterError
-            raise BenchError(f"--param: {exc}") from None
+            raise BenchError(f"--param: {weights_as_param(str(exc), name)}") from None
 
 
 def build_method(name: str, device: str = "cpu", params: Mapping[str, Any] | None = None,
@@ -518,9 +528,8 @@ def run_benchmark(methods: Sequence[str | Method], pairs: Sequence[FlowPair], *,
                 m = method if isinstance(method, Method) else build_method(
                     method, device, per_params.get(method), backend, compiled)
             except FlowkitError as exc:  # PeerMissing, an engine without CUDA, ...
-                # OpenCV refusing a peer's solver is a failure of that method, not a missing one
-                results.append(_missing(label, device, batch, common, str(exc),
-                                        "failed" if isinstance(exc, PeerError) else "missing"))
+                status = _build_status(method, per_params.get(method), exc)
+                results.append(_missing(label, device, batch, common, str(exc), status))
                 advance(label, 1 + repeats)
                 continue
             steps = [0]
@@ -661,6 +670,25 @@ def accuracy(flows: Sequence, pairs: Sequence[FlowPair]) -> dict[str, float | No
             if has_noc if key == "epe_noc" else has_valid:
                 sums[key].append(value)
     return {k: float(np.mean(v)) if v else None for k, v in sums.items()}
+
+
+def _build_status(method: str, params: Mapping[str, Any] | None,
+                  exc: FlowkitError) -> str:
+    """The status of a method that could not be built: ``"missing"`` when what it needs is
+    absent here (an OpenCV function, CUDA, CuPy), ``"failed"`` when the method itself refused:
+    OpenCV refusing a peer's solver, or an engine that cannot be built on the CPU with torch
+    either (an engine without its trained weights, a checkpoint that stopped loading)."""
+    if isinstance(exc, PeerError):
+        return "failed"
+    if method in PEERS:
+        return "missing"
+    from ..flow import create_engine
+
+    try:  # built with the execution defaults, the device and the backend are out of the question
+        create_engine(method, device="cpu", **dict(params or {}))
+    except FlowkitError:
+        return "failed"
+    return "missing"
 
 
 def _missing(name: str, device: str, batch: int, common: dict, reason: str,

@@ -480,6 +480,7 @@ class CostVolumeEngine(FlowEngine):
         self.extractor = (FeatureExtractor(self.weights, p.layer).to(self.device)
                           if p.features == "learned" else None)
         # The content's digest, recorded beside the path: a store tells a replaced file apart.
+        # 12 digits, as costvolume stores have always recorded them (weights_identity says why).
         self.digest = None if self.weights is None else weights_identity(self.weights)[1]
 
     @property

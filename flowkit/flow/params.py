@@ -77,7 +77,11 @@ def weights_identity(path: str | os.PathLike, digits: int | None = 12) -> tuple[
     """What an engine records of the weights file it loaded (``params["weights"]`` and
     ``params["weights_sha256"]``): ``(absolute path, SHA-256 of the content)``, the first
     ``digits`` hex digits of it (None: all). The path alone would tell a store neither a replaced
-    file (same name, other weights) nor the same file named relative or absolute apart."""
+    file (same name, other weights) nor the same file named relative or absolute apart.
+
+    Each engine keeps the length it has always recorded (tvnet and costvolume 12, motionnet all
+    64): a store compares digests as text (``flowkit.store.compat``), so a change of length would
+    refuse every rerun on a store written before it."""
     path = os.path.abspath(os.fspath(path))
     return path, file_sha256(path, digits)
 

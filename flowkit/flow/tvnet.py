@@ -302,6 +302,7 @@ class TVNetEngine(FlowEngine):
             self.net = TVNet(**requested)
         else:
             self.net, ckpt = tvnet_from_checkpoint(request.weights, **requested)
+            # 12 digits, as tvnet stores have always recorded them (weights_identity says why)
             self.weights, self.digest = weights_identity(request.weights)
             self.epoch = ckpt.get("epoch")
         self.net.to(self.device).eval().requires_grad_(False)
