@@ -322,6 +322,73 @@ def test_round_trip_flow_differs_by_at_most_the_quantisation_error(exported, sou
     assert params["quantization_error"] == pytest.approx(BOUND / 255)
 
 
+def _flow_error(src: FlowStore, back: FlowStore, key: str, bound: float,
+                back_key: str | None = None) -> float:
+    """The largest |flow back - flow stored| of ``key``'s values inside +-``bound``, in px
+    (``back_key``: its key in ``back``, if another)."""
+    flow, got = src.read_flow(key, "tvl1"), back.read_flow(back_key or key, "tvl1")
+    return float(np.abs(got - flow)[np.abs(flow) <= bound].max())
+
+
+def test_import_reads_the_bound_its_export_recorded(source_store, tmp_path):
+    """Rawframes exported with --bound 32 come back with 32 without --bound (noted, in the
+    summary and the engine record), not with the default 20 (flow scaled by 20/32); a --bound
+    that contradicts the stamp is refused before anything is written, the same one accepted."""
+    out = tmp_path / "raw"
+    export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    summary = import_rawframes(out, tmp_path / "s", ImportConfig())
+    src, back = FlowStore(source_store), FlowStore(tmp_path / "s")
+    # quantiser + a few JPEG levels of 64/255 px + the codec: far below the 20/32 rescaling's
+    # error of several px on flow reaching +-30 px
+    assert max(_flow_error(src, back, key, 32.0) for key in src.keys()) < 1.5
+    assert back.meta("jump/jump_0")["flows"]["tvl1"]["params"]["bound"] == 32.0
+    assert summary.count("done") == 4 and summary.to_dict()["bound"] == 32.0
+    assert any("--bound 32" in note and ".flowkit-export.json" in note for note in summary.notes)
+    with pytest.raises(FlowkitError, match=r"--bound 20 was given, but .*\.flowkit-export\.json "
+                                           r"says .*--bound 32.*delete that file"):
+        import_rawframes(out, tmp_path / "s20", ImportConfig(bound=20.0))
+    assert not (tmp_path / "s20").exists()
+    again = import_rawframes(out, tmp_path / "s", ImportConfig(bound=32.0))  # a rerun: the same
+    assert again.count("skipped") == 4
+
+
+def test_a_class_folder_of_an_export_imports_with_the_recorded_bound(source_store, tmp_path):
+    """The stamp is in the export's root, above a class folder imported alone; a root holding
+    two exports of different bounds is refused, naming both."""
+    out = tmp_path / "exports" / "b32"
+    export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    summary = import_rawframes(out / "jump", tmp_path / "s", ImportConfig())
+    src, back = FlowStore(source_store), FlowStore(tmp_path / "s")
+    assert _flow_error(src, back, "jump/jump_0", 32.0, back_key="jump_0") < 1.5
+    assert back.meta("jump_0")["flows"]["tvl1"]["params"]["bound"] == 32.0
+    assert summary.count("done") == 2 and summary.bound == 32.0
+    export_rawframes(source_store, tmp_path / "exports" / "b20", ExportConfig())
+    with pytest.raises(FlowkitError, match=r"different bounds \(--bound 20 in .*b20.*--bound 32 "
+                                           r"in .*b32.*import each export on its own"):
+        import_rawframes(tmp_path / "exports", tmp_path / "s2", ImportConfig())
+
+
+def test_cli_import_bound_defaults_to_the_recorded_one_and_refuses_another(source_store,
+                                                                          tmp_path):
+    """`flowkit import rawframes OUT` of an export made with --bound 32: --json says 32 and a note
+    names the stamp; `--bound 20` exits 2 with one line naming both bounds."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    out = tmp_path / "raw"
+    export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    r = CliRunner().invoke(main, ["import", "rawframes", str(out), "-o", str(tmp_path / "s"),
+                                  "--bound", "20"])
+    assert r.exit_code == 2 and "--bound 20 was given" in r.stderr and "--bound 32" in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr  # one line
+    r = CliRunner().invoke(main, ["import", "rawframes", str(out), "-o", str(tmp_path / "s"),
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["bound"] == 32.0 and any("--bound 32" in note for note in d["notes"])
+
+
 def test_export_at_another_quality_codes_rgb_again(source_store, tmp_path):
     summary = export_rawframes(source_store, tmp_path / "raw", ExportConfig(quality=80, flow=False))
     assert summary.to_dict()["rgb_kept_as_is"] == 0

@@ -133,9 +133,11 @@ def export_rawframes_command(store, out_dir, flow_name, bound, quality, start_in
               help="Class names, one per line (line i = label i; the ids of annotation lists "
                    "and Kinetics CSV index it), or Something-Something's labels JSON {name: id} "
                    "[default: DIR/label_map.txt when present, else the class folders].")
-@click.option("--bound", default=20.0, show_default=True,
+@click.option("--bound", type=float, default=None,
               help="Range in pixels the 8-bit flow_x / flow_y images were quantised with "
-                   "(denseflow -b; denseflow's PNG flow_*.png carries its own).")
+                   "(denseflow -b; denseflow's PNG flow_*.png carries its own) [default: the "
+                   "bound a flowkit export recorded in its .flowkit-export.json, else 20; a "
+                   "--bound that contradicts the recorded one is refused].")
 @click.option("--flow-name", default="tvl1", show_default=True,
               help="Store the flow as flow/NAME (flowkit train reads tvl1 by default).")
 @click.option("--flow-codec", default="jpegls:0.1", show_default=True, metavar="SPEC",

@@ -43,7 +43,9 @@ The stored video's step is the files' step (``flow_x_p<s>_*``: the images are th
 s-th) times the one the folder's ``.flowkit-video.json`` records
 (:data:`flowkit.rawframes.INFO_FILE`: ``flowkit export rawframes`` of a video stored with
 ``--step``, whose files hold its stored frames under plain names), so an export -> import round
-trip keeps the step.
+trip keeps the step. The bound 8-bit flow images are read with is ``--bound``, else the one the
+export that wrote them recorded in its :data:`~flowkit.interop.export.OPTIONS_FILE` (in the root or
+above it), else 20; a ``--bound`` the record contradicts is refused (:func:`resolve_bound`).
 Resumable like ``flowkit extract``: a video is skipped when the store already holds all that its
 source would add (its RGB frames, its flow, its backward flow); otherwise what is missing is added
 beside what the store has, and the video's attributes (label, fps, source) are kept (a label this
@@ -56,9 +58,10 @@ refused before anything is written (:func:`_check_flow_kinds`).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
@@ -76,7 +79,7 @@ from ..store.labelling import fill_missing_labels, stand_in_note, unlabelled_not
 from ..store.layout import class_ids
 from ..store.reading import IMPORTED_ATTR
 from ..version import __version__
-from .export import LABEL_MAP
+from .export import LABEL_MAP, OPTIONS_FILE
 from .pool import check_common, failure_reason, run_threads
 
 CHUNK = 32  # frames read and written at a time
@@ -88,11 +91,13 @@ PROBES = 3
 class ImportConfig:
     """What to import and how to store it; every field is a ``flowkit import rawframes`` option.
 
-    ``bound``: the range (pixels) the 8-bit flow was quantised with (not recorded in rawframes:
-    20 for mmaction2's scripts, 32 is denseflow's own default); ``fps`` 0 means unknown.
+    ``bound``: the range (pixels) the 8-bit flow was quantised with (20 for mmaction2's scripts,
+    32 is denseflow's own default); None: the one the flowkit export that wrote the rawframes
+    recorded (:func:`resolve_bound`), else :data:`~flowkit.store.DEFAULT_BOUND`. ``fps`` 0 means
+    unknown.
     """
 
-    bound: float = DEFAULT_BOUND
+    bound: float | None = None
     flow_name: str = "tvl1"
     flow_codec: str = "jpegls"
     rgb_codec: str = "jpeg"
@@ -148,6 +153,9 @@ class ImportSummary:
     unlabelled: list[str] = field(default_factory=list)
     #: videos the store held unlabelled (-1) that this run labelled in place (nothing re-imported)
     labels_filled: int = 0
+    #: the bound (pixels) 8-bit flow images were read with (given, recorded by an export, or 20;
+    #: None with --no-flow)
+    bound: float | None = None
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -158,7 +166,7 @@ class ImportSummary:
                 "failed": self.count("failed"),
                 "frames": sum(r.frames for r in self.results if r.status == "done"),
                 "rgb_kept_as_is": sum(r.kept_as_is for r in self.results if r.status == "done"),
-                "labels": self.labels, "labels_filled": self.labels_filled,
+                "bound": self.bound, "labels": self.labels, "labels_filled": self.labels_filled,
                 "unmatched_rows": self.unmatched,
                 "unlabelled_videos": self.unlabelled, "notes": self.notes,
                 "videos": [asdict(r) for r in self.results]}
@@ -204,6 +212,84 @@ def _add_source(sources: dict[str, Source], source: Source) -> Source:
                            f"{_where(sources[source.key])} and {_where(source)}; rename one")
     sources[source.key] = source
     return source
+
+
+def resolve_bound(root: Path, sources: dict[str, Source], config: ImportConfig,
+                  notes: list[str] | None = None) -> ImportConfig:
+    """``config`` with the bound its 8-bit flow images are read with: the one the flowkit export
+    that wrote them recorded in its :data:`~flowkit.interop.export.OPTIONS_FILE` (the nearest
+    above each folder: ``root``, a class or video folder of an export, or an export under
+    ``root``) when ``config.bound`` is None, said in ``notes`` unless it is the default; else
+    the given one, or :data:`~flowkit.store.DEFAULT_BOUND`. A given bound the stamp contradicts,
+    or exports of several bounds under one root, are a :class:`FlowkitError` naming them (one
+    flow name holds one quantisation)."""
+    notes = notes if notes is not None else []
+    recorded = _recorded_bounds(root, sources, notes) if config.flow else {}
+    if len(recorded) > 1:
+        raise FlowkitError(f"{root} holds flowkit exports of different bounds ("
+                           + ", ".join(f"--bound {b:g} in {paths[0]}" for b, paths
+                                       in sorted(recorded.items())) + "); import each export on "
+                           "its own, into stores or flow names (--flow-name) of their own")
+    if not recorded:
+        return config if config.bound is not None else replace(config, bound=DEFAULT_BOUND)
+    (bound, paths), = recorded.items()
+    if config.bound is None:
+        if bound != DEFAULT_BOUND:  # the default's reading needs no word; another one does
+            notes.append(f"flow images read with --bound {bound:g}, the bound {paths[0]} records "
+                         "(the flowkit export that wrote them)")
+        return replace(config, bound=bound)
+    if float(config.bound) != bound:
+        raise FlowkitError(f"--bound {config.bound:g} was given, but {paths[0]} says these "
+                           f"rawframes were exported with --bound {bound:g} (the flow would come "
+                           f"back scaled by {config.bound:g}/{bound:g}); drop --bound, or, if the "
+                           f"flow images were quantised otherwise since, delete that file or set "
+                           f"its \"bound\"")
+    return config
+
+
+def _recorded_bounds(root: Path, sources: dict[str, Source], notes: list[str]
+                     ) -> dict[float, list[Path]]:
+    """``{bound: [stamp paths]}`` the export stamps of the ``sources``' folders record (the
+    stamp nearest above each folder, each directory looked at once); a stamp of an export
+    without flow images records no bound that matters, an unreadable one is a note."""
+    nearest: dict[Path, Path | None] = {}  # folder -> the stamp nearest above it
+    stamps = {_nearest_stamp(root, s.folder, nearest) for s in sources.values()
+              if s.folder is not None}
+    bounds: dict[float, list[Path]] = {}
+    for path in sorted(p for p in stamps if p is not None):
+        try:
+            stamp = json.loads(path.read_text(encoding="utf-8"))
+            bound = stamp.get("bound") if stamp.get("flow", True) else None
+            if bound is not None and not (isinstance(bound, (int, float))
+                                          and not isinstance(bound, bool)
+                                          and np.isfinite(bound) and bound > 0):
+                raise ValueError(f"bound {bound!r} is not a positive number")
+        except (OSError, ValueError, AttributeError) as exc:
+            notes.append(f"{path} unreadable ({exc}); the bound it records is not used")
+            continue
+        if bound is not None:
+            bounds.setdefault(float(bound), []).append(path)
+    return bounds
+
+
+def _nearest_stamp(root: Path, folder: Path, nearest: dict[Path, Path | None]) -> Path | None:
+    """The export stamp (:data:`~flowkit.interop.export.OPTIONS_FILE`) in ``folder`` or the
+    nearest folder above it: up to ``root``, then above ``root``'s real path (an import of one
+    class folder of an export); ``nearest`` caches the answer of every folder looked at."""
+    inside = [root / p for p in (folder.relative_to(root), *folder.relative_to(root).parents)
+              if p != Path(".")]
+    real = root.resolve()
+    seen, found = [], None
+    for where in (*inside, root, real, *real.parents):
+        if where in nearest:
+            found = nearest[where]
+            break
+        seen.append(where)
+        if (where / OPTIONS_FILE).is_file():
+            found = where / OPTIONS_FILE
+            break
+    nearest.update({where: found for where in seen})
+    return found
 
 
 def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig,
@@ -345,6 +431,7 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
         raise FlowkitError(f"{root}: no rawframes folders (img_*.jpg, flow_x_*.jpg) or denseflow "
                            "HDF5 files found" + "".join(f"; {note}" for note in walk_notes))
     label_notes: list[str] = []
+    config = resolve_bound(root, sources, config, walk_notes)  # before anything is written
     classes, match = label_sources(root, sources, config, label_notes)
     # an existing store keeps its order; ids that lists numbered (annotations, a label map) may
     # meet the store's class_<i> stand-ins, a class folder's place in sorted order may not
@@ -355,7 +442,8 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
         if source.label >= 0:  # the store's name too: its stand-in class_<i> stays (class_ids)
             source.label, source.label_name = ids[source.label], classes[ids[source.label]]
     summary = ImportSummary(str(store_path), [], 0.0, notes=walk_notes + label_notes
-                            + stand_in_note(classes, run_classes))
+                            + stand_in_note(classes, run_classes),
+                            bound=config.bound if config.flow else None)
     if match is not None:
         summary.labels = match.report()
         summary.unmatched, summary.unlabelled = match.unmatched, match.unlabelled
@@ -684,8 +772,8 @@ def _record(h5: denseflow.DenseflowFile | None, video: rawframes.RawframeVideo |
                                   "within b / 256 px",
                   "image_format": "png", "naming": video.naming(), "step": step}
     else:
-        params = {"source_format": "mmaction2-rawframes", "bound": float(config.bound),
-                  "quantization_error": rawframes.quantization_error(config.bound),
+        params = {"source_format": "mmaction2-rawframes", "bound": _bound(config),
+                  "quantization_error": rawframes.quantization_error(_bound(config)),
                   "image_format": "png" if video.flow_ext == "png" else "jpeg",
                   "naming": video.naming(), "step": step}
     params["step"] = step if store_step is None else store_step  # the step in the video
@@ -694,6 +782,13 @@ def _record(h5: denseflow.DenseflowFile | None, video: rawframes.RawframeVideo |
     if backward:
         record["direction"] = "backward"
     return record
+
+
+def _bound(config: ImportConfig) -> float:
+    """The bound (pixels) 8-bit flow images are read with: ``config``'s, resolved by
+    :func:`import_rawframes` (:func:`resolve_bound`), else the default (a bare
+    :func:`plan_video`)."""
+    return float(DEFAULT_BOUND if config.bound is None else config.bound)
 
 
 def _import_one(store: FlowStore, source: Source, config: ImportConfig,
@@ -805,7 +900,7 @@ def _read(plan: _Plan, flow: _Flow, positions: list[int], config: ImportConfig) 
     if flow.h5 is not None:
         return flow.h5.read(positions)
     pairs = plan.video.backward if flow.backward else plan.video.flow
-    return rawframes.read_flow(plan.video, [pairs[p] for p in positions], config.bound,
+    return rawframes.read_flow(plan.video, [pairs[p] for p in positions], _bound(config),
                                flow.backward)
 
 

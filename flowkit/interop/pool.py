@@ -18,13 +18,13 @@ R = TypeVar("R")
 
 def check_common(config, what: str) -> None:
     """FlowkitError for an export or import config (``what``: "export" or "import") with a
-    ``bound`` (pixels) that is not a positive number, ``workers`` below 1, or both ``rgb`` and
-    ``flow`` switched off."""
+    ``bound`` (pixels) that is not a positive number (None passes: an import's bound not given,
+    resolved per root later), ``workers`` below 1, or both ``rgb`` and ``flow`` switched off."""
     import numpy as np
 
     from ..errors import FlowkitError
 
-    if not (np.isfinite(config.bound) and config.bound > 0):
+    if config.bound is not None and not (np.isfinite(config.bound) and config.bound > 0):
         raise FlowkitError(f"bound must be a positive number of pixels, got {config.bound!r}")
     if config.workers < 1:
         raise FlowkitError(f"workers must be >= 1, got {config.workers}")
