@@ -368,6 +368,21 @@ def test_a_class_folder_of_an_export_imports_with_the_recorded_bound(source_stor
         import_rawframes(tmp_path / "exports", tmp_path / "s2", ImportConfig())
 
 
+def test_one_video_folder_imports_under_its_name(source_store, tmp_path):
+    """ROOT that is itself one video's rawframes folder is that video, keyed by the folder's name
+    and unlabelled, as `flowkit extract` keys a single file (it failed: invalid video key '.'),
+    with the export's bound found above it; a rerun skips it."""
+    out = tmp_path / "raw"
+    export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    summary = import_rawframes(out / "jump" / "jump_0", tmp_path / "s", ImportConfig())
+    assert [(r.key, r.status) for r in summary.results] == [("jump_0", "done")], summary.results
+    back = FlowStore(tmp_path / "s")
+    assert back.keys() == ["jump_0"] and back.meta("jump_0")["label"] == -1
+    assert _flow_error(FlowStore(source_store), back, "jump/jump_0", 32.0, back_key="jump_0") < 1.5
+    again = import_rawframes(str(out / "jump" / "jump_0") + "/", tmp_path / "s", ImportConfig())
+    assert [(r.key, r.status) for r in again.results] == [("jump_0", "skipped")]
+
+
 def test_cli_import_bound_defaults_to_the_recorded_one_and_refuses_another(source_store,
                                                                           tmp_path):
     """`flowkit import rawframes OUT` of an export made with --bound 32: --json says 32 and a note

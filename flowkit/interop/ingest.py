@@ -174,13 +174,16 @@ class ImportSummary:
 
 def find_sources(root: str | os.PathLike, notes: list[str] | None = None) -> dict[str, Source]:
     """Every video under ``root``: rawframes folders and denseflow HDF5 files, by key (the path
-    under ``root``, :func:`~flowkit.files.escape_name`-d as ``flowkit extract`` keys videos).
+    under ``root``, :func:`~flowkit.files.escape_name`-d as ``flowkit extract`` keys videos;
+    ``root`` itself a video's folder: its name).
     Each real directory is visited once; what the walk skips is described in ``notes``."""
     root = Path(root)
     notes = notes if notes is not None else []
     sources: dict[str, Source] = {}
     for relative in rawframes.find_videos(root, notes):
-        _add_source(sources, Source(escape_name(relative), folder=root / relative))
+        # ROOT itself one video's folder: keyed by its name, unlabelled (as extract keys a file)
+        name = root.resolve().name if relative == "." else relative
+        _add_source(sources, Source(escape_name(name), folder=root / relative))
     folders = set(sources)  # the frame folders' keys: a hint to which video a .h5 file is
     for dirpath, _, filenames in walk_once(root, hidden=False):  # find_videos noted the skips
         here = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
