@@ -19,7 +19,9 @@ from . import KEPT_NOTHING, handle_errors, summary
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("store", required=False, type=click.Path(path_type=Path))
 @click.option("--checkpoint", default="best", show_default=True,
-              help="best, last, or a checkpoint file.")
+              help="best (the epoch of the best validation top-1: on those videos a note says "
+              "so; last gives a test score), last, or a checkpoint file of RUN_DIR's run "
+              "(another run's is refused).")
 @click.option("--clips", type=int, default=10, show_default=True,
               help="Evenly spaced clips per video (TSN runs: segment offsets).")
 @click.option("--crops", type=click.Choice(["1", "3", "10"]), default="3", show_default=True,
@@ -52,7 +54,9 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_mi
     lists) and says which, and how many of them the model was trained on: only a score on videos
     it never saw is called held-out. Videos without a label of the run's classes are left out (a
     note names them), and with --skip-missing listed videos STORE lacks (counted in the split
-    described). Top-5 is reported only with more than 5 classes.
+    described). best.pt was chosen on the run's validation videos: scored on them it is not a
+    test score (a note and selected_on say so; use --checkpoint last). Top-5 is reported only
+    with more than 5 classes.
 
     \b
     Examples:
@@ -107,7 +111,7 @@ def command(run_dir, store, checkpoint, clips, crops, split, split_list, skip_mi
         if result.out_dir is not None:
             summary["files"] = {name: str(result.out_dir / name)
                                 for name in ("eval.json", "confusion.json", "confusion.png")}
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summary, indent=2, allow_nan=False))
 
 
 def _crops(report: dict) -> str:

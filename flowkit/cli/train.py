@@ -199,6 +199,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                   + (f", {trainer.world_size} ranks of {cfg.batch_size // trainer.world_size} "
                      "clips per step" if trainer.world_size > 1 else "")
                   + f" -> {out}", highlight=False, soft_wrap=True, markup=False)
+    _warn_ignored_val_fraction(console, ctx, cfg)
     _warn_small_split(console, cfg, trainer)
     if trainer.init_report is not None:
         console.print(f"initialised from {cfg.init}: {_init_summary(trainer.init_report)}",
@@ -275,10 +276,27 @@ def _quiet_torch_warnings():
         yield
 
 
+def _warn_ignored_val_fraction(console, ctx: click.Context, cfg: TrainConfig) -> None:
+    """Say so when --val-fraction is given with --split-list, which ignores it (the lists make
+    the split): the user asked for a validation split that the run does not make."""
+    if cfg.split_list and ctx.get_parameter_source("val_fraction") == ParameterSource.COMMANDLINE:
+        console.print(f"warning: --val-fraction {cfg.val_fraction:g} is ignored with --split-list "
+                      "(the lists make the split); validate with --val-list FILE",
+                      highlight=False, soft_wrap=True, markup=False)
+
+
 def _warn_small_split(console, cfg: TrainConfig, trainer) -> None:
-    """Say so when --val-fraction leaves no validation video (a tiny store): best.pt is then
-    picked by training accuracy and `flowkit evaluate` has no held-out videos to score."""
-    if trainer.val_keys or cfg.split_list or not cfg.val_fraction:
+    """Say so when the split leaves no validation video (a tiny store's --val-fraction, or
+    --split-list without --val-list): best.pt is then picked by training accuracy and `flowkit
+    evaluate` has no held-out videos to score."""
+    if trainer.val_keys:
+        return
+    if cfg.split_list:
+        console.print("warning: --split-list without --val-list gives no validation videos: "
+                      "best.pt is chosen by training accuracy; pass --val-list FILE (e.g. "
+                      "testlist01.txt)", highlight=False, soft_wrap=True, markup=False)
+        return
+    if not cfg.val_fraction:
         return
     from collections import defaultdict
 

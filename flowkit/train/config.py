@@ -1,8 +1,9 @@
 """What determines a training run: :class:`TrainConfig`, its checks, and resuming with changes.
 
 The run directory's ``config.json`` holds ``{"config": TrainConfig as a dict, "model": {"name",
-"kwargs"}, "classes", "split", "clip_length", "inputs", "flow_stack", "flowkit_version", ...}``
-(written by :mod:`flowkit.train.loop`); checkpoints carry the same dict. A new run records in
+"kwargs"}, "classes", "split", "clip_length", "inputs", "flow_stack", "extraction",
+"flowkit_version", ...}`` (written by :mod:`flowkit.train.loop`; ``extraction``: what the training
+videos were extracted with, :mod:`flowkit.train.inputs`); checkpoints carry the same dict. A new run records in
 ``config.flow_bound`` the pixels its flow inputs were divided by (the training store's bound unless
 given), so datasets built for the run later divide by the same whatever store they read; a run
 recorded without it (older flowkit) divides by each store's own bound.

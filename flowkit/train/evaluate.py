@@ -10,6 +10,10 @@ Which videos: :func:`select_keys`, then those labelled with one of the run's cla
 are named in ``notes``; so are listed videos the store lacks, left out with ``skip_missing`` and
 counted in ``not_in_store``). ``training_videos`` counts the scored videos the run trained on by
 key, whatever store holds them, and ``held_out`` is true only when there are none.
+``selected_on`` counts the scored videos that chose the checkpoint (``best``: the run's
+validation videos), whose score is then optimistic (a note says so: ``last`` gives a test score).
+A video's non-finite scores (a diverged model) are an error, never a class-0 prediction. A
+``--checkpoint FILE`` of another run is refused (:func:`checkpoint_run`).
 
 Under torchrun each rank predicts every ``world_size``-th video and the scores are gathered
 (:func:`predict_sharded`); rank 0 writes the files.
@@ -199,6 +203,45 @@ def _with_current_store(run_dir: Path, run_config: dict) -> dict:
     return {**run_config, "config": {**run_config["config"], "store": current}}
 
 
+def _identity(run_config: dict) -> dict[str, Any]:
+    """What tells one run from another, of those a run config (a checkpoint's or config.json's)
+    records: ``created``, classes, model name and split digests (all kept by --resume)."""
+    split = run_config.get("split") or {}
+    fields = {"creation time": run_config.get("created"), "classes": run_config.get("classes"),
+              "model name": (run_config.get("model") or {}).get("name"),
+              "train split": split.get("train_sha1"), "validation split": split.get("val_sha1")}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def checkpoint_run(run_dir: Path, checkpoint: str, run_config: dict) -> str:
+    """Whose checkpoint a ``--checkpoint FILE`` is: ``"own"`` (``best``/``last``, or a file of
+    the run in ``run_dir``: same creation time, classes, model and split), ``"unknown"`` (the
+    checkpoint or ``run_dir`` records too little to tell). A checkpoint of another run is refused:
+    scored with ``run_dir``'s store and split, its results would overwrite ``run_dir``'s own."""
+    if checkpoint in ("best", "last"):
+        return "own"
+    try:
+        recorded = read_run_config(run_dir)
+    except FlowkitError:  # no config.json: nothing to compare with
+        return "unknown"
+    mine, theirs = _identity(recorded), _identity(run_config)
+    differ = [name for name in mine if name in theirs and mine[name] != theirs[name]]
+    if differ:
+        path = Path(checkpoint)
+        other = path.parent.parent if path.parent.name == "checkpoints" else None
+        if other is not None and (other / "config.json").is_file():
+            which = {"best.pt": "", "last.pt": " --checkpoint last"}.get(
+                path.name, f" --checkpoint {path}")
+            fix = f"flowkit evaluate {other}{which}"
+        else:
+            fix = (f"flowkit evaluate OTHER_RUN --checkpoint {path} with the run directory it "
+                   f"was trained in (created {theirs.get('creation time', '?')})")
+        raise FlowkitError(f"{path} is a checkpoint of another run than {run_dir} (its "
+                           f"{' and '.join(differ)} differ): evaluate it with its own run's "
+                           f"store and split: {fix}")
+    return "own" if "creation time" in mine and "creation time" in theirs else "unknown"
+
+
 def _same_store(a: str | Path, b: str | Path) -> bool:
     try:
         return Path(a).resolve() == Path(b).resolve()
@@ -215,7 +258,8 @@ def select_keys(store, run_config: dict, split: str | Path | Sequence[str | Path
     did not train on, :func:`held_out_first`); ``val``: the run's validation keys (which must be
     in the store); ``all``: every video; a path: a UCF101-style list (``testlist01.txt``); a list
     of paths: the union of their videos, in list order. A listed video the store lacks is an
-    error, or with ``skip_missing`` left out and returned in ``absent`` (else ``absent`` is empty).
+    error, or with ``skip_missing`` left out and returned in ``absent`` (else ``absent`` is empty;
+    ``val`` of a run trained with ``--skip-missing``: the videos of its val list it left out).
     """
     if isinstance(split, (list, tuple)):
         return _from_lists(store, [Path(p) for p in split], skip_missing)
@@ -234,7 +278,31 @@ def select_keys(store, run_config: dict, split: str | Path | Sequence[str | Path
     if missing:
         raise FlowkitError(f"{len(missing)} of the run's validation videos are not in store "
                            f"{store.path} (e.g. {missing[0]}); use --split all or a list file")
-    return val_keys, "the run's validation split", []
+    absent = _val_list_absent(store, run_config, val_keys)
+    desc = "the run's validation split"
+    if absent:  # as a --split-list of the run's val list says: the score is over fewer videos
+        desc += f" less {len(absent)} listed video(s) not in the store (--skip-missing)"
+    return val_keys, desc, absent
+
+
+def _val_list_absent(store, run_config: dict, val_keys: list[str]) -> list[str]:
+    """The videos of the run's ``--val-list`` that a run trained with ``--skip-missing`` left out
+    of its validation split because the store lacks them (``[]`` otherwise). config.json's split
+    ``source`` counts those of both lists together, so the val list is read again: its keys
+    neither in ``val_keys`` nor in ``store``. A list that is gone or no longer reads leaves
+    ``[]`` (the split ``source`` still tells the total)."""
+    from ..data.splits import listed_keys
+
+    options = run_config.get("config", {})
+    val_list = options.get("val_list")
+    if not options.get("skip_missing") or not val_list:
+        return []
+    try:
+        _, missing = listed_keys(store, val_list)
+    except (FlowkitError, OSError):
+        return []
+    chosen = set(val_keys)
+    return [k for k in missing if k not in chosen]
 
 
 def _from_lists(store, paths: list[Path], skip_missing: bool) -> tuple[list[str], str, list[str]]:
@@ -318,6 +386,42 @@ def training_videos(keys: list[str], run_config: dict) -> int:
     return sum(key in train for key in keys)
 
 
+def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    """The file of ``--checkpoint`` (``best``/``last``: in ``RUN_DIR/checkpoints``)."""
+    if checkpoint in ("best", "last"):
+        return Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def _check_finite(scores: torch.Tensor, path: Path, epoch: int) -> None:
+    """FlowkitError when a video's ``scores`` ``(N, K)`` are not all finite: a diverged model
+    (NaN weights) has no prediction, and the argmax of a NaN row would score it as class 0."""
+    bad = int((~torch.isfinite(scores).all(dim=1)).sum())
+    if bad:
+        raise FlowkitError(f"checkpoint {path} (epoch {epoch}) gives non-finite scores (NaN or "
+                           f"inf) for {bad} of {len(scores)} videos: the model diverged in "
+                           "training; evaluate an earlier checkpoint or train again with a "
+                           "lower --lr")
+
+
+def _default_out(run_dir: Path, checkpoint: str, whose: str) -> Path:
+    """``RUN_DIR/eval``, or for a checkpoint that may not be the run's own (:func:`checkpoint_run`
+    ``"unknown"``) ``RUN_DIR/eval-<file stem>``: it never overwrites the run's own evaluation."""
+    if whose == "unknown":
+        return run_dir / f"eval-{Path(checkpoint).stem}"
+    return run_dir / "eval"
+
+
+def _selected_on(keys: list[str], run_config: dict, checkpoint: str, whose: str) -> int:
+    """How many of the scored ``keys`` chose the checkpoint: best.pt is the epoch with the best
+    top-1 on the run's validation videos, so its score on them is not a test score (0 for
+    ``last`` and for other checkpoint files, which no validation chose)."""
+    if checkpoint != "best" and not (whose == "own" and Path(checkpoint).name == "best.pt"):
+        return 0
+    val = set(run_config.get("split", {}).get("val_keys", []))
+    return sum(key in val for key in keys)
+
+
 def _scoreable(store, keys: list[str], classes: list[str], split_desc: str
                ) -> tuple[list[str], list[str]]:
     """``(keys, notes)``: the videos of ``keys`` labelled with one of the run's classes, and a note
@@ -356,9 +460,10 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     ``batch_size`` counts videos (each of V = clips x crops views). A run trained without flips
     (``--no-flip``: a mirror may change its classes) is not scored on mirrored views: ``crops=10``
     is then the 5 unmirrored crops (the report's ``crop_views``, ``mirrored_views`` and
-    ``views`` say so). ``out_dir`` (default
-    ``RUN_DIR/eval``) receives ``eval.json``, ``confusion.json`` and ``confusion.png``; pass
-    ``out_dir=False`` to write nothing.
+    ``views`` say so). ``out_dir`` (default ``RUN_DIR/eval``; ``RUN_DIR/eval-<stem>`` for a
+    checkpoint file that records no run to compare with, :func:`checkpoint_run`) receives
+    ``eval.json``, ``confusion.json`` and ``confusion.png``; pass ``out_dir=False`` to write
+    nothing.
     """
     from ..data.splits import missing_note
     from ..store import FlowStore
@@ -373,6 +478,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     run_dir = Path(run_dir)
     dev = rank_device(device)
     model, run_config, ckpt = load_run_model(run_dir, checkpoint, dev)
+    whose = checkpoint_run(run_dir, checkpoint, run_config)
     run_config = _with_current_store(run_dir, run_config)
     config = TrainConfig.from_dict(run_config["config"])
     store_path = Path(store) if store is not None else Path(config.store)
@@ -394,6 +500,9 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
             keys, split_desc = held_out_first(keys, run_config, split_desc)
         dataset = make_dataset(flow_store, keys, config, model, train=False, clips=clips,
                                crops=crops, views=True, classes=classes)
+        # flow of another --step or engine parameters changes the score silently: say so
+        from .inputs import extraction_notes
+        notes += extraction_notes(flow_store, keys, run_config)
     if absent:
         notes.insert(0, missing_note(flow_store, absent, "evaluation"))
     def loader(subset):
@@ -405,11 +514,21 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     scores, labels, index = predict_sharded(model, dataset, loader, dev, amp=use_amp,
                                             progress=progress, stop=stop)
     seconds = time.perf_counter() - started
+    _check_finite(scores, checkpoint_path(run_dir, checkpoint), int(ckpt["epoch"]))
 
     k = len(classes)
     acc = topk_accuracy(scores, labels, (1, 5))
     acc[5] = acc[5] if k > 5 else None  # with <= 5 classes every video is in its top 5
     training = training_videos(keys, run_config)
+    selected = _selected_on(keys, run_config, checkpoint, whose)
+    if selected:  # held out still (not trained on), but the checkpoint was chosen on them
+        notes.append(f"best.pt was selected on {selected} of the {len(keys)} scored videos (the "
+                     "epoch with the best validation top-1 on them), so this score is optimistic; "
+                     "use --checkpoint last for a test score")
+    if whose == "unknown" and out_dir is None:
+        notes.append(f"{checkpoint} records no run to compare with {run_dir}'s, so the results go "
+                     f"to {_default_out(run_dir, checkpoint, whose)}, not {run_dir / 'eval'} "
+                     "(which holds the run's own evaluation)")
     pred = scores.argmax(1)
     confusion = confusion_matrix(pred, labels, k)
     per_class = per_class_accuracy(confusion)
@@ -419,7 +538,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         "run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": int(ckpt["epoch"]),
         "store": str(store_path), "split": split_desc, "num_videos": len(keys),
         "not_in_store": len(absent),
-        "training_videos": training, "held_out": training == 0,
+        "training_videos": training, "held_out": training == 0, "selected_on": selected,
         "clips": clips, "crops": crops, "crop_views": dataset.crops,
         "mirrored_views": crops == 10 and bool(config.flip), "views": clips * dataset.crops,
         "top1": acc[1], "top5": acc[5], "mean_class_accuracy": mean_class_accuracy(confusion),
@@ -434,14 +553,15 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     }
     out = None
     if out_dir is not False and distributed.rank() == 0:
-        out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+        out = Path(out_dir) if out_dir is not None else _default_out(run_dir, checkpoint, whose)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "confusion.json", json.dumps(
             {"classes": classes, "rows": "true", "columns": "predicted",
              "matrix": confusion.tolist()}, indent=1) + "\n")
         save_confusion_png(confusion, classes, out / "confusion.png",
                            title=f"{run_config['model']['name']}: top-1 {100 * acc[1]:.1f}%")
-        atomic_write_text(out / "eval.json", json.dumps(report, indent=2) + "\n")
+        # allow_nan=False: a bare NaN is not JSON (the scores were checked finite above)
+        atomic_write_text(out / "eval.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return EvalResult(top1=acc[1], top5=acc[5], mean_class_accuracy=report["mean_class_accuracy"],
                       num_videos=len(keys), views=report["views"], confusion=confusion,
                       out_dir=out, report=report)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field, fields
@@ -50,6 +51,7 @@ from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, merge_for_resume, read_run_config
 from .ddp import batch_sampler, check_batches, convert_sync_batchnorm, rank_device, wrap
+from .inputs import EXTRACTION_KEY, flow_names, training_extraction
 from .loading import (EpochBatchSampler, derive_seed, index_store, keys_digest, make_dataset,
                       make_loader, make_split, seed_everything, store_flow_bound, to_device)
 from .optim import build_optimizer, build_scheduler
@@ -143,6 +145,7 @@ class Trainer:
         self.config = config.validate()
         self.resuming = _saved is not None
         self._saved_model = (_saved or {}).get("model") or {}  # how the run records its model
+        self._saved_extraction = (_saved or {}).get(EXTRACTION_KEY)
         if not self.resuming:  # a new run's --model-arg: names and kinds, before any file
             from ..models.registry import absolute_file_kwargs, check_model_kwargs
 
@@ -369,12 +372,22 @@ class Trainer:
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "world_size": self.world_size,  # the current one; the history: _restore
             "world_sizes": [{"from_step": 0, "world_size": self.world_size}],
+            EXTRACTION_KEY: self._extraction(),
             "split": {"source": self.split_source,
                       "train_count": len(self.train_keys), "val_count": len(self.val_keys),
                       "train_sha1": keys_digest(self.train_keys),
                       "val_sha1": keys_digest(self.val_keys),
                       "train_keys": self.train_keys, "val_keys": self.val_keys},
         }
+
+    def _extraction(self) -> dict[str, Any] | None:
+        """What the training videos were extracted with (:mod:`flowkit.train.inputs`), so
+        ``flowkit evaluate`` can say when other flow is scored. A resumed run keeps its record
+        (None for a run recorded before it: no record is made up from today's store)."""
+        if self.resuming:
+            return self._saved_extraction
+        return training_extraction(self.store, self.train_keys,
+                                   flow_names(self.model.inputs, self.config.flow_name))
 
     def _model_description(self) -> dict[str, Any]:
         """Name and keywords (what rebuilds the model), plus the model's resolved ``settings``
@@ -613,8 +626,11 @@ class Trainer:
             output = self.net(batch)
             loss = classification_loss(output, labels)
         if not torch.isfinite(loss):
-            raise FlowkitError(f"the training loss became {float(loss)} at step "
-                               f"{scheduler.last_epoch + 1}; lower --lr or set --clip-grad")
+            step = scheduler.last_epoch  # global steps done before this one
+            raise FlowkitError(f"epoch {step // opt.steps_per_epoch + 1}: the training loss is "
+                               f"{float(loss.detach())} at step {step + 1}: the loss diverged; "
+                               f"lower --lr or set --clip-grad "
+                               f"({_kept(self.checkpoint_dir / LAST)})")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if self.config.clip_grad:
@@ -648,6 +664,7 @@ class Trainer:
             val_top5=val["top5"] if val else None, lr=float(sums.get("lr", 0.0)),
             clips_per_s=sums["seen"] / max(sums["seconds"], 1e-9),
             seconds=sums["seconds"] + time.perf_counter() - val_started)
+        self._check_finite(record)
         metric = record.val_top1 if val else record.train_acc
         is_best = state.best_metric is None or metric > state.best_metric
         if is_best:
@@ -655,6 +672,19 @@ class Trainer:
         state.epoch, state.step_in_epoch, state.partial = epoch + 1, 0, None
         state.history = state.history + [record.to_dict()]
         return record, is_best
+
+    def _check_finite(self, record: EpochRecord) -> None:
+        """FlowkitError when the epoch's training or validation loss is not finite: its weights
+        hold NaN/inf (a step's update diverged), so its validation scores say nothing and it must
+        become neither best.pt nor last.pt, which keep the last finite epoch's state."""
+        losses = {"training": record.train_loss, "validation": record.val_loss}
+        bad = {name: loss for name, loss in losses.items()
+               if loss is not None and not math.isfinite(loss)}
+        if bad:
+            name, loss = next(iter(bad.items()))
+            raise FlowkitError(f"epoch {record.epoch}: the {name} loss is {loss}: the loss "
+                               f"diverged; lower --lr or set --clip-grad "
+                               f"({_kept(self.checkpoint_dir / LAST)})")
 
     def validate(self, progress: Progress | None = None) -> dict[str, float]:
         """Loss, top-1 and top-5 of the current model on the validation set (one centre clip and
@@ -696,6 +726,13 @@ class Trainer:
         state.epoch, state.step_in_epoch = epoch, step_in_epoch
         state.partial = dict(self._global_sums(sums))
         self._save(LAST, state, opt)
+
+
+def _kept(last: Path) -> str:
+    """What a diverged run keeps: ``last`` as saved before the loss was seen diverging (a
+    diverged epoch is never saved at its end, nor as best.pt), or nothing."""
+    kept = f"{last} holds the last state saved before it" if last.is_file() else "nothing was saved"
+    return f"{kept}; start again with --overwrite"  # --resume cannot change --lr
 
 
 def _stop_on_every_rank(should_stop: Callable[[], bool]) -> bool:

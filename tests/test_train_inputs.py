@@ -1,0 +1,165 @@
+"""What a run records of its training videos' extraction (and evaluate's notes on other flow), the
+warnings of a split without validation, and a diverged run's stop."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY_CLASSES, TINY_SIZE, TINY_SPEED, TINY_VIDEOS_PER_CLASS, tiny_video
+from flowkit.cli.train import command as train_command
+from flowkit.errors import FlowkitError
+from flowkit.store import FlowStore
+from flowkit.train import Trainer, evaluate_run, load_checkpoint
+from flowkit.train.inputs import extraction_notes
+from test_cli_train import TINY
+from test_train import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
+
+
+def write_store_like_tiny(path, step: int = 1, speed: float = TINY_SPEED, version: str = "1"):
+    """The tiny store's videos (conftest ``write_tiny_store``) recorded as extracted with frame
+    ``step`` and engine parameter ``speed`` / ``version``: the same keys and labels, other flow."""
+    with FlowStore(path, mode="a", classes=list(TINY_CLASSES)) as store:
+        for label, name in enumerate(TINY_CLASSES):
+            for i in range(TINY_VIDEOS_PER_CLASS):
+                frames, flow = tiny_video(name, i)
+                with store.writer(f"{name}/{name}_{i}", source=f"{name}/{name}_{i}.mp4", fps=25.0,
+                                  label=label, label_name=name, source_size=TINY_SIZE, step=step,
+                                  flow_codec="float16", rgb_codec="raw") as w:
+                    w.append_rgb(frames)
+                    w.append_flow("tvl1", flow, engine={
+                        "engine": "exact", "version": version, "params": {"speed": speed}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_store, tmp_path_factory):
+    """A 1-epoch run on the tiny store (read it, never train it further)."""
+    run = tmp_path_factory.mktemp("inputs") / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    return run
+
+
+# ------------------------------------------------------------------------ extraction record
+
+def test_a_run_records_the_extraction_of_its_training_videos(tiny_run):
+    """config.json and the checkpoints hold the frame step and the flow's engine record of the
+    training videos, what evaluate compares other stores with."""
+    record = {"step": 1, "flow": {"tvl1": {"engine_version": "1",
+                                           "params": {"speed": TINY_SPEED}}}}
+    assert json.loads((tiny_run / "config.json").read_text())["extraction"] == record
+    assert load_checkpoint(tiny_run / "checkpoints" / "last.pt")["config"]["extraction"] == record
+
+
+def test_evaluating_flow_of_another_step_or_params_is_noted(tiny_run, tiny_store, tmp_path):
+    """The user's report: a run evaluated on a store extracted with --step 2 scored other flow
+    without a word. The note names what differs and what the run was trained on; the same
+    extraction (the training store) gets none."""
+    same = evaluate_run(tiny_run, tiny_store, clips=1, crops=1, split="all", checkpoint="last",
+                        out_dir=False)
+    assert not [n for n in same.report["notes"] if "extracted otherwise" in n]
+    other = write_store_like_tiny(tmp_path / "step2", step=2, speed=3)
+    result = evaluate_run(tiny_run, other, clips=1, crops=1, split="all", checkpoint="last",
+                          out_dir=tmp_path / "eval")
+    notes = [n for n in result.report["notes"] if "extracted otherwise" in n]
+    assert len(notes) == 1
+    assert "made with --step 2, --param speed=3 here, the run was trained on --step 1 " \
+           "--param speed=2: re-extract with --step 1 --param speed=2" in notes[0]
+    assert notes == [n for n in json.loads((tmp_path / "eval" / "eval.json").read_text())["notes"]
+                     if "extracted otherwise" in n]
+
+
+def test_another_engine_version_is_noted_and_an_older_run_gets_no_note(tmp_path):
+    other = FlowStore(write_store_like_tiny(tmp_path / "v2", version="2"))
+    keys = other.keys()
+    record = {"step": 1, "flow": {"tvl1": {"engine_version": "1",
+                                           "params": {"speed": TINY_SPEED}}}}
+    notes = extraction_notes(other, keys, {"extraction": record})
+    assert len(notes) == 1 and "tvl1 engine version 2 here" in notes[0]
+    assert extraction_notes(other, keys, {}) == []  # recorded before flowkit kept it
+
+
+def test_a_resumed_run_keeps_its_record(tiny_store, tmp_path):
+    """--resume keeps what config.json records, also no record (an older run's): its earlier
+    epochs may have read other videos than today's STORE holds."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    saved = json.loads((run / "config.json").read_text())
+    del saved["extraction"]  # as a run of an older flowkit recorded it
+    (run / "config.json").write_text(json.dumps(saved))
+    Trainer.resume(run, epochs=2).fit()
+    assert "extraction" in json.loads((run / "config.json").read_text()) \
+        and json.loads((run / "config.json").read_text())["extraction"] is None
+
+
+# ----------------------------------------------------------------------- validation honesty
+
+def test_a_non_finite_validation_loss_stops_the_run_before_saving_it(tiny_store, tmp_path,
+                                                                     monkeypatch):
+    """--lr 1e8: the weights turn NaN, validation scores NaN (a "top-1 25%") and that epoch became
+    best.pt. Now the run stops with one line naming the epoch, and best.pt and last.pt keep the
+    last finite epoch."""
+    validate, calls = Trainer.validate, []
+
+    def nan_in_epoch_2(self, progress=None):
+        calls.append(1)
+        result = validate(self, progress)
+        return {**result, "loss": math.nan} if len(calls) == 2 else result
+
+    monkeypatch.setattr(Trainer, "validate", nan_in_epoch_2)
+    trainer = Trainer(tiny_config(tiny_store, epochs=3), tmp_path / "run")
+    with pytest.raises(FlowkitError, match=r"^epoch 2: the validation loss is nan: the loss "
+                                           r"diverged; lower --lr"):
+        trainer.fit()
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(tmp_path / "run" / "checkpoints" / name)["epoch"] == 1
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+
+
+def test_a_non_finite_training_loss_names_the_epoch(tiny_store, tmp_path, monkeypatch):
+    from flowkit import models
+
+    loss = models.classification_loss
+    monkeypatch.setattr(models, "classification_loss",
+                        lambda output, labels: loss(output, labels) * math.inf)
+    with pytest.raises(FlowkitError, match=r"^epoch 1: the training loss is (inf|nan) at step 1: "
+                                           r"the loss diverged; lower --lr .*nothing was saved; "
+                                           r"start again with --overwrite"):
+        Trainer(tiny_config(tiny_store, epochs=1), tmp_path / "run").fit()
+
+
+def split_lists(tmp_path):
+    """A UCF101 trainlist (videos 1-3 of each class) and testlist (videos 0) of the tiny store."""
+    keys = [f"{c}/{c}_{i}" for c in TINY_CLASSES for i in range(TINY_VIDEOS_PER_CLASS)]
+    (tmp_path / "trainlist.txt").write_text(
+        "".join(f"{k}.avi {1 + TINY_CLASSES.index(k.split('/')[0])}\n"
+                for k in keys if not k.endswith("_0")))
+    (tmp_path / "testlist.txt").write_text("".join(f"{k}.avi\n" for k in keys if k.endswith("_0")))
+    return tmp_path / "trainlist.txt", tmp_path / "testlist.txt"
+
+
+def test_split_list_without_val_list_warns_and_an_explicit_val_fraction_is_ignored(
+        tiny_store, tmp_path):
+    """The user's report: --split-list with --val-fraction 0.25 trained on 0 validation videos
+    with no word. Now both are warned about; with --val-list neither."""
+    trainlist, testlist = split_lists(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(train_command, [str(a) for a in (
+        tiny_store, "--out", tmp_path / "run", *TINY, "--epochs", "1", "--split-list",
+        trainlist)], catch_exceptions=False)  # TINY passes --val-fraction 0.25
+    assert r.exit_code == 0, r.output
+    assert "warning: --val-fraction 0.25 is ignored with --split-list" in r.stderr
+    assert "warning: --split-list without --val-list gives no validation videos: best.pt is " \
+           "chosen by training accuracy; pass --val-list FILE" in r.stderr
+    r = runner.invoke(train_command, [str(a) for a in (
+        tiny_store, "--out", tmp_path / "run2", *[a for a in TINY if a not in ("--val-fraction",
+                                                                               "0.25")],
+        "--epochs", "1", "--split-list", trainlist, "--val-list", testlist)],
+        catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stderr
