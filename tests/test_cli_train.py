@@ -492,3 +492,47 @@ def test_training_hides_the_sync_bn_deprecation_warning_only(tiny_store, tmp_pat
     assert result.exit_code == 130, result.output
     assert [str(w.message) for w in seen if w.category is FutureWarning] == [
         "something else is deprecated"]
+
+
+def test_a_folder_the_file_system_refuses_is_one_line_before_any_work(tiny_store, tmp_path,
+                                                                      monkeypatch):
+    """A read-only run folder (a shared run) or output folder: one line naming it and the fix,
+    exit 2 (a traceback before: evaluate's came after every prediction was made)."""
+    import errno
+
+    run = tmp_path / "run"
+    assert train(str(tiny_store), "--out", str(run), *TINY, "--epochs", "1").exit_code == 0
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name in ("eval", "ro_run"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    import flowkit.train.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "predict_sharded", lambda *a, **k: 1 / 0)  # not reached
+    r = CliRunner().invoke(evaluate_command, [str(run), "--clips", "1", "--crops", "1"])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip() == (f"error: read-only file system: {run / 'eval'}; choose a "
+                                "writable place (-o / --out)")
+    r = train(str(tiny_store), "--out", str(tmp_path / "ro_run"), *TINY, "--epochs", "1")
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        f"error: read-only file system: {tmp_path / 'ro_run'}; choose a writable place "
+        "(-o / --out)"), r.output
+
+
+def test_an_os_error_on_no_path_of_the_users_keeps_its_traceback():
+    """Only a refusal naming a path becomes one line: anything else is a bug to see whole."""
+    import click
+
+    from flowkit.cli import handle_errors
+
+    @click.command()
+    @handle_errors
+    def broken():
+        raise OSError(28, "No space left on device")  # no filename
+
+    r = CliRunner().invoke(broken, [])
+    assert isinstance(r.exception, OSError) and r.exit_code == 1

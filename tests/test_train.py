@@ -608,6 +608,25 @@ def test_a_run_folder_on_a_file_system_without_hard_links_is_refused_with_the_fi
     assert not (tmp_path / "usb").exists()
 
 
+def test_resuming_a_run_whose_store_moved_says_so(tiny_store, tmp_path):
+    """Not "create it with flowkit extract" (the store exists, elsewhere): --resume takes STORE's
+    new path, and the message names the command."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    run = tmp_path / "run"
+    Trainer(tiny_config(store, epochs=1), run).fit()
+    store.rename(tmp_path / "moved")
+    with pytest.raises(FlowkitError, match=rf"^store {re.escape(str(store))} is not there "
+                                           r"\(moved or renamed\?\); resume with its path now: "
+                                           rf"flowkit train NEW_STORE -o {re.escape(str(run))} "
+                                           r"--resume$"):
+        Trainer.resume(run, epochs=2)
+    Trainer.resume(run, epochs=2, store=str(tmp_path / "moved")).fit()
+    assert [r["epoch"] for r in metrics_lines(run)] == [1, 2]
+
+
 def test_a_dead_trainings_hold_is_taken_over(tiny_store, tmp_path):
     """Claims' rule: a holder of this host whose process is gone, or one of another host whose
     file went untouched for 10 minutes, is taken over; another host's fresh one is not."""

@@ -10,6 +10,7 @@ Exit codes (documented in the README):
 """
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import re
@@ -71,6 +72,12 @@ def handle_errors(func=None, *, stopped: str = KEPT_RESUME):
         except FlowkitError as exc:
             click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(EXIT_USAGE)
+        except OSError as exc:
+            refusal = _refused_path(exc)
+            if refusal is None:
+                raise
+            click.echo(f"error: {refusal}", err=True)
+            sys.exit(EXIT_USAGE)
         except KeyboardInterrupt as exc:
             if str(exc) == "terminated":
                 click.echo(f"terminated (SIGTERM); {stopped}", err=True)
@@ -78,6 +85,25 @@ def handle_errors(func=None, *, stopped: str = KEPT_RESUME):
             click.echo(f"interrupted; {stopped}", err=True)
             sys.exit(EXIT_INTERRUPTED)
     return wrapper
+
+
+#: errno -> (what the file system said, the fix) for a path a command could not create or write
+_REFUSALS = {
+    errno.EROFS: ("read-only file system", "choose a writable place (-o / --out)"),
+    errno.EACCES: ("permission denied", "fix its permissions or choose another place (-o / --out)"),
+    errno.EPERM: ("operation not permitted", "fix its permissions or choose another place"),
+    errno.ENOSPC: ("no space left on device", "free space or choose another place (-o / --out)"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota or choose another place"),
+}
+
+
+def _refused_path(exc: OSError) -> str | None:
+    """One line for an OSError the file system raised on a path a user chose (a read-only run
+    folder, an output folder without permission), else None: a traceback stays a traceback."""
+    if exc.errno not in _REFUSALS or not exc.filename:
+        return None
+    said, fix = _REFUSALS[exc.errno]
+    return f"{said}: {exc.filename}; {fix}"
 
 
 def stop_exit_code(stop) -> int:

@@ -412,6 +412,19 @@ def _default_out(run_dir: Path, checkpoint: str, whose: str) -> Path:
     return run_dir / "eval"
 
 
+def _check_writable(out: Path) -> None:
+    """Make ``out`` and write a file in it (removed): an OSError (read-only, permission) names
+    the folder before anything is computed."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+            pass
+    except OSError as exc:  # named by the folder, not by the probe's random name
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
+
+
 def _selected_on(keys: list[str], run_config: dict, checkpoint: str, whose: str) -> int:
     """How many of the scored ``keys`` chose the checkpoint: best.pt is the epoch with the best
     top-1 on the run's validation videos, so its score on them is not a test score (0 for
@@ -509,6 +522,10 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         return make_loader(subset, batch_size=batch_size, workers=workers, device=dev,
                            seed=derive_seed(config.seed, "evaluate"))
 
+    out = None
+    if out_dir is not False and distributed.rank() == 0:  # before the predictions: an output
+        out = Path(out_dir) if out_dir is not None else _default_out(run_dir, checkpoint, whose)
+        _check_writable(out)  # folder it cannot write is said now, not after minutes of work
     started = time.perf_counter()
     use_amp = bool(config.amp) and dev.type == "cuda"
     scores, labels, index = predict_sharded(model, dataset, loader, dev, amp=use_amp,
@@ -551,10 +568,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                          "score": float(scores[i, p]), "top5": top5[i].tolist()}
                         for i, (key, y, p) in enumerate(zip(ordered_keys, labels, pred))],
     }
-    out = None
-    if out_dir is not False and distributed.rank() == 0:
-        out = Path(out_dir) if out_dir is not None else _default_out(run_dir, checkpoint, whose)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         atomic_write_text(out / "confusion.json", json.dumps(
             {"classes": classes, "rows": "true", "columns": "predicted",
              "matrix": confusion.tolist()}, indent=1) + "\n")

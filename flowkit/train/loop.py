@@ -179,6 +179,10 @@ class Trainer:
         self.device = rank_device(config.device)
         self.use_amp = bool(config.amp) and self.device.type == "cuda"
 
+        if self.resuming and not Path(config.store).exists():  # not "create it": it was made
+            raise FlowkitError(f"store {config.store} is not there (moved or renamed?); resume "
+                               f"with its path now: flowkit train NEW_STORE -o {self.run_dir} "
+                               "--resume")
         self.store = FlowStore(config.store)
         self.classes = self._classes(_saved)
         with self.store.index_held():  # the split and both datasets parse index.json once
