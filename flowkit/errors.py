@@ -36,3 +36,25 @@ class DamagedDataError(StoreError):
 class EngineError(FlowkitError, ValueError):
     """A motion engine was asked for something it cannot do (unknown name, bad parameter, bad
     input). Also a :class:`ValueError`, so generic callers catching bad arguments catch it."""
+
+
+def use_plain_warnings() -> None:
+    """Show flowkit's own warnings (a lock another host holds, a slow file system) as one
+    ``warning: ...`` line, not Python's ``file.py:88: UserWarning: ...`` with a source line; other
+    packages' warnings keep Python's format. Called by the CLI and by flowkit's worker
+    processes."""
+    import warnings
+    from pathlib import Path
+
+    if getattr(warnings.formatwarning, "flowkit", False):
+        return
+    default = warnings.formatwarning
+    package = str(Path(__file__).resolve().parent)
+
+    def plain(message, category, filename, lineno, line=None):
+        if str(filename).startswith(package) and issubclass(category, UserWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    plain.flowkit = True
+    warnings.formatwarning = plain

@@ -36,7 +36,7 @@ import torch
 
 from . import feed
 from .conventions import backward_name
-from .errors import FlowkitError, StoreWriteError, VideoError
+from .errors import FlowkitError, StoreWriteError, VideoError, use_plain_warnings
 from .feed import VideoResult
 from .flow import Backward, check_reversible, create_engine, engine_class
 from .flow.base import FlowEngine
@@ -46,7 +46,7 @@ from .progress import Progress, StopFlag, Stopped
 from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store import guard
-from .store.compat import Request, compare_with_store
+from .store.compat import _LABELS, Request, _show, compare_with_store
 from .store.labelling import fill_missing_labels, stand_in_note, unlabelled_note
 from .store.layout import class_ids
 from .video import output_size, probe
@@ -338,9 +338,62 @@ def extract_items(items: Sequence[VideoItem], store: FlowStore, engine: FlowEngi
 
     # One decoder thread per video when several processes share the cores, ffmpeg's choice else.
     options = dataclasses.replace(config, decode_threads=1 if workers > 1 else 0)
+    request = store_request(config, engine)
     return feed.run(items, store, engine, options,
                     finished_meta=finished_meta, should_stop=(stop or StopFlag()).check,
-                    on_pairs=on_pairs, redo=frozenset(config.redo))
+                    on_pairs=on_pairs, redo=frozenset(config.redo),
+                    unlike=lambda key, meta, joining: meanwhile_mismatch(request, key, meta,
+                                                                         joining))
+
+
+def held_mismatches(results: list[VideoResult], store: FlowStore, request: Request,
+                    flow_name: str, known: dict[str, dict | None],
+                    progress: Progress) -> list[VideoResult]:
+    """``results`` with each video skipped while another process held it (:attr:`VideoResult.held`)
+    that the process has finished since with other options than this run's failed with what
+    differs (:func:`meanwhile_mismatch`), and a line logged for it. Read once, at the end of the
+    run (one :meth:`FlowStore.metas` of those videos): a video still in progress says nothing
+    yet. ``known``: the metas the run started from (a video it had no meta of joins the store)."""
+    held = [r.key for r in results if r.held]
+    if not held:
+        return results
+    try:
+        metas = store.metas(held)
+    except (StoreError, OSError):  # the store's own errors come up where it is read next
+        return results
+    out = []
+    for result in results:
+        meta = metas.get(result.key) if result.held else None
+        mismatch = "" if meta is None or flow_name not in meta["flows"] else meanwhile_mismatch(
+            request, result.key, meta, joining=known.get(result.key) is None)
+        if mismatch:
+            result = dataclasses.replace(result, status="failed", reason=mismatch)
+            progress.log(f"failed {mismatch}")
+        out.append(result)
+    return out
+
+
+#: What the line of a video says when another run finished it with other options during this run.
+MEANWHILE = "another run wrote it with other options meanwhile"
+
+
+def meanwhile_mismatch(request: Request, key: str, meta: dict, joining: bool) -> str:
+    """Why ``key``, which another process finished while this run went on (``meta``, as
+    :meth:`FlowStore.metas` reads it), does not fit this run's ``request``
+    (:meth:`Request.differences`; ``joining``: the run would have written its RGB): one line
+    naming what differs, or "" when it fits. A run into a new store has nothing to compare its
+    options with before it starts (:func:`check_store_options`), so a run started beside it with
+    other options is met only here."""
+    differing = request.differences(meta, joining)
+    if not differing:
+        return ""
+    parts = []
+    for option, (stored, asked) in differing.items():
+        plain = option.removeprefix("pair_")
+        label = _LABELS.get(plain, plain) + (
+            f" of flow/{request.other_direction}" if plain != option else "")
+        parts.append(f"{label} {_show(plain, stored)} in the store, {_show(plain, asked)} asked")
+    return f"{key}: {MEANWHILE} ({'; '.join(parts)}); not recomputed"
 
 
 # Worker-process state for workers > 1 (one engine per process, built once).
@@ -359,6 +412,7 @@ def _worker_init(store_path: str, config: ExtractConfig, threads: int, parent: i
     # Ctrl-C reaches the whole process group; the parent decides and terminates the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)
+    use_plain_warnings()  # a lock wait's note is one line, as in the parent
     guard.remember(hung)  # finished files HDF5 never returned from: never opened here
     torch.set_num_threads(threads)
     _worker["store"] = FlowStore(store_path, "a")
@@ -592,15 +646,17 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
                            f"CLASS/VIDEO{bare}, as `flowkit info {store_path} --keys` lists them)")
     workers = config.workers or default_workers(config.device, len(items))
-    run_classes = classes  # this run's names, before the store's stand-ins replace them
+    run_items, run_classes = items, classes  # this run's, before the store's ids and stand-ins
+    # an existing store's classes this run lacks are refused before anything is written
     items, classes = store_labels(store_path, items, classes, classes_numbered)
     known, mismatched = check_store_options(store_path, items, config, engine, progress)
+    request = store_request(config, engine)  # for the videos other runs finish meanwhile
     config = dataclasses.replace(config, workers=workers, redo=tuple(sorted(
         set(config.redo) | mismatched)), max_memory=(
         None if config.max_memory is None else config.max_memory // workers))
     if config.workers > 1:
         engine = None
-    store = FlowStore(store_path, "a", classes=list(classes) if classes is not None else None)
+    store, items, classes = open_store(store_path, run_items, run_classes, classes_numbered)
     store.remove_partials()
     items, labels = settle_labels(store, items, known, progress)
     labels = (labels[0], stand_in_note(store.classes, run_classes) + labels[1])
@@ -646,6 +702,7 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
                                str(exc) or "interrupted", run_notes, labels, interrupted=True,
                                in_flight=getattr(exc, "in_flight", {}))
         raise
+    results = held_mismatches(results, store, request, config.flow_name, metas, progress)
     videos.close()
     pairs.close(finished=not stopped)
     return _summary(items, results, store, config, backend, started, setup, stopped, run_notes,
@@ -714,7 +771,7 @@ def _summary(items: Sequence[VideoItem], results: list[VideoResult], store: Flow
                              labels_filled=labels[0])
     summary.notes = (labels[1] + _unlabelled_notes(items, results)
                      + _size_notes(results, config) + _memory_notes(results, config)
-                     + _redo_notes(results, config) + run_notes)
+                     + _redo_notes(results, config) + _meanwhile_notes(results) + run_notes)
     return summary
 
 
@@ -757,6 +814,28 @@ def store_labels(store_path, items: Sequence[VideoItem], classes: Sequence[str] 
     # the store's name too: an id it calls class_<i> keeps that name in the files it adds
     return [dataclasses.replace(item, label=ids[item.label], label_name=classes[ids[item.label]])
             if item.label >= 0 else item for item in items], classes
+
+
+def open_store(store_path, items: Sequence[VideoItem], classes: Sequence[str] | None,
+               numbered: bool = False) -> tuple[FlowStore, list[VideoItem], list[str] | None]:
+    """The store at ``store_path`` opened for writing (created with ``classes`` if missing), and
+    ``items`` and ``classes`` in its class order (:func:`store_labels`). Two runs creating the
+    store at once with the classes in other orders (a folder scan sorts them, a split list's
+    classInd.txt need not) both label by name: store.json is made by one of them
+    (:func:`~flowkit.store.layout.create_store`), and the other, refused for bringing its own
+    order to the store made meanwhile, reads the store's order and opens it again, instead of
+    failing its videos on label ids that name other classes."""
+    def labelled() -> tuple[FlowStore, list[VideoItem], list[str] | None]:
+        out, ordered = store_labels(store_path, items, classes, numbered)
+        return FlowStore(store_path, "a", classes=ordered), out, ordered
+
+    fresh = not (Path(store_path) / MANIFEST).is_file()
+    try:
+        return labelled()
+    except StoreError:
+        if not fresh:  # the store was there: the refusal stands
+            raise
+    return labelled()  # made meanwhile by another run: in its class order now
 
 
 def store_request(config: ExtractConfig, engine: FlowEngine) -> Request:
@@ -908,6 +987,19 @@ def _frame_count_refusal(store_path, counts: dict[str, tuple[int, int]],
             f"another --max-frames. Nothing was computed. {match}, add "
             "--redo-mismatched to recompute those videos (replacing what the store holds for "
             "them), or write a new store (-o NEW_STORE)")
+
+
+def _meanwhile_notes(results: list[VideoResult]) -> list[str]:
+    """The way out for the videos another run finished with other options during this one
+    (:func:`meanwhile_mismatch`): the store now mixes both runs' options."""
+    unlike = [r for r in results if r.status == "failed" and MEANWHILE in r.reason]
+    if not unlike:
+        return []
+    return [f"{len(unlike)} videos were finished meanwhile by another run with other options "
+            "(their lines say what differs): the store now mixes both runs' options. Once that "
+            "run has ended, rerun this command with --redo-mismatched to recompute them with "
+            "this run's options, rerun with the store's options (a plain rerun names them), or "
+            "write a new store (-o NEW_STORE)"]
 
 
 def _redo_notes(results: list[VideoResult], config: ExtractConfig) -> list[str]:

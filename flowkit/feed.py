@@ -31,7 +31,8 @@
   :class:`~flowkit.errors.StoreWriteError` instead of failing every remaining video.
 - **Claims.** A video is claimed in the store (:mod:`flowkit.store.claims`) before it is decoded;
   one claimed by another live process, or finished by one meanwhile, is skipped, so concurrent runs
-  share the work instead of doubling it.
+  share the work instead of doubling it; one finished meanwhile with other options than this run's
+  (``unlike``) fails, naming what differs.
 """
 from __future__ import annotations
 
@@ -423,7 +424,8 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
         should_stop: Callable[[], None] = lambda: None,
         on_pairs: Callable[[int], None] | None = None,
         decode: Callable = decode_video,
-        redo: frozenset[str] = frozenset()) -> Iterator[VideoResult]:
+        redo: frozenset[str] = frozenset(),
+        unlike: Callable[[str, dict, bool], str] | None = None) -> Iterator[VideoResult]:
     """Extract ``items`` with ``engine`` into ``store``; yields one :class:`VideoResult` per item,
     in completion order. The flow goes to ``flow/<opts.flow_name>``: with ``opts.backward``,
     ``engine`` must be a :class:`~flowkit.flow.Backward` one.
@@ -438,8 +440,13 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
     the interrupt's ``in_flight`` is ``{key: pairs computed}`` of the videos fed until then.
     ``decode(item, opts) -> (VideoInfo, frames)`` replaces PyAV (:func:`decode_video`), e.g. to
     feed frames made in memory. ``redo``: keys whose finished file is replaced whole (RGB
-    included), e.g. because it is damaged. Raises :class:`~flowkit.errors.StoreWriteError` when
-    the store refuses data (full, read-only), after yielding the result of the video that met it.
+    included), e.g. because it is damaged. ``unlike(key, meta, joining)``: why a video another
+    process finished meanwhile (its ``meta`` as :meth:`FlowStore.metas` reads it; ``joining``: this
+    run would have written its RGB) was made with other options than this run's, one line, or ""
+    when it fits; such a video fails with that line instead of being skipped (a run started
+    beside another with other options would otherwise count the other's videos as its own).
+    Raises :class:`~flowkit.errors.StoreWriteError` when the store refuses data (full,
+    read-only), after yielding the result of the video that met it.
     """
     def new_job(item: VideoItem) -> _Job:
         told = finished_meta is not None and item.key not in redo
@@ -465,7 +472,7 @@ def run(items: Sequence[VideoItem], store: FlowStore, engine, opts: FeedOptions,
                 job = new_job(item)
                 window.append(job)
                 jobs.append(job)
-                _start(job, store, opts, decode, writer.results)
+                _start(job, store, opts, decode, writer.results, unlike)
                 if job.thread is not None:
                     decoders.append(job.thread)
             if not window:
@@ -524,12 +531,13 @@ def _join(threads: list[threading.Thread]) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue) -> None:
+def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue,
+           unlike: Callable[[str, dict, bool], str] | None = None) -> None:
     """Claim the video and start decoding it; a video another process holds (or finished since
     the run began) gets its "skipped" result instead, and one whose finished file is damaged
-    (without ``--redo``), that holds the flow but cannot be read (:func:`_found_finished`) or
-    that the store cannot claim (a key too long for its file names) its "failed" result, before
-    any flow is computed."""
+    (without ``--redo``), that holds the flow but cannot be read or was made with other options
+    (``unlike``, :func:`_found_finished`) or that the store cannot claim (a key too long for its
+    file names) its "failed" result, before any flow is computed."""
     if job.thread is not None or job.skipped:
         return
     try:
@@ -555,21 +563,25 @@ def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queu
         if damage:  # committing into (or reading) a damaged file fails: say so before computing
             status, reason = "failed", damage
         else:
-            status, reason = _found_finished(job, store, opts.flow_name)
+            status, reason = _found_finished(job, store, opts.flow_name, unlike)
     else:
         reason = f"{HELD} {holder}; rerun later to pick it up if that run fails"
     job.skipped = True
     results.put(VideoResult(job.item.key, str(job.item.path), status, reason=reason))
 
 
-def _found_finished(job: _Job, store: FlowStore, name: str) -> tuple[str, str]:
+def _found_finished(job: _Job, store: FlowStore, name: str,
+                    unlike: Callable[[str, dict, bool], str] | None = None) -> tuple[str, str]:
     """``(status, reason)`` of a video the run set out to compute whose finished file, once
     claimed, holds ``flow/<name>`` and no damage :meth:`FlowStore.finished_state` finds. The run
     computes a video because what it read of the store lacked that flow; it was "finished by
     another process" only if the file now reads (as the store's index reads it) with the flow:
     then it changed since. A file the index cannot read, which is why the run could not see the
     flow, fails with what is wrong with it (:meth:`FlowStore.problems_line`: damage only a full
-    read meets, a newer flowkit's codec)."""
+    read meets, a newer flowkit's codec). One that reads but was made with other options than
+    this run's (``unlike``: another run started beside this one with other options, into a store
+    that had no video to compare them with) fails with what differs: skipping it would leave the
+    store mixing both runs' options while each said it finished."""
     key = job.item.key
     try:
         meta = store.metas([key]).get(key)
@@ -577,6 +589,9 @@ def _found_finished(job: _Job, store: FlowStore, name: str) -> tuple[str, str]:
         meta = None
     if meta is None or name not in meta["flows"]:
         return "failed", store.problems_line(key)
+    mismatch = unlike(key, meta, job.store_rgb) if unlike is not None else ""
+    if mismatch:
+        return "failed", mismatch
     if job.knew_flow is False:
         return "skipped", f"already in the store with flow/{name} (finished by another process)"
     return "skipped", f"already in the store with flow/{name}"

@@ -13,6 +13,7 @@ moved to another disk), each real directory entered once (a link loop ends).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ import secrets
 import socket
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
+
+from .errors import FlowkitError
 
 TMP_SUFFIX = ".tmp"
 # <target>.<host>.<pid>.<random>.tmp: whose temporary it is, so a later run can tell a dead
@@ -80,6 +83,25 @@ def process_identity() -> dict[str, Any]:
     files; :func:`same_process` compares."""
     identity = {"start": process_start(os.getpid()), "boot": boot_id()}
     return {k: v for k, v in identity.items() if v is not None}
+
+
+def on_this_machine(record: dict[str, Any]) -> bool:
+    """Whether the claim or lock file holder ``record`` (host, pid, :func:`process_identity`) was
+    written on this machine, whose pids it can check: its host name is this one's and its boot,
+    where recorded (and readable here), is this one's too.
+
+    A host name says too little: cloned VMs, and containers started with one ``--hostname`` on
+    different machines, share it, and their pids mean nothing here. The boot id tells them apart:
+    it is the kernel's, so a container restarted on this machine keeps it (its earlier processes'
+    records stay this machine's and are judged by pid and start time, :func:`same_process`),
+    while another machine has its own. This machine before a reboot has another boot id too and
+    cannot be told from another machine of the same name: its records are judged as remote ones
+    (by heartbeat age), the safe side: a dead holder is taken over 10 minutes after its last
+    heartbeat instead of at once, never a live one at once."""
+    if record.get("host") != host_name():
+        return False
+    boot = record.get("boot")
+    return boot is None or boot_id() in (None, boot)
 
 
 def same_process(pid: int, identity: dict[str, Any]) -> bool:
@@ -156,11 +178,30 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-def is_stale_temporary(name: str) -> bool:
+def is_stale_temporary(name: str, folder: str | os.PathLike | None = None) -> bool:
     """Whether ``name`` is a temporary of a dead process on this host (``<target>.<host>.<pid>.
-    <random>.tmp``, as :func:`atomic_write` and claims name theirs)."""
+    <random>.tmp``, as :func:`atomic_write` and claims name theirs). With ``folder`` (where it
+    is), a claim's or lock file's temporary, which holds its process's record, is checked to be
+    this machine's: one of another machine with this host name (another boot,
+    :func:`on_this_machine`) is kept, its pid means nothing here (a lock's waiter links its
+    temporary again and again, for minutes)."""
     m = _TMP_RE.fullmatch(name)
-    return bool(m) and m["host"] == host_name() and not pid_alive(int(m["pid"]))
+    if not (m and m["host"] == host_name() and not pid_alive(int(m["pid"]))):
+        return False
+    boot = None if folder is None else _recorded_boot(os.path.join(folder, name))
+    return boot is None or boot_id() in (None, boot)
+
+
+def _recorded_boot(path: str) -> str | None:
+    """The boot id a claim's or lock file's temporary at ``path`` records (a small JSON record);
+    None for any other file, or one gone."""
+    try:
+        if os.path.getsize(path) > 4096:  # a manifest, a checkpoint: no holder record
+            return None
+        record = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return record.get("boot") if isinstance(record, dict) else None
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -172,7 +213,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for name in names:
-        if is_stale_temporary(name):
+        if is_stale_temporary(name, folder):
             try:
                 os.unlink(os.path.join(folder, name))
                 removed.append(Path(folder, name))
@@ -245,6 +286,32 @@ def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
     return digest if length is None else digest[:length]
 
 
+#: How a file system refuses a hard link: exFAT / FAT drives (EPERM), some FUSE and SMB mounts
+#: (EPERM, EOPNOTSUPP, ENOSYS). The file linked sits beside the target and was just written,
+#: so it is not a permission of the folder.
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+def link_into_place(tmp: Path, path: Path) -> None:
+    """``os.link(tmp, path)``: FileExistsError when ``path`` exists (atomic and exclusive, on NFS
+    v3+ too), the way every claim and lock file is taken. A file system without hard links is a
+    FlowkitError naming the folder and the fix (the folder was writable: ``tmp`` is in it)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        raise FlowkitError(
+            f"{path.parent}: its file system refuses hard links ({os.strerror(exc.errno)}), "
+            "which flowkit takes its claims and locks with (several writers at once); local "
+            "disks, NFS, Lustre and GPFS have them, exFAT/FAT drives and some FUSE or SMB mounts "
+            "do not: write to a folder on another file system") from None
+
+
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "fsync_dir", "fsync_file",
-           "file_sha256", "host_name", "pid_alive", "remove_stale_temporaries", "is_stale_temporary",
-           "escape_name", "walk_once", "file_identity", "stamp"]
+           "file_sha256", "host_name", "pid_alive", "on_this_machine",
+           "remove_stale_temporaries", "is_stale_temporary",
+           "escape_name", "walk_once", "file_identity", "stamp", "link_into_place",
+           "NO_HARD_LINKS"]

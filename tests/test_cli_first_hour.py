@@ -780,3 +780,15 @@ def test_a_negative_seed_is_refused_as_an_option(tmp_path, command):
     r = CliRunner().invoke(main, [*command, "--seed", "-1"])
     assert r.exit_code == 2, r.output
     assert "Invalid value for '--seed': -1 is not in the range x>=0" in r.output
+
+
+def test_flowkits_warnings_are_one_plain_line_others_keep_pythons_format():
+    """A lock another host holds, a slow file system: `warning: ...`, not
+    `claims.py:88: UserWarning: ...` and a source line."""
+    code = ("import warnings; from flowkit.errors import use_plain_warnings; use_plain_warnings(); "
+            "import flowkit.store.claims as c; "
+            "warnings.warn_explicit('held by pid 7 on node7', UserWarning, c.__file__, 88); "
+            "warnings.warn_explicit('theirs', UserWarning, '/elsewhere/x.py', 3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stderr.splitlines() == ["warning: held by pid 7 on node7",
+                                     "/elsewhere/x.py:3: UserWarning: theirs"], r.stderr

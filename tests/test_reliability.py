@@ -359,8 +359,9 @@ def test_a_claim_of_an_earlier_process_given_the_same_pid_is_stale(tmp_path):
     claims name pids that the new run's processes now have. Such a claim was taken for live (its
     pid runs), so the video was skipped as "being extracted by" that process, on every rerun. The
     claim records its process's start time and the host's boot: a live pid that started at
-    another time, or a boot that is not this one, is another process. A claim of an older
-    flowkit (no start time) keeps the pid rule."""
+    another time is another process. A boot that is not this one is another machine of this host
+    name (tests/test_claims_hosts.py): its fresh claim is live. A claim of an older flowkit (no
+    start time) keeps the pid rule."""
     from flowkit.files import host_name, process_identity, process_start
 
     store = FlowStore(tmp_path / "s", "a")
@@ -373,7 +374,7 @@ def test_a_claim_of_an_earlier_process_given_the_same_pid_is_stale(tmp_path):
         mine = {"host": host_name(), "pid": sleeper.pid, "since": "then"}
         for identity, held in (({"start": start}, True), ({}, True),
                                ({"start": start - 1}, False),
-                               ({"start": start, "boot": "another-boot"}, False)):
+                               ({"start": start, "boot": "another-boot"}, True)):
             claim.write_text(json.dumps({**mine, **identity}))
             busy = store.claim("c/v", "tvl1")
             assert (busy is not None) == held, (identity, busy)

@@ -20,7 +20,7 @@ from typing import Sequence
 import click
 
 from ..version import __version__
-from ..errors import FlowkitError
+from ..errors import FlowkitError, use_plain_warnings
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -156,6 +156,7 @@ class LazyGroup(click.Group):
     given no command shows its help (exit code 2 on click >= 8.2, as click does)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        use_plain_warnings()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

@@ -52,6 +52,15 @@ def _missing_key_hint(fs: FlowStore, store: str, key: str) -> str:
     return f"{hint}; `flowkit info {store} --keys` lists them"
 
 
+def _missing_video(fs: FlowStore, store: str, key: str) -> str:
+    """Why the store lacks ``key``, as one line: another run is extracting it now (a live claim:
+    rerun when it is done), else no such video (:func:`_missing_key_hint`)."""
+    holder = fs.in_flight([key]).get(key)
+    if holder is not None:
+        return f"video {key!r} is being extracted by {holder}; rerun when it is done"
+    return f"no video {key!r} in {store}{_missing_key_hint(fs, store, key)}"
+
+
 def _check_output(out: Path) -> None:
     """Before reading anything: the folder exists and the extension is a picture or video
     format this machine can write."""
@@ -140,7 +149,7 @@ def command(store, video, output, name, frames, max_flow):
     _check_output(output)
     with FlowStore(store) as fs:
         if video not in fs:
-            raise FlowkitError(f"no video {video!r} in {store}{_missing_key_hint(fs, store, video)}")
+            raise FlowkitError(_missing_video(fs, store, video))
         name = _pick_flow(fs, video, name)
         n = fs.meta(video)["num_frames"] - 1
         if output.suffix.lower() in _VIDEO_SUFFIXES:

@@ -163,7 +163,9 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
     store = FlowStore(store_path)
     keys = store.keys()
     if not keys:
-        raise FlowkitError(f"store {store.path} holds no finished videos; nothing to export")
+        busy = in_flight_note(store)
+        raise FlowkitError(f"store {store.path} holds no finished videos; nothing to export"
+                           + (f"; {busy}" if busy else ""))
     split_keys = {Path(p).stem: read_keys(p) for p in config.split_lists}
     out = Path(out_dir)
     # --flow named: every video must hold it; else the store's only flow, and a video holding no
@@ -209,6 +211,9 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
     order = {k: i for i, k in enumerate(keys)}
     results.sort(key=lambda r: order[r.key])
     summary = ExportSummary(str(out), results, [], 0.0, flow_name=config.flow_name)
+    busy = in_flight_note(store)  # after the run: those finished meanwhile were not exported
+    if busy:
+        summary.notes.append(busy)
     if made_stamp and not any(r.status == "done" for r in results) and \
             _forget_empty_export(out, made_dir):
         summary.notes.append(f"no video was exported: {out} is left "
@@ -218,6 +223,18 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
         _write_lists(out, store.classes, results, split_keys, summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def in_flight_note(store: FlowStore) -> str:
+    """"N videos being extracted by other runs were not exported (...)": the videos a live
+    process is extracting into ``store`` (:meth:`~flowkit.store.FlowStore.in_flight`, one walk
+    of the store), which an export taken now lacks; empty when there are none."""
+    busy = store.in_flight()
+    if not busy:
+        return ""
+    key = min(busy)  # the same example from run to run
+    return (f"{len(busy)} videos being extracted by other runs were not exported (e.g. {key} "
+            f"by {busy[key]}); rerun export when they are done")
 
 
 def store_flows(store: FlowStore, keys: Sequence[str],

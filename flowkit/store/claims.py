@@ -7,11 +7,12 @@ the same engine or different ones:
   ``flow/<name>`` of ``<key>``, a writer links ``videos/<key>.h5.<name>.claim`` into place (atomic
   and exclusive, also on NFS v3+) holding its host and pid; a second writer finds it and moves on.
   The holder's heartbeat thread touches its claims every ``CLAIM_HEARTBEAT_SECONDS`` (60 s), so a
-  claim is live while its process is: on this host its pid is checked (with the process's start
-  time and the host's boot id, so that a restarted container, which gives its new processes the
-  old pids under the same host name, does not take the old claims for its own processes'), from
-  another host its age (untouched for ``STALE_CLAIM_SECONDS``, 10 minutes: the process or its host
-  died). A dead
+  claim is live while its process is: on this machine its pid is checked (with the process's
+  start time, so that a restarted container, which gives its new processes the old pids under the
+  same host name, does not take the old claims for its own processes'), from another machine its
+  age (untouched for ``STALE_CLAIM_SECONDS``, 10 minutes: the process or its host died). Another
+  machine is another host name, or this one under another boot id (cloned VMs, containers given
+  one ``--hostname``; :func:`~flowkit.files.on_this_machine`). A dead
   process's claim is taken over, under the commit lock so that two takers cannot both win: a rerun
   after a node failed picks its videos up within minutes, not a day.
 - **The commit lock** (``flock`` on ``videos/.commit.lock``) is held only while a finished partial
@@ -23,21 +24,26 @@ the same engine or different ones:
   a lock file instead, ``videos/.commit.lock.claim``, linked into place and aged like a claim:
   waiters poll (5 ms, doubling to 200 ms), and a dead holder's file is broken by the claims' rule,
   one breaker at a time (its ``.break`` token), so that a live holder's lock is never removed.
+  A waiter that has waited :data:`LOCK_NOTE_SECONDS` says once (a warning: one line on stderr)
+  who holds the lock and when it is taken over, so a dead host's lock is no silent 10 minutes.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import glob
 import json
+import math
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import FlowkitError
-from ..files import TMP_SUFFIX, host_name, pid_alive, process_identity, same_process
+from ..files import (TMP_SUFFIX, host_name, link_into_place, on_this_machine, pid_alive,
+                     process_identity, same_process)
 from .layout import (CLAIM, CLAIM_HEARTBEAT_SECONDS, COMMIT_LOCK, STALE_CLAIM_SECONDS, WIDEST_PID,
                      now)
 
@@ -47,12 +53,11 @@ HEARTBEAT_SECONDS = CLAIM_HEARTBEAT_SECONDS  # module-level so tests can shorten
 NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK})
 #: ``FLOWKIT_COMMIT_LOCK=file``: the lock file even where flock works (NFS mounted ``nolock``).
 LOCK_ENV = "FLOWKIT_COMMIT_LOCK"
-#: How a file system refuses a hard link: exFAT / FAT drives (EPERM), some FUSE and SMB mounts
-#: (EPERM, EOPNOTSUPP, ENOSYS). The file linked sits beside the target and was just written,
-#: so it is not a permission of the folder.
-NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 LOCK_POLL_SECONDS = (0.005, 0.2)  # a lock file's waiters: first and longest wait between tries
 BREAK_TOKEN = ".break"  # ``<lock file>.break``: held by the one process breaking a dead holder's lock
+#: A lock file's waiter says once who holds it after waiting this long (a commit takes
+#: milliseconds: a wait this long is a holder that is slow, or dead and not yet taken over).
+LOCK_NOTE_SECONDS = 1.0
 
 
 @contextlib.contextmanager
@@ -102,7 +107,7 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
     me = {"host": host_name(), "pid": os.getpid(), "thread": threading.get_ident(),
           "since": now(), **process_identity()}
     tmp = path.with_name(f"{path.name}.{me['host']}.{me['pid']}.{me['thread']}{TMP_SUFFIX}")
-    wait, held = LOCK_POLL_SECONDS[0], False
+    wait, held, note_at = LOCK_POLL_SECONDS[0], False, None  # note_at: when to say who holds it
     try:
         tmp.write_text(json.dumps(me), encoding="utf-8")
         while not held:
@@ -114,6 +119,11 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
                 if holder is None:
                     continue  # released meanwhile
                 if _is_live(holder, path, stale_after) or not _break(path, holder):
+                    if note_at is None:
+                        note_at = time.monotonic() + LOCK_NOTE_SECONDS
+                    elif time.monotonic() >= note_at:  # a long wait: say why, once
+                        warnings.warn(_wait_note(path, holder, stale_after), stacklevel=3)
+                        note_at = math.inf
                     time.sleep(wait)  # held, or another process is breaking it
                     wait = min(2 * wait, LOCK_POLL_SECONDS[1])
         _heartbeat.add(path)
@@ -123,6 +133,25 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
             _heartbeat.discard(path)
             path.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
+
+
+def _wait_note(path: Path, holder: dict, stale_after: float) -> str:
+    """What a waiter for the lock file ``path`` says once (:data:`LOCK_NOTE_SECONDS`): who holds
+    it and when it is taken over: a holder of this machine when its process ends, another one
+    when its heartbeat is ``stale_after`` seconds old (it may be a dead host's: NFS ``nolock``)."""
+    if on_this_machine(holder) and isinstance(holder.get("pid"), int):
+        when = "it is taken when that process ends"  # a dead pid here is broken at once
+    else:
+        try:
+            age = max(time.time() - path.stat().st_mtime, 0.0)
+        except FileNotFoundError:
+            age = 0.0
+        minutes = max(1, math.ceil((stale_after - age) / 60))
+        when = (f"its heartbeat is {age:.0f} s old: taken over in about {minutes} min if its "
+                f"heartbeat stays still (a live holder touches it every "
+                f"{HEARTBEAT_SECONDS:.0f} s); if that process is gone for sure, delete the file "
+                "to go on at once")
+    return f"waiting for the lock {path}, held by {describe(holder)}; {when}"
 
 
 def _break(path: Path, holder: dict) -> bool:
@@ -195,29 +224,11 @@ def break_lock_of(lock: Path, pid: int) -> Path | None:
     10 minutes old."""
     path = lock.with_name(f"{lock.name}{CLAIM}")
     holder = _holder(path)
-    if (holder is None or holder.get("host") != host_name() or holder.get("pid") != pid
+    if (holder is None or not on_this_machine(holder) or holder.get("pid") != pid
             or pid_alive(pid)):
         return None
     _break(path, holder)
     return path
-
-
-def link_into_place(tmp: Path, path: Path) -> None:
-    """``os.link(tmp, path)``: FileExistsError when ``path`` exists (atomic and exclusive, on NFS
-    v3+ too), the way every claim and lock file is taken. A file system without hard links is a
-    FlowkitError naming the folder and the fix (the folder was writable: ``tmp`` is in it)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in NO_HARD_LINKS:
-            raise
-        raise FlowkitError(
-            f"{path.parent}: its file system refuses hard links ({os.strerror(exc.errno)}), "
-            "which flowkit takes its claims and locks with (several writers at once); local "
-            "disks, NFS, Lustre and GPFS have them, exFAT/FAT drives and some FUSE or SMB mounts "
-            "do not: write to a folder on another file system") from None
 
 
 def claim_path(final: Path, name: str) -> Path:
@@ -250,11 +261,12 @@ def _holder(path: Path) -> dict | None:
 
 
 def _is_live(holder: dict, path: Path, stale_after: float) -> bool:
-    """A holder of this host is live while its process runs: its pid, and where recorded its
-    start time and the host's boot (a container restarted with the same hostname gives its new
-    processes the old pids); one of another host while its heartbeat is younger than
+    """A holder of this machine is live while its process runs: its pid, and where recorded its
+    start time (a container restarted with the same hostname gives its new processes the old
+    pids); one of another host, or of another machine with this host name (another boot id:
+    :func:`~flowkit.files.on_this_machine`), while its heartbeat is younger than
     ``stale_after``."""
-    if holder.get("host") == host_name() and isinstance(holder.get("pid"), int):
+    if on_this_machine(holder) and isinstance(holder.get("pid"), int):
         return same_process(holder["pid"], holder)
     try:
         return time.time() - path.stat().st_mtime < stale_after
@@ -288,7 +300,8 @@ def try_claim(videos: Path, final: Path, name: str,
                 holder = _holder(path)
                 if holder is None:
                     continue  # released meanwhile: try again
-                if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+                if (holder.get("host"), holder.get("pid")) == (me["host"], me["pid"]) \
+                        and on_this_machine(holder):
                     _heartbeat.add(path)
                     return None
                 if _is_live(holder, path, stale_after):
@@ -310,7 +323,7 @@ def release(final: Path, name: str, pid: int | None = None) -> bool:
         _heartbeat.discard(path)
     holder = _holder(path)
     if holder and holder.get("pid") == (os.getpid() if pid is None else pid) \
-            and holder.get("host") == host_name():
+            and on_this_machine(holder):
         path.unlink(missing_ok=True)
         return True
     return False
@@ -375,6 +388,19 @@ def stop_touching(path: Path) -> None:
     _heartbeat.discard(path)
 
 
+def writes_elsewhere(final: Path, pid: int) -> bool:
+    """Whether process ``pid`` named (under this host name) by a partial file of the video file
+    ``final`` is a live writer of another machine with this host name: one of its claims on
+    ``final`` records another boot and is fresh. Its pid means nothing here, so its partial is
+    left alone as its claims are (:meth:`~flowkit.store.FlowStore.remove_partials`)."""
+    for path in final.parent.glob(f"{glob.escape(final.name)}.*{CLAIM}"):
+        holder = _holder(path)
+        if (holder and (holder.get("host"), holder.get("pid")) == (host_name(), pid)
+                and not on_this_machine(holder) and _is_live(holder, path, STALE_CLAIM_SECONDS)):
+            return True
+    return False
+
+
 def is_stale(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> bool:
     """Whether the claim ``path`` belongs to a process that is gone."""
     holder = _holder(path)
@@ -401,5 +427,5 @@ def remove_if_stale(videos: Path, path: Path) -> bool:
         return True
 
 
-__all__ = ["commit_lock", "claim_path", "claim_ending", "link_ending", "link_into_place",
+__all__ = ["commit_lock", "claim_path", "claim_ending", "link_ending",
            "try_claim", "release", "is_stale", "remove_if_stale", "describe", "break_lock_of"]

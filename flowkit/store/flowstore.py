@@ -169,6 +169,43 @@ class FlowStore:
         """Leftover or in-progress ``.partial`` files."""
         return sorted(self._walk(PARTIAL))
 
+    def in_flight(self, keys: Sequence[str] | None = None) -> dict[str, str]:
+        """``{key: "pid N on HOST (since ...)"}`` of the videos the store does not hold yet that
+        a live process is extracting: a live claim on one of their flows
+        (:mod:`flowkit.store.claims`), so readers can say "rerun when it is done" instead of "not
+        in the store". ``keys``: the keys a reader found missing, looked for by one listing of
+        each of their folders; None: the whole store, in one walk. A claim on a finished video
+        (another flow being added) is not counted: its file reads."""
+        def listing(folder: str) -> list[str]:
+            with contextlib.suppress(OSError):  # no such folder: none of its videos started
+                return os.listdir(folder)
+            return []
+
+        videos = os.path.join(self._root, VIDEOS)
+        if keys is None:
+            found = (os.path.join(d, n) for d, _, names in walk_once(videos) for n in names)
+        else:
+            folders: dict[str, set[str]] = {}
+            for key in keys:
+                with contextlib.suppress(StoreError):  # an invalid key names no file of ours
+                    folder, _, name = check_key(key).rpartition("/")
+                    folders.setdefault(folder, set()).add(name)
+            found = (os.path.join(videos, folder, n) for folder, names in folders.items()
+                     for n in listing(os.path.join(videos, folder))
+                     if n.endswith(CLAIM) and n.rpartition(SUFFIX + ".")[0] in names)
+        busy: dict[str, str] = {}
+        for path in found:
+            stem, dot_h5, _ = os.path.basename(path).removesuffix(CLAIM).rpartition(SUFFIX + ".")
+            if not (path.endswith(CLAIM) and dot_h5):  # also the commit lock's lock file
+                continue
+            key = os.path.relpath(os.path.join(os.path.dirname(path), stem),
+                                  videos).replace(os.sep, "/")
+            if key in busy or self.is_complete(key) or claims.is_stale(Path(path)):
+                continue
+            with contextlib.suppress(OSError, ValueError):  # released meanwhile: done
+                busy[key] = claims.describe(json.loads(Path(path).read_text(encoding="utf-8")))
+        return busy
+
     # -- writing
 
     def writer(self, key: str, *, source: str | os.PathLike, fps: float, label: int = -1,
@@ -329,7 +366,9 @@ class FlowStore:
         """Delete leftover ``.partial`` files, claims and manifest temporaries of dead writers;
         return the deleted paths.
 
-        A partial written on this host is deleted when its writer's pid is no longer alive. One
+        A partial written on this host is deleted when its writer's pid is no longer alive (unless
+        its writer holds a fresh claim on the video recorded under another boot: another machine
+        with this host name, whose pid means nothing here, judged by its claim's heartbeat). One
         from another host (a shared file system), whose pid cannot be checked, is deleted when
         untouched for ``STALE_CLAIM_SECONDS`` (10 minutes; ``stale_after`` if shorter): its writer
         touches it every minute, as it does its claims, so a rerun after a node failure removes the dead node's partials
@@ -347,7 +386,9 @@ class FlowStore:
                 if path.name.endswith(PARTIAL):
                     m = PARTIAL_RE.fullmatch(path.name)
                     age = time.time() - path.stat().st_mtime
-                    dead = (not pid_alive(int(m["pid"])) if m and m["host"] == host
+                    dead = ((not pid_alive(int(m["pid"])) and not claims.writes_elsewhere(
+                                path.with_name(f"{m['stem']}.h5"), int(m["pid"])))
+                            if m and m["host"] == host
                             else age > min(stale_after, STALE_CLAIM_SECONDS) if m
                             else age > stale_after)
                 elif path.name.endswith(CLAIM):
@@ -356,7 +397,7 @@ class FlowStore:
                         removed.append(path)
                     continue
                 else:
-                    dead = is_stale_temporary(path.name)
+                    dead = is_stale_temporary(path.name, path.parent)
                 if dead:
                     path.unlink()
                     removed.append(path)

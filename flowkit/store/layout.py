@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..files import atomic_write_json, host_name, walk_once
+from ..files import TMP_SUFFIX, atomic_write_json, fsync_dir, host_name, link_into_place, walk_once
 from . import guard
 
 FORMAT = "flowkit-store"
@@ -231,19 +232,45 @@ def check_not_file(root: Path) -> None:
 
 
 def create_store(root: Path, classes: list[str]) -> dict:
-    """Make ``root`` a store. Safe against other processes creating the same store concurrently."""
+    """Make ``root`` a store with ``classes``. Safe against other processes creating the same
+    store concurrently: store.json is made exclusively (:func:`_write_new_manifest`), so one
+    creator's classes stand; the others find the store made and merge their ``classes`` with it
+    as they would with any existing store (:func:`merge_classes`: the same list, or one side
+    empty; a caller that labels by name takes the store's order, :func:`class_ids`)."""
     root.mkdir(parents=True, exist_ok=True)
     # Other ranks' manifest temporaries may be here already; anything else means a foreign directory.
     others = [p.name for p in root.iterdir() if not p.name.startswith(MANIFEST + ".")]
     if MANIFEST not in others and others:
         raise StoreError(no_manifest(root, " and is not empty; choose a new or empty directory "
                                            "for the store"))
-    if MANIFEST not in others:
-        atomic_write_json(root / MANIFEST, {
-            "format": FORMAT, "version": VERSION, "classes": list(classes),
-            "created": now(), "flowkit_version": flowkit_version()})
+    created = MANIFEST not in others and _write_new_manifest(root, {
+        "format": FORMAT, "version": VERSION, "classes": list(classes),
+        "created": now(), "flowkit_version": flowkit_version()})
     (root / VIDEOS).mkdir(exist_ok=True)
-    return read_manifest(root)
+    manifest = read_manifest(root)
+    return manifest if created else merge_classes(root, manifest, classes)
+
+
+def _write_new_manifest(root: Path, manifest: dict) -> bool:
+    """Write ``root``'s store.json unless another process did first: True when this one did. A
+    temporary linked into place (exclusive, on NFS too), not renamed over it: with a rename the
+    last of two creators wins, and the first would go on with its class order, which the store
+    no longer has (label ids that name other classes)."""
+
+    tmp = root / f"{MANIFEST}.{host_name()}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            link_into_place(tmp, root / MANIFEST)
+        except FileExistsError:  # another creator's store.json stands
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(root)
+    return True
 
 
 def no_manifest(root: Path, otherwise: str) -> str:

@@ -118,14 +118,14 @@ def make_split(store, config: TrainConfig, note: Callable[[str], None] | None = 
     store lacks with ``skip_missing`` (the description counts them; without it they are an
     error). FlowkitError when no video is left to train on."""
     from ..data import labelled_keys, stratified_split, unlabelled_note, video_group
-    from ..data.splits import listed_keys, missing_note, split_from_list
+    from ..data.splits import as_store, listed_keys, missing_note
 
     def from_list(path: str) -> tuple[list[str], list[str]]:
         """(labelled keys of the list in the store, the unlabelled ones); the list's keys the
         store lacks go to ``absent`` with ``skip_missing``, else they raise."""
-        if not config.skip_missing:
-            return labelled_keys(store, split_from_list(store, path))
         keys, missing = listed_keys(store, path)
+        if missing and not config.skip_missing:
+            raise missing_listed_error(as_store(store), missing, f"split list {path}")
         absent.extend(missing)
         return labelled_keys(store, keys)
 
@@ -161,10 +161,45 @@ def make_split(store, config: TrainConfig, note: Callable[[str], None] | None = 
     if not train:
         raise FlowkitError(f"no training videos in store {config.store} ({source})")
     if absent and note is not None:
-        note(missing_note(store, absent, "training and validation"))
+        busy = as_store(store).in_flight(absent)
+        note(missing_note(store, absent, "training and validation")
+             + (f"; {in_flight_line(busy)}" if busy else ""))
     if left_out and note is not None:
         note(unlabelled_note(store, left_out, "training and validation"))
     return train, val, source
+
+
+def in_flight_line(busy: dict[str, str], which: str = "of them") -> str:
+    """That the videos ``busy`` ({key: who extracts it}, :meth:`FlowStore.in_flight`), ``which``
+    of a list, are being extracted by other runs, naming the first and its process, and what to
+    do: "2 of them are being extracted by other runs now ('up/up_3' by pid 7 on HOST (since
+    ...) and 1 more): rerun when they are done"."""
+    key, holder = next(iter(busy.items()))
+    more = f" and {len(busy) - 1} more" if len(busy) > 1 else ""
+    return (f"{len(busy)} {which} are being extracted by other runs now ({key!r} by "
+            f"{holder}{more}): rerun when they are done")
+
+
+def missing_listed_error(store, missing: Sequence[str], where: str) -> FlowkitError:
+    """The error for the videos of ``where`` (a split list) that ``store`` lacks: those another
+    run is extracting now (a live claim) are counted apart and named with their process, since
+    they will be there when it is done (``--skip-missing`` would train without them); the others
+    are missing (:func:`~flowkit.data.splits.missing_keys_error`)."""
+    from ..data.splits import missing_keys_error
+
+    found = store.in_flight(missing)
+    busy = {key: found[key] for key in missing if key in found}  # in list order
+    gone = [key for key in missing if key not in busy]
+    if not gone and len(busy) == 1:
+        key, holder = next(iter(busy.items()))
+        return FlowkitError(f"video {key!r} of {where} is being extracted by {holder}; rerun "
+                            "when it is done")
+    if not gone:
+        return FlowkitError(in_flight_line(busy, f"video(s) of {where}"))
+    error = missing_keys_error(store, gone, where, skip_option="--skip-missing")
+    if not busy:
+        return error
+    return FlowkitError(f"{error}; besides, {in_flight_line(busy, 'more video(s)')}")
 
 
 def keys_digest(keys: Sequence[str]) -> str:

@@ -10,7 +10,7 @@ import weakref
 from pathlib import Path
 
 from ..errors import FlowkitError
-from ..files import host_name, process_identity
+from ..files import host_name, link_into_place, process_identity
 
 LOCK_FILE = ".lock"  # held by the training that writes RUN_DIR (RunLock); not a run file
 
@@ -34,10 +34,13 @@ class RunLock:
         me = {"host": host_name(), "pid": os.getpid(), "since": now(), **process_identity()}
         tmp = path.with_name(path.name + claims.link_ending())
         try:
-            tmp.write_text(json.dumps(me), encoding="utf-8")
+            try:
+                tmp.write_text(json.dumps(me), encoding="utf-8")
+            except OSError as exc:  # a read-only run folder: named, not the lock's temporary
+                raise OSError(exc.errno, exc.strerror, str(run_dir)) from None
             for _ in range(3):
                 try:
-                    claims.link_into_place(tmp, path)
+                    link_into_place(tmp, path)
                     break
                 except FileExistsError:
                     holder = claims._holder(path)
