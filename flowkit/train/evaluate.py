@@ -31,7 +31,7 @@ import torch
 
 from .. import distributed
 from ..conventions import MODALITIES
-from ..errors import FlowkitError
+from ..errors import FlowkitError, shell_word
 from ..files import atomic_write, atomic_write_text
 from ..progress import Progress, StopFlag
 from .checkpoint import load_checkpoint
@@ -173,16 +173,16 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best",
             # run exists, so `flowkit train --out RUN` without --resume would be refused.
             raise FlowkitError(f"{path} does not exist but {last} does (the run stopped before "
                                f"its first epoch ended); evaluate it with --checkpoint last, or "
-                               f"finish training with `flowkit train ... --out {run_dir} "
-                               f"--resume`")
+                               "finish training with `flowkit train ... --out "
+                               f"{shell_word(run_dir)} --resume`")
         if not path.is_file() and (Path(run_dir) / "config.json").is_file():
             # Stopped before its first save: the run exists, so only --resume continues it.
             raise FlowkitError(f"{run_dir} has no checkpoint yet (the run stopped before its "
                                f"first save); continue training it with `flowkit train ... "
-                               f"--out {run_dir} --resume`")
+                               f"--out {shell_word(run_dir)} --resume`")
         if not path.is_file():
             raise FlowkitError(f"{path} does not exist; train the run first (`flowkit train ... "
-                               f"--out {run_dir}`)")
+                               f"--out {shell_word(run_dir)}`)")
     ckpt = load_checkpoint(path)
     run_config = ckpt["config"]
     model = rebuild_run_model(run_config["model"], restoring=True)
@@ -231,11 +231,11 @@ def checkpoint_run(run_dir: Path, checkpoint: str, run_config: dict) -> str:
         other = path.parent.parent if path.parent.name == "checkpoints" else None
         if other is not None and (other / "config.json").is_file():
             which = {"best.pt": "", "last.pt": " --checkpoint last"}.get(
-                path.name, f" --checkpoint {path}")
-            fix = f"flowkit evaluate {other}{which}"
+                path.name, f" --checkpoint {shell_word(path)}")
+            fix = f"flowkit evaluate {shell_word(other)}{which}"
         else:
-            fix = (f"flowkit evaluate OTHER_RUN --checkpoint {path} with the run directory it "
-                   f"was trained in (created {theirs.get('creation time', '?')})")
+            fix = (f"flowkit evaluate OTHER_RUN --checkpoint {shell_word(path)} with the run "
+                   f"directory it was trained in (created {theirs.get('creation time', '?')})")
         raise FlowkitError(f"{path} is a checkpoint of another run than {run_dir} (its "
                            f"{' and '.join(differ)} differ): evaluate it with its own run's "
                            f"store and split: {fix}")
@@ -413,16 +413,24 @@ def _default_out(run_dir: Path, checkpoint: str, whose: str) -> Path:
 
 
 def _check_writable(out: Path) -> None:
-    """Make ``out`` and write a file in it (removed): an OSError (read-only, permission) names
-    the folder before anything is computed."""
+    """Make ``out`` and write a file in it, then take both away again (an evaluation that fails
+    later leaves no empty folder): an OSError (read-only, permission) names the folder before
+    anything is computed."""
     import tempfile
 
+    made = [d for d in (out, *out.parents) if not d.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
             pass
     except OSError as exc:  # named by the folder, not by the probe's random name
         raise OSError(exc.errno, exc.strerror, str(out)) from None
+    finally:
+        for folder in made:  # innermost first; the writing makes them again
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _selected_on(keys: list[str], run_config: dict, checkpoint: str, whose: str) -> int:
@@ -498,7 +506,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     if store is None and not store_path.exists():  # moved since: FlowStore would say extract
         raise FlowkitError(f"the run's training store {store_path} (recorded in "
                            f"{run_dir / 'config.json'}) is not there; if it was moved, pass its "
-                           f"new path: flowkit evaluate {run_dir} STORE")
+                           f"new path: flowkit evaluate {shell_word(run_dir)} STORE")
     flow_store = FlowStore(store_path)
     classes = run_config["classes"]
     if skip_missing is None:
@@ -569,6 +577,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
                         for i, (key, y, p) in enumerate(zip(ordered_keys, labels, pred))],
     }
     if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "confusion.json", json.dumps(
             {"classes": classes, "rows": "true", "columns": "predicted",
              "matrix": confusion.tolist()}, indent=1) + "\n")
