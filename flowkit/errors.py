@@ -58,3 +58,13 @@ def use_plain_warnings() -> None:
 
     plain.flowkit = True
     warnings.formatwarning = plain
+
+
+def shell_word(value) -> str:
+    """A path or key (str or os.PathLike) as a command a message prints must hold it, so that
+    the command pastes into a shell: ``runs/ré run`` -> ``'runs/ré run'``; a plain path
+    (``runs/a``) prints unchanged (shlex.quote leaves it alone)."""
+    import os
+    import shlex
+
+    return shlex.quote(os.fspath(value))

@@ -36,7 +36,7 @@ import torch
 
 from . import feed
 from .conventions import backward_name
-from .errors import FlowkitError, StoreWriteError, VideoError, use_plain_warnings
+from .errors import FlowkitError, StoreWriteError, VideoError, shell_word, use_plain_warnings
 from .feed import VideoResult
 from .flow import Backward, check_reversible, create_engine, engine_class
 from .flow.base import FlowEngine
@@ -644,7 +644,8 @@ def extract(items: Sequence[VideoItem], store_path: str | os.PathLike, config: E
         # "walk/v_X.avi": a file name given for its key
         bare = ", without the file extension" if os.path.splitext(unknown[0])[1] else ""
         raise FlowkitError(f"--redo {unknown[0]}: no video with that key in this run (keys are "
-                           f"CLASS/VIDEO{bare}, as `flowkit info {store_path} --keys` lists them)")
+                           f"CLASS/VIDEO{bare}, as `flowkit info {shell_word(store_path)} --keys` "
+                           "lists them)")
     workers = config.workers or default_workers(config.device, len(items))
     run_items, run_classes = items, classes  # this run's, before the store's ids and stand-ins
     # an existing store's classes this run lacks are refused before anything is written

@@ -531,6 +531,15 @@ def _join(threads: list[threading.Thread]) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
+def _held_reason(holder: str) -> str:
+    """The skip reason of a video another process holds; ``holder`` is the claim's description,
+    "pid N on HOST (since ...)". Not "if that run fails": a claim copied with the store (``cp -r``
+    mid-extraction) names a run that writes into the original store, so a rerun here picks the
+    video up once that process has ended, whatever its outcome (its claim is then stale)."""
+    pid = holder.split(" on ", 1)[0]
+    return f"{HELD} {holder}; rerun once {pid} has ended to pick it up"
+
+
 def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queue.Queue,
            unlike: Callable[[str, dict, bool], str] | None = None) -> None:
     """Claim the video and start decoding it; a video another process holds (or finished since
@@ -565,7 +574,7 @@ def _start(job: _Job, store: FlowStore, opts: FeedOptions, decode, results: queu
         else:
             status, reason = _found_finished(job, store, opts.flow_name, unlike)
     else:
-        reason = f"{HELD} {holder}; rerun later to pick it up if that run fails"
+        reason = _held_reason(holder)
     job.skipped = True
     results.put(VideoResult(job.item.key, str(job.item.path), status, reason=reason))
 

@@ -231,17 +231,19 @@ def walk_once(root: str | os.PathLike, notes: list[str] | None = None, hidden: b
     A link back up the tree is a loop, and a second link to a directory would list its files twice:
     a directory whose ``(st_dev, st_ino)`` was met before is skipped (the first met is kept), as
     are broken links and directories that cannot be listed, each with a line in ``notes`` when
-    given. ``hidden=False`` also leaves out directories whose names start with ``"."``, silently.
+    given (one that could not be entered names the fix; one reached twice says
+    :data:`SAME_DIRECTORY`). ``hidden=False`` also leaves out directories whose names start with
+    ``"."``, silently.
     One ``stat`` per directory, none per file: a store's 300k videos in 400 folders list as fast
     as with os.walk."""
     note = notes.append if notes is not None else lambda line: None
     try:
         seen = {file_identity(os.stat(root)): os.fspath(root)}
     except OSError as exc:
-        note(f"{root}: cannot be listed ({exc.strerror or exc})")
+        note(_lost_note(os.fspath(root), exc))
         return
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: note(
-            f"{e.filename}: cannot be listed ({e.strerror})")):
+            _lost_note(e.filename, e))):
         kept = []
         for d in sorted(dirnames):
             if not hidden and d.startswith("."):
@@ -250,16 +252,48 @@ def walk_once(root: str | os.PathLike, notes: list[str] | None = None, hidden: b
             try:
                 ident = file_identity(os.stat(path))
             except OSError as exc:
-                note(f"{path}: skipped ({exc.strerror or exc}; a broken link?)")
+                note(_lost_note(path, exc))
                 continue
             if ident in seen:
-                note(f"{path}: skipped, the same directory as {seen[ident]} (a link loop or a "
+                note(f"{path}: {SAME_DIRECTORY} {seen[ident]} (a link loop or a "
                      "second link to it)")
                 continue
             seen[ident] = path
             kept.append(d)
         dirnames[:] = kept
         yield dirpath, dirnames, filenames
+
+
+#: How :func:`walk_once` notes a directory it skipped because another path reached it (nothing
+#: under it is lost), unlike one it could not enter (:func:`_lost_note`).
+SAME_DIRECTORY = "skipped, the same directory as"
+
+
+def dangling_link_note(path: str) -> str | None:
+    """One line naming ``path`` and the fix when it is a link to nothing (a relative link to a
+    folder that dangles once the tree holding it was moved), else None. :func:`walk_once` lists
+    such a link among the files (it is no directory): a walk that expects only some files there
+    (a store's videos) checks the other names with this (one ``readlink`` each)."""
+    try:
+        target = os.readlink(path)
+    except OSError:  # not a link, or gone
+        return None
+    if os.path.exists(path):
+        return None
+    return (f"{path}: skipped, a link to a folder that is not there ({target}): restore it or "
+            "re-create the link")
+
+
+def _lost_note(path: str, exc: OSError) -> str:
+    """One line naming the directory ``path`` that :func:`walk_once` could not enter and the fix:
+    what is under it is left out of the walk (a class of a store, of a video folder)."""
+    dangling = dangling_link_note(path) if isinstance(exc, FileNotFoundError) else None
+    if dangling:
+        return dangling
+    if isinstance(exc, PermissionError):
+        return (f"{path}: skipped, no permission to list it: chmod a+rx {path} (or ask its "
+                "owner to)")
+    return f"{path}: skipped, cannot be listed ({exc.strerror or exc})"
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int]:

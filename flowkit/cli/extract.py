@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import distributed
-from ..errors import EngineError, FlowkitError
+from ..errors import EngineError, FlowkitError, shell_word
 from ..extract import ExtractConfig, ExtractSummary, extract
 from ..flow import check_engine_params, engine_parameters, list_engines
 from ..labels import VIDEO_EXTENSIONS, VideoItem, read_split_lists, scan_videos
@@ -131,8 +131,8 @@ def _print_summary(console: Console, summary) -> None:
     setup = f" after {d['setup_seconds']:.1f} s of setup" if d["setup_seconds"] >= 0.5 else ""
     rate = f", {d['pairs_per_s']:.3g} pairs/s{setup}" if d["pairs"] and d["pairs_per_s"] else ""
     # Videos another live run holds are not in the store yet: never counted as if they were.
-    held = (f", {d['held']} skipped (being extracted by another process; rerun later to pick "
-            "them up if it fails)" if d["held"] else "")
+    held = (f", {d['held']} skipped (being extracted by another process; rerun once it has "
+            "ended to pick them up)" if d["held"] else "")
     console.print(f"[bold]{d['done']} done[/bold], {d['skipped'] - d['held']} skipped (already in "
                   f"the store){held}, "
                   f"[{'red' if d['failed'] else 'green'}]{d['failed']} failed[/]; "
@@ -445,8 +445,8 @@ def _report_stop(console: Console, stopped: Stopped, parts: list | None, as_json
     world = distributed.world_size()
     if alone and world > 1:
         console.print(f"[red]rank 0 of {world} only[/red]: the other ranks did not report within "
-                      f"{STOP_WAIT.seconds} s; `flowkit info {escape(result.store)}` counts what "
-                      "the store holds", highlight=False, soft_wrap=True)
+                      f"{STOP_WAIT.seconds} s; `flowkit info {escape(shell_word(result.store))}` "
+                      "counts what the store holds", highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(_json(result, len(parts), world, labels), indent=2))
 

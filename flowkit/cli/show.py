@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..conventions import is_backward
-from ..errors import FlowkitError
+from ..errors import FlowkitError, shell_word
 from ..labels import VIDEO_EXTENSIONS
 from ..store import FlowStore
 from ..video import write_video
@@ -49,7 +50,7 @@ def _missing_key_hint(fs: FlowStore, store: str, key: str) -> str:
     hint = "; keys have no file extension" if no_ext else ""
     if close:
         return f"{hint}; did you mean: {', '.join(close)}"
-    return f"{hint}; `flowkit info {store} --keys` lists them"
+    return f"{hint}; `flowkit info {shell_word(store)} --keys` lists them"
 
 
 def _missing_video(fs: FlowStore, store: str, key: str) -> str:
@@ -61,10 +62,22 @@ def _missing_video(fs: FlowStore, store: str, key: str) -> str:
     return f"no video {key!r} in {store}{_missing_key_hint(fs, store, key)}"
 
 
+def _check_writable(folder: Path) -> None:
+    """Before any work: ``folder`` takes a new file (one is created and removed). A read-only or
+    unwritable folder raises the file system's OSError naming it, which handle_errors prints as
+    one line; found at the end, cv2.imwrite only returns False and PyAV raises a traceback."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".flowkit-show-"):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+
+
 def _check_output(out: Path) -> None:
-    """Before reading anything: the folder exists and the extension is a picture or video
-    format this machine can write."""
+    """Before reading anything: the folder exists and takes a new file, and the extension is a
+    picture or video format this machine can write."""
     check_output_file("-o", out)
+    _check_writable(out.parent)
     if out.suffix.lower() in _VIDEO_SUFFIXES:
         return
     import cv2
@@ -93,7 +106,10 @@ def _write_png(out: Path, store: FlowStore, key: str, name: str, frames: list[in
     image = flow_grid(rgb, flows, max_flow=max_flow, legend=True)
     import cv2
     if not cv2.imwrite(str(out), image[..., ::-1]):
-        raise FlowkitError(f"{out}: could not write the image (unsupported extension or folder)")
+        # extension and folder were checked before the work (_check_output): what is left is
+        # the file system changing since (full, remounted read-only)
+        raise FlowkitError(f"{out}: could not write the image; check the folder's free space "
+                           "and permissions, then rerun")
     return max_flow
 
 

@@ -25,6 +25,7 @@ import click
 from click.core import ParameterSource
 
 from .. import distributed
+from ..errors import shell_word
 from ..progress import Progress, StopFlag
 from ..train.config import TrainConfig, read_run_config
 from . import EXIT_PARTIAL, handle_errors, stop_exit_code, summary
@@ -201,6 +202,10 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                   + f" -> {out}", highlight=False, soft_wrap=True, markup=False)
     _warn_ignored_val_fraction(console, ctx, cfg)
     _warn_small_split(console, cfg, trainer)
+    if lost := trainer.store.unreachable:  # the split was made without their videos
+        console.print(f"warning: {len(lost)} folder(s) of the store cannot be read, their videos "
+                      f"are left out of this run; e.g. {lost[0]}", highlight=False,
+                      soft_wrap=True, markup=False)
     if trainer.init_report is not None:
         console.print(f"initialised from {cfg.init}: {_init_summary(trainer.init_report)}",
                       highlight=False, soft_wrap=True, markup=False)
@@ -348,5 +353,5 @@ def _summary(console, result, cfg: TrainConfig, out: Path) -> None:
             f"{escape(str(ckpt / 'best.pt'))}")
     console.print(f"[bold]done[/bold]: {result.epochs_done} epochs, {result.global_step} steps in "
                   f"{result.seconds:.1f} s{best}; evaluate with `flowkit evaluate "
-                  f"{escape(str(out))}`",
+                  f"{escape(shell_word(out))}`",
                   highlight=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import shell_word
 from ..progress import StopFlag
 from . import KEPT_EPOCHS, handle_errors, stop_exit_code
 from .options import parse_present_device, parse_size
@@ -89,7 +90,7 @@ def command(source, out, num_frames, width, size, epochs, steps_per_epoch, batch
     console.print(f"[bold]done[/bold]: {last.get('epoch', 0)} epochs, {last.get('step', 0)} steps, "
                   f"final loss {last.get('loss', float('nan')):.4f}, "
                   f"{time.perf_counter() - started:.1f} s; use it with `flowkit extract --method "
-                  f"motionnet --weights {escape(str(out))}`", highlight=False)
+                  f"motionnet --weights {escape(shell_word(out))}`", highlight=False)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(out), "config": asdict(config),
                                "history": history}, indent=2))

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..conventions import backward_name, is_backward
-from ..errors import FlowkitError
+from ..errors import FlowkitError, shell_word
 from ..store import FlowStore
 from .samplers import flow_indices
 from .splits import MAX_LISTED, as_store, label_map, missing_keys_error
@@ -287,7 +287,7 @@ def _check_keys(store: FlowStore, keys: Sequence[str] | None) -> list[str]:
     if keys is None:
         if not known:
             raise FlowkitError(f"store {store.path} has no videos; extract some with "
-                               f"`flowkit extract VIDEOS -o {store.path}`")
+                               f"`flowkit extract VIDEOS -o {shell_word(store.path)}`")
         return known
     if isinstance(keys, str):
         raise FlowkitError(f"keys must be a list of store keys, got the string {keys!r}")
@@ -379,11 +379,11 @@ def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str
         # a backward flow no video holds yet is made with the forward one's options
         made = records or (_flow_records(store, flow_name, metas) if backward else [])
         options, unknown = _engine_options(flow_name, made)
-        command = (f"`flowkit extract VIDEOS -o {store.path}{' --backward' if backward else ''} "
-                   f"--method {flow_name}{options}` (VIDEOS: the source videos of these, as the "
-                   f"store was extracted from{unknown})")
+        command = (f"`flowkit extract VIDEOS -o {shell_word(store.path)}"
+                   f"{' --backward' if backward else ''} --method {flow_name}{options}` (VIDEOS: "
+                   f"the source videos of these, as the store was extracted from{unknown})")
     else:
-        command = (f"`flowkit import rawframes RAWFRAMES_DIR -o {store.path}"
+        command = (f"`flowkit import rawframes RAWFRAMES_DIR -o {shell_word(store.path)}"
                    f"{'' if flow_name == 'tvl1' else f' --flow-name {flow_name}'}` (RAWFRAMES_DIR: "
                    f"{'denseflow flow_x_m1_* files or <video>_m1.h5' if backward else 'rawframes'}"
                    " of these videos; a rerun adds what the store lacks)")
@@ -394,7 +394,7 @@ def _missing_flow_fix(store: FlowStore, name: str, flow_name: str, have: set[str
     if any(name in m["flows"] for m in metas.values()):  # some have it: use those
         others.append(f"or leave these videos out: {'evaluate' if evaluating else 'train on'} a "
                       "--split-list of the others, one KEY.mp4 a line (`flowkit info "
-                      f"{store.path} --keys` lists the keys)")
+                      f"{shell_word(store.path)} --keys` lists the keys)")
     if evaluating:  # the run's model was trained on this flow: no other flow or keyword serves
         pass
     elif backward:

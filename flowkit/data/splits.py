@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import FlowkitError
+from ..errors import FlowkitError, shell_word
 from ..labels import (ZERO_BASED_WHY, base_hint, class_index_beside, label_text,
                       parse_split_list, read_class_index)
 from ..store import FlowStore
@@ -47,8 +47,9 @@ def missing_keys_error(store: FlowStore, missing: Sequence[str], where: str,
             "note), or" if skip_option else ";")
     return FlowkitError(f"{len(missing)} video(s) of {where} are not in store {store.path}: "
                         f"{named(missing)}{skip} extract them "
-                        f"(`flowkit extract VIDEOS -o {store.path}`) "
-                        f"or import them (`flowkit import rawframes RAWFRAMES_DIR -o {store.path}`"
+                        f"(`flowkit extract VIDEOS -o {shell_word(store.path)}`) "
+                        "or import them (`flowkit import rawframes RAWFRAMES_DIR -o "
+                        f"{shell_word(store.path)}`"
                         "; a video whose import failed is named in that run's summary), or check "
                         "that the keys are paths relative to the video root without extension")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -17,8 +18,8 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
-                     remove_stale_temporaries, walk_once)
+from ..files import (SAME_DIRECTORY, TMP_SUFFIX, dangling_link_note, escape_name, host_name,
+                     is_stale_temporary, pid_alive, remove_stale_temporaries, walk_once)
 from ..files import stamp as file_stamp
 from ..labels import VIDEO_EXTENSIONS, first_few
 from ..progress import Progress
@@ -31,12 +32,12 @@ from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES,
                      partial_ending, read_manifest, rebuild_manifest)
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
-from .diskio import REFUSED, storage_error
+from .diskio import REFUSED, errno_of, storage_error
 from .reading import (IMPORTED_BACKEND, DamagedObject, attributes, error_cause, flow_name,
                       frame_crcs, imported_video, member, member_names, members, names_repair,
                       read_frames, redo_hint)
 from .guard import Failed, guarded_map
-from .validate import counted, video_problems
+from .validate import READ_PERMISSION_FIX, counted, refused_read, video_problems
 from .writer import VideoWriter, relabel
 
 
@@ -67,6 +68,7 @@ class FlowStore:
         self.encode_threads = encode_threads  # None: codecs.default_threads()
         self._max_open = max(1, int(max_open_files))
         self._manifest = self._open_manifest(classes)
+        self._walk_notes: list[str] = []  # the last listing's (_video_files)
         # Each thread's open files (_OpenFiles: handles, their codecs): see _open_files
         self._forget_open_files()
         self._forget_held_index()
@@ -137,14 +139,31 @@ class FlowStore:
     def _video_files(self) -> Iterator[tuple[str, str]]:
         """``(key, file)`` of every complete video, as strings (not Paths: 300k in 0.3 s, not 5).
         Folders that are links (a class moved to another disk) are followed, each real folder
-        once (:func:`~flowkit.files.walk_once`), as opening a key follows them."""
+        once (:func:`~flowkit.files.walk_once`), as opening a key follows them. The folders it
+        cannot enter are kept in :attr:`unreachable` (filled as the walk goes), so a class
+        left out is said, not silently missing."""
         videos = os.path.join(self._root, VIDEOS)
-        for dirpath, _, files in walk_once(videos):
+        notes = self._walk_notes = []
+        if not os.path.lexists(videos):  # a store with no video yet (a dangling link: noted)
+            return
+        for dirpath, _, files in walk_once(videos, notes):
             folder = os.path.relpath(dirpath, videos).replace(os.sep, "/")
             prefix = "" if folder == "." else folder + "/"
             for name in files:
                 if name.endswith(SUFFIX):
                     yield prefix + name[:-len(SUFFIX)], os.path.join(dirpath, name)
+                # not a video (a partial, a claim: few): a link to a folder that dangles?
+                elif line := dangling_link_note(os.path.join(dirpath, name)):
+                    notes.append(line)
+
+    @property
+    def unreachable(self) -> list[str]:
+        """The folders under ``videos/`` the last listing of the store (:meth:`keys`,
+        :meth:`summary`, :meth:`validate`, ``len``) could not enter, one line each naming the
+        folder and the fix (a link that dangles: restore it; no permission to list: chmod):
+        their videos are left out of what that listing found. [] when it entered every one."""
+        # a folder reached twice is listed once (its first path): nothing of it is left out
+        return [n for n in self._walk_notes if SAME_DIRECTORY not in n]
 
     def keys(self) -> list[str]:
         """Keys of the complete videos, sorted."""
@@ -485,11 +504,17 @@ class FlowStore:
     def _open_video(self, key: str) -> h5py.File:
         path = self._video_path(key)
         if not path.is_file():
+            self._check_still_there()
             raise StoreError(f"video {key!r} is not in store {self._root} (not extracted, or "
                              "unfinished); `flowkit extract` writes it")
         try:
             f = open_read(path)
         except OSError as e:
+            if refused_read(e):  # a consumer of a shared store: the file may be sound
+                raise StoreError(f"permission denied reading {path}; "
+                                 f"{READ_PERMISSION_FIX}") from None
+            if errno_of(e) == errno.ENOENT:
+                self._check_still_there()
             raise StoreError(f"{path}: cannot be read as HDF5 ({e}); delete it and extract the "
                              "video again") from None
         try:
@@ -501,6 +526,14 @@ class FlowStore:
                 raise DamagedObject.of(str(path), "/", key, error_cause(exc)) from None
             raise
         return f
+
+    def _check_still_there(self) -> None:
+        """Raise :class:`StoreError` when the store itself is gone (its ``store.json``): a
+        video missing then is not that video's fault (the store was moved or renamed while a
+        run read it)."""
+        if not (self._root / MANIFEST).exists():
+            raise StoreError(f"store {self._root} is no longer there (moved or renamed?); pass "
+                             "its new path (flowkit train NEW_PATH -o RUN --resume)")
 
     def _flow_group(self, key: str) -> h5py.Group | None:
         """``key``'s ``flow`` group, None when it has none; a damaged one raises
@@ -782,11 +815,18 @@ class FlowStore:
                     stats.add(key, paths[key], entry.stamp[1], entry.facts)
             if new or cached.outdated or fresh.keys() != cached.keys():
                 self._update_index({}, loaded_stamp, fresh)
-        m = self._manifest
+        m, result = self._manifest, stats.result()
+        # first: a folder left out makes every count below short
+        result["warnings"] = [*self._unreachable_lines(), *result["warnings"]]
         return {"path": str(self._root), "format": m["format"], "version": m["version"],
                 "created": m.get("created"), "flowkit_version": m.get("flowkit_version"),
                 "classes": {"count": len(self.classes), "names": self.classes},
-                **stats.result(), "partials": len(self.partials())}
+                **result, "partials": len(self.partials())}
+
+    def _unreachable_lines(self) -> list[str]:
+        """:attr:`unreachable` as warnings and problems: each folder's line, saying its videos
+        are not counted."""
+        return [f"videos left out: {line}" for line in self.unreachable]
 
     def metas(self, keys: Sequence[str],
               progress: Progress | None = None) -> dict[str, dict[str, Any]]:
@@ -832,7 +872,7 @@ class FlowStore:
             found.update(counted(sound, guarded_map(
                 video_problems, [(Path(path), key, True) for key, path in sound], math.inf),
                 progress, "decoding every frame of sound videos"))
-        problems = []
+        problems = self._unreachable_lines()
         for (key, path), found_here in found.items():
             if isinstance(found_here, Failed):
                 found_here = [f"{found_here.reason}; {redo_hint(key)}"]
@@ -849,7 +889,8 @@ class FlowStore:
         problems = [p.removesuffix(f"; {hint}") for p in problems]
         line = f"{path}: {'; '.join(problems) or 'its facts cannot be read'}"
         # the redo once, at the end; a problem's own repair (a flow's --method, a re-import) stands
-        return line if problems and all(map(names_repair, problems)) else f"{line}; {hint}"
+        repaired = [p for p in problems if names_repair(p) or READ_PERMISSION_FIX in p]
+        return line if problems and len(repaired) == len(problems) else f"{line}; {hint}"
 
 
 class _OpenFiles:

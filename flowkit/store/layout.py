@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from ..errors import StoreError
-from ..files import TMP_SUFFIX, atomic_write_json, fsync_dir, host_name, link_into_place, walk_once
+from ..errors import StoreError, shell_word
+from ..files import (SAME_DIRECTORY, TMP_SUFFIX, atomic_write_json, dangling_link_note, fsync_dir,
+                     host_name, link_into_place, walk_once)
 from . import guard
 
 FORMAT = "flowkit-store"
@@ -61,8 +62,13 @@ WIDEST_PID = 4194304
 PARTIAL_RE = re.compile(r"(?P<stem>.+)\.h5\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.partial")
 
 EXTRACT_HINT = "create it with `flowkit extract VIDEO_DIR -o STORE`"
-#: The repair of a store whose store.json was lost or damaged (:func:`rebuild_manifest`).
-REBUILD_HINT = "rebuild it from the videos' labels: `flowkit info {root} --repair-manifest`"
+
+
+def rebuild_hint(root) -> str:
+    """The repair of a store whose store.json was lost or damaged (:func:`rebuild_manifest`), its
+    path shell-quoted (:func:`~flowkit.errors.shell_word`) so that the command pastes."""
+    return ("rebuild it from the videos' labels: "
+            f"`flowkit info {shell_word(root)} --repair-manifest`")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -206,7 +212,7 @@ def read_manifest(root: Path) -> dict:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StoreError(f"{manifest}: unreadable store manifest ({e}); if the directory is a "
-                         f"flowkit store, {REBUILD_HINT.format(root=root)}") from None
+                         f"flowkit store, {rebuild_hint(root)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise StoreError(f"{root} is not a flowkit store ({MANIFEST} has format "
                          f"{data.get('format') if isinstance(data, dict) else None!r}, "
@@ -279,7 +285,7 @@ def no_manifest(root: Path, otherwise: str) -> str:
     follows "is not a flowkit store (no store.json)")."""
     if (root / VIDEOS).is_dir():
         return (f"{root} has no {MANIFEST} but holds {VIDEOS}/: if it is a flowkit store whose "
-                f"{MANIFEST} was lost, {REBUILD_HINT.format(root=root)}")
+                f"{MANIFEST} was lost, {rebuild_hint(root)}")
     return f"{root} is not a flowkit store (no {MANIFEST}){otherwise}"
 
 
@@ -314,12 +320,22 @@ def rebuild_manifest(root: Path) -> list[str]:
     manifest = root / MANIFEST
     if manifest.is_file() and _parses(manifest):  # a store of a newer flowkit parses: kept
         raise StoreError(f"{manifest} reads as JSON; there is nothing to rebuild (what "
-                         f"`flowkit info {root}` says of it is the repair)")
+                         f"`flowkit info {shell_word(root)}` says of it is the repair)")
     if not (root / VIDEOS).is_dir():
         raise StoreError(f"{root} holds no {VIDEOS}/: not a flowkit store to rebuild; "
                          f"{EXTRACT_HINT}")
-    paths = [Path(d, name) for d, _, names in walk_once(root / VIDEOS) for name in names
-             if name.endswith(SUFFIX)]
+    notes: list[str] = []  # the folders the walk could not enter
+    paths: list[Path] = []
+    for d, _, names in walk_once(root / VIDEOS, notes):
+        for name in names:
+            if name.endswith(SUFFIX):
+                paths.append(Path(d, name))
+            elif line := dangling_link_note(os.path.join(d, name)):  # a class's dangling link
+                notes.append(line)
+    lost = [n for n in notes if SAME_DIRECTORY not in n]
+    if lost:  # its videos' classes would be left out of the list, or their ids unnamed
+        raise StoreError(f"{manifest} cannot be rebuilt while a folder of videos cannot be "
+                         f"read: {lost[0]}")
     names: dict[int, set[str]] = {}
     held = {-1}
     for found in guard.guarded_map(video_label, [(p,) for p in paths]):

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from ..conventions import BACKWARD_SUFFIX, is_backward
-from ..errors import DamagedDataError
+from ..errors import DamagedDataError, shell_word
 from .codecs import FRAME_CRC_ATTR, Codec, check_crc
 from .layout import py_value
 
@@ -54,7 +54,8 @@ def redo_hint(key: str | None, imported: str | None = None, flow: str | None = N
         return (f"re-import it: delete {imported} and rerun flowkit import rawframes "
                 "RAWFRAMES_DIR -o STORE (flowkit extract cannot recompute imported flow)")
     options = flow_options(flow)
-    return (f"re-extract it: flowkit extract VIDEO_DIR -o STORE --redo {key if key else 'KEY'}"
+    return ("re-extract it: flowkit extract VIDEO_DIR -o STORE --redo "
+            f"{shell_word(key) if key else 'KEY'}"
             f"{options}{SAME_OPTIONS if options else ''}"
             f"{'' if origin_known or not options else reimport_hint(flow)}")
 

@@ -8,6 +8,7 @@ frame is read), so a damaged ``flow`` or ``rgb`` header is a problem naming the 
 looks valid with its flow left out."""
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +18,7 @@ import numpy as np
 from ..errors import StoreError
 from ..progress import Progress
 from .codecs import Codec, codec_of, frame_crc
+from .diskio import errno_of
 from .layout import VIDEO_FORMAT, VIDEO_VERSION, open_read
 from .guard import HungFileError
 from .reading import (STRAY_HINT, DamagedObject, attributes, dataset_hint, frame_crcs,
@@ -26,6 +28,16 @@ _ROOT_ATTRS = ("key", "source", "fps", "frame_count", "height", "width", "source
                "source_width", "step", "label", "label_name", "created")
 _FLOW_ATTRS = ("engine", "engine_version", "params", "quantization")
 
+#: The repair of a finished file this user may not read: its permissions, never a redo (what it
+#: holds may be sound, and a consumer of a shared store cannot rewrite it).
+READ_PERMISSION_FIX = "ask the store's owner to make it readable (chmod a+r)"
+
+
+def refused_read(exc: BaseException) -> bool:
+    """Whether opening a file failed because this user may not read it (EACCES, EPERM: a file
+    of mode 600 another user owns), not because it is damaged."""
+    return errno_of(exc) in (errno.EACCES, errno.EPERM)
+
 
 def video_problems(path: Path, key: str, deep: bool) -> list[str]:
     try:
@@ -33,6 +45,8 @@ def video_problems(path: Path, key: str, deep: bool) -> list[str]:
     except HungFileError as e:  # it hung (or crashed) a read before: the same problem again
         return [f"{e}; {redo_hint(key)}"]
     except OSError as e:
+        if refused_read(e):
+            return [f"permission denied reading it; {READ_PERMISSION_FIX}"]
         return [f"cannot be opened as HDF5 (truncated or corrupt?): {e}; {redo_hint(key)}"]
     try:
         with f:

@@ -524,6 +524,9 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
         # flow of another --step or engine parameters changes the score silently: say so
         from .inputs import extraction_notes
         notes += extraction_notes(flow_store, keys, run_config)
+        if lost := flow_store.unreachable:  # listed without their videos (a dangling link)
+            notes.append(f"{len(lost)} folder(s) of the store cannot be read, their videos are "
+                         f"left out of this evaluation; e.g. {lost[0]}")
     if absent:
         notes.insert(0, missing_note(flow_store, absent, "evaluation"))
     def loader(subset):

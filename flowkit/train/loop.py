@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import FlowkitError
+from ..errors import FlowkitError, shell_word
 from ..files import atomic_write_text
 from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -181,8 +181,8 @@ class Trainer:
 
         if self.resuming and not Path(config.store).exists():  # not "create it": it was made
             raise FlowkitError(f"store {config.store} is not there (moved or renamed?); resume "
-                               f"with its path now: flowkit train NEW_STORE -o {self.run_dir} "
-                               "--resume")
+                               "with its path now: flowkit train NEW_STORE -o "
+                               f"{shell_word(self.run_dir)} --resume")
         self.store = FlowStore(config.store)
         self.classes = self._classes(_saved)
         with self.store.index_held():  # the split and both datasets parse index.json once
