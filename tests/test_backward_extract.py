@@ -253,6 +253,29 @@ def test_a_redo_with_other_options_drops_the_other_direction_made_the_old_way(sa
     assert flows["tvl1"]["params"]["nscales"] == flows[BACKWARD]["params"]["nscales"] == 1
 
 
+def test_a_redo_drops_an_imported_other_direction_beside_the_recomputed_flow(sample_videos,
+                                                                              tmp_path):
+    """An imported tvl1_backward (another engine's record) beside a tvl1 that --redo-mismatched
+    recomputes: dropped and named as for other parameters (it stayed, silently, and a later
+    --backward was refused for the imported flow)."""
+    import h5py
+
+    items, classes = scan_videos(sample_videos)
+    path, video = tmp_path / "s", items[:1]
+    extract(video, path, _config(backward=True), classes=classes)
+    extract(video, path, _config(), classes=classes)
+    file = next((path / "videos").rglob("*.h5"))
+    with h5py.File(file, "a") as f:  # as `flowkit import rawframes` records its flow
+        f[f"flow/{BACKWARD}"].attrs["engine"] = "mmaction2-rawframes"
+    redone = extract(video, path, ExtractConfig(engine_params=dict(CHEAP, nscales=1),
+                                                flow_codec="float16", rgb_codec="raw",
+                                                redo_mismatched=True), classes=classes)
+    assert [r.status for r in redone.results] == ["done"], redone.results
+    assert FlowStore(path).flow_names(video[0].key) == ["tvl1"]
+    assert (f"flow/{BACKWARD} (made with other engine, mmaction2-rawframes, than the new "
+            "flow/tvl1; add --backward to recompute it)") in redone.results[0].reason
+
+
 # ----------------------------------------------------------------------------- command line
 
 def test_cli_backward_and_info(sample_videos, both, tmp_path):

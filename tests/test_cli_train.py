@@ -517,6 +517,11 @@ def test_a_folder_the_file_system_refuses_is_one_line_before_any_work(tiny_store
     assert r.exit_code == 2, r.output
     assert r.stderr.strip() == (f"error: read-only file system: {run / 'eval'}; choose a "
                                 "writable place (-o / --out)")
+    (tmp_path / "afile").write_text("")
+    r = CliRunner().invoke(evaluate_command, [str(run), "-o", str(tmp_path / "afile" / "ev")])
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        f"error: a part of the path is a file, not a folder: {tmp_path / 'afile' / 'ev'}; choose "
+        "another place"), r.output
     r = train(str(tiny_store), "--out", str(tmp_path / "ro_run"), *TINY, "--epochs", "1")
     assert r.exit_code == 2 and r.stderr.strip() == (
         f"error: read-only file system: {tmp_path / 'ro_run'}; choose a writable place "

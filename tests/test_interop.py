@@ -368,6 +368,32 @@ def test_a_class_folder_of_an_export_imports_with_the_recorded_bound(source_stor
         import_rawframes(tmp_path / "exports", tmp_path / "s2", ImportConfig())
 
 
+def test_a_stamp_covers_only_the_rawframes_its_export_wrote(source_store, tmp_path):
+    """Other tools' rawframes put inside an export's folder (its lists do not name them) are not
+    read with the export's bound, nor are folders above a stamp's reach; a root holding an
+    export beside unstamped rawframes of another bound is refused, naming both."""
+    import shutil
+
+    out = tmp_path / "proj"
+    export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    shutil.copytree(out / "jump" / "jump_0", out / "denseflow_out" / "jump" / "jump_0")
+    summary = import_rawframes(out / "denseflow_out", tmp_path / "s", ImportConfig(bound=20.0))
+    assert summary.bound == 20.0 and summary.count("done") == 1, summary.notes
+    deep = tmp_path / "a" / "b" / "c"  # three folders below a stamp: out of its reach
+    shutil.copytree(out / "jump", deep / "jump")
+    shutil.copy(out / ".flowkit-export.json", tmp_path / "a" / ".flowkit-export.json")
+    assert import_rawframes(deep, tmp_path / "s2", ImportConfig()).bound == 20.0
+    root = tmp_path / "root"
+    shutil.copytree(out / "jump", root / "ex" / "jump")
+    for name in (".flowkit-export.json", "all_rawframes.txt"):
+        shutil.copy(out / name, root / "ex" / name)
+    shutil.copytree(out / "jump", root / "plain" / "jump")
+    with pytest.raises(FlowkitError, match=r"holds rawframes a flowkit export recorded \(--bound "
+                                           r"32 in .*ex/\.flowkit-export\.json\) beside "
+                                           r"rawframes no export recorded \(e\.g\. .*plain/jump"):
+        import_rawframes(root, tmp_path / "s3", ImportConfig())
+
+
 def test_one_video_folder_imports_under_its_name(source_store, tmp_path):
     """ROOT that is itself one video's rawframes folder is that video, keyed by the folder's name
     and unlabelled, as `flowkit extract` keys a single file (it failed: invalid video key '.'),

@@ -526,4 +526,5 @@ def test_cli_prints_bracketed_names_as_they_are(tmp_path):
         root, out, "--epochs", "1", "--steps-per-epoch", "1"))
     assert result.exit_code == 0, result.output
     assert "skipping dog [live] [/b].mp4: " in result.output, result.output
-    assert f"from {root}" in result.output and f"--weights {out}`" in result.output
+    # the command to paste holds the path shell-quoted (brackets are glob characters)
+    assert f"from {root}" in result.output and f"--weights '{out}'`" in result.output

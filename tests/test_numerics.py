@@ -366,8 +366,9 @@ def test_backend_auto_is_torch_without_cuda_and_recorded(frames):
         assert "backend" not in engine.params
 
 
-def test_backend_cupy_without_cuda_says_how_to_install():
-    with pytest.raises(EngineError, match=r"pip install -e \.\[cuda13\]"):
+def test_backend_cupy_on_the_cpu_says_it_needs_a_cuda_device():
+    with pytest.raises(EngineError, match=r"backend='cupy' runs on CUDA devices only, got "
+                                          r"device='cpu': pass --device cuda"):
         flowkit.create_engine("tvl1", backend="cupy")
     with pytest.raises(EngineError, match="backend must be one of"):
         flowkit.create_engine("tvl1", backend="opencl")

@@ -1167,3 +1167,26 @@ def test_split_lists_segments_and_init(tiny_store, tmp_path):
     result = evaluate_run(tmp_path / "run", clips=2, crops=1, out_dir=False)
     assert result.views == 2 and result.num_videos == 3 and result.out_dir is None
     assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_a_read_only_run_folder_is_named_not_the_locks_temporary(tmp_path, monkeypatch):
+    """--resume of a run on a read-only mount: the lock's temporary cannot be written, and even
+    its unlink says EROFS (before the lookup); the error names RUN_DIR (it named
+    RUN/.lock.<host>.<pid>.link.tmp)."""
+    import errno
+
+    from pathlib import Path
+
+    from flowkit.train.runlock import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError) as refused:
+        RunLock(run)
+    assert refused.value.errno == errno.EROFS and refused.value.filename == str(run)

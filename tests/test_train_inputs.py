@@ -133,6 +133,30 @@ def test_a_non_finite_training_loss_names_the_epoch(tiny_store, tmp_path, monkey
         Trainer(tiny_config(tiny_store, epochs=1), tmp_path / "run").fit()
 
 
+def test_without_validation_a_last_update_that_diverged_is_never_saved(tiny_store, tmp_path,
+                                                                        monkeypatch):
+    """--val-fraction 0 --lr 1e38: each step's loss is computed before its own update, so the
+    epoch's last update was looked at by nothing and a model scoring NaN became best.pt and
+    last.pt. The last batch is scored after the epoch: not finite, the epoch is not saved."""
+    import torch
+
+    def diverge_after_epoch_1(self, batch, epoch):
+        if epoch == 1:  # the update of epoch 2's last step went to inf
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.fill_(float("inf"))
+        return check(self, batch, epoch)
+
+    check = Trainer._check_last_update
+    monkeypatch.setattr(Trainer, "_check_last_update", diverge_after_epoch_1)
+    trainer = Trainer(tiny_config(tiny_store, epochs=3, val_fraction=0.0), tmp_path / "run")
+    with pytest.raises(FlowkitError, match=r"^epoch 2: the model's scores after its last step "
+                                           r"are not finite: the loss diverged; lower --lr"):
+        trainer.fit()
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(tmp_path / "run" / "checkpoints" / name)["epoch"] == 1
+
+
 def split_lists(tmp_path):
     """A UCF101 trainlist (videos 1-3 of each class) and testlist (videos 0) of the tiny store."""
     keys = [f"{c}/{c}_{i}" for c in TINY_CLASSES for i in range(TINY_VIDEOS_PER_CLASS)]
@@ -163,3 +187,31 @@ def test_split_list_without_val_list_warns_and_an_explicit_val_fraction_is_ignor
         catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "warning" not in r.stderr
+    absent = tmp_path / "absent.txt"  # a val list none of whose videos the store holds
+    absent.write_text("right/right_99.avi\n")
+    r = runner.invoke(train_command, [str(a) for a in (
+        tiny_store, "--out", tmp_path / "run3", *[a for a in TINY if a not in ("--val-fraction",
+                                                                               "0.25")],
+        "--epochs", "1", "--split-list", trainlist, "--val-list", absent, "--skip-missing")],
+        catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert (f"warning: none of the videos of --val-list {absent} is in the store (left out with "
+            "--skip-missing)") in r.stderr and "without --val-list" not in r.stderr, r.stderr
+
+
+def test_imported_flow_is_compared_by_what_made_its_values_not_its_file_names():
+    """Two imports of one export (with and without RGB, numbered from 0 or 1) hold the same flow:
+    no note (it said 'made with --param naming=... here'); another bound is one."""
+    from flowkit.train.inputs import _differences
+
+    def record(naming, bound=20.0, version="0.2.0"):
+        return {"engine_version": version,
+                "params": {"source_format": "mmaction2-rawframes", "bound": bound,
+                           "quantization_error": bound / 255, "image_format": "jpeg",
+                           "naming": naming, "step": 1}}
+
+    trained = {"step": 1, "flow": {"tvl1": record("img_{:05d}.jpg from 1")}}
+    meta = {"step": 1, "flows": {"tvl1": record("flow_{x,y}_{:05d}.jpg from 0", version="0.3")}}
+    assert _differences(meta, trained) == {}
+    meta["flows"]["tvl1"] = record("flow_{x,y}_{:05d}.jpg from 0", bound=32.0)
+    assert list(_differences(meta, trained)) == ["tvl1 bound"]

@@ -94,6 +94,8 @@ _REFUSALS = {
     errno.EPERM: ("operation not permitted", "fix its permissions or choose another place"),
     errno.ENOSPC: ("no space left on device", "free space or choose another place (-o / --out)"),
     errno.EDQUOT: ("disk quota exceeded", "free space within your quota or choose another place"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "choose another place"),
+    errno.EEXIST: ("a file is in the way of a folder", "choose another place"),
 }
 
 

@@ -227,7 +227,16 @@ def resolve_bound(root: Path, sources: dict[str, Source], config: ImportConfig,
     or exports of several bounds under one root, are a :class:`FlowkitError` naming them (one
     flow name holds one quantisation)."""
     notes = notes if notes is not None else []
-    recorded = _recorded_bounds(root, sources, notes) if config.flow else {}
+    recorded, unstamped = _recorded_bounds(root, sources, notes) if config.flow else ({}, [])
+    if recorded and unstamped:  # other rawframes beside an export: each read as its own says
+        other = DEFAULT_BOUND if config.bound is None else float(config.bound)
+        if set(recorded) != {other}:
+            (bound, paths), *_ = sorted(recorded.items())
+            raise FlowkitError(
+                f"{root} holds rawframes a flowkit export recorded (--bound {bound:g} in "
+                f"{paths[0]}) beside rawframes no export recorded (e.g. {unstamped[0]}, read "
+                f"with --bound {other:g}); import each folder on its own, with the bound it "
+                "was made with")
     if len(recorded) > 1:
         raise FlowkitError(f"{root} holds flowkit exports of different bounds ("
                            + ", ".join(f"--bound {b:g} in {paths[0]}" for b, paths
@@ -251,13 +260,17 @@ def resolve_bound(root: Path, sources: dict[str, Source], config: ImportConfig,
 
 
 def _recorded_bounds(root: Path, sources: dict[str, Source], notes: list[str]
-                     ) -> dict[float, list[Path]]:
-    """``{bound: [stamp paths]}`` the export stamps of the ``sources``' folders record (the
-    stamp nearest above each folder, each directory looked at once); a stamp of an export
-    without flow images records no bound that matters, an unreadable one is a note."""
+                     ) -> tuple[dict[float, list[Path]], list[Path]]:
+    """``({bound: [stamp paths]}, [folders without a stamp])``: what the export stamps of the
+    ``sources``' folders record (the stamp nearest above each folder, each directory looked at
+    once), and the folders no stamp covers; a stamp of an export without flow images records no
+    bound that matters, an unreadable one is a note."""
     nearest: dict[Path, Path | None] = {}  # folder -> the stamp nearest above it
-    stamps = {_nearest_stamp(root, s.folder, nearest) for s in sources.values()
-              if s.folder is not None}
+    above = _stamp_above(root)
+    found = {s.folder: _nearest_stamp(root, s.folder, nearest, above) for s in sources.values()
+             if s.folder is not None}
+    stamps = set(found.values())
+    unstamped = sorted(folder for folder, stamp in found.items() if stamp is None)
     bounds: dict[float, list[Path]] = {}
     for path in sorted(p for p in stamps if p is not None):
         try:
@@ -272,18 +285,20 @@ def _recorded_bounds(root: Path, sources: dict[str, Source], notes: list[str]
             continue
         if bound is not None:
             bounds.setdefault(float(bound), []).append(path)
-    return bounds
+    return bounds, unstamped
 
 
-def _nearest_stamp(root: Path, folder: Path, nearest: dict[Path, Path | None]) -> Path | None:
+def _nearest_stamp(root: Path, folder: Path, nearest: dict[Path, Path | None],
+                   above: tuple[Path, set[str]] | None = None) -> Path | None:
     """The export stamp (:data:`~flowkit.interop.export.OPTIONS_FILE`) in ``folder`` or the
-    nearest folder above it: up to ``root``, then above ``root``'s real path (an import of one
-    class folder of an export); ``nearest`` caches the answer of every folder looked at."""
+    nearest folder above it up to ``root``; else ``above`` (:func:`_stamp_above`: ``root`` is a
+    class or video folder of an export) when that export's lists name ``folder``: another
+    export's stamp higher up, or beside other rawframes put into an export's folder, says nothing
+    of them. ``nearest`` caches the answer of every folder inside ``root`` looked at."""
     inside = [root / p for p in (folder.relative_to(root), *folder.relative_to(root).parents)
               if p != Path(".")]
-    real = root.resolve()
     seen, found = [], None
-    for where in (*inside, root, real, *real.parents):
+    for where in (*inside, root):
         if where in nearest:
             found = nearest[where]
             break
@@ -292,7 +307,30 @@ def _nearest_stamp(root: Path, folder: Path, nearest: dict[Path, Path | None]) -
             found = where / OPTIONS_FILE
             break
     nearest.update({where: found for where in seen})
+    if found is None and above is not None:
+        stamp, listed = above
+        try:
+            relative = folder.resolve().relative_to(stamp.parent).as_posix()
+        except ValueError:
+            return None
+        return stamp if relative in listed else None
     return found
+
+
+def _stamp_above(root: Path) -> tuple[Path, set[str]] | None:
+    """The stamp of an export ``root`` is a class or video folder of (one or two folders above
+    its real path), with the video folders that export's ``all_rawframes.txt`` lists; None
+    without one. Unlabelled videos are not listed: they are read with ``--bound`` or 20."""
+    real = root.resolve()
+    for where in list(real.parents)[:2]:
+        stamp = where / OPTIONS_FILE
+        if stamp.is_file():
+            try:
+                lines = (where / "all_rawframes.txt").read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                return None
+            return stamp, {line.split()[0] for line in lines if line.strip()}
+    return None
 
 
 def label_sources(root: Path, sources: dict[str, Source], config: ImportConfig,

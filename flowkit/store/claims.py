@@ -24,8 +24,9 @@ the same engine or different ones:
   a lock file instead, ``videos/.commit.lock.claim``, linked into place and aged like a claim:
   waiters poll (5 ms, doubling to 200 ms), and a dead holder's file is broken by the claims' rule,
   one breaker at a time (its ``.break`` token), so that a live holder's lock is never removed.
-  A waiter that has waited :data:`LOCK_NOTE_SECONDS` says once (a warning: one line on stderr)
-  who holds the lock and when it is taken over, so a dead host's lock is no silent 10 minutes.
+  A waiter that has waited :data:`LOCK_NOTE_SECONDS` says (a warning: one line on stderr, once
+  per lock file and process) who holds the lock and when it is taken over, so a dead host's lock
+  is no silent 10 minutes.
 """
 from __future__ import annotations
 
@@ -55,9 +56,10 @@ NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK})
 LOCK_ENV = "FLOWKIT_COMMIT_LOCK"
 LOCK_POLL_SECONDS = (0.005, 0.2)  # a lock file's waiters: first and longest wait between tries
 BREAK_TOKEN = ".break"  # ``<lock file>.break``: held by the one process breaking a dead holder's lock
-#: A lock file's waiter says once who holds it after waiting this long (a commit takes
-#: milliseconds: a wait this long is a holder that is slow, or dead and not yet taken over).
-LOCK_NOTE_SECONDS = 1.0
+#: A lock file's waiter says who holds it after waiting this long: a commit merging a large
+#: video into its file on NFS may take seconds, a holder dead and not yet taken over 10 minutes.
+LOCK_NOTE_SECONDS = 10.0
+_noted: set[str] = set()  # lock files this process has said it waits for: each said once
 
 
 @contextlib.contextmanager
@@ -122,7 +124,9 @@ def _lock_file(path: Path, stale_after: float = STALE_CLAIM_SECONDS) -> Iterator
                     if note_at is None:
                         note_at = time.monotonic() + LOCK_NOTE_SECONDS
                     elif time.monotonic() >= note_at:  # a long wait: say why, once
-                        warnings.warn(_wait_note(path, holder, stale_after), stacklevel=3)
+                        if str(path) not in _noted:  # a busy store's every slow commit: no
+                            _noted.add(str(path))
+                            warnings.warn(_wait_note(path, holder, stale_after), stacklevel=3)
                         note_at = math.inf
                     time.sleep(wait)  # held, or another process is breaking it
                     wait = min(2 * wait, LOCK_POLL_SECONDS[1])
@@ -140,7 +144,8 @@ def _wait_note(path: Path, holder: dict, stale_after: float) -> str:
     it and when it is taken over: a holder of this machine when its process ends, another one
     when its heartbeat is ``stale_after`` seconds old (it may be a dead host's: NFS ``nolock``)."""
     if on_this_machine(holder) and isinstance(holder.get("pid"), int):
-        when = "it is taken when that process ends"  # a dead pid here is broken at once
+        # a dead pid here is broken at once: this one is alive, committing (a large video)
+        when = "it is taken when that process lets go of it (its commit ends) or ends"
     else:
         try:
             age = max(time.time() - path.stat().st_mtime, 0.0)

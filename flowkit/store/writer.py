@@ -412,9 +412,9 @@ class VideoWriter:
         """The other directions among ``missing`` (``flow/tvnet_backward``) of the flows this
         redo wrote in place of the finished file's (``flow/tvnet``) with another engine record,
         whose own record differs from the new flow's: kept, they would pair flow of other
-        weights or parameters silently. An unreadable record, another engine's flow (imported)
-        or a flow the old file lacked (a direction added beside the other: it keeps its own
-        until recomputed) leaves them be."""
+        weights, parameters or engine (an imported direction beside a computed one) silently.
+        An unreadable record or a flow the old file lacked (a direction added beside the other:
+        it keeps its own until recomputed) leaves them be."""
         out = []
         for name in member_names(self._file["flow"], self.key) if "flow" in self._file else []:
             other = name[:-len(BACKWARD_SUFFIX)] if is_backward(name) else backward_name(name)
@@ -422,11 +422,12 @@ class VideoWriter:
                 continue
             new = _record(self._file[f"flow/{name}"])
             old, paired = _record(src[f"flow/{name}"]), _record(src[f"flow/{other}"])
-            if None in (new, old, paired) or old == new or paired == new \
-                    or paired[0] != new[0]:
+            if None in (new, old, paired) or old == new or paired == new:
                 continue
             what = "engine parameters"
-            if paired[1] != new[1]:
+            if paired[0] != new[0]:
+                what = f"engine, {paired[0]},"
+            elif paired[1] != new[1]:
                 what = "engine version"
             elif _weights(paired[2]) != _weights(new[2]):
                 what = "weights"

@@ -21,6 +21,9 @@ from ..store.compat import REFERENCE_VIDEOS, param_option
 from ..store.layout import json_default
 
 EXTRACTION_KEY = "extraction"
+#: What of an imported flow's record (``flowkit import rawframes``) says how its values were made;
+#: the rest (``naming``: the files' names and numbering) and the importer's version do not.
+IMPORTED_FLOW_KEYS = ("source_format", "bound", "image_format", "step")
 
 
 def flow_names(inputs: Sequence[str], flow_name: str) -> list[str]:
@@ -79,10 +82,15 @@ def _differences(meta: dict, recorded: dict) -> dict[str, tuple[str, str]]:
         flow = meta["flows"].get(name)
         if flow is None:  # a flow the store lacks is refused where the clips are made
             continue
-        if str(flow.get("engine_version")) != str(trained.get("engine_version")):
+        params, wanted = _plain(flow.get("params") or {}), _plain(trained.get("params") or {})
+        imported = "source_format" in params or "source_format" in wanted
+        if imported:  # how the files were named is no property of the flow, nor the importer's
+            # version: the format, quantisation and step are (interop/ingest.py's record)
+            params, wanted = ({k: v for k, v in d.items() if k in IMPORTED_FLOW_KEYS}
+                              for d in (params, wanted))
+        elif str(flow.get("engine_version")) != str(trained.get("engine_version")):
             out[f"{name} version"] = (f"{name} engine version {flow.get('engine_version')}",
                                       f"{name} engine version {trained.get('engine_version')}")
-        params, wanted = _plain(flow.get("params") or {}), _plain(trained.get("params") or {})
         changed = sorted(k for k in set(params) | set(wanted) if params.get(k) != wanted.get(k))
         digest = params.get("weights_sha256")
         if digest is not None and digest == wanted.get("weights_sha256"):

@@ -600,6 +600,7 @@ class Trainer:
                 raise
             seed_everything(derive_seed(cfg.seed, epoch, step_in_epoch, "global", self.rank))
             loss, correct, n, lr = self._train_step(batch, opt)
+            last = batch
             step_in_epoch += 1
             state.global_step += 1
             sums.update(loss_sum=sums["loss_sum"] + loss * n, correct=sums["correct"] + correct,
@@ -617,7 +618,26 @@ class Trainer:
         bar.close()
         if interrupted and step_in_epoch > skip:
             self._save_mid_epoch(state, epoch, step_in_epoch, sums, opt)
+        if not interrupted and step_in_epoch > skip and self.val_set is None:
+            self._check_last_update(last, epoch)
         return interrupted, sums
+
+    def _check_last_update(self, batch, epoch: int) -> None:
+        """Without validation nothing looks at the model after the epoch's last update (each
+        step's loss is computed before its own update): the scores of its last batch, in eval
+        mode (no batch-norm statistics change), must be finite before the epoch is saved, or it
+        would become best.pt and last.pt with weights that give NaN. Every rank agrees."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = self.model(to_device(batch, self.device))["logits"]
+        finally:
+            self.model.train(was)
+        if distributed.any_rank(not bool(torch.isfinite(logits).all())):
+            raise FlowkitError(f"epoch {epoch + 1}: the model's scores after its last step are "
+                               "not finite: the loss diverged; lower --lr or set --clip-grad "
+                               f"({_kept(self.checkpoint_dir / LAST)})")
 
     def _train_step(self, batch, opt: "_Optimisation") -> tuple[float, int, int, float]:
         """One optimiser step; returns (loss, correct top-1 count, clips, learning rate used)."""

@@ -64,11 +64,11 @@ class RunLock:
                 raise FlowkitError(f"{run_dir}: could not take {path} (other trainings kept "
                                    "taking it); try again, or choose another --out")
         except FlowkitError:  # no hard links here: leave no folder of this run behind
-            tmp.unlink(missing_ok=True)
+            _drop(tmp)
             _remove_empty(made)
             raise
         finally:
-            tmp.unlink(missing_ok=True)
+            _drop(tmp)
         claims.keep_touched(path)
         self._release = weakref.finalize(self, _release_run_lock, path, me["pid"], made)
 
@@ -102,6 +102,16 @@ def _release_run_lock(path: Path, pid: int, made: list[Path]) -> None:
     if holder and holder.get("host") == host_name() and holder.get("pid") == pid == os.getpid():
         path.unlink(missing_ok=True)
     _remove_empty(made)
+
+
+def _drop(tmp: Path) -> None:
+    """Remove the lock's temporary if it is there. A read-only folder refuses even the unlink of
+    a file that is not there (EROFS before the lookup): that error would replace the one naming
+    the run folder."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _remove_empty(folders: list[Path]) -> None:
