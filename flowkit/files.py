@@ -23,7 +23,7 @@ import socket
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from .errors import FlowkitError
+from .errors import FlowkitError, shell_word
 
 TMP_SUFFIX = ".tmp"
 # <target>.<host>.<pid>.<random>.tmp: whose temporary it is, so a later run can tell a dead
@@ -291,8 +291,8 @@ def _lost_note(path: str, exc: OSError) -> str:
     if dangling:
         return dangling
     if isinstance(exc, PermissionError):
-        return (f"{path}: skipped, no permission to list it: chmod a+rx {path} (or ask its "
-                "owner to)")
+        return (f"{path}: skipped, no permission to list it: chmod a+rx {shell_word(path)} (or "
+                "ask its owner to)")
     return f"{path}: skipped, cannot be listed ({exc.strerror or exc})"
 
 

@@ -377,9 +377,16 @@ def test_a_stamp_covers_only_the_rawframes_its_export_wrote(source_store, tmp_pa
     out = tmp_path / "proj"
     export_rawframes(source_store, out, ExportConfig(bound=32.0))
     shutil.copytree(out / "jump" / "jump_0", out / "denseflow_out" / "jump" / "jump_0")
+    with pytest.raises(FlowkitError, match=r"denseflow_out/jump/jump_0 is in the folder of a "
+                                           r"flowkit export .* whose lists do not name it .* "
+                                           r"pass --bound \(the export's is 32\)$"):
+        import_rawframes(out / "denseflow_out", tmp_path / "s", ImportConfig())
     summary = import_rawframes(out / "denseflow_out", tmp_path / "s", ImportConfig(bound=20.0))
     assert summary.bound == 20.0 and summary.count("done") == 1, summary.notes
-    deep = tmp_path / "a" / "b" / "c"  # three folders below a stamp: out of its reach
+    flow_only = tmp_path / "flow_only"  # lists only all_flow.txt: a class folder is still its
+    export_rawframes(source_store, flow_only, ExportConfig(bound=10.0, rgb=False))
+    assert import_rawframes(flow_only / "jump", tmp_path / "s4", ImportConfig()).bound == 10.0
+    deep = tmp_path / "a" / "b" / "c" / "d"  # three folders below a stamp: out of its reach
     shutil.copytree(out / "jump", deep / "jump")
     shutil.copy(out / ".flowkit-export.json", tmp_path / "a" / ".flowkit-export.json")
     assert import_rawframes(deep, tmp_path / "s2", ImportConfig()).bound == 20.0

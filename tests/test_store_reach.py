@@ -171,8 +171,8 @@ def test_a_store_renamed_while_read_is_named_not_one_of_its_videos(root):
     root.rename(root.with_name("s_renamed"))
     with pytest.raises(StoreError) as err:
         store.read_flow("b/v0")
-    assert str(err.value) == (f"store {root} is no longer there (moved or renamed?); pass its new "
-                              "path (flowkit train NEW_PATH -o RUN --resume)")
+    assert str(err.value) == (f"store {root} is no longer there (moved or renamed?); rerun with "
+                              "its new path (a training: flowkit train NEW_PATH -o RUN --resume)")
 
 
 def test_a_video_missing_from_a_store_still_there_is_that_video(root):
@@ -200,3 +200,11 @@ def test_evaluate_notes_a_class_folder_left_out(tiny_store, tmp_path):
     lost = [n for n in report["notes"] if n.startswith("1 folder(s) of the store cannot be read")]
     assert len(lost) == 1 and "left out of this evaluation" in lost[0], report["notes"]
     assert LINK_FIX in lost[0]
+
+
+def test_the_chmod_of_an_unlistable_folder_pastes():
+    from flowkit.files import _lost_note
+
+    note = _lost_note(Path("s 10/videos/left side"), PermissionError(13, "Permission denied"))
+    assert note == ("s 10/videos/left side: skipped, no permission to list it: chmod a+rx "
+                    "'s 10/videos/left side' (or ask its owner to)")

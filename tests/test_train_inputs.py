@@ -195,8 +195,9 @@ def test_split_list_without_val_list_warns_and_an_explicit_val_fraction_is_ignor
         "--epochs", "1", "--split-list", trainlist, "--val-list", absent, "--skip-missing")],
         catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert (f"warning: none of the videos of --val-list {absent} is in the store (left out with "
-            "--skip-missing)") in r.stderr and "without --val-list" not in r.stderr, r.stderr
+    assert (f"warning: no video of --val-list {absent} is a labelled video of the store "
+            "(missing, or without a label: see the notes)") in r.stderr \
+        and "without --val-list" not in r.stderr, r.stderr
 
 
 def test_imported_flow_is_compared_by_what_made_its_values_not_its_file_names():

@@ -296,11 +296,11 @@ def _warn_small_split(console, cfg: TrainConfig, trainer) -> None:
     evaluate` has no held-out videos to score."""
     if trainer.val_keys:
         return
-    if cfg.split_list and cfg.val_list:  # every listed one left out (--skip-missing)
-        console.print(f"warning: none of the videos of --val-list {cfg.val_list} is in the "
-                      "store (left out with --skip-missing), so there is no validation: best.pt "
-                      "is chosen by training accuracy", highlight=False, soft_wrap=True,
-                      markup=False)
+    if cfg.split_list and cfg.val_list:  # each listed one missing or unlabelled (noted above)
+        console.print(f"warning: no video of --val-list {cfg.val_list} is a labelled video of "
+                      "the store (missing, or without a label: see the notes), so there is no "
+                      "validation: best.pt is chosen by training accuracy", highlight=False,
+                      soft_wrap=True, markup=False)
         return
     if cfg.split_list:
         console.print("warning: --split-list without --val-list gives no validation videos: "

@@ -227,7 +227,14 @@ def resolve_bound(root: Path, sources: dict[str, Source], config: ImportConfig,
     or exports of several bounds under one root, are a :class:`FlowkitError` naming them (one
     flow name holds one quantisation)."""
     notes = notes if notes is not None else []
-    recorded, unstamped = _recorded_bounds(root, sources, notes) if config.flow else ({}, [])
+    recorded, unstamped, unsure = (_recorded_bounds(root, sources, notes) if config.flow
+                                   else ({}, [], None))
+    if unsure is not None and config.bound is None:
+        folder, stamp = unsure
+        raise FlowkitError(f"{folder} is in the folder of a flowkit export ({stamp}) whose lists "
+                           "do not name it (an unlabelled video, or rawframes put there since), "
+                           "so whether that export's bound applies cannot be told; pass --bound "
+                           f"(the export's is {_stamp_bound(stamp, notes) or DEFAULT_BOUND:g})")
     if recorded and unstamped:  # other rawframes beside an export: each read as its own says
         other = DEFAULT_BOUND if config.bound is None else float(config.bound)
         if set(recorded) != {other}:
@@ -260,32 +267,41 @@ def resolve_bound(root: Path, sources: dict[str, Source], config: ImportConfig,
 
 
 def _recorded_bounds(root: Path, sources: dict[str, Source], notes: list[str]
-                     ) -> tuple[dict[float, list[Path]], list[Path]]:
-    """``({bound: [stamp paths]}, [folders without a stamp])``: what the export stamps of the
-    ``sources``' folders record (the stamp nearest above each folder, each directory looked at
-    once), and the folders no stamp covers; a stamp of an export without flow images records no
-    bound that matters, an unreadable one is a note."""
+                     ) -> tuple[dict[float, list[Path]], list[Path], tuple[Path, Path] | None]:
+    """``({bound: [stamp paths]}, [folders without a stamp], unsure)``: what the export stamps
+    of the ``sources``' folders record (the stamp nearest above each folder, each directory
+    looked at once), the folders no stamp covers, and ``(folder, stamp)`` of the first folder
+    inside the folder of an export above ``root`` that the export's lists do not name (None: no
+    such folder); a stamp of an export without flow images records no bound that matters, an
+    unreadable one is a note."""
     nearest: dict[Path, Path | None] = {}  # folder -> the stamp nearest above it
     above = _stamp_above(root)
     found = {s.folder: _nearest_stamp(root, s.folder, nearest, above) for s in sources.values()
              if s.folder is not None}
-    stamps = set(found.values())
     unstamped = sorted(folder for folder, stamp in found.items() if stamp is None)
+    unsure = None if above is None or not unstamped else (unstamped[0], above[0])
     bounds: dict[float, list[Path]] = {}
-    for path in sorted(p for p in stamps if p is not None):
-        try:
-            stamp = json.loads(path.read_text(encoding="utf-8"))
-            bound = stamp.get("bound") if stamp.get("flow", True) else None
-            if bound is not None and not (isinstance(bound, (int, float))
-                                          and not isinstance(bound, bool)
-                                          and np.isfinite(bound) and bound > 0):
-                raise ValueError(f"bound {bound!r} is not a positive number")
-        except (OSError, ValueError, AttributeError) as exc:
-            notes.append(f"{path} unreadable ({exc}); the bound it records is not used")
-            continue
+    for path in sorted({p for p in found.values() if p is not None}):
+        bound = _stamp_bound(path, notes)
         if bound is not None:
-            bounds.setdefault(float(bound), []).append(path)
-    return bounds, unstamped
+            bounds.setdefault(bound, []).append(path)
+    return bounds, unstamped, unsure
+
+
+def _stamp_bound(path: Path, notes: list[str]) -> float | None:
+    """The bound an export stamp records (None: an export without flow images, or an unreadable
+    stamp, which is a note)."""
+    try:
+        stamp = json.loads(path.read_text(encoding="utf-8"))
+        bound = stamp.get("bound") if stamp.get("flow", True) else None
+        if bound is not None and not (isinstance(bound, (int, float))
+                                      and not isinstance(bound, bool)
+                                      and np.isfinite(bound) and bound > 0):
+            raise ValueError(f"bound {bound!r} is not a positive number")
+    except (OSError, ValueError, AttributeError) as exc:
+        notes.append(f"{path} unreadable ({exc}); the bound it records is not used")
+        return None
+    return None if bound is None else float(bound)
 
 
 def _nearest_stamp(root: Path, folder: Path, nearest: dict[Path, Path | None],
@@ -325,11 +341,14 @@ def _stamp_above(root: Path) -> tuple[Path, set[str]] | None:
     for where in list(real.parents)[:2]:
         stamp = where / OPTIONS_FILE
         if stamp.is_file():
-            try:
-                lines = (where / "all_rawframes.txt").read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError):
-                return None
-            return stamp, {line.split()[0] for line in lines if line.strip()}
+            listed: set[str] = set()
+            for name in ("all_rawframes.txt", "all_flow.txt"):  # a --no-rgb export: flow's
+                try:
+                    lines = (where / name).read_text(encoding="utf-8").splitlines()
+                except (OSError, UnicodeDecodeError):
+                    continue
+                listed |= {line.split()[0] for line in lines if line.strip()}
+            return stamp, listed
     return None
 
 

@@ -532,8 +532,9 @@ class FlowStore:
         video missing then is not that video's fault (the store was moved or renamed while a
         run read it)."""
         if not (self._root / MANIFEST).exists():
-            raise StoreError(f"store {self._root} is no longer there (moved or renamed?); pass "
-                             "its new path (flowkit train NEW_PATH -o RUN --resume)")
+            raise StoreError(f"store {self._root} is no longer there (moved or renamed?); rerun "
+                             "with its new path (a training: flowkit train NEW_PATH -o RUN "
+                             "--resume)")
 
     def _flow_group(self, key: str) -> h5py.Group | None:
         """``key``'s ``flow`` group, None when it has none; a damaged one raises
