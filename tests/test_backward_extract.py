@@ -247,8 +247,37 @@ def test_a_redo_with_other_options_drops_the_other_direction_made_the_old_way(sa
     assert (f"flow/{BACKWARD} (made with other engine parameters than the new flow/tvl1; add "
             "--backward to recompute it)") in redone.results[0].reason, redone.results[0].reason
     assert any(f"1 of them held flow/{BACKWARD}" in n for n in redone.notes), redone.notes
+    [note] = [n for n in redone.notes if f"1 of them held flow/{BACKWARD}" in n]
+    assert note.endswith("add --backward to recompute it"), note  # this run was forward
+    assert "damaged" not in redone.results[0].reason, redone.results[0].reason  # not damage
     again = run(backward=True)
     assert [r.status for r in again.results] == ["done"], again.results
+    flows = FlowStore(path).meta(video[0].key)["flows"]
+    assert flows["tvl1"]["params"]["nscales"] == flows[BACKWARD]["params"]["nscales"] == 1
+
+
+def test_a_redo_whose_new_flow_matches_the_other_direction_keeps_it(sample_videos, tmp_path):
+    """A store whose tvl1 (nscales=2) and tvl1_backward (nscales=1) differ: --redo-mismatched
+    recomputing tvl1 with nscales=1 makes it alike the backward flow, which is kept, not dropped
+    as "made with other engine parameters"."""
+    items, classes = scan_videos(sample_videos)
+    path, video = tmp_path / "s", items[:1]
+    extract(video, path, _config(), classes=classes)  # forward, nscales=2
+    other = dict(CHEAP, nscales=1)
+
+    def run(**kw):
+        return extract(video, path, ExtractConfig(engine_params=other, flow_codec="float16",
+                                                  rgb_codec="raw", redo_mismatched=True, **kw),
+                       classes=classes)
+
+    run(backward=True)  # backward beside it, nscales=1 (the forward keeps its own)
+    flows = FlowStore(path).meta(video[0].key)["flows"]
+    assert (flows["tvl1"]["params"]["nscales"], flows[BACKWARD]["params"]["nscales"]) == (2, 1)
+    redone = run()
+    assert [r.status for r in redone.results] == ["done"], redone.results
+    assert FlowStore(path).flow_names(video[0].key) == ["tvl1", BACKWARD], redone.results
+    reason = redone.results[0].reason
+    assert "made with other" not in reason and "directions alike" not in reason, reason
     flows = FlowStore(path).meta(video[0].key)["flows"]
     assert flows["tvl1"]["params"]["nscales"] == flows[BACKWARD]["params"]["nscales"] == 1
 

@@ -27,6 +27,19 @@ ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
 
 
+def write_lists(tmp_path):
+    """trainlist01.txt (9 videos + one the store lacks) and testlist01.txt (3 + one it lacks)
+    over the tiny store."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    trainlist, testlist = lists / "trainlist01.txt", lists / "testlist01.txt"
+    trainlist.write_text("".join(f"{c}/{c}_{i}.avi\n" for c in ("right", "down", "left")
+                                 for i in range(3)) + "down/down_broken.avi\n")
+    testlist.write_text("right/right_broken.avi\n" + "".join(f"{c}/{c}_3.avi\n"
+                                                               for c in ("right", "down", "left")))
+    return trainlist, testlist
+
+
 def train(*args):
     return CliRunner().invoke(train_command, [str(a) for a in args], catch_exceptions=False)
 
@@ -177,13 +190,7 @@ def test_skip_missing_leaves_out_listed_videos_the_store_lacks(tiny_store, tmp_p
     evaluate refuse the lists and name the option (extracting again cannot help); with it they
     run on the rest, and count and name those left out. The run keeps the option: its evaluate
     skips them too, and the score says it is over fewer videos than listed."""
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    trainlist, testlist = lists / "trainlist01.txt", lists / "testlist01.txt"
-    trainlist.write_text("".join(f"{c}/{c}_{i}.avi\n" for c in ("right", "down", "left")
-                                 for i in range(3)) + "down/down_broken.avi\n")
-    testlist.write_text("right/right_broken.avi\n" + "".join(f"{c}/{c}_3.avi\n"
-                                                               for c in ("right", "down", "left")))
+    trainlist, testlist = write_lists(tmp_path)
     run = tmp_path / "run"
     args = [tiny_store, "--out", run, *TINY, "--epochs", "1", "--split-list", trainlist,
             "--val-list", testlist]
@@ -541,3 +548,15 @@ def test_an_os_error_on_no_path_of_the_users_keeps_its_traceback():
 
     r = CliRunner().invoke(broken, [])
     assert isinstance(r.exception, OSError) and r.exit_code == 1
+
+
+def test_a_refusal_that_names_no_path_is_not_made_one_line():
+    """A full disk with no file named (a write deep in a library) is not a path the user chose:
+    no one line "no space left on device: None", the traceback stays."""
+    import errno
+
+    from flowkit.cli import _refused_path
+
+    assert _refused_path(OSError(errno.ENOSPC, "No space left on device")) is None
+    assert _refused_path(OSError(errno.ENOSPC, "No space left on device", "/data/run")) == (
+        "no space left on device: /data/run; free space or choose another place (-o / --out)")

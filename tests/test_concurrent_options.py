@@ -33,7 +33,8 @@ def _config(**kw) -> ExtractConfig:
 @pytest.mark.parametrize("other, asked", [
     ({"engine_params": {**CHEAP, "warps": 2}}, "engine parameters warps=2 in the store, warps=1"),
     ({"size": 48}, "frame size 48x60 in the store, 64x80 asked"),
-], ids=["param", "size"])
+    ({"rgb_codec": "jpeg"}, "rgb codec jpeg:95 in the store, raw asked"),
+], ids=["param", "size", "rgb_codec"])
 def test_a_video_another_run_finished_with_other_options_meanwhile_fails(sample_videos, tmp_path,
                                                                         monkeypatch, other, asked):
     """Run B starts into a new store (nothing to compare its options with); run A, with other
@@ -109,6 +110,35 @@ def test_a_video_held_by_another_run_with_other_options_fails_once_it_is_finishe
                                        "64x80 asked); not recomputed")
     assert by_key[still.key].held, by_key[still.key]
     assert any("--redo-mismatched" in n for n in summary.notes), summary.notes
+
+
+def test_a_video_held_by_another_run_with_another_rgb_codec_fails_once_it_is_finished(
+        sample_videos, tmp_path, monkeypatch):
+    """As above with another --rgb-codec: run A holds a video and finishes it with JPEG frames
+    while run B (raw frames) skips it as held; at B's end the video is failed naming both rgb
+    codecs, not skipped as "being extracted by another process" over a store of two codecs."""
+    store = tmp_path / "store"
+    items, classes = scan_videos(sample_videos)
+    first, late = items[:2]
+    check, claim = extract_module.check_store_options, FlowStore.claim
+
+    def held_by_a(self, key, name):
+        return "node7 pid 4242" if key == late.key else claim(self, key, name)
+
+    def other_run_meanwhile(*args, **kw):
+        found = check(*args, **kw)
+        monkeypatch.setattr(extract_module, "check_store_options", check)
+        done = extract([late], store, _config(rgb_codec="jpeg"), classes=classes)
+        assert [r.status for r in done.results] == ["done"]
+        monkeypatch.setattr(FlowStore, "claim", held_by_a)  # A's claim, as B meets it
+        return found
+
+    monkeypatch.setattr(extract_module, "check_store_options", other_run_meanwhile)
+    summary = extract([first, late], store, _config(), classes=classes)
+    by_key = {r.key: r for r in summary.results}
+    assert by_key[first.key].status == "done"
+    assert by_key[late.key].status == "failed", by_key[late.key]
+    assert "rgb codec jpeg:95 in the store, raw asked" in by_key[late.key].reason
 
 
 def test_a_video_another_run_commits_with_other_frames_meanwhile_is_refused_at_commit(

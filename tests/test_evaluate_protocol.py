@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from flowkit.cli.evaluate import command as evaluate_command
 from flowkit.train import Trainer, evaluate_run, load_checkpoint, save_checkpoint
+from test_cli_train import write_lists
 from test_train import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py: why
@@ -20,19 +21,6 @@ FAST = ["--clips", "1", "--crops", "1", "--device", "cpu"]
 
 def evaluate(*args):
     return CliRunner().invoke(evaluate_command, [str(a) for a in args], catch_exceptions=False)
-
-
-def write_lists(tmp_path):
-    """trainlist01.txt (9 videos + one the store lacks) and testlist01.txt (3 + one it lacks)
-    over the tiny store, as in tests/test_cli_train.py."""
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    trainlist, testlist = lists / "trainlist01.txt", lists / "testlist01.txt"
-    trainlist.write_text("".join(f"{c}/{c}_{i}.avi\n" for c in ("right", "down", "left")
-                                 for i in range(3)) + "down/down_broken.avi\n")
-    testlist.write_text("right/right_broken.avi\n" + "".join(f"{c}/{c}_3.avi\n"
-                                                               for c in ("right", "down", "left")))
-    return trainlist, testlist
 
 
 def test_best_scored_on_the_videos_that_chose_it_says_so(tiny_store, tmp_path):
@@ -123,3 +111,38 @@ def test_a_checkpoint_of_another_run_is_refused_naming_its_evaluate(tiny_store, 
     anon = evaluate(run, "--checkpoint", tmp_path / "anon.pt", *FAST)
     assert anon.exit_code == 0, anon.output
     assert (run / "eval-anon" / "eval.json").is_file() and "eval-anon" in anon.stderr
+
+
+def test_a_checkpoint_of_a_run_alike_but_for_its_creation_time_is_refused(tiny_store, tmp_path):
+    """Two runs of the same command (same classes, model and split) are still two runs: the
+    other's best.pt is refused naming the creation time, and RUN_DIR gets no eval/."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+    Trainer(tiny_config(tiny_store, epochs=1), other).fit()
+    path = other / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(path)  # the two may start within one second: set it apart
+    ckpt["config"]["created"] = "2000-01-01T00:00:00+00:00"
+    save_checkpoint(path, ckpt)
+    refused = evaluate(run, "--checkpoint", path, *FAST)
+    assert refused.exit_code == 2, refused.output
+    assert "(its creation time differ)" in refused.stderr, refused.stderr
+    assert not (run / "eval").exists()
+
+
+def test_an_out_folder_below_a_file_is_refused_before_any_prediction(tiny_store, tmp_path,
+                                                                      monkeypatch):
+    """-o FILE/eval cannot be written: evaluate exits 2 saying a part of the path is a file
+    before scoring a single video, not after minutes of predictions."""
+    from flowkit.train import evaluate as evaluate_module
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(tiny_store, epochs=1), run).fit()
+
+    def no_prediction(*args, **kw):
+        pytest.fail("predictions ran before the output folder was checked")
+
+    monkeypatch.setattr(evaluate_module, "predict_sharded", no_prediction)
+    (tmp_path / "FILE").write_text("")
+    result = evaluate(run, "-o", tmp_path / "FILE" / "eval", *FAST)
+    assert result.exit_code == 2, result.output
+    assert "a part of the path is a file" in result.stderr, result.stderr

@@ -543,6 +543,24 @@ def test_the_hint_without_weights_names_the_architecture_they_fixed(items, tmp_p
     assert [r.status for r in again.results] == ["skipped"], again.results
 
 
+def test_the_hint_without_weights_names_the_architecture_of_the_other_direction(items, tmp_path):
+    """A store holding only untrained tvnet_backward (--param scales=1 warps=1 iterations=10)
+    extended by a forward run with --weights of a checkpoint of that architecture: refused, its
+    hint naming the other direction's --param values (before: a KeyError traceback)."""
+    videos, classes = items
+    path = tmp_path / "s"
+    arch = {"scales": 1, "warps": 1, "iterations": 10}
+    tvnet = dict(method="tvnet", flow_codec="float16", rgb_codec="raw")
+    extract(videos[:1], path, ExtractConfig(engine_params=dict(arch), backward=True, **tvnet),
+            classes=classes)
+    ckpt = _tvnet_checkpoint(tmp_path / "tv.pt", **arch)
+    with pytest.raises(StoreError) as refused:
+        extract(videos[:1], path, ExtractConfig(engine_params={"weights": str(ckpt)}, **tvnet),
+                classes=classes)
+    assert "--param iterations=10 --param scales=1 --param warps=1" in str(refused.value), \
+        refused.value
+
+
 def test_a_store_takes_runs_that_order_its_classes_otherwise_labelled_by_name(items, tmp_path):
     """A store made from a folder scan (sorted class names) takes videos and flow from a run whose
     class list orders the same names otherwise (UCF101's classInd.txt puts Hammering before

@@ -368,6 +368,17 @@ def test_a_class_folder_of_an_export_imports_with_the_recorded_bound(source_stor
         import_rawframes(tmp_path / "exports", tmp_path / "s2", ImportConfig())
 
 
+def test_one_video_folder_of_an_export_imports_with_the_recorded_bound(source_store, tmp_path):
+    """The stamp is two folders above a video folder imported alone: its flow is read with the
+    export's --bound 32, not the default 20."""
+    out = tmp_path / "b32"
+    export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    summary = import_rawframes(out / "jump" / "jump_0", tmp_path / "s", ImportConfig())
+    assert summary.bound == 32.0 and summary.count("done") == 1, summary.notes
+    back = FlowStore(tmp_path / "s")
+    assert back.meta("jump_0")["flows"]["tvl1"]["params"]["bound"] == 32.0
+
+
 def test_a_stamp_covers_only_the_rawframes_its_export_wrote(source_store, tmp_path):
     """Other tools' rawframes put inside an export's folder (its lists do not name them) are not
     read with the export's bound, nor are folders above a stamp's reach; a root holding an

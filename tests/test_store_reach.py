@@ -103,6 +103,22 @@ def test_store_json_is_not_rebuilt_while_a_class_folder_cannot_be_read(root):
     assert not (root / "store.json").exists()
 
 
+def test_store_json_is_not_rebuilt_without_the_last_class_behind_a_dangling_link(tiny_store,
+                                                                                  tmp_path):
+    """--repair-manifest with the folder of the last class id behind a link that dangles: no id
+    is left without a name, yet store.json is not written without that class; the link is
+    named."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    last = FlowStore(store).classes[-1]
+    _dangle(store, last)
+    (store / "store.json").unlink()
+    with pytest.raises(StoreError, match=f"cannot be rebuilt while a folder of videos cannot be "
+                                         f"read: .*{LINK_FIX}"):
+        FlowStore.rebuild_manifest(store)
+    assert not (store / "store.json").exists()
+
+
 def test_train_warns_that_a_class_folder_is_left_out(tiny_store, tmp_path, monkeypatch):
     from flowkit.cli.train import command as train_command
     from flowkit.train import Trainer

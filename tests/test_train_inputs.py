@@ -98,21 +98,22 @@ def test_a_resumed_run_keeps_its_record(tiny_store, tmp_path):
 
 # ----------------------------------------------------------------------- validation honesty
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_a_non_finite_validation_loss_stops_the_run_before_saving_it(tiny_store, tmp_path,
-                                                                     monkeypatch):
+                                                                     monkeypatch, bad):
     """--lr 1e8: the weights turn NaN, validation scores NaN (a "top-1 25%") and that epoch became
     best.pt. Now the run stops with one line naming the epoch, and best.pt and last.pt keep the
-    last finite epoch."""
+    last finite epoch; an infinite loss (not NaN) stops it the same way."""
     validate, calls = Trainer.validate, []
 
     def nan_in_epoch_2(self, progress=None):
         calls.append(1)
         result = validate(self, progress)
-        return {**result, "loss": math.nan} if len(calls) == 2 else result
+        return {**result, "loss": bad} if len(calls) == 2 else result
 
     monkeypatch.setattr(Trainer, "validate", nan_in_epoch_2)
     trainer = Trainer(tiny_config(tiny_store, epochs=3), tmp_path / "run")
-    with pytest.raises(FlowkitError, match=r"^epoch 2: the validation loss is nan: the loss "
+    with pytest.raises(FlowkitError, match=rf"^epoch 2: the validation loss is {bad}: the loss "
                                            r"diverged; lower --lr"):
         trainer.fit()
     for name in ("best.pt", "last.pt"):
@@ -133,18 +134,24 @@ def test_a_non_finite_training_loss_names_the_epoch(tiny_store, tmp_path, monkey
         Trainer(tiny_config(tiny_store, epochs=1), tmp_path / "run").fit()
 
 
+@pytest.mark.parametrize("diverged", ["all weights", "one class's bias"])
 def test_without_validation_a_last_update_that_diverged_is_never_saved(tiny_store, tmp_path,
-                                                                        monkeypatch):
+                                                                        monkeypatch, diverged):
     """--val-fraction 0 --lr 1e38: each step's loss is computed before its own update, so the
     epoch's last update was looked at by nothing and a model scoring NaN became best.pt and
-    last.pt. The last batch is scored after the epoch: not finite, the epoch is not saved."""
+    last.pt. The last batch is scored after the epoch: not finite, the epoch is not saved; one
+    class's score at inf (the others finite, none NaN) is as diverged."""
     import torch
 
     def diverge_after_epoch_1(self, batch, epoch):
         if epoch == 1:  # the update of epoch 2's last step went to inf
             with torch.no_grad():
-                for p in self.model.parameters():
-                    p.fill_(float("inf"))
+                if diverged == "all weights":
+                    for p in self.model.parameters():
+                        p.fill_(float("inf"))
+                else:
+                    last = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+                    last.bias[0] = float("inf")
         return check(self, batch, epoch)
 
     check = Trainer._check_last_update
