@@ -46,7 +46,7 @@ from .progress import Progress, StopFlag, Stopped
 from .shards import ShardPlan, plan_shards
 from .store import MANIFEST, FlowStore, StoreError, flow_codec, rgb_codec
 from .store import guard
-from .store.compat import _LABELS, Request, _show, compare_with_store
+from .store.compat import Request, compare_with_store, describe_difference
 from .store.labelling import fill_missing_labels, stand_in_note, unlabelled_note
 from .store.layout import class_ids
 from .video import output_size, probe
@@ -387,12 +387,8 @@ def meanwhile_mismatch(request: Request, key: str, meta: dict, joining: bool) ->
     differing = request.differences(meta, joining)
     if not differing:
         return ""
-    parts = []
-    for option, (stored, asked) in differing.items():
-        plain = option.removeprefix("pair_")
-        label = _LABELS.get(plain, plain) + (
-            f" of flow/{request.other_direction}" if plain != option else "")
-        parts.append(f"{label} {_show(plain, stored)} in the store, {_show(plain, asked)} asked")
+    parts = [describe_difference(request, option, stored, asked)
+             for option, (stored, asked) in differing.items()]
     return f"{key}: {MEANWHILE} ({'; '.join(parts)}); not recomputed"
 
 

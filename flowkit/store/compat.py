@@ -223,13 +223,9 @@ class Comparison:
             return self._foreign_message()
         parts = []
         for option, keys in self.differing.items():
-            stored, requested = self.stored[option][0], self.request_value(option)
-            label = _LABELS.get(option) or (
-                f"{_LABELS[option.removeprefix('pair_')]} of flow/{self.request.other_direction} "
-                f"(the other direction of flow/{self.request.method})")
-            parts.append(f"{label} {_show(option, stored)} in the store, "
-                         f"{_show(option, requested)} asked ({len(keys)} of {self.checked} "
-                         "videos checked)")
+            what = describe_difference(self.request, option, self.stored[option][0],
+                                       self.request_value(option))
+            parts.append(f"{what} ({len(keys)} of {self.checked} videos checked)")
         opts = self.matching_options()
         given = " ".join(o for o in opts if not o.startswith("no "))
         dropped = " and ".join(o.removeprefix("no ") for o in opts if o.startswith("no "))
@@ -350,6 +346,16 @@ def _capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def describe_difference(request: Request, option: str, stored: Any, asked: Any) -> str:
+    """``"<what> <stored> in the store, <asked> asked"`` for one option of
+    :meth:`Request.differences` (a ``pair_`` option names the other direction's flow)."""
+    plain = option.removeprefix("pair_")
+    label = _LABELS.get(option) or (
+        f"{_LABELS.get(plain, plain)} of flow/{request.other_direction} (the other direction of "
+        f"flow/{request.method})")
+    return f"{label} {_show(plain, stored)} in the store, {_show(plain, asked)} asked"
+
+
 def _show(option: str, value: Any) -> str:
     if option == "max_frames" and value is None:
         return "none"
@@ -362,4 +368,5 @@ def _show(option: str, value: Any) -> str:
     return str(value)
 
 
-__all__ = ["Request", "Comparison", "compare_with_store", "REFERENCE_VIDEOS"]
+__all__ = ["Request", "Comparison", "compare_with_store", "describe_difference",
+           "REFERENCE_VIDEOS"]
