@@ -320,6 +320,29 @@ def file_sha256(path: str | os.PathLike, length: int | None = None) -> str:
     return digest if length is None else digest[:length]
 
 
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Before any work: ``folder`` (made if missing) takes a new file. A file is created and
+    removed, and so are the folders made for it (the work makes them again), so a command that
+    fails later leaves nothing. A read-only or unwritable folder raises the file system's
+    OSError naming ``folder`` (not the probe's random name): the CLI prints it as one line."""
+    import tempfile
+
+    folder = Path(folder)
+    made = [d for d in (folder, *folder.parents) if not d.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".flowkit-probe-"):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+    finally:
+        for made_folder in made:  # innermost first
+            try:
+                made_folder.rmdir()
+            except OSError:
+                break
+
+
 #: How a file system refuses a hard link: exFAT / FAT drives (EPERM), some FUSE and SMB mounts
 #: (EPERM, EOPNOTSUPP, ENOSYS). The file linked sits beside the target and was just written,
 #: so it is not a permission of the folder.
@@ -348,4 +371,5 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "fsync_dir"
            "file_sha256", "host_name", "pid_alive", "on_this_machine",
            "remove_stale_temporaries", "is_stale_temporary",
            "escape_name", "walk_once", "file_identity", "stamp", "link_into_place",
+           "check_writable_folder",
            "NO_HARD_LINKS"]

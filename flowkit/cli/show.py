@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ import numpy as np
 
 from ..conventions import is_backward
 from ..errors import FlowkitError, shell_word
+from ..files import check_writable_folder
 from ..labels import VIDEO_EXTENSIONS
 from ..store import FlowStore
 from ..video import write_video
@@ -62,22 +62,11 @@ def _missing_video(fs: FlowStore, store: str, key: str) -> str:
     return f"no video {key!r} in {store}{_missing_key_hint(fs, store, key)}"
 
 
-def _check_writable(folder: Path) -> None:
-    """Before any work: ``folder`` takes a new file (one is created and removed). A read-only or
-    unwritable folder raises the file system's OSError naming it, which handle_errors prints as
-    one line; found at the end, cv2.imwrite only returns False and PyAV raises a traceback."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".flowkit-show-"):
-            pass
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(folder)) from None
-
-
 def _check_output(out: Path) -> None:
     """Before reading anything: the folder exists and takes a new file, and the extension is a
     picture or video format this machine can write."""
     check_output_file("-o", out)
-    _check_writable(out.parent)
+    check_writable_folder(out.parent)  # cv2.imwrite only returns False, PyAV raises late
     if out.suffix.lower() in _VIDEO_SUFFIXES:
         return
     import cv2

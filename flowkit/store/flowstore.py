@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..files import (SAME_DIRECTORY, TMP_SUFFIX, dangling_link_note, escape_name, host_name,
-                     is_stale_temporary, pid_alive, remove_stale_temporaries, walk_once)
+from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
+                     remove_stale_temporaries, walk_once)
 from ..files import stamp as file_stamp
 from ..labels import VIDEO_EXTENSIONS, first_few
 from ..progress import Progress
@@ -29,7 +29,7 @@ from .layout import (CLAIM, COMMIT_LOCK, EXTRACT_HINT, MANIFEST, MAX_OPEN_FILES,
                      PARTIAL_RE, STALE_CLAIM_SECONDS, STALE_PARTIAL_SECONDS, SUFFIX, VIDEO_FORMAT, VIDEO_VERSION,
                      VIDEOS, WIDEST_PID, check_key, check_not_file, check_video_header,
                      create_store, flowkit_version, merge_classes, no_manifest, now, open_read,
-                     partial_ending, read_manifest, rebuild_manifest)
+                     partial_ending, read_manifest, rebuild_manifest, walk_videos)
 from .index import Entry, Index, index_stamp, load_index, paused_gc, update_index
 from .summary import SummaryStats, indexed_facts
 from .diskio import REFUSED, errno_of, storage_error
@@ -68,7 +68,7 @@ class FlowStore:
         self.encode_threads = encode_threads  # None: codecs.default_threads()
         self._max_open = max(1, int(max_open_files))
         self._manifest = self._open_manifest(classes)
-        self._walk_notes: list[str] = []  # the last listing's (_video_files)
+        self._unreachable: list[str] = []  # the last listing's (_video_files)
         # Each thread's open files (_OpenFiles: handles, their codecs): see _open_files
         self._forget_open_files()
         self._forget_held_index()
@@ -143,18 +143,15 @@ class FlowStore:
         cannot enter are kept in :attr:`unreachable` (filled as the walk goes), so a class
         left out is said, not silently missing."""
         videos = os.path.join(self._root, VIDEOS)
-        notes = self._walk_notes = []
+        lost = self._unreachable = []
         if not os.path.lexists(videos):  # a store with no video yet (a dangling link: noted)
             return
-        for dirpath, _, files in walk_once(videos, notes):
-            folder = os.path.relpath(dirpath, videos).replace(os.sep, "/")
-            prefix = "" if folder == "." else folder + "/"
-            for name in files:
-                if name.endswith(SUFFIX):
-                    yield prefix + name[:-len(SUFFIX)], os.path.join(dirpath, name)
-                # not a video (a partial, a claim: few): a link to a folder that dangles?
-                elif line := dangling_link_note(os.path.join(dirpath, name)):
-                    notes.append(line)
+        prefixes: dict[str, str] = {}  # one relpath per folder, not per video
+        for dirpath, name in walk_videos(videos, lost):
+            if (prefix := prefixes.get(dirpath)) is None:
+                folder = os.path.relpath(dirpath, videos).replace(os.sep, "/")
+                prefix = prefixes[dirpath] = "" if folder == "." else folder + "/"
+            yield prefix + name[:-len(SUFFIX)], os.path.join(dirpath, name)
 
     @property
     def unreachable(self) -> list[str]:
@@ -162,8 +159,7 @@ class FlowStore:
         :meth:`summary`, :meth:`validate`, ``len``) could not enter, one line each naming the
         folder and the fix (a link that dangles: restore it; no permission to list: chmod):
         their videos are left out of what that listing found. [] when it entered every one."""
-        # a folder reached twice is listed once (its first path): nothing of it is left out
-        return [n for n in self._walk_notes if SAME_DIRECTORY not in n]
+        return list(self._unreachable)
 
     def keys(self) -> list[str]:
         """Keys of the complete videos, sorted."""

@@ -10,7 +10,7 @@ import re
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -309,6 +309,25 @@ def _parses(manifest: Path) -> bool:
     return True
 
 
+def walk_videos(videos: str | os.PathLike, lost: list[str]) -> Iterator[tuple[str, str]]:
+    """``(folder, name)`` of every video file (``*.h5``) under ``videos``, as strings, each real
+    folder once, links followed (:func:`~flowkit.files.walk_once`). The folders the walk cannot
+    enter (a link that dangles, one this user may not list) go into ``lost`` as it goes, one
+    line each naming the fix: their videos are missing from what it yields. A folder reached
+    twice loses nothing and is not one."""
+    notes: list[str] = []
+    for folder, _, names in walk_once(videos, notes):
+        lost += [n for n in notes if SAME_DIRECTORY not in n]
+        notes.clear()
+        for name in names:
+            if name.endswith(SUFFIX):
+                yield folder, name
+            # not a video (a partial, a claim: few): a link to a folder that dangles?
+            elif line := dangling_link_note(os.path.join(folder, name)):
+                lost.append(line)
+    lost += [n for n in notes if SAME_DIRECTORY not in n]
+
+
 def rebuild_manifest(root: Path) -> list[str]:
     """Write the lost or unreadable store.json of the store ``root`` again and return its class
     list: name i is the ``label_name`` of the videos labelled i (each video records both), so
@@ -324,15 +343,8 @@ def rebuild_manifest(root: Path) -> list[str]:
     if not (root / VIDEOS).is_dir():
         raise StoreError(f"{root} holds no {VIDEOS}/: not a flowkit store to rebuild; "
                          f"{EXTRACT_HINT}")
-    notes: list[str] = []  # the folders the walk could not enter
-    paths: list[Path] = []
-    for d, _, names in walk_once(root / VIDEOS, notes):
-        for name in names:
-            if name.endswith(SUFFIX):
-                paths.append(Path(d, name))
-            elif line := dangling_link_note(os.path.join(d, name)):  # a class's dangling link
-                notes.append(line)
-    lost = [n for n in notes if SAME_DIRECTORY not in n]
+    lost: list[str] = []  # the folders the walk could not enter
+    paths = [Path(d, name) for d, name in walk_videos(root / VIDEOS, lost)]
     if lost:  # its videos' classes would be left out of the list, or their ids unnamed
         raise StoreError(f"{manifest} cannot be rebuilt while a folder of videos cannot be "
                          f"read: {lost[0]}")

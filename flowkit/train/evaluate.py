@@ -32,7 +32,7 @@ import torch
 from .. import distributed
 from ..conventions import MODALITIES
 from ..errors import FlowkitError, shell_word
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, check_writable_folder
 from ..progress import Progress, StopFlag
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, read_run_config
@@ -412,27 +412,6 @@ def _default_out(run_dir: Path, checkpoint: str, whose: str) -> Path:
     return run_dir / "eval"
 
 
-def _check_writable(out: Path) -> None:
-    """Make ``out`` and write a file in it, then take both away again (an evaluation that fails
-    later leaves no empty folder): an OSError (read-only, permission) names the folder before
-    anything is computed."""
-    import tempfile
-
-    made = [d for d in (out, *out.parents) if not d.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
-            pass
-    except OSError as exc:  # named by the folder, not by the probe's random name
-        raise OSError(exc.errno, exc.strerror, str(out)) from None
-    finally:
-        for folder in made:  # innermost first; the writing makes them again
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-
-
 def _selected_on(keys: list[str], run_config: dict, checkpoint: str, whose: str) -> int:
     """How many of the scored ``keys`` chose the checkpoint: best.pt is the epoch with the best
     top-1 on the run's validation videos, so its score on them is not a test score (0 for
@@ -536,7 +515,7 @@ def evaluate_run(run_dir: str | Path, store: str | Path | None = None, *,
     out = None
     if out_dir is not False and distributed.rank() == 0:  # before the predictions: an output
         out = Path(out_dir) if out_dir is not None else _default_out(run_dir, checkpoint, whose)
-        _check_writable(out)  # folder it cannot write is said now, not after minutes of work
+        check_writable_folder(out)  # a folder it cannot write is said now, not after the work
     started = time.perf_counter()
     use_amp = bool(config.amp) and dev.type == "cuda"
     scores, labels, index = predict_sharded(model, dataset, loader, dev, amp=use_amp,
