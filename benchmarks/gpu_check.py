@@ -3,9 +3,10 @@
     python benchmarks/gpu_check.py --out OUT            # on the GPU machine (benchmarks/gpu_check.sh)
     python benchmarks/gpu_check.py --out OUT --dry      # anywhere: tiny sizes, GPU parts skipped
 
-Sections, in this order, each written to ``OUT/<section>.json``; ``OUT/gpu_check.json`` (all of
-them) and ``OUT/gpu_check.md`` (the report, with each figure beside its goal and anchor) are rewritten
-after every section and every measurement row, so a crash or a timeout keeps what is done:
+Sections, in this order; ``OUT/gpu_check.json`` (all of them) and ``OUT/gpu_check.md`` (the report,
+with each figure beside its goal and anchor) are rewritten after every section and every measurement
+row, so a crash or a timeout keeps what is done. Nothing else goes into ``OUT``: the device tool
+brings back at most 8 files, and gpu_check.sh writes the others:
 
 - ``env``: GPU, driver, CUDA, torch, CuPy, numpy, OpenCV versions, ``nvidia-smi``, cores, and a
   CUDA-graph capture probe of one CuPy launch;
@@ -80,9 +81,8 @@ ITERATION_BYTES_PER_PIXEL = 88  # flowkit/cuda/README.md: 48 (primal) + 40 (dual
 class Check:
     """The run's state: time budget, results so far, and the files in ``OUT`` kept up to date.
 
-    ``OUT/<section>.json`` is rewritten after every row of a section and when it ends, and
-    ``OUT/gpu_check.json`` / ``OUT/gpu_check.md`` (the report so far) after every row and section, so
-    a run killed by its time limit still leaves a report of what it measured.
+    ``OUT/gpu_check.json`` / ``OUT/gpu_check.md`` (the report so far) are rewritten after every row
+    and section, so a run killed by its time limit still leaves a report of what it measured.
     """
 
     def __init__(self, out: Path, dry: bool, budget: float):
@@ -114,14 +114,9 @@ class Check:
             result["failed_rows"] = sum(r.get("status") not in ("ok", "skipped") for r in result["rows"])
         result["seconds"] = round(time.perf_counter() - start, 2)
         self.results[name] = result
-        self.write_section(name)
         self.write_report()
         print(f"[gpu_check] {name}: {result['status']} ({result['seconds']} s)", flush=True)
         return result
-
-    def write_section(self, name: str) -> None:
-        _write_text(self.out / f"{name}.json",
-                    json.dumps(self.results[name], indent=2, default=str) + "\n")
 
     def summary(self) -> dict:
         return {"dry": self.dry, "seconds": round(time.perf_counter() - self.started, 1),
@@ -175,7 +170,6 @@ class Rows:
     def _add(self, row: dict) -> dict:
         self.rows.append(row)
         self.check.results[self.section] = {"status": "running", **self.payload()}
-        self.check.write_section(self.section)
         self.check.write_report()
         label = " ".join(f"{k} {row[k]}" for k in ("path", "backend", "batch") if k in row)
         figures = ", ".join(f"{k} {_fmt(row[k])}" for k in ("pairs_per_s", "epe") if row.get(k) is not None)

@@ -201,30 +201,45 @@ def route_to_host(monkeypatch, kernels: dict[str, HostKernels]) -> Emulator:
 
 def assert_tvl1_flows_agree(got: torch.Tensor, want: torch.Tensor, border: int = 6) -> None:
     """TV-L1 flows ``(B, 2, H, W)`` of two backends agree on real frames with the epsilon rule on:
-    mean difference <= 0.01 px, at most 1% of the values over 0.1 px, and under 0.25 px everywhere
-    ``border`` pixels away from the image border.
+    mean difference <= 0.01 px, at most 1% of the values over 0.1 px, and at most 0.1% of the values
+    ``border`` pixels away from the image border over 0.25 px.
 
-    Why not a bound on the maximum: with early stopping a pair stops at the first iteration whose
-    update is <= epsilon, and a one-ulp rounding difference (CPU ``sqrt``, bicubic and resize order
-    their arithmetic differently; the device contracts multiply-adds) moves that iteration by one.
-    Where the data term is ill-posed the two paths then drift apart: near the border, where the
-    bicubic taps of ``x + u`` (2 px around it, flows of ~2 px here) leave the image. Measured in
-    emulation (cupy path vs torch CPU, ``photo_pair``, outer_iterations=4): mean 2.9e-4 px, 99th
-    percentile 1.7e-3 px, max 0.013 px 4 px away from the border, but 2.29 px at 3 pixels of the
-    top row. The band grows with the pyramid: at the coarsest of OpenCV's 5 levels (0.8^4 = 0.41 of
-    the frame) the taps reach 2 / 0.41 = 4.9 px of the frame beyond ``x + u``, hence ``border`` 6.
-    At OpenCV's defaults (tests/test_numerics.py, whose frames OpenCV's resize and remap make, so
-    they differ a little by OpenCV build and CPU): with OpenCV 5.1.0 on an AVX-512 AMD EPYC, mean
-    0.0068 px, 0.75% over 0.1 px, 99th percentile 0.078 px, 0.089 px 6 px inside, but 1.1 px at 3
-    pixels 4 px inside and 6.9 px at the border (the bound was 4 px; OpenCV 4.14 on the same
-    machine, and earlier machines with 5.1.0, stayed within it). What tells a real disagreement: on ``photo_pair`` a 3x3 instead of a 5x5
-    median, lambda 0.14 instead of 0.15, or 20 instead of 30 inner iterations differ by 0.90-2.0 px
-    6 px inside (emulation: 0.040 px); on the 48x64 frames of tests/test_numerics.py at OpenCV's
-    defaults the interior moves less (0.10-0.13 px, but 2.7 px for 20 iterations) and the mean
-    (0.017-0.027 px) and the share over 0.1 px (1.1-1.5%) fail instead.
+    Why no bound on the maximum: with early stopping a pair stops each warp at the first iteration
+    whose update is <= epsilon, and rounding (CPU ``sqrt``, bicubic and resize order their arithmetic
+    differently, the device contracts multiply-adds, reductions sum in another order) moves that
+    iteration by one where the update is within a percent of epsilon. Where the data term is
+    ill-posed the two paths then drift apart by up to px, at isolated pixels. Measured on an H200
+    (torch 2.11, CUDA 13; ``photo_pair``, outer_iterations=4, each pair alone): the torch path on
+    CUDA stopped 3 of the astronaut's 25 warps one iteration away from the torch path on the CPU
+    (52/53, 38/37, 26/27 iterations; 0.3059 vs 0.3088 against epsilon 0.3072 at the first), and 2 of
+    the 13,056 interior values then differed by 0.82 px, mean 0.0032 px, 0.04% over 0.1 px; the
+    camera pair stopped every warp alike (0.0015 px). The CuPy path stopped as the CPU did (0.040
+    px). Without early stops all three agree within 0.021 px inside (``test_gpu_tvl1_engine_
+    backends_agree[False]``): the fixed schedule is where parity of the arithmetic is bounded tightly.
+    In emulation (cupy path vs torch CPU): mean 2.9e-4 px, max 0.013 px 4 px from the border but
+    2.29 px at 3 pixels of the top row, where the bicubic taps of ``x + u`` leave the image (at the
+    coarsest of OpenCV's 5 levels they reach 4.9 px of the frame beyond it, hence ``border`` 6). At
+    OpenCV's defaults against OpenCV (tests/test_numerics.py; OpenCV 5.1.0, AVX-512 EPYC): mean
+    0.0068 px, 0.75% over 0.1 px, 0.089 px 6 px inside, 6.9 px at the border. What a real
+    disagreement does here: on ``photo_pair`` a 3x3 median, lambda 0.14, theta 0.29, 20 inner
+    iterations, epsilon 0.012 or 4 warps give means of 0.010-0.023 px and 0.26-3.4% over 0.1 px (tau
+    0.24: 0.0079 px, 0.14%), so with early stops only gross errors fail here; the fixed-schedule
+    comparisons are the sharp ones.
     """
     diff = (got - want).abs()
     inner = diff[..., border:-border, border:-border]
     assert diff.mean() <= 0.01, f"mean difference {float(diff.mean()):.4g} px"
     assert (diff > 0.1).float().mean() <= 0.01, f"{float((diff > 0.1).float().mean()):.2%} over 0.1 px"
-    assert inner.max() < 0.25, f"{float(inner.max()):.3g} px {border} px inside the border"
+    outliers = (inner > 0.25).float().mean()
+    assert outliers <= 0.001, (f"{float(outliers):.3%} of the values {border} px inside the border "
+                               f"over 0.25 px (max {float(inner.max()):.3g} px)")
+
+
+def assert_fixed_schedule_agrees(got: torch.Tensor, want: torch.Tensor) -> None:
+    """TV-L1 flows ``(B, 2, H, W)`` of two backends on the fixed schedule (``early_stop=False``): every
+    pair runs the same iterations, so only rounding separates them. Mean < 1e-3 px and max < 0.25 px;
+    measured on an H200 (``photo_pair``, outer_iterations=4): mean 6.2e-4 px, max 0.021 px inside
+    the 6 px border, between any two of CuPy, torch on CUDA and torch on the CPU."""
+    diff = (got - want).abs()
+    assert diff.mean() < 1e-3 and diff.max() < 0.25, (f"mean {float(diff.mean()):.3g} px, "
+                                                      f"max {float(diff.max()):.3g} px")

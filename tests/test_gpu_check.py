@@ -53,7 +53,10 @@ def test_dry_run_writes_every_result(tmp_path, without_pyav):
     assert [k for k in summary if k in sections] == list(sections)
     for name in sections:
         assert summary[name]["status"] in ("ok", "skipped"), (name, summary[name])
-        assert (out / f"{name}.json").is_file()
+    # The device tool brings back at most 8 files (a run with more lost its report and test results);
+    # on a GPU nvidia-smi.txt and memcheck.txt come too.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.json", "gpu_check.log", "gpu_check.md", "pytest_gpu.txt"]
     assert summary["interrupted"] is None and summary["cuda_graph_capture_failed"] is None
     assert summary["bandwidth"]["status"] == "skipped"            # needs a GPU
     assert summary["env"]["pyav"] is None                         # ran without PyAV
@@ -82,7 +85,7 @@ def test_dry_run_writes_every_result(tmp_path, without_pyav):
 
 def test_a_failing_row_is_recorded_and_the_section_goes_on(gpu_check, tmp_path, monkeypatch):
     """One row raising what is not a FlowkitError (a CuPy compile error, a CUDA runtime error): the
-    row says so, the next rows run, and the section's JSON and the report are there after each row."""
+    row says so, the next rows run, and gpu_check.json and the report hold each row as it ends."""
     check = gpu_check.Check(tmp_path, dry=True, budget=100)
     seen = []
 
@@ -90,7 +93,7 @@ def test_a_failing_row_is_recorded_and_the_section_goes_on(gpu_check, tmp_path, 
         seen.append((batch, len(pairs), len({p.name for p in pairs})))
         if batch == 1:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        assert json.loads((tmp_path / "tvl1.json").read_text())["rows"][0]["status"] == "failed"
+        assert json.loads((tmp_path / "gpu_check.json").read_text())["tvl1"]["rows"][0]["status"] == "failed"
         assert "illegal memory access" in (tmp_path / "gpu_check.md").read_text()
         return [{"backend": kw["backend"], "status": "ok", "reason": None, "pairs_per_s": 12.5,
                  "epe": 0.25, "warmup_s": 0.1, "peak_mem_mb": None}]
@@ -103,7 +106,7 @@ def test_a_failing_row_is_recorded_and_the_section_goes_on(gpu_check, tmp_path, 
     assert failed["reason"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert ok["status"] == "ok" and ok["batch"] == 4 and ok["pairs_per_s"] == 12.5
     assert seen[1] == (4, 4, 4)  # the distinct pairs, tiled to the batch
-    saved = json.loads((tmp_path / "tvl1.json").read_text())
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())["tvl1"]
     assert saved["status"] == "ok" and [r["status"] for r in saved["rows"]] == ["failed", "ok"]
     report = (tmp_path / "gpu_check.md").read_text()
     assert "| torch | 4 | 4 | 12.5 | 0.25 | ok |" in report
@@ -122,7 +125,7 @@ def test_a_failing_section_keeps_its_finished_rows(gpu_check, tmp_path):
     result = check.section("costvolume", section, needs_cuda=False)
     assert result["status"] == "error" and result["reason"] == "ValueError: after the first row"
     assert result["rows"][0]["pairs_per_s"] == 2.0 and result["failed_rows"] == 0
-    assert json.loads((tmp_path / "costvolume.json").read_text())["status"] == "error"
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["costvolume"]["status"] == "error"
     assert "- **costvolume**: error: ValueError" in (tmp_path / "gpu_check.md").read_text()
 
 
