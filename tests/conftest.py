@@ -6,6 +6,7 @@ Nothing here imports PyAV at import time (only the fixtures that encode video do
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -43,8 +44,12 @@ SAMPLE_SIZE = (64, 80)  # (H, W)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``gpu`` when torch sees no CUDA device (torch is imported only if needed)."""
-    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    """Skip tests marked ``gpu`` when torch sees no CUDA device (torch is imported only if needed).
+    With ``FLOWKIT_GPU_TEST_DEVICE=cpu`` the tests of a module that runs on that device (its
+    ``DEVICE``: tests/test_cuda_training.py) are kept: a dry run of them on the CPU."""
+    dry = os.environ.get("FLOWKIT_GPU_TEST_DEVICE") == "cpu"
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")
+                 and not (dry and getattr(getattr(item, "module", None), "DEVICE", None) == "cpu")]
     if not gpu_items:
         return
     import torch

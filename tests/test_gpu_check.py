@@ -83,6 +83,18 @@ def test_dry_run_writes_every_result(tmp_path, without_pyav):
     assert "exit code 0" in (out / "gpu_check.log").read_text()
 
 
+@pytest.mark.slow
+def test_gpu_training_tests_pass_on_the_cpu(without_pyav):
+    """tests/test_cuda_training.py runs only where CUDA is; its dry run on the CPU (without PyAV, as
+    on the GPU machine) keeps it from breaking unseen between device sessions."""
+    env = {**without_pyav, "FLOWKIT_GPU_TEST_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(ROOT / "tests" / "test_cuda_training.py")], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert re.search(r"\b\d+ passed\b", res.stdout) and "skipped" not in res.stdout, res.stdout[-500:]
+
+
 def test_a_failing_row_is_recorded_and_the_section_goes_on(gpu_check, tmp_path, monkeypatch):
     """One row raising what is not a FlowkitError (a CuPy compile error, a CUDA runtime error): the
     row says so, the next rows run, and gpu_check.json and the report hold each row as it ends."""
