@@ -66,6 +66,7 @@ def test_dry_run_writes_every_result(tmp_path, without_pyav):
     feed = summary["feed"]
     assert feed["done"] == 3 and feed["flow_codec"] == FLOW_CODEC  # the default store
     assert feed["stored_vs_direct_max_px"] <= 0.1
+    assert feed["stored_vs_direct_mean_px"] <= 0.1 and feed["stored_vs_direct_p99_px"] <= 0.1
     write = feed["store_write"]
     assert write["flow_codec"] == FLOW_CODEC and write["threads"]["1"]["pairs_per_s"] > 0
     tvl1 = summary["tvl1"]
