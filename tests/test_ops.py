@@ -189,6 +189,34 @@ def test_median_filter_over_5_runs_on_cpu_float32():
     assert torch.isfinite(engine(frames[:1], frames[1:])).all()
 
 
+def _layouts():
+    """The same RGB frames contiguous and channels-last (as decoded (T, H, W, 3) frames permuted)."""
+    hwc = torch.randint(0, 256, (4, 37, 53, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    return hwc.permute(0, 3, 1, 2).contiguous(), hwc.permute(0, 3, 1, 2)
+
+
+def test_luma_is_the_same_bits_for_any_layout_and_keeps_the_dtype():
+    contiguous, channels_last = _layouts()
+    gray = ops.to_gray(contiguous)
+    assert gray.is_contiguous() and gray.dtype == torch.float32
+    assert torch.equal(ops.to_gray(channels_last), gray)
+    x = contiguous.double()
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    assert torch.equal(ops.luma(x), (r * 0.299 + g * 0.587) + b * 0.114)  # left to right, float64 kept
+    with pytest.raises(EngineError, match="channels"):
+        ops.luma(x[:, :2])
+
+
+@pytest.mark.gpu
+def test_luma_on_cuda_is_the_cpus_for_any_layout():
+    """A sum over channels may order its additions by layout on CUDA: three products added left to
+    right are IEEE-rounded the same on both devices (not yet run on a GPU)."""
+    contiguous, channels_last = _layouts()
+    want = ops.to_gray(contiguous)
+    for frames in (contiguous, channels_last):
+        assert torch.equal(ops.to_gray(frames.cuda()).cpu(), want)
+
+
 def test_to_gray_uses_opencv_luma():
     rgb = np.random.default_rng(8).integers(0, 256, (5, 6, 3), dtype=np.uint8)
     ref = cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2GRAY)

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import checkpoints
-from ..conventions import IMAGENET_MEAN, IMAGENET_STD, LUMA_RGB
+from ..conventions import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import EngineError
 from ..layers import BasicBlock, Bottleneck
 from . import ops
@@ -161,21 +161,13 @@ def patch_features(frames: torch.Tensor, radius: int = 3, gray: bool = True,
         raise EngineError(f"patch radius must be a positive integer, got {radius!r}")
     x = frames if frames.is_floating_point() else frames.float()
     if gray and x.shape[1] != 1:
-        x = _luma(x)
+        x = ops.luma(x)
     x = gaussian_blur(x, sigma)
     b, c, h, w = x.shape
     k = 2 * radius + 1
     patches = F.unfold(F.pad(x, (radius,) * 4, mode="replicate"), k).view(b, c, k * k, h, w)
     patches = patches - patches.mean(dim=2, keepdim=True)
     return F.normalize(patches.reshape(b, c * k * k, h, w), dim=1, eps=_NORM_EPS)
-
-
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    """:func:`ops.to_gray` in the input's float dtype (float64 stays float64 for gradcheck)."""
-    if x.shape[1] != 3:
-        raise ops.channels_error(x)  # gray features are the luma of RGB (or the gray itself)
-    w = torch.tensor(LUMA_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
 
 
 _RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")

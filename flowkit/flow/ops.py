@@ -34,17 +34,27 @@ def to_gray(frames: torch.Tensor) -> torch.Tensor:
     """Luma of RGB frames, as OpenCV's ``COLOR_RGB2GRAY`` computes it (in float, no rounding).
 
     Shape:
-        Input ``(B, C, H, W)`` with C = 1 (returned as float) or C = 3 (RGB order).
-        Output ``(B, 1, H, W)`` float32, same value range as the input.
+        Input ``(B, C, H, W)`` with C = 1 (returned as float) or C = 3 (RGB order, :func:`luma`).
+        Output ``(B, 1, H, W)`` float32, contiguous, same value range as the input.
     """
     check_shape(frames, "BCHW", "frames")
     x = frames.float()
-    if x.shape[1] == 1:
-        return x
+    return x.contiguous() if x.shape[1] == 1 else luma(x)
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """``0.299 R + 0.587 G + 0.114 B`` of float RGB ``(B, 3, H, W)``, in ``x``'s dtype: ``(B, 1, H,
+    W)``, contiguous, differentiable.
+
+    Three products added left to right, not a sum over the channel dimension: a reduction may order
+    its additions by the memory layout and the device, and TV-L1 grows a last-bit difference in its
+    input to pixels apart where it is ill-posed. So frames give the same bits whether contiguous or
+    channels-last (``frames.permute(0, 3, 1, 2)`` of decoded ``(T, H, W, 3)``), here and on CUDA.
+    """
     if x.shape[1] != 3:
-        raise channels_error(frames)
-    w = torch.tensor(LUMA_RGB, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+        raise channels_error(x)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return (r * LUMA_RGB[0] + g * LUMA_RGB[1] + b * LUMA_RGB[2]).contiguous()
 
 
 def channels_error(frames: torch.Tensor) -> EngineError:
