@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -132,6 +133,16 @@ def test_a_non_finite_training_loss_names_the_epoch(tiny_store, tmp_path, monkey
                                            r"the loss diverged; lower --lr .*nothing was saved; "
                                            r"start again with --overwrite"):
         Trainer(tiny_config(tiny_store, epochs=1), tmp_path / "run").fit()
+
+
+def test_a_diverged_amp_run_names_no_amp(tiny_store, tmp_path):
+    """With AMP (CUDA only) the forward pass runs in float16: scores past 65504 are inf, so the
+    diverged run's error names --no-amp beside --lr and --clip-grad; without AMP it does not."""
+    trainer = Trainer(tiny_config(tiny_store, epochs=1), tmp_path / "run")
+    assert not trainer.use_amp and "--no-amp" not in trainer._diverged()
+    trainer.use_amp = True  # what a CUDA device sets
+    assert re.match(r"the loss diverged; lower --lr or set --clip-grad; float16 \(--amp\) "
+                    r"overflows at 65504: try --no-amp \(nothing was saved", trainer._diverged())
 
 
 @pytest.mark.parametrize("diverged", ["all weights", "one class's bias"])

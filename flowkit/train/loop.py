@@ -636,8 +636,7 @@ class Trainer:
             self.model.train(was)
         if distributed.any_rank(not bool(torch.isfinite(logits).all())):
             raise FlowkitError(f"epoch {epoch + 1}: the model's scores after its last step are "
-                               "not finite: the loss diverged; lower --lr or set --clip-grad "
-                               f"({_kept(self.checkpoint_dir / LAST)})")
+                               f"not finite: {self._diverged()}")
 
     def _train_step(self, batch, opt: "_Optimisation") -> tuple[float, int, int, float]:
         """One optimiser step; returns (loss, correct top-1 count, clips, learning rate used)."""
@@ -652,9 +651,7 @@ class Trainer:
         if not torch.isfinite(loss):
             step = scheduler.last_epoch  # global steps done before this one
             raise FlowkitError(f"epoch {step // opt.steps_per_epoch + 1}: the training loss is "
-                               f"{float(loss.detach())} at step {step + 1}: the loss diverged; "
-                               f"lower --lr or set --clip-grad "
-                               f"({_kept(self.checkpoint_dir / LAST)})")
+                               f"{float(loss.detach())} at step {step + 1}: {self._diverged()}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if self.config.clip_grad:
@@ -706,9 +703,15 @@ class Trainer:
                if loss is not None and not math.isfinite(loss)}
         if bad:
             name, loss = next(iter(bad.items()))
-            raise FlowkitError(f"epoch {record.epoch}: the {name} loss is {loss}: the loss "
-                               f"diverged; lower --lr or set --clip-grad "
-                               f"({_kept(self.checkpoint_dir / LAST)})")
+            raise FlowkitError(f"epoch {record.epoch}: the {name} loss is {loss}: "
+                               f"{self._diverged()}")
+
+    def _diverged(self) -> str:
+        """The end of a diverged run's error: what to change, and what was kept. With AMP the
+        forward pass runs in float16, whose largest value is 65504: scores beyond it are inf."""
+        amp = "; float16 (--amp) overflows at 65504: try --no-amp" if self.use_amp else ""
+        return (f"the loss diverged; lower --lr or set --clip-grad{amp} "
+                f"({_kept(self.checkpoint_dir / LAST)})")
 
     def validate(self, progress: Progress | None = None) -> dict[str, float]:
         """Loss, top-1 and top-5 of the current model on the validation set (one centre clip and
