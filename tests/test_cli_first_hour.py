@@ -308,14 +308,9 @@ TINY_TRAIN = ["--model", "resnet2d", "--model-arg", "width=4", "--model-arg", "l
 def test_a_class_of_one_recording_group_is_not_told_to_raise_val_fraction(tmp_path):
     """UCF101 clips of one group stay on one side of a split: a class holding a single group
     never validates, so the warning names the group and --val-list, not a --val-fraction."""
-    import io
-    from types import SimpleNamespace
-
-    from rich.console import Console
-
-    from flowkit.cli.train import _warn_small_split
     from flowkit.store import FlowStore
     from flowkit.train import TrainConfig
+    from flowkit.train.loop import split_warnings
 
     keys = [f"{c}/v_{c}_g01_c0{k}" for c in ("Archery", "Bowling") for k in range(1, 6)]
     with FlowStore(tmp_path / "s", mode="a", classes=["Archery", "Bowling"]) as store:
@@ -324,11 +319,8 @@ def test_a_class_of_one_recording_group_is_not_told_to_raise_val_fraction(tmp_pa
             with store.writer(key, source=f"{key}.avi", fps=25.0, label_name=name,
                               label=["Archery", "Bowling"].index(name), rgb_codec="raw") as w:
                 w.append_rgb(np.zeros((3, 4, 4, 3), np.uint8))
-    console = Console(file=io.StringIO(), width=400)
-    trainer = SimpleNamespace(val_keys=[], train_keys=keys, store=FlowStore(tmp_path / "s"))
-    _warn_small_split(console, TrainConfig(store=str(tmp_path / "s"), model="resnet2d",
-                                           val_fraction=0.2), trainer)
-    text = console.file.getvalue()
+    [text] = split_warnings(TrainConfig(store=str(tmp_path / "s"), model="resnet2d",
+                                        val_fraction=0.2), FlowStore(tmp_path / "s"), keys, [])
     assert "2 class(es) hold a single UCF101 recording group (e.g. 'Archery/v_Archery_g01')" in text
     assert "--val-list FILE" in text and "use --val-fraction" not in text
 

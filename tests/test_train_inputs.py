@@ -1,5 +1,5 @@
 """What a run records of its training videos' extraction (and evaluate's notes on other flow), the
-warnings of a split without validation, and a diverged run's stop."""
+warnings of a split without validation, a diverged run's stop, and the paths a run records."""
 from __future__ import annotations
 
 import json
@@ -216,6 +216,62 @@ def test_split_list_without_val_list_warns_and_an_explicit_val_fraction_is_ignor
     assert (f"warning: no video of --val-list {absent} is a labelled video of the store "
             "(missing, or without a label: see the notes)") in r.stderr \
         and "without --val-list" not in r.stderr, r.stderr
+
+
+def test_the_library_trainer_warns_of_a_split_without_validation(tiny_store, tmp_path):
+    """Only `flowkit train` warned: a Python run whose --val-fraction gave 0 validation videos
+    (0.1 of 4 per class), or a split list without --val-list beside a --val-fraction it ignores,
+    trained without a word. Now the Trainer notes them (``log`` and ``notes``) as warnings."""
+    logged = []
+    trainer = Trainer(tiny_config(tiny_store, val_fraction=0.1), tmp_path / "run",
+                      log=logged.append)
+    assert trainer.val_keys == [] and logged == trainer.notes
+    assert [n for n in logged if n.startswith("warning: ")] == [
+        "warning: --val-fraction 0.1 of 12 videos (4 in the smallest class) gives no validation "
+        "videos: best.pt is chosen by training accuracy and `flowkit evaluate` would score "
+        "training videos; use --val-fraction 0.25 (one video per class) or --val-list FILE"]
+    trainlist, _ = split_lists(tmp_path)
+    trainer = Trainer(tiny_config(tiny_store, split_list=str(trainlist)), tmp_path / "run2")
+    warnings = [n for n in trainer.notes if n.startswith("warning: ")]
+    assert len(warnings) == 2 and "--val-fraction 0.25 is ignored with --split-list" in warnings[0]
+    assert "--split-list without --val-list gives no validation videos" in warnings[1]
+    quiet = Trainer(tiny_config(tiny_store), tmp_path / "run3")  # 0.25: one video per class
+    assert not [n for n in quiet.notes if n.startswith("warning: ")]
+
+
+# ------------------------------------------------------------------------ paths of the run
+
+def test_a_run_made_with_relative_paths_is_evaluated_on_its_store_from_any_folder(
+        tiny_store, tmp_path, monkeypatch):
+    """The user's report: a run trained in Python with store="toystore" and relative split lists
+    recorded them as given, so evaluate_run from another folder holding another "toystore"
+    scored that store. Now config.json records them absolute (as the CLI does, and as model file
+    arguments already were), and the caller's config stays as given."""
+    import torch
+
+    from flowkit.models.resnet import ResNet2d
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    (home / "toystore").symlink_to(tiny_store)
+    (home / "toy").mkdir()
+    trainlist, testlist = split_lists(home / "toy")
+    torch.save(ResNet2d(18, in_channels=3, width=4, layers=(1, 1, 1, 1)).state_dict(),
+               home / "resnet.pt")
+    monkeypatch.chdir(home)
+    config = tiny_config("toystore", split_list="toy/trainlist.txt", val_list="toy/testlist.txt",
+                         init="resnet.pt", epochs=1)
+    Trainer(config, tmp_path / "run").fit()
+    assert config.store == "toystore"  # a copy was resolved
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert {k: recorded[k] for k in ("store", "split_list", "val_list", "init")} == {
+        "store": str(tiny_store.resolve()), "split_list": str(trainlist.resolve()),
+        "val_list": str(testlist.resolve()), "init": str((home / "resnet.pt").resolve())}
+    write_store_like_tiny(elsewhere / "toystore", step=2)  # same name, other flow
+    monkeypatch.chdir(elsewhere)
+    result = evaluate_run(tmp_path / "run", clips=1, crops=1, out_dir=False)
+    assert result.report["store"] == str(tiny_store.resolve()) and result.num_videos == 3
+    assert not [n for n in result.report["notes"] if "extracted otherwise" in n]
 
 
 def test_imported_flow_is_compared_by_what_made_its_values_not_its_file_names():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -155,6 +154,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
 
     from ..train import Trainer
     from ..train.ddp import rank_device
+    from ..train.loop import WARNING
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")
@@ -169,8 +169,9 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
     if not main:  # the other ranks train silently; errors still reach their stderr
         console = Console(stderr=True, soft_wrap=True, quiet=True)
 
-    def log(msg: str) -> None:
-        console.print(f"note: {msg}", highlight=False, markup=False)  # names as they are
+    def log(msg: str) -> None:  # the Trainer's notes; its warnings (WARNING) say so themselves
+        line = msg if msg.startswith(WARNING) else f"note: {msg}"
+        console.print(line, highlight=False, markup=False)  # names as they are
 
     def bars():
         return (RichProgress(console, transient=True) if main
@@ -200,8 +201,6 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
                   + (f", {trainer.world_size} ranks of {cfg.batch_size // trainer.world_size} "
                      "clips per step" if trainer.world_size > 1 else "")
                   + f" -> {out}", highlight=False, soft_wrap=True, markup=False)
-    _warn_ignored_val_fraction(console, ctx, cfg)
-    _warn_small_split(console, cfg, trainer)
     if lost := trainer.store.unreachable:  # the split was made without their videos
         console.print(f"warning: {len(lost)} folder(s) of the store cannot be read, their videos "
                       f"are left out of this run; e.g. {lost[0]}", highlight=False,
@@ -279,58 +278,6 @@ def _quiet_torch_warnings():
                                 message=r"torch\.distributed\.nn\.functional\.all_reduce is "
                                         r"deprecated")
         yield
-
-
-def _warn_ignored_val_fraction(console, ctx: click.Context, cfg: TrainConfig) -> None:
-    """Say so when --val-fraction is given with --split-list, which ignores it (the lists make
-    the split): the user asked for a validation split that the run does not make."""
-    if cfg.split_list and ctx.get_parameter_source("val_fraction") == ParameterSource.COMMANDLINE:
-        console.print(f"warning: --val-fraction {cfg.val_fraction:g} is ignored with --split-list "
-                      "(the lists make the split); validate with --val-list FILE",
-                      highlight=False, soft_wrap=True, markup=False)
-
-
-def _warn_small_split(console, cfg: TrainConfig, trainer) -> None:
-    """Say so when the split leaves no validation video (a tiny store's --val-fraction, or
-    --split-list without --val-list): best.pt is then picked by training accuracy and `flowkit
-    evaluate` has no held-out videos to score."""
-    if trainer.val_keys:
-        return
-    if cfg.split_list and cfg.val_list:  # each listed one missing or unlabelled (noted above)
-        console.print(f"warning: no video of --val-list {cfg.val_list} is a labelled video of "
-                      "the store (missing, or without a label: see the notes), so there is no "
-                      "validation: best.pt is chosen by training accuracy", highlight=False,
-                      soft_wrap=True, markup=False)
-        return
-    if cfg.split_list:
-        console.print("warning: --split-list without --val-list gives no validation videos: "
-                      "best.pt is chosen by training accuracy; pass --val-list FILE (e.g. "
-                      "testlist01.txt)", highlight=False, soft_wrap=True, markup=False)
-        return
-    if not cfg.val_fraction:
-        return
-    from collections import defaultdict
-
-    from ..data.splits import labels, video_group
-
-    classes = defaultdict(list)
-    for key, label in zip(trainer.train_keys, labels(trainer.store, trainer.train_keys)):
-        classes[label].append(key)
-    smallest = min(len(keys) for keys in classes.values())
-    enough = math.ceil(100 / smallest) / 100 if smallest >= 2 else None
-    whole = [keys[0] for keys in classes.values() if len({video_group(k) for k in keys}) < 2]
-    if enough is None:
-        fix = "each class needs at least 2 videos for a split; add videos or pass --val-list FILE"
-    elif whole and enough <= cfg.val_fraction:
-        fix = (f"{len(whole)} class(es) hold a single UCF101 recording group (e.g. "
-               f"{video_group(whole[0])!r}), which a split keeps whole, so no --val-fraction "
-               "validates them; pass --val-list FILE")
-    else:
-        fix = f"use --val-fraction {enough:.2f} (one video per class) or --val-list FILE"
-    console.print(f"warning: --val-fraction {cfg.val_fraction:g} of {len(trainer.train_keys)} "
-                  f"videos ({smallest} in the smallest class) gives no validation videos: best.pt "
-                  f"is chosen by training accuracy and `flowkit evaluate` would score training "
-                  f"videos; {fix}", highlight=False, soft_wrap=True)
 
 
 def _init_summary(report: dict) -> str:

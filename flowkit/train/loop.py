@@ -63,6 +63,16 @@ CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 # What --overwrite deletes (only what a run writes; other files in RUN_DIR are left alone).
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, "eval")
+# TrainConfig fields naming a path, which a new run records absolute (absolute_run_paths).
+RUN_PATHS = ("store", "split_list", "val_list", "init")
+
+
+def absolute_run_paths(config: TrainConfig) -> dict[str, str]:
+    """``{field: absolute path}`` for the :data:`RUN_PATHS` of ``config`` that are set, resolved
+    against the current folder: what a new run records, since evaluate and ``--resume`` read
+    them again from whatever folder they run in."""
+    return {name: str(Path(getattr(config, name)).resolve())
+            for name in RUN_PATHS if getattr(config, name)}
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -122,6 +132,64 @@ def epoch_line(r: EpochRecord, epochs: int) -> str:
             f"lr {r.lr:.3g} | {r.clips_per_s:.1f} clips/s | {r.seconds:.1f} s")
 
 
+# ------------------------------------------------------------------------------ split warnings
+
+WARNING = "warning: "  # how a note the user should act on starts (the CLI prints it as is)
+
+
+def split_warnings(config: TrainConfig, store, train_keys: list[str],
+                   val_keys: list[str]) -> list[str]:
+    """The ``warning: ...`` lines of a run's split (``store``: a FlowStore or its path): a
+    ``val_fraction`` other than the default given with ``split_list``, which ignores it (the user
+    asked for a validation split the run does not make), and a split that leaves no validation
+    video (a tiny store's ``val_fraction``, ``split_list`` without ``val_list``): best.pt is then
+    picked by training accuracy and `flowkit evaluate` has no held-out videos to score."""
+    out = []
+    default = {f.name: f.default for f in fields(TrainConfig)}["val_fraction"]
+    if config.split_list and config.val_fraction != default:
+        out.append(f"{WARNING}--val-fraction {config.val_fraction:g} is ignored with --split-list "
+                   "(the lists make the split); validate with --val-list FILE")
+    if val_keys:
+        return out
+    if config.split_list and config.val_list:  # each listed one missing or unlabelled (noted)
+        out.append(f"{WARNING}no video of --val-list {config.val_list} is a labelled video of the "
+                   "store (missing, or without a label: see the notes), so there is no "
+                   "validation: best.pt is chosen by training accuracy")
+    elif config.split_list:
+        out.append(f"{WARNING}--split-list without --val-list gives no validation videos: best.pt "
+                   "is chosen by training accuracy; pass --val-list FILE (e.g. testlist01.txt)")
+    elif config.val_fraction:
+        out.append(_small_split_warning(config.val_fraction, store, train_keys))
+    return out
+
+
+def _small_split_warning(val_fraction: float, store, train_keys: list[str]) -> str:
+    """The warning of a ``val_fraction`` that gave no validation video, with the fix: the fraction
+    that gives one video per class, or --val-list where no fraction can (a class of one video,
+    or of a single UCF101 recording group, which a split keeps whole)."""
+    from collections import defaultdict
+
+    from ..data.splits import labels, video_group
+
+    classes = defaultdict(list)
+    for key, label in zip(train_keys, labels(store, train_keys)):
+        classes[label].append(key)
+    smallest = min(len(keys) for keys in classes.values())
+    enough = math.ceil(100 / smallest) / 100 if smallest >= 2 else None
+    whole = [keys[0] for keys in classes.values() if len({video_group(k) for k in keys}) < 2]
+    if enough is None:
+        fix = "each class needs at least 2 videos for a split; add videos or pass --val-list FILE"
+    elif whole and enough <= val_fraction:
+        fix = (f"{len(whole)} class(es) hold a single UCF101 recording group (e.g. "
+               f"{video_group(whole[0])!r}), which a split keeps whole, so no --val-fraction "
+               "validates them; pass --val-list FILE")
+    else:
+        fix = f"use --val-fraction {enough:.2f} (one video per class) or --val-list FILE"
+    return (f"{WARNING}--val-fraction {val_fraction:g} of {len(train_keys)} videos ({smallest} in "
+            "the smallest class) gives no validation videos: best.pt is chosen by training "
+            f"accuracy and `flowkit evaluate` would score training videos; {fix}")
+
+
 # ----------------------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -150,11 +218,12 @@ class Trainer:
             from ..models.registry import absolute_file_kwargs, check_model_kwargs
 
             check_model_kwargs(config.model, config.model_kwargs)
-            # Files the model reads whenever it is rebuilt (tvnet_weights=...) are recorded
-            # absolute, so evaluate and --resume find them from any folder. A copy: the
-            # caller's config (and, below, its flow_bound) stays as given.
+            # Files the model reads whenever it is rebuilt (tvnet_weights=...), the store, the
+            # split lists and --init are recorded absolute, so evaluate and --resume find them
+            # from any folder (a relative store would be another folder's store of that name).
+            # A copy: the caller's config (and, below, its flow_bound) stays as given.
             self.config = config = dataclasses.replace(config, model_kwargs=absolute_file_kwargs(
-                config.model, config.model_kwargs))
+                config.model, config.model_kwargs), **absolute_run_paths(config))
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
         # Rank 0 holds RUN_DIR from this check to the run's end: two trainings checking it
@@ -188,6 +257,8 @@ class Trainer:
         with self.store.index_held():  # the split and both datasets parse index.json once
             index_store(self.store, progress=progress)  # a bar over videos new to the index
             self.train_keys, self.val_keys, self.split_source = self._split(_saved)
+            for warning in split_warnings(config, self.store, self.train_keys, self.val_keys):
+                self._note(warning)  # Python callers get them too, not only the CLI's user
             self.model = self._create_model()
             if config.flow_bound is None and not self.resuming:  # a new run: the store's
                 # (a run recorded before flow_bound existed keeps each store's own bound, as
@@ -407,6 +478,8 @@ class Trainer:
         return out
 
     def _note(self, msg: str) -> None:
+        """A line for the user: kept in ``notes`` (:class:`TrainResult`'s) and passed to ``log``;
+        one starting with :data:`WARNING` asks them to act (the CLI prints it as a warning)."""
         self.notes.append(msg)
         self.log(msg)
 
