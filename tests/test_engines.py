@@ -111,6 +111,36 @@ def test_dark_float_frames_get_the_uint8_fix_beside_the_times_255_one():
     assert engine(as_uint8[:1], as_uint8[1:]).shape == (1, 2, 32, 32)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.int32, torch.float32])
+def test_sixteen_bit_frames_are_refused_with_the_scaling_fix(dtype):
+    """Frames of 16-bit video ([0, 255] frames x 257) ran silently and gave flow far off (a 2 px
+    shift read as -1.27 px): integer or float, they are refused with the scaling that fixes them,
+    which then runs. uint16 has no max kernel on CPU: the check must not fail on it."""
+    engine = flowkit.create_engine("tvl1", **CHEAP["tvl1"])
+    frames = (torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(0)) * 255).round()
+    sixteen = (frames.to(torch.int32) * 257).to(dtype)
+    with pytest.raises(flowkit.EngineError, match=r"frames0 has values up to 6\d{4}: .*\[0, 255\]"
+                                                  r".*\(frames / 65535 \* 255\)\.round\(\)"):
+        engine(sixteen[:1], sixteen[1:])
+    scaled = (sixteen / 65535 * 255).round().to(torch.uint8)  # the fix, as the error spells it
+    assert torch.equal(scaled, frames.to(torch.uint8))
+    assert engine(scaled[:1], scaled[1:]).shape == (1, 2, 24, 32)
+
+
+def test_integer_frames_within_255_and_a_resampling_overshoot_still_run():
+    """The limits refuse high-bit-depth frames only: uint16 / int32 frames with values <= 255
+    and float frames that overshoot 255 a little (bicubic resampling of uint8 frames, here a
+    peak of 300) run as before, as do uint8 frames."""
+    engine = flowkit.create_engine("tvl1", **CHEAP["tvl1"])
+    frames = (torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(0)) * 255).round()
+    frames[:, 0, 4, 4] = 255.0
+    overshoot = frames.clone()
+    overshoot[:, 0, 4, 5] = 300.0
+    for ok in (frames.to(torch.uint8), frames.to(torch.int32).to(torch.uint16),
+               frames.to(torch.int32), overshoot):
+        assert engine(ok[:1], ok[1:]).shape == (1, 2, 24, 32)
+
+
 @pytest.mark.parametrize("name", sorted(set(flowkit.list_engines()) - NEEDS_WEIGHTS))
 def test_frames_that_require_grad_give_flow_without_a_torch_warning(name):
     """Engine calls are inference only (no_grad, documented): frames that require grad give a

@@ -26,18 +26,56 @@ from ..errors import EngineError
 from .ops import check_shape
 
 
+#: Float frames brighter than this are taken for high-bit-depth frames, not [0, 255] ones:
+#: resampling uint8 frames in float (bicubic, Lanczos) overshoots 255 by up to about 20% at sharp
+#: edges (~306), which must still run; 12/16-bit frames and 10-bit ones brighter than 512 are not.
+FLOAT_PEAK_LIMIT = 512.0
+
+#: Unsigned types without a max kernel on CPU (torch 2.x: "max_values_cpu" not implemented for
+#: 'UInt16'), widened to a signed type holding all their values before the peak is taken. By
+#: name: torch 2.2 (setup.cfg allows it) has none of them.
+_WIDER = {getattr(torch, unsigned): wide for unsigned, wide in
+          (("uint16", torch.int32), ("uint32", torch.int64), ("uint64", torch.int64))
+          if hasattr(torch, unsigned)}
+
+
+def _too_bright(name: str, peak: float) -> EngineError:
+    """The error for frames of 10/12/16-bit video, whose flow is far off (TV-L1's parameters are
+    tuned for [0, 255]: a 2 px shift of 16-bit frames reads as -1.27 px), with the fix. The fix
+    divides (``/``), as uint16 has no floor division on CPU."""
+    return EngineError(f"{name} has values up to {peak:g}: flowkit expects intensities in "
+                       "[0, 255]; scale high-bit-depth frames down, e.g. "
+                       "(frames / 65535 * 255).round().to(torch.uint8) for 16-bit "
+                       "(1023 for 10-bit, 4095 for 12-bit)")
+
+
+def _integer_peak(frames: torch.Tensor) -> int:
+    """Largest value of integer frames (0 when empty): one reduction, one number read back."""
+    if not frames.numel():
+        return 0
+    return int(frames.to(_WIDER.get(frames.dtype, frames.dtype)).amax())
+
+
 def check_intensities(frames: torch.Tensor, name: str) -> None:
-    """Frames must be real intensities in [0, 255]: uint8 (or another integer type), or float with
-    finite values. Float frames whose largest value is in (0, 1] follow the [0, 1] convention
-    (OpenCV's for float images, torchvision's ``to_tensor``) and would give flow far too small
-    (TV-L1's ``lambda_``, ``tau`` and ``epsilon`` are tuned for [0, 255]): an error, with the fix.
-    A guess: float [0, 255] frames no brighter than 1 (a fade from black) read the same, so the
-    error gives their fix too (pass them as uint8, which is never guessed at)."""
+    """Frames must be real intensities in [0, 255]: uint8, another integer type with values
+    <= 255, or float with finite values. Float frames whose largest value is in (0, 1] follow the
+    [0, 1] convention (OpenCV's for float images, torchvision's ``to_tensor``) and would give flow
+    far too small (TV-L1's ``lambda_``, ``tau`` and ``epsilon`` are tuned for [0, 255]): an error,
+    with the fix. A guess: float [0, 255] frames no brighter than 1 (a fade from black) read the
+    same, so the error gives their fix too (pass them as uint8, which is never guessed at).
+    Frames of 10/12/16-bit video (integer values above 255, float ones above
+    :data:`FLOAT_PEAK_LIMIT`) give flow far off: an error, with the fix. uint8 frames cost no
+    check; other integer types one ``amax``."""
     dtype = frames.dtype
     if dtype == torch.bool or dtype.is_complex:
         raise EngineError(f"{name} has dtype {dtype}; frames are intensities in [0, 255] (uint8 or "
                           "float)")
+    if dtype == torch.uint8:
+        return
     if not dtype.is_floating_point:
+        peak = _integer_peak(frames)
+        if peak > 255:
+            raise _too_bright(name, peak)
         return
     finite = torch.isfinite(frames)
     if not bool(finite.all()):
@@ -51,6 +89,8 @@ def check_intensities(frames: torch.Tensor, name: str) -> None:
                           "intensities in [0, 255]; if these are [0, 1] frames, multiply by 255 "
                           "(frames * 255); if they are dark [0, 255] frames, pass them as uint8 "
                           "(frames.to(torch.uint8))")
+    if peak > FLOAT_PEAK_LIMIT:
+        raise _too_bright(name, peak)
 
 
 class FlowEngine:
@@ -133,9 +173,11 @@ class FlowEngine:
         """Flow ``(B, 2, H, W)`` float32 in pixels on ``self.device``, from frame pairs
         ``(B, C, H, W)`` (C = 1 gray or 3 RGB) on any device.
 
-        Frames are intensities in [0, 255]: uint8 (any value) or float. Float frames whose
-        largest value is in (0, 1] are taken for [0, 1] frames and refused (multiply them by 255);
-        dark float [0, 255] frames (a fade from black) must come as uint8.
+        Frames are intensities in [0, 255]: uint8 (any value), another integer type (values
+        <= 255) or float. Float frames whose largest value is in (0, 1] are taken for [0, 1]
+        frames and refused (multiply them by 255); dark float [0, 255] frames (a fade from black)
+        must come as uint8. Frames of 10/12/16-bit video (integer values above 255, float above
+        512) are refused with the scaling that brings them to [0, 255].
 
         Inference only: the engine runs under :func:`torch.no_grad`, so the flow carries no
         gradient whatever the frames require. The differentiable path is the module
