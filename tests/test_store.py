@@ -667,7 +667,8 @@ def test_key_too_long_for_the_stores_file_names_is_refused_up_front(store):
     write_video(store, "zoom/" + "v" * room, make_video(1, frames=2)[0])  # the longest that fits
     assert store.keys() == ["zoom/" + "v" * room] and store.partials() == []
 
-    key = "zoom/" + "v" * (layout.NAME_MAX - len(SUFFIX + layout.partial_ending()) + 1)
+    # too long with this process's shortest partial name (its writer 0): too long for any writer
+    key = "zoom/" + "v" * (layout.NAME_MAX - len(SUFFIX + layout.partial_ending(writer=0)) + 1)
     unchecked = writer.VideoWriter(store.path / "videos" / (key + SUFFIX), {"key": key},
                                    codecs.flow_codec(), codecs.rgb_codec(),
                                    videos=store.path / "videos")  # its partial cannot be made
@@ -872,6 +873,95 @@ def test_a_writer_touches_its_partial_with_its_claims(store, monkeypatch):
     assert w.partial not in claims._heartbeat._paths  # committed: let go
 
 
+# ------------------------------------------------------------------------ writers of one process
+
+def test_nested_writers_of_one_video_keep_both_flows(store):
+    """Two writers of one video in one process, one inside the other, each write their own partial
+    file, as two processes do (they shared one: the inner one truncated the outer one's open file,
+    and the outer one said it committed while its flow was lost)."""
+    rgb, tvl1 = make_video(4)
+    costvolume = 2 * tvl1
+    with store.writer("zoom/v", source="x", fps=25, flow_codec="float16", rgb_codec="raw") as a:
+        a.append_rgb(rgb)
+        a.append_flow("tvl1", tvl1, ENGINE)
+        with store.writer("zoom/v", source="x", fps=25, flow_codec="float16",
+                          rgb_codec="raw") as b:
+            b.append_rgb(rgb)
+            b.append_flow("costvolume", costvolume, {**ENGINE, "engine": "costvolume"})
+    assert store.flow_names("zoom/v") == ["costvolume", "tvl1"]
+    np.testing.assert_array_equal(store.read_flow("zoom/v", "tvl1"), tvl1)
+    np.testing.assert_array_equal(store.read_flow("zoom/v", "costvolume"), costvolume)
+    assert store.partials() == []
+
+
+def test_two_threads_adding_flows_to_one_video_keep_both(store):
+    """Two threads sharing one FlowStore, each adding its engine's flow to one video, both open
+    before either commits: both flows are kept, as two processes' are."""
+    import threading
+
+    rgb, tvl1 = make_video(5)
+    flows = {"tvl1": tvl1, "costvolume": 2 * tvl1}
+    both_open, errors = threading.Barrier(2, timeout=30), []
+
+    def add(name):
+        try:
+            with store.writer("zoom/v", source="x", fps=25, flow_codec="float16",
+                              rgb_codec="raw") as w:
+                w.append_rgb(rgb)
+                both_open.wait()
+                w.append_flow(name, flows[name], {**ENGINE, "engine": name})
+        except Exception as exc:  # the test fails on it below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(name,)) for name in flows]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == [] and store.flow_names("zoom/v") == ["costvolume", "tvl1"]
+    for name, flow in flows.items():
+        np.testing.assert_array_equal(store.read_flow("zoom/v", name), flow)
+    assert store.partials() == []
+
+
+def test_a_claim_held_by_this_process_is_refused_to_its_other_claims(store):
+    """A claim file names a process, not a thread: two threads of one process extracting into one
+    store (through two FlowStores of it, too) both got the claim, computed the video twice, and the
+    first to finish released the claim the other still worked under. A second claim is refused
+    (naming this process) until the first is released."""
+    assert store.claim("zoom/v", "tvl1") is None
+    held = FlowStore(store.path, "a").claim("zoom/v", "tvl1")
+    assert held is not None and f"pid {os.getpid()} on {host_name()}" in held
+    assert "this process" in store.claim("zoom/v", "tvl1")
+    assert store.claim("zoom/v", "costvolume") is None  # another flow: its own claim
+    assert store.in_flight() == {"zoom/v": store.in_flight()["zoom/v"]}  # still held
+    store.release("zoom/v", "tvl1")
+    assert FlowStore(store.path, "a").claim("zoom/v", "tvl1") is None
+    store.release("zoom/v", "tvl1")
+    store.release("zoom/v", "costvolume")
+    assert store.in_flight() == {}
+
+
+def test_numbered_partials_are_judged_by_their_host_and_pid(store):
+    """A writer's partial is numbered within its process (``<host>.<pid>.<writer>``): a dead
+    writer's is still recognised (another host's removed after 10 minutes, not a day; a killed
+    worker's by remove_dead_writer), a live process's kept."""
+    from flowkit.store.layout import STALE_CLAIM_SECONDS
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    videos = store.path / "videos" / "zoom"
+    videos.mkdir(parents=True)
+    mine = videos / f"a.h5.{host_name()}.{os.getpid()}.3.partial"
+    elsewhere = videos / "b.h5.node-17.999999.3.partial"
+    killed = [videos / f"c.h5.{host_name()}.{dead}.{n}.partial" for n in (0, 7)]
+    for path in (mine, elsewhere, *killed):
+        path.write_bytes(b"half a video")
+    gone = time.time() - STALE_CLAIM_SECONDS - 30
+    os.utime(elsewhere, (gone, gone))
+    assert sorted(store.remove_dead_writer("zoom/c", "tvl1", dead)) == sorted(killed)
+    assert store.remove_partials() == [elsewhere]
+    assert store.partials() == [mine]
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_missing_store(tmp_path):
@@ -968,6 +1058,21 @@ def test_missing_video_and_newer_video_file(store):
         f.attrs["version"] = 7
     with pytest.raises(StoreError, match="newer flowkit"):
         FlowStore(store.path).read_flow("zoom/v")
+
+
+def test_a_key_read_with_the_videos_extension_names_the_key_without_it(store):
+    """Keys have no extension: reading 'zoom/v.mp4' of a stored 'zoom/v' names 'zoom/v', not
+    "not extracted; `flowkit extract` writes it" (extracting again only skips it)."""
+    rgb, flow = make_video(12)
+    write_video(store, "zoom/v", rgb, {"tvl1": flow})
+    for read in (lambda: store.read_flow("zoom/v.mp4", "tvl1"),
+                 lambda: store.read_rgb("zoom/v.MP4"), lambda: store.meta("zoom/v.mp4")):
+        with pytest.raises(StoreError) as info:
+            read()
+        assert str(info.value).endswith("; keys have no extension: 'zoom/v'")
+        assert "flowkit extract" not in str(info.value)
+    with pytest.raises(StoreError, match=r"not extracted.*; keys have no extension: 'zoom/w'$"):
+        store.read_rgb("zoom/w.mp4")  # not held either way: extracting writes it
 
 
 def test_classes_in_store_json(tmp_path):

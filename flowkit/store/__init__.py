@@ -5,8 +5,9 @@ Layout::
     STORE/
       store.json                 {"format": "flowkit-store", "version": 1, "classes": [...], ...}
       videos/<key>.h5            one finished video, e.g. videos/pan_left/pan_left_0.h5
-      videos/<key>.h5.<host>.<pid>.partial
-                                 a video being written by process <pid> on <host>; never read
+      videos/<key>.h5.<host>.<pid>.<n>.partial
+                                 a video being written by writer <n> of process <pid> on <host>;
+                                 never read
       videos/<key>.h5.<name>.claim
                                  a process computing flow/<name> of <key> (its host and pid)
       videos/.commit.lock        flock'ed while a finished video is merged and renamed

@@ -40,6 +40,24 @@ from .guard import Failed, guarded_map
 from .validate import READ_PERMISSION_FIX, counted, refused_read, video_problems
 from .writer import VideoWriter, relabel
 
+# The claims this process took through FlowStore.claim and holds: {claim path: (pid, since)}. A
+# claim file names a process, not a thread, so the file alone lets every thread of its process
+# claim it again; with this a second claim of one flow of one video inside the process is
+# refused, as another process's is, and two threads extracting into one store (two FlowStores of
+# it, too) never compute one video twice nor release the claim the other still works under.
+_held: dict[str, tuple[int, str]] = {}
+_held_lock = threading.Lock()
+
+
+def _forget_held() -> None:
+    """A forked child holds none of its parent's claims (whose lock may have been held at the
+    fork)."""
+    global _held, _held_lock
+    _held, _held_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_held)
+
 
 class FlowStore:
     """A flowkit feature store (a directory); see the module docstring for layout and guarantees.
@@ -244,8 +262,9 @@ class FlowStore:
         quality 95, ``raw``). Committing replaces an existing finished video of the same key and
         keeps the datasets of it that this writer did not write, so another engine's flow is added
         beside them (e.g. ``flow/tvnet`` next to ``flow/tvl1``), also when both are written at once
-        by different processes. ``redo``: the finished file is suspect; its datasets that no longer
-        decode are dropped (:attr:`VideoWriter.dropped`). A key whose partial file's name would be
+        by different processes, or by two writers in one process (threads, nested writers: each
+        writes its own partial file). ``redo``: the finished file is suspect; its datasets that no
+        longer decode are dropped (:attr:`VideoWriter.dropped`). A key whose partial file's name would be
         too long for the file system is refused here (:func:`~flowkit.store.layout.check_key`), by
         the name any process of this host would give it.
         """
@@ -329,18 +348,36 @@ class FlowStore:
 
     def claim(self, key: str, name: str) -> str | None:
         """Claim the computation of ``flow/<name>`` of ``key`` for this process
-        (:mod:`flowkit.store.claims`): None when claimed, else who holds it (a live process)."""
+        (:mod:`flowkit.store.claims`): None when claimed, else who holds it (a live process; this
+        one, when another of its claims holds it until :meth:`release`: another thread's)."""
         self._check_writable("claim videos")
         self.check_writable_key(key, name)
+        path = os.path.realpath(claims.claim_path(self._video_path(key), name))
+        with _held_lock:
+            pid, since = _held.get(path, (None, ""))
+            if pid == os.getpid():
+                return (f"pid {pid} on {host_name()} (since {since}; this process, by a claim "
+                        "not released yet)")
+            _held[path] = (os.getpid(), now())  # before the file: a second thread waits on this
+        claimed = False
         try:
-            return claims.try_claim(self._root / VIDEOS, self._video_path(key), name)
+            holder = claims.try_claim(self._root / VIDEOS, self._video_path(key), name)
+            claimed = holder is None
+            return holder
         except OSError as exc:
             raise storage_error(exc, self._root) or StoreError(
                 f"store {self._root}: cannot claim {key!r}: {exc}") from None
+        finally:
+            if not claimed:  # held by another process, or failed: free for this one's next try
+                with _held_lock:
+                    _held.pop(path, None)
 
     def release(self, key: str, name: str) -> None:
         """Drop this process's claim on ``flow/<name>`` of ``key``."""
         claims.release(self._video_path(key), name)
+        with _held_lock:  # after the file is gone: a thread claiming meanwhile is refused, never
+            # given the file this release then deletes
+            _held.pop(os.path.realpath(claims.claim_path(self._video_path(key), name)), None)
 
     @staticmethod
     def check_writable_key(key: str, name: str) -> str:
@@ -365,7 +402,7 @@ class FlowStore:
             return []
         final = self._video_path(key)
         claim = claims.claim_path(final, name)
-        removed = [p for p in (final.with_name(final.name + partial_ending(pid)),
+        removed = [p for p in (*_partials_of(final, pid),
                                claim.with_name(claim.name + claims.link_ending(pid)))
                    if _unlink(p)]
         if claims.release(final, name, pid=pid):
@@ -501,8 +538,11 @@ class FlowStore:
         path = self._video_path(key)
         if not path.is_file():
             self._check_still_there()
+            hint = _extension_hint(key)  # 'cls/vid.mp4' for 'cls/vid': extracting again skips it
+            if hint and self.is_complete(posixpath.splitext(key)[0]):
+                raise StoreError(f"video {key!r} is not in store {self._root}{hint}")
             raise StoreError(f"video {key!r} is not in store {self._root} (not extracted, or "
-                             "unfinished); `flowkit extract` writes it")
+                             f"unfinished); `flowkit extract` writes it{hint}")
         try:
             f = open_read(path)
         except OSError as e:
@@ -940,10 +980,30 @@ def _no_label_id(root: Path, classes: Sequence[str], label: int) -> str:
 def _not_held(root: Path, key: str) -> str:
     """Why :meth:`FlowStore.fill_labels` did not label ``key``: the store does not hold it (keys
     are paths without the video's extension: one with it is named without)."""
+    return f"video {key!r} is not in store {root}, so it was not labelled{_extension_hint(key)}"
+
+
+def _extension_hint(key: str) -> str:
+    """``"; keys have no extension: 'cls/vid'"`` for a ``key`` ending in a video's extension
+    (``'cls/vid.mp4'``), else ``""``: the store names a video by its path without extension."""
     stem, ext = posixpath.splitext(key)
-    hint = (f"; keys have no extension: {stem!r}" if ext.lower() in VIDEO_EXTENSIONS and stem
+    return (f"; keys have no extension: {stem!r}" if ext.lower() in VIDEO_EXTENSIONS and stem
             else "")
-    return f"video {key!r} is not in store {root}, so it was not labelled{hint}"
+
+
+def _partials_of(final: Path, pid: int) -> list[Path]:
+    """The partial files of the video file ``final`` that process ``pid`` of this host names:
+    one per writer it had open (numbered, :func:`~flowkit.store.layout.writer_number`), or one
+    without a number (flowkit before writers were numbered)."""
+    try:
+        names = os.listdir(final.parent)
+    except OSError:  # no such folder: nothing was written there
+        return []
+    found = [PARTIAL_RE.fullmatch(name) for name in names
+             if name.startswith(final.name) and name.endswith(PARTIAL)]
+    return [final.with_name(m.string) for m in found
+            if m and f"{m['stem']}{SUFFIX}" == final.name and m["host"] == host_name()
+            and int(m["pid"]) == pid]
 
 
 def _unlink(path: Path) -> bool:

@@ -4,6 +4,7 @@ The format itself is described in :mod:`flowkit.store` and docs/architecture.md,
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -59,7 +60,16 @@ STALE_CLAIM_SECONDS = 10 * 60.0
 # process that happens to write it.
 WIDEST_PID = 4194304
 
-PARTIAL_RE = re.compile(r"(?P<stem>.+)\.h5\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.partial")
+# Writers of a process are numbered (partial_ending): two writers of one video in one process
+# (threads sharing a FlowStore, nested writers) each write their own partial, as two processes do.
+# The numbers wrap at WIDEST_WRITER, so that keys are checked with its width (check_key); a writer
+# would have to stay open across 2**32 others to meet its number again.
+WIDEST_WRITER = 2**32 - 1
+
+# <key>.h5.<host>.<pid>.<writer>.partial; a partial of flowkit before writers were numbered has
+# no <writer>, and is judged by its host and pid alike (FlowStore.remove_partials).
+PARTIAL_RE = re.compile(r"(?P<stem>.+)\.h5\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)"
+                        r"(?:\.(?P<writer>\d+))?\.partial")
 
 EXTRACT_HINT = "create it with `flowkit extract VIDEO_DIR -o STORE`"
 
@@ -114,10 +124,23 @@ def _check_name_lengths(key: str, parts: list[str], ending: str) -> None:
             "its extension)")
 
 
-def partial_ending(pid: int | None = None) -> str:
-    """What this process's writer (or process ``pid``'s) adds to a finished video's name
-    (``<key>.h5``) for the file it writes: ``.<host>.<pid>.partial``."""
-    return f".{host_name()}.{os.getpid() if pid is None else pid}{PARTIAL}"
+def partial_ending(pid: int | None = None, writer: int = WIDEST_WRITER) -> str:
+    """What writer number ``writer`` (:func:`writer_number`) of this process (or of process
+    ``pid``) adds to a finished video's name (``<key>.h5``) for the file it writes:
+    ``.<host>.<pid>.<writer>.partial``. The default ``writer`` is the widest: the longest ending
+    a writer of this process may add (for :func:`check_key`)."""
+    return f".{host_name()}.{os.getpid() if pid is None else pid}.{writer}{PARTIAL}"
+
+
+_writers = itertools.count()
+
+
+def writer_number() -> int:
+    """A number for a new writer, that no other writer of this process holds (for its partial
+    file's name, :func:`partial_ending`): process-wide, so that two writers of one video (two
+    threads, or nested writers) never truncate each other's partial file. Thread-safe: ``next``
+    of an :func:`itertools.count` is one step under the GIL."""
+    return next(_writers) % WIDEST_WRITER
 
 
 def py_value(value: Any) -> Any:

@@ -37,7 +37,7 @@ from .claims import commit_lock, keep_touched, stop_touching
 from .codecs import FRAME_CRC_ATTR, GZIP_LEVEL, Codec, Jpeg, encode_frames, frame_crc
 from .diskio import LatchingFile, create_hdf5, open_hdf5, storage_error
 from .layout import (as_numpy, comparable_params, engine_record, open_read, partial_ending,
-                     py_value)
+                     py_value, writer_number)
 from .reading import (SAME_OPTIONS, DamagedObject, attributes, error_cause, flow_name,
                       flow_options, member, member_names, redo_hint)
 from .validate import decode_problem
@@ -98,7 +98,8 @@ class Dropped(NamedTuple):
 
 
 class VideoWriter:
-    """Streams one video's frames and flow into ``<key>.h5.<host>.<pid>.partial``; a context manager.
+    """Streams one video's frames and flow into ``<key>.h5.<host>.<pid>.<writer>.partial`` (its
+    own file, also beside another writer of the video in this process); a context manager.
 
     On a clean exit the file is checked, marked complete, fsync'ed, merged with the video's current
     finished file (its datasets this writer did not write are kept) and renamed to ``<key>.h5``; on
@@ -116,7 +117,9 @@ class VideoWriter:
         self.final = final
         self.videos = videos
         self.redo = redo
-        self.partial = final.with_name(final.name + partial_ending())
+        # numbered: a second writer of this video in this process (another thread, a nested
+        # writer) must not open, and truncate, this one's file; both commit, as two processes do
+        self.partial = final.with_name(final.name + partial_ending(writer=writer_number()))
         self._attrs = attrs
         self._defaults = set(defaults)  # given attributes leave this set (update_attrs)
         self.flow_codec, self.rgb_codec = flow_codec, rgb_codec
@@ -579,7 +582,7 @@ def relabel(final: Path, videos: Path, label: int, label_name: str) -> bool:
     the file has a label already (another process gave it one). OSError from the file system
     (:func:`storage_error` names a full disk), HDF5's errors for a damaged file."""
     guard.check(final)  # a file HDF5 never returned from is not opened again
-    partial = final.with_name(final.name + partial_ending())
+    partial = final.with_name(final.name + partial_ending(writer=writer_number()))
     try:
         version = file_stamp(final)
         if not _relabelled_copy(final, partial, label, label_name):
