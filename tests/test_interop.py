@@ -352,6 +352,30 @@ def test_import_reads_the_bound_its_export_recorded(source_store, tmp_path):
     assert again.count("skipped") == 4
 
 
+def test_cli_a_rerun_with_another_bound_over_held_videos_is_refused(source_store, tmp_path):
+    """Rawframes of --bound 32 without their stamp were imported with the default 20; a rerun
+    with the right --bound 32 finds every video held: it is refused, exit 2, one line naming the
+    store's bound and the ways out (it used to skip them all, report bound 32 and exit 0, the
+    store keeping flow scaled by 20/32)."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    out = tmp_path / "raw"
+    export_rawframes(source_store, out, ExportConfig(bound=32.0))
+    (out / ".flowkit-export.json").unlink()  # rawframes as many labs hold them: no stamp
+    assert import_rawframes(out, tmp_path / "s", ImportConfig()).bound == 20.0
+    r = CliRunner().invoke(main, ["import", "rawframes", str(out), "-o", str(tmp_path / "s"),
+                                  "--bound", "32", "--json"])
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert "holds flow 'tvl1' as mmaction2-rawframes flow (--bound 20" in line, line
+    assert "(--bound 32" in line and "Rerun with --bound 20" in line and "-o NEW_STORE" in line
+    assert FlowStore(tmp_path / "s").meta("jump/jump_0")["flows"]["tvl1"]["params"]["bound"] == 20
+    again = import_rawframes(out, tmp_path / "s", ImportConfig())  # the store's bound: confirmed
+    assert again.count("skipped") == 4
+
+
 def test_a_class_folder_of_an_export_imports_with_the_recorded_bound(source_store, tmp_path):
     """The stamp is in the export's root, above a class folder imported alone; a root holding
     two exports of different bounds is refused, naming both."""
@@ -1328,6 +1352,36 @@ def test_the_stamp_holds_the_flow_exported_and_a_rerun_naming_it_resumes(source_
     # --no-flow-images exports no flow: the stamp names none
     rgb = export_rawframes(source_store, tmp_path / "rgb", ExportConfig(flow=False))
     assert rgb.count("done") == 4 and _options(tmp_path / "rgb")["flow_name"] is None
+
+
+def test_an_older_stamp_resumes_with_flow_once_the_store_gains_a_second_flow(tmp_path):
+    """An older flowkit's export of a one-flow store (stamp flow_name null: "each video's only
+    flow") resumes with --flow naming the flow its images are, after the store gained another
+    (it used to be refused: "flow_name None -> 'tvl1'"), the stamp rewritten with that name and
+    noted; --flow naming the new flow is refused (the images are the other one), the stamp kept."""
+    rng = np.random.default_rng(33)
+    store = _store_with(tmp_path / "store", {"a": (1, ["tvl1"]), "b": (1, ["tvl1"])}, rng)
+    out = tmp_path / "raw"
+    export_rawframes(store, out, ExportConfig())
+    old = {"format": "mmaction2-rawframes", "flow_name": None, "bound": 20.0, "quality": 95,
+           "start_index": 1, "rgb": True, "flow": True}  # what flowkit 2bc7ce4 wrote
+    (out / ".flowkit-export.json").write_text(json.dumps(old))
+    shutil.rmtree(out / "jump" / "b")
+    with FlowStore(store, "a") as s:  # the store gains a second engine's flow
+        for key in s.keys():
+            with s.writer(key, source="x.mp4", fps=25.0, flow_codec="float16") as w:
+                w.append_flow("costvolume", smooth_flow(rng, FRAMES - 1),
+                              engine={"engine": "costvolume", "version": "test", "params": {}})
+    resumed = export_rawframes(store, out, ExportConfig(flow_name="tvl1"))
+    assert (resumed.count("skipped"), resumed.count("done")) == (1, 1)
+    assert _options(out) == {**old, "flow_name": "tvl1"}
+    assert any("older flowkit's stamp" in n and "'tvl1'" in n for n in resumed.notes)
+    (out / ".flowkit-export.json").write_text(json.dumps(old))
+    with pytest.raises(FlowkitError, match=r"older flowkit .* not known to be flow 'costvolume' "
+                                           r"\(jump/a's first pair is .* from flow 'tvl1'.*new "
+                                           r"folder"):
+        export_rawframes(store, out, ExportConfig(flow_name="costvolume"))
+    assert _options(out) == old  # a refused run rewrites no stamp
 
 
 def test_an_export_that_exported_nothing_blocks_no_rerun(source_store, tmp_path, monkeypatch):

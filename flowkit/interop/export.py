@@ -29,10 +29,13 @@ two quantisations or two flows). The flow is chosen for the whole store before a
 written (:func:`store_flows`, from the store's index): the one ``--flow`` names, else the store's
 only forward flow; a store of several is refused, naming them.
 The stamp holds the chosen name, so a rerun with or without ``--flow NAME`` resumes alike; a folder
-exported without flow (``"flow": false``) is refused a rerun that would add flow. A run
-that exports no video leaves no stamp (nor the folder, if it made it), and a stamp beside no
-exported video is stale: it blocks no rerun. One exporter per ``OUT_DIR`` at a time. Parallel:
-``workers`` threads, one video each (:mod:`flowkit.interop.pool`).
+exported without flow (``"flow": false``) is refused a rerun that would add flow. An older
+flowkit's stamp of ``flow_name`` null ("each video's only flow") is rewritten with the store's
+only flow, or, once the store holds several, with the one ``--flow`` names if the exported images
+are that flow (:func:`_exported_flow_is`). A run that exports no video leaves no stamp (nor
+the folder, if it made it), and a stamp beside no exported video is stale: it blocks no rerun.
+One exporter per ``OUT_DIR`` at a time. Parallel: ``workers`` threads, one video each
+(:mod:`flowkit.interop.pool`).
 """
 from __future__ import annotations
 
@@ -180,7 +183,10 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
             name, auto = choose_flow(flows, config.flow_name, store.path)
             config = replace(config, flow_name=name)  # the stamp holds the flow exported
     made_dir = not out.exists()
-    made_stamp = _check_options(out, config, auto)
+    upgrade_notes: list[str] = []
+    made_stamp = _check_options(out, config, auto,
+                                lambda name: _exported_flow_is(store, metas, out, name, config),
+                                upgrade_notes)
 
     videos = progress.start("videos", total=len(keys))
     frames = progress.start("frames")
@@ -210,7 +216,8 @@ def export_rawframes(store_path: str | os.PathLike, out_dir: str | os.PathLike,
         frames.close()
     order = {k: i for i, k in enumerate(keys)}
     results.sort(key=lambda r: order[r.key])
-    summary = ExportSummary(str(out), results, [], 0.0, flow_name=config.flow_name)
+    summary = ExportSummary(str(out), results, [], 0.0, flow_name=config.flow_name,
+                            notes=upgrade_notes)
     busy = in_flight_note(store)  # after the run: those finished meanwhile were not exported
     if busy:
         summary.notes.append(busy)
@@ -311,14 +318,18 @@ def _choices(flows: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def _check_options(out: Path, config: ExportConfig, auto: str | None = None) -> bool:
+def _check_options(out: Path, config: ExportConfig, auto: str | None = None,
+                   exported_as: Callable[[str], str | None] | None = None,
+                   notes: list[str] | None = None) -> bool:
     """Create ``out`` and its options stamp, or check the stamp there; True when this run wrote
     the stamp. A stamp of other options is refused unless ``out`` holds no exported video (an
     export that exported nothing: the stamp is replaced). A stamp of ``flow`` true without a flow
     name is an older flowkit's: where ``out`` holds flow images (its export of "each video's only
-    flow") it matches ``auto``, the store's only flow, and is rewritten with that name; where it
-    holds none, it is read as an export without flow (the store held none then), which a run
-    that would add flow to the folder is refused."""
+    flow") it matches ``auto``, the store's only flow, or the flow ``--flow`` names where
+    ``exported_as(name)`` finds the exported images are that flow (:func:`_exported_flow_is`:
+    the store may have gained a second flow since; a note in ``notes`` says so), and is
+    rewritten with that name; where it holds none, it is read as an export without flow (the
+    store held none then), which a run that would add flow to the folder is refused."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / OPTIONS_FILE
     wanted = config.format_options()
@@ -334,11 +345,24 @@ def _check_options(out: Path, config: ExportConfig, auto: str | None = None) -> 
             # an older stamp: "each video's only flow", or a store without flow (no flow image)
             if not _holds_flow(out):
                 had = {**had, "flow": False}
-            elif wanted["flow_name"] is not None and wanted["flow_name"] == auto and \
-                    {**had, "flow_name": auto} == wanted:
-                had = wanted
+            elif wanted["flow_name"] is not None and {**had, "flow_name": wanted["flow_name"]} \
+                    == wanted:
+                why = None if wanted["flow_name"] == auto else \
+                    exported_as(wanted["flow_name"]) if exported_as is not None else "unchecked"
+                if why is None:
+                    had = wanted
+                else:  # another flow of the store may be what was exported
+                    raise FlowkitError(
+                        f"{out} was exported by an older flowkit as each video's only flow, and "
+                        f"its images are not known to be flow {wanted['flow_name']!r} ({why}); "
+                        "resume it with --flow naming the flow exported then, or export "
+                        f"{wanted['flow_name']!r} into a new folder")
             if had == wanted:
                 atomic_write_json(path, wanted)
+                if auto != wanted["flow_name"] and notes is not None:
+                    notes.append(f"{path}: an older flowkit's stamp (flow_name null, each "
+                                 f"video's only flow) rewritten with flow_name "
+                                 f"{wanted['flow_name']!r}, the flow its images are")
                 return False
         if _holds_export(out):
             raise FlowkitError(_other_options(out, had, wanted))
@@ -347,6 +371,44 @@ def _check_options(out: Path, config: ExportConfig, auto: str | None = None) -> 
                            "empty folder")
     atomic_write_json(path, wanted)
     return True
+
+
+def _exported_flow_is(store: FlowStore, metas: dict[str, dict], out: Path, name: str,
+                      config: ExportConfig) -> str | None:
+    """Why the flow images an older flowkit exported into ``out`` (its stamp: "each video's
+    only flow") are not the store's flow ``name``, None when they are, as far as is cheaply
+    seen: every exported video (its folder in ``out``; ``metas``: the store's index) that holds
+    flow holds ``name`` (or its backward flow), and the first one also holding another forward
+    flow (one the store gained since) has its first exported pair nearer to ``name`` than to
+    each other flow, at the stamp's bound."""
+    sample = None
+    for key, meta in metas.items():
+        held = set(meta["flows"])
+        if not held or not (out / key).is_dir():
+            continue
+        if not held & {name, backward_name(name)}:
+            return f"e.g. {key} was exported and holds no flow {name!r}"
+        others = sorted(n for n in held if not is_backward(n) and n != name)
+        if sample is None and others and name in held and int(meta["num_frames"]) > 1:
+            sample = key, others
+    if sample is None:
+        return None
+    key, others = sample
+    video = rawframes.scan_folder(out / key)
+    if video.problems or not video.flow:
+        return f"{out / key} holds no readable flow images"
+    images = rawframes.read_flow(video, video.flow[:1], config.bound)  # (1, 2, H, W) px
+
+    def error(flow: str) -> float:  # mean |exported - stored| px, both within the bound
+        stored = np.clip(store.read_flow(key, flow, slice(0, 1)), -config.bound, config.bound)
+        return float(np.abs(images - stored).mean()) if stored.shape == images.shape else np.inf
+
+    errors = {flow: error(flow) for flow in (name, *others)}
+    nearest = min(errors, key=errors.get)
+    if errors[name] > errors[nearest]:
+        return (f"{key}'s first pair is {errors[nearest]:.2g} px from flow {nearest!r}, "
+                f"{errors[name]:.2g} px from {name!r}")
+    return None
 
 
 def _other_options(out: Path, had: dict, wanted: dict) -> str:

@@ -53,7 +53,9 @@ run gives otherwise is noted, not applied; one the store lacks, -1, is filled in
 :meth:`~flowkit.store.FlowStore.fill_labels`). One flow name holds one kind of flow: a run whose
 flow differs from the store's flow of that name (flowkit extract's, another ``--bound`` or flow
 codec; not the format, image format, naming or step found per folder, which one root may mix) is
-refused before anything is written (:func:`_check_flow_kinds`).
+refused before anything is written (:func:`_check_flow_kinds`), also when every video is held
+already and would be skipped: the store's flow of them was read otherwise, and a rerun that
+confirmed it would hide the wrong bound (:func:`_check_held_kinds`).
 """
 from __future__ import annotations
 
@@ -522,14 +524,16 @@ def import_rawframes(root: str | os.PathLike, store_path: str | os.PathLike,
     if match is None:  # labelled by folders: the videos left without a label are imported
         summary.labels, summary.unlabelled, notes = _folder_labels(sources, metas, classes)
         summary.notes += notes
+    finished = []
     for source in sources.values():
         if _finished(metas.get(source.key), source, config):
             summary.results.append(VideoImport(source.key, _where(source),
                                                "skipped", "already in the store"))
+            finished.append(source)
         else:
             todo.append(source)
     kinds = _stored_kinds(held, config) if config.flow else {}
-    _check_flow_kinds(store, todo, metas, kinds, config)
+    _check_flow_kinds(store, todo, metas, kinds, config, finished)
     videos = progress.start("videos", total=len(sources), completed=len(sources) - len(todo))
     frames = progress.start("frames")
     try:
@@ -638,14 +642,19 @@ def _stored_kinds(metas: dict[str, dict], config: ImportConfig) -> dict[str, dic
 
 
 def _check_flow_kinds(store: FlowStore, todo: list[Source], metas: dict[str, dict],
-                      kinds: dict[str, dict[tuple, list]], config: ImportConfig) -> None:
+                      kinds: dict[str, dict[tuple, list]], config: ImportConfig,
+                      finished: Sequence[Source] = ()) -> None:
     """Refuse, before anything is written, a run whose flow is of another kind than the store
     holds under that name (:func:`_alike`: computed by an engine, another ``--bound`` or flow
     codec): one name would mix two quantisations. The run's kind is learnt from the first of its
     videos that adds flow (up to :data:`PROBES` planned); a video of yet another kind fails on
-    its own (:func:`_import_one`)."""
+    its own (:func:`_import_one`). ``finished``: the videos skipped as held already; the flow
+    they hold is checked against this run's reading of their files too, so that a rerun with
+    another ``--bound`` than the store's was imported with is refused, not confirmed with every
+    video skipped and exit 0."""
     if not kinds:
         return
+    _check_held_kinds(store, finished, metas, kinds, config)
     for source in todo[:PROBES]:
         try:
             plan = plan_video(source, config)
@@ -662,6 +671,27 @@ def _check_flow_kinds(store: FlowStore, todo: list[Source], metas: dict[str, dic
             return
 
 
+def _check_held_kinds(store: FlowStore, finished: Sequence[Source], metas: dict[str, dict],
+                      kinds: dict[str, dict[tuple, list]], config: ImportConfig) -> None:
+    """Refuse a run that reads the files of videos the store holds (``finished``, skipped) as
+    another kind of flow than the store's (:func:`_check_flow_kinds`): the first of them that
+    holds flow under this run's names (up to :data:`PROBES` planned) gives the run's kind."""
+    holding = [s for s in finished if set(metas[s.key]["flows"]) & set(kinds)]
+    for source in holding[:PROBES]:
+        try:
+            plan = plan_video(source, config)
+        except Exception:  # nothing is imported from it: the store's copy stays as it is
+            continue
+        held = [flow for flow in plan.flows if flow.name in metas[source.key]["flows"]]
+        for flow in held:
+            kind = _kind(flow.record["params"], codec_spec(flow_codec(config.flow_codec)))
+            if not _fits(kind, kinds.get(flow.name)):
+                raise FlowkitError(_kind_message(store, flow.name, kind, kinds[flow.name],
+                                                 again=True))
+        if held:
+            return
+
+
 def _describe_kind(kind: tuple, engine: str | None = None) -> str:
     """A flow kind (:func:`_kind`) in words, as the options that make it."""
     source_format, bound, image_format, codec = kind
@@ -673,9 +703,11 @@ def _describe_kind(kind: tuple, engine: str | None = None) -> str:
     return f"{source_format} flow ({', '.join(p for p in parts if p)})"
 
 
-def _kind_message(store: FlowStore, name: str, kind: tuple, held: dict[tuple, list]) -> str:
+def _kind_message(store: FlowStore, name: str, kind: tuple, held: dict[tuple, list],
+                  again: bool = False) -> str:
     """One line: the store's kinds of flow ``name`` and this run's, the options that match the
-    store, and the ways out."""
+    store, and the ways out. ``again``: this run reads videos the store holds already
+    (:func:`_check_held_kinds`), so one of the two readings is wrong."""
     stored = []
     for other, keys in held.items():
         try:  # the index holds no engine name: one video's file tells who computed it
@@ -692,10 +724,16 @@ def _kind_message(store: FlowStore, name: str, kind: tuple, held: dict[tuple, li
             break
     matching = " ".join(o for o in options if o)
     fix = f"Rerun with {matching} to extend it, or import" if matching else "Import"
-    return (f"store {store.path} holds flow {name!r} as {'; '.join(stored)}, and these rawframes "
-            f"would add {_describe_kind(kind)}: one flow name holds one kind of flow. Nothing was "
+    # the store holds these very files: if this run's reading is right, the store's is not
+    held_note = (" (if this run's options are the ones the flow images were made with, the "
+                 "store's copy of them is wrong: import them again into a new store)"
+                 if again else "")
+    adds = ("this run reads these rawframes (videos it holds) as" if again
+            else "these rawframes would add")
+    return (f"store {store.path} holds flow {name!r} as {'; '.join(stored)}, and {adds} "
+            f"{_describe_kind(kind)}: one flow name holds one kind of flow. Nothing was "
             f"imported. {fix} them as a second flow (--flow-name NAME) or into a new store "
-            "(-o NEW_STORE)")
+            f"(-o NEW_STORE){held_note}")
 
 
 def _where(source: Source) -> str:
