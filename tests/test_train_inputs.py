@@ -218,6 +218,23 @@ def test_split_list_without_val_list_warns_and_an_explicit_val_fraction_is_ignor
         and "without --val-list" not in r.stderr, r.stderr
 
 
+def test_a_typed_default_val_fraction_with_a_split_list_is_warned_of_once(tiny_store, tmp_path):
+    """The Trainer cannot tell a typed --val-fraction 0.1 (the default) from an untyped one, so
+    the CLI warns of it; a resume, where nothing was typed, repeats no such warning."""
+    trainlist, testlist = split_lists(tmp_path)
+    runner = CliRunner()
+    tiny = [a for a in TINY if a not in ("--val-fraction", "0.25")]
+    args = [str(a) for a in (tiny_store, "--out", tmp_path / "run", *tiny, "--epochs", "1",
+                             "--split-list", trainlist, "--val-list", testlist)]
+    r = runner.invoke(train_command, args + ["--val-fraction", "0.1"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("warning: --val-fraction 0.1 is ignored with --split-list") == 1
+    r = runner.invoke(train_command, [str(tiny_store), "--out", str(tmp_path / "run"), "--resume",
+                                      "--epochs", "2"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "is ignored" not in r.stderr
+
+
 def test_the_library_trainer_warns_of_a_split_without_validation(tiny_store, tmp_path):
     """Only `flowkit train` warned: a Python run whose --val-fraction gave 0 validation videos
     (0.1 of 4 per class), or a split list without --val-list beside a --val-fraction it ignores,
@@ -272,6 +289,11 @@ def test_a_run_made_with_relative_paths_is_evaluated_on_its_store_from_any_folde
     result = evaluate_run(tmp_path / "run", clips=1, crops=1, out_dir=False)
     assert result.report["store"] == str(tiny_store.resolve()) and result.num_videos == 3
     assert not [n for n in result.report["notes"] if "extracted otherwise" in n]
+    # A resume given the store's (new) path relative to its folder records it absolute too.
+    monkeypatch.chdir(home)
+    Trainer.resume(tmp_path / "run", store="toystore", epochs=2).fit()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert recorded["store"] == str(tiny_store.resolve())
 
 
 def test_imported_flow_is_compared_by_what_made_its_values_not_its_file_names():

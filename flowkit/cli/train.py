@@ -154,7 +154,7 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
 
     from ..train import Trainer
     from ..train.ddp import rank_device
-    from ..train.loop import WARNING
+    from ..train.loop import WARNING, ignored_val_fraction
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other")
@@ -188,6 +188,10 @@ def command(ctx, store, out, resume, overwrite, as_json, **params):
         with bars() as progress:
             trainer = Trainer(config, out, overwrite=overwrite, log=log, progress=progress)
     cfg = trainer.config
+    if (not resume and cfg.split_list and main and cfg.val_fraction == TrainConfig.val_fraction
+            and ctx.get_parameter_source("val_fraction") == ParameterSource.COMMANDLINE):
+        log(ignored_val_fraction(cfg.val_fraction))  # typed, though the default (the Trainer
+        # warns of any other value, but cannot tell a typed default from an untyped one)
     if cfg.amp and ctx.get_parameter_source("amp") == ParameterSource.COMMANDLINE \
             and trainer.device.type != "cuda":
         console.print("note: --amp is ignored on CPU (mixed precision runs on CUDA only)",

@@ -137,18 +137,25 @@ def epoch_line(r: EpochRecord, epochs: int) -> str:
 WARNING = "warning: "  # how a note the user should act on starts (the CLI prints it as is)
 
 
-def split_warnings(config: TrainConfig, store, train_keys: list[str],
-                   val_keys: list[str]) -> list[str]:
-    """The ``warning: ...`` lines of a run's split (``store``: a FlowStore or its path): a
-    ``val_fraction`` other than the default given with ``split_list``, which ignores it (the user
-    asked for a validation split the run does not make), and a split that leaves no validation
-    video (a tiny store's ``val_fraction``, ``split_list`` without ``val_list``): best.pt is then
-    picked by training accuracy and `flowkit evaluate` has no held-out videos to score."""
+def ignored_val_fraction(value: float) -> str:
+    """The warning of a ``val_fraction`` given with ``split_list``, which ignores it (the user
+    asked for a validation split the run does not make)."""
+    return (f"{WARNING}--val-fraction {value:g} is ignored with --split-list (the lists make the "
+            "split); validate with --val-list FILE")
+
+
+def split_warnings(config: TrainConfig, store, train_keys: list[str], val_keys: list[str],
+                   new_run: bool = True) -> list[str]:
+    """The ``warning: ...`` lines of a run's split (``store``: a FlowStore or its path): a new
+    run's ``val_fraction`` other than the default given with ``split_list`` (the CLI also warns of
+    a typed default, which the config cannot tell from an untyped one), and a split that leaves
+    no validation video (a tiny store's ``val_fraction``, ``split_list`` without ``val_list``):
+    best.pt is then picked by training accuracy and `flowkit evaluate` has no held-out videos to
+    score."""
     out = []
     default = {f.name: f.default for f in fields(TrainConfig)}["val_fraction"]
-    if config.split_list and config.val_fraction != default:
-        out.append(f"{WARNING}--val-fraction {config.val_fraction:g} is ignored with --split-list "
-                   "(the lists make the split); validate with --val-list FILE")
+    if new_run and config.split_list and config.val_fraction != default:
+        out.append(ignored_val_fraction(config.val_fraction))
     if val_keys:
         return out
     if config.split_list and config.val_list:  # each listed one missing or unlabelled (noted)
@@ -257,7 +264,8 @@ class Trainer:
         with self.store.index_held():  # the split and both datasets parse index.json once
             index_store(self.store, progress=progress)  # a bar over videos new to the index
             self.train_keys, self.val_keys, self.split_source = self._split(_saved)
-            for warning in split_warnings(config, self.store, self.train_keys, self.val_keys):
+            for warning in split_warnings(config, self.store, self.train_keys, self.val_keys,
+                                          new_run=not self.resuming):
                 self._note(warning)  # Python callers get them too, not only the CLI's user
             self.model = self._create_model()
             if config.flow_bound is None and not self.resuming:  # a new run: the store's
@@ -397,6 +405,9 @@ class Trainer:
         """Continue the run in ``run_dir``; ``changes`` are options to change (only those in
         :data:`~flowkit.train.config.RESUMABLE_CHANGES`, e.g. ``epochs``, may differ)."""
         saved = read_run_config(run_dir)
+        # A path given here (a moved store) is recorded absolute, as a new run's (RUN_PATHS).
+        changes = {k: str(Path(v).resolve()) if k in RUN_PATHS and v else v
+                   for k, v in changes.items()}
         config = merge_for_resume(TrainConfig.from_dict(saved["config"]), changes)
         return cls(config, run_dir, log=log, progress=progress, _saved=saved)
 
