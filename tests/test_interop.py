@@ -376,6 +376,29 @@ def test_cli_a_rerun_with_another_bound_over_held_videos_is_refused(source_store
     assert again.count("skipped") == 4
 
 
+def test_cli_a_rerun_over_held_videos_checks_only_their_bound(source_store, tmp_path):
+    """A rerun of the same import over held videos skips them, exit 0, where the store's flow of
+    them is not another bound's: flow flowkit extract computed (the first import added nothing
+    of it), or imported with --flow-codec float16 and rerun without it (both used to be refused,
+    exit 2: "the store's copy of them is wrong"); nothing of theirs is written either way."""
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    out = tmp_path / "raw"
+    export_rawframes(source_store, out, ExportConfig())
+    computed = tmp_path / "computed"
+    shutil.copytree(source_store, computed)  # its tvl1 computed by an engine, float16
+    float16 = tmp_path / "float16"
+    assert import_rawframes(out, float16, ImportConfig(flow_codec="float16")).count("done") == 4
+    for store in (computed, float16):
+        r = CliRunner().invoke(main, ["import", "rawframes", str(out), "-o", str(store),
+                                      "--json"])
+        assert r.exit_code == 0, r.output
+        assert [v["status"] for v in json.loads(r.stdout)["videos"]] == ["skipped"] * 4
+    assert "source_format" not in FlowStore(computed).meta("jump/jump_0")["flows"]["tvl1"]["params"]
+
+
 def test_a_class_folder_of_an_export_imports_with_the_recorded_bound(source_store, tmp_path):
     """The stamp is in the export's root, above a class folder imported alone; a root holding
     two exports of different bounds is refused, naming both."""
@@ -1382,6 +1405,32 @@ def test_an_older_stamp_resumes_with_flow_once_the_store_gains_a_second_flow(tmp
                                            r"folder"):
         export_rawframes(store, out, ExportConfig(flow_name="costvolume"))
     assert _options(out) == old  # a refused run rewrites no stamp
+
+
+def test_an_older_stamp_resumes_with_the_flow_it_exported_beside_a_copy_imported_back(tmp_path):
+    """An older flowkit's export (stamp flow_name null), stopped before its last video and imported
+    back into the store as flow 'rawframes' (a near-copy of its images, nearer to them than tvl1's
+    quantisation and JPEG error): --flow tvl1 resumes it (it used to be refused, 'rawframes' being
+    the nearest flow), and --flow rawframes is refused, the video left to export lacking it (it
+    used to be accepted and stamped for good, the folder never completed)."""
+    rng = np.random.default_rng(34)
+    store = _store_with(tmp_path / "store", {"a": (1, ["tvl1"]), "b": (1, ["tvl1"])}, rng)
+    out = tmp_path / "raw"
+    export_rawframes(store, out, ExportConfig())
+    shutil.rmtree(out / "jump" / "b")  # stopped before its last video
+    old = {"format": "mmaction2-rawframes", "flow_name": None, "bound": 20.0, "quality": 95,
+           "start_index": 1, "rgb": True, "flow": True}  # what flowkit 2bc7ce4 wrote
+    (out / ".flowkit-export.json").write_text(json.dumps(old))
+    back = import_rawframes(out, store, ImportConfig(flow_name="rawframes", rgb=False,
+                                                     flow_codec="float16"))
+    assert back.count("done") == 1 and "rawframes" in FlowStore(store).meta("jump/a")["flows"]
+    with pytest.raises(FlowkitError, match=r"not known to be flow 'rawframes' \(e\.g\. jump/b "
+                                           r"holds no flow 'rawframes'\)"):
+        export_rawframes(store, out, ExportConfig(flow_name="rawframes"))
+    assert _options(out) == old  # a refused run rewrites no stamp
+    resumed = export_rawframes(store, out, ExportConfig(flow_name="tvl1"))
+    assert (resumed.count("skipped"), resumed.count("done")) == (1, 1)
+    assert _options(out) == {**old, "flow_name": "tvl1"}
 
 
 def test_an_export_that_exported_nothing_blocks_no_rerun(source_store, tmp_path, monkeypatch):

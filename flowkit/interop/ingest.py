@@ -54,8 +54,10 @@ run gives otherwise is noted, not applied; one the store lacks, -1, is filled in
 flow differs from the store's flow of that name (flowkit extract's, another ``--bound`` or flow
 codec; not the format, image format, naming or step found per folder, which one root may mix) is
 refused before anything is written (:func:`_check_flow_kinds`), also when every video is held
-already and would be skipped: the store's flow of them was read otherwise, and a rerun that
-confirmed it would hide the wrong bound (:func:`_check_held_kinds`).
+already and would be skipped but this run reads their flow images with another ``--bound`` than
+the store's flow of them was imported with: a rerun that confirmed it would hide the wrong bound
+(:func:`_check_held_kinds`; held videos are checked for the bound only, so a rerun over flow
+``flowkit extract`` computed, or with another ``--flow-codec``, skips them).
 """
 from __future__ import annotations
 
@@ -673,9 +675,12 @@ def _check_flow_kinds(store: FlowStore, todo: list[Source], metas: dict[str, dic
 
 def _check_held_kinds(store: FlowStore, finished: Sequence[Source], metas: dict[str, dict],
                       kinds: dict[str, dict[tuple, list]], config: ImportConfig) -> None:
-    """Refuse a run that reads the files of videos the store holds (``finished``, skipped) as
-    another kind of flow than the store's (:func:`_check_flow_kinds`): the first of them that
-    holds flow under this run's names (up to :data:`PROBES` planned) gives the run's kind."""
+    """Refuse a run that reads the files of videos the store holds (``finished``, skipped) with
+    another ``--bound`` than the store's flow of them was imported with (:func:`_check_flow_kinds`):
+    the first of them that holds flow under this run's names (up to :data:`PROBES` planned) gives
+    the run's bound. Only the bound: nothing of theirs is written, so another ``--flow-codec``, or
+    flow ``flowkit extract`` computed (a first import added only their RGB), leaves the store
+    right and the rerun skips them (:func:`_imported_bounds`)."""
     holding = [s for s in finished if set(metas[s.key]["flows"]) & set(kinds)]
     for source in holding[:PROBES]:
         try:
@@ -684,12 +689,20 @@ def _check_held_kinds(store: FlowStore, finished: Sequence[Source], metas: dict[
             continue
         held = [flow for flow in plan.flows if flow.name in metas[source.key]["flows"]]
         for flow in held:
-            kind = _kind(flow.record["params"], codec_spec(flow_codec(config.flow_codec)))
-            if not _fits(kind, kinds.get(flow.name)):
-                raise FlowkitError(_kind_message(store, flow.name, kind, kinds[flow.name],
-                                                 again=True))
+            bound = flow.record["params"].get("bound")
+            imported = _imported_bounds(kinds[flow.name])
+            if bound is not None and any(other[1] != bound for other in imported):
+                kind = _kind(flow.record["params"], codec_spec(flow_codec(config.flow_codec)))
+                raise FlowkitError(_kind_message(store, flow.name, kind, imported, again=True))
         if held:
             return
+
+
+def _imported_bounds(held: dict[tuple, list]) -> dict[tuple, list]:
+    """The kinds (:func:`_kind`) of ``held`` that were imported with a ``--bound`` (8-bit flow
+    images): the only flow whose files a rerun may read at another scale."""
+    return {kind: keys for kind, keys in held.items()
+            if kind[0] is not None and kind[1] is not None}
 
 
 def _describe_kind(kind: tuple, engine: str | None = None) -> str:
