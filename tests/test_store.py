@@ -792,20 +792,18 @@ def test_leftover_partial_is_ignored_and_removed(store):
     write_video(store, "zoom/done", rgb, {"tvl1": flow})
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    w = store.writer("zoom/dead", source="x", fps=25)
-    dead_partial = w.partial.with_name(w.partial.name.replace(f".{os.getpid()}.", f".{dead}."))
-    dead_partial.parent.mkdir(parents=True, exist_ok=True)
-    dead_partial.write_bytes(b"\x89HDF\r\n\x1a\n truncated garbage")
-    live_partial = w.partial  # this (live) process's name: must survive remove_partials
-    live_partial.write_bytes(b"in progress")
+    with store.writer("zoom/dead", source="x", fps=25) as w:  # open: must survive remove_partials
+        dead_partial = w.partial.with_name(w.partial.name.replace(f".{os.getpid()}.", f".{dead}."))
+        dead_partial.write_bytes(b"\x89HDF\r\n\x1a\n truncated garbage")
 
-    assert store.keys() == ["zoom/done"] and "zoom/dead" not in store
-    assert store.validate() == []
-    summary = store.summary()
-    assert summary["videos"] == 1 and summary["partials"] == 2
-    assert store.remove_partials() == [dead_partial]
-    assert store.partials() == [live_partial]
-    live_partial.unlink()
+        assert store.keys() == ["zoom/done"] and "zoom/dead" not in store
+        assert store.validate() == []
+        summary = store.summary()
+        assert summary["videos"] == 1 and summary["partials"] == 2
+        assert store.remove_partials() == [dead_partial]
+        assert store.partials() == [w.partial]
+        w.append_rgb(rgb)
+    assert store.partials() == [] and "zoom/dead" in store
 
 
 def test_partials_of_another_host_are_removed_only_when_stale(store):
@@ -950,16 +948,46 @@ def test_numbered_partials_are_judged_by_their_host_and_pid(store):
                               capture_output=True, text=True, check=True).stdout)
     videos = store.path / "videos" / "zoom"
     videos.mkdir(parents=True)
-    mine = videos / f"a.h5.{host_name()}.{os.getpid()}.3.partial"
     elsewhere = videos / "b.h5.node-17.999999.3.partial"
     killed = [videos / f"c.h5.{host_name()}.{dead}.{n}.partial" for n in (0, 7)]
-    for path in (mine, elsewhere, *killed):
+    for path in (elsewhere, *killed):
         path.write_bytes(b"half a video")
     gone = time.time() - STALE_CLAIM_SECONDS - 30
     os.utime(elsewhere, (gone, gone))
-    assert sorted(store.remove_dead_writer("zoom/c", "tvl1", dead)) == sorted(killed)
-    assert store.remove_partials() == [elsewhere]
-    assert store.partials() == [mine]
+    with store.writer("zoom/a", source="x", fps=25) as w:  # this live process's: kept
+        assert sorted(store.remove_dead_writer("zoom/c", "tvl1", dead)) == sorted(killed)
+        assert store.remove_partials() == [elsewhere]
+        assert store.partials() == [w.partial]
+        w.append_rgb(make_video(2)[0])
+
+
+def test_a_partial_of_a_live_pid_that_no_live_writer_has_is_removed(store):
+    """A container restarted under its host name gives its processes the old pids (flowkit is pid
+    1 each time): a crashed run's partial named with this process's pid, which no open writer of
+    it has, or with the pid of a process that started after the partial was last changed, is a
+    leftover (it was kept as a live writer's, and shown in progress forever); an open writer's
+    partial, and one the live process may be writing, are kept."""
+    videos = store.path / "videos" / "zoom"
+    videos.mkdir(parents=True)
+    host, me = host_name(), os.getpid()
+    crashed = [videos / f"a.h5.{host}.{me}.4000000000.partial",  # a number no writer has
+               videos / f"b.h5.{host}.{me}.partial"]  # a flowkit before writers were numbered
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process that got a crashed run's pid
+    try:
+        before = videos / f"c.h5.{host}.{sleeper.pid}.0.partial"  # changed before it started
+        after = videos / f"d.h5.{host}.{sleeper.pid}.0.partial"  # it may be writing this one
+        for path in (*crashed, before, after):
+            path.write_bytes(b"half a video")
+        an_hour_ago = time.time() - 3600
+        os.utime(before, (an_hour_ago, an_hour_ago))
+        with store.writer("zoom/e", source="x", fps=25) as w:
+            assert sorted(store.remove_partials()) == sorted([*crashed, before])
+            assert sorted(store.partials()) == sorted([after, w.partial])
+            w.append_rgb(make_video(2)[0])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert store.remove_partials() == [after]  # its process ended
 
 
 # ----------------------------------------------------------------------------- errors

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
-                     remove_stale_temporaries, walk_once)
+                     process_start, remove_stale_temporaries, walk_once)
 from ..files import stamp as file_stamp
 from ..labels import VIDEO_EXTENSIONS, first_few
 from ..progress import Progress
@@ -38,7 +38,7 @@ from .reading import (IMPORTED_BACKEND, DamagedObject, attributes, error_cause, 
                       read_frames, redo_hint)
 from .guard import Failed, guarded_map
 from .validate import READ_PERMISSION_FIX, counted, refused_read, video_problems
-from .writer import VideoWriter, relabel
+from .writer import VideoWriter, is_open_partial, relabel
 
 # The claims this process took through FlowStore.claim and holds: {claim path: (pid, since)}. A
 # claim file names a process, not a thread, so the file alone lets every thread of its process
@@ -418,14 +418,17 @@ class FlowStore:
         """Delete leftover ``.partial`` files, claims and manifest temporaries of dead writers;
         return the deleted paths.
 
-        A partial written on this host is deleted when its writer's pid is no longer alive (unless
-        its writer holds a fresh claim on the video recorded under another boot: another machine
-        with this host name, whose pid means nothing here, judged by its claim's heartbeat). One
-        from another host (a shared file system), whose pid cannot be checked, is deleted when
-        untouched for ``STALE_CLAIM_SECONDS`` (10 minutes; ``stale_after`` if shorter): its writer
-        touches it every minute, as it does its claims, so a rerun after a node failure removes the dead node's partials
-        as it takes over its claims. One with an unrecognised name is deleted only when untouched
-        for ``stale_after`` seconds (a day).
+        A partial written on this host is deleted when its writer is gone: its pid is no longer
+        alive, or is this process's and no writer of this process has the file open, or its
+        process started after the file was last changed (a restarted container reuses the old
+        pids: :func:`_writer_gone`); unless its writer holds a fresh claim on the video recorded
+        under another boot (another machine with this host name, whose pid means nothing here,
+        judged by its claim's heartbeat). One from another host (a shared file system), whose
+        pid cannot be checked, is deleted when untouched for ``STALE_CLAIM_SECONDS`` (10 minutes;
+        ``stale_after`` if shorter): its writer touches it every minute, as it does its claims, so
+        a rerun after a node failure removes the dead node's partials as it takes over its claims.
+        One with an unrecognised name is deleted only when untouched for ``stale_after`` seconds
+        (a day).
         Claims follow their own rule (:mod:`flowkit.store.claims`: pid here, heartbeat elsewhere).
         A leftover the file system refuses to delete (a read-only store: EACCES, EPERM, EROFS) is
         left where it is: readers ignore it, and a run with nothing to write goes on as without
@@ -437,9 +440,11 @@ class FlowStore:
             try:
                 if path.name.endswith(PARTIAL):
                     m = PARTIAL_RE.fullmatch(path.name)
-                    age = time.time() - path.stat().st_mtime
-                    dead = ((not pid_alive(int(m["pid"])) and not claims.writes_elsewhere(
-                                path.with_name(f"{m['stem']}.h5"), int(m["pid"])))
+                    mtime = path.stat().st_mtime
+                    age = time.time() - mtime
+                    dead = ((_writer_gone(path, int(m["pid"]), mtime)
+                             and not claims.writes_elsewhere(path.with_name(f"{m['stem']}.h5"),
+                                                             int(m["pid"])))
                             if m and m["host"] == host
                             else age > min(stale_after, STALE_CLAIM_SECONDS) if m
                             else age > stale_after)
@@ -989,6 +994,37 @@ def _extension_hint(key: str) -> str:
     stem, ext = posixpath.splitext(key)
     return (f"; keys have no extension: {stem!r}" if ext.lower() in VIDEO_EXTENSIONS and stem
             else "")
+
+
+#: How much later than a partial file's last change its pid's process must have started to be a
+#: later process given the pid (:func:`_writer_gone`), not its writer, which started before it
+#: created the file: room for the file system's coarse or skewed clock (FAT keeps 2 s; NFS the
+#: server's) and the tick of a process's start time.
+PID_REUSE_SLACK_SECONDS = 5.0
+
+
+def _writer_gone(partial: Path, pid: int, mtime: float) -> bool:
+    """Whether process ``pid`` of this host, which the partial file ``partial`` (last modified at
+    ``mtime``, seconds since the epoch) names, no longer writes it: the pid is not alive; or it is
+    this process, and no writer of it has ``partial`` open; or it started after ``mtime``. A
+    container restarted under its host name gives its new processes the old pids (flowkit is pid 1
+    each time), so a live pid may be a later process's, as :mod:`~flowkit.store.claims` knows."""
+    if not pid_alive(pid):
+        return True
+    if pid == os.getpid():
+        return not is_open_partial(partial)
+    started = _start_time(pid)
+    return started is not None and started > mtime + PID_REUSE_SLACK_SECONDS
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` of this host started, in seconds since the epoch; None where that cannot
+    be read (no ``/proc``, the process is gone). Its start is counted on the boot clock
+    (:func:`~flowkit.files.process_start`), which also runs while the machine sleeps."""
+    ticks, boot_clock = process_start(pid), getattr(time, "CLOCK_BOOTTIME", None)
+    if ticks is None or boot_clock is None:
+        return None
+    return time.time() - time.clock_gettime(boot_clock) + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _partials_of(final: Path, pid: int) -> list[Path]:

@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -67,6 +68,45 @@ _SOURCE_SIZE = ("source_height", "source_width")
 #: the new flow's: the two directions of a video are made alike (:mod:`flowkit.store.compat`),
 #: so it is recomputed (``--backward``), not kept beside the new flow. Not damage.
 OTHER_ENGINE = "made with other {what} than the new flow/{name}"
+
+
+# The names of the partial files this process's writers have open (a writer's number is
+# process-wide, so a name is one writer's): FlowStore.remove_partials takes a partial named with
+# this process's pid and not listed here for an earlier process's that got the same pid (a
+# container restarted under its host name runs flowkit as pid 1 again), never a live writer's.
+_open_partials: set[str] = set()
+_open_partials_lock = threading.Lock()
+
+
+def _forget_open_partials() -> None:
+    """A forked child writes none of its parent's partials (they name the parent's pid), and its
+    copy of the lock may have been held by another thread at the fork."""
+    global _open_partials_lock
+    _open_partials.clear()
+    _open_partials_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_open_partials)
+
+
+def _opening(partial: Path) -> None:
+    """Record ``partial`` as an open writer's partial file: before it is created, so that it never
+    exists unrecorded while its writer lives."""
+    with _open_partials_lock:
+        _open_partials.add(partial.name)
+
+
+def _closed(partial: Path) -> None:
+    """``partial`` is renamed or deleted: its writer is done (:func:`_opening`)."""
+    with _open_partials_lock:
+        _open_partials.discard(partial.name)
+
+
+def is_open_partial(path: Path) -> bool:
+    """Whether ``path`` is the partial file of a writer of this process that is still open (not
+    committed or aborted)."""
+    with _open_partials_lock:
+        return path.name in _open_partials
 
 
 class Dropped(NamedTuple):
@@ -139,6 +179,7 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
+            _opening(self.partial)
             self._io = LatchingFile(self.partial)
             keep_touched(self.partial)  # its age tells other hosts this writer is alive
             self._file = _create_file(self._io)
@@ -348,6 +389,7 @@ class VideoWriter:
                 self._merge_finished()
             os.replace(self.partial, self.final)
         stop_touching(self.partial)
+        _closed(self.partial)
         fsync_dir(self.final.parent)
 
     def _close_file(self) -> None:
@@ -551,6 +593,7 @@ class VideoWriter:
             # Never created (a name too long), or a store refusing changes: the error that led here
             # says more, and a partial left behind is a dead writer's for remove_partials().
             pass
+        _closed(self.partial)
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -583,6 +626,7 @@ def relabel(final: Path, videos: Path, label: int, label_name: str) -> bool:
     (:func:`storage_error` names a full disk), HDF5's errors for a damaged file."""
     guard.check(final)  # a file HDF5 never returned from is not opened again
     partial = final.with_name(final.name + partial_ending(writer=writer_number()))
+    _opening(partial)
     try:
         version = file_stamp(final)
         if not _relabelled_copy(final, partial, label, label_name):
@@ -595,6 +639,7 @@ def relabel(final: Path, videos: Path, label: int, label_name: str) -> bool:
         fsync_dir(final.parent)
         return True
     finally:
+        _closed(partial)  # first: an unlink a read-only store refuses leaves a dead writer's file
         partial.unlink(missing_ok=True)  # gone once renamed
 
 
