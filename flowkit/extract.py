@@ -24,6 +24,7 @@ import math
 import multiprocessing as mp
 import numbers
 import os
+import re
 import signal
 import threading
 import time
@@ -49,7 +50,7 @@ from .store import guard
 from .store.compat import Request, compare_with_store, describe_difference
 from .store.labelling import fill_missing_labels, stand_in_note, unlabelled_note
 from .store.layout import class_ids
-from .video import output_size, probe
+from .video import iter_frames, output_size, probe
 
 # Pairs per engine call when --batch is not given: CPU engines gain nothing from larger batches
 # (and TV-L1 drops finished pairs), a GPU needs many pairs per launch to be busy.
@@ -915,8 +916,11 @@ def frame_count_mismatches(items: Sequence[VideoItem], known: dict[str, dict],
     ``records_cut(key)``: whether the stored video would record a ``max_frames`` cut
     (:func:`_records_its_cut`); one that records none holds every frame its decoder gave, so a
     header counting more (an mp4 edit list's trimmed frames, an avi's dropped ones) is no other
-    cut."""
-    out = {}
+    cut. Where the writer may have cut without a word (an older flowkit), the first such video
+    is decoded up to its stored frames (:func:`_holds_more_frames`): a store is made with one
+    ``--max-frames``, so that video tells whether the headers' counts are a cut or a trim."""
+    out: dict[str, tuple[int, int]] = {}
+    unsure: dict[str, tuple[int, int]] = {}  # a header's count against an older flowkit's video
     budget = [len(items) if probes is None else probes]
     for item in items:
         meta = known.get(item.key)
@@ -926,21 +930,72 @@ def frame_count_mismatches(items: Sequence[VideoItem], known: dict[str, dict],
         made = _frames_made(item, config, stored, budget)
         # a count the header gave (not this run's own limit) against a video stored whole
         counted = config.max_frames is None or stored < config.max_frames
-        if made is not None and not (counted and meta.get("max_frames") is None
-                                     and records_cut(item.key)):
+        if made is None:
+            continue
+        if not (counted and meta.get("max_frames") is None):
             out[item.key] = (stored, made)
+        elif not records_cut(item.key):
+            unsure[item.key] = (stored, made)
+    if unsure and _decoded_cut(items, unsure, config):
+        out.update(unsure)
     return out
 
 
+def _decoded_cut(items: Sequence[VideoItem], unsure: dict[str, tuple[int, int]],
+                 config: ExtractConfig) -> bool:
+    """Whether the first of the ``unsure`` videos (``{key: (stored, made)}``) that decodes gives
+    this run more frames than the store holds of it: a cut the store did not record. False when
+    none decodes (the run reports each with its own reason)."""
+    for item in items:
+        if item.key in unsure:
+            more = _holds_more_frames(item, config, unsure[item.key][0])
+            if more is not None:
+                return more
+    return False
+
+
+#: The first flowkit version whose videos record a ``--max-frames`` cut (``max_frames``); some
+#: 0.1.0 videos did, others (written before the limit was recorded) did not.
+RECORDS_CUT_VERSION = (0, 2, 0)
+
+
 def _records_its_cut(store: FlowStore, key: str) -> bool:
-    """Whether ``key``'s stored video would say so had ``--max-frames`` cut it: a flowkit that
-    records its version in a video (``flowkit_version``) records the cut too. A video of an
-    older flowkit may have been cut without a word. Reads one file: only videos whose header
-    counts clearly more frames than the store holds are asked."""
+    """Whether ``key``'s stored video would say so had ``--max-frames`` cut it: a video whose
+    ``flowkit_version`` is :data:`RECORDS_CUT_VERSION` or later. A video of an older flowkit may
+    have been cut without a word (0.1.0 recorded its version but not always its cut). Reads one
+    file: only videos whose header counts clearly more frames than the store holds are asked."""
     try:
-        return "flowkit_version" in store.meta(key)
+        version = store.meta(key).get("flowkit_version")
     except (OSError, StoreError):
-        return False  # unreadable: the header's count decides, as before
+        return False  # unreadable: decoding decides (_decoded_cut)
+    return _version_tuple(version) >= RECORDS_CUT_VERSION
+
+
+def _version_tuple(version) -> tuple[int, ...]:
+    """``"0.2.0"`` -> ``(0, 2, 0)``; the leading digits of each part (``"1rc1"`` -> 1); ``()`` for
+    None or a version that does not start with a number."""
+    parts = []
+    for part in str(version or "").split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def _holds_more_frames(item: VideoItem, config: ExtractConfig, stored: int) -> bool | None:
+    """Whether decoding ``item`` gives this run more than its ``stored`` frames (every
+    ``config.step``-th decoded frame): the store holds a cut, not every frame the decoder gives
+    (a header counting more may be a trim: an mp4 edit list). Decodes ``stored * step`` frames
+    and up to ``step`` more, in gray; None when the video does not decode."""
+    facts: dict = {}
+    try:
+        for _ in iter_frames(item.path, step=config.step, max_frames=stored, gray=True,
+                             strict=False, threads=1, facts=facts):
+            pass
+    except VideoError:
+        return None
+    return "max_frames" in facts  # iter_frames found another frame to keep past ``stored``
 
 
 def _frames_made(item: VideoItem, config: ExtractConfig, stored: int,

@@ -395,11 +395,69 @@ def test_another_max_frames_is_refused_before_computing(items, tmp_path):
     assert FlowStore(path).meta(videos[1].key)["num_frames"] == T
 
 
+def test_a_max_frames_that_flowkit_0_1_0_did_not_record_is_refused_before_computing(
+        items, tmp_path, monkeypatch):
+    """flowkit 0.1.0 recorded its version in each video but, before the limit was recorded, not
+    the --max-frames that cut it: adding --backward without the limit was taken for a trimmed
+    clip (a version-recording flowkit was trusted to record its cuts), so every video's flow was
+    computed and then refused at commit. Decoding the first video shows frames past the stored 3:
+    refused before any engine call, naming --max-frames 3."""
+    import h5py
+
+    from flowkit.flow.base import FlowEngine
+
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:2], path, _config(max_frames=3), classes=classes)
+    for file in (path / "videos").rglob("*.h5"):  # as flowkit 0.1.0 wrote them
+        with h5py.File(file, "a") as f:
+            del f.attrs["max_frames"]
+            f.attrs["flowkit_version"] = "0.1.0"
+    before = _stamps(path)
+    calls = []
+    call = FlowEngine.__call__
+    monkeypatch.setattr(FlowEngine, "__call__", lambda self, *a: calls.append(1) or call(self, *a))
+    with pytest.raises(StoreError) as refused:
+        extract(videos[:2], path, _config(backward=True), classes=classes)
+    message = str(refused.value)
+    assert f"{videos[0].key}: 3 frames stored, {T} with --step 1" in message, message
+    assert "Nothing was computed. Rerun with --max-frames 3 to extend this store" in message
+    assert calls == [] and _stamps(path) == before
+    fits = extract(videos[:2], path, _config(backward=True, max_frames=3), classes=classes)
+    assert [(r.status, r.frames) for r in fits.results] == [("done", 3)] * 2, fits.results
+    assert calls  # the counter counts
+
+
+def test_a_video_refused_at_commit_for_its_frame_count_alone_names_the_max_frames(
+        items, tmp_path, monkeypatch):
+    """A cut the check before computing cannot see (no header probed here, as for an mkv, whose
+    header has no frame count) is refused at commit; when only the frame count differs, the
+    line names the --max-frames that matches the store, not "another --size, --step or
+    --max-frames"."""
+    import h5py
+
+    import flowkit.extract as extract_module
+
+    videos, classes = items
+    path = tmp_path / "s"
+    extract(videos[:1], path, _config(max_frames=3), classes=classes)
+    for file in (path / "videos").rglob("*.h5"):  # as flowkit 0.1.0 wrote them
+        with h5py.File(file, "a") as f:
+            del f.attrs["max_frames"]
+            f.attrs["flowkit_version"] = "0.1.0"
+    monkeypatch.setattr(extract_module, "COUNT_PROBES", 0)
+    summary = extract(videos[:1], path, _config(backward=True), classes=classes)
+    [result] = summary.results
+    assert result.status == "failed" and f"3 frames of {H}x{W}, but this run made {T} frames " \
+        f"of {H}x{W} (another --max-frames); extract with --max-frames 3, or replace the " \
+        f"video with --redo {videos[0].key}" in result.reason, result.reason
+
+
 def test_a_header_counting_frames_a_trim_hid_is_no_other_max_frames(tmp_path):
     """An mp4 whose edit list hides 10 of its 40 counted frames (a trimmed clip) holds 30 frames
     in the store, recorded without a cut: adding backward flow is not refused as "made with
-    another --max-frames" (the header's 40 is no cut the store made). A video of a flowkit that
-    did not record its cuts (no ``flowkit_version``) still is."""
+    another --max-frames" (the header's 40 is no cut the store made). Nor is one of a flowkit that
+    did not always record its cuts (0.1.0): decoding it finds no frame past the stored 30."""
     import h5py
 
     from flowkit.labels import VideoItem
@@ -413,10 +471,11 @@ def test_a_header_counting_frames_a_trim_hid_is_no_other_max_frames(tmp_path):
     added = extract([video], path, _config(backward=True))
     assert [(r.status, r.frames) for r in added.results] == [("done", 30)], added.results
     assert set(FlowStore(path).meta("trimmed")["flows"]) == {"tvl1", "tvl1_backward"}
-    with h5py.File(path / "videos" / "trimmed.h5", "a") as f:  # a flowkit recording no version's
-        del f.attrs["flowkit_version"], f["flow/tvl1_backward"]
-    with pytest.raises(StoreError, match=r"trimmed: 30 frames stored, 40 with --step 1"):
-        extract([video], path, _config(backward=True))
+    with h5py.File(path / "videos" / "trimmed.h5", "a") as f:  # as flowkit 0.1.0 wrote it
+        f.attrs["flowkit_version"] = "0.1.0"
+        del f["flow/tvl1_backward"]
+    again = extract([video], path, _config(backward=True))
+    assert [(r.status, r.frames) for r in again.results] == [("done", 30)], again.results
 
 
 def test_a_smaller_max_frames_on_whole_videos_is_refused_before_computing(items, tmp_path):

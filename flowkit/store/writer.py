@@ -570,11 +570,15 @@ class VideoWriter:
 
     def _refuse_other_video(self, src: h5py.File) -> None:
         mine, theirs = self._frames(self._file), self._frames(src)
+        # Same frame size, more frames: the store's were cut at another --max-frames (a step is
+        # checked before computing), one an older flowkit did not record; its count is the limit.
+        fix = (f"another --max-frames); extract with --max-frames {theirs[0]}"
+               if mine[1:] == theirs[1:] and mine[0] > theirs[0] else
+               "another --size, --step or --max-frames); extract with the store's options")
         raise StoreError(
             f"video {self.key!r} is already in the store with {theirs[0]} frames of "
             f"{theirs[1]}x{theirs[2]}, but this run made {mine[0]} frames of {mine[1]}x{mine[2]} "
-            f"(another --size, --step or --max-frames); extract with the store's options, or "
-            f"replace the video with --redo {self.key}")
+            f"({fix}, or replace the video with --redo {self.key}")
 
     def _abort(self) -> None:
         stop_touching(self.partial)
