@@ -395,6 +395,19 @@ def test_another_max_frames_is_refused_before_computing(items, tmp_path):
     assert FlowStore(path).meta(videos[1].key)["num_frames"] == T
 
 
+def _cut_without_a_word(path, videos, classes):
+    """A store of ``videos`` cut at 3 frames, rewritten as flowkit 0.1.0 wrote it: its version
+    recorded, its --max-frames not."""
+    import h5py
+
+    extract(videos, path, _config(max_frames=3), classes=classes)
+    for file in (path / "videos").rglob("*.h5"):
+        with h5py.File(file, "a") as f:
+            del f.attrs["max_frames"]
+            f.attrs["flowkit_version"] = "0.1.0"
+    return path
+
+
 def test_a_max_frames_that_flowkit_0_1_0_did_not_record_is_refused_before_computing(
         items, tmp_path, monkeypatch):
     """flowkit 0.1.0 recorded its version in each video but, before the limit was recorded, not
@@ -402,17 +415,10 @@ def test_a_max_frames_that_flowkit_0_1_0_did_not_record_is_refused_before_comput
     clip (a version-recording flowkit was trusted to record its cuts), so every video's flow was
     computed and then refused at commit. Decoding the first video shows frames past the stored 3:
     refused before any engine call, naming --max-frames 3."""
-    import h5py
-
     from flowkit.flow.base import FlowEngine
 
     videos, classes = items
-    path = tmp_path / "s"
-    extract(videos[:2], path, _config(max_frames=3), classes=classes)
-    for file in (path / "videos").rglob("*.h5"):  # as flowkit 0.1.0 wrote them
-        with h5py.File(file, "a") as f:
-            del f.attrs["max_frames"]
-            f.attrs["flowkit_version"] = "0.1.0"
+    path = _cut_without_a_word(tmp_path / "s", videos[:2], classes)
     before = _stamps(path)
     calls = []
     call = FlowEngine.__call__
@@ -434,17 +440,10 @@ def test_a_video_refused_at_commit_for_its_frame_count_alone_names_the_max_frame
     header has no frame count) is refused at commit; when only the frame count differs, the
     line names the --max-frames that matches the store, not "another --size, --step or
     --max-frames"."""
-    import h5py
-
     import flowkit.extract as extract_module
 
     videos, classes = items
-    path = tmp_path / "s"
-    extract(videos[:1], path, _config(max_frames=3), classes=classes)
-    for file in (path / "videos").rglob("*.h5"):  # as flowkit 0.1.0 wrote them
-        with h5py.File(file, "a") as f:
-            del f.attrs["max_frames"]
-            f.attrs["flowkit_version"] = "0.1.0"
+    path = _cut_without_a_word(tmp_path / "s", videos[:1], classes)
     monkeypatch.setattr(extract_module, "COUNT_PROBES", 0)
     summary = extract(videos[:1], path, _config(backward=True), classes=classes)
     [result] = summary.results
