@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -66,6 +67,16 @@ def process_start(pid: int) -> int | None:
         return int(stat[stat.rindex(")") + 2:].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` of this host started, in seconds since the epoch (its
+    :func:`process_start` on the boot clock, which also runs while the machine sleeps); None where
+    that cannot be read."""
+    ticks, boot_clock = process_start(pid), getattr(time, "CLOCK_BOOTTIME", None)
+    if ticks is None or boot_clock is None:
+        return None
+    return time.time() - time.clock_gettime(boot_clock) + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def boot_id() -> str | None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import (TMP_SUFFIX, escape_name, host_name, is_stale_temporary, pid_alive,
-                     process_start, remove_stale_temporaries, walk_once)
+                     process_start_time, remove_stale_temporaries, walk_once)
 from ..files import stamp as file_stamp
 from ..labels import VIDEO_EXTENSIONS, first_few
 from ..progress import Progress
@@ -1013,18 +1013,8 @@ def _writer_gone(partial: Path, pid: int, mtime: float) -> bool:
         return True
     if pid == os.getpid():
         return not is_open_partial(partial)
-    started = _start_time(pid)
+    started = process_start_time(pid)
     return started is not None and started > mtime + PID_REUSE_SLACK_SECONDS
-
-
-def _start_time(pid: int) -> float | None:
-    """When process ``pid`` of this host started, in seconds since the epoch; None where that cannot
-    be read (no ``/proc``, the process is gone). Its start is counted on the boot clock
-    (:func:`~flowkit.files.process_start`), which also runs while the machine sleeps."""
-    ticks, boot_clock = process_start(pid), getattr(time, "CLOCK_BOOTTIME", None)
-    if ticks is None or boot_clock is None:
-        return None
-    return time.time() - time.clock_gettime(boot_clock) + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _partials_of(final: Path, pid: int) -> list[Path]:
